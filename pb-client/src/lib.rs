@@ -1,0 +1,1 @@
+//! pb-client placeholder

@@ -1,0 +1,1 @@
+//! AMP, byte-compatible with Twisted (in progress).

@@ -1,0 +1,1 @@
+//! AMP command derive (in progress).

@@ -1,0 +1,1 @@
+//! pb-server placeholder
