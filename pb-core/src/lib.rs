@@ -1,4 +1,75 @@
-//! pb-core: the protocol core of pb (in progress).
+//! pb-core: the protocol core of pb.
+//!
+//! Framing, the handshake, messages, the payload codec, the object model, the broker that keeps
+//! one connection's tables, and the thin tokio driver that pumps it over any byte stream. Users
+//! normally reach all of this through the `pb` crate.
+//!
+//! # Layout
+//! - `frame`: the 4-byte length-prefixed frame codec, limits checked before allocation;
+//! - `handshake`: magic, protocol version and feature flags;
+//! - `message`: call, answer, fault, release, cancel and goodbye envelopes;
+//! - `codec`: the bincode seam for payloads, always under a byte limit, and how object
+//!   references ride alongside a payload;
+//! - `object`: [`ObjectRef`], [`Dispatch`], [`CallError`] and friends;
+//! - `broker`: one connection's protocol state, no I/O;
+//! - `connection`: the tokio driver and the [`Connection`] handle;
+//! - `transport`: TCP helpers and an in-memory transport for tests;
+//! - `amp`: AMP, byte-compatible with Twisted.
+//!
+//! # Example
+//! A dynamic object served over the in-memory transport and called by name:
+//! ```
+//! use std::sync::Arc;
+//! use pb_core::{BoxFuture, Caller, Config, Connection, Dispatch, IncomingCall, Interface, ObjectRef, Reply, Side};
+//!
+//! struct Adder;
+//! static ADDER: Interface = Interface { name: "Adder", methods: &["add"] };
+//! impl Dispatch for Adder {
+//!     fn interface(&self) -> &'static Interface { &ADDER }
+//!     fn dispatch(self: Arc<Self>, mut call: IncomingCall) -> BoxFuture<Reply> {
+//!         Box::pin(async move {
+//!             match call.method() {
+//!                 "add" => {
+//!                     let (a, b): (i64, i64) = call.decode_args()?;
+//!                     pb_core::encode_result::<i64, ()>(Ok(a + b))
+//!                 }
+//!                 _ => call.no_such_method(&ADDER),
+//!             }
+//!         })
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let (a, b) = pb_core::transport::memory_pair();
+//! let config = Config::default();
+//! let server = Connection::establish(a, &config, Side::Server, Some(ObjectRef::local(Adder)), None);
+//! let client = Connection::establish(b, &config, Side::Client, None, None);
+//! let (_server, client) = tokio::try_join!(server, client).unwrap();
+//! let sum: i64 = client.root_ref().call::<_, _, ()>("add", &(2i64, 40i64)).await.unwrap();
+//! assert_eq!(sum, 42);
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod broker;
+pub mod codec;
+mod connection;
+pub mod frame;
+pub mod handshake;
+pub mod message;
+mod object;
+pub mod transport;
+
+pub use broker::{Limits, ProtocolError, TableStats};
+pub use connection::{
+    Caller, CloseReason, Config, ConnectError, Connection, ConnectionStats, Side,
+};
+pub use object::{
+    BoxFuture, CallError, Dispatch, Fault, IncomingCall, Interface, ObjectRef, Outcome, Remote,
+    Reply, decode_outcome, encode_result,
+};
 
 // --- AMP section (owned by the AMP work) ---
 pub mod amp;

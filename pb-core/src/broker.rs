@@ -1,0 +1,719 @@
+//! The broker: one connection's protocol state, with no I/O.
+//!
+//! It owns the tables of a connection (objects exported to the peer, references imported from
+//! it, calls awaiting answers, incoming calls in flight) and the request-id counter of our
+//! direction. Input comes in through `handle_frame`, `start_call`, `finish_call`,
+//! `cancel_call` and `release_imported`; output goes out through `take_transmit` (encoded
+//! frames) and `poll_event` (incoming calls to run). The tokio driver in
+//! [`crate::connection`] pumps it.
+//!
+//! ```text
+//! connection:  Open ──goodbye sent──▶ Draining ──in-flight calls done──▶ Closed
+//!                 └──────────────── error / EOF / abort ──────────────────▲
+//! outgoing call: start_call ─▶ pending ─answer│fault─▶ delivered
+//!                                     └─cancel_call─▶ forgotten (Cancel sent)
+//! incoming call: Call ─▶ running (event) ─finish_call─▶ Answer│Fault sent
+//!                              └─Cancel from peer─▶ handler dropped, nothing sent
+//! ```
+//!
+//! Reference counting: every time we send a reference to one of our objects its export count
+//! goes up by one; the peer counts how many times it received it and, when its last handle is
+//! dropped, sends that count back in a release. The object is freed when its count reaches zero,
+//! so a release that crosses a new send of the same object never frees an object the peer holds.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::oneshot;
+
+use crate::connection::Imported;
+use crate::message::{
+    self, FaultKind, Message, MessageError, MessageLimits, RefDesc, encode_answer_head,
+    encode_call_head,
+};
+use crate::object::{Fault, ObjectRef, Outcome, RefInner, Reply, disconnected_fault};
+
+/// Payloads at least this large are queued as their own chunk for a vectored write instead of
+/// being copied into the output buffer.
+const ZERO_COPY_MIN: usize = 4096;
+
+/// Limits of one connection. Every limit has a safe default.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame body accepted or sent (default 16 MiB, at most 64 MiB).
+    pub max_frame_len: usize,
+    /// Most of our calls awaiting answers at once (default 10 000).
+    pub max_pending_calls: usize,
+    /// Most incoming calls running at once (default 1 024).
+    pub max_in_flight_calls: usize,
+    /// Most objects exported to the peer at once, root excluded (default 10 000).
+    pub max_exports: usize,
+    /// Most distinct references imported from the peer at once (default 10 000).
+    pub max_imports: usize,
+    /// Limit violations tolerated before the connection is closed (default 3, as Twisted).
+    pub max_violations: u32,
+    /// Limits on message envelopes.
+    pub message: MessageLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_len: crate::frame::DEFAULT_MAX_FRAME_LEN,
+            max_pending_calls: 10_000,
+            max_in_flight_calls: 1024,
+            max_exports: 10_000,
+            max_imports: 10_000,
+            max_violations: 3,
+            message: MessageLimits::default(),
+        }
+    }
+}
+
+/// The peer broke the protocol; the connection must close.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A frame body did not decode as a message.
+    #[error("malformed message: {0}")]
+    Message(#[from] MessageError),
+    /// The peer reused the id of a call still in flight.
+    #[error("request id {0} reused while in flight")]
+    DuplicateRequest(u64),
+    /// The peer exceeded limits too often.
+    #[error("too many limit violations ({count}, max_violations = {max})")]
+    TooManyViolations {
+        /// How many there were.
+        count: u32,
+        /// The configured tolerance.
+        max: u32,
+    },
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    Open,
+    Draining,
+    Closed,
+}
+
+struct Export {
+    object: ObjectRef,
+    count: u64,
+}
+
+struct ImportSlot {
+    handle: Weak<Imported>,
+    generation: u64,
+}
+
+pub(crate) type Waiter = oneshot::Sender<Reply>;
+
+/// An incoming call for the driver to run.
+pub(crate) struct CallEvent {
+    pub(crate) id: u64,
+    pub(crate) object: ObjectRef,
+    pub(crate) method: Bytes,
+    pub(crate) args: Bytes,
+    pub(crate) refs: Vec<ObjectRef>,
+    /// `Some` when an answer is wanted: fires (or is dropped) when the call is cancelled.
+    pub(crate) cancel: Option<oneshot::Receiver<()>>,
+}
+
+/// Counts of one connection's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TableStats {
+    /// Objects we export to the peer (root excluded).
+    pub exported: usize,
+    /// Distinct references we hold to the peer's objects (root excluded).
+    pub imported: usize,
+    /// Our calls awaiting answers.
+    pub pending_calls: usize,
+    /// The peer's calls running here.
+    pub in_flight_calls: usize,
+}
+
+/// One connection's protocol state.
+pub(crate) struct Broker {
+    limits: Limits,
+    conn_id: u64,
+    pub(crate) state: State,
+    peer_goodbye: bool,
+    root: Option<ObjectRef>,
+    root_key: Option<usize>,
+    exports: HashMap<u64, Export>,
+    export_keys: HashMap<usize, u64>,
+    next_export: u64,
+    imports: HashMap<u64, ImportSlot>,
+    next_generation: u64,
+    pending: HashMap<u64, Waiter>,
+    next_request: u64,
+    running: HashMap<u64, oneshot::Sender<()>>,
+    in_flight: usize,
+    out: BytesMut,
+    chunks: Vec<Bytes>,
+    releases: Vec<(u64, u64)>,
+    violations: u32,
+    events: VecDeque<CallEvent>,
+}
+
+impl Broker {
+    pub(crate) fn new(limits: Limits, conn_id: u64, root: Option<ObjectRef>) -> Broker {
+        let root_key = root.as_ref().and_then(export_key);
+        Broker {
+            limits,
+            conn_id,
+            state: State::Open,
+            peer_goodbye: false,
+            root,
+            root_key,
+            exports: HashMap::new(),
+            export_keys: HashMap::new(),
+            next_export: 1,
+            imports: HashMap::new(),
+            next_generation: 1,
+            pending: HashMap::new(),
+            next_request: 1,
+            running: HashMap::new(),
+            in_flight: 0,
+            out: BytesMut::new(),
+            chunks: Vec::new(),
+            releases: Vec::new(),
+            violations: 0,
+            events: VecDeque::new(),
+        }
+    }
+
+    pub(crate) fn set_max_frame_len(&mut self, len: usize) {
+        self.limits.max_frame_len = len;
+    }
+
+    pub(crate) fn stats(&self) -> TableStats {
+        TableStats {
+            exported: self.exports.len(),
+            imported: self.imports.len(),
+            pending_calls: self.pending.len(),
+            in_flight_calls: self.in_flight,
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Replace the object served as our root.
+    pub(crate) fn set_root(&mut self, root: Option<ObjectRef>) -> Option<ObjectRef> {
+        self.root_key = root.as_ref().and_then(export_key);
+        std::mem::replace(&mut self.root, root)
+    }
+
+    // ---- output ------------------------------------------------------------------------
+
+    /// Frames to write, in order. Empty when there is nothing to send.
+    pub(crate) fn take_transmit(&mut self) -> Vec<Bytes> {
+        if !self.releases.is_empty() && self.state != State::Closed {
+            let items = std::mem::take(&mut self.releases);
+            for batch in items.chunks(self.limits.message.max_release_entries.max(1)) {
+                self.write_message(&Message::Release(batch.to_vec()));
+            }
+        }
+        if !self.out.is_empty() {
+            let head = self.out.split().freeze();
+            self.chunks.push(head);
+        }
+        std::mem::take(&mut self.chunks)
+    }
+
+    pub(crate) fn poll_event(&mut self) -> Option<CallEvent> {
+        self.events.pop_front()
+    }
+
+    fn write_message(&mut self, m: &Message) {
+        let start = self.out.len();
+        self.out.put_u32(0);
+        m.encode(&mut self.out);
+        self.patch_len(start, 0);
+    }
+
+    fn patch_len(&mut self, start: usize, extra: usize) {
+        let len = (self.out.len() - start - 4 + extra) as u32;
+        if let Some(h) = self.out.get_mut(start..start + 4) {
+            h.copy_from_slice(&len.to_be_bytes());
+        }
+    }
+
+    /// Finish a frame whose head is in `out` from `start`, with `payload` as its tail.
+    fn push_payload(&mut self, start: usize, payload: Bytes) {
+        self.patch_len(start, payload.len());
+        if payload.len() >= ZERO_COPY_MIN {
+            let head = self.out.split().freeze();
+            self.chunks.push(head);
+            self.chunks.push(payload);
+        } else {
+            self.out.put_slice(&payload);
+        }
+    }
+
+    fn send_fault(&mut self, id: u64, kind: FaultKind, message: String) {
+        self.write_message(&Message::Fault { id, kind, message });
+    }
+
+    fn frame_fits(&self, head_estimate: usize, payload: &Bytes) -> Result<(), Fault> {
+        let len = head_estimate + payload.len();
+        if len > self.limits.max_frame_len {
+            return Err(Fault {
+                kind: FaultKind::LimitExceeded,
+                message: format!(
+                    "message of {len} bytes exceeds the limit max_frame_len = {}",
+                    self.limits.max_frame_len
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    // ---- references --------------------------------------------------------------------
+
+    /// Turn references about to be sent into wire descriptors, counting exports.
+    fn describe(&mut self, refs: &[ObjectRef]) -> Result<Vec<RefDesc>, Fault> {
+        // Check the quota before touching any count, so a refused message changes nothing.
+        let mut new_keys = Vec::new();
+        for r in refs {
+            if self.is_ours_to_return(r).is_some() {
+                continue;
+            }
+            if let Some(key) = export_key(r)
+                && Some(key) != self.root_key
+                && !self.export_keys.contains_key(&key)
+                && !new_keys.contains(&key)
+            {
+                new_keys.push(key);
+            }
+        }
+        if self.exports.len() + new_keys.len() > self.limits.max_exports {
+            return Err(Fault {
+                kind: FaultKind::LimitExceeded,
+                message: format!(
+                    "exporting {} more objects would exceed the limit max_exports = {}",
+                    new_keys.len(),
+                    self.limits.max_exports
+                ),
+            });
+        }
+        let mut descs = Vec::with_capacity(refs.len());
+        for r in refs {
+            if let Some(id) = self.is_ours_to_return(r) {
+                descs.push(RefDesc::Receiver(id));
+                continue;
+            }
+            let Some(key) = export_key(r) else { continue };
+            if Some(key) == self.root_key {
+                descs.push(RefDesc::Sender(0));
+            } else if let Some(&id) = self.export_keys.get(&key) {
+                if let Some(e) = self.exports.get_mut(&id) {
+                    e.count += 1;
+                }
+                descs.push(RefDesc::Sender(id));
+            } else {
+                let id = self.next_export;
+                self.next_export += 1;
+                self.exports.insert(
+                    id,
+                    Export {
+                        object: r.clone(),
+                        count: 1,
+                    },
+                );
+                self.export_keys.insert(key, id);
+                descs.push(RefDesc::Sender(id));
+            }
+        }
+        Ok(descs)
+    }
+
+    /// A reference that points at the peer's own object on this connection goes back by id.
+    fn is_ours_to_return(&self, r: &ObjectRef) -> Option<u64> {
+        match &r.0 {
+            RefInner::Remote(imp) if imp.conn.id() == self.conn_id => Some(imp.id),
+            _ => None,
+        }
+    }
+
+    /// Turn received descriptors into references. Every descriptor is resolved even after an
+    /// error, because the peer counted each of its objects as sent; dropping the result releases
+    /// them again.
+    fn resolve(
+        &mut self,
+        descs: &[RefDesc],
+        make: &dyn Fn(u64, u64) -> Arc<Imported>,
+    ) -> (Vec<ObjectRef>, Option<String>) {
+        let mut refs = Vec::with_capacity(descs.len());
+        let mut error = None;
+        for d in descs {
+            match *d {
+                RefDesc::Sender(0) => refs.push(ObjectRef(RefInner::Remote(make(0, 0)))),
+                RefDesc::Sender(id) => {
+                    let existing = self.imports.get(&id).and_then(|s| s.handle.upgrade());
+                    let handle = match existing {
+                        Some(h) => {
+                            h.add_received();
+                            h
+                        }
+                        None => {
+                            let generation = self.next_generation;
+                            self.next_generation += 1;
+                            let h = make(id, generation);
+                            self.imports.insert(
+                                id,
+                                ImportSlot {
+                                    handle: Arc::downgrade(&h),
+                                    generation,
+                                },
+                            );
+                            h
+                        }
+                    };
+                    refs.push(ObjectRef(RefInner::Remote(handle)));
+                }
+                RefDesc::Receiver(0) => match &self.root {
+                    Some(root) => refs.push(root.clone()),
+                    None => error = Some("the peer returned our root, but we serve none".into()),
+                },
+                RefDesc::Receiver(id) => match self.exports.get(&id) {
+                    Some(e) => refs.push(e.object.clone()),
+                    None => {
+                        error = Some(format!(
+                            "the peer returned object {id}, which we never exported"
+                        ))
+                    }
+                },
+            }
+        }
+        (refs, error)
+    }
+
+    /// Our last handle to an imported reference was dropped: tell the owner.
+    pub(crate) fn release_imported(&mut self, id: u64, generation: u64, count: u64) {
+        if self
+            .imports
+            .get(&id)
+            .is_some_and(|s| s.generation == generation)
+        {
+            self.imports.remove(&id);
+        }
+        if self.state != State::Closed && count > 0 {
+            self.releases.push((id, count));
+        }
+    }
+
+    fn violation(&mut self) -> Result<(), ProtocolError> {
+        self.violations += 1;
+        if self.violations > self.limits.max_violations {
+            return Err(ProtocolError::TooManyViolations {
+                count: self.violations,
+                max: self.limits.max_violations,
+            });
+        }
+        Ok(())
+    }
+
+    // ---- input -------------------------------------------------------------------------
+
+    /// Handle one frame body from the peer.
+    pub(crate) fn handle_frame(
+        &mut self,
+        body: Bytes,
+        make: &dyn Fn(u64, u64) -> Arc<Imported>,
+    ) -> Result<(), ProtocolError> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        match Message::decode(body, &self.limits.message)? {
+            Message::Call {
+                id,
+                target,
+                method,
+                answer,
+                refs,
+                payload,
+            } => self.handle_call(id, target, method, answer, &refs, payload, make),
+            Message::Answer {
+                id,
+                ok,
+                refs,
+                payload,
+            } => {
+                let (refs, error) = self.resolve(&refs, make);
+                let over = self.imports.len() > self.limits.max_imports;
+                let Some(waiter) = self.pending.remove(&id) else {
+                    tracing::debug!(id, "answer for a call no longer pending");
+                    return Ok(());
+                };
+                let reply = if let Some(message) = error {
+                    Err(Fault {
+                        kind: FaultKind::BadAnswer,
+                        message,
+                    })
+                } else if over {
+                    Err(self.imports_over_limit())
+                } else {
+                    Ok(Outcome { ok, payload, refs })
+                };
+                let _ = waiter.send(reply);
+                if over { self.violation() } else { Ok(()) }
+            }
+            Message::Fault { id, kind, message } => {
+                match self.pending.remove(&id) {
+                    Some(waiter) => {
+                        let _ = waiter.send(Err(Fault { kind, message }));
+                    }
+                    None => tracing::debug!(id, "fault for a call no longer pending"),
+                }
+                Ok(())
+            }
+            Message::Release(items) => {
+                for (id, count) in items {
+                    if id == 0 {
+                        continue;
+                    }
+                    let Some(e) = self.exports.get_mut(&id) else {
+                        tracing::warn!(id, "peer released an object we do not export");
+                        self.violation()?;
+                        continue;
+                    };
+                    if count > e.count {
+                        tracing::warn!(
+                            id,
+                            count,
+                            held = e.count,
+                            "peer released more than it was sent"
+                        );
+                    }
+                    e.count = e.count.saturating_sub(count);
+                    if e.count == 0
+                        && let Some(e) = self.exports.remove(&id)
+                        && let Some(key) = export_key(&e.object)
+                    {
+                        self.export_keys.remove(&key);
+                    }
+                }
+                Ok(())
+            }
+            Message::Cancel { id } => {
+                // Dropping the sender wakes the handler's cancellation branch.
+                self.running.remove(&id);
+                Ok(())
+            }
+            Message::Goodbye => {
+                self.peer_goodbye = true;
+                Ok(())
+            }
+        }
+    }
+
+    fn imports_over_limit(&self) -> Fault {
+        Fault {
+            kind: FaultKind::LimitExceeded,
+            message: format!(
+                "references from the peer exceed the limit max_imports = {}",
+                self.limits.max_imports
+            ),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_call(
+        &mut self,
+        id: u64,
+        target: u64,
+        method: Bytes,
+        answer: bool,
+        descs: &[RefDesc],
+        payload: Bytes,
+        make: &dyn Fn(u64, u64) -> Arc<Imported>,
+    ) -> Result<(), ProtocolError> {
+        let (refs, error) = self.resolve(descs, make);
+        let mut violated = false;
+        let refused = if self.state != State::Open {
+            Some((
+                FaultKind::ShuttingDown,
+                "the peer is shutting down".to_string(),
+            ))
+        } else if let Some(message) = error {
+            Some((FaultKind::NoSuchObject, message))
+        } else if self.imports.len() > self.limits.max_imports {
+            violated = true;
+            let f = self.imports_over_limit();
+            Some((f.kind, f.message))
+        } else if self.in_flight >= self.limits.max_in_flight_calls {
+            violated = true;
+            Some((
+                FaultKind::LimitExceeded,
+                format!(
+                    "too many calls in flight (limit max_in_flight_calls = {})",
+                    self.limits.max_in_flight_calls
+                ),
+            ))
+        } else if answer && self.running.contains_key(&id) {
+            return Err(ProtocolError::DuplicateRequest(id));
+        } else {
+            None
+        };
+        let object = if refused.is_some() {
+            None
+        } else if target == 0 {
+            self.root.clone()
+        } else {
+            self.exports.get(&target).map(|e| e.object.clone())
+        };
+        let refused = refused.or_else(|| {
+            object
+                .is_none()
+                .then(|| (FaultKind::NoSuchObject, format!("no object {target}")))
+        });
+        if let Some((kind, message)) = refused {
+            tracing::debug!(id, target, %message, "call refused");
+            drop(refs);
+            if answer {
+                self.send_fault(id, kind, message);
+            }
+            return if violated { self.violation() } else { Ok(()) };
+        }
+        let Some(object) = object else { return Ok(()) };
+        let cancel = answer.then(|| {
+            let (tx, rx) = oneshot::channel();
+            self.running.insert(id, tx);
+            rx
+        });
+        self.in_flight += 1;
+        self.events.push_back(CallEvent {
+            id,
+            object,
+            method,
+            args: payload,
+            refs,
+            cancel,
+        });
+        Ok(())
+    }
+
+    /// Start a call to the peer's object `target`. With a waiter, the answer is delivered to it.
+    pub(crate) fn start_call(
+        &mut self,
+        target: u64,
+        method: &str,
+        payload: Bytes,
+        refs: &[ObjectRef],
+        waiter: Option<Waiter>,
+    ) -> Result<u64, Fault> {
+        if self.state == State::Closed {
+            return Err(disconnected_fault());
+        }
+        if self.peer_goodbye || self.state == State::Draining {
+            return Err(Fault {
+                kind: FaultKind::ShuttingDown,
+                message: "the connection is shutting down".into(),
+            });
+        }
+        if method.len() > message::MAX_METHOD_LEN {
+            return Err(Fault {
+                kind: FaultKind::LimitExceeded,
+                message: format!("method name longer than {} bytes", message::MAX_METHOD_LEN),
+            });
+        }
+        if waiter.is_some() && self.pending.len() >= self.limits.max_pending_calls {
+            return Err(Fault {
+                kind: FaultKind::LimitExceeded,
+                message: format!(
+                    "too many calls awaiting answers (limit max_pending_calls = {})",
+                    self.limits.max_pending_calls
+                ),
+            });
+        }
+        self.frame_fits(32 + method.len() + refs.len() * 10, &payload)?;
+        let descs = self.describe(refs)?;
+        let id = self.next_request;
+        self.next_request += 1;
+        let start = self.out.len();
+        self.out.put_u32(0);
+        encode_call_head(
+            &mut self.out,
+            id,
+            target,
+            method.as_bytes(),
+            waiter.is_some(),
+            &descs,
+        );
+        self.push_payload(start, payload);
+        if let Some(w) = waiter {
+            self.pending.insert(id, w);
+        }
+        Ok(id)
+    }
+
+    /// Our caller gave up on call `id`.
+    pub(crate) fn cancel_call(&mut self, id: u64) {
+        if self.pending.remove(&id).is_some() && self.state != State::Closed {
+            self.write_message(&Message::Cancel { id });
+        }
+    }
+
+    /// An incoming call finished: send its reply unless it was cancelled or wanted none.
+    pub(crate) fn finish_call(&mut self, id: u64, answer: bool, reply: Option<Reply>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if !answer || self.running.remove(&id).is_none() || self.state == State::Closed {
+            return;
+        }
+        let Some(reply) = reply else { return };
+        let outcome = reply.and_then(|o| {
+            self.frame_fits(16 + o.refs.len() * 10, &o.payload)?;
+            let descs = self.describe(&o.refs)?;
+            Ok((o.ok, descs, o.payload))
+        });
+        match outcome {
+            Ok((ok, descs, payload)) => {
+                let start = self.out.len();
+                self.out.put_u32(0);
+                encode_answer_head(&mut self.out, id, ok, &descs);
+                self.push_payload(start, payload);
+            }
+            Err(f) => self.send_fault(id, f.kind, f.message),
+        }
+    }
+
+    /// Stop taking new calls: tell the peer, and let running calls finish.
+    pub(crate) fn start_draining(&mut self) {
+        if self.state == State::Open {
+            self.state = State::Draining;
+            self.write_message(&Message::Goodbye);
+        }
+    }
+
+    /// The connection is gone: fail every pending call, cancel running ones, empty the tables.
+    /// Returns what was held, for the caller to drop outside any lock.
+    pub(crate) fn close(&mut self) -> Vec<ObjectRef> {
+        self.state = State::Closed;
+        for (_, waiter) in self.pending.drain() {
+            let _ = waiter.send(Err(disconnected_fault()));
+        }
+        self.running.clear();
+        self.imports.clear();
+        self.export_keys.clear();
+        self.releases.clear();
+        self.events.clear();
+        let mut held: Vec<ObjectRef> = self.exports.drain().map(|(_, e)| e.object).collect();
+        held.extend(self.root.take());
+        self.root_key = None;
+        held
+    }
+}
+
+/// The key an object is exported under: the address of its shared allocation.
+fn export_key(r: &ObjectRef) -> Option<usize> {
+    match &r.0 {
+        RefInner::Local(_) => r.local_key(),
+        RefInner::Remote(imp) => Some(Arc::as_ptr(imp) as usize),
+    }
+}

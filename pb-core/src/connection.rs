@@ -1,0 +1,707 @@
+//! The tokio driver that pumps a [`Broker`] over a transport, and the [`Connection`] handle.
+//!
+//! Each connection runs two tasks: a reader that decodes frames and feeds them to the broker,
+//! and a writer that drains the broker's output with vectored writes (so everything queued
+//! while a write was in progress goes out in one system call). Incoming calls run in tasks of
+//! their own. The broker sits behind a mutex held only for bookkeeping, never across an await.
+//!
+//! Dropping the last handle to an imported reference must not take the broker's lock (it may
+//! happen anywhere, even while the lock is held), so releases go through a queue of their own
+//! that the writer folds into the broker.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::broker::{Broker, CallEvent, Limits, ProtocolError, TableStats};
+use crate::frame::{FrameDecoder, HEADER_LEN};
+use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
+use crate::message::FaultKind;
+use crate::object::{Fault, IncomingCall, ObjectRef, Remote, Reply, disconnected_fault};
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Which end of a connection we are. The protocol is symmetric after the handshake; the side
+/// only matters for logging and for who sends the first byte of a TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// We dialed.
+    Client,
+    /// We accepted.
+    Server,
+}
+
+/// Settings of one connection.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Table and message limits.
+    pub limits: Limits,
+    /// How long the peer has to send its hello (default 10 s).
+    pub handshake_timeout: Duration,
+    /// How long a graceful close waits for running calls (default 30 s).
+    pub drain_timeout: Duration,
+    /// Optional features we offer.
+    pub features: Features,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: Limits::default(),
+            handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            features: Features::NONE,
+        }
+    }
+}
+
+/// Establishing a connection failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The transport failed.
+    #[error("i/o error")]
+    Io(#[from] io::Error),
+    /// The handshake failed.
+    #[error("handshake failed")]
+    Handshake(#[from] HandshakeError),
+    /// The peer closed the connection during the handshake.
+    #[error("the peer closed the connection during the handshake")]
+    Closed,
+    /// The peer did not complete the handshake in time.
+    #[error("the handshake timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Closed on purpose by this side.
+    Local,
+    /// The peer closed the connection.
+    PeerClosed,
+    /// The transport failed.
+    Io(String),
+    /// The peer broke the protocol.
+    Protocol(String),
+}
+
+/// A handle to an object the peer exported to us.
+pub(crate) struct Imported {
+    pub(crate) conn: Arc<ConnShared>,
+    pub(crate) id: u64,
+    generation: u64,
+    received: AtomicU64,
+}
+
+impl Imported {
+    pub(crate) fn add_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Imported {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            let count = *self.received.get_mut();
+            self.conn.queue_release(self.id, self.generation, count);
+        }
+    }
+}
+
+/// State shared by a connection's tasks, its handle and every reference into it.
+pub(crate) struct ConnShared {
+    id: u64,
+    side: Side,
+    peer_addr: Option<SocketAddr>,
+    me: Weak<ConnShared>,
+    broker: Mutex<Broker>,
+    releases: Mutex<Vec<(u64, u64, u64)>>,
+    wake_writer: Notify,
+    call_done: Notify,
+    max_frame_len: AtomicUsize,
+    closed: watch::Sender<Option<CloseReason>>,
+    drain_timeout: Duration,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+impl ConnShared {
+    pub(crate) fn new(
+        config: &Config,
+        side: Side,
+        peer_addr: Option<SocketAddr>,
+        root: Option<ObjectRef>,
+    ) -> Arc<ConnShared> {
+        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+        Arc::new_cyclic(|me| ConnShared {
+            id,
+            side,
+            peer_addr,
+            me: me.clone(),
+            broker: Mutex::new(Broker::new(config.limits.clone(), id, root)),
+            releases: Mutex::new(Vec::new()),
+            wake_writer: Notify::new(),
+            call_done: Notify::new(),
+            max_frame_len: AtomicUsize::new(config.limits.max_frame_len),
+            closed: watch::channel(None).0,
+            drain_timeout: config.drain_timeout,
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Broker> {
+        // A panic while holding the lock cannot leave the tables half-updated in a way that
+        // matters more than losing the connection, so a poisoned lock is used as is.
+        self.broker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.borrow().is_some()
+    }
+
+    pub(crate) async fn closed(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|r| r.is_some()).await;
+    }
+
+    fn make_import(&self) -> impl Fn(u64, u64) -> Arc<Imported> + '_ {
+        move |id, generation| {
+            Arc::new(Imported {
+                conn: self
+                    .me
+                    .upgrade()
+                    .expect("a connection is alive while it handles input"),
+                id,
+                generation,
+                received: AtomicU64::new(if id == 0 { 0 } else { 1 }),
+            })
+        }
+    }
+
+    pub(crate) fn root_ref(&self) -> ObjectRef {
+        let make = self.make_import();
+        ObjectRef(crate::object::RefInner::Remote(make(0, 0)))
+    }
+
+    fn queue_release(&self, id: u64, generation: u64, count: u64) {
+        if self.is_closed() {
+            return;
+        }
+        self.releases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((id, generation, count));
+        self.wake_writer.notify_one();
+    }
+
+    /// Call the peer's object `target` and wait for the reply.
+    pub(crate) async fn call(
+        &self,
+        target: u64,
+        method: &str,
+        payload: Bytes,
+        refs: Vec<ObjectRef>,
+    ) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        let id = self
+            .lock()
+            .start_call(target, method, payload, &refs, Some(tx))?;
+        drop(refs);
+        self.wake_writer.notify_one();
+        let mut guard = CancelOnDrop {
+            conn: self,
+            id,
+            armed: true,
+        };
+        let reply = rx.await.unwrap_or_else(|_| Err(disconnected_fault()));
+        guard.armed = false;
+        reply
+    }
+
+    /// Send a call that wants no answer.
+    pub(crate) fn send_oneway(
+        &self,
+        target: u64,
+        method: &str,
+        payload: Bytes,
+        refs: Vec<ObjectRef>,
+    ) -> Result<(), Fault> {
+        self.lock()
+            .start_call(target, method, payload, &refs, None)?;
+        self.wake_writer.notify_one();
+        Ok(())
+    }
+
+    fn handle_frame(&self, frame: Bytes) -> Result<(), ProtocolError> {
+        let mut broker = self.lock();
+        let result = broker.handle_frame(frame, &self.make_import());
+        let mut events = Vec::new();
+        while let Some(ev) = broker.poll_event() {
+            events.push(ev);
+        }
+        drop(broker);
+        for ev in events {
+            self.spawn_call(ev);
+        }
+        self.wake_writer.notify_one();
+        result
+    }
+
+    fn spawn_call(&self, ev: CallEvent) {
+        let Some(conn) = self.me.upgrade() else {
+            return;
+        };
+        let CallEvent {
+            id,
+            object,
+            method,
+            args,
+            refs,
+            cancel,
+        } = ev;
+        let answer = cancel.is_some();
+        let caller = Caller {
+            conn: Some(Connection {
+                shared: conn.clone(),
+            }),
+        };
+        let call = IncomingCall {
+            method,
+            args,
+            refs,
+            caller,
+        };
+        let fut = CatchUnwind(object.dispatch(call));
+        tokio::spawn(async move {
+            let reply = match cancel {
+                Some(mut cancelled) => tokio::select! {
+                    biased;
+                    r = fut => Some(r),
+                    _ = &mut cancelled => None,
+                },
+                None => Some(fut.await),
+            };
+            if let Some(Err(f)) = &reply
+                && !answer
+            {
+                tracing::debug!(id, message = %f.message, "one-way call failed");
+            }
+            conn.lock().finish_call(id, answer, reply);
+            conn.wake_writer.notify_one();
+            conn.call_done.notify_waiters();
+        });
+    }
+
+    fn take_transmit(&self) -> Vec<Bytes> {
+        let released =
+            std::mem::take(&mut *self.releases.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut broker = self.lock();
+        for (id, generation, count) in released {
+            broker.release_imported(id, generation, count);
+        }
+        broker.take_transmit()
+    }
+
+    /// Mark the connection closed and fail everything pending.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        let held = self.lock().close();
+        drop(held);
+        self.closed.send_if_modified(|r| {
+            if r.is_none() {
+                *r = Some(reason.clone());
+                true
+            } else {
+                false
+            }
+        });
+        self.wake_writer.notify_one();
+    }
+
+    fn stats(&self) -> TableStats {
+        // Fold in queued releases so the counts are exact; the writer sends them.
+        let released =
+            std::mem::take(&mut *self.releases.lock().unwrap_or_else(|p| p.into_inner()));
+        let any = !released.is_empty();
+        let stats = {
+            let mut broker = self.lock();
+            for (id, generation, count) in released {
+                broker.release_imported(id, generation, count);
+            }
+            broker.stats()
+        };
+        if any {
+            self.wake_writer.notify_one();
+        }
+        stats
+    }
+}
+
+/// Cancels a pending call if its future is dropped before the answer arrives.
+struct CancelOnDrop<'a> {
+    conn: &'a ConnShared,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.lock().cancel_call(self.id);
+            self.conn.wake_writer.notify_one();
+        }
+    }
+}
+
+/// Turns a panic in a handler into an internal-error reply, so the caller gets an answer and
+/// the connection's books stay balanced.
+struct CatchUnwind<F>(F);
+
+impl<F: Future<Output = Reply> + Unpin> Future for CatchUnwind<F> {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::error!("a call handler panicked");
+                Poll::Ready(Err(Fault {
+                    kind: FaultKind::Internal,
+                    message: "the handler failed".into(),
+                }))
+            }
+        }
+    }
+}
+
+/// Who is making a call: handed to every dispatcher.
+#[derive(Clone)]
+pub struct Caller {
+    conn: Option<Connection>,
+}
+
+impl Caller {
+    /// The caller of a call made in-process on a local object.
+    pub fn local() -> Caller {
+        Caller { conn: None }
+    }
+
+    /// The connection the call came in on (`None` for an in-process call).
+    pub fn connection(&self) -> Option<&Connection> {
+        self.conn.as_ref()
+    }
+
+    /// The peer's network address, when known.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.conn.as_ref().and_then(|c| c.peer_addr())
+    }
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.conn {
+            Some(c) => write!(f, "Caller(connection {})", c.id()),
+            None => f.write_str("Caller(local)"),
+        }
+    }
+}
+
+/// A live counter snapshot of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionStats {
+    /// Table sizes.
+    pub tables: TableStats,
+    /// Bytes received, frames and headers included.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+}
+
+/// A pb connection: symmetric, either side may call objects the other gave it.
+///
+/// Cheap to clone. The connection stays open until [`Connection::close`] is called, the peer
+/// closes it, or it fails; dropping the handles does not close it while the peer keeps it open.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<ConnShared>,
+}
+
+impl Connection {
+    /// Run the handshake over `io` and start the connection's tasks.
+    ///
+    /// `root` is the object the peer reaches as its root (`None` to serve nothing).
+    pub async fn establish<T>(
+        mut io: T,
+        config: &Config,
+        side: Side,
+        root: Option<ObjectRef>,
+        peer_addr: Option<SocketAddr>,
+    ) -> Result<Connection, ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let ours = Hello::ours(config.features);
+        let mut hello = BytesMut::with_capacity(HEADER_LEN + HELLO_LEN);
+        hello.put_u32(HELLO_LEN as u32);
+        ours.encode(&mut hello);
+        let mut rbuf = BytesMut::with_capacity(256);
+        let exchange = async {
+            io.write_all(&hello).await?;
+            io.flush().await?;
+            while rbuf.len() < HEADER_LEN + HELLO_LEN {
+                // Check as soon as the header is in, so a non-pb peer is told apart early.
+                if rbuf.len() >= 8 && rbuf[..8] != hello[..8] {
+                    break;
+                }
+                if io.read_buf(&mut rbuf).await? == 0 {
+                    return Err(ConnectError::Closed);
+                }
+            }
+            if rbuf[..4] != hello[..4] {
+                let mut magic = [0u8; 4];
+                for (m, b) in magic.iter_mut().zip(rbuf.iter()) {
+                    *m = *b;
+                }
+                return Err(HandshakeError::BadMagic { magic }.into());
+            }
+            let theirs = Hello::decode(&rbuf[HEADER_LEN..HEADER_LEN + HELLO_LEN])?;
+            let _features = ours.negotiate(&theirs)?;
+            bytes::Buf::advance(&mut rbuf, HEADER_LEN + HELLO_LEN);
+            Ok(())
+        };
+        match tokio::time::timeout(config.handshake_timeout, exchange).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let _ = io.shutdown().await;
+                return Err(e);
+            }
+            Err(_) => return Err(ConnectError::Timeout(config.handshake_timeout)),
+        }
+        let shared = ConnShared::new(config, side, peer_addr, root);
+        let decoder = FrameDecoder::new(config.limits.max_frame_len);
+        let (rd, wr) = tokio::io::split(io);
+        tokio::spawn(run_reader(shared.clone(), rd, rbuf, decoder));
+        tokio::spawn(run_writer(shared.clone(), wr));
+        tracing::debug!(
+            connection = shared.id,
+            ?side,
+            ?peer_addr,
+            "connection established"
+        );
+        Ok(Connection { shared })
+    }
+
+    /// The peer's root object, typed.
+    pub fn root<R: Remote>(&self) -> R {
+        R::from_object_ref(self.shared.root_ref())
+    }
+
+    /// The peer's root object, untyped.
+    pub fn root_ref(&self) -> ObjectRef {
+        self.shared.root_ref()
+    }
+
+    /// Replace the object we serve as our root; returns the previous one.
+    pub fn set_root(&self, root: Option<ObjectRef>) -> Option<ObjectRef> {
+        self.shared.lock().set_root(root)
+    }
+
+    /// A process-unique id of this connection.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Which side we are.
+    pub fn side(&self) -> Side {
+        self.shared.side
+    }
+
+    /// The peer's address, when the transport has one.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.shared.peer_addr
+    }
+
+    /// The connection's live counters: table sizes and bytes in and out.
+    pub fn stats(&self) -> ConnectionStats {
+        ConnectionStats {
+            tables: self.shared.stats(),
+            bytes_in: self.shared.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.shared.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Change the largest frame accepted and sent (for example after login).
+    pub fn set_max_frame_len(&self, len: usize) {
+        self.shared.lock().set_max_frame_len(len);
+        // The reader picks the new limit up before the next frame.
+        self.shared.max_frame_len.store(len, Ordering::Relaxed);
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.shared.closed.borrow().clone()
+    }
+
+    /// Completes when the connection ends (at once if it has). Every waiter is woken exactly
+    /// once per connection.
+    pub async fn closed(&self) {
+        self.shared.closed().await
+    }
+
+    /// Close gracefully: take no new calls, let running calls finish and their answers go out
+    /// (up to the drain timeout), then close. Our own pending calls fail with `Disconnected`.
+    pub async fn close(&self) {
+        let shared = &self.shared;
+        shared.lock().start_draining();
+        shared.wake_writer.notify_one();
+        let drained = async {
+            loop {
+                let done = shared.call_done.notified();
+                if shared.lock().in_flight() == 0 {
+                    break;
+                }
+                done.await;
+            }
+        };
+        let _ = tokio::time::timeout(shared.drain_timeout, drained).await;
+        shared.close(CloseReason::Local);
+        shared.closed().await;
+    }
+
+    /// Close at once: running calls are cancelled, pending calls fail.
+    pub fn abort(&self) {
+        self.shared.close(CloseReason::Local);
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.shared.id)
+            .field("side", &self.shared.side)
+            .field("peer_addr", &self.shared.peer_addr)
+            .finish()
+    }
+}
+
+async fn run_reader<R: AsyncRead + Unpin>(
+    conn: Arc<ConnShared>,
+    mut rd: R,
+    mut rbuf: BytesMut,
+    mut decoder: FrameDecoder,
+) {
+    let mut closed = conn.closed.subscribe();
+    let reason = 'conn: loop {
+        loop {
+            decoder.set_max_len(conn.max_frame_len.load(Ordering::Relaxed));
+            match decoder.decode(&mut rbuf) {
+                Ok(Some(frame)) => {
+                    if let Err(e) = conn.handle_frame(frame) {
+                        break 'conn CloseReason::Protocol(e.to_string());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
+            }
+        }
+        if conn.is_closed() {
+            break CloseReason::Local;
+        }
+        rbuf.reserve(decoder.reserve_hint(&rbuf));
+        tokio::select! {
+            r = rd.read_buf(&mut rbuf) => match r {
+                Ok(0) => break CloseReason::PeerClosed,
+                Ok(n) => {
+                    conn.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) => break CloseReason::Io(e.to_string()),
+            },
+            _ = closed.wait_for(|r| r.is_some()) => break CloseReason::Local,
+        }
+    };
+    match &reason {
+        CloseReason::Protocol(why) => {
+            tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, %why, "closing connection: protocol violation")
+        }
+        CloseReason::Io(why) => tracing::debug!(connection = conn.id, %why, "connection failed"),
+        _ => tracing::debug!(connection = conn.id, ?reason, "connection closed"),
+    }
+    conn.close(reason);
+}
+
+async fn run_writer<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W) {
+    loop {
+        let notified = conn.wake_writer.notified();
+        let mut chunks = conn.take_transmit();
+        if chunks.is_empty() {
+            if conn.is_closed() {
+                break;
+            }
+            notified.await;
+            continue;
+        }
+        let total: usize = chunks.iter().map(|c| c.len()).sum();
+        if let Err(e) = write_all_chunks(&mut wr, &mut chunks).await {
+            conn.close(CloseReason::Io(e.to_string()));
+            break;
+        }
+        conn.bytes_out.fetch_add(total as u64, Ordering::Relaxed);
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn write_all_chunks<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    chunks: &mut [Bytes],
+) -> io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let slices: Vec<io::IoSlice<'_>> = chunks[first..]
+            .iter()
+            .take(64)
+            .map(|c| io::IoSlice::new(c))
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(c) = chunks.get_mut(first) else {
+                break;
+            };
+            if n >= c.len() {
+                n -= c.len();
+                first += 1;
+            } else {
+                bytes::Buf::advance(c, n);
+                n = 0;
+            }
+        }
+        while chunks.get(first).is_some_and(|c| c.is_empty()) {
+            first += 1;
+        }
+    }
+    wr.flush().await
+}

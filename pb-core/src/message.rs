@@ -1,0 +1,504 @@
+//! The messages carried in frame bodies after the handshake.
+//!
+//! The envelope is encoded by hand (a tag byte, LEB128 integers, length-prefixed strings) so
+//! that a call's payload stays a zero-copy slice of the received frame; only payloads are serde
+//! values, encoded by [`crate::codec`].
+//!
+//! ```text
+//! Call     01 flags id target method-len method refs payload...
+//! Answer   02 id outcome refs payload...          outcome: 0 = Ok, 1 = the callee's typed Err
+//! Fault    03 id kind message-len message
+//! Release  04 count (object delta)*count
+//! Cancel   05 id
+//! Goodbye  06                                     the sender accepts no new calls
+//! refs  := count (kind id)*count                  kind: 0 = sender's object, 1 = receiver's own
+//! ```
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Call flag: the caller wants an answer.
+const FLAG_ANSWER: u8 = 1;
+
+/// The longest method name accepted.
+pub const MAX_METHOD_LEN: usize = 255;
+
+/// The longest fault message kept; longer ones are truncated by the sender.
+pub const MAX_FAULT_MESSAGE_LEN: usize = 1024;
+
+/// A reference to an object as it crosses the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefDesc {
+    /// An object that the sender exports under this id.
+    Sender(u64),
+    /// An object of the receiver's own, that the receiver exported under this id (or its root, 0).
+    Receiver(u64),
+}
+
+/// Why a call failed, when the failure is the system's and not the callee's typed error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FaultKind {
+    /// No object with the target id is exported to the caller.
+    NoSuchObject,
+    /// The object has no method of that name.
+    NoSuchMethod,
+    /// The callee could not decode the arguments.
+    BadArguments,
+    /// The callee could not encode its answer.
+    BadAnswer,
+    /// A limit was exceeded on the callee's side.
+    LimitExceeded,
+    /// The callee's handler panicked or failed internally.
+    Internal,
+    /// The callee is shutting down and takes no new calls.
+    ShuttingDown,
+    /// The callee refused the call (for example before login).
+    Refused,
+    /// The connection was lost before the answer came (reported locally; a peer never needs
+    /// to send it).
+    Disconnected,
+    /// A kind this build does not know.
+    Unknown(u8),
+}
+
+impl FaultKind {
+    fn to_u8(self) -> u8 {
+        match self {
+            FaultKind::NoSuchObject => 1,
+            FaultKind::NoSuchMethod => 2,
+            FaultKind::BadArguments => 3,
+            FaultKind::BadAnswer => 4,
+            FaultKind::LimitExceeded => 5,
+            FaultKind::Internal => 6,
+            FaultKind::ShuttingDown => 7,
+            FaultKind::Refused => 8,
+            FaultKind::Disconnected => 9,
+            FaultKind::Unknown(k) => k,
+        }
+    }
+
+    fn from_u8(k: u8) -> FaultKind {
+        match k {
+            1 => FaultKind::NoSuchObject,
+            2 => FaultKind::NoSuchMethod,
+            3 => FaultKind::BadArguments,
+            4 => FaultKind::BadAnswer,
+            5 => FaultKind::LimitExceeded,
+            6 => FaultKind::Internal,
+            7 => FaultKind::ShuttingDown,
+            8 => FaultKind::Refused,
+            9 => FaultKind::Disconnected,
+            k => FaultKind::Unknown(k),
+        }
+    }
+}
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Invoke `method` on the receiver's object `target`.
+    Call {
+        /// The caller's request id (unique among the caller's pending calls).
+        id: u64,
+        /// The receiver's object id; 0 is its root.
+        target: u64,
+        /// The method name (UTF-8, at most [`MAX_METHOD_LEN`] bytes).
+        method: Bytes,
+        /// Whether an answer is wanted.
+        answer: bool,
+        /// Object references the payload points into, by index.
+        refs: Vec<RefDesc>,
+        /// The encoded arguments.
+        payload: Bytes,
+    },
+    /// The result of a call: the callee's `Ok` or its typed `Err`.
+    Answer {
+        /// The request id of the call.
+        id: u64,
+        /// `true` for `Ok`, `false` for the callee's own typed error.
+        ok: bool,
+        /// Object references the payload points into.
+        refs: Vec<RefDesc>,
+        /// The encoded value.
+        payload: Bytes,
+    },
+    /// The call failed in the system rather than in the callee.
+    Fault {
+        /// The request id of the call.
+        id: u64,
+        /// What went wrong.
+        kind: FaultKind,
+        /// A human-readable reason (no tracebacks).
+        message: String,
+    },
+    /// The sender dropped references it had received: decrement each object's count.
+    Release(Vec<(u64, u64)>),
+    /// The caller no longer wants the answer to call `id`.
+    Cancel {
+        /// The request id of the call.
+        id: u64,
+    },
+    /// The sender is closing gracefully and accepts no new calls.
+    Goodbye,
+}
+
+/// A message body could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessageError {
+    /// The body ended in the middle of a field.
+    #[error("message truncated")]
+    Truncated,
+    /// The first byte is not a known message tag.
+    #[error("unknown message tag {0}")]
+    UnknownTag(u8),
+    /// An integer did not fit in 64 bits.
+    #[error("integer overflow in message")]
+    IntegerOverflow,
+    /// A string field was not UTF-8.
+    #[error("invalid UTF-8 in a message field")]
+    InvalidUtf8,
+    /// A field exceeds its limit.
+    #[error("{field} of {len} exceeds the limit of {max}")]
+    TooLong {
+        /// The field.
+        field: &'static str,
+        /// Its announced length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A reference descriptor kind is unknown.
+    #[error("unknown reference kind {0}")]
+    UnknownRefKind(u8),
+    /// Bytes were left after a message that has no payload.
+    #[error("trailing bytes after message")]
+    Trailing,
+}
+
+/// Limits applied while decoding message envelopes.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimits {
+    /// The most object references one message may carry.
+    pub max_refs_per_message: usize,
+    /// The most entries one release message may carry.
+    pub max_release_entries: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        MessageLimits {
+            max_refs_per_message: 1024,
+            max_release_entries: 4096,
+        }
+    }
+}
+
+const TAG_CALL: u8 = 1;
+const TAG_ANSWER: u8 = 2;
+const TAG_FAULT: u8 = 3;
+const TAG_RELEASE: u8 = 4;
+const TAG_CANCEL: u8 = 5;
+const TAG_GOODBYE: u8 = 6;
+
+pub(crate) fn put_varint(out: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+fn get_varint(b: &mut Bytes) -> Result<u64, MessageError> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        if !b.has_remaining() {
+            return Err(MessageError::Truncated);
+        }
+        let byte = b.get_u8();
+        let bits = u64::from(byte & 0x7f);
+        if shift == 63 && bits > 1 {
+            return Err(MessageError::IntegerOverflow);
+        }
+        v |= bits << shift;
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(MessageError::IntegerOverflow)
+}
+
+fn get_u8(b: &mut Bytes) -> Result<u8, MessageError> {
+    if b.has_remaining() {
+        Ok(b.get_u8())
+    } else {
+        Err(MessageError::Truncated)
+    }
+}
+
+fn get_len(b: &mut Bytes, field: &'static str, max: usize) -> Result<usize, MessageError> {
+    let len = get_varint(b)?;
+    if len > max as u64 {
+        return Err(MessageError::TooLong {
+            field,
+            len,
+            max: max as u64,
+        });
+    }
+    Ok(len as usize)
+}
+
+fn get_bytes(b: &mut Bytes, len: usize) -> Result<Bytes, MessageError> {
+    if b.remaining() < len {
+        return Err(MessageError::Truncated);
+    }
+    Ok(b.split_to(len))
+}
+
+fn put_refs(out: &mut BytesMut, refs: &[RefDesc]) {
+    put_varint(out, refs.len() as u64);
+    for r in refs {
+        match *r {
+            RefDesc::Sender(id) => {
+                out.put_u8(0);
+                put_varint(out, id);
+            }
+            RefDesc::Receiver(id) => {
+                out.put_u8(1);
+                put_varint(out, id);
+            }
+        }
+    }
+}
+
+fn get_refs(b: &mut Bytes, limits: &MessageLimits) -> Result<Vec<RefDesc>, MessageError> {
+    let n = get_len(b, "reference count", limits.max_refs_per_message)?;
+    // Each descriptor takes at least two bytes, so `n` is also bounded by the input.
+    if n > b.remaining() / 2 {
+        return Err(MessageError::Truncated);
+    }
+    let mut refs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let kind = get_u8(b)?;
+        let id = get_varint(b)?;
+        refs.push(match kind {
+            0 => RefDesc::Sender(id),
+            1 => RefDesc::Receiver(id),
+            k => return Err(MessageError::UnknownRefKind(k)),
+        });
+    }
+    Ok(refs)
+}
+
+impl Message {
+    /// Append this message's body to `out` (without the frame header).
+    pub fn encode(&self, out: &mut BytesMut) {
+        match self {
+            Message::Call {
+                id,
+                target,
+                method,
+                answer,
+                refs,
+                payload,
+            } => {
+                encode_call_head(out, *id, *target, method, *answer, refs);
+                out.put_slice(payload);
+            }
+            Message::Answer {
+                id,
+                ok,
+                refs,
+                payload,
+            } => {
+                encode_answer_head(out, *id, *ok, refs);
+                out.put_slice(payload);
+            }
+            Message::Fault { id, kind, message } => {
+                out.put_u8(TAG_FAULT);
+                put_varint(out, *id);
+                out.put_u8(kind.to_u8());
+                let mut end = message.len().min(MAX_FAULT_MESSAGE_LEN);
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                put_varint(out, end as u64);
+                out.put_slice(&message.as_bytes()[..end]);
+            }
+            Message::Release(items) => {
+                out.put_u8(TAG_RELEASE);
+                put_varint(out, items.len() as u64);
+                for (object, count) in items {
+                    put_varint(out, *object);
+                    put_varint(out, *count);
+                }
+            }
+            Message::Cancel { id } => {
+                out.put_u8(TAG_CANCEL);
+                put_varint(out, *id);
+            }
+            Message::Goodbye => out.put_u8(TAG_GOODBYE),
+        }
+    }
+
+    /// Decode a message body; the payload is a zero-copy slice of `body`.
+    pub fn decode(mut body: Bytes, limits: &MessageLimits) -> Result<Message, MessageError> {
+        let b = &mut body;
+        let msg = match get_u8(b)? {
+            TAG_CALL => {
+                let flags = get_u8(b)?;
+                let id = get_varint(b)?;
+                let target = get_varint(b)?;
+                let len = get_len(b, "method name", MAX_METHOD_LEN)?;
+                let method = get_bytes(b, len)?;
+                if std::str::from_utf8(&method).is_err() {
+                    return Err(MessageError::InvalidUtf8);
+                }
+                let refs = get_refs(b, limits)?;
+                return Ok(Message::Call {
+                    id,
+                    target,
+                    method,
+                    answer: flags & FLAG_ANSWER != 0,
+                    refs,
+                    payload: body,
+                });
+            }
+            TAG_ANSWER => {
+                let id = get_varint(b)?;
+                let ok = get_u8(b)? == 0;
+                let refs = get_refs(b, limits)?;
+                return Ok(Message::Answer {
+                    id,
+                    ok,
+                    refs,
+                    payload: body,
+                });
+            }
+            TAG_FAULT => {
+                let id = get_varint(b)?;
+                let kind = FaultKind::from_u8(get_u8(b)?);
+                let len = get_len(b, "fault message", MAX_FAULT_MESSAGE_LEN)?;
+                let text = get_bytes(b, len)?;
+                let message = String::from_utf8_lossy(&text).into_owned();
+                Message::Fault { id, kind, message }
+            }
+            TAG_RELEASE => {
+                let n = get_len(b, "release entries", limits.max_release_entries)?;
+                if n > b.remaining() / 2 {
+                    return Err(MessageError::Truncated);
+                }
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push((get_varint(b)?, get_varint(b)?));
+                }
+                Message::Release(items)
+            }
+            TAG_CANCEL => Message::Cancel { id: get_varint(b)? },
+            TAG_GOODBYE => Message::Goodbye,
+            tag => return Err(MessageError::UnknownTag(tag)),
+        };
+        if b.has_remaining() {
+            return Err(MessageError::Trailing);
+        }
+        Ok(msg)
+    }
+}
+
+/// Encode a call's envelope; the payload follows it directly.
+pub(crate) fn encode_call_head(
+    out: &mut BytesMut,
+    id: u64,
+    target: u64,
+    method: &[u8],
+    answer: bool,
+    refs: &[RefDesc],
+) {
+    out.put_u8(TAG_CALL);
+    out.put_u8(if answer { FLAG_ANSWER } else { 0 });
+    put_varint(out, id);
+    put_varint(out, target);
+    put_varint(out, method.len() as u64);
+    out.put_slice(method);
+    put_refs(out, refs);
+}
+
+/// Encode an answer's envelope; the payload follows it directly.
+pub(crate) fn encode_answer_head(out: &mut BytesMut, id: u64, ok: bool, refs: &[RefDesc]) {
+    out.put_u8(TAG_ANSWER);
+    put_varint(out, id);
+    out.put_u8(if ok { 0 } else { 1 });
+    put_refs(out, refs);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt(m: Message) {
+        let mut out = BytesMut::new();
+        m.encode(&mut out);
+        assert_eq!(
+            Message::decode(out.freeze(), &MessageLimits::default()),
+            Ok(m)
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        rt(Message::Call {
+            id: u64::MAX,
+            target: 300,
+            method: Bytes::from_static(b"echo"),
+            answer: true,
+            refs: vec![RefDesc::Sender(1), RefDesc::Receiver(0)],
+            payload: Bytes::from_static(b"\x01\x02"),
+        });
+        rt(Message::Answer {
+            id: 7,
+            ok: false,
+            refs: vec![],
+            payload: Bytes::new(),
+        });
+        rt(Message::Fault {
+            id: 9,
+            kind: FaultKind::NoSuchMethod,
+            message: "no method nope".into(),
+        });
+        rt(Message::Release(vec![(1, 2), (3, u64::MAX)]));
+        rt(Message::Cancel { id: 12 });
+        rt(Message::Goodbye);
+    }
+
+    #[test]
+    fn hostile_inputs_are_errors() {
+        let l = MessageLimits::default();
+        assert_eq!(
+            Message::decode(Bytes::from_static(&[99]), &l),
+            Err(MessageError::UnknownTag(99))
+        );
+        assert_eq!(
+            Message::decode(Bytes::new(), &l),
+            Err(MessageError::Truncated)
+        );
+        // A release claiming 4000 entries with no bytes behind it allocates nothing.
+        assert_eq!(
+            Message::decode(Bytes::from_static(&[4, 0xa0, 0x1f]), &l),
+            Err(MessageError::Truncated)
+        );
+        // An 11-byte varint overflows.
+        assert_eq!(
+            Message::decode(
+                Bytes::from_static(&[
+                    5, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f
+                ]),
+                &l
+            ),
+            Err(MessageError::IntegerOverflow)
+        );
+        assert!(matches!(
+            Message::decode(Bytes::from_static(&[1, 1, 1, 0, 0x80, 0x02]), &l),
+            Err(MessageError::TooLong { .. })
+        ));
+    }
+}

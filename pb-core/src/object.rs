@@ -1,0 +1,446 @@
+//! The object model: what can be called, how a reference to it is held, and how calls fail.
+//!
+//! An [`ObjectRef`] is a handle to an object that is either local (an `Arc<dyn Dispatch>`) or on
+//! the other side of a connection. Both are called the same way, and both can be passed in
+//! arguments and answers; see [`crate::codec`] for how they travel.
+
+use std::fmt;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
+
+use crate::codec::{self, CodecError};
+use crate::connection::{Caller, Imported};
+use crate::message::FaultKind;
+
+/// A boxed, sendable future.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// The description of a remote interface: its name and its method table.
+#[derive(Debug)]
+pub struct Interface {
+    /// The interface's name (the trait's name).
+    pub name: &'static str,
+    /// The names of its methods, in declaration order.
+    pub methods: &'static [&'static str],
+}
+
+/// An object that can receive calls: implemented by the dispatchers that `#[pb::remote]`
+/// generates, and by hand for dynamic objects.
+pub trait Dispatch: Send + Sync + 'static {
+    /// The interface this object implements.
+    fn interface(&self) -> &'static Interface;
+
+    /// Run one call. The future is spawned by the connection driver; dropping it cancels the call.
+    fn dispatch(self: Arc<Self>, call: IncomingCall) -> BoxFuture<Reply>;
+}
+
+/// A call as the callee's dispatcher sees it.
+pub struct IncomingCall {
+    pub(crate) method: Bytes,
+    pub(crate) args: Bytes,
+    pub(crate) refs: Vec<ObjectRef>,
+    pub(crate) caller: Caller,
+}
+
+impl IncomingCall {
+    /// Build a call (used for local dispatch and in tests).
+    pub fn new(method: &str, args: Bytes, refs: Vec<ObjectRef>, caller: Caller) -> IncomingCall {
+        IncomingCall {
+            method: Bytes::copy_from_slice(method.as_bytes()),
+            args,
+            refs,
+            caller,
+        }
+    }
+
+    /// The method's name.
+    pub fn method(&self) -> &str {
+        // Validated as UTF-8 when the message was decoded or the call was built.
+        std::str::from_utf8(&self.method).unwrap_or("")
+    }
+
+    /// Who is calling.
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// Decode the arguments as `A` (a tuple of the method's parameters).
+    pub fn decode_args<A: DeserializeOwned>(&mut self) -> Result<A, Fault> {
+        let refs = std::mem::take(&mut self.refs);
+        codec::decode(&self.args, refs).map_err(|e| Fault {
+            kind: FaultKind::BadArguments,
+            message: format!("cannot decode arguments of {}: {e}", self.method()),
+        })
+    }
+
+    /// The answer for a method this object does not have.
+    pub fn no_such_method(&self, interface: &Interface) -> Reply {
+        Err(Fault {
+            kind: FaultKind::NoSuchMethod,
+            message: format!("{} has no method {:?}", interface.name, self.method()),
+        })
+    }
+}
+
+/// An encoded outcome of a call: the callee's `Ok` or typed `Err`.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// `true` for `Ok`.
+    pub ok: bool,
+    /// The encoded value.
+    pub payload: Bytes,
+    /// References the payload points into.
+    pub refs: Vec<ObjectRef>,
+}
+
+/// A call failure raised by the system rather than by the callee's code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// What went wrong.
+    pub kind: FaultKind,
+    /// Why, for humans.
+    pub message: String,
+}
+
+/// What a dispatcher returns.
+pub type Reply = Result<Outcome, Fault>;
+
+/// Encode a method's result as a [`Reply`].
+pub fn encode_result<T: Serialize, E: Serialize>(result: Result<T, E>) -> Reply {
+    let (ok, encoded) = match &result {
+        Ok(v) => (true, codec::encode(v)),
+        Err(e) => (false, codec::encode(e)),
+    };
+    match encoded {
+        Ok((payload, refs)) => Ok(Outcome { ok, payload, refs }),
+        Err(e) => Err(Fault {
+            kind: FaultKind::BadAnswer,
+            message: format!("callee cannot encode its answer: {e}"),
+        }),
+    }
+}
+
+/// A remote call failed.
+///
+/// `E` is the callee's own error type, which arrives typed in [`CallError::Remote`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError<E> {
+    /// The callee returned its own typed error.
+    #[error("the callee returned an error: {0:?}")]
+    Remote(E),
+    /// The connection is gone (or was lost while the call was pending).
+    #[error("disconnected")]
+    Disconnected,
+    /// The target object does not exist on the peer (or was never given to us).
+    #[error("no such object: {0}")]
+    NoSuchObject(String),
+    /// The target has no method of that name.
+    #[error("no such method: {0}")]
+    NoSuchMethod(String),
+    /// The callee could not decode the arguments.
+    #[error("the callee could not decode the arguments: {0}")]
+    BadArguments(String),
+    /// The answer could not be encoded by the callee or decoded by the caller.
+    #[error("bad answer: {0}")]
+    BadAnswer(String),
+    /// The arguments could not be encoded.
+    #[error("cannot encode the arguments: {0}")]
+    Encode(String),
+    /// A limit was exceeded, on either side; the message names the limit and its setting.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// The peer is shutting down and took no new calls.
+    #[error("the peer is shutting down")]
+    ShuttingDown,
+    /// The peer refused the call.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The callee failed internally (for example its handler panicked).
+    #[error("the callee failed: {0}")]
+    Internal(String),
+}
+
+impl<E> CallError<E> {
+    /// The callee's typed error, if that is what this is.
+    pub fn into_remote(self) -> Option<E> {
+        match self {
+            CallError::Remote(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Convert a system fault into a call error.
+    pub fn from_fault(f: Fault) -> CallError<E> {
+        let Fault { kind, message } = f;
+        match kind {
+            FaultKind::NoSuchObject => CallError::NoSuchObject(message),
+            FaultKind::NoSuchMethod => CallError::NoSuchMethod(message),
+            FaultKind::BadArguments => CallError::BadArguments(message),
+            FaultKind::BadAnswer => CallError::BadAnswer(message),
+            FaultKind::LimitExceeded => CallError::LimitExceeded(message),
+            FaultKind::ShuttingDown => CallError::ShuttingDown,
+            FaultKind::Disconnected => CallError::Disconnected,
+            FaultKind::Refused => CallError::Refused(message),
+            FaultKind::Internal | FaultKind::Unknown(_) => CallError::Internal(message),
+        }
+    }
+
+    /// Map the typed error.
+    pub fn map_remote<F>(self, f: impl FnOnce(E) -> F) -> CallError<F> {
+        match self {
+            CallError::Remote(e) => CallError::Remote(f(e)),
+            CallError::Disconnected => CallError::Disconnected,
+            CallError::NoSuchObject(m) => CallError::NoSuchObject(m),
+            CallError::NoSuchMethod(m) => CallError::NoSuchMethod(m),
+            CallError::BadArguments(m) => CallError::BadArguments(m),
+            CallError::BadAnswer(m) => CallError::BadAnswer(m),
+            CallError::Encode(m) => CallError::Encode(m),
+            CallError::LimitExceeded(m) => CallError::LimitExceeded(m),
+            CallError::ShuttingDown => CallError::ShuttingDown,
+            CallError::Refused(m) => CallError::Refused(m),
+            CallError::Internal(m) => CallError::Internal(m),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) enum RefInner {
+    Local(Arc<dyn Dispatch>),
+    Remote(Arc<Imported>),
+}
+
+/// A reference to an object, local or remote.
+///
+/// Cheap to clone, `Send + Sync`. Two references to the same object compare equal and hash
+/// alike, wherever they came from. A reference received from a peer keeps the peer's object
+/// alive until the last clone is dropped; then a release goes back to the owner.
+#[derive(Clone)]
+pub struct ObjectRef(pub(crate) RefInner);
+
+impl ObjectRef {
+    /// A reference to a local object.
+    pub fn local<D: Dispatch>(object: D) -> ObjectRef {
+        ObjectRef(RefInner::Local(Arc::new(object)))
+    }
+
+    /// A reference to a shared local object.
+    pub fn from_arc(object: Arc<dyn Dispatch>) -> ObjectRef {
+        ObjectRef(RefInner::Local(object))
+    }
+
+    /// Whether the object lives in this process.
+    pub fn is_local(&self) -> bool {
+        matches!(self.0, RefInner::Local(_))
+    }
+
+    /// Whether calls can currently reach the object (always true for local objects).
+    pub fn is_connected(&self) -> bool {
+        match &self.0 {
+            RefInner::Local(_) => true,
+            RefInner::Remote(r) => !r.conn.is_closed(),
+        }
+    }
+
+    /// The name of the object's interface, when it is local.
+    pub fn local_interface(&self) -> Option<&'static Interface> {
+        match &self.0 {
+            RefInner::Local(d) => Some(d.interface()),
+            RefInner::Remote(_) => None,
+        }
+    }
+
+    /// Completes when the connection this reference depends on is lost (never, for a local
+    /// object). Completes at once if it is already lost.
+    pub async fn disconnected(&self) {
+        match &self.0 {
+            RefInner::Local(_) => std::future::pending().await,
+            RefInner::Remote(r) => r.conn.closed().await,
+        }
+    }
+
+    /// Call `method` with encoded arguments and get the encoded outcome.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        args: Bytes,
+        refs: Vec<ObjectRef>,
+    ) -> Result<Outcome, Fault> {
+        match &self.0 {
+            RefInner::Local(d) => {
+                let call = IncomingCall::new(method, args, refs, Caller::local());
+                d.clone().dispatch(call).await
+            }
+            RefInner::Remote(r) => r.conn.call(r.id, method, args, refs).await,
+        }
+    }
+
+    /// Call `method` by name with `args` (a tuple of the method's parameters), typed by the
+    /// caller. This is what generated stubs do; it is also the dynamic call by name.
+    pub async fn call<A, R, E>(&self, method: &str, args: &A) -> Result<R, CallError<E>>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let (payload, refs) = codec::encode(args).map_err(|e| CallError::Encode(e.to_string()))?;
+        let outcome = match self.call_raw(method, payload, refs).await {
+            Ok(o) => o,
+            Err(f) => return Err(CallError::from_fault(f)),
+        };
+        decode_outcome(outcome)
+    }
+
+    /// Send a call that wants no answer. It fails only if it cannot be sent.
+    pub fn send<A>(&self, method: &str, args: &A) -> Result<(), CallError<std::convert::Infallible>>
+    where
+        A: Serialize + ?Sized,
+    {
+        let (payload, refs) = codec::encode(args).map_err(|e| CallError::Encode(e.to_string()))?;
+        match &self.0 {
+            RefInner::Local(d) => {
+                let call = IncomingCall::new(method, payload, refs, Caller::local());
+                let fut = d.clone().dispatch(call);
+                tokio::spawn(fut);
+                Ok(())
+            }
+            RefInner::Remote(r) => r
+                .conn
+                .send_oneway(r.id, method, payload, refs)
+                .map_err(CallError::from_fault),
+        }
+    }
+
+    /// Run an incoming call against this object (used by the driver, and by forwarding).
+    pub(crate) fn dispatch(&self, call: IncomingCall) -> BoxFuture<Reply> {
+        match &self.0 {
+            RefInner::Local(d) => d.clone().dispatch(call),
+            RefInner::Remote(r) => {
+                let r = r.clone();
+                Box::pin(async move {
+                    let method = call.method().to_owned();
+                    r.conn.call(r.id, &method, call.args, call.refs).await
+                })
+            }
+        }
+    }
+
+    /// The address of the local object, used as its export key.
+    pub(crate) fn local_key(&self) -> Option<usize> {
+        match &self.0 {
+            RefInner::Local(d) => Some(Arc::as_ptr(d) as *const () as usize),
+            RefInner::Remote(_) => None,
+        }
+    }
+}
+
+/// The fault a connection reports for a call that was pending when it was lost.
+pub(crate) fn disconnected_fault() -> Fault {
+    Fault {
+        kind: FaultKind::Disconnected,
+        message: "disconnected".into(),
+    }
+}
+
+/// Decode a typed result from an outcome.
+pub fn decode_outcome<R: DeserializeOwned, E: DeserializeOwned>(
+    outcome: Outcome,
+) -> Result<R, CallError<E>> {
+    let bad = |e: CodecError| CallError::BadAnswer(format!("cannot decode the answer: {e}"));
+    if outcome.ok {
+        codec::decode(&outcome.payload, outcome.refs).map_err(bad)
+    } else {
+        Err(CallError::Remote(
+            codec::decode(&outcome.payload, outcome.refs).map_err(bad)?,
+        ))
+    }
+}
+
+impl PartialEq for ObjectRef {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (RefInner::Local(a), RefInner::Local(b)) => {
+                Arc::as_ptr(a) as *const () == Arc::as_ptr(b) as *const ()
+            }
+            (RefInner::Remote(a), RefInner::Remote(b)) => {
+                a.conn.id() == b.conn.id() && a.id == b.id
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ObjectRef {}
+
+impl Hash for ObjectRef {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        match &self.0 {
+            RefInner::Local(a) => (0u8, Arc::as_ptr(a) as *const () as usize).hash(state),
+            RefInner::Remote(r) => (1u8, r.conn.id(), r.id).hash(state),
+        }
+    }
+}
+
+impl fmt::Debug for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            RefInner::Local(d) => write!(f, "ObjectRef(local {})", d.interface().name),
+            RefInner::Remote(r) => {
+                write!(f, "ObjectRef(connection {} object {})", r.conn.id(), r.id)
+            }
+        }
+    }
+}
+
+impl Serialize for ObjectRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match codec::collect_ref(self) {
+            Some(index) => s.serialize_u32(index),
+            None => Err(serde::ser::Error::custom(
+                "an object reference can only be encoded as part of a pb call",
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ObjectRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let index = u32::deserialize(d)?;
+        codec::resolve_ref(index).ok_or_else(|| {
+            serde::de::Error::custom(format!("object reference index {index} out of range"))
+        })
+    }
+}
+
+/// A typed reference generated by `#[pb::remote]` (for trait `Foo`, the type `FooRef`).
+pub trait Remote: Clone + Send + Sync + 'static {
+    /// The interface's description.
+    const INTERFACE: &'static Interface;
+
+    /// Wrap an untyped reference. No check is made that the object implements the interface:
+    /// a call to a method it lacks fails with [`CallError::NoSuchMethod`].
+    fn from_object_ref(object: ObjectRef) -> Self;
+
+    /// The untyped reference.
+    fn object_ref(&self) -> &ObjectRef;
+}
+
+impl Remote for ObjectRef {
+    const INTERFACE: &'static Interface = &Interface {
+        name: "ObjectRef",
+        methods: &[],
+    };
+
+    fn from_object_ref(object: ObjectRef) -> Self {
+        object
+    }
+
+    fn object_ref(&self) -> &ObjectRef {
+        self
+    }
+}
