@@ -1,4 +1,83 @@
-//! pb: remote objects for tokio (in progress).
+//! pb: remote objects for tokio, after Twisted's Perspective Broker and AMP.
+//!
+//! Declare an interface as a trait of async methods, implement it, serve it, and call it from
+//! the other side through a typed stub. Either side may pass references to its own objects and
+//! be called back on them.
+//!
+//! ```
+//! #[pb::remote]
+//! pub trait Greeter {
+//!     async fn greet(&self, name: String) -> Result<String, GreetError>;
+//! }
+//!
+//! #[pb::copyable]
+//! #[derive(Debug, PartialEq)]
+//! pub enum GreetError { Empty }
+//!
+//! struct Polite;
+//! impl Greeter for Polite {
+//!     async fn greet(&self, name: String) -> Result<String, GreetError> {
+//!         if name.is_empty() { return Err(GreetError::Empty) }
+//!         Ok(format!("hello, {name}"))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = pb::Server::bind("127.0.0.1:0").await?.serve(GreeterRef::new(Polite));
+//! let conn = pb::Client::connect(server.local_addr()).await?;
+//! let greeter: GreeterRef = conn.root();
+//! assert_eq!(greeter.greet("ada".into()).await?, "hello, ada");
+//! assert_eq!(greeter.greet("".into()).await, Err(pb::CallError::Remote(GreetError::Empty)));
+//! conn.close().await;
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # What `#[pb::remote]` generates
+//! For a trait `Foo`:
+//! - the trait itself, `Send + Sync + 'static`, whose `async fn`s implementations may write as
+//!   `async fn` (their futures must be `Send`);
+//! - `FooRef`, the typed stub: a reference to a `Foo` object, local or remote, with one async
+//!   method per trait method returning `Result<T, pb::CallError<E>>`; `FooRef::new(obj)` wraps a
+//!   local object so that it can be passed to a peer;
+//! - `ServeFoo<T>`, the dispatcher serving any `T: Foo`.
+//!
+//! A parameter of type [`Caller`] is filled on the callee's side with who is calling, and is
+//! not part of the stub's signature. A dynamic call by name is [`ObjectRef::call`].
+//!
+//! # Layout
+//! - [`pb_core`]: frames, messages, the broker, the object model, the connection driver, AMP;
+//! - [`pb_server`]: listening, connection limits, graceful shutdown;
+//! - [`pb_client`]: connecting;
+//! - `pb_derive`: the macros, re-exported here.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub use pb_client::{self, Client, ClientBuilder};
+pub use pb_core::{
+    self, BoxFuture, CallError, Caller, CloseReason, Config, ConnectError, Connection,
+    ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits, ObjectRef,
+    Outcome, Remote, Reply, Side, TableStats, codec, transport,
+};
+pub use pb_derive::{copyable, remote};
+pub use pb_server::{self, Server, ServerBuilder, ServerHandle};
+
+/// The names most programs need: `use pb::prelude::*;`.
+pub mod prelude {
+    pub use crate::{CallError, Caller, Client, Connection, ObjectRef, Remote, Server};
+}
+
+/// Paths used by generated code. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use pb_core::{
+        BoxFuture, CallError, Copyable, Dispatch, IncomingCall, Interface, ObjectRef, Remote,
+        Reply, encode_result,
+    };
+    pub use serde;
+    pub use std::future::ready;
+}
 
 // --- AMP section (owned by the AMP work) ---
 pub use pb_core::amp;

@@ -9,6 +9,7 @@
 //! happen anywhere, even while the lock is held), so releases go through a queue of their own
 //! that the writer folds into the broker.
 
+use std::any::Any;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -28,6 +29,9 @@ use crate::frame::{FrameDecoder, HEADER_LEN};
 use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
 use crate::message::FaultKind;
 use crate::object::{Fault, IncomingCall, ObjectRef, Remote, Reply, disconnected_fault};
+
+/// A connection's recorded identity, of whatever type the application chose.
+type Identity = Arc<dyn Any + Send + Sync>;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -133,6 +137,7 @@ pub(crate) struct ConnShared {
     max_frame_len: AtomicUsize,
     closed: watch::Sender<Option<CloseReason>>,
     drain_timeout: Duration,
+    identity: Mutex<Option<Identity>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
 }
@@ -157,6 +162,7 @@ impl ConnShared {
             max_frame_len: AtomicUsize::new(config.limits.max_frame_len),
             closed: watch::channel(None).0,
             drain_timeout: config.drain_timeout,
+            identity: Mutex::new(None),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
         })
@@ -412,6 +418,11 @@ impl Caller {
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.conn.as_ref().and_then(|c| c.peer_addr())
     }
+
+    /// The identity established for the connection (for example by login), if it is a `T`.
+    pub fn identity<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.conn.as_ref().and_then(|c| c.identity::<T>())
+    }
 }
 
 impl std::fmt::Debug for Caller {
@@ -552,6 +563,27 @@ impl Connection {
         self.shared.lock().set_max_frame_len(len);
         // The reader picks the new limit up before the next frame.
         self.shared.max_frame_len.store(len, Ordering::Relaxed);
+    }
+
+    /// Record who the peer is (a login, a certificate, ...). Dispatchers see it through
+    /// [`Caller::identity`].
+    pub fn set_identity<T: Any + Send + Sync>(&self, identity: T) {
+        *self
+            .shared
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(identity));
+    }
+
+    /// The identity recorded with [`Connection::set_identity`], if it is a `T`.
+    pub fn identity<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let id = self
+            .shared
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        id.downcast::<T>().ok()
     }
 
     /// Whether the connection has ended.

@@ -67,8 +67,8 @@ pub use connection::{
     Caller, CloseReason, Config, ConnectError, Connection, ConnectionStats, Side,
 };
 pub use object::{
-    BoxFuture, CallError, Dispatch, Fault, IncomingCall, Interface, ObjectRef, Outcome, Remote,
-    Reply, decode_outcome, encode_result,
+    BoxFuture, CallError, Copyable, Dispatch, Fault, IncomingCall, Interface, ObjectRef, Outcome,
+    Remote, Reply, decode_outcome, encode_result,
 };
 
 // --- AMP section (owned by the AMP work) ---

@@ -1,0 +1,225 @@
+//! Validate a trait and turn it into the model the expansion works from.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{
+    Attribute, FnArg, GenericArgument, Ident, ItemTrait, Pat, PathArguments, ReturnType, TraitItem,
+    Type, Visibility,
+};
+
+pub(crate) struct Interface {
+    pub(crate) attrs: Vec<Attribute>,
+    pub(crate) vis: Visibility,
+    pub(crate) name: Ident,
+    pub(crate) methods: Vec<Method>,
+}
+
+pub(crate) struct Method {
+    pub(crate) attrs: Vec<Attribute>,
+    pub(crate) name: Ident,
+    pub(crate) params: Vec<Param>,
+    pub(crate) ok: Type,
+    pub(crate) err: Type,
+}
+
+pub(crate) struct Param {
+    pub(crate) name: Ident,
+    pub(crate) ty: Type,
+    /// A `pb::Caller` parameter: filled on the callee's side, never sent.
+    pub(crate) is_caller: bool,
+}
+
+/// Collects every error instead of stopping at the first.
+#[derive(Default)]
+struct Errors(Option<syn::Error>);
+
+impl Errors {
+    fn push(&mut self, e: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+}
+
+impl Interface {
+    pub(crate) fn from_trait(t: &ItemTrait) -> syn::Result<Interface> {
+        let mut errors = Errors::default();
+        if !t.generics.params.is_empty() || t.generics.where_clause.is_some() {
+            errors.push(syn::Error::new_spanned(
+                &t.generics,
+                "a remote interface cannot be generic",
+            ));
+        }
+        if let Some(unsafety) = &t.unsafety {
+            errors.push(syn::Error::new_spanned(
+                unsafety,
+                "a remote interface cannot be unsafe",
+            ));
+        }
+        if !t.supertraits.is_empty() {
+            errors.push(syn::Error::new_spanned(
+                &t.supertraits,
+                "a remote interface cannot declare supertraits (it is Send + Sync + 'static already)",
+            ));
+        }
+        let mut methods = Vec::new();
+        for item in &t.items {
+            match item {
+                TraitItem::Fn(f) => match Method::from_fn(f) {
+                    Ok(m) => methods.push(m),
+                    Err(e) => errors.push(e),
+                },
+                other => errors.push(syn::Error::new_spanned(
+                    other,
+                    "a remote interface may only contain async methods",
+                )),
+            }
+        }
+        if let Some(e) = errors.0 {
+            return Err(e);
+        }
+        Ok(Interface {
+            attrs: t.attrs.clone(),
+            vis: t.vis.clone(),
+            name: t.ident.clone(),
+            methods,
+        })
+    }
+}
+
+impl Method {
+    fn from_fn(f: &syn::TraitItemFn) -> syn::Result<Method> {
+        let sig = &f.sig;
+        let mut errors = Errors::default();
+        if sig.asyncness.is_none() {
+            errors.push(syn::Error::new_spanned(
+                sig.fn_token,
+                "remote methods must be `async fn`",
+            ));
+        }
+        if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+            errors.push(syn::Error::new_spanned(
+                &sig.generics,
+                "remote methods cannot be generic",
+            ));
+        }
+        if let Some(block) = &f.default {
+            errors.push(syn::Error::new_spanned(
+                block,
+                "remote methods cannot have a default body",
+            ));
+        }
+        if let Some(v) = &sig.variadic {
+            errors.push(syn::Error::new_spanned(
+                v,
+                "remote methods cannot be variadic",
+            ));
+        }
+        let mut inputs = sig.inputs.iter();
+        match inputs.next() {
+            Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => {}
+            Some(other) => errors.push(syn::Error::new_spanned(
+                other,
+                "remote methods take `&self` (calls run concurrently)",
+            )),
+            None => errors.push(syn::Error::new(
+                sig.paren_token.span.join(),
+                "remote methods take `&self` as their first parameter",
+            )),
+        }
+        let mut params = Vec::new();
+        for arg in inputs {
+            let FnArg::Typed(pt) = arg else { continue };
+            let Pat::Ident(pi) = &*pt.pat else {
+                errors.push(syn::Error::new_spanned(
+                    &pt.pat,
+                    "remote method parameters must be plain names",
+                ));
+                continue;
+            };
+            if let Type::Reference(r) = &*pt.ty {
+                errors.push(syn::Error::new_spanned(
+                    r,
+                    "remote method parameters are passed by value (they cross the network)",
+                ));
+                continue;
+            }
+            params.push(Param {
+                name: pi.ident.clone(),
+                is_caller: is_caller_type(&pt.ty),
+                ty: (*pt.ty).clone(),
+            });
+        }
+        if params.iter().filter(|p| p.is_caller).count() > 1 {
+            errors.push(syn::Error::new_spanned(
+                &sig.inputs,
+                "a remote method takes at most one `pb::Caller` parameter",
+            ));
+        }
+        let result = match &sig.output {
+            ReturnType::Type(_, ty) => split_result(ty),
+            ReturnType::Default => None,
+        };
+        let (ok, err) = match result {
+            Some(r) => r,
+            None => {
+                let span = match &sig.output {
+                    ReturnType::Type(_, ty) => ty.span(),
+                    ReturnType::Default => sig.paren_token.span.join(),
+                };
+                errors.push(syn::Error::new(
+                    span,
+                    "remote methods return `Result<T, E>`, where E is the error type the caller receives",
+                ));
+                (unit(), unit())
+            }
+        };
+        if let Some(e) = errors.0 {
+            return Err(e);
+        }
+        Ok(Method {
+            attrs: f.attrs.clone(),
+            name: sig.ident.clone(),
+            params,
+            ok,
+            err,
+        })
+    }
+}
+
+fn unit() -> Type {
+    syn::parse_quote!(())
+}
+
+fn is_caller_type(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.qself.is_none()
+        && p.path.segments.last().is_some_and(|s| s.ident == "Caller" && s.arguments.is_empty()))
+}
+
+/// `Result<T, E>` (under any path ending in `Result`) into `(T, E)`.
+fn split_result(ty: &Type) -> Option<(Type, Type)> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    let mut types = args.args.iter().filter_map(|a| match a {
+        GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    });
+    let ok = types.next()?;
+    let err = types.next()?;
+    if types.next().is_some() || args.args.len() != 2 {
+        return None;
+    }
+    Some((ok, err))
+}
+
+#[allow(dead_code)]
+fn call_site() -> Span {
+    Span::call_site()
+}
