@@ -46,13 +46,14 @@
 //! not part of the stub's signature. A dynamic call by name is [`ObjectRef::call`].
 //!
 //! # Layout
-//! - [`pb_core`]: frames, messages, the broker, the object model, the connection driver, AMP;
-//! - [`pb_server`]: listening, connection limits, graceful shutdown;
-//! - [`pb_client`]: connecting;
+//! - [`pb_core`], frames, messages, the broker, the object model, the connection driver, AMP;
+//! - [`pb_server`], listening, connection limits, graceful shutdown;
+//! - [`pb_client`], connecting;
 //! - `pb_derive`: the macros, re-exported here.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub use pb_client::{self, Client, ClientBuilder};
 pub use pb_core::{

@@ -31,7 +31,11 @@ async fn a_thousand_concurrent_calls_answered_out_of_order() {
     }
     assert_eq!(seen, 1000);
     let order = order.lock().unwrap();
-    assert_eq!(order.first(), Some(&999), "the last call should be answered first");
+    assert_eq!(
+        order.first(),
+        Some(&999),
+        "the last call should be answered first"
+    );
     assert_eq!(order.last(), Some(&0));
     assert_eq!(client.stats().tables.pending_calls, 0);
     assert_eq!(server.stats().tables.in_flight_calls, 0);
@@ -75,7 +79,9 @@ async fn in_flight_limit_refuses_cleanly() {
         tokio::task::yield_now().await;
     }
     match k.add(1, 1).await {
-        Err(pb::CallError::LimitExceeded(m)) => assert!(m.contains("max_in_flight_calls = 4"), "{m}"),
+        Err(pb::CallError::LimitExceeded(m)) => {
+            assert!(m.contains("max_in_flight_calls = 4"), "{m}")
+        }
         other => panic!("expected the limit, got {other:?}"),
     }
     for h in hanging {

@@ -26,7 +26,9 @@ async fn undecodable_arguments_get_an_error_and_the_connection_survives() {
     let r = root.call::<_, i64, TestError>("add", &("forty-two",)).await;
     assert!(matches!(r, Err(CallError::BadArguments(_))), "{r:?}");
     // An answer that does not decode as the type the caller expects is a caller-side error.
-    let r = root.call::<_, String, TestError>("add", &(1i64, 2i64)).await;
+    let r = root
+        .call::<_, String, TestError>("add", &(1i64, 2i64))
+        .await;
     assert!(matches!(r, Err(CallError::BadAnswer(_))), "{r:?}");
     let k: KitchenRef = client.root();
     assert_eq!(k.add(2, 2).await, Ok(4));

@@ -19,16 +19,30 @@ async fn exercise(k: &KitchenRef) {
     let mut rev = big.clone();
     rev.reverse();
     assert_eq!(k.reverse(big).await, Ok(rev));
-    assert_eq!(k.sum(vec![u32::MAX, u32::MAX]).await, Ok(2 * u32::MAX as u64));
+    assert_eq!(
+        k.sum(vec![u32::MAX, u32::MAX]).await,
+        Ok(2 * u32::MAX as u64)
+    );
     let shape = Shape {
         name: "tri".into(),
-        points: vec![Point { x: 0, y: 0 }, Point { x: 6, y: 0 }, Point { x: 0, y: 9 }],
+        points: vec![
+            Point { x: 0, y: 0 },
+            Point { x: 6, y: 0 },
+            Point { x: 0, y: 9 },
+        ],
         tags: BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 2)]),
         kind: Kind::Weighted(0.5),
         note: Some("n".into()),
     };
-    assert_eq!(k.centroid(shape.clone()).await, Ok(Some(Point { x: 2, y: 3 })));
-    let empty = Shape { points: vec![], note: None, ..shape };
+    assert_eq!(
+        k.centroid(shape.clone()).await,
+        Ok(Some(Point { x: 2, y: 3 }))
+    );
+    let empty = Shape {
+        points: vec![],
+        note: None,
+        ..shape
+    };
     assert_eq!(k.centroid(empty).await, Ok(None));
     assert_eq!(k.flip(Kind::Open).await, Ok(Kind::Closed { filled: true }));
     assert_eq!(k.flip(Kind::Closed { filled: false }).await, Ok(Kind::Open));
@@ -38,7 +52,10 @@ async fn exercise(k: &KitchenRef) {
     assert_eq!(k.sqrt(16).await, Ok(4.0));
     assert_eq!(k.unit().await, Ok(()));
     // The callee's own error arrives typed.
-    assert_eq!(k.sqrt(-4).await, Err(CallError::Remote(TestError::Negative(-4))));
+    assert_eq!(
+        k.sqrt(-4).await,
+        Err(CallError::Remote(TestError::Negative(-4)))
+    );
     match k.sqrt(-1).await {
         Err(CallError::Remote(TestError::Negative(v))) => assert_eq!(v, -1),
         other => panic!("expected the typed error, got {other:?}"),
@@ -76,7 +93,10 @@ async fn local_references_are_called_directly() {
 async fn dynamic_call_by_name() {
     let (_server, client) = memory_pair(KitchenRef::new(KitchenImpl::default())).await;
     let root = client.root_ref();
-    let v: i64 = root.call::<_, _, TestError>("add", &(1i64, 2i64)).await.unwrap();
+    let v: i64 = root
+        .call::<_, _, TestError>("add", &(1i64, 2i64))
+        .await
+        .unwrap();
     assert_eq!(v, 3);
     let e = root.call::<_, f64, TestError>("sqrt", &(-9i64,)).await;
     assert_eq!(e, Err(CallError::Remote(TestError::Negative(-9))));

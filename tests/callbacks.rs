@@ -52,7 +52,10 @@ impl Listener for Collect {
 #[tokio::test]
 async fn server_calls_the_clients_listener_back_over_tcp() {
     let hub = Arc::new(HubImpl::default());
-    let server = pb::Server::bind("127.0.0.1:0").await.unwrap().serve(HubRef::from_arc(hub.clone()));
+    let server = pb::Server::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve(HubRef::from_arc(hub.clone()));
     let (tx1, mut rx1) = mpsc::unbounded_channel();
     let (tx2, mut rx2) = mpsc::unbounded_channel();
     let c1 = pb::Client::connect(server.local_addr()).await.unwrap();
@@ -91,7 +94,11 @@ async fn a_reference_does_not_leak_while_the_connection_lives() {
     // The server forgets them: releases go back and the client's table empties.
     hub.listeners.lock().unwrap().clear();
     let exported = wait_until(|| client.stats().tables.exported == 0).await;
-    assert!(exported, "client still exports {}", client.stats().tables.exported);
+    assert!(
+        exported,
+        "client still exports {}",
+        client.stats().tables.exported
+    );
     assert_eq!(server.stats().tables.imported, 0);
 }
 

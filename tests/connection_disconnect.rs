@@ -29,7 +29,11 @@ async fn pending_calls_fail_at_once_when_the_peer_goes() {
     // New calls on a dead reference fail at once too.
     assert_eq!(k.add(1, 2).await, Err(CallError::Disconnected));
     assert!(!k.is_connected());
-    assert_eq!(server.stats().tables.in_flight_calls, 0, "the server's handlers were cancelled");
+    assert_eq!(
+        server.stats().tables.in_flight_calls,
+        0,
+        "the server's handlers were cancelled"
+    );
 }
 
 #[tokio::test]
@@ -44,7 +48,12 @@ async fn pending_calls_fail_when_the_tcp_peer_drops() {
         let k = k.clone();
         async move { k.hang().await }
     });
-    while server.connections().first().map(|c| c.stats().tables.in_flight_calls) != Some(1) {
+    while server
+        .connections()
+        .first()
+        .map(|c| c.stats().tables.in_flight_calls)
+        != Some(1)
+    {
         tokio::task::yield_now().await;
     }
     server.connections()[0].abort();
@@ -69,7 +78,12 @@ async fn graceful_shutdown_lets_calls_in_flight_finish() {
         let k = k.clone();
         async move { k.gated(7).await }
     });
-    while server.connections().first().map(|c| c.stats().tables.in_flight_calls) != Some(1) {
+    while server
+        .connections()
+        .first()
+        .map(|c| c.stats().tables.in_flight_calls)
+        != Some(1)
+    {
         tokio::task::yield_now().await;
     }
     let server_conn = server.connections()[0].clone();
@@ -78,11 +92,17 @@ async fn graceful_shutdown_lets_calls_in_flight_finish() {
     while !matches!(k.add(1, 1).await, Err(CallError::ShuttingDown)) {
         tokio::task::yield_now().await;
     }
-    assert!(!server_conn.is_closed(), "the server waits for the running call");
+    assert!(
+        !server_conn.is_closed(),
+        "the server waits for the running call"
+    );
     gate.add_permits(1);
     // The call that was running finished and its answer arrived.
     assert_eq!(running.await.unwrap(), Ok(7));
     shutdown.await.unwrap();
     conn.closed().await;
-    assert!(pb::Client::connect(addr).await.is_err(), "the listener is closed");
+    assert!(
+        pb::Client::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
 }

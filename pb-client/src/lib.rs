@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 use pb_core::{Config, ConnectError, Connection, ObjectRef, Side};
 use tokio::net::ToSocketAddrs;

@@ -98,8 +98,14 @@ impl Kitchen for KitchenImpl {
             return Ok(None);
         }
         let n = shape.points.len() as i32;
-        let (sx, sy) = shape.points.iter().fold((0, 0), |(x, y), p| (x + p.x, y + p.y));
-        Ok(Some(Point { x: sx / n, y: sy / n }))
+        let (sx, sy) = shape
+            .points
+            .iter()
+            .fold((0, 0), |(x, y), p| (x + p.x, y + p.y));
+        Ok(Some(Point {
+            x: sx / n,
+            y: sy / n,
+        }))
     }
     async fn flip(&self, k: Kind) -> Result<Kind, TestError> {
         Ok(match k {
@@ -134,7 +140,9 @@ impl Kitchen for KitchenImpl {
         })
     }
     async fn gated(&self, v: u64) -> Result<u64, TestError> {
-        let permit = self.gate.acquire().await.map_err(|_| TestError::Refused { reason: "gate closed".into() })?;
+        let permit = self.gate.acquire().await.map_err(|_| TestError::Refused {
+            reason: "gate closed".into(),
+        })?;
         permit.forget();
         Ok(v)
     }
@@ -146,7 +154,10 @@ pub async fn memory_pair(root: impl Into<pb::ObjectRef>) -> (Connection, Connect
     memory_pair_with(root, pb::Config::default()).await
 }
 
-pub async fn memory_pair_with(root: impl Into<pb::ObjectRef>, config: pb::Config) -> (Connection, Connection) {
+pub async fn memory_pair_with(
+    root: impl Into<pb::ObjectRef>,
+    config: pb::Config,
+) -> (Connection, Connection) {
     let (a, b) = pb::transport::memory_pair();
     let server = Connection::establish(a, &config, pb::Side::Server, Some(root.into()), None);
     let client = Connection::establish(b, &config, pb::Side::Client, None, None);
