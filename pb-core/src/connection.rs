@@ -448,6 +448,10 @@ pub struct Connection {
 }
 
 impl Connection {
+    pub(crate) fn from_shared(shared: Arc<ConnShared>) -> Connection {
+        Connection { shared }
+    }
+
     /// Run the handshake over `io` and start the connection's tasks.
     ///
     /// `root` is the object the peer reaches as its root (`None` to serve nothing).
@@ -754,10 +758,12 @@ mod tests {
                 match call.method() {
                     "add" => {
                         let (a, b): (u32, u32) = call.decode_args()?;
-                        encode_result::<u32, ()>(Ok(a + b))
+                        encode_result::<u32, ()>(call.caller(), Ok(a + b))
                     }
                     // Returns a reference to a new object.
-                    "spawn" => encode_result::<ObjectRef, ()>(Ok(ObjectRef::local(Counter))),
+                    "spawn" => {
+                        encode_result::<ObjectRef, ()>(call.caller(), Ok(ObjectRef::local(Counter)))
+                    }
                     _ => call.no_such_method(&COUNTER),
                 }
             })

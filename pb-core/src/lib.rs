@@ -31,7 +31,7 @@
 //!             match call.method() {
 //!                 "add" => {
 //!                     let (a, b): (i64, i64) = call.decode_args()?;
-//!                     pb_core::encode_result::<i64, ()>(Ok(a + b))
+//!                     pb_core::encode_result::<i64, ()>(call.caller(), Ok(a + b))
 //!                 }
 //!                 _ => call.no_such_method(&ADDER),
 //!             }
