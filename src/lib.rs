@@ -64,9 +64,9 @@
 
 pub use pb_client::{self, Client, ClientBuilder};
 pub use pb_core::{
-    self, BoxFuture, CallError, Caller, CloseReason, Config, ConnectError, Connection,
-    ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits, ObjectRef,
-    Outcome, Remote, Reply, Side, TableStats, codec, transport,
+    self, BoxFuture, Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError,
+    Connection, ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits,
+    ObjectRef, Outcome, Remote, Replica, Reply, Side, TableStats, Versioned, codec, transport,
 };
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{self, Server, ServerBuilder, ServerHandle};

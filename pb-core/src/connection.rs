@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::broker::{Broker, CallEvent, Limits, ProtocolError, TableStats};
+use crate::cache::ReplicaSlot;
 use crate::frame::{FrameDecoder, HEADER_LEN};
 use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
 use crate::message::FaultKind;
@@ -107,6 +108,17 @@ pub(crate) struct Imported {
     pub(crate) id: u64,
     generation: u64,
     received: AtomicU64,
+    /// Where cache updates for this object go, if it is a cache.
+    pub(crate) replica: Mutex<ReplicaSlot>,
+}
+
+/// Where an exported object lives: the connection and the id the peer knows it by.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct ExportLink {
+    pub(crate) conn: Weak<ConnShared>,
+    pub(crate) connection: u64,
+    pub(crate) object: u64,
 }
 
 impl Imported {
@@ -149,11 +161,11 @@ impl ConnShared {
         root: Option<ObjectRef>,
     ) -> Arc<ConnShared> {
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
-        Arc::new(ConnShared {
+        Arc::new_cyclic(|me| ConnShared {
             id,
             side,
             peer_addr,
-            broker: Mutex::new(Broker::new(config.limits.clone(), id, root)),
+            broker: Mutex::new(Broker::new(config.limits.clone(), id, root, me.clone())),
             releases: Mutex::new(Vec::new()),
             wake_writer: Notify::new(),
             call_done: Notify::new(),
@@ -192,6 +204,7 @@ impl ConnShared {
                 id,
                 generation,
                 received: AtomicU64::new(if id == 0 { 0 } else { 1 }),
+                replica: Mutex::new(ReplicaSlot::default()),
             })
         }
     }
@@ -234,6 +247,13 @@ impl ConnShared {
         let reply = rx.await.unwrap_or_else(|_| Err(disconnected_fault()));
         guard.armed = false;
         reply
+    }
+
+    /// Send a cache update to the peer, if the cache is still exported to it.
+    pub(crate) fn send_update(&self, object: u64, payload: Bytes) {
+        if self.lock().send_update(object, payload) {
+            self.wake_writer.notify_one();
+        }
     }
 
     /// Send a call that wants no answer.

@@ -11,6 +11,7 @@
 //! - `codec`: the bincode seam for payloads, always under a byte limit, and how object
 //!   references ride alongside a payload;
 //! - `object`: [`ObjectRef`], [`Dispatch`], [`CallError`] and friends;
+//! - `cache`: [`Cache`] and [`Replica`], objects copied to peers and kept up to date;
 //! - `broker`: one connection's protocol state, no I/O;
 //! - `connection`: the tokio driver and the [`Connection`] handle;
 //! - `transport`: TCP helpers and an in-memory transport for tests;
@@ -55,6 +56,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod broker;
+mod cache;
 pub mod codec;
 mod connection;
 pub mod frame;
@@ -64,8 +66,9 @@ mod object;
 pub mod transport;
 
 pub use broker::{Limits, ProtocolError, TableStats};
+pub use cache::{Cache, CacheState, Replica, Versioned};
 pub use connection::{
-    Caller, CloseReason, Config, ConnectError, Connection, ConnectionStats, Side,
+    Caller, CloseReason, Config, ConnectError, Connection, ConnectionStats, ExportLink, Side,
 };
 pub use object::{
     BoxFuture, CallError, Copyable, Dispatch, Fault, IncomingCall, Interface, ObjectRef, Outcome,

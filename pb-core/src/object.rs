@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
 use crate::codec::{self, CodecError};
-use crate::connection::{Caller, Connection, Imported};
+use crate::connection::{Caller, Connection, ExportLink, Imported};
 use crate::message::FaultKind;
 
 /// A boxed, sendable future.
@@ -37,6 +37,19 @@ pub trait Dispatch: Send + Sync + 'static {
 
     /// Run one call. The future is spawned by the connection driver; dropping it cancels the call.
     fn dispatch(self: Arc<Self>, call: IncomingCall) -> BoxFuture<Reply>;
+
+    /// Called when the object starts being exported on a connection, under that connection's
+    /// lock: must not block. May return an update to send right after the message that carries
+    /// the object. Used by caches.
+    #[doc(hidden)]
+    fn on_export(&self, _link: &ExportLink) -> Option<Bytes> {
+        None
+    }
+
+    /// Called when the object stops being exported on a connection (released or disconnected),
+    /// under that connection's lock: must not block.
+    #[doc(hidden)]
+    fn on_unexport(&self, _connection: u64) {}
 }
 
 /// A call as the callee's dispatcher sees it.
