@@ -53,6 +53,9 @@ pub struct Limits {
     pub max_imports: usize,
     /// Limit violations tolerated before the connection is closed (default 3, as Twisted).
     pub max_violations: u32,
+    /// Deepest nesting of a decoded argument or answer value (default
+    /// [`crate::codec::DEFAULT_MAX_DEPTH`], 128); deeper values fail to decode.
+    pub max_depth: usize,
     /// Limits on message envelopes.
     pub message: MessageLimits,
 }
@@ -66,6 +69,7 @@ impl Default for Limits {
             max_exports: 10_000,
             max_imports: 10_000,
             max_violations: 3,
+            max_depth: crate::codec::DEFAULT_MAX_DEPTH,
             message: MessageLimits::default(),
         }
     }

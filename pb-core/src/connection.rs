@@ -146,6 +146,8 @@ pub(crate) struct ConnShared {
     wake_writer: Notify,
     call_done: Notify,
     max_frame_len: AtomicUsize,
+    /// `Limits::max_depth`, read by every decode of a value that came in on this connection.
+    pub(crate) max_depth: usize,
     closed: watch::Sender<Option<CloseReason>>,
     drain_timeout: Duration,
     identity: Mutex<Option<Identity>>,
@@ -170,6 +172,7 @@ impl ConnShared {
             wake_writer: Notify::new(),
             call_done: Notify::new(),
             max_frame_len: AtomicUsize::new(config.limits.max_frame_len),
+            max_depth: config.limits.max_depth,
             closed: watch::channel(None).0,
             drain_timeout: config.drain_timeout,
             identity: Mutex::new(None),
@@ -549,6 +552,11 @@ impl Connection {
     /// Replace the object we serve as our root; returns the previous one.
     pub fn set_root(&self, root: Option<ObjectRef>) -> Option<ObjectRef> {
         self.shared.lock().set_root(root)
+    }
+
+    /// The nesting-depth limit for values decoded from this connection.
+    pub(crate) fn max_depth(&self) -> usize {
+        self.shared.max_depth
     }
 
     /// A process-unique id of this connection.
