@@ -560,6 +560,12 @@ impl Broker {
                 self.peer_goodbye = true;
                 Ok(())
             }
+            Message::Ping { nonce } => {
+                self.write_message(&Message::Pong { nonce });
+                Ok(())
+            }
+            // The driver notes that a frame arrived; nothing else to do.
+            Message::Pong { .. } => Ok(()),
             Message::Update { object, payload } => {
                 match self.imports.get(&object).and_then(|s| s.handle.upgrade()) {
                     Some(imp) => imp
@@ -743,6 +749,13 @@ impl Broker {
                 self.write_updates(follow);
             }
             Err(f) => self.send_fault(id, f.kind, f.message),
+        }
+    }
+
+    /// Ask the peer for a sign of life (keep-alive).
+    pub(crate) fn send_ping(&mut self, nonce: u64) {
+        if self.state != State::Closed {
+            self.write_message(&Message::Ping { nonce });
         }
     }
 

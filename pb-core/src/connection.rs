@@ -57,6 +57,14 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Optional features we offer.
     pub features: Features,
+    /// After this long without a frame from the peer, send it a ping (default 20 s; `None`:
+    /// never). A live peer answers at once, which keeps a quiet connection from being idle.
+    pub keepalive_interval: Option<Duration>,
+    /// Close the connection after this long without one complete frame from the peer (default
+    /// 60 s; `None`: never). With keep-alive on, a healthy quiet peer answers the pings and is
+    /// never cut; a half-open peer that stopped answering is, and so is one that trickles a
+    /// frame in byte by byte.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -66,6 +74,8 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             features: Features::NONE,
+            keepalive_interval: Some(Duration::from_secs(20)),
+            idle_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -100,6 +110,8 @@ pub enum CloseReason {
     Io(String),
     /// The peer broke the protocol.
     Protocol(String),
+    /// No complete frame came from the peer for the configured `idle_timeout`.
+    IdleTimeout(Duration),
 }
 
 /// A handle to an object the peer exported to us.
@@ -528,7 +540,11 @@ impl Connection {
         let shared = ConnShared::new(config, side, peer_addr, root);
         let decoder = FrameDecoder::new(config.limits.max_frame_len);
         let (rd, wr) = tokio::io::split(io);
-        tokio::spawn(run_reader(shared.clone(), rd, rbuf, decoder));
+        let timers = Timers {
+            keepalive: config.keepalive_interval,
+            idle: config.idle_timeout,
+        };
+        tokio::spawn(run_reader(shared.clone(), rd, rbuf, decoder, timers));
         tokio::spawn(run_writer(shared.clone(), wr));
         tracing::debug!(
             connection = shared.id,
@@ -663,18 +679,94 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+// --- keep-alive and idle timeout (robustness) ---
+
+/// The reader's timers: when to ping a quiet peer, and when to give up on it.
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    keepalive: Option<Duration>,
+    idle: Option<Duration>,
+}
+
+/// Keep-alive state of one reader. Only complete frames count as signs of life: bytes of a
+/// frame that never completes do not.
+struct Liveness {
+    timers: Timers,
+    last_frame: tokio::time::Instant,
+    ping_sent: bool,
+    nonce: u64,
+}
+
+impl Liveness {
+    fn new(timers: Timers) -> Liveness {
+        Liveness {
+            timers,
+            last_frame: tokio::time::Instant::now(),
+            ping_sent: false,
+            nonce: 0,
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.timers.keepalive.is_some() || self.timers.idle.is_some()
+    }
+
+    fn frame_received(&mut self) {
+        self.last_frame = tokio::time::Instant::now();
+        self.ping_sent = false;
+    }
+
+    /// When the timer should next fire (the timer is reset lazily: a frame does not move it).
+    fn deadline(&self) -> tokio::time::Instant {
+        let far = self.last_frame + Duration::from_secs(86_400 * 365);
+        let idle = self.timers.idle.map_or(far, |d| self.last_frame + d);
+        let ping = match self.timers.keepalive {
+            Some(d) if !self.ping_sent => self.last_frame + d,
+            _ => far,
+        };
+        idle.min(ping)
+    }
+
+    /// The timer fired: ping, give up, or just re-arm.
+    fn on_timer(&mut self, conn: &ConnShared) -> Result<(), CloseReason> {
+        let quiet = tokio::time::Instant::now().saturating_duration_since(self.last_frame);
+        if let Some(idle) = self.timers.idle
+            && quiet >= idle
+        {
+            return Err(CloseReason::IdleTimeout(idle));
+        }
+        if let Some(keepalive) = self.timers.keepalive
+            && !self.ping_sent
+            && quiet >= keepalive
+        {
+            self.nonce += 1;
+            self.ping_sent = true;
+            conn.lock().send_ping(self.nonce);
+            conn.wake_writer.notify_one();
+        }
+        Ok(())
+    }
+}
+
+// --- end keep-alive ---
+
 async fn run_reader<R: AsyncRead + Unpin>(
     conn: Arc<ConnShared>,
     mut rd: R,
     mut rbuf: BytesMut,
     mut decoder: FrameDecoder,
+    timers: Timers,
 ) {
     let mut closed = conn.closed.subscribe();
+    let mut live = Liveness::new(timers);
+    let timer = tokio::time::sleep_until(live.deadline());
+    tokio::pin!(timer);
     let reason = 'conn: loop {
         loop {
             decoder.set_max_len(conn.max_frame_len.load(Ordering::Relaxed));
             match decoder.decode(&mut rbuf) {
                 Ok(Some(frame)) => {
+                    live.frame_received();
                     if let Err(e) = conn.handle_frame(frame) {
                         break 'conn CloseReason::Protocol(e.to_string());
                     }
@@ -696,6 +788,12 @@ async fn run_reader<R: AsyncRead + Unpin>(
                 Err(e) => break CloseReason::Io(e.to_string()),
             },
             _ = closed.wait_for(|r| r.is_some()) => break CloseReason::Local,
+            () = &mut timer, if live.enabled() => {
+                if let Err(reason) = live.on_timer(&conn) {
+                    break reason;
+                }
+                timer.as_mut().reset(live.deadline());
+            }
         }
     };
     match &reason {
@@ -703,6 +801,9 @@ async fn run_reader<R: AsyncRead + Unpin>(
             tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, %why, "closing connection: protocol violation")
         }
         CloseReason::Io(why) => tracing::debug!(connection = conn.id, %why, "connection failed"),
+        CloseReason::IdleTimeout(after) => {
+            tracing::info!(connection = conn.id, peer = ?conn.peer_addr, ?after, "closing connection: no frame from the peer within idle_timeout")
+        }
         _ => tracing::debug!(connection = conn.id, ?reason, "connection closed"),
     }
     conn.close(reason);

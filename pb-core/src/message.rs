@@ -12,6 +12,8 @@
 //! Cancel   05 id
 //! Goodbye  06                                     the sender accepts no new calls
 //! Update   07 object payload...                   a new version of a cache the sender owns
+//! Ping     08 nonce                               keep-alive: the receiver answers a Pong
+//! Pong     09 nonce                               the answer to the Ping with that nonce
 //! refs  := count (kind id)*count                  kind: 0 = sender's object, 1 = receiver's own
 //! ```
 
@@ -148,6 +150,16 @@ pub enum Message {
         /// The encoded update.
         payload: Bytes,
     },
+    /// A keep-alive probe: the receiver answers with a [`Message::Pong`] of the same nonce.
+    Ping {
+        /// Chosen by the sender.
+        nonce: u64,
+    },
+    /// The answer to a [`Message::Ping`].
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
 }
 
 /// A message body could not be decoded.
@@ -209,6 +221,8 @@ const TAG_RELEASE: u8 = 4;
 const TAG_CANCEL: u8 = 5;
 const TAG_GOODBYE: u8 = 6;
 const TAG_UPDATE: u8 = 7;
+const TAG_PING: u8 = 8;
+const TAG_PONG: u8 = 9;
 
 pub(crate) fn put_varint(out: &mut BytesMut, mut v: u64) {
     while v >= 0x80 {
@@ -351,6 +365,14 @@ impl Message {
                 encode_update_head(out, *object);
                 out.put_slice(payload);
             }
+            Message::Ping { nonce } => {
+                out.put_u8(TAG_PING);
+                put_varint(out, *nonce);
+            }
+            Message::Pong { nonce } => {
+                out.put_u8(TAG_PONG);
+                put_varint(out, *nonce);
+            }
         }
     }
 
@@ -416,6 +438,12 @@ impl Message {
                     payload: body,
                 });
             }
+            TAG_PING => Message::Ping {
+                nonce: get_varint(b)?,
+            },
+            TAG_PONG => Message::Pong {
+                nonce: get_varint(b)?,
+            },
             tag => return Err(MessageError::UnknownTag(tag)),
         };
         if b.has_remaining() {
@@ -498,6 +526,8 @@ mod tests {
             object: 3,
             payload: Bytes::from_static(b"\x00\x01"),
         });
+        rt(Message::Ping { nonce: 0 });
+        rt(Message::Pong { nonce: u64::MAX });
     }
 
     #[test]
