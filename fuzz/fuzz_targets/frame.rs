@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let chunk = usize::from(cfg >> 4) * 7 + 1;
     let decoder = FrameDecoder::new(max);
     let mut buf = BytesMut::new();
-    let mut consumed = Vec::new();
+    let mut consumed = BytesMut::new();
     for piece in rest.chunks(chunk) {
         buf.extend_from_slice(piece);
         assert!(decoder.reserve_hint(&buf) <= 64 * 1024);

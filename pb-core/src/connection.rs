@@ -517,14 +517,21 @@ impl Connection {
                     return Err(ConnectError::Closed);
                 }
             }
-            if rbuf[..4] != hello[..4] {
+            // The loop ends early when the first eight bytes (header and magic) are not ours, so
+            // the body may be incomplete here: never index into it.
+            let header_ok = rbuf.get(..HEADER_LEN) == hello.get(..HEADER_LEN);
+            let body = rbuf.get(HEADER_LEN..HEADER_LEN + HELLO_LEN);
+            let Some(body) = body.filter(|_| header_ok) else {
+                // Report the four bytes where the magic should be, or the first four if even the
+                // header is not a hello's.
+                let at = if header_ok { HEADER_LEN } else { 0 };
                 let mut magic = [0u8; 4];
-                for (m, b) in magic.iter_mut().zip(rbuf.iter()) {
+                for (m, b) in magic.iter_mut().zip(rbuf.iter().skip(at)) {
                     *m = *b;
                 }
                 return Err(HandshakeError::BadMagic { magic }.into());
-            }
-            let theirs = Hello::decode(&rbuf[HEADER_LEN..HEADER_LEN + HELLO_LEN])?;
+            };
+            let theirs = Hello::decode(body)?;
             let _features = ours.negotiate(&theirs)?;
             bytes::Buf::advance(&mut rbuf, HEADER_LEN + HELLO_LEN);
             Ok(())
