@@ -179,10 +179,12 @@ pub enum MessageError {
     #[error("invalid UTF-8 in a message field")]
     InvalidUtf8,
     /// A field exceeds its limit.
-    #[error("{field} of {len} exceeds the limit of {max}")]
+    #[error("{field} of {len} exceeds the limit {limit} = {max}")]
     TooLong {
         /// The field.
         field: &'static str,
+        /// The name of the limit's setting.
+        limit: &'static str,
         /// Its announced length.
         len: u64,
         /// The limit.
@@ -259,11 +261,17 @@ fn get_u8(b: &mut Bytes) -> Result<u8, MessageError> {
     }
 }
 
-fn get_len(b: &mut Bytes, field: &'static str, max: usize) -> Result<usize, MessageError> {
+fn get_len(
+    b: &mut Bytes,
+    field: &'static str,
+    limit: &'static str,
+    max: usize,
+) -> Result<usize, MessageError> {
     let len = get_varint(b)?;
     if len > max as u64 {
         return Err(MessageError::TooLong {
             field,
+            limit,
             len,
             max: max as u64,
         });
@@ -295,7 +303,12 @@ fn put_refs(out: &mut BytesMut, refs: &[RefDesc]) {
 }
 
 fn get_refs(b: &mut Bytes, limits: &MessageLimits) -> Result<Vec<RefDesc>, MessageError> {
-    let n = get_len(b, "reference count", limits.max_refs_per_message)?;
+    let n = get_len(
+        b,
+        "reference count",
+        "max_refs_per_message",
+        limits.max_refs_per_message,
+    )?;
     // Each descriptor takes at least two bytes, so `n` is also bounded by the input.
     if n > b.remaining() / 2 {
         return Err(MessageError::Truncated);
@@ -384,7 +397,7 @@ impl Message {
                 let flags = get_u8(b)?;
                 let id = get_varint(b)?;
                 let target = get_varint(b)?;
-                let len = get_len(b, "method name", MAX_METHOD_LEN)?;
+                let len = get_len(b, "method name", "MAX_METHOD_LEN", MAX_METHOD_LEN)?;
                 let method = get_bytes(b, len)?;
                 if std::str::from_utf8(&method).is_err() {
                     return Err(MessageError::InvalidUtf8);
@@ -413,13 +426,23 @@ impl Message {
             TAG_FAULT => {
                 let id = get_varint(b)?;
                 let kind = FaultKind::from_u8(get_u8(b)?);
-                let len = get_len(b, "fault message", MAX_FAULT_MESSAGE_LEN)?;
+                let len = get_len(
+                    b,
+                    "fault message",
+                    "MAX_FAULT_MESSAGE_LEN",
+                    MAX_FAULT_MESSAGE_LEN,
+                )?;
                 let text = get_bytes(b, len)?;
                 let message = String::from_utf8_lossy(&text).into_owned();
                 Message::Fault { id, kind, message }
             }
             TAG_RELEASE => {
-                let n = get_len(b, "release entries", limits.max_release_entries)?;
+                let n = get_len(
+                    b,
+                    "release entries",
+                    "max_release_entries",
+                    limits.max_release_entries,
+                )?;
                 if n > b.remaining() / 2 {
                     return Err(MessageError::Truncated);
                 }
