@@ -75,7 +75,11 @@ async fn a_deeply_nested_argument_is_a_clean_error_and_the_connection_survives()
         .await;
     let fault = r.expect_err("refused");
     assert_eq!(fault.kind, pb::pb_core::message::FaultKind::BadArguments);
-    assert!(fault.message.contains("max_depth = 128"), "{}", fault.message);
+    assert!(
+        fault.message.contains("max_depth = 128"),
+        "{}",
+        fault.message
+    );
     let tree: TreeRef = client.root();
     assert_eq!(tree.depth(Value::nested(100)).await, Ok(100));
     assert!(!client.is_closed());
@@ -197,7 +201,11 @@ async fn a_peer_that_keeps_violating_limits_is_disconnected() {
             .unwrap();
         let mut answer = [0u8; 9];
         peer.read_exact(&mut answer).await.unwrap();
-        assert_eq!(answer, [0, 0, 0, 5, 2, id, 0, 0, 4], "add(1, 1) = 2 (zigzag)");
+        assert_eq!(
+            answer,
+            [0, 0, 0, 5, 2, id, 0, 0, 4],
+            "add(1, 1) = 2 (zigzag)"
+        );
     }
     peer.write_all(&frame(&[4, 1, 9, 1])).await.unwrap();
     let why = closed_with(&server).await;
@@ -223,7 +231,9 @@ async fn too_many_release_entries_closes_with_the_limit_named() {
     let mut config = Config::default();
     config.limits.message.max_release_entries = 2;
     let (server, mut peer) = raw_peer(config).await;
-    peer.write_all(&frame(&[4, 3, 1, 1, 2, 1, 3, 1])).await.unwrap();
+    peer.write_all(&frame(&[4, 3, 1, 1, 2, 1, 3, 1]))
+        .await
+        .unwrap();
     let why = closed_with(&server).await;
     assert!(why.contains("max_release_entries = 2"), "{why}");
 }

@@ -100,7 +100,10 @@ async fn a_raw_peer_that_answers_pings_stays_connected() {
     });
     let (pongs, _peer) = responder.await.unwrap();
     assert_eq!(pongs, 15);
-    assert!(!server.is_closed(), "15 pings at 20 s each: 5 minutes, kept");
+    assert!(
+        !server.is_closed(),
+        "15 pings at 20 s each: 5 minutes, kept"
+    );
 }
 
 /// Slowloris after the handshake: a frame trickles in one byte a second. Bytes that never make
@@ -133,7 +136,10 @@ async fn one_byte_a_second_after_the_handshake_is_cut_by_the_idle_timeout() {
     );
     assert!(started.elapsed() < Duration::from_secs(120));
     let sent = trickle.await.unwrap();
-    assert!((50..200).contains(&sent), "{sent} bytes trickled before the cut");
+    assert!(
+        (50..200).contains(&sent),
+        "{sent} bytes trickled before the cut"
+    );
     drain.await.unwrap();
 }
 
