@@ -87,7 +87,9 @@ async fn a_thousand_connections_a_hundred_calls_each_every_answer_matched() {
         wrong.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
     );
-    println!("load: {CONNECTIONS} connections x {CALLS} calls: {matched} matched, {wrong} misrouted, {failed} failed");
+    println!(
+        "load: {CONNECTIONS} connections x {CALLS} calls: {matched} matched, {wrong} misrouted, {failed} failed"
+    );
     assert_eq!((wrong, failed), (0, 0));
     assert_eq!(matched, CONNECTIONS * CALLS);
 
@@ -100,6 +102,9 @@ async fn a_thousand_connections_a_hundred_calls_each_every_answer_matched() {
         }
     })
     .await;
-    assert!(drained.is_ok(), "the server forgets every closed connection");
+    assert!(
+        drained.is_ok(),
+        "the server forgets every closed connection"
+    );
     server.shutdown().await;
 }

@@ -35,14 +35,16 @@ fn message() -> impl Strategy<Value = Message> {
             proptest::collection::vec(ref_desc(), 0..8),
             bytes(300)
         )
-            .prop_map(|(id, target, method, answer, refs, payload)| Message::Call {
-                id,
-                target,
-                method: Bytes::from(method),
-                answer,
-                refs,
-                payload,
-            }),
+            .prop_map(
+                |(id, target, method, answer, refs, payload)| Message::Call {
+                    id,
+                    target,
+                    method: Bytes::from(method),
+                    answer,
+                    refs,
+                    payload,
+                }
+            ),
         (
             any::<u64>(),
             any::<bool>(),
@@ -73,7 +75,8 @@ fn message() -> impl Strategy<Value = Message> {
         proptest::collection::vec((any::<u64>(), any::<u64>()), 0..20).prop_map(Message::Release),
         any::<u64>().prop_map(|id| Message::Cancel { id }),
         Just(Message::Goodbye),
-        (any::<u64>(), bytes(300)).prop_map(|(object, payload)| Message::Update { object, payload }),
+        (any::<u64>(), bytes(300))
+            .prop_map(|(object, payload)| Message::Update { object, payload }),
         any::<u64>().prop_map(|nonce| Message::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Message::Pong { nonce }),
     ]
