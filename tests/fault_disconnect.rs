@@ -197,8 +197,10 @@ async fn a_server_shut_down_with_calls_in_flight_answers_them_all() {
 
 #[tokio::test(start_paused = true)]
 async fn calls_still_running_at_the_drain_timeout_fail_cleanly() {
-    let mut config = Config::default();
-    config.drain_timeout = Duration::from_secs(5);
+    let config = Config {
+        drain_timeout: Duration::from_secs(5),
+        ..Config::default()
+    };
     let (server, client) = memory_pair_with(KitchenRef::new(KitchenImpl::default()), config).await;
     let k: KitchenRef = client.root();
     let calls: Vec<_> = (0..3)

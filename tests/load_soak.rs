@@ -97,12 +97,12 @@ async fn worker(
             }
             // Our objects to the server, and back.
             assert_eq!(f.read(CellRef::new(Value(v))).await, Ok(v));
-            if round % 50 == 0 {
+            if round.is_multiple_of(50) {
                 assert_eq!(f.blob(64 * 1024).await.map(|b| b.len()), Ok(64 * 1024));
             }
             counters.calls.fetch_add(4, Ordering::Relaxed);
             counters.refs.fetch_add(2, Ordering::Relaxed);
-            if w == 0 && round % 2_000 == 0 {
+            if w == 0 && round.is_multiple_of(2_000) {
                 samples.lock().unwrap().push((
                     started.elapsed().as_secs(),
                     rss_kib(),

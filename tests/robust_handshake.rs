@@ -97,8 +97,10 @@ async fn one_byte_a_second_is_cut_by_the_handshake_deadline() {
         let mut sink = Vec::new();
         let _ = b.read_to_end(&mut sink).await;
     });
-    let mut config = Config::default();
-    config.handshake_timeout = Duration::from_secs(5);
+    let config = Config {
+        handshake_timeout: Duration::from_secs(5),
+        ..Config::default()
+    };
     let started = tokio::time::Instant::now();
     let r = Connection::establish(a, &config, Side::Server, None, None).await;
     assert!(

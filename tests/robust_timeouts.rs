@@ -145,9 +145,11 @@ async fn one_byte_a_second_after_the_handshake_is_cut_by_the_idle_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn timeouts_can_be_switched_off() {
-    let mut config = Config::default();
-    config.keepalive_interval = None;
-    config.idle_timeout = None;
+    let config = Config {
+        keepalive_interval: None,
+        idle_timeout: None,
+        ..Config::default()
+    };
     let (server, mut peer) = raw_peer(config).await;
     let mut buf = [0u8; 1];
     let r = tokio::time::timeout(Duration::from_secs(3600), peer.read(&mut buf)).await;
@@ -157,9 +159,11 @@ async fn timeouts_can_be_switched_off() {
 
 #[tokio::test(start_paused = true)]
 async fn keepalive_and_idle_timeout_are_configurable() {
-    let mut config = Config::default();
-    config.keepalive_interval = Some(Duration::from_secs(2));
-    config.idle_timeout = Some(Duration::from_secs(5));
+    let config = Config {
+        keepalive_interval: Some(Duration::from_secs(2)),
+        idle_timeout: Some(Duration::from_secs(5)),
+        ..Config::default()
+    };
     let (server, mut peer) = raw_peer(config).await;
     let started = Instant::now();
     assert_eq!(read_frame(&mut peer).await, vec![8, 1]);
