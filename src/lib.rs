@@ -56,6 +56,7 @@
 //! - [`pb_core`], frames, messages, the broker, the object model, the connection driver, AMP;
 //! - [`pb_server`], listening, connection limits, graceful shutdown;
 //! - [`pb_client`], connecting;
+//! - [`Node`] (here), a peer that both listens and dials;
 //! - `pb_derive`: the macros, re-exported here.
 
 #![forbid(unsafe_code)]
@@ -70,6 +71,9 @@ pub use pb_core::{
 };
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{self, Server, ServerBuilder, ServerHandle};
+
+mod node;
+pub use node::{Node, NodeBuilder};
 
 /// The names most programs need: `use pb::prelude::*;`.
 pub mod prelude {

@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -110,6 +110,12 @@ pub(crate) struct Imported {
     received: AtomicU64,
     /// Where cache updates for this object go, if it is a cache.
     pub(crate) replica: Mutex<ReplicaSlot>,
+    /// Set when the owner revoked the object, or when a connection it depends on was lost.
+    dead: AtomicBool,
+    /// Wakes `disconnected()` waiters when the object is revoked.
+    revoked: Notify,
+    /// Our exports to other peers that forward to this object: (connection, export id).
+    pub(crate) dependents: Mutex<Vec<(Weak<ConnShared>, u64)>>,
 }
 
 /// Where an exported object lives: the connection and the id the peer knows it by.
@@ -124,6 +130,48 @@ pub struct ExportLink {
 impl Imported {
     pub(crate) fn add_received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether calls to the object can no longer succeed.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire) || self.conn.is_closed()
+    }
+
+    /// The owner withdrew the object: release nothing for it later.
+    pub(crate) fn forget_count(&self) {
+        self.received.store(0, Ordering::Relaxed);
+    }
+
+    /// Mark the object dead, wake its waiters, and revoke every forward of it that we export
+    /// to other peers, which carries the failure on to them. Takes no lock of this connection.
+    pub(crate) fn revoke(&self) {
+        if self.dead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.revoked.notify_waiters();
+        let dependents =
+            std::mem::take(&mut *self.dependents.lock().unwrap_or_else(|p| p.into_inner()));
+        for (conn, object) in dependents {
+            if let Some(conn) = conn.upgrade() {
+                conn.revoke_export(object);
+            }
+        }
+    }
+
+    /// Completes when the object is revoked or its connection is lost.
+    pub(crate) async fn dead(&self) {
+        loop {
+            let revoked = self.revoked.notified();
+            tokio::pin!(revoked);
+            revoked.as_mut().enable();
+            if self.is_dead() {
+                return;
+            }
+            tokio::select! {
+                _ = &mut revoked => {}
+                _ = self.conn.closed() => return,
+            }
+        }
     }
 }
 
@@ -205,6 +253,9 @@ impl ConnShared {
                 generation,
                 received: AtomicU64::new(if id == 0 { 0 } else { 1 }),
                 replica: Mutex::new(ReplicaSlot::default()),
+                dead: AtomicBool::new(false),
+                revoked: Notify::new(),
+                dependents: Mutex::new(Vec::new()),
             })
         }
     }
@@ -277,9 +328,14 @@ impl ConnShared {
         while let Some(ev) = broker.poll_event() {
             events.push(ev);
         }
+        let revoked = broker.take_revoked();
         drop(broker);
         for ev in events {
             self.spawn_call(ev);
+        }
+        // Outside our lock: revoking reaches into other connections.
+        for imp in revoked {
+            imp.revoke();
         }
         self.wake_writer.notify_one();
         result
@@ -338,10 +394,23 @@ impl ConnShared {
         broker.take_transmit()
     }
 
+    /// Withdraw export `object` from the peer (it forwarded to something now unreachable).
+    pub(crate) fn revoke_export(&self, object: u64) {
+        let held = self.lock().revoke_export(object);
+        drop(held);
+        self.wake_writer.notify_one();
+    }
+
     /// Mark the connection closed and fail everything pending.
     pub(crate) fn close(&self, reason: CloseReason) {
-        let held = self.lock().close();
+        let (held, imports) = self.lock().close();
         drop(held);
+        // Every reference imported on this connection is dead; forwards of them that we
+        // export to other peers are revoked there.
+        for imp in &imports {
+            imp.revoke();
+        }
+        drop(imports);
         self.closed.send_if_modified(|r| {
             if r.is_none() {
                 *r = Some(reason.clone());

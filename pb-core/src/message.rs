@@ -12,6 +12,8 @@
 //! Cancel   05 id
 //! Goodbye  06                                     the sender accepts no new calls
 //! Update   07 object payload...                   a new version of a cache the sender owns
+//! Revoked  08 object                              the sender's object is gone (it forwarded to
+//!                                                 a peer that is no longer reachable)
 //! refs  := count (kind id)*count                  kind: 0 = sender's object, 1 = receiver's own
 //! ```
 
@@ -141,6 +143,13 @@ pub enum Message {
     },
     /// The sender is closing gracefully and accepts no new calls.
     Goodbye,
+    /// The sender withdrew the object it exported under `object`: it was a forward to a peer
+    /// that can no longer be reached. The receiver's references to it are dead, and it sends
+    /// no release for them.
+    Revoked {
+        /// The sender's export id.
+        object: u64,
+    },
     /// An update to a cache the sender exported to the receiver under `object`.
     Update {
         /// The sender's export id of the cache.
@@ -209,6 +218,7 @@ const TAG_RELEASE: u8 = 4;
 const TAG_CANCEL: u8 = 5;
 const TAG_GOODBYE: u8 = 6;
 const TAG_UPDATE: u8 = 7;
+const TAG_REVOKED: u8 = 8;
 
 pub(crate) fn put_varint(out: &mut BytesMut, mut v: u64) {
     while v >= 0x80 {
@@ -351,6 +361,10 @@ impl Message {
                 encode_update_head(out, *object);
                 out.put_slice(payload);
             }
+            Message::Revoked { object } => {
+                out.put_u8(TAG_REVOKED);
+                put_varint(out, *object);
+            }
         }
     }
 
@@ -409,6 +423,9 @@ impl Message {
             }
             TAG_CANCEL => Message::Cancel { id: get_varint(b)? },
             TAG_GOODBYE => Message::Goodbye,
+            TAG_REVOKED => Message::Revoked {
+                object: get_varint(b)?,
+            },
             TAG_UPDATE => {
                 let object = get_varint(b)?;
                 return Ok(Message::Update {
@@ -494,6 +511,7 @@ mod tests {
         rt(Message::Release(vec![(1, 2), (3, u64::MAX)]));
         rt(Message::Cancel { id: 12 });
         rt(Message::Goodbye);
+        rt(Message::Revoked { object: 77 });
         rt(Message::Update {
             object: 3,
             payload: Bytes::from_static(b"\x00\x01"),

@@ -264,7 +264,7 @@ impl ObjectRef {
     pub fn is_connected(&self) -> bool {
         match &self.0 {
             RefInner::Local(_) => true,
-            RefInner::Remote(r) => !r.conn.is_closed(),
+            RefInner::Remote(r) => !r.is_dead(),
         }
     }
 
@@ -281,7 +281,7 @@ impl ObjectRef {
     pub async fn disconnected(&self) {
         match &self.0 {
             RefInner::Local(_) => std::future::pending().await,
-            RefInner::Remote(r) => r.conn.closed().await,
+            RefInner::Remote(r) => r.dead().await,
         }
     }
 
@@ -297,6 +297,7 @@ impl ObjectRef {
                 let call = IncomingCall::new(method, args, refs, Caller::local());
                 d.clone().dispatch(call).await
             }
+            RefInner::Remote(r) if r.is_dead() => Err(disconnected_fault()),
             RefInner::Remote(r) => r.conn.call(r.id, method, args, refs).await,
         }
     }
@@ -332,6 +333,7 @@ impl ObjectRef {
                 tokio::spawn(fut);
                 Ok(())
             }
+            RefInner::Remote(r) if r.is_dead() => Err(CallError::Disconnected),
             RefInner::Remote(r) => r
                 .conn
                 .send_oneway(r.id, method, payload, refs)
@@ -347,6 +349,9 @@ impl ObjectRef {
             RefInner::Remote(r) => {
                 let r = r.clone();
                 Box::pin(async move {
+                    if r.is_dead() {
+                        return Err(disconnected_fault());
+                    }
                     let method = call.method().to_owned();
                     r.conn.call(r.id, &method, call.args, call.refs).await
                 })
