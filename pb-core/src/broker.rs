@@ -131,6 +131,8 @@ pub(crate) struct CallEvent {
     pub(crate) refs: Vec<ObjectRef>,
     /// `Some` when an answer is wanted: fires (or is dropped) when the call is cancelled.
     pub(crate) cancel: Option<oneshot::Receiver<()>>,
+    /// How long the caller waits, from now.
+    pub(crate) deadline: Option<std::time::Duration>,
 }
 
 /// Counts of one connection's tables.
@@ -532,9 +534,18 @@ impl Broker {
                 target,
                 method,
                 answer,
+                deadline_ms,
                 refs,
                 payload,
-            } => self.handle_call(id, target, method, answer, &refs, payload, make),
+            } => self.handle_call(
+                id,
+                target,
+                method,
+                (answer, deadline_ms),
+                &refs,
+                payload,
+                make,
+            ),
             Message::Answer {
                 id,
                 ok,
@@ -655,7 +666,7 @@ impl Broker {
         id: u64,
         target: u64,
         method: Bytes,
-        answer: bool,
+        (answer, deadline_ms): (bool, Option<u64>),
         descs: &[RefDesc],
         payload: Bytes,
         make: &dyn Fn(u64, u64) -> Arc<Imported>,
@@ -721,6 +732,7 @@ impl Broker {
             args: payload,
             refs,
             cancel,
+            deadline: deadline_ms.map(std::time::Duration::from_millis),
         });
         Ok(())
     }
@@ -732,7 +744,7 @@ impl Broker {
         method: &str,
         payload: Bytes,
         refs: &[ObjectRef],
-        waiter: Option<Waiter>,
+        (waiter, deadline_ms): (Option<Waiter>, Option<u64>),
     ) -> Result<u64, Fault> {
         if self.state == State::Closed {
             return Err(disconnected_fault());
@@ -769,7 +781,7 @@ impl Broker {
             id,
             target,
             method.as_bytes(),
-            waiter.is_some(),
+            (waiter.is_some(), deadline_ms),
             &descs,
         );
         self.push_payload(start, payload);

@@ -284,10 +284,18 @@ impl ConnShared {
         payload: Bytes,
         refs: Vec<ObjectRef>,
     ) -> Reply {
+        let deadline = crate::deadline::current();
+        if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+            return Err(deadline_fault());
+        }
         let (tx, rx) = oneshot::channel();
-        let id = self
-            .lock()
-            .start_call(target, method, payload, &refs, Some(tx))?;
+        let id = self.lock().start_call(
+            target,
+            method,
+            payload,
+            &refs,
+            (Some(tx), deadline.map(crate::deadline::remaining_ms)),
+        )?;
         drop(refs);
         self.wake_writer.notify_one();
         let mut guard = CancelOnDrop {
@@ -295,7 +303,14 @@ impl ConnShared {
             id,
             armed: true,
         };
-        let reply = rx.await.unwrap_or_else(|_| Err(disconnected_fault()));
+        let reply = match deadline {
+            // On expiry the guard stays armed: dropping it cancels the call on the peer.
+            Some(d) => match tokio::time::timeout_at(d, rx).await {
+                Ok(r) => r.unwrap_or_else(|_| Err(disconnected_fault())),
+                Err(_) => return Err(deadline_fault()),
+            },
+            None => rx.await.unwrap_or_else(|_| Err(disconnected_fault())),
+        };
         guard.armed = false;
         reply
     }
@@ -316,7 +331,7 @@ impl ConnShared {
         refs: Vec<ObjectRef>,
     ) -> Result<(), Fault> {
         self.lock()
-            .start_call(target, method, payload, &refs, None)?;
+            .start_call(target, method, payload, &refs, (None, None))?;
         self.wake_writer.notify_one();
         Ok(())
     }
@@ -350,12 +365,15 @@ impl ConnShared {
             args,
             refs,
             cancel,
+            deadline,
         } = ev;
         let answer = cancel.is_some();
+        let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
         let caller = Caller {
             conn: Some(Connection {
                 shared: conn.clone(),
             }),
+            deadline,
         };
         let call = IncomingCall {
             method,
@@ -364,6 +382,21 @@ impl ConnShared {
             caller,
         };
         let fut = CatchUnwind(object.dispatch(call));
+        // The handler runs under its caller's deadline (its own calls inherit it) and is
+        // dropped when the deadline passes: the caller has given up by then.
+        let fut = async move {
+            match deadline {
+                Some(d) => {
+                    crate::deadline::maybe_scope(Some(d), async move {
+                        tokio::time::timeout_at(d, fut)
+                            .await
+                            .unwrap_or_else(|_| Err(deadline_fault()))
+                    })
+                    .await
+                }
+                None => fut.await,
+            }
+        };
         tokio::spawn(async move {
             let reply = match cancel {
                 Some(mut cancelled) => tokio::select! {
@@ -441,6 +474,13 @@ impl ConnShared {
     }
 }
 
+fn deadline_fault() -> Fault {
+    Fault {
+        kind: FaultKind::DeadlineExceeded,
+        message: "the call's deadline passed".into(),
+    }
+}
+
 /// Cancels a pending call if its future is dropped before the answer arrives.
 struct CancelOnDrop<'a> {
     conn: &'a ConnShared,
@@ -483,12 +523,21 @@ impl<F: Future<Output = Reply> + Unpin> Future for CatchUnwind<F> {
 #[derive(Clone)]
 pub struct Caller {
     conn: Option<Connection>,
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Caller {
     /// The caller of a call made in-process on a local object.
     pub fn local() -> Caller {
-        Caller { conn: None }
+        Caller {
+            conn: None,
+            deadline: crate::deadline::current(),
+        }
+    }
+
+    /// The caller's deadline for this call, if it set one. Calls the handler makes inherit it.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
     }
 
     /// The connection the call came in on (`None` for an in-process call).

@@ -12,6 +12,7 @@
 //!   references ride alongside a payload;
 //! - `object`: [`ObjectRef`], [`Dispatch`], [`CallError`] and friends;
 //! - `cache`: [`Cache`] and [`Replica`], objects copied to peers and kept up to date;
+//! - `deadline`: deadlines for calls, carried to callees and inherited by their calls;
 //! - `broker`: one connection's protocol state, no I/O;
 //! - `connection`: the tokio driver and the [`Connection`] handle;
 //! - `transport`: TCP helpers and an in-memory transport for tests;
@@ -59,6 +60,7 @@ mod broker;
 mod cache;
 pub mod codec;
 mod connection;
+pub mod deadline;
 pub mod frame;
 pub mod handshake;
 pub mod message;

@@ -185,6 +185,9 @@ pub enum CallError<E> {
     /// The callee failed internally (for example its handler panicked).
     #[error("the callee failed: {0}")]
     Internal(String),
+    /// The call's deadline passed before the answer came; the call was cancelled.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
 }
 
 impl<E> CallError<E> {
@@ -207,6 +210,7 @@ impl<E> CallError<E> {
             FaultKind::LimitExceeded => CallError::LimitExceeded(message),
             FaultKind::ShuttingDown => CallError::ShuttingDown,
             FaultKind::Disconnected => CallError::Disconnected,
+            FaultKind::DeadlineExceeded => CallError::DeadlineExceeded,
             FaultKind::Refused => CallError::Refused(message),
             FaultKind::Internal | FaultKind::Unknown(_) => CallError::Internal(message),
         }
@@ -226,6 +230,7 @@ impl<E> CallError<E> {
             CallError::ShuttingDown => CallError::ShuttingDown,
             CallError::Refused(m) => CallError::Refused(m),
             CallError::Internal(m) => CallError::Internal(m),
+            CallError::DeadlineExceeded => CallError::DeadlineExceeded,
         }
     }
 }
