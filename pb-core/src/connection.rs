@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot, watch};
+use tracing::Instrument;
 
 use crate::broker::{Broker, CallEvent, Limits, ProtocolError, TableStats};
 use crate::cache::ReplicaSlot;
@@ -284,6 +285,41 @@ impl ConnShared {
         payload: Bytes,
         refs: Vec<ObjectRef>,
     ) -> Reply {
+        let span = tracing::debug_span!(
+            "pb.call",
+            direction = "out",
+            connection = self.id,
+            peer = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+            object = target,
+            method,
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return self.call_inner(target, method, payload, refs, &span).await;
+        }
+        if let Some(addr) = self.peer_addr {
+            span.record("peer", tracing::field::display(addr));
+        }
+        let started = std::time::Instant::now();
+        let reply = self
+            .call_inner(target, method, payload, refs, &span)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", outcome_name(Some(&reply)));
+        span.record("duration_us", started.elapsed().as_micros() as u64);
+        reply
+    }
+
+    async fn call_inner(
+        &self,
+        target: u64,
+        method: &str,
+        payload: Bytes,
+        refs: Vec<ObjectRef>,
+        span: &tracing::Span,
+    ) -> Reply {
         let deadline = crate::deadline::current();
         if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
             return Err(deadline_fault());
@@ -297,6 +333,7 @@ impl ConnShared {
             (Some(tx), deadline.map(crate::deadline::remaining_ms)),
         )?;
         drop(refs);
+        span.record("request_id", id);
         self.wake_writer.notify_one();
         let mut guard = CancelOnDrop {
             conn: self,
@@ -360,6 +397,7 @@ impl ConnShared {
         let conn = self.clone();
         let CallEvent {
             id,
+            target,
             object,
             method,
             args,
@@ -368,6 +406,23 @@ impl ConnShared {
             deadline,
         } = ev;
         let answer = cancel.is_some();
+        let span = tracing::debug_span!(
+            "pb.call",
+            direction = "in",
+            connection = self.id,
+            peer = tracing::field::Empty,
+            request_id = id,
+            object = target,
+            method = std::str::from_utf8(&method).unwrap_or(""),
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let started = (!span.is_disabled()).then(|| {
+            if let Some(addr) = self.peer_addr {
+                span.record("peer", tracing::field::display(addr));
+            }
+            std::time::Instant::now()
+        });
         let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
         let caller = Caller {
             conn: Some(Connection {
@@ -397,24 +452,32 @@ impl ConnShared {
                 None => fut.await,
             }
         };
-        tokio::spawn(async move {
-            let reply = match cancel {
-                Some(mut cancelled) => tokio::select! {
-                    biased;
-                    r = fut => Some(r),
-                    _ = &mut cancelled => None,
-                },
-                None => Some(fut.await),
-            };
-            if let Some(Err(f)) = &reply
-                && !answer
-            {
-                tracing::debug!(id, message = %f.message, "one-way call failed");
+        tokio::spawn(
+            async move {
+                let reply = match cancel {
+                    Some(mut cancelled) => tokio::select! {
+                        biased;
+                        r = fut => Some(r),
+                        _ = &mut cancelled => None,
+                    },
+                    None => Some(fut.await),
+                };
+                if let Some(Err(f)) = &reply
+                    && !answer
+                {
+                    tracing::debug!(id, message = %f.message, "one-way call failed");
+                }
+                if let Some(started) = started {
+                    let span = tracing::Span::current();
+                    span.record("outcome", outcome_name(reply.as_ref()));
+                    span.record("duration_us", started.elapsed().as_micros() as u64);
+                }
+                conn.lock().finish_call(id, answer, reply);
+                conn.wake_writer.notify_one();
+                conn.call_done.notify_waiters();
             }
-            conn.lock().finish_call(id, answer, reply);
-            conn.wake_writer.notify_one();
-            conn.call_done.notify_waiters();
-        });
+            .instrument(span),
+        );
     }
 
     fn take_transmit(&self) -> Vec<Bytes> {
@@ -471,6 +534,27 @@ impl ConnShared {
             self.wake_writer.notify_one();
         }
         stats
+    }
+}
+
+/// How a call ended, for tracing.
+fn outcome_name(reply: Option<&Reply>) -> &'static str {
+    match reply {
+        None => "cancelled",
+        Some(Ok(o)) if o.ok => "ok",
+        Some(Ok(_)) => "error",
+        Some(Err(f)) => match f.kind {
+            FaultKind::NoSuchObject => "no_such_object",
+            FaultKind::NoSuchMethod => "no_such_method",
+            FaultKind::BadArguments => "bad_arguments",
+            FaultKind::BadAnswer => "bad_answer",
+            FaultKind::LimitExceeded => "limit_exceeded",
+            FaultKind::ShuttingDown => "shutting_down",
+            FaultKind::Refused => "refused",
+            FaultKind::Disconnected => "disconnected",
+            FaultKind::DeadlineExceeded => "deadline_exceeded",
+            FaultKind::Internal | FaultKind::Unknown(_) => "internal",
+        },
     }
 }
 
@@ -643,8 +727,14 @@ impl Connection {
         let shared = ConnShared::new(config, side, peer_addr, root);
         let decoder = FrameDecoder::new(config.limits.max_frame_len);
         let (rd, wr) = tokio::io::split(io);
-        tokio::spawn(run_reader(shared.clone(), rd, rbuf, decoder));
-        tokio::spawn(run_writer(shared.clone(), wr));
+        let span = tracing::debug_span!(
+            "pb.connection",
+            connection = shared.id,
+            side = ?side,
+            peer = ?peer_addr,
+        );
+        tokio::spawn(run_reader(shared.clone(), rd, rbuf, decoder).instrument(span.clone()));
+        tokio::spawn(run_writer(shared.clone(), wr).instrument(span));
         tracing::debug!(
             connection = shared.id,
             ?side,
