@@ -64,10 +64,12 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub use pb_client::{self, Client, ClientBuilder};
+pub use pb_core::stream::{Chunk, Stream};
 pub use pb_core::{
     self, BoxFuture, Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError,
     Connection, ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits,
-    ObjectRef, Outcome, Remote, Replica, Reply, Side, TableStats, Versioned, codec, transport,
+    ObjectRef, Outcome, Remote, Replica, Reply, Side, TableStats, Versioned, codec, deadline,
+    stream, transport,
 };
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{self, Server, ServerBuilder, ServerHandle};

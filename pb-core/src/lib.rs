@@ -13,6 +13,7 @@
 //! - `object`: [`ObjectRef`], [`Dispatch`], [`CallError`] and friends;
 //! - `cache`: [`Cache`] and [`Replica`], objects copied to peers and kept up to date;
 //! - `deadline`: deadlines for calls, carried to callees and inherited by their calls;
+//! - `stream`: streams of any size with backpressure, passable like any value;
 //! - `broker`: one connection's protocol state, no I/O;
 //! - `connection`: the tokio driver and the [`Connection`] handle;
 //! - `transport`: TCP helpers and an in-memory transport for tests;
@@ -65,6 +66,7 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 mod object;
+pub mod stream;
 pub mod transport;
 
 pub use broker::{Limits, ProtocolError, TableStats};
