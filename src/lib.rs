@@ -63,7 +63,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-pub use pb_client::{self, Client, ClientBuilder};
+pub use pb_client::{self, Backoff, Client, ClientBuilder, ClientState, Reconnecting};
 pub use pb_core::stream::{Chunk, Stream};
 pub use pb_core::{
     self, BoxFuture, Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError,

@@ -5,7 +5,8 @@
 //! the server reaches the same way: connections are symmetric.
 //!
 //! # Layout
-//! - this file: [`Client`] and [`ClientBuilder`].
+//! - this file: [`Client`] and [`ClientBuilder`];
+//! - `reconnect`: [`Reconnecting`], a client that reconnects with backoff and publishes its state.
 //!
 //! # Example
 //! ```no_run
@@ -22,6 +23,9 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 use pb_core::{Config, ConnectError, Connection, ObjectRef, Side};
+
+mod reconnect;
+pub use reconnect::{Backoff, ClientState, Reconnecting, root_session};
 use tokio::net::ToSocketAddrs;
 
 /// Connects to pb servers.
