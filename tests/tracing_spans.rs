@@ -41,11 +41,7 @@ async fn one_call_has_a_span_with_its_fields_on_both_sides() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let server = pb::Server::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .serve(KitchenRef::new(KitchenImpl::default()));
-    let conn = pb::Client::connect(server.local_addr()).await.unwrap();
+    let (server, conn) = common::tcp_pair(KitchenRef::new(KitchenImpl::default())).await;
     let k: KitchenRef = conn.root();
     assert_eq!(k.add(2, 3).await, Ok(5));
     assert_eq!(
