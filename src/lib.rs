@@ -2,4 +2,5 @@
 
 // --- AMP section (owned by the AMP work) ---
 pub use pb_core::amp;
+pub use pb_derive::{AmpCommand, AmpError, AmpFields};
 // --- end AMP section ---
