@@ -59,7 +59,7 @@ mod value;
 
 pub use argument::{AmpArgument, AmpFields, AmpList, ArgumentError};
 pub use bigint::BigInt;
-pub use bytes::Bytes;
+pub use bytes::{Bytes, BytesMut};
 pub use codec::{
     AmpBox, BoxCodec, BoxCodecConfig, BoxCodecError, MAX_KEY_LENGTH, MAX_VALUE_LENGTH,
 };
