@@ -441,7 +441,13 @@ impl Driver {
                     return Pumped::SwitchTls;
                 }
             }
-            if !self.requests_open && self.locator.is_empty() && self.pending.is_empty() {
+            if !closing
+                && !self.requests_open
+                && self.locator.is_empty()
+                && self.pending.is_empty()
+                && self.tls_client.is_none()
+            {
+                // Nobody can call through this connection and nothing can be answered on it.
                 self.close_with(DisconnectReason::LocalClosed);
                 continue;
             }

@@ -66,6 +66,10 @@ impl Locator {
 
     /// Registers the responder of command `C`, replacing any earlier one for the same name.
     ///
+    /// As in Twisted, `f` itself is called on the connection's task in the order the commands
+    /// arrived; the future it returns then runs on its own, so answers may go out in any order.
+    /// Put whatever must happen in arrival order before the `async` block.
+    ///
     /// Arguments that do not parse, and responses that do not encode, become `UNKNOWN` and close
     /// the connection, as in Twisted; a declared error is sent with its code.
     pub fn respond<C, F, Fut>(mut self, f: F) -> Self
@@ -74,15 +78,17 @@ impl Locator {
         F: Fn(C) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<C::Response, C::Error>> + Send + 'static,
     {
-        let f = Arc::new(f);
         let responder: Responder = Arc::new(move |args: AmpBox| {
-            let f = Arc::clone(&f);
+            let cmd = match C::from_box(&args) {
+                Ok(cmd) => cmd,
+                Err(e) => {
+                    let why = format!("bad arguments: {}", chain(&e));
+                    return Box::pin(async move { Reply::Failed(why) }) as ReplyFuture;
+                }
+            };
+            let fut = f(cmd);
             Box::pin(async move {
-                let cmd = match C::from_box(&args) {
-                    Ok(cmd) => cmd,
-                    Err(e) => return Reply::Failed(format!("bad arguments: {}", chain(&e))),
-                };
-                match f(cmd).await {
+                match fut.await {
                     Ok(response) => {
                         let mut b = AmpBox::new();
                         match response.to_box(&mut b) {
@@ -109,11 +115,10 @@ impl Locator {
         F: Fn(AmpBox) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<AmpBox, RemoteError>> + Send + 'static,
     {
-        let f = Arc::new(f);
         let responder: Responder = Arc::new(move |args: AmpBox| {
-            let f = Arc::clone(&f);
+            let fut = f(args);
             Box::pin(async move {
-                match f(args).await {
+                match fut.await {
                     Ok(b) => Reply::Answer(b),
                     Err(e) => Reply::Error(e),
                 }
@@ -133,7 +138,7 @@ impl Locator {
         self.responders.is_empty()
     }
 
-    /// Runs the responder for `name` on `args`, or returns `None` if there is none.
+    /// Calls the responder for `name` on `args` and returns the future of its reply, or returns `None` if there is none.
     pub fn dispatch(
         &self,
         name: &[u8],
