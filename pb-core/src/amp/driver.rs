@@ -113,6 +113,7 @@ impl Connection {
             running: HashMap::new(),
             out: BytesMut::new(),
             need_flush: false,
+            peer_eof: false,
             read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
             close_reason: None,
             closed: closed_tx,
@@ -383,6 +384,8 @@ struct Driver {
     running: HashMap<tokio::task::Id, (Option<Bytes>, Bytes)>,
     out: BytesMut,
     need_flush: bool,
+    /// The peer shut down its writing half; no more input will come.
+    peer_eof: bool,
     read_buf: Box<[u8]>,
     close_reason: Option<DisconnectReason>,
     closed: watch::Sender<Option<DisconnectReason>>,
@@ -451,8 +454,17 @@ impl Driver {
                 self.close_with(DisconnectReason::LocalClosed);
                 continue;
             }
+            if self.peer_eof
+                && self.responders.is_empty()
+                && self.out.is_empty()
+                && !self.need_flush
+            {
+                self.dispatcher.close();
+                return Pumped::Closed(DisconnectReason::PeerClosed);
+            }
             let max_running = self.dispatcher.config().max_in_flight_responders;
-            let can_read = !closing
+            let can_read = !self.peer_eof
+                && !closing
                 && !switching
                 && self.out.len() < HIGH_WATER
                 && self.responders.len() < max_running;
@@ -476,8 +488,9 @@ impl Driver {
                 },
                 r = rd.read(&mut self.read_buf), if can_read => match r {
                     Ok(0) => {
-                        self.dispatcher.close();
-                        return Pumped::Closed(DisconnectReason::PeerClosed);
+                        // The peer may only have shut down its writing half: answer what it
+                        // already asked before closing, as a half-closing client expects.
+                        self.peer_eof = true;
                     }
                     Ok(n) => self.dispatcher.handle_input(self.read_buf.get(..n).unwrap_or(&[])),
                     Err(e) => {
@@ -485,6 +498,12 @@ impl Driver {
                         return Pumped::Closed(DisconnectReason::Io(e.to_string()));
                     }
                 },
+                else => {
+                    // Unreachable by the checks above; closing beats waiting on nothing forever.
+                    tracing::error!("amp: connection driver has nothing to wait for; closing");
+                    self.dispatcher.close();
+                    return Pumped::Closed(DisconnectReason::LocalClosed);
+                }
             }
         }
     }
