@@ -56,10 +56,7 @@ struct Lines {
 #[derive(pb::AmpCommand)]
 struct Wait {}
 
-fn pair(
-    server: impl FnOnce(&Connection) -> Locator,
-    client: Locator,
-) -> (Connection, Connection) {
+fn pair(server: impl FnOnce(&Connection) -> Locator, client: Locator) -> (Connection, Connection) {
     pair_with(AmpConfig::default(), server, AmpConfig::default(), client)
 }
 
@@ -78,30 +75,52 @@ fn pair_with(
 fn math() -> Locator {
     Locator::new()
         .respond(|Sum { a, b }| async move { Ok(SumResult { total: a + b }) })
-        .respond(|Divide { numerator, denominator }| async move {
-            match denominator {
-                0 => Err(MathError::ZeroDivision("division by zero".into())),
-                d if d < 0 => Err(MathError::Negative),
-                _ if numerator == 666 => Err(MathError::Meltdown("core breach".into())),
-                d => Ok(SumResult { total: numerator / d }),
-            }
-        })
+        .respond(
+            |Divide {
+                 numerator,
+                 denominator,
+             }| async move {
+                match denominator {
+                    0 => Err(MathError::ZeroDivision("division by zero".into())),
+                    d if d < 0 => Err(MathError::Negative),
+                    _ if numerator == 666 => Err(MathError::Meltdown("core breach".into())),
+                    d => Ok(SumResult {
+                        total: numerator / d,
+                    }),
+                }
+            },
+        )
 }
 
 #[tokio::test]
 async fn declared_errors_keep_the_connection() {
     let (_server, client) = pair(|_| math(), Locator::new());
     assert_eq!(
-        client.call(&Divide { numerator: 1, denominator: 0 }).await,
-        Err(CallError::Declared(MathError::ZeroDivision("division by zero".into())))
+        client
+            .call(&Divide {
+                numerator: 1,
+                denominator: 0
+            })
+            .await,
+        Err(CallError::Declared(MathError::ZeroDivision(
+            "division by zero".into()
+        )))
     );
     let negative = client
-        .call(&Divide { numerator: 1, denominator: -1 })
+        .call(&Divide {
+            numerator: 1,
+            denominator: -1,
+        })
         .await
         .unwrap_err();
     assert_eq!(negative, CallError::Declared(MathError::Negative));
     assert_eq!(
-        client.call(&Divide { numerator: 9, denominator: 3 }).await,
+        client
+            .call(&Divide {
+                numerator: 9,
+                denominator: 3
+            })
+            .await,
         Ok(SumResult { total: 3 })
     );
 }
@@ -110,8 +129,15 @@ async fn declared_errors_keep_the_connection() {
 async fn fatal_errors_arrive_then_close() {
     let (server, client) = pair(|_| math(), Locator::new());
     assert_eq!(
-        client.call(&Divide { numerator: 666, denominator: 1 }).await,
-        Err(CallError::Declared(MathError::Meltdown("core breach".into())))
+        client
+            .call(&Divide {
+                numerator: 666,
+                denominator: 1
+            })
+            .await,
+        Err(CallError::Declared(MathError::Meltdown(
+            "core breach".into()
+        )))
     );
     assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
     assert_eq!(server.closed().await, DisconnectReason::LocalClosed);
@@ -311,9 +337,12 @@ async fn outstanding_asks_are_capped() {
     }
     assert_eq!(first.await.unwrap(), Ok(()));
     assert_eq!(second.await.unwrap(), Ok(()));
-    assert_eq!(client.call(&Sum { a: 1, b: 1 }).await.unwrap_err(), CallError::Unhandled {
-        description: "Unhandled Command: b'Sum'".into()
-    });
+    assert_eq!(
+        client.call(&Sum { a: 1, b: 1 }).await.unwrap_err(),
+        CallError::Unhandled {
+            description: "Unhandled Command: b'Sum'".into()
+        }
+    );
 }
 
 #[tokio::test]
@@ -370,14 +399,20 @@ async fn oversized_values_are_refused_locally() {
     let max = pb::amp::Bytes::from(vec![7u8; 65535]);
     assert_eq!(client.call(&Echo { s: max.clone() }).await.unwrap().s, max);
     assert!(matches!(
-        client.call(&Echo { s: vec![7u8; 65536].into() }).await,
+        client
+            .call(&Echo {
+                s: vec![7u8; 65536].into()
+            })
+            .await,
         Err(CallError::Arguments(_))
     ));
     let mut long_key = AmpBox::new();
     long_key.insert(vec![b'k'; 256], "v");
     assert!(matches!(
         client.call_raw("Echo", long_key).await,
-        Err(CallError::Encode(pb::amp::BoxCodecError::KeyTooLong { len: 256 }))
+        Err(CallError::Encode(pb::amp::BoxCodecError::KeyTooLong {
+            len: 256
+        }))
     ));
     assert_eq!(client.call(&Echo { s: "ok".into() }).await.unwrap().s, "ok");
 }

@@ -488,6 +488,66 @@ struct CallMeBack {
     b: i64,
 }
 
+#[derive(pb::AmpCommand)]
+#[amp(response = Reprs)]
+struct FloatReprs {
+    fs: Vec<f64>,
+}
+
+#[derive(pb::AmpFields)]
+struct Reprs {
+    reprs: Vec<String>,
+}
+
+#[derive(pb::AmpCommand)]
+#[amp(response = Strs)]
+struct DecimalStrs {
+    texts: Vec<String>,
+}
+
+#[derive(pb::AmpFields)]
+struct Strs {
+    strs: Vec<String>,
+}
+
+/// A deterministic spread of doubles: every exponent range, subnormals, integers, specials.
+fn many_floats() -> Vec<f64> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = vec![
+        0.0,
+        -0.0,
+        1.0,
+        0.1,
+        1e15,
+        1e16,
+        1e-4,
+        1e-5,
+        5e-324,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+    ];
+    while out.len() < 1500 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let f = f64::from_bits(x);
+        if f.is_finite() {
+            out.push(f);
+            // Also short decimals, where positional and exponent forms meet.
+            out.push((x % 100_000) as f64 / 10f64.powi((x % 23) as i32 - 3));
+        }
+    }
+    out
+}
+
+/// Repr of a float as pb writes it, read back from the encoding of a one-element list.
+fn pb_repr(f: f64) -> String {
+    use pb::amp::AmpValue;
+    let mut out = Vec::new();
+    f.encode_value(&mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
 fn sum_locator() -> Locator {
     Locator::new().respond(|Sum { a, b }| async move {
         Ok(SumResult {
@@ -719,6 +779,76 @@ async fn pb_client_calls_twisted_server() {
 
     // The first connection is unaffected by the others.
     assert_eq!(conn.call(&Sum { a: 2, b: 2 }).await.unwrap().total, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floats_and_decimals_are_written_as_python_writes_them() {
+    let (_server, port) = start_twisted_server(&[]).await;
+    let conn = Connection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
+        .await
+        .unwrap();
+    let floats = many_floats();
+    for batch in floats.chunks(500) {
+        let reprs = conn
+            .call(&FloatReprs { fs: batch.to_vec() })
+            .await
+            .unwrap()
+            .reprs;
+        assert_eq!(reprs.len(), batch.len());
+        for (f, python) in batch.iter().zip(&reprs) {
+            assert_eq!(&pb_repr(*f), python, "bits {:#x}", f.to_bits());
+        }
+    }
+    let texts: Vec<String> = [
+        "0",
+        "-0",
+        "1.10",
+        "100",
+        "1e2",
+        "1E+2",
+        "1.5e3",
+        "-1.50E+3",
+        "0.000001",
+        "0.0000001",
+        "123456789.123456789",
+        "1e-7",
+        "1E-6",
+        "0.00",
+        "0E-10",
+        "0e6",
+        "5.",
+        ".5",
+        "007.50",
+        "1_000.000_1",
+        "3.141E5",
+        "3.141e-5",
+        "-3.141E-7",
+        "12345678901234567890E-30",
+        "9.99E+999",
+        "-1E-999",
+        "Infinity",
+        "-inf",
+        "nan",
+        "-NaN",
+        "sNaN",
+        "-snan",
+        "NaN0042",
+        " 42 ",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let strs = conn
+        .call(&DecimalStrs {
+            texts: texts.clone(),
+        })
+        .await
+        .unwrap()
+        .strs;
+    for (text, python) in texts.iter().zip(&strs) {
+        let ours = text.parse::<Decimal>().unwrap().to_string();
+        assert_eq!(&ours, python, "Decimal({text:?})");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

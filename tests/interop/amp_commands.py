@@ -92,6 +92,20 @@ class CallMeBack(amp.Command):
     response = [(b"total", amp.Integer())]
 
 
+class FloatReprs(amp.Command):
+    """Python's `repr` of each float it decoded, to check pb writes floats exactly as Python does."""
+
+    arguments = [(b"fs", amp.ListOf(amp.Float()))]
+    response = [(b"reprs", amp.ListOf(amp.Unicode()))]
+
+
+class DecimalStrs(amp.Command):
+    """`str(Decimal(text))` of each text, to check pb normalizes decimals exactly as Python does."""
+
+    arguments = [(b"texts", amp.ListOf(amp.Unicode()))]
+    response = [(b"strs", amp.ListOf(amp.Unicode()))]
+
+
 def _tz(minutes):
     return datetime.timezone(datetime.timedelta(minutes=minutes))
 

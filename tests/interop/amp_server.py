@@ -62,6 +62,16 @@ class Server(amp.AMP):
     def hold(self, n, total):
         return HOLD.add(n, total)
 
+    @c.FloatReprs.responder
+    def float_reprs(self, fs):
+        return {"reprs": [repr(f) for f in fs]}
+
+    @c.DecimalStrs.responder
+    def decimal_strs(self, texts):
+        import decimal
+
+        return {"strs": [str(decimal.Decimal(t)) for t in texts]}
+
     @c.Echo.responder
     def echo(self, s):
         return {"s": s}
