@@ -1,6 +1,9 @@
 //! Two pb AMP connections over an in-memory duplex stream: calls both ways, the error model,
 //! no-answer commands, StartTLS, limits and disconnects.
 
+// Tests fail by panicking; unwrapping is how they say so.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::{Arc, Mutex};
 
 use pb::amp::{

@@ -1,6 +1,9 @@
 //! Golden bytes: pb encodes the boxes captured from Twisted 26.10 byte for byte, and decodes them;
 //! the `ListOf` vectors are those of Twisted's `test_amp.py`.
 
+// Tests fail by panicking; unwrapping is how they say so.
+#![allow(clippy::unwrap_used)]
+
 use pb::amp::{
     AmpBox, AmpConfig, AmpFields, AmpList, AmpValue, BigInt, BoxCodec, Bytes, BytesMut, DateTime,
     Decimal, Dispatcher, Event,

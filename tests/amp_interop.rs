@@ -5,6 +5,9 @@
 //! per process, reused when complete) and runs the Python peers in `tests/interop/`. If python3,
 //! the virtualenv or the install is missing, these tests fail; they never skip.
 
+// Tests fail by panicking; unwrapping is how they say so.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -50,12 +53,11 @@ fn bootstrap_venv() -> Result<PathBuf, String> {
     let venv = target.join("pb-interop-venv");
     let python = venv.join("bin").join("python");
     let marker = venv.join(".pb-interop-complete");
-    if marker.exists() && python.exists() {
-        if let Ok(found) = std::fs::read_to_string(&marker) {
-            if found == TWISTED {
-                return Ok(python);
-            }
-        }
+    if python.exists()
+        && let Ok(found) = std::fs::read_to_string(&marker)
+        && found == TWISTED
+    {
+        return Ok(python);
     }
     if venv.exists() {
         std::fs::remove_dir_all(&venv).map_err(|e| format!("cannot clear {venv:?}: {e}"))?;
@@ -108,10 +110,10 @@ struct Peer {
 impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            if let Ok(text) = std::fs::read_to_string(&self.stderr) {
-                eprintln!("--- stderr of {} ---\n{text}", self.name);
-            }
+        if std::thread::panicking()
+            && let Ok(text) = std::fs::read_to_string(&self.stderr)
+        {
+            eprintln!("--- stderr of {} ---\n{text}", self.name);
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Property tests: every argument type survives encode → arbitrary chunking of the byte stream →
 //! incremental decode, through the bare codec and through two dispatchers.
 
+// Tests fail by panicking; unwrapping is how they say so.
+#![allow(clippy::unwrap_used)]
+
 use pb::amp::{
     AmpBox, AmpConfig, AmpFields, AmpList, AmpValue, BigInt, BoxCodec, Bytes, BytesMut, DateTime,
     Decimal, Dispatcher, Event,

@@ -1,6 +1,9 @@
 //! The pb AMP server over real TCP, spoken to in raw bytes: exact answer bytes, and malformed
 //! input that must close that one connection cleanly while the server keeps serving others.
 
+// Tests fail by panicking; unwrapping is how they say so.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use pb::amp::{AmpBox, AmpConfig, BoxCodec, BytesMut, Connection, Locator};

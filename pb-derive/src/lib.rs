@@ -35,7 +35,7 @@ pub fn derive_amp_fields(input: TokenStream) -> TokenStream {
 /// Derives `pb::amp::AmpError` (plus `Display` and `std::error::Error`) for an enum of declared
 /// errors. Each variant has `#[amp(code = "CODE")]`, optionally `fatal` (the responder closes
 /// the connection after sending it) and, for unit variants, `description = "..."`. A variant is
-/// a unit or holds its description in one field (`From<String>` + `Display`, e.g. `String`).
+/// a unit or holds its description in one field (`From<&str>` + `Display`, e.g. `String`).
 #[proc_macro_derive(AmpError, attributes(amp))]
 pub fn derive_amp_error(input: TokenStream) -> TokenStream {
     amp::derive_error(syn::parse_macro_input!(input as syn::DeriveInput)).into()

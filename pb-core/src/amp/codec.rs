@@ -362,6 +362,7 @@ pub(crate) fn decode_all(bytes: &[u8], config: BoxCodecConfig) -> Result<Vec<Amp
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -257,6 +257,7 @@ pub(crate) fn python_bytes_repr(b: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -208,6 +208,7 @@ impl AmpValue for Decimal {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

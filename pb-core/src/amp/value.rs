@@ -236,6 +236,7 @@ impl<T: AmpValue> AmpValue for Vec<T> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -102,12 +102,10 @@ pub(crate) fn errors(e: &Errors) -> TokenStream {
                 codes.push(quote! { Self::#vi(_) => #code });
                 descriptions.push(quote! { Self::#vi(d) => ::std::string::ToString::to_string(d) });
                 fatals.push(quote! { Self::#vi(_) => #fatal });
-                from_codes.push(quote_spanned! {ty.span()=>
+                from_codes.push(quote! {
                     if code == #code {
                         return ::pb::amp::__private::Option::Some(Self::#vi(
-                            <#ty as ::core::convert::From<::pb::amp::__private::String>>::from(
-                                ::pb::amp::__private::String::from(description),
-                            ),
+                            <#ty as ::core::convert::From<&str>>::from(description),
                         ));
                     }
                 });

@@ -33,7 +33,7 @@ pub(crate) enum VariantShape {
     /// No fields: the description is fixed.
     Unit(LitStr),
     /// One unnamed field holding the description.
-    Description(Type),
+    Description(Box<Type>),
 }
 
 /// One declared error.

@@ -231,7 +231,7 @@ pub(crate) fn errors(input: &DeriveInput) -> syn::Result<Errors> {
                     ));
                 }
                 match f.unnamed.first() {
-                    Some(field) => VariantShape::Description(field.ty.clone()),
+                    Some(field) => VariantShape::Description(Box::new(field.ty.clone())),
                     None => continue,
                 }
             }
