@@ -90,7 +90,7 @@ pub(crate) fn errors(e: &Errors) -> TokenStream {
             VariantShape::Unit(desc) => {
                 codes.push(quote! { Self::#vi => #code });
                 descriptions
-                    .push(quote! { Self::#vi => ::pb::amp::__private::String::from(#desc) });
+                    .push(quote! { Self::#vi => <::pb::amp::__private::String as ::core::convert::From<&str>>::from(#desc) });
                 fatals.push(quote! { Self::#vi => #fatal });
                 from_codes.push(quote! {
                     if code == #code {
