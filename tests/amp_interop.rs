@@ -2,8 +2,9 @@
 //! server, a Twisted client against the pb server, and the calculator examples against Twisted.
 //!
 //! The test binary builds its own virtualenv under `target/pb-interop-venv` the first time (once
-//! per process, reused when complete) and runs the Python peers in `tests/interop/`. If python3,
-//! the virtualenv or the install is missing, these tests fail; they never skip.
+//! per process, reused when complete) from `python3` (or `$PB_INTEROP_PYTHON`) and runs the Python
+//! peers in `tests/interop/`. If python3, the virtualenv or the install is missing, these tests
+//! fail; they never skip.
 
 // Tests fail by panicking; unwrapping is how they say so.
 #![allow(clippy::unwrap_used)]
@@ -62,8 +63,10 @@ fn bootstrap_venv() -> Result<PathBuf, String> {
     if venv.exists() {
         std::fs::remove_dir_all(&venv).map_err(|e| format!("cannot clear {venv:?}: {e}"))?;
     }
+    // PB_INTEROP_PYTHON picks another interpreter to build the virtualenv from.
+    let base = std::env::var_os("PB_INTEROP_PYTHON").unwrap_or_else(|| "python3".into());
     run_checked(
-        std::process::Command::new("python3")
+        std::process::Command::new(&base)
             .args(["-m", "venv"])
             .arg(&venv),
         "python3 -m venv (python3 with the venv module is required for the AMP interop tests)",

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use bytes::{Bytes, BytesMut};
 
-use super::codec::{AmpBox, BoxCodec, BoxCodecConfig, BoxCodecError};
+use super::codec::{AmpBox, BoxCodec, BoxCodecConfig, BoxCodecError, MAX_VALUE_LENGTH};
 use super::command::{DisconnectReason, ProtocolError};
 
 const ASK: &str = "_ask";
@@ -454,7 +454,12 @@ impl Dispatcher {
         let mut b = AmpBox::new();
         b.insert(ERROR, tag);
         b.insert(ERROR_CODE, code.into());
-        b.insert(ERROR_DESCRIPTION, description.as_bytes().to_vec());
+        b.insert(
+            ERROR_DESCRIPTION,
+            truncate_utf8(description, MAX_VALUE_LENGTH)
+                .as_bytes()
+                .to_vec(),
+        );
         let sent = self.emit(&b);
         if fatal {
             self.state = State::Closing;
@@ -471,6 +476,19 @@ impl Dispatcher {
     }
 }
 
+/// The longest prefix of `s` that fits in `max` bytes without splitting a character: a long
+/// description must not turn an error answer into an unsendable box.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -480,6 +498,21 @@ mod tests {
         while let Some(b) = from.poll_transmit() {
             to.handle_input(&b);
         }
+    }
+
+    #[test]
+    fn long_error_descriptions_are_truncated_not_refused() {
+        let mut d = Dispatcher::new(AmpConfig::default());
+        let long = "☃".repeat(30_000);
+        d.error(Bytes::from("1"), "X", &long, false).unwrap();
+        let mut peer = Dispatcher::new(AmpConfig::default());
+        peer.ask("Y", AmpBox::new()).unwrap();
+        peer.handle_input(&d.poll_transmit().unwrap());
+        let Some(Event::Error { description, .. }) = peer.poll_event() else {
+            panic!("no error event");
+        };
+        assert_eq!(description.len(), 65_535 - 65_535 % 3);
+        assert!(description.chars().all(|c| c == '☃'));
     }
 
     #[test]
