@@ -57,7 +57,7 @@ fn generated_impls_work_without_the_prelude() {
     assert!(!b.contains_key("b"));
     assert_eq!(b.get("dash-name"), Some(&b"\x00\x04True"[..]));
     assert_eq!(<hygiene::Hygienic as AmpCommand>::NAME, "Hygienic");
-    assert!(<hygiene::Hygienic as AmpCommand>::REQUIRES_ANSWER);
+    const { assert!(<hygiene::Hygienic as AmpCommand>::REQUIRES_ANSWER) };
 
     let worse = hygiene::Failure::Worse;
     assert_eq!(worse.code(), b"WORSE");
