@@ -503,7 +503,7 @@ mod tests {
     #[test]
     fn long_error_descriptions_are_truncated_not_refused() {
         let mut d = Dispatcher::new(AmpConfig::default());
-        let long = "☃".repeat(30_000);
+        let long = "😀".repeat(20_000);
         d.error(Bytes::from("1"), "X", &long, false).unwrap();
         let mut peer = Dispatcher::new(AmpConfig::default());
         peer.ask("Y", AmpBox::new()).unwrap();
@@ -511,8 +511,8 @@ mod tests {
         let Some(Event::Error { description, .. }) = peer.poll_event() else {
             panic!("no error event");
         };
-        assert_eq!(description.len(), 65_535 - 65_535 % 3);
-        assert!(description.chars().all(|c| c == '☃'));
+        assert_eq!(description.len(), 65_532);
+        assert!(description.chars().all(|c| c == '😀'));
     }
 
     #[test]
