@@ -76,6 +76,11 @@ impl ArgumentError {
 
 /// A Rust type that can be one named argument of a box: any [`AmpValue`] (required) or an
 /// `Option` of one (omitted from the box when `None`, `None` when absent).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an AMP argument type",
+    label = "not an AMP argument type",
+    note = "AMP arguments are integers, `Bytes`, `String`, `bool`, floats, `BigInt`, `Decimal`, `DateTime`, `PathBuf`, `Vec` of those, `AmpList` of `AmpFields` structs, or `Option` of any of them"
+)]
 pub trait AmpArgument: Sized {
     /// Puts this argument into `out` under `name`.
     fn put(&self, name: &str, out: &mut AmpBox) -> Result<(), ArgumentError>;

@@ -268,7 +268,8 @@ impl Connection {
 }
 
 /// Accepts AMP connections on `listener` forever, building each one's locator with
-/// `make_locator` (which gets the connection's handle, to call the peer back).
+/// `make_locator` (which gets the connection's handle, to call the peer back). It returns only
+/// when accepting fails for the listener itself (e.g. out of file descriptors).
 ///
 /// ```no_run
 /// # async fn demo() -> std::io::Result<()> {
@@ -283,7 +284,20 @@ where
     F: Fn(&Connection) -> Locator + Send + Sync + 'static,
 {
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // One failed handshake is that connection's problem, not the listener's.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                tracing::debug!(error = %e, "amp: accept failed for one connection");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "amp: cannot set nodelay");
         }
@@ -424,7 +438,11 @@ impl Driver {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         loop {
-            while let Some(event) = self.dispatcher.poll_event() {
+            let max_running = self.dispatcher.config().max_in_flight_responders;
+            // Commands already buffered wait too while too many responders run.
+            while self.responders.len() < max_running
+                && let Some(event) = self.dispatcher.poll_event()
+            {
                 self.handle_event(event);
             }
             while let Some(b) = self.dispatcher.poll_transmit() {
@@ -462,7 +480,6 @@ impl Driver {
                 self.dispatcher.close();
                 return Pumped::Closed(DisconnectReason::PeerClosed);
             }
-            let max_running = self.dispatcher.config().max_in_flight_responders;
             let can_read = !self.peer_eof
                 && !closing
                 && !switching

@@ -15,10 +15,16 @@ use super::argument::ArgumentError;
 /// | `Float` | `f64`, `f32` |
 /// | `Decimal` | [`Decimal`](super::Decimal) |
 /// | `DateTime` | [`DateTime`](super::DateTime) |
+/// | `Path` | [`PathBuf`](std::path::PathBuf) |
 /// | `ListOf(T)` | `Vec<T>` |
 /// | `AmpList` | [`AmpList<T>`](super::AmpList) |
 ///
 /// `Vec<u8>` is a `ListOf(Integer)`, not a `String`: use [`Bytes`] for raw bytes.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an AMP argument type",
+    label = "not an AMP argument type",
+    note = "AMP arguments are integers, `Bytes`, `String`, `bool`, floats, `BigInt`, `Decimal`, `DateTime`, `PathBuf`, `Vec` of those, `AmpList` of `AmpFields` structs, or `Option` of any of them"
+)]
 pub trait AmpValue: Sized {
     /// Appends this value's wire form to `out`.
     fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), ArgumentError>;
@@ -200,6 +206,24 @@ impl AmpValue for f32 {
     fn decode_value(bytes: &[u8]) -> Result<Self, ArgumentError> {
         // Narrowing is what a Python peer's double becomes in an f32; overflow gives ±inf.
         Ok(parse_python_float(bytes)? as f32)
+    }
+}
+
+/// `Path`: the path as UTF-8; a path that is not UTF-8 cannot be sent.
+impl AmpValue for std::path::PathBuf {
+    fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), ArgumentError> {
+        let s = self.to_str().ok_or_else(|| ArgumentError::Invalid {
+            amp_type: "Path",
+            reason: format!("not utf-8: {}", self.display()),
+        })?;
+        out.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+
+    fn decode_value(bytes: &[u8]) -> Result<Self, ArgumentError> {
+        String::decode_value(bytes)
+            .map(std::path::PathBuf::from)
+            .map_err(|_| ArgumentError::invalid("Path", bytes))
     }
 }
 
