@@ -81,6 +81,9 @@ pub struct Connection {
 
 impl Connection {
     /// Runs an AMP connection over `stream` in a new task, answering with `locator`.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, as `tokio::spawn` does.
     pub fn spawn<S>(stream: S, config: AmpConfig, locator: Locator) -> Connection
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -90,6 +93,9 @@ impl Connection {
 
     /// Like [`Connection::spawn`], building the locator from the connection's own handle so that
     /// responders can call the peer back.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, as `tokio::spawn` does.
     pub fn spawn_with<S, F>(stream: S, config: AmpConfig, make_locator: F) -> Connection
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
