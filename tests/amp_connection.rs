@@ -302,14 +302,13 @@ async fn a_failing_no_answer_command_can_be_tolerated() {
 
 #[tokio::test]
 async fn outstanding_asks_are_capped() {
-    let gate: Arc<Mutex<Vec<oneshot::Sender<()>>>> = Arc::default();
-    let opener = Arc::clone(&gate);
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel::<oneshot::Sender<()>>();
     let (_server, client) = pair_with(
         AmpConfig::default(),
         move |_| {
             Locator::new().respond(move |Wait {}| {
                 let (tx, rx) = oneshot::channel();
-                gate.lock().unwrap().push(tx);
+                let _ = held_tx.send(tx);
                 async move {
                     let _ = rx.await;
                     Ok(())
@@ -328,14 +327,12 @@ async fn outstanding_asks_are_capped() {
         async move { c.call(&Wait {}).await }
     });
     // Both asks are outstanding once the server holds both of them.
-    while opener.lock().unwrap().len() < 2 {
-        tokio::task::yield_now().await;
-    }
+    let release = [held.recv().await.unwrap(), held.recv().await.unwrap()];
     assert_eq!(
         client.call(&Wait {}).await,
         Err(CallError::TooManyOutstanding { max: 2 })
     );
-    for tx in opener.lock().unwrap().drain(..) {
+    for tx in release {
         let _ = tx.send(());
     }
     assert_eq!(first.await.unwrap(), Ok(()));

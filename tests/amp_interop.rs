@@ -113,10 +113,12 @@ struct Peer {
 impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
-        if std::thread::panicking()
-            && let Ok(text) = std::fs::read_to_string(&self.stderr)
-        {
-            eprintln!("--- stderr of {} ---\n{text}", self.name);
+        if std::thread::panicking() {
+            if let Ok(text) = std::fs::read_to_string(&self.stderr) {
+                eprintln!("--- stderr of {} ---\n{text}", self.name);
+            }
+        } else {
+            let _ = std::fs::remove_file(&self.stderr);
         }
     }
 }
@@ -125,8 +127,9 @@ fn stderr_file(name: &str) -> (PathBuf, std::fs::File) {
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "amp-interop-{}-{n}-{name}.stderr",
-        std::process::id()
+        "amp-interop-{}-{n}-{}.stderr",
+        std::process::id(),
+        name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
     ));
     let file = std::fs::File::create(&path).unwrap();
     (path, file)
@@ -232,6 +235,12 @@ struct Tls {
     dir: PathBuf,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
+}
+
+impl Drop for Tls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn tls() -> Tls {
@@ -875,7 +884,7 @@ async fn pb_client_starts_tls_with_twisted_server() {
         Some(&b""[..])
     );
     assert_eq!(
-        conn.start_tls(tls.client, name).await,
+        conn.start_tls(Arc::clone(&tls.client), name).await,
         Err(CallError::OnlyOneTls)
     );
 }
