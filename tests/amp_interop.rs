@@ -985,3 +985,77 @@ async fn twisted_client_against_pb_example_server() {
         "the twisted client failed against the pb example server:\n{out}"
     );
 }
+
+/// Sends `input` on a fresh connection and returns what the server sent before closing.
+async fn reaction(port: u16, input: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(input).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
+            Err(_) => panic!("no close after {input:?}; got {got:?}"),
+            Ok(Ok(0)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            // Twisted may reset instead of closing; what it sent before still counts.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Ok(Err(e)) => panic!("reading after {input:?}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_the_same_reaction_from_pb_and_twisted() {
+    let (_twisted, twisted_port) = start_twisted_server(&[]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pb_port = listener.local_addr().unwrap().port();
+    let hold = HoldRoom::default();
+    let server = tokio::spawn(pb::amp::serve(
+        listener,
+        AmpConfig::default(),
+        move |conn| full_locator(conn, hold.clone()),
+    ));
+    // Each input makes Twisted close the connection (table 2.10 of the reference); pb must send
+    // the very same bytes before closing too.
+    let cases: &[(&str, &[u8])] = &[
+        ("key length prefix 256", b"\x01\x00"),
+        ("key length prefix 256 after a pair", b"\x00\x01a\x00\x011\x01\x00"),
+        ("empty box", b"\x00\x00"),
+        ("box with no special key", b"\x00\x01a\x00\x011\x00\x00"),
+        ("answer for an unknown tag", b"\x00\x07_answer\x00\x03999\x00\x00"),
+        (
+            "error for an unknown tag",
+            b"\x00\x06_error\x00\x03999\x00\x0b_error_code\x00\x01X\x00\x12_error_description\x00\x00\x00\x00",
+        ),
+        (
+            "unknown command without _ask",
+            b"\x00\x08_command\x00\x09NoSuchCmd\x00\x00",
+        ),
+        (
+            "missing argument",
+            b"\x00\x04_ask\x00\x011\x00\x08_command\x00\x03Sum\x00\x01a\x00\x011\x00\x00",
+        ),
+        (
+            "bad integer",
+            b"\x00\x04_ask\x00\x012\x00\x08_command\x00\x03Sum\x00\x01a\x00\x01x\x00\x01b\x00\x011\x00\x00",
+        ),
+        (
+            "bad utf-8 in a no-answer command",
+            b"\x00\x08_command\x00\x06Notify\x00\x03msg\x00\x02\xff\xfe\x00\x00",
+        ),
+        (
+            "answers, then an empty box",
+            b"\x00\x04_ask\x00\x02ab\x00\x08_command\x00\x03Sum\x00\x01a\x00\x012\x00\x01b\x00\x013\x00\x00\x00\x00",
+        ),
+    ];
+    for (what, input) in cases {
+        let from_twisted = reaction(twisted_port, input).await;
+        let from_pb = reaction(pb_port, input).await;
+        println!("{what}: {from_twisted:?}");
+        assert_eq!(from_pb, from_twisted, "{what}");
+    }
+    server.abort();
+}
