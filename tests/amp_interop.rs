@@ -1059,3 +1059,20 @@ async fn malformed_input_gets_the_same_reaction_from_pb_and_twisted() {
     }
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pb_example_client_exits_non_zero_on_wrong_answers() {
+    let client = example_binary("amp_calculator_client");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    // A calculator that gets everything wrong: a bad sum, and no ZERO_DIVISION.
+    let server = tokio::spawn(pb::amp::serve(listener, AmpConfig::default(), |_| {
+        Locator::new()
+            .respond(|Sum { .. }| async move { Ok(SumResult { total: 0 }) })
+            .respond(|Divide { .. }| async move { Ok(DivideResult { result: 0.0 }) })
+    }));
+    let (ok, out) = run_to_end(&client, &["--port", &port], "amp_calculator_client").await;
+    server.abort();
+    assert!(!ok, "the client accepted wrong answers:\n{out}");
+    assert!(out.contains("UNEXPECTED"), "{out}");
+}
