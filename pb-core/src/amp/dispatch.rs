@@ -317,6 +317,11 @@ impl Dispatcher {
         }
     }
 
+    /// Bytes of boxes held back until a StartTLS handshake completes.
+    pub fn held_output(&self) -> usize {
+        self.held.len()
+    }
+
     /// Whether nothing more may be sent or received: after a fatal error (once the output is
     /// written, close the transport) or after a close.
     pub fn is_closing(&self) -> bool {

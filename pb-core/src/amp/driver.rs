@@ -491,7 +491,9 @@ impl Driver {
                 && !switching
                 && self.out.len() < HIGH_WATER
                 && self.responders.len() < max_running;
-            let can_request = !closing && self.requests_open && self.out.len() < HIGH_WATER;
+            let can_request = !closing
+                && self.requests_open
+                && self.out.len() + self.dispatcher.held_output() < HIGH_WATER;
             tokio::select! {
                 r = write_or_flush(wr, &self.out), if !self.out.is_empty() || self.need_flush => match r {
                     Ok(Some(0)) => return Pumped::Closed(DisconnectReason::Io("write returned zero".into())),
