@@ -96,4 +96,5 @@ pub mod __private {
 
 // --- AMP section (owned by the AMP work) ---
 pub use pb_core::amp;
+pub use pb_derive::{AmpCommand, AmpError, AmpFields};
 // --- end AMP section ---
