@@ -13,6 +13,9 @@
 //! - `object`: [`ObjectRef`], [`Dispatch`], [`CallError`] and friends;
 //! - `broker`: one connection's protocol state, no I/O;
 //! - `connection`: the tokio driver and the [`Connection`] handle;
+//! - `scram`: SCRAM-SHA-256 with `tls-exporter` channel binding, no I/O (shared by client and
+//!   server login);
+//! - `login`: the wire contract of the login object (interface, methods, answer types);
 //! - `transport`: TCP helpers and an in-memory transport for tests;
 //! - `amp`: AMP, byte-compatible with Twisted.
 //!
@@ -58,8 +61,10 @@ pub mod codec;
 mod connection;
 pub mod frame;
 pub mod handshake;
+pub mod login;
 pub mod message;
 mod object;
+pub mod scram;
 pub mod transport;
 
 pub use broker::{Limits, ProtocolError, TableStats};
