@@ -47,21 +47,26 @@
 //!
 //! # Layout
 //! - [`pb_core`]: frames, messages, the broker, the object model, the connection driver, AMP;
-//! - [`pb_server`]: listening, connection limits, graceful shutdown;
-//! - [`pb_client`]: connecting;
+//! - [`pb_server`]: listening (TCP, TLS), login (portal, realm, avatar), connection limits,
+//!   graceful shutdown;
+//! - [`pb_client`]: connecting (TCP, TLS), login;
 //! - `pb_derive`: the macros, re-exported here.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub use pb_client::{self, Client, ClientBuilder};
+pub use pb_client::{self, Client, ClientBuilder, ClientError, ClientTls, LoginError, Session};
+pub use pb_core::login::Refusal;
 pub use pb_core::{
     self, BoxFuture, CallError, Caller, CloseReason, Config, ConnectError, Connection,
     ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits, ObjectRef,
-    Outcome, Remote, Reply, Side, TableStats, codec, transport,
+    Outcome, Remote, Reply, Side, TableStats, codec, login, scram, transport,
 };
 pub use pb_derive::{copyable, remote};
-pub use pb_server::{self, Server, ServerBuilder, ServerHandle};
+pub use pb_server::{
+    self, Avatar, ClientAuth, Identity, LoginConfig, LoginRequest, PeerCertificate, Portal, Realm,
+    Server, ServerBuilder, ServerHandle, ServerTls, VerifierStore, Verifiers,
+};
 
 /// The names most programs need: `use pb::prelude::*;`.
 pub mod prelude {
