@@ -300,9 +300,17 @@ async fn accept_loop(
                 Some(acceptor) => {
                     // The TLS handshake counts against the pb handshake's deadline, so a peer
                     // that stalls in it holds its slot no longer than one that stalls after.
-                    let accepted =
-                        tokio::time::timeout(config.handshake_timeout, acceptor.accept(stream))
-                            .await;
+                    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+                    let mut stream = stream;
+                    match tokio::time::timeout_at(deadline, refuse_plaintext(&mut stream)).await {
+                        Ok(Ok(true)) => {}
+                        Ok(Ok(false)) => {
+                            tracing::info!(%addr, "plaintext peer on the tls listener: refused");
+                            return;
+                        }
+                        Ok(Err(_)) | Err(_) => return,
+                    }
+                    let accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
                     let tls = match accepted {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(e)) => {
@@ -343,6 +351,29 @@ async fn accept_loop(
     drop(listener);
     // Connections are closed by `ServerHandle::shutdown`; wait for their tasks to end.
     while tasks.join_next().await.is_some() {}
+}
+
+/// Fatal TLS alert records (`unexpected_message`): what a plaintext peer on the TLS listener
+/// gets, so that a pb client dialing without TLS can say "the server speaks tls" at once. Sent
+/// twice because a pb peer decides on its first 8 bytes, and one alert record is 7.
+const TLS_ALERT_UNEXPECTED_MESSAGE: [u8; 14] = [
+    0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a, 0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a,
+];
+
+/// Peek at the first byte: a TLS client opens with a handshake record (22). Anything else (a pb
+/// hello starts with its length) gets an alert and is refused. Returns whether to go on.
+async fn refuse_plaintext(stream: &mut tokio::net::TcpStream) -> io::Result<bool> {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await? == 0 {
+        return Ok(false);
+    }
+    if first[0] == 0x16 {
+        return Ok(true);
+    }
+    stream.write_all(&TLS_ALERT_UNEXPECTED_MESSAGE).await?;
+    stream.shutdown().await?;
+    Ok(false)
 }
 
 async fn serve_one<T>(
