@@ -260,11 +260,9 @@ impl ClientBuilder {
             .await
             .map_err(|e| match e {
                 // A TLS record (alert or handshake, version 3.x) where pb's magic should be.
-                ConnectError::Handshake(HandshakeError::BadMagic { magic })
-                    if matches!(magic, [0x15 | 0x16, 0x03, ..]) =>
-                {
-                    ClientError::ServerRequiresTls
-                }
+                ConnectError::Handshake(HandshakeError::BadMagic {
+                    magic: [0x15 | 0x16, 0x03, ..],
+                }) => ClientError::ServerRequiresTls,
                 e => ClientError::Handshake(e),
             })
     }
