@@ -43,24 +43,33 @@
 //! - `ServeFoo<T>`, the dispatcher serving any `T: Foo`.
 //!
 //! A parameter of type [`Caller`] is filled on the callee's side with who is calling, and is
-//! not part of the stub's signature. A dynamic call by name is [`ObjectRef::call`].
+//! not part of the stub's signature (Twisted's `Viewable`). A dynamic call by name is
+//! [`ObjectRef::call`].
+//!
+//! # What `#[pb::copyable]` generates
+//! serde's `Serialize` and `Deserialize` (through pb's own serde, so users need no serde
+//! dependency) and the [`Copyable`] marker. `#[pb::copyable(state_for = path)]` adds Twisted's
+//! `getStateToCopyFor`: `path` is a `fn(&Self, Option<&Connection>) -> Self` that picks the state
+//! each peer receives (the connection is `None` for in-process calls).
 //!
 //! # Layout
-//! - [`pb_core`]: frames, messages, the broker, the object model, the connection driver, AMP;
-//! - [`pb_server`]: listening (TCP, TLS), login (portal, realm, avatar), connection limits,
+//! - [`pb_core`], frames, messages, the broker, the object model, the connection driver, AMP;
+//! - [`pb_server`], listening (TCP, TLS), login (portal, realm, avatar), connection limits,
 //!   graceful shutdown;
-//! - [`pb_client`]: connecting (TCP, TLS), login;
+//! - [`pb_client`], connecting (TCP, TLS), login;
 //! - `pb_derive`: the macros, re-exported here.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub use pb_client::{self, Client, ClientBuilder, ClientError, ClientTls, LoginError, Session};
 pub use pb_core::login::Refusal;
 pub use pb_core::{
-    self, BoxFuture, CallError, Caller, CloseReason, Config, ConnectError, Connection,
-    ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits, ObjectRef,
-    Outcome, Remote, Reply, Side, TableStats, codec, login, scram, transport,
+    self, BoxFuture, Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError,
+    Connection, ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits,
+    ObjectRef, Outcome, Remote, Replica, Reply, Side, TableStats, Versioned, codec, login, scram,
+    transport,
 };
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{
@@ -76,6 +85,7 @@ pub mod prelude {
 /// Paths used by generated code. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use pb_core::codec::current_peer;
     pub use pb_core::{
         BoxFuture, CallError, Copyable, Dispatch, IncomingCall, Interface, ObjectRef, Remote,
         Reply, encode_result,

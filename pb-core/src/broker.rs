@@ -27,10 +27,10 @@ use std::sync::{Arc, Weak};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::connection::Imported;
+use crate::connection::{ConnShared, ExportLink, Imported};
 use crate::message::{
     self, FaultKind, Message, MessageError, MessageLimits, RefDesc, encode_answer_head,
-    encode_call_head,
+    encode_call_head, encode_update_head,
 };
 use crate::object::{Fault, ObjectRef, Outcome, RefInner, Reply, disconnected_fault};
 
@@ -111,6 +111,9 @@ struct ImportSlot {
 
 pub(crate) type Waiter = oneshot::Sender<Reply>;
 
+/// Descriptors for a message's references, and updates that must follow it.
+type Described = (Vec<RefDesc>, Vec<(u64, Bytes)>);
+
 /// An incoming call for the driver to run.
 pub(crate) struct CallEvent {
     pub(crate) id: u64,
@@ -139,6 +142,8 @@ pub struct TableStats {
 pub(crate) struct Broker {
     limits: Limits,
     conn_id: u64,
+    /// This connection, for exported objects that push updates (caches).
+    link: Weak<ConnShared>,
     pub(crate) state: State,
     peer_goodbye: bool,
     root: Option<ObjectRef>,
@@ -160,11 +165,17 @@ pub(crate) struct Broker {
 }
 
 impl Broker {
-    pub(crate) fn new(limits: Limits, conn_id: u64, root: Option<ObjectRef>) -> Broker {
+    pub(crate) fn new(
+        limits: Limits,
+        conn_id: u64,
+        root: Option<ObjectRef>,
+        link: Weak<ConnShared>,
+    ) -> Broker {
         let root_key = root.as_ref().and_then(export_key);
         Broker {
             limits,
             conn_id,
+            link,
             state: State::Open,
             peer_goodbye: false,
             root,
@@ -276,8 +287,9 @@ impl Broker {
 
     // ---- references --------------------------------------------------------------------
 
-    /// Turn references about to be sent into wire descriptors, counting exports.
-    fn describe(&mut self, refs: &[ObjectRef]) -> Result<Vec<RefDesc>, Fault> {
+    /// Turn references about to be sent into wire descriptors, counting exports. Also returns
+    /// the updates that must follow the message (caches that changed since they were encoded).
+    fn describe(&mut self, refs: &[ObjectRef]) -> Result<Described, Fault> {
         // Check the quota before touching any count, so a refused message changes nothing.
         let mut new_keys = Vec::new();
         for r in refs {
@@ -303,6 +315,7 @@ impl Broker {
             });
         }
         let mut descs = Vec::with_capacity(refs.len());
+        let mut follow = Vec::new();
         for r in refs {
             if let Some(id) = self.is_ours_to_return(r) {
                 descs.push(RefDesc::Receiver(id));
@@ -328,9 +341,38 @@ impl Broker {
                 );
                 self.export_keys.insert(key, id);
                 descs.push(RefDesc::Sender(id));
+                if let RefInner::Local(d) = &r.0 {
+                    let link = ExportLink {
+                        conn: self.link.clone(),
+                        connection: self.conn_id,
+                        object: id,
+                    };
+                    if let Some(update) = d.on_export(&link) {
+                        follow.push((id, update));
+                    }
+                }
             }
         }
-        Ok(descs)
+        Ok((descs, follow))
+    }
+
+    /// Write updates that must follow a message.
+    fn write_updates(&mut self, updates: Vec<(u64, Bytes)>) {
+        for (object, payload) in updates {
+            let start = self.out.len();
+            self.out.put_u32(0);
+            encode_update_head(&mut self.out, object);
+            self.push_payload(start, payload);
+        }
+    }
+
+    /// Queue a cache update for the peer; false if the object is no longer exported to it.
+    pub(crate) fn send_update(&mut self, object: u64, payload: Bytes) -> bool {
+        if self.state == State::Closed || !self.exports.contains_key(&object) {
+            return false;
+        }
+        self.write_updates(vec![(object, payload)]);
+        true
     }
 
     /// A reference that points at the peer's own object on this connection goes back by id.
@@ -494,9 +536,13 @@ impl Broker {
                     e.count = e.count.saturating_sub(count);
                     if e.count == 0
                         && let Some(e) = self.exports.remove(&id)
-                        && let Some(key) = export_key(&e.object)
                     {
-                        self.export_keys.remove(&key);
+                        if let Some(key) = export_key(&e.object) {
+                            self.export_keys.remove(&key);
+                        }
+                        if let RefInner::Local(d) = &e.object.0 {
+                            d.on_unexport(self.conn_id);
+                        }
                     }
                 }
                 Ok(())
@@ -508,6 +554,17 @@ impl Broker {
             }
             Message::Goodbye => {
                 self.peer_goodbye = true;
+                Ok(())
+            }
+            Message::Update { object, payload } => {
+                match self.imports.get(&object).and_then(|s| s.handle.upgrade()) {
+                    Some(imp) => imp
+                        .replica
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .deliver(payload),
+                    None => tracing::debug!(object, "update for a reference no longer held"),
+                }
                 Ok(())
             }
         }
@@ -633,7 +690,7 @@ impl Broker {
             });
         }
         self.frame_fits(32 + method.len() + refs.len() * 10, &payload)?;
-        let descs = self.describe(refs)?;
+        let (descs, follow) = self.describe(refs)?;
         let id = self.next_request;
         self.next_request += 1;
         let start = self.out.len();
@@ -647,6 +704,7 @@ impl Broker {
             &descs,
         );
         self.push_payload(start, payload);
+        self.write_updates(follow);
         if let Some(w) = waiter {
             self.pending.insert(id, w);
         }
@@ -669,15 +727,16 @@ impl Broker {
         let Some(reply) = reply else { return };
         let outcome = reply.and_then(|o| {
             self.frame_fits(16 + o.refs.len() * 10, &o.payload)?;
-            let descs = self.describe(&o.refs)?;
-            Ok((o.ok, descs, o.payload))
+            let (descs, follow) = self.describe(&o.refs)?;
+            Ok((o.ok, descs, follow, o.payload))
         });
         match outcome {
-            Ok((ok, descs, payload)) => {
+            Ok((ok, descs, follow, payload)) => {
                 let start = self.out.len();
                 self.out.put_u32(0);
                 encode_answer_head(&mut self.out, id, ok, &descs);
                 self.push_payload(start, payload);
+                self.write_updates(follow);
             }
             Err(f) => self.send_fault(id, f.kind, f.message),
         }
@@ -704,6 +763,11 @@ impl Broker {
         self.releases.clear();
         self.events.clear();
         let mut held: Vec<ObjectRef> = self.exports.drain().map(|(_, e)| e.object).collect();
+        for object in &held {
+            if let RefInner::Local(d) = &object.0 {
+                d.on_unexport(self.conn_id);
+            }
+        }
         held.extend(self.root.take());
         self.root_key = None;
         held

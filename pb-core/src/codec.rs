@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::connection::Connection;
 use crate::frame::MAX_FRAME_LEN_CEILING;
 use crate::object::ObjectRef;
 
@@ -44,27 +45,34 @@ pub enum CodecError {
     Trailing(usize),
 }
 
+/// What one encode or decode in progress on this thread knows.
+#[derive(Default)]
+struct Context {
+    refs: Vec<ObjectRef>,
+    /// The connection the value is bound for (encoding) or came from (decoding).
+    peer: Option<Connection>,
+}
+
+type Stack = RefCell<Vec<Context>>;
+
 thread_local! {
-    static ENCODING: RefCell<Vec<Vec<ObjectRef>>> = const { RefCell::new(Vec::new()) };
-    static DECODING: RefCell<Vec<Vec<ObjectRef>>> = const { RefCell::new(Vec::new()) };
+    static ENCODING: Stack = const { RefCell::new(Vec::new()) };
+    static DECODING: Stack = const { RefCell::new(Vec::new()) };
 }
 
 /// Pops the context it pushed, even if a user's `Serialize` panics.
-struct Scope(&'static std::thread::LocalKey<RefCell<Vec<Vec<ObjectRef>>>>);
+struct Scope(&'static std::thread::LocalKey<Stack>);
 
 impl Scope {
-    fn enter(
-        key: &'static std::thread::LocalKey<RefCell<Vec<Vec<ObjectRef>>>>,
-        refs: Vec<ObjectRef>,
-    ) -> Scope {
-        key.with(|s| s.borrow_mut().push(refs));
+    fn enter(key: &'static std::thread::LocalKey<Stack>, cx: Context) -> Scope {
+        key.with(|s| s.borrow_mut().push(cx));
         Scope(key)
     }
 
     fn take(self) -> Vec<ObjectRef> {
-        let refs = self.0.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+        let cx = self.0.with(|s| s.borrow_mut().pop()).unwrap_or_default();
         std::mem::forget(self);
-        refs
+        cx.refs
     }
 }
 
@@ -79,8 +87,8 @@ pub(crate) fn collect_ref(r: &ObjectRef) -> Option<u32> {
     ENCODING.with(|s| {
         let mut s = s.borrow_mut();
         let top = s.last_mut()?;
-        let index = u32::try_from(top.len()).ok()?;
-        top.push(r.clone());
+        let index = u32::try_from(top.refs.len()).ok()?;
+        top.refs.push(r.clone());
         Some(index)
     })
 }
@@ -89,7 +97,7 @@ pub(crate) fn collect_ref(r: &ObjectRef) -> Option<u32> {
 pub(crate) fn resolve_ref(index: u32) -> Option<ObjectRef> {
     DECODING.with(|s| {
         let s = s.borrow();
-        s.last()?.get(index as usize).cloned()
+        s.last()?.refs.get(index as usize).cloned()
     })
 }
 
@@ -101,12 +109,26 @@ fn config_large() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME_LEN_CEILING>()
 }
 
-/// Encode `value` after whatever `out` holds; returns the references it contains.
+/// The connection the value being encoded right now is bound for, if it is bound for one:
+/// what a per-peer `Serialize` (such as a copyable's state hook) asks to tailor its state.
+pub fn current_peer() -> Option<Connection> {
+    ENCODING.with(|s| s.borrow().last().and_then(|cx| cx.peer.clone()))
+}
+
+/// Encode `value` after whatever `out` holds; returns the references it contains. `peer` is the
+/// connection the value is bound for (`None` for an in-process call).
 pub fn encode_into<T: Serialize + ?Sized>(
     value: &T,
+    peer: Option<&Connection>,
     out: &mut BytesMut,
 ) -> Result<Vec<ObjectRef>, CodecError> {
-    let scope = Scope::enter(&ENCODING, Vec::new());
+    let scope = Scope::enter(
+        &ENCODING,
+        Context {
+            refs: Vec::new(),
+            peer: peer.cloned(),
+        },
+    );
     let mut w = out.writer();
     bincode::serde::encode_into_std_write(value, &mut w, bincode::config::standard())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
@@ -114,9 +136,12 @@ pub fn encode_into<T: Serialize + ?Sized>(
 }
 
 /// Encode `value` into a new buffer; returns the bytes and the references it contains.
-pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
+pub fn encode<T: Serialize + ?Sized>(
+    value: &T,
+    peer: Option<&Connection>,
+) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
     let mut out = BytesMut::new();
-    let refs = encode_into(value, &mut out)?;
+    let refs = encode_into(value, peer, &mut out)?;
     Ok((out.freeze(), refs))
 }
 
@@ -128,7 +153,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], refs: Vec<ObjectRef>) -> Result
             max: MAX_FRAME_LEN_CEILING,
         });
     }
-    let _scope = Scope::enter(&DECODING, refs);
+    let _scope = Scope::enter(&DECODING, Context { refs, peer: None });
     let result = if bytes.len() <= SMALL_LIMIT {
         bincode::serde::decode_from_slice::<T, _>(bytes, config_small())
     } else {
@@ -165,7 +190,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_trailing() {
-        let (b, refs) = encode(&("hi".to_string(), 5u64, vec![1u8, 2])).unwrap();
+        let (b, refs) = encode(&("hi".to_string(), 5u64, vec![1u8, 2]), None).unwrap();
         assert!(refs.is_empty());
         let v: (String, u64, Vec<u8>) = decode(&b, vec![]).unwrap();
         assert_eq!(v, ("hi".to_string(), 5, vec![1, 2]));

@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::broker::{Broker, CallEvent, Limits, ProtocolError, TableStats};
+use crate::cache::ReplicaSlot;
 use crate::frame::{FrameDecoder, HEADER_LEN};
 use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
 use crate::message::FaultKind;
@@ -107,6 +108,17 @@ pub(crate) struct Imported {
     pub(crate) id: u64,
     generation: u64,
     received: AtomicU64,
+    /// Where cache updates for this object go, if it is a cache.
+    pub(crate) replica: Mutex<ReplicaSlot>,
+}
+
+/// Where an exported object lives: the connection and the id the peer knows it by.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct ExportLink {
+    pub(crate) conn: Weak<ConnShared>,
+    pub(crate) connection: u64,
+    pub(crate) object: u64,
 }
 
 impl Imported {
@@ -129,7 +141,6 @@ pub(crate) struct ConnShared {
     id: u64,
     side: Side,
     peer_addr: Option<SocketAddr>,
-    me: Weak<ConnShared>,
     broker: Mutex<Broker>,
     releases: Mutex<Vec<(u64, u64, u64)>>,
     wake_writer: Notify,
@@ -154,8 +165,7 @@ impl ConnShared {
             id,
             side,
             peer_addr,
-            me: me.clone(),
-            broker: Mutex::new(Broker::new(config.limits.clone(), id, root)),
+            broker: Mutex::new(Broker::new(config.limits.clone(), id, root, me.clone())),
             releases: Mutex::new(Vec::new()),
             wake_writer: Notify::new(),
             call_done: Notify::new(),
@@ -187,21 +197,19 @@ impl ConnShared {
         let _ = rx.wait_for(|r| r.is_some()).await;
     }
 
-    fn make_import(&self) -> impl Fn(u64, u64) -> Arc<Imported> + '_ {
+    fn make_import(self: &Arc<Self>) -> impl Fn(u64, u64) -> Arc<Imported> + '_ {
         move |id, generation| {
             Arc::new(Imported {
-                conn: self
-                    .me
-                    .upgrade()
-                    .expect("a connection is alive while it handles input"),
+                conn: self.clone(),
                 id,
                 generation,
                 received: AtomicU64::new(if id == 0 { 0 } else { 1 }),
+                replica: Mutex::new(ReplicaSlot::default()),
             })
         }
     }
 
-    pub(crate) fn root_ref(&self) -> ObjectRef {
+    pub(crate) fn root_ref(self: &Arc<Self>) -> ObjectRef {
         let make = self.make_import();
         ObjectRef(crate::object::RefInner::Remote(make(0, 0)))
     }
@@ -241,6 +249,13 @@ impl ConnShared {
         reply
     }
 
+    /// Send a cache update to the peer, if the cache is still exported to it.
+    pub(crate) fn send_update(&self, object: u64, payload: Bytes) {
+        if self.lock().send_update(object, payload) {
+            self.wake_writer.notify_one();
+        }
+    }
+
     /// Send a call that wants no answer.
     pub(crate) fn send_oneway(
         &self,
@@ -255,7 +270,7 @@ impl ConnShared {
         Ok(())
     }
 
-    fn handle_frame(&self, frame: Bytes) -> Result<(), ProtocolError> {
+    fn handle_frame(self: &Arc<Self>, frame: Bytes) -> Result<(), ProtocolError> {
         let mut broker = self.lock();
         let result = broker.handle_frame(frame, &self.make_import());
         let mut events = Vec::new();
@@ -270,10 +285,8 @@ impl ConnShared {
         result
     }
 
-    fn spawn_call(&self, ev: CallEvent) {
-        let Some(conn) = self.me.upgrade() else {
-            return;
-        };
+    fn spawn_call(self: &Arc<Self>, ev: CallEvent) {
+        let conn = self.clone();
         let CallEvent {
             id,
             object,
@@ -455,6 +468,10 @@ pub struct Connection {
 }
 
 impl Connection {
+    pub(crate) fn from_shared(shared: Arc<ConnShared>) -> Connection {
+        Connection { shared }
+    }
+
     /// Run the handshake over `io` and start the connection's tasks.
     ///
     /// `root` is the object the peer reaches as its root (`None` to serve nothing).
@@ -736,4 +753,117 @@ async fn write_all_chunks<W: AsyncWrite + Unpin>(
         }
     }
     wr.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    //! Two connections' states wired together by hand: no sockets, no sleeps, every frame moved
+    //! explicitly.
+
+    use super::*;
+    use crate::object::{BoxFuture, Dispatch, Interface, encode_result};
+
+    struct Counter;
+    static COUNTER: Interface = Interface {
+        name: "Counter",
+        methods: &["add", "spawn"],
+    };
+
+    impl Dispatch for Counter {
+        fn interface(&self) -> &'static Interface {
+            &COUNTER
+        }
+        fn dispatch(self: Arc<Self>, mut call: IncomingCall) -> BoxFuture<Reply> {
+            Box::pin(async move {
+                match call.method() {
+                    "add" => {
+                        let (a, b): (u32, u32) = call.decode_args()?;
+                        encode_result::<u32, ()>(call.caller(), Ok(a + b))
+                    }
+                    // Returns a reference to a new object.
+                    "spawn" => {
+                        encode_result::<ObjectRef, ()>(call.caller(), Ok(ObjectRef::local(Counter)))
+                    }
+                    _ => call.no_such_method(&COUNTER),
+                }
+            })
+        }
+    }
+
+    /// Move every queued frame from `from` to `to`; returns how many moved.
+    fn pump(from: &Arc<ConnShared>, to: &Arc<ConnShared>, buf: &mut BytesMut) -> usize {
+        let decoder = FrameDecoder::new(1 << 20);
+        for chunk in from.take_transmit() {
+            buf.extend_from_slice(&chunk);
+        }
+        let mut n = 0;
+        while let Ok(Some(frame)) = decoder.decode(buf) {
+            to.handle_frame(frame).expect("valid frame");
+            n += 1;
+        }
+        n
+    }
+
+    async fn run_until<T>(
+        a: &Arc<ConnShared>,
+        b: &Arc<ConnShared>,
+        task: tokio::task::JoinHandle<T>,
+    ) -> T {
+        let (mut ab, mut ba) = (BytesMut::new(), BytesMut::new());
+        for _ in 0..1000 {
+            if task.is_finished() {
+                return task.await.expect("task");
+            }
+            pump(a, b, &mut ab);
+            pump(b, a, &mut ba);
+            tokio::task::yield_now().await;
+        }
+        panic!("did not finish");
+    }
+
+    #[tokio::test]
+    async fn two_brokers_without_sockets() {
+        let config = Config::default();
+        let client = ConnShared::new(&config, Side::Client, None, None);
+        let server = ConnShared::new(&config, Side::Server, None, Some(ObjectRef::local(Counter)));
+        let root = client.root_ref();
+
+        let call = tokio::spawn({
+            let root = root.clone();
+            async move { root.call::<_, u32, ()>("add", &(40u32, 2u32)).await }
+        });
+        assert_eq!(run_until(&client, &server, call).await, Ok(42));
+
+        // A returned reference is imported, callable, and released when dropped.
+        let spawned = tokio::spawn({
+            let root = root.clone();
+            async move { root.call::<_, ObjectRef, ()>("spawn", &()).await }
+        });
+        let child = run_until(&client, &server, spawned).await.expect("spawn");
+        assert_eq!(server.stats().exported, 1);
+        assert_eq!(client.stats().imported, 1);
+        let call = tokio::spawn({
+            let child = child.clone();
+            async move { child.call::<_, u32, ()>("add", &(1u32, 1u32)).await }
+        });
+        assert_eq!(run_until(&client, &server, call).await, Ok(2));
+        drop(child);
+        assert_eq!(client.stats().imported, 0);
+        let (mut ab, mut ba) = (BytesMut::new(), BytesMut::new());
+        assert_eq!(pump(&client, &server, &mut ab), 1, "one release frame");
+        assert_eq!(pump(&server, &client, &mut ba), 0);
+        assert_eq!(server.stats().exported, 0);
+
+        // Losing the connection fails what is pending, at once.
+        let hanging = tokio::spawn({
+            let root = root.clone();
+            async move { root.call::<_, u32, ()>("add", &(1u32, 1u32)).await }
+        });
+        tokio::task::yield_now().await;
+        client.close(CloseReason::Local);
+        assert_eq!(
+            hanging.await.expect("task"),
+            Err(crate::CallError::Disconnected)
+        );
+    }
 }

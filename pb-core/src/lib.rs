@@ -11,6 +11,7 @@
 //! - `codec`: the bincode seam for payloads, always under a byte limit, and how object
 //!   references ride alongside a payload;
 //! - `object`: [`ObjectRef`], [`Dispatch`], [`CallError`] and friends;
+//! - `cache`: [`Cache`] and [`Replica`], objects copied to peers and kept up to date;
 //! - `broker`: one connection's protocol state, no I/O;
 //! - `connection`: the tokio driver and the [`Connection`] handle;
 //! - `scram`: SCRAM-SHA-256 with `tls-exporter` channel binding, no I/O (shared by client and
@@ -34,7 +35,7 @@
 //!             match call.method() {
 //!                 "add" => {
 //!                     let (a, b): (i64, i64) = call.decode_args()?;
-//!                     pb_core::encode_result::<i64, ()>(Ok(a + b))
+//!                     pb_core::encode_result::<i64, ()>(call.caller(), Ok(a + b))
 //!                 }
 //!                 _ => call.no_such_method(&ADDER),
 //!             }
@@ -55,8 +56,10 @@
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod broker;
+mod cache;
 pub mod codec;
 mod connection;
 pub mod frame;
@@ -68,8 +71,9 @@ pub mod scram;
 pub mod transport;
 
 pub use broker::{Limits, ProtocolError, TableStats};
+pub use cache::{Cache, CacheState, Replica, Versioned};
 pub use connection::{
-    Caller, CloseReason, Config, ConnectError, Connection, ConnectionStats, Side,
+    Caller, CloseReason, Config, ConnectError, Connection, ConnectionStats, ExportLink, Side,
 };
 pub use object::{
     BoxFuture, CallError, Copyable, Dispatch, Fault, IncomingCall, Interface, ObjectRef, Outcome,

@@ -11,6 +11,7 @@
 //! Release  04 count (object delta)*count
 //! Cancel   05 id
 //! Goodbye  06                                     the sender accepts no new calls
+//! Update   07 object payload...                   a new version of a cache the sender owns
 //! refs  := count (kind id)*count                  kind: 0 = sender's object, 1 = receiver's own
 //! ```
 
@@ -140,6 +141,13 @@ pub enum Message {
     },
     /// The sender is closing gracefully and accepts no new calls.
     Goodbye,
+    /// An update to a cache the sender exported to the receiver under `object`.
+    Update {
+        /// The sender's export id of the cache.
+        object: u64,
+        /// The encoded update.
+        payload: Bytes,
+    },
 }
 
 /// A message body could not be decoded.
@@ -200,6 +208,7 @@ const TAG_FAULT: u8 = 3;
 const TAG_RELEASE: u8 = 4;
 const TAG_CANCEL: u8 = 5;
 const TAG_GOODBYE: u8 = 6;
+const TAG_UPDATE: u8 = 7;
 
 pub(crate) fn put_varint(out: &mut BytesMut, mut v: u64) {
     while v >= 0x80 {
@@ -338,6 +347,10 @@ impl Message {
                 put_varint(out, *id);
             }
             Message::Goodbye => out.put_u8(TAG_GOODBYE),
+            Message::Update { object, payload } => {
+                encode_update_head(out, *object);
+                out.put_slice(payload);
+            }
         }
     }
 
@@ -396,6 +409,13 @@ impl Message {
             }
             TAG_CANCEL => Message::Cancel { id: get_varint(b)? },
             TAG_GOODBYE => Message::Goodbye,
+            TAG_UPDATE => {
+                let object = get_varint(b)?;
+                return Ok(Message::Update {
+                    object,
+                    payload: body,
+                });
+            }
             tag => return Err(MessageError::UnknownTag(tag)),
         };
         if b.has_remaining() {
@@ -421,6 +441,12 @@ pub(crate) fn encode_call_head(
     put_varint(out, method.len() as u64);
     out.put_slice(method);
     put_refs(out, refs);
+}
+
+/// Encode an update's envelope; the payload follows it directly.
+pub(crate) fn encode_update_head(out: &mut BytesMut, object: u64) {
+    out.put_u8(TAG_UPDATE);
+    put_varint(out, object);
 }
 
 /// Encode an answer's envelope; the payload follows it directly.
@@ -468,6 +494,10 @@ mod tests {
         rt(Message::Release(vec![(1, 2), (3, u64::MAX)]));
         rt(Message::Cancel { id: 12 });
         rt(Message::Goodbye);
+        rt(Message::Update {
+            object: 3,
+            payload: Bytes::from_static(b"\x00\x01"),
+        });
     }
 
     #[test]

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
 use crate::codec::{self, CodecError};
-use crate::connection::{Caller, Imported};
+use crate::connection::{Caller, Connection, ExportLink, Imported};
 use crate::message::FaultKind;
 
 /// A boxed, sendable future.
@@ -37,6 +37,19 @@ pub trait Dispatch: Send + Sync + 'static {
 
     /// Run one call. The future is spawned by the connection driver; dropping it cancels the call.
     fn dispatch(self: Arc<Self>, call: IncomingCall) -> BoxFuture<Reply>;
+
+    /// Called when the object starts being exported on a connection, under that connection's
+    /// lock: must not block. May return an update to send right after the message that carries
+    /// the object. Used by caches.
+    #[doc(hidden)]
+    fn on_export(&self, _link: &ExportLink) -> Option<Bytes> {
+        None
+    }
+
+    /// Called when the object stops being exported on a connection (released or disconnected),
+    /// under that connection's lock: must not block.
+    #[doc(hidden)]
+    fn on_unexport(&self, _connection: u64) {}
 }
 
 /// A call as the callee's dispatcher sees it.
@@ -110,11 +123,12 @@ pub struct Fault {
 /// What a dispatcher returns.
 pub type Reply = Result<Outcome, Fault>;
 
-/// Encode a method's result as a [`Reply`].
-pub fn encode_result<T: Serialize, E: Serialize>(result: Result<T, E>) -> Reply {
+/// Encode a method's result as a [`Reply`] for `caller`.
+pub fn encode_result<T: Serialize, E: Serialize>(caller: &Caller, result: Result<T, E>) -> Reply {
+    let peer = caller.connection();
     let (ok, encoded) = match &result {
-        Ok(v) => (true, codec::encode(v)),
-        Err(e) => (false, codec::encode(e)),
+        Ok(v) => (true, codec::encode(v, peer)),
+        Err(e) => (false, codec::encode(e, peer)),
     };
     match encoded {
         Ok((payload, refs)) => Ok(Outcome { ok, payload, refs }),
@@ -288,7 +302,8 @@ impl ObjectRef {
         R: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let (payload, refs) = codec::encode(args).map_err(|e| CallError::Encode(e.to_string()))?;
+        let (payload, refs) = codec::encode(args, self.peer().as_ref())
+            .map_err(|e| CallError::Encode(e.to_string()))?;
         let outcome = match self.call_raw(method, payload, refs).await {
             Ok(o) => o,
             Err(f) => return Err(CallError::from_fault(f)),
@@ -301,7 +316,8 @@ impl ObjectRef {
     where
         A: Serialize + ?Sized,
     {
-        let (payload, refs) = codec::encode(args).map_err(|e| CallError::Encode(e.to_string()))?;
+        let (payload, refs) = codec::encode(args, self.peer().as_ref())
+            .map_err(|e| CallError::Encode(e.to_string()))?;
         match &self.0 {
             RefInner::Local(d) => {
                 let call = IncomingCall::new(method, payload, refs, Caller::local());
@@ -328,6 +344,14 @@ impl ObjectRef {
                     r.conn.call(r.id, &method, call.args, call.refs).await
                 })
             }
+        }
+    }
+
+    /// The connection a remote object is reached through.
+    pub fn peer(&self) -> Option<Connection> {
+        match &self.0 {
+            RefInner::Local(_) => None,
+            RefInner::Remote(r) => Some(Connection::from_shared(r.conn.clone())),
         }
     }
 

@@ -541,21 +541,22 @@ impl Dispatch for LoginRoot {
     }
 
     fn dispatch(self: Arc<Self>, mut call: IncomingCall) -> BoxFuture<Reply> {
-        let conn = call.caller().connection().cloned();
+        let caller = call.caller().clone();
+        let conn = caller.connection().cloned();
         Box::pin(async move {
             match call.method() {
                 METHOD_SCRAM_START => {
                     let (client_first,): (String,) = call.decode_args()?;
-                    encode_result(self.scram_start(client_first, conn).await)
+                    encode_result(&caller, self.scram_start(client_first, conn).await)
                 }
                 METHOD_SCRAM_FINISH => {
                     let (client_final, mind): (String, Option<ObjectRef>) = call.decode_args()?;
-                    encode_result(self.scram_finish(client_final, mind, conn).await)
+                    encode_result(&caller, self.scram_finish(client_final, mind, conn).await)
                 }
                 METHOD_ANONYMOUS => {
                     let (mind,): (Option<ObjectRef>,) = call.decode_args()?;
                     let identity = self.portal.anonymous.then_some(Identity::Anonymous);
-                    encode_result(self.other_login(identity, mind, conn).await)
+                    encode_result(&caller, self.other_login(identity, mind, conn).await)
                 }
                 METHOD_CERTIFICATE => {
                     let (mind,): (Option<ObjectRef>,) = call.decode_args()?;
@@ -564,7 +565,7 @@ impl Dispatch for LoginRoot {
                         .certificates
                         .then(|| self.peer_certificate().map(Identity::Certificate))
                         .flatten();
-                    encode_result(self.other_login(identity, mind, conn).await)
+                    encode_result(&caller, self.other_login(identity, mind, conn).await)
                 }
                 _ => call.no_such_method(&LOGIN_INTERFACE),
             }

@@ -1,0 +1,72 @@
+//! Calls that cannot be served get an error answer and the connection keeps working.
+
+mod common;
+
+use common::*;
+use pb::CallError;
+
+#[tokio::test]
+async fn unknown_method_gets_an_error_and_the_connection_survives() {
+    let (_server, client) = memory_pair(KitchenRef::new(KitchenImpl::default())).await;
+    let root = client.root_ref();
+    let r = root.call::<_, (), ()>("no_such_method", &(1u8,)).await;
+    match r {
+        Err(CallError::NoSuchMethod(m)) => assert!(m.contains("no_such_method"), "{m}"),
+        other => panic!("expected NoSuchMethod, got {other:?}"),
+    }
+    let k: KitchenRef = client.root();
+    assert_eq!(k.add(1, 1).await, Ok(2));
+}
+
+#[tokio::test]
+async fn undecodable_arguments_get_an_error_and_the_connection_survives() {
+    let (_server, client) = memory_pair(KitchenRef::new(KitchenImpl::default())).await;
+    let root = client.root_ref();
+    // `add` takes two i64s; a string is not that.
+    let r = root.call::<_, i64, TestError>("add", &("forty-two",)).await;
+    assert!(matches!(r, Err(CallError::BadArguments(_))), "{r:?}");
+    // An answer that does not decode as the type the caller expects is a caller-side error.
+    let r = root
+        .call::<_, String, TestError>("add", &(1i64, 2i64))
+        .await;
+    assert!(matches!(r, Err(CallError::BadAnswer(_))), "{r:?}");
+    let k: KitchenRef = client.root();
+    assert_eq!(k.add(2, 2).await, Ok(4));
+}
+
+#[tokio::test]
+async fn no_root_served_is_no_such_object() {
+    let (a, b) = pb::transport::memory_pair();
+    let config = pb::Config::default();
+    let (_s, client) = tokio::try_join!(
+        pb::Connection::establish(a, &config, pb::Side::Server, None, None),
+        pb::Connection::establish(b, &config, pb::Side::Client, None, None),
+    )
+    .unwrap();
+    let k: KitchenRef = client.root();
+    assert!(matches!(k.add(1, 2).await, Err(CallError::NoSuchObject(_))));
+    assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_an_internal_error_not_a_hang() {
+    #[pb::remote]
+    trait Fragile {
+        async fn boom(&self) -> Result<(), String>;
+        async fn fine(&self) -> Result<u8, String>;
+    }
+    struct F;
+    impl Fragile for F {
+        async fn boom(&self) -> Result<(), String> {
+            panic!("handler bug")
+        }
+        async fn fine(&self) -> Result<u8, String> {
+            Ok(7)
+        }
+    }
+    let (server, client) = memory_pair(FragileRef::new(F)).await;
+    let f: FragileRef = client.root();
+    assert!(matches!(f.boom().await, Err(CallError::Internal(_))));
+    assert_eq!(f.fine().await, Ok(7));
+    assert_eq!(server.stats().tables.in_flight_calls, 0);
+}

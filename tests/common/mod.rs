@@ -1,0 +1,165 @@
+//! An interface exercising the argument and return types the tests need, and helpers to
+//! connect a client and a server over the in-memory transport or TCP.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pb::{Caller, Connection};
+
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub x: i32,
+    pub y: i32,
+}
+
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shape {
+    pub name: String,
+    pub points: Vec<Point>,
+    pub tags: BTreeMap<String, u8>,
+    pub kind: Kind,
+    pub note: Option<String>,
+}
+
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    Open,
+    Closed { filled: bool },
+    Weighted(f64),
+}
+
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq)]
+pub enum TestError {
+    Negative(i64),
+    Refused { reason: String },
+}
+
+#[pb::remote]
+pub trait Kitchen {
+    async fn add(&self, a: i64, b: i64) -> Result<i64, TestError>;
+    async fn neg(&self, a: i8) -> Result<i128, TestError>;
+    async fn shout(&self, s: String) -> Result<String, TestError>;
+    async fn reverse(&self, b: Vec<u8>) -> Result<Vec<u8>, TestError>;
+    async fn sum(&self, v: Vec<u32>) -> Result<u64, TestError>;
+    async fn centroid(&self, shape: Shape) -> Result<Option<Point>, TestError>;
+    async fn flip(&self, k: Kind) -> Result<Kind, TestError>;
+    async fn maybe(&self, v: Option<u16>) -> Result<Option<u16>, TestError>;
+    async fn sqrt(&self, v: i64) -> Result<f64, TestError>;
+    async fn unit(&self) -> Result<(), TestError>;
+    /// Answers `v` after `delay_ms` milliseconds (virtual time in tests).
+    async fn echo_after(&self, v: u64, delay_ms: u64) -> Result<u64, TestError>;
+    /// Never answers.
+    async fn hang(&self) -> Result<(), TestError>;
+    async fn whoami(&self, caller: Caller) -> Result<String, TestError>;
+    /// Answers `v` once the test opens the gate (`KitchenImpl::gate`).
+    async fn gated(&self, v: u64) -> Result<u64, TestError>;
+}
+
+pub struct KitchenImpl {
+    pub calls: Mutex<u64>,
+    pub gate: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for KitchenImpl {
+    fn default() -> Self {
+        KitchenImpl {
+            calls: Mutex::new(0),
+            gate: std::sync::Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+}
+
+impl Kitchen for KitchenImpl {
+    async fn add(&self, a: i64, b: i64) -> Result<i64, TestError> {
+        *self.calls.lock().unwrap() += 1;
+        Ok(a + b)
+    }
+    async fn neg(&self, a: i8) -> Result<i128, TestError> {
+        Ok(-(a as i128))
+    }
+    async fn shout(&self, s: String) -> Result<String, TestError> {
+        Ok(s.to_uppercase())
+    }
+    async fn reverse(&self, mut b: Vec<u8>) -> Result<Vec<u8>, TestError> {
+        b.reverse();
+        Ok(b)
+    }
+    async fn sum(&self, v: Vec<u32>) -> Result<u64, TestError> {
+        Ok(v.iter().map(|&x| x as u64).sum())
+    }
+    async fn centroid(&self, shape: Shape) -> Result<Option<Point>, TestError> {
+        if shape.points.is_empty() {
+            return Ok(None);
+        }
+        let n = shape.points.len() as i32;
+        let (sx, sy) = shape
+            .points
+            .iter()
+            .fold((0, 0), |(x, y), p| (x + p.x, y + p.y));
+        Ok(Some(Point {
+            x: sx / n,
+            y: sy / n,
+        }))
+    }
+    async fn flip(&self, k: Kind) -> Result<Kind, TestError> {
+        Ok(match k {
+            Kind::Open => Kind::Closed { filled: true },
+            Kind::Closed { .. } => Kind::Open,
+            Kind::Weighted(w) => Kind::Weighted(-w),
+        })
+    }
+    async fn maybe(&self, v: Option<u16>) -> Result<Option<u16>, TestError> {
+        Ok(v.map(|x| x.wrapping_mul(2)))
+    }
+    async fn sqrt(&self, v: i64) -> Result<f64, TestError> {
+        if v < 0 {
+            return Err(TestError::Negative(v));
+        }
+        Ok((v as f64).sqrt())
+    }
+    async fn unit(&self) -> Result<(), TestError> {
+        Ok(())
+    }
+    async fn echo_after(&self, v: u64, delay_ms: u64) -> Result<u64, TestError> {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        Ok(v)
+    }
+    async fn hang(&self) -> Result<(), TestError> {
+        std::future::pending().await
+    }
+    async fn whoami(&self, caller: Caller) -> Result<String, TestError> {
+        Ok(match caller.connection() {
+            Some(c) => format!("connection {}", c.id()),
+            None => "local".into(),
+        })
+    }
+    async fn gated(&self, v: u64) -> Result<u64, TestError> {
+        let permit = self.gate.acquire().await.map_err(|_| TestError::Refused {
+            reason: "gate closed".into(),
+        })?;
+        permit.forget();
+        Ok(v)
+    }
+}
+
+/// A server connection and a client connection joined by an in-memory pipe; the server serves
+/// `root`.
+pub async fn memory_pair(root: impl Into<pb::ObjectRef>) -> (Connection, Connection) {
+    memory_pair_with(root, pb::Config::default()).await
+}
+
+pub async fn memory_pair_with(
+    root: impl Into<pb::ObjectRef>,
+    config: pb::Config,
+) -> (Connection, Connection) {
+    let (a, b) = pb::transport::memory_pair();
+    let server = Connection::establish(a, &config, pb::Side::Server, Some(root.into()), None);
+    let client = Connection::establish(b, &config, pb::Side::Client, None, None);
+    tokio::try_join!(server, client).expect("handshake over an in-memory pipe")
+}

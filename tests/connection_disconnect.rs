@@ -1,0 +1,108 @@
+//! The peer disconnecting mid-call: every pending call fails with a disconnected error at once.
+
+mod common;
+
+use common::*;
+use pb::CallError;
+use tokio::task::JoinSet;
+
+#[tokio::test]
+async fn pending_calls_fail_at_once_when_the_peer_goes() {
+    let (server, client) = memory_pair(KitchenRef::new(KitchenImpl::default())).await;
+    let k: KitchenRef = client.root();
+    let mut set = JoinSet::new();
+    for _ in 0..10 {
+        let k = k.clone();
+        set.spawn(async move { k.hang().await });
+    }
+    // Wait until all ten are running on the server.
+    while server.stats().tables.in_flight_calls < 10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(client.stats().tables.pending_calls, 10);
+    server.abort();
+    while let Some(r) = set.join_next().await {
+        assert_eq!(r.unwrap(), Err(CallError::Disconnected));
+    }
+    client.closed().await;
+    assert_eq!(client.stats().tables.pending_calls, 0);
+    // New calls on a dead reference fail at once too.
+    assert_eq!(k.add(1, 2).await, Err(CallError::Disconnected));
+    assert!(!k.is_connected());
+    assert_eq!(
+        server.stats().tables.in_flight_calls,
+        0,
+        "the server's handlers were cancelled"
+    );
+}
+
+#[tokio::test]
+async fn pending_calls_fail_when_the_tcp_peer_drops() {
+    let server = pb::Server::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve(KitchenRef::new(KitchenImpl::default()));
+    let conn = pb::Client::connect(server.local_addr()).await.unwrap();
+    let k: KitchenRef = conn.root();
+    let pending = tokio::spawn({
+        let k = k.clone();
+        async move { k.hang().await }
+    });
+    while server
+        .connections()
+        .first()
+        .map(|c| c.stats().tables.in_flight_calls)
+        != Some(1)
+    {
+        tokio::task::yield_now().await;
+    }
+    server.connections()[0].abort();
+    assert_eq!(pending.await.unwrap(), Err(CallError::Disconnected));
+    // The disconnect notification fires on the reference.
+    k.disconnected().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_calls_in_flight_finish() {
+    let kitchen = std::sync::Arc::new(KitchenImpl::default());
+    let gate = kitchen.gate.clone();
+    let server = pb::Server::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve(KitchenRef::from_arc(kitchen));
+    let addr = server.local_addr();
+    let conn = pb::Client::connect(addr).await.unwrap();
+    let k: KitchenRef = conn.root();
+    let running = tokio::spawn({
+        let k = k.clone();
+        async move { k.gated(7).await }
+    });
+    while server
+        .connections()
+        .first()
+        .map(|c| c.stats().tables.in_flight_calls)
+        != Some(1)
+    {
+        tokio::task::yield_now().await;
+    }
+    let server_conn = server.connections()[0].clone();
+    let shutdown = tokio::spawn(server.shutdown());
+    // While draining, a new call is refused with a clear error, not dropped.
+    while !matches!(k.add(1, 1).await, Err(CallError::ShuttingDown)) {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !server_conn.is_closed(),
+        "the server waits for the running call"
+    );
+    gate.add_permits(1);
+    // The call that was running finished and its answer arrived.
+    assert_eq!(running.await.unwrap(), Ok(7));
+    shutdown.await.unwrap();
+    conn.closed().await;
+    assert!(
+        pb::Client::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+}

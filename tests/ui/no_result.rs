@@ -1,0 +1,7 @@
+#[pb::remote]
+trait Greeter {
+    async fn greet(&self, name: String) -> String;
+    async fn nothing(&self);
+}
+
+fn main() {}
