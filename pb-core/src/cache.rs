@@ -1,6 +1,10 @@
 //! Cacheable objects: the owner keeps a [`Cache`], each peer it is sent to holds a [`Replica`]
 //! that the owner keeps up to date (Twisted's `Cacheable` / `RemoteCache`).
 //!
+//! Interfaces name the [`Replica`] type on both sides: the owner sends `cache.replica()`, a
+//! local view of its cache, and the peer receives a remote replica. A replica that travels back
+//! to its owner arrives as a view of the owner's own cache.
+//!
 //! A cache travels as an exported object reference plus its state and version. Every connection
 //! on which the cache is exported is an observer: [`Cache::update`] applies an update locally
 //! and sends it to each observer as an `Update` message, which the replica applies in order.
@@ -13,6 +17,7 @@
 //! that carries the cache with a full copy of the newer state, so a replica never misses an update.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -59,13 +64,13 @@ enum CacheMsg<S, U> {
 #[derive(Default)]
 struct Observers {
     /// Connection id → where to send updates.
-    linked: std::collections::HashMap<u64, (Weak<ConnShared>, u64)>,
+    linked: HashMap<u64, (Weak<ConnShared>, u64)>,
     /// Connection id → the oldest version encoded for it and not yet observed.
-    encoded: std::collections::HashMap<u64, u64>,
+    encoded: HashMap<u64, u64>,
 }
 
 struct CacheInner<T: CacheState> {
-    state: Mutex<Versioned<T>>,
+    state: watch::Sender<Versioned<T>>,
     /// Serialises the sending of updates so every observer gets them in version order.
     sending: Mutex<()>,
     observers: Mutex<Observers>,
@@ -77,9 +82,14 @@ static CACHE_INTERFACE: Interface = Interface {
     methods: &[],
 };
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The owner's side of a cacheable object. Cheap to clone; all clones are the same cache.
 ///
-/// Sending a `Cache<T>` to a peer (in arguments or answers) gives the peer a [`Replica<T>`].
+/// Send [`Cache::replica`] to peers (in arguments or answers): each receives a [`Replica`]
+/// that this cache keeps up to date.
 pub struct Cache<T: CacheState> {
     inner: Arc<CacheInner<T>>,
 }
@@ -95,13 +105,9 @@ impl<T: CacheState> Clone for Cache<T> {
 impl<T: CacheState + fmt::Debug> fmt::Debug for Cache<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cache")
-            .field("state", &*lock(&self.inner.state))
+            .field("state", &*self.inner.state.borrow())
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl<T: CacheState> Cache<T> {
@@ -109,10 +115,11 @@ impl<T: CacheState> Cache<T> {
     pub fn new(state: T) -> Cache<T> {
         Cache {
             inner: Arc::new(CacheInner {
-                state: Mutex::new(Versioned {
+                state: watch::channel(Versioned {
                     version: 0,
                     value: state,
-                }),
+                })
+                .0,
                 sending: Mutex::new(()),
                 observers: Mutex::new(Observers::default()),
                 observer_count: watch::channel(0).0,
@@ -122,24 +129,32 @@ impl<T: CacheState> Cache<T> {
 
     /// A copy of the current state.
     pub fn get(&self) -> T {
-        lock(&self.inner.state).value.clone()
+        self.inner.state.borrow().value.clone()
     }
 
     /// The current version.
     pub fn version(&self) -> u64 {
-        lock(&self.inner.state).version
+        self.inner.state.borrow().version
+    }
+
+    /// A replica of this cache: what to send to peers (each receives a copy kept up to date),
+    /// and a read-only view here.
+    pub fn replica(&self) -> Replica<T> {
+        Replica {
+            inner: Kind::Local(self.inner.clone()),
+        }
     }
 
     /// Apply `update` here and send it to every observing peer. Returns the new version.
     pub fn update(&self, update: T::Update) -> Result<u64, CodecError> {
         let _sending = lock(&self.inner.sending);
-        let version = {
-            let mut st = lock(&self.inner.state);
+        let mut version = 0;
+        self.inner.state.send_modify(|st| {
             st.value.apply(&update);
             st.version += 1;
-            st.version
-        };
-        let msg: CacheMsg<T, T::Update> = CacheMsg::Apply { version, update };
+            version = st.version;
+        });
+        let msg: CacheMsg<(), T::Update> = CacheMsg::Apply { version, update };
         let payload = encode_msg(&msg)?;
         let targets: Vec<_> = lock(&self.inner.observers)
             .linked
@@ -173,10 +188,24 @@ fn encode_msg<S: Serialize, U: Serialize>(msg: &CacheMsg<S, U>) -> Result<Bytes,
     let (payload, refs) = codec::encode(msg, None)?;
     if !refs.is_empty() {
         return Err(CodecError::Encode(
-            "cache states and updates sent as updates cannot contain object references".into(),
+            "cache updates cannot contain object references".into(),
         ));
     }
     Ok(payload)
+}
+
+impl<T: CacheState> CacheInner<T> {
+    /// A cache travels as its handle (an exported reference), its version and its state.
+    fn serialize_for_peer<S: Serializer>(self: &Arc<Self>, s: S) -> Result<S::Ok, S::Error> {
+        let snapshot = self.state.borrow().clone();
+        if let Some(peer) = codec::current_peer() {
+            let mut obs = lock(&self.observers);
+            let e = obs.encoded.entry(peer.id()).or_insert(snapshot.version);
+            *e = (*e).min(snapshot.version);
+        }
+        let handle = ObjectRef::from_arc(self.clone());
+        (handle, snapshot.version, snapshot.value).serialize(s)
+    }
 }
 
 impl<T: CacheState> Dispatch for CacheInner<T> {
@@ -189,6 +218,10 @@ impl<T: CacheState> Dispatch for CacheInner<T> {
         Box::pin(std::future::ready(reply))
     }
 
+    fn as_any(self: Arc<Self>) -> Option<Arc<dyn Any + Send + Sync>> {
+        Some(self)
+    }
+
     fn on_export(&self, link: &ExportLink) -> Option<Bytes> {
         let encoded = {
             let mut obs = lock(&self.observers);
@@ -198,7 +231,7 @@ impl<T: CacheState> Dispatch for CacheInner<T> {
             self.observer_count.send_replace(obs.linked.len());
             encoded
         };
-        let st = lock(&self.state);
+        let st = self.state.borrow();
         if encoded.is_some_and(|v| v >= st.version) {
             return None;
         }
@@ -224,32 +257,21 @@ impl<T: CacheState> Dispatch for CacheInner<T> {
     }
 }
 
-impl<T: CacheState> Serialize for Cache<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let snapshot = lock(&self.inner.state).clone();
-        if let Some(peer) = codec::current_peer() {
-            let mut obs = lock(&self.inner.observers);
-            let e = obs.encoded.entry(peer.id()).or_insert(snapshot.version);
-            *e = (*e).min(snapshot.version);
-        }
-        let handle = ObjectRef::from_arc(self.inner.clone());
-        (handle, snapshot.version, snapshot.value).serialize(s)
-    }
-}
-
-/// Receives updates for a replica (or buffers them until the replica exists).
+/// Receives updates for a replica.
 pub(crate) trait ReplicaSink: Send + Sync {
     fn apply(&self, payload: &[u8]);
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
-/// Where updates for an imported cache go.
+/// Where updates for an imported object go, if it turns out to be a cache.
 #[derive(Default)]
 pub(crate) enum ReplicaSlot {
-    /// Updates that arrived before the replica was decoded.
+    /// No update has arrived and no replica exists.
     #[default]
     Unattached,
+    /// Updates that arrived before the replica was decoded.
     Buffered(Vec<Bytes>),
+    /// The replica.
     Attached(Weak<dyn ReplicaSink>),
 }
 
@@ -315,17 +337,27 @@ impl<T: CacheState> ReplicaSink for ReplicaInner<T> {
     }
 }
 
-/// A peer's copy of a [`Cache`], kept up to date by its owner. Cheap to clone.
+/// A copy of a [`Cache`] kept up to date by its owner: on a peer, the remote replica; on the
+/// owner, a read-only view of the cache itself (what the owner sends). Cheap to clone.
 ///
-/// When the last clone is dropped, the owner is told and stops sending updates.
+/// When the last clone of a remote replica is dropped, the owner is told and stops sending it
+/// updates.
 pub struct Replica<T: CacheState> {
-    inner: Arc<ReplicaInner<T>>,
+    inner: Kind<T>,
+}
+
+enum Kind<T: CacheState> {
+    Local(Arc<CacheInner<T>>),
+    Remote(Arc<ReplicaInner<T>>),
 }
 
 impl<T: CacheState> Clone for Replica<T> {
     fn clone(&self) -> Self {
         Replica {
-            inner: self.inner.clone(),
+            inner: match &self.inner {
+                Kind::Local(c) => Kind::Local(c.clone()),
+                Kind::Remote(r) => Kind::Remote(r.clone()),
+            },
         }
     }
 }
@@ -333,31 +365,56 @@ impl<T: CacheState> Clone for Replica<T> {
 impl<T: CacheState + fmt::Debug> fmt::Debug for Replica<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Replica")
-            .field("state", &*self.inner.state.borrow())
+            .field("local", &self.is_local())
+            .field("state", &*self.state().borrow())
             .finish()
     }
 }
 
 impl<T: CacheState> PartialEq for Replica<T> {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+        match (&self.inner, &other.inner) {
+            (Kind::Local(a), Kind::Local(b)) => Arc::ptr_eq(a, b),
+            (Kind::Remote(a), Kind::Remote(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
     }
 }
 
 impl<T: CacheState> Replica<T> {
+    fn state(&self) -> &watch::Sender<Versioned<T>> {
+        match &self.inner {
+            Kind::Local(c) => &c.state,
+            Kind::Remote(r) => &r.state,
+        }
+    }
+
+    /// Whether this is a view of a cache owned here.
+    pub fn is_local(&self) -> bool {
+        matches!(self.inner, Kind::Local(_))
+    }
+
+    /// The cache itself, when it is owned here.
+    pub fn cache(&self) -> Option<Cache<T>> {
+        match &self.inner {
+            Kind::Local(c) => Some(Cache { inner: c.clone() }),
+            Kind::Remote(_) => None,
+        }
+    }
+
     /// A copy of the current state.
     pub fn get(&self) -> T {
-        self.inner.state.borrow().value.clone()
+        self.state().borrow().value.clone()
     }
 
     /// The version of the current state.
     pub fn version(&self) -> u64 {
-        self.inner.state.borrow().version
+        self.state().borrow().version
     }
 
     /// A receiver that sees every change (`changed().await`, `borrow()`).
     pub fn subscribe(&self) -> watch::Receiver<Versioned<T>> {
-        self.inner.state.subscribe()
+        self.state().subscribe()
     }
 
     /// Wait until the state satisfies `f` (checked at once, then on each update); fails if the
@@ -366,42 +423,86 @@ impl<T: CacheState> Replica<T> {
         &self,
         mut f: impl FnMut(&T) -> bool,
     ) -> Result<T, CallError<std::convert::Infallible>> {
-        let mut rx = self.inner.state.subscribe();
-        tokio::select! {
-            r = rx.wait_for(|v| f(&v.value)) => match r {
+        let mut rx = self.state().subscribe();
+        let wait = async move {
+            match rx.wait_for(|v| f(&v.value)).await {
                 Ok(v) => Ok(v.value.clone()),
                 Err(_) => Err(CallError::Disconnected),
+            }
+        };
+        match &self.inner {
+            Kind::Local(_) => wait.await,
+            Kind::Remote(r) => tokio::select! {
+                r = wait => r,
+                _ = r.owner.disconnected() => Err(CallError::Disconnected),
             },
-            _ = self.inner.owner.disconnected() => Err(CallError::Disconnected),
         }
     }
 
-    /// Whether the owner can still be reached.
+    /// Whether the owner can still be reached (always, for a local view).
     pub fn is_connected(&self) -> bool {
-        self.inner.owner.is_connected()
+        match &self.inner {
+            Kind::Local(_) => true,
+            Kind::Remote(r) => r.owner.is_connected(),
+        }
     }
 
-    /// Completes when the connection to the owner is lost.
+    /// Completes when the connection to the owner is lost (never, for a local view).
     pub async fn disconnected(&self) {
-        self.inner.owner.disconnected().await
+        match &self.inner {
+            Kind::Local(_) => std::future::pending().await,
+            Kind::Remote(r) => r.owner.disconnected().await,
+        }
+    }
+}
+
+impl<T: CacheState> Serialize for Replica<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.inner {
+            Kind::Local(c) => c.serialize_for_peer(s),
+            Kind::Remote(r) => {
+                // Back to its owner, it goes as the owner's own object; anywhere else it would
+                // need the owner to observe through us, which pb does not do.
+                let home = r.owner.peer().map(|c| c.id());
+                if home.is_none() || codec::current_peer().map(|c| c.id()) != home {
+                    return Err(serde::ser::Error::custom(
+                        "a replica can only be sent back to its owner",
+                    ));
+                }
+                let st = r.state.borrow().clone();
+                (&r.owner, st.version, st.value).serialize(s)
+            }
+        }
     }
 }
 
 impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let (owner, version, value): (ObjectRef, u64, T) = Deserialize::deserialize(d)?;
-        let RefInner::Remote(imp) = &owner.0 else {
-            return Err(serde::de::Error::custom(
-                "a cache sent back to its owner cannot be received as a replica",
-            ));
+        let imp = match &owner.0 {
+            RefInner::Remote(imp) => imp.clone(),
+            RefInner::Local(object) => {
+                // Our own cache came back: the owner's view of it.
+                return object
+                    .clone()
+                    .as_any()
+                    .and_then(|a| a.downcast::<CacheInner<T>>().ok())
+                    .map(|c| Replica {
+                        inner: Kind::Local(c),
+                    })
+                    .ok_or_else(|| {
+                        serde::de::Error::custom("a local object that is not a cache of this type")
+                    });
+            }
         };
-        let imp = imp.clone();
         let mut slot = lock(&imp.replica);
         if let ReplicaSlot::Attached(existing) = &*slot
             && let Some(existing) = existing.upgrade()
             && let Ok(inner) = existing.as_any().downcast::<ReplicaInner<T>>()
         {
-            return Ok(Replica { inner });
+            return Ok(Replica {
+                inner: Kind::Remote(inner),
+            });
         }
         let inner = Arc::new(ReplicaInner {
             owner,
@@ -414,6 +515,8 @@ impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
         }
         let sink: Weak<dyn ReplicaSink> = Arc::downgrade(&inner) as Weak<dyn ReplicaSink>;
         *slot = ReplicaSlot::Attached(sink);
-        Ok(Replica { inner })
+        Ok(Replica {
+            inner: Kind::Remote(inner),
+        })
     }
 }

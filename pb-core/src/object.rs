@@ -46,6 +46,13 @@ pub trait Dispatch: Send + Sync + 'static {
         None
     }
 
+    /// The object as `Any`, for pb's own object types that need to recognise themselves when
+    /// they come home.
+    #[doc(hidden)]
+    fn as_any(self: Arc<Self>) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        None
+    }
+
     /// Called when the object stops being exported on a connection (released or disconnected),
     /// under that connection's lock: must not block.
     #[doc(hidden)]
