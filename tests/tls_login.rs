@@ -282,7 +282,7 @@ async fn channel_binding_defeats_a_relaying_man_in_the_middle() {
         pki.server.key_pem.as_bytes(),
     )
     .unwrap();
-    let (server, seen) = tls_server(tls, false).await;
+    let (server, seen) = tls_server(tls, true).await;
     let mitm = relay(&pki, server.local_addr()).await;
     let session = pb::Client::builder()
         .tls(trusting(&pki.ca))
@@ -297,5 +297,53 @@ async fn channel_binding_defeats_a_relaying_man_in_the_middle() {
         "{r:?}"
     );
     assert!(seen.identities().is_empty());
+    // The relay itself works: a login that is not bound to the channel goes through it.
+    let guest: AccountRef = session.login_anonymous().await.unwrap();
+    assert_eq!(guest.whoami().await.unwrap(), "anonymous");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_portal_the_client_certificate_is_the_callers_identity() {
+    let pki = pki();
+    let client_ca = DevCa::new("pb client ca").unwrap();
+    let bob = client_ca.issue(&["bob.example"]).unwrap();
+    let tls = ServerTls::from_pem(
+        pki.server.cert_pem.as_bytes(),
+        pki.server.key_pem.as_bytes(),
+    )
+    .unwrap()
+    .client_roots_pem(client_ca.cert_pem().as_bytes(), ClientAuth::Required)
+    .unwrap();
+    let server = Server::builder()
+        .tls(tls)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve(AccountRef::new(auth_support::Me));
+    let with_cert = trusting(&pki.ca)
+        .client_cert_pem(bob.cert_pem.as_bytes(), bob.key_pem.as_bytes())
+        .unwrap();
+    let conn = pb::Client::builder()
+        .tls(with_cert)
+        .connect(server.local_addr())
+        .await
+        .unwrap();
+    let root: AccountRef = conn.root();
+    assert_eq!(root.whoami().await.unwrap(), "certificate bob.example");
+    // Client certificates are required here: a client without one gets nowhere.
+    let r = async {
+        let conn = pb::Client::builder()
+            .tls(trusting(&pki.ca))
+            .connect(server.local_addr())
+            .await
+            .map_err(|e| e.to_string())?;
+        conn.root::<AccountRef>()
+            .whoami()
+            .await
+            .map_err(|e| e.to_string())
+    };
+    assert!(tokio::time::timeout(NO_HANG, r).await.unwrap().is_err());
+    conn.close().await;
     server.shutdown().await;
 }
