@@ -94,7 +94,8 @@ impl Avatar {
     }
 
     /// Run `hook` exactly once when the session ends: when the client releases the avatar or
-    /// the connection is lost, whichever comes first.
+    /// the connection is lost, whichever comes first. It runs on a task of its own, so it may
+    /// use the connection; to do async work, spawn a task from it.
     pub fn on_logout(mut self, hook: impl FnOnce() + Send + 'static) -> Avatar {
         self.logout = Some(Box::new(hook));
         self
@@ -597,13 +598,40 @@ impl Dispatch for AvatarObject {
 
 impl Drop for AvatarObject {
     fn drop(&mut self) {
-        let hook = self
-            .logout
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(hook) = hook {
+        let hook = LogoutHook(
+            self.logout
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        // A release drops the export while the connection's tables are locked, so the hook
+        // runs from a task of its own: it may then use the connection. Should the task never
+        // run (the runtime shutting down), dropping it runs the hook.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let mut hook = hook;
+                    hook.run();
+                });
+            }
+            Err(_) => drop(hook),
+        }
+    }
+}
+
+/// A logout hook that runs exactly once: when asked, or else when dropped.
+struct LogoutHook(Option<Box<dyn FnOnce() + Send>>);
+
+impl LogoutHook {
+    fn run(&mut self) {
+        if let Some(hook) = self.0.take() {
             hook();
         }
+    }
+}
+
+impl Drop for LogoutHook {
+    fn drop(&mut self) {
+        self.run();
     }
 }

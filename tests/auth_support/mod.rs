@@ -83,9 +83,12 @@ pub fn portal(anonymous: bool) -> (Portal, Seen) {
     let portal = Portal::new(move |login: LoginRequest| {
         let s = s.clone();
         async move {
+            let conn = login.connection.clone();
             s.logins.lock().unwrap().push(login);
             let logouts = s.logouts.clone();
             Ok(Avatar::new(AccountRef::new(Me)).on_logout(move || {
+                // Hooks may use the connection (here: read its counters) without deadlocking.
+                let _ = conn.stats();
                 logouts.send_modify(|n| *n += 1);
             }))
         }
