@@ -334,3 +334,21 @@ async fn raw_bytes_calls_to_objects_other_than_the_login_object_are_refused() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn connections_waiting_to_log_in_are_capped() {
+    let (portal, _) = portal(false);
+    let portal = with(portal, |c| c.max_pending_logins = 1);
+    let (_first_server, first) = pair(&portal).await;
+    // A second connection that has not logged in yet is refused at once.
+    let (a, _b) = pb::transport::memory_pair();
+    let config = Config::default();
+    let refused = portal.serve_connection(a, &config, None, None).await;
+    assert!(refused.is_err());
+    // Once the first has logged in, there is room again.
+    let me: AccountRef = first.login("alice", PASSWORD).await.unwrap();
+    let (_server, second) = pair(&portal).await;
+    let me2: AccountRef = second.login("alice", PASSWORD).await.unwrap();
+    assert_eq!(me2.whoami().await.unwrap(), "user alice");
+    drop(me);
+}

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +27,7 @@ use pb_core::{
     Reply, Side, encode_result,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::tls::{PeerCertificate, TlsInfo};
 
@@ -189,6 +190,9 @@ pub struct LoginConfig {
     /// Iterations announced for unknown users; set it to what your real verifiers use, so that
     /// they cannot be told apart (default [`scram::DEFAULT_ITERATIONS`]).
     pub fake_iterations: u32,
+    /// Most connections of this portal that may be waiting to log in at once (default 256).
+    /// More are closed as soon as they arrive: an unauthenticated peer gets no more than this.
+    pub max_pending_logins: usize,
 }
 
 impl Default for LoginConfig {
@@ -199,6 +203,7 @@ impl Default for LoginConfig {
             max_failures: 3,
             failure_delay: Duration::from_millis(500),
             fake_iterations: scram::DEFAULT_ITERATIONS,
+            max_pending_logins: 256,
         }
     }
 }
@@ -210,6 +215,7 @@ struct PortalInner {
     certificates: bool,
     config: LoginConfig,
     fake_secret: [u8; 32],
+    pending: Arc<Semaphore>,
 }
 
 /// Checks credentials and hands out avatars (Twisted's `Portal` with its checkers).
@@ -262,6 +268,7 @@ impl Portal {
                 certificates: false,
                 config: LoginConfig::default(),
                 fake_secret,
+                pending: Arc::new(Semaphore::new(LoginConfig::default().max_pending_logins)),
             }),
         }
     }
@@ -280,6 +287,7 @@ impl Portal {
             certificates: old.certificates,
             config: old.config.clone(),
             fake_secret: old.fake_secret,
+            pending: old.pending.clone(),
         };
         f(&mut inner);
         Portal {
@@ -304,7 +312,10 @@ impl Portal {
 
     /// The login phase's limits.
     pub fn config(self, config: LoginConfig) -> Portal {
-        self.edit(|p| p.config = config)
+        self.edit(|p| {
+            p.pending = Arc::new(Semaphore::new(config.max_pending_logins));
+            p.config = config;
+        })
     }
 
     /// The secret from which unknown users' fake salts are derived. It is random per portal by
@@ -329,6 +340,16 @@ impl Portal {
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let login = &self.inner.config;
+        let Ok(pending) = self.inner.pending.clone().try_acquire_owned() else {
+            tracing::warn!(
+                ?peer_addr,
+                max = login.max_pending_logins,
+                "connection refused: max_pending_logins reached"
+            );
+            return Err(ConnectError::Io(io::Error::other(
+                "too many connections waiting to log in",
+            )));
+        };
         let mut pre = config.clone();
         pre.limits.max_frame_len = pre
             .limits
@@ -353,6 +374,8 @@ impl Portal {
         let timeout = login.login_timeout;
         let watched = conn.clone();
         tokio::spawn(async move {
+            // The connection counts as waiting to log in until this task ends.
+            let _pending = pending;
             tokio::select! {
                 _ = watched.closed() => {}
                 _ = done_rx.wait_for(|done| *done) => {}
