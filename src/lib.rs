@@ -57,6 +57,7 @@
 //! - [`pb_server`], listening (TCP, TLS), login (portal, realm, avatar), connection limits,
 //!   graceful shutdown;
 //! - [`pb_client`], connecting (TCP, TLS), login;
+//! - [`Node`] (here), a peer that both listens and dials;
 //! - `pb_derive`: the macros, re-exported here.
 
 #![forbid(unsafe_code)]
@@ -65,17 +66,21 @@
 
 pub use pb_client::{self, Client, ClientBuilder, ClientError, ClientTls, LoginError, Session};
 pub use pb_core::login::Refusal;
+pub use pb_core::stream::{Chunk, Stream};
 pub use pb_core::{
     self, BoxFuture, Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError,
     Connection, ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits,
-    ObjectRef, Outcome, Remote, Replica, Reply, Side, TableStats, Versioned, codec, login, scram,
-    transport,
+    ObjectRef, Outcome, Remote, Replica, Reply, Side, TableStats, Versioned, codec, deadline,
+    login, scram, stream, transport,
 };
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{
     self, Avatar, ClientAuth, Identity, LoginConfig, LoginRequest, PeerCertificate, Portal, Realm,
     Server, ServerBuilder, ServerHandle, ServerTls, VerifierStore, Verifiers,
 };
+
+mod node;
+pub use node::{Node, NodeBuilder};
 
 /// The names most programs need: `use pb::prelude::*;`.
 pub mod prelude {

@@ -299,6 +299,7 @@ async fn raw_bytes_calls_to_objects_other_than_the_login_object_are_refused() {
             target,
             method: Bytes::from_static(b"whoami"),
             answer: true,
+            deadline_ms: None,
             refs: vec![],
             payload: Bytes::new(),
         }
