@@ -32,19 +32,21 @@ fn message() -> impl Strategy<Value = Message> {
             any::<u64>(),
             "[a-z_]{0,40}",
             any::<bool>(),
+            proptest::option::of(any::<u64>()),
             proptest::collection::vec(ref_desc(), 0..8),
             bytes(300)
         )
-            .prop_map(
-                |(id, target, method, answer, refs, payload)| Message::Call {
+            .prop_map(|(id, target, method, answer, deadline_ms, refs, payload)| {
+                Message::Call {
                     id,
                     target,
                     method: Bytes::from(method),
                     answer,
+                    deadline_ms,
                     refs,
                     payload,
                 }
-            ),
+            }),
         (
             any::<u64>(),
             any::<bool>(),
@@ -77,6 +79,7 @@ fn message() -> impl Strategy<Value = Message> {
         Just(Message::Goodbye),
         (any::<u64>(), bytes(300))
             .prop_map(|(object, payload)| Message::Update { object, payload }),
+        any::<u64>().prop_map(|object| Message::Revoked { object }),
         any::<u64>().prop_map(|nonce| Message::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Message::Pong { nonce }),
     ]

@@ -65,7 +65,7 @@ async fn a_half_open_peer_is_pinged_then_closed() {
     let (server, mut peer) = raw_peer(config).await;
     let started = Instant::now();
     // The peer stays silent: after keepalive_interval the server pings it...
-    assert_eq!(read_frame(&mut peer).await, vec![8, 1], "ping, nonce 1");
+    assert_eq!(read_frame(&mut peer).await, vec![9, 1], "ping, nonce 1");
     assert!(started.elapsed() >= Duration::from_secs(20));
     // ... and, with no answer, closes at idle_timeout.
     server.closed().await;
@@ -86,9 +86,9 @@ async fn a_raw_peer_that_answers_pings_stays_connected() {
         let mut pongs = 0u32;
         loop {
             let f = read_frame(&mut peer).await;
-            assert_eq!(f.first(), Some(&8), "only pings arrive");
+            assert_eq!(f.first(), Some(&9), "only pings arrive");
             let mut pong = f.clone();
-            pong[0] = 9;
+            pong[0] = 10;
             let mut out = (pong.len() as u32).to_be_bytes().to_vec();
             out.extend_from_slice(&pong);
             peer.write_all(&out).await.unwrap();
@@ -166,7 +166,7 @@ async fn keepalive_and_idle_timeout_are_configurable() {
     };
     let (server, mut peer) = raw_peer(config).await;
     let started = Instant::now();
-    assert_eq!(read_frame(&mut peer).await, vec![8, 1]);
+    assert_eq!(read_frame(&mut peer).await, vec![9, 1]);
     server.closed().await;
     let waited = started.elapsed();
     assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(60));

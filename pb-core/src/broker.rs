@@ -115,18 +115,30 @@ struct ImportSlot {
 
 pub(crate) type Waiter = oneshot::Sender<Reply>;
 
-/// Descriptors for a message's references, and updates that must follow it.
-type Described = (Vec<RefDesc>, Vec<(u64, Bytes)>);
+/// Descriptors for a message's references, and what must follow the message.
+type Described = (Vec<RefDesc>, Vec<Follow>);
+
+/// A message that must follow the one carrying a reference.
+pub(crate) enum Follow {
+    /// A cache's newer state.
+    Update(u64, Bytes),
+    /// A forward of an object that is already dead.
+    Revoke(u64),
+}
 
 /// An incoming call for the driver to run.
 pub(crate) struct CallEvent {
     pub(crate) id: u64,
+    /// The target's id on this connection (0 for the root), for tracing.
+    pub(crate) target: u64,
     pub(crate) object: ObjectRef,
     pub(crate) method: Bytes,
     pub(crate) args: Bytes,
     pub(crate) refs: Vec<ObjectRef>,
     /// `Some` when an answer is wanted: fires (or is dropped) when the call is cancelled.
     pub(crate) cancel: Option<oneshot::Receiver<()>>,
+    /// How long the caller waits, from now.
+    pub(crate) deadline: Option<std::time::Duration>,
 }
 
 /// Counts of one connection's tables.
@@ -166,6 +178,10 @@ pub(crate) struct Broker {
     releases: Vec<(u64, u64)>,
     violations: u32,
     events: VecDeque<CallEvent>,
+    /// References the peer revoked, to mark dead once the lock is released.
+    revoked: Vec<Arc<Imported>>,
+    /// Objects withdrawn under the lock, dropped once it is released.
+    graveyard: Vec<ObjectRef>,
 }
 
 impl Broker {
@@ -198,6 +214,8 @@ impl Broker {
             releases: Vec::new(),
             violations: 0,
             events: VecDeque::new(),
+            revoked: Vec::new(),
+            graveyard: Vec::new(),
         }
     }
 
@@ -345,14 +363,26 @@ impl Broker {
                 );
                 self.export_keys.insert(key, id);
                 descs.push(RefDesc::Sender(id));
-                if let RefInner::Local(d) = &r.0 {
-                    let link = ExportLink {
-                        conn: self.link.clone(),
-                        connection: self.conn_id,
-                        object: id,
-                    };
-                    if let Some(update) = d.on_export(&link) {
-                        follow.push((id, update));
+                match &r.0 {
+                    RefInner::Local(d) => {
+                        let link = ExportLink {
+                            conn: self.link.clone(),
+                            connection: self.conn_id,
+                            object: id,
+                        };
+                        if let Some(update) = d.on_export(&link) {
+                            follow.push(Follow::Update(id, update));
+                        }
+                    }
+                    RefInner::Remote(imp) => {
+                        // A forward: if the object dies, the peer must hear of it.
+                        imp.dependents
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((self.link.clone(), id));
+                        if imp.is_dead() {
+                            follow.push(Follow::Revoke(id));
+                        }
                     }
                 }
             }
@@ -360,14 +390,42 @@ impl Broker {
         Ok((descs, follow))
     }
 
-    /// Write updates that must follow a message.
-    fn write_updates(&mut self, updates: Vec<(u64, Bytes)>) {
-        for (object, payload) in updates {
-            let start = self.out.len();
-            self.out.put_u32(0);
-            encode_update_head(&mut self.out, object);
-            self.push_payload(start, payload);
+    /// Write what must follow a message.
+    fn write_updates(&mut self, follow: Vec<Follow>) {
+        for f in follow {
+            match f {
+                Follow::Update(object, payload) => {
+                    let start = self.out.len();
+                    self.out.put_u32(0);
+                    encode_update_head(&mut self.out, object);
+                    self.push_payload(start, payload);
+                }
+                Follow::Revoke(object) => {
+                    let held = self.revoke_export(object);
+                    self.graveyard.extend(held);
+                }
+            }
         }
+    }
+
+    /// Withdraw an export from the peer: it forwards to an object that is gone. Returns the
+    /// object, for the caller to drop outside the lock.
+    pub(crate) fn revoke_export(&mut self, object: u64) -> Option<ObjectRef> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let e = self.exports.remove(&object)?;
+        if let Some(key) = export_key(&e.object) {
+            self.export_keys.remove(&key);
+        }
+        self.write_message(&Message::Revoked { object });
+        Some(e.object)
+    }
+
+    /// References the peer revoked, to be marked dead outside the lock.
+    pub(crate) fn take_revoked(&mut self) -> Vec<Arc<Imported>> {
+        self.graveyard.clear();
+        std::mem::take(&mut self.revoked)
     }
 
     /// Queue a cache update for the peer; false if the object is no longer exported to it.
@@ -375,7 +433,7 @@ impl Broker {
         if self.state == State::Closed || !self.exports.contains_key(&object) {
             return false;
         }
-        self.write_updates(vec![(object, payload)]);
+        self.write_updates(vec![Follow::Update(object, payload)]);
         true
     }
 
@@ -482,9 +540,18 @@ impl Broker {
                 target,
                 method,
                 answer,
+                deadline_ms,
                 refs,
                 payload,
-            } => self.handle_call(id, target, method, answer, &refs, payload, make),
+            } => self.handle_call(
+                id,
+                target,
+                method,
+                (answer, deadline_ms),
+                &refs,
+                payload,
+                make,
+            ),
             Message::Answer {
                 id,
                 ok,
@@ -544,8 +611,13 @@ impl Broker {
                         if let Some(key) = export_key(&e.object) {
                             self.export_keys.remove(&key);
                         }
-                        if let RefInner::Local(d) = &e.object.0 {
-                            d.on_unexport(self.conn_id);
+                        match &e.object.0 {
+                            RefInner::Local(d) => d.on_unexport(self.conn_id),
+                            RefInner::Remote(imp) => imp
+                                .dependents
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .retain(|(c, object)| !(*object == id && c.ptr_eq(&self.link))),
                         }
                     }
                 }
@@ -558,6 +630,16 @@ impl Broker {
             }
             Message::Goodbye => {
                 self.peer_goodbye = true;
+                Ok(())
+            }
+            Message::Revoked { object } => {
+                // The peer freed the object already: our handles must not release it again.
+                if let Some(slot) = self.imports.remove(&object)
+                    && let Some(imp) = slot.handle.upgrade()
+                {
+                    imp.forget_count();
+                    self.revoked.push(imp);
+                }
                 Ok(())
             }
             Message::Ping { nonce } => {
@@ -596,7 +678,7 @@ impl Broker {
         id: u64,
         target: u64,
         method: Bytes,
-        answer: bool,
+        (answer, deadline_ms): (bool, Option<u64>),
         descs: &[RefDesc],
         payload: Bytes,
         make: &dyn Fn(u64, u64) -> Arc<Imported>,
@@ -657,11 +739,13 @@ impl Broker {
         self.in_flight += 1;
         self.events.push_back(CallEvent {
             id,
+            target,
             object,
             method,
             args: payload,
             refs,
             cancel,
+            deadline: deadline_ms.map(std::time::Duration::from_millis),
         });
         Ok(())
     }
@@ -673,7 +757,7 @@ impl Broker {
         method: &str,
         payload: Bytes,
         refs: &[ObjectRef],
-        waiter: Option<Waiter>,
+        (waiter, deadline_ms): (Option<Waiter>, Option<u64>),
     ) -> Result<u64, Fault> {
         if self.state == State::Closed {
             return Err(disconnected_fault());
@@ -710,7 +794,7 @@ impl Broker {
             id,
             target,
             method.as_bytes(),
-            waiter.is_some(),
+            (waiter.is_some(), deadline_ms),
             &descs,
         );
         self.push_payload(start, payload);
@@ -769,8 +853,13 @@ impl Broker {
 
     /// The connection is gone: fail every pending call, cancel running ones, empty the tables.
     /// Returns what was held, for the caller to drop outside any lock.
-    pub(crate) fn close(&mut self) -> Vec<ObjectRef> {
+    pub(crate) fn close(&mut self) -> (Vec<ObjectRef>, Vec<Arc<Imported>>) {
         self.state = State::Closed;
+        let imports: Vec<Arc<Imported>> = self
+            .imports
+            .drain()
+            .filter_map(|(_, s)| s.handle.upgrade())
+            .collect();
         for (_, waiter) in self.pending.drain() {
             let _ = waiter.send(Err(disconnected_fault()));
         }
@@ -786,8 +875,9 @@ impl Broker {
             }
         }
         held.extend(self.root.take());
+        held.append(&mut self.graveyard);
         self.root_key = None;
-        held
+        (held, imports)
     }
 }
 

@@ -15,7 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot, watch};
+use tracing::Instrument;
 
 use crate::broker::{Broker, CallEvent, Limits, ProtocolError, TableStats};
 use crate::cache::ReplicaSlot;
@@ -122,6 +123,12 @@ pub(crate) struct Imported {
     received: AtomicU64,
     /// Where cache updates for this object go, if it is a cache.
     pub(crate) replica: Mutex<ReplicaSlot>,
+    /// Set when the owner revoked the object, or when a connection it depends on was lost.
+    dead: AtomicBool,
+    /// Wakes `disconnected()` waiters when the object is revoked.
+    revoked: Notify,
+    /// Our exports to other peers that forward to this object: (connection, export id).
+    pub(crate) dependents: Mutex<Vec<(Weak<ConnShared>, u64)>>,
 }
 
 /// Where an exported object lives: the connection and the id the peer knows it by.
@@ -136,6 +143,48 @@ pub struct ExportLink {
 impl Imported {
     pub(crate) fn add_received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether calls to the object can no longer succeed.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire) || self.conn.is_closed()
+    }
+
+    /// The owner withdrew the object: release nothing for it later.
+    pub(crate) fn forget_count(&self) {
+        self.received.store(0, Ordering::Relaxed);
+    }
+
+    /// Mark the object dead, wake its waiters, and revoke every forward of it that we export
+    /// to other peers, which carries the failure on to them. Takes no lock of this connection.
+    pub(crate) fn revoke(&self) {
+        if self.dead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.revoked.notify_waiters();
+        let dependents =
+            std::mem::take(&mut *self.dependents.lock().unwrap_or_else(|p| p.into_inner()));
+        for (conn, object) in dependents {
+            if let Some(conn) = conn.upgrade() {
+                conn.revoke_export(object);
+            }
+        }
+    }
+
+    /// Completes when the object is revoked or its connection is lost.
+    pub(crate) async fn dead(&self) {
+        loop {
+            let revoked = self.revoked.notified();
+            tokio::pin!(revoked);
+            revoked.as_mut().enable();
+            if self.is_dead() {
+                return;
+            }
+            tokio::select! {
+                _ = &mut revoked => {}
+                _ = self.conn.closed() => return,
+            }
+        }
     }
 }
 
@@ -220,6 +269,9 @@ impl ConnShared {
                 generation,
                 received: AtomicU64::new(if id == 0 { 0 } else { 1 }),
                 replica: Mutex::new(ReplicaSlot::default()),
+                dead: AtomicBool::new(false),
+                revoked: Notify::new(),
+                dependents: Mutex::new(Vec::new()),
             })
         }
     }
@@ -248,18 +300,69 @@ impl ConnShared {
         payload: Bytes,
         refs: Vec<ObjectRef>,
     ) -> Reply {
+        let span = tracing::debug_span!(
+            "pb.call",
+            direction = "out",
+            connection = self.id,
+            peer = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+            object = target,
+            method,
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return self.call_inner(target, method, payload, refs, &span).await;
+        }
+        if let Some(addr) = self.peer_addr {
+            span.record("peer", tracing::field::display(addr));
+        }
+        let started = std::time::Instant::now();
+        let reply = self
+            .call_inner(target, method, payload, refs, &span)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", outcome_name(Some(&reply)));
+        span.record("duration_us", started.elapsed().as_micros() as u64);
+        reply
+    }
+
+    async fn call_inner(
+        &self,
+        target: u64,
+        method: &str,
+        payload: Bytes,
+        refs: Vec<ObjectRef>,
+        span: &tracing::Span,
+    ) -> Reply {
+        let deadline = crate::deadline::current();
+        if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+            return Err(deadline_fault());
+        }
         let (tx, rx) = oneshot::channel();
-        let id = self
-            .lock()
-            .start_call(target, method, payload, &refs, Some(tx))?;
+        let id = self.lock().start_call(
+            target,
+            method,
+            payload,
+            &refs,
+            (Some(tx), deadline.map(crate::deadline::remaining_ms)),
+        )?;
         drop(refs);
+        span.record("request_id", id);
         self.wake_writer.notify_one();
         let mut guard = CancelOnDrop {
             conn: self,
             id,
             armed: true,
         };
-        let reply = rx.await.unwrap_or_else(|_| Err(disconnected_fault()));
+        let reply = match deadline {
+            // On expiry the guard stays armed: dropping it cancels the call on the peer.
+            Some(d) => match tokio::time::timeout_at(d, rx).await {
+                Ok(r) => r.unwrap_or_else(|_| Err(disconnected_fault())),
+                Err(_) => return Err(deadline_fault()),
+            },
+            None => rx.await.unwrap_or_else(|_| Err(disconnected_fault())),
+        };
         guard.armed = false;
         reply
     }
@@ -280,7 +383,7 @@ impl ConnShared {
         refs: Vec<ObjectRef>,
     ) -> Result<(), Fault> {
         self.lock()
-            .start_call(target, method, payload, &refs, None)?;
+            .start_call(target, method, payload, &refs, (None, None))?;
         self.wake_writer.notify_one();
         Ok(())
     }
@@ -292,9 +395,14 @@ impl ConnShared {
         while let Some(ev) = broker.poll_event() {
             events.push(ev);
         }
+        let revoked = broker.take_revoked();
         drop(broker);
         for ev in events {
             self.spawn_call(ev);
+        }
+        // Outside our lock: revoking reaches into other connections.
+        for imp in revoked {
+            imp.revoke();
         }
         self.wake_writer.notify_one();
         result
@@ -304,17 +412,38 @@ impl ConnShared {
         let conn = self.clone();
         let CallEvent {
             id,
+            target,
             object,
             method,
             args,
             refs,
             cancel,
+            deadline,
         } = ev;
         let answer = cancel.is_some();
+        let span = tracing::debug_span!(
+            "pb.call",
+            direction = "in",
+            connection = self.id,
+            peer = tracing::field::Empty,
+            request_id = id,
+            object = target,
+            method = std::str::from_utf8(&method).unwrap_or(""),
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let started = (!span.is_disabled()).then(|| {
+            if let Some(addr) = self.peer_addr {
+                span.record("peer", tracing::field::display(addr));
+            }
+            std::time::Instant::now()
+        });
+        let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
         let caller = Caller {
             conn: Some(Connection {
                 shared: conn.clone(),
             }),
+            deadline,
         };
         let call = IncomingCall {
             method,
@@ -323,24 +452,47 @@ impl ConnShared {
             caller,
         };
         let fut = CatchUnwind(object.dispatch(call));
-        tokio::spawn(async move {
-            let reply = match cancel {
-                Some(mut cancelled) => tokio::select! {
-                    biased;
-                    r = fut => Some(r),
-                    _ = &mut cancelled => None,
-                },
-                None => Some(fut.await),
-            };
-            if let Some(Err(f)) = &reply
-                && !answer
-            {
-                tracing::debug!(id, message = %f.message, "one-way call failed");
+        // The handler runs under its caller's deadline (its own calls inherit it) and is
+        // dropped when the deadline passes: the caller has given up by then.
+        let fut = async move {
+            match deadline {
+                Some(d) => {
+                    crate::deadline::maybe_scope(Some(d), async move {
+                        tokio::time::timeout_at(d, fut)
+                            .await
+                            .unwrap_or_else(|_| Err(deadline_fault()))
+                    })
+                    .await
+                }
+                None => fut.await,
             }
-            conn.lock().finish_call(id, answer, reply);
-            conn.wake_writer.notify_one();
-            conn.call_done.notify_waiters();
-        });
+        };
+        tokio::spawn(
+            async move {
+                let reply = match cancel {
+                    Some(mut cancelled) => tokio::select! {
+                        biased;
+                        r = fut => Some(r),
+                        _ = &mut cancelled => None,
+                    },
+                    None => Some(fut.await),
+                };
+                if let Some(Err(f)) = &reply
+                    && !answer
+                {
+                    tracing::debug!(id, message = %f.message, "one-way call failed");
+                }
+                if let Some(started) = started {
+                    let span = tracing::Span::current();
+                    span.record("outcome", outcome_name(reply.as_ref()));
+                    span.record("duration_us", started.elapsed().as_micros() as u64);
+                }
+                conn.lock().finish_call(id, answer, reply);
+                conn.wake_writer.notify_one();
+                conn.call_done.notify_waiters();
+            }
+            .instrument(span),
+        );
     }
 
     fn take_transmit(&self) -> Vec<Bytes> {
@@ -353,10 +505,23 @@ impl ConnShared {
         broker.take_transmit()
     }
 
+    /// Withdraw export `object` from the peer (it forwarded to something now unreachable).
+    pub(crate) fn revoke_export(&self, object: u64) {
+        let held = self.lock().revoke_export(object);
+        drop(held);
+        self.wake_writer.notify_one();
+    }
+
     /// Mark the connection closed and fail everything pending.
     pub(crate) fn close(&self, reason: CloseReason) {
-        let held = self.lock().close();
+        let (held, imports) = self.lock().close();
         drop(held);
+        // Every reference imported on this connection is dead; forwards of them that we
+        // export to other peers are revoked there.
+        for imp in &imports {
+            imp.revoke();
+        }
+        drop(imports);
         self.closed.send_if_modified(|r| {
             if r.is_none() {
                 *r = Some(reason.clone());
@@ -384,6 +549,34 @@ impl ConnShared {
             self.wake_writer.notify_one();
         }
         stats
+    }
+}
+
+/// How a call ended, for tracing.
+fn outcome_name(reply: Option<&Reply>) -> &'static str {
+    match reply {
+        None => "cancelled",
+        Some(Ok(o)) if o.ok => "ok",
+        Some(Ok(_)) => "error",
+        Some(Err(f)) => match f.kind {
+            FaultKind::NoSuchObject => "no_such_object",
+            FaultKind::NoSuchMethod => "no_such_method",
+            FaultKind::BadArguments => "bad_arguments",
+            FaultKind::BadAnswer => "bad_answer",
+            FaultKind::LimitExceeded => "limit_exceeded",
+            FaultKind::ShuttingDown => "shutting_down",
+            FaultKind::Refused => "refused",
+            FaultKind::Disconnected => "disconnected",
+            FaultKind::DeadlineExceeded => "deadline_exceeded",
+            FaultKind::Internal | FaultKind::Unknown(_) => "internal",
+        },
+    }
+}
+
+fn deadline_fault() -> Fault {
+    Fault {
+        kind: FaultKind::DeadlineExceeded,
+        message: "the call's deadline passed".into(),
     }
 }
 
@@ -429,12 +622,21 @@ impl<F: Future<Output = Reply> + Unpin> Future for CatchUnwind<F> {
 #[derive(Clone)]
 pub struct Caller {
     conn: Option<Connection>,
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Caller {
     /// The caller of a call made in-process on a local object.
     pub fn local() -> Caller {
-        Caller { conn: None }
+        Caller {
+            conn: None,
+            deadline: crate::deadline::current(),
+        }
+    }
+
+    /// The caller's deadline for this call, if it set one. Calls the handler makes inherit it.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
     }
 
     /// The connection the call came in on (`None` for an in-process call).
@@ -551,8 +753,16 @@ impl Connection {
             keepalive: config.keepalive_interval,
             idle: config.idle_timeout,
         };
-        tokio::spawn(run_reader(shared.clone(), rd, rbuf, decoder, timers));
-        tokio::spawn(run_writer(shared.clone(), wr));
+        let span = tracing::debug_span!(
+            "pb.connection",
+            connection = shared.id,
+            side = ?side,
+            peer = ?peer_addr,
+        );
+        tokio::spawn(
+            run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
+        );
+        tokio::spawn(run_writer(shared.clone(), wr).instrument(span));
         tracing::debug!(
             connection = shared.id,
             ?side,

@@ -189,6 +189,9 @@ pub enum CallError<E> {
     /// The callee failed internally (for example its handler panicked).
     #[error("the callee failed: {0}")]
     Internal(String),
+    /// The call's deadline passed before the answer came; the call was cancelled.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
 }
 
 impl<E> CallError<E> {
@@ -211,6 +214,7 @@ impl<E> CallError<E> {
             FaultKind::LimitExceeded => CallError::LimitExceeded(message),
             FaultKind::ShuttingDown => CallError::ShuttingDown,
             FaultKind::Disconnected => CallError::Disconnected,
+            FaultKind::DeadlineExceeded => CallError::DeadlineExceeded,
             FaultKind::Refused => CallError::Refused(message),
             FaultKind::Internal | FaultKind::Unknown(_) => CallError::Internal(message),
         }
@@ -230,6 +234,7 @@ impl<E> CallError<E> {
             CallError::ShuttingDown => CallError::ShuttingDown,
             CallError::Refused(m) => CallError::Refused(m),
             CallError::Internal(m) => CallError::Internal(m),
+            CallError::DeadlineExceeded => CallError::DeadlineExceeded,
         }
     }
 }
@@ -268,7 +273,7 @@ impl ObjectRef {
     pub fn is_connected(&self) -> bool {
         match &self.0 {
             RefInner::Local(_) => true,
-            RefInner::Remote(r) => !r.conn.is_closed(),
+            RefInner::Remote(r) => !r.is_dead(),
         }
     }
 
@@ -285,7 +290,7 @@ impl ObjectRef {
     pub async fn disconnected(&self) {
         match &self.0 {
             RefInner::Local(_) => std::future::pending().await,
-            RefInner::Remote(r) => r.conn.closed().await,
+            RefInner::Remote(r) => r.dead().await,
         }
     }
 
@@ -301,6 +306,7 @@ impl ObjectRef {
                 let call = IncomingCall::new(method, args, refs, Caller::local());
                 d.clone().dispatch(call).await
             }
+            RefInner::Remote(r) if r.is_dead() => Err(disconnected_fault()),
             RefInner::Remote(r) => r.conn.call(r.id, method, args, refs).await,
         }
     }
@@ -339,6 +345,7 @@ impl ObjectRef {
                 tokio::spawn(fut);
                 Ok(())
             }
+            RefInner::Remote(r) if r.is_dead() => Err(CallError::Disconnected),
             RefInner::Remote(r) => r
                 .conn
                 .send_oneway(r.id, method, payload, refs)
@@ -354,6 +361,9 @@ impl ObjectRef {
             RefInner::Remote(r) => {
                 let r = r.clone();
                 Box::pin(async move {
+                    if r.is_dead() {
+                        return Err(disconnected_fault());
+                    }
                     let method = call.method().to_owned();
                     r.conn.call(r.id, &method, call.args, call.refs).await
                 })
