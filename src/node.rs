@@ -5,9 +5,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use pb_client::{ClientBuilder, ClientError, ClientTls};
+use pb_client::{ClientBuilder, ClientError, ClientTls, Session};
 use pb_core::{Config, Connection, ObjectRef};
-use pb_server::ServerTls;
+use pb_server::{Portal, ServerTls};
 use tokio::net::ToSocketAddrs;
 
 /// A node of a peer-to-peer service: it listens for peers and dials peers with the same API,
@@ -48,6 +48,7 @@ pub struct NodeBuilder {
     max_connections: Option<usize>,
     listen_tls: Option<ServerTls>,
     dial_tls: Option<ClientTls>,
+    portal: Option<Portal>,
 }
 
 impl NodeBuilder {
@@ -77,6 +78,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Make peers that dial this node log in first: their root is the portal's login object,
+    /// and they reach the node through the avatar the realm gives them. Peers this node dials
+    /// still reach its root.
+    pub fn portal(mut self, portal: Portal) -> Self {
+        self.portal = Some(portal);
+        self
+    }
+
     /// The most peers accepted at once (default as for a server).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = Some(n);
@@ -93,7 +102,11 @@ impl NodeBuilder {
         if let Some(tls) = self.listen_tls {
             server = server.tls(tls);
         }
-        let server = server.bind(addr).await?.serve(root.clone());
+        let server = server.bind(addr).await?;
+        let server = match self.portal {
+            Some(portal) => server.serve_portal(portal),
+            None => server.serve(root.clone()),
+        };
         Ok(Node {
             root,
             config: self.config,
@@ -118,21 +131,27 @@ impl Node {
     /// Dial a peer; the connection carries calls both ways (`conn.root()` is the peer's root,
     /// and the peer reaches this node's root).
     pub async fn dial(&self, addr: impl ToSocketAddrs) -> Result<Connection, ClientError> {
+        Ok(self.open(addr).await?.into_connection())
+    }
+
+    /// Dial a peer and return the session, to log in to a peer that asks for it (see
+    /// [`NodeBuilder::portal`]).
+    pub async fn open(&self, addr: impl ToSocketAddrs) -> Result<Session, ClientError> {
         let mut client = ClientBuilder::default()
             .config(self.config.clone())
             .root(self.root.clone());
         if let Some(tls) = &self.dial_tls {
             client = client.tls(tls.clone());
         }
-        let conn = client.open(addr).await?.into_connection();
+        let session = client.open(addr).await?;
+        let conn = session.connection().clone();
         let dialed = self.dialed.clone();
         lock(&dialed).insert(conn.id(), conn.clone());
-        let watch = conn.clone();
         tokio::spawn(async move {
-            watch.closed().await;
-            lock(&dialed).remove(&watch.id());
+            conn.closed().await;
+            lock(&dialed).remove(&conn.id());
         });
-        Ok(conn)
+        Ok(session)
     }
 
     /// Every live connection: peers that dialed us and peers we dialed.

@@ -74,3 +74,35 @@ async fn nodes_over_mutual_tls_know_who_calls() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn a_node_can_ask_dialing_peers_to_log_in() {
+    let portal = pb::Portal::new(|login: pb::LoginRequest| async move {
+        assert!(login.identity.name().is_none(), "an anonymous login");
+        Ok(pb::Avatar::new(WhoRef::new(WhoImpl("avatar"))))
+    })
+    .allow_anonymous(true);
+    let gate = Node::builder()
+        .root(WhoRef::new(WhoImpl("gate")))
+        .portal(portal)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let visitor = Node::builder()
+        .root(WhoRef::new(WhoImpl("visitor")))
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let session = visitor.open(gate.local_addr()).await.unwrap();
+    // Before login, only the login object is reachable.
+    let root: WhoRef = session.connection().root();
+    assert!(root.name().await.is_err());
+    // After login, the avatar.
+    let avatar: WhoRef = session.login_anonymous().await.unwrap();
+    assert_eq!(avatar.name().await, Ok("avatar".into()));
+    // The gate still reaches the visitor's root over the same link.
+    let back: WhoRef = gate.peers()[0].root();
+    assert_eq!(back.name().await, Ok("visitor".into()));
+    gate.shutdown().await;
+    visitor.shutdown().await;
+}
