@@ -396,7 +396,9 @@ impl ConnShared {
             events.push(ev);
         }
         let revoked = broker.take_revoked();
+        let dead = broker.take_graveyard();
         drop(broker);
+        drop(dead);
         for ev in events {
             self.spawn_call(ev);
         }
@@ -487,7 +489,12 @@ impl ConnShared {
                     span.record("outcome", outcome_name(reply.as_ref()));
                     span.record("duration_us", started.elapsed().as_micros() as u64);
                 }
-                conn.lock().finish_call(id, answer, reply);
+                let dead = {
+                    let mut broker = conn.lock();
+                    broker.finish_call(id, answer, reply);
+                    broker.take_graveyard()
+                };
+                drop(dead);
                 conn.wake_writer.notify_one();
                 conn.call_done.notify_waiters();
             }
