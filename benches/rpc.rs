@@ -137,7 +137,19 @@ struct ServerProc {
 impl ServerProc {
     fn start(kind: &str) -> ServerProc {
         let exe = std::env::current_exe().expect("the bench's own path");
-        let mut child = Command::new(exe)
+        // Profiling aid: `RPC_BENCH_SERVER_WRAP="valgrind --tool=callgrind"` runs the server
+        // under that command.
+        let wrap = std::env::var("RPC_BENCH_SERVER_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(words).arg(exe);
+                cmd
+            }
+            None => Command::new(exe),
+        };
+        let mut child = cmd
             .arg("--serve")
             .arg(kind)
             .stdin(Stdio::piped())
@@ -662,22 +674,31 @@ fn print_table(rows: &[Row], runs: usize) {
     println!("(medians of {runs} run(s); ratio = pb / floor)");
 }
 
+/// Profiling aid: `RPC_BENCH_ONLY=pb` (or `floor`) measures one system only.
+fn skipped(sys: System) -> bool {
+    std::env::var("RPC_BENCH_ONLY").is_ok_and(|only| only != sys.server_kind())
+}
+
 /// Runs `f` once per run against a fresh server of each system; the median of each output.
-fn measure<T, F, Fut>(
-    rt: &tokio::runtime::Runtime,
-    sys: System,
-    runs: usize,
-    mut f: F,
-) -> Vec<f64>
+fn measure<T, F, Fut>(rt: &tokio::runtime::Runtime, sys: System, runs: usize, mut f: F) -> Vec<f64>
 where
     F: FnMut(SocketAddr) -> Fut,
-    Fut: std::future::Future<Output = T>,
-    T: Into<Vec<f64>>,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Into<Vec<f64>> + Send + 'static,
 {
+    if skipped(sys) {
+        return vec![f64::NAN; 4];
+    }
     let mut per_run: Vec<Vec<f64>> = Vec::new();
     for _ in 0..runs {
         let server = ServerProc::start(sys.server_kind());
-        let out: Vec<f64> = rt.block_on(f(server.addr)).into();
+        // The client runs in a spawned task, as callers in an application do (tokio's
+        // `block_on` future pays an extra poll of the I/O driver whenever another task wakes it).
+        let run = f(server.addr);
+        let out: Vec<f64> = rt
+            .block_on(async move { tokio::spawn(run).await })
+            .expect("client task")
+            .into();
         server.stop();
         if per_run.is_empty() {
             per_run = vec![Vec::new(); out.len()];
@@ -719,7 +740,11 @@ fn main() {
         .map(String::as_str)
         .collect();
     let wants = |name: &str| selected.is_empty() || selected.contains(&name);
-    let c = if quick { Counts::quick() } else { Counts::full() };
+    let c = if quick {
+        Counts::quick()
+    } else {
+        Counts::full()
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -801,9 +826,12 @@ fn main() {
         });
     }
     if wants("refs") {
-        let p = measure(&rt, System::Pb, runs, |a| async move {
-            vec![refs(a, c).await]
-        });
+        let p = measure(
+            &rt,
+            System::Pb,
+            runs,
+            |a| async move { vec![refs(a, c).await] },
+        );
         rows.push(Row {
             workload: "refs",
             unit: "cycles/s with 64 in flight, higher is better",
@@ -815,6 +843,9 @@ fn main() {
     }
     if wants("idle") {
         let per = |sys: System| {
+            if skipped(sys) {
+                return f64::NAN;
+            }
             let mut v = Vec::new();
             for _ in 0..runs {
                 let server = ServerProc::start(sys.server_kind());

@@ -34,6 +34,10 @@ use crate::message::{
 };
 use crate::object::{Fault, ObjectRef, Outcome, RefInner, Reply, disconnected_fault};
 
+/// The least room made in the output buffer when it runs out: frames are appended to one
+/// allocation (reclaimed once what was written from it is dropped) instead of many tiny ones.
+const OUT_CHUNK: usize = 1024;
+
 /// Payloads at least this large are queued as their own chunk for a vectored write instead of
 /// being copied into the output buffer.
 const ZERO_COPY_MIN: usize = 4096;
@@ -118,8 +122,9 @@ pub(crate) struct CallEvent {
     pub(crate) method: Bytes,
     pub(crate) args: Bytes,
     pub(crate) refs: Vec<ObjectRef>,
-    /// `Some` when an answer is wanted: fires (or is dropped) when the call is cancelled.
-    pub(crate) cancel: Option<oneshot::Receiver<()>>,
+    /// Whether an answer is wanted (then the call can be cancelled: see
+    /// [`Broker::watch_cancel`]).
+    pub(crate) answer: bool,
 }
 
 /// Counts of one connection's tables.
@@ -150,7 +155,9 @@ pub(crate) struct Broker {
     next_generation: u64,
     pending: HashMap<u64, Waiter>,
     next_request: u64,
-    running: HashMap<u64, oneshot::Sender<()>>,
+    /// Answered calls running here; the sender, made only for a handler that had to wait,
+    /// fires (or is dropped) when the call is cancelled.
+    running: HashMap<u64, Option<oneshot::Sender<()>>>,
     in_flight: usize,
     out: BytesMut,
     chunks: Vec<Bytes>,
@@ -211,26 +218,45 @@ impl Broker {
 
     // ---- output ------------------------------------------------------------------------
 
-    /// Frames to write, in order. Empty when there is nothing to send.
-    pub(crate) fn take_transmit(&mut self) -> Vec<Bytes> {
+    /// Append the frames to write to `into`, in order; appends nothing when there is nothing to
+    /// send.
+    pub(crate) fn take_transmit(&mut self, into: &mut Vec<Bytes>) {
         if !self.releases.is_empty() && self.state != State::Closed {
             let items = std::mem::take(&mut self.releases);
             for batch in items.chunks(self.limits.message.max_release_entries.max(1)) {
                 self.write_message(&Message::Release(batch.to_vec()));
             }
         }
+        into.append(&mut self.chunks);
         if !self.out.is_empty() {
-            let head = self.out.split().freeze();
-            self.chunks.push(head);
+            into.push(self.out.split().freeze());
         }
-        std::mem::take(&mut self.chunks)
     }
 
     pub(crate) fn poll_event(&mut self) -> Option<CallEvent> {
         self.events.pop_front()
     }
 
+    /// Make room for `n` more bytes in the output buffer.
+    fn reserve_out(&mut self, n: usize) {
+        if self.out.capacity() - self.out.len() < n {
+            self.out.reserve(n.max(OUT_CHUNK));
+        }
+    }
+
+    /// Room for a frame header, an envelope of about `head` bytes and a payload that will be
+    /// copied in.
+    fn reserve_frame(&mut self, head: usize, payload: &Bytes) {
+        let copied = if payload.len() >= ZERO_COPY_MIN {
+            0
+        } else {
+            payload.len()
+        };
+        self.reserve_out(4 + head + copied);
+    }
+
     fn write_message(&mut self, m: &Message) {
+        self.reserve_out(64);
         let start = self.out.len();
         self.out.put_u32(0);
         m.encode(&mut self.out);
@@ -582,11 +608,9 @@ impl Broker {
             return if violated { self.violation() } else { Ok(()) };
         }
         let Some(object) = object else { return Ok(()) };
-        let cancel = answer.then(|| {
-            let (tx, rx) = oneshot::channel();
-            self.running.insert(id, tx);
-            rx
-        });
+        if answer {
+            self.running.insert(id, None);
+        }
         self.in_flight += 1;
         self.events.push_back(CallEvent {
             id,
@@ -594,7 +618,7 @@ impl Broker {
             method,
             args: payload,
             refs,
-            cancel,
+            answer,
         });
         Ok(())
     }
@@ -636,6 +660,7 @@ impl Broker {
         let descs = self.describe(refs)?;
         let id = self.next_request;
         self.next_request += 1;
+        self.reserve_frame(24 + method.len() + descs.len() * 11, &payload);
         let start = self.out.len();
         self.out.put_u32(0);
         encode_call_head(
@@ -651,6 +676,16 @@ impl Broker {
             self.pending.insert(id, w);
         }
         Ok(id)
+    }
+
+    /// A receiver that fires (or is dropped) when the running call `id` is cancelled by the
+    /// peer; `None` if the call is no longer running. Made only for handlers that wait, so a
+    /// call answered at once costs no channel.
+    pub(crate) fn watch_cancel(&mut self, id: u64) -> Option<oneshot::Receiver<()>> {
+        let slot = self.running.get_mut(&id)?;
+        let (tx, rx) = oneshot::channel();
+        *slot = Some(tx);
+        Some(rx)
     }
 
     /// Our caller gave up on call `id`.
@@ -674,6 +709,7 @@ impl Broker {
         });
         match outcome {
             Ok((ok, descs, payload)) => {
+                self.reserve_frame(16 + descs.len() * 11, &payload);
                 let start = self.out.len();
                 self.out.put_u32(0);
                 encode_answer_head(&mut self.out, id, ok, &descs);
