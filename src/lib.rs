@@ -43,12 +43,20 @@
 //! - `ServeFoo<T>`, the dispatcher serving any `T: Foo`.
 //!
 //! A parameter of type [`Caller`] is filled on the callee's side with who is calling, and is
-//! not part of the stub's signature. A dynamic call by name is [`ObjectRef::call`].
+//! not part of the stub's signature (Twisted's `Viewable`). A dynamic call by name is
+//! [`ObjectRef::call`].
+//!
+//! # What `#[pb::copyable]` generates
+//! serde's `Serialize` and `Deserialize` (through pb's own serde, so users need no serde
+//! dependency) and the [`Copyable`] marker. `#[pb::copyable(state_for = path)]` adds Twisted's
+//! `getStateToCopyFor`: `path` is a `fn(&Self, Option<&Connection>) -> Self` that picks the state
+//! each peer receives (the connection is `None` for in-process calls).
 //!
 //! # Layout
 //! - [`pb_core`], frames, messages, the broker, the object model, the connection driver, AMP;
 //! - [`pb_server`], listening, connection limits, graceful shutdown;
 //! - [`pb_client`], connecting;
+//! - [`Node`] (here), a peer that both listens and dials;
 //! - `pb_derive`: the macros, re-exported here.
 
 #![forbid(unsafe_code)]
@@ -57,12 +65,15 @@
 
 pub use pb_client::{self, Client, ClientBuilder};
 pub use pb_core::{
-    self, BoxFuture, CallError, Caller, CloseReason, Config, ConnectError, Connection,
-    ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits, ObjectRef,
-    Outcome, Remote, Reply, Side, TableStats, codec, transport,
+    self, BoxFuture, Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError,
+    Connection, ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits,
+    ObjectRef, Outcome, Remote, Replica, Reply, Side, TableStats, Versioned, codec, transport,
 };
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{self, Server, ServerBuilder, ServerHandle};
+
+mod node;
+pub use node::{Node, NodeBuilder};
 
 /// The names most programs need: `use pb::prelude::*;`.
 pub mod prelude {
@@ -72,6 +83,7 @@ pub mod prelude {
 /// Paths used by generated code. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use pb_core::codec::current_peer;
     pub use pb_core::{
         BoxFuture, CallError, Copyable, Dispatch, IncomingCall, Interface, ObjectRef, Remote,
         Reply, encode_result,

@@ -93,22 +93,11 @@ async fn a_reference_does_not_leak_while_the_connection_lives() {
     assert_eq!(server.stats().tables.imported, 50);
     // The server forgets them: releases go back and the client's table empties.
     hub.listeners.lock().unwrap().clear();
-    let exported = wait_until(|| client.stats().tables.exported == 0).await;
+    let exported = common::settle(|| client.stats().tables.exported == 0).await;
     assert!(
         exported,
         "client still exports {}",
         client.stats().tables.exported
     );
     assert_eq!(server.stats().tables.imported, 0);
-}
-
-/// Yield to the runtime until `f` holds (bounded).
-async fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..10_000 {
-        if f() {
-            return true;
-        }
-        tokio::task::yield_now().await;
-    }
-    f()
 }

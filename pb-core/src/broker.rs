@@ -27,10 +27,10 @@ use std::sync::{Arc, Weak};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::connection::Imported;
+use crate::connection::{ConnShared, ExportLink, Imported};
 use crate::message::{
     self, FaultKind, Message, MessageError, MessageLimits, RefDesc, encode_answer_head,
-    encode_call_head,
+    encode_call_head, encode_update_head,
 };
 use crate::object::{Fault, ObjectRef, Outcome, RefInner, Reply, disconnected_fault};
 
@@ -115,6 +115,17 @@ struct ImportSlot {
 
 pub(crate) type Waiter = oneshot::Sender<Reply>;
 
+/// Descriptors for a message's references, and what must follow the message.
+type Described = (Vec<RefDesc>, Vec<Follow>);
+
+/// A message that must follow the one carrying a reference.
+pub(crate) enum Follow {
+    /// A cache's newer state.
+    Update(u64, Bytes),
+    /// A forward of an object that is already dead.
+    Revoke(u64),
+}
+
 /// An incoming call for the driver to run.
 pub(crate) struct CallEvent {
     pub(crate) id: u64,
@@ -125,6 +136,8 @@ pub(crate) struct CallEvent {
     /// Whether an answer is wanted (then the call can be cancelled: see
     /// [`Broker::watch_cancel`]).
     pub(crate) answer: bool,
+    /// How long the caller waits, from now.
+    pub(crate) deadline: Option<std::time::Duration>,
 }
 
 /// Counts of one connection's tables.
@@ -144,6 +157,8 @@ pub struct TableStats {
 pub(crate) struct Broker {
     limits: Limits,
     conn_id: u64,
+    /// This connection, for exported objects that push updates (caches).
+    link: Weak<ConnShared>,
     pub(crate) state: State,
     peer_goodbye: bool,
     root: Option<ObjectRef>,
@@ -164,14 +179,24 @@ pub(crate) struct Broker {
     releases: Vec<(u64, u64)>,
     violations: u32,
     events: VecDeque<CallEvent>,
+    /// References the peer revoked, to mark dead once the lock is released.
+    revoked: Vec<Arc<Imported>>,
+    /// Objects withdrawn under the lock, dropped once it is released.
+    graveyard: Vec<ObjectRef>,
 }
 
 impl Broker {
-    pub(crate) fn new(limits: Limits, conn_id: u64, root: Option<ObjectRef>) -> Broker {
+    pub(crate) fn new(
+        limits: Limits,
+        conn_id: u64,
+        root: Option<ObjectRef>,
+        link: Weak<ConnShared>,
+    ) -> Broker {
         let root_key = root.as_ref().and_then(export_key);
         Broker {
             limits,
             conn_id,
+            link,
             state: State::Open,
             peer_goodbye: false,
             root,
@@ -190,6 +215,8 @@ impl Broker {
             releases: Vec::new(),
             violations: 0,
             events: VecDeque::new(),
+            revoked: Vec::new(),
+            graveyard: Vec::new(),
         }
     }
 
@@ -302,8 +329,9 @@ impl Broker {
 
     // ---- references --------------------------------------------------------------------
 
-    /// Turn references about to be sent into wire descriptors, counting exports.
-    fn describe(&mut self, refs: &[ObjectRef]) -> Result<Vec<RefDesc>, Fault> {
+    /// Turn references about to be sent into wire descriptors, counting exports. Also returns
+    /// the updates that must follow the message (caches that changed since they were encoded).
+    fn describe(&mut self, refs: &[ObjectRef]) -> Result<Described, Fault> {
         // Check the quota before touching any count, so a refused message changes nothing.
         let mut new_keys = Vec::new();
         for r in refs {
@@ -329,6 +357,7 @@ impl Broker {
             });
         }
         let mut descs = Vec::with_capacity(refs.len());
+        let mut follow = Vec::new();
         for r in refs {
             if let Some(id) = self.is_ours_to_return(r) {
                 descs.push(RefDesc::Receiver(id));
@@ -354,9 +383,78 @@ impl Broker {
                 );
                 self.export_keys.insert(key, id);
                 descs.push(RefDesc::Sender(id));
+                match &r.0 {
+                    RefInner::Local(d) => {
+                        let link = ExportLink {
+                            conn: self.link.clone(),
+                            connection: self.conn_id,
+                            object: id,
+                        };
+                        if let Some(update) = d.on_export(&link) {
+                            follow.push(Follow::Update(id, update));
+                        }
+                    }
+                    RefInner::Remote(imp) => {
+                        // A forward: if the object dies, the peer must hear of it.
+                        imp.dependents
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((self.link.clone(), id));
+                        if imp.is_dead() {
+                            follow.push(Follow::Revoke(id));
+                        }
+                    }
+                }
             }
         }
-        Ok(descs)
+        Ok((descs, follow))
+    }
+
+    /// Write what must follow a message.
+    fn write_updates(&mut self, follow: Vec<Follow>) {
+        for f in follow {
+            match f {
+                Follow::Update(object, payload) => {
+                    let start = self.out.len();
+                    self.out.put_u32(0);
+                    encode_update_head(&mut self.out, object);
+                    self.push_payload(start, payload);
+                }
+                Follow::Revoke(object) => {
+                    let held = self.revoke_export(object);
+                    self.graveyard.extend(held);
+                }
+            }
+        }
+    }
+
+    /// Withdraw an export from the peer: it forwards to an object that is gone. Returns the
+    /// object, for the caller to drop outside the lock.
+    pub(crate) fn revoke_export(&mut self, object: u64) -> Option<ObjectRef> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let e = self.exports.remove(&object)?;
+        if let Some(key) = export_key(&e.object) {
+            self.export_keys.remove(&key);
+        }
+        self.write_message(&Message::Revoked { object });
+        Some(e.object)
+    }
+
+    /// References the peer revoked, to be marked dead outside the lock.
+    pub(crate) fn take_revoked(&mut self) -> Vec<Arc<Imported>> {
+        self.graveyard.clear();
+        std::mem::take(&mut self.revoked)
+    }
+
+    /// Queue a cache update for the peer; false if the object is no longer exported to it.
+    pub(crate) fn send_update(&mut self, object: u64, payload: Bytes) -> bool {
+        if self.state == State::Closed || !self.exports.contains_key(&object) {
+            return false;
+        }
+        self.write_updates(vec![Follow::Update(object, payload)]);
+        true
     }
 
     /// A reference that points at the peer's own object on this connection goes back by id.
@@ -462,9 +560,18 @@ impl Broker {
                 target,
                 method,
                 answer,
+                deadline_ms,
                 refs,
                 payload,
-            } => self.handle_call(id, target, method, answer, &refs, payload, make),
+            } => self.handle_call(
+                id,
+                target,
+                method,
+                (answer, deadline_ms),
+                &refs,
+                payload,
+                make,
+            ),
             Message::Answer {
                 id,
                 ok,
@@ -520,9 +627,18 @@ impl Broker {
                     e.count = e.count.saturating_sub(count);
                     if e.count == 0
                         && let Some(e) = self.exports.remove(&id)
-                        && let Some(key) = export_key(&e.object)
                     {
-                        self.export_keys.remove(&key);
+                        if let Some(key) = export_key(&e.object) {
+                            self.export_keys.remove(&key);
+                        }
+                        match &e.object.0 {
+                            RefInner::Local(d) => d.on_unexport(self.conn_id),
+                            RefInner::Remote(imp) => imp
+                                .dependents
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .retain(|(c, object)| !(*object == id && c.ptr_eq(&self.link))),
+                        }
                     }
                 }
                 Ok(())
@@ -534,6 +650,27 @@ impl Broker {
             }
             Message::Goodbye => {
                 self.peer_goodbye = true;
+                Ok(())
+            }
+            Message::Revoked { object } => {
+                // The peer freed the object already: our handles must not release it again.
+                if let Some(slot) = self.imports.remove(&object)
+                    && let Some(imp) = slot.handle.upgrade()
+                {
+                    imp.forget_count();
+                    self.revoked.push(imp);
+                }
+                Ok(())
+            }
+            Message::Update { object, payload } => {
+                match self.imports.get(&object).and_then(|s| s.handle.upgrade()) {
+                    Some(imp) => imp
+                        .replica
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .deliver(payload),
+                    None => tracing::debug!(object, "update for a reference no longer held"),
+                }
                 Ok(())
             }
         }
@@ -555,7 +692,7 @@ impl Broker {
         id: u64,
         target: u64,
         method: Bytes,
-        answer: bool,
+        (answer, deadline_ms): (bool, Option<u64>),
         descs: &[RefDesc],
         payload: Bytes,
         make: &dyn Fn(u64, u64) -> Arc<Imported>,
@@ -619,6 +756,7 @@ impl Broker {
             args: payload,
             refs,
             answer,
+            deadline: deadline_ms.map(std::time::Duration::from_millis),
         });
         Ok(())
     }
@@ -630,7 +768,7 @@ impl Broker {
         method: &str,
         payload: Bytes,
         refs: &[ObjectRef],
-        waiter: Option<Waiter>,
+        (waiter, deadline_ms): (Option<Waiter>, Option<u64>),
     ) -> Result<u64, Fault> {
         if self.state == State::Closed {
             return Err(disconnected_fault());
@@ -657,7 +795,7 @@ impl Broker {
             });
         }
         self.frame_fits(32 + method.len() + refs.len() * 10, &payload)?;
-        let descs = self.describe(refs)?;
+        let (descs, follow) = self.describe(refs)?;
         let id = self.next_request;
         self.next_request += 1;
         self.reserve_frame(24 + method.len() + descs.len() * 11, &payload);
@@ -668,10 +806,11 @@ impl Broker {
             id,
             target,
             method.as_bytes(),
-            waiter.is_some(),
+            (waiter.is_some(), deadline_ms),
             &descs,
         );
         self.push_payload(start, payload);
+        self.write_updates(follow);
         if let Some(w) = waiter {
             self.pending.insert(id, w);
         }
@@ -704,16 +843,17 @@ impl Broker {
         let Some(reply) = reply else { return };
         let outcome = reply.and_then(|o| {
             self.frame_fits(16 + o.refs.len() * 10, &o.payload)?;
-            let descs = self.describe(&o.refs)?;
-            Ok((o.ok, descs, o.payload))
+            let (descs, follow) = self.describe(&o.refs)?;
+            Ok((o.ok, descs, follow, o.payload))
         });
         match outcome {
-            Ok((ok, descs, payload)) => {
+            Ok((ok, descs, follow, payload)) => {
                 self.reserve_frame(16 + descs.len() * 11, &payload);
                 let start = self.out.len();
                 self.out.put_u32(0);
                 encode_answer_head(&mut self.out, id, ok, &descs);
                 self.push_payload(start, payload);
+                self.write_updates(follow);
             }
             Err(f) => self.send_fault(id, f.kind, f.message),
         }
@@ -729,8 +869,13 @@ impl Broker {
 
     /// The connection is gone: fail every pending call, cancel running ones, empty the tables.
     /// Returns what was held, for the caller to drop outside any lock.
-    pub(crate) fn close(&mut self) -> Vec<ObjectRef> {
+    pub(crate) fn close(&mut self) -> (Vec<ObjectRef>, Vec<Arc<Imported>>) {
         self.state = State::Closed;
+        let imports: Vec<Arc<Imported>> = self
+            .imports
+            .drain()
+            .filter_map(|(_, s)| s.handle.upgrade())
+            .collect();
         for (_, waiter) in self.pending.drain() {
             let _ = waiter.send(Err(disconnected_fault()));
         }
@@ -740,9 +885,15 @@ impl Broker {
         self.releases.clear();
         self.events.clear();
         let mut held: Vec<ObjectRef> = self.exports.drain().map(|(_, e)| e.object).collect();
+        for object in &held {
+            if let RefInner::Local(d) = &object.0 {
+                d.on_unexport(self.conn_id);
+            }
+        }
         held.extend(self.root.take());
+        held.append(&mut self.graveyard);
         self.root_key = None;
-        held
+        (held, imports)
     }
 }
 

@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use bytes::{Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::connection::Connection;
 use crate::frame::MAX_FRAME_LEN_CEILING;
 use crate::object::ObjectRef;
 
@@ -44,9 +45,19 @@ pub enum CodecError {
     Trailing(usize),
 }
 
+/// What one encode or decode in progress on this thread knows.
+#[derive(Default)]
+struct Context {
+    refs: Vec<ObjectRef>,
+    /// The connection the value is bound for (encoding) or came from (decoding).
+    peer: Option<Connection>,
+}
+
+type Stack = RefCell<Vec<Context>>;
+
 thread_local! {
-    static ENCODING: RefCell<Vec<Vec<ObjectRef>>> = const { RefCell::new(Vec::new()) };
-    static DECODING: RefCell<Vec<Vec<ObjectRef>>> = const { RefCell::new(Vec::new()) };
+    static ENCODING: Stack = const { RefCell::new(Vec::new()) };
+    static DECODING: Stack = const { RefCell::new(Vec::new()) };
     /// A reused encode buffer, so that encoding a small value allocates only its exact size.
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -79,21 +90,18 @@ impl bincode::enc::write::Writer for BytesMutWriter<'_> {
 }
 
 /// Pops the context it pushed, even if a user's `Serialize` panics.
-struct Scope(&'static std::thread::LocalKey<RefCell<Vec<Vec<ObjectRef>>>>);
+struct Scope(&'static std::thread::LocalKey<Stack>);
 
 impl Scope {
-    fn enter(
-        key: &'static std::thread::LocalKey<RefCell<Vec<Vec<ObjectRef>>>>,
-        refs: Vec<ObjectRef>,
-    ) -> Scope {
-        key.with(|s| s.borrow_mut().push(refs));
+    fn enter(key: &'static std::thread::LocalKey<Stack>, cx: Context) -> Scope {
+        key.with(|s| s.borrow_mut().push(cx));
         Scope(key)
     }
 
     fn take(self) -> Vec<ObjectRef> {
-        let refs = self.0.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+        let cx = self.0.with(|s| s.borrow_mut().pop()).unwrap_or_default();
         std::mem::forget(self);
-        refs
+        cx.refs
     }
 }
 
@@ -108,8 +116,8 @@ pub(crate) fn collect_ref(r: &ObjectRef) -> Option<u32> {
     ENCODING.with(|s| {
         let mut s = s.borrow_mut();
         let top = s.last_mut()?;
-        let index = u32::try_from(top.len()).ok()?;
-        top.push(r.clone());
+        let index = u32::try_from(top.refs.len()).ok()?;
+        top.refs.push(r.clone());
         Some(index)
     })
 }
@@ -118,7 +126,7 @@ pub(crate) fn collect_ref(r: &ObjectRef) -> Option<u32> {
 pub(crate) fn resolve_ref(index: u32) -> Option<ObjectRef> {
     DECODING.with(|s| {
         let s = s.borrow();
-        s.last()?.get(index as usize).cloned()
+        s.last()?.refs.get(index as usize).cloned()
     })
 }
 
@@ -130,24 +138,47 @@ fn config_large() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_FRAME_LEN_CEILING>()
 }
 
-/// Encode `value` after whatever `out` holds; returns the references it contains.
+/// The connection the value being encoded right now is bound for, if it is bound for one:
+/// what a per-peer `Serialize` (such as a copyable's state hook) asks to tailor its state.
+pub fn current_peer() -> Option<Connection> {
+    ENCODING.with(|s| s.borrow().last().and_then(|cx| cx.peer.clone()))
+}
+
+/// Encode `value` after whatever `out` holds; returns the references it contains. `peer` is the
+/// connection the value is bound for (`None` for an in-process call).
 pub fn encode_into<T: Serialize + ?Sized>(
     value: &T,
+    peer: Option<&Connection>,
     out: &mut BytesMut,
 ) -> Result<Vec<ObjectRef>, CodecError> {
-    let scope = Scope::enter(&ENCODING, Vec::new());
+    let scope = Scope::enter(
+        &ENCODING,
+        Context {
+            refs: Vec::new(),
+            peer: peer.cloned(),
+        },
+    );
     bincode::serde::encode_into_writer(value, BytesMutWriter(out), bincode::config::standard())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     Ok(scope.take())
 }
 
 /// Encode `value` into a new buffer; returns the bytes and the references it contains.
-pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
+pub fn encode<T: Serialize + ?Sized>(
+    value: &T,
+    peer: Option<&Connection>,
+) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
     // Taken out of the thread-local for the duration, so a nested encode (a `Serialize` impl
     // that encodes) finds an empty buffer instead of a borrowed one.
     let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     buf.clear();
-    let scope = Scope::enter(&ENCODING, Vec::new());
+    let scope = Scope::enter(
+        &ENCODING,
+        Context {
+            refs: Vec::new(),
+            peer: peer.cloned(),
+        },
+    );
     let encoded =
         bincode::serde::encode_into_writer(value, VecWriter(&mut buf), bincode::config::standard());
     let refs = scope.take();
@@ -173,7 +204,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], refs: Vec<ObjectRef>) -> Result
             max: MAX_FRAME_LEN_CEILING,
         });
     }
-    let _scope = Scope::enter(&DECODING, refs);
+    let _scope = Scope::enter(&DECODING, Context { refs, peer: None });
     let result = if bytes.len() <= SMALL_LIMIT {
         bincode::serde::decode_from_slice::<T, _>(bytes, config_small())
     } else {
@@ -210,7 +241,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_trailing() {
-        let (b, refs) = encode(&("hi".to_string(), 5u64, vec![1u8, 2])).unwrap();
+        let (b, refs) = encode(&("hi".to_string(), 5u64, vec![1u8, 2]), None).unwrap();
         assert!(refs.is_empty());
         let v: (String, u64, Vec<u8>) = decode(&b, vec![]).unwrap();
         assert_eq!(v, ("hi".to_string(), 5, vec![1, 2]));

@@ -15,8 +15,8 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot, watch};
 
 use crate::broker::{Broker, CallEvent, Limits, ProtocolError, TableStats};
+use crate::cache::ReplicaSlot;
 use crate::frame::{FrameDecoder, HEADER_LEN};
 use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
 use crate::message::FaultKind;
@@ -107,11 +108,70 @@ pub(crate) struct Imported {
     pub(crate) id: u64,
     generation: u64,
     received: AtomicU64,
+    /// Where cache updates for this object go, if it is a cache.
+    pub(crate) replica: Mutex<ReplicaSlot>,
+    /// Set when the owner revoked the object, or when a connection it depends on was lost.
+    dead: AtomicBool,
+    /// Wakes `disconnected()` waiters when the object is revoked.
+    revoked: Notify,
+    /// Our exports to other peers that forward to this object: (connection, export id).
+    pub(crate) dependents: Mutex<Vec<(Weak<ConnShared>, u64)>>,
+}
+
+/// Where an exported object lives: the connection and the id the peer knows it by.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct ExportLink {
+    pub(crate) conn: Weak<ConnShared>,
+    pub(crate) connection: u64,
+    pub(crate) object: u64,
 }
 
 impl Imported {
     pub(crate) fn add_received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether calls to the object can no longer succeed.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire) || self.conn.is_closed()
+    }
+
+    /// The owner withdrew the object: release nothing for it later.
+    pub(crate) fn forget_count(&self) {
+        self.received.store(0, Ordering::Relaxed);
+    }
+
+    /// Mark the object dead, wake its waiters, and revoke every forward of it that we export
+    /// to other peers, which carries the failure on to them. Takes no lock of this connection.
+    pub(crate) fn revoke(&self) {
+        if self.dead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.revoked.notify_waiters();
+        let dependents =
+            std::mem::take(&mut *self.dependents.lock().unwrap_or_else(|p| p.into_inner()));
+        for (conn, object) in dependents {
+            if let Some(conn) = conn.upgrade() {
+                conn.revoke_export(object);
+            }
+        }
+    }
+
+    /// Completes when the object is revoked or its connection is lost.
+    pub(crate) async fn dead(&self) {
+        loop {
+            let revoked = self.revoked.notified();
+            tokio::pin!(revoked);
+            revoked.as_mut().enable();
+            if self.is_dead() {
+                return;
+            }
+            tokio::select! {
+                _ = &mut revoked => {}
+                _ = self.conn.closed() => return,
+            }
+        }
     }
 }
 
@@ -152,11 +212,11 @@ impl ConnShared {
         root: Option<ObjectRef>,
     ) -> Arc<ConnShared> {
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
-        Arc::new(ConnShared {
+        Arc::new_cyclic(|me| ConnShared {
             id,
             side,
             peer_addr,
-            broker: Mutex::new(Broker::new(config.limits.clone(), id, root)),
+            broker: Mutex::new(Broker::new(config.limits.clone(), id, root, me.clone())),
             releases: Mutex::new(Vec::new()),
             out: Mutex::new(None),
             wake_writer: Notify::new(),
@@ -196,6 +256,10 @@ impl ConnShared {
                 id,
                 generation,
                 received: AtomicU64::new(if id == 0 { 0 } else { 1 }),
+                replica: Mutex::new(ReplicaSlot::default()),
+                dead: AtomicBool::new(false),
+                revoked: Notify::new(),
+                dependents: Mutex::new(Vec::new()),
             })
         }
     }
@@ -224,10 +288,18 @@ impl ConnShared {
         payload: Bytes,
         refs: Vec<ObjectRef>,
     ) -> Reply {
+        let deadline = crate::deadline::current();
+        if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+            return Err(deadline_fault());
+        }
         let (tx, rx) = oneshot::channel();
-        let id = self
-            .lock()
-            .start_call(target, method, payload, &refs, Some(tx))?;
+        let id = self.lock().start_call(
+            target,
+            method,
+            payload,
+            &refs,
+            (Some(tx), deadline.map(crate::deadline::remaining_ms)),
+        )?;
         drop(refs);
         self.wake_writer.notify_one();
         let mut guard = CancelOnDrop {
@@ -235,9 +307,23 @@ impl ConnShared {
             id,
             armed: true,
         };
-        let reply = rx.await.unwrap_or_else(|_| Err(disconnected_fault()));
+        let reply = match deadline {
+            // On expiry the guard stays armed: dropping it cancels the call on the peer.
+            Some(d) => match tokio::time::timeout_at(d, rx).await {
+                Ok(r) => r.unwrap_or_else(|_| Err(disconnected_fault())),
+                Err(_) => return Err(deadline_fault()),
+            },
+            None => rx.await.unwrap_or_else(|_| Err(disconnected_fault())),
+        };
         guard.armed = false;
         reply
+    }
+
+    /// Send a cache update to the peer, if the cache is still exported to it.
+    pub(crate) fn send_update(&self, object: u64, payload: Bytes) {
+        if self.lock().send_update(object, payload) {
+            self.wake_writer.notify_one();
+        }
     }
 
     /// Send a call that wants no answer.
@@ -249,7 +335,7 @@ impl ConnShared {
         refs: Vec<ObjectRef>,
     ) -> Result<(), Fault> {
         self.lock()
-            .start_call(target, method, payload, &refs, None)?;
+            .start_call(target, method, payload, &refs, (None, None))?;
         self.wake_writer.notify_one();
         Ok(())
     }
@@ -261,9 +347,14 @@ impl ConnShared {
         while let Some(ev) = broker.poll_event() {
             events.push(ev);
         }
+        let revoked = broker.take_revoked();
         drop(broker);
         for ev in events {
             self.spawn_call(ev);
+        }
+        // Outside our lock: revoking reaches into other connections.
+        for imp in revoked {
+            imp.revoke();
         }
         // No writer wake-up: the reader flushes once it has handled every frame it has.
         result
@@ -278,11 +369,14 @@ impl ConnShared {
             args,
             refs,
             answer,
+            deadline,
         } = ev;
+        let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
         let caller = Caller {
             conn: Some(Connection {
                 shared: conn.clone(),
             }),
+            deadline,
         };
         let call = IncomingCall {
             method,
@@ -291,11 +385,14 @@ impl ConnShared {
             caller,
         };
         let mut fut = CatchUnwind(object.dispatch(call));
-        // Poll the handler once right here: most answer without waiting, and then the call
-        // costs no task, no wake-up and no cancellation channel, and its answer leaves with the
-        // reader's next flush. A handler that must wait continues in a task of its own, which
-        // polls it again at once (so the no-op waker of this first poll is never relied upon).
-        if let Poll::Ready(reply) = Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop()))
+        // Without a deadline, poll the handler once right here: most answer without waiting,
+        // and then the call costs no task, no wake-up and no cancellation channel, and its
+        // answer leaves with the reader's next flush. A handler that must wait continues in a
+        // task of its own, which polls it again at once (so the no-op waker of this first poll
+        // is never relied upon).
+        if deadline.is_none()
+            && let Poll::Ready(reply) =
+                Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop()))
         {
             conn.finish(id, answer, Some(reply));
             return;
@@ -309,6 +406,21 @@ impl ConnShared {
             Some(cancel)
         } else {
             None
+        };
+        // The handler runs under its caller's deadline (its own calls inherit it) and is
+        // dropped when the deadline passes: the caller has given up by then.
+        let fut = async move {
+            match deadline {
+                Some(d) => {
+                    crate::deadline::maybe_scope(Some(d), async move {
+                        tokio::time::timeout_at(d, fut)
+                            .await
+                            .unwrap_or_else(|_| Err(deadline_fault()))
+                    })
+                    .await
+                }
+                None => fut.await,
+            }
         };
         tokio::spawn(async move {
             let reply = match cancel {
@@ -423,10 +535,23 @@ impl ConnShared {
         }
     }
 
+    /// Withdraw export `object` from the peer (it forwarded to something now unreachable).
+    pub(crate) fn revoke_export(&self, object: u64) {
+        let held = self.lock().revoke_export(object);
+        drop(held);
+        self.wake_writer.notify_one();
+    }
+
     /// Mark the connection closed and fail everything pending.
     pub(crate) fn close(&self, reason: CloseReason) {
-        let held = self.lock().close();
+        let (held, imports) = self.lock().close();
         drop(held);
+        // Every reference imported on this connection is dead; forwards of them that we
+        // export to other peers are revoked there.
+        for imp in &imports {
+            imp.revoke();
+        }
+        drop(imports);
         self.closed.send_if_modified(|r| {
             if r.is_none() {
                 *r = Some(reason.clone());
@@ -454,6 +579,13 @@ impl ConnShared {
             self.wake_writer.notify_one();
         }
         stats
+    }
+}
+
+fn deadline_fault() -> Fault {
+    Fault {
+        kind: FaultKind::DeadlineExceeded,
+        message: "the call's deadline passed".into(),
     }
 }
 
@@ -499,12 +631,21 @@ impl<F: Future<Output = Reply> + Unpin> Future for CatchUnwind<F> {
 #[derive(Clone)]
 pub struct Caller {
     conn: Option<Connection>,
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Caller {
     /// The caller of a call made in-process on a local object.
     pub fn local() -> Caller {
-        Caller { conn: None }
+        Caller {
+            conn: None,
+            deadline: crate::deadline::current(),
+        }
+    }
+
+    /// The caller's deadline for this call, if it set one. Calls the handler makes inherit it.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
     }
 
     /// The connection the call came in on (`None` for an in-process call).
@@ -553,6 +694,10 @@ pub struct Connection {
 }
 
 impl Connection {
+    pub(crate) fn from_shared(shared: Arc<ConnShared>) -> Connection {
+        Connection { shared }
+    }
+
     /// Run the handshake over `io` and start the connection's tasks.
     ///
     /// `root` is the object the peer reaches as its root (`None` to serve nothing).
@@ -848,10 +993,12 @@ mod tests {
                 match call.method() {
                     "add" => {
                         let (a, b): (u32, u32) = call.decode_args()?;
-                        encode_result::<u32, ()>(Ok(a + b))
+                        encode_result::<u32, ()>(call.caller(), Ok(a + b))
                     }
                     // Returns a reference to a new object.
-                    "spawn" => encode_result::<ObjectRef, ()>(Ok(ObjectRef::local(Counter))),
+                    "spawn" => {
+                        encode_result::<ObjectRef, ()>(call.caller(), Ok(ObjectRef::local(Counter)))
+                    }
                     _ => call.no_such_method(&COUNTER),
                 }
             })
@@ -935,5 +1082,106 @@ mod tests {
             hanging.await.expect("task"),
             Err(crate::CallError::Disconnected)
         );
+    }
+
+    /// Hands out the same object every time.
+    struct Holder(ObjectRef);
+    static HOLDER: Interface = Interface {
+        name: "Holder",
+        methods: &["get"],
+    };
+
+    impl Dispatch for Holder {
+        fn interface(&self) -> &'static Interface {
+            &HOLDER
+        }
+        fn dispatch(self: Arc<Self>, call: IncomingCall) -> BoxFuture<Reply> {
+            Box::pin(async move {
+                match call.method() {
+                    "get" => encode_result::<ObjectRef, ()>(call.caller(), Ok(self.0.clone())),
+                    _ => call.no_such_method(&HOLDER),
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_release_that_crosses_a_new_send_does_not_free_the_object() {
+        let config = Config::default();
+        let freed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        struct Flag(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Flag {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        struct Tracked(#[allow(dead_code)] Flag);
+        impl Dispatch for Tracked {
+            fn interface(&self) -> &'static Interface {
+                &COUNTER
+            }
+            fn dispatch(self: Arc<Self>, call: IncomingCall) -> BoxFuture<Reply> {
+                Box::pin(async move { encode_result::<u8, ()>(call.caller(), Ok(1)) })
+            }
+        }
+        let object = ObjectRef::local(Tracked(Flag(freed.clone())));
+        let client = ConnShared::new(&config, Side::Client, None, None);
+        let server = ConnShared::new(
+            &config,
+            Side::Server,
+            None,
+            Some(ObjectRef::local(Holder(object))),
+        );
+        let root = client.root_ref();
+        let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+
+        // First send: the client holds the object once.
+        let get = tokio::spawn({
+            let root = root.clone();
+            async move { root.call::<_, ObjectRef, ()>("get", &()).await }
+        });
+        let first = run_until(&client, &server, get).await.expect("get");
+        assert_eq!(server.stats().exported, 1);
+
+        // The client asks again; the server answers (count 2), but the answer is still in
+        // flight when the client drops its first handle and its release (count 1) goes out.
+        let again = tokio::spawn({
+            let root = root.clone();
+            async move { root.call::<_, ObjectRef, ()>("get", &()).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(pump(&client, &server, &mut to_server), 1, "the call");
+        tokio::task::yield_now().await; // the server's handler runs and queues the answer
+        drop(first);
+        assert_eq!(
+            pump(&client, &server, &mut to_server),
+            1,
+            "the release crosses the answer"
+        );
+        assert_eq!(server.stats().exported, 1, "count 2 - 1: still exported");
+        assert!(
+            !freed.load(Ordering::SeqCst),
+            "not freed while the peer holds it"
+        );
+        assert_eq!(
+            pump(&server, &client, &mut to_client),
+            1,
+            "the answer arrives"
+        );
+        let second = run_until(&client, &server, again).await.expect("get");
+
+        // The new handle works, and dropping it frees the object.
+        let call = tokio::spawn({
+            let second = second.clone();
+            async move { second.call::<_, u8, ()>("ping", &()).await }
+        });
+        assert_eq!(run_until(&client, &server, call).await, Ok(1));
+        drop(second);
+        drop(root);
+        pump(&client, &server, &mut to_server);
+        assert_eq!(server.stats().exported, 0);
+        assert_eq!(client.stats().imported, 0);
+        drop(server);
+        assert!(freed.load(Ordering::SeqCst));
     }
 }

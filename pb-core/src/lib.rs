@@ -11,6 +11,8 @@
 //! - `codec`: the bincode seam for payloads, always under a byte limit, and how object
 //!   references ride alongside a payload;
 //! - `object`: [`ObjectRef`], [`Dispatch`], [`CallError`] and friends;
+//! - `cache`: [`Cache`] and [`Replica`], objects copied to peers and kept up to date;
+//! - `deadline`: deadlines for calls, carried to callees and inherited by their calls;
 //! - `broker`: one connection's protocol state, no I/O;
 //! - `connection`: the tokio driver and the [`Connection`] handle;
 //! - `transport`: TCP helpers and an in-memory transport for tests;
@@ -31,7 +33,7 @@
 //!             match call.method() {
 //!                 "add" => {
 //!                     let (a, b): (i64, i64) = call.decode_args()?;
-//!                     pb_core::encode_result::<i64, ()>(Ok(a + b))
+//!                     pb_core::encode_result::<i64, ()>(call.caller(), Ok(a + b))
 //!                 }
 //!                 _ => call.no_such_method(&ADDER),
 //!             }
@@ -55,8 +57,10 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod broker;
+mod cache;
 pub mod codec;
 mod connection;
+pub mod deadline;
 pub mod frame;
 pub mod handshake;
 pub mod message;
@@ -64,8 +68,9 @@ mod object;
 pub mod transport;
 
 pub use broker::{Limits, ProtocolError, TableStats};
+pub use cache::{Cache, CacheState, Replica, Versioned};
 pub use connection::{
-    Caller, CloseReason, Config, ConnectError, Connection, ConnectionStats, Side,
+    Caller, CloseReason, Config, ConnectError, Connection, ConnectionStats, ExportLink, Side,
 };
 pub use object::{
     BoxFuture, CallError, Copyable, Dispatch, Fault, IncomingCall, Interface, ObjectRef, Outcome,

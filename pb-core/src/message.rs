@@ -5,12 +5,15 @@
 //! values, encoded by [`crate::codec`].
 //!
 //! ```text
-//! Call     01 flags id target method-len method refs payload...
+//! Call     01 flags id target [deadline-ms] method-len method refs payload...
 //! Answer   02 id outcome refs payload...          outcome: 0 = Ok, 1 = the callee's typed Err
 //! Fault    03 id kind message-len message
 //! Release  04 count (object delta)*count
 //! Cancel   05 id
 //! Goodbye  06                                     the sender accepts no new calls
+//! Update   07 object payload...                   a new version of a cache the sender owns
+//! Revoked  08 object                              the sender's object is gone (it forwarded to
+//!                                                 a peer that is no longer reachable)
 //! refs  := count (kind id)*count                  kind: 0 = sender's object, 1 = receiver's own
 //! ```
 
@@ -18,6 +21,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Call flag: the caller wants an answer.
 const FLAG_ANSWER: u8 = 1;
+
+/// Call flag: a deadline (milliseconds from receipt) follows the target.
+const FLAG_DEADLINE: u8 = 2;
 
 /// The longest method name accepted.
 pub const MAX_METHOD_LEN: usize = 255;
@@ -54,6 +60,8 @@ pub enum FaultKind {
     ShuttingDown,
     /// The callee refused the call (for example before login).
     Refused,
+    /// The call's deadline passed before it was answered.
+    DeadlineExceeded,
     /// The connection was lost before the answer came (reported locally; a peer never needs
     /// to send it).
     Disconnected,
@@ -73,6 +81,7 @@ impl FaultKind {
             FaultKind::ShuttingDown => 7,
             FaultKind::Refused => 8,
             FaultKind::Disconnected => 9,
+            FaultKind::DeadlineExceeded => 10,
             FaultKind::Unknown(k) => k,
         }
     }
@@ -88,6 +97,7 @@ impl FaultKind {
             7 => FaultKind::ShuttingDown,
             8 => FaultKind::Refused,
             9 => FaultKind::Disconnected,
+            10 => FaultKind::DeadlineExceeded,
             k => FaultKind::Unknown(k),
         }
     }
@@ -106,6 +116,8 @@ pub enum Message {
         method: Bytes,
         /// Whether an answer is wanted.
         answer: bool,
+        /// How long the caller will wait, in milliseconds from when the call is received.
+        deadline_ms: Option<u64>,
         /// Object references the payload points into, by index.
         refs: Vec<RefDesc>,
         /// The encoded arguments.
@@ -140,6 +152,20 @@ pub enum Message {
     },
     /// The sender is closing gracefully and accepts no new calls.
     Goodbye,
+    /// The sender withdrew the object it exported under `object`: it was a forward to a peer
+    /// that can no longer be reached. The receiver's references to it are dead, and it sends
+    /// no release for them.
+    Revoked {
+        /// The sender's export id.
+        object: u64,
+    },
+    /// An update to a cache the sender exported to the receiver under `object`.
+    Update {
+        /// The sender's export id of the cache.
+        object: u64,
+        /// The encoded update.
+        payload: Bytes,
+    },
 }
 
 /// A message body could not be decoded.
@@ -200,6 +226,8 @@ const TAG_FAULT: u8 = 3;
 const TAG_RELEASE: u8 = 4;
 const TAG_CANCEL: u8 = 5;
 const TAG_GOODBYE: u8 = 6;
+const TAG_UPDATE: u8 = 7;
+const TAG_REVOKED: u8 = 8;
 
 pub(crate) fn put_varint(out: &mut BytesMut, mut v: u64) {
     while v >= 0x80 {
@@ -299,10 +327,11 @@ impl Message {
                 target,
                 method,
                 answer,
+                deadline_ms,
                 refs,
                 payload,
             } => {
-                encode_call_head(out, *id, *target, method, *answer, refs);
+                encode_call_head(out, *id, *target, method, (*answer, *deadline_ms), refs);
                 out.put_slice(payload);
             }
             Message::Answer {
@@ -338,6 +367,14 @@ impl Message {
                 put_varint(out, *id);
             }
             Message::Goodbye => out.put_u8(TAG_GOODBYE),
+            Message::Update { object, payload } => {
+                encode_update_head(out, *object);
+                out.put_slice(payload);
+            }
+            Message::Revoked { object } => {
+                out.put_u8(TAG_REVOKED);
+                put_varint(out, *object);
+            }
         }
     }
 
@@ -349,6 +386,11 @@ impl Message {
                 let flags = get_u8(b)?;
                 let id = get_varint(b)?;
                 let target = get_varint(b)?;
+                let deadline_ms = if flags & FLAG_DEADLINE != 0 {
+                    Some(get_varint(b)?)
+                } else {
+                    None
+                };
                 let len = get_len(b, "method name", MAX_METHOD_LEN)?;
                 let method = get_bytes(b, len)?;
                 if std::str::from_utf8(&method).is_err() {
@@ -360,6 +402,7 @@ impl Message {
                     target,
                     method,
                     answer: flags & FLAG_ANSWER != 0,
+                    deadline_ms,
                     refs,
                     payload: body,
                 });
@@ -396,6 +439,16 @@ impl Message {
             }
             TAG_CANCEL => Message::Cancel { id: get_varint(b)? },
             TAG_GOODBYE => Message::Goodbye,
+            TAG_REVOKED => Message::Revoked {
+                object: get_varint(b)?,
+            },
+            TAG_UPDATE => {
+                let object = get_varint(b)?;
+                return Ok(Message::Update {
+                    object,
+                    payload: body,
+                });
+            }
             tag => return Err(MessageError::UnknownTag(tag)),
         };
         if b.has_remaining() {
@@ -411,16 +464,29 @@ pub(crate) fn encode_call_head(
     id: u64,
     target: u64,
     method: &[u8],
-    answer: bool,
+    (answer, deadline_ms): (bool, Option<u64>),
     refs: &[RefDesc],
 ) {
     out.put_u8(TAG_CALL);
-    out.put_u8(if answer { FLAG_ANSWER } else { 0 });
+    let mut flags = if answer { FLAG_ANSWER } else { 0 };
+    if deadline_ms.is_some() {
+        flags |= FLAG_DEADLINE;
+    }
+    out.put_u8(flags);
     put_varint(out, id);
     put_varint(out, target);
+    if let Some(ms) = deadline_ms {
+        put_varint(out, ms);
+    }
     put_varint(out, method.len() as u64);
     out.put_slice(method);
     put_refs(out, refs);
+}
+
+/// Encode an update's envelope; the payload follows it directly.
+pub(crate) fn encode_update_head(out: &mut BytesMut, object: u64) {
+    out.put_u8(TAG_UPDATE);
+    put_varint(out, object);
 }
 
 /// Encode an answer's envelope; the payload follows it directly.
@@ -451,6 +517,7 @@ mod tests {
             target: 300,
             method: Bytes::from_static(b"echo"),
             answer: true,
+            deadline_ms: Some(1500),
             refs: vec![RefDesc::Sender(1), RefDesc::Receiver(0)],
             payload: Bytes::from_static(b"\x01\x02"),
         });
@@ -468,6 +535,11 @@ mod tests {
         rt(Message::Release(vec![(1, 2), (3, u64::MAX)]));
         rt(Message::Cancel { id: 12 });
         rt(Message::Goodbye);
+        rt(Message::Revoked { object: 77 });
+        rt(Message::Update {
+            object: 3,
+            payload: Bytes::from_static(b"\x00\x01"),
+        });
     }
 
     #[test]

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
 use crate::codec::{self, CodecError};
-use crate::connection::{Caller, Imported};
+use crate::connection::{Caller, Connection, ExportLink, Imported};
 use crate::message::FaultKind;
 
 /// A boxed, sendable future.
@@ -37,6 +37,26 @@ pub trait Dispatch: Send + Sync + 'static {
 
     /// Run one call. The future is spawned by the connection driver; dropping it cancels the call.
     fn dispatch(self: Arc<Self>, call: IncomingCall) -> BoxFuture<Reply>;
+
+    /// Called when the object starts being exported on a connection, under that connection's
+    /// lock: must not block. May return an update to send right after the message that carries
+    /// the object. Used by caches.
+    #[doc(hidden)]
+    fn on_export(&self, _link: &ExportLink) -> Option<Bytes> {
+        None
+    }
+
+    /// The object as `Any`, for pb's own object types that need to recognise themselves when
+    /// they come home.
+    #[doc(hidden)]
+    fn as_any(self: Arc<Self>) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        None
+    }
+
+    /// Called when the object stops being exported on a connection (released or disconnected),
+    /// under that connection's lock: must not block.
+    #[doc(hidden)]
+    fn on_unexport(&self, _connection: u64) {}
 }
 
 /// A call as the callee's dispatcher sees it.
@@ -110,11 +130,12 @@ pub struct Fault {
 /// What a dispatcher returns.
 pub type Reply = Result<Outcome, Fault>;
 
-/// Encode a method's result as a [`Reply`].
-pub fn encode_result<T: Serialize, E: Serialize>(result: Result<T, E>) -> Reply {
+/// Encode a method's result as a [`Reply`] for `caller`.
+pub fn encode_result<T: Serialize, E: Serialize>(caller: &Caller, result: Result<T, E>) -> Reply {
+    let peer = caller.connection();
     let (ok, encoded) = match &result {
-        Ok(v) => (true, codec::encode(v)),
-        Err(e) => (false, codec::encode(e)),
+        Ok(v) => (true, codec::encode(v, peer)),
+        Err(e) => (false, codec::encode(e, peer)),
     };
     match encoded {
         Ok((payload, refs)) => Ok(Outcome { ok, payload, refs }),
@@ -164,6 +185,9 @@ pub enum CallError<E> {
     /// The callee failed internally (for example its handler panicked).
     #[error("the callee failed: {0}")]
     Internal(String),
+    /// The call's deadline passed before the answer came; the call was cancelled.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
 }
 
 impl<E> CallError<E> {
@@ -186,6 +210,7 @@ impl<E> CallError<E> {
             FaultKind::LimitExceeded => CallError::LimitExceeded(message),
             FaultKind::ShuttingDown => CallError::ShuttingDown,
             FaultKind::Disconnected => CallError::Disconnected,
+            FaultKind::DeadlineExceeded => CallError::DeadlineExceeded,
             FaultKind::Refused => CallError::Refused(message),
             FaultKind::Internal | FaultKind::Unknown(_) => CallError::Internal(message),
         }
@@ -205,6 +230,7 @@ impl<E> CallError<E> {
             CallError::ShuttingDown => CallError::ShuttingDown,
             CallError::Refused(m) => CallError::Refused(m),
             CallError::Internal(m) => CallError::Internal(m),
+            CallError::DeadlineExceeded => CallError::DeadlineExceeded,
         }
     }
 }
@@ -243,7 +269,7 @@ impl ObjectRef {
     pub fn is_connected(&self) -> bool {
         match &self.0 {
             RefInner::Local(_) => true,
-            RefInner::Remote(r) => !r.conn.is_closed(),
+            RefInner::Remote(r) => !r.is_dead(),
         }
     }
 
@@ -260,7 +286,7 @@ impl ObjectRef {
     pub async fn disconnected(&self) {
         match &self.0 {
             RefInner::Local(_) => std::future::pending().await,
-            RefInner::Remote(r) => r.conn.closed().await,
+            RefInner::Remote(r) => r.dead().await,
         }
     }
 
@@ -276,6 +302,7 @@ impl ObjectRef {
                 let call = IncomingCall::new(method, args, refs, Caller::local());
                 d.clone().dispatch(call).await
             }
+            RefInner::Remote(r) if r.is_dead() => Err(disconnected_fault()),
             RefInner::Remote(r) => r.conn.call(r.id, method, args, refs).await,
         }
     }
@@ -288,7 +315,8 @@ impl ObjectRef {
         R: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let (payload, refs) = codec::encode(args).map_err(|e| CallError::Encode(e.to_string()))?;
+        let (payload, refs) = codec::encode(args, self.peer().as_ref())
+            .map_err(|e| CallError::Encode(e.to_string()))?;
         let outcome = match self.call_raw(method, payload, refs).await {
             Ok(o) => o,
             Err(f) => return Err(CallError::from_fault(f)),
@@ -301,7 +329,8 @@ impl ObjectRef {
     where
         A: Serialize + ?Sized,
     {
-        let (payload, refs) = codec::encode(args).map_err(|e| CallError::Encode(e.to_string()))?;
+        let (payload, refs) = codec::encode(args, self.peer().as_ref())
+            .map_err(|e| CallError::Encode(e.to_string()))?;
         match &self.0 {
             RefInner::Local(d) => {
                 let call = IncomingCall::new(method, payload, refs, Caller::local());
@@ -309,6 +338,7 @@ impl ObjectRef {
                 tokio::spawn(fut);
                 Ok(())
             }
+            RefInner::Remote(r) if r.is_dead() => Err(CallError::Disconnected),
             RefInner::Remote(r) => r
                 .conn
                 .send_oneway(r.id, method, payload, refs)
@@ -324,10 +354,21 @@ impl ObjectRef {
             RefInner::Remote(r) => {
                 let r = r.clone();
                 Box::pin(async move {
+                    if r.is_dead() {
+                        return Err(disconnected_fault());
+                    }
                     let method = call.method().to_owned();
                     r.conn.call(r.id, &method, call.args, call.refs).await
                 })
             }
+        }
+    }
+
+    /// The connection a remote object is reached through.
+    pub fn peer(&self) -> Option<Connection> {
+        match &self.0 {
+            RefInner::Local(_) => None,
+            RefInner::Remote(r) => Some(Connection::from_shared(r.conn.clone())),
         }
     }
 

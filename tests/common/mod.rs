@@ -163,3 +163,15 @@ pub async fn memory_pair_with(
     let client = Connection::establish(b, &config, pb::Side::Client, None, None);
     tokio::try_join!(server, client).expect("handshake over an in-memory pipe")
 }
+
+/// Yield to the runtime until `f` holds, at most a bounded number of times; returns whether it
+/// held. Used to let releases and other one-way messages be processed, without sleeping.
+pub async fn settle(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..10_000 {
+        if f() {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    f()
+}

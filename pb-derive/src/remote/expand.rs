@@ -73,9 +73,11 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
                         return ::std::boxed::Box::pin(#p::ready(::core::result::Result::Err(fault)));
                     }
                 };
+                let __pb_caller = ::core::clone::Clone::clone(call.caller());
                 #(#take_caller)*
                 ::std::boxed::Box::pin(async move {
-                    #p::encode_result(self.inner.#mname(#(#args),*).await)
+                    let result = self.inner.#mname(#(#args),*).await;
+                    #p::encode_result(&__pb_caller, result)
                 })
             }
         }

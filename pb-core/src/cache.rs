@@ -1,0 +1,522 @@
+//! Cacheable objects: the owner keeps a [`Cache`], each peer it is sent to holds a [`Replica`]
+//! that the owner keeps up to date (Twisted's `Cacheable` / `RemoteCache`).
+//!
+//! Interfaces name the [`Replica`] type on both sides: the owner sends `cache.replica()`, a
+//! local view of its cache, and the peer receives a remote replica. A replica that travels back
+//! to its owner arrives as a view of the owner's own cache.
+//!
+//! A cache travels as an exported object reference plus its state and version. Every connection
+//! on which the cache is exported is an observer: [`Cache::update`] applies an update locally
+//! and sends it to each observer as an `Update` message, which the replica applies in order.
+//! When the peer drops its replica, the reference is released like any other; the owner's count
+//! reaches zero, the connection stops observing (Twisted's `stoppedObserving`) and no more updates
+//! are sent. Sending the same cache twice on one connection reuses the peer's replica.
+//!
+//! Updates carry version numbers. If an update happens between the moment a cache's state is
+//! encoded for a peer and the moment the peer starts observing it, the owner follows the message
+//! that carries the cache with a full copy of the newer state, so a replica never misses an update.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::sync::watch;
+
+use crate::codec::{self, CodecError};
+use crate::connection::{ConnShared, ExportLink};
+use crate::object::{
+    BoxFuture, CallError, Dispatch, IncomingCall, Interface, ObjectRef, RefInner, Reply,
+};
+
+/// The most updates buffered for a replica that is still being decoded.
+const MAX_BUFFERED_UPDATES: usize = 4096;
+
+/// State that can be cached: copied to each peer once, then kept up to date by updates.
+///
+/// For state replaced wholesale, use `type Update = Self` and `*self = update.clone()`.
+pub trait CacheState: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// A change to the state. It must not contain object references.
+    type Update: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// Apply one update.
+    fn apply(&mut self, update: &Self::Update);
+}
+
+/// A value and its version (the number of updates applied since the cache was made).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// The version.
+    pub version: u64,
+    /// The value.
+    pub value: T,
+}
+
+#[derive(Serialize, Deserialize)]
+enum CacheMsg<S, U> {
+    Replace { version: u64, state: S },
+    Apply { version: u64, update: U },
+}
+
+#[derive(Default)]
+struct Observers {
+    /// Connection id → where to send updates.
+    linked: HashMap<u64, (Weak<ConnShared>, u64)>,
+    /// Connection id → the oldest version encoded for it and not yet observed.
+    encoded: HashMap<u64, u64>,
+}
+
+struct CacheInner<T: CacheState> {
+    state: watch::Sender<Versioned<T>>,
+    /// Serialises the sending of updates so every observer gets them in version order.
+    sending: Mutex<()>,
+    observers: Mutex<Observers>,
+    observer_count: watch::Sender<usize>,
+}
+
+static CACHE_INTERFACE: Interface = Interface {
+    name: "Cache",
+    methods: &[],
+};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The owner's side of a cacheable object. Cheap to clone; all clones are the same cache.
+///
+/// Send [`Cache::replica`] to peers (in arguments or answers): each receives a [`Replica`]
+/// that this cache keeps up to date.
+pub struct Cache<T: CacheState> {
+    inner: Arc<CacheInner<T>>,
+}
+
+impl<T: CacheState> Clone for Cache<T> {
+    fn clone(&self) -> Self {
+        Cache {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T: CacheState + fmt::Debug> fmt::Debug for Cache<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cache")
+            .field("state", &*self.inner.state.borrow())
+            .finish()
+    }
+}
+
+impl<T: CacheState> Cache<T> {
+    /// A new cache holding `state` at version 0.
+    pub fn new(state: T) -> Cache<T> {
+        Cache {
+            inner: Arc::new(CacheInner {
+                state: watch::channel(Versioned {
+                    version: 0,
+                    value: state,
+                })
+                .0,
+                sending: Mutex::new(()),
+                observers: Mutex::new(Observers::default()),
+                observer_count: watch::channel(0).0,
+            }),
+        }
+    }
+
+    /// A copy of the current state.
+    pub fn get(&self) -> T {
+        self.inner.state.borrow().value.clone()
+    }
+
+    /// The current version.
+    pub fn version(&self) -> u64 {
+        self.inner.state.borrow().version
+    }
+
+    /// A replica of this cache: what to send to peers (each receives a copy kept up to date),
+    /// and a read-only view here.
+    pub fn replica(&self) -> Replica<T> {
+        Replica {
+            inner: Kind::Local(self.inner.clone()),
+        }
+    }
+
+    /// Apply `update` here and send it to every observing peer. Returns the new version.
+    pub fn update(&self, update: T::Update) -> Result<u64, CodecError> {
+        let _sending = lock(&self.inner.sending);
+        let mut version = 0;
+        self.inner.state.send_modify(|st| {
+            st.value.apply(&update);
+            st.version += 1;
+            version = st.version;
+        });
+        let msg: CacheMsg<(), T::Update> = CacheMsg::Apply { version, update };
+        let payload = encode_msg(&msg)?;
+        let targets: Vec<_> = lock(&self.inner.observers)
+            .linked
+            .values()
+            .cloned()
+            .collect();
+        for (conn, object) in targets {
+            if let Some(conn) = conn.upgrade() {
+                conn.send_update(object, payload.clone());
+            }
+        }
+        Ok(version)
+    }
+
+    /// How many connections observe the cache right now.
+    pub fn observers(&self) -> usize {
+        *self.inner.observer_count.borrow()
+    }
+
+    /// Wait until the number of observers satisfies `f` (checked at once, then on each change).
+    pub async fn wait_for_observers(&self, mut f: impl FnMut(usize) -> bool) -> usize {
+        let mut rx = self.inner.observer_count.subscribe();
+        match rx.wait_for(|n| f(*n)).await {
+            Ok(n) => *n,
+            Err(_) => self.observers(),
+        }
+    }
+}
+
+fn encode_msg<S: Serialize, U: Serialize>(msg: &CacheMsg<S, U>) -> Result<Bytes, CodecError> {
+    let (payload, refs) = codec::encode(msg, None)?;
+    if !refs.is_empty() {
+        return Err(CodecError::Encode(
+            "cache updates cannot contain object references".into(),
+        ));
+    }
+    Ok(payload)
+}
+
+impl<T: CacheState> CacheInner<T> {
+    /// A cache travels as its handle (an exported reference), its version and its state.
+    fn serialize_for_peer<S: Serializer>(self: &Arc<Self>, s: S) -> Result<S::Ok, S::Error> {
+        let snapshot = self.state.borrow().clone();
+        if let Some(peer) = codec::current_peer() {
+            let mut obs = lock(&self.observers);
+            let e = obs.encoded.entry(peer.id()).or_insert(snapshot.version);
+            *e = (*e).min(snapshot.version);
+        }
+        let handle = ObjectRef::from_arc(self.clone());
+        (handle, snapshot.version, snapshot.value).serialize(s)
+    }
+}
+
+impl<T: CacheState> Dispatch for CacheInner<T> {
+    fn interface(&self) -> &'static Interface {
+        &CACHE_INTERFACE
+    }
+
+    fn dispatch(self: Arc<Self>, call: IncomingCall) -> BoxFuture<Reply> {
+        let reply = call.no_such_method(&CACHE_INTERFACE);
+        Box::pin(std::future::ready(reply))
+    }
+
+    fn as_any(self: Arc<Self>) -> Option<Arc<dyn Any + Send + Sync>> {
+        Some(self)
+    }
+
+    fn on_export(&self, link: &ExportLink) -> Option<Bytes> {
+        let encoded = {
+            let mut obs = lock(&self.observers);
+            let encoded = obs.encoded.remove(&link.connection);
+            obs.linked
+                .insert(link.connection, (link.conn.clone(), link.object));
+            self.observer_count.send_replace(obs.linked.len());
+            encoded
+        };
+        let st = self.state.borrow();
+        if encoded.is_some_and(|v| v >= st.version) {
+            return None;
+        }
+        // The state the peer received is older than ours: follow it with the current one.
+        let msg: CacheMsg<&T, ()> = CacheMsg::Replace {
+            version: st.version,
+            state: &st.value,
+        };
+        match encode_msg(&msg) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a cache catch-up");
+                None
+            }
+        }
+    }
+
+    fn on_unexport(&self, connection: u64) {
+        let mut obs = lock(&self.observers);
+        obs.linked.remove(&connection);
+        obs.encoded.remove(&connection);
+        self.observer_count.send_replace(obs.linked.len());
+    }
+}
+
+/// Receives updates for a replica.
+pub(crate) trait ReplicaSink: Send + Sync {
+    fn apply(&self, payload: &[u8]);
+    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+/// Where updates for an imported object go, if it turns out to be a cache.
+#[derive(Default)]
+pub(crate) enum ReplicaSlot {
+    /// No update has arrived and no replica exists.
+    #[default]
+    Unattached,
+    /// Updates that arrived before the replica was decoded.
+    Buffered(Vec<Bytes>),
+    /// The replica.
+    Attached(Weak<dyn ReplicaSink>),
+}
+
+impl ReplicaSlot {
+    pub(crate) fn deliver(&mut self, payload: Bytes) {
+        match self {
+            ReplicaSlot::Attached(sink) => {
+                if let Some(sink) = sink.upgrade() {
+                    sink.apply(&payload);
+                }
+            }
+            ReplicaSlot::Unattached => *self = ReplicaSlot::Buffered(vec![payload]),
+            ReplicaSlot::Buffered(pending) => {
+                if pending.len() < MAX_BUFFERED_UPDATES {
+                    pending.push(payload);
+                } else {
+                    tracing::warn!(
+                        "dropping a cache update: too many before the replica was decoded"
+                    );
+                }
+            }
+        }
+    }
+}
+
+struct ReplicaInner<T: CacheState> {
+    owner: ObjectRef,
+    state: watch::Sender<Versioned<T>>,
+}
+
+impl<T: CacheState> ReplicaSink for ReplicaInner<T> {
+    fn apply(&self, payload: &[u8]) {
+        let msg: CacheMsg<T, T::Update> = match codec::decode(payload, Vec::new()) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable cache update");
+                return;
+            }
+        };
+        self.state.send_if_modified(|st| match msg {
+            CacheMsg::Replace { version, state } if version > st.version => {
+                *st = Versioned {
+                    version,
+                    value: state,
+                };
+                true
+            }
+            CacheMsg::Apply { version, update } if version == st.version + 1 => {
+                st.value.apply(&update);
+                st.version = version;
+                true
+            }
+            CacheMsg::Apply { version, .. } if version > st.version + 1 => {
+                tracing::warn!(version, have = st.version, "cache update out of sequence");
+                false
+            }
+            _ => false,
+        });
+    }
+
+    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
+/// A copy of a [`Cache`] kept up to date by its owner: on a peer, the remote replica; on the
+/// owner, a read-only view of the cache itself (what the owner sends). Cheap to clone.
+///
+/// When the last clone of a remote replica is dropped, the owner is told and stops sending it
+/// updates.
+pub struct Replica<T: CacheState> {
+    inner: Kind<T>,
+}
+
+enum Kind<T: CacheState> {
+    Local(Arc<CacheInner<T>>),
+    Remote(Arc<ReplicaInner<T>>),
+}
+
+impl<T: CacheState> Clone for Replica<T> {
+    fn clone(&self) -> Self {
+        Replica {
+            inner: match &self.inner {
+                Kind::Local(c) => Kind::Local(c.clone()),
+                Kind::Remote(r) => Kind::Remote(r.clone()),
+            },
+        }
+    }
+}
+
+impl<T: CacheState + fmt::Debug> fmt::Debug for Replica<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replica")
+            .field("local", &self.is_local())
+            .field("state", &*self.state().borrow())
+            .finish()
+    }
+}
+
+impl<T: CacheState> PartialEq for Replica<T> {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.inner, &other.inner) {
+            (Kind::Local(a), Kind::Local(b)) => Arc::ptr_eq(a, b),
+            (Kind::Remote(a), Kind::Remote(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl<T: CacheState> Replica<T> {
+    fn state(&self) -> &watch::Sender<Versioned<T>> {
+        match &self.inner {
+            Kind::Local(c) => &c.state,
+            Kind::Remote(r) => &r.state,
+        }
+    }
+
+    /// Whether this is a view of a cache owned here.
+    pub fn is_local(&self) -> bool {
+        matches!(self.inner, Kind::Local(_))
+    }
+
+    /// The cache itself, when it is owned here.
+    pub fn cache(&self) -> Option<Cache<T>> {
+        match &self.inner {
+            Kind::Local(c) => Some(Cache { inner: c.clone() }),
+            Kind::Remote(_) => None,
+        }
+    }
+
+    /// A copy of the current state.
+    pub fn get(&self) -> T {
+        self.state().borrow().value.clone()
+    }
+
+    /// The version of the current state.
+    pub fn version(&self) -> u64 {
+        self.state().borrow().version
+    }
+
+    /// A receiver that sees every change (`changed().await`, `borrow()`).
+    pub fn subscribe(&self) -> watch::Receiver<Versioned<T>> {
+        self.state().subscribe()
+    }
+
+    /// Wait until the state satisfies `f` (checked at once, then on each update); fails if the
+    /// connection to the owner is lost first.
+    pub async fn wait_for(
+        &self,
+        mut f: impl FnMut(&T) -> bool,
+    ) -> Result<T, CallError<std::convert::Infallible>> {
+        let mut rx = self.state().subscribe();
+        let wait = async move {
+            match rx.wait_for(|v| f(&v.value)).await {
+                Ok(v) => Ok(v.value.clone()),
+                Err(_) => Err(CallError::Disconnected),
+            }
+        };
+        match &self.inner {
+            Kind::Local(_) => wait.await,
+            Kind::Remote(r) => tokio::select! {
+                r = wait => r,
+                _ = r.owner.disconnected() => Err(CallError::Disconnected),
+            },
+        }
+    }
+
+    /// Whether the owner can still be reached (always, for a local view).
+    pub fn is_connected(&self) -> bool {
+        match &self.inner {
+            Kind::Local(_) => true,
+            Kind::Remote(r) => r.owner.is_connected(),
+        }
+    }
+
+    /// Completes when the connection to the owner is lost (never, for a local view).
+    pub async fn disconnected(&self) {
+        match &self.inner {
+            Kind::Local(_) => std::future::pending().await,
+            Kind::Remote(r) => r.owner.disconnected().await,
+        }
+    }
+}
+
+impl<T: CacheState> Serialize for Replica<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.inner {
+            Kind::Local(c) => c.serialize_for_peer(s),
+            Kind::Remote(r) => {
+                // Back to its owner, it goes as the owner's own object; anywhere else it would
+                // need the owner to observe through us, which pb does not do.
+                let home = r.owner.peer().map(|c| c.id());
+                if home.is_none() || codec::current_peer().map(|c| c.id()) != home {
+                    return Err(serde::ser::Error::custom(
+                        "a replica can only be sent back to its owner",
+                    ));
+                }
+                let st = r.state.borrow().clone();
+                (&r.owner, st.version, st.value).serialize(s)
+            }
+        }
+    }
+}
+
+impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (owner, version, value): (ObjectRef, u64, T) = Deserialize::deserialize(d)?;
+        let imp = match &owner.0 {
+            RefInner::Remote(imp) => imp.clone(),
+            RefInner::Local(object) => {
+                // Our own cache came back: the owner's view of it.
+                return object
+                    .clone()
+                    .as_any()
+                    .and_then(|a| a.downcast::<CacheInner<T>>().ok())
+                    .map(|c| Replica {
+                        inner: Kind::Local(c),
+                    })
+                    .ok_or_else(|| {
+                        serde::de::Error::custom("a local object that is not a cache of this type")
+                    });
+            }
+        };
+        let mut slot = lock(&imp.replica);
+        if let ReplicaSlot::Attached(existing) = &*slot
+            && let Some(existing) = existing.upgrade()
+            && let Ok(inner) = existing.as_any().downcast::<ReplicaInner<T>>()
+        {
+            return Ok(Replica {
+                inner: Kind::Remote(inner),
+            });
+        }
+        let inner = Arc::new(ReplicaInner {
+            owner,
+            state: watch::channel(Versioned { version, value }).0,
+        });
+        if let ReplicaSlot::Buffered(pending) = std::mem::take(&mut *slot) {
+            for payload in pending {
+                inner.apply(&payload);
+            }
+        }
+        let sink: Weak<dyn ReplicaSink> = Arc::downgrade(&inner) as Weak<dyn ReplicaSink>;
+        *slot = ReplicaSlot::Attached(sink);
+        Ok(Replica {
+            inner: Kind::Remote(inner),
+        })
+    }
+}

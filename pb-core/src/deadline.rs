@@ -1,0 +1,55 @@
+//! Deadlines: how long calls made in a scope may take, carried to the callee and inherited by
+//! the calls it makes in turn.
+//!
+//! A deadline is a task-local scope, not a per-call argument, so that a handler's onward calls
+//! inherit its caller's deadline without passing it by hand. On the wire it travels as the time
+//! remaining in milliseconds, so the two machines' clocks need not agree. The caller enforces it
+//! itself: a call whose deadline passes fails with [`CallError::DeadlineExceeded`] and is
+//! cancelled, even if the peer never answers.
+//!
+//! [`CallError::DeadlineExceeded`]: crate::CallError::DeadlineExceeded
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+tokio::task_local! {
+    static DEADLINE: Instant;
+}
+
+/// Run `fut` with calls made in it bound by `deadline` (or by an earlier deadline already in
+/// force).
+pub async fn with_deadline<F: Future>(deadline: Instant, fut: F) -> F::Output {
+    let deadline = current().map_or(deadline, |d| d.min(deadline));
+    DEADLINE.scope(deadline, fut).await
+}
+
+/// Run `fut` with calls made in it bound to finish within `timeout` from now.
+pub async fn with_timeout<F: Future>(timeout: Duration, fut: F) -> F::Output {
+    with_deadline(Instant::now() + timeout, fut).await
+}
+
+/// The deadline in force for calls made here, if any.
+pub fn current() -> Option<Instant> {
+    DEADLINE.try_with(|d| *d).ok()
+}
+
+/// Run `fut` under `deadline` if there is one.
+pub(crate) async fn maybe_scope<F: Future>(deadline: Option<Instant>, fut: F) -> F::Output {
+    match deadline {
+        Some(d) => DEADLINE.scope(d, fut).await,
+        None => fut.await,
+    }
+}
+
+/// Milliseconds left until `deadline`, rounded up so that a call never travels with zero.
+pub(crate) fn remaining_ms(deadline: Instant) -> u64 {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let ms = left.as_millis().min(u128::from(u64::MAX)) as u64;
+    if Duration::from_millis(ms) < left {
+        ms + 1
+    } else {
+        ms.max(1)
+    }
+}

@@ -1,0 +1,167 @@
+//! Peer-to-peer nodes: one object that both listens and dials.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use pb_core::{Config, ConnectError, Connection, ObjectRef, Side};
+use tokio::net::ToSocketAddrs;
+
+/// A node of a peer-to-peer service: it listens for peers and dials peers with the same API,
+/// and offers the same root object to every peer, in both directions.
+///
+/// Every connection is symmetric: the node calls the peer's root and objects, and the peer
+/// calls the node's. References received from one peer can be passed to another: calls are
+/// forwarded through this node, and if the peer that owns the object becomes unreachable, the
+/// forwarded references fail at once on every node that holds them.
+///
+/// ```
+/// # #[pb::remote] pub trait Named { async fn name(&self) -> Result<String, ()>; }
+/// # struct N(&'static str);
+/// # impl Named for N { async fn name(&self) -> Result<String, ()> { Ok(self.0.into()) } }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+/// let a = pb::Node::builder().root(NamedRef::new(N("a"))).bind("127.0.0.1:0").await?;
+/// let b = pb::Node::builder().root(NamedRef::new(N("b"))).bind("127.0.0.1:0").await?;
+/// let to_a = b.dial(a.local_addr()).await.expect("dial");
+/// assert_eq!(to_a.root::<NamedRef>().name().await, Ok("a".into()));
+/// // And `a` reaches `b` over the same connection.
+/// let to_b = a.peers().into_iter().next().expect("a peer");
+/// assert_eq!(to_b.root::<NamedRef>().name().await, Ok("b".into()));
+/// # a.shutdown().await; b.shutdown().await; Ok(()) }
+/// ```
+pub struct Node {
+    root: ObjectRef,
+    config: Config,
+    server: pb_server::ServerHandle,
+    dialed: Arc<Mutex<HashMap<u64, Connection>>>,
+}
+
+/// Builds a [`Node`].
+#[derive(Default)]
+pub struct NodeBuilder {
+    root: Option<ObjectRef>,
+    config: Config,
+    max_connections: Option<usize>,
+}
+
+impl NodeBuilder {
+    /// The object every peer reaches as this node's root.
+    pub fn root(mut self, root: impl Into<ObjectRef>) -> Self {
+        self.root = Some(root.into());
+        self
+    }
+
+    /// The settings of every connection (limits, timeouts).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The most peers accepted at once (default as for a server).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
+    /// Start listening on `addr`.
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<Node> {
+        let root = self.root.unwrap_or_else(|| ObjectRef::local(NoRoot));
+        let mut server = pb_server::Server::builder().config(self.config.clone());
+        if let Some(n) = self.max_connections {
+            server = server.max_connections(n);
+        }
+        let server = server.bind(addr).await?.serve(root.clone());
+        Ok(Node {
+            root,
+            config: self.config,
+            server,
+            dialed: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+}
+
+impl Node {
+    /// Start building a node.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// The address this node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Dial a peer; the connection carries calls both ways (`conn.root()` is the peer's root,
+    /// and the peer reaches this node's root).
+    pub async fn dial(&self, addr: impl ToSocketAddrs) -> Result<Connection, ConnectError> {
+        let (stream, peer) = pb_core::transport::tcp_connect(addr).await?;
+        let conn = Connection::establish(
+            stream,
+            &self.config,
+            Side::Client,
+            Some(self.root.clone()),
+            Some(peer),
+        )
+        .await?;
+        let dialed = self.dialed.clone();
+        lock(&dialed).insert(conn.id(), conn.clone());
+        let watch = conn.clone();
+        tokio::spawn(async move {
+            watch.closed().await;
+            lock(&dialed).remove(&watch.id());
+        });
+        Ok(conn)
+    }
+
+    /// Every live connection: peers that dialed us and peers we dialed.
+    pub fn peers(&self) -> Vec<Connection> {
+        let mut peers = self.server.connections();
+        peers.extend(lock(&self.dialed).values().cloned());
+        peers
+    }
+
+    /// Stop listening and close every connection gracefully.
+    pub async fn shutdown(self) {
+        let dialed: Vec<Connection> = lock(&self.dialed).values().cloned().collect();
+        for conn in dialed {
+            conn.close().await;
+        }
+        self.server.shutdown().await;
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("local_addr", &self.local_addr())
+            .field("peers", &self.peers().len())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The root of a node built without one: every call is "no such method".
+struct NoRoot;
+
+static NO_ROOT: pb_core::Interface = pb_core::Interface {
+    name: "NoRoot",
+    methods: &[],
+};
+
+impl pb_core::Dispatch for NoRoot {
+    fn interface(&self) -> &'static pb_core::Interface {
+        &NO_ROOT
+    }
+
+    fn dispatch(
+        self: Arc<Self>,
+        call: pb_core::IncomingCall,
+    ) -> pb_core::BoxFuture<pb_core::Reply> {
+        let reply = call.no_such_method(&NO_ROOT);
+        Box::pin(std::future::ready(reply))
+    }
+}

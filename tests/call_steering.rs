@@ -1,0 +1,177 @@
+//! Calls users can steer: cancellation reaches the callee, deadlines expire on silent peers and
+//! are inherited by onward calls.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use pb::{CallError, Caller};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[pb::remote]
+pub trait Slow {
+    /// Never answers; records being dropped (cancelled) before finishing.
+    async fn forever(&self) -> Result<(), ()>;
+    /// The milliseconds left before the caller's deadline, as the callee sees it.
+    async fn time_left(&self, caller: Caller) -> Result<Option<u64>, ()>;
+    /// Calls `next.forever()` and reports how that call ended.
+    async fn relay(&self, next: SlowRef) -> Result<String, ()>;
+    /// Calls `next.time_left()`.
+    async fn relay_time_left(&self, next: SlowRef) -> Result<Option<u64>, ()>;
+}
+
+#[derive(Default)]
+struct SlowImpl {
+    started: AtomicUsize,
+    cancelled: Arc<AtomicUsize>,
+}
+
+struct OnDrop(Arc<AtomicUsize>, bool);
+
+impl Drop for OnDrop {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Slow for SlowImpl {
+    async fn forever(&self) -> Result<(), ()> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        let _guard = OnDrop(self.cancelled.clone(), false);
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+    async fn time_left(&self, caller: Caller) -> Result<Option<u64>, ()> {
+        Ok(caller.deadline().map(|d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+                .as_millis() as u64
+        }))
+    }
+    async fn relay(&self, next: SlowRef) -> Result<String, ()> {
+        Ok(match next.forever().await {
+            Err(CallError::DeadlineExceeded) => "deadline exceeded".into(),
+            other => format!("{other:?}"),
+        })
+    }
+    async fn relay_time_left(&self, next: SlowRef) -> Result<Option<u64>, ()> {
+        next.time_left().await.map_err(|_| ())
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_call_is_cancelled_on_the_callee_and_leaves_no_entry() {
+    let slow = Arc::new(SlowImpl::default());
+    let (server, client) = common::memory_pair(SlowRef::from_arc(slow.clone())).await;
+    let s: SlowRef = client.root();
+    let call = tokio::spawn({
+        let s = s.clone();
+        async move { s.forever().await }
+    });
+    assert!(common::settle(|| slow.started.load(Ordering::SeqCst) == 1).await);
+    assert_eq!(server.stats().tables.in_flight_calls, 1);
+    assert_eq!(client.stats().tables.pending_calls, 1);
+    // The caller gives up: dropping its future sends a cancel.
+    call.abort();
+    let _ = call.await;
+    assert_eq!(
+        client.stats().tables.pending_calls,
+        0,
+        "no entry left on the caller"
+    );
+    assert!(
+        common::settle(|| slow.cancelled.load(Ordering::SeqCst) == 1).await,
+        "the handler was dropped"
+    );
+    assert!(
+        common::settle(|| server.stats().tables.in_flight_calls == 0).await,
+        "no entry left on the callee"
+    );
+    // The connection is fine.
+    assert_eq!(s.time_left().await, Ok(None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_expires_on_a_silent_peer() {
+    // A peer that completes the handshake and then never says anything again.
+    let (ours, mut theirs) = pb::transport::memory_pair();
+    tokio::spawn(async move {
+        let mut hello = [0u8; 20];
+        theirs.read_exact(&mut hello).await.unwrap();
+        theirs.write_all(&hello).await.unwrap();
+        let mut sink = vec![0u8; 4096];
+        while theirs.read(&mut sink).await.map(|n| n > 0).unwrap_or(false) {}
+    });
+    let conn =
+        pb::Connection::establish(ours, &pb::Config::default(), pb::Side::Client, None, None)
+            .await
+            .unwrap();
+    let s: SlowRef = conn.root();
+    let started = tokio::time::Instant::now();
+    let r = pb::pb_core::deadline::with_timeout(Duration::from_secs(5), s.forever()).await;
+    assert_eq!(r, Err(CallError::DeadlineExceeded));
+    assert_eq!(
+        tokio::time::Instant::now() - started,
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        conn.stats().tables.pending_calls,
+        0,
+        "the expired call left no entry"
+    );
+    // Let the expired call's cancel frame go out before counting.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    // An already expired deadline fails at once, without sending anything.
+    let sent = conn.stats().bytes_out;
+    let r = pb::pb_core::deadline::with_deadline(tokio::time::Instant::now(), s.forever()).await;
+    assert_eq!(r, Err(CallError::DeadlineExceeded));
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        conn.stats().bytes_out,
+        sent,
+        "nothing was sent for an expired call"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_callee_sees_the_deadline_and_its_calls_inherit_it() {
+    // client -> middle -> back: `middle` calls `back` while serving the client.
+    let back = Arc::new(SlowImpl::default());
+    let (_b_server, to_back) = common::memory_pair(SlowRef::from_arc(back.clone())).await;
+    let (_m_server, to_middle) = common::memory_pair(SlowRef::new(SlowImpl::default())).await;
+    let middle: SlowRef = to_middle.root();
+    let back_ref: SlowRef = to_back.root();
+
+    // No deadline: none seen.
+    assert_eq!(middle.time_left().await, Ok(None));
+    // The callee sees the caller's deadline.
+    let left =
+        pb::pb_core::deadline::with_timeout(Duration::from_secs(10), middle.time_left()).await;
+    assert_eq!(left, Ok(Some(10_000)));
+    // An onward call made by the callee carries the same deadline.
+    let left = pb::pb_core::deadline::with_timeout(
+        Duration::from_secs(10),
+        middle.relay_time_left(back_ref.clone()),
+    )
+    .await;
+    assert_eq!(left, Ok(Some(10_000)));
+    // And expires with it: `middle`'s call to `back` fails at the deadline; the client's call
+    // fails too, at the same instant.
+    let r =
+        pb::pb_core::deadline::with_timeout(Duration::from_secs(3), middle.relay(back_ref)).await;
+    assert!(
+        matches!(r, Ok(ref s) if s == "deadline exceeded") || r == Err(CallError::DeadlineExceeded),
+        "{r:?}"
+    );
+    assert!(
+        common::settle(|| back.cancelled.load(Ordering::SeqCst) == 1).await,
+        "the innermost handler was cancelled"
+    );
+}

@@ -1,0 +1,176 @@
+//! Distributed reference counting: tables return to zero, quotas refuse cleanly.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pb::CallError;
+
+#[pb::remote]
+pub trait Cell {
+    async fn get(&self) -> Result<u64, ()>;
+}
+
+struct Value(u64, Arc<AtomicUsize>);
+
+impl Cell for Value {
+    async fn get(&self) -> Result<u64, ()> {
+        Ok(self.0)
+    }
+}
+
+impl Drop for Value {
+    fn drop(&mut self) {
+        self.1.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[pb::remote]
+pub trait Factory {
+    /// A new object, every time.
+    async fn make(&self, v: u64) -> Result<CellRef, ()>;
+    /// Calls the client's object once and forgets it.
+    async fn read(&self, cell: CellRef) -> Result<u64, ()>;
+}
+
+struct FactoryImpl {
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Factory for FactoryImpl {
+    async fn make(&self, v: u64) -> Result<CellRef, ()> {
+        Ok(CellRef::new(Value(v, self.dropped.clone())))
+    }
+    async fn read(&self, cell: CellRef) -> Result<u64, ()> {
+        cell.get().await.map_err(|_| ())
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_cycles_leave_both_tables_empty() {
+    const CYCLES: u64 = 100_000;
+    let server_dropped = Arc::new(AtomicUsize::new(0));
+    let client_dropped = Arc::new(AtomicUsize::new(0));
+    let (server, client) = common::memory_pair(FactoryRef::new(FactoryImpl {
+        dropped: server_dropped.clone(),
+    }))
+    .await;
+    let f: FactoryRef = client.root();
+    for i in 0..CYCLES {
+        if i % 2 == 0 {
+            // The server creates an object and passes it; the client calls it and drops it.
+            let cell = f.make(i).await.unwrap();
+            assert_eq!(cell.get().await, Ok(i));
+        } else {
+            // The client creates one and passes it; the server calls it back and drops it.
+            let cell = CellRef::new(Value(i, client_dropped.clone()));
+            assert_eq!(f.read(cell).await, Ok(i));
+        }
+    }
+    let empty = common::settle(|| {
+        let (s, c) = (server.stats().tables, client.stats().tables);
+        s.exported + s.imported + c.exported + c.imported == 0
+    })
+    .await;
+    assert!(
+        empty,
+        "server {:?}, client {:?}",
+        server.stats().tables,
+        client.stats().tables
+    );
+    // Every object was freed on its owner's side: nothing is kept alive by a stale count.
+    assert_eq!(server_dropped.load(Ordering::Relaxed) as u64, CYCLES / 2);
+    assert_eq!(client_dropped.load(Ordering::Relaxed) as u64, CYCLES / 2);
+    assert_eq!(
+        server.stats().tables.pending_calls + client.stats().tables.pending_calls,
+        0
+    );
+}
+
+#[tokio::test]
+async fn the_same_object_sent_many_times_is_one_entry_counted_many_times() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (server, client) = common::memory_pair(FactoryRef::new(FactoryImpl {
+        dropped: dropped.clone(),
+    }))
+    .await;
+    let f: FactoryRef = client.root();
+    let mine = CellRef::new(Value(7, dropped.clone()));
+    for _ in 0..5 {
+        assert_eq!(f.read(mine.clone()).await, Ok(7));
+    }
+    assert!(common::settle(|| client.stats().tables.exported == 0).await);
+    // Still alive here: we hold it.
+    assert_eq!(dropped.load(Ordering::Relaxed), 0);
+    drop(mine);
+    assert_eq!(dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(server.stats().tables.imported, 0);
+}
+
+#[tokio::test]
+async fn the_export_quota_refuses_cleanly_and_survives_one_violation() {
+    let mut config = pb::Config::default();
+    config.limits.max_exports = 5;
+    config.limits.max_violations = 3;
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (server, client) =
+        common::memory_pair_with(FactoryRef::new(FactoryImpl { dropped }), config).await;
+    let f: FactoryRef = client.root();
+    let mut held = Vec::new();
+    for i in 0..5 {
+        held.push(f.make(i).await.unwrap());
+    }
+    match f.make(99).await {
+        Err(CallError::LimitExceeded(m)) => assert!(m.contains("max_exports = 5"), "{m}"),
+        other => panic!("expected the export limit, got {other:?}"),
+    }
+    // One violation: the connection lives on and the held references still work.
+    assert!(!client.is_closed());
+    assert_eq!(held[4].get().await, Ok(4));
+    // Releasing one makes room again.
+    held.pop();
+    assert!(common::settle(|| server.stats().tables.exported == 4).await);
+    assert_eq!(f.make(5).await.map(|_| ()), Ok(()));
+}
+
+#[tokio::test]
+async fn a_peer_that_keeps_violating_is_disconnected() {
+    let mut config = pb::Config::default();
+    config.limits.max_imports = 2;
+    config.limits.max_violations = 3;
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (server, client) = common::memory_pair_with(
+        FactoryRef::new(FactoryImpl {
+            dropped: dropped.clone(),
+        }),
+        config,
+    )
+    .await;
+    let f: FactoryRef = client.root();
+    let mut refused = 0;
+    for i in 0..10u64 {
+        // A call within the limits works.
+        if client.is_closed() {
+            break;
+        }
+        assert_eq!(f.read(CellRef::new(Value(i, dropped.clone()))).await, Ok(i));
+        // Three references in one call exceed max_imports = 2: refused before dispatch.
+        let cells: Vec<_> = (0..3)
+            .map(|j| CellRef::new(Value(j, dropped.clone())))
+            .collect();
+        match f.object_ref().call::<_, (), ()>("read", &(cells,)).await {
+            Err(CallError::LimitExceeded(m)) => {
+                assert!(m.contains("max_imports = 2"), "{m}");
+                refused += 1;
+            }
+            Err(CallError::Disconnected) => break,
+            other => panic!("expected the import limit, got {other:?}"),
+        }
+    }
+    // Three violations are tolerated; the fourth is still answered (nothing is dropped
+    // silently), then the connection is closed.
+    assert_eq!(refused, 4);
+    client.closed().await;
+    assert!(server.is_closed());
+}
