@@ -198,6 +198,8 @@ pub(crate) struct ConnShared {
     call_done: Notify,
     max_frame_len: AtomicUsize,
     closed: watch::Sender<Option<CloseReason>>,
+    /// Mirrors `closed.is_some()`: checked on every write and call, without the watch's lock.
+    is_closed: AtomicBool,
     drain_timeout: Duration,
     identity: Mutex<Option<Identity>>,
     bytes_in: AtomicU64,
@@ -223,6 +225,7 @@ impl ConnShared {
             call_done: Notify::new(),
             max_frame_len: AtomicUsize::new(config.limits.max_frame_len),
             closed: watch::channel(None).0,
+            is_closed: AtomicBool::new(false),
             drain_timeout: config.drain_timeout,
             identity: Mutex::new(None),
             bytes_in: AtomicU64::new(0),
@@ -241,7 +244,7 @@ impl ConnShared {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.borrow().is_some()
+        self.is_closed.load(Ordering::Acquire)
     }
 
     pub(crate) async fn closed(&self) {
@@ -443,8 +446,15 @@ impl ConnShared {
         {
             tracing::debug!(id, message = %f.message, "one-way call failed");
         }
-        self.lock().finish_call(id, answer, reply);
-        self.call_done.notify_waiters();
+        let draining = {
+            let mut broker = self.lock();
+            broker.finish_call(id, answer, reply);
+            broker.state != crate::broker::State::Open
+        };
+        // Only a graceful close waits for running calls, and it starts by draining.
+        if draining {
+            self.call_done.notify_waiters();
+        }
     }
 
     /// Append everything queued for the peer to `into`.
@@ -560,6 +570,7 @@ impl ConnShared {
                 false
             }
         });
+        self.is_closed.store(true, Ordering::Release);
         self.wake_writer.notify_one();
     }
 
@@ -892,7 +903,10 @@ async fn run_reader<R: AsyncRead + Unpin>(
     mut rbuf: BytesMut,
     mut decoder: FrameDecoder,
 ) {
-    let mut closed = conn.closed.subscribe();
+    // One wait for a local close, made once: polling it again is cheap, making it is not.
+    let mut closed_rx = conn.closed.subscribe();
+    let closed = closed_rx.wait_for(|r| r.is_some());
+    tokio::pin!(closed);
     let reason = 'conn: loop {
         loop {
             decoder.set_max_len(conn.max_frame_len.load(Ordering::Relaxed));
@@ -920,7 +934,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
                 }
                 Err(e) => break CloseReason::Io(e.to_string()),
             },
-            _ = closed.wait_for(|r| r.is_some()) => break CloseReason::Local,
+            _ = &mut closed => break CloseReason::Local,
         }
     };
     match &reason {

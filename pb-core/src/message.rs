@@ -230,11 +230,17 @@ const TAG_UPDATE: u8 = 7;
 const TAG_REVOKED: u8 = 8;
 
 pub(crate) fn put_varint(out: &mut BytesMut, mut v: u64) {
+    // Gathered on the stack and appended with one copy: a `put_u8` per byte costs a capacity
+    // check and a call each.
+    let mut buf = [0u8; 10];
+    let mut n = 0;
     while v >= 0x80 {
-        out.put_u8((v as u8) | 0x80);
+        buf[n] = (v as u8) | 0x80;
         v >>= 7;
+        n += 1;
     }
-    out.put_u8(v as u8);
+    buf[n] = v as u8;
+    out.put_slice(&buf[..=n]);
 }
 
 fn get_varint(b: &mut Bytes) -> Result<u64, MessageError> {
@@ -467,12 +473,11 @@ pub(crate) fn encode_call_head(
     (answer, deadline_ms): (bool, Option<u64>),
     refs: &[RefDesc],
 ) {
-    out.put_u8(TAG_CALL);
     let mut flags = if answer { FLAG_ANSWER } else { 0 };
     if deadline_ms.is_some() {
         flags |= FLAG_DEADLINE;
     }
-    out.put_u8(flags);
+    out.put_slice(&[TAG_CALL, flags]);
     put_varint(out, id);
     put_varint(out, target);
     if let Some(ms) = deadline_ms {
