@@ -22,6 +22,7 @@
 //! so a release that crosses a new send of the same object never frees an object the peer holds.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -168,10 +169,12 @@ pub(crate) struct Broker {
     next_export: u64,
     imports: HashMap<u64, ImportSlot>,
     next_generation: u64,
-    pending: HashMap<u64, Waiter>,
+    /// Keyed by our own request ids (sequential, never chosen by the peer), so a cheap hash
+    /// will do.
+    pending: HashMap<u64, Waiter, BuildHasherDefault<IdHasher>>,
     next_request: u64,
-    /// Answered calls running here; the sender, made only for a handler that had to wait,
-    /// fires (or is dropped) when the call is cancelled.
+    /// Answered calls running in tasks of their own (a call answered inline never enters);
+    /// the sender fires (or is dropped) when the call is cancelled.
     running: HashMap<u64, Option<oneshot::Sender<()>>>,
     in_flight: usize,
     out: BytesMut,
@@ -206,7 +209,7 @@ impl Broker {
             next_export: 1,
             imports: HashMap::new(),
             next_generation: 1,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             next_request: 1,
             running: HashMap::new(),
             in_flight: 0,
@@ -745,9 +748,8 @@ impl Broker {
             return if violated { self.violation() } else { Ok(()) };
         }
         let Some(object) = object else { return Ok(()) };
-        if answer {
-            self.running.insert(id, None);
-        }
+        // Entered in the running table only if the handler has to wait (`watch_cancel`): most
+        // calls are answered before the next frame is handled.
         self.in_flight += 1;
         self.events.push_back(CallEvent {
             id,
@@ -817,13 +819,15 @@ impl Broker {
         Ok(id)
     }
 
-    /// A receiver that fires (or is dropped) when the running call `id` is cancelled by the
-    /// peer; `None` if the call is no longer running. Made only for handlers that wait, so a
-    /// call answered at once costs no channel.
+    /// Enter call `id`, whose handler has to wait, in the running table: the receiver fires
+    /// (or is dropped) when the peer cancels it. `None` once the connection is closed. Made
+    /// only for handlers that wait, so a call answered at once costs no channel and no entry.
     pub(crate) fn watch_cancel(&mut self, id: u64) -> Option<oneshot::Receiver<()>> {
-        let slot = self.running.get_mut(&id)?;
+        if self.state == State::Closed {
+            return None;
+        }
         let (tx, rx) = oneshot::channel();
-        *slot = Some(tx);
+        self.running.insert(id, Some(tx));
         Some(rx)
     }
 
@@ -835,9 +839,20 @@ impl Broker {
     }
 
     /// An incoming call finished: send its reply unless it was cancelled or wanted none.
-    pub(crate) fn finish_call(&mut self, id: u64, answer: bool, reply: Option<Reply>) {
+    ///
+    /// `tracked`: the call was entered in the running table (by [`Broker::watch_cancel`]) and
+    /// is answered only if still there; a call answered inline, before any other frame was
+    /// handled, was never entered and cannot have been cancelled.
+    pub(crate) fn finish_call(
+        &mut self,
+        id: u64,
+        answer: bool,
+        reply: Option<Reply>,
+        tracked: bool,
+    ) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if !answer || self.running.remove(&id).is_none() || self.state == State::Closed {
+        if !answer || self.state == State::Closed || (tracked && self.running.remove(&id).is_none())
+        {
             return;
         }
         let Some(reply) = reply else { return };
@@ -894,6 +909,27 @@ impl Broker {
         held.append(&mut self.graveyard);
         self.root_key = None;
         (held, imports)
+    }
+}
+
+/// A multiplicative (Fibonacci) hash for the ids we allocate ourselves: one multiply instead
+/// of SipHash's rounds. Not for keys a peer chooses.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 

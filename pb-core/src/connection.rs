@@ -346,13 +346,15 @@ impl ConnShared {
     fn handle_frame(self: &Arc<Self>, frame: Bytes) -> Result<(), ProtocolError> {
         let mut broker = self.lock();
         let result = broker.handle_frame(frame, &self.make_import());
-        let mut events = Vec::new();
+        // A frame yields at most one call: no list allocated for it.
+        let first = broker.poll_event();
+        let mut more = Vec::new();
         while let Some(ev) = broker.poll_event() {
-            events.push(ev);
+            more.push(ev);
         }
         let revoked = broker.take_revoked();
         drop(broker);
-        for ev in events {
+        for ev in first.into_iter().chain(more) {
             self.spawn_call(ev);
         }
         // Outside our lock: revoking reaches into other connections.
@@ -397,13 +399,13 @@ impl ConnShared {
             && let Poll::Ready(reply) =
                 Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop()))
         {
-            conn.finish(id, answer, Some(reply));
+            conn.finish(id, answer, Some(reply), false);
             return;
         }
         let cancel = if answer {
             let Some(cancel) = conn.lock().watch_cancel(id) else {
-                // Cancelled or closed meanwhile: drop the handler.
-                conn.finish(id, answer, None);
+                // Closed meanwhile: drop the handler.
+                conn.finish(id, answer, None, true);
                 return;
             };
             Some(cancel)
@@ -434,13 +436,14 @@ impl ConnShared {
                 },
                 None => Some(fut.await),
             };
-            conn.finish(id, answer, reply);
+            conn.finish(id, answer, reply, true);
             conn.wake_writer.notify_one();
         });
     }
 
-    /// Book the end of incoming call `id` and queue its answer (`None`: cancelled).
-    fn finish(&self, id: u64, answer: bool, reply: Option<Reply>) {
+    /// Book the end of incoming call `id` and queue its answer (`None`: cancelled). `tracked`:
+    /// the call ran in a task of its own and is in the broker's running table.
+    fn finish(&self, id: u64, answer: bool, reply: Option<Reply>, tracked: bool) {
         if let Some(Err(f)) = &reply
             && !answer
         {
@@ -448,7 +451,7 @@ impl ConnShared {
         }
         let draining = {
             let mut broker = self.lock();
-            broker.finish_call(id, answer, reply);
+            broker.finish_call(id, answer, reply, tracked);
             broker.state != crate::broker::State::Open
         };
         // Only a graceful close waits for running calls, and it starts by draining.
