@@ -54,8 +54,9 @@
 //!
 //! # Layout
 //! - [`pb_core`], frames, messages, the broker, the object model, the connection driver, AMP;
-//! - [`pb_server`], listening, connection limits, graceful shutdown;
-//! - [`pb_client`], connecting;
+//! - [`pb_server`], listening (TCP, TLS), login (portal, realm, avatar), connection limits,
+//!   graceful shutdown;
+//! - [`pb_client`], connecting (TCP, TLS), login;
 //! - [`Node`] (here), a peer that both listens and dials;
 //! - `pb_derive`: the macros, re-exported here.
 
@@ -63,14 +64,23 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-pub use pb_client::{self, Client, ClientBuilder};
+pub use pb_client::{
+    self, Backoff, Client, ClientBuilder, ClientError, ClientState, ClientTls, LoginError,
+    Reconnecting, Session,
+};
+pub use pb_core::login::Refusal;
+pub use pb_core::stream::{Chunk, Stream};
 pub use pb_core::{
     self, BoxFuture, Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError,
     Connection, ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits,
-    ObjectRef, Outcome, Remote, Replica, Reply, Side, TableStats, Versioned, codec, transport,
+    ObjectRef, Outcome, Remote, Replica, Reply, Side, TableStats, Versioned, codec, deadline,
+    login, scram, stream, transport,
 };
 pub use pb_derive::{copyable, remote};
-pub use pb_server::{self, Server, ServerBuilder, ServerHandle};
+pub use pb_server::{
+    self, Avatar, ClientAuth, Identity, LoginConfig, LoginRequest, PeerCertificate, Portal, Realm,
+    Server, ServerBuilder, ServerHandle, ServerTls, VerifierStore, Verifiers,
+};
 
 mod node;
 pub use node::{Node, NodeBuilder};
@@ -94,4 +104,5 @@ pub mod __private {
 
 // --- AMP section (owned by the AMP work) ---
 pub use pb_core::amp;
+pub use pb_derive::{AmpCommand, AmpError, AmpFields};
 // --- end AMP section ---

@@ -43,11 +43,7 @@ async fn a_thousand_concurrent_calls_answered_out_of_order() {
 
 #[tokio::test]
 async fn concurrent_calls_over_tcp_from_many_tasks() {
-    let server = pb::Server::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .serve(KitchenRef::new(KitchenImpl::default()));
-    let conn = pb::Client::connect(server.local_addr()).await.unwrap();
+    let (server, conn) = common::tcp_pair(KitchenRef::new(KitchenImpl::default())).await;
     let k: KitchenRef = conn.root();
     let mut set = JoinSet::new();
     for i in 0..1000i64 {

@@ -71,11 +71,7 @@ async fn typed_calls_in_memory() {
 
 #[tokio::test]
 async fn typed_calls_over_tcp() {
-    let server = pb::Server::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .serve(KitchenRef::new(KitchenImpl::default()));
-    let conn = pb::Client::connect(server.local_addr()).await.unwrap();
+    let (server, conn) = common::tcp_pair(KitchenRef::new(KitchenImpl::default())).await;
     exercise(&conn.root()).await;
     conn.close().await;
     server.shutdown().await;

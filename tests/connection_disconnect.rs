@@ -38,11 +38,7 @@ async fn pending_calls_fail_at_once_when_the_peer_goes() {
 
 #[tokio::test]
 async fn pending_calls_fail_when_the_tcp_peer_drops() {
-    let server = pb::Server::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .serve(KitchenRef::new(KitchenImpl::default()));
-    let conn = pb::Client::connect(server.local_addr()).await.unwrap();
+    let (server, conn) = common::tcp_pair(KitchenRef::new(KitchenImpl::default())).await;
     let k: KitchenRef = conn.root();
     let pending = tokio::spawn({
         let k = k.clone();

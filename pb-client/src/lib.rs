@@ -1,11 +1,18 @@
-//! pb-client: connecting to a pb server.
+//! pb-client: connecting to a pb server, with or without TLS, and logging in.
 //!
 //! [`Client::connect`] dials, runs the handshake and returns the [`Connection`], whose
 //! [`Connection::root`] is the server's root object. A client may serve a root of its own, which
 //! the server reaches the same way: connections are symmetric.
 //!
+//! To log in to a server that serves a portal, [`ClientBuilder::open`] returns a [`Session`]
+//! whose [`Session::login`] (SCRAM-SHA-256), [`Session::login_anonymous`] and
+//! [`Session::login_with_certificate`] return the typed avatar.
+//!
 //! # Layout
-//! - this file: [`Client`] and [`ClientBuilder`].
+//! - this file: [`Client`], [`ClientBuilder`], [`ClientError`] and dialing;
+//! - `tls`: [`ClientTls`], the roots to trust and an optional client certificate;
+//! - `session`: [`Session`] and [`LoginError`];
+//! - `reconnect`: [`Reconnecting`], a client that reconnects with backoff and publishes its state.
 //!
 //! # Example
 //! ```no_run
@@ -16,13 +23,41 @@
 //! conn.close().await;
 //! # Ok(()) }
 //! ```
+//!
+//! Over TLS, with login:
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use pb_client::{Client, ClientTls};
+//! let tls = ClientTls::from_roots_pem_file("ca.crt")?.server_name("localhost")?;
+//! let session = Client::builder().tls(tls).open("127.0.0.1:8789").await?;
+//! let avatar: pb_core::ObjectRef = session.login("ada", "correct horse").await?;
+//! # Ok(()) }
+//! ```
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod session;
+mod tls;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pb_core::handshake::HandshakeError;
+use pb_core::scram::{self, ChannelBinding, EXPORTER_LABEL, EXPORTER_LEN};
 use pb_core::{Config, ConnectError, Connection, ObjectRef, Side};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+mod reconnect;
+pub use reconnect::{Backoff, ClientState, Reconnecting, root_session};
 use tokio::net::ToSocketAddrs;
+
+/// The rustls crate pb-client is built with, for custom TLS configurations.
+pub use rustls;
+pub use session::{LoginError, Session};
+pub use tls::{ClientTls, TlsError};
 
 /// Connects to pb servers.
 #[derive(Debug, Clone, Copy)]
@@ -40,11 +75,73 @@ impl Client {
     }
 }
 
+/// Opening a connection failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The TCP connection failed.
+    #[error("cannot connect")]
+    Io(#[source] io::Error),
+    /// The TLS settings were refused.
+    #[error("bad tls settings")]
+    Config(#[from] TlsError),
+    /// The server's certificate does not chain to a trusted root or is not valid for the name
+    /// dialed.
+    #[error("the server's certificate is not trusted")]
+    UntrustedCertificate(#[source] rustls::Error),
+    /// The server answered in TLS, but this client dialed without it.
+    #[error("the server speaks tls: connect with tls")]
+    ServerRequiresTls,
+    /// The server did not answer in TLS, but this client dialed with it.
+    #[error("the server does not speak tls: connect without tls")]
+    ServerWithoutTls,
+    /// The TLS handshake failed otherwise (for example the server wants a client certificate).
+    #[error("tls handshake failed")]
+    Tls(#[source] io::Error),
+    /// The TLS handshake did not finish within the handshake timeout.
+    #[error("the tls handshake timed out")]
+    TlsTimeout,
+    /// The pb handshake failed.
+    #[error("pb handshake failed")]
+    Handshake(#[source] ConnectError),
+}
+
 /// Builds a client connection with custom settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClientBuilder {
     config: Config,
     root: Option<ObjectRef>,
+    tls: Option<TlsSetting>,
+    max_iterations: u32,
+}
+
+#[derive(Clone)]
+enum TlsSetting {
+    Settings(Box<ClientTls>),
+    Ready(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    ),
+}
+
+impl std::fmt::Debug for TlsSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsSetting::Settings(s) => s.fmt(f),
+            TlsSetting::Ready(_, name) => write!(f, "rustls::ClientConfig for {name:?}"),
+        }
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            config: Config::default(),
+            root: None,
+            tls: None,
+            max_iterations: scram::DEFAULT_MAX_ITERATIONS,
+        }
+    }
 }
 
 impl ClientBuilder {
@@ -60,17 +157,134 @@ impl ClientBuilder {
         self
     }
 
-    /// Dial `addr` over TCP and run the handshake.
+    /// Dial with TLS 1.3, with these settings.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(TlsSetting::Settings(Box::new(tls)));
+        self
+    }
+
+    /// Dial with TLS using a rustls configuration of your own, checking the server's
+    /// certificate against `server_name`.
+    pub fn rustls_config(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        self.tls = Some(TlsSetting::Ready(config, server_name));
+        self
+    }
+
+    /// The most PBKDF2 iterations a password login computes (default
+    /// [`scram::DEFAULT_MAX_ITERATIONS`]), so that a hostile server cannot make it spin.
+    pub fn max_iterations(mut self, n: u32) -> Self {
+        self.max_iterations = n;
+        self
+    }
+
+    /// Dial `addr` (over TLS if configured) and run the handshake.
+    ///
+    /// TLS failures are reported as [`ConnectError::Io`] wrapping a [`ClientError`];
+    /// [`ClientBuilder::open`] reports them directly.
     pub async fn connect(self, addr: impl ToSocketAddrs) -> Result<Connection, ConnectError> {
-        let (stream, peer) = pb_core::transport::tcp_connect(addr).await?;
-        Connection::establish(stream, &self.config, Side::Client, self.root, Some(peer)).await
+        match self.open(addr).await {
+            Ok(s) => Ok(s.into_connection()),
+            Err(ClientError::Handshake(e)) => Err(e),
+            Err(ClientError::Io(e)) => Err(ConnectError::Io(e)),
+            Err(e) => Err(ConnectError::Io(io::Error::other(e))),
+        }
+    }
+
+    /// Dial `addr` (over TLS if configured), run the handshake, and return a [`Session`] ready
+    /// to log in.
+    pub async fn open(self, addr: impl ToSocketAddrs) -> Result<Session, ClientError> {
+        let (stream, peer) = pb_core::transport::tcp_connect(addr)
+            .await
+            .map_err(ClientError::Io)?;
+        let (config, name) = match &self.tls {
+            None => {
+                let conn = self.establish(stream, Some(peer)).await?;
+                return Ok(Session::new(
+                    conn,
+                    ChannelBinding::None,
+                    self.max_iterations,
+                ));
+            }
+            Some(TlsSetting::Settings(s)) => (s.build()?, s.name_for(peer)),
+            Some(TlsSetting::Ready(c, name)) => (c.clone(), name.clone()),
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let handshake = tokio::time::timeout(
+            self.config.handshake_timeout,
+            connector.connect(name, stream),
+        );
+        let tls = match handshake.await {
+            Err(_) => return Err(ClientError::TlsTimeout),
+            Ok(Err(e)) => return Err(classify_tls_error(e)),
+            Ok(Ok(tls)) => tls,
+        };
+        let exporter = tls
+            .get_ref()
+            .1
+            .export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, None)
+            .map_err(|e| ClientError::Tls(io::Error::other(e)))?;
+        let conn = self.establish(tls, Some(peer)).await?;
+        Ok(Session::new(
+            conn,
+            ChannelBinding::TlsExporter(exporter),
+            self.max_iterations,
+        ))
     }
 
     /// Run the handshake over an already connected transport (for example an in-memory pipe).
     pub async fn connect_over<T>(self, io: T) -> Result<Connection, ConnectError>
     where
-        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         Connection::establish(io, &self.config, Side::Client, self.root, None).await
+    }
+
+    /// As [`ClientBuilder::connect_over`], returning a [`Session`] ready to log in. The
+    /// transport offers no channel binding: TLS settings of this builder are not used.
+    pub async fn open_over<T>(self, io: T) -> Result<Session, ClientError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let conn = self.establish(io, None).await?;
+        Ok(Session::new(
+            conn,
+            ChannelBinding::None,
+            self.max_iterations,
+        ))
+    }
+
+    async fn establish<T>(&self, io: T, peer: Option<SocketAddr>) -> Result<Connection, ClientError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        Connection::establish(io, &self.config, Side::Client, self.root.clone(), peer)
+            .await
+            .map_err(|e| match e {
+                // A TLS record (alert or handshake, version 3.x) where pb's magic should be.
+                ConnectError::Handshake(HandshakeError::BadMagic {
+                    magic: [0x15 | 0x16, 0x03, ..],
+                }) => ClientError::ServerRequiresTls,
+                e => ClientError::Handshake(e),
+            })
+    }
+}
+
+fn classify_tls_error(e: io::Error) -> ClientError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(_)) => {
+            let inner = e
+                .into_inner()
+                .and_then(|i| i.downcast::<rustls::Error>().ok())
+                .map_or(rustls::Error::General("invalid certificate".into()), |b| *b);
+            ClientError::UntrustedCertificate(inner)
+        }
+        // Bytes that are not TLS records: the server speaks something else, most likely
+        // plaintext pb, whose hello is no TLS record.
+        Some(rustls::Error::InvalidMessage(_)) => ClientError::ServerWithoutTls,
+        _ => ClientError::Tls(e),
     }
 }

@@ -1,1 +1,87 @@
-//! AMP, byte-compatible with Twisted (in progress).
+//! AMP, byte-compatible with Twisted's `twisted.protocols.amp`, with typed commands.
+//!
+//! A Rust program and a Twisted program can call each other: pb writes and reads the same
+//! key/value boxes, special keys, argument encodings and error codes as Twisted 26.10.
+//!
+//! # Layout
+//! - `codec`: [`AmpBox`] and the incremental [`BoxCodec`], no I/O, limits checked before
+//!   allocating;
+//! - `value`, `bigint`, `decimal`, `datetime`: the argument types and their exact encodings
+//!   ([`AmpValue`]);
+//! - `argument`: named and optional arguments, [`AmpFields`] structs, [`AmpList`];
+//! - `command`: the [`AmpCommand`] and [`AmpError`] traits and the errors of a call;
+//! - `dispatch`: the [`Dispatcher`], the request/response state of a connection, no I/O;
+//! - `locator`: responders by command name ([`Locator`]);
+//! - `driver`: the tokio driver, the [`Connection`] handle, [`serve`] and StartTLS.
+//!
+//! # Example
+//! ```
+//! # extern crate pb_core as pb;
+//! use pb_core::amp::{AmpConfig, Connection, Locator};
+//!
+//! /// Twisted: `class Sum(amp.Command): arguments = [(b"a", amp.Integer()), (b"b", amp.Integer())]`.
+//! #[derive(pb_derive::AmpCommand)]
+//! #[amp(response = Total)]
+//! struct Sum {
+//!     a: i64,
+//!     b: i64,
+//! }
+//!
+//! #[derive(pb_derive::AmpFields)]
+//! struct Total {
+//!     total: i64,
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let (a, b) = tokio::io::duplex(4096);
+//! let _server = Connection::spawn(
+//!     a,
+//!     AmpConfig::default(),
+//!     Locator::new().respond(|Sum { a, b }| async move { Ok(Total { total: a + b }) }),
+//! );
+//! let client = Connection::spawn(b, AmpConfig::default(), Locator::new());
+//! let Total { total } = client.call(&Sum { a: 13, b: 81 }).await.unwrap();
+//! assert_eq!(total, 94);
+//! # }
+//! ```
+
+mod argument;
+mod bigint;
+mod codec;
+mod command;
+mod datetime;
+mod decimal;
+mod dispatch;
+mod driver;
+mod locator;
+mod value;
+
+pub use argument::{AmpArgument, AmpFields, AmpList, ArgumentError};
+pub use bigint::BigInt;
+pub use bytes::{Bytes, BytesMut};
+pub use codec::{
+    AmpBox, BoxCodec, BoxCodecConfig, BoxCodecError, MAX_KEY_LENGTH, MAX_VALUE_LENGTH,
+};
+pub use command::{
+    AmpCommand, AmpError, CallError, DisconnectReason, NoErrors, ProtocolError, RemoteError,
+    UNHANDLED_ERROR_CODE, UNKNOWN_ERROR_CODE,
+};
+pub use datetime::DateTime;
+pub use decimal::Decimal;
+pub use dispatch::{AmpConfig, Dispatcher, Event, START_TLS, SendError};
+pub use driver::{Connection, serve};
+pub use locator::{Locator, Reply};
+/// The rustls crate used for StartTLS, so callers need no direct dependency.
+pub use tokio_rustls::rustls;
+pub use value::AmpValue;
+
+/// Items used by `#[derive(AmpCommand)]` and friends; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use super::argument::AmpArgument;
+    pub use super::{AmpBox, AmpCommand, AmpError, AmpFields, ArgumentError, NoErrors};
+    pub use ::core::option::Option;
+    pub use ::core::result::Result;
+    pub use ::std::string::String;
+}

@@ -130,6 +130,8 @@ pub(crate) enum Follow {
 /// An incoming call for the driver to run.
 pub(crate) struct CallEvent {
     pub(crate) id: u64,
+    /// The target's id on this connection (0 for the root), for tracing.
+    pub(crate) target: u64,
     pub(crate) object: ObjectRef,
     pub(crate) method: Bytes,
     pub(crate) args: Bytes,
@@ -753,6 +755,7 @@ impl Broker {
         self.in_flight += 1;
         self.events.push_back(CallEvent {
             id,
+            target,
             object,
             method,
             args: payload,

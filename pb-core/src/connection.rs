@@ -23,6 +23,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, oneshot, watch};
+use tracing::Instrument;
 
 use crate::broker::{Broker, CallEvent, Limits, ProtocolError, TableStats};
 use crate::cache::ReplicaSlot;
@@ -291,6 +292,41 @@ impl ConnShared {
         payload: Bytes,
         refs: Vec<ObjectRef>,
     ) -> Reply {
+        let span = tracing::debug_span!(
+            "pb.call",
+            direction = "out",
+            connection = self.id,
+            peer = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+            object = target,
+            method,
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return self.call_inner(target, method, payload, refs, &span).await;
+        }
+        if let Some(addr) = self.peer_addr {
+            span.record("peer", tracing::field::display(addr));
+        }
+        let started = std::time::Instant::now();
+        let reply = self
+            .call_inner(target, method, payload, refs, &span)
+            .instrument(span.clone())
+            .await;
+        span.record("outcome", outcome_name(Some(&reply)));
+        span.record("duration_us", started.elapsed().as_micros() as u64);
+        reply
+    }
+
+    async fn call_inner(
+        &self,
+        target: u64,
+        method: &str,
+        payload: Bytes,
+        refs: Vec<ObjectRef>,
+        span: &tracing::Span,
+    ) -> Reply {
         let deadline = crate::deadline::current();
         if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
             return Err(deadline_fault());
@@ -304,6 +340,7 @@ impl ConnShared {
             (Some(tx), deadline.map(crate::deadline::remaining_ms)),
         )?;
         drop(refs);
+        span.record("request_id", id);
         self.wake_writer.notify_one();
         let mut guard = CancelOnDrop {
             conn: self,
@@ -369,6 +406,7 @@ impl ConnShared {
         let conn = self.clone();
         let CallEvent {
             id,
+            target,
             object,
             method,
             args,
@@ -376,6 +414,23 @@ impl ConnShared {
             answer,
             deadline,
         } = ev;
+        let span = tracing::debug_span!(
+            "pb.call",
+            direction = "in",
+            connection = self.id,
+            peer = tracing::field::Empty,
+            request_id = id,
+            object = target,
+            method = std::str::from_utf8(&method).unwrap_or(""),
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let started = (!span.is_disabled()).then(|| {
+            if let Some(addr) = self.peer_addr {
+                span.record("peer", tracing::field::display(addr));
+            }
+            std::time::Instant::now()
+        });
         let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
         let caller = Caller {
             conn: Some(Connection {
@@ -391,21 +446,28 @@ impl ConnShared {
         };
         let mut fut = CatchUnwind(object.dispatch(call));
         // Without a deadline, poll the handler once right here: most answer without waiting,
-        // and then the call costs no task, no wake-up and no cancellation channel, and its
-        // answer leaves with the reader's next flush. A handler that must wait continues in a
-        // task of its own, which polls it again at once (so the no-op waker of this first poll
-        // is never relied upon).
-        if deadline.is_none()
-            && let Poll::Ready(reply) =
+        // and then the call costs no task, no wake-up, no cancellation channel and no running
+        // entry, and its answer leaves with the reader's next flush. A handler that must wait
+        // continues in a task of its own, which polls it again at once (so the no-op waker of
+        // this first poll is never relied upon).
+        if deadline.is_none() {
+            let polled = {
+                let _entered = span.enter();
                 Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop()))
-        {
-            conn.finish(id, answer, Some(reply), false);
-            return;
+            };
+            if let Poll::Ready(reply) = polled {
+                if let Some(started) = started {
+                    span.record("outcome", outcome_name(Some(&reply)));
+                    span.record("duration_us", started.elapsed().as_micros() as u64);
+                }
+                conn.finish(id, answer, Some(reply), false);
+                return;
+            }
         }
         let cancel = if answer {
             let Some(cancel) = conn.lock().watch_cancel(id) else {
                 // Closed meanwhile: drop the handler.
-                conn.finish(id, answer, None, true);
+                conn.finish(id, answer, None, false);
                 return;
             };
             Some(cancel)
@@ -427,18 +489,26 @@ impl ConnShared {
                 None => fut.await,
             }
         };
-        tokio::spawn(async move {
-            let reply = match cancel {
-                Some(mut cancelled) => tokio::select! {
-                    biased;
-                    r = fut => Some(r),
-                    _ = &mut cancelled => None,
-                },
-                None => Some(fut.await),
-            };
-            conn.finish(id, answer, reply, true);
-            conn.wake_writer.notify_one();
-        });
+        tokio::spawn(
+            async move {
+                let reply = match cancel {
+                    Some(mut cancelled) => tokio::select! {
+                        biased;
+                        r = fut => Some(r),
+                        _ = &mut cancelled => None,
+                    },
+                    None => Some(fut.await),
+                };
+                if let Some(started) = started {
+                    let span = tracing::Span::current();
+                    span.record("outcome", outcome_name(reply.as_ref()));
+                    span.record("duration_us", started.elapsed().as_micros() as u64);
+                }
+                conn.finish(id, answer, reply, answer);
+                conn.wake_writer.notify_one();
+            }
+            .instrument(span),
+        );
     }
 
     /// Book the end of incoming call `id` and queue its answer (`None`: cancelled). `tracked`:
@@ -593,6 +663,27 @@ impl ConnShared {
             self.wake_writer.notify_one();
         }
         stats
+    }
+}
+
+/// How a call ended, for tracing.
+fn outcome_name(reply: Option<&Reply>) -> &'static str {
+    match reply {
+        None => "cancelled",
+        Some(Ok(o)) if o.ok => "ok",
+        Some(Ok(_)) => "error",
+        Some(Err(f)) => match f.kind {
+            FaultKind::NoSuchObject => "no_such_object",
+            FaultKind::NoSuchMethod => "no_such_method",
+            FaultKind::BadArguments => "bad_arguments",
+            FaultKind::BadAnswer => "bad_answer",
+            FaultKind::LimitExceeded => "limit_exceeded",
+            FaultKind::ShuttingDown => "shutting_down",
+            FaultKind::Refused => "refused",
+            FaultKind::Disconnected => "disconnected",
+            FaultKind::DeadlineExceeded => "deadline_exceeded",
+            FaultKind::Internal | FaultKind::Unknown(_) => "internal",
+        },
     }
 }
 
@@ -770,8 +861,14 @@ impl Connection {
             queue: Vec::new(),
             first: 0,
         });
-        tokio::spawn(run_reader(shared.clone(), rd, rbuf, decoder));
-        tokio::spawn(run_writer(shared.clone()));
+        let span = tracing::debug_span!(
+            "pb.connection",
+            connection = shared.id,
+            side = ?side,
+            peer = ?peer_addr,
+        );
+        tokio::spawn(run_reader(shared.clone(), rd, rbuf, decoder).instrument(span.clone()));
+        tokio::spawn(run_writer(shared.clone()).instrument(span));
         tracing::debug!(
             connection = shared.id,
             ?side,

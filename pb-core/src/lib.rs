@@ -13,8 +13,12 @@
 //! - `object`: [`ObjectRef`], [`Dispatch`], [`CallError`] and friends;
 //! - `cache`: [`Cache`] and [`Replica`], objects copied to peers and kept up to date;
 //! - `deadline`: deadlines for calls, carried to callees and inherited by their calls;
+//! - `stream`: streams of any size with backpressure, passable like any value;
 //! - `broker`: one connection's protocol state, no I/O;
 //! - `connection`: the tokio driver and the [`Connection`] handle;
+//! - `scram`: SCRAM-SHA-256 with `tls-exporter` channel binding, no I/O (shared by client and
+//!   server login);
+//! - `login`: the wire contract of the login object (interface, methods, answer types);
 //! - `transport`: TCP helpers and an in-memory transport for tests;
 //! - `amp`: AMP, byte-compatible with Twisted.
 //!
@@ -63,8 +67,11 @@ mod connection;
 pub mod deadline;
 pub mod frame;
 pub mod handshake;
+pub mod login;
 pub mod message;
 mod object;
+pub mod scram;
+pub mod stream;
 pub mod transport;
 
 pub use broker::{Limits, ProtocolError, TableStats};

@@ -28,4 +28,32 @@ pub fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 // --- AMP section (owned by the AMP work) ---
 mod amp;
+
+/// Derives `pb::amp::AmpCommand` (and `AmpFields`) for a struct whose named fields are the
+/// command's arguments.
+///
+/// Container attributes, all optional: `#[amp(name = "Sum")]` (the wire name, default the struct's
+/// name), `response = Type` (an `AmpFields` type, default `()`), `errors = Type` (an `AmpError`
+/// enum, default `NoErrors`), `requires_answer = false`. Field attribute: `#[amp(name = "wire-name")]`.
+/// A field's type is any `AmpValue` (required) or `Option` of one (optional).
+#[proc_macro_derive(AmpCommand, attributes(amp))]
+pub fn derive_amp_command(input: TokenStream) -> TokenStream {
+    amp::derive_command(syn::parse_macro_input!(input as syn::DeriveInput)).into()
+}
+
+/// Derives `pb::amp::AmpFields` for a struct whose named fields are box keys: a response or an
+/// `AmpList` row. Field attribute: `#[amp(name = "wire-name")]`.
+#[proc_macro_derive(AmpFields, attributes(amp))]
+pub fn derive_amp_fields(input: TokenStream) -> TokenStream {
+    amp::derive_fields(syn::parse_macro_input!(input as syn::DeriveInput)).into()
+}
+
+/// Derives `pb::amp::AmpError` (plus `Display` and `std::error::Error`) for an enum of declared
+/// errors. Each variant has `#[amp(code = "CODE")]`, optionally `fatal` (the responder closes
+/// the connection after sending it) and, for unit variants, `description = "..."`. A variant is
+/// a unit or holds its description in one field (`From<&str>` + `Display`, e.g. `String`).
+#[proc_macro_derive(AmpError, attributes(amp))]
+pub fn derive_amp_error(input: TokenStream) -> TokenStream {
+    amp::derive_error(syn::parse_macro_input!(input as syn::DeriveInput)).into()
+}
 // --- end AMP section ---

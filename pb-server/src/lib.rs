@@ -1,12 +1,19 @@
 //! pb-server: listening for pb connections.
 //!
-//! A [`Server`] binds a TCP listener and serves a root object, one shared by every connection
-//! or one made per connection. It caps the number of live connections and shuts down
-//! gracefully: it stops accepting, lets the calls in flight finish and their answers go out, then
-//! closes every connection.
+//! A [`Server`] binds a TCP listener, optionally speaks TLS on it ([`ServerTls`]), and serves
+//! either a root object (one shared by every connection, or one made per connection) or a
+//! [`Portal`]: Perspective Broker's login, where each connection must log in (SCRAM-SHA-256
+//! password, anonymous, or TLS client certificate) to receive its avatar. It caps the number of
+//! live connections and shuts down gracefully: it stops accepting, lets the calls in flight
+//! finish and their answers go out, then closes every connection.
 //!
 //! # Layout
-//! - this file: [`Server`], [`ServerBuilder`], [`ServerHandle`] and the accept loop.
+//! - this file: [`Server`], [`ServerBuilder`], [`ServerHandle`] and the accept loop;
+//! - `tls`: [`ServerTls`] (certificates from PEM, client certificates), [`TlsInfo`],
+//!   [`PeerCertificate`];
+//! - `portal`: [`Portal`], [`Realm`], [`Avatar`], [`Identity`], [`VerifierStore`] and the
+//!   per-connection login object;
+//! - `dev` (feature `dev-certs`): throwaway certificates for tests and examples.
 //!
 //! # Example
 //! ```
@@ -21,10 +28,36 @@
 //! server.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! With TLS and login (see `examples/login.rs` for a whole program):
+//! ```no_run
+//! # use pb_core::ObjectRef;
+//! # fn avatar_for(user: Option<&str>) -> ObjectRef { unimplemented!() }
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use pb_server::{Avatar, LoginRequest, Portal, Server, ServerTls, Verifiers};
+//! let mut users = Verifiers::new();
+//! users.insert("ada", "SCRAM-SHA-256$4096:...".parse()?); // from examples/make_verifier.rs
+//! let portal = Portal::new(|login: LoginRequest| async move {
+//!     let name = login.identity.name().map(str::to_owned);
+//!     Ok(Avatar::new(avatar_for(name.as_deref())).on_logout(move || println!("{name:?} left")))
+//! })
+//! .verifiers(users);
+//! let server = Server::builder()
+//!     .tls(ServerTls::from_pem_files("server.crt", "server.key")?)
+//!     .bind("0.0.0.0:8789")
+//!     .await?
+//!     .serve_portal(portal);
+//! # Ok(()) }
+//! ```
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+#[cfg(feature = "dev-certs")]
+pub mod dev;
+mod portal;
+mod tls;
 
 use std::collections::HashMap;
 use std::io;
@@ -33,15 +66,39 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pb_core::{Config, Connection, ObjectRef, Side};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+
+pub use portal::{
+    Avatar, Identity, LoginConfig, LoginRequest, Portal, Realm, VerifierStore, Verifiers,
+};
+/// The rustls crate pb-server is built with, for custom TLS configurations.
+pub use rustls;
+pub use tls::{ClientAuth, PeerCertificate, ServerTls, TlsError, TlsInfo};
 
 /// Builds a [`Server`] with non-default settings.
 #[derive(Debug, Clone)]
 pub struct ServerBuilder {
     config: Config,
     max_connections: usize,
+    tls: Option<TlsSetting>,
+}
+
+#[derive(Clone)]
+enum TlsSetting {
+    Ready(Arc<rustls::ServerConfig>),
+    Settings(Box<ServerTls>),
+}
+
+impl std::fmt::Debug for TlsSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsSetting::Ready(_) => f.write_str("rustls::ServerConfig"),
+            TlsSetting::Settings(s) => s.fmt(f),
+        }
+    }
 }
 
 impl Default for ServerBuilder {
@@ -49,6 +106,7 @@ impl Default for ServerBuilder {
         ServerBuilder {
             config: Config::default(),
             max_connections: 1024,
+            tls: None,
         }
     }
 }
@@ -73,24 +131,64 @@ impl ServerBuilder {
         self
     }
 
-    /// Bind a TCP listener.
+    /// Speak TLS 1.3 on every connection, with these certificates.
+    pub fn tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(TlsSetting::Settings(Box::new(tls)));
+        self
+    }
+
+    /// Speak TLS with a rustls configuration of your own. Channel binding for SCRAM uses the
+    /// session's exporter; with TLS 1.2 that is only sound with the extended master secret,
+    /// which rustls negotiates by default.
+    pub fn rustls_config(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(TlsSetting::Ready(config));
+        self
+    }
+
+    /// Bind a TCP listener. Fails if the TLS settings are refused (for example a key that does
+    /// not match its certificate).
     pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<Server> {
+        let acceptor = match &self.tls {
+            None => None,
+            Some(TlsSetting::Ready(c)) => Some(tokio_rustls::TlsAcceptor::from(c.clone())),
+            Some(TlsSetting::Settings(s)) => Some(tokio_rustls::TlsAcceptor::from(
+                s.build().map_err(io::Error::other)?,
+            )),
+        };
         let listener = TcpListener::bind(addr).await?;
         Ok(Server {
             listener,
             builder: self,
+            acceptor,
         })
     }
 }
 
 /// A bound server, ready to serve a root object.
-#[derive(Debug)]
 pub struct Server {
     listener: TcpListener,
     builder: ServerBuilder,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("builder", &self.builder)
+            .field("tls", &self.acceptor.is_some())
+            .finish()
+    }
 }
 
 type RootFactory = Arc<dyn Fn(SocketAddr) -> ObjectRef + Send + Sync>;
+
+/// What each connection is served.
+#[derive(Clone)]
+enum Service {
+    Root(RootFactory),
+    Portal(Portal),
+}
 
 impl Server {
     /// Bind with default settings.
@@ -123,14 +221,25 @@ impl Server {
         F: Fn(SocketAddr) -> R + Send + Sync + 'static,
         R: Into<ObjectRef>,
     {
-        let local_addr = self.local_addr();
         let factory: RootFactory = Arc::new(move |addr| make_root(addr).into());
+        self.start(Service::Root(factory))
+    }
+
+    /// Serve PB-style login: every connection's root is the portal's login object until the
+    /// peer logs in and receives its avatar.
+    pub fn serve_portal(self, portal: Portal) -> ServerHandle {
+        self.start(Service::Portal(portal))
+    }
+
+    fn start(self, service: Service) -> ServerHandle {
+        let local_addr = self.local_addr();
         let (stop_tx, stop_rx) = watch::channel(false);
         let live = Arc::new(Mutex::new(HashMap::new()));
         let task = tokio::spawn(accept_loop(
             self.listener,
             self.builder,
-            factory,
+            self.acceptor,
+            service,
             stop_rx,
             live.clone(),
         ));
@@ -148,7 +257,8 @@ type Live = Arc<Mutex<HashMap<u64, Connection>>>;
 async fn accept_loop(
     listener: TcpListener,
     builder: ServerBuilder,
-    factory: RootFactory,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    service: Service,
     mut stop: watch::Receiver<bool>,
     live: Live,
 ) {
@@ -176,7 +286,8 @@ async fn accept_loop(
             continue;
         };
         let _ = pb_core::transport::prepare_tcp(&stream);
-        let root = factory(addr);
+        let service = service.clone();
+        let acceptor = acceptor.clone();
         let config = config.clone();
         let live = live.clone();
         let stop = stop.clone();
@@ -185,16 +296,50 @@ async fn accept_loop(
             if *stop.borrow() {
                 return;
             }
-            let conn =
-                match Connection::establish(stream, &config, Side::Server, Some(root), Some(addr))
-                    .await
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::info!(%addr, error = %e, "handshake failed");
-                        return;
+            let established = match acceptor {
+                None => serve_one(stream, &service, &config, addr, None).await,
+                Some(acceptor) => {
+                    // The TLS handshake counts against the pb handshake's deadline, so a peer
+                    // that stalls in it holds its slot no longer than one that stalls after.
+                    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+                    let mut stream = stream;
+                    match tokio::time::timeout_at(deadline, refuse_plaintext(&mut stream)).await {
+                        Ok(Ok(true)) => {}
+                        Ok(Ok(false)) => {
+                            tracing::info!(%addr, "plaintext peer on the tls listener: refused");
+                            return;
+                        }
+                        Ok(Err(_)) | Err(_) => return,
                     }
-                };
+                    let accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
+                    let tls = match accepted {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::info!(%addr, error = %e, "tls handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%addr, "tls handshake timed out");
+                            return;
+                        }
+                    };
+                    let info = match TlsInfo::from_connection(tls.get_ref().1) {
+                        Ok(i) => i,
+                        Err(e) => {
+                            tracing::warn!(%addr, error = %e, "cannot read the tls session");
+                            return;
+                        }
+                    };
+                    serve_one(tls, &service, &config, addr, Some(info)).await
+                }
+            };
+            let conn = match established {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(%addr, error = %e, "handshake failed");
+                    return;
+                }
+            };
             live.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(conn.id(), conn.clone());
@@ -207,6 +352,55 @@ async fn accept_loop(
     drop(listener);
     // Connections are closed by `ServerHandle::shutdown`; wait for their tasks to end.
     while tasks.join_next().await.is_some() {}
+}
+
+/// Fatal TLS alert records (`unexpected_message`): what a plaintext peer on the TLS listener
+/// gets, so that a pb client dialing without TLS can say "the server speaks tls" at once. Sent
+/// twice because a pb peer decides on its first 8 bytes, and one alert record is 7.
+const TLS_ALERT_UNEXPECTED_MESSAGE: [u8; 14] = [
+    0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a, 0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x0a,
+];
+
+/// Peek at the first byte: a TLS client opens with a handshake record (22). Anything else (a pb
+/// hello starts with its length) gets an alert and is refused. Returns whether to go on.
+async fn refuse_plaintext(stream: &mut tokio::net::TcpStream) -> io::Result<bool> {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await? == 0 {
+        return Ok(false);
+    }
+    if first[0] == 0x16 {
+        return Ok(true);
+    }
+    stream.write_all(&TLS_ALERT_UNEXPECTED_MESSAGE).await?;
+    stream.shutdown().await?;
+    Ok(false)
+}
+
+async fn serve_one<T>(
+    io: T,
+    service: &Service,
+    config: &Config,
+    addr: SocketAddr,
+    tls: Option<TlsInfo>,
+) -> Result<Connection, pb_core::ConnectError>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    match service {
+        Service::Root(factory) => {
+            let conn =
+                Connection::establish(io, config, Side::Server, Some(factory(addr)), Some(addr))
+                    .await?;
+            // Without a portal the certificate is the only identity there is: record it, so
+            // that `Caller::identity::<Identity>()` works the same way.
+            if let Some(cert) = tls.and_then(|t| t.peer_certificate) {
+                conn.set_identity(Identity::Certificate(cert));
+            }
+            Ok(conn)
+        }
+        Service::Portal(portal) => portal.serve_connection(io, config, Some(addr), tls).await,
+    }
 }
 
 /// A running server.

@@ -175,3 +175,15 @@ pub async fn settle(mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A TCP server on 127.0.0.1 serving `root`, and a client connected to it.
+pub async fn tcp_pair(root: impl Into<pb::ObjectRef>) -> (pb::ServerHandle, Connection) {
+    let server = pb::Server::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .serve(root);
+    let conn = pb::Client::connect(server.local_addr())
+        .await
+        .expect("connect");
+    (server, conn)
+}

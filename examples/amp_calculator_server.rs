@@ -1,0 +1,113 @@
+//! The AMP calculator server of Twisted's AMP howto, in pb.
+//!
+//! ```text
+//! cargo run --example amp_calculator_server -- --port 1234
+//! ```
+//!
+//! Serves `Sum(a: Integer, b: Integer) -> total: Integer` and
+//! `Divide(numerator: Integer, denominator: Integer) -> result: Float` on 127.0.0.1, with division
+//! by zero as the declared error `ZERO_DIVISION`, until killed. Any Twisted AMP client with the
+//! howto's command classes can call it. With `--port 0` it picks a free port; it prints the
+//! address it listens on either way.
+
+use std::process::ExitCode;
+
+use pb::amp::{AmpConfig, Locator};
+
+#[derive(pb::AmpCommand)]
+#[amp(response = SumResult)]
+struct Sum {
+    a: i64,
+    b: i64,
+}
+
+#[derive(pb::AmpFields)]
+struct SumResult {
+    /// Wide enough for any sum of two `i64`s.
+    total: i128,
+}
+
+#[derive(pb::AmpCommand)]
+#[amp(response = DivideResult, errors = DivideError)]
+struct Divide {
+    numerator: i64,
+    denominator: i64,
+}
+
+#[derive(pb::AmpFields)]
+struct DivideResult {
+    result: f64,
+}
+
+#[derive(pb::AmpError, Debug)]
+enum DivideError {
+    /// Twisted maps `ZeroDivisionError` to this code in the howto.
+    #[amp(code = "ZERO_DIVISION", description = "division by zero")]
+    ZeroDivision,
+}
+
+fn port_from_args() -> Result<u16, String> {
+    let mut args = std::env::args().skip(1);
+    let mut port = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--port" => {
+                let value = args.next().ok_or("--port needs a value")?;
+                port = Some(value.parse().map_err(|_| format!("bad port {value:?}"))?);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    port.ok_or_else(|| "usage: amp_calculator_server --port PORT".to_string())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let port = match port_from_args() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on 127.0.0.1:{port}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match listener.local_addr() {
+        Ok(addr) => println!("amp calculator listening on {addr}"),
+        Err(e) => eprintln!("cannot read the bound address: {e}"),
+    }
+    let served = pb::amp::serve(listener, AmpConfig::default(), |_conn| {
+        Locator::new()
+            .respond(|Sum { a, b }| async move {
+                Ok(SumResult {
+                    total: i128::from(a) + i128::from(b),
+                })
+            })
+            .respond(
+                |Divide {
+                     numerator,
+                     denominator,
+                 }| async move {
+                    if denominator == 0 {
+                        return Err(DivideError::ZeroDivision);
+                    }
+                    Ok(DivideResult {
+                        result: numerator as f64 / denominator as f64,
+                    })
+                },
+            )
+    })
+    .await;
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("accept failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! A client that stays connected: it reconnects with exponential backoff and jitter, runs a
+//! hook after every connect (to log in again, fetch the root, subscribe...), and publishes its
+//! state so that applications can show it or wait for it.
+//!
+//! References obtained on an old connection do not move to the new one: they fail at once with
+//! `CallError::Disconnected`, and the application gets fresh ones from the new session.
+
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pb_core::{Connection, ObjectRef};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::ClientBuilder;
+
+/// Where a reconnecting client is.
+#[derive(Clone)]
+pub enum ClientState<S> {
+    /// Dialing (the first time, or again after a back-off).
+    Connecting {
+        /// How many attempts failed since the last session.
+        attempt: u32,
+    },
+    /// Connected, and the hook succeeded: here is the session it made.
+    Connected {
+        /// The connection.
+        connection: Connection,
+        /// What the hook returned for this connection (a logged-in avatar, say).
+        session: S,
+        /// How many sessions there have been, this one included.
+        generation: u64,
+    },
+    /// Waiting before the next attempt.
+    BackingOff {
+        /// How many attempts failed since the last session.
+        attempt: u32,
+        /// How long it waits.
+        delay: Duration,
+        /// Why the last attempt failed.
+        reason: String,
+    },
+    /// Stopped by [`Reconnecting::stop`].
+    Stopped,
+}
+
+impl<S> std::fmt::Debug for ClientState<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientState::Connecting { attempt } => write!(f, "Connecting(attempt {attempt})"),
+            ClientState::Connected {
+                connection,
+                generation,
+                ..
+            } => {
+                write!(
+                    f,
+                    "Connected(connection {}, session {generation})",
+                    connection.id()
+                )
+            }
+            ClientState::BackingOff {
+                attempt,
+                delay,
+                reason,
+            } => {
+                write!(f, "BackingOff(attempt {attempt}, {delay:?}: {reason})")
+            }
+            ClientState::Stopped => f.write_str("Stopped"),
+        }
+    }
+}
+
+/// How long to wait between attempts: `initial`, doubling up to `max`, each wait drawn at random
+/// between half and all of it (so that many clients do not come back in step).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The first wait (default 100 ms).
+    pub initial: Duration,
+    /// The longest wait (default 30 s).
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after `attempt` failures (1-based), with jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let full = exp.min(self.max);
+        // std's RandomState is seeded randomly per instance: enough for jitter.
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        full.mul_f64(0.5 + 0.5 * (r as f64 / u64::MAX as f64))
+    }
+}
+
+type Hook<S> = Arc<
+    dyn Fn(Connection) -> Pin<Box<dyn Future<Output = Result<S, String>> + Send>> + Send + Sync,
+>;
+
+/// A client connection that is re-established whenever it is lost.
+pub struct Reconnecting<S> {
+    state: watch::Receiver<ClientState<S>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl<S: Clone + Send + Sync + 'static> Reconnecting<S> {
+    /// Start connecting to `addr` with `builder`'s settings; after each connect, `hook` turns the
+    /// connection into a session (return an error to treat the attempt as failed).
+    pub fn start<F, Fut>(
+        builder: ClientBuilder,
+        addr: String,
+        backoff: Backoff,
+        hook: F,
+    ) -> Reconnecting<S>
+    where
+        F: Fn(Connection) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, String>> + Send + 'static,
+    {
+        let hook: Hook<S> = Arc::new(move |c| Box::pin(hook(c)));
+        let (state_tx, state) = watch::channel(ClientState::Connecting { attempt: 0 });
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run(builder, addr, backoff, hook, state_tx, stop_rx));
+        Reconnecting { state, stop, task }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ClientState<S> {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every state change.
+    pub fn watch(&self) -> watch::Receiver<ClientState<S>> {
+        self.state.clone()
+    }
+
+    /// The current session, waiting for one if there is none; `None` once stopped.
+    pub async fn session(&self) -> Option<(Connection, S)> {
+        let mut rx = self.state.clone();
+        let state = rx
+            .wait_for(|s| matches!(s, ClientState::Connected { .. } | ClientState::Stopped))
+            .await
+            .ok()?;
+        match &*state {
+            ClientState::Connected {
+                connection,
+                session,
+                ..
+            } => Some((connection.clone(), session.clone())),
+            _ => None,
+        }
+    }
+
+    /// Stop reconnecting and close the current connection.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn run<S: Clone + Send + Sync + 'static>(
+    builder: ClientBuilder,
+    addr: String,
+    backoff: Backoff,
+    hook: Hook<S>,
+    state: watch::Sender<ClientState<S>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut attempt = 0u32;
+    let mut generation = 0u64;
+    loop {
+        state.send_replace(ClientState::Connecting { attempt });
+        let result = tokio::select! {
+            r = connect_once(&builder, &addr, &hook) => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        match result {
+            Ok((connection, session)) => {
+                generation += 1;
+                tracing::info!(%addr, connection = connection.id(), generation, "connected");
+                state.send_replace(ClientState::Connected {
+                    connection: connection.clone(),
+                    session,
+                    generation,
+                });
+                let stopped = tokio::select! {
+                    _ = connection.closed() => false,
+                    _ = stop.wait_for(|s| *s) => true,
+                };
+                if stopped {
+                    connection.close().await;
+                    break;
+                }
+                tracing::info!(%addr, reason = ?connection.close_reason(), "connection lost; reconnecting");
+                attempt = 1;
+                let delay = backoff.delay(attempt);
+                state.send_replace(ClientState::BackingOff {
+                    attempt,
+                    delay,
+                    reason: "connection lost".into(),
+                });
+                if sleep_or_stop(delay, &mut stop).await {
+                    break;
+                }
+            }
+            Err(reason) => {
+                attempt = attempt.saturating_add(1);
+                let delay = backoff.delay(attempt);
+                tracing::debug!(%addr, attempt, ?delay, %reason, "connect failed; backing off");
+                state.send_replace(ClientState::BackingOff {
+                    attempt,
+                    delay,
+                    reason,
+                });
+                if sleep_or_stop(delay, &mut stop).await {
+                    break;
+                }
+            }
+        }
+    }
+    state.send_replace(ClientState::Stopped);
+}
+
+async fn connect_once<S>(
+    builder: &ClientBuilder,
+    addr: &str,
+    hook: &Hook<S>,
+) -> Result<(Connection, S), String> {
+    let connection = builder.clone().connect(addr).await.map_err(|e| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    })?;
+    match hook(connection.clone()).await {
+        Ok(session) => Ok((connection, session)),
+        Err(e) => {
+            connection.abort();
+            Err(e)
+        }
+    }
+}
+
+/// Sleep for `delay`; true if stopped meanwhile.
+async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = stop.wait_for(|s| *s) => true,
+    }
+}
+
+/// The root of a connection, as a session for clients that need nothing more.
+pub async fn root_session(connection: Connection) -> Result<ObjectRef, String> {
+    Ok(connection.root_ref())
+}

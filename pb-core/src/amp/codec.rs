@@ -1,0 +1,440 @@
+//! AMP boxes and their byte codec: no I/O, incremental, limits checked before allocating.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// The longest key AMP allows (`MAX_KEY_LENGTH` in Twisted).
+pub const MAX_KEY_LENGTH: usize = 0xff;
+/// The longest value AMP allows (`MAX_VALUE_LENGTH` in Twisted).
+pub const MAX_VALUE_LENGTH: usize = 0xffff;
+
+/// One AMP box: a map from byte-string keys to byte-string values.
+///
+/// Keys are kept sorted bytewise, so encoding a box gives exactly the bytes Twisted's
+/// `AmpBox.serialize` gives for the same pairs. A key that appears twice in a received box keeps
+/// its last value, as a Python `dict` does.
+///
+/// ```
+/// use pb_core::amp::AmpBox;
+///
+/// let mut b = AmpBox::new();
+/// b.insert("_command", "Sum");
+/// b.insert("a", "13");
+/// assert_eq!(b.get("a"), Some(&b"13"[..]));
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct AmpBox {
+    pairs: BTreeMap<Bytes, Bytes>,
+}
+
+impl AmpBox {
+    /// An empty box.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `key` to `value`, returning the value it replaces.
+    pub fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Option<Bytes> {
+        self.pairs.insert(key.into(), value.into())
+    }
+
+    /// The value of `key`, if present.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Option<&[u8]> {
+        self.pairs.get(key.as_ref()).map(|v| v.as_ref())
+    }
+
+    /// The value of `key` as shared bytes, if present.
+    pub fn get_bytes(&self, key: impl AsRef<[u8]>) -> Option<&Bytes> {
+        self.pairs.get(key.as_ref())
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: impl AsRef<[u8]>) -> Option<Bytes> {
+        self.pairs.remove(key.as_ref())
+    }
+
+    /// Whether `key` is present.
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> bool {
+        self.pairs.contains_key(key.as_ref())
+    }
+
+    /// The number of keys.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Whether the box has no keys (such a box is illegal on the wire).
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// The pairs in bytewise key order, the order in which they are encoded.
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
+        self.pairs.iter()
+    }
+
+    /// The number of bytes [`AmpBox::encode`] writes for this box.
+    pub fn encoded_len(&self) -> usize {
+        self.pairs
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum::<usize>()
+            + 2
+    }
+
+    /// Checks every key and value against AMP's limits, as Twisted does before sending.
+    pub fn validate(&self) -> Result<(), BoxCodecError> {
+        if self.pairs.is_empty() {
+            return Err(BoxCodecError::EmptyBox);
+        }
+        for (k, v) in &self.pairs {
+            if k.is_empty() {
+                return Err(BoxCodecError::EmptyKey);
+            }
+            if k.len() > MAX_KEY_LENGTH {
+                return Err(BoxCodecError::KeyTooLong { len: k.len() });
+            }
+            if v.len() > MAX_VALUE_LENGTH {
+                return Err(BoxCodecError::ValueTooLong {
+                    key: k.clone(),
+                    len: v.len(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the wire form of this box to `dst`; nothing is written if a limit is broken.
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), BoxCodecError> {
+        self.validate()?;
+        dst.reserve(self.encoded_len());
+        for (k, v) in &self.pairs {
+            // Lengths were checked by `validate`, so the casts cannot truncate.
+            dst.put_u16(k.len() as u16);
+            dst.put_slice(k);
+            dst.put_u16(v.len() as u16);
+            dst.put_slice(v);
+        }
+        dst.put_u16(0);
+        Ok(())
+    }
+
+    /// The wire form of this box.
+    pub fn to_bytes(&self) -> Result<Bytes, BoxCodecError> {
+        let mut buf = BytesMut::new();
+        self.encode(&mut buf)?;
+        Ok(buf.freeze())
+    }
+}
+
+impl fmt::Debug for AmpBox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in &self.pairs {
+            m.entry(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
+        }
+        m.finish()
+    }
+}
+
+impl<K: Into<Bytes>, V: Into<Bytes>> FromIterator<(K, V)> for AmpBox {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self {
+            pairs: iter
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a AmpBox {
+    type Item = (&'a Bytes, &'a Bytes);
+    type IntoIter = std::collections::btree_map::Iter<'a, Bytes, Bytes>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.pairs.iter()
+    }
+}
+
+/// Limits on received boxes. Twisted has none beyond the key and value lengths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BoxCodecConfig {
+    /// The most keys one received box may hold (default 1024).
+    pub max_keys_per_box: usize,
+    /// The most bytes one received box may take on the wire, terminator included (default 1 MiB).
+    pub max_box_bytes: usize,
+}
+
+impl Default for BoxCodecConfig {
+    fn default() -> Self {
+        Self {
+            max_keys_per_box: 1024,
+            max_box_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl BoxCodecConfig {
+    /// Sets [`BoxCodecConfig::max_keys_per_box`].
+    pub fn max_keys_per_box(mut self, n: usize) -> Self {
+        self.max_keys_per_box = n;
+        self
+    }
+
+    /// Sets [`BoxCodecConfig::max_box_bytes`].
+    pub fn max_box_bytes(mut self, n: usize) -> Self {
+        self.max_box_bytes = n;
+        self
+    }
+}
+
+/// Why a box could not be encoded or decoded. A decode error leaves the stream unusable: close it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BoxCodecError {
+    /// A key over 255 bytes (received: a key length prefix over 255).
+    #[error("key too long: {len} bytes (at most 255)")]
+    KeyTooLong {
+        /// The key's length, or the length prefix received.
+        len: usize,
+    },
+    /// A value over 65 535 bytes; only a local box can have one.
+    #[error("value of key {key:?} too long: {len} bytes (at most 65535)")]
+    ValueTooLong {
+        /// The key whose value is too long.
+        key: Bytes,
+        /// The value's length.
+        len: usize,
+    },
+    /// A box with no keys: an empty key where a box should start.
+    #[error("empty box")]
+    EmptyBox,
+    /// A local box with an empty key, which would end the box early on the wire.
+    #[error("empty key in a box")]
+    EmptyKey,
+    /// A received box with more keys than [`BoxCodecConfig::max_keys_per_box`].
+    #[error("box has more than {max} keys")]
+    TooManyKeys {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A received box longer than [`BoxCodecConfig::max_box_bytes`].
+    #[error("box longer than {max} bytes")]
+    BoxTooLarge {
+        /// The configured maximum.
+        max: usize,
+    },
+}
+
+/// The incremental decoder for a stream of boxes.
+///
+/// [`BoxCodec::decode`] is fed the bytes received so far; it consumes exactly one box when one is
+/// complete and returns `Ok(None)` (consuming nothing) while one is not. It scans ahead without
+/// copying and remembers how far it got, so a box trickling in byte by byte costs linear time; it
+/// never reserves memory for a length the peer merely claims.
+#[derive(Debug, Default, Clone)]
+pub struct BoxCodec {
+    config: BoxCodecConfig,
+    /// Bytes of the current box already scanned and found to be complete pairs.
+    scanned: usize,
+    /// Pairs among the scanned bytes.
+    keys: usize,
+}
+
+impl BoxCodec {
+    /// A decoder with the given limits.
+    pub fn new(config: BoxCodecConfig) -> Self {
+        Self {
+            config,
+            scanned: 0,
+            keys: 0,
+        }
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &BoxCodecConfig {
+        &self.config
+    }
+
+    /// Decodes the next box from the front of `src`, if it is complete.
+    pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<AmpBox>, BoxCodecError> {
+        loop {
+            let Some(rest) = src.get(self.scanned..) else {
+                // The caller changed the buffer under us; rescan from the start.
+                self.scanned = 0;
+                self.keys = 0;
+                continue;
+            };
+            let Some(key_len) = read_u16(rest) else {
+                return Ok(None);
+            };
+            if key_len == 0 {
+                if self.scanned == 0 {
+                    return Err(BoxCodecError::EmptyBox);
+                }
+                self.check_size(self.scanned + 2)?;
+                let end = self.scanned + 2;
+                self.scanned = 0;
+                self.keys = 0;
+                let frame = src.split_to(end).freeze();
+                return Ok(Some(parse_complete(frame)));
+            }
+            if key_len > MAX_KEY_LENGTH {
+                return Err(BoxCodecError::KeyTooLong { len: key_len });
+            }
+            if self.keys >= self.config.max_keys_per_box {
+                return Err(BoxCodecError::TooManyKeys {
+                    max: self.config.max_keys_per_box,
+                });
+            }
+            // The smallest the box can still be: this key, a value length and a terminator.
+            self.check_size(self.scanned + 2 + key_len + 2 + 2)?;
+            let Some(after_key) = rest.get(2 + key_len..) else {
+                return Ok(None);
+            };
+            let Some(value_len) = read_u16(after_key) else {
+                return Ok(None);
+            };
+            let pair_len = 2 + key_len + 2 + value_len;
+            self.check_size(self.scanned + pair_len + 2)?;
+            if rest.len() < pair_len {
+                return Ok(None);
+            }
+            self.scanned += pair_len;
+            self.keys += 1;
+        }
+    }
+
+    fn check_size(&self, at_least: usize) -> Result<(), BoxCodecError> {
+        if at_least > self.config.max_box_bytes {
+            Err(BoxCodecError::BoxTooLarge {
+                max: self.config.max_box_bytes,
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn read_u16(b: &[u8]) -> Option<usize> {
+    match b {
+        [hi, lo, ..] => Some(usize::from(u16::from_be_bytes([*hi, *lo]))),
+        _ => None,
+    }
+}
+
+/// Splits a frame already scanned by [`BoxCodec::decode`] into pairs, sharing its storage.
+fn parse_complete(mut frame: Bytes) -> AmpBox {
+    let mut pairs = BTreeMap::new();
+    while frame.remaining() >= 2 {
+        let key_len = usize::from(frame.get_u16());
+        if key_len == 0 || frame.remaining() < key_len + 2 {
+            break;
+        }
+        let key = frame.split_to(key_len);
+        let value_len = usize::from(frame.get_u16());
+        if frame.remaining() < value_len {
+            break;
+        }
+        let value = frame.split_to(value_len);
+        pairs.insert(key, value);
+    }
+    AmpBox { pairs }
+}
+
+/// Decodes a buffer holding whole boxes and nothing else, as AmpList values do.
+pub(crate) fn decode_all(bytes: &[u8], config: BoxCodecConfig) -> Result<Vec<AmpBox>, String> {
+    let mut codec = BoxCodec::new(config);
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        match codec.decode(&mut buf) {
+            Ok(Some(b)) => out.push(b),
+            Ok(None) => return Err("truncated box".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn decode_one(bytes: &[u8]) -> Result<Option<AmpBox>, BoxCodecError> {
+        BoxCodec::default().decode(&mut BytesMut::from(bytes))
+    }
+
+    #[test]
+    fn incomplete_input_needs_more_and_consumes_nothing() {
+        let full = [0, 1, b'a', 0, 1, b'1', 0, 0];
+        for cut in 0..full.len() {
+            let mut buf = BytesMut::from(&full[..cut]);
+            let mut codec = BoxCodec::default();
+            assert_eq!(codec.decode(&mut buf), Ok(None), "cut at {cut}");
+            assert_eq!(buf.len(), cut);
+            buf.extend_from_slice(&full[cut..]);
+            let b = codec.decode(&mut buf).unwrap().unwrap();
+            assert_eq!(b.get("a"), Some(&b"1"[..]));
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn key_prefix_over_255_fails_before_the_key_arrives() {
+        assert_eq!(
+            decode_one(&[1, 0]),
+            Err(BoxCodecError::KeyTooLong { len: 256 })
+        );
+        assert_eq!(
+            decode_one(&[0, 1, b'a', 0, 0, 0xff, 0xff]),
+            Err(BoxCodecError::KeyTooLong { len: 65535 })
+        );
+    }
+
+    #[test]
+    fn empty_box_is_an_error() {
+        assert_eq!(decode_one(&[0, 0]), Err(BoxCodecError::EmptyBox));
+    }
+
+    #[test]
+    fn claimed_value_beyond_max_box_bytes_fails_without_waiting() {
+        let mut codec = BoxCodec::new(BoxCodecConfig::default().max_box_bytes(100));
+        let mut buf = BytesMut::from(&[0, 1, b'a', 0xff, 0xff][..]);
+        assert_eq!(
+            codec.decode(&mut buf),
+            Err(BoxCodecError::BoxTooLarge { max: 100 })
+        );
+    }
+
+    #[test]
+    fn too_many_keys() {
+        let mut codec = BoxCodec::new(BoxCodecConfig::default().max_keys_per_box(2));
+        let mut buf = BytesMut::from(&[0, 1, b'a', 0, 0, 0, 1, b'b', 0, 0, 0, 1, b'c'][..]);
+        assert_eq!(
+            codec.decode(&mut buf),
+            Err(BoxCodecError::TooManyKeys { max: 2 })
+        );
+    }
+
+    #[test]
+    fn encode_rejects_oversized_parts() {
+        let mut b = AmpBox::new();
+        b.insert(vec![b'k'; 256], "v");
+        assert_eq!(b.to_bytes(), Err(BoxCodecError::KeyTooLong { len: 256 }));
+        let mut b = AmpBox::new();
+        b.insert("k", vec![0u8; 65536]);
+        assert!(matches!(
+            b.to_bytes(),
+            Err(BoxCodecError::ValueTooLong { len: 65536, .. })
+        ));
+        let mut b = AmpBox::new();
+        b.insert("k", vec![0u8; 65535]);
+        assert_eq!(b.to_bytes().map(|x| x.len()), Ok(65535 + 3 + 2 + 2));
+    }
+}

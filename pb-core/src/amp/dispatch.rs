@@ -1,0 +1,607 @@
+//! The request/response state of one AMP connection, with no I/O (Twisted's `BoxDispatcher`).
+
+use std::collections::HashSet;
+
+use bytes::{Bytes, BytesMut};
+
+use super::codec::{AmpBox, BoxCodec, BoxCodecConfig, BoxCodecError, MAX_VALUE_LENGTH};
+use super::command::{DisconnectReason, ProtocolError};
+
+const ASK: &str = "_ask";
+const ANSWER: &str = "_answer";
+const COMMAND: &str = "_command";
+const ERROR: &str = "_error";
+const ERROR_CODE: &str = "_error_code";
+const ERROR_DESCRIPTION: &str = "_error_description";
+/// The command name of StartTLS.
+pub const START_TLS: &str = "StartTLS";
+
+/// Limits and policies of one AMP connection.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AmpConfig {
+    /// Limits on received boxes.
+    pub codec: BoxCodecConfig,
+    /// The most asks of ours that may await an answer at once (default 1024); past it a call fails
+    /// with [`CallError::TooManyOutstanding`](super::CallError::TooManyOutstanding).
+    pub max_outstanding: usize,
+    /// The most incoming commands whose responders may run at once (default 1024); past it the
+    /// connection stops reading until one finishes.
+    pub max_in_flight_responders: usize,
+    /// Close the connection on an answer or error for a tag never asked (default true, as Twisted).
+    pub close_on_unknown_answer: bool,
+    /// Close the connection when a command sent without `_ask` fails or is unhandled (default true,
+    /// as Twisted).
+    pub close_on_failed_no_answer: bool,
+    /// The server side of StartTLS; without it, StartTLS is answered with `TLS_ERROR`.
+    pub tls_server: Option<std::sync::Arc<rustls::ServerConfig>>,
+}
+
+impl Default for AmpConfig {
+    fn default() -> Self {
+        Self {
+            codec: BoxCodecConfig::default(),
+            max_outstanding: 1024,
+            max_in_flight_responders: 1024,
+            close_on_unknown_answer: true,
+            close_on_failed_no_answer: true,
+            tls_server: None,
+        }
+    }
+}
+
+impl AmpConfig {
+    /// Sets [`AmpConfig::codec`].
+    pub fn codec(mut self, codec: BoxCodecConfig) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Sets [`AmpConfig::max_outstanding`].
+    pub fn max_outstanding(mut self, n: usize) -> Self {
+        self.max_outstanding = n;
+        self
+    }
+
+    /// Sets [`AmpConfig::max_in_flight_responders`].
+    pub fn max_in_flight_responders(mut self, n: usize) -> Self {
+        self.max_in_flight_responders = n;
+        self
+    }
+
+    /// Sets [`AmpConfig::close_on_unknown_answer`].
+    pub fn close_on_unknown_answer(mut self, yes: bool) -> Self {
+        self.close_on_unknown_answer = yes;
+        self
+    }
+
+    /// Sets [`AmpConfig::close_on_failed_no_answer`].
+    pub fn close_on_failed_no_answer(mut self, yes: bool) -> Self {
+        self.close_on_failed_no_answer = yes;
+        self
+    }
+
+    /// Sets [`AmpConfig::tls_server`], enabling the server side of StartTLS.
+    pub fn tls_server(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Self {
+        self.tls_server = Some(config);
+        self
+    }
+}
+
+/// What the peer sent, as the dispatcher understood it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A command for a responder; `tag` is `None` when no answer is wanted.
+    Command {
+        /// `_command`.
+        name: Bytes,
+        /// `_ask`, if present.
+        tag: Option<Bytes>,
+        /// The box without `_command` and `_ask`.
+        args: AmpBox,
+    },
+    /// The answer to one of our asks.
+    Answer {
+        /// The tag we asked with.
+        tag: Bytes,
+        /// The box without `_answer`.
+        answer: AmpBox,
+    },
+    /// An error answer to one of our asks.
+    Error {
+        /// The tag we asked with.
+        tag: Bytes,
+        /// `_error_code`.
+        code: Bytes,
+        /// `_error_description`, decoded as UTF-8 with replacement.
+        description: String,
+    },
+    /// The connection must close, for this reason; no events follow.
+    Closed(DisconnectReason),
+}
+
+/// Why an outgoing box was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The connection is closed or closing.
+    #[error("connection closed")]
+    Closed,
+    /// Too many asks await an answer.
+    #[error("too many outstanding asks (at most {max})")]
+    TooManyOutstanding {
+        /// The configured maximum.
+        max: usize,
+    },
+    /// StartTLS was already asked for or done on this connection.
+    #[error("tls already started")]
+    OnlyOneTls,
+    /// The box breaks AMP's limits.
+    #[error("cannot encode box")]
+    Encode(#[source] BoxCodecError),
+}
+
+/// The connection's lifecycle.
+///
+/// ```text
+/// Open ──ask StartTLS──▶ TlsAsked ──answer──▶ TlsSwitching ──tls_started──▶ Open (tls)
+///   │                       └──error──▶ Open (held boxes released)
+///   ├──answer StartTLS──▶ TlsSwitching
+///   ├──fatal error sent──▶ Closing ──output flushed by the driver──▶ closed
+///   └──protocol violation / close──▶ Closed
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Open,
+    /// We asked for StartTLS with this tag; outgoing boxes are held until it is answered.
+    TlsAsked(Bytes),
+    /// The transport must switch to TLS before any more bytes are read or written.
+    TlsSwitching,
+    /// A fatal error was queued; nothing more is sent or dispatched.
+    Closing,
+    Closed,
+}
+
+/// The protocol state of one AMP connection: feed it bytes with [`Dispatcher::handle_input`],
+/// take what the peer sent with [`Dispatcher::poll_event`], send with [`Dispatcher::ask`],
+/// [`Dispatcher::tell`], [`Dispatcher::answer`] and [`Dispatcher::error`], and write what
+/// [`Dispatcher::poll_transmit`] yields. It does no I/O, so it can be driven by anything.
+///
+/// ```
+/// use pb_core::amp::{AmpBox, AmpConfig, Dispatcher, Event};
+///
+/// let mut client = Dispatcher::new(AmpConfig::default());
+/// let mut server = Dispatcher::new(AmpConfig::default());
+/// let mut args = AmpBox::new();
+/// args.insert("a", "13");
+/// let tag = client.ask("Sum", args).unwrap();
+/// server.handle_input(&client.poll_transmit().unwrap());
+/// let Some(Event::Command { tag: Some(t), .. }) = server.poll_event() else { panic!() };
+/// let mut answer = AmpBox::new();
+/// answer.insert("total", "94");
+/// server.answer(t, answer).unwrap();
+/// client.handle_input(&server.poll_transmit().unwrap());
+/// assert!(matches!(client.poll_event(), Some(Event::Answer { tag: t, .. }) if t == tag));
+/// ```
+#[derive(Debug)]
+pub struct Dispatcher {
+    config: AmpConfig,
+    codec: BoxCodec,
+    input: BytesMut,
+    output: BytesMut,
+    /// Boxes sent while our StartTLS awaits its answer (Twisted's `_startingTLSBuffer`).
+    held: BytesMut,
+    outstanding: HashSet<Bytes>,
+    counter: u64,
+    state: State,
+    tls_done: bool,
+    closed_event: Option<DisconnectReason>,
+}
+
+impl Dispatcher {
+    /// A dispatcher for a new connection.
+    pub fn new(config: AmpConfig) -> Self {
+        Self {
+            codec: BoxCodec::new(config.codec),
+            config,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            held: BytesMut::new(),
+            outstanding: HashSet::new(),
+            counter: 0,
+            state: State::Open,
+            tls_done: false,
+            closed_event: None,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &AmpConfig {
+        &self.config
+    }
+
+    /// Adds received bytes; boxes are decoded by [`Dispatcher::poll_event`].
+    pub fn handle_input(&mut self, data: &[u8]) {
+        if !matches!(self.state, State::Closed | State::Closing) {
+            self.input.extend_from_slice(data);
+        }
+    }
+
+    /// Bytes received but not yet decoded.
+    pub fn buffered_input(&self) -> usize {
+        self.input.len()
+    }
+
+    /// The next thing the peer sent, or `None` if more bytes are needed (or the transport must
+    /// switch to TLS first).
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if let Some(reason) = self.closed_event.take() {
+            return Some(Event::Closed(reason));
+        }
+        loop {
+            if !matches!(self.state, State::Open | State::TlsAsked(_)) {
+                return None;
+            }
+            let b = match self.codec.decode(&mut self.input) {
+                Ok(Some(b)) => b,
+                Ok(None) => return None,
+                Err(e) => return Some(self.violation(ProtocolError::Codec(e))),
+            };
+            if let Some(event) = self.dispatch(b) {
+                return Some(event);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, mut b: AmpBox) -> Option<Event> {
+        if let Some(tag) = b.remove(ANSWER) {
+            if !self.take_outstanding(&tag) {
+                return self.unknown_tag(tag);
+            }
+            if self.state == State::TlsAsked(tag.clone()) {
+                self.state = State::TlsSwitching;
+            }
+            return Some(Event::Answer { tag, answer: b });
+        }
+        if let Some(tag) = b.remove(ERROR) {
+            if !self.take_outstanding(&tag) {
+                return self.unknown_tag(tag);
+            }
+            if self.state == State::TlsAsked(tag.clone()) {
+                self.release_held();
+                self.state = State::Open;
+            }
+            let code = b.remove(ERROR_CODE).unwrap_or_default();
+            let description = b
+                .get(ERROR_DESCRIPTION)
+                .map(|d| String::from_utf8_lossy(d).into_owned())
+                .unwrap_or_default();
+            return Some(Event::Error {
+                tag,
+                code,
+                description,
+            });
+        }
+        if let Some(name) = b.remove(COMMAND) {
+            let tag = b.remove(ASK);
+            return Some(Event::Command { name, tag, args: b });
+        }
+        Some(self.violation(ProtocolError::NoSpecialKey))
+    }
+
+    fn take_outstanding(&mut self, tag: &Bytes) -> bool {
+        self.outstanding.remove(tag)
+    }
+
+    fn unknown_tag(&mut self, tag: Bytes) -> Option<Event> {
+        if self.config.close_on_unknown_answer {
+            Some(self.violation(ProtocolError::UnknownTag(tag)))
+        } else {
+            tracing::warn!(?tag, "amp: ignoring an answer for an unknown tag");
+            None
+        }
+    }
+
+    fn violation(&mut self, e: ProtocolError) -> Event {
+        self.close();
+        Event::Closed(DisconnectReason::Protocol(e))
+    }
+
+    /// Takes the bytes to write, if any.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        if self.output.is_empty() {
+            None
+        } else {
+            Some(self.output.split().freeze())
+        }
+    }
+
+    /// Bytes of boxes held back until a StartTLS handshake completes.
+    pub fn held_output(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether nothing more may be sent or received: after a fatal error (once the output is
+    /// written, close the transport) or after a close.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.state, State::Closing | State::Closed)
+    }
+
+    /// Whether the transport must switch to TLS now: write the pending output, do the handshake,
+    /// then call [`Dispatcher::tls_started`].
+    pub fn is_switching_to_tls(&self) -> bool {
+        self.state == State::TlsSwitching
+    }
+
+    /// Marks the connection closed: outstanding asks are forgotten and later sends are refused.
+    pub fn close(&mut self) {
+        self.state = State::Closed;
+        self.outstanding.clear();
+        self.input.clear();
+        self.held.clear();
+    }
+
+    /// The number of asks awaiting an answer.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    fn next_tag(&mut self) -> Bytes {
+        self.counter += 1;
+        Bytes::from(format!("{:x}", self.counter))
+    }
+
+    fn can_send(&self) -> Result<(), SendError> {
+        match self.state {
+            State::Closing | State::Closed => Err(SendError::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    fn emit(&mut self, b: &AmpBox) -> Result<(), SendError> {
+        let target = if matches!(self.state, State::TlsAsked(_) | State::TlsSwitching) {
+            &mut self.held
+        } else {
+            &mut self.output
+        };
+        b.encode(target).map_err(SendError::Encode)
+    }
+
+    /// Sends a command that wants an answer; returns its tag (lowercase hex of a counter from 1).
+    pub fn ask(&mut self, name: impl Into<Bytes>, mut args: AmpBox) -> Result<Bytes, SendError> {
+        self.can_send()?;
+        if self.outstanding.len() >= self.config.max_outstanding {
+            return Err(SendError::TooManyOutstanding {
+                max: self.config.max_outstanding,
+            });
+        }
+        let tag = self.next_tag();
+        args.insert(COMMAND, name.into());
+        args.insert(ASK, tag.clone());
+        self.emit(&args)?;
+        self.outstanding.insert(tag.clone());
+        Ok(tag)
+    }
+
+    /// Sends a command that wants no answer (no `_ask`). The tag counter still advances, as in
+    /// Twisted.
+    pub fn tell(&mut self, name: impl Into<Bytes>, mut args: AmpBox) -> Result<(), SendError> {
+        self.can_send()?;
+        args.insert(COMMAND, name.into());
+        self.emit(&args)?;
+        self.counter += 1;
+        Ok(())
+    }
+
+    /// Asks the peer for StartTLS; boxes sent until its answer are held back, then sent over TLS.
+    pub fn ask_start_tls(&mut self) -> Result<Bytes, SendError> {
+        if self.tls_done || matches!(self.state, State::TlsAsked(_) | State::TlsSwitching) {
+            return Err(SendError::OnlyOneTls);
+        }
+        let tag = self.ask(START_TLS, AmpBox::new())?;
+        self.state = State::TlsAsked(tag.clone());
+        Ok(tag)
+    }
+
+    /// Answers the peer's StartTLS: the answer goes out in plain text, then the transport must
+    /// switch (see [`Dispatcher::is_switching_to_tls`]).
+    pub fn accept_start_tls(&mut self, tag: Bytes) -> Result<(), SendError> {
+        if self.tls_done || self.state != State::Open {
+            return Err(SendError::OnlyOneTls);
+        }
+        self.answer(tag, AmpBox::new())?;
+        self.state = State::TlsSwitching;
+        Ok(())
+    }
+
+    /// Whether TLS was started on this connection.
+    pub fn is_tls(&self) -> bool {
+        self.tls_done
+    }
+
+    /// The TLS handshake finished: held boxes are released and dispatch resumes.
+    pub fn tls_started(&mut self) {
+        if self.state == State::TlsSwitching {
+            self.tls_done = true;
+            self.release_held();
+            self.state = State::Open;
+        }
+    }
+
+    fn release_held(&mut self) {
+        let held = self.held.split();
+        self.output.unsplit(held);
+    }
+
+    /// Sends the answer to the peer's ask `tag`. After a close it is dropped silently, so late
+    /// answers are harmless.
+    pub fn answer(&mut self, tag: Bytes, mut answer: AmpBox) -> Result<(), SendError> {
+        if self.can_send().is_err() {
+            return Ok(());
+        }
+        answer.insert(ANSWER, tag);
+        self.emit(&answer)
+    }
+
+    /// Sends an error answer to the peer's ask `tag`; a fatal one closes the connection once it is
+    /// written. After a close it is dropped silently.
+    pub fn error(
+        &mut self,
+        tag: Bytes,
+        code: impl Into<Bytes>,
+        description: &str,
+        fatal: bool,
+    ) -> Result<(), SendError> {
+        if self.can_send().is_err() {
+            return Ok(());
+        }
+        let mut b = AmpBox::new();
+        b.insert(ERROR, tag);
+        b.insert(ERROR_CODE, code.into());
+        b.insert(
+            ERROR_DESCRIPTION,
+            truncate_utf8(description, MAX_VALUE_LENGTH)
+                .as_bytes()
+                .to_vec(),
+        );
+        let sent = self.emit(&b);
+        if fatal {
+            self.state = State::Closing;
+            self.outstanding.clear();
+            self.input.clear();
+        }
+        sent
+    }
+
+    /// Closes because of a failure the driver saw; the next [`Dispatcher::poll_event`] reports it.
+    pub fn fail(&mut self, reason: DisconnectReason) {
+        self.close();
+        self.closed_event = Some(reason);
+    }
+}
+
+/// The longest prefix of `s` that fits in `max` bytes without splitting a character: a long
+/// description must not turn an error answer into an unsendable box.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or("")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn pump(from: &mut Dispatcher, to: &mut Dispatcher) {
+        while let Some(b) = from.poll_transmit() {
+            to.handle_input(&b);
+        }
+    }
+
+    #[test]
+    fn long_error_descriptions_are_truncated_not_refused() {
+        let mut d = Dispatcher::new(AmpConfig::default());
+        let long = "😀".repeat(20_000);
+        d.error(Bytes::from("1"), "X", &long, false).unwrap();
+        let mut peer = Dispatcher::new(AmpConfig::default());
+        peer.ask("Y", AmpBox::new()).unwrap();
+        peer.handle_input(&d.poll_transmit().unwrap());
+        let Some(Event::Error { description, .. }) = peer.poll_event() else {
+            panic!("no error event");
+        };
+        assert_eq!(description.len(), 65_532);
+        assert!(description.chars().all(|c| c == '😀'));
+    }
+
+    #[test]
+    fn tags_are_hex_and_advance_for_tells() {
+        let mut d = Dispatcher::new(AmpConfig::default());
+        for _ in 0..9 {
+            d.ask("X", AmpBox::new()).unwrap();
+        }
+        d.tell("Y", AmpBox::new()).unwrap();
+        assert_eq!(d.ask("X", AmpBox::new()).unwrap(), "b");
+    }
+
+    #[test]
+    fn outstanding_cap() {
+        let mut d = Dispatcher::new(AmpConfig::default().max_outstanding(2));
+        d.ask("X", AmpBox::new()).unwrap();
+        d.ask("X", AmpBox::new()).unwrap();
+        assert_eq!(
+            d.ask("X", AmpBox::new()),
+            Err(SendError::TooManyOutstanding { max: 2 })
+        );
+    }
+
+    #[test]
+    fn unknown_answer_tag_closes_by_default() {
+        let mut d = Dispatcher::new(AmpConfig::default());
+        d.handle_input(b"\x00\x07_answer\x00\x03999\x00\x00");
+        assert!(matches!(
+            d.poll_event(),
+            Some(Event::Closed(DisconnectReason::Protocol(
+                ProtocolError::UnknownTag(_)
+            )))
+        ));
+        assert_eq!(d.ask("X", AmpBox::new()), Err(SendError::Closed));
+    }
+
+    #[test]
+    fn unknown_answer_tag_can_be_ignored() {
+        let mut d = Dispatcher::new(AmpConfig::default().close_on_unknown_answer(false));
+        d.handle_input(b"\x00\x07_answer\x00\x03999\x00\x00");
+        assert_eq!(d.poll_event(), None);
+        assert!(d.ask("X", AmpBox::new()).is_ok());
+    }
+
+    #[test]
+    fn fatal_error_closes_after_flush_and_late_answers_are_dropped() {
+        let mut d = Dispatcher::new(AmpConfig::default());
+        d.error(Bytes::from("1"), "BAD", "x", true).unwrap();
+        assert!(d.is_closing());
+        assert!(d.poll_transmit().is_some());
+        d.answer(Bytes::from("2"), AmpBox::new()).unwrap();
+        assert!(d.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn start_tls_holds_boxes_until_answered() {
+        let mut client = Dispatcher::new(AmpConfig::default());
+        let mut server = Dispatcher::new(AmpConfig::default());
+        let tag = client.ask_start_tls().unwrap();
+        client.ask("After", AmpBox::new()).unwrap();
+        pump(&mut client, &mut server);
+        let Some(Event::Command {
+            name, tag: Some(t), ..
+        }) = server.poll_event()
+        else {
+            panic!("no command");
+        };
+        assert_eq!(name, START_TLS);
+        assert_eq!(
+            server.poll_event(),
+            None,
+            "the held ask must not be sent yet"
+        );
+        server.accept_start_tls(t).unwrap();
+        assert!(server.is_switching_to_tls());
+        pump(&mut server, &mut client);
+        assert!(matches!(client.poll_event(), Some(Event::Answer { tag: a, .. }) if a == tag));
+        assert!(client.is_switching_to_tls());
+        client.tls_started();
+        server.tls_started();
+        pump(&mut client, &mut server);
+        assert!(
+            matches!(server.poll_event(), Some(Event::Command { name, .. }) if name == "After")
+        );
+        assert_eq!(client.ask_start_tls(), Err(SendError::OnlyOneTls));
+    }
+}

@@ -1,0 +1,660 @@
+//! Login in Perspective Broker's shape: a [`Portal`] checks credentials, a [`Realm`] turns an
+//! authenticated [`Identity`] into an [`Avatar`], and the avatar's logout hook runs once, when
+//! the client releases the avatar or the connection ends.
+//!
+//! Until a connection logs in, its root is the portal's login object (interface
+//! [`pb_core::login::LOGIN_INTERFACE`]) and nothing else is reachable; frames are held to
+//! [`LoginConfig::max_frame_len_before_login`], and [`LoginConfig::login_timeout`] closes a
+//! connection that has not logged in.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pb_core::login::{
+    LOGIN_INTERFACE, METHOD_ANONYMOUS, METHOD_CERTIFICATE, METHOD_SCRAM_FINISH, METHOD_SCRAM_START,
+    Refusal, ScramFinished,
+};
+use pb_core::scram::{
+    self, ChannelBinding, ScramError, ScramServer, ScramVerifier, parse_client_first,
+};
+use pb_core::{
+    BoxFuture, Config, ConnectError, Connection, Dispatch, IncomingCall, Interface, ObjectRef,
+    Reply, Side, encode_result,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Semaphore, watch};
+
+use crate::tls::{PeerCertificate, TlsInfo};
+
+/// Who a connection logged in as. Avatars read it with
+/// `caller.identity::<pb_server::Identity>()` (see [`pb_core::Caller::identity`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Identity {
+    /// A user who proved a password with SCRAM-SHA-256.
+    User(String),
+    /// The holder of a verified TLS client certificate.
+    Certificate(PeerCertificate),
+    /// Nobody in particular.
+    Anonymous,
+}
+
+impl Identity {
+    /// A display name: the user name, the certificate's first DNS name, or `None`.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Identity::User(u) => Some(u),
+            Identity::Certificate(c) => c.name(),
+            Identity::Anonymous => None,
+        }
+    }
+}
+
+/// What the realm is told about a successful login.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LoginRequest {
+    /// Who logged in.
+    pub identity: Identity,
+    /// The client's mind: an object of the client's the realm may call back, if it sent one.
+    pub mind: Option<ObjectRef>,
+    /// The connection that logged in (the realm may, for example, `set_root` on it).
+    pub connection: Connection,
+    /// The verified TLS client certificate, whatever the way of logging in.
+    pub peer_certificate: Option<PeerCertificate>,
+}
+
+/// The avatar a realm hands out: the object through which a user acts, and what to do when the
+/// user is gone.
+pub struct Avatar {
+    object: ObjectRef,
+    logout: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl fmt::Debug for Avatar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Avatar")
+            .field("object", &self.object)
+            .field("logout", &self.logout.is_some())
+            .finish()
+    }
+}
+
+impl Avatar {
+    /// An avatar served by `object` (for example a generated `FooRef::new(...)`).
+    pub fn new(object: impl Into<ObjectRef>) -> Avatar {
+        Avatar {
+            object: object.into(),
+            logout: None,
+        }
+    }
+
+    /// Run `hook` exactly once when the session ends: when the client releases the avatar or
+    /// the connection is lost, whichever comes first. It runs on a task of its own, so it may
+    /// use the connection; to do async work, spawn a task from it.
+    pub fn on_logout(mut self, hook: impl FnOnce() + Send + 'static) -> Avatar {
+        self.logout = Some(Box::new(hook));
+        self
+    }
+}
+
+/// Turns authenticated identities into avatars (Twisted's `IRealm`).
+///
+/// Any `Fn(LoginRequest) -> impl Future<Output = Result<Avatar, Refusal>>` is a realm.
+pub trait Realm: Send + Sync + 'static {
+    /// Make the avatar for a login. Refusing here (for example a banned user) answers the
+    /// client with the given refusal.
+    fn request_avatar(&self, login: LoginRequest) -> BoxFuture<Result<Avatar, Refusal>>;
+}
+
+impl<F, Fut> Realm for F
+where
+    F: Fn(LoginRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Avatar, Refusal>> + Send + 'static,
+{
+    fn request_avatar(&self, login: LoginRequest) -> BoxFuture<Result<Avatar, Refusal>> {
+        Box::pin(self(login))
+    }
+}
+
+/// Where the portal finds users' SCRAM verifiers (a database, a file, memory).
+pub trait VerifierStore: Send + Sync + 'static {
+    /// The verifier of `username`, or `None` for an unknown user.
+    fn verifier(&self, username: &str) -> BoxFuture<Option<ScramVerifier>>;
+}
+
+/// An in-memory [`VerifierStore`].
+///
+/// ```
+/// use pb_core::scram::ScramVerifier;
+/// let mut users = pb_server::Verifiers::new();
+/// // Operators store the verifier's text (see examples/make_verifier.rs), never the password.
+/// users.insert("ada", "SCRAM-SHA-256$4096:c2FsdA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".parse::<ScramVerifier>()?);
+/// # Ok::<(), pb_core::scram::ScramError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Verifiers {
+    users: HashMap<String, ScramVerifier>,
+}
+
+impl Verifiers {
+    /// No users.
+    pub fn new() -> Verifiers {
+        Verifiers::default()
+    }
+
+    /// Add or replace a user.
+    pub fn insert(&mut self, username: impl Into<String>, verifier: ScramVerifier) {
+        self.users.insert(username.into(), verifier);
+    }
+
+    /// Add a user from a password, which is turned into a verifier at once and not kept.
+    pub fn insert_password(
+        &mut self,
+        username: impl Into<String>,
+        password: &str,
+        iterations: u32,
+    ) -> Result<(), ScramError> {
+        self.insert(
+            username,
+            ScramVerifier::with_iterations(password, iterations)?,
+        );
+        Ok(())
+    }
+}
+
+impl VerifierStore for Verifiers {
+    fn verifier(&self, username: &str) -> BoxFuture<Option<ScramVerifier>> {
+        let v = self.users.get(username).cloned();
+        Box::pin(std::future::ready(v))
+    }
+}
+
+/// Limits of the login phase. Every limit has a safe default.
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    /// A connection that has not logged in by then is closed (default 30 s).
+    pub login_timeout: Duration,
+    /// Largest frame accepted before login (default 64 KiB); after login the connection's own
+    /// `max_frame_len` applies.
+    pub max_frame_len_before_login: usize,
+    /// Failed logins tolerated on one connection; the next failure closes it (default 3).
+    pub max_failures: u32,
+    /// Wait before answering a failed login, doubled at each further failure (default 500 ms).
+    pub failure_delay: Duration,
+    /// Iterations announced for unknown users; set it to what your real verifiers use, so that
+    /// they cannot be told apart (default [`scram::DEFAULT_ITERATIONS`]).
+    pub fake_iterations: u32,
+    /// Most connections of this portal that may be waiting to log in at once (default 256).
+    /// More are closed as soon as they arrive: an unauthenticated peer gets no more than this.
+    pub max_pending_logins: usize,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        LoginConfig {
+            login_timeout: Duration::from_secs(30),
+            max_frame_len_before_login: 64 * 1024,
+            max_failures: 3,
+            failure_delay: Duration::from_millis(500),
+            fake_iterations: scram::DEFAULT_ITERATIONS,
+            max_pending_logins: 256,
+        }
+    }
+}
+
+struct PortalInner {
+    realm: Arc<dyn Realm>,
+    verifiers: Option<Arc<dyn VerifierStore>>,
+    anonymous: bool,
+    certificates: bool,
+    config: LoginConfig,
+    fake_secret: [u8; 32],
+    pending: Arc<Semaphore>,
+}
+
+/// Checks credentials and hands out avatars (Twisted's `Portal` with its checkers).
+///
+/// ```
+/// use pb_server::{Avatar, LoginRequest, Portal, Verifiers};
+/// # fn avatar_for(_: &LoginRequest) -> pb_core::ObjectRef { unimplemented!() }
+/// let mut users = Verifiers::new();
+/// users.insert_password("ada", "correct horse", 4096)?;
+/// let portal = Portal::new(|login: LoginRequest| async move {
+///     Ok(Avatar::new(avatar_for(&login)).on_logout(|| println!("bye")))
+/// })
+/// .verifiers(users)
+/// .allow_anonymous(false);
+/// # Ok::<(), pb_core::scram::ScramError>(())
+/// ```
+#[derive(Clone)]
+pub struct Portal {
+    inner: Arc<PortalInner>,
+}
+
+impl fmt::Debug for Portal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Portal")
+            .field("passwords", &self.inner.verifiers.is_some())
+            .field("anonymous", &self.inner.anonymous)
+            .field("certificates", &self.inner.certificates)
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl Portal {
+    /// A portal for `realm` that accepts no credentials yet: add checkers with
+    /// [`Portal::verifiers`], [`Portal::allow_anonymous`] and [`Portal::allow_certificates`].
+    pub fn new(realm: impl Realm) -> Portal {
+        let mut fake_secret = [0u8; 32];
+        if getrandom::getrandom(&mut fake_secret).is_err() {
+            // Without randomness unknown users' fake salts become predictable; set a secret
+            // with `Portal::fake_secret`. Loud, because it should never happen.
+            tracing::error!(
+                "the system random number generator failed: fake salts are predictable"
+            );
+        }
+        Portal {
+            inner: Arc::new(PortalInner {
+                realm: Arc::new(realm),
+                verifiers: None,
+                anonymous: false,
+                certificates: false,
+                config: LoginConfig::default(),
+                fake_secret,
+                pending: Arc::new(Semaphore::new(LoginConfig::default().max_pending_logins)),
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut PortalInner)) -> Portal {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            f(inner);
+            return self;
+        }
+        // Shared already: copy what can be copied.
+        let old = &self.inner;
+        let mut inner = PortalInner {
+            realm: old.realm.clone(),
+            verifiers: old.verifiers.clone(),
+            anonymous: old.anonymous,
+            certificates: old.certificates,
+            config: old.config.clone(),
+            fake_secret: old.fake_secret,
+            pending: old.pending.clone(),
+        };
+        f(&mut inner);
+        Portal {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Accept SCRAM-SHA-256 password logins checked against `store`.
+    pub fn verifiers(self, store: impl VerifierStore) -> Portal {
+        self.edit(|p| p.verifiers = Some(Arc::new(store)))
+    }
+
+    /// Accept anonymous logins (default: refused).
+    pub fn allow_anonymous(self, allow: bool) -> Portal {
+        self.edit(|p| p.anonymous = allow)
+    }
+
+    /// Accept logins as the identity of a verified TLS client certificate (default: refused).
+    pub fn allow_certificates(self, allow: bool) -> Portal {
+        self.edit(|p| p.certificates = allow)
+    }
+
+    /// The login phase's limits.
+    pub fn config(self, config: LoginConfig) -> Portal {
+        self.edit(|p| {
+            p.pending = Arc::new(Semaphore::new(config.max_pending_logins));
+            p.config = config;
+        })
+    }
+
+    /// The secret from which unknown users' fake salts are derived. It is random per portal by
+    /// default; keep it fixed across restarts so that probes cannot spot unknown users by their
+    /// salts changing.
+    pub fn fake_secret(self, secret: [u8; 32]) -> Portal {
+        self.edit(|p| p.fake_secret = secret)
+    }
+
+    /// Serve one accepted transport: run the handshake with the login object as root, hold the
+    /// frame limit low and start the login deadline. `tls` is what the TLS layer under `io`
+    /// reported, if any. [`crate::Server::serve_portal`] calls this for every connection; tests
+    /// may call it over an in-memory transport.
+    pub async fn serve_connection<T>(
+        &self,
+        io: T,
+        config: &Config,
+        peer_addr: Option<SocketAddr>,
+        tls: Option<TlsInfo>,
+    ) -> Result<Connection, ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let login = &self.inner.config;
+        let Ok(pending) = self.inner.pending.clone().try_acquire_owned() else {
+            tracing::warn!(
+                ?peer_addr,
+                max = login.max_pending_logins,
+                "connection refused: max_pending_logins reached"
+            );
+            return Err(ConnectError::Io(io::Error::other(
+                "too many connections waiting to log in",
+            )));
+        };
+        let mut pre = config.clone();
+        pre.limits.max_frame_len = pre
+            .limits
+            .max_frame_len
+            .min(login.max_frame_len_before_login);
+        let (done_tx, mut done_rx) = watch::channel(false);
+        let root = LoginRoot {
+            portal: self.inner.clone(),
+            tls,
+            max_frame_len_after: config.limits.max_frame_len,
+            logged_in: done_tx,
+            attempt: tokio::sync::Mutex::new(Attempts::default()),
+        };
+        let conn = Connection::establish(
+            io,
+            &pre,
+            Side::Server,
+            Some(ObjectRef::local(root)),
+            peer_addr,
+        )
+        .await?;
+        let timeout = login.login_timeout;
+        let watched = conn.clone();
+        tokio::spawn(async move {
+            // The connection counts as waiting to log in until this task ends.
+            let _pending = pending;
+            tokio::select! {
+                _ = watched.closed() => {}
+                _ = done_rx.wait_for(|done| *done) => {}
+                _ = tokio::time::sleep(timeout) => {
+                    tracing::info!(connection = watched.id(), peer = ?watched.peer_addr(), ?timeout, "no login before the deadline: closing");
+                    watched.abort();
+                }
+            }
+        });
+        Ok(conn)
+    }
+}
+
+#[derive(Default)]
+struct Attempts {
+    failures: u32,
+    scram: Option<(ScramServer, String, bool)>,
+}
+
+/// The per-connection login object: the connection's root until login.
+struct LoginRoot {
+    portal: Arc<PortalInner>,
+    tls: Option<TlsInfo>,
+    max_frame_len_after: usize,
+    logged_in: watch::Sender<bool>,
+    // Held across a whole login step, delay included, so that parallel attempts on one
+    // connection queue up instead of dodging the slowdown.
+    attempt: tokio::sync::Mutex<Attempts>,
+}
+
+impl LoginRoot {
+    fn binding(&self) -> ChannelBinding {
+        self.tls
+            .as_ref()
+            .map_or(ChannelBinding::None, |t| t.channel_binding.clone())
+    }
+
+    fn peer_certificate(&self) -> Option<PeerCertificate> {
+        self.tls.as_ref().and_then(|t| t.peer_certificate.clone())
+    }
+
+    /// Count a failure, wait, and say what to answer. Past the limit the connection is closed
+    /// once the answer is out.
+    async fn fail(&self, attempts: &mut Attempts, conn: Option<&Connection>) -> Refusal {
+        attempts.failures = attempts.failures.saturating_add(1);
+        attempts.scram = None;
+        let config = &self.portal.config;
+        let shift = attempts.failures.saturating_sub(1).min(16);
+        let delay = config.failure_delay.saturating_mul(1u32 << shift);
+        tokio::time::sleep(delay).await;
+        if attempts.failures >= config.max_failures {
+            if let Some(conn) = conn {
+                tracing::info!(connection = conn.id(), peer = ?conn.peer_addr(), failures = attempts.failures, "too many failed logins: closing");
+                let conn = conn.clone();
+                // Closed from another task: a graceful close waits for this very call.
+                tokio::spawn(async move { conn.close().await });
+            }
+            Refusal::TooManyAttempts
+        } else {
+            Refusal::Denied
+        }
+    }
+
+    async fn scram_start(
+        &self,
+        client_first: String,
+        conn: Option<Connection>,
+    ) -> Result<String, Refusal> {
+        let mut attempts = self.attempt.lock().await;
+        if *self.logged_in.borrow() {
+            return Err(Refusal::AlreadyLoggedIn);
+        }
+        let Some(store) = &self.portal.verifiers else {
+            return Err(Refusal::NotOffered);
+        };
+        let first = match parse_client_first(&client_first, &self.binding()) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = %e, "bad scram client-first");
+                return Err(self.fail(&mut attempts, conn.as_ref()).await);
+            }
+        };
+        let username = first.username().to_owned();
+        let (verifier, known) = match store.verifier(&username).await {
+            Some(v) => (v, true),
+            None => (
+                ScramVerifier::fake(
+                    &self.portal.fake_secret,
+                    &username,
+                    self.portal.config.fake_iterations,
+                ),
+                false,
+            ),
+        };
+        match first.challenge(&verifier) {
+            Ok((server, server_first)) => {
+                attempts.scram = Some((server, username, known));
+                Ok(server_first)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot answer a login");
+                Err(Refusal::Unavailable)
+            }
+        }
+    }
+
+    async fn scram_finish(
+        &self,
+        client_final: String,
+        mind: Option<ObjectRef>,
+        conn: Option<Connection>,
+    ) -> Result<ScramFinished, Refusal> {
+        let mut attempts = self.attempt.lock().await;
+        if *self.logged_in.borrow() {
+            return Err(Refusal::AlreadyLoggedIn);
+        }
+        let Some((server, username, known)) = attempts.scram.take() else {
+            return Err(Refusal::Malformed);
+        };
+        // Unknown users go through the same proof check against their fake verifier, so both
+        // kinds of failure cost the same and get the same answer after the same delay.
+        let checked = server.handle_client_final(&client_final);
+        let server_final = match checked {
+            Ok(v) if known => v,
+            Ok(_) | Err(_) => {
+                if let Err(e) = &checked {
+                    tracing::debug!(error = %e, "login failed");
+                }
+                return Err(self.fail(&mut attempts, conn.as_ref()).await);
+            }
+        };
+        let avatar = self.complete(Identity::User(username), mind, conn).await?;
+        Ok(ScramFinished {
+            server_final,
+            avatar,
+        })
+    }
+
+    async fn other_login(
+        &self,
+        identity: Option<Identity>,
+        mind: Option<ObjectRef>,
+        conn: Option<Connection>,
+    ) -> Result<ObjectRef, Refusal> {
+        let _attempts = self.attempt.lock().await;
+        if *self.logged_in.borrow() {
+            return Err(Refusal::AlreadyLoggedIn);
+        }
+        let Some(identity) = identity else {
+            return Err(Refusal::NotOffered);
+        };
+        self.complete(identity, mind, conn).await
+    }
+
+    /// The credentials are good: ask the realm, then open the connection up.
+    async fn complete(
+        &self,
+        identity: Identity,
+        mind: Option<ObjectRef>,
+        conn: Option<Connection>,
+    ) -> Result<ObjectRef, Refusal> {
+        // Login is only meaningful on a connection; an in-process call has none.
+        let Some(conn) = conn else {
+            return Err(Refusal::Unavailable);
+        };
+        let request = LoginRequest {
+            identity: identity.clone(),
+            mind,
+            connection: conn.clone(),
+            peer_certificate: self.peer_certificate(),
+        };
+        let avatar = self.portal.realm.request_avatar(request).await?;
+        conn.set_identity(identity.clone());
+        conn.set_max_frame_len(self.max_frame_len_after);
+        self.logged_in.send_replace(true);
+        tracing::info!(connection = conn.id(), peer = ?conn.peer_addr(), user = ?identity.name(), "logged in");
+        Ok(ObjectRef::local(AvatarObject {
+            inner: avatar.object,
+            logout: Mutex::new(avatar.logout),
+        }))
+    }
+}
+
+impl Dispatch for LoginRoot {
+    fn interface(&self) -> &'static Interface {
+        &LOGIN_INTERFACE
+    }
+
+    fn dispatch(self: Arc<Self>, mut call: IncomingCall) -> BoxFuture<Reply> {
+        let caller = call.caller().clone();
+        let conn = caller.connection().cloned();
+        Box::pin(async move {
+            match call.method() {
+                METHOD_SCRAM_START => {
+                    let (client_first,): (String,) = call.decode_args()?;
+                    encode_result(&caller, self.scram_start(client_first, conn).await)
+                }
+                METHOD_SCRAM_FINISH => {
+                    let (client_final, mind): (String, Option<ObjectRef>) = call.decode_args()?;
+                    encode_result(&caller, self.scram_finish(client_final, mind, conn).await)
+                }
+                METHOD_ANONYMOUS => {
+                    let (mind,): (Option<ObjectRef>,) = call.decode_args()?;
+                    let identity = self.portal.anonymous.then_some(Identity::Anonymous);
+                    encode_result(&caller, self.other_login(identity, mind, conn).await)
+                }
+                METHOD_CERTIFICATE => {
+                    let (mind,): (Option<ObjectRef>,) = call.decode_args()?;
+                    let identity = self
+                        .portal
+                        .certificates
+                        .then(|| self.peer_certificate().map(Identity::Certificate))
+                        .flatten();
+                    encode_result(&caller, self.other_login(identity, mind, conn).await)
+                }
+                _ => call.no_such_method(&LOGIN_INTERFACE),
+            }
+        })
+    }
+}
+
+static AVATAR_INTERFACE: Interface = Interface {
+    name: "Avatar",
+    methods: &[],
+};
+
+/// Wraps the realm's avatar object on its way to the client. The broker drops its export when
+/// the client releases it and when the connection closes; the last drop runs the logout hook.
+struct AvatarObject {
+    inner: ObjectRef,
+    logout: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl Dispatch for AvatarObject {
+    fn interface(&self) -> &'static Interface {
+        self.inner.local_interface().unwrap_or(&AVATAR_INTERFACE)
+    }
+
+    fn dispatch(self: Arc<Self>, call: IncomingCall) -> BoxFuture<Reply> {
+        self.inner.dispatch(call)
+    }
+}
+
+impl Drop for AvatarObject {
+    fn drop(&mut self) {
+        let hook = LogoutHook(
+            self.logout
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+        // A release drops the export while the connection's tables are locked, so the hook
+        // runs from a task of its own: it may then use the connection. Should the task never
+        // run (the runtime shutting down), dropping it runs the hook.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let mut hook = hook;
+                    hook.run();
+                });
+            }
+            Err(_) => drop(hook),
+        }
+    }
+}
+
+/// A logout hook that runs exactly once: when asked, or else when dropped.
+struct LogoutHook(Option<Box<dyn FnOnce() + Send>>);
+
+impl LogoutHook {
+    fn run(&mut self) {
+        if let Some(hook) = self.0.take() {
+            hook();
+        }
+    }
+}
+
+impl Drop for LogoutHook {
+    fn drop(&mut self) {
+        self.run();
+    }
+}

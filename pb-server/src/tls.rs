@@ -1,0 +1,271 @@
+//! TLS for the server: certificates from PEM, optional client certificates, and what a TLS
+//! session tells the login logic (channel binding, the verified client certificate).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pb_core::scram::{ChannelBinding, EXPORTER_LABEL, EXPORTER_LEN};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use sha2::{Digest, Sha256};
+
+/// Setting up TLS failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    #[error("cannot read PEM from {path}")]
+    Pem {
+        /// The file (or `<memory>`).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A PEM input held no certificate.
+    #[error("no certificate in {0}")]
+    NoCertificate(PathBuf),
+    /// rustls refused the configuration (for example a key that does not match the
+    /// certificate).
+    #[error("tls configuration refused")]
+    Rustls(#[from] rustls::Error),
+    /// The client-certificate verifier could not be built (for example no usable root).
+    #[error("cannot build the client certificate verifier")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// A development certificate could not be made.
+    #[error("cannot make a development certificate: {0}")]
+    DevCert(String),
+}
+
+fn memory() -> PathBuf {
+    PathBuf::from("<memory>")
+}
+
+pub(crate) fn certs_from_pem(
+    pem: &[u8],
+    path: PathBuf,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            path: path.clone(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(path));
+    }
+    Ok(certs)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::Pem {
+        path: path.to_owned(),
+        source: rustls::pki_types::pem::Error::Io(e),
+    })
+}
+
+/// Roots (trust anchors) from PEM, as a rustls root store.
+pub(crate) fn root_store(pem: &[u8], path: PathBuf) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs_from_pem(pem, path)? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Whether clients must present a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Clients may present a certificate; those that do not log in some other way.
+    Optional,
+    /// Every client must present a certificate signed by one of the roots.
+    Required,
+}
+
+/// The server's TLS settings: its certificate chain and key, and optionally the roots that
+/// client certificates must chain to.
+///
+/// pb speaks TLS 1.3 only: channel binding with `tls-exporter` (RFC 9266) is defined for it, and
+/// both ends are pb.
+///
+/// ```no_run
+/// # fn main() -> Result<(), pb_server::TlsError> {
+/// let tls = pb_server::ServerTls::from_pem_files("server.crt", "server.key")?
+///     .client_roots_pem_file("clients-ca.crt", pb_server::ClientAuth::Optional)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ServerTls {
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    client_roots: Option<(rustls::RootCertStore, ClientAuth)>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("chain_len", &self.chain.len())
+            .field("client_auth", &self.client_roots.as_ref().map(|(_, a)| a))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// The certificate chain (leaf first) and private key, from PEM files.
+    pub fn from_pem_files(
+        chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<ServerTls, TlsError> {
+        let (chain, key) = (chain.as_ref(), key.as_ref());
+        let certs = certs_from_pem(&read(chain)?, chain.to_owned())?;
+        let key = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|source| TlsError::Pem {
+            path: key.to_owned(),
+            source,
+        })?;
+        Ok(ServerTls::new(certs, key))
+    }
+
+    /// The certificate chain (leaf first) and private key, from PEM text.
+    pub fn from_pem(chain: &[u8], key: &[u8]) -> Result<ServerTls, TlsError> {
+        let certs = certs_from_pem(chain, memory())?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|source| TlsError::Pem {
+            path: memory(),
+            source,
+        })?;
+        Ok(ServerTls::new(certs, key))
+    }
+
+    /// From DER values.
+    pub fn new(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> ServerTls {
+        ServerTls {
+            chain,
+            key: Arc::new(key),
+            client_roots: None,
+        }
+    }
+
+    /// Ask clients for certificates that chain to the roots in this PEM text (mutual TLS).
+    pub fn client_roots_pem(
+        mut self,
+        roots: &[u8],
+        auth: ClientAuth,
+    ) -> Result<ServerTls, TlsError> {
+        self.client_roots = Some((root_store(roots, memory())?, auth));
+        Ok(self)
+    }
+
+    /// Ask clients for certificates that chain to the roots in this PEM file (mutual TLS).
+    pub fn client_roots_pem_file(
+        mut self,
+        roots: impl AsRef<Path>,
+        auth: ClientAuth,
+    ) -> Result<ServerTls, TlsError> {
+        let path = roots.as_ref();
+        self.client_roots = Some((root_store(&read(path)?, path.to_owned())?, auth));
+        Ok(self)
+    }
+
+    /// The rustls configuration these settings make.
+    pub fn build(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let builder = match &self.client_roots {
+            None => builder.with_no_client_auth(),
+            Some((roots, auth)) => {
+                let v = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots.clone()),
+                    provider(),
+                );
+                let v = match auth {
+                    ClientAuth::Optional => v.allow_unauthenticated(),
+                    ClientAuth::Required => v,
+                };
+                builder.with_client_cert_verifier(v.build()?)
+            }
+        };
+        let config = builder.with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// A client certificate that rustls verified against the configured roots.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    der: CertificateDer<'static>,
+    fingerprint: [u8; 32],
+    dns_names: Vec<String>,
+}
+
+impl PeerCertificate {
+    /// Describe a verified end-entity certificate.
+    pub fn from_der(der: CertificateDer<'static>) -> PeerCertificate {
+        let fingerprint = Sha256::digest(der.as_ref()).into();
+        let dns_names = webpki::EndEntityCert::try_from(&der)
+            .map(|c| c.valid_dns_names().map(str::to_owned).collect())
+            .unwrap_or_default();
+        PeerCertificate {
+            der,
+            fingerprint,
+            dns_names,
+        }
+    }
+
+    /// The first DNS name of the certificate's subject alternative names: the usual name of a
+    /// client identity.
+    pub fn name(&self) -> Option<&str> {
+        self.dns_names.first().map(String::as_str)
+    }
+
+    /// Every DNS name of the certificate's subject alternative names.
+    pub fn dns_names(&self) -> &[String] {
+        &self.dns_names
+    }
+
+    /// SHA-256 of the certificate's DER encoding: a stable id even without names.
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
+    }
+
+    /// The certificate's DER encoding.
+    pub fn der(&self) -> &CertificateDer<'static> {
+        &self.der
+    }
+}
+
+impl fmt::Debug for PeerCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerCertificate")
+            .field("dns_names", &self.dns_names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the TLS session under a connection tells the login logic.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// The channel-binding value of the session (RFC 9266).
+    pub channel_binding: ChannelBinding,
+    /// The client's certificate, when it sent one and rustls verified it.
+    pub peer_certificate: Option<PeerCertificate>,
+}
+
+impl TlsInfo {
+    /// Read what login needs from an established server-side rustls session.
+    pub fn from_connection(conn: &rustls::ServerConnection) -> Result<TlsInfo, TlsError> {
+        let exporter = conn.export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, None)?;
+        let peer_certificate = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| PeerCertificate::from_der(c.clone().into_owned()));
+        Ok(TlsInfo {
+            channel_binding: ChannelBinding::TlsExporter(exporter),
+            peer_certificate,
+        })
+    }
+}

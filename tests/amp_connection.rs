@@ -1,0 +1,479 @@
+//! Two pb AMP connections over an in-memory duplex stream: calls both ways, the error model,
+//! no-answer commands, StartTLS, limits and disconnects.
+
+// Tests fail by panicking; unwrapping is how they say so.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+
+use pb::amp::{
+    AmpBox, AmpConfig, CallError, Connection, DisconnectReason, Locator, ProtocolError,
+    RemoteError, rustls,
+};
+use tokio::sync::oneshot;
+
+#[derive(pb::AmpCommand, Clone)]
+#[amp(response = SumResult)]
+struct Sum {
+    a: i64,
+    b: i64,
+}
+
+#[derive(pb::AmpFields, Debug, PartialEq)]
+struct SumResult {
+    total: i64,
+}
+
+#[derive(pb::AmpCommand)]
+#[amp(response = SumResult, errors = MathError)]
+struct Divide {
+    numerator: i64,
+    denominator: i64,
+}
+
+#[derive(pb::AmpError, Debug, PartialEq)]
+enum MathError {
+    #[amp(code = "ZERO_DIVISION")]
+    ZeroDivision(String),
+    #[amp(code = "NEGATIVE", description = "negative numbers are not allowed")]
+    Negative,
+    #[amp(code = "MELTDOWN", fatal)]
+    Meltdown(String),
+}
+
+#[derive(pb::AmpCommand)]
+#[amp(requires_answer = false)]
+struct Log {
+    line: String,
+}
+
+#[derive(pb::AmpCommand)]
+#[amp(response = Lines)]
+struct GetLog {}
+
+#[derive(pb::AmpFields, Debug, PartialEq)]
+struct Lines {
+    lines: Vec<String>,
+}
+
+#[derive(pb::AmpCommand)]
+struct Wait {}
+
+fn pair(server: impl FnOnce(&Connection) -> Locator, client: Locator) -> (Connection, Connection) {
+    pair_with(AmpConfig::default(), server, AmpConfig::default(), client)
+}
+
+fn pair_with(
+    server_config: AmpConfig,
+    server: impl FnOnce(&Connection) -> Locator,
+    client_config: AmpConfig,
+    client: Locator,
+) -> (Connection, Connection) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server = Connection::spawn_with(a, server_config, server);
+    let client = Connection::spawn(b, client_config, client);
+    (server, client)
+}
+
+fn math() -> Locator {
+    Locator::new()
+        .respond(|Sum { a, b }| async move { Ok(SumResult { total: a + b }) })
+        .respond(
+            |Divide {
+                 numerator,
+                 denominator,
+             }| async move {
+                match denominator {
+                    0 => Err(MathError::ZeroDivision("division by zero".into())),
+                    d if d < 0 => Err(MathError::Negative),
+                    _ if numerator == 666 => Err(MathError::Meltdown("core breach".into())),
+                    d => Ok(SumResult {
+                        total: numerator / d,
+                    }),
+                }
+            },
+        )
+}
+
+#[tokio::test]
+async fn declared_errors_keep_the_connection() {
+    let (_server, client) = pair(|_| math(), Locator::new());
+    assert_eq!(
+        client
+            .call(&Divide {
+                numerator: 1,
+                denominator: 0
+            })
+            .await,
+        Err(CallError::Declared(MathError::ZeroDivision(
+            "division by zero".into()
+        )))
+    );
+    let negative = client
+        .call(&Divide {
+            numerator: 1,
+            denominator: -1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(negative, CallError::Declared(MathError::Negative));
+    assert_eq!(
+        client
+            .call(&Divide {
+                numerator: 9,
+                denominator: 3
+            })
+            .await,
+        Ok(SumResult { total: 3 })
+    );
+}
+
+#[tokio::test]
+async fn fatal_errors_arrive_then_close() {
+    let (server, client) = pair(|_| math(), Locator::new());
+    assert_eq!(
+        client
+            .call(&Divide {
+                numerator: 666,
+                denominator: 1
+            })
+            .await,
+        Err(CallError::Declared(MathError::Meltdown(
+            "core breach".into()
+        )))
+    );
+    assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
+    assert_eq!(server.closed().await, DisconnectReason::LocalClosed);
+    assert!(matches!(
+        client.call(&Sum { a: 1, b: 1 }).await,
+        Err(CallError::Disconnected(_))
+    ));
+}
+
+#[tokio::test]
+async fn both_sides_call_each_other() {
+    #[derive(pb::AmpCommand)]
+    #[amp(response = SumResult)]
+    struct AskBack {
+        a: i64,
+    }
+    let (server, client) = pair(
+        |conn| {
+            let conn = conn.clone();
+            Locator::new().respond(move |AskBack { a }| {
+                let conn = conn.clone();
+                async move {
+                    let r = conn.call(&Sum { a, b: 100 }).await.expect("client answers");
+                    Ok(SumResult { total: r.total * 2 })
+                }
+            })
+        },
+        math(),
+    );
+    assert_eq!(client.call(&AskBack { a: 1 }).await.unwrap().total, 202);
+    assert_eq!(server.call(&Sum { a: 2, b: 3 }).await.unwrap().total, 5);
+}
+
+#[tokio::test]
+async fn unhandled_commands_keep_the_connection() {
+    let (_server, client) = pair(|_| math(), Locator::new());
+    match client.call_raw("Nope", AmpBox::new()).await {
+        Err(CallError::Unhandled { description }) => {
+            assert_eq!(description, "Unhandled Command: b'Nope'")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.call(&Sum { a: 1, b: 2 }).await.unwrap().total, 3);
+}
+
+#[tokio::test]
+async fn bad_arguments_are_unknown_and_close() {
+    let (server, client) = pair(|_| math(), Locator::new());
+    let mut args = AmpBox::new();
+    args.insert("a", "1");
+    match client.call_raw("Sum", args).await {
+        Err(CallError::Remote { code, description }) => {
+            assert_eq!(code, "UNKNOWN");
+            assert_eq!(description, "Unknown Error");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        server.closed().await,
+        DisconnectReason::Protocol(ProtocolError::ResponderFailed(..))
+    ));
+    assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
+}
+
+#[tokio::test]
+async fn a_panicking_responder_is_unknown_and_closes() {
+    let (_server, client) = pair(
+        |_| {
+            Locator::new().respond(|Sum { .. }| async move {
+                if true {
+                    panic!("responder bug");
+                }
+                Ok(SumResult { total: 0 })
+            })
+        },
+        Locator::new(),
+    );
+    match client.call(&Sum { a: 1, b: 1 }).await {
+        Err(CallError::Remote { code, .. }) => assert_eq!(code, "UNKNOWN"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
+}
+
+#[tokio::test]
+async fn raw_responders_and_raw_calls() {
+    let (_server, client) = pair(
+        |_| {
+            Locator::new().respond_raw("Echo", |args: AmpBox| async move {
+                if args.contains_key("fail") {
+                    Err(RemoteError::new("NOPE", "asked to fail"))
+                } else {
+                    Ok(args)
+                }
+            })
+        },
+        Locator::new(),
+    );
+    let mut args = AmpBox::new();
+    args.insert("x", "1");
+    assert_eq!(client.call_raw("Echo", args.clone()).await.unwrap(), args);
+    args.insert("fail", "");
+    assert_eq!(
+        client.call_raw("Echo", args).await,
+        Err(CallError::Remote {
+            code: "NOPE".into(),
+            description: "asked to fail".into()
+        })
+    );
+}
+
+#[tokio::test]
+async fn no_answer_commands_run_in_arrival_order() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_server, client) = pair(
+        |_| {
+            let writer = Arc::clone(&log);
+            Locator::new()
+                .respond(move |Log { line }| {
+                    writer.lock().unwrap().push(line);
+                    async { Ok(()) }
+                })
+                .respond(move |GetLog {}| {
+                    let lines = log.lock().unwrap().clone();
+                    async move { Ok(Lines { lines }) }
+                })
+        },
+        Locator::new(),
+    );
+    let want: Vec<String> = (0..50).map(|i| format!("line {i}")).collect();
+    for line in &want {
+        client.send(&Log { line: line.clone() }).await.unwrap();
+    }
+    assert_eq!(client.call(&GetLog {}).await.unwrap().lines, want);
+}
+
+#[tokio::test]
+async fn a_failing_no_answer_command_closes_like_twisted() {
+    let (server, client) = pair(|_| math(), Locator::new());
+    client.send_raw("Nope", AmpBox::new()).await.unwrap();
+    assert!(matches!(
+        server.closed().await,
+        DisconnectReason::Protocol(ProtocolError::FailedWithoutAnswer(_))
+    ));
+    assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
+}
+
+#[tokio::test]
+async fn a_failing_no_answer_command_can_be_tolerated() {
+    let (_server, client) = pair_with(
+        AmpConfig::default().close_on_failed_no_answer(false),
+        |_| math(),
+        AmpConfig::default(),
+        Locator::new(),
+    );
+    client.send_raw("Nope", AmpBox::new()).await.unwrap();
+    assert_eq!(client.call(&Sum { a: 1, b: 1 }).await.unwrap().total, 2);
+}
+
+#[tokio::test]
+async fn outstanding_asks_are_capped() {
+    let (held_tx, mut held) = tokio::sync::mpsc::unbounded_channel::<oneshot::Sender<()>>();
+    let (_server, client) = pair_with(
+        AmpConfig::default(),
+        move |_| {
+            Locator::new().respond(move |Wait {}| {
+                let (tx, rx) = oneshot::channel();
+                let _ = held_tx.send(tx);
+                async move {
+                    let _ = rx.await;
+                    Ok(())
+                }
+            })
+        },
+        AmpConfig::default().max_outstanding(2),
+        Locator::new(),
+    );
+    let first = tokio::spawn({
+        let c = client.clone();
+        async move { c.call(&Wait {}).await }
+    });
+    let second = tokio::spawn({
+        let c = client.clone();
+        async move { c.call(&Wait {}).await }
+    });
+    // Both asks are outstanding once the server holds both of them.
+    let release = [held.recv().await.unwrap(), held.recv().await.unwrap()];
+    assert_eq!(
+        client.call(&Wait {}).await,
+        Err(CallError::TooManyOutstanding { max: 2 })
+    );
+    for tx in release {
+        let _ = tx.send(());
+    }
+    assert_eq!(first.await.unwrap(), Ok(()));
+    assert_eq!(second.await.unwrap(), Ok(()));
+    assert_eq!(
+        client.call(&Sum { a: 1, b: 1 }).await.unwrap_err(),
+        CallError::Unhandled {
+            description: "Unhandled Command: b'Sum'".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn pending_calls_fail_when_the_connection_closes() {
+    let (arrived_tx, arrived) = oneshot::channel();
+    let arrived_tx = Mutex::new(Some(arrived_tx));
+    let (server, client) = pair(
+        move |_| {
+            Locator::new().respond(move |Wait {}| {
+                if let Some(tx) = arrived_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                std::future::pending()
+            })
+        },
+        Locator::new(),
+    );
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.call(&Wait {}).await }
+    });
+    // Close from the server once the ask is in; its answer can then never come.
+    arrived.await.unwrap();
+    server.close();
+    assert!(matches!(
+        call.await.unwrap(),
+        Err(CallError::Disconnected(DisconnectReason::PeerClosed))
+    ));
+}
+
+#[tokio::test]
+async fn dropping_every_handle_of_a_pure_client_closes_it() {
+    let (server, client) = pair(|_| math(), Locator::new());
+    assert_eq!(client.call(&Sum { a: 1, b: 1 }).await.unwrap().total, 2);
+    drop(client);
+    assert_eq!(server.closed().await, DisconnectReason::PeerClosed);
+}
+
+#[tokio::test]
+async fn oversized_values_are_refused_locally() {
+    #[derive(pb::AmpCommand)]
+    #[amp(response = Echoed)]
+    struct Echo {
+        s: pb::amp::Bytes,
+    }
+    #[derive(pb::AmpFields)]
+    struct Echoed {
+        s: pb::amp::Bytes,
+    }
+    let (_server, client) = pair(
+        |_| Locator::new().respond(|Echo { s }| async move { Ok(Echoed { s }) }),
+        Locator::new(),
+    );
+    let max = pb::amp::Bytes::from(vec![7u8; 65535]);
+    assert_eq!(client.call(&Echo { s: max.clone() }).await.unwrap().s, max);
+    assert!(matches!(
+        client
+            .call(&Echo {
+                s: vec![7u8; 65536].into()
+            })
+            .await,
+        Err(CallError::Arguments(_))
+    ));
+    let mut long_key = AmpBox::new();
+    long_key.insert(vec![b'k'; 256], "v");
+    assert!(matches!(
+        client.call_raw("Echo", long_key).await,
+        Err(CallError::Encode(pb::amp::BoxCodecError::KeyTooLong {
+            len: 256
+        }))
+    ));
+    assert_eq!(client.call(&Echo { s: "ok".into() }).await.unwrap().s, "ok");
+}
+
+fn tls_configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = certified.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
+
+#[tokio::test]
+async fn start_tls_between_pb_peers() {
+    let (server_tls, client_tls) = tls_configs();
+    let (server, client) = pair_with(
+        AmpConfig::default().tls_server(server_tls),
+        |_| math(),
+        AmpConfig::default(),
+        math(),
+    );
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    // A call queued while the switch is under way goes over TLS afterwards.
+    let (tls, early) = tokio::join!(
+        client.start_tls(Arc::clone(&client_tls), name.clone()),
+        client.call(&Sum { a: 1, b: 2 })
+    );
+    tls.unwrap();
+    assert_eq!(early.unwrap().total, 3);
+    assert_eq!(client.call(&Sum { a: 40, b: 2 }).await.unwrap().total, 42);
+    assert_eq!(server.call(&Sum { a: 4, b: 2 }).await.unwrap().total, 6);
+    assert_eq!(
+        client.start_tls(client_tls, name).await,
+        Err(CallError::OnlyOneTls)
+    );
+}
+
+#[tokio::test]
+async fn start_tls_without_a_server_config_is_tls_error() {
+    let (_, client_tls) = tls_configs();
+    let (_server, client) = pair(|_| math(), Locator::new());
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    assert_eq!(
+        client.start_tls(client_tls, name).await,
+        Err(CallError::Remote {
+            code: "TLS_ERROR".into(),
+            description: "TLS not available".into()
+        })
+    );
+    assert_eq!(client.call(&Sum { a: 1, b: 1 }).await.unwrap().total, 2);
+}

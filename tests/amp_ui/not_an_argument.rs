@@ -1,0 +1,8 @@
+struct Opaque;
+
+#[derive(pb::AmpCommand)]
+struct Sum {
+    a: Opaque,
+}
+
+fn main() {}

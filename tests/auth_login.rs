@@ -1,0 +1,355 @@
+//! Login through a portal: SCRAM-SHA-256, anonymous login, the avatar's logout hook, and what
+//! holds before login (only the login object, a small frame limit, a deadline, a failure limit).
+//! Mostly over the in-memory transport with virtual time; the wire-level checks use real TCP on
+//! 127.0.0.1.
+#![allow(clippy::unwrap_used)]
+
+mod auth_support;
+
+use std::time::Duration;
+
+use auth_support::{
+    AccountRef, Dir, ITERATIONS, NO_HANG, PASSWORD, Recorder, Seen, bytes, frames, portal,
+};
+use bytes::{Bytes, BytesMut};
+use pb::pb_core::handshake::{Features, HELLO_LEN, Hello};
+use pb::pb_core::message::{FaultKind, Message, MessageLimits};
+use pb::{
+    CallError, Client, CloseReason, Config, Connection, Identity, LoginConfig, LoginError, Portal,
+    Refusal, Session,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// A server connection served by `portal` and a client session, over an in-memory pipe.
+async fn pair(portal: &Portal) -> (Connection, Session) {
+    let (a, b) = pb::transport::memory_pair();
+    let config = Config::default();
+    let server = portal.serve_connection(a, &config, None, None);
+    let client = Client::builder().open_over(b);
+    let (s, c) = tokio::join!(server, client);
+    (s.unwrap(), c.unwrap())
+}
+
+fn with(portal: Portal, f: impl FnOnce(&mut LoginConfig)) -> Portal {
+    let mut config = LoginConfig {
+        fake_iterations: ITERATIONS,
+        ..LoginConfig::default()
+    };
+    f(&mut config);
+    portal.config(config)
+}
+
+#[tokio::test(start_paused = true)]
+async fn login_success_gives_the_typed_avatar_and_the_identity() {
+    let (portal, seen) = portal(false);
+    let (server, session) = pair(&portal).await;
+    let me: AccountRef = session.login("alice", PASSWORD).await.unwrap();
+    assert_eq!(me.whoami().await.unwrap(), "user alice");
+    assert_eq!(seen.identities(), vec![Identity::User("alice".into())]);
+    assert_eq!(
+        server.identity::<Identity>().as_deref(),
+        Some(&Identity::User("alice".into()))
+    );
+    // One login per connection.
+    let again = session.login::<AccountRef>("alice", PASSWORD).await;
+    assert_eq!(again.unwrap_err().refusal(), Some(Refusal::AlreadyLoggedIn));
+}
+
+#[tokio::test(start_paused = true)]
+async fn wrong_password_and_unknown_user_are_indistinguishable_on_the_wire() {
+    let (portal, seen) = portal(false);
+    let mut transcripts = Vec::new();
+    let mut delays = Vec::new();
+    for (user, password) in [("alice", "not the password"), ("mallory", PASSWORD)] {
+        let (a, b) = pb::transport::memory_pair();
+        let (b, log) = Recorder::new(b);
+        let config = Config::default();
+        let server = portal.serve_connection(a, &config, None, None);
+        let (_server, session) = tokio::join!(server, Client::builder().open_over(b));
+        let session = session.unwrap();
+        let start = Instant::now();
+        let err = session
+            .login::<AccountRef>(user, password)
+            .await
+            .unwrap_err();
+        delays.push(start.elapsed());
+        assert!(
+            matches!(err, LoginError::Refused(Refusal::Denied)),
+            "{err:?}"
+        );
+        transcripts.push(frames(&bytes(&log, Dir::Read)));
+    }
+    let (wrong, unknown) = (&transcripts[0], &transcripts[1]);
+    // Server-first (answer 1) and the refusal (answer 2), nothing else.
+    assert_eq!(wrong.len(), 2);
+    assert_eq!(unknown.len(), 2);
+    // The challenges have the same shape (same nonce and salt sizes, same iteration count)...
+    assert_eq!(wrong[0].len(), unknown[0].len());
+    let tail = |f: &Vec<u8>| String::from_utf8_lossy(&f[f.len() - 7..]).into_owned();
+    assert_eq!(tail(&wrong[0]), ",i=4096");
+    assert_eq!(tail(&unknown[0]), ",i=4096");
+    // ...and the refusals are byte for byte the same, after the same (virtual) delay.
+    assert_eq!(wrong[1], unknown[1]);
+    assert_eq!(delays[0], delays[1]);
+    assert!(seen.identities().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn anonymous_login_is_allowed_or_refused_by_configuration() {
+    let (allowing, seen) = portal(true);
+    let (_server, session) = pair(&allowing).await;
+    let guest: AccountRef = session.login_anonymous().await.unwrap();
+    assert_eq!(guest.whoami().await.unwrap(), "anonymous");
+    assert_eq!(seen.identities(), vec![Identity::Anonymous]);
+
+    let (refusing, seen) = portal(false);
+    let (_server, session) = pair(&refusing).await;
+    let err = session.login_anonymous::<AccountRef>().await.unwrap_err();
+    assert_eq!(err.refusal(), Some(Refusal::NotOffered));
+    assert!(seen.identities().is_empty());
+    // The refusal does not use up the connection: a password login still works.
+    let me: AccountRef = session.login("alice", PASSWORD).await.unwrap();
+    assert_eq!(me.whoami().await.unwrap(), "user alice");
+}
+
+async fn logged_in(portal: &Portal) -> (Connection, Session, AccountRef) {
+    let (server, session) = pair(portal).await;
+    let me: AccountRef = session.login("alice", PASSWORD).await.unwrap();
+    assert_eq!(me.whoami().await.unwrap(), "user alice");
+    (server, session, me)
+}
+
+async fn settle(seen: &Seen) -> u32 {
+    // Virtual time: lets any late release or close run before counting again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    seen.logouts()
+}
+
+#[tokio::test(start_paused = true)]
+async fn logout_runs_once_when_the_avatar_is_released() {
+    let (portal, seen) = portal(false);
+    let (server, session, me) = logged_in(&portal).await;
+    let copy = me.clone();
+    drop(me);
+    assert_eq!(settle(&seen).await, 0, "a clone still holds the avatar");
+    drop(copy);
+    seen.wait_logouts(1).await;
+    // The connection stays open; closing it later does not log out again.
+    assert!(!server.is_closed());
+    session.close().await;
+    server.closed().await;
+    assert_eq!(settle(&seen).await, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn logout_runs_once_when_the_connection_ends() {
+    let (portal, seen) = portal(false);
+    let (server, session, me) = logged_in(&portal).await;
+    session.connection().abort();
+    server.closed().await;
+    seen.wait_logouts(1).await;
+    drop(me);
+    assert_eq!(settle(&seen).await, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn before_login_only_the_login_object_answers() {
+    let (portal, seen) = portal(false);
+    let (_server, session) = pair(&portal).await;
+    let root = session.connection().root_ref();
+    // Avatar methods are not on the login object.
+    let r = root.call::<_, String, ()>("whoami", &()).await;
+    assert!(matches!(r, Err(CallError::NoSuchMethod(_))), "{r:?}");
+    // The second login step without the first is refused.
+    let r = root
+        .call::<_, String, Refusal>(
+            "scram_finish",
+            &("c=biws,r=x,p=AAAA", None::<pb::ObjectRef>),
+        )
+        .await;
+    assert_eq!(r.unwrap_err(), CallError::Remote(Refusal::Malformed));
+    assert!(seen.identities().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_frame_limit_is_small_before_login_and_lifted_after() {
+    let (portal, _) = portal(false);
+    let big = "x".repeat(100 * 1024);
+    let (server, session) = pair(&portal).await;
+    let r = session
+        .connection()
+        .root_ref()
+        .call::<_, String, Refusal>("scram_start", &(big.clone(),))
+        .await;
+    assert_eq!(r.unwrap_err(), CallError::Disconnected);
+    server.closed().await;
+    assert!(matches!(
+        server.close_reason(),
+        Some(CloseReason::Protocol(_))
+    ));
+
+    let (_server, _session, me) = logged_in(&portal).await;
+    assert_eq!(me.echo_len(big).await.unwrap(), 100 * 1024);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_login_deadline_closes_connections_that_do_not_log_in() {
+    let (portal, _) = portal(false);
+    let portal = with(portal, |c| c.login_timeout = Duration::from_secs(5));
+    let (server, session) = pair(&portal).await;
+    let start = Instant::now();
+    server.closed().await;
+    session.connection().closed().await;
+    assert!(start.elapsed() >= Duration::from_secs(5));
+
+    // A connection that logged in in time outlives the deadline.
+    let (server, _session, me) = logged_in(&portal).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(me.whoami().await.unwrap(), "user alice");
+    assert!(!server.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn repeated_failures_are_slowed_down_then_cut_off() {
+    let (portal, seen) = portal(false);
+    let portal = with(portal, |c| {
+        c.max_failures = 3;
+        c.failure_delay = Duration::from_secs(1);
+        c.login_timeout = Duration::from_secs(3600);
+    });
+    let (server, session) = pair(&portal).await;
+    let mut waited = Vec::new();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let err = session
+            .login::<AccountRef>("alice", "guess")
+            .await
+            .unwrap_err();
+        waited.push(start.elapsed());
+        answers.push(err.refusal());
+    }
+    assert_eq!(
+        answers,
+        vec![
+            Some(Refusal::Denied),
+            Some(Refusal::Denied),
+            Some(Refusal::TooManyAttempts)
+        ]
+    );
+    // 1 s, then 2 s, then 4 s (virtual time).
+    assert!(waited[0] >= Duration::from_secs(1));
+    assert!(waited[1] >= Duration::from_secs(2));
+    assert!(waited[2] >= Duration::from_secs(4));
+    server.closed().await;
+    let r = session.login::<AccountRef>("alice", PASSWORD).await;
+    assert!(matches!(r, Err(LoginError::Call(_))), "{r:?}");
+    assert!(seen.identities().is_empty());
+}
+
+#[tokio::test]
+async fn a_captured_login_does_not_contain_the_password() {
+    let (portal, _) = portal(false);
+    let server = pb::Server::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve_portal(portal);
+    let (tcp, _) = pb::transport::tcp_connect(server.local_addr())
+        .await
+        .unwrap();
+    let (tcp, log) = Recorder::new(tcp);
+    let session = Client::builder().open_over(tcp).await.unwrap();
+    let me: AccountRef = session.login("alice", PASSWORD).await.unwrap();
+    assert_eq!(me.whoami().await.unwrap(), "user alice");
+    let sent = bytes(&log, Dir::Written);
+    let received = bytes(&log, Dir::Read);
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    // The capture is the login: the user name and the SCRAM messages are in it...
+    assert!(contains(&sent, b"n=alice,r="));
+    assert!(contains(&sent, b",p="));
+    assert!(contains(&received, b",i=4096"));
+    // ...but not the password, in any direction, nor any long piece of it.
+    for piece in PASSWORD.as_bytes().windows(8) {
+        assert!(!contains(&sent, piece), "password piece {piece:?} was sent");
+        assert!(!contains(&received, piece));
+    }
+    drop(me);
+    session.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn raw_bytes_calls_to_objects_other_than_the_login_object_are_refused() {
+    let (portal, _) = portal(false);
+    let server = pb::Server::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve_portal(portal);
+    let mut tcp = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&(HELLO_LEN as u32).to_be_bytes());
+    Hello::ours(Features::NONE).encode(&mut out);
+    for (id, target) in [(1u64, 1u64), (2, 7)] {
+        let mut body = BytesMut::new();
+        Message::Call {
+            id,
+            target,
+            method: Bytes::from_static(b"whoami"),
+            answer: true,
+            deadline_ms: None,
+            refs: vec![],
+            payload: Bytes::new(),
+        }
+        .encode(&mut body);
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+    }
+    tcp.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    let mut faults = Vec::new();
+    tokio::time::timeout(NO_HANG, async {
+        while faults.len() < 2 {
+            let mut buf = [0u8; 1024];
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed instead of answering");
+            got.extend_from_slice(&buf[..n]);
+            faults = frames(&got)
+                .into_iter()
+                .map(|f| Message::decode(Bytes::from(f), &MessageLimits::default()).unwrap())
+                .collect();
+        }
+    })
+    .await
+    .unwrap();
+    for (m, want) in faults.iter().zip([1u64, 2]) {
+        match m {
+            Message::Fault { id, kind, .. } => {
+                assert_eq!(*id, want);
+                assert_eq!(*kind, FaultKind::NoSuchObject);
+            }
+            other => panic!("expected a fault, got {other:?}"),
+        }
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn connections_waiting_to_log_in_are_capped() {
+    let (portal, _) = portal(false);
+    let portal = with(portal, |c| c.max_pending_logins = 1);
+    let (_first_server, first) = pair(&portal).await;
+    // A second connection that has not logged in yet is refused at once.
+    let (a, _b) = pb::transport::memory_pair();
+    let config = Config::default();
+    let refused = portal.serve_connection(a, &config, None, None).await;
+    assert!(refused.is_err());
+    // Once the first has logged in, there is room again.
+    let me: AccountRef = first.login("alice", PASSWORD).await.unwrap();
+    let (_server, second) = pair(&portal).await;
+    let me2: AccountRef = second.login("alice", PASSWORD).await.unwrap();
+    assert_eq!(me2.whoami().await.unwrap(), "user alice");
+    drop(me);
+}

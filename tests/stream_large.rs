@@ -1,0 +1,162 @@
+//! Streams: 256 MiB through with bounded memory on both sides while small calls on the same
+//! connection keep completing, in both directions.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pb::stream::{self, Chunk, Stream};
+
+const CHUNK: usize = 64 * 1024;
+const CAPACITY: usize = 4;
+
+#[pb::remote]
+pub trait Files {
+    /// A stream of `chunks` chunks of 64 KiB, each filled with its index.
+    async fn download(&self, chunks: u32) -> Result<Stream<Chunk>, ()>;
+    /// Reads a whole stream; returns (chunks, bytes, all chunks as expected).
+    async fn upload(&self, data: Stream<Chunk>) -> Result<(u32, u64, bool), String>;
+    async fn ping(&self) -> Result<u8, ()>;
+}
+
+#[derive(Default)]
+struct FilesImpl {
+    /// The most items the producer ever had waiting.
+    peak_sender_buffered: Arc<AtomicUsize>,
+    /// The most items the server-side consumer ever had buffered.
+    peak_receiver_buffered: Arc<AtomicUsize>,
+}
+
+fn chunk(i: u32) -> Chunk {
+    Chunk::from(vec![i as u8; CHUNK])
+}
+
+impl Files for FilesImpl {
+    async fn download(&self, chunks: u32) -> Result<Stream<Chunk>, ()> {
+        let (tx, rx) = stream::channel(CAPACITY);
+        let peak = self.peak_sender_buffered.clone();
+        tokio::spawn(async move {
+            for i in 0..chunks {
+                if tx.send(chunk(i)).await.is_err() {
+                    return;
+                }
+                peak.fetch_max(tx.buffered(), Ordering::Relaxed);
+            }
+        });
+        Ok(rx)
+    }
+    async fn upload(&self, mut data: Stream<Chunk>) -> Result<(u32, u64, bool), String> {
+        let (mut n, mut bytes, mut good) = (0u32, 0u64, true);
+        while let Some(c) = data.next().await {
+            let c = c.map_err(|e| e.to_string())?;
+            good &= c.len() == CHUNK && c.iter().all(|b| *b == n as u8);
+            self.peak_receiver_buffered
+                .fetch_max(data.buffered(), Ordering::Relaxed);
+            n += 1;
+            bytes += c.len() as u64;
+        }
+        Ok((n, bytes, good))
+    }
+    async fn ping(&self) -> Result<u8, ()> {
+        Ok(1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_256_mib_stream_with_bounded_memory_while_small_calls_go_through() {
+    const CHUNKS: u32 = 256 * 1024 * 1024 / CHUNK as u32;
+    let files = Arc::new(FilesImpl::default());
+    let server = pb::Server::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve(FilesRef::from_arc(files.clone()));
+    let conn = pb::Client::connect(server.local_addr()).await.unwrap();
+    let f: FilesRef = conn.root();
+    let mut data = f.download(CHUNKS).await.unwrap();
+
+    let received = Arc::new(AtomicUsize::new(0));
+    let consumer = tokio::spawn({
+        let received = received.clone();
+        async move {
+            let (mut bytes, mut good, mut peak) = (0u64, true, 0usize);
+            let mut i = 0u32;
+            while let Some(c) = data.next().await {
+                let c = c.unwrap();
+                good &= c.len() == CHUNK && c.iter().all(|b| *b == i as u8);
+                peak = peak.max(data.buffered());
+                bytes += c.len() as u64;
+                i += 1;
+                received.store(i as usize, Ordering::Relaxed);
+            }
+            (i, bytes, good, peak)
+        }
+    });
+    // While the stream flows, small calls on the same connection complete: each one returns
+    // before the stream has finished.
+    while received.load(Ordering::Relaxed) < 64 {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..10 {
+        assert_eq!(f.ping().await, Ok(1));
+    }
+    let at_ping = received.load(Ordering::Relaxed);
+    assert!(
+        at_ping < CHUNKS as usize,
+        "the small calls waited for the whole stream ({at_ping} chunks)"
+    );
+
+    let (n, bytes, good, receiver_peak) = consumer.await.unwrap();
+    assert_eq!(n, CHUNKS);
+    assert_eq!(bytes, 256 * 1024 * 1024);
+    assert!(good, "every chunk arrived intact and in order");
+    // Bounded memory: the producer never ran more than the channel's capacity ahead, and the
+    // consumer never held more than one pulled batch.
+    let sender_peak = files.peak_sender_buffered.load(Ordering::Relaxed);
+    println!(
+        "peak buffered: sender {} KiB, receiver {} KiB, of 262144 KiB streamed; pings answered after {at_ping} chunks",
+        sender_peak * CHUNK / 1024,
+        receiver_peak * CHUNK / 1024
+    );
+    assert!(
+        sender_peak <= CAPACITY,
+        "sender buffered {sender_peak} chunks"
+    );
+    assert!(
+        receiver_peak < 8,
+        "receiver buffered {receiver_peak} chunks"
+    );
+    conn.close().await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_passed_as_an_argument_and_a_producer_that_fails() {
+    let files = Arc::new(FilesImpl::default());
+    let (_server, client) = common::memory_pair(FilesRef::from_arc(files.clone())).await;
+    let f: FilesRef = client.root();
+    let (tx, rx) = stream::channel(2);
+    let producer = tokio::spawn(async move {
+        for i in 0..256u32 {
+            tx.send(chunk(i)).await.unwrap();
+        }
+    });
+    assert_eq!(f.upload(rx).await, Ok((256, 256 * CHUNK as u64, true)));
+    producer.await.unwrap();
+    assert!(files.peak_receiver_buffered.load(Ordering::Relaxed) < 8);
+    // A producer that fails: the consumer sees the error.
+    let (tx, rx) = stream::channel::<Chunk>(2);
+    tokio::spawn(async move {
+        tx.send(chunk(0)).await.unwrap();
+        tx.fail("disk on fire").await.unwrap();
+    });
+    match f.upload(rx).await {
+        Err(pb::CallError::Remote(m)) => assert!(m.contains("disk on fire"), "{m}"),
+        other => panic!("expected the producer's error, got {other:?}"),
+    }
+    // A consumer that goes away stops the producer.
+    let mut data = f.download(1_000_000).await.unwrap();
+    assert!(data.next().await.is_some());
+    drop(data);
+    assert!(common::settle(|| client.stats().tables.imported == 0).await);
+}

@@ -1,0 +1,80 @@
+//! The tracing output of one call contains its span, with the connection, peer, request id,
+//! object, method, outcome and duration, on both sides.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn one_call_has_a_span_with_its_fields_on_both_sides() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(FmtSpan::CLOSE)
+        .with_ansi(false)
+        .with_writer(capture.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (server, conn) = common::tcp_pair(KitchenRef::new(KitchenImpl::default())).await;
+    let k: KitchenRef = conn.root();
+    assert_eq!(k.add(2, 3).await, Ok(5));
+    assert_eq!(
+        k.sqrt(-1).await,
+        Err(pb::CallError::Remote(TestError::Negative(-1)))
+    );
+    conn.close().await;
+    server.shutdown().await;
+
+    let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains("pb.call{")).collect();
+    let find = |dir: &str, method: &str| {
+        lines
+            .iter()
+            .find(|l| {
+                l.contains(&format!("direction=\"{dir}\""))
+                    && l.contains(&format!("method=\"{method}\""))
+            })
+            .unwrap_or_else(|| panic!("no {dir} span for {method} in:\n{out}"))
+            .to_string()
+    };
+    let out_add = find("out", "add");
+    let in_add = find("in", "add");
+    for line in [&out_add, &in_add] {
+        assert!(line.contains("request_id=1"), "{line}");
+        assert!(line.contains("object=0"), "{line}");
+        assert!(line.contains("outcome=\"ok\""), "{line}");
+        assert!(line.contains("duration_us="), "{line}");
+        assert!(line.contains("peer=127.0.0.1:"), "{line}");
+        assert!(line.contains("connection="), "{line}");
+    }
+    assert!(find("out", "sqrt").contains("outcome=\"error\""));
+    assert!(find("in", "sqrt").contains("request_id=2"));
+    // Connection spans wrap the drivers.
+    assert!(out.contains("pb.connection{"), "{out}");
+}
