@@ -74,6 +74,23 @@ impl Bench for BenchImpl {
     }
 }
 
+/// The AMP command of the AMP rows: `Echo(v: Integer) -> v: Integer`.
+#[derive(pb::AmpCommand)]
+#[amp(response = EchoBack)]
+struct Echo {
+    v: i64,
+}
+
+/// The answer to [`Echo`].
+#[derive(pb::AmpFields)]
+struct EchoBack {
+    v: i64,
+}
+
+fn amp_locator() -> pb::amp::Locator {
+    pb::amp::Locator::new().respond(|Echo { v }| async move { Ok(EchoBack { v }) })
+}
+
 struct Pinger;
 
 impl Ping for Pinger {
@@ -261,6 +278,14 @@ fn serve(kind: &str) {
                     });
                 }
             }
+            "amp" => {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                announce(listener.local_addr().expect("bound").port());
+                let config = pb::amp::AmpConfig::default();
+                pb::amp::serve(listener, config, |_| amp_locator())
+                    .await
+                    .expect("amp serve");
+            }
             "pb" => {
                 let server = pb::Server::builder()
                     .max_connections(100_000)
@@ -390,6 +415,8 @@ enum System {
     PbTls,
     /// The floor over TLS 1.3.
     FloorTls,
+    /// pb's AMP (Twisted-compatible boxes).
+    Amp,
 }
 
 impl System {
@@ -399,6 +426,7 @@ impl System {
             System::Floor => "floor",
             System::PbTls => "pb-tls",
             System::FloorTls => "floor-tls",
+            System::Amp => "amp",
         }
     }
 }
@@ -407,6 +435,13 @@ async fn pb_connect(addr: SocketAddr) -> (pb::Connection, BenchRef) {
     let conn = pb::Client::connect(addr).await.expect("pb connect");
     let root: BenchRef = conn.root();
     (conn, root)
+}
+
+async fn amp_connect(addr: SocketAddr) -> pb::amp::Connection {
+    let config = pb::amp::AmpConfig::default();
+    pb::amp::Connection::connect(addr, config, pb::amp::Locator::new())
+        .await
+        .expect("amp connect")
 }
 
 /// pb over TLS: the same `Connection`, over a rustls client stream.
@@ -530,6 +565,17 @@ async fn latency(sys: System, addr: SocketAddr, c: Counts) -> (f64, f64) {
     match sys {
         System::Floor => floor_latency(FloorConn::connect(addr).await, c, &mut times).await,
         System::FloorTls => floor_latency(FloorConn::connect_tls(addr).await, c, &mut times).await,
+        System::Amp => {
+            let conn = amp_connect(addr).await;
+            for i in 0..(c.warmup + c.latency) as i64 {
+                let t = Instant::now();
+                let back = conn.call(&Echo { v: i }).await.expect("amp call");
+                assert_eq!(back.v, i);
+                if i as usize >= c.warmup {
+                    times.push(t.elapsed());
+                }
+            }
+        }
         System::Pb | System::PbTls => {
             let (conn, root) = if sys == System::PbTls {
                 pb_connect_tls(addr).await
@@ -556,6 +602,31 @@ async fn pipelined(sys: System, addr: SocketAddr, c: Counts) -> f64 {
     match sys {
         System::Floor => floor_pipelined(FloorConn::connect(addr).await, total).await,
         System::FloorTls => floor_pipelined(FloorConn::connect_tls(addr).await, total).await,
+        System::Amp => {
+            let conn = amp_connect(addr).await;
+            conn.call(&Echo { v: 0 }).await.expect("warm-up call");
+            let next = Arc::new(AtomicU64::new(0));
+            let t = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..IN_FLIGHT {
+                let conn = conn.clone();
+                let next = next.clone();
+                tasks.spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            break;
+                        }
+                        let back = conn.call(&Echo { v: i as i64 }).await.expect("amp call");
+                        assert_eq!(back.v, i as i64);
+                    }
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.expect("pipelined task");
+            }
+            total as f64 / t.elapsed().as_secs_f64()
+        }
         System::Pb | System::PbTls => {
             let (conn, root) = if sys == System::PbTls {
                 pb_connect_tls(addr).await
@@ -642,6 +713,7 @@ async fn bulk(sys: System, addr: SocketAddr, c: Counts) -> f64 {
     let warmup = 5;
     let mut elapsed = Duration::ZERO;
     match sys {
+        System::Amp => unreachable!("plain pb and floor only"),
         System::Floor | System::FloorTls => {
             let mut conn = FloorConn::connect(addr).await;
             for i in 0..(warmup + c.bulk) as u64 {
@@ -673,6 +745,7 @@ async fn bulk(sys: System, addr: SocketAddr, c: Counts) -> f64 {
 async fn connect(sys: System, addr: SocketAddr, c: Counts) -> f64 {
     let once = |i: u64| async move {
         match sys {
+            System::Amp => unreachable!("plain pb and floor only"),
             System::Floor | System::FloorTls => {
                 let mut conn = FloorConn::connect(addr).await;
                 assert_eq!(conn.echo(i).await, i);
@@ -740,6 +813,7 @@ async fn idle(sys: System, server: &ServerProc, c: Counts) -> (f64, Held) {
     let mut floors = Vec::with_capacity(n + 1);
     let mut pbs = Vec::with_capacity(n + 1);
     match sys {
+        System::Amp => unreachable!("plain pb and floor only"),
         System::Floor | System::FloorTls => {
             let mut conn = FloorConn::connect(addr).await;
             conn.echo(0).await;
@@ -755,6 +829,7 @@ async fn idle(sys: System, server: &ServerProc, c: Counts) -> (f64, Held) {
     let before = server.rss();
     for i in 0..n as u64 {
         match sys {
+            System::Amp => unreachable!("plain pb and floor only"),
             System::Floor | System::FloorTls => {
                 let mut conn = FloorConn::connect(addr).await;
                 assert_eq!(conn.echo(i).await, i);
@@ -1116,30 +1191,45 @@ fn main() {
         });
     }
     if wants("amp") {
-        // AMP has not landed on main yet: these rows stay empty rather than guessed.
-        for (workload, unit) in [
-            (
-                "amp_latency",
-                "us p50 per AMP call, lower is better; pending: AMP not on main yet",
-            ),
-            (
-                "amp_latency_p99",
-                "us p99 per AMP call, lower is better; pending: AMP not on main yet",
-            ),
-            (
-                "amp_pipelined",
-                "AMP calls/s with 64 in flight, higher is better; pending: AMP not on main yet",
-            ),
-        ] {
-            rows.push(Row {
-                workload,
-                unit,
-                pb: None,
-                floor: None,
-                target: "pending",
-                met: None,
-            });
-        }
+        // The floor of the AMP rows is the plain framed echo, as for `latency` and `pipelined`.
+        let f = measure(&rt, System::Floor, runs, |a| async move {
+            let (p50, p99) = latency(System::Floor, a, c).await;
+            vec![p50, p99]
+        });
+        let p = measure(&rt, System::Amp, runs, |a| async move {
+            let (p50, p99) = latency(System::Amp, a, c).await;
+            vec![p50, p99]
+        });
+        rows.push(Row {
+            workload: "amp_latency",
+            unit: "us p50 per AMP call (floor: plain framed echo), lower is better",
+            pb: Some(p[0]),
+            floor: Some(f[0]),
+            target: "-",
+            met: None,
+        });
+        rows.push(Row {
+            workload: "amp_latency_p99",
+            unit: "us p99 per AMP call (floor: plain framed echo), lower is better",
+            pb: Some(p[1]),
+            floor: Some(f[1]),
+            target: "-",
+            met: None,
+        });
+        let f = measure(&rt, System::Floor, runs, |a| async move {
+            vec![pipelined(System::Floor, a, c).await]
+        });
+        let p = measure(&rt, System::Amp, runs, |a| async move {
+            vec![pipelined(System::Amp, a, c).await]
+        });
+        rows.push(Row {
+            workload: "amp_pipelined",
+            unit: "AMP calls/s with 64 in flight (floor: plain framed echo), higher is better",
+            pb: Some(p[0]),
+            floor: Some(f[0]),
+            target: "-",
+            met: None,
+        });
     }
 
     if json {
