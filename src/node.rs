@@ -5,7 +5,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use pb_core::{Config, ConnectError, Connection, ObjectRef, Side};
+use pb_client::{ClientBuilder, ClientError, ClientTls, Session};
+use pb_core::{Config, Connection, ObjectRef};
+use pb_server::{Portal, ServerTls};
 use tokio::net::ToSocketAddrs;
 
 /// A node of a peer-to-peer service: it listens for peers and dials peers with the same API,
@@ -33,6 +35,7 @@ use tokio::net::ToSocketAddrs;
 pub struct Node {
     root: ObjectRef,
     config: Config,
+    dial_tls: Option<ClientTls>,
     server: pb_server::ServerHandle,
     dialed: Arc<Mutex<HashMap<u64, Connection>>>,
 }
@@ -43,6 +46,9 @@ pub struct NodeBuilder {
     root: Option<ObjectRef>,
     config: Config,
     max_connections: Option<usize>,
+    listen_tls: Option<ServerTls>,
+    dial_tls: Option<ClientTls>,
+    portal: Option<Portal>,
 }
 
 impl NodeBuilder {
@@ -55,6 +61,28 @@ impl NodeBuilder {
     /// The settings of every connection (limits, timeouts).
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Accept peers over TLS, with this certificate (and, if configured, client certificates,
+    /// whose verified identity each call's `Caller` carries).
+    pub fn listen_tls(mut self, tls: ServerTls) -> Self {
+        self.listen_tls = Some(tls);
+        self
+    }
+
+    /// Dial peers over TLS, trusting these roots (and presenting a client certificate, if
+    /// configured).
+    pub fn dial_tls(mut self, tls: ClientTls) -> Self {
+        self.dial_tls = Some(tls);
+        self
+    }
+
+    /// Make peers that dial this node log in first: their root is the portal's login object,
+    /// and they reach the node through the avatar the realm gives them. Peers this node dials
+    /// still reach its root.
+    pub fn portal(mut self, portal: Portal) -> Self {
+        self.portal = Some(portal);
         self
     }
 
@@ -71,10 +99,18 @@ impl NodeBuilder {
         if let Some(n) = self.max_connections {
             server = server.max_connections(n);
         }
-        let server = server.bind(addr).await?.serve(root.clone());
+        if let Some(tls) = self.listen_tls {
+            server = server.tls(tls);
+        }
+        let server = server.bind(addr).await?;
+        let server = match self.portal {
+            Some(portal) => server.serve_portal(portal),
+            None => server.serve(root.clone()),
+        };
         Ok(Node {
             root,
             config: self.config,
+            dial_tls: self.dial_tls,
             server,
             dialed: Arc::new(Mutex::new(HashMap::new())),
         })
@@ -94,24 +130,28 @@ impl Node {
 
     /// Dial a peer; the connection carries calls both ways (`conn.root()` is the peer's root,
     /// and the peer reaches this node's root).
-    pub async fn dial(&self, addr: impl ToSocketAddrs) -> Result<Connection, ConnectError> {
-        let (stream, peer) = pb_core::transport::tcp_connect(addr).await?;
-        let conn = Connection::establish(
-            stream,
-            &self.config,
-            Side::Client,
-            Some(self.root.clone()),
-            Some(peer),
-        )
-        .await?;
+    pub async fn dial(&self, addr: impl ToSocketAddrs) -> Result<Connection, ClientError> {
+        Ok(self.open(addr).await?.into_connection())
+    }
+
+    /// Dial a peer and return the session, to log in to a peer that asks for it (see
+    /// [`NodeBuilder::portal`]).
+    pub async fn open(&self, addr: impl ToSocketAddrs) -> Result<Session, ClientError> {
+        let mut client = ClientBuilder::default()
+            .config(self.config.clone())
+            .root(self.root.clone());
+        if let Some(tls) = &self.dial_tls {
+            client = client.tls(tls.clone());
+        }
+        let session = client.open(addr).await?;
+        let conn = session.connection().clone();
         let dialed = self.dialed.clone();
         lock(&dialed).insert(conn.id(), conn.clone());
-        let watch = conn.clone();
         tokio::spawn(async move {
-            watch.closed().await;
-            lock(&dialed).remove(&watch.id());
+            conn.closed().await;
+            lock(&dialed).remove(&conn.id());
         });
-        Ok(conn)
+        Ok(session)
     }
 
     /// Every live connection: peers that dialed us and peers we dialed.

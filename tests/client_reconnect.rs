@@ -26,8 +26,8 @@ async fn reconnects_after_a_server_restart() {
         pb::Client::builder(),
         addr.to_string(),
         backoff,
-        |conn| async move {
-            let k: KitchenRef = conn.root();
+        |session| async move {
+            let k: KitchenRef = session.connection().root();
             k.add(0, 0).await.map_err(|e| e.to_string())?;
             Ok(k)
         },
@@ -93,4 +93,62 @@ fn backoff_grows_with_jitter_and_is_capped() {
     // Jitter: not every draw is the same.
     let draws: std::collections::HashSet<Duration> = (0..20).map(|_| b.delay(5)).collect();
     assert!(draws.len() > 1);
+}
+
+#[tokio::test]
+async fn logs_in_again_after_reconnecting() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let logins = Arc::new(AtomicUsize::new(0));
+    let portal = {
+        let logins = logins.clone();
+        pb::Portal::new(move |_login: pb::LoginRequest| {
+            let logins = logins.clone();
+            async move {
+                logins.fetch_add(1, Ordering::SeqCst);
+                Ok(pb::Avatar::new(KitchenRef::new(KitchenImpl::default())))
+            }
+        })
+        .allow_anonymous(true)
+    };
+    let server = pb::Server::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve_portal(portal.clone());
+    let addr = server.local_addr();
+    let backoff = Backoff {
+        initial: Duration::from_millis(1),
+        max: Duration::from_millis(5),
+    };
+    // The hook logs in on every new connection.
+    let client = Reconnecting::start(
+        pb::Client::builder(),
+        addr.to_string(),
+        backoff,
+        |session| async move {
+            session
+                .login_anonymous::<KitchenRef>()
+                .await
+                .map_err(|e| e.to_string())
+        },
+    );
+    let (_, avatar) = client.session().await.unwrap();
+    assert_eq!(avatar.add(1, 1).await, Ok(2));
+    server.shutdown().await;
+    let server = pb::Server::bind(addr).await.unwrap().serve_portal(portal);
+    let mut states = client.watch();
+    states
+        .wait_for(|s| matches!(s, ClientState::Connected { generation: 2, .. }))
+        .await
+        .unwrap();
+    let (_, again) = client.session().await.unwrap();
+    assert_eq!(again.add(2, 2).await, Ok(4));
+    assert_eq!(
+        avatar.add(1, 1).await,
+        Err(CallError::Disconnected),
+        "the old avatar fails clearly"
+    );
+    assert_eq!(logins.load(Ordering::SeqCst), 2, "one login per connection");
+    client.stop().await;
+    server.shutdown().await;
 }

@@ -174,3 +174,58 @@ async fn a_peer_that_keeps_violating_is_disconnected() {
     client.closed().await;
     assert!(server.is_closed());
 }
+
+/// An object whose `Drop` uses the connection it was exported on.
+struct Chatty(pb::Connection, Arc<AtomicUsize>);
+
+impl Cell for Chatty {
+    async fn get(&self) -> Result<u64, ()> {
+        Ok(0)
+    }
+}
+
+impl Drop for Chatty {
+    fn drop(&mut self) {
+        // Touches the connection's state: must not find its lock held.
+        let _ = self.0.stats();
+        self.1.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[pb::remote]
+pub trait ChattyMaker {
+    async fn make(&self, caller: pb::Caller) -> Result<CellRef, ()>;
+}
+
+struct ChattyMakerImpl(Arc<AtomicUsize>);
+
+impl ChattyMaker for ChattyMakerImpl {
+    async fn make(&self, caller: pb::Caller) -> Result<CellRef, ()> {
+        let conn = caller.connection().cloned().ok_or(())?;
+        Ok(CellRef::new(Chatty(conn, self.0.clone())))
+    }
+}
+
+#[tokio::test]
+async fn an_object_whose_drop_uses_its_connection_can_be_released() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (server, client) =
+        common::memory_pair(ChattyMakerRef::new(ChattyMakerImpl(dropped.clone()))).await;
+    let maker: ChattyMakerRef = client.root();
+    for _ in 0..3 {
+        let cell = maker.make().await.unwrap();
+        assert_eq!(cell.get().await, Ok(0));
+        drop(cell);
+    }
+    // Released by the peer: dropped on the server without deadlocking its connection.
+    let released = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        common::settle(|| dropped.load(Ordering::SeqCst) == 3).await
+    })
+    .await;
+    assert_eq!(released, Ok(true));
+    assert_eq!(server.stats().tables.exported, 0);
+    // Lost with the connection: dropped too.
+    let _kept = maker.make().await.unwrap();
+    server.abort();
+    assert!(common::settle(|| dropped.load(Ordering::SeqCst) == 4).await);
+}

@@ -15,7 +15,7 @@ use pb_core::{Connection, ObjectRef};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::ClientBuilder;
+use crate::{ClientBuilder, Session};
 
 /// Where a reconnecting client is.
 #[derive(Clone)]
@@ -108,9 +108,8 @@ impl Backoff {
     }
 }
 
-type Hook<S> = Arc<
-    dyn Fn(Connection) -> Pin<Box<dyn Future<Output = Result<S, String>> + Send>> + Send + Sync,
->;
+type Hook<S> =
+    Arc<dyn Fn(Session) -> Pin<Box<dyn Future<Output = Result<S, String>> + Send>> + Send + Sync>;
 
 /// A client connection that is re-established whenever it is lost.
 pub struct Reconnecting<S> {
@@ -120,8 +119,9 @@ pub struct Reconnecting<S> {
 }
 
 impl<S: Clone + Send + Sync + 'static> Reconnecting<S> {
-    /// Start connecting to `addr` with `builder`'s settings; after each connect, `hook` turns the
-    /// connection into a session (return an error to treat the attempt as failed).
+    /// Start connecting to `addr` with `builder`'s settings (TLS, limits, our root); after each
+    /// connect, `hook` turns the new [`Session`] into the application's session, typically by
+    /// logging in (return an error to treat the attempt as failed and back off).
     pub fn start<F, Fut>(
         builder: ClientBuilder,
         addr: String,
@@ -129,7 +129,7 @@ impl<S: Clone + Send + Sync + 'static> Reconnecting<S> {
         hook: F,
     ) -> Reconnecting<S>
     where
-        F: Fn(Connection) -> Fut + Send + Sync + 'static,
+        F: Fn(Session) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<S, String>> + Send + 'static,
     {
         let hook: Hook<S> = Arc::new(move |c| Box::pin(hook(c)));
@@ -241,7 +241,7 @@ async fn connect_once<S>(
     addr: &str,
     hook: &Hook<S>,
 ) -> Result<(Connection, S), String> {
-    let connection = builder.clone().connect(addr).await.map_err(|e| {
+    let session = builder.clone().open(addr).await.map_err(|e| {
         let mut text = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
@@ -251,7 +251,8 @@ async fn connect_once<S>(
         }
         text
     })?;
-    match hook(connection.clone()).await {
+    let connection = session.connection().clone();
+    match hook(session).await {
         Ok(session) => Ok((connection, session)),
         Err(e) => {
             connection.abort();
@@ -268,7 +269,7 @@ async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> boo
     }
 }
 
-/// The root of a connection, as a session for clients that need nothing more.
-pub async fn root_session(connection: Connection) -> Result<ObjectRef, String> {
-    Ok(connection.root_ref())
+/// A hook for servers without login: the session is the server's root.
+pub async fn root_session(session: Session) -> Result<ObjectRef, String> {
+    Ok(session.connection().root_ref())
 }

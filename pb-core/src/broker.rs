@@ -449,8 +449,18 @@ impl Broker {
 
     /// References the peer revoked, to be marked dead outside the lock.
     pub(crate) fn take_revoked(&mut self) -> Vec<Arc<Imported>> {
-        self.graveyard.clear();
         std::mem::take(&mut self.revoked)
+    }
+
+    /// Keep objects to be dropped once the lock is released: dropping one may run user code
+    /// (its `Drop`) that uses this very connection.
+    fn bury(&mut self, refs: impl IntoIterator<Item = ObjectRef>) {
+        self.graveyard.extend(refs);
+    }
+
+    /// The objects to drop now that the lock is being released.
+    pub(crate) fn take_graveyard(&mut self) -> Vec<ObjectRef> {
+        std::mem::take(&mut self.graveyard)
     }
 
     /// Queue a cache update for the peer; false if the object is no longer exported to it.
@@ -587,6 +597,7 @@ impl Broker {
                 let over = self.imports.len() > self.limits.max_imports;
                 let Some(waiter) = self.pending.remove(&id) else {
                     tracing::debug!(id, "answer for a call no longer pending");
+                    self.bury(refs);
                     return Ok(());
                 };
                 let reply = if let Some(message) = error {
@@ -599,7 +610,9 @@ impl Broker {
                 } else {
                     Ok(Outcome { ok, payload, refs })
                 };
-                let _ = waiter.send(reply);
+                if let Err(Ok(unwanted)) = waiter.send(reply) {
+                    self.bury(unwanted.refs);
+                }
                 if over { self.violation() } else { Ok(()) }
             }
             Message::Fault { id, kind, message } => {
@@ -633,6 +646,8 @@ impl Broker {
                     if e.count == 0
                         && let Some(e) = self.exports.remove(&id)
                     {
+                        // Dropped outside the lock: the object's `Drop` may use this connection.
+                        self.graveyard.push(e.object.clone());
                         if let Some(key) = export_key(&e.object) {
                             self.export_keys.remove(&key);
                         }
@@ -743,7 +758,7 @@ impl Broker {
         });
         if let Some((kind, message)) = refused {
             tracing::debug!(id, target, %message, "call refused");
-            drop(refs);
+            self.bury(refs);
             if answer {
                 self.send_fault(id, kind, message);
             }
@@ -860,8 +875,12 @@ impl Broker {
         }
         let Some(reply) = reply else { return };
         let outcome = reply.and_then(|o| {
-            self.frame_fits(16 + o.refs.len() * 10, &o.payload)?;
-            let (descs, follow) = self.describe(&o.refs)?;
+            let described = self
+                .frame_fits(16 + o.refs.len() * 10, &o.payload)
+                .and_then(|()| self.describe(&o.refs));
+            // The references are exported now (or refused): ours to drop, outside the lock.
+            self.bury(o.refs);
+            let (descs, follow) = described?;
             Ok((o.ok, descs, follow, o.payload))
         });
         match outcome {
@@ -901,7 +920,11 @@ impl Broker {
         self.imports.clear();
         self.export_keys.clear();
         self.releases.clear();
-        self.events.clear();
+        let events = std::mem::take(&mut self.events);
+        for ev in events {
+            self.graveyard.push(ev.object);
+            self.graveyard.extend(ev.refs);
+        }
         let mut held: Vec<ObjectRef> = self.exports.drain().map(|(_, e)| e.object).collect();
         for object in &held {
             if let RefInner::Local(d) = &object.0 {

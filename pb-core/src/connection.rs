@@ -390,7 +390,9 @@ impl ConnShared {
             more.push(ev);
         }
         let revoked = broker.take_revoked();
+        let dead = broker.take_graveyard();
         drop(broker);
+        drop(dead);
         for ev in first.into_iter().chain(more) {
             self.spawn_call(ev);
         }
@@ -519,11 +521,16 @@ impl ConnShared {
         {
             tracing::debug!(id, message = %f.message, "one-way call failed");
         }
-        let draining = {
+        let (draining, dead) = {
             let mut broker = self.lock();
             broker.finish_call(id, answer, reply, tracked);
-            broker.state != crate::broker::State::Open
+            (
+                broker.state != crate::broker::State::Open,
+                broker.take_graveyard(),
+            )
         };
+        // What the answer released is dropped outside the lock.
+        drop(dead);
         // Only a graceful close waits for running calls, and it starts by draining.
         if draining {
             self.call_done.notify_waiters();
