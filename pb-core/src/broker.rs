@@ -22,6 +22,7 @@
 //! so a release that crosses a new send of the same object never frees an object the peer holds.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -33,6 +34,10 @@ use crate::message::{
     encode_call_head, encode_update_head,
 };
 use crate::object::{Fault, ObjectRef, Outcome, RefInner, Reply, disconnected_fault};
+
+/// The least room made in the output buffer when it runs out: frames are appended to one
+/// allocation (reclaimed once what was written from it is dropped) instead of many tiny ones.
+const OUT_CHUNK: usize = 1024;
 
 /// Payloads at least this large are queued as their own chunk for a vectored write instead of
 /// being copied into the output buffer.
@@ -135,8 +140,9 @@ pub(crate) struct CallEvent {
     pub(crate) method: Bytes,
     pub(crate) args: Bytes,
     pub(crate) refs: Vec<ObjectRef>,
-    /// `Some` when an answer is wanted: fires (or is dropped) when the call is cancelled.
-    pub(crate) cancel: Option<oneshot::Receiver<()>>,
+    /// Whether an answer is wanted (then the call can be cancelled: see
+    /// [`Broker::watch_cancel`]).
+    pub(crate) answer: bool,
     /// How long the caller waits, from now.
     pub(crate) deadline: Option<std::time::Duration>,
 }
@@ -169,9 +175,13 @@ pub(crate) struct Broker {
     next_export: u64,
     imports: HashMap<u64, ImportSlot>,
     next_generation: u64,
-    pending: HashMap<u64, Waiter>,
+    /// Keyed by our own request ids (sequential, never chosen by the peer), so a cheap hash
+    /// will do.
+    pending: HashMap<u64, Waiter, BuildHasherDefault<IdHasher>>,
     next_request: u64,
-    running: HashMap<u64, oneshot::Sender<()>>,
+    /// Answered calls running in tasks of their own (a call answered inline never enters);
+    /// the sender fires (or is dropped) when the call is cancelled.
+    running: HashMap<u64, Option<oneshot::Sender<()>>>,
     in_flight: usize,
     out: BytesMut,
     chunks: Vec<Bytes>,
@@ -205,7 +215,7 @@ impl Broker {
             next_export: 1,
             imports: HashMap::new(),
             next_generation: 1,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             next_request: 1,
             running: HashMap::new(),
             in_flight: 0,
@@ -244,26 +254,45 @@ impl Broker {
 
     // ---- output ------------------------------------------------------------------------
 
-    /// Frames to write, in order. Empty when there is nothing to send.
-    pub(crate) fn take_transmit(&mut self) -> Vec<Bytes> {
+    /// Append the frames to write to `into`, in order; appends nothing when there is nothing to
+    /// send.
+    pub(crate) fn take_transmit(&mut self, into: &mut Vec<Bytes>) {
         if !self.releases.is_empty() && self.state != State::Closed {
             let items = std::mem::take(&mut self.releases);
             for batch in items.chunks(self.limits.message.max_release_entries.max(1)) {
                 self.write_message(&Message::Release(batch.to_vec()));
             }
         }
+        into.append(&mut self.chunks);
         if !self.out.is_empty() {
-            let head = self.out.split().freeze();
-            self.chunks.push(head);
+            into.push(self.out.split().freeze());
         }
-        std::mem::take(&mut self.chunks)
     }
 
     pub(crate) fn poll_event(&mut self) -> Option<CallEvent> {
         self.events.pop_front()
     }
 
+    /// Make room for `n` more bytes in the output buffer.
+    fn reserve_out(&mut self, n: usize) {
+        if self.out.capacity() - self.out.len() < n {
+            self.out.reserve(n.max(OUT_CHUNK));
+        }
+    }
+
+    /// Room for a frame header, an envelope of about `head` bytes and a payload that will be
+    /// copied in.
+    fn reserve_frame(&mut self, head: usize, payload: &Bytes) {
+        let copied = if payload.len() >= ZERO_COPY_MIN {
+            0
+        } else {
+            payload.len()
+        };
+        self.reserve_out(4 + head + copied);
+    }
+
     fn write_message(&mut self, m: &Message) {
+        self.reserve_out(64);
         let start = self.out.len();
         self.out.put_u32(0);
         m.encode(&mut self.out);
@@ -746,11 +775,8 @@ impl Broker {
             return if violated { self.violation() } else { Ok(()) };
         }
         let Some(object) = object else { return Ok(()) };
-        let cancel = answer.then(|| {
-            let (tx, rx) = oneshot::channel();
-            self.running.insert(id, tx);
-            rx
-        });
+        // Entered in the running table only if the handler has to wait (`watch_cancel`): most
+        // calls are answered before the next frame is handled.
         self.in_flight += 1;
         self.events.push_back(CallEvent {
             id,
@@ -759,7 +785,7 @@ impl Broker {
             method,
             args: payload,
             refs,
-            cancel,
+            answer,
             deadline: deadline_ms.map(std::time::Duration::from_millis),
         });
         Ok(())
@@ -802,6 +828,7 @@ impl Broker {
         let (descs, follow) = self.describe(refs)?;
         let id = self.next_request;
         self.next_request += 1;
+        self.reserve_frame(24 + method.len() + descs.len() * 11, &payload);
         let start = self.out.len();
         self.out.put_u32(0);
         encode_call_head(
@@ -820,6 +847,18 @@ impl Broker {
         Ok(id)
     }
 
+    /// Enter call `id`, whose handler has to wait, in the running table: the receiver fires
+    /// (or is dropped) when the peer cancels it. `None` once the connection is closed. Made
+    /// only for handlers that wait, so a call answered at once costs no channel and no entry.
+    pub(crate) fn watch_cancel(&mut self, id: u64) -> Option<oneshot::Receiver<()>> {
+        if self.state == State::Closed {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.running.insert(id, Some(tx));
+        Some(rx)
+    }
+
     /// Our caller gave up on call `id`.
     pub(crate) fn cancel_call(&mut self, id: u64) {
         if self.pending.remove(&id).is_some() && self.state != State::Closed {
@@ -828,9 +867,20 @@ impl Broker {
     }
 
     /// An incoming call finished: send its reply unless it was cancelled or wanted none.
-    pub(crate) fn finish_call(&mut self, id: u64, answer: bool, reply: Option<Reply>) {
+    ///
+    /// `tracked`: the call was entered in the running table (by [`Broker::watch_cancel`]) and
+    /// is answered only if still there; a call answered inline, before any other frame was
+    /// handled, was never entered and cannot have been cancelled.
+    pub(crate) fn finish_call(
+        &mut self,
+        id: u64,
+        answer: bool,
+        reply: Option<Reply>,
+        tracked: bool,
+    ) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if !answer || self.running.remove(&id).is_none() || self.state == State::Closed {
+        if !answer || self.state == State::Closed || (tracked && self.running.remove(&id).is_none())
+        {
             return;
         }
         let Some(reply) = reply else { return };
@@ -845,6 +895,7 @@ impl Broker {
         });
         match outcome {
             Ok((ok, descs, follow, payload)) => {
+                self.reserve_frame(16 + descs.len() * 11, &payload);
                 let start = self.out.len();
                 self.out.put_u32(0);
                 encode_answer_head(&mut self.out, id, ok, &descs);
@@ -901,6 +952,27 @@ impl Broker {
         held.append(&mut self.graveyard);
         self.root_key = None;
         (held, imports)
+    }
+}
+
+/// A multiplicative (Fibonacci) hash for the ids we allocate ourselves: one multiply instead
+/// of SipHash's rounds. Not for keys a peer chooses.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 

@@ -18,7 +18,7 @@ mod depth;
 
 use std::cell::RefCell;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 
 use crate::connection::Connection;
@@ -79,6 +79,35 @@ type Stack = RefCell<Vec<Context>>;
 thread_local! {
     static ENCODING: Stack = const { RefCell::new(Vec::new()) };
     static DECODING: Stack = const { RefCell::new(Vec::new()) };
+    /// A reused encode buffer, so that encoding a small value allocates only its exact size.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Values encoded to at most this many bytes are copied out of the scratch buffer into an
+/// allocation of their exact size; larger ones take the buffer itself (no copy).
+const SCRATCH_COPY_MAX: usize = 4096;
+
+/// A bincode writer appending to a `Vec` (bincode's `std::io::Write` adapter costs a call
+/// chain and an error check per byte).
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// A bincode writer appending to a `BytesMut`.
+struct BytesMutWriter<'a>(&'a mut BytesMut);
+
+impl bincode::enc::write::Writer for BytesMutWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
 }
 
 /// Pops the context it pushed, even if a user's `Serialize` panics.
@@ -148,8 +177,7 @@ pub fn encode_into<T: Serialize + ?Sized>(
             peer: peer.cloned(),
         },
     );
-    let mut w = out.writer();
-    bincode::serde::encode_into_std_write(value, &mut w, bincode::config::standard())
+    bincode::serde::encode_into_writer(value, BytesMutWriter(out), bincode::config::standard())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     Ok(scope.take())
 }
@@ -159,9 +187,32 @@ pub fn encode<T: Serialize + ?Sized>(
     value: &T,
     peer: Option<&Connection>,
 ) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
-    let mut out = BytesMut::new();
-    let refs = encode_into(value, peer, &mut out)?;
-    Ok((out.freeze(), refs))
+    // Taken out of the thread-local for the duration, so a nested encode (a `Serialize` impl
+    // that encodes) finds an empty buffer instead of a borrowed one.
+    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    buf.clear();
+    let scope = Scope::enter(
+        &ENCODING,
+        Context {
+            refs: Vec::new(),
+            peer: peer.cloned(),
+        },
+    );
+    let encoded =
+        bincode::serde::encode_into_writer(value, VecWriter(&mut buf), bincode::config::standard());
+    let refs = scope.take();
+    if let Err(e) = encoded {
+        SCRATCH.with(|s| *s.borrow_mut() = buf);
+        return Err(CodecError::Encode(e.to_string()));
+    }
+    let bytes = if buf.len() <= SCRATCH_COPY_MAX {
+        let bytes = Bytes::copy_from_slice(&buf);
+        SCRATCH.with(|s| *s.borrow_mut() = buf);
+        bytes
+    } else {
+        Bytes::from(buf)
+    };
+    Ok((bytes, refs))
 }
 
 /// Decode a `T` that must fill `bytes` exactly, with `refs` as its object references, under the

@@ -17,7 +17,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -204,12 +204,17 @@ pub(crate) struct ConnShared {
     peer_addr: Option<SocketAddr>,
     broker: Mutex<Broker>,
     releases: Mutex<Vec<(u64, u64, u64)>>,
+    /// The transport's write half: `None` before the connection is established and after the
+    /// writer has shut it down. Whoever holds the lock may write (see [`ConnShared::flush_now`]).
+    out: Mutex<Option<Output>>,
     wake_writer: Notify,
     call_done: Notify,
     max_frame_len: AtomicUsize,
     /// `Limits::max_depth`, read by every decode of a value that came in on this connection.
     pub(crate) max_depth: usize,
     closed: watch::Sender<Option<CloseReason>>,
+    /// Mirrors `closed.is_some()`: checked on every write and call, without the watch's lock.
+    is_closed: AtomicBool,
     drain_timeout: Duration,
     identity: Mutex<Option<Identity>>,
     bytes_in: AtomicU64,
@@ -230,11 +235,13 @@ impl ConnShared {
             peer_addr,
             broker: Mutex::new(Broker::new(config.limits.clone(), id, root, me.clone())),
             releases: Mutex::new(Vec::new()),
+            out: Mutex::new(None),
             wake_writer: Notify::new(),
             call_done: Notify::new(),
             max_frame_len: AtomicUsize::new(config.limits.max_frame_len),
             max_depth: config.limits.max_depth,
             closed: watch::channel(None).0,
+            is_closed: AtomicBool::new(false),
             drain_timeout: config.drain_timeout,
             identity: Mutex::new(None),
             bytes_in: AtomicU64::new(0),
@@ -253,7 +260,7 @@ impl ConnShared {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.borrow().is_some()
+        self.is_closed.load(Ordering::Acquire)
     }
 
     pub(crate) async fn closed(&self) {
@@ -391,22 +398,24 @@ impl ConnShared {
     fn handle_frame(self: &Arc<Self>, frame: Bytes) -> Result<(), ProtocolError> {
         let mut broker = self.lock();
         let result = broker.handle_frame(frame, &self.make_import());
-        let mut events = Vec::new();
+        // A frame yields at most one call: no list allocated for it.
+        let first = broker.poll_event();
+        let mut more = Vec::new();
         while let Some(ev) = broker.poll_event() {
-            events.push(ev);
+            more.push(ev);
         }
         let revoked = broker.take_revoked();
         let dead = broker.take_graveyard();
         drop(broker);
         drop(dead);
-        for ev in events {
+        for ev in first.into_iter().chain(more) {
             self.spawn_call(ev);
         }
         // Outside our lock: revoking reaches into other connections.
         for imp in revoked {
             imp.revoke();
         }
-        self.wake_writer.notify_one();
+        // No writer wake-up: the reader flushes once it has handled every frame it has.
         result
     }
 
@@ -419,10 +428,9 @@ impl ConnShared {
             method,
             args,
             refs,
-            cancel,
+            answer,
             deadline,
         } = ev;
-        let answer = cancel.is_some();
         let span = tracing::debug_span!(
             "pb.call",
             direction = "in",
@@ -453,7 +461,36 @@ impl ConnShared {
             refs,
             caller,
         };
-        let fut = CatchUnwind(object.dispatch(call));
+        let mut fut = CatchUnwind(object.dispatch(call));
+        // Without a deadline, poll the handler once right here: most answer without waiting,
+        // and then the call costs no task, no wake-up, no cancellation channel and no running
+        // entry, and its answer leaves with the reader's next flush. A handler that must wait
+        // continues in a task of its own, which polls it again at once (so the no-op waker of
+        // this first poll is never relied upon).
+        if deadline.is_none() {
+            let polled = {
+                let _entered = span.enter();
+                Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop()))
+            };
+            if let Poll::Ready(reply) = polled {
+                if let Some(started) = started {
+                    span.record("outcome", outcome_name(Some(&reply)));
+                    span.record("duration_us", started.elapsed().as_micros() as u64);
+                }
+                conn.finish(id, answer, Some(reply), false);
+                return;
+            }
+        }
+        let cancel = if answer {
+            let Some(cancel) = conn.lock().watch_cancel(id) else {
+                // Closed meanwhile: drop the handler.
+                conn.finish(id, answer, None, false);
+                return;
+            };
+            Some(cancel)
+        } else {
+            None
+        };
         // The handler runs under its caller's deadline (its own calls inherit it) and is
         // dropped when the deadline passes: the caller has given up by then.
         let fut = async move {
@@ -479,37 +516,128 @@ impl ConnShared {
                     },
                     None => Some(fut.await),
                 };
-                if let Some(Err(f)) = &reply
-                    && !answer
-                {
-                    tracing::debug!(id, message = %f.message, "one-way call failed");
-                }
                 if let Some(started) = started {
                     let span = tracing::Span::current();
                     span.record("outcome", outcome_name(reply.as_ref()));
                     span.record("duration_us", started.elapsed().as_micros() as u64);
                 }
-                let dead = {
-                    let mut broker = conn.lock();
-                    broker.finish_call(id, answer, reply);
-                    broker.take_graveyard()
-                };
-                drop(dead);
+                conn.finish(id, answer, reply, answer);
                 conn.wake_writer.notify_one();
-                conn.call_done.notify_waiters();
             }
             .instrument(span),
         );
     }
 
-    fn take_transmit(&self) -> Vec<Bytes> {
+    /// Book the end of incoming call `id` and queue its answer (`None`: cancelled). `tracked`:
+    /// the call ran in a task of its own and is in the broker's running table.
+    fn finish(&self, id: u64, answer: bool, reply: Option<Reply>, tracked: bool) {
+        if let Some(Err(f)) = &reply
+            && !answer
+        {
+            tracing::debug!(id, message = %f.message, "one-way call failed");
+        }
+        let (draining, dead) = {
+            let mut broker = self.lock();
+            broker.finish_call(id, answer, reply, tracked);
+            (
+                broker.state != crate::broker::State::Open,
+                broker.take_graveyard(),
+            )
+        };
+        // What the answer released is dropped outside the lock.
+        drop(dead);
+        // Only a graceful close waits for running calls, and it starts by draining.
+        if draining {
+            self.call_done.notify_waiters();
+        }
+    }
+
+    /// Append everything queued for the peer to `into`.
+    fn take_transmit(&self, into: &mut Vec<Bytes>) {
         let released =
             std::mem::take(&mut *self.releases.lock().unwrap_or_else(|p| p.into_inner()));
         let mut broker = self.lock();
         for (id, generation, count) in released {
             broker.release_imported(id, generation, count);
         }
-        broker.take_transmit()
+        broker.take_transmit(into);
+    }
+
+    fn lock_out(&self) -> MutexGuard<'_, Option<Output>> {
+        self.out.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Write everything queued, as far as the transport takes it: `Ready` once all of it is
+    /// written and flushed, `Pending` when the transport is full (woken through `cx`).
+    fn poll_output(&self, out: &mut Output, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Output { wr, queue, first } = out;
+        loop {
+            if *first >= queue.len() {
+                queue.clear();
+                *first = 0;
+                self.take_transmit(queue);
+                if queue.is_empty() {
+                    return Pin::new(&mut **wr).poll_flush(cx);
+                }
+            }
+            let pending = &queue[*first..];
+            let mut slices = [io::IoSlice::new(&[]); MAX_IOSLICES];
+            let count = pending.len().min(MAX_IOSLICES);
+            for (slice, chunk) in slices.iter_mut().zip(pending) {
+                *slice = io::IoSlice::new(chunk);
+            }
+            let mut n = ready!(Pin::new(&mut **wr).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            while n > 0 {
+                let Some(chunk) = queue.get_mut(*first) else {
+                    break;
+                };
+                if n >= chunk.len() {
+                    n -= chunk.len();
+                    *first += 1;
+                } else {
+                    bytes::Buf::advance(chunk, n);
+                    n = 0;
+                }
+            }
+            while queue.get(*first).is_some_and(|c| c.is_empty()) {
+                *first += 1;
+            }
+        }
+    }
+
+    /// Write queued output now, from the calling task, without waiting: saves the hop through
+    /// the writer task when the transport has room, which it nearly always has. Whatever cannot
+    /// be written at once (the transport is full, or another task is writing) is left to the
+    /// writer task.
+    fn flush_now(&self) {
+        let Ok(mut guard) = self.out.try_lock() else {
+            // Someone is writing; the writer task picks up what we queued.
+            self.wake_writer.notify_one();
+            return;
+        };
+        let Some(out) = guard.as_mut() else { return };
+        if out.first < out.queue.len() {
+            // A write is waiting for the transport; its waker belongs to the writer task.
+            drop(guard);
+            self.wake_writer.notify_one();
+            return;
+        }
+        // A no-op waker is enough: on `Pending` the writer task takes over with its own.
+        match self.poll_output(out, &mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Pending => {
+                drop(guard);
+                self.wake_writer.notify_one();
+            }
+            Poll::Ready(Err(e)) => {
+                drop(guard);
+                self.close(CloseReason::Io(e.to_string()));
+            }
+        }
     }
 
     /// Withdraw export `object` from the peer (it forwarded to something now unreachable).
@@ -537,6 +665,7 @@ impl ConnShared {
                 false
             }
         });
+        self.is_closed.store(true, Ordering::Release);
         self.wake_writer.notify_one();
     }
 
@@ -760,6 +889,11 @@ impl Connection {
             keepalive: config.keepalive_interval,
             idle: config.idle_timeout,
         };
+        *shared.lock_out() = Some(Output {
+            wr: Box::new(wr),
+            queue: Vec::new(),
+            first: 0,
+        });
         let span = tracing::debug_span!(
             "pb.connection",
             connection = shared.id,
@@ -769,7 +903,7 @@ impl Connection {
         tokio::spawn(
             run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
         );
-        tokio::spawn(run_writer(shared.clone(), wr).instrument(span));
+        tokio::spawn(run_writer(shared.clone()).instrument(span));
         tracing::debug!(
             connection = shared.id,
             ?side,
@@ -981,7 +1115,10 @@ async fn run_reader<R: AsyncRead + Unpin>(
     mut decoder: FrameDecoder,
     timers: Timers,
 ) {
-    let mut closed = conn.closed.subscribe();
+    // One wait for a local close, made once: polling it again is cheap, making it is not.
+    let mut closed_rx = conn.closed.subscribe();
+    let closed = closed_rx.wait_for(|r| r.is_some());
+    tokio::pin!(closed);
     let mut live = Liveness::new(timers);
     let timer = tokio::time::sleep_until(live.deadline());
     tokio::pin!(timer);
@@ -999,6 +1136,8 @@ async fn run_reader<R: AsyncRead + Unpin>(
                 Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
             }
         }
+        // Answers and faults for the whole batch go out in one write.
+        conn.flush_now();
         if conn.is_closed() {
             break CloseReason::Local;
         }
@@ -1011,7 +1150,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
                 }
                 Err(e) => break CloseReason::Io(e.to_string()),
             },
-            _ = closed.wait_for(|r| r.is_some()) => break CloseReason::Local,
+            _ = &mut closed => break CloseReason::Local,
             () = &mut timer, if live.enabled() => {
                 if let Err(reason) = live.on_timer(&conn) {
                     break reason;
@@ -1033,59 +1172,41 @@ async fn run_reader<R: AsyncRead + Unpin>(
     conn.close(reason);
 }
 
-async fn run_writer<W: AsyncWrite + Unpin>(conn: Arc<ConnShared>, mut wr: W) {
+/// The most chunks handed to one vectored write.
+const MAX_IOSLICES: usize = 64;
+
+/// The transport's write half and the chunks of a write in progress.
+struct Output {
+    wr: Box<dyn AsyncWrite + Send + Unpin>,
+    queue: Vec<Bytes>,
+    /// The first chunk of `queue` not yet written.
+    first: usize,
+}
+
+/// Writes whatever the broker queues and nobody wrote directly: output queued by callers
+/// (batched: every call started in one scheduler tick goes out in one write), by handlers that
+/// finished in their own task, and anything a direct write left behind.
+async fn run_writer(conn: Arc<ConnShared>) {
     loop {
         let notified = conn.wake_writer.notified();
-        let mut chunks = conn.take_transmit();
-        if chunks.is_empty() {
-            if conn.is_closed() {
-                break;
-            }
-            notified.await;
-            continue;
-        }
-        let total: usize = chunks.iter().map(|c| c.len()).sum();
-        if let Err(e) = write_all_chunks(&mut wr, &mut chunks).await {
+        let written = std::future::poll_fn(|cx| match conn.lock_out().as_mut() {
+            Some(out) => conn.poll_output(out, cx),
+            None => Poll::Ready(Ok(())),
+        })
+        .await;
+        if let Err(e) = written {
             conn.close(CloseReason::Io(e.to_string()));
             break;
         }
-        conn.bytes_out.fetch_add(total as u64, Ordering::Relaxed);
+        if conn.is_closed() {
+            break;
+        }
+        notified.await;
     }
-    let _ = wr.shutdown().await;
-}
-
-async fn write_all_chunks<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    chunks: &mut [Bytes],
-) -> io::Result<()> {
-    let mut first = 0;
-    while first < chunks.len() {
-        let slices: Vec<io::IoSlice<'_>> = chunks[first..]
-            .iter()
-            .take(64)
-            .map(|c| io::IoSlice::new(c))
-            .collect();
-        let mut n = wr.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 {
-            let Some(c) = chunks.get_mut(first) else {
-                break;
-            };
-            if n >= c.len() {
-                n -= c.len();
-                first += 1;
-            } else {
-                bytes::Buf::advance(c, n);
-                n = 0;
-            }
-        }
-        while chunks.get(first).is_some_and(|c| c.is_empty()) {
-            first += 1;
-        }
+    let out = conn.lock_out().take();
+    if let Some(mut out) = out {
+        let _ = out.wr.shutdown().await;
     }
-    wr.flush().await
 }
 
 #[cfg(test)]
@@ -1126,7 +1247,9 @@ mod tests {
     /// Move every queued frame from `from` to `to`; returns how many moved.
     fn pump(from: &Arc<ConnShared>, to: &Arc<ConnShared>, buf: &mut BytesMut) -> usize {
         let decoder = FrameDecoder::new(1 << 20);
-        for chunk in from.take_transmit() {
+        let mut chunks = Vec::new();
+        from.take_transmit(&mut chunks);
+        for chunk in chunks {
             buf.extend_from_slice(&chunk);
         }
         let mut n = 0;

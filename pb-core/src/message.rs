@@ -246,11 +246,17 @@ const TAG_PING: u8 = 9;
 const TAG_PONG: u8 = 10;
 
 pub(crate) fn put_varint(out: &mut BytesMut, mut v: u64) {
+    // Gathered on the stack and appended with one copy: a `put_u8` per byte costs a capacity
+    // check and a call each.
+    let mut buf = [0u8; 10];
+    let mut n = 0;
     while v >= 0x80 {
-        out.put_u8((v as u8) | 0x80);
+        buf[n] = (v as u8) | 0x80;
         v >>= 7;
+        n += 1;
     }
-    out.put_u8(v as u8);
+    buf[n] = v as u8;
+    out.put_slice(&buf[..=n]);
 }
 
 fn get_varint(b: &mut Bytes) -> Result<u64, MessageError> {
@@ -518,20 +524,56 @@ pub(crate) fn encode_call_head(
     (answer, deadline_ms): (bool, Option<u64>),
     refs: &[RefDesc],
 ) {
-    out.put_u8(TAG_CALL);
     let mut flags = if answer { FLAG_ANSWER } else { 0 };
     if deadline_ms.is_some() {
         flags |= FLAG_DEADLINE;
     }
-    out.put_u8(flags);
-    put_varint(out, id);
-    put_varint(out, target);
+    // The fixed fields are gathered on the stack and appended with one copy.
+    let mut head = Head::new();
+    head.put(&[TAG_CALL, flags]);
+    head.varint(id);
+    head.varint(target);
     if let Some(ms) = deadline_ms {
-        put_varint(out, ms);
+        head.varint(ms);
     }
-    put_varint(out, method.len() as u64);
+    head.varint(method.len() as u64);
+    out.put_slice(head.as_slice());
     out.put_slice(method);
     put_refs(out, refs);
+}
+
+/// Up to four varints and two bytes of an envelope, gathered before one copy into the output.
+struct Head {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Head {
+    fn new() -> Head {
+        Head {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            dst.copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.put(&[(v as u8) | 0x80]);
+            v >>= 7;
+        }
+        self.put(&[v as u8]);
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or(&[])
+    }
 }
 
 /// Encode an update's envelope; the payload follows it directly.
@@ -542,10 +584,17 @@ pub(crate) fn encode_update_head(out: &mut BytesMut, object: u64) {
 
 /// Encode an answer's envelope; the payload follows it directly.
 pub(crate) fn encode_answer_head(out: &mut BytesMut, id: u64, ok: bool, refs: &[RefDesc]) {
-    out.put_u8(TAG_ANSWER);
-    put_varint(out, id);
-    out.put_u8(if ok { 0 } else { 1 });
-    put_refs(out, refs);
+    let mut head = Head::new();
+    head.put(&[TAG_ANSWER]);
+    head.varint(id);
+    head.put(&[if ok { 0 } else { 1 }]);
+    if refs.is_empty() {
+        head.put(&[0]);
+        out.put_slice(head.as_slice());
+    } else {
+        out.put_slice(head.as_slice());
+        put_refs(out, refs);
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,1240 @@
+//! pb against the physical floor: `cargo bench --bench rpc [-- --json] [-- --quick]`.
+//!
+//! Every workload runs a server and a client as **separate processes**, each on a current-thread
+//! tokio runtime (one thread does all of its work), talking over 127.0.0.1. The bench binary is
+//! both: the client re-executes itself with the hidden argument `--serve <kind>` to start a server,
+//! reads the port it bound from the server's stdout, and stops it by closing the server's stdin.
+//!
+//! The **floor** is a framed TCP echo with no RPC at all: a 4-byte big-endian length, an 8-byte id
+//! (and, for `bulk`, the payload) echoed back as is. It runs on the same runtime, with the same
+//! socket options (`TCP_NODELAY`) and the same process layout as pb, so the ratio is what pb's
+//! messages, tables, codec and tasks cost.
+//!
+//! Workloads (`-- --quick` shrinks every count by 10 for a smoke run of a few seconds):
+//! - `latency`: sequential `echo(u64)` calls after a warm-up, p50 (`latency`) and p99
+//!   (`latency_p99`), in microseconds;
+//! - `pipelined`: `echo(u64)` calls with 64 in flight on one connection, calls/s;
+//! - `bulk`: sequential echoes of a 1 MiB byte vector, MB/s of payload (10^6 bytes, one way);
+//! - `connect`: connect + handshake + one call + close, connections/s;
+//! - `refs`: pass a new object reference to the peer, which calls it once and drops it (so a
+//!   release comes back), 64 cycles in flight, cycles/s (pb only);
+//! - `idle`: server memory per idle connection with 10 000 connections open, from the RSS of
+//!   the server process, KiB.
+//!
+//! Each workload is repeated (`--runs N`, default 3; 1 with `--quick`) and the median of the
+//! runs is reported. `-- --json` prints one JSON line per workload:
+//! `{"workload": "...", "unit": "...", "pb": X, "floor": Y, "ratio": X/Y}`; the ratio is always
+//! pb / floor, so it is better when higher for rates and better when lower for times and memory
+//! (the unit says which). Rows without a floor print `null` for `floor` and `ratio`.
+//! Positional arguments select workloads by name (`cargo bench --bench rpc -- latency bulk`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls;
+
+// ---- the pb service -------------------------------------------------------------------------
+
+/// The benchmark's root interface.
+#[pb::remote]
+pub trait Bench {
+    /// Answers `v`.
+    async fn echo(&self, v: u64) -> Result<u64, ()>;
+    /// Answers `data`.
+    async fn bulk(&self, data: Bytes) -> Result<Bytes, ()>;
+    /// Calls `p.ping()` once and drops `p`.
+    async fn visit(&self, p: PingRef) -> Result<u64, ()>;
+}
+
+/// The object passed by reference in the `refs` workload.
+#[pb::remote]
+pub trait Ping {
+    /// Answers 1.
+    async fn ping(&self) -> Result<u64, ()>;
+}
+
+struct BenchImpl;
+
+impl Bench for BenchImpl {
+    async fn echo(&self, v: u64) -> Result<u64, ()> {
+        Ok(v)
+    }
+    async fn bulk(&self, data: Bytes) -> Result<Bytes, ()> {
+        Ok(data)
+    }
+    async fn visit(&self, p: PingRef) -> Result<u64, ()> {
+        p.ping().await.map_err(|_| ())
+    }
+}
+
+/// The AMP command of the AMP rows: `Echo(v: Integer) -> v: Integer`.
+#[derive(pb::AmpCommand)]
+#[amp(response = EchoBack)]
+struct Echo {
+    v: i64,
+}
+
+/// The answer to [`Echo`].
+#[derive(pb::AmpFields)]
+struct EchoBack {
+    v: i64,
+}
+
+fn amp_locator() -> pb::amp::Locator {
+    pb::amp::Locator::new().respond(|Echo { v }| async move { Ok(EchoBack { v }) })
+}
+
+struct Pinger;
+
+impl Ping for Pinger {
+    async fn ping(&self) -> Result<u64, ()> {
+        Ok(1)
+    }
+}
+
+// ---- settings -------------------------------------------------------------------------------
+
+/// How many calls in flight for the pipelined workloads.
+const IN_FLIGHT: usize = 64;
+/// Size of a bulk payload.
+const BULK_LEN: usize = 1 << 20;
+
+#[derive(Clone, Copy)]
+struct Counts {
+    warmup: usize,
+    latency: usize,
+    pipelined: usize,
+    bulk: usize,
+    connect: usize,
+    refs: usize,
+    idle: usize,
+}
+
+impl Counts {
+    fn full() -> Counts {
+        Counts {
+            warmup: 2_000,
+            latency: 20_000,
+            pipelined: 200_000,
+            bulk: 200,
+            connect: 2_000,
+            refs: 50_000,
+            idle: 10_000,
+        }
+    }
+
+    fn quick() -> Counts {
+        let f = Counts::full();
+        Counts {
+            warmup: f.warmup / 10,
+            latency: f.latency / 10,
+            pipelined: f.pipelined / 10,
+            bulk: f.bulk / 10,
+            connect: f.connect / 10,
+            refs: f.refs / 10,
+            idle: f.idle / 10,
+        }
+    }
+}
+
+// ---- server processes -----------------------------------------------------------------------
+
+/// A server started as a child process.
+struct ServerProc {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ServerProc {
+    fn start(kind: &str) -> ServerProc {
+        let exe = std::env::current_exe().expect("the bench's own path");
+        // Profiling aid: `RPC_BENCH_SERVER_WRAP="valgrind --tool=callgrind"` runs the server
+        // under that command.
+        let wrap = std::env::var("RPC_BENCH_SERVER_WRAP").unwrap_or_default();
+        let mut words = wrap.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(words).arg(exe);
+                cmd
+            }
+            None => Command::new(exe),
+        };
+        let keys = tls_keys();
+        let mut child = cmd
+            .env(TLS_ENV, format!("{}:{}", hex(&keys.cert), hex(&keys.key)))
+            .arg("--serve")
+            .arg(kind)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the server process");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("server stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the server's port");
+        let port: u16 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("server {kind} printed {line:?}, not a port"));
+        ServerProc {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    /// Resident memory of the server process, in bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in /proc status")
+            * 1024
+    }
+
+    fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The hidden `--serve <kind>` mode: bind 127.0.0.1:0, print the port, serve until stdin closes.
+fn serve(kind: &str) {
+    std::thread::spawn(|| {
+        let mut b = [0u8; 1];
+        let _ = std::io::stdin().read(&mut b);
+        std::process::exit(0);
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        match kind {
+            "floor" => {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                announce(listener.local_addr().expect("bound").port());
+                loop {
+                    let Ok((s, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let _ = s.set_nodelay(true);
+                    tokio::spawn(floor_serve_conn(s));
+                }
+            }
+            "floor-tls" => {
+                let acceptor = server_tls();
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                announce(listener.local_addr().expect("bound").port());
+                loop {
+                    let Ok((s, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let _ = s.set_nodelay(true);
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        if let Ok(tls) = acceptor.accept(s).await {
+                            floor_serve_conn(tls).await;
+                        }
+                    });
+                }
+            }
+            "pb-tls" => {
+                // pb over any byte stream: here a rustls server stream, one connection each.
+                let acceptor = server_tls();
+                let root = pb::ObjectRef::from(BenchRef::new(BenchImpl));
+                let config = pb::Config::default();
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                announce(listener.local_addr().expect("bound").port());
+                loop {
+                    let Ok((s, addr)) = listener.accept().await else {
+                        continue;
+                    };
+                    let _ = s.set_nodelay(true);
+                    let (acceptor, root, config) = (acceptor.clone(), root.clone(), config.clone());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(s).await else {
+                            return;
+                        };
+                        let side = pb::Side::Server;
+                        if let Ok(conn) =
+                            pb::Connection::establish(tls, &config, side, Some(root), Some(addr))
+                                .await
+                        {
+                            conn.closed().await;
+                        }
+                    });
+                }
+            }
+            "amp" => {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                announce(listener.local_addr().expect("bound").port());
+                let config = pb::amp::AmpConfig::default();
+                pb::amp::serve(listener, config, |_| amp_locator())
+                    .await
+                    .expect("amp serve");
+            }
+            "pb" => {
+                let server = pb::Server::builder()
+                    .max_connections(100_000)
+                    .bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let server = server.serve(BenchRef::new(BenchImpl));
+                announce(server.local_addr().port());
+                std::future::pending::<()>().await;
+            }
+            other => panic!("unknown server kind {other}"),
+        }
+    });
+}
+
+fn announce(port: u16) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{port}").expect("write the port");
+    out.flush().expect("flush the port");
+}
+
+// ---- the floor --------------------------------------------------------------------------------
+
+/// Echo every complete frame back as is, in one write per read.
+async fn floor_serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
+    let mut rbuf = BytesMut::with_capacity(4096);
+    loop {
+        match s.read_buf(&mut rbuf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut end = 0;
+        while let Some(h) = rbuf.get(end..end + 4) {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            if rbuf.len() < end + 4 + len {
+                // The floor trusts the length: room for the rest of the frame at once.
+                rbuf.reserve(end + 4 + len - rbuf.len());
+                break;
+            }
+            end += 4 + len;
+        }
+        if end > 0 {
+            let out = rbuf.split_to(end);
+            // (Flushing a TCP stream is free; a TLS stream needs it.)
+            if s.write_all(&out).await.is_err() || s.flush().await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One floor client connection.
+struct FloorConn<S = TcpStream> {
+    s: S,
+    rbuf: BytesMut,
+}
+
+impl FloorConn {
+    async fn connect(addr: SocketAddr) -> FloorConn {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        FloorConn {
+            s,
+            rbuf: BytesMut::with_capacity(4096),
+        }
+    }
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+impl FloorConn<TlsStream> {
+    async fn connect_tls(addr: SocketAddr) -> FloorConn<TlsStream> {
+        FloorConn {
+            s: tls_connect(addr).await,
+            rbuf: BytesMut::with_capacity(4096),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> FloorConn<S> {
+    /// Read one whole frame; returns its body.
+    async fn read_frame(&mut self) -> Bytes {
+        loop {
+            if let Some(h) = self.rbuf.get(..4) {
+                let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                if self.rbuf.len() >= 4 + len {
+                    self.rbuf.advance(4);
+                    return self.rbuf.split_to(len).freeze();
+                }
+                self.rbuf.reserve(4 + len - self.rbuf.len());
+            }
+            let n = self.s.read_buf(&mut self.rbuf).await.expect("read");
+            assert!(n > 0, "floor server closed");
+        }
+    }
+
+    async fn echo(&mut self, id: u64) -> u64 {
+        let mut frame = [0u8; 12];
+        frame[..4].copy_from_slice(&8u32.to_be_bytes());
+        frame[4..].copy_from_slice(&id.to_be_bytes());
+        self.s.write_all(&frame).await.expect("write");
+        self.s.flush().await.expect("flush");
+        let mut body = self.read_frame().await;
+        body.get_u64()
+    }
+
+    async fn bulk(&mut self, id: u64, data: &Bytes) -> Bytes {
+        let mut head = [0u8; 12];
+        head[..4].copy_from_slice(&((8 + data.len()) as u32).to_be_bytes());
+        head[4..].copy_from_slice(&id.to_be_bytes());
+        let mut out = Buf::chain(&head[..], &data[..]);
+        self.s.write_all_buf(&mut out).await.expect("write");
+        let mut body = self.read_frame().await;
+        assert_eq!(body.get_u64(), id);
+        body
+    }
+}
+
+// ---- the workloads ----------------------------------------------------------------------------
+
+/// Which system a measurement runs against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum System {
+    Pb,
+    Floor,
+    /// pb over TLS 1.3 (rustls, ring).
+    PbTls,
+    /// The floor over TLS 1.3.
+    FloorTls,
+    /// pb's AMP (Twisted-compatible boxes).
+    Amp,
+}
+
+impl System {
+    fn server_kind(self) -> &'static str {
+        match self {
+            System::Pb => "pb",
+            System::Floor => "floor",
+            System::PbTls => "pb-tls",
+            System::FloorTls => "floor-tls",
+            System::Amp => "amp",
+        }
+    }
+}
+
+async fn pb_connect(addr: SocketAddr) -> (pb::Connection, BenchRef) {
+    let conn = pb::Client::connect(addr).await.expect("pb connect");
+    let root: BenchRef = conn.root();
+    (conn, root)
+}
+
+async fn amp_connect(addr: SocketAddr) -> pb::amp::Connection {
+    let config = pb::amp::AmpConfig::default();
+    pb::amp::Connection::connect(addr, config, pb::amp::Locator::new())
+        .await
+        .expect("amp connect")
+}
+
+/// pb over TLS: the same `Connection`, over a rustls client stream.
+async fn pb_connect_tls(addr: SocketAddr) -> (pb::Connection, BenchRef) {
+    let tls = tls_connect(addr).await;
+    let config = pb::Config::default();
+    let conn = pb::Connection::establish(tls, &config, pb::Side::Client, None, Some(addr))
+        .await
+        .expect("pb connect over tls");
+    let root: BenchRef = conn.root();
+    (conn, root)
+}
+
+// ---- TLS --------------------------------------------------------------------------------------
+
+/// The environment variable that hands the client's throwaway certificate and key to a server
+/// process (hex DER, `cert:key`).
+const TLS_ENV: &str = "RPC_BENCH_TLS";
+
+/// A self-signed certificate for `localhost` and its key (PKCS#8), DER.
+struct TlsKeys {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// Made by the client process (rcgen) and passed to servers through `TLS_ENV`.
+fn tls_keys() -> &'static TlsKeys {
+    static KEYS: std::sync::OnceLock<TlsKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| match std::env::var(TLS_ENV) {
+        Ok(v) => {
+            let (cert, key) = v.split_once(':').expect("cert:key");
+            TlsKeys {
+                cert: unhex(cert),
+                key: unhex(key),
+            }
+        }
+        Err(_) => {
+            let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+                .expect("self-signed certificate");
+            TlsKeys {
+                cert: ck.cert.der().to_vec(),
+                key: ck.key_pair.serialize_der(),
+            }
+        }
+    })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn server_tls() -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let k = tls_keys();
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls 1.3")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(k.cert.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(k.key.clone())),
+        )
+        .expect("server certificate");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn tls_connect(addr: SocketAddr) -> TlsStream {
+    static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+    let connector = CONNECTOR.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(
+                tls_keys().cert.clone(),
+            ))
+            .expect("trust the bench's certificate");
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    });
+    let s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    connector.connect(name, s).await.expect("tls handshake")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1e6
+}
+
+async fn floor_latency<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: FloorConn<S>,
+    c: Counts,
+    times: &mut Vec<Duration>,
+) {
+    for i in 0..(c.warmup + c.latency) as u64 {
+        let t = Instant::now();
+        assert_eq!(conn.echo(i).await, i);
+        if i as usize >= c.warmup {
+            times.push(t.elapsed());
+        }
+    }
+}
+
+/// Sequential calls: (p50, p99) in microseconds.
+async fn latency(sys: System, addr: SocketAddr, c: Counts) -> (f64, f64) {
+    let mut times = Vec::with_capacity(c.latency);
+    match sys {
+        System::Floor => floor_latency(FloorConn::connect(addr).await, c, &mut times).await,
+        System::FloorTls => floor_latency(FloorConn::connect_tls(addr).await, c, &mut times).await,
+        System::Amp => {
+            let conn = amp_connect(addr).await;
+            for i in 0..(c.warmup + c.latency) as i64 {
+                let t = Instant::now();
+                let back = conn.call(&Echo { v: i }).await.expect("amp call");
+                assert_eq!(back.v, i);
+                if i as usize >= c.warmup {
+                    times.push(t.elapsed());
+                }
+            }
+        }
+        System::Pb | System::PbTls => {
+            let (conn, root) = if sys == System::PbTls {
+                pb_connect_tls(addr).await
+            } else {
+                pb_connect(addr).await
+            };
+            for i in 0..(c.warmup + c.latency) as u64 {
+                let t = Instant::now();
+                assert_eq!(root.echo(i).await, Ok(i));
+                if i as usize >= c.warmup {
+                    times.push(t.elapsed());
+                }
+            }
+            conn.close().await;
+        }
+    }
+    times.sort_unstable();
+    (percentile(&times, 0.50), percentile(&times, 0.99))
+}
+
+/// Calls with `IN_FLIGHT` outstanding on one connection: calls/s.
+async fn pipelined(sys: System, addr: SocketAddr, c: Counts) -> f64 {
+    let total = c.pipelined as u64;
+    match sys {
+        System::Floor => floor_pipelined(FloorConn::connect(addr).await, total).await,
+        System::FloorTls => floor_pipelined(FloorConn::connect_tls(addr).await, total).await,
+        System::Amp => {
+            let conn = amp_connect(addr).await;
+            conn.call(&Echo { v: 0 }).await.expect("warm-up call");
+            let next = Arc::new(AtomicU64::new(0));
+            let t = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..IN_FLIGHT {
+                let conn = conn.clone();
+                let next = next.clone();
+                tasks.spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            break;
+                        }
+                        let back = conn.call(&Echo { v: i as i64 }).await.expect("amp call");
+                        assert_eq!(back.v, i as i64);
+                    }
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.expect("pipelined task");
+            }
+            total as f64 / t.elapsed().as_secs_f64()
+        }
+        System::Pb | System::PbTls => {
+            let (conn, root) = if sys == System::PbTls {
+                pb_connect_tls(addr).await
+            } else {
+                pb_connect(addr).await
+            };
+            root.echo(0).await.expect("warm-up call");
+            let next = Arc::new(AtomicU64::new(0));
+            let t = Instant::now();
+            let mut tasks = tokio::task::JoinSet::new();
+            for _ in 0..IN_FLIGHT {
+                let root = root.clone();
+                let next = next.clone();
+                tasks.spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            break;
+                        }
+                        assert_eq!(root.echo(i).await, Ok(i));
+                    }
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.expect("pipelined task");
+            }
+            let rate = total as f64 / t.elapsed().as_secs_f64();
+            conn.close().await;
+            rate
+        }
+    }
+}
+
+/// The floor with `IN_FLIGHT` requests outstanding: each read's answers are replaced by new
+/// requests in one write.
+async fn floor_pipelined<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: FloorConn<S>,
+    total: u64,
+) -> f64 {
+    {
+        {
+            let mut out = BytesMut::new();
+            let push = |out: &mut BytesMut, id: u64| {
+                out.put_u32(8);
+                out.put_u64(id);
+            };
+            // Warm up with one round trip.
+            conn.echo(u64::MAX).await;
+            let t = Instant::now();
+            let mut sent = 0u64;
+            while sent < IN_FLIGHT as u64 && sent < total {
+                push(&mut out, sent);
+                sent += 1;
+            }
+            conn.s.write_all(&out).await.expect("write");
+            conn.s.flush().await.expect("flush");
+            out.clear();
+            let mut received = 0u64;
+            while received < total {
+                let n = conn.s.read_buf(&mut conn.rbuf).await.expect("read");
+                assert!(n > 0, "floor server closed");
+                while conn.rbuf.len() >= 12 {
+                    conn.rbuf.advance(12);
+                    received += 1;
+                    if sent < total {
+                        push(&mut out, sent);
+                        sent += 1;
+                    }
+                }
+                if !out.is_empty() {
+                    conn.s.write_all(&out).await.expect("write");
+                    conn.s.flush().await.expect("flush");
+                    out.clear();
+                }
+            }
+            total as f64 / t.elapsed().as_secs_f64()
+        }
+    }
+}
+
+/// Sequential 1 MiB echoes: MB/s of payload, one way.
+async fn bulk(sys: System, addr: SocketAddr, c: Counts) -> f64 {
+    let data = Bytes::from((0..BULK_LEN).map(|i| i as u8).collect::<Vec<u8>>());
+    let warmup = 5;
+    let mut elapsed = Duration::ZERO;
+    match sys {
+        System::Amp => unreachable!("plain pb and floor only"),
+        System::Floor | System::FloorTls => {
+            let mut conn = FloorConn::connect(addr).await;
+            for i in 0..(warmup + c.bulk) as u64 {
+                let t = Instant::now();
+                let back = conn.bulk(i, &data).await;
+                if i >= warmup as u64 {
+                    elapsed += t.elapsed();
+                }
+                assert_eq!(back.len(), BULK_LEN);
+            }
+        }
+        System::Pb | System::PbTls => {
+            let (conn, root) = pb_connect(addr).await;
+            for i in 0..warmup + c.bulk {
+                let t = Instant::now();
+                let back = root.bulk(data.clone()).await.expect("bulk call");
+                if i >= warmup {
+                    elapsed += t.elapsed();
+                }
+                assert_eq!(back.len(), BULK_LEN);
+            }
+            conn.close().await;
+        }
+    }
+    (c.bulk * BULK_LEN) as f64 / 1e6 / elapsed.as_secs_f64()
+}
+
+/// Connect, handshake, one call, close: connections/s.
+async fn connect(sys: System, addr: SocketAddr, c: Counts) -> f64 {
+    let once = |i: u64| async move {
+        match sys {
+            System::Amp => unreachable!("plain pb and floor only"),
+            System::Floor | System::FloorTls => {
+                let mut conn = FloorConn::connect(addr).await;
+                assert_eq!(conn.echo(i).await, i);
+            }
+            System::Pb | System::PbTls => {
+                let (conn, root) = pb_connect(addr).await;
+                assert_eq!(root.echo(i).await, Ok(i));
+                conn.close().await;
+            }
+        }
+    };
+    for i in 0..20 {
+        once(i).await;
+    }
+    let t = Instant::now();
+    for i in 0..c.connect as u64 {
+        once(i).await;
+    }
+    c.connect as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Pass a new reference, the peer calls it once and drops it: cycles/s, `IN_FLIGHT` at once.
+async fn refs(addr: SocketAddr, c: Counts) -> f64 {
+    let (conn, root) = pb_connect(addr).await;
+    root.visit(PingRef::new(Pinger)).await.expect("warm-up");
+    let total = c.refs as u64;
+    let next = Arc::new(AtomicU64::new(0));
+    let t = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..IN_FLIGHT {
+        let root = root.clone();
+        let next = next.clone();
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                assert_eq!(root.visit(PingRef::new(Pinger)).await, Ok(1));
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("refs task");
+    }
+    let rate = total as f64 / t.elapsed().as_secs_f64();
+    // The releases must come back: nothing stays exported.
+    for _ in 0..100 {
+        if conn.stats().tables.exported == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(conn.stats().tables.exported, 0, "every reference released");
+    conn.close().await;
+    rate
+}
+
+/// Connections kept open by `idle`, dropped only after the server has stopped (so the server
+/// closes first and the client's ports do not linger in TIME_WAIT).
+type Held = (Vec<FloorConn>, Vec<(pb::Connection, BenchRef)>);
+
+/// Open `c.idle` connections (one call each), then measure the server's RSS growth per
+/// connection, in KiB.
+async fn idle(sys: System, server: &ServerProc, c: Counts) -> (f64, Held) {
+    let addr = server.addr;
+    let n = c.idle;
+    // One connection first, so the runtime and the allocator are warm.
+    let mut floors = Vec::with_capacity(n + 1);
+    let mut pbs = Vec::with_capacity(n + 1);
+    match sys {
+        System::Amp => unreachable!("plain pb and floor only"),
+        System::Floor | System::FloorTls => {
+            let mut conn = FloorConn::connect(addr).await;
+            conn.echo(0).await;
+            floors.push(conn);
+        }
+        System::Pb | System::PbTls => {
+            let (conn, root) = pb_connect(addr).await;
+            root.echo(0).await.expect("call");
+            pbs.push((conn, root));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = server.rss();
+    for i in 0..n as u64 {
+        match sys {
+            System::Amp => unreachable!("plain pb and floor only"),
+            System::Floor | System::FloorTls => {
+                let mut conn = FloorConn::connect(addr).await;
+                assert_eq!(conn.echo(i).await, i);
+                floors.push(conn);
+            }
+            System::Pb | System::PbTls => {
+                let (conn, root) = pb_connect(addr).await;
+                assert_eq!(root.echo(i).await, Ok(i));
+                pbs.push((conn, root));
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = server.rss();
+    let kib = after.saturating_sub(before) as f64 / n as f64 / 1024.0;
+    (kib, (floors, pbs))
+}
+
+// ---- the report -------------------------------------------------------------------------------
+
+/// One reported row.
+struct Row {
+    workload: &'static str,
+    unit: &'static str,
+    pb: Option<f64>,
+    floor: Option<f64>,
+    /// What the target is, for the table.
+    target: &'static str,
+    /// Whether the target is met, when it can be judged from this row.
+    met: Option<bool>,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn json_num(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x.is_finite() => {
+            if x.abs() >= 100.0 {
+                format!("{x:.1}")
+            } else {
+                format!("{x:.3}")
+            }
+        }
+        _ => "null".into(),
+    }
+}
+
+fn print_json(rows: &[Row]) {
+    for r in rows {
+        let ratio = match (r.pb, r.floor) {
+            (Some(p), Some(f)) if f != 0.0 => Some(p / f),
+            _ => None,
+        };
+        let ratio = match ratio {
+            Some(x) => format!("{x:.3}"),
+            None => "null".into(),
+        };
+        println!(
+            "{{\"workload\": \"{}\", \"unit\": \"{}\", \"pb\": {}, \"floor\": {}, \"ratio\": {}}}",
+            r.workload,
+            r.unit,
+            json_num(r.pb),
+            json_num(r.floor),
+            ratio
+        );
+    }
+}
+
+fn print_table(rows: &[Row], runs: usize) {
+    println!(
+        "{:<18} {:>12} {:>12} {:>7}  {:<14} {:<5} unit",
+        "workload", "pb", "floor", "ratio", "target", "met"
+    );
+    for r in rows {
+        let ratio = match (r.pb, r.floor) {
+            (Some(p), Some(f)) if f != 0.0 => format!("{:.3}", p / f),
+            _ => "-".into(),
+        };
+        let num = |v: Option<f64>| match v {
+            Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
+            Some(x) => format!("{x:.2}"),
+            None => "-".into(),
+        };
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        println!(
+            "{:<18} {:>12} {:>12} {:>7}  {:<14} {:<5} {}",
+            r.workload,
+            num(r.pb),
+            num(r.floor),
+            ratio,
+            r.target,
+            met,
+            r.unit
+        );
+    }
+    println!("(medians of {runs} run(s); ratio = pb / floor)");
+}
+
+/// Profiling aid: `RPC_BENCH_ONLY=pb` (or `floor`) measures one system only.
+fn skipped(sys: System) -> bool {
+    std::env::var("RPC_BENCH_ONLY").is_ok_and(|only| {
+        let kind = sys.server_kind();
+        kind != only && !kind.starts_with(&format!("{only}-"))
+    })
+}
+
+/// Runs `f` once per run against a fresh server of each system; the median of each output.
+fn measure<T, F, Fut>(rt: &tokio::runtime::Runtime, sys: System, runs: usize, mut f: F) -> Vec<f64>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Into<Vec<f64>> + Send + 'static,
+{
+    if skipped(sys) {
+        return vec![f64::NAN; 4];
+    }
+    let mut per_run: Vec<Vec<f64>> = Vec::new();
+    for _ in 0..runs {
+        let server = ServerProc::start(sys.server_kind());
+        // The client runs in a spawned task, as callers in an application do (tokio's
+        // `block_on` future pays an extra poll of the I/O driver whenever another task wakes it).
+        let run = f(server.addr);
+        let out: Vec<f64> = rt
+            .block_on(async move { tokio::spawn(run).await })
+            .expect("client task")
+            .into();
+        server.stop();
+        if per_run.is_empty() {
+            per_run = vec![Vec::new(); out.len()];
+        }
+        for (i, v) in out.into_iter().enumerate() {
+            per_run[i].push(v);
+        }
+    }
+    per_run.iter_mut().map(|v| median(v)).collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--serve") {
+        serve(args.get(i + 1).map(String::as_str).unwrap_or(""));
+        return;
+    }
+    let json = args.iter().any(|a| a == "--json");
+    let quick = args.iter().any(|a| a == "--quick");
+    let runs: usize = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 1 } else { 3 })
+        .max(1);
+    let mut skip_next = false;
+    let selected: Vec<&str> = args
+        .iter()
+        .filter(|a| {
+            if std::mem::take(&mut skip_next) {
+                return false;
+            }
+            if *a == "--runs" {
+                skip_next = true;
+            }
+            !a.starts_with("--")
+        })
+        .map(String::as_str)
+        .collect();
+    let wants = |name: &str| selected.is_empty() || selected.contains(&name);
+    let c = if quick {
+        Counts::quick()
+    } else {
+        Counts::full()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    let mut rows = Vec::new();
+    let mut plain_p50 = None;
+    if wants("latency") {
+        let f = measure(&rt, System::Floor, runs, |a| async move {
+            let (p50, p99) = latency(System::Floor, a, c).await;
+            vec![p50, p99]
+        });
+        let p = measure(&rt, System::Pb, runs, |a| async move {
+            let (p50, p99) = latency(System::Pb, a, c).await;
+            vec![p50, p99]
+        });
+        plain_p50 = Some(p[0]);
+        rows.push(Row {
+            workload: "latency",
+            unit: "us p50 per call, lower is better",
+            pb: Some(p[0]),
+            floor: Some(f[0]),
+            target: "<= 1.10x",
+            met: Some(p[0] <= 1.10 * f[0]),
+        });
+        rows.push(Row {
+            workload: "latency_p99",
+            unit: "us p99 per call, lower is better",
+            pb: Some(p[1]),
+            floor: Some(f[1]),
+            target: "<= 1.2x",
+            met: Some(p[1] <= 1.2 * f[1]),
+        });
+    }
+    if wants("pipelined") {
+        let f = measure(&rt, System::Floor, runs, |a| async move {
+            vec![pipelined(System::Floor, a, c).await]
+        });
+        let p = measure(&rt, System::Pb, runs, |a| async move {
+            vec![pipelined(System::Pb, a, c).await]
+        });
+        rows.push(Row {
+            workload: "pipelined",
+            unit: "calls/s with 64 in flight, higher is better",
+            pb: Some(p[0]),
+            floor: Some(f[0]),
+            target: ">= 0.5x",
+            met: Some(p[0] >= 0.5 * f[0]),
+        });
+    }
+    if wants("bulk") {
+        let f = measure(&rt, System::Floor, runs, |a| async move {
+            vec![bulk(System::Floor, a, c).await]
+        });
+        let p = measure(&rt, System::Pb, runs, |a| async move {
+            vec![bulk(System::Pb, a, c).await]
+        });
+        rows.push(Row {
+            workload: "bulk",
+            unit: "MB/s of 1 MiB echoes, higher is better",
+            pb: Some(p[0]),
+            floor: Some(f[0]),
+            target: ">= 0.7x",
+            met: Some(p[0] >= 0.7 * f[0]),
+        });
+    }
+    if wants("connect") {
+        let f = measure(&rt, System::Floor, runs, |a| async move {
+            vec![connect(System::Floor, a, c).await]
+        });
+        let p = measure(&rt, System::Pb, runs, |a| async move {
+            vec![connect(System::Pb, a, c).await]
+        });
+        rows.push(Row {
+            workload: "connect",
+            unit: "connections/s, higher is better",
+            pb: Some(p[0]),
+            floor: Some(f[0]),
+            target: ">= 0.8x",
+            met: Some(p[0] >= 0.8 * f[0]),
+        });
+    }
+    if wants("refs") {
+        let p = measure(
+            &rt,
+            System::Pb,
+            runs,
+            |a| async move { vec![refs(a, c).await] },
+        );
+        rows.push(Row {
+            workload: "refs",
+            unit: "cycles/s with 64 in flight, higher is better",
+            pb: Some(p[0]),
+            floor: None,
+            target: ">= 100000/s",
+            met: Some(p[0] >= 100_000.0),
+        });
+    }
+    if wants("idle") {
+        let per = |sys: System| {
+            if skipped(sys) {
+                return f64::NAN;
+            }
+            let mut v = Vec::new();
+            for _ in 0..runs {
+                let server = ServerProc::start(sys.server_kind());
+                let (kib, held) = rt.block_on(idle(sys, &server, c));
+                server.stop();
+                drop(held);
+                // Let the client's connection tasks see the close and end.
+                rt.block_on(async { tokio::time::sleep(Duration::from_millis(200)).await });
+                v.push(kib);
+            }
+            median(&mut v)
+        };
+        let f = per(System::Floor);
+        let p = per(System::Pb);
+        rows.push(Row {
+            workload: "idle",
+            unit: "KiB of server RSS per idle connection, lower is better",
+            pb: Some(p),
+            floor: Some(f),
+            target: "<= 16 KiB",
+            met: Some(p <= 16.0),
+        });
+    }
+
+    if wants("tls") {
+        let f = measure(&rt, System::FloorTls, runs, |a| async move {
+            let (p50, p99) = latency(System::FloorTls, a, c).await;
+            vec![p50, p99]
+        });
+        let p = measure(&rt, System::PbTls, runs, |a| async move {
+            let (p50, p99) = latency(System::PbTls, a, c).await;
+            vec![p50, p99]
+        });
+        rows.push(Row {
+            workload: "tls_latency",
+            unit: "us p50 per call over TLS 1.3 (floor also over TLS), lower is better",
+            pb: Some(p[0]),
+            floor: Some(f[0]),
+            target: "-",
+            met: None,
+        });
+        rows.push(Row {
+            workload: "tls_latency_p99",
+            unit: "us p99 per call over TLS 1.3 (floor also over TLS), lower is better",
+            pb: Some(p[1]),
+            floor: Some(f[1]),
+            target: "-",
+            met: None,
+        });
+        // The target: pb over TLS against pb over plain TCP, both measured in this run.
+        rows.push(Row {
+            workload: "tls_overhead",
+            unit: "us p50: pb over TLS (pb) against pb over plain TCP (floor), lower is better",
+            pb: Some(p[0]),
+            floor: plain_p50,
+            target: "<= 1.10x",
+            met: plain_p50.map(|plain| p[0] <= 1.10 * plain),
+        });
+        let f = measure(&rt, System::FloorTls, runs, |a| async move {
+            vec![pipelined(System::FloorTls, a, c).await]
+        });
+        let p = measure(&rt, System::PbTls, runs, |a| async move {
+            vec![pipelined(System::PbTls, a, c).await]
+        });
+        rows.push(Row {
+            workload: "tls_pipelined",
+            unit: "calls/s with 64 in flight over TLS 1.3 (floor also over TLS), higher is better",
+            pb: Some(p[0]),
+            floor: Some(f[0]),
+            target: "-",
+            met: None,
+        });
+    }
+    if wants("amp") {
+        // The floor of the AMP rows is the plain framed echo, as for `latency` and `pipelined`.
+        let f = measure(&rt, System::Floor, runs, |a| async move {
+            let (p50, p99) = latency(System::Floor, a, c).await;
+            vec![p50, p99]
+        });
+        let p = measure(&rt, System::Amp, runs, |a| async move {
+            let (p50, p99) = latency(System::Amp, a, c).await;
+            vec![p50, p99]
+        });
+        rows.push(Row {
+            workload: "amp_latency",
+            unit: "us p50 per AMP call (floor: plain framed echo), lower is better",
+            pb: Some(p[0]),
+            floor: Some(f[0]),
+            target: "-",
+            met: None,
+        });
+        rows.push(Row {
+            workload: "amp_latency_p99",
+            unit: "us p99 per AMP call (floor: plain framed echo), lower is better",
+            pb: Some(p[1]),
+            floor: Some(f[1]),
+            target: "-",
+            met: None,
+        });
+        let f = measure(&rt, System::Floor, runs, |a| async move {
+            vec![pipelined(System::Floor, a, c).await]
+        });
+        let p = measure(&rt, System::Amp, runs, |a| async move {
+            vec![pipelined(System::Amp, a, c).await]
+        });
+        rows.push(Row {
+            workload: "amp_pipelined",
+            unit: "AMP calls/s with 64 in flight (floor: plain framed echo), higher is better",
+            pb: Some(p[0]),
+            floor: Some(f[0]),
+            target: "-",
+            met: None,
+        });
+    }
+
+    if json {
+        print_json(&rows);
+    } else {
+        print_table(&rows, runs);
+    }
+}
