@@ -885,15 +885,15 @@ impl Connection {
         let shared = ConnShared::new(config, side, peer_addr, root);
         let decoder = FrameDecoder::new(config.limits.max_frame_len);
         let (rd, wr) = tokio::io::split(io);
-        let timers = Timers {
-            keepalive: config.keepalive_interval,
-            idle: config.idle_timeout,
-        };
         *shared.lock_out() = Some(Output {
             wr: Box::new(wr),
             queue: Vec::new(),
             first: 0,
         });
+        let timers = Timers {
+            keepalive: config.keepalive_interval,
+            idle: config.idle_timeout,
+        };
         let span = tracing::debug_span!(
             "pb.connection",
             connection = shared.id,
