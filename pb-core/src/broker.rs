@@ -58,6 +58,9 @@ pub struct Limits {
     pub max_imports: usize,
     /// Limit violations tolerated before the connection is closed (default 3, as Twisted).
     pub max_violations: u32,
+    /// Deepest nesting of a decoded argument or answer value (default
+    /// [`crate::codec::DEFAULT_MAX_DEPTH`], 128); deeper values fail to decode.
+    pub max_depth: usize,
     /// Limits on message envelopes.
     pub message: MessageLimits,
 }
@@ -71,6 +74,7 @@ impl Default for Limits {
             max_exports: 10_000,
             max_imports: 10_000,
             max_violations: 3,
+            max_depth: crate::codec::DEFAULT_MAX_DEPTH,
             message: MessageLimits::default(),
         }
     }
@@ -682,6 +686,12 @@ impl Broker {
                 }
                 Ok(())
             }
+            Message::Ping { nonce } => {
+                self.write_message(&Message::Pong { nonce });
+                Ok(())
+            }
+            // The driver notes that a frame arrived; nothing else to do.
+            Message::Pong { .. } => Ok(()),
             Message::Update { object, payload } => {
                 match self.imports.get(&object).and_then(|s| s.handle.upgrade()) {
                     Some(imp) => imp
@@ -893,6 +903,13 @@ impl Broker {
                 self.write_updates(follow);
             }
             Err(f) => self.send_fault(id, f.kind, f.message),
+        }
+    }
+
+    /// Ask the peer for a sign of life (keep-alive).
+    pub(crate) fn send_ping(&mut self, nonce: u64) {
+        if self.state != State::Closed {
+            self.write_message(&Message::Ping { nonce });
         }
     }
 

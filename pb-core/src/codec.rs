@@ -9,6 +9,12 @@
 //! broker turns that list into wire descriptors. Decoding does the reverse with a list the broker
 //! resolved first. The lists live in a thread-local stack that is set only for the duration of one
 //! synchronous encode or decode, so nothing leaks between calls.
+//!
+//! Every decode also runs under a nesting-depth limit ([`DEFAULT_MAX_DEPTH`], or the connection's
+//! `Limits::max_depth`), counted by a `Deserializer` wrapper, so that a deeply nested value is an
+//! error whatever the user's types, never a stack overflow.
+
+mod depth;
 
 use std::cell::RefCell;
 
@@ -19,8 +25,17 @@ use crate::connection::Connection;
 use crate::frame::MAX_FRAME_LEN_CEILING;
 use crate::object::ObjectRef;
 
-/// Payloads up to this size decode under the small limit.
-const SMALL_LIMIT: usize = 64 * 1024;
+/// bincode counts the in-memory size of every primitive it decodes against its limit, not the
+/// bytes it reads: a one-byte varint claims up to 16 bytes (a `u128`). A payload of `n` bytes
+/// therefore claims at most `CLAIM_FACTOR * n`, and decodes under the smallest limit tier that
+/// covers that, so that small payloads cannot even claim large sizes.
+const CLAIM_FACTOR: usize = 16;
+
+/// The default nesting-depth limit of decoded values (as serde_json's recursion limit).
+///
+/// Each sequence, tuple, struct, map, enum variant, `Some` and newtype counts one level; the
+/// arguments tuple of a call is the first.
+pub const DEFAULT_MAX_DEPTH: usize = 128;
 
 /// An encode or decode of a payload failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +58,12 @@ pub enum CodecError {
     /// Bytes were left over after the value.
     #[error("{0} trailing bytes after value")]
     Trailing(usize),
+    /// The value is nested deeper than the depth limit.
+    #[error("value nested deeper than the limit max_depth = {max}")]
+    TooDeep {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// What one encode or decode in progress on this thread knows.
@@ -130,12 +151,10 @@ pub(crate) fn resolve_ref(index: u32) -> Option<ObjectRef> {
     })
 }
 
-fn config_small() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<SMALL_LIMIT>()
-}
-
-fn config_large() -> impl bincode::config::Config {
-    bincode::config::standard().with_limit::<MAX_FRAME_LEN_CEILING>()
+macro_rules! limited {
+    ($limit:expr) => {
+        bincode::config::standard().with_limit::<{ $limit }>()
+    };
 }
 
 /// The connection the value being encoded right now is bound for, if it is bound for one:
@@ -196,8 +215,19 @@ pub fn encode<T: Serialize + ?Sized>(
     Ok((bytes, refs))
 }
 
-/// Decode a `T` that must fill `bytes` exactly, with `refs` as its object references.
+/// Decode a `T` that must fill `bytes` exactly, with `refs` as its object references, under the
+/// default depth limit [`DEFAULT_MAX_DEPTH`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], refs: Vec<ObjectRef>) -> Result<T, CodecError> {
+    decode_with_depth(bytes, refs, DEFAULT_MAX_DEPTH)
+}
+
+/// Decode a `T` that must fill `bytes` exactly, with `refs` as its object references, failing
+/// with [`CodecError::TooDeep`] if the value nests more than `max_depth` levels.
+pub fn decode_with_depth<T: DeserializeOwned>(
+    bytes: &[u8],
+    refs: Vec<ObjectRef>,
+    max_depth: usize,
+) -> Result<T, CodecError> {
     if bytes.len() > MAX_FRAME_LEN_CEILING {
         return Err(CodecError::TooLarge {
             len: bytes.len(),
@@ -205,12 +235,30 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], refs: Vec<ObjectRef>) -> Result
         });
     }
     let _scope = Scope::enter(&DECODING, Context { refs, peer: None });
-    let result = if bytes.len() <= SMALL_LIMIT {
-        bincode::serde::decode_from_slice::<T, _>(bytes, config_small())
-    } else {
-        bincode::serde::decode_from_slice::<T, _>(bytes, config_large())
+    let depth = depth::Depth::new(max_depth);
+    let seed = depth::Seed {
+        seed: std::marker::PhantomData::<T>,
+        depth: &depth,
     };
-    let (value, used) = result.map_err(|e| CodecError::Decode(e.to_string()))?;
+    let claim = bytes.len().saturating_mul(CLAIM_FACTOR);
+    let result = if claim <= 64 * 1024 {
+        bincode::serde::seed_decode_from_slice(seed, bytes, limited!(64 * 1024))
+    } else if claim <= 1024 * 1024 {
+        bincode::serde::seed_decode_from_slice(seed, bytes, limited!(1024 * 1024))
+    } else if claim <= 16 * 1024 * 1024 {
+        bincode::serde::seed_decode_from_slice(seed, bytes, limited!(16 * 1024 * 1024))
+    } else {
+        bincode::serde::seed_decode_from_slice(
+            seed,
+            bytes,
+            limited!(CLAIM_FACTOR * MAX_FRAME_LEN_CEILING),
+        )
+    };
+    let (value, used) = match result {
+        Ok(v) => v,
+        Err(_) if depth.exceeded() => return Err(CodecError::TooDeep { max: max_depth }),
+        Err(e) => return Err(CodecError::Decode(e.to_string())),
+    };
     if used != bytes.len() {
         return Err(CodecError::Trailing(bytes.len() - used));
     }
@@ -240,6 +288,19 @@ mod tests {
     }
 
     #[test]
+    fn many_small_integers_fit_the_limit_tier() {
+        // Regression: 10 000 one-byte varints claim 40 000-160 000 bytes in bincode's books,
+        // more than the 64 KiB tier that a 10 KB payload used to get.
+        let v: Vec<u32> = (0..10_000).map(|i| i % 100).collect();
+        let (b, _) = encode(&v, None).unwrap();
+        assert!(b.len() < 16 * 1024);
+        assert_eq!(decode::<Vec<u32>>(&b, vec![]).unwrap(), v);
+        let w: Vec<u128> = vec![1; 30_000];
+        let (b, _) = encode(&w, None).unwrap();
+        assert_eq!(decode::<Vec<u128>>(&b, vec![]).unwrap(), w);
+    }
+
+    #[test]
     fn round_trip_and_trailing() {
         let (b, refs) = encode(&("hi".to_string(), 5u64, vec![1u8, 2]), None).unwrap();
         assert!(refs.is_empty());
@@ -250,6 +311,98 @@ mod tests {
         assert_eq!(
             decode::<(String, u64, Vec<u8>)>(&longer, vec![]),
             Err(CodecError::Trailing(1))
+        );
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    enum Value {
+        Leaf,
+        Node(Box<Value>),
+        List(Vec<Value>),
+        Maybe(Option<Box<Value>>),
+    }
+
+    fn nested(levels: usize) -> Vec<u8> {
+        // bincode: variant index as a varint; Node = 1, Leaf = 0.
+        let mut b = vec![1u8; levels];
+        b.push(0);
+        b
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // 30 000 levels would overflow any thread's stack without the limit.
+        let hostile = nested(30_000);
+        assert_eq!(
+            decode::<Value>(&hostile, vec![]),
+            Err(CodecError::TooDeep {
+                max: DEFAULT_MAX_DEPTH
+            })
+        );
+        assert!(
+            CodecError::TooDeep { max: 7 }
+                .to_string()
+                .contains("max_depth = 7")
+        );
+    }
+
+    #[test]
+    fn depth_up_to_the_limit_decodes_and_siblings_do_not_add_up() {
+        // `levels` Node tags and a Leaf: levels + 1 enum levels.
+        let ok = nested(DEFAULT_MAX_DEPTH - 1);
+        assert!(decode::<Value>(&ok, vec![]).is_ok());
+        let over = nested(DEFAULT_MAX_DEPTH);
+        assert_eq!(
+            decode::<Value>(&over, vec![]),
+            Err(CodecError::TooDeep {
+                max: DEFAULT_MAX_DEPTH
+            })
+        );
+        // A wide list of shallow values is shallow.
+        let wide = Value::List(
+            (0..10_000)
+                .map(|_| Value::Node(Box::new(Value::Leaf)))
+                .collect(),
+        );
+        let (b, _) = encode(&wide, None).unwrap();
+        assert_eq!(decode::<Value>(&b, vec![]).unwrap(), wide);
+        // Options, sequences and maps count too.
+        let (b, _) = encode(&Value::Maybe(Some(Box::new(Value::Maybe(None)))), None).unwrap();
+        assert!(decode_with_depth::<Value>(&b, vec![], 3).is_ok());
+        assert_eq!(
+            decode_with_depth::<Value>(&b, vec![], 2),
+            Err(CodecError::TooDeep { max: 2 })
+        );
+        let (b, _) = encode(
+            &vec![vec![std::collections::BTreeMap::from([(1u8, 2u8)])]],
+            None,
+        )
+        .unwrap();
+        assert!(
+            decode_with_depth::<Vec<Vec<std::collections::BTreeMap<u8, u8>>>>(&b, vec![], 3)
+                .is_ok()
+        );
+        assert_eq!(
+            decode_with_depth::<Vec<Vec<std::collections::BTreeMap<u8, u8>>>>(&b, vec![], 2),
+            Err(CodecError::TooDeep { max: 2 })
+        );
+    }
+
+    #[test]
+    fn the_limit_holds_on_a_small_stack() {
+        // A 256 KiB thread decodes the hostile input without overflowing.
+        let hostile = nested(30_000);
+        let r = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || decode::<Value>(&hostile, vec![]))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(
+            r,
+            Err(CodecError::TooDeep {
+                max: DEFAULT_MAX_DEPTH
+            })
         );
     }
 }

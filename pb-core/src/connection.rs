@@ -58,6 +58,14 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Optional features we offer.
     pub features: Features,
+    /// After this long without a frame from the peer, send it a ping (default 20 s; `None`:
+    /// never). A live peer answers at once, which keeps a quiet connection from being idle.
+    pub keepalive_interval: Option<Duration>,
+    /// Close the connection after this long without one complete frame from the peer (default
+    /// 60 s; `None`: never). With keep-alive on, a healthy quiet peer answers the pings and is
+    /// never cut; a half-open peer that stopped answering is, and so is one that trickles a
+    /// frame in byte by byte.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -67,6 +75,8 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             features: Features::NONE,
+            keepalive_interval: Some(Duration::from_secs(20)),
+            idle_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -101,6 +111,8 @@ pub enum CloseReason {
     Io(String),
     /// The peer broke the protocol.
     Protocol(String),
+    /// No complete frame came from the peer for the configured `idle_timeout`.
+    IdleTimeout(Duration),
 }
 
 /// A handle to an object the peer exported to us.
@@ -198,6 +210,8 @@ pub(crate) struct ConnShared {
     wake_writer: Notify,
     call_done: Notify,
     max_frame_len: AtomicUsize,
+    /// `Limits::max_depth`, read by every decode of a value that came in on this connection.
+    pub(crate) max_depth: usize,
     closed: watch::Sender<Option<CloseReason>>,
     /// Mirrors `closed.is_some()`: checked on every write and call, without the watch's lock.
     is_closed: AtomicBool,
@@ -225,6 +239,7 @@ impl ConnShared {
             wake_writer: Notify::new(),
             call_done: Notify::new(),
             max_frame_len: AtomicUsize::new(config.limits.max_frame_len),
+            max_depth: config.limits.max_depth,
             closed: watch::channel(None).0,
             is_closed: AtomicBool::new(false),
             drain_timeout: config.drain_timeout,
@@ -840,14 +855,21 @@ impl Connection {
                     return Err(ConnectError::Closed);
                 }
             }
-            if rbuf[..4] != hello[..4] {
+            // The loop ends early when the first eight bytes (header and magic) are not ours, so
+            // the body may be incomplete here: never index into it.
+            let header_ok = rbuf.get(..HEADER_LEN) == hello.get(..HEADER_LEN);
+            let body = rbuf.get(HEADER_LEN..HEADER_LEN + HELLO_LEN);
+            let Some(body) = body.filter(|_| header_ok) else {
+                // Report the four bytes where the magic should be, or the first four if even the
+                // header is not a hello's.
+                let at = if header_ok { HEADER_LEN } else { 0 };
                 let mut magic = [0u8; 4];
-                for (m, b) in magic.iter_mut().zip(rbuf.iter()) {
+                for (m, b) in magic.iter_mut().zip(rbuf.iter().skip(at)) {
                     *m = *b;
                 }
                 return Err(HandshakeError::BadMagic { magic }.into());
-            }
-            let theirs = Hello::decode(&rbuf[HEADER_LEN..HEADER_LEN + HELLO_LEN])?;
+            };
+            let theirs = Hello::decode(body)?;
             let _features = ours.negotiate(&theirs)?;
             bytes::Buf::advance(&mut rbuf, HEADER_LEN + HELLO_LEN);
             Ok(())
@@ -868,13 +890,19 @@ impl Connection {
             queue: Vec::new(),
             first: 0,
         });
+        let timers = Timers {
+            keepalive: config.keepalive_interval,
+            idle: config.idle_timeout,
+        };
         let span = tracing::debug_span!(
             "pb.connection",
             connection = shared.id,
             side = ?side,
             peer = ?peer_addr,
         );
-        tokio::spawn(run_reader(shared.clone(), rd, rbuf, decoder).instrument(span.clone()));
+        tokio::spawn(
+            run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
+        );
         tokio::spawn(run_writer(shared.clone()).instrument(span));
         tracing::debug!(
             connection = shared.id,
@@ -898,6 +926,11 @@ impl Connection {
     /// Replace the object we serve as our root; returns the previous one.
     pub fn set_root(&self, root: Option<ObjectRef>) -> Option<ObjectRef> {
         self.shared.lock().set_root(root)
+    }
+
+    /// The nesting-depth limit for values decoded from this connection.
+    pub(crate) fn max_depth(&self) -> usize {
+        self.shared.max_depth
     }
 
     /// A process-unique id of this connection.
@@ -1004,21 +1037,97 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+// --- keep-alive and idle timeout (robustness) ---
+
+/// The reader's timers: when to ping a quiet peer, and when to give up on it.
+#[derive(Debug, Clone, Copy)]
+struct Timers {
+    keepalive: Option<Duration>,
+    idle: Option<Duration>,
+}
+
+/// Keep-alive state of one reader. Only complete frames count as signs of life: bytes of a
+/// frame that never completes do not.
+struct Liveness {
+    timers: Timers,
+    last_frame: tokio::time::Instant,
+    ping_sent: bool,
+    nonce: u64,
+}
+
+impl Liveness {
+    fn new(timers: Timers) -> Liveness {
+        Liveness {
+            timers,
+            last_frame: tokio::time::Instant::now(),
+            ping_sent: false,
+            nonce: 0,
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.timers.keepalive.is_some() || self.timers.idle.is_some()
+    }
+
+    fn frame_received(&mut self) {
+        self.last_frame = tokio::time::Instant::now();
+        self.ping_sent = false;
+    }
+
+    /// When the timer should next fire (the timer is reset lazily: a frame does not move it).
+    fn deadline(&self) -> tokio::time::Instant {
+        let far = self.last_frame + Duration::from_secs(86_400 * 365);
+        let idle = self.timers.idle.map_or(far, |d| self.last_frame + d);
+        let ping = match self.timers.keepalive {
+            Some(d) if !self.ping_sent => self.last_frame + d,
+            _ => far,
+        };
+        idle.min(ping)
+    }
+
+    /// The timer fired: ping, give up, or just re-arm.
+    fn on_timer(&mut self, conn: &ConnShared) -> Result<(), CloseReason> {
+        let quiet = tokio::time::Instant::now().saturating_duration_since(self.last_frame);
+        if let Some(idle) = self.timers.idle
+            && quiet >= idle
+        {
+            return Err(CloseReason::IdleTimeout(idle));
+        }
+        if let Some(keepalive) = self.timers.keepalive
+            && !self.ping_sent
+            && quiet >= keepalive
+        {
+            self.nonce += 1;
+            self.ping_sent = true;
+            conn.lock().send_ping(self.nonce);
+            conn.wake_writer.notify_one();
+        }
+        Ok(())
+    }
+}
+
+// --- end keep-alive ---
+
 async fn run_reader<R: AsyncRead + Unpin>(
     conn: Arc<ConnShared>,
     mut rd: R,
     mut rbuf: BytesMut,
     mut decoder: FrameDecoder,
+    timers: Timers,
 ) {
     // One wait for a local close, made once: polling it again is cheap, making it is not.
     let mut closed_rx = conn.closed.subscribe();
     let closed = closed_rx.wait_for(|r| r.is_some());
     tokio::pin!(closed);
+    let mut live = Liveness::new(timers);
+    let timer = tokio::time::sleep_until(live.deadline());
+    tokio::pin!(timer);
     let reason = 'conn: loop {
         loop {
             decoder.set_max_len(conn.max_frame_len.load(Ordering::Relaxed));
             match decoder.decode(&mut rbuf) {
                 Ok(Some(frame)) => {
+                    live.frame_received();
                     if let Err(e) = conn.handle_frame(frame) {
                         break 'conn CloseReason::Protocol(e.to_string());
                     }
@@ -1042,6 +1151,12 @@ async fn run_reader<R: AsyncRead + Unpin>(
                 Err(e) => break CloseReason::Io(e.to_string()),
             },
             _ = &mut closed => break CloseReason::Local,
+            () = &mut timer, if live.enabled() => {
+                if let Err(reason) = live.on_timer(&conn) {
+                    break reason;
+                }
+                timer.as_mut().reset(live.deadline());
+            }
         }
     };
     match &reason {
@@ -1049,6 +1164,9 @@ async fn run_reader<R: AsyncRead + Unpin>(
             tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, %why, "closing connection: protocol violation")
         }
         CloseReason::Io(why) => tracing::debug!(connection = conn.id, %why, "connection failed"),
+        CloseReason::IdleTimeout(after) => {
+            tracing::info!(connection = conn.id, peer = ?conn.peer_addr, ?after, "closing connection: no frame from the peer within idle_timeout")
+        }
         _ => tracing::debug!(connection = conn.id, ?reason, "connection closed"),
     }
     conn.close(reason);

@@ -14,6 +14,8 @@
 //! Update   07 object payload...                   a new version of a cache the sender owns
 //! Revoked  08 object                              the sender's object is gone (it forwarded to
 //!                                                 a peer that is no longer reachable)
+//! Ping     09 nonce                               keep-alive: the receiver answers a Pong
+//! Pong     0a nonce                               the answer to the Ping with that nonce
 //! refs  := count (kind id)*count                  kind: 0 = sender's object, 1 = receiver's own
 //! ```
 
@@ -166,6 +168,16 @@ pub enum Message {
         /// The encoded update.
         payload: Bytes,
     },
+    /// A keep-alive probe: the receiver answers with a [`Message::Pong`] of the same nonce.
+    Ping {
+        /// Chosen by the sender.
+        nonce: u64,
+    },
+    /// The answer to a [`Message::Ping`].
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
 }
 
 /// A message body could not be decoded.
@@ -185,10 +197,12 @@ pub enum MessageError {
     #[error("invalid UTF-8 in a message field")]
     InvalidUtf8,
     /// A field exceeds its limit.
-    #[error("{field} of {len} exceeds the limit of {max}")]
+    #[error("{field} of {len} exceeds the limit {limit} = {max}")]
     TooLong {
         /// The field.
         field: &'static str,
+        /// The name of the limit's setting.
+        limit: &'static str,
         /// Its announced length.
         len: u64,
         /// The limit.
@@ -228,6 +242,8 @@ const TAG_CANCEL: u8 = 5;
 const TAG_GOODBYE: u8 = 6;
 const TAG_UPDATE: u8 = 7;
 const TAG_REVOKED: u8 = 8;
+const TAG_PING: u8 = 9;
+const TAG_PONG: u8 = 10;
 
 pub(crate) fn put_varint(out: &mut BytesMut, mut v: u64) {
     // Gathered on the stack and appended with one copy: a `put_u8` per byte costs a capacity
@@ -270,11 +286,17 @@ fn get_u8(b: &mut Bytes) -> Result<u8, MessageError> {
     }
 }
 
-fn get_len(b: &mut Bytes, field: &'static str, max: usize) -> Result<usize, MessageError> {
+fn get_len(
+    b: &mut Bytes,
+    field: &'static str,
+    limit: &'static str,
+    max: usize,
+) -> Result<usize, MessageError> {
     let len = get_varint(b)?;
     if len > max as u64 {
         return Err(MessageError::TooLong {
             field,
+            limit,
             len,
             max: max as u64,
         });
@@ -306,7 +328,12 @@ fn put_refs(out: &mut BytesMut, refs: &[RefDesc]) {
 }
 
 fn get_refs(b: &mut Bytes, limits: &MessageLimits) -> Result<Vec<RefDesc>, MessageError> {
-    let n = get_len(b, "reference count", limits.max_refs_per_message)?;
+    let n = get_len(
+        b,
+        "reference count",
+        "max_refs_per_message",
+        limits.max_refs_per_message,
+    )?;
     // Each descriptor takes at least two bytes, so `n` is also bounded by the input.
     if n > b.remaining() / 2 {
         return Err(MessageError::Truncated);
@@ -381,6 +408,14 @@ impl Message {
                 out.put_u8(TAG_REVOKED);
                 put_varint(out, *object);
             }
+            Message::Ping { nonce } => {
+                out.put_u8(TAG_PING);
+                put_varint(out, *nonce);
+            }
+            Message::Pong { nonce } => {
+                out.put_u8(TAG_PONG);
+                put_varint(out, *nonce);
+            }
         }
     }
 
@@ -397,7 +432,7 @@ impl Message {
                 } else {
                     None
                 };
-                let len = get_len(b, "method name", MAX_METHOD_LEN)?;
+                let len = get_len(b, "method name", "MAX_METHOD_LEN", MAX_METHOD_LEN)?;
                 let method = get_bytes(b, len)?;
                 if std::str::from_utf8(&method).is_err() {
                     return Err(MessageError::InvalidUtf8);
@@ -427,13 +462,23 @@ impl Message {
             TAG_FAULT => {
                 let id = get_varint(b)?;
                 let kind = FaultKind::from_u8(get_u8(b)?);
-                let len = get_len(b, "fault message", MAX_FAULT_MESSAGE_LEN)?;
+                let len = get_len(
+                    b,
+                    "fault message",
+                    "MAX_FAULT_MESSAGE_LEN",
+                    MAX_FAULT_MESSAGE_LEN,
+                )?;
                 let text = get_bytes(b, len)?;
                 let message = String::from_utf8_lossy(&text).into_owned();
                 Message::Fault { id, kind, message }
             }
             TAG_RELEASE => {
-                let n = get_len(b, "release entries", limits.max_release_entries)?;
+                let n = get_len(
+                    b,
+                    "release entries",
+                    "max_release_entries",
+                    limits.max_release_entries,
+                )?;
                 if n > b.remaining() / 2 {
                     return Err(MessageError::Truncated);
                 }
@@ -455,6 +500,12 @@ impl Message {
                     payload: body,
                 });
             }
+            TAG_PING => Message::Ping {
+                nonce: get_varint(b)?,
+            },
+            TAG_PONG => Message::Pong {
+                nonce: get_varint(b)?,
+            },
             tag => return Err(MessageError::UnknownTag(tag)),
         };
         if b.has_remaining() {
@@ -589,6 +640,8 @@ mod tests {
             object: 3,
             payload: Bytes::from_static(b"\x00\x01"),
         });
+        rt(Message::Ping { nonce: 0 });
+        rt(Message::Pong { nonce: u64::MAX });
     }
 
     #[test]

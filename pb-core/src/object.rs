@@ -92,7 +92,11 @@ impl IncomingCall {
     /// Decode the arguments as `A` (a tuple of the method's parameters).
     pub fn decode_args<A: DeserializeOwned>(&mut self) -> Result<A, Fault> {
         let refs = std::mem::take(&mut self.refs);
-        codec::decode(&self.args, refs).map_err(|e| Fault {
+        let max_depth = self
+            .caller
+            .connection()
+            .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
+        codec::decode_with_depth(&self.args, refs, max_depth).map_err(|e| Fault {
             kind: FaultKind::BadArguments,
             message: format!("cannot decode arguments of {}: {e}", self.method()),
         })
@@ -317,11 +321,14 @@ impl ObjectRef {
     {
         let (payload, refs) = codec::encode(args, self.peer().as_ref())
             .map_err(|e| CallError::Encode(e.to_string()))?;
+        let max_depth = self
+            .peer()
+            .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
         let outcome = match self.call_raw(method, payload, refs).await {
             Ok(o) => o,
             Err(f) => return Err(CallError::from_fault(f)),
         };
-        decode_outcome(outcome)
+        decode_outcome_with_depth(outcome, max_depth)
     }
 
     /// Send a call that wants no answer. It fails only if it cannot be sent.
@@ -389,16 +396,24 @@ pub(crate) fn disconnected_fault() -> Fault {
     }
 }
 
-/// Decode a typed result from an outcome.
+/// Decode a typed result from an outcome, under the default depth limit
+/// [`codec::DEFAULT_MAX_DEPTH`].
 pub fn decode_outcome<R: DeserializeOwned, E: DeserializeOwned>(
     outcome: Outcome,
 ) -> Result<R, CallError<E>> {
+    decode_outcome_with_depth(outcome, codec::DEFAULT_MAX_DEPTH)
+}
+
+fn decode_outcome_with_depth<R: DeserializeOwned, E: DeserializeOwned>(
+    outcome: Outcome,
+    max_depth: usize,
+) -> Result<R, CallError<E>> {
     let bad = |e: CodecError| CallError::BadAnswer(format!("cannot decode the answer: {e}"));
     if outcome.ok {
-        codec::decode(&outcome.payload, outcome.refs).map_err(bad)
+        codec::decode_with_depth(&outcome.payload, outcome.refs, max_depth).map_err(bad)
     } else {
         Err(CallError::Remote(
-            codec::decode(&outcome.payload, outcome.refs).map_err(bad)?,
+            codec::decode_with_depth(&outcome.payload, outcome.refs, max_depth).map_err(bad)?,
         ))
     }
 }

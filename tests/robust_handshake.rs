@@ -1,0 +1,112 @@
+//! Hostile handshakes over an in-memory pipe: each is a clean error, never a panic or a hang.
+
+use std::time::Duration;
+
+use pb::pb_core::handshake::HandshakeError;
+use pb::{Config, ConnectError, Connection, Side};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HELLO: [u8; 20] = [
+    0, 0, 0, 16, b'P', b'B', b'R', b'S', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// Run the server side of a handshake against `bytes` written by a raw peer, which then waits.
+async fn server_sees(bytes: &[u8]) -> Result<Connection, ConnectError> {
+    let (a, mut b) = pb::transport::memory_pair();
+    let bytes = bytes.to_vec();
+    let peer = tokio::spawn(async move {
+        b.write_all(&bytes).await.unwrap();
+        b.shutdown().await.unwrap();
+        let mut sink = Vec::new();
+        let _ = b.read_to_end(&mut sink).await;
+        sink
+    });
+    let r = Connection::establish(a, &Config::default(), Side::Server, None, None).await;
+    if let Ok(c) = &r {
+        c.abort();
+    }
+    let sent = peer.await.unwrap();
+    assert_eq!(
+        &sent[..20],
+        &HELLO,
+        "the server sends its hello first, whatever comes"
+    );
+    r
+}
+
+/// Regression (found by the `connection` fuzz target): a hello header followed by a wrong magic
+/// used to slice past the end of the received bytes and panic.
+#[tokio::test(start_paused = true)]
+async fn a_hello_header_with_a_wrong_magic_is_an_error_not_a_panic() {
+    let r = server_sees(&[0, 0, 0, 16, 0, 0, 0, 0, 0x0b]).await;
+    assert!(
+        matches!(
+            r,
+            Err(ConnectError::Handshake(HandshakeError::BadMagic {
+                magic: [0, 0, 0, 0]
+            }))
+        ),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_hellos_are_clean_errors() {
+    // Wrong header length, right magic.
+    let mut long = HELLO.to_vec();
+    long[3] = 17;
+    long.push(0);
+    assert!(matches!(
+        server_sees(&long).await,
+        Err(ConnectError::Handshake(HandshakeError::BadMagic { .. }))
+    ));
+    // Another protocol version.
+    let mut v2 = HELLO;
+    v2[9] = 2;
+    assert!(matches!(
+        server_sees(&v2).await,
+        Err(ConnectError::Handshake(HandshakeError::VersionMismatch {
+            ours: 1,
+            theirs: 2
+        }))
+    ));
+    // Truncated, then closed.
+    assert!(matches!(
+        server_sees(&HELLO[..11]).await,
+        Err(ConnectError::Closed)
+    ));
+    // Nothing at all.
+    assert!(matches!(server_sees(&[]).await, Err(ConnectError::Closed)));
+    // A real hello works.
+    assert!(server_sees(&HELLO).await.is_ok());
+}
+
+/// Slowloris during the handshake: one byte a second. The handshake deadline is a total
+/// deadline, not one per read, so the trickle is cut at `handshake_timeout`.
+#[tokio::test(start_paused = true)]
+async fn one_byte_a_second_is_cut_by_the_handshake_deadline() {
+    let (a, mut b) = pb::transport::memory_pair();
+    let trickle = tokio::spawn(async move {
+        for byte in HELLO.iter().take(19) {
+            if b.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // Hold the pipe open, saying nothing more.
+        let mut sink = Vec::new();
+        let _ = b.read_to_end(&mut sink).await;
+    });
+    let config = Config {
+        handshake_timeout: Duration::from_secs(5),
+        ..Config::default()
+    };
+    let started = tokio::time::Instant::now();
+    let r = Connection::establish(a, &config, Side::Server, None, None).await;
+    assert!(
+        matches!(r, Err(ConnectError::Timeout(d)) if d == Duration::from_secs(5)),
+        "{r:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(5), "virtual time");
+    trickle.abort();
+}
