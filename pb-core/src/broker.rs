@@ -37,7 +37,7 @@ use crate::object::{Fault, ObjectRef, Outcome, RefInner, Reply, disconnected_fau
 
 /// The least room made in the output buffer when it runs out: frames are appended to one
 /// allocation (reclaimed once what was written from it is dropped) instead of many tiny ones.
-const OUT_CHUNK: usize = 1024;
+const OUT_CHUNK: usize = 256;
 
 /// Payloads at least this large are queued as their own chunk for a vectored write instead of
 /// being copied into the output buffer.

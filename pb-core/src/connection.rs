@@ -1123,11 +1123,16 @@ async fn run_reader<R: AsyncRead + Unpin>(
     let timer = tokio::time::sleep_until(live.deadline());
     tokio::pin!(timer);
     let reason = 'conn: loop {
+        let mut any_frame = false;
         loop {
             decoder.set_max_len(conn.max_frame_len.load(Ordering::Relaxed));
             match decoder.decode(&mut rbuf) {
                 Ok(Some(frame)) => {
-                    live.frame_received();
+                    // One clock reading per batch, not per frame: they arrived together.
+                    if !any_frame {
+                        any_frame = true;
+                        live.frame_received();
+                    }
                     if let Err(e) = conn.handle_frame(frame) {
                         break 'conn CloseReason::Protocol(e.to_string());
                     }

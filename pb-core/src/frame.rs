@@ -30,6 +30,10 @@ pub enum FrameError {
     },
 }
 
+/// The least spare room the read buffer gets before a read: enough for a burst of small
+/// frames, and what an idle connection keeps allocated.
+const MIN_READ: usize = 2048;
+
 /// Incremental decoder of length-prefixed frames.
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
@@ -90,7 +94,7 @@ impl FrameDecoder {
             }
             None => 0,
         };
-        wanted.clamp(4096, CHUNK)
+        wanted.clamp(MIN_READ, CHUNK)
     }
 }
 
