@@ -32,7 +32,7 @@
 //! With TLS and login (see `examples/login.rs` for a whole program):
 //! ```no_run
 //! # use pb_core::ObjectRef;
-//! # fn avatar_for(user: Option<&str>) -> ObjectRef { unimplemented!() }
+//! # fn avatar_for(user: Option<&str>) -> ObjectRef { panic!("the application supplies its avatar") }
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use pb_server::{Avatar, LoginRequest, Portal, Server, ServerTls, Verifiers};
 //! let mut users = Verifiers::new();

@@ -222,7 +222,7 @@ struct PortalInner {
 ///
 /// ```
 /// use pb_server::{Avatar, LoginRequest, Portal, Verifiers};
-/// # fn avatar_for(_: &LoginRequest) -> pb_core::ObjectRef { unimplemented!() }
+/// # fn avatar_for(_: &LoginRequest) -> pb_core::ObjectRef { panic!("the application supplies its avatar") }
 /// let mut users = Verifiers::new();
 /// users.insert_password("ada", "correct horse", 4096)?;
 /// let portal = Portal::new(|login: LoginRequest| async move {
