@@ -12,50 +12,10 @@ use std::process::ExitCode;
 
 use pb::amp::{AmpConfig, CallError, Connection, Locator};
 
-#[derive(pb::AmpCommand)]
-#[amp(response = SumResult)]
-struct Sum {
-    a: i64,
-    b: i64,
-}
+#[path = "shared/calculator.rs"]
+mod calculator;
 
-#[derive(pb::AmpFields)]
-struct SumResult {
-    total: i128,
-}
-
-#[derive(pb::AmpCommand)]
-#[amp(response = DivideResult, errors = DivideError)]
-struct Divide {
-    numerator: i64,
-    denominator: i64,
-}
-
-#[derive(pb::AmpFields)]
-struct DivideResult {
-    result: f64,
-}
-
-#[derive(pb::AmpError, Debug)]
-enum DivideError {
-    #[amp(code = "ZERO_DIVISION")]
-    ZeroDivision(String),
-}
-
-fn port_from_args() -> Result<u16, String> {
-    let mut args = std::env::args().skip(1);
-    let mut port = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--port" => {
-                let value = args.next().ok_or("--port needs a value")?;
-                port = Some(value.parse().map_err(|_| format!("bad port {value:?}"))?);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    port.ok_or_else(|| "usage: amp_calculator_client --port PORT".to_string())
-}
+use calculator::*;
 
 /// Prints one check and says whether it passed.
 fn report(what: &str, outcome: String, ok: bool) -> bool {
@@ -68,7 +28,7 @@ fn report(what: &str, outcome: String, ok: bool) -> bool {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let port = match port_from_args() {
+    let port = match port_from_args("amp_calculator_client") {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");

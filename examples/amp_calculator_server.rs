@@ -14,56 +14,14 @@ use std::process::ExitCode;
 
 use pb::amp::{AmpConfig, Locator};
 
-#[derive(pb::AmpCommand)]
-#[amp(response = SumResult)]
-struct Sum {
-    a: i64,
-    b: i64,
-}
+#[path = "shared/calculator.rs"]
+mod calculator;
 
-#[derive(pb::AmpFields)]
-struct SumResult {
-    /// Wide enough for any sum of two `i64`s.
-    total: i128,
-}
-
-#[derive(pb::AmpCommand)]
-#[amp(response = DivideResult, errors = DivideError)]
-struct Divide {
-    numerator: i64,
-    denominator: i64,
-}
-
-#[derive(pb::AmpFields)]
-struct DivideResult {
-    result: f64,
-}
-
-#[derive(pb::AmpError, Debug)]
-enum DivideError {
-    /// Twisted maps `ZeroDivisionError` to this code in the howto.
-    #[amp(code = "ZERO_DIVISION", description = "division by zero")]
-    ZeroDivision,
-}
-
-fn port_from_args() -> Result<u16, String> {
-    let mut args = std::env::args().skip(1);
-    let mut port = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--port" => {
-                let value = args.next().ok_or("--port needs a value")?;
-                port = Some(value.parse().map_err(|_| format!("bad port {value:?}"))?);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    port.ok_or_else(|| "usage: amp_calculator_server --port PORT".to_string())
-}
+use calculator::*;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let port = match port_from_args() {
+    let port = match port_from_args("amp_calculator_server") {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
@@ -94,7 +52,7 @@ async fn main() -> ExitCode {
                      denominator,
                  }| async move {
                     if denominator == 0 {
-                        return Err(DivideError::ZeroDivision);
+                        return Err(DivideError::ZeroDivision("division by zero".into()));
                     }
                     Ok(DivideResult {
                         result: numerator as f64 / denominator as f64,
