@@ -10,7 +10,7 @@
 //! ```text
 //! connection:  Open ──goodbye sent──▶ Draining ──in-flight calls done──▶ Closed
 //!                 └──────────────── error / EOF / abort ──────────────────▲
-//! outgoing call: start_call ─▶ pending ─answer│fault─▶ delivered
+//! outgoing call: start_call ─▶ pending ─answer│fault─▶ answered ─poll_answer─▶ delivered
 //!                                     └─cancel_call─▶ forgotten (Cancel sent)
 //! incoming call: Call ─▶ running (event) ─finish_call─▶ Answer│Fault sent
 //!                              └─Cancel from peer─▶ handler dropped, nothing sent
@@ -24,6 +24,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Weak};
+use std::task::{Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::oneshot;
@@ -118,7 +119,30 @@ struct ImportSlot {
     generation: u64,
 }
 
-pub(crate) type Waiter = oneshot::Sender<Reply>;
+/// Who writes output that a caller queued (see [`Broker::who_flushes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flush {
+    /// The caller, at once.
+    Caller,
+    /// The reader, at the end of the batch it is handling.
+    Reader,
+    /// The writer task.
+    Writer,
+}
+
+/// One of our calls awaiting its answer: a slot in the pending table instead of a channel, so
+/// a call allocates nothing to be answered.
+///
+/// ```text
+/// start_call ─▶ Waiting ─answer│fault─▶ Answered ─poll_answer─▶ removed (the caller has it)
+///                  └───────────────┴──cancel_call (caller gone)─▶ removed
+/// ```
+enum PendingCall {
+    /// No answer yet; the waker of the caller's latest poll.
+    Waiting(Option<Waker>),
+    /// The answer, until the caller's next poll takes it.
+    Answered(Reply),
+}
 
 /// Descriptors for a message's references, and what must follow the message.
 type Described = (Vec<RefDesc>, Vec<Follow>);
@@ -177,7 +201,11 @@ pub(crate) struct Broker {
     next_generation: u64,
     /// Keyed by our own request ids (sequential, never chosen by the peer), so a cheap hash
     /// will do.
-    pending: HashMap<u64, Waiter, BuildHasherDefault<IdHasher>>,
+    pending: HashMap<u64, PendingCall, BuildHasherDefault<IdHasher>>,
+    /// Callers whose answers arrived, to wake once the lock is released.
+    wakers: Vec<Waker>,
+    /// The reader is handling a batch of frames and flushes once it is done.
+    pub(crate) in_batch: bool,
     next_request: u64,
     /// Answered calls running in tasks of their own (a call answered inline never enters);
     /// the sender fires (or is dropped) when the call is cancelled.
@@ -216,6 +244,8 @@ impl Broker {
             imports: HashMap::new(),
             next_generation: 1,
             pending: HashMap::default(),
+            wakers: Vec::new(),
+            in_batch: false,
             next_request: 1,
             running: HashMap::new(),
             in_flight: 0,
@@ -256,7 +286,14 @@ impl Broker {
 
     /// Append the frames to write to `into`, in order; appends nothing when there is nothing to
     /// send.
+    /// Whether anything is queued for the peer (releases not yet folded in aside).
+    pub(crate) fn has_transmit(&self) -> bool {
+        !self.out.is_empty() || !self.chunks.is_empty() || !self.releases.is_empty()
+    }
+
     pub(crate) fn take_transmit(&mut self, into: &mut Vec<Bytes>) {
+        // Whatever a batch's handlers queued goes out with this.
+        self.in_batch = false;
         if !self.releases.is_empty() && self.state != State::Closed {
             let items = std::mem::take(&mut self.releases);
             for batch in items.chunks(self.limits.message.max_release_entries.max(1)) {
@@ -599,11 +636,6 @@ impl Broker {
             } => {
                 let (refs, error) = self.resolve(&refs, make);
                 let over = self.imports.len() > self.limits.max_imports;
-                let Some(waiter) = self.pending.remove(&id) else {
-                    tracing::debug!(id, "answer for a call no longer pending");
-                    self.bury(refs);
-                    return Ok(());
-                };
                 let reply = if let Some(message) = error {
                     Err(Fault {
                         kind: FaultKind::BadAnswer,
@@ -614,17 +646,18 @@ impl Broker {
                 } else {
                     Ok(Outcome { ok, payload, refs })
                 };
-                if let Err(Ok(unwanted)) = waiter.send(reply) {
-                    self.bury(unwanted.refs);
+                if let Err(unwanted) = self.deliver(id, reply) {
+                    tracing::debug!(id, "answer for a call no longer pending");
+                    if let Ok(o) = unwanted {
+                        self.bury(o.refs);
+                    }
+                    return Ok(());
                 }
                 if over { self.violation() } else { Ok(()) }
             }
             Message::Fault { id, kind, message } => {
-                match self.pending.remove(&id) {
-                    Some(waiter) => {
-                        let _ = waiter.send(Err(Fault { kind, message }));
-                    }
-                    None => tracing::debug!(id, "fault for a call no longer pending"),
+                if self.deliver(id, Err(Fault { kind, message })).is_err() {
+                    tracing::debug!(id, "fault for a call no longer pending");
                 }
                 Ok(())
             }
@@ -791,14 +824,15 @@ impl Broker {
         Ok(())
     }
 
-    /// Start a call to the peer's object `target`. With a waiter, the answer is delivered to it.
+    /// Start a call to the peer's object `target`. With `answer`, the answer is kept in the
+    /// pending table for [`Broker::poll_answer`].
     pub(crate) fn start_call(
         &mut self,
         target: u64,
         method: &str,
         payload: Bytes,
         refs: &[ObjectRef],
-        (waiter, deadline_ms): (Option<Waiter>, Option<u64>),
+        (answer, deadline_ms): (bool, Option<u64>),
     ) -> Result<u64, Fault> {
         if self.state == State::Closed {
             return Err(disconnected_fault());
@@ -815,7 +849,7 @@ impl Broker {
                 message: format!("method name longer than {} bytes", message::MAX_METHOD_LEN),
             });
         }
-        if waiter.is_some() && self.pending.len() >= self.limits.max_pending_calls {
+        if answer && self.pending.len() >= self.limits.max_pending_calls {
             return Err(Fault {
                 kind: FaultKind::LimitExceeded,
                 message: format!(
@@ -836,15 +870,77 @@ impl Broker {
             id,
             target,
             method.as_bytes(),
-            (waiter.is_some(), deadline_ms),
+            (answer, deadline_ms),
             &descs,
         );
         self.push_payload(start, payload);
         self.write_updates(follow);
-        if let Some(w) = waiter {
-            self.pending.insert(id, w);
+        if answer {
+            self.pending.insert(id, PendingCall::Waiting(None));
         }
         Ok(id)
+    }
+
+    /// Who should write the call a caller just queued: the caller itself when it is the only
+    /// call awaiting an answer (a sequential caller: writing at once saves the hop through the
+    /// writer task). With other calls pending, more calls are likely on their way in the same
+    /// scheduler tick (callers woken by one batch of answers, or a task starting several), and
+    /// the writer task, which runs after them, writes them all at once. During a reader's
+    /// batch, the reader flushes when the batch is done.
+    pub(crate) fn who_flushes(&self) -> Flush {
+        if self.in_batch {
+            Flush::Reader
+        } else if self.pending.len() <= 1 {
+            Flush::Caller
+        } else {
+            Flush::Writer
+        }
+    }
+
+    /// Hand the answer of call `id` to its caller. `Err` gives the reply back if the call is
+    /// not waiting (cancelled, already answered, or never made).
+    fn deliver(&mut self, id: u64, reply: Reply) -> Result<(), Reply> {
+        let Some(slot) = self.pending.get_mut(&id) else {
+            return Err(reply);
+        };
+        let PendingCall::Waiting(waker) = slot else {
+            return Err(reply);
+        };
+        if let Some(w) = waker.take() {
+            self.wakers.push(w);
+        }
+        *slot = PendingCall::Answered(reply);
+        Ok(())
+    }
+
+    /// The caller of call `id` polls for its answer: `Ready` takes it out of the table,
+    /// `Pending` keeps `waker` to be woken when it arrives. A call no longer in the table was
+    /// failed by the connection's end.
+    pub(crate) fn poll_answer(&mut self, id: u64, waker: &Waker) -> Poll<Reply> {
+        match self.pending.get_mut(&id) {
+            Some(PendingCall::Waiting(w)) => {
+                match w {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => *w = Some(waker.clone()),
+                }
+                Poll::Pending
+            }
+            Some(PendingCall::Answered(_)) => match self.pending.remove(&id) {
+                Some(PendingCall::Answered(reply)) => Poll::Ready(reply),
+                _ => Poll::Ready(Err(disconnected_fault())),
+            },
+            None => Poll::Ready(Err(disconnected_fault())),
+        }
+    }
+
+    /// Move the wakers of callers whose answers arrived into `into`, to be woken once the lock
+    /// is released.
+    pub(crate) fn take_wakers(&mut self, into: &mut Vec<Waker>) {
+        if into.is_empty() {
+            std::mem::swap(into, &mut self.wakers);
+        } else {
+            into.append(&mut self.wakers);
+        }
     }
 
     /// Enter call `id`, whose handler has to wait, in the running table: the receiver fires
@@ -859,10 +955,17 @@ impl Broker {
         Some(rx)
     }
 
-    /// Our caller gave up on call `id`.
-    pub(crate) fn cancel_call(&mut self, id: u64) {
-        if self.pending.remove(&id).is_some() && self.state != State::Closed {
-            self.write_message(&Message::Cancel { id });
+    /// Our caller gave up on call `id`. Returns its answer if one had arrived meanwhile, for
+    /// the caller to drop outside the lock (it may hold references).
+    pub(crate) fn cancel_call(&mut self, id: u64) -> Option<Reply> {
+        match self.pending.remove(&id)? {
+            PendingCall::Waiting(_) => {
+                if self.state != State::Closed {
+                    self.write_message(&Message::Cancel { id });
+                }
+                None
+            }
+            PendingCall::Answered(reply) => Some(reply),
         }
     }
 
@@ -930,9 +1033,16 @@ impl Broker {
             .drain()
             .filter_map(|(_, s)| s.handle.upgrade())
             .collect();
-        for (_, waiter) in self.pending.drain() {
-            let _ = waiter.send(Err(disconnected_fault()));
-        }
+        // Every caller still waiting finds its call gone, which fails it with `Disconnected`;
+        // answers that arrived before the end stay for their callers to take.
+        let wakers = &mut self.wakers;
+        self.pending.retain(|_, call| match call {
+            PendingCall::Waiting(waker) => {
+                wakers.extend(waker.take());
+                false
+            }
+            PendingCall::Answered(_) => true,
+        });
         self.running.clear();
         self.imports.clear();
         self.export_keys.clear();

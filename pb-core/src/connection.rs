@@ -22,15 +22,15 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use crate::broker::{Broker, CallEvent, Limits, ProtocolError, TableStats};
+use crate::broker::{Broker, CallEvent, Flush, Limits, ProtocolError, TableStats};
 use crate::cache::ReplicaSlot;
 use crate::frame::{FrameDecoder, HEADER_LEN};
 use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
 use crate::message::FaultKind;
-use crate::object::{Fault, IncomingCall, ObjectRef, Remote, Reply, disconnected_fault};
+use crate::object::{Fault, IncomingCall, ObjectRef, Remote, Reply};
 
 /// A connection's recorded identity, of whatever type the application chose.
 type Identity = Arc<dyn Any + Send + Sync>;
@@ -346,32 +346,42 @@ impl ConnShared {
         if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
             return Err(deadline_fault());
         }
-        let (tx, rx) = oneshot::channel();
-        let id = self.lock().start_call(
-            target,
-            method,
-            payload,
-            &refs,
-            (Some(tx), deadline.map(crate::deadline::remaining_ms)),
-        )?;
+        let (id, flush) = {
+            let mut broker = self.lock();
+            let id = broker.start_call(
+                target,
+                method,
+                payload,
+                &refs,
+                (true, deadline.map(crate::deadline::remaining_ms)),
+            )?;
+            (id, broker.who_flushes())
+        };
         drop(refs);
         span.record("request_id", id);
-        self.wake_writer.notify_one();
-        let mut guard = CancelOnDrop {
+        self.after_queueing(flush);
+        let answer = Answer {
             conn: self,
             id,
-            armed: true,
+            done: false,
         };
-        let reply = match deadline {
-            // On expiry the guard stays armed: dropping it cancels the call on the peer.
-            Some(d) => match tokio::time::timeout_at(d, rx).await {
-                Ok(r) => r.unwrap_or_else(|_| Err(disconnected_fault())),
-                Err(_) => return Err(deadline_fault()),
-            },
-            None => rx.await.unwrap_or_else(|_| Err(disconnected_fault())),
-        };
-        guard.armed = false;
-        reply
+        match deadline {
+            // On expiry the answer's future is dropped, which cancels the call on the peer.
+            Some(d) => tokio::time::timeout_at(d, answer)
+                .await
+                .unwrap_or_else(|_| Err(deadline_fault())),
+            None => answer.await,
+        }
+    }
+
+    /// A caller queued a call: write it now, or leave it to the reader's or the writer task's
+    /// next write (see [`Broker::who_flushes`]).
+    fn after_queueing(&self, flush: Flush) {
+        match flush {
+            Flush::Caller => self.flush_now(),
+            Flush::Writer => self.wake_writer.notify_one(),
+            Flush::Reader => {}
+        }
     }
 
     /// Send a cache update to the peer, if the cache is still exported to it.
@@ -390,14 +400,23 @@ impl ConnShared {
         refs: Vec<ObjectRef>,
     ) -> Result<(), Fault> {
         self.lock()
-            .start_call(target, method, payload, &refs, (None, None))?;
+            .start_call(target, method, payload, &refs, (false, None))?;
         self.wake_writer.notify_one();
         Ok(())
     }
 
-    fn handle_frame(self: &Arc<Self>, frame: Bytes) -> Result<(), ProtocolError> {
+    /// Handle one frame of a reader's batch. `wakers` is scratch space (kept by the reader so
+    /// that waking callers allocates nothing).
+    fn handle_frame(
+        self: &Arc<Self>,
+        frame: Bytes,
+        wakers: &mut Vec<Waker>,
+    ) -> Result<(), ProtocolError> {
         let mut broker = self.lock();
+        // Calls that handlers polled inline make now leave with the reader's flush.
+        broker.in_batch = true;
         let result = broker.handle_frame(frame, &self.make_import());
+        broker.take_wakers(wakers);
         // A frame yields at most one call: no list allocated for it.
         let first = broker.poll_event();
         let mut more = Vec::new();
@@ -408,6 +427,10 @@ impl ConnShared {
         let dead = broker.take_graveyard();
         drop(broker);
         drop(dead);
+        // Callers whose answers arrived; they run once the reader yields.
+        for w in wakers.drain(..) {
+            w.wake();
+        }
         for ev in first.into_iter().chain(more) {
             self.spawn_call(ev);
         }
@@ -581,12 +604,17 @@ impl ConnShared {
                 }
             }
             let pending = &queue[*first..];
-            let mut slices = [io::IoSlice::new(&[]); MAX_IOSLICES];
-            let count = pending.len().min(MAX_IOSLICES);
-            for (slice, chunk) in slices.iter_mut().zip(pending) {
-                *slice = io::IoSlice::new(chunk);
-            }
-            let mut n = ready!(Pin::new(&mut **wr).poll_write_vectored(cx, &slices[..count]))?;
+            let mut n = if let [one] = pending {
+                // One chunk (the usual case for small frames): no slice array to fill.
+                ready!(Pin::new(&mut **wr).poll_write(cx, one))?
+            } else {
+                let mut slices = [io::IoSlice::new(&[]); MAX_IOSLICES];
+                let count = pending.len().min(MAX_IOSLICES);
+                for (slice, chunk) in slices.iter_mut().zip(pending) {
+                    *slice = io::IoSlice::new(chunk);
+                }
+                ready!(Pin::new(&mut **wr).poll_write_vectored(cx, &slices[..count]))?
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -606,6 +634,19 @@ impl ConnShared {
             while queue.get(*first).is_some_and(|c| c.is_empty()) {
                 *first += 1;
             }
+        }
+    }
+
+    /// The reader handled a batch of frames: write what it produced (answers, and calls that
+    /// handlers polled inline made), if anything.
+    fn end_batch(&self) {
+        let queued = {
+            let mut broker = self.lock();
+            broker.in_batch = false;
+            broker.has_transmit()
+        };
+        if queued {
+            self.flush_now();
         }
     }
 
@@ -649,8 +690,18 @@ impl ConnShared {
 
     /// Mark the connection closed and fail everything pending.
     pub(crate) fn close(&self, reason: CloseReason) {
-        let (held, imports) = self.lock().close();
+        let mut wakers = Vec::new();
+        let (held, imports) = {
+            let mut broker = self.lock();
+            let closed = broker.close();
+            broker.take_wakers(&mut wakers);
+            closed
+        };
         drop(held);
+        // Callers still waiting find their calls gone: `Disconnected`.
+        for w in wakers {
+            w.wake();
+        }
         // Every reference imported on this connection is dead; forwards of them that we
         // export to other peers are revoked there.
         for imp in &imports {
@@ -716,17 +767,30 @@ fn deadline_fault() -> Fault {
     }
 }
 
-/// Cancels a pending call if its future is dropped before the answer arrives.
-struct CancelOnDrop<'a> {
+/// The wait for the answer to our call `id`, read from the call's slot in the broker's pending
+/// table. Dropped before the answer arrives, it cancels the call.
+struct Answer<'a> {
     conn: &'a ConnShared,
     id: u64,
-    armed: bool,
+    done: bool,
 }
 
-impl Drop for CancelOnDrop<'_> {
+impl Future for Answer<'_> {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let reply = ready!(self.conn.lock().poll_answer(self.id, cx.waker()));
+        self.done = true;
+        Poll::Ready(reply)
+    }
+}
+
+impl Drop for Answer<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            self.conn.lock().cancel_call(self.id);
+        if !self.done {
+            // An answer that arrived meanwhile is dropped here, outside the lock.
+            let unwanted = self.conn.lock().cancel_call(self.id);
+            drop(unwanted);
             self.conn.wake_writer.notify_one();
         }
     }
@@ -884,12 +948,6 @@ impl Connection {
         }
         let shared = ConnShared::new(config, side, peer_addr, root);
         let decoder = FrameDecoder::new(config.limits.max_frame_len);
-        let (rd, wr) = tokio::io::split(io);
-        *shared.lock_out() = Some(Output {
-            wr: Box::new(wr),
-            queue: Vec::new(),
-            first: 0,
-        });
         let timers = Timers {
             keepalive: config.keepalive_interval,
             idle: config.idle_timeout,
@@ -900,10 +958,14 @@ impl Connection {
             side = ?side,
             peer = ?peer_addr,
         );
-        tokio::spawn(
-            run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
-        );
-        tokio::spawn(run_writer(shared.clone()).instrument(span));
+        let tasks = Tasks {
+            rbuf,
+            decoder,
+            timers,
+            span,
+        };
+        let (rd, wr) = tokio::io::split(io);
+        tasks.start(&shared, rd, Box::new(wr));
         tracing::debug!(
             connection = shared.id,
             ?side,
@@ -1120,6 +1182,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
     let closed = closed_rx.wait_for(|r| r.is_some());
     tokio::pin!(closed);
     let mut live = Liveness::new(timers);
+    let mut wakers = Vec::new();
     let timer = tokio::time::sleep_until(live.deadline());
     tokio::pin!(timer);
     let reason = 'conn: loop {
@@ -1133,7 +1196,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
                         any_frame = true;
                         live.frame_received();
                     }
-                    if let Err(e) = conn.handle_frame(frame) {
+                    if let Err(e) = conn.handle_frame(frame, &mut wakers) {
                         break 'conn CloseReason::Protocol(e.to_string());
                     }
                 }
@@ -1142,7 +1205,9 @@ async fn run_reader<R: AsyncRead + Unpin>(
             }
         }
         // Answers and faults for the whole batch go out in one write.
-        conn.flush_now();
+        if any_frame {
+            conn.end_batch();
+        }
         if conn.is_closed() {
             break CloseReason::Local;
         }
@@ -1175,6 +1240,40 @@ async fn run_reader<R: AsyncRead + Unpin>(
         _ => tracing::debug!(connection = conn.id, ?reason, "connection closed"),
     }
     conn.close(reason);
+}
+
+/// What a connection's reader and writer tasks start with.
+struct Tasks {
+    /// Bytes read after the peer's hello.
+    rbuf: BytesMut,
+    decoder: FrameDecoder,
+    timers: Timers,
+    span: tracing::Span,
+}
+
+impl Tasks {
+    fn start<R: AsyncRead + Send + Unpin + 'static>(
+        self,
+        shared: &Arc<ConnShared>,
+        rd: R,
+        wr: Box<dyn AsyncWrite + Send + Unpin>,
+    ) {
+        *shared.lock_out() = Some(Output {
+            wr,
+            queue: Vec::new(),
+            first: 0,
+        });
+        let Tasks {
+            rbuf,
+            decoder,
+            timers,
+            span,
+        } = self;
+        tokio::spawn(
+            run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
+        );
+        tokio::spawn(run_writer(shared.clone()).instrument(span));
+    }
 }
 
 /// The most chunks handed to one vectored write.
@@ -1258,8 +1357,9 @@ mod tests {
             buf.extend_from_slice(&chunk);
         }
         let mut n = 0;
+        let mut wakers = Vec::new();
         while let Ok(Some(frame)) = decoder.decode(buf) {
-            to.handle_frame(frame).expect("valid frame");
+            to.handle_frame(frame, &mut wakers).expect("valid frame");
             n += 1;
         }
         n
