@@ -964,8 +964,19 @@ impl Connection {
             timers,
             span,
         };
-        let (rd, wr) = tokio::io::split(io);
-        tasks.start(&shared, rd, Box::new(wr));
+        // TCP splits into owned halves; any other transport goes through `tokio::io::split`,
+        // whose halves share a lock taken on every read and write.
+        let mut io = Some(io);
+        let tcp = (&mut io as &mut dyn Any)
+            .downcast_mut::<Option<tokio::net::TcpStream>>()
+            .and_then(Option::take);
+        if let Some(tcp) = tcp {
+            let (rd, wr) = tcp.into_split();
+            tasks.start(&shared, rd, Box::new(wr));
+        } else if let Some(io) = io {
+            let (rd, wr) = tokio::io::split(io);
+            tasks.start(&shared, rd, Box::new(wr));
+        }
         tracing::debug!(
             connection = shared.id,
             ?side,
