@@ -1347,6 +1347,9 @@ async fn run_reader<R: AsyncRead + Unpin>(
     let mut wakers = Vec::new();
     let timer = tokio::time::sleep_until(live.deadline());
     tokio::pin!(timer);
+    let side = Arc::new(SideWake::default());
+    let side_waker = Waker::from(side.clone());
+    let mut known_task = None;
     let mut held = Held::default();
     let reason = 'conn: loop {
         let mut any_frame = false;
@@ -1402,17 +1405,42 @@ async fn run_reader<R: AsyncRead + Unpin>(
         if !paused {
             rbuf.reserve(decoder.reserve_hint(&rbuf));
         }
-        tokio::select! {
-            r = rd.read_buf(&mut rbuf), if !paused => match r {
-                Ok(0) => break CloseReason::PeerClosed,
-                Ok(n) => {
-                    conn.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        let event = {
+            let read = rd.read_buf(&mut rbuf);
+            tokio::pin!(read);
+            let drained = conn.drained.notified();
+            tokio::pin!(drained);
+            std::future::poll_fn(|cx| {
+                // The close signal and the timer are polled only after they woke us, not on
+                // every read: most wake-ups are data.
+                if side.take(cx.waker(), &mut known_task) {
+                    let mut side_cx = Context::from_waker(&side_waker);
+                    if closed.as_mut().poll(&mut side_cx).is_ready() {
+                        return Poll::Ready(ReaderEvent::Closed);
+                    }
+                    if live.enabled() && timer.as_mut().poll(&mut side_cx).is_ready() {
+                        return Poll::Ready(ReaderEvent::Timer);
+                    }
                 }
-                Err(e) => break CloseReason::Io(e.to_string()),
-            },
-            _ = &mut closed => break CloseReason::Local,
-            () = conn.drained.notified(), if !held.frames.is_empty() => {}
-            () = &mut timer, if live.enabled() => {
+                if !held.frames.is_empty() && drained.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(ReaderEvent::Drained);
+                }
+                if !paused && let Poll::Ready(r) = read.as_mut().poll(cx) {
+                    return Poll::Ready(ReaderEvent::Read(r));
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match event {
+            ReaderEvent::Read(Ok(0)) => break CloseReason::PeerClosed,
+            ReaderEvent::Read(Ok(n)) => {
+                conn.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            ReaderEvent::Read(Err(e)) => break CloseReason::Io(e.to_string()),
+            ReaderEvent::Closed => break CloseReason::Local,
+            ReaderEvent::Drained => {}
+            ReaderEvent::Timer => {
                 if paused {
                     // Not reading is our choice, not the peer's silence; a peer that reads
                     // nothing is cut by `write_stall_timeout`.
@@ -1422,6 +1450,8 @@ async fn run_reader<R: AsyncRead + Unpin>(
                     break reason;
                 }
                 timer.as_mut().reset(live.deadline());
+                // The reset timer must be polled again to be armed.
+                side.force();
             }
         }
     };
@@ -1469,6 +1499,65 @@ impl Tasks {
             run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
         );
         tokio::spawn(run_writer(shared.clone()).instrument(span));
+    }
+}
+
+/// What woke the reader.
+enum ReaderEvent {
+    Read(io::Result<usize>),
+    Closed,
+    Drained,
+    Timer,
+}
+
+/// The waker the reader gives its close signal and its timer: it notes that one of them woke
+/// the reader, then wakes the reader's task, so the reader polls them only when they may be
+/// ready (a poll of each on every read costs more than the read's own bookkeeping).
+struct SideWake {
+    /// Set by a wake-up, taken by the reader's next poll. Starts set: the first poll arms them.
+    woken: AtomicBool,
+    /// The reader task's waker.
+    task: Mutex<Option<Waker>>,
+}
+
+impl Default for SideWake {
+    fn default() -> Self {
+        SideWake {
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        }
+    }
+}
+
+impl SideWake {
+    /// Whether a wake-up came since the last call. `task` is the reader's waker, passed on by
+    /// wake-ups; `known` is the reader's copy of what it gave last (no lock while it is the
+    /// same).
+    fn take(&self, task: &Waker, known: &mut Option<Waker>) -> bool {
+        if !known.as_ref().is_some_and(|w| w.will_wake(task)) {
+            *known = Some(task.clone());
+            *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.clone());
+        }
+        self.woken.load(Ordering::Acquire) && self.woken.swap(false, Ordering::AcqRel)
+    }
+
+    /// Have the next poll look at the close signal and the timer.
+    fn force(&self) {
+        self.woken.store(true, Ordering::Release);
+    }
+}
+
+impl std::task::Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(task) = task {
+            task.wake();
+        }
     }
 }
 
