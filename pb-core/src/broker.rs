@@ -842,15 +842,16 @@ impl Broker {
         Ok(())
     }
 
-    /// Start a call to the peer's object `target`. With `answer`, the answer is kept in the
-    /// pending table for [`Broker::poll_answer`].
+    /// Start a call to the peer's object `target`. With a waker, an answer is wanted: it is
+    /// kept in the pending table for [`Broker::poll_answer`], and the waker woken when it
+    /// arrives.
     pub(crate) fn start_call(
         &mut self,
         target: u64,
         method: &str,
         payload: Bytes,
         refs: &[ObjectRef],
-        (answer, deadline_ms): (bool, Option<u64>),
+        (waker, deadline_ms): (Option<Waker>, Option<u64>),
     ) -> Result<u64, Fault> {
         if self.state == State::Closed {
             return Err(disconnected_fault());
@@ -867,7 +868,7 @@ impl Broker {
                 message: format!("method name longer than {} bytes", message::MAX_METHOD_LEN),
             });
         }
-        if answer && self.pending.len() >= self.limits.max_pending_calls {
+        if waker.is_some() && self.pending.len() >= self.limits.max_pending_calls {
             return Err(Fault {
                 kind: FaultKind::LimitExceeded,
                 message: format!(
@@ -888,13 +889,13 @@ impl Broker {
             id,
             target,
             method.as_bytes(),
-            (answer, deadline_ms),
+            (waker.is_some(), deadline_ms),
             &descs,
         );
         self.push_payload(start, payload);
         self.write_updates(follow);
-        if answer {
-            self.pending.insert(id, PendingCall::Waiting(None));
+        if let Some(w) = waker {
+            self.pending.insert(id, PendingCall::Waiting(Some(w)));
         }
         Ok(id)
     }

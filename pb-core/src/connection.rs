@@ -435,6 +435,9 @@ impl ConnShared {
                 None => self.output_space().await,
             }
         }
+        // The task's waker goes into the call's slot at once, so the first poll of the answer
+        // need not take the lock to leave it there.
+        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let (id, queued, flush) = {
             let mut broker = self.lock();
             let id = broker.start_call(
@@ -442,7 +445,7 @@ impl ConnShared {
                 method,
                 payload,
                 &refs,
-                (true, deadline.map(crate::deadline::remaining_ms)),
+                (Some(waker), deadline.map(crate::deadline::remaining_ms)),
             )?;
             (id, broker.queued_bytes(), broker.who_flushes())
         };
@@ -454,6 +457,7 @@ impl ConnShared {
             conn: self,
             id,
             done: false,
+            first: true,
         };
         match deadline {
             // On expiry the answer's future is dropped, which cancels the call on the peer.
@@ -490,7 +494,7 @@ impl ConnShared {
         refs: Vec<ObjectRef>,
     ) -> Result<(), Fault> {
         self.lock()
-            .start_call(target, method, payload, &refs, (false, None))?;
+            .start_call(target, method, payload, &refs, (None, None))?;
         self.wake_writer.notify_one();
         Ok(())
     }
@@ -536,7 +540,6 @@ impl ConnShared {
     }
 
     fn spawn_call(self: &Arc<Self>, ev: CallEvent) {
-        let conn = self.clone();
         let CallEvent {
             id,
             target,
@@ -567,7 +570,7 @@ impl ConnShared {
         let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
         let caller = Caller {
             conn: Some(Connection {
-                shared: conn.clone(),
+                shared: self.clone(),
             }),
             deadline,
         };
@@ -593,10 +596,12 @@ impl ConnShared {
                     span.record("outcome", outcome_name(Some(&reply)));
                     span.record("duration_us", started.elapsed().as_micros() as u64);
                 }
-                conn.finish(id, answer, Some(reply), false);
+                self.finish(id, answer, Some(reply), false);
                 return;
             }
         }
+        // The handler waits: it continues in a task of its own.
+        let conn = self.clone();
         let cancel = if answer {
             let Some(cancel) = conn.lock().watch_cancel(id) else {
                 // Closed meanwhile: drop the handler.
@@ -921,12 +926,18 @@ struct Answer<'a> {
     conn: &'a ConnShared,
     id: u64,
     done: bool,
+    /// Not polled yet. The first poll is made in the same task poll that started the call
+    /// with this task's waker in the slot: nothing to look at or leave there yet.
+    first: bool,
 }
 
 impl Future for Answer<'_> {
     type Output = Reply;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        if std::mem::take(&mut self.first) {
+            return Poll::Pending;
+        }
         let reply = ready!(self.conn.lock().poll_answer(self.id, cx.waker()));
         self.done = true;
         Poll::Ready(reply)

@@ -319,11 +319,10 @@ impl ObjectRef {
         R: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let (payload, refs) = codec::encode(args, self.peer().as_ref())
-            .map_err(|e| CallError::Encode(e.to_string()))?;
-        let max_depth = self
-            .peer()
-            .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
+        let peer = self.peer();
+        let (payload, refs) =
+            codec::encode(args, peer.as_ref()).map_err(|e| CallError::Encode(e.to_string()))?;
+        let max_depth = peer.map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
         let outcome = match self.call_raw(method, payload, refs).await {
             Ok(o) => o,
             Err(f) => return Err(CallError::from_fault(f)),
