@@ -1,9 +1,11 @@
 //! The tokio driver that pumps a [`Broker`] over a transport, and the [`Connection`] handle.
 //!
-//! Each connection runs two tasks: a reader that decodes frames and feeds them to the broker,
-//! and a writer that drains the broker's output with vectored writes (so everything queued
-//! while a write was in progress goes out in one system call). Incoming calls run in tasks of
-//! their own. The broker sits behind a mutex held only for bookkeeping, never across an await.
+//! Each connection runs two tasks: a reader that decodes frames and feeds them to the broker
+//! (running the handlers of incoming calls inline, and writing a batch's answers at once), and
+//! a writer that drains what nobody wrote directly with vectored writes (so everything queued
+//! while a write was in progress goes out in one system call). A caller whose call is the only
+//! one pending writes it itself. Handlers that have to wait run in tasks of their own. The
+//! broker sits behind a mutex held only for bookkeeping, never across an await.
 //!
 //! Dropping the last handle to an imported reference must not take the broker's lock (it may
 //! happen anywhere, even while the lock is held), so releases go through a queue of their own
@@ -710,12 +712,15 @@ impl ConnShared {
     /// Write everything queued, as far as the transport takes it: `Ready` once all of it is
     /// written and flushed, `Pending` when the transport is full (woken through `cx`).
     fn poll_output(&self, out: &mut Output, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // What the broker holds is collected once per poll, not again after each write: whoever
+        // queues while a write is in progress here either finds the output busy and wakes the
+        // writer task, or has woken it already, so nothing is left behind.
+        if out.first >= out.queue.len() {
+            self.collect_output(out);
+        }
         loop {
             if out.first >= out.queue.len() {
-                self.collect_output(out);
-                if out.queue.is_empty() {
-                    return Pin::new(&mut *out.wr).poll_flush(cx);
-                }
+                return Pin::new(&mut *out.wr).poll_flush(cx);
             }
             let Output { wr, queue, first } = &mut *out;
             let pending = &queue[*first..];
