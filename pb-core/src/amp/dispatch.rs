@@ -303,8 +303,12 @@ impl Dispatcher {
         }
     }
 
+    /// The peer broke the protocol: close at once. Output not yet taken is dropped, as Twisted's
+    /// reactor drops what `dataReceived` wrote before it raised (answers to boxes that came in
+    /// the same read never leave).
     fn violation(&mut self, e: ProtocolError) -> Event {
         self.close();
+        self.output.clear();
         Event::Closed(DisconnectReason::Protocol(e))
     }
 
@@ -314,6 +318,18 @@ impl Dispatcher {
             None
         } else {
             Some(self.output.split().freeze())
+        }
+    }
+
+    /// Moves the bytes to write onto the end of `dst`: [`Dispatcher::poll_transmit`] without a
+    /// new buffer for every call.
+    pub(crate) fn transmit_into(&mut self, dst: &mut BytesMut) {
+        if dst.is_empty() {
+            // Swap rather than copy: `dst`'s spare room becomes ours.
+            std::mem::swap(dst, &mut self.output);
+        } else {
+            dst.extend_from_slice(&self.output);
+            self.output.clear();
         }
     }
 

@@ -24,7 +24,7 @@ pub enum Reply {
     Failed(String),
 }
 
-type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 type Responder = Arc<dyn Fn(AmpBox) -> ReplyFuture + Send + Sync>;
 
 /// The responders of one connection, by command name.
@@ -144,6 +144,11 @@ impl Locator {
         name: &[u8],
         args: AmpBox,
     ) -> Option<impl Future<Output = Reply> + Send + 'static> {
+        self.dispatch_boxed(name, args)
+    }
+
+    /// [`Locator::dispatch`] with the future's type named, for the driver to poll in place.
+    pub(crate) fn dispatch_boxed(&self, name: &[u8], args: AmpBox) -> Option<ReplyFuture> {
         self.responders.get(name).map(|r| r(args))
     }
 }
