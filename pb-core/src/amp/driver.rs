@@ -2,6 +2,7 @@
 //! callers a cloneable [`Connection`] handle.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -23,6 +24,7 @@ use super::command::{
 };
 use super::dispatch::{AmpConfig, Dispatcher, Event, START_TLS, SendError};
 use super::locator::{Locator, Reply};
+use crate::broker::IdHasher;
 
 /// Stop reading and taking new calls while this much output waits to be written.
 const HIGH_WATER: usize = 256 * 1024;
@@ -114,7 +116,7 @@ impl Connection {
             locator: Arc::new(locator),
             requests: rx,
             requests_open: true,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             tls_client: None,
             responders: JoinSet::new(),
             running: HashMap::new(),
@@ -409,7 +411,8 @@ struct Driver {
     locator: Arc<Locator>,
     requests: mpsc::Receiver<Request>,
     requests_open: bool,
-    pending: HashMap<Bytes, oneshot::Sender<RawResult<AmpBox>>>,
+    /// Keyed by our own tags, so a cheap hash will do.
+    pending: HashMap<Bytes, oneshot::Sender<RawResult<AmpBox>>, BuildHasherDefault<IdHasher>>,
     tls_client: Option<TlsClientRequest>,
     responders: JoinSet<Reply>,
     /// The tag and command name of each running responder, by task id.

@@ -64,11 +64,20 @@ macro_rules! integer_value {
     ($($t:ty),*) => {$(
         impl AmpValue for $t {
             fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), ArgumentError> {
-                out.extend_from_slice(self.to_string().as_bytes());
+                // Straight into `out`, without a `String` in between.
+                let _ = std::io::Write::write_fmt(out, format_args!("{self}"));
                 Ok(())
             }
 
             fn decode_value(bytes: &[u8]) -> Result<Self, ArgumentError> {
+                // The usual case, plain digits that fit, needs no normalised copy; `+`, spaces,
+                // `_` and errors take the careful path.
+                if bytes.first().is_some_and(|b| b.is_ascii_digit() || *b == b'-')
+                    && bytes.iter().skip(1).all(u8::is_ascii_digit)
+                    && let Ok(v) = std::str::from_utf8(bytes).unwrap_or("").parse::<$t>()
+                {
+                    return Ok(v);
+                }
                 let text = parse_integer_text(bytes)?;
                 text.parse::<$t>().map_err(|_| ArgumentError::OutOfRange {
                     value: text,
@@ -319,6 +328,26 @@ mod tests {
         assert_eq!(i32::decode_value(b" +1_000 ").unwrap(), 1000);
         assert!(i32::decode_value(b"0x10").is_err());
         assert!(i32::decode_value(b"").is_err());
+    }
+
+    #[test]
+    fn plain_digits_and_the_careful_path_agree() {
+        for (text, want) in [
+            ("007", 7),
+            ("-0", 0),
+            ("-12", -12),
+            ("+12", 12),
+            ("1_2", 12),
+        ] {
+            assert_eq!(i64::decode_value(text.as_bytes()).unwrap(), want, "{text}");
+        }
+        assert_eq!(u64::decode_value(b"-0").unwrap(), 0);
+        for bad in ["-", "--1", "1-", "-_1"] {
+            assert!(i64::decode_value(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let mut out = Vec::new();
+        i64::MIN.encode_value(&mut out).unwrap();
+        assert_eq!(out, b"-9223372036854775808");
     }
 
     #[test]
