@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use super::argument::AmpFields;
 use super::codec::AmpBox;
 use super::command::{AmpCommand, AmpError, RemoteError};
+use crate::broker::IdHasher;
 
 /// What a responder produced for one incoming command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +49,8 @@ type Responder = Arc<dyn Fn(AmpBox) -> ReplyFuture + Send + Sync>;
 /// ```
 #[derive(Clone, Default)]
 pub struct Locator {
-    responders: HashMap<Bytes, Responder>,
+    /// The names are ours (the peer only looks them up), so a cheap hash will do.
+    responders: HashMap<Bytes, Responder, BuildHasherDefault<IdHasher>>,
 }
 
 impl fmt::Debug for Locator {
