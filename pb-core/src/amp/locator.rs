@@ -70,8 +70,9 @@ impl Locator {
     /// Registers the responder of command `C`, replacing any earlier one for the same name.
     ///
     /// As in Twisted, `f` itself is called on the connection's task in the order the commands
-    /// arrived; the future it returns then runs on its own, so answers may go out in any order.
-    /// Put whatever must happen in arrival order before the `async` block.
+    /// arrived. The future it returns is polled once right there; if it has to wait, it runs on
+    /// in a task of its own, so answers may go out in any order. Put whatever must happen in
+    /// arrival order before the `async` block.
     ///
     /// Arguments that do not parse, and responses that do not encode, become `UNKNOWN` and close
     /// the connection, as in Twisted; a declared error is sent with its code.
