@@ -58,24 +58,34 @@ impl AmpBox {
 
     /// The value of `key` as shared bytes, if present.
     pub fn get_bytes(&self, key: impl AsRef<[u8]>) -> Option<&Bytes> {
-        let i = self.find(key.as_ref()).ok()?;
+        let i = self.position(key.as_ref())?;
         self.pairs.get(i).map(|(_, v)| v)
     }
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: impl AsRef<[u8]>) -> Option<Bytes> {
-        let i = self.find(key.as_ref()).ok()?;
+        let i = self.position(key.as_ref())?;
         Some(self.pairs.remove(i).1)
     }
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> bool {
-        self.find(key.as_ref()).is_ok()
+        self.position(key.as_ref()).is_some()
     }
 
     /// Where `key` is, or where it would go.
     fn find(&self, key: &[u8]) -> Result<usize, usize> {
         self.pairs.binary_search_by(|(k, _)| k.as_ref().cmp(key))
+    }
+
+    /// Where `key` is. Small boxes (nearly all) are scanned: an equality test compares lengths
+    /// first, where the binary search's ordering compares bytes every time.
+    fn position(&self, key: &[u8]) -> Option<usize> {
+        if self.pairs.len() <= 8 {
+            self.pairs.iter().position(|(k, _)| k.as_ref() == key)
+        } else {
+            self.find(key).ok()
+        }
     }
 
     /// A box of `pairs` in any order; of a key given twice the last value stays, as in a Python
