@@ -295,13 +295,13 @@ impl Broker {
 
     // ---- output ------------------------------------------------------------------------
 
-    /// Append the frames to write to `into`, in order; appends nothing when there is nothing to
-    /// send.
-    /// Whether anything is queued for the peer (releases not yet folded in aside).
+    /// Whether the broker holds anything to send to the peer.
     pub(crate) fn has_transmit(&self) -> bool {
         !self.out.is_empty() || !self.chunks.is_empty() || !self.releases.is_empty()
     }
 
+    /// Append the frames to write to `into`, in order; appends nothing when there is nothing to
+    /// send.
     pub(crate) fn take_transmit(&mut self, into: &mut Vec<Bytes>) {
         // Whatever a batch's handlers queued goes out with this.
         self.in_batch = false;

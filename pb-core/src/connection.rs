@@ -214,6 +214,8 @@ pub(crate) struct ConnShared {
     peer_addr: Option<SocketAddr>,
     broker: Mutex<Broker>,
     releases: Mutex<Vec<(u64, u64, u64)>>,
+    /// Set after a release is queued: the write path takes `releases`' lock only then.
+    releases_queued: AtomicBool,
     /// The transport's write half: `None` before the connection is established and after the
     /// writer has shut it down. Whoever holds the lock may write (see [`ConnShared::flush_now`]).
     out: Mutex<Option<Output>>,
@@ -259,6 +261,7 @@ impl ConnShared {
             peer_addr,
             broker: Mutex::new(Broker::new(config.limits.clone(), id, root, me.clone())),
             releases: Mutex::new(Vec::new()),
+            releases_queued: AtomicBool::new(false),
             out: Mutex::new(None),
             wake_writer: Notify::new(),
             call_done: Notify::new(),
@@ -378,6 +381,7 @@ impl ConnShared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push((id, generation, count));
+        self.releases_queued.store(true, Ordering::Release);
         self.wake_writer.notify_one();
     }
 
@@ -677,8 +681,14 @@ impl ConnShared {
 
     /// Append everything queued for the peer to `into`.
     fn take_transmit(&self, into: &mut Vec<Bytes>) {
-        let released =
-            std::mem::take(&mut *self.releases.lock().unwrap_or_else(|p| p.into_inner()));
+        // A release queued after the flag was read sets it again and wakes the writer.
+        let released = if self.releases_queued.load(Ordering::Acquire)
+            && self.releases_queued.swap(false, Ordering::AcqRel)
+        {
+            std::mem::take(&mut *self.releases.lock().unwrap_or_else(|p| p.into_inner()))
+        } else {
+            Vec::new()
+        };
         let mut broker = self.lock();
         for (id, generation, count) in released {
             broker.release_imported(id, generation, count);
