@@ -192,6 +192,8 @@ pub(crate) struct Broker {
     revoked: Vec<Arc<Imported>>,
     /// Objects withdrawn under the lock, dropped once it is released.
     graveyard: Vec<ObjectRef>,
+    /// What calls fail with once the connection is closed.
+    close_fault: Option<Fault>,
 }
 
 impl Broker {
@@ -226,6 +228,7 @@ impl Broker {
             events: VecDeque::new(),
             revoked: Vec::new(),
             graveyard: Vec::new(),
+            close_fault: None,
         }
     }
 
@@ -267,6 +270,12 @@ impl Broker {
         if !self.out.is_empty() {
             into.push(self.out.split().freeze());
         }
+    }
+
+    /// Queue bytes that are not a message (the hello of a dialed connection) before anything
+    /// else is queued.
+    pub(crate) fn queue_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
     }
 
     pub(crate) fn poll_event(&mut self) -> Option<CallEvent> {
@@ -801,7 +810,7 @@ impl Broker {
         (waiter, deadline_ms): (Option<Waiter>, Option<u64>),
     ) -> Result<u64, Fault> {
         if self.state == State::Closed {
-            return Err(disconnected_fault());
+            return Err(self.close_fault.clone().unwrap_or_else(disconnected_fault));
         }
         if self.peer_goodbye || self.state == State::Draining {
             return Err(Fault {
@@ -923,7 +932,8 @@ impl Broker {
 
     /// The connection is gone: fail every pending call, cancel running ones, empty the tables.
     /// Returns what was held, for the caller to drop outside any lock.
-    pub(crate) fn close(&mut self) -> (Vec<ObjectRef>, Vec<Arc<Imported>>) {
+    /// Close the tables; pending calls fail with `fault`, and so do calls started later.
+    pub(crate) fn close(&mut self, fault: Fault) -> (Vec<ObjectRef>, Vec<Arc<Imported>>) {
         self.state = State::Closed;
         let imports: Vec<Arc<Imported>> = self
             .imports
@@ -931,7 +941,7 @@ impl Broker {
             .filter_map(|(_, s)| s.handle.upgrade())
             .collect();
         for (_, waiter) in self.pending.drain() {
-            let _ = waiter.send(Err(disconnected_fault()));
+            let _ = waiter.send(Err(fault.clone()));
         }
         self.running.clear();
         self.imports.clear();
@@ -942,6 +952,7 @@ impl Broker {
             self.graveyard.push(ev.object);
             self.graveyard.extend(ev.refs);
         }
+        self.close_fault = Some(fault);
         let mut held: Vec<ObjectRef> = self.exports.drain().map(|(_, e)| e.object).collect();
         for object in &held {
             if let RefInner::Local(d) = &object.0 {

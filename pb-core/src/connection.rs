@@ -111,8 +111,12 @@ pub enum CloseReason {
     Io(String),
     /// The peer broke the protocol.
     Protocol(String),
-    /// No complete frame came from the peer for the configured `idle_timeout`.
+    /// No complete frame came from the peer for the configured `idle_timeout` (or, on a
+    /// connection made with [`Connection::dial`], no hello within `handshake_timeout`).
     IdleTimeout(Duration),
+    /// The peer's hello was refused (on a connection made with [`Connection::dial`], which
+    /// checks it after returning): it speaks another protocol version, or not pb at all.
+    Handshake(HandshakeError),
 }
 
 /// A handle to an object the peer exported to us.
@@ -143,6 +147,11 @@ pub struct ExportLink {
 impl Imported {
     pub(crate) fn add_received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The fault of a call to the object once it is dead: it names a refused hello.
+    pub(crate) fn dead_fault(&self) -> Fault {
+        self.conn.close_fault()
     }
 
     /// Whether calls to the object can no longer succeed.
@@ -648,8 +657,16 @@ impl ConnShared {
     }
 
     /// Mark the connection closed and fail everything pending.
+    /// The fault of a call that fails because the connection has ended.
+    pub(crate) fn close_fault(&self) -> Fault {
+        match &*self.closed.borrow() {
+            Some(reason) => fault_of(reason),
+            None => disconnected_fault(),
+        }
+    }
+
     pub(crate) fn close(&self, reason: CloseReason) {
-        let (held, imports) = self.lock().close();
+        let (held, imports) = self.lock().close(fault_of(&reason));
         drop(held);
         // Every reference imported on this connection is dead; forwards of them that we
         // export to other peers are revoked there.
@@ -704,8 +721,20 @@ fn outcome_name(reply: Option<&Reply>) -> &'static str {
             FaultKind::Refused => "refused",
             FaultKind::Disconnected => "disconnected",
             FaultKind::DeadlineExceeded => "deadline_exceeded",
+            FaultKind::Handshake => "handshake",
             FaultKind::Internal | FaultKind::Unknown(_) => "internal",
         },
+    }
+}
+
+/// What calls that fail because the connection ended for `reason` report.
+fn fault_of(reason: &CloseReason) -> Fault {
+    match reason {
+        CloseReason::Handshake(e) => Fault {
+            kind: FaultKind::Handshake,
+            message: e.to_string(),
+        },
+        _ => disconnected_fault(),
     }
 }
 
@@ -827,7 +856,10 @@ impl Connection {
 
     /// Run the handshake over `io` and start the connection's tasks.
     ///
-    /// `root` is the object the peer reaches as its root (`None` to serve nothing).
+    /// Sends our hello and waits for the peer's (at most `Config::handshake_timeout`): a
+    /// refused hello is this function's error. `root` is the object the peer reaches as its
+    /// root (`None` to serve nothing). A dialing side that wants its first call to leave at
+    /// once uses [`Connection::dial`].
     pub async fn establish<T>(
         mut io: T,
         config: &Config,
@@ -839,40 +871,12 @@ impl Connection {
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let ours = Hello::ours(config.features);
-        let mut hello = BytesMut::with_capacity(HEADER_LEN + HELLO_LEN);
-        hello.put_u32(HELLO_LEN as u32);
-        ours.encode(&mut hello);
+        let hello = hello_frame(&ours);
         let mut rbuf = BytesMut::with_capacity(256);
         let exchange = async {
             io.write_all(&hello).await?;
             io.flush().await?;
-            while rbuf.len() < HEADER_LEN + HELLO_LEN {
-                // Check as soon as the header is in, so a non-pb peer is told apart early.
-                if rbuf.len() >= 8 && rbuf[..8] != hello[..8] {
-                    break;
-                }
-                if io.read_buf(&mut rbuf).await? == 0 {
-                    return Err(ConnectError::Closed);
-                }
-            }
-            // The loop ends early when the first eight bytes (header and magic) are not ours, so
-            // the body may be incomplete here: never index into it.
-            let header_ok = rbuf.get(..HEADER_LEN) == hello.get(..HEADER_LEN);
-            let body = rbuf.get(HEADER_LEN..HEADER_LEN + HELLO_LEN);
-            let Some(body) = body.filter(|_| header_ok) else {
-                // Report the four bytes where the magic should be, or the first four if even the
-                // header is not a hello's.
-                let at = if header_ok { HEADER_LEN } else { 0 };
-                let mut magic = [0u8; 4];
-                for (m, b) in magic.iter_mut().zip(rbuf.iter().skip(at)) {
-                    *m = *b;
-                }
-                return Err(HandshakeError::BadMagic { magic }.into());
-            };
-            let theirs = Hello::decode(body)?;
-            let _features = ours.negotiate(&theirs)?;
-            bytes::Buf::advance(&mut rbuf, HEADER_LEN + HELLO_LEN);
-            Ok(())
+            read_hello(&mut io, &mut rbuf, &ours).await
         };
         match tokio::time::timeout(config.handshake_timeout, exchange).await {
             Ok(Ok(())) => {}
@@ -882,7 +886,59 @@ impl Connection {
             }
             Err(_) => return Err(ConnectError::Timeout(config.handshake_timeout)),
         }
+        Ok(Connection::start(
+            io, config, side, root, peer_addr, rbuf, None,
+        ))
+    }
+
+    /// Start a connection as the side that dialed, without waiting for the peer's hello.
+    ///
+    /// Our hello is queued as the connection's first bytes and the connection is returned at
+    /// once, so the first call leaves with the hello, in the same write: connecting and one
+    /// call cost one round trip, not two. The reader checks the peer's hello before any other
+    /// frame. If the peer refuses ours or sends a bad one (another protocol version, not pb at
+    /// all), the connection closes with [`CloseReason::Handshake`], and calls made before or
+    /// after fail with [`CallError::Handshake`](crate::CallError::Handshake), which names the
+    /// handshake error; a peer that sends no hello within `Config::handshake_timeout` closes it
+    /// with [`CloseReason::IdleTimeout`]. [`Connection::closed`] and
+    /// [`Connection::close_reason`] report it too.
+    ///
+    /// The peer's side is unchanged: any peer that runs [`Connection::establish`] accepts a
+    /// dialed connection. The error is only an `Err` of this function if the transport fails
+    /// while the hello is written.
+    pub async fn dial<T>(
+        io: T,
+        config: &Config,
+        root: Option<ObjectRef>,
+        peer_addr: Option<SocketAddr>,
+    ) -> Result<Connection, ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let ours = Hello::ours(config.features);
+        let rbuf = BytesMut::with_capacity(256);
+        let conn = Connection::start(io, config, Side::Client, root, peer_addr, rbuf, Some(ours));
+        Ok(conn)
+    }
+
+    /// Start the connection's tasks; with `hello`, ours is queued first and the peer's is
+    /// checked by the reader before any frame.
+    fn start<T>(
+        io: T,
+        config: &Config,
+        side: Side,
+        root: Option<ObjectRef>,
+        peer_addr: Option<SocketAddr>,
+        rbuf: BytesMut,
+        hello: Option<Hello>,
+    ) -> Connection
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let shared = ConnShared::new(config, side, peer_addr, root);
+        if let Some(ours) = &hello {
+            shared.lock().queue_raw(&hello_frame(ours));
+        }
         let decoder = FrameDecoder::new(config.limits.max_frame_len);
         let (rd, wr) = tokio::io::split(io);
         *shared.lock_out() = Some(Output {
@@ -900,9 +956,38 @@ impl Connection {
             side = ?side,
             peer = ?peer_addr,
         );
-        tokio::spawn(
-            run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
-        );
+        match hello {
+            None => {
+                tokio::spawn(
+                    run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
+                );
+            }
+            Some(ours) => {
+                let timeout = config.handshake_timeout;
+                let conn = shared.clone();
+                tokio::spawn(
+                    async move {
+                        let (mut rd, mut rbuf) = (rd, rbuf);
+                        let checked = tokio::select! {
+                            r = tokio::time::timeout(timeout, read_hello(&mut rd, &mut rbuf, &ours)) => r,
+                            () = conn.closed() => return,
+                        };
+                        let reason = match checked {
+                            Ok(Ok(())) => {
+                                return run_reader(conn, rd, rbuf, decoder, timers).await;
+                            }
+                            Ok(Err(ConnectError::Handshake(e))) => CloseReason::Handshake(e),
+                            Ok(Err(ConnectError::Closed)) => CloseReason::PeerClosed,
+                            Ok(Err(e)) => CloseReason::Io(e.to_string()),
+                            Err(_) => CloseReason::IdleTimeout(timeout),
+                        };
+                        tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, ?reason, "closing connection: pb handshake failed");
+                        conn.close(reason);
+                    }
+                    .instrument(span.clone()),
+                );
+            }
+        }
         tokio::spawn(run_writer(shared.clone()).instrument(span));
         tracing::debug!(
             connection = shared.id,
@@ -910,7 +995,7 @@ impl Connection {
             ?peer_addr,
             "connection established"
         );
-        Ok(Connection { shared })
+        Connection { shared }
     }
 
     /// The peer's root object, typed.
@@ -1107,6 +1192,51 @@ impl Liveness {
 }
 
 // --- end keep-alive ---
+
+/// Our hello as a whole frame.
+fn hello_frame(ours: &Hello) -> BytesMut {
+    let mut hello = BytesMut::with_capacity(HEADER_LEN + HELLO_LEN);
+    hello.put_u32(HELLO_LEN as u32);
+    ours.encode(&mut hello);
+    hello
+}
+
+/// Read the peer's hello into `rbuf` and check it against ours; what follows it stays in
+/// `rbuf`.
+async fn read_hello<R: AsyncRead + Unpin>(
+    io: &mut R,
+    rbuf: &mut BytesMut,
+    ours: &Hello,
+) -> Result<(), ConnectError> {
+    let hello = hello_frame(ours);
+    while rbuf.len() < HEADER_LEN + HELLO_LEN {
+        // Check as soon as the header is in, so a non-pb peer is told apart early.
+        if rbuf.len() >= 8 && rbuf[..8] != hello[..8] {
+            break;
+        }
+        if io.read_buf(rbuf).await? == 0 {
+            return Err(ConnectError::Closed);
+        }
+    }
+    // The loop ends early when the first eight bytes (header and magic) are not ours, so
+    // the body may be incomplete here: never index into it.
+    let header_ok = rbuf.get(..HEADER_LEN) == hello.get(..HEADER_LEN);
+    let body = rbuf.get(HEADER_LEN..HEADER_LEN + HELLO_LEN);
+    let Some(body) = body.filter(|_| header_ok) else {
+        // Report the four bytes where the magic should be, or the first four if even the
+        // header is not a hello's.
+        let at = if header_ok { HEADER_LEN } else { 0 };
+        let mut magic = [0u8; 4];
+        for (m, b) in magic.iter_mut().zip(rbuf.iter().skip(at)) {
+            *m = *b;
+        }
+        return Err(HandshakeError::BadMagic { magic }.into());
+    };
+    let theirs = Hello::decode(body)?;
+    let _features = ours.negotiate(&theirs)?;
+    bytes::Buf::advance(rbuf, HEADER_LEN + HELLO_LEN);
+    Ok(())
+}
 
 async fn run_reader<R: AsyncRead + Unpin>(
     conn: Arc<ConnShared>,
