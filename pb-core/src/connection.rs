@@ -856,8 +856,11 @@ impl Connection {
 
     /// Run the handshake over `io` and start the connection's tasks.
     ///
-    /// Sends our hello and waits for the peer's (at most `Config::handshake_timeout`): a
-    /// refused hello is this function's error. `root` is the object the peer reaches as its
+    /// Waits for the peer's hello (at most `Config::handshake_timeout`): a refused hello is this
+    /// function's error. The dialing side ([`Side::Client`]) sends its hello first; the
+    /// accepting side answers once the dialer's has arrived (every pb dialer sends its hello
+    /// without waiting), in the same write as its first answer, and sends it even when it
+    /// refuses the dialer's, so that both sides can tell why. `root` is the object the peer reaches as its
     /// root (`None` to serve nothing). A dialing side that wants its first call to leave at
     /// once uses [`Connection::dial`].
     pub async fn establish<T>(
@@ -874,20 +877,27 @@ impl Connection {
         let hello = hello_frame(&ours);
         let mut rbuf = BytesMut::with_capacity(256);
         let exchange = async {
-            io.write_all(&hello).await?;
-            io.flush().await?;
+            if side == Side::Client {
+                io.write_all(&hello).await?;
+                io.flush().await?;
+            }
             read_hello(&mut io, &mut rbuf, &ours).await
         };
         match tokio::time::timeout(config.handshake_timeout, exchange).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
+                if side == Side::Server {
+                    let _ = io.write_all(&hello).await;
+                    let _ = io.flush().await;
+                }
                 let _ = io.shutdown().await;
                 return Err(e);
             }
             Err(_) => return Err(ConnectError::Timeout(config.handshake_timeout)),
         }
+        let answer = (side == Side::Server).then_some(ours);
         Ok(Connection::start(
-            io, config, side, root, peer_addr, rbuf, None,
+            io, config, side, root, peer_addr, rbuf, answer, None,
         ))
     }
 
@@ -917,12 +927,22 @@ impl Connection {
     {
         let ours = Hello::ours(config.features);
         let rbuf = BytesMut::with_capacity(256);
-        let conn = Connection::start(io, config, Side::Client, root, peer_addr, rbuf, Some(ours));
+        let conn = Connection::start(
+            io,
+            config,
+            Side::Client,
+            root,
+            peer_addr,
+            rbuf,
+            Some(ours),
+            Some(ours),
+        );
         Ok(conn)
     }
 
-    /// Start the connection's tasks; with `hello`, ours is queued first and the peer's is
-    /// checked by the reader before any frame.
+    /// Start the connection's tasks. `send` is our hello, queued as the first bytes, if it is
+    /// still to be sent; with `check`, the reader checks the peer's before any frame.
+    #[allow(clippy::too_many_arguments)]
     fn start<T>(
         io: T,
         config: &Config,
@@ -930,13 +950,14 @@ impl Connection {
         root: Option<ObjectRef>,
         peer_addr: Option<SocketAddr>,
         rbuf: BytesMut,
-        hello: Option<Hello>,
+        send: Option<Hello>,
+        check: Option<Hello>,
     ) -> Connection
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let shared = ConnShared::new(config, side, peer_addr, root);
-        if let Some(ours) = &hello {
+        if let Some(ours) = &send {
             shared.lock().queue_raw(&hello_frame(ours));
         }
         let decoder = FrameDecoder::new(config.limits.max_frame_len);
@@ -956,7 +977,7 @@ impl Connection {
             side = ?side,
             peer = ?peer_addr,
         );
-        match hello {
+        match check {
             None => {
                 tokio::spawn(
                     run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
