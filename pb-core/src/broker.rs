@@ -61,6 +61,13 @@ pub struct Limits {
     /// Deepest nesting of a decoded argument or answer value (default
     /// [`crate::codec::DEFAULT_MAX_DEPTH`], 128); deeper values fail to decode.
     pub max_depth: usize,
+    /// Most bytes queued for the peer and not yet written (default 4 MiB). Above it the
+    /// connection applies backpressure: our own callers wait before queueing new calls, and
+    /// the peer's calls, releases and pings are held back, still read but not run, until half
+    /// of the queue has gone out; once `max_in_flight_calls` frames are held back, reading
+    /// pauses. A peer that sends without reading thus costs a bounded amount of memory, and is
+    /// disconnected after `Config::write_stall_timeout` without progress.
+    pub max_unsent_bytes: usize,
     /// Limits on message envelopes.
     pub message: MessageLimits,
 }
@@ -75,6 +82,7 @@ impl Default for Limits {
             max_imports: 10_000,
             max_violations: 3,
             max_depth: crate::codec::DEFAULT_MAX_DEPTH,
+            max_unsent_bytes: 4 << 20,
             message: MessageLimits::default(),
         }
     }
@@ -185,6 +193,8 @@ pub(crate) struct Broker {
     in_flight: usize,
     out: BytesMut,
     chunks: Vec<Bytes>,
+    /// Total length of `chunks`.
+    chunks_len: usize,
     releases: Vec<(u64, u64)>,
     violations: u32,
     events: VecDeque<CallEvent>,
@@ -223,6 +233,7 @@ impl Broker {
             in_flight: 0,
             out: BytesMut::new(),
             chunks: Vec::new(),
+            chunks_len: 0,
             releases: Vec::new(),
             violations: 0,
             events: VecDeque::new(),
@@ -267,6 +278,7 @@ impl Broker {
             }
         }
         into.append(&mut self.chunks);
+        self.chunks_len = 0;
         if !self.out.is_empty() {
             into.push(self.out.split().freeze());
         }
@@ -276,6 +288,11 @@ impl Broker {
     /// else is queued.
     pub(crate) fn queue_raw(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);
+    }
+
+    /// Bytes queued for the peer and not yet taken by `take_transmit`.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.out.len() + self.chunks_len
     }
 
     pub(crate) fn poll_event(&mut self) -> Option<CallEvent> {
@@ -320,6 +337,7 @@ impl Broker {
         self.patch_len(start, payload.len());
         if payload.len() >= ZERO_COPY_MIN {
             let head = self.out.split().freeze();
+            self.chunks_len += head.len() + payload.len();
             self.chunks.push(head);
             self.chunks.push(payload);
         } else {

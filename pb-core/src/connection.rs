@@ -66,6 +66,10 @@ pub struct Config {
     /// never cut; a half-open peer that stopped answering is, and so is one that trickles a
     /// frame in byte by byte.
     pub idle_timeout: Option<Duration>,
+    /// Close the connection when more than `Limits::max_unsent_bytes` wait to be written and
+    /// not one byte of it went out for this long (default 60 s; `None`: never): the peer has
+    /// stopped reading.
+    pub write_stall_timeout: Option<Duration>,
 }
 
 impl Default for Config {
@@ -77,6 +81,7 @@ impl Default for Config {
             features: Features::NONE,
             keepalive_interval: Some(Duration::from_secs(20)),
             idle_timeout: Some(Duration::from_secs(60)),
+            write_stall_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -117,6 +122,9 @@ pub enum CloseReason {
     /// The peer's hello was refused (on a connection made with [`Connection::dial`], which
     /// checks it after returning): it speaks another protocol version, or not pb at all.
     Handshake(HandshakeError),
+    /// Output was over `Limits::max_unsent_bytes` and none of it could be written for the
+    /// configured `write_stall_timeout`: the peer stopped reading.
+    WriteStalled(Duration),
 }
 
 /// A handle to an object the peer exported to us.
@@ -228,6 +236,20 @@ pub(crate) struct ConnShared {
     identity: Mutex<Option<Identity>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// Bytes handed to the write path and not yet written (see [`Limits::max_unsent_bytes`]).
+    unsent: AtomicUsize,
+    /// `Limits::max_unsent_bytes`.
+    max_unsent: usize,
+    /// The most frames the reader holds back before it stops reading
+    /// (`Limits::max_in_flight_calls`).
+    max_held_frames: usize,
+    /// Set when `unsent` goes over `max_unsent`, cleared when it is back to half of it.
+    congested: AtomicBool,
+    /// Wakes callers waiting for the output to drain.
+    space: Notify,
+    /// Wakes the reader to run the frames it held back while the output was congested.
+    drained: Notify,
+    write_stall_timeout: Option<Duration>,
 }
 
 impl ConnShared {
@@ -255,6 +277,13 @@ impl ConnShared {
             identity: Mutex::new(None),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            unsent: AtomicUsize::new(0),
+            max_unsent: config.limits.max_unsent_bytes.max(1),
+            max_held_frames: config.limits.max_in_flight_calls.max(1),
+            congested: AtomicBool::new(false),
+            space: Notify::new(),
+            drained: Notify::new(),
+            write_stall_timeout: config.write_stall_timeout,
         })
     }
 
@@ -275,6 +304,57 @@ impl ConnShared {
     pub(crate) async fn closed(&self) {
         let mut rx = self.closed.subscribe();
         let _ = rx.wait_for(|r| r.is_some()).await;
+    }
+
+    /// Whether more than `Limits::max_unsent_bytes` wait to be written (and have not yet
+    /// drained to half of that).
+    fn is_congested(&self) -> bool {
+        self.congested.load(Ordering::Acquire)
+    }
+
+    /// Completes once the output is not congested, or the connection is closed.
+    async fn output_space(&self) {
+        loop {
+            let notified = self.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.is_congested() || self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The broker holds `queued` bytes not yet in the write queue: past the limit, move them
+    /// there now, so they count and the output shows as congested.
+    fn note_queued(&self, queued: usize) {
+        if queued + self.unsent.load(Ordering::Relaxed) > self.max_unsent {
+            self.collect_now();
+        }
+    }
+
+    /// Count `n` more bytes handed to the write path.
+    fn add_unsent(&self, n: usize) {
+        let now = self.unsent.fetch_add(n, Ordering::AcqRel) + n;
+        if now > self.max_unsent && !self.is_congested() {
+            self.congested.store(true, Ordering::Release);
+            tracing::debug!(
+                connection = self.id,
+                unsent = now,
+                max_unsent_bytes = self.max_unsent,
+                "output congested: holding back the peer's calls until it drains"
+            );
+        }
+    }
+
+    /// Count `n` bytes written; wake whoever waits for the output to drain.
+    fn sub_unsent(&self, n: usize) {
+        let now = self.unsent.fetch_sub(n, Ordering::AcqRel).saturating_sub(n);
+        if now <= self.max_unsent / 2 && self.is_congested() {
+            self.congested.store(false, Ordering::Release);
+            self.space.notify_waiters();
+            self.drained.notify_one();
+        }
     }
 
     fn make_import(self: &Arc<Self>) -> impl Fn(u64, u64) -> Arc<Imported> + '_ {
@@ -355,15 +435,29 @@ impl ConnShared {
         if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
             return Err(deadline_fault());
         }
+        if self.is_congested() {
+            // Backpressure: the peer is not taking what we already queued for it.
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, self.output_space())
+                    .await
+                    .map_err(|_| deadline_fault())?,
+                None => self.output_space().await,
+            }
+        }
         let (tx, rx) = oneshot::channel();
-        let id = self.lock().start_call(
-            target,
-            method,
-            payload,
-            &refs,
-            (Some(tx), deadline.map(crate::deadline::remaining_ms)),
-        )?;
+        let (id, queued) = {
+            let mut broker = self.lock();
+            let id = broker.start_call(
+                target,
+                method,
+                payload,
+                &refs,
+                (Some(tx), deadline.map(crate::deadline::remaining_ms)),
+            )?;
+            (id, broker.queued_bytes())
+        };
         drop(refs);
+        self.note_queued(queued);
         span.record("request_id", id);
         self.wake_writer.notify_one();
         let mut guard = CancelOnDrop {
@@ -407,6 +501,7 @@ impl ConnShared {
     fn handle_frame(self: &Arc<Self>, frame: Bytes) -> Result<(), ProtocolError> {
         let mut broker = self.lock();
         let result = broker.handle_frame(frame, &self.make_import());
+        let queued = broker.queued_bytes();
         // A frame yields at most one call: no list allocated for it.
         let first = broker.poll_event();
         let mut more = Vec::new();
@@ -424,6 +519,8 @@ impl ConnShared {
         for imp in revoked {
             imp.revoke();
         }
+        // Answers given inline count at once, so a batch of calls cannot queue without bound.
+        self.note_queued(queued);
         // No writer wake-up: the reader flushes once it has handled every frame it has.
         result
     }
@@ -572,6 +669,25 @@ impl ConnShared {
         broker.take_transmit(into);
     }
 
+    /// Move everything the broker queued into the write queue, counting it as unsent.
+    fn collect_output(&self, out: &mut Output) {
+        // Written chunks at the front are dropped once they are most of the queue, so a queue
+        // that never empties does not grow without end.
+        if out.first >= out.queue.len() {
+            out.queue.clear();
+            out.first = 0;
+        } else if out.first >= 64 && out.first * 2 >= out.queue.len() {
+            out.queue.drain(..out.first);
+            out.first = 0;
+        }
+        let before = out.queue.len();
+        self.take_transmit(&mut out.queue);
+        let added: usize = out.queue[before..].iter().map(Bytes::len).sum();
+        if added > 0 {
+            self.add_unsent(added);
+        }
+    }
+
     fn lock_out(&self) -> MutexGuard<'_, Option<Output>> {
         self.out.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -579,16 +695,14 @@ impl ConnShared {
     /// Write everything queued, as far as the transport takes it: `Ready` once all of it is
     /// written and flushed, `Pending` when the transport is full (woken through `cx`).
     fn poll_output(&self, out: &mut Output, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Output { wr, queue, first } = out;
         loop {
-            if *first >= queue.len() {
-                queue.clear();
-                *first = 0;
-                self.take_transmit(queue);
-                if queue.is_empty() {
-                    return Pin::new(&mut **wr).poll_flush(cx);
+            if out.first >= out.queue.len() {
+                self.collect_output(out);
+                if out.queue.is_empty() {
+                    return Pin::new(&mut *out.wr).poll_flush(cx);
                 }
             }
+            let Output { wr, queue, first } = &mut *out;
             let pending = &queue[*first..];
             let mut slices = [io::IoSlice::new(&[]); MAX_IOSLICES];
             let count = pending.len().min(MAX_IOSLICES);
@@ -600,6 +714,7 @@ impl ConnShared {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+            self.sub_unsent(n);
             while n > 0 {
                 let Some(chunk) = queue.get_mut(*first) else {
                     break;
@@ -630,7 +745,9 @@ impl ConnShared {
         };
         let Some(out) = guard.as_mut() else { return };
         if out.first < out.queue.len() {
-            // A write is waiting for the transport; its waker belongs to the writer task.
+            // A write is waiting for the transport; its waker belongs to the writer task. What
+            // the broker queued meanwhile joins the queue, so it counts as unsent.
+            self.collect_output(out);
             drop(guard);
             self.wake_writer.notify_one();
             return;
@@ -649,6 +766,39 @@ impl ConnShared {
         }
     }
 
+    /// The writer is waiting for the transport: `Ready` with the reason to close once more
+    /// than `max_unsent` bytes waited and none went out for `after`.
+    fn poll_stall(
+        &self,
+        stall: &mut Option<(Pin<Box<tokio::time::Sleep>>, u64)>,
+        after: Duration,
+        cx: &mut Context<'_>,
+    ) -> Poll<CloseReason> {
+        loop {
+            let written = self.bytes_out.load(Ordering::Relaxed);
+            let (timer, mark) =
+                stall.get_or_insert_with(|| (Box::pin(tokio::time::sleep(after)), written));
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if written == *mark && self.is_congested() {
+                return Poll::Ready(CloseReason::WriteStalled(after));
+            }
+            // Progress, or little waiting: watch the next period.
+            *mark = written;
+            timer.as_mut().reset(tokio::time::Instant::now() + after);
+        }
+    }
+
+    /// Count what the broker queued as unsent without writing it (the next flush does).
+    fn collect_now(&self) {
+        if let Ok(mut guard) = self.out.try_lock()
+            && let Some(out) = guard.as_mut()
+        {
+            self.collect_output(out);
+        }
+    }
+
     /// Withdraw export `object` from the peer (it forwarded to something now unreachable).
     pub(crate) fn revoke_export(&self, object: u64) {
         let held = self.lock().revoke_export(object);
@@ -656,7 +806,6 @@ impl ConnShared {
         self.wake_writer.notify_one();
     }
 
-    /// Mark the connection closed and fail everything pending.
     /// The fault of a call that fails because the connection has ended.
     pub(crate) fn close_fault(&self) -> Fault {
         match &*self.closed.borrow() {
@@ -665,6 +814,7 @@ impl ConnShared {
         }
     }
 
+    /// Mark the connection closed and fail everything pending.
     pub(crate) fn close(&self, reason: CloseReason) {
         let (held, imports) = self.lock().close(fault_of(&reason));
         drop(held);
@@ -684,6 +834,8 @@ impl ConnShared {
         });
         self.is_closed.store(true, Ordering::Release);
         self.wake_writer.notify_one();
+        // Callers waiting for output space give up now.
+        self.space.notify_waiters();
     }
 
     fn stats(&self) -> TableStats {
@@ -838,6 +990,8 @@ pub struct ConnectionStats {
     pub bytes_in: u64,
     /// Bytes sent.
     pub bytes_out: u64,
+    /// Bytes queued for the peer and not yet written.
+    pub unsent_bytes: u64,
 }
 
 /// A pb connection: symmetric, either side may call objects the other gave it.
@@ -860,9 +1014,9 @@ impl Connection {
     /// function's error. The dialing side ([`Side::Client`]) sends its hello first; the
     /// accepting side answers once the dialer's has arrived (every pb dialer sends its hello
     /// without waiting), in the same write as its first answer, and sends it even when it
-    /// refuses the dialer's, so that both sides can tell why. `root` is the object the peer reaches as its
-    /// root (`None` to serve nothing). A dialing side that wants its first call to leave at
-    /// once uses [`Connection::dial`].
+    /// refuses the dialer's, so that both sides can tell why. `root` is the object the peer
+    /// reaches as its root (`None` to serve nothing). A dialing side that wants its first call
+    /// to leave at once uses [`Connection::dial`].
     pub async fn establish<T>(
         mut io: T,
         config: &Config,
@@ -1060,6 +1214,7 @@ impl Connection {
             tables: self.shared.stats(),
             bytes_in: self.shared.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.shared.bytes_out.load(Ordering::Relaxed),
+            unsent_bytes: self.shared.unsent.load(Ordering::Relaxed) as u64,
         }
     }
 
@@ -1273,6 +1428,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
     let mut live = Liveness::new(timers);
     let timer = tokio::time::sleep_until(live.deadline());
     tokio::pin!(timer);
+    let mut held = Held::default();
     let reason = 'conn: loop {
         let mut any_frame = false;
         loop {
@@ -1284,6 +1440,14 @@ async fn run_reader<R: AsyncRead + Unpin>(
                         any_frame = true;
                         live.frame_received();
                     }
+                    // While the peer is not taking our output, its calls (and everything that
+                    // must stay in line with them) wait: running them would queue more.
+                    if (!held.frames.is_empty() || conn.is_congested())
+                        && !crate::message::may_overtake(&frame)
+                    {
+                        held.push(frame);
+                        continue;
+                    }
                     if let Err(e) = conn.handle_frame(frame) {
                         break 'conn CloseReason::Protocol(e.to_string());
                     }
@@ -1292,14 +1456,30 @@ async fn run_reader<R: AsyncRead + Unpin>(
                 Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
             }
         }
+        // Held-back frames run, in order, as soon as the output has drained.
+        while !held.frames.is_empty() && !conn.is_congested() {
+            let Some(frame) = held.pop() else { break };
+            if let Err(e) = conn.handle_frame(frame) {
+                break 'conn CloseReason::Protocol(e.to_string());
+            }
+        }
         // Answers and faults for the whole batch go out in one write.
         conn.flush_now();
         if conn.is_closed() {
             break CloseReason::Local;
         }
-        rbuf.reserve(decoder.reserve_hint(&rbuf));
+        // Reading stops only when the peer sends on and on without reading: once more of its
+        // calls are held back than may run at once here (`max_in_flight_calls`), which a peer
+        // within that limit never reaches, so two pb peers never both stop reading. Other
+        // frames (releases, pings, cancels) get as many places again. Held frames thus cost
+        // at most about what running calls may cost anyway.
+        let paused = held.calls > conn.max_held_frames
+            || held.frames.len() - held.calls > conn.max_held_frames;
+        if !paused {
+            rbuf.reserve(decoder.reserve_hint(&rbuf));
+        }
         tokio::select! {
-            r = rd.read_buf(&mut rbuf) => match r {
+            r = rd.read_buf(&mut rbuf), if !paused => match r {
                 Ok(0) => break CloseReason::PeerClosed,
                 Ok(n) => {
                     conn.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
@@ -1307,7 +1487,13 @@ async fn run_reader<R: AsyncRead + Unpin>(
                 Err(e) => break CloseReason::Io(e.to_string()),
             },
             _ = &mut closed => break CloseReason::Local,
+            () = conn.drained.notified(), if !held.frames.is_empty() => {}
             () = &mut timer, if live.enabled() => {
+                if paused {
+                    // Not reading is our choice, not the peer's silence; a peer that reads
+                    // nothing is cut by `write_stall_timeout`.
+                    live.frame_received();
+                }
                 if let Err(reason) = live.on_timer(&conn) {
                     break reason;
                 }
@@ -1328,6 +1514,27 @@ async fn run_reader<R: AsyncRead + Unpin>(
     conn.close(reason);
 }
 
+/// Frames the reader holds back while the output is congested.
+#[derive(Default)]
+struct Held {
+    frames: std::collections::VecDeque<Bytes>,
+    /// How many of `frames` are calls.
+    calls: usize,
+}
+
+impl Held {
+    fn push(&mut self, frame: Bytes) {
+        self.calls += usize::from(crate::message::is_call(&frame));
+        self.frames.push_back(frame);
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        let frame = self.frames.pop_front()?;
+        self.calls -= usize::from(crate::message::is_call(&frame));
+        Some(frame)
+    }
+}
+
 /// The most chunks handed to one vectored write.
 const MAX_IOSLICES: usize = 64;
 
@@ -1345,13 +1552,26 @@ struct Output {
 async fn run_writer(conn: Arc<ConnShared>) {
     loop {
         let notified = conn.wake_writer.notified();
-        let written = std::future::poll_fn(|cx| match conn.lock_out().as_mut() {
-            Some(out) => conn.poll_output(out, cx),
-            None => Poll::Ready(Ok(())),
+        // Armed only once the transport is full, so a healthy connection pays no timer.
+        let mut stall: Option<(Pin<Box<tokio::time::Sleep>>, u64)> = None;
+        let written = std::future::poll_fn(|cx| {
+            let polled = match conn.lock_out().as_mut() {
+                Some(out) => conn.poll_output(out, cx),
+                None => Poll::Ready(Ok(())),
+            };
+            if polled.is_pending()
+                && let Some(after) = conn.write_stall_timeout
+            {
+                return conn.poll_stall(&mut stall, after, cx).map(Err);
+            }
+            polled.map_err(|e| CloseReason::Io(e.to_string()))
         })
         .await;
-        if let Err(e) = written {
-            conn.close(CloseReason::Io(e.to_string()));
+        if let Err(reason) = written {
+            if let CloseReason::WriteStalled(after) = &reason {
+                tracing::info!(connection = conn.id, peer = ?conn.peer_addr, ?after, unsent = conn.unsent.load(Ordering::Relaxed), "closing connection: the peer stopped reading (write_stall_timeout)");
+            }
+            conn.close(reason);
             break;
         }
         if conn.is_closed() {

@@ -251,6 +251,23 @@ const TAG_REVOKED: u8 = 8;
 const TAG_PING: u8 = 9;
 const TAG_PONG: u8 = 10;
 
+/// Whether the frame body `body` may be handled ahead of frames received before it that are
+/// held back while output to the peer is congested: answers, faults, cache updates,
+/// revocations and pongs queue nothing for the peer and do not depend on the order of the
+/// peer's calls and releases. Everything else (calls, releases, cancels, goodbyes, pings and
+/// anything unknown) keeps its place in line.
+pub(crate) fn may_overtake(body: &[u8]) -> bool {
+    matches!(
+        body.first(),
+        Some(&(TAG_ANSWER | TAG_FAULT | TAG_UPDATE | TAG_REVOKED | TAG_PONG))
+    )
+}
+
+/// Whether the frame body `body` is a call.
+pub(crate) fn is_call(body: &[u8]) -> bool {
+    body.first() == Some(&TAG_CALL)
+}
+
 pub(crate) fn put_varint(out: &mut BytesMut, mut v: u64) {
     // Gathered on the stack and appended with one copy: a `put_u8` per byte costs a capacity
     // check and a call each.

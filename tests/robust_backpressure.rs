@@ -1,0 +1,241 @@
+//! Output backpressure: a peer that sends without reading costs a bounded amount of memory and
+//! is cut after `write_stall_timeout`; local callers wait instead of queueing without end; and
+//! two pb peers flooding each other with large calls both ways still finish every call.
+//!
+//! Virtual time throughout: a sleep returns once every task is idle, so "after a sleep" means
+//! "once the system has settled".
+
+mod common;
+
+use std::time::Duration;
+
+use common::{KitchenImpl, KitchenRef};
+use pb::{CloseReason, Config, Connection, Limits, Side};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+const HELLO: [u8; 20] = [
+    0, 0, 0, 16, b'P', b'B', b'R', b'S', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// A small output limit, no keep-alive or idle timeout (only the stall timeout is under test).
+fn config(max_unsent: usize) -> Config {
+    Config {
+        limits: Limits {
+            max_unsent_bytes: max_unsent,
+            max_in_flight_calls: 64,
+            ..Limits::default()
+        },
+        keepalive_interval: None,
+        idle_timeout: None,
+        write_stall_timeout: Some(Duration::from_secs(30)),
+        ..Config::default()
+    }
+}
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A framed `reverse(payload)` call to the root with request id `id`.
+fn reverse_call(id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![1, 1];
+    varint(id, &mut body);
+    varint(0, &mut body);
+    varint(7, &mut body);
+    body.extend_from_slice(b"reverse");
+    varint(0, &mut body);
+    // bincode: the vector's length (251 then a little-endian u16, for 251..65536), then its
+    // bytes.
+    let len = u16::try_from(payload.len()).expect("a short payload");
+    assert!(len >= 251);
+    body.push(251);
+    body.extend_from_slice(&len.to_le_bytes());
+    body.extend_from_slice(payload);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// A raw peer on `io` that completes the handshake, then sends `reverse` calls with 1 KiB
+/// payloads and never reads. Returns how many calls it managed to write.
+async fn flood_without_reading(mut io: DuplexStream, calls: u64) -> u64 {
+    io.write_all(&HELLO).await.unwrap();
+    let mut hello = [0u8; 20];
+    io.read_exact(&mut hello).await.unwrap();
+    for id in 1..=calls {
+        if io.write_all(&reverse_call(id, &[7u8; 1024])).await.is_err() {
+            return id - 1;
+        }
+    }
+    calls
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_reads_costs_bounded_memory_and_is_cut_when_writes_stall() {
+    const MAX_UNSENT: usize = 64 * 1024;
+    const CALLS: u64 = 100_000;
+    let (ours, theirs) = tokio::io::duplex(16 * 1024);
+    let flood = tokio::spawn(flood_without_reading(theirs, CALLS));
+    let server = Connection::establish(
+        ours,
+        &config(MAX_UNSENT),
+        Side::Server,
+        Some(KitchenRef::new(KitchenImpl::default()).into()),
+        None,
+    )
+    .await
+    .unwrap();
+
+    // Settled: the server has stopped reading, so the flood is stuck long before its end.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !flood.is_finished(),
+        "the server kept reading a peer that never reads"
+    );
+    let stats = server.stats();
+    // What waits to be written: the limit, plus at most one read buffer's worth of answers
+    // given before the reader noticed (each answer ~1 KiB, a read buffer at most 64 KiB).
+    assert!(
+        stats.unsent_bytes as usize <= MAX_UNSENT + 80 * 1024,
+        "unsent output grew to {} bytes",
+        stats.unsent_bytes
+    );
+    assert!(
+        stats.unsent_bytes as usize > MAX_UNSENT,
+        "the limit was reached"
+    );
+    // Everything the server read beyond the limit was held back, not run, and it stopped
+    // reading after 64 held frames (`max_in_flight_calls`): about 80 answered calls, 64 held
+    // and one read buffer, of 1 KiB each.
+    assert!(
+        stats.bytes_in < 256 * 1024,
+        "read {} bytes from a peer that never reads",
+        stats.bytes_in
+    );
+    assert!(!server.is_closed());
+
+    // Nothing moves for the stall timeout: the server gives up on the peer.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(server.is_closed());
+    assert_eq!(
+        server.close_reason(),
+        Some(CloseReason::WriteStalled(Duration::from_secs(30)))
+    );
+    // The flood's writes fail once the server has gone.
+    let written = flood.await.unwrap();
+    assert!(written < CALLS, "wrote {written} of {CALLS}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_wait_while_the_peer_is_not_reading() {
+    const MAX_UNSENT: usize = 64 * 1024;
+    let (ours, mut theirs) = tokio::io::duplex(16 * 1024);
+    let peer = tokio::spawn(async move {
+        theirs.write_all(&HELLO).await.unwrap();
+        let mut hello = [0u8; 20];
+        theirs.read_exact(&mut hello).await.unwrap();
+        theirs
+    });
+    let client = Connection::establish(ours, &config(MAX_UNSENT), Side::Client, None, None)
+        .await
+        .unwrap();
+    let mut theirs = peer.await.unwrap();
+    let root: KitchenRef = client.root();
+
+    // 200 calls of 8 KiB each (1.6 MiB) to a peer that reads nothing yet.
+    let calls: Vec<_> = (0..200u32)
+        .map(|i| {
+            let root = root.clone();
+            tokio::spawn(async move { root.reverse(vec![i as u8; 8 * 1024]).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = client.stats();
+    assert!(
+        stats.unsent_bytes as usize <= MAX_UNSENT + 9 * 1024,
+        "callers queued {} bytes past a full transport",
+        stats.unsent_bytes
+    );
+    assert!(
+        stats.tables.pending_calls < 200,
+        "{} calls were queued although the peer reads nothing",
+        stats.tables.pending_calls
+    );
+
+    // The peer starts reading: every call goes out, in the end. Count the calls that arrive.
+    let mut seen = 0u32;
+    let mut len = [0u8; 4];
+    while seen < 200 {
+        theirs.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        theirs.read_exact(&mut body).await.unwrap();
+        assert_eq!(body[0], 1, "a call");
+        seen += 1;
+    }
+    assert_eq!(client.stats().tables.pending_calls, 200);
+    client.abort();
+    for call in calls {
+        assert!(call.await.unwrap().is_err(), "aborted before any answer");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_peers_flooding_each_other_both_ways_finish_every_call() {
+    const MAX_UNSENT: usize = 64 * 1024;
+    const EACH: usize = 64;
+    const SIZE: usize = 60 * 1024;
+    let (a, b) = tokio::io::duplex(16 * 1024);
+    let config = config(MAX_UNSENT);
+    let (a, b) = tokio::try_join!(
+        Connection::establish(
+            a,
+            &config,
+            Side::Server,
+            Some(KitchenRef::new(KitchenImpl::default()).into()),
+            None
+        ),
+        Connection::establish(
+            b,
+            &config,
+            Side::Client,
+            Some(KitchenRef::new(KitchenImpl::default()).into()),
+            None
+        ),
+    )
+    .unwrap();
+
+    let mut calls = Vec::new();
+    for (i, conn) in [&a, &b, &a, &b]
+        .into_iter()
+        .cycle()
+        .take(2 * EACH)
+        .enumerate()
+    {
+        let root: KitchenRef = conn.root();
+        calls.push(tokio::spawn(async move {
+            let sent = vec![(i % 251) as u8; SIZE];
+            let got = root.reverse(sent.clone()).await;
+            (got, sent)
+        }));
+    }
+    for call in calls {
+        let (got, mut sent) = call.await.unwrap();
+        sent.reverse();
+        let got = got.unwrap_or_else(|e| {
+            panic!(
+                "the call failed: {e:?}; a closed: {:?}, b closed: {:?}",
+                a.close_reason(),
+                b.close_reason()
+            )
+        });
+        assert_eq!(got, sent);
+    }
+    assert!(!a.is_closed() && !b.is_closed());
+    // Each side sent 64 calls and 64 answers of 60 KiB: far past the 64 KiB limit.
+    assert!(a.stats().bytes_out as usize > 2 * EACH * SIZE);
+    assert!(b.stats().bytes_out as usize > 2 * EACH * SIZE);
+}
