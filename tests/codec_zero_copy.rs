@@ -25,11 +25,14 @@ trait Blobs {
 
 struct BlobsImpl;
 
-/// Whether `b` starts right after `a` and a one-byte length prefix (bincode's varint for
-/// lengths under 251), as it does in the frame.
+/// Whether `b` starts right after `a` and its three-byte length prefix (bincode's varint for
+/// lengths from 251 to 65 535), as it does in the frame.
 fn follows(a: &Bytes, b: &Bytes) -> bool {
-    a.as_ptr() as usize + a.len() + 1 == b.as_ptr() as usize
+    a.as_ptr() as usize + a.len() + 3 == b.as_ptr() as usize
 }
+
+/// Large enough to be shared rather than copied.
+const BIG: usize = 5000;
 
 impl Blobs for BlobsImpl {
     async fn adjacent(&self, a: Bytes, b: Bytes) -> Result<bool, ()> {
@@ -47,15 +50,18 @@ impl Blobs for BlobsImpl {
 async fn bytes_arguments_are_slices_of_the_received_frame() {
     let (_server, client) = common::memory_pair(BlobsRef::new(BlobsImpl)).await;
     let root: BlobsRef = client.root();
-    let (a, b) = (Bytes::from(vec![1u8; 100]), Bytes::from(vec![2u8; 100]));
+    let (a, b) = (Bytes::from(vec![1u8; BIG]), Bytes::from(vec![2u8; BIG]));
     assert_eq!(root.adjacent(a, b).await, Ok(true));
+    // Small ones are copied: they would keep the whole receive buffer alive.
+    let (a, b) = (Bytes::from(vec![1u8; 300]), Bytes::from(vec![2u8; 300]));
+    assert_eq!(root.adjacent(a, b).await, Ok(false));
 }
 
 #[tokio::test]
 async fn fields_marked_zero_copy_are_slices_of_the_received_frame() {
     let (_server, client) = common::memory_pair(BlobsRef::new(BlobsImpl)).await;
     let root: BlobsRef = client.root();
-    let (a, b) = (Bytes::from(vec![1u8; 100]), Bytes::from(vec![2u8; 200]));
+    let (a, b) = (Bytes::from(vec![1u8; BIG]), Bytes::from(vec![2u8; BIG + 1]));
     let pair = root.pair(a.clone(), b.clone()).await.unwrap();
     assert_eq!((&pair.a, &pair.b), (&a, &b));
     assert!(follows(&pair.a, &pair.b));
@@ -74,16 +80,18 @@ async fn bytes_results_round_trip_at_any_size() {
 #[test]
 fn outside_a_frame_the_value_is_copied() {
     let pair = Pair {
-        a: Bytes::from_static(b"ab"),
-        b: Bytes::new(),
+        a: Bytes::from(vec![7u8; BIG]),
+        b: Bytes::from_static(b"ab"),
     };
     let (encoded, _) = pb::codec::encode(&pair, None).unwrap();
+    let range = encoded.as_ptr() as usize..encoded.as_ptr() as usize + encoded.len();
     // From a plain slice: a copy, equal.
     let back: Pair = pb::codec::decode(&encoded, vec![]).unwrap();
-    assert_eq!((&back.a[..], &back.b[..]), (&b"ab"[..], &b""[..]));
-    // From a `Bytes`: a slice of it.
+    assert_eq!((&back.a, &back.b), (&pair.a, &pair.b));
+    assert!(!range.contains(&(back.a.as_ptr() as usize)));
+    // From a `Bytes`: a slice of it if large, a copy if small.
     let back: Pair = pb::codec::decode_shared(&encoded, vec![], 8).unwrap();
-    let range = encoded.as_ptr() as usize..encoded.as_ptr() as usize + encoded.len();
+    assert_eq!((&back.a, &back.b), (&pair.a, &pair.b));
     assert!(range.contains(&(back.a.as_ptr() as usize)));
-    assert_eq!(&back.a[..], b"ab");
+    assert!(!range.contains(&(back.b.as_ptr() as usize)));
 }

@@ -948,9 +948,9 @@ impl Broker {
         }
     }
 
-    /// The connection is gone: fail every pending call, cancel running ones, empty the tables.
-    /// Returns what was held, for the caller to drop outside any lock.
-    /// Close the tables; pending calls fail with `fault`, and so do calls started later.
+    /// The connection is gone: fail every pending call (and every call started later) with
+    /// `fault`, cancel running ones, empty the tables. Returns what was held, for the caller to
+    /// drop outside any lock.
     pub(crate) fn close(&mut self, fault: Fault) -> (Vec<ObjectRef>, Vec<Arc<Imported>>) {
         self.state = State::Closed;
         let imports: Vec<Arc<Imported>> = self

@@ -148,9 +148,18 @@ pub(crate) fn collect_ref(r: &ObjectRef) -> Option<u32> {
     })
 }
 
+/// Byte strings shorter than this are copied even when they could be slices of the frame:
+/// copying them is cheap, and a small value kept for long should not keep a whole receive
+/// buffer alive.
+pub(crate) const SHARE_MIN: usize = 4096;
+
 /// The bytes `b` borrowed from the payload being decoded, as a slice of the buffer that holds
-/// it (no copy) when the decode knows that buffer, or as a copy.
+/// it (no copy) when the decode knows that buffer and `b` is at least [`SHARE_MIN`] bytes, or
+/// as a copy.
 pub(crate) fn share_borrowed(b: &[u8]) -> Bytes {
+    if b.len() < SHARE_MIN {
+        return Bytes::copy_from_slice(b);
+    }
     DECODING.with(|s| {
         let s = s.borrow();
         let Some(frame) = s.last().and_then(|cx| cx.frame.as_ref()) else {
@@ -161,7 +170,7 @@ pub(crate) fn share_borrowed(b: &[u8]) -> Bytes {
             frame.as_ptr() as usize + frame.len(),
         );
         let at = b.as_ptr() as usize;
-        if b.is_empty() || at < start || at + b.len() > end {
+        if at < start || at + b.len() > end {
             return Bytes::copy_from_slice(b);
         }
         frame.slice_ref(b)

@@ -15,8 +15,10 @@
 //! agree on using it. Decoded outside a pb payload (another serde format, or bytes that are not
 //! in a frame), the value is copied, as `Bytes` would be.
 //!
-//! A slice keeps the whole frame it came in alive: holding a small `Bytes` decoded from a large
-//! frame holds the frame. Copy it (`Bytes::copy_from_slice`) to keep a small part for long.
+//! Byte strings under 4 KiB are copied all the same: that is cheap, and a small value kept for
+//! long should not keep a receive buffer alive. A slice does keep the buffer it came in alive
+//! (the frame, and what was read with it): to keep a small part of a large value for long, copy
+//! it (`Bytes::copy_from_slice`).
 //!
 //! ```
 //! #[derive(serde::Serialize, serde::Deserialize)]
