@@ -499,8 +499,18 @@ fn tls_keys() -> &'static TlsKeys {
     })
 }
 
+/// ring's default provider, as pb's `ServerTls` and `ClientTls` use. Profiling aid (not part of
+/// the contract): `RPC_BENCH_TLS_SUITE=TLS13_AES_128_GCM_SHA256` (or any suite's name) makes
+/// both ends offer only that suite, pb and floor alike.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Ok(name) = std::env::var("RPC_BENCH_TLS_SUITE") {
+        provider
+            .cipher_suites
+            .retain(|s| format!("{:?}", s.suite()) == name);
+        assert!(!provider.cipher_suites.is_empty(), "no cipher suite {name}");
+    }
+    Arc::new(provider)
 }
 
 fn server_tls() -> tokio_rustls::TlsAcceptor {

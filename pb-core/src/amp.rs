@@ -61,7 +61,7 @@ pub use argument::{AmpArgument, AmpFields, AmpList, ArgumentError};
 pub use bigint::BigInt;
 pub use bytes::{Bytes, BytesMut};
 pub use codec::{
-    AmpBox, BoxCodec, BoxCodecConfig, BoxCodecError, MAX_KEY_LENGTH, MAX_VALUE_LENGTH,
+    AmpBox, AmpBoxIter, BoxCodec, BoxCodecConfig, BoxCodecError, MAX_KEY_LENGTH, MAX_VALUE_LENGTH,
 };
 pub use command::{
     AmpCommand, AmpError, CallError, DisconnectReason, NoErrors, ProtocolError, RemoteError,

@@ -88,14 +88,39 @@ pub trait AmpArgument: Sized {
     fn take(name: &str, from: &AmpBox) -> Result<Self, ArgumentError>;
 }
 
+thread_local! {
+    /// A buffer to encode values into, kept between calls: the value is then copied into one
+    /// allocation of its exact size (a growing `Vec`, and `Bytes::from` a `Vec` with spare room,
+    /// each cost one more).
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Keep at most this much of the scratch buffer between calls.
+const SCRATCH_KEEP: usize = 4096;
+
 fn put_value<T: AmpValue>(value: &T, name: &str, out: &mut AmpBox) -> Result<(), ArgumentError> {
-    let mut buf = Vec::new();
-    value.encode_value(&mut buf).map_err(|e| e.in_field(name))?;
-    if buf.len() > MAX_VALUE_LENGTH {
-        return Err(ArgumentError::ValueTooLong { len: buf.len() }.in_field(name));
+    // Taken, not borrowed: a value holding boxes (`AmpList`) puts values while it encodes, and
+    // those get an empty buffer of their own.
+    let mut buf = SCRATCH.take();
+    buf.clear();
+    let encoded = value.encode_value(&mut buf).map_err(|e| e.in_field(name));
+    let result = encoded.and_then(|()| {
+        if buf.len() > MAX_VALUE_LENGTH {
+            return Err(ArgumentError::ValueTooLong { len: buf.len() }.in_field(name));
+        }
+        let value = if buf.len() > SCRATCH_KEEP {
+            // Big: hand the buffer over rather than copy it.
+            Bytes::from(std::mem::take(&mut buf))
+        } else {
+            Bytes::copy_from_slice(&buf)
+        };
+        out.insert(Bytes::copy_from_slice(name.as_bytes()), value);
+        Ok(())
+    });
+    if buf.capacity() <= SCRATCH_KEEP {
+        SCRATCH.set(buf);
     }
-    out.insert(Bytes::copy_from_slice(name.as_bytes()), buf);
-    Ok(())
+    result
 }
 
 impl<T: AmpValue> AmpArgument for T {

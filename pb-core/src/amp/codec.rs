@@ -1,6 +1,5 @@
 //! AMP boxes and their byte codec: no I/O, incremental, limits checked before allocating.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -26,7 +25,9 @@ pub const MAX_VALUE_LENGTH: usize = 0xffff;
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct AmpBox {
-    pairs: BTreeMap<Bytes, Bytes>,
+    /// Sorted by key, each key once. A box has a handful of keys: a sorted vector is one
+    /// allocation where a `BTreeMap` took a node of eleven pairs and its bookkeeping.
+    pairs: Vec<(Bytes, Bytes)>,
 }
 
 impl AmpBox {
@@ -37,27 +38,72 @@ impl AmpBox {
 
     /// Sets `key` to `value`, returning the value it replaces.
     pub fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Option<Bytes> {
-        self.pairs.insert(key.into(), value.into())
+        let (key, value) = (key.into(), value.into());
+        match self.find(&key) {
+            Ok(i) => self
+                .pairs
+                .get_mut(i)
+                .map(|(_, old)| std::mem::replace(old, value)),
+            Err(i) => {
+                self.pairs.insert(i, (key, value));
+                None
+            }
+        }
     }
 
     /// The value of `key`, if present.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Option<&[u8]> {
-        self.pairs.get(key.as_ref()).map(|v| v.as_ref())
+        self.get_bytes(key).map(|v| v.as_ref())
     }
 
     /// The value of `key` as shared bytes, if present.
     pub fn get_bytes(&self, key: impl AsRef<[u8]>) -> Option<&Bytes> {
-        self.pairs.get(key.as_ref())
+        let i = self.position(key.as_ref())?;
+        self.pairs.get(i).map(|(_, v)| v)
     }
 
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: impl AsRef<[u8]>) -> Option<Bytes> {
-        self.pairs.remove(key.as_ref())
+        let i = self.position(key.as_ref())?;
+        Some(self.pairs.remove(i).1)
     }
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> bool {
-        self.pairs.contains_key(key.as_ref())
+        self.position(key.as_ref()).is_some()
+    }
+
+    /// Where `key` is, or where it would go.
+    fn find(&self, key: &[u8]) -> Result<usize, usize> {
+        self.pairs.binary_search_by(|(k, _)| k.as_ref().cmp(key))
+    }
+
+    /// Where `key` is. Small boxes (nearly all) are scanned: an equality test compares lengths
+    /// first, where the binary search's ordering compares bytes every time.
+    fn position(&self, key: &[u8]) -> Option<usize> {
+        if self.pairs.len() <= 8 {
+            self.pairs.iter().position(|(k, _)| k.as_ref() == key)
+        } else {
+            self.find(key).ok()
+        }
+    }
+
+    /// A box of `pairs` in any order; of a key given twice the last value stays, as in a Python
+    /// `dict`.
+    fn from_pairs(mut pairs: Vec<(Bytes, Bytes)>) -> Self {
+        if !pairs.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0)) {
+            // Stable, so equal keys stay in arrival order and the last one can win.
+            pairs.sort_by(|a, b| a.0.cmp(&b.0));
+            pairs.dedup_by(|later, kept| {
+                if later.0 == kept.0 {
+                    std::mem::swap(&mut later.1, &mut kept.1);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        Self { pairs }
     }
 
     /// The number of keys.
@@ -71,8 +117,8 @@ impl AmpBox {
     }
 
     /// The pairs in bytewise key order, the order in which they are encoded.
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Bytes)> {
-        self.pairs.iter()
+    pub fn iter(&self) -> AmpBoxIter<'_> {
+        AmpBoxIter(self.pairs.iter())
     }
 
     /// The number of bytes [`AmpBox::encode`] writes for this box.
@@ -141,23 +187,48 @@ impl fmt::Debug for AmpBox {
 
 impl<K: Into<Bytes>, V: Into<Bytes>> FromIterator<(K, V)> for AmpBox {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self {
-            pairs: iter
-                .into_iter()
+        Self::from_pairs(
+            iter.into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
-        }
+        )
     }
 }
 
 impl<'a> IntoIterator for &'a AmpBox {
     type Item = (&'a Bytes, &'a Bytes);
-    type IntoIter = std::collections::btree_map::Iter<'a, Bytes, Bytes>;
+    type IntoIter = AmpBoxIter<'a>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.pairs.iter()
+        self.iter()
     }
 }
+
+/// The pairs of an [`AmpBox`] in bytewise key order, from [`AmpBox::iter`].
+#[derive(Clone, Debug)]
+pub struct AmpBoxIter<'a>(std::slice::Iter<'a, (Bytes, Bytes)>);
+
+impl<'a> Iterator for AmpBoxIter<'a> {
+    type Item = (&'a Bytes, &'a Bytes);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next().map(|(k, v)| (k, v))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for AmpBoxIter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.0.next_back().map(|(k, v)| (k, v))
+    }
+}
+
+impl ExactSizeIterator for AmpBoxIter<'_> {}
+
+impl std::iter::FusedIterator for AmpBoxIter<'_> {}
 
 /// Limits on received boxes. Twisted has none beyond the key and value lengths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,10 +349,11 @@ impl BoxCodec {
                 }
                 self.check_size(self.scanned + 2)?;
                 let end = self.scanned + 2;
+                let keys = self.keys;
                 self.scanned = 0;
                 self.keys = 0;
                 let frame = src.split_to(end).freeze();
-                return Ok(Some(parse_complete(frame)));
+                return Ok(Some(parse_complete(frame, keys)));
             }
             if key_len > MAX_KEY_LENGTH {
                 return Err(BoxCodecError::KeyTooLong { len: key_len });
@@ -328,8 +400,8 @@ fn read_u16(b: &[u8]) -> Option<usize> {
 }
 
 /// Splits a frame already scanned by [`BoxCodec::decode`] into pairs, sharing its storage.
-fn parse_complete(mut frame: Bytes) -> AmpBox {
-    let mut pairs = BTreeMap::new();
+fn parse_complete(mut frame: Bytes, keys: usize) -> AmpBox {
+    let mut pairs = Vec::with_capacity(keys);
     while frame.remaining() >= 2 {
         let key_len = usize::from(frame.get_u16());
         if key_len == 0 || frame.remaining() < key_len + 2 {
@@ -341,9 +413,9 @@ fn parse_complete(mut frame: Bytes) -> AmpBox {
             break;
         }
         let value = frame.split_to(value_len);
-        pairs.insert(key, value);
+        pairs.push((key, value));
     }
-    AmpBox { pairs }
+    AmpBox::from_pairs(pairs)
 }
 
 /// Decodes a buffer holding whole boxes and nothing else, as AmpList values do.
@@ -368,6 +440,35 @@ mod tests {
 
     fn decode_one(bytes: &[u8]) -> Result<Option<AmpBox>, BoxCodecError> {
         BoxCodec::default().decode(&mut BytesMut::from(bytes))
+    }
+
+    #[test]
+    fn a_key_given_twice_keeps_its_last_value_and_keys_stay_sorted() {
+        // b=1, a=2, b=3 on the wire.
+        let wire = [
+            0, 1, b'b', 0, 1, b'1', 0, 1, b'a', 0, 1, b'2', 0, 1, b'b', 0, 1, b'3', 0, 0,
+        ];
+        let b = decode_one(&wire).unwrap().unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.get("a"), Some(&b"2"[..]));
+        assert_eq!(b.get("b"), Some(&b"3"[..]));
+        let keys: Vec<_> = b.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(b, AmpBox::from_iter([("b", "3"), ("a", "2")]));
+
+        let mut c = AmpBox::new();
+        for k in ["m", "c", "x", "a"] {
+            assert_eq!(c.insert(k, "1"), None);
+        }
+        assert_eq!(c.insert("c", "2"), Some(Bytes::from_static(b"1")));
+        assert_eq!(c.remove("m"), Some(Bytes::from_static(b"1")));
+        assert_eq!(c.remove("m"), None);
+        assert_eq!(
+            c.to_bytes().unwrap(),
+            AmpBox::from_iter([("x", "1"), ("a", "1"), ("c", "2")])
+                .to_bytes()
+                .unwrap()
+        );
     }
 
     #[test]

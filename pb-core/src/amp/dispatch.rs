@@ -1,6 +1,9 @@
 //! The request/response state of one AMP connection, with no I/O (Twisted's `BoxDispatcher`).
 
 use std::collections::HashSet;
+use std::hash::BuildHasherDefault;
+
+use crate::broker::IdHasher;
 
 use bytes::{Bytes, BytesMut};
 
@@ -192,7 +195,8 @@ pub struct Dispatcher {
     output: BytesMut,
     /// Boxes sent while our StartTLS awaits its answer (Twisted's `_startingTLSBuffer`).
     held: BytesMut,
-    outstanding: HashSet<Bytes>,
+    /// Our own tags (the peer only looks them up), so a cheap hash will do.
+    outstanding: HashSet<Bytes, BuildHasherDefault<IdHasher>>,
     counter: u64,
     state: State,
     tls_done: bool,
@@ -208,7 +212,7 @@ impl Dispatcher {
             input: BytesMut::new(),
             output: BytesMut::new(),
             held: BytesMut::new(),
-            outstanding: HashSet::new(),
+            outstanding: HashSet::default(),
             counter: 0,
             state: State::Open,
             tls_done: false,
@@ -303,8 +307,12 @@ impl Dispatcher {
         }
     }
 
+    /// The peer broke the protocol: close at once. Output not yet taken is dropped, as Twisted's
+    /// reactor drops what `dataReceived` wrote before it raised (answers to boxes that came in
+    /// the same read never leave).
     fn violation(&mut self, e: ProtocolError) -> Event {
         self.close();
+        self.output.clear();
         Event::Closed(DisconnectReason::Protocol(e))
     }
 
@@ -314,6 +322,18 @@ impl Dispatcher {
             None
         } else {
             Some(self.output.split().freeze())
+        }
+    }
+
+    /// Moves the bytes to write onto the end of `dst`: [`Dispatcher::poll_transmit`] without a
+    /// new buffer for every call.
+    pub(crate) fn transmit_into(&mut self, dst: &mut BytesMut) {
+        if dst.is_empty() {
+            // Swap rather than copy: `dst`'s spare room becomes ours.
+            std::mem::swap(dst, &mut self.output);
+        } else {
+            dst.extend_from_slice(&self.output);
+            self.output.clear();
         }
     }
 
@@ -349,7 +369,19 @@ impl Dispatcher {
 
     fn next_tag(&mut self) -> Bytes {
         self.counter += 1;
-        Bytes::from(format!("{:x}", self.counter))
+        // Lowercase hex without leading zeros, written on the stack: one allocation per tag.
+        let mut hex = [0u8; 16];
+        let mut at = hex.len();
+        let mut n = self.counter;
+        loop {
+            at -= 1;
+            hex[at] = b"0123456789abcdef"[(n & 0xf) as usize];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        Bytes::copy_from_slice(&hex[at..])
     }
 
     fn can_send(&self) -> Result<(), SendError> {

@@ -2,10 +2,12 @@
 //! callers a cloneable [`Connection`] handle.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use rustls::pki_types::ServerName;
@@ -22,6 +24,7 @@ use super::command::{
 };
 use super::dispatch::{AmpConfig, Dispatcher, Event, START_TLS, SendError};
 use super::locator::{Locator, Reply};
+use crate::broker::IdHasher;
 
 /// Stop reading and taking new calls while this much output waits to be written.
 const HIGH_WATER: usize = 256 * 1024;
@@ -113,7 +116,7 @@ impl Connection {
             locator: Arc::new(locator),
             requests: rx,
             requests_open: true,
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             tls_client: None,
             responders: JoinSet::new(),
             running: HashMap::new(),
@@ -379,6 +382,17 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(
     }
 }
 
+/// The message a panic was raised with, when it is text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(not text)"
+    }
+}
+
 /// Why [`Driver::pump`] returned.
 enum Pumped {
     Closed(DisconnectReason),
@@ -397,7 +411,8 @@ struct Driver {
     locator: Arc<Locator>,
     requests: mpsc::Receiver<Request>,
     requests_open: bool,
-    pending: HashMap<Bytes, oneshot::Sender<RawResult<AmpBox>>>,
+    /// Keyed by our own tags, so a cheap hash will do.
+    pending: HashMap<Bytes, oneshot::Sender<RawResult<AmpBox>>, BuildHasherDefault<IdHasher>>,
     tls_client: Option<TlsClientRequest>,
     responders: JoinSet<Reply>,
     /// The tag and command name of each running responder, by task id.
@@ -445,15 +460,7 @@ impl Driver {
     {
         loop {
             let max_running = self.dispatcher.config().max_in_flight_responders;
-            // Commands already buffered wait too while too many responders run.
-            while self.responders.len() < max_running
-                && let Some(event) = self.dispatcher.poll_event()
-            {
-                self.handle_event(event);
-            }
-            while let Some(b) = self.dispatcher.poll_transmit() {
-                self.out.extend_from_slice(&b);
-            }
+            self.take_ready(max_running);
             let closing = self.dispatcher.is_closing();
             let switching = self.dispatcher.is_switching_to_tls();
             if self.out.is_empty() && !self.need_flush {
@@ -494,7 +501,10 @@ impl Driver {
             let can_request = !closing
                 && self.requests_open
                 && self.out.len() + self.dispatcher.held_output() < HIGH_WATER;
+            // Everything that was ready is in `out` by now: write it first, in one go, and only
+            // then wait for more.
             tokio::select! {
+                biased;
                 r = write_or_flush(wr, &self.out), if !self.out.is_empty() || self.need_flush => match r {
                     Ok(Some(0)) => return Pumped::Closed(DisconnectReason::Io("write returned zero".into())),
                     Ok(Some(n)) => {
@@ -533,6 +543,48 @@ impl Driver {
         }
     }
 
+    /// Takes in everything that is ready without waiting (decoded boxes, finished responders,
+    /// queued requests) and gathers the output it makes, so that one write carries all of it.
+    /// Per box, a wait in `select!` would cost a poll of every branch and, worse, a write.
+    fn take_ready(&mut self, max_running: usize) {
+        loop {
+            let mut progress = false;
+            // Commands already buffered wait too while too many responders run.
+            while self.responders.len() < max_running
+                && let Some(event) = self.dispatcher.poll_event()
+            {
+                self.handle_event(event);
+                progress = true;
+            }
+            while let Some(done) = self.responders.try_join_next_with_id() {
+                self.handle_reply(done);
+                progress = true;
+            }
+            self.dispatcher.transmit_into(&mut self.out);
+            while !self.dispatcher.is_closing()
+                && self.requests_open
+                && self.out.len() + self.dispatcher.held_output() < HIGH_WATER
+            {
+                match self.requests.try_recv() {
+                    Ok(req) => {
+                        self.handle_request(req);
+                        self.dispatcher.transmit_into(&mut self.out);
+                        progress = true;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.requests_open = false;
+                        progress = true;
+                    }
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        self.dispatcher.transmit_into(&mut self.out);
+    }
+
     fn close_with(&mut self, reason: DisconnectReason) {
         if self.close_reason.is_none() {
             self.close_reason = Some(reason);
@@ -567,6 +619,8 @@ impl Driver {
             }
             Event::Closed(reason) => {
                 tracing::warn!(%reason, "amp: closing connection");
+                // An abort, as in Twisted: what is not written yet stays unwritten.
+                self.out.clear();
                 self.close_with(reason);
             }
         }
@@ -577,10 +631,24 @@ impl Driver {
             self.handle_start_tls(tag);
             return;
         }
-        match self.locator.dispatch(&name, args) {
-            Some(fut) => {
-                let id = self.responders.spawn(fut).id();
-                self.running.insert(id, (tag, name));
+        match self.locator.dispatch_boxed(&name, args) {
+            Some(mut fut) => {
+                // Most responders answer without waiting: poll once here, and pay for a task
+                // only if it waits. A no-op waker is enough, as the task polls it again at once.
+                let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+                }));
+                match first {
+                    Ok(Poll::Ready(reply)) => self.handle_reply_for(tag, name, reply),
+                    Ok(Poll::Pending) => {
+                        let id = self.responders.spawn(fut).id();
+                        self.running.insert(id, (tag, name));
+                    }
+                    Err(panic) => {
+                        let why = format!("responder panicked: {}", panic_message(&*panic));
+                        self.handle_reply_for(tag, name, Reply::Failed(why));
+                    }
+                }
             }
             None => match tag {
                 Some(tag) => {
@@ -631,6 +699,10 @@ impl Driver {
         let Some((tag, name)) = self.running.remove(&id) else {
             return;
         };
+        self.handle_reply_for(tag, name, reply);
+    }
+
+    fn handle_reply_for(&mut self, tag: Option<Bytes>, name: Bytes, reply: Reply) {
         match (tag, reply) {
             (Some(tag), Reply::Answer(b)) => {
                 if let Err(e) = self.dispatcher.answer(tag.clone(), b) {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use super::argument::AmpFields;
 use super::codec::AmpBox;
 use super::command::{AmpCommand, AmpError, RemoteError};
+use crate::broker::IdHasher;
 
 /// What a responder produced for one incoming command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +26,7 @@ pub enum Reply {
     Failed(String),
 }
 
-type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 type Responder = Arc<dyn Fn(AmpBox) -> ReplyFuture + Send + Sync>;
 
 /// The responders of one connection, by command name.
@@ -47,7 +49,8 @@ type Responder = Arc<dyn Fn(AmpBox) -> ReplyFuture + Send + Sync>;
 /// ```
 #[derive(Clone, Default)]
 pub struct Locator {
-    responders: HashMap<Bytes, Responder>,
+    /// The names are ours (the peer only looks them up), so a cheap hash will do.
+    responders: HashMap<Bytes, Responder, BuildHasherDefault<IdHasher>>,
 }
 
 impl fmt::Debug for Locator {
@@ -67,8 +70,9 @@ impl Locator {
     /// Registers the responder of command `C`, replacing any earlier one for the same name.
     ///
     /// As in Twisted, `f` itself is called on the connection's task in the order the commands
-    /// arrived; the future it returns then runs on its own, so answers may go out in any order.
-    /// Put whatever must happen in arrival order before the `async` block.
+    /// arrived. The future it returns is polled once right there; if it has to wait, it runs on
+    /// in a task of its own, so answers may go out in any order. Put whatever must happen in
+    /// arrival order before the `async` block.
     ///
     /// Arguments that do not parse, and responses that do not encode, become `UNKNOWN` and close
     /// the connection, as in Twisted; a declared error is sent with its code.
@@ -144,6 +148,11 @@ impl Locator {
         name: &[u8],
         args: AmpBox,
     ) -> Option<impl Future<Output = Reply> + Send + 'static> {
+        self.dispatch_boxed(name, args)
+    }
+
+    /// [`Locator::dispatch`] with the future's type named, for the driver to poll in place.
+    pub(crate) fn dispatch_boxed(&self, name: &[u8], args: AmpBox) -> Option<ReplyFuture> {
         self.responders.get(name).map(|r| r(args))
     }
 }

@@ -60,15 +60,51 @@ pub(crate) fn parse_integer_text(bytes: &[u8]) -> Result<String, ArgumentError> 
     })
 }
 
+/// Appends `magnitude` in decimal, after a `-` if `negative`.
+fn put_decimal(out: &mut Vec<u8>, negative: bool, mut magnitude: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        if let Some(d) = digits.get_mut(at) {
+            *d = b'0' + (magnitude % 10) as u8;
+        }
+        magnitude /= 10;
+        if magnitude == 0 || at == 0 {
+            break;
+        }
+    }
+    if negative {
+        out.push(b'-');
+    }
+    out.extend_from_slice(digits.get(at..).unwrap_or_default());
+}
+
 macro_rules! integer_value {
     ($($t:ty),*) => {$(
         impl AmpValue for $t {
             fn encode_value(&self, out: &mut Vec<u8>) -> Result<(), ArgumentError> {
-                out.extend_from_slice(self.to_string().as_bytes());
+                // Straight into `out`, without a `String` in between, and without `fmt`'s
+                // machinery for anything that fits 64 bits.
+                let v = i128::try_from(*self).ok();
+                match v.map(|v| (v < 0, u64::try_from(v.unsigned_abs()))) {
+                    Some((negative, Ok(magnitude))) => put_decimal(out, negative, magnitude),
+                    _ => {
+                        let _ = std::io::Write::write_fmt(out, format_args!("{self}"));
+                    }
+                }
                 Ok(())
             }
 
             fn decode_value(bytes: &[u8]) -> Result<Self, ArgumentError> {
+                // The usual case, plain digits that fit, needs no normalised copy; `+`, spaces,
+                // `_` and errors take the careful path.
+                if bytes.first().is_some_and(|b| b.is_ascii_digit() || *b == b'-')
+                    && bytes.iter().skip(1).all(u8::is_ascii_digit)
+                    && let Ok(v) = std::str::from_utf8(bytes).unwrap_or("").parse::<$t>()
+                {
+                    return Ok(v);
+                }
                 let text = parse_integer_text(bytes)?;
                 text.parse::<$t>().map_err(|_| ArgumentError::OutOfRange {
                     value: text,
@@ -319,6 +355,41 @@ mod tests {
         assert_eq!(i32::decode_value(b" +1_000 ").unwrap(), 1000);
         assert!(i32::decode_value(b"0x10").is_err());
         assert!(i32::decode_value(b"").is_err());
+    }
+
+    #[test]
+    fn plain_digits_and_the_careful_path_agree() {
+        for (text, want) in [
+            ("007", 7),
+            ("-0", 0),
+            ("-12", -12),
+            ("+12", 12),
+            ("1_2", 12),
+        ] {
+            assert_eq!(i64::decode_value(text.as_bytes()).unwrap(), want, "{text}");
+        }
+        assert_eq!(u64::decode_value(b"-0").unwrap(), 0);
+        for bad in ["-", "--1", "1-", "-_1"] {
+            assert!(i64::decode_value(bad.as_bytes()).is_err(), "{bad}");
+        }
+        for (v, text) in [
+            (i128::from(i64::MIN), "-9223372036854775808"),
+            (0, "0"),
+            (-7, "-7"),
+            (i128::from(u64::MAX), "18446744073709551615"),
+            (i128::from(u64::MAX) + 1, "18446744073709551616"),
+            (i128::MIN, "-170141183460469231731687303715884105728"),
+        ] {
+            let mut out = Vec::new();
+            v.encode_value(&mut out).unwrap();
+            assert_eq!(out, text.as_bytes());
+        }
+        let mut out = Vec::new();
+        u128::MAX.encode_value(&mut out).unwrap();
+        assert_eq!(out, u128::MAX.to_string().as_bytes());
+        out.clear();
+        i8::MIN.encode_value(&mut out).unwrap();
+        assert_eq!(out, b"-128");
     }
 
     #[test]
