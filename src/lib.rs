@@ -68,6 +68,7 @@ pub use pb_client::{
     self, Backoff, Client, ClientBuilder, ClientError, ClientState, ClientTls, LoginError,
     Reconnecting, Session,
 };
+pub use pb_core::codec::zero_copy;
 pub use pb_core::login::Refusal;
 pub use pb_core::stream::{Chunk, Stream};
 pub use pb_core::{
@@ -94,6 +95,7 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use pb_core::codec::current_peer;
+    pub use pb_core::codec::zero_copy::{TupleSeed, Wire, WireBytes, WireSerde};
     pub use pb_core::{
         BoxFuture, CallError, Copyable, Dispatch, IncomingCall, Interface, ObjectRef, Remote,
         Reply, encode_result,

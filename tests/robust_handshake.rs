@@ -110,3 +110,24 @@ async fn one_byte_a_second_is_cut_by_the_handshake_deadline() {
     assert_eq!(started.elapsed(), Duration::from_secs(5), "virtual time");
     trickle.abort();
 }
+
+/// The accepting side speaks second: its hello answers the dialer's (so that it can go out with
+/// the first answer), and nothing comes before.
+#[tokio::test(start_paused = true)]
+async fn the_accepting_side_answers_the_dialers_hello() {
+    let (a, mut b) = pb::transport::memory_pair();
+    let server = tokio::spawn(async move {
+        Connection::establish(a, &Config::default(), Side::Server, None, None).await
+    });
+    let mut first = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_secs(1), b.read(&mut first)).await;
+    assert!(
+        early.is_err(),
+        "nothing before the dialer's hello: {early:?}"
+    );
+    b.write_all(&HELLO).await.unwrap();
+    let mut hello = [0u8; 20];
+    b.read_exact(&mut hello).await.unwrap();
+    assert_eq!(hello, HELLO);
+    server.await.unwrap().unwrap().abort();
+}

@@ -216,11 +216,24 @@ async fn a_plaintext_client_against_a_tls_server_gets_a_clean_error() {
         .await
         .expect("no hang");
     assert!(matches!(r, Err(ClientError::ServerRequiresTls)), "{r:?}");
-    // The plain `connect` fails cleanly too.
-    let r = tokio::time::timeout(NO_HANG, pb::Client::connect(server.local_addr()))
+    // The plain `connect` does not wait for the server's hello: its calls fail cleanly,
+    // naming the handshake error (the TLS alert where pb's hello should be).
+    let conn = tokio::time::timeout(NO_HANG, pb::Client::connect(server.local_addr()))
+        .await
+        .expect("no hang")
+        .expect("the tcp connect itself succeeds");
+    let r = tokio::time::timeout(NO_HANG, conn.root_ref().call::<_, (), ()>("anything", &()))
         .await
         .expect("no hang");
-    assert!(r.is_err());
+    match r {
+        Err(pb::CallError::Handshake(why)) => assert!(why.contains("not speaking pb"), "{why}"),
+        other => panic!("expected a handshake error, got {other:?}"),
+    }
+    assert!(
+        matches!(conn.close_reason(), Some(pb::CloseReason::Handshake(_))),
+        "{:?}",
+        conn.close_reason()
+    );
     server.shutdown().await;
 }
 

@@ -1,7 +1,9 @@
 //! pb-client: connecting to a pb server, with or without TLS, and logging in.
 //!
-//! [`Client::connect`] dials, runs the handshake and returns the [`Connection`], whose
-//! [`Connection::root`] is the server's root object. A client may serve a root of its own, which
+//! [`Client::connect`] dials, sends pb's hello and returns the [`Connection`], whose
+//! [`Connection::root`] is the server's root object. It does not wait for the server's hello:
+//! the first call goes out with ours, and a server that refuses it makes the calls fail with
+//! [`pb_core::CallError::Handshake`] (see [`ClientBuilder::connect`]). A client may serve a root of its own, which
 //! the server reaches the same way: connections are symmetric.
 //!
 //! To log in to a server that serves a portal, [`ClientBuilder::open`] returns a [`Session`]
@@ -106,6 +108,15 @@ pub enum ClientError {
     Handshake(#[source] ConnectError),
 }
 
+/// Whether a dial waits for the server's hello before it returns.
+#[derive(Debug, Clone, Copy)]
+enum Hello {
+    /// Send ours and return: the connection's reader checks the server's.
+    Send,
+    /// Wait for the server's: a refused hello is the dial's error.
+    Wait,
+}
+
 /// Builds a client connection with custom settings.
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
@@ -181,12 +192,20 @@ impl ClientBuilder {
         self
     }
 
-    /// Dial `addr` (over TLS if configured) and run the handshake.
+    /// Dial `addr` (over TLS if configured) and start the connection.
+    ///
+    /// The connection is returned as soon as our pb hello is queued, without waiting for the
+    /// server's ([`Connection::dial`]): the first call leaves with the hello, so connecting and
+    /// one call cost one round trip. A server that refuses the hello (another protocol version,
+    /// or a server that is not pb, or that wants TLS) is therefore not this function's error:
+    /// the connection closes with [`pb_core::CloseReason::Handshake`] and calls fail with
+    /// [`pb_core::CallError::Handshake`], which names the cause. [`ClientBuilder::open`] waits
+    /// for the server's hello and reports such a server as its error.
     ///
     /// TLS failures are reported as [`ConnectError::Io`] wrapping a [`ClientError`];
     /// [`ClientBuilder::open`] reports them directly.
     pub async fn connect(self, addr: impl ToSocketAddrs) -> Result<Connection, ConnectError> {
-        match self.open(addr).await {
+        match self.open_with(addr, Hello::Send).await {
             Ok(s) => Ok(s.into_connection()),
             Err(ClientError::Handshake(e)) => Err(e),
             Err(ClientError::Io(e)) => Err(ConnectError::Io(e)),
@@ -196,13 +215,25 @@ impl ClientBuilder {
 
     /// Dial `addr` (over TLS if configured), run the handshake, and return a [`Session`] ready
     /// to log in.
+    ///
+    /// Unlike [`ClientBuilder::connect`], this waits for the server's hello, so a server that
+    /// speaks another version, or TLS when we do not, is reported here (for example as
+    /// [`ClientError::ServerRequiresTls`]).
     pub async fn open(self, addr: impl ToSocketAddrs) -> Result<Session, ClientError> {
+        self.open_with(addr, Hello::Wait).await
+    }
+
+    async fn open_with(
+        self,
+        addr: impl ToSocketAddrs,
+        hello: Hello,
+    ) -> Result<Session, ClientError> {
         let (stream, peer) = pb_core::transport::tcp_connect(addr)
             .await
             .map_err(ClientError::Io)?;
         let (config, name) = match &self.tls {
             None => {
-                let conn = self.establish(stream, Some(peer)).await?;
+                let conn = self.establish(stream, Some(peer), hello).await?;
                 return Ok(Session::new(
                     conn,
                     ChannelBinding::None,
@@ -227,7 +258,7 @@ impl ClientBuilder {
             .1
             .export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, None)
             .map_err(|e| ClientError::Tls(io::Error::other(e)))?;
-        let conn = self.establish(tls, Some(peer)).await?;
+        let conn = self.establish(tls, Some(peer), hello).await?;
         Ok(Session::new(
             conn,
             ChannelBinding::TlsExporter(exporter),
@@ -235,12 +266,13 @@ impl ClientBuilder {
         ))
     }
 
-    /// Run the handshake over an already connected transport (for example an in-memory pipe).
+    /// Start a connection over an already connected transport (for example an in-memory
+    /// pipe). As [`ClientBuilder::connect`], it does not wait for the server's hello.
     pub async fn connect_over<T>(self, io: T) -> Result<Connection, ConnectError>
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        Connection::establish(io, &self.config, Side::Client, self.root, None).await
+        Connection::dial(io, &self.config, self.root, None).await
     }
 
     /// As [`ClientBuilder::connect_over`], returning a [`Session`] ready to log in. The
@@ -249,7 +281,7 @@ impl ClientBuilder {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let conn = self.establish(io, None).await?;
+        let conn = self.establish(io, None, Hello::Wait).await?;
         Ok(Session::new(
             conn,
             ChannelBinding::None,
@@ -257,19 +289,27 @@ impl ClientBuilder {
         ))
     }
 
-    async fn establish<T>(&self, io: T, peer: Option<SocketAddr>) -> Result<Connection, ClientError>
+    async fn establish<T>(
+        &self,
+        io: T,
+        peer: Option<SocketAddr>,
+        hello: Hello,
+    ) -> Result<Connection, ClientError>
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        Connection::establish(io, &self.config, Side::Client, self.root.clone(), peer)
-            .await
-            .map_err(|e| match e {
-                // A TLS record (alert or handshake, version 3.x) where pb's magic should be.
-                ConnectError::Handshake(HandshakeError::BadMagic {
-                    magic: [0x15 | 0x16, 0x03, ..],
-                }) => ClientError::ServerRequiresTls,
-                e => ClientError::Handshake(e),
-            })
+        let root = self.root.clone();
+        let conn = match hello {
+            Hello::Send => Connection::dial(io, &self.config, root, peer).await,
+            Hello::Wait => Connection::establish(io, &self.config, Side::Client, root, peer).await,
+        };
+        conn.map_err(|e| match e {
+            // A TLS record (alert or handshake, version 3.x) where pb's magic should be.
+            ConnectError::Handshake(HandshakeError::BadMagic {
+                magic: [0x15 | 0x16, 0x03, ..],
+            }) => ClientError::ServerRequiresTls,
+            e => ClientError::Handshake(e),
+        })
     }
 }
 

@@ -230,6 +230,8 @@ pub(crate) struct Broker {
     revoked: Vec<Arc<Imported>>,
     /// Objects withdrawn under the lock, dropped once it is released.
     graveyard: Vec<ObjectRef>,
+    /// What calls fail with once the connection is closed.
+    close_fault: Option<Fault>,
 }
 
 impl Broker {
@@ -267,6 +269,7 @@ impl Broker {
             events: VecDeque::new(),
             revoked: Vec::new(),
             graveyard: Vec::new(),
+            close_fault: None,
         }
     }
 
@@ -316,6 +319,12 @@ impl Broker {
         if !self.out.is_empty() {
             into.push(self.out.split().freeze());
         }
+    }
+
+    /// Queue bytes that are not a message (the hello of a dialed connection) before anything
+    /// else is queued.
+    pub(crate) fn queue_raw(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
     }
 
     /// Bytes queued for the peer and not yet taken by `take_transmit`.
@@ -854,7 +863,7 @@ impl Broker {
         (waker, deadline_ms): (Option<Waker>, Option<u64>),
     ) -> Result<u64, Fault> {
         if self.state == State::Closed {
-            return Err(disconnected_fault());
+            return Err(self.close_fault.clone().unwrap_or_else(disconnected_fault));
         }
         if self.peer_goodbye || self.state == State::Draining {
             return Err(Fault {
@@ -932,6 +941,11 @@ impl Broker {
         Ok(())
     }
 
+    /// What a call fails with once the connection is closed.
+    fn close_fault(&self) -> Fault {
+        self.close_fault.clone().unwrap_or_else(disconnected_fault)
+    }
+
     /// The caller of call `id` polls for its answer: `Ready` takes it out of the table,
     /// `Pending` keeps `waker` to be woken when it arrives. A call no longer in the table was
     /// failed by the connection's end.
@@ -946,9 +960,9 @@ impl Broker {
             }
             Some(PendingCall::Answered(_)) => match self.pending.remove(&id) {
                 Some(PendingCall::Answered(reply)) => Poll::Ready(reply),
-                _ => Poll::Ready(Err(disconnected_fault())),
+                _ => Poll::Ready(Err(self.close_fault())),
             },
-            None => Poll::Ready(Err(disconnected_fault())),
+            None => Poll::Ready(Err(self.close_fault())),
         }
     }
 
@@ -1043,16 +1057,18 @@ impl Broker {
         }
     }
 
-    /// The connection is gone: fail every pending call, cancel running ones, empty the tables.
-    /// Returns what was held, for the caller to drop outside any lock.
-    pub(crate) fn close(&mut self) -> (Vec<ObjectRef>, Vec<Arc<Imported>>) {
+    /// The connection is gone: fail every pending call (and every call started later) with
+    /// `fault`, cancel running ones, empty the tables. Returns what was held, for the caller to
+    /// drop outside any lock.
+    pub(crate) fn close(&mut self, fault: Fault) -> (Vec<ObjectRef>, Vec<Arc<Imported>>) {
         self.state = State::Closed;
         let imports: Vec<Arc<Imported>> = self
             .imports
             .drain()
             .filter_map(|(_, s)| s.handle.upgrade())
             .collect();
-        // Every caller still waiting finds its call gone, which fails it with `Disconnected`;
+        // Every caller still waiting finds its call gone, which fails it with `fault` (kept in
+        // `close_fault`);
         // answers that arrived before the end stay for their callers to take.
         let wakers = &mut self.wakers;
         self.pending.retain(|_, call| match call {
@@ -1071,6 +1087,7 @@ impl Broker {
             self.graveyard.push(ev.object);
             self.graveyard.extend(ev.refs);
         }
+        self.close_fault = Some(fault);
         let mut held: Vec<ObjectRef> = self.exports.drain().map(|(_, e)| e.object).collect();
         for object in &held {
             if let RefInner::Local(d) = &object.0 {

@@ -15,11 +15,13 @@
 //! error whatever the user's types, never a stack overflow.
 
 mod depth;
+pub mod zero_copy;
 
 use std::cell::RefCell;
 
 use bytes::{Bytes, BytesMut};
-use serde::{Serialize, de::DeserializeOwned};
+use serde::Serialize;
+use serde::de::{DeserializeOwned, DeserializeSeed};
 
 use crate::connection::Connection;
 use crate::frame::MAX_FRAME_LEN_CEILING;
@@ -72,6 +74,9 @@ struct Context {
     refs: Vec<ObjectRef>,
     /// The connection the value is bound for (encoding) or came from (decoding).
     peer: Option<Connection>,
+    /// Decoding: the buffer the payload is a slice of, when it is one, so that byte strings
+    /// in it can be handed out as slices of it ([`zero_copy`]).
+    frame: Option<Bytes>,
 }
 
 type Stack = RefCell<Vec<Context>>;
@@ -143,6 +148,35 @@ pub(crate) fn collect_ref(r: &ObjectRef) -> Option<u32> {
     })
 }
 
+/// Byte strings shorter than this are copied even when they could be slices of the frame:
+/// copying them is cheap, and a small value kept for long should not keep a whole receive
+/// buffer alive.
+pub(crate) const SHARE_MIN: usize = 4096;
+
+/// The bytes `b` borrowed from the payload being decoded, as a slice of the buffer that holds
+/// it (no copy) when the decode knows that buffer and `b` is at least [`SHARE_MIN`] bytes, or
+/// as a copy.
+pub(crate) fn share_borrowed(b: &[u8]) -> Bytes {
+    if b.len() < SHARE_MIN {
+        return Bytes::copy_from_slice(b);
+    }
+    DECODING.with(|s| {
+        let s = s.borrow();
+        let Some(frame) = s.last().and_then(|cx| cx.frame.as_ref()) else {
+            return Bytes::copy_from_slice(b);
+        };
+        let (start, end) = (
+            frame.as_ptr() as usize,
+            frame.as_ptr() as usize + frame.len(),
+        );
+        let at = b.as_ptr() as usize;
+        if at < start || at + b.len() > end {
+            return Bytes::copy_from_slice(b);
+        }
+        frame.slice_ref(b)
+    })
+}
+
 /// Called by `ObjectRef`'s `Deserialize`: the reference at `index` of the current payload.
 pub(crate) fn resolve_ref(index: u32) -> Option<ObjectRef> {
     DECODING.with(|s| {
@@ -175,6 +209,7 @@ pub fn encode_into<T: Serialize + ?Sized>(
         Context {
             refs: Vec::new(),
             peer: peer.cloned(),
+            frame: None,
         },
     );
     bincode::serde::encode_into_writer(value, BytesMutWriter(out), bincode::config::standard())
@@ -196,6 +231,7 @@ pub fn encode<T: Serialize + ?Sized>(
         Context {
             refs: Vec::new(),
             peer: peer.cloned(),
+            frame: None,
         },
     );
     let encoded =
@@ -228,16 +264,53 @@ pub fn decode_with_depth<T: DeserializeOwned>(
     refs: Vec<ObjectRef>,
     max_depth: usize,
 ) -> Result<T, CodecError> {
+    decode_seed(bytes, None, refs, max_depth, std::marker::PhantomData::<T>)
+}
+
+/// As [`decode_with_depth`], for a payload held in a `Bytes`: byte strings decoded through
+/// [`zero_copy`] are slices of `payload`, not copies.
+pub fn decode_shared<T: DeserializeOwned>(
+    payload: &Bytes,
+    refs: Vec<ObjectRef>,
+    max_depth: usize,
+) -> Result<T, CodecError> {
+    decode_seed(
+        payload,
+        Some(payload.clone()),
+        refs,
+        max_depth,
+        std::marker::PhantomData::<T>,
+    )
+}
+
+/// Decode with a `seed` instead of a type (generated code decodes `Bytes` arguments this way).
+pub(crate) fn decode_seed<S, V>(
+    bytes: &[u8],
+    frame: Option<Bytes>,
+    refs: Vec<ObjectRef>,
+    max_depth: usize,
+    seed: S,
+) -> Result<V, CodecError>
+where
+    S: for<'de> DeserializeSeed<'de, Value = V>,
+{
     if bytes.len() > MAX_FRAME_LEN_CEILING {
         return Err(CodecError::TooLarge {
             len: bytes.len(),
             max: MAX_FRAME_LEN_CEILING,
         });
     }
-    let _scope = Scope::enter(&DECODING, Context { refs, peer: None });
+    let _scope = Scope::enter(
+        &DECODING,
+        Context {
+            refs,
+            peer: None,
+            frame,
+        },
+    );
     let depth = depth::Depth::new(max_depth);
     let seed = depth::Seed {
-        seed: std::marker::PhantomData::<T>,
+        seed,
         depth: &depth,
     };
     let claim = bytes.len().saturating_mul(CLAIM_FACTOR);

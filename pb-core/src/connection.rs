@@ -32,7 +32,7 @@ use crate::cache::ReplicaSlot;
 use crate::frame::{FrameDecoder, HEADER_LEN};
 use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
 use crate::message::FaultKind;
-use crate::object::{Fault, IncomingCall, ObjectRef, Remote, Reply};
+use crate::object::{Fault, IncomingCall, ObjectRef, Remote, Reply, disconnected_fault};
 
 /// A connection's recorded identity, of whatever type the application chose.
 type Identity = Arc<dyn Any + Send + Sync>;
@@ -118,8 +118,12 @@ pub enum CloseReason {
     Io(String),
     /// The peer broke the protocol.
     Protocol(String),
-    /// No complete frame came from the peer for the configured `idle_timeout`.
+    /// No complete frame came from the peer for the configured `idle_timeout` (or, on a
+    /// connection made with [`Connection::dial`], no hello within `handshake_timeout`).
     IdleTimeout(Duration),
+    /// The peer's hello was refused (on a connection made with [`Connection::dial`], which
+    /// checks it after returning): it speaks another protocol version, or not pb at all.
+    Handshake(HandshakeError),
     /// Output was over `Limits::max_unsent_bytes` and none of it could be written for the
     /// configured `write_stall_timeout`: the peer stopped reading.
     WriteStalled(Duration),
@@ -153,6 +157,11 @@ pub struct ExportLink {
 impl Imported {
     pub(crate) fn add_received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The fault of a call to the object once it is dead: it names a refused hello.
+    pub(crate) fn dead_fault(&self) -> Fault {
+        self.conn.close_fault()
     }
 
     /// Whether calls to the object can no longer succeed.
@@ -854,17 +863,25 @@ impl ConnShared {
         self.wake_writer.notify_one();
     }
 
+    /// The fault of a call that fails because the connection has ended.
+    pub(crate) fn close_fault(&self) -> Fault {
+        match &*self.closed.borrow() {
+            Some(reason) => fault_of(reason),
+            None => disconnected_fault(),
+        }
+    }
+
     /// Mark the connection closed and fail everything pending.
     pub(crate) fn close(&self, reason: CloseReason) {
         let mut wakers = Vec::new();
         let (held, imports) = {
             let mut broker = self.lock();
-            let closed = broker.close();
+            let closed = broker.close(fault_of(&reason));
             broker.take_wakers(&mut wakers);
             closed
         };
         drop(held);
-        // Callers still waiting find their calls gone: `Disconnected`.
+        // Callers still waiting find their calls gone, and fail with the close's fault.
         for w in wakers {
             w.wake();
         }
@@ -923,8 +940,20 @@ fn outcome_name(reply: Option<&Reply>) -> &'static str {
             FaultKind::Refused => "refused",
             FaultKind::Disconnected => "disconnected",
             FaultKind::DeadlineExceeded => "deadline_exceeded",
+            FaultKind::Handshake => "handshake",
             FaultKind::Internal | FaultKind::Unknown(_) => "internal",
         },
+    }
+}
+
+/// What calls that fail because the connection ended for `reason` report.
+fn fault_of(reason: &CloseReason) -> Fault {
+    match reason {
+        CloseReason::Handshake(e) => Fault {
+            kind: FaultKind::Handshake,
+            message: e.to_string(),
+        },
+        _ => disconnected_fault(),
     }
 }
 
@@ -1067,7 +1096,13 @@ impl Connection {
 
     /// Run the handshake over `io` and start the connection's tasks.
     ///
-    /// `root` is the object the peer reaches as its root (`None` to serve nothing).
+    /// Waits for the peer's hello (at most `Config::handshake_timeout`): a refused hello is this
+    /// function's error. The dialing side ([`Side::Client`]) sends its hello first; the
+    /// accepting side answers once the dialer's has arrived (every pb dialer sends its hello
+    /// without waiting), in the same write as its first answer, and sends it even when it
+    /// refuses the dialer's, so that both sides can tell why. `root` is the object the peer
+    /// reaches as its root (`None` to serve nothing). A dialing side that wants its first call
+    /// to leave at once uses [`Connection::dial`].
     pub async fn establish<T>(
         mut io: T,
         config: &Config,
@@ -1079,50 +1114,92 @@ impl Connection {
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let ours = Hello::ours(config.features);
-        let mut hello = BytesMut::with_capacity(HEADER_LEN + HELLO_LEN);
-        hello.put_u32(HELLO_LEN as u32);
-        ours.encode(&mut hello);
+        let hello = hello_frame(&ours);
         let mut rbuf = BytesMut::with_capacity(256);
         let exchange = async {
-            io.write_all(&hello).await?;
-            io.flush().await?;
-            while rbuf.len() < HEADER_LEN + HELLO_LEN {
-                // Check as soon as the header is in, so a non-pb peer is told apart early.
-                if rbuf.len() >= 8 && rbuf[..8] != hello[..8] {
-                    break;
-                }
-                if io.read_buf(&mut rbuf).await? == 0 {
-                    return Err(ConnectError::Closed);
-                }
+            if side == Side::Client {
+                io.write_all(&hello).await?;
+                io.flush().await?;
             }
-            // The loop ends early when the first eight bytes (header and magic) are not ours, so
-            // the body may be incomplete here: never index into it.
-            let header_ok = rbuf.get(..HEADER_LEN) == hello.get(..HEADER_LEN);
-            let body = rbuf.get(HEADER_LEN..HEADER_LEN + HELLO_LEN);
-            let Some(body) = body.filter(|_| header_ok) else {
-                // Report the four bytes where the magic should be, or the first four if even the
-                // header is not a hello's.
-                let at = if header_ok { HEADER_LEN } else { 0 };
-                let mut magic = [0u8; 4];
-                for (m, b) in magic.iter_mut().zip(rbuf.iter().skip(at)) {
-                    *m = *b;
-                }
-                return Err(HandshakeError::BadMagic { magic }.into());
-            };
-            let theirs = Hello::decode(body)?;
-            let _features = ours.negotiate(&theirs)?;
-            bytes::Buf::advance(&mut rbuf, HEADER_LEN + HELLO_LEN);
-            Ok(())
+            read_hello(&mut io, &mut rbuf, &ours).await
         };
         match tokio::time::timeout(config.handshake_timeout, exchange).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
+                if side == Side::Server {
+                    let _ = io.write_all(&hello).await;
+                    let _ = io.flush().await;
+                }
                 let _ = io.shutdown().await;
                 return Err(e);
             }
             Err(_) => return Err(ConnectError::Timeout(config.handshake_timeout)),
         }
+        let answer = (side == Side::Server).then_some(ours);
+        Ok(Connection::start(
+            io, config, side, root, peer_addr, rbuf, answer, None,
+        ))
+    }
+
+    /// Start a connection as the side that dialed, without waiting for the peer's hello.
+    ///
+    /// Our hello is queued as the connection's first bytes and the connection is returned at
+    /// once, so the first call leaves with the hello, in the same write: connecting and one
+    /// call cost one round trip, not two. The reader checks the peer's hello before any other
+    /// frame. If the peer refuses ours or sends a bad one (another protocol version, not pb at
+    /// all), the connection closes with [`CloseReason::Handshake`], and calls made before or
+    /// after fail with [`CallError::Handshake`](crate::CallError::Handshake), which names the
+    /// handshake error; a peer that sends no hello within `Config::handshake_timeout` closes it
+    /// with [`CloseReason::IdleTimeout`]. [`Connection::closed`] and
+    /// [`Connection::close_reason`] report it too.
+    ///
+    /// The peer's side is unchanged: any peer that runs [`Connection::establish`] accepts a
+    /// dialed connection. The error is only an `Err` of this function if the transport fails
+    /// while the hello is written.
+    pub async fn dial<T>(
+        io: T,
+        config: &Config,
+        root: Option<ObjectRef>,
+        peer_addr: Option<SocketAddr>,
+    ) -> Result<Connection, ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let ours = Hello::ours(config.features);
+        let rbuf = BytesMut::with_capacity(256);
+        let conn = Connection::start(
+            io,
+            config,
+            Side::Client,
+            root,
+            peer_addr,
+            rbuf,
+            Some(ours),
+            Some(ours),
+        );
+        Ok(conn)
+    }
+
+    /// Start the connection's tasks. `send` is our hello, queued as the first bytes, if it is
+    /// still to be sent; with `check`, the reader checks the peer's before any frame.
+    #[allow(clippy::too_many_arguments)]
+    fn start<T>(
+        io: T,
+        config: &Config,
+        side: Side,
+        root: Option<ObjectRef>,
+        peer_addr: Option<SocketAddr>,
+        rbuf: BytesMut,
+        send: Option<Hello>,
+        check: Option<Hello>,
+    ) -> Connection
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let shared = ConnShared::new(config, side, peer_addr, root);
+        if let Some(ours) = &send {
+            shared.lock().queue_raw(&hello_frame(ours));
+        }
         let decoder = FrameDecoder::new(config.limits.max_frame_len);
         let timers = Timers {
             keepalive: config.keepalive_interval,
@@ -1139,6 +1216,8 @@ impl Connection {
             decoder,
             timers,
             span,
+            check,
+            handshake_timeout: config.handshake_timeout,
         };
         // TCP splits into owned halves; any other transport goes through `tokio::io::split`,
         // whose halves share a lock taken on every read and write.
@@ -1159,7 +1238,7 @@ impl Connection {
             ?peer_addr,
             "connection established"
         );
-        Ok(Connection { shared })
+        Connection { shared }
     }
 
     /// The peer's root object, typed.
@@ -1358,6 +1437,51 @@ impl Liveness {
 
 // --- end keep-alive ---
 
+/// Our hello as a whole frame.
+fn hello_frame(ours: &Hello) -> BytesMut {
+    let mut hello = BytesMut::with_capacity(HEADER_LEN + HELLO_LEN);
+    hello.put_u32(HELLO_LEN as u32);
+    ours.encode(&mut hello);
+    hello
+}
+
+/// Read the peer's hello into `rbuf` and check it against ours; what follows it stays in
+/// `rbuf`.
+async fn read_hello<R: AsyncRead + Unpin>(
+    io: &mut R,
+    rbuf: &mut BytesMut,
+    ours: &Hello,
+) -> Result<(), ConnectError> {
+    let hello = hello_frame(ours);
+    while rbuf.len() < HEADER_LEN + HELLO_LEN {
+        // Check as soon as the header is in, so a non-pb peer is told apart early.
+        if rbuf.len() >= 8 && rbuf[..8] != hello[..8] {
+            break;
+        }
+        if io.read_buf(rbuf).await? == 0 {
+            return Err(ConnectError::Closed);
+        }
+    }
+    // The loop ends early when the first eight bytes (header and magic) are not ours, so
+    // the body may be incomplete here: never index into it.
+    let header_ok = rbuf.get(..HEADER_LEN) == hello.get(..HEADER_LEN);
+    let body = rbuf.get(HEADER_LEN..HEADER_LEN + HELLO_LEN);
+    let Some(body) = body.filter(|_| header_ok) else {
+        // Report the four bytes where the magic should be, or the first four if even the
+        // header is not a hello's.
+        let at = if header_ok { HEADER_LEN } else { 0 };
+        let mut magic = [0u8; 4];
+        for (m, b) in magic.iter_mut().zip(rbuf.iter().skip(at)) {
+            *m = *b;
+        }
+        return Err(HandshakeError::BadMagic { magic }.into());
+    };
+    let theirs = Hello::decode(body)?;
+    let _features = ours.negotiate(&theirs)?;
+    bytes::Buf::advance(rbuf, HEADER_LEN + HELLO_LEN);
+    Ok(())
+}
+
 async fn run_reader<R: AsyncRead + Unpin>(
     conn: Arc<ConnShared>,
     mut rd: R,
@@ -1496,11 +1620,14 @@ async fn run_reader<R: AsyncRead + Unpin>(
 
 /// What a connection's reader and writer tasks start with.
 struct Tasks {
-    /// Bytes read after the peer's hello.
+    /// Bytes read after the peer's hello (or before it, with `check`).
     rbuf: BytesMut,
     decoder: FrameDecoder,
     timers: Timers,
     span: tracing::Span,
+    /// Our hello, when the reader has to check the peer's before any frame.
+    check: Option<Hello>,
+    handshake_timeout: Duration,
 }
 
 impl Tasks {
@@ -1520,10 +1647,41 @@ impl Tasks {
             decoder,
             timers,
             span,
+            check,
+            handshake_timeout,
         } = self;
-        tokio::spawn(
-            run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
-        );
+        match check {
+            None => {
+                tokio::spawn(
+                    run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
+                );
+            }
+            Some(ours) => {
+                let timeout = handshake_timeout;
+                let conn = shared.clone();
+                tokio::spawn(
+                    async move {
+                        let (mut rd, mut rbuf) = (rd, rbuf);
+                        let checked = tokio::select! {
+                            r = tokio::time::timeout(timeout, read_hello(&mut rd, &mut rbuf, &ours)) => r,
+                            () = conn.closed() => return,
+                        };
+                        let reason = match checked {
+                            Ok(Ok(())) => {
+                                return run_reader(conn, rd, rbuf, decoder, timers).await;
+                            }
+                            Ok(Err(ConnectError::Handshake(e))) => CloseReason::Handshake(e),
+                            Ok(Err(ConnectError::Closed)) => CloseReason::PeerClosed,
+                            Ok(Err(e)) => CloseReason::Io(e.to_string()),
+                            Err(_) => CloseReason::IdleTimeout(timeout),
+                        };
+                        tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, ?reason, "closing connection: pb handshake failed");
+                        conn.close(reason);
+                    }
+                    .instrument(span.clone()),
+                );
+            }
+        }
         tokio::spawn(run_writer(shared.clone()).instrument(span));
     }
 }

@@ -1,8 +1,11 @@
 //! The handshake: the first frame each side sends.
 //!
-//! Both sides send their [`Hello`] at once, without waiting for the peer's, and each checks the
-//! one it receives. A version mismatch is therefore detected by both sides independently, and
-//! neither waits for the other: a clear error on both sides, never a hang.
+//! The dialing side sends its [`Hello`] at once, without waiting for the peer's; the accepting
+//! side answers with its own as soon as the dialer's has arrived (with its first answer, in the
+//! same write), whether it accepts the dialer's or not. Each checks the one it receives. A
+//! version mismatch is therefore detected by both sides independently: a clear error on both
+//! sides, never a hang. A dialer may send its first calls right behind its hello
+//! (`Connection::dial`).
 //!
 //! Layout of the 16-byte body: magic `b"PBRS"`, version (u16 BE), reserved (u16, zero), feature
 //! flags (u64 BE). Features are negotiated as the intersection of both sides' flags.

@@ -67,6 +67,10 @@ pub enum FaultKind {
     /// The connection was lost before the answer came (reported locally; a peer never needs
     /// to send it).
     Disconnected,
+    /// The connection ended because the peer's hello was refused (a version mismatch, or a
+    /// peer that does not speak pb): reported locally, on a dialed connection that sent its
+    /// calls before the peer's hello arrived.
+    Handshake,
     /// A kind this build does not know.
     Unknown(u8),
 }
@@ -84,6 +88,7 @@ impl FaultKind {
             FaultKind::Refused => 8,
             FaultKind::Disconnected => 9,
             FaultKind::DeadlineExceeded => 10,
+            FaultKind::Handshake => 11,
             FaultKind::Unknown(k) => k,
         }
     }
@@ -100,6 +105,7 @@ impl FaultKind {
             8 => FaultKind::Refused,
             9 => FaultKind::Disconnected,
             10 => FaultKind::DeadlineExceeded,
+            11 => FaultKind::Handshake,
             k => FaultKind::Unknown(k),
         }
     }

@@ -96,7 +96,26 @@ impl IncomingCall {
             .caller
             .connection()
             .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        codec::decode_with_depth(&self.args, refs, max_depth).map_err(|e| Fault {
+        codec::decode_shared(&self.args, refs, max_depth).map_err(|e| Fault {
+            kind: FaultKind::BadArguments,
+            message: format!("cannot decode arguments of {}: {e}", self.method()),
+        })
+    }
+
+    /// Decode the arguments with a seed (what generated dispatchers do, so that `Bytes`
+    /// arguments are slices of the received frame).
+    #[doc(hidden)]
+    pub fn decode_args_seed<S, V>(&mut self, seed: S) -> Result<V, Fault>
+    where
+        S: for<'de> serde::de::DeserializeSeed<'de, Value = V>,
+    {
+        let refs = std::mem::take(&mut self.refs);
+        let max_depth = self
+            .caller
+            .connection()
+            .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
+        let frame = Some(self.args.clone());
+        codec::decode_seed(&self.args, frame, refs, max_depth, seed).map_err(|e| Fault {
             kind: FaultKind::BadArguments,
             message: format!("cannot decode arguments of {}: {e}", self.method()),
         })
@@ -192,6 +211,14 @@ pub enum CallError<E> {
     /// The call's deadline passed before the answer came; the call was cancelled.
     #[error("deadline exceeded")]
     DeadlineExceeded,
+    /// The connection ended because the peer's hello was refused: it speaks another protocol
+    /// version, or not pb at all. A connection dialed with [`Connection::dial`] (as
+    /// `pb::Client::connect` does) reports a bad hello this way, to the calls made before it
+    /// arrived and to every call after.
+    ///
+    /// [`Connection::dial`]: crate::Connection::dial
+    #[error("the pb handshake with the peer failed: {0}")]
+    Handshake(String),
 }
 
 impl<E> CallError<E> {
@@ -215,6 +242,7 @@ impl<E> CallError<E> {
             FaultKind::ShuttingDown => CallError::ShuttingDown,
             FaultKind::Disconnected => CallError::Disconnected,
             FaultKind::DeadlineExceeded => CallError::DeadlineExceeded,
+            FaultKind::Handshake => CallError::Handshake(message),
             FaultKind::Refused => CallError::Refused(message),
             FaultKind::Internal | FaultKind::Unknown(_) => CallError::Internal(message),
         }
@@ -235,6 +263,7 @@ impl<E> CallError<E> {
             CallError::Refused(m) => CallError::Refused(m),
             CallError::Internal(m) => CallError::Internal(m),
             CallError::DeadlineExceeded => CallError::DeadlineExceeded,
+            CallError::Handshake(m) => CallError::Handshake(m),
         }
     }
 }
@@ -306,7 +335,7 @@ impl ObjectRef {
                 let call = IncomingCall::new(method, args, refs, Caller::local());
                 d.clone().dispatch(call).await
             }
-            RefInner::Remote(r) if r.is_dead() => Err(disconnected_fault()),
+            RefInner::Remote(r) if r.is_dead() => Err(r.dead_fault()),
             RefInner::Remote(r) => r.conn.call(r.id, method, args, refs).await,
         }
     }
@@ -330,6 +359,40 @@ impl ObjectRef {
         decode_outcome_with_depth(outcome, max_depth)
     }
 
+    /// As [`ObjectRef::call`], decoding the answer with `seed` (what generated stubs do, so
+    /// that a `Bytes` result is a slice of the received frame).
+    #[doc(hidden)]
+    pub async fn call_seed<A, S, R, E>(
+        &self,
+        method: &str,
+        args: &A,
+        seed: S,
+    ) -> Result<R, CallError<E>>
+    where
+        A: Serialize + ?Sized,
+        S: for<'de> serde::de::DeserializeSeed<'de, Value = R>,
+        E: DeserializeOwned,
+    {
+        let (payload, refs) = codec::encode(args, self.peer().as_ref())
+            .map_err(|e| CallError::Encode(e.to_string()))?;
+        let max_depth = self
+            .peer()
+            .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
+        let outcome = match self.call_raw(method, payload, refs).await {
+            Ok(o) => o,
+            Err(f) => return Err(CallError::from_fault(f)),
+        };
+        let bad = |e: CodecError| CallError::BadAnswer(format!("cannot decode the answer: {e}"));
+        let frame = Some(outcome.payload.clone());
+        if outcome.ok {
+            codec::decode_seed(&outcome.payload, frame, outcome.refs, max_depth, seed).map_err(bad)
+        } else {
+            Err(CallError::Remote(
+                codec::decode_shared(&outcome.payload, outcome.refs, max_depth).map_err(bad)?,
+            ))
+        }
+    }
+
     /// Send a call that wants no answer. It fails only if it cannot be sent.
     pub fn send<A>(&self, method: &str, args: &A) -> Result<(), CallError<std::convert::Infallible>>
     where
@@ -344,7 +407,7 @@ impl ObjectRef {
                 tokio::spawn(fut);
                 Ok(())
             }
-            RefInner::Remote(r) if r.is_dead() => Err(CallError::Disconnected),
+            RefInner::Remote(r) if r.is_dead() => Err(CallError::from_fault(r.dead_fault())),
             RefInner::Remote(r) => r
                 .conn
                 .send_oneway(r.id, method, payload, refs)
@@ -361,7 +424,7 @@ impl ObjectRef {
                 let r = r.clone();
                 Box::pin(async move {
                     if r.is_dead() {
-                        return Err(disconnected_fault());
+                        return Err(r.dead_fault());
                     }
                     let method = call.method().to_owned();
                     r.conn.call(r.id, &method, call.args, call.refs).await
@@ -409,10 +472,10 @@ fn decode_outcome_with_depth<R: DeserializeOwned, E: DeserializeOwned>(
 ) -> Result<R, CallError<E>> {
     let bad = |e: CodecError| CallError::BadAnswer(format!("cannot decode the answer: {e}"));
     if outcome.ok {
-        codec::decode_with_depth(&outcome.payload, outcome.refs, max_depth).map_err(bad)
+        codec::decode_shared(&outcome.payload, outcome.refs, max_depth).map_err(bad)
     } else {
         Err(CallError::Remote(
-            codec::decode_with_depth(&outcome.payload, outcome.refs, max_depth).map_err(bad)?,
+            codec::decode_shared(&outcome.payload, outcome.refs, max_depth).map_err(bad)?,
         ))
     }
 }

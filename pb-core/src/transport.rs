@@ -18,10 +18,24 @@ pub fn memory_pair() -> (DuplexStream, DuplexStream) {
 
 /// Connect a TCP stream to `addr` with pb's socket options (no Nagle delay).
 pub async fn tcp_connect(addr: impl ToSocketAddrs) -> io::Result<(TcpStream, SocketAddr)> {
-    let stream = TcpStream::connect(addr).await?;
-    prepare_tcp(&stream)?;
-    let peer = stream.peer_addr()?;
-    Ok((stream, peer))
+    // As `TcpStream::connect` does: each resolved address in turn, the last error if none
+    // answers. Keeping the address that answered spares asking the socket for it.
+    let mut last = None;
+    for peer in tokio::net::lookup_host(addr).await? {
+        match TcpStream::connect(peer).await {
+            Ok(stream) => {
+                prepare_tcp(&stream)?;
+                return Ok((stream, peer));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "could not resolve to any address",
+        )
+    }))
 }
 
 /// Apply pb's socket options to an accepted or connected TCP stream.

@@ -296,41 +296,15 @@ async fn accept_loop(
             if *stop.borrow() {
                 return;
             }
+            // The TLS path's state (rustls's, the portal's) is large: it lives in a box of its
+            // own, so that every connection's task stays small and cheap to spawn and move.
             let established = match acceptor {
                 None => serve_one(stream, &service, &config, addr, None).await,
                 Some(acceptor) => {
-                    // The TLS handshake counts against the pb handshake's deadline, so a peer
-                    // that stalls in it holds its slot no longer than one that stalls after.
-                    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
-                    let mut stream = stream;
-                    match tokio::time::timeout_at(deadline, refuse_plaintext(&mut stream)).await {
-                        Ok(Ok(true)) => {}
-                        Ok(Ok(false)) => {
-                            tracing::info!(%addr, "plaintext peer on the tls listener: refused");
-                            return;
-                        }
-                        Ok(Err(_)) | Err(_) => return,
+                    match Box::pin(serve_tls(stream, acceptor, &service, &config, addr)).await {
+                        Some(established) => established,
+                        None => return,
                     }
-                    let accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
-                    let tls = match accepted {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::info!(%addr, error = %e, "tls handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::info!(%addr, "tls handshake timed out");
-                            return;
-                        }
-                    };
-                    let info = match TlsInfo::from_connection(tls.get_ref().1) {
-                        Ok(i) => i,
-                        Err(e) => {
-                            tracing::warn!(%addr, error = %e, "cannot read the tls session");
-                            return;
-                        }
-                    };
-                    serve_one(tls, &service, &config, addr, Some(info)).await
                 }
             };
             let conn = match established {
@@ -352,6 +326,49 @@ async fn accept_loop(
     drop(listener);
     // Connections are closed by `ServerHandle::shutdown`; wait for their tasks to end.
     while tasks.join_next().await.is_some() {}
+}
+
+/// Refuse plaintext, run the TLS handshake within the handshake deadline, then serve the
+/// connection; `None` when the peer is refused or the TLS handshake fails (logged here).
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    acceptor: tokio_rustls::TlsAcceptor,
+    service: &Service,
+    config: &Config,
+    addr: SocketAddr,
+) -> Option<Result<Connection, pb_core::ConnectError>> {
+    // The TLS handshake counts against the pb handshake's deadline, so a peer that stalls in
+    // it holds its slot no longer than one that stalls after.
+    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let mut stream = stream;
+    match tokio::time::timeout_at(deadline, refuse_plaintext(&mut stream)).await {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => {
+            tracing::info!(%addr, "plaintext peer on the tls listener: refused");
+            return None;
+        }
+        Ok(Err(_)) | Err(_) => return None,
+    }
+    let accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
+    let tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(%addr, error = %e, "tls handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::info!(%addr, "tls handshake timed out");
+            return None;
+        }
+    };
+    let info = match TlsInfo::from_connection(tls.get_ref().1) {
+        Ok(i) => i,
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "cannot read the tls session");
+            return None;
+        }
+    };
+    Some(serve_one(tls, service, config, addr, Some(info)).await)
 }
 
 /// Fatal TLS alert records (`unexpected_message`): what a plaintext peer on the TLS listener
@@ -399,7 +416,10 @@ where
             }
             Ok(conn)
         }
-        Service::Portal(portal) => portal.serve_connection(io, config, Some(addr), tls).await,
+        // Boxed: the login path's state is large and rare next to a plain connection's.
+        Service::Portal(portal) => {
+            Box::pin(portal.serve_connection(io, config, Some(addr), tls)).await
+        }
     }
 }
 

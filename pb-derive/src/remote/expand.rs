@@ -43,13 +43,24 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
             let (n, t) = (&p.name, &p.ty);
             quote!(#n: #t)
         });
-        let names = sent.iter().map(|p| &p.name);
+        // `Wire` picks the zero-copy encoding for `Bytes` values (see `pb::zero_copy`).
+        let wired = sent.iter().map(|sp| {
+            let (n, t) = (&sp.name, &sp.ty);
+            quote!((&#p::Wire::<#t>::new()).wire(&#n))
+        });
         quote! {
             #(#attrs)*
             pub async fn #mname(&self, #(#params),*)
                 -> ::core::result::Result<#ok, #p::CallError<#err>>
             {
-                self.inner.call::<_, #ok, #err>(#mstr, &(#(#names,)*)).await
+                use #p::{WireBytes as _, WireSerde as _};
+                self.inner
+                    .call_seed::<_, _, #ok, #err>(
+                        #mstr,
+                        &(#(#wired,)*),
+                        (&#p::Wire::<#ok>::new()).seed(),
+                    )
+                    .await
             }
         }
     });
@@ -59,7 +70,8 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
         let mstr = mname.to_string();
         let sent: Vec<_> = m.params.iter().filter(|p| !p.is_caller).collect();
         let names = sent.iter().map(|p| &p.name);
-        let types = sent.iter().map(|p| &p.ty);
+        let types: Vec<_> = sent.iter().map(|p| &p.ty).collect();
+        let ok = &m.ok;
         let take_caller = m.params.iter().filter(|p| p.is_caller).map(|p| {
             let n = &p.name;
             quote!(let #n = ::core::clone::Clone::clone(call.caller());)
@@ -67,7 +79,9 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
         let args = m.params.iter().map(|p| &p.name);
         quote! {
             #mstr => {
-                let (#(#names,)*): (#(#types,)*) = match call.decode_args() {
+                let (#(#names,)*): (#(#types,)*) = match call.decode_args_seed(
+                    #p::TupleSeed((#((&#p::Wire::<#types>::new()).seed(),)*))
+                ) {
                     ::core::result::Result::Ok(args) => args,
                     ::core::result::Result::Err(fault) => {
                         return ::std::boxed::Box::pin(#p::ready(::core::result::Result::Err(fault)));
@@ -77,6 +91,12 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
                 #(#take_caller)*
                 ::std::boxed::Box::pin(async move {
                     let result = self.inner.#mname(#(#args),*).await;
+                    let result = match &result {
+                        ::core::result::Result::Ok(v) => {
+                            ::core::result::Result::Ok((&#p::Wire::<#ok>::new()).wire(v))
+                        }
+                        ::core::result::Result::Err(e) => ::core::result::Result::Err(e),
+                    };
                     #p::encode_result(&__pb_caller, result)
                 })
             }
@@ -197,6 +217,7 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
                 self: ::std::sync::Arc<Self>,
                 mut call: #p::IncomingCall,
             ) -> #p::BoxFuture<#p::Reply> {
+                use #p::{WireBytes as _, WireSerde as _};
                 match call.method() {
                     #(#arms)*
                     _ => {

@@ -1,0 +1,238 @@
+//! `bytes::Bytes` values that cross the wire without being copied.
+//!
+//! A received payload is a slice of the frame it came in, and a byte string inside it can be
+//! handed out as a slice of that frame too. `Bytes`'s own `Deserialize` cannot do that (serde
+//! hands it a borrowed `&[u8]` or a fresh `Vec<u8>`, never the buffer), so pb decodes `Bytes`
+//! itself where it can:
+//!
+//! - **Parameters and results of `#[pb::remote]` methods** typed `Bytes` (`bytes::Bytes`, or
+//!   `pb::Bytes`, the same type) need nothing: the generated code decodes them as slices of the
+//!   received frame.
+//! - **`Bytes` fields of your own types**: mark them `#[serde(with = "pb::zero_copy")]`
+//!   (this module, re-exported by the `pb` facade).
+//!
+//! The wire form is the one `Bytes` has anyway (a length and the bytes), so both ends need not
+//! agree on using it. Decoded outside a pb payload (another serde format, or bytes that are not
+//! in a frame), the value is copied, as `Bytes` would be.
+//!
+//! Byte strings under 4 KiB are copied all the same: that is cheap, and a small value kept for
+//! long should not keep a receive buffer alive. A slice does keep the buffer it came in alive
+//! (the frame, and what was read with it): to keep a small part of a large value for long, copy
+//! it (`Bytes::copy_from_slice`).
+//!
+//! ```
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Chunk {
+//!     offset: u64,
+//!     #[serde(with = "pb_core::codec::zero_copy")]
+//!     data: bytes::Bytes,
+//! }
+//! ```
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::{Serialize, Serializer};
+
+/// Serialize `bytes` as `Bytes` does (for `#[serde(with = "pb::zero_copy")]`).
+pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(bytes)
+}
+
+/// Deserialize a `Bytes` as a slice of the received frame when it is one, or a copy (for
+/// `#[serde(with = "pb::zero_copy")]`).
+pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+    deserializer.deserialize_bytes(SharedVisitor)
+}
+
+struct SharedVisitor;
+
+impl<'de> Visitor<'de> for SharedVisitor {
+    type Value = Bytes;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a byte string")
+    }
+
+    fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
+        Ok(super::share_borrowed(v))
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+        Ok(Bytes::copy_from_slice(v))
+    }
+
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+        Ok(Bytes::from(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes, E> {
+        Ok(Bytes::copy_from_slice(v.as_bytes()))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+        // Formats without a byte-string form (JSON) write bytes as a sequence of numbers. The
+        // hint is the peer's claim: capped, never trusted for the allocation.
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(b) = seq.next_element::<u8>()? {
+            v.push(b);
+        }
+        Ok(Bytes::from(v))
+    }
+}
+
+/// A seed that decodes a `Bytes` as [`deserialize`] does.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SharedBytes;
+
+impl<'de> DeserializeSeed<'de> for SharedBytes {
+    type Value = Bytes;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Bytes, D::Error> {
+        deserialize(d)
+    }
+}
+
+/// A `&Bytes` serialized as [`serialize`] does.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct BytesRef<'a>(pub &'a Bytes);
+
+impl Serialize for BytesRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize(self.0, serializer)
+    }
+}
+
+// ---- how generated code picks the zero-copy path for `Bytes` ----------------------------------
+//
+// `#[pb::remote]` sees a parameter's type only as tokens, and a type named `Bytes` may be
+// anyone's. It writes `(&Wire::<T>::new()).seed()` for every parameter: method lookup tries
+// `&Wire<T>` before `&&Wire<T>`, so the `Wire<Bytes>` impl wins exactly when `T` is
+// `bytes::Bytes`, and every other type takes the serde impl on `&Wire<T>`.
+
+/// Picks how generated code encodes and decodes a value of type `T`.
+#[doc(hidden)]
+pub struct Wire<T>(PhantomData<fn() -> T>);
+
+impl<T> Wire<T> {
+    /// The picker for `T`.
+    pub const fn new() -> Self {
+        Wire(PhantomData)
+    }
+}
+
+impl<T> Default for Wire<T> {
+    fn default() -> Self {
+        Wire::new()
+    }
+}
+
+/// The zero-copy path, for `bytes::Bytes`.
+#[doc(hidden)]
+pub trait WireBytes {
+    /// The decode seed.
+    fn seed(&self) -> SharedBytes;
+    /// The value to encode.
+    fn wire<'a>(&self, value: &'a Bytes) -> BytesRef<'a>;
+}
+
+impl WireBytes for Wire<Bytes> {
+    fn seed(&self) -> SharedBytes {
+        SharedBytes
+    }
+    fn wire<'a>(&self, value: &'a Bytes) -> BytesRef<'a> {
+        BytesRef(value)
+    }
+}
+
+/// The serde path, for every other type.
+#[doc(hidden)]
+pub trait WireSerde<T> {
+    /// The decode seed.
+    fn seed(&self) -> PhantomData<T>;
+    /// The value to encode.
+    fn wire<'a>(&self, value: &'a T) -> &'a T;
+}
+
+impl<T> WireSerde<T> for &Wire<T> {
+    fn seed(&self) -> PhantomData<T> {
+        PhantomData
+    }
+    fn wire<'a>(&self, value: &'a T) -> &'a T {
+        value
+    }
+}
+
+/// Decodes a tuple element by element with a seed for each (the arguments of a call).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct TupleSeed<S>(pub S);
+
+struct TupleVisitor<S>(S);
+
+macro_rules! tuple_seed {
+    ($len:expr => $($s:ident $i:tt),*) => {
+        impl<'de, $($s: DeserializeSeed<'de>),*> DeserializeSeed<'de> for TupleSeed<($($s,)*)> {
+            type Value = ($($s::Value,)*);
+
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_tuple($len, TupleVisitor(self.0))
+            }
+        }
+
+        impl<'de, $($s: DeserializeSeed<'de>),*> Visitor<'de> for TupleVisitor<($($s,)*)> {
+            type Value = ($($s::Value,)*);
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a tuple of size {}", $len)
+            }
+
+            #[allow(unused_mut, unused_variables)]
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                Ok(($(
+                    match seq.next_element_seed((self.0).$i)? {
+                        Some(v) => v,
+                        None => return Err(de::Error::invalid_length($i, &self_expecting($len))),
+                    },
+                )*))
+            }
+        }
+    };
+}
+
+/// What a short tuple's error says it expected.
+fn self_expecting(len: usize) -> impl de::Expected {
+    struct TupleOf(usize);
+    impl de::Expected for TupleOf {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a tuple of size {}", self.0)
+        }
+    }
+    TupleOf(len)
+}
+
+tuple_seed!(0 =>);
+tuple_seed!(1 => S0 0);
+tuple_seed!(2 => S0 0, S1 1);
+tuple_seed!(3 => S0 0, S1 1, S2 2);
+tuple_seed!(4 => S0 0, S1 1, S2 2, S3 3);
+tuple_seed!(5 => S0 0, S1 1, S2 2, S3 3, S4 4);
+tuple_seed!(6 => S0 0, S1 1, S2 2, S3 3, S4 4, S5 5);
+tuple_seed!(7 => S0 0, S1 1, S2 2, S3 3, S4 4, S5 5, S6 6);
+tuple_seed!(8 => S0 0, S1 1, S2 2, S3 3, S4 4, S5 5, S6 6, S7 7);
+tuple_seed!(9 => S0 0, S1 1, S2 2, S3 3, S4 4, S5 5, S6 6, S7 7, S8 8);
+tuple_seed!(10 => S0 0, S1 1, S2 2, S3 3, S4 4, S5 5, S6 6, S7 7, S8 8, S9 9);
+tuple_seed!(11 => S0 0, S1 1, S2 2, S3 3, S4 4, S5 5, S6 6, S7 7, S8 8, S9 9, S10 10);
+tuple_seed!(12 => S0 0, S1 1, S2 2, S3 3, S4 4, S5 5, S6 6, S7 7, S8 8, S9 9, S10 10, S11 11);
+tuple_seed!(13 => S0 0, S1 1, S2 2, S3 3, S4 4, S5 5, S6 6, S7 7, S8 8, S9 9, S10 10, S11 11,
+    S12 12);
+tuple_seed!(14 => S0 0, S1 1, S2 2, S3 3, S4 4, S5 5, S6 6, S7 7, S8 8, S9 9, S10 10, S11 11,
+    S12 12, S13 13);
+tuple_seed!(15 => S0 0, S1 1, S2 2, S3 3, S4 4, S5 5, S6 6, S7 7, S8 8, S9 9, S10 10, S11 11,
+    S12 12, S13 13, S14 14);
+tuple_seed!(16 => S0 0, S1 1, S2 2, S3 3, S4 4, S5 5, S6 6, S7 7, S8 8, S9 9, S10 10, S11 11,
+    S12 12, S13 13, S14 14, S15 15);

@@ -1,0 +1,97 @@
+//! `Bytes` values cross the wire without copies: decoded as slices of the received frame.
+
+mod common;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Two byte strings with their own `with` attribute, to see where they were decoded.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Pair {
+    #[serde(with = "pb::zero_copy")]
+    a: Bytes,
+    #[serde(with = "pb::zero_copy")]
+    b: Bytes,
+}
+
+#[pb::remote]
+trait Blobs {
+    /// Where the callee found its two arguments: `b` right after `a` and its length prefix
+    /// means both are slices of one buffer, the received frame.
+    async fn adjacent(&self, a: Bytes, b: Bytes) -> Result<bool, ()>;
+    async fn echo(&self, data: Bytes) -> Result<Bytes, ()>;
+    async fn pair(&self, a: Bytes, b: Bytes) -> Result<Pair, ()>;
+}
+
+struct BlobsImpl;
+
+/// Whether `b` starts right after `a` and its three-byte length prefix (bincode's varint for
+/// lengths from 251 to 65 535), as it does in the frame.
+fn follows(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() as usize + a.len() + 3 == b.as_ptr() as usize
+}
+
+/// Large enough to be shared rather than copied.
+const BIG: usize = 5000;
+
+impl Blobs for BlobsImpl {
+    async fn adjacent(&self, a: Bytes, b: Bytes) -> Result<bool, ()> {
+        Ok(follows(&a, &b))
+    }
+    async fn echo(&self, data: Bytes) -> Result<Bytes, ()> {
+        Ok(data)
+    }
+    async fn pair(&self, a: Bytes, b: Bytes) -> Result<Pair, ()> {
+        Ok(Pair { a, b })
+    }
+}
+
+#[tokio::test]
+async fn bytes_arguments_are_slices_of_the_received_frame() {
+    let (_server, client) = common::memory_pair(BlobsRef::new(BlobsImpl)).await;
+    let root: BlobsRef = client.root();
+    let (a, b) = (Bytes::from(vec![1u8; BIG]), Bytes::from(vec![2u8; BIG]));
+    assert_eq!(root.adjacent(a, b).await, Ok(true));
+    // Small ones are copied: they would keep the whole receive buffer alive.
+    let (a, b) = (Bytes::from(vec![1u8; 300]), Bytes::from(vec![2u8; 300]));
+    assert_eq!(root.adjacent(a, b).await, Ok(false));
+}
+
+#[tokio::test]
+async fn fields_marked_zero_copy_are_slices_of_the_received_frame() {
+    let (_server, client) = common::memory_pair(BlobsRef::new(BlobsImpl)).await;
+    let root: BlobsRef = client.root();
+    let (a, b) = (Bytes::from(vec![1u8; BIG]), Bytes::from(vec![2u8; BIG + 1]));
+    let pair = root.pair(a.clone(), b.clone()).await.unwrap();
+    assert_eq!((&pair.a, &pair.b), (&a, &b));
+    assert!(follows(&pair.a, &pair.b));
+}
+
+#[tokio::test]
+async fn bytes_results_round_trip_at_any_size() {
+    let (_server, client) = common::memory_pair(BlobsRef::new(BlobsImpl)).await;
+    let root: BlobsRef = client.root();
+    for len in [0, 1, 250, 251, 4095, 4096, 70_000, 1 << 20] {
+        let data = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<u8>>());
+        assert_eq!(root.echo(data.clone()).await, Ok(data), "{len} bytes");
+    }
+}
+
+#[test]
+fn outside_a_frame_the_value_is_copied() {
+    let pair = Pair {
+        a: Bytes::from(vec![7u8; BIG]),
+        b: Bytes::from_static(b"ab"),
+    };
+    let (encoded, _) = pb::codec::encode(&pair, None).unwrap();
+    let range = encoded.as_ptr() as usize..encoded.as_ptr() as usize + encoded.len();
+    // From a plain slice: a copy, equal.
+    let back: Pair = pb::codec::decode(&encoded, vec![]).unwrap();
+    assert_eq!((&back.a, &back.b), (&pair.a, &pair.b));
+    assert!(!range.contains(&(back.a.as_ptr() as usize)));
+    // From a `Bytes`: a slice of it if large, a copy if small.
+    let back: Pair = pb::codec::decode_shared(&encoded, vec![], 8).unwrap();
+    assert_eq!((&back.a, &back.b), (&pair.a, &pair.b));
+    assert!(range.contains(&(back.a.as_ptr() as usize)));
+    assert!(!range.contains(&(back.b.as_ptr() as usize)));
+}
