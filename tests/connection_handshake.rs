@@ -10,14 +10,7 @@ async fn version_mismatch_is_an_error_on_both_sides() {
     let (ours, mut theirs) = pb::transport::memory_pair();
     // The peer speaks a future version 9.
     let peer = tokio::spawn(async move {
-        let mut frame = BytesMut::new();
-        frame.extend_from_slice(&16u32.to_be_bytes());
-        Hello {
-            version: 9,
-            ..Hello::ours(Default::default())
-        }
-        .encode(&mut frame);
-        theirs.write_all(&frame).await.unwrap();
+        theirs.write_all(&version_9_hello()).await.unwrap();
         let mut got = [0u8; 20];
         theirs.read_exact(&mut got).await.unwrap();
         let our_hello = Hello::decode(&got[4..]).unwrap();
@@ -73,10 +66,8 @@ async fn a_silent_peer_times_out() {
     assert!(matches!(r, Err(ConnectError::Timeout(_))), "{r:?}");
 }
 
-/// A peer that answers our hello with a hello of version 9, after reading ours.
-async fn version_9_peer(mut theirs: tokio::io::DuplexStream) {
-    let mut got = [0u8; 20];
-    theirs.read_exact(&mut got).await.unwrap();
+/// A framed hello of a future version 9.
+fn version_9_hello() -> BytesMut {
     let mut frame = BytesMut::new();
     frame.extend_from_slice(&16u32.to_be_bytes());
     Hello {
@@ -84,7 +75,14 @@ async fn version_9_peer(mut theirs: tokio::io::DuplexStream) {
         ..Hello::ours(Default::default())
     }
     .encode(&mut frame);
-    theirs.write_all(&frame).await.unwrap();
+    frame
+}
+
+/// A peer that answers our hello with a hello of version 9, after reading ours.
+async fn version_9_peer(mut theirs: tokio::io::DuplexStream) {
+    let mut got = [0u8; 20];
+    theirs.read_exact(&mut got).await.unwrap();
+    theirs.write_all(&version_9_hello()).await.unwrap();
     let mut sink = Vec::new();
     let _ = theirs.read_to_end(&mut sink).await;
 }
