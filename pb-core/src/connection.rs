@@ -741,7 +741,9 @@ impl ConnShared {
             if out.first >= out.queue.len() {
                 return Pin::new(&mut *out.wr).poll_flush(cx);
             }
-            let Output { wr, queue, first } = &mut *out;
+            let Output {
+                wr, queue, first, ..
+            } = &mut *out;
             let pending = &queue[*first..];
             let mut n = if let [one] = pending {
                 // One chunk (the usual case for small frames): no slice array to fill.
@@ -801,9 +803,11 @@ impl ConnShared {
             return;
         };
         let Some(out) = guard.as_mut() else { return };
-        if out.first < out.queue.len() {
-            // A write is waiting for the transport; its waker belongs to the writer task. What
-            // the broker queued meanwhile joins the queue, so it counts as unsent.
+        if out.first < out.queue.len() || out.writer_waiting {
+            // A write (or a flush: a buffering transport such as TLS takes a write whole and
+            // makes the flush wait) is waiting for the transport; its waker belongs to the
+            // writer task, and a poll with our no-op waker would replace it. What the broker
+            // queued meanwhile joins the queue, so it counts as unsent.
             self.collect_output(out);
             drop(guard);
             self.wake_writer.notify_one();
@@ -1641,6 +1645,7 @@ impl Tasks {
             wr,
             queue: Vec::new(),
             first: 0,
+            writer_waiting: false,
         });
         let Tasks {
             rbuf,
@@ -1775,6 +1780,9 @@ struct Output {
     queue: Vec<Bytes>,
     /// The first chunk of `queue` not yet written.
     first: usize,
+    /// The writer task's last poll was left waiting for the transport (a write or a flush):
+    /// the transport holds the writer's waker, which no other poll may replace.
+    writer_waiting: bool,
 }
 
 /// Writes whatever the broker queues and nobody wrote directly: output queued by callers
@@ -1787,7 +1795,11 @@ async fn run_writer(conn: Arc<ConnShared>) {
         let mut stall: Option<(Pin<Box<tokio::time::Sleep>>, u64)> = None;
         let written = std::future::poll_fn(|cx| {
             let polled = match conn.lock_out().as_mut() {
-                Some(out) => conn.poll_output(out, cx),
+                Some(out) => {
+                    let polled = conn.poll_output(out, cx);
+                    out.writer_waiting = polled.is_pending();
+                    polled
+                }
                 None => Poll::Ready(Ok(())),
             };
             if polled.is_pending()
