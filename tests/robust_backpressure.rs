@@ -239,3 +239,38 @@ async fn two_peers_flooding_each_other_both_ways_finish_every_call() {
     assert!(a.stats().bytes_out as usize > 2 * EACH * SIZE);
     assert!(b.stats().bytes_out as usize > 2 * EACH * SIZE);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_tips_the_output_over_the_limit_still_goes_out_at_once() {
+    // With a 16-byte limit, the server's hello and one answer are over it as soon as the call
+    // has been handled: the reader moves them to the write queue (so they count), and they
+    // must still be written at once, not at the next keep-alive ping.
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let server = tokio::spawn(async move {
+        Connection::establish(
+            ours,
+            &config(16),
+            Side::Server,
+            Some(KitchenRef::new(KitchenImpl::default()).into()),
+            None,
+        )
+        .await
+        .unwrap()
+    });
+    let mut batch = HELLO.to_vec();
+    batch.extend_from_slice(&reverse_call(1, &[7u8; 300]));
+    theirs.write_all(&batch).await.unwrap();
+    let _server = server.await.unwrap();
+    let mut hello = [0u8; 20];
+    let mut len = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(1), async {
+        theirs.read_exact(&mut hello).await.unwrap();
+        theirs.read_exact(&mut len).await.unwrap();
+    })
+    .await
+    .expect("the hello and the answer are written at once");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    theirs.read_exact(&mut body).await.unwrap();
+    assert_eq!(body[0], 2, "an answer");
+    assert!(body.len() > 300);
+}

@@ -851,12 +851,20 @@ impl ConnShared {
         }
     }
 
-    /// Count what the broker queued as unsent without writing it (the next flush does).
+    /// Count what the broker queued as unsent without writing it; the writer task writes it.
     fn collect_now(&self) {
         if let Ok(mut guard) = self.out.try_lock()
             && let Some(out) = guard.as_mut()
         {
+            let before = out.queue.len() - out.first;
             self.collect_output(out);
+            let moved = out.queue.len() - out.first > before;
+            drop(guard);
+            // The broker no longer shows this output, so a flush that looks there (the end of
+            // the reader's batch) would miss it: the writer task sends it.
+            if moved {
+                self.wake_writer.notify_one();
+            }
         }
     }
 
