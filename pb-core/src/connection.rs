@@ -1346,18 +1346,25 @@ impl Connection {
     /// (up to the drain timeout), then close. Our own pending calls fail with `Disconnected`.
     pub async fn close(&self) {
         let shared = &self.shared;
-        shared.lock().start_draining();
-        shared.wake_writer.notify_one();
-        let drained = async {
-            loop {
-                let done = shared.call_done.notified();
-                if shared.lock().in_flight() == 0 {
-                    break;
-                }
-                done.await;
-            }
+        let busy = {
+            let mut broker = shared.lock();
+            broker.start_draining();
+            broker.in_flight() > 0
         };
-        let _ = tokio::time::timeout(shared.drain_timeout, drained).await;
+        shared.wake_writer.notify_one();
+        // Nothing running (the common case): no drain timer to arm.
+        if busy {
+            let drained = async {
+                loop {
+                    let done = shared.call_done.notified();
+                    if shared.lock().in_flight() == 0 {
+                        break;
+                    }
+                    done.await;
+                }
+            };
+            let _ = tokio::time::timeout(shared.drain_timeout, drained).await;
+        }
         shared.close(CloseReason::Local);
         shared.closed().await;
     }
