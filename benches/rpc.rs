@@ -872,6 +872,45 @@ struct Row {
     met: Option<bool>,
 }
 
+impl Row {
+    /// pb against its floor, with no target of its own.
+    fn vs(workload: &'static str, unit: &'static str, pb: f64, floor: f64) -> Row {
+        Row {
+            workload,
+            unit,
+            pb: Some(pb),
+            floor: Some(floor),
+            target: "-",
+            met: None,
+        }
+    }
+
+    /// The target for this row, and whether this run met it.
+    fn target(self, target: &'static str, met: bool) -> Row {
+        Row {
+            target,
+            met: Some(met),
+            ..self
+        }
+    }
+}
+
+/// A workload measured as one number per run, boxed so that the comparisons can take any.
+type Workload = fn(System, SocketAddr, Counts) -> BenchFuture;
+type BenchFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<f64>> + Send>>;
+
+fn pipelined_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
+    Box::pin(async move { vec![pipelined(sys, addr, c).await] })
+}
+
+fn bulk_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
+    Box::pin(async move { vec![bulk(sys, addr, c).await] })
+}
+
+fn connect_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
+    Box::pin(async move { vec![connect(sys, addr, c).await] })
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -1029,82 +1068,65 @@ fn main() {
         .build()
         .expect("tokio runtime");
 
+    // Every comparison runs the same client code against a floor server and a pb server.
+    let latencies = |floor: System, pb: System| {
+        let run = |sys: System| {
+            measure(&rt, sys, runs, move |a| async move {
+                let (p50, p99) = latency(sys, a, c).await;
+                vec![p50, p99]
+            })
+        };
+        (run(floor), run(pb))
+    };
+    let rates = |floor: System, pb: System, work: Workload| {
+        let run = |sys: System| measure(&rt, sys, runs, move |a| work(sys, a, c));
+        (run(floor), run(pb))
+    };
+
     let mut rows = Vec::new();
     let mut plain_p50 = None;
     if wants("latency") {
-        let f = measure(&rt, System::Floor, runs, |a| async move {
-            let (p50, p99) = latency(System::Floor, a, c).await;
-            vec![p50, p99]
-        });
-        let p = measure(&rt, System::Pb, runs, |a| async move {
-            let (p50, p99) = latency(System::Pb, a, c).await;
-            vec![p50, p99]
-        });
+        let (f, p) = latencies(System::Floor, System::Pb);
         plain_p50 = Some(p[0]);
-        rows.push(Row {
-            workload: "latency",
-            unit: "us p50 per call, lower is better",
-            pb: Some(p[0]),
-            floor: Some(f[0]),
-            target: "<= 1.10x",
-            met: Some(p[0] <= 1.10 * f[0]),
-        });
-        rows.push(Row {
-            workload: "latency_p99",
-            unit: "us p99 per call, lower is better",
-            pb: Some(p[1]),
-            floor: Some(f[1]),
-            target: "<= 1.2x",
-            met: Some(p[1] <= 1.2 * f[1]),
-        });
+        rows.push(
+            Row::vs("latency", "us p50 per call, lower is better", p[0], f[0])
+                .target("<= 1.10x", p[0] <= 1.10 * f[0]),
+        );
+        rows.push(
+            Row::vs(
+                "latency_p99",
+                "us p99 per call, lower is better",
+                p[1],
+                f[1],
+            )
+            .target("<= 1.2x", p[1] <= 1.2 * f[1]),
+        );
     }
     if wants("pipelined") {
-        let f = measure(&rt, System::Floor, runs, |a| async move {
-            vec![pipelined(System::Floor, a, c).await]
-        });
-        let p = measure(&rt, System::Pb, runs, |a| async move {
-            vec![pipelined(System::Pb, a, c).await]
-        });
-        rows.push(Row {
-            workload: "pipelined",
-            unit: "calls/s with 64 in flight, higher is better",
-            pb: Some(p[0]),
-            floor: Some(f[0]),
-            target: ">= 0.5x",
-            met: Some(p[0] >= 0.5 * f[0]),
-        });
+        let (f, p) = rates(System::Floor, System::Pb, pipelined_work);
+        rows.push(
+            Row::vs(
+                "pipelined",
+                "calls/s with 64 in flight, higher is better",
+                p[0],
+                f[0],
+            )
+            .target(">= 0.5x", p[0] >= 0.5 * f[0]),
+        );
     }
     if wants("bulk") {
-        let f = measure(&rt, System::Floor, runs, |a| async move {
-            vec![bulk(System::Floor, a, c).await]
-        });
-        let p = measure(&rt, System::Pb, runs, |a| async move {
-            vec![bulk(System::Pb, a, c).await]
-        });
-        rows.push(Row {
-            workload: "bulk",
-            unit: "MB/s of 1 MiB echoes, higher is better",
-            pb: Some(p[0]),
-            floor: Some(f[0]),
-            target: ">= 0.7x",
-            met: Some(p[0] >= 0.7 * f[0]),
-        });
+        let (f, p) = rates(System::Floor, System::Pb, bulk_work);
+        rows.push(
+            Row::vs("bulk", "MB/s of 1 MiB echoes, higher is better", p[0], f[0])
+                .target(">= 0.7x", p[0] >= 0.7 * f[0]),
+        );
     }
     if wants("connect") {
-        let f = measure(&rt, System::Floor, runs, |a| async move {
-            vec![connect(System::Floor, a, c).await]
-        });
-        let p = measure(&rt, System::Pb, runs, |a| async move {
-            vec![connect(System::Pb, a, c).await]
-        });
-        rows.push(Row {
-            workload: "connect",
-            unit: "connections/s, higher is better",
-            pb: Some(p[0]),
-            floor: Some(f[0]),
-            target: ">= 0.8x",
-            met: Some(p[0] >= 0.8 * f[0]),
-        });
+        let (f, p) = rates(System::Floor, System::Pb, connect_work);
+        rows.push(
+            Row::vs("connect", "connections/s, higher is better", p[0], f[0])
+                .target(">= 0.8x", p[0] >= 0.8 * f[0]),
+        );
     }
     if wants("refs") {
         let p = measure(
@@ -1113,14 +1135,18 @@ fn main() {
             runs,
             |a| async move { vec![refs(a, c).await] },
         );
-        rows.push(Row {
-            workload: "refs",
-            unit: "cycles/s with 64 in flight, higher is better",
-            pb: Some(p[0]),
-            floor: None,
-            target: ">= 100000/s",
-            met: Some(p[0] >= 100_000.0),
-        });
+        rows.push(
+            Row {
+                floor: None,
+                ..Row::vs(
+                    "refs",
+                    "cycles/s with 64 in flight, higher is better",
+                    p[0],
+                    f64::NAN,
+                )
+            }
+            .target(">= 100000/s", p[0] >= 100_000.0),
+        );
     }
     if wants("idle") {
         let per = |sys: System| {
@@ -1141,105 +1167,73 @@ fn main() {
         };
         let f = per(System::Floor);
         let p = per(System::Pb);
-        rows.push(Row {
-            workload: "idle",
-            unit: "KiB of server RSS per idle connection, lower is better",
-            pb: Some(p),
-            floor: Some(f),
-            target: "<= 16 KiB",
-            met: Some(p <= 16.0),
-        });
+        rows.push(
+            Row::vs(
+                "idle",
+                "KiB of server RSS per idle connection, lower is better",
+                p,
+                f,
+            )
+            .target("<= 16 KiB", p <= 16.0),
+        );
     }
 
     if wants("tls") {
-        let f = measure(&rt, System::FloorTls, runs, |a| async move {
-            let (p50, p99) = latency(System::FloorTls, a, c).await;
-            vec![p50, p99]
-        });
-        let p = measure(&rt, System::PbTls, runs, |a| async move {
-            let (p50, p99) = latency(System::PbTls, a, c).await;
-            vec![p50, p99]
-        });
-        rows.push(Row {
-            workload: "tls_latency",
-            unit: "us p50 per call over TLS 1.3 (floor also over TLS), lower is better",
-            pb: Some(p[0]),
-            floor: Some(f[0]),
-            target: "-",
-            met: None,
-        });
-        rows.push(Row {
-            workload: "tls_latency_p99",
-            unit: "us p99 per call over TLS 1.3 (floor also over TLS), lower is better",
-            pb: Some(p[1]),
-            floor: Some(f[1]),
-            target: "-",
-            met: None,
-        });
+        let (f, p) = latencies(System::FloorTls, System::PbTls);
+        rows.push(Row::vs(
+            "tls_latency",
+            "us p50 per call over TLS 1.3 (floor also over TLS), lower is better",
+            p[0],
+            f[0],
+        ));
+        rows.push(Row::vs(
+            "tls_latency_p99",
+            "us p99 per call over TLS 1.3 (floor also over TLS), lower is better",
+            p[1],
+            f[1],
+        ));
         // The target: pb over TLS against pb over plain TCP, both measured in this run.
         rows.push(Row {
-            workload: "tls_overhead",
-            unit: "us p50: pb over TLS (pb) against pb over plain TCP (floor), lower is better",
-            pb: Some(p[0]),
             floor: plain_p50,
-            target: "<= 1.10x",
             met: plain_p50.map(|plain| p[0] <= 1.10 * plain),
+            target: "<= 1.10x",
+            ..Row::vs(
+                "tls_overhead",
+                "us p50: pb over TLS (pb) against pb over plain TCP (floor), lower is better",
+                p[0],
+                f64::NAN,
+            )
         });
-        let f = measure(&rt, System::FloorTls, runs, |a| async move {
-            vec![pipelined(System::FloorTls, a, c).await]
-        });
-        let p = measure(&rt, System::PbTls, runs, |a| async move {
-            vec![pipelined(System::PbTls, a, c).await]
-        });
-        rows.push(Row {
-            workload: "tls_pipelined",
-            unit: "calls/s with 64 in flight over TLS 1.3 (floor also over TLS), higher is better",
-            pb: Some(p[0]),
-            floor: Some(f[0]),
-            target: "-",
-            met: None,
-        });
+        let (f, p) = rates(System::FloorTls, System::PbTls, pipelined_work);
+        rows.push(Row::vs(
+            "tls_pipelined",
+            "calls/s with 64 in flight over TLS 1.3 (floor also over TLS), higher is better",
+            p[0],
+            f[0],
+        ));
     }
     if wants("amp") {
         // The floor of the AMP rows is the plain framed echo, as for `latency` and `pipelined`.
-        let f = measure(&rt, System::Floor, runs, |a| async move {
-            let (p50, p99) = latency(System::Floor, a, c).await;
-            vec![p50, p99]
-        });
-        let p = measure(&rt, System::Amp, runs, |a| async move {
-            let (p50, p99) = latency(System::Amp, a, c).await;
-            vec![p50, p99]
-        });
-        rows.push(Row {
-            workload: "amp_latency",
-            unit: "us p50 per AMP call (floor: plain framed echo), lower is better",
-            pb: Some(p[0]),
-            floor: Some(f[0]),
-            target: "-",
-            met: None,
-        });
-        rows.push(Row {
-            workload: "amp_latency_p99",
-            unit: "us p99 per AMP call (floor: plain framed echo), lower is better",
-            pb: Some(p[1]),
-            floor: Some(f[1]),
-            target: "-",
-            met: None,
-        });
-        let f = measure(&rt, System::Floor, runs, |a| async move {
-            vec![pipelined(System::Floor, a, c).await]
-        });
-        let p = measure(&rt, System::Amp, runs, |a| async move {
-            vec![pipelined(System::Amp, a, c).await]
-        });
-        rows.push(Row {
-            workload: "amp_pipelined",
-            unit: "AMP calls/s with 64 in flight (floor: plain framed echo), higher is better",
-            pb: Some(p[0]),
-            floor: Some(f[0]),
-            target: "-",
-            met: None,
-        });
+        let (f, p) = latencies(System::Floor, System::Amp);
+        rows.push(Row::vs(
+            "amp_latency",
+            "us p50 per AMP call (floor: plain framed echo), lower is better",
+            p[0],
+            f[0],
+        ));
+        rows.push(Row::vs(
+            "amp_latency_p99",
+            "us p99 per AMP call (floor: plain framed echo), lower is better",
+            p[1],
+            f[1],
+        ));
+        let (f, p) = rates(System::Floor, System::Amp, pipelined_work);
+        rows.push(Row::vs(
+            "amp_pipelined",
+            "AMP calls/s with 64 in flight (floor: plain framed echo), higher is better",
+            p[0],
+            f[0],
+        ));
     }
 
     if json {
