@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::HELLO;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -14,10 +16,6 @@ use common::*;
 use pb::{CallError, CloseReason, Config, Connection, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const HELLO: [u8; 20] = [
-    0, 0, 0, 16, b'P', b'B', b'R', b'S', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-];
 
 /// Yield until `f` holds, for at most `secs` seconds of (real) time; for TCP tests, where the
 /// other side's progress is real I/O.

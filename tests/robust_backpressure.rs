@@ -7,15 +7,13 @@
 
 mod common;
 
+use common::HELLO;
+
 use std::time::Duration;
 
 use common::{KitchenImpl, KitchenRef};
 use pb::{CloseReason, Config, Connection, Limits, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-
-const HELLO: [u8; 20] = [
-    0, 0, 0, 16, b'P', b'B', b'R', b'S', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-];
 
 /// A small output limit, no keep-alive or idle timeout (only the stall timeout is under test).
 fn config(max_unsent: usize) -> Config {

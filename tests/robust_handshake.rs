@@ -1,14 +1,14 @@
 //! Hostile handshakes over an in-memory pipe: each is a clean error, never a panic or a hang.
 
+mod common;
+
+use common::HELLO;
+
 use std::time::Duration;
 
 use pb::pb_core::handshake::HandshakeError;
 use pb::{Config, ConnectError, Connection, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const HELLO: [u8; 20] = [
-    0, 0, 0, 16, b'P', b'B', b'R', b'S', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-];
 
 /// Run the server side of a handshake against `bytes` written by a raw peer, which then waits.
 async fn server_sees(bytes: &[u8]) -> Result<Connection, ConnectError> {

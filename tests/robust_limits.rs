@@ -3,12 +3,14 @@
 
 mod common;
 
+use common::raw_peer;
+
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use pb::{CallError, CloseReason, Config, Connection, ObjectRef, Side};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use pb::{CallError, CloseReason, Config, Connection, Side};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[pb::copyable]
 #[derive(Debug, Clone, PartialEq)]
@@ -147,28 +149,6 @@ async fn a_message_over_max_frame_len_is_refused_before_it_is_sent() {
         other => panic!("expected a limit error, got {other:?}"),
     }
     assert_eq!(k.reverse(vec![1, 2, 3]).await, Ok(vec![3, 2, 1]));
-}
-
-const HELLO: [u8; 20] = [
-    0, 0, 0, 16, b'P', b'B', b'R', b'S', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-];
-
-/// A server connection over an in-memory pipe and the raw peer end, handshake done.
-async fn raw_peer(config: Config) -> (Connection, DuplexStream) {
-    let (a, mut b) = pb::transport::memory_pair();
-    b.write_all(&HELLO).await.unwrap();
-    let server = Connection::establish(
-        a,
-        &config,
-        Side::Server,
-        Some(ObjectRef::from(KitchenRef::new(KitchenImpl::default()))),
-        None,
-    )
-    .await
-    .unwrap();
-    let mut hello = [0u8; 20];
-    b.read_exact(&mut hello).await.unwrap();
-    (server, b)
 }
 
 fn frame(body: &[u8]) -> Vec<u8> {

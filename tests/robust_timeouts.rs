@@ -2,33 +2,14 @@
 
 mod common;
 
+use common::raw_peer;
+
 use std::time::Duration;
 
 use common::*;
-use pb::{CloseReason, Config, Connection, ObjectRef, Side};
+use pb::{CloseReason, Config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::Instant;
-
-const HELLO: [u8; 20] = [
-    0, 0, 0, 16, b'P', b'B', b'R', b'S', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-];
-
-async fn raw_peer(config: Config) -> (Connection, DuplexStream) {
-    let (a, mut b) = pb::transport::memory_pair();
-    b.write_all(&HELLO).await.unwrap();
-    let server = Connection::establish(
-        a,
-        &config,
-        Side::Server,
-        Some(ObjectRef::from(KitchenRef::new(KitchenImpl::default()))),
-        None,
-    )
-    .await
-    .unwrap();
-    let mut hello = [0u8; 20];
-    b.read_exact(&mut hello).await.unwrap();
-    (server, b)
-}
 
 async fn read_frame(s: &mut DuplexStream) -> Vec<u8> {
     let mut len = [0u8; 4];

@@ -3,6 +3,10 @@
 //! nesting. The server answers with a fault or closes the offending connection cleanly, and a
 //! healthy client connected all along keeps being served.
 
+mod common;
+
+use common::HELLO;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -47,10 +51,6 @@ impl Shop for ShopImpl {
         std::future::pending().await
     }
 }
-
-const HELLO: [u8; 20] = [
-    0, 0, 0, 16, b'P', b'B', b'R', b'S', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-];
 
 const NO_SUCH_OBJECT: u8 = 1;
 const NO_SUCH_METHOD: u8 = 2;

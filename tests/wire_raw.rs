@@ -3,16 +3,14 @@
 
 mod common;
 
+use common::HELLO;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-const HELLO: [u8; 20] = [
-    0, 0, 0, 16, b'P', b'B', b'R', b'S', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-];
 
 async fn server(max_frame_len: usize) -> pb::ServerHandle {
     let mut config = pb::Config::default();

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use pb::{Caller, Connection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 #[pb::copyable]
 #[derive(Debug, Clone, PartialEq)]
@@ -186,4 +187,28 @@ pub async fn tcp_pair(root: impl Into<pb::ObjectRef>) -> (pb::ServerHandle, Conn
         .await
         .expect("connect");
     (server, conn)
+}
+
+/// The hello frame of this version of pb, as a raw peer sends it.
+pub const HELLO: [u8; 20] = [
+    0, 0, 0, 16, b'P', b'B', b'R', b'S', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
+
+/// A server connection serving a `KitchenImpl` over an in-memory pipe, and the raw peer end,
+/// handshake done.
+pub async fn raw_peer(config: pb::Config) -> (Connection, DuplexStream) {
+    let (a, mut b) = pb::transport::memory_pair();
+    b.write_all(&HELLO).await.unwrap();
+    let server = Connection::establish(
+        a,
+        &config,
+        pb::Side::Server,
+        Some(pb::ObjectRef::from(KitchenRef::new(KitchenImpl::default()))),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut hello = [0u8; 20];
+    b.read_exact(&mut hello).await.unwrap();
+    (server, b)
 }
