@@ -197,6 +197,18 @@ pub fn current_peer() -> Option<Connection> {
     ENCODING.with(|s| s.borrow().last().and_then(|cx| cx.peer.clone()))
 }
 
+/// The encode context for a value bound for `peer`: collects the references it contains.
+fn encoding_scope(peer: Option<&Connection>) -> Scope {
+    Scope::enter(
+        &ENCODING,
+        Context {
+            refs: Vec::new(),
+            peer: peer.cloned(),
+            frame: None,
+        },
+    )
+}
+
 /// Encode `value` after whatever `out` holds; returns the references it contains. `peer` is the
 /// connection the value is bound for (`None` for an in-process call).
 pub fn encode_into<T: Serialize + ?Sized>(
@@ -204,14 +216,7 @@ pub fn encode_into<T: Serialize + ?Sized>(
     peer: Option<&Connection>,
     out: &mut BytesMut,
 ) -> Result<Vec<ObjectRef>, CodecError> {
-    let scope = Scope::enter(
-        &ENCODING,
-        Context {
-            refs: Vec::new(),
-            peer: peer.cloned(),
-            frame: None,
-        },
-    );
+    let scope = encoding_scope(peer);
     bincode::serde::encode_into_writer(value, BytesMutWriter(out), bincode::config::standard())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     Ok(scope.take())
@@ -226,14 +231,7 @@ pub fn encode<T: Serialize + ?Sized>(
     // that encodes) finds an empty buffer instead of a borrowed one.
     let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     buf.clear();
-    let scope = Scope::enter(
-        &ENCODING,
-        Context {
-            refs: Vec::new(),
-            peer: peer.cloned(),
-            frame: None,
-        },
-    );
+    let scope = encoding_scope(peer);
     let encoded =
         bincode::serde::encode_into_writer(value, VecWriter(&mut buf), bincode::config::standard());
     let refs = scope.take();
