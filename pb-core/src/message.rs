@@ -457,7 +457,8 @@ impl Message {
                 };
                 let len = get_len(b, "method name", "MAX_METHOD_LEN", MAX_METHOD_LEN)?;
                 let method = get_bytes(b, len)?;
-                if std::str::from_utf8(&method).is_err() {
+                // Method names are nearly always ASCII: a byte loop instead of the general check.
+                if !method.iter().all(|&c| c < 0x80) && std::str::from_utf8(&method).is_err() {
                     return Err(MessageError::InvalidUtf8);
                 }
                 let refs = get_refs(b, limits)?;

@@ -84,6 +84,12 @@ impl IncomingCall {
         std::str::from_utf8(&self.method).unwrap_or("")
     }
 
+    /// The method's name as bytes: what a dispatcher that only compares the name matches on,
+    /// without checking it as UTF-8 again (generated dispatchers do).
+    pub fn method_bytes(&self) -> &[u8] {
+        &self.method
+    }
+
     /// Who is calling.
     pub fn caller(&self) -> &Caller {
         &self.caller

@@ -67,7 +67,8 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
 
     let arms = methods.iter().map(|m| {
         let mname = &m.name;
-        let mstr = mname.to_string();
+        // Matched as bytes: the name was checked as UTF-8 when the call was decoded.
+        let mbytes = syn::LitByteStr::new(mname.to_string().as_bytes(), mname.span());
         let sent: Vec<_> = m.params.iter().filter(|p| !p.is_caller).collect();
         let names = sent.iter().map(|p| &p.name);
         let types: Vec<_> = sent.iter().map(|p| &p.ty).collect();
@@ -78,7 +79,7 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
         });
         let args = m.params.iter().map(|p| &p.name);
         quote! {
-            #mstr => {
+            #mbytes => {
                 let (#(#names,)*): (#(#types,)*) = match call.decode_args_seed(
                     #p::TupleSeed((#((&#p::Wire::<#types>::new()).seed(),)*))
                 ) {
@@ -218,7 +219,7 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
                 mut call: #p::IncomingCall,
             ) -> #p::BoxFuture<#p::Reply> {
                 use #p::{WireBytes as _, WireSerde as _};
-                match call.method() {
+                match call.method_bytes() {
                     #(#arms)*
                     _ => {
                         let reply = call.no_such_method(<#stub as #p::Remote>::INTERFACE);
