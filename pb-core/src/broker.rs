@@ -31,8 +31,8 @@ use tokio::sync::oneshot;
 
 use crate::connection::{ConnShared, ExportLink, Imported};
 use crate::message::{
-    self, FaultKind, Message, MessageError, MessageLimits, RefDesc, encode_answer_head,
-    encode_call_head, encode_update_head,
+    self, FaultKind, Message, MessageError, MessageLimits, RefDesc, encode_answer_frame_head,
+    encode_answer_head, encode_call_head, encode_update_head,
 };
 use crate::object::{Fault, ObjectRef, Outcome, RefInner, Reply, disconnected_fault};
 
@@ -372,6 +372,11 @@ impl Broker {
     /// Finish a frame whose head is in `out` from `start`, with `payload` as its tail.
     fn push_payload(&mut self, start: usize, payload: Bytes) {
         self.patch_len(start, payload.len());
+        self.push_payload_framed(payload);
+    }
+
+    /// Finish a frame whose head, its length already counting `payload`, is in `out`.
+    fn push_payload_framed(&mut self, payload: Bytes) {
         if payload.len() >= ZERO_COPY_MIN {
             let head = self.out.split().freeze();
             self.chunks_len += head.len() + payload.len();
@@ -1019,7 +1024,23 @@ impl Broker {
         {
             return;
         }
-        let Some(reply) = reply else { return };
+        let reply = match reply {
+            None => return,
+            // Most answers carry no references: no export bookkeeping, nothing to follow, and
+            // the frame's length goes out with the envelope.
+            Some(Ok(o)) if o.refs.is_empty() => {
+                match self.frame_fits(16, &o.payload) {
+                    Ok(()) => {
+                        self.reserve_frame(16, &o.payload);
+                        encode_answer_frame_head(&mut self.out, id, o.ok, o.payload.len());
+                        self.push_payload_framed(o.payload);
+                    }
+                    Err(f) => self.send_fault(id, f.kind, f.message),
+                }
+                return;
+            }
+            Some(reply) => reply,
+        };
         let outcome = reply.and_then(|o| {
             let described = self
                 .frame_fits(16 + o.refs.len() * 10, &o.payload)

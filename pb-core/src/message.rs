@@ -621,6 +621,20 @@ pub(crate) fn encode_answer_head(out: &mut BytesMut, id: u64, ok: bool, refs: &[
     }
 }
 
+/// Encode the frame header and envelope of an answer without references, for a payload of
+/// `payload_len` bytes that follows directly: one copy for both.
+pub(crate) fn encode_answer_frame_head(out: &mut BytesMut, id: u64, ok: bool, payload_len: usize) {
+    let mut head = Head::new();
+    head.put(&[0; 4]);
+    head.put(&[TAG_ANSWER]);
+    head.varint(id);
+    // The outcome, and no references.
+    head.put(&[if ok { 0 } else { 1 }, 0]);
+    let len = (head.len - 4 + payload_len) as u32;
+    head.buf[..4].copy_from_slice(&len.to_be_bytes());
+    out.put_slice(head.as_slice());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
