@@ -84,27 +84,20 @@ type Stack = RefCell<Vec<Context>>;
 thread_local! {
     static ENCODING: Stack = const { RefCell::new(Vec::new()) };
     static DECODING: Stack = const { RefCell::new(Vec::new()) };
-    /// A reused encode buffer, so that encoding a small value allocates only its exact size.
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The chunk small values are encoded into and handed out from (see [`encode`]).
+    static SCRATCH: RefCell<Option<BytesMut>> = const { RefCell::new(None) };
 }
 
-/// Values encoded to at most this many bytes are copied out of the scratch buffer into an
-/// allocation of their exact size; larger ones take the buffer itself (no copy).
-const SCRATCH_COPY_MAX: usize = 4096;
+/// The size of the chunk small encoded values are handed out from. A value that encodes to
+/// more than this takes the chunk itself, and the next encode starts a new one.
+const SCRATCH_CHUNK: usize = 4096;
 
-/// A bincode writer appending to a `Vec` (bincode's `std::io::Write` adapter costs a call
+/// Below this much room left in the chunk, an encode first makes room: the chunk is reused
+/// from its start once every value handed out from it has been dropped, or a new one is made.
+const SCRATCH_LOW: usize = 256;
+
+/// A bincode writer appending to a `BytesMut` (bincode's `std::io::Write` adapter costs a call
 /// chain and an error check per byte).
-struct VecWriter<'a>(&'a mut Vec<u8>);
-
-impl bincode::enc::write::Writer for VecWriter<'_> {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-        self.0.extend_from_slice(bytes);
-        Ok(())
-    }
-}
-
-/// A bincode writer appending to a `BytesMut`.
 struct BytesMutWriter<'a>(&'a mut BytesMut);
 
 impl bincode::enc::write::Writer for BytesMutWriter<'_> {
@@ -223,28 +216,41 @@ pub fn encode_into<T: Serialize + ?Sized>(
 }
 
 /// Encode `value` into a new buffer; returns the bytes and the references it contains.
+///
+/// Small values are encoded into a chunk of a few KiB that this thread reuses, and handed out
+/// as slices of it (no allocation of their own): a payload that is sent, or decoded, and
+/// dropped costs no allocation. A small value kept for long keeps its chunk alive; copy it
+/// (`Bytes::copy_from_slice`) to keep it apart.
 pub fn encode<T: Serialize + ?Sized>(
     value: &T,
     peer: Option<&Connection>,
 ) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
     // Taken out of the thread-local for the duration, so a nested encode (a `Serialize` impl
-    // that encodes) finds an empty buffer instead of a borrowed one.
-    let mut buf = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    buf.clear();
+    // that encodes) finds no chunk instead of a borrowed one.
+    let mut buf = SCRATCH.with(|s| s.borrow_mut().take()).unwrap_or_default();
+    if buf.capacity() < SCRATCH_LOW {
+        // Reclaims the chunk when nothing handed out from it is alive any more.
+        buf.reserve(SCRATCH_CHUNK);
+    }
     let scope = encoding_scope(peer);
-    let encoded =
-        bincode::serde::encode_into_writer(value, VecWriter(&mut buf), bincode::config::standard());
+    let encoded = bincode::serde::encode_into_writer(
+        value,
+        BytesMutWriter(&mut buf),
+        bincode::config::standard(),
+    );
     let refs = scope.take();
     if let Err(e) = encoded {
-        SCRATCH.with(|s| *s.borrow_mut() = buf);
+        buf.clear();
+        SCRATCH.with(|s| *s.borrow_mut() = Some(buf));
         return Err(CodecError::Encode(e.to_string()));
     }
-    let bytes = if buf.len() <= SCRATCH_COPY_MAX {
-        let bytes = Bytes::copy_from_slice(&buf);
-        SCRATCH.with(|s| *s.borrow_mut() = buf);
+    let bytes = if buf.len() <= SCRATCH_CHUNK {
+        let bytes = buf.split().freeze();
+        SCRATCH.with(|s| *s.borrow_mut() = Some(buf));
         bytes
     } else {
-        Bytes::from(buf)
+        // A large value takes the whole buffer, which it outgrew anyway.
+        buf.freeze()
     };
     Ok((bytes, refs))
 }
