@@ -280,7 +280,7 @@ pub fn decode_shared<T: DeserializeOwned>(
 ) -> Result<T, CodecError> {
     decode_seed(
         payload,
-        Some(payload.clone()),
+        Some(payload),
         refs,
         max_depth,
         std::marker::PhantomData::<T>,
@@ -290,7 +290,7 @@ pub fn decode_shared<T: DeserializeOwned>(
 /// Decode with a `seed` instead of a type (generated code decodes `Bytes` arguments this way).
 pub(crate) fn decode_seed<S, V>(
     bytes: &[u8],
-    frame: Option<Bytes>,
+    frame: Option<&Bytes>,
     refs: Vec<ObjectRef>,
     max_depth: usize,
     seed: S,
@@ -304,14 +304,22 @@ where
             max: MAX_FRAME_LEN_CEILING,
         });
     }
-    let _scope = Scope::enter(
-        &DECODING,
-        Context {
-            refs,
-            peer: None,
-            frame,
-        },
-    );
+    // A context is needed only when the value can ask it something: a reference to resolve,
+    // or a byte string to share (at least `SHARE_MIN` bytes). Without one, both answer as an
+    // empty context would, unless this decode runs inside another, whose context it must hide.
+    let needed = !refs.is_empty()
+        || (frame.is_some() && bytes.len() >= SHARE_MIN)
+        || DECODING.with(|s| !s.borrow().is_empty());
+    let _scope = needed.then(|| {
+        Scope::enter(
+            &DECODING,
+            Context {
+                refs,
+                peer: None,
+                frame: frame.cloned(),
+            },
+        )
+    });
     let depth = depth::Depth::new(max_depth);
     let seed = depth::Seed {
         seed,
@@ -375,6 +383,45 @@ mod tests {
         let w: Vec<u128> = vec![1; 30_000];
         let (b, _) = encode(&w, None).unwrap();
         assert_eq!(decode::<Vec<u128>>(&b, vec![]).unwrap(), w);
+    }
+
+    struct Nothing;
+
+    static NOTHING: crate::object::Interface = crate::object::Interface {
+        name: "Nothing",
+        methods: &[],
+    };
+
+    impl crate::object::Dispatch for Nothing {
+        fn interface(&self) -> &'static crate::object::Interface {
+            &NOTHING
+        }
+        fn dispatch(
+            self: std::sync::Arc<Self>,
+            call: crate::object::IncomingCall,
+        ) -> crate::object::BoxFuture<crate::object::Reply> {
+            Box::pin(std::future::ready(call.no_such_method(&NOTHING)))
+        }
+    }
+
+    /// Decodes, while being decoded, a reference from bytes of its own that come with none.
+    struct Nested(Result<ObjectRef, CodecError>);
+
+    impl<'de> serde::Deserialize<'de> for Nested {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let inner = <Vec<u8> as serde::Deserialize>::deserialize(d)?;
+            Ok(Nested(decode::<ObjectRef>(&inner, vec![])))
+        }
+    }
+
+    #[test]
+    fn a_nested_decode_does_not_see_the_outer_references() {
+        let (inner, _) = encode(&0u32, None).unwrap();
+        let (outer, _) = encode(&(0u32, inner.to_vec()), None).unwrap();
+        let (first, nested): (ObjectRef, Nested) =
+            decode(&outer, vec![ObjectRef::local(Nothing)]).unwrap();
+        assert!(first.is_local());
+        assert!(matches!(nested.0, Err(CodecError::Decode(_))));
     }
 
     #[test]

@@ -120,8 +120,7 @@ impl IncomingCall {
             .caller
             .connection()
             .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        let frame = Some(self.args.clone());
-        codec::decode_seed(&self.args, frame, refs, max_depth, seed).map_err(|e| Fault {
+        codec::decode_seed(&self.args, Some(&self.args), refs, max_depth, seed).map_err(|e| Fault {
             kind: FaultKind::BadArguments,
             message: format!("cannot decode arguments of {}: {e}", self.method()),
         })
@@ -389,9 +388,15 @@ impl ObjectRef {
             Err(f) => return Err(CallError::from_fault(f)),
         };
         let bad = |e: CodecError| CallError::BadAnswer(format!("cannot decode the answer: {e}"));
-        let frame = Some(outcome.payload.clone());
         if outcome.ok {
-            codec::decode_seed(&outcome.payload, frame, outcome.refs, max_depth, seed).map_err(bad)
+            codec::decode_seed(
+                &outcome.payload,
+                Some(&outcome.payload),
+                outcome.refs,
+                max_depth,
+                seed,
+            )
+            .map_err(bad)
         } else {
             Err(CallError::Remote(
                 codec::decode_shared(&outcome.payload, outcome.refs, max_depth).map_err(bad)?,
