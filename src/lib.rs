@@ -95,10 +95,12 @@ pub mod prelude {
 #[doc(hidden)]
 pub mod __private {
     pub use pb_core::codec::current_peer;
-    pub use pb_core::codec::zero_copy::{TupleSeed, Wire, WireBytes, WireSerde};
+    pub use pb_core::codec::zero_copy::{
+        TupleSeed, Wire, WireAny, WireBytes, WirePlain, WireSerde,
+    };
     pub use pb_core::{
         BoxFuture, CallError, Copyable, Dispatch, IncomingCall, Interface, ObjectRef, Remote,
-        Reply, encode_result,
+        Reply, encode_reply, encode_result,
     };
     pub use serde;
     pub use std::future::ready;

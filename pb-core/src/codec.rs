@@ -215,6 +215,90 @@ pub fn encode_into<T: Serialize + ?Sized>(
     Ok(scope.take())
 }
 
+/// Types whose serde forms never ask pb's encode context anything: no object references, no
+/// state chosen per peer. The standard library's plain types and containers of them; sealed.
+/// Generated code encodes values of these types without entering the context (cheaper), and
+/// picks that path per type at compile time (see [`zero_copy::Wire`]).
+#[doc(hidden)]
+pub trait Plain: plain::Sealed {}
+
+mod plain {
+    /// Keeps [`super::Plain`] to the types listed here.
+    pub trait Sealed {}
+
+    macro_rules! plain {
+        ($($t:ty),* $(,)?) => {
+            $(
+                impl Sealed for $t {}
+                impl super::Plain for $t {}
+            )*
+        };
+    }
+
+    plain!(
+        (),
+        bool,
+        char,
+        u8,
+        u16,
+        u32,
+        u64,
+        u128,
+        usize,
+        i8,
+        i16,
+        i32,
+        i64,
+        i128,
+        isize,
+        f32,
+        f64,
+        str,
+        String,
+        bytes::Bytes,
+        std::time::Duration,
+    );
+
+    macro_rules! plain_generic {
+        ($(<$($p:ident),*> $t:ty),* $(,)?) => {
+            $(
+                impl<$($p: super::Plain),*> Sealed for $t {}
+                impl<$($p: super::Plain),*> super::Plain for $t {}
+            )*
+        };
+    }
+
+    plain_generic!(
+        <T> Option<T>,
+        <T> Vec<T>,
+        <T> std::collections::VecDeque<T>,
+        <T> std::collections::BTreeSet<T>,
+        <K, V> std::collections::BTreeMap<K, V>,
+        <T, E> Result<T, E>,
+        <T0> (T0,),
+        <T0, T1> (T0, T1),
+        <T0, T1, T2> (T0, T1, T2),
+        <T0, T1, T2, T3> (T0, T1, T2, T3),
+        <T0, T1, T2, T3, T4> (T0, T1, T2, T3, T4),
+        <T0, T1, T2, T3, T4, T5> (T0, T1, T2, T3, T4, T5),
+        <T0, T1, T2, T3, T4, T5, T6> (T0, T1, T2, T3, T4, T5, T6),
+        <T0, T1, T2, T3, T4, T5, T6, T7> (T0, T1, T2, T3, T4, T5, T6, T7),
+    );
+
+    impl<T: super::Plain + ?Sized> Sealed for Box<T> {}
+    impl<T: super::Plain + ?Sized> super::Plain for Box<T> {}
+    impl<T: super::Plain + ?Sized> Sealed for &T {}
+    impl<T: super::Plain + ?Sized> super::Plain for &T {}
+    impl<T: super::Plain> Sealed for [T] {}
+    impl<T: super::Plain> super::Plain for [T] {}
+    impl<T: super::Plain, const N: usize> Sealed for [T; N] {}
+    impl<T: super::Plain, const N: usize> super::Plain for [T; N] {}
+    impl<K: super::Plain, V: super::Plain, S> Sealed for std::collections::HashMap<K, V, S> {}
+    impl<K: super::Plain, V: super::Plain, S> super::Plain for std::collections::HashMap<K, V, S> {}
+    impl<T: super::Plain, S> Sealed for std::collections::HashSet<T, S> {}
+    impl<T: super::Plain, S> super::Plain for std::collections::HashSet<T, S> {}
+}
+
 /// Encode `value` into a new buffer; returns the bytes and the references it contains.
 ///
 /// Small values are encoded into a chunk of a few KiB that this thread reuses, and handed out
@@ -225,6 +309,20 @@ pub fn encode<T: Serialize + ?Sized>(
     value: &T,
     peer: Option<&Connection>,
 ) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
+    encode_in(value, Some(peer))
+}
+
+/// Encode a value of a [`Plain`] type (which has no references and asks no peer) without
+/// entering the encode context.
+pub(crate) fn encode_plain<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, CodecError> {
+    encode_in(value, None).map(|(bytes, _)| bytes)
+}
+
+/// Encode `value`, in the context of a value bound for `peer` unless `context` is `None`.
+fn encode_in<T: Serialize + ?Sized>(
+    value: &T,
+    context: Option<Option<&Connection>>,
+) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
     // Taken out of the thread-local for the duration, so a nested encode (a `Serialize` impl
     // that encodes) finds no chunk instead of a borrowed one.
     let mut buf = SCRATCH.with(|s| s.borrow_mut().take()).unwrap_or_default();
@@ -232,13 +330,13 @@ pub fn encode<T: Serialize + ?Sized>(
         // Reclaims the chunk when nothing handed out from it is alive any more.
         buf.reserve(SCRATCH_CHUNK);
     }
-    let scope = encoding_scope(peer);
+    let scope = context.map(encoding_scope);
     let encoded = bincode::serde::encode_into_writer(
         value,
         BytesMutWriter(&mut buf),
         bincode::config::standard(),
     );
-    let refs = scope.take();
+    let refs = scope.map(Scope::take).unwrap_or_default();
     if let Err(e) = encoded {
         buf.clear();
         SCRATCH.with(|s| *s.borrow_mut() = Some(buf));
@@ -422,6 +520,17 @@ mod tests {
             decode(&outer, vec![ObjectRef::local(Nothing)]).unwrap();
         assert!(first.is_local());
         assert!(matches!(nested.0, Err(CodecError::Decode(_))));
+    }
+
+    #[test]
+    fn generated_code_picks_the_plain_path_for_plain_types_only() {
+        use zero_copy::{Wire, WireAny as _, WirePlain as _};
+        assert!((&Wire::<u64>::new()).plain());
+        assert!((&Wire::<()>::new()).plain());
+        assert!((&Wire::<Option<Vec<(String, Bytes)>>>::new()).plain());
+        assert!(!(&Wire::<ObjectRef>::new()).plain());
+        assert!(!(&Wire::<Vec<ObjectRef>>::new()).plain());
+        assert!(!(&Wire::<(u8, Option<ObjectRef>)>::new()).plain());
     }
 
     #[test]

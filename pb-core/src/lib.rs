@@ -81,7 +81,7 @@ pub use connection::{
 };
 pub use object::{
     BoxFuture, CallError, Copyable, Dispatch, Fault, IncomingCall, Interface, ObjectRef, Outcome,
-    Remote, Reply, decode_outcome, encode_result,
+    Remote, Reply, decode_outcome, encode_reply, encode_result,
 };
 
 // --- AMP section (owned by the AMP work) ---

@@ -95,6 +95,11 @@ impl IncomingCall {
         &self.caller
     }
 
+    /// Who is calling, keeping nothing else of the call (once its arguments are decoded).
+    pub fn into_caller(self) -> Caller {
+        self.caller
+    }
+
     /// Decode the arguments as `A` (a tuple of the method's parameters).
     pub fn decode_args<A: DeserializeOwned>(&mut self) -> Result<A, Fault> {
         let refs = std::mem::take(&mut self.refs);
@@ -160,10 +165,31 @@ pub type Reply = Result<Outcome, Fault>;
 
 /// Encode a method's result as a [`Reply`] for `caller`.
 pub fn encode_result<T: Serialize, E: Serialize>(caller: &Caller, result: Result<T, E>) -> Reply {
-    let peer = caller.connection();
+    encode_reply(caller, result, (false, false))
+}
+
+/// As [`encode_result`]; `plain` says whether `T` and `E` are [`codec::Plain`], whose values
+/// are encoded without the encode context (what generated dispatchers do).
+#[doc(hidden)]
+pub fn encode_reply<T: Serialize, E: Serialize>(
+    caller: &Caller,
+    result: Result<T, E>,
+    plain: (bool, bool),
+) -> Reply {
+    fn encode<V: Serialize>(
+        value: &V,
+        plain: bool,
+        caller: &Caller,
+    ) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
+        if plain {
+            codec::encode_plain(value).map(|payload| (payload, Vec::new()))
+        } else {
+            codec::encode(value, caller.connection())
+        }
+    }
     let (ok, encoded) = match &result {
-        Ok(v) => (true, codec::encode(v, peer)),
-        Err(e) => (false, codec::encode(e, peer)),
+        Ok(v) => (true, encode(v, plain.0, caller)),
+        Err(e) => (false, encode(e, plain.1, caller)),
     };
     match encoded {
         Ok((payload, refs)) => Ok(Outcome { ok, payload, refs }),

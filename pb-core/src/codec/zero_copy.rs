@@ -112,7 +112,8 @@ impl Serialize for BytesRef<'_> {
 // `#[pb::remote]` sees a parameter's type only as tokens, and a type named `Bytes` may be
 // anyone's. It writes `(&Wire::<T>::new()).seed()` for every parameter: method lookup tries
 // `&Wire<T>` before `&&Wire<T>`, so the `Wire<Bytes>` impl wins exactly when `T` is
-// `bytes::Bytes`, and every other type takes the serde impl on `&Wire<T>`.
+// `bytes::Bytes`, and every other type takes the serde impl on `&Wire<T>`. In the same way,
+// `(&Wire::<T>::new()).plain()` is `true` exactly when `T` is `Plain`.
 
 /// Picks how generated code encodes and decodes a value of type `T`.
 #[doc(hidden)]
@@ -166,6 +167,28 @@ impl<T> WireSerde<T> for &Wire<T> {
         value
     }
 }
+
+/// `plain()` is `true` for a [`super::Plain`] type (the context-free encode path).
+#[doc(hidden)]
+pub trait WirePlain {
+    /// Whether the type is plain.
+    fn plain(&self) -> bool {
+        true
+    }
+}
+
+impl<T: super::Plain> WirePlain for Wire<T> {}
+
+/// `plain()` is `false` for every other type.
+#[doc(hidden)]
+pub trait WireAny {
+    /// Whether the type is plain.
+    fn plain(&self) -> bool {
+        false
+    }
+}
+
+impl<T> WireAny for &Wire<T> {}
 
 /// Decodes a tuple element by element with a seed for each (the arguments of a call).
 #[doc(hidden)]

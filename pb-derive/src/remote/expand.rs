@@ -72,7 +72,7 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
         let sent: Vec<_> = m.params.iter().filter(|p| !p.is_caller).collect();
         let names = sent.iter().map(|p| &p.name);
         let types: Vec<_> = sent.iter().map(|p| &p.ty).collect();
-        let ok = &m.ok;
+        let (ok, err) = (&m.ok, &m.err);
         let take_caller = m.params.iter().filter(|p| p.is_caller).map(|p| {
             let n = &p.name;
             quote!(let #n = ::core::clone::Clone::clone(call.caller());)
@@ -88,8 +88,8 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
                         return ::std::boxed::Box::pin(#p::ready(::core::result::Result::Err(fault)));
                     }
                 };
-                let __pb_caller = ::core::clone::Clone::clone(call.caller());
                 #(#take_caller)*
+                let __pb_caller = #p::IncomingCall::into_caller(call);
                 ::std::boxed::Box::pin(async move {
                     let result = self.inner.#mname(#(#args),*).await;
                     let result = match &result {
@@ -98,7 +98,15 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
                         }
                         ::core::result::Result::Err(e) => ::core::result::Result::Err(e),
                     };
-                    #p::encode_result(&__pb_caller, result)
+                    // Plain types are encoded without the encode context.
+                    #p::encode_reply(
+                        &__pb_caller,
+                        result,
+                        (
+                            (&#p::Wire::<#ok>::new()).plain(),
+                            (&#p::Wire::<#err>::new()).plain(),
+                        ),
+                    )
                 })
             }
         }
@@ -218,7 +226,7 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
                 self: ::std::sync::Arc<Self>,
                 mut call: #p::IncomingCall,
             ) -> #p::BoxFuture<#p::Reply> {
-                use #p::{WireBytes as _, WireSerde as _};
+                use #p::{WireAny as _, WireBytes as _, WirePlain as _, WireSerde as _};
                 match call.method_bytes() {
                     #(#arms)*
                     _ => {
