@@ -4,7 +4,7 @@
 //! it, calls awaiting answers, incoming calls in flight) and the request-id counter of our
 //! direction. Input comes in through `handle_frame`, `start_call`, `finish_call`,
 //! `cancel_call` and `release_imported`; output goes out through `take_transmit` (encoded
-//! frames) and `poll_event` (incoming calls to run). The tokio driver in
+//! frames) and what `handle_frame` returns (an incoming call to run). The tokio driver in
 //! [`crate::connection`] pumps it.
 //!
 //! ```text
@@ -21,7 +21,7 @@
 //! dropped, sends that count back in a release. The object is freed when its count reaches zero,
 //! so a release that crosses a new send of the same object never frees an object the peer holds.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Weak};
 use std::task::{Poll, Waker};
@@ -225,7 +225,6 @@ pub(crate) struct Broker {
     chunks_len: usize,
     releases: Vec<(u64, u64)>,
     violations: u32,
-    events: VecDeque<CallEvent>,
     /// References the peer revoked, to mark dead once the lock is released.
     revoked: Vec<Arc<Imported>>,
     /// Objects withdrawn under the lock, dropped once it is released.
@@ -266,7 +265,6 @@ impl Broker {
             chunks_len: 0,
             releases: Vec::new(),
             violations: 0,
-            events: VecDeque::new(),
             revoked: Vec::new(),
             graveyard: Vec::new(),
             close_fault: None,
@@ -330,10 +328,6 @@ impl Broker {
     /// Bytes queued for the peer and not yet taken by `take_transmit`.
     pub(crate) fn queued_bytes(&self) -> usize {
         self.out.len() + self.chunks_len
-    }
-
-    pub(crate) fn poll_event(&mut self) -> Option<CallEvent> {
-        self.events.pop_front()
     }
 
     /// Make room for `n` more bytes in the output buffer.
@@ -633,14 +627,15 @@ impl Broker {
 
     // ---- input -------------------------------------------------------------------------
 
-    /// Handle one frame body from the peer.
+    /// Handle one frame body from the peer: a call to run comes back (a frame holds at most
+    /// one).
     pub(crate) fn handle_frame(
         &mut self,
         body: Bytes,
         make: &dyn Fn(u64, u64) -> Arc<Imported>,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Option<CallEvent>, ProtocolError> {
         if self.state == State::Closed {
-            return Ok(());
+            return Ok(None);
         }
         match Message::decode(body, &self.limits.message)? {
             Message::Call {
@@ -660,6 +655,19 @@ impl Broker {
                 payload,
                 make,
             ),
+            message => self.handle_message(message, make).map(|()| None),
+        }
+    }
+
+    /// Handle a message that is not a call.
+    fn handle_message(
+        &mut self,
+        message: Message,
+        make: &dyn Fn(u64, u64) -> Arc<Imported>,
+    ) -> Result<(), ProtocolError> {
+        match message {
+            // `handle_frame` runs calls.
+            Message::Call { .. } => Ok(()),
             Message::Answer {
                 id,
                 ok,
@@ -791,7 +799,7 @@ impl Broker {
         descs: &[RefDesc],
         payload: Bytes,
         make: &dyn Fn(u64, u64) -> Arc<Imported>,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Option<CallEvent>, ProtocolError> {
         let (refs, error) = self.resolve(descs, make);
         let mut violated = false;
         let refused = if self.state != State::Open {
@@ -837,13 +845,19 @@ impl Broker {
             if answer {
                 self.send_fault(id, kind, message);
             }
-            return if violated { self.violation() } else { Ok(()) };
+            return if violated {
+                self.violation().map(|()| None)
+            } else {
+                Ok(None)
+            };
         }
-        let Some(object) = object else { return Ok(()) };
+        let Some(object) = object else {
+            return Ok(None);
+        };
         // Entered in the running table only if the handler has to wait (`watch_cancel`): most
         // calls are answered before the next frame is handled.
         self.in_flight += 1;
-        self.events.push_back(CallEvent {
+        Ok(Some(CallEvent {
             id,
             target,
             object,
@@ -852,8 +866,7 @@ impl Broker {
             refs,
             answer,
             deadline: deadline_ms.map(std::time::Duration::from_millis),
-        });
-        Ok(())
+        }))
     }
 
     /// Start a call to the peer's object `target`. With a waker, an answer is wanted: it is
@@ -1103,11 +1116,6 @@ impl Broker {
         self.imports.clear();
         self.export_keys.clear();
         self.releases.clear();
-        let events = std::mem::take(&mut self.events);
-        for ev in events {
-            self.graveyard.push(ev.object);
-            self.graveyard.extend(ev.refs);
-        }
         self.close_fault = Some(fault);
         let mut held: Vec<ObjectRef> = self.exports.drain().map(|(_, e)| e.object).collect();
         for object in &held {

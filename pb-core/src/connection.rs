@@ -524,29 +524,30 @@ impl ConnShared {
         let mut broker = self.lock();
         // Calls that handlers polled inline make now leave with the reader's flush.
         broker.in_batch = true;
+        // A frame yields at most one call, handed back directly.
         let result = broker.handle_frame(frame, &self.make_import());
         broker.take_wakers(wakers);
         let queued = broker.queued_bytes();
-        // A frame yields at most one call: no list allocated for it.
-        let first = broker.poll_event();
-        let mut more = Vec::new();
-        while let Some(ev) = broker.poll_event() {
-            more.push(ev);
-        }
         let revoked = broker.take_revoked();
         let dead = broker.take_graveyard();
         drop(broker);
         drop(dead);
         // Callers whose answers arrived; they run once the reader yields.
-        for w in wakers.drain(..) {
-            w.wake();
+        if !wakers.is_empty() {
+            for w in wakers.drain(..) {
+                w.wake();
+            }
         }
-        for ev in first.into_iter().chain(more) {
-            self.spawn_call(ev);
-        }
+        let result = result.map(|call| {
+            if let Some(ev) = call {
+                self.spawn_call(ev);
+            }
+        });
         // Outside our lock: revoking reaches into other connections.
-        for imp in revoked {
-            imp.revoke();
+        if !revoked.is_empty() {
+            for imp in revoked {
+                imp.revoke();
+            }
         }
         // Answers given inline count at once, so a batch of calls cannot queue without bound.
         self.note_queued(queued);
@@ -595,7 +596,7 @@ impl ConnShared {
             refs,
             caller,
         };
-        let mut fut = CatchUnwind(object.dispatch(call));
+        let mut fut = CatchUnwind(object.into_dispatch(call));
         // Without a deadline, poll the handler once right here: most answer without waiting,
         // and then the call costs no task, no wake-up, no cancellation channel and no running
         // entry, and its answer leaves with the reader's next flush. A handler that must wait

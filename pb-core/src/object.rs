@@ -470,6 +470,14 @@ impl ObjectRef {
         }
     }
 
+    /// As [`ObjectRef::dispatch`], consuming the reference (a local object's is not cloned).
+    pub(crate) fn into_dispatch(self, call: IncomingCall) -> BoxFuture<Reply> {
+        match self.0 {
+            RefInner::Local(d) => d.dispatch(call),
+            RefInner::Remote(_) => self.dispatch(call),
+        }
+    }
+
     /// The connection a remote object is reached through.
     pub fn peer(&self) -> Option<Connection> {
         match &self.0 {
