@@ -17,7 +17,7 @@
 mod depth;
 pub mod zero_copy;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
@@ -85,7 +85,7 @@ thread_local! {
     static ENCODING: Stack = const { RefCell::new(Vec::new()) };
     static DECODING: Stack = const { RefCell::new(Vec::new()) };
     /// The chunk small values are encoded into and handed out from (see [`encode`]).
-    static SCRATCH: RefCell<Option<BytesMut>> = const { RefCell::new(None) };
+    static SCRATCH: Cell<Option<BytesMut>> = const { Cell::new(None) };
 }
 
 /// The size of the chunk small encoded values are handed out from. A value that encodes to
@@ -325,7 +325,7 @@ fn encode_in<T: Serialize + ?Sized>(
 ) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
     // Taken out of the thread-local for the duration, so a nested encode (a `Serialize` impl
     // that encodes) finds no chunk instead of a borrowed one.
-    let mut buf = SCRATCH.with(|s| s.borrow_mut().take()).unwrap_or_default();
+    let mut buf = SCRATCH.with(Cell::take).unwrap_or_default();
     if buf.capacity() < SCRATCH_LOW {
         // Reclaims the chunk when nothing handed out from it is alive any more.
         buf.reserve(SCRATCH_CHUNK);
@@ -339,12 +339,12 @@ fn encode_in<T: Serialize + ?Sized>(
     let refs = scope.map(Scope::take).unwrap_or_default();
     if let Err(e) = encoded {
         buf.clear();
-        SCRATCH.with(|s| *s.borrow_mut() = Some(buf));
+        SCRATCH.with(|s| s.set(Some(buf)));
         return Err(CodecError::Encode(e.to_string()));
     }
     let bytes = if buf.len() <= SCRATCH_CHUNK {
         let bytes = buf.split().freeze();
-        SCRATCH.with(|s| *s.borrow_mut() = Some(buf));
+        SCRATCH.with(|s| s.set(Some(buf)));
         bytes
     } else {
         // A large value takes the whole buffer, which it outgrew anyway.

@@ -283,6 +283,17 @@ pub(crate) fn put_varint(out: &mut BytesMut, mut v: u64) {
 }
 
 fn get_varint(b: &mut Bytes) -> Result<u64, MessageError> {
+    // Most integers in an envelope (ids, lengths, counts) fit one byte.
+    if let Some(&byte) = b.first()
+        && byte < 0x80
+    {
+        b.advance(1);
+        return Ok(u64::from(byte));
+    }
+    get_varint_long(b)
+}
+
+fn get_varint_long(b: &mut Bytes) -> Result<u64, MessageError> {
     let mut v: u64 = 0;
     for shift in (0..64).step_by(7) {
         if !b.has_remaining() {
@@ -351,6 +362,11 @@ fn put_refs(out: &mut BytesMut, refs: &[RefDesc]) {
 }
 
 fn get_refs(b: &mut Bytes, limits: &MessageLimits) -> Result<Vec<RefDesc>, MessageError> {
+    // Most messages carry no references.
+    if b.first() == Some(&0) {
+        b.advance(1);
+        return Ok(Vec::new());
+    }
     let n = get_len(
         b,
         "reference count",
