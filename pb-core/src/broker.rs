@@ -31,8 +31,8 @@ use tokio::sync::oneshot;
 
 use crate::connection::{ConnShared, ExportLink, Imported};
 use crate::message::{
-    self, FaultKind, Message, MessageError, MessageLimits, RefDesc, encode_answer_frame_head,
-    encode_answer_head, encode_call_head, encode_update_head,
+    self, CallHead, FaultKind, Message, MessageError, MessageLimits, RefDesc,
+    encode_answer_frame_head, encode_answer_head, encode_call_head, encode_update_head,
 };
 use crate::object::{Fault, ObjectRef, Outcome, RefInner, Reply, disconnected_fault};
 
@@ -169,8 +169,11 @@ pub(crate) struct CallEvent {
     /// The target's id on this connection (0 for the root), for tracing.
     pub(crate) target: u64,
     pub(crate) object: ObjectRef,
-    pub(crate) method: Bytes,
-    pub(crate) args: Bytes,
+    /// The call's frame body; the method name and the arguments are slices of it.
+    pub(crate) body: Bytes,
+    pub(crate) method: std::ops::Range<usize>,
+    /// Where the arguments start in `body`.
+    pub(crate) args_at: usize,
     pub(crate) refs: Vec<ObjectRef>,
     /// Whether an answer is wanted (then the call can be cancelled: see
     /// [`Broker::watch_cancel`]).
@@ -637,26 +640,13 @@ impl Broker {
         if self.state == State::Closed {
             return Ok(None);
         }
-        match Message::decode(body, &self.limits.message)? {
-            Message::Call {
-                id,
-                target,
-                method,
-                answer,
-                deadline_ms,
-                refs,
-                payload,
-            } => self.handle_call(
-                id,
-                target,
-                method,
-                (answer, deadline_ms),
-                &refs,
-                payload,
-                make,
-            ),
-            message => self.handle_message(message, make).map(|()| None),
+        if message::is_call(&body) {
+            // The body is kept whole: the method name and arguments stay ranges of it.
+            let head = message::decode_call_head(&body, &self.limits.message)?;
+            return self.handle_call(head, body, make);
         }
+        let message = Message::decode(body, &self.limits.message)?;
+        self.handle_message(message, make).map(|()| None)
     }
 
     /// Handle a message that is not a call.
@@ -789,18 +779,22 @@ impl Broker {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn handle_call(
         &mut self,
-        id: u64,
-        target: u64,
-        method: Bytes,
-        (answer, deadline_ms): (bool, Option<u64>),
-        descs: &[RefDesc],
-        payload: Bytes,
+        head: CallHead,
+        body: Bytes,
         make: &dyn Fn(u64, u64) -> Arc<Imported>,
     ) -> Result<Option<CallEvent>, ProtocolError> {
-        let (refs, error) = self.resolve(descs, make);
+        let CallHead {
+            id,
+            target,
+            answer,
+            deadline_ms,
+            method,
+            refs: descs,
+            payload_at,
+        } = head;
+        let (refs, error) = self.resolve(&descs, make);
         let mut violated = false;
         let refused = if self.state != State::Open {
             Some((
@@ -861,8 +855,9 @@ impl Broker {
             id,
             target,
             object,
+            body,
             method,
-            args: payload,
+            args_at: payload_at,
             refs,
             answer,
             deadline: deadline_ms.map(std::time::Duration::from_millis),

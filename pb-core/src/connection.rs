@@ -32,7 +32,9 @@ use crate::cache::ReplicaSlot;
 use crate::frame::{FrameDecoder, HEADER_LEN};
 use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
 use crate::message::FaultKind;
-use crate::object::{Fault, IncomingCall, ObjectRef, Remote, Reply, disconnected_fault};
+use crate::object::{
+    Fault, IncomingCall, MethodName, ObjectRef, Remote, Reply, disconnected_fault,
+};
 
 /// A connection's recorded identity, of whatever type the application chose.
 type Identity = Arc<dyn Any + Send + Sync>;
@@ -560,8 +562,9 @@ impl ConnShared {
             id,
             target,
             object,
+            body,
             method,
-            args,
+            args_at,
             refs,
             answer,
             deadline,
@@ -573,7 +576,8 @@ impl ConnShared {
             peer = tracing::field::Empty,
             request_id = id,
             object = target,
-            method = std::str::from_utf8(&method).unwrap_or(""),
+            method =
+                std::str::from_utf8(body.get(method.clone()).unwrap_or_default()).unwrap_or(""),
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         );
@@ -591,8 +595,9 @@ impl ConnShared {
             deadline,
         };
         let call = IncomingCall {
-            method,
-            args,
+            body,
+            method: MethodName::InBody(method),
+            args_at,
             refs,
             caller,
         };

@@ -282,9 +282,9 @@ pub(crate) fn put_varint(out: &mut BytesMut, mut v: u64) {
     out.put_slice(&buf[..=n]);
 }
 
-fn get_varint(b: &mut Bytes) -> Result<u64, MessageError> {
+fn get_varint<B: Buf>(b: &mut B) -> Result<u64, MessageError> {
     // Most integers in an envelope (ids, lengths, counts) fit one byte.
-    if let Some(&byte) = b.first()
+    if let Some(&byte) = b.chunk().first()
         && byte < 0x80
     {
         b.advance(1);
@@ -293,7 +293,7 @@ fn get_varint(b: &mut Bytes) -> Result<u64, MessageError> {
     get_varint_long(b)
 }
 
-fn get_varint_long(b: &mut Bytes) -> Result<u64, MessageError> {
+fn get_varint_long<B: Buf>(b: &mut B) -> Result<u64, MessageError> {
     let mut v: u64 = 0;
     for shift in (0..64).step_by(7) {
         if !b.has_remaining() {
@@ -312,7 +312,7 @@ fn get_varint_long(b: &mut Bytes) -> Result<u64, MessageError> {
     Err(MessageError::IntegerOverflow)
 }
 
-fn get_u8(b: &mut Bytes) -> Result<u8, MessageError> {
+fn get_u8<B: Buf>(b: &mut B) -> Result<u8, MessageError> {
     if b.has_remaining() {
         Ok(b.get_u8())
     } else {
@@ -320,8 +320,8 @@ fn get_u8(b: &mut Bytes) -> Result<u8, MessageError> {
     }
 }
 
-fn get_len(
-    b: &mut Bytes,
+fn get_len<B: Buf>(
+    b: &mut B,
     field: &'static str,
     limit: &'static str,
     max: usize,
@@ -361,9 +361,9 @@ fn put_refs(out: &mut BytesMut, refs: &[RefDesc]) {
     }
 }
 
-fn get_refs(b: &mut Bytes, limits: &MessageLimits) -> Result<Vec<RefDesc>, MessageError> {
+fn get_refs<B: Buf>(b: &mut B, limits: &MessageLimits) -> Result<Vec<RefDesc>, MessageError> {
     // Most messages carry no references.
-    if b.first() == Some(&0) {
+    if b.chunk().first() == Some(&0) {
         b.advance(1);
         return Ok(Vec::new());
     }
@@ -460,34 +460,21 @@ impl Message {
 
     /// Decode a message body; the payload is a zero-copy slice of `body`.
     pub fn decode(mut body: Bytes, limits: &MessageLimits) -> Result<Message, MessageError> {
+        if is_call(&body) {
+            let head = decode_call_head(&body, limits)?;
+            return Ok(Message::Call {
+                id: head.id,
+                target: head.target,
+                method: body.slice(head.method),
+                answer: head.answer,
+                deadline_ms: head.deadline_ms,
+                refs: head.refs,
+                payload: body.slice(head.payload_at..),
+            });
+        }
         let b = &mut body;
+        // Calls were decoded above.
         let msg = match get_u8(b)? {
-            TAG_CALL => {
-                let flags = get_u8(b)?;
-                let id = get_varint(b)?;
-                let target = get_varint(b)?;
-                let deadline_ms = if flags & FLAG_DEADLINE != 0 {
-                    Some(get_varint(b)?)
-                } else {
-                    None
-                };
-                let len = get_len(b, "method name", "MAX_METHOD_LEN", MAX_METHOD_LEN)?;
-                let method = get_bytes(b, len)?;
-                // Method names are nearly always ASCII: a byte loop instead of the general check.
-                if !method.iter().all(|&c| c < 0x80) && std::str::from_utf8(&method).is_err() {
-                    return Err(MessageError::InvalidUtf8);
-                }
-                let refs = get_refs(b, limits)?;
-                return Ok(Message::Call {
-                    id,
-                    target,
-                    method,
-                    answer: flags & FLAG_ANSWER != 0,
-                    deadline_ms,
-                    refs,
-                    payload: body,
-                });
-            }
             TAG_ANSWER => {
                 let id = get_varint(b)?;
                 let ok = get_u8(b)? == 0;
@@ -553,6 +540,59 @@ impl Message {
         }
         Ok(msg)
     }
+}
+
+/// A call's envelope, with where its method name and payload are in the body.
+pub(crate) struct CallHead {
+    pub(crate) id: u64,
+    pub(crate) target: u64,
+    pub(crate) answer: bool,
+    pub(crate) deadline_ms: Option<u64>,
+    /// Where the method name is in the body (checked as UTF-8).
+    pub(crate) method: std::ops::Range<usize>,
+    pub(crate) refs: Vec<RefDesc>,
+    /// Where the payload starts in the body.
+    pub(crate) payload_at: usize,
+}
+
+/// Decode the envelope of the call whose whole body (tag included) is `body`, without slicing
+/// the body: the driver keeps the body and its ranges (see [`Message::decode`] for the checks).
+pub(crate) fn decode_call_head(
+    body: &[u8],
+    limits: &MessageLimits,
+) -> Result<CallHead, MessageError> {
+    let mut b = body;
+    if get_u8(&mut b)? != TAG_CALL {
+        return Err(MessageError::UnknownTag(body.first().copied().unwrap_or(0)));
+    }
+    let flags = get_u8(&mut b)?;
+    let id = get_varint(&mut b)?;
+    let target = get_varint(&mut b)?;
+    let deadline_ms = if flags & FLAG_DEADLINE != 0 {
+        Some(get_varint(&mut b)?)
+    } else {
+        None
+    };
+    let len = get_len(&mut b, "method name", "MAX_METHOD_LEN", MAX_METHOD_LEN)?;
+    let Some(method) = b.get(..len) else {
+        return Err(MessageError::Truncated);
+    };
+    // Method names are nearly always ASCII: a byte loop instead of the general check.
+    if !method.iter().all(|&c| c < 0x80) && std::str::from_utf8(method).is_err() {
+        return Err(MessageError::InvalidUtf8);
+    }
+    let method_at = body.len() - b.len();
+    b.advance(len);
+    let refs = get_refs(&mut b, limits)?;
+    Ok(CallHead {
+        id,
+        target,
+        answer: flags & FLAG_ANSWER != 0,
+        deadline_ms,
+        method: method_at..method_at + len,
+        refs,
+        payload_at: body.len() - b.len(),
+    })
 }
 
 /// Encode a call's envelope; the payload follows it directly.

@@ -61,18 +61,31 @@ pub trait Dispatch: Send + Sync + 'static {
 
 /// A call as the callee's dispatcher sees it.
 pub struct IncomingCall {
-    pub(crate) method: Bytes,
-    pub(crate) args: Bytes,
+    /// The buffer the arguments are a slice of: the call's frame body, or the arguments alone
+    /// for a call built here.
+    pub(crate) body: Bytes,
+    pub(crate) method: MethodName,
+    /// Where the arguments start in `body`.
+    pub(crate) args_at: usize,
     pub(crate) refs: Vec<ObjectRef>,
     pub(crate) caller: Caller,
+}
+
+/// Where a call's method name is.
+pub(crate) enum MethodName {
+    /// In the call's frame body, at this range (checked as UTF-8 when it was decoded).
+    InBody(std::ops::Range<usize>),
+    /// Given when the call was built here.
+    Own(Bytes),
 }
 
 impl IncomingCall {
     /// Build a call (used for local dispatch and in tests).
     pub fn new(method: &str, args: Bytes, refs: Vec<ObjectRef>, caller: Caller) -> IncomingCall {
         IncomingCall {
-            method: Bytes::copy_from_slice(method.as_bytes()),
-            args,
+            body: args,
+            method: MethodName::Own(Bytes::copy_from_slice(method.as_bytes())),
+            args_at: 0,
             refs,
             caller,
         }
@@ -81,13 +94,21 @@ impl IncomingCall {
     /// The method's name.
     pub fn method(&self) -> &str {
         // Validated as UTF-8 when the message was decoded or the call was built.
-        std::str::from_utf8(&self.method).unwrap_or("")
+        std::str::from_utf8(self.method_bytes()).unwrap_or("")
     }
 
     /// The method's name as bytes: what a dispatcher that only compares the name matches on,
     /// without checking it as UTF-8 again (generated dispatchers do).
     pub fn method_bytes(&self) -> &[u8] {
-        &self.method
+        match &self.method {
+            MethodName::InBody(range) => self.body.get(range.clone()).unwrap_or_default(),
+            MethodName::Own(name) => name,
+        }
+    }
+
+    /// The encoded arguments.
+    fn args(&self) -> &[u8] {
+        self.body.get(self.args_at..).unwrap_or_default()
     }
 
     /// Who is calling.
@@ -107,7 +128,14 @@ impl IncomingCall {
             .caller
             .connection()
             .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        codec::decode_shared(&self.args, refs, max_depth).map_err(|e| Fault {
+        codec::decode_seed(
+            self.args(),
+            Some(&self.body),
+            refs,
+            max_depth,
+            std::marker::PhantomData,
+        )
+        .map_err(|e| Fault {
             kind: FaultKind::BadArguments,
             message: format!("cannot decode arguments of {}: {e}", self.method()),
         })
@@ -125,9 +153,11 @@ impl IncomingCall {
             .caller
             .connection()
             .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        codec::decode_seed(&self.args, Some(&self.args), refs, max_depth, seed).map_err(|e| Fault {
-            kind: FaultKind::BadArguments,
-            message: format!("cannot decode arguments of {}: {e}", self.method()),
+        codec::decode_seed(self.args(), Some(&self.body), refs, max_depth, seed).map_err(|e| {
+            Fault {
+                kind: FaultKind::BadArguments,
+                message: format!("cannot decode arguments of {}: {e}", self.method()),
+            }
         })
     }
 
@@ -464,7 +494,8 @@ impl ObjectRef {
                         return Err(r.dead_fault());
                     }
                     let method = call.method().to_owned();
-                    r.conn.call(r.id, &method, call.args, call.refs).await
+                    let args = call.body.slice(call.args_at.min(call.body.len())..);
+                    r.conn.call(r.id, &method, args, call.refs).await
                 })
             }
         }
