@@ -1346,14 +1346,17 @@ impl Connection {
     /// (up to the drain timeout), then close. Our own pending calls fail with `Disconnected`.
     pub async fn close(&self) {
         let shared = &self.shared;
+        // Nothing running (the common case): no goodbye and no drain timer. The end of the
+        // stream follows at once and tells the peer; a goodbye matters while calls drain, when
+        // the peer must stop sending new ones (which fail with `ShuttingDown`, not lost).
         let busy = {
             let mut broker = shared.lock();
-            broker.start_draining();
-            broker.in_flight() > 0
+            let busy = broker.in_flight() > 0;
+            broker.start_draining(busy);
+            busy
         };
-        shared.wake_writer.notify_one();
-        // Nothing running (the common case): no drain timer to arm.
         if busy {
+            shared.wake_writer.notify_one();
             let drained = async {
                 loop {
                     let done = shared.call_done.notified();
@@ -1365,8 +1368,8 @@ impl Connection {
             };
             let _ = tokio::time::timeout(shared.drain_timeout, drained).await;
         }
+        // Marks the connection closed before it returns: nothing to wait for after it.
         shared.close(CloseReason::Local);
-        shared.closed().await;
     }
 
     /// Close at once: running calls are cancelled, pending calls fail.
