@@ -1,9 +1,10 @@
 //! The tokio driver that pumps a [`Broker`] over a transport, and the [`Connection`] handle.
 //!
-//! Each connection runs two tasks: a reader that decodes frames and feeds them to the broker
-//! (running the handlers of incoming calls inline, and writing a batch's answers at once), and
-//! a writer that drains what nobody wrote directly with vectored writes (so everything queued
-//! while a write was in progress goes out in one system call). A caller whose call is the only
+//! Each connection runs a reader task that decodes frames and feeds them to the broker
+//! (running the handlers of incoming calls inline, and writing a batch's answers at once), and,
+//! from the first time it is needed, a writer task that drains what nobody wrote directly with
+//! vectored writes (so everything queued while a write was in progress goes out in one system
+//! call). A caller whose call is the only
 //! one pending writes it itself. Handlers that have to wait run in tasks of their own. The
 //! broker sits behind a mutex held only for bookkeeping, never across an await.
 //!
@@ -228,7 +229,8 @@ pub(crate) struct ConnShared {
     /// The transport's write half: `None` before the connection is established and after the
     /// writer has shut it down. Whoever holds the lock may write (see [`ConnShared::flush_now`]).
     out: Mutex<Option<Output>>,
-    wake_writer: Notify,
+    /// Wakes the writer task, which starts on the first wake-up.
+    wake_writer: WriterWake,
     call_done: Notify,
     max_frame_len: AtomicUsize,
     /// `Limits::max_depth`, read by every decode of a value that came in on this connection.
@@ -272,7 +274,7 @@ impl ConnShared {
             releases: Mutex::new(Vec::new()),
             releases_queued: AtomicBool::new(false),
             out: Mutex::new(None),
-            wake_writer: Notify::new(),
+            wake_writer: WriterWake::default(),
             call_done: Notify::new(),
             max_frame_len: AtomicUsize::new(config.limits.max_frame_len),
             max_depth: config.limits.max_depth,
@@ -912,9 +914,30 @@ impl ConnShared {
             }
         });
         self.is_closed.store(true, Ordering::Release);
-        self.wake_writer.notify_one();
+        self.end_output();
         // Callers waiting for output space give up now.
         self.space.notify_waiters();
+    }
+
+    /// After the close: write what is left, then shut the write half down. Done here when the
+    /// writer task never started, nothing is left and the transport shuts down at once (TCP
+    /// does), so a short connection never starts the task; by the writer task otherwise.
+    fn end_output(&self) {
+        if !self.wake_writer.is_started()
+            && let Ok(mut guard) = self.out.try_lock()
+            && let Some(out) = guard.as_mut()
+        {
+            self.collect_output(out);
+            if out.first >= out.queue.len()
+                && Pin::new(&mut *out.wr)
+                    .poll_shutdown(&mut Context::from_waker(Waker::noop()))
+                    .is_ready()
+            {
+                *guard = None;
+                return;
+            }
+        }
+        self.wake_writer.notify_one();
     }
 
     fn stats(&self) -> TableStats {
@@ -1523,6 +1546,9 @@ async fn run_reader<R: AsyncRead + Unpin>(
     let side_waker = Waker::from(side.clone());
     let mut known_task = None;
     let mut held = Held::default();
+    // Our hello may wait in the output (the writer task starts only when needed): it leaves
+    // after the first batch at the latest, with that batch's answers.
+    let mut first = true;
     let reason = 'conn: loop {
         let mut any_frame = false;
         let mut handled = false;
@@ -1561,7 +1587,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
             }
         }
         // Answers and faults for the whole batch go out in one write.
-        if handled {
+        if handled || std::mem::take(&mut first) {
             conn.end_batch();
         }
         if conn.is_closed() {
@@ -1705,7 +1731,7 @@ impl Tasks {
                 );
             }
         }
-        tokio::spawn(run_writer(shared.clone()).instrument(span));
+        shared.wake_writer.prepare(shared, span);
     }
 }
 
@@ -1764,6 +1790,56 @@ impl std::task::Wake for SideWake {
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(task) = task {
             task.wake();
+        }
+    }
+}
+
+/// Wakes the connection's writer task, and starts it on the first wake-up: most output is
+/// written directly (by callers and the reader), so a short connection never needs the task,
+/// and never pays for spawning it.
+#[derive(Default)]
+struct WriterWake {
+    notify: Notify,
+    /// Set once the task is started (or can no longer be).
+    started: AtomicBool,
+    /// What starting the task takes, from the connection's start until the task starts.
+    start: Mutex<Option<(Weak<ConnShared>, tokio::runtime::Handle, tracing::Span)>>,
+}
+
+impl WriterWake {
+    /// Record what the writer task will run on (the current runtime) and in which span.
+    fn prepare(&self, conn: &Arc<ConnShared>, span: tracing::Span) {
+        let handle = tokio::runtime::Handle::current();
+        *self.start.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Arc::downgrade(conn), handle, span));
+    }
+
+    fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Wake the writer task, starting it if it is not running yet.
+    fn notify_one(&self) {
+        self.notify.notify_one();
+        if !self.is_started() {
+            self.start();
+        }
+    }
+
+    fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    #[cold]
+    fn start(&self) {
+        let start = self.start.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Before `prepare` there is nothing to start yet: the wake-up stays in `notify`.
+        let Some((conn, handle, span)) = start else {
+            return;
+        };
+        self.started.store(true, Ordering::Release);
+        if let Some(conn) = conn.upgrade() {
+            handle.spawn(run_writer(conn).instrument(span));
         }
     }
 }
