@@ -1424,15 +1424,18 @@ struct Timers {
 /// frame that never completes do not.
 struct Liveness {
     timers: Timers,
+    /// `Config::handshake_timeout` while the peer's hello is awaited (on a dialed connection).
+    hello: Option<Duration>,
     last_frame: tokio::time::Instant,
     ping_sent: bool,
     nonce: u64,
 }
 
 impl Liveness {
-    fn new(timers: Timers) -> Liveness {
+    fn new(timers: Timers, hello: Option<Duration>) -> Liveness {
         Liveness {
             timers,
+            hello,
             last_frame: tokio::time::Instant::now(),
             ping_sent: false,
             nonce: 0,
@@ -1440,7 +1443,13 @@ impl Liveness {
     }
 
     fn enabled(&self) -> bool {
-        self.timers.keepalive.is_some() || self.timers.idle.is_some()
+        self.timers.keepalive.is_some() || self.timers.idle.is_some() || self.hello.is_some()
+    }
+
+    /// The peer's hello arrived and was accepted.
+    fn hello_received(&mut self) {
+        self.hello = None;
+        self.frame_received();
     }
 
     fn frame_received(&mut self) {
@@ -1456,12 +1465,18 @@ impl Liveness {
             Some(d) if !self.ping_sent => self.last_frame + d,
             _ => far,
         };
-        idle.min(ping)
+        let hello = self.hello.map_or(far, |d| self.last_frame + d);
+        idle.min(ping).min(hello)
     }
 
     /// The timer fired: ping, give up, or just re-arm.
     fn on_timer(&mut self, conn: &ConnShared) -> Result<(), CloseReason> {
         let quiet = tokio::time::Instant::now().saturating_duration_since(self.last_frame);
+        if let Some(hello) = self.hello
+            && quiet >= hello
+        {
+            return Err(CloseReason::IdleTimeout(hello));
+        }
         if let Some(idle) = self.timers.idle
             && quiet >= idle
         {
@@ -1497,19 +1512,32 @@ async fn read_hello<R: AsyncRead + Unpin>(
     rbuf: &mut BytesMut,
     ours: &Hello,
 ) -> Result<(), ConnectError> {
-    let hello = hello_frame(ours);
-    while rbuf.len() < HEADER_LEN + HELLO_LEN {
-        // Check as soon as the header is in, so a non-pb peer is told apart early.
-        if rbuf.len() >= 8 && rbuf[..8] != hello[..8] {
-            break;
-        }
+    while !take_hello(rbuf, ours)? {
         if io.read_buf(rbuf).await? == 0 {
             return Err(ConnectError::Closed);
         }
     }
-    // The loop ends early when the first eight bytes (header and magic) are not ours, so
-    // the body may be incomplete here: never index into it.
-    let header_ok = rbuf.get(..HEADER_LEN) == hello.get(..HEADER_LEN);
+    Ok(())
+}
+
+/// The first eight bytes of every hello frame: its length and the magic.
+const HELLO_HEAD: [u8; 8] = {
+    let len = (HELLO_LEN as u32).to_be_bytes();
+    let m = crate::handshake::MAGIC;
+    [len[0], len[1], len[2], len[3], m[0], m[1], m[2], m[3]]
+};
+
+/// Check the peer's hello at the front of `rbuf` against ours and take it out: `false` while
+/// more bytes are needed to tell.
+fn take_hello(rbuf: &mut BytesMut, ours: &Hello) -> Result<bool, HandshakeError> {
+    // Check as soon as the header is in, so a non-pb peer is told apart early.
+    let differs = rbuf.get(..8).is_some_and(|head| head != HELLO_HEAD);
+    if rbuf.len() < HEADER_LEN + HELLO_LEN && !differs {
+        return Ok(false);
+    }
+    // When the first eight bytes (header and magic) are not ours, the body may be
+    // incomplete here: never index into it.
+    let header_ok = rbuf.get(..HEADER_LEN) == HELLO_HEAD.get(..HEADER_LEN);
     let body = rbuf.get(HEADER_LEN..HEADER_LEN + HELLO_LEN);
     let Some(body) = body.filter(|_| header_ok) else {
         // Report the four bytes where the magic should be, or the first four if even the
@@ -1519,26 +1547,32 @@ async fn read_hello<R: AsyncRead + Unpin>(
         for (m, b) in magic.iter_mut().zip(rbuf.iter().skip(at)) {
             *m = *b;
         }
-        return Err(HandshakeError::BadMagic { magic }.into());
+        return Err(HandshakeError::BadMagic { magic });
     };
     let theirs = Hello::decode(body)?;
     let _features = ours.negotiate(&theirs)?;
     bytes::Buf::advance(rbuf, HEADER_LEN + HELLO_LEN);
-    Ok(())
+    Ok(true)
 }
 
+/// The reader task. With `check` (our hello and the handshake timeout, on a dialed
+/// connection), the peer's hello is checked before any frame, within the timeout: the
+/// keep-alive timer keeps that deadline too, so the wait for the hello costs no timer or task
+/// of its own.
 async fn run_reader<R: AsyncRead + Unpin>(
     conn: Arc<ConnShared>,
     mut rd: R,
     mut rbuf: BytesMut,
     mut decoder: FrameDecoder,
     timers: Timers,
+    check: Option<(Hello, Duration)>,
 ) {
     // One wait for a local close, made once: polling it again is cheap, making it is not.
     let mut closed_rx = conn.closed.subscribe();
     let closed = closed_rx.wait_for(|r| r.is_some());
     tokio::pin!(closed);
-    let mut live = Liveness::new(timers);
+    let mut live = Liveness::new(timers, check.map(|(_, timeout)| timeout));
+    let mut check = check.map(|(ours, _)| ours);
     let mut wakers = Vec::new();
     let timer = tokio::time::sleep_until(live.deadline());
     tokio::pin!(timer);
@@ -1550,9 +1584,20 @@ async fn run_reader<R: AsyncRead + Unpin>(
     // after the first batch at the latest, with that batch's answers.
     let mut first = true;
     let reason = 'conn: loop {
+        if let Some(ours) = &check {
+            match take_hello(&mut rbuf, ours) {
+                Ok(true) => {
+                    check = None;
+                    live.hello_received();
+                }
+                Ok(false) => {}
+                Err(e) => break 'conn CloseReason::Handshake(e),
+            }
+        }
         let mut any_frame = false;
         let mut handled = false;
-        loop {
+        // No frame is taken before the peer's hello.
+        while check.is_none() {
             decoder.set_max_len(conn.max_frame_len.load(Ordering::Relaxed));
             match decoder.decode(&mut rbuf) {
                 Ok(Some(frame)) => {
@@ -1658,6 +1703,12 @@ async fn run_reader<R: AsyncRead + Unpin>(
             tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, %why, "closing connection: protocol violation")
         }
         CloseReason::Io(why) => tracing::debug!(connection = conn.id, %why, "connection failed"),
+        CloseReason::IdleTimeout(after) if check.is_some() => {
+            tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, ?after, "closing connection: pb handshake failed: no hello within handshake_timeout")
+        }
+        CloseReason::Handshake(e) => {
+            tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, error = %e, "closing connection: pb handshake failed")
+        }
         CloseReason::IdleTimeout(after) => {
             tracing::info!(connection = conn.id, peer = ?conn.peer_addr, ?after, "closing connection: no frame from the peer within idle_timeout")
         }
@@ -1699,38 +1750,10 @@ impl Tasks {
             check,
             handshake_timeout,
         } = self;
-        match check {
-            None => {
-                tokio::spawn(
-                    run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
-                );
-            }
-            Some(ours) => {
-                let timeout = handshake_timeout;
-                let conn = shared.clone();
-                tokio::spawn(
-                    async move {
-                        let (mut rd, mut rbuf) = (rd, rbuf);
-                        let checked = tokio::select! {
-                            r = tokio::time::timeout(timeout, read_hello(&mut rd, &mut rbuf, &ours)) => r,
-                            () = conn.closed() => return,
-                        };
-                        let reason = match checked {
-                            Ok(Ok(())) => {
-                                return run_reader(conn, rd, rbuf, decoder, timers).await;
-                            }
-                            Ok(Err(ConnectError::Handshake(e))) => CloseReason::Handshake(e),
-                            Ok(Err(ConnectError::Closed)) => CloseReason::PeerClosed,
-                            Ok(Err(e)) => CloseReason::Io(e.to_string()),
-                            Err(_) => CloseReason::IdleTimeout(timeout),
-                        };
-                        tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, ?reason, "closing connection: pb handshake failed");
-                        conn.close(reason);
-                    }
-                    .instrument(span.clone()),
-                );
-            }
-        }
+        let check = check.map(|ours| (ours, handshake_timeout));
+        tokio::spawn(
+            run_reader(shared.clone(), rd, rbuf, decoder, timers, check).instrument(span.clone()),
+        );
         shared.wake_writer.prepare(shared, span);
     }
 }
