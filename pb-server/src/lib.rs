@@ -262,14 +262,16 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     live: Live,
 ) {
+    // Each connection's task holds a permit until it ends: the permits count the tasks, so
+    // waiting for all of them at shutdown waits for every task, and no set of tasks has to be
+    // kept (and reaped, a wake-up of this loop per connection).
     let permits = Arc::new(Semaphore::new(builder.max_connections));
     let config = Arc::new(builder.config);
-    let mut tasks = JoinSet::new();
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            biased;
             _ = stop.wait_for(|s| *s) => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            r = listener.accept() => r,
         };
         let (stream, addr) = match accepted {
             Ok(a) => a,
@@ -291,7 +293,7 @@ async fn accept_loop(
         let config = config.clone();
         let live = live.clone();
         let stop = stop.clone();
-        tasks.spawn(async move {
+        tokio::spawn(async move {
             let _permit = permit;
             if *stop.borrow() {
                 return;
@@ -324,8 +326,18 @@ async fn accept_loop(
         });
     }
     drop(listener);
-    // Connections are closed by `ServerHandle::shutdown`; wait for their tasks to end.
-    while tasks.join_next().await.is_some() {}
+    // Connections are closed by `ServerHandle::shutdown`; wait for their tasks to end, that is
+    // for every permit to be back.
+    let mut left = builder.max_connections;
+    let mut back = Vec::new();
+    while left > 0 {
+        let n = u32::try_from(left).unwrap_or(u32::MAX);
+        match permits.clone().acquire_many_owned(n).await {
+            Ok(p) => back.push(p),
+            Err(_) => break,
+        }
+        left -= n as usize;
+    }
 }
 
 /// Refuse plaintext, run the TLS handshake within the handshake deadline, then serve the
