@@ -19,13 +19,13 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::broker::{Broker, CallEvent, Flush, Limits, ProtocolError, TableStats};
@@ -235,7 +235,10 @@ pub(crate) struct ConnShared {
     max_frame_len: AtomicUsize,
     /// `Limits::max_depth`, read by every decode of a value that came in on this connection.
     pub(crate) max_depth: usize,
-    closed: watch::Sender<Option<CloseReason>>,
+    /// Why the connection ended: set once, by the first close.
+    close_reason: OnceLock<CloseReason>,
+    /// Wakes those waiting for the close (one `notify_waiters`, made by the first close).
+    closed: Notify,
     /// Mirrors `closed.is_some()`: checked on every write and call, without the watch's lock.
     is_closed: AtomicBool,
     drain_timeout: Duration,
@@ -278,7 +281,8 @@ impl ConnShared {
             call_done: Notify::new(),
             max_frame_len: AtomicUsize::new(config.limits.max_frame_len),
             max_depth: config.limits.max_depth,
-            closed: watch::channel(None).0,
+            close_reason: OnceLock::new(),
+            closed: Notify::new(),
             is_closed: AtomicBool::new(false),
             drain_timeout: config.drain_timeout,
             identity: Mutex::new(None),
@@ -309,8 +313,13 @@ impl ConnShared {
     }
 
     pub(crate) async fn closed(&self) {
-        let mut rx = self.closed.subscribe();
-        let _ = rx.wait_for(|r| r.is_some()).await;
+        let notified = self.closed.notified();
+        tokio::pin!(notified);
+        // Registered before the check: a close after it wakes us.
+        notified.as_mut().enable();
+        if !self.is_closed() {
+            notified.await;
+        }
     }
 
     /// Whether more than `Limits::max_unsent_bytes` wait to be written (and have not yet
@@ -879,14 +888,18 @@ impl ConnShared {
 
     /// The fault of a call that fails because the connection has ended.
     pub(crate) fn close_fault(&self) -> Fault {
-        match &*self.closed.borrow() {
+        match self.close_reason.get() {
             Some(reason) => fault_of(reason),
             None => disconnected_fault(),
         }
     }
 
-    /// Mark the connection closed and fail everything pending.
+    /// Mark the connection closed and fail everything pending. Only the first close does
+    /// anything (the reader, seeing a local close, calls it again).
     pub(crate) fn close(&self, reason: CloseReason) {
+        if self.is_closed() {
+            return;
+        }
         let mut wakers = Vec::new();
         let (held, imports) = {
             let mut broker = self.lock();
@@ -905,15 +918,9 @@ impl ConnShared {
             imp.revoke();
         }
         drop(imports);
-        self.closed.send_if_modified(|r| {
-            if r.is_none() {
-                *r = Some(reason.clone());
-                true
-            } else {
-                false
-            }
-        });
+        let _ = self.close_reason.set(reason);
         self.is_closed.store(true, Ordering::Release);
+        self.closed.notify_waiters();
         self.end_output();
         // Callers waiting for output space give up now.
         self.space.notify_waiters();
@@ -1356,7 +1363,7 @@ impl Connection {
 
     /// Why the connection ended, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.shared.closed.borrow().clone()
+        self.shared.close_reason.get().cloned()
     }
 
     /// Completes when the connection ends (at once if it has). Every waiter is woken exactly
@@ -1568,8 +1575,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
     check: Option<(Hello, Duration)>,
 ) {
     // One wait for a local close, made once: polling it again is cheap, making it is not.
-    let mut closed_rx = conn.closed.subscribe();
-    let closed = closed_rx.wait_for(|r| r.is_some());
+    let closed = conn.closed();
     tokio::pin!(closed);
     let mut live = Liveness::new(timers, check.map(|(_, timeout)| timeout));
     let mut check = check.map(|(ours, _)| ours);
