@@ -30,7 +30,7 @@ use tracing::Instrument;
 
 use crate::broker::{Broker, CallEvent, Flush, Limits, ProtocolError, TableStats};
 use crate::cache::ReplicaSlot;
-use crate::frame::{FrameDecoder, HEADER_LEN};
+use crate::frame::{FrameDecoder, HEADER_LEN, MIN_READ};
 use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
 use crate::message::FaultKind;
 use crate::object::{Fault, IncomingCall, ObjectRef, Remote, Reply, disconnected_fault};
@@ -1157,7 +1157,8 @@ impl Connection {
     {
         let ours = Hello::ours(config.features);
         let hello = hello_frame(&ours);
-        let mut rbuf = BytesMut::with_capacity(256);
+        // The reader keeps this much room before each read anyway.
+        let mut rbuf = BytesMut::with_capacity(MIN_READ);
         let exchange = async {
             if side == Side::Client {
                 io.write_all(&hello).await?;
@@ -1208,7 +1209,8 @@ impl Connection {
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let ours = Hello::ours(config.features);
-        let rbuf = BytesMut::with_capacity(256);
+        // The reader keeps this much room before each read anyway.
+        let rbuf = BytesMut::with_capacity(MIN_READ);
         let conn = Connection::start(
             io,
             config,
@@ -1504,11 +1506,12 @@ impl Liveness {
 
 // --- end keep-alive ---
 
-/// Our hello as a whole frame.
-fn hello_frame(ours: &Hello) -> BytesMut {
-    let mut hello = BytesMut::with_capacity(HEADER_LEN + HELLO_LEN);
-    hello.put_u32(HELLO_LEN as u32);
-    ours.encode(&mut hello);
+/// Our hello as a whole frame (on the stack: it is copied into the output anyway).
+fn hello_frame(ours: &Hello) -> [u8; HEADER_LEN + HELLO_LEN] {
+    let mut hello = [0u8; HEADER_LEN + HELLO_LEN];
+    let mut out = &mut hello[..];
+    out.put_u32(HELLO_LEN as u32);
+    ours.encode(&mut out);
     hello
 }
 
