@@ -1,7 +1,8 @@
 //! The tokio driver that pumps a [`Broker`] over a transport, and the [`Connection`] handle.
 //!
-//! Each connection runs a reader task that decodes frames and feeds them to the broker
-//! (running the handlers of incoming calls inline, and writing a batch's answers at once), and,
+//! Each connection runs a reader that decodes frames and feeds them to the broker (running the
+//! handlers of incoming calls inline, and writing a batch's answers at once), in a task of its
+//! own or in one the caller already has ([`Connection::establish_with_reader`]), and,
 //! from the first time it is needed, a writer task that drains what nobody wrote directly with
 //! vectored writes (so everything queued while a write was in progress goes out in one system
 //! call). A caller whose call is the only
@@ -1146,12 +1147,51 @@ impl Connection {
     /// reaches as its root (`None` to serve nothing). A dialing side that wants its first call
     /// to leave at once uses [`Connection::dial`].
     pub async fn establish<T>(
-        mut io: T,
+        io: T,
         config: &Config,
         side: Side,
         root: Option<ObjectRef>,
         peer_addr: Option<SocketAddr>,
     ) -> Result<Connection, ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let established = Self::handshake(io, config, side, root, peer_addr, true).await?;
+        Ok(established.0)
+    }
+
+    /// As [`Connection::establish`], but the connection's reader is returned instead of
+    /// spawned: the connection reads from the peer (and so answers its calls, and notices
+    /// that it closed) only while the caller runs it. It completes once the connection has
+    /// closed. A server runs it in the task it already has for the connection, which spares a
+    /// task per connection.
+    pub async fn establish_with_reader<T>(
+        io: T,
+        config: &Config,
+        side: Side,
+        root: Option<ObjectRef>,
+        peer_addr: Option<SocketAddr>,
+    ) -> Result<(Connection, ConnectionReader), ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (conn, reader) = Self::handshake(io, config, side, root, peer_addr, false).await?;
+        // Without a reader to spawn, `start` hands it back (always, for a transport it split).
+        Ok((
+            conn,
+            reader.unwrap_or_else(|| Box::pin(std::future::ready(()))),
+        ))
+    }
+
+    /// `establish`, spawning the reader or handing it back.
+    async fn handshake<T>(
+        mut io: T,
+        config: &Config,
+        side: Side,
+        root: Option<ObjectRef>,
+        peer_addr: Option<SocketAddr>,
+        spawn: bool,
+    ) -> Result<(Connection, Option<ConnectionReader>), ConnectError>
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -1180,7 +1220,7 @@ impl Connection {
         }
         let answer = (side == Side::Server).then_some(ours);
         Ok(Connection::start(
-            io, config, side, root, peer_addr, rbuf, answer, None,
+            io, config, side, root, peer_addr, rbuf, answer, None, spawn,
         ))
     }
 
@@ -1211,7 +1251,7 @@ impl Connection {
         let ours = Hello::ours(config.features);
         // The reader keeps this much room before each read anyway.
         let rbuf = BytesMut::with_capacity(MIN_READ);
-        let conn = Connection::start(
+        let (conn, _) = Connection::start(
             io,
             config,
             Side::Client,
@@ -1220,12 +1260,14 @@ impl Connection {
             rbuf,
             Some(ours),
             Some(ours),
+            true,
         );
         Ok(conn)
     }
 
     /// Start the connection's tasks. `send` is our hello, queued as the first bytes, if it is
-    /// still to be sent; with `check`, the reader checks the peer's before any frame.
+    /// still to be sent; with `check`, the reader checks the peer's before any frame. Without
+    /// `spawn`, the reader is returned for the caller to run.
     #[allow(clippy::too_many_arguments)]
     fn start<T>(
         io: T,
@@ -1236,7 +1278,8 @@ impl Connection {
         rbuf: BytesMut,
         send: Option<Hello>,
         check: Option<Hello>,
-    ) -> Connection
+        spawn: bool,
+    ) -> (Connection, Option<ConnectionReader>)
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -1262,6 +1305,7 @@ impl Connection {
             span,
             check,
             handshake_timeout: config.handshake_timeout,
+            spawn,
         };
         // TCP splits into owned halves; any other transport goes through `tokio::io::split`,
         // whose halves share a lock taken on every read and write.
@@ -1269,12 +1313,13 @@ impl Connection {
         let tcp = (&mut io as &mut dyn Any)
             .downcast_mut::<Option<tokio::net::TcpStream>>()
             .and_then(Option::take);
+        let mut reader = None;
         if let Some(tcp) = tcp {
             let (rd, wr) = tcp.into_split();
-            tasks.start(&shared, rd, Box::new(wr));
+            reader = tasks.start(&shared, rd, Box::new(wr));
         } else if let Some(io) = io {
             let (rd, wr) = tokio::io::split(io);
-            tasks.start(&shared, rd, Box::new(wr));
+            reader = tasks.start(&shared, rd, Box::new(wr));
         }
         tracing::debug!(
             connection = shared.id,
@@ -1282,7 +1327,7 @@ impl Connection {
             ?peer_addr,
             "connection established"
         );
-        Connection { shared }
+        (Connection { shared }, reader)
     }
 
     /// The peer's root object, typed.
@@ -1736,6 +1781,8 @@ struct Tasks {
     /// Our hello, when the reader has to check the peer's before any frame.
     check: Option<Hello>,
     handshake_timeout: Duration,
+    /// Spawn the reader, or return it.
+    spawn: bool,
 }
 
 impl Tasks {
@@ -1744,7 +1791,7 @@ impl Tasks {
         shared: &Arc<ConnShared>,
         rd: R,
         wr: Box<dyn AsyncWrite + Send + Unpin>,
-    ) {
+    ) -> Option<ConnectionReader> {
         *shared.lock_out() = Some(Output {
             wr,
             queue: Vec::new(),
@@ -1758,14 +1805,23 @@ impl Tasks {
             span,
             check,
             handshake_timeout,
+            spawn,
         } = self;
         let check = check.map(|ours| (ours, handshake_timeout));
-        tokio::spawn(
-            run_reader(shared.clone(), rd, rbuf, decoder, timers, check).instrument(span.clone()),
-        );
+        let reader =
+            run_reader(shared.clone(), rd, rbuf, decoder, timers, check).instrument(span.clone());
         shared.wake_writer.prepare(shared, span);
+        if spawn {
+            tokio::spawn(reader);
+            None
+        } else {
+            Some(Box::pin(reader))
+        }
     }
 }
+
+/// A connection's reader, for the caller to run (see [`Connection::establish_with_reader`]).
+pub type ConnectionReader = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// What woke the reader.
 enum ReaderEvent {
