@@ -202,8 +202,11 @@ pub(crate) struct Broker {
     peer_goodbye: bool,
     root: Option<ObjectRef>,
     root_key: Option<usize>,
-    exports: HashMap<u64, Export>,
-    export_keys: HashMap<usize, u64>,
+    /// Keyed by ids we allocate (the peer only looks them up, it never chooses what goes in),
+    /// so a cheap hash will do.
+    exports: HashMap<u64, Export, BuildHasherDefault<IdHasher>>,
+    /// Keyed by the addresses of our own objects.
+    export_keys: HashMap<usize, u64, BuildHasherDefault<IdHasher>>,
     next_export: u64,
     imports: HashMap<u64, ImportSlot>,
     next_generation: u64,
@@ -250,8 +253,8 @@ impl Broker {
             peer_goodbye: false,
             root,
             root_key,
-            exports: HashMap::new(),
-            export_keys: HashMap::new(),
+            exports: HashMap::default(),
+            export_keys: HashMap::default(),
             next_export: 1,
             imports: HashMap::new(),
             next_generation: 1,
@@ -1101,14 +1104,21 @@ impl Broker {
     }
 }
 
-/// A multiplicative (Fibonacci) hash for the ids we allocate ourselves: one multiply instead
-/// of SipHash's rounds. Not for keys a peer chooses.
+/// A multiplicative (Fibonacci) hash for the ids and addresses we allocate ourselves: one
+/// multiply instead of SipHash's rounds. Not for keys a peer chooses (what is stored in the
+/// table must be ours; the peer may only look keys up).
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The table picks buckets with the low bits, and a product's low bits depend only on
+        // the key's low bits (all zero in aligned addresses): fold the high bits in.
+        self.0 ^ (self.0 >> 32)
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
     }
 
     fn write(&mut self, bytes: &[u8]) {
