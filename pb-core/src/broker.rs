@@ -409,25 +409,12 @@ impl Broker {
     /// the updates that must follow the message (caches that changed since they were encoded).
     fn describe(&mut self, refs: &[ObjectRef]) -> Result<Described, Fault> {
         // Check the quota before touching any count, so a refused message changes nothing.
-        let mut new_keys = Vec::new();
-        for r in refs {
-            if self.is_ours_to_return(r).is_some() {
-                continue;
-            }
-            if let Some(key) = export_key(r)
-                && Some(key) != self.root_key
-                && !self.export_keys.contains_key(&key)
-                && !new_keys.contains(&key)
-            {
-                new_keys.push(key);
-            }
-        }
-        if self.exports.len() + new_keys.len() > self.limits.max_exports {
+        let new_exports = self.count_new_exports(refs);
+        if self.exports.len() + new_exports > self.limits.max_exports {
             return Err(Fault {
                 kind: FaultKind::LimitExceeded,
                 message: format!(
-                    "exporting {} more objects would exceed the limit max_exports = {}",
-                    new_keys.len(),
+                    "exporting {new_exports} more objects would exceed the limit max_exports = {}",
                     self.limits.max_exports
                 ),
             });
@@ -484,6 +471,34 @@ impl Broker {
             }
         }
         Ok((descs, follow))
+    }
+
+    /// How many distinct objects in `refs` are not exported yet.
+    fn count_new_exports(&self, refs: &[ObjectRef]) -> usize {
+        let new_key = |r: &ObjectRef| {
+            if self.is_ours_to_return(r).is_some() {
+                return None;
+            }
+            export_key(r)
+                .filter(|&key| Some(key) != self.root_key && !self.export_keys.contains_key(&key))
+        };
+        // Most messages carry one or two references: no set to allocate for those.
+        if refs.len() <= 8 {
+            let keys = refs.iter().map(&new_key);
+            let mut seen = [None; 8];
+            let mut count = 0;
+            for key in keys.flatten() {
+                if !seen[..count].contains(&Some(key)) {
+                    seen[count] = Some(key);
+                    count += 1;
+                }
+            }
+            return count;
+        }
+        refs.iter()
+            .filter_map(new_key)
+            .collect::<std::collections::HashSet<usize>>()
+            .len()
     }
 
     /// Write what must follow a message.
