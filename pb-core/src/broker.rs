@@ -21,6 +21,7 @@
 //! dropped, sends that count back in a release. The object is freed when its count reaches zero,
 //! so a release that crosses a new send of the same object never frees an object the peer holds.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Weak};
@@ -580,7 +581,12 @@ impl Broker {
             match *d {
                 RefDesc::Sender(0) => refs.push(ObjectRef(RefInner::Remote(make(0, 0)))),
                 RefDesc::Sender(id) => {
-                    let existing = self.imports.get(&id).and_then(|s| s.handle.upgrade());
+                    // One lookup: the slot is reused, filled, or replaced if its handle died.
+                    let slot = self.imports.entry(id);
+                    let existing = match &slot {
+                        Entry::Occupied(s) => s.get().handle.upgrade(),
+                        Entry::Vacant(_) => None,
+                    };
                     let handle = match existing {
                         Some(h) => {
                             h.add_received();
@@ -590,13 +596,18 @@ impl Broker {
                             let generation = self.next_generation;
                             self.next_generation += 1;
                             let h = make(id, generation);
-                            self.imports.insert(
-                                id,
-                                ImportSlot {
-                                    handle: Arc::downgrade(&h),
-                                    generation,
-                                },
-                            );
+                            let fresh = ImportSlot {
+                                handle: Arc::downgrade(&h),
+                                generation,
+                            };
+                            match slot {
+                                Entry::Occupied(mut s) => {
+                                    s.insert(fresh);
+                                }
+                                Entry::Vacant(s) => {
+                                    s.insert(fresh);
+                                }
+                            }
                             h
                         }
                     };
@@ -621,12 +632,10 @@ impl Broker {
 
     /// Our last handle to an imported reference was dropped: tell the owner.
     pub(crate) fn release_imported(&mut self, id: u64, generation: u64, count: u64) {
-        if self
-            .imports
-            .get(&id)
-            .is_some_and(|s| s.generation == generation)
+        if let Entry::Occupied(s) = self.imports.entry(id)
+            && s.get().generation == generation
         {
-            self.imports.remove(&id);
+            s.remove();
         }
         if self.state != State::Closed && count > 0 {
             self.releases.push((id, count));
