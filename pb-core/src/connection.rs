@@ -2,12 +2,12 @@
 //!
 //! Each connection runs a reader that decodes frames and feeds them to the broker (running the
 //! handlers of incoming calls inline, and writing a batch's answers at once), in a task of its
-//! own or in one the caller already has ([`Connection::establish_with_reader`]), and,
-//! from the first time it is needed, a writer task that drains what nobody wrote directly with
-//! vectored writes (so everything queued while a write was in progress goes out in one system
-//! call). A caller whose call is the only
-//! one pending writes it itself. Handlers that have to wait run in tasks of their own. The
-//! broker sits behind a mutex held only for bookkeeping, never across an await.
+//! own or in one the caller already has ([`Connection::establish_with_reader`]), and, from the
+//! first time it is needed, a writer task that drains what nobody wrote directly with vectored
+//! writes (so everything queued while a write was in progress goes out in one system call). A
+//! caller whose call is the only one pending writes it itself. Handlers that have to wait run
+//! in tasks of their own. The broker sits behind a mutex held only for bookkeeping, never
+//! across an await.
 //!
 //! Dropping the last handle to an imported reference must not take the broker's lock (it may
 //! happen anywhere, even while the lock is held), so releases go through a queue of their own
@@ -240,7 +240,7 @@ pub(crate) struct ConnShared {
     close_reason: OnceLock<CloseReason>,
     /// Wakes those waiting for the close (one `notify_waiters`, made by the first close).
     closed: Notify,
-    /// Mirrors `closed.is_some()`: checked on every write and call, without the watch's lock.
+    /// Set by the first close, after `close_reason`: checked on every write and call.
     is_closed: AtomicBool,
     drain_timeout: Duration,
     identity: Mutex<Option<Identity>>,
