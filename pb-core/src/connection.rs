@@ -921,8 +921,11 @@ impl ConnShared {
         self.is_closed.store(true, Ordering::Release);
         self.closed.notify_waiters();
         self.end_output();
-        // Callers waiting for output space give up now.
-        self.space.notify_waiters();
+        // Callers waiting for output space give up now. Only a congested output has any: they
+        // wait only after seeing it congested, and its end wakes them.
+        if self.is_congested() {
+            self.space.notify_waiters();
+        }
     }
 
     /// After the close: write what is left, then shut the write half down. Done here when the
