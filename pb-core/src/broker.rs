@@ -22,6 +22,7 @@
 //! so a release that crosses a new send of the same object never frees an object the peer holds.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Weak};
 use std::task::{Poll, Waker};
@@ -205,8 +206,11 @@ pub(crate) struct Broker {
     peer_goodbye: bool,
     root: Option<ObjectRef>,
     root_key: Option<usize>,
-    exports: HashMap<u64, Export>,
-    export_keys: HashMap<usize, u64>,
+    /// Keyed by ids we allocate (the peer only looks them up, it never chooses what goes in),
+    /// so a cheap hash will do.
+    exports: HashMap<u64, Export, BuildHasherDefault<IdHasher>>,
+    /// Keyed by the addresses of our own objects.
+    export_keys: HashMap<usize, u64, BuildHasherDefault<IdHasher>>,
     next_export: u64,
     imports: HashMap<u64, ImportSlot>,
     next_generation: u64,
@@ -252,8 +256,8 @@ impl Broker {
             peer_goodbye: false,
             root,
             root_key,
-            exports: HashMap::new(),
-            export_keys: HashMap::new(),
+            exports: HashMap::default(),
+            export_keys: HashMap::default(),
             next_export: 1,
             imports: HashMap::new(),
             next_generation: 1,
@@ -408,25 +412,12 @@ impl Broker {
     /// the updates that must follow the message (caches that changed since they were encoded).
     fn describe(&mut self, refs: &[ObjectRef]) -> Result<Described, Fault> {
         // Check the quota before touching any count, so a refused message changes nothing.
-        let mut new_keys = Vec::new();
-        for r in refs {
-            if self.is_ours_to_return(r).is_some() {
-                continue;
-            }
-            if let Some(key) = export_key(r)
-                && Some(key) != self.root_key
-                && !self.export_keys.contains_key(&key)
-                && !new_keys.contains(&key)
-            {
-                new_keys.push(key);
-            }
-        }
-        if self.exports.len() + new_keys.len() > self.limits.max_exports {
+        let new_exports = self.count_new_exports(refs);
+        if self.exports.len() + new_exports > self.limits.max_exports {
             return Err(Fault {
                 kind: FaultKind::LimitExceeded,
                 message: format!(
-                    "exporting {} more objects would exceed the limit max_exports = {}",
-                    new_keys.len(),
+                    "exporting {new_exports} more objects would exceed the limit max_exports = {}",
                     self.limits.max_exports
                 ),
             });
@@ -483,6 +474,34 @@ impl Broker {
             }
         }
         Ok((descs, follow))
+    }
+
+    /// How many distinct objects in `refs` are not exported yet.
+    fn count_new_exports(&self, refs: &[ObjectRef]) -> usize {
+        let new_key = |r: &ObjectRef| {
+            if self.is_ours_to_return(r).is_some() {
+                return None;
+            }
+            export_key(r)
+                .filter(|&key| Some(key) != self.root_key && !self.export_keys.contains_key(&key))
+        };
+        // Most messages carry one or two references: no set to allocate for those.
+        if refs.len() <= 8 {
+            let keys = refs.iter().map(&new_key);
+            let mut seen = [None; 8];
+            let mut count = 0;
+            for key in keys.flatten() {
+                if !seen[..count].contains(&Some(key)) {
+                    seen[count] = Some(key);
+                    count += 1;
+                }
+            }
+            return count;
+        }
+        refs.iter()
+            .filter_map(new_key)
+            .collect::<std::collections::HashSet<usize>>()
+            .len()
     }
 
     /// Write what must follow a message.
@@ -564,7 +583,12 @@ impl Broker {
             match *d {
                 RefDesc::Sender(0) => refs.push(ObjectRef(RefInner::Remote(make(0, 0)))),
                 RefDesc::Sender(id) => {
-                    let existing = self.imports.get(&id).and_then(|s| s.handle.upgrade());
+                    // One lookup: the slot is reused, filled, or replaced if its handle died.
+                    let slot = self.imports.entry(id);
+                    let existing = match &slot {
+                        Entry::Occupied(s) => s.get().handle.upgrade(),
+                        Entry::Vacant(_) => None,
+                    };
                     let handle = match existing {
                         Some(h) => {
                             h.add_received();
@@ -574,13 +598,18 @@ impl Broker {
                             let generation = self.next_generation;
                             self.next_generation += 1;
                             let h = make(id, generation);
-                            self.imports.insert(
-                                id,
-                                ImportSlot {
-                                    handle: Arc::downgrade(&h),
-                                    generation,
-                                },
-                            );
+                            let fresh = ImportSlot {
+                                handle: Arc::downgrade(&h),
+                                generation,
+                            };
+                            match slot {
+                                Entry::Occupied(mut s) => {
+                                    s.insert(fresh);
+                                }
+                                Entry::Vacant(s) => {
+                                    s.insert(fresh);
+                                }
+                            }
                             h
                         }
                     };
@@ -605,12 +634,10 @@ impl Broker {
 
     /// Our last handle to an imported reference was dropped: tell the owner.
     pub(crate) fn release_imported(&mut self, id: u64, generation: u64, count: u64) {
-        if self
-            .imports
-            .get(&id)
-            .is_some_and(|s| s.generation == generation)
+        if let Entry::Occupied(s) = self.imports.entry(id)
+            && s.get().generation == generation
         {
-            self.imports.remove(&id);
+            s.remove();
         }
         if self.state != State::Closed && count > 0 {
             self.releases.push((id, count));
@@ -1078,11 +1105,14 @@ impl Broker {
         }
     }
 
-    /// Stop taking new calls: tell the peer, and let running calls finish.
-    pub(crate) fn start_draining(&mut self) {
+    /// Stop taking new calls and let running calls finish; with `goodbye`, tell the peer (a
+    /// close with nothing running skips it: the end of the stream follows at once).
+    pub(crate) fn start_draining(&mut self, goodbye: bool) {
         if self.state == State::Open {
             self.state = State::Draining;
-            self.write_message(&Message::Goodbye);
+            if goodbye {
+                self.write_message(&Message::Goodbye);
+            }
         }
     }
 
@@ -1125,14 +1155,21 @@ impl Broker {
     }
 }
 
-/// A multiplicative (Fibonacci) hash for the ids we allocate ourselves: one multiply instead
-/// of SipHash's rounds. Not for keys a peer chooses.
+/// A multiplicative (Fibonacci) hash for the ids and addresses we allocate ourselves: one
+/// multiply instead of SipHash's rounds. Not for keys a peer chooses (what is stored in the
+/// table must be ours; the peer may only look keys up).
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The table picks buckets with the low bits, and a product's low bits depend only on
+        // the key's low bits (all zero in aligned addresses): fold the high bits in.
+        self.0 ^ (self.0 >> 32)
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
     }
 
     fn write(&mut self, bytes: &[u8]) {

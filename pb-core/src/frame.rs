@@ -32,7 +32,7 @@ pub enum FrameError {
 
 /// The least spare room the read buffer gets before a read: enough for a burst of small
 /// frames, and what an idle connection keeps allocated.
-const MIN_READ: usize = 2048;
+pub(crate) const MIN_READ: usize = 2048;
 
 /// Incremental decoder of length-prefixed frames.
 #[derive(Debug, Clone)]
