@@ -1571,12 +1571,8 @@ async fn run_reader<R: AsyncRead + Unpin>(
         // at most about what running calls may cost anyway.
         let paused = held.calls > conn.max_held_frames
             || held.frames.len() - held.calls > conn.max_held_frames;
-        if !paused {
-            rbuf.reserve(decoder.reserve_hint(&rbuf));
-        }
+        let mut roomy = false;
         let event = {
-            let read = rd.read_buf(&mut rbuf);
-            tokio::pin!(read);
             let drained = conn.drained.notified();
             tokio::pin!(drained);
             std::future::poll_fn(|cx| {
@@ -1594,8 +1590,17 @@ async fn run_reader<R: AsyncRead + Unpin>(
                 if !held.frames.is_empty() && drained.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(ReaderEvent::Drained);
                 }
-                if !paused && let Poll::Ready(r) = read.as_mut().poll(cx) {
-                    return Poll::Ready(ReaderEvent::Read(r));
+                if !paused {
+                    // Frames held at the first attempt (answers whose callers have not run
+                    // yet) are usually gone by the next: room is made again then.
+                    if !roomy {
+                        roomy = decoder.prepare_read(&mut rbuf);
+                    }
+                    let read = rd.read_buf(&mut rbuf);
+                    tokio::pin!(read);
+                    if let Poll::Ready(r) = read.poll(cx) {
+                        return Poll::Ready(ReaderEvent::Read(r));
+                    }
                 }
                 Poll::Pending
             })
