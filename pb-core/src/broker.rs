@@ -152,6 +152,31 @@ enum PendingCall {
     Answered(Reply),
 }
 
+/// The encoded arguments of a call we make.
+pub(crate) enum Payload {
+    /// Bytes of their own (`ObjectRef::call_raw`, forwarded calls).
+    Bytes(Bytes),
+    /// In a scratch buffer, copied into the output (or, if large, queued as their own chunk).
+    Encoded(crate::codec::Encoded),
+}
+
+impl Payload {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Bytes(b) => b,
+            Payload::Encoded(e) => e.as_slice(),
+        }
+    }
+
+    /// The payload as `Bytes` (a copy only for a small encoded one).
+    pub(crate) fn into_bytes(self) -> Bytes {
+        match self {
+            Payload::Bytes(b) => b,
+            Payload::Encoded(e) => e.into_bytes(),
+        }
+    }
+}
+
 /// Descriptors for a message's references, and what must follow the message.
 type Described = (Vec<RefDesc>, Vec<Follow>);
 
@@ -345,7 +370,7 @@ impl Broker {
 
     /// Room for a frame header, an envelope of about `head` bytes and a payload that will be
     /// copied in.
-    fn reserve_frame(&mut self, head: usize, payload: &Bytes) {
+    fn reserve_frame(&mut self, head: usize, payload: &[u8]) {
         let copied = if payload.len() >= ZERO_COPY_MIN {
             0
         } else {
@@ -386,7 +411,7 @@ impl Broker {
         self.write_message(&Message::Fault { id, kind, message });
     }
 
-    fn frame_fits(&self, head_estimate: usize, payload: &Bytes) -> Result<(), Fault> {
+    fn frame_fits(&self, head_estimate: usize, payload: &[u8]) -> Result<(), Fault> {
         let len = head_estimate + payload.len();
         if len > self.limits.max_frame_len {
             return Err(Fault {
@@ -858,7 +883,7 @@ impl Broker {
         &mut self,
         target: u64,
         method: &str,
-        payload: Bytes,
+        payload: Payload,
         refs: &[ObjectRef],
         (waker, deadline_ms): (Option<Waker>, Option<u64>),
     ) -> Result<u64, Fault> {
@@ -886,11 +911,11 @@ impl Broker {
                 ),
             });
         }
-        self.frame_fits(32 + method.len() + refs.len() * 10, &payload)?;
+        self.frame_fits(32 + method.len() + refs.len() * 10, payload.as_slice())?;
         let (descs, follow) = self.describe(refs)?;
         let id = self.next_request;
         self.next_request += 1;
-        self.reserve_frame(24 + method.len() + descs.len() * 11, &payload);
+        self.reserve_frame(24 + method.len() + descs.len() * 11, payload.as_slice());
         let start = self.out.len();
         self.out.put_u32(0);
         encode_call_head(
@@ -901,7 +926,14 @@ impl Broker {
             (waker.is_some(), deadline_ms),
             &descs,
         );
-        self.push_payload(start, payload);
+        match payload {
+            // Copied straight from the scratch buffer: no allocation of its own.
+            Payload::Encoded(e) if e.as_slice().len() < ZERO_COPY_MIN => {
+                self.patch_len(start, e.as_slice().len());
+                self.out.put_slice(e.as_slice());
+            }
+            payload => self.push_payload(start, payload.into_bytes()),
+        }
         self.write_updates(follow);
         if let Some(w) = waker {
             self.pending.insert(id, PendingCall::Waiting(Some(w)));

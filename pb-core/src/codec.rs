@@ -249,6 +249,61 @@ pub fn encode<T: Serialize + ?Sized>(
     Ok((bytes, refs))
 }
 
+/// Encode `value` into the thread's scratch buffer, which the result holds until it is
+/// dropped or turned into [`Bytes`]: a caller that copies the bytes on (into a connection's
+/// output) allocates nothing for them.
+pub(crate) fn encode_scratch<T: Serialize + ?Sized>(
+    value: &T,
+    peer: Option<&Connection>,
+) -> Result<(Encoded, Vec<ObjectRef>), CodecError> {
+    // As in `encode`.
+    let mut buf = Encoded(SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut())));
+    buf.0.clear();
+    let scope = encoding_scope(peer);
+    let encoded = bincode::serde::encode_into_writer(
+        value,
+        VecWriter(&mut buf.0),
+        bincode::config::standard(),
+    );
+    let refs = scope.take();
+    match encoded {
+        Ok(()) => Ok((buf, refs)),
+        Err(e) => Err(CodecError::Encode(e.to_string())),
+    }
+}
+
+/// An encoded value in a scratch buffer, which goes back to the thread's scratch when this is
+/// dropped (unless the value is large: then the buffer becomes the value's own allocation).
+pub(crate) struct Encoded(Vec<u8>);
+
+impl Encoded {
+    /// The encoded bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The bytes in an allocation of their own: small values are copied out of the scratch
+    /// buffer into one of their exact size, large ones take the buffer itself.
+    pub(crate) fn into_bytes(mut self) -> Bytes {
+        if self.0.len() <= SCRATCH_COPY_MAX {
+            Bytes::copy_from_slice(&self.0)
+        } else {
+            Bytes::from(std::mem::take(&mut self.0))
+        }
+    }
+}
+
+impl Drop for Encoded {
+    fn drop(&mut self) {
+        // A buffer that grew past the copy limit is not kept: one large value must not pin
+        // its size for the thread's life.
+        if self.0.capacity() > 0 && self.0.len() <= SCRATCH_COPY_MAX {
+            let buf = std::mem::take(&mut self.0);
+            SCRATCH.with(|s| *s.borrow_mut() = buf);
+        }
+    }
+}
+
 /// Decode a `T` that must fill `bytes` exactly, with `refs` as its object references, under the
 /// default depth limit [`DEFAULT_MAX_DEPTH`].
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], refs: Vec<ObjectRef>) -> Result<T, CodecError> {

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use crate::broker::{Broker, CallEvent, Flush, Limits, ProtocolError, TableStats};
+use crate::broker::{Broker, CallEvent, Flush, Limits, Payload, ProtocolError, TableStats};
 use crate::cache::ReplicaSlot;
 use crate::frame::{FrameDecoder, HEADER_LEN};
 use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
@@ -399,7 +399,7 @@ impl ConnShared {
         &self,
         target: u64,
         method: &str,
-        payload: Bytes,
+        payload: Payload,
         refs: Vec<ObjectRef>,
     ) -> Reply {
         let span = tracing::debug_span!(
@@ -433,7 +433,7 @@ impl ConnShared {
         &self,
         target: u64,
         method: &str,
-        payload: Bytes,
+        payload: Payload,
         refs: Vec<ObjectRef>,
         span: &tracing::Span,
     ) -> Reply {
@@ -505,7 +505,7 @@ impl ConnShared {
         &self,
         target: u64,
         method: &str,
-        payload: Bytes,
+        payload: Payload,
         refs: Vec<ObjectRef>,
     ) -> Result<(), Fault> {
         self.lock()

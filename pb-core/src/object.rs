@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
+use crate::broker::Payload;
 use crate::codec::{self, CodecError};
 use crate::connection::{Caller, Connection, ExportLink, Imported};
 use crate::message::FaultKind;
@@ -330,9 +331,18 @@ impl ObjectRef {
         args: Bytes,
         refs: Vec<ObjectRef>,
     ) -> Result<Outcome, Fault> {
+        self.call_payload(method, Payload::Bytes(args), refs).await
+    }
+
+    async fn call_payload(
+        &self,
+        method: &str,
+        args: Payload,
+        refs: Vec<ObjectRef>,
+    ) -> Result<Outcome, Fault> {
         match &self.0 {
             RefInner::Local(d) => {
-                let call = IncomingCall::new(method, args, refs, Caller::local());
+                let call = IncomingCall::new(method, args.into_bytes(), refs, Caller::local());
                 d.clone().dispatch(call).await
             }
             RefInner::Remote(r) if r.is_dead() => Err(r.dead_fault()),
@@ -349,10 +359,13 @@ impl ObjectRef {
         E: DeserializeOwned,
     {
         let peer = self.peer();
-        let (payload, refs) =
-            codec::encode(args, peer.as_ref()).map_err(|e| CallError::Encode(e.to_string()))?;
+        let (payload, refs) = codec::encode_scratch(args, peer.as_ref())
+            .map_err(|e| CallError::Encode(e.to_string()))?;
         let max_depth = peer.map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        let outcome = match self.call_raw(method, payload, refs).await {
+        let outcome = match self
+            .call_payload(method, Payload::Encoded(payload), refs)
+            .await
+        {
             Ok(o) => o,
             Err(f) => return Err(CallError::from_fault(f)),
         };
@@ -373,12 +386,14 @@ impl ObjectRef {
         S: for<'de> serde::de::DeserializeSeed<'de, Value = R>,
         E: DeserializeOwned,
     {
-        let (payload, refs) = codec::encode(args, self.peer().as_ref())
+        let peer = self.peer();
+        let (payload, refs) = codec::encode_scratch(args, peer.as_ref())
             .map_err(|e| CallError::Encode(e.to_string()))?;
-        let max_depth = self
-            .peer()
-            .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        let outcome = match self.call_raw(method, payload, refs).await {
+        let max_depth = peer.map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
+        let outcome = match self
+            .call_payload(method, Payload::Encoded(payload), refs)
+            .await
+        {
             Ok(o) => o,
             Err(f) => return Err(CallError::from_fault(f)),
         };
@@ -398,11 +413,12 @@ impl ObjectRef {
     where
         A: Serialize + ?Sized,
     {
-        let (payload, refs) = codec::encode(args, self.peer().as_ref())
+        let (payload, refs) = codec::encode_scratch(args, self.peer().as_ref())
             .map_err(|e| CallError::Encode(e.to_string()))?;
+        let payload = Payload::Encoded(payload);
         match &self.0 {
             RefInner::Local(d) => {
-                let call = IncomingCall::new(method, payload, refs, Caller::local());
+                let call = IncomingCall::new(method, payload.into_bytes(), refs, Caller::local());
                 let fut = d.clone().dispatch(call);
                 tokio::spawn(fut);
                 Ok(())
@@ -427,7 +443,9 @@ impl ObjectRef {
                         return Err(r.dead_fault());
                     }
                     let method = call.method().to_owned();
-                    r.conn.call(r.id, &method, call.args, call.refs).await
+                    r.conn
+                        .call(r.id, &method, Payload::Bytes(call.args), call.refs)
+                        .await
                 })
             }
         }
