@@ -21,6 +21,7 @@
 //! dropped, sends that count back in a release. The object is freed when its count reaches zero,
 //! so a release that crosses a new send of the same object never frees an object the peer holds.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Weak};
@@ -32,7 +33,7 @@ use tokio::sync::oneshot;
 use crate::connection::{ConnShared, ExportLink, Imported};
 use crate::message::{
     self, FaultKind, Message, MessageError, MessageLimits, RefDesc, encode_answer_head,
-    encode_call_head, encode_update_head,
+    encode_call_frame_head, encode_update_head,
 };
 use crate::object::{Fault, ObjectRef, Outcome, RefInner, Reply, disconnected_fault};
 
@@ -397,6 +398,11 @@ impl Broker {
     /// Finish a frame whose head is in `out` from `start`, with `payload` as its tail.
     fn push_payload(&mut self, start: usize, payload: Bytes) {
         self.patch_len(start, payload.len());
+        self.append_payload(payload);
+    }
+
+    /// Append the payload of a frame whose head (with its length) is in `out`.
+    fn append_payload(&mut self, payload: Bytes) {
         if payload.len() >= ZERO_COPY_MIN {
             let head = self.out.split().freeze();
             self.chunks_len += head.len() + payload.len();
@@ -430,6 +436,9 @@ impl Broker {
     /// Turn references about to be sent into wire descriptors, counting exports. Also returns
     /// the updates that must follow the message (caches that changed since they were encoded).
     fn describe(&mut self, refs: &[ObjectRef]) -> Result<Described, Fault> {
+        if refs.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
         // Check the quota before touching any count, so a refused message changes nothing.
         let mut new_keys = Vec::new();
         for r in refs {
@@ -916,10 +925,9 @@ impl Broker {
         let id = self.next_request;
         self.next_request += 1;
         self.reserve_frame(24 + method.len() + descs.len() * 11, payload.as_slice());
-        let start = self.out.len();
-        self.out.put_u32(0);
-        encode_call_head(
+        encode_call_frame_head(
             &mut self.out,
+            payload.as_slice().len(),
             id,
             target,
             method.as_bytes(),
@@ -929,12 +937,13 @@ impl Broker {
         match payload {
             // Copied straight from the scratch buffer: no allocation of its own.
             Payload::Encoded(e) if e.as_slice().len() < ZERO_COPY_MIN => {
-                self.patch_len(start, e.as_slice().len());
                 self.out.put_slice(e.as_slice());
             }
-            payload => self.push_payload(start, payload.into_bytes()),
+            payload => self.append_payload(payload.into_bytes()),
         }
-        self.write_updates(follow);
+        if !follow.is_empty() {
+            self.write_updates(follow);
+        }
         if let Some(w) = waker {
             self.pending.insert(id, PendingCall::Waiting(Some(w)));
         }
@@ -982,19 +991,21 @@ impl Broker {
     /// `Pending` keeps `waker` to be woken when it arrives. A call no longer in the table was
     /// failed by the connection's end.
     pub(crate) fn poll_answer(&mut self, id: u64, waker: &Waker) -> Poll<Reply> {
-        match self.pending.get_mut(&id) {
-            Some(PendingCall::Waiting(w)) => {
-                match w {
-                    Some(w) if w.will_wake(waker) => {}
-                    _ => *w = Some(waker.clone()),
-                }
-                Poll::Pending
+        // One lookup whether the answer is there or not.
+        let mut slot = match self.pending.entry(id) {
+            Entry::Occupied(slot) => slot,
+            Entry::Vacant(_) => return Poll::Ready(Err(self.close_fault())),
+        };
+        if let PendingCall::Waiting(w) = slot.get_mut() {
+            match w {
+                Some(w) if w.will_wake(waker) => {}
+                _ => *w = Some(waker.clone()),
             }
-            Some(PendingCall::Answered(_)) => match self.pending.remove(&id) {
-                Some(PendingCall::Answered(reply)) => Poll::Ready(reply),
-                _ => Poll::Ready(Err(self.close_fault())),
-            },
-            None => Poll::Ready(Err(self.close_fault())),
+            return Poll::Pending;
+        }
+        match slot.remove() {
+            PendingCall::Answered(reply) => Poll::Ready(reply),
+            PendingCall::Waiting(_) => Poll::Ready(Err(self.close_fault())),
         }
     }
 
