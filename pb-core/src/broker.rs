@@ -331,7 +331,20 @@ impl Broker {
 
     /// Append the frames to write to `into`, in order; appends nothing when there is nothing to
     /// send.
+    #[cfg(test)]
     pub(crate) fn take_transmit(&mut self, into: &mut Vec<Bytes>) {
+        let mut tail = BytesMut::new();
+        self.take_transmit_to(into, &mut tail);
+        if !tail.is_empty() {
+            into.push(tail.freeze());
+        }
+    }
+
+    /// Hand over the frames to write: whole chunks are appended to `into`, and the output
+    /// buffer, which follows them, is exchanged for `tail` (what `tail` held goes to `into`
+    /// first, keeping the order), so the buffer's written allocation comes back for reuse
+    /// without splitting a chunk off it. Returns how many bytes were handed over.
+    pub(crate) fn take_transmit_to(&mut self, into: &mut Vec<Bytes>, tail: &mut BytesMut) -> usize {
         // Whatever a batch's handlers queued goes out with this.
         self.in_batch = false;
         if !self.releases.is_empty() && self.state != State::Closed {
@@ -340,11 +353,17 @@ impl Broker {
                 self.write_message(&Message::Release(batch.to_vec()));
             }
         }
+        let added = self.chunks_len + self.out.len();
+        if added == 0 {
+            return 0;
+        }
+        if !tail.is_empty() {
+            into.push(tail.split().freeze());
+        }
         into.append(&mut self.chunks);
         self.chunks_len = 0;
-        if !self.out.is_empty() {
-            into.push(self.out.split().freeze());
-        }
+        std::mem::swap(&mut self.out, tail);
+        added
     }
 
     /// Queue bytes that are not a message (the hello of a dialed connection) before anything

@@ -688,8 +688,8 @@ impl ConnShared {
         }
     }
 
-    /// Append everything queued for the peer to `into`.
-    fn take_transmit(&self, into: &mut Vec<Bytes>) {
+    /// Fold queued releases into the broker and lock it, for taking its output.
+    fn lock_for_transmit(&self) -> MutexGuard<'_, Broker> {
         // A release queued after the flag was read sets it again and wakes the writer.
         let released = if self.releases_queued.load(Ordering::Acquire)
             && self.releases_queued.swap(false, Ordering::AcqRel)
@@ -702,11 +702,18 @@ impl ConnShared {
         for (id, generation, count) in released {
             broker.release_imported(id, generation, count);
         }
-        broker.take_transmit(into);
+        broker
     }
 
-    /// Move everything the broker queued into the write queue, counting it as unsent.
-    fn collect_output(&self, out: &mut Output) {
+    /// Append everything queued for the peer to `into`.
+    #[cfg(test)]
+    fn take_transmit(&self, into: &mut Vec<Bytes>) {
+        self.lock_for_transmit().take_transmit(into);
+    }
+
+    /// Move everything the broker queued into the write queue, counting it as unsent; returns
+    /// how many bytes moved.
+    fn collect_output(&self, out: &mut Output) -> usize {
         // Written chunks at the front are dropped once they are most of the queue, so a queue
         // that never empties does not grow without end.
         if out.first >= out.queue.len() {
@@ -716,12 +723,13 @@ impl ConnShared {
             out.queue.drain(..out.first);
             out.first = 0;
         }
-        let before = out.queue.len();
-        self.take_transmit(&mut out.queue);
-        let added: usize = out.queue[before..].iter().map(Bytes::len).sum();
+        let added = self
+            .lock_for_transmit()
+            .take_transmit_to(&mut out.queue, &mut out.tail);
         if added > 0 {
             self.add_unsent(added);
         }
+        added
     }
 
     fn lock_out(&self) -> MutexGuard<'_, Option<Output>> {
@@ -734,27 +742,36 @@ impl ConnShared {
         // What the broker holds is collected once per poll, not again after each write: whoever
         // queues while a write is in progress here either finds the output busy and wakes the
         // writer task, or has woken it already, so nothing is left behind.
-        if out.first >= out.queue.len() {
+        if out.is_empty() {
             self.collect_output(out);
         }
         loop {
-            if out.first >= out.queue.len() {
-                return Pin::new(&mut *out.wr).poll_flush(cx);
-            }
             let Output {
-                wr, queue, first, ..
+                wr,
+                queue,
+                first,
+                tail,
+                ..
             } = &mut *out;
-            let pending = &queue[*first..];
-            let mut n = if let [one] = pending {
+            let pending = queue.get(*first..).unwrap_or_default();
+            let mut n = match (pending, tail.is_empty()) {
+                ([], true) => return Pin::new(&mut **wr).poll_flush(cx),
                 // One chunk (the usual case for small frames): no slice array to fill.
-                ready!(Pin::new(&mut **wr).poll_write(cx, one))?
-            } else {
-                let mut slices = [io::IoSlice::new(&[]); MAX_IOSLICES];
-                let count = pending.len().min(MAX_IOSLICES);
-                for (slice, chunk) in slices.iter_mut().zip(pending) {
-                    *slice = io::IoSlice::new(chunk);
+                ([], false) => ready!(Pin::new(&mut **wr).poll_write(cx, tail))?,
+                ([one], true) => ready!(Pin::new(&mut **wr).poll_write(cx, one))?,
+                _ => {
+                    let mut slices = [io::IoSlice::new(&[]); MAX_IOSLICES];
+                    let mut count = 0;
+                    let tail = (!tail.is_empty()).then_some(&tail[..]);
+                    for (slice, chunk) in slices
+                        .iter_mut()
+                        .zip(pending.iter().map(|c| &c[..]).chain(tail))
+                    {
+                        *slice = io::IoSlice::new(chunk);
+                        count += 1;
+                    }
+                    ready!(Pin::new(&mut **wr).poll_write_vectored(cx, &slices[..count]))?
                 }
-                ready!(Pin::new(&mut **wr).poll_write_vectored(cx, &slices[..count]))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -775,6 +792,12 @@ impl ConnShared {
             }
             while queue.get(*first).is_some_and(|c| c.is_empty()) {
                 *first += 1;
+            }
+            if n >= tail.len() {
+                // Kept at the start of its allocation, which the broker gets back whole.
+                tail.clear();
+            } else if n > 0 {
+                bytes::Buf::advance(tail, n);
             }
         }
     }
@@ -803,7 +826,7 @@ impl ConnShared {
             return;
         };
         let Some(out) = guard.as_mut() else { return };
-        if out.first < out.queue.len() || out.writer_waiting {
+        if !out.is_empty() || out.writer_waiting {
             // A write (or a flush: a buffering transport such as TLS takes a write whole and
             // makes the flush wait) is waiting for the transport; its waker belongs to the
             // writer task, and a poll with our no-op waker would replace it. What the broker
@@ -856,9 +879,7 @@ impl ConnShared {
         if let Ok(mut guard) = self.out.try_lock()
             && let Some(out) = guard.as_mut()
         {
-            let before = out.queue.len() - out.first;
-            self.collect_output(out);
-            let moved = out.queue.len() - out.first > before;
+            let moved = self.collect_output(out) > 0;
             drop(guard);
             // The broker no longer shows this output, so a flush that looks there (the end of
             // the reader's batch) would miss it: the writer task sends it.
@@ -1665,6 +1686,7 @@ impl Tasks {
             wr,
             queue: Vec::new(),
             first: 0,
+            tail: BytesMut::new(),
             writer_waiting: false,
         });
         let Tasks {
@@ -1791,6 +1813,13 @@ impl Held {
     }
 }
 
+impl Output {
+    /// Whether everything queued has been written.
+    fn is_empty(&self) -> bool {
+        self.first >= self.queue.len() && self.tail.is_empty()
+    }
+}
+
 /// The most chunks handed to one vectored write.
 const MAX_IOSLICES: usize = 64;
 
@@ -1800,6 +1829,10 @@ struct Output {
     queue: Vec<Bytes>,
     /// The first chunk of `queue` not yet written.
     first: usize,
+    /// What goes after the chunks of `queue`: the broker's output buffer itself, exchanged for
+    /// this one's emptied allocation when everything before had been written (see
+    /// [`Broker::take_transmit_to`]), so a write costs no chunk split off a shared buffer.
+    tail: BytesMut,
     /// The writer task's last poll was left waiting for the transport (a write or a flush):
     /// the transport holds the writer's waker, which no other poll may replace.
     writer_waiting: bool,
