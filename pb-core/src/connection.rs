@@ -413,74 +413,91 @@ impl ConnShared {
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         );
-        if span.is_disabled() {
-            return self.call_inner(target, method, payload, refs, &span).await;
-        }
-        if let Some(addr) = self.peer_addr {
-            span.record("peer", tracing::field::display(addr));
-        }
-        let started = std::time::Instant::now();
-        let reply = self
-            .call_inner(target, method, payload, refs, &span)
-            .instrument(span.clone())
-            .await;
-        span.record("outcome", outcome_name(Some(&reply)));
-        span.record("duration_us", started.elapsed().as_micros() as u64);
-        reply
-    }
-
-    async fn call_inner(
-        &self,
-        target: u64,
-        method: &str,
-        payload: Payload,
-        refs: Vec<ObjectRef>,
-        span: &tracing::Span,
-    ) -> Reply {
-        let deadline = crate::deadline::current();
-        if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
-            return Err(deadline_fault());
-        }
-        if self.is_congested() {
-            // Backpressure: the peer is not taking what we already queued for it.
-            match deadline {
-                Some(d) => tokio::time::timeout_at(d, self.output_space())
-                    .await
-                    .map_err(|_| deadline_fault())?,
-                None => self.output_space().await,
+        // Without a subscriber that wants it (the usual case) the span is disabled, and the
+        // call pays for no tracing beyond this check.
+        let traced = !span.is_disabled();
+        let started = traced.then(|| {
+            if let Some(addr) = self.peer_addr {
+                span.record("peer", tracing::field::display(addr));
             }
-        }
-        // The task's waker goes into the call's slot at once, so the first poll of the answer
-        // need not take the lock to leave it there.
-        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-        let (id, queued, flush) = {
-            let mut broker = self.lock();
-            let id = broker.start_call(
-                target,
-                method,
-                payload,
-                &refs,
-                (Some(waker), deadline.map(crate::deadline::remaining_ms)),
-            )?;
-            (id, broker.queued_bytes(), broker.who_flushes())
-        };
-        drop(refs);
-        self.note_queued(queued);
-        span.record("request_id", id);
-        self.after_queueing(flush);
-        let answer = Answer {
-            conn: self,
-            id,
-            done: false,
-            first: true,
-        };
-        match deadline {
+            std::time::Instant::now()
+        });
+        // One async body, entered in the span (as `instrument` would) only when traced: an
+        // inner async fn per case would cost a nested future and its moves on every call.
+        let reply = 'call: {
+            let deadline = crate::deadline::current();
+            if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                break 'call Err(deadline_fault());
+            }
+            if self.is_congested() {
+                // Backpressure: the peer is not taking what we already queued for it.
+                let space = async {
+                    match deadline {
+                        Some(d) => tokio::time::timeout_at(d, self.output_space())
+                            .await
+                            .map_err(|_| deadline_fault()),
+                        None => {
+                            self.output_space().await;
+                            Ok(())
+                        }
+                    }
+                };
+                if let Err(f) = space.instrument(span.clone()).await {
+                    break 'call Err(f);
+                }
+            }
+            // The task's waker goes into the call's slot at once, so the first poll of the
+            // answer need not take the lock to leave it there.
+            let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+            let id = {
+                let _entered = traced.then(|| span.enter());
+                let queued_call = {
+                    let mut broker = self.lock();
+                    broker
+                        .start_call(
+                            target,
+                            method,
+                            payload,
+                            &refs,
+                            (Some(waker), deadline.map(crate::deadline::remaining_ms)),
+                        )
+                        .map(|id| (id, broker.queued_bytes(), broker.who_flushes()))
+                };
+                drop(refs);
+                match queued_call {
+                    Ok((id, queued, flush)) => {
+                        self.note_queued(queued);
+                        span.record("request_id", id);
+                        self.after_queueing(flush);
+                        id
+                    }
+                    Err(f) => break 'call Err(f),
+                }
+            };
+            let answer = Answer {
+                conn: self,
+                id,
+                done: false,
+                first: true,
+            };
             // On expiry the answer's future is dropped, which cancels the call on the peer.
-            Some(d) => tokio::time::timeout_at(d, answer)
-                .await
-                .unwrap_or_else(|_| Err(deadline_fault())),
-            None => answer.await,
+            match (deadline, traced) {
+                (None, false) => answer.await,
+                (None, true) => answer.instrument(span.clone()).await,
+                (Some(d), false) => tokio::time::timeout_at(d, answer)
+                    .await
+                    .unwrap_or_else(|_| Err(deadline_fault())),
+                (Some(d), true) => tokio::time::timeout_at(d, answer)
+                    .instrument(span.clone())
+                    .await
+                    .unwrap_or_else(|_| Err(deadline_fault())),
+            }
+        };
+        if let Some(started) = started {
+            span.record("outcome", outcome_name(Some(&reply)));
+            span.record("duration_us", started.elapsed().as_micros() as u64);
         }
+        reply
     }
 
     /// A caller queued a call: write it now, or leave it to the reader's or the writer task's

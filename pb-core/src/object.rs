@@ -362,10 +362,13 @@ impl ObjectRef {
         let (payload, refs) = codec::encode_scratch(args, peer.as_ref())
             .map_err(|e| CallError::Encode(e.to_string()))?;
         let max_depth = peer.map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        let outcome = match self
-            .call_payload(method, Payload::Encoded(payload), refs)
-            .await
-        {
+        let payload = Payload::Encoded(payload);
+        // A live remote object is called directly: one nested future less per call.
+        let called = match &self.0 {
+            RefInner::Remote(r) if !r.is_dead() => r.conn.call(r.id, method, payload, refs).await,
+            _ => self.call_payload(method, payload, refs).await,
+        };
+        let outcome = match called {
             Ok(o) => o,
             Err(f) => return Err(CallError::from_fault(f)),
         };
@@ -390,10 +393,13 @@ impl ObjectRef {
         let (payload, refs) = codec::encode_scratch(args, peer.as_ref())
             .map_err(|e| CallError::Encode(e.to_string()))?;
         let max_depth = peer.map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        let outcome = match self
-            .call_payload(method, Payload::Encoded(payload), refs)
-            .await
-        {
+        let payload = Payload::Encoded(payload);
+        // A live remote object is called directly: one nested future less per call.
+        let called = match &self.0 {
+            RefInner::Remote(r) if !r.is_dead() => r.conn.call(r.id, method, payload, refs).await,
+            _ => self.call_payload(method, payload, refs).await,
+        };
+        let outcome = match called {
             Ok(o) => o,
             Err(f) => return Err(CallError::from_fault(f)),
         };
