@@ -461,14 +461,32 @@ impl ConnShared {
                             &refs,
                             (Some(waker), deadline.map(crate::deadline::remaining_ms)),
                         )
-                        .map(|id| (id, broker.queued_bytes(), broker.who_flushes()))
+                        .map(|id| match broker.who_flushes() {
+                            // A lone caller writes its call itself, taking the output while
+                            // it holds the broker's lock.
+                            Flush::Caller => match self.take_output(&mut broker) {
+                                Some(taken) => (id, 0, Flush::Caller, Some(taken)),
+                                None => (id, broker.queued_bytes(), Flush::Caller, None),
+                            },
+                            flush => (id, broker.queued_bytes(), flush, None),
+                        })
                 };
                 drop(refs);
                 match queued_call {
-                    Ok((id, queued, flush)) => {
-                        self.note_queued(queued);
+                    Ok((id, queued, flush, taken)) => {
                         span.record("request_id", id);
-                        self.after_queueing(flush);
+                        match taken {
+                            Some((out, added)) => {
+                                if added > 0 {
+                                    self.add_unsent(added);
+                                }
+                                self.write_now(out);
+                            }
+                            None => {
+                                self.note_queued(queued);
+                                self.after_queueing(flush);
+                            }
+                        }
                         id
                     }
                     Err(f) => break 'call Err(f),
@@ -853,6 +871,13 @@ impl ConnShared {
             self.wake_writer.notify_one();
             return;
         }
+        self.write_now(guard);
+    }
+
+    /// Write from the output, whose lock the caller took while no write was waiting for the
+    /// transport: as far as the transport takes it, the rest left to the writer task.
+    fn write_now(&self, mut guard: MutexGuard<'_, Option<Output>>) {
+        let Some(out) = guard.as_mut() else { return };
         // A no-op waker is enough: on `Pending` the writer task takes over with its own.
         match self.poll_output(out, &mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(())) => {}
@@ -865,6 +890,26 @@ impl ConnShared {
                 self.close(CloseReason::Io(e.to_string()));
             }
         }
+    }
+
+    /// For a caller that writes its own call ([`Flush::Caller`]), under the broker's lock it
+    /// holds: the output, with what the broker queued moved into it (the bytes moved are
+    /// returned, to count as unsent once the broker's lock is released), if no write is in
+    /// progress or waiting. Saves the write path locking the broker again.
+    fn take_output<'a>(
+        &'a self,
+        broker: &mut Broker,
+    ) -> Option<(MutexGuard<'a, Option<Output>>, usize)> {
+        // `try_lock`: whoever holds the output may be waiting for the broker's lock.
+        let mut guard = self.out.try_lock().ok()?;
+        let out = guard.as_mut()?;
+        if !out.is_empty() || out.writer_waiting {
+            return None;
+        }
+        out.queue.clear();
+        out.first = 0;
+        let added = broker.take_transmit_to(&mut out.queue, &mut out.tail);
+        Some((guard, added))
     }
 
     /// The writer is waiting for the transport: `Ready` with the reason to close once more
