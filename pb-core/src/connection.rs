@@ -556,6 +556,9 @@ impl ConnShared {
         frame: Bytes,
         wakers: &mut Vec<Waker>,
     ) -> Result<(), ProtocolError> {
+        if crate::message::is_answer(&frame) {
+            return self.handle_answer(frame, wakers);
+        }
         let mut broker = self.lock();
         // Calls that handlers polled inline make now leave with the reader's flush.
         broker.in_batch = true;
@@ -586,6 +589,27 @@ impl ConnShared {
         // Answers given inline count at once, so a batch of calls cannot queue without bound.
         self.note_queued(queued);
         // No writer wake-up: the reader flushes once it has handled every frame it has.
+        result
+    }
+
+    /// Handle an answer or a fault for one of our calls: its caller is woken (once the lock
+    /// is released); no handler runs and nothing is queued for the peer.
+    fn handle_answer(
+        self: &Arc<Self>,
+        frame: Bytes,
+        wakers: &mut Vec<Waker>,
+    ) -> Result<(), ProtocolError> {
+        let (result, dead) = {
+            let mut broker = self.lock();
+            let result = broker.handle_frame(frame, &self.make_import());
+            broker.take_wakers(wakers);
+            (result, broker.take_graveyard())
+        };
+        // An answer nobody waits for any more is dropped here, outside the lock.
+        drop(dead);
+        for w in wakers.drain(..) {
+            w.wake();
+        }
         result
     }
 
@@ -1623,7 +1647,8 @@ async fn run_reader<R: AsyncRead + Unpin>(
                         held.push(frame);
                         continue;
                     }
-                    handled = true;
+                    // Answers queue nothing: a batch of them alone needs no flush.
+                    handled |= !crate::message::is_answer(&frame);
                     if let Err(e) = conn.handle_frame(frame, &mut wakers) {
                         break 'conn CloseReason::Protocol(e.to_string());
                     }

@@ -265,6 +265,12 @@ pub(crate) fn may_overtake(body: &[u8]) -> bool {
     )
 }
 
+/// Whether the frame body `body` answers one of our calls (an answer or a fault): handling it
+/// queues nothing for the peer and starts no call.
+pub(crate) fn is_answer(body: &[u8]) -> bool {
+    matches!(body.first(), Some(&(TAG_ANSWER | TAG_FAULT)))
+}
+
 /// Whether the frame body `body` is a call.
 pub(crate) fn is_call(body: &[u8]) -> bool {
     body.first() == Some(&TAG_CALL)
