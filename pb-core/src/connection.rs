@@ -864,13 +864,20 @@ impl ConnShared {
     /// The reader handled a batch of frames: write what it produced (answers, and calls that
     /// handlers polled inline made), if anything.
     fn end_batch(&self) {
-        let queued = {
-            let mut broker = self.lock();
-            broker.in_batch = false;
-            broker.has_transmit()
-        };
-        if queued {
-            self.flush_now();
+        let mut broker = self.lock();
+        broker.in_batch = false;
+        if !broker.has_transmit() {
+            return;
+        }
+        // The output is taken under this lock, not collected under a second one.
+        let taken = self.take_output(&mut broker);
+        drop(broker);
+        match taken {
+            Some((out, added)) => {
+                self.add_unsent(added);
+                self.write_now(out);
+            }
+            None => self.flush_now(),
         }
     }
 
@@ -916,8 +923,8 @@ impl ConnShared {
         }
     }
 
-    /// For a caller that writes its own call ([`Flush::Caller`]), under the broker's lock it
-    /// holds: the output, with what the broker queued moved into it (the bytes moved are
+    /// For a caller that writes its own call ([`Flush::Caller`]) or the reader at the end of
+    /// its batch, under the broker's lock it holds: the output, with what the broker queued moved into it (the bytes moved are
     /// returned, to count as unsent once the broker's lock is released), if no write is in
     /// progress or waiting. Saves the write path locking the broker again.
     fn take_output<'a>(
