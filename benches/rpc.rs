@@ -997,35 +997,78 @@ fn skipped(sys: System) -> bool {
     })
 }
 
-/// Runs `f` once per run against a fresh server of each system; the median of each output.
-fn measure<T, F, Fut>(rt: &tokio::runtime::Runtime, sys: System, runs: usize, mut f: F) -> Vec<f64>
+/// Runs `f` once against a fresh server of `sys`; `None` if `sys` is skipped.
+fn run_once<T, F, Fut>(rt: &tokio::runtime::Runtime, sys: System, f: &mut F) -> Option<Vec<f64>>
 where
     F: FnMut(SocketAddr) -> Fut,
     Fut: std::future::Future<Output = T> + Send + 'static,
     T: Into<Vec<f64>> + Send + 'static,
 {
     if skipped(sys) {
+        return None;
+    }
+    let server = ServerProc::start(sys.server_kind());
+    // The client runs in a spawned task, as callers in an application do (tokio's
+    // `block_on` future pays an extra poll of the I/O driver whenever another task wakes it).
+    let run = f(server.addr);
+    let out: Vec<f64> = rt
+        .block_on(async move { tokio::spawn(run).await })
+        .expect("client task")
+        .into();
+    server.stop();
+    Some(out)
+}
+
+/// The median of each output over runs (`NaN`s when nothing ran).
+fn medians(mut per_run: Vec<Vec<f64>>) -> Vec<f64> {
+    if per_run.is_empty() {
         return vec![f64::NAN; 4];
     }
-    let mut per_run: Vec<Vec<f64>> = Vec::new();
-    for _ in 0..runs {
-        let server = ServerProc::start(sys.server_kind());
-        // The client runs in a spawned task, as callers in an application do (tokio's
-        // `block_on` future pays an extra poll of the I/O driver whenever another task wakes it).
-        let run = f(server.addr);
-        let out: Vec<f64> = rt
-            .block_on(async move { tokio::spawn(run).await })
-            .expect("client task")
-            .into();
-        server.stop();
-        if per_run.is_empty() {
-            per_run = vec![Vec::new(); out.len()];
-        }
-        for (i, v) in out.into_iter().enumerate() {
-            per_run[i].push(v);
+    (0..per_run[0].len())
+        .map(|i| median(&mut per_run.iter_mut().map(|r| r[i]).collect::<Vec<_>>()))
+        .collect()
+}
+
+/// Runs `f` once per run against a fresh server of `sys`; the median of each output.
+fn measure<T, F, Fut>(rt: &tokio::runtime::Runtime, sys: System, runs: usize, mut f: F) -> Vec<f64>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Into<Vec<f64>> + Send + 'static,
+{
+    medians(
+        (0..runs)
+            .filter_map(|_| run_once(rt, sys, &mut f))
+            .collect(),
+    )
+}
+
+/// Runs `f` against `a` and `b` alternately, `runs` times each, so that a machine whose speed
+/// drifts during the bench weighs on both alike (the first system of each pair alternates too);
+/// the medians of each system's outputs.
+fn compare<T, F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    a: System,
+    b: System,
+    runs: usize,
+    mut f: F,
+) -> (Vec<f64>, Vec<f64>)
+where
+    F: FnMut(System, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Into<Vec<f64>> + Send + 'static,
+{
+    let (mut ra, mut rb) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let order = if i % 2 == 0 { [a, b] } else { [b, a] };
+        for sys in order {
+            let out = run_once(rt, sys, &mut |addr| f(sys, addr));
+            if let Some(out) = out {
+                if sys == a { &mut ra } else { &mut rb }.push(out);
+            }
         }
     }
-    per_run.iter_mut().map(|v| median(v)).collect()
+    (medians(ra), medians(rb))
 }
 
 fn main() {
@@ -1070,17 +1113,13 @@ fn main() {
 
     // Every comparison runs the same client code against a floor server and a pb server.
     let latencies = |floor: System, pb: System| {
-        let run = |sys: System| {
-            measure(&rt, sys, runs, move |a| async move {
-                let (p50, p99) = latency(sys, a, c).await;
-                vec![p50, p99]
-            })
-        };
-        (run(floor), run(pb))
+        compare(&rt, floor, pb, runs, move |sys, a| async move {
+            let (p50, p99) = latency(sys, a, c).await;
+            vec![p50, p99]
+        })
     };
     let rates = |floor: System, pb: System, work: Workload| {
-        let run = |sys: System| measure(&rt, sys, runs, move |a| work(sys, a, c));
-        (run(floor), run(pb))
+        compare(&rt, floor, pb, runs, move |sys, a| work(sys, a, c))
     };
 
     let mut rows = Vec::new();

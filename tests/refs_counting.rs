@@ -32,6 +32,8 @@ pub trait Factory {
     async fn make(&self, v: u64) -> Result<CellRef, ()>;
     /// Calls the client's object once and forgets it.
     async fn read(&self, cell: CellRef) -> Result<u64, ()>;
+    /// How many references arrived (the same object may come more than once).
+    async fn count(&self, cells: Vec<CellRef>) -> Result<usize, ()>;
 }
 
 struct FactoryImpl {
@@ -44,6 +46,9 @@ impl Factory for FactoryImpl {
     }
     async fn read(&self, cell: CellRef) -> Result<u64, ()> {
         cell.get().await.map_err(|_| ())
+    }
+    async fn count(&self, cells: Vec<CellRef>) -> Result<usize, ()> {
+        Ok(cells.len())
     }
 }
 
@@ -132,6 +137,41 @@ async fn the_export_quota_refuses_cleanly_and_survives_one_violation() {
     held.pop();
     assert!(common::settle(|| server.stats().tables.exported == 4).await);
     assert_eq!(f.make(5).await.map(|_| ()), Ok(()));
+}
+
+#[tokio::test]
+async fn the_export_quota_counts_each_object_once_however_often_a_message_carries_it() {
+    let mut config = pb::Config::default();
+    config.limits.max_exports = 3;
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (server, client) = common::memory_pair_with(
+        FactoryRef::new(FactoryImpl {
+            dropped: dropped.clone(),
+        }),
+        config,
+    )
+    .await;
+    let f: FactoryRef = client.root();
+    let cells: Vec<CellRef> = (0..4)
+        .map(|v| CellRef::new(Value(v, dropped.clone())))
+        .collect();
+    let pick = |which: &[usize]| which.iter().map(|&i| cells[i].clone()).collect::<Vec<_>>();
+    // Few references (counted without a set) and many (with one): three distinct objects fit
+    // the quota however often they repeat; a fourth does not, and the error counts four.
+    for message in [vec![0, 0, 1], vec![0, 1, 2, 0, 2], [0, 1, 2].repeat(4)] {
+        assert_eq!(f.count(pick(&message)).await, Ok(message.len()));
+        assert!(common::settle(|| client.stats().tables.exported == 0).await);
+    }
+    for message in [vec![0, 1, 2, 3], [3, 2, 1, 0].repeat(3)] {
+        match f.count(pick(&message)).await {
+            Err(CallError::LimitExceeded(m)) => {
+                assert!(m.contains("exporting 4 more objects"), "{m}")
+            }
+            other => panic!("expected the export limit, got {other:?}"),
+        }
+        assert_eq!(client.stats().tables.exported, 0);
+    }
+    assert!(!client.is_closed() && !server.is_closed());
 }
 
 #[tokio::test]

@@ -228,8 +228,11 @@ pub(crate) struct Broker {
     peer_goodbye: bool,
     root: Option<ObjectRef>,
     root_key: Option<usize>,
-    exports: HashMap<u64, Export>,
-    export_keys: HashMap<usize, u64>,
+    /// Keyed by ids we allocate (the peer only looks them up, it never chooses what goes in),
+    /// so a cheap hash will do.
+    exports: HashMap<u64, Export, BuildHasherDefault<IdHasher>>,
+    /// Keyed by the addresses of our own objects.
+    export_keys: HashMap<usize, u64, BuildHasherDefault<IdHasher>>,
     next_export: u64,
     imports: HashMap<u64, ImportSlot>,
     next_generation: u64,
@@ -276,8 +279,8 @@ impl Broker {
             peer_goodbye: false,
             root,
             root_key,
-            exports: HashMap::new(),
-            export_keys: HashMap::new(),
+            exports: HashMap::default(),
+            export_keys: HashMap::default(),
             next_export: 1,
             imports: HashMap::new(),
             next_generation: 1,
@@ -459,25 +462,12 @@ impl Broker {
             return Ok((Vec::new(), Vec::new()));
         }
         // Check the quota before touching any count, so a refused message changes nothing.
-        let mut new_keys = Vec::new();
-        for r in refs {
-            if self.is_ours_to_return(r).is_some() {
-                continue;
-            }
-            if let Some(key) = export_key(r)
-                && Some(key) != self.root_key
-                && !self.export_keys.contains_key(&key)
-                && !new_keys.contains(&key)
-            {
-                new_keys.push(key);
-            }
-        }
-        if self.exports.len() + new_keys.len() > self.limits.max_exports {
+        let new_exports = self.count_new_exports(refs);
+        if self.exports.len() + new_exports > self.limits.max_exports {
             return Err(Fault {
                 kind: FaultKind::LimitExceeded,
                 message: format!(
-                    "exporting {} more objects would exceed the limit max_exports = {}",
-                    new_keys.len(),
+                    "exporting {new_exports} more objects would exceed the limit max_exports = {}",
                     self.limits.max_exports
                 ),
             });
@@ -534,6 +524,34 @@ impl Broker {
             }
         }
         Ok((descs, follow))
+    }
+
+    /// How many distinct objects in `refs` are not exported yet.
+    fn count_new_exports(&self, refs: &[ObjectRef]) -> usize {
+        let new_key = |r: &ObjectRef| {
+            if self.is_ours_to_return(r).is_some() {
+                return None;
+            }
+            export_key(r)
+                .filter(|&key| Some(key) != self.root_key && !self.export_keys.contains_key(&key))
+        };
+        // Most messages carry one or two references: no set to allocate for those.
+        if refs.len() <= 8 {
+            let keys = refs.iter().map(&new_key);
+            let mut seen = [None; 8];
+            let mut count = 0;
+            for key in keys.flatten() {
+                if !seen[..count].contains(&Some(key)) {
+                    seen[count] = Some(key);
+                    count += 1;
+                }
+            }
+            return count;
+        }
+        refs.iter()
+            .filter_map(new_key)
+            .collect::<std::collections::HashSet<usize>>()
+            .len()
     }
 
     /// Write what must follow a message.
@@ -615,7 +633,12 @@ impl Broker {
             match *d {
                 RefDesc::Sender(0) => refs.push(ObjectRef(RefInner::Remote(make(0, 0)))),
                 RefDesc::Sender(id) => {
-                    let existing = self.imports.get(&id).and_then(|s| s.handle.upgrade());
+                    // One lookup: the slot is reused, filled, or replaced if its handle died.
+                    let slot = self.imports.entry(id);
+                    let existing = match &slot {
+                        Entry::Occupied(s) => s.get().handle.upgrade(),
+                        Entry::Vacant(_) => None,
+                    };
                     let handle = match existing {
                         Some(h) => {
                             h.add_received();
@@ -625,13 +648,18 @@ impl Broker {
                             let generation = self.next_generation;
                             self.next_generation += 1;
                             let h = make(id, generation);
-                            self.imports.insert(
-                                id,
-                                ImportSlot {
-                                    handle: Arc::downgrade(&h),
-                                    generation,
-                                },
-                            );
+                            let fresh = ImportSlot {
+                                handle: Arc::downgrade(&h),
+                                generation,
+                            };
+                            match slot {
+                                Entry::Occupied(mut s) => {
+                                    s.insert(fresh);
+                                }
+                                Entry::Vacant(s) => {
+                                    s.insert(fresh);
+                                }
+                            }
                             h
                         }
                     };
@@ -656,12 +684,10 @@ impl Broker {
 
     /// Our last handle to an imported reference was dropped: tell the owner.
     pub(crate) fn release_imported(&mut self, id: u64, generation: u64, count: u64) {
-        if self
-            .imports
-            .get(&id)
-            .is_some_and(|s| s.generation == generation)
+        if let Entry::Occupied(s) = self.imports.entry(id)
+            && s.get().generation == generation
         {
-            self.imports.remove(&id);
+            s.remove();
         }
         if self.state != State::Closed && count > 0 {
             self.releases.push((id, count));
@@ -1163,14 +1189,21 @@ impl Broker {
     }
 }
 
-/// A multiplicative (Fibonacci) hash for the ids we allocate ourselves: one multiply instead
-/// of SipHash's rounds. Not for keys a peer chooses.
+/// A multiplicative (Fibonacci) hash for the ids and addresses we allocate ourselves: one
+/// multiply instead of SipHash's rounds. Not for keys a peer chooses (what is stored in the
+/// table must be ours; the peer may only look keys up).
 #[derive(Default)]
 pub(crate) struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // The table picks buckets with the low bits, and a product's low bits depend only on
+        // the key's low bits (all zero in aligned addresses): fold the high bits in.
+        self.0 ^ (self.0 >> 32)
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
     }
 
     fn write(&mut self, bytes: &[u8]) {

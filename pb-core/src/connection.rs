@@ -32,7 +32,7 @@ use crate::cache::ReplicaSlot;
 use crate::frame::{FrameDecoder, HEADER_LEN};
 use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
 use crate::message::FaultKind;
-use crate::object::{Fault, IncomingCall, ObjectRef, Remote, Reply, disconnected_fault};
+use crate::object::{BoxFuture, Fault, IncomingCall, ObjectRef, Remote, Reply, disconnected_fault};
 
 /// A connection's recorded identity, of whatever type the application chose.
 type Identity = Arc<dyn Any + Send + Sync>;
@@ -687,20 +687,18 @@ impl ConnShared {
             None
         };
         // The handler runs under its caller's deadline (its own calls inherit it) and is
-        // dropped when the deadline passes: the caller has given up by then.
-        let fut = async move {
-            match deadline {
-                Some(d) => {
-                    crate::deadline::maybe_scope(Some(d), async move {
-                        tokio::time::timeout_at(d, fut)
-                            .await
-                            .unwrap_or_else(|_| Err(deadline_fault()))
-                    })
+        // dropped when the deadline passes: the caller has given up by then. That wrapping
+        // (a timer and a scope) is boxed, so that the task of a handler without a deadline
+        // stays small: tokio copies the whole future into the task when it is spawned.
+        let CatchUnwind(handler) = fut;
+        let fut = CatchUnwind(match deadline {
+            Some(d) => Box::pin(crate::deadline::maybe_scope(Some(d), async move {
+                tokio::time::timeout_at(d, handler)
                     .await
-                }
-                None => fut.await,
-            }
-        };
+                    .unwrap_or_else(|_| Err(deadline_fault()))
+            })) as BoxFuture<Reply>,
+            None => handler,
+        });
         tokio::spawn(
             async move {
                 let reply = match cancel {
