@@ -1137,11 +1137,14 @@ impl Broker {
         }
     }
 
-    /// Stop taking new calls: tell the peer, and let running calls finish.
-    pub(crate) fn start_draining(&mut self) {
+    /// Stop taking new calls and let running calls finish; with `goodbye`, tell the peer (a
+    /// close with nothing running skips it: the end of the stream follows at once).
+    pub(crate) fn start_draining(&mut self, goodbye: bool) {
         if self.state == State::Open {
             self.state = State::Draining;
-            self.write_message(&Message::Goodbye);
+            if goodbye {
+                self.write_message(&Message::Goodbye);
+            }
         }
     }
 

@@ -1,11 +1,13 @@
 //! The tokio driver that pumps a [`Broker`] over a transport, and the [`Connection`] handle.
 //!
-//! Each connection runs two tasks: a reader that decodes frames and feeds them to the broker
-//! (running the handlers of incoming calls inline, and writing a batch's answers at once), and
-//! a writer that drains what nobody wrote directly with vectored writes (so everything queued
-//! while a write was in progress goes out in one system call). A caller whose call is the only
-//! one pending writes it itself. Handlers that have to wait run in tasks of their own. The
-//! broker sits behind a mutex held only for bookkeeping, never across an await.
+//! Each connection runs a reader that decodes frames and feeds them to the broker (running the
+//! handlers of incoming calls inline, and writing a batch's answers at once), in a task of its
+//! own or in one the caller already has ([`Connection::establish_with_reader`]), and, from the
+//! first time it is needed, a writer task that drains what nobody wrote directly with vectored
+//! writes (so everything queued while a write was in progress goes out in one system call). A
+//! caller whose call is the only one pending writes it itself. Handlers that have to wait run
+//! in tasks of their own. The broker sits behind a mutex held only for bookkeeping, never
+//! across an await.
 //!
 //! Dropping the last handle to an imported reference must not take the broker's lock (it may
 //! happen anywhere, even while the lock is held), so releases go through a queue of their own
@@ -18,18 +20,18 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::broker::{Broker, CallEvent, Flush, Limits, Payload, ProtocolError, TableStats};
 use crate::cache::ReplicaSlot;
-use crate::frame::{FrameDecoder, HEADER_LEN};
+use crate::frame::{FrameDecoder, HEADER_LEN, MIN_READ};
 use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
 use crate::message::FaultKind;
 use crate::object::{BoxFuture, Fault, IncomingCall, ObjectRef, Remote, Reply, disconnected_fault};
@@ -228,13 +230,17 @@ pub(crate) struct ConnShared {
     /// The transport's write half: `None` before the connection is established and after the
     /// writer has shut it down. Whoever holds the lock may write (see [`ConnShared::flush_now`]).
     out: Mutex<Option<Output>>,
-    wake_writer: Notify,
+    /// Wakes the writer task, which starts on the first wake-up.
+    wake_writer: WriterWake,
     call_done: Notify,
     max_frame_len: AtomicUsize,
     /// `Limits::max_depth`, read by every decode of a value that came in on this connection.
     pub(crate) max_depth: usize,
-    closed: watch::Sender<Option<CloseReason>>,
-    /// Mirrors `closed.is_some()`: checked on every write and call, without the watch's lock.
+    /// Why the connection ended: set once, by the first close.
+    close_reason: OnceLock<CloseReason>,
+    /// Wakes those waiting for the close (one `notify_waiters`, made by the first close).
+    closed: Notify,
+    /// Set by the first close, after `close_reason`: checked on every write and call.
     is_closed: AtomicBool,
     drain_timeout: Duration,
     identity: Mutex<Option<Identity>>,
@@ -272,11 +278,12 @@ impl ConnShared {
             releases: Mutex::new(Vec::new()),
             releases_queued: AtomicBool::new(false),
             out: Mutex::new(None),
-            wake_writer: Notify::new(),
+            wake_writer: WriterWake::default(),
             call_done: Notify::new(),
             max_frame_len: AtomicUsize::new(config.limits.max_frame_len),
             max_depth: config.limits.max_depth,
-            closed: watch::channel(None).0,
+            close_reason: OnceLock::new(),
+            closed: Notify::new(),
             is_closed: AtomicBool::new(false),
             drain_timeout: config.drain_timeout,
             identity: Mutex::new(None),
@@ -307,8 +314,13 @@ impl ConnShared {
     }
 
     pub(crate) async fn closed(&self) {
-        let mut rx = self.closed.subscribe();
-        let _ = rx.wait_for(|r| r.is_some()).await;
+        let notified = self.closed.notified();
+        tokio::pin!(notified);
+        // Registered before the check: a close after it wakes us.
+        notified.as_mut().enable();
+        if !self.is_closed() {
+            notified.await;
+        }
     }
 
     /// Whether more than `Limits::max_unsent_bytes` wait to be written (and have not yet
@@ -989,14 +1001,18 @@ impl ConnShared {
 
     /// The fault of a call that fails because the connection has ended.
     pub(crate) fn close_fault(&self) -> Fault {
-        match &*self.closed.borrow() {
+        match self.close_reason.get() {
             Some(reason) => fault_of(reason),
             None => disconnected_fault(),
         }
     }
 
-    /// Mark the connection closed and fail everything pending.
+    /// Mark the connection closed and fail everything pending. Only the first close does
+    /// anything (the reader, seeing a local close, calls it again).
     pub(crate) fn close(&self, reason: CloseReason) {
+        if self.is_closed() {
+            return;
+        }
         let mut wakers = Vec::new();
         let (held, imports) = {
             let mut broker = self.lock();
@@ -1015,18 +1031,36 @@ impl ConnShared {
             imp.revoke();
         }
         drop(imports);
-        self.closed.send_if_modified(|r| {
-            if r.is_none() {
-                *r = Some(reason.clone());
-                true
-            } else {
-                false
-            }
-        });
+        let _ = self.close_reason.set(reason);
         self.is_closed.store(true, Ordering::Release);
+        self.closed.notify_waiters();
+        self.end_output();
+        // Callers waiting for output space give up now. Only a congested output has any: they
+        // wait only after seeing it congested, and its end wakes them.
+        if self.is_congested() {
+            self.space.notify_waiters();
+        }
+    }
+
+    /// After the close: write what is left, then shut the write half down. Done here when the
+    /// writer task never started, nothing is left and the transport shuts down at once (TCP
+    /// does), so a short connection never starts the task; by the writer task otherwise.
+    fn end_output(&self) {
+        if !self.wake_writer.is_started()
+            && let Ok(mut guard) = self.out.try_lock()
+            && let Some(out) = guard.as_mut()
+        {
+            self.collect_output(out);
+            if out.is_empty()
+                && Pin::new(&mut *out.wr)
+                    .poll_shutdown(&mut Context::from_waker(Waker::noop()))
+                    .is_ready()
+            {
+                *guard = None;
+                return;
+            }
+        }
         self.wake_writer.notify_one();
-        // Callers waiting for output space give up now.
-        self.space.notify_waiters();
     }
 
     fn stats(&self) -> TableStats {
@@ -1228,7 +1262,7 @@ impl Connection {
     /// reaches as its root (`None` to serve nothing). A dialing side that wants its first call
     /// to leave at once uses [`Connection::dial`].
     pub async fn establish<T>(
-        mut io: T,
+        io: T,
         config: &Config,
         side: Side,
         root: Option<ObjectRef>,
@@ -1237,9 +1271,49 @@ impl Connection {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let established = Self::handshake(io, config, side, root, peer_addr, true).await?;
+        Ok(established.0)
+    }
+
+    /// As [`Connection::establish`], but the connection's reader is returned instead of
+    /// spawned: the connection reads from the peer (and so answers its calls, and notices
+    /// that it closed) only while the caller runs it. It completes once the connection has
+    /// closed. A server runs it in the task it already has for the connection, which spares a
+    /// task per connection.
+    pub async fn establish_with_reader<T>(
+        io: T,
+        config: &Config,
+        side: Side,
+        root: Option<ObjectRef>,
+        peer_addr: Option<SocketAddr>,
+    ) -> Result<(Connection, ConnectionReader), ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (conn, reader) = Self::handshake(io, config, side, root, peer_addr, false).await?;
+        // Without a reader to spawn, `start` hands it back (always, for a transport it split).
+        Ok((
+            conn,
+            reader.unwrap_or_else(|| Box::pin(std::future::ready(()))),
+        ))
+    }
+
+    /// `establish`, spawning the reader or handing it back.
+    async fn handshake<T>(
+        mut io: T,
+        config: &Config,
+        side: Side,
+        root: Option<ObjectRef>,
+        peer_addr: Option<SocketAddr>,
+        spawn: bool,
+    ) -> Result<(Connection, Option<ConnectionReader>), ConnectError>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let ours = Hello::ours(config.features);
         let hello = hello_frame(&ours);
-        let mut rbuf = BytesMut::with_capacity(256);
+        // The reader keeps this much room before each read anyway.
+        let mut rbuf = BytesMut::with_capacity(MIN_READ);
         let exchange = async {
             if side == Side::Client {
                 io.write_all(&hello).await?;
@@ -1261,7 +1335,7 @@ impl Connection {
         }
         let answer = (side == Side::Server).then_some(ours);
         Ok(Connection::start(
-            io, config, side, root, peer_addr, rbuf, answer, None,
+            io, config, side, root, peer_addr, rbuf, answer, None, spawn,
         ))
     }
 
@@ -1290,8 +1364,9 @@ impl Connection {
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let ours = Hello::ours(config.features);
-        let rbuf = BytesMut::with_capacity(256);
-        let conn = Connection::start(
+        // The reader keeps this much room before each read anyway.
+        let rbuf = BytesMut::with_capacity(MIN_READ);
+        let (conn, _) = Connection::start(
             io,
             config,
             Side::Client,
@@ -1300,12 +1375,14 @@ impl Connection {
             rbuf,
             Some(ours),
             Some(ours),
+            true,
         );
         Ok(conn)
     }
 
     /// Start the connection's tasks. `send` is our hello, queued as the first bytes, if it is
-    /// still to be sent; with `check`, the reader checks the peer's before any frame.
+    /// still to be sent; with `check`, the reader checks the peer's before any frame. Without
+    /// `spawn`, the reader is returned for the caller to run.
     #[allow(clippy::too_many_arguments)]
     fn start<T>(
         io: T,
@@ -1316,7 +1393,8 @@ impl Connection {
         rbuf: BytesMut,
         send: Option<Hello>,
         check: Option<Hello>,
-    ) -> Connection
+        spawn: bool,
+    ) -> (Connection, Option<ConnectionReader>)
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -1342,6 +1420,7 @@ impl Connection {
             span,
             check,
             handshake_timeout: config.handshake_timeout,
+            spawn,
         };
         // TCP splits into owned halves; any other transport goes through `tokio::io::split`,
         // whose halves share a lock taken on every read and write.
@@ -1349,12 +1428,13 @@ impl Connection {
         let tcp = (&mut io as &mut dyn Any)
             .downcast_mut::<Option<tokio::net::TcpStream>>()
             .and_then(Option::take);
+        let mut reader = None;
         if let Some(tcp) = tcp {
             let (rd, wr) = tcp.into_split();
-            tasks.start(&shared, rd, Box::new(wr));
+            reader = tasks.start(&shared, rd, Box::new(wr));
         } else if let Some(io) = io {
             let (rd, wr) = tokio::io::split(io);
-            tasks.start(&shared, rd, Box::new(wr));
+            reader = tasks.start(&shared, rd, Box::new(wr));
         }
         tracing::debug!(
             connection = shared.id,
@@ -1362,7 +1442,7 @@ impl Connection {
             ?peer_addr,
             "connection established"
         );
-        Connection { shared }
+        (Connection { shared }, reader)
     }
 
     /// The peer's root object, typed.
@@ -1445,7 +1525,7 @@ impl Connection {
 
     /// Why the connection ended, once it has.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.shared.closed.borrow().clone()
+        self.shared.close_reason.get().cloned()
     }
 
     /// Completes when the connection ends (at once if it has). Every waiter is woken exactly
@@ -1458,14 +1538,17 @@ impl Connection {
     /// (up to the drain timeout), then close. Our own pending calls fail with `Disconnected`.
     pub async fn close(&self) {
         let shared = &self.shared;
+        // Nothing running (the common case): no goodbye and no drain timer. The end of the
+        // stream follows at once and tells the peer; a goodbye matters while calls drain, when
+        // the peer must stop sending new ones (which fail with `ShuttingDown`, not lost).
         let busy = {
             let mut broker = shared.lock();
-            broker.start_draining();
-            broker.in_flight() > 0
+            let busy = broker.in_flight() > 0;
+            broker.start_draining(busy);
+            busy
         };
-        shared.wake_writer.notify_one();
-        // Nothing running (the common case): no drain timer to arm.
         if busy {
+            shared.wake_writer.notify_one();
             let drained = async {
                 loop {
                     let done = shared.call_done.notified();
@@ -1477,8 +1560,8 @@ impl Connection {
             };
             let _ = tokio::time::timeout(shared.drain_timeout, drained).await;
         }
+        // Marks the connection closed before it returns: nothing to wait for after it.
         shared.close(CloseReason::Local);
-        shared.closed().await;
     }
 
     /// Close at once: running calls are cancelled, pending calls fail.
@@ -1510,15 +1593,18 @@ struct Timers {
 /// frame that never completes do not.
 struct Liveness {
     timers: Timers,
+    /// `Config::handshake_timeout` while the peer's hello is awaited (on a dialed connection).
+    hello: Option<Duration>,
     last_frame: tokio::time::Instant,
     ping_sent: bool,
     nonce: u64,
 }
 
 impl Liveness {
-    fn new(timers: Timers) -> Liveness {
+    fn new(timers: Timers, hello: Option<Duration>) -> Liveness {
         Liveness {
             timers,
+            hello,
             last_frame: tokio::time::Instant::now(),
             ping_sent: false,
             nonce: 0,
@@ -1526,7 +1612,13 @@ impl Liveness {
     }
 
     fn enabled(&self) -> bool {
-        self.timers.keepalive.is_some() || self.timers.idle.is_some()
+        self.timers.keepalive.is_some() || self.timers.idle.is_some() || self.hello.is_some()
+    }
+
+    /// The peer's hello arrived and was accepted.
+    fn hello_received(&mut self) {
+        self.hello = None;
+        self.frame_received();
     }
 
     fn frame_received(&mut self) {
@@ -1542,12 +1634,18 @@ impl Liveness {
             Some(d) if !self.ping_sent => self.last_frame + d,
             _ => far,
         };
-        idle.min(ping)
+        let hello = self.hello.map_or(far, |d| self.last_frame + d);
+        idle.min(ping).min(hello)
     }
 
     /// The timer fired: ping, give up, or just re-arm.
     fn on_timer(&mut self, conn: &ConnShared) -> Result<(), CloseReason> {
         let quiet = tokio::time::Instant::now().saturating_duration_since(self.last_frame);
+        if let Some(hello) = self.hello
+            && quiet >= hello
+        {
+            return Err(CloseReason::IdleTimeout(hello));
+        }
         if let Some(idle) = self.timers.idle
             && quiet >= idle
         {
@@ -1568,11 +1666,12 @@ impl Liveness {
 
 // --- end keep-alive ---
 
-/// Our hello as a whole frame.
-fn hello_frame(ours: &Hello) -> BytesMut {
-    let mut hello = BytesMut::with_capacity(HEADER_LEN + HELLO_LEN);
-    hello.put_u32(HELLO_LEN as u32);
-    ours.encode(&mut hello);
+/// Our hello as a whole frame (on the stack: it is copied into the output anyway).
+fn hello_frame(ours: &Hello) -> [u8; HEADER_LEN + HELLO_LEN] {
+    let mut hello = [0u8; HEADER_LEN + HELLO_LEN];
+    let mut out = &mut hello[..];
+    out.put_u32(HELLO_LEN as u32);
+    ours.encode(&mut out);
     hello
 }
 
@@ -1583,19 +1682,32 @@ async fn read_hello<R: AsyncRead + Unpin>(
     rbuf: &mut BytesMut,
     ours: &Hello,
 ) -> Result<(), ConnectError> {
-    let hello = hello_frame(ours);
-    while rbuf.len() < HEADER_LEN + HELLO_LEN {
-        // Check as soon as the header is in, so a non-pb peer is told apart early.
-        if rbuf.len() >= 8 && rbuf[..8] != hello[..8] {
-            break;
-        }
+    while !take_hello(rbuf, ours)? {
         if io.read_buf(rbuf).await? == 0 {
             return Err(ConnectError::Closed);
         }
     }
-    // The loop ends early when the first eight bytes (header and magic) are not ours, so
-    // the body may be incomplete here: never index into it.
-    let header_ok = rbuf.get(..HEADER_LEN) == hello.get(..HEADER_LEN);
+    Ok(())
+}
+
+/// The first eight bytes of every hello frame: its length and the magic.
+const HELLO_HEAD: [u8; 8] = {
+    let len = (HELLO_LEN as u32).to_be_bytes();
+    let m = crate::handshake::MAGIC;
+    [len[0], len[1], len[2], len[3], m[0], m[1], m[2], m[3]]
+};
+
+/// Check the peer's hello at the front of `rbuf` against ours and take it out: `false` while
+/// more bytes are needed to tell.
+fn take_hello(rbuf: &mut BytesMut, ours: &Hello) -> Result<bool, HandshakeError> {
+    // Check as soon as the header is in, so a non-pb peer is told apart early.
+    let differs = rbuf.get(..8).is_some_and(|head| head != HELLO_HEAD);
+    if rbuf.len() < HEADER_LEN + HELLO_LEN && !differs {
+        return Ok(false);
+    }
+    // When the first eight bytes (header and magic) are not ours, the body may be
+    // incomplete here: never index into it.
+    let header_ok = rbuf.get(..HEADER_LEN) == HELLO_HEAD.get(..HEADER_LEN);
     let body = rbuf.get(HEADER_LEN..HEADER_LEN + HELLO_LEN);
     let Some(body) = body.filter(|_| header_ok) else {
         // Report the four bytes where the magic should be, or the first four if even the
@@ -1605,26 +1717,31 @@ async fn read_hello<R: AsyncRead + Unpin>(
         for (m, b) in magic.iter_mut().zip(rbuf.iter().skip(at)) {
             *m = *b;
         }
-        return Err(HandshakeError::BadMagic { magic }.into());
+        return Err(HandshakeError::BadMagic { magic });
     };
     let theirs = Hello::decode(body)?;
     let _features = ours.negotiate(&theirs)?;
     bytes::Buf::advance(rbuf, HEADER_LEN + HELLO_LEN);
-    Ok(())
+    Ok(true)
 }
 
+/// The reader task. With `check` (our hello and the handshake timeout, on a dialed
+/// connection), the peer's hello is checked before any frame, within the timeout: the
+/// keep-alive timer keeps that deadline too, so the wait for the hello costs no timer or task
+/// of its own.
 async fn run_reader<R: AsyncRead + Unpin>(
     conn: Arc<ConnShared>,
     mut rd: R,
     mut rbuf: BytesMut,
     mut decoder: FrameDecoder,
     timers: Timers,
+    check: Option<(Hello, Duration)>,
 ) {
     // One wait for a local close, made once: polling it again is cheap, making it is not.
-    let mut closed_rx = conn.closed.subscribe();
-    let closed = closed_rx.wait_for(|r| r.is_some());
+    let closed = conn.closed();
     tokio::pin!(closed);
-    let mut live = Liveness::new(timers);
+    let mut live = Liveness::new(timers, check.map(|(_, timeout)| timeout));
+    let mut check = check.map(|(ours, _)| ours);
     let mut wakers = Vec::new();
     let timer = tokio::time::sleep_until(live.deadline());
     tokio::pin!(timer);
@@ -1632,10 +1749,24 @@ async fn run_reader<R: AsyncRead + Unpin>(
     let side_waker = Waker::from(side.clone());
     let mut known_task = None;
     let mut held = Held::default();
+    // Our hello may wait in the output (the writer task starts only when needed): it leaves
+    // after the first batch at the latest, with that batch's answers.
+    let mut first = true;
     let reason = 'conn: loop {
+        if let Some(ours) = &check {
+            match take_hello(&mut rbuf, ours) {
+                Ok(true) => {
+                    check = None;
+                    live.hello_received();
+                }
+                Ok(false) => {}
+                Err(e) => break 'conn CloseReason::Handshake(e),
+            }
+        }
         let mut any_frame = false;
         let mut handled = false;
-        loop {
+        // No frame is taken before the peer's hello.
+        while check.is_none() {
             decoder.set_max_len(conn.max_frame_len.load(Ordering::Relaxed));
             match decoder.decode(&mut rbuf) {
                 Ok(Some(frame)) => {
@@ -1671,7 +1802,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
             }
         }
         // Answers and faults for the whole batch go out in one write.
-        if handled {
+        if handled || std::mem::take(&mut first) {
             conn.end_batch();
         }
         if conn.is_closed() {
@@ -1747,6 +1878,12 @@ async fn run_reader<R: AsyncRead + Unpin>(
             tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, %why, "closing connection: protocol violation")
         }
         CloseReason::Io(why) => tracing::debug!(connection = conn.id, %why, "connection failed"),
+        CloseReason::IdleTimeout(after) if check.is_some() => {
+            tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, ?after, "closing connection: pb handshake failed: no hello within handshake_timeout")
+        }
+        CloseReason::Handshake(e) => {
+            tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, error = %e, "closing connection: pb handshake failed")
+        }
         CloseReason::IdleTimeout(after) => {
             tracing::info!(connection = conn.id, peer = ?conn.peer_addr, ?after, "closing connection: no frame from the peer within idle_timeout")
         }
@@ -1765,6 +1902,8 @@ struct Tasks {
     /// Our hello, when the reader has to check the peer's before any frame.
     check: Option<Hello>,
     handshake_timeout: Duration,
+    /// Spawn the reader, or return it.
+    spawn: bool,
 }
 
 impl Tasks {
@@ -1773,7 +1912,7 @@ impl Tasks {
         shared: &Arc<ConnShared>,
         rd: R,
         wr: Box<dyn AsyncWrite + Send + Unpin>,
-    ) {
+    ) -> Option<ConnectionReader> {
         *shared.lock_out() = Some(Output {
             wr,
             queue: Vec::new(),
@@ -1788,42 +1927,23 @@ impl Tasks {
             span,
             check,
             handshake_timeout,
+            spawn,
         } = self;
-        match check {
-            None => {
-                tokio::spawn(
-                    run_reader(shared.clone(), rd, rbuf, decoder, timers).instrument(span.clone()),
-                );
-            }
-            Some(ours) => {
-                let timeout = handshake_timeout;
-                let conn = shared.clone();
-                tokio::spawn(
-                    async move {
-                        let (mut rd, mut rbuf) = (rd, rbuf);
-                        let checked = tokio::select! {
-                            r = tokio::time::timeout(timeout, read_hello(&mut rd, &mut rbuf, &ours)) => r,
-                            () = conn.closed() => return,
-                        };
-                        let reason = match checked {
-                            Ok(Ok(())) => {
-                                return run_reader(conn, rd, rbuf, decoder, timers).await;
-                            }
-                            Ok(Err(ConnectError::Handshake(e))) => CloseReason::Handshake(e),
-                            Ok(Err(ConnectError::Closed)) => CloseReason::PeerClosed,
-                            Ok(Err(e)) => CloseReason::Io(e.to_string()),
-                            Err(_) => CloseReason::IdleTimeout(timeout),
-                        };
-                        tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, ?reason, "closing connection: pb handshake failed");
-                        conn.close(reason);
-                    }
-                    .instrument(span.clone()),
-                );
-            }
+        let check = check.map(|ours| (ours, handshake_timeout));
+        let reader =
+            run_reader(shared.clone(), rd, rbuf, decoder, timers, check).instrument(span.clone());
+        shared.wake_writer.prepare(shared, span);
+        if spawn {
+            tokio::spawn(reader);
+            None
+        } else {
+            Some(Box::pin(reader))
         }
-        tokio::spawn(run_writer(shared.clone()).instrument(span));
     }
 }
+
+/// A connection's reader, for the caller to run (see [`Connection::establish_with_reader`]).
+pub type ConnectionReader = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// What woke the reader.
 enum ReaderEvent {
@@ -1880,6 +2000,56 @@ impl std::task::Wake for SideWake {
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(task) = task {
             task.wake();
+        }
+    }
+}
+
+/// Wakes the connection's writer task, and starts it on the first wake-up: most output is
+/// written directly (by callers and the reader), so a short connection never needs the task,
+/// and never pays for spawning it.
+#[derive(Default)]
+struct WriterWake {
+    notify: Notify,
+    /// Set once the task is started (or can no longer be).
+    started: AtomicBool,
+    /// What starting the task takes, from the connection's start until the task starts.
+    start: Mutex<Option<(Weak<ConnShared>, tokio::runtime::Handle, tracing::Span)>>,
+}
+
+impl WriterWake {
+    /// Record what the writer task will run on (the current runtime) and in which span.
+    fn prepare(&self, conn: &Arc<ConnShared>, span: tracing::Span) {
+        let handle = tokio::runtime::Handle::current();
+        *self.start.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Arc::downgrade(conn), handle, span));
+    }
+
+    fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Wake the writer task, starting it if it is not running yet.
+    fn notify_one(&self) {
+        self.notify.notify_one();
+        if !self.is_started() {
+            self.start();
+        }
+    }
+
+    fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    #[cold]
+    fn start(&self) {
+        let start = self.start.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Before `prepare` there is nothing to start yet: the wake-up stays in `notify`.
+        let Some((conn, handle, span)) = start else {
+            return;
+        };
+        self.started.store(true, Ordering::Release);
+        if let Some(conn) = conn.upgrade() {
+            handle.spawn(run_writer(conn).instrument(span));
         }
     }
 }

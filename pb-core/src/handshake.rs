@@ -10,7 +10,7 @@
 //! Layout of the 16-byte body: magic `b"PBRS"`, version (u16 BE), reserved (u16, zero), feature
 //! flags (u64 BE). Features are negotiated as the intersection of both sides' flags.
 
-use bytes::{BufMut, BytesMut};
+use bytes::BufMut;
 
 /// The magic that opens every pb connection.
 pub const MAGIC: [u8; 4] = *b"PBRS";
@@ -59,7 +59,7 @@ impl Hello {
     }
 
     /// Encode the hello body (without frame header).
-    pub fn encode(&self, out: &mut BytesMut) {
+    pub fn encode(&self, out: &mut impl BufMut) {
         out.put_slice(&MAGIC);
         out.put_u16(self.version);
         out.put_u16(0);
@@ -129,6 +129,7 @@ pub enum HandshakeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
 
     #[test]
     fn round_trip_and_mismatch() {

@@ -77,7 +77,8 @@ pub mod transport;
 pub use broker::{Limits, ProtocolError, TableStats};
 pub use cache::{Cache, CacheState, Replica, Versioned};
 pub use connection::{
-    Caller, CloseReason, Config, ConnectError, Connection, ConnectionStats, ExportLink, Side,
+    Caller, CloseReason, Config, ConnectError, Connection, ConnectionReader, ConnectionStats,
+    ExportLink, Side,
 };
 pub use object::{
     BoxFuture, CallError, Copyable, Dispatch, Fault, IncomingCall, Interface, ObjectRef, Outcome,

@@ -262,14 +262,16 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     live: Live,
 ) {
+    // Each connection's task holds a permit until it ends: the permits count the tasks, so
+    // waiting for all of them at shutdown waits for every task, and no set of tasks has to be
+    // kept (and reaped, a wake-up of this loop per connection).
     let permits = Arc::new(Semaphore::new(builder.max_connections));
     let config = Arc::new(builder.config);
-    let mut tasks = JoinSet::new();
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            biased;
             _ = stop.wait_for(|s| *s) => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            r = listener.accept() => r,
         };
         let (stream, addr) = match accepted {
             Ok(a) => a,
@@ -291,7 +293,7 @@ async fn accept_loop(
         let config = config.clone();
         let live = live.clone();
         let stop = stop.clone();
-        tasks.spawn(async move {
+        tokio::spawn(async move {
             let _permit = permit;
             if *stop.borrow() {
                 return;
@@ -307,7 +309,7 @@ async fn accept_loop(
                     }
                 }
             };
-            let conn = match established {
+            let (conn, reader) = match established {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::info!(%addr, error = %e, "handshake failed");
@@ -317,15 +319,30 @@ async fn accept_loop(
             live.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(conn.id(), conn.clone());
-            conn.closed().await;
+            // The connection's reader runs in this task (it ends once the connection has
+            // closed), or in a task of its own.
+            match reader {
+                Some(reader) => reader.await,
+                None => conn.closed().await,
+            }
             live.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&conn.id());
         });
     }
     drop(listener);
-    // Connections are closed by `ServerHandle::shutdown`; wait for their tasks to end.
-    while tasks.join_next().await.is_some() {}
+    // Connections are closed by `ServerHandle::shutdown`; wait for their tasks to end, that is
+    // for every permit to be back.
+    let mut left = builder.max_connections;
+    let mut back = Vec::new();
+    while left > 0 {
+        let n = u32::try_from(left).unwrap_or(u32::MAX);
+        match permits.clone().acquire_many_owned(n).await {
+            Ok(p) => back.push(p),
+            Err(_) => break,
+        }
+        left -= n as usize;
+    }
 }
 
 /// Refuse plaintext, run the TLS handshake within the handshake deadline, then serve the
@@ -336,7 +353,7 @@ async fn serve_tls(
     service: &Service,
     config: &Config,
     addr: SocketAddr,
-) -> Option<Result<Connection, pb_core::ConnectError>> {
+) -> Option<Result<Established, pb_core::ConnectError>> {
     // The TLS handshake counts against the pb handshake's deadline, so a peer that stalls in
     // it holds its slot no longer than one that stalls after.
     let deadline = tokio::time::Instant::now() + config.handshake_timeout;
@@ -371,6 +388,9 @@ async fn serve_tls(
     Some(serve_one(tls, service, config, addr, Some(info)).await)
 }
 
+/// A connection, and its reader when the caller is to run it.
+type Established = (Connection, Option<pb_core::ConnectionReader>);
+
 /// Fatal TLS alert records (`unexpected_message`): what a plaintext peer on the TLS listener
 /// gets, so that a pb client dialing without TLS can say "the server speaks tls" at once. Sent
 /// twice because a pb peer decides on its first 8 bytes, and one alert record is 7.
@@ -400,25 +420,27 @@ async fn serve_one<T>(
     config: &Config,
     addr: SocketAddr,
     tls: Option<TlsInfo>,
-) -> Result<Connection, pb_core::ConnectError>
+) -> Result<Established, pb_core::ConnectError>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     match service {
         Service::Root(factory) => {
-            let conn =
-                Connection::establish(io, config, Side::Server, Some(factory(addr)), Some(addr))
+            let root = Some(factory(addr));
+            let (conn, reader) =
+                Connection::establish_with_reader(io, config, Side::Server, root, Some(addr))
                     .await?;
             // Without a portal the certificate is the only identity there is: record it, so
             // that `Caller::identity::<Identity>()` works the same way.
             if let Some(cert) = tls.and_then(|t| t.peer_certificate) {
                 conn.set_identity(Identity::Certificate(cert));
             }
-            Ok(conn)
+            Ok((conn, Some(reader)))
         }
         // Boxed: the login path's state is large and rare next to a plain connection's.
         Service::Portal(portal) => {
-            Box::pin(portal.serve_connection(io, config, Some(addr), tls)).await
+            let conn = Box::pin(portal.serve_connection(io, config, Some(addr), tls)).await?;
+            Ok((conn, None))
         }
     }
 }
