@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 use crate::connection::{ConnShared, ExportLink, Imported};
 use crate::message::{
     self, CallHead, FaultKind, Message, MessageError, MessageLimits, RefDesc,
-    encode_answer_frame_head, encode_answer_head, encode_call_head, encode_update_head,
+    encode_answer_frame_head, encode_answer_head, encode_call_frame_head, encode_update_head,
 };
 use crate::object::{Fault, ObjectRef, Outcome, RefInner, Reply, disconnected_fault};
 
@@ -151,6 +151,31 @@ enum PendingCall {
     Waiting(Option<Waker>),
     /// The answer, until the caller's next poll takes it.
     Answered(Reply),
+}
+
+/// The encoded arguments of a call we make.
+pub(crate) enum Payload {
+    /// Bytes of their own (`ObjectRef::call_raw`, forwarded calls).
+    Bytes(Bytes),
+    /// In a scratch buffer, copied into the output (or, if large, queued as their own chunk).
+    Encoded(crate::codec::Encoded),
+}
+
+impl Payload {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Bytes(b) => b,
+            Payload::Encoded(e) => e.as_slice(),
+        }
+    }
+
+    /// The payload as `Bytes` (a copy only for a small encoded one).
+    pub(crate) fn into_bytes(self) -> Bytes {
+        match self {
+            Payload::Bytes(b) => b,
+            Payload::Encoded(e) => e.into_bytes(),
+        }
+    }
 }
 
 /// Descriptors for a message's references, and what must follow the message.
@@ -310,7 +335,20 @@ impl Broker {
 
     /// Append the frames to write to `into`, in order; appends nothing when there is nothing to
     /// send.
+    #[cfg(test)]
     pub(crate) fn take_transmit(&mut self, into: &mut Vec<Bytes>) {
+        let mut tail = BytesMut::new();
+        self.take_transmit_to(into, &mut tail);
+        if !tail.is_empty() {
+            into.push(tail.freeze());
+        }
+    }
+
+    /// Hand over the frames to write: whole chunks are appended to `into`, and the output
+    /// buffer, which follows them, is exchanged for `tail` (what `tail` held goes to `into`
+    /// first, keeping the order), so the buffer's written allocation comes back for reuse
+    /// without splitting a chunk off it. Returns how many bytes were handed over.
+    pub(crate) fn take_transmit_to(&mut self, into: &mut Vec<Bytes>, tail: &mut BytesMut) -> usize {
         // Whatever a batch's handlers queued goes out with this.
         self.in_batch = false;
         if !self.releases.is_empty() && self.state != State::Closed {
@@ -319,11 +357,17 @@ impl Broker {
                 self.write_message(&Message::Release(batch.to_vec()));
             }
         }
+        let added = self.chunks_len + self.out.len();
+        if added == 0 {
+            return 0;
+        }
+        if !tail.is_empty() {
+            into.push(tail.split().freeze());
+        }
         into.append(&mut self.chunks);
         self.chunks_len = 0;
-        if !self.out.is_empty() {
-            into.push(self.out.split().freeze());
-        }
+        std::mem::swap(&mut self.out, tail);
+        added
     }
 
     /// Queue bytes that are not a message (the hello of a dialed connection) before anything
@@ -346,7 +390,7 @@ impl Broker {
 
     /// Room for a frame header, an envelope of about `head` bytes and a payload that will be
     /// copied in.
-    fn reserve_frame(&mut self, head: usize, payload: &Bytes) {
+    fn reserve_frame(&mut self, head: usize, payload: &[u8]) {
         let copied = if payload.len() >= ZERO_COPY_MIN {
             0
         } else {
@@ -373,11 +417,11 @@ impl Broker {
     /// Finish a frame whose head is in `out` from `start`, with `payload` as its tail.
     fn push_payload(&mut self, start: usize, payload: Bytes) {
         self.patch_len(start, payload.len());
-        self.push_payload_framed(payload);
+        self.append_payload(payload);
     }
 
-    /// Finish a frame whose head, its length already counting `payload`, is in `out`.
-    fn push_payload_framed(&mut self, payload: Bytes) {
+    /// Append the payload of a frame whose head (with its length) is in `out`.
+    fn append_payload(&mut self, payload: Bytes) {
         if payload.len() >= ZERO_COPY_MIN {
             let head = self.out.split().freeze();
             self.chunks_len += head.len() + payload.len();
@@ -392,7 +436,7 @@ impl Broker {
         self.write_message(&Message::Fault { id, kind, message });
     }
 
-    fn frame_fits(&self, head_estimate: usize, payload: &Bytes) -> Result<(), Fault> {
+    fn frame_fits(&self, head_estimate: usize, payload: &[u8]) -> Result<(), Fault> {
         let len = head_estimate + payload.len();
         if len > self.limits.max_frame_len {
             return Err(Fault {
@@ -411,6 +455,9 @@ impl Broker {
     /// Turn references about to be sent into wire descriptors, counting exports. Also returns
     /// the updates that must follow the message (caches that changed since they were encoded).
     fn describe(&mut self, refs: &[ObjectRef]) -> Result<Described, Fault> {
+        if refs.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
         // Check the quota before touching any count, so a refused message changes nothing.
         let new_exports = self.count_new_exports(refs);
         if self.exports.len() + new_exports > self.limits.max_exports {
@@ -898,7 +945,7 @@ impl Broker {
         &mut self,
         target: u64,
         method: &str,
-        payload: Bytes,
+        payload: Payload,
         refs: &[ObjectRef],
         (waker, deadline_ms): (Option<Waker>, Option<u64>),
     ) -> Result<u64, Fault> {
@@ -926,23 +973,30 @@ impl Broker {
                 ),
             });
         }
-        self.frame_fits(32 + method.len() + refs.len() * 10, &payload)?;
+        self.frame_fits(32 + method.len() + refs.len() * 10, payload.as_slice())?;
         let (descs, follow) = self.describe(refs)?;
         let id = self.next_request;
         self.next_request += 1;
-        self.reserve_frame(24 + method.len() + descs.len() * 11, &payload);
-        let start = self.out.len();
-        self.out.put_u32(0);
-        encode_call_head(
+        self.reserve_frame(24 + method.len() + descs.len() * 11, payload.as_slice());
+        encode_call_frame_head(
             &mut self.out,
+            payload.as_slice().len(),
             id,
             target,
             method.as_bytes(),
             (waker.is_some(), deadline_ms),
             &descs,
         );
-        self.push_payload(start, payload);
-        self.write_updates(follow);
+        match payload {
+            // Copied straight from the scratch buffer: no allocation of its own.
+            Payload::Encoded(e) if e.as_slice().len() < ZERO_COPY_MIN => {
+                self.out.put_slice(e.as_slice());
+            }
+            payload => self.append_payload(payload.into_bytes()),
+        }
+        if !follow.is_empty() {
+            self.write_updates(follow);
+        }
         if let Some(w) = waker {
             self.pending.insert(id, PendingCall::Waiting(Some(w)));
         }
@@ -990,19 +1044,21 @@ impl Broker {
     /// `Pending` keeps `waker` to be woken when it arrives. A call no longer in the table was
     /// failed by the connection's end.
     pub(crate) fn poll_answer(&mut self, id: u64, waker: &Waker) -> Poll<Reply> {
-        match self.pending.get_mut(&id) {
-            Some(PendingCall::Waiting(w)) => {
-                match w {
-                    Some(w) if w.will_wake(waker) => {}
-                    _ => *w = Some(waker.clone()),
-                }
-                Poll::Pending
+        // One lookup whether the answer is there or not.
+        let mut slot = match self.pending.entry(id) {
+            Entry::Occupied(slot) => slot,
+            Entry::Vacant(_) => return Poll::Ready(Err(self.close_fault())),
+        };
+        if let PendingCall::Waiting(w) = slot.get_mut() {
+            match w {
+                Some(w) if w.will_wake(waker) => {}
+                _ => *w = Some(waker.clone()),
             }
-            Some(PendingCall::Answered(_)) => match self.pending.remove(&id) {
-                Some(PendingCall::Answered(reply)) => Poll::Ready(reply),
-                _ => Poll::Ready(Err(self.close_fault())),
-            },
-            None => Poll::Ready(Err(self.close_fault())),
+            return Poll::Pending;
+        }
+        match slot.remove() {
+            PendingCall::Answered(reply) => Poll::Ready(reply),
+            PendingCall::Waiting(_) => Poll::Ready(Err(self.close_fault())),
         }
     }
 
@@ -1068,7 +1124,7 @@ impl Broker {
                     Ok(()) => {
                         self.reserve_frame(16, &o.payload);
                         encode_answer_frame_head(&mut self.out, id, o.ok, o.payload.len());
-                        self.push_payload_framed(o.payload);
+                        self.append_payload(o.payload);
                     }
                     Err(f) => self.send_fault(id, f.kind, f.message),
                 }

@@ -85,7 +85,25 @@ thread_local! {
     static ENCODING: Stack = const { RefCell::new(Vec::new()) };
     static DECODING: Stack = const { RefCell::new(Vec::new()) };
     /// The chunk small values are encoded into and handed out from (see [`encode`]).
-    static SCRATCH: Cell<Option<BytesMut>> = const { Cell::new(None) };
+    static CHUNK: Cell<Option<BytesMut>> = const { Cell::new(None) };
+    /// A reused encode buffer for values copied on at once (see [`encode_scratch`]).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Values encoded to at most this many bytes by [`encode_scratch`] are copied out of the
+/// scratch buffer; larger ones take the buffer itself (no copy).
+const SCRATCH_COPY_MAX: usize = 4096;
+
+/// A bincode writer appending to a `Vec` (bincode's `std::io::Write` adapter costs a call
+/// chain and an error check per byte).
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
 }
 
 /// The size of the chunk small encoded values are handed out from. A value that encodes to
@@ -96,8 +114,7 @@ const SCRATCH_CHUNK: usize = 4096;
 /// from its start once every value handed out from it has been dropped, or a new one is made.
 const SCRATCH_LOW: usize = 256;
 
-/// A bincode writer appending to a `BytesMut` (bincode's `std::io::Write` adapter costs a call
-/// chain and an error check per byte).
+/// A bincode writer appending to a `BytesMut`.
 struct BytesMutWriter<'a>(&'a mut BytesMut);
 
 impl bincode::enc::write::Writer for BytesMutWriter<'_> {
@@ -325,7 +342,7 @@ fn encode_in<T: Serialize + ?Sized>(
 ) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
     // Taken out of the thread-local for the duration, so a nested encode (a `Serialize` impl
     // that encodes) finds no chunk instead of a borrowed one.
-    let mut buf = SCRATCH.with(Cell::take).unwrap_or_default();
+    let mut buf = CHUNK.with(Cell::take).unwrap_or_default();
     if buf.capacity() < SCRATCH_LOW {
         // Reclaims the chunk when nothing handed out from it is alive any more.
         buf.reserve(SCRATCH_CHUNK);
@@ -339,18 +356,73 @@ fn encode_in<T: Serialize + ?Sized>(
     let refs = scope.map(Scope::take).unwrap_or_default();
     if let Err(e) = encoded {
         buf.clear();
-        SCRATCH.with(|s| s.set(Some(buf)));
+        CHUNK.with(|s| s.set(Some(buf)));
         return Err(CodecError::Encode(e.to_string()));
     }
     let bytes = if buf.len() <= SCRATCH_CHUNK {
         let bytes = buf.split().freeze();
-        SCRATCH.with(|s| s.set(Some(buf)));
+        CHUNK.with(|s| s.set(Some(buf)));
         bytes
     } else {
         // A large value takes the whole buffer, which it outgrew anyway.
         buf.freeze()
     };
     Ok((bytes, refs))
+}
+
+/// Encode `value` into the thread's scratch buffer, which the result holds until it is
+/// dropped or turned into [`Bytes`]: a caller that copies the bytes on (into a connection's
+/// output) allocates nothing for them.
+pub(crate) fn encode_scratch<T: Serialize + ?Sized>(
+    value: &T,
+    peer: Option<&Connection>,
+) -> Result<(Encoded, Vec<ObjectRef>), CodecError> {
+    // As in `encode`.
+    let mut buf = Encoded(SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut())));
+    buf.0.clear();
+    let scope = encoding_scope(peer);
+    let encoded = bincode::serde::encode_into_writer(
+        value,
+        VecWriter(&mut buf.0),
+        bincode::config::standard(),
+    );
+    let refs = scope.take();
+    match encoded {
+        Ok(()) => Ok((buf, refs)),
+        Err(e) => Err(CodecError::Encode(e.to_string())),
+    }
+}
+
+/// An encoded value in a scratch buffer, which goes back to the thread's scratch when this is
+/// dropped (unless the value is large: then the buffer becomes the value's own allocation).
+pub(crate) struct Encoded(Vec<u8>);
+
+impl Encoded {
+    /// The encoded bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The bytes in an allocation of their own: small values are copied out of the scratch
+    /// buffer into one of their exact size, large ones take the buffer itself.
+    pub(crate) fn into_bytes(mut self) -> Bytes {
+        if self.0.len() <= SCRATCH_COPY_MAX {
+            Bytes::copy_from_slice(&self.0)
+        } else {
+            Bytes::from(std::mem::take(&mut self.0))
+        }
+    }
+}
+
+impl Drop for Encoded {
+    fn drop(&mut self) {
+        // A buffer that grew past the copy limit is not kept: one large value must not pin
+        // its size for the thread's life.
+        if self.0.capacity() > 0 && self.0.len() <= SCRATCH_COPY_MAX {
+            let buf = std::mem::take(&mut self.0);
+            SCRATCH.with(|s| *s.borrow_mut() = buf);
+        }
+    }
 }
 
 /// Decode a `T` that must fill `bytes` exactly, with `refs` as its object references, under the

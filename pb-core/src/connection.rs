@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::broker::{Broker, CallEvent, Flush, Limits, ProtocolError, TableStats};
+use crate::broker::{Broker, CallEvent, Flush, Limits, Payload, ProtocolError, TableStats};
 use crate::cache::ReplicaSlot;
 use crate::frame::{FrameDecoder, HEADER_LEN, MIN_READ};
 use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
@@ -413,7 +413,7 @@ impl ConnShared {
         &self,
         target: u64,
         method: &str,
-        payload: Bytes,
+        payload: Payload,
         refs: Vec<ObjectRef>,
     ) -> Reply {
         let span = tracing::debug_span!(
@@ -427,74 +427,109 @@ impl ConnShared {
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty,
         );
-        if span.is_disabled() {
-            return self.call_inner(target, method, payload, refs, &span).await;
-        }
-        if let Some(addr) = self.peer_addr {
-            span.record("peer", tracing::field::display(addr));
-        }
-        let started = std::time::Instant::now();
-        let reply = self
-            .call_inner(target, method, payload, refs, &span)
-            .instrument(span.clone())
-            .await;
-        span.record("outcome", outcome_name(Some(&reply)));
-        span.record("duration_us", started.elapsed().as_micros() as u64);
-        reply
-    }
-
-    async fn call_inner(
-        &self,
-        target: u64,
-        method: &str,
-        payload: Bytes,
-        refs: Vec<ObjectRef>,
-        span: &tracing::Span,
-    ) -> Reply {
-        let deadline = crate::deadline::current();
-        if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
-            return Err(deadline_fault());
-        }
-        if self.is_congested() {
-            // Backpressure: the peer is not taking what we already queued for it.
-            match deadline {
-                Some(d) => tokio::time::timeout_at(d, self.output_space())
-                    .await
-                    .map_err(|_| deadline_fault())?,
-                None => self.output_space().await,
+        // Without a subscriber that wants it (the usual case) the span is disabled, and the
+        // call pays for no tracing beyond this check.
+        let traced = !span.is_disabled();
+        let started = traced.then(|| {
+            if let Some(addr) = self.peer_addr {
+                span.record("peer", tracing::field::display(addr));
             }
-        }
-        // The task's waker goes into the call's slot at once, so the first poll of the answer
-        // need not take the lock to leave it there.
-        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-        let (id, queued, flush) = {
-            let mut broker = self.lock();
-            let id = broker.start_call(
-                target,
-                method,
-                payload,
-                &refs,
-                (Some(waker), deadline.map(crate::deadline::remaining_ms)),
-            )?;
-            (id, broker.queued_bytes(), broker.who_flushes())
-        };
-        drop(refs);
-        self.note_queued(queued);
-        span.record("request_id", id);
-        self.after_queueing(flush);
-        let answer = Answer {
-            conn: self,
-            id,
-            done: false,
-            first: true,
-        };
-        match deadline {
+            std::time::Instant::now()
+        });
+        // One async body, entered in the span (as `instrument` would) only when traced: an
+        // inner async fn per case would cost a nested future and its moves on every call.
+        let reply = 'call: {
+            let deadline = crate::deadline::current();
+            if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                break 'call Err(deadline_fault());
+            }
+            if self.is_congested() {
+                // Backpressure: the peer is not taking what we already queued for it.
+                let space = async {
+                    match deadline {
+                        Some(d) => tokio::time::timeout_at(d, self.output_space())
+                            .await
+                            .map_err(|_| deadline_fault()),
+                        None => {
+                            self.output_space().await;
+                            Ok(())
+                        }
+                    }
+                };
+                if let Err(f) = space.instrument(span.clone()).await {
+                    break 'call Err(f);
+                }
+            }
+            // The task's waker goes into the call's slot at once, so the first poll of the
+            // answer need not take the lock to leave it there.
+            let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+            let id = {
+                let _entered = traced.then(|| span.enter());
+                let queued_call = {
+                    let mut broker = self.lock();
+                    broker
+                        .start_call(
+                            target,
+                            method,
+                            payload,
+                            &refs,
+                            (Some(waker), deadline.map(crate::deadline::remaining_ms)),
+                        )
+                        .map(|id| match broker.who_flushes() {
+                            // A lone caller writes its call itself, taking the output while
+                            // it holds the broker's lock.
+                            Flush::Caller => match self.take_output(&mut broker) {
+                                Some(taken) => (id, 0, Flush::Caller, Some(taken)),
+                                None => (id, broker.queued_bytes(), Flush::Caller, None),
+                            },
+                            flush => (id, broker.queued_bytes(), flush, None),
+                        })
+                };
+                drop(refs);
+                match queued_call {
+                    Ok((id, queued, flush, taken)) => {
+                        span.record("request_id", id);
+                        match taken {
+                            Some((out, added)) => {
+                                if added > 0 {
+                                    self.add_unsent(added);
+                                }
+                                self.write_now(out);
+                            }
+                            None => {
+                                self.note_queued(queued);
+                                self.after_queueing(flush);
+                            }
+                        }
+                        id
+                    }
+                    Err(f) => break 'call Err(f),
+                }
+            };
+            let answer = Answer {
+                conn: self,
+                id,
+                done: false,
+                first: true,
+            };
             // On expiry the answer's future is dropped, which cancels the call on the peer.
-            Some(d) => tokio::time::timeout_at(d, answer)
-                .await
-                .unwrap_or_else(|_| Err(deadline_fault())),
-            None => answer.await,
+            match (deadline, traced) {
+                (None, false) => answer.await,
+                (None, true) => answer.instrument(span.clone()).await,
+                (Some(d), false) => tokio::time::timeout_at(d, answer)
+                    .await
+                    .unwrap_or_else(|_| Err(deadline_fault())),
+                (Some(d), true) => tokio::time::timeout_at(d, answer)
+                    .instrument(span.clone())
+                    .await
+                    .unwrap_or_else(|_| Err(deadline_fault())),
+            }
+        };
+        if let Some(started) = started {
+            span.record("outcome", outcome_name(Some(&reply)));
+            span.record("duration_us", started.elapsed().as_micros() as u64);
         }
+        reply
     }
 
     /// A caller queued a call: write it now, or leave it to the reader's or the writer task's
@@ -519,7 +554,7 @@ impl ConnShared {
         &self,
         target: u64,
         method: &str,
-        payload: Bytes,
+        payload: Payload,
         refs: Vec<ObjectRef>,
     ) -> Result<(), Fault> {
         self.lock()
@@ -535,6 +570,9 @@ impl ConnShared {
         frame: Bytes,
         wakers: &mut Vec<Waker>,
     ) -> Result<(), ProtocolError> {
+        if crate::message::is_answer(&frame) {
+            return self.handle_answer(frame, wakers);
+        }
         let mut broker = self.lock();
         // Calls that handlers polled inline make now leave with the reader's flush.
         broker.in_batch = true;
@@ -567,6 +605,32 @@ impl ConnShared {
         self.note_queued(queued);
         // No writer wake-up: the reader flushes once it has handled every frame it has.
         result
+    }
+
+    /// Handle an answer or a fault for one of our calls: its caller is woken (once the lock
+    /// is released); no handler runs and nothing is queued for the peer.
+    fn handle_answer(
+        self: &Arc<Self>,
+        frame: Bytes,
+        wakers: &mut Vec<Waker>,
+    ) -> Result<(), ProtocolError> {
+        let (result, dead) = {
+            let mut broker = self.lock();
+            let result = broker.handle_frame(frame, &self.make_import());
+            broker.take_wakers(wakers);
+            (result, broker.take_graveyard())
+        };
+        // An answer nobody waits for any more is dropped here, outside the lock.
+        drop(dead);
+        for w in wakers.drain(..) {
+            w.wake();
+        }
+        // Answers and faults carry no call to run; were one to, it runs as any other.
+        result.map(|call| {
+            if let Some(ev) = call {
+                self.spawn_call(ev);
+            }
+        })
     }
 
     fn spawn_call(self: &Arc<Self>, ev: CallEvent) {
@@ -704,8 +768,8 @@ impl ConnShared {
         }
     }
 
-    /// Append everything queued for the peer to `into`.
-    fn take_transmit(&self, into: &mut Vec<Bytes>) {
+    /// Fold queued releases into the broker and lock it, for taking its output.
+    fn lock_for_transmit(&self) -> MutexGuard<'_, Broker> {
         // A release queued after the flag was read sets it again and wakes the writer.
         let released = if self.releases_queued.load(Ordering::Acquire)
             && self.releases_queued.swap(false, Ordering::AcqRel)
@@ -718,11 +782,18 @@ impl ConnShared {
         for (id, generation, count) in released {
             broker.release_imported(id, generation, count);
         }
-        broker.take_transmit(into);
+        broker
     }
 
-    /// Move everything the broker queued into the write queue, counting it as unsent.
-    fn collect_output(&self, out: &mut Output) {
+    /// Append everything queued for the peer to `into`.
+    #[cfg(test)]
+    fn take_transmit(&self, into: &mut Vec<Bytes>) {
+        self.lock_for_transmit().take_transmit(into);
+    }
+
+    /// Move everything the broker queued into the write queue, counting it as unsent; returns
+    /// how many bytes moved.
+    fn collect_output(&self, out: &mut Output) -> usize {
         // Written chunks at the front are dropped once they are most of the queue, so a queue
         // that never empties does not grow without end.
         if out.first >= out.queue.len() {
@@ -732,12 +803,13 @@ impl ConnShared {
             out.queue.drain(..out.first);
             out.first = 0;
         }
-        let before = out.queue.len();
-        self.take_transmit(&mut out.queue);
-        let added: usize = out.queue[before..].iter().map(Bytes::len).sum();
+        let added = self
+            .lock_for_transmit()
+            .take_transmit_to(&mut out.queue, &mut out.tail);
         if added > 0 {
             self.add_unsent(added);
         }
+        added
     }
 
     fn lock_out(&self) -> MutexGuard<'_, Option<Output>> {
@@ -750,27 +822,36 @@ impl ConnShared {
         // What the broker holds is collected once per poll, not again after each write: whoever
         // queues while a write is in progress here either finds the output busy and wakes the
         // writer task, or has woken it already, so nothing is left behind.
-        if out.first >= out.queue.len() {
+        if out.is_empty() {
             self.collect_output(out);
         }
         loop {
-            if out.first >= out.queue.len() {
-                return Pin::new(&mut *out.wr).poll_flush(cx);
-            }
             let Output {
-                wr, queue, first, ..
+                wr,
+                queue,
+                first,
+                tail,
+                ..
             } = &mut *out;
-            let pending = &queue[*first..];
-            let mut n = if let [one] = pending {
+            let pending = queue.get(*first..).unwrap_or_default();
+            let mut n = match (pending, tail.is_empty()) {
+                ([], true) => return Pin::new(&mut **wr).poll_flush(cx),
                 // One chunk (the usual case for small frames): no slice array to fill.
-                ready!(Pin::new(&mut **wr).poll_write(cx, one))?
-            } else {
-                let mut slices = [io::IoSlice::new(&[]); MAX_IOSLICES];
-                let count = pending.len().min(MAX_IOSLICES);
-                for (slice, chunk) in slices.iter_mut().zip(pending) {
-                    *slice = io::IoSlice::new(chunk);
+                ([], false) => ready!(Pin::new(&mut **wr).poll_write(cx, tail))?,
+                ([one], true) => ready!(Pin::new(&mut **wr).poll_write(cx, one))?,
+                _ => {
+                    let mut slices = [io::IoSlice::new(&[]); MAX_IOSLICES];
+                    let mut count = 0;
+                    let tail = (!tail.is_empty()).then_some(&tail[..]);
+                    for (slice, chunk) in slices
+                        .iter_mut()
+                        .zip(pending.iter().map(|c| &c[..]).chain(tail))
+                    {
+                        *slice = io::IoSlice::new(chunk);
+                        count += 1;
+                    }
+                    ready!(Pin::new(&mut **wr).poll_write_vectored(cx, &slices[..count]))?
                 }
-                ready!(Pin::new(&mut **wr).poll_write_vectored(cx, &slices[..count]))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -792,19 +873,32 @@ impl ConnShared {
             while queue.get(*first).is_some_and(|c| c.is_empty()) {
                 *first += 1;
             }
+            if n >= tail.len() {
+                // Kept at the start of its allocation, which the broker gets back whole.
+                tail.clear();
+            } else if n > 0 {
+                bytes::Buf::advance(tail, n);
+            }
         }
     }
 
     /// The reader handled a batch of frames: write what it produced (answers, and calls that
     /// handlers polled inline made), if anything.
     fn end_batch(&self) {
-        let queued = {
-            let mut broker = self.lock();
-            broker.in_batch = false;
-            broker.has_transmit()
-        };
-        if queued {
-            self.flush_now();
+        let mut broker = self.lock();
+        broker.in_batch = false;
+        if !broker.has_transmit() {
+            return;
+        }
+        // The output is taken under this lock, not collected under a second one.
+        let taken = self.take_output(&mut broker);
+        drop(broker);
+        match taken {
+            Some((out, added)) => {
+                self.add_unsent(added);
+                self.write_now(out);
+            }
+            None => self.flush_now(),
         }
     }
 
@@ -819,7 +913,7 @@ impl ConnShared {
             return;
         };
         let Some(out) = guard.as_mut() else { return };
-        if out.first < out.queue.len() || out.writer_waiting {
+        if !out.is_empty() || out.writer_waiting {
             // A write (or a flush: a buffering transport such as TLS takes a write whole and
             // makes the flush wait) is waiting for the transport; its waker belongs to the
             // writer task, and a poll with our no-op waker would replace it. What the broker
@@ -829,6 +923,13 @@ impl ConnShared {
             self.wake_writer.notify_one();
             return;
         }
+        self.write_now(guard);
+    }
+
+    /// Write from the output, whose lock the caller took while no write was waiting for the
+    /// transport: as far as the transport takes it, the rest left to the writer task.
+    fn write_now(&self, mut guard: MutexGuard<'_, Option<Output>>) {
+        let Some(out) = guard.as_mut() else { return };
         // A no-op waker is enough: on `Pending` the writer task takes over with its own.
         match self.poll_output(out, &mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(())) => {}
@@ -841,6 +942,26 @@ impl ConnShared {
                 self.close(CloseReason::Io(e.to_string()));
             }
         }
+    }
+
+    /// For a caller that writes its own call ([`Flush::Caller`]) or the reader at the end of
+    /// its batch, under the broker's lock it holds: the output, with what the broker queued moved into it (the bytes moved are
+    /// returned, to count as unsent once the broker's lock is released), if no write is in
+    /// progress or waiting. Saves the write path locking the broker again.
+    fn take_output<'a>(
+        &'a self,
+        broker: &mut Broker,
+    ) -> Option<(MutexGuard<'a, Option<Output>>, usize)> {
+        // `try_lock`: whoever holds the output may be waiting for the broker's lock.
+        let mut guard = self.out.try_lock().ok()?;
+        let out = guard.as_mut()?;
+        if !out.is_empty() || out.writer_waiting {
+            return None;
+        }
+        out.queue.clear();
+        out.first = 0;
+        let added = broker.take_transmit_to(&mut out.queue, &mut out.tail);
+        Some((guard, added))
     }
 
     /// The writer is waiting for the transport: `Ready` with the reason to close once more
@@ -872,9 +993,7 @@ impl ConnShared {
         if let Ok(mut guard) = self.out.try_lock()
             && let Some(out) = guard.as_mut()
         {
-            let before = out.queue.len() - out.first;
-            self.collect_output(out);
-            let moved = out.queue.len() - out.first > before;
+            let moved = self.collect_output(out) > 0;
             drop(guard);
             // The broker no longer shows this output, so a flush that looks there (the end of
             // the reader's batch) would miss it: the writer task sends it.
@@ -943,7 +1062,7 @@ impl ConnShared {
             && let Some(out) = guard.as_mut()
         {
             self.collect_output(out);
-            if out.first >= out.queue.len()
+            if out.is_empty()
                 && Pin::new(&mut *out.wr)
                     .poll_shutdown(&mut Context::from_waker(Waker::noop()))
                     .is_ready()
@@ -1675,7 +1794,8 @@ async fn run_reader<R: AsyncRead + Unpin>(
                         held.push(frame);
                         continue;
                     }
-                    handled = true;
+                    // Answers queue nothing: a batch of them alone needs no flush.
+                    handled |= !crate::message::is_answer(&frame);
                     if let Err(e) = conn.handle_frame(frame, &mut wakers) {
                         break 'conn CloseReason::Protocol(e.to_string());
                     }
@@ -1706,12 +1826,8 @@ async fn run_reader<R: AsyncRead + Unpin>(
         // at most about what running calls may cost anyway.
         let paused = held.calls > conn.max_held_frames
             || held.frames.len() - held.calls > conn.max_held_frames;
-        if !paused {
-            rbuf.reserve(decoder.reserve_hint(&rbuf));
-        }
+        let mut roomy = false;
         let event = {
-            let read = rd.read_buf(&mut rbuf);
-            tokio::pin!(read);
             let drained = conn.drained.notified();
             tokio::pin!(drained);
             std::future::poll_fn(|cx| {
@@ -1729,8 +1845,17 @@ async fn run_reader<R: AsyncRead + Unpin>(
                 if !held.frames.is_empty() && drained.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(ReaderEvent::Drained);
                 }
-                if !paused && let Poll::Ready(r) = read.as_mut().poll(cx) {
-                    return Poll::Ready(ReaderEvent::Read(r));
+                if !paused {
+                    // Frames held at the first attempt (answers whose callers have not run
+                    // yet) are usually gone by the next: room is made again then.
+                    if !roomy {
+                        roomy = decoder.prepare_read(&mut rbuf);
+                    }
+                    let read = rd.read_buf(&mut rbuf);
+                    tokio::pin!(read);
+                    if let Poll::Ready(r) = read.poll(cx) {
+                        return Poll::Ready(ReaderEvent::Read(r));
+                    }
                 }
                 Poll::Pending
             })
@@ -1803,6 +1928,7 @@ impl Tasks {
             wr,
             queue: Vec::new(),
             first: 0,
+            tail: BytesMut::new(),
             writer_waiting: false,
         });
         let Tasks {
@@ -1960,6 +2086,13 @@ impl Held {
     }
 }
 
+impl Output {
+    /// Whether everything queued has been written.
+    fn is_empty(&self) -> bool {
+        self.first >= self.queue.len() && self.tail.is_empty()
+    }
+}
+
 /// The most chunks handed to one vectored write.
 const MAX_IOSLICES: usize = 64;
 
@@ -1969,6 +2102,10 @@ struct Output {
     queue: Vec<Bytes>,
     /// The first chunk of `queue` not yet written.
     first: usize,
+    /// What goes after the chunks of `queue`: the broker's output buffer itself, exchanged for
+    /// this one's emptied allocation when everything before had been written (see
+    /// [`Broker::take_transmit_to`]), so a write costs no chunk split off a shared buffer.
+    tail: BytesMut,
     /// The writer task's last poll was left waiting for the transport (a write or a flush):
     /// the transport holds the writer's waker, which no other poll may replace.
     writer_waiting: bool,

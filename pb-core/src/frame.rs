@@ -30,9 +30,19 @@ pub enum FrameError {
     },
 }
 
-/// The least spare room the read buffer gets before a read: enough for a burst of small
+/// The least spare room the read buffer gets when it is given more: enough for a burst of small
 /// frames, and what an idle connection keeps allocated.
 pub(crate) const MIN_READ: usize = 2048;
+
+/// Spare room that is enough for a read of small frames, without making more.
+const ENOUGH_READ: usize = MIN_READ * 3 / 4;
+
+/// The most room made for a read at once: a large frame's buffer grows by this much at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// The least spare room a read goes into while the buffer's allocation is still shared with
+/// received frames (see [`FrameDecoder::prepare_read`]).
+const LOW_WATER: usize = 512;
 
 /// Incremental decoder of length-prefixed frames.
 #[derive(Debug, Clone)]
@@ -86,7 +96,6 @@ impl FrameDecoder {
     /// While a large frame is arriving this grows with the bytes received, a chunk at a time,
     /// never by the claimed length at once.
     pub fn reserve_hint(&self, buf: &BytesMut) -> usize {
-        const CHUNK: usize = 64 * 1024;
         let wanted = match buf.get(..HEADER_LEN) {
             Some(h) => {
                 let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
@@ -94,7 +103,38 @@ impl FrameDecoder {
             }
             None => 0,
         };
-        wanted.clamp(MIN_READ, CHUNK)
+        wanted.clamp(MIN_READ, READ_CHUNK)
+    }
+
+    /// Make room in `buf` for the next read, as [`FrameDecoder::reserve_hint`] asks, without
+    /// allocating while that can be avoided. Returns `false` when the read is to go into less
+    /// room than that: calling it again before a later attempt may find more.
+    ///
+    /// Received frames are slices of `buf`'s allocation. Once none of them is held any more,
+    /// the allocation is reused from its start. While some are (answers not yet taken by their
+    /// callers), making room would mean a new allocation, so the read goes into the room that
+    /// is left, as long as that is not too little and no partial frame needs more.
+    pub fn prepare_read(&self, buf: &mut BytesMut) -> bool {
+        let spare = buf.capacity() - buf.len();
+        let missing = match buf.get(..HEADER_LEN) {
+            Some(h) => {
+                let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                (HEADER_LEN + len.min(self.max_len)).saturating_sub(buf.len())
+            }
+            None => 0,
+        };
+        if spare >= ENOUGH_READ && spare >= missing.min(READ_CHUNK) {
+            return true;
+        }
+        let wanted = missing.clamp(MIN_READ, READ_CHUNK);
+        if buf.try_reclaim(wanted) {
+            return true;
+        }
+        if spare >= LOW_WATER && spare >= missing {
+            return false;
+        }
+        buf.reserve(wanted);
+        true
     }
 }
 
@@ -140,6 +180,53 @@ mod tests {
             })
         );
         assert!(d.reserve_hint(&b) <= 64 * 1024);
+    }
+
+    #[test]
+    fn small_frames_are_read_into_one_allocation() {
+        let d = FrameDecoder::new(1 << 20);
+        let mut buf = BytesMut::new();
+        assert!(d.prepare_read(&mut buf));
+        let room = buf.capacity();
+        assert!(room >= MIN_READ);
+        // Frames still held do not make the next read allocate while room is left: it goes
+        // into what is left, and says so once that is less than a full read's room.
+        let mut held = Vec::new();
+        let base = buf.as_ptr() as usize;
+        while buf.capacity() >= LOW_WATER + 14 {
+            let full = d.prepare_read(&mut buf);
+            assert_eq!(full, buf.capacity() >= ENOUGH_READ);
+            assert_eq!(buf.as_ptr() as usize - base + buf.capacity(), room);
+            encode_frame(b"0123456789", &mut buf);
+            held.push(d.decode(&mut buf).unwrap().unwrap());
+        }
+        // Once they are dropped, the allocation is reused from its start.
+        held.clear();
+        assert!(d.prepare_read(&mut buf));
+        assert_eq!(buf.as_ptr() as usize, base);
+        assert_eq!(buf.capacity(), room);
+        // Low on room while frames are held: a new allocation.
+        while buf.capacity() >= LOW_WATER {
+            encode_frame(b"0123456789", &mut buf);
+            held.push(d.decode(&mut buf).unwrap().unwrap());
+        }
+        assert!(d.prepare_read(&mut buf));
+        assert!(buf.capacity() - buf.len() >= MIN_READ);
+        assert!(!(base..base + room).contains(&(buf.as_ptr() as usize)));
+    }
+
+    #[test]
+    fn a_partial_frame_gets_the_room_it_needs() {
+        let d = FrameDecoder::new(1 << 20);
+        let mut buf = BytesMut::with_capacity(1024);
+        buf.put_u32(1000);
+        d.prepare_read(&mut buf);
+        assert!(buf.capacity() - buf.len() >= 1000);
+        let mut big = BytesMut::with_capacity(4096);
+        big.put_u32(1 << 20);
+        d.prepare_read(&mut big);
+        let spare = big.capacity() - big.len();
+        assert!((64 * 1024..2 * 64 * 1024).contains(&spare), "{spare}");
     }
 
     #[test]

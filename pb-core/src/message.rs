@@ -21,6 +21,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::frame::HEADER_LEN;
+
 /// Call flag: the caller wants an answer.
 const FLAG_ANSWER: u8 = 1;
 
@@ -261,6 +263,12 @@ pub(crate) fn may_overtake(body: &[u8]) -> bool {
         body.first(),
         Some(&(TAG_ANSWER | TAG_FAULT | TAG_UPDATE | TAG_REVOKED | TAG_PONG))
     )
+}
+
+/// Whether the frame body `body` answers one of our calls (an answer or a fault): handling it
+/// queues nothing for the peer and starts no call.
+pub(crate) fn is_answer(body: &[u8]) -> bool {
+    matches!(body.first(), Some(&(TAG_ANSWER | TAG_FAULT)))
 }
 
 /// Whether the frame body `body` is a call.
@@ -604,35 +612,94 @@ pub(crate) fn encode_call_head(
     (answer, deadline_ms): (bool, Option<u64>),
     refs: &[RefDesc],
 ) {
+    // The fixed fields are gathered on the stack and appended with one copy.
+    let mut head = Head::new();
+    call_fields(&mut head, id, target, (answer, deadline_ms), method.len());
+    out.put_slice(head.as_slice());
+    out.put_slice(method);
+    put_refs(out, refs);
+}
+
+/// The fields of a call's envelope up to the method's length.
+fn call_fields<const N: usize>(
+    head: &mut Head<N>,
+    id: u64,
+    target: u64,
+    (answer, deadline_ms): (bool, Option<u64>),
+    method_len: usize,
+) {
     let mut flags = if answer { FLAG_ANSWER } else { 0 };
     if deadline_ms.is_some() {
         flags |= FLAG_DEADLINE;
     }
-    // The fixed fields are gathered on the stack and appended with one copy.
-    let mut head = Head::new();
     head.put(&[TAG_CALL, flags]);
     head.varint(id);
     head.varint(target);
     if let Some(ms) = deadline_ms {
         head.varint(ms);
     }
-    head.varint(method.len() as u64);
-    out.put_slice(head.as_slice());
-    out.put_slice(method);
-    put_refs(out, refs);
+    head.varint(method_len as u64);
 }
 
-/// Up to four varints and two bytes of an envelope, gathered before one copy into the output.
-struct Head {
-    buf: [u8; 48],
+/// Room for a call frame's length prefix and whole envelope without references.
+const CALL_HEAD_MAX: usize = HEADER_LEN + 2 + 4 * 10 + MAX_METHOD_LEN + 1;
+
+/// Encode a call frame's length prefix (for a payload of `payload_len` bytes) and envelope;
+/// the payload follows it directly. Gathered on the stack and appended with one copy when the
+/// call carries no references (the common case).
+pub(crate) fn encode_call_frame_head(
+    out: &mut BytesMut,
+    payload_len: usize,
+    id: u64,
+    target: u64,
+    method: &[u8],
+    flags: (bool, Option<u64>),
+    refs: &[RefDesc],
+) {
+    let mut head = Head::<CALL_HEAD_MAX>::empty();
+    head.put(&[0; HEADER_LEN]);
+    call_fields(&mut head, id, target, flags, method.len());
+    head.put(method);
+    if refs.is_empty() {
+        head.put(&[0]);
+        head.set_frame_len(payload_len);
+        out.put_slice(head.as_slice());
+    } else {
+        let mut tail = BytesMut::new();
+        put_refs(&mut tail, refs);
+        head.set_frame_len(tail.len() + payload_len);
+        out.put_slice(head.as_slice());
+        out.put_slice(&tail);
+    }
+}
+
+/// Up to four varints and two bytes of an envelope (or `N` bytes), gathered before one copy
+/// into the output.
+struct Head<const N: usize = 48> {
+    buf: [u8; N],
     len: usize,
 }
 
 impl Head {
     fn new() -> Head {
+        Head::empty()
+    }
+}
+
+impl<const N: usize> Head<N> {
+    fn empty() -> Head<N> {
         Head {
-            buf: [0; 48],
+            buf: [0; N],
             len: 0,
+        }
+    }
+
+    /// Write, in the first four bytes, the length of a frame whose body is what follows
+    /// them here and `more` bytes after.
+    fn set_frame_len(&mut self, more: usize) {
+        let len = (self.len - HEADER_LEN + more) as u32;
+        if let Some(prefix) = self.buf.get_mut(..HEADER_LEN) {
+            prefix.copy_from_slice(&len.to_be_bytes());
         }
     }
 
@@ -702,6 +769,48 @@ mod tests {
             Message::decode(out.freeze(), &MessageLimits::default()),
             Ok(m)
         );
+    }
+
+    #[test]
+    fn a_call_frame_head_matches_the_message_encoding() {
+        let method = "m".repeat(MAX_METHOD_LEN);
+        for (refs, deadline_ms, method) in [
+            (vec![], None, "echo"),
+            (vec![], Some(1500), method.as_str()),
+            (
+                vec![RefDesc::Sender(7), RefDesc::Receiver(300)],
+                None,
+                method.as_str(),
+            ),
+        ] {
+            let payload = Bytes::from_static(b"payload");
+            let m = Message::Call {
+                id: 1 << 40,
+                target: 12,
+                method: Bytes::copy_from_slice(method.as_bytes()),
+                answer: true,
+                deadline_ms,
+                refs: refs.clone(),
+                payload: payload.clone(),
+            };
+            let mut body = BytesMut::new();
+            m.encode(&mut body);
+            let mut expected = BytesMut::new();
+            expected.put_u32(body.len() as u32);
+            expected.put_slice(&body);
+            let mut out = BytesMut::new();
+            encode_call_frame_head(
+                &mut out,
+                payload.len(),
+                1 << 40,
+                12,
+                method.as_bytes(),
+                (true, deadline_ms),
+                &refs,
+            );
+            out.put_slice(&payload);
+            assert_eq!(out, expected);
+        }
     }
 
     #[test]

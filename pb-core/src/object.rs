@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
+use crate::broker::Payload;
 use crate::codec::{self, CodecError};
 use crate::connection::{Caller, Connection, ExportLink, Imported};
 use crate::message::FaultKind;
@@ -391,9 +392,18 @@ impl ObjectRef {
         args: Bytes,
         refs: Vec<ObjectRef>,
     ) -> Result<Outcome, Fault> {
+        self.call_payload(method, Payload::Bytes(args), refs).await
+    }
+
+    async fn call_payload(
+        &self,
+        method: &str,
+        args: Payload,
+        refs: Vec<ObjectRef>,
+    ) -> Result<Outcome, Fault> {
         match &self.0 {
             RefInner::Local(d) => {
-                let call = IncomingCall::new(method, args, refs, Caller::local());
+                let call = IncomingCall::new(method, args.into_bytes(), refs, Caller::local());
                 d.clone().dispatch(call).await
             }
             RefInner::Remote(r) if r.is_dead() => Err(r.dead_fault()),
@@ -410,10 +420,16 @@ impl ObjectRef {
         E: DeserializeOwned,
     {
         let peer = self.peer();
-        let (payload, refs) =
-            codec::encode(args, peer.as_ref()).map_err(|e| CallError::Encode(e.to_string()))?;
+        let (payload, refs) = codec::encode_scratch(args, peer.as_ref())
+            .map_err(|e| CallError::Encode(e.to_string()))?;
         let max_depth = peer.map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        let outcome = match self.call_raw(method, payload, refs).await {
+        let payload = Payload::Encoded(payload);
+        // A live remote object is called directly: one nested future less per call.
+        let called = match &self.0 {
+            RefInner::Remote(r) if !r.is_dead() => r.conn.call(r.id, method, payload, refs).await,
+            _ => self.call_payload(method, payload, refs).await,
+        };
+        let outcome = match called {
             Ok(o) => o,
             Err(f) => return Err(CallError::from_fault(f)),
         };
@@ -434,12 +450,17 @@ impl ObjectRef {
         S: for<'de> serde::de::DeserializeSeed<'de, Value = R>,
         E: DeserializeOwned,
     {
-        let (payload, refs) = codec::encode(args, self.peer().as_ref())
+        let peer = self.peer();
+        let (payload, refs) = codec::encode_scratch(args, peer.as_ref())
             .map_err(|e| CallError::Encode(e.to_string()))?;
-        let max_depth = self
-            .peer()
-            .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        let outcome = match self.call_raw(method, payload, refs).await {
+        let max_depth = peer.map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
+        let payload = Payload::Encoded(payload);
+        // A live remote object is called directly: one nested future less per call.
+        let called = match &self.0 {
+            RefInner::Remote(r) if !r.is_dead() => r.conn.call(r.id, method, payload, refs).await,
+            _ => self.call_payload(method, payload, refs).await,
+        };
+        let outcome = match called {
             Ok(o) => o,
             Err(f) => return Err(CallError::from_fault(f)),
         };
@@ -465,11 +486,12 @@ impl ObjectRef {
     where
         A: Serialize + ?Sized,
     {
-        let (payload, refs) = codec::encode(args, self.peer().as_ref())
+        let (payload, refs) = codec::encode_scratch(args, self.peer().as_ref())
             .map_err(|e| CallError::Encode(e.to_string()))?;
+        let payload = Payload::Encoded(payload);
         match &self.0 {
             RefInner::Local(d) => {
-                let call = IncomingCall::new(method, payload, refs, Caller::local());
+                let call = IncomingCall::new(method, payload.into_bytes(), refs, Caller::local());
                 let fut = d.clone().dispatch(call);
                 tokio::spawn(fut);
                 Ok(())
@@ -495,7 +517,9 @@ impl ObjectRef {
                     }
                     let method = call.method().to_owned();
                     let args = call.body.slice(call.args_at.min(call.body.len())..);
-                    r.conn.call(r.id, &method, args, call.refs).await
+                    r.conn
+                        .call(r.id, &method, Payload::Bytes(args), call.refs)
+                        .await
                 })
             }
         }
