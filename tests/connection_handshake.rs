@@ -150,3 +150,17 @@ async fn a_dialed_connection_sends_its_hello_before_its_first_call() {
     drop(theirs);
     assert!(call.await.unwrap().is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_server_whose_reader_has_not_run_yet_still_sends_its_hello() {
+    // The server's hello must not wait for the reader it hands back: a caller that finishes
+    // both ends' handshakes before running the reader would otherwise wait for nothing.
+    let (a, b) = pb::transport::memory_pair();
+    let config = pb::Config::default();
+    let server = Connection::establish_with_reader(a, &config, pb::Side::Server, None, None);
+    let client = Connection::establish(b, &config, pb::Side::Client, None, None);
+    let (server, client) = tokio::join!(server, client);
+    let (_server, reader) = server.expect("the server's handshake");
+    client.expect("the client gets the server's hello before the server's reader runs");
+    drop(reader);
+}

@@ -1290,7 +1290,31 @@ impl Connection {
     /// spawned: the connection reads from the peer (and so answers its calls, and notices
     /// that it closed) only while the caller runs it. It completes once the connection has
     /// closed. A server runs it in the task it already has for the connection, which spares a
-    /// task per connection.
+    /// task per connection. Our hello (a server's answer to the dialer's) does not wait for
+    /// the reader to run: it is written before this returns, unless the peer sent a frame with
+    /// its hello (as [`Connection::dial`] does), which the reader's first batch answers, our
+    /// hello in the same write.
+    ///
+    /// ```
+    /// use pb_core::{Config, Connection, Side};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), pb_core::ConnectError> {
+    /// let (a, b) = pb_core::transport::memory_pair();
+    /// let config = Config::default();
+    /// let (server, client) = tokio::join!(
+    ///     Connection::establish_with_reader(a, &config, Side::Server, None, None),
+    ///     Connection::establish(b, &config, Side::Client, None, None),
+    /// );
+    /// let ((server, reader), client) = (server?, client?);
+    /// // The task that accepted the connection runs its reader until the connection ends.
+    /// let serving = tokio::spawn(reader);
+    /// client.close().await;
+    /// serving.await.expect("the reader ends once the peer has closed");
+    /// assert!(server.close_reason().is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn establish_with_reader<T>(
         io: T,
         config: &Config,
@@ -1414,6 +1438,12 @@ impl Connection {
             shared.lock().queue_raw(&hello_frame(ours));
         }
         let decoder = FrameDecoder::new(config.limits.max_frame_len);
+        // A frame that came with the peer's hello (a dialer's first call) is answered by the
+        // reader's first batch, which our hello then leaves with.
+        let frame_waiting = rbuf.get(..HEADER_LEN).is_some_and(|h| {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            rbuf.len() - HEADER_LEN >= len
+        });
         let timers = Timers {
             keepalive: config.keepalive_interval,
             idle: config.idle_timeout,
@@ -1446,6 +1476,13 @@ impl Connection {
         } else if let Some(io) = io {
             let (rd, wr) = tokio::io::split(io);
             reader = tasks.start(&shared, rd, Box::new(wr));
+        }
+        // A reader handed back runs when its caller gets to it, maybe only after waiting for
+        // the peer, which may be waiting for our hello: unless a frame already came with the
+        // peer's (then the peer does not wait for ours), it leaves now, not with the reader's
+        // first batch.
+        if reader.is_some() && send.is_some() && !frame_waiting {
+            shared.flush_now();
         }
         tracing::debug!(
             connection = shared.id,
