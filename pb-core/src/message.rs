@@ -772,6 +772,40 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_call_envelope_never_points_outside_its_body() {
+        let m = Message::Call {
+            id: 1 << 40,
+            target: 300,
+            method: Bytes::from_static("méthode".as_bytes()),
+            answer: true,
+            deadline_ms: Some(1500),
+            refs: vec![RefDesc::Sender(7), RefDesc::Receiver(300)],
+            payload: Bytes::from_static(b"payload"),
+        };
+        let mut out = BytesMut::new();
+        m.encode(&mut out);
+        let whole = out.freeze();
+        let limits = MessageLimits::default();
+        let check = |body: &[u8]| {
+            if let Ok(head) = decode_call_head(body, &limits) {
+                assert!(head.method.end <= head.payload_at && head.payload_at <= body.len());
+                assert!(std::str::from_utf8(&body[head.method.clone()]).is_ok());
+            }
+            let _ = Message::decode(Bytes::copy_from_slice(body), &limits);
+        };
+        for cut in 0..=whole.len() {
+            check(&whole[..cut]);
+        }
+        for at in 0..whole.len() {
+            for byte in [0x00, 0x01, 0x7f, 0x80, 0xc3, 0xff] {
+                let mut body = whole.to_vec();
+                body[at] = byte;
+                check(&body);
+            }
+        }
+    }
+
+    #[test]
     fn a_call_frame_head_matches_the_message_encoding() {
         let method = "m".repeat(MAX_METHOD_LEN);
         for (refs, deadline_ms, method) in [
