@@ -102,3 +102,17 @@ async fn graceful_shutdown_lets_calls_in_flight_finish() {
         "the listener is closed"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_graceful_close_with_nothing_running_ends_the_stream_without_a_goodbye() {
+    let (server, mut peer) = raw_peer(pb::Config::default()).await;
+    server.close().await;
+    assert_eq!(server.close_reason(), Some(pb::CloseReason::Local));
+    // Nothing to drain: the peer sees the end of the stream at once, with no goodbye before it
+    // (a goodbye is sent only while calls drain; docs/ARCHITECTURE.md, "Shutdown").
+    let mut rest = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut rest)
+        .await
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
