@@ -100,6 +100,26 @@ impl IncomingCall {
 
     /// The method's name as bytes: what a dispatcher that only compares the name matches on,
     /// without checking it as UTF-8 again (generated dispatchers do).
+    ///
+    /// A hand-written dispatcher matches on it, decodes the arguments, then keeps only the
+    /// caller ([`IncomingCall::into_caller`]) for encoding the result:
+    ///
+    /// ```
+    /// use pb_core::{Caller, IncomingCall, codec};
+    ///
+    /// let (args, refs) = codec::encode(&(1u32, 2u32), None).expect("encodable");
+    /// let mut call = IncomingCall::new("add", args, refs, Caller::local());
+    /// let reply = match call.method_bytes() {
+    ///     b"add" => {
+    ///         let (a, b): (u32, u32) = call.decode_args().expect("two numbers");
+    ///         // The call's buffers are let go of here, before the method runs.
+    ///         let caller = call.into_caller();
+    ///         pb_core::encode_result::<u32, ()>(&caller, Ok(a + b))
+    ///     }
+    ///     _ => call.no_such_method(&pb_core::Interface { name: "Adder", methods: &["add"] }),
+    /// };
+    /// assert!(reply.expect("answered").ok);
+    /// ```
     pub fn method_bytes(&self) -> &[u8] {
         match &self.method {
             MethodName::InBody(range) => self.body.get(range.clone()).unwrap_or_default(),
@@ -117,7 +137,9 @@ impl IncomingCall {
         &self.caller
     }
 
-    /// Who is calling, keeping nothing else of the call (once its arguments are decoded).
+    /// Who is calling, keeping nothing else of the call (once its arguments are decoded): the
+    /// received frame the arguments came in is no longer held (see
+    /// [`IncomingCall::method_bytes`] for an example).
     pub fn into_caller(self) -> Caller {
         self.caller
     }
