@@ -131,3 +131,86 @@ async fn the_accepting_side_answers_the_dialers_hello() {
     assert_eq!(hello, HELLO);
     server.await.unwrap().unwrap().abort();
 }
+
+/// A dialed connection checks the peer's hello in its reader, after `dial` returned: a trickled
+/// hello is cut at `handshake_timeout` all the same, with pings and idle timers configured
+/// shorter or longer than it.
+#[tokio::test(start_paused = true)]
+async fn a_dialed_connection_cuts_a_trickled_hello_at_the_handshake_deadline() {
+    for (keepalive, idle) in [
+        (None, None),
+        (Some(Duration::from_secs(1)), None),
+        (Some(Duration::from_secs(2)), Some(Duration::from_secs(60))),
+    ] {
+        let (a, mut b) = pb::transport::memory_pair();
+        let trickle = tokio::spawn(async move {
+            for byte in HELLO.iter().take(19) {
+                if b.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let mut sink = Vec::new();
+            let _ = b.read_to_end(&mut sink).await;
+        });
+        let config = Config {
+            handshake_timeout: Duration::from_secs(5),
+            keepalive_interval: keepalive,
+            idle_timeout: idle,
+            ..Config::default()
+        };
+        let started = tokio::time::Instant::now();
+        let conn = Connection::dial(a, &config, None, None).await.unwrap();
+        conn.closed().await;
+        assert_eq!(
+            conn.close_reason(),
+            Some(pb::CloseReason::IdleTimeout(Duration::from_secs(5))),
+            "keepalive {keepalive:?}, idle {idle:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(5), "virtual time");
+        trickle.abort();
+    }
+}
+
+/// A dialed connection to a peer that answers with something else than a pb hello, or a hello
+/// with a body pb cannot take, fails at once with the handshake error.
+#[tokio::test(start_paused = true)]
+async fn a_dialed_connection_refuses_a_bad_hello_at_once() {
+    let mut bad_version = HELLO;
+    bad_version[9] = 9;
+    for bytes in [
+        &b"HTTP/1.1 400 Bad Request\r\n\r\n"[..],
+        &HELLO[..4],
+        &bad_version[..],
+    ] {
+        let (a, mut b) = pb::transport::memory_pair();
+        let sent = bytes.to_vec();
+        let peer = tokio::spawn(async move {
+            b.write_all(&sent).await.unwrap();
+            let mut sink = Vec::new();
+            let _ = b.read_to_end(&mut sink).await;
+        });
+        let started = tokio::time::Instant::now();
+        let conn = Connection::dial(a, &Config::default(), None, None)
+            .await
+            .unwrap();
+        conn.closed().await;
+        let reason = conn.close_reason();
+        if bytes.len() == 4 {
+            // Too short to tell: the handshake deadline ends it.
+            assert_eq!(
+                reason,
+                Some(pb::CloseReason::IdleTimeout(
+                    Config::default().handshake_timeout
+                ))
+            );
+        } else {
+            assert!(
+                matches!(reason, Some(pb::CloseReason::Handshake(_))),
+                "{reason:?}"
+            );
+            assert_eq!(started.elapsed(), Duration::ZERO, "at once");
+        }
+        peer.abort();
+    }
+}
