@@ -104,3 +104,24 @@ async fn caller_identity_is_filled_by_the_callee() {
     let k: KitchenRef = client.root();
     assert_eq!(k.whoami().await, Ok(format!("connection {}", server.id())));
 }
+
+#[pb::remote]
+pub trait Grüße {
+    async fn grüß(&self, name: String) -> Result<String, TestError>;
+}
+
+struct GrüßeImpl;
+
+impl Grüße for GrüßeImpl {
+    async fn grüß(&self, name: String) -> Result<String, TestError> {
+        Ok(format!("grüß {name}"))
+    }
+}
+
+#[tokio::test]
+async fn a_method_with_a_non_ascii_name_is_dispatched() {
+    // Generated dispatchers match the name's bytes: a non-ASCII name must still match.
+    let (_server, client) = memory_pair(GrüßeRef::new(GrüßeImpl)).await;
+    let g: GrüßeRef = client.root();
+    assert_eq!(g.grüß("dich".into()).await, Ok("grüß dich".to_string()));
+}
