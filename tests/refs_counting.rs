@@ -52,6 +52,17 @@ impl Factory for FactoryImpl {
     }
 }
 
+/// A server serving a factory over an in-memory pipe, both ends with `config`; the counter
+/// counts the factory's objects dropped.
+async fn factory_pair(config: pb::Config) -> (pb::Connection, pb::Connection, Arc<AtomicUsize>) {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let root = FactoryRef::new(FactoryImpl {
+        dropped: dropped.clone(),
+    });
+    let (server, client) = common::memory_pair_with(root, config).await;
+    (server, client, dropped)
+}
+
 #[tokio::test]
 async fn a_hundred_thousand_cycles_leave_both_tables_empty() {
     const CYCLES: u64 = 100_000;
@@ -143,14 +154,7 @@ async fn the_export_quota_refuses_cleanly_and_survives_one_violation() {
 async fn the_export_quota_counts_each_object_once_however_often_a_message_carries_it() {
     let mut config = pb::Config::default();
     config.limits.max_exports = 3;
-    let dropped = Arc::new(AtomicUsize::new(0));
-    let (server, client) = common::memory_pair_with(
-        FactoryRef::new(FactoryImpl {
-            dropped: dropped.clone(),
-        }),
-        config,
-    )
-    .await;
+    let (server, client, dropped) = factory_pair(config).await;
     let f: FactoryRef = client.root();
     let cells: Vec<CellRef> = (0..4)
         .map(|v| CellRef::new(Value(v, dropped.clone())))
@@ -179,14 +183,7 @@ async fn a_peer_that_keeps_violating_is_disconnected() {
     let mut config = pb::Config::default();
     config.limits.max_imports = 2;
     config.limits.max_violations = 3;
-    let dropped = Arc::new(AtomicUsize::new(0));
-    let (server, client) = common::memory_pair_with(
-        FactoryRef::new(FactoryImpl {
-            dropped: dropped.clone(),
-        }),
-        config,
-    )
-    .await;
+    let (server, client, dropped) = factory_pair(config).await;
     let f: FactoryRef = client.root();
     let mut refused = 0;
     for i in 0..10u64 {

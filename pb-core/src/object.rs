@@ -441,21 +441,8 @@ impl ObjectRef {
         R: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let peer = self.peer();
-        let (payload, refs) = codec::encode_scratch(args, peer.as_ref())
-            .map_err(|e| CallError::Encode(e.to_string()))?;
-        let max_depth = peer.map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        let payload = Payload::Encoded(payload);
-        // A live remote object is called directly: one nested future less per call.
-        let called = match &self.0 {
-            RefInner::Remote(r) if !r.is_dead() => r.conn.call(r.id, method, payload, refs).await,
-            _ => self.call_payload(method, payload, refs).await,
-        };
-        let outcome = match called {
-            Ok(o) => o,
-            Err(f) => return Err(CallError::from_fault(f)),
-        };
-        decode_outcome_with_depth(outcome, max_depth)
+        self.call_seed(method, args, std::marker::PhantomData::<R>)
+            .await
     }
 
     /// As [`ObjectRef::call`], decoding the answer with `seed` (what generated stubs do, so
