@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pb::pb_core::handshake::HandshakeError;
 use pb::{Config, ConnectError, Connection, Side};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Run the server side of a handshake against `bytes` written by a raw peer, which then waits.
 async fn server_sees(bytes: &[u8]) -> Result<Connection, ConnectError> {
@@ -81,22 +81,25 @@ async fn malformed_hellos_are_clean_errors() {
     assert!(server_sees(&HELLO).await.is_ok());
 }
 
+/// Write all but the last byte of a hello, one byte a second, then hold the pipe open saying
+/// nothing more.
+async fn trickle_hello<S: AsyncRead + AsyncWrite + Unpin>(mut b: S) {
+    for byte in HELLO.iter().take(19) {
+        if b.write_all(&[*byte]).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut sink = Vec::new();
+    let _ = b.read_to_end(&mut sink).await;
+}
+
 /// Slowloris during the handshake: one byte a second. The handshake deadline is a total
 /// deadline, not one per read, so the trickle is cut at `handshake_timeout`.
 #[tokio::test(start_paused = true)]
 async fn one_byte_a_second_is_cut_by_the_handshake_deadline() {
-    let (a, mut b) = pb::transport::memory_pair();
-    let trickle = tokio::spawn(async move {
-        for byte in HELLO.iter().take(19) {
-            if b.write_all(&[*byte]).await.is_err() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        // Hold the pipe open, saying nothing more.
-        let mut sink = Vec::new();
-        let _ = b.read_to_end(&mut sink).await;
-    });
+    let (a, b) = pb::transport::memory_pair();
+    let trickle = tokio::spawn(trickle_hello(b));
     let config = Config {
         handshake_timeout: Duration::from_secs(5),
         ..Config::default()
@@ -142,17 +145,8 @@ async fn a_dialed_connection_cuts_a_trickled_hello_at_the_handshake_deadline() {
         (Some(Duration::from_secs(1)), None),
         (Some(Duration::from_secs(2)), Some(Duration::from_secs(60))),
     ] {
-        let (a, mut b) = pb::transport::memory_pair();
-        let trickle = tokio::spawn(async move {
-            for byte in HELLO.iter().take(19) {
-                if b.write_all(&[*byte]).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            let mut sink = Vec::new();
-            let _ = b.read_to_end(&mut sink).await;
-        });
+        let (a, b) = pb::transport::memory_pair();
+        let trickle = tokio::spawn(trickle_hello(b));
         let config = Config {
             handshake_timeout: Duration::from_secs(5),
             keepalive_interval: keepalive,
