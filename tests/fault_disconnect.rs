@@ -326,3 +326,34 @@ async fn a_killed_client_process_is_noticed_and_its_objects_freed() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_connection_that_completes_its_handshake_during_a_shutdown_is_closed_too() {
+    let (server, _gate) = kitchen_server().await;
+    let addr = server.local_addr();
+    // A peer that connects but has not sent its hello yet...
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    // ...is accepted before this one, whose call proves it.
+    let conn = pb::Client::connect(addr).await.unwrap();
+    let k: KitchenRef = conn.root();
+    assert_eq!(k.add(1, 1).await, Ok(2));
+    let shutdown = tokio::spawn(server.shutdown());
+    // The shutdown has swept the live connections once this one is closed.
+    conn.closed().await;
+    // Now the slow peer's handshake completes: the server must close that connection too,
+    // or the shutdown waits for as long as the peer stays.
+    slow.write_all(&HELLO).await.unwrap();
+    let mut hello = [0u8; 20];
+    slow.read_exact(&mut hello).await.unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(ended, Ok(Ok(_))),
+        "the server closes it: {ended:?}"
+    );
+    let done = tokio::time::timeout(Duration::from_secs(10), shutdown).await;
+    assert!(
+        matches!(done, Ok(Ok(()))),
+        "the shutdown completes: {done:?}"
+    );
+}

@@ -319,6 +319,13 @@ async fn accept_loop(
             live.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(conn.id(), conn.clone());
+            // A shutdown that began during the handshake may have swept the live connections
+            // before this one joined them: it closes itself the same way. (The shutdown sets
+            // the flag before it sweeps, so one of the two always sees the connection.)
+            if *stop.borrow() {
+                let conn = conn.clone();
+                tokio::spawn(async move { conn.close().await });
+            }
             // The connection's reader runs in this task (it ends once the connection has
             // closed), or in a task of its own.
             match reader {
