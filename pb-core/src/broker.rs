@@ -237,7 +237,8 @@ pub(crate) struct Broker {
     /// Keyed by the addresses of our own objects.
     export_keys: HashMap<usize, u64, BuildHasherDefault<IdHasher>>,
     next_export: u64,
-    imports: HashMap<u64, ImportSlot>,
+    /// Keyed by the peer's ids: hashed under a secret the peer does not know.
+    imports: HashMap<u64, ImportSlot, PeerKeys>,
     next_generation: u64,
     /// Keyed by our own request ids (sequential, never chosen by the peer), so a cheap hash
     /// will do.
@@ -249,7 +250,8 @@ pub(crate) struct Broker {
     next_request: u64,
     /// Answered calls running in tasks of their own (a call answered inline never enters);
     /// the sender fires (or is dropped) when the call is cancelled.
-    running: HashMap<u64, Option<oneshot::Sender<()>>>,
+    /// Keyed by the peer's request ids: hashed under a secret the peer does not know.
+    running: HashMap<u64, Option<oneshot::Sender<()>>, PeerKeys>,
     in_flight: usize,
     out: BytesMut,
     chunks: Vec<Bytes>,
@@ -284,13 +286,13 @@ impl Broker {
             exports: HashMap::default(),
             export_keys: HashMap::default(),
             next_export: 1,
-            imports: HashMap::new(),
+            imports: HashMap::with_hasher(PeerKeys::new()),
             next_generation: 1,
             pending: HashMap::default(),
             wakers: Vec::new(),
             in_batch: false,
             next_request: 1,
-            running: HashMap::new(),
+            running: HashMap::with_hasher(PeerKeys::new()),
             in_flight: 0,
             out: BytesMut::new(),
             chunks: Vec::new(),
@@ -352,10 +354,13 @@ impl Broker {
         // Whatever a batch's handlers queued goes out with this.
         self.in_batch = false;
         if !self.releases.is_empty() && self.state != State::Closed {
-            let items = std::mem::take(&mut self.releases);
+            // Taken and given back, so the list keeps its capacity from batch to batch.
+            let mut items = std::mem::take(&mut self.releases);
             for batch in items.chunks(self.limits.message.max_release_entries.max(1)) {
-                self.write_message(&Message::Release(batch.to_vec()));
+                self.write_frame(|out| message::encode_release(out, batch));
             }
+            items.clear();
+            self.releases = items;
         }
         let added = self.chunks_len + self.out.len();
         if added == 0 {
@@ -400,10 +405,15 @@ impl Broker {
     }
 
     fn write_message(&mut self, m: &Message) {
+        self.write_frame(|out| m.encode(out));
+    }
+
+    /// Queue one frame whose body `body` writes.
+    fn write_frame(&mut self, body: impl FnOnce(&mut BytesMut)) {
         self.reserve_out(64);
         let start = self.out.len();
         self.out.put_u32(0);
-        m.encode(&mut self.out);
+        body(&mut self.out);
         self.patch_len(start, 0);
     }
 
@@ -1239,10 +1249,118 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
+/// The hash of the tables keyed by ids the peer chooses (its object ids, its request ids): the
+/// key is mixed with a secret drawn once per process and folded through one wide multiply.
+/// A peer that does not know the secret cannot aim its ids at one bucket, which is what SipHash
+/// (the standard library's default) guards against too, at about 140 instructions a lookup
+/// against a handful here. The tables' sizes are bounded by [`Limits`] besides.
+#[derive(Clone, Copy)]
+pub(crate) struct PeerKeys {
+    k0: u64,
+    k1: u64,
+}
+
+impl PeerKeys {
+    pub(crate) fn new() -> PeerKeys {
+        static SECRET: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+        let &(k0, k1) = SECRET.get_or_init(|| {
+            // The standard library seeds each `RandomState` from the operating system.
+            use std::hash::BuildHasher;
+            let s = std::hash::RandomState::new();
+            // Never zero, which would give every key one hash.
+            (s.hash_one(0u64), s.hash_one(1u64) | 1)
+        });
+        PeerKeys { k0, k1 }
+    }
+}
+
+impl std::hash::BuildHasher for PeerKeys {
+    type Hasher = PeerKeyHasher;
+
+    fn build_hasher(&self) -> PeerKeyHasher {
+        PeerKeyHasher {
+            h: self.k0,
+            k1: self.k1,
+        }
+    }
+}
+
+/// The hasher of [`PeerKeys`].
+pub(crate) struct PeerKeyHasher {
+    h: u64,
+    k1: u64,
+}
+
+impl std::hash::Hasher for PeerKeyHasher {
+    fn finish(&self) -> u64 {
+        // A second fold: after one, keys that differ only above their low bits (ids in steps
+        // of a power of two) still share the product's low bits, which pick the bucket.
+        fold_mul(self.h, self.k1.rotate_left(32) | 1)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.h = fold_mul(self.h ^ n, self.k1);
+    }
+}
+
+/// The full 128-bit product of `a` and `b`, its halves folded into one word.
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
 /// The key an object is exported under: the address of its shared allocation.
 fn export_key(r: &ObjectRef) -> Option<usize> {
     match &r.0 {
         RefInner::Local(_) => r.local_key(),
         RefInner::Remote(imp) => Some(Arc::as_ptr(imp) as usize),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerKeys;
+    use std::collections::HashSet;
+    use std::hash::BuildHasher;
+
+    /// How many of 1 024 buckets (the hash's low bits, as the table picks them) `keys` fill.
+    fn buckets_filled(keys: impl Iterator<Item = u64>) -> usize {
+        let h = PeerKeys::new();
+        keys.map(|k| h.hash_one(k) & 1023)
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    #[test]
+    fn peer_chosen_ids_spread_over_the_buckets_whatever_their_pattern() {
+        // A random function fills about 1 - 1/e of the buckets: 647 of 1 024. Ids that differ
+        // only in their high bits, or step by a power of two, must spread as well as
+        // sequential ones.
+        for (name, keys) in [
+            ("sequential", (0..1024).collect::<Vec<u64>>()),
+            ("high bits", (0..1024).map(|i| i << 40).collect()),
+            ("stride 1024", (0..1024).map(|i| i * 1024).collect()),
+            ("top bit set", (0..1024).map(|i| i | 1 << 63).collect()),
+        ] {
+            let filled = buckets_filled(keys.into_iter());
+            assert!(filled > 560, "{name}: {filled} of 1024 buckets");
+        }
+    }
+
+    #[test]
+    fn every_table_of_the_process_shares_one_secret() {
+        let (a, b) = (PeerKeys::new(), PeerKeys::new());
+        assert_eq!(a.hash_one(42u64), b.hash_one(42u64));
+        // Not the identity, and not the same for neighbours.
+        assert_ne!(a.hash_one(42u64), 42);
+        assert_ne!(a.hash_one(42u64), a.hash_one(43u64));
     }
 }

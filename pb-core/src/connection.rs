@@ -771,7 +771,7 @@ impl ConnShared {
     /// Fold queued releases into the broker and lock it, for taking its output.
     fn lock_for_transmit(&self) -> MutexGuard<'_, Broker> {
         // A release queued after the flag was read sets it again and wakes the writer.
-        let released = if self.releases_queued.load(Ordering::Acquire)
+        let mut released = if self.releases_queued.load(Ordering::Acquire)
             && self.releases_queued.swap(false, Ordering::AcqRel)
         {
             std::mem::take(&mut *self.releases.lock().unwrap_or_else(|p| p.into_inner()))
@@ -779,8 +779,17 @@ impl ConnShared {
             Vec::new()
         };
         let mut broker = self.lock();
-        for (id, generation, count) in released {
+        for &(id, generation, count) in &released {
             broker.release_imported(id, generation, count);
+        }
+        if released.capacity() > 0 {
+            // The list goes back, emptied, so the queue keeps its capacity from batch to batch
+            // (unless releases were queued meanwhile in a list of their own).
+            released.clear();
+            let mut queue = self.releases.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.capacity() == 0 {
+                *queue = released;
+            }
         }
         broker
     }

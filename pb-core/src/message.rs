@@ -398,6 +398,16 @@ fn get_refs<B: Buf>(b: &mut B, limits: &MessageLimits) -> Result<Vec<RefDesc>, M
     Ok(refs)
 }
 
+/// Encode a release of `items` (object, count) as [`Message::Release`] does, from a slice.
+pub(crate) fn encode_release(out: &mut BytesMut, items: &[(u64, u64)]) {
+    out.put_u8(TAG_RELEASE);
+    put_varint(out, items.len() as u64);
+    for &(object, count) in items {
+        put_varint(out, object);
+        put_varint(out, count);
+    }
+}
+
 impl Message {
     /// Append this message's body to `out` (without the frame header).
     pub fn encode(&self, out: &mut BytesMut) {
@@ -434,14 +444,7 @@ impl Message {
                 put_varint(out, end as u64);
                 out.put_slice(&message.as_bytes()[..end]);
             }
-            Message::Release(items) => {
-                out.put_u8(TAG_RELEASE);
-                put_varint(out, items.len() as u64);
-                for (object, count) in items {
-                    put_varint(out, *object);
-                    put_varint(out, *count);
-                }
-            }
+            Message::Release(items) => encode_release(out, items),
             Message::Cancel { id } => {
                 out.put_u8(TAG_CANCEL);
                 put_varint(out, *id);
