@@ -275,6 +275,7 @@ impl Broker {
         link: Weak<ConnShared>,
     ) -> Broker {
         let root_key = root.as_ref().and_then(export_key);
+        let peer_keys = PeerKeys::new();
         Broker {
             limits,
             conn_id,
@@ -286,13 +287,13 @@ impl Broker {
             exports: HashMap::default(),
             export_keys: HashMap::default(),
             next_export: 1,
-            imports: HashMap::with_hasher(PeerKeys::new()),
+            imports: HashMap::with_hasher(peer_keys),
             next_generation: 1,
             pending: HashMap::default(),
             wakers: Vec::new(),
             in_batch: false,
             next_request: 1,
-            running: HashMap::with_hasher(PeerKeys::new()),
+            running: HashMap::with_hasher(peer_keys),
             in_flight: 0,
             out: BytesMut::new(),
             chunks: Vec::new(),
@@ -359,8 +360,11 @@ impl Broker {
             for batch in items.chunks(self.limits.message.max_release_entries.max(1)) {
                 self.write_frame(|out| message::encode_release(out, batch));
             }
-            items.clear();
-            self.releases = items;
+            // Unless a burst made it large: an idle connection keeps little.
+            if items.capacity() <= KEEP_RELEASES {
+                items.clear();
+                self.releases = items;
+            }
         }
         let added = self.chunks_len + self.out.len();
         if added == 0 {
@@ -1249,11 +1253,16 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
+/// The most entries a release list keeps room for between batches (16 KiB or 24 KiB).
+pub(crate) const KEEP_RELEASES: usize = 1024;
+
 /// The hash of the tables keyed by ids the peer chooses (its object ids, its request ids): the
-/// key is mixed with a secret drawn once per process and folded through one wide multiply.
-/// A peer that does not know the secret cannot aim its ids at one bucket, which is what SipHash
-/// (the standard library's default) guards against too, at about 140 instructions a lookup
-/// against a handful here. The tables' sizes are bounded by [`Limits`] besides.
+/// key is mixed with a secret drawn for each connection and folded through two wide
+/// multiplies, a few instructions against SipHash's 140 or so a lookup. Unlike SipHash this is
+/// no keyed pseudo-random function that keeps its key secret from someone who sees its
+/// outputs; but the peer never sees a hash, only how long its messages take, so it cannot aim
+/// its ids at one bucket without the secret. The tables' sizes are bounded by [`Limits`]
+/// besides.
 #[derive(Clone, Copy)]
 pub(crate) struct PeerKeys {
     k0: u64,
@@ -1261,16 +1270,17 @@ pub(crate) struct PeerKeys {
 }
 
 impl PeerKeys {
+    /// A new secret, from the standard library's `RandomState` (seeded from the operating
+    /// system): two SipHash outputs under its key.
     pub(crate) fn new() -> PeerKeys {
-        static SECRET: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
-        let &(k0, k1) = SECRET.get_or_init(|| {
-            // The standard library seeds each `RandomState` from the operating system.
-            use std::hash::BuildHasher;
-            let s = std::hash::RandomState::new();
-            // Never zero, which would give every key one hash.
-            (s.hash_one(0u64), s.hash_one(1u64) | 1)
-        });
-        PeerKeys { k0, k1 }
+        use std::hash::BuildHasher;
+        let s = std::hash::RandomState::new();
+        PeerKeys::with_secret(s.hash_one(0u64), s.hash_one(1u64))
+    }
+
+    fn with_secret(k0: u64, k1: u64) -> PeerKeys {
+        // Never zero, which would give every key one hash.
+        PeerKeys { k0, k1: k1 | 1 }
     }
 }
 
@@ -1293,8 +1303,8 @@ pub(crate) struct PeerKeyHasher {
 
 impl std::hash::Hasher for PeerKeyHasher {
     fn finish(&self) -> u64 {
-        // A second fold: after one, keys that differ only above their low bits (ids in steps
-        // of a power of two) still share the product's low bits, which pick the bucket.
+        // A second fold: after one, the bucket bits of ids that differ only above them (ids
+        // in steps of a power of two) can collapse for some secrets.
         fold_mul(self.h, self.k1.rotate_left(32) | 1)
     }
 
@@ -1331,34 +1341,45 @@ mod tests {
     use std::collections::HashSet;
     use std::hash::BuildHasher;
 
-    /// How many of 1 024 buckets (the hash's low bits, as the table picks them) `keys` fill.
-    fn buckets_filled(keys: impl Iterator<Item = u64>) -> usize {
-        let h = PeerKeys::new();
-        keys.map(|k| h.hash_one(k) & 1023)
-            .collect::<HashSet<_>>()
-            .len()
+    /// Id patterns a peer might choose: sequential, differing only in their high bits, in
+    /// steps of a power of two, with the top bit set.
+    fn patterns() -> [(&'static str, Vec<u64>); 4] {
+        [
+            ("sequential", (0..1024).collect()),
+            ("high bits", (0..1024).map(|i| i << 40).collect()),
+            ("stride 1024", (0..1024).map(|i| i * 1024).collect()),
+            ("top bit set", (0..1024).map(|i| i | 1 << 63).collect()),
+        ]
     }
 
     #[test]
     fn peer_chosen_ids_spread_over_the_buckets_whatever_their_pattern() {
-        // A random function fills about 1 - 1/e of the buckets: 647 of 1 024. Ids that differ
-        // only in their high bits, or step by a power of two, must spread as well as
-        // sequential ones.
-        for (name, keys) in [
-            ("sequential", (0..1024).collect::<Vec<u64>>()),
-            ("high bits", (0..1024).map(|i| i << 40).collect()),
-            ("stride 1024", (0..1024).map(|i| i * 1024).collect()),
-            ("top bit set", (0..1024).map(|i| i | 1 << 63).collect()),
-        ] {
-            let filled = buckets_filled(keys.into_iter());
-            assert!(filled > 560, "{name}: {filled} of 1024 buckets");
+        // 64 fixed secrets (so a weak mix cannot pass by luck) and a fresh one. A random
+        // function fills about 1 - 1/e of 1 024 buckets (647, give or take 10) and nearly all
+        // of the 128 tags hashbrown takes from the top 7 bits.
+        let mut secrets: Vec<PeerKeys> = (0..64u64)
+            .map(|i| {
+                let mix = |x: u64| x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+                PeerKeys::with_secret(mix(2 * i + 1), mix(2 * i + 2))
+            })
+            .collect();
+        secrets.push(PeerKeys::new());
+        for h in secrets {
+            for (name, keys) in patterns() {
+                let buckets = keys.iter().map(|&k| h.hash_one(k) & 1023);
+                let tags = keys.iter().map(|&k| h.hash_one(k) >> 57);
+                let buckets = buckets.collect::<HashSet<_>>().len();
+                let tags = tags.collect::<HashSet<_>>().len();
+                assert!(buckets > 560, "{name}: {buckets} of 1024 buckets");
+                assert!(tags > 110, "{name}: {tags} of 128 tags");
+            }
         }
     }
 
     #[test]
-    fn every_table_of_the_process_shares_one_secret() {
+    fn each_connection_draws_its_own_secret() {
         let (a, b) = (PeerKeys::new(), PeerKeys::new());
-        assert_eq!(a.hash_one(42u64), b.hash_one(42u64));
+        assert_ne!(a.hash_one(42u64), b.hash_one(42u64));
         // Not the identity, and not the same for neighbours.
         assert_ne!(a.hash_one(42u64), 42);
         assert_ne!(a.hash_one(42u64), a.hash_one(43u64));

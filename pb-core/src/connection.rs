@@ -782,9 +782,10 @@ impl ConnShared {
         for &(id, generation, count) in &released {
             broker.release_imported(id, generation, count);
         }
-        if released.capacity() > 0 {
+        if released.capacity() > 0 && released.capacity() <= crate::broker::KEEP_RELEASES {
             // The list goes back, emptied, so the queue keeps its capacity from batch to batch
-            // (unless releases were queued meanwhile in a list of their own).
+            // (unless releases were queued meanwhile in a list of their own, or a burst made
+            // it large).
             released.clear();
             let mut queue = self.releases.lock().unwrap_or_else(|p| p.into_inner());
             if queue.capacity() == 0 {
