@@ -1309,6 +1309,9 @@ impl std::hash::Hasher for PeerKeyHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
+        // Keys of other types than `u64` (none so far): the length first, so that zero padding
+        // cannot make two keys one.
+        self.write_u64(bytes.len() as u64);
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
