@@ -1124,14 +1124,13 @@ fn main() {
         .expect("tokio runtime");
 
     // Every comparison runs the same client code against a floor server and a pb server.
-    let latencies = |systems| latency_runs(&rt, systems, runs, c);
     let rates = |floor: System, pb: System, work: Workload| {
         compare(&rt, [floor, pb], runs, move |sys, a| work(sys, a, c))
     };
 
     let mut rows = Vec::new();
     if wants("latency") {
-        let [f, p] = latencies([System::Floor, System::Pb]);
+        let [f, p] = latency_runs(&rt, [System::Floor, System::Pb], runs, c);
         rows.push(
             Row::vs("latency", "us p50 per call, lower is better", p[0], f[0])
                 .target("<= 1.10x", p[0] <= 1.10 * f[0]),
@@ -1258,7 +1257,7 @@ fn main() {
     }
     if wants("amp") {
         // The floor of the AMP rows is the plain framed echo, as for `latency` and `pipelined`.
-        let [f, p] = latencies([System::Floor, System::Amp]);
+        let [f, p] = latency_runs(&rt, [System::Floor, System::Amp], runs, c);
         rows.push(Row::vs(
             "amp_latency",
             "us p50 per AMP call (floor: plain framed echo), lower is better",

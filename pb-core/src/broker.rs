@@ -663,14 +663,7 @@ impl Broker {
                                 handle: Arc::downgrade(&h),
                                 generation,
                             };
-                            match slot {
-                                Entry::Occupied(mut s) => {
-                                    s.insert(fresh);
-                                }
-                                Entry::Vacant(s) => {
-                                    s.insert(fresh);
-                                }
-                            }
+                            slot.insert_entry(fresh);
                             h
                         }
                     };

@@ -355,8 +355,11 @@ fn encode_in<T: Serialize + ?Sized>(
     );
     let refs = scope.map(Scope::take).unwrap_or_default();
     if let Err(e) = encoded {
-        buf.clear();
-        CHUNK.with(|s| s.set(Some(buf)));
+        // Kept only if the failed value did not make it grow, as on success.
+        if buf.len() <= SCRATCH_CHUNK {
+            buf.clear();
+            CHUNK.with(|s| s.set(Some(buf)));
+        }
         return Err(CodecError::Encode(e.to_string()));
     }
     let bytes = if buf.len() <= SCRATCH_CHUNK {
@@ -540,6 +543,29 @@ mod tests {
             decode::<Vec<u8>>(&msg, vec![]),
             Err(CodecError::Decode(_))
         ));
+    }
+
+    /// Serializes 64 KiB, then fails.
+    struct FailsLate;
+
+    impl Serialize for FailsLate {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::{Error, SerializeTuple};
+            let mut t = s.serialize_tuple(2)?;
+            t.serialize_element(&vec![7u8; 64 * 1024])?;
+            t.end()?;
+            Err(S::Error::custom("fails after writing"))
+        }
+    }
+
+    #[test]
+    fn a_large_value_that_fails_to_encode_leaves_no_large_chunk_behind() {
+        assert!(encode(&FailsLate, None).is_err());
+        let kept = CHUNK.with(Cell::take).map_or(0, |b| b.capacity());
+        assert!(kept <= 2 * SCRATCH_CHUNK, "the thread keeps {kept} bytes");
+        // Encoding still works afterwards.
+        let (b, _) = encode(&5u32, None).unwrap();
+        assert_eq!(decode::<u32>(&b, vec![]).unwrap(), 5);
     }
 
     #[test]

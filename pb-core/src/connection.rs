@@ -954,10 +954,10 @@ impl ConnShared {
         }
     }
 
-    /// For a caller that writes its own call ([`Flush::Caller`]) or the reader at the end of
-    /// its batch, under the broker's lock it holds: the output, with what the broker queued moved into it (the bytes moved are
-    /// returned, to count as unsent once the broker's lock is released), if no write is in
-    /// progress or waiting. Saves the write path locking the broker again.
+    /// For a caller that writes its own call ([`Flush::Caller`]), or the reader at the end of
+    /// its batch, holding the broker's lock: the output with what the broker queued moved into
+    /// it, if no write is in progress or waiting, and the bytes moved (to count as unsent once
+    /// the broker's lock is released). Saves the write path locking the broker again.
     fn take_output<'a>(
         &'a self,
         broker: &mut Broker,

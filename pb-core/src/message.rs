@@ -668,11 +668,14 @@ pub(crate) fn encode_call_frame_head(
         head.set_frame_len(payload_len);
         out.put_slice(head.as_slice());
     } else {
-        let mut tail = BytesMut::new();
-        put_refs(&mut tail, refs);
-        head.set_frame_len(tail.len() + payload_len);
+        // The references' length is known once they are written: the prefix is patched then.
+        let start = out.len();
         out.put_slice(head.as_slice());
-        out.put_slice(&tail);
+        put_refs(out, refs);
+        let len = (out.len() - start - HEADER_LEN + payload_len) as u32;
+        if let Some(prefix) = out.get_mut(start..start + HEADER_LEN) {
+            prefix.copy_from_slice(&len.to_be_bytes());
+        }
     }
 }
 
@@ -751,13 +754,12 @@ pub(crate) fn encode_answer_head(out: &mut BytesMut, id: u64, ok: bool, refs: &[
 /// `payload_len` bytes that follows directly: one copy for both.
 pub(crate) fn encode_answer_frame_head(out: &mut BytesMut, id: u64, ok: bool, payload_len: usize) {
     let mut head = Head::new();
-    head.put(&[0; 4]);
+    head.put(&[0; HEADER_LEN]);
     head.put(&[TAG_ANSWER]);
     head.varint(id);
     // The outcome, and no references.
     head.put(&[if ok { 0 } else { 1 }, 0]);
-    let len = (head.len - 4 + payload_len) as u32;
-    head.buf[..4].copy_from_slice(&len.to_be_bytes());
+    head.set_frame_len(payload_len);
     out.put_slice(head.as_slice());
 }
 
@@ -835,7 +837,8 @@ mod tests {
             let mut expected = BytesMut::new();
             expected.put_u32(body.len() as u32);
             expected.put_slice(&body);
-            let mut out = BytesMut::new();
+            // Written after what the output already holds.
+            let mut out = BytesMut::from(&b"before"[..]);
             encode_call_frame_head(
                 &mut out,
                 payload.len(),
@@ -845,6 +848,29 @@ mod tests {
                 (true, deadline_ms),
                 &refs,
             );
+            out.put_slice(&payload);
+            assert_eq!(&out[..6], b"before");
+            assert_eq!(&out[6..], &expected[..]);
+        }
+    }
+
+    #[test]
+    fn an_answer_frame_head_matches_the_message_encoding() {
+        for (id, ok) in [(1, true), (1 << 40, false)] {
+            let payload = Bytes::from_static(b"payload");
+            let m = Message::Answer {
+                id,
+                ok,
+                refs: vec![],
+                payload: payload.clone(),
+            };
+            let mut body = BytesMut::new();
+            m.encode(&mut body);
+            let mut expected = BytesMut::new();
+            expected.put_u32(body.len() as u32);
+            expected.put_slice(&body);
+            let mut out = BytesMut::new();
+            encode_answer_frame_head(&mut out, id, ok, payload.len());
             out.put_slice(&payload);
             assert_eq!(out, expected);
         }

@@ -146,22 +146,7 @@ impl IncomingCall {
 
     /// Decode the arguments as `A` (a tuple of the method's parameters).
     pub fn decode_args<A: DeserializeOwned>(&mut self) -> Result<A, Fault> {
-        let refs = std::mem::take(&mut self.refs);
-        let max_depth = self
-            .caller
-            .connection()
-            .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        codec::decode_seed(
-            self.args(),
-            Some(&self.body),
-            refs,
-            max_depth,
-            std::marker::PhantomData,
-        )
-        .map_err(|e| Fault {
-            kind: FaultKind::BadArguments,
-            message: format!("cannot decode arguments of {}: {e}", self.method()),
-        })
+        self.decode_args_seed(std::marker::PhantomData::<A>)
     }
 
     /// Decode the arguments with a seed (what generated dispatchers do, so that `Bytes`
