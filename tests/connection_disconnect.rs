@@ -106,6 +106,7 @@ async fn graceful_shutdown_lets_calls_in_flight_finish() {
 #[tokio::test(start_paused = true)]
 async fn a_graceful_close_with_nothing_running_ends_the_stream_without_a_goodbye() {
     let (server, mut peer) = raw_peer(pb::Config::default()).await;
+    let started = tokio::time::Instant::now();
     server.close().await;
     assert_eq!(server.close_reason(), Some(pb::CloseReason::Local));
     // Nothing to drain: the peer sees the end of the stream at once, with no goodbye before it
@@ -115,4 +116,6 @@ async fn a_graceful_close_with_nothing_running_ends_the_stream_without_a_goodbye
         .await
         .unwrap();
     assert!(rest.is_empty(), "{rest:?}");
+    // No drain timer ran (virtual time would have jumped to it).
+    assert_eq!(started.elapsed(), std::time::Duration::ZERO);
 }
