@@ -832,11 +832,7 @@ mod tests {
                 refs: refs.clone(),
                 payload: payload.clone(),
             };
-            let mut body = BytesMut::new();
-            m.encode(&mut body);
-            let mut expected = BytesMut::new();
-            expected.put_u32(body.len() as u32);
-            expected.put_slice(&body);
+            let expected = framed(&m);
             // Written after what the output already holds.
             let mut out = BytesMut::from(&b"before"[..]);
             encode_call_frame_head(
@@ -854,6 +850,16 @@ mod tests {
         }
     }
 
+    /// `m` encoded as a whole frame, length prefix first.
+    fn framed(m: &Message) -> BytesMut {
+        let mut body = BytesMut::new();
+        m.encode(&mut body);
+        let mut frame = BytesMut::new();
+        frame.put_u32(body.len() as u32);
+        frame.put_slice(&body);
+        frame
+    }
+
     #[test]
     fn an_answer_frame_head_matches_the_message_encoding() {
         for (id, ok) in [(1, true), (1 << 40, false)] {
@@ -864,11 +870,7 @@ mod tests {
                 refs: vec![],
                 payload: payload.clone(),
             };
-            let mut body = BytesMut::new();
-            m.encode(&mut body);
-            let mut expected = BytesMut::new();
-            expected.put_u32(body.len() as u32);
-            expected.put_slice(&body);
+            let expected = framed(&m);
             let mut out = BytesMut::new();
             encode_answer_frame_head(&mut out, id, ok, payload.len());
             out.put_slice(&payload);
