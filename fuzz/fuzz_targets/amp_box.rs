@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pb_core::amp::{BoxCodec, BoxCodecConfig};
+use pb_proto::amp::codec::{BoxCodec, BoxCodecConfig};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cfg, rest)) = data.split_first() else {

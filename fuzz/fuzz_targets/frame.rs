@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pb_core::frame::{FrameDecoder, HEADER_LEN, encode_frame};
+use pb_proto::frame::{FrameDecoder, HEADER_LEN, encode_frame};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&cfg, rest)) = data.split_first() else {

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use pb_core::handshake::{Features, HELLO_LEN, Hello, PROTOCOL_VERSION};
+use pb_proto::handshake::{Features, HELLO_LEN, Hello, PROTOCOL_VERSION};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(hello) = Hello::decode(data) else {

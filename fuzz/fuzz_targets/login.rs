@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use pb_core::scram::{ChannelBinding, MIN_ITERATIONS, ScramVerifier, parse_client_first};
+use pb_proto::scram::{ChannelBinding, MIN_ITERATIONS, ScramVerifier, parse_client_first};
 
 fn verifier() -> &'static ScramVerifier {
     static V: OnceLock<ScramVerifier> = OnceLock::new();

@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use pb_core::message::{Message, MessageLimits};
+use pb_proto::message::{Message, MessageLimits};
 
 fuzz_target!(|data: &[u8]| {
     let limits = MessageLimits::default();

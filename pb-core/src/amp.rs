@@ -48,14 +48,14 @@
 
 mod argument;
 mod bigint;
-mod codec;
 mod command;
 mod datetime;
 mod decimal;
-mod dispatch;
 mod driver;
 mod locator;
 mod value;
+
+use pb_proto::amp::{codec, dispatch};
 
 pub use argument::{AmpArgument, AmpFields, AmpList, ArgumentError};
 pub use bigint::BigInt;
@@ -64,12 +64,20 @@ pub use codec::{
     AmpBox, AmpBoxIter, BoxCodec, BoxCodecConfig, BoxCodecError, MAX_KEY_LENGTH, MAX_VALUE_LENGTH,
 };
 pub use command::{
-    AmpCommand, AmpError, CallError, DisconnectReason, NoErrors, ProtocolError, RemoteError,
-    UNHANDLED_ERROR_CODE, UNKNOWN_ERROR_CODE,
+    AmpCommand, AmpError, CallError, NoErrors, RemoteError, UNHANDLED_ERROR_CODE,
+    UNKNOWN_ERROR_CODE,
 };
 pub use datetime::DateTime;
 pub use decimal::Decimal;
-pub use dispatch::{AmpConfig, Dispatcher, Event, START_TLS, SendError};
+pub use dispatch::{DisconnectReason, Event, ProtocolError, START_TLS, SendError};
+
+/// Limits and policies of one AMP connection, with rustls's server configuration for the
+/// server side of StartTLS (see [`pb_proto::amp::dispatch::AmpConfig`]).
+pub type AmpConfig = dispatch::AmpConfig<std::sync::Arc<rustls::ServerConfig>>;
+
+/// The request/response state of one AMP connection, with no I/O (see
+/// [`pb_proto::amp::Dispatcher`]).
+pub type Dispatcher = dispatch::Dispatcher<std::sync::Arc<rustls::ServerConfig>>;
 pub use driver::{Connection, serve};
 pub use locator::{Locator, Reply};
 /// The rustls crate used for StartTLS, so callers need no direct dependency.

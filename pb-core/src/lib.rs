@@ -1,13 +1,12 @@
 //! pb-core: the protocol core of pb.
 //!
-//! Framing, the handshake, messages, the payload codec, the object model, the broker that keeps
-//! one connection's tables, and the thin tokio driver that pumps it over any byte stream. Users
+//! The wire (framing, the handshake, messages, SCRAM) comes from `pb-proto`; this crate holds
+//! the payload codec, the object model, the broker that keeps one connection's tables, and the
+//! thin tokio driver that pumps it over any byte stream. Users
 //! normally reach all of this through the `pb` crate.
 //!
 //! # Layout
-//! - `frame`: the 4-byte length-prefixed frame codec, limits checked before allocation;
-//! - `handshake`: magic, protocol version and feature flags;
-//! - `message`: call, answer, fault, release, cancel and goodbye envelopes;
+//! - `frame`, `handshake`, `message`, `scram`: the wire, re-exported from `pb-proto` (no I/O);
 //! - `codec`: the bincode seam for payloads, always under a byte limit, and how object
 //!   references ride alongside a payload;
 //! - `object`: [`ObjectRef`], [`Dispatch`], [`CallError`] and friends;
@@ -16,8 +15,6 @@
 //! - `stream`: streams of any size with backpressure, passable like any value;
 //! - `broker`: one connection's protocol state, no I/O;
 //! - `connection`: the tokio driver and the [`Connection`] handle;
-//! - `scram`: SCRAM-SHA-256 with `tls-exporter` channel binding, no I/O (shared by client and
-//!   server login);
 //! - `login`: the wire contract of the login object (interface, methods, answer types);
 //! - `transport`: TCP helpers and an in-memory transport for tests;
 //! - `amp`: AMP, byte-compatible with Twisted.
@@ -65,14 +62,12 @@ mod cache;
 pub mod codec;
 mod connection;
 pub mod deadline;
-pub mod frame;
-pub mod handshake;
 pub mod login;
-pub mod message;
 mod object;
-pub mod scram;
 pub mod stream;
 pub mod transport;
+
+pub use pb_proto::{frame, handshake, message, scram};
 
 pub use broker::{Limits, ProtocolError, TableStats};
 pub use cache::{Cache, CacheState, Replica, Versioned};

@@ -313,7 +313,8 @@ impl<E> CallError<E> {
             FaultKind::DeadlineExceeded => CallError::DeadlineExceeded,
             FaultKind::Handshake => CallError::Handshake(message),
             FaultKind::Refused => CallError::Refused(message),
-            FaultKind::Internal | FaultKind::Unknown(_) => CallError::Internal(message),
+            // Internal, Unknown, and kinds added to the wire later.
+            _ => CallError::Internal(message),
         }
     }
 

@@ -5,7 +5,8 @@ use std::fmt;
 use bytes::Bytes;
 
 use super::argument::{AmpFields, ArgumentError};
-use super::codec::BoxCodecError;
+use super::dispatch::DisconnectReason;
+use pb_proto::amp::codec::BoxCodecError;
 
 /// The error code for a failure the responder did not declare (`UNKNOWN_ERROR_CODE`).
 pub const UNKNOWN_ERROR_CODE: &[u8] = b"UNKNOWN";
@@ -106,48 +107,6 @@ impl RemoteError {
             fatal: true,
         }
     }
-}
-
-/// Why the connection ended.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DisconnectReason {
-    /// The peer closed the connection.
-    #[error("connection closed by the peer")]
-    PeerClosed,
-    /// This side closed the connection (by request or after sending a fatal error).
-    #[error("connection closed locally")]
-    LocalClosed,
-    /// Reading or writing failed.
-    #[error("i/o error: {0}")]
-    Io(String),
-    /// The peer broke the protocol.
-    #[error("protocol violation by the peer")]
-    Protocol(#[source] ProtocolError),
-}
-
-/// A protocol violation by the peer; the connection is closed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ProtocolError {
-    /// The byte stream is not a valid sequence of boxes.
-    #[error("malformed box")]
-    Codec(#[source] BoxCodecError),
-    /// A box with none of `_answer`, `_error` or `_command`.
-    #[error("box with no _answer, _error or _command key")]
-    NoSpecialKey,
-    /// An answer or error for a tag that was never asked.
-    #[error("answer for unknown tag {0:?}")]
-    UnknownTag(Bytes),
-    /// A command with no answer expected failed, or nobody handles it (Twisted closes then).
-    #[error("command {0:?} without _ask failed")]
-    FailedWithoutAnswer(Bytes),
-    /// A responder failed in a way it did not declare; `UNKNOWN` was sent.
-    #[error("responder for {0:?} failed: {1}")]
-    ResponderFailed(Bytes, String),
-    /// A StartTLS exchange failed.
-    #[error("starttls failed: {0}")]
-    Tls(String),
 }
 
 /// Why a call failed.

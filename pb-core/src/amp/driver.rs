@@ -19,12 +19,13 @@ use tokio::task::JoinSet;
 use super::argument::AmpFields;
 use super::codec::AmpBox;
 use super::command::{
-    AmpCommand, CallError, DisconnectReason, NoErrors, ProtocolError, UNHANDLED_ERROR_CODE,
-    UNKNOWN_ERROR_CODE, classify, python_bytes_repr,
+    AmpCommand, CallError, NoErrors, UNHANDLED_ERROR_CODE, UNKNOWN_ERROR_CODE, classify,
+    python_bytes_repr,
 };
-use super::dispatch::{AmpConfig, Dispatcher, Event, START_TLS, SendError};
+use super::dispatch::{DisconnectReason, Event, ProtocolError, START_TLS, SendError};
 use super::locator::{Locator, Reply};
-use crate::broker::IdHasher;
+use super::{AmpConfig, Dispatcher};
+use pb_proto::hash::IdHasher;
 
 /// Stop reading and taking new calls while this much output waits to be written.
 const HIGH_WATER: usize = 256 * 1024;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::argument::AmpFields;
 use super::codec::AmpBox;
 use super::command::{AmpCommand, AmpError, RemoteError};
-use crate::broker::IdHasher;
+use pb_proto::hash::IdHasher;
 
 /// What a responder produced for one incoming command.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,12 +3,11 @@
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 
-use crate::broker::IdHasher;
+use crate::hash::IdHasher;
 
 use bytes::{Bytes, BytesMut};
 
 use super::codec::{AmpBox, BoxCodec, BoxCodecConfig, BoxCodecError, MAX_VALUE_LENGTH};
-use super::command::{DisconnectReason, ProtocolError};
 
 const ASK: &str = "_ask";
 const ANSWER: &str = "_answer";
@@ -20,13 +19,16 @@ const ERROR_DESCRIPTION: &str = "_error_description";
 pub const START_TLS: &str = "StartTLS";
 
 /// Limits and policies of one AMP connection.
+///
+/// `S` is the server side of StartTLS as the driver knows it (pb-core uses rustls's
+/// `Arc<ServerConfig>`); the dispatcher only carries it, so this crate needs no TLS library.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
-pub struct AmpConfig {
+pub struct AmpConfig<S = ()> {
     /// Limits on received boxes.
     pub codec: BoxCodecConfig,
     /// The most asks of ours that may await an answer at once (default 1024); past it a call fails
-    /// with [`CallError::TooManyOutstanding`](super::CallError::TooManyOutstanding).
+    /// with the caller's "too many outstanding" error.
     pub max_outstanding: usize,
     /// The most incoming commands whose responders may run at once (default 1024); past it the
     /// connection stops reading until one finishes.
@@ -37,10 +39,10 @@ pub struct AmpConfig {
     /// as Twisted).
     pub close_on_failed_no_answer: bool,
     /// The server side of StartTLS; without it, StartTLS is answered with `TLS_ERROR`.
-    pub tls_server: Option<std::sync::Arc<rustls::ServerConfig>>,
+    pub tls_server: Option<S>,
 }
 
-impl Default for AmpConfig {
+impl<S> Default for AmpConfig<S> {
     fn default() -> Self {
         Self {
             codec: BoxCodecConfig::default(),
@@ -53,7 +55,7 @@ impl Default for AmpConfig {
     }
 }
 
-impl AmpConfig {
+impl<S> AmpConfig<S> {
     /// Sets [`AmpConfig::codec`].
     pub fn codec(mut self, codec: BoxCodecConfig) -> Self {
         self.codec = codec;
@@ -85,15 +87,17 @@ impl AmpConfig {
     }
 
     /// Sets [`AmpConfig::tls_server`], enabling the server side of StartTLS.
-    pub fn tls_server(mut self, config: std::sync::Arc<rustls::ServerConfig>) -> Self {
+    pub fn tls_server(mut self, config: S) -> Self {
         self.tls_server = Some(config);
         self
     }
 }
 
 /// What the peer sent, as the dispatcher understood it.
+///
+/// Exhaustive, unlike most of pb's enums: a driver must handle every event, and the compiler
+/// should say so when one is added.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Event {
     /// A command for a responder; `tag` is `None` when no answer is wanted.
     Command {
@@ -125,8 +129,9 @@ pub enum Event {
 }
 
 /// Why an outgoing box was not sent.
+///
+/// Exhaustive: a driver maps each of these to its callers' error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum SendError {
     /// The connection is closed or closing.
     #[error("connection closed")]
@@ -172,10 +177,11 @@ enum State {
 /// [`Dispatcher::poll_transmit`] yields. It does no I/O, so it can be driven by anything.
 ///
 /// ```
-/// use pb_core::amp::{AmpBox, AmpConfig, Dispatcher, Event};
+/// use pb_proto::amp::codec::AmpBox;
+/// use pb_proto::amp::dispatch::{AmpConfig, Dispatcher, Event};
 ///
-/// let mut client = Dispatcher::new(AmpConfig::default());
-/// let mut server = Dispatcher::new(AmpConfig::default());
+/// let mut client: Dispatcher = Dispatcher::new(AmpConfig::default());
+/// let mut server: Dispatcher = Dispatcher::new(AmpConfig::default());
 /// let mut args = AmpBox::new();
 /// args.insert("a", "13");
 /// let tag = client.ask("Sum", args).unwrap();
@@ -188,8 +194,8 @@ enum State {
 /// assert!(matches!(client.poll_event(), Some(Event::Answer { tag: t, .. }) if t == tag));
 /// ```
 #[derive(Debug)]
-pub struct Dispatcher {
-    config: AmpConfig,
+pub struct Dispatcher<S = ()> {
+    config: AmpConfig<S>,
     codec: BoxCodec,
     input: BytesMut,
     output: BytesMut,
@@ -203,9 +209,9 @@ pub struct Dispatcher {
     closed_event: Option<DisconnectReason>,
 }
 
-impl Dispatcher {
+impl<S> Dispatcher<S> {
     /// A dispatcher for a new connection.
-    pub fn new(config: AmpConfig) -> Self {
+    pub fn new(config: AmpConfig<S>) -> Self {
         Self {
             codec: BoxCodec::new(config.codec),
             config,
@@ -221,7 +227,7 @@ impl Dispatcher {
     }
 
     /// The configuration in force.
-    pub fn config(&self) -> &AmpConfig {
+    pub fn config(&self) -> &AmpConfig<S> {
         &self.config
     }
 
@@ -327,7 +333,7 @@ impl Dispatcher {
 
     /// Moves the bytes to write onto the end of `dst`: [`Dispatcher::poll_transmit`] without a
     /// new buffer for every call.
-    pub(crate) fn transmit_into(&mut self, dst: &mut BytesMut) {
+    pub fn transmit_into(&mut self, dst: &mut BytesMut) {
         if dst.is_empty() {
             // Swap rather than copy: `dst`'s spare room becomes ours.
             std::mem::swap(dst, &mut self.output);
@@ -526,6 +532,48 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     s.get(..end).unwrap_or("")
 }
 
+/// Why the connection ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The peer closed the connection.
+    #[error("connection closed by the peer")]
+    PeerClosed,
+    /// This side closed the connection (by request or after sending a fatal error).
+    #[error("connection closed locally")]
+    LocalClosed,
+    /// Reading or writing failed.
+    #[error("i/o error: {0}")]
+    Io(String),
+    /// The peer broke the protocol.
+    #[error("protocol violation by the peer")]
+    Protocol(#[source] ProtocolError),
+}
+
+/// A protocol violation by the peer; the connection is closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The byte stream is not a valid sequence of boxes.
+    #[error("malformed box")]
+    Codec(#[source] BoxCodecError),
+    /// A box with none of `_answer`, `_error` or `_command`.
+    #[error("box with no _answer, _error or _command key")]
+    NoSpecialKey,
+    /// An answer or error for a tag that was never asked.
+    #[error("answer for unknown tag {0:?}")]
+    UnknownTag(Bytes),
+    /// A command with no answer expected failed, or nobody handles it (Twisted closes then).
+    #[error("command {0:?} without _ask failed")]
+    FailedWithoutAnswer(Bytes),
+    /// A responder failed in a way it did not declare; `UNKNOWN` was sent.
+    #[error("responder for {0:?} failed: {1}")]
+    ResponderFailed(Bytes, String),
+    /// A StartTLS exchange failed.
+    #[error("starttls failed: {0}")]
+    Tls(String),
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -539,10 +587,10 @@ mod tests {
 
     #[test]
     fn long_error_descriptions_are_truncated_not_refused() {
-        let mut d = Dispatcher::new(AmpConfig::default());
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
         let long = "😀".repeat(20_000);
         d.error(Bytes::from("1"), "X", &long, false).unwrap();
-        let mut peer = Dispatcher::new(AmpConfig::default());
+        let mut peer: Dispatcher = Dispatcher::new(AmpConfig::default());
         peer.ask("Y", AmpBox::new()).unwrap();
         peer.handle_input(&d.poll_transmit().unwrap());
         let Some(Event::Error { description, .. }) = peer.poll_event() else {
@@ -554,7 +602,7 @@ mod tests {
 
     #[test]
     fn tags_are_hex_and_advance_for_tells() {
-        let mut d = Dispatcher::new(AmpConfig::default());
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
         for _ in 0..9 {
             d.ask("X", AmpBox::new()).unwrap();
         }
@@ -564,7 +612,7 @@ mod tests {
 
     #[test]
     fn outstanding_cap() {
-        let mut d = Dispatcher::new(AmpConfig::default().max_outstanding(2));
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default().max_outstanding(2));
         d.ask("X", AmpBox::new()).unwrap();
         d.ask("X", AmpBox::new()).unwrap();
         assert_eq!(
@@ -575,7 +623,7 @@ mod tests {
 
     #[test]
     fn unknown_answer_tag_closes_by_default() {
-        let mut d = Dispatcher::new(AmpConfig::default());
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
         d.handle_input(b"\x00\x07_answer\x00\x03999\x00\x00");
         assert!(matches!(
             d.poll_event(),
@@ -588,7 +636,8 @@ mod tests {
 
     #[test]
     fn unknown_answer_tag_can_be_ignored() {
-        let mut d = Dispatcher::new(AmpConfig::default().close_on_unknown_answer(false));
+        let mut d: Dispatcher =
+            Dispatcher::new(AmpConfig::default().close_on_unknown_answer(false));
         d.handle_input(b"\x00\x07_answer\x00\x03999\x00\x00");
         assert_eq!(d.poll_event(), None);
         assert!(d.ask("X", AmpBox::new()).is_ok());
@@ -596,7 +645,7 @@ mod tests {
 
     #[test]
     fn fatal_error_closes_after_flush_and_late_answers_are_dropped() {
-        let mut d = Dispatcher::new(AmpConfig::default());
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
         d.error(Bytes::from("1"), "BAD", "x", true).unwrap();
         assert!(d.is_closing());
         assert!(d.poll_transmit().is_some());
@@ -606,8 +655,8 @@ mod tests {
 
     #[test]
     fn start_tls_holds_boxes_until_answered() {
-        let mut client = Dispatcher::new(AmpConfig::default());
-        let mut server = Dispatcher::new(AmpConfig::default());
+        let mut client: Dispatcher = Dispatcher::new(AmpConfig::default());
+        let mut server: Dispatcher = Dispatcher::new(AmpConfig::default());
         let tag = client.ask_start_tls().unwrap();
         client.ask("After", AmpBox::new()).unwrap();
         pump(&mut client, &mut server);

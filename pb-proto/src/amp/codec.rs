@@ -16,7 +16,7 @@ pub const MAX_VALUE_LENGTH: usize = 0xffff;
 /// its last value, as a Python `dict` does.
 ///
 /// ```
-/// use pb_core::amp::AmpBox;
+/// use pb_proto::amp::codec::AmpBox;
 ///
 /// let mut b = AmpBox::new();
 /// b.insert("_command", "Sum");
@@ -419,7 +419,7 @@ fn parse_complete(mut frame: Bytes, keys: usize) -> AmpBox {
 }
 
 /// Decodes a buffer holding whole boxes and nothing else, as AmpList values do.
-pub(crate) fn decode_all(bytes: &[u8], config: BoxCodecConfig) -> Result<Vec<AmpBox>, String> {
+pub fn decode_all(bytes: &[u8], config: BoxCodecConfig) -> Result<Vec<AmpBox>, String> {
     let mut codec = BoxCodec::new(config);
     let mut buf = BytesMut::from(bytes);
     let mut out = Vec::new();

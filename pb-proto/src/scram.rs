@@ -24,7 +24,7 @@
 //!
 //! # Example
 //! ```
-//! use pb_core::scram::{ChannelBinding, ScramClient, ScramVerifier, parse_client_first};
+//! use pb_proto::scram::{ChannelBinding, ScramClient, ScramVerifier, parse_client_first};
 //!
 //! let verifier = ScramVerifier::with_iterations("pencil", 4096).unwrap();
 //! let binding = ChannelBinding::None;

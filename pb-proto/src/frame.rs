@@ -32,7 +32,7 @@ pub enum FrameError {
 
 /// The least spare room the read buffer gets when it is given more: enough for a burst of small
 /// frames, and what an idle connection keeps allocated.
-pub(crate) const MIN_READ: usize = 2048;
+pub const MIN_READ: usize = 2048;
 
 /// Spare room that is enough for a read of small frames, without making more.
 const ENOUGH_READ: usize = MIN_READ * 3 / 4;

@@ -2,7 +2,7 @@
 //!
 //! The envelope is encoded by hand (a tag byte, LEB128 integers, length-prefixed strings) so
 //! that a call's payload stays a zero-copy slice of the received frame; only payloads are serde
-//! values, encoded by [`crate::codec`].
+//! values, encoded by pb-core's payload codec.
 //!
 //! ```text
 //! Call     01 flags id target [deadline-ms] method-len method refs payload...
@@ -258,7 +258,7 @@ const TAG_PONG: u8 = 10;
 /// revocations and pongs queue nothing for the peer and do not depend on the order of the
 /// peer's calls and releases. Everything else (calls, releases, cancels, goodbyes, pings and
 /// anything unknown) keeps its place in line.
-pub(crate) fn may_overtake(body: &[u8]) -> bool {
+pub fn may_overtake(body: &[u8]) -> bool {
     matches!(
         body.first(),
         Some(&(TAG_ANSWER | TAG_FAULT | TAG_UPDATE | TAG_REVOKED | TAG_PONG))
@@ -267,16 +267,17 @@ pub(crate) fn may_overtake(body: &[u8]) -> bool {
 
 /// Whether the frame body `body` answers one of our calls (an answer or a fault): handling it
 /// queues nothing for the peer and starts no call.
-pub(crate) fn is_answer(body: &[u8]) -> bool {
+pub fn is_answer(body: &[u8]) -> bool {
     matches!(body.first(), Some(&(TAG_ANSWER | TAG_FAULT)))
 }
 
 /// Whether the frame body `body` is a call.
-pub(crate) fn is_call(body: &[u8]) -> bool {
+pub fn is_call(body: &[u8]) -> bool {
     body.first() == Some(&TAG_CALL)
 }
 
-pub(crate) fn put_varint(out: &mut BytesMut, mut v: u64) {
+/// Append `v` as an unsigned LEB128 integer (1 to 10 bytes).
+pub fn put_varint(out: &mut BytesMut, mut v: u64) {
     // Gathered on the stack and appended with one copy: a `put_u8` per byte costs a capacity
     // check and a call each.
     let mut buf = [0u8; 10];
@@ -399,7 +400,7 @@ fn get_refs<B: Buf>(b: &mut B, limits: &MessageLimits) -> Result<Vec<RefDesc>, M
 }
 
 /// Encode a release of `items` (object, count) as [`Message::Release`] does, from a slice.
-pub(crate) fn encode_release(out: &mut BytesMut, items: &[(u64, u64)]) {
+pub fn encode_release(out: &mut BytesMut, items: &[(u64, u64)]) {
     out.put_u8(TAG_RELEASE);
     put_varint(out, items.len() as u64);
     for &(object, count) in items {
@@ -554,24 +555,26 @@ impl Message {
 }
 
 /// A call's envelope, with where its method name and payload are in the body.
-pub(crate) struct CallHead {
-    pub(crate) id: u64,
-    pub(crate) target: u64,
-    pub(crate) answer: bool,
-    pub(crate) deadline_ms: Option<u64>,
+pub struct CallHead {
+    /// The request id, in the caller's direction.
+    pub id: u64,
+    /// The object called (0 is the root).
+    pub target: u64,
+    /// Whether the caller wants an answer.
+    pub answer: bool,
+    /// The time left for the call, in milliseconds, if it has a deadline.
+    pub deadline_ms: Option<u64>,
     /// Where the method name is in the body (checked as UTF-8).
-    pub(crate) method: std::ops::Range<usize>,
-    pub(crate) refs: Vec<RefDesc>,
+    pub method: std::ops::Range<usize>,
+    /// The references the payload carries, in order.
+    pub refs: Vec<RefDesc>,
     /// Where the payload starts in the body.
-    pub(crate) payload_at: usize,
+    pub payload_at: usize,
 }
 
 /// Decode the envelope of the call whose whole body (tag included) is `body`, without slicing
 /// the body: the driver keeps the body and its ranges (see [`Message::decode`] for the checks).
-pub(crate) fn decode_call_head(
-    body: &[u8],
-    limits: &MessageLimits,
-) -> Result<CallHead, MessageError> {
+pub fn decode_call_head(body: &[u8], limits: &MessageLimits) -> Result<CallHead, MessageError> {
     let mut b = body;
     if get_u8(&mut b)? != TAG_CALL {
         return Err(MessageError::UnknownTag(body.first().copied().unwrap_or(0)));
@@ -607,7 +610,7 @@ pub(crate) fn decode_call_head(
 }
 
 /// Encode a call's envelope; the payload follows it directly.
-pub(crate) fn encode_call_head(
+pub fn encode_call_head(
     out: &mut BytesMut,
     id: u64,
     target: u64,
@@ -650,7 +653,7 @@ const CALL_HEAD_MAX: usize = HEADER_LEN + 2 + 4 * 10 + MAX_METHOD_LEN + 1;
 /// Encode a call frame's length prefix (for a payload of `payload_len` bytes) and envelope;
 /// the payload follows it directly. Gathered on the stack and appended with one copy when the
 /// call carries no references (the common case).
-pub(crate) fn encode_call_frame_head(
+pub fn encode_call_frame_head(
     out: &mut BytesMut,
     payload_len: usize,
     id: u64,
@@ -730,13 +733,13 @@ impl<const N: usize> Head<N> {
 }
 
 /// Encode an update's envelope; the payload follows it directly.
-pub(crate) fn encode_update_head(out: &mut BytesMut, object: u64) {
+pub fn encode_update_head(out: &mut BytesMut, object: u64) {
     out.put_u8(TAG_UPDATE);
     put_varint(out, object);
 }
 
 /// Encode an answer's envelope; the payload follows it directly.
-pub(crate) fn encode_answer_head(out: &mut BytesMut, id: u64, ok: bool, refs: &[RefDesc]) {
+pub fn encode_answer_head(out: &mut BytesMut, id: u64, ok: bool, refs: &[RefDesc]) {
     let mut head = Head::new();
     head.put(&[TAG_ANSWER]);
     head.varint(id);
@@ -752,7 +755,7 @@ pub(crate) fn encode_answer_head(out: &mut BytesMut, id: u64, ok: bool, refs: &[
 
 /// Encode the frame header and envelope of an answer without references, for a payload of
 /// `payload_len` bytes that follows directly: one copy for both.
-pub(crate) fn encode_answer_frame_head(out: &mut BytesMut, id: u64, ok: bool, payload_len: usize) {
+pub fn encode_answer_frame_head(out: &mut BytesMut, id: u64, ok: bool, payload_len: usize) {
     let mut head = Head::new();
     head.put(&[0; HEADER_LEN]);
     head.put(&[TAG_ANSWER]);

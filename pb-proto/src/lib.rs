@@ -1,0 +1,44 @@
+//! pb-proto: pb's protocols as state machines with no I/O.
+//!
+//! Everything here takes plain data in and gives plain data out: bytes decoded into frames,
+//! messages and boxes, values encoded into buffers, state machines driven by `handle_*` calls
+//! and drained by `poll_*` calls. Nothing here reads a socket, spawns a task or reads a clock,
+//! and the crate depends on no runtime and no serialization framework, so the compiler keeps
+//! that promise. The tokio driver in `pb-core` pumps these machines over a transport; users
+//! normally reach all of this through the `pb` crate.
+//!
+//! # Layout
+//! - `frame`: the 4-byte length-prefixed frame codec, limits checked before allocation;
+//! - `handshake`: magic, protocol version and feature flags;
+//! - `message`: the native protocol's envelopes (call, answer, fault, release, cancel, update,
+//!   revoked, ping, pong, goodbye);
+//! - `scram`: SCRAM-SHA-256 with `tls-exporter` channel binding (client and server);
+//! - `hash`: the hashers of the id-keyed tables;
+//! - `amp`: AMP's box codec and its request/response [`amp::Dispatcher`].
+//!
+//! # Example
+//! A frame goes in as bytes, in any chunks, and comes out whole:
+//! ```
+//! use bytes::BytesMut;
+//! use pb_proto::frame::{FrameDecoder, encode_frame};
+//!
+//! let mut wire = BytesMut::new();
+//! encode_frame(b"hello", &mut wire);
+//! let decoder = FrameDecoder::new(1024);
+//! let mut input = BytesMut::new();
+//! input.extend_from_slice(&wire[..3]);
+//! assert!(decoder.decode(&mut input).unwrap().is_none());
+//! input.extend_from_slice(&wire[3..]);
+//! assert_eq!(&decoder.decode(&mut input).unwrap().unwrap()[..], b"hello");
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod amp;
+pub mod frame;
+pub mod handshake;
+pub mod hash;
+pub mod message;
+pub mod scram;
