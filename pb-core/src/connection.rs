@@ -37,6 +37,7 @@ use crate::message::FaultKind;
 use crate::object::{
     BoxFuture, Fault, IncomingCall, MethodName, ObjectRef, Remote, Reply, disconnected_fault,
 };
+use pb_proto::liveness::{Liveness, LivenessConfig, Timeout};
 
 /// A connection's recorded identity, of whatever type the application chose.
 type Identity = Arc<dyn Any + Send + Sync>;
@@ -1458,6 +1459,7 @@ impl Connection {
         let timers = Timers {
             keepalive: config.keepalive_interval,
             idle: config.idle_timeout,
+            hello: None,
         };
         let span = tracing::debug_span!(
             "pb.connection",
@@ -1639,91 +1641,27 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-// --- keep-alive and idle timeout (robustness) ---
+/// The reader's timers: when to ping a quiet peer, and when to give up on it (the hello's
+/// deadline is added by the reader of a dialed connection).
+type Timers = LivenessConfig;
 
-/// The reader's timers: when to ping a quiet peer, and when to give up on it.
-#[derive(Debug, Clone, Copy)]
-struct Timers {
-    keepalive: Option<Duration>,
-    idle: Option<Duration>,
+/// The driver's clock as pb-proto's explicit `now` (tokio's clock, so paused time works).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
-/// Keep-alive state of one reader. Only complete frames count as signs of life: bytes of a
-/// frame that never completes do not.
-struct Liveness {
-    timers: Timers,
-    /// `Config::handshake_timeout` while the peer's hello is awaited (on a dialed connection).
-    hello: Option<Duration>,
-    last_frame: tokio::time::Instant,
-    ping_sent: bool,
-    nonce: u64,
-}
-
-impl Liveness {
-    fn new(timers: Timers, hello: Option<Duration>) -> Liveness {
-        Liveness {
-            timers,
-            hello,
-            last_frame: tokio::time::Instant::now(),
-            ping_sent: false,
-            nonce: 0,
-        }
-    }
-
-    fn enabled(&self) -> bool {
-        self.timers.keepalive.is_some() || self.timers.idle.is_some() || self.hello.is_some()
-    }
-
-    /// The peer's hello arrived and was accepted.
-    fn hello_received(&mut self) {
-        self.hello = None;
-        self.frame_received();
-    }
-
-    fn frame_received(&mut self) {
-        self.last_frame = tokio::time::Instant::now();
-        self.ping_sent = false;
-    }
-
-    /// When the timer should next fire (the timer is reset lazily: a frame does not move it).
-    fn deadline(&self) -> tokio::time::Instant {
-        let far = self.last_frame + Duration::from_secs(86_400 * 365);
-        let idle = self.timers.idle.map_or(far, |d| self.last_frame + d);
-        let ping = match self.timers.keepalive {
-            Some(d) if !self.ping_sent => self.last_frame + d,
-            _ => far,
-        };
-        let hello = self.hello.map_or(far, |d| self.last_frame + d);
-        idle.min(ping).min(hello)
-    }
-
-    /// The timer fired: ping, give up, or just re-arm.
-    fn on_timer(&mut self, conn: &ConnShared) -> Result<(), CloseReason> {
-        let quiet = tokio::time::Instant::now().saturating_duration_since(self.last_frame);
-        if let Some(hello) = self.hello
-            && quiet >= hello
-        {
-            return Err(CloseReason::IdleTimeout(hello));
-        }
-        if let Some(idle) = self.timers.idle
-            && quiet >= idle
-        {
-            return Err(CloseReason::IdleTimeout(idle));
-        }
-        if let Some(keepalive) = self.timers.keepalive
-            && !self.ping_sent
-            && quiet >= keepalive
-        {
-            self.nonce += 1;
-            self.ping_sent = true;
-            conn.lock().send_ping(self.nonce);
+/// The timer fired: ping, give up, or just re-arm.
+fn on_timer(live: &mut Liveness, conn: &ConnShared) -> Result<(), CloseReason> {
+    match live.handle_timeout(now()) {
+        Some(Timeout::Idle(after)) => Err(CloseReason::IdleTimeout(after)),
+        Some(Timeout::Ping(nonce)) => {
+            conn.lock().send_ping(nonce);
             conn.wake_writer.notify_one();
+            Ok(())
         }
-        Ok(())
+        None => Ok(()),
     }
 }
-
-// --- end keep-alive ---
 
 /// Our hello as a whole frame (on the stack: it is copied into the output anyway).
 fn hello_frame(ours: &Hello) -> [u8; HEADER_LEN + HELLO_LEN] {
@@ -1799,10 +1737,11 @@ async fn run_reader<R: AsyncRead + Unpin>(
     // One wait for a local close, made once: polling it again is cheap, making it is not.
     let closed = conn.closed();
     tokio::pin!(closed);
-    let mut live = Liveness::new(timers, check.map(|(_, timeout)| timeout));
+    let hello = check.map(|(_, timeout)| timeout);
+    let mut live = Liveness::new(LivenessConfig { hello, ..timers }, now());
     let mut check = check.map(|(ours, _)| ours);
     let mut wakers = Vec::new();
-    let timer = tokio::time::sleep_until(live.deadline());
+    let timer = tokio::time::sleep_until(live.poll_timeout().into());
     tokio::pin!(timer);
     let side = Arc::new(SideWake::default());
     let side_waker = Waker::from(side.clone());
@@ -1816,7 +1755,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
             match take_hello(&mut rbuf, ours) {
                 Ok(true) => {
                     check = None;
-                    live.hello_received();
+                    live.handle_hello(now());
                 }
                 Ok(false) => {}
                 Err(e) => break 'conn CloseReason::Handshake(e),
@@ -1832,7 +1771,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
                     // One clock reading per batch, not per frame: they arrived together.
                     if !any_frame {
                         any_frame = true;
-                        live.frame_received();
+                        live.handle_frame(now());
                     }
                     // While the peer is not taking our output, its calls (and everything that
                     // must stay in line with them) wait: running them would queue more.
@@ -1886,7 +1825,7 @@ async fn run_reader<R: AsyncRead + Unpin>(
                     if closed.as_mut().poll(&mut side_cx).is_ready() {
                         return Poll::Ready(ReaderEvent::Closed);
                     }
-                    if live.enabled() && timer.as_mut().poll(&mut side_cx).is_ready() {
+                    if live.is_enabled() && timer.as_mut().poll(&mut side_cx).is_ready() {
                         return Poll::Ready(ReaderEvent::Timer);
                     }
                 }
@@ -1921,12 +1860,12 @@ async fn run_reader<R: AsyncRead + Unpin>(
                 if paused {
                     // Not reading is our choice, not the peer's silence; a peer that reads
                     // nothing is cut by `write_stall_timeout`.
-                    live.frame_received();
+                    live.handle_frame(now());
                 }
-                if let Err(reason) = live.on_timer(&conn) {
+                if let Err(reason) = on_timer(&mut live, &conn) {
                     break reason;
                 }
-                timer.as_mut().reset(live.deadline());
+                timer.as_mut().reset(live.poll_timeout().into());
                 // The reset timer must be polled again to be armed.
                 side.force();
             }

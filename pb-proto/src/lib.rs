@@ -14,6 +14,7 @@
 //!   revoked, ping, pong, goodbye);
 //! - `scram`: SCRAM-SHA-256 with `tls-exporter` channel binding (client and server);
 //! - `hash`: the hashers of the id-keyed tables;
+//! - `liveness`: keep-alive and idle timing, driven by an explicit `now`;
 //! - `amp`: AMP's box codec and its request/response [`amp::Dispatcher`].
 //!
 //! # Example
@@ -40,5 +41,6 @@ pub mod amp;
 pub mod frame;
 pub mod handshake;
 pub mod hash;
+pub mod liveness;
 pub mod message;
 pub mod scram;
