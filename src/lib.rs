@@ -93,18 +93,7 @@ pub mod prelude {
 
 /// Paths used by generated code. Not public API.
 #[doc(hidden)]
-pub mod __private {
-    pub use pb_core::codec::current_peer;
-    pub use pb_core::codec::zero_copy::{
-        TupleSeed, Wire, WireAny, WireBytes, WirePlain, WireSerde,
-    };
-    pub use pb_core::{
-        BoxFuture, CallError, Copyable, Dispatch, IncomingCall, Interface, ObjectRef, Remote,
-        Reply, encode_reply, encode_result,
-    };
-    pub use serde;
-    pub use std::future::ready;
-}
+pub use pb_core::__private;
 
 // --- AMP section (owned by the AMP work) ---
 pub use pb_core::amp;

@@ -82,4 +82,18 @@ pub use object::{
 
 // --- AMP section (owned by the AMP work) ---
 pub mod amp;
+
+/// Paths used by code that `#[pb::remote]` generates (`::pb::__private` re-exports this module;
+/// pb's own crates use `#[pb::remote(crate = pb_core)]`). Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::codec::current_peer;
+    pub use crate::codec::zero_copy::{TupleSeed, Wire, WireAny, WireBytes, WirePlain, WireSerde};
+    pub use crate::{
+        BoxFuture, CallError, Copyable, Dispatch, IncomingCall, Interface, ObjectRef, Remote,
+        Reply, encode_reply, encode_result,
+    };
+    pub use serde;
+    pub use std::future::ready;
+}
 // --- end AMP section ---

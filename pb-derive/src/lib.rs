@@ -13,8 +13,17 @@ use proc_macro::TokenStream;
 mod copyable;
 mod remote;
 
-/// Turn a trait of async methods into a remote interface. See `pb::remote` for the full
-/// description of what is generated.
+/// Turn a trait of async methods into a remote interface. See the `pb` crate's docs for the
+/// full description of what is generated (`FooRef`, the typed stub, and `ServeFoo<T>`, the
+/// dispatcher).
+///
+/// A method may not take a name of the stub's own: `new`, `from_arc`, `object_ref`,
+/// `from_object_ref`, `disconnected`, `is_connected`, nor `clone`, `eq`, `ne`, `hash`, `fmt`,
+/// `serialize`, `deserialize`, `from` or `into` (an inherent method of that name would shadow
+/// the trait method, and `stub.clone()` would make a remote call); the error points at the name.
+///
+/// `#[pb::remote(crate = path)]` makes generated code name pb through `path` instead of `::pb`
+/// (for a crate that renamed its dependency, and for pb's own crates: `crate = ::pb_core`).
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     remote::remote(attr.into(), item.into()).into()

@@ -5,7 +5,7 @@ use quote::{format_ident, quote};
 
 use super::model::Interface;
 
-pub(crate) fn expand(model: &Interface) -> TokenStream {
+pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
     let Interface {
         attrs,
         vis,
@@ -14,7 +14,7 @@ pub(crate) fn expand(model: &Interface) -> TokenStream {
     } = model;
     let stub = format_ident!("{}Ref", name);
     let serve = format_ident!("Serve{}", name);
-    let p = quote!(::pb::__private);
+    let p = quote!(#krate::__private);
     let name_str = name.to_string();
 
     let trait_methods = methods.iter().map(|m| {

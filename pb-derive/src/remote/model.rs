@@ -88,10 +88,42 @@ impl Interface {
     }
 }
 
+/// Names a remote method cannot take: the typed stub's own methods, and those of the traits
+/// it implements that are called with method syntax (an inherent method of the same name would
+/// shadow them, and `stub.clone()` would make a remote call).
+pub(crate) const RESERVED: &[&str] = &[
+    "new",
+    "from_arc",
+    "object_ref",
+    "from_object_ref",
+    "disconnected",
+    "is_connected",
+    "clone",
+    "eq",
+    "ne",
+    "hash",
+    "fmt",
+    "serialize",
+    "deserialize",
+    "from",
+    "into",
+];
+
 impl Method {
     fn from_fn(f: &syn::TraitItemFn) -> syn::Result<Method> {
         let sig = &f.sig;
         let mut errors = Errors::default();
+        let name = sig.ident.to_string();
+        if RESERVED.contains(&name.as_str()) {
+            errors.push(syn::Error::new_spanned(
+                &sig.ident,
+                format!(
+                    "`{name}` is a method of the generated stub; rename the remote method \
+                     (reserved: {})",
+                    RESERVED.join(", ")
+                ),
+            ));
+        }
         if sig.asyncness.is_none() {
             errors.push(syn::Error::new_spanned(
                 sig.fn_token,
