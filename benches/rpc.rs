@@ -437,9 +437,9 @@ async fn pb_connect(addr: SocketAddr) -> (pb::Connection, BenchRef) {
     (conn, root)
 }
 
-async fn amp_connect(addr: SocketAddr) -> pb::amp::Connection {
+async fn amp_connect(addr: SocketAddr) -> pb::amp::AmpConnection {
     let config = pb::amp::AmpConfig::default();
-    pb::amp::Connection::connect(addr, config, pb::amp::Locator::new())
+    pb::amp::AmpConnection::connect(addr, config, pb::amp::Locator::new())
         .await
         .expect("amp connect")
 }

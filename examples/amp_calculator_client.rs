@@ -10,7 +10,7 @@
 
 use std::process::ExitCode;
 
-use pb::amp::{AmpConfig, CallError, Connection, Locator};
+use pb::amp::{AmpCallError, AmpConfig, AmpConnection, Locator};
 
 #[path = "shared/calculator.rs"]
 mod calculator;
@@ -35,15 +35,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let conn = match Connection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot connect to 127.0.0.1:{port}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let conn =
+        match AmpConnection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("cannot connect to 127.0.0.1:{port}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let mut all_ok = true;
 
     all_ok &= match conn.call(&Sum { a: 13, b: 81 }).await {
@@ -75,7 +76,7 @@ async fn main() -> ExitCode {
         })
         .await
     {
-        Err(CallError::Declared(DivideError::ZeroDivision(description))) => report(
+        Err(AmpCallError::Declared(DivideError::ZeroDivision(description))) => report(
             "Divide(numerator=1, denominator=0)",
             format!("ZERO_DIVISION error: {description}"),
             true,

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use pb::amp::{
-    AmpBox, AmpConfig, CallError, Connection, DisconnectReason, Locator, ProtocolError,
+    AmpBox, AmpCallError, AmpConfig, AmpConnection, AmpProtocolError, DisconnectReason, Locator,
     RemoteError, rustls,
 };
 use tokio::sync::oneshot;
@@ -59,19 +59,22 @@ struct Lines {
 #[derive(pb::AmpCommand)]
 struct Wait {}
 
-fn pair(server: impl FnOnce(&Connection) -> Locator, client: Locator) -> (Connection, Connection) {
+fn pair(
+    server: impl FnOnce(&AmpConnection) -> Locator,
+    client: Locator,
+) -> (AmpConnection, AmpConnection) {
     pair_with(AmpConfig::default(), server, AmpConfig::default(), client)
 }
 
 fn pair_with(
     server_config: AmpConfig,
-    server: impl FnOnce(&Connection) -> Locator,
+    server: impl FnOnce(&AmpConnection) -> Locator,
     client_config: AmpConfig,
     client: Locator,
-) -> (Connection, Connection) {
+) -> (AmpConnection, AmpConnection) {
     let (a, b) = tokio::io::duplex(64 * 1024);
-    let server = Connection::spawn_with(a, server_config, server);
-    let client = Connection::spawn(b, client_config, client);
+    let server = AmpConnection::spawn_with(a, server_config, server);
+    let client = AmpConnection::spawn(b, client_config, client);
     (server, client)
 }
 
@@ -105,7 +108,7 @@ async fn declared_errors_keep_the_connection() {
                 denominator: 0
             })
             .await,
-        Err(CallError::Declared(MathError::ZeroDivision(
+        Err(AmpCallError::Declared(MathError::ZeroDivision(
             "division by zero".into()
         )))
     );
@@ -116,7 +119,7 @@ async fn declared_errors_keep_the_connection() {
         })
         .await
         .unwrap_err();
-    assert_eq!(negative, CallError::Declared(MathError::Negative));
+    assert_eq!(negative, AmpCallError::Declared(MathError::Negative));
     assert_eq!(
         client
             .call(&Divide {
@@ -138,7 +141,7 @@ async fn fatal_errors_arrive_then_close() {
                 denominator: 1
             })
             .await,
-        Err(CallError::Declared(MathError::Meltdown(
+        Err(AmpCallError::Declared(MathError::Meltdown(
             "core breach".into()
         )))
     );
@@ -146,7 +149,7 @@ async fn fatal_errors_arrive_then_close() {
     assert_eq!(server.closed().await, DisconnectReason::LocalClosed);
     assert!(matches!(
         client.call(&Sum { a: 1, b: 1 }).await,
-        Err(CallError::Disconnected(_))
+        Err(AmpCallError::Disconnected(_))
     ));
 }
 
@@ -178,7 +181,7 @@ async fn both_sides_call_each_other() {
 async fn unhandled_commands_keep_the_connection() {
     let (_server, client) = pair(|_| math(), Locator::new());
     match client.call_raw("Nope", AmpBox::new()).await {
-        Err(CallError::Unhandled { description }) => {
+        Err(AmpCallError::Unhandled { description }) => {
             assert_eq!(description, "Unhandled Command: b'Nope'")
         }
         other => panic!("{other:?}"),
@@ -192,7 +195,7 @@ async fn bad_arguments_are_unknown_and_close() {
     let mut args = AmpBox::new();
     args.insert("a", "1");
     match client.call_raw("Sum", args).await {
-        Err(CallError::Remote { code, description }) => {
+        Err(AmpCallError::Remote { code, description }) => {
             assert_eq!(code, "UNKNOWN");
             assert_eq!(description, "Unknown Error");
         }
@@ -200,7 +203,7 @@ async fn bad_arguments_are_unknown_and_close() {
     }
     assert!(matches!(
         server.closed().await,
-        DisconnectReason::Protocol(ProtocolError::ResponderFailed(..))
+        DisconnectReason::Protocol(AmpProtocolError::ResponderFailed(..))
     ));
     assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
 }
@@ -219,7 +222,7 @@ async fn a_panicking_responder_is_unknown_and_closes() {
         Locator::new(),
     );
     match client.call(&Sum { a: 1, b: 1 }).await {
-        Err(CallError::Remote { code, .. }) => assert_eq!(code, "UNKNOWN"),
+        Err(AmpCallError::Remote { code, .. }) => assert_eq!(code, "UNKNOWN"),
         other => panic!("{other:?}"),
     }
     assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
@@ -245,7 +248,7 @@ async fn raw_responders_and_raw_calls() {
     args.insert("fail", "");
     assert_eq!(
         client.call_raw("Echo", args).await,
-        Err(CallError::Remote {
+        Err(AmpCallError::Remote {
             code: "NOPE".into(),
             description: "asked to fail".into()
         })
@@ -283,7 +286,7 @@ async fn a_failing_no_answer_command_closes_like_twisted() {
     client.send_raw("Nope", AmpBox::new()).await.unwrap();
     assert!(matches!(
         server.closed().await,
-        DisconnectReason::Protocol(ProtocolError::FailedWithoutAnswer(_))
+        DisconnectReason::Protocol(AmpProtocolError::FailedWithoutAnswer(_))
     ));
     assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
 }
@@ -330,7 +333,7 @@ async fn outstanding_asks_are_capped() {
     let release = [held.recv().await.unwrap(), held.recv().await.unwrap()];
     assert_eq!(
         client.call(&Wait {}).await,
-        Err(CallError::TooManyOutstanding { max: 2 })
+        Err(AmpCallError::TooManyOutstanding { max: 2 })
     );
     for tx in release {
         let _ = tx.send(());
@@ -339,7 +342,7 @@ async fn outstanding_asks_are_capped() {
     assert_eq!(second.await.unwrap(), Ok(()));
     assert_eq!(
         client.call(&Sum { a: 1, b: 1 }).await.unwrap_err(),
-        CallError::Unhandled {
+        AmpCallError::Unhandled {
             description: "Unhandled Command: b'Sum'".into()
         }
     );
@@ -369,7 +372,7 @@ async fn pending_calls_fail_when_the_connection_closes() {
     server.close();
     assert!(matches!(
         call.await.unwrap(),
-        Err(CallError::Disconnected(DisconnectReason::PeerClosed))
+        Err(AmpCallError::Disconnected(DisconnectReason::PeerClosed))
     ));
 }
 
@@ -404,13 +407,13 @@ async fn oversized_values_are_refused_locally() {
                 s: vec![7u8; 65536].into()
             })
             .await,
-        Err(CallError::Arguments(_))
+        Err(AmpCallError::Arguments(_))
     ));
     let mut long_key = AmpBox::new();
     long_key.insert(vec![b'k'; 256], "v");
     assert!(matches!(
         client.call_raw("Echo", long_key).await,
-        Err(CallError::Encode(pb::amp::BoxCodecError::KeyTooLong {
+        Err(AmpCallError::Encode(pb::amp::BoxCodecError::KeyTooLong {
             len: 256
         }))
     ));
@@ -459,7 +462,7 @@ async fn start_tls_between_pb_peers() {
     assert_eq!(server.call(&Sum { a: 4, b: 2 }).await.unwrap().total, 6);
     assert_eq!(
         client.start_tls(client_tls, name).await,
-        Err(CallError::OnlyOneTls)
+        Err(AmpCallError::OnlyOneTls)
     );
 }
 
@@ -470,7 +473,7 @@ async fn start_tls_without_a_server_config_is_tls_error() {
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     assert_eq!(
         client.start_tls(client_tls, name).await,
-        Err(CallError::Remote {
+        Err(AmpCallError::Remote {
             code: "TLS_ERROR".into(),
             description: "TLS not available".into()
         })

@@ -9,7 +9,7 @@ mod hygiene {
     #![no_implicit_prelude]
 
     #[derive(::pb::AmpCommand)]
-    #[amp(name = "Hygienic", response = Reply, errors = Failure, requires_answer = true)]
+    #[amp(name = "Hygienic", response = AmpReply, errors = Failure, requires_answer = true)]
     pub(crate) struct Hygienic {
         pub(crate) a: i64,
         pub(crate) b: ::std::option::Option<::std::string::String>,
@@ -18,7 +18,7 @@ mod hygiene {
     }
 
     #[derive(::pb::AmpFields)]
-    pub(crate) struct Reply {
+    pub(crate) struct AmpReply {
         pub(crate) rows: ::pb::amp::AmpList<Row>,
     }
 

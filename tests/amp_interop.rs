@@ -14,8 +14,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use pb::amp::{
-    AmpBox, AmpConfig, AmpFields, AmpList, BigInt, Bytes, CallError, Connection, DateTime, Decimal,
-    DisconnectReason, Locator, rustls,
+    AmpBox, AmpCallError, AmpConfig, AmpConnection, AmpFields, AmpList, BigInt, Bytes, DateTime,
+    Decimal, DisconnectReason, Locator, rustls,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -589,7 +589,7 @@ impl HoldRoom {
 }
 
 /// The pb server's responders for the Twisted client (`amp_client.py`).
-fn full_locator(conn: &Connection, hold: HoldRoom) -> Locator {
+fn full_locator(conn: &AmpConnection, hold: HoldRoom) -> Locator {
     let notified = Arc::new(Mutex::new(Vec::<String>::new()));
     let store = Arc::clone(&notified);
     let peer = conn.clone();
@@ -647,7 +647,7 @@ fn full_locator(conn: &Connection, hold: HoldRoom) -> Locator {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pb_client_calls_twisted_server() {
     let (_server, port) = start_twisted_server(&[]).await;
-    let conn = Connection::connect(("127.0.0.1", port), AmpConfig::default(), sum_locator())
+    let conn = AmpConnection::connect(("127.0.0.1", port), AmpConfig::default(), sum_locator())
         .await
         .unwrap();
 
@@ -670,7 +670,7 @@ async fn pb_client_calls_twisted_server() {
         })
         .await
     {
-        Err(CallError::Declared(DivideError::ZeroDivision(d))) => {
+        Err(AmpCallError::Declared(DivideError::ZeroDivision(d))) => {
             assert!(d.contains("division by zero"), "{d}")
         }
         other => panic!(
@@ -696,7 +696,7 @@ async fn pb_client_calls_twisted_server() {
 
     // Unknown commands get UNHANDLED and the connection stays.
     match conn.call_raw("NoSuchCmd", AmpBox::new()).await {
-        Err(CallError::Unhandled { description }) => {
+        Err(AmpCallError::Unhandled { description }) => {
             assert_eq!(description, "Unhandled Command: b'NoSuchCmd'")
         }
         other => panic!("expected UNHANDLED, got {other:?}"),
@@ -749,7 +749,7 @@ async fn pb_client_calls_twisted_server() {
         })
         .await
     {
-        Err(CallError::Arguments(pb::amp::ArgumentError::Field { name, source })) => {
+        Err(AmpCallError::Arguments(pb::amp::ArgumentError::Field { name, source })) => {
             assert_eq!(name, "s");
             assert_eq!(*source, pb::amp::ArgumentError::ValueTooLong { len: 65536 });
         }
@@ -763,21 +763,21 @@ async fn pb_client_calls_twisted_server() {
     );
 
     // A fatal declared error arrives, then the connection closes.
-    let fatal = Connection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
+    let fatal = AmpConnection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
         .await
         .unwrap();
     assert_eq!(
         fatal.call(&Fatal {}).await.unwrap_err(),
-        CallError::Declared(FatalError::FatalThing("fatal thing".into()))
+        AmpCallError::Declared(FatalError::FatalThing("fatal thing".into()))
     );
     assert_eq!(fatal.closed().await, DisconnectReason::PeerClosed);
 
     // An undeclared failure is UNKNOWN, then the connection closes.
-    let broken = Connection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
+    let broken = AmpConnection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
         .await
         .unwrap();
     match broken.call(&Broken {}).await {
-        Err(CallError::Remote { code, description }) => {
+        Err(AmpCallError::Remote { code, description }) => {
             assert_eq!(
                 (code.as_ref(), description.as_str()),
                 (&b"UNKNOWN"[..], "Unknown Error")
@@ -788,7 +788,7 @@ async fn pb_client_calls_twisted_server() {
     assert_eq!(broken.closed().await, DisconnectReason::PeerClosed);
     assert!(matches!(
         broken.call(&Sum { a: 1, b: 1 }).await,
-        Err(CallError::Disconnected(_))
+        Err(AmpCallError::Disconnected(_))
     ));
 
     // The first connection is unaffected by the others.
@@ -798,7 +798,7 @@ async fn pb_client_calls_twisted_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floats_and_decimals_are_written_as_python_writes_them() {
     let (_server, port) = start_twisted_server(&[]).await;
-    let conn = Connection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
+    let conn = AmpConnection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
         .await
         .unwrap();
     let floats = many_floats();
@@ -870,7 +870,7 @@ async fn pb_client_starts_tls_with_twisted_server() {
     let tls = tls();
     let pem = tls.dir.join("server.pem");
     let (_server, port) = start_twisted_server(&["--tls-pem", pem.to_str().unwrap()]).await;
-    let conn = Connection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
+    let conn = AmpConnection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
         .await
         .unwrap();
     assert_eq!(conn.call(&Sum { a: 1, b: 2 }).await.unwrap().total, 3);
@@ -885,7 +885,7 @@ async fn pb_client_starts_tls_with_twisted_server() {
     );
     assert_eq!(
         conn.start_tls(Arc::clone(&tls.client), name).await,
-        Err(CallError::OnlyOneTls)
+        Err(AmpCallError::OnlyOneTls)
     );
 }
 

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use pb::amp::{AmpBox, AmpConfig, BoxCodec, BytesMut, Connection, Locator};
+use pb::amp::{AmpBox, AmpConfig, AmpConnection, BoxCodec, BytesMut, Locator};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -162,7 +162,7 @@ const MALFORMED: &[(&str, &[u8], Option<&str>)] = &[
 async fn malformed_input_closes_that_connection_and_others_are_served() {
     let port = server().await;
     // A connection that stays open across all the bad ones.
-    let good = Connection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
+    let good = AmpConnection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
         .await
         .unwrap();
     for (what, bytes, unknown_tag) in MALFORMED {

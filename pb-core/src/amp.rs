@@ -12,12 +12,12 @@
 //! - `command`: the [`AmpCommand`] and [`AmpError`] traits and the errors of a call;
 //! - `dispatch`: the [`Dispatcher`], the request/response state of a connection, no I/O;
 //! - `locator`: responders by command name ([`Locator`]);
-//! - `driver`: the tokio driver, the [`Connection`] handle, [`serve`] and StartTLS.
+//! - `driver`: the tokio driver, the [`AmpConnection`] handle, [`serve`] and StartTLS.
 //!
 //! # Example
 //! ```
 //! # extern crate pb_core as pb;
-//! use pb_core::amp::{AmpConfig, Connection, Locator};
+//! use pb_core::amp::{AmpConfig, AmpConnection, Locator};
 //!
 //! /// Twisted: `class Sum(amp.Command): arguments = [(b"a", amp.Integer()), (b"b", amp.Integer())]`.
 //! #[derive(pb_derive::AmpCommand)]
@@ -35,12 +35,12 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! let (a, b) = tokio::io::duplex(4096);
-//! let _server = Connection::spawn(
+//! let _server = AmpConnection::spawn(
 //!     a,
 //!     AmpConfig::default(),
 //!     Locator::new().respond(|Sum { a, b }| async move { Ok(Total { total: a + b }) }),
 //! );
-//! let client = Connection::spawn(b, AmpConfig::default(), Locator::new());
+//! let client = AmpConnection::spawn(b, AmpConfig::default(), Locator::new());
 //! let Total { total } = client.call(&Sum { a: 13, b: 81 }).await.unwrap();
 //! assert_eq!(total, 94);
 //! # }
@@ -64,12 +64,12 @@ pub use codec::{
     AmpBox, AmpBoxIter, BoxCodec, BoxCodecConfig, BoxCodecError, MAX_KEY_LENGTH, MAX_VALUE_LENGTH,
 };
 pub use command::{
-    AmpCommand, AmpError, CallError, NoErrors, RemoteError, UNHANDLED_ERROR_CODE,
+    AmpCallError, AmpCommand, AmpError, NoErrors, RemoteError, UNHANDLED_ERROR_CODE,
     UNKNOWN_ERROR_CODE,
 };
 pub use datetime::DateTime;
 pub use decimal::Decimal;
-pub use dispatch::{DisconnectReason, Event, ProtocolError, START_TLS, SendError};
+pub use dispatch::{AmpProtocolError, DisconnectReason, Event, START_TLS, SendError};
 
 /// Limits and policies of one AMP connection, with rustls's server configuration for the
 /// server side of StartTLS (see [`pb_proto::amp::dispatch::AmpConfig`]).
@@ -78,8 +78,8 @@ pub type AmpConfig = dispatch::AmpConfig<std::sync::Arc<rustls::ServerConfig>>;
 /// The request/response state of one AMP connection, with no I/O (see
 /// [`pb_proto::amp::Dispatcher`]).
 pub type Dispatcher = dispatch::Dispatcher<std::sync::Arc<rustls::ServerConfig>>;
-pub use driver::{Connection, serve};
-pub use locator::{Locator, Reply};
+pub use driver::{AmpConnection, serve};
+pub use locator::{AmpReply, Locator};
 /// The rustls crate used for StartTLS, so callers need no direct dependency.
 pub use tokio_rustls::rustls;
 pub use value::AmpValue;

@@ -112,7 +112,7 @@ impl RemoteError {
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum CallError<E> {
+pub enum AmpCallError<E> {
     /// The responder answered with one of the command's declared errors.
     #[error("declared error")]
     Declared(#[source] E),
@@ -153,38 +153,40 @@ pub enum CallError<E> {
     Disconnected(#[source] DisconnectReason),
 }
 
-impl<E> CallError<E> {
+impl<E> AmpCallError<E> {
     /// Maps the declared error type, keeping every other variant.
-    pub fn map_declared<F>(self, f: impl FnOnce(E) -> F) -> CallError<F> {
+    pub fn map_declared<F>(self, f: impl FnOnce(E) -> F) -> AmpCallError<F> {
         match self {
-            CallError::Declared(e) => CallError::Declared(f(e)),
-            CallError::Unhandled { description } => CallError::Unhandled { description },
-            CallError::Remote { code, description } => CallError::Remote { code, description },
-            CallError::Arguments(e) => CallError::Arguments(e),
-            CallError::Encode(e) => CallError::Encode(e),
-            CallError::BadAnswer(e) => CallError::BadAnswer(e),
-            CallError::TooManyOutstanding { max } => CallError::TooManyOutstanding { max },
-            CallError::OnlyOneTls => CallError::OnlyOneTls,
-            CallError::Disconnected(r) => CallError::Disconnected(r),
+            AmpCallError::Declared(e) => AmpCallError::Declared(f(e)),
+            AmpCallError::Unhandled { description } => AmpCallError::Unhandled { description },
+            AmpCallError::Remote { code, description } => {
+                AmpCallError::Remote { code, description }
+            }
+            AmpCallError::Arguments(e) => AmpCallError::Arguments(e),
+            AmpCallError::Encode(e) => AmpCallError::Encode(e),
+            AmpCallError::BadAnswer(e) => AmpCallError::BadAnswer(e),
+            AmpCallError::TooManyOutstanding { max } => AmpCallError::TooManyOutstanding { max },
+            AmpCallError::OnlyOneTls => AmpCallError::OnlyOneTls,
+            AmpCallError::Disconnected(r) => AmpCallError::Disconnected(r),
         }
     }
 }
 
-impl CallError<NoErrors> {
+impl AmpCallError<NoErrors> {
     /// Widens an error of a call with no declared errors to any declared error type.
-    pub fn widen<E>(self) -> CallError<E> {
+    pub fn widen<E>(self) -> AmpCallError<E> {
         self.map_declared(|e| match e {})
     }
 }
 
 /// Turns an error answer into a typed call error, as Twisted's `_massageError` does.
-pub(crate) fn classify<E: AmpError>(code: Bytes, description: String) -> CallError<E> {
+pub(crate) fn classify<E: AmpError>(code: Bytes, description: String) -> AmpCallError<E> {
     if let Some(e) = E::from_code(&code, &description) {
-        CallError::Declared(e)
+        AmpCallError::Declared(e)
     } else if code.as_ref() == UNHANDLED_ERROR_CODE {
-        CallError::Unhandled { description }
+        AmpCallError::Unhandled { description }
     } else {
-        CallError::Remote { code, description }
+        AmpCallError::Remote { code, description }
     }
 }
 

@@ -1,5 +1,5 @@
 //! The tokio driver: pumps a byte stream through a [`Dispatcher`], runs responders, and gives
-//! callers a cloneable [`Connection`] handle.
+//! callers a cloneable [`AmpConnection`] handle.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -19,11 +19,11 @@ use tokio::task::JoinSet;
 use super::argument::AmpFields;
 use super::codec::AmpBox;
 use super::command::{
-    AmpCommand, CallError, NoErrors, UNHANDLED_ERROR_CODE, UNKNOWN_ERROR_CODE, classify,
+    AmpCallError, AmpCommand, NoErrors, UNHANDLED_ERROR_CODE, UNKNOWN_ERROR_CODE, classify,
     python_bytes_repr,
 };
-use super::dispatch::{DisconnectReason, Event, ProtocolError, START_TLS, SendError};
-use super::locator::{Locator, Reply};
+use super::dispatch::{AmpProtocolError, DisconnectReason, Event, START_TLS, SendError};
+use super::locator::{AmpReply, Locator};
 use super::{AmpConfig, Dispatcher};
 use pb_proto::hash::IdHasher;
 
@@ -33,7 +33,7 @@ const READ_CHUNK: usize = 16 * 1024;
 const REQUEST_QUEUE: usize = 64;
 const TLS_ERROR_CODE: &[u8] = b"TLS_ERROR";
 
-type RawResult<T> = Result<T, CallError<NoErrors>>;
+type RawResult<T> = Result<T, AmpCallError<NoErrors>>;
 
 enum Request {
     Ask {
@@ -57,13 +57,13 @@ enum Request {
 /// A handle to one AMP connection; clone it freely. Both sides of a connection may call.
 ///
 /// The connection runs in its own task until the peer closes it, a protocol violation or fatal
-/// error closes it, or [`Connection::close`] is called. It also ends when every handle is
+/// error closes it, or [`AmpConnection::close`] is called. It also ends when every handle is
 /// dropped and its locator has no responders (a pure client).
 ///
 /// ```no_run
 /// # extern crate pb_core as pb;
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use pb_core::amp::{AmpConfig, Connection, Locator};
+/// use pb_core::amp::{AmpConfig, AmpConnection, Locator};
 ///
 /// #[derive(pb_derive::AmpCommand)]
 /// #[amp(response = SumResponse)]
@@ -72,42 +72,42 @@ enum Request {
 /// #[derive(pb_derive::AmpFields)]
 /// struct SumResponse { total: i64 }
 ///
-/// let conn = Connection::connect("127.0.0.1:1234", AmpConfig::default(), Locator::new()).await?;
+/// let conn = AmpConnection::connect("127.0.0.1:1234", AmpConfig::default(), Locator::new()).await?;
 /// let SumResponse { total } = conn.call(&Sum { a: 13, b: 81 }).await?;
 /// assert_eq!(total, 94);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
-pub struct Connection {
+pub struct AmpConnection {
     requests: mpsc::Sender<Request>,
     closed: watch::Receiver<Option<DisconnectReason>>,
 }
 
-impl Connection {
+impl AmpConnection {
     /// Runs an AMP connection over `stream` in a new task, answering with `locator`.
     ///
     /// # Panics
     /// Outside a tokio runtime, as `tokio::spawn` does.
-    pub fn spawn<S>(stream: S, config: AmpConfig, locator: Locator) -> Connection
+    pub fn spawn<S>(stream: S, config: AmpConfig, locator: Locator) -> AmpConnection
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         Self::spawn_with(stream, config, |_| locator)
     }
 
-    /// Like [`Connection::spawn`], building the locator from the connection's own handle so that
+    /// Like [`AmpConnection::spawn`], building the locator from the connection's own handle so that
     /// responders can call the peer back.
     ///
     /// # Panics
     /// Outside a tokio runtime, as `tokio::spawn` does.
-    pub fn spawn_with<S, F>(stream: S, config: AmpConfig, make_locator: F) -> Connection
+    pub fn spawn_with<S, F>(stream: S, config: AmpConfig, make_locator: F) -> AmpConnection
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: FnOnce(&Connection) -> Locator,
+        F: FnOnce(&AmpConnection) -> Locator,
     {
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let (closed_tx, closed_rx) = watch::channel(None);
-        let conn = Connection {
+        let conn = AmpConnection {
             requests: tx,
             closed: closed_rx,
         };
@@ -137,7 +137,7 @@ impl Connection {
         addr: impl ToSocketAddrs,
         config: AmpConfig,
         locator: Locator,
-    ) -> io::Result<Connection> {
+    ) -> io::Result<AmpConnection> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(Self::spawn(stream, config, locator))
@@ -147,28 +147,30 @@ impl Connection {
     pub async fn call<C: AmpCommand>(
         &self,
         command: &C,
-    ) -> Result<C::Response, CallError<C::Error>> {
+    ) -> Result<C::Response, AmpCallError<C::Error>> {
         let mut args = AmpBox::new();
-        command.to_box(&mut args).map_err(CallError::Arguments)?;
+        command.to_box(&mut args).map_err(AmpCallError::Arguments)?;
         let answer = match self
             .raw_ask(Bytes::from_static(C::NAME.as_bytes()), args)
             .await
         {
             Ok(answer) => answer,
-            Err(CallError::Remote { code, description }) => {
+            Err(AmpCallError::Remote { code, description }) => {
                 return Err(classify(code, description));
             }
             Err(e) => return Err(e.widen()),
         };
-        C::Response::from_box(&answer).map_err(CallError::BadAnswer)
+        C::Response::from_box(&answer).map_err(AmpCallError::BadAnswer)
     }
 
     /// Sends command `C` without asking for an answer (for `requires_answer = false` commands).
     /// It returns once the box is queued for writing.
-    pub async fn send<C: AmpCommand>(&self, command: &C) -> Result<(), CallError<C::Error>> {
+    pub async fn send<C: AmpCommand>(&self, command: &C) -> Result<(), AmpCallError<C::Error>> {
         let mut args = AmpBox::new();
-        command.to_box(&mut args).map_err(CallError::Arguments)?;
-        self.send_raw(C::NAME, args).await.map_err(CallError::widen)
+        command.to_box(&mut args).map_err(AmpCallError::Arguments)?;
+        self.send_raw(C::NAME, args)
+            .await
+            .map_err(AmpCallError::widen)
     }
 
     /// Calls a command by name with a raw box and waits for the raw answer
@@ -177,9 +179,9 @@ impl Connection {
         &self,
         name: impl Into<Bytes>,
         args: AmpBox,
-    ) -> Result<AmpBox, CallError<NoErrors>> {
+    ) -> Result<AmpBox, AmpCallError<NoErrors>> {
         match self.raw_ask(name.into(), args).await {
-            Err(CallError::Remote { code, description }) => Err(classify(code, description)),
+            Err(AmpCallError::Remote { code, description }) => Err(classify(code, description)),
             other => other,
         }
     }
@@ -189,7 +191,7 @@ impl Connection {
         &self,
         name: impl Into<Bytes>,
         args: AmpBox,
-    ) -> Result<(), CallError<NoErrors>> {
+    ) -> Result<(), AmpCallError<NoErrors>> {
         let (reply, rx) = oneshot::channel();
         self.request(Request::Tell {
             name: name.into(),
@@ -206,7 +208,7 @@ impl Connection {
         &self,
         config: Arc<rustls::ClientConfig>,
         server_name: ServerName<'static>,
-    ) -> Result<(), CallError<NoErrors>> {
+    ) -> Result<(), AmpCallError<NoErrors>> {
         let (reply, rx) = oneshot::channel();
         self.request(Request::StartTls {
             config,
@@ -215,7 +217,7 @@ impl Connection {
         })
         .await?;
         match self.wait(rx).await {
-            Err(CallError::Remote { code, description }) => Err(classify(code, description)),
+            Err(AmpCallError::Remote { code, description }) => Err(classify(code, description)),
             other => other,
         }
     }
@@ -262,7 +264,7 @@ impl Connection {
         self.requests
             .send(r)
             .await
-            .map_err(|_| CallError::Disconnected(self.reason()))
+            .map_err(|_| AmpCallError::Disconnected(self.reason()))
     }
 
     async fn wait<T>(&self, rx: oneshot::Receiver<RawResult<T>>) -> RawResult<T> {
@@ -271,7 +273,7 @@ impl Connection {
             Err(_) => {
                 let mut closed = self.closed.clone();
                 let _ = closed.wait_for(Option::is_some).await;
-                Err(CallError::Disconnected(self.reason()))
+                Err(AmpCallError::Disconnected(self.reason()))
             }
         }
     }
@@ -291,7 +293,7 @@ impl Connection {
 /// ```
 pub async fn serve<F>(listener: TcpListener, config: AmpConfig, make_locator: F) -> io::Result<()>
 where
-    F: Fn(&Connection) -> Locator + Send + Sync + 'static,
+    F: Fn(&AmpConnection) -> Locator + Send + Sync + 'static,
 {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -312,7 +314,7 @@ where
             tracing::debug!(%peer, error = %e, "amp: cannot set nodelay");
         }
         tracing::debug!(%peer, "amp: accepted connection");
-        let conn = Connection::spawn_with(stream, config.clone(), &make_locator);
+        let conn = AmpConnection::spawn_with(stream, config.clone(), &make_locator);
         tokio::spawn(async move {
             let reason = conn.closed().await;
             tracing::debug!(%peer, %reason, "amp: connection ended");
@@ -415,7 +417,7 @@ struct Driver {
     /// Keyed by our own tags, so a cheap hash will do.
     pending: HashMap<Bytes, oneshot::Sender<RawResult<AmpBox>>, BuildHasherDefault<IdHasher>>,
     tls_client: Option<TlsClientRequest>,
-    responders: JoinSet<Reply>,
+    responders: JoinSet<AmpReply>,
     /// The tag and command name of each running responder, by task id.
     running: HashMap<tokio::task::Id, (Option<Bytes>, Bytes)>,
     out: BytesMut,
@@ -611,11 +613,13 @@ impl Driver {
                 description,
             } => {
                 if let Some(tls) = self.tls_client.take_if(|t| t.tag == tag) {
-                    let _ = tls.reply.send(Err(CallError::Remote { code, description }));
+                    let _ = tls
+                        .reply
+                        .send(Err(AmpCallError::Remote { code, description }));
                     return;
                 }
                 if let Some(reply) = self.pending.remove(&tag) {
-                    let _ = reply.send(Err(CallError::Remote { code, description }));
+                    let _ = reply.send(Err(AmpCallError::Remote { code, description }));
                 }
             }
             Event::Closed(reason) => {
@@ -647,7 +651,7 @@ impl Driver {
                     }
                     Err(panic) => {
                         let why = format!("responder panicked: {}", panic_message(&*panic));
-                        self.handle_reply_for(tag, name, Reply::Failed(why));
+                        self.handle_reply_for(tag, name, AmpReply::Failed(why));
                     }
                 }
             }
@@ -667,7 +671,7 @@ impl Driver {
         if self.dispatcher.config().close_on_failed_no_answer {
             tracing::warn!(command = ?name, why, "amp: command without _ask failed; closing");
             self.close_with(DisconnectReason::Protocol(
-                ProtocolError::FailedWithoutAnswer(name),
+                AmpProtocolError::FailedWithoutAnswer(name),
             ));
         } else {
             tracing::warn!(command = ?name, why, "amp: command without _ask failed");
@@ -692,10 +696,13 @@ impl Driver {
         }
     }
 
-    fn handle_reply(&mut self, done: Result<(tokio::task::Id, Reply), tokio::task::JoinError>) {
+    fn handle_reply(&mut self, done: Result<(tokio::task::Id, AmpReply), tokio::task::JoinError>) {
         let (id, reply) = match done {
             Ok((id, reply)) => (id, reply),
-            Err(e) => (e.id(), Reply::Failed(format!("responder task failed: {e}"))),
+            Err(e) => (
+                e.id(),
+                AmpReply::Failed(format!("responder task failed: {e}")),
+            ),
         };
         let Some((tag, name)) = self.running.remove(&id) else {
             return;
@@ -703,14 +710,14 @@ impl Driver {
         self.handle_reply_for(tag, name, reply);
     }
 
-    fn handle_reply_for(&mut self, tag: Option<Bytes>, name: Bytes, reply: Reply) {
+    fn handle_reply_for(&mut self, tag: Option<Bytes>, name: Bytes, reply: AmpReply) {
         match (tag, reply) {
-            (Some(tag), Reply::Answer(b)) => {
+            (Some(tag), AmpReply::Answer(b)) => {
                 if let Err(e) = self.dispatcher.answer(tag.clone(), b) {
                     self.unknown(tag, name, format!("bad answer: {e}"));
                 }
             }
-            (Some(tag), Reply::Error(e)) => {
+            (Some(tag), AmpReply::Error(e)) => {
                 if e.fatal {
                     self.close_reason
                         .get_or_insert(DisconnectReason::LocalClosed);
@@ -722,10 +729,10 @@ impl Driver {
                     self.unknown(tag, name, format!("bad error answer: {err}"));
                 }
             }
-            (Some(tag), Reply::Failed(why)) => self.unknown(tag, name, why),
-            (None, Reply::Answer(_)) => {}
-            (None, Reply::Error(e)) => self.failed_without_answer(name, &e.to_string()),
-            (None, Reply::Failed(why)) => self.failed_without_answer(name, &why),
+            (Some(tag), AmpReply::Failed(why)) => self.unknown(tag, name, why),
+            (None, AmpReply::Answer(_)) => {}
+            (None, AmpReply::Error(e)) => self.failed_without_answer(name, &e.to_string()),
+            (None, AmpReply::Failed(why)) => self.failed_without_answer(name, &why),
         }
     }
 
@@ -733,7 +740,7 @@ impl Driver {
     fn unknown(&mut self, tag: Bytes, name: Bytes, why: String) {
         tracing::error!(command = ?name, %why, "amp: responder failed; sending UNKNOWN and closing");
         self.close_reason.get_or_insert(DisconnectReason::Protocol(
-            ProtocolError::ResponderFailed(name, why),
+            AmpProtocolError::ResponderFailed(name, why),
         ));
         let _ = self
             .dispatcher
@@ -778,16 +785,16 @@ impl Driver {
         }
     }
 
-    fn send_error(&self, e: SendError) -> CallError<NoErrors> {
+    fn send_error(&self, e: SendError) -> AmpCallError<NoErrors> {
         match e {
-            SendError::Closed => CallError::Disconnected(
+            SendError::Closed => AmpCallError::Disconnected(
                 self.close_reason
                     .clone()
                     .unwrap_or(DisconnectReason::LocalClosed),
             ),
-            SendError::TooManyOutstanding { max } => CallError::TooManyOutstanding { max },
-            SendError::OnlyOneTls => CallError::OnlyOneTls,
-            SendError::Encode(e) => CallError::Encode(e),
+            SendError::TooManyOutstanding { max } => AmpCallError::TooManyOutstanding { max },
+            SendError::OnlyOneTls => AmpCallError::OnlyOneTls,
+            SendError::Encode(e) => AmpCallError::Encode(e),
         }
     }
 
@@ -798,7 +805,7 @@ impl Driver {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls_error = |e: String| DisconnectReason::Protocol(ProtocolError::Tls(e));
+        let tls_error = |e: String| DisconnectReason::Protocol(AmpProtocolError::Tls(e));
         if self.dispatcher.buffered_input() != 0 {
             return Err(tls_error("plain text received after starttls".into()));
         }
@@ -815,7 +822,9 @@ impl Driver {
                     }
                     Err(e) => {
                         let reason = tls_error(e.to_string());
-                        let _ = req.reply.send(Err(CallError::Disconnected(reason.clone())));
+                        let _ = req
+                            .reply
+                            .send(Err(AmpCallError::Disconnected(reason.clone())));
                         Err(reason)
                     }
                 }
@@ -840,16 +849,18 @@ impl Driver {
     fn finish(mut self, reason: DisconnectReason) {
         self.dispatcher.close();
         for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(CallError::Disconnected(reason.clone())));
+            let _ = reply.send(Err(AmpCallError::Disconnected(reason.clone())));
         }
         if let Some(tls) = self.tls_client.take() {
-            let _ = tls.reply.send(Err(CallError::Disconnected(reason.clone())));
+            let _ = tls
+                .reply
+                .send(Err(AmpCallError::Disconnected(reason.clone())));
         }
         self.responders.abort_all();
         self.closed.send_replace(Some(reason.clone()));
         self.requests.close();
         while let Ok(req) = self.requests.try_recv() {
-            let err = CallError::Disconnected(reason.clone());
+            let err = AmpCallError::Disconnected(reason.clone());
             match req {
                 Request::Ask { reply, .. } => {
                     let _ = reply.send(Err(err));

@@ -17,7 +17,7 @@ use pb_proto::hash::IdHasher;
 /// What a responder produced for one incoming command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Reply {
+pub enum AmpReply {
     /// The answer's keys.
     Answer(AmpBox),
     /// An error answer (a declared error, or one a raw responder chose).
@@ -26,7 +26,7 @@ pub enum Reply {
     Failed(String),
 }
 
-pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+pub(crate) type ReplyFuture = Pin<Box<dyn Future<Output = AmpReply> + Send>>;
 type Responder = Arc<dyn Fn(AmpBox) -> ReplyFuture + Send + Sync>;
 
 /// The responders of one connection, by command name.
@@ -87,7 +87,7 @@ impl Locator {
                 Ok(cmd) => cmd,
                 Err(e) => {
                     let why = format!("bad arguments: {}", chain(&e));
-                    return Box::pin(async move { Reply::Failed(why) }) as ReplyFuture;
+                    return Box::pin(async move { AmpReply::Failed(why) }) as ReplyFuture;
                 }
             };
             let fut = f(cmd);
@@ -96,11 +96,11 @@ impl Locator {
                     Ok(response) => {
                         let mut b = AmpBox::new();
                         match response.to_box(&mut b) {
-                            Ok(()) => Reply::Answer(b),
-                            Err(e) => Reply::Failed(format!("bad response: {}", chain(&e))),
+                            Ok(()) => AmpReply::Answer(b),
+                            Err(e) => AmpReply::Failed(format!("bad response: {}", chain(&e))),
                         }
                     }
-                    Err(e) => Reply::Error(RemoteError {
+                    Err(e) => AmpReply::Error(RemoteError {
                         code: Bytes::from_static(e.code()),
                         description: e.description(),
                         fatal: e.is_fatal(),
@@ -123,8 +123,8 @@ impl Locator {
             let fut = f(args);
             Box::pin(async move {
                 match fut.await {
-                    Ok(b) => Reply::Answer(b),
-                    Err(e) => Reply::Error(e),
+                    Ok(b) => AmpReply::Answer(b),
+                    Err(e) => AmpReply::Error(e),
                 }
             }) as ReplyFuture
         });
@@ -147,7 +147,7 @@ impl Locator {
         &self,
         name: &[u8],
         args: AmpBox,
-    ) -> Option<impl Future<Output = Reply> + Send + 'static> {
+    ) -> Option<impl Future<Output = AmpReply> + Send + 'static> {
         self.dispatch_boxed(name, args)
     }
 

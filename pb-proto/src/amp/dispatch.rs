@@ -256,7 +256,7 @@ impl<S> Dispatcher<S> {
             let b = match self.codec.decode(&mut self.input) {
                 Ok(Some(b)) => b,
                 Ok(None) => return None,
-                Err(e) => return Some(self.violation(ProtocolError::Codec(e))),
+                Err(e) => return Some(self.violation(AmpProtocolError::Codec(e))),
             };
             if let Some(event) = self.dispatch(b) {
                 return Some(event);
@@ -297,7 +297,7 @@ impl<S> Dispatcher<S> {
             let tag = b.remove(ASK);
             return Some(Event::Command { name, tag, args: b });
         }
-        Some(self.violation(ProtocolError::NoSpecialKey))
+        Some(self.violation(AmpProtocolError::NoSpecialKey))
     }
 
     fn take_outstanding(&mut self, tag: &Bytes) -> bool {
@@ -306,7 +306,7 @@ impl<S> Dispatcher<S> {
 
     fn unknown_tag(&mut self, tag: Bytes) -> Option<Event> {
         if self.config.close_on_unknown_answer {
-            Some(self.violation(ProtocolError::UnknownTag(tag)))
+            Some(self.violation(AmpProtocolError::UnknownTag(tag)))
         } else {
             tracing::warn!(?tag, "amp: ignoring an answer for an unknown tag");
             None
@@ -316,7 +316,7 @@ impl<S> Dispatcher<S> {
     /// The peer broke the protocol: close at once. Output not yet taken is dropped, as Twisted's
     /// reactor drops what `dataReceived` wrote before it raised (answers to boxes that came in
     /// the same read never leave).
-    fn violation(&mut self, e: ProtocolError) -> Event {
+    fn violation(&mut self, e: AmpProtocolError) -> Event {
         self.close();
         self.output.clear();
         Event::Closed(DisconnectReason::Protocol(e))
@@ -547,13 +547,13 @@ pub enum DisconnectReason {
     Io(String),
     /// The peer broke the protocol.
     #[error("protocol violation by the peer")]
-    Protocol(#[source] ProtocolError),
+    Protocol(#[source] AmpProtocolError),
 }
 
 /// A protocol violation by the peer; the connection is closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ProtocolError {
+pub enum AmpProtocolError {
     /// The byte stream is not a valid sequence of boxes.
     #[error("malformed box")]
     Codec(#[source] BoxCodecError),
@@ -628,7 +628,7 @@ mod tests {
         assert!(matches!(
             d.poll_event(),
             Some(Event::Closed(DisconnectReason::Protocol(
-                ProtocolError::UnknownTag(_)
+                AmpProtocolError::UnknownTag(_)
             )))
         ));
         assert_eq!(d.ask("X", AmpBox::new()), Err(SendError::Closed));
