@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwn
 
 use crate::broker::Payload;
 use crate::codec::{self, CodecError};
-use crate::connection::{Caller, Connection, ExportLink, Imported};
+use crate::connection::{Caller, Connection, ExportLink, Imported, deadline_fault};
 use crate::message::FaultKind;
 
 /// A boxed, sendable future.
@@ -411,8 +411,21 @@ impl ObjectRef {
     ) -> Result<Outcome, Fault> {
         match &self.0 {
             RefInner::Local(d) => {
+                // The deadline binds a call to a local object as it binds a remote one (see
+                // `ConnShared::call` and `spawn_call`): an expired one fails the call without
+                // running the handler, and one that passes meanwhile drops the handler.
+                let deadline = crate::deadline::current();
+                if deadline.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    return Err(deadline_fault());
+                }
                 let call = IncomingCall::new(method, args.into_bytes(), refs, Caller::local());
-                d.clone().dispatch(call).await
+                let handler = d.clone().dispatch(call);
+                match deadline {
+                    Some(at) => tokio::time::timeout_at(at, handler)
+                        .await
+                        .unwrap_or_else(|_| Err(deadline_fault())),
+                    None => handler.await,
+                }
             }
             RefInner::Remote(r) if r.is_dead() => Err(r.dead_fault()),
             RefInner::Remote(r) => r.conn.call(r.id, method, args, refs).await,
