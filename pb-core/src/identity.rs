@@ -1,20 +1,28 @@
 //! Who the peer of a connection is: what login or a verified TLS certificate established, as
-//! it is recorded with `Connection::set_identity` and handlers read it with
+//! both ends record it with `Connection::set_identity` and handlers read it with
 //! `Caller::identity::<Identity>()`.
+//!
+//! The types live here, below the server and the client, because both ends of a link record
+//! one: the server the client's certificate (or its login), the dialing side the server's
+//! certificate.
 
 use std::fmt;
 
 use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
-/// Who a connection logged in as. Avatars read it with
-/// `caller.identity::<pb_server::Identity>()` (see [`crate::Caller::identity`]).
+/// Who the peer of a connection is. Handlers read it with
+/// `caller.identity::<pb_core::Identity>()` (see [`crate::Caller::identity`]).
+///
+/// The accepting side records what the client's login established (or, without a portal, its
+/// verified client certificate); the dialing side records the server's verified certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Identity {
     /// A user who proved a password with SCRAM-SHA-256.
     User(String),
-    /// The holder of a verified TLS client certificate.
+    /// The holder of a certificate that TLS verified: a client's, on the accepting side; the
+    /// server's, on the dialing side.
     Certificate(PeerCertificate),
     /// Nobody in particular.
     Anonymous,
@@ -31,7 +39,8 @@ impl Identity {
     }
 }
 
-/// A client certificate that rustls verified against the configured roots.
+/// A peer's end-entity certificate that rustls verified: a client's against the server's client
+/// roots, or a server's against the client's roots and the name dialed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PeerCertificate {
     der: CertificateDer<'static>,
@@ -54,7 +63,7 @@ impl PeerCertificate {
     }
 
     /// The first DNS name of the certificate's subject alternative names: the usual name of a
-    /// client identity.
+    /// peer identity.
     pub fn name(&self) -> Option<&str> {
         self.dns_names.first().map(String::as_str)
     }
