@@ -72,7 +72,8 @@ impl NodeBuilder {
     }
 
     /// Dial peers over TLS, trusting these roots (and presenting a client certificate, if
-    /// configured).
+    /// configured). The peer's verified certificate is the identity each call it makes on the
+    /// dialed connection carries, as on the connections this node accepts.
     pub fn dial_tls(mut self, tls: ClientTls) -> Self {
         self.dial_tls = Some(tls);
         self

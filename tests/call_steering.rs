@@ -1,5 +1,5 @@
 //! Calls users can steer: cancellation reaches the callee, deadlines expire on silent peers and
-//! are inherited by onward calls.
+//! are inherited by onward calls, and bind calls to local objects exactly as remote ones.
 
 mod common;
 
@@ -174,4 +174,91 @@ async fn the_callee_sees_the_deadline_and_its_calls_inherit_it() {
         common::settle(|| back.cancelled.load(Ordering::SeqCst) == 1).await,
         "the innermost handler was cancelled"
     );
+}
+
+/// `fut`'s output if it completes within `limit`: a call the deadline did not end waits
+/// forever, and this turns that into a failed assertion instead of a hung test.
+async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(limit, fut).await.ok()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_ends_a_call_to_a_local_object_as_it_ends_a_remote_one() {
+    // The same object called in this process and across a connection: a call behaves the same
+    // whichever side its object lives on.
+    let slow = Arc::new(SlowImpl::default());
+    let (_server, client) = common::memory_pair(SlowRef::from_arc(slow.clone())).await;
+    let remote: SlowRef = client.root();
+    let local = SlowRef::from_arc(slow.clone());
+    assert!(local.object_ref().is_local() && !remote.object_ref().is_local());
+    for (n, (side, s)) in [("remote", remote), ("local", local)]
+        .into_iter()
+        .enumerate()
+    {
+        let started = tokio::time::Instant::now();
+        let r = within(
+            Duration::from_secs(60),
+            pb::pb_core::deadline::with_timeout(Duration::from_secs(5), s.forever()),
+        )
+        .await;
+        assert_eq!(r, Some(Err(CallError::DeadlineExceeded)), "{side}");
+        assert_eq!(
+            tokio::time::Instant::now() - started,
+            Duration::from_secs(5),
+            "{side}: the call ended at its deadline"
+        );
+        assert!(
+            common::settle(|| slow.cancelled.load(Ordering::SeqCst) == n + 1).await,
+            "{side}: the handler was dropped at the deadline"
+        );
+        // An already expired deadline fails at once, without running the handler.
+        let before = slow.started.load(Ordering::SeqCst);
+        let r = within(
+            Duration::from_secs(60),
+            pb::pb_core::deadline::with_deadline(tokio::time::Instant::now(), s.forever()),
+        )
+        .await;
+        assert_eq!(r, Some(Err(CallError::DeadlineExceeded)), "{side}");
+        assert_eq!(slow.started.load(Ordering::SeqCst), before, "{side}");
+        // The handler sees the deadline, and a call without one sees none.
+        assert_eq!(s.time_left().await, Ok(None), "{side}");
+        let left =
+            pb::pb_core::deadline::with_timeout(Duration::from_secs(10), s.time_left()).await;
+        assert_eq!(left, Ok(Some(10_000)), "{side}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_local_handler_s_onward_calls_inherit_the_deadline_and_expire_with_it() {
+    // A local object relays to a remote one and to a local one: its onward calls carry the
+    // deadline and fail with it, and the innermost handler is dropped.
+    let back = Arc::new(SlowImpl::default());
+    let (_server, to_back) = common::memory_pair(SlowRef::from_arc(back.clone())).await;
+    let middle = SlowRef::new(SlowImpl::default());
+    let targets = [
+        ("remote", to_back.root::<SlowRef>()),
+        ("local", SlowRef::from_arc(back.clone())),
+    ];
+    for (n, (side, next)) in targets.into_iter().enumerate() {
+        let left = pb::pb_core::deadline::with_timeout(
+            Duration::from_secs(10),
+            middle.relay_time_left(next.clone()),
+        )
+        .await;
+        assert_eq!(left, Ok(Some(10_000)), "{side}");
+        let r = within(
+            Duration::from_secs(60),
+            pb::pb_core::deadline::with_timeout(Duration::from_secs(3), middle.relay(next)),
+        )
+        .await;
+        assert!(
+            matches!(r, Some(Ok(ref s)) if s == "deadline exceeded")
+                || r == Some(Err(CallError::DeadlineExceeded)),
+            "{side}: {r:?}"
+        );
+        assert!(
+            common::settle(|| back.cancelled.load(Ordering::SeqCst) == n + 1).await,
+            "{side}: the innermost handler was cancelled"
+        );
+    }
 }

@@ -66,6 +66,7 @@ async fn nodes_over_mutual_tls_know_who_calls() {
     }
     let beta_root: WhoRef = back.expect("alpha sees beta").root();
     assert_eq!(beta_root.name().await, Ok("beta".into()));
+    assert_eq!(beta_root.who_calls().await, Ok(Some("alpha".into())));
     // A node without a certificate from this CA is refused.
     let other_ca = DevCa::new("someone else").unwrap();
     let stranger = tls_node(&other_ca, "mallory").await;

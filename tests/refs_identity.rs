@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Mutex;
 
 use pb::ObjectRef;
@@ -180,4 +181,82 @@ async fn calls_in_both_directions_on_one_connection() {
     );
     conn.close().await;
     server.shutdown().await;
+}
+
+/// Hash `v` with one fixed hasher state, so that equal values must hash alike.
+fn hash_of(state: &RandomState, v: &impl Hash) -> u64 {
+    state.hash_one(v)
+}
+
+/// Equality is identity of the route calls take, as `ObjectRef`'s docs say: a local object by
+/// its allocation, a remote reference by (connection, id); and `Hash` agrees with `Eq`.
+#[tokio::test]
+async fn equality_is_identity_of_the_route() {
+    let state = RandomState::new();
+    let same = |a: &ThingRef, b: &ThingRef| {
+        assert_eq!(a, b);
+        assert_eq!(hash_of(&state, a), hash_of(&state, b), "{a:?} and {b:?}");
+        let (ua, ub): (ObjectRef, ObjectRef) = (a.clone().into(), b.clone().into());
+        assert_eq!(ua, ub);
+        assert_eq!(hash_of(&state, &ua), hash_of(&state, &ub));
+    };
+    let differ = |a: &ThingRef, b: &ThingRef| {
+        assert_ne!(a, b);
+        let set: HashSet<ThingRef> = [a.clone(), b.clone()].into_iter().collect();
+        assert_eq!(set.len(), 2, "{a:?} and {b:?}");
+        assert_ne!(ObjectRef::from(a.clone()), ObjectRef::from(b.clone()));
+    };
+
+    // Local objects: by the reference's allocation. Clones are one object, and so are
+    // untyped references made from one `Arc<dyn Dispatch>`; references made separately are
+    // two, whatever their state, even when a typed `from_arc` wraps one `Arc` twice.
+    let shared = std::sync::Arc::new(Named("shared".into()));
+    let local = ThingRef::from_arc(shared.clone());
+    same(&local, &local.clone());
+    differ(&local, &ThingRef::new(Named("shared".into())));
+    differ(&local, &ThingRef::from_arc(shared));
+    let dispatch: std::sync::Arc<dyn pb::Dispatch> =
+        std::sync::Arc::new(ServeThing::new(Named("untyped".into())));
+    assert_eq!(
+        ObjectRef::from_arc(dispatch.clone()),
+        ObjectRef::from_arc(dispatch)
+    );
+
+    // One server object, reached over two connections to the same server.
+    let server_side = mirror();
+    let (_s1, c1) = common::memory_pair(server_side.clone()).await;
+    let (_s2, c2) = common::memory_pair(server_side).await;
+    let (m1, m2) = (c1.root::<MirrorRef>(), c2.root::<MirrorRef>());
+
+    // A local object that comes home, over whichever connection it went out on, is the local
+    // object again.
+    let home1 = m1.bounce(local.clone()).await.unwrap();
+    let home2 = m2.bounce(local.clone()).await.unwrap();
+    assert!(home1.object_ref().is_local() && home2.object_ref().is_local());
+    same(&home1, &local);
+    same(&home2, &local);
+
+    // Remote references, by (connection, id): received twice over one connection, one
+    // reference; received over two connections, two references that differ (no node identity
+    // tells the receiver that both name one object).
+    let a1 = m1.mine().await.unwrap();
+    let a1_again = m1.mine().await.unwrap();
+    let a2 = m2.mine().await.unwrap();
+    same(&a1, &a1_again);
+    differ(&a1, &a2);
+    // Both reach the same object, though.
+    assert_eq!(a1.name().await, a2.name().await);
+    // A remote reference never equals a local object.
+    differ(&a1, &local);
+
+    // The server's object goes home over the connection it came on: the server's own object.
+    assert_eq!(m1.is_mine(a1.clone()).await, Ok(true));
+    // Over the other connection it goes by another route (the server reaches it through this
+    // process's forward), so the server sees a remote reference, not its own object...
+    assert_eq!(m2.is_mine(a1.clone()).await, Ok(false));
+    assert_eq!(m2.same(a1.clone(), a2.clone()).await, Ok(false));
+    // ...and that forward, sent back here, is this process's own reference again.
+    let back = m2.bounce(a1.clone()).await.unwrap();
+    same(&back, &a1);
+    differ(&back, &a2);
 }

@@ -1,5 +1,5 @@
 //! TLS over real TCP on 127.0.0.1: certificates from PEM files, refusal of untrusted servers,
-//! mutual TLS identity, clean errors for TLS/plaintext mismatches, and channel binding that
+//! mutual TLS identity on both ends of a link, clean errors for TLS/plaintext mismatches, and channel binding that
 //! defeats a relaying man in the middle.
 #![allow(clippy::unwrap_used)]
 
@@ -12,8 +12,8 @@ use auth_support::{AccountRef, NO_HANG, PASSWORD, portal, temp_dir};
 use pb::pb_server::dev::{DevCa, DevCert};
 use pb::pb_server::rustls;
 use pb::{
-    ClientAuth, ClientError, ClientTls, Identity, LoginError, Refusal, Server, ServerHandle,
-    ServerTls,
+    Caller, ClientAuth, ClientError, ClientTls, Identity, LoginError, Refusal, Server,
+    ServerHandle, ServerTls,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -358,5 +358,118 @@ async fn without_a_portal_the_client_certificate_is_the_callers_identity() {
     };
     assert!(tokio::time::timeout(NO_HANG, r).await.unwrap().is_err());
     conn.close().await;
+    server.shutdown().await;
+}
+
+#[pb::remote]
+pub trait Who {
+    /// The first name on the caller's verified certificate, as this end recorded it.
+    async fn who_calls(&self, caller: Caller) -> Result<Option<String>, ()>;
+}
+
+struct WhoImpl;
+
+impl Who for WhoImpl {
+    async fn who_calls(&self, caller: Caller) -> Result<Option<String>, ()> {
+        Ok(match caller.identity::<Identity>().as_deref() {
+            Some(Identity::Certificate(c)) => c.name().map(str::to_owned),
+            Some(other) => Some(format!("not a certificate: {other:?}")),
+            None => None,
+        })
+    }
+}
+
+#[pb::remote]
+pub trait CallsBack {
+    /// Who calls, as the server sees it, and who calls `back`, as the client sees it.
+    async fn call_back(
+        &self,
+        caller: Caller,
+        back: WhoRef,
+    ) -> Result<(Option<String>, Option<String>), ()>;
+}
+
+struct CallsBackImpl;
+
+impl CallsBack for CallsBackImpl {
+    async fn call_back(
+        &self,
+        caller: Caller,
+        back: WhoRef,
+    ) -> Result<(Option<String>, Option<String>), ()> {
+        let here = WhoImpl.who_calls(caller).await?;
+        Ok((here, back.who_calls().await.map_err(|_| ())?))
+    }
+}
+
+#[tokio::test]
+async fn the_dialing_side_knows_the_servers_verified_certificate() {
+    use rustls::pki_types::pem::PemObject;
+    let pki = pki();
+    let client_ca = DevCa::new("pb client ca").unwrap();
+    let bob = client_ca.issue(&["bob.example"]).unwrap();
+    let tls = ServerTls::from_pem(
+        pki.server.cert_pem.as_bytes(),
+        pki.server.key_pem.as_bytes(),
+    )
+    .unwrap()
+    .client_roots_pem(client_ca.cert_pem().as_bytes(), ClientAuth::Optional)
+    .unwrap();
+    let server = Server::builder()
+        .tls(tls)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve(CallsBackRef::new(CallsBackImpl));
+    let server_der =
+        rustls::pki_types::CertificateDer::from_pem_slice(pki.server.cert_pem.as_bytes()).unwrap();
+    let with_cert = trusting(&pki.ca)
+        .client_cert_pem(bob.cert_pem.as_bytes(), bob.key_pem.as_bytes())
+        .unwrap();
+    // Mutual TLS, then server-only TLS, dialed without and with waiting for the server's
+    // hello: each end knows the other by the certificate it verified, and the server's calls
+    // to the client's objects carry the server's.
+    for (tls, client_name) in [
+        (with_cert.clone(), Some("bob.example")),
+        (trusting(&pki.ca), None),
+    ] {
+        let connect = pb::Client::builder()
+            .tls(tls.clone())
+            .connect(server.local_addr())
+            .await
+            .unwrap();
+        let open = pb::Client::builder()
+            .tls(tls)
+            .open(server.local_addr())
+            .await
+            .unwrap()
+            .into_connection();
+        for conn in [connect, open] {
+            let root: CallsBackRef = conn.root();
+            let seen = root.call_back(WhoRef::new(WhoImpl)).await.unwrap();
+            assert_eq!(
+                seen,
+                (client_name.map(str::to_owned), Some("localhost".to_owned()))
+            );
+            match conn.identity::<Identity>().as_deref() {
+                Some(Identity::Certificate(cert)) => assert_eq!(cert.der(), &server_der),
+                other => panic!("expected the server's certificate, got {other:?}"),
+            }
+            conn.close().await;
+        }
+    }
+    // Plaintext: nothing verified, nothing recorded.
+    let plain = Server::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve(CallsBackRef::new(CallsBackImpl));
+    let conn = pb::Client::connect(plain.local_addr()).await.unwrap();
+    let seen = conn
+        .root::<CallsBackRef>()
+        .call_back(WhoRef::new(WhoImpl))
+        .await;
+    assert_eq!(seen, Ok((None, None)));
+    conn.close().await;
+    plain.shutdown().await;
     server.shutdown().await;
 }

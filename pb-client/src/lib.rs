@@ -6,6 +6,10 @@
 //! [`pb_core::CallError::Handshake`] (see [`ClientBuilder::connect`]). A client may serve a root of its own, which
 //! the server reaches the same way: connections are symmetric.
 //!
+//! Over TLS, the server's certificate that the handshake verified is the connection's identity
+//! ([`Identity::Certificate`]), as a verified client certificate is on the server's side: a
+//! handler of ours that the server calls reads it with `caller.identity::<Identity>()`.
+//!
 //! To log in to a server that serves a portal, [`ClientBuilder::open`] returns a [`Session`]
 //! whose [`Session::login`] (SCRAM-SHA-256), [`Session::login_anonymous`] and
 //! [`Session::login_with_certificate`] return the typed avatar.
@@ -56,6 +60,7 @@ mod reconnect;
 pub use reconnect::{Backoff, ClientState, Reconnecting, root_session};
 use tokio::net::ToSocketAddrs;
 
+pub use pb_core::{Identity, PeerCertificate};
 /// The rustls crate pb-client is built with, for custom TLS configurations.
 pub use rustls;
 pub use session::{LoginError, Session};
@@ -233,7 +238,7 @@ impl ClientBuilder {
             .map_err(ClientError::Io)?;
         let (config, name) = match &self.tls {
             None => {
-                let conn = self.establish(stream, Some(peer), hello).await?;
+                let conn = self.establish(stream, Some(peer), hello, None).await?;
                 return Ok(Session::new(
                     conn,
                     ChannelBinding::None,
@@ -253,12 +258,17 @@ impl ClientBuilder {
             Ok(Err(e)) => return Err(classify_tls_error(e)),
             Ok(Ok(tls)) => tls,
         };
-        let exporter = tls
-            .get_ref()
-            .1
+        let session = tls.get_ref().1;
+        let exporter = session
             .export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, None)
             .map_err(|e| ClientError::Tls(io::Error::other(e)))?;
-        let conn = self.establish(tls, Some(peer), hello).await?;
+        // The server's certificate, which the handshake verified: the connection's identity,
+        // as a server records a verified client certificate.
+        let server = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| Identity::Certificate(PeerCertificate::from_der(c.clone().into_owned())));
+        let conn = self.establish(tls, Some(peer), hello, server).await?;
         Ok(Session::new(
             conn,
             ChannelBinding::TlsExporter(exporter),
@@ -281,7 +291,7 @@ impl ClientBuilder {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let conn = self.establish(io, None, Hello::Wait).await?;
+        let conn = self.establish(io, None, Hello::Wait, None).await?;
         Ok(Session::new(
             conn,
             ChannelBinding::None,
@@ -289,19 +299,42 @@ impl ClientBuilder {
         ))
     }
 
+    /// Start the connection; `identity` (the server's verified certificate) is recorded on it
+    /// before any call of the server's is handled.
     async fn establish<T>(
         &self,
         io: T,
         peer: Option<SocketAddr>,
         hello: Hello,
+        identity: Option<Identity>,
     ) -> Result<Connection, ClientError>
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let root = self.root.clone();
         let conn = match hello {
-            Hello::Send => Connection::dial(io, &self.config, root, peer).await,
-            Hello::Wait => Connection::establish(io, &self.config, Side::Client, root, peer).await,
+            Hello::Send => Connection::dial(io, &self.config, root, peer)
+                .await
+                .inspect(|conn| {
+                    // Before the server can call us: it calls nothing before it has our hello,
+                    // which `dial` only queued.
+                    if let Some(identity) = identity {
+                        conn.set_identity(identity);
+                    }
+                }),
+            Hello::Wait => {
+                Connection::establish_with_reader(io, &self.config, Side::Client, root, peer)
+                    .await
+                    .map(|(conn, reader)| {
+                        // Recorded before the reader runs, so before any call of the server's
+                        // is handled (as pb-server records a client's certificate).
+                        if let Some(identity) = identity {
+                            conn.set_identity(identity);
+                        }
+                        tokio::spawn(reader);
+                        conn
+                    })
+            }
         };
         conn.map_err(|e| match e {
             // A TLS record (alert or handshake, version 3.x) where pb's magic should be.

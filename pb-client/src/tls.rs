@@ -64,7 +64,9 @@ fn key(pem: &[u8], path: PathBuf) -> Result<PrivateKeyDer<'static>, TlsError> {
 ///
 /// Only the roots given here are trusted: a server whose certificate does not chain to one of
 /// them is refused. The server's certificate is checked against [`ClientTls::server_name`], or
-/// against the IP address dialed when no name is set. pb speaks TLS 1.3 only.
+/// against the IP address dialed when no name is set. pb speaks TLS 1.3 only. The certificate
+/// verified becomes the connection's identity ([`crate::Identity::Certificate`]), which the
+/// handlers of the objects the server calls on this side read with `Caller::identity`.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), pb_client::TlsError> {

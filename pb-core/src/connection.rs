@@ -1138,7 +1138,8 @@ fn fault_of(reason: &CloseReason) -> Fault {
     }
 }
 
-fn deadline_fault() -> Fault {
+/// The fault of a call whose deadline passed (or had passed when it was made).
+pub(crate) fn deadline_fault() -> Fault {
     Fault {
         kind: FaultKind::DeadlineExceeded,
         message: "the call's deadline passed".into(),

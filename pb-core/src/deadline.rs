@@ -7,6 +7,11 @@
 //! itself: a call whose deadline passes fails with [`CallError::DeadlineExceeded`] and is
 //! cancelled, even if the peer never answers.
 //!
+//! A call to an object in this process is bound the same way: the handler runs inside the
+//! deadline (visible as `Caller::deadline`), is dropped when it passes, and the call fails with
+//! [`CallError::DeadlineExceeded`]; a deadline already passed fails the call without running
+//! the handler. A call behaves the same whichever side its object lives on.
+//!
 //! [`CallError::DeadlineExceeded`]: crate::CallError::DeadlineExceeded
 
 use std::future::Future;

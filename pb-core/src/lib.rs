@@ -15,6 +15,7 @@
 //! - `stream`: streams of any size with backpressure, passable like any value;
 //! - `broker`: one connection's protocol state, no I/O;
 //! - `connection`: the tokio driver and the [`Connection`] handle;
+//! - `identity`: [`Identity`] and [`PeerCertificate`], who the peer is, as either end records it;
 //! - `login`: the wire contract of the login object (interface, methods, answer types);
 //! - `transport`: TCP helpers and an in-memory transport for tests;
 //! - `amp`: AMP, byte-compatible with Twisted.
@@ -62,6 +63,7 @@ mod cache;
 pub mod codec;
 mod connection;
 pub mod deadline;
+mod identity;
 pub mod login;
 mod object;
 pub mod stream;
@@ -75,6 +77,7 @@ pub use connection::{
     Caller, CloseReason, Config, ConnectError, Connection, ConnectionReader, ConnectionStats,
     ExportLink, Side,
 };
+pub use identity::{Identity, PeerCertificate};
 pub use object::{
     BoxFuture, CallError, Copyable, Dispatch, Fault, IncomingCall, Interface, ObjectRef, Outcome,
     Remote, Reply, decode_outcome, encode_reply, encode_result,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwn
 
 use crate::broker::Payload;
 use crate::codec::{self, CodecError};
-use crate::connection::{Caller, Connection, ExportLink, Imported};
+use crate::connection::{Caller, Connection, ExportLink, Imported, deadline_fault};
 use crate::message::FaultKind;
 
 /// A boxed, sendable future.
@@ -346,9 +346,30 @@ pub(crate) enum RefInner {
 
 /// A reference to an object, local or remote.
 ///
-/// Cheap to clone, `Send + Sync`. Two references to the same object compare equal and hash
-/// alike, wherever they came from. A reference received from a peer keeps the peer's object
+/// Cheap to clone, `Send + Sync`. A reference received from a peer keeps the peer's object
 /// alive until the last clone is dropped; then a release goes back to the owner.
+///
+/// # Equality
+///
+/// Two references are equal when they are one route to an object, which is all this process
+/// can know: object ids are per connection, and nothing tells a receiver that references
+/// received over two connections name one object (that would take node identity). `Hash`
+/// agrees with `Eq`.
+///
+/// - A local object is equal by its reference's allocation: clones of a reference are equal;
+///   references made separately ([`ObjectRef::local`], a typed `FooRef::new` or
+///   `FooRef::from_arc`, even twice on one `Arc`) are different objects, also to peers (each is
+///   exported under an id of its own). [`ObjectRef::from_arc`] twice on one `Arc<dyn Dispatch>`
+///   gives equal references.
+/// - A reference sent to a peer and sent back over the same connection arrives as what was
+///   sent: a local object arrives as that object (equal to it, whichever connection it went
+///   out and came home on), a reference received from a third peer as the handle that was
+///   forwarded.
+/// - A remote reference is equal by (connection, object id): the same object received any
+///   number of times over one connection is one reference; received over two connections, or
+///   forwarded by another peer, it gives references that are not equal, though calls on either
+///   reach the one object. So an object of ours that comes back by another route (through a
+///   peer that forwards it) is a remote reference, not equal to the object itself.
 #[derive(Clone)]
 pub struct ObjectRef(pub(crate) RefInner);
 
@@ -411,8 +432,21 @@ impl ObjectRef {
     ) -> Result<Outcome, Fault> {
         match &self.0 {
             RefInner::Local(d) => {
+                // The deadline binds a call to a local object as it binds a remote one (see
+                // `ConnShared::call` and `spawn_call`): an expired one fails the call without
+                // running the handler, and one that passes meanwhile drops the handler.
+                let deadline = crate::deadline::current();
+                if deadline.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    return Err(deadline_fault());
+                }
                 let call = IncomingCall::new(method, args.into_bytes(), refs, Caller::local());
-                d.clone().dispatch(call).await
+                let handler = d.clone().dispatch(call);
+                match deadline {
+                    Some(at) => tokio::time::timeout_at(at, handler)
+                        .await
+                        .unwrap_or_else(|_| Err(deadline_fault())),
+                    None => handler.await,
+                }
             }
             RefInner::Remote(r) if r.is_dead() => Err(r.dead_fault()),
             RefInner::Remote(r) => r.conn.call(r.id, method, args, refs).await,

@@ -9,10 +9,11 @@
 //!
 //! # Layout
 //! - this file: [`Server`], [`ServerBuilder`], [`ServerHandle`] and the accept loop;
-//! - `tls`: [`ServerTls`] (certificates from PEM, client certificates), [`TlsInfo`],
-//!   [`PeerCertificate`];
-//! - `portal`: [`Portal`], [`Realm`], [`Avatar`], [`Identity`], [`VerifierStore`] and the
-//!   per-connection login object;
+//! - `tls`: [`ServerTls`] (certificates from PEM, client certificates), [`TlsInfo`] (which
+//!   carries the verified [`PeerCertificate`]);
+//! - `portal`: [`Portal`], [`Realm`], [`Avatar`], [`VerifierStore`] and the per-connection
+//!   login object, which records the [`Identity`] a login establishes (both types are
+//!   pb-core's, re-exported here);
 //! - `dev` (feature `dev-certs`): throwaway certificates for tests and examples.
 //!
 //! # Example
@@ -71,12 +72,13 @@ use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-pub use portal::{
-    Avatar, Identity, LoginConfig, LoginRequest, Portal, Realm, VerifierStore, Verifiers,
-};
+// pb-core's, so that the dialing side can record a verified certificate the way this
+// server records a client's.
+pub use pb_core::{Identity, PeerCertificate};
+pub use portal::{Avatar, LoginConfig, LoginRequest, Portal, Realm, VerifierStore, Verifiers};
 /// The rustls crate pb-server is built with, for custom TLS configurations.
 pub use rustls;
-pub use tls::{ClientAuth, PeerCertificate, ServerTls, TlsError, TlsInfo};
+pub use tls::{ClientAuth, ServerTls, TlsError, TlsInfo};
 
 /// Builds a [`Server`] with non-default settings.
 #[derive(Debug, Clone)]

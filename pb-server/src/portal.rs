@@ -23,37 +23,13 @@ use pb_core::scram::{
     self, ChannelBinding, ScramError, ScramServer, ScramVerifier, parse_client_first,
 };
 use pb_core::{
-    BoxFuture, Config, ConnectError, Connection, Dispatch, IncomingCall, Interface, ObjectRef,
-    Reply, Side, encode_result,
+    BoxFuture, Config, ConnectError, Connection, Dispatch, Identity, IncomingCall, Interface,
+    ObjectRef, PeerCertificate, Reply, Side, encode_result,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, watch};
 
-use crate::tls::{PeerCertificate, TlsInfo};
-
-/// Who a connection logged in as. Avatars read it with
-/// `caller.identity::<pb_server::Identity>()` (see [`pb_core::Caller::identity`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Identity {
-    /// A user who proved a password with SCRAM-SHA-256.
-    User(String),
-    /// The holder of a verified TLS client certificate.
-    Certificate(PeerCertificate),
-    /// Nobody in particular.
-    Anonymous,
-}
-
-impl Identity {
-    /// A display name: the user name, the certificate's first DNS name, or `None`.
-    pub fn name(&self) -> Option<&str> {
-        match self {
-            Identity::User(u) => Some(u),
-            Identity::Certificate(c) => c.name(),
-            Identity::Anonymous => None,
-        }
-    }
-}
+use crate::tls::TlsInfo;
 
 /// What the realm is told about a successful login.
 #[derive(Debug, Clone)]

@@ -5,11 +5,11 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use pb_core::PeerCertificate;
 use pb_core::scram::{ChannelBinding, EXPORTER_LABEL, EXPORTER_LEN};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use sha2::{Digest, Sha256};
 
 /// Setting up TLS failed.
 #[derive(Debug, thiserror::Error)]
@@ -191,58 +191,6 @@ impl ServerTls {
         };
         let config = builder.with_single_cert(self.chain.clone(), self.key.clone_key())?;
         Ok(Arc::new(config))
-    }
-}
-
-/// A client certificate that rustls verified against the configured roots.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PeerCertificate {
-    der: CertificateDer<'static>,
-    fingerprint: [u8; 32],
-    dns_names: Vec<String>,
-}
-
-impl PeerCertificate {
-    /// Describe a verified end-entity certificate.
-    pub fn from_der(der: CertificateDer<'static>) -> PeerCertificate {
-        let fingerprint = Sha256::digest(der.as_ref()).into();
-        let dns_names = webpki::EndEntityCert::try_from(&der)
-            .map(|c| c.valid_dns_names().map(str::to_owned).collect())
-            .unwrap_or_default();
-        PeerCertificate {
-            der,
-            fingerprint,
-            dns_names,
-        }
-    }
-
-    /// The first DNS name of the certificate's subject alternative names: the usual name of a
-    /// client identity.
-    pub fn name(&self) -> Option<&str> {
-        self.dns_names.first().map(String::as_str)
-    }
-
-    /// Every DNS name of the certificate's subject alternative names.
-    pub fn dns_names(&self) -> &[String] {
-        &self.dns_names
-    }
-
-    /// SHA-256 of the certificate's DER encoding: a stable id even without names.
-    pub fn fingerprint(&self) -> &[u8; 32] {
-        &self.fingerprint
-    }
-
-    /// The certificate's DER encoding.
-    pub fn der(&self) -> &CertificateDer<'static> {
-        &self.der
-    }
-}
-
-impl fmt::Debug for PeerCertificate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerCertificate")
-            .field("dns_names", &self.dns_names)
-            .finish_non_exhaustive()
     }
 }
 
