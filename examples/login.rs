@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use pb::pb_server::dev::DevCa;
+use pb::dev::DevCa;
 use pb::scram::ScramVerifier;
 use pb::{
     Avatar, Caller, ClientTls, Identity, LoginRequest, Portal, Refusal, Server, ServerTls,

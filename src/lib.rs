@@ -53,35 +53,49 @@
 //! each peer receives (the connection is `None` for in-process calls).
 //!
 //! # Layout
-//! - [`pb_core`], frames, messages, the broker, the object model, the connection driver, AMP;
-//! - [`pb_server`], listening (TCP, TLS), login (portal, realm, avatar), connection limits,
+//! Everything is re-exported here at one path each; the crates behind it are:
+//! - `pb-proto`, the protocols with no I/O (frames, handshake, messages, SCRAM, keep-alive
+//!   timing, AMP boxes), reachable as [`proto`] for tools that speak the wire;
+//! - `pb-core`, the object model, the payload codec, the broker, the connection driver,
+//!   caches, streams, deadlines, AMP commands and driver;
+//! - `pb-server`, listening (TCP, TLS), login (portal, realm, avatar), connection limits,
 //!   graceful shutdown;
-//! - [`pb_client`], connecting (TCP, TLS), login;
+//! - `pb-client`, connecting (TCP, TLS), login, reconnecting;
 //! - [`Node`] (here), a peer that both listens and dials;
-//! - `pb_derive`: the macros, re-exported here.
+//! - `pb-derive`, the macros.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub use pb_client::{
-    self, Backoff, Client, ClientBuilder, ClientError, ClientState, ClientTls, LoginError,
-    Reconnecting, Session,
+    Backoff, Client, ClientBuilder, ClientError, ClientState, ClientTls, LoginError, Reconnecting,
+    Session,
 };
 pub use pb_core::codec::zero_copy;
 pub use pb_core::login::Refusal;
 pub use pb_core::stream::{Chunk, Stream};
 pub use pb_core::{
-    self, BoxFuture, Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError,
-    Connection, ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits,
-    ObjectRef, Outcome, Remote, Replica, Reply, Side, TableStats, Versioned, codec, deadline,
-    login, scram, stream, transport,
+    BoxFuture, Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError, Connection,
+    ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits, ObjectRef,
+    Outcome, Remote, Replica, Reply, Side, TableStats, Versioned, codec, deadline, login, scram,
+    stream, transport,
 };
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{
-    self, Avatar, ClientAuth, Identity, LoginConfig, LoginRequest, PeerCertificate, Portal, Realm,
+    Avatar, ClientAuth, Identity, LoginConfig, LoginRequest, PeerCertificate, Portal, Realm,
     Server, ServerBuilder, ServerHandle, ServerTls, VerifierStore, Verifiers,
 };
+
+pub use pb_core::pem::TlsError;
+pub use pb_server::dev;
+/// The rustls crate pb's TLS is built on, for its configuration types.
+pub use pb_server::rustls;
+
+/// The protocols as state machines with no I/O (the `pb-proto` crate): frames, the handshake,
+/// message envelopes, SCRAM, keep-alive timing and AMP's boxes. The one escape hatch of this
+/// facade, for tools and tests that speak the wire themselves; programs need none of it.
+pub use pb_proto as proto;
 
 mod node;
 pub use node::{Node, NodeBuilder};

@@ -12,8 +12,8 @@ use auth_support::{
     AccountRef, Dir, ITERATIONS, NO_HANG, PASSWORD, Recorder, Seen, bytes, frames, portal,
 };
 use bytes::{Bytes, BytesMut};
-use pb::pb_core::handshake::{Features, HELLO_LEN, Hello};
-use pb::pb_core::message::{FaultKind, Message, MessageLimits};
+use pb::proto::handshake::{Features, HELLO_LEN, Hello};
+use pb::proto::message::{FaultKind, Message, MessageLimits};
 use pb::{
     CallError, Client, CloseReason, Config, Connection, Identity, LoginConfig, LoginError, Portal,
     Refusal, Session,

@@ -111,7 +111,7 @@ async fn a_deadline_expires_on_a_silent_peer() {
             .unwrap();
     let s: SlowRef = conn.root();
     let started = tokio::time::Instant::now();
-    let r = pb::pb_core::deadline::with_timeout(Duration::from_secs(5), s.forever()).await;
+    let r = pb::deadline::with_timeout(Duration::from_secs(5), s.forever()).await;
     assert_eq!(r, Err(CallError::DeadlineExceeded));
     assert_eq!(
         tokio::time::Instant::now() - started,
@@ -128,7 +128,7 @@ async fn a_deadline_expires_on_a_silent_peer() {
     }
     // An already expired deadline fails at once, without sending anything.
     let sent = conn.stats().bytes_out;
-    let r = pb::pb_core::deadline::with_deadline(tokio::time::Instant::now(), s.forever()).await;
+    let r = pb::deadline::with_deadline(tokio::time::Instant::now(), s.forever()).await;
     assert_eq!(r, Err(CallError::DeadlineExceeded));
     for _ in 0..100 {
         tokio::task::yield_now().await;
@@ -152,11 +152,10 @@ async fn the_callee_sees_the_deadline_and_its_calls_inherit_it() {
     // No deadline: none seen.
     assert_eq!(middle.time_left().await, Ok(None));
     // The callee sees the caller's deadline.
-    let left =
-        pb::pb_core::deadline::with_timeout(Duration::from_secs(10), middle.time_left()).await;
+    let left = pb::deadline::with_timeout(Duration::from_secs(10), middle.time_left()).await;
     assert_eq!(left, Ok(Some(10_000)));
     // An onward call made by the callee carries the same deadline.
-    let left = pb::pb_core::deadline::with_timeout(
+    let left = pb::deadline::with_timeout(
         Duration::from_secs(10),
         middle.relay_time_left(back_ref.clone()),
     )
@@ -164,8 +163,7 @@ async fn the_callee_sees_the_deadline_and_its_calls_inherit_it() {
     assert_eq!(left, Ok(Some(10_000)));
     // And expires with it: `middle`'s call to `back` fails at the deadline; the client's call
     // fails too, at the same instant.
-    let r =
-        pb::pb_core::deadline::with_timeout(Duration::from_secs(3), middle.relay(back_ref)).await;
+    let r = pb::deadline::with_timeout(Duration::from_secs(3), middle.relay(back_ref)).await;
     assert!(
         matches!(r, Ok(ref s) if s == "deadline exceeded") || r == Err(CallError::DeadlineExceeded),
         "{r:?}"
@@ -198,7 +196,7 @@ async fn a_deadline_ends_a_call_to_a_local_object_as_it_ends_a_remote_one() {
         let started = tokio::time::Instant::now();
         let r = within(
             Duration::from_secs(60),
-            pb::pb_core::deadline::with_timeout(Duration::from_secs(5), s.forever()),
+            pb::deadline::with_timeout(Duration::from_secs(5), s.forever()),
         )
         .await;
         assert_eq!(r, Some(Err(CallError::DeadlineExceeded)), "{side}");
@@ -215,15 +213,14 @@ async fn a_deadline_ends_a_call_to_a_local_object_as_it_ends_a_remote_one() {
         let before = slow.started.load(Ordering::SeqCst);
         let r = within(
             Duration::from_secs(60),
-            pb::pb_core::deadline::with_deadline(tokio::time::Instant::now(), s.forever()),
+            pb::deadline::with_deadline(tokio::time::Instant::now(), s.forever()),
         )
         .await;
         assert_eq!(r, Some(Err(CallError::DeadlineExceeded)), "{side}");
         assert_eq!(slow.started.load(Ordering::SeqCst), before, "{side}");
         // The handler sees the deadline, and a call without one sees none.
         assert_eq!(s.time_left().await, Ok(None), "{side}");
-        let left =
-            pb::pb_core::deadline::with_timeout(Duration::from_secs(10), s.time_left()).await;
+        let left = pb::deadline::with_timeout(Duration::from_secs(10), s.time_left()).await;
         assert_eq!(left, Ok(Some(10_000)), "{side}");
     }
 }
@@ -240,7 +237,7 @@ async fn a_local_handler_s_onward_calls_inherit_the_deadline_and_expire_with_it(
         ("local", SlowRef::from_arc(back.clone())),
     ];
     for (n, (side, next)) in targets.into_iter().enumerate() {
-        let left = pb::pb_core::deadline::with_timeout(
+        let left = pb::deadline::with_timeout(
             Duration::from_secs(10),
             middle.relay_time_left(next.clone()),
         )
@@ -248,7 +245,7 @@ async fn a_local_handler_s_onward_calls_inherit_the_deadline_and_expire_with_it(
         assert_eq!(left, Ok(Some(10_000)), "{side}");
         let r = within(
             Duration::from_secs(60),
-            pb::pb_core::deadline::with_timeout(Duration::from_secs(3), middle.relay(next)),
+            pb::deadline::with_timeout(Duration::from_secs(3), middle.relay(next)),
         )
         .await;
         assert!(

@@ -1,7 +1,7 @@
 //! The handshake: a version mismatch is a clear error on both sides, never a hang.
 
 use bytes::BytesMut;
-use pb::pb_core::handshake::{HandshakeError, Hello};
+use pb::proto::handshake::{HandshakeError, Hello};
 use pb::{CallError, CloseReason, ConnectError, Connection, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -7,7 +7,7 @@ mod auth_support;
 use std::sync::{Arc, Mutex};
 
 use auth_support::{AccountRef, PASSWORD, portal};
-use pb::pb_core::scram::{ChannelBinding, ScramClient};
+use pb::proto::scram::{ChannelBinding, ScramClient};
 use pb::stream::{self, Chunk, Stream};
 use pb::{CallError, Client, Config, Connection, Portal, Refusal, Session, TableStats};
 

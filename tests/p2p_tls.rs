@@ -1,8 +1,8 @@
 //! Nodes over mutual TLS: both directions of every link carry calls, and each node knows which
 //! peer is calling by its verified certificate.
 
-use pb::pb_server::dev::DevCa;
-use pb::{Caller, ClientTls, Identity, Node, pb_server::ServerTls};
+use pb::dev::DevCa;
+use pb::{Caller, ClientTls, Identity, Node, ServerTls};
 
 #[pb::remote]
 pub trait Who {

@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use common::*;
-use pb::pb_core::frame::{FrameDecoder, encode_frame};
-use pb::pb_core::message::{FaultKind, Message, MessageLimits, RefDesc};
+use pb::proto::frame::{FrameDecoder, encode_frame};
+use pb::proto::message::{FaultKind, Message, MessageLimits, RefDesc};
 use pb::{Config, Connection, Side};
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};

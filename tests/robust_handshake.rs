@@ -6,7 +6,7 @@ use common::HELLO;
 
 use std::time::Duration;
 
-use pb::pb_core::handshake::HandshakeError;
+use pb::proto::handshake::HandshakeError;
 use pb::{Config, ConnectError, Connection, Side};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 

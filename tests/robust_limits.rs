@@ -76,7 +76,7 @@ async fn a_deeply_nested_argument_is_a_clean_error_and_the_connection_survives()
         .call_raw("depth", Bytes::from(payload), Vec::new())
         .await;
     let fault = r.expect_err("refused");
-    assert_eq!(fault.kind, pb::pb_core::message::FaultKind::BadArguments);
+    assert_eq!(fault.kind, pb::proto::message::FaultKind::BadArguments);
     assert!(
         fault.message.contains("max_depth = 128"),
         "{}",

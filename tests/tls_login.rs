@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use auth_support::{AccountRef, NO_HANG, PASSWORD, portal, temp_dir};
-use pb::pb_server::dev::{DevCa, DevCert};
-use pb::pb_server::rustls;
+use pb::dev::{DevCa, DevCert};
+use pb::rustls;
 use pb::{
     Caller, ClientAuth, ClientError, ClientTls, Identity, LoginError, Refusal, Server,
     ServerHandle, ServerTls,

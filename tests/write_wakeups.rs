@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::KitchenRef;
-use pb::pb_core::handshake::{Features, HELLO_LEN, Hello};
+use pb::proto::handshake::{Features, HELLO_LEN, Hello};
 use pb::{Config, Connection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 

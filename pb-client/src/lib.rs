@@ -60,11 +60,12 @@ mod reconnect;
 pub use reconnect::{Backoff, ClientState, Reconnecting, root_session};
 use tokio::net::ToSocketAddrs;
 
+pub use pb_core::pem::TlsError;
 pub use pb_core::{Identity, PeerCertificate};
 /// The rustls crate pb-client is built with, for custom TLS configurations.
 pub use rustls;
 pub use session::{LoginError, Session};
-pub use tls::{ClientTls, TlsError};
+pub use tls::ClientTls;
 
 /// Connects to pb servers.
 #[derive(Debug, Clone, Copy)]

@@ -2,63 +2,12 @@
 //! check the server's certificate against.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-/// Setting up TLS failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TlsError {
-    /// A PEM file could not be read or parsed.
-    #[error("cannot read PEM from {path}")]
-    Pem {
-        /// The file (or `<memory>`).
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    /// A PEM input held no certificate.
-    #[error("no certificate in {0}")]
-    NoCertificate(PathBuf),
-    /// The server name is not a valid DNS name or IP address.
-    #[error("invalid server name {0:?}")]
-    ServerName(String),
-    /// rustls refused the configuration.
-    #[error("tls configuration refused")]
-    Rustls(#[from] rustls::Error),
-}
-
-fn memory() -> PathBuf {
-    PathBuf::from("<memory>")
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::Pem {
-        path: path.to_owned(),
-        source: rustls::pki_types::pem::Error::Io(e),
-    })
-}
-
-fn certs(pem: &[u8], path: PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem {
-            path: path.clone(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate(path));
-    }
-    Ok(certs)
-}
-
-fn key(pem: &[u8], path: PathBuf) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|source| TlsError::Pem { path, source })
-}
+use pb_core::pem::{TlsError, certs, key, memory, read_file as read};
 
 /// The client's TLS settings.
 ///

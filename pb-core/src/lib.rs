@@ -66,6 +66,7 @@ pub mod deadline;
 mod identity;
 pub mod login;
 mod object;
+pub mod pem;
 pub mod stream;
 pub mod transport;
 

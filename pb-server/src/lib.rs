@@ -56,7 +56,15 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 #[cfg(feature = "dev-certs")]
-pub mod dev;
+mod dev_certs;
+
+/// Development certificates, made at run time: a throwaway certificate authority that issues
+/// server and client certificates, for tests and examples only. Empty unless the feature
+/// `dev-certs` is on (`pb = { features = ["dev-certs"] }`, as a dev-dependency).
+pub mod dev {
+    #[cfg(feature = "dev-certs")]
+    pub use crate::dev_certs::*;
+}
 mod portal;
 mod tls;
 
@@ -74,11 +82,12 @@ use tokio::task::JoinSet;
 
 // pb-core's, so that the dialing side can record a verified certificate the way this
 // server records a client's.
+pub use pb_core::pem::TlsError;
 pub use pb_core::{Identity, PeerCertificate};
 pub use portal::{Avatar, LoginConfig, LoginRequest, Portal, Realm, VerifierStore, Verifiers};
 /// The rustls crate pb-server is built with, for custom TLS configurations.
 pub use rustls;
-pub use tls::{ClientAuth, ServerTls, TlsError, TlsInfo};
+pub use tls::{ClientAuth, ServerTls, TlsInfo};
 
 /// Builds a [`Server`] with non-default settings.
 #[derive(Debug, Clone)]

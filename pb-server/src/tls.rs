@@ -2,82 +2,16 @@
 //! session tells the login logic (channel binding, the verified client certificate).
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use pb_core::PeerCertificate;
 use pb_core::scram::{ChannelBinding, EXPORTER_LABEL, EXPORTER_LEN};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-/// Setting up TLS failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TlsError {
-    /// A PEM file could not be read or parsed.
-    #[error("cannot read PEM from {path}")]
-    Pem {
-        /// The file (or `<memory>`).
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    /// A PEM input held no certificate.
-    #[error("no certificate in {0}")]
-    NoCertificate(PathBuf),
-    /// rustls refused the configuration (for example a key that does not match the
-    /// certificate).
-    #[error("tls configuration refused")]
-    Rustls(#[from] rustls::Error),
-    /// The client-certificate verifier could not be built (for example no usable root).
-    #[error("cannot build the client certificate verifier")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
-    /// A development certificate could not be made.
-    #[error("cannot make a development certificate: {0}")]
-    DevCert(String),
-}
-
-fn memory() -> PathBuf {
-    PathBuf::from("<memory>")
-}
-
-pub(crate) fn certs_from_pem(
-    pem: &[u8],
-    path: PathBuf,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem {
-            path: path.clone(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate(path));
-    }
-    Ok(certs)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::Pem {
-        path: path.to_owned(),
-        source: rustls::pki_types::pem::Error::Io(e),
-    })
-}
-
-/// Roots (trust anchors) from PEM, as a rustls root store.
-pub(crate) fn root_store(pem: &[u8], path: PathBuf) -> Result<rustls::RootCertStore, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs_from_pem(pem, path)? {
-        roots.add(cert)?;
-    }
-    Ok(roots)
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub(crate) use pb_core::pem::root_store;
+use pb_core::pem::{TlsError, certs as certs_from_pem, memory, provider, read_file as read};
 
 /// Whether clients must present a certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,20 +58,14 @@ impl ServerTls {
     ) -> Result<ServerTls, TlsError> {
         let (chain, key) = (chain.as_ref(), key.as_ref());
         let certs = certs_from_pem(&read(chain)?, chain.to_owned())?;
-        let key = PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|source| TlsError::Pem {
-            path: key.to_owned(),
-            source,
-        })?;
+        let key = pb_core::pem::key(&read(key)?, key.to_owned())?;
         Ok(ServerTls::new(certs, key))
     }
 
     /// The certificate chain (leaf first) and private key, from PEM text.
     pub fn from_pem(chain: &[u8], key: &[u8]) -> Result<ServerTls, TlsError> {
         let certs = certs_from_pem(chain, memory())?;
-        let key = PrivateKeyDer::from_pem_slice(key).map_err(|source| TlsError::Pem {
-            path: memory(),
-            source,
-        })?;
+        let key = pb_core::pem::key(key, memory())?;
         Ok(ServerTls::new(certs, key))
     }
 

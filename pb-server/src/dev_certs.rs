@@ -9,7 +9,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use crate::tls::TlsError;
+use crate::TlsError;
 
 fn dev_err(e: rcgen::Error) -> TlsError {
     TlsError::DevCert(e.to_string())
