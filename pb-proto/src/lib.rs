@@ -12,6 +12,7 @@
 //! - `handshake`: magic, protocol version and feature flags;
 //! - `message`: the native protocol's envelopes (call, answer, fault, release, cancel, update,
 //!   revoked, ping, pong, goodbye);
+//! - `outbox`: the bytes queued for the peer, in order, large payloads uncopied;
 //! - `scram`: SCRAM-SHA-256 with `tls-exporter` channel binding (client and server);
 //! - `hash`: the hashers of the id-keyed tables;
 //! - `liveness`: keep-alive and idle timing, driven by an explicit `now`;
@@ -43,4 +44,5 @@ pub mod handshake;
 pub mod hash;
 pub mod liveness;
 pub mod message;
+pub mod outbox;
 pub mod scram;
