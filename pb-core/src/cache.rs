@@ -146,16 +146,23 @@ impl<T: CacheState> Cache<T> {
     }
 
     /// Apply `update` here and send it to every observing peer. Returns the new version.
+    ///
+    /// Fails, changing nothing, if the update cannot be encoded (for example because it holds
+    /// an object reference): applied here but not sent, it would leave every replica behind.
     pub fn update(&self, update: T::Update) -> Result<u64, CodecError> {
         let _sending = lock(&self.inner.sending);
-        let mut version = 0;
+        // Only `update` changes the state, under `sending`: the next version is known.
+        let version = self.inner.state.borrow().version + 1;
+        // A reference encodes as the value does.
+        let msg: CacheMsg<(), &T::Update> = CacheMsg::Apply {
+            version,
+            update: &update,
+        };
+        let payload = encode_msg(&msg)?;
         self.inner.state.send_modify(|st| {
             st.value.apply(&update);
-            st.version += 1;
-            version = st.version;
+            st.version = version;
         });
-        let msg: CacheMsg<(), T::Update> = CacheMsg::Apply { version, update };
-        let payload = encode_msg(&msg)?;
         let targets: Vec<_> = lock(&self.inner.observers)
             .linked
             .values()
@@ -518,5 +525,26 @@ impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
         Ok(Replica {
             inner: Kind::Remote(inner),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_that_cannot_be_encoded_changes_nothing() {
+        #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+        struct Refs(u64);
+        impl CacheState for Refs {
+            type Update = ObjectRef;
+            fn apply(&mut self, _: &ObjectRef) {
+                self.0 += 1;
+            }
+        }
+        let cache = Cache::new(Refs(0));
+        let object = ObjectRef::from_arc(cache.inner.clone());
+        assert!(cache.update(object).is_err());
+        assert_eq!((cache.version(), cache.get().0), (0, 0));
     }
 }
