@@ -13,8 +13,10 @@
 //! are sent. Sending the same cache twice on one connection reuses the peer's replica.
 //!
 //! Updates carry version numbers. If an update happens between the moment a cache's state is
-//! encoded for a peer and the moment the peer starts observing it, the owner follows the message
-//! that carries the cache with a full copy of the newer state, so a replica never misses an update.
+//! encoded for a peer and the moment the message that carries it is queued (whether the peer
+//! starts observing then or already observes), the owner follows that message with a full copy
+//! of the newer state, so a replica never misses an update: the update itself may have gone to
+//! a reference the peer had just dropped.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -213,6 +215,26 @@ impl<T: CacheState> CacheInner<T> {
         let handle = ObjectRef::from_arc(self.clone());
         (handle, snapshot.version, snapshot.value).serialize(s)
     }
+
+    /// What must follow a message that carries the state encoded at version `encoded` (`None`:
+    /// unknown, so assume older): the current state, if it is newer.
+    fn catch_up(&self, encoded: Option<u64>) -> Option<Bytes> {
+        let st = self.state.borrow();
+        if encoded.is_some_and(|v| v >= st.version) {
+            return None;
+        }
+        let msg: CacheMsg<&T, ()> = CacheMsg::Replace {
+            version: st.version,
+            state: &st.value,
+        };
+        match encode_msg(&msg) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a cache catch-up");
+                None
+            }
+        }
+    }
 }
 
 impl<T: CacheState> Dispatch for CacheInner<T> {
@@ -238,22 +260,15 @@ impl<T: CacheState> Dispatch for CacheInner<T> {
             self.observer_count.send_replace(obs.linked.len());
             encoded
         };
-        let st = self.state.borrow();
-        if encoded.is_some_and(|v| v >= st.version) {
-            return None;
-        }
-        // The state the peer received is older than ours: follow it with the current one.
-        let msg: CacheMsg<&T, ()> = CacheMsg::Replace {
-            version: st.version,
-            state: &st.value,
-        };
-        match encode_msg(&msg) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a cache catch-up");
-                None
-            }
-        }
+        self.catch_up(encoded)
+    }
+
+    fn on_resend(&self, connection: u64) -> Option<Bytes> {
+        // The peer observes already, but the updates made since this state was encoded went
+        // to a reference it may have dropped meanwhile (its release crossing this message):
+        // the replica this message makes would start behind them.
+        let encoded = lock(&self.observers).encoded.remove(&connection);
+        self.catch_up(encoded)
     }
 
     fn on_unexport(&self, connection: u64) {

@@ -47,6 +47,14 @@ pub trait Dispatch: Send + Sync + 'static {
         None
     }
 
+    /// Called when the object is sent again on connection `connection`, which exports it
+    /// already, under that connection's lock: must not block. May return an update to send
+    /// right after the message that carries the object. Used by caches.
+    #[doc(hidden)]
+    fn on_resend(&self, _connection: u64) -> Option<Bytes> {
+        None
+    }
+
     /// The object as `Any`, for pb's own object types that need to recognise themselves when
     /// they come home.
     #[doc(hidden)]
