@@ -454,3 +454,27 @@ async fn an_update_between_release_and_refetch() {
     reaches(&replica, 4, &cache).await;
     assert_eq!(replica.get().n, 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_dropped_while_its_reference_is_sent_again_misses_no_update() {
+    // The answer that sends the cache again is resolved by the connection (the reference is
+    // the one the replica holds) before the caller decodes it; if the replica is dropped in
+    // between, updates that arrive meanwhile must still reach the replica the caller decodes.
+    let cache = Cache::new(Counter::default());
+    let (_server, client) = common::memory_pair(FeedRef::new(FeedImpl(cache.clone()))).await;
+    let feed: FeedRef = client.root();
+    let held = feed.counter().await.unwrap();
+    let outcome = client
+        .root_ref()
+        .call_raw("counter", bytes::Bytes::new(), Vec::new())
+        .await
+        .unwrap();
+    drop(held);
+    for _ in 0..3 {
+        cache.update(1).unwrap();
+    }
+    let version = feed.bump().await.unwrap();
+    let replica: Replica<Counter> = pb::pb_core::decode_outcome::<_, ()>(outcome).unwrap();
+    reaches(&replica, version, &cache).await;
+    assert_eq!(replica.get().n, version, "every update applied once");
+}

@@ -17,6 +17,11 @@
 //! starts observing then or already observes), the owner follows that message with a full copy
 //! of the newer state, so a replica never misses an update: the update itself may have gone to
 //! a reference the peer had just dropped.
+//!
+//! On the receiving side the replica's state is kept by the imported reference, not only by the
+//! [`Replica`] clones, so a replica dropped while its reference is still held (by an answer
+//! not yet decoded that sends the cache again) goes on receiving updates and is the one that
+//! answer decodes to.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -285,7 +290,16 @@ pub(crate) trait ReplicaSink: Send + Sync {
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
-/// Where updates for an imported object go, if it turns out to be a cache.
+/// Where updates for an imported object go, if it turns out to be a cache. It lives in the
+/// imported handle, so the replica's state lives as long as the handle, not only as long as
+/// the [`Replica`] clones: an answer that sends the cache again may hold the handle while the
+/// last clone is dropped, and the replica it decodes to must not have missed what arrived
+/// meanwhile.
+///
+/// ```text
+/// Unattached ─update─▶ Buffered ─replica decoded (buffered updates applied)─▶ Attached
+///      └────────────────────────────replica decoded──────────────────────────────┘
+/// ```
 #[derive(Default)]
 pub(crate) enum ReplicaSlot {
     /// No update has arrived and no replica exists.
@@ -293,18 +307,14 @@ pub(crate) enum ReplicaSlot {
     Unattached,
     /// Updates that arrived before the replica was decoded.
     Buffered(Vec<Bytes>),
-    /// The replica.
-    Attached(Weak<dyn ReplicaSink>),
+    /// The replica's state.
+    Attached(Arc<dyn ReplicaSink>),
 }
 
 impl ReplicaSlot {
     pub(crate) fn deliver(&mut self, payload: Bytes) {
         match self {
-            ReplicaSlot::Attached(sink) => {
-                if let Some(sink) = sink.upgrade() {
-                    sink.apply(&payload);
-                }
-            }
+            ReplicaSlot::Attached(sink) => sink.apply(&payload),
             ReplicaSlot::Unattached => *self = ReplicaSlot::Buffered(vec![payload]),
             ReplicaSlot::Buffered(pending) => {
                 if pending.len() < MAX_BUFFERED_UPDATES {
@@ -319,12 +329,13 @@ impl ReplicaSlot {
     }
 }
 
-struct ReplicaInner<T: CacheState> {
-    owner: ObjectRef,
+/// A remote replica's state: shared by its [`Replica`] clones and the slot of the imported
+/// handle, which applies updates to it.
+struct ReplicaState<T: CacheState> {
     state: watch::Sender<Versioned<T>>,
 }
 
-impl<T: CacheState> ReplicaSink for ReplicaInner<T> {
+impl<T: CacheState> ReplicaSink for ReplicaState<T> {
     fn apply(&self, payload: &[u8]) {
         let msg: CacheMsg<T, T::Update> = match codec::decode(payload, Vec::new()) {
             Ok(m) => m,
@@ -370,7 +381,11 @@ pub struct Replica<T: CacheState> {
 
 enum Kind<T: CacheState> {
     Local(Arc<CacheInner<T>>),
-    Remote(Arc<ReplicaInner<T>>),
+    Remote {
+        /// The imported handle: holding it keeps the owner sending updates.
+        owner: ObjectRef,
+        state: Arc<ReplicaState<T>>,
+    },
 }
 
 impl<T: CacheState> Clone for Replica<T> {
@@ -378,7 +393,10 @@ impl<T: CacheState> Clone for Replica<T> {
         Replica {
             inner: match &self.inner {
                 Kind::Local(c) => Kind::Local(c.clone()),
-                Kind::Remote(r) => Kind::Remote(r.clone()),
+                Kind::Remote { owner, state } => Kind::Remote {
+                    owner: owner.clone(),
+                    state: state.clone(),
+                },
             },
         }
     }
@@ -397,7 +415,7 @@ impl<T: CacheState> PartialEq for Replica<T> {
     fn eq(&self, other: &Self) -> bool {
         match (&self.inner, &other.inner) {
             (Kind::Local(a), Kind::Local(b)) => Arc::ptr_eq(a, b),
-            (Kind::Remote(a), Kind::Remote(b)) => Arc::ptr_eq(a, b),
+            (Kind::Remote { state: a, .. }, Kind::Remote { state: b, .. }) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -407,7 +425,7 @@ impl<T: CacheState> Replica<T> {
     fn state(&self) -> &watch::Sender<Versioned<T>> {
         match &self.inner {
             Kind::Local(c) => &c.state,
-            Kind::Remote(r) => &r.state,
+            Kind::Remote { state, .. } => &state.state,
         }
     }
 
@@ -420,7 +438,7 @@ impl<T: CacheState> Replica<T> {
     pub fn cache(&self) -> Option<Cache<T>> {
         match &self.inner {
             Kind::Local(c) => Some(Cache { inner: c.clone() }),
-            Kind::Remote(_) => None,
+            Kind::Remote { .. } => None,
         }
     }
 
@@ -454,9 +472,9 @@ impl<T: CacheState> Replica<T> {
         };
         match &self.inner {
             Kind::Local(_) => wait.await,
-            Kind::Remote(r) => tokio::select! {
+            Kind::Remote { owner, .. } => tokio::select! {
                 r = wait => r,
-                _ = r.owner.disconnected() => Err(CallError::Disconnected),
+                _ = owner.disconnected() => Err(CallError::Disconnected),
             },
         }
     }
@@ -465,7 +483,7 @@ impl<T: CacheState> Replica<T> {
     pub fn is_connected(&self) -> bool {
         match &self.inner {
             Kind::Local(_) => true,
-            Kind::Remote(r) => r.owner.is_connected(),
+            Kind::Remote { owner, .. } => owner.is_connected(),
         }
     }
 
@@ -473,7 +491,7 @@ impl<T: CacheState> Replica<T> {
     pub async fn disconnected(&self) {
         match &self.inner {
             Kind::Local(_) => std::future::pending().await,
-            Kind::Remote(r) => r.owner.disconnected().await,
+            Kind::Remote { owner, .. } => owner.disconnected().await,
         }
     }
 }
@@ -482,17 +500,17 @@ impl<T: CacheState> Serialize for Replica<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match &self.inner {
             Kind::Local(c) => c.serialize_for_peer(s),
-            Kind::Remote(r) => {
+            Kind::Remote { owner, state } => {
                 // Back to its owner, it goes as the owner's own object; anywhere else it would
                 // need the owner to observe through us, which pb does not do.
-                let home = r.owner.peer().map(|c| c.id());
+                let home = owner.peer().map(|c| c.id());
                 if home.is_none() || codec::current_peer().map(|c| c.id()) != home {
                     return Err(serde::ser::Error::custom(
                         "a replica can only be sent back to its owner",
                     ));
                 }
-                let st = r.state.borrow().clone();
-                (&r.owner, st.version, st.value).serialize(s)
+                let st = state.state.borrow().clone();
+                (owner, st.version, st.value).serialize(s)
             }
         }
     }
@@ -518,27 +536,34 @@ impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
             }
         };
         let mut slot = lock(&imp.replica);
-        if let ReplicaSlot::Attached(existing) = &*slot
-            && let Some(existing) = existing.upgrade()
-            && let Ok(inner) = existing.as_any().downcast::<ReplicaInner<T>>()
-        {
-            return Ok(Replica {
-                inner: Kind::Remote(inner),
-            });
-        }
-        let inner = Arc::new(ReplicaInner {
-            owner,
+        let pending = match std::mem::take(&mut *slot) {
+            // The cache was sent again while this reference was held: its replica goes on,
+            // with every update that arrived since.
+            ReplicaSlot::Attached(existing) => {
+                let found = existing.clone().as_any().downcast::<ReplicaState<T>>();
+                *slot = ReplicaSlot::Attached(existing);
+                let state = found.map_err(|_| {
+                    serde::de::Error::custom(
+                        "a cache already received as a replica of another type",
+                    )
+                })?;
+                return Ok(Replica {
+                    inner: Kind::Remote { owner, state },
+                });
+            }
+            ReplicaSlot::Unattached => Vec::new(),
+            ReplicaSlot::Buffered(pending) => pending,
+        };
+        let state = Arc::new(ReplicaState {
             state: watch::channel(Versioned { version, value }).0,
         });
-        if let ReplicaSlot::Buffered(pending) = std::mem::take(&mut *slot) {
-            for payload in pending {
-                inner.apply(&payload);
-            }
+        for payload in pending {
+            state.apply(&payload);
         }
-        let sink: Weak<dyn ReplicaSink> = Arc::downgrade(&inner) as Weak<dyn ReplicaSink>;
-        *slot = ReplicaSlot::Attached(sink);
+        *slot = ReplicaSlot::Attached(state.clone());
+        drop(slot);
         Ok(Replica {
-            inner: Kind::Remote(inner),
+            inner: Kind::Remote { owner, state },
         })
     }
 }
