@@ -306,9 +306,11 @@ async fn reaches(replica: &Replica<Counter>, version: u64, owner: &Cache<Counter
     );
     if !matches!(reached.await, Ok(Ok(_))) {
         panic!(
-            "the replica stayed at version {} for 5 s while the owner went from {version} to {}",
+            "the replica stayed at version {} for 5 s while the owner went from {version} to {} \
+             (replica error: {:?})",
             replica.version(),
-            owner.version()
+            owner.version(),
+            replica.error()
         );
     }
 }
@@ -477,4 +479,41 @@ async fn a_replica_dropped_while_its_reference_is_sent_again_misses_no_update() 
     let replica: Replica<Counter> = pb::pb_core::decode_outcome::<_, ()>(outcome).unwrap();
     reaches(&replica, version, &cache).await;
     assert_eq!(replica.get().n, version, "every update applied once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn updates_dropped_before_the_replica_is_decoded_are_reported() {
+    // At most 4 096 updates are kept for a replica not decoded yet; past that they are
+    // dropped, and the replica says so instead of silently staying behind.
+    let cache = Cache::new(Counter::default());
+    let (_server, client) = common::memory_pair(FeedRef::new(FeedImpl(cache.clone()))).await;
+    let feed: FeedRef = client.root();
+    let outcome = client
+        .root_ref()
+        .call_raw("counter", bytes::Bytes::new(), Vec::new())
+        .await
+        .unwrap();
+    for _ in 0..5000 {
+        cache.update(1).unwrap();
+    }
+    let version = feed.bump().await.unwrap();
+    let replica: Replica<Counter> = pb::pb_core::decode_outcome::<_, ()>(outcome).unwrap();
+    assert_eq!(
+        replica.error(),
+        Some(pb::ReplicaError::TooManyBuffered { max: 4096 })
+    );
+    assert_eq!(replica.version(), 4096, "what was kept is applied");
+    let waited =
+        tokio::time::timeout(Duration::from_secs(5), replica.wait_for(|c| c.n == version)).await;
+    assert!(
+        matches!(waited, Ok(Err(pb::CallError::OutOfSync(_)))),
+        "{waited:?}"
+    );
+    // Dropped and fetched again, it is a fresh replica that follows the owner.
+    drop(replica);
+    assert!(common::settle(|| client.stats().tables.imported == 0).await);
+    let replica = feed.counter().await.unwrap();
+    assert_eq!(replica.error(), None);
+    let version = feed.bump().await.unwrap();
+    assert_eq!((replica.version(), replica.get().n), (version, version));
 }

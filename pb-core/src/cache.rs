@@ -21,7 +21,10 @@
 //! On the receiving side the replica's state is kept by the imported reference, not only by the
 //! [`Replica`] clones, so a replica dropped while its reference is still held (by an answer
 //! not yet decoded that sends the cache again) goes on receiving updates and is the one that
-//! answer decodes to.
+//! answer decodes to. A replica that still misses an update (it arrives out of sequence, cannot
+//! be decoded, or too many arrive before the replica is decoded) does not fail silently: the
+//! error is logged, [`Replica::error`] names it and [`Replica::wait_for`] fails with
+//! [`CallError::OutOfSync`] until a full state from the owner puts it back in sync.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -235,6 +238,7 @@ impl<T: CacheState> CacheInner<T> {
         match encode_msg(&msg) {
             Ok(p) => Some(p),
             Err(e) => {
+                // The replica falls behind; it reports that itself at the next update.
                 tracing::error!(error = %e, "cannot encode a cache catch-up");
                 None
             }
@@ -284,6 +288,36 @@ impl<T: CacheState> Dispatch for CacheInner<T> {
     }
 }
 
+/// Why a replica stopped following its cache: it missed an update, so its state is older than
+/// the owner's and updates no longer apply to it. A full state from the owner puts it back in
+/// sync; dropping every clone of the replica and fetching the cache again gives a fresh one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// An update arrived for a later version than the next one: those between were missed.
+    #[error("cache update for version {got} arrived at version {have}: updates were missed")]
+    OutOfSequence {
+        /// The replica's version.
+        have: u64,
+        /// The version of the update that arrived.
+        got: u64,
+    },
+    /// An update could not be decoded (the peers disagree on the cache's types).
+    #[error("undecodable cache update at version {have}: {reason}")]
+    Undecodable {
+        /// The replica's version.
+        have: u64,
+        /// The decoder's error.
+        reason: String,
+    },
+    /// More updates arrived before the replica was decoded than are kept for it.
+    #[error("more than {max} cache updates arrived before the replica was decoded")]
+    TooManyBuffered {
+        /// The most kept.
+        max: usize,
+    },
+}
+
 /// Receives updates for a replica.
 pub(crate) trait ReplicaSink: Send + Sync {
     fn apply(&self, payload: &[u8]);
@@ -305,8 +339,11 @@ pub(crate) enum ReplicaSlot {
     /// No update has arrived and no replica exists.
     #[default]
     Unattached,
-    /// Updates that arrived before the replica was decoded.
-    Buffered(Vec<Bytes>),
+    /// Updates that arrived before the replica was decoded; `overflowed`: some were dropped.
+    Buffered {
+        pending: Vec<Bytes>,
+        overflowed: bool,
+    },
     /// The replica's state.
     Attached(Arc<dyn ReplicaSink>),
 }
@@ -315,13 +352,24 @@ impl ReplicaSlot {
     pub(crate) fn deliver(&mut self, payload: Bytes) {
         match self {
             ReplicaSlot::Attached(sink) => sink.apply(&payload),
-            ReplicaSlot::Unattached => *self = ReplicaSlot::Buffered(vec![payload]),
-            ReplicaSlot::Buffered(pending) => {
+            ReplicaSlot::Unattached => {
+                *self = ReplicaSlot::Buffered {
+                    pending: vec![payload],
+                    overflowed: false,
+                }
+            }
+            ReplicaSlot::Buffered {
+                pending,
+                overflowed,
+            } => {
                 if pending.len() < MAX_BUFFERED_UPDATES {
                     pending.push(payload);
-                } else {
-                    tracing::warn!(
-                        "dropping a cache update: too many before the replica was decoded"
+                } else if !*overflowed {
+                    // The replica will be told when it is decoded (`TooManyBuffered`).
+                    *overflowed = true;
+                    tracing::error!(
+                        max = MAX_BUFFERED_UPDATES,
+                        "dropping cache updates: too many before the replica was decoded"
                     );
                 }
             }
@@ -333,6 +381,32 @@ impl ReplicaSlot {
 /// handle, which applies updates to it.
 struct ReplicaState<T: CacheState> {
     state: watch::Sender<Versioned<T>>,
+    /// Set when an update was missed; cleared by a full state from the owner.
+    error: Mutex<Option<ReplicaError>>,
+}
+
+impl<T: CacheState> ReplicaState<T> {
+    fn new(version: u64, value: T) -> ReplicaState<T> {
+        ReplicaState {
+            state: watch::channel(Versioned { version, value }).0,
+            error: Mutex::new(None),
+        }
+    }
+
+    /// The replica no longer follows its cache: say so once, and wake its waiters.
+    fn fail(&self, error: ReplicaError) {
+        let mut slot = lock(&self.error);
+        if slot.is_none() {
+            tracing::error!(%error, "a cache replica stopped following its owner");
+            *slot = Some(error);
+            drop(slot);
+            self.state.send_modify(|_| {});
+        }
+    }
+
+    fn error(&self) -> Option<ReplicaError> {
+        lock(&self.error).clone()
+    }
 }
 
 impl<T: CacheState> ReplicaSink for ReplicaState<T> {
@@ -340,16 +414,23 @@ impl<T: CacheState> ReplicaSink for ReplicaState<T> {
         let msg: CacheMsg<T, T::Update> = match codec::decode(payload, Vec::new()) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, "undecodable cache update");
+                let have = self.state.borrow().version;
+                self.fail(ReplicaError::Undecodable {
+                    have,
+                    reason: e.to_string(),
+                });
                 return;
             }
         };
+        let mut missed = None;
+        let mut in_sync = false;
         self.state.send_if_modified(|st| match msg {
             CacheMsg::Replace { version, state } if version > st.version => {
                 *st = Versioned {
                     version,
                     value: state,
                 };
+                in_sync = true;
                 true
             }
             CacheMsg::Apply { version, update } if version == st.version + 1 => {
@@ -358,11 +439,20 @@ impl<T: CacheState> ReplicaSink for ReplicaState<T> {
                 true
             }
             CacheMsg::Apply { version, .. } if version > st.version + 1 => {
-                tracing::warn!(version, have = st.version, "cache update out of sequence");
+                missed = Some(ReplicaError::OutOfSequence {
+                    have: st.version,
+                    got: version,
+                });
                 false
             }
+            // What the replica has already (a full state may overlap the updates around it).
             _ => false,
         });
+        if let Some(error) = missed {
+            self.fail(error);
+        } else if in_sync && lock(&self.error).take().is_some() {
+            tracing::info!("a cache replica is back in sync with its owner");
+        }
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
@@ -452,30 +542,59 @@ impl<T: CacheState> Replica<T> {
         self.state().borrow().version
     }
 
-    /// A receiver that sees every change (`changed().await`, `borrow()`).
+    /// A receiver that sees every change (`changed().await`, `borrow()`); it is also woken,
+    /// with no change, when the replica stops following its cache (see [`Replica::error`]).
     pub fn subscribe(&self) -> watch::Receiver<Versioned<T>> {
         self.state().subscribe()
     }
 
+    /// Why this replica no longer follows its cache, if it does not: it missed an update (the
+    /// error was logged when it happened) and holds an older state than the owner. A full state
+    /// from the owner puts it back in sync; dropping every clone and fetching the cache again
+    /// gives a fresh replica. Always `None` for a local view.
+    pub fn error(&self) -> Option<ReplicaError> {
+        match &self.inner {
+            Kind::Local(_) => None,
+            Kind::Remote { state, .. } => state.error(),
+        }
+    }
+
     /// Wait until the state satisfies `f` (checked at once, then on each update); fails if the
-    /// connection to the owner is lost first.
+    /// connection to the owner is lost first ([`CallError::Disconnected`]), or if the replica
+    /// stops following its cache before the state satisfies `f` ([`CallError::OutOfSync`],
+    /// see [`Replica::error`]).
     pub async fn wait_for(
         &self,
         mut f: impl FnMut(&T) -> bool,
     ) -> Result<T, CallError<std::convert::Infallible>> {
         let mut rx = self.state().subscribe();
-        let wait = async move {
-            match rx.wait_for(|v| f(&v.value)).await {
+        match &self.inner {
+            Kind::Local(_) => match rx.wait_for(|v| f(&v.value)).await {
                 Ok(v) => Ok(v.value.clone()),
                 Err(_) => Err(CallError::Disconnected),
-            }
-        };
-        match &self.inner {
-            Kind::Local(_) => wait.await,
-            Kind::Remote { owner, .. } => tokio::select! {
-                r = wait => r,
-                _ = owner.disconnected() => Err(CallError::Disconnected),
             },
+            Kind::Remote { owner, state } => {
+                let wait = async {
+                    let mut failed = None;
+                    let found = rx
+                        .wait_for(|v| {
+                            f(&v.value) || {
+                                failed = state.error();
+                                failed.is_some()
+                            }
+                        })
+                        .await;
+                    match (found, failed) {
+                        (Ok(_), Some(e)) => Err(CallError::OutOfSync(e.to_string())),
+                        (Ok(v), None) => Ok(v.value.clone()),
+                        (Err(_), _) => Err(CallError::Disconnected),
+                    }
+                };
+                tokio::select! {
+                    r = wait => r,
+                    _ = owner.disconnected() => Err(CallError::Disconnected),
+                }
+            }
         }
     }
 
@@ -536,7 +655,7 @@ impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
             }
         };
         let mut slot = lock(&imp.replica);
-        let pending = match std::mem::take(&mut *slot) {
+        let (pending, overflowed) = match std::mem::take(&mut *slot) {
             // The cache was sent again while this reference was held: its replica goes on,
             // with every update that arrived since.
             ReplicaSlot::Attached(existing) => {
@@ -551,14 +670,20 @@ impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
                     inner: Kind::Remote { owner, state },
                 });
             }
-            ReplicaSlot::Unattached => Vec::new(),
-            ReplicaSlot::Buffered(pending) => pending,
+            ReplicaSlot::Unattached => (Vec::new(), false),
+            ReplicaSlot::Buffered {
+                pending,
+                overflowed,
+            } => (pending, overflowed),
         };
-        let state = Arc::new(ReplicaState {
-            state: watch::channel(Versioned { version, value }).0,
-        });
+        let state = Arc::new(ReplicaState::new(version, value));
         for payload in pending {
             state.apply(&payload);
+        }
+        if overflowed {
+            state.fail(ReplicaError::TooManyBuffered {
+                max: MAX_BUFFERED_UPDATES,
+            });
         }
         *slot = ReplicaSlot::Attached(state.clone());
         drop(slot);
@@ -571,6 +696,91 @@ impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+    struct Sum(u64);
+
+    impl CacheState for Sum {
+        type Update = u64;
+        fn apply(&mut self, d: &u64) {
+            self.0 += d;
+        }
+    }
+
+    fn add(version: u64, d: u64) -> Bytes {
+        encode_msg(&CacheMsg::<(), u64>::Apply { version, update: d }).unwrap()
+    }
+
+    fn replace(version: u64, value: u64) -> Bytes {
+        encode_msg(&CacheMsg::<Sum, ()>::Replace {
+            version,
+            state: Sum(value),
+        })
+        .unwrap()
+    }
+
+    fn seen(st: &ReplicaState<Sum>) -> (u64, u64) {
+        let v = st.state.borrow();
+        (v.version, v.value.0)
+    }
+
+    #[test]
+    fn an_update_out_of_sequence_is_reported_and_a_full_state_resyncs() {
+        let st = ReplicaState::new(0, Sum(0));
+        let mut rx = st.state.subscribe();
+        st.apply(&add(1, 1));
+        // What the replica has already is no gap (a full state overlaps the updates around it).
+        st.apply(&add(1, 1));
+        st.apply(&replace(1, 1));
+        assert_eq!((seen(&st), st.error()), ((1, 1), None));
+        rx.borrow_and_update();
+        st.apply(&add(3, 1));
+        assert_eq!(
+            st.error(),
+            Some(ReplicaError::OutOfSequence { have: 1, got: 3 })
+        );
+        assert!(rx.has_changed().unwrap(), "waiters are woken");
+        st.apply(&add(4, 1));
+        assert_eq!(seen(&st), (1, 1), "updates past a gap do not apply");
+        st.apply(&replace(4, 4));
+        assert_eq!(
+            (seen(&st), st.error()),
+            ((4, 4), None),
+            "a full state resyncs"
+        );
+        st.apply(&add(5, 1));
+        assert_eq!(seen(&st), (5, 5));
+    }
+
+    #[test]
+    fn an_undecodable_update_is_reported() {
+        let st = ReplicaState::new(7, Sum(0));
+        st.apply(&[0xff; 3]);
+        assert!(
+            matches!(st.error(), Some(ReplicaError::Undecodable { have: 7, .. })),
+            "{:?}",
+            st.error()
+        );
+        assert_eq!(seen(&st), (7, 0));
+    }
+
+    #[test]
+    fn updates_past_the_buffer_are_marked_dropped() {
+        let mut slot = ReplicaSlot::default();
+        for v in 1..=MAX_BUFFERED_UPDATES as u64 + 2 {
+            slot.deliver(add(v, 1));
+        }
+        match slot {
+            ReplicaSlot::Buffered {
+                pending,
+                overflowed,
+            } => {
+                assert_eq!(pending.len(), MAX_BUFFERED_UPDATES);
+                assert!(overflowed);
+            }
+            _ => panic!("updates before the replica are buffered"),
+        }
+    }
 
     #[test]
     fn an_update_that_cannot_be_encoded_changes_nothing() {

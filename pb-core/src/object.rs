@@ -296,6 +296,10 @@ pub enum CallError<E> {
     /// [`Connection::dial`]: crate::Connection::dial
     #[error("the pb handshake with the peer failed: {0}")]
     Handshake(String),
+    /// A replica missed updates from its cache's owner and no longer follows it (see
+    /// [`Replica::error`](crate::Replica::error), which names why).
+    #[error("the replica no longer follows its cache: {0}")]
+    OutOfSync(String),
 }
 
 impl<E> CallError<E> {
@@ -342,6 +346,7 @@ impl<E> CallError<E> {
             CallError::Internal(m) => CallError::Internal(m),
             CallError::DeadlineExceeded => CallError::DeadlineExceeded,
             CallError::Handshake(m) => CallError::Handshake(m),
+            CallError::OutOfSync(m) => CallError::OutOfSync(m),
         }
     }
 }
