@@ -78,8 +78,8 @@ pub use pb_core::stream::{Chunk, Stream};
 pub use pb_core::{
     BoxFuture, Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError, Connection,
     ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits, ObjectRef,
-    Outcome, Remote, Replica, Reply, Side, TableStats, Versioned, codec, deadline, login, scram,
-    stream, transport,
+    Outcome, Remote, Replica, ReplicaError, Reply, Side, TableStats, Versioned, codec, deadline,
+    login, scram, stream, transport,
 };
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{

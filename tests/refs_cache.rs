@@ -1,7 +1,12 @@
 //! Cacheable objects: the replica is created, updated in order, observation stops when it is
-//! dropped, and sending the same cache twice reuses the replica (Twisted's `test_cache`).
+//! dropped, sending the same cache twice reuses the replica (Twisted's `test_cache`), and a
+//! replica dropped and fetched again while the owner updates follows every update.
 
 mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use pb::{Cache, CacheState, Replica};
 
@@ -217,4 +222,298 @@ impl Thing for ThingHolder {
     async fn take(&self, _board: Replica<Board>) -> Result<(), ()> {
         Ok(())
     }
+}
+
+// ---- fetching a replica again while the owner updates ----------------------------------------
+
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Counter {
+    pub n: u64,
+}
+
+impl CacheState for Counter {
+    type Update = u64;
+    fn apply(&mut self, d: &u64) {
+        self.n += d;
+    }
+}
+
+#[pb::remote]
+pub trait Feed {
+    async fn counter(&self) -> Result<Replica<Counter>, ()>;
+    /// Updates the cache and answers its version: the answer follows every update sent before
+    /// it, so a replica held when it arrives has that version or a later one.
+    async fn bump(&self) -> Result<u64, ()>;
+}
+
+struct FeedImpl(Cache<Counter>);
+
+impl Feed for FeedImpl {
+    async fn counter(&self) -> Result<Replica<Counter>, ()> {
+        Ok(self.0.replica())
+    }
+    async fn bump(&self) -> Result<u64, ()> {
+        self.0.update(1).map_err(|_| ())
+    }
+}
+
+/// Serves a [`Feed`] and updates the cache once more after each answer is encoded and before
+/// it is written: what an update made meanwhile on another thread does (see
+/// `refetching_on_a_multi_thread_runtime_misses_no_update`, which races for real).
+struct UpdateBeforeAnswer {
+    feed: pb::ObjectRef,
+    cache: Cache<Counter>,
+}
+
+impl pb::Dispatch for UpdateBeforeAnswer {
+    fn interface(&self) -> &'static pb::Interface {
+        <FeedRef as pb::Remote>::INTERFACE
+    }
+
+    fn dispatch(self: Arc<Self>, call: pb::IncomingCall) -> pb::BoxFuture<pb::Reply> {
+        let answer = self.feed.dispatch(call);
+        Box::pin(async move {
+            let reply = answer.await;
+            self.cache.update(1).expect("an update encodes");
+            reply
+        })
+    }
+}
+
+/// Updates `cache` every virtual millisecond until the returned flag is set.
+fn keep_updating(cache: &Cache<Counter>) -> (Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                cache.update(1).expect("an update encodes");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    (stop, task)
+}
+
+/// Wait (in virtual time) until `replica` reaches `version`; on failure, say where it stayed
+/// while the owner went on updating it.
+async fn reaches(replica: &Replica<Counter>, version: u64, owner: &Cache<Counter>) {
+    let mut rx = replica.subscribe();
+    let reached = tokio::time::timeout(
+        Duration::from_secs(5),
+        rx.wait_for(|s| s.version >= version),
+    );
+    if !matches!(reached.await, Ok(Ok(_))) {
+        panic!(
+            "the replica stayed at version {} for 5 s while the owner went from {version} to {} \
+             (replica error: {:?})",
+            replica.version(),
+            owner.version(),
+            replica.error()
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn refetching_while_the_owner_updates_keeps_the_replica_current() {
+    let cache = Cache::new(Counter::default());
+    let root = UpdateBeforeAnswer {
+        feed: FeedRef::new(FeedImpl(cache.clone())).into(),
+        cache: cache.clone(),
+    };
+    let (server, client) = common::memory_pair(pb::ObjectRef::local(root)).await;
+    let feed: FeedRef = client.root();
+    let (stop, updater) = keep_updating(&cache);
+    for i in 0..50 {
+        // Dropped at once: its release crosses the next fetch, which the owner answers under
+        // the same id.
+        let replica = feed.counter().await.unwrap();
+        let version = feed.bump().await.unwrap();
+        // The answer to `bump` follows the update it made: the replica has it already.
+        let had = replica.version();
+        if had < version {
+            eprintln!(
+                "iteration {i}: the fetched replica is at version {had}, the owner at {version}"
+            );
+        }
+        reaches(&replica, version, &cache).await;
+        assert!(
+            had >= version,
+            "iteration {i}: the replica was late ({had} < {version})"
+        );
+        assert_eq!(
+            replica.get().n,
+            replica.version(),
+            "every update applied once"
+        );
+        drop(replica);
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    updater.await.unwrap();
+    // Nothing leaks: once the last replica's release is in, the owner exports nothing.
+    assert!(common::settle(|| server.stats().tables.exported == 0).await);
+    assert_eq!(cache.observers(), 0);
+    assert_eq!(client.stats().tables.imported, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refetching_on_a_multi_thread_runtime_misses_no_update() {
+    // The real race: the owner's updater runs on one worker while the other encodes the answer
+    // that carries the cache. No timing is relied upon: `bump` is a barrier.
+    let cache = Cache::new(Counter::default());
+    let (_server, client) = common::memory_pair(FeedRef::new(FeedImpl(cache.clone()))).await;
+    let feed: FeedRef = client.root();
+    let stop = Arc::new(AtomicBool::new(false));
+    let updater = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                cache.update(1).unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut missed = None;
+    for i in 0..4000 {
+        let replica = feed.counter().await.unwrap();
+        let version = feed.bump().await.unwrap();
+        if replica.version() < version {
+            // Does it ever catch up? Ten more updates, each followed by its barrier.
+            let stuck_at = replica.version();
+            let mut last = version;
+            for _ in 0..10 {
+                last = feed.bump().await.unwrap();
+            }
+            missed = Some((i, stuck_at, version, replica.version(), last));
+            break;
+        }
+        // One snapshot: the other worker may apply an update between two reads.
+        let seen = replica.subscribe().borrow().clone();
+        assert_eq!(seen.value.n, seen.version, "every update applied once");
+    }
+    stop.store(true, Ordering::Relaxed);
+    updater.await.unwrap();
+    if let Some((i, stuck_at, version, now, last)) = missed {
+        panic!(
+            "iteration {i}: the fetched replica was at version {stuck_at} when the owner was at \
+             {version}; ten updates later it is at {now}, the owner at {last}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refetch_with_no_updates_in_flight() {
+    let cache = Cache::new(Counter::default());
+    cache.update(5).unwrap();
+    let (server, client) = common::memory_pair(FeedRef::new(FeedImpl(cache.clone()))).await;
+    let feed: FeedRef = client.root();
+    let first = feed.counter().await.unwrap();
+    assert_eq!((first.version(), first.get().n), (1, 5));
+    // Its release crosses the next fetch.
+    drop(first);
+    let again = feed.counter().await.unwrap();
+    assert_eq!((again.version(), again.get().n), (1, 5));
+    assert!(common::settle(|| client.stats().tables.imported == 1).await);
+    assert_eq!(cache.observers(), 1);
+    cache.update(2).unwrap();
+    reaches(&again, 2, &cache).await;
+    // This time the release arrives first: the next fetch is a new export.
+    drop(again);
+    assert!(common::settle(|| server.stats().tables.exported == 0).await);
+    assert_eq!(cache.observers(), 0);
+    let third = feed.counter().await.unwrap();
+    assert_eq!((third.version(), third.get().n), (2, 7));
+    cache.update(3).unwrap();
+    reaches(&third, 3, &cache).await;
+    assert_eq!(third.get().n, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_between_release_and_refetch() {
+    let cache = Cache::new(Counter::default());
+    let (server, client) = common::memory_pair(FeedRef::new(FeedImpl(cache.clone()))).await;
+    let feed: FeedRef = client.root();
+    // Dropped with no yield: the update leaves before the owner has the release, for a
+    // reference the client no longer holds; the fetch that follows carries it in its state.
+    let replica = feed.counter().await.unwrap();
+    drop(replica);
+    cache.update(1).unwrap();
+    let replica = feed.counter().await.unwrap();
+    assert_eq!(replica.version(), 1);
+    cache.update(1).unwrap();
+    reaches(&replica, 2, &cache).await;
+    // The owner has the release: no update is sent, and the fetch is a new export.
+    drop(replica);
+    assert!(common::settle(|| server.stats().tables.exported == 0).await);
+    cache.update(1).unwrap();
+    let replica = feed.counter().await.unwrap();
+    assert_eq!(replica.version(), 3);
+    cache.update(1).unwrap();
+    reaches(&replica, 4, &cache).await;
+    assert_eq!(replica.get().n, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_dropped_while_its_reference_is_sent_again_misses_no_update() {
+    // The answer that sends the cache again is resolved by the connection (the reference is
+    // the one the replica holds) before the caller decodes it; if the replica is dropped in
+    // between, updates that arrive meanwhile must still reach the replica the caller decodes.
+    let cache = Cache::new(Counter::default());
+    let (_server, client) = common::memory_pair(FeedRef::new(FeedImpl(cache.clone()))).await;
+    let feed: FeedRef = client.root();
+    let held = feed.counter().await.unwrap();
+    let outcome = client
+        .root_ref()
+        .call_raw("counter", bytes::Bytes::new(), Vec::new())
+        .await
+        .unwrap();
+    drop(held);
+    for _ in 0..3 {
+        cache.update(1).unwrap();
+    }
+    let version = feed.bump().await.unwrap();
+    let replica: Replica<Counter> = pb_core::decode_outcome::<_, ()>(outcome).unwrap();
+    reaches(&replica, version, &cache).await;
+    assert_eq!(replica.get().n, version, "every update applied once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn updates_dropped_before_the_replica_is_decoded_are_reported() {
+    // At most 4 096 updates are kept for a replica not decoded yet; past that they are
+    // dropped, and the replica says so instead of silently staying behind.
+    let cache = Cache::new(Counter::default());
+    let (_server, client) = common::memory_pair(FeedRef::new(FeedImpl(cache.clone()))).await;
+    let feed: FeedRef = client.root();
+    let outcome = client
+        .root_ref()
+        .call_raw("counter", bytes::Bytes::new(), Vec::new())
+        .await
+        .unwrap();
+    for _ in 0..5000 {
+        cache.update(1).unwrap();
+    }
+    let version = feed.bump().await.unwrap();
+    let replica: Replica<Counter> = pb_core::decode_outcome::<_, ()>(outcome).unwrap();
+    assert_eq!(
+        replica.error(),
+        Some(pb::ReplicaError::TooManyBuffered { max: 4096 })
+    );
+    assert_eq!(replica.version(), 4096, "what was kept is applied");
+    let waited =
+        tokio::time::timeout(Duration::from_secs(5), replica.wait_for(|c| c.n == version)).await;
+    assert!(
+        matches!(waited, Ok(Err(pb::CallError::OutOfSync(_)))),
+        "{waited:?}"
+    );
+    // Dropped and fetched again, it is a fresh replica that follows the owner.
+    drop(replica);
+    assert!(common::settle(|| client.stats().tables.imported == 0).await);
+    let replica = feed.counter().await.unwrap();
+    assert_eq!(replica.error(), None);
+    let version = feed.bump().await.unwrap();
+    assert_eq!((replica.version(), replica.get().n), (version, version));
 }

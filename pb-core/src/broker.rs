@@ -499,6 +499,11 @@ impl Broker {
                     e.count += 1;
                 }
                 descs.push(RefDesc::Sender(id));
+                if let RefInner::Local(d) = &r.0
+                    && let Some(update) = d.on_resend(self.conn_id)
+                {
+                    follow.push(Follow::Update(id, update));
+                }
             } else {
                 let id = self.next_export;
                 self.next_export += 1;
@@ -844,6 +849,8 @@ impl Broker {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .deliver(payload),
+                    // No loss: a later send of the cache carries a newer state, followed by
+                    // the updates made since it was encoded (`Dispatch::on_resend`).
                     None => tracing::debug!(object, "update for a reference no longer held"),
                 }
                 Ok(())

@@ -13,8 +13,18 @@
 //! are sent. Sending the same cache twice on one connection reuses the peer's replica.
 //!
 //! Updates carry version numbers. If an update happens between the moment a cache's state is
-//! encoded for a peer and the moment the peer starts observing it, the owner follows the message
-//! that carries the cache with a full copy of the newer state, so a replica never misses an update.
+//! encoded for a peer and the moment the message that carries it is queued (whether the peer
+//! starts observing then or already observes), the owner follows that message with a full copy
+//! of the newer state, so a replica never misses an update: the update itself may have gone to
+//! a reference the peer had just dropped.
+//!
+//! On the receiving side the replica's state is kept by the imported reference, not only by the
+//! [`Replica`] clones, so a replica dropped while its reference is still held (by an answer
+//! not yet decoded that sends the cache again) goes on receiving updates and is the one that
+//! answer decodes to. A replica that still misses an update (it arrives out of sequence, cannot
+//! be decoded, or too many arrive before the replica is decoded) does not fail silently: the
+//! error is logged, [`Replica::error`] names it and [`Replica::wait_for`] fails with
+//! [`CallError::OutOfSync`] until a full state from the owner puts it back in sync.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -146,16 +156,23 @@ impl<T: CacheState> Cache<T> {
     }
 
     /// Apply `update` here and send it to every observing peer. Returns the new version.
+    ///
+    /// Fails, changing nothing, if the update cannot be encoded (for example because it holds
+    /// an object reference): applied here but not sent, it would leave every replica behind.
     pub fn update(&self, update: T::Update) -> Result<u64, CodecError> {
         let _sending = lock(&self.inner.sending);
-        let mut version = 0;
+        // Only `update` changes the state, under `sending`: the next version is known.
+        let version = self.inner.state.borrow().version + 1;
+        // A reference encodes as the value does.
+        let msg: CacheMsg<(), &T::Update> = CacheMsg::Apply {
+            version,
+            update: &update,
+        };
+        let payload = encode_msg(&msg)?;
         self.inner.state.send_modify(|st| {
             st.value.apply(&update);
-            st.version += 1;
-            version = st.version;
+            st.version = version;
         });
-        let msg: CacheMsg<(), T::Update> = CacheMsg::Apply { version, update };
-        let payload = encode_msg(&msg)?;
         let targets: Vec<_> = lock(&self.inner.observers)
             .linked
             .values()
@@ -206,6 +223,27 @@ impl<T: CacheState> CacheInner<T> {
         let handle = ObjectRef::from_arc(self.clone());
         (handle, snapshot.version, snapshot.value).serialize(s)
     }
+
+    /// What must follow a message that carries the state encoded at version `encoded` (`None`:
+    /// unknown, so assume older): the current state, if it is newer.
+    fn catch_up(&self, encoded: Option<u64>) -> Option<Bytes> {
+        let st = self.state.borrow();
+        if encoded.is_some_and(|v| v >= st.version) {
+            return None;
+        }
+        let msg: CacheMsg<&T, ()> = CacheMsg::Replace {
+            version: st.version,
+            state: &st.value,
+        };
+        match encode_msg(&msg) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                // The replica falls behind; it reports that itself at the next update.
+                tracing::error!(error = %e, "cannot encode a cache catch-up");
+                None
+            }
+        }
+    }
 }
 
 impl<T: CacheState> Dispatch for CacheInner<T> {
@@ -231,22 +269,15 @@ impl<T: CacheState> Dispatch for CacheInner<T> {
             self.observer_count.send_replace(obs.linked.len());
             encoded
         };
-        let st = self.state.borrow();
-        if encoded.is_some_and(|v| v >= st.version) {
-            return None;
-        }
-        // The state the peer received is older than ours: follow it with the current one.
-        let msg: CacheMsg<&T, ()> = CacheMsg::Replace {
-            version: st.version,
-            state: &st.value,
-        };
-        match encode_msg(&msg) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a cache catch-up");
-                None
-            }
-        }
+        self.catch_up(encoded)
+    }
+
+    fn on_resend(&self, connection: u64) -> Option<Bytes> {
+        // The peer observes already, but the updates made since this state was encoded went
+        // to a reference it may have dropped meanwhile (its release crossing this message):
+        // the replica this message makes would start behind them.
+        let encoded = lock(&self.observers).encoded.remove(&connection);
+        self.catch_up(encoded)
     }
 
     fn on_unexport(&self, connection: u64) {
@@ -257,39 +288,88 @@ impl<T: CacheState> Dispatch for CacheInner<T> {
     }
 }
 
+/// Why a replica stopped following its cache: it missed an update, so its state is older than
+/// the owner's and updates no longer apply to it. A full state from the owner puts it back in
+/// sync; dropping every clone of the replica and fetching the cache again gives a fresh one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// An update arrived for a later version than the next one: those between were missed.
+    #[error("cache update for version {got} arrived at version {have}: updates were missed")]
+    OutOfSequence {
+        /// The replica's version.
+        have: u64,
+        /// The version of the update that arrived.
+        got: u64,
+    },
+    /// An update could not be decoded (the peers disagree on the cache's types).
+    #[error("undecodable cache update at version {have}: {reason}")]
+    Undecodable {
+        /// The replica's version.
+        have: u64,
+        /// The decoder's error.
+        reason: String,
+    },
+    /// More updates arrived before the replica was decoded than are kept for it.
+    #[error("more than {max} cache updates arrived before the replica was decoded")]
+    TooManyBuffered {
+        /// The most kept.
+        max: usize,
+    },
+}
+
 /// Receives updates for a replica.
 pub(crate) trait ReplicaSink: Send + Sync {
     fn apply(&self, payload: &[u8]);
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
-/// Where updates for an imported object go, if it turns out to be a cache.
+/// Where updates for an imported object go, if it turns out to be a cache. It lives in the
+/// imported handle, so the replica's state lives as long as the handle, not only as long as
+/// the [`Replica`] clones: an answer that sends the cache again may hold the handle while the
+/// last clone is dropped, and the replica it decodes to must not have missed what arrived
+/// meanwhile.
+///
+/// ```text
+/// Unattached ─update─▶ Buffered ─replica decoded (buffered updates applied)─▶ Attached
+///      └────────────────────────────replica decoded──────────────────────────────┘
+/// ```
 #[derive(Default)]
 pub(crate) enum ReplicaSlot {
     /// No update has arrived and no replica exists.
     #[default]
     Unattached,
-    /// Updates that arrived before the replica was decoded.
-    Buffered(Vec<Bytes>),
-    /// The replica.
-    Attached(Weak<dyn ReplicaSink>),
+    /// Updates that arrived before the replica was decoded; `overflowed`: some were dropped.
+    Buffered {
+        pending: Vec<Bytes>,
+        overflowed: bool,
+    },
+    /// The replica's state.
+    Attached(Arc<dyn ReplicaSink>),
 }
 
 impl ReplicaSlot {
     pub(crate) fn deliver(&mut self, payload: Bytes) {
         match self {
-            ReplicaSlot::Attached(sink) => {
-                if let Some(sink) = sink.upgrade() {
-                    sink.apply(&payload);
+            ReplicaSlot::Attached(sink) => sink.apply(&payload),
+            ReplicaSlot::Unattached => {
+                *self = ReplicaSlot::Buffered {
+                    pending: vec![payload],
+                    overflowed: false,
                 }
             }
-            ReplicaSlot::Unattached => *self = ReplicaSlot::Buffered(vec![payload]),
-            ReplicaSlot::Buffered(pending) => {
+            ReplicaSlot::Buffered {
+                pending,
+                overflowed,
+            } => {
                 if pending.len() < MAX_BUFFERED_UPDATES {
                     pending.push(payload);
-                } else {
-                    tracing::warn!(
-                        "dropping a cache update: too many before the replica was decoded"
+                } else if !*overflowed {
+                    // The replica will be told when it is decoded (`TooManyBuffered`).
+                    *overflowed = true;
+                    tracing::error!(
+                        max = MAX_BUFFERED_UPDATES,
+                        "dropping cache updates: too many before the replica was decoded"
                     );
                 }
             }
@@ -297,26 +377,60 @@ impl ReplicaSlot {
     }
 }
 
-struct ReplicaInner<T: CacheState> {
-    owner: ObjectRef,
+/// A remote replica's state: shared by its [`Replica`] clones and the slot of the imported
+/// handle, which applies updates to it.
+struct ReplicaState<T: CacheState> {
     state: watch::Sender<Versioned<T>>,
+    /// Set when an update was missed; cleared by a full state from the owner.
+    error: Mutex<Option<ReplicaError>>,
 }
 
-impl<T: CacheState> ReplicaSink for ReplicaInner<T> {
+impl<T: CacheState> ReplicaState<T> {
+    fn new(version: u64, value: T) -> ReplicaState<T> {
+        ReplicaState {
+            state: watch::channel(Versioned { version, value }).0,
+            error: Mutex::new(None),
+        }
+    }
+
+    /// The replica no longer follows its cache: say so once, and wake its waiters.
+    fn fail(&self, error: ReplicaError) {
+        let mut slot = lock(&self.error);
+        if slot.is_none() {
+            tracing::error!(%error, "a cache replica stopped following its owner");
+            *slot = Some(error);
+            drop(slot);
+            self.state.send_modify(|_| {});
+        }
+    }
+
+    fn error(&self) -> Option<ReplicaError> {
+        lock(&self.error).clone()
+    }
+}
+
+impl<T: CacheState> ReplicaSink for ReplicaState<T> {
     fn apply(&self, payload: &[u8]) {
         let msg: CacheMsg<T, T::Update> = match codec::decode(payload, Vec::new()) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(error = %e, "undecodable cache update");
+                let have = self.state.borrow().version;
+                self.fail(ReplicaError::Undecodable {
+                    have,
+                    reason: e.to_string(),
+                });
                 return;
             }
         };
+        let mut missed = None;
+        let mut in_sync = false;
         self.state.send_if_modified(|st| match msg {
             CacheMsg::Replace { version, state } if version > st.version => {
                 *st = Versioned {
                     version,
                     value: state,
                 };
+                in_sync = true;
                 true
             }
             CacheMsg::Apply { version, update } if version == st.version + 1 => {
@@ -325,11 +439,20 @@ impl<T: CacheState> ReplicaSink for ReplicaInner<T> {
                 true
             }
             CacheMsg::Apply { version, .. } if version > st.version + 1 => {
-                tracing::warn!(version, have = st.version, "cache update out of sequence");
+                missed = Some(ReplicaError::OutOfSequence {
+                    have: st.version,
+                    got: version,
+                });
                 false
             }
+            // What the replica has already (a full state may overlap the updates around it).
             _ => false,
         });
+        if let Some(error) = missed {
+            self.fail(error);
+        } else if in_sync && lock(&self.error).take().is_some() {
+            tracing::info!("a cache replica is back in sync with its owner");
+        }
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
@@ -348,7 +471,11 @@ pub struct Replica<T: CacheState> {
 
 enum Kind<T: CacheState> {
     Local(Arc<CacheInner<T>>),
-    Remote(Arc<ReplicaInner<T>>),
+    Remote {
+        /// The imported handle: holding it keeps the owner sending updates.
+        owner: ObjectRef,
+        state: Arc<ReplicaState<T>>,
+    },
 }
 
 impl<T: CacheState> Clone for Replica<T> {
@@ -356,7 +483,10 @@ impl<T: CacheState> Clone for Replica<T> {
         Replica {
             inner: match &self.inner {
                 Kind::Local(c) => Kind::Local(c.clone()),
-                Kind::Remote(r) => Kind::Remote(r.clone()),
+                Kind::Remote { owner, state } => Kind::Remote {
+                    owner: owner.clone(),
+                    state: state.clone(),
+                },
             },
         }
     }
@@ -375,7 +505,7 @@ impl<T: CacheState> PartialEq for Replica<T> {
     fn eq(&self, other: &Self) -> bool {
         match (&self.inner, &other.inner) {
             (Kind::Local(a), Kind::Local(b)) => Arc::ptr_eq(a, b),
-            (Kind::Remote(a), Kind::Remote(b)) => Arc::ptr_eq(a, b),
+            (Kind::Remote { state: a, .. }, Kind::Remote { state: b, .. }) => Arc::ptr_eq(a, b),
             _ => false,
         }
     }
@@ -385,7 +515,7 @@ impl<T: CacheState> Replica<T> {
     fn state(&self) -> &watch::Sender<Versioned<T>> {
         match &self.inner {
             Kind::Local(c) => &c.state,
-            Kind::Remote(r) => &r.state,
+            Kind::Remote { state, .. } => &state.state,
         }
     }
 
@@ -398,7 +528,7 @@ impl<T: CacheState> Replica<T> {
     pub fn cache(&self) -> Option<Cache<T>> {
         match &self.inner {
             Kind::Local(c) => Some(Cache { inner: c.clone() }),
-            Kind::Remote(_) => None,
+            Kind::Remote { .. } => None,
         }
     }
 
@@ -412,30 +542,59 @@ impl<T: CacheState> Replica<T> {
         self.state().borrow().version
     }
 
-    /// A receiver that sees every change (`changed().await`, `borrow()`).
+    /// A receiver that sees every change (`changed().await`, `borrow()`); it is also woken,
+    /// with no change, when the replica stops following its cache (see [`Replica::error`]).
     pub fn subscribe(&self) -> watch::Receiver<Versioned<T>> {
         self.state().subscribe()
     }
 
+    /// Why this replica no longer follows its cache, if it does not: it missed an update (the
+    /// error was logged when it happened) and holds an older state than the owner. A full state
+    /// from the owner puts it back in sync; dropping every clone and fetching the cache again
+    /// gives a fresh replica. Always `None` for a local view.
+    pub fn error(&self) -> Option<ReplicaError> {
+        match &self.inner {
+            Kind::Local(_) => None,
+            Kind::Remote { state, .. } => state.error(),
+        }
+    }
+
     /// Wait until the state satisfies `f` (checked at once, then on each update); fails if the
-    /// connection to the owner is lost first.
+    /// connection to the owner is lost first ([`CallError::Disconnected`]), or if the replica
+    /// stops following its cache before the state satisfies `f` ([`CallError::OutOfSync`],
+    /// see [`Replica::error`]).
     pub async fn wait_for(
         &self,
         mut f: impl FnMut(&T) -> bool,
     ) -> Result<T, CallError<std::convert::Infallible>> {
         let mut rx = self.state().subscribe();
-        let wait = async move {
-            match rx.wait_for(|v| f(&v.value)).await {
+        match &self.inner {
+            Kind::Local(_) => match rx.wait_for(|v| f(&v.value)).await {
                 Ok(v) => Ok(v.value.clone()),
                 Err(_) => Err(CallError::Disconnected),
-            }
-        };
-        match &self.inner {
-            Kind::Local(_) => wait.await,
-            Kind::Remote(r) => tokio::select! {
-                r = wait => r,
-                _ = r.owner.disconnected() => Err(CallError::Disconnected),
             },
+            Kind::Remote { owner, state } => {
+                let wait = async {
+                    let mut failed = None;
+                    let found = rx
+                        .wait_for(|v| {
+                            f(&v.value) || {
+                                failed = state.error();
+                                failed.is_some()
+                            }
+                        })
+                        .await;
+                    match (found, failed) {
+                        (Ok(_), Some(e)) => Err(CallError::OutOfSync(e.to_string())),
+                        (Ok(v), None) => Ok(v.value.clone()),
+                        (Err(_), _) => Err(CallError::Disconnected),
+                    }
+                };
+                tokio::select! {
+                    r = wait => r,
+                    _ = owner.disconnected() => Err(CallError::Disconnected),
+                }
+            }
         }
     }
 
@@ -443,7 +602,7 @@ impl<T: CacheState> Replica<T> {
     pub fn is_connected(&self) -> bool {
         match &self.inner {
             Kind::Local(_) => true,
-            Kind::Remote(r) => r.owner.is_connected(),
+            Kind::Remote { owner, .. } => owner.is_connected(),
         }
     }
 
@@ -451,7 +610,7 @@ impl<T: CacheState> Replica<T> {
     pub async fn disconnected(&self) {
         match &self.inner {
             Kind::Local(_) => std::future::pending().await,
-            Kind::Remote(r) => r.owner.disconnected().await,
+            Kind::Remote { owner, .. } => owner.disconnected().await,
         }
     }
 }
@@ -460,17 +619,17 @@ impl<T: CacheState> Serialize for Replica<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match &self.inner {
             Kind::Local(c) => c.serialize_for_peer(s),
-            Kind::Remote(r) => {
+            Kind::Remote { owner, state } => {
                 // Back to its owner, it goes as the owner's own object; anywhere else it would
                 // need the owner to observe through us, which pb does not do.
-                let home = r.owner.peer().map(|c| c.id());
+                let home = owner.peer().map(|c| c.id());
                 if home.is_none() || codec::current_peer().map(|c| c.id()) != home {
                     return Err(serde::ser::Error::custom(
                         "a replica can only be sent back to its owner",
                     ));
                 }
-                let st = r.state.borrow().clone();
-                (&r.owner, st.version, st.value).serialize(s)
+                let st = state.state.borrow().clone();
+                (owner, st.version, st.value).serialize(s)
             }
         }
     }
@@ -496,27 +655,146 @@ impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
             }
         };
         let mut slot = lock(&imp.replica);
-        if let ReplicaSlot::Attached(existing) = &*slot
-            && let Some(existing) = existing.upgrade()
-            && let Ok(inner) = existing.as_any().downcast::<ReplicaInner<T>>()
-        {
-            return Ok(Replica {
-                inner: Kind::Remote(inner),
+        let (pending, overflowed) = match std::mem::take(&mut *slot) {
+            // The cache was sent again while this reference was held: its replica goes on,
+            // with every update that arrived since.
+            ReplicaSlot::Attached(existing) => {
+                let found = existing.clone().as_any().downcast::<ReplicaState<T>>();
+                *slot = ReplicaSlot::Attached(existing);
+                let state = found.map_err(|_| {
+                    serde::de::Error::custom(
+                        "a cache already received as a replica of another type",
+                    )
+                })?;
+                return Ok(Replica {
+                    inner: Kind::Remote { owner, state },
+                });
+            }
+            ReplicaSlot::Unattached => (Vec::new(), false),
+            ReplicaSlot::Buffered {
+                pending,
+                overflowed,
+            } => (pending, overflowed),
+        };
+        let state = Arc::new(ReplicaState::new(version, value));
+        for payload in pending {
+            state.apply(&payload);
+        }
+        if overflowed {
+            state.fail(ReplicaError::TooManyBuffered {
+                max: MAX_BUFFERED_UPDATES,
             });
         }
-        let inner = Arc::new(ReplicaInner {
-            owner,
-            state: watch::channel(Versioned { version, value }).0,
-        });
-        if let ReplicaSlot::Buffered(pending) = std::mem::take(&mut *slot) {
-            for payload in pending {
-                inner.apply(&payload);
+        *slot = ReplicaSlot::Attached(state.clone());
+        drop(slot);
+        Ok(Replica {
+            inner: Kind::Remote { owner, state },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+    struct Sum(u64);
+
+    impl CacheState for Sum {
+        type Update = u64;
+        fn apply(&mut self, d: &u64) {
+            self.0 += d;
+        }
+    }
+
+    fn add(version: u64, d: u64) -> Bytes {
+        encode_msg(&CacheMsg::<(), u64>::Apply { version, update: d }).unwrap()
+    }
+
+    fn replace(version: u64, value: u64) -> Bytes {
+        encode_msg(&CacheMsg::<Sum, ()>::Replace {
+            version,
+            state: Sum(value),
+        })
+        .unwrap()
+    }
+
+    fn seen(st: &ReplicaState<Sum>) -> (u64, u64) {
+        let v = st.state.borrow();
+        (v.version, v.value.0)
+    }
+
+    #[test]
+    fn an_update_out_of_sequence_is_reported_and_a_full_state_resyncs() {
+        let st = ReplicaState::new(0, Sum(0));
+        let mut rx = st.state.subscribe();
+        st.apply(&add(1, 1));
+        // What the replica has already is no gap (a full state overlaps the updates around it).
+        st.apply(&add(1, 1));
+        st.apply(&replace(1, 1));
+        assert_eq!((seen(&st), st.error()), ((1, 1), None));
+        rx.borrow_and_update();
+        st.apply(&add(3, 1));
+        assert_eq!(
+            st.error(),
+            Some(ReplicaError::OutOfSequence { have: 1, got: 3 })
+        );
+        assert!(rx.has_changed().unwrap(), "waiters are woken");
+        st.apply(&add(4, 1));
+        assert_eq!(seen(&st), (1, 1), "updates past a gap do not apply");
+        st.apply(&replace(4, 4));
+        assert_eq!(
+            (seen(&st), st.error()),
+            ((4, 4), None),
+            "a full state resyncs"
+        );
+        st.apply(&add(5, 1));
+        assert_eq!(seen(&st), (5, 5));
+    }
+
+    #[test]
+    fn an_undecodable_update_is_reported() {
+        let st = ReplicaState::new(7, Sum(0));
+        st.apply(&[0xff; 3]);
+        assert!(
+            matches!(st.error(), Some(ReplicaError::Undecodable { have: 7, .. })),
+            "{:?}",
+            st.error()
+        );
+        assert_eq!(seen(&st), (7, 0));
+    }
+
+    #[test]
+    fn updates_past_the_buffer_are_marked_dropped() {
+        let mut slot = ReplicaSlot::default();
+        for v in 1..=MAX_BUFFERED_UPDATES as u64 + 2 {
+            slot.deliver(add(v, 1));
+        }
+        match slot {
+            ReplicaSlot::Buffered {
+                pending,
+                overflowed,
+            } => {
+                assert_eq!(pending.len(), MAX_BUFFERED_UPDATES);
+                assert!(overflowed);
+            }
+            _ => panic!("updates before the replica are buffered"),
+        }
+    }
+
+    #[test]
+    fn an_update_that_cannot_be_encoded_changes_nothing() {
+        #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+        struct Refs(u64);
+        impl CacheState for Refs {
+            type Update = ObjectRef;
+            fn apply(&mut self, _: &ObjectRef) {
+                self.0 += 1;
             }
         }
-        let sink: Weak<dyn ReplicaSink> = Arc::downgrade(&inner) as Weak<dyn ReplicaSink>;
-        *slot = ReplicaSlot::Attached(sink);
-        Ok(Replica {
-            inner: Kind::Remote(inner),
-        })
+        let cache = Cache::new(Refs(0));
+        let object = ObjectRef::from_arc(cache.inner.clone());
+        assert!(cache.update(object).is_err());
+        assert_eq!((cache.version(), cache.get().0), (0, 0));
     }
 }

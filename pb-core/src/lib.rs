@@ -73,7 +73,7 @@ pub mod transport;
 pub use pb_proto::{frame, handshake, message, scram};
 
 pub use broker::{Limits, ProtocolError, TableStats};
-pub use cache::{Cache, CacheState, Replica, Versioned};
+pub use cache::{Cache, CacheState, Replica, ReplicaError, Versioned};
 pub use connection::{
     Caller, CloseReason, Config, ConnectError, Connection, ConnectionReader, ConnectionStats,
     ExportLink, Side,

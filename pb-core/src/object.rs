@@ -47,6 +47,14 @@ pub trait Dispatch: Send + Sync + 'static {
         None
     }
 
+    /// Called when the object is sent again on connection `connection`, which exports it
+    /// already, under that connection's lock: must not block. May return an update to send
+    /// right after the message that carries the object. Used by caches.
+    #[doc(hidden)]
+    fn on_resend(&self, _connection: u64) -> Option<Bytes> {
+        None
+    }
+
     /// The object as `Any`, for pb's own object types that need to recognise themselves when
     /// they come home.
     #[doc(hidden)]
@@ -288,6 +296,10 @@ pub enum CallError<E> {
     /// [`Connection::dial`]: crate::Connection::dial
     #[error("the pb handshake with the peer failed: {0}")]
     Handshake(String),
+    /// A replica missed updates from its cache's owner and no longer follows it (see
+    /// [`Replica::error`](crate::Replica::error), which names why).
+    #[error("the replica no longer follows its cache: {0}")]
+    OutOfSync(String),
 }
 
 impl<E> CallError<E> {
@@ -334,6 +346,7 @@ impl<E> CallError<E> {
             CallError::Internal(m) => CallError::Internal(m),
             CallError::DeadlineExceeded => CallError::DeadlineExceeded,
             CallError::Handshake(m) => CallError::Handshake(m),
+            CallError::OutOfSync(m) => CallError::OutOfSync(m),
         }
     }
 }
