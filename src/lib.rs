@@ -76,10 +76,9 @@ pub use pb_core::codec::zero_copy;
 pub use pb_core::login::Refusal;
 pub use pb_core::stream::{Chunk, Stream};
 pub use pb_core::{
-    BoxFuture, Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError, Connection,
-    ConnectionStats, Copyable, Dispatch, Fault, IncomingCall, Interface, Limits, ObjectRef,
-    Outcome, Remote, Replica, ReplicaError, Reply, Side, TableStats, Versioned, codec, deadline,
-    login, scram, stream, transport,
+    Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError, Connection,
+    ConnectionStats, Copyable, Limits, ObjectRef, Remote, Replica, ReplicaError, Side, TableStats,
+    Versioned, codec, deadline, login, scram, stream, transport,
 };
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{
@@ -99,6 +98,18 @@ pub use pb_proto as proto;
 
 mod node;
 pub use node::{Node, NodeBuilder};
+
+/// The low-level dispatch API, for objects written by hand instead of with `#[pb::remote]`
+/// (dynamic interfaces, proxies, forwarders): the [`Dispatch`](dispatch::Dispatch) trait, the
+/// [`IncomingCall`](dispatch::IncomingCall) it is given, and the
+/// [`Reply`](dispatch::Reply) it returns (an [`Outcome`](dispatch::Outcome) or a
+/// [`Fault`](dispatch::Fault)).
+pub mod dispatch {
+    pub use pb_core::{
+        BoxFuture, Dispatch, Fault, IncomingCall, Interface, Outcome, Reply, decode_outcome,
+        encode_reply, encode_result,
+    };
+}
 
 /// The names most programs need: `use pb::prelude::*;`.
 pub mod prelude {

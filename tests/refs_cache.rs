@@ -266,12 +266,12 @@ struct UpdateBeforeAnswer {
     cache: Cache<Counter>,
 }
 
-impl pb::Dispatch for UpdateBeforeAnswer {
-    fn interface(&self) -> &'static pb::Interface {
+impl pb::dispatch::Dispatch for UpdateBeforeAnswer {
+    fn interface(&self) -> &'static pb::dispatch::Interface {
         <FeedRef as pb::Remote>::INTERFACE
     }
 
-    fn dispatch(self: Arc<Self>, call: pb::IncomingCall) -> pb::BoxFuture<pb::Reply> {
+    fn dispatch(self: Arc<Self>, call: pb::dispatch::IncomingCall) -> pb::dispatch::BoxFuture<pb::dispatch::Reply> {
         let answer = self.feed.dispatch(call);
         Box::pin(async move {
             let reply = answer.await;
@@ -476,7 +476,7 @@ async fn a_replica_dropped_while_its_reference_is_sent_again_misses_no_update() 
         cache.update(1).unwrap();
     }
     let version = feed.bump().await.unwrap();
-    let replica: Replica<Counter> = pb_core::decode_outcome::<_, ()>(outcome).unwrap();
+    let replica: Replica<Counter> = pb::dispatch::decode_outcome::<_, ()>(outcome).unwrap();
     reaches(&replica, version, &cache).await;
     assert_eq!(replica.get().n, version, "every update applied once");
 }
@@ -497,7 +497,7 @@ async fn updates_dropped_before_the_replica_is_decoded_are_reported() {
         cache.update(1).unwrap();
     }
     let version = feed.bump().await.unwrap();
-    let replica: Replica<Counter> = pb_core::decode_outcome::<_, ()>(outcome).unwrap();
+    let replica: Replica<Counter> = pb::dispatch::decode_outcome::<_, ()>(outcome).unwrap();
     assert_eq!(
         replica.error(),
         Some(pb::ReplicaError::TooManyBuffered { max: 4096 })

@@ -215,7 +215,7 @@ async fn equality_is_identity_of_the_route() {
     same(&local, &local.clone());
     differ(&local, &ThingRef::new(Named("shared".into())));
     differ(&local, &ThingRef::from_arc(shared));
-    let dispatch: std::sync::Arc<dyn pb::Dispatch> =
+    let dispatch: std::sync::Arc<dyn pb::dispatch::Dispatch> =
         std::sync::Arc::new(ServeThing::new(Named("untyped".into())));
     assert_eq!(
         ObjectRef::from_arc(dispatch.clone()),
