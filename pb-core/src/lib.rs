@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //! - `frame`: the 4-byte length-prefixed frame codec, limits checked before allocation;
-//! - `handshake`: magic, protocol version and feature flags;
+//! - `handshake`: magic, protocol version, feature flags and each side's receive limits;
 //! - `message`: call, answer, fault, release, cancel and goodbye envelopes;
 //! - `codec`: the bincode seam for payloads, always under a byte limit, and how object
 //!   references ride alongside a payload;
