@@ -177,20 +177,41 @@ async fn the_frame_limit_is_small_before_login_and_lifted_after() {
     let (portal, _) = portal(false);
     let big = "x".repeat(100 * 1024);
     let (server, session) = pair(&portal).await;
+    // The server's hello says it takes 64 KiB before login: the client refuses the call
+    // itself, and the connection stays up.
     let r = session
         .connection()
         .root_ref()
         .call::<_, String, Refusal>("scram_start", &(big.clone(),))
         .await;
-    assert_eq!(r.unwrap_err(), CallError::Disconnected);
-    server.closed().await;
-    assert!(matches!(
-        server.close_reason(),
-        Some(CloseReason::Protocol(_))
-    ));
-
-    let (_server, _session, me) = logged_in(&portal).await;
+    match r {
+        Err(CallError::LimitExceeded(m)) => {
+            assert!(m.contains("the peer's limit max_frame_len = 65536"), "{m}")
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+    assert!(!server.is_closed());
+    // Login lifts the limit, and the server tells the client so before it answers the login.
+    let me: AccountRef = session.login("alice", PASSWORD).await.unwrap();
     assert_eq!(me.echo_len(big).await.unwrap(), 100 * 1024);
+    assert!(!server.is_closed());
+
+    // A peer that sends a larger frame all the same is cut off before login.
+    let (a, mut raw) = pb::transport::memory_pair();
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&(HELLO_LEN as u32).to_be_bytes());
+    Hello::ours(Features::NONE).encode(&mut out);
+    out.extend_from_slice(&(64 * 1024 + 1u32).to_be_bytes());
+    raw.write_all(&out).await.unwrap();
+    let server = portal
+        .serve_connection(a, &Config::default(), None, None)
+        .await
+        .unwrap();
+    server.closed().await;
+    match server.close_reason() {
+        Some(CloseReason::Protocol(why)) => assert!(why.contains("max_frame_len = 65536"), "{why}"),
+        other => panic!("expected a protocol violation, got {other:?}"),
+    }
 }
 
 #[tokio::test(start_paused = true)]

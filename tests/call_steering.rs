@@ -99,8 +99,7 @@ async fn a_deadline_expires_on_a_silent_peer() {
     // A peer that completes the handshake and then never says anything again.
     let (ours, mut theirs) = pb::transport::memory_pair();
     tokio::spawn(async move {
-        let mut hello = [0u8; 20];
-        theirs.read_exact(&mut hello).await.unwrap();
+        let hello = common::read_hello_frame(&mut theirs).await;
         theirs.write_all(&hello).await.unwrap();
         let mut sink = vec![0u8; 4096];
         while theirs.read(&mut sink).await.map(|n| n > 0).unwrap_or(false) {}

@@ -1,9 +1,20 @@
 //! The handshake: a version mismatch is a clear error on both sides, never a hang.
 
 use bytes::BytesMut;
-use pb::proto::handshake::{HandshakeError, Hello};
+use pb::proto::handshake::{
+    Features, HELLO_LEN, HELLO_LIMITS_LEN, HandshakeError, Hello, ReceiveLimits,
+};
 use pb::{CallError, CloseReason, ConnectError, Connection, Side};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+/// Read one hello frame, whatever its length; returns its body.
+async fn read_hello_body(io: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+    let mut header = [0u8; 4];
+    io.read_exact(&mut header).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+    io.read_exact(&mut body).await.unwrap();
+    body
+}
 
 #[tokio::test]
 async fn version_mismatch_is_an_error_on_both_sides() {
@@ -11,9 +22,7 @@ async fn version_mismatch_is_an_error_on_both_sides() {
     // The peer speaks a future version 9.
     let peer = tokio::spawn(async move {
         theirs.write_all(&version_9_hello()).await.unwrap();
-        let mut got = [0u8; 20];
-        theirs.read_exact(&mut got).await.unwrap();
-        let our_hello = Hello::decode(&got[4..]).unwrap();
+        let our_hello = Hello::decode(&read_hello_body(&mut theirs).await).unwrap();
         Hello {
             version: 9,
             ..our_hello
@@ -80,8 +89,7 @@ fn version_9_hello() -> BytesMut {
 
 /// A peer that answers our hello with a hello of version 9, after reading ours.
 async fn version_9_peer(mut theirs: tokio::io::DuplexStream) {
-    let mut got = [0u8; 20];
-    theirs.read_exact(&mut got).await.unwrap();
+    read_hello_body(&mut theirs).await;
     theirs.write_all(&version_9_hello()).await.unwrap();
     let mut sink = Vec::new();
     let _ = theirs.read_to_end(&mut sink).await;
@@ -138,11 +146,11 @@ async fn a_dialed_connection_sends_its_hello_before_its_first_call() {
     let root = conn.root_ref();
     let call = tokio::spawn(async move { root.call::<_, u64, ()>("echo", &(7u64,)).await });
     // The hello comes first, then the call, without the peer having said anything yet.
-    let mut hello = [0u8; 20];
-    theirs.read_exact(&mut hello).await.unwrap();
+    let hello = read_hello_body(&mut theirs).await;
+    assert_eq!(hello.len(), HELLO_LIMITS_LEN);
     assert_eq!(
-        Hello::decode(&hello[4..]).unwrap(),
-        Hello::ours(Default::default())
+        Hello::decode(&hello).unwrap(),
+        Hello::ours(Default::default()).with_limits(pb::Config::default().limits.receive())
     );
     let mut header = [0u8; 4];
     theirs.read_exact(&mut header).await.unwrap();
@@ -163,4 +171,53 @@ async fn a_server_whose_reader_has_not_run_yet_still_sends_its_hello() {
     let (_server, reader) = server.expect("the server's handshake");
     client.expect("the client gets the server's hello before the server's reader runs");
     drop(reader);
+}
+
+#[tokio::test]
+async fn the_hello_carries_our_limits_raised_to_the_floor() {
+    let (ours, mut theirs) = pb::transport::memory_pair();
+    let mut config = pb::Config::default();
+    config.limits.max_frame_len = 100;
+    config.limits.message.max_refs_per_message = 2;
+    config.limits.message.max_release_entries = 5000;
+    let _conn = Connection::dial(ours, &config, None, None).await.unwrap();
+    let hello = Hello::decode(&read_hello_body(&mut theirs).await).unwrap();
+    assert!(hello.features.contains(Features::LIMITS));
+    assert_eq!(
+        hello.limits,
+        Some(ReceiveLimits {
+            max_frame_len: 64 * 1024,
+            max_refs_per_message: 16,
+            max_release_entries: 5000,
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_server_tells_its_limits_only_to_a_dialer_that_tells_its_own() {
+    let mut config = pb::Config::default();
+    config.limits.max_frame_len = 100 * 1024;
+    for with_limits in [false, true] {
+        let (a, mut dialer) = pb::transport::memory_pair();
+        let mut hello = Hello::ours(Features::NONE);
+        if with_limits {
+            hello = hello.with_limits(pb::Config::default().limits.receive());
+        }
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&(hello.encoded_len() as u32).to_be_bytes());
+        hello.encode(&mut out);
+        dialer.write_all(&out).await.unwrap();
+        let _server = Connection::establish(a, &config, Side::Server, None, None)
+            .await
+            .expect("a hello with or without limits is accepted");
+        let answer = read_hello_body(&mut dialer).await;
+        if with_limits {
+            let limits = Hello::decode(&answer).unwrap().limits.unwrap();
+            assert_eq!(limits.max_frame_len, 100 * 1024);
+        } else {
+            // Exactly the hello a build from before limits reads.
+            assert_eq!(answer.len(), HELLO_LEN);
+            assert_eq!(Hello::decode(&answer).unwrap(), Hello::ours(Features::NONE));
+        }
+    }
 }

@@ -124,8 +124,7 @@ async fn a_server_that_vanishes_mid_answer_fails_the_call() {
     let client = Connection::establish(a, &Config::default(), Side::Client, None, None)
         .await
         .unwrap();
-    let mut hello = [0u8; 20];
-    raw.read_exact(&mut hello).await.unwrap();
+    read_hello_frame(&mut raw).await;
     let k: KitchenRef = client.root();
     let call = tokio::spawn(async move { k.add(40, 2).await });
     let mut len = [0u8; 4];

@@ -271,7 +271,10 @@ impl pb::dispatch::Dispatch for UpdateBeforeAnswer {
         <FeedRef as pb::Remote>::INTERFACE
     }
 
-    fn dispatch(self: Arc<Self>, call: pb::dispatch::IncomingCall) -> pb::dispatch::BoxFuture<pb::dispatch::Reply> {
+    fn dispatch(
+        self: Arc<Self>,
+        call: pb::dispatch::IncomingCall,
+    ) -> pb::dispatch::BoxFuture<pb::dispatch::Reply> {
         let answer = self.feed.dispatch(call);
         Box::pin(async move {
             let reply = answer.await;

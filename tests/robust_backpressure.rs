@@ -134,8 +134,7 @@ async fn callers_wait_while_the_peer_is_not_reading() {
     let (ours, mut theirs) = tokio::io::duplex(16 * 1024);
     let peer = tokio::spawn(async move {
         theirs.write_all(&HELLO).await.unwrap();
-        let mut hello = [0u8; 20];
-        theirs.read_exact(&mut hello).await.unwrap();
+        common::read_hello_frame(&mut theirs).await;
         theirs
     });
     let client = Connection::establish(ours, &config(MAX_UNSENT), Side::Client, None, None)

@@ -141,11 +141,11 @@ async fn max_pending_calls_refuses_the_call_over_the_limit() {
 #[tokio::test(start_paused = true)]
 async fn a_message_over_max_frame_len_is_refused_before_it_is_sent() {
     let mut config = Config::default();
-    config.limits.max_frame_len = 1024;
+    config.limits.max_frame_len = 64 * 1024;
     let (_server, client) = memory_pair_with(KitchenRef::new(KitchenImpl::default()), config).await;
     let k: KitchenRef = client.root();
-    match k.reverse(vec![7; 2000]).await {
-        Err(CallError::LimitExceeded(m)) => assert!(m.contains("max_frame_len = 1024"), "{m}"),
+    match k.reverse(vec![7; 70_000]).await {
+        Err(CallError::LimitExceeded(m)) => assert!(m.contains("max_frame_len = 65536"), "{m}"),
         other => panic!("expected a limit error, got {other:?}"),
     }
     assert_eq!(k.reverse(vec![1, 2, 3]).await, Ok(vec![3, 2, 1]));
@@ -195,35 +195,267 @@ async fn a_peer_that_keeps_violating_limits_is_disconnected() {
 #[tokio::test(start_paused = true)]
 async fn too_many_references_in_one_message_closes_with_the_limit_named() {
     let mut config = Config::default();
-    config.limits.message.max_refs_per_message = 4;
+    config.limits.message.max_refs_per_message = 16;
     let (server, mut peer) = raw_peer(config).await;
-    let mut call = vec![1, 1, 1, 0, 3, b'a', b'd', b'd', 5];
-    for i in 1..=5 {
+    let mut call = vec![1, 1, 1, 0, 3, b'a', b'd', b'd', 17];
+    for i in 1..=17 {
         call.extend_from_slice(&[0, i]);
     }
     peer.write_all(&frame(&call)).await.unwrap();
     let why = closed_with(&server).await;
-    assert!(why.contains("max_refs_per_message = 4"), "{why}");
+    assert!(why.contains("max_refs_per_message = 16"), "{why}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn too_many_release_entries_closes_with_the_limit_named() {
     let mut config = Config::default();
-    config.limits.message.max_release_entries = 2;
+    config.limits.message.max_release_entries = 16;
     let (server, mut peer) = raw_peer(config).await;
-    peer.write_all(&frame(&[4, 3, 1, 1, 2, 1, 3, 1]))
-        .await
-        .unwrap();
+    let mut release = vec![4, 17];
+    for i in 1..=17 {
+        release.extend_from_slice(&[i, 1]);
+    }
+    peer.write_all(&frame(&release)).await.unwrap();
     let why = closed_with(&server).await;
-    assert!(why.contains("max_release_entries = 2"), "{why}");
+    assert!(why.contains("max_release_entries = 16"), "{why}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_frame_over_max_frame_len_closes_with_the_limit_named() {
     let mut config = Config::default();
-    config.limits.max_frame_len = 100;
+    config.limits.max_frame_len = 64 * 1024;
     let (server, mut peer) = raw_peer(config).await;
-    peer.write_all(&101u32.to_be_bytes()).await.unwrap();
+    peer.write_all(&(64 * 1024 + 1u32).to_be_bytes())
+        .await
+        .unwrap();
     let why = closed_with(&server).await;
-    assert!(why.contains("max_frame_len = 100"), "{why}");
+    assert!(why.contains("max_frame_len = 65536"), "{why}");
+}
+
+// ---- a sender refuses what its peer will refuse ----------------------------------------------
+
+#[pb::remote]
+pub trait Item {
+    async fn id(&self) -> Result<u32, String>;
+}
+
+struct ItemImpl(u32);
+
+impl Item for ItemImpl {
+    async fn id(&self) -> Result<u32, String> {
+        Ok(self.0)
+    }
+}
+
+#[pb::remote]
+pub trait Bag {
+    /// How many references arrived.
+    async fn count(&self, items: Vec<ItemRef>) -> Result<usize, String>;
+    /// `n` new objects.
+    async fn make(&self, n: u32) -> Result<Vec<ItemRef>, String>;
+    /// `n` bytes.
+    async fn blob(&self, n: u32) -> Result<Bytes, String>;
+    /// The length of `b`.
+    async fn len(&self, b: Bytes) -> Result<usize, String>;
+}
+
+struct BagImpl;
+
+impl Bag for BagImpl {
+    async fn count(&self, items: Vec<ItemRef>) -> Result<usize, String> {
+        Ok(items.len())
+    }
+    async fn make(&self, n: u32) -> Result<Vec<ItemRef>, String> {
+        Ok((0..n).map(|i| ItemRef::new(ItemImpl(i))).collect())
+    }
+    async fn blob(&self, n: u32) -> Result<Bytes, String> {
+        Ok(Bytes::from(vec![7u8; n as usize]))
+    }
+    async fn len(&self, b: Bytes) -> Result<usize, String> {
+        Ok(b.len())
+    }
+}
+
+fn items(n: u32) -> Vec<ItemRef> {
+    (0..n).map(|i| ItemRef::new(ItemImpl(i))).collect()
+}
+
+async fn bag_pair(server: Config, client: Config) -> (Connection, Connection) {
+    let (a, b) = pb::transport::memory_pair();
+    let s = Connection::establish(
+        a,
+        &server,
+        Side::Server,
+        Some(BagRef::new(BagImpl).object_ref().clone()),
+        None,
+    );
+    let c = Connection::establish(b, &client, Side::Client, None, None);
+    tokio::try_join!(s, c).unwrap()
+}
+
+/// The limit error of a call, or a panic naming what came instead.
+fn limit_message<T: std::fmt::Debug>(r: Result<T, CallError<String>>) -> String {
+    match r {
+        Err(CallError::LimitExceeded(m)) => m,
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+}
+
+/// The connection still serves: a call with references and a plain one succeed.
+async fn still_works(client: &Connection) {
+    let bag: BagRef = client.root();
+    assert_eq!(bag.count(items(3)).await, Ok(3));
+    let made = bag.make(2).await.unwrap();
+    assert_eq!(made[1].id().await, Ok(1));
+    assert_eq!(bag.len(Bytes::from_static(b"abc")).await, Ok(3));
+    assert!(!client.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_argument_with_more_references_than_the_peer_accepts_fails_alone() {
+    let (server, client) = bag_pair(Config::default(), Config::default()).await;
+    let bag: BagRef = client.root();
+    let m = limit_message(bag.count(items(2000)).await);
+    assert!(m.contains("max_refs_per_message = 1024"), "{m}");
+    // Nothing was exported for the refused call.
+    assert_eq!(client.stats().tables.exported, 0);
+    still_works(&client).await;
+    assert!(!server.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_argument_is_held_to_the_peers_smaller_max_refs_per_message() {
+    let mut small = Config::default();
+    small.limits.message.max_refs_per_message = 100;
+    let (server, client) = bag_pair(small, Config::default()).await;
+    let bag: BagRef = client.root();
+    assert_eq!(bag.count(items(100)).await, Ok(100));
+    let m = limit_message(bag.count(items(101)).await);
+    assert!(m.contains("max_refs_per_message = 100"), "{m}");
+    still_works(&client).await;
+    assert!(!server.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_with_more_references_than_the_caller_accepts_fails_alone() {
+    let (server, client) = bag_pair(Config::default(), Config::default()).await;
+    let bag: BagRef = client.root();
+    let m = limit_message(bag.make(2000).await);
+    assert!(m.contains("max_refs_per_message = 1024"), "{m}");
+    // The refused answer exported nothing.
+    assert_eq!(server.stats().tables.exported, 0);
+    still_works(&client).await;
+    assert!(!server.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_is_held_to_the_callers_smaller_max_refs_per_message() {
+    let mut small = Config::default();
+    small.limits.message.max_refs_per_message = 100;
+    let (server, client) = bag_pair(Config::default(), small).await;
+    let bag: BagRef = client.root();
+    assert_eq!(bag.make(100).await.map(|v| v.len()), Ok(100));
+    let m = limit_message(bag.make(101).await);
+    assert!(m.contains("max_refs_per_message = 100"), "{m}");
+    still_works(&client).await;
+    assert!(!server.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_argument_over_the_peers_smaller_max_frame_len_fails_alone() {
+    let mut small = Config::default();
+    small.limits.max_frame_len = 100 * 1024;
+    let (server, client) = bag_pair(small, Config::default()).await;
+    let bag: BagRef = client.root();
+    assert_eq!(bag.len(Bytes::from(vec![1; 90_000])).await, Ok(90_000));
+    let m = limit_message(bag.len(Bytes::from(vec![1; 200_000])).await);
+    assert!(m.contains("max_frame_len = 102400"), "{m}");
+    still_works(&client).await;
+    assert!(!server.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_over_the_callers_smaller_max_frame_len_fails_alone() {
+    let mut small = Config::default();
+    small.limits.max_frame_len = 100 * 1024;
+    let (server, client) = bag_pair(Config::default(), small).await;
+    let bag: BagRef = client.root();
+    assert_eq!(bag.blob(90_000).await.map(|b| b.len()), Ok(90_000));
+    let m = limit_message(bag.blob(200_000).await);
+    assert!(m.contains("max_frame_len = 102400"), "{m}");
+    still_works(&client).await;
+    assert!(!server.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn releases_are_split_to_the_peers_max_release_entries() {
+    let mut small = Config::default();
+    small.limits.message.max_release_entries = 16;
+    let (server, client) = bag_pair(small, Config::default()).await;
+    let bag: BagRef = client.root();
+    let made = bag.make(100).await.unwrap();
+    assert_eq!(server.stats().tables.exported, 100);
+    // One handle each: dropping them all queues 100 releases at once.
+    drop(made);
+    assert!(settle(|| server.stats().tables.exported == 0).await);
+    still_works(&client).await;
+    assert!(!server.is_closed());
+}
+
+/// A dialed connection sends its first calls before the peer's hello (and limits) arrive: a
+/// call within the floor every peer accepts leaves at once, a larger one waits for the peer's
+/// hello and is then sent or refused against the peer's own limits.
+#[tokio::test(start_paused = true)]
+async fn calls_made_before_the_peers_hello_wait_for_it_past_the_floor() {
+    let mut small = Config::default();
+    small.limits.max_frame_len = 100 * 1024;
+    let (a, b) = pb::transport::memory_pair();
+    let client = Connection::dial(b, &Config::default(), None, None)
+        .await
+        .unwrap();
+    let bag: BagRef = client.root();
+    let call = |n: usize| {
+        let bag = bag.clone();
+        tokio::spawn(async move { bag.len(Bytes::from(vec![1; n])).await })
+    };
+    let small_call = call(10);
+    let mid_call = call(90_000);
+    let big_call = call(200_000);
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // Only the small call was sent; the others wait for the server's hello.
+    assert_eq!(client.stats().tables.pending_calls, 1);
+    let _server = Connection::establish(
+        a,
+        &small,
+        Side::Server,
+        Some(BagRef::new(BagImpl).object_ref().clone()),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(small_call.await.unwrap(), Ok(10));
+    assert_eq!(mid_call.await.unwrap(), Ok(90_000));
+    let m = limit_message(big_call.await.unwrap());
+    assert!(m.contains("max_frame_len = 102400"), "{m}");
+    still_works(&client).await;
+}
+
+/// A limit raised on an open connection (as a login does) is announced to the peer, which may
+/// send up to it from then on.
+#[tokio::test(start_paused = true)]
+async fn a_raised_max_frame_len_is_announced_to_the_peer() {
+    let mut small = Config::default();
+    small.limits.max_frame_len = 100 * 1024;
+    let (server, client) = bag_pair(small, Config::default()).await;
+    let bag: BagRef = client.root();
+    let m = limit_message(bag.len(Bytes::from(vec![1; 200_000])).await);
+    assert!(m.contains("max_frame_len = 102400"), "{m}");
+    server.set_max_frame_len(1 << 20);
+    // The announcement leaves before the answer to the next call.
+    assert_eq!(bag.len(Bytes::from_static(b"x")).await, Ok(1));
+    assert_eq!(bag.len(Bytes::from(vec![1; 200_000])).await, Ok(200_000));
+    still_works(&client).await;
+    assert!(!server.is_closed());
 }

@@ -32,6 +32,7 @@ use pb_proto::hash::{IdHasher, PeerKeys};
 use tokio::sync::oneshot;
 
 use crate::connection::{ConnShared, ExportLink, Imported};
+use crate::handshake::ReceiveLimits;
 use crate::message::{
     self, CallHead, FaultKind, Message, MessageError, MessageLimits, RefDesc,
     encode_answer_frame_head, encode_answer_head, encode_call_frame_head, encode_update_head,
@@ -46,10 +47,34 @@ const OUT_CHUNK: usize = 256;
 /// being copied into the output buffer.
 const ZERO_COPY_MIN: usize = 4096;
 
+/// The most bytes a call's envelope takes besides its method name and references: tag and
+/// flags, then id, target and deadline (a varint of at most 10 bytes each), the method name's
+/// length (2 for the longest name) and the reference count (10). Messages are checked against
+/// the peer's `max_frame_len` with their envelope's largest size, so none that passes can be
+/// refused by the peer.
+const CALL_HEAD_MAX: usize = 2 + 3 * 10 + 2 + 10;
+
+/// The most bytes an answer's envelope takes besides its references: tag, id (10), outcome and
+/// reference count (10).
+const ANSWER_HEAD_MAX: usize = 1 + 10 + 1 + 10;
+
+/// The most bytes one reference descriptor takes: its kind and a varint id.
+const REF_DESC_MAX: usize = 1 + 10;
+
+/// The most bytes one release entry takes: two varints.
+const RELEASE_ENTRY_MAX: usize = 2 * 10;
+
 /// Limits of one connection. Every limit has a safe default.
+///
+/// The limits on what the peer may send (`max_frame_len` and those in `message`) are announced
+/// to the peer in the hello, and the peer holds what it sends to them: a call or an answer over
+/// a peer's limit fails alone, with [`crate::CallError::LimitExceeded`], instead of costing the
+/// connection. They are never below [`ReceiveLimits::FLOOR`] (lower settings are raised to it),
+/// so that a dialer's first calls, sent before the peer's hello has arrived, never exceed them.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest frame body accepted or sent (default 16 MiB, at most 64 MiB).
+    /// Largest frame body accepted or sent (default 16 MiB, at least 64 KiB, at most 64 MiB).
+    /// What we send is also held to the peer's own `max_frame_len`.
     pub max_frame_len: usize,
     /// Most of our calls awaiting answers at once (default 10 000).
     pub max_pending_calls: usize,
@@ -71,8 +96,42 @@ pub struct Limits {
     /// pauses. A peer that sends without reading thus costs a bounded amount of memory, and is
     /// disconnected after `Config::write_stall_timeout` without progress.
     pub max_unsent_bytes: usize,
-    /// Limits on message envelopes.
+    /// Limits on message envelopes (at least 16 references per message and 16 release entries
+    /// per message).
     pub message: MessageLimits,
+}
+
+impl Limits {
+    /// What these limits let the peer send, as our hello announces it: raised to
+    /// [`ReceiveLimits::FLOOR`], and the frame size capped at
+    /// [`crate::frame::MAX_FRAME_LEN_CEILING`], as the connection enforces them.
+    pub fn receive(&self) -> ReceiveLimits {
+        let limits = ReceiveLimits {
+            max_frame_len: self.max_frame_len,
+            max_refs_per_message: self.message.max_refs_per_message,
+            max_release_entries: self.message.max_release_entries,
+        }
+        .at_least_floor();
+        ReceiveLimits {
+            max_frame_len: limits
+                .max_frame_len
+                .min(crate::frame::MAX_FRAME_LEN_CEILING),
+            ..limits
+        }
+    }
+
+    /// These limits as a connection enforces them (see [`Limits::receive`]).
+    pub(crate) fn enforced(&self) -> Limits {
+        let receive = self.receive();
+        Limits {
+            max_frame_len: receive.max_frame_len,
+            message: MessageLimits {
+                max_refs_per_message: receive.max_refs_per_message,
+                max_release_entries: receive.max_release_entries,
+            },
+            ..self.clone()
+        }
+    }
 }
 
 impl Default for Limits {
@@ -163,7 +222,7 @@ pub(crate) enum Payload {
 }
 
 impl Payload {
-    fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
             Payload::Bytes(b) => b,
             Payload::Encoded(e) => e.as_slice(),
@@ -266,6 +325,16 @@ pub(crate) struct Broker {
     graveyard: Vec<ObjectRef>,
     /// What calls fail with once the connection is closed.
     close_fault: Option<Fault>,
+    /// What the peer accepts: what its hello said (or a limits message since), what a peer
+    /// that says nothing is assumed to accept, or, until its hello has arrived,
+    /// [`ReceiveLimits::FLOOR`].
+    peer: ReceiveLimits,
+    /// Whether the peer's hello has arrived (`peer` is no longer the floor).
+    peer_known: bool,
+    /// Whether the peer's hello carried its limits: it understands a limits message.
+    peer_hears_limits: bool,
+    /// Our receive limits as the peer last heard them.
+    announced: ReceiveLimits,
 }
 
 impl Broker {
@@ -277,7 +346,9 @@ impl Broker {
     ) -> Broker {
         let root_key = root.as_ref().and_then(export_key);
         let peer_keys = PeerKeys::new();
+        let limits = limits.enforced();
         Broker {
+            announced: limits.receive(),
             limits,
             conn_id,
             link,
@@ -304,11 +375,56 @@ impl Broker {
             revoked: Vec::new(),
             graveyard: Vec::new(),
             close_fault: None,
+            peer: ReceiveLimits::FLOOR,
+            peer_known: false,
+            peer_hears_limits: false,
         }
     }
 
-    pub(crate) fn set_max_frame_len(&mut self, len: usize) {
+    /// Change the largest frame we accept; returns the limit as enforced (never below the
+    /// floor). A peer that announced its own limits hears of ours at once (a limits message),
+    /// so that it may send larger frames after a login, say.
+    pub(crate) fn set_max_frame_len(&mut self, len: usize) -> usize {
         self.limits.max_frame_len = len;
+        self.limits = self.limits.enforced();
+        self.announce_limits();
+        self.limits.max_frame_len
+    }
+
+    /// The peer's hello arrived, with its limits if it carried them (a peer that announces
+    /// none is assumed to accept [`ReceiveLimits::ASSUMED`]). Returns whether that queued
+    /// output (our own limits, if they changed since our hello left).
+    pub(crate) fn set_peer_limits(&mut self, limits: Option<ReceiveLimits>) -> bool {
+        self.peer = limits.unwrap_or(ReceiveLimits::ASSUMED);
+        self.peer_known = true;
+        self.peer_hears_limits = limits.is_some();
+        self.announce_limits()
+    }
+
+    /// Tell the peer our receive limits if they changed since it last heard them and it
+    /// understands a limits message (before its hello has arrived it cannot be told yet:
+    /// [`Broker::set_peer_limits`] does it then). Returns whether a message was queued.
+    fn announce_limits(&mut self) -> bool {
+        let current = self.limits.receive();
+        if current == self.announced
+            || !self.peer_known
+            || !self.peer_hears_limits
+            || self.state == State::Closed
+        {
+            return false;
+        }
+        self.announced = current;
+        self.write_message(&Message::Limits(current));
+        true
+    }
+
+    /// Whether a call of this size stays within [`ReceiveLimits::FLOOR`], which any peer
+    /// accepts, even one whose hello has not arrived yet. Checked with the call's largest
+    /// possible envelope, as [`Broker::start_call`] does.
+    pub(crate) fn fits_floor(method_len: usize, payload_len: usize, refs: usize) -> bool {
+        let floor = ReceiveLimits::FLOOR;
+        refs <= floor.max_refs_per_message
+            && call_len_max(method_len, payload_len, refs) <= floor.max_frame_len
     }
 
     pub(crate) fn stats(&self) -> TableStats {
@@ -358,7 +474,12 @@ impl Broker {
         if !self.releases.is_empty() && self.state != State::Closed {
             // Taken and given back, so the list keeps its capacity from batch to batch.
             let mut items = std::mem::take(&mut self.releases);
-            for batch in items.chunks(self.limits.message.max_release_entries.max(1)) {
+            // As many entries as the peer takes in one message, and in one frame (after the
+            // envelope: tag and entry count).
+            let room = self.send_frame_limit().0.saturating_sub(1 + 10);
+            let per_frame = room / RELEASE_ENTRY_MAX;
+            let per_message = self.peer.max_release_entries.min(per_frame).max(1);
+            for batch in items.chunks(per_message) {
                 self.write_frame(|out| message::encode_release(out, batch));
             }
             // Unless a burst made it large: an idle connection keeps little.
@@ -451,15 +572,50 @@ impl Broker {
         self.write_message(&Message::Fault { id, kind, message });
     }
 
-    fn frame_fits(&self, head_estimate: usize, payload: &[u8]) -> Result<(), Fault> {
-        let len = head_estimate + payload.len();
-        if len > self.limits.max_frame_len {
+    /// The largest frame body we may send: ours, or the peer's if it is smaller (then
+    /// `true`).
+    fn send_frame_limit(&self) -> (usize, bool) {
+        if self.peer.max_frame_len < self.limits.max_frame_len {
+            (self.peer.max_frame_len, true)
+        } else {
+            (self.limits.max_frame_len, false)
+        }
+    }
+
+    /// Check a message of at most `len` bytes against the frame limit. `peer` names the peer
+    /// in the error, from the point of view of whoever reads it: "the peer's" for our caller,
+    /// "the caller's" for the peer that made the call an answer is for.
+    fn frame_fits(&self, len: usize, peer: &str) -> Result<(), Fault> {
+        let (max, theirs) = self.send_frame_limit();
+        if len > max {
+            let whose = if theirs { peer } else { "the" };
+            let mut message =
+                format!("message of {len} bytes exceeds {whose} limit max_frame_len = {max}");
+            if theirs && !self.peer_known {
+                message.push_str(PEER_NOT_KNOWN);
+            }
             return Err(Fault {
                 kind: FaultKind::LimitExceeded,
-                message: format!(
-                    "message of {len} bytes exceeds the limit max_frame_len = {}",
-                    self.limits.max_frame_len
-                ),
+                message,
+            });
+        }
+        Ok(())
+    }
+
+    /// Check the number of references in a message against the peer's limit (see
+    /// [`Broker::frame_fits`] for `peer`).
+    fn refs_fit(&self, refs: usize, peer: &str) -> Result<(), Fault> {
+        let max = self.peer.max_refs_per_message;
+        if refs > max {
+            let mut message = format!(
+                "message with {refs} references exceeds {peer} limit max_refs_per_message = {max}"
+            );
+            if !self.peer_known {
+                message.push_str(PEER_NOT_KNOWN);
+            }
+            return Err(Fault {
+                kind: FaultKind::LimitExceeded,
+                message,
             });
         }
         Ok(())
@@ -842,6 +998,11 @@ impl Broker {
             }
             // The driver notes that a frame arrived; nothing else to do.
             Message::Pong { .. } => Ok(()),
+            Message::Limits(limits) => {
+                tracing::debug!(?limits, "the peer's receive limits changed");
+                self.peer = limits;
+                Ok(())
+            }
             Message::Update { object, payload } => {
                 match self.imports.get(&object).and_then(|s| s.handle.upgrade()) {
                     Some(imp) => imp
@@ -988,7 +1149,12 @@ impl Broker {
                 ),
             });
         }
-        self.frame_fits(32 + method.len() + refs.len() * 10, payload.as_slice())?;
+        // Checked before anything is exported: a refused call changes no count.
+        self.refs_fit(refs.len(), PEER)?;
+        self.frame_fits(
+            call_len_max(method.len(), payload.as_slice().len(), refs.len()),
+            PEER,
+        )?;
         let (descs, follow) = self.describe(refs)?;
         let id = self.next_request;
         self.next_request += 1;
@@ -1135,7 +1301,7 @@ impl Broker {
             // Most answers carry no references: no export bookkeeping, nothing to follow, and
             // the frame's length goes out with the envelope.
             Some(Ok(o)) if o.refs.is_empty() => {
-                match self.frame_fits(16, &o.payload) {
+                match self.frame_fits(ANSWER_HEAD_MAX + o.payload.len(), CALLER) {
                     Ok(()) => {
                         self.reserve_frame(16, &o.payload);
                         encode_answer_frame_head(&mut self.out, id, o.ok, o.payload.len());
@@ -1148,8 +1314,11 @@ impl Broker {
             Some(reply) => reply,
         };
         let outcome = reply.and_then(|o| {
+            // Checked before anything is exported: a refused answer changes no count.
+            let len = ANSWER_HEAD_MAX + o.refs.len() * REF_DESC_MAX + o.payload.len();
             let described = self
-                .frame_fits(16 + o.refs.len() * 10, &o.payload)
+                .refs_fit(o.refs.len(), CALLER)
+                .and_then(|()| self.frame_fits(len, CALLER))
                 .and_then(|()| self.describe(&o.refs));
             // The references are exported now (or refused): ours to drop, outside the lock.
             self.bury(o.refs);
@@ -1226,6 +1395,21 @@ impl Broker {
     }
 }
 
+/// The peer, in an error our caller reads.
+const PEER: &str = "the peer's";
+
+/// The peer, in an error the peer reads about the answer to its call.
+const CALLER: &str = "the caller's";
+
+/// Said of a limit that is the floor because the peer's hello has not arrived yet.
+const PEER_NOT_KNOWN: &str =
+    " (the floor every peer accepts: the peer's own limits are not known before its hello)";
+
+/// The largest a call's frame body can be, whatever its ids and references.
+fn call_len_max(method_len: usize, payload_len: usize, refs: usize) -> usize {
+    CALL_HEAD_MAX + method_len + refs * REF_DESC_MAX + payload_len
+}
+
 /// The most entries a release list keeps room for between batches (16 KiB or 24 KiB).
 pub(crate) const KEEP_RELEASES: usize = 1024;
 
@@ -1234,5 +1418,35 @@ fn export_key(r: &ObjectRef) -> Option<usize> {
     match &r.0 {
         RefInner::Local(_) => r.local_key(),
         RefInner::Remote(imp) => Some(Arc::as_ptr(imp) as usize),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_peer_without_limits_is_assumed_to_have_the_defaults() {
+        use crate::handshake::ReceiveLimits;
+        assert_eq!(super::Limits::default().receive(), ReceiveLimits::ASSUMED);
+        let low = super::Limits {
+            max_frame_len: 1,
+            message: crate::message::MessageLimits {
+                max_refs_per_message: 0,
+                max_release_entries: 0,
+            },
+            ..super::Limits::default()
+        };
+        assert_eq!(low.receive(), ReceiveLimits::FLOOR);
+        assert_eq!(
+            low.enforced().max_frame_len,
+            ReceiveLimits::FLOOR.max_frame_len
+        );
+        let high = super::Limits {
+            max_frame_len: usize::MAX,
+            ..super::Limits::default()
+        };
+        assert_eq!(
+            high.receive().max_frame_len,
+            crate::frame::MAX_FRAME_LEN_CEILING
+        );
     }
 }

@@ -32,7 +32,9 @@ use tracing::Instrument;
 use crate::broker::{Broker, CallEvent, Flush, Limits, Payload, ProtocolError, TableStats};
 use crate::cache::ReplicaSlot;
 use crate::frame::{FrameDecoder, HEADER_LEN, MIN_READ};
-use crate::handshake::{Features, HELLO_LEN, HandshakeError, Hello};
+use crate::handshake::{
+    Features, HELLO_LEN, HELLO_LIMITS_LEN, HELLO_MAX_LEN, HandshakeError, Hello,
+};
 use crate::message::FaultKind;
 use crate::object::{
     BoxFuture, Fault, IncomingCall, MethodName, ObjectRef, Remote, Reply, disconnected_fault,
@@ -63,7 +65,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long a graceful close waits for running calls (default 30 s).
     pub drain_timeout: Duration,
-    /// Optional features we offer.
+    /// Optional features we offer. ([`Features::LIMITS`] is not one to choose: our hello
+    /// always carries our limits.)
     pub features: Features,
     /// After this long without a frame from the peer, send it a ping (default 20 s; `None`:
     /// never). A live peer answers at once, which keeps a quiet connection from being idle.
@@ -237,6 +240,11 @@ pub(crate) struct ConnShared {
     wake_writer: WriterWake,
     call_done: Notify,
     max_frame_len: AtomicUsize,
+    /// Set once the peer's hello (and with it the peer's limits) has arrived: at once on a
+    /// connection that waited for it, later on a dialed one (see [`ConnShared::call`]).
+    peer_known: AtomicBool,
+    /// Wakes callers waiting for the peer's hello (and all of them when the connection closes).
+    peer_hello: Notify,
     /// `Limits::max_depth`, read by every decode of a value that came in on this connection.
     pub(crate) max_depth: usize,
     /// Why the connection ended: set once, by the first close.
@@ -283,7 +291,9 @@ impl ConnShared {
             out: Mutex::new(None),
             wake_writer: WriterWake::default(),
             call_done: Notify::new(),
-            max_frame_len: AtomicUsize::new(config.limits.max_frame_len),
+            max_frame_len: AtomicUsize::new(config.limits.receive().max_frame_len),
+            peer_known: AtomicBool::new(false),
+            peer_hello: Notify::new(),
             max_depth: config.limits.max_depth,
             close_reason: OnceLock::new(),
             closed: Notify::new(),
@@ -377,6 +387,41 @@ impl ConnShared {
         }
     }
 
+    /// The peer's hello arrived: from now on what we send is held to the limits it carries.
+    /// Returns whether that queued output (see [`Broker::set_peer_limits`]).
+    fn peer_hello(&self, theirs: &Hello) -> bool {
+        let queued = self.lock().set_peer_limits(theirs.limits);
+        self.peer_known.store(true, Ordering::Release);
+        self.peer_hello.notify_waiters();
+        queued
+    }
+
+    /// Completes once a call of this size may be started: at once if the peer's hello has
+    /// arrived or the call is within the floor any peer accepts; otherwise when the hello
+    /// arrives or the connection closes (after which `start_call` decides).
+    ///
+    /// Only a dialed connection waits: it sends its first calls without waiting for the peer's
+    /// hello (one round trip for connecting and calling). Those calls cannot be checked
+    /// against limits the peer has not announced yet, and sending them unchecked could cost
+    /// the connection; refusing those over the floor would fail calls the peer would take.
+    /// So a call within [`ReceiveLimits::FLOOR`](crate::handshake::ReceiveLimits::FLOOR),
+    /// which every pb peer accepts, leaves at once, and a larger one waits one round trip, for
+    /// the hello, then is sent or refused against the peer's own limits.
+    async fn peer_limits_for(&self, method_len: usize, payload_len: usize, refs: usize) {
+        if Broker::fits_floor(method_len, payload_len, refs) {
+            return;
+        }
+        loop {
+            let notified = self.peer_hello.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.peer_known.load(Ordering::Acquire) || self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     fn make_import(self: &Arc<Self>) -> impl Fn(u64, u64) -> Arc<Imported> + '_ {
         move |id, generation| {
             Arc::new(Imported {
@@ -458,6 +503,24 @@ impl ConnShared {
                     }
                 };
                 if let Err(f) = space.instrument(span.clone()).await {
+                    break 'call Err(f);
+                }
+            }
+            if !self.peer_known.load(Ordering::Acquire) {
+                let known =
+                    self.peer_limits_for(method.len(), payload.as_slice().len(), refs.len());
+                let known = async {
+                    match deadline {
+                        Some(d) => tokio::time::timeout_at(d, known)
+                            .await
+                            .map_err(|_| deadline_fault()),
+                        None => {
+                            known.await;
+                            Ok(())
+                        }
+                    }
+                };
+                if let Err(f) = known.instrument(span.clone()).await {
                     break 'call Err(f);
                 }
             }
@@ -1056,6 +1119,7 @@ impl ConnShared {
         let _ = self.close_reason.set(reason);
         self.is_closed.store(true, Ordering::Release);
         self.closed.notify_waiters();
+        self.peer_hello.notify_waiters();
         self.end_output();
         // Callers waiting for output space give up now. Only a congested output has any: they
         // wait only after seeing it congested, and its end wakes them.
@@ -1358,32 +1422,44 @@ impl Connection {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let ours = Hello::ours(config.features);
-        let hello = hello_frame(&ours);
+        let plain = Hello::ours(config.features);
+        let ours = plain.with_limits(config.limits.receive());
         // The reader keeps this much room before each read anyway.
         let mut rbuf = BytesMut::with_capacity(MIN_READ);
         let exchange = async {
             if side == Side::Client {
-                io.write_all(&hello).await?;
+                io.write_all(hello_frame(&ours).as_slice()).await?;
                 io.flush().await?;
             }
             read_hello(&mut io, &mut rbuf, &ours).await
         };
-        match tokio::time::timeout(config.handshake_timeout, exchange).await {
-            Ok(Ok(())) => {}
+        let theirs = match tokio::time::timeout(config.handshake_timeout, exchange).await {
+            Ok(Ok(theirs)) => theirs,
             Ok(Err(e)) => {
                 if side == Side::Server {
-                    let _ = io.write_all(&hello).await;
+                    // The hello every build reads, so that the dialer can tell why.
+                    let _ = io.write_all(hello_frame(&plain).as_slice()).await;
                     let _ = io.flush().await;
                 }
                 let _ = io.shutdown().await;
                 return Err(e);
             }
             Err(_) => return Err(ConnectError::Timeout(config.handshake_timeout)),
-        }
-        let answer = (side == Side::Server).then_some(ours);
+        };
+        // Our limits go only to a dialer whose hello carried its own: builds from before
+        // limits were carried refuse a hello longer than 16 bytes.
+        let answer =
+            (side == Side::Server).then_some(if theirs.limits.is_some() { ours } else { plain });
         Ok(Connection::start(
-            io, config, side, root, peer_addr, rbuf, answer, None, spawn,
+            io,
+            config,
+            side,
+            root,
+            peer_addr,
+            rbuf,
+            (answer, Some(theirs)),
+            None,
+            spawn,
         ))
     }
 
@@ -1411,7 +1487,7 @@ impl Connection {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let ours = Hello::ours(config.features);
+        let ours = Hello::ours(config.features).with_limits(config.limits.receive());
         // The reader keeps this much room before each read anyway.
         let rbuf = BytesMut::with_capacity(MIN_READ);
         let (conn, _) = Connection::start(
@@ -1421,7 +1497,7 @@ impl Connection {
             root,
             peer_addr,
             rbuf,
-            Some(ours),
+            (Some(ours), None),
             Some(ours),
             true,
         );
@@ -1429,8 +1505,9 @@ impl Connection {
     }
 
     /// Start the connection's tasks. `send` is our hello, queued as the first bytes, if it is
-    /// still to be sent; with `check`, the reader checks the peer's before any frame. Without
-    /// `spawn`, the reader is returned for the caller to run.
+    /// still to be sent, and `theirs` the peer's, if it has arrived; with `check`, the reader
+    /// checks the peer's before any frame. Without `spawn`, the reader is returned for the
+    /// caller to run.
     #[allow(clippy::too_many_arguments)]
     fn start<T>(
         io: T,
@@ -1439,7 +1516,7 @@ impl Connection {
         root: Option<ObjectRef>,
         peer_addr: Option<SocketAddr>,
         rbuf: BytesMut,
-        send: Option<Hello>,
+        (send, theirs): (Option<Hello>, Option<Hello>),
         check: Option<Hello>,
         spawn: bool,
     ) -> (Connection, Option<ConnectionReader>)
@@ -1448,9 +1525,12 @@ impl Connection {
     {
         let shared = ConnShared::new(config, side, peer_addr, root);
         if let Some(ours) = &send {
-            shared.lock().queue_raw(&hello_frame(ours));
+            shared.lock().queue_raw(hello_frame(ours).as_slice());
         }
-        let decoder = FrameDecoder::new(config.limits.max_frame_len);
+        if let Some(theirs) = &theirs {
+            shared.peer_hello(theirs);
+        }
+        let decoder = FrameDecoder::new(config.limits.receive().max_frame_len);
         // A frame that came with the peer's hello (a dialer's first call) is answered by the
         // reader's first batch, which our hello then leaves with.
         let frame_waiting = rbuf.get(..HEADER_LEN).is_some_and(|h| {
@@ -1552,11 +1632,22 @@ impl Connection {
         }
     }
 
-    /// Change the largest frame accepted and sent (for example after login).
+    /// Change the largest frame accepted and sent (for example after login); never below
+    /// [`ReceiveLimits::FLOOR`](crate::handshake::ReceiveLimits::FLOOR). A peer that announced
+    /// its own limits in its hello is told at once, so that it may send frames up to the new
+    /// limit (and, if it is lower, holds what it sends to it from when it hears of it: frames
+    /// already on their way that exceed it close the connection).
     pub fn set_max_frame_len(&self, len: usize) {
-        self.shared.lock().set_max_frame_len(len);
+        let (len, queued) = {
+            let mut broker = self.shared.lock();
+            let len = broker.set_max_frame_len(len);
+            (len, broker.has_transmit())
+        };
         // The reader picks the new limit up before the next frame.
         self.shared.max_frame_len.store(len, Ordering::Relaxed);
+        if queued {
+            self.shared.wake_writer.notify_one();
+        }
     }
 
     /// Record who the peer is (a login, a certificate, ...). Dispatchers see it through
@@ -1664,13 +1755,29 @@ fn on_timer(live: &mut Liveness, conn: &ConnShared) -> Result<(), CloseReason> {
     }
 }
 
-/// Our hello as a whole frame (on the stack: it is copied into the output anyway).
-fn hello_frame(ours: &Hello) -> [u8; HEADER_LEN + HELLO_LEN] {
-    let mut hello = [0u8; HEADER_LEN + HELLO_LEN];
-    let mut out = &mut hello[..];
-    out.put_u32(HELLO_LEN as u32);
+/// A hello as a whole frame, on the stack (it is copied into the output anyway).
+struct HelloFrame {
+    buf: [u8; HEADER_LEN + HELLO_LIMITS_LEN],
+    len: usize,
+}
+
+impl HelloFrame {
+    fn as_slice(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or(&self.buf)
+    }
+}
+
+/// Our hello as a whole frame.
+fn hello_frame(ours: &Hello) -> HelloFrame {
+    let mut buf = [0u8; HEADER_LEN + HELLO_LIMITS_LEN];
+    let body = ours.encoded_len();
+    let mut out = &mut buf[..];
+    out.put_u32(body as u32);
     ours.encode(&mut out);
-    hello
+    HelloFrame {
+        buf,
+        len: HEADER_LEN + body,
+    }
 }
 
 /// Read the peer's hello into `rbuf` and check it against ours; what follows it stays in
@@ -1679,48 +1786,51 @@ async fn read_hello<R: AsyncRead + Unpin>(
     io: &mut R,
     rbuf: &mut BytesMut,
     ours: &Hello,
-) -> Result<(), ConnectError> {
-    while !take_hello(rbuf, ours)? {
+) -> Result<Hello, ConnectError> {
+    loop {
+        if let Some(theirs) = take_hello(rbuf, ours)? {
+            return Ok(theirs);
+        }
         if io.read_buf(rbuf).await? == 0 {
             return Err(ConnectError::Closed);
         }
     }
-    Ok(())
 }
 
-/// The first eight bytes of every hello frame: its length and the magic.
-const HELLO_HEAD: [u8; 8] = {
-    let len = (HELLO_LEN as u32).to_be_bytes();
-    let m = crate::handshake::MAGIC;
-    [len[0], len[1], len[2], len[3], m[0], m[1], m[2], m[3]]
-};
-
-/// Check the peer's hello at the front of `rbuf` against ours and take it out: `false` while
+/// Check the peer's hello at the front of `rbuf` against ours and take it out: `None` while
 /// more bytes are needed to tell.
-fn take_hello(rbuf: &mut BytesMut, ours: &Hello) -> Result<bool, HandshakeError> {
-    // Check as soon as the header is in, so a non-pb peer is told apart early.
-    let differs = rbuf.get(..8).is_some_and(|head| head != HELLO_HEAD);
-    if rbuf.len() < HEADER_LEN + HELLO_LEN && !differs {
-        return Ok(false);
-    }
-    // When the first eight bytes (header and magic) are not ours, the body may be
-    // incomplete here: never index into it.
-    let header_ok = rbuf.get(..HEADER_LEN) == HELLO_HEAD.get(..HEADER_LEN);
-    let body = rbuf.get(HEADER_LEN..HEADER_LEN + HELLO_LEN);
-    let Some(body) = body.filter(|_| header_ok) else {
-        // Report the four bytes where the magic should be, or the first four if even the
-        // header is not a hello's.
-        let at = if header_ok { HEADER_LEN } else { 0 };
+fn take_hello(rbuf: &mut BytesMut, ours: &Hello) -> Result<Option<Hello>, HandshakeError> {
+    // Check the header and then the magic as soon as each is in, so a non-pb peer is told
+    // apart early; the body may be incomplete until then: never index into it.
+    let Some(&[l0, l1, l2, l3]) = rbuf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+    // Report the four bytes where the magic should be, or the first four if even the header
+    // is not a hello's.
+    let bad_magic = |at: usize| {
         let mut magic = [0u8; 4];
         for (m, b) in magic.iter_mut().zip(rbuf.iter().skip(at)) {
             *m = *b;
         }
-        return Err(HandshakeError::BadMagic { magic });
+        HandshakeError::BadMagic { magic }
+    };
+    if !(HELLO_LEN..=HELLO_MAX_LEN).contains(&len) {
+        return Err(bad_magic(0));
+    }
+    if rbuf
+        .get(HEADER_LEN..HEADER_LEN + 4)
+        .is_some_and(|m| m != crate::handshake::MAGIC)
+    {
+        return Err(bad_magic(HEADER_LEN));
+    }
+    let Some(body) = rbuf.get(HEADER_LEN..HEADER_LEN + len) else {
+        return Ok(None);
     };
     let theirs = Hello::decode(body)?;
     let _features = ours.negotiate(&theirs)?;
-    bytes::Buf::advance(rbuf, HEADER_LEN + HELLO_LEN);
-    Ok(true)
+    bytes::Buf::advance(rbuf, HEADER_LEN + len);
+    Ok(Some(theirs))
 }
 
 /// The reader task. With `check` (our hello and the handshake timeout, on a dialed
@@ -1754,11 +1864,16 @@ async fn run_reader<R: AsyncRead + Unpin>(
     let reason = 'conn: loop {
         if let Some(ours) = &check {
             match take_hello(&mut rbuf, ours) {
-                Ok(true) => {
+                Ok(Some(theirs)) => {
                     check = None;
                     live.handle_hello(now());
+                    // Our limits, if they changed since our hello left, go out with the
+                    // batch's flush, or the writer's if no frame follows.
+                    if conn.peer_hello(&theirs) {
+                        conn.wake_writer.notify_one();
+                    }
                 }
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(e) => break 'conn CloseReason::Handshake(e),
             }
         }

@@ -523,7 +523,11 @@ impl ObjectRef {
         }
     }
 
-    /// Send a call that wants no answer. It fails only if it cannot be sent.
+    /// Send a call that wants no answer. It fails only if it cannot be sent: among other
+    /// reasons, when it is over the peer's limits (`LimitExceeded`), and, on a dialed
+    /// connection whose peer's hello has not arrived yet, when it is over the floor every peer
+    /// accepts ([`ReceiveLimits::FLOOR`](crate::handshake::ReceiveLimits::FLOOR)): a call
+    /// that wants an answer waits for the hello instead.
     pub fn send<A>(&self, method: &str, args: &A) -> Result<(), CallError<std::convert::Infallible>>
     where
         A: Serialize + ?Sized,

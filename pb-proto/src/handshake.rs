@@ -9,6 +9,15 @@
 //!
 //! Layout of the 16-byte body: magic `b"PBRS"`, version (u16 BE), reserved (u16, zero), feature
 //! flags (u64 BE). Features are negotiated as the intersection of both sides' flags.
+//!
+//! With [`Features::LIMITS`] set, the sender's receive limits follow (28 bytes in all):
+//! `max_frame_len`, `max_refs_per_message` and `max_release_entries` (u32 BE each), so that the
+//! peer never sends what the sender would refuse ([`ReceiveLimits`]). Bytes after what the flags
+//! announce are ignored, up to [`HELLO_MAX_LEN`]: room for later extensions, each announced by
+//! a flag of its own. A hello without the flag (16 bytes, as builds from before it send) is
+//! still accepted, and its sender is taken to accept [`ReceiveLimits::ASSUMED`]; those builds
+//! refuse a hello longer than 16 bytes, so the accepting side sends its limits only to a dialer
+//! whose hello carried them.
 
 use bytes::BufMut;
 
@@ -18,8 +27,14 @@ pub const MAGIC: [u8; 4] = *b"PBRS";
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// Length of an encoded [`Hello`] body.
+/// Length of an encoded [`Hello`] body without limits (the least a hello may be).
 pub const HELLO_LEN: usize = 16;
+
+/// Length of an encoded [`Hello`] body that carries the sender's [`ReceiveLimits`].
+pub const HELLO_LIMITS_LEN: usize = HELLO_LEN + 12;
+
+/// The longest hello body accepted (the bytes past what the flags announce are ignored).
+pub const HELLO_MAX_LEN: usize = 64;
 
 /// Feature flags a peer may advertise in its [`Hello`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -28,6 +43,10 @@ pub struct Features(pub u64);
 impl Features {
     /// No optional features.
     pub const NONE: Features = Features(0);
+
+    /// The hello carries the sender's [`ReceiveLimits`] after the flags. Every hello this build
+    /// sends sets it (but see [`Hello::with_limits`]).
+    pub const LIMITS: Features = Features(1);
 
     /// The features both sides support.
     pub fn intersect(self, other: Features) -> Features {
@@ -40,30 +59,108 @@ impl Features {
     }
 }
 
+/// What one side accepts from its peer: the limits its decoder enforces on every message, which
+/// the peer must therefore respect when it sends. Carried in the hello ([`Features::LIMITS`])
+/// and, when they change on an open connection, in a limits message
+/// (`crate::message::Message::Limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReceiveLimits {
+    /// The largest frame body accepted.
+    pub max_frame_len: usize,
+    /// The most object references one message may carry.
+    pub max_refs_per_message: usize,
+    /// The most entries one release message may carry.
+    pub max_release_entries: usize,
+}
+
+impl ReceiveLimits {
+    /// What every pb peer accepts at any time: receive limits configured lower are raised to
+    /// it. A dialer sends its first calls before the peer's hello has told it the peer's
+    /// limits, and holds them to this floor until it has.
+    pub const FLOOR: ReceiveLimits = ReceiveLimits {
+        max_frame_len: 64 * 1024,
+        max_refs_per_message: 16,
+        max_release_entries: 16,
+    };
+
+    /// What a peer whose hello carries no limits (a build from before [`Features::LIMITS`]) is
+    /// taken to accept: the default limits, which are what such a peer enforces unless it was
+    /// configured otherwise.
+    pub const ASSUMED: ReceiveLimits = ReceiveLimits {
+        max_frame_len: crate::frame::DEFAULT_MAX_FRAME_LEN,
+        max_refs_per_message: 1024,
+        max_release_entries: 4096,
+    };
+
+    /// These limits, raised to [`ReceiveLimits::FLOOR`] where they are below it.
+    pub fn at_least_floor(self) -> ReceiveLimits {
+        let floor = ReceiveLimits::FLOOR;
+        ReceiveLimits {
+            max_frame_len: self.max_frame_len.max(floor.max_frame_len),
+            max_refs_per_message: self.max_refs_per_message.max(floor.max_refs_per_message),
+            max_release_entries: self.max_release_entries.max(floor.max_release_entries),
+        }
+    }
+}
+
 /// The first frame on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
     /// The sender's protocol version.
     pub version: u16,
-    /// The sender's optional features.
+    /// The sender's optional features. [`Features::LIMITS`] is set on the wire exactly when
+    /// `limits` is there.
     pub features: Features,
+    /// What the sender accepts, if its hello says.
+    pub limits: Option<ReceiveLimits>,
 }
 
 impl Hello {
-    /// The hello this build sends.
+    /// The hello this build sends, without limits (as builds from before
+    /// [`Features::LIMITS`] send it; see [`Hello::with_limits`]).
     pub fn ours(features: Features) -> Hello {
         Hello {
             version: PROTOCOL_VERSION,
-            features,
+            features: Features(features.0 & !Features::LIMITS.0),
+            limits: None,
+        }
+    }
+
+    /// This hello, announcing that its sender accepts `limits`.
+    pub fn with_limits(self, limits: ReceiveLimits) -> Hello {
+        Hello {
+            features: Features(self.features.0 | Features::LIMITS.0),
+            limits: Some(limits),
+            ..self
+        }
+    }
+
+    /// The length of the encoded body.
+    pub fn encoded_len(&self) -> usize {
+        if self.limits.is_some() {
+            HELLO_LIMITS_LEN
+        } else {
+            HELLO_LEN
         }
     }
 
     /// Encode the hello body (without frame header).
     pub fn encode(&self, out: &mut impl BufMut) {
+        let flags = match self.limits {
+            Some(_) => self.features.0 | Features::LIMITS.0,
+            None => self.features.0 & !Features::LIMITS.0,
+        };
         out.put_slice(&MAGIC);
         out.put_u16(self.version);
         out.put_u16(0);
-        out.put_u64(self.features.0);
+        out.put_u64(flags);
+        if let Some(l) = &self.limits {
+            // Saturated: a limit past what 32 bits hold is as good as none.
+            let wide = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            out.put_u32(wide(l.max_frame_len));
+            out.put_u32(wide(l.max_refs_per_message));
+            out.put_u32(wide(l.max_release_entries));
+        }
     }
 
     /// Decode a hello body.
@@ -79,12 +176,30 @@ impl Hello {
                 magic: [m0, m1, m2, m3],
             });
         }
-        if body.len() != HELLO_LEN {
+        let features = Features(u64::from_be_bytes([f0, f1, f2, f3, f4, f5, f6, f7]));
+        let limits = if features.contains(Features::LIMITS) {
+            let Some(&[a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3]) = body
+                .get(HELLO_LEN..HELLO_LIMITS_LEN)
+                .and_then(|s| <&[u8; HELLO_LIMITS_LEN - HELLO_LEN]>::try_from(s).ok())
+            else {
+                return Err(HandshakeError::Malformed { len: body.len() });
+            };
+            let narrow = |b: [u8; 4]| u32::from_be_bytes(b) as usize;
+            Some(ReceiveLimits {
+                max_frame_len: narrow([a0, a1, a2, a3]),
+                max_refs_per_message: narrow([b0, b1, b2, b3]),
+                max_release_entries: narrow([c0, c1, c2, c3]),
+            })
+        } else {
+            None
+        };
+        if body.len() > HELLO_MAX_LEN {
             return Err(HandshakeError::Malformed { len: body.len() });
         }
         Ok(Hello {
             version: u16::from_be_bytes([v0, v1]),
-            features: Features(u64::from_be_bytes([f0, f1, f2, f3, f4, f5, f6, f7])),
+            features,
+            limits,
         })
     }
 
@@ -134,12 +249,13 @@ mod tests {
     #[test]
     fn round_trip_and_mismatch() {
         let mut b = BytesMut::new();
-        Hello::ours(Features(3)).encode(&mut b);
+        Hello::ours(Features(6)).encode(&mut b);
         let h = Hello::decode(&b).unwrap();
-        assert_eq!(h, Hello::ours(Features(3)));
+        assert_eq!(h, Hello::ours(Features(6)));
         let old = Hello {
             version: 0,
             features: Features::NONE,
+            limits: None,
         };
         assert_eq!(
             Hello::ours(Features::NONE).negotiate(&old),
@@ -153,5 +269,69 @@ mod tests {
             Hello::decode(b"PB"),
             Err(HandshakeError::Malformed { len: 2 })
         ));
+    }
+
+    #[test]
+    fn limits_ride_after_the_flags_and_are_optional() {
+        let limits = ReceiveLimits {
+            max_frame_len: 100_000,
+            max_refs_per_message: 20,
+            max_release_entries: 30,
+        };
+        let hello = Hello::ours(Features(4)).with_limits(limits);
+        assert_eq!(hello.features, Features(5));
+        let mut b = BytesMut::new();
+        hello.encode(&mut b);
+        assert_eq!(b.len(), HELLO_LIMITS_LEN);
+        assert_eq!(hello.encoded_len(), HELLO_LIMITS_LEN);
+        assert_eq!(&b[8..16], &5u64.to_be_bytes());
+        assert_eq!(&b[16..], &[0, 1, 0x86, 0xa0, 0, 0, 0, 20, 0, 0, 0, 30]);
+        assert_eq!(Hello::decode(&b), Ok(hello));
+        // Bytes a later extension adds are ignored, up to the longest hello.
+        b.extend_from_slice(&[0xee; HELLO_MAX_LEN - HELLO_LIMITS_LEN]);
+        assert_eq!(Hello::decode(&b), Ok(hello));
+        b.extend_from_slice(&[0xee]);
+        assert!(matches!(
+            Hello::decode(&b),
+            Err(HandshakeError::Malformed { .. })
+        ));
+        // The flag without the limits it announces.
+        let mut short = BytesMut::new();
+        Hello::ours(Features::NONE).encode(&mut short);
+        short[15] = 1;
+        assert_eq!(
+            Hello::decode(&short),
+            Err(HandshakeError::Malformed { len: HELLO_LEN })
+        );
+        // Without limits, the flag is never sent.
+        let plain = Hello::ours(Features(1));
+        assert_eq!(plain.features, Features::NONE);
+        let mut p = BytesMut::new();
+        plain.encode(&mut p);
+        assert_eq!(p.len(), HELLO_LEN);
+        assert_eq!(Hello::decode(&p), Ok(plain));
+    }
+
+    #[test]
+    fn limits_saturate_and_are_raised_to_the_floor() {
+        let huge = ReceiveLimits {
+            max_frame_len: usize::MAX,
+            max_refs_per_message: 1,
+            max_release_entries: 0,
+        };
+        let mut b = BytesMut::new();
+        Hello::ours(Features::NONE).with_limits(huge).encode(&mut b);
+        let got = Hello::decode(&b).unwrap().limits.unwrap();
+        assert_eq!(got.max_frame_len, u32::MAX as usize);
+        let raised = huge.at_least_floor();
+        assert_eq!(
+            raised.max_refs_per_message,
+            ReceiveLimits::FLOOR.max_refs_per_message
+        );
+        assert_eq!(
+            raised.max_release_entries,
+            ReceiveLimits::FLOOR.max_release_entries
+        );
+        assert_eq!(raised.max_frame_len, usize::MAX);
     }
 }

@@ -16,12 +16,15 @@
 //!                                                 a peer that is no longer reachable)
 //! Ping     09 nonce                               keep-alive: the receiver answers a Pong
 //! Pong     0a nonce                               the answer to the Ping with that nonce
+//! Limits   0b max-frame-len max-refs max-release  the sender's receive limits changed (sent
+//!                                                 only to a peer whose hello carried limits)
 //! refs  := count (kind id)*count                  kind: 0 = sender's object, 1 = receiver's own
 //! ```
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::frame::HEADER_LEN;
+use crate::handshake::ReceiveLimits;
 
 /// Call flag: the caller wants an answer.
 const FLAG_ANSWER: u8 = 1;
@@ -186,6 +189,10 @@ pub enum Message {
         /// The ping's nonce.
         nonce: u64,
     },
+    /// The sender's receive limits changed (for example after login): from now on the receiver
+    /// holds what it sends to these. Sent only to a peer whose hello carried limits
+    /// ([`crate::handshake::Features::LIMITS`]), which is how the receiver learnt them first.
+    Limits(ReceiveLimits),
 }
 
 /// A message body could not be decoded.
@@ -252,16 +259,18 @@ const TAG_UPDATE: u8 = 7;
 const TAG_REVOKED: u8 = 8;
 const TAG_PING: u8 = 9;
 const TAG_PONG: u8 = 10;
+const TAG_LIMITS: u8 = 11;
 
 /// Whether the frame body `body` may be handled ahead of frames received before it that are
 /// held back while output to the peer is congested: answers, faults, cache updates,
-/// revocations and pongs queue nothing for the peer and do not depend on the order of the
-/// peer's calls and releases. Everything else (calls, releases, cancels, goodbyes, pings and
-/// anything unknown) keeps its place in line.
+/// revocations, pongs and limits queue nothing for the peer and do not depend on the order of
+/// the peer's calls and releases. (Limits must not fall behind the answers that follow them:
+/// the answer to a login may be what the raised limits are for.) Everything else (calls,
+/// releases, cancels, goodbyes, pings and anything unknown) keeps its place in line.
 pub fn may_overtake(body: &[u8]) -> bool {
     matches!(
         body.first(),
-        Some(&(TAG_ANSWER | TAG_FAULT | TAG_UPDATE | TAG_REVOKED | TAG_PONG))
+        Some(&(TAG_ANSWER | TAG_FAULT | TAG_UPDATE | TAG_REVOKED | TAG_PONG | TAG_LIMITS))
     )
 }
 
@@ -467,6 +476,12 @@ impl Message {
                 out.put_u8(TAG_PONG);
                 put_varint(out, *nonce);
             }
+            Message::Limits(limits) => {
+                out.put_u8(TAG_LIMITS);
+                put_varint(out, limits.max_frame_len as u64);
+                put_varint(out, limits.max_refs_per_message as u64);
+                put_varint(out, limits.max_release_entries as u64);
+            }
         }
     }
 
@@ -545,6 +560,15 @@ impl Message {
             TAG_PONG => Message::Pong {
                 nonce: get_varint(b)?,
             },
+            TAG_LIMITS => {
+                // Saturated: a limit past what this machine can address is as good as none.
+                let mut limit = || get_varint(b).map(|v| usize::try_from(v).unwrap_or(usize::MAX));
+                Message::Limits(ReceiveLimits {
+                    max_frame_len: limit()?,
+                    max_refs_per_message: limit()?,
+                    max_release_entries: limit()?,
+                })
+            }
             tag => return Err(MessageError::UnknownTag(tag)),
         };
         if b.has_remaining() {
@@ -913,6 +937,11 @@ mod tests {
         });
         rt(Message::Ping { nonce: 0 });
         rt(Message::Pong { nonce: u64::MAX });
+        rt(Message::Limits(ReceiveLimits {
+            max_frame_len: 1 << 20,
+            max_refs_per_message: 0,
+            max_release_entries: 300,
+        }));
     }
 
     #[test]

@@ -156,8 +156,9 @@ impl VerifierStore for Verifiers {
 pub struct LoginConfig {
     /// A connection that has not logged in by then is closed (default 30 s).
     pub login_timeout: Duration,
-    /// Largest frame accepted before login (default 64 KiB); after login the connection's own
-    /// `max_frame_len` applies.
+    /// Largest frame accepted before login (default 64 KiB, which is also the least: the floor
+    /// every pb peer accepts); after login the connection's own `max_frame_len` applies, and the
+    /// client is told so before the login's answer.
     pub max_frame_len_before_login: usize,
     /// Failed logins tolerated on one connection; the next failure closes it (default 3).
     pub max_failures: u32,

@@ -189,7 +189,20 @@ pub async fn tcp_pair(root: impl Into<pb::ObjectRef>) -> (pb::ServerHandle, Conn
     (server, conn)
 }
 
-/// The hello frame of this version of pb, as a raw peer sends it.
+/// Read a whole hello frame (header included) from a pb peer that dialed or established as
+/// the client: its hello carries its limits, so its length is read from its header.
+pub async fn read_hello_frame(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut frame = vec![0u8; 4];
+    io.read_exact(&mut frame).await.unwrap();
+    let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+    assert!((16..=64).contains(&len), "a hello of {len} bytes");
+    frame.resize(4 + len, 0);
+    io.read_exact(&mut frame[4..]).await.unwrap();
+    frame
+}
+
+/// A hello frame without limits, as a raw peer (or a build from before limits were carried)
+/// sends it, and as a server answers such a peer.
 pub const HELLO: [u8; 20] = [
     0, 0, 0, 16, b'P', b'B', b'R', b'S', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 ];
