@@ -1,0 +1,61 @@
+//! Closing: what calls fail with, and the end of a connection (tables emptied, waiters woken,
+//! the output shut down).
+
+use super::*;
+
+/// What calls that fail because the connection ended for `reason` report.
+pub(super) fn fault_of(reason: &CloseReason) -> Fault {
+    match reason {
+        CloseReason::Handshake(e) => Fault {
+            kind: FaultKind::Handshake,
+            message: e.to_string(),
+        },
+        _ => disconnected_fault(),
+    }
+}
+
+impl ConnShared {
+    /// The fault of a call that fails because the connection has ended.
+    pub(crate) fn close_fault(&self) -> Fault {
+        match self.close_reason.get() {
+            Some(reason) => fault_of(reason),
+            None => disconnected_fault(),
+        }
+    }
+
+    /// Mark the connection closed and fail everything pending. Only the first close does
+    /// anything (the reader, seeing a local close, calls it again).
+    pub(crate) fn close(&self, reason: CloseReason) {
+        if self.is_closed() {
+            return;
+        }
+        let mut wakers = Vec::new();
+        let (held, imports) = {
+            let mut broker = self.lock();
+            let closed = broker.close(fault_of(&reason));
+            broker.take_wakers(&mut wakers);
+            closed
+        };
+        drop(held);
+        // Callers still waiting find their calls gone, and fail with the close's fault.
+        for w in wakers {
+            w.wake();
+        }
+        // Every reference imported on this connection is dead; forwards of them that we
+        // export to other peers are revoked there.
+        for imp in &imports {
+            imp.revoke();
+        }
+        drop(imports);
+        let _ = self.close_reason.set(reason);
+        self.is_closed.store(true, Ordering::Release);
+        self.closed.notify_waiters();
+        self.peer_hello.notify_waiters();
+        self.end_output();
+        // Callers waiting for output space give up now. Only a congested output has any: they
+        // wait only after seeing it congested, and its end wakes them.
+        if self.is_congested() {
+            self.space.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Incoming dispatch: the peer's frames handed to the broker, its calls run (inline, or in a
+//! task of their own when they wait), their answers queued; and the [`Caller`] a handler sees.
+
+use super::*;
+
+/// How a call ended, for tracing.
+pub(super) fn outcome_name(reply: Option<&Reply>) -> &'static str {
+    match reply {
+        None => "cancelled",
+        Some(Ok(o)) if o.ok => "ok",
+        Some(Ok(_)) => "error",
+        Some(Err(f)) => match f.kind {
+            FaultKind::NoSuchObject => "no_such_object",
+            FaultKind::NoSuchMethod => "no_such_method",
+            FaultKind::BadArguments => "bad_arguments",
+            FaultKind::BadAnswer => "bad_answer",
+            FaultKind::LimitExceeded => "limit_exceeded",
+            FaultKind::ShuttingDown => "shutting_down",
+            FaultKind::Refused => "refused",
+            FaultKind::Disconnected => "disconnected",
+            FaultKind::DeadlineExceeded => "deadline_exceeded",
+            FaultKind::Handshake => "handshake",
+            // Internal, Unknown, and kinds added to the wire later.
+            _ => "internal",
+        },
+    }
+}
+
+/// Turns a panic in a handler into an internal-error reply, so the caller gets an answer and
+/// the connection's books stay balanced.
+pub(super) struct CatchUnwind<F>(pub(super) F);
+
+impl<F: Future<Output = Reply> + Unpin> Future for CatchUnwind<F> {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(p) => p,
+            Err(_) => {
+                tracing::error!("a call handler panicked");
+                Poll::Ready(Err(Fault {
+                    kind: FaultKind::Internal,
+                    message: "the handler failed".into(),
+                }))
+            }
+        }
+    }
+}
+
+/// Who is making a call: handed to every dispatcher.
+#[derive(Clone)]
+pub struct Caller {
+    pub(super) conn: Option<Connection>,
+    pub(super) deadline: Option<tokio::time::Instant>,
+}
+
+impl Caller {
+    /// The caller of a call made in-process on a local object.
+    pub fn local() -> Caller {
+        Caller {
+            conn: None,
+            deadline: crate::deadline::current(),
+        }
+    }
+
+    /// The caller's deadline for this call, if it set one. Calls the handler makes inherit it.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
+    }
+
+    /// The connection the call came in on (`None` for an in-process call).
+    pub fn connection(&self) -> Option<&Connection> {
+        self.conn.as_ref()
+    }
+
+    /// The peer's network address, when known.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.conn.as_ref().and_then(|c| c.peer_addr())
+    }
+
+    /// The identity established for the connection (for example by login), if it is a `T`.
+    pub fn identity<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.conn.as_ref().and_then(|c| c.identity::<T>())
+    }
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.conn {
+            Some(c) => write!(f, "Caller(connection {})", c.id()),
+            None => f.write_str("Caller(local)"),
+        }
+    }
+}
+
+impl ConnShared {
+    /// Handle one frame of a reader's batch. `wakers` is scratch space (kept by the reader so
+    /// that waking callers allocates nothing).
+    pub(super) fn handle_frame(
+        self: &Arc<Self>,
+        frame: Bytes,
+        wakers: &mut Vec<Waker>,
+    ) -> Result<(), ProtocolError> {
+        if crate::message::is_answer(&frame) {
+            return self.handle_answer(frame, wakers);
+        }
+        let mut broker = self.lock();
+        // Calls that handlers polled inline make now leave with the reader's flush.
+        broker.in_batch = true;
+        // A frame yields at most one call, handed back directly.
+        let result = broker.handle_frame(frame, &self.make_import());
+        broker.take_wakers(wakers);
+        let queued = broker.queued_bytes();
+        let revoked = broker.take_revoked();
+        let dead = broker.take_graveyard();
+        drop(broker);
+        drop(dead);
+        // Callers whose answers arrived; they run once the reader yields.
+        if !wakers.is_empty() {
+            for w in wakers.drain(..) {
+                w.wake();
+            }
+        }
+        let result = result.map(|call| {
+            if let Some(ev) = call {
+                self.spawn_call(ev);
+            }
+        });
+        // Outside our lock: revoking reaches into other connections.
+        if !revoked.is_empty() {
+            for imp in revoked {
+                imp.revoke();
+            }
+        }
+        // Answers given inline count at once, so a batch of calls cannot queue without bound.
+        self.note_queued(queued);
+        // No writer wake-up: the reader flushes once it has handled every frame it has.
+        result
+    }
+
+    /// Handle an answer or a fault for one of our calls: its caller is woken (once the lock
+    /// is released); no handler runs and nothing is queued for the peer.
+    pub(super) fn handle_answer(
+        self: &Arc<Self>,
+        frame: Bytes,
+        wakers: &mut Vec<Waker>,
+    ) -> Result<(), ProtocolError> {
+        let (result, dead) = {
+            let mut broker = self.lock();
+            let result = broker.handle_frame(frame, &self.make_import());
+            broker.take_wakers(wakers);
+            (result, broker.take_graveyard())
+        };
+        // An answer nobody waits for any more is dropped here, outside the lock.
+        drop(dead);
+        for w in wakers.drain(..) {
+            w.wake();
+        }
+        // Answers and faults carry no call to run; were one to, it runs as any other.
+        result.map(|call| {
+            if let Some(ev) = call {
+                self.spawn_call(ev);
+            }
+        })
+    }
+
+    pub(super) fn spawn_call(self: &Arc<Self>, ev: CallEvent) {
+        let CallEvent {
+            id,
+            target,
+            object,
+            body,
+            method,
+            args_at,
+            refs,
+            answer,
+            deadline,
+        } = ev;
+        let span = tracing::debug_span!(
+            "pb.call",
+            direction = "in",
+            connection = self.id,
+            peer = tracing::field::Empty,
+            request_id = id,
+            object = target,
+            method =
+                std::str::from_utf8(body.get(method.clone()).unwrap_or_default()).unwrap_or(""),
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let started = (!span.is_disabled()).then(|| {
+            if let Some(addr) = self.peer_addr {
+                span.record("peer", tracing::field::display(addr));
+            }
+            std::time::Instant::now()
+        });
+        let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
+        let caller = Caller {
+            conn: Some(Connection {
+                shared: self.clone(),
+            }),
+            deadline,
+        };
+        let call = IncomingCall {
+            body,
+            method: MethodName::InBody(method),
+            args_at,
+            refs,
+            caller,
+        };
+        let mut fut = CatchUnwind(object.into_dispatch(call));
+        // Without a deadline, poll the handler once right here: most answer without waiting,
+        // and then the call costs no task, no wake-up, no cancellation channel and no running
+        // entry, and its answer leaves with the reader's next flush. A handler that must wait
+        // continues in a task of its own, which polls it again at once (so the no-op waker of
+        // this first poll is never relied upon).
+        if deadline.is_none() {
+            let polled = {
+                let _entered = span.enter();
+                Pin::new(&mut fut).poll(&mut Context::from_waker(Waker::noop()))
+            };
+            if let Poll::Ready(reply) = polled {
+                if let Some(started) = started {
+                    span.record("outcome", outcome_name(Some(&reply)));
+                    span.record("duration_us", started.elapsed().as_micros() as u64);
+                }
+                self.finish(id, answer, Some(reply), false);
+                return;
+            }
+        }
+        // The handler waits: it continues in a task of its own.
+        let conn = self.clone();
+        let cancel = if answer {
+            let Some(cancel) = conn.lock().watch_cancel(id) else {
+                // Closed meanwhile: drop the handler.
+                conn.finish(id, answer, None, false);
+                return;
+            };
+            Some(cancel)
+        } else {
+            None
+        };
+        // The handler runs under its caller's deadline (its own calls inherit it) and is
+        // dropped when the deadline passes: the caller has given up by then. That wrapping
+        // (a timer and a scope) is boxed, so that the task of a handler without a deadline
+        // stays small: tokio copies the whole future into the task when it is spawned.
+        let CatchUnwind(handler) = fut;
+        let fut = CatchUnwind(match deadline {
+            Some(d) => Box::pin(crate::deadline::maybe_scope(Some(d), async move {
+                tokio::time::timeout_at(d, handler)
+                    .await
+                    .unwrap_or_else(|_| Err(deadline_fault()))
+            })) as BoxFuture<Reply>,
+            None => handler,
+        });
+        tokio::spawn(
+            async move {
+                let reply = match cancel {
+                    Some(mut cancelled) => tokio::select! {
+                        biased;
+                        r = fut => Some(r),
+                        _ = &mut cancelled => None,
+                    },
+                    None => Some(fut.await),
+                };
+                if let Some(started) = started {
+                    let span = tracing::Span::current();
+                    span.record("outcome", outcome_name(reply.as_ref()));
+                    span.record("duration_us", started.elapsed().as_micros() as u64);
+                }
+                conn.finish(id, answer, reply, answer);
+                conn.wake_writer.notify_one();
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Book the end of incoming call `id` and queue its answer (`None`: cancelled). `tracked`:
+    /// the call ran in a task of its own and is in the broker's running table.
+    pub(super) fn finish(&self, id: u64, answer: bool, reply: Option<Reply>, tracked: bool) {
+        if let Some(Err(f)) = &reply
+            && !answer
+        {
+            tracing::debug!(id, message = %f.message, "one-way call failed");
+        }
+        let (draining, dead) = {
+            let mut broker = self.lock();
+            broker.finish_call(id, answer, reply, tracked);
+            (
+                broker.state != crate::broker::State::Open,
+                broker.take_graveyard(),
+            )
+        };
+        // What the answer released is dropped outside the lock.
+        drop(dead);
+        // Only a graceful close waits for running calls, and it starts by draining.
+        if draining {
+            self.call_done.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! The reader: frames decoded and handed on in batches, the close signal and the keep-alive
+//! timer polled only when they fire, and frames held back while the output is congested.
+
+use super::*;
+
+/// The reader task. With `check` (our hello and the handshake timeout, on a dialed
+/// connection), the peer's hello is checked before any frame, within the timeout: the
+/// keep-alive timer keeps that deadline too, so the wait for the hello costs no timer or task
+/// of its own.
+pub(super) async fn run_reader<R: AsyncRead + Unpin>(
+    conn: Arc<ConnShared>,
+    mut rd: R,
+    mut rbuf: BytesMut,
+    mut decoder: FrameDecoder,
+    timers: Timers,
+    check: Option<(Hello, Duration)>,
+) {
+    // One wait for a local close, made once: polling it again is cheap, making it is not.
+    let closed = conn.closed();
+    tokio::pin!(closed);
+    let hello = check.map(|(_, timeout)| timeout);
+    let mut live = Liveness::new(LivenessConfig { hello, ..timers }, now());
+    let mut check = check.map(|(ours, _)| ours);
+    let mut wakers = Vec::new();
+    let timer = tokio::time::sleep_until(live.poll_timeout().into());
+    tokio::pin!(timer);
+    let side = Arc::new(SideWake::default());
+    let side_waker = Waker::from(side.clone());
+    let mut known_task = None;
+    let mut held = Held::default();
+    // Our hello may wait in the output (the writer task starts only when needed): it leaves
+    // after the first batch at the latest, with that batch's answers.
+    let mut first = true;
+    let reason = 'conn: loop {
+        if let Some(ours) = &check {
+            match take_hello(&mut rbuf, ours) {
+                Ok(Some(theirs)) => {
+                    check = None;
+                    live.handle_hello(now());
+                    // Our limits, if they changed since our hello left, go out with the
+                    // batch's flush, or the writer's if no frame follows.
+                    if conn.peer_hello(&theirs) {
+                        conn.wake_writer.notify_one();
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => break 'conn CloseReason::Handshake(e),
+            }
+        }
+        let mut any_frame = false;
+        let mut handled = false;
+        // No frame is taken before the peer's hello.
+        while check.is_none() {
+            decoder.set_max_len(conn.max_frame_len.load(Ordering::Relaxed));
+            match decoder.decode(&mut rbuf) {
+                Ok(Some(frame)) => {
+                    // One clock reading per batch, not per frame: they arrived together.
+                    if !any_frame {
+                        any_frame = true;
+                        live.handle_frame(now());
+                    }
+                    // While the peer is not taking our output, its calls (and everything that
+                    // must stay in line with them) wait: running them would queue more.
+                    if (!held.frames.is_empty() || conn.is_congested())
+                        && !crate::message::may_overtake(&frame)
+                    {
+                        held.push(frame);
+                        continue;
+                    }
+                    // Answers queue nothing: a batch of them alone needs no flush.
+                    handled |= !crate::message::is_answer(&frame);
+                    if let Err(e) = conn.handle_frame(frame, &mut wakers) {
+                        break 'conn CloseReason::Protocol(e.to_string());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
+            }
+        }
+        // Held-back frames run, in order, as soon as the output has drained.
+        while !held.frames.is_empty() && !conn.is_congested() {
+            let Some(frame) = held.pop() else { break };
+            handled = true;
+            if let Err(e) = conn.handle_frame(frame, &mut wakers) {
+                break 'conn CloseReason::Protocol(e.to_string());
+            }
+        }
+        // Answers and faults for the whole batch go out in one write.
+        if handled || std::mem::take(&mut first) {
+            conn.end_batch();
+        }
+        if conn.is_closed() {
+            break CloseReason::Local;
+        }
+        // Reading stops only when the peer sends on and on without reading: once more of its
+        // calls are held back than may run at once here (`max_in_flight_calls`), which a peer
+        // within that limit never reaches, so two pb peers never both stop reading. Other
+        // frames (releases, pings, cancels) get as many places again. Held frames thus cost
+        // at most about what running calls may cost anyway.
+        let paused = held.calls > conn.max_held_frames
+            || held.frames.len() - held.calls > conn.max_held_frames;
+        let mut roomy = false;
+        let event = {
+            let drained = conn.drained.notified();
+            tokio::pin!(drained);
+            std::future::poll_fn(|cx| {
+                // The close signal and the timer are polled only after they woke us, not on
+                // every read: most wake-ups are data.
+                if side.take(cx.waker(), &mut known_task) {
+                    let mut side_cx = Context::from_waker(&side_waker);
+                    if closed.as_mut().poll(&mut side_cx).is_ready() {
+                        return Poll::Ready(ReaderEvent::Closed);
+                    }
+                    if live.is_enabled() && timer.as_mut().poll(&mut side_cx).is_ready() {
+                        return Poll::Ready(ReaderEvent::Timer);
+                    }
+                }
+                if !held.frames.is_empty() && drained.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(ReaderEvent::Drained);
+                }
+                if !paused {
+                    // Frames held at the first attempt (answers whose callers have not run
+                    // yet) are usually gone by the next: room is made again then.
+                    if !roomy {
+                        roomy = decoder.prepare_read(&mut rbuf);
+                    }
+                    let read = rd.read_buf(&mut rbuf);
+                    tokio::pin!(read);
+                    if let Poll::Ready(r) = read.poll(cx) {
+                        return Poll::Ready(ReaderEvent::Read(r));
+                    }
+                }
+                Poll::Pending
+            })
+            .await
+        };
+        match event {
+            ReaderEvent::Read(Ok(0)) => break CloseReason::PeerClosed,
+            ReaderEvent::Read(Ok(n)) => {
+                conn.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            ReaderEvent::Read(Err(e)) => break CloseReason::Io(e.to_string()),
+            ReaderEvent::Closed => break CloseReason::Local,
+            ReaderEvent::Drained => {}
+            ReaderEvent::Timer => {
+                if paused {
+                    // Not reading is our choice, not the peer's silence; a peer that reads
+                    // nothing is cut by `write_stall_timeout`.
+                    live.handle_frame(now());
+                }
+                if let Err(reason) = on_timer(&mut live, &conn) {
+                    break reason;
+                }
+                timer.as_mut().reset(live.poll_timeout().into());
+                // The reset timer must be polled again to be armed.
+                side.force();
+            }
+        }
+    };
+    match &reason {
+        CloseReason::Protocol(why) => {
+            tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, %why, "closing connection: protocol violation")
+        }
+        CloseReason::Io(why) => tracing::debug!(connection = conn.id, %why, "connection failed"),
+        CloseReason::IdleTimeout(after) if check.is_some() => {
+            tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, ?after, "closing connection: pb handshake failed: no hello within handshake_timeout")
+        }
+        CloseReason::Handshake(e) => {
+            tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, error = %e, "closing connection: pb handshake failed")
+        }
+        CloseReason::IdleTimeout(after) => {
+            tracing::info!(connection = conn.id, peer = ?conn.peer_addr, ?after, "closing connection: no frame from the peer within idle_timeout")
+        }
+        _ => tracing::debug!(connection = conn.id, ?reason, "connection closed"),
+    }
+    conn.close(reason);
+}
+
+/// What woke the reader.
+pub(super) enum ReaderEvent {
+    Read(io::Result<usize>),
+    Closed,
+    Drained,
+    Timer,
+}
+
+/// The waker the reader gives its close signal and its timer: it notes that one of them woke
+/// the reader, then wakes the reader's task, so the reader polls them only when they may be
+/// ready (a poll of each on every read costs more than the read's own bookkeeping).
+pub(super) struct SideWake {
+    /// Set by a wake-up, taken by the reader's next poll. Starts set: the first poll arms them.
+    pub(super) woken: AtomicBool,
+    /// The reader task's waker.
+    pub(super) task: Mutex<Option<Waker>>,
+}
+
+impl Default for SideWake {
+    fn default() -> Self {
+        SideWake {
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        }
+    }
+}
+
+impl SideWake {
+    /// Whether a wake-up came since the last call. `task` is the reader's waker, passed on by
+    /// wake-ups; `known` is the reader's copy of what it gave last (no lock while it is the
+    /// same).
+    pub(super) fn take(&self, task: &Waker, known: &mut Option<Waker>) -> bool {
+        if !known.as_ref().is_some_and(|w| w.will_wake(task)) {
+            *known = Some(task.clone());
+            *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.clone());
+        }
+        self.woken.load(Ordering::Acquire) && self.woken.swap(false, Ordering::AcqRel)
+    }
+
+    /// Have the next poll look at the close signal and the timer.
+    pub(super) fn force(&self) {
+        self.woken.store(true, Ordering::Release);
+    }
+}
+
+impl std::task::Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
+/// Frames the reader holds back while the output is congested.
+#[derive(Default)]
+pub(super) struct Held {
+    pub(super) frames: std::collections::VecDeque<Bytes>,
+    /// How many of `frames` are calls.
+    pub(super) calls: usize,
+}
+
+impl Held {
+    pub(super) fn push(&mut self, frame: Bytes) {
+        self.calls += usize::from(crate::message::is_call(&frame));
+        self.frames.push_back(frame);
+    }
+
+    pub(super) fn pop(&mut self) -> Option<Bytes> {
+        let frame = self.frames.pop_front()?;
+        self.calls -= usize::from(crate::message::is_call(&frame));
+        Some(frame)
+    }
+}

@@ -1,0 +1,215 @@
+//! The driver's unit tests.
+
+//! Two connections' states wired together by hand: no sockets, no sleeps, every frame moved
+//! explicitly.
+
+use super::*;
+use crate::object::{BoxFuture, Dispatch, Interface, encode_result};
+
+struct Counter;
+static COUNTER: Interface = Interface {
+    name: "Counter",
+    methods: &["add", "spawn"],
+};
+
+impl Dispatch for Counter {
+    fn interface(&self) -> &'static Interface {
+        &COUNTER
+    }
+    fn dispatch(self: Arc<Self>, mut call: IncomingCall) -> BoxFuture<Reply> {
+        Box::pin(async move {
+            match call.method() {
+                "add" => {
+                    let (a, b): (u32, u32) = call.decode_args()?;
+                    encode_result::<u32, ()>(call.caller(), Ok(a + b))
+                }
+                // Returns a reference to a new object.
+                "spawn" => {
+                    encode_result::<ObjectRef, ()>(call.caller(), Ok(ObjectRef::local(Counter)))
+                }
+                _ => call.no_such_method(&COUNTER),
+            }
+        })
+    }
+}
+
+/// Move every queued frame from `from` to `to`; returns how many moved.
+fn pump(from: &Arc<ConnShared>, to: &Arc<ConnShared>, buf: &mut BytesMut) -> usize {
+    let decoder = FrameDecoder::new(1 << 20);
+    let mut chunks = Vec::new();
+    from.take_transmit(&mut chunks);
+    for chunk in chunks {
+        buf.extend_from_slice(&chunk);
+    }
+    let mut n = 0;
+    let mut wakers = Vec::new();
+    while let Ok(Some(frame)) = decoder.decode(buf) {
+        to.handle_frame(frame, &mut wakers).expect("valid frame");
+        n += 1;
+    }
+    n
+}
+
+async fn run_until<T>(
+    a: &Arc<ConnShared>,
+    b: &Arc<ConnShared>,
+    task: tokio::task::JoinHandle<T>,
+) -> T {
+    let (mut ab, mut ba) = (BytesMut::new(), BytesMut::new());
+    for _ in 0..1000 {
+        if task.is_finished() {
+            return task.await.expect("task");
+        }
+        pump(a, b, &mut ab);
+        pump(b, a, &mut ba);
+        tokio::task::yield_now().await;
+    }
+    panic!("did not finish");
+}
+
+#[tokio::test]
+async fn two_brokers_without_sockets() {
+    let config = Config::default();
+    let client = ConnShared::new(&config, Side::Client, None, None);
+    let server = ConnShared::new(&config, Side::Server, None, Some(ObjectRef::local(Counter)));
+    let root = client.root_ref();
+
+    let call = tokio::spawn({
+        let root = root.clone();
+        async move { root.call::<_, u32, ()>("add", &(40u32, 2u32)).await }
+    });
+    assert_eq!(run_until(&client, &server, call).await, Ok(42));
+
+    // A returned reference is imported, callable, and released when dropped.
+    let spawned = tokio::spawn({
+        let root = root.clone();
+        async move { root.call::<_, ObjectRef, ()>("spawn", &()).await }
+    });
+    let child = run_until(&client, &server, spawned).await.expect("spawn");
+    assert_eq!(server.stats().exported, 1);
+    assert_eq!(client.stats().imported, 1);
+    let call = tokio::spawn({
+        let child = child.clone();
+        async move { child.call::<_, u32, ()>("add", &(1u32, 1u32)).await }
+    });
+    assert_eq!(run_until(&client, &server, call).await, Ok(2));
+    drop(child);
+    assert_eq!(client.stats().imported, 0);
+    let (mut ab, mut ba) = (BytesMut::new(), BytesMut::new());
+    assert_eq!(pump(&client, &server, &mut ab), 1, "one release frame");
+    assert_eq!(pump(&server, &client, &mut ba), 0);
+    assert_eq!(server.stats().exported, 0);
+
+    // Losing the connection fails what is pending, at once.
+    let hanging = tokio::spawn({
+        let root = root.clone();
+        async move { root.call::<_, u32, ()>("add", &(1u32, 1u32)).await }
+    });
+    tokio::task::yield_now().await;
+    client.close(CloseReason::Local);
+    assert_eq!(
+        hanging.await.expect("task"),
+        Err(crate::CallError::Disconnected)
+    );
+}
+
+/// Hands out the same object every time.
+struct Holder(ObjectRef);
+static HOLDER: Interface = Interface {
+    name: "Holder",
+    methods: &["get"],
+};
+
+impl Dispatch for Holder {
+    fn interface(&self) -> &'static Interface {
+        &HOLDER
+    }
+    fn dispatch(self: Arc<Self>, call: IncomingCall) -> BoxFuture<Reply> {
+        Box::pin(async move {
+            match call.method() {
+                "get" => encode_result::<ObjectRef, ()>(call.caller(), Ok(self.0.clone())),
+                _ => call.no_such_method(&HOLDER),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_release_that_crosses_a_new_send_does_not_free_the_object() {
+    let config = Config::default();
+    let freed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    struct Flag(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    struct Tracked(#[allow(dead_code)] Flag);
+    impl Dispatch for Tracked {
+        fn interface(&self) -> &'static Interface {
+            &COUNTER
+        }
+        fn dispatch(self: Arc<Self>, call: IncomingCall) -> BoxFuture<Reply> {
+            Box::pin(async move { encode_result::<u8, ()>(call.caller(), Ok(1)) })
+        }
+    }
+    let object = ObjectRef::local(Tracked(Flag(freed.clone())));
+    let client = ConnShared::new(&config, Side::Client, None, None);
+    let server = ConnShared::new(
+        &config,
+        Side::Server,
+        None,
+        Some(ObjectRef::local(Holder(object))),
+    );
+    let root = client.root_ref();
+    let (mut to_server, mut to_client) = (BytesMut::new(), BytesMut::new());
+
+    // First send: the client holds the object once.
+    let get = tokio::spawn({
+        let root = root.clone();
+        async move { root.call::<_, ObjectRef, ()>("get", &()).await }
+    });
+    let first = run_until(&client, &server, get).await.expect("get");
+    assert_eq!(server.stats().exported, 1);
+
+    // The client asks again; the server answers (count 2), but the answer is still in
+    // flight when the client drops its first handle and its release (count 1) goes out.
+    let again = tokio::spawn({
+        let root = root.clone();
+        async move { root.call::<_, ObjectRef, ()>("get", &()).await }
+    });
+    tokio::task::yield_now().await;
+    assert_eq!(pump(&client, &server, &mut to_server), 1, "the call");
+    tokio::task::yield_now().await; // the server's handler runs and queues the answer
+    drop(first);
+    assert_eq!(
+        pump(&client, &server, &mut to_server),
+        1,
+        "the release crosses the answer"
+    );
+    assert_eq!(server.stats().exported, 1, "count 2 - 1: still exported");
+    assert!(
+        !freed.load(Ordering::SeqCst),
+        "not freed while the peer holds it"
+    );
+    assert_eq!(
+        pump(&server, &client, &mut to_client),
+        1,
+        "the answer arrives"
+    );
+    let second = run_until(&client, &server, again).await.expect("get");
+
+    // The new handle works, and dropping it frees the object.
+    let call = tokio::spawn({
+        let second = second.clone();
+        async move { second.call::<_, u8, ()>("ping", &()).await }
+    });
+    assert_eq!(run_until(&client, &server, call).await, Ok(1));
+    drop(second);
+    drop(root);
+    pump(&client, &server, &mut to_server);
+    assert_eq!(server.stats().exported, 0);
+    assert_eq!(client.stats().imported, 0);
+    drop(server);
+    assert!(freed.load(Ordering::SeqCst));
+}
