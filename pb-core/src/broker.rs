@@ -29,6 +29,7 @@ use std::task::{Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pb_proto::hash::{IdHasher, PeerKeys};
+use pb_proto::outbox::{Outbox, ZERO_COPY_MIN};
 use tokio::sync::oneshot;
 
 use crate::connection::{ConnShared, ExportLink, Imported};
@@ -38,14 +39,6 @@ use crate::message::{
     encode_answer_frame_head, encode_answer_head, encode_call_frame_head, encode_update_head,
 };
 use crate::object::{Fault, ObjectRef, Outcome, RefInner, Reply, disconnected_fault};
-
-/// The least room made in the output buffer when it runs out: frames are appended to one
-/// allocation (reclaimed once what was written from it is dropped) instead of many tiny ones.
-const OUT_CHUNK: usize = 256;
-
-/// Payloads at least this large are queued as their own chunk for a vectored write instead of
-/// being copied into the output buffer.
-const ZERO_COPY_MIN: usize = 4096;
 
 /// The most bytes a call's envelope takes besides its method name and references: tag and
 /// flags, then id, target and deadline (a varint of at most 10 bytes each), the method name's
@@ -313,10 +306,7 @@ pub(crate) struct Broker {
     /// Keyed by the peer's request ids: hashed under a secret the peer does not know.
     running: HashMap<u64, Option<oneshot::Sender<()>>, PeerKeys>,
     in_flight: usize,
-    out: BytesMut,
-    chunks: Vec<Bytes>,
-    /// Total length of `chunks`.
-    chunks_len: usize,
+    out: Outbox,
     releases: Vec<(u64, u64)>,
     violations: u32,
     /// References the peer revoked, to mark dead once the lock is released.
@@ -367,9 +357,7 @@ impl Broker {
             next_request: 1,
             running: HashMap::with_hasher(peer_keys),
             in_flight: 0,
-            out: BytesMut::new(),
-            chunks: Vec::new(),
-            chunks_len: 0,
+            out: Outbox::new(),
             releases: Vec::new(),
             violations: 0,
             revoked: Vec::new(),
@@ -450,7 +438,7 @@ impl Broker {
 
     /// Whether the broker holds anything to send to the peer.
     pub(crate) fn has_transmit(&self) -> bool {
-        !self.out.is_empty() || !self.chunks.is_empty() || !self.releases.is_empty()
+        !self.out.is_empty() || !self.releases.is_empty()
     }
 
     /// Append the frames to write to `into`, in order; appends nothing when there is nothing to
@@ -488,46 +476,24 @@ impl Broker {
                 self.releases = items;
             }
         }
-        let added = self.chunks_len + self.out.len();
-        if added == 0 {
-            return 0;
-        }
-        if !tail.is_empty() {
-            into.push(tail.split().freeze());
-        }
-        into.append(&mut self.chunks);
-        self.chunks_len = 0;
-        std::mem::swap(&mut self.out, tail);
-        added
+        self.out.take_to(into, tail)
     }
 
     /// Queue bytes that are not a message (the hello of a dialed connection) before anything
     /// else is queued.
     pub(crate) fn queue_raw(&mut self, bytes: &[u8]) {
-        self.out.extend_from_slice(bytes);
+        self.out.queue_raw(bytes);
     }
 
     /// Bytes queued for the peer and not yet taken by `take_transmit`.
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.out.len() + self.chunks_len
-    }
-
-    /// Make room for `n` more bytes in the output buffer.
-    fn reserve_out(&mut self, n: usize) {
-        if self.out.capacity() - self.out.len() < n {
-            self.out.reserve(n.max(OUT_CHUNK));
-        }
+        self.out.len()
     }
 
     /// Room for a frame header, an envelope of about `head` bytes and a payload that will be
     /// copied in.
     fn reserve_frame(&mut self, head: usize, payload: &[u8]) {
-        let copied = if payload.len() >= ZERO_COPY_MIN {
-            0
-        } else {
-            payload.len()
-        };
-        self.reserve_out(4 + head + copied);
+        self.out.reserve_frame(head, payload);
     }
 
     fn write_message(&mut self, m: &Message) {
@@ -536,36 +502,7 @@ impl Broker {
 
     /// Queue one frame whose body `body` writes.
     fn write_frame(&mut self, body: impl FnOnce(&mut BytesMut)) {
-        self.reserve_out(64);
-        let start = self.out.len();
-        self.out.put_u32(0);
-        body(&mut self.out);
-        self.patch_len(start, 0);
-    }
-
-    fn patch_len(&mut self, start: usize, extra: usize) {
-        let len = (self.out.len() - start - 4 + extra) as u32;
-        if let Some(h) = self.out.get_mut(start..start + 4) {
-            h.copy_from_slice(&len.to_be_bytes());
-        }
-    }
-
-    /// Finish a frame whose head is in `out` from `start`, with `payload` as its tail.
-    fn push_payload(&mut self, start: usize, payload: Bytes) {
-        self.patch_len(start, payload.len());
-        self.append_payload(payload);
-    }
-
-    /// Append the payload of a frame whose head (with its length) is in `out`.
-    fn append_payload(&mut self, payload: Bytes) {
-        if payload.len() >= ZERO_COPY_MIN {
-            let head = self.out.split().freeze();
-            self.chunks_len += head.len() + payload.len();
-            self.chunks.push(head);
-            self.chunks.push(payload);
-        } else {
-            self.out.put_slice(&payload);
-        }
+        self.out.write_frame(body);
     }
 
     fn send_fault(&mut self, id: u64, kind: FaultKind, message: String) {
@@ -732,10 +669,9 @@ impl Broker {
         for f in follow {
             match f {
                 Follow::Update(object, payload) => {
-                    let start = self.out.len();
-                    self.out.put_u32(0);
-                    encode_update_head(&mut self.out, object);
-                    self.push_payload(start, payload);
+                    let start = self.out.begin_frame();
+                    encode_update_head(self.out.buf(), object);
+                    self.out.push_payload(start, payload);
                 }
                 Follow::Revoke(object) => {
                     let held = self.revoke_export(object);
@@ -1160,7 +1096,7 @@ impl Broker {
         self.next_request += 1;
         self.reserve_frame(24 + method.len() + descs.len() * 11, payload.as_slice());
         encode_call_frame_head(
-            &mut self.out,
+            self.out.buf(),
             payload.as_slice().len(),
             id,
             target,
@@ -1171,9 +1107,9 @@ impl Broker {
         match payload {
             // Copied straight from the scratch buffer: no allocation of its own.
             Payload::Encoded(e) if e.as_slice().len() < ZERO_COPY_MIN => {
-                self.out.put_slice(e.as_slice());
+                self.out.buf().put_slice(e.as_slice());
             }
-            payload => self.append_payload(payload.into_bytes()),
+            payload => self.out.append_payload(payload.into_bytes()),
         }
         if !follow.is_empty() {
             self.write_updates(follow);
@@ -1304,8 +1240,8 @@ impl Broker {
                 match self.frame_fits(ANSWER_HEAD_MAX + o.payload.len(), CALLER) {
                     Ok(()) => {
                         self.reserve_frame(16, &o.payload);
-                        encode_answer_frame_head(&mut self.out, id, o.ok, o.payload.len());
-                        self.append_payload(o.payload);
+                        encode_answer_frame_head(self.out.buf(), id, o.ok, o.payload.len());
+                        self.out.append_payload(o.payload);
                     }
                     Err(f) => self.send_fault(id, f.kind, f.message),
                 }
@@ -1328,10 +1264,9 @@ impl Broker {
         match outcome {
             Ok((ok, descs, follow, payload)) => {
                 self.reserve_frame(16 + descs.len() * 11, &payload);
-                let start = self.out.len();
-                self.out.put_u32(0);
-                encode_answer_head(&mut self.out, id, ok, &descs);
-                self.push_payload(start, payload);
+                let start = self.out.begin_frame();
+                encode_answer_head(self.out.buf(), id, ok, &descs);
+                self.out.push_payload(start, payload);
                 self.write_updates(follow);
             }
             Err(f) => self.send_fault(id, f.kind, f.message),

@@ -53,6 +53,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder that accepts frame bodies of at most `max_len` bytes
     /// (clamped to [`MAX_FRAME_LEN_CEILING`]).
+    #[inline]
     pub fn new(max_len: usize) -> Self {
         FrameDecoder {
             max_len: max_len.min(MAX_FRAME_LEN_CEILING),
@@ -60,11 +61,13 @@ impl FrameDecoder {
     }
 
     /// The maximum frame body length.
+    #[inline]
     pub fn max_len(&self) -> usize {
         self.max_len
     }
 
     /// Change the maximum frame body length (for example after login).
+    #[inline]
     pub fn set_max_len(&mut self, max_len: usize) {
         self.max_len = max_len.min(MAX_FRAME_LEN_CEILING);
     }
@@ -73,6 +76,7 @@ impl FrameDecoder {
     ///
     /// Returns `Ok(None)` when more bytes are needed; consumes only the bytes of the decoded
     /// frame.
+    #[inline]
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         let Some(header) = buf.get(..HEADER_LEN) else {
             return Ok(None);
@@ -95,12 +99,14 @@ impl FrameDecoder {
     ///
     /// While a large frame is arriving this grows with the bytes received, a chunk at a time,
     /// never by the claimed length at once.
+    #[inline]
     pub fn reserve_hint(&self, buf: &BytesMut) -> usize {
         self.missing(buf).clamp(MIN_READ, READ_CHUNK)
     }
 
     /// How many bytes of the partial frame at the front of `buf` have not arrived yet (as far
     /// as the length limit allows it to claim).
+    #[inline]
     fn missing(&self, buf: &BytesMut) -> usize {
         match buf.get(..HEADER_LEN) {
             Some(h) => {
@@ -119,6 +125,7 @@ impl FrameDecoder {
     /// the allocation is reused from its start. While some are (answers not yet taken by their
     /// callers), making room would mean a new allocation, so the read goes into the room that
     /// is left, as long as that is not too little and no partial frame needs more.
+    #[inline]
     pub fn prepare_read(&self, buf: &mut BytesMut) -> bool {
         let spare = buf.capacity() - buf.len();
         let missing = self.missing(buf);
@@ -141,6 +148,7 @@ impl FrameDecoder {
 ///
 /// # Panics
 /// Never for bodies up to `u32::MAX` bytes; callers check their own limits first.
+#[inline]
 pub fn encode_frame(body: &[u8], out: &mut BytesMut) {
     out.reserve(HEADER_LEN + body.len());
     out.put_u32(body.len() as u32);

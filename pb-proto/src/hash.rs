@@ -8,22 +8,26 @@
 pub struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
+    #[inline]
     fn finish(&self) -> u64 {
         // The table picks buckets with the low bits, and a product's low bits depend only on
         // the key's low bits (all zero in aligned addresses): fold the high bits in.
         self.0 ^ (self.0 >> 32)
     }
 
+    #[inline]
     fn write_usize(&mut self, n: usize) {
         self.write_u64(n as u64);
     }
 
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         }
     }
 
+    #[inline]
     fn write_u64(&mut self, n: u64) {
         self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
@@ -45,12 +49,14 @@ pub struct PeerKeys {
 impl PeerKeys {
     /// A new secret, from the standard library's `RandomState` (seeded from the operating
     /// system): two SipHash outputs under its key.
+    #[inline]
     pub fn new() -> PeerKeys {
         use std::hash::BuildHasher;
         let s = std::hash::RandomState::new();
         PeerKeys::with_secret(s.hash_one(0u64), s.hash_one(1u64))
     }
 
+    #[inline]
     fn with_secret(k0: u64, k1: u64) -> PeerKeys {
         // Never zero, which would give every key one hash.
         PeerKeys { k0, k1: k1 | 1 }
@@ -59,6 +65,7 @@ impl PeerKeys {
 
 impl Default for PeerKeys {
     /// A new secret, as [`PeerKeys::new`].
+    #[inline]
     fn default() -> PeerKeys {
         PeerKeys::new()
     }
@@ -67,6 +74,7 @@ impl Default for PeerKeys {
 impl std::hash::BuildHasher for PeerKeys {
     type Hasher = PeerKeyHasher;
 
+    #[inline]
     fn build_hasher(&self) -> PeerKeyHasher {
         PeerKeyHasher {
             h: self.k0,
@@ -82,12 +90,14 @@ pub struct PeerKeyHasher {
 }
 
 impl std::hash::Hasher for PeerKeyHasher {
+    #[inline]
     fn finish(&self) -> u64 {
         // A second fold: after one, the bucket bits of ids that differ only above them (ids
         // in steps of a power of two) can collapse for some secrets.
         fold_mul(self.h, self.k1.rotate_left(32) | 1)
     }
 
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
         // Keys of other types than `u64` (none so far): the length first, so that zero padding
         // cannot make two keys one.
@@ -99,12 +109,14 @@ impl std::hash::Hasher for PeerKeyHasher {
         }
     }
 
+    #[inline]
     fn write_u64(&mut self, n: u64) {
         self.h = fold_mul(self.h ^ n, self.k1);
     }
 }
 
 /// The full 128-bit product of `a` and `b`, its halves folded into one word.
+#[inline]
 fn fold_mul(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     (p as u64) ^ ((p >> 64) as u64)

@@ -49,6 +49,7 @@ const NEVER: Duration = Duration::from_secs(86_400 * 365);
 
 impl Liveness {
     /// A connection that starts now.
+    #[inline]
     pub fn new(config: LivenessConfig, now: Instant) -> Liveness {
         Liveness {
             config,
@@ -59,12 +60,14 @@ impl Liveness {
     }
 
     /// Whether any timer is set at all (if not, the driver need not arm one).
+    #[inline]
     pub fn is_enabled(&self) -> bool {
         let c = &self.config;
         c.keepalive.is_some() || c.idle.is_some() || c.hello.is_some()
     }
 
     /// The peer's hello arrived and was accepted: the handshake timeout no longer applies.
+    #[inline]
     pub fn handle_hello(&mut self, now: Instant) {
         self.config.hello = None;
         self.handle_frame(now);
@@ -72,6 +75,7 @@ impl Liveness {
 
     /// A complete frame arrived (or the driver chose not to read, which is not the peer's
     /// silence).
+    #[inline]
     pub fn handle_frame(&mut self, now: Instant) {
         self.last_frame = now;
         self.ping_sent = false;
@@ -79,6 +83,7 @@ impl Liveness {
 
     /// When the timer should next fire. The timer may be reset lazily: a frame moves the
     /// deadline later, and a timer that fires early is answered by re-arming.
+    #[inline]
     pub fn poll_timeout(&self) -> Instant {
         let at = |d: Option<Duration>| self.last_frame + d.unwrap_or(NEVER);
         let ping = if self.ping_sent {
@@ -91,6 +96,7 @@ impl Liveness {
 
     /// The timer fired at `now`: ping, give up, or nothing (then re-arm at
     /// [`Liveness::poll_timeout`]).
+    #[inline]
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Timeout> {
         let quiet = now.saturating_duration_since(self.last_frame);
         for limit in [self.config.hello, self.config.idle].into_iter().flatten() {

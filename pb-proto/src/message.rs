@@ -81,6 +81,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
+    #[inline]
     fn to_u8(self) -> u8 {
         match self {
             FaultKind::NoSuchObject => 1,
@@ -98,6 +99,7 @@ impl FaultKind {
         }
     }
 
+    #[inline]
     fn from_u8(k: u8) -> FaultKind {
         match k {
             1 => FaultKind::NoSuchObject,
@@ -241,6 +243,7 @@ pub struct MessageLimits {
 }
 
 impl Default for MessageLimits {
+    #[inline]
     fn default() -> Self {
         MessageLimits {
             max_refs_per_message: 1024,
@@ -267,6 +270,7 @@ const TAG_LIMITS: u8 = 11;
 /// the peer's calls and releases. (Limits must not fall behind the answers that follow them:
 /// the answer to a login may be what the raised limits are for.) Everything else (calls,
 /// releases, cancels, goodbyes, pings and anything unknown) keeps its place in line.
+#[inline]
 pub fn may_overtake(body: &[u8]) -> bool {
     matches!(
         body.first(),
@@ -276,16 +280,19 @@ pub fn may_overtake(body: &[u8]) -> bool {
 
 /// Whether the frame body `body` answers one of our calls (an answer or a fault): handling it
 /// queues nothing for the peer and starts no call.
+#[inline]
 pub fn is_answer(body: &[u8]) -> bool {
     matches!(body.first(), Some(&(TAG_ANSWER | TAG_FAULT)))
 }
 
 /// Whether the frame body `body` is a call.
+#[inline]
 pub fn is_call(body: &[u8]) -> bool {
     body.first() == Some(&TAG_CALL)
 }
 
 /// Append `v` as an unsigned LEB128 integer (1 to 10 bytes).
+#[inline]
 pub fn put_varint(out: &mut BytesMut, mut v: u64) {
     // Gathered on the stack and appended with one copy: a `put_u8` per byte costs a capacity
     // check and a call each.
@@ -300,6 +307,7 @@ pub fn put_varint(out: &mut BytesMut, mut v: u64) {
     out.put_slice(&buf[..=n]);
 }
 
+#[inline]
 fn get_varint<B: Buf>(b: &mut B) -> Result<u64, MessageError> {
     // Most integers in an envelope (ids, lengths, counts) fit one byte.
     if let Some(&byte) = b.chunk().first()
@@ -311,6 +319,7 @@ fn get_varint<B: Buf>(b: &mut B) -> Result<u64, MessageError> {
     get_varint_long(b)
 }
 
+#[inline]
 fn get_varint_long<B: Buf>(b: &mut B) -> Result<u64, MessageError> {
     let mut v: u64 = 0;
     for shift in (0..64).step_by(7) {
@@ -330,6 +339,7 @@ fn get_varint_long<B: Buf>(b: &mut B) -> Result<u64, MessageError> {
     Err(MessageError::IntegerOverflow)
 }
 
+#[inline]
 fn get_u8<B: Buf>(b: &mut B) -> Result<u8, MessageError> {
     if b.has_remaining() {
         Ok(b.get_u8())
@@ -338,6 +348,7 @@ fn get_u8<B: Buf>(b: &mut B) -> Result<u8, MessageError> {
     }
 }
 
+#[inline]
 fn get_len<B: Buf>(
     b: &mut B,
     field: &'static str,
@@ -356,6 +367,7 @@ fn get_len<B: Buf>(
     Ok(len as usize)
 }
 
+#[inline]
 fn get_bytes(b: &mut Bytes, len: usize) -> Result<Bytes, MessageError> {
     if b.remaining() < len {
         return Err(MessageError::Truncated);
@@ -363,6 +375,7 @@ fn get_bytes(b: &mut Bytes, len: usize) -> Result<Bytes, MessageError> {
     Ok(b.split_to(len))
 }
 
+#[inline]
 fn put_refs(out: &mut BytesMut, refs: &[RefDesc]) {
     put_varint(out, refs.len() as u64);
     for r in refs {
@@ -379,6 +392,7 @@ fn put_refs(out: &mut BytesMut, refs: &[RefDesc]) {
     }
 }
 
+#[inline]
 fn get_refs<B: Buf>(b: &mut B, limits: &MessageLimits) -> Result<Vec<RefDesc>, MessageError> {
     // Most messages carry no references.
     if b.chunk().first() == Some(&0) {
@@ -409,6 +423,7 @@ fn get_refs<B: Buf>(b: &mut B, limits: &MessageLimits) -> Result<Vec<RefDesc>, M
 }
 
 /// Encode a release of `items` (object, count) as [`Message::Release`] does, from a slice.
+#[inline]
 pub fn encode_release(out: &mut BytesMut, items: &[(u64, u64)]) {
     out.put_u8(TAG_RELEASE);
     put_varint(out, items.len() as u64);
@@ -420,6 +435,7 @@ pub fn encode_release(out: &mut BytesMut, items: &[(u64, u64)]) {
 
 impl Message {
     /// Append this message's body to `out` (without the frame header).
+    #[inline]
     pub fn encode(&self, out: &mut BytesMut) {
         match self {
             Message::Call {
@@ -486,6 +502,7 @@ impl Message {
     }
 
     /// Decode a message body; the payload is a zero-copy slice of `body`.
+    #[inline]
     pub fn decode(mut body: Bytes, limits: &MessageLimits) -> Result<Message, MessageError> {
         if is_call(&body) {
             let head = decode_call_head(&body, limits)?;
@@ -598,6 +615,7 @@ pub struct CallHead {
 
 /// Decode the envelope of the call whose whole body (tag included) is `body`, without slicing
 /// the body: the driver keeps the body and its ranges (see [`Message::decode`] for the checks).
+#[inline]
 pub fn decode_call_head(body: &[u8], limits: &MessageLimits) -> Result<CallHead, MessageError> {
     let mut b = body;
     if get_u8(&mut b)? != TAG_CALL {
@@ -634,6 +652,7 @@ pub fn decode_call_head(body: &[u8], limits: &MessageLimits) -> Result<CallHead,
 }
 
 /// Encode a call's envelope; the payload follows it directly.
+#[inline]
 pub fn encode_call_head(
     out: &mut BytesMut,
     id: u64,
@@ -651,6 +670,7 @@ pub fn encode_call_head(
 }
 
 /// The fields of a call's envelope up to the method's length.
+#[inline]
 fn call_fields<const N: usize>(
     head: &mut Head<N>,
     id: u64,
@@ -677,6 +697,7 @@ const CALL_HEAD_MAX: usize = HEADER_LEN + 2 + 4 * 10 + MAX_METHOD_LEN + 1;
 /// Encode a call frame's length prefix (for a payload of `payload_len` bytes) and envelope;
 /// the payload follows it directly. Gathered on the stack and appended with one copy when the
 /// call carries no references (the common case).
+#[inline]
 pub fn encode_call_frame_head(
     out: &mut BytesMut,
     payload_len: usize,
@@ -714,12 +735,14 @@ struct Head<const N: usize = 48> {
 }
 
 impl Head {
+    #[inline]
     fn new() -> Head {
         Head::empty()
     }
 }
 
 impl<const N: usize> Head<N> {
+    #[inline]
     fn empty() -> Head<N> {
         Head {
             buf: [0; N],
@@ -729,6 +752,7 @@ impl<const N: usize> Head<N> {
 
     /// Write, in the first four bytes, the length of a frame whose body is what follows
     /// them here and `more` bytes after.
+    #[inline]
     fn set_frame_len(&mut self, more: usize) {
         let len = (self.len - HEADER_LEN + more) as u32;
         if let Some(prefix) = self.buf.get_mut(..HEADER_LEN) {
@@ -736,6 +760,7 @@ impl<const N: usize> Head<N> {
         }
     }
 
+    #[inline]
     fn put(&mut self, bytes: &[u8]) {
         if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
             dst.copy_from_slice(bytes);
@@ -743,6 +768,7 @@ impl<const N: usize> Head<N> {
         }
     }
 
+    #[inline]
     fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.put(&[(v as u8) | 0x80]);
@@ -751,18 +777,21 @@ impl<const N: usize> Head<N> {
         self.put(&[v as u8]);
     }
 
+    #[inline]
     fn as_slice(&self) -> &[u8] {
         self.buf.get(..self.len).unwrap_or(&[])
     }
 }
 
 /// Encode an update's envelope; the payload follows it directly.
+#[inline]
 pub fn encode_update_head(out: &mut BytesMut, object: u64) {
     out.put_u8(TAG_UPDATE);
     put_varint(out, object);
 }
 
 /// Encode an answer's envelope; the payload follows it directly.
+#[inline]
 pub fn encode_answer_head(out: &mut BytesMut, id: u64, ok: bool, refs: &[RefDesc]) {
     let mut head = Head::new();
     head.put(&[TAG_ANSWER]);
@@ -779,6 +808,7 @@ pub fn encode_answer_head(out: &mut BytesMut, id: u64, ok: bool, refs: &[RefDesc
 
 /// Encode the frame header and envelope of an answer without references, for a payload of
 /// `payload_len` bytes that follows directly: one copy for both.
+#[inline]
 pub fn encode_answer_frame_head(out: &mut BytesMut, id: u64, ok: bool, payload_len: usize) {
     let mut head = Head::new();
     head.put(&[0; HEADER_LEN]);

@@ -25,27 +25,32 @@ pub struct Outbox {
 
 impl Outbox {
     /// An empty outbox (it allocates on first use).
+    #[inline]
     pub fn new() -> Outbox {
         Outbox::default()
     }
 
     /// Whether nothing is queued.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.out.is_empty() && self.chunks.is_empty()
     }
 
     /// Bytes queued and not yet taken.
+    #[inline]
     pub fn len(&self) -> usize {
         self.out.len() + self.chunks_len
     }
 
     /// The buffer frames are appended to, for encoders that write a frame's head in place.
     /// Whatever is appended must be whole frames once the caller is done.
+    #[inline]
     pub fn buf(&mut self) -> &mut BytesMut {
         &mut self.out
     }
 
     /// Make room for `n` more bytes in the buffer.
+    #[inline]
     pub fn reserve(&mut self, n: usize) {
         if self.out.capacity() - self.out.len() < n {
             self.out.reserve(n.max(OUT_CHUNK));
@@ -54,6 +59,7 @@ impl Outbox {
 
     /// Room for a frame header, an envelope of about `head` bytes and `payload` if it will be
     /// copied in.
+    #[inline]
     pub fn reserve_frame(&mut self, head: usize, payload: &[u8]) {
         let copied = if payload.len() >= ZERO_COPY_MIN {
             0
@@ -64,11 +70,13 @@ impl Outbox {
     }
 
     /// Queue bytes that are not a frame (a hello) before anything else is queued.
+    #[inline]
     pub fn queue_raw(&mut self, bytes: &[u8]) {
         self.out.extend_from_slice(bytes);
     }
 
     /// Queue one frame whose body `body` writes.
+    #[inline]
     pub fn write_frame(&mut self, body: impl FnOnce(&mut BytesMut)) {
         self.reserve(64);
         let start = self.begin_frame();
@@ -78,6 +86,7 @@ impl Outbox {
 
     /// Start a frame: a placeholder length. Returns where the frame starts, for
     /// [`Outbox::finish_frame`] or [`Outbox::push_payload`].
+    #[inline]
     pub fn begin_frame(&mut self) -> usize {
         let start = self.out.len();
         self.out.put_u32(0);
@@ -86,6 +95,7 @@ impl Outbox {
 
     /// Set the length of the frame started at `start`: what follows it in the buffer plus
     /// `extra` bytes still to come.
+    #[inline]
     pub fn finish_frame(&mut self, start: usize, extra: usize) {
         let len = (self.out.len() - start - 4 + extra) as u32;
         if let Some(h) = self.out.get_mut(start..start + 4) {
@@ -94,6 +104,7 @@ impl Outbox {
     }
 
     /// Finish the frame started at `start` with `payload` as its tail.
+    #[inline]
     pub fn push_payload(&mut self, start: usize, payload: Bytes) {
         self.finish_frame(start, payload.len());
         self.append_payload(payload);
@@ -101,6 +112,7 @@ impl Outbox {
 
     /// Append the payload of a frame whose head (with its length) is in the buffer: copied if
     /// small, a chunk of its own if large.
+    #[inline]
     pub fn append_payload(&mut self, payload: Bytes) {
         if payload.len() >= ZERO_COPY_MIN {
             let head = self.out.split().freeze();
@@ -116,6 +128,7 @@ impl Outbox {
     /// follows them, is exchanged for `tail` (what `tail` held goes to `into` first, keeping the
     /// order), so the buffer's written allocation comes back for reuse without splitting a chunk
     /// off it. Returns how many bytes were handed over.
+    #[inline]
     pub fn take_to(&mut self, into: &mut Vec<Bytes>, tail: &mut BytesMut) -> usize {
         let added = self.len();
         if added == 0 {
@@ -131,6 +144,7 @@ impl Outbox {
     }
 
     /// Everything queued, in order, as one list (for tests and simple drivers).
+    #[inline]
     pub fn take_all(&mut self) -> Vec<Bytes> {
         let mut into = Vec::new();
         let mut tail = BytesMut::new();
@@ -142,6 +156,7 @@ impl Outbox {
     }
 
     /// Drop everything queued (the connection is gone).
+    #[inline]
     pub fn clear(&mut self) {
         self.out.clear();
         self.chunks.clear();

@@ -32,11 +32,13 @@ pub struct AmpBox {
 
 impl AmpBox {
     /// An empty box.
+    #[inline]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Sets `key` to `value`, returning the value it replaces.
+    #[inline]
     pub fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Option<Bytes> {
         let (key, value) = (key.into(), value.into());
         match self.find(&key) {
@@ -52,34 +54,40 @@ impl AmpBox {
     }
 
     /// The value of `key`, if present.
+    #[inline]
     pub fn get(&self, key: impl AsRef<[u8]>) -> Option<&[u8]> {
         self.get_bytes(key).map(|v| v.as_ref())
     }
 
     /// The value of `key` as shared bytes, if present.
+    #[inline]
     pub fn get_bytes(&self, key: impl AsRef<[u8]>) -> Option<&Bytes> {
         let i = self.position(key.as_ref())?;
         self.pairs.get(i).map(|(_, v)| v)
     }
 
     /// Removes `key`, returning its value.
+    #[inline]
     pub fn remove(&mut self, key: impl AsRef<[u8]>) -> Option<Bytes> {
         let i = self.position(key.as_ref())?;
         Some(self.pairs.remove(i).1)
     }
 
     /// Whether `key` is present.
+    #[inline]
     pub fn contains_key(&self, key: impl AsRef<[u8]>) -> bool {
         self.position(key.as_ref()).is_some()
     }
 
     /// Where `key` is, or where it would go.
+    #[inline]
     fn find(&self, key: &[u8]) -> Result<usize, usize> {
         self.pairs.binary_search_by(|(k, _)| k.as_ref().cmp(key))
     }
 
     /// Where `key` is. Small boxes (nearly all) are scanned: an equality test compares lengths
     /// first, where the binary search's ordering compares bytes every time.
+    #[inline]
     fn position(&self, key: &[u8]) -> Option<usize> {
         if self.pairs.len() <= 8 {
             self.pairs.iter().position(|(k, _)| k.as_ref() == key)
@@ -90,6 +98,7 @@ impl AmpBox {
 
     /// A box of `pairs` in any order; of a key given twice the last value stays, as in a Python
     /// `dict`.
+    #[inline]
     fn from_pairs(mut pairs: Vec<(Bytes, Bytes)>) -> Self {
         if !pairs.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0)) {
             // Stable, so equal keys stay in arrival order and the last one can win.
@@ -107,21 +116,25 @@ impl AmpBox {
     }
 
     /// The number of keys.
+    #[inline]
     pub fn len(&self) -> usize {
         self.pairs.len()
     }
 
     /// Whether the box has no keys (such a box is illegal on the wire).
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.pairs.is_empty()
     }
 
     /// The pairs in bytewise key order, the order in which they are encoded.
+    #[inline]
     pub fn iter(&self) -> AmpBoxIter<'_> {
         AmpBoxIter(self.pairs.iter())
     }
 
     /// The number of bytes [`AmpBox::encode`] writes for this box.
+    #[inline]
     pub fn encoded_len(&self) -> usize {
         self.pairs
             .iter()
@@ -131,6 +144,7 @@ impl AmpBox {
     }
 
     /// Checks every key and value against AMP's limits, as Twisted does before sending.
+    #[inline]
     pub fn validate(&self) -> Result<(), BoxCodecError> {
         if self.pairs.is_empty() {
             return Err(BoxCodecError::EmptyBox);
@@ -153,6 +167,7 @@ impl AmpBox {
     }
 
     /// Appends the wire form of this box to `dst`; nothing is written if a limit is broken.
+    #[inline]
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), BoxCodecError> {
         self.validate()?;
         dst.reserve(self.encoded_len());
@@ -168,6 +183,7 @@ impl AmpBox {
     }
 
     /// The wire form of this box.
+    #[inline]
     pub fn to_bytes(&self) -> Result<Bytes, BoxCodecError> {
         let mut buf = BytesMut::new();
         self.encode(&mut buf)?;
@@ -176,6 +192,7 @@ impl AmpBox {
 }
 
 impl fmt::Debug for AmpBox {
+    #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut m = f.debug_map();
         for (k, v) in &self.pairs {
@@ -186,6 +203,7 @@ impl fmt::Debug for AmpBox {
 }
 
 impl<K: Into<Bytes>, V: Into<Bytes>> FromIterator<(K, V)> for AmpBox {
+    #[inline]
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Self::from_pairs(
             iter.into_iter()
@@ -199,6 +217,7 @@ impl<'a> IntoIterator for &'a AmpBox {
     type Item = (&'a Bytes, &'a Bytes);
     type IntoIter = AmpBoxIter<'a>;
 
+    #[inline]
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
     }
@@ -211,16 +230,19 @@ pub struct AmpBoxIter<'a>(std::slice::Iter<'a, (Bytes, Bytes)>);
 impl<'a> Iterator for AmpBoxIter<'a> {
     type Item = (&'a Bytes, &'a Bytes);
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         self.0.next().map(|(k, v)| (k, v))
     }
 
+    #[inline]
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.0.size_hint()
     }
 }
 
 impl DoubleEndedIterator for AmpBoxIter<'_> {
+    #[inline]
     fn next_back(&mut self) -> Option<Self::Item> {
         self.0.next_back().map(|(k, v)| (k, v))
     }
@@ -241,6 +263,7 @@ pub struct BoxCodecConfig {
 }
 
 impl Default for BoxCodecConfig {
+    #[inline]
     fn default() -> Self {
         Self {
             max_keys_per_box: 1024,
@@ -251,12 +274,14 @@ impl Default for BoxCodecConfig {
 
 impl BoxCodecConfig {
     /// Sets [`BoxCodecConfig::max_keys_per_box`].
+    #[inline]
     pub fn max_keys_per_box(mut self, n: usize) -> Self {
         self.max_keys_per_box = n;
         self
     }
 
     /// Sets [`BoxCodecConfig::max_box_bytes`].
+    #[inline]
     pub fn max_box_bytes(mut self, n: usize) -> Self {
         self.max_box_bytes = n;
         self
@@ -318,6 +343,7 @@ pub struct BoxCodec {
 
 impl BoxCodec {
     /// A decoder with the given limits.
+    #[inline]
     pub fn new(config: BoxCodecConfig) -> Self {
         Self {
             config,
@@ -327,11 +353,13 @@ impl BoxCodec {
     }
 
     /// The limits in force.
+    #[inline]
     pub fn config(&self) -> &BoxCodecConfig {
         &self.config
     }
 
     /// Decodes the next box from the front of `src`, if it is complete.
+    #[inline]
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<AmpBox>, BoxCodecError> {
         loop {
             let Some(rest) = src.get(self.scanned..) else {
@@ -381,6 +409,7 @@ impl BoxCodec {
         }
     }
 
+    #[inline]
     fn check_size(&self, at_least: usize) -> Result<(), BoxCodecError> {
         if at_least > self.config.max_box_bytes {
             Err(BoxCodecError::BoxTooLarge {
@@ -392,6 +421,7 @@ impl BoxCodec {
     }
 }
 
+#[inline]
 fn read_u16(b: &[u8]) -> Option<usize> {
     match b {
         [hi, lo, ..] => Some(usize::from(u16::from_be_bytes([*hi, *lo]))),
@@ -400,6 +430,7 @@ fn read_u16(b: &[u8]) -> Option<usize> {
 }
 
 /// Splits a frame already scanned by [`BoxCodec::decode`] into pairs, sharing its storage.
+#[inline]
 fn parse_complete(mut frame: Bytes, keys: usize) -> AmpBox {
     let mut pairs = Vec::with_capacity(keys);
     while frame.remaining() >= 2 {
@@ -419,6 +450,7 @@ fn parse_complete(mut frame: Bytes, keys: usize) -> AmpBox {
 }
 
 /// Decodes a buffer holding whole boxes and nothing else, as AmpList values do.
+#[inline]
 pub fn decode_all(bytes: &[u8], config: BoxCodecConfig) -> Result<Vec<AmpBox>, String> {
     let mut codec = BoxCodec::new(config);
     let mut buf = BytesMut::from(bytes);

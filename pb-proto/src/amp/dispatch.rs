@@ -43,6 +43,7 @@ pub struct AmpConfig<S = ()> {
 }
 
 impl<S> Default for AmpConfig<S> {
+    #[inline]
     fn default() -> Self {
         Self {
             codec: BoxCodecConfig::default(),
@@ -57,36 +58,42 @@ impl<S> Default for AmpConfig<S> {
 
 impl<S> AmpConfig<S> {
     /// Sets [`AmpConfig::codec`].
+    #[inline]
     pub fn codec(mut self, codec: BoxCodecConfig) -> Self {
         self.codec = codec;
         self
     }
 
     /// Sets [`AmpConfig::max_outstanding`].
+    #[inline]
     pub fn max_outstanding(mut self, n: usize) -> Self {
         self.max_outstanding = n;
         self
     }
 
     /// Sets [`AmpConfig::max_in_flight_responders`].
+    #[inline]
     pub fn max_in_flight_responders(mut self, n: usize) -> Self {
         self.max_in_flight_responders = n;
         self
     }
 
     /// Sets [`AmpConfig::close_on_unknown_answer`].
+    #[inline]
     pub fn close_on_unknown_answer(mut self, yes: bool) -> Self {
         self.close_on_unknown_answer = yes;
         self
     }
 
     /// Sets [`AmpConfig::close_on_failed_no_answer`].
+    #[inline]
     pub fn close_on_failed_no_answer(mut self, yes: bool) -> Self {
         self.close_on_failed_no_answer = yes;
         self
     }
 
     /// Sets [`AmpConfig::tls_server`], enabling the server side of StartTLS.
+    #[inline]
     pub fn tls_server(mut self, config: S) -> Self {
         self.tls_server = Some(config);
         self
@@ -211,6 +218,7 @@ pub struct Dispatcher<S = ()> {
 
 impl<S> Dispatcher<S> {
     /// A dispatcher for a new connection.
+    #[inline]
     pub fn new(config: AmpConfig<S>) -> Self {
         Self {
             codec: BoxCodec::new(config.codec),
@@ -227,11 +235,13 @@ impl<S> Dispatcher<S> {
     }
 
     /// The configuration in force.
+    #[inline]
     pub fn config(&self) -> &AmpConfig<S> {
         &self.config
     }
 
     /// Adds received bytes; boxes are decoded by [`Dispatcher::poll_event`].
+    #[inline]
     pub fn handle_input(&mut self, data: &[u8]) {
         if !matches!(self.state, State::Closed | State::Closing) {
             self.input.extend_from_slice(data);
@@ -239,12 +249,14 @@ impl<S> Dispatcher<S> {
     }
 
     /// Bytes received but not yet decoded.
+    #[inline]
     pub fn buffered_input(&self) -> usize {
         self.input.len()
     }
 
     /// The next thing the peer sent, or `None` if more bytes are needed (or the transport must
     /// switch to TLS first).
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         if let Some(reason) = self.closed_event.take() {
             return Some(Event::Closed(reason));
@@ -264,6 +276,7 @@ impl<S> Dispatcher<S> {
         }
     }
 
+    #[inline]
     fn dispatch(&mut self, mut b: AmpBox) -> Option<Event> {
         if let Some(tag) = b.remove(ANSWER) {
             if !self.take_outstanding(&tag) {
@@ -300,10 +313,12 @@ impl<S> Dispatcher<S> {
         Some(self.violation(AmpProtocolError::NoSpecialKey))
     }
 
+    #[inline]
     fn take_outstanding(&mut self, tag: &Bytes) -> bool {
         self.outstanding.remove(tag)
     }
 
+    #[inline]
     fn unknown_tag(&mut self, tag: Bytes) -> Option<Event> {
         if self.config.close_on_unknown_answer {
             Some(self.violation(AmpProtocolError::UnknownTag(tag)))
@@ -316,6 +331,7 @@ impl<S> Dispatcher<S> {
     /// The peer broke the protocol: close at once. Output not yet taken is dropped, as Twisted's
     /// reactor drops what `dataReceived` wrote before it raised (answers to boxes that came in
     /// the same read never leave).
+    #[inline]
     fn violation(&mut self, e: AmpProtocolError) -> Event {
         self.close();
         self.output.clear();
@@ -323,6 +339,7 @@ impl<S> Dispatcher<S> {
     }
 
     /// Takes the bytes to write, if any.
+    #[inline]
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         if self.output.is_empty() {
             None
@@ -333,6 +350,7 @@ impl<S> Dispatcher<S> {
 
     /// Moves the bytes to write onto the end of `dst`: [`Dispatcher::poll_transmit`] without a
     /// new buffer for every call.
+    #[inline]
     pub fn transmit_into(&mut self, dst: &mut BytesMut) {
         if dst.is_empty() {
             // Swap rather than copy: `dst`'s spare room becomes ours.
@@ -344,23 +362,27 @@ impl<S> Dispatcher<S> {
     }
 
     /// Bytes of boxes held back until a StartTLS handshake completes.
+    #[inline]
     pub fn held_output(&self) -> usize {
         self.held.len()
     }
 
     /// Whether nothing more may be sent or received: after a fatal error (once the output is
     /// written, close the transport) or after a close.
+    #[inline]
     pub fn is_closing(&self) -> bool {
         matches!(self.state, State::Closing | State::Closed)
     }
 
     /// Whether the transport must switch to TLS now: write the pending output, do the handshake,
     /// then call [`Dispatcher::tls_started`].
+    #[inline]
     pub fn is_switching_to_tls(&self) -> bool {
         self.state == State::TlsSwitching
     }
 
     /// Marks the connection closed: outstanding asks are forgotten and later sends are refused.
+    #[inline]
     pub fn close(&mut self) {
         self.state = State::Closed;
         self.outstanding.clear();
@@ -369,10 +391,12 @@ impl<S> Dispatcher<S> {
     }
 
     /// The number of asks awaiting an answer.
+    #[inline]
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
     }
 
+    #[inline]
     fn next_tag(&mut self) -> Bytes {
         self.counter += 1;
         // Lowercase hex without leading zeros, written on the stack: one allocation per tag.
@@ -390,6 +414,7 @@ impl<S> Dispatcher<S> {
         Bytes::copy_from_slice(&hex[at..])
     }
 
+    #[inline]
     fn can_send(&self) -> Result<(), SendError> {
         match self.state {
             State::Closing | State::Closed => Err(SendError::Closed),
@@ -397,6 +422,7 @@ impl<S> Dispatcher<S> {
         }
     }
 
+    #[inline]
     fn emit(&mut self, b: &AmpBox) -> Result<(), SendError> {
         let target = if matches!(self.state, State::TlsAsked(_) | State::TlsSwitching) {
             &mut self.held
@@ -407,6 +433,7 @@ impl<S> Dispatcher<S> {
     }
 
     /// Sends a command that wants an answer; returns its tag (lowercase hex of a counter from 1).
+    #[inline]
     pub fn ask(&mut self, name: impl Into<Bytes>, mut args: AmpBox) -> Result<Bytes, SendError> {
         self.can_send()?;
         if self.outstanding.len() >= self.config.max_outstanding {
@@ -424,6 +451,7 @@ impl<S> Dispatcher<S> {
 
     /// Sends a command that wants no answer (no `_ask`). The tag counter still advances, as in
     /// Twisted.
+    #[inline]
     pub fn tell(&mut self, name: impl Into<Bytes>, mut args: AmpBox) -> Result<(), SendError> {
         self.can_send()?;
         args.insert(COMMAND, name.into());
@@ -433,6 +461,7 @@ impl<S> Dispatcher<S> {
     }
 
     /// Asks the peer for StartTLS; boxes sent until its answer are held back, then sent over TLS.
+    #[inline]
     pub fn ask_start_tls(&mut self) -> Result<Bytes, SendError> {
         if self.tls_done || matches!(self.state, State::TlsAsked(_) | State::TlsSwitching) {
             return Err(SendError::OnlyOneTls);
@@ -444,6 +473,7 @@ impl<S> Dispatcher<S> {
 
     /// Answers the peer's StartTLS: the answer goes out in plain text, then the transport must
     /// switch (see [`Dispatcher::is_switching_to_tls`]).
+    #[inline]
     pub fn accept_start_tls(&mut self, tag: Bytes) -> Result<(), SendError> {
         if self.tls_done || self.state != State::Open {
             return Err(SendError::OnlyOneTls);
@@ -454,11 +484,13 @@ impl<S> Dispatcher<S> {
     }
 
     /// Whether TLS was started on this connection.
+    #[inline]
     pub fn is_tls(&self) -> bool {
         self.tls_done
     }
 
     /// The TLS handshake finished: held boxes are released and dispatch resumes.
+    #[inline]
     pub fn tls_started(&mut self) {
         if self.state == State::TlsSwitching {
             self.tls_done = true;
@@ -467,6 +499,7 @@ impl<S> Dispatcher<S> {
         }
     }
 
+    #[inline]
     fn release_held(&mut self) {
         let held = self.held.split();
         self.output.unsplit(held);
@@ -474,6 +507,7 @@ impl<S> Dispatcher<S> {
 
     /// Sends the answer to the peer's ask `tag`. After a close it is dropped silently, so late
     /// answers are harmless.
+    #[inline]
     pub fn answer(&mut self, tag: Bytes, mut answer: AmpBox) -> Result<(), SendError> {
         if self.can_send().is_err() {
             return Ok(());
@@ -484,6 +518,7 @@ impl<S> Dispatcher<S> {
 
     /// Sends an error answer to the peer's ask `tag`; a fatal one closes the connection once it is
     /// written. After a close it is dropped silently.
+    #[inline]
     pub fn error(
         &mut self,
         tag: Bytes,
@@ -513,6 +548,7 @@ impl<S> Dispatcher<S> {
     }
 
     /// Closes because of a failure the driver saw; the next [`Dispatcher::poll_event`] reports it.
+    #[inline]
     pub fn fail(&mut self, reason: DisconnectReason) {
         self.close();
         self.closed_event = Some(reason);
@@ -521,6 +557,7 @@ impl<S> Dispatcher<S> {
 
 /// The longest prefix of `s` that fits in `max` bytes without splitting a character: a long
 /// description must not turn an error answer into an unsendable box.
+#[inline]
 fn truncate_utf8(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
