@@ -12,7 +12,8 @@
 //! - `command`: the [`AmpCommand`] and [`AmpError`] traits and the errors of a call;
 //! - `dispatch`: the [`Dispatcher`], the request/response state of a connection, no I/O;
 //! - `locator`: responders by command name ([`Locator`]);
-//! - `driver`: the tokio driver, the [`AmpConnection`] handle, [`serve`] and StartTLS.
+//! - `handle`: the [`AmpConnection`] handle and [`serve`];
+//! - `driver`: the tokio driver and StartTLS.
 //!
 //! # Example
 //! ```
@@ -52,6 +53,7 @@ mod command;
 mod datetime;
 mod decimal;
 mod driver;
+mod handle;
 mod locator;
 mod value;
 
@@ -78,7 +80,7 @@ pub type AmpConfig = dispatch::AmpConfig<std::sync::Arc<rustls::ServerConfig>>;
 /// The request/response state of one AMP connection, with no I/O (see
 /// [`pb_proto::amp::Dispatcher`]).
 pub type Dispatcher = dispatch::Dispatcher<std::sync::Arc<rustls::ServerConfig>>;
-pub use driver::{AmpConnection, serve};
+pub use handle::{AmpConnection, serve};
 pub use locator::{AmpReply, Locator};
 /// The rustls crate used for StartTLS, so callers need no direct dependency.
 pub use tokio_rustls::rustls;

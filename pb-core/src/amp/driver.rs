@@ -1,5 +1,5 @@
-//! The tokio driver: pumps a byte stream through a [`Dispatcher`], runs responders, and gives
-//! callers a cloneable [`AmpConnection`] handle.
+//! The tokio driver: pumps a byte stream through a [`Dispatcher`], runs responders, switches
+//! to TLS for StartTLS, and answers the requests of the connection's [`AmpConnection`] handles.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -12,318 +12,29 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Buf, Bytes, BytesMut};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use super::argument::AmpFields;
+use super::Dispatcher;
 use super::codec::AmpBox;
 use super::command::{
-    AmpCallError, AmpCommand, NoErrors, UNHANDLED_ERROR_CODE, UNKNOWN_ERROR_CODE, classify,
-    python_bytes_repr,
+    AmpCallError, NoErrors, UNHANDLED_ERROR_CODE, UNKNOWN_ERROR_CODE, python_bytes_repr,
 };
 use super::dispatch::{AmpProtocolError, DisconnectReason, Event, START_TLS, SendError};
+use super::handle::*;
 use super::locator::{AmpReply, Locator};
-use super::{AmpConfig, Dispatcher};
 use pb_proto::hash::IdHasher;
 
 /// Stop reading and taking new calls while this much output waits to be written.
-const HIGH_WATER: usize = 256 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
-const REQUEST_QUEUE: usize = 64;
-const TLS_ERROR_CODE: &[u8] = b"TLS_ERROR";
+pub(super) const HIGH_WATER: usize = 256 * 1024;
+pub(super) const READ_CHUNK: usize = 16 * 1024;
+pub(super) const REQUEST_QUEUE: usize = 64;
+pub(super) const TLS_ERROR_CODE: &[u8] = b"TLS_ERROR";
 
-type RawResult<T> = Result<T, AmpCallError<NoErrors>>;
-
-enum Request {
-    Ask {
-        name: Bytes,
-        args: AmpBox,
-        reply: oneshot::Sender<RawResult<AmpBox>>,
-    },
-    Tell {
-        name: Bytes,
-        args: AmpBox,
-        reply: oneshot::Sender<RawResult<()>>,
-    },
-    StartTls {
-        config: Arc<rustls::ClientConfig>,
-        server_name: ServerName<'static>,
-        reply: oneshot::Sender<RawResult<()>>,
-    },
-    Close,
-}
-
-/// A handle to one AMP connection; clone it freely. Both sides of a connection may call.
-///
-/// The connection runs in its own task until the peer closes it, a protocol violation or fatal
-/// error closes it, or [`AmpConnection::close`] is called. It also ends when every handle is
-/// dropped and its locator has no responders (a pure client).
-///
-/// ```no_run
-/// # extern crate pb_core as pb;
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use pb_core::amp::{AmpConfig, AmpConnection, Locator};
-///
-/// #[derive(pb_derive::AmpCommand)]
-/// #[amp(response = SumResponse)]
-/// struct Sum { a: i64, b: i64 }
-///
-/// #[derive(pb_derive::AmpFields)]
-/// struct SumResponse { total: i64 }
-///
-/// let conn = AmpConnection::connect("127.0.0.1:1234", AmpConfig::default(), Locator::new()).await?;
-/// let SumResponse { total } = conn.call(&Sum { a: 13, b: 81 }).await?;
-/// assert_eq!(total, 94);
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug)]
-pub struct AmpConnection {
-    requests: mpsc::Sender<Request>,
-    closed: watch::Receiver<Option<DisconnectReason>>,
-}
-
-impl AmpConnection {
-    /// Runs an AMP connection over `stream` in a new task, answering with `locator`.
-    ///
-    /// # Panics
-    /// Outside a tokio runtime, as `tokio::spawn` does.
-    pub fn spawn<S>(stream: S, config: AmpConfig, locator: Locator) -> AmpConnection
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        Self::spawn_with(stream, config, |_| locator)
-    }
-
-    /// Like [`AmpConnection::spawn`], building the locator from the connection's own handle so that
-    /// responders can call the peer back.
-    ///
-    /// # Panics
-    /// Outside a tokio runtime, as `tokio::spawn` does.
-    pub fn spawn_with<S, F>(stream: S, config: AmpConfig, make_locator: F) -> AmpConnection
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        F: FnOnce(&AmpConnection) -> Locator,
-    {
-        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
-        let (closed_tx, closed_rx) = watch::channel(None);
-        let conn = AmpConnection {
-            requests: tx,
-            closed: closed_rx,
-        };
-        let locator = make_locator(&conn);
-        let driver = Driver {
-            dispatcher: Dispatcher::new(config),
-            locator: Arc::new(locator),
-            requests: rx,
-            requests_open: true,
-            pending: HashMap::default(),
-            tls_client: None,
-            responders: JoinSet::new(),
-            running: HashMap::new(),
-            out: BytesMut::new(),
-            need_flush: false,
-            peer_eof: false,
-            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
-            close_reason: None,
-            closed: closed_tx,
-        };
-        tokio::spawn(driver.run(stream));
-        conn
-    }
-
-    /// Connects over TCP to `addr` and runs the connection.
-    pub async fn connect(
-        addr: impl ToSocketAddrs,
-        config: AmpConfig,
-        locator: Locator,
-    ) -> io::Result<AmpConnection> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(Self::spawn(stream, config, locator))
-    }
-
-    /// Calls command `C` and waits for its typed response or error.
-    pub async fn call<C: AmpCommand>(
-        &self,
-        command: &C,
-    ) -> Result<C::Response, AmpCallError<C::Error>> {
-        let mut args = AmpBox::new();
-        command.to_box(&mut args).map_err(AmpCallError::Arguments)?;
-        let answer = match self
-            .raw_ask(Bytes::from_static(C::NAME.as_bytes()), args)
-            .await
-        {
-            Ok(answer) => answer,
-            Err(AmpCallError::Remote { code, description }) => {
-                return Err(classify(code, description));
-            }
-            Err(e) => return Err(e.widen()),
-        };
-        C::Response::from_box(&answer).map_err(AmpCallError::BadAnswer)
-    }
-
-    /// Sends command `C` without asking for an answer (for `requires_answer = false` commands).
-    /// It returns once the box is queued for writing.
-    pub async fn send<C: AmpCommand>(&self, command: &C) -> Result<(), AmpCallError<C::Error>> {
-        let mut args = AmpBox::new();
-        command.to_box(&mut args).map_err(AmpCallError::Arguments)?;
-        self.send_raw(C::NAME, args)
-            .await
-            .map_err(AmpCallError::widen)
-    }
-
-    /// Calls a command by name with a raw box and waits for the raw answer
-    /// (Twisted's `callRemoteString`).
-    pub async fn call_raw(
-        &self,
-        name: impl Into<Bytes>,
-        args: AmpBox,
-    ) -> Result<AmpBox, AmpCallError<NoErrors>> {
-        match self.raw_ask(name.into(), args).await {
-            Err(AmpCallError::Remote { code, description }) => Err(classify(code, description)),
-            other => other,
-        }
-    }
-
-    /// Sends a command by name with a raw box, asking for no answer.
-    pub async fn send_raw(
-        &self,
-        name: impl Into<Bytes>,
-        args: AmpBox,
-    ) -> Result<(), AmpCallError<NoErrors>> {
-        let (reply, rx) = oneshot::channel();
-        self.request(Request::Tell {
-            name: name.into(),
-            args,
-            reply,
-        })
-        .await?;
-        self.wait(rx).await
-    }
-
-    /// Switches this connection to TLS as the client of Twisted's `StartTLS` command. Calls made
-    /// while the switch is under way are sent over TLS once it is done.
-    pub async fn start_tls(
-        &self,
-        config: Arc<rustls::ClientConfig>,
-        server_name: ServerName<'static>,
-    ) -> Result<(), AmpCallError<NoErrors>> {
-        let (reply, rx) = oneshot::channel();
-        self.request(Request::StartTls {
-            config,
-            server_name,
-            reply,
-        })
-        .await?;
-        match self.wait(rx).await {
-            Err(AmpCallError::Remote { code, description }) => Err(classify(code, description)),
-            other => other,
-        }
-    }
-
-    /// Closes the connection once what is queued is written; outstanding calls fail.
-    pub fn close(&self) {
-        // A full queue means the driver is busy; it will still see the close after the others.
-        let requests = self.requests.clone();
-        if requests.try_send(Request::Close).is_err() {
-            tokio::spawn(async move {
-                let _ = requests.send(Request::Close).await;
-            });
-        }
-    }
-
-    /// Waits until the connection has ended, and says why.
-    pub async fn closed(&self) -> DisconnectReason {
-        let mut rx = self.closed.clone();
-        match rx.wait_for(Option::is_some).await {
-            Ok(r) => r.clone().unwrap_or(DisconnectReason::LocalClosed),
-            Err(_) => DisconnectReason::LocalClosed,
-        }
-    }
-
-    /// Whether the connection has ended.
-    pub fn is_closed(&self) -> bool {
-        self.closed.borrow().is_some()
-    }
-
-    fn reason(&self) -> DisconnectReason {
-        self.closed
-            .borrow()
-            .clone()
-            .unwrap_or(DisconnectReason::LocalClosed)
-    }
-
-    async fn raw_ask(&self, name: Bytes, args: AmpBox) -> RawResult<AmpBox> {
-        let (reply, rx) = oneshot::channel();
-        self.request(Request::Ask { name, args, reply }).await?;
-        self.wait(rx).await
-    }
-
-    async fn request(&self, r: Request) -> RawResult<()> {
-        self.requests
-            .send(r)
-            .await
-            .map_err(|_| AmpCallError::Disconnected(self.reason()))
-    }
-
-    async fn wait<T>(&self, rx: oneshot::Receiver<RawResult<T>>) -> RawResult<T> {
-        match rx.await {
-            Ok(r) => r,
-            Err(_) => {
-                let mut closed = self.closed.clone();
-                let _ = closed.wait_for(Option::is_some).await;
-                Err(AmpCallError::Disconnected(self.reason()))
-            }
-        }
-    }
-}
-
-/// Accepts AMP connections on `listener` forever, building each one's locator with
-/// `make_locator` (which gets the connection's handle, to call the peer back). It returns only
-/// when accepting fails for the listener itself (e.g. out of file descriptors).
-///
-/// ```no_run
-/// # async fn demo() -> std::io::Result<()> {
-/// use pb_core::amp::{AmpConfig, Locator};
-///
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-/// pb_core::amp::serve(listener, AmpConfig::default(), |_conn| Locator::new()).await
-/// # }
-/// ```
-pub async fn serve<F>(listener: TcpListener, config: AmpConfig, make_locator: F) -> io::Result<()>
-where
-    F: Fn(&AmpConnection) -> Locator + Send + Sync + 'static,
-{
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // One failed handshake is that connection's problem, not the listener's.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                tracing::debug!(error = %e, "amp: accept failed for one connection");
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, error = %e, "amp: cannot set nodelay");
-        }
-        tracing::debug!(%peer, "amp: accepted connection");
-        let conn = AmpConnection::spawn_with(stream, config.clone(), &make_locator);
-        tokio::spawn(async move {
-            let reason = conn.closed().await;
-            tracing::debug!(%peer, %reason, "amp: connection ended");
-        });
-    }
-}
+pub(super) type RawResult<T> = Result<T, AmpCallError<NoErrors>>;
 
 /// A plain stream, or the same stream after StartTLS.
-enum Transport<S> {
+pub(super) enum Transport<S> {
     Plain(S),
     Client(Box<tokio_rustls::client::TlsStream<S>>),
     Server(Box<tokio_rustls::server::TlsStream<S>>),
@@ -374,7 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Transport<S> {
 }
 
 /// Writes some of `out`, or flushes when it is empty; cancel-safe like `write` and `flush`.
-async fn write_or_flush<W: AsyncWrite + Unpin>(
+pub(super) async fn write_or_flush<W: AsyncWrite + Unpin>(
     wr: &mut W,
     out: &[u8],
 ) -> io::Result<Option<usize>> {
@@ -386,7 +97,7 @@ async fn write_or_flush<W: AsyncWrite + Unpin>(
 }
 
 /// The message a panic was raised with, when it is text.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     if let Some(s) = panic.downcast_ref::<&'static str>() {
         s
     } else if let Some(s) = panic.downcast_ref::<String>() {
@@ -397,40 +108,41 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 }
 
 /// Why [`Driver::pump`] returned.
-enum Pumped {
+pub(super) enum Pumped {
     Closed(DisconnectReason),
     SwitchTls,
 }
 
-struct TlsClientRequest {
-    tag: Bytes,
-    config: Arc<rustls::ClientConfig>,
-    server_name: ServerName<'static>,
-    reply: oneshot::Sender<RawResult<()>>,
+pub(super) struct TlsClientRequest {
+    pub(super) tag: Bytes,
+    pub(super) config: Arc<rustls::ClientConfig>,
+    pub(super) server_name: ServerName<'static>,
+    pub(super) reply: oneshot::Sender<RawResult<()>>,
 }
 
-struct Driver {
-    dispatcher: Dispatcher,
-    locator: Arc<Locator>,
-    requests: mpsc::Receiver<Request>,
-    requests_open: bool,
+pub(super) struct Driver {
+    pub(super) dispatcher: Dispatcher,
+    pub(super) locator: Arc<Locator>,
+    pub(super) requests: mpsc::Receiver<Request>,
+    pub(super) requests_open: bool,
     /// Keyed by our own tags, so a cheap hash will do.
-    pending: HashMap<Bytes, oneshot::Sender<RawResult<AmpBox>>, BuildHasherDefault<IdHasher>>,
-    tls_client: Option<TlsClientRequest>,
-    responders: JoinSet<AmpReply>,
+    pub(super) pending:
+        HashMap<Bytes, oneshot::Sender<RawResult<AmpBox>>, BuildHasherDefault<IdHasher>>,
+    pub(super) tls_client: Option<TlsClientRequest>,
+    pub(super) responders: JoinSet<AmpReply>,
     /// The tag and command name of each running responder, by task id.
-    running: HashMap<tokio::task::Id, (Option<Bytes>, Bytes)>,
-    out: BytesMut,
-    need_flush: bool,
+    pub(super) running: HashMap<tokio::task::Id, (Option<Bytes>, Bytes)>,
+    pub(super) out: BytesMut,
+    pub(super) need_flush: bool,
     /// The peer shut down its writing half; no more input will come.
-    peer_eof: bool,
-    read_buf: Box<[u8]>,
-    close_reason: Option<DisconnectReason>,
-    closed: watch::Sender<Option<DisconnectReason>>,
+    pub(super) peer_eof: bool,
+    pub(super) read_buf: Box<[u8]>,
+    pub(super) close_reason: Option<DisconnectReason>,
+    pub(super) closed: watch::Sender<Option<DisconnectReason>>,
 }
 
 impl Driver {
-    async fn run<S>(mut self, stream: S)
+    pub(super) async fn run<S>(mut self, stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -453,7 +165,7 @@ impl Driver {
         self.finish(reason);
     }
 
-    async fn pump<S>(
+    pub(super) async fn pump<S>(
         &mut self,
         rd: &mut ReadHalf<Transport<S>>,
         wr: &mut WriteHalf<Transport<S>>,
@@ -549,7 +261,7 @@ impl Driver {
     /// Takes in everything that is ready without waiting (decoded boxes, finished responders,
     /// queued requests) and gathers the output it makes, so that one write carries all of it.
     /// Per box, a wait in `select!` would cost a poll of every branch and, worse, a write.
-    fn take_ready(&mut self, max_running: usize) {
+    pub(super) fn take_ready(&mut self, max_running: usize) {
         loop {
             let mut progress = false;
             // Commands already buffered wait too while too many responders run.
@@ -588,14 +300,14 @@ impl Driver {
         self.dispatcher.transmit_into(&mut self.out);
     }
 
-    fn close_with(&mut self, reason: DisconnectReason) {
+    pub(super) fn close_with(&mut self, reason: DisconnectReason) {
         if self.close_reason.is_none() {
             self.close_reason = Some(reason);
         }
         self.dispatcher.close();
     }
 
-    fn handle_event(&mut self, event: Event) {
+    pub(super) fn handle_event(&mut self, event: Event) {
         match event {
             Event::Command { name, tag, args } => self.handle_command(name, tag, args),
             Event::Answer { tag, answer } => {
@@ -631,7 +343,7 @@ impl Driver {
         }
     }
 
-    fn handle_command(&mut self, name: Bytes, tag: Option<Bytes>, args: AmpBox) {
+    pub(super) fn handle_command(&mut self, name: Bytes, tag: Option<Bytes>, args: AmpBox) {
         if name.as_ref() == START_TLS.as_bytes() && !self.locator.contains(START_TLS) {
             self.handle_start_tls(tag);
             return;
@@ -667,7 +379,7 @@ impl Driver {
         }
     }
 
-    fn failed_without_answer(&mut self, name: Bytes, why: &str) {
+    pub(super) fn failed_without_answer(&mut self, name: Bytes, why: &str) {
         if self.dispatcher.config().close_on_failed_no_answer {
             tracing::warn!(command = ?name, why, "amp: command without _ask failed; closing");
             self.close_with(DisconnectReason::Protocol(
@@ -678,7 +390,7 @@ impl Driver {
         }
     }
 
-    fn handle_start_tls(&mut self, tag: Option<Bytes>) {
+    pub(super) fn handle_start_tls(&mut self, tag: Option<Bytes>) {
         let Some(tag) = tag else {
             self.failed_without_answer(Bytes::from_static(START_TLS.as_bytes()), "no _ask");
             return;
@@ -696,7 +408,10 @@ impl Driver {
         }
     }
 
-    fn handle_reply(&mut self, done: Result<(tokio::task::Id, AmpReply), tokio::task::JoinError>) {
+    pub(super) fn handle_reply(
+        &mut self,
+        done: Result<(tokio::task::Id, AmpReply), tokio::task::JoinError>,
+    ) {
         let (id, reply) = match done {
             Ok((id, reply)) => (id, reply),
             Err(e) => (
@@ -710,7 +425,7 @@ impl Driver {
         self.handle_reply_for(tag, name, reply);
     }
 
-    fn handle_reply_for(&mut self, tag: Option<Bytes>, name: Bytes, reply: AmpReply) {
+    pub(super) fn handle_reply_for(&mut self, tag: Option<Bytes>, name: Bytes, reply: AmpReply) {
         match (tag, reply) {
             (Some(tag), AmpReply::Answer(b)) => {
                 if let Err(e) = self.dispatcher.answer(tag.clone(), b) {
@@ -737,7 +452,7 @@ impl Driver {
     }
 
     /// Twisted's treatment of an undeclared failure: log it, send `UNKNOWN`, close.
-    fn unknown(&mut self, tag: Bytes, name: Bytes, why: String) {
+    pub(super) fn unknown(&mut self, tag: Bytes, name: Bytes, why: String) {
         tracing::error!(command = ?name, %why, "amp: responder failed; sending UNKNOWN and closing");
         self.close_reason.get_or_insert(DisconnectReason::Protocol(
             AmpProtocolError::ResponderFailed(name, why),
@@ -747,7 +462,7 @@ impl Driver {
             .error(tag, UNKNOWN_ERROR_CODE, "Unknown Error", true);
     }
 
-    fn handle_request(&mut self, req: Request) {
+    pub(super) fn handle_request(&mut self, req: Request) {
         match req {
             Request::Ask { name, args, reply } => match self.dispatcher.ask(name, args) {
                 Ok(tag) => {
@@ -785,7 +500,7 @@ impl Driver {
         }
     }
 
-    fn send_error(&self, e: SendError) -> AmpCallError<NoErrors> {
+    pub(super) fn send_error(&self, e: SendError) -> AmpCallError<NoErrors> {
         match e {
             SendError::Closed => AmpCallError::Disconnected(
                 self.close_reason
@@ -798,7 +513,7 @@ impl Driver {
         }
     }
 
-    async fn switch_tls<S>(
+    pub(super) async fn switch_tls<S>(
         &mut self,
         transport: Transport<S>,
     ) -> Result<Transport<S>, DisconnectReason>
@@ -846,7 +561,7 @@ impl Driver {
         result
     }
 
-    fn finish(mut self, reason: DisconnectReason) {
+    pub(super) fn finish(mut self, reason: DisconnectReason) {
         self.dispatcher.close();
         for (_, reply) in self.pending.drain() {
             let _ = reply.send(Err(AmpCallError::Disconnected(reason.clone())));

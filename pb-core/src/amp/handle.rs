@@ -1,0 +1,308 @@
+//! The AMP connection handle ([`AmpConnection`]): calls, StartTLS and close, made by sending
+//! requests to the connection's driver task; and [`serve`], the accept loop.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use super::argument::AmpFields;
+use super::codec::AmpBox;
+use super::command::{AmpCallError, AmpCommand, NoErrors, classify};
+use super::dispatch::DisconnectReason;
+use super::driver::*;
+use super::locator::Locator;
+use super::{AmpConfig, Dispatcher};
+
+pub(super) enum Request {
+    Ask {
+        name: Bytes,
+        args: AmpBox,
+        reply: oneshot::Sender<RawResult<AmpBox>>,
+    },
+    Tell {
+        name: Bytes,
+        args: AmpBox,
+        reply: oneshot::Sender<RawResult<()>>,
+    },
+    StartTls {
+        config: Arc<rustls::ClientConfig>,
+        server_name: ServerName<'static>,
+        reply: oneshot::Sender<RawResult<()>>,
+    },
+    Close,
+}
+
+/// A handle to one AMP connection; clone it freely. Both sides of a connection may call.
+///
+/// The connection runs in its own task until the peer closes it, a protocol violation or fatal
+/// error closes it, or [`AmpConnection::close`] is called. It also ends when every handle is
+/// dropped and its locator has no responders (a pure client).
+///
+/// ```no_run
+/// # extern crate pb_core as pb;
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use pb_core::amp::{AmpConfig, AmpConnection, Locator};
+///
+/// #[derive(pb_derive::AmpCommand)]
+/// #[amp(response = SumResponse)]
+/// struct Sum { a: i64, b: i64 }
+///
+/// #[derive(pb_derive::AmpFields)]
+/// struct SumResponse { total: i64 }
+///
+/// let conn = AmpConnection::connect("127.0.0.1:1234", AmpConfig::default(), Locator::new()).await?;
+/// let SumResponse { total } = conn.call(&Sum { a: 13, b: 81 }).await?;
+/// assert_eq!(total, 94);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct AmpConnection {
+    requests: mpsc::Sender<Request>,
+    closed: watch::Receiver<Option<DisconnectReason>>,
+}
+
+impl AmpConnection {
+    /// Runs an AMP connection over `stream` in a new task, answering with `locator`.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, as `tokio::spawn` does.
+    pub fn spawn<S>(stream: S, config: AmpConfig, locator: Locator) -> AmpConnection
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Self::spawn_with(stream, config, |_| locator)
+    }
+
+    /// Like [`AmpConnection::spawn`], building the locator from the connection's own handle so that
+    /// responders can call the peer back.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, as `tokio::spawn` does.
+    pub fn spawn_with<S, F>(stream: S, config: AmpConfig, make_locator: F) -> AmpConnection
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: FnOnce(&AmpConnection) -> Locator,
+    {
+        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let (closed_tx, closed_rx) = watch::channel(None);
+        let conn = AmpConnection {
+            requests: tx,
+            closed: closed_rx,
+        };
+        let locator = make_locator(&conn);
+        let driver = Driver {
+            dispatcher: Dispatcher::new(config),
+            locator: Arc::new(locator),
+            requests: rx,
+            requests_open: true,
+            pending: HashMap::default(),
+            tls_client: None,
+            responders: JoinSet::new(),
+            running: HashMap::new(),
+            out: BytesMut::new(),
+            need_flush: false,
+            peer_eof: false,
+            read_buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            close_reason: None,
+            closed: closed_tx,
+        };
+        tokio::spawn(driver.run(stream));
+        conn
+    }
+
+    /// Connects over TCP to `addr` and runs the connection.
+    pub async fn connect(
+        addr: impl ToSocketAddrs,
+        config: AmpConfig,
+        locator: Locator,
+    ) -> io::Result<AmpConnection> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self::spawn(stream, config, locator))
+    }
+
+    /// Calls command `C` and waits for its typed response or error.
+    pub async fn call<C: AmpCommand>(
+        &self,
+        command: &C,
+    ) -> Result<C::Response, AmpCallError<C::Error>> {
+        let mut args = AmpBox::new();
+        command.to_box(&mut args).map_err(AmpCallError::Arguments)?;
+        let answer = match self
+            .raw_ask(Bytes::from_static(C::NAME.as_bytes()), args)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(AmpCallError::Remote { code, description }) => {
+                return Err(classify(code, description));
+            }
+            Err(e) => return Err(e.widen()),
+        };
+        C::Response::from_box(&answer).map_err(AmpCallError::BadAnswer)
+    }
+
+    /// Sends command `C` without asking for an answer (for `requires_answer = false` commands).
+    /// It returns once the box is queued for writing.
+    pub async fn send<C: AmpCommand>(&self, command: &C) -> Result<(), AmpCallError<C::Error>> {
+        let mut args = AmpBox::new();
+        command.to_box(&mut args).map_err(AmpCallError::Arguments)?;
+        self.send_raw(C::NAME, args)
+            .await
+            .map_err(AmpCallError::widen)
+    }
+
+    /// Calls a command by name with a raw box and waits for the raw answer
+    /// (Twisted's `callRemoteString`).
+    pub async fn call_raw(
+        &self,
+        name: impl Into<Bytes>,
+        args: AmpBox,
+    ) -> Result<AmpBox, AmpCallError<NoErrors>> {
+        match self.raw_ask(name.into(), args).await {
+            Err(AmpCallError::Remote { code, description }) => Err(classify(code, description)),
+            other => other,
+        }
+    }
+
+    /// Sends a command by name with a raw box, asking for no answer.
+    pub async fn send_raw(
+        &self,
+        name: impl Into<Bytes>,
+        args: AmpBox,
+    ) -> Result<(), AmpCallError<NoErrors>> {
+        let (reply, rx) = oneshot::channel();
+        self.request(Request::Tell {
+            name: name.into(),
+            args,
+            reply,
+        })
+        .await?;
+        self.wait(rx).await
+    }
+
+    /// Switches this connection to TLS as the client of Twisted's `StartTLS` command. Calls made
+    /// while the switch is under way are sent over TLS once it is done.
+    pub async fn start_tls(
+        &self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: ServerName<'static>,
+    ) -> Result<(), AmpCallError<NoErrors>> {
+        let (reply, rx) = oneshot::channel();
+        self.request(Request::StartTls {
+            config,
+            server_name,
+            reply,
+        })
+        .await?;
+        match self.wait(rx).await {
+            Err(AmpCallError::Remote { code, description }) => Err(classify(code, description)),
+            other => other,
+        }
+    }
+
+    /// Closes the connection once what is queued is written; outstanding calls fail.
+    pub fn close(&self) {
+        // A full queue means the driver is busy; it will still see the close after the others.
+        let requests = self.requests.clone();
+        if requests.try_send(Request::Close).is_err() {
+            tokio::spawn(async move {
+                let _ = requests.send(Request::Close).await;
+            });
+        }
+    }
+
+    /// Waits until the connection has ended, and says why.
+    pub async fn closed(&self) -> DisconnectReason {
+        let mut rx = self.closed.clone();
+        match rx.wait_for(Option::is_some).await {
+            Ok(r) => r.clone().unwrap_or(DisconnectReason::LocalClosed),
+            Err(_) => DisconnectReason::LocalClosed,
+        }
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.borrow().is_some()
+    }
+
+    fn reason(&self) -> DisconnectReason {
+        self.closed
+            .borrow()
+            .clone()
+            .unwrap_or(DisconnectReason::LocalClosed)
+    }
+
+    async fn raw_ask(&self, name: Bytes, args: AmpBox) -> RawResult<AmpBox> {
+        let (reply, rx) = oneshot::channel();
+        self.request(Request::Ask { name, args, reply }).await?;
+        self.wait(rx).await
+    }
+
+    async fn request(&self, r: Request) -> RawResult<()> {
+        self.requests
+            .send(r)
+            .await
+            .map_err(|_| AmpCallError::Disconnected(self.reason()))
+    }
+
+    async fn wait<T>(&self, rx: oneshot::Receiver<RawResult<T>>) -> RawResult<T> {
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => {
+                let mut closed = self.closed.clone();
+                let _ = closed.wait_for(Option::is_some).await;
+                Err(AmpCallError::Disconnected(self.reason()))
+            }
+        }
+    }
+}
+
+/// Accepts AMP connections on `listener` forever, building each one's locator with
+/// `make_locator` (which gets the connection's handle, to call the peer back). It returns only
+/// when accepting fails for the listener itself (e.g. out of file descriptors).
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// use pb_core::amp::{AmpConfig, Locator};
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// pb_core::amp::serve(listener, AmpConfig::default(), |_conn| Locator::new()).await
+/// # }
+/// ```
+pub async fn serve<F>(listener: TcpListener, config: AmpConfig, make_locator: F) -> io::Result<()>
+where
+    F: Fn(&AmpConnection) -> Locator + Send + Sync + 'static,
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // One failed handshake is that connection's problem, not the listener's.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                tracing::debug!(error = %e, "amp: accept failed for one connection");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "amp: cannot set nodelay");
+        }
+        tracing::debug!(%peer, "amp: accepted connection");
+        let conn = AmpConnection::spawn_with(stream, config.clone(), &make_locator);
+        tokio::spawn(async move {
+            let reason = conn.closed().await;
+            tracing::debug!(%peer, %reason, "amp: connection ended");
+        });
+    }
+}
