@@ -37,7 +37,7 @@ const CLAIM_FACTOR: usize = 16;
 ///
 /// Each sequence, tuple, struct, map, enum variant, `Some` and newtype counts one level; the
 /// arguments tuple of a call is the first.
-pub const DEFAULT_MAX_DEPTH: usize = 128;
+pub const DEFAULT_MAX_DEPTH: usize = pb_proto::limits::DEFAULT_MAX_DEPTH;
 
 /// An encode or decode of a payload failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

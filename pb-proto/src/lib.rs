@@ -15,6 +15,7 @@
 //! - `outbox`: the bytes queued for the peer, in order, large payloads uncopied;
 //! - `scram`: SCRAM-SHA-256 with `tls-exporter` channel binding (client and server);
 //! - `hash`: the hashers of the id-keyed tables;
+//! - `limits`: a connection's limits, protocol violations, table counts;
 //! - `liveness`: keep-alive and idle timing, driven by an explicit `now`;
 //! - `amp`: AMP's box codec and its request/response [`amp::Dispatcher`].
 //!
@@ -42,6 +43,7 @@ pub mod amp;
 pub mod frame;
 pub mod handshake;
 pub mod hash;
+pub mod limits;
 pub mod liveness;
 pub mod message;
 pub mod outbox;

@@ -1,0 +1,159 @@
+//! The limits of one native connection, what a violation of the protocol is, and the counts of
+//! a connection's tables. Every limit has a safe default, and a sender holds what it sends to
+//! its peer's limits (see [`crate::handshake::ReceiveLimits`]).
+
+use crate::handshake::ReceiveLimits;
+use crate::message::{MessageError, MessageLimits};
+
+/// The deepest nesting of a decoded value, by default (pb-core's payload codec enforces it).
+pub const DEFAULT_MAX_DEPTH: usize = 128;
+
+/// Limits of one connection. Every limit has a safe default.
+///
+/// The limits on what the peer may send (`max_frame_len` and those in `message`) are announced
+/// to the peer in the hello, and the peer holds what it sends to them: a call or an answer over
+/// a peer's limit fails alone, with `CallError::LimitExceeded` (in pb-core), instead of costing the
+/// connection. They are never below [`ReceiveLimits::FLOOR`] (lower settings are raised to it),
+/// so that a dialer's first calls, sent before the peer's hello has arrived, never exceed them.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest frame body accepted or sent (default 16 MiB, at least 64 KiB, at most 64 MiB).
+    /// What we send is also held to the peer's own `max_frame_len`.
+    pub max_frame_len: usize,
+    /// Most of our calls awaiting answers at once (default 10 000).
+    pub max_pending_calls: usize,
+    /// Most incoming calls running at once (default 1 024).
+    pub max_in_flight_calls: usize,
+    /// Most objects exported to the peer at once, root excluded (default 10 000).
+    pub max_exports: usize,
+    /// Most distinct references imported from the peer at once (default 10 000).
+    pub max_imports: usize,
+    /// Limit violations tolerated before the connection is closed (default 3, as Twisted).
+    pub max_violations: u32,
+    /// Deepest nesting of a decoded argument or answer value (default
+    /// [`DEFAULT_MAX_DEPTH`], 128); deeper values fail to decode.
+    pub max_depth: usize,
+    /// Most bytes queued for the peer and not yet written (default 4 MiB). Above it the
+    /// connection applies backpressure: our own callers wait before queueing new calls, and
+    /// the peer's calls, releases and pings are held back, still read but not run, until half
+    /// of the queue has gone out; once `max_in_flight_calls` frames are held back, reading
+    /// pauses. A peer that sends without reading thus costs a bounded amount of memory, and is
+    /// disconnected after `Config::write_stall_timeout` without progress.
+    pub max_unsent_bytes: usize,
+    /// Limits on message envelopes (at least 16 references per message and 16 release entries
+    /// per message).
+    pub message: MessageLimits,
+}
+
+impl Limits {
+    /// What these limits let the peer send, as our hello announces it: raised to
+    /// [`ReceiveLimits::FLOOR`], and the frame size capped at
+    /// [`crate::frame::MAX_FRAME_LEN_CEILING`], as the connection enforces them.
+    pub fn receive(&self) -> ReceiveLimits {
+        let limits = ReceiveLimits {
+            max_frame_len: self.max_frame_len,
+            max_refs_per_message: self.message.max_refs_per_message,
+            max_release_entries: self.message.max_release_entries,
+        }
+        .at_least_floor();
+        ReceiveLimits {
+            max_frame_len: limits
+                .max_frame_len
+                .min(crate::frame::MAX_FRAME_LEN_CEILING),
+            ..limits
+        }
+    }
+
+    /// These limits as a connection enforces them (see [`Limits::receive`]).
+    pub fn enforced(&self) -> Limits {
+        let receive = self.receive();
+        Limits {
+            max_frame_len: receive.max_frame_len,
+            message: MessageLimits {
+                max_refs_per_message: receive.max_refs_per_message,
+                max_release_entries: receive.max_release_entries,
+            },
+            ..self.clone()
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_len: crate::frame::DEFAULT_MAX_FRAME_LEN,
+            max_pending_calls: 10_000,
+            max_in_flight_calls: 1024,
+            max_exports: 10_000,
+            max_imports: 10_000,
+            max_violations: 3,
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_unsent_bytes: 4 << 20,
+            message: MessageLimits::default(),
+        }
+    }
+}
+
+/// The peer broke the protocol; the connection must close.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A frame body did not decode as a message.
+    #[error("malformed message: {0}")]
+    Message(#[from] MessageError),
+    /// The peer reused the id of a call still in flight.
+    #[error("request id {0} reused while in flight")]
+    DuplicateRequest(u64),
+    /// The peer exceeded limits too often.
+    #[error("too many limit violations ({count}, max_violations = {max})")]
+    TooManyViolations {
+        /// How many there were.
+        count: u32,
+        /// The configured tolerance.
+        max: u32,
+    },
+}
+
+/// Counts of one connection's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TableStats {
+    /// Objects we export to the peer (root excluded).
+    pub exported: usize,
+    /// Distinct references we hold to the peer's objects (root excluded).
+    pub imported: usize,
+    /// Our calls awaiting answers.
+    pub pending_calls: usize,
+    /// The peer's calls running here.
+    pub in_flight_calls: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_without_limits_is_assumed_to_have_the_defaults() {
+        assert_eq!(Limits::default().receive(), ReceiveLimits::ASSUMED);
+        let low = Limits {
+            max_frame_len: 1,
+            message: MessageLimits {
+                max_refs_per_message: 0,
+                max_release_entries: 0,
+            },
+            ..Limits::default()
+        };
+        assert_eq!(low.receive(), ReceiveLimits::FLOOR);
+        assert_eq!(
+            low.enforced().max_frame_len,
+            ReceiveLimits::FLOOR.max_frame_len
+        );
+        let high = Limits {
+            max_frame_len: usize::MAX,
+            ..Limits::default()
+        };
+        assert_eq!(
+            high.receive().max_frame_len,
+            crate::frame::MAX_FRAME_LEN_CEILING
+        );
+    }
+}
