@@ -38,6 +38,7 @@ use std::sync::{Arc, Weak};
 use std::task::{Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use pb_proto::exports::{Exports, Released, Sent};
 use pb_proto::hash::{IdHasher, PeerKeys};
 use pb_proto::outbox::{Outbox, ZERO_COPY_MIN};
 use tokio::sync::oneshot;
@@ -83,11 +84,6 @@ pub(crate) enum State {
     Open,
     Draining,
     Closed,
-}
-
-struct Export {
-    object: ObjectRef,
-    count: u64,
 }
 
 struct ImportSlot {
@@ -187,10 +183,8 @@ pub(crate) struct Broker {
     root_key: Option<usize>,
     /// Keyed by ids we allocate (the peer only looks them up, it never chooses what goes in),
     /// so a cheap hash will do.
-    exports: HashMap<u64, Export, BuildHasherDefault<IdHasher>>,
-    /// Keyed by the addresses of our own objects.
-    export_keys: HashMap<usize, u64, BuildHasherDefault<IdHasher>>,
-    next_export: u64,
+    /// Our objects the peer holds, keyed by their allocations' addresses (`export_key`).
+    exports: Exports<ObjectRef>,
     /// Keyed by the peer's ids: hashed under a secret the peer does not know.
     imports: HashMap<u64, ImportSlot, PeerKeys>,
     next_generation: u64,
@@ -247,9 +241,7 @@ impl Broker {
             peer_goodbye: false,
             root,
             root_key,
-            exports: HashMap::default(),
-            export_keys: HashMap::default(),
-            next_export: 1,
+            exports: Exports::new(),
             imports: HashMap::with_hasher(peer_keys),
             next_generation: 1,
             pending: HashMap::default(),
@@ -369,10 +361,9 @@ impl Broker {
         });
         self.running.clear();
         self.imports.clear();
-        self.export_keys.clear();
         self.releases.clear();
         self.close_fault = Some(fault);
-        let mut held: Vec<ObjectRef> = self.exports.drain().map(|(_, e)| e.object).collect();
+        let mut held: Vec<ObjectRef> = self.exports.drain().collect();
         for object in &held {
             if let RefInner::Local(d) = &object.0 {
                 d.on_unexport(self.conn_id);

@@ -8,6 +8,7 @@
 //! normally reach all of this through the `pb` crate.
 //!
 //! # Layout
+//! - `exports`: the objects a connection exports and their send counts;
 //! - `frame`: the 4-byte length-prefixed frame codec, limits checked before allocation;
 //! - `handshake`: magic, protocol version and feature flags;
 //! - `message`: the native protocol's envelopes (call, answer, fault, release, cancel, update,
@@ -40,6 +41,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod amp;
+pub mod exports;
 pub mod frame;
 pub mod handshake;
 pub mod hash;

@@ -81,37 +81,30 @@ impl Broker {
                     if id == 0 {
                         continue;
                     }
-                    let Some(e) = self.exports.get_mut(&id) else {
-                        tracing::warn!(id, "peer released an object we do not export");
-                        self.violation()?;
-                        continue;
+                    let object = match self.exports.release(id, count) {
+                        Released::NotExported => {
+                            tracing::warn!(id, "peer released an object we do not export");
+                            self.violation()?;
+                            continue;
+                        }
+                        Released::Held { .. } => continue,
+                        Released::Freed { token, over } => {
+                            if over {
+                                tracing::warn!(id, count, "peer released more than it was sent");
+                            }
+                            token
+                        }
                     };
-                    if count > e.count {
-                        tracing::warn!(
-                            id,
-                            count,
-                            held = e.count,
-                            "peer released more than it was sent"
-                        );
+                    match &object.0 {
+                        RefInner::Local(d) => d.on_unexport(self.conn_id),
+                        RefInner::Remote(imp) => imp
+                            .dependents
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .retain(|(c, object)| !(*object == id && c.ptr_eq(&self.link))),
                     }
-                    e.count = e.count.saturating_sub(count);
-                    if e.count == 0
-                        && let Some(e) = self.exports.remove(&id)
-                    {
-                        // Dropped outside the lock: the object's `Drop` may use this connection.
-                        self.graveyard.push(e.object.clone());
-                        if let Some(key) = export_key(&e.object) {
-                            self.export_keys.remove(&key);
-                        }
-                        match &e.object.0 {
-                            RefInner::Local(d) => d.on_unexport(self.conn_id),
-                            RefInner::Remote(imp) => imp
-                                .dependents
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .retain(|(c, object)| !(*object == id && c.ptr_eq(&self.link))),
-                        }
-                    }
+                    // Dropped outside the lock: the object's `Drop` may use this connection.
+                    self.graveyard.push(object);
                 }
                 Ok(())
             }
@@ -218,7 +211,7 @@ impl Broker {
         } else if target == 0 {
             self.root.clone()
         } else {
-            self.exports.get(&target).map(|e| e.object.clone())
+            self.exports.get(target).cloned()
         };
         let refused = refused.or_else(|| {
             object

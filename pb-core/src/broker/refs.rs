@@ -39,28 +39,18 @@ impl Broker {
             let Some(key) = export_key(r) else { continue };
             if Some(key) == self.root_key {
                 descs.push(RefDesc::Sender(0));
-            } else if let Some(&id) = self.export_keys.get(&key) {
-                if let Some(e) = self.exports.get_mut(&id) {
-                    e.count += 1;
-                }
-                descs.push(RefDesc::Sender(id));
-                if let RefInner::Local(d) = &r.0
-                    && let Some(update) = d.on_resend(self.conn_id)
-                {
-                    follow.push(Follow::Update(id, update));
-                }
             } else {
-                let id = self.next_export;
-                self.next_export += 1;
-                self.exports.insert(
-                    id,
-                    Export {
-                        object: r.clone(),
-                        count: 1,
-                    },
-                );
-                self.export_keys.insert(key, id);
+                let sent = self.exports.send(key, || r.clone());
+                let id = sent.id();
                 descs.push(RefDesc::Sender(id));
+                if let Sent::Again(_) = sent {
+                    if let RefInner::Local(d) = &r.0
+                        && let Some(update) = d.on_resend(self.conn_id)
+                    {
+                        follow.push(Follow::Update(id, update));
+                    }
+                    continue;
+                }
                 match &r.0 {
                     RefInner::Local(d) => {
                         let link = ExportLink {
@@ -95,7 +85,7 @@ impl Broker {
                 return None;
             }
             export_key(r)
-                .filter(|&key| Some(key) != self.root_key && !self.export_keys.contains_key(&key))
+                .filter(|&key| Some(key) != self.root_key && !self.exports.contains_key(key))
         };
         // Most messages carry one or two references: no set to allocate for those.
         if refs.len() <= 8 {
@@ -139,12 +129,9 @@ impl Broker {
         if self.state == State::Closed {
             return None;
         }
-        let e = self.exports.remove(&object)?;
-        if let Some(key) = export_key(&e.object) {
-            self.export_keys.remove(&key);
-        }
+        let withdrawn = self.exports.revoke(object)?;
         self.write_message(&Message::Revoked { object });
-        Some(e.object)
+        Some(withdrawn)
     }
 
     /// References the peer revoked, to be marked dead outside the lock.
@@ -165,7 +152,7 @@ impl Broker {
 
     /// Queue a cache update for the peer; false if the object is no longer exported to it.
     pub(crate) fn send_update(&mut self, object: u64, payload: Bytes) -> bool {
-        if self.state == State::Closed || !self.exports.contains_key(&object) {
+        if self.state == State::Closed || !self.exports.contains(object) {
             return false;
         }
         self.write_updates(vec![Follow::Update(object, payload)]);
@@ -223,8 +210,8 @@ impl Broker {
                     Some(root) => refs.push(root.clone()),
                     None => error = Some("the peer returned our root, but we serve none".into()),
                 },
-                RefDesc::Receiver(id) => match self.exports.get(&id) {
-                    Some(e) => refs.push(e.object.clone()),
+                RefDesc::Receiver(id) => match self.exports.get(id) {
+                    Some(object) => refs.push(object.clone()),
                     None => {
                         error = Some(format!(
                             "the peer returned object {id}, which we never exported"
