@@ -40,6 +40,7 @@ use std::task::{Poll, Waker};
 use bytes::{BufMut, Bytes, BytesMut};
 use pb_proto::exports::{Exports, Released, Sent};
 use pb_proto::hash::{IdHasher, PeerKeys};
+use pb_proto::imports::Imports;
 use pb_proto::outbox::{Outbox, ZERO_COPY_MIN};
 use tokio::sync::oneshot;
 
@@ -84,11 +85,6 @@ pub(crate) enum State {
     Open,
     Draining,
     Closed,
-}
-
-struct ImportSlot {
-    handle: Weak<Imported>,
-    generation: u64,
 }
 
 /// Who writes output that a caller queued (see [`Broker::who_flushes`]).
@@ -186,8 +182,7 @@ pub(crate) struct Broker {
     /// Our objects the peer holds, keyed by their allocations' addresses (`export_key`).
     exports: Exports<ObjectRef>,
     /// Keyed by the peer's ids: hashed under a secret the peer does not know.
-    imports: HashMap<u64, ImportSlot, PeerKeys>,
-    next_generation: u64,
+    imports: Imports<Weak<Imported>>,
     /// Keyed by our own request ids (sequential, never chosen by the peer), so a cheap hash
     /// will do.
     pending: HashMap<u64, PendingCall, BuildHasherDefault<IdHasher>>,
@@ -242,8 +237,7 @@ impl Broker {
             root,
             root_key,
             exports: Exports::new(),
-            imports: HashMap::with_hasher(peer_keys),
-            next_generation: 1,
+            imports: Imports::with_keys(peer_keys),
             pending: HashMap::default(),
             wakers: Vec::new(),
             in_batch: false,
@@ -343,11 +337,8 @@ impl Broker {
     /// drop outside any lock.
     pub(crate) fn close(&mut self, fault: Fault) -> (Vec<ObjectRef>, Vec<Arc<Imported>>) {
         self.state = State::Closed;
-        let imports: Vec<Arc<Imported>> = self
-            .imports
-            .drain()
-            .filter_map(|(_, s)| s.handle.upgrade())
-            .collect();
+        let imports: Vec<Arc<Imported>> =
+            self.imports.drain().filter_map(|h| h.upgrade()).collect();
         // Every caller still waiting finds its call gone, which fails it with `fault` (kept in
         // `close_fault`);
         // answers that arrived before the end stay for their callers to take.
@@ -360,7 +351,6 @@ impl Broker {
             PendingCall::Answered(_) => true,
         });
         self.running.clear();
-        self.imports.clear();
         self.releases.clear();
         self.close_fault = Some(fault);
         let mut held: Vec<ObjectRef> = self.exports.drain().collect();

@@ -16,6 +16,7 @@
 //! - `outbox`: the bytes queued for the peer, in order, large payloads uncopied;
 //! - `scram`: SCRAM-SHA-256 with `tls-exporter` channel binding (client and server);
 //! - `hash`: the hashers of the id-keyed tables;
+//! - `imports`: the references held to the peer's objects, by generation;
 //! - `limits`: a connection's limits, protocol violations, table counts;
 //! - `liveness`: keep-alive and idle timing, driven by an explicit `now`;
 //! - `amp`: AMP's box codec and its request/response [`amp::Dispatcher`].
@@ -45,6 +46,7 @@ pub mod exports;
 pub mod frame;
 pub mod handshake;
 pub mod hash;
+pub mod imports;
 pub mod limits;
 pub mod liveness;
 pub mod message;

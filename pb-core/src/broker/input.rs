@@ -119,8 +119,8 @@ impl Broker {
             }
             Message::Revoked { object } => {
                 // The peer freed the object already: our handles must not release it again.
-                if let Some(slot) = self.imports.remove(&object)
-                    && let Some(imp) = slot.handle.upgrade()
+                if let Some(handle) = self.imports.revoke(object)
+                    && let Some(imp) = handle.upgrade()
                 {
                     imp.forget_count();
                     self.revoked.push(imp);
@@ -139,7 +139,7 @@ impl Broker {
                 Ok(())
             }
             Message::Update { object, payload } => {
-                match self.imports.get(&object).and_then(|s| s.handle.upgrade()) {
+                match self.imports.get(object).and_then(Weak::upgrade) {
                     Some(imp) => imp
                         .replica
                         .lock()

@@ -182,28 +182,18 @@ impl Broker {
                 RefDesc::Sender(0) => refs.push(ObjectRef(RefInner::Remote(make(0, 0)))),
                 RefDesc::Sender(id) => {
                     // One lookup: the slot is reused, filled, or replaced if its handle died.
-                    let slot = self.imports.entry(id);
-                    let existing = match &slot {
-                        Entry::Occupied(s) => s.get().handle.upgrade(),
-                        Entry::Vacant(_) => None,
-                    };
-                    let handle = match existing {
-                        Some(h) => {
+                    let handle = self.imports.receive(
+                        id,
+                        |weak| {
+                            let h = weak.upgrade()?;
                             h.add_received();
-                            h
-                        }
-                        None => {
-                            let generation = self.next_generation;
-                            self.next_generation += 1;
+                            Some(h)
+                        },
+                        |generation| {
                             let h = make(id, generation);
-                            let fresh = ImportSlot {
-                                handle: Arc::downgrade(&h),
-                                generation,
-                            };
-                            slot.insert_entry(fresh);
-                            h
-                        }
-                    };
+                            (Arc::downgrade(&h), h)
+                        },
+                    );
                     refs.push(ObjectRef(RefInner::Remote(handle)));
                 }
                 RefDesc::Receiver(0) => match &self.root {
@@ -225,11 +215,7 @@ impl Broker {
 
     /// Our last handle to an imported reference was dropped: tell the owner.
     pub(crate) fn release_imported(&mut self, id: u64, generation: u64, count: u64) {
-        if let Entry::Occupied(s) = self.imports.entry(id)
-            && s.get().generation == generation
-        {
-            s.remove();
-        }
+        self.imports.release(id, generation);
         if self.state != State::Closed && count > 0 {
             self.releases.push((id, count));
         }
