@@ -31,15 +31,13 @@
 //! `close`); the parts: `calls` (ours and the peer's), `input` (the peer's frames), `refs`
 //! (references in messages), `output` (what is queued, within the peer's limits).
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Weak};
 use std::task::{Poll, Waker};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use pb_proto::calls::{Pending, Polled, Running};
 use pb_proto::exports::{Exports, Released, Sent};
-use pb_proto::hash::{IdHasher, PeerKeys};
+use pb_proto::hash::PeerKeys;
 use pb_proto::imports::Imports;
 use pb_proto::outbox::{Outbox, ZERO_COPY_MIN};
 use tokio::sync::oneshot;
@@ -96,20 +94,6 @@ pub(crate) enum Flush {
     Reader,
     /// The writer task.
     Writer,
-}
-
-/// One of our calls awaiting its answer: a slot in the pending table instead of a channel, so
-/// a call allocates nothing to be answered.
-///
-/// ```text
-/// start_call ─▶ Waiting ─answer│fault─▶ Answered ─poll_answer─▶ removed (the caller has it)
-///                  └───────────────┴──cancel_call (caller gone)─▶ removed
-/// ```
-enum PendingCall {
-    /// No answer yet; the waker of the caller's latest poll.
-    Waiting(Option<Waker>),
-    /// The answer, until the caller's next poll takes it.
-    Answered(Reply),
 }
 
 /// The encoded arguments of a call we make.
@@ -183,19 +167,15 @@ pub(crate) struct Broker {
     exports: Exports<ObjectRef>,
     /// Keyed by the peer's ids: hashed under a secret the peer does not know.
     imports: Imports<Weak<Imported>>,
-    /// Keyed by our own request ids (sequential, never chosen by the peer), so a cheap hash
-    /// will do.
-    pending: HashMap<u64, PendingCall, BuildHasherDefault<IdHasher>>,
+    /// Our calls awaiting answers, each holding its caller's waker until the answer arrives.
+    pending: Pending<Option<Waker>, Reply>,
     /// Callers whose answers arrived, to wake once the lock is released.
     wakers: Vec<Waker>,
     /// The reader is handling a batch of frames and flushes once it is done.
     pub(crate) in_batch: bool,
-    next_request: u64,
-    /// Answered calls running in tasks of their own (a call answered inline never enters);
-    /// the sender fires (or is dropped) when the call is cancelled.
-    /// Keyed by the peer's request ids: hashed under a secret the peer does not know.
-    running: HashMap<u64, Option<oneshot::Sender<()>>, PeerKeys>,
-    in_flight: usize,
+    /// The peer's calls running here; those running in tasks of their own (a call answered
+    /// inline never enters) hold a sender that fires (or is dropped) when the call is cancelled.
+    running: Running<Option<oneshot::Sender<()>>>,
     out: Outbox,
     releases: Vec<(u64, u64)>,
     violations: u32,
@@ -238,12 +218,10 @@ impl Broker {
             root_key,
             exports: Exports::new(),
             imports: Imports::with_keys(peer_keys),
-            pending: HashMap::default(),
+            pending: Pending::new(),
             wakers: Vec::new(),
             in_batch: false,
-            next_request: 1,
-            running: HashMap::with_hasher(peer_keys),
-            in_flight: 0,
+            running: Running::with_keys(peer_keys),
             out: Outbox::new(),
             releases: Vec::new(),
             violations: 0,
@@ -307,12 +285,12 @@ impl Broker {
             exported: self.exports.len(),
             imported: self.imports.len(),
             pending_calls: self.pending.len(),
-            in_flight_calls: self.in_flight,
+            in_flight_calls: self.running.in_flight(),
         }
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight
+        self.running.in_flight()
     }
 
     /// Replace the object served as our root.
@@ -343,13 +321,8 @@ impl Broker {
         // `close_fault`);
         // answers that arrived before the end stay for their callers to take.
         let wakers = &mut self.wakers;
-        self.pending.retain(|_, call| match call {
-            PendingCall::Waiting(waker) => {
-                wakers.extend(waker.take());
-                false
-            }
-            PendingCall::Answered(_) => true,
-        });
+        self.pending
+            .fail_waiting(|waker| wakers.extend(waker.take()));
         self.running.clear();
         self.releases.clear();
         self.close_fault = Some(fault);

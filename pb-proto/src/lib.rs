@@ -8,6 +8,7 @@
 //! normally reach all of this through the `pb` crate.
 //!
 //! # Layout
+//! - `calls`: our calls awaiting answers and the peer's calls running here;
 //! - `exports`: the objects a connection exports and their send counts;
 //! - `frame`: the 4-byte length-prefixed frame codec, limits checked before allocation;
 //! - `handshake`: magic, protocol version and feature flags;
@@ -42,6 +43,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod amp;
+pub mod calls;
 pub mod exports;
 pub mod frame;
 pub mod handshake;

@@ -46,8 +46,7 @@ impl Broker {
             PEER,
         )?;
         let (descs, follow) = self.describe(refs)?;
-        let id = self.next_request;
-        self.next_request += 1;
+        let id = self.pending.next_id();
         self.reserve_frame(24 + method.len() + descs.len() * 11, payload.as_slice());
         encode_call_frame_head(
             self.out.buf(),
@@ -69,7 +68,7 @@ impl Broker {
             self.write_updates(follow);
         }
         if let Some(w) = waker {
-            self.pending.insert(id, PendingCall::Waiting(Some(w)));
+            self.pending.wait(id, Some(w));
         }
         Ok(id)
     }
@@ -93,17 +92,9 @@ impl Broker {
     /// Hand the answer of call `id` to its caller. `Err` gives the reply back if the call is
     /// not waiting (cancelled, already answered, or never made).
     pub(super) fn deliver(&mut self, id: u64, reply: Reply) -> Result<(), Reply> {
-        let Some(slot) = self.pending.get_mut(&id) else {
-            return Err(reply);
-        };
-        let PendingCall::Waiting(waker) = slot else {
-            return Err(reply);
-        };
-        if let Some(w) = waker.take() {
-            self.wakers.push(w);
-        }
-        *slot = PendingCall::Answered(reply);
-        Ok(())
+        let wakers = &mut self.wakers;
+        self.pending
+            .deliver(id, reply, |waker| wakers.extend(waker))
     }
 
     /// What a call fails with once the connection is closed.
@@ -116,20 +107,14 @@ impl Broker {
     /// failed by the connection's end.
     pub(crate) fn poll_answer(&mut self, id: u64, waker: &Waker) -> Poll<Reply> {
         // One lookup whether the answer is there or not.
-        let mut slot = match self.pending.entry(id) {
-            Entry::Occupied(slot) => slot,
-            Entry::Vacant(_) => return Poll::Ready(Err(self.close_fault())),
-        };
-        if let PendingCall::Waiting(w) = slot.get_mut() {
-            match w {
-                Some(w) if w.will_wake(waker) => {}
-                _ => *w = Some(waker.clone()),
-            }
-            return Poll::Pending;
-        }
-        match slot.remove() {
-            PendingCall::Answered(reply) => Poll::Ready(reply),
-            PendingCall::Waiting(_) => Poll::Ready(Err(self.close_fault())),
+        let polled = self.pending.poll(id, |w| match w {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *w = Some(waker.clone()),
+        });
+        match polled {
+            Polled::Ready(reply) => Poll::Ready(reply),
+            Polled::Waiting => Poll::Pending,
+            Polled::Gone => Poll::Ready(Err(self.close_fault())),
         }
     }
 
@@ -151,21 +136,21 @@ impl Broker {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        self.running.insert(id, Some(tx));
+        self.running.track(id, Some(tx));
         Some(rx)
     }
 
     /// Our caller gave up on call `id`. Returns its answer if one had arrived meanwhile, for
     /// the caller to drop outside the lock (it may hold references).
     pub(crate) fn cancel_call(&mut self, id: u64) -> Option<Reply> {
-        match self.pending.remove(&id)? {
-            PendingCall::Waiting(_) => {
+        match self.pending.cancel(id)? {
+            Ok(_waiting) => {
                 if self.state != State::Closed {
                     self.write_message(&Message::Cancel { id });
                 }
                 None
             }
-            PendingCall::Answered(reply) => Some(reply),
+            Err(answered) => Some(answered),
         }
     }
 
@@ -181,9 +166,9 @@ impl Broker {
         reply: Option<Reply>,
         tracked: bool,
     ) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if !answer || self.state == State::Closed || (tracked && self.running.remove(&id).is_none())
-        {
+        // A tracked call no longer tracked was cancelled by the peer: no answer.
+        let still_wanted = self.running.finish(id, tracked);
+        if !answer || self.state == State::Closed || !still_wanted {
             return;
         }
         let reply = match reply {

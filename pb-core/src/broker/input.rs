@@ -110,7 +110,7 @@ impl Broker {
             }
             Message::Cancel { id } => {
                 // Dropping the sender wakes the handler's cancellation branch.
-                self.running.remove(&id);
+                self.running.cancel(id);
                 Ok(())
             }
             Message::Goodbye => {
@@ -192,7 +192,7 @@ impl Broker {
             violated = true;
             let f = self.imports_over_limit();
             Some((f.kind, f.message))
-        } else if self.in_flight >= self.limits.max_in_flight_calls {
+        } else if self.running.in_flight() >= self.limits.max_in_flight_calls {
             violated = true;
             Some((
                 FaultKind::LimitExceeded,
@@ -201,7 +201,7 @@ impl Broker {
                     self.limits.max_in_flight_calls
                 ),
             ))
-        } else if answer && self.running.contains_key(&id) {
+        } else if answer && self.running.is_tracked(id) {
             return Err(ProtocolError::DuplicateRequest(id));
         } else {
             None
@@ -235,7 +235,7 @@ impl Broker {
         };
         // Entered in the running table only if the handler has to wait (`watch_cancel`): most
         // calls are answered before the next frame is handled.
-        self.in_flight += 1;
+        self.running.admit();
         Ok(Some(CallEvent {
             id,
             target,

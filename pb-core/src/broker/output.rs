@@ -20,6 +20,7 @@ pub(super) fn call_len_max(method_len: usize, payload_len: usize, refs: usize) -
 
 impl Broker {
     /// Whether the broker holds anything to send to the peer.
+    #[inline]
     pub(crate) fn has_transmit(&self) -> bool {
         !self.out.is_empty() || !self.releases.is_empty()
     }
@@ -69,12 +70,14 @@ impl Broker {
     }
 
     /// Bytes queued for the peer and not yet taken by `take_transmit`.
+    #[inline]
     pub(crate) fn queued_bytes(&self) -> usize {
         self.out.len()
     }
 
     /// Room for a frame header, an envelope of about `head` bytes and a payload that will be
     /// copied in.
+    #[inline]
     pub(super) fn reserve_frame(&mut self, head: usize, payload: &[u8]) {
         self.out.reserve_frame(head, payload);
     }
@@ -84,6 +87,7 @@ impl Broker {
     }
 
     /// Queue one frame whose body `body` writes.
+    #[inline]
     pub(super) fn write_frame(&mut self, body: impl FnOnce(&mut BytesMut)) {
         self.out.write_frame(body);
     }
@@ -94,6 +98,7 @@ impl Broker {
 
     /// The largest frame body we may send: ours, or the peer's if it is smaller (then
     /// `true`).
+    #[inline]
     pub(super) fn send_frame_limit(&self) -> (usize, bool) {
         if self.peer.max_frame_len < self.limits.max_frame_len {
             (self.peer.max_frame_len, true)
@@ -105,6 +110,7 @@ impl Broker {
     /// Check a message of at most `len` bytes against the frame limit. `peer` names the peer
     /// in the error, from the point of view of whoever reads it: "the peer's" for our caller,
     /// "the caller's" for the peer that made the call an answer is for.
+    #[inline]
     pub(super) fn frame_fits(&self, len: usize, peer: &str) -> Result<(), Fault> {
         let (max, theirs) = self.send_frame_limit();
         if len > max {
@@ -124,6 +130,7 @@ impl Broker {
 
     /// Check the number of references in a message against the peer's limit (see
     /// [`Broker::frame_fits`] for `peer`).
+    #[inline]
     pub(super) fn refs_fit(&self, refs: usize, peer: &str) -> Result<(), Fault> {
         let max = self.peer.max_refs_per_message;
         if refs > max {
