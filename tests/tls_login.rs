@@ -28,6 +28,17 @@ fn pki() -> Pki {
     Pki { ca, server }
 }
 
+/// The server's TLS with client certificates from `client_ca` checked as `auth` says.
+fn client_cert_tls(pki: &Pki, client_ca: &DevCa, auth: ClientAuth) -> ServerTls {
+    ServerTls::from_pem(
+        pki.server.cert_pem.as_bytes(),
+        pki.server.key_pem.as_bytes(),
+    )
+    .unwrap()
+    .client_roots_pem(client_ca.cert_pem().as_bytes(), auth)
+    .unwrap()
+}
+
 async fn tls_server(tls: ServerTls, anonymous: bool) -> (ServerHandle, auth_support::Seen) {
     let (portal, seen) = portal(anonymous);
     let server = Server::builder()
@@ -122,13 +133,7 @@ async fn mutual_tls_identity_reaches_the_realm_and_the_caller() {
     let pki = pki();
     let client_ca = DevCa::new("pb client ca").unwrap();
     let alice = client_ca.issue(&["alice.example"]).unwrap();
-    let tls = ServerTls::from_pem(
-        pki.server.cert_pem.as_bytes(),
-        pki.server.key_pem.as_bytes(),
-    )
-    .unwrap()
-    .client_roots_pem(client_ca.cert_pem().as_bytes(), ClientAuth::Optional)
-    .unwrap();
+    let tls = client_cert_tls(&pki, &client_ca, ClientAuth::Optional);
     let (server, seen) = tls_server(tls, false).await;
 
     let with_cert = trusting(&pki.ca)
@@ -321,13 +326,7 @@ async fn without_a_portal_the_client_certificate_is_the_callers_identity() {
     let pki = pki();
     let client_ca = DevCa::new("pb client ca").unwrap();
     let bob = client_ca.issue(&["bob.example"]).unwrap();
-    let tls = ServerTls::from_pem(
-        pki.server.cert_pem.as_bytes(),
-        pki.server.key_pem.as_bytes(),
-    )
-    .unwrap()
-    .client_roots_pem(client_ca.cert_pem().as_bytes(), ClientAuth::Required)
-    .unwrap();
+    let tls = client_cert_tls(&pki, &client_ca, ClientAuth::Required);
     let server = Server::builder()
         .tls(tls)
         .bind("127.0.0.1:0")
@@ -408,13 +407,7 @@ async fn the_dialing_side_knows_the_servers_verified_certificate() {
     let pki = pki();
     let client_ca = DevCa::new("pb client ca").unwrap();
     let bob = client_ca.issue(&["bob.example"]).unwrap();
-    let tls = ServerTls::from_pem(
-        pki.server.cert_pem.as_bytes(),
-        pki.server.key_pem.as_bytes(),
-    )
-    .unwrap()
-    .client_roots_pem(client_ca.cert_pem().as_bytes(), ClientAuth::Optional)
-    .unwrap();
+    let tls = client_cert_tls(&pki, &client_ca, ClientAuth::Optional);
     let server = Server::builder()
         .tls(tls)
         .bind("127.0.0.1:0")
