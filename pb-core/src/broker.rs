@@ -2,8 +2,11 @@
 //!
 //! It reads and writes no socket, but it is not yet the I/O-free state machine it will be: it
 //! still holds the driver's handles (imported references, callers' wakers, cancellation
-//! senders) and calls the object hooks `on_export` / `on_unexport`. Its wire, output queue and
-//! hashers are pb-proto's; moving its tables there, behind ids and tokens, is the next step.
+//! senders) and calls the object hooks `on_export` / `on_resend` under its lock (`on_unexport`
+//! runs after it, from the [`Graveyard`] the driver drops). Its wire, output queue, limits and
+//! tables (exports, imports, calls) are pb-proto's, over ids and the driver's tokens; what is
+//! left here joins them to the driver's objects, and becoming a pb-proto state machine whose
+//! hooks are events is the next step.
 //!
 //! It owns the tables of a connection (objects exported to the peer, references imported from
 //! it, calls awaiting answers, incoming calls in flight) and the request-id counter of our
@@ -183,6 +186,9 @@ pub(crate) struct Broker {
     revoked: Vec<Arc<Imported>>,
     /// Objects withdrawn under the lock, dropped once it is released.
     graveyard: Vec<ObjectRef>,
+    /// Local objects whose export to this connection ended, with the id they had: their
+    /// `on_unexport` hook runs once the lock is released (see [`Graveyard`]).
+    unexported: Vec<(ObjectRef, u64)>,
     /// What calls fail with once the connection is closed.
     close_fault: Option<Fault>,
     /// What the peer accepts: what its hello said (or a limits message since), what a peer
@@ -227,6 +233,7 @@ impl Broker {
             violations: 0,
             revoked: Vec::new(),
             graveyard: Vec::new(),
+            unexported: Vec::new(),
             close_fault: None,
             peer: ReceiveLimits::FLOOR,
             peer_known: false,
@@ -313,7 +320,7 @@ impl Broker {
     /// The connection is gone: fail every pending call (and every call started later) with
     /// `fault`, cancel running ones, empty the tables. Returns what was held, for the caller to
     /// drop outside any lock.
-    pub(crate) fn close(&mut self, fault: Fault) -> (Vec<ObjectRef>, Vec<Arc<Imported>>) {
+    pub(crate) fn close(&mut self, fault: Fault) -> (Graveyard, Vec<Arc<Imported>>) {
         self.state = State::Closed;
         let imports: Vec<Arc<Imported>> =
             self.imports.drain().filter_map(|h| h.upgrade()).collect();
@@ -326,16 +333,36 @@ impl Broker {
         self.running.clear();
         self.releases.clear();
         self.close_fault = Some(fault);
-        let mut held: Vec<ObjectRef> = self.exports.drain().collect();
-        for object in &held {
-            if let RefInner::Local(d) = &object.0 {
-                d.on_unexport(self.conn_id);
+        for (id, object) in self.exports.drain() {
+            match &object.0 {
+                RefInner::Local(_) => self.unexported.push((object, id)),
+                RefInner::Remote(_) => self.graveyard.push(object),
             }
         }
-        held.extend(self.root.take());
-        held.append(&mut self.graveyard);
+        self.graveyard.extend(self.root.take());
         self.root_key = None;
-        (held, imports)
+        (self.take_graveyard(), imports)
+    }
+}
+
+/// What the broker let go of under its lock, for the driver to drop once the lock is released:
+/// objects whose `Drop` may use this very connection, and local objects whose export to it
+/// ended, whose `on_unexport` hook runs when this is dropped, outside every lock.
+pub(crate) struct Graveyard {
+    conn_id: u64,
+    objects: Vec<ObjectRef>,
+    unexported: Vec<(ObjectRef, u64)>,
+}
+
+impl Drop for Graveyard {
+    fn drop(&mut self) {
+        for (object, id) in self.unexported.drain(..) {
+            if let RefInner::Local(d) = &object.0 {
+                d.on_unexport(self.conn_id, id);
+            }
+        }
+        // `objects` are dropped with the struct, after the hooks.
+        self.objects.clear();
     }
 }
 

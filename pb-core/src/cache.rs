@@ -280,11 +280,19 @@ impl<T: CacheState> Dispatch for CacheInner<T> {
         self.catch_up(encoded)
     }
 
-    fn on_unexport(&self, connection: u64) {
+    fn on_unexport(&self, connection: u64, object: u64) {
         let mut obs = lock(&self.observers);
-        obs.linked.remove(&connection);
-        obs.encoded.remove(&connection);
-        self.observer_count.send_replace(obs.linked.len());
+        // The hook runs after the connection's lock is released: the cache may have been
+        // exported to the connection again meanwhile, under a new id, and that observer stays.
+        if obs
+            .linked
+            .get(&connection)
+            .is_some_and(|&(_, linked)| linked == object)
+        {
+            obs.linked.remove(&connection);
+            obs.encoded.remove(&connection);
+            self.observer_count.send_replace(obs.linked.len());
+        }
     }
 }
 
@@ -796,5 +804,46 @@ mod tests {
         let object = ObjectRef::from_arc(cache.inner.clone());
         assert!(cache.update(object).is_err());
         assert_eq!((cache.version(), cache.get().0), (0, 0));
+    }
+}
+
+#[cfg(test)]
+mod unexport_tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+    struct Count(u64);
+
+    impl CacheState for Count {
+        type Update = u64;
+        fn apply(&mut self, d: &u64) {
+            self.0 += d;
+        }
+    }
+
+    fn link(connection: u64, object: u64) -> ExportLink {
+        ExportLink {
+            conn: std::sync::Weak::new(),
+            connection,
+            object,
+        }
+    }
+
+    #[test]
+    fn a_late_unexport_of_an_earlier_export_keeps_the_newer_observer() {
+        let cache = Cache::new(Count(0));
+        let inner = cache.inner.clone();
+        let _ = inner.on_export(&link(7, 1));
+        assert_eq!(cache.observers(), 1);
+        // The peer released export 1 and the cache was sent again (export 2) before the
+        // release's hook ran, outside the connection's lock.
+        let _ = inner.on_export(&link(7, 2));
+        inner.on_unexport(7, 1);
+        assert_eq!(cache.observers(), 1, "export 2 still observes");
+        inner.on_unexport(7, 2);
+        assert_eq!(cache.observers(), 0);
+        // Unknown connections and ids change nothing.
+        inner.on_unexport(8, 2);
+        assert_eq!(cache.observers(), 0);
     }
 }

@@ -63,9 +63,10 @@ pub trait Dispatch: Send + Sync + 'static {
     }
 
     /// Called when the object stops being exported on a connection (released or disconnected),
-    /// under that connection's lock: must not block.
+    /// after that connection's lock is released; `object` is the id the export had there, so a
+    /// hook that runs after the object was exported again (under a new id) can tell.
     #[doc(hidden)]
-    fn on_unexport(&self, _connection: u64) {}
+    fn on_unexport(&self, _connection: u64, _object: u64) {}
 }
 
 /// A call as the callee's dispatcher sees it.

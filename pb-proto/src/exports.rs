@@ -184,10 +184,10 @@ impl<T> Exports<T> {
         Some(e.token)
     }
 
-    /// End every export (the connection is gone), giving back the tokens.
-    pub fn drain(&mut self) -> impl Iterator<Item = T> + '_ {
+    /// End every export (the connection is gone), giving back each id and token.
+    pub fn drain(&mut self) -> impl Iterator<Item = (u64, T)> + '_ {
         self.by_key.clear();
-        self.by_id.drain().map(|(_, e)| e.token)
+        self.by_id.drain().map(|(id, e)| (id, e.token))
     }
 }
 
@@ -259,9 +259,9 @@ mod tests {
         for k in 0..5 {
             t.send(k, || k);
         }
-        let mut tokens: Vec<usize> = t.drain().collect();
-        tokens.sort_unstable();
-        assert_eq!(tokens, vec![0, 1, 2, 3, 4]);
+        let mut ended: Vec<(u64, usize)> = t.drain().collect();
+        ended.sort_unstable();
+        assert_eq!(ended, vec![(1, 0), (2, 1), (3, 2), (4, 3), (5, 4)]);
         assert!(t.is_empty() && !t.contains_key(3));
         assert_eq!(format!("{t:?}"), "Exports { len: 0, next: 6 }");
     }

@@ -95,16 +95,18 @@ impl Broker {
                             token
                         }
                     };
+                    // Dropped, and its hook run, outside the lock: both may use this
+                    // connection.
                     match &object.0 {
-                        RefInner::Local(d) => d.on_unexport(self.conn_id),
-                        RefInner::Remote(imp) => imp
-                            .dependents
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .retain(|(c, object)| !(*object == id && c.ptr_eq(&self.link))),
+                        RefInner::Local(_) => self.unexported.push((object, id)),
+                        RefInner::Remote(imp) => {
+                            imp.dependents
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .retain(|(c, object)| !(*object == id && c.ptr_eq(&self.link)));
+                            self.graveyard.push(object);
+                        }
                     }
-                    // Dropped outside the lock: the object's `Drop` may use this connection.
-                    self.graveyard.push(object);
                 }
                 Ok(())
             }

@@ -146,8 +146,12 @@ impl Broker {
     }
 
     /// The objects to drop now that the lock is being released.
-    pub(crate) fn take_graveyard(&mut self) -> Vec<ObjectRef> {
-        std::mem::take(&mut self.graveyard)
+    pub(crate) fn take_graveyard(&mut self) -> Graveyard {
+        Graveyard {
+            conn_id: self.conn_id,
+            objects: std::mem::take(&mut self.graveyard),
+            unexported: std::mem::take(&mut self.unexported),
+        }
     }
 
     /// Queue a cache update for the peer; false if the object is no longer exported to it.
