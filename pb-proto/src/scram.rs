@@ -651,6 +651,32 @@ mod tests {
     }
 
     #[test]
+    fn a_server_that_does_not_hold_the_verifier_is_refused() {
+        let client = || {
+            let (client, _) = ScramClient::with_nonce(
+                "user",
+                "pencil",
+                ChannelBinding::None,
+                "rOprNGfwEbeRWgbNEkqO".into(),
+            );
+            client.handle_server_first(SERVER_FIRST, 10_000).unwrap().0
+        };
+        // A well-formed signature that is not the one the password gives: a relay or an
+        // impostor that never had the verifier.
+        let forged = format!("v={}", B64.encode([0u8; 32]));
+        assert_eq!(
+            client().handle_server_final(&forged),
+            Err(ScramError::ServerSignature)
+        );
+        // Garbage where the signature goes is an error too, never a success.
+        assert!(matches!(
+            client().handle_server_final("v=%%%"),
+            Err(ScramError::Malformed(_))
+        ));
+        assert!(client().handle_server_final("e=other-error").is_err());
+    }
+
+    #[test]
     fn rfc7677_server_side() {
         let first = parse_client_first(CLIENT_FIRST, &ChannelBinding::None).unwrap();
         let (server, sf) =
