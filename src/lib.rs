@@ -74,11 +74,10 @@ pub use pb_client::{
 };
 pub use pb_core::codec::zero_copy;
 pub use pb_core::login::Refusal;
-pub use pb_core::stream::{Chunk, Stream};
 pub use pb_core::{
     Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError, Connection,
     ConnectionStats, Copyable, Limits, ObjectRef, Remote, Replica, ReplicaError, Side, TableStats,
-    Versioned, codec, deadline, login, scram, stream, transport,
+    Versioned, codec, deadline, scram, stream, transport,
 };
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{
