@@ -246,6 +246,35 @@ impl<T: CacheState> CacheInner<T> {
     }
 }
 
+impl<T: CacheState> CacheInner<T> {
+    /// The connection `link` names observes the cache from now on; returns the version last
+    /// encoded for it, if any.
+    fn observe(&self, link: &ExportLink) -> Option<u64> {
+        let mut obs = lock(&self.observers);
+        let encoded = obs.encoded.remove(&link.connection);
+        obs.linked
+            .insert(link.connection, (link.conn.clone(), link.object));
+        self.observer_count.send_replace(obs.linked.len());
+        encoded
+    }
+
+    /// Under `sending`: send the connection `link` names what changed since the state encoded
+    /// for it at `encoded`. If the export ended before its hook ran (the peer released it at
+    /// once), the connection stops observing here: the `on_unexport` hook ran first and found
+    /// nothing to end.
+    fn send_catch_up(&self, link: &ExportLink, encoded: Option<u64>) {
+        let exported = link.conn.upgrade().is_some_and(|conn| {
+            if let Some(update) = self.catch_up(encoded) {
+                conn.send_update(link.object, update);
+            }
+            conn.is_exported(link.object)
+        });
+        if !exported {
+            self.on_unexport(link.connection, link.object);
+        }
+    }
+}
+
 impl<T: CacheState> Dispatch for CacheInner<T> {
     fn interface(&self) -> &'static Interface {
         &CACHE_INTERFACE
@@ -260,24 +289,22 @@ impl<T: CacheState> Dispatch for CacheInner<T> {
         Some(self)
     }
 
-    fn on_export(&self, link: &ExportLink) -> Option<Bytes> {
-        let encoded = {
-            let mut obs = lock(&self.observers);
-            let encoded = obs.encoded.remove(&link.connection);
-            obs.linked
-                .insert(link.connection, (link.conn.clone(), link.object));
-            self.observer_count.send_replace(obs.linked.len());
-            encoded
-        };
-        self.catch_up(encoded)
+    fn on_export(&self, link: &ExportLink) {
+        // Under `sending`, as `update`: the catch-up and the updates reach the connection in
+        // version order. The hook runs after the message that carries the cache was queued, so
+        // both follow it.
+        let _sending = lock(&self.sending);
+        let encoded = self.observe(link);
+        self.send_catch_up(link, encoded);
     }
 
-    fn on_resend(&self, connection: u64) -> Option<Bytes> {
+    fn on_resend(&self, link: &ExportLink) {
         // The peer observes already, but the updates made since this state was encoded went
         // to a reference it may have dropped meanwhile (its release crossing this message):
         // the replica this message makes would start behind them.
-        let encoded = lock(&self.observers).encoded.remove(&connection);
-        self.catch_up(encoded)
+        let _sending = lock(&self.sending);
+        let encoded = lock(&self.observers).encoded.remove(&link.connection);
+        self.send_catch_up(link, encoded);
     }
 
     fn on_unexport(&self, connection: u64, object: u64) {
@@ -833,17 +860,28 @@ mod unexport_tests {
     fn a_late_unexport_of_an_earlier_export_keeps_the_newer_observer() {
         let cache = Cache::new(Count(0));
         let inner = cache.inner.clone();
-        let _ = inner.on_export(&link(7, 1));
+        inner.observe(&link(7, 1));
         assert_eq!(cache.observers(), 1);
         // The peer released export 1 and the cache was sent again (export 2) before the
         // release's hook ran, outside the connection's lock.
-        let _ = inner.on_export(&link(7, 2));
+        inner.observe(&link(7, 2));
         inner.on_unexport(7, 1);
         assert_eq!(cache.observers(), 1, "export 2 still observes");
         inner.on_unexport(7, 2);
         assert_eq!(cache.observers(), 0);
         // Unknown connections and ids change nothing.
         inner.on_unexport(8, 2);
+        assert_eq!(cache.observers(), 0);
+    }
+
+    #[test]
+    fn an_export_hook_that_runs_after_its_connection_ended_leaves_no_observer() {
+        let cache = Cache::new(Count(0));
+        // The connection closed (its unexport hooks ran, finding nothing) before this export's
+        // hook ran: the hook must not leave an observer that nothing will remove.
+        cache.inner.on_export(&link(7, 1));
+        assert_eq!(cache.observers(), 0);
+        cache.inner.on_resend(&link(7, 1));
         assert_eq!(cache.observers(), 0);
     }
 }

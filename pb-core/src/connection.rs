@@ -24,6 +24,7 @@
 //! - `liveness`: keep-alive, pb-proto's state machine fed tokio's clock;
 //! - `refs`: imported references and their releases;
 //! - `close`: the end of a connection;
+//! - `events`: what the broker's events make the driver do, outside its lock;
 //! - `handle`: the public [`Connection`] handle.
 
 use std::any::Any;
@@ -42,7 +43,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::broker::{Broker, CallEvent, Flush, Limits, Payload, ProtocolError, TableStats};
+use crate::broker::{Broker, CallEvent, Event, Flush, Limits, Payload, ProtocolError, TableStats};
 use crate::cache::ReplicaSlot;
 use crate::frame::{FrameDecoder, HEADER_LEN, MIN_READ};
 use crate::handshake::{
@@ -50,12 +51,15 @@ use crate::handshake::{
 };
 use crate::message::FaultKind;
 use crate::object::{
-    BoxFuture, Fault, IncomingCall, MethodName, ObjectRef, Remote, Reply, disconnected_fault,
+    BoxFuture, Fault, IncomingCall, MethodName, ObjectRef, RefInner, Remote, Reply,
+    disconnected_fault,
 };
+use pb_proto::broker::Payload as _;
 use pb_proto::liveness::{Liveness, LivenessConfig, Timeout};
 
 mod call;
 mod close;
+mod events;
 mod handle;
 mod incoming;
 mod liveness;
@@ -75,7 +79,8 @@ pub(crate) use self::refs::Imported;
 pub use self::start::ConnectionReader;
 #[allow(unused_imports)]
 use self::{
-    call::*, close::*, handle::*, incoming::*, liveness::*, reader::*, refs::*, start::*, write::*,
+    call::*, close::*, events::*, handle::*, incoming::*, liveness::*, reader::*, refs::*,
+    start::*, write::*,
 };
 
 /// A connection's recorded identity, of whatever type the application chose.
@@ -177,6 +182,8 @@ pub enum CloseReason {
 /// State shared by a connection's tasks, its handle and every reference into it.
 pub(crate) struct ConnShared {
     id: u64,
+    /// This connection, for the hooks of objects exported on it (caches send it updates).
+    me: Weak<ConnShared>,
     side: Side,
     peer_addr: Option<SocketAddr>,
     broker: Mutex<Broker>,
@@ -233,9 +240,10 @@ impl ConnShared {
         let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
         Arc::new_cyclic(|me| ConnShared {
             id,
+            me: me.clone(),
             side,
             peer_addr,
-            broker: Mutex::new(Broker::new(config.limits.clone(), id, root, me.clone())),
+            broker: Mutex::new(Broker::new(config.limits.clone(), id, root)),
             releases: Mutex::new(Vec::new()),
             releases_queued: AtomicBool::new(false),
             out: Mutex::new(None),

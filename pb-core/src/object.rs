@@ -17,6 +17,7 @@ use crate::broker::Payload;
 use crate::codec::{self, CodecError};
 use crate::connection::{Caller, Connection, ExportLink, Imported, deadline_fault};
 use crate::message::FaultKind;
+use pb_proto::broker::Payload as _;
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -39,21 +40,18 @@ pub trait Dispatch: Send + Sync + 'static {
     /// Run one call. The future is spawned by the connection driver; dropping it cancels the call.
     fn dispatch(self: Arc<Self>, call: IncomingCall) -> BoxFuture<Reply>;
 
-    /// Called when the object starts being exported on a connection, under that connection's
-    /// lock: must not block. May return an update to send right after the message that carries
-    /// the object. Used by caches.
+    /// Called when the object starts being exported on a connection (`link` says where),
+    /// after the message that carries it was queued and that connection's lock released. Used
+    /// by caches, which start observing and send what changed since the state in that message
+    /// was encoded.
     #[doc(hidden)]
-    fn on_export(&self, _link: &ExportLink) -> Option<Bytes> {
-        None
-    }
+    fn on_export(&self, _link: &ExportLink) {}
 
-    /// Called when the object is sent again on connection `connection`, which exports it
-    /// already, under that connection's lock: must not block. May return an update to send
-    /// right after the message that carries the object. Used by caches.
+    /// Called when the object is sent again on a connection that exports it already (`link`
+    /// says where), after the message that carries it was queued and that connection's lock
+    /// released. Used by caches, as `on_export`.
     #[doc(hidden)]
-    fn on_resend(&self, _connection: u64) -> Option<Bytes> {
-        None
-    }
+    fn on_resend(&self, _link: &ExportLink) {}
 
     /// The object as `Any`, for pb's own object types that need to recognise themselves when
     /// they come home.
@@ -187,25 +185,12 @@ impl IncomingCall {
     }
 }
 
-/// An encoded outcome of a call: the callee's `Ok` or typed `Err`.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// `true` for `Ok`.
-    pub ok: bool,
-    /// The encoded value.
-    pub payload: Bytes,
-    /// References the payload points into.
-    pub refs: Vec<ObjectRef>,
-}
+/// An encoded outcome of a call: the callee's `Ok` or typed `Err` (`ok`), its encoded value
+/// (`payload`) and the references the payload points into (`refs`). The protocol core's
+/// [`pb_proto::broker::Outcome`] over [`ObjectRef`]s.
+pub type Outcome = pb_proto::broker::Outcome<ObjectRef>;
 
-/// A call failure raised by the system rather than by the callee's code.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fault {
-    /// What went wrong.
-    pub kind: FaultKind,
-    /// Why, for humans.
-    pub message: String,
-}
+pub use pb_proto::broker::Fault;
 
 /// What a dispatcher returns.
 pub type Reply = Result<Outcome, Fault>;
@@ -587,22 +572,11 @@ impl ObjectRef {
             RefInner::Remote(r) => Some(Connection::from_shared(r.conn.clone())),
         }
     }
-
-    /// The address of the local object, used as its export key.
-    pub(crate) fn local_key(&self) -> Option<usize> {
-        match &self.0 {
-            RefInner::Local(d) => Some(Arc::as_ptr(d) as *const () as usize),
-            RefInner::Remote(_) => None,
-        }
-    }
 }
 
 /// The fault a connection reports for a call that was pending when it was lost.
 pub(crate) fn disconnected_fault() -> Fault {
-    Fault {
-        kind: FaultKind::Disconnected,
-        message: "disconnected".into(),
-    }
+    Fault::disconnected()
 }
 
 /// Decode a typed result from an outcome, under the default depth limit

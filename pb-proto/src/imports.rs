@@ -11,8 +11,13 @@
 //! Sender(id) ──▶ slot (generation g, handle live) ──Sender(id)──▶ same handle, counted again
 //!                    │ └──handle dead, Sender(id)──▶ slot (generation g+1, new handle)
 //!                    ├──release (id, g)──▶ empty        (release (id, g-1) leaves it alone)
-//!                    └──Revoked(id) / connection closed──▶ empty, handle given back
+//!                    ├──Revoked(id)──▶ revoked ──release (id, g)──▶ empty, nothing to send
+//!                    └──connection closed──▶ empty, handle given back
 //! ```
+//!
+//! A revoked slot stays until its handle's release arrives, so the release can be told apart
+//! from one the owner must hear of: the owner freed the object already and must not be sent
+//! its count, however late the handle dies.
 //!
 //! The ids are the peer's: the table hashes them under a per-connection secret
 //! ([`PeerKeys`]).
@@ -25,6 +30,20 @@ use crate::hash::PeerKeys;
 struct Slot<H> {
     handle: H,
     generation: u64,
+    /// The owner withdrew the object: its release is not sent.
+    revoked: bool,
+}
+
+/// What a release of a handle found in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// The slot was emptied: send the count to the owner.
+    Emptied,
+    /// The slot belongs to a newer generation (or none): the count still goes to the owner,
+    /// which counted those sends, but the slot stays.
+    Stale,
+    /// The owner revoked the object: the slot was emptied, and nothing is sent.
+    Revoked,
 }
 
 /// The import table of one connection. See the [module docs](self).
@@ -66,7 +85,10 @@ impl<H> Imports<H> {
     /// The handle held for the peer's object `id`.
     #[inline]
     pub fn get(&self, id: u64) -> Option<&H> {
-        self.slots.get(&id).map(|s| &s.handle)
+        self.slots
+            .get(&id)
+            .filter(|s| !s.revoked)
+            .map(|s| &s.handle)
     }
 
     /// The peer sent its object `id`: `live` gets the slot's handle and returns the live
@@ -82,6 +104,7 @@ impl<H> Imports<H> {
     ) -> L {
         let slot = self.slots.entry(id);
         if let Entry::Occupied(s) = &slot
+            && !s.get().revoked
             && let Some(l) = live(&s.get().handle)
         {
             return l;
@@ -89,27 +112,41 @@ impl<H> Imports<H> {
         let generation = self.next_generation;
         self.next_generation += 1;
         let (handle, l) = make(generation);
-        slot.insert_entry(Slot { handle, generation });
+        slot.insert_entry(Slot {
+            handle,
+            generation,
+            revoked: false,
+        });
         l
     }
 
     /// The last handle of generation `generation` to the peer's object `id` is gone: its slot
-    /// is emptied unless a newer generation took it. Returns whether it was emptied.
+    /// is emptied unless a newer generation took it. Says whether the owner must hear of it.
     #[inline]
-    pub fn release(&mut self, id: u64, generation: u64) -> bool {
+    pub fn release(&mut self, id: u64, generation: u64) -> Release {
         match self.slots.entry(id) {
             Entry::Occupied(s) if s.get().generation == generation => {
-                s.remove();
-                true
+                if s.remove().revoked {
+                    Release::Revoked
+                } else {
+                    Release::Emptied
+                }
             }
-            _ => false,
+            _ => Release::Stale,
         }
     }
 
-    /// The peer withdrew its object `id`: the slot is emptied and its handle given back.
+    /// The peer withdrew its object `id`: the slot is marked revoked (it is emptied when its
+    /// handle's release arrives, which is then not sent) and a copy of its handle given back.
+    /// `None` if no reference to it is held, or it was revoked already.
     #[inline]
-    pub fn revoke(&mut self, id: u64) -> Option<H> {
-        self.slots.remove(&id).map(|s| s.handle)
+    pub fn revoke(&mut self, id: u64) -> Option<H>
+    where
+        H: Clone,
+    {
+        let slot = self.slots.get_mut(&id).filter(|s| !s.revoked)?;
+        slot.revoked = true;
+        Some(slot.handle.clone())
     }
 
     /// Empty the table (the connection is gone), giving back the handles.
@@ -166,12 +203,13 @@ mod tests {
         let (b, g2) = receive(&mut t, 5);
         assert!(g2 > g1);
         assert_eq!(b.get(), 1, "the new handle counts only its own receipt");
-        assert!(
-            !t.release(5, g1),
+        assert_eq!(
+            t.release(5, g1),
+            Release::Stale,
             "the old generation's release keeps the new slot"
         );
         assert_eq!(t.len(), 1);
-        assert!(t.release(5, g2));
+        assert_eq!(t.release(5, g2), Release::Emptied);
         assert!(t.is_empty());
     }
 
@@ -182,8 +220,26 @@ mod tests {
         let (_b, _) = receive(&mut t, 2);
         assert!(t.revoke(1).is_some());
         assert!(t.revoke(1).is_none());
-        assert_eq!(t.drain().count(), 1);
+        assert!(t.get(1).is_none(), "a revoked reference gets no updates");
+        assert_eq!(t.drain().count(), 2);
         assert!(t.is_empty());
         assert!(format!("{t:?}").starts_with("Imports { len: 0"));
+    }
+
+    #[test]
+    fn a_revoked_slot_is_not_reused_and_its_release_is_not_sent() {
+        let mut t = Imports::with_keys(PeerKeys::new());
+        let (a, g1) = receive(&mut t, 3);
+        assert!(t.revoke(3).is_some());
+        // A handle still alive is not counted again for a revoked id: a new generation.
+        let (_b, g2) = receive(&mut t, 3);
+        assert!(g2 > g1);
+        drop(a);
+        assert_eq!(t.release(3, g1), Release::Stale);
+        let (c, g3) = receive(&mut t, 4);
+        assert!(t.revoke(4).is_some());
+        drop(c);
+        assert_eq!(t.release(4, g3), Release::Revoked);
+        assert_eq!(t.len(), 1);
     }
 }

@@ -8,6 +8,8 @@
 //! normally reach all of this through the `pb` crate.
 //!
 //! # Layout
+//! - `broker`: one native connection's protocol state (tables, limits, output) as a state
+//!   machine over the driver's tokens, with events out;
 //! - `calls`: our calls awaiting answers and the peer's calls running here;
 //! - `exports`: the objects a connection exports and their send counts;
 //! - `frame`: the 4-byte length-prefixed frame codec, limits checked before allocation;
@@ -43,6 +45,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod amp;
+pub mod broker;
 pub mod calls;
 pub mod exports;
 pub mod frame;

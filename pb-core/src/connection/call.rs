@@ -59,7 +59,7 @@ impl ConnShared {
     /// which every pb peer accepts, leaves at once, and a larger one waits one round trip, for
     /// the hello, then is sent or refused against the peer's own limits.
     pub(super) async fn peer_limits_for(&self, method_len: usize, payload_len: usize, refs: usize) {
-        if Broker::fits_floor(method_len, payload_len, refs) {
+        if pb_proto::broker::fits_floor(method_len, payload_len, refs) {
             return;
         }
         loop {
@@ -148,9 +148,10 @@ impl ConnShared {
             let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
             let id = {
                 let _entered = traced.then(|| span.enter());
+                let mut events = Vec::new();
                 let queued_call = {
                     let mut broker = self.lock();
-                    broker
+                    let queued = broker
                         .start_call(
                             target,
                             method,
@@ -166,9 +167,13 @@ impl ConnShared {
                                 None => (id, broker.queued_bytes(), Flush::Caller, None),
                             },
                             flush => (id, broker.queued_bytes(), flush, None),
-                        })
+                        });
+                    broker.poll_events(&mut events);
+                    queued
                 };
                 drop(refs);
+                // The hooks of objects exported by the call, outside the broker's lock.
+                self.act(&mut events);
                 match queued_call {
                     Ok((id, queued, flush, taken)) => {
                         span.record("request_id", id);
@@ -240,8 +245,7 @@ impl ConnShared {
         payload: Payload,
         refs: Vec<ObjectRef>,
     ) -> Result<(), Fault> {
-        self.lock()
-            .start_call(target, method, payload, &refs, (None, None))?;
+        self.with_broker(|b| b.start_call(target, method, payload, &refs, (None, None)))?;
         self.wake_writer.notify_one();
         Ok(())
     }

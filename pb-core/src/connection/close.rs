@@ -29,24 +29,10 @@ impl ConnShared {
         if self.is_closed() {
             return;
         }
-        let mut wakers = Vec::new();
-        let (held, imports) = {
-            let mut broker = self.lock();
-            let closed = broker.close(fault_of(&reason));
-            broker.take_wakers(&mut wakers);
-            closed
-        };
-        drop(held);
-        // Callers still waiting find their calls gone, and fail with the close's fault.
-        for w in wakers {
-            w.wake();
-        }
-        // Every reference imported on this connection is dead; forwards of them that we
-        // export to other peers are revoked there.
-        for imp in &imports {
-            imp.revoke();
-        }
-        drop(imports);
+        // Callers still waiting find their calls gone, and fail with the close's fault; every
+        // reference imported on this connection is dead, and forwards of them that we export
+        // to other peers are revoked there; our exports end (their hooks run).
+        self.with_broker(|broker| broker.close(fault_of(&reason)));
         let _ = self.close_reason.set(reason);
         self.is_closed.store(true, Ordering::Release);
         self.closed.notify_waiters();

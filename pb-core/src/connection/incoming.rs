@@ -95,44 +95,34 @@ impl std::fmt::Debug for Caller {
 }
 
 impl ConnShared {
-    /// Handle one frame of a reader's batch. `wakers` is scratch space (kept by the reader so
+    /// Handle one frame of a reader's batch. `events` is scratch space (kept by the reader so
     /// that waking callers allocates nothing).
     pub(super) fn handle_frame(
         self: &Arc<Self>,
         frame: Bytes,
-        wakers: &mut Vec<Waker>,
+        events: &mut Vec<Event>,
     ) -> Result<(), ProtocolError> {
         if crate::message::is_answer(&frame) {
-            return self.handle_answer(frame, wakers);
+            return self.handle_answer(frame, events);
         }
         let mut broker = self.lock();
         // Calls that handlers polled inline make now leave with the reader's flush.
         broker.in_batch = true;
         // A frame yields at most one call, handed back directly.
-        let result = broker.handle_frame(frame, &self.make_import());
-        broker.take_wakers(wakers);
+        let result = broker.handle_frame(frame, &mut self.make_import());
+        broker.poll_events(events);
         let queued = broker.queued_bytes();
-        let revoked = broker.take_revoked();
-        let dead = broker.take_graveyard();
         drop(broker);
-        drop(dead);
-        // Callers whose answers arrived; they run once the reader yields.
-        if !wakers.is_empty() {
-            for w in wakers.drain(..) {
-                w.wake();
-            }
+        // Outside our lock: callers whose answers arrived (they run once the reader yields),
+        // revocations, which reach into other connections, hooks.
+        if !events.is_empty() {
+            self.act(events);
         }
         let result = result.map(|call| {
             if let Some(ev) = call {
                 self.spawn_call(ev);
             }
         });
-        // Outside our lock: revoking reaches into other connections.
-        if !revoked.is_empty() {
-            for imp in revoked {
-                imp.revoke();
-            }
-        }
         // Answers given inline count at once, so a batch of calls cannot queue without bound.
         self.note_queued(queued);
         // No writer wake-up: the reader flushes once it has handled every frame it has.
@@ -144,19 +134,17 @@ impl ConnShared {
     pub(super) fn handle_answer(
         self: &Arc<Self>,
         frame: Bytes,
-        wakers: &mut Vec<Waker>,
+        events: &mut Vec<Event>,
     ) -> Result<(), ProtocolError> {
-        let (result, dead) = {
+        let result = {
             let mut broker = self.lock();
-            let result = broker.handle_frame(frame, &self.make_import());
-            broker.take_wakers(wakers);
-            (result, broker.take_graveyard())
+            let result = broker.handle_frame(frame, &mut self.make_import());
+            broker.poll_events(events);
+            result
         };
-        // An answer nobody waits for any more is dropped here, outside the lock.
-        drop(dead);
-        for w in wakers.drain(..) {
-            w.wake();
-        }
+        // The caller is woken; an answer nobody waits for any more is dropped here, outside
+        // the lock.
+        self.act(events);
         // Answers and faults carry no call to run; were one to, it runs as any other.
         result.map(|call| {
             if let Some(ev) = call {
@@ -175,7 +163,7 @@ impl ConnShared {
             args_at,
             refs,
             answer,
-            deadline,
+            deadline_ms,
         } = ev;
         let span = tracing::debug_span!(
             "pb.call",
@@ -195,7 +183,8 @@ impl ConnShared {
             }
             std::time::Instant::now()
         });
-        let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
+        let deadline =
+            deadline_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
         let caller = Caller {
             conn: Some(Connection {
                 shared: self.clone(),
@@ -232,11 +221,13 @@ impl ConnShared {
         // The handler waits: it continues in a task of its own.
         let conn = self.clone();
         let cancel = if answer {
-            let Some(cancel) = conn.lock().watch_cancel(id) else {
+            // Fires (or is dropped) when the peer cancels the call.
+            let (watch, cancel) = tokio::sync::oneshot::channel();
+            if conn.lock().watch(id, watch).is_err() {
                 // Closed meanwhile: drop the handler.
                 conn.finish(id, answer, None, false);
                 return;
-            };
+            }
             Some(cancel)
         } else {
             None
@@ -284,16 +275,11 @@ impl ConnShared {
         {
             tracing::debug!(id, message = %f.message, "one-way call failed");
         }
-        let (draining, dead) = {
-            let mut broker = self.lock();
+        // What the answer exported and released is acted on outside the lock.
+        let draining = self.with_broker(|broker| {
             broker.finish_call(id, answer, reply, tracked);
-            (
-                broker.state != crate::broker::State::Open,
-                broker.take_graveyard(),
-            )
-        };
-        // What the answer released is dropped outside the lock.
-        drop(dead);
+            broker.state() != crate::broker::State::Open
+        });
         // Only a graceful close waits for running calls, and it starts by draining.
         if draining {
             self.call_done.notify_waiters();

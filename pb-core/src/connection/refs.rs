@@ -91,9 +91,13 @@ impl Drop for Imported {
 }
 
 impl ConnShared {
-    pub(super) fn make_import(self: &Arc<Self>) -> impl Fn(u64, u64) -> Arc<Imported> + '_ {
+    /// What makes the references the peer sends: the handle the broker's import table keeps,
+    /// and the reference.
+    pub(super) fn make_import(
+        self: &Arc<Self>,
+    ) -> impl FnMut(u64, u64) -> (Weak<Imported>, ObjectRef) + '_ {
         move |id, generation| {
-            Arc::new(Imported {
+            let imp = Arc::new(Imported {
                 conn: self.clone(),
                 id,
                 generation,
@@ -102,13 +106,14 @@ impl ConnShared {
                 dead: AtomicBool::new(false),
                 revoked: Notify::new(),
                 dependents: Mutex::new(Vec::new()),
-            })
+            });
+            (Arc::downgrade(&imp), ObjectRef(RefInner::Remote(imp)))
         }
     }
 
     pub(crate) fn root_ref(self: &Arc<Self>) -> ObjectRef {
-        let make = self.make_import();
-        ObjectRef(crate::object::RefInner::Remote(make(0, 0)))
+        let mut make = self.make_import();
+        make(0, 0).1
     }
 
     pub(super) fn queue_release(&self, id: u64, generation: u64, count: u64) {
@@ -125,8 +130,8 @@ impl ConnShared {
 
     /// Withdraw export `object` from the peer (it forwarded to something now unreachable).
     pub(crate) fn revoke_export(&self, object: u64) {
-        let held = self.lock().revoke_export(object);
-        drop(held);
-        self.wake_writer.notify_one();
+        if self.with_broker(|b| b.revoke_export(object)) {
+            self.wake_writer.notify_one();
+        }
     }
 }

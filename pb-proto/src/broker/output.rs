@@ -10,39 +10,22 @@ pub(super) const PEER: &str = "the peer's";
 pub(super) const CALLER: &str = "the caller's";
 
 /// Said of a limit that is the floor because the peer's hello has not arrived yet.
-pub(super) const PEER_NOT_KNOWN: &str =
+const PEER_NOT_KNOWN: &str =
     " (the floor every peer accepts: the peer's own limits are not known before its hello)";
 
-/// The largest a call's frame body can be, whatever its ids and references.
-pub(super) fn call_len_max(method_len: usize, payload_len: usize, refs: usize) -> usize {
-    CALL_HEAD_MAX + method_len + refs * REF_DESC_MAX + payload_len
-}
-
-impl Broker {
+impl<T: Tokens> Broker<T> {
     /// Whether the broker holds anything to send to the peer.
     #[inline]
-    pub(crate) fn has_transmit(&self) -> bool {
+    pub fn has_transmit(&self) -> bool {
         !self.out.is_empty() || !self.releases.is_empty()
     }
 
-    /// Append the frames to write to `into`, in order; appends nothing when there is nothing to
-    /// send.
-    #[cfg(test)]
-    pub(crate) fn take_transmit(&mut self, into: &mut Vec<Bytes>) {
-        let mut tail = BytesMut::new();
-        self.take_transmit_to(into, &mut tail);
-        if !tail.is_empty() {
-            into.push(tail.freeze());
-        }
-    }
-
-    /// Hand over the frames to write: whole chunks are appended to `into`, and the output
-    /// buffer, which follows them, is exchanged for `tail` (what `tail` held goes to `into`
-    /// first, keeping the order), so the buffer's written allocation comes back for reuse
-    /// without splitting a chunk off it. Returns how many bytes were handed over.
-    pub(crate) fn take_transmit_to(&mut self, into: &mut Vec<Bytes>, tail: &mut BytesMut) -> usize {
-        // Whatever a batch's handlers queued goes out with this.
-        self.in_batch = false;
+    /// Hand over the bytes to write, in order: whole chunks (large payloads, uncopied) are
+    /// appended to `into`, and the output buffer, which follows them, is exchanged for `tail`
+    /// (what `tail` held goes to `into` first, keeping the order), so the buffer's written
+    /// allocation comes back for reuse without splitting a chunk off it. Returns how many
+    /// bytes were handed over.
+    pub fn poll_transmit(&mut self, into: &mut Vec<Bytes>, tail: &mut BytesMut) -> usize {
         if !self.releases.is_empty() && self.state != State::Closed {
             // Taken and given back, so the list keeps its capacity from batch to batch.
             let mut items = std::mem::take(&mut self.releases);
@@ -52,7 +35,8 @@ impl Broker {
             let per_frame = room / RELEASE_ENTRY_MAX;
             let per_message = self.peer.max_release_entries.min(per_frame).max(1);
             for batch in items.chunks(per_message) {
-                self.write_frame(|out| message::encode_release(out, batch));
+                self.out
+                    .write_frame(|out| message::encode_release(out, batch));
             }
             // Unless a burst made it large: an idle connection keeps little.
             if items.capacity() <= KEEP_RELEASES {
@@ -65,41 +49,32 @@ impl Broker {
 
     /// Queue bytes that are not a message (the hello of a dialed connection) before anything
     /// else is queued.
-    pub(crate) fn queue_raw(&mut self, bytes: &[u8]) {
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
         self.out.queue_raw(bytes);
     }
 
-    /// Bytes queued for the peer and not yet taken by `take_transmit`.
+    /// Bytes queued for the peer and not yet handed over by [`Broker::poll_transmit`].
     #[inline]
-    pub(crate) fn queued_bytes(&self) -> usize {
+    pub fn queued_bytes(&self) -> usize {
         self.out.len()
     }
 
-    /// Room for a frame header, an envelope of about `head` bytes and a payload that will be
-    /// copied in.
-    #[inline]
-    pub(super) fn reserve_frame(&mut self, head: usize, payload: &[u8]) {
-        self.out.reserve_frame(head, payload);
-    }
-
     pub(super) fn write_message(&mut self, m: &Message) {
-        self.write_frame(|out| m.encode(out));
+        self.out.write_frame(|out| m.encode(out));
     }
 
-    /// Queue one frame whose body `body` writes.
-    #[inline]
-    pub(super) fn write_frame(&mut self, body: impl FnOnce(&mut BytesMut)) {
-        self.out.write_frame(body);
-    }
-
-    pub(super) fn send_fault(&mut self, id: u64, kind: FaultKind, message: String) {
-        self.write_message(&Message::Fault { id, kind, message });
+    pub(super) fn send_fault(&mut self, id: u64, fault: Fault) {
+        self.write_message(&Message::Fault {
+            id,
+            kind: fault.kind,
+            message: fault.message,
+        });
     }
 
     /// The largest frame body we may send: ours, or the peer's if it is smaller (then
     /// `true`).
     #[inline]
-    pub(super) fn send_frame_limit(&self) -> (usize, bool) {
+    fn send_frame_limit(&self) -> (usize, bool) {
         if self.peer.max_frame_len < self.limits.max_frame_len {
             (self.peer.max_frame_len, true)
         } else {
@@ -120,10 +95,7 @@ impl Broker {
             if theirs && !self.peer_known {
                 message.push_str(PEER_NOT_KNOWN);
             }
-            return Err(Fault {
-                kind: FaultKind::LimitExceeded,
-                message,
-            });
+            return Err(Fault::limit(message));
         }
         Ok(())
     }
@@ -140,16 +112,14 @@ impl Broker {
             if !self.peer_known {
                 message.push_str(PEER_NOT_KNOWN);
             }
-            return Err(Fault {
-                kind: FaultKind::LimitExceeded,
-                message,
-            });
+            return Err(Fault::limit(message));
         }
         Ok(())
     }
 
-    /// Ask the peer for a sign of life (keep-alive).
-    pub(crate) fn send_ping(&mut self, nonce: u64) {
+    /// Ask the peer for a sign of life (keep-alive): a ping with `nonce`, which the peer
+    /// answers with a pong.
+    pub fn send_ping(&mut self, nonce: u64) {
         if self.state != State::Closed {
             self.write_message(&Message::Ping { nonce });
         }

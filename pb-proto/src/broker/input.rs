@@ -1,9 +1,16 @@
-//! The peer's frames: calls checked and turned into events, answers matched to our calls,
+//! The peer's frames: calls checked and handed back to run, answers matched to our calls,
 //! releases, cancels, revocations, pings and updates; limit violations counted.
 
 use super::*;
 
-impl Broker {
+/// What makes the driver's objects for references the peer sends: given the peer's id and a
+/// generation, the handle the import table keeps and the reference handed on. (Id 0 is the
+/// peer's root, which the table does not keep.)
+pub type MakeImport<'a, T> =
+    dyn FnMut(u64, u64) -> (<T as Tokens>::Import, <T as Tokens>::Object) + 'a;
+
+impl<T: Tokens> Broker<T> {
+    /// Count a violation of the limits; too many close the connection.
     pub(super) fn violation(&mut self) -> Result<(), ProtocolError> {
         self.violations += 1;
         if self.violations > self.limits.max_violations {
@@ -15,13 +22,16 @@ impl Broker {
         Ok(())
     }
 
-    /// Handle one frame body from the peer: a call to run comes back (a frame holds at most
-    /// one).
-    pub(crate) fn handle_frame(
+    /// Handle one frame body from the peer. A call to run comes back (a frame holds at most
+    /// one); everything else the frame causes is queued output and [`Event`]s. `make` makes
+    /// the references to objects the peer sends for the first time.
+    ///
+    /// An error is a violation of the protocol: the connection must be closed.
+    pub fn handle_frame(
         &mut self,
         body: Bytes,
-        make: &dyn Fn(u64, u64) -> Arc<Imported>,
-    ) -> Result<Option<CallEvent>, ProtocolError> {
+        make: &mut MakeImport<'_, T>,
+    ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
         if self.state == State::Closed {
             return Ok(None);
         }
@@ -35,10 +45,10 @@ impl Broker {
     }
 
     /// Handle a message that is not a call.
-    pub(super) fn handle_message(
+    fn handle_message(
         &mut self,
         message: Message,
-        make: &dyn Fn(u64, u64) -> Arc<Imported>,
+        make: &mut MakeImport<'_, T>,
     ) -> Result<(), ProtocolError> {
         match message {
             // `handle_frame` runs calls.
@@ -52,11 +62,13 @@ impl Broker {
                 let (refs, error) = self.resolve(&refs, make);
                 let over = self.imports.len() > self.limits.max_imports;
                 let reply = if let Some(message) = error {
+                    self.bury(refs);
                     Err(Fault {
                         kind: FaultKind::BadAnswer,
                         message,
                     })
                 } else if over {
+                    self.bury(refs);
                     Err(self.imports_over_limit())
                 } else {
                     Ok(Outcome { ok, payload, refs })
@@ -81,38 +93,26 @@ impl Broker {
                     if id == 0 {
                         continue;
                     }
-                    let object = match self.exports.release(id, count) {
+                    match self.exports.release(id, count) {
                         Released::NotExported => {
                             tracing::warn!(id, "peer released an object we do not export");
                             self.violation()?;
-                            continue;
                         }
-                        Released::Held { .. } => continue,
+                        Released::Held { .. } => {}
                         Released::Freed { token, over } => {
                             if over {
                                 tracing::warn!(id, count, "peer released more than it was sent");
                             }
-                            token
-                        }
-                    };
-                    // Dropped, and its hook run, outside the lock: both may use this
-                    // connection.
-                    match &object.0 {
-                        RefInner::Local(_) => self.unexported.push((object, id)),
-                        RefInner::Remote(imp) => {
-                            imp.dependents
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .retain(|(c, object)| !(*object == id && c.ptr_eq(&self.link)));
-                            self.graveyard.push(object);
+                            self.events.push(Event::Unexported { id, object: token });
                         }
                     }
                 }
                 Ok(())
             }
             Message::Cancel { id } => {
-                // Dropping the sender wakes the handler's cancellation branch.
-                self.running.cancel(id);
+                if let Some(watch) = self.running.cancel(id) {
+                    self.events.push(Event::Cancelled(watch));
+                }
                 Ok(())
             }
             Message::Goodbye => {
@@ -120,12 +120,10 @@ impl Broker {
                 Ok(())
             }
             Message::Revoked { object } => {
-                // The peer freed the object already: our handles must not release it again.
-                if let Some(handle) = self.imports.revoke(object)
-                    && let Some(imp) = handle.upgrade()
-                {
-                    imp.forget_count();
-                    self.revoked.push(imp);
+                // The peer freed the object already: our handles must not release it again
+                // (the slot is gone, so `release_imported` sends nothing for it).
+                if let Some(handle) = self.imports.revoke(object) {
+                    self.events.push(Event::Revoked(handle));
                 }
                 Ok(())
             }
@@ -141,14 +139,13 @@ impl Broker {
                 Ok(())
             }
             Message::Update { object, payload } => {
-                match self.imports.get(object).and_then(Weak::upgrade) {
-                    Some(imp) => imp
-                        .replica
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .deliver(payload),
+                match self.imports.get(object) {
+                    Some(import) => self.events.push(Event::Update {
+                        import: import.clone(),
+                        payload,
+                    }),
                     // No loss: a later send of the cache carries a newer state, followed by
-                    // the updates made since it was encoded (`Dispatch::on_resend`).
+                    // the updates made since it was encoded.
                     None => tracing::debug!(object, "update for a reference no longer held"),
                 }
                 Ok(())
@@ -156,22 +153,19 @@ impl Broker {
         }
     }
 
-    pub(super) fn imports_over_limit(&self) -> Fault {
-        Fault {
-            kind: FaultKind::LimitExceeded,
-            message: format!(
-                "references from the peer exceed the limit max_imports = {}",
-                self.limits.max_imports
-            ),
-        }
+    fn imports_over_limit(&self) -> Fault {
+        Fault::limit(format!(
+            "references from the peer exceed the limit max_imports = {}",
+            self.limits.max_imports
+        ))
     }
 
-    pub(super) fn handle_call(
+    fn handle_call(
         &mut self,
         head: CallHead,
         body: Bytes,
-        make: &dyn Fn(u64, u64) -> Arc<Imported>,
-    ) -> Result<Option<CallEvent>, ProtocolError> {
+        make: &mut MakeImport<'_, T>,
+    ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
         let CallHead {
             id,
             target,
@@ -184,26 +178,26 @@ impl Broker {
         let (refs, error) = self.resolve(&descs, make);
         let mut violated = false;
         let refused = if self.state != State::Open {
-            Some((
-                FaultKind::ShuttingDown,
-                "the peer is shutting down".to_string(),
-            ))
+            Some(Fault {
+                kind: FaultKind::ShuttingDown,
+                message: "the peer is shutting down".to_string(),
+            })
         } else if let Some(message) = error {
-            Some((FaultKind::NoSuchObject, message))
+            Some(Fault {
+                kind: FaultKind::NoSuchObject,
+                message,
+            })
         } else if self.imports.len() > self.limits.max_imports {
             violated = true;
-            let f = self.imports_over_limit();
-            Some((f.kind, f.message))
+            Some(self.imports_over_limit())
         } else if self.running.in_flight() >= self.limits.max_in_flight_calls {
             violated = true;
-            Some((
-                FaultKind::LimitExceeded,
-                format!(
-                    "too many calls in flight (limit max_in_flight_calls = {})",
-                    self.limits.max_in_flight_calls
-                ),
-            ))
+            Some(Fault::limit(format!(
+                "too many calls in flight (limit max_in_flight_calls = {})",
+                self.limits.max_in_flight_calls
+            )))
         } else if answer && self.running.is_tracked(id) {
+            self.bury(refs);
             return Err(ProtocolError::DuplicateRequest(id));
         } else {
             None
@@ -216,29 +210,31 @@ impl Broker {
             self.exports.get(target).cloned()
         };
         let refused = refused.or_else(|| {
-            object
-                .is_none()
-                .then(|| (FaultKind::NoSuchObject, format!("no object {target}")))
+            object.is_none().then(|| Fault {
+                kind: FaultKind::NoSuchObject,
+                message: format!("no object {target}"),
+            })
         });
-        if let Some((kind, message)) = refused {
-            tracing::debug!(id, target, %message, "call refused");
+        let (Some(object), None) = (object, &refused) else {
+            let fault = refused.unwrap_or_else(|| Fault {
+                kind: FaultKind::NoSuchObject,
+                message: format!("no object {target}"),
+            });
+            tracing::debug!(id, target, message = %fault.message, "call refused");
             self.bury(refs);
             if answer {
-                self.send_fault(id, kind, message);
+                self.send_fault(id, fault);
             }
             return if violated {
                 self.violation().map(|()| None)
             } else {
                 Ok(None)
             };
-        }
-        let Some(object) = object else {
-            return Ok(None);
         };
-        // Entered in the running table only if the handler has to wait (`watch_cancel`): most
-        // calls are answered before the next frame is handled.
+        // Entered in the running table only if the handler has to wait (`watch`): most calls
+        // are answered before the next frame is handled.
         self.running.admit();
-        Ok(Some(CallEvent {
+        Ok(Some(Incoming {
             id,
             target,
             object,
@@ -247,7 +243,7 @@ impl Broker {
             args_at: payload_at,
             refs,
             answer,
-            deadline: deadline_ms.map(std::time::Duration::from_millis),
+            deadline_ms,
         }))
     }
 }

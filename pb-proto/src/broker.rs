@@ -1,0 +1,554 @@
+//! The broker: one native connection's protocol state, as a state machine with no I/O.
+//!
+//! It owns a connection's tables (objects exported to the peer, references imported from it,
+//! our calls awaiting answers, the peer's calls running here), the request ids of our
+//! direction, every limit of ours and of the peer's, and the bytes queued for the peer. It
+//! holds no live user object: what it keeps of the driver's (the objects it exports, the
+//! handles of imported references, what wakes a caller, what tells a handler it was
+//! cancelled) are tokens of the types the driver names through [`Tokens`], and it never calls
+//! into them.
+//!
+//! Input comes in as plain data: [`Broker::handle_frame`] (a frame body from the peer),
+//! [`Broker::start_call`], [`Broker::finish_call`], [`Broker::cancel_call`],
+//! [`Broker::release_imported`], [`Broker::send_update`], [`Broker::revoke_export`],
+//! [`Broker::send_ping`], [`Broker::close`]. Output comes out through
+//! [`Broker::poll_transmit`] (the bytes to write, in order) and [`Broker::poll_events`]
+//! (what the driver must do once it lets go of the broker: wake a caller, run an object's
+//! export hooks, mark a reference dead, hand a cache update to its replica, drop what was
+//! released). An incoming call to run comes back from `handle_frame` directly (a frame holds
+//! at most one). Time comes in from outside too: keep-alive is [`crate::liveness`], driven by
+//! the driver's `now`, and a call's deadline travels as milliseconds the driver reads.
+//!
+//! ```text
+//! connection:  Open ──goodbye sent──▶ Draining ──in-flight calls done──▶ Closed
+//!                 └──────────────── error / EOF / abort ──────────────────▲
+//! outgoing call: start_call ─▶ pending ─answer│fault─▶ answered ─poll_answer─▶ delivered
+//!                                     └─cancel_call─▶ forgotten (Cancel sent)
+//! incoming call: Call ─▶ running (returned) ─finish_call─▶ Answer│Fault sent
+//!                              └─Cancel from peer─▶ Event::Cancelled, nothing sent
+//! export:  sent ─▶ Exported(id) ─sent again─▶ Resent(id) … ─released to 0─▶ Unexported(id)
+//!                                  └─revoke_export─▶ Revoked sent, Dropped
+//! import:  received ─▶ slot(id, generation) ─last handle dropped─▶ Release(id, count) sent
+//!                                  └─Revoked from peer─▶ Event::Revoked, no release
+//! ```
+//!
+//! Reference counting: every time we send a reference to one of our objects its export count
+//! goes up by one; the peer counts how many times it received it and, when its last handle is
+//! dropped, sends that count back in a release. The object is freed when its count reaches zero,
+//! so a release that crosses a new send of the same object never frees an object the peer holds.
+//!
+//! # Example
+//! A broker with a root object answers the peer's call to it:
+//! ```
+//! use bytes::{Bytes, BytesMut};
+//! use pb_proto::broker::{Broker, Outcome, Sending, Tokens};
+//! use pb_proto::frame::FrameDecoder;
+//! use pb_proto::limits::Limits;
+//! use pb_proto::message::{Message, encode_call_frame_head};
+//!
+//! /// Objects are plain numbers here; a driver uses its own handles.
+//! enum Demo {}
+//! impl Tokens for Demo {
+//!     type Object = u32;
+//!     type Import = u64;
+//!     type Waiter = ();
+//!     type Watch = ();
+//!     fn classify(object: &u32, _conn: u64) -> Sending {
+//!         Sending::Exported(*object as usize)
+//!     }
+//!     fn receive_again(_import: &u64) -> Option<u32> {
+//!         None
+//!     }
+//! }
+//!
+//! let mut server = Broker::<Demo>::new(Limits::default(), 1, Some(7));
+//! // The peer calls `ping` on our root (object 0), with request id 1.
+//! let mut frame = BytesMut::new();
+//! encode_call_frame_head(&mut frame, 2, 1, 0, b"ping", (true, None), &[]);
+//! frame.extend_from_slice(b"hi");
+//! let body = FrameDecoder::new(1 << 20).decode(&mut frame).unwrap().unwrap();
+//! let call = server
+//!     .handle_frame(body, &mut |_, _| unreachable!("no references"))
+//!     .unwrap()
+//!     .unwrap();
+//! assert_eq!((call.object, &call.body[call.method.clone()]), (7, &b"ping"[..]));
+//! // The handler answers; the answer is queued for the peer.
+//! let outcome = Outcome { ok: true, payload: Bytes::from_static(b"ho"), refs: Vec::new() };
+//! server.finish_call(call.id, true, Some(Ok(outcome)), false);
+//! let (mut out, mut tail) = (Vec::new(), BytesMut::new());
+//! server.poll_transmit(&mut out, &mut tail);
+//! let mut wire: BytesMut = out.concat().as_slice().into();
+//! wire.extend_from_slice(&tail);
+//! let answer = FrameDecoder::new(1 << 20).decode(&mut wire).unwrap().unwrap();
+//! let limits = Limits::default().message;
+//! assert!(matches!(
+//!     Message::decode(answer, &limits).unwrap(),
+//!     Message::Answer { id: 1, ok: true, .. }
+//! ));
+//! ```
+//!
+//! # Layout
+//! This file holds the types, the limits and the connection's life (`new`, limits, draining,
+//! `close`); the parts: `calls` (ours and the peer's), `input` (the peer's frames), `refs`
+//! (references in messages), `output` (what is queued, within the peer's limits).
+
+use std::ops::Range;
+use std::task::Poll;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::calls::{Pending, Polled, Running};
+use crate::exports::{Exports, Released, Sent};
+use crate::handshake::ReceiveLimits;
+use crate::hash::PeerKeys;
+use crate::imports::{Imports, Release};
+use crate::limits::{Limits, ProtocolError, TableStats};
+use crate::message::{
+    self, CallHead, FaultKind, Message, RefDesc, encode_answer_frame_head, encode_answer_head,
+    encode_call_frame_head, encode_update_head,
+};
+use crate::outbox::{Outbox, ZERO_COPY_MIN};
+
+mod calls;
+mod input;
+mod output;
+mod refs;
+#[cfg(test)]
+mod tests;
+
+pub use self::input::MakeImport;
+use self::output::{CALLER, PEER};
+
+/// The most bytes a call's envelope takes besides its method name and references: tag and
+/// flags, then id, target and deadline (a varint of at most 10 bytes each), the method name's
+/// length (2 for the longest name) and the reference count (10). Messages are checked against
+/// the peer's `max_frame_len` with their envelope's largest size, so none that passes can be
+/// refused by the peer.
+const CALL_HEAD_MAX: usize = 2 + 3 * 10 + 2 + 10;
+
+/// The most bytes an answer's envelope takes besides its references: tag, id (10), outcome and
+/// reference count (10).
+const ANSWER_HEAD_MAX: usize = 1 + 10 + 1 + 10;
+
+/// The most bytes one reference descriptor takes: its kind and a varint id.
+const REF_DESC_MAX: usize = 1 + 10;
+
+/// The most bytes one release entry takes: two varints.
+const RELEASE_ENTRY_MAX: usize = 2 * 10;
+
+/// The most bytes an update's envelope takes besides its payload: tag and object id.
+const UPDATE_HEAD_MAX: usize = 1 + 10;
+
+/// The most entries a release list keeps room for between batches (16 KiB or 24 KiB).
+const KEEP_RELEASES: usize = 1024;
+
+/// The types of the driver's tokens that a [`Broker`] holds, and the two questions it asks of
+/// them. The broker never calls into a token otherwise: it keeps them, and hands them back in
+/// [`Event`]s and [`Incoming`] calls.
+pub trait Tokens {
+    /// One of our objects, as the driver holds it: kept in the export table while the peer
+    /// holds it, handed back in events, and what an incoming call targets. Also what a
+    /// reference received from the peer becomes (see [`Broker::handle_frame`]).
+    type Object: Clone;
+    /// What the import table keeps for a reference received from the peer (a weak handle,
+    /// typically: the table must not keep the reference alive).
+    type Import: Clone;
+    /// What a caller waiting for an answer leaves, to be woken with.
+    type Waiter;
+    /// What tells the handler of one of the peer's calls that it was cancelled (handed back
+    /// in [`Event::Cancelled`], or dropped when the connection closes).
+    type Watch;
+
+    /// How `object` is sent on connection `conn`.
+    fn classify(object: &Self::Object, conn: u64) -> Sending;
+
+    /// The peer sent again an object the import table holds `import` for: a new reference to
+    /// it, counting the receipt, if the handle is still alive (`None` makes a new one).
+    fn receive_again(import: &Self::Import) -> Option<Self::Object>;
+}
+
+/// How an object is sent to the peer (see [`Tokens::classify`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sending {
+    /// A reference to the peer's own object on this connection: it goes back by the id the
+    /// peer exported it under.
+    Returned(u64),
+    /// One of ours, or a forward of another peer's object: exported under a key that names it
+    /// (the same object always has the same key while it lives).
+    Exported(usize),
+}
+
+/// A call failure raised by the system rather than by the callee's code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// What went wrong.
+    pub kind: FaultKind,
+    /// Why, for humans.
+    pub message: String,
+}
+
+impl Fault {
+    /// The fault of a call that was pending when the connection was lost.
+    pub fn disconnected() -> Fault {
+        Fault {
+            kind: FaultKind::Disconnected,
+            message: "disconnected".into(),
+        }
+    }
+
+    fn limit(message: String) -> Fault {
+        Fault {
+            kind: FaultKind::LimitExceeded,
+            message,
+        }
+    }
+}
+
+/// An encoded outcome of a call: the callee's `Ok` or typed `Err`.
+#[derive(Debug, Clone)]
+pub struct Outcome<R> {
+    /// `true` for `Ok`.
+    pub ok: bool,
+    /// The encoded value.
+    pub payload: Bytes,
+    /// References the payload points into.
+    pub refs: Vec<R>,
+}
+
+/// The answer to a call: an outcome, or a fault.
+pub type Reply<R> = Result<Outcome<R>, Fault>;
+
+/// The arguments of a call we make, as the broker queues them.
+pub trait Payload {
+    /// The bytes.
+    fn as_slice(&self) -> &[u8];
+    /// The bytes as a buffer of their own (queued uncopied when large).
+    fn into_bytes(self) -> Bytes;
+}
+
+impl Payload for Bytes {
+    #[inline]
+    fn as_slice(&self) -> &[u8] {
+        self
+    }
+
+    #[inline]
+    fn into_bytes(self) -> Bytes {
+        self
+    }
+}
+
+/// One of the peer's calls, for the driver to run (then [`Broker::finish_call`]).
+#[derive(Debug)]
+pub struct Incoming<O> {
+    /// The peer's request id.
+    pub id: u64,
+    /// The target's id on this connection (0 for the root).
+    pub target: u64,
+    /// The object called.
+    pub object: O,
+    /// The call's frame body; the method name and the arguments are slices of it.
+    pub body: Bytes,
+    /// Where the method name is in `body`.
+    pub method: Range<usize>,
+    /// Where the arguments start in `body`.
+    pub args_at: usize,
+    /// The references the arguments point into.
+    pub refs: Vec<O>,
+    /// Whether an answer is wanted (then the call can be cancelled: see [`Broker::watch`]).
+    pub answer: bool,
+    /// How long the caller waits, in milliseconds from now.
+    pub deadline_ms: Option<u64>,
+}
+
+/// What the driver must do once it lets go of the broker (see [`Broker::poll_events`]).
+#[derive(Debug)]
+pub enum Event<T: Tokens> {
+    /// The answer to one of our calls arrived, or the connection's end failed it: wake its
+    /// caller, who takes it with [`Broker::poll_answer`].
+    Answered(T::Waiter),
+    /// One of our objects was sent to the peer for the first time, under `id`. A forward
+    /// must be watched: if the object it forwards to dies, [`Broker::revoke_export`].
+    Exported {
+        /// The id the peer knows it by.
+        id: u64,
+        /// The object.
+        object: T::Object,
+    },
+    /// One of our objects, exported under `id` already, was sent again.
+    Resent {
+        /// The id the peer knows it by.
+        id: u64,
+        /// The object.
+        object: T::Object,
+    },
+    /// The peer no longer holds our object exported under `id`: it released every send of it,
+    /// or the connection ended.
+    Unexported {
+        /// The id the export had (a later export of the same object gets a new one).
+        id: u64,
+        /// The object.
+        object: T::Object,
+    },
+    /// A reference the peer gave us is dead: the peer revoked it, or the connection ended. No
+    /// release is sent for it.
+    Revoked(T::Import),
+    /// A new version of a cache the peer owns, for the replica held through `import`.
+    Update {
+        /// The handle of the reference to the cache.
+        import: T::Import,
+        /// The encoded update.
+        payload: Bytes,
+    },
+    /// The peer cancelled one of its calls: dropping or firing the watch tells the handler.
+    Cancelled(T::Watch),
+    /// An object the broker let go of (a reference in an answer nobody waits for, a revoked
+    /// export): dropped by the driver, whose drop may use this very connection.
+    Dropped(T::Object),
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Calls flow both ways.
+    Open,
+    /// A graceful close started: no new calls are taken, running ones finish.
+    Draining,
+    /// The connection is gone: nothing is sent or taken any more.
+    Closed,
+}
+
+/// One connection's protocol state. See the [module docs](self).
+pub struct Broker<T: Tokens> {
+    limits: Limits,
+    conn_id: u64,
+    state: State,
+    peer_goodbye: bool,
+    root: Option<T::Object>,
+    root_key: Option<usize>,
+    /// Our objects the peer holds, keyed by the objects' keys; ids we allocate.
+    exports: Exports<T::Object>,
+    /// Keyed by the peer's ids: hashed under a secret the peer does not know.
+    imports: Imports<T::Import>,
+    /// Our calls awaiting answers, each holding its caller's waiter until the answer arrives.
+    pending: Pending<Option<T::Waiter>, Reply<T::Object>>,
+    /// The peer's calls running here; those whose handlers wait hold a watch.
+    running: Running<T::Watch>,
+    events: Vec<Event<T>>,
+    out: Outbox,
+    releases: Vec<(u64, u64)>,
+    violations: u32,
+    /// What calls fail with once the connection is closed.
+    close_fault: Option<Fault>,
+    /// What the peer accepts: what its hello said (or a limits message since), what a peer
+    /// that says nothing is assumed to accept, or, until its hello has arrived,
+    /// [`ReceiveLimits::FLOOR`].
+    peer: ReceiveLimits,
+    /// Whether the peer's hello has arrived (`peer` is no longer the floor).
+    peer_known: bool,
+    /// Whether the peer's hello carried its limits: it understands a limits message.
+    peer_hears_limits: bool,
+    /// Our receive limits as the peer last heard them.
+    announced: ReceiveLimits,
+}
+
+impl<T: Tokens> std::fmt::Debug for Broker<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("conn_id", &self.conn_id)
+            .field("state", &self.state)
+            .field("stats", &self.stats())
+            .field("queued", &self.out.len())
+            .finish()
+    }
+}
+
+impl<T: Tokens> Broker<T> {
+    /// The state of connection `conn_id` (the id [`Tokens::classify`] is asked about), serving
+    /// `root` as object 0. The peer's limits are [`ReceiveLimits::FLOOR`] until its hello
+    /// arrives ([`Broker::set_peer_limits`]).
+    pub fn new(limits: Limits, conn_id: u64, root: Option<T::Object>) -> Broker<T> {
+        let root_key = root.as_ref().and_then(|r| key_of::<T>(r, conn_id));
+        let peer_keys = PeerKeys::new();
+        let limits = limits.enforced();
+        Broker {
+            announced: limits.receive(),
+            limits,
+            conn_id,
+            state: State::Open,
+            peer_goodbye: false,
+            root,
+            root_key,
+            exports: Exports::new(),
+            imports: Imports::with_keys(peer_keys),
+            pending: Pending::new(),
+            running: Running::with_keys(peer_keys),
+            events: Vec::new(),
+            out: Outbox::new(),
+            releases: Vec::new(),
+            violations: 0,
+            close_fault: None,
+            peer: ReceiveLimits::FLOOR,
+            peer_known: false,
+            peer_hears_limits: false,
+        }
+    }
+
+    /// Where the connection is in its life.
+    #[inline]
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The limits in force (as enforced: raised to the floor where lower).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// What the peer accepts, as far as we know (see [`Broker::set_peer_limits`]).
+    pub fn peer_limits(&self) -> ReceiveLimits {
+        self.peer
+    }
+
+    /// Change the largest frame we accept; returns the limit as enforced (never below the
+    /// floor). A peer that announced its own limits hears of ours at once (a limits message),
+    /// so that it may send larger frames after a login, say.
+    pub fn set_max_frame_len(&mut self, len: usize) -> usize {
+        self.limits.max_frame_len = len;
+        self.limits = self.limits.enforced();
+        self.announce_limits();
+        self.limits.max_frame_len
+    }
+
+    /// The peer's hello arrived, with its limits if it carried them (a peer that announces
+    /// none is assumed to accept [`ReceiveLimits::ASSUMED`]). Returns whether that queued
+    /// output (our own limits, if they changed since our hello left).
+    pub fn set_peer_limits(&mut self, limits: Option<ReceiveLimits>) -> bool {
+        self.peer = limits.unwrap_or(ReceiveLimits::ASSUMED);
+        self.peer_known = true;
+        self.peer_hears_limits = limits.is_some();
+        self.announce_limits()
+    }
+
+    /// Tell the peer our receive limits if they changed since it last heard them and it
+    /// understands a limits message (before its hello has arrived it cannot be told yet:
+    /// [`Broker::set_peer_limits`] does it then). Returns whether a message was queued.
+    fn announce_limits(&mut self) -> bool {
+        let current = self.limits.receive();
+        if current == self.announced
+            || !self.peer_known
+            || !self.peer_hears_limits
+            || self.state == State::Closed
+        {
+            return false;
+        }
+        self.announced = current;
+        self.write_message(&Message::Limits(current));
+        true
+    }
+
+    /// How full the tables are.
+    pub fn stats(&self) -> TableStats {
+        TableStats {
+            exported: self.exports.len(),
+            imported: self.imports.len(),
+            pending_calls: self.pending.len(),
+            in_flight_calls: self.running.in_flight(),
+        }
+    }
+
+    /// How many of the peer's calls are running here.
+    #[inline]
+    pub fn in_flight(&self) -> usize {
+        self.running.in_flight()
+    }
+
+    /// How many of our calls await answers.
+    #[inline]
+    pub fn pending_calls(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Replace the object served as our root; the old one is given back.
+    pub fn set_root(&mut self, root: Option<T::Object>) -> Option<T::Object> {
+        self.root_key = root.as_ref().and_then(|r| key_of::<T>(r, self.conn_id));
+        std::mem::replace(&mut self.root, root)
+    }
+
+    /// Stop taking new calls and let running calls finish; with `goodbye`, tell the peer (a
+    /// close with nothing running skips it: the end of the stream follows at once).
+    pub fn start_draining(&mut self, goodbye: bool) {
+        if self.state == State::Open {
+            self.state = State::Draining;
+            if goodbye {
+                self.write_message(&Message::Goodbye);
+            }
+        }
+    }
+
+    /// The connection is gone: every pending call (and every call started later) fails with
+    /// `fault`, running ones are cancelled (their watches dropped), the tables are emptied.
+    /// What they held comes out as events: callers to wake, exports ended, imports dead.
+    pub fn close(&mut self, fault: Fault) {
+        if self.state == State::Closed {
+            return;
+        }
+        self.state = State::Closed;
+        let events = &mut self.events;
+        events.extend(self.imports.drain().map(Event::Revoked));
+        // Every caller still waiting finds its call gone, which fails it with `fault` (kept in
+        // `close_fault`); answers that arrived before the end stay for their callers to take.
+        self.pending
+            .fail_waiting(|waiter| events.extend(waiter.take().map(Event::Answered)));
+        self.running.clear();
+        self.releases.clear();
+        self.close_fault = Some(fault);
+        events.extend(
+            self.exports
+                .drain()
+                .map(|(id, object)| Event::Unexported { id, object }),
+        );
+        events.extend(self.root.take().map(Event::Dropped));
+        self.root_key = None;
+    }
+
+    /// Move what the driver must do into `into`, in the order it arose. The driver acts on
+    /// it once it lets go of the broker: acting may run user code that uses this connection.
+    #[inline]
+    pub fn poll_events(&mut self, into: &mut Vec<Event<T>>) {
+        if into.is_empty() {
+            std::mem::swap(into, &mut self.events);
+        } else {
+            into.append(&mut self.events);
+        }
+    }
+
+    /// Whether events wait for [`Broker::poll_events`].
+    #[inline]
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+}
+
+/// The export key of an object we send, or `None` for the peer's own.
+#[inline]
+fn key_of<T: Tokens>(object: &T::Object, conn: u64) -> Option<usize> {
+    match T::classify(object, conn) {
+        Sending::Exported(key) => Some(key),
+        Sending::Returned(_) => None,
+    }
+}
+
+/// Whether a call of this size stays within [`ReceiveLimits::FLOOR`], which any peer accepts,
+/// even one whose hello has not arrived yet. Checked with the call's largest possible
+/// envelope, as [`Broker::start_call`] does.
+pub fn fits_floor(method_len: usize, payload_len: usize, refs: usize) -> bool {
+    let floor = ReceiveLimits::FLOOR;
+    refs <= floor.max_refs_per_message
+        && call_len_max(method_len, payload_len, refs) <= floor.max_frame_len
+}
+
+/// The largest a call's frame body can be, whatever its ids and references.
+fn call_len_max(method_len: usize, payload_len: usize, refs: usize) -> usize {
+    CALL_HEAD_MAX + method_len + refs * REF_DESC_MAX + payload_len
+}
