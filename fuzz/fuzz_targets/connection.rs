@@ -39,7 +39,9 @@ impl Dispatch for Root {
                     let (a, b): (u32, u32) = call.decode_args()?;
                     encode_result::<u32, ()>(call.caller(), Ok(a.wrapping_add(b)))
                 }
-                "spawn" => encode_result::<ObjectRef, ()>(call.caller(), Ok(ObjectRef::local(Root))),
+                "spawn" => {
+                    encode_result::<ObjectRef, ()>(call.caller(), Ok(ObjectRef::local(Root)))
+                }
                 "keep" => {
                     let (refs,): (Vec<ObjectRef>,) = call.decode_args()?;
                     encode_result::<Vec<ObjectRef>, ()>(call.caller(), Ok(refs))
@@ -82,61 +84,63 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let sizes = [c0, c1, c2, c3].map(|c| usize::from(c % 64) + 1);
-    RUNTIME.with(|rt| rt.block_on(async move {
-        let (server_io, client_io) = tokio::io::duplex(1 << 16);
-        let server = tokio::spawn(async move {
-            let conn = Connection::establish(
-                server_io,
-                &config(),
-                Side::Server,
-                Some(ObjectRef::local(Root)),
-                None,
-            )
-            .await;
-            if let Ok(conn) = conn {
-                conn.closed().await;
+    RUNTIME.with(|rt| {
+        rt.block_on(async move {
+            let (server_io, client_io) = tokio::io::duplex(1 << 16);
+            let server = tokio::spawn(async move {
+                let conn = Connection::establish(
+                    server_io,
+                    &config(),
+                    Side::Server,
+                    Some(ObjectRef::local(Root)),
+                    None,
+                )
+                .await;
+                if let Ok(conn) = conn {
+                    conn.closed().await;
+                }
+            });
+            let (mut rd, mut wr) = tokio::io::split(client_io);
+            // Read and discard whatever the server sends, so its writer never blocks.
+            let drain = tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = rd.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+            let mut input = Vec::with_capacity(HELLO.len() + stream.len());
+            if flags & 1 == 1 {
+                input.extend_from_slice(&HELLO);
             }
-        });
-        let (mut rd, mut wr) = tokio::io::split(client_io);
-        // Read and discard whatever the server sends, so its writer never blocks.
-        let drain = tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            while let Ok(n) = rd.read(&mut buf).await {
-                if n == 0 {
+            input.extend_from_slice(stream);
+            let mut rest = &input[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                let (chunk, tail) = rest.split_at(n);
+                if wr.write_all(chunk).await.is_err() {
                     break;
                 }
+                rest = tail;
+                i += 1;
+                // Let the server see this chunk alone (a partial frame, often).
+                for _ in 0..=(flags >> 1) % 4 {
+                    tokio::task::yield_now().await;
+                }
             }
-        });
-        let mut input = Vec::with_capacity(HELLO.len() + stream.len());
-        if flags & 1 == 1 {
-            input.extend_from_slice(&HELLO);
-        }
-        input.extend_from_slice(stream);
-        let mut rest = &input[..];
-        let mut i = 0;
-        while !rest.is_empty() {
-            let n = sizes[i % sizes.len()].min(rest.len());
-            let (chunk, tail) = rest.split_at(n);
-            if wr.write_all(chunk).await.is_err() {
-                break;
-            }
-            rest = tail;
-            i += 1;
-            // Let the server see this chunk alone (a partial frame, often).
-            for _ in 0..=(flags >> 1) % 4 {
+            let _ = wr.shutdown().await;
+            drop(wr);
+            // EOF: the connection must close and every task end.
+            let _ = server.await;
+            let _ = drain.await;
+            // Let the last handler tasks see the close, so that none carries over to the next input.
+            for _ in 0..8 {
                 tokio::task::yield_now().await;
             }
-        }
-        let _ = wr.shutdown().await;
-        drop(wr);
-        // EOF: the connection must close and every task end.
-        let _ = server.await;
-        let _ = drain.await;
-        // Let the last handler tasks see the close, so that none carries over to the next input.
-        for _ in 0..8 {
-            tokio::task::yield_now().await;
-        }
-    }));
+        })
+    });
 });
 
 thread_local! {

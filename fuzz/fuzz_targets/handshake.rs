@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!((HELLO_LEN..=HELLO_MAX_LEN).contains(&data.len()));
-    assert_eq!(hello.limits.is_some(), hello.features.contains(Features::LIMITS));
+    assert_eq!(
+        hello.limits.is_some(),
+        hello.features.contains(Features::LIMITS)
+    );
     let mut out = BytesMut::new();
     hello.encode(&mut out);
     assert_eq!(out.len(), hello.encoded_len());

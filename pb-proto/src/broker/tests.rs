@@ -421,6 +421,33 @@ fn a_larger_limit_announced_later_lets_larger_calls_through() {
 }
 
 #[test]
+fn a_cache_update_over_the_peers_frame_limit_is_not_sent() {
+    let small = Limits {
+        max_frame_len: 64 * 1024,
+        ..Limits::default()
+    };
+    let mut w = World::with_limits(small, Limits::default());
+    let id = w.a.call(0, "cache", b"", &[]);
+    w.settle();
+    w.b.answer(b"", vec![Ref::Local(9)]);
+    w.settle();
+    let export = w.b.exported[0];
+    // a would refuse the frame and close the connection: b does not send it.
+    assert!(
+        !w.b.broker
+            .send_update(export, Bytes::from(vec![0; 64 * 1024]))
+    );
+    assert!(w.b.broker.send_update(export, Bytes::from_static(b"small")));
+    w.settle();
+    assert_eq!(w.a.updates.len(), 1);
+    assert!(w.a.error.is_none());
+    // Nor to an object no longer exported.
+    drop(ok(w.a.take_answer(id)));
+    w.settle();
+    assert!(!w.b.broker.send_update(export, Bytes::from_static(b"late")));
+}
+
+#[test]
 fn table_limits_refuse_the_call_and_count_violations() {
     let tight = Limits {
         max_in_flight_calls: 1,

@@ -1,0 +1,141 @@
+//! pb-proto's broker on an arbitrary stream from the peer: whatever the frames say, it never
+//! panics, its tables stay within their limits, and every reference it hands out is released
+//! without breaking its counts. The input is split into a byte stream (the first bytes choose
+//! the read sizes and when the broker makes calls of its own and answers the peer's).
+#![no_main]
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+
+use bytes::{Bytes, BytesMut};
+use libfuzzer_sys::fuzz_target;
+use pb_proto::broker::{Broker, Event, Outcome, Sending, Tokens};
+use pb_proto::frame::FrameDecoder;
+use pb_proto::limits::Limits;
+
+type Queue = Rc<RefCell<Vec<(u64, u64, u64)>>>;
+
+struct Imp {
+    id: u64,
+    generation: u64,
+    received: Cell<u64>,
+    queue: Queue,
+}
+
+impl Drop for Imp {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            self.queue
+                .borrow_mut()
+                .push((self.id, self.generation, self.received.get()));
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Ref {
+    Local(u32),
+    Remote(Rc<Imp>),
+}
+
+enum Fuzz {}
+
+impl Tokens for Fuzz {
+    type Object = Ref;
+    type Import = Weak<Imp>;
+    type Waiter = ();
+    type Watch = ();
+
+    fn classify(object: &Ref, _conn: u64) -> Sending {
+        match object {
+            Ref::Local(n) => Sending::Exported(*n as usize),
+            Ref::Remote(imp) => Sending::Returned(imp.id),
+        }
+    }
+
+    fn receive_again(import: &Weak<Imp>) -> Option<Ref> {
+        let imp = import.upgrade()?;
+        imp.received.set(imp.received.get() + 1);
+        Some(Ref::Remote(imp))
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&control, stream)) = data.split_first() else {
+        return;
+    };
+    let limits = Limits {
+        max_exports: 64,
+        max_imports: 64,
+        max_in_flight_calls: 8,
+        ..Limits::default()
+    };
+    let mut broker = Broker::<Fuzz>::new(limits.clone(), 1, Some(Ref::Local(1)));
+    broker.set_peer_limits(Some(limits.receive()));
+    let decoder = FrameDecoder::new(limits.receive().max_frame_len);
+    let queue: Queue = Rc::default();
+    let mut held: Vec<Ref> = Vec::new();
+    let mut input = BytesMut::new();
+    let mut events = Vec::new();
+    let (mut out, mut tail) = (Vec::new(), BytesMut::new());
+    let step = usize::from(control % 16) + 1;
+    for (n, piece) in stream.chunks(step).enumerate() {
+        input.extend_from_slice(piece);
+        loop {
+            let body = match decoder.decode(&mut input) {
+                Ok(Some(body)) => body,
+                Ok(None) => break,
+                Err(_) => return,
+            };
+            let q = queue.clone();
+            let mut make = |id, generation| {
+                let imp = Rc::new(Imp {
+                    id,
+                    generation,
+                    received: Cell::new(u64::from(id != 0)),
+                    queue: q.clone(),
+                });
+                (Rc::downgrade(&imp), Ref::Remote(imp))
+            };
+            match broker.handle_frame(body, &mut make) {
+                Ok(Some(call)) => {
+                    // Answer with the call's own references and a new object of ours.
+                    let mut refs = call.refs;
+                    refs.push(Ref::Local(10 + (n % 8) as u32));
+                    let outcome = Outcome {
+                        ok: true,
+                        payload: Bytes::from_static(b"ok"),
+                        refs,
+                    };
+                    broker.finish_call(call.id, call.answer, Some(Ok(outcome)), false);
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+            broker.poll_events(&mut events);
+            for event in events.drain(..) {
+                if let Event::Dropped(r) | Event::Exported { object: r, .. } = event {
+                    held.push(r);
+                }
+            }
+            let stats = broker.stats();
+            assert!(stats.exported <= limits.max_exports);
+            assert!(stats.in_flight_calls <= limits.max_in_flight_calls);
+        }
+        if control & 0x10 != 0 {
+            let _ = broker.start_call(0, "f", Bytes::new(), &held, (Some(()), None));
+        }
+        if n % 3 == 0 {
+            held.clear();
+            let released = std::mem::take(&mut *queue.borrow_mut());
+            for (id, generation, count) in released {
+                broker.release_imported(id, generation, count);
+            }
+            broker.poll_transmit(&mut out, &mut tail);
+            out.clear();
+            tail.clear();
+        }
+    }
+    broker.close(pb_proto::broker::Fault::disconnected());
+    broker.poll_events(&mut events);
+});
