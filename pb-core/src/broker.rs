@@ -66,33 +66,6 @@ pub(crate) enum Flush {
     Writer,
 }
 
-/// The encoded arguments of a call we make.
-pub(crate) enum Payload {
-    /// Bytes of their own (`ObjectRef::call_raw`, forwarded calls).
-    Bytes(Bytes),
-    /// In a scratch buffer, copied into the output (or, if large, queued as their own chunk).
-    Encoded(crate::codec::Encoded),
-}
-
-impl pb_proto::broker::Payload for Payload {
-    #[inline]
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Payload::Bytes(b) => b,
-            Payload::Encoded(e) => e.as_slice(),
-        }
-    }
-
-    /// The payload as `Bytes` (a copy only for a small encoded one).
-    #[inline]
-    fn into_bytes(self) -> Bytes {
-        match self {
-            Payload::Bytes(b) => b,
-            Payload::Encoded(e) => e.into_bytes(),
-        }
-    }
-}
-
 /// One connection's broker, with the driver's note of who flushes.
 pub(crate) struct Broker {
     core: pb_proto::broker::Broker<Driver>,

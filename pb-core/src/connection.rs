@@ -43,8 +43,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::broker::{Broker, CallEvent, Event, Flush, Limits, Payload, ProtocolError, TableStats};
+use crate::broker::{Broker, CallEvent, Event, Flush, Limits, ProtocolError, TableStats};
 use crate::cache::ReplicaSlot;
+use crate::codec::Payload;
 use crate::frame::{FrameDecoder, HEADER_LEN, MIN_READ};
 use crate::handshake::{
     Features, HELLO_LEN, HELLO_LIMITS_LEN, HELLO_MAX_LEN, HandshakeError, Hello,

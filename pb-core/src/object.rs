@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
-use crate::broker::Payload;
+use crate::codec::Payload;
 use crate::codec::{self, CodecError};
 use crate::connection::{Caller, Connection, ExportLink, Imported, deadline_fault};
 use crate::message::FaultKind;

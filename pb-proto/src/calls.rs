@@ -94,6 +94,18 @@ impl<W, A> Pending<W, A> {
         id
     }
 
+    /// Whether call `id` waits for its answer (started, not answered, not cancelled).
+    #[inline]
+    pub fn is_waiting(&self, id: u64) -> bool {
+        matches!(self.slots.get(&id), Some(Slot::Waiting(_)))
+    }
+
+    /// Whether `id` was given out by [`Pending::next_id`] (whatever became of the call).
+    #[inline]
+    pub fn was_issued(&self, id: u64) -> bool {
+        id != 0 && id < self.next
+    }
+
     /// Enter call `id` (from [`Pending::next_id`]) as waiting, with the driver's token.
     #[inline]
     pub fn wait(&mut self, id: u64, token: W) {

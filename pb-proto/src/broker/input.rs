@@ -59,34 +59,55 @@ impl<T: Tokens> Broker<T> {
                 refs,
                 payload,
             } => {
+                if refs.is_empty() {
+                    // Most answers: one lookup.
+                    let outcome = Outcome {
+                        ok,
+                        payload,
+                        refs: Vec::new(),
+                    };
+                    return match self.deliver(id, Ok(outcome)) {
+                        Ok(()) => Ok(()),
+                        Err(_) => self.unwanted_answer(id),
+                    };
+                }
+                // Matched to a call before any reference is imported: an answer nobody waits
+                // for makes us hold nothing.
+                if !self.pending.is_waiting(id) {
+                    if !self.pending.was_issued(id) {
+                        return self.unwanted_answer(id);
+                    }
+                    // Cancelled, most likely, with the answer crossing the cancel: the
+                    // references' sends are released without being imported.
+                    tracing::debug!(id, "answer for a call no longer pending");
+                    self.release_unwanted(&refs);
+                    return Ok(());
+                }
+                if self.imports_would_exceed(&refs) {
+                    self.release_unwanted(&refs);
+                    let fault = self.imports_over_limit();
+                    let _ = self.deliver(id, Err(fault));
+                    return self.violation();
+                }
                 let (refs, error) = self.resolve(&refs, make);
-                let over = self.imports.len() > self.limits.max_imports;
                 let reply = if let Some(message) = error {
                     self.bury(refs);
                     Err(Fault {
                         kind: FaultKind::BadAnswer,
                         message,
                     })
-                } else if over {
-                    self.bury(refs);
-                    Err(self.imports_over_limit())
                 } else {
                     Ok(Outcome { ok, payload, refs })
                 };
-                if let Err(unwanted) = self.deliver(id, reply) {
-                    tracing::debug!(id, "answer for a call no longer pending");
-                    if let Ok(o) = unwanted {
-                        self.bury(o.refs);
-                    }
-                    return Ok(());
-                }
-                if over { self.violation() } else { Ok(()) }
+                // Waiting, checked above.
+                let _ = self.deliver(id, reply);
+                Ok(())
             }
             Message::Fault { id, kind, message } => {
-                if self.deliver(id, Err(Fault { kind, message })).is_err() {
-                    tracing::debug!(id, "fault for a call no longer pending");
+                match self.deliver(id, Err(Fault { kind, message })) {
+                    Ok(()) => Ok(()),
+                    Err(_) => self.unwanted_answer(id),
                 }
-                Ok(())
             }
             Message::Release(items) => {
                 for (id, count) in items {
@@ -153,6 +174,18 @@ impl<T: Tokens> Broker<T> {
         }
     }
 
+    /// An answer or fault for call `id`, which is not waiting: one crossing our cancel is
+    /// dropped; one for a call we never made is a violation.
+    fn unwanted_answer(&mut self, id: u64) -> Result<(), ProtocolError> {
+        if self.pending.was_issued(id) {
+            tracing::debug!(id, "answer for a call no longer pending");
+            Ok(())
+        } else {
+            tracing::warn!(id, "answer to a call never made");
+            self.violation()
+        }
+    }
+
     fn imports_over_limit(&self) -> Fault {
         Fault::limit(format!(
             "references from the peer exceed the limit max_imports = {}",
@@ -175,6 +208,14 @@ impl<T: Tokens> Broker<T> {
             refs: descs,
             payload_at,
         } = head;
+        if self.imports_would_exceed(&descs) {
+            self.release_unwanted(&descs);
+            if answer {
+                let fault = self.imports_over_limit();
+                self.send_fault(id, fault);
+            }
+            return self.violation().map(|()| None);
+        }
         let (refs, error) = self.resolve(&descs, make);
         let mut violated = false;
         let refused = if self.state != State::Open {
@@ -187,9 +228,6 @@ impl<T: Tokens> Broker<T> {
                 kind: FaultKind::NoSuchObject,
                 message,
             })
-        } else if self.imports.len() > self.limits.max_imports {
-            violated = true;
-            Some(self.imports_over_limit())
         } else if self.running.in_flight() >= self.limits.max_in_flight_calls {
             violated = true;
             Some(Fault::limit(format!(

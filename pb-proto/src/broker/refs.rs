@@ -114,6 +114,43 @@ impl<T: Tokens> Broker<T> {
         true
     }
 
+    /// Whether importing the references `descs` names would take the import table over
+    /// `max_imports` (counting each object not held yet once).
+    pub(super) fn imports_would_exceed(&self, descs: &[RefDesc]) -> bool {
+        let room = self.limits.max_imports.saturating_sub(self.imports.len());
+        if descs.len() <= room {
+            return false;
+        }
+        let mut new: Vec<u64> = descs
+            .iter()
+            .filter_map(|d| match *d {
+                RefDesc::Sender(id) if id != 0 && self.imports.get(id).is_none() => Some(id),
+                _ => None,
+            })
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        new.len() > room
+    }
+
+    /// References the peer sent that we will not hold (an answer nobody waits for, or over
+    /// our limits): each send goes back in a release at once, without a handle being made. A
+    /// reference held already counts the receipt on its handle, which releases it with the
+    /// rest.
+    pub(super) fn release_unwanted(&mut self, descs: &[RefDesc]) {
+        for d in descs {
+            if let RefDesc::Sender(id) = *d
+                && id != 0
+                && self.state != State::Closed
+            {
+                match self.imports.get(id).and_then(T::receive_again) {
+                    Some(held) => self.events.push(Event::Dropped(held)),
+                    None => self.releases.push((id, 1)),
+                }
+            }
+        }
+    }
+
     /// Turn received descriptors into references. Every descriptor is resolved even after an
     /// error, because the peer counted each of its objects as sent; dropping the result releases
     /// them again.

@@ -115,9 +115,9 @@ fn a_cancel_crossing_the_answer_loses_nothing_and_releases_its_references() {
     assert_eq!(w.b.exported.len(), 1);
     assert!(w.a.broker.cancel_call(id).is_none());
     w.settle();
-    // a dropped the unwanted answer's reference (an event), which released it: b's export
-    // ended, and nobody broke the protocol.
-    assert_eq!(w.a.dropped, 1);
+    // a released the unwanted answer's reference without importing it: b's export ended, and
+    // nobody broke the protocol.
+    assert_eq!(w.a.made, 0);
     w.settle();
     assert_eq!(w.b.unexported, w.b.exported);
     assert!(w.a.error.is_none() && w.b.error.is_none());
@@ -541,4 +541,96 @@ fn keep_alive_runs_on_the_virtual_clock() {
         }
     }
     assert_eq!(timeout, Some(Duration::from_secs(60)));
+}
+
+/// A frame holding an answer to call `id` that carries `n` fresh references of the sender's.
+fn forged_answer(id: u64, first: u64, n: u64) -> BytesMut {
+    let refs: Vec<RefDesc> = (first..first + n).map(RefDesc::Sender).collect();
+    let mut body = BytesMut::new();
+    Message::Answer {
+        id,
+        ok: true,
+        refs,
+        payload: Bytes::new(),
+    }
+    .encode(&mut body);
+    let mut frame = BytesMut::new();
+    crate::frame::encode_frame(&body, &mut frame);
+    frame
+}
+
+#[test]
+fn an_answer_to_a_call_never_made_imports_nothing_and_is_a_violation() {
+    let mut w = World::new();
+    // An answer to a call a never made, with 1 000 fresh references: a peer that sends these
+    // without reading must not make us hold them.
+    w.a.receive(&forged_answer(7, 1, 1000), usize::MAX);
+    assert_eq!(w.a.made, 0, "no handle made for an answer nobody asked for");
+    assert_eq!(w.a.broker.stats().imported, 0);
+    assert_eq!(w.a.broker.violations, 1);
+    assert!(w.a.transmit().is_none(), "and no release owed for them");
+    // Without references, too, and a fault likewise.
+    w.a.receive(&forged_answer(8, 1, 0), usize::MAX);
+    assert_eq!(w.a.broker.violations, 2);
+    let mut body = BytesMut::new();
+    Message::Fault {
+        id: 9,
+        kind: FaultKind::Internal,
+        message: "x".into(),
+    }
+    .encode(&mut body);
+    let mut frame = BytesMut::new();
+    crate::frame::encode_frame(&body, &mut frame);
+    w.a.receive(&frame, 1);
+    assert_eq!(w.a.broker.violations, 3);
+    assert!(w.a.error.is_none(), "three tolerated");
+}
+
+#[test]
+fn an_answer_to_a_cancelled_call_releases_its_references_without_importing_them() {
+    let mut w = World::new();
+    let id = w.a.call(0, "slow", b"", &[]);
+    assert!(w.a.broker.cancel_call(id).is_none());
+    w.a.receive(&forged_answer(id, 1, 100), usize::MAX);
+    assert_eq!(w.a.made, 0);
+    assert_eq!(
+        w.a.broker.violations, 0,
+        "an answer crossing a cancel is no violation"
+    );
+    // Each reference's send is released at once, in one message.
+    let write = w.a.transmit().expect("releases");
+    let mut input = BytesMut::from(&write[..]);
+    let decoder = FrameDecoder::new(1 << 20);
+    let mut released = Vec::new();
+    while let Some(body) = decoder.decode(&mut input).expect("frames") {
+        if let Message::Release(items) =
+            Message::decode(body, &Limits::default().message).expect("a message")
+        {
+            released.extend(items);
+        }
+    }
+    assert_eq!(released, (1..101).map(|id| (id, 1)).collect::<Vec<_>>());
+}
+
+#[test]
+fn references_over_max_imports_are_refused_before_they_are_imported() {
+    let tight = Limits {
+        max_imports: 10,
+        ..Limits::default()
+    };
+    let mut w = World::with_limits(tight, Limits::default());
+    let id = w.a.call(0, "many", b"", &[]);
+    w.a.receive(&forged_answer(id, 1, 11), usize::MAX);
+    assert_eq!(w.a.made, 0, "refused before any handle was made");
+    let fault = w.a.take_answer(id).unwrap_err();
+    assert!(fault.message.contains("max_imports = 10"), "{fault:?}");
+    assert_eq!(w.a.broker.violations, 1);
+    assert_eq!(w.a.broker.stats().imported, 0);
+    // Released, so the owner's counts stay right.
+    assert!(w.a.transmit().is_some());
+    // Within the limit they are imported.
+    let id = w.a.call(0, "few", b"", &[]);
+    w.a.receive(&forged_answer(id, 20, 10), usize::MAX);
+    assert_eq!(w.a.made, 10);
+    assert_eq!(ok(w.a.take_answer(id)).refs.len(), 10);
 }

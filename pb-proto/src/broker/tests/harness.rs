@@ -108,6 +108,8 @@ pub(super) struct Side {
     pub(super) error: Option<ProtocolError>,
     /// Calls made so far.
     pub(super) calls: u64,
+    /// Handles made for references the peer sent (each an allocation a driver would make).
+    pub(super) made: usize,
 }
 
 impl Side {
@@ -127,6 +129,7 @@ impl Side {
             revoked: Vec::new(),
             updates: Vec::new(),
             stale_updates: 0,
+            made: 0,
             dropped: 0,
             error: None,
             calls: 0,
@@ -172,7 +175,9 @@ impl Side {
                     Err(e) => panic!("framing error: {e}"),
                 };
                 let (conn, queue) = (self.conn, self.queue.clone());
+                let made = &mut self.made;
                 let mut make = |id, generation| {
+                    *made += 1;
                     let imp = Rc::new(Imp {
                         conn,
                         id,
