@@ -25,6 +25,8 @@
 //! - `amp`: AMP's box codec and its request/response [`amp::Dispatcher`];
 //! - `banana`: Twisted's Banana s-expression framing (the `pb` dialect and its vocabulary),
 //!   an incremental decoder with Twisted's limits checked before allocation;
+//! - `jelly`: Twisted's Jelly, a dynamic [`jelly::Value`] and its s-expressions, shared and
+//!   cyclic containers kept as a [`jelly::Graph`].
 //!
 //! # Example
 //! A frame goes in as bytes, in any chunks, and comes out whole:
@@ -55,6 +57,7 @@ pub mod frame;
 pub mod handshake;
 pub mod hash;
 pub mod imports;
+pub mod jelly;
 pub mod limits;
 pub mod liveness;
 pub mod message;
