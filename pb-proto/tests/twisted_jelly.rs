@@ -1,0 +1,347 @@
+//! Banana and Jelly against real Twisted (`twisted[tls]==26.10.0` from PyPI), both ways.
+//!
+//! `tests/twisted/jelly_vectors.py` jellies a set of Python values with Twisted and prints
+//! their bytes in the `pb` dialect; for each, pb builds the same value, encodes it and must get
+//! the same bytes, and decodes Twisted's bytes and must encode them back unchanged. Then pb's
+//! bytes go to the script, which unjellies them with Twisted and checks the value (and, by
+//! jellying it again, its sharing).
+//!
+//! The virtualenv is the one the AMP interop tests use (`target/pb-interop-venv`, the same
+//! pinned Twisted), built here on first use from `python3` (or `$PB_INTEROP_PYTHON`). If
+//! python3, the virtualenv or the install is missing, this test fails; it never skips.
+
+// Tests fail by panicking; unwrapping is how they say so.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use bytes::{Bytes, BytesMut};
+use pb_proto::banana::{BananaCodec, BananaConfig, BigInt, Dialect};
+use pb_proto::jelly::{self, Date, DateTime, Decimal, Graph, JellyConfig, Time, TimeDelta, Value};
+
+const TWISTED: &str = "twisted[tls]==26.10.0";
+
+fn run_checked(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("{what}: cannot run: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The interop virtualenv's python, as `tests/amp_interop.rs` builds it (same path, pin and
+/// completion marker, so either test reuses the other's).
+fn python() -> PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
+    let venv = target.join("pb-interop-venv");
+    let python = venv.join("bin").join("python");
+    let marker = venv.join(".pb-interop-complete");
+    if python.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(TWISTED) {
+        return python;
+    }
+    let build = || -> Result<(), String> {
+        if venv.exists() {
+            std::fs::remove_dir_all(&venv).map_err(|e| format!("cannot clear {venv:?}: {e}"))?;
+        }
+        let base = std::env::var_os("PB_INTEROP_PYTHON").unwrap_or_else(|| "python3".into());
+        run_checked(
+            Command::new(&base).args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv (python3 with the venv module is required)",
+        )?;
+        run_checked(
+            Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--quiet",
+                TWISTED,
+            ]),
+            "pip install twisted",
+        )?;
+        run_checked(
+            Command::new(&python).args([
+                "-c",
+                "import twisted, OpenSSL; assert twisted.__version__ == '26.10.0'",
+            ]),
+            "checking the installed twisted",
+        )?;
+        std::fs::write(&marker, TWISTED).map_err(|e| format!("cannot write {marker:?}: {e}"))
+    };
+    if let Err(e) = build() {
+        panic!("cannot set up the python environment with Twisted: {e}");
+    }
+    python
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/twisted/jelly_vectors.py")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn s(text: &str) -> Value {
+    Value::from(text)
+}
+
+fn by(text: &'static str) -> Value {
+    Value::Bytes(Bytes::from_static(text.as_bytes()))
+}
+
+fn int(text: &str) -> Value {
+    Value::from(text.parse::<BigInt>().unwrap())
+}
+
+fn dec(coefficient: &str, exponent: i64) -> Value {
+    Value::Decimal(Decimal {
+        coefficient: coefficient.parse().unwrap(),
+        exponent,
+    })
+}
+
+/// pb's graph for each of the script's cases.
+fn case(name: &str) -> Graph {
+    let tree = |v: Value| Graph::new(v);
+    let date = Date {
+        year: 2020,
+        month: 7,
+        day: 11,
+    };
+    let time = Time {
+        hour: 1,
+        minute: 16,
+        second: 5,
+        microsecond: 344,
+    };
+    match name {
+        "int_small" => tree(Value::Int(1)),
+        "int_zero" => tree(Value::Int(0)),
+        "int_neg" => tree(Value::Int(-1015)),
+        "int_2_31" => tree(Value::Int(1 << 31)),
+        "int_neg_2_31" => tree(Value::Int(-(1 << 31))),
+        "int_neg_2_31_minus_1" => tree(Value::Int(-(1 << 31) - 1)),
+        "int_2_63" => tree(int("9223372036854775808")),
+        "int_2_64_plus_1" => tree(int("18446744073709551617")),
+        "int_neg_2_100" => tree(int("-1267650600228229401496703205376")),
+        // 2**448 - 1: 56 bytes of ones.
+        "int_max_448" => tree(Value::from(BigInt::from_parts(false, vec![0xff; 56]))),
+        "float" => tree(Value::Float(1.5)),
+        "float_neg_zero" => tree(Value::Float(-0.0)),
+        "float_inf" => tree(Value::Float(f64::INFINITY)),
+        "float_nan" => tree(Value::Float(f64::NAN)),
+        "bytes" => tree(by("hello")),
+        "bytes_vocab_word" => tree(by("remote")),
+        "bytes_empty" => tree(by("")),
+        "str" => tree(s("h\u{e9}llo \u{2603}")),
+        "str_empty" => tree(s("")),
+        "none" => tree(Value::None),
+        "true" => tree(Value::Bool(true)),
+        "false" => tree(Value::Bool(false)),
+        "list" => tree(Value::List(vec![
+            Value::Int(1),
+            Value::List(vec![Value::Int(2), s("x")]),
+            Value::List(vec![]),
+        ])),
+        "tuple" => tree(Value::Tuple(vec![
+            Value::Int(1),
+            by("a"),
+            Value::Tuple(vec![]),
+        ])),
+        "dict" => tree(Value::Dict(vec![
+            (s("a"), Value::Int(1)),
+            (Value::Int(2), Value::None),
+            (Value::Tuple(vec![Value::Int(1), Value::Int(2)]), by("x")),
+            (by("k"), Value::List(vec![Value::Float(1.5)])),
+        ])),
+        "set" => tree(Value::Set(vec![Value::Int(7)])),
+        "frozenset" => tree(Value::FrozenSet(vec![by("a")])),
+        "decimal_995" => tree(dec("995", -2)),
+        "decimal_neg" => tree(dec("-78901", -3)),
+        "decimal_trailing_zero" => tree(dec("150", -2)),
+        "decimal_big" => tree(dec("1180591620717411303424", 0)),
+        "decimal_exp" => tree(dec("1", 5)),
+        "datetime" => tree(Value::DateTime(DateTime { date, time })),
+        "date" => tree(Value::Date(date)),
+        "time" => tree(Value::Time(time)),
+        "timedelta" => tree(Value::TimeDelta(TimeDelta {
+            days: -1,
+            seconds: 5,
+            microseconds: 0,
+        })),
+        "instance" => tree(Value::Instance {
+            tag: Bytes::from_static(b"__main__.Point"),
+            state: Box::new(Value::Dict(vec![
+                (s("x"), Value::Int(1)),
+                (s("y"), s("two")),
+            ])),
+        }),
+        "unpersistable" => tree(Value::Unpersistable(Bytes::from_static(
+            b"instance of class __main__.Hidden deemed insecure",
+        ))),
+        "shared_dict_and_cycle" => {
+            let mut g = Graph::default();
+            let l = g.add_node(Value::List(vec![Value::Int(1), Value::Int(2)]));
+            let c = g.add_node(Value::None);
+            *g.node_mut(c).unwrap() = Value::List(vec![Value::Int(0), Value::Shared(c)]);
+            g.set_root(Value::Tuple(vec![
+                Value::Dict(vec![(s("a"), Value::Shared(l)), (s("b"), Value::Shared(l))]),
+                Value::Shared(c),
+            ]));
+            g
+        }
+        "identity" => {
+            let mut g = Graph::default();
+            let x = g.add_node(Value::None);
+            *g.node_mut(x).unwrap() = Value::List(vec![Value::Shared(x), Value::Shared(x)]);
+            g.set_root(Value::Shared(x));
+            g
+        }
+        "stress_references" => {
+            let mut g = Graph::default();
+            let t = g.add_node(Value::None);
+            let reref = g.add_node(Value::List(vec![Value::Shared(t)]));
+            *g.node_mut(t).unwrap() = Value::Tuple(vec![
+                Value::Dict(vec![(s("list"), Value::Shared(reref))]),
+                Value::Shared(reref),
+            ]);
+            g.set_root(Value::Shared(t));
+            g
+        }
+        "more_references" => {
+            let mut g = Graph::default();
+            let t = g.add_node(Value::None);
+            *g.node_mut(t).unwrap() =
+                Value::Tuple(vec![Value::List(vec![Value::Tuple(vec![Value::Shared(
+                    t,
+                )])])]);
+            g.set_root(Value::Shared(t));
+            g
+        }
+        "shared_tuple_as_key_and_value" => {
+            let mut g = Graph::default();
+            let t = g.add_node(Value::Tuple(vec![Value::Int(1), by("x")]));
+            g.set_root(Value::List(vec![
+                Value::Dict(vec![(Value::Shared(t), Value::Shared(t))]),
+                Value::Shared(t),
+            ]));
+            g
+        }
+        "cycle_through_dict" => {
+            let mut g = Graph::default();
+            let d = g.add_node(Value::None);
+            *g.node_mut(d).unwrap() = Value::Dict(vec![(s("self"), Value::Shared(d))]);
+            g.set_root(Value::Tuple(vec![
+                Value::Shared(d),
+                s("x"),
+                Value::Shared(d),
+            ]));
+            g
+        }
+        other => panic!("the script has a case pb does not know: {other}"),
+    }
+}
+
+fn pb_codec() -> BananaCodec {
+    let mut codec = BananaCodec::new(BananaConfig::default());
+    codec.set_dialect(Dialect::Pb);
+    codec
+}
+
+fn encode(g: &Graph) -> Vec<u8> {
+    let mut dst = BytesMut::new();
+    jelly::encode(g, &JellyConfig::default(), &pb_codec(), &mut dst).unwrap();
+    dst.to_vec()
+}
+
+#[test]
+fn jelly_and_banana_bytes_match_real_twisted_both_ways() {
+    let python = python();
+
+    // Twisted -> pb.
+    let out = Command::new(&python)
+        .arg(script())
+        .arg("encode")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let (name, hexdata) = line.split_once(' ').unwrap();
+        let twisted = unhex(hexdata);
+        let ours = case(name);
+        assert_eq!(
+            hex(&encode(&ours)),
+            hexdata,
+            "pb encodes {name} differently"
+        );
+        let decoded = jelly::decode(
+            &twisted,
+            &JellyConfig::default(),
+            BananaConfig::default(),
+            Dialect::Pb,
+        )
+        .unwrap_or_else(|e| panic!("pb cannot decode Twisted's {name}: {e}"));
+        assert_eq!(encode(&decoded), twisted, "{name} does not survive a trip");
+        // Tree cases decode to exactly pb's value; graphs are checked through their bytes.
+        if ours.node_count() == 0 && name != "float_nan" {
+            assert_eq!(decoded, ours, "{name}");
+        }
+        names.push(name.to_owned());
+    }
+    assert!(names.len() >= 40, "only {} cases", names.len());
+
+    // pb -> Twisted.
+    let mut child = Command::new(&python)
+        .arg(script())
+        .arg("check")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for name in &names {
+            writeln!(stdin, "{name} {}", hex(&encode(&case(name)))).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verdicts = String::from_utf8(out.stdout).unwrap();
+    let failures: Vec<&str> = verdicts.lines().filter(|l| !l.starts_with("ok ")).collect();
+    assert!(
+        failures.is_empty(),
+        "Twisted disagrees:\n{}",
+        failures.join("\n")
+    );
+    assert_eq!(verdicts.lines().count(), names.len());
+}
