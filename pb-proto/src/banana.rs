@@ -168,6 +168,31 @@ impl Dialect {
             _ => None,
         }
     }
+
+    /// The server's offer, `[b"pb", b"none"]`: the first expression on a connection, sent
+    /// in the [`Dialect::None`] dialect.
+    pub fn offer() -> Element {
+        Element::List(vec![
+            Element::Bytes(Bytes::from_static(Dialect::Pb.name())),
+            Element::Bytes(Bytes::from_static(Dialect::None.name())),
+        ])
+    }
+
+    /// The client's choice from a server's `offer`: the first dialect it names that we know,
+    /// as Twisted's client picks it (it then sends the name as a bare string). `None` when
+    /// the offer is not a list or names none we know: Twisted's client disconnects.
+    pub fn choose(offer: &Element) -> Option<Dialect> {
+        offer
+            .as_list()?
+            .iter()
+            .find_map(|e| e.as_bytes().and_then(|name| Dialect::from_name(name)))
+    }
+
+    /// The dialect a client chose, as the server reads the client's first expression: a bare
+    /// string naming a dialect we know. `None` otherwise: Twisted's server disconnects.
+    pub fn chosen(choice: &Element) -> Option<Dialect> {
+        choice.as_bytes().and_then(|name| Dialect::from_name(name))
+    }
 }
 
 /// One Banana element: what Python's Banana sends and receives.

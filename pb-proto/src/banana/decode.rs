@@ -40,6 +40,7 @@ impl BananaCodec {
             Err(e) => {
                 self.failed = true;
                 self.stack = Vec::new();
+                self.charged = 0;
                 tracing::debug!(error = %e, "banana decode failed");
                 Err(e)
             }

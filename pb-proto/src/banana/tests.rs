@@ -117,8 +117,21 @@ fn vectors_from_the_spec_and_live_captures() {
     assert_eq!(enc(&b("")), b"\x00\x82");
     // The handshake: the server's offer in the `none` dialect, the client's choice.
     let offer = list(vec![b("pb"), b("none")]);
+    assert_eq!(Dialect::offer(), offer);
     assert_eq!(enc(&offer), b"\x02\x80\x02\x82pb\x04\x82none");
+    assert_eq!(Dialect::choose(&offer), Some(Dialect::Pb));
     assert_eq!(enc(&b("pb")), b"\x02\x82pb");
+    assert_eq!(
+        Dialect::chosen(&dec(b"\x02\x82pb").unwrap()),
+        Some(Dialect::Pb)
+    );
+    // Twisted's client takes the first it knows, skipping the others.
+    let other = list(vec![b("xml"), Element::Int(1), b("none"), b("pb")]);
+    assert_eq!(Dialect::choose(&other), Some(Dialect::None));
+    assert_eq!(Dialect::choose(&list(vec![b("xml")])), None);
+    assert_eq!(Dialect::choose(&b("pb")), None);
+    assert_eq!(Dialect::chosen(&b("xml")), None);
+    assert_eq!(Dialect::chosen(&offer), None);
     // ["version", 6] in the pb dialect; `version` is word 19.
     let version = list(vec![b("version"), Element::Int(6)]);
     assert_eq!(enc_pb(&version), b"\x02\x80\x13\x87\x06\x81");
