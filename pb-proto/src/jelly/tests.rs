@@ -527,6 +527,36 @@ fn limits_on_depth_and_references() {
 }
 
 #[test]
+fn hostile_bytes_fail_in_banana_before_jelly_sees_them() {
+    // Truncated: a list of three with two elements.
+    assert_eq!(
+        unwire(b"\x03\x80\x08\x87\x01\x81"),
+        Err(JellyError::Banana(BananaCodecError::Truncated))
+    );
+    // A string claiming 4 GiB, with nothing behind it.
+    assert!(matches!(
+        unwire(b"\x00\x00\x00\x00\x10\x82"),
+        Err(JellyError::Banana(BananaCodecError::StringTooLong { .. }))
+    ));
+    // 65 prefix bytes.
+    assert_eq!(
+        unwire(&[0x01; 65]),
+        Err(JellyError::Banana(BananaCodecError::PrefixTooLong {
+            limit: 64
+        }))
+    );
+    // A decoder that failed stays failed.
+    let mut codec = BananaCodec::default();
+    let mut buf = BytesMut::from(&b"\x01\x88"[..]);
+    assert!(decode_buf(&mut buf, &JellyConfig::default(), &mut codec).is_err());
+    let mut buf = BytesMut::from(&b"\x01\x81"[..]);
+    assert_eq!(
+        decode_buf(&mut buf, &JellyConfig::default(), &mut codec),
+        Err(JellyError::Banana(BananaCodecError::Failed))
+    );
+}
+
+#[test]
 fn encoding_errors() {
     let g = tree(Value::Shared(NodeId(3)));
     assert_eq!(
