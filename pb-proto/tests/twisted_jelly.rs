@@ -6,6 +6,10 @@
 //! bytes go to the script, which unjellies them with Twisted and checks the value (and, by
 //! jellying it again, its sharing).
 //!
+//! A second test feeds edge-case and hostile Banana bytes to Twisted's decoder and to pb's, and
+//! checks that they accept and refuse the same ones and decode the same values, except where
+//! pb's own limits (nesting depth) deliberately refuse what Twisted takes.
+//!
 //! The virtualenv is the one the AMP interop tests use (`target/pb-interop-venv`, the same
 //! pinned Twisted), built here on first use from `python3` (or `$PB_INTEROP_PYTHON`). If
 //! python3, the virtualenv or the install is missing, this test fails; it never skips.
@@ -39,9 +43,15 @@ fn run_checked(cmd: &mut Command, what: &str) -> Result<(), String> {
     }
 }
 
-/// The interop virtualenv's python, as `tests/amp_interop.rs` builds it (same path, pin and
-/// completion marker, so either test reuses the other's).
+/// The interop virtualenv's python, built once per test process.
 fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(bootstrap_venv).clone()
+}
+
+/// Builds the interop virtualenv as `tests/amp_interop.rs` does (same path, pin and completion
+/// marker, so either test reuses the other's), unless it is complete.
+fn bootstrap_venv() -> PathBuf {
     let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
     let venv = target.join("pb-interop-venv");
     let python = venv.join("bin").join("python");
@@ -344,4 +354,131 @@ fn jelly_and_banana_bytes_match_real_twisted_both_ways() {
         failures.join("\n")
     );
     assert_eq!(verdicts.lines().count(), names.len());
+}
+
+/// What a decoder made of some bytes, in the script's `banana` mode's words: `err`, or `ok`,
+/// each expression re-encoded in the pb dialect (comma-separated, `-` for none), and whether
+/// bytes of an unfinished expression are held.
+fn pb_banana_verdict(wire: &[u8]) -> String {
+    let mut codec = pb_codec();
+    let mut buf = BytesMut::from(wire);
+    let mut exprs = Vec::new();
+    loop {
+        match codec.decode(&mut buf) {
+            Ok(Some(e)) => {
+                let mut out = BytesMut::new();
+                pb_codec().encode(&e, &mut out).unwrap();
+                exprs.push(hex(&out));
+            }
+            Ok(None) => break,
+            Err(_) => return "err".to_owned(),
+        }
+    }
+    let exprs = if exprs.is_empty() {
+        "-".to_owned()
+    } else {
+        exprs.join(",")
+    };
+    let partial = if codec.is_idle() && buf.is_empty() {
+        "whole"
+    } else {
+        "partial"
+    };
+    format!("ok {exprs} {partial}")
+}
+
+fn twisted_banana_verdicts(python: &Path, cases: &[String]) -> Vec<String> {
+    let mut child = Command::new(python)
+        .arg(script())
+        .arg("banana")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for case in cases {
+            writeln!(stdin, "{case}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verdicts: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(verdicts.len(), cases.len());
+    verdicts
+}
+
+#[test]
+fn banana_decoders_agree_on_edge_cases_and_hostile_bytes() {
+    let python = python();
+    let word = hex(b"version");
+    let cases: Vec<String> = [
+        // Lenient forms: empty prefixes, small longs, a big INT, a prefix before FLOAT, a
+        // vocabulary word spelled out.
+        "81".to_owned(),
+        "80".to_owned(),
+        "82".to_owned(),
+        "0083".to_owned(),
+        "0585".to_owned(),
+        "0586".to_owned(),
+        "7f7f7f7f7f7f7f7f7f7f81".to_owned(),
+        "7f7f7f7f7f7f7f7f7f81".to_owned(),
+        "05843ff8000000000000".to_owned(),
+        format!("0782{word}"),
+        "1f87".to_owned(),
+        // The prefix limit: 64 bytes pass, 65 fail, with or without a type byte.
+        format!("{}85", "7f".repeat(64)),
+        format!("{}86", "7f".repeat(64)),
+        format!("{}85", "7f".repeat(65)),
+        "01".repeat(64),
+        "01".repeat(65),
+        // The size limit, on lists and strings, at and over it; 4 GB claims.
+        "00002880".to_owned(),
+        "01002880".to_owned(),
+        "00002882".to_owned(),
+        "01002882".to_owned(),
+        "020101010180".to_owned(),
+        "020101010182".to_owned(),
+        "000000000480".to_owned(),
+        // Garbage and unknown vocabulary.
+        "0188".to_owned(),
+        "ff".to_owned(),
+        "7a87".to_owned(),
+        "0087".to_owned(),
+        "2087".to_owned(),
+        // Truncation and several expressions in one read.
+        "02800181".to_owned(),
+        "843ff8".to_owned(),
+        "00".to_owned(),
+        format!("0a82{}", hex(b"hello")),
+        "01818101".to_owned(),
+        "03800080008000800281".to_owned(),
+        "0280028001810281".to_owned(),
+    ]
+    .into_iter()
+    .collect();
+    let twisted = twisted_banana_verdicts(&python, &cases);
+    for (case, theirs) in cases.iter().zip(&twisted) {
+        assert_eq!(&pb_banana_verdict(&unhex(case)), theirs, "bytes {case}");
+    }
+    // pb's nesting limit refuses what Twisted, which has none, accepts.
+    let deep = vec![format!("{}0080", "0180".repeat(64))];
+    let theirs = twisted_banana_verdicts(&python, &deep);
+    assert!(theirs[0].starts_with("ok "), "Twisted: {}", theirs[0]);
+    assert_eq!(pb_banana_verdict(&unhex(&deep[0])), "err");
+    // One level less, both take it.
+    let deep = format!("{}0080", "0180".repeat(63));
+    assert_eq!(
+        pb_banana_verdict(&unhex(&deep)),
+        twisted_banana_verdicts(&python, std::slice::from_ref(&deep))[0]
+    );
 }

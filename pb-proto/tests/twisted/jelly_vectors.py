@@ -3,6 +3,11 @@
 `python jelly_vectors.py encode` prints one line per case: its name and the hex of
 Banana(pb dialect)(jelly(value)), as Twisted's PB sends it.
 
+`python jelly_vectors.py banana` reads lines of hex from stdin and feeds each, whole, to a fresh
+Twisted Banana in the pb dialect. It prints `err` when Twisted raises, else `ok`, the hex of
+each expression decoded (re-encoded by Twisted in the pb dialect, comma-separated, `-` for
+none) and `partial` or `whole` (whether Twisted holds bytes of an unfinished expression).
+
 `python jelly_vectors.py check` reads lines `name hex` (bytes pb produced) from stdin, decodes
 each with Twisted's Banana in the pb dialect, unjellies it, and prints `ok name` when the result
 equals the case's value and jellies again to the same bytes (which checks that shared and
@@ -209,8 +214,24 @@ def main():
                 print("ok", name)
             else:
                 print("FAIL", name, reason)
+    elif mode == "banana":
+        for line in sys.stdin:
+            line = line.strip()
+            if not line:
+                continue
+            b = banana_pb()
+            got = []
+            b.expressionReceived = got.append
+            try:
+                b.dataReceived(bytes.fromhex(line))
+            except Exception:
+                print("err")
+                continue
+            exprs = ",".join(encode(e).hex() for e in got) or "-"
+            partial = "partial" if (b.buffer or b.listStack) else "whole"
+            print("ok", exprs, partial)
     else:
-        raise SystemExit("usage: jelly_vectors.py encode|check")
+        raise SystemExit("usage: jelly_vectors.py encode|banana|check")
     sys.stdout.flush()
 
 
