@@ -57,6 +57,8 @@
 mod decode;
 mod encode;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 mod value;
 
