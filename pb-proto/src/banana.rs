@@ -21,6 +21,16 @@
 //! ([`SIZE_LIMIT`]). pb adds a nesting depth and a size budget per expression. Every limit is
 //! checked on the prefix, before the body arrives and before anything is allocated for it.
 //!
+//! # What differs from Twisted
+//! - Twisted limits neither nesting nor the size of an expression; pb refuses lists nested
+//!   deeper than [`BananaConfig::max_depth`] and expressions over
+//!   [`BananaConfig::max_expression_size`] in memory, on both sides.
+//! - Every bad input is a [`BananaCodecError`]; Twisted raises `BananaError`, `KeyError` or
+//!   `NotImplementedError` and drops the connection. After one, the codec decodes nothing more.
+//! - The rest is Twisted's, checked against Twisted 26.10 by `tests/twisted_jelly.rs`: the
+//!   same bytes encoded, the same bytes accepted (empty prefixes, a prefix before FLOAT, small
+//!   values as LONGINT, large ones as INT) and refused.
+//!
 //! # Layout
 //! - `bigint`: [`BigInt`], the integers beyond `i64` (sign and little-endian magnitude);
 //! - `decode`: [`BananaCodec::decode`], the incremental decoder;

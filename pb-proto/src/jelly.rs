@@ -49,6 +49,17 @@
 //! assert_eq!(back.resolve(&pairs[0].1), &Value::List(vec![Value::Int(1), Value::Int(2)]));
 //! ```
 //!
+//! # What differs from Twisted
+//! - Nothing is resolved by name: Twisted imports a dotted tag's module and class when its
+//!   security options allow it; pb keeps the tag and state as data, and refuses the tags that
+//!   would name code whatever the options.
+//! - Jelly's own types must have exactly their arguments (Twisted ignores extra ones, which
+//!   its jellier never writes); `datetime` fields are checked against their ranges, as
+//!   Python's constructors do, but a day is not checked against its month.
+//! - Depth and the number of reference numbers per message are limited ([`JellyConfig`]).
+//! - A `reference` whose body is itself a `reference` or `dereference` is refused: Twisted
+//!   never writes one.
+//!
 //! # Layout
 //! - `value`: [`Value`], [`Graph`] and the small types they hold;
 //! - `encode`: [`to_sexp`], a graph to an s-expression;
