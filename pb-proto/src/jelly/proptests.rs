@@ -135,6 +135,7 @@ proptest! {
     fn graphs_reach_a_fixed_point_after_one_trip(g in arb_graph()) {
         let first = wire(&g);
         let decoded = unwire(&first).unwrap();
+        prop_assert!(decoded.equivalent(&g));
         let second = wire(&decoded);
         prop_assert_eq!(&first, &second);
         prop_assert_eq!(unwire(&second).unwrap(), decoded);

@@ -279,6 +279,29 @@ fn test_jelly_identity_stress_and_more_references() {
 }
 
 #[test]
+fn equivalence_ignores_node_numbering_but_not_sharing() {
+    // [a, a] with a = [NaN] built with a spare node first, against the same built plainly.
+    let mut one = Graph::default();
+    one.add_node(Value::from("spare"));
+    let a = one.add_node(Value::List(vec![Value::Float(f64::NAN)]));
+    one.set_root(Value::List(vec![Value::Shared(a), Value::Shared(a)]));
+    let mut two = Graph::default();
+    let a = two.add_node(Value::List(vec![Value::Float(f64::NAN)]));
+    two.set_root(Value::List(vec![Value::Shared(a), Value::Shared(a)]));
+    assert_ne!(one, two);
+    assert!(one.equivalent(&two));
+    assert!(one.equivalent(&unwire(&wire(&one)).unwrap()));
+    // Two equal lists that are not shared are a different value.
+    let unshared = tree(Value::List(vec![
+        Value::List(vec![Value::Float(f64::NAN)]),
+        Value::List(vec![Value::Float(f64::NAN)]),
+    ]));
+    assert!(!one.equivalent(&unshared));
+    assert!(!tree(Value::Float(0.0)).equivalent(&tree(Value::Float(-0.0))));
+    assert!(!tree(Value::Shared(NodeId(9))).equivalent(&tree(Value::Shared(NodeId(9)))));
+}
+
+#[test]
 fn a_node_reached_once_is_inline_and_unreachable_nodes_are_not_sent() {
     let mut g = Graph::default();
     let once = g.add_node(Value::List(vec![Value::Int(1)]));

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use crate::banana::BigInt;
+use crate::banana::{BigInt, Element};
 
 /// A node of a [`Graph`]: a value reachable from several places, or from itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -317,6 +317,22 @@ impl Graph {
         }
     }
 
+    /// Whether `self` and `other` are the same value: equal up to the numbering and order of
+    /// nodes, with the same sharing and cycles, floats compared bit for bit (NaN equals the
+    /// same NaN, `-0.0` differs from `0.0`). Nodes that are unreachable, or reached once, do
+    /// not matter. A graph that cannot be jellied (an edge to a missing node, too deep) is
+    /// equivalent to nothing.
+    pub fn equivalent(&self, other: &Graph) -> bool {
+        let config = super::JellyConfig::default();
+        match (
+            super::to_sexp(self, &config),
+            super::to_sexp(other, &config),
+        ) {
+            (Ok(a), Ok(b)) => same_element(&a, &b),
+            _ => false,
+        }
+    }
+
     /// The root and the nodes, taken apart.
     pub fn into_parts(self) -> (Value, Vec<Value>) {
         (self.root, self.nodes)
@@ -331,5 +347,16 @@ impl Graph {
 impl From<Value> for Graph {
     fn from(root: Value) -> Self {
         Graph::new(root)
+    }
+}
+
+/// Element equality with floats compared bit for bit.
+fn same_element(a: &Element, b: &Element) -> bool {
+    match (a, b) {
+        (Element::Float(x), Element::Float(y)) => x.to_bits() == y.to_bits(),
+        (Element::List(x), Element::List(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_element(a, b))
+        }
+        (a, b) => a == b,
     }
 }
