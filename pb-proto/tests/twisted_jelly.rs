@@ -6,7 +6,11 @@
 //! bytes go to the script, which unjellies them with Twisted and checks the value (and, by
 //! jellying it again, its sharing).
 //!
-//! A second test feeds edge-case and hostile Banana bytes to Twisted's decoder and to pb's, and
+//! Another speaks to a live Twisted PB server (`tests/twisted/pb_echo_server.py`) over TCP with
+//! the dialect handshake, `version` and `message` / `answer`, and checks that every value it
+//! sends to the root's `echo` comes back equivalent, sharing and cycles included.
+//!
+//! A third feeds edge-case and hostile Banana bytes to Twisted's decoder and to pb's, and
 //! checks that they accept and refuse the same ones and decode the same values, except where
 //! pb's own limits (nesting depth) deliberately refuse what Twisted takes.
 //!
@@ -17,12 +21,14 @@
 // Tests fail by panicking; unwrapping is how they say so.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use pb_proto::banana::{BananaCodec, BananaConfig, BigInt, Dialect};
+use pb_proto::banana::{BananaCodec, BananaConfig, BigInt, Dialect, Element};
 use pb_proto::jelly::{self, Date, DateTime, Decimal, Graph, JellyConfig, Time, TimeDelta, Value};
 
 const TWISTED: &str = "twisted[tls]==26.10.0";
@@ -481,4 +487,157 @@ fn banana_decoders_agree_on_edge_cases_and_hostile_bytes() {
         pb_banana_verdict(&unhex(&deep)),
         twisted_banana_verdicts(&python, std::slice::from_ref(&deep))[0]
     );
+}
+
+/// A child process killed when the test ends, however it ends.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One side of a raw PB connection: Banana over a blocking socket.
+struct Wire {
+    stream: TcpStream,
+    codec: BananaCodec,
+    buf: BytesMut,
+}
+
+impl Wire {
+    fn read(&mut self) -> Element {
+        loop {
+            if let Some(e) = self.codec.decode(&mut self.buf).unwrap() {
+                return e;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "the server closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn send(&mut self, e: &Element) {
+        let mut out = BytesMut::new();
+        self.codec.encode(e, &mut out).unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+}
+
+fn atom(word: &'static str) -> Element {
+    Element::from(word)
+}
+
+#[test]
+fn a_live_twisted_pb_server_echoes_every_value_with_its_sharing() {
+    let python = python();
+    let mut child = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/twisted/pb_echo_server.py"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _server = Server(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let port: u16 = line.trim().parse().unwrap();
+
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut wire = Wire {
+        stream,
+        codec: BananaCodec::default(),
+        buf: BytesMut::new(),
+    };
+    // The handshake: the server offers, we choose, then both say `version` 6.
+    let offer = wire.read();
+    assert_eq!(offer, Dialect::offer());
+    assert_eq!(Dialect::choose(&offer), Some(Dialect::Pb));
+    wire.send(&atom("pb"));
+    wire.codec.set_dialect(Dialect::Pb);
+    wire.send(&Element::List(vec![atom("version"), Element::Int(6)]));
+    assert_eq!(
+        wire.read(),
+        Element::List(vec![atom("version"), Element::Int(6)])
+    );
+
+    // Every case the script knows except those Twisted's default security refuses (an
+    // instance of __main__) or rewrites (an unpersistable), one call each.
+    let names: Vec<&str> = [
+        "int_small",
+        "int_zero",
+        "int_neg",
+        "int_2_31",
+        "int_neg_2_31_minus_1",
+        "int_2_63",
+        "int_2_64_plus_1",
+        "int_neg_2_100",
+        "int_max_448",
+        "float",
+        "float_neg_zero",
+        "float_inf",
+        "float_nan",
+        "bytes",
+        "bytes_vocab_word",
+        "bytes_empty",
+        "str",
+        "str_empty",
+        "none",
+        "true",
+        "false",
+        "list",
+        "tuple",
+        "dict",
+        "set",
+        "frozenset",
+        "decimal_995",
+        "decimal_neg",
+        "decimal_trailing_zero",
+        "decimal_big",
+        "decimal_exp",
+        "datetime",
+        "date",
+        "time",
+        "timedelta",
+        "shared_dict_and_cycle",
+        "identity",
+        "stress_references",
+        "more_references",
+        "shared_tuple_as_key_and_value",
+        "cycle_through_dict",
+    ]
+    .to_vec();
+    let config = JellyConfig::default();
+    let kwargs = jelly::to_sexp(&Graph::new(Value::Dict(vec![])), &config).unwrap();
+    for (n, name) in names.iter().enumerate() {
+        let request = n as i64 + 1;
+        // The arguments are one tuple, jellied together: wrap the case's root in it.
+        let (root, nodes) = case(name).into_parts();
+        let args = Graph::from_parts(Value::Tuple(vec![root.clone()]), nodes.clone());
+        wire.send(&Element::List(vec![
+            atom("message"),
+            Element::Int(request),
+            atom("root"),
+            atom("echo"),
+            Element::Int(1),
+            jelly::to_sexp(&args, &config).unwrap(),
+            kwargs.clone(),
+        ]));
+        let answer = wire.read();
+        let Element::List(parts) = &answer else {
+            panic!("{name}: not a list: {answer:?}");
+        };
+        assert_eq!(parts.first(), Some(&atom("answer")), "{name}: {answer:?}");
+        assert_eq!(parts.get(1), Some(&Element::Int(request)), "{name}");
+        let echoed = jelly::from_sexp(parts.get(2).unwrap(), &config).unwrap();
+        assert!(
+            echoed.equivalent(&Graph::from_parts(root, nodes)),
+            "{name}: sent {:?}, got {echoed:?}",
+            case(name)
+        );
+    }
 }
