@@ -22,7 +22,11 @@
 //! - `imports`: the references held to the peer's objects, by generation;
 //! - `limits`: a connection's limits, protocol violations, table counts;
 //! - `liveness`: keep-alive and idle timing, driven by an explicit `now`;
-//! - `amp`: AMP's box codec and its request/response [`amp::Dispatcher`].
+//! - `amp`: AMP's box codec and its request/response [`amp::Dispatcher`];
+//! - `banana`: Twisted's Banana s-expression framing (the `pb` dialect and its vocabulary),
+//!   an incremental decoder with Twisted's limits checked before allocation;
+//! - `jelly`: Twisted's Jelly, a dynamic [`jelly::Value`] and its s-expressions, shared and
+//!   cyclic containers kept as a [`jelly::Graph`].
 //!
 //! # Example
 //! A frame goes in as bytes, in any chunks, and comes out whole:
@@ -45,6 +49,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod amp;
+pub mod banana;
 pub mod broker;
 pub mod calls;
 pub mod exports;
@@ -52,6 +57,7 @@ pub mod frame;
 pub mod handshake;
 pub mod hash;
 pub mod imports;
+pub mod jelly;
 pub mod limits;
 pub mod liveness;
 pub mod message;
