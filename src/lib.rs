@@ -33,6 +33,42 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Serving until stopped
+//! [`Server::serve`] returns a [`ServerHandle`]: keep it, because dropping it stops the server
+//! accepting connections (the compiler warns about a handle left unused). A program serves until
+//! the server is shut down with [`ServerHandle::wait`]; anything that should be able to shut it
+//! down, a call handler included, holds a [`ShutdownHandle`]. Taken from the bound [`Server`]
+//! before serving, it can be part of the root object:
+//!
+//! ```
+//! #[pb::remote]
+//! pub trait Admin {
+//!     async fn stop(&self) -> Result<(), ()>;
+//! }
+//!
+//! struct Control { stop: pb::ShutdownHandle }
+//! impl Admin for Control {
+//!     async fn stop(&self) -> Result<(), ()> {
+//!         // Only asks: the shutdown lets this call finish and answers it first.
+//!         self.stop.shutdown();
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let server = pb::Server::from_listener(listener);
+//! let stop = server.shutdown_handle();
+//! let server = server.serve(AdminRef::new(Control { stop }));
+//!
+//! let conn = pb::Client::connect(server.local_addr()).await?;
+//! let admin: AdminRef = conn.root();
+//! tokio::spawn(async move { admin.stop().await });
+//! // Returns once the shutdown has closed every connection.
+//! server.wait().await;
+//! # Ok(()) }
+//! ```
+//!
 //! # What `#[pb::remote]` generates
 //! For a trait `Foo`:
 //! - the trait itself, `Send + Sync + 'static`, whose `async fn`s implementations may write as
@@ -82,7 +118,7 @@ pub use pb_core::{
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{
     Avatar, ClientAuth, Identity, LoginConfig, LoginRequest, PeerCertificate, Portal, Realm,
-    Server, ServerBuilder, ServerHandle, ServerTls, VerifierStore, Verifiers,
+    Server, ServerBuilder, ServerHandle, ServerTls, ShutdownHandle, VerifierStore, Verifiers,
 };
 
 pub use pb_core::pem::TlsError;
