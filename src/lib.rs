@@ -69,6 +69,48 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Logging in
+//! A server that serves a [`Portal`] makes each connection log in before it reaches anything:
+//! the portal checks the credentials (SCRAM-SHA-256 passwords from [`Verifiers`], anonymous, or
+//! a TLS client certificate) and its realm hands out the avatar, the object the user acts
+//! through. [`Client::login`] dials, logs in with a password and returns the typed avatar; for
+//! TLS, a mind (an object of the client's that the realm may call back, typed on the server's
+//! side with [`LoginRequest::mind_as`]) or other ways to log in, open a [`Session`] with
+//! [`Client::builder`]. **One login per connection:** once a connection has logged in, it stays
+//! that user's, and the server refuses another login on it ([`Refusal::AlreadyLoggedIn`]); to
+//! act as another user, open another connection.
+//!
+//! ```
+//! #[pb::remote]
+//! pub trait Account {
+//!     async fn whoami(&self, caller: pb::Caller) -> Result<String, ()>;
+//! }
+//!
+//! struct Me;
+//! impl Account for Me {
+//!     async fn whoami(&self, caller: pb::Caller) -> Result<String, ()> {
+//!         let identity = caller.identity::<pb::Identity>().ok_or(())?;
+//!         Ok(identity.name().unwrap_or("nobody").to_owned())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut users = pb::Verifiers::new();
+//! users.add_user("ada", "correct horse")?;
+//! let portal = pb::Portal::new(|login: pb::LoginRequest| async move {
+//!     // A client that sent a mind (`Session::with_mind`) could be called back through
+//!     // `login.mind_as::<SomeRef>()`.
+//!     Ok(pb::Avatar::new(AccountRef::new(Me)))
+//! })
+//! .verifiers(users);
+//! let server = pb::Server::bind("127.0.0.1:0").await?.serve_portal(portal);
+//!
+//! let me: AccountRef = pb::Client::login(server.local_addr(), "ada", "correct horse").await?;
+//! assert_eq!(me.whoami().await?, "ada");
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
 //! # What `#[pb::remote]` generates
 //! For a trait `Foo`:
 //! - the trait itself, `Send + Sync + 'static`, whose `async fn`s implementations may write as

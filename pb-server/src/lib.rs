@@ -3,7 +3,8 @@
 //! A [`Server`] binds a TCP listener, optionally speaks TLS on it ([`ServerTls`]), and serves
 //! either a root object (one shared by every connection, or one made per connection) or a
 //! [`Portal`]: Perspective Broker's login, where each connection must log in (SCRAM-SHA-256
-//! password, anonymous, or TLS client certificate) to receive its avatar. It caps the number of
+//! password, anonymous, or TLS client certificate) to receive its avatar, once: one login per
+//! connection. It caps the number of
 //! live connections and shuts down gracefully: it stops accepting, lets the calls in flight
 //! finish and their answers go out, then closes every connection.
 //!
