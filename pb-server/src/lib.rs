@@ -4,9 +4,10 @@
 //! either a root object (one shared by every connection, or one made per connection) or a
 //! [`Portal`]: Perspective Broker's login, where each connection must log in (SCRAM-SHA-256
 //! password, anonymous, or TLS client certificate) to receive its avatar, once: one login per
-//! connection. It caps the number of
-//! live connections and shuts down gracefully: it stops accepting, lets the calls in flight
-//! finish and their answers go out, then closes every connection.
+//! connection. It caps the number of live connections and shuts down gracefully: it stops
+//! accepting, lets the calls in flight finish and their answers go out, then closes every
+//! connection. [`ServerHandle::wait`] serves until then; a [`ShutdownHandle`] asks for it from
+//! anywhere, a call handler included.
 //!
 //! # Layout
 //! - this file: [`Server`], [`ServerBuilder`], [`ServerHandle`], [`ShutdownHandle`] and the
@@ -641,7 +642,6 @@ impl ServerHandle {
 /// still answers its caller. [`ServerHandle::wait`] returns once the shutdown is done.
 ///
 /// ```
-/// # use std::sync::Arc;
 /// # async fn example(make_root: impl Fn(pb_server::ShutdownHandle) -> pb_core::ObjectRef) -> std::io::Result<()> {
 /// let server = pb_server::Server::bind("127.0.0.1:0").await?;
 /// // The root's `stop` method calls `shutdown()` on its handle.
