@@ -294,7 +294,8 @@ fn serve(kind: &str) {
                     .expect("bind");
                 let server = server.serve(BenchRef::new(BenchImpl));
                 announce(server.local_addr().port());
-                std::future::pending::<()>().await;
+                // Serves until the parent kills this process.
+                server.wait().await;
             }
             other => panic!("unknown server kind {other}"),
         }

@@ -106,7 +106,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ca = DevCa::new("pb example ca")?;
     let server_cert = ca.issue(&["localhost", "127.0.0.1"])?;
 
-    // What the server stores: verifiers, not passwords (see examples/make_verifier.rs).
+    // What the server stores: verifiers, not passwords (see examples/make_verifier.rs). Made
+    // here at 4 096 iterations to keep the example quick; `users.add_user(name, password)` makes
+    // one at the default cost.
     let mut users = Verifiers::new();
     for (name, password) in [("alice", "wonderland"), ("bob", "builder")] {
         let stored = ScramVerifier::with_iterations(password, 4096)?.to_string();
@@ -119,7 +121,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let room = realm_room.clone();
         async move {
             let name = login.identity.name().ok_or(Refusal::NotOffered)?.to_owned();
-            let mind = login.mind.map(<ListenerRef as pb::Remote>::from_object_ref);
+            let mind = login.mind_as::<ListenerRef>();
             if let Some(mind) = mind {
                 room.members
                     .lock()
@@ -166,17 +168,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    // A wrong password is refused, with the same answer an unknown user gets.
-    let (mallory, _) = connect("mallory").await?;
-    match mallory.login::<ChatRef>("alice", "guess").await {
+    // A wrong password is refused, with the same answer an unknown user gets. (Without a mind,
+    // the builder dials and logs in in one call.)
+    let guessed = pb::Client::builder()
+        .tls(trust.clone())
+        .login::<ChatRef>(server.local_addr(), "alice", "guess")
+        .await;
+    match guessed {
         Err(e) => println!("mallory: login as alice with a guessed password: {e}"),
         Ok(_) => return Err("a guessed password was accepted".into()),
     }
-    mallory.close().await;
 
     let (alice_session, mut alice_heard) = connect("alice").await?;
     let alice: ChatRef = alice_session.login("alice", "wonderland").await?;
     println!("alice: logged in over tls");
+    // One login per connection: this one is alice's for good.
+    match alice_session.login::<ChatRef>("bob", "builder").await {
+        Err(e) => println!("alice: a second login on her connection: {e}"),
+        Ok(_) => return Err("a second login on one connection was accepted".into()),
+    }
     let (bob_session, mut bob_heard) = connect("bob").await?;
     let bob: ChatRef = bob_session.login("bob", "builder").await?;
     println!("bob: logged in over tls");

@@ -32,8 +32,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "chat server listening on {} (Ctrl-C to stop)",
         server.local_addr()
     );
-    tokio::signal::ctrl_c().await?;
-    println!("shutting down");
-    server.shutdown().await;
+    // Ctrl-C asks for a graceful shutdown; anything else holding a `ShutdownHandle` (a call
+    // handler, say) could ask as well.
+    let stop = server.shutdown_handle();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            println!("shutting down");
+            stop.shutdown();
+        }
+    });
+    // Serve until the shutdown has closed every connection.
+    server.wait().await;
     Ok(())
 }

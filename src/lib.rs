@@ -33,6 +33,84 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Serving until stopped
+//! [`Server::serve`] returns a [`ServerHandle`]: keep it, because dropping it stops the server
+//! accepting connections (the compiler warns about a handle left unused). A program serves until
+//! the server is shut down with [`ServerHandle::wait`]; anything that should be able to shut it
+//! down, a call handler included, holds a [`ShutdownHandle`]. Taken from the bound [`Server`]
+//! before serving, it can be part of the root object:
+//!
+//! ```
+//! #[pb::remote]
+//! pub trait Admin {
+//!     async fn stop(&self) -> Result<(), ()>;
+//! }
+//!
+//! struct Control { stop: pb::ShutdownHandle }
+//! impl Admin for Control {
+//!     async fn stop(&self) -> Result<(), ()> {
+//!         // Only asks: the shutdown lets this call finish and answers it first.
+//!         self.stop.shutdown();
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let server = pb::Server::from_listener(listener);
+//! let stop = server.shutdown_handle();
+//! let server = server.serve(AdminRef::new(Control { stop }));
+//!
+//! let conn = pb::Client::connect(server.local_addr()).await?;
+//! let admin: AdminRef = conn.root();
+//! tokio::spawn(async move { admin.stop().await });
+//! // Returns once the shutdown has closed every connection.
+//! server.wait().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Logging in
+//! A server that serves a [`Portal`] makes each connection log in before it reaches anything:
+//! the portal checks the credentials (SCRAM-SHA-256 passwords from [`Verifiers`], anonymous, or
+//! a TLS client certificate) and its realm hands out the avatar, the object the user acts
+//! through. [`Client::login`] dials, logs in with a password and returns the typed avatar; for
+//! TLS, a mind (an object of the client's that the realm may call back, typed on the server's
+//! side with [`LoginRequest::mind_as`]) or other ways to log in, open a [`Session`] with
+//! [`Client::builder`]. **One login per connection:** once a connection has logged in, it stays
+//! that user's, and the server refuses another login on it ([`Refusal::AlreadyLoggedIn`]); to
+//! act as another user, open another connection.
+//!
+//! ```
+//! #[pb::remote]
+//! pub trait Account {
+//!     async fn whoami(&self, caller: pb::Caller) -> Result<String, ()>;
+//! }
+//!
+//! struct Me;
+//! impl Account for Me {
+//!     async fn whoami(&self, caller: pb::Caller) -> Result<String, ()> {
+//!         let identity = caller.identity::<pb::Identity>().ok_or(())?;
+//!         Ok(identity.name().unwrap_or("nobody").to_owned())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut users = pb::Verifiers::new();
+//! users.add_user("ada", "correct horse")?;
+//! let portal = pb::Portal::new(|login: pb::LoginRequest| async move {
+//!     // A client that sent a mind (`Session::with_mind`) could be called back through
+//!     // `login.mind_as::<SomeRef>()`.
+//!     Ok(pb::Avatar::new(AccountRef::new(Me)))
+//! })
+//! .verifiers(users);
+//! let server = pb::Server::bind("127.0.0.1:0").await?.serve_portal(portal);
+//!
+//! let me: AccountRef = pb::Client::login(server.local_addr(), "ada", "correct horse").await?;
+//! assert_eq!(me.whoami().await?, "ada");
+//! server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
 //! # What `#[pb::remote]` generates
 //! For a trait `Foo`:
 //! - the trait itself, `Send + Sync + 'static`, whose `async fn`s implementations may write as
@@ -82,7 +160,7 @@ pub use pb_core::{
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{
     Avatar, ClientAuth, Identity, LoginConfig, LoginRequest, PeerCertificate, Portal, Realm,
-    Server, ServerBuilder, ServerHandle, ServerTls, VerifierStore, Verifiers,
+    Server, ServerBuilder, ServerHandle, ServerTls, ShutdownHandle, VerifierStore, Verifiers,
 };
 
 pub use pb_core::pem::TlsError;

@@ -32,6 +32,7 @@ use tokio::net::ToSocketAddrs;
 /// assert_eq!(to_b.root::<NamedRef>().name().await, Ok("b".into()));
 /// # a.shutdown().await; b.shutdown().await; Ok(()) }
 /// ```
+#[must_use = "dropping a Node stops it accepting peers: keep it, or call its `shutdown()`"]
 pub struct Node {
     root: ObjectRef,
     config: Config,

@@ -10,9 +10,12 @@
 //! ([`Identity::Certificate`]), as a verified client certificate is on the server's side: a
 //! handler of ours that the server calls reads it with `caller.identity::<Identity>()`.
 //!
-//! To log in to a server that serves a portal, [`ClientBuilder::open`] returns a [`Session`]
-//! whose [`Session::login`] (SCRAM-SHA-256), [`Session::login_anonymous`] and
-//! [`Session::login_with_certificate`] return the typed avatar.
+//! To log in to a server that serves a portal, [`Client::login`] dials, logs in with a password
+//! and returns the typed avatar. For more ([`ClientBuilder::tls`], a mind, other ways to log
+//! in), [`ClientBuilder::open`] returns a [`Session`] whose [`Session::login`] (SCRAM-SHA-256),
+//! [`Session::login_anonymous`] and [`Session::login_with_certificate`] return the typed avatar.
+//! One login per connection: once logged in, a connection stays that user's, and the server
+//! refuses another login on it ([`pb_core::login::Refusal::AlreadyLoggedIn`]).
 //!
 //! # Layout
 //! - this file: [`Client`], [`ClientBuilder`], [`ClientError`] and dialing;
@@ -53,7 +56,7 @@ use std::sync::Arc;
 
 use pb_core::handshake::HandshakeError;
 use pb_core::scram::{self, ChannelBinding, EXPORTER_LABEL, EXPORTER_LEN};
-use pb_core::{Config, ConnectError, Connection, ObjectRef, Side};
+use pb_core::{Config, ConnectError, Connection, ObjectRef, Remote, Side};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 mod reconnect;
@@ -80,6 +83,36 @@ impl Client {
     /// Start building a client with custom settings.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
+    }
+
+    /// Dial `addr` with default settings (no TLS), log in with a password (SCRAM-SHA-256) and
+    /// return the avatar, typed as `R` (for example a generated `FooRef`): the common case of
+    /// [`ClientBuilder::open`] followed by [`Session::login`]. With TLS or other settings, use
+    /// [`ClientBuilder::login`]; to hand the server a mind, or to log in otherwise, open a
+    /// [`Session`].
+    ///
+    /// The connection stays open while the server keeps it; the avatar reaches it with
+    /// `avatar.object_ref().peer()` (to close it, for example). One login per connection: this
+    /// connection is logged in as `username` for good.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), pb_client::LoginError> {
+    /// use pb_core::Remote;
+    /// let avatar: pb_core::ObjectRef =
+    ///     pb_client::Client::login("127.0.0.1:8789", "ada", "correct horse").await?;
+    /// if let Some(conn) = avatar.object_ref().peer() {
+    ///     conn.close().await;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn login<R: Remote>(
+        addr: impl ToSocketAddrs,
+        username: &str,
+        password: &str,
+    ) -> Result<R, LoginError> {
+        ClientBuilder::default()
+            .login(addr, username, password)
+            .await
     }
 }
 
@@ -227,6 +260,24 @@ impl ClientBuilder {
     /// [`ClientError::ServerRequiresTls`]).
     pub async fn open(self, addr: impl ToSocketAddrs) -> Result<Session, ClientError> {
         self.open_with(addr, Hello::Wait).await
+    }
+
+    /// Dial `addr` with these settings, log in with a password and return the typed avatar:
+    /// [`ClientBuilder::open`] followed by [`Session::login`], a failure to open the connection
+    /// being [`LoginError::Connect`]. See [`Client::login`].
+    pub async fn login<R: Remote>(
+        self,
+        addr: impl ToSocketAddrs,
+        username: &str,
+        password: &str,
+    ) -> Result<R, LoginError> {
+        let session = self.open(addr).await.map_err(LoginError::Connect)?;
+        let logged_in = session.login(username, password).await;
+        if logged_in.is_err() {
+            // Nothing else will use this connection.
+            session.close().await;
+        }
+        logged_in
     }
 
     async fn open_with(

@@ -8,6 +8,8 @@ use pb_core::login::{
 use pb_core::scram::{ChannelBinding, ScramClient, ScramError};
 use pb_core::{CallError, Connection, ObjectRef, Remote};
 
+use crate::ClientError;
+
 /// Logging in failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -27,6 +29,10 @@ pub enum LoginError {
     /// [`LoginError::Refused`], never here.
     #[error("login call failed")]
     Call(#[source] CallError<Refusal>),
+    /// The connection to log in over could not be opened ([`crate::Client::login`] and
+    /// [`crate::ClientBuilder::login`], which dial first).
+    #[error("cannot open the connection to log in")]
+    Connect(#[source] ClientError),
 }
 
 impl LoginError {
@@ -49,6 +55,14 @@ impl From<CallError<Refusal>> for LoginError {
 }
 
 /// A pb connection opened by [`crate::ClientBuilder::open`], ready to log in.
+///
+/// **One login per connection:** once a login on this session has succeeded, the server refuses
+/// any other on the same connection with [`Refusal::AlreadyLoggedIn`] (the avatar, and the
+/// identity every call on the connection carries, are set once). To act as another user, open
+/// another connection. A failed attempt may be retried on the same connection, up to the
+/// server's failure limit (`LoginConfig::max_failures` in pb-server), after which it closes the
+/// connection. For the common case, [`crate::Client::login`] opens the connection and logs in
+/// in one call.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -105,6 +119,9 @@ impl Session {
     /// Log in with a password (SCRAM-SHA-256, bound to the TLS channel when there is one) and
     /// get the avatar, typed as `R` (for example a generated `FooRef`). The password never
     /// leaves this process; the server proves it holds the user's verifier before this returns.
+    ///
+    /// One login per connection: after a success, another login on this session is refused
+    /// with [`Refusal::AlreadyLoggedIn`].
     pub async fn login<R: Remote>(&self, username: &str, password: &str) -> Result<R, LoginError> {
         let root = self.conn.root_ref();
         let (client, first) = ScramClient::new(username, password, self.binding.clone())?;
@@ -127,7 +144,8 @@ impl Session {
         }
     }
 
-    /// Log in anonymously, if the server allows it.
+    /// Log in anonymously, if the server allows it. One login per connection, as for
+    /// [`Session::login`].
     pub async fn login_anonymous<R: Remote>(&self) -> Result<R, LoginError> {
         let root = self.conn.root_ref();
         let avatar: ObjectRef = root.call(METHOD_ANONYMOUS, &(self.mind.clone(),)).await?;
@@ -135,7 +153,7 @@ impl Session {
     }
 
     /// Log in as the identity of the TLS client certificate this connection presented, if the
-    /// server accepts certificate logins.
+    /// server accepts certificate logins. One login per connection, as for [`Session::login`].
     pub async fn login_with_certificate<R: Remote>(&self) -> Result<R, LoginError> {
         let root = self.conn.root_ref();
         let avatar: ObjectRef = root.call(METHOD_CERTIFICATE, &(self.mind.clone(),)).await?;

@@ -3,12 +3,15 @@
 //! A [`Server`] binds a TCP listener, optionally speaks TLS on it ([`ServerTls`]), and serves
 //! either a root object (one shared by every connection, or one made per connection) or a
 //! [`Portal`]: Perspective Broker's login, where each connection must log in (SCRAM-SHA-256
-//! password, anonymous, or TLS client certificate) to receive its avatar. It caps the number of
-//! live connections and shuts down gracefully: it stops accepting, lets the calls in flight
-//! finish and their answers go out, then closes every connection.
+//! password, anonymous, or TLS client certificate) to receive its avatar, once: one login per
+//! connection. It caps the number of live connections and shuts down gracefully: it stops
+//! accepting, lets the calls in flight finish and their answers go out, then closes every
+//! connection. [`ServerHandle::wait`] serves until then; a [`ShutdownHandle`] asks for it from
+//! anywhere, a call handler included.
 //!
 //! # Layout
-//! - this file: [`Server`], [`ServerBuilder`], [`ServerHandle`] and the accept loop;
+//! - this file: [`Server`], [`ServerBuilder`], [`ServerHandle`], [`ShutdownHandle`] and the
+//!   accept loop;
 //! - `tls`: [`ServerTls`] (certificates from PEM, client certificates), [`TlsInfo`] (which
 //!   carries the verified [`PeerCertificate`]);
 //! - `portal`: [`Portal`], [`Realm`], [`Avatar`], [`VerifierStore`] and the per-connection
@@ -159,27 +162,41 @@ impl ServerBuilder {
     /// Bind a TCP listener. Fails if the TLS settings are refused (for example a key that does
     /// not match its certificate).
     pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<Server> {
-        let acceptor = match &self.tls {
+        let acceptor = self.acceptor()?;
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Server::new(listener, self, acceptor))
+    }
+
+    /// Serve on a listener bound already, with these settings: for a socket handed over by
+    /// the system (socket activation: `tokio::net::TcpListener::from_std`), or a test or
+    /// harness that binds first. Fails if the TLS settings are refused, as [`Self::bind`] does.
+    /// Without custom settings, [`Server::from_listener`] does the same and cannot fail.
+    pub fn listener(self, listener: TcpListener) -> io::Result<Server> {
+        let acceptor = self.acceptor()?;
+        Ok(Server::new(listener, self, acceptor))
+    }
+
+    fn acceptor(&self) -> io::Result<Option<tokio_rustls::TlsAcceptor>> {
+        Ok(match &self.tls {
             None => None,
             Some(TlsSetting::Ready(c)) => Some(tokio_rustls::TlsAcceptor::from(c.clone())),
             Some(TlsSetting::Settings(s)) => Some(tokio_rustls::TlsAcceptor::from(
                 s.build().map_err(io::Error::other)?,
             )),
-        };
-        let listener = TcpListener::bind(addr).await?;
-        Ok(Server {
-            listener,
-            builder: self,
-            acceptor,
         })
     }
 }
 
 /// A bound server, ready to serve a root object.
+///
+/// Serving returns a [`ServerHandle`], which must be kept: the server stops accepting when it
+/// is dropped. To serve until the server is shut down (by [`ServerHandle::shutdown`], or by a
+/// [`ShutdownHandle`] from anywhere, a call handler included), await [`ServerHandle::wait`].
 pub struct Server {
     listener: TcpListener,
     builder: ServerBuilder,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    stop: Arc<watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -202,9 +219,40 @@ enum Service {
 }
 
 impl Server {
+    fn new(
+        listener: TcpListener,
+        builder: ServerBuilder,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Server {
+        Server {
+            listener,
+            builder,
+            acceptor,
+            stop: Arc::new(watch::channel(false).0),
+        }
+    }
+
     /// Bind with default settings.
     pub async fn bind(addr: impl ToSocketAddrs) -> io::Result<Server> {
         ServerBuilder::default().bind(addr).await
+    }
+
+    /// Serve on a listener bound already, with default settings (as `axum::serve` takes a
+    /// listener): for a socket handed over by the system (socket activation, through
+    /// `tokio::net::TcpListener::from_std`), or a test or harness that binds first. With
+    /// settings (TLS, limits), use [`ServerBuilder::listener`].
+    ///
+    /// ```
+    /// # async fn example(root: pb_core::ObjectRef) -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let addr = listener.local_addr()?;
+    /// let server = pb_server::Server::from_listener(listener).serve(root);
+    /// assert_eq!(server.local_addr(), addr);
+    /// # server.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_listener(listener: TcpListener) -> Server {
+        Server::new(listener, ServerBuilder::default(), None)
     }
 
     /// Start building a server with custom settings.
@@ -220,13 +268,24 @@ impl Server {
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
 
+    /// A handle that shuts this server down once it serves, for the root object to hold
+    /// before it is served (see [`ShutdownHandle`]). A shutdown asked for before serving stops
+    /// the server as soon as it starts.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            stop: self.stop.clone(),
+        }
+    }
+
     /// Serve one root object shared by every connection.
+    #[must_use = "the server stops accepting when the returned ServerHandle is dropped: keep it, await its `wait()`, or call its `shutdown()`"]
     pub fn serve(self, root: impl Into<ObjectRef>) -> ServerHandle {
         let root = root.into();
         self.serve_with(move |_| root.clone())
     }
 
     /// Serve a root object made for each connection from the peer's address.
+    #[must_use = "the server stops accepting when the returned ServerHandle is dropped: keep it, await its `wait()`, or call its `shutdown()`"]
     pub fn serve_with<F, R>(self, make_root: F) -> ServerHandle
     where
         F: Fn(SocketAddr) -> R + Send + Sync + 'static,
@@ -238,29 +297,45 @@ impl Server {
 
     /// Serve PB-style login: every connection's root is the portal's login object until the
     /// peer logs in and receives its avatar.
+    #[must_use = "the server stops accepting when the returned ServerHandle is dropped: keep it, await its `wait()`, or call its `shutdown()`"]
     pub fn serve_portal(self, portal: Portal) -> ServerHandle {
         self.start(Service::Portal(portal))
     }
 
     fn start(self, service: Service) -> ServerHandle {
         let local_addr = self.local_addr();
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (alive, dropped) = watch::channel(());
+        let (done_tx, done) = watch::channel(());
         let live = Arc::new(Mutex::new(HashMap::new()));
-        let task = tokio::spawn(accept_loop(
+        let stopping = Signals {
+            stop: self.stop.subscribe(),
+            dropped,
+        };
+        tokio::spawn(accept_loop(
             self.listener,
             self.builder,
             self.acceptor,
             service,
-            stop_rx,
+            stopping,
             live.clone(),
+            done_tx,
         ));
         ServerHandle {
             local_addr,
-            stop: stop_tx,
+            stop: self.stop,
+            _alive: alive,
+            done,
             live,
-            task,
         }
     }
+}
+
+/// What ends the accept loop: a shutdown (from the handle or a [`ShutdownHandle`]), or the
+/// [`ServerHandle`] dropped.
+struct Signals {
+    stop: watch::Receiver<bool>,
+    /// Never sent on: its sender lives in the `ServerHandle`, and closes when that is dropped.
+    dropped: watch::Receiver<()>,
 }
 
 type Live = Arc<Mutex<HashMap<u64, Connection>>>;
@@ -270,18 +345,28 @@ async fn accept_loop(
     builder: ServerBuilder,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     service: Service,
-    mut stop: watch::Receiver<bool>,
+    signals: Signals,
     live: Live,
+    // Dropped when this loop is done: `ServerHandle::wait` waits for that.
+    _done: watch::Sender<()>,
 ) {
+    let Signals {
+        mut stop,
+        mut dropped,
+    } = signals;
     // Each connection's task holds a permit until it ends: the permits count the tasks, so
     // waiting for all of them at shutdown waits for every task, and no set of tasks has to be
     // kept (and reaped, a wake-up of this loop per connection).
     let permits = Arc::new(Semaphore::new(builder.max_connections));
     let config = Arc::new(builder.config);
-    loop {
+    // Whether the loop ends in a shutdown, which closes the connections, or because the
+    // handle was dropped, which leaves them to end on their own.
+    let shutdown = loop {
         let accepted = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => break,
+            // An error means every sender is gone, the handle's included: a drop.
+            r = stop.wait_for(|s| *s) => break r.is_ok(),
+            _ = dropped.changed() => break false,
             r = listener.accept() => r,
         };
         let (stream, addr) = match accepted {
@@ -347,10 +432,23 @@ async fn accept_loop(
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&conn.id());
         });
-    }
+    };
     drop(listener);
-    // Connections are closed by `ServerHandle::shutdown`; wait for their tasks to end, that is
-    // for every permit to be back.
+    if shutdown {
+        // Each closes gracefully (its calls in flight answered), all at once.
+        let live: Vec<Connection> = live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut closing = JoinSet::new();
+        for conn in live {
+            closing.spawn(async move { conn.close().await });
+        }
+        while closing.join_next().await.is_some() {}
+    }
+    // Wait for the connections' tasks to end, that is for every permit to be back.
     let mut left = builder.max_connections;
     let mut back = Vec::new();
     while left > 0 {
@@ -463,13 +561,33 @@ where
     }
 }
 
-/// A running server.
+/// A running server, serving until it is shut down or this handle is dropped.
+///
+/// Dropping the handle stops the server accepting connections; those already open go on until
+/// they close. To serve until the server is shut down, await [`ServerHandle::wait`]; to shut it
+/// down from elsewhere (a call handler, a signal task), give that code a [`ShutdownHandle`].
+///
+/// ```
+/// # async fn example(root: pb_core::ObjectRef) -> std::io::Result<()> {
+/// let server = pb_server::Server::bind("127.0.0.1:0").await?.serve(root);
+/// let stop = server.shutdown_handle();
+/// tokio::spawn(async move {
+///     // For example on Ctrl-C: `tokio::signal::ctrl_c().await`.
+///     stop.shutdown();
+/// });
+/// // Serves until the shutdown has closed every connection.
+/// server.wait().await;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
+#[must_use = "dropping a ServerHandle stops the server accepting connections: keep it, await its `wait()`, or call its `shutdown()`"]
 pub struct ServerHandle {
     local_addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    stop: Arc<watch::Sender<bool>>,
+    // Closes when the handle is dropped, which stops the accept loop.
+    _alive: watch::Sender<()>,
+    done: watch::Receiver<()>,
     live: Live,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl ServerHandle {
@@ -488,16 +606,68 @@ impl ServerHandle {
             .collect()
     }
 
+    /// A handle that shuts this server down, to give to code that does not own the server
+    /// handle (a call handler, a signal task). See [`ShutdownHandle`].
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            stop: self.stop.clone(),
+        }
+    }
+
+    /// Serve until the server is shut down: return once a shutdown, asked for by
+    /// [`ServerHandle::shutdown`] or a [`ShutdownHandle`], has stopped accepting and closed
+    /// every connection (as [`ServerHandle::shutdown`] describes). A program's `main` typically
+    /// ends with it.
+    pub async fn wait(&self) {
+        let mut done = self.done.clone();
+        // Never sent on: it ends with an error when the accept loop has finished.
+        while done.changed().await.is_ok() {}
+    }
+
     /// Stop accepting, let the calls in flight finish (up to the drain timeout) and their answers
     /// go out, then close every connection. Calls that arrive meanwhile are refused with a
     /// shutting-down error, never dropped silently.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let mut closing = JoinSet::new();
-        for conn in self.connections() {
-            closing.spawn(async move { conn.close().await });
-        }
-        while closing.join_next().await.is_some() {}
-        let _ = self.task.await;
+        self.stop.send_replace(true);
+        self.wait().await;
+    }
+}
+
+/// Asks a server to shut down: cheap to clone, and usable from anywhere, a call handler
+/// included. Get one from [`Server::shutdown_handle`] (before serving, so that the root object
+/// can hold it) or [`ServerHandle::shutdown_handle`].
+///
+/// [`ShutdownHandle::shutdown`] only asks, and returns at once: the shutdown is the graceful one
+/// of [`ServerHandle::shutdown`], which lets calls in flight finish, so a handler that asks
+/// still answers its caller. [`ServerHandle::wait`] returns once the shutdown is done.
+///
+/// ```
+/// # async fn example(make_root: impl Fn(pb_server::ShutdownHandle) -> pb_core::ObjectRef) -> std::io::Result<()> {
+/// let server = pb_server::Server::bind("127.0.0.1:0").await?;
+/// // The root's `stop` method calls `shutdown()` on its handle.
+/// let root = make_root(server.shutdown_handle());
+/// let server = server.serve(root);
+/// server.wait().await;
+/// # Ok(()) }
+/// ```
+///
+/// The facade crate's documentation (`pb`, section "Serving until stopped") has the whole
+/// program, with the handler.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    stop: Arc<watch::Sender<bool>>,
+}
+
+impl ShutdownHandle {
+    /// Ask the server to shut down gracefully, and return at once (waiting here, in a handler,
+    /// would wait for the handler's own call to finish). Asking again, or once the server is
+    /// gone, does nothing.
+    pub fn shutdown(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Whether a shutdown has been asked for.
+    pub fn is_shutdown(&self) -> bool {
+        *self.stop.borrow()
     }
 }

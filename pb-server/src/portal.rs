@@ -24,7 +24,7 @@ use pb_core::scram::{
 };
 use pb_core::{
     BoxFuture, Config, ConnectError, Connection, Dispatch, Identity, IncomingCall, Interface,
-    ObjectRef, PeerCertificate, Reply, Side, encode_result,
+    ObjectRef, PeerCertificate, Remote, Reply, Side, encode_result,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, watch};
@@ -43,6 +43,26 @@ pub struct LoginRequest {
     pub connection: Connection,
     /// The verified TLS client certificate, whatever the way of logging in.
     pub peer_certificate: Option<PeerCertificate>,
+}
+
+impl LoginRequest {
+    /// The client's mind, typed as `R` (for example a generated `FooRef`), if it sent one. As
+    /// for any typed reference, nothing checks that the object implements `R`'s interface: a
+    /// call to a method it lacks fails with `CallError::NoSuchMethod`.
+    ///
+    /// ```
+    /// use pb_core::ObjectRef;
+    /// use pb_server::{Avatar, LoginRequest, Portal};
+    /// # fn chat_for(mind: Option<ObjectRef>) -> ObjectRef { panic!("the application supplies its avatar") }
+    /// let portal = Portal::new(|login: LoginRequest| async move {
+    ///     // With `#[pb::remote] trait Listener`, this is `login.mind_as::<ListenerRef>()`.
+    ///     let mind = login.mind_as::<ObjectRef>();
+    ///     Ok(Avatar::new(chat_for(mind)))
+    /// });
+    /// ```
+    pub fn mind_as<R: Remote>(&self) -> Option<R> {
+        self.mind.clone().map(R::from_object_ref)
+    }
 }
 
 /// The avatar a realm hands out: the object through which a user acts, and what to do when the
@@ -129,7 +149,34 @@ impl Verifiers {
         self.users.insert(username.into(), verifier);
     }
 
-    /// Add a user from a password, which is turned into a verifier at once and not kept.
+    /// Add or replace a user from a password, at the default cost
+    /// ([`scram::DEFAULT_ITERATIONS`] PBKDF2 iterations): the password is turned into a
+    /// verifier at once and not kept. Fails only if the system's random number generator does
+    /// (the verifier's salt is random).
+    ///
+    /// PBKDF2 is slow on purpose: every login as this user costs the client those iterations
+    /// once, and this call costs them too. A debug build computes them many times slower than
+    /// an optimised one (optimising the hash crate in the application's manifest,
+    /// `[profile.dev.package.sha2] opt-level = 3`, narrows that); tests that log in often can
+    /// use [`Verifiers::insert_password`] with [`scram::MIN_ITERATIONS`].
+    ///
+    /// ```
+    /// let mut users = pb_server::Verifiers::new();
+    /// users.add_user("ada", "correct horse")?;
+    /// # Ok::<(), pb_core::scram::ScramError>(())
+    /// ```
+    pub fn add_user(
+        &mut self,
+        username: impl Into<String>,
+        password: &str,
+    ) -> Result<(), ScramError> {
+        self.insert(username, ScramVerifier::new(password)?);
+        Ok(())
+    }
+
+    /// Add or replace a user from a password at a cost of `iterations` (at least
+    /// [`scram::MIN_ITERATIONS`]); [`Verifiers::add_user`] uses the default. The password is
+    /// turned into a verifier at once and not kept.
     pub fn insert_password(
         &mut self,
         username: impl Into<String>,
@@ -197,11 +244,15 @@ struct PortalInner {
 
 /// Checks credentials and hands out avatars (Twisted's `Portal` with its checkers).
 ///
+/// One login per connection: once a connection has logged in, its avatar and identity are set
+/// for good, and any further login on it is refused with `Refusal::AlreadyLoggedIn` (the realm
+/// is not asked). A client that wants another identity opens another connection.
+///
 /// ```
 /// use pb_server::{Avatar, LoginRequest, Portal, Verifiers};
 /// # fn avatar_for(_: &LoginRequest) -> pb_core::ObjectRef { panic!("the application supplies its avatar") }
 /// let mut users = Verifiers::new();
-/// users.insert_password("ada", "correct horse", 4096)?;
+/// users.add_user("ada", "correct horse")?;
 /// let portal = Portal::new(|login: LoginRequest| async move {
 ///     Ok(Avatar::new(avatar_for(&login)).on_logout(|| println!("bye")))
 /// })
