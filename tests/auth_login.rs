@@ -16,7 +16,7 @@ use pb::proto::handshake::{Features, HELLO_LEN, Hello};
 use pb::proto::message::{FaultKind, Message, MessageLimits};
 use pb::{
     CallError, Client, CloseReason, Config, Connection, Identity, LoginConfig, LoginError, Portal,
-    Refusal, Session,
+    Refusal, Session, VerifierStore, Verifiers,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -32,10 +32,7 @@ async fn pair(portal: &Portal) -> (Connection, Session) {
 }
 
 fn with(portal: Portal, f: impl FnOnce(&mut LoginConfig)) -> Portal {
-    let mut config = LoginConfig {
-        fake_iterations: ITERATIONS,
-        ..LoginConfig::default()
-    };
+    let mut config = LoginConfig::default();
     f(&mut config);
     portal.config(config)
 }
@@ -373,4 +370,44 @@ async fn connections_waiting_to_log_in_are_capped() {
     let me2: AccountRef = second.login("alice", PASSWORD).await.unwrap();
     assert_eq!(me2.whoami().await.unwrap(), "user alice");
     drop(me);
+}
+
+#[test]
+fn the_in_memory_store_reports_its_most_common_verifier_shape() {
+    use pb::scram::{ScramVerifier, VerifierShape};
+    let mut users = Verifiers::new();
+    assert_eq!(
+        users.shape(),
+        None,
+        "no users, no shape: the configured fallback applies"
+    );
+    // A verifier made elsewhere, with a 10-byte salt and 8192 iterations.
+    let odd: ScramVerifier = "SCRAM-SHA-256$8192:AAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+        .parse()
+        .unwrap();
+    users.insert("old", odd.clone());
+    users.insert("older", odd);
+    assert_eq!(
+        users.shape(),
+        Some(VerifierShape {
+            salt_len: 10,
+            iterations: 8192
+        })
+    );
+    for name in ["a", "b", "c"] {
+        users.insert_password(name, PASSWORD, ITERATIONS).unwrap();
+    }
+    let ours = VerifierShape {
+        salt_len: 16,
+        iterations: ITERATIONS,
+    };
+    assert_eq!(users.shape(), Some(ours));
+    // Replacing users moves the count.
+    for name in ["a", "b"] {
+        let v: ScramVerifier = "SCRAM-SHA-256$8192:AAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+            .parse()
+            .unwrap();
+        users.insert(name, v);
+    }
+    assert_eq!(users.shape().map(|s| s.iterations), Some(8192));
 }

@@ -73,6 +73,18 @@ pub const MAX_USERNAME_LEN: usize = 256;
 
 const NONCE_BYTES: usize = 24;
 const SALT_BYTES: usize = 16;
+
+/// The longest salt a fake verifier takes from a store's shape.
+pub const MAX_FAKE_SALT: usize = 256;
+
+/// What a SCRAM challenge shows of a verifier: its salt's length and its iteration count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VerifierShape {
+    /// The salt's length in bytes.
+    pub salt_len: usize,
+    /// The PBKDF2 iteration count.
+    pub iterations: u32,
+}
 const KEY_LEN: usize = 32;
 const CB_NAME: &str = "tls-exporter";
 
@@ -230,14 +242,44 @@ impl ScramVerifier {
 
     /// A stand-in verifier for a user that does not exist, derived from a server secret: the
     /// same user always gets the same salt, so probing cannot tell it from a real one, and no
-    /// password matches it.
+    /// password matches it. Its salt has the length pb's own verifiers have; see
+    /// [`ScramVerifier::fake_like`] to copy a store's.
     pub fn fake(secret: &[u8], username: &str, iterations: u32) -> ScramVerifier {
-        let salt = hmac(secret, &[b"pb fake salt\0", username.as_bytes()]);
+        ScramVerifier::fake_like(
+            secret,
+            username,
+            VerifierShape {
+                salt_len: SALT_BYTES,
+                iterations,
+            },
+        )
+    }
+
+    /// As [`ScramVerifier::fake`], in the shape `shape` (salt length and iteration count):
+    /// the shape of the store's real verifiers, so that an unknown user's challenge looks like
+    /// a known user's. Salts are capped at [`MAX_FAKE_SALT`] bytes.
+    pub fn fake_like(secret: &[u8], username: &str, shape: VerifierShape) -> ScramVerifier {
+        let len = shape.salt_len.min(MAX_FAKE_SALT);
+        let mut salt = Vec::with_capacity(len);
+        let mut block = 0u8;
+        while salt.len() < len {
+            let more = hmac(secret, &[b"pb fake salt\0", username.as_bytes(), &[block]]);
+            salt.extend_from_slice(more.get(..len - salt.len()).unwrap_or(&more));
+            block = block.wrapping_add(1);
+        }
         ScramVerifier {
-            salt: salt.get(..SALT_BYTES).unwrap_or(&salt).to_vec(),
-            iterations,
+            salt,
+            iterations: shape.iterations,
             stored_key: hmac(secret, &[b"pb fake stored key\0", username.as_bytes()]),
             server_key: hmac(secret, &[b"pb fake server key\0", username.as_bytes()]),
+        }
+    }
+
+    /// Its salt length and iteration count: what a challenge shows of it.
+    pub fn shape(&self) -> VerifierShape {
+        VerifierShape {
+            salt_len: self.salt.len(),
+            iterations: self.iterations,
         }
     }
 
@@ -700,6 +742,24 @@ mod tests {
             let (_, fin) = client.handle_server_first(&sf, 10_000).unwrap();
             assert_eq!(server.handle_client_final(&fin), Err(ScramError::Denied));
         }
+    }
+
+    #[test]
+    fn a_fake_verifier_takes_the_shape_it_is_given_and_is_the_same_each_time() {
+        for salt_len in [0, 1, 10, 16, 32, 33, 100, 10_000] {
+            let shape = VerifierShape {
+                salt_len,
+                iterations: 4096,
+            };
+            let v = ScramVerifier::fake_like(b"secret", "mallory", shape);
+            assert_eq!(v.salt().len(), salt_len.min(MAX_FAKE_SALT));
+            assert_eq!(v.iterations(), 4096);
+            assert_eq!(v, ScramVerifier::fake_like(b"secret", "mallory", shape));
+            assert_ne!(v, ScramVerifier::fake_like(b"secret", "eve", shape));
+        }
+        // The plain fake is the shape pb's own verifiers have.
+        let real = ScramVerifier::with_iterations("pw", 4096).unwrap();
+        assert_eq!(ScramVerifier::fake(b"s", "u", 4096).shape(), real.shape());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use pb_core::login::{
     Refusal, ScramFinished,
 };
 use pb_core::scram::{
-    self, ChannelBinding, ScramError, ScramServer, ScramVerifier, parse_client_first,
+    self, ChannelBinding, ScramError, ScramServer, ScramVerifier, VerifierShape, parse_client_first,
 };
 use pb_core::{
     BoxFuture, Config, ConnectError, Connection, Dispatch, Identity, IncomingCall, Interface,
@@ -122,6 +122,15 @@ where
 pub trait VerifierStore: Send + Sync + 'static {
     /// The verifier of `username`, or `None` for an unknown user.
     fn verifier(&self, username: &str) -> BoxFuture<Option<ScramVerifier>>;
+
+    /// The shape (salt length, iteration count) most of this store's verifiers have, which an
+    /// unknown user's fake verifier copies, so that a login challenge does not tell whether a
+    /// user exists. `None` (the default, and a store with no users): the fake takes
+    /// [`LoginConfig::fake_iterations`] and pb's salt length. A store should answer from
+    /// memory: it is asked on every login of an unknown user.
+    fn shape(&self) -> Option<VerifierShape> {
+        None
+    }
 }
 
 /// An in-memory [`VerifierStore`].
@@ -136,6 +145,8 @@ pub trait VerifierStore: Send + Sync + 'static {
 #[derive(Debug, Clone, Default)]
 pub struct Verifiers {
     users: HashMap<String, ScramVerifier>,
+    /// How many verifiers have each shape.
+    shapes: HashMap<VerifierShape, usize>,
 }
 
 impl Verifiers {
@@ -146,7 +157,15 @@ impl Verifiers {
 
     /// Add or replace a user.
     pub fn insert(&mut self, username: impl Into<String>, verifier: ScramVerifier) {
-        self.users.insert(username.into(), verifier);
+        *self.shapes.entry(verifier.shape()).or_default() += 1;
+        if let Some(old) = self.users.insert(username.into(), verifier)
+            && let Some(n) = self.shapes.get_mut(&old.shape())
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.shapes.remove(&old.shape());
+            }
+        }
     }
 
     /// Add or replace a user from a password, at the default cost
@@ -196,6 +215,15 @@ impl VerifierStore for Verifiers {
         let v = self.users.get(username).cloned();
         Box::pin(std::future::ready(v))
     }
+
+    /// The most common shape among the users (ties go to the larger shape, so the answer does
+    /// not depend on the map's order).
+    fn shape(&self) -> Option<VerifierShape> {
+        self.shapes
+            .iter()
+            .max_by_key(|&(shape, n)| (*n, *shape))
+            .map(|(shape, _)| *shape)
+    }
 }
 
 /// Limits of the login phase. Every limit has a safe default.
@@ -211,8 +239,11 @@ pub struct LoginConfig {
     pub max_failures: u32,
     /// Wait before answering a failed login, doubled at each further failure (default 500 ms).
     pub failure_delay: Duration,
-    /// Iterations announced for unknown users; set it to what your real verifiers use, so that
-    /// they cannot be told apart (default [`scram::DEFAULT_ITERATIONS`]).
+    /// Iterations announced for unknown users when the verifier store cannot say what its
+    /// users' verifiers have ([`VerifierStore::shape`] is `None`: a store of your own that does
+    /// not implement it, or one with no users); otherwise unknown users copy the store's most
+    /// common salt length and iteration count, with no setting to keep in step (default
+    /// [`scram::DEFAULT_ITERATIONS`]).
     pub fake_iterations: u32,
     /// Most connections of this portal that may be waiting to log in at once (default 256).
     /// More are closed as soon as they arrive: an unauthenticated peer gets no more than this.
@@ -490,11 +521,16 @@ impl LoginRoot {
         let (verifier, known) = match store.verifier(&username).await {
             Some(v) => (v, true),
             None => (
-                ScramVerifier::fake(
-                    &self.portal.fake_secret,
-                    &username,
-                    self.portal.config.fake_iterations,
-                ),
+                match store.shape() {
+                    Some(shape) => {
+                        ScramVerifier::fake_like(&self.portal.fake_secret, &username, shape)
+                    }
+                    None => ScramVerifier::fake(
+                        &self.portal.fake_secret,
+                        &username,
+                        self.portal.config.fake_iterations,
+                    ),
+                },
                 false,
             ),
         };
