@@ -206,3 +206,118 @@ async fn oversized_box_is_refused_before_it_arrives() {
     s.write_all(b"\x00\x01a\xff\xff").await.unwrap();
     assert!(read_to_close(&mut s).await.is_empty());
 }
+
+#[tokio::test]
+async fn connections_over_max_connections_are_closed_and_the_server_goes_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = AmpConfig::default().max_connections(2);
+    tokio::spawn(pb::amp::serve(listener, config, |_| {
+        Locator::new().respond(|Sum { a, b }| async move { Ok(SumResult { total: a + b }) })
+    }));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        // Answered: the connection is open and served.
+        s.write_all(SUM_ASK).await.unwrap();
+        let mut answer = vec![0; SUM_ANSWER.len()];
+        tokio::time::timeout(PATIENCE, s.read_exact(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        held.push(s);
+    }
+    // The third is closed at once, unanswered.
+    let mut third = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = third.write_all(SUM_ASK).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, third.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection over its limit");
+    assert!(read.is_err() || out.is_empty(), "no answer over the limit");
+    // Once one closes, a new connection is served again (retried until the server has seen
+    // the close: the slot frees when the server notices it).
+    drop(held.pop());
+    let served = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            if s.write_all(SUM_ASK).await.is_err() {
+                continue;
+            }
+            let mut answer = vec![0; SUM_ANSWER.len()];
+            if s.read_exact(&mut answer).await.is_ok() {
+                return answer;
+            }
+        }
+    })
+    .await
+    .expect("a connection is served once a slot is free");
+    assert_eq!(served, SUM_ANSWER);
+}
+
+const AMP_FD_CHILD: &str = "PB_AMP_FD_CHILD";
+
+/// Not a test of its own: run as a child process, under a limit of 64 file descriptors, by
+/// `the_server_outlives_running_out_of_file_descriptors`. It serves AMP, opens connections to
+/// itself until it runs out of descriptors (so the server's accept fails for want of one),
+/// frees some, and checks that the server is still serving.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "run as a child process by the_server_outlives_running_out_of_file_descriptors"]
+async fn amp_child_under_a_low_descriptor_limit() {
+    if std::env::var(AMP_FD_CHILD).is_err() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = tokio::spawn(pb::amp::serve(listener, AmpConfig::default(), |_| {
+        Locator::new().respond(|Sum { a, b }| async move { Ok(SumResult { total: a + b }) })
+    }));
+    let mut held = Vec::new();
+    let mut exhausted = false;
+    for _ in 0..200 {
+        match TcpStream::connect(("127.0.0.1", port)).await {
+            Ok(s) => held.push(s),
+            Err(_) => {
+                exhausted = true;
+                break;
+            }
+        }
+        // Let the server accept what is waiting.
+        tokio::task::yield_now().await;
+    }
+    assert!(exhausted, "the descriptor limit was reached");
+    // The server's accept meets the shortage too (connections wait in the backlog).
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !served.is_finished(),
+        "the server gave up when descriptors ran out"
+    );
+    held.clear();
+    assert_eq!(ask_sum_raw(port).await, SUM_ANSWER);
+    assert!(!served.is_finished());
+    println!("AMP-FD-OK");
+}
+
+#[tokio::test]
+async fn the_server_outlives_running_out_of_file_descriptors() {
+    let exe = std::env::current_exe().unwrap();
+    let run = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" --exact amp_child_under_a_low_descriptor_limit --ignored --nocapture")
+        .arg(exe)
+        .env(AMP_FD_CHILD, "1")
+        .output();
+    let out = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("the child finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("AMP-FD-OK"),
+        "child failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -264,9 +264,13 @@ impl AmpConnection {
     }
 }
 
-/// Accepts AMP connections on `listener` forever, building each one's locator with
-/// `make_locator` (which gets the connection's handle, to call the peer back). It returns only
-/// when accepting fails for the listener itself (e.g. out of file descriptors).
+/// Accepts AMP connections on `listener` until the future is dropped, building each one's
+/// locator with `make_locator` (which gets the connection's handle, to call the peer back).
+///
+/// It keeps at most [`AmpConfig::max_connections`] connections open: one more is closed as
+/// soon as it is accepted (and logged). When accepting fails for the listener itself (out of
+/// file descriptors, say) it logs the error, waits 50 ms and goes on: the server outlives the
+/// shortage, as pb's native server does. It never returns an error.
 ///
 /// ```no_run
 /// # async fn demo() -> std::io::Result<()> {
@@ -280,6 +284,7 @@ pub async fn serve<F>(listener: TcpListener, config: AmpConfig, make_locator: F)
 where
     F: Fn(&AmpConnection) -> Locator + Send + Sync + 'static,
 {
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -293,7 +298,22 @@ where
                 tracing::debug!(error = %e, "amp: accept failed for one connection");
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly instead of spinning
+                // or giving up; connections that end free what is short.
+                tracing::warn!(error = %e, "amp: accept failed; retrying in 50 ms");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(
+                %peer,
+                max = config.max_connections,
+                "amp: connection refused: max_connections reached"
+            );
+            drop(stream);
+            continue;
         };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "amp: cannot set nodelay");
@@ -303,6 +323,7 @@ where
         tokio::spawn(async move {
             let reason = conn.closed().await;
             tracing::debug!(%peer, %reason, "amp: connection ended");
+            drop(permit);
         });
     }
 }

@@ -40,6 +40,9 @@ pub struct AmpConfig<S = ()> {
     pub close_on_failed_no_answer: bool,
     /// The server side of StartTLS; without it, StartTLS is answered with `TLS_ERROR`.
     pub tls_server: Option<S>,
+    /// The most connections a server (pb-core's `amp::serve`) keeps open at once (default
+    /// 1 024); one more is closed as soon as it is accepted.
+    pub max_connections: usize,
 }
 
 impl<S> Default for AmpConfig<S> {
@@ -52,11 +55,19 @@ impl<S> Default for AmpConfig<S> {
             close_on_unknown_answer: true,
             close_on_failed_no_answer: true,
             tls_server: None,
+            max_connections: 1024,
         }
     }
 }
 
 impl<S> AmpConfig<S> {
+    /// Sets [`AmpConfig::max_connections`].
+    #[inline]
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
     /// Sets [`AmpConfig::codec`].
     #[inline]
     pub fn codec(mut self, codec: BoxCodecConfig) -> Self {
