@@ -16,9 +16,14 @@
 //! ```
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use pb::{Caller, Node};
 use tokio::sync::mpsc;
+
+/// How long the room waits for one member to take a message: members are told at once, each
+/// under this deadline, so one that never answers stalls nobody.
+const PATIENCE: Duration = Duration::from_secs(5);
 
 /// What a member gives the room so that it can be told what is said.
 #[pb::remote]
@@ -66,7 +71,11 @@ impl Room for RoomImpl {
             st.history.clone()
         };
         for (from, text) in backlog {
-            let _ = listener.heard(from, text).await;
+            let heard = pb::deadline::with_timeout(PATIENCE, listener.heard(from, text));
+            if heard.await.is_err() {
+                // A mute newcomer misses the rest of the backlog; it stalls only its own join.
+                break;
+            }
         }
         Ok(MemberRef::new(MemberImpl {
             name,
@@ -87,18 +96,21 @@ impl Member for MemberImpl {
             st.history.push((self.name.clone(), text.clone()));
             st.members.clone()
         };
-        let mut reached = 0;
+        let mut told = tokio::task::JoinSet::new();
         for (name, listener) in members {
-            if name != self.name
-                && listener
-                    .heard(self.name.clone(), text.clone())
-                    .await
-                    .is_ok()
-            {
-                reached += 1;
+            if name != self.name {
+                let (from, text) = (self.name.clone(), text.clone());
+                told.spawn(pb::deadline::with_timeout(PATIENCE, async move {
+                    listener.heard(from, text).await
+                }));
             }
         }
-        Ok(reached)
+        Ok(told
+            .join_all()
+            .await
+            .into_iter()
+            .filter(Result::is_ok)
+            .count())
     }
 }
 

@@ -9,6 +9,12 @@
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How long the room waits for one member to take a message. Members are told at once, each
+/// under this deadline: a member that never answers misses the message, and nobody waits for
+/// it.
+pub const PATIENCE: Duration = Duration::from_secs(5);
 
 #[pb::copyable]
 #[derive(Debug, Clone, PartialEq)]
@@ -42,16 +48,24 @@ pub struct Room {
 }
 
 impl Room {
-    /// Tell everyone but `except`; returns how many heard it.
+    /// Tell everyone but `except`, all at once and each within [`PATIENCE`]; returns how many
+    /// heard it.
     async fn broadcast(&self, from: &str, text: &str, except: &str) -> usize {
         let members: Vec<_> = self.members.lock().unwrap().clone();
-        let mut reached = 0;
+        let mut told = tokio::task::JoinSet::new();
         for (name, listener) in members {
-            if name != except && listener.heard(from.into(), text.into()).await.is_ok() {
-                reached += 1;
+            if name != except {
+                let (from, text) = (from.to_owned(), text.to_owned());
+                told.spawn(pb::deadline::with_timeout(PATIENCE, async move {
+                    listener.heard(from, text).await
+                }));
             }
         }
-        reached
+        told.join_all()
+            .await
+            .into_iter()
+            .filter(Result::is_ok)
+            .count()
     }
 }
 
