@@ -289,6 +289,7 @@ fn serve(kind: &str) {
             "pb" => {
                 let server = pb::Server::builder()
                     .max_connections(100_000)
+                    .max_connections_per_address(100_000)
                     .bind("127.0.0.1:0")
                     .await
                     .expect("bind");

@@ -32,6 +32,7 @@ async fn a_thousand_connections_a_hundred_calls_each_every_answer_matched() {
     }
     let server = pb::Server::builder()
         .max_connections(CONNECTIONS + 10)
+        .max_connections_per_address(CONNECTIONS + 10)
         .bind("127.0.0.1:0")
         .await
         .unwrap()

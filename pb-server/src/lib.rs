@@ -68,6 +68,7 @@ pub mod dev {
     #[cfg(feature = "dev-certs")]
     pub use crate::dev_certs::*;
 }
+mod per_address;
 mod portal;
 mod tls;
 
@@ -97,6 +98,7 @@ pub use tls::{ClientAuth, ServerTls, TlsInfo};
 pub struct ServerBuilder {
     config: Config,
     max_connections: usize,
+    max_connections_per_address: usize,
     tls: Option<TlsSetting>,
 }
 
@@ -120,6 +122,7 @@ impl Default for ServerBuilder {
         ServerBuilder {
             config: Config::default(),
             max_connections: 1024,
+            max_connections_per_address: 64,
             tls: None,
         }
     }
@@ -136,6 +139,15 @@ impl ServerBuilder {
     /// as soon as they are accepted.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
+        self
+    }
+
+    /// The most connections served at once from one source address (default 64): an IPv4
+    /// address, or an IPv6 /64. Connections beyond it are closed as soon as they are accepted,
+    /// so that one address cannot take the slots of [`ServerBuilder::max_connections`] from
+    /// everyone else. Raise it for clients behind one NAT or proxy address.
+    pub fn max_connections_per_address(mut self, n: usize) -> Self {
+        self.max_connections_per_address = n;
         self
     }
 
@@ -358,6 +370,7 @@ async fn accept_loop(
     // waiting for all of them at shutdown waits for every task, and no set of tasks has to be
     // kept (and reaped, a wake-up of this loop per connection).
     let permits = Arc::new(Semaphore::new(builder.max_connections));
+    let per_address = per_address::PerAddress::new(builder.max_connections_per_address);
     let config = Arc::new(builder.config);
     // Whether the loop ends in a shutdown, which closes the connections, or because the
     // handle was dropped, which leaves them to end on their own.
@@ -383,6 +396,15 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
+        let Some(slot) = per_address.enter(addr.ip()) else {
+            tracing::warn!(
+                %addr,
+                max = builder.max_connections_per_address,
+                "connection refused: max_connections_per_address reached"
+            );
+            drop(stream);
+            continue;
+        };
         let _ = pb_core::transport::prepare_tcp(&stream);
         let service = service.clone();
         let acceptor = acceptor.clone();
@@ -391,6 +413,7 @@ async fn accept_loop(
         let stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             if *stop.borrow() {
                 return;
             }

@@ -1,0 +1,101 @@
+//! Connections counted per source address, so that one address cannot take every slot.
+//!
+//! An address is an IPv4 address or an IPv6 /64 (what one host or one site typically holds; an
+//! IPv4-mapped IPv6 address counts as its IPv4 address).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+
+/// The connections open per source address, and the most each may have.
+#[derive(Clone)]
+pub(crate) struct PerAddress {
+    max: usize,
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection's place in its address's count, given back when dropped.
+pub(crate) struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+/// The address `ip` counts under.
+fn key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => IpAddr::V4(a),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut s = a.segments();
+                s[4..].fill(0);
+                IpAddr::V6(Ipv6Addr::from(s))
+            }
+        },
+    }
+}
+
+impl PerAddress {
+    pub(crate) fn new(max: usize) -> PerAddress {
+        PerAddress {
+            max: max.max(1),
+            counts: Arc::default(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, unless its address has `max` already.
+    pub(crate) fn enter(&self, ip: IpAddr) -> Option<AddressSlot> {
+        let key = key(ip);
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            counts: self.counts.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_counted_by_host_and_ipv6_slash_64() {
+        let per = PerAddress::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let s1 = per.enter(a).unwrap();
+        let _s2 = per.enter(a).unwrap();
+        assert!(per.enter(a).is_none(), "a third from one address");
+        assert!(
+            per.enter("10.0.0.2".parse().unwrap()).is_some(),
+            "others still get in"
+        );
+        drop(s1);
+        assert!(per.enter(a).is_some(), "a slot given back is free again");
+        // One /64 is one address; the mapped form of an IPv4 address is that address.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _x = per.enter(v6("2001:db8:1:2::1")).unwrap();
+        let _y = per.enter(v6("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(per.enter(v6("2001:db8:1:2::77")).is_none());
+        assert!(per.enter(v6("2001:db8:1:3::1")).is_some());
+        assert_eq!(key(v6("::ffff:10.0.0.9")), v6("10.0.0.9"));
+        // Only the slots still held count: 10.0.0.1 and the /64.
+        assert_eq!(per.counts.lock().unwrap().len(), 2);
+    }
+}
