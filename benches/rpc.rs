@@ -15,6 +15,7 @@
 //!   (`latency_p99`), in microseconds;
 //! - `pipelined`: `echo(u64)` calls with 64 in flight on one connection, calls/s;
 //! - `bulk`: sequential echoes of a 1 MiB byte vector, MB/s of payload (10^6 bytes, one way);
+//! - `bulk_vec`: the same with `Vec<u8>` in the method's signature, as users write it;
 //! - `connect`: connect + handshake + one call + close, connections/s;
 //! - `refs`: pass a new object reference to the peer, which calls it once and drops it (so a
 //!   release comes back), 64 cycles in flight, cycles/s (pb only);
@@ -49,6 +50,8 @@ pub trait Bench {
     async fn echo(&self, v: u64) -> Result<u64, ()>;
     /// Answers `data`.
     async fn bulk(&self, data: Bytes) -> Result<Bytes, ()>;
+    /// Answers `data`, typed as users write it.
+    async fn bulk_vec(&self, data: Vec<u8>) -> Result<Vec<u8>, ()>;
     /// Calls `p.ping()` once and drops `p`.
     async fn visit(&self, p: PingRef) -> Result<u64, ()>;
 }
@@ -67,6 +70,9 @@ impl Bench for BenchImpl {
         Ok(v)
     }
     async fn bulk(&self, data: Bytes) -> Result<Bytes, ()> {
+        Ok(data)
+    }
+    async fn bulk_vec(&self, data: Vec<u8>) -> Result<Vec<u8>, ()> {
         Ok(data)
     }
     async fn visit(&self, p: PingRef) -> Result<u64, ()> {
@@ -719,9 +725,11 @@ async fn floor_pipelined<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Sequential 1 MiB echoes: MB/s of payload, one way.
-async fn bulk(sys: System, addr: SocketAddr, c: Counts) -> f64 {
+/// Sequential 1 MiB echoes: MB/s of payload, one way. With `vec`, pb's method takes and
+/// answers a `Vec<u8>` (the floor is the same either way).
+async fn bulk(sys: System, addr: SocketAddr, c: Counts, vec: bool) -> f64 {
     let data = Bytes::from((0..BULK_LEN).map(|i| i as u8).collect::<Vec<u8>>());
+    let data_vec = data.to_vec();
     let warmup = 5;
     let mut elapsed = Duration::ZERO;
     match sys {
@@ -741,11 +749,19 @@ async fn bulk(sys: System, addr: SocketAddr, c: Counts) -> f64 {
             let (conn, root) = pb_connect(addr).await;
             for i in 0..warmup + c.bulk {
                 let t = Instant::now();
-                let back = root.bulk(data.clone()).await.expect("bulk call");
+                let len = if vec {
+                    // The clone is the caller's (a user passing a buffer it keeps).
+                    root.bulk_vec(data_vec.clone())
+                        .await
+                        .expect("bulk call")
+                        .len()
+                } else {
+                    root.bulk(data.clone()).await.expect("bulk call").len()
+                };
                 if i >= warmup {
                     elapsed += t.elapsed();
                 }
-                assert_eq!(back.len(), BULK_LEN);
+                assert_eq!(len, BULK_LEN);
             }
             conn.close().await;
         }
@@ -906,7 +922,11 @@ fn pipelined_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
 }
 
 fn bulk_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
-    Box::pin(async move { vec![bulk(sys, addr, c).await] })
+    Box::pin(async move { vec![bulk(sys, addr, c, false).await] })
+}
+
+fn bulk_vec_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
+    Box::pin(async move { vec![bulk(sys, addr, c, true).await] })
 }
 
 fn connect_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
@@ -1164,6 +1184,18 @@ fn main() {
         rows.push(
             Row::vs("bulk", "MB/s of 1 MiB echoes, higher is better", p[0], f[0])
                 .target(">= 0.7x", p[0] >= 0.7 * f[0]),
+        );
+    }
+    if wants("bulk_vec") {
+        let [f, p] = rates(System::Floor, System::Pb, bulk_vec_work);
+        rows.push(
+            Row::vs(
+                "bulk_vec",
+                "MB/s of 1 MiB Vec<u8> echoes, higher is better",
+                p[0],
+                f[0],
+            )
+            .target(">= 0.7x", p[0] >= 0.7 * f[0]),
         );
     }
     if wants("connect") {
