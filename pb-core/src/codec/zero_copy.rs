@@ -132,21 +132,123 @@ impl<T> Default for Wire<T> {
     }
 }
 
-/// The zero-copy path, for `bytes::Bytes`.
+/// The byte-string path: `bytes::Bytes` (a slice of the received frame), and `Vec<u8>` and
+/// `Box<[u8]>` (one copy each way, not an element at a time).
 #[doc(hidden)]
 pub trait WireBytes {
+    /// The type picked.
+    type Value;
     /// The decode seed.
-    fn seed(&self) -> SharedBytes;
+    type Seed;
+    /// What is encoded in its place.
+    type Ref<'a>
+    where
+        Self::Value: 'a;
+    /// The decode seed.
+    fn seed(&self) -> Self::Seed;
     /// The value to encode.
-    fn wire<'a>(&self, value: &'a Bytes) -> BytesRef<'a>;
+    fn wire<'a>(&self, value: &'a Self::Value) -> Self::Ref<'a>;
 }
 
 impl WireBytes for Wire<Bytes> {
+    type Value = Bytes;
+    type Seed = SharedBytes;
+    type Ref<'a> = BytesRef<'a>;
     fn seed(&self) -> SharedBytes {
         SharedBytes
     }
     fn wire<'a>(&self, value: &'a Bytes) -> BytesRef<'a> {
         BytesRef(value)
+    }
+}
+
+impl WireBytes for Wire<Vec<u8>> {
+    type Value = Vec<u8>;
+    type Seed = VecBytes;
+    type Ref<'a> = SliceRef<'a>;
+    fn seed(&self) -> VecBytes {
+        VecBytes
+    }
+    fn wire<'a>(&self, value: &'a Vec<u8>) -> SliceRef<'a> {
+        SliceRef(value)
+    }
+}
+
+impl WireBytes for Wire<Box<[u8]>> {
+    type Value = Box<[u8]>;
+    type Seed = BoxedBytes;
+    type Ref<'a> = SliceRef<'a>;
+    fn seed(&self) -> BoxedBytes {
+        BoxedBytes
+    }
+    fn wire<'a>(&self, value: &'a Box<[u8]>) -> SliceRef<'a> {
+        SliceRef(value)
+    }
+}
+
+/// A byte slice encoded as one byte string (the same bytes on the wire as serde's sequence
+/// of `u8` in pb's codec, so a peer that encodes a `Vec<u8>` element by element agrees).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct SliceRef<'a>(pub &'a [u8]);
+
+impl Serialize for SliceRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+/// A seed that decodes a `Vec<u8>` with one copy (from a byte string, or element by element
+/// from a format that has none).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VecBytes;
+
+impl<'de> DeserializeSeed<'de> for VecBytes {
+    type Value = Vec<u8>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_bytes(VecVisitor)
+    }
+}
+
+/// A seed that decodes a `Box<[u8]>` as [`VecBytes`] does.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BoxedBytes;
+
+impl<'de> DeserializeSeed<'de> for BoxedBytes {
+    type Value = Box<[u8]>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Box<[u8]>, D::Error> {
+        d.deserialize_bytes(VecVisitor).map(Vec::into_boxed_slice)
+    }
+}
+
+struct VecVisitor;
+
+impl<'de> Visitor<'de> for VecVisitor {
+    type Value = Vec<u8>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a byte string")
+    }
+
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+        Ok(v.to_vec())
+    }
+
+    fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+        Ok(v)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+        // The hint is the peer's claim: capped, never trusted for the allocation.
+        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(b) = seq.next_element::<u8>()? {
+            v.push(b);
+        }
+        Ok(v)
     }
 }
 
