@@ -143,3 +143,36 @@ fn a_vec_of_bytes_is_the_same_on_the_wire_either_way() {
         assert_eq!(back, data);
     }
 }
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Upload {
+    name: String,
+    #[serde(with = "pb::zero_copy::vec")]
+    data: Vec<u8>,
+}
+
+#[test]
+fn vec_fields_marked_for_it_are_one_byte_string_with_the_same_bytes() {
+    #[derive(Serialize)]
+    struct Plain<'a> {
+        name: &'a str,
+        data: &'a Vec<u8>,
+    }
+    let up = Upload {
+        name: "f".into(),
+        data: (0..70_000).map(|i| i as u8).collect(),
+    };
+    let fast = pb::codec::encode(&up, None).unwrap().0;
+    let plain = pb::codec::encode(
+        &Plain {
+            name: &up.name,
+            data: &up.data,
+        },
+        None,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(fast, plain);
+    let back: Upload = pb::codec::decode(&fast, vec![]).unwrap();
+    assert_eq!(back, up);
+}

@@ -10,6 +10,11 @@
 //!   received frame.
 //! - **`Bytes` fields of your own types**: mark them `#[serde(with = "pb::zero_copy")]`
 //!   (this module, re-exported by the `pb` facade).
+//! - **`Vec<u8>` and `Box<[u8]>` parameters and results** need nothing either: they cross as
+//!   one byte string, copied once each way (serde alone would take them an element at a
+//!   time). **`Vec<u8>` fields** of your own types get the same with
+//!   `#[serde(with = "pb::zero_copy::vec")]` ([`vec`]). The bytes on the wire are the same
+//!   either way.
 //!
 //! The wire form is the one `Bytes` has anyway (a length and the bytes), so both ends need not
 //! agree on using it. Decoded outside a pb payload (another serde format, or bytes that are not
@@ -35,6 +40,34 @@ use std::marker::PhantomData;
 use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
+
+/// `Vec<u8>` fields as one byte string (for `#[serde(with = "pb::zero_copy::vec")]`): one
+/// copy each way instead of an element at a time, and the same bytes on the wire as serde's
+/// own encoding of a `Vec<u8>` in pb's codec.
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Upload {
+///     name: String,
+///     #[serde(with = "pb_core::codec::zero_copy::vec")]
+///     data: Vec<u8>,
+/// }
+/// ```
+pub mod vec {
+    use serde::de::DeserializeSeed;
+    use serde::{Deserializer, Serializer};
+
+    /// Serialize `bytes` as one byte string.
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    /// Deserialize a `Vec<u8>` from a byte string (or, from a format without one, a
+    /// sequence).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        super::VecBytes.deserialize(deserializer)
+    }
+}
 
 /// Serialize `bytes` as `Bytes` does (for `#[serde(with = "pb::zero_copy")]`).
 pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
