@@ -459,3 +459,45 @@ async fn a_raised_max_frame_len_is_announced_to_the_peer() {
     still_works(&client).await;
     assert!(!server.is_closed());
 }
+
+// ---- answers nobody asked for -------------------------------------------------------------
+
+/// A frame holding an answer to call `id` that carries 1 024 fresh references.
+fn forged_answer(id: u64, first: u64) -> Vec<u8> {
+    use pb::proto::message::{Message, RefDesc};
+    let mut body = bytes::BytesMut::new();
+    Message::Answer {
+        id,
+        ok: true,
+        refs: (first..first + 1024).map(RefDesc::Sender).collect(),
+        payload: Bytes::new(),
+    }
+    .encode(&mut body);
+    frame(&body)
+}
+
+#[tokio::test(start_paused = true)]
+async fn answers_to_calls_never_made_import_nothing_and_cost_the_connection() {
+    let (server, mut peer) = raw_peer(Config::default()).await;
+    // Three answers to calls the server never made, 1 024 fresh references each: nothing is
+    // imported (a peer that sends them without reading makes the server hold nothing).
+    for n in 0..3 {
+        peer.write_all(&forged_answer(1000 + n, 1 + n * 1024))
+            .await
+            .unwrap();
+    }
+    // A call after them: once it is answered, they were handled.
+    peer.write_all(&frame(&[1, 1, 1, 0, 3, b'a', b'd', b'd', 0, 2, 4]))
+        .await
+        .unwrap();
+    let mut head = [0u8; 4];
+    peer.read_exact(&mut head).await.unwrap();
+    let mut body = vec![0; u32::from_be_bytes(head) as usize];
+    peer.read_exact(&mut body).await.unwrap();
+    assert_eq!(body[0], 2, "the call was answered");
+    assert_eq!(server.stats().tables.imported, 0);
+    // Each was a violation: the fourth closes the connection.
+    let _ = peer.write_all(&forged_answer(2000, 5000)).await;
+    let why = closed_with(&server).await;
+    assert!(why.contains("max_violations = 3"), "{why}");
+}
