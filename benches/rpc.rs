@@ -22,6 +22,9 @@
 //! - `idle`: server memory per idle connection with 10 000 connections open, from the RSS of
 //!   the server process, KiB.
 //!
+//! `--pin same` runs the client and the servers on one core (core 0), `--pin split` on one core
+//! each (0 and 1), with `taskset`; without it the scheduler places them.
+//!
 //! Each workload is repeated (`--runs N`, default 3; 1 with `--quick`) and the median of the
 //! runs is reported. `-- --json` prints one JSON line per workload:
 //! `{"workload": "...", "unit": "...", "pb": X, "floor": Y, "ratio": X/Y}`; the ratio is always
@@ -163,7 +166,11 @@ impl ServerProc {
         let exe = std::env::current_exe().expect("the bench's own path");
         // Profiling aid: `RPC_BENCH_SERVER_WRAP="valgrind --tool=callgrind"` runs the server
         // under that command.
-        let wrap = std::env::var("RPC_BENCH_SERVER_WRAP").unwrap_or_default();
+        let mut wrap = std::env::var("RPC_BENCH_SERVER_WRAP").unwrap_or_default();
+        // `--pin`: the server's core (the client pinned itself already, see `pin_self`).
+        if let Some(cpu) = pinned_server_cpu() {
+            wrap = format!("taskset -c {cpu} {wrap}");
+        }
         let mut words = wrap.split_whitespace();
         let mut cmd = match words.next() {
             Some(program) => {
@@ -1105,12 +1112,54 @@ fn latency_runs<const N: usize>(
     })
 }
 
+/// Set, to `same` or `split`, in the bench process that `--pin` re-ran under `taskset`.
+const PIN_ENV: &str = "RPC_BENCH_PINNED";
+
+/// The core the server runs on under `--pin`: the client's (0) with `same`, the next (1) with
+/// `split`.
+fn pinned_server_cpu() -> Option<u32> {
+    match std::env::var(PIN_ENV).ok()?.as_str() {
+        "same" => Some(0),
+        "split" => Some(1),
+        _ => None,
+    }
+}
+
+/// `--pin same|split`: run this bench again on core 0 under `taskset` (its servers then go on
+/// core 0 or core 1), and exit with its status. Returns when there is nothing to do.
+fn pin_self(args: &[String]) {
+    let Some(i) = args.iter().position(|a| a == "--pin") else {
+        return;
+    };
+    if std::env::var_os(PIN_ENV).is_some() {
+        return;
+    }
+    let placement = args.get(i + 1).map(String::as_str).unwrap_or("");
+    if placement != "same" && placement != "split" {
+        eprintln!("--pin takes `same` (one core for both processes) or `split` (one each)");
+        std::process::exit(2);
+    }
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let status = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(exe)
+        .args(args)
+        .env(PIN_ENV, placement)
+        .status()
+        .unwrap_or_else(|e| {
+            eprintln!("--pin needs `taskset` (util-linux): {e}");
+            std::process::exit(2);
+        });
+    std::process::exit(status.code().unwrap_or(1));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let Some(i) = args.iter().position(|a| a == "--serve") {
         serve(args.get(i + 1).map(String::as_str).unwrap_or(""));
         return;
     }
+    pin_self(&args);
     let json = args.iter().any(|a| a == "--json");
     let quick = args.iter().any(|a| a == "--quick");
     let runs: usize = args
@@ -1127,7 +1176,7 @@ fn main() {
             if std::mem::take(&mut skip_next) {
                 return false;
             }
-            if *a == "--runs" {
+            if *a == "--runs" || *a == "--pin" {
                 skip_next = true;
             }
             !a.starts_with("--")
