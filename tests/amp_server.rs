@@ -67,6 +67,11 @@ const SUM_ASK: &[u8] = b"\x00\x04_ask\x00\x011\x00\x08_command\x00\x03Sum\x00\x0
 const SUM_ANSWER: &[u8] = b"\x00\x07_answer\x00\x011\x00\x05total\x00\x0294\x00\x00";
 
 async fn ask_sum_raw(port: u16) -> Vec<u8> {
+    ask_sum_on(port).await.1
+}
+
+/// As [`ask_sum_raw`], keeping the connection open.
+async fn ask_sum_on(port: u16) -> (TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(SUM_ASK).await.unwrap();
     let mut answer = vec![0; SUM_ANSWER.len()];
@@ -74,7 +79,7 @@ async fn ask_sum_raw(port: u16) -> Vec<u8> {
         .await
         .unwrap()
         .unwrap();
-    answer
+    (s, answer)
 }
 
 #[tokio::test]
@@ -217,14 +222,9 @@ async fn connections_over_max_connections_are_closed_and_the_server_goes_on() {
     }));
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         // Answered: the connection is open and served.
-        s.write_all(SUM_ASK).await.unwrap();
-        let mut answer = vec![0; SUM_ANSWER.len()];
-        tokio::time::timeout(PATIENCE, s.read_exact(&mut answer))
-            .await
-            .unwrap()
-            .unwrap();
+        let (s, answer) = ask_sum_on(port).await;
+        assert_eq!(answer, SUM_ANSWER);
         held.push(s);
     }
     // The third is closed at once, unanswered.

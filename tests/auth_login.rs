@@ -157,7 +157,11 @@ async fn before_login_only_the_login_object_answers() {
     let root = session.connection().root_ref();
     // Avatar methods are not on the login object.
     let r = root.call::<_, String, ()>("whoami", &()).await;
-    assert!(matches!(r, Err(CallError::NoSuchMethod(_))), "{r:?}");
+    // The message says why, and what to do.
+    assert!(
+        matches!(&r, Err(CallError::NoSuchMethod(m)) if m.contains("has not logged in") && m.contains("log in first")),
+        "{r:?}"
+    );
     // The second login step without the first is refused.
     let r = root
         .call::<_, String, Refusal>(
@@ -410,4 +414,20 @@ fn the_in_memory_store_reports_its_most_common_verifier_shape() {
         users.insert(name, v);
     }
     assert_eq!(users.shape().map(|s| s.iterations), Some(8192));
+}
+
+#[tokio::test(start_paused = true)]
+async fn logging_in_to_a_server_without_a_portal_says_so() {
+    let (a, b) = pb::transport::memory_pair();
+    let config = Config::default();
+    let root: pb::ObjectRef = AccountRef::new(auth_support::Me).into();
+    let server = Connection::establish(a, &config, pb::Side::Server, Some(root), None);
+    let (_server, session) = tokio::join!(server, Client::builder().open_over(b));
+    let err = session
+        .unwrap()
+        .login::<AccountRef>("alice", PASSWORD)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LoginError::NotAPortal(_)), "{err:?}");
+    assert!(err.to_string().contains("serve a Portal"), "{err}");
 }

@@ -110,7 +110,10 @@ async fn a_dialed_connection_fails_its_calls_with_the_handshake_error() {
             why.contains("we speak version 1, the peer speaks version 9"),
             "{why}"
         ),
-        other => panic!("expected a handshake error, got {other:?}"),
+        other => panic!(
+            "expected a handshake error, got {other:?} ({:?})",
+            conn.close_reason()
+        ),
     }
     conn.closed().await;
     assert_eq!(
@@ -220,4 +223,45 @@ async fn a_server_tells_its_limits_only_to_a_dialer_that_tells_its_own() {
             assert_eq!(Hello::decode(&answer).unwrap(), Hello::ours(Features::NONE));
         }
     }
+}
+
+#[tokio::test]
+async fn dialing_a_server_that_closes_without_a_hello_is_a_handshake_error() {
+    // A server that is not pb (or refuses us): it accepts, then closes without a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        drop(s);
+    });
+    let conn = pb::Client::connect(addr).await.unwrap();
+    let r = conn.root_ref().call::<_, u64, ()>("echo", &(1u64,)).await;
+    match r {
+        Err(CallError::Handshake(m)) => {
+            assert!(m.contains("before its pb hello"), "{m}")
+        }
+        other => panic!(
+            "expected a handshake error, got {other:?} ({:?})",
+            conn.close_reason()
+        ),
+    }
+    assert_eq!(
+        conn.close_reason(),
+        Some(CloseReason::Handshake(HandshakeError::ClosedBeforeHello))
+    );
+}
+
+#[test]
+fn connect_errors_say_their_cause() {
+    let e = ConnectError::Io(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "connection refused",
+    ));
+    assert_eq!(e.to_string(), "i/o error: connection refused");
+    let e = ConnectError::Handshake(HandshakeError::ClosedBeforeHello);
+    assert!(
+        e.to_string()
+            .starts_with("pb handshake failed: the peer closed"),
+        "{e}"
+    );
 }

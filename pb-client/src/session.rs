@@ -33,6 +33,13 @@ pub enum LoginError {
     /// [`crate::ClientBuilder::login`], which dial first).
     #[error("cannot open the connection to log in")]
     Connect(#[source] ClientError),
+    /// The server's root is not a login portal: it has no login methods. A server offers
+    /// logins by serving a `Portal` (`Server::serve_portal`); without one, call its root
+    /// directly (`Client::connect`, `Connection::root`).
+    #[error(
+        "the server does not offer logins: its root has no login methods ({0}); serve a Portal (Server::serve_portal), or call the root without logging in"
+    )]
+    NotAPortal(String),
 }
 
 impl LoginError {
@@ -49,6 +56,7 @@ impl From<CallError<Refusal>> for LoginError {
     fn from(e: CallError<Refusal>) -> Self {
         match e {
             CallError::Remote(r) => LoginError::Refused(r),
+            CallError::NoSuchMethod(m) => LoginError::NotAPortal(m),
             other => LoginError::Call(other),
         }
     }

@@ -144,10 +144,10 @@ impl Default for Config {
 #[non_exhaustive]
 pub enum ConnectError {
     /// The transport failed.
-    #[error("i/o error")]
+    #[error("i/o error: {0}")]
     Io(#[from] io::Error),
     /// The handshake failed.
-    #[error("handshake failed")]
+    #[error("pb handshake failed: {0}")]
     Handshake(#[from] HandshakeError),
     /// The peer closed the connection during the handshake.
     #[error("the peer closed the connection during the handshake")]

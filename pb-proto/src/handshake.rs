@@ -231,6 +231,12 @@ pub enum HandshakeError {
         /// The body length received.
         len: usize,
     },
+    /// The peer closed the connection before its hello arrived: it does not speak pb (or
+    /// refused the connection, a server at its connection limit, say).
+    #[error(
+        "the peer closed the connection before its pb hello: it is not a pb server, or it refused the connection"
+    )]
+    ClosedBeforeHello,
     /// The peer speaks another protocol version.
     #[error("protocol version mismatch: we speak version {ours}, the peer speaks version {theirs}")]
     VersionMismatch {

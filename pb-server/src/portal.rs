@@ -19,12 +19,13 @@ use pb_core::login::{
     LOGIN_INTERFACE, METHOD_ANONYMOUS, METHOD_CERTIFICATE, METHOD_SCRAM_FINISH, METHOD_SCRAM_START,
     Refusal, ScramFinished,
 };
+use pb_core::message::FaultKind;
 use pb_core::scram::{
     self, ChannelBinding, ScramError, ScramServer, ScramVerifier, VerifierShape, parse_client_first,
 };
 use pb_core::{
-    BoxFuture, Config, ConnectError, Connection, Dispatch, Identity, IncomingCall, Interface,
-    ObjectRef, PeerCertificate, Remote, Reply, Side, encode_result,
+    BoxFuture, Config, ConnectError, Connection, Dispatch, Fault, Identity, IncomingCall,
+    Interface, ObjectRef, PeerCertificate, Remote, Reply, Side, encode_result,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, watch};
@@ -655,7 +656,15 @@ impl Dispatch for LoginRoot {
                         .flatten();
                     encode_result(&caller, self.other_login(identity, mind, conn).await)
                 }
-                _ => call.no_such_method(&LOGIN_INTERFACE),
+                // Most likely a call meant for the avatar, made before logging in.
+                _ => Err(Fault {
+                    kind: FaultKind::NoSuchMethod,
+                    message: format!(
+                        "{} has no method {:?}: this connection has not logged in, and before a login its root is the login object; log in first (Session::login) and call the avatar the login returns",
+                        LOGIN_INTERFACE.name,
+                        call.method()
+                    ),
+                }),
             }
         })
     }

@@ -29,6 +29,16 @@ impl ConnShared {
         if self.is_closed() {
             return;
         }
+        // A dialed connection whose peer hung up (or reset it) before its hello arrived was
+        // not talking to a pb server: its calls fail with that, not a bare disconnection.
+        let reason = match reason {
+            CloseReason::PeerClosed | CloseReason::Io(_)
+                if !self.peer_known.load(Ordering::Acquire) =>
+            {
+                CloseReason::Handshake(HandshakeError::ClosedBeforeHello)
+            }
+            reason => reason,
+        };
         // Callers still waiting find their calls gone, and fail with the close's fault; every
         // reference imported on this connection is dead, and forwards of them that we export
         // to other peers are revoked there; our exports end (their hooks run).

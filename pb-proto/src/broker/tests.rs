@@ -14,6 +14,17 @@ mod harness;
 
 use self::harness::*;
 
+impl World {
+    /// a asks b for `object` and holds what the answer carries, everything delivered.
+    fn fetch(&mut self, object: Ref) -> Vec<Ref> {
+        let id = self.a.call(0, "get", b"", &[]);
+        self.settle();
+        self.b.answer(b"", vec![object]);
+        self.settle();
+        ok(self.a.take_answer(id)).refs
+    }
+}
+
 /// The answer's outcome, or a panic naming the fault.
 fn ok(reply: Reply<Ref>) -> Outcome<Ref> {
     reply.unwrap_or_else(|f| panic!("fault: {f:?}"))
@@ -218,11 +229,7 @@ fn a_replica_fetched_again_while_updates_flow_gets_every_later_update() {
 #[test]
 fn a_revoked_reference_releases_nothing_however_late_it_is_dropped() {
     let mut w = World::new();
-    let id = w.a.call(0, "get", b"", &[]);
-    w.settle();
-    w.b.answer(b"", vec![Ref::Local(7)]);
-    w.settle();
-    let held = ok(w.a.take_answer(id)).refs;
+    let held = w.fetch(Ref::Local(7));
     let export = held[0].remote().id;
     assert!(w.b.broker.revoke_export(export));
     assert_eq!(w.b.dropped, 1, "the revoked export is the driver's to drop");
@@ -240,11 +247,7 @@ fn a_revoked_reference_releases_nothing_however_late_it_is_dropped() {
 #[test]
 fn references_returned_home_are_the_owners_own_objects() {
     let mut w = World::new();
-    let id = w.a.call(0, "get", b"", &[]);
-    w.settle();
-    w.b.answer(b"", vec![Ref::Local(7)]);
-    w.settle();
-    let held = ok(w.a.take_answer(id)).refs;
+    let held = w.fetch(Ref::Local(7));
     // a hands b's object back, with b's root (a reference to b's object 0) and one of a's.
     let root = {
         let (conn, queue) = (w.a.conn, w.a.queue.clone());
