@@ -124,6 +124,33 @@
 //! not part of the stub's signature (Twisted's `Viewable`). A dynamic call by name is
 //! [`ObjectRef::call`].
 //!
+//! A method that cannot fail returns its value itself (`-> T`, or nothing): its stub's error
+//! is [`CallError<Never>`](Never), which only the system's failures (a lost connection, a
+//! deadline, a limit) can be.
+//!
+//! ```
+//! #[pb::remote]
+//! trait Clock {
+//!     async fn now(&self) -> u64;
+//!     async fn tick(&self);
+//! }
+//!
+//! struct Wall;
+//! impl Clock for Wall {
+//!     async fn now(&self) -> u64 {
+//!         42
+//!     }
+//!     async fn tick(&self) {}
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let clock = ClockRef::new(Wall);
+//! let now: Result<u64, pb::CallError<pb::Never>> = clock.now().await;
+//! assert_eq!(now, Ok(42));
+//! assert_eq!(clock.tick().await, Ok(()));
+//! # }
+//! ```
+//!
 //! # What `#[pb::copyable]` generates
 //! serde's `Serialize` and `Deserialize` (through pb's own serde, so users need no serde
 //! dependency) and the [`Copyable`] marker. `#[pb::copyable(state_for = path)]` adds Twisted's
@@ -154,8 +181,8 @@ pub use pb_core::codec::zero_copy;
 pub use pb_core::login::Refusal;
 pub use pb_core::{
     Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError, Connection,
-    ConnectionStats, Copyable, Limits, ObjectRef, Remote, Replica, ReplicaError, Side, TableStats,
-    Versioned, codec, deadline, scram, stream, transport,
+    ConnectionStats, Copyable, Limits, Never, ObjectRef, Remote, Replica, ReplicaError, Side,
+    TableStats, Versioned, codec, deadline, scram, stream, transport,
 };
 pub use pb_derive::{copyable, remote};
 pub use pb_server::{

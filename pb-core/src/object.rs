@@ -185,6 +185,21 @@ impl IncomingCall {
     }
 }
 
+/// The error of a remote method that cannot fail: one declared `-> T` (or returning nothing)
+/// instead of `-> Result<T, E>`. No value of it exists, so its stub's `CallError<Never>` is
+/// only ever one of the system's errors (a lost connection, a deadline, a limit), never
+/// `CallError::Remote`. (The `pb` crate's docs show one.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Never {}
+
+impl std::fmt::Display for Never {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {}
+    }
+}
+
+impl std::error::Error for Never {}
+
 /// An encoded outcome of a call: the callee's `Ok` or typed `Err` (`ok`), its encoded value
 /// (`payload`) and the references the payload points into (`refs`). The protocol core's
 /// [`pb_proto::broker::Outcome`] over [`ObjectRef`]s.

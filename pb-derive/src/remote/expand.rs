@@ -25,10 +25,15 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
             let (n, t) = (&p.name, &p.ty);
             quote!(#n: #t)
         });
+        let output = if m.infallible {
+            quote!(#ok)
+        } else {
+            quote!(::core::result::Result<#ok, #err>)
+        };
         quote! {
             #(#attrs)*
             fn #mname(&self, #(#params),*)
-                -> impl ::core::future::Future<Output = ::core::result::Result<#ok, #err>>
+                -> impl ::core::future::Future<Output = #output>
                 + ::core::marker::Send;
         }
     });
@@ -37,7 +42,13 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
         let attrs = &m.attrs;
         let mname = &m.name;
         let mstr = mname.to_string();
-        let (ok, err) = (&m.ok, &m.err);
+        let ok = &m.ok;
+        let err = if m.infallible {
+            quote!(#p::Never)
+        } else {
+            let e = &m.err;
+            quote!(#e)
+        };
         let sent: Vec<_> = m.params.iter().filter(|p| !p.is_caller).collect();
         let params = sent.iter().map(|p| {
             let (n, t) = (&p.name, &p.ty);
@@ -72,12 +83,25 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
         let sent: Vec<_> = m.params.iter().filter(|p| !p.is_caller).collect();
         let names = sent.iter().map(|p| &p.name);
         let types: Vec<_> = sent.iter().map(|p| &p.ty).collect();
-        let (ok, err) = (&m.ok, &m.err);
+        let ok = &m.ok;
+        let err = if m.infallible {
+            quote!(#p::Never)
+        } else {
+            let e = &m.err;
+            quote!(#e)
+        };
         let take_caller = m.params.iter().filter(|p| p.is_caller).map(|p| {
             let n = &p.name;
             quote!(let #n = ::core::clone::Clone::clone(call.caller());)
         });
         let args = m.params.iter().map(|p| &p.name);
+        let call_inner = if m.infallible {
+            quote!(::core::result::Result::<#ok, #p::Never>::Ok(
+                self.inner.#mname(#(#args),*).await
+            ))
+        } else {
+            quote!(self.inner.#mname(#(#args),*).await)
+        };
         quote! {
             #mbytes => {
                 let (#(#names,)*): (#(#types,)*) = match call.decode_args_seed(
@@ -91,7 +115,7 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
                 #(#take_caller)*
                 let __pb_caller = #p::IncomingCall::into_caller(call);
                 ::std::boxed::Box::pin(async move {
-                    let result = self.inner.#mname(#(#args),*).await;
+                    let result = #call_inner;
                     let result = match &result {
                         ::core::result::Result::Ok(v) => {
                             ::core::result::Result::Ok((&#p::Wire::<#ok>::new()).wire(v))

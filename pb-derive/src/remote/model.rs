@@ -20,6 +20,9 @@ pub(crate) struct Method {
     pub(crate) params: Vec<Param>,
     pub(crate) ok: Type,
     pub(crate) err: Type,
+    /// The method returns `T` (or nothing), not a `Result`: it cannot fail, and its stub's
+    /// error is `CallError<pb::Never>`.
+    pub(crate) infallible: bool,
 }
 
 pub(crate) struct Param {
@@ -193,19 +196,18 @@ impl Method {
             ReturnType::Type(_, ty) => split_result(ty),
             ReturnType::Default => None,
         };
-        let (ok, err) = match result {
-            Some(r) => r,
-            None => {
-                let span = match &sig.output {
-                    ReturnType::Type(_, ty) => ty.span(),
-                    ReturnType::Default => sig.paren_token.span.join(),
-                };
+        let (ok, err, infallible) = match (result, &sig.output) {
+            (Some((_, err)), _) if is_infallible(&err) => {
                 errors.push(syn::Error::new(
-                    span,
-                    "remote methods return `Result<T, E>`, where E is the error type the caller receives",
+                    err.span(),
+                    "`Infallible` cannot cross the wire: a method that cannot fail returns `T` itself (`-> T`, or nothing), and its caller's error is then `CallError<pb::Never>`",
                 ));
-                (unit(), unit())
+                (unit(), unit(), false)
             }
+            (Some((ok, err)), _) => (ok, err, false),
+            // A method that cannot fail: `-> T`, or nothing.
+            (None, ReturnType::Type(_, ty)) => ((**ty).clone(), unit(), true),
+            (None, ReturnType::Default) => (unit(), unit(), true),
         };
         if let Some(e) = errors.0 {
             return Err(e);
@@ -216,8 +218,14 @@ impl Method {
             params,
             ok,
             err,
+            infallible,
         })
     }
+}
+
+/// Whether `ty` names `Infallible` (under any path).
+fn is_infallible(ty: &Type) -> bool {
+    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Infallible"))
 }
 
 fn unit() -> Type {
