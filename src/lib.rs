@@ -155,7 +155,21 @@
 //! serde's `Serialize` and `Deserialize` (through pb's own serde, so users need no serde
 //! dependency) and the [`Copyable`] marker. `#[pb::copyable(state_for = path)]` adds Twisted's
 //! `getStateToCopyFor`: `path` is a `fn(&Self, Option<&Connection>) -> Self` that picks the state
-//! each peer receives (the connection is `None` for in-process calls).
+//! each peer receives (the connection is `None` for in-process calls). Serde attributes on the
+//! type and its fields (`#[serde(rename = ...)]`, `#[serde(with = ...)]`) pass through.
+//!
+//! A type that derives serde's traits itself takes the marker alone with
+//! `#[derive(pb::Copyable)]` (a per-peer state needs the attribute form):
+//!
+//! ```
+//! #[derive(serde::Serialize, serde::Deserialize, pb::Copyable)]
+//! struct Point {
+//!     x: i32,
+//!     y: i32,
+//! }
+//! fn passed_by_value<T: pb::Copyable>() {}
+//! passed_by_value::<Point>();
+//! ```
 //!
 //! # Layout
 //! Everything is re-exported here at one path each; the crates behind it are:
@@ -184,7 +198,7 @@ pub use pb_core::{
     ConnectionStats, Copyable, Limits, Never, ObjectRef, Remote, Replica, ReplicaError, Side,
     TableStats, Versioned, codec, deadline, scram, stream, transport,
 };
-pub use pb_derive::{copyable, remote};
+pub use pb_derive::{Copyable, copyable, remote};
 pub use pb_server::{
     Avatar, ClientAuth, Identity, LoginConfig, LoginRequest, PeerCertificate, Portal, Realm,
     Server, ServerBuilder, ServerHandle, ServerTls, ShutdownHandle, VerifierStore, Verifiers,

@@ -143,3 +143,49 @@ async fn the_state_hook_changes_what_each_peer_sees() {
     // In-process, no peer: the full state.
     assert_eq!(ArchiveRef::new(ArchiveImpl).account().await.unwrap(), full);
 }
+
+/// A type that derives serde's traits itself, marked with the derive.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, pb::Copyable)]
+pub struct Derived {
+    #[serde(rename = "n")]
+    pub number: u32,
+    pub label: String,
+}
+
+#[pb::remote]
+trait Mirror {
+    async fn mirror(&self, d: Derived) -> Derived;
+}
+
+struct MirrorImpl;
+
+impl Mirror for MirrorImpl {
+    async fn mirror(&self, d: Derived) -> Derived {
+        Derived {
+            number: d.number * 2,
+            label: d.label,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_type_with_the_copyable_derive_crosses_by_value() {
+    fn copyable<T: pb::Copyable>() {}
+    copyable::<Derived>();
+    let (_server, client) = common::memory_pair(MirrorRef::new(MirrorImpl)).await;
+    let mirror: MirrorRef = client.root();
+    let back = mirror
+        .mirror(Derived {
+            number: 21,
+            label: "x".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        back,
+        Derived {
+            number: 42,
+            label: "x".into()
+        }
+    );
+}

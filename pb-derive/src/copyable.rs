@@ -92,3 +92,21 @@ pub(crate) fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
         impl #p::Copyable for #name {}
     }
 }
+
+/// `#[derive(Copyable)]`: the marker alone, for a type whose serde traits are derived already.
+pub(crate) fn derive(item: TokenStream) -> TokenStream {
+    let input: syn::DeriveInput = match syn::parse2(item) {
+        Ok(i) => i,
+        Err(e) => return e.to_compile_error(),
+    };
+    if let syn::Data::Union(u) = &input.data {
+        return syn::Error::new_spanned(u.union_token, "pb::Copyable cannot apply to a union")
+            .to_compile_error();
+    }
+    let p = quote!(::pb::__private);
+    let name = &input.ident;
+    let (impl_g, ty_g, where_g) = input.generics.split_for_impl();
+    quote! {
+        impl #impl_g #p::Copyable for #name #ty_g #where_g {}
+    }
+}

@@ -29,10 +29,28 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     remote::remote(attr.into(), item.into()).into()
 }
 
-/// Mark a struct or enum as passed by value. See `pb::copyable`.
+/// Mark a struct or enum as passed by value: derives serde's `Serialize` and `Deserialize`
+/// (through pb, so no direct serde dependency is needed) and implements `pb::Copyable`. Serde
+/// attributes on the type and its fields pass through.
+///
+/// `#[pb::copyable(state_for = f)]`, with `f(&self, Option<&pb::Connection>) -> Self`, picks
+/// the state each peer receives (Twisted's `getStateToCopyFor`).
+///
+/// For types that derive serde's traits themselves, `#[derive(pb::Copyable)]` implements
+/// `pb::Copyable` alone. (An interface is an attribute on a trait, `#[pb::remote]`, not a
+/// derive: a derive sees a type's fields, never a trait's methods.)
 #[proc_macro_attribute]
 pub fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
     copyable::copyable(attr.into(), item.into()).into()
+}
+
+/// Implements `pb::Copyable` for a type that derives serde's `Serialize` and `Deserialize`
+/// itself: `#[derive(Serialize, Deserialize, pb::Copyable)]`. A per-peer state
+/// (`state_for`) needs the attribute form, `#[pb::copyable(state_for = f)]`, which derives the
+/// serde traits too. The `pb` crate's docs show both.
+#[proc_macro_derive(Copyable)]
+pub fn derive_copyable(input: TokenStream) -> TokenStream {
+    copyable::derive(input.into()).into()
 }
 
 // --- AMP section (owned by the AMP work) ---
