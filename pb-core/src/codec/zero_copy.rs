@@ -13,7 +13,7 @@
 //! - **`Vec<u8>` and `Box<[u8]>` parameters and results** need nothing either: they cross as
 //!   one byte string, copied once each way (serde alone would take them an element at a
 //!   time). **`Vec<u8>` fields** of your own types get the same with
-//!   `#[serde(with = "pb::zero_copy::vec")]` ([`vec`]). The bytes on the wire are the same
+//!   `#[serde(with = "pb::zero_copy::vec")]` ([`vec`](mod@vec)). The bytes on the wire are the same
 //!   either way.
 //!
 //! The wire form is the one `Bytes` has anyway (a length and the bytes), so both ends need not
