@@ -431,3 +431,55 @@ async fn logging_in_to_a_server_without_a_portal_says_so() {
     assert!(matches!(err, LoginError::NotAPortal(_)), "{err:?}");
     assert!(err.to_string().contains("serve a Portal"), "{err}");
 }
+
+/// An application's own identity, recorded by the realm beside pb's.
+#[derive(Debug, PartialEq)]
+struct AppUser(u32);
+
+#[pb::remote]
+trait Perspective {
+    /// pb's identity, the application's, and whether the caller's avatar is this object.
+    async fn check(&self, caller: pb::Caller) -> (Option<String>, Option<u32>, bool);
+    async fn tag(&self) -> u32;
+}
+
+struct PerspectiveImpl(u32);
+
+impl Perspective for PerspectiveImpl {
+    async fn check(&self, caller: pb::Caller) -> (Option<String>, Option<u32>, bool) {
+        let avatar = match caller.avatar::<PerspectiveRef>() {
+            Some(a) => a.tag().await == Ok(self.0),
+            None => false,
+        };
+        (
+            caller
+                .identity::<Identity>()
+                .and_then(|i| i.name().map(str::to_owned)),
+            caller.identity::<AppUser>().map(|a| a.0),
+            avatar,
+        )
+    }
+    async fn tag(&self) -> u32 {
+        self.0
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn handlers_see_the_avatar_and_identities_of_both_pb_and_the_application() {
+    let mut users = pb::Verifiers::new();
+    users
+        .insert_password("alice", PASSWORD, ITERATIONS)
+        .unwrap();
+    let portal = Portal::new(|login: pb::LoginRequest| async move {
+        // The realm records the application's own identity beside pb's.
+        login.connection.set_identity(AppUser(7));
+        Ok(pb::Avatar::new(PerspectiveRef::new(PerspectiveImpl(99))))
+    })
+    .verifiers(users);
+    let (_server, session) = pair(&portal).await;
+    let me: PerspectiveRef = session.login("alice", PASSWORD).await.unwrap();
+    assert_eq!(
+        me.check().await.unwrap(),
+        (Some("alice".to_owned()), Some(7), true)
+    );
+}

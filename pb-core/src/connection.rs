@@ -212,7 +212,11 @@ pub(crate) struct ConnShared {
     /// Set by the first close, after `close_reason`: checked on every write and call.
     is_closed: AtomicBool,
     drain_timeout: Duration,
-    identity: Mutex<Option<Identity>>,
+    /// What the application recorded of the peer, one value per type (pb's login identity,
+    /// an application's own beside it).
+    identity: Mutex<Vec<Identity>>,
+    /// The avatar the peer logged in as, if it did.
+    avatar: Mutex<Option<ObjectRef>>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     /// Bytes handed to the write path and not yet written (see [`Limits::max_unsent_bytes`]).
@@ -258,7 +262,8 @@ impl ConnShared {
             closed: Notify::new(),
             is_closed: AtomicBool::new(false),
             drain_timeout: config.drain_timeout,
-            identity: Mutex::new(None),
+            identity: Mutex::new(Vec::new()),
+            avatar: Mutex::new(None),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             unsent: AtomicUsize::new(0),

@@ -612,8 +612,16 @@ impl LoginRoot {
             connection: conn.clone(),
             peer_certificate: self.peer_certificate(),
         };
-        let avatar = self.portal.realm.request_avatar(request).await?;
+        // Recorded first, so that a realm may record identities of its own beside it.
         conn.set_identity(identity.clone());
+        let avatar = match self.portal.realm.request_avatar(request).await {
+            Ok(avatar) => avatar,
+            Err(refusal) => {
+                conn.forget_identity::<Identity>();
+                return Err(refusal);
+            }
+        };
+        conn.set_avatar(avatar.object.clone());
         conn.set_max_frame_len(self.max_frame_len_after);
         self.logged_in.send_replace(true);
         tracing::info!(connection = conn.id(), peer = ?conn.peer_addr(), user = ?identity.name(), "logged in");

@@ -123,24 +123,64 @@ impl Connection {
     }
 
     /// Record who the peer is (a login, a certificate, ...). Dispatchers see it through
-    /// [`Caller::identity`].
+    /// [`Caller::identity`]. One value is kept per type: a value of a type recorded already
+    /// replaces it, and values of other types stay (pb's login records a
+    /// [`crate::Identity`]; an application can record its own beside it).
     pub fn set_identity<T: Any + Send + Sync>(&self, identity: T) {
-        *self
+        let mut ids = self
             .shared
             .identity
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(identity));
+            .unwrap_or_else(|p| p.into_inner());
+        ids.retain(|id| !id.is::<T>());
+        ids.push(Arc::new(identity));
     }
 
-    /// The identity recorded with [`Connection::set_identity`], if it is a `T`.
+    /// The identity of type `T` recorded with [`Connection::set_identity`], if any.
     pub fn identity<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
         let id = self
             .shared
             .identity
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
+            .iter()
+            .find(|id| id.is::<T>())
+            .cloned()?;
         id.downcast::<T>().ok()
+    }
+
+    /// Forget the identity of type `T`, if one was recorded.
+    pub fn forget_identity<T: Any + Send + Sync>(&self) {
+        self.shared
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id| !id.is::<T>());
+    }
+
+    /// Record the avatar the peer logged in as (the portal does), for [`Caller::avatar`]. It is
+    /// kept while the connection lives, or until replaced.
+    pub fn set_avatar(&self, avatar: ObjectRef) {
+        let old = self
+            .shared
+            .avatar
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(avatar);
+        // Dropped outside the lock: its drop may run user code.
+        drop(old);
+    }
+
+    /// The avatar recorded with [`Connection::set_avatar`], as a `R` (no check is made that
+    /// it implements `R`'s interface: a call to a method it lacks fails with `NoSuchMethod`).
+    pub fn avatar<R: Remote>(&self) -> Option<R> {
+        let avatar = self
+            .shared
+            .avatar
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        Some(R::from_object_ref(avatar))
     }
 
     /// Whether the connection has ended.

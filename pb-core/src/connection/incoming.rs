@@ -83,6 +83,13 @@ impl Caller {
     pub fn identity<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
         self.conn.as_ref().and_then(|c| c.identity::<T>())
     }
+
+    /// The avatar the caller logged in as (Twisted's perspective), as a `R`: the object the
+    /// portal's realm made for this connection's login. `None` for a local call, or on a
+    /// connection that has not logged in.
+    pub fn avatar<R: Remote>(&self) -> Option<R> {
+        self.conn.as_ref().and_then(|c| c.avatar::<R>())
+    }
 }
 
 impl std::fmt::Debug for Caller {
