@@ -191,8 +191,8 @@ pub use pb_client::{
     Backoff, Client, ClientBuilder, ClientError, ClientState, ClientTls, LoginError, Reconnecting,
     Session,
 };
-pub use pb_core::codec::zero_copy;
 pub use pb_core::login::Refusal;
+pub use pb_core::zero_copy;
 pub use pb_core::{
     Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError, Connection,
     ConnectionStats, Copyable, Limits, Never, ObjectRef, Remote, Replica, ReplicaError, Side,

@@ -15,7 +15,6 @@
 //! error whatever the user's types, never a stack overflow.
 
 mod depth;
-pub mod zero_copy;
 
 use std::cell::{Cell, RefCell};
 
@@ -75,7 +74,7 @@ struct Context {
     /// The connection the value is bound for (encoding) or came from (decoding).
     peer: Option<Connection>,
     /// Decoding: the buffer the payload is a slice of, when it is one, so that byte strings
-    /// in it can be handed out as slices of it ([`zero_copy`]).
+    /// in it can be handed out as slices of it ([`zero_copy`](crate::zero_copy)).
     frame: Option<Bytes>,
 }
 
@@ -235,7 +234,7 @@ pub fn encode_into<T: Serialize + ?Sized>(
 /// Types whose serde forms never ask pb's encode context anything: no object references, no
 /// state chosen per peer. The standard library's plain types and containers of them; sealed.
 /// Generated code encodes values of these types without entering the context (cheaper), and
-/// picks that path per type at compile time (see [`zero_copy::Wire`]).
+/// picks that path per type at compile time (see [`crate::zero_copy::Wire`]).
 #[doc(hidden)]
 pub trait Plain: plain::Sealed {}
 
@@ -445,7 +444,7 @@ pub fn decode_with_depth<T: DeserializeOwned>(
 }
 
 /// As [`decode_with_depth`], for a payload held in a `Bytes`: byte strings decoded through
-/// [`zero_copy`] are slices of `payload`, not copies.
+/// [`zero_copy`](crate::zero_copy) are slices of `payload`, not copies.
 pub fn decode_shared<T: DeserializeOwned>(
     payload: &Bytes,
     refs: Vec<ObjectRef>,
@@ -651,7 +650,7 @@ mod tests {
     // Written as generated code writes it: the borrow is what picks the path.
     #[allow(clippy::needless_borrow)]
     fn generated_code_picks_the_plain_path_for_plain_types_only() {
-        use zero_copy::{Wire, WireAny as _, WirePlain as _};
+        use crate::zero_copy::{Wire, WireAny as _, WirePlain as _};
         assert!((&Wire::<u64>::new()).plain());
         assert!((&Wire::<()>::new()).plain());
         assert!((&Wire::<Option<Vec<(String, Bytes)>>>::new()).plain());

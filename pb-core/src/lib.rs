@@ -69,6 +69,7 @@ mod object;
 pub mod pem;
 pub mod stream;
 pub mod transport;
+pub mod zero_copy;
 
 pub use pb_proto::{frame, handshake, message, scram};
 
@@ -92,7 +93,7 @@ pub mod amp;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::codec::current_peer;
-    pub use crate::codec::zero_copy::{TupleSeed, Wire, WireAny, WireBytes, WirePlain, WireSerde};
+    pub use crate::zero_copy::{TupleSeed, Wire, WireAny, WireBytes, WirePlain, WireSerde};
     pub use crate::{
         BoxFuture, CallError, Copyable, Dispatch, IncomingCall, Interface, Never, ObjectRef,
         Remote, Reply, encode_reply, encode_result,

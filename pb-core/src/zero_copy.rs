@@ -29,7 +29,7 @@
 //! #[derive(serde::Serialize, serde::Deserialize)]
 //! struct Chunk {
 //!     offset: u64,
-//!     #[serde(with = "pb_core::codec::zero_copy")]
+//!     #[serde(with = "pb_core::zero_copy")]
 //!     data: bytes::Bytes,
 //! }
 //! ```
@@ -49,7 +49,7 @@ use serde::{Serialize, Serializer};
 /// #[derive(serde::Serialize, serde::Deserialize)]
 /// struct Upload {
 ///     name: String,
-///     #[serde(with = "pb_core::codec::zero_copy::vec")]
+///     #[serde(with = "pb_core::zero_copy::vec")]
 ///     data: Vec<u8>,
 /// }
 /// ```
@@ -90,7 +90,7 @@ impl<'de> Visitor<'de> for SharedVisitor {
     }
 
     fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
-        Ok(super::share_borrowed(v))
+        Ok(crate::codec::share_borrowed(v))
     }
 
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
@@ -303,7 +303,7 @@ impl<T> WireSerde<T> for &Wire<T> {
     }
 }
 
-/// `plain()` is `true` for a [`super::Plain`] type (the context-free encode path).
+/// `plain()` is `true` for a [`crate::codec::Plain`] type (the context-free encode path).
 #[doc(hidden)]
 pub trait WirePlain {
     /// Whether the type is plain.
@@ -312,7 +312,7 @@ pub trait WirePlain {
     }
 }
 
-impl<T: super::Plain> WirePlain for Wire<T> {}
+impl<T: crate::codec::Plain> WirePlain for Wire<T> {}
 
 /// `plain()` is `false` for every other type.
 #[doc(hidden)]
