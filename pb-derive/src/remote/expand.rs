@@ -43,12 +43,7 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
         let mname = &m.name;
         let mstr = mname.to_string();
         let ok = &m.ok;
-        let err = if m.infallible {
-            quote!(#p::Never)
-        } else {
-            let e = &m.err;
-            quote!(#e)
-        };
+        let err = err_type(m, &p);
         let sent: Vec<_> = m.params.iter().filter(|p| !p.is_caller).collect();
         let params = sent.iter().map(|p| {
             let (n, t) = (&p.name, &p.ty);
@@ -84,12 +79,7 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
         let names = sent.iter().map(|p| &p.name);
         let types: Vec<_> = sent.iter().map(|p| &p.ty).collect();
         let ok = &m.ok;
-        let err = if m.infallible {
-            quote!(#p::Never)
-        } else {
-            let e = &m.err;
-            quote!(#e)
-        };
+        let err = err_type(m, &p);
         let take_caller = m.params.iter().filter(|p| p.is_caller).map(|p| {
             let n = &p.name;
             quote!(let #n = ::core::clone::Clone::clone(call.caller());)
@@ -264,5 +254,15 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
                 }
             }
         }
+    }
+}
+
+/// The error type a method's callers see: its own, or `Never` for one that cannot fail.
+fn err_type(m: &super::model::Method, p: &TokenStream) -> TokenStream {
+    if m.infallible {
+        quote!(#p::Never)
+    } else {
+        let e = &m.err;
+        quote!(#e)
     }
 }
