@@ -195,8 +195,9 @@ pub use pb_core::login::Refusal;
 pub use pb_core::zero_copy;
 pub use pb_core::{
     Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError, Connection,
-    ConnectionStats, Copyable, Limits, Never, ObjectRef, Remote, Replica, ReplicaError, Side,
-    TableStats, Versioned, codec, deadline, scram, stream, transport,
+    ConnectionStats, Copyable, Limits, Never, ObjectRef, Remote, Replica, ReplicaChange,
+    ReplicaError, ReplicaUpdates, Side, TableStats, Versioned, codec, deadline, scram, stream,
+    transport,
 };
 pub use pb_derive::{Copyable, copyable, remote};
 pub use pb_server::{

@@ -520,3 +520,72 @@ async fn updates_dropped_before_the_replica_is_decoded_are_reported() {
     let version = feed.bump().await.unwrap();
     assert_eq!((replica.version(), replica.get().n), (version, version));
 }
+
+/// What a change stream yields, as (version, lines pushed or the whole state's lines).
+fn describe(change: &pb::ReplicaChange<Board>) -> (u64, String) {
+    match change {
+        pb::ReplicaChange::State(s) => (s.version, format!("state {:?}", s.value.lines)),
+        pb::ReplicaChange::Update { version, update } => (*version, format!("{update:?}")),
+        _ => (change.version(), "other".into()),
+    }
+}
+
+#[tokio::test]
+async fn a_replica_sees_its_first_state_then_every_update_in_order() {
+    let board = Cache::new(Board {
+        lines: vec!["first".into()],
+    });
+    let (_server, client) = common::memory_pair(serve(&board)).await;
+    let studio: StudioRef = client.root();
+    let replica = studio.board().await.unwrap();
+    // Both sides: the peer's replica, and the owner's own view.
+    for view in [replica.clone(), board.replica()] {
+        let mut changes = view.updates();
+        let first = changes.next().await.unwrap();
+        assert_eq!(describe(&first).1, "state [\"first\"]");
+        let base = first.version();
+        for i in 0..3 {
+            board.update(Edit::Push(format!("l{i}"))).unwrap();
+        }
+        board.update(Edit::Clear).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(describe(&changes.next().await.unwrap()));
+        }
+        // Every update, none coalesced, in version order.
+        assert_eq!(
+            got,
+            [
+                (base + 1, "Push(\"l0\")".to_string()),
+                (base + 2, "Push(\"l1\")".to_string()),
+                (base + 3, "Push(\"l2\")".to_string()),
+                (base + 4, "Clear".to_string()),
+            ]
+        );
+        // Back to one line for the next view.
+        board.update(Edit::Push("first".into())).unwrap();
+        replica.wait_for(|b| b.lines == ["first"]).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_change_receiver_that_falls_behind_gets_the_whole_state() {
+    let board = Cache::new(Board::default());
+    let replica = board.replica();
+    let mut changes = replica.updates();
+    assert_eq!(changes.next().await.unwrap().version(), 0);
+    // More than the receiver's buffer, unread.
+    for i in 0..300 {
+        board.update(Edit::Push(format!("{i}"))).unwrap();
+    }
+    let mut last = 0;
+    let mut saw_state = false;
+    while last < 300 {
+        let change = changes.next().await.unwrap();
+        assert!(change.version() > last, "in order");
+        saw_state |= matches!(change, pb::ReplicaChange::State(_));
+        last = change.version();
+    }
+    assert!(saw_state, "the missed updates came as a whole state");
+    assert_eq!(replica.get().lines.len(), 300);
+}

@@ -85,6 +85,8 @@ struct CacheInner<T: CacheState> {
     sending: Mutex<()>,
     observers: Mutex<Observers>,
     observer_count: watch::Sender<usize>,
+    /// Every change, for [`Replica::updates`] (made on first use).
+    changes: Changes<T>,
 }
 
 static CACHE_INTERFACE: Interface = Interface {
@@ -133,6 +135,7 @@ impl<T: CacheState> Cache<T> {
                 sending: Mutex::new(()),
                 observers: Mutex::new(Observers::default()),
                 observer_count: watch::channel(0).0,
+                changes: Changes::default(),
             }),
         }
     }
@@ -172,6 +175,10 @@ impl<T: CacheState> Cache<T> {
         self.inner.state.send_modify(|st| {
             st.value.apply(&update);
             st.version = version;
+        });
+        self.inner.changes.send(|| ReplicaChange::Update {
+            version,
+            update: Arc::new(update),
         });
         let targets: Vec<_> = lock(&self.inner.observers)
             .linked
@@ -418,6 +425,8 @@ struct ReplicaState<T: CacheState> {
     state: watch::Sender<Versioned<T>>,
     /// Set when an update was missed; cleared by a full state from the owner.
     error: Mutex<Option<ReplicaError>>,
+    /// Every change, for [`Replica::updates`] (made on first use).
+    changes: Changes<T>,
 }
 
 impl<T: CacheState> ReplicaState<T> {
@@ -425,6 +434,7 @@ impl<T: CacheState> ReplicaState<T> {
         ReplicaState {
             state: watch::channel(Versioned { version, value }).0,
             error: Mutex::new(None),
+            changes: Changes::default(),
         }
     }
 
@@ -459,6 +469,7 @@ impl<T: CacheState> ReplicaSink for ReplicaState<T> {
         };
         let mut missed = None;
         let mut in_sync = false;
+        let mut change = None;
         self.state.send_if_modified(|st| match msg {
             CacheMsg::Replace { version, state } if version > st.version => {
                 *st = Versioned {
@@ -466,11 +477,16 @@ impl<T: CacheState> ReplicaSink for ReplicaState<T> {
                     value: state,
                 };
                 in_sync = true;
+                change = Some(ReplicaChange::State(st.clone()));
                 true
             }
             CacheMsg::Apply { version, update } if version == st.version + 1 => {
                 st.value.apply(&update);
                 st.version = version;
+                change = Some(ReplicaChange::Update {
+                    version,
+                    update: Arc::new(update),
+                });
                 true
             }
             CacheMsg::Apply { version, .. } if version > st.version + 1 => {
@@ -483,6 +499,9 @@ impl<T: CacheState> ReplicaSink for ReplicaState<T> {
             // What the replica has already (a full state may overlap the updates around it).
             _ => false,
         });
+        if let Some(change) = change {
+            self.changes.send(|| change);
+        }
         if let Some(error) = missed {
             self.fail(error);
         } else if in_sync && lock(&self.error).take().is_some() {
@@ -581,6 +600,30 @@ impl<T: CacheState> Replica<T> {
     /// with no change, when the replica stops following its cache (see [`Replica::error`]).
     pub fn subscribe(&self) -> watch::Receiver<Versioned<T>> {
         self.state().subscribe()
+    }
+
+    /// Every change of the state, in order: first the state as it is now, then each update
+    /// as it is applied (with its version), and each whole state the owner sends (after the
+    /// replica missed updates). Unlike [`Replica::subscribe`], nothing is coalesced; a receiver
+    /// that falls more than 256 changes behind gets the current whole state in place of those
+    /// it missed. On a peer, updates that arrive on a connection before a call from the owner
+    /// are applied before that call runs. The stream ends when the replica's state is gone.
+    pub fn updates(&self) -> ReplicaUpdates<T> {
+        let changes = match &self.inner {
+            Kind::Local(c) => &c.changes,
+            Kind::Remote { state, .. } => &state.changes,
+        };
+        // Subscribed before the state is read: a change in between is seen twice at most,
+        // and the version filter in `next` drops the repeat.
+        let rx = changes.subscribe();
+        let state = self.state().subscribe();
+        let first = state.borrow().clone();
+        ReplicaUpdates {
+            rx,
+            state,
+            first: Some(first),
+            last: None,
+        }
     }
 
     /// Why this replica no longer follows its cache, if it does not: it missed an update (the
@@ -727,6 +770,11 @@ impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
         })
     }
 }
+
+mod changes;
+
+use self::changes::Changes;
+pub use self::changes::{ReplicaChange, ReplicaUpdates};
 
 #[cfg(test)]
 mod tests;

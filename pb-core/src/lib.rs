@@ -74,7 +74,9 @@ pub mod zero_copy;
 pub use pb_proto::{frame, handshake, message, scram};
 
 pub use broker::{Limits, ProtocolError, TableStats};
-pub use cache::{Cache, CacheState, Replica, ReplicaError, Versioned};
+pub use cache::{
+    Cache, CacheState, Replica, ReplicaChange, ReplicaError, ReplicaUpdates, Versioned,
+};
 pub use connection::{
     Caller, CloseReason, Config, ConnectError, Connection, ConnectionReader, ConnectionStats,
     ExportLink, Side,
