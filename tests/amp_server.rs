@@ -321,3 +321,40 @@ async fn the_server_outlives_running_out_of_file_descriptors() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn one_address_cannot_take_every_amp_slot() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = AmpConfig::default()
+        .max_connections(3)
+        .max_connections_per_address(1);
+    tokio::spawn(pb::amp::serve(listener, config, |_| {
+        Locator::new().respond(|Sum { a, b }| async move { Ok(SumResult { total: a + b }) })
+    }));
+    // One from 127.0.0.1 is served and held.
+    let (_held, answer) = ask_sum_on(port).await;
+    assert_eq!(answer, SUM_ANSWER);
+    // A second from the same address is closed at once, unanswered.
+    let mut second = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = second.write_all(SUM_ASK).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, second.read_to_end(&mut out))
+        .await
+        .expect("the server closes the connection over its limit");
+    assert!(read.is_err() || out.is_empty(), "no answer over the limit");
+    // Another address still gets a slot.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
+    other.write_all(SUM_ASK).await.unwrap();
+    let mut answer = vec![0; SUM_ANSWER.len()];
+    tokio::time::timeout(PATIENCE, other.read_exact(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, SUM_ANSWER);
+}

@@ -1,6 +1,11 @@
 //! Transports: any `AsyncRead + AsyncWrite` byte stream carries a connection. This module has
 //! the two that need help: TCP (with the socket options pb wants) and an in-memory pipe for
-//! tests and examples.
+//! tests and examples; and [`PerAddress`], the count of connections per source address that
+//! servers keep.
+
+mod per_address;
+
+pub use self::per_address::{AddressSlot, PerAddress};
 
 use std::io;
 use std::net::SocketAddr;

@@ -68,7 +68,6 @@ pub mod dev {
     #[cfg(feature = "dev-certs")]
     pub use crate::dev_certs::*;
 }
-mod per_address;
 mod portal;
 mod tls;
 
@@ -370,7 +369,7 @@ async fn accept_loop(
     // waiting for all of them at shutdown waits for every task, and no set of tasks has to be
     // kept (and reaped, a wake-up of this loop per connection).
     let permits = Arc::new(Semaphore::new(builder.max_connections));
-    let per_address = per_address::PerAddress::new(builder.max_connections_per_address);
+    let per_address = pb_core::transport::PerAddress::new(builder.max_connections_per_address);
     let config = Arc::new(builder.config);
     // Whether the loop ends in a shutdown, which closes the connections, or because the
     // handle was dropped, which leaves them to end on their own.

@@ -267,7 +267,8 @@ impl AmpConnection {
 /// Accepts AMP connections on `listener` until the future is dropped, building each one's
 /// locator with `make_locator` (which gets the connection's handle, to call the peer back).
 ///
-/// It keeps at most [`AmpConfig::max_connections`] connections open: one more is closed as
+/// It keeps at most [`AmpConfig::max_connections`] connections open, and
+/// [`AmpConfig::max_connections_per_address`] from one source address: one more is closed as
 /// soon as it is accepted (and logged). When accepting fails for the listener itself (out of
 /// file descriptors, say) it logs the error, waits 50 ms and goes on: the server outlives the
 /// shortage, as pb's native server does. It never returns an error.
@@ -285,6 +286,7 @@ where
     F: Fn(&AmpConnection) -> Locator + Send + Sync + 'static,
 {
     let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let per_address = crate::transport::PerAddress::new(config.max_connections_per_address);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -315,6 +317,15 @@ where
             drop(stream);
             continue;
         };
+        let Some(slot) = per_address.enter(peer.ip()) else {
+            tracing::warn!(
+                %peer,
+                max = config.max_connections_per_address,
+                "amp: connection refused: max_connections_per_address reached"
+            );
+            drop(stream);
+            continue;
+        };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "amp: cannot set nodelay");
         }
@@ -323,7 +334,7 @@ where
         tokio::spawn(async move {
             let reason = conn.closed().await;
             tracing::debug!(%peer, %reason, "amp: connection ended");
-            drop(permit);
+            drop((permit, slot));
         });
     }
 }

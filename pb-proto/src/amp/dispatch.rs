@@ -43,6 +43,9 @@ pub struct AmpConfig<S = ()> {
     /// The most connections a server (pb-core's `amp::serve`) keeps open at once (default
     /// 1 024); one more is closed as soon as it is accepted.
     pub max_connections: usize,
+    /// The most of those from one source address, an IPv4 address or an IPv6 /64 (default 64),
+    /// so that one address cannot take every slot.
+    pub max_connections_per_address: usize,
 }
 
 impl<S> Default for AmpConfig<S> {
@@ -56,6 +59,7 @@ impl<S> Default for AmpConfig<S> {
             close_on_failed_no_answer: true,
             tls_server: None,
             max_connections: 1024,
+            max_connections_per_address: 64,
         }
     }
 }
@@ -65,6 +69,13 @@ impl<S> AmpConfig<S> {
     #[inline]
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
+        self
+    }
+
+    /// Sets [`AmpConfig::max_connections_per_address`].
+    #[inline]
+    pub fn max_connections_per_address(mut self, n: usize) -> Self {
+        self.max_connections_per_address = n;
         self
     }
 

@@ -7,15 +7,17 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
-/// The connections open per source address, and the most each may have.
-#[derive(Clone)]
-pub(crate) struct PerAddress {
+/// The connections open per source address, and the most each may have (used by pb's
+/// servers, native and AMP).
+#[derive(Clone, Debug)]
+pub struct PerAddress {
     max: usize,
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 /// One connection's place in its address's count, given back when dropped.
-pub(crate) struct AddressSlot {
+#[derive(Debug)]
+pub struct AddressSlot {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
     key: IpAddr,
 }
@@ -36,7 +38,8 @@ fn key(ip: IpAddr) -> IpAddr {
 }
 
 impl PerAddress {
-    pub(crate) fn new(max: usize) -> PerAddress {
+    /// At most `max` connections per address (at least 1).
+    pub fn new(max: usize) -> PerAddress {
         PerAddress {
             max: max.max(1),
             counts: Arc::default(),
@@ -44,7 +47,7 @@ impl PerAddress {
     }
 
     /// A slot for one more connection from `ip`, unless its address has `max` already.
-    pub(crate) fn enter(&self, ip: IpAddr) -> Option<AddressSlot> {
+    pub fn enter(&self, ip: IpAddr) -> Option<AddressSlot> {
         let key = key(ip);
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let n = counts.entry(key).or_default();
