@@ -31,75 +31,10 @@ use bytes::{Bytes, BytesMut};
 use pb_proto::banana::{BananaCodec, BananaConfig, BigInt, Dialect, Element};
 use pb_proto::jelly::{self, Date, DateTime, Decimal, Graph, JellyConfig, Time, TimeDelta, Value};
 
-const TWISTED: &str = "twisted[tls]==26.10.0";
+#[path = "../../tests/interop/venv.rs"]
+mod venv;
 
-fn run_checked(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{what}: cannot run: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what}: {}\nstdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// The interop virtualenv's python, built once per test process.
-fn python() -> PathBuf {
-    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PYTHON.get_or_init(bootstrap_venv).clone()
-}
-
-/// Builds the interop virtualenv as `tests/amp_interop.rs` does (same path, pin and completion
-/// marker, so either test reuses the other's), unless it is complete.
-fn bootstrap_venv() -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap();
-    let venv = target.join("pb-interop-venv");
-    let python = venv.join("bin").join("python");
-    let marker = venv.join(".pb-interop-complete");
-    if python.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(TWISTED) {
-        return python;
-    }
-    let build = || -> Result<(), String> {
-        if venv.exists() {
-            std::fs::remove_dir_all(&venv).map_err(|e| format!("cannot clear {venv:?}: {e}"))?;
-        }
-        let base = std::env::var_os("PB_INTEROP_PYTHON").unwrap_or_else(|| "python3".into());
-        run_checked(
-            Command::new(&base).args(["-m", "venv"]).arg(&venv),
-            "python3 -m venv (python3 with the venv module is required)",
-        )?;
-        run_checked(
-            Command::new(&python).args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-                "--quiet",
-                TWISTED,
-            ]),
-            "pip install twisted",
-        )?;
-        run_checked(
-            Command::new(&python).args([
-                "-c",
-                "import twisted, OpenSSL; assert twisted.__version__ == '26.10.0'",
-            ]),
-            "checking the installed twisted",
-        )?;
-        std::fs::write(&marker, TWISTED).map_err(|e| format!("cannot write {marker:?}: {e}"))
-    };
-    if let Err(e) = build() {
-        panic!("cannot set up the python environment with Twisted: {e}");
-    }
-    python
-}
+use venv::python;
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/twisted/jelly_vectors.py")
