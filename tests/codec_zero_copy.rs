@@ -176,3 +176,16 @@ fn vec_fields_marked_for_it_are_one_byte_string_with_the_same_bytes() {
     let back: Upload = pb::codec::decode(&fast, vec![]).unwrap();
     assert_eq!(back, up);
 }
+
+#[test]
+fn generated_code_picks_the_byte_string_path_for_byte_vectors_only() {
+    // The same method calls `#[pb::remote]` generates: each `let` fails to compile if the
+    // picker takes another path.
+    use pb::__private::{Wire, WireBytes as _, WireSerde as _};
+    let _: pb::zero_copy::VecBytes = (&Wire::<Vec<u8>>::new()).seed();
+    let _: pb::zero_copy::BoxedBytes = (&Wire::<Box<[u8]>>::new()).seed();
+    let _: pb::zero_copy::SharedBytes = (&Wire::<Bytes>::new()).seed();
+    let _: std::marker::PhantomData<Vec<u16>> = (&Wire::<Vec<u16>>::new()).seed();
+    let data = vec![1u8, 2, 3];
+    let _: pb::zero_copy::SliceRef<'_> = (&Wire::<Vec<u8>>::new()).wire(&data);
+}

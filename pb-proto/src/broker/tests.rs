@@ -527,8 +527,20 @@ fn keep_alive_runs_on_the_virtual_clock() {
         panic!("a ping is due");
     };
     w.a.broker.send_ping(nonce);
-    w.advance(1);
-    w.advance(1);
+    let ping = w.a.transmit().expect("the ping");
+    w.b.receive(&ping, usize::MAX);
+    // b answers with a pong of the same nonce.
+    let pong = w.b.transmit().expect("the pong");
+    let mut input = BytesMut::from(&pong[..]);
+    let body = FrameDecoder::new(1 << 20)
+        .decode(&mut input)
+        .expect("a frame")
+        .expect("a whole frame");
+    assert_eq!(
+        Message::decode(body, &Limits::default().message).expect("a message"),
+        Message::Pong { nonce }
+    );
+    w.a.receive(&pong, usize::MAX);
     assert!(w.a.error.is_none());
     live.handle_frame(at + Duration::from_millis(2));
     assert!(live.poll_timeout() > at + Duration::from_secs(19));
