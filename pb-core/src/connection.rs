@@ -53,7 +53,6 @@ use crate::handshake::{
 use crate::message::FaultKind;
 use crate::object::{
     BoxFuture, Fault, IncomingCall, MethodName, ObjectRef, RefInner, Remote, Reply,
-    disconnected_fault,
 };
 use pb_proto::broker::Payload as _;
 use pb_proto::liveness::{Liveness, LivenessConfig, Timeout};

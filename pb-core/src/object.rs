@@ -589,11 +589,6 @@ impl ObjectRef {
     }
 }
 
-/// The fault a connection reports for a call that was pending when it was lost.
-pub(crate) fn disconnected_fault() -> Fault {
-    Fault::disconnected()
-}
-
 /// Decode a typed result from an outcome, under the default depth limit
 /// [`codec::DEFAULT_MAX_DEPTH`].
 pub fn decode_outcome<R: DeserializeOwned, E: DeserializeOwned>(

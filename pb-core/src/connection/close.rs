@@ -10,7 +10,7 @@ pub(super) fn fault_of(reason: &CloseReason) -> Fault {
             kind: FaultKind::Handshake,
             message: e.to_string(),
         },
-        _ => disconnected_fault(),
+        _ => Fault::disconnected(),
     }
 }
 
@@ -19,7 +19,7 @@ impl ConnShared {
     pub(crate) fn close_fault(&self) -> Fault {
         match self.close_reason.get() {
             Some(reason) => fault_of(reason),
-            None => disconnected_fault(),
+            None => Fault::disconnected(),
         }
     }
 
