@@ -114,22 +114,7 @@ impl BigInt {
     /// The non-negative integer whose base-128 digits (least significant first, each < 128)
     /// are `digits`, negated when `negative`.
     pub(crate) fn from_base128(negative: bool, digits: &[u8]) -> Self {
-        let mut magnitude = Vec::with_capacity(digits.len() * 7 / 8 + 1);
-        let mut acc: u32 = 0;
-        let mut acc_bits = 0u32;
-        for &d in digits {
-            acc |= u32::from(d & 0x7f) << acc_bits;
-            acc_bits += 7;
-            if acc_bits >= 8 {
-                magnitude.push((acc & 0xff) as u8);
-                acc >>= 8;
-                acc_bits -= 8;
-            }
-        }
-        if acc_bits > 0 {
-            magnitude.push((acc & 0xff) as u8);
-        }
-        Self::from_parts(negative, magnitude)
+        Self::from_parts(negative, regroup(digits, 7, 8))
     }
 
     /// Divides the magnitude by `d` in place, returning the remainder.
@@ -147,26 +132,34 @@ impl BigInt {
 
 /// Base-128 digits (least significant first) of a little-endian magnitude; `[0]` for zero.
 fn base128_from_le(magnitude: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(magnitude.len() * 8 / 7 + 1);
-    let mut acc: u32 = 0;
-    let mut acc_bits = 0u32;
-    for &b in magnitude {
-        acc |= u32::from(b) << acc_bits;
-        acc_bits += 8;
-        while acc_bits >= 7 {
-            out.push((acc & 0x7f) as u8);
-            acc >>= 7;
-            acc_bits -= 7;
-        }
-    }
-    if acc_bits > 0 {
-        out.push((acc & 0x7f) as u8);
-    }
+    let mut out = regroup(magnitude, 8, 7);
     while out.len() > 1 && out.last() == Some(&0) {
         out.pop();
     }
     if out.is_empty() {
         out.push(0);
+    }
+    out
+}
+
+/// The bits of `digits` (each holding `from` bits, least significant digit first) regrouped
+/// into digits of `to` bits, least significant first; a last partial digit is kept.
+fn regroup(digits: &[u8], from: u32, to: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(digits.len() * from as usize / to as usize + 1);
+    let (in_mask, out_mask) = ((1u32 << from) - 1, (1u32 << to) - 1);
+    let mut acc: u32 = 0;
+    let mut acc_bits = 0u32;
+    for &d in digits {
+        acc |= (u32::from(d) & in_mask) << acc_bits;
+        acc_bits += from;
+        while acc_bits >= to {
+            out.push((acc & out_mask) as u8);
+            acc >>= to;
+            acc_bits -= to;
+        }
+    }
+    if acc_bits > 0 {
+        out.push((acc & out_mask) as u8);
     }
     out
 }
