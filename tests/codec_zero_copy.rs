@@ -178,6 +178,8 @@ fn vec_fields_marked_for_it_are_one_byte_string_with_the_same_bytes() {
 }
 
 #[test]
+// The borrow is what picks the path (method lookup tries `&Wire<T>` before `&&Wire<T>`).
+#[allow(clippy::needless_borrow)]
 fn generated_code_picks_the_byte_string_path_for_byte_vectors_only() {
     // The same method calls `#[pb::remote]` generates: each `let` fails to compile if the
     // picker takes another path.
