@@ -17,7 +17,7 @@ use bytes::Bytes;
 use pb_proto::broker::{Incoming, Sending, Tokens};
 use tokio::sync::oneshot;
 
-use crate::connection::Imported;
+use crate::link::Imported;
 use crate::object::{ObjectRef, RefInner};
 pub use pb_proto::limits::{Limits, ProtocolError, TableStats};
 
@@ -33,7 +33,7 @@ impl Tokens for Driver {
     #[inline]
     fn classify(object: &ObjectRef, conn: u64) -> Sending {
         match &object.0 {
-            RefInner::Remote(imp) if imp.conn.id() == conn => Sending::Returned(imp.id),
+            RefInner::Remote(imp) if imp.connection == conn => Sending::Returned(imp.id),
             RefInner::Remote(imp) => Sending::Exported(Arc::as_ptr(imp) as usize),
             RefInner::Local(d) => Sending::Exported(Arc::as_ptr(d) as *const () as usize),
         }

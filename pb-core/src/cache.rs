@@ -37,13 +37,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::watch;
 
 use crate::codec::{self, CodecError};
-use crate::connection::{ConnShared, ExportLink};
+use crate::link::{ExportLink, Link, MAX_BUFFERED_UPDATES, ReplicaSink, ReplicaSlot};
 use crate::object::{
     BoxFuture, CallError, Dispatch, IncomingCall, Interface, ObjectRef, RefInner, Reply,
 };
-
-/// The most updates buffered for a replica that is still being decoded.
-const MAX_BUFFERED_UPDATES: usize = 4096;
 
 /// State that can be cached: copied to each peer once, then kept up to date by updates.
 ///
@@ -74,7 +71,7 @@ enum CacheMsg<S, U> {
 #[derive(Default)]
 struct Observers {
     /// Connection id → where to send updates.
-    linked: HashMap<u64, (Weak<ConnShared>, u64)>,
+    linked: HashMap<u64, (Weak<dyn Link>, u64)>,
     /// Connection id → the oldest version encoded for it and not yet observed.
     encoded: HashMap<u64, u64>,
 }
@@ -358,65 +355,6 @@ pub enum ReplicaError {
         /// The most kept.
         max: usize,
     },
-}
-
-/// Receives updates for a replica.
-pub(crate) trait ReplicaSink: Send + Sync {
-    fn apply(&self, payload: &[u8]);
-    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
-}
-
-/// Where updates for an imported object go, if it turns out to be a cache. It lives in the
-/// imported handle, so the replica's state lives as long as the handle, not only as long as
-/// the [`Replica`] clones: an answer that sends the cache again may hold the handle while the
-/// last clone is dropped, and the replica it decodes to must not have missed what arrived
-/// meanwhile.
-///
-/// ```text
-/// Unattached ─update─▶ Buffered ─replica decoded (buffered updates applied)─▶ Attached
-///      └────────────────────────────replica decoded──────────────────────────────┘
-/// ```
-#[derive(Default)]
-pub(crate) enum ReplicaSlot {
-    /// No update has arrived and no replica exists.
-    #[default]
-    Unattached,
-    /// Updates that arrived before the replica was decoded; `overflowed`: some were dropped.
-    Buffered {
-        pending: Vec<Bytes>,
-        overflowed: bool,
-    },
-    /// The replica's state.
-    Attached(Arc<dyn ReplicaSink>),
-}
-
-impl ReplicaSlot {
-    pub(crate) fn deliver(&mut self, payload: Bytes) {
-        match self {
-            ReplicaSlot::Attached(sink) => sink.apply(&payload),
-            ReplicaSlot::Unattached => {
-                *self = ReplicaSlot::Buffered {
-                    pending: vec![payload],
-                    overflowed: false,
-                }
-            }
-            ReplicaSlot::Buffered {
-                pending,
-                overflowed,
-            } => {
-                if pending.len() < MAX_BUFFERED_UPDATES {
-                    pending.push(payload);
-                } else if !*overflowed {
-                    // The replica will be told when it is decoded (`TooManyBuffered`).
-                    *overflowed = true;
-                    tracing::error!(
-                        max = MAX_BUFFERED_UPDATES,
-                        "dropping cache updates: too many before the replica was decoded"
-                    );
-                }
-            }
-        }
-    }
 }
 
 /// A remote replica's state: shared by its [`Replica`] clones and the slot of the imported

@@ -1,4 +1,4 @@
-//! The tokio driver that pumps a [`Broker`] over a transport, and the [`Connection`] handle.
+//! The tokio driver that pumps a [`Broker`] over a transport.
 //!
 //! Each connection runs a reader that decodes frames and feeds them to the broker (running the
 //! handlers of incoming calls inline, and writing a batch's answers at once), in a task of its
@@ -25,7 +25,8 @@
 //! - `refs`: imported references and their releases;
 //! - `close`: the end of a connection;
 //! - `events`: what the broker's events make the driver do, outside its lock;
-//! - `handle`: the public [`Connection`] handle.
+//! - `link`: the object model's [`Link`] (what references, callers and the [`Connection`]
+//!   handle ask of a connection), implemented.
 
 use std::any::Any;
 use std::future::Future;
@@ -44,24 +45,26 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::broker::{Broker, CallEvent, Event, Flush, Limits, ProtocolError, TableStats};
-use crate::cache::ReplicaSlot;
 use crate::codec::Payload;
+use crate::deadline::deadline_fault;
 use crate::frame::{FrameDecoder, HEADER_LEN, MIN_READ};
 use crate::handshake::{
     Features, HELLO_LEN, HELLO_LIMITS_LEN, HELLO_MAX_LEN, HandshakeError, Hello,
 };
-use crate::message::FaultKind;
-use crate::object::{
-    BoxFuture, Fault, IncomingCall, MethodName, ObjectRef, RefInner, Remote, Reply,
+use crate::link::{
+    Caller, CloseReason, Connection, ConnectionStats, ExportLink, Imported, Link, LinkFuture,
+    PeerRecord, Side,
 };
+use crate::message::FaultKind;
+use crate::object::{BoxFuture, Fault, IncomingCall, MethodName, ObjectRef, RefInner, Reply};
 use pb_proto::broker::Payload as _;
 use pb_proto::liveness::{Liveness, LivenessConfig, Timeout};
 
 mod call;
 mod close;
 mod events;
-mod handle;
 mod incoming;
+mod link;
 mod liveness;
 mod reader;
 mod refs;
@@ -71,32 +74,13 @@ mod tests;
 mod write;
 
 // The parts see each other through the parent (each opens with `use super::*`).
-pub(crate) use self::call::deadline_fault;
-pub use self::handle::{Connection, ConnectionStats};
-pub use self::incoming::Caller;
-pub use self::refs::ExportLink;
-pub(crate) use self::refs::Imported;
 pub use self::start::ConnectionReader;
 #[allow(unused_imports)]
 use self::{
-    call::*, close::*, events::*, handle::*, incoming::*, liveness::*, reader::*, refs::*,
-    start::*, write::*,
+    call::*, close::*, events::*, incoming::*, liveness::*, reader::*, refs::*, start::*, write::*,
 };
 
-/// A connection's recorded identity, of whatever type the application chose.
-type Identity = Arc<dyn Any + Send + Sync>;
-
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Which end of a connection we are. The protocol is symmetric after the handshake; the side
-/// only matters for logging and for who sends the first byte of a TLS handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// We dialed.
-    Client,
-    /// We accepted.
-    Server,
-}
 
 /// Settings of one connection.
 #[derive(Debug, Clone)]
@@ -156,29 +140,6 @@ pub enum ConnectError {
     Timeout(Duration),
 }
 
-/// Why a connection ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CloseReason {
-    /// Closed on purpose by this side.
-    Local,
-    /// The peer closed the connection.
-    PeerClosed,
-    /// The transport failed.
-    Io(String),
-    /// The peer broke the protocol.
-    Protocol(String),
-    /// No complete frame came from the peer for the configured `idle_timeout` (or, on a
-    /// connection made with [`Connection::dial`], no hello within `handshake_timeout`).
-    IdleTimeout(Duration),
-    /// The peer's hello was refused (on a connection made with [`Connection::dial`], which
-    /// checks it after returning): it speaks another protocol version, or not pb at all.
-    Handshake(HandshakeError),
-    /// Output was over `Limits::max_unsent_bytes` and none of it could be written for the
-    /// configured `write_stall_timeout`: the peer stopped reading.
-    WriteStalled(Duration),
-}
-
 /// State shared by a connection's tasks, its handle and every reference into it.
 pub(crate) struct ConnShared {
     id: u64,
@@ -211,11 +172,8 @@ pub(crate) struct ConnShared {
     /// Set by the first close, after `close_reason`: checked on every write and call.
     is_closed: AtomicBool,
     drain_timeout: Duration,
-    /// What the application recorded of the peer, one value per type (pb's login identity,
-    /// an application's own beside it).
-    identity: Mutex<Vec<Identity>>,
-    /// The avatar the peer logged in as, if it did.
-    avatar: Mutex<Option<ObjectRef>>,
+    /// What the application recorded of the peer (identities, the avatar).
+    record: PeerRecord,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
     /// Bytes handed to the write path and not yet written (see [`Limits::max_unsent_bytes`]).
@@ -261,8 +219,7 @@ impl ConnShared {
             closed: Notify::new(),
             is_closed: AtomicBool::new(false),
             drain_timeout: config.drain_timeout,
-            identity: Mutex::new(Vec::new()),
-            avatar: Mutex::new(None),
+            record: PeerRecord::default(),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             unsent: AtomicUsize::new(0),
@@ -273,10 +230,6 @@ impl ConnShared {
             drained: Notify::new(),
             write_stall_timeout: config.write_stall_timeout,
         })
-    }
-
-    pub(crate) fn id(&self) -> u64 {
-        self.id
     }
 
     fn lock(&self) -> MutexGuard<'_, Broker> {

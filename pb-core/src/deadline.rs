@@ -48,6 +48,14 @@ pub(crate) async fn maybe_scope<F: Future>(deadline: Option<Instant>, fut: F) ->
     }
 }
 
+/// The fault of a call whose deadline passed (or had passed when it was made).
+pub(crate) fn deadline_fault() -> pb_proto::broker::Fault {
+    pb_proto::broker::Fault {
+        kind: pb_proto::message::FaultKind::DeadlineExceeded,
+        message: "the call's deadline passed".into(),
+    }
+}
+
 /// Milliseconds left until `deadline`, rounded up so that a call never travels with zero.
 pub(crate) fn remaining_ms(deadline: Instant) -> u64 {
     let left = deadline.saturating_duration_since(Instant::now());

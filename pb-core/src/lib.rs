@@ -60,7 +60,6 @@
 
 mod broker;
 mod cache;
-pub mod codec;
 mod connection;
 pub mod deadline;
 mod identity;
@@ -71,17 +70,17 @@ pub mod stream;
 pub mod transport;
 pub mod zero_copy;
 
+pub use object::codec;
+use object::link;
 pub use pb_proto::{frame, handshake, message, scram};
 
 pub use broker::{Limits, ProtocolError, TableStats};
 pub use cache::{
     Cache, CacheState, Replica, ReplicaChange, ReplicaError, ReplicaUpdates, Versioned,
 };
-pub use connection::{
-    Caller, CloseReason, Config, ConnectError, Connection, ConnectionReader, ConnectionStats,
-    ExportLink, Side,
-};
+pub use connection::{Config, ConnectError, ConnectionReader};
 pub use identity::{Identity, PeerCertificate};
+pub use link::{Caller, CloseReason, Connection, ConnectionStats, ExportLink, Side};
 pub use object::{
     BoxFuture, CallError, Copyable, Dispatch, Fault, IncomingCall, Interface, Never, ObjectRef,
     Outcome, Remote, Reply, decode_outcome, encode_reply, encode_result,

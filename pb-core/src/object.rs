@@ -13,9 +13,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
-use crate::codec::Payload;
-use crate::codec::{self, CodecError};
-use crate::connection::{Caller, Connection, ExportLink, Imported, deadline_fault};
+pub mod codec;
+pub(crate) mod link;
+
+use self::codec::{CodecError, Payload};
+use self::link::{Caller, Connection, ExportLink, Imported};
+use crate::deadline::deadline_fault;
 use crate::message::FaultKind;
 use pb_proto::broker::Payload as _;
 
@@ -584,7 +587,7 @@ impl ObjectRef {
     pub fn peer(&self) -> Option<Connection> {
         match &self.0 {
             RefInner::Local(_) => None,
-            RefInner::Remote(r) => Some(Connection::from_shared(r.conn.clone())),
+            RefInner::Remote(r) => Some(Connection::new(r.conn.clone())),
         }
     }
 }
@@ -618,7 +621,7 @@ impl PartialEq for ObjectRef {
                 Arc::as_ptr(a) as *const () == Arc::as_ptr(b) as *const ()
             }
             (RefInner::Remote(a), RefInner::Remote(b)) => {
-                a.conn.id() == b.conn.id() && a.id == b.id
+                a.connection == b.connection && a.id == b.id
             }
             _ => false,
         }
@@ -631,7 +634,7 @@ impl Hash for ObjectRef {
     fn hash<H: Hasher>(&self, state: &mut H) {
         match &self.0 {
             RefInner::Local(a) => (0u8, Arc::as_ptr(a) as *const () as usize).hash(state),
-            RefInner::Remote(r) => (1u8, r.conn.id(), r.id).hash(state),
+            RefInner::Remote(r) => (1u8, r.connection, r.id).hash(state),
         }
     }
 }
@@ -641,7 +644,7 @@ impl fmt::Debug for ObjectRef {
         match &self.0 {
             RefInner::Local(d) => write!(f, "ObjectRef(local {})", d.interface().name),
             RefInner::Remote(r) => {
-                write!(f, "ObjectRef(connection {} object {})", r.conn.id(), r.id)
+                write!(f, "ObjectRef(connection {} object {})", r.connection, r.id)
             }
         }
     }

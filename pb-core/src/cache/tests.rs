@@ -118,7 +118,8 @@ mod unexport_tests {
 
     fn link(connection: u64, object: u64) -> ExportLink {
         ExportLink {
-            conn: std::sync::Weak::new(),
+            // A connection that is gone (the driver's type only names a `Weak` that never was).
+            conn: std::sync::Weak::<crate::connection::ConnShared>::new(),
             connection,
             object,
         }

@@ -3,14 +3,6 @@
 
 use super::*;
 
-/// The fault of a call whose deadline passed (or had passed when it was made).
-pub(crate) fn deadline_fault() -> Fault {
-    Fault {
-        kind: FaultKind::DeadlineExceeded,
-        message: "the call's deadline passed".into(),
-    }
-}
-
 /// The wait for the answer to our call `id`, read from the call's slot in the broker's pending
 /// table. Dropped before the answer arrives, it cancels the call.
 pub(super) struct Answer<'a> {

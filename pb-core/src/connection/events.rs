@@ -37,7 +37,9 @@ impl ConnShared {
                         imp.dependents
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .retain(|(c, object)| !(*object == id && c.ptr_eq(&self.me)));
+                            .retain(|(c, object)| {
+                                !(*object == id && std::ptr::addr_eq(c.as_ptr(), self.me.as_ptr()))
+                            });
                     }
                 },
                 Event::Revoked(import) => {

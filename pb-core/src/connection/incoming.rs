@@ -1,5 +1,5 @@
 //! Incoming dispatch: the peer's frames handed to the broker, its calls run (inline, or in a
-//! task of their own when they wait), their answers queued; and the [`Caller`] a handler sees.
+//! task of their own when they wait), their answers queued.
 
 use super::*;
 
@@ -44,59 +44,6 @@ impl<F: Future<Output = Reply> + Unpin> Future for CatchUnwind<F> {
                     message: "the handler failed".into(),
                 }))
             }
-        }
-    }
-}
-
-/// Who is making a call: handed to every dispatcher.
-#[derive(Clone)]
-pub struct Caller {
-    pub(super) conn: Option<Connection>,
-    pub(super) deadline: Option<tokio::time::Instant>,
-}
-
-impl Caller {
-    /// The caller of a call made in-process on a local object.
-    pub fn local() -> Caller {
-        Caller {
-            conn: None,
-            deadline: crate::deadline::current(),
-        }
-    }
-
-    /// The caller's deadline for this call, if it set one. Calls the handler makes inherit it.
-    pub fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.deadline
-    }
-
-    /// The connection the call came in on (`None` for an in-process call).
-    pub fn connection(&self) -> Option<&Connection> {
-        self.conn.as_ref()
-    }
-
-    /// The peer's network address, when known.
-    pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.conn.as_ref().and_then(|c| c.peer_addr())
-    }
-
-    /// The identity established for the connection (for example by login), if it is a `T`.
-    pub fn identity<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        self.conn.as_ref().and_then(|c| c.identity::<T>())
-    }
-
-    /// The avatar the caller logged in as (Twisted's perspective), as a `R`: the object the
-    /// portal's realm made for this connection's login. `None` for a local call, or on a
-    /// connection that has not logged in.
-    pub fn avatar<R: Remote>(&self) -> Option<R> {
-        self.conn.as_ref().and_then(|c| c.avatar::<R>())
-    }
-}
-
-impl std::fmt::Debug for Caller {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.conn {
-            Some(c) => write!(f, "Caller(connection {})", c.id()),
-            None => f.write_str("Caller(local)"),
         }
     }
 }
@@ -192,12 +139,7 @@ impl ConnShared {
         });
         let deadline =
             deadline_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
-        let caller = Caller {
-            conn: Some(Connection {
-                shared: self.clone(),
-            }),
-            deadline,
-        };
+        let caller = Caller::remote(self.clone(), deadline);
         let call = IncomingCall {
             body,
             method: MethodName::InBody(method),

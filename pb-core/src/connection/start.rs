@@ -393,6 +393,6 @@ impl Connection {
             ?peer_addr,
             "connection established"
         );
-        (Connection { shared }, reader)
+        (Connection::new(shared), reader)
     }
 }

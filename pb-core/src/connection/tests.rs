@@ -86,19 +86,19 @@ async fn two_brokers_without_sockets() {
         async move { root.call::<_, ObjectRef, ()>("spawn", &()).await }
     });
     let child = run_until(&client, &server, spawned).await.expect("spawn");
-    assert_eq!(server.stats().exported, 1);
-    assert_eq!(client.stats().imported, 1);
+    assert_eq!(server.table_stats().exported, 1);
+    assert_eq!(client.table_stats().imported, 1);
     let call = tokio::spawn({
         let child = child.clone();
         async move { child.call::<_, u32, ()>("add", &(1u32, 1u32)).await }
     });
     assert_eq!(run_until(&client, &server, call).await, Ok(2));
     drop(child);
-    assert_eq!(client.stats().imported, 0);
+    assert_eq!(client.table_stats().imported, 0);
     let (mut ab, mut ba) = (BytesMut::new(), BytesMut::new());
     assert_eq!(pump(&client, &server, &mut ab), 1, "one release frame");
     assert_eq!(pump(&server, &client, &mut ba), 0);
-    assert_eq!(server.stats().exported, 0);
+    assert_eq!(server.table_stats().exported, 0);
 
     // Losing the connection fails what is pending, at once.
     let hanging = tokio::spawn({
@@ -170,7 +170,7 @@ async fn a_release_that_crosses_a_new_send_does_not_free_the_object() {
         async move { root.call::<_, ObjectRef, ()>("get", &()).await }
     });
     let first = run_until(&client, &server, get).await.expect("get");
-    assert_eq!(server.stats().exported, 1);
+    assert_eq!(server.table_stats().exported, 1);
 
     // The client asks again; the server answers (count 2), but the answer is still in
     // flight when the client drops its first handle and its release (count 1) goes out.
@@ -187,7 +187,11 @@ async fn a_release_that_crosses_a_new_send_does_not_free_the_object() {
         1,
         "the release crosses the answer"
     );
-    assert_eq!(server.stats().exported, 1, "count 2 - 1: still exported");
+    assert_eq!(
+        server.table_stats().exported,
+        1,
+        "count 2 - 1: still exported"
+    );
     assert!(
         !freed.load(Ordering::SeqCst),
         "not freed while the peer holds it"
@@ -208,8 +212,8 @@ async fn a_release_that_crosses_a_new_send_does_not_free_the_object() {
     drop(second);
     drop(root);
     pump(&client, &server, &mut to_server);
-    assert_eq!(server.stats().exported, 0);
-    assert_eq!(client.stats().imported, 0);
+    assert_eq!(server.table_stats().exported, 0);
+    assert_eq!(client.table_stats().imported, 0);
     drop(server);
     assert!(freed.load(Ordering::SeqCst));
 }

@@ -22,8 +22,8 @@ use bytes::{Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::{DeserializeOwned, DeserializeSeed};
 
-use crate::connection::Connection;
 use crate::frame::MAX_FRAME_LEN_CEILING;
+use crate::link::Connection;
 use crate::object::ObjectRef;
 
 /// bincode counts the in-memory size of every primitive it decodes against its limit, not the

@@ -1,0 +1,165 @@
+//! The driver's side of the object model's [`Link`]: what a remote reference, a handler's
+//! caller and the public [`Connection`] handle ask of this connection.
+
+use super::*;
+
+impl ConnShared {
+    pub(super) fn table_stats(&self) -> TableStats {
+        // Fold in queued releases so the counts are exact; the writer sends them.
+        let released =
+            std::mem::take(&mut *self.releases.lock().unwrap_or_else(|p| p.into_inner()));
+        let any = !released.is_empty();
+        let stats = {
+            let mut broker = self.lock();
+            for (id, generation, count) in released {
+                broker.release_imported(id, generation, count);
+            }
+            broker.stats()
+        };
+        if any {
+            self.wake_writer.notify_one();
+        }
+        stats
+    }
+
+    async fn close_gracefully(&self) {
+        // Nothing running (the common case): no goodbye and no drain timer. The end of the
+        // stream follows at once and tells the peer; a goodbye matters while calls drain, when
+        // the peer must stop sending new ones (which fail with `ShuttingDown`, not lost).
+        let busy = {
+            let mut broker = self.lock();
+            let busy = broker.in_flight() > 0;
+            broker.start_draining(busy);
+            busy
+        };
+        if busy {
+            self.wake_writer.notify_one();
+            let drained = async {
+                loop {
+                    let done = self.call_done.notified();
+                    if self.lock().in_flight() == 0 {
+                        break;
+                    }
+                    done.await;
+                }
+            };
+            let _ = tokio::time::timeout(self.drain_timeout, drained).await;
+        }
+        // Marks the connection closed before it returns: nothing to wait for after it.
+        ConnShared::close(self, CloseReason::Local);
+    }
+}
+
+// Each method names the inherent one it runs in full (`ConnShared::x`), so that none can
+// resolve to itself.
+impl Link for ConnShared {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn side(&self) -> Side {
+        self.side
+    }
+
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    fn max_depth(&self) -> usize {
+        self.max_depth
+    }
+
+    fn record(&self) -> &PeerRecord {
+        &self.record
+    }
+
+    fn call<'a>(
+        &'a self,
+        target: u64,
+        method: &'a str,
+        payload: Payload,
+        refs: Vec<ObjectRef>,
+    ) -> LinkFuture<'a, Reply> {
+        Box::pin(ConnShared::call(self, target, method, payload, refs))
+    }
+
+    fn send_oneway(
+        &self,
+        target: u64,
+        method: &str,
+        payload: Payload,
+        refs: Vec<ObjectRef>,
+    ) -> Result<(), Fault> {
+        ConnShared::send_oneway(self, target, method, payload, refs)
+    }
+
+    fn send_update(&self, object: u64, payload: Bytes) {
+        ConnShared::send_update(self, object, payload)
+    }
+
+    fn is_exported(&self, object: u64) -> bool {
+        ConnShared::is_exported(self, object)
+    }
+
+    fn queue_release(&self, id: u64, generation: u64, count: u64) {
+        ConnShared::queue_release(self, id, generation, count)
+    }
+
+    fn revoke_export(&self, object: u64) {
+        ConnShared::revoke_export(self, object)
+    }
+
+    fn peer_root(self: Arc<Self>) -> ObjectRef {
+        ConnShared::root_ref(&self)
+    }
+
+    fn set_root(&self, root: Option<ObjectRef>) -> Option<ObjectRef> {
+        self.lock().set_root(root)
+    }
+
+    fn stats(&self) -> ConnectionStats {
+        ConnectionStats {
+            tables: self.table_stats(),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            unsent_bytes: self.unsent.load(Ordering::Relaxed) as u64,
+        }
+    }
+
+    fn set_max_frame_len(&self, len: usize) {
+        let (len, queued) = {
+            let mut broker = self.lock();
+            let len = broker.set_max_frame_len(len);
+            (len, broker.has_transmit())
+        };
+        // The reader picks the new limit up before the next frame.
+        self.max_frame_len.store(len, Ordering::Relaxed);
+        if queued {
+            self.wake_writer.notify_one();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        ConnShared::is_closed(self)
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        self.close_reason.get().cloned()
+    }
+
+    fn close_fault(&self) -> Fault {
+        ConnShared::close_fault(self)
+    }
+
+    fn closed(&self) -> LinkFuture<'_, ()> {
+        Box::pin(ConnShared::closed(self))
+    }
+
+    fn close(&self) -> LinkFuture<'_, ()> {
+        Box::pin(self.close_gracefully())
+    }
+
+    fn abort(&self) {
+        ConnShared::close(self, CloseReason::Local)
+    }
+}

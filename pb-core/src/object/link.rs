@@ -1,0 +1,511 @@
+//! The object model's view of a connection: what a remote reference, a handler's [`Caller`]
+//! and an exported object's hooks need of the connection they live on ([`Link`]), the handle
+//! of an imported reference ([`Imported`]), and the public [`Connection`] handle.
+//!
+//! The object model names no type of the driver: the driver (`connection/`) implements
+//! [`Link`] and hands the object model an `Arc<dyn Link>`. Arrows go from the driver to the
+//! object model, never back.
+
+use std::any::Any;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::codec::Payload;
+use crate::handshake::HandshakeError;
+use crate::object::{Fault, ObjectRef, Remote, Reply};
+use pb_proto::limits::TableStats;
+
+/// A future borrowed from a link.
+pub(crate) type LinkFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which end of a connection we are. The protocol is symmetric after the handshake; the side
+/// only matters for logging and for who sends the first byte of a TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// We dialed.
+    Client,
+    /// We accepted.
+    Server,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// Closed on purpose by this side.
+    Local,
+    /// The peer closed the connection.
+    PeerClosed,
+    /// The transport failed.
+    Io(String),
+    /// The peer broke the protocol.
+    Protocol(String),
+    /// No complete frame came from the peer for the configured `idle_timeout` (or, on a
+    /// connection made with [`Connection::dial`], no hello within `handshake_timeout`).
+    IdleTimeout(std::time::Duration),
+    /// The peer's hello was refused (on a connection made with [`Connection::dial`], which
+    /// checks it after returning): it speaks another protocol version, or not pb at all.
+    Handshake(HandshakeError),
+    /// Output was over `Limits::max_unsent_bytes` and none of it could be written for the
+    /// configured `write_stall_timeout`: the peer stopped reading.
+    WriteStalled(std::time::Duration),
+}
+
+/// A live counter snapshot of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectionStats {
+    /// Table sizes.
+    pub tables: TableStats,
+    /// Bytes received, frames and headers included.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Bytes queued for the peer and not yet written.
+    pub unsent_bytes: u64,
+}
+
+/// What the application recorded of a peer: identities (one per type) and the avatar it
+/// logged in as. Kept by the driver for its connection, read and written only here.
+#[derive(Default)]
+pub(crate) struct PeerRecord {
+    identity: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
+    avatar: Mutex<Option<ObjectRef>>,
+}
+
+/// The most updates buffered for a replica that is still being decoded.
+pub(crate) const MAX_BUFFERED_UPDATES: usize = 4096;
+
+/// Receives updates for a replica.
+pub(crate) trait ReplicaSink: Send + Sync {
+    fn apply(&self, payload: &[u8]);
+    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
+}
+
+/// Where updates for an imported object go, if it turns out to be a cache. It lives in the
+/// imported handle, so the replica's state lives as long as the handle, not only as long as
+/// the `Replica` clones (see `cache`): an answer that sends the cache again may hold the handle while the
+/// last clone is dropped, and the replica it decodes to must not have missed what arrived
+/// meanwhile.
+///
+/// ```text
+/// Unattached ─update─▶ Buffered ─replica decoded (buffered updates applied)─▶ Attached
+///      └────────────────────────────replica decoded──────────────────────────────┘
+/// ```
+#[derive(Default)]
+pub(crate) enum ReplicaSlot {
+    /// No update has arrived and no replica exists.
+    #[default]
+    Unattached,
+    /// Updates that arrived before the replica was decoded; `overflowed`: some were dropped.
+    Buffered {
+        pending: Vec<Bytes>,
+        overflowed: bool,
+    },
+    /// The replica's state.
+    Attached(Arc<dyn ReplicaSink>),
+}
+
+impl ReplicaSlot {
+    pub(crate) fn deliver(&mut self, payload: Bytes) {
+        match self {
+            ReplicaSlot::Attached(sink) => sink.apply(&payload),
+            ReplicaSlot::Unattached => {
+                *self = ReplicaSlot::Buffered {
+                    pending: vec![payload],
+                    overflowed: false,
+                }
+            }
+            ReplicaSlot::Buffered {
+                pending,
+                overflowed,
+            } => {
+                if pending.len() < MAX_BUFFERED_UPDATES {
+                    pending.push(payload);
+                } else if !*overflowed {
+                    // The replica will be told when it is decoded (`TooManyBuffered`).
+                    *overflowed = true;
+                    tracing::error!(
+                        max = MAX_BUFFERED_UPDATES,
+                        "dropping cache updates: too many before the replica was decoded"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// What the object model needs of a connection; the driver implements it.
+pub(crate) trait Link: Send + Sync + 'static {
+    /// A process-unique id of the connection.
+    fn id(&self) -> u64;
+    /// Which side we are.
+    fn side(&self) -> Side;
+    /// The peer's address, when the transport has one.
+    fn peer_addr(&self) -> Option<SocketAddr>;
+    /// The nesting-depth limit for values decoded from this connection.
+    fn max_depth(&self) -> usize;
+    /// What the application recorded of the peer.
+    fn record(&self) -> &PeerRecord;
+    /// Call the peer's object `target` and wait for the reply.
+    fn call<'a>(
+        &'a self,
+        target: u64,
+        method: &'a str,
+        payload: Payload,
+        refs: Vec<ObjectRef>,
+    ) -> LinkFuture<'a, Reply>;
+    /// Send a call that wants no answer.
+    fn send_oneway(
+        &self,
+        target: u64,
+        method: &str,
+        payload: Payload,
+        refs: Vec<ObjectRef>,
+    ) -> Result<(), Fault>;
+    /// Send a cache update to the peer, if our object `object` is still exported to it.
+    fn send_update(&self, object: u64, payload: Bytes);
+    /// Whether our object is exported to the peer under `object`.
+    fn is_exported(&self, object: u64) -> bool;
+    /// The peer's object `id` (of `generation`) was received `count` times and is no longer
+    /// held: tell the peer. Must not take the connection's locks (it runs on any drop).
+    fn queue_release(&self, id: u64, generation: u64, count: u64);
+    /// Withdraw export `object` from the peer (it forwarded to something now unreachable).
+    fn revoke_export(&self, object: u64);
+    /// The peer's root object.
+    fn peer_root(self: Arc<Self>) -> ObjectRef;
+    /// Replace the object we serve as our root; returns the previous one.
+    fn set_root(&self, root: Option<ObjectRef>) -> Option<ObjectRef>;
+    /// The connection's live counters.
+    fn stats(&self) -> ConnectionStats;
+    /// Change the largest frame accepted and sent (see [`Connection::set_max_frame_len`]).
+    fn set_max_frame_len(&self, len: usize);
+    /// Whether the connection has ended.
+    fn is_closed(&self) -> bool;
+    /// Why the connection ended, once it has.
+    fn close_reason(&self) -> Option<CloseReason>;
+    /// What a call fails with once the connection has ended.
+    fn close_fault(&self) -> Fault;
+    /// Completes when the connection ends.
+    fn closed(&self) -> LinkFuture<'_, ()>;
+    /// Close gracefully (see [`Connection::close`]).
+    fn close(&self) -> LinkFuture<'_, ()>;
+    /// Close at once.
+    fn abort(&self);
+}
+
+/// A handle to an object the peer exported to us.
+pub(crate) struct Imported {
+    pub(crate) conn: Arc<dyn Link>,
+    /// `conn.id()`, read where references are compared, hashed and sent.
+    pub(crate) connection: u64,
+    pub(crate) id: u64,
+    pub(crate) generation: u64,
+    received: AtomicU64,
+    /// Where cache updates for this object go, if it is a cache.
+    pub(crate) replica: Mutex<ReplicaSlot>,
+    /// Set when the owner revoked the object, or when a connection it depends on was lost.
+    dead: AtomicBool,
+    /// Wakes `disconnected()` waiters when the object is revoked.
+    revoked: Notify,
+    /// Our exports to other peers that forward to this object: (connection, export id).
+    pub(crate) dependents: Mutex<Vec<(Weak<dyn Link>, u64)>>,
+}
+
+/// Where an exported object lives: the connection and the id the peer knows it by.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct ExportLink {
+    pub(crate) conn: Weak<dyn Link>,
+    pub(crate) connection: u64,
+    pub(crate) object: u64,
+}
+
+impl Imported {
+    /// The handle of `conn`'s object `id` of `generation`, received once (the root, id 0,
+    /// is not counted: it is never released).
+    pub(crate) fn new(conn: Arc<dyn Link>, id: u64, generation: u64) -> Imported {
+        Imported {
+            connection: conn.id(),
+            conn,
+            id,
+            generation,
+            received: AtomicU64::new(if id == 0 { 0 } else { 1 }),
+            replica: Mutex::new(ReplicaSlot::default()),
+            dead: AtomicBool::new(false),
+            revoked: Notify::new(),
+            dependents: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn add_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The fault of a call to the object once it is dead: it names a refused hello.
+    pub(crate) fn dead_fault(&self) -> Fault {
+        self.conn.close_fault()
+    }
+
+    /// Whether calls to the object can no longer succeed.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire) || self.conn.is_closed()
+    }
+
+    /// The owner withdrew the object: release nothing for it later.
+    pub(crate) fn forget_count(&self) {
+        self.received.store(0, Ordering::Relaxed);
+    }
+
+    /// Mark the object dead, wake its waiters, and revoke every forward of it that we export
+    /// to other peers, which carries the failure on to them. Takes no lock of this connection.
+    pub(crate) fn revoke(&self) {
+        if self.dead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.revoked.notify_waiters();
+        let dependents =
+            std::mem::take(&mut *self.dependents.lock().unwrap_or_else(|p| p.into_inner()));
+        for (conn, object) in dependents {
+            if let Some(conn) = conn.upgrade() {
+                conn.revoke_export(object);
+            }
+        }
+    }
+
+    /// Completes when the object is revoked or its connection is lost.
+    pub(crate) async fn dead(&self) {
+        loop {
+            let revoked = self.revoked.notified();
+            tokio::pin!(revoked);
+            revoked.as_mut().enable();
+            if self.is_dead() {
+                return;
+            }
+            tokio::select! {
+                _ = &mut revoked => {}
+                _ = self.conn.closed() => return,
+            }
+        }
+    }
+}
+
+impl Drop for Imported {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            let count = *self.received.get_mut();
+            self.conn.queue_release(self.id, self.generation, count);
+        }
+    }
+}
+
+/// A pb connection: symmetric, either side may call objects the other gave it.
+///
+/// Cheap to clone. The connection stays open until [`Connection::close`] is called, the peer
+/// closes it, or it fails; dropping the handles does not close it while the peer keeps it open.
+#[derive(Clone)]
+pub struct Connection {
+    link: Arc<dyn Link>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.link.id())
+            .field("side", &self.link.side())
+            .field("peer_addr", &self.link.peer_addr())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Connection {
+    /// The handle of the connection `link` drives.
+    pub(crate) fn new(link: Arc<dyn Link>) -> Connection {
+        Connection { link }
+    }
+
+    /// The peer's root object, typed.
+    pub fn root<R: Remote>(&self) -> R {
+        R::from_object_ref(self.root_ref())
+    }
+
+    /// The peer's root object, untyped.
+    pub fn root_ref(&self) -> ObjectRef {
+        self.link.clone().peer_root()
+    }
+
+    /// Replace the object we serve as our root; returns the previous one.
+    pub fn set_root(&self, root: Option<ObjectRef>) -> Option<ObjectRef> {
+        self.link.set_root(root)
+    }
+
+    /// The nesting-depth limit for values decoded from this connection.
+    pub(crate) fn max_depth(&self) -> usize {
+        self.link.max_depth()
+    }
+
+    /// A process-unique id of this connection.
+    pub fn id(&self) -> u64 {
+        self.link.id()
+    }
+
+    /// Which side we are.
+    pub fn side(&self) -> Side {
+        self.link.side()
+    }
+
+    /// The peer's address, when the transport has one.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.link.peer_addr()
+    }
+
+    /// The connection's live counters: table sizes and bytes in and out.
+    pub fn stats(&self) -> ConnectionStats {
+        self.link.stats()
+    }
+
+    /// Change the largest frame accepted and sent (for example after login); never below
+    /// [`ReceiveLimits::FLOOR`](crate::handshake::ReceiveLimits::FLOOR). A peer that announced
+    /// its own limits in its hello is told at once, so that it may send frames up to the new
+    /// limit (and, if it is lower, holds what it sends to it from when it hears of it: frames
+    /// already on their way that exceed it close the connection).
+    pub fn set_max_frame_len(&self, len: usize) {
+        self.link.set_max_frame_len(len)
+    }
+
+    /// Record who the peer is (a login, a certificate, ...). Dispatchers see it through
+    /// [`Caller::identity`]. One value is kept per type: a value of a type recorded already
+    /// replaces it, and values of other types stay (pb's login records a
+    /// [`crate::Identity`]; an application can record its own beside it).
+    pub fn set_identity<T: Any + Send + Sync>(&self, identity: T) {
+        let mut ids = lock(&self.link.record().identity);
+        ids.retain(|id| !id.is::<T>());
+        ids.push(Arc::new(identity));
+    }
+
+    /// The identity of type `T` recorded with [`Connection::set_identity`], if any.
+    pub fn identity<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let id = lock(&self.link.record().identity)
+            .iter()
+            .find(|id| id.is::<T>())
+            .cloned()?;
+        id.downcast::<T>().ok()
+    }
+
+    /// Forget the identity of type `T`, if one was recorded.
+    pub fn forget_identity<T: Any + Send + Sync>(&self) {
+        lock(&self.link.record().identity).retain(|id| !id.is::<T>());
+    }
+
+    /// Record the avatar the peer logged in as (the portal does), for [`Caller::avatar`]. It is
+    /// kept while the connection lives, or until replaced.
+    pub fn set_avatar(&self, avatar: ObjectRef) {
+        let old = lock(&self.link.record().avatar).replace(avatar);
+        // Dropped outside the lock: its drop may run user code.
+        drop(old);
+    }
+
+    /// The avatar recorded with [`Connection::set_avatar`], as a `R` (no check is made that
+    /// it implements `R`'s interface: a call to a method it lacks fails with `NoSuchMethod`).
+    pub fn avatar<R: Remote>(&self) -> Option<R> {
+        let avatar = lock(&self.link.record().avatar).clone()?;
+        Some(R::from_object_ref(avatar))
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.link.is_closed()
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.link.close_reason()
+    }
+
+    /// Completes when the connection ends (at once if it has). Every waiter is woken exactly
+    /// once per connection.
+    pub async fn closed(&self) {
+        self.link.closed().await
+    }
+
+    /// Close gracefully: take no new calls, let running calls finish and their answers go out
+    /// (up to the drain timeout), then close. Our own pending calls fail with `Disconnected`.
+    pub async fn close(&self) {
+        self.link.close().await
+    }
+
+    /// Close at once: running calls are cancelled, pending calls fail.
+    pub fn abort(&self) {
+        self.link.abort()
+    }
+}
+
+/// Who is making a call: handed to every dispatcher.
+#[derive(Clone)]
+pub struct Caller {
+    conn: Option<Connection>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Caller {
+    /// The caller of a call made in-process on a local object.
+    pub fn local() -> Caller {
+        Caller {
+            conn: None,
+            deadline: crate::deadline::current(),
+        }
+    }
+
+    /// The caller of a call that came in on `link`, bound by `deadline`.
+    pub(crate) fn remote(link: Arc<dyn Link>, deadline: Option<tokio::time::Instant>) -> Caller {
+        Caller {
+            conn: Some(Connection::new(link)),
+            deadline,
+        }
+    }
+
+    /// The caller's deadline for this call, if it set one. Calls the handler makes inherit it.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
+    }
+
+    /// The connection the call came in on (`None` for an in-process call).
+    pub fn connection(&self) -> Option<&Connection> {
+        self.conn.as_ref()
+    }
+
+    /// The peer's network address, when known.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.conn.as_ref().and_then(|c| c.peer_addr())
+    }
+
+    /// The identity established for the connection (for example by login), if it is a `T`.
+    pub fn identity<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        self.conn.as_ref().and_then(|c| c.identity::<T>())
+    }
+
+    /// The avatar the caller logged in as (Twisted's perspective), as a `R`: the object the
+    /// portal's realm made for this connection's login. `None` for a local call, or on a
+    /// connection that has not logged in.
+    pub fn avatar<R: Remote>(&self) -> Option<R> {
+        self.conn.as_ref().and_then(|c| c.avatar::<R>())
+    }
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.conn {
+            Some(c) => write!(f, "Caller(connection {})", c.id()),
+            None => f.write_str("Caller(local)"),
+        }
+    }
+}
