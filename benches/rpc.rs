@@ -31,6 +31,9 @@
 //! pb / floor, so it is better when higher for rates and better when lower for times and memory
 //! (the unit says which). Rows without a floor print `null` for `floor` and `ratio`.
 //! Positional arguments select workloads by name (`cargo bench --bench rpc -- latency bulk`).
+//!
+//! Over a thousand lines, on purpose: the binary is both client and server (it re-executes
+//! itself), and each workload is kept beside its floor and its server, to be read together.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;

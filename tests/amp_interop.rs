@@ -5,6 +5,10 @@
 //! per process, reused when complete) from `python3` (or `$PB_INTEROP_PYTHON`) and runs the Python
 //! peers in `tests/interop/`. If python3, the virtualenv or the install is missing, these tests
 //! fail; they never skip.
+//!
+//! About a thousand lines, on purpose: this is one suite against one peer (Twisted's AMP), in
+//! both directions and through the examples, and its tests share the helpers that run and read
+//! the Python peers.
 
 // Tests fail by panicking; unwrapping is how they say so.
 #![allow(clippy::unwrap_used)]
