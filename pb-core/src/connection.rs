@@ -56,8 +56,8 @@ use crate::link::{
     PeerRecord, Side,
 };
 use crate::message::FaultKind;
+use crate::object::call::outcome_name;
 use crate::object::{BoxFuture, Fault, IncomingCall, MethodName, ObjectRef, RefInner, Reply};
-use pb_proto::broker::Payload as _;
 use pb_proto::liveness::{Liveness, LivenessConfig, Timeout};
 
 mod call;

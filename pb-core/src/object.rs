@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned};
 
+pub(crate) mod call;
 pub mod codec;
 pub(crate) mod link;
 
@@ -466,7 +467,7 @@ impl ObjectRef {
                 }
             }
             RefInner::Remote(r) if r.is_dead() => Err(r.dead_fault()),
-            RefInner::Remote(r) => r.conn.call(r.id, method, args, refs).await,
+            RefInner::Remote(r) => call::call(&*r.conn, r.id, method, args, refs).await,
         }
     }
 
@@ -503,7 +504,9 @@ impl ObjectRef {
         let payload = Payload::Encoded(payload);
         // A live remote object is called directly: one nested future less per call.
         let called = match &self.0 {
-            RefInner::Remote(r) if !r.is_dead() => r.conn.call(r.id, method, payload, refs).await,
+            RefInner::Remote(r) if !r.is_dead() => {
+                call::call(&*r.conn, r.id, method, payload, refs).await
+            }
             _ => self.call_payload(method, payload, refs).await,
         };
         let outcome = match called {
@@ -567,9 +570,7 @@ impl ObjectRef {
                     }
                     let method = call.method().to_owned();
                     let args = call.body.slice(call.args_at.min(call.body.len())..);
-                    r.conn
-                        .call(r.id, &method, Payload::Bytes(args), call.refs)
-                        .await
+                    call::call(&*r.conn, r.id, &method, Payload::Bytes(args), call.refs).await
                 })
             }
         }

@@ -3,29 +3,6 @@
 
 use super::*;
 
-/// How a call ended, for tracing.
-pub(super) fn outcome_name(reply: Option<&Reply>) -> &'static str {
-    match reply {
-        None => "cancelled",
-        Some(Ok(o)) if o.ok => "ok",
-        Some(Ok(_)) => "error",
-        Some(Err(f)) => match f.kind {
-            FaultKind::NoSuchObject => "no_such_object",
-            FaultKind::NoSuchMethod => "no_such_method",
-            FaultKind::BadArguments => "bad_arguments",
-            FaultKind::BadAnswer => "bad_answer",
-            FaultKind::LimitExceeded => "limit_exceeded",
-            FaultKind::ShuttingDown => "shutting_down",
-            FaultKind::Refused => "refused",
-            FaultKind::Disconnected => "disconnected",
-            FaultKind::DeadlineExceeded => "deadline_exceeded",
-            FaultKind::Handshake => "handshake",
-            // Internal, Unknown, and kinds added to the wire later.
-            _ => "internal",
-        },
-    }
-}
-
 /// Turns a panic in a handler into an internal-error reply, so the caller gets an answer and
 /// the connection's books stay balanced.
 pub(super) struct CatchUnwind<F>(pub(super) F);

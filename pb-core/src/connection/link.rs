@@ -73,14 +73,33 @@ impl Link for ConnShared {
         &self.record
     }
 
-    fn call<'a>(
-        &'a self,
+    fn wait_to_call(
+        &self,
+        method_len: usize,
+        payload_len: usize,
+        refs: usize,
+    ) -> Option<LinkFuture<'_, ()>> {
+        ConnShared::wait_to_call(self, method_len, payload_len, refs)
+    }
+
+    fn start_call(
+        &self,
         target: u64,
-        method: &'a str,
+        method: &str,
         payload: Payload,
         refs: Vec<ObjectRef>,
-    ) -> LinkFuture<'a, Reply> {
-        Box::pin(ConnShared::call(self, target, method, payload, refs))
+        waker: Waker,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<u64, Fault> {
+        ConnShared::start_call(self, target, method, payload, refs, waker, deadline)
+    }
+
+    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Reply> {
+        self.lock().poll_answer(id, cx.waker())
+    }
+
+    fn cancel_call(&self, id: u64) {
+        ConnShared::cancel_call(self, id)
     }
 
     fn send_oneway(

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -152,14 +153,30 @@ pub(crate) trait Link: Send + Sync + 'static {
     fn max_depth(&self) -> usize;
     /// What the application recorded of the peer.
     fn record(&self) -> &PeerRecord;
-    /// Call the peer's object `target` and wait for the reply.
-    fn call<'a>(
-        &'a self,
+    /// `None` when a call of this size may be started now; otherwise what to wait for first
+    /// (room in a congested output, or the peer's limits for a call over the floor every peer
+    /// accepts, on a dialed connection whose peer's hello has not arrived).
+    fn wait_to_call(
+        &self,
+        method_len: usize,
+        payload_len: usize,
+        refs: usize,
+    ) -> Option<LinkFuture<'_, ()>>;
+    /// Start our call of `method` on the peer's object `target`, whose answer wakes `waker`;
+    /// returns its request id, or why it was not sent.
+    fn start_call(
+        &self,
         target: u64,
-        method: &'a str,
+        method: &str,
         payload: Payload,
         refs: Vec<ObjectRef>,
-    ) -> LinkFuture<'a, Reply>;
+        waker: Waker,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<u64, Fault>;
+    /// The answer to our call `id`, once it has arrived.
+    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Reply>;
+    /// We no longer want the answer to our call `id`: cancel it on the peer.
+    fn cancel_call(&self, id: u64);
     /// Send a call that wants no answer.
     fn send_oneway(
         &self,

@@ -1,0 +1,163 @@
+//! A call to a remote object, from the caller to its [`Link`] and the answer back: the
+//! deadline, the wait for room (backpressure, or the peer's limits), the trace span, and the
+//! wait for the answer. The link does the protocol's part in three synchronous steps (start,
+//! poll the answer, cancel), so a call allocates no future of its own.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tracing::Instrument;
+
+use super::codec::Payload;
+use super::link::Link;
+use super::{ObjectRef, Reply};
+use crate::deadline::{self, deadline_fault};
+use pb_proto::broker::Payload as _;
+use pb_proto::message::FaultKind;
+
+/// How a call ended, for tracing.
+pub(crate) fn outcome_name(reply: Option<&Reply>) -> &'static str {
+    match reply {
+        None => "cancelled",
+        Some(Ok(o)) if o.ok => "ok",
+        Some(Ok(_)) => "error",
+        Some(Err(f)) => match f.kind {
+            FaultKind::NoSuchObject => "no_such_object",
+            FaultKind::NoSuchMethod => "no_such_method",
+            FaultKind::BadArguments => "bad_arguments",
+            FaultKind::BadAnswer => "bad_answer",
+            FaultKind::LimitExceeded => "limit_exceeded",
+            FaultKind::ShuttingDown => "shutting_down",
+            FaultKind::Refused => "refused",
+            FaultKind::Disconnected => "disconnected",
+            FaultKind::DeadlineExceeded => "deadline_exceeded",
+            FaultKind::Handshake => "handshake",
+            // Internal, Unknown, and kinds added to the wire later.
+            _ => "internal",
+        },
+    }
+}
+
+/// The wait for the answer to our call `id`. Dropped before the answer arrives, it cancels
+/// the call.
+struct Answer<'a> {
+    link: &'a dyn Link,
+    id: u64,
+    done: bool,
+    /// Not polled yet. The first poll is made in the same task poll that started the call
+    /// with this task's waker in the call's slot: nothing to look at or leave there yet.
+    first: bool,
+}
+
+impl Future for Answer<'_> {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        if std::mem::take(&mut self.first) {
+            return Poll::Pending;
+        }
+        let reply = ready!(self.link.poll_answer(self.id, cx));
+        self.done = true;
+        Poll::Ready(reply)
+    }
+}
+
+impl Drop for Answer<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.link.cancel_call(self.id);
+        }
+    }
+}
+
+/// Call the peer's object `target` over `link` and wait for the reply.
+pub(crate) async fn call(
+    link: &dyn Link,
+    target: u64,
+    method: &str,
+    payload: Payload,
+    refs: Vec<ObjectRef>,
+) -> Reply {
+    let span = tracing::debug_span!(
+        "pb.call",
+        direction = "out",
+        connection = link.id(),
+        peer = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+        object = target,
+        method,
+        outcome = tracing::field::Empty,
+        duration_us = tracing::field::Empty,
+    );
+    // Without a subscriber that wants it (the usual case) the span is disabled, and the call
+    // pays for no tracing beyond this check.
+    let traced = !span.is_disabled();
+    let started = traced.then(|| {
+        if let Some(addr) = link.peer_addr() {
+            span.record("peer", tracing::field::display(addr));
+        }
+        std::time::Instant::now()
+    });
+    // One async body, entered in the span (as `instrument` would) only when traced: an inner
+    // async fn per case would cost a nested future and its moves on every call.
+    let reply = 'call: {
+        let deadline = deadline::current();
+        if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+            break 'call Err(deadline_fault());
+        }
+        // Backpressure, or a large call on a dialed connection before the peer's limits are
+        // known: wait (within the deadline) until the call may be started.
+        if let Some(wait) = link.wait_to_call(method.len(), payload.as_slice().len(), refs.len()) {
+            let wait = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout_at(d, wait)
+                        .await
+                        .map_err(|_| deadline_fault()),
+                    None => {
+                        wait.await;
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(f) = wait.instrument(span.clone()).await {
+                break 'call Err(f);
+            }
+        }
+        // The task's waker goes into the call's slot at once, so the first poll of the answer
+        // need not take the lock to leave it there.
+        let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        let started_call = {
+            let _entered = traced.then(|| span.enter());
+            link.start_call(target, method, payload, refs, waker, deadline)
+        };
+        let id = match started_call {
+            Ok(id) => id,
+            Err(f) => break 'call Err(f),
+        };
+        span.record("request_id", id);
+        let answer = Answer {
+            link,
+            id,
+            done: false,
+            first: true,
+        };
+        // On expiry the answer's future is dropped, which cancels the call on the peer.
+        match (deadline, traced) {
+            (None, false) => answer.await,
+            (None, true) => answer.instrument(span.clone()).await,
+            (Some(d), false) => tokio::time::timeout_at(d, answer)
+                .await
+                .unwrap_or_else(|_| Err(deadline_fault())),
+            (Some(d), true) => tokio::time::timeout_at(d, answer)
+                .instrument(span.clone())
+                .await
+                .unwrap_or_else(|_| Err(deadline_fault())),
+        }
+    };
+    if let Some(started) = started {
+        span.record("outcome", outcome_name(Some(&reply)));
+        span.record("duration_us", started.elapsed().as_micros() as u64);
+    }
+    reply
+}
