@@ -225,8 +225,8 @@ pub use node::{Node, NodeBuilder};
 /// [`Fault`](dispatch::Fault)).
 pub mod dispatch {
     pub use pb_core::{
-        BoxFuture, Dispatch, Fault, IncomingCall, Interface, Outcome, Reply, decode_outcome,
-        encode_reply, encode_result,
+        BoxFuture, Dispatch, Fault, IncomingCall, Interface, MethodSignature, Outcome, Reply,
+        decode_outcome, encode_reply, encode_result,
     };
 }
 

@@ -322,6 +322,7 @@ async fn raw_bytes_calls_to_objects_other_than_the_login_object_are_refused() {
             method: Bytes::from_static(b"whoami"),
             answer: true,
             deadline_ms: None,
+            extras: Default::default(),
             refs: vec![],
             payload: Bytes::new(),
         }

@@ -25,10 +25,20 @@ async fn undecodable_arguments_get_an_error_and_the_connection_survives() {
     // `add` takes two i64s; a string is not that.
     let r = root.call::<_, i64, TestError>("add", &("forty-two",)).await;
     assert!(matches!(r, Err(CallError::BadArguments(_))), "{r:?}");
-    // An answer that does not decode as the type the caller expects is a caller-side error.
+    // A caller that expects another result type is refused before the method runs: its
+    // signature says which type it expects.
     let r = root
         .call::<_, String, TestError>("add", &(1i64, 2i64))
         .await;
+    assert!(
+        matches!(&r, Err(CallError::BadArguments(m)) if m.starts_with("add answers i64")),
+        "{r:?}"
+    );
+    // An answer that does not decode as the type the caller expects (a raw call carries no
+    // signature) is a caller-side error.
+    let (args, refs) = pb::codec::encode(&(1i64, 2i64), None).unwrap();
+    let outcome = root.call_raw("add", args, refs).await.unwrap();
+    let r = pb::dispatch::decode_outcome::<String, TestError>(outcome);
     assert!(matches!(r, Err(CallError::BadAnswer(_))), "{r:?}");
     let k: KitchenRef = client.root();
     assert_eq!(k.add(2, 2).await, Ok(4));

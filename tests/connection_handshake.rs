@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 use pb::proto::handshake::{
-    Features, HELLO_LEN, HELLO_LIMITS_LEN, HandshakeError, Hello, ReceiveLimits,
+    Features, HELLO_LEN, HELLO_LIMITS_LEN, HandshakeError, Hello, PROTOCOL_VERSION, ReceiveLimits,
 };
 use pb::{CallError, CloseReason, ConnectError, Connection, Side};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -31,18 +31,29 @@ async fn version_mismatch_is_an_error_on_both_sides() {
     });
     let r = Connection::establish(ours, &pb::Config::default(), Side::Client, None, None).await;
     match r {
-        Err(ConnectError::Handshake(HandshakeError::VersionMismatch { ours: 1, theirs: 9 })) => {}
+        Err(ConnectError::Handshake(HandshakeError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: 9,
+        })) => {}
         other => panic!("expected a version mismatch, got {other:?}"),
     }
     // The peer, reading our hello, sees the mismatch too.
     assert_eq!(
         peer.await.unwrap(),
-        Err(HandshakeError::VersionMismatch { ours: 9, theirs: 1 })
+        Err(HandshakeError::VersionMismatch {
+            ours: 9,
+            theirs: PROTOCOL_VERSION
+        })
     );
-    let e = ConnectError::Handshake(HandshakeError::VersionMismatch { ours: 1, theirs: 9 });
+    let e = ConnectError::Handshake(HandshakeError::VersionMismatch {
+        ours: PROTOCOL_VERSION,
+        theirs: 9,
+    });
     let text = format!("{e}: {}", std::error::Error::source(&e).unwrap());
     assert!(
-        text.contains("we speak version 1, the peer speaks version 9"),
+        text.contains(&format!(
+            "we speak version {PROTOCOL_VERSION}, the peer speaks version 9"
+        )),
         "{text}"
     );
 }
@@ -107,7 +118,9 @@ async fn a_dialed_connection_fails_its_calls_with_the_handshake_error() {
     let r = conn.root_ref().call::<_, u64, ()>("echo", &(1u64,)).await;
     match r {
         Err(CallError::Handshake(why)) => assert!(
-            why.contains("we speak version 1, the peer speaks version 9"),
+            why.contains(&format!(
+                "we speak version {PROTOCOL_VERSION}, the peer speaks version 9"
+            )),
             "{why}"
         ),
         other => panic!(
@@ -119,7 +132,7 @@ async fn a_dialed_connection_fails_its_calls_with_the_handshake_error() {
     assert_eq!(
         conn.close_reason(),
         Some(CloseReason::Handshake(HandshakeError::VersionMismatch {
-            ours: 1,
+            ours: PROTOCOL_VERSION,
             theirs: 9
         }))
     );

@@ -9,7 +9,9 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use common::*;
 use pb::proto::frame::{FrameDecoder, encode_frame};
-use pb::proto::message::{FaultKind, Message, MessageLimits, RefDesc};
+use pb::proto::message::{
+    CallExtras, FaultKind, Message, MessageLimits, RefDesc, Signature, TraceParent,
+};
 use pb::{Config, Connection, Side};
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
@@ -34,19 +36,33 @@ fn message() -> impl Strategy<Value = Message> {
             any::<bool>(),
             proptest::option::of(any::<u64>()),
             proptest::collection::vec(ref_desc(), 0..8),
-            bytes(300)
+            bytes(300),
+            (any::<Option<(u32, u32)>>(), any::<bool>()),
         )
-            .prop_map(|(id, target, method, answer, deadline_ms, refs, payload)| {
-                Message::Call {
-                    id,
-                    target,
-                    method: Bytes::from(method),
-                    answer,
-                    deadline_ms,
-                    refs,
-                    payload,
-                }
-            }),
+            .prop_map(
+                |(id, target, method, answer, deadline_ms, refs, payload, (signature, traced))| {
+                    Message::Call {
+                        id,
+                        target,
+                        method: Bytes::from(method),
+                        answer,
+                        deadline_ms,
+                        extras: CallExtras {
+                            signature: signature
+                                .map(|(params, result)| Signature { params, result }),
+                            trace: traced
+                                .then(|| {
+                                    TraceParent::parse(
+                                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                                    )
+                                })
+                                .flatten(),
+                        },
+                        refs,
+                        payload,
+                    }
+                },
+            ),
         (
             any::<u64>(),
             any::<bool>(),

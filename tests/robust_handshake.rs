@@ -6,7 +6,7 @@ use common::HELLO;
 
 use std::time::Duration;
 
-use pb::proto::handshake::HandshakeError;
+use pb::proto::handshake::{HandshakeError, PROTOCOL_VERSION};
 use pb::{Config, ConnectError, Connection, Side};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -77,16 +77,20 @@ async fn malformed_hellos_are_clean_errors() {
     long[3] = 17;
     long.push(0);
     assert!(server_sees(&long).await.is_ok());
-    // Another protocol version.
-    let mut v2 = HELLO;
-    v2[9] = 2;
-    assert!(matches!(
-        server_sees(&v2).await,
-        Err(ConnectError::Handshake(HandshakeError::VersionMismatch {
-            ours: 1,
-            theirs: 2
-        }))
-    ));
+    // Another protocol version: the one before ours, and the one after.
+    for theirs in [PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1] {
+        let mut other = HELLO;
+        other[8..10].copy_from_slice(&theirs.to_be_bytes());
+        let seen = server_sees(&other).await;
+        assert!(
+            matches!(
+                seen,
+                Err(ConnectError::Handshake(HandshakeError::VersionMismatch { ours, theirs: t }))
+                    if ours == PROTOCOL_VERSION && t == theirs
+            ),
+            "{seen:?}"
+        );
+    }
     // Truncated, then closed.
     assert!(matches!(
         server_sees(&HELLO[..11]).await,

@@ -123,7 +123,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(stats.in_flight_calls <= limits.max_in_flight_calls);
         }
         if control & 0x10 != 0 {
-            let _ = broker.start_call(0, "f", Bytes::new(), &held, (Some(()), None));
+            let extras = pb_proto::message::CallExtras::default();
+            let _ = broker.start_call(0, "f", Bytes::new(), &held, (Some(()), None, extras));
         }
         if n % 3 == 0 {
             held.clear();

@@ -59,6 +59,7 @@ use crate::message::FaultKind;
 use crate::object::call::outcome_name;
 use crate::object::{BoxFuture, Fault, IncomingCall, MethodName, ObjectRef, RefInner, Reply};
 use pb_proto::liveness::{Liveness, LivenessConfig, Timeout};
+use pb_proto::message::CallExtras;
 
 mod call;
 mod close;

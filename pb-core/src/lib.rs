@@ -82,8 +82,8 @@ pub use connection::{Config, ConnectError, ConnectionReader};
 pub use identity::{Identity, PeerCertificate};
 pub use link::{Caller, CloseReason, Connection, ConnectionStats, ExportLink, Side};
 pub use object::{
-    BoxFuture, CallError, Copyable, Dispatch, Fault, IncomingCall, Interface, Never, ObjectRef,
-    Outcome, Remote, Reply, decode_outcome, encode_reply, encode_result,
+    BoxFuture, CallError, Copyable, Dispatch, Fault, IncomingCall, Interface, MethodSignature,
+    Never, ObjectRef, Outcome, Remote, Reply, decode_outcome, encode_reply, encode_result,
 };
 
 // --- AMP section (owned by the AMP work) ---
@@ -96,8 +96,8 @@ pub mod __private {
     pub use crate::codec::current_peer;
     pub use crate::zero_copy::{TupleSeed, Wire, WireAny, WireBytes, WirePlain, WireSerde};
     pub use crate::{
-        BoxFuture, CallError, Copyable, Dispatch, IncomingCall, Interface, Never, ObjectRef,
-        Remote, Reply, encode_reply, encode_result,
+        BoxFuture, CallError, Copyable, Dispatch, IncomingCall, Interface, MethodSignature, Never,
+        ObjectRef, Remote, Reply, encode_reply, encode_result,
     };
     pub use serde;
     pub use std::future::ready;

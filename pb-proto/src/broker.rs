@@ -44,7 +44,7 @@
 //! use pb_proto::broker::{Broker, Outcome, Sending, Tokens};
 //! use pb_proto::frame::FrameDecoder;
 //! use pb_proto::limits::Limits;
-//! use pb_proto::message::{Message, encode_call_frame_head};
+//! use pb_proto::message::{CallExtras, Message, encode_call_frame_head};
 //!
 //! /// Objects are plain numbers here; a driver uses its own handles.
 //! enum Demo {}
@@ -64,7 +64,8 @@
 //! let mut server = Broker::<Demo>::new(Limits::default(), 1, Some(7));
 //! // The peer calls `ping` on our root (object 0), with request id 1.
 //! let mut frame = BytesMut::new();
-//! encode_call_frame_head(&mut frame, 2, 1, 0, b"ping", (true, None), &[]);
+//! let flags = (true, None, &CallExtras::default());
+//! encode_call_frame_head(&mut frame, 2, 1, 0, b"ping", flags, &[]);
 //! frame.extend_from_slice(b"hi");
 //! let body = FrameDecoder::new(1 << 20).decode(&mut frame).unwrap().unwrap();
 //! let call = server
@@ -104,8 +105,8 @@ use crate::hash::PeerKeys;
 use crate::imports::{Imports, Release};
 use crate::limits::{Limits, ProtocolError, TableStats};
 use crate::message::{
-    self, CallHead, FaultKind, Message, RefDesc, encode_answer_frame_head, encode_answer_head,
-    encode_call_frame_head, encode_update_head,
+    self, CallExtras, CallHead, FaultKind, Message, RefDesc, encode_answer_frame_head,
+    encode_answer_head, encode_call_frame_head, encode_update_head,
 };
 use crate::outbox::{Outbox, ZERO_COPY_MIN};
 
@@ -120,11 +121,12 @@ pub use self::input::MakeImport;
 use self::output::{CALLER, PEER};
 
 /// The most bytes a call's envelope takes besides its method name and references: tag and
-/// flags, then id, target and deadline (a varint of at most 10 bytes each), the method name's
-/// length (2 for the longest name) and the reference count (10). Messages are checked against
+/// flags, then id, target and deadline (a varint of at most 10 bytes each), a signature (8) and
+/// a trace context (25), the method name's length (2 for the longest name) and the reference
+/// count (10). Messages are checked against
 /// the peer's `max_frame_len` with their envelope's largest size, so none that passes can be
 /// refused by the peer.
-const CALL_HEAD_MAX: usize = 2 + 3 * 10 + 2 + 10;
+const CALL_HEAD_MAX: usize = 2 + 3 * 10 + 8 + 25 + 2 + 10;
 
 /// The most bytes an answer's envelope takes besides its references: tag, id (10), outcome and
 /// reference count (10).
@@ -259,6 +261,8 @@ pub struct Incoming<O> {
     pub answer: bool,
     /// How long the caller waits, in milliseconds from now.
     pub deadline_ms: Option<u64>,
+    /// The caller's signature of the method and its trace context, if it sent them.
+    pub extras: CallExtras,
 }
 
 /// What the driver must do once it lets go of the broker (see [`Broker::poll_events`]).

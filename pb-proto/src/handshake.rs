@@ -25,7 +25,7 @@ use bytes::BufMut;
 pub const MAGIC: [u8; 4] = *b"PBRS";
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Length of an encoded [`Hello`] body without limits (the least a hello may be).
 pub const HELLO_LEN: usize = 16;
@@ -265,7 +265,10 @@ mod tests {
         };
         assert_eq!(
             Hello::ours(Features::NONE).negotiate(&old),
-            Err(HandshakeError::VersionMismatch { ours: 1, theirs: 0 })
+            Err(HandshakeError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 0
+            })
         );
         assert!(matches!(
             Hello::decode(b"HTTP/1.1 200 OK\r\n"),

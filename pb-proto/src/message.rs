@@ -5,7 +5,7 @@
 //! values, encoded by pb-core's payload codec.
 //!
 //! ```text
-//! Call     01 flags id target [deadline-ms] method-len method refs payload...
+//! Call     01 flags id target [deadline-ms] [signature] [trace] method-len method refs payload...
 //! Answer   02 id outcome refs payload...          outcome: 0 = Ok, 1 = the callee's typed Err
 //! Fault    03 id kind message-len message
 //! Release  04 count (object delta)*count
@@ -19,6 +19,8 @@
 //! Limits   0b max-frame-len max-refs max-release  the sender's receive limits changed (sent
 //!                                                 only to a peer whose hello carried limits)
 //! refs  := count (kind id)*count                  kind: 0 = sender's object, 1 = receiver's own
+//! signature := params-fingerprint:u32 result-fingerprint:u32 (big-endian; flag 4)
+//! trace := trace-id:16 parent-id:8 trace-flags:1   (W3C traceparent, version 00; flag 8)
 //! ```
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -26,11 +28,21 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use crate::frame::HEADER_LEN;
 use crate::handshake::ReceiveLimits;
 
+mod extras;
+pub use extras::{CallExtras, Signature, TraceParent};
+use extras::{SIGNATURE_LEN, TRACE_LEN};
+
 /// Call flag: the caller wants an answer.
 const FLAG_ANSWER: u8 = 1;
 
 /// Call flag: a deadline (milliseconds from receipt) follows the target.
 const FLAG_DEADLINE: u8 = 2;
+
+/// Call flag: the caller's signature of the method follows (after the deadline).
+const FLAG_SIGNATURE: u8 = 4;
+
+/// Call flag: the caller's trace context follows (after the signature).
+const FLAG_TRACE: u8 = 8;
 
 /// The longest method name accepted.
 pub const MAX_METHOD_LEN: usize = 255;
@@ -133,6 +145,8 @@ pub enum Message {
         answer: bool,
         /// How long the caller will wait, in milliseconds from when the call is received.
         deadline_ms: Option<u64>,
+        /// The caller's signature of the method and its trace context, if it sent them.
+        extras: CallExtras,
         /// Object references the payload points into, by index.
         refs: Vec<RefDesc>,
         /// The encoded arguments.
@@ -340,6 +354,16 @@ fn get_varint_long<B: Buf>(b: &mut B) -> Result<u64, MessageError> {
 }
 
 #[inline]
+fn get_array<const N: usize, B: Buf>(b: &mut B) -> Result<[u8; N], MessageError> {
+    if b.remaining() < N {
+        return Err(MessageError::Truncated);
+    }
+    let mut a = [0; N];
+    b.copy_to_slice(&mut a);
+    Ok(a)
+}
+
+#[inline]
 fn get_u8<B: Buf>(b: &mut B) -> Result<u8, MessageError> {
     if b.has_remaining() {
         Ok(b.get_u8())
@@ -444,10 +468,18 @@ impl Message {
                 method,
                 answer,
                 deadline_ms,
+                extras,
                 refs,
                 payload,
             } => {
-                encode_call_head(out, *id, *target, method, (*answer, *deadline_ms), refs);
+                encode_call_head(
+                    out,
+                    *id,
+                    *target,
+                    method,
+                    (*answer, *deadline_ms, extras),
+                    refs,
+                );
                 out.put_slice(payload);
             }
             Message::Answer {
@@ -512,6 +544,7 @@ impl Message {
                 method: body.slice(head.method),
                 answer: head.answer,
                 deadline_ms: head.deadline_ms,
+                extras: head.extras,
                 refs: head.refs,
                 payload: body.slice(head.payload_at..),
             });
@@ -605,6 +638,8 @@ pub struct CallHead {
     pub answer: bool,
     /// The time left for the call, in milliseconds, if it has a deadline.
     pub deadline_ms: Option<u64>,
+    /// The caller's signature of the method and its trace context, if it sent them.
+    pub extras: CallExtras,
     /// Where the method name is in the body (checked as UTF-8).
     pub method: std::ops::Range<usize>,
     /// The references the payload carries, in order.
@@ -629,6 +664,14 @@ pub fn decode_call_head(body: &[u8], limits: &MessageLimits) -> Result<CallHead,
     } else {
         None
     };
+    let mut extras = CallExtras::default();
+    if flags & FLAG_SIGNATURE != 0 {
+        extras.signature = Some(Signature::from_bytes(get_array(&mut b)?));
+    }
+    if flags & FLAG_TRACE != 0 {
+        // An invalid context (an all-zero id) is dropped, as W3C says, not refused.
+        extras.trace = TraceParent::from_bytes(get_array(&mut b)?);
+    }
     let len = get_len(&mut b, "method name", "MAX_METHOD_LEN", MAX_METHOD_LEN)?;
     let Some(method) = b.get(..len) else {
         return Err(MessageError::Truncated);
@@ -645,6 +688,7 @@ pub fn decode_call_head(body: &[u8], limits: &MessageLimits) -> Result<CallHead,
         target,
         answer: flags & FLAG_ANSWER != 0,
         deadline_ms,
+        extras,
         method: method_at..method_at + len,
         refs,
         payload_at: body.len() - b.len(),
@@ -658,12 +702,12 @@ pub fn encode_call_head(
     id: u64,
     target: u64,
     method: &[u8],
-    (answer, deadline_ms): (bool, Option<u64>),
+    flags: (bool, Option<u64>, &CallExtras),
     refs: &[RefDesc],
 ) {
     // The fixed fields are gathered on the stack and appended with one copy.
-    let mut head = Head::new();
-    call_fields(&mut head, id, target, (answer, deadline_ms), method.len());
+    let mut head = Head::<{ 48 + SIGNATURE_LEN + TRACE_LEN }>::empty();
+    call_fields(&mut head, id, target, flags, method.len());
     out.put_slice(head.as_slice());
     out.put_slice(method);
     put_refs(out, refs);
@@ -675,12 +719,18 @@ fn call_fields<const N: usize>(
     head: &mut Head<N>,
     id: u64,
     target: u64,
-    (answer, deadline_ms): (bool, Option<u64>),
+    (answer, deadline_ms, extras): (bool, Option<u64>, &CallExtras),
     method_len: usize,
 ) {
     let mut flags = if answer { FLAG_ANSWER } else { 0 };
     if deadline_ms.is_some() {
         flags |= FLAG_DEADLINE;
+    }
+    if extras.signature.is_some() {
+        flags |= FLAG_SIGNATURE;
+    }
+    if extras.trace.is_some() {
+        flags |= FLAG_TRACE;
     }
     head.put(&[TAG_CALL, flags]);
     head.varint(id);
@@ -688,11 +738,18 @@ fn call_fields<const N: usize>(
     if let Some(ms) = deadline_ms {
         head.varint(ms);
     }
+    if let Some(sig) = extras.signature {
+        head.put(&sig.to_bytes());
+    }
+    if let Some(trace) = extras.trace {
+        head.put(&trace.to_bytes());
+    }
     head.varint(method_len as u64);
 }
 
 /// Room for a call frame's length prefix and whole envelope without references.
-const CALL_HEAD_MAX: usize = HEADER_LEN + 2 + 4 * 10 + MAX_METHOD_LEN + 1;
+const CALL_HEAD_MAX: usize =
+    HEADER_LEN + 2 + 4 * 10 + SIGNATURE_LEN + TRACE_LEN + MAX_METHOD_LEN + 1;
 
 /// Encode a call frame's length prefix (for a payload of `payload_len` bytes) and envelope;
 /// the payload follows it directly. Gathered on the stack and appended with one copy when the
@@ -704,7 +761,7 @@ pub fn encode_call_frame_head(
     id: u64,
     target: u64,
     method: &[u8],
-    flags: (bool, Option<u64>),
+    flags: (bool, Option<u64>, &CallExtras),
     refs: &[RefDesc],
 ) {
     let mut head = Head::<CALL_HEAD_MAX>::empty();

@@ -203,9 +203,12 @@ pub async fn read_hello_frame(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> V
 
 /// A hello frame without limits, as a raw peer (or a build from before limits were carried)
 /// sends it, and as a server answers such a peer.
-pub const HELLO: [u8; 20] = [
-    0, 0, 0, 16, b'P', b'B', b'R', b'S', 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-];
+pub const HELLO: [u8; 20] = {
+    let [v0, v1] = pb::proto::handshake::PROTOCOL_VERSION.to_be_bytes();
+    [
+        0, 0, 0, 16, b'P', b'B', b'R', b'S', v0, v1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]
+};
 
 /// A server connection serving a `KitchenImpl` over an in-memory pipe, and the raw peer end,
 /// handshake done.

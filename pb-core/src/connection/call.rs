@@ -62,8 +62,7 @@ impl ConnShared {
         method: &str,
         payload: Payload,
         refs: Vec<ObjectRef>,
-        waker: Waker,
-        deadline: Option<tokio::time::Instant>,
+        (waker, deadline, extras): (Waker, Option<tokio::time::Instant>, CallExtras),
     ) -> Result<u64, Fault> {
         let mut events = Vec::new();
         let queued_call = {
@@ -74,7 +73,11 @@ impl ConnShared {
                     method,
                     payload,
                     &refs,
-                    (Some(waker), deadline.map(crate::deadline::remaining_ms)),
+                    (
+                        Some(waker),
+                        deadline.map(crate::deadline::remaining_ms),
+                        extras,
+                    ),
                 )
                 .map(|id| match broker.who_flushes() {
                     // A lone caller writes its call itself, taking the output while it holds
@@ -139,8 +142,9 @@ impl ConnShared {
         method: &str,
         payload: Payload,
         refs: Vec<ObjectRef>,
+        extras: CallExtras,
     ) -> Result<(), Fault> {
-        self.with_broker(|b| b.start_call(target, method, payload, &refs, (None, None)))?;
+        self.with_broker(|b| b.start_call(target, method, payload, &refs, (None, None, extras)))?;
         self.wake_writer.notify_one();
         Ok(())
     }

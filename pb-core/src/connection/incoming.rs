@@ -95,6 +95,7 @@ impl ConnShared {
             refs,
             answer,
             deadline_ms,
+            extras,
         } = ev;
         let span = tracing::debug_span!(
             "pb.call",
@@ -123,6 +124,7 @@ impl ConnShared {
             args_at,
             refs,
             caller,
+            extras,
         };
         let mut fut = CatchUnwind(object.into_dispatch(call));
         // Without a deadline, poll the handler once right here: most answer without waiting,

@@ -88,10 +88,9 @@ impl Link for ConnShared {
         method: &str,
         payload: Payload,
         refs: Vec<ObjectRef>,
-        waker: Waker,
-        deadline: Option<tokio::time::Instant>,
+        how: (Waker, Option<tokio::time::Instant>, CallExtras),
     ) -> Result<u64, Fault> {
-        ConnShared::start_call(self, target, method, payload, refs, waker, deadline)
+        ConnShared::start_call(self, target, method, payload, refs, how)
     }
 
     fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Reply> {
@@ -108,8 +107,9 @@ impl Link for ConnShared {
         method: &str,
         payload: Payload,
         refs: Vec<ObjectRef>,
+        extras: CallExtras,
     ) -> Result<(), Fault> {
-        ConnShared::send_oneway(self, target, method, payload, refs)
+        ConnShared::send_oneway(self, target, method, payload, refs, extras)
     }
 
     fn send_update(&self, object: u64, payload: Bytes) {

@@ -14,7 +14,7 @@ use super::link::Link;
 use super::{ObjectRef, Reply};
 use crate::deadline::{self, deadline_fault};
 use pb_proto::broker::Payload as _;
-use pb_proto::message::FaultKind;
+use pb_proto::message::{CallExtras, FaultKind};
 
 /// How a call ended, for tracing.
 pub(crate) fn outcome_name(reply: Option<&Reply>) -> &'static str {
@@ -78,6 +78,7 @@ pub(crate) async fn call(
     method: &str,
     payload: Payload,
     refs: Vec<ObjectRef>,
+    extras: CallExtras,
 ) -> Reply {
     let span = tracing::debug_span!(
         "pb.call",
@@ -129,7 +130,7 @@ pub(crate) async fn call(
         let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let started_call = {
             let _entered = traced.then(|| span.enter());
-            link.start_call(target, method, payload, refs, waker, deadline)
+            link.start_call(target, method, payload, refs, (waker, deadline, extras))
         };
         let id = match started_call {
             Ok(id) => id,

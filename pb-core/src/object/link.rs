@@ -21,6 +21,7 @@ use crate::codec::Payload;
 use crate::handshake::HandshakeError;
 use crate::object::{Fault, ObjectRef, Remote, Reply};
 use pb_proto::limits::TableStats;
+use pb_proto::message::CallExtras;
 
 /// A future borrowed from a link.
 pub(crate) type LinkFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -162,16 +163,16 @@ pub(crate) trait Link: Send + Sync + 'static {
         payload_len: usize,
         refs: usize,
     ) -> Option<LinkFuture<'_, ()>>;
-    /// Start our call of `method` on the peer's object `target`, whose answer wakes `waker`;
-    /// returns its request id, or why it was not sent.
+    /// Start our call of `method` on the peer's object `target`, whose answer wakes the waker,
+    /// bound by the deadline, carrying the extras; returns its request id, or why it was not
+    /// sent.
     fn start_call(
         &self,
         target: u64,
         method: &str,
         payload: Payload,
         refs: Vec<ObjectRef>,
-        waker: Waker,
-        deadline: Option<tokio::time::Instant>,
+        how: (Waker, Option<tokio::time::Instant>, CallExtras),
     ) -> Result<u64, Fault>;
     /// The answer to our call `id`, once it has arrived.
     fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Reply>;
@@ -184,6 +185,7 @@ pub(crate) trait Link: Send + Sync + 'static {
         method: &str,
         payload: Payload,
         refs: Vec<ObjectRef>,
+        extras: CallExtras,
     ) -> Result<(), Fault>;
     /// Send a cache update to the peer, if our object `object` is still exported to it.
     fn send_update(&self, object: u64, payload: Bytes);

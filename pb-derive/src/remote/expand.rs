@@ -54,17 +54,23 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
             let (n, t) = (&sp.name, &sp.ty);
             quote!((&#p::Wire::<#t>::new()).wire(&#n))
         });
+        let sent_types = sent.iter().map(|sp| &sp.ty);
         quote! {
             #(#attrs)*
             pub async fn #mname(&self, #(#params),*)
                 -> ::core::result::Result<#ok, #p::CallError<#err>>
             {
                 use #p::{WireBytes as _, WireSerde as _};
+                static SIGNATURE: ::std::sync::OnceLock<#p::MethodSignature> =
+                    ::std::sync::OnceLock::new();
+                let signature =
+                    #p::MethodSignature::cached::<(#(#sent_types,)*), #ok>(&SIGNATURE).wire();
                 self.inner
                     .call_seed::<_, _, #ok, #err>(
                         #mstr,
                         &(#(#wired,)*),
                         (&#p::Wire::<#ok>::new()).seed(),
+                        signature,
                     )
                     .await
             }
@@ -94,6 +100,12 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
         };
         quote! {
             #mbytes => {
+                static SIGNATURE: ::std::sync::OnceLock<#p::MethodSignature> =
+                    ::std::sync::OnceLock::new();
+                let signature = #p::MethodSignature::cached::<(#(#types,)*), #ok>(&SIGNATURE);
+                if let ::core::result::Result::Err(fault) = call.check_signature(signature) {
+                    return ::std::boxed::Box::pin(#p::ready(::core::result::Result::Err(fault)));
+                }
                 let (#(#names,)*): (#(#types,)*) = match call.decode_args_seed(
                     #p::TupleSeed((#((&#p::Wire::<#types>::new()).seed(),)*))
                 ) {

@@ -17,7 +17,7 @@ impl<T: Tokens> Broker<T> {
         method: &str,
         payload: impl Payload,
         refs: &[T::Object],
-        (waiter, deadline_ms): (Option<T::Waiter>, Option<u64>),
+        (waiter, deadline_ms, extras): (Option<T::Waiter>, Option<u64>, CallExtras),
     ) -> Result<u64, Fault> {
         if self.state == State::Closed {
             return Err(self.close_fault());
@@ -49,14 +49,14 @@ impl<T: Tokens> Broker<T> {
         let descs = self.describe(refs)?;
         let id = self.pending.next_id();
         self.out
-            .reserve_frame(24 + method.len() + descs.len() * 11, payload.as_slice());
+            .reserve_frame(57 + method.len() + descs.len() * 11, payload.as_slice());
         encode_call_frame_head(
             self.out.buf(),
             payload.as_slice().len(),
             id,
             target,
             method.as_bytes(),
-            (waiter.is_some(), deadline_ms),
+            (waiter.is_some(), deadline_ms, &extras),
             &descs,
         );
         if payload.as_slice().len() < ZERO_COPY_MIN {

@@ -204,6 +204,7 @@ impl<T: Tokens> Broker<T> {
             target,
             answer,
             deadline_ms,
+            extras,
             method,
             refs: descs,
             payload_at,
@@ -282,6 +283,7 @@ impl<T: Tokens> Broker<T> {
             refs,
             answer,
             deadline_ms,
+            extras,
         }))
     }
 }

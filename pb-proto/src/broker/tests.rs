@@ -486,7 +486,15 @@ fn protocol_violations_are_errors_not_panics() {
     w.b.broker.watch(call.id, call.id).expect("open");
     // a's broker would never reuse an id: forge the frame.
     let mut frame = BytesMut::new();
-    crate::message::encode_call_frame_head(&mut frame, 0, id, 0, b"x", (true, None), &[]);
+    crate::message::encode_call_frame_head(
+        &mut frame,
+        0,
+        id,
+        0,
+        b"x",
+        (true, None, &Default::default()),
+        &[],
+    );
     w.b.receive(&frame, usize::MAX);
     assert!(matches!(w.b.error, Some(ProtocolError::DuplicateRequest(i)) if i == id));
     // Releases of objects never exported count as violations.

@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// A call's extras with every field set.
+fn full_extras() -> CallExtras {
+    CallExtras {
+        signature: Some(Signature {
+            params: 0xdead_beef,
+            result: 7,
+        }),
+        trace: TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+    }
+}
+
 fn rt(m: Message) {
     let mut out = BytesMut::new();
     m.encode(&mut out);
@@ -19,6 +30,7 @@ fn a_damaged_call_envelope_never_points_outside_its_body() {
         method: Bytes::from_static("méthode".as_bytes()),
         answer: true,
         deadline_ms: Some(1500),
+        extras: full_extras(),
         refs: vec![RefDesc::Sender(7), RefDesc::Receiver(300)],
         payload: Bytes::from_static(b"payload"),
     };
@@ -48,13 +60,14 @@ fn a_damaged_call_envelope_never_points_outside_its_body() {
 #[test]
 fn a_call_frame_head_matches_the_message_encoding() {
     let method = "m".repeat(MAX_METHOD_LEN);
-    for (refs, deadline_ms, method) in [
-        (vec![], None, "echo"),
-        (vec![], Some(1500), method.as_str()),
+    for (refs, deadline_ms, method, extras) in [
+        (vec![], None, "echo", CallExtras::default()),
+        (vec![], Some(1500), method.as_str(), full_extras()),
         (
             vec![RefDesc::Sender(7), RefDesc::Receiver(300)],
             None,
             method.as_str(),
+            full_extras(),
         ),
     ] {
         let payload = Bytes::from_static(b"payload");
@@ -64,6 +77,7 @@ fn a_call_frame_head_matches_the_message_encoding() {
             method: Bytes::copy_from_slice(method.as_bytes()),
             answer: true,
             deadline_ms,
+            extras,
             refs: refs.clone(),
             payload: payload.clone(),
         };
@@ -76,7 +90,7 @@ fn a_call_frame_head_matches_the_message_encoding() {
             1 << 40,
             12,
             method.as_bytes(),
-            (true, deadline_ms),
+            (true, deadline_ms, &extras),
             &refs,
         );
         out.put_slice(&payload);
@@ -115,15 +129,25 @@ fn an_answer_frame_head_matches_the_message_encoding() {
 
 #[test]
 fn round_trips() {
-    rt(Message::Call {
-        id: u64::MAX,
-        target: 300,
-        method: Bytes::from_static(b"echo"),
-        answer: true,
-        deadline_ms: Some(1500),
-        refs: vec![RefDesc::Sender(1), RefDesc::Receiver(0)],
-        payload: Bytes::from_static(b"\x01\x02"),
-    });
+    for extras in [
+        CallExtras::default(),
+        full_extras(),
+        CallExtras {
+            signature: None,
+            ..full_extras()
+        },
+    ] {
+        rt(Message::Call {
+            id: u64::MAX,
+            target: 300,
+            method: Bytes::from_static(b"echo"),
+            answer: true,
+            deadline_ms: Some(1500),
+            extras,
+            refs: vec![RefDesc::Sender(1), RefDesc::Receiver(0)],
+            payload: Bytes::from_static(b"\x01\x02"),
+        });
+    }
     rt(Message::Answer {
         id: 7,
         ok: false,

@@ -230,7 +230,7 @@ impl Side {
             method,
             Bytes::copy_from_slice(args),
             refs,
-            (Some(next), None),
+            (Some(next), None, CallExtras::default()),
         )?;
         assert_eq!(id, next);
         self.calls = id;
