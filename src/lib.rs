@@ -200,6 +200,23 @@ pub use pb_core::{
     transport,
 };
 pub use pb_derive::{Copyable, copyable, remote};
+
+/// Lets a trait's `async fn`s be called through `dyn` (the [`async-trait`] crate, re-exported
+/// so that programs need no dependency of their own): put `#[pb::async_trait]` on an impl of
+/// [`Realm`] or [`VerifierStore`] and write its methods as `async fn`.
+///
+/// ```
+/// #[pb::async_trait]
+/// impl pb::VerifierStore for NoUsers {
+///     async fn verifier(&self, _username: &str) -> Option<pb::scram::ScramVerifier> {
+///         None
+///     }
+/// }
+/// struct NoUsers;
+/// ```
+///
+/// [`async-trait`]: https://docs.rs/async-trait
+pub use async_trait::async_trait;
 pub use pb_server::{
     Avatar, ClientAuth, Identity, LoginConfig, LoginRequest, PeerCertificate, Portal, Realm,
     Server, ServerBuilder, ServerHandle, ServerTls, ShutdownHandle, VerifierStore, Verifiers,
