@@ -71,12 +71,12 @@ pub mod dev {
 mod portal;
 mod tls;
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use pb_core::{Config, Connection, ObjectRef, Side};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
@@ -317,7 +317,7 @@ impl Server {
         let local_addr = self.local_addr();
         let (alive, dropped) = watch::channel(());
         let (done_tx, done) = watch::channel(());
-        let live = Arc::new(Mutex::new(HashMap::new()));
+        let live = Live::default();
         let stopping = Signals {
             stop: self.stop.subscribe(),
             dropped,
@@ -349,7 +349,10 @@ struct Signals {
     dropped: watch::Receiver<()>,
 }
 
-type Live = Arc<Mutex<HashMap<u64, Connection>>>;
+/// The connections being served, by id: every connection's task inserts and removes its own,
+/// and the handle and the shutdown read them all, so the map is sharded rather than locked
+/// whole.
+type Live = Arc<DashMap<u64, Connection>>;
 
 async fn accept_loop(
     listener: TcpListener,
@@ -434,9 +437,7 @@ async fn accept_loop(
                     return;
                 }
             };
-            live.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(conn.id(), conn.clone());
+            live.insert(conn.id(), conn.clone());
             // A shutdown that began during the handshake may have swept the live connections
             // before this one joined them: it closes itself the same way. (The shutdown sets
             // the flag before it sweeps, so one of the two always sees the connection.)
@@ -450,20 +451,13 @@ async fn accept_loop(
                 Some(reader) => reader.await,
                 None => conn.closed().await,
             }
-            live.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&conn.id());
+            live.remove(&conn.id());
         });
     };
     drop(listener);
     if shutdown {
         // Each closes gracefully (its calls in flight answered), all at once.
-        let live: Vec<Connection> = live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let live: Vec<Connection> = live.iter().map(|c| c.value().clone()).collect();
         let mut closing = JoinSet::new();
         for conn in live {
             closing.spawn(async move { conn.close().await });
@@ -620,12 +614,7 @@ impl ServerHandle {
 
     /// The connections being served right now.
     pub fn connections(&self) -> Vec<Connection> {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.live.iter().map(|c| c.value().clone()).collect()
     }
 
     /// A handle that shuts this server down, to give to code that does not own the server
