@@ -112,6 +112,9 @@
 //! ```
 //!
 //! # What `#[pb::remote]` generates
+//! (The macros' own pages, [`remote`](macro@remote), [`copyable`](macro@copyable) and
+//! [`Copyable`](derive@Copyable), document each in full, with examples.)
+//!
 //! For a trait `Foo`:
 //! - the trait itself, `Send + Sync + 'static`, whose `async fn`s implementations may write as
 //!   `async fn` (their futures must be `Send`);
@@ -156,7 +159,8 @@
 //! dependency) and the [`Copyable`] marker. `#[pb::copyable(state_for = path)]` adds Twisted's
 //! `getStateToCopyFor`: `path` is a `fn(&Self, Option<&Connection>) -> Self` that picks the state
 //! each peer receives (the connection is `None` for in-process calls). Serde attributes on the
-//! type and its fields (`#[serde(rename = ...)]`, `#[serde(with = ...)]`) pass through.
+//! type and its fields (`#[serde(rename = ...)]`, `#[serde(skip)]`, `#[serde(with = ...)]`)
+//! pass through. [`copyable`](macro@copyable) has an example of each.
 //!
 //! A type that derives serde's traits itself takes the marker alone with
 //! `#[derive(pb::Copyable)]` (a per-peer state needs the attribute form):
