@@ -21,9 +21,9 @@
 //!
 //! # Example
 //! ```
-//! # use pb_core::ObjectRef;
+//! # use pb::ObjectRef;
 //! # async fn example(root: ObjectRef) -> std::io::Result<()> {
-//! let server = pb_server::Server::builder()
+//! let server = pb::Server::builder()
 //!     .max_connections(100)
 //!     .bind("127.0.0.1:0")
 //!     .await?
@@ -35,10 +35,10 @@
 //!
 //! With TLS and login (see `examples/login.rs` for a whole program):
 //! ```no_run
-//! # use pb_core::ObjectRef;
+//! # use pb::ObjectRef;
 //! # fn avatar_for(user: Option<&str>) -> ObjectRef { panic!("the application supplies its avatar") }
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use pb_server::{Avatar, LoginRequest, Portal, Server, ServerTls, Verifiers};
+//! use pb::{Avatar, LoginRequest, Portal, Server, ServerTls, Verifiers};
 //! let mut users = Verifiers::new();
 //! users.insert("ada", "SCRAM-SHA-256$4096:...".parse()?); // from examples/make_verifier.rs
 //! let portal = Portal::new(|login: LoginRequest| async move {
@@ -254,10 +254,10 @@ impl Server {
     /// settings (TLS, limits), use [`ServerBuilder::listener`].
     ///
     /// ```
-    /// # async fn example(root: pb_core::ObjectRef) -> std::io::Result<()> {
+    /// # async fn example(root: pb::ObjectRef) -> std::io::Result<()> {
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     /// let addr = listener.local_addr()?;
-    /// let server = pb_server::Server::from_listener(listener).serve(root);
+    /// let server = pb::Server::from_listener(listener).serve(root);
     /// assert_eq!(server.local_addr(), addr);
     /// # server.shutdown().await;
     /// # Ok(()) }
@@ -584,8 +584,8 @@ where
 /// down from elsewhere (a call handler, a signal task), give that code a [`ShutdownHandle`].
 ///
 /// ```
-/// # async fn example(root: pb_core::ObjectRef) -> std::io::Result<()> {
-/// let server = pb_server::Server::bind("127.0.0.1:0").await?.serve(root);
+/// # async fn example(root: pb::ObjectRef) -> std::io::Result<()> {
+/// let server = pb::Server::bind("127.0.0.1:0").await?.serve(root);
 /// let stop = server.shutdown_handle();
 /// tokio::spawn(async move {
 ///     // For example on Ctrl-C: `tokio::signal::ctrl_c().await`.
@@ -653,8 +653,8 @@ impl ServerHandle {
 /// still answers its caller. [`ServerHandle::wait`] returns once the shutdown is done.
 ///
 /// ```
-/// # async fn example(make_root: impl Fn(pb_server::ShutdownHandle) -> pb_core::ObjectRef) -> std::io::Result<()> {
-/// let server = pb_server::Server::bind("127.0.0.1:0").await?;
+/// # async fn example(make_root: impl Fn(pb::ShutdownHandle) -> pb::ObjectRef) -> std::io::Result<()> {
+/// let server = pb::Server::bind("127.0.0.1:0").await?;
 /// // The root's `stop` method calls `shutdown()` on its handle.
 /// let root = make_root(server.shutdown_handle());
 /// let server = server.serve(root);

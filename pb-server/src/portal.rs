@@ -3,7 +3,7 @@
 //! the client releases the avatar or the connection ends.
 //!
 //! Until a connection logs in, its root is the portal's login object (interface
-//! [`pb_core::login::LOGIN_INTERFACE`]) and nothing else is reachable; frames are held to
+//! [`LOGIN_INTERFACE`]) and nothing else is reachable; frames are held to
 //! [`LoginConfig::max_frame_len_before_login`], and [`LoginConfig::login_timeout`] closes a
 //! connection that has not logged in.
 
@@ -52,8 +52,8 @@ impl LoginRequest {
     /// call to a method it lacks fails with `CallError::NoSuchMethod`.
     ///
     /// ```
-    /// use pb_core::ObjectRef;
-    /// use pb_server::{Avatar, LoginRequest, Portal};
+    /// use pb::ObjectRef;
+    /// use pb::{Avatar, LoginRequest, Portal};
     /// # fn chat_for(mind: Option<ObjectRef>) -> ObjectRef { panic!("the application supplies its avatar") }
     /// let portal = Portal::new(|login: LoginRequest| async move {
     ///     // With `#[pb::remote] trait Listener`, this is `login.mind_as::<ListenerRef>()`.
@@ -187,11 +187,11 @@ pub trait VerifierStore: Send + Sync + 'static {
 /// An in-memory [`VerifierStore`].
 ///
 /// ```
-/// use pb_core::scram::ScramVerifier;
-/// let mut users = pb_server::Verifiers::new();
+/// use pb::scram::ScramVerifier;
+/// let mut users = pb::Verifiers::new();
 /// // Operators store the verifier's text (see examples/make_verifier.rs), never the password.
 /// users.insert("ada", "SCRAM-SHA-256$4096:c2FsdA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".parse::<ScramVerifier>()?);
-/// # Ok::<(), pb_core::scram::ScramError>(())
+/// # Ok::<(), pb::scram::ScramError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Verifiers {
@@ -231,9 +231,9 @@ impl Verifiers {
     /// use [`Verifiers::insert_password`] with [`scram::MIN_ITERATIONS`].
     ///
     /// ```
-    /// let mut users = pb_server::Verifiers::new();
+    /// let mut users = pb::Verifiers::new();
     /// users.add_user("ada", "correct horse")?;
-    /// # Ok::<(), pb_core::scram::ScramError>(())
+    /// # Ok::<(), pb::scram::ScramError>(())
     /// ```
     pub fn add_user(
         &mut self,
@@ -331,8 +331,8 @@ struct PortalInner {
 /// is not asked). A client that wants another identity opens another connection.
 ///
 /// ```
-/// use pb_server::{Avatar, LoginRequest, Portal, Verifiers};
-/// # fn avatar_for(_: &LoginRequest) -> pb_core::ObjectRef { panic!("the application supplies its avatar") }
+/// use pb::{Avatar, LoginRequest, Portal, Verifiers};
+/// # fn avatar_for(_: &LoginRequest) -> pb::ObjectRef { panic!("the application supplies its avatar") }
 /// let mut users = Verifiers::new();
 /// users.add_user("ada", "correct horse")?;
 /// let portal = Portal::new(|login: LoginRequest| async move {
@@ -340,7 +340,7 @@ struct PortalInner {
 /// })
 /// .verifiers(users)
 /// .allow_anonymous(false);
-/// # Ok::<(), pb_core::scram::ScramError>(())
+/// # Ok::<(), pb::scram::ScramError>(())
 /// ```
 #[derive(Clone)]
 pub struct Portal {
