@@ -112,6 +112,9 @@
 //! ```
 //!
 //! # What `#[pb::remote]` generates
+//! (The macros' own pages, [`remote`](macro@remote), [`copyable`](macro@copyable) and
+//! [`Copyable`](derive@Copyable), document each in full, with examples.)
+//!
 //! For a trait `Foo`:
 //! - the trait itself, `Send + Sync + 'static`, whose `async fn`s implementations may write as
 //!   `async fn` (their futures must be `Send`);
@@ -156,7 +159,8 @@
 //! dependency) and the [`Copyable`] marker. `#[pb::copyable(state_for = path)]` adds Twisted's
 //! `getStateToCopyFor`: `path` is a `fn(&Self, Option<&Connection>) -> Self` that picks the state
 //! each peer receives (the connection is `None` for in-process calls). Serde attributes on the
-//! type and its fields (`#[serde(rename = ...)]`, `#[serde(with = ...)]`) pass through.
+//! type and its fields (`#[serde(rename = ...)]`, `#[serde(skip)]`, `#[serde(with = ...)]`)
+//! pass through. [`copyable`](macro@copyable) has an example of each.
 //!
 //! A type that derives serde's traits itself takes the marker alone with
 //! `#[derive(pb::Copyable)]` (a per-peer state needs the attribute form):
@@ -200,6 +204,23 @@ pub use pb_core::{
     transport,
 };
 pub use pb_derive::{Copyable, copyable, remote};
+
+/// Lets a trait's `async fn`s be called through `dyn` (the [`async-trait`] crate, re-exported
+/// so that programs need no dependency of their own): put `#[pb::async_trait]` on an impl of
+/// [`Realm`] or [`VerifierStore`] and write its methods as `async fn`.
+///
+/// ```
+/// #[pb::async_trait]
+/// impl pb::VerifierStore for NoUsers {
+///     async fn verifier(&self, _username: &str) -> Option<pb::scram::ScramVerifier> {
+///         None
+///     }
+/// }
+/// struct NoUsers;
+/// ```
+///
+/// [`async-trait`]: https://docs.rs/async-trait
+pub use async_trait::async_trait;
 pub use pb_server::{
     Avatar, ClientAuth, Identity, LoginConfig, LoginRequest, PeerCertificate, Portal, Realm,
     Server, ServerBuilder, ServerHandle, ServerTls, ShutdownHandle, VerifierStore, Verifiers,

@@ -1,9 +1,10 @@
 //! Peer-to-peer nodes: one object that both listens and dials.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use dashmap::DashMap;
 
 use pb_client::{ClientBuilder, ClientError, ClientTls, Session};
 use pb_core::{Config, Connection, ObjectRef};
@@ -38,7 +39,9 @@ pub struct Node {
     config: Config,
     dial_tls: Option<ClientTls>,
     server: pb_server::ServerHandle,
-    dialed: Arc<Mutex<HashMap<u64, Connection>>>,
+    /// The connections this node dialed, by id: each inserts itself and a task of its own
+    /// removes it when it closes.
+    dialed: Arc<DashMap<u64, Connection>>,
 }
 
 /// Builds a [`Node`].
@@ -114,7 +117,7 @@ impl NodeBuilder {
             config: self.config,
             dial_tls: self.dial_tls,
             server,
-            dialed: Arc::new(Mutex::new(HashMap::new())),
+            dialed: Arc::default(),
         })
     }
 }
@@ -148,10 +151,10 @@ impl Node {
         let session = client.open(addr).await?;
         let conn = session.connection().clone();
         let dialed = self.dialed.clone();
-        lock(&dialed).insert(conn.id(), conn.clone());
+        dialed.insert(conn.id(), conn.clone());
         tokio::spawn(async move {
             conn.closed().await;
-            lock(&dialed).remove(&conn.id());
+            dialed.remove(&conn.id());
         });
         Ok(session)
     }
@@ -159,13 +162,13 @@ impl Node {
     /// Every live connection: peers that dialed us and peers we dialed.
     pub fn peers(&self) -> Vec<Connection> {
         let mut peers = self.server.connections();
-        peers.extend(lock(&self.dialed).values().cloned());
+        peers.extend(self.dialed.iter().map(|c| c.value().clone()));
         peers
     }
 
     /// Stop listening and close every connection gracefully.
     pub async fn shutdown(self) {
-        let dialed: Vec<Connection> = lock(&self.dialed).values().cloned().collect();
+        let dialed: Vec<Connection> = self.dialed.iter().map(|c| c.value().clone()).collect();
         for conn in dialed {
             conn.close().await;
         }
@@ -180,10 +183,6 @@ impl std::fmt::Debug for Node {
             .field("peers", &self.peers().len())
             .finish()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The root of a node built without one: every call is "no such method".

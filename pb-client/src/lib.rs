@@ -3,8 +3,9 @@
 //! [`Client::connect`] dials, sends pb's hello and returns the [`Connection`], whose
 //! [`Connection::root`] is the server's root object. It does not wait for the server's hello:
 //! the first call goes out with ours, and a server that refuses it makes the calls fail with
-//! [`pb_core::CallError::Handshake`] (see [`ClientBuilder::connect`]). A client may serve a root of its own, which
-//! the server reaches the same way: connections are symmetric.
+//! [`CallError::Handshake`](pb_core::CallError::Handshake) (see [`ClientBuilder::connect`]). A
+//! client may serve a root of its own, which the server reaches the same way: connections are
+//! symmetric.
 //!
 //! Over TLS, the server's certificate that the handshake verified is the connection's identity
 //! ([`Identity::Certificate`]), as a verified client certificate is on the server's side: a
@@ -15,7 +16,8 @@
 //! in), [`ClientBuilder::open`] returns a [`Session`] whose [`Session::login`] (SCRAM-SHA-256),
 //! [`Session::login_anonymous`] and [`Session::login_with_certificate`] return the typed avatar.
 //! One login per connection: once logged in, a connection stays that user's, and the server
-//! refuses another login on it ([`pb_core::login::Refusal::AlreadyLoggedIn`]).
+//! refuses another login on it
+//! ([`Refusal::AlreadyLoggedIn`](pb_core::login::Refusal::AlreadyLoggedIn)).
 //!
 //! # Layout
 //! - this file: [`Client`], [`ClientBuilder`], [`ClientError`] and dialing;
@@ -25,8 +27,8 @@
 //!
 //! # Example
 //! ```no_run
-//! # async fn example() -> Result<(), pb_core::ConnectError> {
-//! let conn = pb_client::Client::connect("127.0.0.1:8789").await?;
+//! # async fn example() -> Result<(), pb::ConnectError> {
+//! let conn = pb::Client::connect("127.0.0.1:8789").await?;
 //! let root = conn.root_ref();
 //! let answer: String = root.call::<_, _, ()>("greet", &("ada",)).await.expect("call failed");
 //! conn.close().await;
@@ -36,10 +38,10 @@
 //! Over TLS, with login:
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use pb_client::{Client, ClientTls};
+//! use pb::{Client, ClientTls};
 //! let tls = ClientTls::from_roots_pem_file("ca.crt")?.server_name("localhost")?;
 //! let session = Client::builder().tls(tls).open("127.0.0.1:8789").await?;
-//! let avatar: pb_core::ObjectRef = session.login("ada", "correct horse").await?;
+//! let avatar: pb::ObjectRef = session.login("ada", "correct horse").await?;
 //! # Ok(()) }
 //! ```
 
@@ -96,10 +98,10 @@ impl Client {
     /// connection is logged in as `username` for good.
     ///
     /// ```no_run
-    /// # async fn example() -> Result<(), pb_client::LoginError> {
-    /// use pb_core::Remote;
-    /// let avatar: pb_core::ObjectRef =
-    ///     pb_client::Client::login("127.0.0.1:8789", "ada", "correct horse").await?;
+    /// # async fn example() -> Result<(), pb::LoginError> {
+    /// use pb::Remote;
+    /// let avatar: pb::ObjectRef =
+    ///     pb::Client::login("127.0.0.1:8789", "ada", "correct horse").await?;
     /// if let Some(conn) = avatar.object_ref().peer() {
     ///     conn.close().await;
     /// }
@@ -237,9 +239,10 @@ impl ClientBuilder {
     /// server's ([`Connection::dial`]): the first call leaves with the hello, so connecting and
     /// one call cost one round trip. A server that refuses the hello (another protocol version,
     /// or a server that is not pb, or that wants TLS) is therefore not this function's error:
-    /// the connection closes with [`pb_core::CloseReason::Handshake`] and calls fail with
-    /// [`pb_core::CallError::Handshake`], which names the cause. [`ClientBuilder::open`] waits
-    /// for the server's hello and reports such a server as its error.
+    /// the connection closes with [`CloseReason::Handshake`](pb_core::CloseReason::Handshake)
+    /// and calls fail with [`CallError::Handshake`](pb_core::CallError::Handshake), which names
+    /// the cause. [`ClientBuilder::open`] waits for the server's hello and reports such a server
+    /// as its error.
     ///
     /// TLS failures are reported as [`ConnectError::Io`] wrapping a [`ClientError`];
     /// [`ClientBuilder::open`] reports them directly.

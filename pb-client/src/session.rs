@@ -74,9 +74,9 @@ impl From<CallError<Refusal>> for LoginError {
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// let tls = pb_client::ClientTls::from_roots_pem_file("ca.crt")?.server_name("localhost")?;
-/// let session = pb_client::Client::builder().tls(tls).open("127.0.0.1:8789").await?;
-/// let avatar: pb_core::ObjectRef = session.login("ada", "correct horse").await?;
+/// let tls = pb::ClientTls::from_roots_pem_file("ca.crt")?.server_name("localhost")?;
+/// let session = pb::Client::builder().tls(tls).open("127.0.0.1:8789").await?;
+/// let avatar: pb::ObjectRef = session.login("ada", "correct horse").await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]

@@ -18,8 +18,8 @@ use pb_core::pem::{TlsError, certs, key, memory, read_file as read};
 /// handlers of the objects the server calls on this side read with `Caller::identity`.
 ///
 /// ```no_run
-/// # fn main() -> Result<(), pb_client::TlsError> {
-/// let tls = pb_client::ClientTls::from_roots_pem_file("ca.crt")?.server_name("pb.example.com")?;
+/// # fn main() -> Result<(), pb::TlsError> {
+/// let tls = pb::ClientTls::from_roots_pem_file("ca.crt")?.server_name("pb.example.com")?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

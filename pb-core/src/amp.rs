@@ -17,18 +17,17 @@
 //!
 //! # Example
 //! ```
-//! # extern crate pb_core as pb;
-//! use pb_core::amp::{AmpConfig, AmpConnection, Locator};
+//! use pb::amp::{AmpConfig, AmpConnection, Locator};
 //!
 //! /// Twisted: `class Sum(amp.Command): arguments = [(b"a", amp.Integer()), (b"b", amp.Integer())]`.
-//! #[derive(pb_derive::AmpCommand)]
+//! #[derive(pb::AmpCommand)]
 //! #[amp(response = Total)]
 //! struct Sum {
 //!     a: i64,
 //!     b: i64,
 //! }
 //!
-//! #[derive(pb_derive::AmpFields)]
+//! #[derive(pb::AmpFields)]
 //! struct Total {
 //!     total: i64,
 //! }
@@ -74,11 +73,11 @@ pub use decimal::Decimal;
 pub use dispatch::{AmpProtocolError, DisconnectReason, Event, START_TLS, SendError};
 
 /// Limits and policies of one AMP connection, with rustls's server configuration for the
-/// server side of StartTLS (see [`pb_proto::amp::dispatch::AmpConfig`]).
+/// server side of StartTLS (see [`AmpConfig`](pb_proto::amp::dispatch::AmpConfig)).
 pub type AmpConfig = dispatch::AmpConfig<std::sync::Arc<rustls::ServerConfig>>;
 
 /// The request/response state of one AMP connection, with no I/O (see
-/// [`pb_proto::amp::Dispatcher`]).
+/// [`Dispatcher`](pb_proto::amp::Dispatcher)).
 pub type Dispatcher = dispatch::Dispatcher<std::sync::Arc<rustls::ServerConfig>>;
 pub use handle::{AmpConnection, serve};
 pub use locator::{AmpReply, Locator};

@@ -12,7 +12,7 @@ use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 /// Who the peer of a connection is. Handlers read it with
-/// `caller.identity::<pb_core::Identity>()` (see [`crate::Caller::identity`]).
+/// `caller.identity::<pb::Identity>()` (see [`crate::Caller::identity`]).
 ///
 /// The accepting side records what the client's login established (or, without a portal, its
 /// verified client certificate); the dialing side records the server's verified certificate.

@@ -24,7 +24,8 @@
 //! A dynamic object served over the in-memory transport and called by name:
 //! ```
 //! use std::sync::Arc;
-//! use pb_core::{BoxFuture, Caller, Config, Connection, Dispatch, IncomingCall, Interface, ObjectRef, Reply, Side};
+//! use pb::dispatch::{BoxFuture, Dispatch, IncomingCall, Interface, Reply};
+//! use pb::{Config, Connection, ObjectRef, Side};
 //!
 //! struct Adder;
 //! static ADDER: Interface = Interface { name: "Adder", methods: &["add"] };
@@ -35,7 +36,7 @@
 //!             match call.method() {
 //!                 "add" => {
 //!                     let (a, b): (i64, i64) = call.decode_args()?;
-//!                     pb_core::encode_result::<i64, ()>(call.caller(), Ok(a + b))
+//!                     pb::dispatch::encode_result::<i64, ()>(call.caller(), Ok(a + b))
 //!                 }
 //!                 _ => call.no_such_method(&ADDER),
 //!             }
@@ -44,7 +45,7 @@
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let (a, b) = pb_core::transport::memory_pair();
+//! let (a, b) = pb::transport::memory_pair();
 //! let config = Config::default();
 //! let server = Connection::establish(a, &config, Side::Server, Some(ObjectRef::local(Adder)), None);
 //! let client = Connection::establish(b, &config, Side::Client, None, None);

@@ -136,7 +136,8 @@ impl IncomingCall {
     /// caller ([`IncomingCall::into_caller`]) for encoding the result:
     ///
     /// ```
-    /// use pb_core::{Caller, IncomingCall, codec};
+    /// use pb::dispatch::{IncomingCall, Interface, encode_result};
+    /// use pb::{Caller, codec};
     ///
     /// let (args, refs) = codec::encode(&(1u32, 2u32), None).expect("encodable");
     /// let mut call = IncomingCall::new("add", args, refs, Caller::local());
@@ -145,9 +146,9 @@ impl IncomingCall {
     ///         let (a, b): (u32, u32) = call.decode_args().expect("two numbers");
     ///         // The call's buffers are let go of here, before the method runs.
     ///         let caller = call.into_caller();
-    ///         pb_core::encode_result::<u32, ()>(&caller, Ok(a + b))
+    ///         encode_result::<u32, ()>(&caller, Ok(a + b))
     ///     }
-    ///     _ => call.no_such_method(&pb_core::Interface { name: "Adder", methods: &["add"] }),
+    ///     _ => call.no_such_method(&Interface { name: "Adder", methods: &["add"] }),
     /// };
     /// assert!(reply.expect("answered").ok);
     /// ```
@@ -226,7 +227,7 @@ impl std::error::Error for Never {}
 
 /// An encoded outcome of a call: the callee's `Ok` or typed `Err` (`ok`), its encoded value
 /// (`payload`) and the references the payload points into (`refs`). The protocol core's
-/// [`pb_proto::broker::Outcome`] over [`ObjectRef`]s.
+/// [`Outcome`](pb_proto::broker::Outcome) over [`ObjectRef`]s.
 pub type Outcome = pb_proto::broker::Outcome<ObjectRef>;
 
 pub use pb_proto::broker::Fault;

@@ -1,5 +1,5 @@
 //! PEM input for TLS, and the one error type of TLS set-up, shared by the server's and the
-//! client's TLS settings (`pb_server::ServerTls`, `pb_client::ClientTls`).
+//! client's TLS settings (`pb::ServerTls`, `pb::ClientTls`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -8,11 +8,16 @@
 //! interleave with a large stream instead of waiting behind it.
 //!
 //! For bytes, stream [`Chunk`]s: they encode as raw bytes rather than as a sequence of numbers.
+//!
+//! A [`Stream`] is a [`futures_core::Stream`], so the adapters of `futures`' `StreamExt` and
+//! `tokio-stream` (`map`, `filter`, `take`, `forward`, ...) apply to it.
 
 use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -30,12 +35,15 @@ const PULL_BATCH: u32 = 8;
 /// Make a stream whose producer may run `capacity` items ahead of its consumer.
 pub fn channel<T: Item>(capacity: usize) -> (Sender<T>, Stream<T>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let source = Arc::new(Source { rx: Mutex::new(rx) });
+    let source = Arc::new(Source {
+        rx: Mutex::new(Pulled { rx, failed: None }),
+    });
     (
         Sender { tx },
         Stream {
             inner: Kind::Local(source),
             buffer: VecDeque::new(),
+            pulling: std::sync::Mutex::new(None),
         },
     )
 }
@@ -87,7 +95,14 @@ impl<T> Sender<T> {
 
 /// The producer's side, exported to the consumer's peer.
 struct Source<T> {
-    rx: Mutex<mpsc::Receiver<Result<T, String>>>,
+    rx: Mutex<Pulled<T>>,
+}
+
+/// The channel, and a failure that arrived behind items of the batch being taken: it is the
+/// answer to the next pull, so that the items before it are not lost.
+struct Pulled<T> {
+    rx: mpsc::Receiver<Result<T, String>>,
+    failed: Option<String>,
 }
 
 static SOURCE: Interface = Interface {
@@ -98,15 +113,22 @@ static SOURCE: Interface = Interface {
 impl<T> Source<T> {
     /// Up to `max` items: waits for the first, then takes what is ready. Empty at the end.
     async fn pull(&self, max: u32) -> Result<Vec<T>, String> {
-        let mut rx = self.rx.lock().await;
+        let mut pulled = self.rx.lock().await;
+        if let Some(reason) = pulled.failed.take() {
+            return Err(reason);
+        }
         let mut batch = Vec::new();
-        match rx.recv().await {
+        match pulled.rx.recv().await {
             None => return Ok(batch),
             Some(item) => batch.push(item?),
         }
         while batch.len() < max.clamp(1, 1024) as usize {
-            match rx.try_recv() {
-                Ok(item) => batch.push(item?),
+            match pulled.rx.try_recv() {
+                Ok(Ok(item)) => batch.push(item),
+                Ok(Err(reason)) => {
+                    pulled.failed = Some(reason);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -141,10 +163,41 @@ enum Kind<T> {
     Done,
 }
 
+/// A batch being pulled: owned, so that it lives in the stream between polls.
+type Pull<T> = BoxFuture<Result<Vec<T>, CallError<String>>>;
+
 /// The consuming end of a stream: here, or on a peer it was sent to.
+///
+/// Read it with [`Stream::next`], or through any [`futures_core::Stream`] adapter:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use std::pin::Pin;
+/// use std::task::{Context, Poll};
+///
+/// let (tx, mut rx) = pb::stream::channel::<u32>(4);
+/// tokio::spawn(async move {
+///     for i in 0..3 {
+///         tx.send(i).await.unwrap();
+///     }
+/// });
+/// // `futures::StreamExt::next(&mut rx)` does the same as this poll.
+/// let next = std::future::poll_fn(|cx: &mut Context<'_>| {
+///     futures_core::Stream::poll_next(Pin::new(&mut rx), cx)
+/// });
+/// assert_eq!(next.await, Some(Ok(0)));
+/// # }
+/// ```
+///
+/// A pull that is under way when the future of [`Stream::next`] (or of an adapter) is dropped
+/// is kept, and the next call resumes it: no item is lost by a `select!` or a timeout.
 pub struct Stream<T> {
     inner: Kind<T>,
     buffer: VecDeque<T>,
+    /// The batch being pulled, if a poll left one under way. Reached only through `&mut self`
+    /// (`Mutex::get_mut`, no locking): the mutex is there so that a stream stays `Sync`, as
+    /// the future inside is not.
+    pulling: std::sync::Mutex<Option<Pull<T>>>,
 }
 
 impl<T> fmt::Debug for Stream<T> {
@@ -157,6 +210,7 @@ impl<T> fmt::Debug for Stream<T> {
         f.debug_struct("Stream")
             .field("kind", &kind)
             .field("buffered", &self.buffer.len())
+            .field("pulling", &self.is_pulling())
             .finish()
     }
 }
@@ -164,16 +218,41 @@ impl<T> fmt::Debug for Stream<T> {
 impl<T: Item> Stream<T> {
     /// The next item; `None` at the end. A lost connection or the producer's `fail` is an
     /// error, after which the stream is over.
+    ///
+    /// Cancel-safe: dropping the future loses no item (see the type's docs).
     pub async fn next(&mut self) -> Option<Result<T, CallError<String>>> {
+        std::future::poll_fn(|cx| self.poll_item(cx)).await
+    }
+
+    fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, CallError<String>>>> {
         if let Some(item) = self.buffer.pop_front() {
-            return Some(Ok(item));
+            return Poll::Ready(Some(Ok(item)));
         }
-        let batch = match &self.inner {
-            Kind::Done => return None,
-            Kind::Local(source) => source.pull(PULL_BATCH).await.map_err(CallError::Remote),
-            Kind::Remote(r) => r.call::<_, Vec<T>, String>("pull", &(PULL_BATCH,)).await,
+        let pulling = self.pulling.get_mut().unwrap_or_else(|p| p.into_inner());
+        let pull = match pulling {
+            Some(pull) => pull,
+            None => {
+                let pull: Pull<T> = match &self.inner {
+                    Kind::Done => return Poll::Ready(None),
+                    Kind::Local(source) => {
+                        let source = source.clone();
+                        Box::pin(
+                            async move { source.pull(PULL_BATCH).await.map_err(CallError::Remote) },
+                        )
+                    }
+                    Kind::Remote(r) => {
+                        let r = r.clone();
+                        Box::pin(async move {
+                            r.call::<_, Vec<T>, String>("pull", &(PULL_BATCH,)).await
+                        })
+                    }
+                };
+                pulling.insert(pull)
+            }
         };
-        match batch {
+        let batch = ready!(pull.as_mut().poll(cx));
+        *pulling = None;
+        Poll::Ready(match batch {
             Ok(batch) if batch.is_empty() => {
                 self.inner = Kind::Done;
                 None
@@ -186,7 +265,7 @@ impl<T: Item> Stream<T> {
                 self.inner = Kind::Done;
                 Some(Err(e))
             }
-        }
+        })
     }
 
     /// Items pulled and not yet returned by [`Stream::next`] (at most one batch).
@@ -204,13 +283,45 @@ impl<T: Item> Stream<T> {
     }
 }
 
+impl<T> Stream<T> {
+    fn is_pulling(&self) -> bool {
+        let pulling = self.pulling.lock().unwrap_or_else(|p| p.into_inner());
+        pulling.is_some()
+    }
+}
+
+// Nothing in a stream is pinned in place (the pull under way is boxed).
+impl<T> Unpin for Stream<T> {}
+
+/// Items as [`Stream::next`] returns them; after `None` (the end, or after an error), always
+/// `None`.
+impl<T: Item> futures_core::Stream for Stream<T> {
+    type Item = Result<T, CallError<String>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_item(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self.inner {
+            Kind::Done => (self.buffer.len(), Some(self.buffer.len())),
+            _ => (self.buffer.len(), None),
+        }
+    }
+}
+
+impl<T: Item> futures_core::FusedStream for Stream<T> {
+    fn is_terminated(&self) -> bool {
+        matches!(self.inner, Kind::Done) && self.buffer.is_empty()
+    }
+}
+
 impl<T: Item> Serialize for Stream<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let untouched = self.buffer.is_empty() && !self.is_pulling();
         match &self.inner {
-            Kind::Local(source) if self.buffer.is_empty() => {
-                ObjectRef::from_arc(source.clone()).serialize(s)
-            }
-            Kind::Remote(r) if self.buffer.is_empty() => r.serialize(s),
+            Kind::Local(source) if untouched => ObjectRef::from_arc(source.clone()).serialize(s),
+            Kind::Remote(r) if untouched => r.serialize(s),
             _ => Err(serde::ser::Error::custom(
                 "a stream that was partly read cannot be sent",
             )),
@@ -239,6 +350,7 @@ impl<'de, T: Item> Deserialize<'de> for Stream<T> {
         Ok(Stream {
             inner,
             buffer: VecDeque::new(),
+            pulling: std::sync::Mutex::new(None),
         })
     }
 }

@@ -29,7 +29,7 @@
 //! #[derive(serde::Serialize, serde::Deserialize)]
 //! struct Chunk {
 //!     offset: u64,
-//!     #[serde(with = "pb_core::zero_copy")]
+//!     #[serde(with = "pb::zero_copy")]
 //!     data: bytes::Bytes,
 //! }
 //! ```
@@ -49,7 +49,7 @@ use serde::{Serialize, Serializer};
 /// #[derive(serde::Serialize, serde::Deserialize)]
 /// struct Upload {
 ///     name: String,
-///     #[serde(with = "pb_core::zero_copy::vec")]
+///     #[serde(with = "pb::zero_copy::vec")]
 ///     data: Vec<u8>,
 /// }
 /// ```

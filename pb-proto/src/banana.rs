@@ -38,8 +38,9 @@
 //!
 //! # Example
 //! ```
+//! # mod pb { pub use pb_proto as proto; }
 //! use bytes::BytesMut;
-//! use pb_proto::banana::{BananaCodec, BananaConfig, Element};
+//! use pb::proto::banana::{BananaCodec, BananaConfig, Element};
 //!
 //! let mut codec = BananaCodec::new(BananaConfig::default());
 //! let mut wire = BytesMut::new();

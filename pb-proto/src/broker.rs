@@ -40,11 +40,12 @@
 //! # Example
 //! A broker with a root object answers the peer's call to it:
 //! ```
+//! # mod pb { pub use pb_proto as proto; }
 //! use bytes::{Bytes, BytesMut};
-//! use pb_proto::broker::{Broker, Outcome, Sending, Tokens};
-//! use pb_proto::frame::FrameDecoder;
-//! use pb_proto::limits::Limits;
-//! use pb_proto::message::{CallExtras, Message, encode_call_frame_head};
+//! use pb::proto::broker::{Broker, Outcome, Sending, Tokens};
+//! use pb::proto::frame::FrameDecoder;
+//! use pb::proto::limits::Limits;
+//! use pb::proto::message::{CallExtras, Message, encode_call_frame_head};
 //!
 //! /// Objects are plain numbers here; a driver uses its own handles.
 //! enum Demo {}

@@ -24,8 +24,9 @@
 //! Twisted's `NotKnown` placeholders do.
 //!
 //! ```
-//! use pb_proto::banana::{BananaCodec, Dialect};
-//! use pb_proto::jelly::{self, Graph, Value};
+//! # mod pb { pub use pb_proto as proto; }
+//! use pb::proto::banana::{BananaCodec, Dialect};
+//! use pb::proto::jelly::{self, Graph, Value};
 //!
 //! // l = [1, 2]; d = {"a": l, "b": l}
 //! let mut g = Graph::default();

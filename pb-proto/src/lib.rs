@@ -31,8 +31,9 @@
 //! # Example
 //! A frame goes in as bytes, in any chunks, and comes out whole:
 //! ```
+//! # mod pb { pub use pb_proto as proto; }
 //! use bytes::BytesMut;
-//! use pb_proto::frame::{FrameDecoder, encode_frame};
+//! use pb::proto::frame::{FrameDecoder, encode_frame};
 //!
 //! let mut wire = BytesMut::new();
 //! encode_frame(b"hello", &mut wire);

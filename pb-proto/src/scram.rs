@@ -24,7 +24,8 @@
 //!
 //! # Example
 //! ```
-//! use pb_proto::scram::{ChannelBinding, ScramClient, ScramVerifier, parse_client_first};
+//! # mod pb { pub use pb_proto as proto; }
+//! use pb::proto::scram::{ChannelBinding, ScramClient, ScramVerifier, parse_client_first};
 //!
 //! let verifier = ScramVerifier::with_iterations("pencil", 4096).unwrap();
 //! let binding = ChannelBinding::None;

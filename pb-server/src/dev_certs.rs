@@ -18,11 +18,11 @@ fn dev_err(e: rcgen::Error) -> TlsError {
 /// A throwaway certificate authority.
 ///
 /// ```
-/// let ca = pb_server::dev::DevCa::new("pb test ca")?;
+/// let ca = pb::dev::DevCa::new("pb test ca")?;
 /// let server = ca.issue(&["localhost", "127.0.0.1"])?;
-/// let tls = pb_server::ServerTls::from_pem(server.cert_pem.as_bytes(), server.key_pem.as_bytes())?;
+/// let tls = pb::ServerTls::from_pem(server.cert_pem.as_bytes(), server.key_pem.as_bytes())?;
 /// # let _ = tls.build()?;
-/// # Ok::<(), pb_server::TlsError>(())
+/// # Ok::<(), pb::TlsError>(())
 /// ```
 pub struct DevCa {
     cert: rcgen::Certificate,

@@ -21,9 +21,9 @@
 //!
 //! # Example
 //! ```
-//! # use pb_core::ObjectRef;
+//! # use pb::ObjectRef;
 //! # async fn example(root: ObjectRef) -> std::io::Result<()> {
-//! let server = pb_server::Server::builder()
+//! let server = pb::Server::builder()
 //!     .max_connections(100)
 //!     .bind("127.0.0.1:0")
 //!     .await?
@@ -35,10 +35,10 @@
 //!
 //! With TLS and login (see `examples/login.rs` for a whole program):
 //! ```no_run
-//! # use pb_core::ObjectRef;
+//! # use pb::ObjectRef;
 //! # fn avatar_for(user: Option<&str>) -> ObjectRef { panic!("the application supplies its avatar") }
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use pb_server::{Avatar, LoginRequest, Portal, Server, ServerTls, Verifiers};
+//! use pb::{Avatar, LoginRequest, Portal, Server, ServerTls, Verifiers};
 //! let mut users = Verifiers::new();
 //! users.insert("ada", "SCRAM-SHA-256$4096:...".parse()?); // from examples/make_verifier.rs
 //! let portal = Portal::new(|login: LoginRequest| async move {
@@ -71,12 +71,12 @@ pub mod dev {
 mod portal;
 mod tls;
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use pb_core::{Config, Connection, ObjectRef, Side};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
@@ -254,10 +254,10 @@ impl Server {
     /// settings (TLS, limits), use [`ServerBuilder::listener`].
     ///
     /// ```
-    /// # async fn example(root: pb_core::ObjectRef) -> std::io::Result<()> {
+    /// # async fn example(root: pb::ObjectRef) -> std::io::Result<()> {
     /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     /// let addr = listener.local_addr()?;
-    /// let server = pb_server::Server::from_listener(listener).serve(root);
+    /// let server = pb::Server::from_listener(listener).serve(root);
     /// assert_eq!(server.local_addr(), addr);
     /// # server.shutdown().await;
     /// # Ok(()) }
@@ -317,7 +317,7 @@ impl Server {
         let local_addr = self.local_addr();
         let (alive, dropped) = watch::channel(());
         let (done_tx, done) = watch::channel(());
-        let live = Arc::new(Mutex::new(HashMap::new()));
+        let live = Live::default();
         let stopping = Signals {
             stop: self.stop.subscribe(),
             dropped,
@@ -349,7 +349,10 @@ struct Signals {
     dropped: watch::Receiver<()>,
 }
 
-type Live = Arc<Mutex<HashMap<u64, Connection>>>;
+/// The connections being served, by id: every connection's task inserts and removes its own,
+/// and the handle and the shutdown read them all, so the map is sharded rather than locked
+/// whole.
+type Live = Arc<DashMap<u64, Connection>>;
 
 async fn accept_loop(
     listener: TcpListener,
@@ -434,9 +437,7 @@ async fn accept_loop(
                     return;
                 }
             };
-            live.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(conn.id(), conn.clone());
+            live.insert(conn.id(), conn.clone());
             // A shutdown that began during the handshake may have swept the live connections
             // before this one joined them: it closes itself the same way. (The shutdown sets
             // the flag before it sweeps, so one of the two always sees the connection.)
@@ -450,20 +451,13 @@ async fn accept_loop(
                 Some(reader) => reader.await,
                 None => conn.closed().await,
             }
-            live.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&conn.id());
+            live.remove(&conn.id());
         });
     };
     drop(listener);
     if shutdown {
         // Each closes gracefully (its calls in flight answered), all at once.
-        let live: Vec<Connection> = live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let live: Vec<Connection> = live.iter().map(|c| c.value().clone()).collect();
         let mut closing = JoinSet::new();
         for conn in live {
             closing.spawn(async move { conn.close().await });
@@ -590,8 +584,8 @@ where
 /// down from elsewhere (a call handler, a signal task), give that code a [`ShutdownHandle`].
 ///
 /// ```
-/// # async fn example(root: pb_core::ObjectRef) -> std::io::Result<()> {
-/// let server = pb_server::Server::bind("127.0.0.1:0").await?.serve(root);
+/// # async fn example(root: pb::ObjectRef) -> std::io::Result<()> {
+/// let server = pb::Server::bind("127.0.0.1:0").await?.serve(root);
 /// let stop = server.shutdown_handle();
 /// tokio::spawn(async move {
 ///     // For example on Ctrl-C: `tokio::signal::ctrl_c().await`.
@@ -620,12 +614,7 @@ impl ServerHandle {
 
     /// The connections being served right now.
     pub fn connections(&self) -> Vec<Connection> {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.live.iter().map(|c| c.value().clone()).collect()
     }
 
     /// A handle that shuts this server down, to give to code that does not own the server
@@ -664,8 +653,8 @@ impl ServerHandle {
 /// still answers its caller. [`ServerHandle::wait`] returns once the shutdown is done.
 ///
 /// ```
-/// # async fn example(make_root: impl Fn(pb_server::ShutdownHandle) -> pb_core::ObjectRef) -> std::io::Result<()> {
-/// let server = pb_server::Server::bind("127.0.0.1:0").await?;
+/// # async fn example(make_root: impl Fn(pb::ShutdownHandle) -> pb::ObjectRef) -> std::io::Result<()> {
+/// let server = pb::Server::bind("127.0.0.1:0").await?;
 /// // The root's `stop` method calls `shutdown()` on its handle.
 /// let root = make_root(server.shutdown_handle());
 /// let server = server.serve(root);

@@ -3,7 +3,7 @@
 //! the client releases the avatar or the connection ends.
 //!
 //! Until a connection logs in, its root is the portal's login object (interface
-//! [`pb_core::login::LOGIN_INTERFACE`]) and nothing else is reachable; frames are held to
+//! [`LOGIN_INTERFACE`]) and nothing else is reachable; frames are held to
 //! [`LoginConfig::max_frame_len_before_login`], and [`LoginConfig::login_timeout`] closes a
 //! connection that has not logged in.
 
@@ -52,8 +52,8 @@ impl LoginRequest {
     /// call to a method it lacks fails with `CallError::NoSuchMethod`.
     ///
     /// ```
-    /// use pb_core::ObjectRef;
-    /// use pb_server::{Avatar, LoginRequest, Portal};
+    /// use pb::ObjectRef;
+    /// use pb::{Avatar, LoginRequest, Portal};
     /// # fn chat_for(mind: Option<ObjectRef>) -> ObjectRef { panic!("the application supplies its avatar") }
     /// let portal = Portal::new(|login: LoginRequest| async move {
     ///     // With `#[pb::remote] trait Listener`, this is `login.mind_as::<ListenerRef>()`.
@@ -102,27 +102,77 @@ impl Avatar {
 
 /// Turns authenticated identities into avatars (Twisted's `IRealm`).
 ///
-/// Any `Fn(LoginRequest) -> impl Future<Output = Result<Avatar, Refusal>>` is a realm.
+/// Any `Fn(LoginRequest) -> impl Future<Output = Result<Avatar, Refusal>>` is a realm. A realm
+/// of your own is an `async fn` under `#[pb::async_trait]` (the trait is used as `dyn Realm`,
+/// which a plain `async fn` in a trait does not allow yet):
+///
+/// ```
+/// use pb::{Avatar, LoginRequest, ObjectRef, Portal, Realm, Refusal};
+///
+/// struct Chat {
+///     banned: Vec<String>,
+///     lobby: ObjectRef,
+/// }
+///
+/// #[pb::async_trait]
+/// impl Realm for Chat {
+///     async fn request_avatar(&self, login: LoginRequest) -> Result<Avatar, Refusal> {
+///         let name = login.identity.name().unwrap_or_default();
+///         if self.banned.iter().any(|b| b == name) {
+///             return Err(Refusal::Denied);
+///         }
+///         Ok(Avatar::new(self.lobby.clone()))
+///     }
+/// }
+/// # fn lobby() -> ObjectRef { panic!("the application supplies its avatar") }
+/// # fn build() { let _ =
+/// Portal::new(Chat { banned: vec!["mallory".into()], lobby: lobby() })
+/// # ; }
+/// ```
+#[async_trait::async_trait]
 pub trait Realm: Send + Sync + 'static {
     /// Make the avatar for a login. Refusing here (for example a banned user) answers the
     /// client with the given refusal.
-    fn request_avatar(&self, login: LoginRequest) -> BoxFuture<Result<Avatar, Refusal>>;
+    async fn request_avatar(&self, login: LoginRequest) -> Result<Avatar, Refusal>;
 }
 
+#[async_trait::async_trait]
 impl<F, Fut> Realm for F
 where
     F: Fn(LoginRequest) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Avatar, Refusal>> + Send + 'static,
 {
-    fn request_avatar(&self, login: LoginRequest) -> BoxFuture<Result<Avatar, Refusal>> {
-        Box::pin(self(login))
+    async fn request_avatar(&self, login: LoginRequest) -> Result<Avatar, Refusal> {
+        self(login).await
     }
 }
 
 /// Where the portal finds users' SCRAM verifiers (a database, a file, memory).
+///
+/// [`Verifiers`] keeps them in memory. A store of your own is an `async fn` under
+/// `#[pb::async_trait]`:
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use pb::VerifierStore;
+/// use pb::scram::ScramVerifier;
+///
+/// /// Verifiers kept as text, as a database would return them.
+/// struct Table(BTreeMap<String, String>);
+///
+/// #[pb::async_trait]
+/// impl VerifierStore for Table {
+///     async fn verifier(&self, username: &str) -> Option<ScramVerifier> {
+///         self.0.get(username)?.parse().ok()
+///     }
+/// }
+/// # let _ = pb::Portal::new(|_: pb::LoginRequest| async { Err(pb::Refusal::Denied) })
+/// #     .verifiers(Table(BTreeMap::new()));
+/// ```
+#[async_trait::async_trait]
 pub trait VerifierStore: Send + Sync + 'static {
     /// The verifier of `username`, or `None` for an unknown user.
-    fn verifier(&self, username: &str) -> BoxFuture<Option<ScramVerifier>>;
+    async fn verifier(&self, username: &str) -> Option<ScramVerifier>;
 
     /// The shape (salt length, iteration count) most of this store's verifiers have, which an
     /// unknown user's fake verifier copies, so that a login challenge does not tell whether a
@@ -137,11 +187,11 @@ pub trait VerifierStore: Send + Sync + 'static {
 /// An in-memory [`VerifierStore`].
 ///
 /// ```
-/// use pb_core::scram::ScramVerifier;
-/// let mut users = pb_server::Verifiers::new();
+/// use pb::scram::ScramVerifier;
+/// let mut users = pb::Verifiers::new();
 /// // Operators store the verifier's text (see examples/make_verifier.rs), never the password.
 /// users.insert("ada", "SCRAM-SHA-256$4096:c2FsdA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".parse::<ScramVerifier>()?);
-/// # Ok::<(), pb_core::scram::ScramError>(())
+/// # Ok::<(), pb::scram::ScramError>(())
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Verifiers {
@@ -181,9 +231,9 @@ impl Verifiers {
     /// use [`Verifiers::insert_password`] with [`scram::MIN_ITERATIONS`].
     ///
     /// ```
-    /// let mut users = pb_server::Verifiers::new();
+    /// let mut users = pb::Verifiers::new();
     /// users.add_user("ada", "correct horse")?;
-    /// # Ok::<(), pb_core::scram::ScramError>(())
+    /// # Ok::<(), pb::scram::ScramError>(())
     /// ```
     pub fn add_user(
         &mut self,
@@ -211,10 +261,10 @@ impl Verifiers {
     }
 }
 
+#[async_trait::async_trait]
 impl VerifierStore for Verifiers {
-    fn verifier(&self, username: &str) -> BoxFuture<Option<ScramVerifier>> {
-        let v = self.users.get(username).cloned();
-        Box::pin(std::future::ready(v))
+    async fn verifier(&self, username: &str) -> Option<ScramVerifier> {
+        self.users.get(username).cloned()
     }
 
     /// The most common shape among the users (ties go to the larger shape, so the answer does
@@ -281,8 +331,8 @@ struct PortalInner {
 /// is not asked). A client that wants another identity opens another connection.
 ///
 /// ```
-/// use pb_server::{Avatar, LoginRequest, Portal, Verifiers};
-/// # fn avatar_for(_: &LoginRequest) -> pb_core::ObjectRef { panic!("the application supplies its avatar") }
+/// use pb::{Avatar, LoginRequest, Portal, Verifiers};
+/// # fn avatar_for(_: &LoginRequest) -> pb::ObjectRef { panic!("the application supplies its avatar") }
 /// let mut users = Verifiers::new();
 /// users.add_user("ada", "correct horse")?;
 /// let portal = Portal::new(|login: LoginRequest| async move {
@@ -290,7 +340,7 @@ struct PortalInner {
 /// })
 /// .verifiers(users)
 /// .allow_anonymous(false);
-/// # Ok::<(), pb_core::scram::ScramError>(())
+/// # Ok::<(), pb::scram::ScramError>(())
 /// ```
 #[derive(Clone)]
 pub struct Portal {

@@ -29,9 +29,9 @@ pub enum ClientAuth {
 /// both ends are pb.
 ///
 /// ```no_run
-/// # fn main() -> Result<(), pb_server::TlsError> {
-/// let tls = pb_server::ServerTls::from_pem_files("server.crt", "server.key")?
-///     .client_roots_pem_file("clients-ca.crt", pb_server::ClientAuth::Optional)?;
+/// # fn main() -> Result<(), pb::TlsError> {
+/// let tls = pb::ServerTls::from_pem_files("server.crt", "server.key")?
+///     .client_roots_pem_file("clients-ca.crt", pb::ClientAuth::Optional)?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

@@ -190,11 +190,10 @@ impl AmpFields for AmpBox {
 /// `AmpList`: a list of rows, each encoded as a whole box, the boxes concatenated.
 ///
 /// ```
-/// # extern crate pb_core as pb;
-/// use pb_core::amp::{AmpList, AmpValue};
+/// use pb::amp::{AmpList, AmpValue};
 ///
-/// #[derive(pb_derive::AmpFields, Debug, PartialEq)]
-/// struct Point { x: i64, y: pb_core::amp::Bytes }
+/// #[derive(pb::AmpFields, Debug, PartialEq)]
+/// struct Point { x: i64, y: pb::amp::Bytes }
 ///
 /// let list = AmpList(vec![Point { x: 1, y: "a".into() }, Point { x: 2, y: "b".into() }]);
 /// let mut wire = Vec::new();

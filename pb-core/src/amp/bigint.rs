@@ -12,7 +12,7 @@ use super::value::{AmpValue, parse_integer_text};
 /// [`BigInt::to_i128`] or `TryFrom`, which fail instead of wrapping.
 ///
 /// ```
-/// use pb_core::amp::BigInt;
+/// use pb::amp::BigInt;
 ///
 /// let n: BigInt = "-12345678901234567890123".parse().unwrap();
 /// assert_eq!(n.to_string(), "-12345678901234567890123");

@@ -14,7 +14,7 @@ use super::value::AmpValue;
 /// it: year 1 to 9999, a real day of the month, and an offset under 24 hours.
 ///
 /// ```
-/// use pb_core::amp::DateTime;
+/// use pb::amp::DateTime;
 ///
 /// let t = DateTime::from_parts((2012, 1, 23), (12, 34, 56, 54321), 0).unwrap();
 /// assert_eq!(t.to_string(), "2012-01-23T12:34:56.054321-00:00");

@@ -13,7 +13,7 @@ use super::value::AmpValue;
 /// `-Infinity`, `NaN`, `-NaN`, `sNaN` and `-sNaN`. Parsing accepts what Python's `Decimal()` accepts.
 ///
 /// ```
-/// use pb_core::amp::Decimal;
+/// use pb::amp::Decimal;
 ///
 /// let d: Decimal = "1.10".parse().unwrap();
 /// assert_eq!(d.to_string(), "1.10");

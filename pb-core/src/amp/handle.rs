@@ -46,15 +46,14 @@ pub(super) enum Request {
 /// dropped and its locator has no responders (a pure client).
 ///
 /// ```no_run
-/// # extern crate pb_core as pb;
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use pb_core::amp::{AmpConfig, AmpConnection, Locator};
+/// use pb::amp::{AmpConfig, AmpConnection, Locator};
 ///
-/// #[derive(pb_derive::AmpCommand)]
+/// #[derive(pb::AmpCommand)]
 /// #[amp(response = SumResponse)]
 /// struct Sum { a: i64, b: i64 }
 ///
-/// #[derive(pb_derive::AmpFields)]
+/// #[derive(pb::AmpFields)]
 /// struct SumResponse { total: i64 }
 ///
 /// let conn = AmpConnection::connect("127.0.0.1:1234", AmpConfig::default(), Locator::new()).await?;
@@ -275,10 +274,10 @@ impl AmpConnection {
 ///
 /// ```no_run
 /// # async fn demo() -> std::io::Result<()> {
-/// use pb_core::amp::{AmpConfig, Locator};
+/// use pb::amp::{AmpConfig, Locator};
 ///
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-/// pb_core::amp::serve(listener, AmpConfig::default(), |_conn| Locator::new()).await
+/// pb::amp::serve(listener, AmpConfig::default(), |_conn| Locator::new()).await
 /// # }
 /// ```
 pub async fn serve<F>(listener: TcpListener, config: AmpConfig, make_locator: F) -> io::Result<()>

@@ -32,14 +32,13 @@ type Responder = Arc<dyn Fn(AmpBox) -> ReplyFuture + Send + Sync>;
 /// The responders of one connection, by command name.
 ///
 /// ```
-/// # extern crate pb_core as pb;
-/// use pb_core::amp::Locator;
+/// use pb::amp::Locator;
 ///
-/// #[derive(pb_derive::AmpCommand)]
+/// #[derive(pb::AmpCommand)]
 /// #[amp(response = SumResponse)]
 /// struct Sum { a: i64, b: i64 }
 ///
-/// #[derive(pb_derive::AmpFields)]
+/// #[derive(pb::AmpFields)]
 /// struct SumResponse { total: i64 }
 ///
 /// let locator = Locator::new()

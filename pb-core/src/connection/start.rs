@@ -182,11 +182,11 @@ impl Connection {
     /// hello in the same write.
     ///
     /// ```
-    /// use pb_core::{Config, Connection, Side};
+    /// use pb::{Config, Connection, Side};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), pb_core::ConnectError> {
-    /// let (a, b) = pb_core::transport::memory_pair();
+    /// # async fn main() -> Result<(), pb::ConnectError> {
+    /// let (a, b) = pb::transport::memory_pair();
     /// let config = Config::default();
     /// let (server, client) = tokio::join!(
     ///     Connection::establish_with_reader(a, &config, Side::Server, None, None),

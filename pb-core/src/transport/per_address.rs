@@ -3,22 +3,28 @@
 //! An address is an IPv4 address or an IPv6 /64 (what one host or one site typically holds; an
 //! IPv4-mapped IPv6 address counts as its IPv4 address).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 
 /// The connections open per source address, and the most each may have (used by pb's
 /// servers, native and AMP).
 #[derive(Clone, Debug)]
 pub struct PerAddress {
     max: usize,
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Addresses with at least one connection. Every accepted connection enters and leaves it,
+    /// so it is sharded; each check-and-count, and each uncount-and-remove, holds its entry's
+    /// shard for the whole step, so that the count never passes `max` and an address is never
+    /// removed while it still has a connection.
+    counts: Arc<DashMap<IpAddr, usize>>,
 }
 
 /// One connection's place in its address's count, given back when dropped.
 #[derive(Debug)]
 pub struct AddressSlot {
-    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    counts: Arc<DashMap<IpAddr, usize>>,
     key: IpAddr,
 }
 
@@ -49,12 +55,13 @@ impl PerAddress {
     /// A slot for one more connection from `ip`, unless its address has `max` already.
     pub fn enter(&self, ip: IpAddr) -> Option<AddressSlot> {
         let key = key(ip);
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(key).or_default();
-        if *n >= self.max {
-            return None;
+        match self.counts.entry(key) {
+            Entry::Occupied(mut n) if *n.get() < self.max => *n.get_mut() += 1,
+            Entry::Occupied(_) => return None,
+            Entry::Vacant(v) => {
+                v.insert(1);
+            }
         }
-        *n += 1;
         Some(AddressSlot {
             counts: self.counts.clone(),
             key,
@@ -64,11 +71,10 @@ impl PerAddress {
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.key);
+        if let Entry::Occupied(mut n) = self.counts.entry(self.key) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
             }
         }
     }
@@ -99,6 +105,38 @@ mod tests {
         assert!(per.enter(v6("2001:db8:1:3::1")).is_some());
         assert_eq!(key(v6("::ffff:10.0.0.9")), v6("10.0.0.9"));
         // Only the slots still held count: 10.0.0.1 and the /64.
-        assert_eq!(per.counts.lock().unwrap().len(), 2);
+        assert_eq!(per.counts.len(), 2);
+    }
+
+    #[test]
+    fn concurrent_entries_never_pass_the_limit_and_leave_nothing_behind() {
+        const MAX: usize = 3;
+        let per = PerAddress::new(MAX);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let admitted = std::sync::atomic::AtomicUsize::new(0);
+        let most = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let (per, admitted, most) = (&per, &admitted, &most);
+                s.spawn(move || {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let ip = if t % 2 == 0 { a } else { b };
+                    for _ in 0..2_000 {
+                        if let Some(slot) = per.enter(ip) {
+                            let held = *per.counts.get(&key(ip)).unwrap();
+                            assert!(held <= MAX, "{held} connections from one address");
+                            most.fetch_max(held, SeqCst);
+                            admitted.fetch_add(1, SeqCst);
+                            drop(slot);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(admitted.into_inner() > 0);
+        assert!(most.into_inner() <= MAX);
+        // Every slot was given back, and an address with none is not kept.
+        assert!(per.counts.is_empty());
     }
 }

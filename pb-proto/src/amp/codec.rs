@@ -16,7 +16,8 @@ pub const MAX_VALUE_LENGTH: usize = 0xffff;
 /// its last value, as a Python `dict` does.
 ///
 /// ```
-/// use pb_proto::amp::codec::AmpBox;
+/// # mod pb { pub use pb_proto as proto; }
+/// use pb::proto::amp::codec::AmpBox;
 ///
 /// let mut b = AmpBox::new();
 /// b.insert("_command", "Sum");

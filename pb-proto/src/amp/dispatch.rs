@@ -206,8 +206,9 @@ enum State {
 /// [`Dispatcher::poll_transmit`] yields. It does no I/O, so it can be driven by anything.
 ///
 /// ```
-/// use pb_proto::amp::codec::AmpBox;
-/// use pb_proto::amp::dispatch::{AmpConfig, Dispatcher, Event};
+/// # mod pb { pub use pb_proto as proto; }
+/// use pb::proto::amp::codec::AmpBox;
+/// use pb::proto::amp::dispatch::{AmpConfig, Dispatcher, Event};
 ///
 /// let mut client: Dispatcher = Dispatcher::new(AmpConfig::default());
 /// let mut server: Dispatcher = Dispatcher::new(AmpConfig::default());

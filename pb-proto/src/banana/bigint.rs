@@ -15,7 +15,8 @@ use std::str::FromStr;
 /// and the derived `Eq` and `Hash` are value equality.
 ///
 /// ```
-/// use pb_proto::banana::BigInt;
+/// # mod pb { pub use pb_proto as proto; }
+/// use pb::proto::banana::BigInt;
 ///
 /// let n: BigInt = "-36893488147419103232".parse().unwrap(); // -(2**65)
 /// assert!(n.is_negative());
