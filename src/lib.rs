@@ -4,6 +4,11 @@
 //! the other side through a typed stub. Either side may pass references to its own objects and
 //! be called back on them.
 //!
+//! **The guide** is `docs/guide/` in pb's repository (start at `docs/guide/README.md`; it is
+//! an mdBook, and each page reads as plain markdown): coming from Twisted, with Twisted's PB and
+//! AMP howtos ported as `examples/howto_*.rs`, then references and lifetimes, errors, login and
+//! TLS, streaming, peer-to-peer, AMP and limits.
+//!
 //! ```
 //! #[pb::remote]
 //! pub trait Greeter {
