@@ -206,7 +206,7 @@ pub use pb_core::{
     Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError, Connection,
     ConnectionStats, Copyable, Limits, Never, ObjectRef, Remote, Replica, ReplicaChange,
     ReplicaError, ReplicaUpdates, Side, TableStats, Versioned, codec, deadline, scram, stream,
-    transport,
+    trace, transport,
 };
 pub use pb_derive::{Copyable, copyable, remote};
 

@@ -68,6 +68,7 @@ pub mod login;
 mod object;
 pub mod pem;
 pub mod stream;
+pub mod trace;
 pub mod transport;
 pub mod zero_copy;
 

@@ -115,6 +115,10 @@ impl ConnShared {
             }
             std::time::Instant::now()
         });
+        if let Some(parent) = extras.trace {
+            // The caller's span is this one's parent.
+            crate::trace::incoming(&span, parent);
+        }
         let deadline =
             deadline_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
         let caller = Caller::remote(self.clone(), deadline);

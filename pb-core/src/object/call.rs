@@ -13,6 +13,7 @@ use super::codec::Payload;
 use super::link::Link;
 use super::{ObjectRef, Reply};
 use crate::deadline::{self, deadline_fault};
+use crate::trace;
 use pb_proto::broker::Payload as _;
 use pb_proto::message::{CallExtras, FaultKind};
 
@@ -125,6 +126,15 @@ pub(crate) async fn call(
                 break 'call Err(f);
             }
         }
+        // The trace context of the span the call is made in (its own when it is recorded); a
+        // call forwarded keeps its caller's.
+        let extras = CallExtras {
+            trace: extras.trace.or_else(|| {
+                let _entered = traced.then(|| span.enter());
+                trace::outgoing()
+            }),
+            ..extras
+        };
         // The task's waker goes into the call's slot at once, so the first poll of the answer
         // need not take the lock to leave it there.
         let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
