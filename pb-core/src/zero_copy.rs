@@ -5,9 +5,9 @@
 //! hands it a borrowed `&[u8]` or a fresh `Vec<u8>`, never the buffer), so pb decodes `Bytes`
 //! itself where it can:
 //!
-//! - **Parameters and results of `#[pb::remote]` methods** typed `Bytes` (`bytes::Bytes`, or
-//!   `pb::Bytes`, the same type) need nothing: the generated code decodes them as slices of the
-//!   received frame.
+//! - **Parameters and results of `#[pb::remote]` methods** typed `Bytes` (`bytes::Bytes`,
+//!   also reachable as `pb::amp::Bytes`) need nothing: the generated code decodes them as
+//!   slices of the received frame.
 //! - **`Bytes` fields of your own types**: mark them `#[serde(with = "pb::zero_copy")]`
 //!   (this module, re-exported by the `pb` facade).
 //! - **`Vec<u8>` and `Box<[u8]>` parameters and results** need nothing either: they cross as
