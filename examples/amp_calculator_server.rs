@@ -12,7 +12,7 @@
 
 use std::process::ExitCode;
 
-use pb::amp::{AmpConfig, Locator};
+use pb::amp::AmpConfig;
 
 #[path = "shared/calculator.rs"]
 mod calculator;
@@ -39,28 +39,7 @@ async fn main() -> ExitCode {
         Ok(addr) => println!("amp calculator listening on {addr}"),
         Err(e) => eprintln!("cannot read the bound address: {e}"),
     }
-    let served = pb::amp::serve(listener, AmpConfig::default(), |_conn| {
-        Locator::new()
-            .respond(|Sum { a, b }| async move {
-                Ok(SumResult {
-                    total: i128::from(a) + i128::from(b),
-                })
-            })
-            .respond(
-                |Divide {
-                     numerator,
-                     denominator,
-                 }| async move {
-                    if denominator == 0 {
-                        return Err(DivideError::ZeroDivision("division by zero".into()));
-                    }
-                    Ok(DivideResult {
-                        result: numerator as f64 / denominator as f64,
-                    })
-                },
-            )
-    })
-    .await;
+    let served = pb::amp::serve(listener, AmpConfig::default(), |_conn| math()).await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -8,73 +8,22 @@
 //! A command is a struct deriving `pb::AmpCommand` (its fields are the arguments), its answer a
 //! struct deriving `pb::AmpFields`, its declared errors an enum deriving `pb::AmpError` with the
 //! wire code of each (Twisted's `errors = {ZeroDivisionError: b"ZERO_DIVISION"}`). A server
-//! registers one responder per command in a `Locator`. Server and client run in one process
-//! over TCP on 127.0.0.1 (`examples/amp_calculator_server.rs` and `amp_calculator_client.rs` are
-//! the same commands as two programs, which Twisted's own client and server can talk to). It
+//! registers one responder per command in a `Locator`. The commands and the responders are in
+//! `examples/shared/calculator.rs`, shared with `amp_calculator_server.rs` and
+//! `amp_calculator_client.rs` (the same commands as two programs, which Twisted's own client and
+//! server can talk to). Server and client run here in one process over TCP on 127.0.0.1. It
 //! exits 0 only if every answer is right, the division by zero included.
 
 use std::error::Error;
 
 use pb::amp::{AmpCallError, AmpConfig, AmpConnection, Locator};
 
-/// Twisted: `class Sum(amp.Command)`, arguments `a` and `b` (`amp.Integer()`).
-#[derive(pb::AmpCommand)]
-#[amp(response = SumResult)]
-pub struct Sum {
-    pub a: i64,
-    pub b: i64,
-}
+/// The commands (`Sum`, `Divide`), their answers, the declared `ZERO_DIVISION` error and the
+/// server's responders (`math()`), shared with the two calculator programs.
+#[path = "shared/calculator.rs"]
+mod calculator;
 
-/// Twisted: `response = [(b"total", amp.Integer())]`.
-#[derive(pb::AmpFields)]
-pub struct SumResult {
-    /// Wide enough for the sum of any two `i64`s (Twisted's integers have no bound).
-    pub total: i128,
-}
-
-/// Twisted: `class Divide(amp.Command)`.
-#[derive(pb::AmpCommand)]
-#[amp(response = DivideResult, errors = DivideError)]
-pub struct Divide {
-    pub numerator: i64,
-    pub denominator: i64,
-}
-
-/// Twisted: `response = [(b"result", amp.Float())]`.
-#[derive(pb::AmpFields)]
-pub struct DivideResult {
-    pub result: f64,
-}
-
-/// Twisted: `errors = {ZeroDivisionError: b"ZERO_DIVISION"}`.
-#[derive(pb::AmpError, Debug)]
-pub enum DivideError {
-    #[amp(code = "ZERO_DIVISION")]
-    ZeroDivision(String),
-}
-
-/// Twisted: `class Math(amp.AMP)` with `Sum.responder(sum)` and `Divide.responder(divide)`.
-fn math() -> Locator {
-    Locator::new()
-        .respond(|Sum { a, b }| async move {
-            let total = i128::from(a) + i128::from(b);
-            println!("Did a sum: {a} + {b} = {total}");
-            Ok(SumResult { total })
-        })
-        .respond(
-            |Divide {
-                 numerator,
-                 denominator,
-             }| async move {
-                if denominator == 0 {
-                    return Err(DivideError::ZeroDivision("float division by zero".into()));
-                }
-                let result = numerator as f64 / denominator as f64;
-                println!("Divided: {numerator} / {denominator} = {result}");
-                Ok(DivideResult { result })
-            },
-        )
-}
+use calculator::*;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {

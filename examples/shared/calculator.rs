@@ -1,6 +1,7 @@
-//! Twisted's AMP howto calculator, shared by the `amp_calculator_server` and
-//! `amp_calculator_client` examples: the commands, their answers and errors, and the
-//! `--port P` argument both take.
+//! Twisted's AMP howto calculator, shared by the `amp_calculator_server`,
+//! `amp_calculator_client` and `howto_amp` examples: the commands (Twisted's
+//! `class Sum(amp.Command)`, `class Divide(amp.Command)`), their answers and errors, the
+//! server's responders, and the `--port P` argument the two programs take.
 
 #![allow(dead_code)]
 
@@ -35,6 +36,30 @@ pub enum DivideError {
     /// error's description.
     #[amp(code = "ZERO_DIVISION")]
     ZeroDivision(String),
+}
+
+/// Twisted's `class Math(amp.AMP)` with `Sum.responder(sum)` and `Divide.responder(divide)`:
+/// what the server answers, printing each result as Twisted's howto server does.
+pub fn math() -> pb::amp::Locator {
+    pb::amp::Locator::new()
+        .respond(|Sum { a, b }| async move {
+            let total = i128::from(a) + i128::from(b);
+            println!("Did a sum: {a} + {b} = {total}");
+            Ok(SumResult { total })
+        })
+        .respond(
+            |Divide {
+                 numerator,
+                 denominator,
+             }| async move {
+                if denominator == 0 {
+                    return Err(DivideError::ZeroDivision("float division by zero".into()));
+                }
+                let result = numerator as f64 / denominator as f64;
+                println!("Divided: {numerator} / {denominator} = {result}");
+                Ok(DivideResult { result })
+            },
+        )
 }
 
 /// The `--port P` argument, the only one the examples take.
