@@ -182,11 +182,24 @@ async fn callers_wait_while_the_peer_is_not_reading() {
 
 #[tokio::test(start_paused = true)]
 async fn two_peers_flooding_each_other_both_ways_finish_every_call() {
-    const MAX_UNSENT: usize = 64 * 1024;
+    flood_both_ways(config(64 * 1024)).await;
+}
+
+/// As above with a held-bytes cap below any frame: a side that waits for answers from its peer
+/// does not stop reading at the cap (both would, and never resume: without that rule, both
+/// connections end with `WriteStalled`).
+#[tokio::test(start_paused = true)]
+async fn peers_calling_each_other_never_both_stop_reading_at_the_held_bytes_cap() {
+    let mut config = config(64 * 1024);
+    config.limits.max_held_bytes = 1;
+    flood_both_ways(config).await;
+}
+
+/// Each of two peers sends the other 64 calls of 60 KiB at once; every call must finish.
+async fn flood_both_ways(config: Config) {
     const EACH: usize = 64;
     const SIZE: usize = 60 * 1024;
     let (a, b) = tokio::io::duplex(16 * 1024);
-    let config = config(MAX_UNSENT);
     let (a, b) = tokio::try_join!(
         Connection::establish(
             a,
@@ -270,4 +283,67 @@ async fn an_answer_that_tips_the_output_over_the_limit_still_goes_out_at_once() 
     theirs.read_exact(&mut body).await.unwrap();
     assert_eq!(body[0], 2, "an answer");
     assert!(body.len() > 300);
+}
+
+/// Held-back frames are capped by bytes, not only by count: a peer that never reads and sends
+/// large calls makes the server hold at most `Limits::max_held_bytes` of them (default 32 MiB)
+/// before it stops reading, where the count alone (`max_in_flight_calls`, 1 024 calls of up to
+/// `max_frame_len`) would let it hold gigabytes.
+#[tokio::test(start_paused = true)]
+async fn held_back_calls_are_capped_by_bytes() {
+    const MAX_UNSENT: usize = 64 * 1024;
+    const CALL: usize = 60 * 1024;
+    const CALLS: u64 = 1000;
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let flood = tokio::spawn(async move {
+        theirs.write_all(&HELLO).await.unwrap();
+        let mut hello = [0u8; 20];
+        theirs.read_exact(&mut hello).await.unwrap();
+        for id in 1..=CALLS {
+            if theirs
+                .write_all(&reverse_call(id, &[7u8; CALL]))
+                .await
+                .is_err()
+            {
+                return id - 1;
+            }
+        }
+        CALLS
+    });
+    let config = Config {
+        limits: Limits {
+            max_unsent_bytes: MAX_UNSENT,
+            ..Limits::default()
+        },
+        keepalive_interval: None,
+        idle_timeout: None,
+        write_stall_timeout: None,
+        ..Config::default()
+    };
+    let held_cap = config.limits.max_held_bytes;
+    assert_eq!(held_cap, 32 << 20, "the default");
+    let server = Connection::establish(
+        ours,
+        &config,
+        Side::Server,
+        Some(KitchenRef::new(KitchenImpl::default()).into()),
+        None,
+    )
+    .await
+    .unwrap();
+    // Settled: the server has stopped reading.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !flood.is_finished(),
+        "the server read all {} MiB of a peer that never reads",
+        CALLS as usize * CALL >> 20
+    );
+    // Read: the answered calls (until the output was over its limit), the held ones (up to the
+    // cap, plus the frame that crossed it) and one read buffer.
+    let read = server.stats().bytes_in as usize;
+    assert!(
+        read <= held_cap + MAX_UNSENT + 3 * CALL + 64 * 1024,
+        "read {read} bytes, with {held_cap} held at most"
+    );
+    assert!(!server.is_closed());
 }

@@ -184,6 +184,8 @@ pub(crate) struct ConnShared {
     /// The most frames the reader holds back before it stops reading
     /// (`Limits::max_in_flight_calls`).
     max_held_frames: usize,
+    /// `Limits::max_held_bytes`.
+    max_held_bytes: usize,
     /// Set when `unsent` goes over `max_unsent`, cleared when it is back to half of it.
     congested: AtomicBool,
     /// Wakes callers waiting for the output to drain.
@@ -226,6 +228,7 @@ impl ConnShared {
             unsent: AtomicUsize::new(0),
             max_unsent: config.limits.max_unsent_bytes.max(1),
             max_held_frames: config.limits.max_in_flight_calls.max(1),
+            max_held_bytes: config.limits.max_held_bytes,
             congested: AtomicBool::new(false),
             space: Notify::new(),
             drained: Notify::new(),

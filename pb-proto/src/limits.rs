@@ -37,9 +37,17 @@ pub struct Limits {
     /// connection applies backpressure: our own callers wait before queueing new calls, and
     /// the peer's calls, releases and pings are held back, still read but not run, until half
     /// of the queue has gone out; once `max_in_flight_calls` frames are held back, reading
-    /// pauses. A peer that sends without reading thus costs a bounded amount of memory, and is
-    /// disconnected after `Config::write_stall_timeout` without progress.
+    /// pauses (or once `max_held_bytes` of them are). A peer that sends without reading thus
+    /// costs a bounded amount of memory, and is disconnected after
+    /// `Config::write_stall_timeout` without progress.
     pub max_unsent_bytes: usize,
+    /// Most bytes of the peer's frames held back (read but not run while our output is over
+    /// `max_unsent_bytes`) before reading pauses (default twice the default `max_frame_len`,
+    /// 32 MiB). The cap applies while we wait for no answer from the peer: a peer we are
+    /// calling may be holding our calls back for the same reason, and two peers that both
+    /// stopped reading would never resume; between those, only `max_in_flight_calls` bounds
+    /// what is held.
+    pub max_held_bytes: usize,
     /// Limits on message envelopes (at least 16 references per message and 16 release entries
     /// per message).
     pub message: MessageLimits,
@@ -89,6 +97,7 @@ impl Default for Limits {
             max_violations: 3,
             max_depth: DEFAULT_MAX_DEPTH,
             max_unsent_bytes: 4 << 20,
+            max_held_bytes: 2 * crate::frame::DEFAULT_MAX_FRAME_LEN,
             message: MessageLimits::default(),
         }
     }

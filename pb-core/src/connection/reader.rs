@@ -97,8 +97,11 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
         // within that limit never reaches, so two pb peers never both stop reading. Other
         // frames (releases, pings, cancels) get as many places again. Held frames thus cost
         // at most about what running calls may cost anyway.
+        // A peer that floods us with large calls while we call it nothing is held to bytes too
+        // (see `Limits::max_held_bytes` for why only then).
         let paused = held.calls > conn.max_held_frames
-            || held.frames.len() - held.calls > conn.max_held_frames;
+            || held.frames.len() - held.calls > conn.max_held_frames
+            || (held.bytes > conn.max_held_bytes && conn.lock().pending_calls() == 0);
         let mut roomy = false;
         let event = {
             let drained = conn.drained.notified();
@@ -241,17 +244,21 @@ pub(super) struct Held {
     pub(super) frames: std::collections::VecDeque<Bytes>,
     /// How many of `frames` are calls.
     pub(super) calls: usize,
+    /// The bytes of `frames`.
+    pub(super) bytes: usize,
 }
 
 impl Held {
     pub(super) fn push(&mut self, frame: Bytes) {
         self.calls += usize::from(crate::message::is_call(&frame));
+        self.bytes += frame.len();
         self.frames.push_back(frame);
     }
 
     pub(super) fn pop(&mut self) -> Option<Bytes> {
         let frame = self.frames.pop_front()?;
         self.calls -= usize::from(crate::message::is_call(&frame));
+        self.bytes -= frame.len();
         Some(frame)
     }
 }
