@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::io;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use super::dispatch::{AmpProtocolError, DisconnectReason, Event, START_TLS, Send
 use super::handle::*;
 use super::locator::{AmpReply, Locator};
 use pb_proto::hash::IdHasher;
+use pb_proto::liveness::{Liveness, Timeout};
 
 /// Stop reading and taking new calls while this much output waits to be written.
 pub(super) const HIGH_WATER: usize = 256 * 1024;
@@ -32,6 +34,11 @@ pub(super) const REQUEST_QUEUE: usize = 64;
 pub(super) const TLS_ERROR_CODE: &[u8] = b"TLS_ERROR";
 
 pub(super) type RawResult<T> = Result<T, AmpCallError<NoErrors>>;
+
+/// The driver's clock as pb-proto's explicit `now` (tokio's clock, so paused time works).
+pub(super) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// A plain stream, or the same stream after StartTLS.
 pub(super) enum Transport<S> {
@@ -96,6 +103,15 @@ pub(super) async fn write_or_flush<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Polls `f` once, without a waker to call back: its output if it was ready at once.
+pub(super) fn poll_once<F: Future>(f: F) -> Option<F::Output> {
+    let f = std::pin::pin!(f);
+    match f.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
+    }
+}
+
 /// The message a panic was raised with, when it is text.
 pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     if let Some(s) = panic.downcast_ref::<&'static str>() {
@@ -139,6 +155,14 @@ pub(super) struct Driver {
     pub(super) read_buf: Box<[u8]>,
     pub(super) close_reason: Option<DisconnectReason>,
     pub(super) closed: watch::Sender<Option<DisconnectReason>>,
+    /// The idle timer: when the last complete box came from the peer.
+    pub(super) live: Liveness,
+    /// Boxes decoded by the time the idle timer last heard of them.
+    pub(super) boxes_seen: u64,
+    /// This side is not reading, or runs responders for the peer: its silence is not idleness.
+    pub(super) busy: bool,
+    /// The peer's address, when known, for the logs.
+    pub(super) peer: Option<SocketAddr>,
 }
 
 impl Driver {
@@ -150,6 +174,15 @@ impl Driver {
         let reason = loop {
             let (mut rd, mut wr) = tokio::io::split(transport);
             match self.pump(&mut rd, &mut wr).await {
+                Pumped::Closed(reason @ DisconnectReason::IdleTimeout(_)) => {
+                    // The peer is presumed gone: one attempt at a clean close (a TLS
+                    // close_notify), but no waiting on a peer that may never read it.
+                    let _ = poll_once(async {
+                        wr.flush().await?;
+                        wr.shutdown().await
+                    });
+                    break reason;
+                }
                 Pumped::Closed(reason) => {
                     // Best effort: the peer may already be gone.
                     let _ = wr.flush().await;
@@ -173,9 +206,19 @@ impl Driver {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        // Set lazily, as the native reader's: a box moves the deadline without touching the
+        // timer, and a timer that fires early is re-armed.
+        let timing = self.live.is_enabled();
+        let timer = tokio::time::sleep_until(self.live.poll_timeout().into());
+        tokio::pin!(timer);
         loop {
             let max_running = self.dispatcher.config().max_in_flight_responders;
             self.take_ready(max_running);
+            let received = self.dispatcher.boxes_received();
+            if timing && received != self.boxes_seen {
+                self.boxes_seen = received;
+                self.live.handle_frame(now());
+            }
             let closing = self.dispatcher.is_closing();
             let switching = self.dispatcher.is_switching_to_tls();
             if self.out.is_empty() && !self.need_flush {
@@ -216,6 +259,15 @@ impl Driver {
             let can_request = !closing
                 && self.requests_open
                 && self.out.len() + self.dispatcher.held_output() < HIGH_WATER;
+            // Not reading, or still working for the peer, is this side's silence, not the
+            // peer's: the idle time counts from when that ends.
+            let busy = !can_read || !self.responders.is_empty();
+            if busy != self.busy {
+                self.busy = busy;
+                if !busy && timing {
+                    self.live.handle_frame(now());
+                }
+            }
             // Everything that was ready is in `out` by now: write it first, in one go, and only
             // then wait for more.
             tokio::select! {
@@ -248,6 +300,18 @@ impl Driver {
                         return Pumped::Closed(DisconnectReason::Io(e.to_string()));
                     }
                 },
+                () = &mut timer, if timing => {
+                    if busy {
+                        self.live.handle_frame(now());
+                    } else if let Some(Timeout::Idle(after)) = self.live.handle_timeout(now()) {
+                        tracing::warn!(peer = ?self.peer, ?after, "amp: closing connection: no complete box from the peer within idle_timeout");
+                        // An abort: a peer that sends nothing may read nothing either.
+                        self.out.clear();
+                        self.dispatcher.close();
+                        return Pumped::Closed(DisconnectReason::IdleTimeout(after));
+                    }
+                    timer.as_mut().reset(self.live.poll_timeout().into());
+                }
                 else => {
                     // Unreachable by the checks above; closing beats waiting on nothing forever.
                     tracing::error!("amp: connection driver has nothing to wait for; closing");
@@ -527,34 +591,45 @@ impl Driver {
         let Transport::Plain(stream) = transport else {
             return Err(tls_error("tls already started".into()));
         };
+        // The whole handshake, not each read: a peer trickling it byte by byte is cut too.
+        let limit = self.dispatcher.config().tls_handshake_timeout;
+        let peer = self.peer;
+        let timed_out = |_| {
+            tracing::warn!(?peer, after = ?limit, "amp: closing connection: tls handshake not done within tls_handshake_timeout");
+            DisconnectReason::TlsHandshakeTimeout(limit)
+        };
         let result = match self.tls_client.take() {
             Some(req) => {
                 let connector = tokio_rustls::TlsConnector::from(req.config);
-                match connector.connect(req.server_name, stream).await {
-                    Ok(s) => {
-                        let _ = req.reply.send(Ok(()));
-                        Ok(Transport::Client(Box::new(s)))
-                    }
-                    Err(e) => {
-                        let reason = tls_error(e.to_string());
-                        let _ = req
-                            .reply
-                            .send(Err(AmpCallError::Disconnected(reason.clone())));
-                        Err(reason)
-                    }
-                }
+                let connect = connector.connect(req.server_name, stream);
+                let r = match tokio::time::timeout(limit, connect).await {
+                    Ok(Ok(s)) => Ok(Transport::Client(Box::new(s))),
+                    Ok(Err(e)) => Err(tls_error(e.to_string())),
+                    Err(elapsed) => Err(timed_out(elapsed)),
+                };
+                let reply = match &r {
+                    Ok(_) => Ok(()),
+                    Err(reason) => Err(AmpCallError::Disconnected(reason.clone())),
+                };
+                let _ = req.reply.send(reply);
+                r
             }
             None => match self.dispatcher.config().tls_server.clone() {
-                Some(config) => tokio_rustls::TlsAcceptor::from(config)
-                    .accept(stream)
-                    .await
-                    .map(|s| Transport::Server(Box::new(s)))
-                    .map_err(|e| tls_error(e.to_string())),
+                Some(config) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                    match tokio::time::timeout(limit, accept).await {
+                        Ok(Ok(s)) => Ok(Transport::Server(Box::new(s))),
+                        Ok(Err(e)) => Err(tls_error(e.to_string())),
+                        Err(elapsed) => Err(timed_out(elapsed)),
+                    }
+                }
                 None => Err(tls_error("no tls server configuration".into())),
             },
         };
         if result.is_ok() {
             self.dispatcher.tls_started();
+            // A finished handshake is a sign of life, as a box is.
+            self.live.handle_frame(now());
         } else {
             self.dispatcher.close();
         }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -19,6 +20,7 @@ use super::dispatch::DisconnectReason;
 use super::driver::*;
 use super::locator::Locator;
 use super::{AmpConfig, Dispatcher};
+use pb_proto::liveness::{Liveness, LivenessConfig};
 
 pub(super) enum Request {
     Ask {
@@ -42,8 +44,9 @@ pub(super) enum Request {
 /// A handle to one AMP connection; clone it freely. Both sides of a connection may call.
 ///
 /// The connection runs in its own task until the peer closes it, a protocol violation or fatal
-/// error closes it, or [`AmpConnection::close`] is called. It also ends when every handle is
-/// dropped and its locator has no responders (a pure client).
+/// error closes it, no complete box comes from the peer for [`AmpConfig::idle_timeout`], or
+/// [`AmpConnection::close`] is called. It also ends when every handle is dropped and its locator
+/// has no responders (a pure client).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -89,6 +92,20 @@ impl AmpConnection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: FnOnce(&AmpConnection) -> Locator,
     {
+        Self::spawn_from(stream, None, config, make_locator)
+    }
+
+    /// [`AmpConnection::spawn_with`], knowing the peer's address (for the logs).
+    fn spawn_from<S, F>(
+        stream: S,
+        peer: Option<SocketAddr>,
+        config: AmpConfig,
+        make_locator: F,
+    ) -> AmpConnection
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: FnOnce(&AmpConnection) -> Locator,
+    {
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
         let (closed_tx, closed_rx) = watch::channel(None);
         let conn = AmpConnection {
@@ -96,7 +113,15 @@ impl AmpConnection {
             closed: closed_rx,
         };
         let locator = make_locator(&conn);
+        let timers = LivenessConfig {
+            idle: config.idle_timeout,
+            ..LivenessConfig::default()
+        };
         let driver = Driver {
+            live: Liveness::new(timers, now()),
+            boxes_seen: 0,
+            busy: false,
+            peer,
             dispatcher: Dispatcher::new(config),
             locator: Arc::new(locator),
             requests: rx,
@@ -268,9 +293,11 @@ impl AmpConnection {
 ///
 /// It keeps at most [`AmpConfig::max_connections`] connections open, and
 /// [`AmpConfig::max_connections_per_address`] from one source address: one more is closed as
-/// soon as it is accepted (and logged). When accepting fails for the listener itself (out of
-/// file descriptors, say) it logs the error, waits 50 ms and goes on: the server outlives the
-/// shortage, as pb's native server does. It never returns an error.
+/// soon as it is accepted (and logged). A connection on which no complete box arrives for
+/// [`AmpConfig::idle_timeout`] (60 s by default) is closed, which frees its slot. When accepting
+/// fails for the listener itself (out of file descriptors, say) it logs the error, waits 50 ms
+/// and goes on: the server outlives the shortage, as pb's native server does. It never returns
+/// an error.
 ///
 /// ```no_run
 /// # async fn demo() -> std::io::Result<()> {
@@ -329,7 +356,7 @@ where
             tracing::debug!(%peer, error = %e, "amp: cannot set nodelay");
         }
         tracing::debug!(%peer, "amp: accepted connection");
-        let conn = AmpConnection::spawn_with(stream, config.clone(), &make_locator);
+        let conn = AmpConnection::spawn_from(stream, Some(peer), config.clone(), &make_locator);
         tokio::spawn(async move {
             let reason = conn.closed().await;
             tracing::debug!(%peer, %reason, "amp: connection ended");

@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
+use std::time::Duration;
 
 use crate::hash::IdHasher;
 
@@ -46,6 +47,23 @@ pub struct AmpConfig<S = ()> {
     /// The most of those from one source address, an IPv4 address or an IPv6 /64 (default 64),
     /// so that one address cannot take every slot.
     pub max_connections_per_address: usize,
+    /// Close the connection after this long without one complete box from the peer (default
+    /// 60 s, as pb's native `idle_timeout`; `None`: never), with
+    /// [`DisconnectReason::IdleTimeout`]; calls awaiting answers fail with it.
+    ///
+    /// The rule is the native one: only complete boxes count, so a peer that trickles a box in
+    /// byte by byte is as idle as a silent one, and our own calls awaiting answers do not keep
+    /// the connection open (a peer that went away without a FIN is found out this way). While
+    /// this side is not reading by its own choice (backpressure) or still runs a responder for
+    /// the peer, the silence is ours and is not counted. AMP has no keep-alive: a connection
+    /// that must stay open while quiet for longer, or a call answered after longer, needs a
+    /// longer setting (on the side that would close), or a command of the application's own
+    /// sent now and then.
+    pub idle_timeout: Option<Duration>,
+    /// How long a StartTLS handshake may take, on either side, once the transport switches to
+    /// TLS (default 10 s, as pb's native `handshake_timeout`); past it the connection closes
+    /// with [`DisconnectReason::TlsHandshakeTimeout`].
+    pub tls_handshake_timeout: Duration,
 }
 
 impl<S> Default for AmpConfig<S> {
@@ -60,6 +78,8 @@ impl<S> Default for AmpConfig<S> {
             tls_server: None,
             max_connections: 1024,
             max_connections_per_address: 64,
+            idle_timeout: Some(Duration::from_secs(60)),
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -76,6 +96,20 @@ impl<S> AmpConfig<S> {
     #[inline]
     pub fn max_connections_per_address(mut self, n: usize) -> Self {
         self.max_connections_per_address = n;
+        self
+    }
+
+    /// Sets [`AmpConfig::idle_timeout`] (`None`: never).
+    #[inline]
+    pub fn idle_timeout(mut self, after: Option<Duration>) -> Self {
+        self.idle_timeout = after;
+        self
+    }
+
+    /// Sets [`AmpConfig::tls_handshake_timeout`].
+    #[inline]
+    pub fn tls_handshake_timeout(mut self, after: Duration) -> Self {
+        self.tls_handshake_timeout = after;
         self
     }
 
@@ -234,6 +268,8 @@ pub struct Dispatcher<S = ()> {
     /// Our own tags (the peer only looks them up), so a cheap hash will do.
     outstanding: HashSet<Bytes, BuildHasherDefault<IdHasher>>,
     counter: u64,
+    /// Complete boxes decoded from the peer's input, for the driver's idle timer.
+    received: u64,
     state: State,
     tls_done: bool,
     closed_event: Option<DisconnectReason>,
@@ -251,6 +287,7 @@ impl<S> Dispatcher<S> {
             held: BytesMut::new(),
             outstanding: HashSet::default(),
             counter: 0,
+            received: 0,
             state: State::Open,
             tls_done: false,
             closed_event: None,
@@ -271,6 +308,14 @@ impl<S> Dispatcher<S> {
         }
     }
 
+    /// How many complete boxes have been decoded from the peer's input so far, including those
+    /// that made no event: a driver's sign that the peer is alive (bytes of a box that never
+    /// completes are not).
+    #[inline]
+    pub fn boxes_received(&self) -> u64 {
+        self.received
+    }
+
     /// Bytes received but not yet decoded.
     #[inline]
     pub fn buffered_input(&self) -> usize {
@@ -289,7 +334,10 @@ impl<S> Dispatcher<S> {
                 return None;
             }
             let b = match self.codec.decode(&mut self.input) {
-                Ok(Some(b)) => b,
+                Ok(Some(b)) => {
+                    self.received += 1;
+                    b
+                }
                 Ok(None) => return None,
                 Err(e) => return Some(self.violation(AmpProtocolError::Codec(e))),
             };
@@ -608,6 +656,13 @@ pub enum DisconnectReason {
     /// The peer broke the protocol.
     #[error("protocol violation by the peer")]
     Protocol(#[source] AmpProtocolError),
+    /// No complete box came from the peer for this long, the configured
+    /// [`AmpConfig::idle_timeout`].
+    #[error("no complete box from the peer within idle_timeout = {0:?}")]
+    IdleTimeout(Duration),
+    /// A StartTLS handshake did not finish within [`AmpConfig::tls_handshake_timeout`].
+    #[error("tls handshake not done within tls_handshake_timeout = {0:?}")]
+    TlsHandshakeTimeout(Duration),
 }
 
 /// A protocol violation by the peer; the connection is closed.
@@ -701,6 +756,23 @@ mod tests {
         d.handle_input(b"\x00\x07_answer\x00\x03999\x00\x00");
         assert_eq!(d.poll_event(), None);
         assert!(d.ask("X", AmpBox::new()).is_ok());
+        // Ignored, but a complete box all the same.
+        assert_eq!(d.boxes_received(), 1);
+    }
+
+    #[test]
+    fn only_complete_boxes_are_counted_as_received() {
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
+        let ask = b"\x00\x04_ask\x00\x011\x00\x08_command\x00\x01X\x00\x00";
+        let (last, head) = ask.split_last().unwrap();
+        for byte in head {
+            d.handle_input(&[*byte]);
+            assert_eq!(d.poll_event(), None);
+            assert_eq!(d.boxes_received(), 0);
+        }
+        d.handle_input(&[*last]);
+        assert!(matches!(d.poll_event(), Some(Event::Command { .. })));
+        assert_eq!(d.boxes_received(), 1);
     }
 
     #[test]

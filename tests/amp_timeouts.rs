@@ -1,0 +1,323 @@
+//! AMP's timeouts, in virtual time: a connection on which no complete box arrives for
+//! `idle_timeout` is closed (a box trickled in byte by byte does not count), an active one never
+//! is, `None` turns it off, and a StartTLS handshake that does not finish is cut at
+//! `tls_handshake_timeout`.
+
+// Tests fail by panicking; unwrapping is how they say so.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use pb::amp::{AmpCallError, AmpConfig, AmpConnection, DisconnectReason, Locator};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+#[derive(pb::AmpCommand)]
+#[amp(response = SumResult)]
+struct Sum {
+    a: i64,
+    b: i64,
+}
+
+#[derive(pb::AmpFields)]
+struct SumResult {
+    total: i64,
+}
+
+/// A bound so that a regression fails instead of hanging (virtual time: it costs nothing).
+const PATIENCE: Duration = Duration::from_secs(3600);
+const IDLE: Duration = Duration::from_secs(60);
+
+const SUM_ASK: &[u8] = b"\x00\x04_ask\x00\x011\x00\x08_command\x00\x03Sum\x00\x01a\x00\x0213\x00\x01b\x00\x0281\x00\x00";
+const SUM_ANSWER: &[u8] = b"\x00\x07_answer\x00\x011\x00\x05total\x00\x0294\x00\x00";
+
+fn math() -> Locator {
+    Locator::new().respond(|Sum { a, b }| async move { Ok(SumResult { total: a + b }) })
+}
+
+/// Asks `Sum` in raw bytes on `s` and checks the answer.
+async fn ask_sum(s: &mut TcpStream) {
+    s.write_all(SUM_ASK).await.unwrap();
+    let mut answer = vec![0; SUM_ANSWER.len()];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut answer))
+        .await
+        .expect("the server answers")
+        .unwrap();
+    assert_eq!(answer, SUM_ANSWER);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_connection_is_closed_by_the_server_which_serves_the_others() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(pb::amp::serve(listener, AmpConfig::default(), |_| math()));
+    let start = Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut active = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let silent_closed = async {
+        let mut out = Vec::new();
+        tokio::time::timeout(PATIENCE, silent.read_to_end(&mut out))
+            .await
+            .expect("the server closes the silent connection")
+            .unwrap();
+        assert!(out.is_empty(), "nothing was asked, nothing is answered");
+        start.elapsed()
+    };
+    // One box every 20 s, for longer than the timeout several times over.
+    let keep_asking = async {
+        for _ in 0..10 {
+            ask_sum(&mut active).await;
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        }
+    };
+    let (after, ()) = tokio::join!(silent_closed, keep_asking);
+    assert!(
+        after >= IDLE && after < IDLE + Duration::from_secs(1),
+        "closed after {after:?}, not at the default idle timeout of 60 s"
+    );
+    // Still served, and so is a new connection.
+    ask_sum(&mut active).await;
+    let mut fresh = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    ask_sum(&mut fresh).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_box_trickled_in_byte_by_byte_does_not_keep_a_connection_alive() {
+    let (a, mut b) = tokio::io::duplex(64 * 1024);
+    let server = AmpConnection::spawn(a, AmpConfig::default(), math());
+    let start = Instant::now();
+    // One byte every 5 s: the box would be complete after more than five minutes.
+    let trickle = async {
+        for byte in SUM_ASK {
+            if b.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    };
+    let closed = async {
+        let reason = tokio::time::timeout(PATIENCE, server.closed())
+            .await
+            .expect("the trickling connection is closed");
+        (reason, start.elapsed())
+    };
+    let ((reason, after), ()) = tokio::join!(closed, trickle);
+    assert_eq!(reason, DisconnectReason::IdleTimeout(IDLE));
+    assert!(
+        after >= IDLE && after < IDLE + Duration::from_secs(1),
+        "closed after {after:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_active_connection_is_never_cut() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server = AmpConnection::spawn(a, AmpConfig::default(), math());
+    let client = AmpConnection::spawn(b, AmpConfig::default(), Locator::new());
+    // Ten minutes, a call every 50 s: each side gets a box (ask or answer) within the timeout.
+    for i in 0..12 {
+        assert_eq!(client.call(&Sum { a: i, b: 1 }).await.unwrap().total, i + 1);
+        tokio::time::sleep(Duration::from_secs(50)).await;
+    }
+    assert!(!server.is_closed() && !client.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tls_handshake_that_never_finishes_is_cut() {
+    let (server_tls, _) = tls_configs();
+    let (a, mut b) = tokio::io::duplex(64 * 1024);
+    let server = AmpConnection::spawn(a, AmpConfig::default().tls_server(server_tls), math());
+    let start = Instant::now();
+    b.write_all(b"\x00\x04_ask\x00\x011\x00\x08_command\x00\x08StartTLS\x00\x00")
+        .await
+        .unwrap();
+    let answer = b"\x00\x07_answer\x00\x011\x00\x00";
+    let mut got = vec![0; answer.len()];
+    b.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, answer);
+    // No ClientHello follows: the server waits for it only so long.
+    let reason = tokio::time::timeout(PATIENCE, server.closed())
+        .await
+        .expect("the stalled handshake is cut");
+    let after = start.elapsed();
+    assert_eq!(
+        reason,
+        DisconnectReason::TlsHandshakeTimeout(Duration::from_secs(10))
+    );
+    assert!(
+        after >= Duration::from_secs(10) && after < Duration::from_secs(11),
+        "closed after {after:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_whose_server_never_shakes_hands_gives_up() {
+    let (_, client_tls) = tls_configs();
+    let (a, mut b) = tokio::io::duplex(64 * 1024);
+    let client = AmpConnection::spawn(a, AmpConfig::default(), Locator::new());
+    let start = Instant::now();
+    let name = pb::amp::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    // The raw peer agrees to StartTLS, then never answers the ClientHello.
+    let peer = async {
+        let ask = b"\x00\x04_ask\x00\x011\x00\x08_command\x00\x08StartTLS\x00\x00";
+        let mut got = vec![0; ask.len()];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, ask);
+        b.write_all(b"\x00\x07_answer\x00\x011\x00\x00")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = b.read_to_end(&mut rest).await;
+    };
+    let (tls, ()) = tokio::join!(client.start_tls(client_tls, name), peer);
+    let limit = Duration::from_secs(10);
+    assert_eq!(
+        tls,
+        Err(AmpCallError::Disconnected(
+            DisconnectReason::TlsHandshakeTimeout(limit)
+        ))
+    );
+    assert!(start.elapsed() >= limit && start.elapsed() < limit + Duration::from_secs(1));
+}
+
+#[derive(pb::AmpCommand)]
+#[amp(response = ())]
+struct Wait {}
+
+#[tokio::test(start_paused = true)]
+async fn calls_awaiting_answers_fail_when_the_peer_says_nothing_for_the_idle_timeout() {
+    // The peer takes the ask in and never answers (as a peer gone without a FIN would).
+    let (a, mut b) = tokio::io::duplex(64 * 1024);
+    let client = AmpConnection::spawn(a, AmpConfig::default(), Locator::new());
+    let start = Instant::now();
+    let call = tokio::spawn({
+        let c = client.clone();
+        async move { c.call(&Wait {}).await }
+    });
+    let mut sink = Vec::new();
+    let swallow = tokio::time::timeout(PATIENCE, b.read_to_end(&mut sink));
+    let (swallowed, called) = tokio::join!(swallow, call);
+    let err = called.unwrap().unwrap_err();
+    assert_eq!(
+        err,
+        AmpCallError::Disconnected(DisconnectReason::IdleTimeout(IDLE))
+    );
+    assert_eq!(
+        err.to_string(),
+        "disconnected",
+        "the reason is the source, not repeated"
+    );
+    assert_eq!(
+        std::error::Error::source(&err).unwrap().to_string(),
+        "no complete box from the peer within idle_timeout = 60s"
+    );
+    assert!(start.elapsed() >= IDLE && start.elapsed() < IDLE + Duration::from_secs(1));
+    swallowed.expect("the connection was closed").unwrap();
+    assert!(client.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_responder_still_running_for_the_peer_keeps_the_connection() {
+    // A responder that takes five minutes: the peer waits for us, which is not its idleness.
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server = AmpConnection::spawn(
+        a,
+        AmpConfig::default(),
+        Locator::new().respond(|Wait {}| async {
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            Ok(())
+        }),
+    );
+    // The caller waits longer than its own idle timeout on purpose.
+    let client = AmpConnection::spawn(
+        b,
+        AmpConfig::default().idle_timeout(Some(Duration::from_secs(600))),
+        Locator::new(),
+    );
+    let start = Instant::now();
+    client.call(&Wait {}).await.unwrap();
+    assert!(start.elapsed() >= Duration::from_secs(300));
+    // Idle from the answer on: closed a full timeout later, not at once.
+    let reason = tokio::time::timeout(PATIENCE, server.closed())
+        .await
+        .unwrap();
+    assert_eq!(reason, DisconnectReason::IdleTimeout(IDLE));
+    let after = start.elapsed();
+    assert!(
+        after >= Duration::from_secs(360) && after < Duration::from_secs(361),
+        "closed after {after:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn none_turns_the_idle_timeout_off() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let off = AmpConfig::default().idle_timeout(None);
+    let server = AmpConnection::spawn(a, off.clone(), math());
+    let client = AmpConnection::spawn(b, off, Locator::new());
+    tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+    assert!(!server.is_closed() && !client.is_closed());
+    assert_eq!(client.call(&Sum { a: 1, b: 2 }).await.unwrap().total, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_idle_timeout_is_kept() {
+    let (a, _b) = tokio::io::duplex(64 * 1024);
+    let after = Duration::from_secs(5);
+    let server = AmpConnection::spawn(a, AmpConfig::default().idle_timeout(Some(after)), math());
+    let start = Instant::now();
+    let reason = tokio::time::timeout(PATIENCE, server.closed())
+        .await
+        .unwrap();
+    assert_eq!(reason, DisconnectReason::IdleTimeout(after));
+    assert!(start.elapsed() >= after && start.elapsed() < after + Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_tls_keeps_the_idle_timeout_afterwards() {
+    let (server_tls, client_tls) = tls_configs();
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server = AmpConnection::spawn(a, AmpConfig::default().tls_server(server_tls), math());
+    // The client waits longer, so that the server is the one to close.
+    let patient = AmpConfig::default().idle_timeout(Some(Duration::from_secs(600)));
+    let client = AmpConnection::spawn(b, patient, Locator::new());
+    let name = pb::amp::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    client.start_tls(client_tls, name).await.unwrap();
+    let start = Instant::now();
+    assert_eq!(client.call(&Sum { a: 1, b: 2 }).await.unwrap().total, 3);
+    // Quiet from here on, over TLS.
+    let reason = tokio::time::timeout(PATIENCE, server.closed())
+        .await
+        .unwrap();
+    assert_eq!(reason, DisconnectReason::IdleTimeout(IDLE));
+    assert!(start.elapsed() >= IDLE && start.elapsed() < IDLE + Duration::from_secs(1));
+    // A peer that can still read is told cleanly (a close_notify, then the end of the stream).
+    assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
+}
+
+fn tls_configs() -> (
+    std::sync::Arc<pb::amp::rustls::ServerConfig>,
+    std::sync::Arc<pb::amp::rustls::ClientConfig>,
+) {
+    use pb::amp::rustls;
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = certified.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
