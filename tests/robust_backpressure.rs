@@ -336,7 +336,7 @@ async fn held_back_calls_are_capped_by_bytes() {
     assert!(
         !flood.is_finished(),
         "the server read all {} MiB of a peer that never reads",
-        CALLS as usize * CALL >> 20
+        (CALLS as usize * CALL) >> 20
     );
     // Read: the answered calls (until the output was over its limit), the held ones (up to the
     // cap, plus the frame that crossed it) and one read buffer.
