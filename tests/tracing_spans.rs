@@ -78,3 +78,37 @@ async fn one_call_has_a_span_with_its_fields_on_both_sides() {
     // Connection spans wrap the drivers.
     assert!(out.contains("pb.connection{"), "{out}");
 }
+
+#[tokio::test]
+async fn a_panicking_handler_is_logged_with_its_message_and_method() {
+    #[pb::remote]
+    trait Fragile {
+        async fn boom(&self) -> Result<(), String>;
+    }
+    struct F;
+    impl Fragile for F {
+        async fn boom(&self) -> Result<(), String> {
+            panic!("the ledger is empty")
+        }
+    }
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(capture.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let (_server, client) = memory_pair(FragileRef::new(F)).await;
+    let f: FragileRef = client.root();
+    assert!(matches!(f.boom().await, Err(pb::CallError::Internal(m)) if m == "the handler failed"));
+
+    let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let line = out
+        .lines()
+        .find(|l| l.contains("a call handler panicked"))
+        .unwrap_or_else(|| panic!("no panic logged in:\n{out}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("the ledger is empty"), "{line}");
+    assert!(line.contains("method=\"boom\""), "{line}");
+}

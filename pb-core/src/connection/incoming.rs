@@ -14,8 +14,15 @@ impl<F: Future<Output = Reply> + Unpin> Future for CatchUnwind<F> {
         let inner = &mut self.0;
         match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
             Ok(p) => p,
-            Err(_) => {
-                tracing::error!("a call handler panicked");
+            Err(payload) => {
+                // The panic's message stays in this process's log (the caller learns only
+                // that the handler failed); the call's span names the method.
+                let why = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                tracing::error!(panic = why, "a call handler panicked");
                 Poll::Ready(Err(Fault {
                     kind: FaultKind::Internal,
                     message: "the handler failed".into(),
