@@ -17,6 +17,9 @@
 //! - `bulk`: sequential echoes of a 1 MiB byte vector, MB/s of payload (10^6 bytes, one way);
 //! - `bulk_vec`: the same with `Vec<u8>` in the method's signature, as users write it;
 //! - `connect`: connect + handshake + one call + close, connections/s;
+//! - `cores`: `pipelined` on two connections at once, with the client and the server each on
+//!   two worker threads (`cores`, against the floor served the same way), and pb served by two
+//!   threads against pb served by one (`cores_scaling`);
 //! - `refs`: pass a new object reference to the peer, which calls it once and drops it (so a
 //!   release comes back), 64 cycles in flight, cycles/s (pb only);
 //! - `idle`: server memory per idle connection with 10 000 connections open, from the RSS of
@@ -227,16 +230,24 @@ impl ServerProc {
 }
 
 /// The hidden `--serve <kind>` mode: bind 127.0.0.1:0, print the port, serve until stdin closes.
+/// A kind ending in `-mt` is served by a runtime of two worker threads instead of one thread.
 fn serve(kind: &str) {
     std::thread::spawn(|| {
         let mut b = [0u8; 1];
         let _ = std::io::stdin().read(&mut b);
         std::process::exit(0);
     });
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = match kind.strip_suffix("-mt") {
+        Some(_) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("tokio runtime");
+    let kind = kind.strip_suffix("-mt").unwrap_or(kind);
     rt.block_on(async {
         match kind {
             "floor" => {
@@ -435,6 +446,10 @@ enum System {
     FloorTls,
     /// pb's AMP (Twisted-compatible boxes).
     Amp,
+    /// pb served by two worker threads.
+    PbCores,
+    /// The floor served by two worker threads.
+    FloorCores,
 }
 
 impl System {
@@ -445,6 +460,17 @@ impl System {
             System::PbTls => "pb-tls",
             System::FloorTls => "floor-tls",
             System::Amp => "amp",
+            System::PbCores => "pb-mt",
+            System::FloorCores => "floor-mt",
+        }
+    }
+
+    /// The system whose client code a measurement of `self` runs (the server's threads aside).
+    fn client(self) -> System {
+        match self {
+            System::PbCores => System::Pb,
+            System::FloorCores => System::Floor,
+            other => other,
         }
     }
 }
@@ -591,6 +617,8 @@ async fn floor_latency<S: AsyncRead + AsyncWrite + Unpin>(
 async fn latency(sys: System, addr: SocketAddr, c: Counts) -> (f64, f64) {
     let mut times = Vec::with_capacity(c.latency);
     match sys {
+        // Only `cores_work` runs them, as the systems they serve differently.
+        System::PbCores | System::FloorCores => unreachable!("a cores system outside cores_work"),
         System::Floor => floor_latency(FloorConn::connect(addr).await, c, &mut times).await,
         System::FloorTls => floor_latency(FloorConn::connect_tls(addr).await, c, &mut times).await,
         System::Amp => {
@@ -628,6 +656,8 @@ async fn latency(sys: System, addr: SocketAddr, c: Counts) -> (f64, f64) {
 async fn pipelined(sys: System, addr: SocketAddr, c: Counts) -> f64 {
     let total = c.pipelined as u64;
     match sys {
+        // Only `cores_work` runs them, as the systems they serve differently.
+        System::PbCores | System::FloorCores => unreachable!("a cores system outside cores_work"),
         System::Floor => floor_pipelined(FloorConn::connect(addr).await, total).await,
         System::FloorTls => floor_pipelined(FloorConn::connect_tls(addr).await, total).await,
         System::Amp => {
@@ -743,6 +773,8 @@ async fn bulk(sys: System, addr: SocketAddr, c: Counts, vec: bool) -> f64 {
     let warmup = 5;
     let mut elapsed = Duration::ZERO;
     match sys {
+        // Only `cores_work` runs them, as the systems they serve differently.
+        System::PbCores | System::FloorCores => unreachable!("a cores system outside cores_work"),
         System::Amp => unreachable!("plain pb and floor only"),
         System::Floor | System::FloorTls => {
             let mut conn = FloorConn::connect(addr).await;
@@ -783,6 +815,10 @@ async fn bulk(sys: System, addr: SocketAddr, c: Counts, vec: bool) -> f64 {
 async fn connect(sys: System, addr: SocketAddr, c: Counts) -> f64 {
     let once = |i: u64| async move {
         match sys {
+            // Only `cores_work` runs them, as the systems they serve differently.
+            System::PbCores | System::FloorCores => {
+                unreachable!("a cores system outside cores_work")
+            }
             System::Amp => unreachable!("plain pb and floor only"),
             System::Floor | System::FloorTls => {
                 let mut conn = FloorConn::connect(addr).await;
@@ -851,6 +887,8 @@ async fn idle(sys: System, server: &ServerProc, c: Counts) -> (f64, Held) {
     let mut floors = Vec::with_capacity(n + 1);
     let mut pbs = Vec::with_capacity(n + 1);
     match sys {
+        // Only `cores_work` runs them, as the systems they serve differently.
+        System::PbCores | System::FloorCores => unreachable!("a cores system outside cores_work"),
         System::Amp => unreachable!("plain pb and floor only"),
         System::Floor | System::FloorTls => {
             let mut conn = FloorConn::connect(addr).await;
@@ -867,6 +905,10 @@ async fn idle(sys: System, server: &ServerProc, c: Counts) -> (f64, Held) {
     let before = server.rss();
     for i in 0..n as u64 {
         match sys {
+            // Only `cores_work` runs them, as the systems they serve differently.
+            System::PbCores | System::FloorCores => {
+                unreachable!("a cores system outside cores_work")
+            }
             System::Amp => unreachable!("plain pb and floor only"),
             System::Floor | System::FloorTls => {
                 let mut conn = FloorConn::connect(addr).await;
@@ -929,6 +971,21 @@ type BenchFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<f64>> 
 
 fn pipelined_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
     Box::pin(async move { vec![pipelined(sys, addr, c).await] })
+}
+
+/// `pipelined` on two connections at once, each in a task of its own (on a client runtime of
+/// two worker threads): calls/s of both together.
+fn cores_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
+    Box::pin(async move {
+        let t = Instant::now();
+        let conns: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(pipelined(sys.client(), addr, c)))
+            .collect();
+        for conn in conns {
+            conn.await.expect("a connection's calls");
+        }
+        vec![2.0 * c.pipelined as f64 / t.elapsed().as_secs_f64()]
+    })
 }
 
 fn bulk_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
@@ -1230,6 +1287,33 @@ fn main() {
             )
             .target(">= 0.5x", p[0] >= 0.5 * f[0]),
         );
+    }
+    if wants("cores") {
+        // Client and servers on two worker threads each, two connections: against the floor
+        // served the same way, and against pb served by one thread.
+        let mt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let [f, p, one] = compare(
+            &mt,
+            [System::FloorCores, System::PbCores, System::Pb],
+            runs,
+            move |sys, a| cores_work(sys, a, c),
+        );
+        rows.push(Row::vs(
+            "cores",
+            "calls/s, 2 connections with 64 in flight each, 2 worker threads a side, higher is better",
+            p[0],
+            f[0],
+        ));
+        rows.push(Row::vs(
+            "cores_scaling",
+            "calls/s: pb served by 2 worker threads (pb) against 1 (floor), 2 connections, higher is better",
+            p[0],
+            one[0],
+        ));
     }
     if wants("bulk") {
         let [f, p] = rates(System::Floor, System::Pb, bulk_work);
