@@ -19,7 +19,8 @@
 //! - `connect`: connect + handshake + one call + close, connections/s;
 //! - `cores`: `pipelined` on two connections at once, with the client and the server each on
 //!   two worker threads (`cores`, against the floor served the same way), and pb served by two
-//!   threads against pb served by one (`cores_scaling`);
+//!   threads against pb served by one (`cores_scaling`), and as `cores` with the client on one
+//!   thread (`cores_client_1_thread`);
 //! - `refs`: pass a new object reference to the peer, which calls it once and drops it (so a
 //!   release comes back), 64 cycles in flight, cycles/s (pb only);
 //! - `idle`: server memory per idle connection with 10 000 connections open, from the RSS of
@@ -1307,6 +1308,19 @@ fn main() {
             "calls/s, 2 connections with 64 in flight each, 2 worker threads a side, higher is better",
             p[0],
             f[0],
+        ));
+        // The same with the client on one thread: which side limits the figures above.
+        let [f1, p1] = compare(
+            &rt,
+            [System::FloorCores, System::PbCores],
+            runs,
+            move |sys, a| cores_work(sys, a, c),
+        );
+        rows.push(Row::vs(
+            "cores_client_1_thread",
+            "calls/s, as cores with the client on one thread (servers on two), higher is better",
+            p1[0],
+            f1[0],
         ));
         rows.push(Row::vs(
             "cores_scaling",
