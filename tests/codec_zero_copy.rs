@@ -191,3 +191,102 @@ fn generated_code_picks_the_byte_string_path_for_byte_vectors_only() {
     let data = vec![1u8, 2, 3];
     let _: pb::zero_copy::SliceRef<'_> = (&Wire::<Vec<u8>>::new()).wire(&data);
 }
+
+/// `#[pb::copyable]` gives `Vec<u8>` fields the byte-string encoding by itself (the bytes on
+/// the wire are the same), and leaves alone fields whose serde attributes say otherwise.
+#[pb::copyable]
+#[derive(Debug, PartialEq, Clone)]
+struct Blob {
+    name: String,
+    data: Vec<u8>,
+    /// Left out of the encoding: the macro adds nothing to it.
+    #[serde(skip)]
+    cache: Vec<u8>,
+    /// Its own choice stands (a second `with` would not compile).
+    #[serde(with = "pb::zero_copy::vec")]
+    chosen: Vec<u8>,
+    kind: BlobKind,
+}
+
+#[pb::copyable]
+#[derive(Debug, PartialEq, Clone)]
+enum BlobKind {
+    Raw(std::vec::Vec<u8>),
+    Named { bytes: Vec<u8>, words: Vec<u16> },
+}
+
+#[test]
+fn copyable_byte_vector_fields_are_byte_strings_with_the_same_bytes() {
+    #[derive(Serialize)]
+    struct Plain<'a> {
+        name: &'a str,
+        data: &'a Vec<u8>,
+        chosen: &'a Vec<u8>,
+        kind: PlainKind<'a>,
+    }
+    #[derive(Serialize)]
+    enum PlainKind<'a> {
+        #[allow(dead_code)]
+        Raw(&'a Vec<u8>),
+        Named {
+            bytes: &'a Vec<u8>,
+            words: &'a Vec<u16>,
+        },
+    }
+    let blob = Blob {
+        name: "b".into(),
+        data: (0..70_000).map(|i| i as u8).collect(),
+        cache: vec![9; 3],
+        chosen: vec![1, 2, 3],
+        kind: BlobKind::Named {
+            bytes: vec![4; 300],
+            words: vec![5, 6],
+        },
+    };
+    let BlobKind::Named { bytes, words } = &blob.kind else {
+        unreachable!()
+    };
+    let fast = pb::codec::encode(&blob, None).unwrap().0;
+    let plain = pb::codec::encode(
+        &Plain {
+            name: &blob.name,
+            data: &blob.data,
+            chosen: &blob.chosen,
+            kind: PlainKind::Named { bytes, words },
+        },
+        None,
+    )
+    .unwrap()
+    .0;
+    assert_eq!(fast, plain);
+    let back: Blob = pb::codec::decode(&fast, vec![]).unwrap();
+    assert_eq!(
+        back,
+        Blob {
+            cache: vec![],
+            ..blob
+        }
+    );
+}
+
+#[test]
+fn a_copyable_byte_vector_is_read_as_one_byte_string_not_element_by_element() {
+    // The depth guard counts a sequence as one level of nesting and a byte string as none: the
+    // fewest levels each type decodes under tells which way its field was read.
+    #[pb::copyable]
+    #[derive(Debug, PartialEq)]
+    struct Fast {
+        data: Vec<u8>,
+    }
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Slow {
+        data: Vec<u8>,
+    }
+    let bytes = pb::codec::encode(&Slow { data: vec![1, 2, 3] }, None)
+        .unwrap()
+        .0;
+    let fewest = |decodes: &dyn Fn(usize) -> bool| (0..8).find(|d| decodes(*d)).unwrap();
+    let fast = fewest(&|d| pb::codec::decode_with_depth::<Fast>(&bytes, vec![], d).is_ok());
+    let slow = fewest(&|d| pb::codec::decode_with_depth::<Slow>(&bytes, vec![], d).is_ok());
+    assert_eq!(fast + 1, slow, "the copyable's field is one byte string");
+}

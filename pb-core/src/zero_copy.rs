@@ -12,9 +12,9 @@
 //!   (this module, re-exported by the `pb` facade).
 //! - **`Vec<u8>` and `Box<[u8]>` parameters and results** need nothing either: they cross as
 //!   one byte string, copied once each way (serde alone would take them an element at a
-//!   time). **`Vec<u8>` fields** of your own types get the same with
-//!   `#[serde(with = "pb::zero_copy::vec")]` ([`vec`](mod@vec)). The bytes on the wire are the same
-//!   either way.
+//!   time). **`Vec<u8>` fields** of `#[pb::copyable]` types get the same by themselves, and
+//!   those of other types with `#[serde(with = "pb::zero_copy::vec")]` ([`vec`](mod@vec)). The
+//!   bytes on the wire are the same either way.
 //!
 //! The wire form is the one `Bytes` has anyway (a length and the bytes), so both ends need not
 //! agree on using it. Decoded outside a pb payload (another serde format, or bytes that are not

@@ -49,6 +49,8 @@ pub(crate) fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
         let err = syn::Error::new_spanned(u.union_token, "#[pb::copyable] cannot apply to a union");
         return fail(err, &item);
     }
+    let mut input = input;
+    bytes_fields_as_byte_strings(&mut input.data);
     let p = quote!(::pb::__private);
     let name = &input.ident;
     let (impl_g, ty_g, where_g) = input.generics.split_for_impl();
@@ -91,6 +93,78 @@ pub(crate) fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
 
         impl #p::Copyable for #name {}
     }
+}
+
+/// Give every field typed `Vec<u8>` that names no serde `with` of its own the byte-string
+/// encoding (`pb::zero_copy::vec`): one copy instead of an element at a time, with the same
+/// bytes on the wire.
+fn bytes_fields_as_byte_strings(data: &mut syn::Data) {
+    let fields: Vec<&mut syn::Field> = match data {
+        syn::Data::Struct(s) => s.fields.iter_mut().collect(),
+        syn::Data::Enum(e) => e
+            .variants
+            .iter_mut()
+            .flat_map(|v| v.fields.iter_mut())
+            .collect(),
+        syn::Data::Union(_) => Vec::new(),
+    };
+    for field in fields {
+        if is_vec_u8(&field.ty) && !names_serde_with(&field.attrs) {
+            field
+                .attrs
+                .push(syn::parse_quote!(#[serde(with = "::pb::zero_copy::vec")]));
+        }
+    }
+}
+
+/// `Vec<u8>`, however its path is written (`Vec<u8>`, `std::vec::Vec<u8>`, ...).
+fn is_vec_u8(ty: &syn::Type) -> bool {
+    let syn::Type::Path(p) = ty else {
+        return false;
+    };
+    let Some(last) = p.path.segments.last() else {
+        return false;
+    };
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return false;
+    };
+    last.ident == "Vec"
+        && p.qself.is_none()
+        && args.args.len() == 1
+        && matches!(args.args.first(), Some(syn::GenericArgument::Type(syn::Type::Path(t)))
+            if t.qself.is_none() && t.path.is_ident("u8"))
+}
+
+/// Whether a field's serde attributes choose how it is encoded already (`with`,
+/// `serialize_with`, `deserialize_with`) or leave it out (`skip...`): then it is left as it is.
+fn names_serde_with(attrs: &[syn::Attribute]) -> bool {
+    const CHOSEN: &[&str] = &[
+        "with",
+        "serialize_with",
+        "deserialize_with",
+        "skip",
+        "skip_serializing",
+        "skip_deserializing",
+    ];
+    attrs
+        .iter()
+        .filter(|a| a.path().is_ident("serde"))
+        .any(|a| {
+            let mut found = false;
+            let parsed = a.parse_nested_meta(|meta| {
+                found |= CHOSEN.iter().any(|c| meta.path.is_ident(c));
+                // Step over the argument's value, whatever it is.
+                if meta.input.peek(syn::Token![=]) {
+                    let _: syn::Expr = meta.value()?.parse()?;
+                } else if meta.input.peek(syn::token::Paren) {
+                    let _nested;
+                    syn::parenthesized!(_nested in meta.input);
+                }
+                Ok(())
+            });
+            // An attribute this cannot read is serde's to judge: leave the field alone.
+            found || parsed.is_err()
+        })
 }
 
 /// `#[derive(Copyable)]`: the marker alone, for a type whose serde traits are derived already.

@@ -113,8 +113,13 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// The attribute adds the serde derives to the item as written, so serde's container, variant
 /// and field attributes apply as they do on any serde type: `rename` and `rename_all`,
 /// `skip` (a field left out of the copy and made with `Default` on the receiving side),
-/// `default`, `with` (here pb's `zero_copy`, which sends a `Vec<u8>` as one byte string), and
-/// the rest.
+/// `default`, `with`, and the rest.
+///
+/// A `Vec<u8>` field is sent as one byte string, copied once, instead of an element at a time
+/// (the bytes on the wire are the same): the attribute gives it `pb::zero_copy::vec` itself,
+/// unless the field's own serde attributes choose its encoding (`with`, `serialize_with`,
+/// `deserialize_with`) or leave it out (`skip...`). `#[derive(pb::Copyable)]` cannot change the
+/// fields; there, write `#[serde(with = "pb::zero_copy::vec")]` on them.
 ///
 /// ```
 /// #[pb::copyable]
@@ -123,7 +128,7 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// pub struct Upload {
 ///     #[serde(rename = "name")]
 ///     pub file_name: String,
-///     #[serde(with = "pb::zero_copy::vec")]
+///     /// One byte string, without an attribute.
 ///     pub contents: Vec<u8>,
 ///     /// Local bookkeeping: never sent; the receiver gets `0`.
 ///     #[serde(skip)]
