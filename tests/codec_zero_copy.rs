@@ -282,9 +282,14 @@ fn a_copyable_byte_vector_is_read_as_one_byte_string_not_element_by_element() {
     struct Slow {
         data: Vec<u8>,
     }
-    let bytes = pb::codec::encode(&Slow { data: vec![1, 2, 3] }, None)
-        .unwrap()
-        .0;
+    let bytes = pb::codec::encode(
+        &Slow {
+            data: vec![1, 2, 3],
+        },
+        None,
+    )
+    .unwrap()
+    .0;
     let fewest = |decodes: &dyn Fn(usize) -> bool| (0..8).find(|d| decodes(*d)).unwrap();
     let fast = fewest(&|d| pb::codec::decode_with_depth::<Fast>(&bytes, vec![], d).is_ok());
     let slow = fewest(&|d| pb::codec::decode_with_depth::<Slow>(&bytes, vec![], d).is_ok());
