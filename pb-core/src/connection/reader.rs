@@ -252,7 +252,11 @@ impl Held {
     pub(super) fn push(&mut self, frame: Bytes) {
         self.calls += usize::from(crate::message::is_call(&frame));
         self.bytes += frame.len();
-        self.frames.push_back(frame);
+        // A copy of its own: a slice would keep the whole read buffer it came in alive, which
+        // for large frames is up to twice their size, and `bytes` would undercount what is
+        // held. Only a congested connection holds frames back, and then copies are cheap
+        // next to what waits.
+        self.frames.push_back(Bytes::copy_from_slice(&frame));
     }
 
     pub(super) fn pop(&mut self) -> Option<Bytes> {

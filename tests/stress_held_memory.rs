@@ -1,0 +1,132 @@
+//! Stress: a peer that floods a server with large calls and never reads grows the server's
+//! memory by at most `Limits::max_held_bytes` plus a fixed overhead. Ignored by default (it
+//! moves hundreds of MiB); CI runs it on its own in release mode:
+//! `cargo test --release --test stress_held_memory -- --ignored`.
+//!
+//! Virtual time: a sleep returns once every task is idle, so "after a sleep" means "once the
+//! server has stopped reading".
+
+mod common;
+
+use std::time::Duration;
+
+use common::{HELLO, KitchenImpl, KitchenRef};
+use pb::{Config, Connection, Limits, Side};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Resident set size in MiB, from /proc.
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("rss field");
+    pages * 4.0 / 1024.0
+}
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A framed `reverse(payload)` call to the root with request id `id`, for a payload of 64 KiB
+/// or more (bincode's length: 252, then a little-endian u32).
+fn reverse_call(id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![1, 1];
+    varint(id, &mut body);
+    varint(0, &mut body);
+    varint(7, &mut body);
+    body.extend_from_slice(b"reverse");
+    varint(0, &mut body);
+    body.push(252);
+    body.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
+    body.extend_from_slice(payload);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Flood a server whose limits are `limits` with `calls` calls of 1 MiB without reading; the
+/// server's memory growth in MiB once it has stopped reading, and what it read.
+async fn flood(limits: Limits, calls: u64) -> (f64, u64) {
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let config = Config {
+        limits,
+        keepalive_interval: None,
+        idle_timeout: None,
+        write_stall_timeout: None,
+        ..Config::default()
+    };
+    let before = rss_mib();
+    let attacker = tokio::spawn(async move {
+        theirs.write_all(&HELLO).await.unwrap();
+        let mut hello = [0u8; 20];
+        theirs.read_exact(&mut hello).await.unwrap();
+        // One frame, written again and again under new ids: the attacker holds 1 MiB.
+        let payload = vec![7u8; 1 << 20];
+        for id in 1..=calls {
+            if theirs.write_all(&reverse_call(id, &payload)).await.is_err() {
+                return;
+            }
+        }
+        // Keeps its end open, never reading.
+        std::future::pending::<()>().await;
+    });
+    let server = Connection::establish(
+        ours,
+        &config,
+        Side::Server,
+        Some(KitchenRef::new(KitchenImpl::default()).into()),
+        None,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let grown = rss_mib() - before;
+    let read = server.stats().bytes_in;
+    server.abort();
+    attacker.abort();
+    let _ = attacker.await;
+    (grown, read)
+}
+
+#[tokio::test(start_paused = true)]
+#[ignore = "stress test, run on its own in release mode"]
+async fn a_flood_of_large_calls_costs_at_most_the_held_bytes_cap() {
+    const CALLS: u64 = 300;
+    let capped = Limits::default();
+    let cap_mib = capped.max_held_bytes as f64 / (1 << 20) as f64;
+    let (grown, read) = flood(capped, CALLS).await;
+    println!(
+        "with max_held_bytes = {cap_mib} MiB: read {} MiB, RSS +{grown:.1} MiB",
+        read >> 20
+    );
+    // The cap, the unsent output (4 MiB and the answer that crossed it), the read buffer, a
+    // frame being decoded, and the allocator's slack.
+    assert!(
+        grown < cap_mib + 24.0,
+        "RSS grew by {grown:.1} MiB under a {cap_mib} MiB cap"
+    );
+
+    // The count alone (as before the cap) lets the same flood in to the end: the measurement
+    // tells the two apart.
+    let uncapped = Limits {
+        max_held_bytes: usize::MAX,
+        ..Limits::default()
+    };
+    let (grown_uncapped, read_uncapped) = flood(uncapped, CALLS).await;
+    println!(
+        "with the count alone: read {} MiB, RSS +{grown_uncapped:.1} MiB",
+        read_uncapped >> 20
+    );
+    assert!(
+        read_uncapped > read + (100 << 20),
+        "without the cap the server reads on ({} MiB against {} MiB)",
+        read_uncapped >> 20,
+        read >> 20
+    );
+}
