@@ -4,6 +4,10 @@
 // Tests fail by panicking; unwrapping is how they say so.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::tls_configs;
+
 use std::sync::{Arc, Mutex};
 
 use pb::amp::{
@@ -418,27 +422,6 @@ async fn oversized_values_are_refused_locally() {
         }))
     ));
     assert_eq!(client.call(&Echo { s: "ok".into() }).await.unwrap().s, "ok");
-}
-
-fn tls_configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = certified.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (Arc::new(server), Arc::new(client))
 }
 
 #[tokio::test]

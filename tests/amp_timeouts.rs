@@ -6,6 +6,10 @@
 // Tests fail by panicking; unwrapping is how they say so.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::tls_configs;
+
 use std::time::Duration;
 
 use pb::amp::{AmpCallError, AmpConfig, AmpConnection, DisconnectReason, Locator};
@@ -294,30 +298,4 @@ async fn start_tls_keeps_the_idle_timeout_afterwards() {
     assert!(start.elapsed() >= IDLE && start.elapsed() < IDLE + Duration::from_secs(1));
     // A peer that can still read is told cleanly (a close_notify, then the end of the stream).
     assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
-}
-
-fn tls_configs() -> (
-    std::sync::Arc<pb::amp::rustls::ServerConfig>,
-    std::sync::Arc<pb::amp::rustls::ClientConfig>,
-) {
-    use pb::amp::rustls;
-    use std::sync::Arc;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let cert = certified.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
-    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key)
-        .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).unwrap();
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    (Arc::new(server), Arc::new(client))
 }

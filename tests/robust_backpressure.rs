@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::HELLO;
+use common::{HELLO, reverse_call};
 
 use std::time::Duration;
 
@@ -28,34 +28,6 @@ fn config(max_unsent: usize) -> Config {
         write_stall_timeout: Some(Duration::from_secs(30)),
         ..Config::default()
     }
-}
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A framed `reverse(payload)` call to the root with request id `id`.
-fn reverse_call(id: u64, payload: &[u8]) -> Vec<u8> {
-    let mut body = vec![1, 1];
-    varint(id, &mut body);
-    varint(0, &mut body);
-    varint(7, &mut body);
-    body.extend_from_slice(b"reverse");
-    varint(0, &mut body);
-    // bincode: the vector's length (251 then a little-endian u16, for 251..65536), then its
-    // bytes.
-    let len = u16::try_from(payload.len()).expect("a short payload");
-    assert!(len >= 251);
-    body.push(251);
-    body.extend_from_slice(&len.to_le_bytes());
-    body.extend_from_slice(payload);
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
 }
 
 /// A raw peer on `io` that completes the handshake, then sends `reverse` calls with 1 KiB

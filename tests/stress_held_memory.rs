@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{HELLO, KitchenImpl, KitchenRef};
+use common::{HELLO, KitchenImpl, KitchenRef, reverse_call};
 use pb::{Config, Connection, Limits, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -23,31 +23,6 @@ fn rss_mib() -> f64 {
         .and_then(|p| p.parse().ok())
         .expect("rss field");
     pages * 4.0 / 1024.0
-}
-
-fn varint(mut v: u64, out: &mut Vec<u8>) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-/// A framed `reverse(payload)` call to the root with request id `id`, for a payload of 64 KiB
-/// or more (bincode's length: 252, then a little-endian u32).
-fn reverse_call(id: u64, payload: &[u8]) -> Vec<u8> {
-    let mut body = vec![1, 1];
-    varint(id, &mut body);
-    varint(0, &mut body);
-    varint(7, &mut body);
-    body.extend_from_slice(b"reverse");
-    varint(0, &mut body);
-    body.push(252);
-    body.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
-    body.extend_from_slice(payload);
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
 }
 
 /// Flood a server whose limits are `limits` with `calls` calls of 1 MiB without reading; the

@@ -228,3 +228,64 @@ pub async fn raw_peer(config: pb::Config) -> (Connection, DuplexStream) {
     b.read_exact(&mut hello).await.unwrap();
     (server, b)
 }
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A framed `reverse(payload)` call to the root with request id `id`, as a raw peer writes it
+/// (the payload is bincode's: the vector's length in its varint form, then its bytes).
+pub fn reverse_call(id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut body = vec![1, 1];
+    varint(id, &mut body);
+    varint(0, &mut body);
+    varint(7, &mut body);
+    body.extend_from_slice(b"reverse");
+    varint(0, &mut body);
+    let len = payload.len();
+    if len < 251 {
+        body.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        body.push(251);
+        body.extend_from_slice(&short.to_le_bytes());
+    } else {
+        body.push(252);
+        body.extend_from_slice(&u32::try_from(len).unwrap().to_le_bytes());
+    }
+    body.extend_from_slice(payload);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// A server and a client TLS configuration that trust one self-signed certificate for
+/// `localhost`.
+pub fn tls_configs() -> (
+    std::sync::Arc<pb::amp::rustls::ServerConfig>,
+    std::sync::Arc<pb::amp::rustls::ClientConfig>,
+) {
+    use pb::amp::rustls;
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = certified.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let server = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
