@@ -90,7 +90,7 @@ impl MethodSignature {
     /// fault says why not. A call that carries none (a raw call) is not checked, nor is the
     /// result of a call that does not say it (a one-way send).
     pub fn check(&self, method: &str, sent: Option<Signature>) -> Result<(), Fault> {
-        let Some(sent) = sent else {
+        let Some(sent) = sent.filter(|s| !self.accepts(Some(*s))) else {
             return Ok(());
         };
         if sent.params != self.wire.params {
@@ -114,6 +114,15 @@ impl MethodSignature {
             });
         }
         Ok(())
+    }
+
+    /// Whether a call that carries `sent` may run (see [`MethodSignature::check`]), without
+    /// the fault's text: what every call pays.
+    #[inline]
+    pub(crate) fn accepts(&self, sent: Option<Signature>) -> bool {
+        sent.is_none_or(|s| {
+            s.params == self.wire.params && (s.result == 0 || s.result == self.wire.result)
+        })
     }
 }
 
