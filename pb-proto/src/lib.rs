@@ -25,6 +25,9 @@
 //! - `amp`: AMP's box codec and its request/response [`amp::Dispatcher`];
 //! - `banana`: Twisted's Banana s-expression framing (the `pb` dialect and its vocabulary),
 //!   an incremental decoder with Twisted's limits checked before allocation;
+//! - `twisted`: Twisted's Perspective Broker (the PB dialect) as a state machine: the dialect
+//!   handshake, `version`, calls and answers, luids and their reference counts, `decref`,
+//!   `decache` and `uncache`;
 //! - `jelly`: Twisted's Jelly, a dynamic [`jelly::Value`] and its s-expressions, shared and
 //!   cyclic containers kept as a [`jelly::Graph`].
 //!
@@ -64,3 +67,4 @@ pub mod liveness;
 pub mod message;
 pub mod outbox;
 pub mod scram;
+pub mod twisted;

@@ -27,6 +27,25 @@ impl BananaCodec {
         result
     }
 
+    /// Appends the header of a list of `len` elements, whose elements the caller appends
+    /// after it (already encoded pieces may be joined this way: Banana is concatenative).
+    /// A list over the size limit is an error, and then nothing is appended.
+    pub fn encode_list_header(
+        &self,
+        len: usize,
+        dst: &mut BytesMut,
+    ) -> Result<(), BananaCodecError> {
+        if len > self.config.size_limit {
+            return Err(BananaCodecError::ListTooLong {
+                len,
+                limit: self.config.size_limit,
+            });
+        }
+        put_prefix_u64(dst, len as u64);
+        dst.put_u8(LIST);
+        Ok(())
+    }
+
     fn encode_at(
         &self,
         element: &Element,

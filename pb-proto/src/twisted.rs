@@ -1,0 +1,937 @@
+//! Twisted's Perspective Broker protocol, the PB dialect, as a state machine with no I/O.
+//!
+//! A [`Broker`] is one PB connection's protocol state: the Banana dialect handshake, the
+//! `version` exchange, the request ids of our calls and their answer slots, the objects we
+//! export (luids, reference counts, names such as `root`), the references we hold to the
+//! peer's objects (how many `decref`s we owe), the calls the peer has running here, and the
+//! bytes queued for the peer. The driver feeds it bytes ([`Broker::poll_input`]) and takes
+//! bytes out ([`Broker::take_output`]); values inside messages stay Banana [`Element`]s, which
+//! the driver turns into Jelly values and the application's types.
+//!
+//! The broker keeps two kinds of driver tokens and never calls into them: `O`, an exported
+//! object (compared and hashed, so that the same object exported twice has one luid, as
+//! Twisted's `processUniqueID` gives), and `W`, what wakes a caller waiting for an answer.
+//!
+//! # What differs from Twisted
+//! - An answer or error for a request id we never used, and a `decref` or `decache` for a luid
+//!   we do not export, are counted as violations (the connection closes after
+//!   [`PbConfig::max_violations`]) instead of killing the connection at once.
+//! - A call to an object that does not exist gets an error answer, as in Twisted; an unknown
+//!   command gets `didNotUnderstand` (Twisted's own reply fails to encode and drops the
+//!   connection) and counts as a violation.
+//! - The peer's calls running at once are capped ([`PbConfig::max_in_flight_calls`]); one over
+//!   the cap gets an error answer.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::banana::{BananaCodec, BananaCodecError, BananaConfig, Dialect, Element};
+use crate::jelly::JellyConfig;
+
+/// The PB protocol version both sides send (`Broker.version` in Twisted).
+pub const PROTOCOL_VERSION: i64 = 6;
+
+/// Twisted's `MAX_BROKER_REFS`: the default of [`PbConfig::max_exports`].
+pub const MAX_BROKER_REFS: usize = 1024;
+
+/// The default of [`PbConfig::max_in_flight_calls`].
+pub const DEFAULT_MAX_IN_FLIGHT_CALLS: usize = 1024;
+
+/// The default of [`PbConfig::max_violations`]: as Twisted, which closes after more than 3.
+pub const DEFAULT_MAX_VIOLATIONS: u32 = 3;
+
+/// The default of [`PbConfig::max_imports`]: distinct objects of the peer's we hold.
+pub const DEFAULT_MAX_IMPORTS: usize = 65_536;
+
+/// The limits of one PB connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PbConfig {
+    /// Banana's limits (Twisted's 640 KiB strings and lists and 64 prefix bytes, plus pb's
+    /// depth and expression size), on both directions.
+    pub banana: BananaConfig,
+    /// Jelly's limits on each message's value.
+    pub jelly: JellyConfig,
+    /// The most objects exported to the peer at once, root not counted (default
+    /// [`MAX_BROKER_REFS`]); exporting one more fails that message.
+    pub max_exports: usize,
+    /// The most distinct objects of the peer's held at once (default [`DEFAULT_MAX_IMPORTS`]).
+    pub max_imports: usize,
+    /// The most of the peer's calls running here at once (default
+    /// [`DEFAULT_MAX_IN_FLIGHT_CALLS`]).
+    pub max_in_flight_calls: usize,
+    /// Violations (answers nobody asked for, releases of what is not exported, unknown
+    /// commands) tolerated before the connection closes (default [`DEFAULT_MAX_VIOLATIONS`]).
+    pub max_violations: u32,
+}
+
+impl Default for PbConfig {
+    fn default() -> Self {
+        PbConfig {
+            banana: BananaConfig::default(),
+            jelly: JellyConfig::default(),
+            max_exports: MAX_BROKER_REFS,
+            max_imports: DEFAULT_MAX_IMPORTS,
+            max_in_flight_calls: DEFAULT_MAX_IN_FLIGHT_CALLS,
+            max_violations: DEFAULT_MAX_VIOLATIONS,
+        }
+    }
+}
+
+impl PbConfig {
+    /// Sets [`PbConfig::banana`].
+    pub fn banana(mut self, banana: BananaConfig) -> Self {
+        self.banana = banana;
+        self
+    }
+
+    /// Sets [`PbConfig::jelly`].
+    pub fn jelly(mut self, jelly: JellyConfig) -> Self {
+        self.jelly = jelly;
+        self
+    }
+
+    /// Sets [`PbConfig::max_exports`].
+    pub fn max_exports(mut self, n: usize) -> Self {
+        self.max_exports = n;
+        self
+    }
+
+    /// Sets [`PbConfig::max_imports`].
+    pub fn max_imports(mut self, n: usize) -> Self {
+        self.max_imports = n;
+        self
+    }
+
+    /// Sets [`PbConfig::max_in_flight_calls`].
+    pub fn max_in_flight_calls(mut self, n: usize) -> Self {
+        self.max_in_flight_calls = n;
+        self
+    }
+
+    /// Sets [`PbConfig::max_violations`].
+    pub fn max_violations(mut self, n: u32) -> Self {
+        self.max_violations = n;
+        self
+    }
+}
+
+/// Which end of the connection we are: the server offers dialects, the client chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// We accepted the connection.
+    Server,
+    /// We dialed.
+    Client,
+}
+
+/// Why a connection must close.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PbError {
+    /// The Banana bytes are malformed or over a limit.
+    #[error("banana: {0}")]
+    Banana(#[from] BananaCodecError),
+    /// The dialect handshake failed.
+    #[error("dialect handshake: {0}")]
+    Dialect(&'static str),
+    /// The peer speaks another PB version.
+    #[error("the peer speaks PB version {0}, not {PROTOCOL_VERSION}")]
+    Version(String),
+    /// A message that is not a list headed by a command name.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+    /// Too many violations.
+    #[error("too many protocol violations (last: {0})")]
+    Violations(String),
+}
+
+/// Why a message of ours could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The connection is closed.
+    #[error("the connection is closed")]
+    Closed,
+    /// Over a Banana limit the peer would refuse.
+    #[error("banana: {0}")]
+    Banana(#[from] BananaCodecError),
+    /// Exporting one more object would pass [`PbConfig::max_exports`].
+    #[error("more than {0} objects exported to the peer")]
+    TooManyExports(usize),
+    /// Holding one more of the peer's objects would pass [`PbConfig::max_imports`].
+    #[error("more than {0} of the peer's objects held")]
+    TooManyImports(usize),
+}
+
+/// How a call names its target object: a luid, or a name such as `root`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// A luid the object's owner gave it.
+    Luid(i64),
+    /// A named object (`b"root"`).
+    Name(Bytes),
+}
+
+/// What an exported luid is: a Referenceable, or a Cacheable whose copy the peer keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    /// Sent as `["remote", luid]`, released with `decref`.
+    Reference,
+    /// Sent as `[tag, luid, state]` then `["cached", luid]`, released with `decache`.
+    Cache,
+}
+
+/// A call from the peer, to run here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming<O> {
+    /// The peer's request id; the answer names it.
+    pub request: i64,
+    /// The object called (for a `cachemessage`, see [`Incoming::observe`]).
+    pub object: O,
+    /// The method's name (bytes, UTF-8 in practice).
+    pub method: Bytes,
+    /// Whether the peer wants an answer (`pbanswer=False` sends 0).
+    pub answer: bool,
+    /// The arguments: the Jelly expression of a tuple.
+    pub args: Element,
+    /// The keyword arguments: the Jelly expression of a dict.
+    pub kwargs: Element,
+}
+
+/// A `cachemessage` from the peer: an update to our copy of one of its Cacheables.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observe {
+    /// The peer's request id; the answer names it.
+    pub request: i64,
+    /// The peer's luid of the Cacheable.
+    pub luid: i64,
+    /// The observer method's name (`set` is delivered to `observe_set`).
+    pub method: Bytes,
+    /// Whether the peer wants an answer.
+    pub answer: bool,
+    /// The arguments: the Jelly expression of a tuple.
+    pub args: Element,
+    /// The keyword arguments: the Jelly expression of a dict.
+    pub kwargs: Element,
+}
+
+/// What a message from the peer asks of the driver.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event<O, W> {
+    /// The peer calls one of our objects. Finish it with [`Broker::finish_call`] (if it wants
+    /// an answer) or [`Broker::forget_call`].
+    Call(Incoming<O>),
+    /// The peer updates its Cacheable we hold a copy of.
+    Observe(Observe),
+    /// The answer to our call arrived; wake the caller, who takes it with
+    /// [`Broker::poll_answer`].
+    Answered(W),
+    /// The peer released its last reference to an exported object: it is no longer exported.
+    Unexported {
+        /// The object.
+        object: O,
+        /// The luid it had.
+        luid: i64,
+        /// What it was exported as.
+        kind: ExportKind,
+    },
+    /// The owner of a Cacheable we released (`decache`) confirms it stopped observing us
+    /// (`uncache`): our copy of that luid is gone.
+    Uncached(i64),
+    /// The dialect handshake is complete.
+    Ready,
+}
+
+struct Export<O> {
+    object: O,
+    count: u64,
+    kind: ExportKind,
+}
+
+struct Slot<W> {
+    waiter: Option<W>,
+    answer: Option<Result<Element, Element>>,
+    /// The caller went away: the answer is dropped when it arrives.
+    abandoned: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Client: waiting for the server's offer.
+    AwaitOffer,
+    /// Server: waiting for the client's choice.
+    AwaitChoice,
+    /// Messages flow.
+    Ready,
+    /// Closed.
+    Closed,
+}
+
+/// One PB connection's protocol state (see the module's docs).
+pub struct Broker<O, W> {
+    role: Role,
+    config: PbConfig,
+    phase: Phase,
+    decoder: BananaCodec,
+    encoder: BananaCodec,
+    out: BytesMut,
+    next_request: i64,
+    next_luid: i64,
+    exports: HashMap<i64, Export<O>>,
+    by_object: HashMap<(O, bool), i64>,
+    names: HashMap<Bytes, O>,
+    /// Luids of the peer's Cacheables we hold copies of, and of its references: how many
+    /// times each was received and not yet released.
+    imports: HashMap<i64, u64>,
+    pending: HashMap<i64, Slot<W>>,
+    running: HashMap<i64, ()>,
+    violations: u32,
+    peer_version: Option<i64>,
+}
+
+fn word(w: &'static [u8]) -> Element {
+    Element::Bytes(Bytes::from_static(w))
+}
+
+impl<O: Clone + Eq + Hash, W> Broker<O, W> {
+    /// A broker for one connection. A server queues its dialect offer at once; a client
+    /// waits for it.
+    pub fn new(role: Role, config: PbConfig) -> Self {
+        let mut b = Broker {
+            role,
+            config,
+            phase: match role {
+                Role::Server => Phase::AwaitChoice,
+                Role::Client => Phase::AwaitOffer,
+            },
+            decoder: BananaCodec::new(config.banana),
+            encoder: BananaCodec::new(config.banana),
+            out: BytesMut::new(),
+            next_request: 1,
+            next_luid: 1,
+            exports: HashMap::new(),
+            by_object: HashMap::new(),
+            names: HashMap::new(),
+            imports: HashMap::new(),
+            pending: HashMap::new(),
+            running: HashMap::new(),
+            violations: 0,
+            peer_version: None,
+        };
+        if role == Role::Server {
+            // The offer goes out in the `none` dialect, which both codecs start in.
+            let _ = b.encoder.encode(&Dialect::offer(), &mut b.out);
+        }
+        b
+    }
+
+    /// The limits in force.
+    pub fn config(&self) -> &PbConfig {
+        &self.config
+    }
+
+    /// Our end of the connection.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether the dialect handshake is done.
+    pub fn is_ready(&self) -> bool {
+        self.phase == Phase::Ready
+    }
+
+    /// Whether the connection closed.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// The version the peer announced, once it did.
+    pub fn peer_version(&self) -> Option<i64> {
+        self.peer_version
+    }
+
+    /// The codec our messages are encoded with (its dialect is the connection's, its limits
+    /// the peer's): encode values with it so that what we send is what the peer accepts.
+    pub fn encoder(&self) -> &BananaCodec {
+        &self.encoder
+    }
+
+    /// Takes the bytes queued for the peer.
+    pub fn take_output(&mut self) -> Bytes {
+        self.out.split().freeze()
+    }
+
+    /// Whether bytes are queued for the peer.
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Gives `object` a name the peer can call it by (`b"root"`). Named objects are not
+    /// counted or released.
+    pub fn set_name(&mut self, name: Bytes, object: O) {
+        self.names.insert(name, object);
+    }
+
+    /// Removes a name.
+    pub fn remove_name(&mut self, name: &[u8]) -> Option<O> {
+        self.names.remove(name)
+    }
+
+    /// Counts one more send of `object` as a Referenceable and gives its luid: a new luid the
+    /// first time, the same one while the peer holds it.
+    pub fn export(&mut self, object: O) -> Result<i64, SendError> {
+        self.export_as(object, ExportKind::Reference)
+            .map(|(luid, _)| luid)
+    }
+
+    /// As [`Broker::export`] for a Cacheable; also says whether this is its first send on
+    /// this connection (then it goes as `[tag, luid, state]`, later as `["cached", luid]`).
+    pub fn export_cache(&mut self, object: O) -> Result<(i64, bool), SendError> {
+        self.export_as(object, ExportKind::Cache)
+    }
+
+    fn export_as(&mut self, object: O, kind: ExportKind) -> Result<(i64, bool), SendError> {
+        if self.phase == Phase::Closed {
+            return Err(SendError::Closed);
+        }
+        let key = (object, kind == ExportKind::Cache);
+        if let Some(&luid) = self.by_object.get(&key)
+            && let Some(e) = self.exports.get_mut(&luid)
+        {
+            e.count += 1;
+            return Ok((luid, false));
+        }
+        if self.exports.len() >= self.config.max_exports {
+            return Err(SendError::TooManyExports(self.config.max_exports));
+        }
+        let luid = self.next_luid;
+        self.next_luid += 1;
+        self.by_object.insert(key.clone(), luid);
+        self.exports.insert(
+            luid,
+            Export {
+                object: key.0,
+                count: 1,
+                kind,
+            },
+        );
+        Ok((luid, true))
+    }
+
+    /// Takes back one count of an export made for a message that was not sent after all.
+    pub fn unexport_one(&mut self, luid: i64) -> Option<O> {
+        self.release_export(luid).map(|(o, _)| o)
+    }
+
+    /// The exported object of a luid.
+    pub fn exported(&self, luid: i64) -> Option<&O> {
+        self.exports.get(&luid).map(|e| &e.object)
+    }
+
+    /// How many distinct objects are exported now (names not counted).
+    pub fn export_count(&self) -> usize {
+        self.exports.len()
+    }
+
+    /// Counts one more receipt of the peer's luid (a `["remote", luid]` or a Cacheable),
+    /// which we owe one `decref` (or `decache`) for.
+    pub fn note_import(&mut self, luid: i64) -> Result<(), SendError> {
+        if let Some(n) = self.imports.get_mut(&luid) {
+            *n += 1;
+            return Ok(());
+        }
+        if self.imports.len() >= self.config.max_imports {
+            return Err(SendError::TooManyImports(self.config.max_imports));
+        }
+        self.imports.insert(luid, 1);
+        Ok(())
+    }
+
+    /// How many distinct objects of the peer's we hold.
+    pub fn import_count(&self) -> usize {
+        self.imports.len()
+    }
+
+    /// Releases `count` receipts of the peer's luid: queues as many `decref`s (or `decache`s
+    /// for a Cacheable copy), no more than were received.
+    pub fn release(&mut self, luid: i64, count: u64, cache: bool) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let Some(held) = self.imports.get_mut(&luid) else {
+            return;
+        };
+        let n = count.min(*held);
+        *held -= n;
+        if *held == 0 {
+            self.imports.remove(&luid);
+        }
+        let command: &'static [u8] = if cache { b"decache" } else { b"decref" };
+        for _ in 0..n {
+            self.queue(&Element::List(vec![word(command), Element::Int(luid)]));
+        }
+    }
+
+    /// Starts our call of `method` on the peer's `target`, with `args` the Banana bytes of a
+    /// Jelly tuple (encoded with [`Broker::encoder`]) and no keyword arguments. With
+    /// `answer`, the call gets a slot that [`Broker::poll_answer`] reads and `waiter` is woken
+    /// by its answer; without, nothing comes back. Returns the request id.
+    pub fn start_call(
+        &mut self,
+        target: &Target,
+        method: &[u8],
+        args: &[u8],
+        answer: Option<W>,
+        observe: bool,
+    ) -> Result<i64, SendError> {
+        if self.phase == Phase::Closed {
+            return Err(SendError::Closed);
+        }
+        if method.len() > self.config.banana.size_limit {
+            return Err(SendError::Banana(BananaCodecError::StringTooLong {
+                len: method.len(),
+                limit: self.config.banana.size_limit,
+            }));
+        }
+        let id = self.next_request;
+        self.next_request += 1;
+        let head: &'static [u8] = if observe { b"cachemessage" } else { b"message" };
+        let target = match target {
+            Target::Luid(l) => Element::Int(*l),
+            Target::Name(n) => Element::Bytes(n.clone()),
+        };
+        let start = self.out.len();
+        let result = (|| {
+            self.encoder.encode_list_header(7, &mut self.out)?;
+            for e in [
+                word(head),
+                Element::Int(id),
+                target,
+                Element::Bytes(Bytes::copy_from_slice(method)),
+                Element::Int(i64::from(answer.is_some())),
+            ] {
+                self.encoder.encode(&e, &mut self.out)?;
+            }
+            self.out.extend_from_slice(args);
+            self.encoder
+                .encode(&Element::List(vec![word(b"dictionary")]), &mut self.out)
+        })();
+        if let Err(e) = result {
+            self.out.truncate(start);
+            return Err(e.into());
+        }
+        if let Some(w) = answer {
+            self.pending.insert(
+                id,
+                Slot {
+                    waiter: Some(w),
+                    answer: None,
+                    abandoned: false,
+                },
+            );
+        }
+        Ok(id)
+    }
+
+    /// The answer to our call `id` once it arrived (`Ok` the value, `Err` the failure), taken
+    /// out; until then `waiter` replaces the one that its answer wakes. `None` also for an id
+    /// with no slot (a call answered and taken, or never made).
+    pub fn poll_answer(&mut self, id: i64, waiter: W) -> Option<Result<Element, Element>> {
+        let slot = self.pending.get_mut(&id)?;
+        match slot.answer.take() {
+            Some(a) => {
+                self.pending.remove(&id);
+                Some(a)
+            }
+            None => {
+                slot.waiter = Some(waiter);
+                None
+            }
+        }
+    }
+
+    /// Whether our call `id` still waits for its answer.
+    pub fn is_pending(&self, id: i64) -> bool {
+        self.pending
+            .get(&id)
+            .is_some_and(|s| s.answer.is_none() && !s.abandoned)
+    }
+
+    /// The caller of `id` went away: its answer, when it comes, is dropped (PB cannot cancel
+    /// a call).
+    pub fn abandon(&mut self, id: i64) {
+        if let Some(slot) = self.pending.get_mut(&id) {
+            if slot.answer.is_some() {
+                self.pending.remove(&id);
+            } else {
+                slot.abandoned = true;
+                slot.waiter = None;
+            }
+        }
+    }
+
+    /// How many of our calls wait for answers.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// How many of the peer's calls run here.
+    pub fn running_count(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Answers the peer's call `request`: `Ok` with the Banana bytes of the result's Jelly
+    /// expression, `Err` with those of the failure. An encoding over the peer's limits is not
+    /// sent: the caller gets `Err` back and should answer with a smaller failure.
+    pub fn finish_call(
+        &mut self,
+        request: i64,
+        result: Result<&[u8], &[u8]>,
+    ) -> Result<(), SendError> {
+        if self.phase == Phase::Closed {
+            self.running.remove(&request);
+            return Err(SendError::Closed);
+        }
+        let (head, body): (&'static [u8], &[u8]) = match result {
+            Ok(b) => (b"answer", b),
+            Err(b) => (b"error", b),
+        };
+        let start = self.out.len();
+        let r = (|| {
+            self.encoder.encode_list_header(3, &mut self.out)?;
+            self.encoder.encode(&word(head), &mut self.out)?;
+            self.encoder.encode(&Element::Int(request), &mut self.out)
+        })();
+        if let Err(e) = r {
+            self.out.truncate(start);
+            return Err(e.into());
+        }
+        self.out.extend_from_slice(body);
+        self.running.remove(&request);
+        Ok(())
+    }
+
+    /// The peer's call `request` ended without an answer (it wanted none).
+    pub fn forget_call(&mut self, request: i64) {
+        self.running.remove(&request);
+    }
+
+    /// Closes the connection: every waiting caller is given back to be woken (their calls
+    /// fail), and the export table is emptied (each object given back once).
+    pub fn close(&mut self) -> (Vec<W>, Vec<O>) {
+        self.phase = Phase::Closed;
+        let waiters = self.pending.drain().filter_map(|(_, s)| s.waiter).collect();
+        let objects = self.exports.drain().map(|(_, e)| e.object).collect();
+        self.by_object.clear();
+        self.running.clear();
+        self.imports.clear();
+        (waiters, objects)
+    }
+
+    /// Decodes what the peer sent, from the front of `src`; `Ok(None)` when `src` holds no
+    /// complete message more. An error means the connection must close.
+    pub fn poll_input(&mut self, src: &mut BytesMut) -> Result<Option<Event<O, W>>, PbError> {
+        loop {
+            if self.phase == Phase::Closed {
+                return Ok(None);
+            }
+            let Some(e) = self.decoder.decode(src)? else {
+                return Ok(None);
+            };
+            if let Some(ev) = self.handle(e)? {
+                return Ok(Some(ev));
+            }
+        }
+    }
+
+    fn set_dialect(&mut self, d: Dialect) {
+        self.decoder.set_dialect(d);
+        self.encoder.set_dialect(d);
+        self.phase = Phase::Ready;
+        self.queue(&Element::List(vec![
+            word(b"version"),
+            Element::Int(PROTOCOL_VERSION),
+        ]));
+    }
+
+    fn queue(&mut self, e: &Element) {
+        // Our own messages are small and well-formed; one that fails to encode is dropped
+        // whole (the encoder appends nothing then).
+        let _ = self.encoder.encode(e, &mut self.out);
+    }
+
+    fn violation(&mut self, what: String) -> Result<Option<Event<O, W>>, PbError> {
+        self.violations += 1;
+        if self.violations > self.config.max_violations {
+            self.phase = Phase::Closed;
+            return Err(PbError::Violations(what));
+        }
+        Ok(None)
+    }
+
+    fn handle(&mut self, e: Element) -> Result<Option<Event<O, W>>, PbError> {
+        match self.phase {
+            Phase::AwaitOffer => {
+                let d = Dialect::choose(&e)
+                    .ok_or(PbError::Dialect("no dialect offered that we know"))?;
+                let _ = self
+                    .encoder
+                    .encode(&Element::Bytes(Bytes::from_static(d.name())), &mut self.out);
+                self.set_dialect(d);
+                return Ok(Some(Event::Ready));
+            }
+            Phase::AwaitChoice => {
+                let d = Dialect::chosen(&e)
+                    .ok_or(PbError::Dialect("the client chose no dialect we offered"))?;
+                self.set_dialect(d);
+                return Ok(Some(Event::Ready));
+            }
+            Phase::Closed => return Ok(None),
+            Phase::Ready => {}
+        }
+        let Element::List(mut items) = e else {
+            return Err(PbError::Malformed("a message is not a list"));
+        };
+        if items.is_empty() {
+            return Err(PbError::Malformed("an empty message"));
+        }
+        let Element::Bytes(command) = items.remove(0) else {
+            return Err(PbError::Malformed("a message's command is not a string"));
+        };
+        match &command[..] {
+            b"version" => {
+                let v = items.first().and_then(Element::as_i64);
+                if items.len() != 1 || v != Some(PROTOCOL_VERSION) {
+                    return Err(PbError::Version(format!("{:?}", items.first())));
+                }
+                self.peer_version = v;
+                Ok(None)
+            }
+            b"message" | b"cachemessage" => {
+                self.handle_call(&command[..] == b"cachemessage", items)
+            }
+            b"answer" | b"error" => {
+                let ok = &command[..] == b"answer";
+                let [id, value]: [Element; 2] = items
+                    .try_into()
+                    .map_err(|_| PbError::Malformed("an answer needs an id and a value"))?;
+                let Some(id) = id.as_i64() else {
+                    return Err(PbError::Malformed("an answer's id is not an integer"));
+                };
+                let Some(slot) = self.pending.get_mut(&id) else {
+                    return self.violation(format!("an answer to request {id}, which is not ours"));
+                };
+                if slot.answer.is_some() {
+                    return self.violation(format!("a second answer to request {id}"));
+                }
+                if slot.abandoned {
+                    self.pending.remove(&id);
+                    return Ok(None);
+                }
+                slot.answer = Some(if ok { Ok(value) } else { Err(value) });
+                Ok(slot.waiter.take().map(Event::Answered))
+            }
+            b"decref" | b"decache" => {
+                let cache = &command[..] == b"decache";
+                let Some(luid) = items
+                    .first()
+                    .and_then(Element::as_i64)
+                    .filter(|_| items.len() == 1)
+                else {
+                    return Err(PbError::Malformed("a release needs one integer luid"));
+                };
+                match self.exports.get(&luid) {
+                    Some(e) if (e.kind == ExportKind::Cache) == cache => {}
+                    _ => {
+                        return self.violation(format!(
+                            "a release of luid {luid}, which is not exported as that"
+                        ));
+                    }
+                }
+                match self.release_export(luid) {
+                    Some((object, true)) => {
+                        let kind = if cache {
+                            ExportKind::Cache
+                        } else {
+                            ExportKind::Reference
+                        };
+                        if cache {
+                            self.queue(&Element::List(vec![word(b"uncache"), Element::Int(luid)]));
+                        }
+                        Ok(Some(Event::Unexported { object, luid, kind }))
+                    }
+                    _ => Ok(None),
+                }
+            }
+            b"uncache" => {
+                let Some(luid) = items.first().and_then(Element::as_i64) else {
+                    return Err(PbError::Malformed("uncache needs an integer luid"));
+                };
+                Ok(Some(Event::Uncached(luid)))
+            }
+            b"didNotUnderstand" => Ok(None),
+            _ => {
+                self.queue(&Element::List(vec![
+                    word(b"didNotUnderstand"),
+                    Element::Bytes(command.clone()),
+                ]));
+                self.violation(format!(
+                    "unknown command {:?}",
+                    String::from_utf8_lossy(&command)
+                ))
+            }
+        }
+    }
+
+    /// Takes one count off export `luid`; gives back the object and whether that ended it.
+    fn release_export(&mut self, luid: i64) -> Option<(O, bool)> {
+        let e = self.exports.get_mut(&luid)?;
+        e.count = e.count.saturating_sub(1);
+        if e.count > 0 {
+            return Some((e.object.clone(), false));
+        }
+        let e = self.exports.remove(&luid)?;
+        self.by_object
+            .remove(&(e.object.clone(), e.kind == ExportKind::Cache));
+        Some((e.object, true))
+    }
+
+    fn handle_call(
+        &mut self,
+        observe: bool,
+        items: Vec<Element>,
+    ) -> Result<Option<Event<O, W>>, PbError> {
+        let [request, object, method, answer, args, kwargs]: [Element; 6] = items
+            .try_into()
+            .map_err(|_| PbError::Malformed("a message needs six fields"))?;
+        let Some(request) = request.as_i64() else {
+            return Err(PbError::Malformed(
+                "a message's request id is not an integer",
+            ));
+        };
+        let method = match method {
+            Element::Bytes(b) => b,
+            // A str method name from a peer that sends `["unicode", name]`.
+            Element::List(l)
+                if l.len() == 2 && l[0].as_bytes().is_some_and(|t| &t[..] == b"unicode") =>
+            {
+                match &l[1] {
+                    Element::Bytes(b) => b.clone(),
+                    _ => {
+                        return Err(PbError::Malformed(
+                            "a message's method name is not a string",
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(PbError::Malformed(
+                    "a message's method name is not a string",
+                ));
+            }
+        };
+        let answer = match answer.as_i64() {
+            Some(0) => false,
+            Some(1) => true,
+            _ => return Err(PbError::Malformed("answerRequired is not 0 or 1")),
+        };
+        if observe {
+            let Some(luid) = object.as_i64() else {
+                return Err(PbError::Malformed("a cachemessage names no luid"));
+            };
+            return Ok(Some(Event::Observe(Observe {
+                request,
+                luid,
+                method,
+                answer,
+                args,
+                kwargs,
+            })));
+        }
+        let target = match &object {
+            Element::Int(luid) => self
+                .exports
+                .get(luid)
+                .filter(|e| e.kind == ExportKind::Reference)
+                .map(|e| e.object.clone()),
+            Element::Bytes(name) => self.names.get(name).cloned(),
+            _ => None,
+        };
+        let Some(target) = target else {
+            if answer {
+                let failure = error_failure(
+                    &self.encoder,
+                    b"twisted.spread.pb.Error",
+                    "Invalid Object ID",
+                    &[b"twisted.spread.pb.Error", b"builtins.Exception"],
+                );
+                if let Ok(f) = failure {
+                    let _ = self.finish_call(request, Err(&f));
+                }
+            }
+            return Ok(None);
+        };
+        if self.running.len() >= self.config.max_in_flight_calls {
+            if answer {
+                let failure = error_failure(
+                    &self.encoder,
+                    b"twisted.spread.pb.Error",
+                    "too many calls in flight",
+                    &[b"twisted.spread.pb.Error", b"builtins.Exception"],
+                );
+                if let Ok(f) = failure {
+                    let _ = self.finish_call(request, Err(&f));
+                }
+            }
+            return Ok(None);
+        }
+        if answer {
+            self.running.insert(request, ());
+        }
+        Ok(Some(Event::Call(Incoming {
+            request,
+            object: target,
+            method,
+            answer,
+            args,
+            kwargs,
+        })))
+    }
+}
+
+/// The Banana bytes of a Twisted `CopyableFailure` with this type name, message and parents
+/// and no traceback: what an `error` answer carries.
+pub fn error_failure(
+    codec: &BananaCodec,
+    type_name: &[u8],
+    message: &str,
+    parents: &[&[u8]],
+) -> Result<Bytes, BananaCodecError> {
+    let unicode = |s: &[u8]| {
+        Element::List(vec![
+            word(b"unicode"),
+            Element::Bytes(Bytes::copy_from_slice(s)),
+        ])
+    };
+    let entry = |k: &'static str, v: Element| Element::List(vec![unicode(k.as_bytes()), v]);
+    let mut list = vec![word(b"list")];
+    list.extend(parents.iter().map(|p| unicode(p)));
+    let state = Element::List(vec![
+        word(b"dictionary"),
+        entry("type", Element::Bytes(Bytes::copy_from_slice(type_name))),
+        entry("value", unicode(message.as_bytes())),
+        entry("traceback", unicode(b"Traceback unavailable\n")),
+        entry("parents", Element::List(list)),
+    ]);
+    let failure = Element::List(vec![word(b"twisted.spread.pb.CopyableFailure"), state]);
+    let mut out = BytesMut::new();
+    codec.encode(&failure, &mut out)?;
+    Ok(out.freeze())
+}
+
+#[cfg(test)]
+mod tests;

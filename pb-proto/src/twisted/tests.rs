@@ -1,0 +1,356 @@
+//! Two brokers talking through buffers, and Twisted's own bytes.
+
+use super::*;
+use crate::banana::encode_to_bytes;
+
+type B = Broker<&'static str, u32>;
+
+/// Moves everything queued on `from` into `to`, returning the events it caused.
+fn pump(from: &mut B, to: &mut B) -> Vec<Event<&'static str, u32>> {
+    let mut buf = BytesMut::from(&from.take_output()[..]);
+    let mut events = Vec::new();
+    while let Some(e) = to.poll_input(&mut buf).expect("valid input") {
+        events.push(e);
+    }
+    assert!(buf.is_empty());
+    events
+}
+
+fn pair() -> (B, B) {
+    let mut server = B::new(Role::Server, PbConfig::default());
+    let mut client = B::new(Role::Client, PbConfig::default());
+    server.set_name(Bytes::from_static(b"root"), "root");
+    assert_eq!(pump(&mut server, &mut client), vec![Event::Ready]);
+    assert_eq!(pump(&mut client, &mut server), vec![Event::Ready]);
+    assert!(pump(&mut server, &mut client).is_empty());
+    assert!(server.is_ready() && client.is_ready());
+    assert_eq!(server.peer_version(), Some(6));
+    assert_eq!(client.peer_version(), Some(6));
+    (server, client)
+}
+
+fn args(items: Vec<Element>, codec: &BananaCodec) -> Bytes {
+    let mut l = vec![word(b"tuple")];
+    l.extend(items);
+    let mut out = BytesMut::new();
+    codec.encode(&Element::List(l), &mut out).unwrap();
+    out.freeze()
+}
+
+#[test]
+fn the_handshake_is_twisteds_bytes() {
+    let mut server = B::new(Role::Server, PbConfig::default());
+    assert_eq!(&server.take_output()[..], b"\x02\x80\x02\x82pb\x04\x82none");
+    let mut client = B::new(Role::Client, PbConfig::default());
+    let mut offer = BytesMut::from(&b"\x02\x80\x02\x82pb\x04\x82none"[..]);
+    assert_eq!(client.poll_input(&mut offer).unwrap(), Some(Event::Ready));
+    // The choice, then ["version", 6] with "version" as vocabulary word 19.
+    assert_eq!(
+        &client.take_output()[..],
+        b"\x02\x82pb\x02\x80\x13\x87\x06\x81"
+    );
+}
+
+#[test]
+fn a_call_is_answered_and_its_bytes_are_twisteds() {
+    let (mut server, mut client) = pair();
+    let a = args(
+        vec![Element::List(vec![
+            Element::from("unicode"),
+            Element::from("world"),
+        ])],
+        client.encoder(),
+    );
+    let id = client
+        .start_call(&Target::Luid(2), b"hello", &a, Some(7), false)
+        .unwrap();
+    assert_eq!(id, 1);
+    // The call of the reference's capture with request id 1 (the capture's is 3).
+    assert_eq!(
+        &client.out[..],
+        b"\x07\x80\x1a\x87\x01\x81\x02\x81\x05\x82hello\x01\x81\x02\x80\x0b\x87\
+          \x02\x80\x07\x82unicode\x05\x82world\x01\x80\x05\x87"
+    );
+    // Luid 2 is not exported by the server: an error answer, the connection goes on.
+    assert!(pump(&mut client, &mut server).is_empty());
+    let events = pump(&mut server, &mut client);
+    assert_eq!(events, vec![Event::Answered(7)]);
+    let Some(Err(failure)) = client.poll_answer(id, 8) else {
+        panic!()
+    };
+    let text = format!("{failure:?}");
+    assert!(text.contains("Invalid Object ID"), "{text}");
+
+    // The root by name.
+    let id = client
+        .start_call(
+            &Target::Name(Bytes::from_static(b"root")),
+            b"add",
+            &args(vec![Element::Int(1), Element::Int(2)], client.encoder()),
+            Some(9),
+            false,
+        )
+        .unwrap();
+    assert_eq!(client.poll_answer(id, 10), None);
+    let events = pump(&mut client, &mut server);
+    let [Event::Call(call)] = &events[..] else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (call.object, &call.method[..], call.answer),
+        ("root", &b"add"[..], true)
+    );
+    assert_eq!(server.running_count(), 1);
+    let mut three = BytesMut::new();
+    server
+        .encoder()
+        .encode(&Element::Int(3), &mut three)
+        .unwrap();
+    server.finish_call(call.request, Ok(&three)).unwrap();
+    assert_eq!(server.running_count(), 0);
+    // The waiter left by the last poll is the one woken.
+    assert_eq!(pump(&mut server, &mut client), vec![Event::Answered(10)]);
+    assert_eq!(client.poll_answer(id, 11), Some(Ok(Element::Int(3))));
+    assert_eq!(client.poll_answer(id, 11), None);
+}
+
+#[test]
+fn a_call_without_answer_gets_none_and_holds_nothing() {
+    let (mut server, mut client) = pair();
+    client
+        .start_call(
+            &Target::Name(Bytes::from_static(b"root")),
+            b"add",
+            &args(vec![], client.encoder()),
+            None,
+            false,
+        )
+        .unwrap();
+    assert_eq!(client.pending_count(), 0);
+    let events = pump(&mut client, &mut server);
+    let [Event::Call(call)] = &events[..] else {
+        panic!()
+    };
+    assert!(!call.answer);
+    assert_eq!(server.running_count(), 0);
+    server.forget_call(call.request);
+    assert!(!server.has_output());
+}
+
+#[test]
+fn exports_are_counted_per_send_and_freed_by_decrefs() {
+    let (mut server, mut client) = pair();
+    assert_eq!(server.export("counter").unwrap(), 1);
+    assert_eq!(server.export("counter").unwrap(), 1);
+    assert_eq!(server.export("other").unwrap(), 2);
+    assert_eq!(server.export_count(), 2);
+    client.note_import(1).unwrap();
+    client.note_import(1).unwrap();
+    client.release(1, 1, false);
+    assert!(pump(&mut client, &mut server).is_empty());
+    assert_eq!(server.export_count(), 2);
+    client.release(1, 5, false); // only the one still owed is sent
+    assert_eq!(
+        pump(&mut client, &mut server),
+        vec![Event::Unexported {
+            object: "counter",
+            luid: 1,
+            kind: ExportKind::Reference
+        }]
+    );
+    assert_eq!(server.export_count(), 1);
+    assert_eq!(client.import_count(), 0);
+    // A new export of the same object gets a new luid.
+    assert_eq!(server.export("counter").unwrap(), 3);
+}
+
+#[test]
+fn caches_are_decached_then_uncached() {
+    let (mut server, mut client) = pair();
+    assert_eq!(server.export_cache("cache").unwrap(), (1, true));
+    assert_eq!(server.export_cache("cache").unwrap(), (1, false));
+    // The same object as a reference is another export.
+    assert_eq!(server.export("cache").unwrap(), 2);
+    client.note_import(1).unwrap();
+    client.note_import(1).unwrap();
+    client.release(1, 2, true);
+    assert_eq!(
+        pump(&mut client, &mut server),
+        vec![Event::Unexported {
+            object: "cache",
+            luid: 1,
+            kind: ExportKind::Cache
+        }]
+    );
+    assert_eq!(pump(&mut server, &mut client), vec![Event::Uncached(1)]);
+}
+
+#[test]
+fn a_cachemessage_is_an_observe_event() {
+    let (mut server, mut client) = pair();
+    let a = args(vec![Element::Int(4)], server.encoder());
+    server
+        .start_call(&Target::Luid(5), b"set", &a, Some(1), true)
+        .unwrap();
+    let events = pump(&mut server, &mut client);
+    let [Event::Observe(o)] = &events[..] else {
+        panic!("{events:?}")
+    };
+    assert_eq!((o.luid, &o.method[..], o.answer), (5, &b"set"[..], true));
+}
+
+#[test]
+fn violations_are_counted_then_close() {
+    let (mut server, mut client) = pair();
+    let config = server.config().max_violations;
+    let stray = encode_to_bytes(
+        &Element::List(vec![word(b"answer"), Element::Int(99), Element::Int(1)]),
+        Dialect::Pb,
+    )
+    .unwrap();
+    for _ in 0..config {
+        let mut buf = BytesMut::from(&stray[..]);
+        assert_eq!(client.poll_input(&mut buf).unwrap(), None);
+    }
+    let mut buf = BytesMut::from(&stray[..]);
+    assert!(matches!(
+        client.poll_input(&mut buf),
+        Err(PbError::Violations(_))
+    ));
+    assert!(client.is_closed());
+    // A release of what is not exported counts too, and an unknown command is told so.
+    let unknown =
+        encode_to_bytes(&Element::List(vec![Element::from("frob")]), Dialect::Pb).unwrap();
+    let mut buf = BytesMut::from(&unknown[..]);
+    assert_eq!(server.poll_input(&mut buf).unwrap(), None);
+    assert_eq!(
+        &server.take_output()[..],
+        &encode_to_bytes(
+            &Element::List(vec![word(b"didNotUnderstand"), Element::from("frob")]),
+            Dialect::Pb
+        )
+        .unwrap()[..]
+    );
+}
+
+#[test]
+fn malformed_input_closes() {
+    let (mut server, _client) = pair();
+    for bad in [
+        &b"\x05\x81"[..],                 // not a list
+        &b"\x00\x80"[..],                 // empty
+        &b"\x02\x80\x13\x87\x05\x81"[..], // version 5
+        &b"\x01\x88"[..],                 // an invalid type byte
+    ] {
+        let mut s = B::new(Role::Server, PbConfig::default());
+        let mut c = B::new(Role::Client, PbConfig::default());
+        pump(&mut s, &mut c);
+        pump(&mut c, &mut s);
+        let mut buf = BytesMut::from(bad);
+        assert!(s.poll_input(&mut buf).is_err(), "{bad:?}");
+    }
+    // A client choosing a dialect never offered.
+    let mut s = B::new(Role::Server, PbConfig::default());
+    let mut buf = BytesMut::from(&b"\x03\x82xyz"[..]);
+    assert!(matches!(s.poll_input(&mut buf), Err(PbError::Dialect(_))));
+    // 65 prefix bytes.
+    let mut buf = BytesMut::from(&[1u8; 65][..]);
+    assert!(server.poll_input(&mut buf).is_err());
+}
+
+#[test]
+fn limits_hold_on_our_side() {
+    let config = PbConfig::default()
+        .max_exports(1)
+        .max_imports(1)
+        .max_in_flight_calls(1);
+    let mut server = B::new(Role::Server, config);
+    let mut client = B::new(Role::Client, PbConfig::default());
+    server.set_name(Bytes::from_static(b"root"), "root");
+    pump(&mut server, &mut client);
+    pump(&mut client, &mut server);
+    pump(&mut server, &mut client);
+    assert_eq!(server.export("a").unwrap(), 1);
+    assert_eq!(server.export("b"), Err(SendError::TooManyExports(1)));
+    server.note_import(1).unwrap();
+    assert_eq!(server.note_import(2), Err(SendError::TooManyImports(1)));
+    let root = Target::Name(Bytes::from_static(b"root"));
+    let a = args(vec![], client.encoder());
+    client.start_call(&root, b"x", &a, Some(1), false).unwrap();
+    let second = client.start_call(&root, b"y", &a, Some(2), false).unwrap();
+    let events = pump(&mut client, &mut server);
+    assert_eq!(events.len(), 1, "the second call is over the cap");
+    assert_eq!(pump(&mut server, &mut client), vec![Event::Answered(2)]);
+    assert!(matches!(client.poll_answer(second, 3), Some(Err(_))));
+    // A method name over the size limit is refused before anything is queued.
+    let long = vec![b'm'; crate::banana::SIZE_LIMIT + 1];
+    let before = client.out.len();
+    assert!(client.start_call(&root, &long, &a, Some(4), false).is_err());
+    assert_eq!(client.out.len(), before);
+}
+
+#[test]
+fn close_gives_back_waiters_and_exports_and_refuses_more() {
+    let (mut server, mut client) = pair();
+    let a = args(vec![], client.encoder());
+    client
+        .start_call(&Target::Luid(1), b"x", &a, Some(1), false)
+        .unwrap();
+    client.export("mind").unwrap();
+    let (waiters, objects) = client.close();
+    assert_eq!((waiters, objects), (vec![1], vec!["mind"]));
+    assert_eq!(
+        client.start_call(&Target::Luid(1), b"x", &a, Some(1), false),
+        Err(SendError::Closed)
+    );
+    assert!(server.finish_call(1, Ok(b"")).is_ok());
+}
+
+#[test]
+fn an_abandoned_call_drops_its_answer() {
+    let (mut server, mut client) = pair();
+    let root = Target::Name(Bytes::from_static(b"root"));
+    let id = client
+        .start_call(&root, b"x", &args(vec![], client.encoder()), Some(1), false)
+        .unwrap();
+    client.abandon(id);
+    assert!(!client.is_pending(id));
+    let events = pump(&mut client, &mut server);
+    let [Event::Call(call)] = &events[..] else {
+        panic!()
+    };
+    server.finish_call(call.request, Ok(b"\x01\x81")).unwrap();
+    assert!(pump(&mut server, &mut client).is_empty());
+    assert_eq!(client.pending_count(), 0);
+}
+
+#[test]
+fn the_failure_is_what_twisted_reads() {
+    let mut codec = BananaCodec::default();
+    codec.set_dialect(Dialect::Pb);
+    let bytes = error_failure(
+        &codec,
+        b"twisted.spread.pb.Error",
+        "boom",
+        &[b"twisted.spread.pb.Error"],
+    )
+    .unwrap();
+    let graph = crate::jelly::decode(
+        &bytes,
+        &JellyConfig::default(),
+        BananaConfig::default(),
+        Dialect::Pb,
+    )
+    .unwrap();
+    let crate::jelly::Value::Instance { tag, state } = graph.root() else {
+        panic!()
+    };
+    assert_eq!(&tag[..], b"twisted.spread.pb.CopyableFailure");
+    assert_eq!(state.get("value"), Some(&crate::jelly::Value::from("boom")));
+    assert_eq!(
+        state.get("type"),
+        Some(&crate::jelly::Value::Bytes(Bytes::from_static(
+            b"twisted.spread.pb.Error"
+        )))
+    );
+}
