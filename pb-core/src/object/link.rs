@@ -18,6 +18,9 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::codec::Payload;
+use crate::codec::jelly::JellyRefs;
+use pb_proto::banana::BananaCodec;
+use pb_proto::jelly::{Graph, JellyConfig};
 use crate::handshake::HandshakeError;
 use crate::object::{Fault, ObjectRef, Remote, Reply};
 use pb_proto::limits::TableStats;
@@ -216,6 +219,25 @@ pub(crate) trait Link: Send + Sync + 'static {
     fn close(&self) -> LinkFuture<'_, ()>;
     /// Close at once.
     fn abort(&self);
+    /// The connection's Twisted PB side, when it speaks the PB dialect (values are Jelly, not
+    /// bincode).
+    fn twisted(&self) -> Option<&dyn TwistedLink> {
+        None
+    }
+}
+
+/// What the object model needs of a connection that speaks Twisted PB: how a reference
+/// becomes a flavor when it is sent, and the codec and limits values are encoded under.
+pub(crate) trait TwistedLink: Send + Sync {
+    /// Exports references (or sends them home) as they are met in a value being encoded.
+    fn refs(&self) -> &dyn JellyRefs;
+    /// The Banana codec of the connection's output (its dialect and limits).
+    fn encoder(&self) -> BananaCodec;
+    /// The Jelly limits of the connection.
+    fn jelly_config(&self) -> JellyConfig;
+    /// Resolves the flavors of a received value (imports counted), in the order
+    /// [`Graph::flavors`] lists them.
+    fn import_flavors(&self, graph: &Graph) -> Result<Vec<ObjectRef>, String>;
 }
 
 /// A handle to an object the peer exported to us.
@@ -365,6 +387,17 @@ impl Connection {
     /// Replace the object we serve as our root; returns the previous one.
     pub fn set_root(&self, root: Option<ObjectRef>) -> Option<ObjectRef> {
         self.link.set_root(root)
+    }
+
+    /// The connection's Twisted PB side, when it speaks the PB dialect.
+    pub(crate) fn twisted(&self) -> Option<&dyn TwistedLink> {
+        self.link.twisted()
+    }
+
+    /// Whether the connection speaks Twisted PB (the PB dialect) rather than pb's own
+    /// protocol.
+    pub fn is_twisted(&self) -> bool {
+        self.link.twisted().is_some()
     }
 
     /// The nesting-depth limit for values decoded from this connection.

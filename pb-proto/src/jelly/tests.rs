@@ -645,3 +645,30 @@ fn a_message_with_references_decodes_at_every_split_point() {
         assert!(buf.is_empty());
     }
 }
+
+#[test]
+fn flavors_are_listed_root_first_then_by_node() {
+    use super::ObjectId;
+    let mut g = Graph::default();
+    let shared = g.add_node(Value::List(vec![Value::Remote(ObjectId::Num(3))]));
+    g.set_root(Value::Tuple(vec![
+        Value::Local(ObjectId::Num(1)),
+        Value::Shared(shared),
+        Value::Dict(vec![(
+            Value::Cached(ObjectId::Num(2)),
+            Value::Shared(shared),
+        )]),
+        Value::Cache {
+            tag: bytes::Bytes::from_static(b"t"),
+            luid: 4,
+            state: Box::new(Value::Remote(ObjectId::Num(5))),
+        },
+    ]));
+    let found = g.flavors();
+    assert_eq!(found.len(), 5);
+    assert_eq!(found[0], &Value::Local(ObjectId::Num(1)));
+    assert_eq!(found[1], &Value::Cached(ObjectId::Num(2)));
+    assert!(matches!(found[2], Value::Cache { luid: 4, .. }));
+    assert_eq!(found[3], &Value::Remote(ObjectId::Num(5)));
+    assert_eq!(found[4], &Value::Remote(ObjectId::Num(3)));
+}

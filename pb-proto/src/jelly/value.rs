@@ -333,6 +333,43 @@ impl Graph {
         }
     }
 
+    /// The Perspective Broker flavors the graph holds ([`Value::Remote`], [`Value::Local`],
+    /// [`Value::Cache`], [`Value::Cached`], [`Value::LCache`]): the root's first, depth
+    /// first, then each node's in id order, so that a node's are listed once however often it
+    /// is reached. A Cacheable's own state is searched too. The order depends only on the
+    /// graph: two decodes of the same bytes list the same flavors in the same order.
+    pub fn flavors(&self) -> Vec<&Value> {
+        let mut found = Vec::new();
+        let mut stack: Vec<&Value> = Vec::new();
+        for start in std::iter::once(&self.root).chain(self.nodes.iter()) {
+            stack.push(start);
+            while let Some(v) = stack.pop() {
+                match v {
+                    Value::Remote(_) | Value::Local(_) | Value::Cached(_) | Value::LCache(_) => {
+                        found.push(v)
+                    }
+                    Value::Cache { state, .. } => {
+                        found.push(v);
+                        stack.push(state);
+                    }
+                    Value::Instance { state, .. } => stack.push(state),
+                    Value::List(items)
+                    | Value::Tuple(items)
+                    | Value::Set(items)
+                    | Value::FrozenSet(items) => stack.extend(items.iter().rev()),
+                    Value::Dict(pairs) => {
+                        for (k, v) in pairs.iter().rev() {
+                            stack.push(v);
+                            stack.push(k);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        found
+    }
+
     /// The root and the nodes, taken apart.
     pub fn into_parts(self) -> (Value, Vec<Value>) {
         (self.root, self.nodes)
