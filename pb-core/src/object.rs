@@ -700,10 +700,15 @@ impl fmt::Debug for ObjectRef {
     }
 }
 
+/// The serde name of the newtype an [`ObjectRef`] crosses as: its index in the payload's list of
+/// references. bincode writes a newtype as its content (the native wire is the index alone);
+/// the Jelly format recognises the name and writes a flavor instead.
+pub(crate) const OBJECT_REF: &str = "$pb::ObjectRef";
+
 impl Serialize for ObjectRef {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match codec::collect_ref(self) {
-            Some(index) => s.serialize_u32(index),
+            Some(index) => s.serialize_newtype_struct(OBJECT_REF, &index),
             None => Err(serde::ser::Error::custom(
                 "an object reference can only be encoded as part of a pb call",
             )),
@@ -713,6 +718,21 @@ impl Serialize for ObjectRef {
 
 impl<'de> Deserialize<'de> for ObjectRef {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_newtype_struct(OBJECT_REF, RefVisitor)
+    }
+}
+
+/// Reads an [`ObjectRef`]'s index and resolves it in the payload's list of references.
+struct RefVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RefVisitor {
+    type Value = ObjectRef;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object reference")
+    }
+
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<ObjectRef, D::Error> {
         let index = u32::deserialize(d)?;
         codec::resolve_ref(index).ok_or_else(|| {
             serde::de::Error::custom(format!("object reference index {index} out of range"))

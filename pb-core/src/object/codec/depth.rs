@@ -145,6 +145,11 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for De<'_, D> {
         name: &'static str,
         visitor: V,
     ) -> Result<V::Value, D::Error> {
+        if name == crate::object::OBJECT_REF {
+            // An object reference is a leaf (an index), counted as no level, as before it
+            // crossed as a newtype.
+            return self.de.deserialize_newtype_struct(name, visitor);
+        }
         self.de.deserialize_newtype_struct(
             name,
             Vis {
