@@ -23,9 +23,12 @@
 //!
 //! A struct whose serde name is `$pb::copyable=TAG` (as `#[pb::copyable(twisted = "TAG")]`
 //! names it) is a Copyable: an instance `[TAG, state]`, which must carry that tag when
-//! received. An [`ObjectRef`](crate::ObjectRef) becomes a flavor through the connection's
+//! received. An [`ObjectRef`] becomes a flavor through the connection's
 //! [`JellyRefs`]. The wrapper types of [`types`] carry what serde's model lacks: integers of
 //! any size, `Decimal`, sets, Failures, and any Jelly value as it is ([`Dynamic`]).
+//!
+//! An `ObjectRef` must be reached through ordinary serde calls: inside an untagged enum or a
+//! flattened field (which serde buffers through `deserialize_any`) a flavor is an error.
 //!
 //! The format is human-readable (`is_human_readable`): types with two serde forms, such as
 //! addresses, take their text form, which a Python peer can read.
@@ -117,7 +120,8 @@ impl serde::de::Error for Error {
 
 /// Serialize `value` into a Jelly graph (a tree; no sharing is produced except by
 /// [`Dynamic`]). Object references go through `refs.export`; with `refs == None` a reference
-/// is an error.
+/// is an error. The value is bound for no native connection: [`current_peer`](super::current_peer)
+/// answers `None` while it is serialized.
 pub(crate) fn to_graph<T: Serialize + ?Sized>(
     value: &T,
     refs: Option<&dyn JellyRefs>,

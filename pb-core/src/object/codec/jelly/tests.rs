@@ -900,11 +900,11 @@ fn failures_are_copyable_failures() {
     let f = Failure::new("__main__.MyErr", "pb.Error message");
     let g = to(&f);
     let mut expected = twisted_failure();
-    if let Value::Instance { state, .. } = &mut expected {
-        if let Value::Dict(pairs) = state.as_mut() {
-            pairs.pop(); // pickled
-            pairs[7].1 = Value::Int(0); // count
-        }
+    if let Value::Instance { state, .. } = &mut expected
+        && let Value::Dict(pairs) = state.as_mut()
+    {
+        pairs.pop(); // pickled
+        pairs[7].1 = Value::Int(0); // count
     }
     assert_eq!(g.root(), &expected);
     assert_eq!(from::<Failure>(&over_wire(&g)), Ok(f.clone()));
