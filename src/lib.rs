@@ -267,5 +267,9 @@ pub use pb_core::__private;
 
 // --- AMP section (owned by the AMP work) ---
 pub use pb_core::amp;
+
+/// Twisted's Perspective Broker: pb objects served to Twisted PB clients, Twisted PB servers
+/// called from pb (see `pb_core::twisted`).
+pub use pb_core::twisted;
 pub use pb_derive::{AmpCommand, AmpError, AmpFields};
 // --- end AMP section ---

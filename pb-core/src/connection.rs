@@ -81,8 +81,6 @@ use self::{
     call::*, close::*, events::*, incoming::*, liveness::*, reader::*, refs::*, start::*, write::*,
 };
 
-static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
-
 /// Settings of one connection.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -202,7 +200,7 @@ impl ConnShared {
         peer_addr: Option<SocketAddr>,
         root: Option<ObjectRef>,
     ) -> Arc<ConnShared> {
-        let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+        let id = crate::link::next_connection_id();
         Arc::new_cyclic(|me| ConnShared {
             id,
             me: me.clone(),

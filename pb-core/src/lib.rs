@@ -70,6 +70,7 @@ pub mod pem;
 pub mod stream;
 pub mod trace;
 pub mod transport;
+pub mod twisted;
 pub mod zero_copy;
 
 pub use object::codec;

@@ -86,6 +86,8 @@ pub struct IncomingCall {
     pub(crate) caller: Caller,
     /// What the caller sent beside the arguments: its signature of the method, its trace.
     pub(crate) extras: CallExtras,
+    /// The arguments of a call that came over a Twisted PB connection (Jelly, not bincode).
+    pub(crate) jelly: Option<Box<codec::twisted::JellyArgs>>,
 }
 
 /// Where a call's method name is.
@@ -106,6 +108,24 @@ impl IncomingCall {
             refs,
             caller,
             extras: CallExtras::default(),
+            jelly: None,
+        }
+    }
+
+    /// A call that came over a Twisted PB connection: its arguments are a Jelly tuple.
+    pub(crate) fn twisted(
+        method: Bytes,
+        args: codec::twisted::JellyArgs,
+        caller: Caller,
+    ) -> IncomingCall {
+        IncomingCall {
+            body: Bytes::new(),
+            method: MethodName::Own(method),
+            args_at: 0,
+            refs: Vec::new(),
+            caller,
+            extras: CallExtras::default(),
+            jelly: Some(Box::new(args)),
         }
     }
 
@@ -197,6 +217,12 @@ impl IncomingCall {
             .caller
             .connection()
             .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
+        if let Some(args) = &self.jelly {
+            return codec::twisted::decode_args(args, max_depth, seed).map_err(|e| Fault {
+                kind: FaultKind::BadArguments,
+                message: format!("cannot decode arguments of {}: {e}", self.method()),
+            });
+        }
         codec::decode_seed(self.args(), Some(&self.body), refs, max_depth, seed).map_err(|e| {
             Fault {
                 kind: FaultKind::BadArguments,
@@ -262,6 +288,24 @@ pub fn encode_reply<T: Serialize, E: Serialize>(
         } else {
             codec::encode(value, caller.connection())
         }
+    }
+    // A caller over Twisted PB gets Jelly, its errors as Twisted failures.
+    if let Some(link) = caller.connection().and_then(|c| c.twisted()) {
+        let (ok, encoded) = match &result {
+            Ok(v) => (true, codec::twisted::encode(v, link)),
+            Err(e) => (false, codec::twisted::encode_failure(e, link)),
+        };
+        return match encoded {
+            Ok(payload) => Ok(Outcome {
+                ok,
+                payload,
+                refs: Vec::new(),
+            }),
+            Err(e) => Err(Fault {
+                kind: FaultKind::BadAnswer,
+                message: format!("callee cannot encode its answer: {e}"),
+            }),
+        };
     }
     let (ok, encoded) = match &result {
         Ok(v) => (true, encode(v, plain.0, caller)),
@@ -533,6 +577,11 @@ impl ObjectRef {
         E: DeserializeOwned,
     {
         let peer = self.peer();
+        if let (Some(link), RefInner::Remote(r)) =
+            (peer.as_ref().and_then(|c| c.twisted()), &self.0)
+        {
+            return call_twisted(link, r, method, args, seed, peer_depth(&peer)).await;
+        }
         let (payload, refs) = codec::encode_scratch(args, peer.as_ref())
             .map_err(|e| CallError::Encode(e.to_string()))?;
         let max_depth = peer.map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
@@ -578,6 +627,25 @@ impl ObjectRef {
     where
         A: Serialize + ?Sized,
     {
+        if let RefInner::Remote(r) = &self.0
+            && let Some(link) = r.conn.twisted()
+        {
+            if r.is_dead() {
+                return Err(CallError::from_fault(r.dead_fault()));
+            }
+            let payload = codec::twisted::encode_args(args, link)
+                .map_err(|e| CallError::Encode(e.to_string()))?;
+            return r
+                .conn
+                .send_oneway(
+                    r.id,
+                    method,
+                    Payload::Bytes(payload),
+                    Vec::new(),
+                    CallExtras::default(),
+                )
+                .map_err(CallError::from_fault);
+        }
         let (payload, refs) = codec::encode_scratch(args, self.peer().as_ref())
             .map_err(|e| CallError::Encode(e.to_string()))?;
         let payload = Payload::Encoded(payload);
@@ -639,6 +707,54 @@ impl ObjectRef {
             RefInner::Local(_) => None,
             RefInner::Remote(r) => Some(Connection::new(r.conn.clone())),
         }
+    }
+}
+
+fn peer_depth(peer: &Option<Connection>) -> usize {
+    peer.as_ref()
+        .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth())
+}
+
+/// A call over a Twisted PB connection: the arguments as a Jelly tuple, the answer decoded
+/// from Jelly, an `error` answer as `E` or the system error its failure names.
+async fn call_twisted<A, S, R, E>(
+    link: &dyn link::TwistedLink,
+    r: &Imported,
+    method: &str,
+    args: &A,
+    seed: S,
+    max_depth: usize,
+) -> Result<R, CallError<E>>
+where
+    A: Serialize + ?Sized,
+    S: for<'de> serde::de::DeserializeSeed<'de, Value = R>,
+    E: DeserializeOwned,
+{
+    if r.is_dead() {
+        return Err(CallError::from_fault(r.dead_fault()));
+    }
+    let payload =
+        codec::twisted::encode_args(args, link).map_err(|e| CallError::Encode(e.to_string()))?;
+    let outcome = call::call(
+        &*r.conn,
+        r.id,
+        method,
+        Payload::Bytes(payload),
+        Vec::new(),
+        CallExtras::default(),
+    )
+    .await
+    .map_err(CallError::from_fault)?;
+    if outcome.ok {
+        codec::twisted::decode_seed(&outcome.payload, outcome.refs, link, max_depth, seed)
+            .map_err(|e| CallError::BadAnswer(format!("cannot decode the answer: {e}")))
+    } else {
+        Err(codec::twisted::decode_error(
+            &outcome.payload,
+            outcome.refs,
+            link,
+            max_depth,
+        ))
     }
 }
 

@@ -7,10 +7,15 @@ use quote::quote;
 /// The attribute's arguments.
 struct Args {
     state_for: Option<syn::ExprPath>,
+    /// The Twisted PB type tag (`twisted = "pbtest.Point"`).
+    twisted: Option<syn::LitStr>,
 }
 
 fn parse_args(attr: TokenStream) -> syn::Result<Args> {
-    let mut args = Args { state_for: None };
+    let mut args = Args {
+        state_for: None,
+        twisted: None,
+    };
     if attr.is_empty() {
         return Ok(args);
     }
@@ -18,8 +23,20 @@ fn parse_args(attr: TokenStream) -> syn::Result<Args> {
         if meta.path.is_ident("state_for") {
             args.state_for = Some(meta.value()?.parse()?);
             Ok(())
+        } else if meta.path.is_ident("twisted") {
+            let tag: syn::LitStr = meta.value()?.parse()?;
+            if tag.value().is_empty() || tag.value().bytes().any(|b| b.is_ascii_whitespace()) {
+                return Err(syn::Error::new_spanned(
+                    &tag,
+                    "a Twisted type tag is a non-empty name without spaces, such as \"pbtest.Point\"",
+                ));
+            }
+            args.twisted = Some(tag);
+            Ok(())
         } else {
-            Err(meta.error("unknown #[pb::copyable] argument; expected `state_for = path`"))
+            Err(meta.error(
+                "unknown #[pb::copyable] argument; expected `state_for = path` or `twisted = \"tag\"`",
+            ))
         }
     });
     syn::parse::Parser::parse2(parser, attr)?;
@@ -51,6 +68,26 @@ pub(crate) fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
     let mut input = input;
     bytes_fields_as_byte_strings(&mut input.data);
+    if let Some(tag) = &args.twisted {
+        if !matches!(
+            &input.data,
+            syn::Data::Struct(syn::DataStruct {
+                fields: syn::Fields::Named(_),
+                ..
+            })
+        ) {
+            let err = syn::Error::new_spanned(
+                tag,
+                "#[pb::copyable(twisted = ...)] applies to a struct with named fields (its state is a dict)",
+            );
+            return fail(err, &item);
+        }
+        // The serde name carries the tag to the PB dialect's serializer; bincode ignores it.
+        let name = format!("$pb::copyable={}", tag.value());
+        input
+            .attrs
+            .push(syn::parse_quote!(#[serde(rename = #name)]));
+    }
     let p = quote!(::pb::__private);
     let name = &input.ident;
     let (impl_g, ty_g, where_g) = input.generics.split_for_impl();

@@ -22,6 +22,8 @@
 //! - The peer's calls running at once are capped ([`PbConfig::max_in_flight_calls`]); one over
 //!   the cap gets an error answer.
 
+pub mod cred;
+
 use std::collections::HashMap;
 use std::hash::Hash;
 
@@ -227,9 +229,16 @@ pub enum Event<O, W> {
     Call(Incoming<O>),
     /// The peer updates its Cacheable we hold a copy of.
     Observe(Observe),
-    /// The answer to our call arrived; wake the caller, who takes it with
-    /// [`Broker::poll_answer`].
-    Answered(W),
+    /// The answer to our call `request` arrived (`Ok` the value, `Err` the failure): hand it
+    /// to the caller and wake it (`waiter`, `None` if the caller went away or never polled).
+    Answer {
+        /// Our request id.
+        request: i64,
+        /// Who waits for it.
+        waiter: Option<W>,
+        /// The value or the failure.
+        result: Result<Element, Element>,
+    },
     /// The peer released its last reference to an exported object: it is no longer exported.
     Unexported {
         /// The object.
@@ -254,9 +263,6 @@ struct Export<O> {
 
 struct Slot<W> {
     waiter: Option<W>,
-    answer: Option<Result<Element, Element>>,
-    /// The caller went away: the answer is dropped when it arrives.
-    abandoned: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -478,8 +484,8 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
 
     /// Starts our call of `method` on the peer's `target`, with `args` the Banana bytes of a
     /// Jelly tuple (encoded with [`Broker::encoder`]) and no keyword arguments. With
-    /// `answer`, the call gets a slot that [`Broker::poll_answer`] reads and `waiter` is woken
-    /// by its answer; without, nothing comes back. Returns the request id.
+    /// `answer`, the call waits for its answer ([`Event::Answer`], which gives `waiter` back);
+    /// without, nothing comes back. Returns the request id.
     pub fn start_call(
         &mut self,
         target: &Target,
@@ -525,52 +531,34 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             return Err(e.into());
         }
         if let Some(w) = answer {
-            self.pending.insert(
-                id,
-                Slot {
-                    waiter: Some(w),
-                    answer: None,
-                    abandoned: false,
-                },
-            );
+            self.pending.insert(id, Slot { waiter: Some(w) });
         }
         Ok(id)
     }
 
-    /// The answer to our call `id` once it arrived (`Ok` the value, `Err` the failure), taken
-    /// out; until then `waiter` replaces the one that its answer wakes. `None` also for an id
-    /// with no slot (a call answered and taken, or never made).
-    pub fn poll_answer(&mut self, id: i64, waiter: W) -> Option<Result<Element, Element>> {
-        let slot = self.pending.get_mut(&id)?;
-        match slot.answer.take() {
-            Some(a) => {
-                self.pending.remove(&id);
-                Some(a)
-            }
-            None => {
+    /// While our call `id` waits for its answer, makes `waiter` the one its answer gives
+    /// back, and says `true`; `false` for an id that waits for nothing (answered, or never
+    /// made).
+    pub fn set_waiter(&mut self, id: i64, waiter: W) -> bool {
+        match self.pending.get_mut(&id) {
+            Some(slot) => {
                 slot.waiter = Some(waiter);
-                None
+                true
             }
+            None => false,
         }
     }
 
     /// Whether our call `id` still waits for its answer.
     pub fn is_pending(&self, id: i64) -> bool {
-        self.pending
-            .get(&id)
-            .is_some_and(|s| s.answer.is_none() && !s.abandoned)
+        self.pending.contains_key(&id)
     }
 
-    /// The caller of `id` went away: its answer, when it comes, is dropped (PB cannot cancel
-    /// a call).
+    /// The caller of `id` went away: its answer, when it comes, gives no waiter back (PB
+    /// cannot cancel a call; the driver still releases the references in the answer).
     pub fn abandon(&mut self, id: i64) {
         if let Some(slot) = self.pending.get_mut(&id) {
-            if slot.answer.is_some() {
-                self.pending.remove(&id);
-            } else {
-                slot.abandoned = true;
-                slot.waiter = None;
-            }
+            slot.waiter = None;
         }
     }
 
@@ -722,18 +710,14 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                 let Some(id) = id.as_i64() else {
                     return Err(PbError::Malformed("an answer's id is not an integer"));
                 };
-                let Some(slot) = self.pending.get_mut(&id) else {
+                let Some(slot) = self.pending.remove(&id) else {
                     return self.violation(format!("an answer to request {id}, which is not ours"));
                 };
-                if slot.answer.is_some() {
-                    return self.violation(format!("a second answer to request {id}"));
-                }
-                if slot.abandoned {
-                    self.pending.remove(&id);
-                    return Ok(None);
-                }
-                slot.answer = Some(if ok { Ok(value) } else { Err(value) });
-                Ok(slot.waiter.take().map(Event::Answered))
+                Ok(Some(Event::Answer {
+                    request: id,
+                    waiter: slot.waiter,
+                    result: if ok { Ok(value) } else { Err(value) },
+                }))
             }
             b"decref" | b"decache" => {
                 let cache = &command[..] == b"decache";

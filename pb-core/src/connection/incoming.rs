@@ -136,6 +136,7 @@ impl ConnShared {
             refs,
             caller,
             extras,
+            jelly: None,
         };
         let mut fut = CatchUnwind(object.into_dispatch(call));
         // Without a deadline, poll the handler once right here: most answer without waiting,

@@ -15,9 +15,8 @@
 //! error whatever the user's types, never a stack overflow.
 
 mod depth;
-// Used by the Twisted PB driver; until it calls them, only the tests do.
-#[allow(dead_code, unused_imports)]
 pub(crate) mod jelly;
+pub(crate) mod twisted;
 
 use std::cell::{Cell, RefCell};
 

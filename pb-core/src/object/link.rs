@@ -19,12 +19,20 @@ use tokio::sync::Notify;
 
 use crate::codec::Payload;
 use crate::codec::jelly::JellyRefs;
-use pb_proto::banana::BananaCodec;
-use pb_proto::jelly::{Graph, JellyConfig};
 use crate::handshake::HandshakeError;
 use crate::object::{Fault, ObjectRef, Remote, Reply};
+use pb_proto::banana::BananaCodec;
+use pb_proto::jelly::JellyConfig;
 use pb_proto::limits::TableStats;
 use pb_proto::message::CallExtras;
+
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A process-unique id for a new connection, whatever protocol it speaks (references compare
+/// by connection id).
+pub(crate) fn next_connection_id() -> u64 {
+    NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed)
+}
 
 /// A future borrowed from a link.
 pub(crate) type LinkFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -235,9 +243,6 @@ pub(crate) trait TwistedLink: Send + Sync {
     fn encoder(&self) -> BananaCodec;
     /// The Jelly limits of the connection.
     fn jelly_config(&self) -> JellyConfig;
-    /// Resolves the flavors of a received value (imports counted), in the order
-    /// [`Graph::flavors`] lists them.
-    fn import_flavors(&self, graph: &Graph) -> Result<Vec<ObjectRef>, String>;
 }
 
 /// A handle to an object the peer exported to us.

@@ -1,0 +1,266 @@
+//! The PB dialect's payloads: values to the Banana bytes of their Jelly and back, references
+//! as flavors, errors as Twisted's `CopyableFailure`.
+//!
+//! A value sent over a Twisted PB connection goes through the Jelly serde format
+//! ([`super::jelly`]) into a graph, whose references were exported (or sent home) by the
+//! connection as they were met; the graph is encoded with the connection's Banana codec, so
+//! what is over the peer's limits fails here, before anything is queued. A received value's
+//! flavors are resolved by the driver when the message arrives (the imports counted then), in
+//! the order [`Graph::flavors`] lists them; the references travel beside the bytes, and
+//! decoding pairs them with the flavors again.
+
+use bytes::{Bytes, BytesMut};
+use pb_proto::banana::{Dialect, decode_complete};
+use pb_proto::jelly::{self, Graph, ObjectId, Value};
+use serde::Serialize;
+use serde::de::{DeserializeOwned, DeserializeSeed};
+
+use super::CodecError;
+use super::jelly::{FAILURE_TAG, Failure, JellyRefs, from_graph, from_graph_seed, to_graph};
+use crate::link::TwistedLink;
+use crate::object::{CallError, ObjectRef};
+
+/// Encodes `value` for the PB connection `link`: exports its references, jellies it and
+/// encodes it under the connection's limits.
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    value: &T,
+    link: &dyn TwistedLink,
+) -> Result<Bytes, CodecError> {
+    let graph = to_graph(value, Some(link.refs()))?;
+    encode_graph(&graph, link)
+}
+
+/// Encodes a call's arguments (a tuple of the method's parameters) for `link`: always a
+/// Jelly tuple, as PB's `message` carries (a method without parameters sends `()`, which
+/// serde writes as a unit).
+pub(crate) fn encode_args<T: Serialize + ?Sized>(
+    args: &T,
+    link: &dyn TwistedLink,
+) -> Result<Bytes, CodecError> {
+    let mut graph = to_graph(args, Some(link.refs()))?;
+    match graph.root() {
+        Value::Tuple(_) => {}
+        Value::None => graph.set_root(Value::Tuple(Vec::new())),
+        _ => {
+            let one = std::mem::take(graph.root_mut());
+            graph.set_root(Value::Tuple(vec![one]));
+        }
+    }
+    encode_graph(&graph, link)
+}
+
+fn encode_graph(graph: &Graph, link: &dyn TwistedLink) -> Result<Bytes, CodecError> {
+    let sexp = jelly::to_sexp(graph, &link.jelly_config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    let mut out = BytesMut::new();
+    link.encoder()
+        .encode(&sexp, &mut out)
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(out.freeze())
+}
+
+/// The Banana bytes of the failure that an error `e` of a method crosses as: `e` itself when
+/// it is a [`Failure`], else a failure whose type is `E`'s Rust path (`::` written `.`) and
+/// whose message is `e`'s value as text.
+pub(crate) fn encode_failure<E: Serialize>(
+    e: &E,
+    link: &dyn TwistedLink,
+) -> Result<Bytes, CodecError> {
+    let graph = to_graph(e, Some(link.refs()))?;
+    if let Value::Instance { tag, .. } = graph.root()
+        && &tag[..] == FAILURE_TAG.as_bytes()
+    {
+        return encode_graph(&graph, link);
+    }
+    let type_name = std::any::type_name::<E>().replace("::", ".");
+    let failure = Failure::new(type_name, text(&graph, graph.root(), 0));
+    encode(&failure, link)
+}
+
+/// A value as a line of text, Python's `repr` for the common cases.
+pub(crate) fn text(graph: &Graph, v: &Value, depth: usize) -> String {
+    if depth > 8 {
+        return "...".to_owned();
+    }
+    let seq = |items: &[Value], open: &str, close: &str| {
+        let inner: Vec<String> = items.iter().map(|v| text(graph, v, depth + 1)).collect();
+        format!("{open}{}{close}", inner.join(", "))
+    };
+    match graph.resolve(v) {
+        Value::Str(s) if depth == 0 => s.clone(),
+        Value::Str(s) => format!("{s:?}"),
+        Value::Bytes(b) => format!("b{:?}", String::from_utf8_lossy(b)),
+        Value::None => "None".to_owned(),
+        Value::Bool(true) => "True".to_owned(),
+        Value::Bool(false) => "False".to_owned(),
+        Value::Int(i) => i.to_string(),
+        Value::BigInt(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::List(items) => seq(items, "[", "]"),
+        Value::Tuple(items) => seq(items, "(", ")"),
+        Value::Set(items) | Value::FrozenSet(items) => seq(items, "{", "}"),
+        // An enum's variant with its fields: `Variant: fields`.
+        Value::Dict(pairs) if depth == 0 && pairs.len() == 1 => match &pairs[0] {
+            (Value::Str(k), v) => format!("{k}: {}", text(graph, v, depth + 1)),
+            (k, v) => format!(
+                "{{{}: {}}}",
+                text(graph, k, depth + 1),
+                text(graph, v, depth + 1)
+            ),
+        },
+        Value::Dict(pairs) => {
+            let inner: Vec<String> = pairs
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{}: {}",
+                        text(graph, k, depth + 1),
+                        text(graph, v, depth + 1)
+                    )
+                })
+                .collect();
+            format!("{{{}}}", inner.join(", "))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Decodes received Banana bytes (re-encoded by the driver from what arrived) into a graph.
+pub(crate) fn decode_graph(payload: &[u8], link: &dyn TwistedLink) -> Result<Graph, CodecError> {
+    let config = *link.encoder().config();
+    let sexp = decode_complete(payload, config, Dialect::Pb)
+        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    jelly::from_sexp(&sexp, &link.jelly_config()).map_err(|e| CodecError::Decode(e.to_string()))
+}
+
+/// Which object a flavor names, for pairing flavors with the references resolved for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FlavorKey {
+    Remote(ObjectId),
+    Local(ObjectId),
+    Cache(i64),
+    LCache(ObjectId),
+}
+
+fn key(flavor: &Value) -> Option<FlavorKey> {
+    Some(match flavor {
+        Value::Remote(id) => FlavorKey::Remote(id.clone()),
+        Value::Local(id) => FlavorKey::Local(id.clone()),
+        Value::Cache { luid, .. } => FlavorKey::Cache(*luid),
+        Value::Cached(ObjectId::Num(luid)) => FlavorKey::Cache(*luid),
+        Value::LCache(id) => FlavorKey::LCache(id.clone()),
+        _ => return None,
+    })
+}
+
+/// The references resolved for one received message's flavors.
+pub(crate) struct MessageRefs {
+    refs: Vec<(FlavorKey, ObjectRef)>,
+}
+
+impl MessageRefs {
+    /// Pairs `refs` (resolved in the order [`Graph::flavors`] lists them) with the flavors
+    /// of `graph`.
+    pub(crate) fn pair(graph: &Graph, refs: Vec<ObjectRef>) -> MessageRefs {
+        MessageRefs {
+            refs: graph
+                .flavors()
+                .into_iter()
+                .filter_map(key)
+                .zip(refs)
+                .collect(),
+        }
+    }
+
+    /// The references, to keep them alive (an answer is queued before the references of the
+    /// call it answers are released).
+    pub(crate) fn refs(&self) -> Vec<ObjectRef> {
+        self.refs.iter().map(|(_, r)| r.clone()).collect()
+    }
+}
+
+impl JellyRefs for MessageRefs {
+    fn export(&self, _: &ObjectRef) -> Result<Value, String> {
+        Err("a received message exports nothing".to_owned())
+    }
+
+    fn import(&self, flavor: &Value) -> Result<ObjectRef, String> {
+        let k = key(flavor).ok_or_else(|| format!("{flavor:?} is not a reference"))?;
+        self.refs
+            .iter()
+            .find(|(f, _)| *f == k)
+            .map(|(_, r)| r.clone())
+            .ok_or_else(|| format!("no reference was resolved for {flavor:?}"))
+    }
+}
+
+/// The arguments of a call that came over a PB connection.
+pub(crate) struct JellyArgs {
+    /// The arguments tuple.
+    pub(crate) graph: Graph,
+    /// Its references.
+    pub(crate) refs: MessageRefs,
+}
+
+/// Decodes a call's arguments.
+pub(crate) fn decode_args<S, V>(
+    args: &JellyArgs,
+    max_depth: usize,
+    seed: S,
+) -> Result<V, CodecError>
+where
+    S: for<'de> DeserializeSeed<'de, Value = V>,
+{
+    from_graph_seed(&args.graph, Some(&args.refs), max_depth, seed)
+}
+
+/// Decodes an answer's value: the bytes and the references resolved for its flavors.
+pub(crate) fn decode_seed<S, V>(
+    payload: &[u8],
+    refs: Vec<ObjectRef>,
+    link: &dyn TwistedLink,
+    max_depth: usize,
+    seed: S,
+) -> Result<V, CodecError>
+where
+    S: for<'de> DeserializeSeed<'de, Value = V>,
+{
+    let graph = decode_graph(payload, link)?;
+    let refs = MessageRefs::pair(&graph, refs);
+    from_graph_seed(&graph, Some(&refs), max_depth, seed)
+}
+
+/// What an `error` answer becomes for a caller whose method's error type is `E`: `E` itself
+/// when the failure decodes as one (as [`Failure`] always does), else `E` from the failure's
+/// message, else the system error the failure's type names.
+pub(crate) fn decode_error<E: DeserializeOwned>(
+    payload: &[u8],
+    refs: Vec<ObjectRef>,
+    link: &dyn TwistedLink,
+    max_depth: usize,
+) -> CallError<E> {
+    let graph = match decode_graph(payload, link) {
+        Ok(g) => g,
+        Err(e) => return CallError::BadAnswer(format!("cannot decode the failure: {e}")),
+    };
+    let refs = MessageRefs::pair(&graph, refs);
+    if let Ok(e) = from_graph::<E>(&graph, Some(&refs), max_depth) {
+        return CallError::Remote(e);
+    }
+    let failure = match from_graph::<Failure>(&graph, Some(&refs), max_depth) {
+        Ok(f) => f,
+        // Twisted may send an exception object itself when it is jellyable.
+        Err(_) => return CallError::Internal(text(&graph, graph.root(), 0)),
+    };
+    let message = Graph::new(Value::Str(failure.value.clone()));
+    if let Ok(e) = from_graph::<E>(&message, None, max_depth) {
+        return CallError::Remote(e);
+    }
+    if failure.check("twisted.spread.flavors.NoSuchMethod") {
+        CallError::NoSuchMethod(failure.to_string())
+    } else if failure.value == "Invalid Object ID" {
+        CallError::NoSuchObject(failure.to_string())
+    } else {
+        CallError::Internal(failure.to_string())
+    }
+}

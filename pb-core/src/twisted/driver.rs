@@ -1,0 +1,736 @@
+//! The tokio driver of a Twisted PB connection: pb-proto's [`Broker`] (the PB dialect) over a
+//! transport, implementing the object model's [`Link`], so that references, stubs and
+//! dispatchers work over it as over pb's own protocol.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use pb_proto::banana::BananaCodec;
+use pb_proto::jelly::{self, Graph, JellyConfig, ObjectId, Value};
+use pb_proto::message::{CallExtras, FaultKind};
+use pb_proto::twisted::{Broker, Event, Incoming, PbConfig, PbError, Role, SendError, Target};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, watch};
+
+use crate::codec::Payload;
+use crate::codec::jelly::JellyRefs;
+use crate::codec::twisted::{JellyArgs, MessageRefs};
+use crate::link::{
+    Caller, CloseReason, ConnectionStats, Imported, Link, LinkFuture, PeerRecord, Side,
+    TwistedLink, next_connection_id,
+};
+use crate::object::{Fault, IncomingCall, ObjectRef, Outcome, RefInner, Reply};
+use pb_proto::broker::Payload as _;
+use pb_proto::limits::TableStats;
+
+/// The name Twisted's clients call the root by.
+pub(crate) const ROOT: &[u8] = b"root";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct State {
+    broker: Broker<ObjectRef, Waker>,
+    close: Option<CloseReason>,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// The peer's objects we hold handles of, to give a flavor received again the same handle.
+    imports: HashMap<i64, Weak<Imported>>,
+    /// Answers to our calls, their references resolved when they arrived, until the caller
+    /// takes them.
+    answers: HashMap<i64, Reply>,
+}
+
+/// One Twisted PB connection's shared state.
+pub(crate) struct PbShared {
+    id: u64,
+    side: Side,
+    peer_addr: Option<SocketAddr>,
+    me: Weak<PbShared>,
+    config: PbConfig,
+    state: Mutex<State>,
+    /// Releases of the peer's objects (luid, count, cache), queued without the state's lock
+    /// (a handle may drop anywhere) and folded in by the writer.
+    releases: Mutex<Vec<(i64, u64, bool)>>,
+    wake_writer: Notify,
+    closed: watch::Sender<bool>,
+    ready: watch::Sender<bool>,
+    record: PeerRecord,
+}
+
+impl PbShared {
+    pub(crate) fn new(
+        role: Role,
+        config: PbConfig,
+        peer_addr: Option<SocketAddr>,
+        root: Option<ObjectRef>,
+    ) -> Arc<PbShared> {
+        let mut broker = Broker::new(role, config);
+        if let Some(root) = root {
+            broker.set_name(Bytes::from_static(ROOT), root);
+        }
+        Arc::new_cyclic(|me| PbShared {
+            id: next_connection_id(),
+            side: match role {
+                Role::Server => Side::Server,
+                Role::Client => Side::Client,
+            },
+            peer_addr,
+            me: me.clone(),
+            config,
+            state: Mutex::new(State {
+                broker,
+                close: None,
+                bytes_in: 0,
+                bytes_out: 0,
+                imports: HashMap::new(),
+                answers: HashMap::new(),
+            }),
+            releases: Mutex::new(Vec::new()),
+            wake_writer: Notify::new(),
+            closed: watch::channel(false).0,
+            ready: watch::channel(false).0,
+            record: PeerRecord::default(),
+        })
+    }
+
+    fn arc(&self) -> Option<Arc<PbShared>> {
+        self.me.upgrade()
+    }
+
+    /// Completes once the dialect handshake is done (or the connection closed).
+    pub(crate) async fn wait_ready(&self) -> Result<(), CloseReason> {
+        let mut rx = self.ready.subscribe();
+        let mut closed = self.closed.subscribe();
+        loop {
+            if *rx.borrow_and_update() {
+                return Ok(());
+            }
+            if let Some(reason) = self.close_reason() {
+                return Err(reason);
+            }
+            tokio::select! {
+                r = rx.changed() => { if r.is_err() { return Err(CloseReason::Local); } }
+                _ = closed.changed() => {}
+            }
+        }
+    }
+
+    /// Closes the connection for `reason` (the first reason wins): callers waiting for answers
+    /// are woken (their calls fail), exports are dropped, outside the lock.
+    fn shut(&self, reason: CloseReason) {
+        let (waiters, objects, answers) = {
+            let mut st = lock(&self.state);
+            if st.close.is_some() {
+                return;
+            }
+            if let CloseReason::Protocol(why) = &reason {
+                tracing::warn!(connection = self.id, reason = %why, "closing a Twisted PB connection");
+            }
+            st.close = Some(reason);
+            let (w, o) = st.broker.close();
+            // Imports die with the connection: nothing is released for them.
+            let answers = std::mem::take(&mut st.answers);
+            (w, o, answers)
+        };
+        drop(answers);
+        for w in waiters {
+            w.wake();
+        }
+        for o in objects {
+            unexported(&o, self.id, None);
+        }
+        self.closed.send_replace(true);
+        self.wake_writer.notify_one();
+    }
+
+    /// Queues what the reader or a handler produced for the writer.
+    fn flush(&self) {
+        self.wake_writer.notify_one();
+    }
+
+    /// Resolves the flavors of a received value, in [`Graph::flavors`] order, counting imports.
+    fn resolve(&self, graph: &Graph) -> Result<Vec<ObjectRef>, String> {
+        let flavors = graph.flavors();
+        if flavors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let me: Arc<dyn Link> = self.arc().ok_or("the connection is gone")?;
+        let mut out = Vec::with_capacity(flavors.len());
+        {
+            let mut st = lock(&self.state);
+            for f in flavors {
+                let r = match f {
+                    Value::Remote(ObjectId::Num(luid)) => {
+                        st.broker.note_import(*luid).map_err(|e| e.to_string())?;
+                        let existing = st.imports.get(luid).and_then(Weak::upgrade);
+                        let imp = match existing {
+                            Some(imp) => {
+                                imp.add_received();
+                                imp
+                            }
+                            None => {
+                                let id = u64::try_from(*luid)
+                                    .map_err(|_| format!("luid {luid} is negative"))?;
+                                let imp = Arc::new(Imported::new(me.clone(), id, 0));
+                                st.imports.insert(*luid, Arc::downgrade(&imp));
+                                imp
+                            }
+                        };
+                        ObjectRef(RefInner::Remote(imp))
+                    }
+                    Value::Local(ObjectId::Num(luid)) => st
+                        .broker
+                        .exported(*luid)
+                        .cloned()
+                        .ok_or_else(|| format!("[\"local\", {luid}] names nothing we export"))?,
+                    Value::Local(ObjectId::Name(name)) if &name[..] == ROOT => {
+                        return Err("the root cannot be sent back".to_owned());
+                    }
+                    other => {
+                        return Err(format!(
+                            "{} is not supported over Twisted PB yet",
+                            flavor_name(other)
+                        ));
+                    }
+                };
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs the peer's call: resolves its references now (in the order the peer sent its
+    /// messages), then dispatches it in a task and answers (or not).
+    fn spawn_call(self: &Arc<Self>, call: Incoming<ObjectRef>) {
+        let me = self.clone();
+        let request = call.request;
+        let answer = call.answer;
+        let method = String::from_utf8_lossy(&call.method).into_owned();
+        let prepared = me.incoming(call);
+        tokio::spawn(async move {
+            let (reply, keep) = match prepared {
+                // The handler runs in a task of its own, so that a panic in it is an
+                // `Internal` failure for the caller, not a lost answer.
+                Ok((object, incoming, keep)) => {
+                    let handler = tokio::spawn(object.into_dispatch(incoming));
+                    let reply = handler.await.unwrap_or_else(|e| {
+                        Err(Fault {
+                            kind: FaultKind::Internal,
+                            message: if e.is_panic() {
+                                "the handler panicked".to_owned()
+                            } else {
+                                "the handler was cancelled".to_owned()
+                            },
+                        })
+                    });
+                    (reply, keep)
+                }
+                Err(fault) => (Err(fault), Vec::new()),
+            };
+            if !answer {
+                if let Err(f) = &reply {
+                    tracing::warn!(connection = me.id, method, error = %f.message, "a call without answer failed");
+                }
+                lock(&me.state).broker.forget_call(request);
+                return;
+            }
+            me.answer(request, reply);
+            // The call's references are released only after its answer is queued: an answer
+            // that sends one home must reach the peer before the release does.
+            drop(keep);
+        });
+    }
+
+    fn incoming(
+        self: &Arc<Self>,
+        call: Incoming<ObjectRef>,
+    ) -> Result<(ObjectRef, IncomingCall, Vec<ObjectRef>), Fault> {
+        let bad = |message: String| Fault {
+            kind: FaultKind::BadArguments,
+            message,
+        };
+        let jelly = self.config.jelly;
+        let kwargs = jelly::from_sexp(&call.kwargs, &jelly).map_err(|e| bad(e.to_string()))?;
+        match kwargs.root() {
+            Value::Dict(pairs) if pairs.is_empty() => {}
+            _ => return Err(bad("keyword arguments are not supported".to_owned())),
+        }
+        let graph = jelly::from_sexp(&call.args, &jelly).map_err(|e| bad(e.to_string()))?;
+        let refs = self.resolve(&graph).map_err(bad)?;
+        let refs = MessageRefs::pair(&graph, refs);
+        let keep = refs.refs();
+        let caller = Caller::remote(self.clone(), None);
+        let incoming = IncomingCall::twisted(call.method, JellyArgs { graph, refs }, caller);
+        Ok((call.object, incoming, keep))
+    }
+
+    /// Queues the answer to the peer's call `request`.
+    fn answer(&self, request: i64, reply: Reply) {
+        let mut st = lock(&self.state);
+        let failure = |st: &State, kind: FaultKind, message: &str| {
+            let (type_name, parents): (&[u8], &[&[u8]]) = match kind {
+                FaultKind::NoSuchMethod => (
+                    b"twisted.spread.flavors.NoSuchMethod",
+                    &[
+                        b"twisted.spread.flavors.NoSuchMethod",
+                        b"builtins.AttributeError",
+                        b"builtins.Exception",
+                        b"builtins.BaseException",
+                        b"builtins.object",
+                    ],
+                ),
+                _ => (
+                    b"twisted.spread.pb.Error",
+                    &[
+                        b"twisted.spread.pb.Error",
+                        b"builtins.Exception",
+                        b"builtins.BaseException",
+                        b"builtins.object",
+                    ],
+                ),
+            };
+            pb_proto::twisted::error_failure(st.broker.encoder(), type_name, message, parents)
+                .unwrap_or_default()
+        };
+        let sent = match &reply {
+            Ok(Outcome {
+                ok: true, payload, ..
+            }) => st.broker.finish_call(request, Ok(payload)),
+            Ok(Outcome { payload, .. }) => st.broker.finish_call(request, Err(payload)),
+            Err(f) => {
+                let bytes = failure(&st, f.kind, &f.message);
+                st.broker.finish_call(request, Err(&bytes))
+            }
+        };
+        if let Err(SendError::Banana(e)) = sent {
+            let bytes = failure(
+                &st,
+                FaultKind::BadAnswer,
+                &format!("the answer is over a limit: {e}"),
+            );
+            let _ = st.broker.finish_call(request, Err(&bytes));
+        }
+        drop(st);
+        self.flush();
+    }
+
+    /// Handles one event of the broker, outside its lock.
+    fn event(self: &Arc<Self>, e: Event<ObjectRef, Waker>) {
+        match e {
+            Event::Ready => {
+                self.ready.send_replace(true);
+            }
+            Event::Call(call) => self.spawn_call(call),
+            // Cacheable copies are not kept over Twisted PB yet: an update is answered with an
+            // error rather than dropped silently.
+            Event::Observe(o) if o.answer => self.answer(
+                o.request,
+                Err(Fault {
+                    kind: FaultKind::NoSuchObject,
+                    message: format!("no cached copy of luid {}", o.luid),
+                }),
+            ),
+            Event::Answer {
+                request,
+                waiter,
+                result,
+            } => {
+                let (ok, element) = match result {
+                    Ok(e) => (true, e),
+                    Err(e) => (false, e),
+                };
+                // Resolved now, before a later message (a `decref` of an object coming home
+                // in this answer) changes the tables.
+                let reply = self.outcome(ok, &element);
+                if let Some(w) = waiter {
+                    lock(&self.state).answers.insert(request, reply);
+                    w.wake();
+                }
+            }
+            Event::Unexported { object, luid, .. } => unexported(&object, self.id, Some(luid)),
+            Event::Uncached(_) => {}
+            _ => {}
+        }
+    }
+}
+
+/// An exported object stopped being exported on connection `connection`.
+fn unexported(object: &ObjectRef, connection: u64, luid: Option<i64>) {
+    if let RefInner::Local(d) = &object.0 {
+        d.on_unexport(
+            connection,
+            luid.and_then(|l| u64::try_from(l).ok()).unwrap_or(0),
+        );
+    }
+}
+
+fn flavor_name(v: &Value) -> &'static str {
+    match v {
+        Value::Cache { .. } | Value::Cached(_) => "a Cacheable",
+        Value::LCache(_) => "a Cacheable coming home",
+        _ => "this reference",
+    }
+}
+
+/// Reads the transport into the broker until the connection ends.
+pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<PbShared>, mut rd: R) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut closed = shared.closed.subscribe();
+    loop {
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        let n = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = closed.wait_for(|c| *c) => return,
+        };
+        match n {
+            Ok(0) => return shared.shut(CloseReason::PeerClosed),
+            Ok(n) => {
+                lock(&shared.state).bytes_in += n as u64;
+                // One message at a time: each is acted on (its references resolved) before
+                // the next is decoded.
+                loop {
+                    let polled = lock(&shared.state).broker.poll_input(&mut buf);
+                    match polled {
+                        Ok(Some(e)) => shared.event(e),
+                        Ok(None) => break,
+                        Err(e) => {
+                            shared.flush();
+                            return shared.shut(protocol(e));
+                        }
+                    }
+                }
+                shared.flush();
+            }
+            Err(e) => return shared.shut(CloseReason::Io(e.to_string())),
+        }
+    }
+}
+
+fn protocol(e: PbError) -> CloseReason {
+    CloseReason::Protocol(e.to_string())
+}
+
+/// Writes what the broker queues until the connection ends, then shuts the output down.
+pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<PbShared>, mut wr: W) {
+    loop {
+        let notified = shared.wake_writer.notified();
+        let (out, closed) = {
+            let releases = std::mem::take(&mut *lock(&shared.releases));
+            let mut st = lock(&shared.state);
+            for (luid, count, cache) in releases {
+                st.broker.release(luid, count, cache);
+            }
+            st.imports.retain(|_, w| w.strong_count() > 0);
+            let out = st.broker.take_output();
+            st.bytes_out += out.len() as u64;
+            (out, st.close.is_some())
+        };
+        if !out.is_empty()
+            && let Err(e) = wr.write_all(&out).await
+        {
+            shared.shut(CloseReason::Io(e.to_string()));
+            return;
+        }
+        if closed {
+            let _ = wr.shutdown().await;
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Starts a PB connection's tasks on `io`; the returned state is its link.
+pub(crate) fn start<T>(
+    io: T,
+    role: Role,
+    config: PbConfig,
+    peer_addr: Option<SocketAddr>,
+    root: Option<ObjectRef>,
+) -> Arc<PbShared>
+where
+    T: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let shared = PbShared::new(role, config, peer_addr, root);
+    let (rd, wr) = tokio::io::split(io);
+    tokio::spawn(read_loop(shared.clone(), rd));
+    tokio::spawn(write_loop(shared.clone(), wr));
+    shared
+}
+
+fn target_of(id: u64) -> Target {
+    if id == 0 {
+        Target::Name(Bytes::from_static(ROOT))
+    } else {
+        Target::Luid(i64::try_from(id).unwrap_or(i64::MAX))
+    }
+}
+
+fn send_fault(e: SendError) -> Fault {
+    match e {
+        SendError::Closed => Fault {
+            kind: FaultKind::Disconnected,
+            message: "the connection is closed".to_owned(),
+        },
+        other => Fault {
+            kind: FaultKind::LimitExceeded,
+            message: other.to_string(),
+        },
+    }
+}
+
+impl JellyRefs for PbShared {
+    fn export(&self, r: &ObjectRef) -> Result<Value, String> {
+        if let RefInner::Remote(imp) = &r.0
+            && imp.connection == self.id
+        {
+            if imp.id == 0 {
+                return Err("the peer's root cannot be sent back to it".to_owned());
+            }
+            let luid = i64::try_from(imp.id).map_err(|e| e.to_string())?;
+            return Ok(Value::Local(ObjectId::Num(luid)));
+        }
+        let luid = lock(&self.state)
+            .broker
+            .export(r.clone())
+            .map_err(|e| e.to_string())?;
+        Ok(Value::Remote(ObjectId::Num(luid)))
+    }
+
+    fn import(&self, flavor: &Value) -> Result<ObjectRef, String> {
+        Err(format!("{flavor:?} outside a received message"))
+    }
+}
+
+impl TwistedLink for PbShared {
+    fn refs(&self) -> &dyn JellyRefs {
+        self
+    }
+
+    fn encoder(&self) -> BananaCodec {
+        lock(&self.state).broker.encoder().clone()
+    }
+
+    fn jelly_config(&self) -> JellyConfig {
+        self.config.jelly
+    }
+}
+
+impl Link for PbShared {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn side(&self) -> Side {
+        self.side
+    }
+
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
+    }
+
+    fn max_depth(&self) -> usize {
+        self.config.jelly.max_depth
+    }
+
+    fn record(&self) -> &PeerRecord {
+        &self.record
+    }
+
+    fn wait_to_call(&self, _: usize, _: usize, _: usize) -> Option<LinkFuture<'_, ()>> {
+        None
+    }
+
+    fn start_call(
+        &self,
+        target: u64,
+        method: &str,
+        payload: Payload,
+        _refs: Vec<ObjectRef>,
+        how: (Waker, Option<tokio::time::Instant>, CallExtras),
+    ) -> Result<u64, Fault> {
+        let id = {
+            let mut st = lock(&self.state);
+            if st.close.is_some() {
+                return Err(self.close_fault());
+            }
+            st.broker
+                .start_call(
+                    &target_of(target),
+                    method.as_bytes(),
+                    payload.as_slice(),
+                    Some(how.0),
+                    false,
+                )
+                .map_err(send_fault)?
+        };
+        self.flush();
+        Ok(id as u64)
+    }
+
+    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Reply> {
+        let id = id as i64;
+        let mut st = lock(&self.state);
+        if let Some(reply) = st.answers.remove(&id) {
+            return Poll::Ready(reply);
+        }
+        if st.broker.set_waiter(id, cx.waker().clone()) {
+            return Poll::Pending;
+        }
+        drop(st);
+        Poll::Ready(Err(self.close_fault()))
+    }
+
+    fn cancel_call(&self, id: u64) {
+        let id = id as i64;
+        let gone = {
+            let mut st = lock(&self.state);
+            st.broker.abandon(id);
+            st.answers.remove(&id)
+        };
+        // An answer not taken releases its references here, outside the lock.
+        drop(gone);
+    }
+
+    fn send_oneway(
+        &self,
+        target: u64,
+        method: &str,
+        payload: Payload,
+        _refs: Vec<ObjectRef>,
+        _extras: CallExtras,
+    ) -> Result<(), Fault> {
+        {
+            let mut st = lock(&self.state);
+            if st.close.is_some() {
+                return Err(self.close_fault());
+            }
+            st.broker
+                .start_call(
+                    &target_of(target),
+                    method.as_bytes(),
+                    payload.as_slice(),
+                    None,
+                    false,
+                )
+                .map_err(send_fault)?;
+        }
+        self.flush();
+        Ok(())
+    }
+
+    fn send_update(&self, _object: u64, _payload: Bytes) {}
+
+    fn is_exported(&self, object: u64) -> bool {
+        i64::try_from(object).is_ok_and(|l| lock(&self.state).broker.exported(l).is_some())
+    }
+
+    fn queue_release(&self, id: u64, generation: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let Ok(luid) = i64::try_from(id) else { return };
+        lock(&self.releases).push((luid, count, generation == 1));
+        self.wake_writer.notify_one();
+    }
+
+    fn revoke_export(&self, _object: u64) {}
+
+    fn peer_root(self: Arc<Self>) -> ObjectRef {
+        ObjectRef(RefInner::Remote(Arc::new(Imported::new(self, 0, 0))))
+    }
+
+    fn set_root(&self, root: Option<ObjectRef>) -> Option<ObjectRef> {
+        let mut st = lock(&self.state);
+        let old = st.broker.remove_name(ROOT);
+        if let Some(root) = root {
+            st.broker.set_name(Bytes::from_static(ROOT), root);
+        }
+        old
+    }
+
+    fn stats(&self) -> ConnectionStats {
+        let st = lock(&self.state);
+        ConnectionStats {
+            tables: TableStats {
+                exported: st.broker.export_count(),
+                imported: st.broker.import_count(),
+                pending_calls: st.broker.pending_count(),
+                in_flight_calls: st.broker.running_count(),
+            },
+            bytes_in: st.bytes_in,
+            bytes_out: st.bytes_out,
+            unsent_bytes: 0,
+        }
+    }
+
+    fn set_max_frame_len(&self, _len: usize) {}
+
+    fn is_closed(&self) -> bool {
+        lock(&self.state).close.is_some()
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        lock(&self.state).close.clone()
+    }
+
+    fn close_fault(&self) -> Fault {
+        Fault {
+            kind: FaultKind::Disconnected,
+            message: match self.close_reason() {
+                Some(r) => format!("the connection is closed: {r:?}"),
+                None => "the connection is closed".to_owned(),
+            },
+        }
+    }
+
+    fn closed(&self) -> LinkFuture<'_, ()> {
+        let mut rx = self.closed.subscribe();
+        Box::pin(async move {
+            let _ = rx.wait_for(|c| *c).await;
+        })
+    }
+
+    fn close(&self) -> LinkFuture<'_, ()> {
+        Box::pin(async move {
+            self.shut(CloseReason::Local);
+        })
+    }
+
+    fn abort(&self) {
+        self.shut(CloseReason::Local);
+    }
+
+    fn twisted(&self) -> Option<&dyn TwistedLink> {
+        Some(self)
+    }
+}
+
+impl PbShared {
+    /// An answer's value as an outcome: its flavors resolved (imports counted) now that it is
+    /// matched to our call, its bytes re-encoded for the caller to decode.
+    fn outcome(&self, ok: bool, element: &pb_proto::banana::Element) -> Reply {
+        let bad = |message: String| Fault {
+            kind: FaultKind::BadAnswer,
+            message,
+        };
+        let graph =
+            jelly::from_sexp(element, &self.config.jelly).map_err(|e| bad(e.to_string()))?;
+        let refs = self.resolve(&graph).map_err(bad)?;
+        let mut payload = BytesMut::new();
+        self.encoder()
+            .encode(element, &mut payload)
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Outcome {
+            ok,
+            payload: payload.freeze(),
+            refs,
+        })
+    }
+}

@@ -1,0 +1,251 @@
+//! The PB dialect between two pb ends over an in-memory pipe: `#[pb::remote]` traits served
+//! and called over Twisted PB, references counted and sent home, copyables with Twisted type
+//! tags, failures, login through a portal. (Against real Twisted: tests/twisted_pb_interop.rs.)
+
+// Tests fail by panicking; unwrapping is how they say so.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use pb::twisted::{BigInt, Dynamic, Failure, PbConfig, Value};
+use pb::{CallError, Caller, Connection, ObjectRef, Remote};
+
+#[pb::copyable(twisted = "pbtest.Point")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    x: i64,
+    y: i64,
+}
+
+#[pb::remote]
+pub trait Pinger {
+    async fn ping(&self, x: i64) -> i64;
+}
+
+#[pb::remote]
+pub trait Counter {
+    async fn increment(&self) -> i64;
+    async fn value(&self) -> i64;
+}
+
+#[pb::remote]
+pub trait Root {
+    async fn echo(&self, x: Dynamic) -> Dynamic;
+    async fn add(&self, a: i64, b: i64) -> i64;
+    async fn big(&self, a: BigInt) -> BigInt;
+    async fn fail(&self, message: String) -> Result<(), Failure>;
+    async fn oops(&self) -> Result<(), String>;
+    async fn call_back(&self, r: PingerRef, x: i64) -> Result<i64, Failure>;
+    async fn give_back(&self, r: ObjectRef) -> ObjectRef;
+    async fn counter(&self, start: i64) -> CounterRef;
+    async fn point(&self, x: i64, y: i64) -> Point;
+    async fn sum_point(&self, p: Point) -> i64;
+    async fn exported(&self, caller: Caller) -> usize;
+}
+
+struct TheCounter(AtomicI64);
+
+impl Counter for TheCounter {
+    async fn increment(&self) -> i64 {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    async fn value(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+struct TheRoot;
+
+impl Root for TheRoot {
+    async fn echo(&self, x: Dynamic) -> Dynamic {
+        x
+    }
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
+    async fn big(&self, a: BigInt) -> BigInt {
+        a
+    }
+    async fn fail(&self, message: String) -> Result<(), Failure> {
+        Err(Failure::pb_error(message))
+    }
+    async fn oops(&self) -> Result<(), String> {
+        Err("it broke".to_owned())
+    }
+    async fn call_back(&self, r: PingerRef, x: i64) -> Result<i64, Failure> {
+        r.ping(x)
+            .await
+            .map_err(|e| Failure::pb_error(format!("the callback failed: {e}")))
+    }
+    async fn give_back(&self, r: ObjectRef) -> ObjectRef {
+        r
+    }
+    async fn counter(&self, start: i64) -> CounterRef {
+        CounterRef::new(TheCounter(AtomicI64::new(start)))
+    }
+    async fn point(&self, x: i64, y: i64) -> Point {
+        Point { x, y }
+    }
+    async fn sum_point(&self, p: Point) -> i64 {
+        p.x + p.y
+    }
+    async fn exported(&self, caller: Caller) -> usize {
+        caller.connection().map_or(0, |c| c.stats().tables.exported)
+    }
+}
+
+struct ThePinger;
+
+impl Pinger for ThePinger {
+    async fn ping(&self, x: i64) -> i64 {
+        x
+    }
+}
+
+async fn pair(root: ObjectRef) -> (Connection, Connection) {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let server = pb::twisted::accept_io(a, None, Some(root), PbConfig::default());
+    let client = pb::twisted::connect_io(b, None, PbConfig::default())
+        .await
+        .unwrap();
+    (server, client)
+}
+
+/// Lets the connection's tasks run until `f` holds (a bounded number of scheduler turns).
+async fn until(mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("condition never held");
+}
+
+#[tokio::test]
+async fn a_remote_trait_is_served_and_called_over_the_pb_dialect() {
+    let (server, client) = pair(RootRef::new(TheRoot).into()).await;
+    assert!(server.is_twisted() && client.is_twisted());
+    let root: RootRef = client.root();
+    assert_eq!(root.add(2, 40).await.unwrap(), 42);
+    let huge: BigInt = "-123456789012345678901234567890".parse().unwrap();
+    assert_eq!(root.big(huge.clone()).await.unwrap(), huge);
+
+    // A failure arrives typed, with its type and parents.
+    let Err(CallError::Remote(f)) = root.fail("no".to_owned()).await else {
+        panic!()
+    };
+    assert_eq!(f.value, "no");
+    assert!(f.check("twisted.spread.pb.Error"));
+    // Another error type crosses as a failure carrying its message.
+    let Err(CallError::Remote(e)) = root.oops().await else {
+        panic!()
+    };
+    assert_eq!(e, "it broke");
+
+    // Copyables with their tag, both ways.
+    assert_eq!(root.point(3, 4).await.unwrap(), Point { x: 3, y: 4 });
+    assert_eq!(root.sum_point(Point { x: 5, y: 6 }).await.unwrap(), 11);
+
+    // An unknown method is an error, and the connection goes on.
+    let unknown = client.root_ref().call::<_, i64, Failure>("nope", &()).await;
+    assert!(
+        matches!(unknown, Err(CallError::Remote(ref f)) if f.check("twisted.spread.flavors.NoSuchMethod")),
+        "{unknown:?}"
+    );
+    assert_eq!(root.add(1, 1).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn references_are_counted_sent_home_and_released() {
+    let (server, client) = pair(RootRef::new(TheRoot).into()).await;
+    let root: RootRef = client.root();
+    let c = root.counter(10).await.unwrap();
+    assert_eq!(c.increment().await.unwrap(), 11);
+    assert_eq!(c.value().await.unwrap(), 11);
+    let c2 = root.counter(0).await.unwrap();
+    assert_eq!(root.exported().await.unwrap(), 2);
+
+    // Our object goes out and comes back as itself.
+    let mine: ObjectRef = PingerRef::new(ThePinger).into();
+    let back = root.give_back(mine.clone()).await.unwrap();
+    assert_eq!(back, mine);
+    assert!(back.is_local());
+    assert_eq!(
+        root.call_back(PingerRef::new(ThePinger), 7).await.unwrap(),
+        7
+    );
+
+    drop((c, c2));
+    until(|| server.stats().tables.exported == 0).await;
+    assert_eq!(root.exported().await.unwrap(), 0);
+    // What we exported is released by the server once it is done with it.
+    until(|| client.stats().tables.exported == 0).await;
+}
+
+#[tokio::test]
+async fn dynamic_values_keep_their_types_and_sharing() {
+    let (_server, client) = pair(RootRef::new(TheRoot).into()).await;
+    let root: RootRef = client.root();
+    let mut g = pb::twisted::Graph::default();
+    let shared = g.add_node(Value::List(vec![Value::Int(1), Value::Float(-0.0)]));
+    let cyclic = g.add_node(Value::List(vec![Value::Int(0)]));
+    if let Some(Value::List(items)) = g.node_mut(cyclic) {
+        items.push(Value::Shared(cyclic));
+    }
+    g.set_root(Value::Tuple(vec![
+        Value::Shared(shared),
+        Value::Shared(shared),
+        Value::Shared(cyclic),
+        Value::Set(vec![Value::from("s")]),
+        Value::Bytes(bytes::Bytes::from_static(b"raw")),
+        Value::None,
+        Value::Bool(true),
+        Value::BigInt("36893488147419103233".parse().unwrap()),
+    ]));
+    let back = root.echo(Dynamic(g.clone())).await.unwrap();
+    assert!(back.0.equivalent(&g), "{back:?}");
+}
+
+#[tokio::test]
+async fn a_portal_logs_in_with_twisteds_challenge_response() {
+    let creds = pb::twisted::Credentials::new().user("alice", "secret");
+    let portal = pb::twisted::Portal::new(creds, |user, mind| {
+        let _ = mind;
+        PingerRef::new(Named(user.unwrap_or("anonymous").len() as i64)).into()
+    })
+    .allow_anonymous(true);
+    let (_server, client) = pair(portal.root()).await;
+    let root = client.root_ref();
+    let avatar = pb::twisted::login(&root, b"alice", b"secret", None)
+        .await
+        .unwrap();
+    assert_eq!(PingerRef::from_object_ref(avatar).ping(0).await.unwrap(), 5);
+    for (user, password) in [(&b"alice"[..], &b"wrong"[..]), (b"mallory", b"secret")] {
+        let Err(CallError::Remote(f)) = pb::twisted::login(&root, user, password, None).await
+        else {
+            panic!()
+        };
+        assert!(f.check("twisted.cred.error.UnauthorizedLogin"), "{f:?}");
+    }
+    let anon = pb::twisted::login_anonymous(&root, None).await.unwrap();
+    assert_eq!(PingerRef::from_object_ref(anon).ping(0).await.unwrap(), 9);
+}
+
+struct Named(i64);
+
+impl Pinger for Named {
+    async fn ping(&self, x: i64) -> i64 {
+        x + self.0
+    }
+}
+
+#[tokio::test]
+async fn the_connection_ends_and_calls_fail() {
+    let (server, client) = pair(RootRef::new(TheRoot).into()).await;
+    let root: RootRef = client.root();
+    assert_eq!(root.add(1, 2).await.unwrap(), 3);
+    server.close().await;
+    client.closed().await;
+    assert!(matches!(root.add(1, 2).await, Err(CallError::Disconnected)));
+}
