@@ -51,6 +51,17 @@ pub trait CacheState: Clone + Serialize + DeserializeOwned + Send + Sync + 'stat
 
     /// Apply one update.
     fn apply(&mut self, update: &Self::Update);
+
+    /// The type tag a Twisted PB peer knows this state by (its `RemoteCache` class is
+    /// registered for it with `setUnjellyableForClass`); the Rust path by default.
+    ///
+    /// Over Twisted PB the state must serialize as a struct or map (Twisted's state is a dict),
+    /// and each update becomes an `observe_<name>` call on the peer's copy: an enum variant's
+    /// name is the method's name (use serde's `rename` for Python's spelling) and its fields
+    /// are the arguments.
+    fn twisted_tag() -> &'static str {
+        std::any::type_name::<Self>()
+    }
 }
 
 /// A value and its version (the number of updates applied since the cache was made).
@@ -173,18 +184,28 @@ impl<T: CacheState> Cache<T> {
             st.value.apply(&update);
             st.version = version;
         });
+        let update = Arc::new(update);
         self.inner.changes.send(|| ReplicaChange::Update {
             version,
-            update: Arc::new(update),
+            update: update.clone(),
         });
         let targets: Vec<_> = lock(&self.inner.observers)
             .linked
             .values()
             .cloned()
             .collect();
+        // For Twisted PB observers, the update as an `observe_*` call, made once.
+        let mut observe = None;
         for (conn, object) in targets {
             if let Some(conn) = conn.upgrade() {
-                conn.send_update(object, payload.clone());
+                match conn.twisted() {
+                    Some(link) => {
+                        let call =
+                            observe.get_or_insert_with(|| codec::twisted::observe_call(&*update));
+                        twisted_update(link, object, call);
+                    }
+                    None => conn.send_update(object, payload.clone()),
+                }
             }
         }
         Ok(version)
@@ -201,6 +222,20 @@ impl<T: CacheState> Cache<T> {
         match rx.wait_for(|n| f(*n)).await {
             Ok(n) => *n,
             Err(_) => self.observers(),
+        }
+    }
+}
+
+/// Sends an update to a Twisted PB observer as a `cachemessage` (no answer asked).
+fn twisted_update(
+    link: &dyn crate::link::TwistedLink,
+    object: u64,
+    call: &Result<(String, pb_proto::jelly::Graph), CodecError>,
+) {
+    match call {
+        Ok((method, args)) => link.send_observe(object, method, args),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot send a cache update to a Twisted PB observer")
         }
     }
 }
@@ -225,6 +260,19 @@ impl<T: CacheState> CacheInner<T> {
             *e = (*e).min(snapshot.version);
         }
         let handle = ObjectRef::from_arc(self.clone());
+        if s.is_human_readable() {
+            // Only the Jelly format (Twisted PB) is human-readable here: the cache goes as a
+            // Cacheable, whose tag and state Twisted reads.
+            let Some(index) = codec::collect_ref(&handle) else {
+                return Err(serde::ser::Error::custom(
+                    "a cache can only be encoded as part of a pb call",
+                ));
+            };
+            return s.serialize_newtype_struct(
+                codec::jelly::magic::CACHE,
+                &(index, T::twisted_tag(), &snapshot.value),
+            );
+        }
         (handle, snapshot.version, snapshot.value).serialize(s)
     }
 

@@ -243,6 +243,9 @@ pub(crate) trait TwistedLink: Send + Sync {
     fn encoder(&self) -> BananaCodec;
     /// The Jelly limits of the connection.
     fn jelly_config(&self) -> JellyConfig;
+    /// Sends our exported Cacheable `object`'s copy on the peer an `observe_<method>` call
+    /// (a `cachemessage` asking no answer) with `args`, a tuple.
+    fn send_observe(&self, object: u64, method: &str, args: &pb_proto::jelly::Graph);
 }
 
 /// A handle to an object the peer exported to us.

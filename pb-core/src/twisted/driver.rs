@@ -19,7 +19,7 @@ use crate::codec::Payload;
 use crate::codec::jelly::JellyRefs;
 use crate::codec::twisted::{JellyArgs, MessageRefs};
 use crate::link::{
-    Caller, CloseReason, ConnectionStats, Imported, Link, LinkFuture, PeerRecord, Side,
+    Caller, CloseReason, ConnectionStats, ExportLink, Imported, Link, LinkFuture, PeerRecord, Side,
     TwistedLink, next_connection_id,
 };
 use crate::object::{Fault, IncomingCall, ObjectRef, Outcome, RefInner, Reply};
@@ -146,6 +146,15 @@ impl PbShared {
         }
         self.closed.send_replace(true);
         self.wake_writer.notify_one();
+    }
+
+    /// Moves the releases queued by dropped handles into the broker's output, so that a
+    /// message queued after a drop leaves after its `decref`.
+    fn fold_releases(&self, st: &mut State) {
+        let releases = std::mem::take(&mut *lock(&self.releases));
+        for (luid, count, cache) in releases {
+            st.broker.release(luid, count, cache);
+        }
     }
 
     /// Queues what the reader or a handler produced for the writer.
@@ -422,11 +431,8 @@ pub(crate) async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<PbShared>, mut
     loop {
         let notified = shared.wake_writer.notified();
         let (out, closed) = {
-            let releases = std::mem::take(&mut *lock(&shared.releases));
             let mut st = lock(&shared.state);
-            for (luid, count, cache) in releases {
-                st.broker.release(luid, count, cache);
-            }
+            shared.fold_releases(&mut st);
             st.imports.retain(|_, w| w.strong_count() > 0);
             let out = st.broker.take_output();
             st.bytes_out += out.len() as u64;
@@ -506,6 +512,24 @@ impl JellyRefs for PbShared {
     fn import(&self, flavor: &Value) -> Result<ObjectRef, String> {
         Err(format!("{flavor:?} outside a received message"))
     }
+
+    fn export_cache(&self, r: &ObjectRef) -> Result<(i64, bool), String> {
+        let (luid, first) = lock(&self.state)
+            .broker
+            .export_cache(r.clone())
+            .map_err(|e| e.to_string())?;
+        if first && let (RefInner::Local(d), Some(me)) = (&r.0, self.arc()) {
+            // The peer observes the cache from now on (Twisted's
+            // `getStateToCacheAndObserveFor`); it stops when the peer decaches it.
+            let me: Arc<dyn Link> = me;
+            d.on_export(&ExportLink {
+                conn: Arc::downgrade(&me),
+                connection: self.id,
+                object: luid as u64,
+            });
+        }
+        Ok((luid, first))
+    }
 }
 
 impl TwistedLink for PbShared {
@@ -519,6 +543,35 @@ impl TwistedLink for PbShared {
 
     fn jelly_config(&self) -> JellyConfig {
         self.config.jelly
+    }
+
+    fn send_observe(&self, object: u64, method: &str, args: &Graph) {
+        let Ok(luid) = i64::try_from(object) else {
+            return;
+        };
+        {
+            let mut st = lock(&self.state);
+            let bytes = jelly::to_sexp(args, &self.config.jelly)
+                .map_err(|e| e.to_string())
+                .and_then(|sexp| {
+                    let mut out = BytesMut::new();
+                    st.broker
+                        .encoder()
+                        .encode(&sexp, &mut out)
+                        .map(|()| out)
+                        .map_err(|e| e.to_string())
+                });
+            let sent = bytes.and_then(|b| {
+                st.broker
+                    .start_call(&Target::Luid(luid), method.as_bytes(), &b, None, true)
+                    .map_err(|e| e.to_string())
+            });
+            if let Err(e) = sent {
+                tracing::error!(connection = self.id, method, error = %e, "cannot send a cache update");
+                return;
+            }
+        }
+        self.flush();
     }
 }
 
@@ -560,6 +613,7 @@ impl Link for PbShared {
             if st.close.is_some() {
                 return Err(self.close_fault());
             }
+            self.fold_releases(&mut st);
             st.broker
                 .start_call(
                     &target_of(target),
@@ -611,6 +665,7 @@ impl Link for PbShared {
             if st.close.is_some() {
                 return Err(self.close_fault());
             }
+            self.fold_releases(&mut st);
             st.broker
                 .start_call(
                     &target_of(target),

@@ -69,6 +69,12 @@ pub(crate) trait JellyRefs {
     /// The reference a received flavor names (`Value::Remote`, `Local`, `Cache{..}`,
     /// `Cached`, `LCache`).
     fn import(&self, flavor: &Value) -> Result<ObjectRef, String>;
+    /// Exports `r` as a Cacheable: its luid, and whether this is its first send on the
+    /// connection (then it goes with its state, later as `["cached", luid]`).
+    fn export_cache(&self, r: &ObjectRef) -> Result<(i64, bool), String> {
+        let _ = r;
+        Err("a cache can only be sent over a Twisted PB connection".to_owned())
+    }
 }
 
 /// The serde name prefix of a Copyable's struct; the rest of the name is its type tag.
@@ -79,7 +85,7 @@ pub(crate) const FAILURE_TAG: &str = "twisted.spread.pb.CopyableFailure";
 
 /// Serde names of the wrapper types' newtypes, which this format recognises. Other formats
 /// see a newtype around the content named in each comment.
-mod magic {
+pub(crate) mod magic {
     /// [`super::BigInt`]: its decimal text.
     pub(crate) const BIGINT: &str = "$pb::jelly::BigInt";
     /// [`super::Decimal`]: its text, as Python's `str(Decimal)`.
@@ -92,6 +98,9 @@ mod magic {
     pub(crate) const DYNAMIC: &str = "$pb::jelly::Dynamic";
     /// [`super::Failure`]: a struct of `type`, `value`, `traceback`, `parents`.
     pub(crate) const FAILURE: &str = "$pb::jelly::Failure";
+    /// A `pb::Cache`'s replica sent to a Twisted peer: the tuple of its handle's index in the
+    /// encode context, its type tag and its state (never seen by other formats).
+    pub(crate) const CACHE: &str = "$pb::jelly::Cache";
 }
 
 /// Why a value does not map to or from Jelly.

@@ -125,6 +125,27 @@ pub(crate) fn text(graph: &Graph, v: &Value, depth: usize) -> String {
     }
 }
 
+/// A cache update as the `observe_*` call a Twisted PB copy receives: an enum variant's name
+/// is the method, its fields the arguments (a unit variant has none, a newtype variant its
+/// one value, a tuple variant its fields); any other value is `observe_update(value)`.
+pub(crate) fn observe_call<U: Serialize + ?Sized>(
+    update: &U,
+) -> Result<(String, Graph), CodecError> {
+    let graph = to_graph(update, None)?;
+    let (root, nodes) = graph.into_parts();
+    let (method, args) = match root {
+        Value::Str(name) => (name, Vec::new()),
+        Value::Dict(mut pairs) if pairs.len() == 1 => match pairs.pop() {
+            Some((Value::Str(name), Value::Tuple(fields))) => (name, fields),
+            Some((Value::Str(name), value)) => (name, vec![value]),
+            Some((k, v)) => ("update".to_owned(), vec![Value::Dict(vec![(k, v)])]),
+            None => ("update".to_owned(), Vec::new()),
+        },
+        other => ("update".to_owned(), vec![other]),
+    };
+    Ok((method, Graph::from_parts(Value::Tuple(args), nodes)))
+}
+
 /// Decodes received Banana bytes (re-encoded by the driver from what arrived) into a graph.
 pub(crate) fn decode_graph(payload: &[u8], link: &dyn TwistedLink) -> Result<Graph, CodecError> {
     let config = *link.encoder().config();

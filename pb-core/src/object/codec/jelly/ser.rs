@@ -74,6 +74,36 @@ impl Ser<'_> {
         refs.export(&r).map_err(Error)
     }
 
+    /// A Cacheable: `[tag, luid, state]` the first time it goes to this peer, then
+    /// `["cached", luid]`.
+    fn cache(self, inner: Value) -> Result<Value, Error> {
+        let Some(refs) = self.cx.refs else {
+            return Err(err("a cache can only be sent over a pb connection"));
+        };
+        let Value::Tuple(mut parts) = inner else {
+            return Err(err("a cache must carry its handle, tag and state"));
+        };
+        let (Some(state), Some(Value::Str(tag)), Some(Value::Int(index)), None) =
+            (parts.pop(), parts.pop(), parts.pop(), parts.pop())
+        else {
+            return Err(err("a cache must carry its handle, tag and state"));
+        };
+        let r = usize::try_from(index)
+            .ok()
+            .and_then(|i| ENCODING.with(|s| s.borrow().last()?.refs.get(i).cloned()))
+            .ok_or_else(|| err("cache handle outside an encode context"))?;
+        let (luid, first) = refs.export_cache(&r).map_err(Error)?;
+        Ok(if first {
+            Value::Cache {
+                tag: bytes::Bytes::from(tag.into_bytes()),
+                luid,
+                state: Box::new(state),
+            }
+        } else {
+            Value::Cached(pb_proto::jelly::ObjectId::Num(luid))
+        })
+    }
+
     /// A graph's Banana bytes as a value of the graph being built: its nodes are renumbered
     /// after the nodes already there.
     fn dynamic(self, bytes: Value) -> Result<Value, Error> {
@@ -299,6 +329,7 @@ impl<'a> ser::Serializer for Ser<'a> {
             },
             magic::DYNAMIC => self.dynamic(inner),
             magic::FAILURE => failure(inner),
+            magic::CACHE => self.cache(inner),
             _ => Ok(match instance_tag(name)? {
                 Some(tag) => instance(tag, inner),
                 None => inner,
