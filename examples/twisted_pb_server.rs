@@ -32,19 +32,16 @@ use pb::twisted::{Credentials, Dynamic, Failure, PbConfig, Portal};
 use pb::{Cache, CacheState, Replica};
 use pb::{Caller, ObjectRef};
 
-/// A point, copied by value; Twisted knows it by the tag `pbtest.Point`.
-#[pb::copyable(twisted = "pbtest.Point")]
-#[derive(Debug, Clone, PartialEq)]
-pub struct Point {
-    x: i128,
-    y: i128,
-}
+#[path = "shared/twisted_root.rs"]
+mod twisted_root;
+
+use twisted_root::*;
 
 /// The state of the server's one Cacheable (`pbtest.Counter` for Twisted).
 #[pb::copyable]
 #[derive(Debug, Clone, PartialEq)]
 pub struct CounterState {
-    count: i64,
+    pub count: i64,
 }
 
 /// Its one update: Twisted's copies get `observe_set(n)`.
@@ -68,13 +65,6 @@ impl CacheState for CounterState {
     }
 }
 
-/// A counter handed out by reference.
-#[pb::remote]
-pub trait Counter {
-    async fn increment(&self) -> i64;
-    async fn value(&self) -> i64;
-}
-
 /// The root Twisted clients call.
 #[pb::remote]
 pub trait Root {
@@ -89,13 +79,6 @@ pub trait Root {
     async fn cache(&self) -> Replica<CounterState>;
     async fn bump(&self) -> Result<i64, Failure>;
     async fn exported(&self, caller: Caller) -> usize;
-}
-
-/// What a logged-in user gets.
-#[pb::remote]
-pub trait Avatar {
-    async fn whoami(&self) -> String;
-    async fn call_mind(&self, x: Dynamic) -> Result<Dynamic, Failure>;
 }
 
 struct TheCounter(AtomicI64);

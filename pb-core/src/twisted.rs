@@ -26,6 +26,7 @@
 //!
 //! See docs/guide/twisted-pb.md for the type mapping and what differs from Twisted.
 
+mod cache;
 mod driver;
 mod portal;
 
@@ -43,6 +44,7 @@ use pb_proto::twisted::Role;
 pub use crate::codec::jelly::{
     BigInt, BigIntRangeError, Decimal, Dynamic, Failure, FrozenSet, ParseError, Set,
 };
+pub use cache::RemoteCache;
 pub use pb_proto::jelly::{Graph, ObjectId, Value};
 pub use pb_proto::twisted::cred;
 pub use pb_proto::twisted::{MAX_BROKER_REFS, PROTOCOL_VERSION, PbConfig};

@@ -11,16 +11,19 @@ use bytes::{Bytes, BytesMut};
 use pb_proto::banana::BananaCodec;
 use pb_proto::jelly::{self, Graph, JellyConfig, ObjectId, Value};
 use pb_proto::message::{CallExtras, FaultKind};
-use pb_proto::twisted::{Broker, Event, Incoming, PbConfig, PbError, Role, SendError, Target};
+use pb_proto::twisted::{
+    Broker, Event, Incoming, Observe, PbConfig, PbError, Role, SendError, Target,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
 
+use super::cache::CacheCopy;
 use crate::codec::Payload;
-use crate::codec::jelly::JellyRefs;
+use crate::codec::jelly::{JellyRefs, subgraph};
 use crate::codec::twisted::{JellyArgs, MessageRefs};
 use crate::link::{
-    Caller, CloseReason, ConnectionStats, ExportLink, Imported, Link, LinkFuture, PeerRecord, Side,
-    TwistedLink, next_connection_id,
+    Caller, CloseReason, ConnectionStats, ExportLink, Imported, Link, LinkFuture, PeerRecord,
+    ReplicaSlot, Side, TwistedLink, next_connection_id,
 };
 use crate::object::{Fault, IncomingCall, ObjectRef, Outcome, RefInner, Reply};
 use pb_proto::broker::Payload as _;
@@ -43,6 +46,8 @@ struct State {
     /// Answers to our calls, their references resolved when they arrived, until the caller
     /// takes them.
     answers: HashMap<i64, Reply>,
+    /// Our copies of the peer's Cacheables, until the peer confirms their end (`uncache`).
+    cached: HashMap<i64, Arc<CacheCopy>>,
 }
 
 /// One Twisted PB connection's shared state.
@@ -89,6 +94,7 @@ impl PbShared {
                 bytes_out: 0,
                 imports: HashMap::new(),
                 answers: HashMap::new(),
+                cached: HashMap::new(),
             }),
             releases: Mutex::new(Vec::new()),
             wake_writer: Notify::new(),
@@ -174,29 +180,29 @@ impl PbShared {
             let mut st = lock(&self.state);
             for f in flavors {
                 let r = match f {
-                    Value::Remote(ObjectId::Num(luid)) => {
-                        st.broker.note_import(*luid).map_err(|e| e.to_string())?;
-                        let existing = st.imports.get(luid).and_then(Weak::upgrade);
-                        let imp = match existing {
-                            Some(imp) => {
-                                imp.add_received();
-                                imp
-                            }
-                            None => {
-                                let id = u64::try_from(*luid)
-                                    .map_err(|_| format!("luid {luid} is negative"))?;
-                                let imp = Arc::new(Imported::new(me.clone(), id, 0));
-                                st.imports.insert(*luid, Arc::downgrade(&imp));
-                                imp
-                            }
-                        };
-                        ObjectRef(RefInner::Remote(imp))
-                    }
+                    Value::Remote(ObjectId::Num(luid)) => Self::import(&mut st, &me, *luid, None)?,
                     Value::Local(ObjectId::Num(luid)) => st
                         .broker
                         .exported(*luid)
                         .cloned()
                         .ok_or_else(|| format!("[\"local\", {luid}] names nothing we export"))?,
+                    Value::Cache { tag, luid, state } => {
+                        let copy = CacheCopy::new(tag.clone(), subgraph(state, graph)?);
+                        st.cached.insert(*luid, copy.clone());
+                        Self::import(&mut st, &me, *luid, Some(copy))?
+                    }
+                    Value::Cached(ObjectId::Num(luid)) => {
+                        let copy =
+                            st.cached.get(luid).cloned().ok_or_else(|| {
+                                format!("[\"cached\", {luid}] names no copy we hold")
+                            })?;
+                        Self::import(&mut st, &me, *luid, Some(copy))?
+                    }
+                    Value::LCache(ObjectId::Num(luid)) => {
+                        st.broker.exported(*luid).cloned().ok_or_else(|| {
+                            format!("[\"lcache\", {luid}] names nothing we export")
+                        })?
+                    }
                     Value::Local(ObjectId::Name(name)) if &name[..] == ROOT => {
                         return Err("the root cannot be sent back".to_owned());
                     }
@@ -211,6 +217,29 @@ impl PbShared {
             }
         }
         Ok(out)
+    }
+
+    /// One more receipt of the peer's object `luid` (a Cacheable's when `copy` is given): the
+    /// handle already held, or a new one.
+    fn import(
+        st: &mut State,
+        me: &Arc<dyn Link>,
+        luid: i64,
+        copy: Option<Arc<CacheCopy>>,
+    ) -> Result<ObjectRef, String> {
+        st.broker.note_import(luid).map_err(|e| e.to_string())?;
+        if let Some(imp) = st.imports.get(&luid).and_then(Weak::upgrade) {
+            imp.add_received();
+            return Ok(ObjectRef(RefInner::Remote(imp)));
+        }
+        let id = u64::try_from(luid).map_err(|_| format!("luid {luid} is negative"))?;
+        // Generation 1 marks a Cacheable's copy: its release is a `decache`.
+        let imp = Arc::new(Imported::new(me.clone(), id, u64::from(copy.is_some())));
+        if let Some(copy) = copy {
+            *lock(&imp.replica) = ReplicaSlot::Attached(copy);
+        }
+        st.imports.insert(luid, Arc::downgrade(&imp));
+        Ok(ObjectRef(RefInner::Remote(imp)))
     }
 
     /// Runs the peer's call: resolves its references now (in the order the peer sent its
@@ -328,6 +357,45 @@ impl PbShared {
         self.flush();
     }
 
+    /// The owner of a Cacheable we hold a copy of calls `observe_<method>` on it.
+    fn observe(&self, o: Observe) {
+        let copy = lock(&self.state).cached.get(&o.luid).cloned();
+        let args = jelly::from_sexp(&o.args, &self.config.jelly);
+        let reply = match (copy, args) {
+            (Some(copy), Ok(args)) => {
+                copy.observe(String::from_utf8_lossy(&o.method).into_owned(), args);
+                let mut none = BytesMut::new();
+                match self.encoder().encode(
+                    &pb_proto::banana::Element::List(vec![pb_proto::banana::Element::from("None")]),
+                    &mut none,
+                ) {
+                    Ok(()) => Ok(Outcome {
+                        ok: true,
+                        payload: none.freeze(),
+                        refs: Vec::new(),
+                    }),
+                    Err(e) => Err(Fault {
+                        kind: FaultKind::Internal,
+                        message: e.to_string(),
+                    }),
+                }
+            }
+            (None, _) => Err(Fault {
+                kind: FaultKind::NoSuchObject,
+                message: format!("no cached copy of luid {}", o.luid),
+            }),
+            (_, Err(e)) => Err(Fault {
+                kind: FaultKind::BadArguments,
+                message: e.to_string(),
+            }),
+        };
+        if o.answer {
+            self.answer(o.request, reply);
+        } else if let Err(f) = reply {
+            tracing::warn!(connection = self.id, error = %f.message, "a cache update failed");
+        }
+    }
+
     /// Handles one event of the broker, outside its lock.
     fn event(self: &Arc<Self>, e: Event<ObjectRef, Waker>) {
         match e {
@@ -335,15 +403,10 @@ impl PbShared {
                 self.ready.send_replace(true);
             }
             Event::Call(call) => self.spawn_call(call),
-            // Cacheable copies are not kept over Twisted PB yet: an update is answered with an
-            // error rather than dropped silently.
-            Event::Observe(o) if o.answer => self.answer(
-                o.request,
-                Err(Fault {
-                    kind: FaultKind::NoSuchObject,
-                    message: format!("no cached copy of luid {}", o.luid),
-                }),
-            ),
+            Event::Observe(o) => self.observe(o),
+            Event::Uncached(luid) => {
+                lock(&self.state).cached.remove(&luid);
+            }
             Event::Answer {
                 request,
                 waiter,
@@ -362,7 +425,6 @@ impl PbShared {
                 }
             }
             Event::Unexported { object, luid, .. } => unexported(&object, self.id, Some(luid)),
-            Event::Uncached(_) => {}
             _ => {}
         }
     }
@@ -500,7 +562,12 @@ impl JellyRefs for PbShared {
                 return Err("the peer's root cannot be sent back to it".to_owned());
             }
             let luid = i64::try_from(imp.id).map_err(|e| e.to_string())?;
-            return Ok(Value::Local(ObjectId::Num(luid)));
+            // Generation 1 marks a copy of the peer's Cacheable.
+            return Ok(if imp.generation == 1 {
+                Value::LCache(ObjectId::Num(luid))
+            } else {
+                Value::Local(ObjectId::Num(luid))
+            });
         }
         let luid = lock(&self.state)
             .broker

@@ -44,6 +44,7 @@
 //! - `types`: the public wrapper types.
 
 mod de;
+pub(crate) use de::subgraph;
 mod ser;
 #[cfg(test)]
 mod tests;

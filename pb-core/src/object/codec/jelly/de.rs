@@ -231,6 +231,11 @@ impl<'a> De<'a> {
     }
 }
 
+/// The graph of `root` (a value inside `graph`) and every node it reaches, renumbered.
+pub(crate) fn subgraph(root: &Value, graph: &Graph) -> Result<Graph, String> {
+    capture(root, graph).map_err(|e| e.0)
+}
+
 /// The graph of `root` and every node it reaches, renumbered in order of first visit.
 fn capture(root: &Value, graph: &Graph) -> Result<Graph, Error> {
     let mut ids: HashMap<usize, usize> = HashMap::new();

@@ -51,6 +51,18 @@ impl From<i64> for BigInt {
     }
 }
 
+impl From<i32> for BigInt {
+    fn from(v: i32) -> Self {
+        BigInt(i64::from(v).into())
+    }
+}
+
+impl From<u32> for BigInt {
+    fn from(v: u32) -> Self {
+        BigInt(i64::from(v).into())
+    }
+}
+
 impl From<i128> for BigInt {
     fn from(v: i128) -> Self {
         BigInt(v.into())

@@ -1,0 +1,124 @@
+//! Copies of a Twisted peer's Cacheables: `[tag, luid, state]`, then `["cached", luid]`, kept
+//! up to date by the owner's `observe_*` calls (`cachemessage`).
+
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio::sync::watch;
+
+use crate::codec::jelly::Dynamic;
+use crate::link::{ReplicaSink, ReplicaSlot};
+use crate::object::{ObjectRef, RefInner};
+use pb_proto::jelly::Graph;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The copy of one Cacheable, shared by every [`RemoteCache`] of it on one connection.
+pub(crate) struct CacheCopy {
+    tag: bytes::Bytes,
+    state: Graph,
+    observed: Mutex<Vec<(String, Dynamic)>>,
+    count: watch::Sender<usize>,
+}
+
+impl CacheCopy {
+    pub(crate) fn new(tag: bytes::Bytes, state: Graph) -> Arc<CacheCopy> {
+        Arc::new(CacheCopy {
+            tag,
+            state,
+            observed: Mutex::new(Vec::new()),
+            count: watch::channel(0).0,
+        })
+    }
+
+    /// The owner called `observe_<method>(*args)`.
+    pub(crate) fn observe(&self, method: String, args: Graph) {
+        let n = {
+            let mut log = lock(&self.observed);
+            log.push((method, Dynamic(args)));
+            log.len()
+        };
+        self.count.send_replace(n);
+    }
+}
+
+impl ReplicaSink for CacheCopy {
+    fn apply(&self, _payload: &[u8]) {}
+
+    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
+}
+
+/// A copy of a Twisted peer's Cacheable (Twisted's `RemoteCache`): the state it was sent with
+/// and, in order, the `observe_*` calls its owner has made on it since. Clones and later
+/// sends of the same Cacheable share one copy. Dropping the last one sends `decache`, and the
+/// owner stops observing.
+#[derive(Clone)]
+pub struct RemoteCache {
+    handle: ObjectRef,
+    copy: Arc<CacheCopy>,
+}
+
+impl std::fmt::Debug for RemoteCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteCache")
+            .field("tag", &String::from_utf8_lossy(&self.copy.tag))
+            .field("observed", &lock(&self.copy.observed).len())
+            .finish()
+    }
+}
+
+impl RemoteCache {
+    /// The Cacheable's type tag.
+    pub fn tag(&self) -> &[u8] {
+        &self.copy.tag
+    }
+
+    /// The state it was sent with.
+    pub fn state(&self) -> Dynamic {
+        Dynamic(self.copy.state.clone())
+    }
+
+    /// The owner's `observe_*` calls so far: each method's name (without `observe_`) and its
+    /// arguments (a tuple).
+    pub fn observed(&self) -> Vec<(String, Dynamic)> {
+        lock(&self.copy.observed).clone()
+    }
+
+    /// Waits until at least `n` `observe_*` calls have arrived (or the connection ends).
+    pub async fn wait_observed(&self, n: usize) {
+        let mut rx = self.copy.count.subscribe();
+        let closed = self.handle.disconnected();
+        tokio::select! {
+            _ = rx.wait_for(|c| *c >= n) => {}
+            _ = closed => {}
+        }
+    }
+}
+
+/// Sent back to its owner, a copy goes as the owner's own Cacheable (`["lcache", luid]`).
+impl Serialize for RemoteCache {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.handle.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RemoteCache {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let handle = ObjectRef::deserialize(d)?;
+        let copy = match &handle.0 {
+            RefInner::Remote(imp) => match &*lock(&imp.replica) {
+                ReplicaSlot::Attached(sink) => sink.clone().as_any().downcast::<CacheCopy>().ok(),
+                _ => None,
+            },
+            RefInner::Local(_) => None,
+        };
+        let copy =
+            copy.ok_or_else(|| serde::de::Error::custom("not a Cacheable of a Twisted PB peer"))?;
+        Ok(RemoteCache { handle, copy })
+    }
+}
