@@ -38,7 +38,7 @@ pub fn stderr_file(name: &str) -> (PathBuf, std::fs::File) {
     static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "amp-interop-{}-{n}-{}.stderr",
+        "interop-{}-{n}-{}.stderr",
         std::process::id(),
         name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
     ));
@@ -70,6 +70,15 @@ pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Reads the child's stdout until a line starts with `prefix`; returns the rest of that line.
 pub async fn wait_for_line(peer: &mut Peer, prefix: &str) -> String {
+    wait_for_line_keeping(peer, prefix).await.0
+}
+
+/// Like [`wait_for_line`], and keeps reading: the task returns the lines that follow, once the
+/// child closes its stdout (when it ends).
+pub async fn wait_for_line_keeping(
+    peer: &mut Peer,
+    prefix: &str,
+) -> (String, tokio::task::JoinHandle<Vec<String>>) {
     let stdout = peer.child.stdout.take().expect("stdout is piped");
     let mut lines = BufReader::new(stdout).lines();
     loop {
@@ -80,8 +89,14 @@ pub async fn wait_for_line(peer: &mut Peer, prefix: &str) -> String {
             Ok(Some(line)) => {
                 if let Some(rest) = line.strip_prefix(prefix) {
                     // Keep draining so the child never blocks on a full pipe.
-                    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                    return rest.trim().to_string();
+                    let rest_of_output = tokio::spawn(async move {
+                        let mut kept = Vec::new();
+                        while let Ok(Some(line)) = lines.next_line().await {
+                            kept.push(line);
+                        }
+                        kept
+                    });
+                    return (rest.trim().to_string(), rest_of_output);
                 }
             }
             Ok(None) | Err(_) => panic!(
@@ -93,8 +108,21 @@ pub async fn wait_for_line(peer: &mut Peer, prefix: &str) -> String {
     }
 }
 
+/// How a program run to completion ended.
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
 /// Runs a program to completion; returns (success, stdout).
 pub async fn run_to_end(program: &Path, args: &[&str], name: &str) -> (bool, String) {
+    let finished = run_to_finish(program, args, name).await;
+    (finished.status.success(), finished.stdout)
+}
+
+/// Runs a program to completion; returns its exit status, stdout and stderr.
+pub async fn run_to_finish(program: &Path, args: &[&str], name: &str) -> Finished {
     let mut peer = spawn_peer(program, args, name);
     let stdout = peer.child.stdout.take().expect("stdout is piped");
     let mut out = String::new();
@@ -115,7 +143,11 @@ pub async fn run_to_end(program: &Path, args: &[&str], name: &str) -> (bool, Str
     if !status.success() {
         eprintln!("{name} failed with {status}\nstdout:\n{out}\nstderr:\n{stderr}");
     }
-    (status.success(), out)
+    Finished {
+        status,
+        stdout: out,
+        stderr,
+    }
 }
 
 pub fn example_binary(name: &str) -> PathBuf {
