@@ -1,9 +1,11 @@
 """A Twisted PB server for pb's interop tests (tests/twisted_pb_interop.rs): the contract's root.
 
-Usage: pb_root_server.py --port P [--portal]
+Usage: pb_root_server.py --port P [--portal] [--wrong]
 
 Listens on 127.0.0.1:P (0 picks a free port), prints the port number alone on the first line
-of stdout and serves until killed.
+of stdout and serves until killed. Then it prints `called <method>` as each call to the root
+arrives and `exported <n>` as it answers exported(), so that a test can tell which methods a
+client called. With --wrong, add(a, b) answers a + b + 1: a client that checks must fail.
 
 Without --portal the root, named `root`, answers:
 
@@ -85,6 +87,9 @@ class Counter(pb.Cacheable):
 
 COUNTER = Counter()
 
+# add() answers one too many with --wrong.
+ADD_ERROR = 0
+
 
 class CounterRef(pb.Referenceable):
     def __init__(self, start):
@@ -109,11 +114,16 @@ class ConnectionRoot(pb.Referenceable):
     def __init__(self, broker):
         self.broker = broker
 
+    def remoteMessageReceived(self, broker, message, args, kw):
+        name = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        print("called", name, flush=True)
+        return super().remoteMessageReceived(broker, message, args, kw)
+
     def remote_echo(self, x):
         return x
 
     def remote_add(self, a, b):
-        return a + b
+        return a + b + ADD_ERROR
 
     def remote_fail(self, message):
         raise pb.Error(message)
@@ -148,7 +158,9 @@ class ConnectionRoot(pb.Referenceable):
     def remote_exported(self):
         # Numeric luids are exported Referenceables; bytes keys are named objects (the root).
         refs = sum(1 for luid in self.broker.localObjects if isinstance(luid, int))
-        return refs + len(self.broker.remotelyCachedObjects)
+        n = refs + len(self.broker.remotelyCachedObjects)
+        print("exported", n, flush=True)
+        return n
 
 
 class User(pb.Avatar):
@@ -183,7 +195,10 @@ def portal_root():
 
 
 def main():
+    global ADD_ERROR
     args = sys.argv[1:]
+    if "--wrong" in args:
+        ADD_ERROR = 1
     port = int(args[args.index("--port") + 1]) if "--port" in args else 0
     root = portal_root() if "--portal" in args else Root()
     listening = reactor.listenTCP(port, pb.PBServerFactory(root), interface="127.0.0.1")
