@@ -313,11 +313,17 @@ def check_calls(root, broker):
             describe(o2),
         )
         before = k.count
+        start = len(observed)
         d = root.callRemote("bump")
-        # What the cache copy has seen at the very moment bump's answer arrives.
-        d.addCallback(lambda n: (n, list(observed), k.count))
+        # What the cache copy has been told by the very moment bump's answer arrives.
+        d.addCallback(lambda n: (n, observed[start:], k.count))
         o3 = yield outcome(d)
-        ok = o3[0] == "ok" and o3[1][0] == before + 1 and o3[1][1][-1:] == [before + 1] and o3[1][2] == before + 1
+        ok = o3[0] == "ok" and o3[1][0] in o3[1][1] and o3[1][2] >= o3[1][0]
+        if ok:
+            n, told, _ = o3[1]
+            # Alone on the server, the count goes up by exactly one; other clients' bumps may
+            # interleave when several share it.
+            ok = n == before + 1 if told == [n] else n > before
         record("bump_observed_before_answer", ok, "count was %d; (answer, observed, count) = %s" % (before, describe(o3)))
         del k2, o2, o3, d
     else:
