@@ -14,107 +14,25 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use pb::amp::{
     AmpBox, AmpCallError, AmpConfig, AmpConnection, AmpFields, AmpList, BigInt, Bytes, DateTime,
     Decimal, DisconnectReason, Locator, rustls,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
 // ---------------------------------------------------------------------------------------------
 // The Python environment and child processes.
 
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
 #[path = "interop/venv.rs"]
 mod venv;
 
+#[path = "interop/peer.rs"]
+mod peer;
+
+use peer::{PATIENCE, Peer, example_binary, run_to_end, spawn_peer, wait_for_line};
 use venv::python;
-
-/// A child process that is killed when the test ends, however it ends.
-struct Peer {
-    child: Child,
-    name: String,
-    stderr: PathBuf,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        if std::thread::panicking() {
-            if let Ok(text) = std::fs::read_to_string(&self.stderr) {
-                eprintln!("--- stderr of {} ---\n{text}", self.name);
-            }
-        } else {
-            let _ = std::fs::remove_file(&self.stderr);
-        }
-    }
-}
-
-fn stderr_file(name: &str) -> (PathBuf, std::fs::File) {
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "amp-interop-{}-{n}-{}.stderr",
-        std::process::id(),
-        name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
-    ));
-    let file = std::fs::File::create(&path).unwrap();
-    (path, file)
-}
-
-fn spawn_peer(program: &Path, args: &[&str], name: &str) -> Peer {
-    let (stderr, file) = stderr_file(name);
-    let child = Command::new(program)
-        .args(args)
-        .current_dir(interop_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(file)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    Peer {
-        child,
-        name: name.to_string(),
-        stderr,
-    }
-}
-
-/// A bound on waiting for a child, so that a broken peer fails the test instead of hanging it.
-/// Not a timing assertion: healthy runs take a small fraction of it.
-const PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// Reads the child's stdout until a line starts with `prefix`; returns the rest of that line.
-async fn wait_for_line(peer: &mut Peer, prefix: &str) -> String {
-    let stdout = peer.child.stdout.take().expect("stdout is piped");
-    let mut lines = BufReader::new(stdout).lines();
-    loop {
-        let next = tokio::time::timeout(PATIENCE, lines.next_line())
-            .await
-            .unwrap_or_else(|_| panic!("{} printed no {prefix:?} line", peer.name));
-        match next {
-            Ok(Some(line)) => {
-                if let Some(rest) = line.strip_prefix(prefix) {
-                    // Keep draining so the child never blocks on a full pipe.
-                    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                    return rest.trim().to_string();
-                }
-            }
-            Ok(None) | Err(_) => panic!(
-                "{} ended before printing {prefix:?}; stderr:\n{}",
-                peer.name,
-                std::fs::read_to_string(&peer.stderr).unwrap_or_default()
-            ),
-        }
-    }
-}
 
 async fn start_twisted_server(extra: &[&str]) -> (Peer, u16) {
     let py = python();
@@ -123,43 +41,6 @@ async fn start_twisted_server(extra: &[&str]) -> (Peer, u16) {
     let mut peer = spawn_peer(&py, &args, "twisted amp_server.py");
     let port = wait_for_line(&mut peer, "PORT ").await.parse().unwrap();
     (peer, port)
-}
-
-/// Runs a program to completion; returns (success, stdout).
-async fn run_to_end(program: &Path, args: &[&str], name: &str) -> (bool, String) {
-    let mut peer = spawn_peer(program, args, name);
-    let stdout = peer.child.stdout.take().expect("stdout is piped");
-    let mut out = String::new();
-    let mut lines = BufReader::new(stdout).lines();
-    let finished = tokio::time::timeout(PATIENCE, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            out.push_str(&line);
-            out.push('\n');
-        }
-        peer.child.wait().await
-    })
-    .await;
-    let status = match finished {
-        Ok(status) => status.unwrap(),
-        Err(_) => panic!("{name} did not finish; output so far:\n{out}"),
-    };
-    let stderr = std::fs::read_to_string(&peer.stderr).unwrap_or_default();
-    if !status.success() {
-        eprintln!("{name} failed with {status}\nstdout:\n{out}\nstderr:\n{stderr}");
-    }
-    (status.success(), out)
-}
-
-fn example_binary(name: &str) -> PathBuf {
-    // Test binaries live in target/<profile>/deps; `cargo test` builds examples beside them.
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{path:?} is missing: run `cargo test` (which builds the examples) or `cargo build --examples`"
-    );
-    path
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 //! The Python virtualenv with Twisted that the interop tests run their peers in, shared by
-//! `tests/amp_interop.rs` and `pb-proto/tests/twisted_jelly.rs` (included with `#[path]`).
+//! `tests/amp_interop.rs`, `tests/twisted_pb_interop.rs` and `pb-proto/tests/twisted_jelly.rs`
+//! (included with `#[path]`).
 //!
 //! It is built under `target/pb-interop-venv` the first time (once per test process, reused
 //! when complete, as its marker file says) from `python3`, or from `$PB_INTEROP_PYTHON`. If
