@@ -249,3 +249,170 @@ async fn the_connection_ends_and_calls_fail() {
     client.closed().await;
     assert!(matches!(root.add(1, 2).await, Err(CallError::Disconnected)));
 }
+
+#[tokio::test]
+async fn one_object_is_served_to_pb_and_twisted_peers_at_once() {
+    let root = RootRef::new(TheRoot);
+    let native = pb::Server::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve(root.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let twisted_addr = listener.local_addr().unwrap();
+    let served: ObjectRef = root.into();
+    tokio::spawn(pb::twisted::serve(listener, served, PbConfig::default()));
+
+    let pb_client = pb::Client::connect(native.local_addr()).await.unwrap();
+    let twisted_client = pb::twisted::connect(twisted_addr, PbConfig::default())
+        .await
+        .unwrap();
+    assert!(!pb_client.is_twisted());
+    let over_pb: RootRef = pb_client.root();
+    let over_twisted: RootRef = twisted_client.root();
+    assert_eq!(over_pb.add(1, 2).await.unwrap(), 3);
+    assert_eq!(over_twisted.add(1, 2).await.unwrap(), 3);
+    assert_eq!(
+        over_pb.point(1, 2).await.unwrap(),
+        over_twisted.point(1, 2).await.unwrap()
+    );
+}
+
+/// A cache and its copy over the PB dialect, both ends pb.
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Count {
+    count: i64,
+}
+
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq)]
+pub enum CountUpdate {
+    #[serde(rename = "set")]
+    Set(i64),
+}
+
+impl pb::CacheState for Count {
+    type Update = CountUpdate;
+    fn apply(&mut self, update: &CountUpdate) {
+        let CountUpdate::Set(n) = update;
+        self.count = *n;
+    }
+    fn twisted_tag() -> &'static str {
+        "pbtest.Counter"
+    }
+}
+
+#[pb::remote]
+pub trait Caches {
+    async fn cache(&self) -> pb::Replica<Count>;
+    async fn bump(&self) -> i64;
+    async fn exported(&self, caller: Caller) -> usize;
+}
+
+#[pb::remote]
+pub trait CachesView {
+    async fn cache(&self) -> pb::twisted::RemoteCache;
+    async fn bump(&self) -> i64;
+    async fn exported(&self) -> usize;
+}
+
+struct TheCaches(pb::Cache<Count>);
+
+impl Caches for TheCaches {
+    async fn cache(&self) -> pb::Replica<Count> {
+        self.0.replica()
+    }
+    async fn bump(&self) -> i64 {
+        let n = self.0.get().count + 1;
+        self.0.update(CountUpdate::Set(n)).unwrap();
+        n
+    }
+    async fn exported(&self, caller: Caller) -> usize {
+        caller.connection().map_or(0, |c| c.stats().tables.exported)
+    }
+}
+
+#[tokio::test]
+async fn a_cache_goes_as_a_cacheable_and_its_updates_as_observe_calls() {
+    let cache = pb::Cache::new(Count { count: 4 });
+    let (server, client) = pair(CachesRef::new(TheCaches(cache.clone())).into()).await;
+    let root = CachesViewRef::from_object_ref(client.root_ref());
+    let copy = root.cache().await.unwrap();
+    assert_eq!(copy.tag(), b"pbtest.Counter");
+    assert_eq!(
+        copy.state().0.root(),
+        &Value::Dict(vec![(Value::from("count"), Value::Int(4))])
+    );
+    let again = root.cache().await.unwrap();
+    assert_eq!(cache.observers(), 1);
+    assert_eq!(root.bump().await.unwrap(), 5);
+    // The update was queued before the answer, and the reader handles messages in order.
+    assert_eq!(
+        copy.observed(),
+        vec![(
+            "set".to_owned(),
+            Dynamic(pb::twisted::Graph::new(Value::Tuple(vec![Value::Int(5)])))
+        )]
+    );
+    assert_eq!(again.observed().len(), 1, "both sends share one copy");
+    assert_eq!(root.exported().await.unwrap(), 1);
+    drop((copy, again));
+    until(|| server.stats().tables.exported == 0).await;
+    cache.wait_for_observers(|n| n == 0).await;
+}
+
+#[pb::remote]
+pub trait Hostile {
+    async fn boom(&self) -> i64;
+    async fn take(&self, s: String) -> usize;
+}
+
+struct TheHostile;
+
+impl Hostile for TheHostile {
+    async fn boom(&self) -> i64 {
+        panic!("the handler broke")
+    }
+    async fn take(&self, s: String) -> usize {
+        s.len()
+    }
+}
+
+#[tokio::test]
+async fn a_panic_or_an_oversized_argument_fails_that_call_only() {
+    let (_server, client) = pair(HostileRef::new(TheHostile).into()).await;
+    let root: HostileRef = client.root();
+    let panicked = root.boom().await;
+    assert!(
+        matches!(&panicked, Err(CallError::Internal(m)) if m.contains("twisted.spread.pb.Error")),
+        "{panicked:?}"
+    );
+    // Over Twisted's 640 KiB string limit: refused here, before anything is sent.
+    let big = "x".repeat(pb::proto::banana::SIZE_LIMIT + 1);
+    assert!(matches!(root.take(big).await, Err(CallError::Encode(_))));
+    assert_eq!(root.take("ok".to_owned()).await.unwrap(), 2);
+    assert!(!client.is_closed());
+}
+
+#[tokio::test]
+async fn a_peer_breaking_the_protocol_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    let server = pb::twisted::accept_io(
+        a,
+        None,
+        Some(RootRef::new(TheRoot).into()),
+        PbConfig::default(),
+    );
+    let mut offer = [0u8; 12];
+    b.read_exact(&mut offer).await.unwrap();
+    assert_eq!(&offer, b"\x02\x80\x02\x82pb\x04\x82none");
+    // The dialect, then a string header over 640 KiB.
+    b.write_all(b"\x02\x82pb").await.unwrap();
+    b.write_all(&[0x80, 0x80, 0x80, 0x01, 0x82]).await.unwrap();
+    server.closed().await;
+    assert!(matches!(
+        server.close_reason(),
+        Some(pb::CloseReason::Protocol(_))
+    ));
+}
