@@ -191,7 +191,7 @@ pub enum ExportKind {
 pub struct Incoming<O> {
     /// The peer's request id; the answer names it.
     pub request: i64,
-    /// The object called (for a `cachemessage`, see [`Incoming::observe`]).
+    /// The object called (a `cachemessage` is an [`Observe`] instead).
     pub object: O,
     /// The method's name (bytes, UTF-8 in practice).
     pub method: Bytes,
