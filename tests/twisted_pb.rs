@@ -5,6 +5,7 @@
 // Tests fail by panicking; unwrapping is how they say so.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use pb::twisted::{BigInt, Dynamic, Failure, PbConfig, Value};
@@ -415,4 +416,82 @@ async fn a_peer_breaking_the_protocol_is_disconnected() {
         server.close_reason(),
         Some(pb::CloseReason::Protocol(_))
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_chooses_a_dialect_is_closed_at_the_deadline() {
+    let (a, _b) = tokio::io::duplex(1 << 16);
+    let config = PbConfig::default().handshake_timeout(std::time::Duration::from_secs(3));
+    let server = pb::twisted::accept_io(a, None, Some(RootRef::new(TheRoot).into()), config);
+    let started = tokio::time::Instant::now();
+    server.closed().await;
+    assert_eq!(started.elapsed(), std::time::Duration::from_secs(3));
+    assert!(matches!(
+        server.close_reason(),
+        Some(pb::CloseReason::IdleTimeout(_))
+    ));
+}
+
+#[pb::remote]
+pub trait Gate {
+    async fn wait(&self) -> u32;
+}
+
+struct TheGate {
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gate for TheGate {
+    async fn wait(&self) -> u32 {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        let _permit = self.open.acquire().await.unwrap();
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        1
+    }
+}
+
+#[tokio::test]
+async fn calls_over_the_in_flight_cap_wait_unread_then_run() {
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let open = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = GateRef::new(TheGate {
+        running: running.clone(),
+        most: most.clone(),
+        open: open.clone(),
+    });
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let server = pb::twisted::accept_io(
+        a,
+        None,
+        Some(gate.into()),
+        PbConfig::default().max_in_flight_calls(2),
+    );
+    let client = pb::twisted::connect_io(b, None, PbConfig::default())
+        .await
+        .unwrap();
+    let root: GateRef = client.root();
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let root = root.clone();
+            tokio::spawn(async move { root.wait().await })
+        })
+        .collect();
+    until(|| running.load(Ordering::SeqCst) == 2).await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        server.stats().tables.in_flight_calls,
+        2,
+        "the rest are not read"
+    );
+    open.add_permits(6);
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), 1, "every call is answered");
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 2);
 }

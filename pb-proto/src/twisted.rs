@@ -44,6 +44,9 @@ pub const DEFAULT_MAX_IN_FLIGHT_CALLS: usize = 1024;
 /// The default of [`PbConfig::max_violations`]: as Twisted, which closes after more than 3.
 pub const DEFAULT_MAX_VIOLATIONS: u32 = 3;
 
+/// The default of [`PbConfig::handshake_timeout`]: 10 s.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The default of [`PbConfig::max_imports`]: distinct objects of the peer's we hold.
 pub const DEFAULT_MAX_IMPORTS: usize = 65_536;
 
@@ -67,6 +70,9 @@ pub struct PbConfig {
     /// Violations (answers nobody asked for, releases of what is not exported, unknown
     /// commands) tolerated before the connection closes (default [`DEFAULT_MAX_VIOLATIONS`]).
     pub max_violations: u32,
+    /// How long a connection may take to choose its dialect (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]); the driver closes it then.
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl Default for PbConfig {
@@ -78,6 +84,7 @@ impl Default for PbConfig {
             max_imports: DEFAULT_MAX_IMPORTS,
             max_in_flight_calls: DEFAULT_MAX_IN_FLIGHT_CALLS,
             max_violations: DEFAULT_MAX_VIOLATIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -110,6 +117,12 @@ impl PbConfig {
     /// Sets [`PbConfig::max_in_flight_calls`].
     pub fn max_in_flight_calls(mut self, n: usize) -> Self {
         self.max_in_flight_calls = n;
+        self
+    }
+
+    /// Sets [`PbConfig::handshake_timeout`].
+    pub fn handshake_timeout(mut self, d: std::time::Duration) -> Self {
+        self.handshake_timeout = d;
         self
     }
 
@@ -567,7 +580,8 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
         self.pending.len()
     }
 
-    /// How many of the peer's calls run here.
+    /// How many of the peer's calls run here (with or without an answer). A driver should
+    /// stop reading while this is at [`PbConfig::max_in_flight_calls`].
     pub fn running_count(&self) -> usize {
         self.running.len()
     }
@@ -859,6 +873,8 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             }
             return Ok(None);
         };
+        // A driver stops reading at the cap (see `running_count`); this guards the table
+        // whatever the driver does.
         if self.running.len() >= self.config.max_in_flight_calls {
             if answer {
                 let failure = error_failure(
@@ -871,11 +887,13 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                     let _ = self.finish_call(request, Err(&f));
                 }
             }
-            return Ok(None);
+            return self.violation(format!(
+                "a call without answer over the cap of {} in flight",
+                self.config.max_in_flight_calls
+            ));
         }
-        if answer {
-            self.running.insert(request, ());
-        }
+        // Calls without an answer run too, and count as long as they do.
+        self.running.insert(request, ());
         Ok(Some(Event::Call(Incoming {
             request,
             object: target,

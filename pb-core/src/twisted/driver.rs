@@ -62,6 +62,8 @@ pub(crate) struct PbShared {
     /// (a handle may drop anywhere) and folded in by the writer.
     releases: Mutex<Vec<(i64, u64, bool)>>,
     wake_writer: Notify,
+    /// One of the peer's calls ended: the reader may read again.
+    call_done: Notify,
     closed: watch::Sender<bool>,
     ready: watch::Sender<bool>,
     record: PeerRecord,
@@ -98,6 +100,7 @@ impl PbShared {
             }),
             releases: Mutex::new(Vec::new()),
             wake_writer: Notify::new(),
+            call_done: Notify::new(),
             closed: watch::channel(false).0,
             ready: watch::channel(false).0,
             record: PeerRecord::default(),
@@ -275,9 +278,11 @@ impl PbShared {
                     tracing::warn!(connection = me.id, method, error = %f.message, "a call without answer failed");
                 }
                 lock(&me.state).broker.forget_call(request);
+                me.call_done.notify_one();
                 return;
             }
             me.answer(request, reply);
+            me.call_done.notify_one();
             // The call's references are released only after its answer is queued: an answer
             // that sends one home must reach the peer before the release does.
             drop(keep);
@@ -452,33 +457,60 @@ fn flavor_name(v: &Value) -> &'static str {
 pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<PbShared>, mut rd: R) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut closed = shared.closed.subscribe();
+    let handshake_by = tokio::time::Instant::now() + shared.config.handshake_timeout;
+    let max_calls = shared.config.max_in_flight_calls;
     loop {
+        // The peer's calls running here are capped: at the cap, decode and read no more until
+        // one ends (its output backs up, which is TCP's backpressure on it).
+        loop {
+            let done = shared.call_done.notified();
+            if lock(&shared.state).broker.running_count() < max_calls {
+                break;
+            }
+            tokio::select! {
+                _ = done => {}
+                _ = closed.wait_for(|c| *c) => return,
+            }
+        }
+        // What is buffered, one message at a time: each is acted on (its references
+        // resolved) before the next is decoded.
+        let mut at_cap = false;
+        loop {
+            let polled = {
+                let mut st = lock(&shared.state);
+                if st.broker.running_count() >= max_calls {
+                    at_cap = true;
+                    break;
+                }
+                st.broker.poll_input(&mut buf)
+            };
+            match polled {
+                Ok(Some(e)) => shared.event(e),
+                Ok(None) => break,
+                Err(e) => {
+                    shared.flush();
+                    return shared.shut(protocol(e));
+                }
+            }
+        }
+        shared.flush();
+        if at_cap {
+            continue;
+        }
+        let ready = lock(&shared.state).broker.is_ready();
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
         let n = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
             _ = closed.wait_for(|c| *c) => return,
+            _ = tokio::time::sleep_until(handshake_by), if !ready => {
+                return shared.shut(CloseReason::IdleTimeout(shared.config.handshake_timeout));
+            }
         };
         match n {
             Ok(0) => return shared.shut(CloseReason::PeerClosed),
-            Ok(n) => {
-                lock(&shared.state).bytes_in += n as u64;
-                // One message at a time: each is acted on (its references resolved) before
-                // the next is decoded.
-                loop {
-                    let polled = lock(&shared.state).broker.poll_input(&mut buf);
-                    match polled {
-                        Ok(Some(e)) => shared.event(e),
-                        Ok(None) => break,
-                        Err(e) => {
-                            shared.flush();
-                            return shared.shut(protocol(e));
-                        }
-                    }
-                }
-                shared.flush();
-            }
+            Ok(n) => lock(&shared.state).bytes_in += n as u64,
             Err(e) => return shared.shut(CloseReason::Io(e.to_string())),
         }
     }
