@@ -31,7 +31,7 @@ mod venv;
 #[path = "interop/peer.rs"]
 mod peer;
 
-use peer::{PATIENCE, Peer, example_binary, run_to_end, spawn_peer, wait_for_line};
+use peer::{Peer, closed_after, example_binary, run_to_end, spawn_peer, wait_for_line};
 use venv::python;
 
 async fn start_twisted_server(extra: &[&str]) -> (Peer, u16) {
@@ -803,23 +803,10 @@ async fn twisted_client_against_pb_example_server() {
 
 /// Sends `input` on a fresh connection and returns what the server sent before closing.
 async fn reaction(port: u16, input: &[u8]) -> Vec<u8> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    s.write_all(input).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
-            Err(_) => panic!("no close after {input:?}; got {got:?}"),
-            Ok(Ok(0)) => return got,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            // Twisted may reset instead of closing; what it sent before still counts.
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
-            Ok(Err(e)) => panic!("reading after {input:?}: {e}"),
-        }
-    }
+    closed_after(&mut s, input).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,7 +36,8 @@ mod venv;
 mod peer;
 
 use peer::{
-    PATIENCE, Peer, example_binary, run_to_end, run_to_finish, spawn_peer, wait_for_line_keeping,
+    PATIENCE, Peer, closed_after, example_binary, run_to_end, run_to_finish, spawn_peer,
+    wait_for_line_keeping,
 };
 use venv::python;
 
@@ -438,23 +439,6 @@ async fn handshaken(port: u16) -> TcpStream {
     s.write_all(VERSION).await.unwrap();
     assert_eq!(read_exactly(&mut s, VERSION.len()).await, VERSION);
     s
-}
-
-/// Sends `input` and reads until the server closes; returns what it sent meanwhile.
-async fn closed_after(s: &mut TcpStream, input: &[u8]) -> Vec<u8> {
-    // The server may close before it has read everything; the close is what counts.
-    let _ = s.write_all(input).await;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
-            Err(_) => panic!("no close after {input:?}; got {got:?}"),
-            Ok(Ok(0)) => return got,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
-            Ok(Err(e)) => panic!("reading after {input:?}: {e}"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,3 +161,23 @@ pub fn example_binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// Sends `input` on `s` and reads until the peer closes (or resets) the connection; returns
+/// what the peer sent meanwhile. The peer may close before it has read everything: the close
+/// is what counts.
+pub async fn closed_after(s: &mut tokio::net::TcpStream, input: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = s.write_all(input).await;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
+            Err(_) => panic!("no close after {input:?}; got {got:?}"),
+            Ok(Ok(0)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            // A reset instead of a close; what was sent before still counts.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return got,
+            Ok(Err(e)) => panic!("reading after {input:?}: {e}"),
+        }
+    }
+}

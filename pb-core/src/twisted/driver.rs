@@ -707,24 +707,8 @@ impl Link for PbShared {
         _refs: Vec<ObjectRef>,
         how: (Waker, Option<tokio::time::Instant>, CallExtras),
     ) -> Result<u64, Fault> {
-        let id = {
-            let mut st = lock(&self.state);
-            if st.close.is_some() {
-                return Err(self.close_fault());
-            }
-            self.fold_releases(&mut st);
-            st.broker
-                .start_call(
-                    &target_of(target),
-                    method.as_bytes(),
-                    payload.as_slice(),
-                    Some(how.0),
-                    false,
-                )
-                .map_err(send_fault)?
-        };
-        self.flush();
-        Ok(id as u64)
+        self.send_call(target, method, &payload, Some(how.0))
+            .map(|id| id as u64)
     }
 
     fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Reply> {
@@ -759,24 +743,7 @@ impl Link for PbShared {
         _refs: Vec<ObjectRef>,
         _extras: CallExtras,
     ) -> Result<(), Fault> {
-        {
-            let mut st = lock(&self.state);
-            if st.close.is_some() {
-                return Err(self.close_fault());
-            }
-            self.fold_releases(&mut st);
-            st.broker
-                .start_call(
-                    &target_of(target),
-                    method.as_bytes(),
-                    payload.as_slice(),
-                    None,
-                    false,
-                )
-                .map_err(send_fault)?;
-        }
-        self.flush();
-        Ok(())
+        self.send_call(target, method, &payload, None).map(|_| ())
     }
 
     fn send_update(&self, _object: u64, _payload: Bytes) {}
@@ -867,6 +834,35 @@ impl Link for PbShared {
 }
 
 impl PbShared {
+    /// Queues our call (after the releases dropped handles queued, so that they leave
+    /// first); `waiter` is woken by its answer, and without one none is asked for.
+    fn send_call(
+        &self,
+        target: u64,
+        method: &str,
+        payload: &Payload,
+        waiter: Option<Waker>,
+    ) -> Result<i64, Fault> {
+        let id = {
+            let mut st = lock(&self.state);
+            if st.close.is_some() {
+                return Err(self.close_fault());
+            }
+            self.fold_releases(&mut st);
+            st.broker
+                .start_call(
+                    &target_of(target),
+                    method.as_bytes(),
+                    payload.as_slice(),
+                    waiter,
+                    false,
+                )
+                .map_err(send_fault)?
+        };
+        self.flush();
+        Ok(id)
+    }
+
     /// An answer's value as an outcome: its flavors resolved (imports counted) now that it is
     /// matched to our call, its bytes re-encoded for the caller to decode.
     fn outcome(&self, ok: bool, element: &pb_proto::banana::Element) -> Reply {
