@@ -299,3 +299,58 @@ async fn start_tls_keeps_the_idle_timeout_afterwards() {
     // A peer that can still read is told cleanly (a close_notify, then the end of the stream).
     assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_asks_and_never_reads_is_closed_when_output_stalls() {
+    let (server_end, mut peer) = tokio::io::duplex(64 * 1024);
+    let server = AmpConnection::spawn(server_end, AmpConfig::default(), math());
+    let start = Instant::now();
+    // Asks without end, never reading an answer.
+    tokio::spawn(async move {
+        while peer.write_all(SUM_ASK).await.is_ok() {}
+        // Keep the peer's end open (unread) until the server gives up.
+        std::future::pending::<()>().await;
+    });
+    let reason = tokio::time::timeout(PATIENCE, server.closed())
+        .await
+        .expect("the server closes the connection");
+    let stall = pb_proto_stall();
+    assert_eq!(reason, DisconnectReason::WriteStalled(stall));
+    let after = start.elapsed();
+    assert!(
+        after >= stall && after <= 2 * stall + Duration::from_secs(1),
+        "closed after {after:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_is_not_a_stalled_one_and_none_turns_it_off() {
+    for config in [
+        AmpConfig::default(),
+        AmpConfig::default().write_stall_timeout(None),
+    ] {
+        let slow = config.write_stall_timeout.is_some();
+        let (server_end, peer) = tokio::io::duplex(64 * 1024);
+        let server = AmpConnection::spawn(server_end, config, math());
+        let (mut rd, mut wr) = tokio::io::split(peer);
+        tokio::spawn(async move { while wr.write_all(SUM_ASK).await.is_ok() {} });
+        if slow {
+            // Reads a little every 50 s: progress within every period.
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_secs(50)).await;
+                let mut buf = [0u8; 1024];
+                rd.read_exact(&mut buf).await.unwrap();
+            }
+        } else {
+            // Never reads, and the connection stays all the same.
+            tokio::time::sleep(Duration::from_secs(600)).await;
+        }
+        assert!(!server.is_closed());
+    }
+}
+
+fn pb_proto_stall() -> Duration {
+    AmpConfig::default()
+        .write_stall_timeout
+        .expect("a default write-stall timeout")
+}

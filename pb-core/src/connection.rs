@@ -116,7 +116,7 @@ impl Default for Config {
             features: Features::NONE,
             keepalive_interval: Some(Duration::from_secs(20)),
             idle_timeout: Some(Duration::from_secs(60)),
-            write_stall_timeout: Some(Duration::from_secs(60)),
+            write_stall_timeout: Some(pb_proto::limits::DEFAULT_WRITE_STALL_TIMEOUT),
         }
     }
 }

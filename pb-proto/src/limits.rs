@@ -8,6 +8,11 @@ use crate::message::{MessageError, MessageLimits};
 /// The deepest nesting of a decoded value, by default (pb-core's payload codec enforces it).
 pub const DEFAULT_MAX_DEPTH: usize = 128;
 
+/// How long congested output may make no progress before the connection closes: the default
+/// of pb-core's native `Config::write_stall_timeout` and of AMP's
+/// [`AmpConfig::write_stall_timeout`](crate::amp::AmpConfig::write_stall_timeout), 60 s.
+pub const DEFAULT_WRITE_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Limits of one connection. Every limit has a safe default.
 ///
 /// The limits on what the peer may send (`max_frame_len` and those in `message`) are announced

@@ -9,6 +9,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use rustls::pki_types::ServerName;
@@ -163,6 +164,11 @@ pub(super) struct Driver {
     pub(super) busy: bool,
     /// The peer's address, when known, for the logs.
     pub(super) peer: Option<SocketAddr>,
+    /// Writes that made progress, and what the write-stall timer saw when it last fired (that
+    /// count, and whether output was waiting): a stall is output waiting at two firings in a
+    /// row with no write between.
+    pub(super) writes: u64,
+    pub(super) stall_seen: (u64, bool),
 }
 
 impl Driver {
@@ -174,7 +180,9 @@ impl Driver {
         let reason = loop {
             let (mut rd, mut wr) = tokio::io::split(transport);
             match self.pump(&mut rd, &mut wr).await {
-                Pumped::Closed(reason @ DisconnectReason::IdleTimeout(_)) => {
+                Pumped::Closed(
+                    reason @ (DisconnectReason::IdleTimeout(_) | DisconnectReason::WriteStalled(_)),
+                ) => {
                     // The peer is presumed gone: one attempt at a clean close (a TLS
                     // close_notify), but no waiting on a peer that may never read it.
                     let _ = poll_once(async {
@@ -211,6 +219,10 @@ impl Driver {
         let timing = self.live.is_enabled();
         let timer = tokio::time::sleep_until(self.live.poll_timeout().into());
         tokio::pin!(timer);
+        // Checked lazily too: the timer fires once a period and looks at what changed.
+        let stall = self.dispatcher.config().write_stall_timeout;
+        let stall_timer = tokio::time::sleep(stall.unwrap_or(Duration::ZERO));
+        tokio::pin!(stall_timer);
         loop {
             let max_running = self.dispatcher.config().max_in_flight_responders;
             self.take_ready(max_running);
@@ -277,6 +289,7 @@ impl Driver {
                     Ok(Some(n)) => {
                         self.out.advance(n);
                         self.need_flush = true;
+                        self.writes += 1;
                     }
                     Ok(None) => self.need_flush = false,
                     Err(e) => return Pumped::Closed(DisconnectReason::Io(e.to_string())),
@@ -300,6 +313,20 @@ impl Driver {
                         return Pumped::Closed(DisconnectReason::Io(e.to_string()));
                     }
                 },
+                () = &mut stall_timer, if stall.is_some() => {
+                    let waiting = !self.out.is_empty();
+                    let seen = (self.writes, waiting);
+                    if waiting && self.stall_seen == seen {
+                        let after = stall.unwrap_or_default();
+                        tracing::warn!(peer = ?self.peer, ?after, "amp: closing connection: the peer reads none of our output");
+                        // An abort: the peer reads nothing, so nothing more can be written.
+                        self.out.clear();
+                        self.dispatcher.close();
+                        return Pumped::Closed(DisconnectReason::WriteStalled(after));
+                    }
+                    self.stall_seen = seen;
+                    stall_timer.as_mut().reset(tokio::time::Instant::now() + stall.unwrap_or_default());
+                }
                 () = &mut timer, if timing => {
                     if busy {
                         self.live.handle_frame(now());

@@ -121,6 +121,8 @@ impl AmpConnection {
             live: Liveness::new(timers, now()),
             boxes_seen: 0,
             busy: false,
+            writes: 0,
+            stall_seen: (0, false),
             peer,
             dispatcher: Dispatcher::new(config),
             locator: Arc::new(locator),

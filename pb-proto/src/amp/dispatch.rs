@@ -64,6 +64,14 @@ pub struct AmpConfig<S = ()> {
     /// TLS (default 10 s, as pb's native `handshake_timeout`); past it the connection closes
     /// with [`DisconnectReason::TlsHandshakeTimeout`].
     pub tls_handshake_timeout: Duration,
+    /// Close the connection when output waits to be written and none of it is written for this
+    /// long (default [`DEFAULT_WRITE_STALL_TIMEOUT`](crate::limits::DEFAULT_WRITE_STALL_TIMEOUT),
+    /// 60 s, as pb's native `write_stall_timeout`; `None`: never), with
+    /// [`DisconnectReason::WriteStalled`]: a peer that asks and never reads would otherwise keep
+    /// its connection, and its slot, for as long as it likes (while the output waits, this side
+    /// reads nothing, by choice, so the idle timeout does not count). The stall is found between
+    /// this long and twice this long after it began.
+    pub write_stall_timeout: Option<Duration>,
 }
 
 impl<S> Default for AmpConfig<S> {
@@ -80,6 +88,7 @@ impl<S> Default for AmpConfig<S> {
             max_connections_per_address: 64,
             idle_timeout: Some(Duration::from_secs(60)),
             tls_handshake_timeout: Duration::from_secs(10),
+            write_stall_timeout: Some(crate::limits::DEFAULT_WRITE_STALL_TIMEOUT),
         }
     }
 }
@@ -103,6 +112,13 @@ impl<S> AmpConfig<S> {
     #[inline]
     pub fn idle_timeout(mut self, after: Option<Duration>) -> Self {
         self.idle_timeout = after;
+        self
+    }
+
+    /// Sets [`AmpConfig::write_stall_timeout`] (`None`: never).
+    #[inline]
+    pub fn write_stall_timeout(mut self, after: Option<Duration>) -> Self {
+        self.write_stall_timeout = after;
         self
     }
 
@@ -663,6 +679,10 @@ pub enum DisconnectReason {
     /// A StartTLS handshake did not finish within [`AmpConfig::tls_handshake_timeout`].
     #[error("tls handshake not done within tls_handshake_timeout = {0:?}")]
     TlsHandshakeTimeout(Duration),
+    /// Output waited and none of it could be written for the configured
+    /// [`AmpConfig::write_stall_timeout`]: the peer stopped reading.
+    #[error("no output written within write_stall_timeout = {0:?}")]
+    WriteStalled(Duration),
 }
 
 /// A protocol violation by the peer; the connection is closed.
