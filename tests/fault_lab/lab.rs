@@ -86,7 +86,12 @@ fn sweep_stale() {
     };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else {
+        // Only the lab's own names: `pbfl-<digits>-…`.
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.split('-').next())
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        else {
             continue;
         };
         if pid == me || !std::path::Path::new("/proc").join(pid).exists() {
@@ -261,10 +266,10 @@ impl Lab {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 // libtest may print the test's name on the same line before the body runs.
-                if let Some(at) = line.find("PBFL ") {
-                    if tx.send(line[at + 5..].trim_end().to_string()).is_err() {
-                        break;
-                    }
+                if let Some(at) = line.find("PBFL ")
+                    && tx.send(line[at + 5..].trim_end().to_string()).is_err()
+                {
+                    break;
                 }
             }
         });
@@ -361,10 +366,10 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Ok(text) = std::fs::read_to_string(&self.stderr) {
-                eprintln!("--- stderr of {} ---\n{text}", self.name);
-            }
+        if std::thread::panicking()
+            && let Ok(text) = std::fs::read_to_string(&self.stderr)
+        {
+            eprintln!("--- stderr of {} ---\n{text}", self.name);
         }
         let _ = std::fs::remove_file(&self.stderr);
     }
