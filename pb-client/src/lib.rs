@@ -288,9 +288,19 @@ impl ClientBuilder {
         addr: impl ToSocketAddrs,
         hello: Hello,
     ) -> Result<Session, ClientError> {
-        let (stream, peer) = pb_core::transport::tcp_connect(addr)
-            .await
-            .map_err(ClientError::Io)?;
+        // The handshake timeout bounds the TCP connect too: a peer that drops SYNs would
+        // otherwise hold the dial until the kernel gives up (minutes).
+        let timeout = self.config.handshake_timeout;
+        let (stream, peer) =
+            match tokio::time::timeout(timeout, pb_core::transport::tcp_connect(addr)).await {
+                Ok(connected) => connected.map_err(ClientError::Io)?,
+                Err(_) => {
+                    return Err(ClientError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within handshake_timeout = {timeout:?}"),
+                    )));
+                }
+            };
         let (config, name) = match &self.tls {
             None => {
                 let conn = self.establish(stream, Some(peer), hello, None).await?;

@@ -86,7 +86,8 @@ use self::{
 pub struct Config {
     /// Table and message limits.
     pub limits: Limits,
-    /// How long the peer has to send its hello (default 10 s).
+    /// How long the peer has to send its hello (default 10 s); a client's dial (the TCP
+    /// connect, and the TLS handshake) is bounded by it too.
     pub handshake_timeout: Duration,
     /// How long a graceful close waits for running calls (default 30 s).
     pub drain_timeout: Duration,

@@ -98,7 +98,15 @@ where
 /// Connects to a Twisted PB server at `addr` and completes the dialect handshake; the server's
 /// root is [`Connection::root_ref`].
 pub async fn connect<A: ToSocketAddrs>(addr: A, config: PbConfig) -> io::Result<Connection> {
-    let stream = TcpStream::connect(addr).await?;
+    // The handshake timeout bounds the TCP connect too.
+    let stream = tokio::time::timeout(config.handshake_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no connection within PbConfig::handshake_timeout",
+            )
+        })??;
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
     connect_io(stream, peer, config)
