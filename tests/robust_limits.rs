@@ -462,20 +462,6 @@ async fn a_raised_max_frame_len_is_announced_to_the_peer() {
 
 // ---- answers nobody asked for -------------------------------------------------------------
 
-/// A frame holding an answer to call `id` that carries 1 024 fresh references.
-fn forged_answer(id: u64, first: u64) -> Vec<u8> {
-    use pb::proto::message::{Message, RefDesc};
-    let mut body = bytes::BytesMut::new();
-    Message::Answer {
-        id,
-        ok: true,
-        refs: (first..first + 1024).map(RefDesc::Sender).collect(),
-        payload: Bytes::new(),
-    }
-    .encode(&mut body);
-    frame(&body)
-}
-
 #[tokio::test(start_paused = true)]
 async fn answers_to_calls_never_made_import_nothing_and_cost_the_connection() {
     let (server, mut peer) = raw_peer(Config::default()).await;

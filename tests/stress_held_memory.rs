@@ -1,6 +1,8 @@
 //! Stress: a peer that floods a server with large calls and never reads grows the server's
-//! memory by at most `Limits::max_held_bytes` plus a fixed overhead. Ignored by default (it
-//! moves hundreds of MiB); CI runs it on its own in release mode:
+//! memory by at most `Limits::max_held_bytes` plus a fixed overhead, and one that floods it with
+//! answers to calls never made, each carrying 1 024 fresh references, grows it by nothing that
+//! counts. Ignored by default (they move hundreds of MiB); CI runs them on their own in release
+//! mode:
 //! `cargo test --release --test stress_held_memory -- --ignored`.
 //!
 //! Virtual time: a sleep returns once every task is idle, so "after a sleep" means "once the
@@ -10,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{HELLO, KitchenImpl, KitchenRef, reverse_call};
+use common::{HELLO, KitchenImpl, KitchenRef, forged_answer, reverse_call};
 use pb::{Config, Connection, Limits, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -104,4 +106,72 @@ async fn a_flood_of_large_calls_costs_at_most_the_held_bytes_cap() {
         read_uncapped >> 20,
         read >> 20
     );
+}
+
+/// Attack 1 of the hardening issue: answers to calls the server never made, each with 1 024
+/// fresh references, from a peer that never reads. Before answers were matched to a call
+/// before their references were imported, 8.6 MiB of them grew a server by 257 MiB (about 30
+/// times what was sent). Violations are not counted here (`max_violations` at its maximum),
+/// so that the flood goes on as long as the attacker likes.
+#[tokio::test(start_paused = true)]
+#[ignore = "stress test, run on its own in release mode"]
+async fn answers_to_calls_never_made_cost_nothing_that_grows() {
+    const ANSWERS: u64 = 4000;
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let config = Config {
+        limits: Limits {
+            max_violations: u32::MAX,
+            ..Limits::default()
+        },
+        keepalive_interval: None,
+        idle_timeout: None,
+        write_stall_timeout: None,
+        ..Config::default()
+    };
+    let before = rss_mib();
+    let attacker = tokio::spawn(async move {
+        theirs.write_all(&HELLO).await.unwrap();
+        let mut hello = [0u8; 20];
+        theirs.read_exact(&mut hello).await.unwrap();
+        let mut sent = 0u64;
+        for n in 0..ANSWERS {
+            let frame = forged_answer(1_000_000 + n, 1 + n * 1024);
+            sent += frame.len() as u64;
+            if theirs.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        // Keeps its end open, never reading.
+        let _ = sent;
+        std::future::pending::<()>().await;
+    });
+    let server = Connection::establish(
+        ours,
+        &config,
+        Side::Server,
+        Some(KitchenRef::new(KitchenImpl::default()).into()),
+        None,
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let grown = rss_mib() - before;
+    let stats = server.stats();
+    println!(
+        "{ANSWERS} forged answers ({} MiB read): RSS +{grown:.1} MiB, {} imported",
+        stats.bytes_in >> 20,
+        stats.tables.imported
+    );
+    assert!(
+        stats.bytes_in > 8 << 20,
+        "the flood got in: {} bytes",
+        stats.bytes_in
+    );
+    assert_eq!(
+        stats.tables.imported, 0,
+        "nothing is imported for an answer nobody asked for"
+    );
+    assert!(grown < 16.0, "RSS grew by {grown:.1} MiB");
+    server.abort();
+    attacker.abort();
 }

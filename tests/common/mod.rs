@@ -289,3 +289,20 @@ pub fn tls_configs() -> (
         .with_no_client_auth();
     (Arc::new(server), Arc::new(client))
 }
+
+/// A framed answer to call `id` (one we never made) that carries 1 024 fresh references,
+/// numbered from `first`: what a peer sends to make us import what nobody asked for.
+pub fn forged_answer(id: u64, first: u64) -> Vec<u8> {
+    use pb::proto::message::{Message, RefDesc};
+    let mut body = bytes::BytesMut::new();
+    Message::Answer {
+        id,
+        ok: true,
+        refs: (first..first + 1024).map(RefDesc::Sender).collect(),
+        payload: bytes::Bytes::new(),
+    }
+    .encode(&mut body);
+    let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+    framed.extend_from_slice(&body);
+    framed
+}
