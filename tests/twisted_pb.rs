@@ -495,3 +495,36 @@ async fn calls_over_the_in_flight_cap_wait_unread_then_run() {
     }
     assert_eq!(most.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_server_caps_connections_per_address_and_frees_the_slot_on_close() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = PbConfig::default().max_connections_per_address(2);
+    let root: ObjectRef = RootRef::new(TheRoot).into();
+    tokio::spawn(pb::twisted::serve(listener, root, config));
+    let first = pb::twisted::connect(addr, PbConfig::default())
+        .await
+        .unwrap();
+    let _second = pb::twisted::connect(addr, PbConfig::default())
+        .await
+        .unwrap();
+    // The third from the same address is closed at once: no dialect offer ever comes.
+    assert!(
+        pb::twisted::connect(addr, PbConfig::default())
+            .await
+            .is_err()
+    );
+    first.close().await;
+    // Its slot is free once the server has seen it close.
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(c) = pb::twisted::connect(addr, PbConfig::default()).await {
+            again = Some(c);
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let again: RootRef = again.expect("a slot frees up").root();
+    assert_eq!(again.add(2, 2).await.unwrap(), 4);
+}

@@ -50,9 +50,11 @@ pub use pb_proto::twisted::cred;
 pub use pb_proto::twisted::{MAX_BROKER_REFS, PROTOCOL_VERSION, PbConfig};
 pub use portal::{Credentials, Portal, login, login_anonymous};
 
-/// Serves `root` to Twisted PB clients on `listener`, each connection with its own broker,
-/// until the listener fails for good. An accept error (out of file descriptors, say) is
-/// logged and retried after a pause that grows to a second; the server goes on.
+/// Serves `root` to Twisted PB clients on `listener`, each connection with its own broker. It
+/// keeps at most [`PbConfig::max_connections`] open, and
+/// [`PbConfig::max_connections_per_address`] from one address; one more is closed as soon as
+/// it is accepted. An accept error (out of file descriptors, say) is logged and retried after a
+/// pause that grows to a second: the server goes on, and never returns an error.
 pub async fn serve(listener: TcpListener, root: ObjectRef, config: PbConfig) -> io::Result<()> {
     serve_with(listener, move |_| root.clone(), config).await
 }
@@ -63,14 +65,28 @@ pub async fn serve_with<F>(listener: TcpListener, root_for: F, config: PbConfig)
 where
     F: Fn(&Connection) -> ObjectRef + Send + Sync + 'static,
 {
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let per_address = crate::transport::PerAddress::new(config.max_connections_per_address);
     let mut pause = Duration::from_millis(5);
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
                 pause = Duration::from_millis(5);
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(peer = %addr, max = config.max_connections, "twisted pb: connection refused: max_connections reached");
+                    continue;
+                };
+                let Some(slot) = per_address.enter(addr.ip()) else {
+                    tracing::warn!(peer = %addr, max = config.max_connections_per_address, "twisted pb: connection refused: max_connections_per_address reached");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let conn = accept_io(stream, Some(addr), None, config);
                 conn.set_root(Some(root_for(&conn)));
+                tokio::spawn(async move {
+                    conn.closed().await;
+                    drop((permit, slot));
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; retrying");

@@ -73,6 +73,12 @@ pub struct PbConfig {
     /// How long a connection may take to choose its dialect (default
     /// [`DEFAULT_HANDSHAKE_TIMEOUT`]); the driver closes it then.
     pub handshake_timeout: std::time::Duration,
+    /// The most connections a server keeps open at once (default 1 024, as AMP's and the
+    /// native server's); one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// The most of those from one source address, an IPv4 address or an IPv6 /64 (default
+    /// 64), so that one address cannot take every slot.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for PbConfig {
@@ -85,6 +91,8 @@ impl Default for PbConfig {
             max_in_flight_calls: DEFAULT_MAX_IN_FLIGHT_CALLS,
             max_violations: DEFAULT_MAX_VIOLATIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_connections: 1024,
+            max_connections_per_address: 64,
         }
     }
 }
@@ -123,6 +131,18 @@ impl PbConfig {
     /// Sets [`PbConfig::handshake_timeout`].
     pub fn handshake_timeout(mut self, d: std::time::Duration) -> Self {
         self.handshake_timeout = d;
+        self
+    }
+
+    /// Sets [`PbConfig::max_connections`].
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Sets [`PbConfig::max_connections_per_address`].
+    pub fn max_connections_per_address(mut self, n: usize) -> Self {
+        self.max_connections_per_address = n;
         self
     }
 
