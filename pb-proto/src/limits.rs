@@ -10,7 +10,7 @@ pub const DEFAULT_MAX_DEPTH: usize = 128;
 
 /// How long congested output may make no progress before the connection closes: the default
 /// of pb-core's native `Config::write_stall_timeout` and of AMP's
-/// [`AmpConfig::write_stall_timeout`](crate::amp::AmpConfig::write_stall_timeout), 60 s.
+/// [`AmpConfig::write_stall_timeout`](crate::amp::dispatch::AmpConfig::write_stall_timeout), 60 s.
 pub const DEFAULT_WRITE_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Limits of one connection. Every limit has a safe default.
