@@ -528,3 +528,28 @@ async fn a_server_caps_connections_per_address_and_frees_the_slot_on_close() {
     let again: RootRef = again.expect("a slot frees up").root();
     assert_eq!(again.add(2, 2).await.unwrap(), 4);
 }
+
+#[tokio::test]
+async fn a_twisted_cacheable_arrives_as_a_live_replica() {
+    let cache = pb::Cache::new(Count { count: 4 });
+    let (server, client) = pair(CachesRef::new(TheCaches(cache.clone())).into()).await;
+    // The same interface on both ends: the client's `Replica<Count>` follows `observe_set`.
+    let root = CachesRef::from_object_ref(client.root_ref());
+    let replica = root.cache().await.unwrap();
+    assert!(!replica.is_local());
+    assert_eq!(replica.get(), Count { count: 4 });
+    let again = root.cache().await.unwrap();
+    assert_eq!(root.bump().await.unwrap(), 5);
+    assert_eq!(root.bump().await.unwrap(), 6);
+    // The updates came before the answers, in order.
+    assert_eq!((replica.get(), replica.version()), (Count { count: 6 }, 2));
+    assert_eq!(
+        again.get(),
+        Count { count: 6 },
+        "both sends share one replica"
+    );
+    assert!(replica.error().is_none());
+    drop((replica, again));
+    until(|| server.stats().tables.exported == 0).await;
+    cache.wait_for_observers(|n| n == 0).await;
+}

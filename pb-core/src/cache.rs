@@ -440,19 +440,14 @@ impl<T: CacheState> ReplicaState<T> {
     }
 }
 
-impl<T: CacheState> ReplicaSink for ReplicaState<T> {
-    fn apply(&self, payload: &[u8]) {
-        let msg: CacheMsg<T, T::Update> = match codec::decode(payload, Vec::new()) {
-            Ok(m) => m,
-            Err(e) => {
-                let have = self.state.borrow().version;
-                self.fail(ReplicaError::Undecodable {
-                    have,
-                    reason: e.to_string(),
-                });
-                return;
-            }
-        };
+impl<T: CacheState> ReplicaState<T> {
+    /// Applies the next update (a Twisted owner's `observe_*` call, which carries no version).
+    fn apply_next(&self, update: T::Update) {
+        let version = self.state.borrow().version + 1;
+        self.apply_msg(CacheMsg::Apply { version, update });
+    }
+
+    fn apply_msg(&self, msg: CacheMsg<T, T::Update>) {
         let mut missed = None;
         let mut in_sync = false;
         let mut change = None;
@@ -492,6 +487,21 @@ impl<T: CacheState> ReplicaSink for ReplicaState<T> {
             self.fail(error);
         } else if in_sync && lock(&self.error).take().is_some() {
             tracing::info!("a cache replica is back in sync with its owner");
+        }
+    }
+}
+
+impl<T: CacheState> ReplicaSink for ReplicaState<T> {
+    fn apply(&self, payload: &[u8]) {
+        match codec::decode(payload, Vec::new()) {
+            Ok(msg) => self.apply_msg(msg),
+            Err(e) => {
+                let have = self.state.borrow().version;
+                self.fail(ReplicaError::Undecodable {
+                    have,
+                    reason: e.to_string(),
+                });
+            }
         }
     }
 
@@ -692,6 +702,10 @@ impl<T: CacheState> Serialize for Replica<T> {
                         "a replica can only be sent back to its owner",
                     ));
                 }
+                if s.is_human_readable() {
+                    // Over Twisted PB, the owner's own Cacheable: `["lcache", luid]`.
+                    return owner.serialize(s);
+                }
                 let st = state.state.borrow().clone();
                 (owner, st.version, st.value).serialize(s)
             }
@@ -699,8 +713,82 @@ impl<T: CacheState> Serialize for Replica<T> {
     }
 }
 
+/// A replica of a Twisted PB peer's Cacheable: its state read as `T` from the copy the driver
+/// keeps, its owner's `observe_<variant>(*fields)` calls applied as `T::Update`s, in order.
+fn twisted_replica<T: CacheState>(
+    owner: ObjectRef,
+    copy: &Arc<CacheCopy>,
+) -> Result<Replica<T>, String> {
+    if let Some(existing) = copy.replica() {
+        let state = existing
+            .downcast::<ReplicaState<T>>()
+            .map_err(|_| "a cache already received as a replica of another type".to_owned())?;
+        return Ok(Replica {
+            inner: Kind::Remote { owner, state },
+        });
+    }
+    let value: T =
+        codec::jelly::from_graph(copy.state(), None, codec::DEFAULT_MAX_DEPTH).map_err(|e| {
+            format!(
+                "the Cacheable's state is not a {}: {e}",
+                std::any::type_name::<T>()
+            )
+        })?;
+    let state = Arc::new(ReplicaState::new(0, value));
+    let follower = Arc::downgrade(&state);
+    copy.follow(Box::new(move |method, args| {
+        let Some(state) = follower.upgrade() else {
+            return;
+        };
+        match codec::twisted::update_of::<T::Update>(method, args) {
+            Ok(update) => state.apply_next(update),
+            Err(e) => {
+                let have = state.state.borrow().version;
+                state.fail(ReplicaError::Undecodable {
+                    have,
+                    reason: format!("observe_{method}: {e}"),
+                });
+            }
+        }
+    }));
+    copy.set_replica(state.clone());
+    Ok(Replica {
+        inner: Kind::Remote { owner, state },
+    })
+}
+
 impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            // Over Twisted PB: a Cacheable's flavor, which the driver resolved to a handle
+            // holding the copy.
+            let owner = ObjectRef::deserialize(d)?;
+            let copy = match &owner.0 {
+                RefInner::Remote(imp) => match &*lock(&imp.replica) {
+                    ReplicaSlot::Attached(sink) => {
+                        sink.clone().as_any().downcast::<CacheCopy>().ok()
+                    }
+                    _ => None,
+                },
+                RefInner::Local(object) => {
+                    // Our own cache came home (`["lcache", luid]`).
+                    return object
+                        .clone()
+                        .as_any()
+                        .and_then(|a| a.downcast::<CacheInner<T>>().ok())
+                        .map(|c| Replica {
+                            inner: Kind::Local(c),
+                        })
+                        .ok_or_else(|| {
+                            serde::de::Error::custom(
+                                "a local object that is not a cache of this type",
+                            )
+                        });
+                }
+            };
+            let copy = copy.ok_or_else(|| serde::de::Error::custom("not a Cacheable"))?;
+            return twisted_replica(owner, &copy).map_err(serde::de::Error::custom);
+        }
         let (owner, version, value): (ObjectRef, u64, T) = Deserialize::deserialize(d)?;
         let imp = match &owner.0 {
             RefInner::Remote(imp) => imp.clone(),
@@ -758,9 +846,11 @@ impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
 }
 
 mod changes;
+mod twisted;
 
 use self::changes::Changes;
 pub use self::changes::{ReplicaChange, ReplicaUpdates};
+pub(crate) use self::twisted::CacheCopy;
 
 #[cfg(test)]
 mod tests;

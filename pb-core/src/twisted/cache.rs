@@ -1,56 +1,17 @@
 //! Copies of a Twisted peer's Cacheables: `[tag, luid, state]`, then `["cached", luid]`, kept
 //! up to date by the owner's `observe_*` calls (`cachemessage`).
 
-use std::any::Any;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use tokio::sync::watch;
 
+use crate::cache::CacheCopy;
 use crate::codec::jelly::Dynamic;
-use crate::link::{ReplicaSink, ReplicaSlot};
+use crate::link::ReplicaSlot;
 use crate::object::{ObjectRef, RefInner};
-use pb_proto::jelly::Graph;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The copy of one Cacheable, shared by every [`RemoteCache`] of it on one connection.
-pub(crate) struct CacheCopy {
-    tag: bytes::Bytes,
-    state: Graph,
-    observed: Mutex<Vec<(String, Dynamic)>>,
-    count: watch::Sender<usize>,
-}
-
-impl CacheCopy {
-    pub(crate) fn new(tag: bytes::Bytes, state: Graph) -> Arc<CacheCopy> {
-        Arc::new(CacheCopy {
-            tag,
-            state,
-            observed: Mutex::new(Vec::new()),
-            count: watch::channel(0).0,
-        })
-    }
-
-    /// The owner called `observe_<method>(*args)`.
-    pub(crate) fn observe(&self, method: String, args: Graph) {
-        let n = {
-            let mut log = lock(&self.observed);
-            log.push((method, Dynamic(args)));
-            log.len()
-        };
-        self.count.send_replace(n);
-    }
-}
-
-impl ReplicaSink for CacheCopy {
-    fn apply(&self, _payload: &[u8]) {}
-
-    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
-        self
-    }
 }
 
 /// A copy of a Twisted peer's Cacheable (Twisted's `RemoteCache`): the state it was sent with
@@ -66,8 +27,8 @@ pub struct RemoteCache {
 impl std::fmt::Debug for RemoteCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteCache")
-            .field("tag", &String::from_utf8_lossy(&self.copy.tag))
-            .field("observed", &lock(&self.copy.observed).len())
+            .field("tag", &String::from_utf8_lossy(self.copy.tag()))
+            .field("observed", &self.copy.observed().len())
             .finish()
     }
 }
@@ -75,23 +36,23 @@ impl std::fmt::Debug for RemoteCache {
 impl RemoteCache {
     /// The Cacheable's type tag.
     pub fn tag(&self) -> &[u8] {
-        &self.copy.tag
+        self.copy.tag()
     }
 
     /// The state it was sent with.
     pub fn state(&self) -> Dynamic {
-        Dynamic(self.copy.state.clone())
+        Dynamic(self.copy.state().clone())
     }
 
     /// The owner's `observe_*` calls so far: each method's name (without `observe_`) and its
     /// arguments (a tuple).
     pub fn observed(&self) -> Vec<(String, Dynamic)> {
-        lock(&self.copy.observed).clone()
+        self.copy.observed()
     }
 
     /// Waits until at least `n` `observe_*` calls have arrived (or the connection ends).
     pub async fn wait_observed(&self, n: usize) {
-        let mut rx = self.copy.count.subscribe();
+        let mut rx = self.copy.count();
         let closed = self.handle.disconnected();
         tokio::select! {
             _ = rx.wait_for(|c| *c >= n) => {}

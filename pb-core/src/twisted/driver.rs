@@ -17,7 +17,7 @@ use pb_proto::twisted::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
 
-use super::cache::CacheCopy;
+use crate::cache::CacheCopy;
 use crate::codec::Payload;
 use crate::codec::jelly::{JellyRefs, subgraph};
 use crate::codec::twisted::{JellyArgs, MessageRefs};

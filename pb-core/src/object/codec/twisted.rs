@@ -146,6 +146,28 @@ pub(crate) fn observe_call<U: Serialize + ?Sized>(
     Ok((method, Graph::from_parts(Value::Tuple(args), nodes)))
 }
 
+/// The cache update an `observe_<method>(*args)` call stands for: the inverse of
+/// [`observe_call`] (no arguments: the unit variant `method`; one: its newtype variant; more:
+/// its tuple variant).
+pub(crate) fn update_of<U: DeserializeOwned>(method: &str, args: &Graph) -> Result<U, CodecError> {
+    let items = match args.root() {
+        Value::Tuple(items) => items.clone(),
+        other => vec![other.clone()],
+    };
+    let name = Value::Str(method.to_owned());
+    let root = match items.len() {
+        0 => name,
+        1 => Value::Dict(vec![(name, items.into_iter().next().unwrap_or_default())]),
+        _ => Value::Dict(vec![(name, Value::Tuple(items))]),
+    };
+    let (_, nodes) = args.clone().into_parts();
+    from_graph(
+        &Graph::from_parts(root, nodes),
+        None,
+        super::DEFAULT_MAX_DEPTH,
+    )
+}
+
 /// Decodes received Banana bytes (re-encoded by the driver from what arrived) into a graph.
 pub(crate) fn decode_graph(payload: &[u8], link: &dyn TwistedLink) -> Result<Graph, CodecError> {
     let config = *link.encoder().config();
