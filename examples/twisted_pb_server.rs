@@ -29,57 +29,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use pb::twisted::{Credentials, Dynamic, Failure, PbConfig, Portal};
-use pb::{Cache, CacheState, Replica};
+use pb::{Cache, Replica};
 use pb::{Caller, ObjectRef};
 
 #[path = "shared/twisted_root.rs"]
 mod twisted_root;
 
 use twisted_root::*;
-
-/// The state of the server's one Cacheable (`pbtest.Counter` for Twisted).
-#[pb::copyable]
-#[derive(Debug, Clone, PartialEq)]
-pub struct CounterState {
-    pub count: i64,
-}
-
-/// Its one update: Twisted's copies get `observe_set(n)`.
-#[pb::copyable]
-#[derive(Debug, Clone, PartialEq)]
-pub enum CounterUpdate {
-    #[serde(rename = "set")]
-    Set(i64),
-}
-
-impl CacheState for CounterState {
-    type Update = CounterUpdate;
-
-    fn apply(&mut self, update: &CounterUpdate) {
-        let CounterUpdate::Set(n) = update;
-        self.count = *n;
-    }
-
-    fn twisted_tag() -> &'static str {
-        "pbtest.Counter"
-    }
-}
-
-/// The root Twisted clients call.
-#[pb::remote]
-pub trait Root {
-    async fn echo(&self, x: Dynamic) -> Dynamic;
-    async fn add(&self, a: i128, b: i128) -> Result<i128, Failure>;
-    async fn fail(&self, message: String) -> Result<(), Failure>;
-    async fn call_back(&self, r: ObjectRef, x: Dynamic) -> Result<Dynamic, Failure>;
-    async fn give_back(&self, r: ObjectRef) -> ObjectRef;
-    async fn counter(&self, start: i64) -> CounterRef;
-    async fn point(&self, x: i128, y: i128) -> Point;
-    async fn sum_point(&self, p: Point) -> Result<i128, Failure>;
-    async fn cache(&self) -> Replica<CounterState>;
-    async fn bump(&self) -> Result<i64, Failure>;
-    async fn exported(&self, caller: Caller) -> usize;
-}
 
 struct TheCounter(AtomicI64);
 
