@@ -2,8 +2,9 @@
 //! memory by at most `Limits::max_held_bytes` plus a fixed overhead, and one that floods it with
 //! answers to calls never made, each carrying 1 024 fresh references, grows it by nothing that
 //! counts. Ignored by default (they move hundreds of MiB); CI runs them on their own in release
-//! mode:
-//! `cargo test --release --test stress_held_memory -- --ignored`.
+//! mode, one test per process (each measures the whole process's memory, which the allocator
+//! gives back to the system lazily after the one before):
+//! `cargo test --release --test stress_held_memory -- --ignored --exact NAME`.
 //!
 //! Virtual time: a sleep returns once every task is idle, so "after a sleep" means "once the
 //! server has stopped reading".
@@ -16,6 +17,21 @@ use common::{HELLO, KitchenImpl, KitchenRef, forged_answer, reverse_call};
 use pb::{Config, Connection, Limits, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The tests measure the process's memory: they take turns, each on a runtime of its own
+/// that is gone (with everything it held) before the next starts.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `test` alone, on a runtime with a paused clock.
+fn alone<F: std::future::Future<Output = ()>>(test: F) {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a runtime")
+        .block_on(test);
+}
+
 /// Resident set size in MiB, from /proc.
 fn rss_mib() -> f64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
@@ -27,9 +43,14 @@ fn rss_mib() -> f64 {
     pages * 4.0 / 1024.0
 }
 
-/// Flood a server whose limits are `limits` with `calls` calls of 1 MiB without reading; the
-/// server's memory growth in MiB once it has stopped reading, and what it read.
-async fn flood(limits: Limits, calls: u64) -> (f64, u64) {
+/// A server with `limits` (no timeouts) flooded by a peer that writes `frame(n)` for n in
+/// `0..frames` and never reads: the server's memory growth in MiB once it has stopped reading,
+/// and its stats then.
+async fn flood_with(
+    limits: Limits,
+    frames: u64,
+    frame: impl Fn(u64) -> Vec<u8> + Send + 'static,
+) -> (f64, pb::ConnectionStats) {
     let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
     let config = Config {
         limits,
@@ -43,10 +64,8 @@ async fn flood(limits: Limits, calls: u64) -> (f64, u64) {
         theirs.write_all(&HELLO).await.unwrap();
         let mut hello = [0u8; 20];
         theirs.read_exact(&mut hello).await.unwrap();
-        // One frame, written again and again under new ids: the attacker holds 1 MiB.
-        let payload = vec![7u8; 1 << 20];
-        for id in 1..=calls {
-            if theirs.write_all(&reverse_call(id, &payload)).await.is_err() {
+        for n in 0..frames {
+            if theirs.write_all(&frame(n)).await.is_err() {
                 return;
             }
         }
@@ -64,16 +83,29 @@ async fn flood(limits: Limits, calls: u64) -> (f64, u64) {
     .unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let grown = rss_mib() - before;
-    let read = server.stats().bytes_in;
+    let stats = server.stats();
     server.abort();
     attacker.abort();
     let _ = attacker.await;
-    (grown, read)
+    (grown, stats)
 }
 
-#[tokio::test(start_paused = true)]
+/// Flood a server whose limits are `limits` with `calls` calls of 1 MiB without reading; the
+/// server's memory growth in MiB once it has stopped reading, and what it read.
+async fn flood(limits: Limits, calls: u64) -> (f64, u64) {
+    // One frame, written again and again under new ids: the attacker holds 1 MiB.
+    let payload = vec![7u8; 1 << 20];
+    let (grown, stats) = flood_with(limits, calls, move |n| reverse_call(n + 1, &payload)).await;
+    (grown, stats.bytes_in)
+}
+
+#[test]
 #[ignore = "stress test, run on its own in release mode"]
-async fn a_flood_of_large_calls_costs_at_most_the_held_bytes_cap() {
+fn a_flood_of_large_calls_costs_at_most_the_held_bytes_cap() {
+    alone(a_flood_of_large_calls());
+}
+
+async fn a_flood_of_large_calls() {
     const CALLS: u64 = 300;
     let capped = Limits::default();
     let cap_mib = capped.max_held_bytes as f64 / (1 << 20) as f64;
@@ -113,50 +145,22 @@ async fn a_flood_of_large_calls_costs_at_most_the_held_bytes_cap() {
 /// before their references were imported, 8.6 MiB of them grew a server by 257 MiB (about 30
 /// times what was sent). Violations are not counted here (`max_violations` at its maximum),
 /// so that the flood goes on as long as the attacker likes.
-#[tokio::test(start_paused = true)]
+#[test]
 #[ignore = "stress test, run on its own in release mode"]
-async fn answers_to_calls_never_made_cost_nothing_that_grows() {
+fn answers_to_calls_never_made_cost_nothing_that_grows() {
+    alone(forged_answers());
+}
+
+async fn forged_answers() {
     const ANSWERS: u64 = 4000;
-    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
-    let config = Config {
-        limits: Limits {
-            max_violations: u32::MAX,
-            ..Limits::default()
-        },
-        keepalive_interval: None,
-        idle_timeout: None,
-        write_stall_timeout: None,
-        ..Config::default()
+    let limits = Limits {
+        max_violations: u32::MAX,
+        ..Limits::default()
     };
-    let before = rss_mib();
-    let attacker = tokio::spawn(async move {
-        theirs.write_all(&HELLO).await.unwrap();
-        let mut hello = [0u8; 20];
-        theirs.read_exact(&mut hello).await.unwrap();
-        let mut sent = 0u64;
-        for n in 0..ANSWERS {
-            let frame = forged_answer(1_000_000 + n, 1 + n * 1024);
-            sent += frame.len() as u64;
-            if theirs.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-        // Keeps its end open, never reading.
-        let _ = sent;
-        std::future::pending::<()>().await;
-    });
-    let server = Connection::establish(
-        ours,
-        &config,
-        Side::Server,
-        Some(KitchenRef::new(KitchenImpl::default()).into()),
-        None,
-    )
-    .await
-    .unwrap();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let grown = rss_mib() - before;
-    let stats = server.stats();
+    let (grown, stats) = flood_with(limits, ANSWERS, |n| {
+        forged_answer(1_000_000 + n, 1 + n * 1024)
+    })
+    .await;
     println!(
         "{ANSWERS} forged answers ({} MiB read): RSS +{grown:.1} MiB, {} imported",
         stats.bytes_in >> 20,
@@ -172,6 +176,4 @@ async fn answers_to_calls_never_made_cost_nothing_that_grows() {
         "nothing is imported for an answer nobody asked for"
     );
     assert!(grown < 16.0, "RSS grew by {grown:.1} MiB");
-    server.abort();
-    attacker.abort();
 }

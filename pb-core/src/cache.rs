@@ -757,6 +757,20 @@ fn twisted_replica<T: CacheState>(
     })
 }
 
+/// Our own cache, come back to us: the owner's view of it.
+fn own_cache<T: CacheState, E: serde::de::Error>(
+    object: &Arc<dyn Dispatch>,
+) -> Result<Replica<T>, E> {
+    object
+        .clone()
+        .as_any()
+        .and_then(|a| a.downcast::<CacheInner<T>>().ok())
+        .map(|c| Replica {
+            inner: Kind::Local(c),
+        })
+        .ok_or_else(|| E::custom("a local object that is not a cache of this type"))
+}
+
 impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
@@ -770,21 +784,8 @@ impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
                     }
                     _ => None,
                 },
-                RefInner::Local(object) => {
-                    // Our own cache came home (`["lcache", luid]`).
-                    return object
-                        .clone()
-                        .as_any()
-                        .and_then(|a| a.downcast::<CacheInner<T>>().ok())
-                        .map(|c| Replica {
-                            inner: Kind::Local(c),
-                        })
-                        .ok_or_else(|| {
-                            serde::de::Error::custom(
-                                "a local object that is not a cache of this type",
-                            )
-                        });
-                }
+                // Our own cache came home (`["lcache", luid]`).
+                RefInner::Local(object) => return own_cache(object),
             };
             let copy = copy.ok_or_else(|| serde::de::Error::custom("not a Cacheable"))?;
             return twisted_replica(owner, &copy).map_err(serde::de::Error::custom);
@@ -792,19 +793,8 @@ impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
         let (owner, version, value): (ObjectRef, u64, T) = Deserialize::deserialize(d)?;
         let imp = match &owner.0 {
             RefInner::Remote(imp) => imp.clone(),
-            RefInner::Local(object) => {
-                // Our own cache came back: the owner's view of it.
-                return object
-                    .clone()
-                    .as_any()
-                    .and_then(|a| a.downcast::<CacheInner<T>>().ok())
-                    .map(|c| Replica {
-                        inner: Kind::Local(c),
-                    })
-                    .ok_or_else(|| {
-                        serde::de::Error::custom("a local object that is not a cache of this type")
-                    });
-            }
+            // Our own cache came back: the owner's view of it.
+            RefInner::Local(object) => return own_cache(object),
         };
         let mut slot = lock(&imp.replica);
         let (pending, overflowed) = match std::mem::take(&mut *slot) {
