@@ -553,3 +553,44 @@ async fn a_twisted_cacheable_arrives_as_a_live_replica() {
     until(|| server.stats().tables.exported == 0).await;
     cache.wait_for_observers(|n| n == 0).await;
 }
+
+#[tokio::test]
+async fn cacheable_copies_count_against_the_imports_limit() {
+    let cache = pb::Cache::new(Count { count: 1 });
+    let other = pb::Cache::new(Count { count: 2 });
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let _server = pb::twisted::accept_io(
+        a,
+        None,
+        Some(TwoCachesRef::new(TheTwoCaches(cache, other)).into()),
+        PbConfig::default(),
+    );
+    let client = pb::twisted::connect_io(b, None, PbConfig::default().max_imports(1))
+        .await
+        .unwrap();
+    let root: TwoCachesRef = client.root();
+    let first = root.first().await.unwrap();
+    assert_eq!(first.get(), Count { count: 1 });
+    // A second copy while the first is held is over the limit: that answer fails alone.
+    assert!(
+        matches!(root.second().await, Err(CallError::BadAnswer(m)) if m.contains("Cacheable copies"))
+    );
+    assert_eq!(root.first().await.unwrap().get(), Count { count: 1 });
+}
+
+#[pb::remote]
+pub trait TwoCaches {
+    async fn first(&self) -> pb::Replica<Count>;
+    async fn second(&self) -> pb::Replica<Count>;
+}
+
+struct TheTwoCaches(pb::Cache<Count>, pb::Cache<Count>);
+
+impl TwoCaches for TheTwoCaches {
+    async fn first(&self) -> pb::Replica<Count> {
+        self.0.replica()
+    }
+    async fn second(&self) -> pb::Replica<Count> {
+        self.1.replica()
+    }
+}

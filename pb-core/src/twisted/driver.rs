@@ -190,6 +190,12 @@ impl PbShared {
                         .cloned()
                         .ok_or_else(|| format!("[\"local\", {luid}] names nothing we export"))?,
                     Value::Cache { tag, luid, state } => {
+                        // Copies live until the owner's `uncache`, which a peer could withhold:
+                        // they count against the imports limit until then.
+                        let max = self.config.max_imports;
+                        if st.cached.len() >= max && !st.cached.contains_key(luid) {
+                            return Err(format!("more than {max} Cacheable copies held"));
+                        }
                         let copy = CacheCopy::new(tag.clone(), subgraph(state, graph)?);
                         st.cached.insert(*luid, copy.clone());
                         Self::import(&mut st, &me, *luid, Some(copy))?
