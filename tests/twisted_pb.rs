@@ -594,3 +594,18 @@ impl TwoCaches for TheTwoCaches {
         self.1.replica()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_run_in_the_order_they_were_sent() {
+    let (_server, client) = pair(RootRef::new(TheRoot).into()).await;
+    let root: RootRef = client.root();
+    let c = root.counter(0).await.unwrap();
+    // Calls without an answer, then one with: a handler that does not wait finishes before
+    // the next message is read, as in Twisted.
+    for round in 1..=20 {
+        for _ in 0..100 {
+            c.object_ref().send("increment", &()).unwrap();
+        }
+        assert_eq!(c.value().await.unwrap(), round * 100);
+    }
+}

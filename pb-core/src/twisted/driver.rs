@@ -254,45 +254,61 @@ impl PbShared {
     /// Runs the peer's call: resolves its references now (in the order the peer sent its
     /// messages), then dispatches it in a task and answers (or not).
     fn spawn_call(self: &Arc<Self>, call: Incoming<ObjectRef>) {
-        let me = self.clone();
         let request = call.request;
         let answer = call.answer;
         let method = String::from_utf8_lossy(&call.method).into_owned();
-        let prepared = me.incoming(call);
-        tokio::spawn(async move {
-            let (reply, keep) = match prepared {
-                // The handler runs in a task of its own, so that a panic in it is an
-                // `Internal` failure for the caller, not a lost answer.
-                Ok((object, incoming, keep)) => {
-                    let handler = tokio::spawn(object.into_dispatch(incoming));
-                    let reply = handler.await.unwrap_or_else(|e| {
-                        Err(Fault {
-                            kind: FaultKind::Internal,
-                            message: if e.is_panic() {
-                                "the handler panicked".to_owned()
-                            } else {
-                                "the handler was cancelled".to_owned()
-                            },
+        let (object, incoming, keep) = match self.incoming(call) {
+            Ok(prepared) => prepared,
+            Err(fault) => return self.finish(request, answer, &method, Err(fault), Vec::new()),
+        };
+        // Polled once here, as the message arrives: a handler that does not wait finishes
+        // before the next message is read, so calls run in the order they were sent (as in
+        // Twisted, where a method that returns a value has answered before the next message).
+        // Only one that waits goes on in a task of its own.
+        let mut handler = object.into_dispatch(incoming);
+        let mut cx = Context::from_waker(Waker::noop());
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            handler.as_mut().poll(&mut cx)
+        }));
+        match first {
+            Ok(Poll::Ready(reply)) => self.finish(request, answer, &method, reply, keep),
+            Err(_) => self.finish(request, answer, &method, Err(panicked()), keep),
+            Ok(Poll::Pending) => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    // In a task of its own, so that a panic in it is an `Internal` failure
+                    // for the caller, not a lost answer.
+                    let reply = tokio::spawn(handler).await.unwrap_or_else(|e| {
+                        Err(if e.is_panic() {
+                            panicked()
+                        } else {
+                            Fault {
+                                kind: FaultKind::Internal,
+                                message: "the handler was cancelled".to_owned(),
+                            }
                         })
                     });
-                    (reply, keep)
-                }
-                Err(fault) => (Err(fault), Vec::new()),
-            };
-            if !answer {
-                if let Err(f) = &reply {
-                    tracing::warn!(connection = me.id, method, error = %f.message, "a call without answer failed");
-                }
-                lock(&me.state).broker.forget_call(request);
-                me.call_done.notify_one();
-                return;
+                    me.finish(request, answer, &method, reply, keep);
+                });
             }
-            me.answer(request, reply);
-            me.call_done.notify_one();
-            // The call's references are released only after its answer is queued: an answer
-            // that sends one home must reach the peer before the release does.
-            drop(keep);
-        });
+        }
+    }
+
+    /// The peer's call `request` ended with `reply`: answers it (if it wants an answer), then
+    /// lets go of its references.
+    fn finish(&self, request: i64, answer: bool, method: &str, reply: Reply, keep: Vec<ObjectRef>) {
+        if answer {
+            self.answer(request, reply);
+        } else {
+            if let Err(f) = &reply {
+                tracing::warn!(connection = self.id, method, error = %f.message, "a call without answer failed");
+            }
+            lock(&self.state).broker.forget_call(request);
+        }
+        self.call_done.notify_one();
+        // The call's references are released only after its answer is queued: an answer
+        // that sends one home must reach the peer before the release does.
+        drop(keep);
     }
 
     fn incoming(
@@ -438,6 +454,14 @@ impl PbShared {
             Event::Unexported { object, luid, .. } => unexported(&object, self.id, Some(luid)),
             _ => {}
         }
+    }
+}
+
+/// What a call whose handler panicked fails with.
+fn panicked() -> Fault {
+    Fault {
+        kind: FaultKind::Internal,
+        message: "the handler panicked".to_owned(),
     }
 }
 
