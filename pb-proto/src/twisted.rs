@@ -461,11 +461,6 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
         Ok((luid, true))
     }
 
-    /// Takes back one count of an export made for a message that was not sent after all.
-    pub fn unexport_one(&mut self, luid: i64) -> Option<O> {
-        self.release_export(luid).map(|(o, _)| o)
-    }
-
     /// The exported object of a luid.
     pub fn exported(&self, luid: i64) -> Option<&O> {
         self.exports.get(&luid).map(|e| &e.object)

@@ -7,13 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use super::lock;
 use crate::codec::jelly::Dynamic;
 use crate::link::ReplicaSink;
 use pb_proto::jelly::Graph;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Called with each `observe_*` call's method and arguments.
 type Follower = Box<dyn Fn(&str, &Graph) + Send + Sync>;

@@ -372,7 +372,9 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, taking over a lock poisoned by a panic (its data stays consistent: nothing
+/// here panics half-way through a change).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

@@ -1,18 +1,14 @@
 //! Copies of a Twisted peer's Cacheables: `[tag, luid, state]`, then `["cached", luid]`, kept
 //! up to date by the owner's `observe_*` calls (`cachemessage`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::cache::CacheCopy;
 use crate::codec::jelly::Dynamic;
-use crate::link::ReplicaSlot;
+use crate::link::{ReplicaSlot, lock};
 use crate::object::{ObjectRef, RefInner};
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A copy of a Twisted peer's Cacheable (Twisted's `RemoteCache`): the state it was sent with
 /// and, in order, the `observe_*` calls its owner has made on it since. Clones and later

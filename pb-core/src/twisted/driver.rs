@@ -23,7 +23,7 @@ use crate::codec::jelly::{JellyRefs, subgraph};
 use crate::codec::twisted::{JellyArgs, MessageRefs};
 use crate::link::{
     Caller, CloseReason, ConnectionStats, ExportLink, Imported, Link, LinkFuture, PeerRecord,
-    ReplicaSlot, Side, TwistedLink, next_connection_id,
+    ReplicaSlot, Side, TwistedLink, lock, next_connection_id,
 };
 use crate::object::{Fault, IncomingCall, ObjectRef, Outcome, RefInner, Reply};
 use pb_proto::broker::Payload as _;
@@ -31,10 +31,6 @@ use pb_proto::limits::TableStats;
 
 /// The name Twisted's clients call the root by.
 pub(crate) const ROOT: &[u8] = b"root";
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 struct State {
     broker: Broker<ObjectRef, Waker>,
