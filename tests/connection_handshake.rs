@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 use pb::proto::handshake::{
-    Features, HELLO_LEN, HELLO_LIMITS_LEN, HandshakeError, Hello, PROTOCOL_VERSION, ReceiveLimits,
+    Features, HELLO_LEN, HELLO_WINDOW_LEN, HandshakeError, Hello, PROTOCOL_VERSION, ReceiveLimits,
 };
 use pb::{CallError, CloseReason, ConnectError, Connection, Side};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -163,7 +163,7 @@ async fn a_dialed_connection_sends_its_hello_before_its_first_call() {
     let call = tokio::spawn(async move { root.call::<_, u64, ()>("echo", &(7u64,)).await });
     // The hello comes first, then the call, without the peer having said anything yet.
     let hello = read_hello_body(&mut theirs).await;
-    assert_eq!(hello.len(), HELLO_LIMITS_LEN);
+    assert_eq!(hello.len(), HELLO_WINDOW_LEN);
     assert_eq!(
         Hello::decode(&hello).unwrap(),
         Hello::ours(Default::default()).with_limits(pb::Config::default().limits.receive())
@@ -205,6 +205,7 @@ async fn the_hello_carries_our_limits_raised_to_the_floor() {
             max_frame_len: 64 * 1024,
             max_refs_per_message: 16,
             max_release_entries: 5000,
+            max_call_bytes: Some(pb::proto::limits::DEFAULT_MAX_CALL_BYTES),
         })
     );
 }

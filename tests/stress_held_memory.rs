@@ -1,7 +1,8 @@
 //! Stress: a peer that floods a server with large calls and never reads grows the server's
-//! memory by at most `Limits::max_held_bytes` plus a fixed overhead, and one that floods it with
-//! answers to calls never made, each carrying 1 024 fresh references, grows it by nothing that
-//! counts. Ignored by default (they move hundreds of MiB); CI runs them on their own in release
+//! memory by at most `Limits::max_held_bytes` plus a fixed overhead, or, while the server
+//! waits for an answer of the peer's (when reading must go on), by at most the call window
+//! (`Limits::max_call_bytes`) plus that overhead; one that floods it with answers to calls
+//! never made, each carrying 1 024 fresh references, grows it by nothing that counts. Ignored by default (they move hundreds of MiB); CI runs them on their own in release
 //! mode, one test per process (each measures the whole process's memory, which the allocator
 //! gives back to the system lazily after the one before):
 //! `cargo test --release --test stress_held_memory -- --ignored --exact NAME`.
@@ -51,6 +52,17 @@ async fn flood_with(
     frames: u64,
     frame: impl Fn(u64) -> Vec<u8> + Send + 'static,
 ) -> (f64, pb::ConnectionStats) {
+    flood_calling(limits, frames, frame, false).await
+}
+
+/// As [`flood_with`]; with `calling`, the server first calls the peer, which never answers:
+/// while the server waits for that answer, it must read on.
+async fn flood_calling(
+    limits: Limits,
+    frames: u64,
+    frame: impl Fn(u64) -> Vec<u8> + Send + 'static,
+    calling: bool,
+) -> (f64, pb::ConnectionStats) {
     let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
     let config = Config {
         limits,
@@ -81,8 +93,18 @@ async fn flood_with(
     )
     .await
     .unwrap();
+    let waiting = calling.then(|| {
+        let peer = server.root_ref();
+        tokio::spawn(async move { peer.call::<(), (), ()>("never_answered", &()).await })
+    });
     tokio::time::sleep(Duration::from_secs(5)).await;
+    if calling {
+        assert_eq!(server.stats().tables.pending_calls, 1, "the server waits");
+    }
     let grown = rss_mib() - before;
+    if let Some(waiting) = waiting {
+        waiting.abort();
+    }
     let stats = server.stats();
     server.abort();
     attacker.abort();
@@ -137,6 +159,47 @@ async fn a_flood_of_large_calls() {
         "without the cap the server reads on ({} MiB against {} MiB)",
         read_uncapped >> 20,
         read >> 20
+    );
+}
+
+/// Attack 2 of the hardening issue: the same flood while the server waits for an answer from
+/// the peer. Reading must go on then (the answer may be next), so the held-bytes cap does not
+/// apply, and only the count of held calls (`max_in_flight_calls`, 1 024 of up to 16 MiB each)
+/// bounded them: 356 MiB sent grew a server by 385 MiB. The call window bounds them in bytes:
+/// a call beyond it is refused without being held. Violations are not counted here
+/// (`max_violations` at its maximum), so that the flood goes on as long as the attacker likes.
+#[test]
+#[ignore = "stress test, run on its own in release mode"]
+fn a_flood_of_large_calls_while_the_server_waits_costs_at_most_the_call_window() {
+    alone(a_flood_while_waiting());
+}
+
+async fn a_flood_while_waiting() {
+    const CALLS: u64 = 300;
+    let limits = Limits {
+        max_violations: u32::MAX,
+        ..Limits::default()
+    };
+    let window_mib = limits.max_call_bytes as f64 / (1 << 20) as f64;
+    let payload = vec![7u8; 1 << 20];
+    let (grown, stats) =
+        flood_calling(limits, CALLS, move |n| reverse_call(n + 1, &payload), true).await;
+    println!(
+        "{CALLS} calls of 1 MiB while the server waits: read {} MiB, RSS +{grown:.1} MiB, {} MiB in the window",
+        stats.bytes_in >> 20,
+        stats.tables.call_bytes >> 20
+    );
+    assert!(
+        stats.bytes_in > (CALLS - 10) << 20,
+        "the flood got in: {} MiB",
+        stats.bytes_in >> 20
+    );
+    assert!(stats.tables.call_bytes <= 64 << 20);
+    // The window, the unsent output, the read buffer, a frame being decoded, and the
+    // allocator's slack.
+    assert!(
+        grown < window_mib + 24.0,
+        "RSS grew by {grown:.1} MiB under a {window_mib} MiB call window"
     );
 }
 

@@ -107,7 +107,7 @@ fuzz_target!(|data: &[u8]| {
                         payload: Bytes::from_static(b"ok"),
                         refs,
                     };
-                    broker.finish_call(call.id, call.answer, Some(Ok(outcome)), false);
+                    broker.finish_call(call.id, call.answer, Some(Ok(outcome)), (false, call.charge));
                 }
                 Ok(None) => {}
                 Err(_) => return,

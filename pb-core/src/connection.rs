@@ -49,7 +49,7 @@ use crate::codec::Payload;
 use crate::deadline::deadline_fault;
 use crate::frame::{FrameDecoder, HEADER_LEN, MIN_READ};
 use crate::handshake::{
-    Features, HELLO_LEN, HELLO_LIMITS_LEN, HELLO_MAX_LEN, HandshakeError, Hello,
+    Features, HELLO_LEN, HELLO_MAX_LEN, HELLO_WINDOW_LEN, HandshakeError, Hello,
 };
 use crate::link::{
     Caller, CloseReason, Connection, ConnectionStats, ExportLink, Imported, Link, LinkFuture,

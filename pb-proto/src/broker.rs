@@ -76,7 +76,7 @@
 //! assert_eq!((call.object, &call.body[call.method.clone()]), (7, &b"ping"[..]));
 //! // The handler answers; the answer is queued for the peer.
 //! let outcome = Outcome { ok: true, payload: Bytes::from_static(b"ho"), refs: Vec::new() };
-//! server.finish_call(call.id, true, Some(Ok(outcome)), false);
+//! server.finish_call(call.id, true, Some(Ok(outcome)), (false, call.charge));
 //! let (mut out, mut tail) = (Vec::new(), BytesMut::new());
 //! server.poll_transmit(&mut out, &mut tail);
 //! let mut wire: BytesMut = out.concat().as_slice().into();
@@ -101,6 +101,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::calls::{Pending, Polled, Running};
 use crate::exports::{Exports, Released, Sent};
+use crate::frame;
 use crate::handshake::ReceiveLimits;
 use crate::hash::PeerKeys;
 use crate::imports::{Imports, Release};
@@ -264,6 +265,9 @@ pub struct Incoming<O> {
     pub deadline_ms: Option<u64>,
     /// The caller's signature of the method and its trace context, if it sent them.
     pub extras: CallExtras,
+    /// What the call counts in our call window until it ends: handed back to
+    /// [`Broker::finish_call`].
+    pub charge: usize,
 }
 
 /// What the driver must do once it lets go of the broker (see [`Broker::poll_events`]).
@@ -355,6 +359,31 @@ pub struct Broker<T: Tokens> {
     peer_hears_limits: bool,
     /// Our receive limits as the peer last heard them.
     announced: ReceiveLimits,
+    /// Whether the peer's hello carried a call window: it takes credits, and a cancelled
+    /// call's closing fault, and counts its own.
+    peer_hears_window: bool,
+    /// Bytes of the peer's calls held back or running here, against `limits.max_call_bytes`.
+    call_bytes: usize,
+    /// Bytes of our calls in the peer's call window: sent and not yet answered, credited, or
+    /// (cancelled) closed by the peer's last word.
+    window_used: usize,
+    /// Our calls that did not fit in the peer's window yet, in order: sent as answers and
+    /// credits make room.
+    parked: std::collections::VecDeque<Parked>,
+    /// Bytes of the peer's calls that ended here without an answer, for the next credit.
+    credit_due: u64,
+}
+
+/// One of our calls waiting for room in the peer's call window: its frame, encoded.
+#[derive(Debug)]
+struct Parked {
+    id: u64,
+    /// The frame body's length, as the peer's window counts it.
+    len: usize,
+    /// The frame's header and envelope (and a small payload).
+    head: Bytes,
+    /// A payload queued uncopied (see [`ZERO_COPY_MIN`]).
+    payload: Option<Bytes>,
 }
 
 impl<T: Tokens> std::fmt::Debug for Broker<T> {
@@ -396,6 +425,11 @@ impl<T: Tokens> Broker<T> {
             peer: ReceiveLimits::FLOOR,
             peer_known: false,
             peer_hears_limits: false,
+            peer_hears_window: false,
+            call_bytes: 0,
+            window_used: 0,
+            parked: std::collections::VecDeque::new(),
+            credit_due: 0,
         }
     }
 
@@ -425,14 +459,37 @@ impl<T: Tokens> Broker<T> {
         self.limits.max_frame_len
     }
 
+    /// Change our call window ([`Limits::max_call_bytes`]); returns it as enforced (at least
+    /// four of our largest frames). A peer that has a window of its own hears of it at once (a
+    /// limits message). Meant to grow it (after a login, say): calls the peer sent before it
+    /// heard of a smaller window may be refused.
+    pub fn set_max_call_bytes(&mut self, bytes: usize) -> usize {
+        self.limits.max_call_bytes = bytes;
+        self.limits = self.limits.enforced();
+        self.announce_limits();
+        self.limits.max_call_bytes
+    }
+
     /// The peer's hello arrived, with its limits if it carried them (a peer that announces
     /// none is assumed to accept [`ReceiveLimits::ASSUMED`]). Returns whether that queued
     /// output (our own limits, if they changed since our hello left).
     pub fn set_peer_limits(&mut self, limits: Option<ReceiveLimits>) -> bool {
-        self.peer = limits.unwrap_or(ReceiveLimits::ASSUMED);
         self.peer_known = true;
         self.peer_hears_limits = limits.is_some();
-        self.announce_limits()
+        self.peer_hears_window = limits.is_some_and(|l| l.max_call_bytes.is_some());
+        let queued = self.set_peer(limits.unwrap_or(ReceiveLimits::ASSUMED));
+        self.announce_limits() || queued
+    }
+
+    /// The peer's limits are `limits` from now on. A window that grew (or went) lets parked
+    /// calls leave; returns whether any did.
+    fn set_peer(&mut self, limits: ReceiveLimits) -> bool {
+        self.peer = limits;
+        if limits.max_call_bytes.is_none() {
+            // A peer that counts nothing: what we counted no longer matters.
+            self.window_used = 0;
+        }
+        self.unpark()
     }
 
     /// Tell the peer our receive limits if they changed since it last heard them and it
@@ -448,7 +505,12 @@ impl<T: Tokens> Broker<T> {
             return false;
         }
         self.announced = current;
-        self.write_message(&Message::Limits(current));
+        // A peer without a window would refuse the field that carries ours.
+        let told = ReceiveLimits {
+            max_call_bytes: current.max_call_bytes.filter(|_| self.peer_hears_window),
+            ..current
+        };
+        self.write_message(&Message::Limits(told));
         true
     }
 
@@ -459,6 +521,8 @@ impl<T: Tokens> Broker<T> {
             imported: self.imports.len(),
             pending_calls: self.pending.len(),
             in_flight_calls: self.running.in_flight(),
+            call_bytes: self.call_bytes,
+            parked_calls: self.parked.len(),
         }
     }
 
@@ -507,6 +571,10 @@ impl<T: Tokens> Broker<T> {
             .fail_waiting(|waiter| events.extend(waiter.take().map(Event::Answered)));
         self.running.clear();
         self.releases.clear();
+        // Calls never sent: those that wait for answers were failed above.
+        self.parked.clear();
+        self.call_bytes = 0;
+        self.credit_due = 0;
         self.close_fault = Some(fault);
         events.extend(
             self.exports

@@ -9,8 +9,13 @@
 //! ```text
 //! start ─▶ Waiting(w) ─deliver─▶ Answered(a) ─poll─▶ removed (the caller has a)
 //!              │  └──poll──▶ Waiting(w') (the token refreshed)
-//!              └──cancel / fail_waiting──▶ removed
+//!              ├──cancel / fail_waiting──▶ removed
+//!              └──cancel, kept──▶ Cancelled ─deliver (the peer's last word)─▶ removed
 //! ```
+//!
+//! Each call also keeps its length as the peer's call window counts it, given back when the
+//! call leaves the window: when its answer arrives, or, for a call cancelled while the peer
+//! counts it, when the peer's last word on it does.
 //!
 //! A call's id names its promised answer from the moment it is started, before any byte is
 //! sent: that is what a later call may target once the wire can say "the answer of request N"
@@ -27,8 +32,11 @@ use std::hash::BuildHasherDefault;
 use crate::hash::{IdHasher, PeerKeys};
 
 enum Slot<W, A> {
-    Waiting(W),
+    /// The token, and the call's length in the peer's window.
+    Waiting(W, usize),
     Answered(A),
+    /// Cancelled while the peer still counts it: its length, until the peer's last word.
+    Cancelled(usize),
 }
 
 /// What a poll of a pending call found.
@@ -48,6 +56,8 @@ pub struct Pending<W, A> {
     /// Keyed by our own request ids (sequential, never chosen by the peer): a cheap hash.
     slots: HashMap<u64, Slot<W, A>, BuildHasherDefault<IdHasher>>,
     next: u64,
+    /// How many of `slots` are cancelled calls still counted by the peer.
+    cancelled: usize,
 }
 
 impl<W, A> Default for Pending<W, A> {
@@ -55,6 +65,7 @@ impl<W, A> Default for Pending<W, A> {
         Pending {
             slots: HashMap::default(),
             next: 1,
+            cancelled: 0,
         }
     }
 }
@@ -74,13 +85,21 @@ impl<W, A> Pending<W, A> {
         Pending::default()
     }
 
-    /// How many calls are in the table (waiting, or answered and not taken yet).
+    /// How many calls are in the table, waiting or answered and not taken yet (cancelled calls
+    /// still counted by the peer are not: see [`Pending::cancelled`]).
     #[inline]
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.slots.len() - self.cancelled
     }
 
-    /// Whether the table is empty.
+    /// How many cancelled calls wait for the peer's last word. They are bounded by the peer's
+    /// call window, in which each still counts.
+    #[inline]
+    pub fn cancelled(&self) -> usize {
+        self.cancelled
+    }
+
+    /// Whether the table is empty (cancelled calls included).
     #[inline]
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
@@ -97,7 +116,7 @@ impl<W, A> Pending<W, A> {
     /// Whether call `id` waits for its answer (started, not answered, not cancelled).
     #[inline]
     pub fn is_waiting(&self, id: u64) -> bool {
-        matches!(self.slots.get(&id), Some(Slot::Waiting(_)))
+        matches!(self.slots.get(&id), Some(Slot::Waiting(..)))
     }
 
     /// Whether `id` was given out by [`Pending::next_id`] (whatever became of the call).
@@ -106,25 +125,57 @@ impl<W, A> Pending<W, A> {
         id != 0 && id < self.next
     }
 
-    /// Enter call `id` (from [`Pending::next_id`]) as waiting, with the driver's token.
+    /// Enter call `id` (from [`Pending::next_id`]) as waiting, with the driver's token and
+    /// its length in the peer's call window (0 if the peer counts none).
     #[inline]
-    pub fn wait(&mut self, id: u64, token: W) {
-        self.slots.insert(id, Slot::Waiting(token));
+    pub fn wait(&mut self, id: u64, token: W, len: usize) {
+        self.slots.insert(id, Slot::Waiting(token, len));
     }
 
     /// The answer of call `id` arrived: it is kept for the caller, and the waiting token goes
-    /// to `wake`. `Err` gives the answer back if the call is not waiting (cancelled, answered
-    /// already, or never made).
+    /// to `wake`; returns the call's length in the peer's window, which it leaves. `Err` gives
+    /// the answer back if the call is not waiting (answered already, or never made), or was
+    /// cancelled (the answer is its last word: the call leaves the table, and its length comes
+    /// back with the answer; 0 otherwise).
     #[inline]
-    pub fn deliver(&mut self, id: u64, answer: A, wake: impl FnOnce(W)) -> Result<(), A> {
+    pub fn deliver(
+        &mut self,
+        id: u64,
+        answer: A,
+        wake: impl FnOnce(W),
+    ) -> Result<usize, (A, usize)> {
         match self.slots.get_mut(&id) {
-            Some(slot @ Slot::Waiting(_)) => {
-                if let Slot::Waiting(token) = std::mem::replace(slot, Slot::Answered(answer)) {
+            Some(slot @ Slot::Waiting(..)) => {
+                if let Slot::Waiting(token, len) = std::mem::replace(slot, Slot::Answered(answer)) {
                     wake(token);
+                    return Ok(len);
                 }
-                Ok(())
+                Ok(0)
             }
-            _ => Err(answer),
+            Some(Slot::Cancelled(_)) => match self.slots.remove(&id) {
+                Some(Slot::Cancelled(len)) => {
+                    self.cancelled -= 1;
+                    Err((answer, len))
+                }
+                _ => Err((answer, 0)),
+            },
+            _ => Err((answer, 0)),
+        }
+    }
+
+    /// The peer's last word on call `id`, cancelled and still counted, came without being
+    /// delivered: the call leaves the table; returns its length in the peer's window (0 if it
+    /// was not such a call).
+    #[inline]
+    pub fn close_cancelled(&mut self, id: u64) -> usize {
+        match self.slots.get(&id) {
+            Some(Slot::Cancelled(len)) => {
+                let len = *len;
+                self.slots.remove(&id);
+                self.cancelled -= 1;
+                len
+            }
+            _ => 0,
         }
     }
 
@@ -136,36 +187,58 @@ impl<W, A> Pending<W, A> {
             Entry::Occupied(slot) => slot,
             Entry::Vacant(_) => return Polled::Gone,
         };
-        if let Slot::Waiting(token) = slot.get_mut() {
-            refresh(token);
-            return Polled::Waiting;
+        match slot.get_mut() {
+            Slot::Waiting(token, _) => {
+                refresh(token);
+                return Polled::Waiting;
+            }
+            Slot::Cancelled(_) => return Polled::Gone,
+            Slot::Answered(_) => {}
         }
         match slot.remove() {
             Slot::Answered(answer) => Polled::Ready(answer),
-            Slot::Waiting(_) => Polled::Gone,
+            _ => Polled::Gone,
         }
     }
 
-    /// The caller gave up on call `id`: `Some(Ok(token))` if it was waiting (tell the peer),
-    /// `Some(Err(answer))` if its answer had arrived (drop it), `None` if it was not there.
+    /// The caller gave up on call `id`: `Some(Ok((token, len)))` if it was waiting (tell the
+    /// peer), `Some(Err(answer))` if its answer had arrived (drop it), `None` if it was not
+    /// there. With `keep`, a waiting call stays in the table as cancelled, still counted in
+    /// the peer's window, until the peer's last word on it ([`Pending::deliver`],
+    /// [`Pending::close_cancelled`]); `len` is then 0, as nothing leaves the window yet.
     #[inline]
-    pub fn cancel(&mut self, id: u64) -> Option<Result<W, A>> {
-        match self.slots.remove(&id)? {
-            Slot::Waiting(token) => Some(Ok(token)),
-            Slot::Answered(answer) => Some(Err(answer)),
+    pub fn cancel(&mut self, id: u64, keep: bool) -> Option<Result<(W, usize), A>> {
+        let slot = self.slots.get_mut(&id)?;
+        match slot {
+            Slot::Waiting(_, len) if keep => {
+                let len = *len;
+                self.cancelled += 1;
+                match std::mem::replace(slot, Slot::Cancelled(len)) {
+                    Slot::Waiting(token, _) => Some(Ok((token, 0))),
+                    _ => None,
+                }
+            }
+            Slot::Cancelled(_) => None,
+            _ => match self.slots.remove(&id)? {
+                Slot::Waiting(token, len) => Some(Ok((token, len))),
+                Slot::Answered(answer) => Some(Err(answer)),
+                Slot::Cancelled(_) => None,
+            },
         }
     }
 
-    /// The connection ended: every waiting call leaves the table, its token given to `each`
-    /// first; answers that arrived stay for their callers to take.
+    /// The connection ended: every waiting (or cancelled) call leaves the table, each waiting
+    /// one's token given to `each` first; answers that arrived stay for their callers to take.
     pub fn fail_waiting(&mut self, mut each: impl FnMut(&mut W)) {
         self.slots.retain(|_, slot| match slot {
-            Slot::Waiting(token) => {
+            Slot::Waiting(token, _) => {
                 each(token);
                 false
             }
+            Slot::Cancelled(_) => false,
             Slot::Answered(_) => true,
         });
+        self.cancelled = 0;
     }
 }
 
@@ -247,17 +320,17 @@ mod tests {
         let mut p: Pending<&str, u32> = Pending::new();
         let id = p.next_id();
         assert_eq!(id, 1);
-        p.wait(id, "w1");
+        p.wait(id, "w1", 5);
         let mut seen = None;
         assert_eq!(p.poll(id, |w| seen = Some(*w)), Polled::Waiting);
         assert_eq!(seen, Some("w1"));
         assert_eq!(p.poll(id, |w| *w = "w2"), Polled::Waiting);
         let mut woken = None;
-        assert_eq!(p.deliver(id, 42, |w| woken = Some(w)), Ok(()));
+        assert_eq!(p.deliver(id, 42, |w| woken = Some(w)), Ok(5));
         assert_eq!(woken, Some("w2"));
         assert_eq!(
             p.deliver(id, 43, |_| unreachable!()),
-            Err(43),
+            Err((43, 0)),
             "a second answer is not taken"
         );
         assert_eq!(p.poll(id, |_| unreachable!()), Polled::Ready(42));
@@ -271,32 +344,66 @@ mod tests {
         let ids: Vec<u64> = (0..3).map(|_| p.next_id()).collect();
         assert_eq!(ids, vec![1, 2, 3]);
         for &id in &ids {
-            p.wait(id, ());
+            p.wait(id, (), 0);
         }
-        assert_eq!(p.deliver(3, 30, |_| ()), Ok(()));
-        assert_eq!(p.deliver(1, 10, |_| ()), Ok(()));
+        assert_eq!(p.deliver(3, 30, |_| ()), Ok(0));
+        assert_eq!(p.deliver(1, 10, |_| ()), Ok(0));
         assert_eq!(p.poll(3, |_| ()), Polled::Ready(30));
         assert_eq!(p.poll(2, |_| ()), Polled::Waiting);
         assert_eq!(p.next_id(), 4);
-        assert_eq!(p.deliver(99, 0, |_| ()), Err(0), "never made");
+        assert_eq!(p.deliver(99, 0, |_| ()), Err((0, 0)), "never made");
     }
 
     #[test]
     fn a_cancel_crossing_an_answer_gives_the_answer_back() {
         let mut p: Pending<&str, &str> = Pending::new();
         let (a, b) = (p.next_id(), p.next_id());
-        p.wait(a, "wa");
-        p.wait(b, "wb");
-        assert_eq!(p.deliver(b, "answer", |w| assert_eq!(w, "wb")), Ok(()));
-        assert_eq!(p.cancel(a), Some(Ok("wa")), "waiting: tell the peer");
+        p.wait(a, "wa", 10);
+        p.wait(b, "wb", 20);
+        assert_eq!(p.deliver(b, "answer", |w| assert_eq!(w, "wb")), Ok(20));
         assert_eq!(
-            p.cancel(b),
+            p.cancel(a, false),
+            Some(Ok(("wa", 10))),
+            "waiting: tell the peer"
+        );
+        assert_eq!(
+            p.cancel(b, false),
             Some(Err("answer")),
             "answered: drop the answer"
         );
-        assert_eq!(p.cancel(b), None);
+        assert_eq!(p.cancel(b, false), None);
         // An answer that arrives after the cancel finds nothing waiting.
-        assert_eq!(p.deliver(a, "late", |_| ()), Err("late"));
+        assert_eq!(p.deliver(a, "late", |_| ()), Err(("late", 0)));
+    }
+
+    #[test]
+    fn a_cancelled_call_the_peer_counts_stays_until_its_last_word() {
+        let mut p: Pending<&str, &str> = Pending::new();
+        let (a, b, c) = (p.next_id(), p.next_id(), p.next_id());
+        p.wait(a, "wa", 10);
+        p.wait(b, "wb", 20);
+        p.wait(c, "wc", 30);
+        assert_eq!(p.cancel(a, true), Some(Ok(("wa", 0))));
+        assert_eq!(p.cancel(a, true), None, "cancelled once");
+        assert!(!p.is_waiting(a) && p.was_issued(a));
+        assert_eq!(
+            (p.len(), p.cancelled()),
+            (2, 1),
+            "still counted by the peer"
+        );
+        assert_eq!(p.poll(a, |_| unreachable!()), Polled::Gone);
+        // The answer crossing the cancel is the last word: the length comes back with it.
+        assert_eq!(p.deliver(a, "late", |_| unreachable!()), Err(("late", 10)));
+        assert_eq!((p.len(), p.cancelled()), (2, 0));
+        // Or the peer's fault, closed without delivery.
+        assert_eq!(p.cancel(b, true), Some(Ok(("wb", 0))));
+        assert_eq!(p.close_cancelled(b), 20);
+        assert_eq!(p.close_cancelled(b), 0);
+        assert_eq!(p.close_cancelled(c), 0, "waiting, not cancelled");
+        // The end of the connection drops cancelled calls too.
+        assert_eq!(p.cancel(c, true), Some(Ok(("wc", 0))));
+        p.fail_waiting(|_| unreachable!("no call waits"));
+        assert!(p.is_empty() && p.cancelled() == 0);
     }
 
     #[test]
@@ -304,9 +411,9 @@ mod tests {
         let mut p: Pending<u8, u8> = Pending::new();
         for token in 0..3 {
             let id = p.next_id();
-            p.wait(id, token);
+            p.wait(id, token, 0);
         }
-        assert_eq!(p.deliver(2, 20, |w| assert_eq!(w, 1)), Ok(()));
+        assert_eq!(p.deliver(2, 20, |w| assert_eq!(w, 1)), Ok(0));
         let mut failed = Vec::new();
         p.fail_waiting(|w| failed.push(*w));
         failed.sort_unstable();

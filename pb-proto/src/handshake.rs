@@ -12,7 +12,9 @@
 //!
 //! With [`Features::LIMITS`] set, the sender's receive limits follow (28 bytes in all):
 //! `max_frame_len`, `max_refs_per_message` and `max_release_entries` (u32 BE each), so that the
-//! peer never sends what the sender would refuse ([`ReceiveLimits`]). Bytes after what the flags
+//! peer never sends what the sender would refuse ([`ReceiveLimits`]). With [`Features::WINDOW`]
+//! set as well, `max_call_bytes` follows them (u32 BE, 32 bytes in all): the sender's call
+//! window. Bytes after what the flags
 //! announce are ignored, up to [`HELLO_MAX_LEN`]: room for later extensions, each announced by
 //! a flag of its own. A hello without the flag (16 bytes, as builds from before it send) is
 //! still accepted, and its sender is taken to accept [`ReceiveLimits::ASSUMED`]; those builds
@@ -30,8 +32,13 @@ pub const PROTOCOL_VERSION: u16 = 2;
 /// Length of an encoded [`Hello`] body without limits (the least a hello may be).
 pub const HELLO_LEN: usize = 16;
 
-/// Length of an encoded [`Hello`] body that carries the sender's [`ReceiveLimits`].
+/// Length of an encoded [`Hello`] body that carries the sender's [`ReceiveLimits`] without a
+/// call window.
 pub const HELLO_LIMITS_LEN: usize = HELLO_LEN + 12;
+
+/// Length of an encoded [`Hello`] body that carries the sender's [`ReceiveLimits`] with its
+/// call window ([`Features::WINDOW`]).
+pub const HELLO_WINDOW_LEN: usize = HELLO_LIMITS_LEN + 4;
 
 /// The longest hello body accepted (the bytes past what the flags announce are ignored).
 pub const HELLO_MAX_LEN: usize = 64;
@@ -47,6 +54,13 @@ impl Features {
     /// The hello carries the sender's [`ReceiveLimits`] after the flags. Every hello this build
     /// sends sets it (but see [`Hello::with_limits`]).
     pub const LIMITS: Features = Features(1);
+
+    /// The sender counts the bytes of the calls it receives against a window, announced after
+    /// its limits ([`ReceiveLimits::max_call_bytes`]): its peer keeps the calls it has in
+    /// flight within it, and it tells its peer when calls that get no answer (one-way calls,
+    /// refused ones) have ended (a credit message), and answers a cancelled call with a
+    /// fault. Set exactly when the limits carry a window.
+    pub const WINDOW: Features = Features(2);
 
     /// The features both sides support.
     pub fn intersect(self, other: Features) -> Features {
@@ -71,7 +85,16 @@ pub struct ReceiveLimits {
     pub max_refs_per_message: usize,
     /// The most entries one release message may carry.
     pub max_release_entries: usize,
+    /// The call window: the most bytes (frame bodies) of the sender's calls that may be held
+    /// or running at the receiver at once, counted from when the receiver reads a call until
+    /// it has answered it (or, for a call that wants no answer, until it has ended and said
+    /// so with a credit). `None`: the peer counts nothing (a build from before
+    /// [`Features::WINDOW`]), and sends no credits.
+    pub max_call_bytes: Option<usize>,
 }
+
+/// The least call window any pb peer that has one announces: four frames of the floor's size.
+pub const MIN_CALL_WINDOW: usize = 4 * 64 * 1024;
 
 impl ReceiveLimits {
     /// What every pb peer accepts at any time: receive limits configured lower are raised to
@@ -81,24 +104,32 @@ impl ReceiveLimits {
         max_frame_len: 64 * 1024,
         max_refs_per_message: 16,
         max_release_entries: 16,
+        max_call_bytes: Some(MIN_CALL_WINDOW),
     };
 
     /// What a peer whose hello carries no limits (a build from before [`Features::LIMITS`]) is
     /// taken to accept: the default limits, which are what such a peer enforces unless it was
-    /// configured otherwise.
+    /// configured otherwise, and no call window (such builds count none).
     pub const ASSUMED: ReceiveLimits = ReceiveLimits {
         max_frame_len: crate::frame::DEFAULT_MAX_FRAME_LEN,
         max_refs_per_message: 1024,
         max_release_entries: 4096,
+        max_call_bytes: None,
     };
 
-    /// These limits, raised to [`ReceiveLimits::FLOOR`] where they are below it.
+    /// These limits, raised to [`ReceiveLimits::FLOOR`] where they are below it; a call window
+    /// is also raised to four frames of `max_frame_len` (so that one largest call never waits
+    /// for room that cannot come).
     pub fn at_least_floor(self) -> ReceiveLimits {
         let floor = ReceiveLimits::FLOOR;
+        let max_frame_len = self.max_frame_len.max(floor.max_frame_len);
         ReceiveLimits {
-            max_frame_len: self.max_frame_len.max(floor.max_frame_len),
+            max_frame_len,
             max_refs_per_message: self.max_refs_per_message.max(floor.max_refs_per_message),
             max_release_entries: self.max_release_entries.max(floor.max_release_entries),
+            max_call_bytes: self
+                .max_call_bytes
+                .map(|w| w.max(MIN_CALL_WINDOW).max(max_frame_len.saturating_mul(4))),
         }
     }
 }
@@ -121,15 +152,23 @@ impl Hello {
     pub fn ours(features: Features) -> Hello {
         Hello {
             version: PROTOCOL_VERSION,
-            features: Features(features.0 & !Features::LIMITS.0),
+            features: Features(features.0 & !(Features::LIMITS.0 | Features::WINDOW.0)),
             limits: None,
         }
     }
 
-    /// This hello, announcing that its sender accepts `limits`.
+    /// This hello, announcing that its sender accepts `limits` (and, if they carry one, its
+    /// call window: [`Features::WINDOW`]).
     pub fn with_limits(self, limits: ReceiveLimits) -> Hello {
+        let window = if limits.max_call_bytes.is_some() {
+            Features::WINDOW.0
+        } else {
+            0
+        };
         Hello {
-            features: Features(self.features.0 | Features::LIMITS.0),
+            features: Features(
+                (self.features.0 & !Features::WINDOW.0) | Features::LIMITS.0 | window,
+            ),
             limits: Some(limits),
             ..self
         }
@@ -137,19 +176,31 @@ impl Hello {
 
     /// The length of the encoded body.
     pub fn encoded_len(&self) -> usize {
-        if self.limits.is_some() {
-            HELLO_LIMITS_LEN
-        } else {
-            HELLO_LEN
+        match self.limits {
+            Some(ReceiveLimits {
+                max_call_bytes: Some(_),
+                ..
+            }) => HELLO_WINDOW_LEN,
+            Some(_) => HELLO_LIMITS_LEN,
+            None => HELLO_LEN,
         }
+    }
+
+    /// The flags as the wire carries them: [`Features::LIMITS`] and [`Features::WINDOW`] set
+    /// exactly when what they announce follows.
+    fn wire_flags(&self) -> u64 {
+        let announced = Features::LIMITS.0 | Features::WINDOW.0;
+        let carried = match self.limits {
+            Some(l) if l.max_call_bytes.is_some() => announced,
+            Some(_) => Features::LIMITS.0,
+            None => 0,
+        };
+        (self.features.0 & !announced) | carried
     }
 
     /// Encode the hello body (without frame header).
     pub fn encode(&self, out: &mut impl BufMut) {
-        let flags = match self.limits {
-            Some(_) => self.features.0 | Features::LIMITS.0,
-            None => self.features.0 & !Features::LIMITS.0,
-        };
+        let flags = self.wire_flags();
         out.put_slice(&MAGIC);
         out.put_u16(self.version);
         out.put_u16(0);
@@ -160,6 +211,9 @@ impl Hello {
             out.put_u32(wide(l.max_frame_len));
             out.put_u32(wide(l.max_refs_per_message));
             out.put_u32(wide(l.max_release_entries));
+            if let Some(window) = l.max_call_bytes {
+                out.put_u32(wide(window));
+            }
         }
     }
 
@@ -185,10 +239,22 @@ impl Hello {
                 return Err(HandshakeError::Malformed { len: body.len() });
             };
             let narrow = |b: [u8; 4]| u32::from_be_bytes(b) as usize;
+            let max_call_bytes = if features.contains(Features::WINDOW) {
+                let Some(&[w0, w1, w2, w3]) = body
+                    .get(HELLO_LIMITS_LEN..HELLO_WINDOW_LEN)
+                    .and_then(|s| <&[u8; HELLO_WINDOW_LEN - HELLO_LIMITS_LEN]>::try_from(s).ok())
+                else {
+                    return Err(HandshakeError::Malformed { len: body.len() });
+                };
+                Some(narrow([w0, w1, w2, w3]))
+            } else {
+                None
+            };
             Some(ReceiveLimits {
                 max_frame_len: narrow([a0, a1, a2, a3]),
                 max_refs_per_message: narrow([b0, b1, b2, b3]),
                 max_release_entries: narrow([c0, c1, c2, c3]),
+                max_call_bytes,
             })
         } else {
             None
@@ -286,6 +352,7 @@ mod tests {
             max_frame_len: 100_000,
             max_refs_per_message: 20,
             max_release_entries: 30,
+            max_call_bytes: None,
         };
         let hello = Hello::ours(Features(4)).with_limits(limits);
         assert_eq!(hello.features, Features(5));
@@ -312,6 +379,39 @@ mod tests {
             Hello::decode(&short),
             Err(HandshakeError::Malformed { len: HELLO_LEN })
         );
+        // The call window follows the limits, announced by a flag of its own.
+        let windowed = Hello::ours(Features(4)).with_limits(ReceiveLimits {
+            max_call_bytes: Some(0x0100_0000),
+            ..limits
+        });
+        assert_eq!(windowed.features, Features(7));
+        let mut w = BytesMut::new();
+        windowed.encode(&mut w);
+        assert_eq!(
+            (w.len(), windowed.encoded_len()),
+            (HELLO_WINDOW_LEN, HELLO_WINDOW_LEN)
+        );
+        assert_eq!(&w[28..], &[1, 0, 0, 0]);
+        assert_eq!(Hello::decode(&w), Ok(windowed));
+        // Announced, not there.
+        assert_eq!(
+            Hello::decode(&w[..HELLO_LIMITS_LEN]),
+            Err(HandshakeError::Malformed {
+                len: HELLO_LIMITS_LEN
+            })
+        );
+        // A window is raised to the floor's, and to four of the largest frames.
+        let low = ReceiveLimits {
+            max_call_bytes: Some(1),
+            ..limits
+        };
+        assert_eq!(low.at_least_floor().max_call_bytes, Some(4 * 100_000));
+        let tiny = ReceiveLimits {
+            max_frame_len: 1,
+            ..low
+        };
+        assert_eq!(tiny.at_least_floor().max_call_bytes, Some(MIN_CALL_WINDOW));
+        assert_eq!(limits.at_least_floor().max_call_bytes, None);
         // Without limits, the flag is never sent.
         let plain = Hello::ours(Features(1));
         assert_eq!(plain.features, Features::NONE);
@@ -327,6 +427,7 @@ mod tests {
             max_frame_len: usize::MAX,
             max_refs_per_message: 1,
             max_release_entries: 0,
+            max_call_bytes: Some(usize::MAX),
         };
         let mut b = BytesMut::new();
         Hello::ours(Features::NONE).with_limits(huge).encode(&mut b);

@@ -53,10 +53,22 @@ pub struct Limits {
     /// stopped reading would never resume; between those, only `max_in_flight_calls` bounds
     /// what is held.
     pub max_held_bytes: usize,
+    /// The call window: the most bytes (frame bodies) of the peer's calls held back or running
+    /// here at once, from when a call is read until it is answered (or, wanting no answer,
+    /// ends). Default four times the default `max_frame_len`: 64 MiB; raised to at least four
+    /// times `max_frame_len` and to [`MIN_CALL_WINDOW`](crate::handshake::MIN_CALL_WINDOW).
+    /// Announced in the hello ([`crate::handshake::Features::WINDOW`]): the peer keeps its
+    /// calls in flight within it, parking the rest until answers come back, so a well-behaved
+    /// peer never reaches it; a call beyond it is refused with `LimitExceeded` without being
+    /// held, and counts as a violation.
+    pub max_call_bytes: usize,
     /// Limits on message envelopes (at least 16 references per message and 16 release entries
     /// per message).
     pub message: MessageLimits,
 }
+
+/// The default of [`Limits::max_call_bytes`]: four frames of the default `max_frame_len`.
+pub const DEFAULT_MAX_CALL_BYTES: usize = 4 * crate::frame::DEFAULT_MAX_FRAME_LEN;
 
 impl Limits {
     /// What these limits let the peer send, as our hello announces it: raised to
@@ -67,14 +79,15 @@ impl Limits {
             max_frame_len: self.max_frame_len,
             max_refs_per_message: self.message.max_refs_per_message,
             max_release_entries: self.message.max_release_entries,
-        }
-        .at_least_floor();
-        ReceiveLimits {
+            max_call_bytes: Some(self.max_call_bytes),
+        };
+        let limits = ReceiveLimits {
             max_frame_len: limits
                 .max_frame_len
                 .min(crate::frame::MAX_FRAME_LEN_CEILING),
             ..limits
-        }
+        };
+        limits.at_least_floor()
     }
 
     /// These limits as a connection enforces them (see [`Limits::receive`]).
@@ -82,6 +95,7 @@ impl Limits {
         let receive = self.receive();
         Limits {
             max_frame_len: receive.max_frame_len,
+            max_call_bytes: receive.max_call_bytes.unwrap_or(self.max_call_bytes),
             message: MessageLimits {
                 max_refs_per_message: receive.max_refs_per_message,
                 max_release_entries: receive.max_release_entries,
@@ -103,6 +117,7 @@ impl Default for Limits {
             max_depth: DEFAULT_MAX_DEPTH,
             max_unsent_bytes: 4 << 20,
             max_held_bytes: 2 * crate::frame::DEFAULT_MAX_FRAME_LEN,
+            max_call_bytes: DEFAULT_MAX_CALL_BYTES,
             message: MessageLimits::default(),
         }
     }
@@ -139,6 +154,11 @@ pub struct TableStats {
     pub pending_calls: usize,
     /// The peer's calls running here.
     pub in_flight_calls: usize,
+    /// Bytes of the peer's calls held back or running here (counted against
+    /// [`Limits::max_call_bytes`]).
+    pub call_bytes: usize,
+    /// Our calls waiting for room in the peer's call window, not yet sent.
+    pub parked_calls: usize,
 }
 
 #[cfg(test)]
@@ -147,7 +167,13 @@ mod tests {
 
     #[test]
     fn a_peer_without_limits_is_assumed_to_have_the_defaults() {
-        assert_eq!(Limits::default().receive(), ReceiveLimits::ASSUMED);
+        assert_eq!(
+            Limits::default().receive(),
+            ReceiveLimits {
+                max_call_bytes: Some(DEFAULT_MAX_CALL_BYTES),
+                ..ReceiveLimits::ASSUMED
+            }
+        );
         let low = Limits {
             max_frame_len: 1,
             message: MessageLimits {
@@ -156,7 +182,21 @@ mod tests {
             },
             ..Limits::default()
         };
-        assert_eq!(low.receive(), ReceiveLimits::FLOOR);
+        assert_eq!(
+            low.receive(),
+            ReceiveLimits {
+                max_call_bytes: Some(DEFAULT_MAX_CALL_BYTES),
+                ..ReceiveLimits::FLOOR
+            }
+        );
+        let narrow = Limits {
+            max_call_bytes: 0,
+            ..low.clone()
+        };
+        assert_eq!(
+            narrow.enforced().max_call_bytes,
+            crate::handshake::MIN_CALL_WINDOW
+        );
         assert_eq!(
             low.enforced().max_frame_len,
             ReceiveLimits::FLOOR.max_frame_len

@@ -88,6 +88,10 @@ pub enum FaultKind {
     /// peer that does not speak pb): reported locally, on a dialed connection that sent its
     /// calls before the peer's hello arrived.
     Handshake,
+    /// The caller cancelled the call: the callee's last word on it, which closes the call's
+    /// place in the caller's call window (sent only to a peer whose hello carried a window;
+    /// the caller no longer waits, so no user ever sees it).
+    Cancelled,
     /// A kind this build does not know.
     Unknown(u8),
 }
@@ -107,6 +111,7 @@ impl FaultKind {
             FaultKind::Disconnected => 9,
             FaultKind::DeadlineExceeded => 10,
             FaultKind::Handshake => 11,
+            FaultKind::Cancelled => 12,
             FaultKind::Unknown(k) => k,
         }
     }
@@ -125,6 +130,7 @@ impl FaultKind {
             9 => FaultKind::Disconnected,
             10 => FaultKind::DeadlineExceeded,
             11 => FaultKind::Handshake,
+            12 => FaultKind::Cancelled,
             k => FaultKind::Unknown(k),
         }
     }
@@ -207,8 +213,17 @@ pub enum Message {
     },
     /// The sender's receive limits changed (for example after login): from now on the receiver
     /// holds what it sends to these. Sent only to a peer whose hello carried limits
-    /// ([`crate::handshake::Features::LIMITS`]), which is how the receiver learnt them first.
+    /// ([`crate::handshake::Features::LIMITS`]), which is how the receiver learnt them first;
+    /// the call window rides at the end, to a peer whose hello carried one.
     Limits(ReceiveLimits),
+    /// Calls of the receiver's that got no answer (they wanted none, or were refused as such)
+    /// have ended at the sender: their bytes leave the sender's call window
+    /// ([`crate::handshake::Features::WINDOW`]). Sent only to a peer whose hello carried a
+    /// window.
+    Credit {
+        /// The frame bodies' bytes.
+        bytes: u64,
+    },
 }
 
 /// A message body could not be decoded.
@@ -277,18 +292,28 @@ const TAG_REVOKED: u8 = 8;
 const TAG_PING: u8 = 9;
 const TAG_PONG: u8 = 10;
 const TAG_LIMITS: u8 = 11;
+const TAG_CREDIT: u8 = 12;
 
 /// Whether the frame body `body` may be handled ahead of frames received before it that are
 /// held back while output to the peer is congested: answers, faults, cache updates,
-/// revocations, pongs and limits queue nothing for the peer and do not depend on the order of
-/// the peer's calls and releases. (Limits must not fall behind the answers that follow them:
+/// revocations, pongs, limits and credits queue nothing for the peer (but calls of ours that
+/// waited for room in its call window) and do not depend on the order of the peer's calls and
+/// releases. (Limits must not fall behind the answers that follow them:
 /// the answer to a login may be what the raised limits are for.) Everything else (calls,
 /// releases, cancels, goodbyes, pings and anything unknown) keeps its place in line.
 #[inline]
 pub fn may_overtake(body: &[u8]) -> bool {
     matches!(
         body.first(),
-        Some(&(TAG_ANSWER | TAG_FAULT | TAG_UPDATE | TAG_REVOKED | TAG_PONG | TAG_LIMITS))
+        Some(
+            &(TAG_ANSWER
+                | TAG_FAULT
+                | TAG_UPDATE
+                | TAG_REVOKED
+                | TAG_PONG
+                | TAG_LIMITS
+                | TAG_CREDIT)
+        )
     )
 }
 
@@ -529,6 +554,13 @@ impl Message {
                 put_varint(out, limits.max_frame_len as u64);
                 put_varint(out, limits.max_refs_per_message as u64);
                 put_varint(out, limits.max_release_entries as u64);
+                if let Some(window) = limits.max_call_bytes {
+                    put_varint(out, window as u64);
+                }
+            }
+            Message::Credit { bytes } => {
+                out.put_u8(TAG_CREDIT);
+                put_varint(out, *bytes);
             }
         }
     }
@@ -612,13 +644,26 @@ impl Message {
             },
             TAG_LIMITS => {
                 // Saturated: a limit past what this machine can address is as good as none.
-                let mut limit = || get_varint(b).map(|v| usize::try_from(v).unwrap_or(usize::MAX));
+                let limit =
+                    |b: &mut Bytes| get_varint(b).map(|v| usize::try_from(v).unwrap_or(usize::MAX));
+                let (max_frame_len, max_refs_per_message, max_release_entries) =
+                    (limit(b)?, limit(b)?, limit(b)?);
+                // The window, from a peer that has one.
+                let max_call_bytes = if b.has_remaining() {
+                    Some(limit(b)?)
+                } else {
+                    None
+                };
                 Message::Limits(ReceiveLimits {
-                    max_frame_len: limit()?,
-                    max_refs_per_message: limit()?,
-                    max_release_entries: limit()?,
+                    max_frame_len,
+                    max_refs_per_message,
+                    max_release_entries,
+                    max_call_bytes,
                 })
             }
+            TAG_CREDIT => Message::Credit {
+                bytes: get_varint(b)?,
+            },
             tag => return Err(MessageError::UnknownTag(tag)),
         };
         if b.has_remaining() {

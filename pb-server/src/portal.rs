@@ -284,7 +284,8 @@ pub struct LoginConfig {
     pub login_timeout: Duration,
     /// Largest frame accepted before login (default 64 KiB, which is also the least: the floor
     /// every pb peer accepts); after login the connection's own `max_frame_len` applies, and the
-    /// client is told so before the login's answer.
+    /// client is told so before the login's answer. The call window before login is four such
+    /// frames (256 KiB by default); after login, the connection's own `max_call_bytes`.
     pub max_frame_len_before_login: usize,
     /// Failed logins tolerated on one connection; the next failure closes it (default 3).
     pub max_failures: u32,
@@ -465,11 +466,14 @@ impl Portal {
             .limits
             .max_frame_len
             .min(login.max_frame_len_before_login);
+        // The least window there is: four frames of the size just set.
+        pre.limits.max_call_bytes = 0;
         let (done_tx, mut done_rx) = watch::channel(false);
         let root = LoginRoot {
             portal: self.inner.clone(),
             tls,
             max_frame_len_after: config.limits.max_frame_len,
+            max_call_bytes_after: config.limits.max_call_bytes,
             logged_in: done_tx,
             attempt: tokio::sync::Mutex::new(Attempts::default()),
         };
@@ -510,6 +514,7 @@ struct LoginRoot {
     portal: Arc<PortalInner>,
     tls: Option<TlsInfo>,
     max_frame_len_after: usize,
+    max_call_bytes_after: usize,
     logged_in: watch::Sender<bool>,
     // Held across a whole login step, delay included, so that parallel attempts on one
     // connection queue up instead of dodging the slowdown.
@@ -673,6 +678,7 @@ impl LoginRoot {
         };
         conn.set_avatar(avatar.object.clone());
         conn.set_max_frame_len(self.max_frame_len_after);
+        conn.set_max_call_bytes(self.max_call_bytes_after);
         self.logged_in.send_replace(true);
         tracing::info!(connection = conn.id(), peer = ?conn.peer_addr(), user = ?identity.name(), "logged in");
         Ok(ObjectRef::local(AvatarObject {

@@ -33,13 +33,16 @@ impl<F: Future<Output = Reply> + Unpin> Future for CatchUnwind<F> {
 }
 
 impl ConnShared {
-    /// Handle one frame of a reader's batch. `events` is scratch space (kept by the reader so
-    /// that waking callers allocates nothing).
+    /// Handle one frame of a reader's batch (`held`: one the reader held back, with
+    /// [`ConnShared::hold_frame`]). `events` is scratch space (kept by the reader so that
+    /// waking callers allocates nothing). Returns whether output may have been queued, for the
+    /// reader's flush.
     pub(super) fn handle_frame(
         self: &Arc<Self>,
         frame: Bytes,
         events: &mut Vec<Event>,
-    ) -> Result<(), ProtocolError> {
+        held: bool,
+    ) -> Result<bool, ProtocolError> {
         if crate::message::is_answer(&frame) {
             return self.handle_answer(frame, events);
         }
@@ -47,7 +50,11 @@ impl ConnShared {
         // Calls that handlers polled inline make now leave with the reader's flush.
         broker.in_batch = true;
         // A frame yields at most one call, handed back directly.
-        let result = broker.handle_frame(frame, &mut self.make_import());
+        let result = if held {
+            broker.handle_held_frame(frame, &mut self.make_import())
+        } else {
+            broker.handle_frame(frame, &mut self.make_import())
+        };
         broker.poll_events(events);
         let queued = broker.queued_bytes();
         drop(broker);
@@ -60,6 +67,7 @@ impl ConnShared {
             if let Some(ev) = call {
                 self.spawn_call(ev);
             }
+            true
         });
         // Answers given inline count at once, so a batch of calls cannot queue without bound.
         self.note_queued(queued);
@@ -67,18 +75,27 @@ impl ConnShared {
         result
     }
 
+    /// The reader holds `frame` back while the output is congested: a call counts in our call
+    /// window from now on, or is refused at once if it does not fit (see
+    /// [`Broker::hold_frame`]). Returns whether to hold it.
+    pub(super) fn hold_frame(&self, frame: &Bytes) -> Result<bool, ProtocolError> {
+        self.lock().hold_frame(frame)
+    }
+
     /// Handle an answer or a fault for one of our calls: its caller is woken (once the lock
-    /// is released); no handler runs and nothing is queued for the peer.
+    /// is released); no handler runs. Returns whether output was queued: calls of ours that
+    /// waited for room in the peer's call window, which the answer made.
     pub(super) fn handle_answer(
         self: &Arc<Self>,
         frame: Bytes,
         events: &mut Vec<Event>,
-    ) -> Result<(), ProtocolError> {
-        let result = {
+    ) -> Result<bool, ProtocolError> {
+        let (result, queued) = {
             let mut broker = self.lock();
+            let before = broker.queued_bytes();
             let result = broker.handle_frame(frame, &mut self.make_import());
             broker.poll_events(events);
-            result
+            (result, broker.queued_bytes() > before)
         };
         // The caller is woken; an answer nobody waits for any more is dropped here, outside
         // the lock.
@@ -88,6 +105,7 @@ impl ConnShared {
             if let Some(ev) = call {
                 self.spawn_call(ev);
             }
+            queued
         })
     }
 
@@ -103,6 +121,7 @@ impl ConnShared {
             answer,
             deadline_ms,
             extras,
+            charge,
         } = ev;
         let span = tracing::debug_span!(
             "pb.call",
@@ -154,7 +173,7 @@ impl ConnShared {
                     span.record("outcome", outcome_name(Some(&reply)));
                     span.record("duration_us", started.elapsed().as_micros() as u64);
                 }
-                self.finish(id, answer, Some(reply), false);
+                self.finish(id, answer, Some(reply), (false, charge));
                 return;
             }
         }
@@ -165,7 +184,7 @@ impl ConnShared {
             let (watch, cancel) = tokio::sync::oneshot::channel();
             if conn.lock().watch(id, watch).is_err() {
                 // Closed meanwhile: drop the handler.
-                conn.finish(id, answer, None, false);
+                conn.finish(id, answer, None, (false, charge));
                 return;
             }
             Some(cancel)
@@ -200,7 +219,7 @@ impl ConnShared {
                     span.record("outcome", outcome_name(reply.as_ref()));
                     span.record("duration_us", started.elapsed().as_micros() as u64);
                 }
-                conn.finish(id, answer, reply, answer);
+                conn.finish(id, answer, reply, (answer, charge));
                 conn.wake_writer.notify_one();
             }
             .instrument(span),
@@ -208,8 +227,15 @@ impl ConnShared {
     }
 
     /// Book the end of incoming call `id` and queue its answer (`None`: cancelled). `tracked`:
-    /// the call ran in a task of its own and is in the broker's running table.
-    pub(super) fn finish(&self, id: u64, answer: bool, reply: Option<Reply>, tracked: bool) {
+    /// the call ran in a task of its own and is in the broker's running table; `charge`: what
+    /// it counted in our call window.
+    pub(super) fn finish(
+        &self,
+        id: u64,
+        answer: bool,
+        reply: Option<Reply>,
+        tracked: (bool, usize),
+    ) {
         if let Some(Err(f)) = &reply
             && !answer
         {

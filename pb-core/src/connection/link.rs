@@ -158,6 +158,17 @@ impl Link for ConnShared {
         }
     }
 
+    fn set_max_call_bytes(&self, bytes: usize) {
+        let queued = {
+            let mut broker = self.lock();
+            broker.set_max_call_bytes(bytes);
+            broker.has_transmit()
+        };
+        if queued {
+            self.wake_writer.notify_one();
+        }
+    }
+
     fn is_closed(&self) -> bool {
         ConnShared::is_closed(self)
     }

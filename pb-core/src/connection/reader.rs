@@ -61,16 +61,23 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
                     }
                     // While the peer is not taking our output, its calls (and everything that
                     // must stay in line with them) wait: running them would queue more.
+                    // A held call counts in our call window from now on (one that does not
+                    // fit is refused at once, and not held).
                     if (!held.frames.is_empty() || conn.is_congested())
                         && !crate::message::may_overtake(&frame)
                     {
-                        held.push(frame);
+                        match conn.hold_frame(&frame) {
+                            Ok(true) => held.push(frame),
+                            Ok(false) => handled = true,
+                            Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
+                        }
                         continue;
                     }
-                    // Answers queue nothing: a batch of them alone needs no flush.
-                    handled |= !crate::message::is_answer(&frame);
-                    if let Err(e) = conn.handle_frame(frame, &mut wakers) {
-                        break 'conn CloseReason::Protocol(e.to_string());
+                    // Answers queue nothing (but calls of ours they made room for): a batch
+                    // of them alone rarely needs a flush.
+                    match conn.handle_frame(frame, &mut wakers, false) {
+                        Ok(queued) => handled |= queued,
+                        Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
                     }
                 }
                 Ok(None) => break,
@@ -81,7 +88,7 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
         while !held.frames.is_empty() && !conn.is_congested() {
             let Some(frame) = held.pop() else { break };
             handled = true;
-            if let Err(e) = conn.handle_frame(frame, &mut wakers) {
+            if let Err(e) = conn.handle_frame(frame, &mut wakers, true) {
                 break 'conn CloseReason::Protocol(e.to_string());
             }
         }

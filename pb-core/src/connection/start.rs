@@ -5,7 +5,7 @@ use super::*;
 
 /// A hello as a whole frame, on the stack (it is copied into the output anyway).
 pub(super) struct HelloFrame {
-    pub(super) buf: [u8; HEADER_LEN + HELLO_LIMITS_LEN],
+    pub(super) buf: [u8; HEADER_LEN + HELLO_WINDOW_LEN],
     pub(super) len: usize,
 }
 
@@ -17,7 +17,7 @@ impl HelloFrame {
 
 /// Our hello as a whole frame.
 pub(super) fn hello_frame(ours: &Hello) -> HelloFrame {
-    let mut buf = [0u8; HEADER_LEN + HELLO_LIMITS_LEN];
+    let mut buf = [0u8; HEADER_LEN + HELLO_WINDOW_LEN];
     let body = ours.encoded_len();
     let mut out = &mut buf[..];
     out.put_u32(body as u32);

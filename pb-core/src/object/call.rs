@@ -34,6 +34,7 @@ pub(crate) fn outcome_name(reply: Option<&Reply>) -> &'static str {
             FaultKind::Disconnected => "disconnected",
             FaultKind::DeadlineExceeded => "deadline_exceeded",
             FaultKind::Handshake => "handshake",
+            FaultKind::Cancelled => "cancelled",
             // Internal, Unknown, and kinds added to the wire later.
             _ => "internal",
         },

@@ -215,6 +215,8 @@ pub(crate) trait Link: Send + Sync + 'static {
     fn stats(&self) -> ConnectionStats;
     /// Change the largest frame accepted and sent (see [`Connection::set_max_frame_len`]).
     fn set_max_frame_len(&self, len: usize);
+    /// Change the call window (see [`Connection::set_max_call_bytes`]).
+    fn set_max_call_bytes(&self, bytes: usize);
     /// Whether the connection has ended.
     fn is_closed(&self) -> bool;
     /// Why the connection ended, once it has.
@@ -442,6 +444,14 @@ impl Connection {
     /// already on their way that exceed it close the connection).
     pub fn set_max_frame_len(&self, len: usize) {
         self.link.set_max_frame_len(len)
+    }
+
+    /// Change the call window, the most bytes of the peer's calls held or running here at
+    /// once (`Limits::max_call_bytes`; for example after login, which starts with four frames'
+    /// worth); never below four of the largest frames accepted. A peer that announced a window
+    /// of its own hears of it at once, and keeps its calls in flight within it.
+    pub fn set_max_call_bytes(&self, bytes: usize) {
+        self.link.set_max_call_bytes(bytes)
     }
 
     /// Record who the peer is (a login, a certificate, ...). Dispatchers see it through

@@ -810,6 +810,7 @@ impl Link for PbShared {
                 imported: st.broker.import_count(),
                 pending_calls: st.broker.pending_count(),
                 in_flight_calls: st.broker.running_count(),
+                ..TableStats::default()
             },
             bytes_in: st.bytes_in,
             bytes_out: st.bytes_out,
@@ -818,6 +819,8 @@ impl Link for PbShared {
     }
 
     fn set_max_frame_len(&self, _len: usize) {}
+
+    fn set_max_call_bytes(&self, _bytes: usize) {}
 
     fn is_closed(&self) -> bool {
         lock(&self.state).close.is_some()

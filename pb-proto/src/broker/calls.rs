@@ -48,27 +48,124 @@ impl<T: Tokens> Broker<T> {
         )?;
         let descs = self.describe(refs)?;
         let id = self.pending.next_id();
-        self.out
-            .reserve_frame(57 + method.len() + descs.len() * 11, payload.as_slice());
-        encode_call_frame_head(
-            self.out.buf(),
-            payload.as_slice().len(),
-            id,
-            target,
-            method.as_bytes(),
-            (waiter.is_some(), deadline_ms, &extras),
-            &descs,
-        );
-        if payload.as_slice().len() < ZERO_COPY_MIN {
-            // Copied straight from the caller's buffer: no allocation of its own.
-            self.out.buf().put_slice(payload.as_slice());
+        let payload_len = payload.as_slice().len();
+        let flags = (waiter.is_some(), deadline_ms, &extras);
+        let len = if self.parked.is_empty()
+            && self.window_fits(call_len_max(method.len(), payload_len, refs.len()))
+        {
+            self.out
+                .reserve_frame(57 + method.len() + descs.len() * 11, payload.as_slice());
+            let before = self.out.len();
+            encode_call_frame_head(
+                self.out.buf(),
+                payload_len,
+                id,
+                target,
+                method.as_bytes(),
+                flags,
+                &descs,
+            );
+            let len = self.out.len() - before - frame::HEADER_LEN + payload_len;
+            if payload_len < ZERO_COPY_MIN {
+                // Copied straight from the caller's buffer: no allocation of its own.
+                self.out.buf().put_slice(payload.as_slice());
+            } else {
+                self.out.append_payload(payload.into_bytes());
+            }
+            self.charge_window(len)
         } else {
-            self.out.append_payload(payload.into_bytes());
-        }
+            // No room in the peer's window (or calls wait before this one): the call waits,
+            // encoded, until answers and credits make room.
+            let mut head = BytesMut::with_capacity(64 + method.len() + descs.len() * 11);
+            encode_call_frame_head(
+                &mut head,
+                payload_len,
+                id,
+                target,
+                method.as_bytes(),
+                flags,
+                &descs,
+            );
+            let len = head.len() - frame::HEADER_LEN + payload_len;
+            let payload = if payload_len < ZERO_COPY_MIN {
+                head.put_slice(payload.as_slice());
+                None
+            } else {
+                Some(payload.into_bytes())
+            };
+            self.parked.push_back(Parked {
+                id,
+                len,
+                head: head.freeze(),
+                payload,
+            });
+            tracing::debug!(
+                id,
+                len,
+                window_used = self.window_used,
+                "call parked: the peer's call window is full"
+            );
+            // Counted when it leaves.
+            self.peer.max_call_bytes.map_or(0, |_| len)
+        };
         if let Some(w) = waiter {
-            self.pending.wait(id, Some(w));
+            self.pending.wait(id, Some(w), len);
         }
         Ok(id)
+    }
+
+    /// Whether a call of `len` bytes fits in the peer's call window now (any call does when
+    /// none of ours is in it, and when the peer counts nothing).
+    #[inline]
+    fn window_fits(&self, len: usize) -> bool {
+        match self.peer.max_call_bytes {
+            None => true,
+            Some(window) => self.window_used == 0 || self.window_used + len <= window,
+        }
+    }
+
+    /// A call of `len` bytes enters the peer's window; returns what it counts there (0 for a
+    /// peer that counts nothing).
+    #[inline]
+    fn charge_window(&mut self, len: usize) -> usize {
+        if self.peer.max_call_bytes.is_none() {
+            return 0;
+        }
+        self.window_used += len;
+        len
+    }
+
+    /// `len` bytes of our calls left the peer's window: parked calls that now fit leave.
+    #[inline]
+    pub(super) fn free_window(&mut self, len: usize) {
+        if len > 0 {
+            self.window_used = self.window_used.saturating_sub(len);
+            if !self.parked.is_empty() {
+                self.unpark();
+            }
+        }
+    }
+
+    /// Queue the parked calls that fit in the peer's window now, in order; returns whether any
+    /// left.
+    pub(super) fn unpark(&mut self) -> bool {
+        let mut any = false;
+        while let Some(call) = self.parked.front() {
+            if self.state == State::Closed || !self.window_fits(call.len) {
+                break;
+            }
+            let Some(call) = self.parked.pop_front() else {
+                break;
+            };
+            self.charge_window(call.len);
+            self.out.reserve(call.head.len());
+            self.out.buf().put_slice(&call.head);
+            if let Some(payload) = call.payload {
+                self.out.append_payload(payload);
+            }
+            any = true;
+        }
+        any
     }
 
     /// Hand the answer of call `id` to its caller. `Err` gives the reply back if the call is
@@ -79,9 +176,19 @@ impl<T: Tokens> Broker<T> {
         reply: Reply<T::Object>,
     ) -> Result<(), Reply<T::Object>> {
         let events = &mut self.events;
-        self.pending.deliver(id, reply, |waiter| {
+        let delivered = self.pending.deliver(id, reply, |waiter| {
             events.extend(waiter.map(Event::Answered));
-        })
+        });
+        match delivered {
+            Ok(len) => {
+                self.free_window(len);
+                Ok(())
+            }
+            Err((reply, len)) => {
+                self.free_window(len);
+                Err(reply)
+            }
+        }
     }
 
     /// What a call fails with once the connection is closed.
@@ -108,11 +215,20 @@ impl<T: Tokens> Broker<T> {
     /// Our caller gave up on call `id`: the peer is told (a cancel). Returns its answer if one
     /// had arrived meanwhile, for the caller to drop (it may hold references).
     pub fn cancel_call(&mut self, id: u64) -> Option<Reply<T::Object>> {
-        match self.pending.cancel(id)? {
-            Ok(_waiting) => {
+        // A parked call was never sent: it just goes.
+        if let Some(at) = self.parked.iter().position(|call| call.id == id) {
+            self.parked.remove(at);
+            let _ = self.pending.cancel(id, false);
+            return None;
+        }
+        // A peer that counts our calls keeps counting this one until its last word on it.
+        let keep = self.peer_hears_window && self.state != State::Closed;
+        match self.pending.cancel(id, keep)? {
+            Ok((_waiting, len)) => {
                 if self.state != State::Closed {
                     self.write_message(&Message::Cancel { id });
                 }
+                self.free_window(len);
                 None
             }
             Err(answered) => Some(answered),
@@ -132,7 +248,9 @@ impl<T: Tokens> Broker<T> {
     }
 
     /// One of the peer's calls finished: its reply is sent unless it was cancelled, wanted
-    /// none, or is `None` (the handler was dropped).
+    /// none, or is `None` (the handler was dropped). Its `charge` ([`Incoming::charge`])
+    /// leaves our call window; a peer that counts its calls hears of a call that gets no
+    /// answer (a credit, or, if it was cancelled, a closing fault).
     ///
     /// `tracked`: the call was entered in the running table (by [`Broker::watch`]) and is
     /// answered only if still there; a call answered inline, before any other frame was
@@ -142,12 +260,22 @@ impl<T: Tokens> Broker<T> {
         id: u64,
         answer: bool,
         reply: Option<Reply<T::Object>>,
-        tracked: bool,
+        (tracked, charge): (bool, usize),
     ) {
+        self.call_ended(charge, answer);
         // A tracked call no longer tracked was cancelled by the peer: no answer.
         let still_wanted = self.running.finish(id, tracked);
-        if !answer || self.state == State::Closed || !still_wanted {
+        if !answer || self.state == State::Closed || !still_wanted || reply.is_none() {
             self.bury(reply.into_iter().flatten().flat_map(|o| o.refs));
+            if answer && self.state != State::Closed && self.peer_hears_window {
+                self.send_fault(
+                    id,
+                    Fault {
+                        kind: FaultKind::Cancelled,
+                        message: String::new(),
+                    },
+                );
+            }
             return;
         }
         let reply = match reply {

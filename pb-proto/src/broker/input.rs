@@ -32,16 +32,98 @@ impl<T: Tokens> Broker<T> {
         body: Bytes,
         make: &mut MakeImport<'_, T>,
     ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
+        self.handle(body, false, make)
+    }
+
+    /// The driver holds frame `body` back for now (its output to the peer is congested): a
+    /// call is counted in our call window from now on, or, if it does not fit, refused at once
+    /// (a `LimitExceeded` fault, and a violation) without being held. Returns whether to hold
+    /// the frame, to be handled later with [`Broker::handle_held_frame`].
+    pub fn hold_frame(&mut self, body: &Bytes) -> Result<bool, ProtocolError> {
+        if self.state == State::Closed || !message::is_call(body) {
+            return Ok(true);
+        }
+        if self.charge_call(body.len()) {
+            return Ok(true);
+        }
+        let head = message::decode_call_head(body, &self.limits.message)?;
+        self.over_window(&head, body.len())?;
+        Ok(false)
+    }
+
+    /// Handle a frame the driver held back ([`Broker::hold_frame`]), as
+    /// [`Broker::handle_frame`] does.
+    pub fn handle_held_frame(
+        &mut self,
+        body: Bytes,
+        make: &mut MakeImport<'_, T>,
+    ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
+        self.handle(body, true, make)
+    }
+
+    fn handle(
+        &mut self,
+        body: Bytes,
+        charged: bool,
+        make: &mut MakeImport<'_, T>,
+    ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
         if self.state == State::Closed {
             return Ok(None);
         }
         if message::is_call(&body) {
             // The body is kept whole: the method name and arguments stay ranges of it.
             let head = message::decode_call_head(&body, &self.limits.message)?;
+            if !charged && !self.charge_call(body.len()) {
+                return self.over_window(&head, body.len()).map(|()| None);
+            }
             return self.handle_call(head, body, make);
         }
         let message = Message::decode(body, &self.limits.message)?;
         self.handle_message(message, make).map(|()| None)
+    }
+
+    /// Count a call of `len` bytes in our call window, if it fits.
+    #[inline]
+    fn charge_call(&mut self, len: usize) -> bool {
+        if self.call_bytes + len > self.limits.max_call_bytes {
+            return false;
+        }
+        self.call_bytes += len;
+        true
+    }
+
+    /// A call of the peer's counted in our window (`charge` bytes) ended here: it leaves the
+    /// window, and one that gets no answer is credited to a peer that counts its calls.
+    #[inline]
+    pub(super) fn call_ended(&mut self, charge: usize, answer: bool) {
+        self.call_bytes = self.call_bytes.saturating_sub(charge);
+        if !answer && self.peer_hears_window {
+            self.credit_due += charge as u64;
+        }
+    }
+
+    /// A call of `len` bytes that does not fit in our window: refused, never held or run.
+    fn over_window(&mut self, head: &CallHead, len: usize) -> Result<(), ProtocolError> {
+        let message = format!(
+            "the caller's calls in flight exceed the call window (limit max_call_bytes = {})",
+            self.limits.max_call_bytes
+        );
+        tracing::warn!(
+            id = head.id,
+            len,
+            call_bytes = self.call_bytes,
+            "call refused: {message}"
+        );
+        if head.answer {
+            self.send_fault(head.id, Fault::limit(message));
+        } else {
+            // It left the peer's count of its window as it would had it run.
+            self.call_ended(0, false);
+            if self.peer_hears_window {
+                self.credit_due += len as u64;
+            }
+        }
+        self.violation()
     }
 
     /// Handle a message that is not a call.
@@ -81,6 +163,8 @@ impl<T: Tokens> Broker<T> {
                     // references' sends are released without being imported.
                     tracing::debug!(id, "answer for a call no longer pending");
                     self.release_unwanted(&refs);
+                    let len = self.pending.close_cancelled(id);
+                    self.free_window(len);
                     return Ok(());
                 }
                 if self.imports_would_exceed(&refs) {
@@ -156,7 +240,11 @@ impl<T: Tokens> Broker<T> {
             Message::Pong { .. } => Ok(()),
             Message::Limits(limits) => {
                 tracing::debug!(?limits, "the peer's receive limits changed");
-                self.peer = limits;
+                self.set_peer(limits);
+                Ok(())
+            }
+            Message::Credit { bytes } => {
+                self.free_window(usize::try_from(bytes).unwrap_or(usize::MAX));
                 Ok(())
             }
             Message::Update { object, payload } => {
@@ -209,8 +297,10 @@ impl<T: Tokens> Broker<T> {
             refs: descs,
             payload_at,
         } = head;
+        let charge = body.len();
         if self.imports_would_exceed(&descs) {
             self.release_unwanted(&descs);
+            self.call_ended(charge, answer);
             if answer {
                 let fault = self.imports_over_limit();
                 self.send_fault(id, fault);
@@ -237,6 +327,7 @@ impl<T: Tokens> Broker<T> {
             )))
         } else if answer && self.running.is_tracked(id) {
             self.bury(refs);
+            self.call_ended(charge, answer);
             return Err(ProtocolError::DuplicateRequest(id));
         } else {
             None
@@ -261,6 +352,7 @@ impl<T: Tokens> Broker<T> {
             });
             tracing::debug!(id, target, message = %fault.message, "call refused");
             self.bury(refs);
+            self.call_ended(charge, answer);
             if answer {
                 self.send_fault(id, fault);
             }
@@ -284,6 +376,7 @@ impl<T: Tokens> Broker<T> {
             answer,
             deadline_ms,
             extras,
+            charge,
         }))
     }
 }

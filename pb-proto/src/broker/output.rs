@@ -17,7 +17,9 @@ impl<T: Tokens> Broker<T> {
     /// Whether the broker holds anything to send to the peer.
     #[inline]
     pub fn has_transmit(&self) -> bool {
-        !self.out.is_empty() || !self.releases.is_empty()
+        !self.out.is_empty()
+            || (!self.releases.is_empty() && self.parked.is_empty())
+            || self.credit_due != 0
     }
 
     /// Hand over the bytes to write, in order: whole chunks (large payloads, uncopied) are
@@ -26,7 +28,13 @@ impl<T: Tokens> Broker<T> {
     /// allocation comes back for reuse without splitting a chunk off it. Returns how many
     /// bytes were handed over.
     pub fn poll_transmit(&mut self, into: &mut Vec<Bytes>, tail: &mut BytesMut) -> usize {
-        if !self.releases.is_empty() && self.state != State::Closed {
+        if self.credit_due != 0 && self.state != State::Closed {
+            let bytes = std::mem::take(&mut self.credit_due);
+            self.write_message(&Message::Credit { bytes });
+        }
+        // Releases wait behind parked calls: a parked call may send back a reference whose
+        // release would otherwise reach the peer first, and free what the call names.
+        if !self.releases.is_empty() && self.parked.is_empty() && self.state != State::Closed {
             // Taken and given back, so the list keeps its capacity from batch to batch.
             let mut items = std::mem::take(&mut self.releases);
             // As many entries as the peer takes in one message, and in one frame (after the

@@ -9,8 +9,10 @@ use bytes::{Bytes, BytesMut};
 use super::*;
 use crate::frame::FrameDecoder;
 use crate::handshake::ReceiveLimits;
+use crate::message::MessageLimits;
 
 mod harness;
+mod window;
 
 use self::harness::*;
 
@@ -73,7 +75,7 @@ fn pipelined_answers_in_any_order_reach_their_callers() {
             refs: Vec::new(),
         };
         w.b.broker
-            .finish_call(call.id, true, Some(Ok(outcome)), false);
+            .finish_call(call.id, true, Some(Ok(outcome)), (false, call.charge));
         w.flush();
     }
     // And the pipe reorders those writes again.
@@ -97,12 +99,37 @@ fn a_cancelled_call_is_never_answered_and_its_handler_hears_of_it() {
     assert!(w.a.broker.cancel_call(id).is_none());
     w.settle();
     assert_eq!(w.b.cancelled, [call.id]);
-    // The handler finishes anyway: nothing is sent.
+    // The handler finishes anyway: no answer, only the fault that closes the call's place
+    // in the caller's window, which wakes no caller.
     w.b.broker
-        .finish_call(call.id, true, Some(Ok(empty())), true);
-    assert!(w.b.transmit().is_none(), "no answer for a cancelled call");
+        .finish_call(call.id, true, Some(Ok(empty())), (true, call.charge));
+    let last = w.b.transmit().expect("the closing fault");
+    let body = FrameDecoder::new(1 << 20)
+        .decode(&mut BytesMut::from(&last[..]))
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        Message::decode(body, &MessageLimits::default()),
+        Ok(Message::Fault {
+            kind: FaultKind::Cancelled,
+            ..
+        })
+    ));
+    assert_eq!(
+        w.a.broker.pending.cancelled(),
+        1,
+        "kept until the peer's last word"
+    );
+    w.a.receive(&last, usize::MAX);
     assert!(w.a.answered.is_empty());
     assert_eq!(w.b.broker.in_flight(), 0);
+    assert_eq!(
+        w.a.broker.pending.cancelled(),
+        0,
+        "the call's place is closed"
+    );
+    assert_eq!(w.a.broker.window_used, 0);
+    assert_eq!(w.b.broker.stats().call_bytes, 0);
 }
 
 fn empty() -> Outcome<Ref> {
@@ -304,7 +331,7 @@ fn a_disconnect_mid_call_fails_pending_calls_and_ends_every_export() {
     assert_eq!(w.a.try_call(0, "x", b"", &[]).unwrap_err(), fault);
     assert!(w.b.broker.watch(9, 9).is_err());
     w.b.broker
-        .finish_call(call.id, true, Some(Ok(empty())), true);
+        .finish_call(call.id, true, Some(Ok(empty())), (true, call.charge));
     drop(held);
     assert!(w.b.transmit().is_none() && w.a.transmit().is_none());
     assert_eq!(w.a.broker.state(), State::Closed);

@@ -173,7 +173,21 @@ fn round_trips() {
         max_frame_len: 1 << 20,
         max_refs_per_message: 0,
         max_release_entries: 300,
+        max_call_bytes: None,
     }));
+    rt(Message::Limits(ReceiveLimits {
+        max_frame_len: 1 << 20,
+        max_refs_per_message: 0,
+        max_release_entries: 300,
+        max_call_bytes: Some(1 << 26),
+    }));
+    rt(Message::Credit { bytes: 0 });
+    rt(Message::Credit { bytes: u64::MAX });
+    rt(Message::Fault {
+        id: 9,
+        kind: FaultKind::Cancelled,
+        message: String::new(),
+    });
 }
 
 #[test]

@@ -247,7 +247,7 @@ impl Side {
             refs,
         };
         self.broker
-            .finish_call(call.id, true, Some(Ok(outcome)), false);
+            .finish_call(call.id, true, Some(Ok(outcome)), (false, call.charge));
         self.act();
         call.id
     }

@@ -1,0 +1,329 @@
+//! The call window: a sender keeps its calls in flight within what the receiver announced,
+//! parking the rest; the receiver counts what it holds and runs, credits calls that get no
+//! answer, closes a cancelled call's place with a fault, and refuses what a sender that
+//! ignores the window sends beyond it.
+
+use super::*;
+use crate::handshake::MIN_CALL_WINDOW;
+
+/// Limits with the smallest window there is: 64 KiB frames, a 256 KiB window.
+fn narrow() -> Limits {
+    Limits {
+        max_frame_len: 64 * 1024,
+        max_call_bytes: 0,
+        ..Limits::default()
+    }
+}
+
+/// A payload of which four calls fit in [`narrow`]'s window, and five do not.
+const ARGS: usize = 60_000;
+
+fn decode_all(mut wire: BytesMut) -> Vec<Message> {
+    let decoder = FrameDecoder::new(1 << 20);
+    let mut out = Vec::new();
+    while let Some(body) = decoder.decode(&mut wire).unwrap() {
+        out.push(Message::decode(body, &MessageLimits::default()).unwrap());
+    }
+    out
+}
+
+/// A call frame body as a sender that ignores windows would write it.
+fn raw_call(id: u64, answer: bool, args: usize) -> Bytes {
+    let mut frame = BytesMut::new();
+    let flags = (answer, None, &CallExtras::default());
+    encode_call_frame_head(&mut frame, args, id, 0, b"m", flags, &[]);
+    frame.extend_from_slice(&vec![7; args]);
+    FrameDecoder::new(1 << 20)
+        .decode(&mut frame)
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+fn calls_beyond_the_peers_window_wait_and_leave_as_answers_come_back() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    assert_eq!(
+        w.a.broker.peer_limits().max_call_bytes,
+        Some(MIN_CALL_WINDOW)
+    );
+    let ids: Vec<u64> = (0..6).map(|_| w.a.call(0, "m", &[1; ARGS], &[])).collect();
+    w.settle();
+    assert_eq!(w.b.incoming.len(), 4, "four fit in the window");
+    assert_eq!(w.a.broker.stats().parked_calls, 2);
+    let held = w.b.broker.stats().call_bytes;
+    assert!(held > 4 * ARGS && held <= MIN_CALL_WINDOW, "{held}");
+    // Each answer makes room for one more.
+    w.b.answer(b"1", Vec::new());
+    w.settle();
+    assert_eq!(
+        (w.b.incoming.len(), w.a.broker.stats().parked_calls),
+        (4, 1)
+    );
+    while !w.b.incoming.is_empty() {
+        w.b.answer(b"2", Vec::new());
+        w.settle();
+    }
+    assert_eq!(w.a.answered, ids, "every call answered, in order");
+    assert_eq!(w.a.broker.stats().parked_calls, 0);
+    assert_eq!(w.b.broker.stats().call_bytes, 0);
+    assert!(w.b.error.is_none() && w.a.error.is_none());
+    assert_eq!(
+        w.b.broker.violations, 0,
+        "a well-behaved sender is never refused"
+    );
+}
+
+#[test]
+fn calls_without_answers_are_credited() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    for _ in 0..6 {
+        w.a.broker
+            .start_call(
+                0,
+                "m",
+                Bytes::from(vec![1; ARGS]),
+                &[],
+                (None, None, CallExtras::default()),
+            )
+            .unwrap();
+    }
+    w.settle();
+    assert_eq!(w.b.incoming.len(), 4);
+    assert_eq!(w.a.broker.stats().parked_calls, 2);
+    // The one-way calls end: a credit (one, for the batch) makes room for the rest.
+    while let Some(call) = w.b.incoming.pop_front() {
+        w.b.broker
+            .finish_call(call.id, false, None, (false, call.charge));
+    }
+    let wire = w.b.transmit().expect("a credit");
+    let credited = decode_all(BytesMut::from(&wire[..]));
+    assert!(
+        matches!(credited[..], [Message::Credit { bytes }] if bytes as usize > 4 * ARGS),
+        "{credited:?}"
+    );
+    w.a.receive(&wire, usize::MAX);
+    w.settle();
+    assert_eq!(w.b.incoming.len(), 2);
+    assert_eq!(w.a.broker.stats().parked_calls, 0);
+}
+
+#[test]
+fn a_release_never_overtakes_a_parked_call() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    // b hands a its object 7.
+    let first = w.a.call(0, "give", b"", &[]);
+    w.settle();
+    w.b.answer(b"", vec![Ref::Local(7)]);
+    w.settle();
+    let mut given = ok(w.a.take_answer(first));
+    let seven = given.refs.pop().expect("the reference");
+    // The window fills; a call that sends 7 back is parked, and a drops its handle.
+    for _ in 0..5 {
+        w.a.call(0, "fill", &[1; ARGS], &[]);
+    }
+    let back = w.a.call(0, "back", b"", std::slice::from_ref(&seven));
+    drop(seven);
+    drop(given);
+    w.settle();
+    assert_eq!(w.a.broker.stats().parked_calls, 2);
+    assert!(
+        w.b.unexported.is_empty(),
+        "the release waits behind the call"
+    );
+    while w.b.incoming.front().is_some_and(|c| c.id != back) {
+        w.b.answer(b"", Vec::new());
+        w.settle();
+    }
+    let call = w.b.incoming.pop_front().expect("the parked call, sent");
+    assert_eq!(call.id, back);
+    assert!(
+        matches!(call.refs[..], [Ref::Local(7)]),
+        "the object is still there for it"
+    );
+    w.b.broker
+        .finish_call(call.id, true, Some(Ok(empty())), (false, call.charge));
+    drop(call);
+    w.settle();
+    assert_eq!(w.b.unexported, [1], "released, after the call");
+}
+
+#[test]
+fn a_cancelled_call_leaves_the_window_with_the_peers_last_word() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    let ids: Vec<u64> = (0..5).map(|_| w.a.call(0, "m", &[1; ARGS], &[])).collect();
+    w.settle();
+    assert_eq!(w.a.broker.stats().parked_calls, 1);
+    // The parked call is cancelled: it just goes, and nothing is sent for it.
+    assert!(w.a.broker.cancel_call(ids[4]).is_none());
+    assert_eq!(w.a.broker.stats().parked_calls, 0);
+    assert!(w.a.transmit().is_none());
+    let parked = w.a.call(0, "m", &[1; ARGS], &[]);
+    assert_eq!(w.a.broker.stats().parked_calls, 1);
+    // A call the peer runs is cancelled: it stays counted until the peer's fault.
+    let running = w.b.incoming.pop_front().expect("a call");
+    w.b.broker.watch(running.id, running.id).unwrap();
+    assert!(w.a.broker.cancel_call(running.id).is_none());
+    w.settle();
+    assert_eq!(w.b.cancelled, [running.id]);
+    assert_eq!(
+        w.a.broker.stats().parked_calls,
+        1,
+        "not freed by the cancel"
+    );
+    w.b.broker
+        .finish_call(running.id, true, None, (true, running.charge));
+    w.settle();
+    assert_eq!(w.a.broker.stats().parked_calls, 0, "freed by the fault");
+    assert!(w.b.incoming.iter().any(|c| c.id == parked));
+    assert!(w.a.answered.is_empty(), "no caller woken by the fault");
+    // An answer crossing a cancel is the last word as well.
+    let crossing = w.b.incoming.pop_front().expect("a call");
+    w.b.broker.finish_call(
+        crossing.id,
+        true,
+        Some(Ok(empty())),
+        (false, crossing.charge),
+    );
+    assert!(w.a.broker.cancel_call(crossing.id).is_none());
+    w.settle();
+    let (used, _) = (w.a.broker.window_used, ());
+    let still: usize = w.b.incoming.iter().map(|c| c.charge).sum();
+    assert_eq!(used, still, "the window counts exactly what the peer holds");
+}
+
+#[test]
+fn a_sender_that_ignores_the_window_is_refused_beyond_it() {
+    let mut b = Side::new(2, narrow(), Some(Ref::Local(100)));
+    b.broker.set_peer_limits(Some(Limits::default().receive()));
+    // Held back frames count as soon as they are held: the fifth does not fit.
+    let calls: Vec<Bytes> = (1..=5).map(|id| raw_call(id, true, ARGS)).collect();
+    for call in &calls[..4] {
+        assert_eq!(b.broker.hold_frame(call), Ok(true));
+    }
+    assert_eq!(
+        b.broker.hold_frame(&calls[4]),
+        Ok(false),
+        "refused, not held"
+    );
+    assert_eq!(b.broker.violations, 1);
+    let refused = decode_all(BytesMut::from(&b.transmit().unwrap()[..]));
+    assert!(matches!(
+        &refused[..],
+        [Message::Fault { id: 5, kind: FaultKind::LimitExceeded, message }]
+            if message.contains("max_call_bytes = 262144")
+    ));
+    // Frames that are not calls are held without counting.
+    let mut ping = BytesMut::new();
+    Message::Ping { nonce: 1 }.encode(&mut ping);
+    assert_eq!(b.broker.hold_frame(&ping.freeze()), Ok(true));
+    // The held calls run, counted once.
+    let mut make = |_, _| unreachable!("no references");
+    let mut charges = 0;
+    for call in calls[..4].iter().cloned() {
+        let call = b
+            .broker
+            .handle_held_frame(call, &mut make)
+            .unwrap()
+            .unwrap();
+        charges += call.charge;
+        b.incoming.push_back(call);
+    }
+    assert_eq!(b.broker.stats().call_bytes, charges);
+    // Beyond the window while they run: a one-way call is refused too, and credited.
+    let oneway = raw_call(6, false, ARGS);
+    let mut make = |_, _| unreachable!("no references");
+    assert!(
+        b.broker
+            .handle_frame(oneway.clone(), &mut make)
+            .unwrap()
+            .is_none()
+    );
+    let credited = decode_all(BytesMut::from(&b.transmit().unwrap()[..]));
+    assert_eq!(
+        credited,
+        [Message::Credit {
+            bytes: oneway.len() as u64
+        }]
+    );
+    // Past max_violations (3), the connection is closed.
+    assert!(
+        b.broker
+            .handle_frame(raw_call(7, true, ARGS), &mut make)
+            .is_ok()
+    );
+    assert!(matches!(
+        b.broker.handle_frame(raw_call(8, true, ARGS), &mut make),
+        Err(ProtocolError::TooManyViolations { count: 4, max: 3 })
+    ));
+    // Answered, the calls leave the window.
+    while let Some(call) = b.incoming.pop_front() {
+        b.broker
+            .finish_call(call.id, true, Some(Ok(empty())), (false, call.charge));
+    }
+    assert_eq!(b.broker.stats().call_bytes, 0);
+}
+
+#[test]
+fn a_peer_without_a_window_gets_no_credits_and_nothing_is_parked() {
+    let old = ReceiveLimits {
+        max_call_bytes: None,
+        ..narrow().receive()
+    };
+    let mut a = Side::new(1, Limits::default(), None);
+    let mut b = Side::new(2, narrow(), Some(Ref::Local(100)));
+    a.broker.set_peer_limits(Some(old));
+    b.broker.set_peer_limits(Some(ReceiveLimits {
+        max_call_bytes: None,
+        ..Limits::default().receive()
+    }));
+    // a sends what b's window would not take: nothing is parked (b counts nothing, as far as
+    // a knows), and b, which does count, refuses the fifth.
+    for _ in 0..5 {
+        a.call(0, "m", &[1; ARGS], &[]);
+    }
+    assert_eq!(a.broker.stats().parked_calls, 0);
+    b.receive(&a.transmit().unwrap(), usize::MAX);
+    assert_eq!(b.incoming.len(), 4);
+    // One-way calls that end send no credit to a peer that would not understand it.
+    let call = b.incoming.pop_front().unwrap();
+    b.broker
+        .finish_call(call.id, false, None, (false, call.charge));
+    let out = decode_all(BytesMut::from(&b.transmit().unwrap()[..]));
+    assert!(
+        out.iter().all(|m| !matches!(m, Message::Credit { .. })),
+        "{out:?}"
+    );
+    // Nor our window in a limits message.
+    b.broker.set_max_call_bytes(1 << 30);
+    let told = decode_all(BytesMut::from(&b.transmit().unwrap()[..]));
+    assert!(matches!(
+        told[..],
+        [Message::Limits(ReceiveLimits {
+            max_call_bytes: None,
+            ..
+        })]
+    ));
+}
+
+#[test]
+fn a_window_that_grows_lets_parked_calls_leave() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    for _ in 0..6 {
+        w.a.call(0, "m", &[1; ARGS], &[]);
+    }
+    w.settle();
+    assert_eq!(w.a.broker.stats().parked_calls, 2);
+    // After a login, say.
+    assert_eq!(w.b.broker.set_max_call_bytes(1 << 20), 1 << 20);
+    w.settle();
+    assert_eq!(w.a.broker.peer_limits().max_call_bytes, Some(1 << 20));
+    assert_eq!(w.a.broker.stats().parked_calls, 0);
+    assert_eq!(w.b.incoming.len(), 6);
+    // The connection's end drops what is parked; its callers fail.
+    for _ in 0..20 {
+        w.a.call(0, "m", &[1; ARGS], &[]);
+    }
+    assert!(w.a.broker.stats().parked_calls > 0);
+    w.a.broker.close(Fault::disconnected());
+    assert_eq!(w.a.broker.stats().parked_calls, 0);
+}
