@@ -143,10 +143,11 @@ async fn a_flood_of_large_calls() {
         "RSS grew by {grown:.1} MiB under a {cap_mib} MiB cap"
     );
 
-    // The count alone (as before the cap) lets the same flood in to the end: the measurement
-    // tells the two apart.
+    // The count alone (as before the cap and the call window) lets the same flood in to the
+    // end: the measurement tells the two apart.
     let uncapped = Limits {
         max_held_bytes: usize::MAX,
+        max_call_bytes: usize::MAX,
         ..Limits::default()
     };
     let (grown_uncapped, read_uncapped) = flood(uncapped, CALLS).await;
