@@ -16,6 +16,10 @@ fuzz_target!(|data: &[u8]| {
         hello.limits.is_some(),
         hello.features.contains(Features::LIMITS)
     );
+    assert_eq!(
+        hello.limits.is_some_and(|l| l.max_call_bytes.is_some()),
+        hello.features.contains(Features::WINDOW)
+    );
     let mut out = BytesMut::new();
     hello.encode(&mut out);
     assert_eq!(out.len(), hello.encoded_len());
@@ -27,8 +31,9 @@ fuzz_target!(|data: &[u8]| {
     match ours.negotiate(&hello) {
         Ok(features) => {
             assert_eq!(hello.version, PROTOCOL_VERSION);
-            // `ours` carries no limits, so it offers every flag but that one.
-            assert_eq!(features, Features(hello.features.0 & !Features::LIMITS.0));
+            // `ours` carries no limits, so it offers every flag but those two.
+            let announced = Features::LIMITS.0 | Features::WINDOW.0;
+            assert_eq!(features, Features(hello.features.0 & !announced));
         }
         Err(_) => assert_ne!(hello.version, PROTOCOL_VERSION),
     }

@@ -256,6 +256,9 @@ impl Hello {
                 max_release_entries: narrow([c0, c1, c2, c3]),
                 max_call_bytes,
             })
+        } else if features.contains(Features::WINDOW) {
+            // A window is announced after limits that are not there.
+            return Err(HandshakeError::Malformed { len: body.len() });
         } else {
             None
         };
@@ -412,6 +415,12 @@ mod tests {
         };
         assert_eq!(tiny.at_least_floor().max_call_bytes, Some(MIN_CALL_WINDOW));
         assert_eq!(limits.at_least_floor().max_call_bytes, None);
+        // The window's flag without limits.
+        short[15] = 2;
+        assert_eq!(
+            Hello::decode(&short),
+            Err(HandshakeError::Malformed { len: HELLO_LEN })
+        );
         // Without limits, the flag is never sent.
         let plain = Hello::ours(Features(1));
         assert_eq!(plain.features, Features::NONE);
