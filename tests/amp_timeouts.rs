@@ -354,3 +354,76 @@ fn pb_proto_stall() -> Duration {
         .write_stall_timeout
         .expect("a default write-stall timeout")
 }
+
+#[derive(pb::AmpCommand)]
+#[amp(response = SumResult)]
+struct Hold {
+    data: String,
+}
+
+/// A box asking `Hold` with `len` bytes of data, as a raw peer writes it.
+fn hold_ask(tag: usize, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let tag = tag.to_string();
+    let data = "x".repeat(len);
+    for (k, v) in [
+        ("_ask", tag.as_str()),
+        ("_command", "Hold"),
+        ("data", &data),
+    ] {
+        out.extend_from_slice(&(k.len() as u16).to_be_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn large_commands_stop_reading_at_max_responder_bytes_and_all_run_in_the_end() {
+    // Responders that wait for the test's word: 20 commands of 60 000 bytes, against a cap
+    // of 256 KiB of boxes of running responders.
+    let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let go = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let locator = {
+        let (started, go) = (started.clone(), go.clone());
+        Locator::new().respond(move |Hold { data }| {
+            let (started, go) = (started.clone(), go.clone());
+            async move {
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                go.acquire().await.unwrap().forget();
+                Ok(SumResult {
+                    total: data.len() as i64,
+                })
+            }
+        })
+    };
+    let (a, mut b) = tokio::io::duplex(4 << 20);
+    let config = AmpConfig::default()
+        .max_responder_bytes(256 * 1024)
+        .idle_timeout(None);
+    let _server = AmpConnection::spawn(a, config, locator);
+    let flood: Vec<u8> = (1..=20).flat_map(|tag| hold_ask(tag, 60_000)).collect();
+    b.write_all(&flood).await.unwrap();
+    let running = || started.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Four boxes hold 240 000 bytes, under the cap: a fifth starts, then reading stops.
+    assert_eq!(running(), 5, "reading stopped at the byte cap");
+    go.add_permits(1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(running(), 6, "one ended, one more started");
+    go.add_permits(100);
+    // Every command is answered, in the end.
+    let mut answers = Vec::new();
+    let mut buf = vec![0; 1 << 16];
+    while answers.windows(7).filter(|w| w == b"_answer").count() < 20 {
+        let n = tokio::time::timeout(PATIENCE, b.read(&mut buf))
+            .await
+            .expect("the answers come")
+            .unwrap();
+        assert!(n > 0, "the server closed");
+        answers.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(running(), 20);
+}

@@ -147,8 +147,11 @@ pub(super) struct Driver {
         HashMap<Bytes, oneshot::Sender<RawResult<AmpBox>>, BuildHasherDefault<IdHasher>>,
     pub(super) tls_client: Option<TlsClientRequest>,
     pub(super) responders: JoinSet<AmpReply>,
-    /// The tag and command name of each running responder, by task id.
-    pub(super) running: HashMap<tokio::task::Id, (Option<Bytes>, Bytes)>,
+    /// The tag and command name of each running responder, and its box's encoded length, by
+    /// task id.
+    pub(super) running: HashMap<tokio::task::Id, (Option<Bytes>, Bytes, usize)>,
+    /// The encoded length of the boxes of running responders (`AmpConfig::max_responder_bytes`).
+    pub(super) running_bytes: usize,
     pub(super) out: BytesMut,
     pub(super) need_flush: bool,
     /// The peer shut down its writing half; no more input will come.
@@ -226,6 +229,7 @@ impl Driver {
         loop {
             let max_running = self.dispatcher.config().max_in_flight_responders;
             self.take_ready(max_running);
+            let room = self.has_room(max_running);
             let received = self.dispatcher.boxes_received();
             if timing && received != self.boxes_seen {
                 self.boxes_seen = received;
@@ -263,11 +267,8 @@ impl Driver {
                 self.dispatcher.close();
                 return Pumped::Closed(DisconnectReason::PeerClosed);
             }
-            let can_read = !self.peer_eof
-                && !closing
-                && !switching
-                && self.out.len() < HIGH_WATER
-                && self.responders.len() < max_running;
+            let can_read =
+                !self.peer_eof && !closing && !switching && self.out.len() < HIGH_WATER && room;
             let can_request = !closing
                 && self.requests_open
                 && self.out.len() + self.dispatcher.held_output() < HIGH_WATER;
@@ -356,7 +357,7 @@ impl Driver {
         loop {
             let mut progress = false;
             // Commands already buffered wait too while too many responders run.
-            while self.responders.len() < max_running
+            while self.has_room(max_running)
                 && let Some(event) = self.dispatcher.poll_event()
             {
                 self.handle_event(event);
@@ -389,6 +390,14 @@ impl Driver {
             }
         }
         self.dispatcher.transmit_into(&mut self.out);
+    }
+
+    /// Whether another command may start a responder: fewer than `max_running` run, holding
+    /// less than `AmpConfig::max_responder_bytes` of boxes.
+    #[inline]
+    fn has_room(&self, max_running: usize) -> bool {
+        self.responders.len() < max_running
+            && self.running_bytes < self.dispatcher.config().max_responder_bytes
     }
 
     pub(super) fn close_with(&mut self, reason: DisconnectReason) {
@@ -439,6 +448,7 @@ impl Driver {
             self.handle_start_tls(tag);
             return;
         }
+        let len = args.encoded_len();
         match self.locator.dispatch_boxed(&name, args) {
             Some(mut fut) => {
                 // Most responders answer without waiting: poll once here, and pay for a task
@@ -450,7 +460,8 @@ impl Driver {
                     Ok(Poll::Ready(reply)) => self.handle_reply_for(tag, name, reply),
                     Ok(Poll::Pending) => {
                         let id = self.responders.spawn(fut).id();
-                        self.running.insert(id, (tag, name));
+                        self.running.insert(id, (tag, name, len));
+                        self.running_bytes += len;
                     }
                     Err(panic) => {
                         let why = format!("responder panicked: {}", panic_message(&*panic));
@@ -510,9 +521,10 @@ impl Driver {
                 AmpReply::Failed(format!("responder task failed: {e}")),
             ),
         };
-        let Some((tag, name)) = self.running.remove(&id) else {
+        let Some((tag, name, len)) = self.running.remove(&id) else {
             return;
         };
+        self.running_bytes -= len;
         self.handle_reply_for(tag, name, reply);
     }
 

@@ -132,6 +132,7 @@ impl AmpConnection {
             tls_client: None,
             responders: JoinSet::new(),
             running: HashMap::new(),
+            running_bytes: 0,
             out: BytesMut::new(),
             need_flush: false,
             peer_eof: false,

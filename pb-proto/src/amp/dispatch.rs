@@ -34,6 +34,12 @@ pub struct AmpConfig<S = ()> {
     /// The most incoming commands whose responders may run at once (default 1024); past it the
     /// connection stops reading until one finishes.
     pub max_in_flight_responders: usize,
+    /// The most bytes of incoming commands (their boxes, as encoded) whose responders may run
+    /// at once (default [`DEFAULT_MAX_CALL_BYTES`](crate::limits::DEFAULT_MAX_CALL_BYTES),
+    /// 64 MiB, the native call window's default); past it the connection stops reading until
+    /// one finishes. AMP cannot announce it (Twisted would not understand), so reading pauses
+    /// instead of refusing.
+    pub max_responder_bytes: usize,
     /// Close the connection on an answer or error for a tag never asked (default true, as Twisted).
     pub close_on_unknown_answer: bool,
     /// Close the connection when a command sent without `_ask` fails or is unhandled (default true,
@@ -81,6 +87,7 @@ impl<S> Default for AmpConfig<S> {
             codec: BoxCodecConfig::default(),
             max_outstanding: 1024,
             max_in_flight_responders: 1024,
+            max_responder_bytes: crate::limits::DEFAULT_MAX_CALL_BYTES,
             close_on_unknown_answer: true,
             close_on_failed_no_answer: true,
             tls_server: None,
@@ -147,6 +154,13 @@ impl<S> AmpConfig<S> {
     #[inline]
     pub fn max_in_flight_responders(mut self, n: usize) -> Self {
         self.max_in_flight_responders = n;
+        self
+    }
+
+    /// Sets [`AmpConfig::max_responder_bytes`].
+    #[inline]
+    pub fn max_responder_bytes(mut self, bytes: usize) -> Self {
+        self.max_responder_bytes = bytes;
         self
     }
 
