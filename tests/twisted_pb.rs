@@ -435,6 +435,7 @@ async fn a_client_that_never_chooses_a_dialect_is_closed_at_the_deadline() {
 #[pb::remote]
 pub trait Gate {
     async fn wait(&self) -> u32;
+    async fn hold(&self, data: Vec<u8>) -> u32;
 }
 
 struct TheGate {
@@ -450,6 +451,11 @@ impl Gate for TheGate {
         let _permit = self.open.acquire().await.unwrap();
         self.running.fetch_sub(1, Ordering::SeqCst);
         1
+    }
+
+    async fn hold(&self, data: Vec<u8>) -> u32 {
+        self.wait().await;
+        data.len() as u32
     }
 }
 
@@ -494,6 +500,51 @@ async fn calls_over_the_in_flight_cap_wait_unread_then_run() {
         assert_eq!(c.await.unwrap().unwrap(), 1, "every call is answered");
     }
     assert_eq!(most.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn calls_over_the_byte_cap_wait_unread_then_run() {
+    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let open = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = GateRef::new(TheGate {
+        running: running.clone(),
+        most: most.clone(),
+        open: open.clone(),
+    });
+    let (a, b) = tokio::io::duplex(4 << 20);
+    let server = pb::twisted::accept_io(
+        a,
+        None,
+        Some(gate.into()),
+        PbConfig::default().max_call_bytes(256 * 1024),
+    );
+    let client = pb::twisted::connect_io(b, None, PbConfig::default())
+        .await
+        .unwrap();
+    let root: GateRef = client.root();
+    // Calls of 60 000 bytes: four hold 240 000 bytes, under the cap, so a fifth is read, and
+    // then no more until one ends.
+    let calls: Vec<_> = (0..12)
+        .map(|_| {
+            let root = root.clone();
+            tokio::spawn(async move { root.hold(vec![7; 60_000]).await })
+        })
+        .collect();
+    until(|| running.load(Ordering::SeqCst) == 5).await;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        server.stats().tables.in_flight_calls,
+        5,
+        "the rest are not read"
+    );
+    open.add_permits(12);
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), 60_000, "every call is answered");
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 5);
 }
 
 #[tokio::test]

@@ -67,6 +67,11 @@ pub struct PbConfig {
     /// The most of the peer's calls running here at once (default
     /// [`DEFAULT_MAX_IN_FLIGHT_CALLS`]).
     pub max_in_flight_calls: usize,
+    /// The most bytes of the peer's calls (their messages, as received) running here at once
+    /// (default [`DEFAULT_MAX_CALL_BYTES`](crate::limits::DEFAULT_MAX_CALL_BYTES), 64 MiB, the
+    /// native call window's default). Twisted cannot be told of it, so a driver stops reading
+    /// while it is reached ([`Broker::running_bytes`]).
+    pub max_call_bytes: usize,
     /// Violations (answers nobody asked for, releases of what is not exported, unknown
     /// commands) tolerated before the connection closes (default [`DEFAULT_MAX_VIOLATIONS`]).
     pub max_violations: u32,
@@ -89,6 +94,7 @@ impl Default for PbConfig {
             max_exports: MAX_BROKER_REFS,
             max_imports: DEFAULT_MAX_IMPORTS,
             max_in_flight_calls: DEFAULT_MAX_IN_FLIGHT_CALLS,
+            max_call_bytes: crate::limits::DEFAULT_MAX_CALL_BYTES,
             max_violations: DEFAULT_MAX_VIOLATIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections: 1024,
@@ -125,6 +131,12 @@ impl PbConfig {
     /// Sets [`PbConfig::max_in_flight_calls`].
     pub fn max_in_flight_calls(mut self, n: usize) -> Self {
         self.max_in_flight_calls = n;
+        self
+    }
+
+    /// Sets [`PbConfig::max_call_bytes`].
+    pub fn max_call_bytes(mut self, bytes: usize) -> Self {
+        self.max_call_bytes = bytes;
         self
     }
 
@@ -327,7 +339,12 @@ pub struct Broker<O, W> {
     /// times each was received and not yet released.
     imports: HashMap<i64, u64>,
     pending: HashMap<i64, Slot<W>>,
-    running: HashMap<i64, ()>,
+    /// The peer's calls running here, with the bytes of their messages.
+    running: HashMap<i64, usize>,
+    /// The bytes of the messages of `running`.
+    running_bytes: usize,
+    /// The bytes of the message being decoded (a message may arrive over several reads).
+    message_len: usize,
     violations: u32,
     peer_version: Option<i64>,
 }
@@ -358,6 +375,8 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             imports: HashMap::new(),
             pending: HashMap::new(),
             running: HashMap::new(),
+            running_bytes: 0,
+            message_len: 0,
             violations: 0,
             peer_version: None,
         };
@@ -601,6 +620,26 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
         self.running.len()
     }
 
+    /// The bytes of the messages of the peer's calls running here. A driver should stop
+    /// reading while this is at [`PbConfig::max_call_bytes`] or more.
+    pub fn running_bytes(&self) -> usize {
+        self.running_bytes
+    }
+
+    /// Whether a driver should stop reading: the peer's calls running here are at
+    /// [`PbConfig::max_in_flight_calls`] or hold [`PbConfig::max_call_bytes`].
+    pub fn calls_at_cap(&self) -> bool {
+        self.running.len() >= self.config.max_in_flight_calls
+            || self.running_bytes >= self.config.max_call_bytes
+    }
+
+    /// The peer's call `request` is over: it no longer counts.
+    fn end_call(&mut self, request: i64) {
+        if let Some(len) = self.running.remove(&request) {
+            self.running_bytes -= len;
+        }
+    }
+
     /// Answers the peer's call `request`: `Ok` with the Banana bytes of the result's Jelly
     /// expression, `Err` with those of the failure. An encoding over the peer's limits is not
     /// sent: the caller gets `Err` back and should answer with a smaller failure.
@@ -610,7 +649,7 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
         result: Result<&[u8], &[u8]>,
     ) -> Result<(), SendError> {
         if self.phase == Phase::Closed {
-            self.running.remove(&request);
+            self.end_call(request);
             return Err(SendError::Closed);
         }
         let (head, body): (&'static [u8], &[u8]) = match result {
@@ -628,13 +667,13 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             return Err(e.into());
         }
         self.out.extend_from_slice(body);
-        self.running.remove(&request);
+        self.end_call(request);
         Ok(())
     }
 
     /// The peer's call `request` ended without an answer (it wanted none).
     pub fn forget_call(&mut self, request: i64) {
-        self.running.remove(&request);
+        self.end_call(request);
     }
 
     /// Closes the connection: every waiting caller is given back to be woken (their calls
@@ -645,6 +684,7 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
         let objects = self.exports.drain().map(|(_, e)| e.object).collect();
         self.by_object.clear();
         self.running.clear();
+        self.running_bytes = 0;
         self.imports.clear();
         (waiters, objects)
     }
@@ -656,10 +696,16 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             if self.phase == Phase::Closed {
                 return Ok(None);
             }
-            let Some(e) = self.decoder.decode(src)? else {
+            let before = src.len();
+            let decoded = self.decoder.decode(src);
+            self.message_len += before - src.len();
+            let Some(e) = decoded? else {
                 return Ok(None);
             };
-            if let Some(ev) = self.handle(e)? {
+            // A call counts its message's bytes while it runs (`running_bytes`).
+            let handled = self.handle(e);
+            self.message_len = 0;
+            if let Some(ev) = handled? {
                 return Ok(Some(ev));
             }
         }
@@ -908,7 +954,8 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             ));
         }
         // Calls without an answer run too, and count as long as they do.
-        self.running.insert(request, ());
+        self.running.insert(request, self.message_len);
+        self.running_bytes += self.message_len;
         Ok(Some(Event::Call(Incoming {
             request,
             object: target,

@@ -484,13 +484,13 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<PbShared>, mut r
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut closed = shared.closed.subscribe();
     let handshake_by = tokio::time::Instant::now() + shared.config.handshake_timeout;
-    let max_calls = shared.config.max_in_flight_calls;
     loop {
-        // The peer's calls running here are capped: at the cap, decode and read no more until
-        // one ends (its output backs up, which is TCP's backpressure on it).
+        // The peer's calls running here are capped, by count and by bytes: at the cap, decode
+        // and read no more until one ends (its output backs up, which is TCP's backpressure on
+        // it).
         loop {
             let done = shared.call_done.notified();
-            if lock(&shared.state).broker.running_count() < max_calls {
+            if !lock(&shared.state).broker.calls_at_cap() {
                 break;
             }
             tokio::select! {
@@ -504,7 +504,7 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<PbShared>, mut r
         loop {
             let polled = {
                 let mut st = lock(&shared.state);
-                if st.broker.running_count() >= max_calls {
+                if st.broker.calls_at_cap() {
                     at_cap = true;
                     break;
                 }

@@ -108,13 +108,17 @@ fn a_call_is_answered_and_its_bytes_are_twisteds() {
         ("root", &b"add"[..], true)
     );
     assert_eq!(server.running_count(), 1);
+    // The call's message counts while it runs: a few dozen bytes here.
+    let held = server.running_bytes();
+    assert!((20..100).contains(&held), "{held}");
+    assert!(!server.calls_at_cap());
     let mut three = BytesMut::new();
     server
         .encoder()
         .encode(&Element::Int(3), &mut three)
         .unwrap();
     server.finish_call(call.request, Ok(&three)).unwrap();
-    assert_eq!(server.running_count(), 0);
+    assert_eq!((server.running_count(), server.running_bytes()), (0, 0));
     // The waiter left last is the one given back.
     assert_eq!(
         pump(&mut server, &mut client),
