@@ -397,8 +397,11 @@ pub enum ReplicaError {
         /// The decoder's error.
         reason: String,
     },
-    /// More updates arrived before the replica was decoded than are kept for it.
-    #[error("more than {max} cache updates arrived before the replica was decoded")]
+    /// More updates arrived before the replica was decoded than are kept for it (`max` of
+    /// them, or 16 MiB).
+    #[error(
+        "more than {max} cache updates (or 16 MiB of them) arrived before the replica was decoded"
+    )]
     TooManyBuffered {
         /// The most kept.
         max: usize,
@@ -816,6 +819,7 @@ impl<'de, T: CacheState> Deserialize<'de> for Replica<T> {
             ReplicaSlot::Buffered {
                 pending,
                 overflowed,
+                ..
             } => (pending, overflowed),
         };
         let state = Arc::new(ReplicaState::new(version, value));

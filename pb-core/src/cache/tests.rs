@@ -79,8 +79,30 @@ fn updates_past_the_buffer_are_marked_dropped() {
         ReplicaSlot::Buffered {
             pending,
             overflowed,
+            ..
         } => {
             assert_eq!(pending.len(), MAX_BUFFERED_UPDATES);
+            assert!(overflowed);
+        }
+        _ => panic!("updates before the replica are buffered"),
+    }
+}
+
+#[test]
+fn updates_past_the_buffers_bytes_are_marked_dropped() {
+    let mut slot = ReplicaSlot::default();
+    let mib = Bytes::from(vec![0u8; 1 << 20]);
+    for _ in 0..20 {
+        slot.deliver(mib.clone());
+    }
+    match slot {
+        ReplicaSlot::Buffered {
+            pending,
+            bytes,
+            overflowed,
+        } => {
+            assert_eq!(pending.len(), 16, "16 MiB kept");
+            assert_eq!(bytes, crate::link::MAX_BUFFERED_UPDATE_BYTES);
             assert!(overflowed);
         }
         _ => panic!("updates before the replica are buffered"),

@@ -94,6 +94,10 @@ pub(crate) struct PeerRecord {
 /// The most updates buffered for a replica that is still being decoded.
 pub(crate) const MAX_BUFFERED_UPDATES: usize = 4096;
 
+/// The most bytes of updates buffered for a replica that is still being decoded: one frame of
+/// the default `max_frame_len`.
+pub(crate) const MAX_BUFFERED_UPDATE_BYTES: usize = pb_proto::frame::DEFAULT_MAX_FRAME_LEN;
+
 /// Receives updates for a replica.
 pub(crate) trait ReplicaSink: Send + Sync {
     fn apply(&self, payload: &[u8]);
@@ -115,9 +119,11 @@ pub(crate) enum ReplicaSlot {
     /// No update has arrived and no replica exists.
     #[default]
     Unattached,
-    /// Updates that arrived before the replica was decoded; `overflowed`: some were dropped.
+    /// Updates that arrived before the replica was decoded (`bytes` of them); `overflowed`:
+    /// some were dropped.
     Buffered {
         pending: Vec<Bytes>,
+        bytes: usize,
         overflowed: bool,
     },
     /// The replica's state.
@@ -130,21 +136,28 @@ impl ReplicaSlot {
             ReplicaSlot::Attached(sink) => sink.apply(&payload),
             ReplicaSlot::Unattached => {
                 *self = ReplicaSlot::Buffered {
-                    pending: vec![payload],
+                    pending: Vec::new(),
+                    bytes: 0,
                     overflowed: false,
-                }
+                };
+                self.deliver(payload);
             }
             ReplicaSlot::Buffered {
                 pending,
+                bytes,
                 overflowed,
             } => {
-                if pending.len() < MAX_BUFFERED_UPDATES {
+                if pending.len() < MAX_BUFFERED_UPDATES
+                    && *bytes + payload.len() <= MAX_BUFFERED_UPDATE_BYTES
+                {
+                    *bytes += payload.len();
                     pending.push(payload);
                 } else if !*overflowed {
                     // The replica will be told when it is decoded (`TooManyBuffered`).
                     *overflowed = true;
                     tracing::error!(
                         max = MAX_BUFFERED_UPDATES,
+                        max_bytes = MAX_BUFFERED_UPDATE_BYTES,
                         "dropping cache updates: too many before the replica was decoded"
                     );
                 }
