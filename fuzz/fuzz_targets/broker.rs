@@ -1,7 +1,9 @@
 //! pb-proto's broker on an arbitrary stream from the peer: whatever the frames say, it never
 //! panics, its tables stay within their limits, and every reference it hands out is released
-//! without breaking its counts. The input is split into a byte stream (the first bytes choose
-//! the read sizes and when the broker makes calls of its own and answers the peer's).
+//! without breaking its counts, and the peer's calls it holds or runs stay within its call
+//! window. The input is split into a byte stream (the first byte chooses the read sizes,
+//! whether frames are held back first as a congested driver holds them, and when the broker
+//! makes calls of its own, cancels them and answers the peer's).
 #![no_main]
 
 use std::cell::{Cell, RefCell};
@@ -68,8 +70,12 @@ fuzz_target!(|data: &[u8]| {
         max_exports: 64,
         max_imports: 64,
         max_in_flight_calls: 8,
+        max_frame_len: 64 * 1024,
+        // The least window: four frames.
+        max_call_bytes: 0,
         ..Limits::default()
-    };
+    }
+    .enforced();
     let mut broker = Broker::<Fuzz>::new(limits.clone(), 1, Some(Ref::Local(1)));
     broker.set_peer_limits(Some(limits.receive()));
     let decoder = FrameDecoder::new(limits.receive().max_frame_len);
@@ -79,14 +85,30 @@ fuzz_target!(|data: &[u8]| {
     let mut events = Vec::new();
     let (mut out, mut tail) = (Vec::new(), BytesMut::new());
     let step = usize::from(control % 16) + 1;
+    let hold = control & 0x20 != 0;
+    let mut held_frames: std::collections::VecDeque<Bytes> = Default::default();
+    let mut last_call = None;
     for (n, piece) in stream.chunks(step).enumerate() {
         input.extend_from_slice(piece);
         loop {
-            let body = match decoder.decode(&mut input) {
-                Ok(Some(body)) => body,
-                Ok(None) => break,
-                Err(_) => return,
+            let (body, was_held) = if hold && n % 3 == 0 && !held_frames.is_empty() {
+                (held_frames.pop_front().expect("a held frame"), true)
+            } else {
+                match decoder.decode(&mut input) {
+                    Ok(Some(body)) => (body, false),
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
             };
+            if hold && !was_held && n % 3 != 0 {
+                match broker.hold_frame(&body) {
+                    Ok(true) => held_frames.push_back(body),
+                    Ok(false) => {}
+                    Err(_) => return,
+                }
+                assert!(broker.stats().call_bytes <= limits.max_call_bytes);
+                continue;
+            }
             let q = queue.clone();
             let mut make = |id, generation| {
                 let imp = Rc::new(Imp {
@@ -97,7 +119,12 @@ fuzz_target!(|data: &[u8]| {
                 });
                 (Rc::downgrade(&imp), Ref::Remote(imp))
             };
-            match broker.handle_frame(body, &mut make) {
+            let handled = if was_held {
+                broker.handle_held_frame(body, &mut make)
+            } else {
+                broker.handle_frame(body, &mut make)
+            };
+            match handled {
                 Ok(Some(call)) => {
                     // Answer with the call's own references and a new object of ours.
                     let mut refs = call.refs;
@@ -121,10 +148,22 @@ fuzz_target!(|data: &[u8]| {
             let stats = broker.stats();
             assert!(stats.exported <= limits.max_exports);
             assert!(stats.in_flight_calls <= limits.max_in_flight_calls);
+            assert!(stats.call_bytes <= limits.max_call_bytes);
         }
         if control & 0x10 != 0 {
             let extras = pb_proto::message::CallExtras::default();
-            let _ = broker.start_call(0, "f", Bytes::new(), &held, (Some(()), None, extras));
+            // Calls large enough to fill the peer's window now and then, and park.
+            let args = Bytes::from(vec![0; 1 << (n % 17)]);
+            last_call = broker
+                .start_call(0, "f", args, &held, (Some(()), None, extras))
+                .ok()
+                .or(last_call);
+        }
+        if control & 0x40 != 0
+            && n % 5 == 4
+            && let Some(id) = last_call.take()
+        {
+            drop(broker.cancel_call(id));
         }
         if n % 3 == 0 {
             held.clear();
