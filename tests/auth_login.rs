@@ -23,12 +23,21 @@ use tokio::time::Instant;
 
 /// A server connection served by `portal` and a client session, over an in-memory pipe.
 async fn pair(portal: &Portal) -> (Connection, Session) {
+    pair_from(portal, None).await.unwrap()
+}
+
+/// A connection to `portal` as if from `from`, and its client; the server's error if refused.
+async fn pair_from(
+    portal: &Portal,
+    from: Option<std::net::SocketAddr>,
+) -> Result<(Connection, Session), pb::ConnectError> {
     let (a, b) = pb::transport::memory_pair();
     let config = Config::default();
-    let server = portal.serve_connection(a, &config, None, None);
+    let server = portal.serve_connection(a, &config, from, None);
     let client = Client::builder().open_over(b);
     let (s, c) = tokio::join!(server, client);
-    (s.unwrap(), c.unwrap())
+    let s = s?;
+    Ok((s, c.unwrap()))
 }
 
 fn with(portal: Portal, f: impl FnOnce(&mut LoginConfig)) -> Portal {
@@ -375,6 +384,30 @@ async fn connections_waiting_to_log_in_are_capped() {
     let me2: AccountRef = second.login("alice", PASSWORD).await.unwrap();
     assert_eq!(me2.whoami().await.unwrap(), "user alice");
     drop(me);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_address_cannot_hold_every_place_waiting_to_log_in() {
+    let (portal, _) = portal(false);
+    let portal = with(portal, |c| c.max_pending_logins_per_address = 2);
+    let mallory = |port| Some(std::net::SocketAddr::from(([10, 0, 0, 1], port)));
+    let (_s1, first) = pair_from(&portal, mallory(1)).await.unwrap();
+    let (_s2, _second) = pair_from(&portal, mallory(2)).await.unwrap();
+    // A third from that address is refused, whatever its port; another address is served.
+    let refused = pair_from(&portal, mallory(3)).await;
+    assert!(
+        refused
+            .err()
+            .is_some_and(|e| e.to_string().contains("from this address")),
+        "refused, naming why"
+    );
+    let alice = Some(std::net::SocketAddr::from(([10, 0, 0, 2], 1)));
+    let (_s3, other) = pair_from(&portal, alice).await.unwrap();
+    let _: AccountRef = other.login("alice", PASSWORD).await.unwrap();
+    // Once one of the first address's has logged in, it has a place again.
+    let _me: AccountRef = first.login("alice", PASSWORD).await.unwrap();
+    let (_s4, again) = pair_from(&portal, mallory(4)).await.unwrap();
+    let _: AccountRef = again.login("alice", PASSWORD).await.unwrap();
 }
 
 #[test]

@@ -300,6 +300,10 @@ pub struct LoginConfig {
     /// Most connections of this portal that may be waiting to log in at once (default 256).
     /// More are closed as soon as they arrive: an unauthenticated peer gets no more than this.
     pub max_pending_logins: usize,
+    /// Most of those from one source address, an IPv4 address or an IPv6 /64 (default 16), so
+    /// that one address cannot hold every place of `max_pending_logins` and keep everyone else
+    /// from logging in. More from that address are closed as soon as they arrive.
+    pub max_pending_logins_per_address: usize,
 }
 
 impl Default for LoginConfig {
@@ -311,6 +315,7 @@ impl Default for LoginConfig {
             failure_delay: Duration::from_millis(500),
             fake_iterations: scram::DEFAULT_ITERATIONS,
             max_pending_logins: 256,
+            max_pending_logins_per_address: 16,
         }
     }
 }
@@ -323,6 +328,8 @@ struct PortalInner {
     config: LoginConfig,
     fake_secret: [u8; 32],
     pending: Arc<Semaphore>,
+    /// Connections waiting to log in, per source address.
+    pending_per_address: pb_core::transport::PerAddress,
 }
 
 /// Checks credentials and hands out avatars (Twisted's `Portal` with its checkers).
@@ -380,6 +387,9 @@ impl Portal {
                 config: LoginConfig::default(),
                 fake_secret,
                 pending: Arc::new(Semaphore::new(LoginConfig::default().max_pending_logins)),
+                pending_per_address: pb_core::transport::PerAddress::new(
+                    LoginConfig::default().max_pending_logins_per_address,
+                ),
             }),
         }
     }
@@ -399,6 +409,7 @@ impl Portal {
             config: old.config.clone(),
             fake_secret: old.fake_secret,
             pending: old.pending.clone(),
+            pending_per_address: old.pending_per_address.clone(),
         };
         f(&mut inner);
         Portal {
@@ -425,6 +436,8 @@ impl Portal {
     pub fn config(self, config: LoginConfig) -> Portal {
         self.edit(|p| {
             p.pending = Arc::new(Semaphore::new(config.max_pending_logins));
+            p.pending_per_address =
+                pb_core::transport::PerAddress::new(config.max_pending_logins_per_address);
             p.config = config;
         })
     }
@@ -461,6 +474,22 @@ impl Portal {
                 "too many connections waiting to log in",
             )));
         };
+        let from_address = match peer_addr {
+            Some(addr) => match self.inner.pending_per_address.enter(addr.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::warn!(
+                        ?peer_addr,
+                        max = login.max_pending_logins_per_address,
+                        "connection refused: max_pending_logins_per_address reached"
+                    );
+                    return Err(ConnectError::Io(io::Error::other(
+                        "too many connections from this address waiting to log in",
+                    )));
+                }
+            },
+            None => None,
+        };
         let mut pre = config.clone();
         pre.limits.max_frame_len = pre
             .limits
@@ -489,7 +518,7 @@ impl Portal {
         let watched = conn.clone();
         tokio::spawn(async move {
             // The connection counts as waiting to log in until this task ends.
-            let _pending = pending;
+            let _pending = (pending, from_address);
             tokio::select! {
                 _ = watched.closed() => {}
                 _ = done_rx.wait_for(|done| *done) => {}
