@@ -82,6 +82,16 @@ pub(super) struct Output {
 /// (batched: every call started in one scheduler tick goes out in one write), by handlers that
 /// finished in their own task, and anything a direct write left behind.
 pub(super) async fn run_writer(conn: Arc<ConnShared>) {
+    // A multi-thread runtime runs a task woken by another task's poll next, in its worker's
+    // LIFO slot: woken by a caller, the writer would run right after it and write one call per
+    // system call. There it yields once before writing, which defers it until its worker has
+    // run every task that is ready, so that the calls they queue go out in one write. A
+    // current-thread runtime queues a woken task behind every ready one already, and a yield
+    // would hold the write back until after the next poll of the I/O driver.
+    let yield_first = !matches!(
+        tokio::runtime::Handle::current().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::CurrentThread
+    );
     loop {
         let notified = conn.wake_writer.notified();
         // Armed only once the transport is full, so a healthy connection pays no timer.
@@ -114,6 +124,9 @@ pub(super) async fn run_writer(conn: Arc<ConnShared>) {
             break;
         }
         notified.await;
+        if yield_first {
+            tokio::task::yield_now().await;
+        }
     }
     let out = conn.lock_out().take();
     if let Some(mut out) = out {
