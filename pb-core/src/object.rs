@@ -557,17 +557,25 @@ impl ObjectRef {
         E: DeserializeOwned,
     {
         let signature = MethodSignature::wire_of::<A, R>();
-        self.call_seed(method, args, std::marker::PhantomData::<R>, signature)
-            .await
+        self.call_seed(
+            method,
+            args,
+            false,
+            std::marker::PhantomData::<R>,
+            signature,
+        )
+        .await
     }
 
     /// As [`ObjectRef::call`], decoding the answer with `seed` (what generated stubs do, so
     /// that a `Bytes` result is a slice of the received frame), and carrying `signature`.
+    /// `plain`: the arguments are all [`codec::Plain`], encoded without the encode context.
     #[doc(hidden)]
     pub async fn call_seed<A, S, R, E>(
         &self,
         method: &str,
         args: &A,
+        plain: bool,
         seed: S,
         signature: Signature,
     ) -> Result<R, CallError<E>>
@@ -576,23 +584,32 @@ impl ObjectRef {
         S: for<'de> serde::de::DeserializeSeed<'de, Value = R>,
         E: DeserializeOwned,
     {
-        let peer = self.peer();
-        if let (Some(link), RefInner::Remote(r)) =
-            (peer.as_ref().and_then(|c| c.twisted()), &self.0)
+        let remote = match &self.0 {
+            RefInner::Remote(r) => Some(r),
+            RefInner::Local(_) => None,
+        };
+        if let Some(r) = remote
+            && let Some(link) = r.conn.twisted()
         {
-            return call_twisted(link, r, method, args, seed, peer_depth(&peer)).await;
+            return call_twisted(link, r, method, args, seed, r.conn.max_depth()).await;
         }
-        let (payload, refs) = codec::encode_scratch(args, peer.as_ref())
-            .map_err(|e| CallError::Encode(e.to_string()))?;
-        let max_depth = peer.map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
+        // Plain arguments ask the context nothing (no references, no peer): not entering it
+        // spares a handle of the connection and the context's push and pop.
+        let encoded = if plain {
+            codec::encode_scratch(args, None)
+        } else {
+            codec::encode_scratch(args, Some(self.peer().as_ref()))
+        };
+        let (payload, refs) = encoded.map_err(|e| CallError::Encode(e.to_string()))?;
+        let max_depth = remote.map_or(codec::DEFAULT_MAX_DEPTH, |r| r.conn.max_depth());
         let payload = Payload::Encoded(payload);
         let extras = CallExtras {
             signature: Some(signature),
             ..CallExtras::default()
         };
         // A live remote object is called directly: one nested future less per call.
-        let called = match &self.0 {
-            RefInner::Remote(r) if !r.is_dead() => {
+        let called = match remote {
+            Some(r) if !r.is_dead() => {
                 call::call(&*r.conn, r.id, method, payload, refs, extras).await
             }
             _ => self.call_payload(method, payload, refs, extras).await,
@@ -646,7 +663,7 @@ impl ObjectRef {
                 )
                 .map_err(CallError::from_fault);
         }
-        let (payload, refs) = codec::encode_scratch(args, self.peer().as_ref())
+        let (payload, refs) = codec::encode_scratch(args, Some(self.peer().as_ref()))
             .map_err(|e| CallError::Encode(e.to_string()))?;
         let payload = Payload::Encoded(payload);
         // The parameters' signature only: a one-way call has no result to check.
@@ -708,11 +725,6 @@ impl ObjectRef {
             RefInner::Remote(r) => Some(Connection::new(r.conn.clone())),
         }
     }
-}
-
-fn peer_depth(peer: &Option<Connection>) -> usize {
-    peer.as_ref()
-        .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth())
 }
 
 /// A call over a Twisted PB connection: the arguments as a Jelly tuple, the answer decoded

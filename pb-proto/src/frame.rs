@@ -91,8 +91,11 @@ impl FrameDecoder {
         if buf.len() < HEADER_LEN + len {
             return Ok(None);
         }
-        buf.advance(HEADER_LEN);
-        Ok(Some(buf.split_to(len).freeze()))
+        // One split of the buffer (its header dropped from the frame, which is cheaper than
+        // advancing the buffer past it first).
+        let mut frame = buf.split_to(HEADER_LEN + len).freeze();
+        frame.advance(HEADER_LEN);
+        Ok(Some(frame))
     }
 
     /// How many more bytes of spare capacity the read buffer should have before the next read.

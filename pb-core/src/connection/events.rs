@@ -22,6 +22,10 @@ impl ConnShared {
 
     /// Act on `events`, in order, leaving the list empty (its capacity kept for reuse).
     pub(crate) fn act(&self, events: &mut Vec<Event>) {
+        // Most steps raise no event: not even a drain then.
+        if events.is_empty() {
+            return;
+        }
         for event in events.drain(..) {
             match event {
                 Event::Answered(waker) => waker.wake(),

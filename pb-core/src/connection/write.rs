@@ -11,6 +11,11 @@ pub(super) struct WriterWake {
     pub(super) notify: Notify,
     /// Set once the task is started (or can no longer be).
     pub(super) started: AtomicBool,
+    /// Set by a wake-up of the running task, cleared by the task before it collects the
+    /// output: while it is set, the task has a wake-up it has not acted on yet, and will see
+    /// whatever is queued now, so further wake-ups cost nothing (most of the callers that
+    /// queue calls in one scheduler tick).
+    pub(super) woken: AtomicBool,
     /// What starting the task takes, from the connection's start until the task starts.
     pub(super) start: Mutex<Option<(Weak<ConnShared>, tokio::runtime::Handle, tracing::Span)>>,
 }
@@ -29,10 +34,18 @@ impl WriterWake {
 
     /// Wake the writer task, starting it if it is not running yet.
     pub(super) fn notify_one(&self) {
-        self.notify.notify_one();
         if !self.is_started() {
+            // Before `prepare`, the wake-up waits in `notify` for the next one to start it.
+            self.notify.notify_one();
             self.start();
+        } else if !self.woken.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
         }
+    }
+
+    /// The task is about to collect the output: later wake-ups are new work.
+    pub(super) fn clear_woken(&self) {
+        self.woken.store(false, Ordering::Release);
     }
 
     pub(super) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
@@ -82,13 +95,33 @@ pub(super) struct Output {
 /// (batched: every call started in one scheduler tick goes out in one write), by handlers that
 /// finished in their own task, and anything a direct write left behind.
 pub(super) async fn run_writer(conn: Arc<ConnShared>) {
+    // A multi-thread runtime runs a task woken by another task's poll next, in its worker's
+    // LIFO slot: woken by a caller, the writer would run right after it and write one call per
+    // system call. There it yields once before writing, which defers it until its worker has
+    // run every task that is ready, so that the calls they queue go out in one write. A
+    // current-thread runtime queues a woken task behind every ready one already, and a yield
+    // would hold the write back until after the next poll of the I/O driver.
+    let yield_first = !matches!(
+        tokio::runtime::Handle::current().runtime_flavor(),
+        tokio::runtime::RuntimeFlavor::CurrentThread
+    );
     loop {
         let notified = conn.wake_writer.notified();
+        // Cleared before the output is collected (under the broker's lock): whoever queues
+        // after that finds the flag cleared and wakes the task again, and whoever queued
+        // before (and, finding it set, did not) is collected by this pass.
+        conn.wake_writer.clear_woken();
+        let mut collect = true;
         // Armed only once the transport is full, so a healthy connection pays no timer.
         let mut stall: Option<(Pin<Box<tokio::time::Sleep>>, u64)> = None;
         let written = std::future::poll_fn(|cx| {
             let polled = match conn.lock_out().as_mut() {
                 Some(out) => {
+                    // `poll_output` collects only into an empty queue; a caller's direct write
+                    // may have left one behind.
+                    if std::mem::take(&mut collect) && !out.is_empty() {
+                        conn.collect_output(out);
+                    }
                     let polled = conn.poll_output(out, cx);
                     out.writer_waiting = polled.is_pending();
                     polled
@@ -114,6 +147,9 @@ pub(super) async fn run_writer(conn: Arc<ConnShared>) {
             break;
         }
         notified.await;
+        if yield_first {
+            tokio::task::yield_now().await;
+        }
     }
     let out = conn.lock_out().take();
     if let Some(mut out) = out {

@@ -376,21 +376,22 @@ fn encode_in<T: Serialize + ?Sized>(
 
 /// Encode `value` into the thread's scratch buffer, which the result holds until it is
 /// dropped or turned into [`Bytes`]: a caller that copies the bytes on (into a connection's
-/// output) allocates nothing for them.
+/// output) allocates nothing for them. `context`: as in `encode_in` (`None` for a [`Plain`]
+/// value).
 pub(crate) fn encode_scratch<T: Serialize + ?Sized>(
     value: &T,
-    peer: Option<&Connection>,
+    context: Option<Option<&Connection>>,
 ) -> Result<(Encoded, Vec<ObjectRef>), CodecError> {
     // As in `encode`.
     let mut buf = Encoded(SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut())));
     buf.0.clear();
-    let scope = encoding_scope(peer);
+    let scope = context.map(encoding_scope);
     let encoded = bincode::serde::encode_into_writer(
         value,
         VecWriter(&mut buf.0),
         bincode::config::standard(),
     );
-    let refs = scope.take();
+    let refs = scope.map(Scope::take).unwrap_or_default();
     match encoded {
         Ok(()) => Ok((buf, refs)),
         Err(e) => Err(CodecError::Encode(e.to_string())),

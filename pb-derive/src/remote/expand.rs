@@ -55,12 +55,17 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
             quote!((&#p::Wire::<#t>::new()).wire(&#n))
         });
         let sent_types = sent.iter().map(|sp| &sp.ty);
+        // Plain arguments are encoded without the encode context.
+        let plain = sent.iter().map(|sp| {
+            let t = &sp.ty;
+            quote!((&#p::Wire::<#t>::new()).plain())
+        });
         quote! {
             #(#attrs)*
             pub async fn #mname(&self, #(#params),*)
                 -> ::core::result::Result<#ok, #p::CallError<#err>>
             {
-                use #p::{WireBytes as _, WireSerde as _};
+                use #p::{WireAny as _, WireBytes as _, WirePlain as _, WireSerde as _};
                 static SIGNATURE: ::std::sync::OnceLock<#p::MethodSignature> =
                     ::std::sync::OnceLock::new();
                 let signature =
@@ -69,6 +74,7 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
                     .call_seed::<_, _, #ok, #err>(
                         #mstr,
                         &(#(#wired,)*),
+                        true #(&& #plain)*,
                         (&#p::Wire::<#ok>::new()).seed(),
                         signature,
                     )
