@@ -660,3 +660,59 @@ async fn calls_run_in_the_order_they_were_sent() {
         assert_eq!(c.value().await.unwrap(), round * 100);
     }
 }
+
+/// The dialect choice, the version and `add(2, 3)` on `root`, in the pb dialect, as a Twisted
+/// client writes them.
+const CHOOSE_PB: &[u8] = b"\x02\x82pb\x02\x80\x13\x87\x06\x81";
+const ADD_2_3: &[u8] = b"\x07\x80\x1a\x87\x01\x81\x04\x82root\x03\x82add\x01\x81\x03\x80\x0b\x87\x02\x81\x03\x81\x01\x80\x05\x87";
+/// `["answer", 1, 5]`.
+const ANSWER_5: &[u8] = b"\x03\x80\x1b\x87\x01\x81\x05\x81";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_connection_has_its_root_before_its_first_byte_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The root is made while the client's call is already on the wire, and made slowly:
+    // nothing may be read before it is in place. (Before, the reader ran first, and a call
+    // that arrived at once was refused with "Invalid Object ID".)
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (written, wait_written) = std::sync::mpsc::channel::<()>();
+    let wait_written = std::sync::Mutex::new(wait_written);
+    let read_early = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let early = read_early.clone();
+    tokio::spawn(pb::twisted::serve_with(
+        listener,
+        move |conn: &Connection| {
+            let _ = wait_written.lock().unwrap().recv();
+            // Every chance for a reader, were one running, to read the call.
+            for _ in 0..20_000 {
+                if conn.stats().bytes_in > 0 {
+                    early.store(true, Ordering::SeqCst);
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            RootRef::new(TheRoot).into()
+        },
+        PbConfig::default(),
+    ));
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(&[CHOOSE_PB, ADD_2_3].concat())
+        .await
+        .unwrap();
+    written.send(()).unwrap();
+    // The dialect offer, the version, then the answer.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(ANSWER_5) && !got.windows(17).any(|w| w == b"Invalid Object ID") {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed after {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        !read_early.load(Ordering::SeqCst),
+        "read before the root was set"
+    );
+    assert!(got.ends_with(ANSWER_5), "{got:?}");
+}

@@ -81,8 +81,12 @@ where
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = accept_io(stream, Some(addr), None, config);
+                // The root is in place before the first byte is read: a call that arrives at
+                // once must find it.
+                let shared = driver::PbShared::new(Role::Server, config, Some(addr), None);
+                let conn = Connection::new(shared.clone());
                 conn.set_root(Some(root_for(&conn)));
+                driver::run(&shared, stream);
                 tokio::spawn(async move {
                     conn.closed().await;
                     drop((permit, slot));

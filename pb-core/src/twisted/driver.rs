@@ -584,10 +584,18 @@ where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
     let shared = PbShared::new(role, config, peer_addr, root);
+    run(&shared, io);
+    shared
+}
+
+/// Starts the tasks of connection `shared` on `io`: nothing is read before this.
+pub(crate) fn run<T>(shared: &Arc<PbShared>, io: T)
+where
+    T: AsyncRead + AsyncWrite + Send + 'static,
+{
     let (rd, wr) = tokio::io::split(io);
     tokio::spawn(read_loop(shared.clone(), rd));
     tokio::spawn(write_loop(shared.clone(), wr));
-    shared
 }
 
 fn target_of(id: u64) -> Target {
