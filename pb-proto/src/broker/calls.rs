@@ -50,22 +50,34 @@ impl<T: Tokens> Broker<T> {
         let id = self.pending.next_id();
         let payload_len = payload.as_slice().len();
         let flags = (waiter.is_some(), deadline_ms, &extras);
-        let len = if self.parked.is_empty()
-            && self.window_fits(call_len_max(method.len(), payload_len, refs.len()))
-        {
+        // No room in the peer's window (or calls wait before this one): the call waits,
+        // encoded in a buffer of its own, until answers and credits make room.
+        let park = !self.parked.is_empty()
+            || !self.window_fits(call_len_max(method.len(), payload_len, refs.len()));
+        let mut parked_head = BytesMut::new();
+        let buf = if park {
+            parked_head.reserve(64 + method.len() + descs.len() * 11);
+            &mut parked_head
+        } else {
             self.out
                 .reserve_frame(57 + method.len() + descs.len() * 11, payload.as_slice());
-            let before = self.out.len();
-            encode_call_frame_head(
-                self.out.buf(),
-                payload_len,
-                id,
-                target,
-                method.as_bytes(),
-                flags,
-                &descs,
-            );
-            let len = self.out.len() - before - frame::HEADER_LEN + payload_len;
+            self.out.buf()
+        };
+        let before = buf.len();
+        // One call site: the encoder stays inlined into the common path.
+        encode_call_frame_head(
+            buf,
+            payload_len,
+            id,
+            target,
+            method.as_bytes(),
+            flags,
+            &descs,
+        );
+        let len = buf.len() - before - frame::HEADER_LEN + payload_len;
+        let len = if park {
+            self.park(id, len, parked_head, payload)
+        } else {
             if payload_len < ZERO_COPY_MIN {
                 // Copied straight from the caller's buffer: no allocation of its own.
                 self.out.buf().put_slice(payload.as_slice());
@@ -73,45 +85,36 @@ impl<T: Tokens> Broker<T> {
                 self.out.append_payload(payload.into_bytes());
             }
             self.charge_window(len)
-        } else {
-            // No room in the peer's window (or calls wait before this one): the call waits,
-            // encoded, until answers and credits make room.
-            let mut head = BytesMut::with_capacity(64 + method.len() + descs.len() * 11);
-            encode_call_frame_head(
-                &mut head,
-                payload_len,
-                id,
-                target,
-                method.as_bytes(),
-                flags,
-                &descs,
-            );
-            let len = head.len() - frame::HEADER_LEN + payload_len;
-            let payload = if payload_len < ZERO_COPY_MIN {
-                head.put_slice(payload.as_slice());
-                None
-            } else {
-                Some(payload.into_bytes())
-            };
-            self.parked.push_back(Parked {
-                id,
-                len,
-                head: head.freeze(),
-                payload,
-            });
-            tracing::debug!(
-                id,
-                len,
-                window_used = self.window_used,
-                "call parked: the peer's call window is full"
-            );
-            // Counted when it leaves.
-            self.peer.max_call_bytes.map_or(0, |_| len)
         };
         if let Some(w) = waiter {
             self.pending.wait(id, Some(w), len);
         }
         Ok(id)
+    }
+
+    /// Park call `id` (`len` bytes, its envelope encoded in `head`); returns what it will count
+    /// in the peer's window, once it leaves.
+    #[cold]
+    fn park(&mut self, id: u64, len: usize, mut head: BytesMut, payload: impl Payload) -> usize {
+        let payload = if payload.as_slice().len() < ZERO_COPY_MIN {
+            head.put_slice(payload.as_slice());
+            None
+        } else {
+            Some(payload.into_bytes())
+        };
+        self.parked.push_back(Parked {
+            id,
+            len,
+            head: head.freeze(),
+            payload,
+        });
+        tracing::debug!(
+            id,
+            len,
+            window_used = self.window_used,
+            "call parked: the peer's call window is full"
+        );
+        self.peer.max_call_bytes.map_or(0, |_| len)
     }
 
     /// Whether a call of `len` bytes fits in the peer's call window now (any call does when
