@@ -44,7 +44,8 @@ impl ConnShared {
         held: bool,
     ) -> Result<bool, ProtocolError> {
         if crate::message::is_answer(&frame) {
-            return self.handle_answer(frame, events);
+            // The reader gathers answers into batches; one alone is a batch of one.
+            return self.handle_answers(&mut vec![frame], events);
         }
         let mut broker = self.lock();
         // Calls that handlers polled inline make now leave with the reader's flush.
@@ -82,31 +83,42 @@ impl ConnShared {
         self.lock().hold_frame(frame)
     }
 
-    /// Handle an answer or a fault for one of our calls: its caller is woken (once the lock
-    /// is released); no handler runs. Returns whether output was queued: calls of ours that
-    /// waited for room in the peer's call window, which the answer made.
-    pub(super) fn handle_answer(
+    /// Handle answers and faults for our calls that arrived together (`answers`, emptied), under
+    /// one acquisition of the broker's lock: their callers are woken once it is released; no
+    /// handler runs. Returns whether output was queued: calls of ours that waited for room in
+    /// the peer's call window, which the answers made.
+    pub(super) fn handle_answers(
         self: &Arc<Self>,
-        frame: Bytes,
+        answers: &mut Vec<Bytes>,
         events: &mut Vec<Event>,
     ) -> Result<bool, ProtocolError> {
+        let mut calls = Vec::new();
         let (result, queued) = {
             let mut broker = self.lock();
             let before = broker.queued_bytes();
-            let result = broker.handle_frame(frame, &mut self.make_import());
+            let mut result = Ok(());
+            for frame in answers.drain(..) {
+                match broker.handle_frame(frame, &mut self.make_import()) {
+                    // Answers and faults carry no call to run; were one to, it runs as any
+                    // other.
+                    Ok(call) => calls.extend(call),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            answers.clear();
             broker.poll_events(events);
             (result, broker.queued_bytes() > before)
         };
-        // The caller is woken; an answer nobody waits for any more is dropped here, outside
+        // The callers are woken; answers nobody waits for any more are dropped here, outside
         // the lock.
         self.act(events);
-        // Answers and faults carry no call to run; were one to, it runs as any other.
-        result.map(|call| {
-            if let Some(ev) = call {
-                self.spawn_call(ev);
-            }
-            queued
-        })
+        for call in calls {
+            self.spawn_call(call);
+        }
+        result.map(|()| queued)
     }
 
     pub(super) fn spawn_call(self: &Arc<Self>, ev: CallEvent) {

@@ -28,6 +28,8 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
     let side_waker = Waker::from(side.clone());
     let mut known_task = None;
     let mut held = Held::default();
+    // Answers of the batch not handled yet (kept, so that batches allocate nothing).
+    let mut answers: Vec<Bytes> = Vec::new();
     // Our hello may wait in the output (the writer task starts only when needed): it leaves
     // after the first batch at the latest, with that batch's answers.
     let mut first = true;
@@ -73,14 +75,34 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
                         }
                         continue;
                     }
-                    // Answers queue nothing (but calls of ours they made room for): a batch
-                    // of them alone rarely needs a flush.
-                    match conn.handle_frame(frame, &mut wakers, false) {
-                        Ok(queued) => handled |= queued,
-                        Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
+                    // Answers that arrive together are handled together, under one
+                    // acquisition of the broker's lock, before any other frame (which keeps
+                    // their order with it).
+                    if crate::message::is_answer(&frame) {
+                        answers.push(frame);
+                        continue;
+                    }
+                    // The frame is not an answer: the batch needs a flush whatever the
+                    // answers queued.
+                    handled = true;
+                    if !answers.is_empty()
+                        && let Err(e) = conn.handle_answers(&mut answers, &mut wakers)
+                    {
+                        break 'conn CloseReason::Protocol(e.to_string());
+                    }
+                    if let Err(e) = conn.handle_frame(frame, &mut wakers, false) {
+                        break 'conn CloseReason::Protocol(e.to_string());
                     }
                 }
                 Ok(None) => break,
+                Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
+            }
+        }
+        // Answers queue nothing (but calls of ours they made room for): a batch of them alone
+        // rarely needs a flush.
+        if !answers.is_empty() {
+            match conn.handle_answers(&mut answers, &mut wakers) {
+                Ok(queued) => handled |= queued,
                 Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
             }
         }
