@@ -459,51 +459,18 @@ impl Gate for TheGate {
     }
 }
 
-#[tokio::test]
-async fn calls_over_the_in_flight_cap_wait_unread_then_run() {
-    let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let open = Arc::new(tokio::sync::Semaphore::new(0));
-    let gate = GateRef::new(TheGate {
-        running: running.clone(),
-        most: most.clone(),
-        open: open.clone(),
-    });
-    let (a, b) = tokio::io::duplex(1 << 20);
-    let server = pb::twisted::accept_io(
-        a,
-        None,
-        Some(gate.into()),
-        PbConfig::default().max_in_flight_calls(2),
-    );
-    let client = pb::twisted::connect_io(b, None, PbConfig::default())
-        .await
-        .unwrap();
-    let root: GateRef = client.root();
-    let calls: Vec<_> = (0..6)
-        .map(|_| {
-            let root = root.clone();
-            tokio::spawn(async move { root.wait().await })
-        })
-        .collect();
-    until(|| running.load(Ordering::SeqCst) == 2).await;
-    for _ in 0..100 {
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(
-        server.stats().tables.in_flight_calls,
-        2,
-        "the rest are not read"
-    );
-    open.add_permits(6);
-    for c in calls {
-        assert_eq!(c.await.unwrap().unwrap(), 1, "every call is answered");
-    }
-    assert_eq!(most.load(Ordering::SeqCst), 2);
+/// A gate served with `config` on one end of a pipe, and its client's stub on the other; the
+/// handlers running now, the most that ran at once, and the semaphore that lets them end.
+struct Gated {
+    server: Connection,
+    root: GateRef,
+    running: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<tokio::sync::Semaphore>,
+    _client: Connection,
 }
 
-#[tokio::test]
-async fn calls_over_the_byte_cap_wait_unread_then_run() {
+async fn gated(config: PbConfig) -> Gated {
     let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let open = Arc::new(tokio::sync::Semaphore::new(0));
@@ -513,38 +480,71 @@ async fn calls_over_the_byte_cap_wait_unread_then_run() {
         open: open.clone(),
     });
     let (a, b) = tokio::io::duplex(4 << 20);
-    let server = pb::twisted::accept_io(
-        a,
-        None,
-        Some(gate.into()),
-        PbConfig::default().max_call_bytes(256 * 1024),
-    );
+    let server = pb::twisted::accept_io(a, None, Some(gate.into()), config);
     let client = pb::twisted::connect_io(b, None, PbConfig::default())
         .await
         .unwrap();
-    let root: GateRef = client.root();
+    Gated {
+        server,
+        root: client.root(),
+        running,
+        most,
+        open,
+        _client: client,
+    }
+}
+
+impl Gated {
+    /// Once `n` handlers run, checks that no more calls were read, lets them all end, and
+    /// returns the calls' answers.
+    async fn only_run<T, E: std::fmt::Debug>(
+        &self,
+        n: usize,
+        calls: Vec<tokio::task::JoinHandle<Result<T, CallError<E>>>>,
+    ) -> Vec<T> {
+        until(|| self.running.load(Ordering::SeqCst) == n).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            self.server.stats().tables.in_flight_calls,
+            n,
+            "the rest are not read"
+        );
+        self.open.add_permits(calls.len());
+        let mut answers = Vec::new();
+        for c in calls {
+            answers.push(c.await.unwrap().expect("every call is answered"));
+        }
+        assert_eq!(self.most.load(Ordering::SeqCst), n);
+        answers
+    }
+}
+
+#[tokio::test]
+async fn calls_over_the_in_flight_cap_wait_unread_then_run() {
+    let g = gated(PbConfig::default().max_in_flight_calls(2)).await;
+    let calls = (0..6)
+        .map(|_| {
+            let root = g.root.clone();
+            tokio::spawn(async move { root.wait().await })
+        })
+        .collect();
+    assert_eq!(g.only_run(2, calls).await, [1; 6]);
+}
+
+#[tokio::test]
+async fn calls_over_the_byte_cap_wait_unread_then_run() {
+    let g = gated(PbConfig::default().max_call_bytes(256 * 1024)).await;
     // Calls of 60 000 bytes: four hold 240 000 bytes, under the cap, so a fifth is read, and
     // then no more until one ends.
-    let calls: Vec<_> = (0..12)
+    let calls = (0..12)
         .map(|_| {
-            let root = root.clone();
+            let root = g.root.clone();
             tokio::spawn(async move { root.hold(vec![7; 60_000]).await })
         })
         .collect();
-    until(|| running.load(Ordering::SeqCst) == 5).await;
-    for _ in 0..100 {
-        tokio::task::yield_now().await;
-    }
-    assert_eq!(
-        server.stats().tables.in_flight_calls,
-        5,
-        "the rest are not read"
-    );
-    open.add_permits(12);
-    for c in calls {
-        assert_eq!(c.await.unwrap().unwrap(), 60_000, "every call is answered");
-    }
-    assert_eq!(most.load(Ordering::SeqCst), 5);
+    assert_eq!(g.only_run(5, calls).await, [60_000; 12]);
 }
 
 #[tokio::test]
