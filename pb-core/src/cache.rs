@@ -400,7 +400,7 @@ pub enum ReplicaError {
     /// More updates arrived before the replica was decoded than are kept for it (`max` of
     /// them, or 16 MiB).
     #[error(
-        "more than {max} cache updates (or 16 MiB of them) arrived before the replica was decoded"
+        "more than {max} cache updates (or 16 MiB of them, or more than its connection keeps for all its replicas) arrived before the replica was decoded"
     )]
     TooManyBuffered {
         /// The most kept.

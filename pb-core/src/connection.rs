@@ -151,6 +151,8 @@ pub(crate) struct ConnShared {
     releases: Mutex<Vec<(u64, u64, u64)>>,
     /// Set after a release is queued: the write path takes `releases`' lock only then.
     releases_queued: AtomicBool,
+    /// Bytes of cache updates buffered for replicas not decoded yet, all of this connection's.
+    updates: Arc<crate::link::UpdateBudget>,
     /// The transport's write half: `None` before the connection is established and after the
     /// writer has shut it down. Whoever holds the lock may write (see [`ConnShared::flush_now`]).
     out: Mutex<Option<Output>>,
@@ -210,6 +212,9 @@ impl ConnShared {
             broker: Mutex::new(Broker::new(config.limits.clone(), id, root)),
             releases: Mutex::new(Vec::new()),
             releases_queued: AtomicBool::new(false),
+            updates: crate::link::UpdateBudget::new(
+                crate::link::MAX_BUFFERED_UPDATE_BYTES_PER_CONNECTION,
+            ),
             out: Mutex::new(None),
             wake_writer: WriterWake::default(),
             call_done: Notify::new(),

@@ -71,9 +71,10 @@ fn an_undecodable_update_is_reported() {
 
 #[test]
 fn updates_past_the_buffer_are_marked_dropped() {
+    let budget = crate::link::UpdateBudget::new(usize::MAX);
     let mut slot = ReplicaSlot::default();
     for v in 1..=MAX_BUFFERED_UPDATES as u64 + 2 {
-        slot.deliver(add(v, 1));
+        slot.deliver(add(v, 1), &budget);
     }
     match slot {
         ReplicaSlot::Buffered {
@@ -90,23 +91,58 @@ fn updates_past_the_buffer_are_marked_dropped() {
 
 #[test]
 fn updates_past_the_buffers_bytes_are_marked_dropped() {
+    let budget = crate::link::UpdateBudget::new(usize::MAX);
     let mut slot = ReplicaSlot::default();
     let mib = Bytes::from(vec![0u8; 1 << 20]);
     for _ in 0..20 {
-        slot.deliver(mib.clone());
+        slot.deliver(mib.clone(), &budget);
     }
-    match slot {
+    match &slot {
         ReplicaSlot::Buffered {
             pending,
-            bytes,
+            charge,
             overflowed,
         } => {
             assert_eq!(pending.len(), 16, "16 MiB kept");
-            assert_eq!(bytes, crate::link::MAX_BUFFERED_UPDATE_BYTES);
+            assert_eq!(charge.bytes, crate::link::MAX_BUFFERED_UPDATE_BYTES);
             assert!(overflowed);
         }
         _ => panic!("updates before the replica are buffered"),
     }
+    assert_eq!(budget.used(), 16 << 20);
+    drop(slot);
+    assert_eq!(budget.used(), 0, "a dropped buffer gives its bytes back");
+}
+
+#[test]
+fn the_replicas_of_one_connection_share_its_budget() {
+    // 3 MiB for the connection: the first replica takes 2, the second gets 1 of its 2, and
+    // drops what follows a dropped one.
+    let budget = crate::link::UpdateBudget::new(3 << 20);
+    let mib = Bytes::from(vec![0u8; 1 << 20]);
+    let (mut first, mut second) = (ReplicaSlot::default(), ReplicaSlot::default());
+    first.deliver(mib.clone(), &budget);
+    first.deliver(mib.clone(), &budget);
+    second.deliver(mib.clone(), &budget);
+    second.deliver(mib.clone(), &budget);
+    assert_eq!(budget.used(), 3 << 20);
+    drop(first);
+    second.deliver(mib.clone(), &budget);
+    match &second {
+        ReplicaSlot::Buffered {
+            pending,
+            overflowed,
+            ..
+        } => assert_eq!(
+            (pending.len(), *overflowed),
+            (1, true),
+            "no gap is buffered"
+        ),
+        _ => panic!("updates before the replica are buffered"),
+    }
+    assert_eq!(budget.used(), 1 << 20);
+    drop(second);
+    assert_eq!(budget.used(), 0);
 }
 
 #[test]

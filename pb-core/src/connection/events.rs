@@ -58,7 +58,7 @@ impl ConnShared {
                         .replica
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .deliver(payload),
+                        .deliver(payload, &self.updates),
                     // No loss: a later send of the cache carries a newer state.
                     None => tracing::debug!("update for a reference no longer held"),
                 },

@@ -98,6 +98,58 @@ pub(crate) const MAX_BUFFERED_UPDATES: usize = 4096;
 /// the default `max_frame_len`.
 pub(crate) const MAX_BUFFERED_UPDATE_BYTES: usize = pb_proto::frame::DEFAULT_MAX_FRAME_LEN;
 
+/// The most bytes of updates buffered for all the replicas of one connection that are still
+/// being decoded: the default call window.
+pub(crate) const MAX_BUFFERED_UPDATE_BYTES_PER_CONNECTION: usize =
+    pb_proto::limits::DEFAULT_MAX_CALL_BYTES;
+
+/// The bytes of updates one connection buffers for replicas not decoded yet, against a cap.
+#[derive(Debug)]
+pub(crate) struct UpdateBudget {
+    used: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl UpdateBudget {
+    pub(crate) fn new(max: usize) -> Arc<UpdateBudget> {
+        Arc::new(UpdateBudget {
+            used: std::sync::atomic::AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// The bytes buffered now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Take `n` more bytes, if they fit.
+    fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + n <= self.max).then_some(used + n)
+            })
+            .is_ok()
+    }
+}
+
+/// Bytes a replica's buffer holds of its connection's [`UpdateBudget`], given back when the
+/// buffer goes (the replica decoded, or its handle dropped).
+#[derive(Debug)]
+pub(crate) struct BudgetCharge {
+    budget: Arc<UpdateBudget>,
+    pub(crate) bytes: usize,
+}
+
+impl Drop for BudgetCharge {
+    fn drop(&mut self) {
+        self.budget
+            .used
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Receives updates for a replica.
 pub(crate) trait ReplicaSink: Send + Sync {
     fn apply(&self, payload: &[u8]);
@@ -119,11 +171,11 @@ pub(crate) enum ReplicaSlot {
     /// No update has arrived and no replica exists.
     #[default]
     Unattached,
-    /// Updates that arrived before the replica was decoded (`bytes` of them); `overflowed`:
-    /// some were dropped.
+    /// Updates that arrived before the replica was decoded (`charge.bytes` of them, held of
+    /// the connection's budget); `overflowed`: some were dropped.
     Buffered {
         pending: Vec<Bytes>,
-        bytes: usize,
+        charge: BudgetCharge,
         overflowed: bool,
     },
     /// The replica's state.
@@ -131,33 +183,42 @@ pub(crate) enum ReplicaSlot {
 }
 
 impl ReplicaSlot {
-    pub(crate) fn deliver(&mut self, payload: Bytes) {
+    /// An update arrived: applied to the replica, or, before it is decoded, buffered within
+    /// the replica's own limits and its connection's `budget`.
+    pub(crate) fn deliver(&mut self, payload: Bytes, budget: &Arc<UpdateBudget>) {
         match self {
             ReplicaSlot::Attached(sink) => sink.apply(&payload),
             ReplicaSlot::Unattached => {
                 *self = ReplicaSlot::Buffered {
                     pending: Vec::new(),
-                    bytes: 0,
+                    charge: BudgetCharge {
+                        budget: budget.clone(),
+                        bytes: 0,
+                    },
                     overflowed: false,
                 };
-                self.deliver(payload);
+                self.deliver(payload, budget);
             }
             ReplicaSlot::Buffered {
                 pending,
-                bytes,
+                charge,
                 overflowed,
             } => {
-                if pending.len() < MAX_BUFFERED_UPDATES
-                    && *bytes + payload.len() <= MAX_BUFFERED_UPDATE_BYTES
+                if !*overflowed
+                    && pending.len() < MAX_BUFFERED_UPDATES
+                    && charge.bytes + payload.len() <= MAX_BUFFERED_UPDATE_BYTES
+                    && charge.budget.take(payload.len())
                 {
-                    *bytes += payload.len();
+                    charge.bytes += payload.len();
                     pending.push(payload);
                 } else if !*overflowed {
-                    // The replica will be told when it is decoded (`TooManyBuffered`).
+                    // The replica will be told when it is decoded (`TooManyBuffered`); what
+                    // follows a dropped update is of no use to it.
                     *overflowed = true;
                     tracing::error!(
                         max = MAX_BUFFERED_UPDATES,
                         max_bytes = MAX_BUFFERED_UPDATE_BYTES,
+                        connection_bytes = charge.budget.used(),
                         "dropping cache updates: too many before the replica was decoded"
                     );
                 }
