@@ -398,7 +398,8 @@ pub enum ReplicaError {
         reason: String,
     },
     /// More updates arrived before the replica was decoded than are kept for it (`max` of
-    /// them, or 16 MiB).
+    /// them, or 16 MiB, or what is left of the 64 MiB its connection keeps for all its
+    /// replicas).
     #[error(
         "more than {max} cache updates (or 16 MiB of them, or more than its connection keeps for all its replicas) arrived before the replica was decoded"
     )]
