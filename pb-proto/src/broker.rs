@@ -486,8 +486,10 @@ impl<T: Tokens> Broker<T> {
     fn set_peer(&mut self, limits: ReceiveLimits) -> bool {
         self.peer = limits;
         if limits.max_call_bytes.is_none() {
-            // A peer that counts nothing: what we counted no longer matters.
+            // A peer that counts nothing: what we counted no longer matters, and no last word
+            // will come for the calls we cancelled.
             self.window_used = 0;
+            self.pending.forget_cancelled();
         }
         self.unpark()
     }

@@ -227,6 +227,16 @@ impl<W, A> Pending<W, A> {
         }
     }
 
+    /// The peer turned out to count nothing: cancelled calls kept for its last word leave the
+    /// table (it sends none).
+    pub fn forget_cancelled(&mut self) {
+        if self.cancelled > 0 {
+            self.slots
+                .retain(|_, slot| !matches!(slot, Slot::Cancelled(_)));
+            self.cancelled = 0;
+        }
+    }
+
     /// The connection ended: every waiting (or cancelled) call leaves the table, each waiting
     /// one's token given to `each` first; answers that arrived stay for their callers to take.
     pub fn fail_waiting(&mut self, mut each: impl FnMut(&mut W)) {

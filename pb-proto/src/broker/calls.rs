@@ -224,8 +224,10 @@ impl<T: Tokens> Broker<T> {
             let _ = self.pending.cancel(id, false);
             return None;
         }
-        // A peer that counts our calls keeps counting this one until its last word on it.
-        let keep = self.peer_hears_window && self.state != State::Closed;
+        // A peer that counts our calls keeps counting this one until its last word on it (one
+        // whose hello has not arrived yet is held to the floor's window, and every peer with a
+        // window sends that word: a pb peer's hello always carries our window to it).
+        let keep = self.peer.max_call_bytes.is_some() && self.state != State::Closed;
         match self.pending.cancel(id, keep)? {
             Ok((_waiting, len)) => {
                 if self.state != State::Closed {

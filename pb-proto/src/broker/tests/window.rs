@@ -327,3 +327,43 @@ fn a_window_that_grows_lets_parked_calls_leave() {
     w.a.broker.close(Fault::disconnected());
     assert_eq!(w.a.broker.stats().parked_calls, 0);
 }
+
+#[test]
+fn a_call_cancelled_before_the_peers_hello_stays_counted_until_its_last_word() {
+    // A dialer's calls leave before the peer's hello, held to the floor's window.
+    let (mut a, mut b) = (
+        Side::new(1, Limits::default(), None),
+        Side::new(2, Limits::default(), Some(Ref::Local(100))),
+    );
+    let id = a.call(0, "m", b"x", &[]);
+    assert!(a.broker.cancel_call(id).is_none());
+    assert_eq!(
+        a.broker.pending.cancelled(),
+        1,
+        "the peer may be counting it"
+    );
+    let used = a.broker.window_used;
+    assert!(used > 0);
+    // The peer's hello carries a window: the call stays counted until the peer's word.
+    a.broker.set_peer_limits(Some(Limits::default().receive()));
+    b.broker.set_peer_limits(Some(Limits::default().receive()));
+    b.receive(&a.transmit().unwrap(), usize::MAX);
+    // The cancel reached b with the call, before its handler waited: it is answered, and
+    // the answer is the last word.
+    let call = b.incoming.pop_front().expect("the call");
+    b.broker
+        .finish_call(call.id, true, Some(Ok(empty())), (false, call.charge));
+    assert_eq!(a.broker.window_used, used);
+    a.receive(&b.transmit().unwrap(), usize::MAX);
+    assert_eq!((a.broker.pending.cancelled(), a.broker.window_used), (0, 0));
+    // A peer without a window sends no such word: nothing is kept for it.
+    let mut c = Side::new(3, Limits::default(), None);
+    let id = c.call(0, "m", b"x", &[]);
+    assert!(c.broker.cancel_call(id).is_none());
+    assert_eq!(c.broker.pending.cancelled(), 1);
+    c.broker.set_peer_limits(Some(ReceiveLimits {
+        max_call_bytes: None,
+        ..Limits::default().receive()
+    }));
+    assert_eq!((c.broker.pending.cancelled(), c.broker.window_used), (0, 0));
+}
