@@ -93,15 +93,24 @@ pub struct ReceiveLimits {
     pub max_call_bytes: Option<usize>,
 }
 
-/// The least call window any pb peer that has one announces: four frames of the floor's size.
-pub const MIN_CALL_WINDOW: usize = 4 * 64 * 1024;
+/// How many of the largest frames a call window holds at least (the default window holds as
+/// many of the default frames: `limits::DEFAULT_MAX_CALL_BYTES`), so that the largest call
+/// never waits for room that cannot come.
+pub const CALL_WINDOW_FRAMES: usize = 4;
+
+/// The least frame size any pb peer accepts ([`ReceiveLimits::FLOOR`]).
+const FLOOR_FRAME_LEN: usize = 64 * 1024;
+
+/// The least call window any pb peer that has one announces: [`CALL_WINDOW_FRAMES`] frames
+/// of the floor's size.
+pub const MIN_CALL_WINDOW: usize = CALL_WINDOW_FRAMES * FLOOR_FRAME_LEN;
 
 impl ReceiveLimits {
     /// What every pb peer accepts at any time: receive limits configured lower are raised to
     /// it. A dialer sends its first calls before the peer's hello has told it the peer's
     /// limits, and holds them to this floor until it has.
     pub const FLOOR: ReceiveLimits = ReceiveLimits {
-        max_frame_len: 64 * 1024,
+        max_frame_len: FLOOR_FRAME_LEN,
         max_refs_per_message: 16,
         max_release_entries: 16,
         max_call_bytes: Some(MIN_CALL_WINDOW),
@@ -118,8 +127,7 @@ impl ReceiveLimits {
     };
 
     /// These limits, raised to [`ReceiveLimits::FLOOR`] where they are below it; a call window
-    /// is also raised to four frames of `max_frame_len` (so that one largest call never waits
-    /// for room that cannot come).
+    /// is also raised to [`CALL_WINDOW_FRAMES`] frames of `max_frame_len`.
     pub fn at_least_floor(self) -> ReceiveLimits {
         let floor = ReceiveLimits::FLOOR;
         let max_frame_len = self.max_frame_len.max(floor.max_frame_len);
@@ -127,9 +135,10 @@ impl ReceiveLimits {
             max_frame_len,
             max_refs_per_message: self.max_refs_per_message.max(floor.max_refs_per_message),
             max_release_entries: self.max_release_entries.max(floor.max_release_entries),
-            max_call_bytes: self
-                .max_call_bytes
-                .map(|w| w.max(MIN_CALL_WINDOW).max(max_frame_len.saturating_mul(4))),
+            max_call_bytes: self.max_call_bytes.map(|w| {
+                w.max(MIN_CALL_WINDOW)
+                    .max(max_frame_len.saturating_mul(CALL_WINDOW_FRAMES))
+            }),
         }
     }
 }

@@ -67,8 +67,10 @@ pub struct Limits {
     pub message: MessageLimits,
 }
 
-/// The default of [`Limits::max_call_bytes`]: four frames of the default `max_frame_len`.
-pub const DEFAULT_MAX_CALL_BYTES: usize = 4 * crate::frame::DEFAULT_MAX_FRAME_LEN;
+/// The default of [`Limits::max_call_bytes`]: [`CALL_WINDOW_FRAMES`](crate::handshake::CALL_WINDOW_FRAMES)
+/// frames of the default `max_frame_len`.
+pub const DEFAULT_MAX_CALL_BYTES: usize =
+    crate::handshake::CALL_WINDOW_FRAMES * crate::frame::DEFAULT_MAX_FRAME_LEN;
 
 impl Limits {
     /// What these limits let the peer send, as our hello announces it: raised to

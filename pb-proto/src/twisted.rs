@@ -954,7 +954,10 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             ));
         }
         // Calls without an answer run too, and count as long as they do.
-        self.running.insert(request, self.message_len);
+        // A request id reused while its call runs replaces it: only the new message counts.
+        if let Some(replaced) = self.running.insert(request, self.message_len) {
+            self.running_bytes -= replaced;
+        }
         self.running_bytes += self.message_len;
         Ok(Some(Event::Call(Incoming {
             request,

@@ -35,17 +35,16 @@ impl<F: Future<Output = Reply> + Unpin> Future for CatchUnwind<F> {
 impl ConnShared {
     /// Handle one frame of a reader's batch (`held`: one the reader held back, with
     /// [`ConnShared::hold_frame`]). `events` is scratch space (kept by the reader so that
-    /// waking callers allocates nothing). Returns whether output may have been queued, for the
-    /// reader's flush.
+    /// waking callers allocates nothing).
     pub(super) fn handle_frame(
         self: &Arc<Self>,
         frame: Bytes,
         events: &mut Vec<Event>,
         held: bool,
-    ) -> Result<bool, ProtocolError> {
+    ) -> Result<(), ProtocolError> {
         if crate::message::is_answer(&frame) {
             // The reader gathers answers into batches; one alone is a batch of one.
-            return self.handle_answers(&mut vec![frame], events);
+            return self.handle_answers(&mut vec![frame], events).map(|_| ());
         }
         let mut broker = self.lock();
         // Calls that handlers polled inline make now leave with the reader's flush.
@@ -68,7 +67,6 @@ impl ConnShared {
             if let Some(ev) = call {
                 self.spawn_call(ev);
             }
-            true
         });
         // Answers given inline count at once, so a batch of calls cannot queue without bound.
         self.note_queued(queued);
@@ -108,7 +106,6 @@ impl ConnShared {
                     }
                 }
             }
-            answers.clear();
             broker.poll_events(events);
             (result, broker.queued_bytes() > before)
         };

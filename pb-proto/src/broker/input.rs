@@ -116,12 +116,9 @@ impl<T: Tokens> Broker<T> {
         );
         if head.answer {
             self.send_fault(head.id, Fault::limit(message));
-        } else {
-            // It left the peer's count of its window as it would had it run.
-            self.call_ended(0, false);
-            if self.peer_hears_window {
-                self.credit_due += len as u64;
-            }
+        } else if self.peer_hears_window {
+            // Never counted here, but counted by the peer: credited as if it had run.
+            self.credit_due += len as u64;
         }
         self.violation()
     }

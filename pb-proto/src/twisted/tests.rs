@@ -161,6 +161,38 @@ fn a_call_without_answer_gets_none_and_holds_nothing() {
 }
 
 #[test]
+fn a_request_id_reused_while_its_call_runs_is_counted_once() {
+    let (mut server, mut client) = pair();
+    client
+        .start_call(
+            &Target::Name(Bytes::from_static(b"root")),
+            b"add",
+            &args(vec![], client.encoder()),
+            None,
+            false,
+        )
+        .unwrap();
+    // The same message twice: the same request id while the first call still runs.
+    let message = client.take_output();
+    let mut input = BytesMut::from(&[&message[..], &message[..]].concat()[..]);
+    let mut calls = Vec::new();
+    while let Some(e) = server.poll_input(&mut input).expect("valid input") {
+        calls.push(e);
+    }
+    let [Event::Call(first), Event::Call(second)] = &calls[..] else {
+        panic!("{calls:?}")
+    };
+    assert_eq!(first.request, second.request);
+    assert_eq!(server.running_bytes(), message.len());
+    server.forget_call(second.request);
+    assert_eq!(
+        (server.running_count(), server.running_bytes()),
+        (0, 0),
+        "nothing left counted"
+    );
+}
+
+#[test]
 fn exports_are_counted_per_send_and_freed_by_decrefs() {
     let (mut server, mut client) = pair();
     assert_eq!(server.export("counter").unwrap(), 1);

@@ -186,7 +186,7 @@ fn a_cancelled_call_leaves_the_window_with_the_peers_last_word() {
     );
     assert!(w.a.broker.cancel_call(crossing.id).is_none());
     w.settle();
-    let (used, _) = (w.a.broker.window_used, ());
+    let used = w.a.broker.window_used;
     let still: usize = w.b.incoming.iter().map(|c| c.charge).sum();
     assert_eq!(used, still, "the window counts exactly what the peer holds");
 }
