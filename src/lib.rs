@@ -247,9 +247,10 @@ pub use node::{Node, NodeBuilder};
 /// The low-level dispatch API, for objects written by hand instead of with `#[pb::remote]`
 /// (dynamic interfaces, proxies, forwarders): the [`Dispatch`](dispatch::Dispatch) trait, the
 /// [`IncomingCall`](dispatch::IncomingCall) it is given, and the
-/// [`Reply`](dispatch::Reply) it returns (an [`Outcome`](dispatch::Outcome) or a
-/// [`Fault`](dispatch::Fault)).
+/// [`Reply`](dispatch::Reply) it returns (an [`Outcome`](dispatch::Outcome), whose encoded
+/// value is a [`Payload`](dispatch::Payload), or a [`Fault`](dispatch::Fault)).
 pub mod dispatch {
+    pub use pb_core::codec::Payload;
     pub use pb_core::{
         BoxFuture, Dispatch, Fault, IncomingCall, Interface, MethodSignature, Outcome, Reply,
         decode_outcome, encode_reply, encode_result,

@@ -133,7 +133,8 @@ fn a_vec_of_bytes_is_the_same_on_the_wire_either_way() {
     for len in [0usize, 5, 300, 70_000] {
         let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
         // One byte string, or serde's sequence of u8: the same bytes.
-        let fast = pb::codec::encode(&(Wire::<Vec<u8>>::new().wire(&data),), None)
+        let held = Wire::<Vec<u8>>::new().hold(data.clone());
+        let fast = pb::codec::encode(&(Wire::<Vec<u8>>::new().wire(&held),), None)
             .unwrap()
             .0;
         let plain = pb::codec::encode(&(data.clone(),), None).unwrap().0;
@@ -188,8 +189,18 @@ fn generated_code_picks_the_byte_string_path_for_byte_vectors_only() {
     let _: pb::zero_copy::BoxedBytes = (&Wire::<Box<[u8]>>::new()).seed();
     let _: pb::zero_copy::SharedBytes = (&Wire::<Bytes>::new()).seed();
     let _: std::marker::PhantomData<Vec<u16>> = (&Wire::<Vec<u16>>::new()).seed();
+    // Owned byte vectors are held as `Bytes` while they are sent: no copy.
     let data = vec![1u8, 2, 3];
-    let _: pb::zero_copy::SliceRef<'_> = (&Wire::<Vec<u8>>::new()).wire(&data);
+    let at = data.as_ptr();
+    let held: Bytes = (&Wire::<Vec<u8>>::new()).hold(data);
+    assert_eq!(held.as_ptr(), at);
+    let _: pb::zero_copy::BytesRef<'_> = (&Wire::<Vec<u8>>::new()).wire(&held);
+    let boxed: Box<[u8]> = vec![4u8; 10].into_boxed_slice();
+    let at = boxed.as_ptr();
+    assert_eq!((&Wire::<Box<[u8]>>::new()).hold(boxed).as_ptr(), at);
+    // Every other type is held as itself.
+    let words: Vec<u16> = (&Wire::<Vec<u16>>::new()).hold(vec![1u16]);
+    assert_eq!(words, [1]);
 }
 
 /// `#[pb::copyable]` gives `Vec<u8>` fields the byte-string encoding by itself (the bytes on
@@ -294,4 +305,191 @@ fn a_copyable_byte_vector_is_read_as_one_byte_string_not_element_by_element() {
     let fast = fewest(&|d| pb::codec::decode_with_depth::<Fast>(&bytes, vec![], d).is_ok());
     let slow = fewest(&|d| pb::codec::decode_with_depth::<Slow>(&bytes, vec![], d).is_ok());
     assert_eq!(fast + 1, slow, "the copyable's field is one byte string");
+}
+
+/// A transport that notes where each write's bytes were in memory.
+struct Recording {
+    io: tokio::io::DuplexStream,
+    writes: std::sync::Arc<std::sync::Mutex<Vec<(usize, usize)>>>,
+}
+
+impl tokio::io::AsyncRead for Recording {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Recording {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &polled {
+            self.writes
+                .lock()
+                .unwrap()
+                .push((buf.as_ptr() as usize, *n));
+        }
+        polled
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+type Writes = std::sync::Arc<std::sync::Mutex<Vec<(usize, usize)>>>;
+
+/// Whether a write of at least `len` bytes started at `at`: the bytes went to the transport
+/// from where they were, not from a copy.
+fn written_from(writes: &Writes, at: *const u8, len: usize) -> bool {
+    writes
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|&(p, n)| p == at as usize && n >= len.min(4096))
+}
+
+/// Where the server's handlers found their arguments (the decoded value's bytes).
+#[derive(Clone, Default)]
+struct Seen(std::sync::Arc<std::sync::Mutex<Vec<usize>>>);
+
+#[pb::remote]
+trait Sends {
+    async fn echo(&self, data: Bytes) -> Result<Bytes, ()>;
+    async fn echo_vec(&self, data: Vec<u8>) -> Result<Vec<u8>, ()>;
+    async fn echo_boxed(&self, data: Box<[u8]>) -> Result<Box<[u8]>, ()>;
+    async fn pair(&self, a: Bytes, b: Bytes) -> Result<Pair, ()>;
+}
+
+impl Sends for Seen {
+    async fn echo(&self, data: Bytes) -> Result<Bytes, ()> {
+        self.0.lock().unwrap().push(data.as_ptr() as usize);
+        Ok(data)
+    }
+    async fn echo_vec(&self, data: Vec<u8>) -> Result<Vec<u8>, ()> {
+        self.0.lock().unwrap().push(data.as_ptr() as usize);
+        Ok(data)
+    }
+    async fn echo_boxed(&self, data: Box<[u8]>) -> Result<Box<[u8]>, ()> {
+        self.0.lock().unwrap().push(data.as_ptr() as usize);
+        Ok(data)
+    }
+    async fn pair(&self, a: Bytes, b: Bytes) -> Result<Pair, ()> {
+        let mut seen = self.0.lock().unwrap();
+        seen.push(a.as_ptr() as usize);
+        seen.push(b.as_ptr() as usize);
+        Ok(Pair { a, b })
+    }
+}
+
+/// Both ends over recording transports.
+async fn recorded_pair(seen: Seen) -> (pb::Connection, pb::Connection, Writes, Writes) {
+    let (a, b) = pb::transport::memory_pair();
+    let (sw, cw) = (Writes::default(), Writes::default());
+    let (a, b) = (
+        Recording {
+            io: a,
+            writes: sw.clone(),
+        },
+        Recording {
+            io: b,
+            writes: cw.clone(),
+        },
+    );
+    let config = pb::Config::default();
+    let server = pb::Connection::establish(
+        a,
+        &config,
+        pb::Side::Server,
+        Some(SendsRef::new(seen).into()),
+        None,
+    );
+    let client = pb::Connection::establish(b, &config, pb::Side::Client, None, None);
+    let (server, client) = tokio::try_join!(server, client).unwrap();
+    (server, client, sw, cw)
+}
+
+#[tokio::test]
+async fn large_byte_strings_are_sent_from_where_they_are_and_let_go_once_written() {
+    let seen = Seen::default();
+    let (_server, client, server_writes, client_writes) = recorded_pair(seen.clone()).await;
+    let root: SendsRef = client.root();
+    for len in [4096, 70_000, 1 << 20] {
+        // `Bytes`: the caller's buffer goes out as it is; the callee answers with the slice of
+        // its received frame, which goes out as it is too.
+        let data = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<u8>>());
+        assert_eq!(root.echo(data.clone()).await, Ok(data.clone()), "{len}");
+        assert!(written_from(&client_writes, data.as_ptr(), len), "{len}");
+        let at = *seen.0.lock().unwrap().last().unwrap();
+        assert!(written_from(&server_writes, at as *const u8, len), "{len}");
+        // Nothing holds the caller's buffer once it has been written.
+        assert!(data.is_unique(), "{len}: the written chunk is still held");
+
+        // An owned `Vec<u8>` or `Box<[u8]>` goes out from its own allocation, both ways.
+        let vec: Vec<u8> = (0..len).map(|i| (i * 3) as u8).collect();
+        let at = vec.as_ptr();
+        assert_eq!(root.echo_vec(vec.clone()).await.unwrap(), vec);
+        assert!(!written_from(&client_writes, at, len), "the clone was sent");
+        let vec_at = vec.as_ptr();
+        let back = root.echo_vec(vec).await.unwrap();
+        assert!(written_from(&client_writes, vec_at, len), "{len}");
+        let at = *seen.0.lock().unwrap().last().unwrap();
+        assert!(written_from(&server_writes, at as *const u8, len), "{len}");
+        let boxed = back.into_boxed_slice();
+        let boxed_at = boxed.as_ptr();
+        let want = boxed.clone();
+        assert_eq!(root.echo_boxed(boxed).await.unwrap(), want);
+        assert!(written_from(&client_writes, boxed_at, len), "{len}");
+    }
+}
+
+#[tokio::test]
+async fn shared_byte_strings_inside_a_value_keep_their_place() {
+    // Two strings in a struct, with bytes before, between and after them: each large one goes
+    // out uncopied, in its place.
+    let seen = Seen::default();
+    let (_server, client, server_writes, client_writes) = recorded_pair(seen.clone()).await;
+    let root: SendsRef = client.root();
+    for (la, lb) in [
+        (5000, 7000),
+        (4096, 300),
+        (300, 1 << 20),
+        (0, 4096),
+        (10, 20),
+    ] {
+        let a = Bytes::from(vec![1u8; la]);
+        let b = Bytes::from(vec![2u8; lb]);
+        let pair = root.pair(a.clone(), b.clone()).await.unwrap();
+        assert_eq!((&pair.a, &pair.b), (&a, &b), "{la} {lb}");
+        let (at_a, at_b) = {
+            let seen = seen.0.lock().unwrap();
+            (seen[seen.len() - 2], seen[seen.len() - 1])
+        };
+        for (sent, len, at) in [(&a, la, at_a), (&b, lb, at_b)] {
+            // `sent` is alive: its address cannot have been reused for another write.
+            let large = len >= 4096;
+            assert_eq!(written_from(&client_writes, sent.as_ptr(), len), large);
+            if large {
+                assert!(
+                    written_from(&server_writes, at as *const u8, len),
+                    "{la} {lb}"
+                );
+            }
+        }
+    }
 }

@@ -123,10 +123,12 @@ impl Broker {
         id: u64,
         waker: &Waker,
     ) -> std::task::Poll<crate::object::Reply> {
-        self.core.poll_answer(id, |w| match w {
-            Some(w) if w.will_wake(waker) => {}
-            _ => *w = Some(waker.clone()),
-        })
+        self.core
+            .poll_answer(id, |w| match w {
+                Some(w) if w.will_wake(waker) => {}
+                _ => *w = Some(waker.clone()),
+            })
+            .map(|reply| reply.map(crate::object::received))
     }
 
     /// Hand over the output (see [`pb_proto::broker::Broker::poll_transmit`]); whatever a

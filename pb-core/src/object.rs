@@ -23,7 +23,6 @@ use self::link::{Caller, Connection, ExportLink, Imported};
 pub use self::signature::MethodSignature;
 use crate::deadline::deadline_fault;
 use crate::message::FaultKind;
-use pb_proto::broker::Payload as _;
 use pb_proto::message::{CallExtras, Signature};
 
 /// A boxed, sendable future.
@@ -256,14 +255,25 @@ impl std::fmt::Display for Never {
 impl std::error::Error for Never {}
 
 /// An encoded outcome of a call: the callee's `Ok` or typed `Err` (`ok`), its encoded value
-/// (`payload`) and the references the payload points into (`refs`). The protocol core's
+/// (`payload`, a [`Payload`](codec::Payload): `bytes.into()` for bytes of your own) and the
+/// references the payload points into (`refs`). The protocol core's
 /// [`Outcome`](pb_proto::broker::Outcome) over [`ObjectRef`]s.
-pub type Outcome = pb_proto::broker::Outcome<ObjectRef>;
+pub type Outcome = pb_proto::broker::Outcome<ObjectRef, Payload>;
 
 pub use pb_proto::broker::Fault;
 
 /// What a dispatcher returns.
 pub type Reply = Result<Outcome, Fault>;
+
+/// A received outcome (its payload a slice of its frame) as an [`Outcome`].
+#[inline]
+pub(crate) fn received(o: pb_proto::broker::Outcome<ObjectRef>) -> Outcome {
+    Outcome {
+        ok: o.ok,
+        payload: Payload::from(o.payload),
+        refs: o.refs,
+    }
+}
 
 /// Encode a method's result as a [`Reply`] for `caller`.
 pub fn encode_result<T: Serialize, E: Serialize>(caller: &Caller, result: Result<T, E>) -> Reply {
@@ -282,12 +292,10 @@ pub fn encode_reply<T: Serialize, E: Serialize>(
         value: &V,
         plain: bool,
         caller: &Caller,
-    ) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
-        if plain {
-            codec::encode_plain(value).map(|payload| (payload, Vec::new()))
-        } else {
-            codec::encode(value, caller.connection())
-        }
+    ) -> Result<(Payload, Vec<ObjectRef>), CodecError> {
+        // Plain values ask the context nothing.
+        let context = (!plain).then(|| caller.connection());
+        codec::encode_scratch(value, context).map(|(e, refs)| (Payload::encoded(e), refs))
     }
     // A caller over Twisted PB gets Jelly, its errors as Twisted failures.
     if let Some(link) = caller.connection().and_then(|c| c.twisted()) {
@@ -298,7 +306,7 @@ pub fn encode_reply<T: Serialize, E: Serialize>(
         return match encoded {
             Ok(payload) => Ok(Outcome {
                 ok,
-                payload,
+                payload: payload.into(),
                 refs: Vec::new(),
             }),
             Err(e) => Err(Fault {
@@ -508,7 +516,7 @@ impl ObjectRef {
         args: Bytes,
         refs: Vec<ObjectRef>,
     ) -> Result<Outcome, Fault> {
-        self.call_payload(method, Payload::Bytes(args), refs, CallExtras::default())
+        self.call_payload(method, Payload::from(args), refs, CallExtras::default())
             .await
     }
 
@@ -602,7 +610,7 @@ impl ObjectRef {
         };
         let (payload, refs) = encoded.map_err(|e| CallError::Encode(e.to_string()))?;
         let max_depth = remote.map_or(codec::DEFAULT_MAX_DEPTH, |r| r.conn.max_depth());
-        let payload = Payload::Encoded(payload);
+        let payload = Payload::encoded(payload);
         let extras = CallExtras {
             signature: Some(signature),
             ..CallExtras::default()
@@ -620,17 +628,16 @@ impl ObjectRef {
         };
         let bad = |e: CodecError| CallError::BadAnswer(format!("cannot decode the answer: {e}"));
         if outcome.ok {
-            codec::decode_seed(
-                &outcome.payload,
-                Some(&outcome.payload),
-                outcome.refs,
-                max_depth,
-                seed,
-            )
-            .map_err(bad)
+            codec::decode_payload_seed(&outcome.payload, outcome.refs, max_depth, seed).map_err(bad)
         } else {
             Err(CallError::Remote(
-                codec::decode_shared(&outcome.payload, outcome.refs, max_depth).map_err(bad)?,
+                codec::decode_payload_seed(
+                    &outcome.payload,
+                    outcome.refs,
+                    max_depth,
+                    std::marker::PhantomData,
+                )
+                .map_err(bad)?,
             ))
         }
     }
@@ -657,7 +664,7 @@ impl ObjectRef {
                 .send_oneway(
                     r.id,
                     method,
-                    Payload::Bytes(payload),
+                    Payload::from(payload),
                     Vec::new(),
                     CallExtras::default(),
                 )
@@ -665,7 +672,7 @@ impl ObjectRef {
         }
         let (payload, refs) = codec::encode_scratch(args, Some(self.peer().as_ref()))
             .map_err(|e| CallError::Encode(e.to_string()))?;
-        let payload = Payload::Encoded(payload);
+        let payload = Payload::encoded(payload);
         // The parameters' signature only: a one-way call has no result to check.
         let extras = CallExtras {
             signature: Some(Signature {
@@ -703,7 +710,7 @@ impl ObjectRef {
                     }
                     let method = call.method().to_owned();
                     let args = call.body.slice(call.args_at.min(call.body.len())..);
-                    let payload = Payload::Bytes(args);
+                    let payload = Payload::from(args);
                     call::call(&*r.conn, r.id, &method, payload, call.refs, call.extras).await
                 })
             }
@@ -751,18 +758,24 @@ where
         &*r.conn,
         r.id,
         method,
-        Payload::Bytes(payload),
+        Payload::from(payload),
         Vec::new(),
         CallExtras::default(),
     )
     .await
     .map_err(CallError::from_fault)?;
     if outcome.ok {
-        codec::twisted::decode_seed(&outcome.payload, outcome.refs, link, max_depth, seed)
-            .map_err(|e| CallError::BadAnswer(format!("cannot decode the answer: {e}")))
+        codec::twisted::decode_seed(
+            &outcome.payload.contiguous(),
+            outcome.refs,
+            link,
+            max_depth,
+            seed,
+        )
+        .map_err(|e| CallError::BadAnswer(format!("cannot decode the answer: {e}")))
     } else {
         Err(codec::twisted::decode_error(
-            &outcome.payload,
+            &outcome.payload.contiguous(),
             outcome.refs,
             link,
             max_depth,
@@ -784,10 +797,22 @@ fn decode_outcome_with_depth<R: DeserializeOwned, E: DeserializeOwned>(
 ) -> Result<R, CallError<E>> {
     let bad = |e: CodecError| CallError::BadAnswer(format!("cannot decode the answer: {e}"));
     if outcome.ok {
-        codec::decode_shared(&outcome.payload, outcome.refs, max_depth).map_err(bad)
+        codec::decode_payload_seed(
+            &outcome.payload,
+            outcome.refs,
+            max_depth,
+            std::marker::PhantomData,
+        )
+        .map_err(bad)
     } else {
         Err(CallError::Remote(
-            codec::decode_shared(&outcome.payload, outcome.refs, max_depth).map_err(bad)?,
+            codec::decode_payload_seed(
+                &outcome.payload,
+                outcome.refs,
+                max_depth,
+                std::marker::PhantomData,
+            )
+            .map_err(bad)?,
         ))
     }
 }

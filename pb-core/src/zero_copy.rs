@@ -1,20 +1,26 @@
 //! `bytes::Bytes` values that cross the wire without being copied.
 //!
-//! A received payload is a slice of the frame it came in, and a byte string inside it can be
-//! handed out as a slice of that frame too. `Bytes`'s own `Deserialize` cannot do that (serde
-//! hands it a borrowed `&[u8]` or a fresh `Vec<u8>`, never the buffer), so pb decodes `Bytes`
-//! itself where it can:
+//! A byte string being sent goes to the socket from the memory it is in: the encoder keeps a
+//! reference to it instead of a copy, and the connection writes the value around it and the
+//! string itself with one vectored write. A received payload is a slice of the frame it came
+//! in, and a byte string inside it can be handed out as a slice of that frame too. `Bytes`'s
+//! own `Serialize` and `Deserialize` cannot do either (serde lends a serializer a `&[u8]`, and
+//! hands a deserializer a borrowed `&[u8]` or a fresh `Vec<u8>`, never the buffer), so pb
+//! encodes and decodes `Bytes` itself where it can:
 //!
 //! - **Parameters and results of `#[pb::remote]` methods** typed `Bytes` (`bytes::Bytes`,
-//!   also reachable as `pb::amp::Bytes`) need nothing: the generated code decodes them as
-//!   slices of the received frame.
+//!   also reachable as `pb::amp::Bytes`) need nothing: the generated code sends them
+//!   uncopied and decodes them as slices of the received frame.
 //! - **`Bytes` fields of your own types**: mark them `#[serde(with = "pb::zero_copy")]`
 //!   (this module, re-exported by the `pb` facade).
 //! - **`Vec<u8>` and `Box<[u8]>` parameters and results** need nothing either: they cross as
-//!   one byte string, copied once each way (serde alone would take them an element at a
-//!   time). **`Vec<u8>` fields** of `#[pb::copyable]` types get the same by themselves, and
-//!   those of other types with `#[serde(with = "pb::zero_copy::vec")]` ([`vec`](mod@vec)). The
-//!   bytes on the wire are the same either way.
+//!   one byte string (serde alone would take them an element at a time), sent from their own
+//!   allocation (the generated code owns them, and holds them as `Bytes` meanwhile, which
+//!   costs no copy) and copied once on arrival. **`Vec<u8>` fields** of `#[pb::copyable]`
+//!   types are one byte string by themselves, and those of other types with
+//!   `#[serde(with = "pb::zero_copy::vec")]` ([`vec`](mod@vec)); serde lends a field to its
+//!   serializer, so these are copied once each way. The bytes on the wire are the same either
+//!   way.
 //!
 //! The wire form is the one `Bytes` has anyway (a length and the bytes), so both ends need not
 //! agree on using it. Decoded outside a pb payload (another serde format, or bytes that are not
@@ -69,9 +75,10 @@ pub mod vec {
     }
 }
 
-/// Serialize `bytes` as `Bytes` does (for `#[serde(with = "pb::zero_copy")]`).
+/// Serialize `bytes` as `Bytes` does (for `#[serde(with = "pb::zero_copy")]`); in a pb
+/// payload, a large one is sent from where it is, not copied.
 pub fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_bytes(bytes)
+    crate::codec::offer_shared(bytes, || serializer.serialize_bytes(bytes))
 }
 
 /// Deserialize a `Bytes` as a slice of the received frame when it is one, or a copy (for
@@ -166,68 +173,55 @@ impl<T> Default for Wire<T> {
 }
 
 /// The byte-string path: `bytes::Bytes` (a slice of the received frame), and `Vec<u8>` and
-/// `Box<[u8]>` (one copy each way, not an element at a time).
+/// `Box<[u8]>` (one copy in, not an element at a time). All three are sent from where they
+/// are: the value, which generated code owns, is held as `Bytes` (no copy) while it is
+/// encoded and sent.
 #[doc(hidden)]
 pub trait WireBytes {
     /// The type picked.
     type Value;
     /// The decode seed.
     type Seed;
-    /// What is encoded in its place.
-    type Ref<'a>
-    where
-        Self::Value: 'a;
     /// The decode seed.
     fn seed(&self) -> Self::Seed;
+    /// The value as it is held while it is encoded and sent.
+    fn hold(&self, value: Self::Value) -> Bytes;
     /// The value to encode.
-    fn wire<'a>(&self, value: &'a Self::Value) -> Self::Ref<'a>;
+    fn wire<'a>(&self, held: &'a Bytes) -> BytesRef<'a> {
+        BytesRef(held)
+    }
 }
 
 impl WireBytes for Wire<Bytes> {
     type Value = Bytes;
     type Seed = SharedBytes;
-    type Ref<'a> = BytesRef<'a>;
     fn seed(&self) -> SharedBytes {
         SharedBytes
     }
-    fn wire<'a>(&self, value: &'a Bytes) -> BytesRef<'a> {
-        BytesRef(value)
+    fn hold(&self, value: Bytes) -> Bytes {
+        value
     }
 }
 
 impl WireBytes for Wire<Vec<u8>> {
     type Value = Vec<u8>;
     type Seed = VecBytes;
-    type Ref<'a> = SliceRef<'a>;
     fn seed(&self) -> VecBytes {
         VecBytes
     }
-    fn wire<'a>(&self, value: &'a Vec<u8>) -> SliceRef<'a> {
-        SliceRef(value)
+    fn hold(&self, value: Vec<u8>) -> Bytes {
+        Bytes::from(value)
     }
 }
 
 impl WireBytes for Wire<Box<[u8]>> {
     type Value = Box<[u8]>;
     type Seed = BoxedBytes;
-    type Ref<'a> = SliceRef<'a>;
     fn seed(&self) -> BoxedBytes {
         BoxedBytes
     }
-    fn wire<'a>(&self, value: &'a Box<[u8]>) -> SliceRef<'a> {
-        SliceRef(value)
-    }
-}
-
-/// A byte slice encoded as one byte string (the same bytes on the wire as serde's sequence
-/// of `u8` in pb's codec, so a peer that encodes a `Vec<u8>` element by element agrees).
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy)]
-pub struct SliceRef<'a>(pub &'a [u8]);
-
-impl Serialize for SliceRef<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self.0)
+    fn hold(&self, value: Box<[u8]>) -> Bytes {
+        Bytes::from(value)
     }
 }
 
@@ -290,6 +284,10 @@ impl<'de> Visitor<'de> for VecVisitor {
 pub trait WireSerde<T> {
     /// The decode seed.
     fn seed(&self) -> PhantomData<T>;
+    /// The value as it is held while it is encoded: itself.
+    fn hold(&self, value: T) -> T {
+        value
+    }
     /// The value to encode.
     fn wire<'a>(&self, value: &'a T) -> &'a T;
 }

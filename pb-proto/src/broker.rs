@@ -97,7 +97,7 @@
 use std::ops::Range;
 use std::task::Poll;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::calls::{Pending, Polled, Running};
 use crate::exports::{Exports, Released, Sent};
@@ -110,7 +110,7 @@ use crate::message::{
     self, CallExtras, CallHead, FaultKind, Message, RefDesc, encode_answer_frame_head,
     encode_answer_head, encode_call_frame_head, encode_update_head,
 };
-use crate::outbox::{Outbox, ZERO_COPY_MIN};
+use crate::outbox::Outbox;
 
 mod calls;
 mod input;
@@ -208,37 +208,47 @@ impl Fault {
     }
 }
 
-/// An encoded outcome of a call: the callee's `Ok` or typed `Err`.
+/// An encoded outcome of a call: the callee's `Ok` or typed `Err`. An answer received is in
+/// one buffer (`P` = `Bytes`, a slice of its frame); an answer sent may be any [`Payload`].
 #[derive(Debug, Clone)]
-pub struct Outcome<R> {
+pub struct Outcome<R, P = Bytes> {
     /// `true` for `Ok`.
     pub ok: bool,
     /// The encoded value.
-    pub payload: Bytes,
+    pub payload: P,
     /// References the payload points into.
     pub refs: Vec<R>,
 }
 
 /// The answer to a call: an outcome, or a fault.
-pub type Reply<R> = Result<Outcome<R>, Fault>;
+pub type Reply<R, P = Bytes> = Result<Outcome<R, P>, Fault>;
 
-/// The arguments of a call we make, as the broker queues them.
+/// An encoded value we send (the arguments of a call, or an answer), as the broker queues it:
+/// in one buffer, or in pieces (an encoder that shares large byte strings instead of copying
+/// them hands out the bytes before, each string, and the bytes after).
 pub trait Payload {
-    /// The bytes.
-    fn as_slice(&self) -> &[u8];
-    /// The bytes as a buffer of their own (queued uncopied when large).
-    fn into_bytes(self) -> Bytes;
+    /// The length in bytes.
+    fn len(&self) -> usize;
+    /// Whether the payload has no bytes.
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Queue the bytes in `out`, after the frame's head already there: pieces under
+    /// [`ZERO_COPY_MIN`](crate::outbox::ZERO_COPY_MIN) bytes are copied into its buffer, larger ones queued uncopied
+    /// ([`Outbox::append_payload`]).
+    fn queue(self, out: &mut Outbox);
 }
 
 impl Payload for Bytes {
     #[inline]
-    fn as_slice(&self) -> &[u8] {
-        self
+    fn len(&self) -> usize {
+        Bytes::len(self)
     }
 
     #[inline]
-    fn into_bytes(self) -> Bytes {
-        self
+    fn queue(self, out: &mut Outbox) {
+        out.append_payload(self);
     }
 }
 
@@ -380,10 +390,9 @@ struct Parked {
     id: u64,
     /// The frame body's length, as the peer's window counts it.
     len: usize,
-    /// The frame's header and envelope (and a small payload).
-    head: Bytes,
-    /// A payload queued uncopied (see [`ZERO_COPY_MIN`]).
-    payload: Option<Bytes>,
+    /// The frame: its header and envelope, then its payload (small pieces copied in with
+    /// the envelope, large ones uncopied, see [`ZERO_COPY_MIN`](crate::outbox::ZERO_COPY_MIN)).
+    frame: Vec<Bytes>,
 }
 
 impl<T: Tokens> std::fmt::Debug for Broker<T> {

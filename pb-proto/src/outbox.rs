@@ -57,14 +57,14 @@ impl Outbox {
         }
     }
 
-    /// Room for a frame header, an envelope of about `head` bytes and `payload` if it will be
-    /// copied in.
+    /// Room for a frame header, an envelope of about `head` bytes and a payload of
+    /// `payload_len` bytes if it will be copied in.
     #[inline]
-    pub fn reserve_frame(&mut self, head: usize, payload: &[u8]) {
-        let copied = if payload.len() >= ZERO_COPY_MIN {
+    pub fn reserve_frame(&mut self, head: usize, payload_len: usize) {
+        let copied = if payload_len >= ZERO_COPY_MIN {
             0
         } else {
-            payload.len()
+            payload_len
         };
         self.reserve(4 + head + copied);
     }
@@ -219,10 +219,10 @@ mod tests {
     #[test]
     fn reserve_frame_copies_only_small_payloads() {
         let mut o = Outbox::new();
-        o.reserve_frame(10, &[0; 100]);
+        o.reserve_frame(10, 100);
         assert!(o.buf().capacity() >= 114);
         let mut o = Outbox::new();
-        o.reserve_frame(10, &vec![0; ZERO_COPY_MIN]);
+        o.reserve_frame(10, ZERO_COPY_MIN);
         assert!(o.buf().capacity() < ZERO_COPY_MIN);
     }
 }

@@ -14,7 +14,6 @@ use super::link::Link;
 use super::{ObjectRef, Reply};
 use crate::deadline::{self, deadline_fault};
 use crate::trace;
-use pb_proto::broker::Payload as _;
 use pb_proto::message::{CallExtras, FaultKind};
 
 /// How a call ended, for tracing.
@@ -111,7 +110,7 @@ pub(crate) async fn call(
         }
         // Backpressure, or a large call on a dialed connection before the peer's limits are
         // known: wait (within the deadline) until the call may be started.
-        if let Some(wait) = link.wait_to_call(method.len(), payload.as_slice().len(), refs.len()) {
+        if let Some(wait) = link.wait_to_call(method.len(), payload.len(), refs.len()) {
             let wait = async {
                 match deadline {
                     Some(d) => tokio::time::timeout_at(d, wait)

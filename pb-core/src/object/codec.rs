@@ -27,6 +27,7 @@ use serde::de::{DeserializeOwned, DeserializeSeed};
 use crate::frame::MAX_FRAME_LEN_CEILING;
 use crate::link::Connection;
 use crate::object::ObjectRef;
+use pb_proto::outbox::{Outbox, ZERO_COPY_MIN};
 
 /// bincode counts the in-memory size of every primitive it decodes against its limit, not the
 /// bytes it reads: a one-byte varint claims up to 16 bytes (a `u128`). A payload of `n` bytes
@@ -89,6 +90,24 @@ thread_local! {
     static CHUNK: Cell<Option<BytesMut>> = const { Cell::new(None) };
     /// A reused encode buffer for values copied on at once (see [`encode_scratch`]).
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// A byte string offered to the encoder as shared while it is being serialized (see
+    /// [`offer_shared`]).
+    static OFFER: Cell<Option<Bytes>> = const { Cell::new(None) };
+}
+
+/// Serialize `bytes` with `serialize` (which writes it as one byte string) offering it to an
+/// encode in progress as shared: an encode into a [`Payload`] keeps a reference to it instead
+/// of copying it when it is at least [`SHARE_MIN`] bytes; any other serializer copies it as
+/// usual.
+pub(crate) fn offer_shared<R>(bytes: &Bytes, serialize: impl FnOnce() -> R) -> R {
+    if bytes.len() < SHARE_MIN {
+        return serialize();
+    }
+    OFFER.with(|o| o.set(Some(bytes.clone())));
+    let result = serialize();
+    // Not taken: the serializer was not pb's payload encoder.
+    OFFER.with(Cell::take);
+    result
 }
 
 /// Values encoded to at most this many bytes by [`encode_scratch`] are copied out of the
@@ -96,13 +115,27 @@ thread_local! {
 const SCRATCH_COPY_MAX: usize = 4096;
 
 /// A bincode writer appending to a `Vec` (bincode's `std::io::Write` adapter costs a call
-/// chain and an error check per byte).
-struct VecWriter<'a>(&'a mut Vec<u8>);
+/// chain and an error check per byte), except byte strings offered as shared
+/// ([`offer_shared`]): those are noted, with where they go, and not copied.
+struct VecWriter<'a> {
+    buf: &'a mut Vec<u8>,
+    shared: &'a mut Vec<(usize, Bytes)>,
+}
 
 impl bincode::enc::write::Writer for VecWriter<'_> {
     #[inline]
     fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-        self.0.extend_from_slice(bytes);
+        if bytes.len() >= SHARE_MIN
+            && let Some(offered) = OFFER.with(Cell::take)
+        {
+            // bincode writes a byte string's bytes in one write, right after its length.
+            if offered.as_ptr() == bytes.as_ptr() && offered.len() == bytes.len() {
+                self.shared.push((self.buf.len(), offered));
+                return Ok(());
+            }
+            OFFER.with(|o| o.set(Some(offered)));
+        }
+        self.buf.extend_from_slice(bytes);
         Ok(())
     }
 }
@@ -327,19 +360,13 @@ pub fn encode<T: Serialize + ?Sized>(
     value: &T,
     peer: Option<&Connection>,
 ) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
-    encode_in(value, Some(peer))
+    encode_in(value, peer)
 }
 
-/// Encode a value of a [`Plain`] type (which has no references and asks no peer) without
-/// entering the encode context.
-pub(crate) fn encode_plain<T: Serialize + ?Sized>(value: &T) -> Result<Bytes, CodecError> {
-    encode_in(value, None).map(|(bytes, _)| bytes)
-}
-
-/// Encode `value`, in the context of a value bound for `peer` unless `context` is `None`.
+/// Encode `value`, in the context of a value bound for `peer`.
 fn encode_in<T: Serialize + ?Sized>(
     value: &T,
-    context: Option<Option<&Connection>>,
+    peer: Option<&Connection>,
 ) -> Result<(Bytes, Vec<ObjectRef>), CodecError> {
     // Taken out of the thread-local for the duration, so a nested encode (a `Serialize` impl
     // that encodes) finds no chunk instead of a borrowed one.
@@ -348,13 +375,13 @@ fn encode_in<T: Serialize + ?Sized>(
         // Reclaims the chunk when nothing handed out from it is alive any more.
         buf.reserve(SCRATCH_CHUNK);
     }
-    let scope = context.map(encoding_scope);
+    let scope = encoding_scope(peer);
     let encoded = bincode::serde::encode_into_writer(
         value,
         BytesMutWriter(&mut buf),
         bincode::config::standard(),
     );
-    let refs = scope.map(Scope::take).unwrap_or_default();
+    let refs = scope.take();
     if let Err(e) = encoded {
         // Kept only if the failed value did not make it grow, as on success.
         if buf.len() <= SCRATCH_CHUNK {
@@ -383,12 +410,18 @@ pub(crate) fn encode_scratch<T: Serialize + ?Sized>(
     context: Option<Option<&Connection>>,
 ) -> Result<(Encoded, Vec<ObjectRef>), CodecError> {
     // As in `encode`.
-    let mut buf = Encoded(SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut())));
-    buf.0.clear();
+    let mut buf = Encoded {
+        buf: SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut())),
+        shared: Vec::new(),
+    };
+    buf.buf.clear();
     let scope = context.map(encoding_scope);
     let encoded = bincode::serde::encode_into_writer(
         value,
-        VecWriter(&mut buf.0),
+        VecWriter {
+            buf: &mut buf.buf,
+            shared: &mut buf.shared,
+        },
         bincode::config::standard(),
     );
     let refs = scope.map(Scope::take).unwrap_or_default();
@@ -399,22 +432,77 @@ pub(crate) fn encode_scratch<T: Serialize + ?Sized>(
 }
 
 /// An encoded value in a scratch buffer, which goes back to the thread's scratch when this is
-/// dropped (unless the value is large: then the buffer becomes the value's own allocation).
-pub(crate) struct Encoded(Vec<u8>);
+/// dropped (unless the value is large: then the buffer becomes the value's own allocation),
+/// and the byte strings it shares instead of holding copies, each with where it goes in the
+/// buffer's bytes.
+pub(crate) struct Encoded {
+    buf: Vec<u8>,
+    shared: Vec<(usize, Bytes)>,
+}
 
 impl Encoded {
-    /// The encoded bytes.
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        &self.0
+    /// The length of the encoded value.
+    fn len(&self) -> usize {
+        self.buf.len() + self.shared.iter().map(|(_, b)| b.len()).sum::<usize>()
+    }
+
+    /// The encoded bytes in one piece: borrowed when nothing is shared, or else copied.
+    fn contiguous(&self) -> std::borrow::Cow<'_, [u8]> {
+        if self.shared.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.buf);
+        }
+        let mut all = Vec::with_capacity(self.len());
+        let mut at = 0;
+        for (to, piece) in &self.shared {
+            all.extend_from_slice(&self.buf[at..*to]);
+            all.extend_from_slice(piece);
+            at = *to;
+        }
+        all.extend_from_slice(&self.buf[at..]);
+        std::borrow::Cow::Owned(all)
     }
 
     /// The bytes in an allocation of their own: small values are copied out of the scratch
-    /// buffer into one of their exact size, large ones take the buffer itself.
-    pub(crate) fn into_bytes(mut self) -> Bytes {
-        if self.0.len() <= SCRATCH_COPY_MAX {
-            Bytes::copy_from_slice(&self.0)
+    /// buffer into one of their exact size, large ones take the buffer itself (values in
+    /// pieces are put together).
+    fn into_bytes(mut self) -> Bytes {
+        if !self.shared.is_empty() {
+            return Bytes::from(self.contiguous().into_owned());
+        }
+        if self.buf.len() <= SCRATCH_COPY_MAX {
+            Bytes::copy_from_slice(&self.buf)
         } else {
-            Bytes::from(std::mem::take(&mut self.0))
+            Bytes::from(std::mem::take(&mut self.buf))
+        }
+    }
+
+    /// Queue the bytes in `out`: the buffer's bytes copied while they are small (or else
+    /// queued as slices of it), the shared byte strings uncopied, in order.
+    fn queue(mut self, out: &mut Outbox) {
+        if self.shared.is_empty() && self.buf.len() < ZERO_COPY_MIN {
+            // Copied straight from the scratch buffer, which stays the thread's.
+            out.buf().extend_from_slice(&self.buf);
+            return;
+        }
+        let shared = std::mem::take(&mut self.shared);
+        if self.buf.len() <= SCRATCH_COPY_MAX {
+            let mut at = 0;
+            for (to, piece) in shared {
+                out.buf().extend_from_slice(&self.buf[at..to]);
+                out.append_payload(piece);
+                at = to;
+            }
+            out.buf().extend_from_slice(&self.buf[at..]);
+        } else {
+            // Too large to copy: the buffer becomes the bytes' own allocation.
+            let buf = Bytes::from(std::mem::take(&mut self.buf));
+            let mut at = 0;
+            for (to, piece) in shared {
+                out.append_payload(buf.slice(at..to));
+                out.append_payload(piece);
+                at = to;
+            }
+            out.append_payload(buf.slice(at..));
         }
     }
 }
@@ -423,8 +511,8 @@ impl Drop for Encoded {
     fn drop(&mut self) {
         // A buffer that grew past the copy limit is not kept: one large value must not pin
         // its size for the thread's life.
-        if self.0.capacity() > 0 && self.0.len() <= SCRATCH_COPY_MAX {
-            let buf = std::mem::take(&mut self.0);
+        if self.buf.capacity() > 0 && self.buf.len() <= SCRATCH_COPY_MAX {
+            let buf = std::mem::take(&mut self.buf);
             SCRATCH.with(|s| *s.borrow_mut() = buf);
         }
     }
@@ -460,6 +548,23 @@ pub fn decode_shared<T: DeserializeOwned>(
         max_depth,
         std::marker::PhantomData::<T>,
     )
+}
+
+/// Decode a payload (an answer's) with a `seed`: byte strings are slices of its buffer when
+/// it has one.
+pub(crate) fn decode_payload_seed<S, V>(
+    payload: &Payload,
+    refs: Vec<ObjectRef>,
+    max_depth: usize,
+    seed: S,
+) -> Result<V, CodecError>
+where
+    S: for<'de> DeserializeSeed<'de, Value = V>,
+{
+    match payload.as_bytes() {
+        Some(b) => decode_seed(b, Some(b), refs, max_depth, seed),
+        None => decode_seed(&payload.contiguous(), None, refs, max_depth, seed),
+    }
 }
 
 /// Decode with a `seed` instead of a type (generated code decodes `Bytes` arguments this way).
@@ -525,29 +630,123 @@ where
     Ok(value)
 }
 
-/// The encoded arguments of a call we make.
-pub(crate) enum Payload {
-    /// Bytes of their own (`ObjectRef::call_raw`, forwarded calls).
+/// An encoded value on its way out: the arguments of a call, or a method's answer
+/// ([`Outcome::payload`](crate::Outcome)).
+///
+/// Either bytes of their own (`Payload::from(bytes)`), or a value pb encoded: in a buffer its
+/// thread reuses, with the large byte strings it holds as `Bytes` (at least 4 KiB) kept as
+/// references to those `Bytes` rather than copied (see [`zero_copy`](crate::zero_copy)). The
+/// connection queues such a value in pieces, and the byte strings go to the socket from the
+/// memory they were in.
+pub struct Payload(Repr);
+
+enum Repr {
+    /// Bytes of their own (`ObjectRef::call_raw`, forwarded calls, received answers).
     Bytes(Bytes),
-    /// In a scratch buffer, copied into the output (or, if large, queued as their own chunk).
+    /// In a scratch buffer, copied into the output (or, if large, queued as their own chunk),
+    /// with its shared byte strings.
     Encoded(Encoded),
 }
 
-impl pb_proto::broker::Payload for Payload {
-    #[inline]
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Payload::Bytes(b) => b,
-            Payload::Encoded(e) => e.as_slice(),
+impl Payload {
+    /// A value pb encoded.
+    pub(crate) fn encoded(e: Encoded) -> Payload {
+        Payload(Repr::Encoded(e))
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Repr::Bytes(b) => b.len(),
+            Repr::Encoded(e) => e.len(),
         }
     }
 
-    /// The payload as `Bytes` (a copy only for a small encoded one).
+    /// Whether the payload has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes in one buffer: the payload's own when it has one, or else a copy (of a small
+    /// value, or of one in pieces).
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.0 {
+            Repr::Bytes(b) => b.clone(),
+            Repr::Encoded(e) => Bytes::copy_from_slice(&e.contiguous()),
+        }
+    }
+
+    /// The bytes in one buffer, taking the value's own buffer where it can (see
+    /// [`Payload::to_bytes`]).
+    pub fn into_bytes(self) -> Bytes {
+        match self.0 {
+            Repr::Bytes(b) => b,
+            Repr::Encoded(e) => e.into_bytes(),
+        }
+    }
+
+    /// The bytes in one piece, borrowed when they are.
+    pub(crate) fn contiguous(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.0 {
+            Repr::Bytes(b) => std::borrow::Cow::Borrowed(b),
+            Repr::Encoded(e) => e.contiguous(),
+        }
+    }
+
+    /// The payload's own buffer, when it has one (a received answer's).
+    pub(crate) fn as_bytes(&self) -> Option<&Bytes> {
+        match &self.0 {
+            Repr::Bytes(b) => Some(b),
+            Repr::Encoded(_) => None,
+        }
+    }
+}
+
+impl From<Bytes> for Payload {
+    fn from(bytes: Bytes) -> Payload {
+        Payload(Repr::Bytes(bytes))
+    }
+}
+
+impl Clone for Payload {
+    /// A payload in a scratch buffer is cloned into bytes of its own.
+    fn clone(&self) -> Payload {
+        Payload(Repr::Bytes(self.to_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Repr::Bytes(b) => f.debug_tuple("Payload").field(b).finish(),
+            Repr::Encoded(e) => f
+                .debug_struct("Payload")
+                .field("len", &e.len())
+                .field("shared", &e.shared.len())
+                .finish(),
+        }
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.contiguous() == other.contiguous()
+    }
+}
+
+impl Eq for Payload {}
+
+impl pb_proto::broker::Payload for Payload {
     #[inline]
-    fn into_bytes(self) -> Bytes {
-        match self {
-            Payload::Bytes(b) => b,
-            Payload::Encoded(e) => e.into_bytes(),
+    fn len(&self) -> usize {
+        Payload::len(self)
+    }
+
+    #[inline]
+    fn queue(self, out: &mut Outbox) {
+        match self.0 {
+            Repr::Bytes(b) => out.append_payload(b),
+            Repr::Encoded(e) => e.queue(out),
         }
     }
 }
@@ -555,6 +754,91 @@ impl pb_proto::broker::Payload for Payload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A value with byte strings offered as shared (`pb::zero_copy` fields) among others.
+    #[derive(serde::Serialize)]
+    struct Mixed {
+        head: u32,
+        #[serde(with = "crate::zero_copy")]
+        a: Bytes,
+        middle: Vec<u8>,
+        #[serde(with = "crate::zero_copy")]
+        b: Bytes,
+        tail: String,
+    }
+
+    fn mixed(a: usize, middle: usize, b: usize) -> Mixed {
+        Mixed {
+            head: 7,
+            a: Bytes::from(vec![1u8; a]),
+            middle: vec![2u8; middle],
+            b: Bytes::from(vec![3u8; b]),
+            tail: "end".into(),
+        }
+    }
+
+    fn concat(parts: &[Bytes]) -> Vec<u8> {
+        parts.iter().flat_map(|p| p.iter().copied()).collect()
+    }
+
+    #[test]
+    fn shared_byte_strings_are_queued_uncopied_with_the_same_bytes_as_a_copy() {
+        // Small, large, and a buffer itself too large to copy between the shared strings.
+        for (a, middle, b) in [
+            (5000, 10, 8000),
+            (100, 10, 100),
+            (SHARE_MIN, 0, SHARE_MIN - 1),
+            (9000, SCRATCH_COPY_MAX + 100, 5000),
+        ] {
+            let value = mixed(a, middle, b);
+            let whole = encode(&value, None).unwrap().0;
+            let (encoded, refs) = encode_scratch(&value, None).unwrap();
+            assert!(refs.is_empty());
+            let shared = usize::from(a >= SHARE_MIN) + usize::from(b >= SHARE_MIN);
+            assert_eq!(encoded.shared.len(), shared, "{a} {middle} {b}");
+            let payload = Payload::encoded(encoded);
+            assert_eq!(payload.len(), whole.len());
+            assert_eq!(&payload.contiguous()[..], &whole[..]);
+            assert_eq!(payload.to_bytes(), whole);
+            assert_eq!(payload.clone().into_bytes(), whole);
+            let mut out = Outbox::new();
+            pb_proto::broker::Payload::queue(payload, &mut out);
+            let parts = out.take_all();
+            assert_eq!(concat(&parts), &whole[..], "{a} {middle} {b}");
+            for (s, len) in [(&value.a, a), (&value.b, b)] {
+                let uncopied = parts.iter().any(|p| p.as_ptr() == s.as_ptr());
+                assert_eq!(uncopied, len >= SHARE_MIN, "{a} {middle} {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_offer_outside_a_payload_encode_is_copied_and_withdrawn() {
+        let value = mixed(5000, 0, 5000);
+        // Another encoder (bincode's own writer) copies, and leaves no offer behind.
+        let copied = bincode::serde::encode_to_vec(&value, bincode::config::standard()).unwrap();
+        assert_eq!(copied, &encode(&value, None).unwrap().0[..]);
+        assert!(OFFER.with(Cell::take).is_none());
+        // A large string written that is not the one offered is copied, and the offer stays
+        // for the string it was made for.
+        #[derive(serde::Serialize)]
+        struct Plain(#[serde(with = "crate::zero_copy::vec")] Vec<u8>);
+        let other = Bytes::from(vec![9u8; 5000]);
+        let (encoded, _) = offer_shared(&other, || {
+            let first = encode_scratch(&Plain(vec![8u8; 5000]), None);
+            assert!(OFFER.with(|o| {
+                let offer = o.take();
+                let kept = offer.as_ref().is_some_and(|b| b.as_ptr() == other.as_ptr());
+                o.set(offer);
+                kept
+            }));
+            first
+        })
+        .unwrap();
+        assert!(encoded.shared.is_empty());
+        assert_eq!(encoded.buf.len(), 5003);
+        assert!(OFFER.with(Cell::take).is_none());
+    }
 
     #[test]
     fn huge_claimed_string_is_an_error_not_an_abort() {

@@ -26,7 +26,6 @@ use crate::link::{
     ReplicaSlot, Side, TwistedLink, lock, next_connection_id,
 };
 use crate::object::{Fault, IncomingCall, ObjectRef, Outcome, RefInner, Reply};
-use pb_proto::broker::Payload as _;
 use pb_proto::limits::TableStats;
 
 /// The name Twisted's clients call the root by.
@@ -361,8 +360,10 @@ impl PbShared {
         let sent = match &reply {
             Ok(Outcome {
                 ok: true, payload, ..
-            }) => st.broker.finish_call(request, Ok(payload)),
-            Ok(Outcome { payload, .. }) => st.broker.finish_call(request, Err(payload)),
+            }) => st.broker.finish_call(request, Ok(&payload.contiguous())),
+            Ok(Outcome { payload, .. }) => {
+                st.broker.finish_call(request, Err(&payload.contiguous()))
+            }
             Err(f) => {
                 let bytes = failure(&st, f.kind, &f.message);
                 st.broker.finish_call(request, Err(&bytes))
@@ -394,7 +395,7 @@ impl PbShared {
                 ) {
                     Ok(()) => Ok(Outcome {
                         ok: true,
-                        payload: none.freeze(),
+                        payload: none.freeze().into(),
                         refs: Vec::new(),
                     }),
                     Err(e) => Err(Fault {
@@ -890,7 +891,7 @@ impl PbShared {
                 .start_call(
                     &target_of(target),
                     method.as_bytes(),
-                    payload.as_slice(),
+                    &payload.contiguous(),
                     waiter,
                     false,
                 )
@@ -916,7 +917,7 @@ impl PbShared {
             .map_err(|e| bad(e.to_string()))?;
         Ok(Outcome {
             ok,
-            payload: payload.freeze(),
+            payload: payload.freeze().into(),
             refs,
         })
     }

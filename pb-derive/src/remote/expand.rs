@@ -49,7 +49,12 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
             let (n, t) = (&p.name, &p.ty);
             quote!(#n: #t)
         });
-        // `Wire` picks the zero-copy encoding for `Bytes` values (see `pb::zero_copy`).
+        // `Wire` picks the zero-copy encoding for byte strings (see `pb::zero_copy`): an
+        // owned `Vec<u8>` is held as `Bytes` while it is sent, uncopied.
+        let held = sent.iter().map(|sp| {
+            let (n, t) = (&sp.name, &sp.ty);
+            quote!(let #n = (&#p::Wire::<#t>::new()).hold(#n);)
+        });
         let wired = sent.iter().map(|sp| {
             let (n, t) = (&sp.name, &sp.ty);
             quote!((&#p::Wire::<#t>::new()).wire(&#n))
@@ -70,6 +75,7 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
                     ::std::sync::OnceLock::new();
                 let signature =
                     #p::MethodSignature::cached::<(#(#sent_types,)*), #ok>(&SIGNATURE).wire();
+                #(#held)*
                 self.inner
                     .call_seed::<_, _, #ok, #err>(
                         #mstr,
@@ -124,6 +130,7 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
                 let __pb_caller = #p::IncomingCall::into_caller(call);
                 ::std::boxed::Box::pin(async move {
                     let result = #call_inner;
+                    let result = result.map(|v| (&#p::Wire::<#ok>::new()).hold(v));
                     let result = match &result {
                         ::core::result::Result::Ok(v) => {
                             ::core::result::Result::Ok((&#p::Wire::<#ok>::new()).wire(v))

@@ -42,13 +42,10 @@ impl<T: Tokens> Broker<T> {
         }
         // Checked before anything is exported: a refused call changes no count.
         self.refs_fit(refs.len(), PEER)?;
-        self.frame_fits(
-            call_len_max(method.len(), payload.as_slice().len(), refs.len()),
-            PEER,
-        )?;
+        self.frame_fits(call_len_max(method.len(), payload.len(), refs.len()), PEER)?;
         let descs = self.describe(refs)?;
         let id = self.pending.next_id();
-        let payload_len = payload.as_slice().len();
+        let payload_len = payload.len();
         let flags = (waiter.is_some(), deadline_ms, &extras);
         // No room in the peer's window (or calls wait before this one): the call waits,
         // encoded in a buffer of its own, until answers and credits make room.
@@ -60,7 +57,7 @@ impl<T: Tokens> Broker<T> {
             &mut parked_head
         } else {
             self.out
-                .reserve_frame(57 + method.len() + descs.len() * 11, payload.as_slice());
+                .reserve_frame(57 + method.len() + descs.len() * 11, payload_len);
             self.out.buf()
         };
         let before = buf.len();
@@ -78,12 +75,9 @@ impl<T: Tokens> Broker<T> {
         let len = if park {
             self.park(id, len, parked_head, payload)
         } else {
-            if payload_len < ZERO_COPY_MIN {
-                // Copied straight from the caller's buffer: no allocation of its own.
-                self.out.buf().put_slice(payload.as_slice());
-            } else {
-                self.out.append_payload(payload.into_bytes());
-            }
+            // Small pieces are copied straight from the caller's buffer (no allocation of
+            // their own), large ones queued uncopied.
+            payload.queue(&mut self.out);
             self.charge_window(len)
         };
         if let Some(w) = waiter {
@@ -95,18 +89,14 @@ impl<T: Tokens> Broker<T> {
     /// Park call `id` (`len` bytes, its envelope encoded in `head`); returns what it will count
     /// in the peer's window, once it leaves.
     #[cold]
-    fn park(&mut self, id: u64, len: usize, mut head: BytesMut, payload: impl Payload) -> usize {
-        let payload = if payload.as_slice().len() < ZERO_COPY_MIN {
-            head.put_slice(payload.as_slice());
-            None
-        } else {
-            Some(payload.into_bytes())
-        };
+    fn park(&mut self, id: u64, len: usize, head: BytesMut, payload: impl Payload) -> usize {
+        let mut frame = Outbox::new();
+        *frame.buf() = head;
+        payload.queue(&mut frame);
         self.parked.push_back(Parked {
             id,
             len,
-            head: head.freeze(),
-            payload,
+            frame: frame.take_all(),
         });
         tracing::debug!(
             id,
@@ -161,10 +151,8 @@ impl<T: Tokens> Broker<T> {
                 break;
             };
             self.charge_window(call.len);
-            self.out.reserve(call.head.len());
-            self.out.buf().put_slice(&call.head);
-            if let Some(payload) = call.payload {
-                self.out.append_payload(payload);
+            for piece in call.frame {
+                self.out.append_payload(piece);
             }
             any = true;
         }
@@ -260,11 +248,11 @@ impl<T: Tokens> Broker<T> {
     /// `tracked`: the call was entered in the running table (by [`Broker::watch`]) and is
     /// answered only if still there; a call answered inline, before any other frame was
     /// handled, was never entered and cannot have been cancelled.
-    pub fn finish_call(
+    pub fn finish_call<P: Payload>(
         &mut self,
         id: u64,
         answer: bool,
-        reply: Option<Reply<T::Object>>,
+        reply: Option<Reply<T::Object, P>>,
         (tracked, charge): (bool, usize),
     ) {
         self.call_ended(charge, answer);
@@ -290,9 +278,9 @@ impl<T: Tokens> Broker<T> {
             Some(Ok(o)) if o.refs.is_empty() => {
                 match self.frame_fits(ANSWER_HEAD_MAX + o.payload.len(), CALLER) {
                     Ok(()) => {
-                        self.out.reserve_frame(16, &o.payload);
+                        self.out.reserve_frame(16, o.payload.len());
                         encode_answer_frame_head(self.out.buf(), id, o.ok, o.payload.len());
-                        self.out.append_payload(o.payload);
+                        o.payload.queue(&mut self.out);
                     }
                     Err(f) => self.send_fault(id, f),
                 }
@@ -313,10 +301,11 @@ impl<T: Tokens> Broker<T> {
         });
         match outcome {
             Ok((ok, descs, payload)) => {
-                self.out.reserve_frame(16 + descs.len() * 11, &payload);
+                self.out.reserve_frame(16 + descs.len() * 11, payload.len());
                 let start = self.out.begin_frame();
                 encode_answer_head(self.out.buf(), id, ok, &descs);
-                self.out.push_payload(start, payload);
+                self.out.finish_frame(start, payload.len());
+                payload.queue(&mut self.out);
             }
             Err(f) => self.send_fault(id, f),
         }

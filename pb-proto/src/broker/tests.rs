@@ -12,6 +12,7 @@ use crate::handshake::ReceiveLimits;
 use crate::message::MessageLimits;
 
 mod harness;
+mod pieces;
 mod window;
 
 use self::harness::*;

@@ -93,7 +93,7 @@ fn calls_without_answers_are_credited() {
     // The one-way calls end: a credit (one, for the batch) makes room for the rest.
     while let Some(call) = w.b.incoming.pop_front() {
         w.b.broker
-            .finish_call(call.id, false, None, (false, call.charge));
+            .finish_call(call.id, false, None::<Reply<_>>, (false, call.charge));
     }
     let wire = w.b.transmit().expect("a credit");
     let credited = decode_all(BytesMut::from(&wire[..]));
@@ -171,7 +171,7 @@ fn a_cancelled_call_leaves_the_window_with_the_peers_last_word() {
         "not freed by the cancel"
     );
     w.b.broker
-        .finish_call(running.id, true, None, (true, running.charge));
+        .finish_call(running.id, true, None::<Reply<_>>, (true, running.charge));
     w.settle();
     assert_eq!(w.a.broker.stats().parked_calls, 0, "freed by the fault");
     assert!(w.b.incoming.iter().any(|c| c.id == parked));
@@ -287,7 +287,7 @@ fn a_peer_without_a_window_gets_no_credits_and_nothing_is_parked() {
     // One-way calls that end send no credit to a peer that would not understand it.
     let call = b.incoming.pop_front().unwrap();
     b.broker
-        .finish_call(call.id, false, None, (false, call.charge));
+        .finish_call(call.id, false, None::<Reply<_>>, (false, call.charge));
     let out = decode_all(BytesMut::from(&b.transmit().unwrap()[..]));
     assert!(
         out.iter().all(|m| !matches!(m, Message::Credit { .. })),
