@@ -122,13 +122,11 @@ impl Broker {
         &mut self,
         id: u64,
         waker: &Waker,
-    ) -> std::task::Poll<crate::object::Reply> {
-        self.core
-            .poll_answer(id, |w| match w {
-                Some(w) if w.will_wake(waker) => {}
-                _ => *w = Some(waker.clone()),
-            })
-            .map(|reply| reply.map(crate::object::received))
+    ) -> std::task::Poll<crate::object::Received> {
+        self.core.poll_answer(id, |w| match w {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *w = Some(waker.clone()),
+        })
     }
 
     /// Hand over the output (see [`pb_proto::broker::Broker::poll_transmit`]); whatever a

@@ -265,14 +265,17 @@ pub use pb_proto::broker::Fault;
 /// What a dispatcher returns.
 pub type Reply = Result<Outcome, Fault>;
 
-/// A received outcome (its payload a slice of its frame) as an [`Outcome`].
+/// The answer to a call we made, as it arrived: its payload a slice of its frame.
+pub(crate) type Received = pb_proto::broker::Reply<ObjectRef>;
+
+/// A received answer as a [`Reply`].
 #[inline]
-pub(crate) fn received(o: pb_proto::broker::Outcome<ObjectRef>) -> Outcome {
-    Outcome {
+pub(crate) fn received(reply: Received) -> Reply {
+    reply.map(|o| Outcome {
         ok: o.ok,
         payload: Payload::from(o.payload),
         refs: o.refs,
-    }
+    })
 }
 
 /// Encode a method's result as a [`Reply`] for `caller`.
@@ -293,8 +296,13 @@ pub fn encode_reply<T: Serialize, E: Serialize>(
         plain: bool,
         caller: &Caller,
     ) -> Result<(Payload, Vec<ObjectRef>), CodecError> {
+        let Some(peer) = caller.connection() else {
+            // For a local caller, which decodes it from one buffer: a slice of this thread's
+            // chunk.
+            return codec::encode(value, None).map(|(b, refs)| (Payload::from(b), refs));
+        };
         // Plain values ask the context nothing.
-        let context = (!plain).then(|| caller.connection());
+        let context = (!plain).then_some(Some(peer));
         codec::encode_scratch(value, context).map(|(e, refs)| (Payload::encoded(e), refs))
     }
     // A caller over Twisted PB gets Jelly, its errors as Twisted failures.
@@ -547,7 +555,9 @@ impl ObjectRef {
                 }
             }
             RefInner::Remote(r) if r.is_dead() => Err(r.dead_fault()),
-            RefInner::Remote(r) => call::call(&*r.conn, r.id, method, args, refs, extras).await,
+            RefInner::Remote(r) => {
+                received(call::call(&*r.conn, r.id, method, args, refs, extras).await)
+            }
         }
     }
 
@@ -620,7 +630,15 @@ impl ObjectRef {
             Some(r) if !r.is_dead() => {
                 call::call(&*r.conn, r.id, method, payload, refs, extras).await
             }
-            _ => self.call_payload(method, payload, refs, extras).await,
+            // A local object's answer is in a buffer of its own (see `encode_reply`).
+            _ => self
+                .call_payload(method, payload, refs, extras)
+                .await
+                .map(|o| pb_proto::broker::Outcome {
+                    ok: o.ok,
+                    payload: o.payload.into_bytes(),
+                    refs: o.refs,
+                }),
         };
         let outcome = match called {
             Ok(o) => o,
@@ -628,16 +646,17 @@ impl ObjectRef {
         };
         let bad = |e: CodecError| CallError::BadAnswer(format!("cannot decode the answer: {e}"));
         if outcome.ok {
-            codec::decode_payload_seed(&outcome.payload, outcome.refs, max_depth, seed).map_err(bad)
+            codec::decode_seed(
+                &outcome.payload,
+                Some(&outcome.payload),
+                outcome.refs,
+                max_depth,
+                seed,
+            )
+            .map_err(bad)
         } else {
             Err(CallError::Remote(
-                codec::decode_payload_seed(
-                    &outcome.payload,
-                    outcome.refs,
-                    max_depth,
-                    std::marker::PhantomData,
-                )
-                .map_err(bad)?,
+                codec::decode_shared(&outcome.payload, outcome.refs, max_depth).map_err(bad)?,
             ))
         }
     }
@@ -711,7 +730,9 @@ impl ObjectRef {
                     let method = call.method().to_owned();
                     let args = call.body.slice(call.args_at.min(call.body.len())..);
                     let payload = Payload::from(args);
-                    call::call(&*r.conn, r.id, &method, payload, call.refs, call.extras).await
+                    received(
+                        call::call(&*r.conn, r.id, &method, payload, call.refs, call.extras).await,
+                    )
                 })
             }
         }
@@ -765,17 +786,11 @@ where
     .await
     .map_err(CallError::from_fault)?;
     if outcome.ok {
-        codec::twisted::decode_seed(
-            &outcome.payload.contiguous(),
-            outcome.refs,
-            link,
-            max_depth,
-            seed,
-        )
-        .map_err(|e| CallError::BadAnswer(format!("cannot decode the answer: {e}")))
+        codec::twisted::decode_seed(&outcome.payload, outcome.refs, link, max_depth, seed)
+            .map_err(|e| CallError::BadAnswer(format!("cannot decode the answer: {e}")))
     } else {
         Err(codec::twisted::decode_error(
-            &outcome.payload.contiguous(),
+            &outcome.payload,
             outcome.refs,
             link,
             max_depth,

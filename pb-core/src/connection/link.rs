@@ -93,7 +93,7 @@ impl Link for ConnShared {
         ConnShared::start_call(self, target, method, payload, refs, how)
     }
 
-    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Reply> {
+    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<crate::object::Received> {
         self.lock().poll_answer(id, cx.waker())
     }
 

@@ -11,13 +11,15 @@ use tracing::Instrument;
 
 use super::codec::Payload;
 use super::link::Link;
-use super::{ObjectRef, Reply};
+use super::{ObjectRef, Received};
 use crate::deadline::{self, deadline_fault};
 use crate::trace;
 use pb_proto::message::{CallExtras, FaultKind};
 
 /// How a call ended, for tracing.
-pub(crate) fn outcome_name(reply: Option<&Reply>) -> &'static str {
+pub(crate) fn outcome_name<P>(
+    reply: Option<&Result<pb_proto::broker::Outcome<ObjectRef, P>, pb_proto::broker::Fault>>,
+) -> &'static str {
     match reply {
         None => "cancelled",
         Some(Ok(o)) if o.ok => "ok",
@@ -52,9 +54,9 @@ struct Answer<'a> {
 }
 
 impl Future for Answer<'_> {
-    type Output = Reply;
+    type Output = Received;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Received> {
         if std::mem::take(&mut self.first) {
             return Poll::Pending;
         }
@@ -80,7 +82,7 @@ pub(crate) async fn call(
     payload: Payload,
     refs: Vec<ObjectRef>,
     extras: CallExtras,
-) -> Reply {
+) -> Received {
     let span = tracing::debug_span!(
         "pb.call",
         direction = "out",

@@ -119,7 +119,34 @@ const SCRATCH_COPY_MAX: usize = 4096;
 /// ([`offer_shared`]): those are noted, with where they go, and not copied.
 struct VecWriter<'a> {
     buf: &'a mut Vec<u8>,
-    shared: &'a mut Vec<(usize, Bytes)>,
+    shared: &'a mut Shared,
+}
+
+/// The byte strings an encoded value shares instead of holding copies, each with where it goes
+/// in the value's bytes. Boxed: most values share none, and stay as small as a buffer.
+#[derive(Default)]
+// One pointer instead of a `Vec`'s three words: every call's arguments carry this.
+#[allow(clippy::box_collection)]
+struct Shared(Option<Box<Vec<(usize, Bytes)>>>);
+
+impl Shared {
+    fn push(&mut self, at: usize, bytes: Bytes) {
+        self.0.get_or_insert_with(Box::default).push((at, bytes));
+    }
+
+    #[inline]
+    fn as_slice(&self) -> &[(usize, Bytes)] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn take(&mut self) -> Vec<(usize, Bytes)> {
+        self.0.take().map(|v| *v).unwrap_or_default()
+    }
 }
 
 impl bincode::enc::write::Writer for VecWriter<'_> {
@@ -130,7 +157,7 @@ impl bincode::enc::write::Writer for VecWriter<'_> {
         {
             // bincode writes a byte string's bytes in one write, right after its length.
             if offered.as_ptr() == bytes.as_ptr() && offered.len() == bytes.len() {
-                self.shared.push((self.buf.len(), offered));
+                self.shared.push(self.buf.len(), offered);
                 return Ok(());
             }
             OFFER.with(|o| o.set(Some(offered)));
@@ -412,7 +439,7 @@ pub(crate) fn encode_scratch<T: Serialize + ?Sized>(
     // As in `encode`.
     let mut buf = Encoded {
         buf: SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut())),
-        shared: Vec::new(),
+        shared: Shared::default(),
     };
     buf.buf.clear();
     let scope = context.map(encoding_scope);
@@ -437,13 +464,20 @@ pub(crate) fn encode_scratch<T: Serialize + ?Sized>(
 /// buffer's bytes.
 pub(crate) struct Encoded {
     buf: Vec<u8>,
-    shared: Vec<(usize, Bytes)>,
+    shared: Shared,
 }
 
 impl Encoded {
     /// The length of the encoded value.
+    #[inline]
     fn len(&self) -> usize {
-        self.buf.len() + self.shared.iter().map(|(_, b)| b.len()).sum::<usize>()
+        self.buf.len()
+            + self
+                .shared
+                .as_slice()
+                .iter()
+                .map(|(_, b)| b.len())
+                .sum::<usize>()
     }
 
     /// The encoded bytes in one piece: borrowed when nothing is shared, or else copied.
@@ -453,7 +487,7 @@ impl Encoded {
         }
         let mut all = Vec::with_capacity(self.len());
         let mut at = 0;
-        for (to, piece) in &self.shared {
+        for (to, piece) in self.shared.as_slice() {
             all.extend_from_slice(&self.buf[at..*to]);
             all.extend_from_slice(piece);
             at = *to;
@@ -478,13 +512,20 @@ impl Encoded {
 
     /// Queue the bytes in `out`: the buffer's bytes copied while they are small (or else
     /// queued as slices of it), the shared byte strings uncopied, in order.
-    fn queue(mut self, out: &mut Outbox) {
+    #[inline(always)]
+    fn queue(self, out: &mut Outbox) {
         if self.shared.is_empty() && self.buf.len() < ZERO_COPY_MIN {
             // Copied straight from the scratch buffer, which stays the thread's.
             out.buf().extend_from_slice(&self.buf);
             return;
         }
-        let shared = std::mem::take(&mut self.shared);
+        self.queue_pieces(out);
+    }
+
+    /// [`Encoded::queue`] for a large value, or one with shared strings.
+    #[inline(never)]
+    fn queue_pieces(mut self, out: &mut Outbox) {
+        let shared = self.shared.take();
         if self.buf.len() <= SCRATCH_COPY_MAX {
             let mut at = 0;
             for (to, piece) in shared {
@@ -508,6 +549,7 @@ impl Encoded {
 }
 
 impl Drop for Encoded {
+    #[inline]
     fn drop(&mut self) {
         // A buffer that grew past the copy limit is not kept: one large value must not pin
         // its size for the thread's life.
@@ -655,6 +697,7 @@ impl Payload {
     }
 
     /// The length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         match &self.0 {
             Repr::Bytes(b) => b.len(),
@@ -722,7 +765,7 @@ impl std::fmt::Debug for Payload {
             Repr::Encoded(e) => f
                 .debug_struct("Payload")
                 .field("len", &e.len())
-                .field("shared", &e.shared.len())
+                .field("shared", &e.shared.as_slice().len())
                 .finish(),
         }
     }
@@ -742,7 +785,7 @@ impl pb_proto::broker::Payload for Payload {
         Payload::len(self)
     }
 
-    #[inline]
+    #[inline(always)]
     fn queue(self, out: &mut Outbox) {
         match self.0 {
             Repr::Bytes(b) => out.append_payload(b),
@@ -795,7 +838,7 @@ mod tests {
             let (encoded, refs) = encode_scratch(&value, None).unwrap();
             assert!(refs.is_empty());
             let shared = usize::from(a >= SHARE_MIN) + usize::from(b >= SHARE_MIN);
-            assert_eq!(encoded.shared.len(), shared, "{a} {middle} {b}");
+            assert_eq!(encoded.shared.as_slice().len(), shared, "{a} {middle} {b}");
             let payload = Payload::encoded(encoded);
             assert_eq!(payload.len(), whole.len());
             assert_eq!(&payload.contiguous()[..], &whole[..]);

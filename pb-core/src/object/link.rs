@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use crate::codec::Payload;
 use crate::codec::jelly::JellyRefs;
 use crate::handshake::HandshakeError;
-use crate::object::{Fault, ObjectRef, Remote, Reply};
+use crate::object::{Fault, ObjectRef, Received, Remote};
 use pb_proto::banana::BananaCodec;
 use pb_proto::jelly::JellyConfig;
 use pb_proto::limits::TableStats;
@@ -260,7 +260,7 @@ pub(crate) trait Link: Send + Sync + 'static {
         how: (Waker, Option<tokio::time::Instant>, CallExtras),
     ) -> Result<u64, Fault>;
     /// The answer to our call `id`, once it has arrived.
-    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Reply>;
+    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Received>;
     /// We no longer want the answer to our call `id`: cancel it on the peer.
     fn cancel_call(&self, id: u64);
     /// Send a call that wants no answer.

@@ -25,7 +25,7 @@ use crate::link::{
     Caller, CloseReason, ConnectionStats, ExportLink, Imported, Link, LinkFuture, PeerRecord,
     ReplicaSlot, Side, TwistedLink, lock, next_connection_id,
 };
-use crate::object::{Fault, IncomingCall, ObjectRef, Outcome, RefInner, Reply};
+use crate::object::{Fault, IncomingCall, ObjectRef, Outcome, Received, RefInner, Reply};
 use pb_proto::limits::TableStats;
 
 /// The name Twisted's clients call the root by.
@@ -40,7 +40,7 @@ struct State {
     imports: HashMap<i64, Weak<Imported>>,
     /// Answers to our calls, their references resolved when they arrived, until the caller
     /// takes them.
-    answers: HashMap<i64, Reply>,
+    answers: HashMap<i64, Received>,
     /// Our copies of the peer's Cacheables, until the peer confirms their end (`uncache`).
     cached: HashMap<i64, Arc<CacheCopy>>,
 }
@@ -746,7 +746,7 @@ impl Link for PbShared {
             .map(|id| id as u64)
     }
 
-    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Reply> {
+    fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Received> {
         let id = id as i64;
         let mut st = lock(&self.state);
         if let Some(reply) = st.answers.remove(&id) {
@@ -903,7 +903,7 @@ impl PbShared {
 
     /// An answer's value as an outcome: its flavors resolved (imports counted) now that it is
     /// matched to our call, its bytes re-encoded for the caller to decode.
-    fn outcome(&self, ok: bool, element: &pb_proto::banana::Element) -> Reply {
+    fn outcome(&self, ok: bool, element: &pb_proto::banana::Element) -> Received {
         let bad = |message: String| Fault {
             kind: FaultKind::BadAnswer,
             message,
@@ -915,9 +915,9 @@ impl PbShared {
         self.encoder()
             .encode(element, &mut payload)
             .map_err(|e| bad(e.to_string()))?;
-        Ok(Outcome {
+        Ok(pb_proto::broker::Outcome {
             ok,
-            payload: payload.freeze().into(),
+            payload: payload.freeze(),
             refs,
         })
     }
