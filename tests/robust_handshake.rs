@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::HELLO;
+use common::{HELLO, SERVER_HELLO};
 
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ async fn server_sees(bytes: &[u8]) -> Result<Connection, ConnectError> {
     let sent = peer.await.unwrap();
     assert_eq!(
         &sent[..20],
-        &HELLO,
+        &SERVER_HELLO,
         "the server sends its hello first, whatever comes"
     );
     r
@@ -152,7 +152,7 @@ async fn the_accepting_side_answers_the_dialers_hello() {
     b.write_all(&HELLO).await.unwrap();
     let mut hello = [0u8; 20];
     b.read_exact(&mut hello).await.unwrap();
-    assert_eq!(hello, HELLO);
+    assert_eq!(hello, SERVER_HELLO);
     server.await.unwrap().unwrap().abort();
 }
 

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::HELLO;
+use common::{HELLO, SERVER_HELLO};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -95,7 +95,7 @@ async fn raw(addr: SocketAddr) -> TcpStream {
     s.write_all(&HELLO).await.unwrap();
     let mut got = [0u8; 20];
     s.read_exact(&mut got).await.unwrap();
-    assert_eq!(got, HELLO);
+    assert_eq!(got, SERVER_HELLO);
     s
 }
 
@@ -217,7 +217,10 @@ async fn a_wrong_version_or_magic_is_refused() {
         s.write_all(&hello).await.unwrap();
         let mut theirs = [0u8; 20];
         s.read_exact(&mut theirs).await.unwrap();
-        assert_eq!(theirs, HELLO, "the server says who it is, then closes");
+        assert_eq!(
+            theirs, SERVER_HELLO,
+            "the server says who it is, then closes"
+        );
         expect_closed(&mut s).await;
         fx.check_healthy().await;
     }

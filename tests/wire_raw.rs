@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::HELLO;
+use common::{HELLO, SERVER_HELLO};
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -29,7 +29,7 @@ async fn raw(addr: SocketAddr) -> TcpStream {
     s.write_all(&HELLO).await.unwrap();
     let mut got = [0u8; 20];
     s.read_exact(&mut got).await.unwrap();
-    assert_eq!(got, HELLO, "the server's hello");
+    assert_eq!(got, SERVER_HELLO, "the server's hello");
     s
 }
 
@@ -157,7 +157,7 @@ async fn a_peer_that_is_not_pb_is_dropped() {
         .unwrap();
     let mut hello = [0u8; 20];
     s.read_exact(&mut hello).await.unwrap();
-    assert_eq!(hello, HELLO);
+    assert_eq!(hello, SERVER_HELLO);
     expect_closed(&mut s).await;
     still_serving(addr).await;
     server.shutdown().await;

@@ -12,7 +12,7 @@ use std::rc::{Rc, Weak};
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use pb_proto::broker::{Broker, Event, Outcome, Sending, Tokens};
-use pb_proto::frame::FrameDecoder;
+use pb_proto::frame::{Decoded, Frame, FrameDecoder, Tail};
 use pb_proto::limits::Limits;
 
 type Queue = Rc<RefCell<Vec<(u64, u64, u64)>>>;
@@ -78,7 +78,11 @@ fuzz_target!(|data: &[u8]| {
     .enforced();
     let mut broker = Broker::<Fuzz>::new(limits.clone(), 1, Some(Ref::Local(1)));
     broker.set_peer_limits(Some(limits.receive()));
-    let decoder = FrameDecoder::new(limits.receive().max_frame_len);
+    let mut decoder = FrameDecoder::new(limits.receive().max_frame_len);
+    // Split frames both ways, when the input says so.
+    let split = control & 0x40 != 0;
+    decoder.accept_tails(split);
+    broker.set_split_frames(split);
     let queue: Queue = Rc::default();
     let mut held: Vec<Ref> = Vec::new();
     let mut input = BytesMut::new();
@@ -86,16 +90,46 @@ fuzz_target!(|data: &[u8]| {
     let (mut out, mut tail) = (Vec::new(), BytesMut::new());
     let step = usize::from(control % 16) + 1;
     let hold = control & 0x20 != 0;
-    let mut held_frames: std::collections::VecDeque<Bytes> = Default::default();
+    let mut held_frames: std::collections::VecDeque<Frame> = Default::default();
+    // A split frame whose tail is being read.
+    let mut reading: Option<(Bytes, Tail)> = None;
     let mut last_call = None;
     for (n, piece) in stream.chunks(step).enumerate() {
         input.extend_from_slice(piece);
         loop {
             let (body, was_held) = if hold && n % 3 == 0 && !held_frames.is_empty() {
                 (held_frames.pop_front().expect("a held frame"), true)
+            } else if let Some((head, mut tail)) = reading.take() {
+                let got = tail.missing().min(input.len());
+                tail.buf().extend_from_slice(&input.split_to(got));
+                if !tail.is_complete() {
+                    reading = Some((head, tail));
+                    break;
+                }
+                let frame = Frame {
+                    body: head,
+                    tail: Some(tail.finish()),
+                };
+                (frame, false)
             } else {
-                match decoder.decode(&mut input) {
-                    Ok(Some(body)) => (body, false),
+                match decoder.next(&mut input) {
+                    Ok(Some(Decoded::Frame(body))) => (Frame::from(body), false),
+                    Ok(Some(Decoded::Split { head, tail_len })) => {
+                        match Tail::start(tail_len, &mut input) {
+                            Ok(Err(tail)) => (
+                                Frame {
+                                    body: head,
+                                    tail: Some(tail),
+                                },
+                                false,
+                            ),
+                            Ok(Ok(tail)) => {
+                                reading = Some((head, tail));
+                                break;
+                            }
+                            Err(_) => return,
+                        }
+                    }
                     Ok(None) => break,
                     Err(_) => return,
                 }

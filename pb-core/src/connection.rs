@@ -47,7 +47,7 @@ use tracing::Instrument;
 use crate::broker::{Broker, CallEvent, Event, Flush, Limits, ProtocolError, TableStats};
 use crate::codec::Payload;
 use crate::deadline::deadline_fault;
-use crate::frame::{FrameDecoder, HEADER_LEN, MIN_READ};
+use crate::frame::{Decoded, Frame, FrameDecoder, HEADER_LEN, MIN_READ, Tail};
 use crate::handshake::{
     Features, HELLO_LEN, HELLO_MAX_LEN, HELLO_WINDOW_LEN, HandshakeError, Hello,
 };
@@ -91,8 +91,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// How long a graceful close waits for running calls (default 30 s).
     pub drain_timeout: Duration,
-    /// Optional features we offer. ([`Features::LIMITS`] is not one to choose: our hello
-    /// always carries our limits.)
+    /// Optional features we offer (default [`Features::TAILS`]: split frames, which let a
+    /// large byte string that ends a payload be read into an allocation of its own, where a
+    /// `Vec<u8>` is made of it without a copy). ([`Features::LIMITS`] is not one to choose:
+    /// our hello always carries our limits.)
     pub features: Features,
     /// After this long without a frame from the peer, send it a ping (default 20 s; `None`:
     /// never). A live peer answers at once, which keeps a quiet connection from being idle.
@@ -114,7 +116,7 @@ impl Default for Config {
             limits: Limits::default(),
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
-            features: Features::NONE,
+            features: Features::TAILS,
             keepalive_interval: Some(Duration::from_secs(20)),
             idle_timeout: Some(Duration::from_secs(60)),
             write_stall_timeout: Some(pb_proto::limits::DEFAULT_WRITE_STALL_TIMEOUT),
@@ -160,6 +162,8 @@ pub(crate) struct ConnShared {
     wake_writer: WriterWake,
     call_done: Notify,
     max_frame_len: AtomicUsize,
+    /// The features we offer (see [`Config::features`]).
+    features: Features,
     /// Set once the peer's hello (and with it the peer's limits) has arrived: at once on a
     /// connection that waited for it, later on a dialed one (see [`ConnShared::call`]).
     peer_known: AtomicBool,
@@ -219,6 +223,7 @@ impl ConnShared {
             wake_writer: WriterWake::default(),
             call_done: Notify::new(),
             max_frame_len: AtomicUsize::new(config.limits.receive().max_frame_len),
+            features: config.features,
             peer_known: AtomicBool::new(false),
             peer_hello: Notify::new(),
             max_depth: config.limits.max_depth,

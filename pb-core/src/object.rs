@@ -23,6 +23,7 @@ use self::link::{Caller, Connection, ExportLink, Imported};
 pub use self::signature::MethodSignature;
 use crate::deadline::deadline_fault;
 use crate::message::FaultKind;
+use pb_proto::broker::Arrived;
 use pb_proto::message::{CallExtras, Signature};
 
 /// A boxed, sendable future.
@@ -81,6 +82,8 @@ pub struct IncomingCall {
     pub(crate) method: MethodName,
     /// Where the arguments start in `body`.
     pub(crate) args_at: usize,
+    /// The frame's tail, if it came split: the arguments' last byte string.
+    pub(crate) tail: Option<Bytes>,
     pub(crate) refs: Vec<ObjectRef>,
     pub(crate) caller: Caller,
     /// What the caller sent beside the arguments: its signature of the method, its trace.
@@ -104,6 +107,7 @@ impl IncomingCall {
             body: args,
             method: MethodName::Own(Bytes::copy_from_slice(method.as_bytes())),
             args_at: 0,
+            tail: None,
             refs,
             caller,
             extras: CallExtras::default(),
@@ -121,6 +125,7 @@ impl IncomingCall {
             body: Bytes::new(),
             method: MethodName::Own(method),
             args_at: 0,
+            tail: None,
             refs: Vec::new(),
             caller,
             extras: CallExtras::default(),
@@ -187,6 +192,16 @@ impl IncomingCall {
         self.body.get(self.args_at..).unwrap_or_default()
     }
 
+    /// The encoded arguments in one buffer (put together with the frame's tail if it came
+    /// split), taken out of the call: what a call forwarded as it is sends on.
+    pub(crate) fn take_args(&mut self) -> Bytes {
+        let args = self.body.slice(self.args_at.min(self.body.len())..);
+        match self.tail.take() {
+            None => args,
+            Some(tail) => pb_proto::frame::join_tail(&args, &tail),
+        }
+    }
+
     /// Who is calling.
     pub fn caller(&self) -> &Caller {
         &self.caller
@@ -209,7 +224,7 @@ impl IncomingCall {
     #[doc(hidden)]
     pub fn decode_args_seed<S, V>(&mut self, seed: S) -> Result<V, Fault>
     where
-        S: for<'de> serde::de::DeserializeSeed<'de, Value = V>,
+        S: for<'de> serde::de::DeserializeSeed<'de, Value = V> + Clone,
     {
         let refs = std::mem::take(&mut self.refs);
         let max_depth = self
@@ -222,12 +237,13 @@ impl IncomingCall {
                 message: format!("cannot decode arguments of {}: {e}", self.method()),
             });
         }
-        codec::decode_seed(self.args(), Some(&self.body), refs, max_depth, seed).map_err(|e| {
-            Fault {
+        let tail = self.tail.take();
+        codec::decode_arrived(self.args(), Some(&self.body), tail, refs, max_depth, seed).map_err(
+            |e| Fault {
                 kind: FaultKind::BadArguments,
                 message: format!("cannot decode arguments of {}: {e}", self.method()),
-            }
-        })
+            },
+        )
     }
 
     /// The answer for a method this object does not have.
@@ -265,15 +281,19 @@ pub use pb_proto::broker::Fault;
 /// What a dispatcher returns.
 pub type Reply = Result<Outcome, Fault>;
 
-/// The answer to a call we made, as it arrived: its payload a slice of its frame.
-pub(crate) type Received = pb_proto::broker::Reply<ObjectRef>;
+/// The answer to a call we made, as it arrived: its payload a slice of its frame, and the
+/// frame's tail if it came split.
+pub(crate) type Received = pb_proto::broker::Reply<ObjectRef, Arrived>;
 
-/// A received answer as a [`Reply`].
+/// A received answer as a [`Reply`] (its payload in one buffer).
 #[inline]
 pub(crate) fn received(reply: Received) -> Reply {
     reply.map(|o| Outcome {
         ok: o.ok,
-        payload: Payload::from(o.payload),
+        payload: Payload::from(match o.payload.tail {
+            None => o.payload.bytes,
+            Some(_) => o.payload.to_bytes(),
+        }),
         refs: o.refs,
     })
 }
@@ -599,7 +619,7 @@ impl ObjectRef {
     ) -> Result<R, CallError<E>>
     where
         A: Serialize + ?Sized,
-        S: for<'de> serde::de::DeserializeSeed<'de, Value = R>,
+        S: for<'de> serde::de::DeserializeSeed<'de, Value = R> + Clone,
         E: DeserializeOwned,
     {
         let remote = match &self.0 {
@@ -636,7 +656,7 @@ impl ObjectRef {
                 .await
                 .map(|o| pb_proto::broker::Outcome {
                     ok: o.ok,
-                    payload: o.payload.into_bytes(),
+                    payload: Arrived::from(o.payload.into_bytes()),
                     refs: o.refs,
                 }),
         };
@@ -645,18 +665,15 @@ impl ObjectRef {
             Err(f) => return Err(CallError::from_fault(f)),
         };
         let bad = |e: CodecError| CallError::BadAnswer(format!("cannot decode the answer: {e}"));
+        let Arrived { bytes, tail } = outcome.payload;
         if outcome.ok {
-            codec::decode_seed(
-                &outcome.payload,
-                Some(&outcome.payload),
-                outcome.refs,
-                max_depth,
-                seed,
-            )
-            .map_err(bad)
+            codec::decode_arrived(&bytes, Some(&bytes), tail, outcome.refs, max_depth, seed)
+                .map_err(bad)
         } else {
+            let e = std::marker::PhantomData::<E>;
             Err(CallError::Remote(
-                codec::decode_shared(&outcome.payload, outcome.refs, max_depth).map_err(bad)?,
+                codec::decode_arrived(&bytes, Some(&bytes), tail, outcome.refs, max_depth, e)
+                    .map_err(bad)?,
             ))
         }
     }
@@ -728,8 +745,8 @@ impl ObjectRef {
                         return Err(r.dead_fault());
                     }
                     let method = call.method().to_owned();
-                    let args = call.body.slice(call.args_at.min(call.body.len())..);
-                    let payload = Payload::from(args);
+                    let mut call = call;
+                    let payload = Payload::from(call.take_args());
                     received(
                         call::call(&*r.conn, r.id, &method, payload, call.refs, call.extras).await,
                     )
@@ -786,11 +803,11 @@ where
     .await
     .map_err(CallError::from_fault)?;
     if outcome.ok {
-        codec::twisted::decode_seed(&outcome.payload, outcome.refs, link, max_depth, seed)
+        codec::twisted::decode_seed(&outcome.payload.bytes, outcome.refs, link, max_depth, seed)
             .map_err(|e| CallError::BadAnswer(format!("cannot decode the answer: {e}")))
     } else {
         Err(codec::twisted::decode_error(
-            &outcome.payload,
+            &outcome.payload.bytes,
             outcome.refs,
             link,
             max_depth,

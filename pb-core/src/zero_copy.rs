@@ -265,6 +265,14 @@ impl<'de> Visitor<'de> for VecVisitor {
         Ok(v.to_vec())
     }
 
+    fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Vec<u8>, E> {
+        // A split frame's tail is an allocation of its own: it becomes the vector as it is.
+        match crate::codec::take_tail(v) {
+            Some(tail) => Ok(Vec::from(tail)),
+            None => Ok(v.to_vec()),
+        }
+    }
+
     fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
         Ok(v)
     }

@@ -101,7 +101,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::calls::{Pending, Polled, Running};
 use crate::exports::{Exports, Released, Sent};
-use crate::frame;
+use crate::frame::{self, Frame, FrameError};
 use crate::handshake::ReceiveLimits;
 use crate::hash::PeerKeys;
 use crate::imports::{Imports, Release};
@@ -223,6 +223,51 @@ pub struct Outcome<R, P = Bytes> {
 /// The answer to a call: an outcome, or a fault.
 pub type Reply<R, P = Bytes> = Result<Outcome<R, P>, Fault>;
 
+/// A payload as it arrived: a slice of its frame, and the frame's tail if the frame came split
+/// (the payload's last byte string, which `bytes` then ends with
+/// [`TAIL_MARKER`](crate::frame::TAIL_MARKER) in place of: see [`frame`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Arrived {
+    /// The payload's bytes, from its frame.
+    pub bytes: Bytes,
+    /// Its tail.
+    pub tail: Option<Bytes>,
+}
+
+impl Arrived {
+    /// The payload's length as it would be unsplit.
+    pub fn len(&self) -> usize {
+        match &self.tail {
+            None => self.bytes.len(),
+            Some(t) => {
+                let mut prefix = Vec::new();
+                crate::frame::put_string_len(&mut prefix, t.len());
+                self.bytes.len() - crate::frame::TAIL_MARKER.len() + prefix.len() + t.len()
+            }
+        }
+    }
+
+    /// Whether the payload has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The payload in one buffer: its own bytes when it came whole, or else its bytes and its
+    /// tail put together (a copy).
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.tail {
+            None => self.bytes.clone(),
+            Some(t) => crate::frame::join_tail(&self.bytes, t),
+        }
+    }
+}
+
+impl From<Bytes> for Arrived {
+    fn from(bytes: Bytes) -> Arrived {
+        Arrived { bytes, tail: None }
+    }
+}
+
 /// An encoded value we send (the arguments of a call, or an answer), as the broker queues it:
 /// in one buffer, or in pieces (an encoder that shares large byte strings instead of copying
 /// them hands out the bytes before, each string, and the bytes after).
@@ -233,6 +278,15 @@ pub trait Payload {
     #[inline]
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Split off the payload's last byte string, for a split frame (see
+    /// [`frame`]): only if it ends the payload and has at least
+    /// [`MIN_TAIL`](crate::frame::MIN_TAIL) bytes. Returns its bytes; the payload's own then
+    /// end with [`TAIL_MARKER`](crate::frame::TAIL_MARKER) in place of its length prefix. A
+    /// payload that cannot tell where its byte strings are splits nothing (the default).
+    #[inline]
+    fn take_tail(&mut self) -> Option<Bytes> {
+        None
     }
     /// Queue the bytes in `out`, after the frame's head already there: pieces under
     /// [`ZERO_COPY_MIN`](crate::outbox::ZERO_COPY_MIN) bytes are copied into its buffer, larger ones queued uncopied
@@ -278,6 +332,9 @@ pub struct Incoming<O> {
     /// What the call counts in our call window until it ends: handed back to
     /// [`Broker::finish_call`].
     pub charge: usize,
+    /// The frame's tail, if it came split: the arguments' last byte string (see
+    /// [`Arrived`]).
+    pub tail: Option<Bytes>,
 }
 
 /// What the driver must do once it lets go of the broker (see [`Broker::poll_events`]).
@@ -350,7 +407,7 @@ pub struct Broker<T: Tokens> {
     /// Keyed by the peer's ids: hashed under a secret the peer does not know.
     imports: Imports<T::Import>,
     /// Our calls awaiting answers, each holding its caller's waiter until the answer arrives.
-    pending: Pending<Option<T::Waiter>, Reply<T::Object>>,
+    pending: Pending<Option<T::Waiter>, Reply<T::Object, Arrived>>,
     /// The peer's calls running here; those whose handlers wait hold a watch.
     running: Running<T::Watch>,
     events: Vec<Event<T>>,
@@ -372,6 +429,9 @@ pub struct Broker<T: Tokens> {
     /// Whether the peer's hello carried a call window: it takes credits, and a cancelled
     /// call's closing fault, and counts its own.
     peer_hears_window: bool,
+    /// The peer reads split frames: calls and answers whose payload ends with a large byte
+    /// string are sent split ([`Broker::set_split_frames`]).
+    split_frames: bool,
     /// Bytes of the peer's calls held back or running here, against `limits.max_call_bytes`.
     call_bytes: usize,
     /// Bytes of our calls in the peer's call window: sent and not yet answered, credited, or
@@ -435,6 +495,7 @@ impl<T: Tokens> Broker<T> {
             peer_known: false,
             peer_hears_limits: false,
             peer_hears_window: false,
+            split_frames: false,
             call_bytes: 0,
             window_used: 0,
             parked: std::collections::VecDeque::new(),
@@ -488,6 +549,14 @@ impl<T: Tokens> Broker<T> {
         self.peer_hears_window = limits.is_some_and(|l| l.max_call_bytes.is_some());
         let queued = self.set_peer(limits.unwrap_or(ReceiveLimits::ASSUMED));
         self.announce_limits() || queued
+    }
+
+    /// Send split frames from now on, or not: both sides announced
+    /// [`Features::TAILS`](crate::handshake::Features::TAILS). A call or answer whose payload
+    /// ends with a byte string of [`MIN_TAIL`](crate::frame::MIN_TAIL) bytes or more then goes
+    /// split ([`Payload::take_tail`]).
+    pub fn set_split_frames(&mut self, on: bool) {
+        self.split_frames = on;
     }
 
     /// The peer's limits are `limits` from now on. A window that grew (or went) lets parked

@@ -62,6 +62,11 @@ impl Features {
     /// fault. Set exactly when the limits carry a window.
     pub const WINDOW: Features = Features(2);
 
+    /// The sender reads split frames ([`frame`](crate::frame)'s module docs): its peer may
+    /// send the last byte string of a frame's payload apart, for it to read into an allocation
+    /// of its own. Negotiated: either side sends split frames only when both set it.
+    pub const TAILS: Features = Features(4);
+
     /// The features both sides support.
     pub fn intersect(self, other: Features) -> Features {
         Features(self.0 & other.0)

@@ -132,6 +132,9 @@ pub enum ProtocolError {
     /// A frame body did not decode as a message.
     #[error("malformed message: {0}")]
     Message(#[from] MessageError),
+    /// A frame was malformed (a split frame that cannot be one).
+    #[error("{0}")]
+    Frame(#[from] crate::frame::FrameError),
     /// The peer reused the id of a call still in flight.
     #[error("request id {0} reused while in flight")]
     DuplicateRequest(u64),

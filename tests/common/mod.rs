@@ -210,6 +210,19 @@ pub const HELLO: [u8; 20] = {
     ]
 };
 
+/// The hello a pb server answers [`HELLO`] with: the same, with the features pb offers by
+/// default (a raw peer offers none, so none are used).
+pub const SERVER_HELLO: [u8; 20] = {
+    let mut hello = HELLO;
+    let flags = pb::proto::handshake::Features::TAILS.0.to_be_bytes();
+    let mut i = 0;
+    while i < 8 {
+        hello[12 + i] = flags[i];
+        i += 1;
+    }
+    hello
+};
+
 /// A server connection serving a `KitchenImpl` over an in-memory pipe, and the raw peer end,
 /// handshake done.
 pub async fn raw_peer(config: pb::Config) -> (Connection, DuplexStream) {

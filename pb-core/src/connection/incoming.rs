@@ -38,11 +38,11 @@ impl ConnShared {
     /// waking callers allocates nothing).
     pub(super) fn handle_frame(
         self: &Arc<Self>,
-        frame: Bytes,
+        frame: Frame,
         events: &mut Vec<Event>,
         held: bool,
     ) -> Result<(), ProtocolError> {
-        if crate::message::is_answer(&frame) {
+        if crate::message::is_answer(&frame.body) {
             // The reader gathers answers into batches; one alone is a batch of one.
             return self.handle_answers(&mut vec![frame], events).map(|_| ());
         }
@@ -77,7 +77,7 @@ impl ConnShared {
     /// The reader holds `frame` back while the output is congested: a call counts in our call
     /// window from now on, or is refused at once if it does not fit (see
     /// [`Broker::hold_frame`]). Returns whether to hold it.
-    pub(super) fn hold_frame(&self, frame: &Bytes) -> Result<bool, ProtocolError> {
+    pub(super) fn hold_frame(&self, frame: &Frame) -> Result<bool, ProtocolError> {
         self.lock().hold_frame(frame)
     }
 
@@ -87,7 +87,7 @@ impl ConnShared {
     /// the peer's call window, which the answers made.
     pub(super) fn handle_answers(
         self: &Arc<Self>,
-        answers: &mut Vec<Bytes>,
+        answers: &mut Vec<Frame>,
         events: &mut Vec<Event>,
     ) -> Result<bool, ProtocolError> {
         let mut calls = Vec::new();
@@ -131,6 +131,7 @@ impl ConnShared {
             deadline_ms,
             extras,
             charge,
+            tail,
         } = ev;
         let span = tracing::debug_span!(
             "pb.call",
@@ -161,6 +162,7 @@ impl ConnShared {
             body,
             method: MethodName::InBody(method),
             args_at,
+            tail,
             refs,
             caller,
             extras,

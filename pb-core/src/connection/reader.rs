@@ -29,7 +29,9 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
     let mut known_task = None;
     let mut held = Held::default();
     // Answers of the batch not handled yet (kept, so that batches allocate nothing).
-    let mut answers: Vec<Bytes> = Vec::new();
+    let mut answers: Vec<Frame> = Vec::new();
+    // A split frame whose tail is being read (into an allocation of its own, not `rbuf`).
+    let mut reading: Option<(Bytes, Tail)> = None;
     // Our hello may wait in the output (the writer task starts only when needed): it leaves
     // after the first batch at the latest, with that batch's answers.
     let mut first = true;
@@ -41,6 +43,7 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
                     live.handle_hello(now());
                     // Our limits, if they changed since our hello left, go out with the
                     // batch's flush, or the writer's if no frame follows.
+                    decoder.accept_tails(conn.split_frames(&theirs));
                     if conn.peer_hello(&theirs) {
                         conn.wake_writer.notify_one();
                     }
@@ -54,7 +57,35 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
         // No frame is taken before the peer's hello.
         while check.is_none() {
             decoder.set_max_len(conn.max_frame_len.load(Ordering::Relaxed));
-            match decoder.decode(&mut rbuf) {
+            // A split frame's tail comes before any later byte: nothing else is read until it
+            // is complete.
+            let next = match reading.take_if(|(_, tail)| tail.is_complete()) {
+                Some((body, tail)) => Ok(Some(Frame {
+                    body,
+                    tail: Some(tail.finish()),
+                })),
+                None if reading.is_some() => break,
+                None => match decoder.next(&mut rbuf) {
+                    Ok(Some(Decoded::Frame(body))) => Ok(Some(Frame::from(body))),
+                    Ok(Some(Decoded::Split { head, tail_len })) => {
+                        match Tail::start(tail_len, &mut rbuf) {
+                            // All of it is here already.
+                            Ok(Err(tail)) => Ok(Some(Frame {
+                                body: head,
+                                tail: Some(tail),
+                            })),
+                            Ok(Ok(tail)) => {
+                                reading = Some((head, tail));
+                                break;
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                },
+            };
+            match next {
                 Ok(Some(frame)) => {
                     // One clock reading per batch, not per frame: they arrived together.
                     if !any_frame {
@@ -66,7 +97,7 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
                     // A held call counts in our call window from now on (one that does not
                     // fit is refused at once, and not held).
                     if (!held.frames.is_empty() || conn.is_congested())
-                        && !crate::message::may_overtake(&frame)
+                        && !crate::message::may_overtake(&frame.body)
                     {
                         match conn.hold_frame(&frame) {
                             Ok(true) => held.push(frame),
@@ -78,7 +109,7 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
                     // Answers that arrive together are handled together, under one
                     // acquisition of the broker's lock, before any other frame (which keeps
                     // their order with it).
-                    if crate::message::is_answer(&frame) {
+                    if crate::message::is_answer(&frame.body) {
                         answers.push(frame);
                         continue;
                     }
@@ -151,6 +182,16 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
                     return Poll::Ready(ReaderEvent::Drained);
                 }
                 if !paused {
+                    // A split frame's tail goes into its own allocation, which takes no more
+                    // than the tail.
+                    if let Some((_, tail)) = &mut reading {
+                        let read = rd.read_buf(tail.buf());
+                        tokio::pin!(read);
+                        if let Poll::Ready(r) = read.poll(cx) {
+                            return Poll::Ready(ReaderEvent::Read(r));
+                        }
+                        return Poll::Pending;
+                    }
                     // Frames held at the first attempt (answers whose callers have not run
                     // yet) are usually gone by the next: room is made again then.
                     if !roomy {
@@ -270,7 +311,7 @@ impl std::task::Wake for SideWake {
 /// Frames the reader holds back while the output is congested.
 #[derive(Default)]
 pub(super) struct Held {
-    pub(super) frames: std::collections::VecDeque<Bytes>,
+    pub(super) frames: std::collections::VecDeque<Frame>,
     /// How many of `frames` are calls.
     pub(super) calls: usize,
     /// The bytes of `frames`.
@@ -278,19 +319,22 @@ pub(super) struct Held {
 }
 
 impl Held {
-    pub(super) fn push(&mut self, frame: Bytes) {
-        self.calls += usize::from(crate::message::is_call(&frame));
+    pub(super) fn push(&mut self, frame: Frame) {
+        self.calls += usize::from(crate::message::is_call(&frame.body));
         self.bytes += frame.len();
         // A copy of its own: a slice would keep the whole read buffer it came in alive, which
         // for large frames is up to twice their size, and `bytes` would undercount what is
         // held. Only a congested connection holds frames back, and then copies are cheap
-        // next to what waits.
-        self.frames.push_back(Bytes::copy_from_slice(&frame));
+        // next to what waits. (A tail is an allocation of its own already.)
+        self.frames.push_back(Frame {
+            body: Bytes::copy_from_slice(&frame.body),
+            tail: frame.tail,
+        });
     }
 
-    pub(super) fn pop(&mut self) -> Option<Bytes> {
+    pub(super) fn pop(&mut self) -> Option<Frame> {
         let frame = self.frames.pop_front()?;
-        self.calls -= usize::from(crate::message::is_call(&frame));
+        self.calls -= usize::from(crate::message::is_call(&frame.body));
         self.bytes -= frame.len();
         Some(frame)
     }

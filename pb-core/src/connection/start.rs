@@ -138,10 +138,22 @@ impl Tasks {
 pub type ConnectionReader = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 impl ConnShared {
+    /// Whether split frames go both ways with the peer whose hello is `theirs`: both offer
+    /// [`Features::TAILS`].
+    pub(super) fn split_frames(&self, theirs: &Hello) -> bool {
+        self.features
+            .intersect(theirs.features)
+            .contains(Features::TAILS)
+    }
+
     /// The peer's hello arrived: from now on what we send is held to the limits it carries.
     /// Returns whether that queued output (see [`Broker::set_peer_limits`]).
     pub(super) fn peer_hello(&self, theirs: &Hello) -> bool {
-        let queued = self.lock().set_peer_limits(theirs.limits);
+        let queued = {
+            let mut broker = self.lock();
+            broker.set_split_frames(self.split_frames(theirs));
+            broker.set_peer_limits(theirs.limits)
+        };
         self.peer_known.store(true, Ordering::Release);
         self.peer_hello.notify_waiters();
         queued
@@ -339,7 +351,10 @@ impl Connection {
         if let Some(theirs) = &theirs {
             shared.peer_hello(theirs);
         }
-        let decoder = FrameDecoder::new(config.limits.receive().max_frame_len);
+        let mut decoder = FrameDecoder::new(config.limits.receive().max_frame_len);
+        if let Some(theirs) = &theirs {
+            decoder.accept_tails(shared.split_frames(theirs));
+        }
         // A frame that came with the peer's hello (a dialer's first call) is answered by the
         // reader's first batch, which our hello then leaves with.
         let frame_waiting = rbuf.get(..HEADER_LEN).is_some_and(|h| {

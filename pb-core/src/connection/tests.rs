@@ -44,7 +44,7 @@ fn pump(from: &Arc<ConnShared>, to: &Arc<ConnShared>, buf: &mut BytesMut) -> usi
     let mut n = 0;
     let mut wakers = Vec::new();
     while let Ok(Some(frame)) = decoder.decode(buf) {
-        to.handle_frame(frame, &mut wakers, false)
+        to.handle_frame(frame.into(), &mut wakers, false)
             .expect("valid frame");
         n += 1;
     }

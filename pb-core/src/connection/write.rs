@@ -319,10 +319,6 @@ impl ConnShared {
                 };
                 if n >= chunk.len() {
                     n -= chunk.len();
-                    // Dropped now, not when the queue is next collected: a chunk may be a
-                    // slice of a received frame (a byte string echoed back), whose read
-                    // buffer the reader can reuse only once nothing refers to it.
-                    *chunk = Bytes::new();
                     *first += 1;
                 } else {
                     bytes::Buf::advance(chunk, n);

@@ -79,6 +79,10 @@ struct Context {
     /// Decoding: the buffer the payload is a slice of, when it is one, so that byte strings
     /// in it can be handed out as slices of it ([`zero_copy`](crate::zero_copy)).
     frame: Option<Bytes>,
+    /// Decoding a split frame's payload: its tail, for the byte string whose place the
+    /// payload's last bytes (the tail marker) hold, and where the payload ends (where that
+    /// string is read, as an empty one).
+    tail: Option<(Bytes, usize)>,
 }
 
 type Stack = RefCell<Vec<Context>>;
@@ -144,6 +148,10 @@ impl Shared {
         self.as_slice().is_empty()
     }
 
+    fn pop(&mut self) -> Option<(usize, Bytes)> {
+        self.0.as_mut()?.pop()
+    }
+
     fn take(&mut self) -> Vec<(usize, Bytes)> {
         self.0.take().map(|v| *v).unwrap_or_default()
     }
@@ -196,9 +204,14 @@ impl Scope {
     }
 
     fn take(self) -> Vec<ObjectRef> {
+        self.finish().refs
+    }
+
+    /// Leave the context, handing back what is left in it.
+    fn finish(self) -> Context {
         let cx = self.0.with(|s| s.borrow_mut().pop()).unwrap_or_default();
         std::mem::forget(self);
-        cx.refs
+        cx
     }
 }
 
@@ -224,11 +237,31 @@ pub(crate) fn collect_ref(r: &ObjectRef) -> Option<u32> {
 /// buffer alive.
 pub(crate) const SHARE_MIN: usize = 4096;
 
+/// The split frame's tail, if the empty byte string `b` borrowed from the payload being
+/// decoded stands for it (it is read where the payload ends, in place of the tail marker).
+/// Taken: a value has it once.
+pub(crate) fn take_tail(b: &[u8]) -> Option<Bytes> {
+    if !b.is_empty() {
+        return None;
+    }
+    DECODING.with(|s| {
+        let mut s = s.borrow_mut();
+        let cx = s.last_mut()?;
+        match &cx.tail {
+            Some((_, end)) if *end == b.as_ptr() as usize => cx.tail.take().map(|(t, _)| t),
+            _ => None,
+        }
+    })
+}
+
 /// The bytes `b` borrowed from the payload being decoded, as a slice of the buffer that holds
 /// it (no copy) when the decode knows that buffer and `b` is at least [`SHARE_MIN`] bytes, or
-/// as a copy.
+/// as a copy; a split frame's tail when `b` stands for it.
 pub(crate) fn share_borrowed(b: &[u8]) -> Bytes {
     if b.len() < SHARE_MIN {
+        if let Some(tail) = take_tail(b) {
+            return tail;
+        }
         return Bytes::copy_from_slice(b);
     }
     DECODING.with(|s| {
@@ -276,6 +309,7 @@ fn encoding_scope(peer: Option<&Connection>) -> Scope {
             refs: Vec::new(),
             peer: peer.cloned(),
             frame: None,
+            tail: None,
         },
     )
 }
@@ -510,6 +544,26 @@ impl Encoded {
         }
     }
 
+    /// Split off the last shared string for a split frame, if it ends the value and is at
+    /// least [`MIN_TAIL`](pb_proto::frame::MIN_TAIL) bytes: the buffer then ends with the
+    /// tail marker in place of its length prefix (see [`pb_proto::frame`]).
+    fn take_tail(&mut self) -> Option<Bytes> {
+        let (at, tail) = self.shared.as_slice().last()?;
+        if *at != self.buf.len() || tail.len() < pb_proto::frame::MIN_TAIL {
+            return None;
+        }
+        // bincode wrote the string's length prefix right before it.
+        let mut prefix = Vec::with_capacity(9);
+        pb_proto::frame::put_string_len(&mut prefix, tail.len());
+        let start = at.checked_sub(prefix.len())?;
+        if self.buf.get(start..*at) != Some(&prefix[..]) {
+            return None;
+        }
+        self.buf.truncate(start);
+        self.buf.extend_from_slice(&pb_proto::frame::TAIL_MARKER);
+        self.shared.pop().map(|(_, tail)| tail)
+    }
+
     /// Queue the bytes in `out`: the buffer's bytes copied while they are small (or else
     /// queued as slices of it), the shared byte strings uncopied, in order.
     #[inline(always)]
@@ -609,6 +663,44 @@ where
     }
 }
 
+/// Decode a received payload with a `seed`: `bytes` (a slice of `frame`), and, if the frame
+/// came split, its `tail`. The byte string the tail is goes to the value as it is (no copy)
+/// when a pb byte-string path decodes it (`Bytes`, `Vec<u8>`, `Box<[u8]>`, and fields marked
+/// with [`zero_copy`](crate::zero_copy)); any other decoder (serde's own for a
+/// `serde_bytes::ByteBuf`, say) would read an empty string there, so the payload is then put
+/// together and decoded again.
+pub(crate) fn decode_arrived<S, V>(
+    bytes: &[u8],
+    frame: Option<&Bytes>,
+    tail: Option<Bytes>,
+    refs: Vec<ObjectRef>,
+    max_depth: usize,
+    seed: S,
+) -> Result<V, CodecError>
+where
+    S: for<'de> DeserializeSeed<'de, Value = V> + Clone,
+{
+    let Some(tail) = tail else {
+        return decode_seed(bytes, frame, refs, max_depth, seed);
+    };
+    let end = bytes.as_ptr() as usize + bytes.len();
+    let (value, cx) = decode_in(
+        bytes,
+        frame,
+        (refs, Some((tail, end))),
+        max_depth,
+        seed.clone(),
+    );
+    match cx.tail {
+        None => value,
+        Some((tail, _)) => {
+            let whole = pb_proto::frame::join_tail(bytes, &tail);
+            drop(value);
+            decode_seed(&whole, Some(&whole), cx.refs, max_depth, seed)
+        }
+    }
+}
+
 /// Decode with a `seed` instead of a type (generated code decodes `Bytes` arguments this way).
 pub(crate) fn decode_seed<S, V>(
     bytes: &[u8],
@@ -620,25 +712,49 @@ pub(crate) fn decode_seed<S, V>(
 where
     S: for<'de> DeserializeSeed<'de, Value = V>,
 {
+    decode_in(bytes, frame, (refs, None), max_depth, seed).0
+}
+
+/// Decode `bytes` with `seed`, in a context with `refs` and `tail` when the value may need
+/// one; returns the value and what the context has left.
+fn decode_in<S, V>(
+    bytes: &[u8],
+    frame: Option<&Bytes>,
+    (refs, tail): (Vec<ObjectRef>, Option<(Bytes, usize)>),
+    max_depth: usize,
+    seed: S,
+) -> (Result<V, CodecError>, Context)
+where
+    S: for<'de> DeserializeSeed<'de, Value = V>,
+{
+    let left = |refs, tail| Context {
+        refs,
+        peer: None,
+        frame: None,
+        tail,
+    };
     if bytes.len() > MAX_FRAME_LEN_CEILING {
-        return Err(CodecError::TooLarge {
+        let too_large = CodecError::TooLarge {
             len: bytes.len(),
             max: MAX_FRAME_LEN_CEILING,
-        });
+        };
+        return (Err(too_large), left(refs, tail));
     }
     // A context is needed only when the value can ask it something: a reference to resolve,
     // or a byte string to share (at least `SHARE_MIN` bytes). Without one, both answer as an
     // empty context would, unless this decode runs inside another, whose context it must hide.
     let needed = !refs.is_empty()
+        || tail.is_some()
         || (frame.is_some() && bytes.len() >= SHARE_MIN)
         || DECODING.with(|s| !s.borrow().is_empty());
-    let _scope = needed.then(|| {
+    let scope = needed.then(|| {
         Scope::enter(
             &DECODING,
             Context {
                 refs,
                 peer: None,
                 frame: frame.cloned(),
+                tail,
             },
         )
     });
@@ -661,15 +777,14 @@ where
             limited!(CLAIM_FACTOR * MAX_FRAME_LEN_CEILING),
         )
     };
-    let (value, used) = match result {
-        Ok(v) => v,
-        Err(_) if depth.exceeded() => return Err(CodecError::TooDeep { max: max_depth }),
-        Err(e) => return Err(CodecError::Decode(e.to_string())),
+    let cx = scope.map_or_else(|| left(Vec::new(), None), Scope::finish);
+    let value = match result {
+        Ok((value, used)) if used == bytes.len() => Ok(value),
+        Ok((_, used)) => Err(CodecError::Trailing(bytes.len() - used)),
+        Err(_) if depth.exceeded() => Err(CodecError::TooDeep { max: max_depth }),
+        Err(e) => Err(CodecError::Decode(e.to_string())),
     };
-    if used != bytes.len() {
-        return Err(CodecError::Trailing(bytes.len() - used));
-    }
-    Ok(value)
+    (value, cx)
 }
 
 /// An encoded value on its way out: the arguments of a call, or a method's answer
@@ -783,6 +898,13 @@ impl pb_proto::broker::Payload for Payload {
     #[inline]
     fn len(&self) -> usize {
         Payload::len(self)
+    }
+
+    fn take_tail(&mut self) -> Option<Bytes> {
+        match &mut self.0 {
+            Repr::Bytes(_) => None,
+            Repr::Encoded(e) => e.take_tail(),
+        }
     }
 
     #[inline(always)]

@@ -917,7 +917,7 @@ impl PbShared {
             .map_err(|e| bad(e.to_string()))?;
         Ok(pb_proto::broker::Outcome {
             ok,
-            payload: payload.freeze(),
+            payload: payload.freeze().into(),
             refs,
         })
     }

@@ -15,7 +15,7 @@ impl<T: Tokens> Broker<T> {
         &mut self,
         target: u64,
         method: &str,
-        payload: impl Payload,
+        mut payload: impl Payload,
         refs: &[T::Object],
         (waiter, deadline_ms, extras): (Option<T::Waiter>, Option<u64>, CallExtras),
     ) -> Result<u64, Fault> {
@@ -45,12 +45,13 @@ impl<T: Tokens> Broker<T> {
         self.frame_fits(call_len_max(method.len(), payload.len(), refs.len()), PEER)?;
         let descs = self.describe(refs)?;
         let id = self.pending.next_id();
+        let call_len = call_len_max(method.len(), payload.len(), refs.len());
+        let tail = self.take_tail(&mut payload);
         let payload_len = payload.len();
         let flags = (waiter.is_some(), deadline_ms, &extras);
         // No room in the peer's window (or calls wait before this one): the call waits,
         // encoded in a buffer of its own, until answers and credits make room.
-        let park = !self.parked.is_empty()
-            || !self.window_fits(call_len_max(method.len(), payload_len, refs.len()));
+        let park = !self.parked.is_empty() || !self.window_fits(call_len);
         let mut parked_head = BytesMut::new();
         let buf = if park {
             parked_head.reserve(64 + method.len() + descs.len() * 11);
@@ -71,13 +72,19 @@ impl<T: Tokens> Broker<T> {
             flags,
             &descs,
         );
-        let len = buf.len() - before - frame::HEADER_LEN + payload_len;
+        let len = match &tail {
+            None => buf.len() - before - frame::HEADER_LEN + payload_len,
+            Some(t) => frame::split_header(buf, before, payload_len, t.len()),
+        };
         let len = if park {
-            self.park(id, len, parked_head, payload)
+            self.park(id, len, parked_head, (payload, tail))
         } else {
             // Small pieces are copied straight from the caller's buffer (no allocation of
             // their own), large ones queued uncopied.
             payload.queue(&mut self.out);
+            if let Some(t) = tail {
+                self.out.append_payload(t);
+            }
             self.charge_window(len)
         };
         if let Some(w) = waiter {
@@ -86,13 +93,22 @@ impl<T: Tokens> Broker<T> {
         Ok(id)
     }
 
-    /// Park call `id` (`len` bytes, its envelope encoded in `head`); returns what it will count
-    /// in the peer's window, once it leaves.
+    /// Park call `id` (`len` bytes, its envelope encoded in `head`, and its payload and tail);
+    /// returns what it will count in the peer's window, once it leaves.
     #[cold]
-    fn park(&mut self, id: u64, len: usize, head: BytesMut, payload: impl Payload) -> usize {
+    fn park(
+        &mut self,
+        id: u64,
+        len: usize,
+        head: BytesMut,
+        (payload, tail): (impl Payload, Option<Bytes>),
+    ) -> usize {
         let mut frame = Outbox::new();
         *frame.buf() = head;
         payload.queue(&mut frame);
+        if let Some(t) = tail {
+            frame.append_payload(t);
+        }
         self.parked.push_back(Parked {
             id,
             len,
@@ -105,6 +121,17 @@ impl<T: Tokens> Broker<T> {
             "call parked: the peer's call window is full"
         );
         self.peer.max_call_bytes.map_or(0, |_| len)
+    }
+
+    /// The tail of `payload`, split off if it goes split to this peer (see
+    /// [`Broker::set_split_frames`]).
+    #[inline]
+    pub(super) fn take_tail(&self, payload: &mut impl Payload) -> Option<Bytes> {
+        if self.split_frames && payload.len() >= frame::MIN_TAIL {
+            payload.take_tail()
+        } else {
+            None
+        }
     }
 
     /// Whether a call of `len` bytes fits in the peer's call window now (any call does when
@@ -164,8 +191,8 @@ impl<T: Tokens> Broker<T> {
     pub(super) fn deliver(
         &mut self,
         id: u64,
-        reply: Reply<T::Object>,
-    ) -> Result<(), Reply<T::Object>> {
+        reply: Reply<T::Object, Arrived>,
+    ) -> Result<(), Reply<T::Object, Arrived>> {
         let events = &mut self.events;
         let delivered = self.pending.deliver(id, reply, |waiter| {
             events.extend(waiter.map(Event::Answered));
@@ -194,7 +221,7 @@ impl<T: Tokens> Broker<T> {
         &mut self,
         id: u64,
         refresh: impl FnOnce(&mut Option<T::Waiter>),
-    ) -> Poll<Reply<T::Object>> {
+    ) -> Poll<Reply<T::Object, Arrived>> {
         // One lookup whether the answer is there or not.
         match self.pending.poll(id, refresh) {
             Polled::Ready(reply) => Poll::Ready(reply),
@@ -205,7 +232,7 @@ impl<T: Tokens> Broker<T> {
 
     /// Our caller gave up on call `id`: the peer is told (a cancel). Returns its answer if one
     /// had arrived meanwhile, for the caller to drop (it may hold references).
-    pub fn cancel_call(&mut self, id: u64) -> Option<Reply<T::Object>> {
+    pub fn cancel_call(&mut self, id: u64) -> Option<Reply<T::Object, Arrived>> {
         // A parked call was never sent: it just goes.
         if let Some(at) = self.parked.iter().position(|call| call.id == id) {
             self.parked.remove(at);
@@ -275,12 +302,20 @@ impl<T: Tokens> Broker<T> {
             None => return,
             // Most answers carry no references: no export bookkeeping, and the frame's length
             // goes out with the envelope.
-            Some(Ok(o)) if o.refs.is_empty() => {
+            Some(Ok(mut o)) if o.refs.is_empty() => {
                 match self.frame_fits(ANSWER_HEAD_MAX + o.payload.len(), CALLER) {
                     Ok(()) => {
+                        let tail = self.take_tail(&mut o.payload);
                         self.out.reserve_frame(16, o.payload.len());
+                        let start = self.out.buf().len();
                         encode_answer_frame_head(self.out.buf(), id, o.ok, o.payload.len());
+                        if let Some(t) = &tail {
+                            frame::split_header(self.out.buf(), start, o.payload.len(), t.len());
+                        }
                         o.payload.queue(&mut self.out);
+                        if let Some(t) = tail {
+                            self.out.append_payload(t);
+                        }
                     }
                     Err(f) => self.send_fault(id, f),
                 }
@@ -300,12 +335,21 @@ impl<T: Tokens> Broker<T> {
             Ok((o.ok, described?, o.payload))
         });
         match outcome {
-            Ok((ok, descs, payload)) => {
+            Ok((ok, descs, mut payload)) => {
+                let tail = self.take_tail(&mut payload);
                 self.out.reserve_frame(16 + descs.len() * 11, payload.len());
                 let start = self.out.begin_frame();
                 encode_answer_head(self.out.buf(), id, ok, &descs);
-                self.out.finish_frame(start, payload.len());
+                match &tail {
+                    None => self.out.finish_frame(start, payload.len()),
+                    Some(t) => {
+                        frame::split_header(self.out.buf(), start, payload.len(), t.len());
+                    }
+                }
                 payload.queue(&mut self.out);
+                if let Some(t) = tail {
+                    self.out.append_payload(t);
+                }
             }
             Err(f) => self.send_fault(id, f),
         }

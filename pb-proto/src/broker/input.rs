@@ -29,25 +29,25 @@ impl<T: Tokens> Broker<T> {
     /// An error is a violation of the protocol: the connection must be closed.
     pub fn handle_frame(
         &mut self,
-        body: Bytes,
+        frame: impl Into<Frame>,
         make: &mut MakeImport<'_, T>,
     ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
-        self.handle(body, false, make)
+        self.handle(frame.into(), false, make)
     }
 
     /// The driver holds frame `body` back for now (its output to the peer is congested): a
     /// call is counted in our call window from now on, or, if it does not fit, refused at once
     /// (a `LimitExceeded` fault, and a violation) without being held. Returns whether to hold
     /// the frame, to be handled later with [`Broker::handle_held_frame`].
-    pub fn hold_frame(&mut self, body: &Bytes) -> Result<bool, ProtocolError> {
-        if self.state == State::Closed || !message::is_call(body) {
+    pub fn hold_frame(&mut self, frame: &Frame) -> Result<bool, ProtocolError> {
+        if self.state == State::Closed || !message::is_call(&frame.body) {
             return Ok(true);
         }
-        if self.charge_call(body.len()) {
+        if self.charge_call(frame.len()) {
             return Ok(true);
         }
-        let head = message::decode_call_head(body, &self.limits.message)?;
-        self.over_window(&head, body.len())?;
+        let head = message::decode_call_head(&frame.body, &self.limits.message)?;
+        self.over_window(&head, frame.len())?;
         Ok(false)
     }
 
@@ -55,15 +55,15 @@ impl<T: Tokens> Broker<T> {
     /// [`Broker::handle_frame`] does.
     pub fn handle_held_frame(
         &mut self,
-        body: Bytes,
+        frame: impl Into<Frame>,
         make: &mut MakeImport<'_, T>,
     ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
-        self.handle(body, true, make)
+        self.handle(frame.into(), true, make)
     }
 
     fn handle(
         &mut self,
-        body: Bytes,
+        Frame { body, tail }: Frame,
         charged: bool,
         make: &mut MakeImport<'_, T>,
     ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
@@ -73,13 +73,19 @@ impl<T: Tokens> Broker<T> {
         if message::is_call(&body) {
             // The body is kept whole: the method name and arguments stay ranges of it.
             let head = message::decode_call_head(&body, &self.limits.message)?;
-            if !charged && !self.charge_call(body.len()) {
-                return self.over_window(&head, body.len()).map(|()| None);
+            let len = body.len() + tail.as_ref().map_or(0, Bytes::len);
+            if !charged && !self.charge_call(len) {
+                return self.over_window(&head, len).map(|()| None);
             }
-            return self.handle_call(head, body, make);
+            return self.handle_call(head, (body, tail), make);
         }
         let message = Message::decode(body, &self.limits.message)?;
-        self.handle_message(message, make).map(|()| None)
+        if tail.is_some() && !matches!(message, Message::Answer { .. }) {
+            return Err(ProtocolError::Frame(FrameError::BadSplit(
+                "a split frame that is neither a call nor an answer",
+            )));
+        }
+        self.handle_message(message, tail, make).map(|()| None)
     }
 
     /// Count a call of `len` bytes in our call window, if it fits.
@@ -127,6 +133,7 @@ impl<T: Tokens> Broker<T> {
     fn handle_message(
         &mut self,
         message: Message,
+        tail: Option<Bytes>,
         make: &mut MakeImport<'_, T>,
     ) -> Result<(), ProtocolError> {
         match message {
@@ -138,6 +145,10 @@ impl<T: Tokens> Broker<T> {
                 refs,
                 payload,
             } => {
+                let payload = Arrived {
+                    bytes: payload,
+                    tail,
+                };
                 if refs.is_empty() {
                     // Most answers: one lookup.
                     let outcome = Outcome {
@@ -281,7 +292,7 @@ impl<T: Tokens> Broker<T> {
     fn handle_call(
         &mut self,
         head: CallHead,
-        body: Bytes,
+        (body, tail): (Bytes, Option<Bytes>),
         make: &mut MakeImport<'_, T>,
     ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
         let CallHead {
@@ -294,7 +305,7 @@ impl<T: Tokens> Broker<T> {
             refs: descs,
             payload_at,
         } = head;
-        let charge = body.len();
+        let charge = body.len() + tail.as_ref().map_or(0, Bytes::len);
         if self.imports_would_exceed(&descs) {
             self.release_unwanted(&descs);
             self.call_ended(charge, answer);
@@ -374,6 +385,7 @@ impl<T: Tokens> Broker<T> {
             deadline_ms,
             extras,
             charge,
+            tail,
         }))
     }
 }

@@ -29,7 +29,7 @@ impl World {
 }
 
 /// The answer's outcome, or a panic naming the fault.
-fn ok(reply: Reply<Ref>) -> Outcome<Ref> {
+fn ok(reply: Reply<Ref, Arrived>) -> Outcome<Ref, Arrived> {
     reply.unwrap_or_else(|f| panic!("fault: {f:?}"))
 }
 
@@ -53,7 +53,7 @@ fn a_call_is_answered_and_its_caller_woken_once() {
         w.b.answer(b"ho", Vec::new());
         w.settle();
         assert_eq!(w.a.answered, [id]);
-        assert_eq!(&ok(w.a.take_answer(id)).payload[..], b"ho");
+        assert_eq!(&ok(w.a.take_answer(id)).payload.bytes[..], b"ho");
         assert_eq!(w.a.broker.stats().pending_calls, 0);
         assert_eq!(w.b.broker.stats().in_flight_calls, 0);
     }
@@ -85,7 +85,7 @@ fn pipelined_answers_in_any_order_reach_their_callers() {
     w.ba.extend(writes);
     w.settle();
     for (i, id) in ids.into_iter().enumerate() {
-        assert_eq!(ok(w.a.take_answer(id)).payload[..], [i as u8 * 10]);
+        assert_eq!(ok(w.a.take_answer(id)).payload.bytes[..], [i as u8 * 10]);
     }
 }
 
@@ -352,7 +352,7 @@ fn a_draining_side_refuses_new_calls_and_finishes_running_ones() {
     // The running call still gets its answer.
     w.b.answer(b"done", Vec::new());
     w.settle();
-    assert_eq!(&ok(w.a.take_answer(running)).payload[..], b"done");
+    assert_eq!(&ok(w.a.take_answer(running)).payload.bytes[..], b"done");
     assert_eq!(w.b.broker.state(), State::Draining);
 }
 

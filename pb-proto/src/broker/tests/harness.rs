@@ -8,7 +8,7 @@ use std::rc::{Rc, Weak};
 use bytes::{Bytes, BytesMut};
 
 use super::super::*;
-use crate::frame::FrameDecoder;
+use crate::frame::{Decoded, Frame, FrameDecoder, Tail};
 
 /// The releases a side's dropped handles queue, as a driver's release queue: (id, generation,
 /// count).
@@ -90,6 +90,8 @@ pub(super) struct Side {
     pub(super) broker: Broker<Harness>,
     pub(super) decoder: FrameDecoder,
     pub(super) input: BytesMut,
+    /// A split frame whose tail is being read: its head, and the tail so far.
+    pub(super) reading: Option<(Bytes, Tail)>,
     pub(super) queue: ReleaseQueue,
     /// The peer's calls handed back, not answered yet.
     pub(super) incoming: VecDeque<Incoming<Ref>>,
@@ -119,6 +121,7 @@ impl Side {
             decoder: FrameDecoder::new(limits.receive().max_frame_len),
             broker: Broker::new(limits, conn, root),
             input: BytesMut::new(),
+            reading: None,
             queue: Rc::default(),
             incoming: VecDeque::new(),
             answered: Vec::new(),
@@ -169,32 +172,60 @@ impl Side {
                 if self.error.is_some() {
                     return;
                 }
-                let body = match self.decoder.decode(&mut self.input) {
-                    Ok(Some(body)) => body,
+                // A split frame's tail being read takes what arrives first, as a driver reads
+                // it into its own allocation.
+                if let Some((head, mut tail)) = self.reading.take() {
+                    let n = tail.missing().min(self.input.len());
+                    tail.buf().extend_from_slice(&self.input.split_to(n));
+                    if !tail.is_complete() {
+                        self.reading = Some((head, tail));
+                        break;
+                    }
+                    self.deliver(Frame {
+                        body: head,
+                        tail: Some(tail.finish()),
+                    });
+                    continue;
+                }
+                match self.decoder.next(&mut self.input) {
+                    Ok(Some(Decoded::Frame(body))) => self.deliver(body.into()),
+                    Ok(Some(Decoded::Split { head, tail_len })) => {
+                        match Tail::start(tail_len, &mut self.input).expect("room for a tail") {
+                            Err(whole) => self.deliver(Frame {
+                                body: head,
+                                tail: Some(whole),
+                            }),
+                            Ok(tail) => self.reading = Some((head, tail)),
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => panic!("framing error: {e}"),
-                };
-                let (conn, queue) = (self.conn, self.queue.clone());
-                let made = &mut self.made;
-                let mut make = |id, generation| {
-                    *made += 1;
-                    let imp = Rc::new(Imp {
-                        conn,
-                        id,
-                        generation,
-                        received: Cell::new(u64::from(id != 0)),
-                        queue: queue.clone(),
-                    });
-                    (Rc::downgrade(&imp), Ref::Remote(imp))
-                };
-                match self.broker.handle_frame(body, &mut make) {
-                    Ok(Some(call)) => self.incoming.push_back(call),
-                    Ok(None) => {}
-                    Err(e) => self.error = Some(e),
                 }
-                self.act();
             }
         }
+    }
+
+    /// Hand a received frame to the broker.
+    fn deliver(&mut self, frame: Frame) {
+        let (conn, queue) = (self.conn, self.queue.clone());
+        let made = &mut self.made;
+        let mut make = |id, generation| {
+            *made += 1;
+            let imp = Rc::new(Imp {
+                conn,
+                id,
+                generation,
+                received: Cell::new(u64::from(id != 0)),
+                queue: queue.clone(),
+            });
+            (Rc::downgrade(&imp), Ref::Remote(imp))
+        };
+        match self.broker.handle_frame(frame, &mut make) {
+            Ok(Some(call)) => self.incoming.push_back(call),
+            Ok(None) => {}
+            Err(e) => self.error = Some(e),
+        }
+        self.act();
     }
 
     /// What the broker has to send, as one write (releases folded in first, as a driver's
@@ -252,7 +283,7 @@ impl Side {
         call.id
     }
 
-    pub(super) fn take_answer(&mut self, id: u64) -> Reply<Ref> {
+    pub(super) fn take_answer(&mut self, id: u64) -> Reply<Ref, Arrived> {
         match self.broker.poll_answer(id, |_| {}) {
             Poll::Ready(reply) => reply,
             Poll::Pending => panic!("call {id} has no answer yet"),

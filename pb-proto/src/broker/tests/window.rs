@@ -198,10 +198,10 @@ fn a_sender_that_ignores_the_window_is_refused_beyond_it() {
     // Held back frames count as soon as they are held: the fifth does not fit.
     let calls: Vec<Bytes> = (1..=5).map(|id| raw_call(id, true, ARGS)).collect();
     for call in &calls[..4] {
-        assert_eq!(b.broker.hold_frame(call), Ok(true));
+        assert_eq!(b.broker.hold_frame(&call.clone().into()), Ok(true));
     }
     assert_eq!(
-        b.broker.hold_frame(&calls[4]),
+        b.broker.hold_frame(&calls[4].clone().into()),
         Ok(false),
         "refused, not held"
     );
@@ -215,7 +215,7 @@ fn a_sender_that_ignores_the_window_is_refused_beyond_it() {
     // Frames that are not calls are held without counting.
     let mut ping = BytesMut::new();
     Message::Ping { nonce: 1 }.encode(&mut ping);
-    assert_eq!(b.broker.hold_frame(&ping.freeze()), Ok(true));
+    assert_eq!(b.broker.hold_frame(&ping.freeze().into()), Ok(true));
     // The held calls run, counted once.
     let mut make = |_, _| unreachable!("no references");
     let mut charges = 0;
