@@ -22,7 +22,9 @@ use super::codec::AmpBox;
 use super::command::{
     AmpCallError, NoErrors, UNHANDLED_ERROR_CODE, UNKNOWN_ERROR_CODE, python_bytes_repr,
 };
-use super::dispatch::{AmpProtocolError, DisconnectReason, Event, START_TLS, SendError};
+use super::dispatch::{
+    AmpProtocolError, DisconnectReason, Event, START_TLS, SendError, tag_number,
+};
 use super::handle::*;
 use super::locator::{AmpReply, Locator};
 use pb_proto::hash::IdHasher;
@@ -142,9 +144,9 @@ pub(super) struct Driver {
     pub(super) locator: Arc<Locator>,
     pub(super) requests: mpsc::Receiver<Request>,
     pub(super) requests_open: bool,
-    /// Keyed by our own tags, so a cheap hash will do.
+    /// Keyed by our own tags' numbers, so a cheap hash will do.
     pub(super) pending:
-        HashMap<Bytes, oneshot::Sender<RawResult<AmpBox>>, BuildHasherDefault<IdHasher>>,
+        HashMap<u64, oneshot::Sender<RawResult<AmpBox>>, BuildHasherDefault<IdHasher>>,
     pub(super) tls_client: Option<TlsClientRequest>,
     pub(super) responders: JoinSet<AmpReply>,
     /// The tag and command name of each running responder, and its box's encoded length, by
@@ -415,7 +417,7 @@ impl Driver {
                     // The switch itself happens in `run` once the output is flushed.
                     return;
                 }
-                if let Some(reply) = self.pending.remove(&tag) {
+                if let Some(reply) = tag_number(&tag).and_then(|n| self.pending.remove(&n)) {
                     let _ = reply.send(Ok(answer));
                 }
             }
@@ -430,7 +432,7 @@ impl Driver {
                         .send(Err(AmpCallError::Remote { code, description }));
                     return;
                 }
-                if let Some(reply) = self.pending.remove(&tag) {
+                if let Some(reply) = tag_number(&tag).and_then(|n| self.pending.remove(&n)) {
                     let _ = reply.send(Err(AmpCallError::Remote { code, description }));
                 }
             }
@@ -567,14 +569,16 @@ impl Driver {
 
     pub(super) fn handle_request(&mut self, req: Request) {
         match req {
-            Request::Ask { name, args, reply } => match self.dispatcher.ask(name, args) {
-                Ok(tag) => {
-                    self.pending.insert(tag, reply);
+            Request::Ask { name, args, reply } => {
+                match self.dispatcher.ask_numbered(&name, &args) {
+                    Ok(n) => {
+                        self.pending.insert(n, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(self.send_error(e)));
+                    }
                 }
-                Err(e) => {
-                    let _ = reply.send(Err(self.send_error(e)));
-                }
-            },
+            }
             Request::Tell { name, args, reply } => {
                 let r = self
                     .dispatcher

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// The longest key AMP allows (`MAX_KEY_LENGTH` in Twisted).
 pub const MAX_KEY_LENGTH: usize = 0xff;
@@ -170,16 +170,51 @@ impl AmpBox {
     /// Appends the wire form of this box to `dst`; nothing is written if a limit is broken.
     #[inline]
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), BoxCodecError> {
-        self.validate()?;
-        dst.reserve(self.encoded_len());
-        for (k, v) in &self.pairs {
-            // Lengths were checked by `validate`, so the casts cannot truncate.
-            dst.put_u16(k.len() as u16);
-            dst.put_slice(k);
-            dst.put_u16(v.len() as u16);
-            dst.put_slice(v);
+        self.encode_with(&[], dst)
+    }
+
+    /// Appends the wire form of this box with the pairs of `extra` added (replacing the box's
+    /// own value of a key they share), as if they had been inserted first; nothing is written
+    /// if a limit is broken. `extra` must be sorted by key, each key once.
+    ///
+    /// The dispatcher's special keys (`_ask`, `_answer`, ...) go in this way: merged into the
+    /// sorted pairs as they are written, with no insertion into the box and no copy of it.
+    #[inline]
+    pub(crate) fn encode_with(
+        &self,
+        extra: &[(&[u8], &[u8])],
+        dst: &mut BytesMut,
+    ) -> Result<(), BoxCodecError> {
+        debug_assert!(extra.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0)));
+        let mut len = 2;
+        merge_pairs(&self.pairs, extra, |k, v| {
+            len += check_pair(k, v)?;
+            Ok(())
+        })?;
+        if len == 2 {
+            return Err(BoxCodecError::EmptyBox);
         }
-        dst.put_u16(0);
+        // The whole box's room at once, then each pair copied into it: a few copies of its
+        // own per pair rather than a checked append per key, value and length.
+        let start = dst.len();
+        dst.resize(start + len, 0);
+        let out = dst.get_mut(start..).unwrap_or_default();
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            if let Some(room) = out.get_mut(at..at + bytes.len()) {
+                room.copy_from_slice(bytes);
+            }
+            at += bytes.len();
+        };
+        merge_pairs(&self.pairs, extra, |k, v| {
+            // `check_pair` checked both lengths, so the casts cannot truncate.
+            put(&(k.len() as u16).to_be_bytes());
+            put(k);
+            put(&(v.len() as u16).to_be_bytes());
+            put(v);
+            Ok::<(), BoxCodecError>(())
+        })?;
+        // The terminator is the two zeros left at the end.
         Ok(())
     }
 
@@ -190,6 +225,54 @@ impl AmpBox {
         self.encode(&mut buf)?;
         Ok(buf.freeze())
     }
+}
+
+/// The encoded length of one pair, if it is within AMP's limits.
+#[inline]
+fn check_pair(k: &[u8], v: &[u8]) -> Result<usize, BoxCodecError> {
+    if k.is_empty() {
+        return Err(BoxCodecError::EmptyKey);
+    }
+    if k.len() > MAX_KEY_LENGTH {
+        return Err(BoxCodecError::KeyTooLong { len: k.len() });
+    }
+    if v.len() > MAX_VALUE_LENGTH {
+        return Err(BoxCodecError::ValueTooLong {
+            key: Bytes::copy_from_slice(k),
+            len: v.len(),
+        });
+    }
+    Ok(4 + k.len() + v.len())
+}
+
+/// Hands `f` the pairs of a box's sorted `pairs` with those of the sorted `extra` merged in, in
+/// key order; a key in both is handed over once, with `extra`'s value.
+#[inline]
+fn merge_pairs<'a, E>(
+    pairs: &'a [(Bytes, Bytes)],
+    extra: &'a [(&'a [u8], &'a [u8])],
+    mut f: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut extra = extra.iter();
+    let mut next = extra.next();
+    for (k, v) in pairs {
+        while let Some(&(ek, ev)) = next {
+            if ek >= k.as_ref() {
+                break;
+            }
+            f(ek, ev)?;
+            next = extra.next();
+        }
+        if next.is_some_and(|(ek, _)| *ek == k.as_ref()) {
+            continue;
+        }
+        f(k, v)?;
+    }
+    while let Some(&(ek, ev)) = next {
+        f(ek, ev)?;
+        next = extra.next();
+    }
+    Ok(())
 }
 
 impl fmt::Debug for AmpBox {
@@ -362,6 +445,30 @@ impl BoxCodec {
     /// Decodes the next box from the front of `src`, if it is complete.
     #[inline]
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<AmpBox>, BoxCodecError> {
+        self.decode_taking(src, |_, value| Some(value))
+    }
+
+    /// [`BoxCodec::decode`], handing each pair's key and value to `take` first as the box is
+    /// parsed: a value it keeps (returns `None` for) is left out of the box. The dispatcher takes its special
+    /// keys this way, in the one pass that splits the box, rather than looking each one up and
+    /// removing it afterwards.
+    #[inline]
+    pub(crate) fn decode_taking(
+        &mut self,
+        src: &mut BytesMut,
+        take: impl FnMut(&[u8], Bytes) -> Option<Bytes>,
+    ) -> Result<Option<AmpBox>, BoxCodecError> {
+        Ok(self
+            .decode_frame(src)?
+            .map(|(frame, keys)| parse_complete(frame, keys, take)))
+    }
+
+    /// The next complete box's bytes and its number of pairs, split off the front of `src`.
+    #[inline]
+    fn decode_frame(
+        &mut self,
+        src: &mut BytesMut,
+    ) -> Result<Option<(Bytes, usize)>, BoxCodecError> {
         loop {
             let Some(rest) = src.get(self.scanned..) else {
                 // The caller changed the buffer under us; rescan from the start.
@@ -382,7 +489,7 @@ impl BoxCodec {
                 self.scanned = 0;
                 self.keys = 0;
                 let frame = src.split_to(end).freeze();
-                return Ok(Some(parse_complete(frame, keys)));
+                return Ok(Some((frame, keys)));
             }
             if key_len > MAX_KEY_LENGTH {
                 return Err(BoxCodecError::KeyTooLong { len: key_len });
@@ -430,9 +537,14 @@ fn read_u16(b: &[u8]) -> Option<usize> {
     }
 }
 
-/// Splits a frame already scanned by [`BoxCodec::decode`] into pairs, sharing its storage.
+/// Splits a frame already scanned by [`BoxCodec::decode`] into pairs, sharing its storage;
+/// the values `take` keeps (returns `None` for) are left out.
 #[inline]
-fn parse_complete(mut frame: Bytes, keys: usize) -> AmpBox {
+fn parse_complete(
+    mut frame: Bytes,
+    keys: usize,
+    mut take: impl FnMut(&[u8], Bytes) -> Option<Bytes>,
+) -> AmpBox {
     let mut pairs = Vec::with_capacity(keys);
     while frame.remaining() >= 2 {
         let key_len = usize::from(frame.get_u16());
@@ -445,7 +557,9 @@ fn parse_complete(mut frame: Bytes, keys: usize) -> AmpBox {
             break;
         }
         let value = frame.split_to(value_len);
-        pairs.push((key, value));
+        if let Some(value) = take(&key, value) {
+            pairs.push((key, value));
+        }
     }
     AmpBox::from_pairs(pairs)
 }
@@ -554,6 +668,72 @@ mod tests {
             codec.decode(&mut buf),
             Err(BoxCodecError::TooManyKeys { max: 2 })
         );
+    }
+
+    #[test]
+    fn extra_pairs_are_merged_in_key_order_and_replace_the_boxs_own() {
+        let b = AmpBox::from_iter([("b", "1"), ("_ask", "mine"), ("A", "2")]);
+        let mut merged = BytesMut::new();
+        b.encode_with(&[(b"_ask", b"7"), (b"_command", b"Sum")], &mut merged)
+            .unwrap();
+        let expected =
+            AmpBox::from_iter([("b", "1"), ("_ask", "7"), ("A", "2"), ("_command", "Sum")]);
+        assert_eq!(merged, expected.to_bytes().unwrap());
+        // Extra pairs after every key of the box, and into an empty box.
+        let mut tail = BytesMut::from(&b"before"[..]);
+        AmpBox::from_iter([("A", "2")])
+            .encode_with(&[(b"z", b"")], &mut tail)
+            .unwrap();
+        assert_eq!(
+            &tail[..],
+            b"before\x00\x01A\x00\x012\x00\x01z\x00\x00\x00\x00"
+        );
+        let mut only = BytesMut::new();
+        AmpBox::new()
+            .encode_with(&[(b"_answer", b"1")], &mut only)
+            .unwrap();
+        assert_eq!(&only[..], b"\x00\x07_answer\x00\x011\x00\x00");
+        // Limits hold for the extra pairs too, and nothing is written then.
+        let mut none = BytesMut::new();
+        let long = vec![b'k'; 256];
+        assert_eq!(
+            AmpBox::from_iter([("a", "1")]).encode_with(&[(&long, b"v")], &mut none),
+            Err(BoxCodecError::KeyTooLong { len: 256 })
+        );
+        assert_eq!(
+            AmpBox::new().encode_with(&[], &mut none),
+            Err(BoxCodecError::EmptyBox)
+        );
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn taken_pairs_are_left_out_of_the_decoded_box() {
+        let wire = AmpBox::from_iter([("_ask", "1"), ("a", "2"), ("_command", "X")])
+            .to_bytes()
+            .unwrap();
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut taken = Vec::new();
+        let b = BoxCodec::default()
+            .decode_taking(&mut buf, |key, value| {
+                if key.starts_with(b"_") {
+                    taken.push((Bytes::copy_from_slice(key), value));
+                    None
+                } else {
+                    Some(value)
+                }
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(b, AmpBox::from_iter([("a", "2")]));
+        assert_eq!(
+            taken,
+            [
+                (Bytes::from("_ask"), Bytes::from("1")),
+                (Bytes::from("_command"), Bytes::from("X"))
+            ]
+        );
+        assert!(buf.is_empty());
     }
 
     #[test]
