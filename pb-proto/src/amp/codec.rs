@@ -42,6 +42,9 @@ impl AmpBox {
     #[inline]
     pub fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Option<Bytes> {
         let (key, value) = (key.into(), value.into());
+        if self.pairs.capacity() == 0 {
+            self.pairs = spare_pairs(1);
+        }
         match self.find(&key) {
             Ok(i) => self
                 .pairs
@@ -273,6 +276,52 @@ fn merge_pairs<'a, E>(
         next = extra.next();
     }
     Ok(())
+}
+
+thread_local! {
+    /// The emptied pair vectors of boxes dropped on this thread, for the next boxes made on it:
+    /// boxes come and go with every call, and many at once are alive with calls in flight,
+    /// which the allocator serves slowly.
+    static SPARE: std::cell::RefCell<Vec<Vec<(Bytes, Bytes)>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most pair vectors kept per thread.
+const SPARE_VECS: usize = 32;
+/// Vectors with room for more pairs than this are not kept (so at most 16 KiB a thread).
+const SPARE_PAIRS: usize = 8;
+
+/// An empty pair vector with room for `pairs` pairs: a spare one if there is one.
+#[inline]
+fn spare_pairs(pairs: usize) -> Vec<(Bytes, Bytes)> {
+    if pairs <= SPARE_PAIRS
+        && let Ok(Some(spare)) = SPARE.try_with(|s| s.try_borrow_mut().ok()?.pop())
+    {
+        let mut spare = spare;
+        spare.reserve(pairs);
+        return spare;
+    }
+    Vec::with_capacity(pairs.max(4))
+}
+
+impl Drop for AmpBox {
+    #[inline]
+    fn drop(&mut self) {
+        let capacity = self.pairs.capacity();
+        if capacity == 0 || capacity > SPARE_PAIRS {
+            return;
+        }
+        let mut pairs = std::mem::take(&mut self.pairs);
+        pairs.clear();
+        // After the thread's spares are gone (at its exit), the vector is simply freed.
+        let _ = SPARE.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut()
+                && s.len() < SPARE_VECS
+            {
+                s.push(pairs);
+            }
+        });
+    }
 }
 
 impl fmt::Debug for AmpBox {
@@ -545,7 +594,7 @@ fn parse_complete(
     keys: usize,
     mut take: impl FnMut(&[u8], Bytes) -> Option<Bytes>,
 ) -> AmpBox {
-    let mut pairs = Vec::with_capacity(keys);
+    let mut pairs = spare_pairs(keys);
     while frame.remaining() >= 2 {
         let key_len = usize::from(frame.get_u16());
         if key_len == 0 || frame.remaining() < key_len + 2 {
@@ -734,6 +783,35 @@ mod tests {
             ]
         );
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn dropped_boxes_leave_their_emptied_vectors_for_the_next_ones_up_to_a_bound() {
+        let spares = || SPARE.with_borrow(Vec::len);
+        let boxes: Vec<AmpBox> = (0..100)
+            .map(|i| AmpBox::from_iter([("k", i.to_string())]))
+            .collect();
+        let big = AmpBox::from_iter((0..SPARE_PAIRS + 1).map(|i| (i.to_string(), "v")));
+        drop(big);
+        assert_eq!(spares(), 0, "a vector with room for many pairs is freed");
+        drop(boxes);
+        assert_eq!(spares(), SPARE_VECS);
+        // Boxes made from spares hold only their own pairs.
+        let mut b = AmpBox::new();
+        b.insert("b", "2");
+        b.insert("a", "1");
+        assert_eq!(spares(), SPARE_VECS - 1);
+        assert_eq!(b.iter().count(), 2);
+        assert_eq!(
+            b.to_bytes().unwrap(),
+            &b"\x00\x01a\x00\x011\x00\x01b\x00\x012\x00\x00"[..]
+        );
+        let wire = AmpBox::from_iter([("x", "1"), ("y", "2"), ("z", "3")])
+            .to_bytes()
+            .unwrap();
+        let decoded = decode_one(&wire).unwrap().unwrap();
+        assert_eq!(decoded.len(), 3);
+        assert_eq!(decoded.get("y"), Some(&b"2"[..]));
     }
 
     #[test]
