@@ -123,9 +123,11 @@ fn key_and_value(key: &[u8], value: &[u8]) -> (Bytes, Bytes) {
             chunk.reserve(CHUNK_SIZE);
         }
         chunk.extend_from_slice(key);
-        let key = chunk.split().freeze();
         chunk.extend_from_slice(value);
-        (key, chunk.split().freeze())
+        // One split off the chunk, then the key off the pair: splitting shared `Bytes` is
+        // cheaper than splitting a `BytesMut`.
+        let mut value = chunk.split().freeze();
+        (value.split_to(key.len()), value)
     })
 }
 
