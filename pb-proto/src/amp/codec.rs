@@ -189,34 +189,50 @@ impl AmpBox {
         dst: &mut BytesMut,
     ) -> Result<(), BoxCodecError> {
         debug_assert!(extra.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0)));
+        // The pairs in key order, gathered on the stack as they are checked (a box has a
+        // handful), so that writing them needs no second merge.
+        let mut merged: [(&[u8], &[u8]); MERGED_ON_STACK] = [(&[], &[]); MERGED_ON_STACK];
+        let mut n = 0;
         let mut len = 2;
         merge_pairs(&self.pairs, extra, |k, v| {
             len += check_pair(k, v)?;
+            if let Some(slot) = merged.get_mut(n) {
+                *slot = (k, v);
+            }
+            n += 1;
             Ok(())
         })?;
-        if len == 2 {
+        if n == 0 {
             return Err(BoxCodecError::EmptyBox);
         }
         // The whole box's room at once, then each pair copied into it: a few copies of its
         // own per pair rather than a checked append per key, value and length.
         let start = dst.len();
         dst.resize(start + len, 0);
-        let out = dst.get_mut(start..).unwrap_or_default();
-        let mut at = 0;
-        let mut put = |bytes: &[u8]| {
-            if let Some(room) = out.get_mut(at..at + bytes.len()) {
-                room.copy_from_slice(bytes);
-            }
-            at += bytes.len();
-        };
-        merge_pairs(&self.pairs, extra, |k, v| {
+        let mut out = dst.get_mut(start..).unwrap_or_default();
+        let mut put = |k: &[u8], v: &[u8]| {
             // `check_pair` checked both lengths, so the casts cannot truncate.
-            put(&(k.len() as u16).to_be_bytes());
-            put(k);
-            put(&(v.len() as u16).to_be_bytes());
-            put(v);
+            let (head, rest) = std::mem::take(&mut out)
+                .split_at_mut_checked(2)
+                .unwrap_or_default();
+            head.copy_from_slice(&(k.len() as u16).to_be_bytes());
+            let (key, rest) = rest.split_at_mut_checked(k.len()).unwrap_or_default();
+            key.copy_from_slice(k);
+            let (head, rest) = rest.split_at_mut_checked(2).unwrap_or_default();
+            head.copy_from_slice(&(v.len() as u16).to_be_bytes());
+            let (value, rest) = rest.split_at_mut_checked(v.len()).unwrap_or_default();
+            value.copy_from_slice(v);
+            out = rest;
             Ok::<(), BoxCodecError>(())
-        })?;
+        };
+        match merged.get(..n) {
+            Some(merged) => {
+                for &(k, v) in merged {
+                    put(k, v)?;
+                }
+            }
+            None => merge_pairs(&self.pairs, extra, put)?,
+        }
         // The terminator is the two zeros left at the end.
         Ok(())
     }
@@ -248,6 +264,9 @@ fn check_pair(k: &[u8], v: &[u8]) -> Result<usize, BoxCodecError> {
     Ok(4 + k.len() + v.len())
 }
 
+/// How many pairs [`AmpBox::encode_with`] gathers on the stack.
+const MERGED_ON_STACK: usize = 8;
+
 /// Hands `f` the pairs of a box's sorted `pairs` with those of the sorted `extra` merged in, in
 /// key order; a key in both is handed over once, with `extra`'s value.
 #[inline]
@@ -258,16 +277,19 @@ fn merge_pairs<'a, E>(
 ) -> Result<(), E> {
     let mut extra = extra.iter();
     let mut next = extra.next();
-    for (k, v) in pairs {
+    'pairs: for (k, v) in pairs {
         while let Some(&(ek, ev)) = next {
-            if ek >= k.as_ref() {
-                break;
+            match key_order(ek, k) {
+                std::cmp::Ordering::Greater => break,
+                order => {
+                    f(ek, ev)?;
+                    next = extra.next();
+                    if order == std::cmp::Ordering::Equal {
+                        // The extra pair replaces the box's own.
+                        continue 'pairs;
+                    }
+                }
             }
-            f(ek, ev)?;
-            next = extra.next();
-        }
-        if next.is_some_and(|(ek, _)| *ek == k.as_ref()) {
-            continue;
         }
         f(k, v)?;
     }
@@ -276,6 +298,16 @@ fn merge_pairs<'a, E>(
         next = extra.next();
     }
     Ok(())
+}
+
+/// Bytewise order of two keys, deciding on the first bytes without a call when they differ
+/// (special keys begin with `_`, most others with a letter).
+#[inline]
+fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    match (a.first(), b.first()) {
+        (Some(x), Some(y)) if x != y => x.cmp(y),
+        _ => a.cmp(b),
+    }
 }
 
 thread_local! {
@@ -742,6 +774,15 @@ mod tests {
             .encode_with(&[(b"_answer", b"1")], &mut only)
             .unwrap();
         assert_eq!(&only[..], b"\x00\x07_answer\x00\x011\x00\x00");
+        // More pairs than are gathered on the stack.
+        let many = AmpBox::from_iter((0..MERGED_ON_STACK + 3).map(|i| (format!("k{i:02}"), "v")));
+        let mut merged = BytesMut::new();
+        many.encode_with(&[(b"_ask", b"1"), (b"k03", b"new")], &mut merged)
+            .unwrap();
+        let mut expected = many.clone();
+        expected.insert("_ask", "1");
+        expected.insert("k03", "new");
+        assert_eq!(merged, expected.to_bytes().unwrap());
         // Limits hold for the extra pairs too, and nothing is written then.
         let mut none = BytesMut::new();
         let long = vec![b'k'; 256];

@@ -399,9 +399,11 @@ impl<S> Dispatcher<S> {
                 self.state = State::TlsSwitching;
             }
             // An answer keeps every other key, special or not, as it came.
-            for (key, value) in [(ERROR, error), (COMMAND, command), (ASK, ask)] {
-                if let Some(value) = value {
-                    b.insert(key, value);
+            if error.is_some() || command.is_some() || ask.is_some() {
+                for (key, value) in [(ERROR, error), (COMMAND, command), (ASK, ask)] {
+                    if let Some(value) = value {
+                        b.insert(key, value);
+                    }
                 }
             }
             return Some(Event::Answer { tag, answer: b });
