@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 /// The longest key AMP allows (`MAX_KEY_LENGTH` in Twisted).
 pub const MAX_KEY_LENGTH: usize = 0xff;
@@ -622,24 +622,26 @@ fn read_u16(b: &[u8]) -> Option<usize> {
 /// the values `take` keeps (returns `None` for) are left out.
 #[inline]
 fn parse_complete(
-    mut frame: Bytes,
+    frame: Bytes,
     keys: usize,
     mut take: impl FnMut(&[u8], Bytes) -> Option<Bytes>,
 ) -> AmpBox {
     let mut pairs = spare_pairs(keys);
-    while frame.remaining() >= 2 {
-        let key_len = usize::from(frame.get_u16());
-        if key_len == 0 || frame.remaining() < key_len + 2 {
+    // By offsets into the frame: a key is made shared bytes only if the box keeps it.
+    let mut at = 0;
+    while let Some(key_len) = frame.get(at..).and_then(read_u16) {
+        let key = at + 2..at + 2 + key_len;
+        let Some(value_len) = frame.get(key.end..).and_then(read_u16) else {
+            break;
+        };
+        let value = key.end + 2..key.end + 2 + value_len;
+        if key_len == 0 || value.end > frame.len() {
             break;
         }
-        let key = frame.split_to(key_len);
-        let value_len = usize::from(frame.get_u16());
-        if frame.remaining() < value_len {
-            break;
-        }
-        let value = frame.split_to(value_len);
-        if let Some(value) = take(&key, value) {
-            pairs.push((key, value));
+        at = value.end;
+        let key_bytes = frame.get(key.clone()).unwrap_or_default();
+        if let Some(value) = take(key_bytes, frame.slice(value)) {
+            pairs.push((frame.slice(key), value));
         }
     }
     AmpBox::from_pairs(pairs)
