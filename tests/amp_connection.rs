@@ -380,6 +380,32 @@ async fn pending_calls_fail_when_the_connection_closes() {
     ));
 }
 
+#[tokio::test(start_paused = true)]
+async fn more_calls_than_the_queue_holds_and_abandoned_ones_leave_the_others_answered() {
+    let (_server, client) = pair(|_| math(), Locator::new());
+    let mut calls = tokio::task::JoinSet::new();
+    // Started in one scheduler tick: most wait for room in the connection's queue.
+    for i in 0..500 {
+        let c = client.clone();
+        calls.spawn(async move { (i, c.call(&Sum { a: i, b: 1 }).await) });
+    }
+    // Calls given up on once queued: their answers come to nobody.
+    for i in 0..100 {
+        let sum = Sum { a: i, b: 2 };
+        let call = client.call(&sum);
+        assert!(
+            tokio::time::timeout(std::time::Duration::ZERO, call)
+                .await
+                .is_err()
+        );
+    }
+    while let Some(done) = calls.join_next().await {
+        let (i, answer) = done.unwrap();
+        assert_eq!(answer.unwrap().total, i + 1);
+    }
+    assert_eq!(client.call(&Sum { a: 2, b: 2 }).await.unwrap().total, 4);
+}
+
 #[tokio::test]
 async fn dropping_every_handle_of_a_pure_client_closes_it() {
     let (server, client) = pair(|_| math(), Locator::new());

@@ -13,6 +13,7 @@
 //! - `dispatch`: the [`Dispatcher`], the request/response state of a connection, no I/O;
 //! - `locator`: responders by command name ([`Locator`]);
 //! - `handle`: the [`AmpConnection`] handle and [`serve`];
+//! - `calls`: the requests of the handles to the driver, and the slots our calls wait in;
 //! - `driver`: the tokio driver and StartTLS.
 //!
 //! # Example
@@ -48,6 +49,7 @@
 
 mod argument;
 mod bigint;
+mod calls;
 mod command;
 mod datetime;
 mod decimal;

@@ -98,6 +98,39 @@ thread_local! {
 /// Keep at most this much of the scratch buffer between calls.
 const SCRATCH_KEEP: usize = 4096;
 
+thread_local! {
+    /// The chunk small keys and values are copied into and split off, so that a box's pairs
+    /// cost no allocation each: the chunk is reused from its start once every slice of it is
+    /// dropped (most boxes are encoded and dropped within a scheduler tick), and a new one is
+    /// allocated when it is full and still in use.
+    static CHUNK: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
+/// The size of [`CHUNK`]'s allocations.
+const CHUNK_SIZE: usize = 4096;
+/// Pairs longer than this get allocations of their own, so a chunk holds many pairs.
+const CHUNK_PAIR_MAX: usize = CHUNK_SIZE / 8;
+
+/// `key` and `value` as shared bytes: slices of the thread's [`CHUNK`] when they are small.
+fn key_and_value(key: &[u8], value: &[u8]) -> (Bytes, Bytes) {
+    let len = key.len() + value.len();
+    if len > CHUNK_PAIR_MAX {
+        return (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+    }
+    CHUNK.with_borrow_mut(|chunk| {
+        if chunk.capacity() - chunk.len() < len {
+            // Takes the chunk back if nothing holds a slice of it any more, else a new one.
+            chunk.reserve(CHUNK_SIZE);
+        }
+        chunk.extend_from_slice(key);
+        chunk.extend_from_slice(value);
+        // One split off the chunk, then the key off the pair: splitting shared `Bytes` is
+        // cheaper than splitting a `BytesMut`.
+        let mut value = chunk.split().freeze();
+        (value.split_to(key.len()), value)
+    })
+}
+
 fn put_value<T: AmpValue>(value: &T, name: &str, out: &mut AmpBox) -> Result<(), ArgumentError> {
     // Taken, not borrowed: a value holding boxes (`AmpList`) puts values while it encodes, and
     // those get an empty buffer of their own.
@@ -108,13 +141,14 @@ fn put_value<T: AmpValue>(value: &T, name: &str, out: &mut AmpBox) -> Result<(),
         if buf.len() > MAX_VALUE_LENGTH {
             return Err(ArgumentError::ValueTooLong { len: buf.len() }.in_field(name));
         }
-        let value = if buf.len() > SCRATCH_KEEP {
+        let (key, value) = if buf.len() > SCRATCH_KEEP {
             // Big: hand the buffer over rather than copy it.
-            Bytes::from(std::mem::take(&mut buf))
+            let value = Bytes::from(std::mem::take(&mut buf));
+            (Bytes::copy_from_slice(name.as_bytes()), value)
         } else {
-            Bytes::copy_from_slice(&buf)
+            key_and_value(name.as_bytes(), &buf)
         };
-        out.insert(Bytes::copy_from_slice(name.as_bytes()), value);
+        out.insert(key, value);
         Ok(())
     });
     if buf.capacity() <= SCRATCH_KEEP {
@@ -251,5 +285,44 @@ impl<T: AmpFields> AmpValue for AmpList<T> {
             .map(T::from_box)
             .collect::<Result<Vec<_>, _>>()
             .map(AmpList)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_pairs_share_chunks_and_keep_their_bytes_across_chunks() {
+        // Enough pairs, all kept alive, to fill several chunks.
+        let mut boxes = Vec::new();
+        for i in 0..2_000u64 {
+            let mut b = AmpBox::new();
+            let name = format!("key{i}");
+            i.put(&name, &mut b).unwrap();
+            boxes.push((name, b));
+        }
+        for (i, (name, b)) in boxes.iter().enumerate() {
+            assert_eq!(b.get(name), Some(i.to_string().as_bytes()));
+            assert_eq!(u64::take(name, b).unwrap(), i as u64);
+        }
+        // Once nothing holds a slice, the chunk is taken back, not grown.
+        drop(boxes);
+        let mut b = AmpBox::new();
+        7u8.put("x", &mut b).unwrap();
+        assert_eq!(b.get("x"), Some(&b"7"[..]));
+    }
+
+    #[test]
+    fn large_pairs_get_their_own_bytes() {
+        let name = "k".repeat(200);
+        let value = Bytes::from(vec![b'v'; CHUNK_PAIR_MAX]);
+        let mut b = AmpBox::new();
+        value.put(&name, &mut b).unwrap();
+        assert_eq!(b.get(&name), Some(&value[..]));
+        let big = Bytes::from(vec![b'w'; SCRATCH_KEEP + 1]);
+        big.put("big", &mut b).unwrap();
+        assert_eq!(b.get_bytes("big"), Some(&big));
     }
 }

@@ -14,16 +14,18 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::Dispatcher;
+use super::calls::{Calls, Request};
 use super::codec::AmpBox;
 use super::command::{
     AmpCallError, NoErrors, UNHANDLED_ERROR_CODE, UNKNOWN_ERROR_CODE, python_bytes_repr,
 };
-use super::dispatch::{AmpProtocolError, DisconnectReason, Event, START_TLS, SendError};
-use super::handle::*;
+use super::dispatch::{
+    AmpProtocolError, DisconnectReason, Event, START_TLS, SendError, tag_number,
+};
 use super::locator::{AmpReply, Locator};
 use pb_proto::hash::IdHasher;
 use pb_proto::liveness::{Liveness, Timeout};
@@ -31,7 +33,6 @@ use pb_proto::liveness::{Liveness, Timeout};
 /// Stop reading and taking new calls while this much output waits to be written.
 pub(super) const HIGH_WATER: usize = 256 * 1024;
 pub(super) const READ_CHUNK: usize = 16 * 1024;
-pub(super) const REQUEST_QUEUE: usize = 64;
 pub(super) const TLS_ERROR_CODE: &[u8] = b"TLS_ERROR";
 
 pub(super) type RawResult<T> = Result<T, AmpCallError<NoErrors>>;
@@ -140,11 +141,19 @@ pub(super) struct TlsClientRequest {
 pub(super) struct Driver {
     pub(super) dispatcher: Dispatcher,
     pub(super) locator: Arc<Locator>,
-    pub(super) requests: mpsc::Receiver<Request>,
+    /// The handles' requests, and the slots our calls wait in.
+    pub(super) calls: Arc<Calls>,
+    /// The requests taken from the queue at once (kept for its allocation).
+    pub(super) batch: Vec<Request>,
+    /// Answers to our calls, by slot, left in their slots together once a pass is done.
+    pub(super) answers: Vec<(usize, RawResult<AmpBox>)>,
+    /// Scratch room for the wakers of the callers answered.
+    pub(super) wakers: Vec<Waker>,
+    /// Whether anybody can still call: a handle is alive, or a request is queued.
     pub(super) requests_open: bool,
-    /// Keyed by our own tags, so a cheap hash will do.
-    pub(super) pending:
-        HashMap<Bytes, oneshot::Sender<RawResult<AmpBox>>, BuildHasherDefault<IdHasher>>,
+    /// The slot of each of our calls awaiting its answer, by its tag's number (ours, so a
+    /// cheap hash will do).
+    pub(super) pending: HashMap<u64, usize, BuildHasherDefault<IdHasher>>,
     pub(super) tls_client: Option<TlsClientRequest>,
     pub(super) responders: JoinSet<AmpReply>,
     /// The tag and command name of each running responder, and its box's encoded length, by
@@ -298,10 +307,8 @@ impl Driver {
                 Some(done) = self.responders.join_next_with_id(), if !self.responders.is_empty() => {
                     self.handle_reply(done);
                 }
-                req = self.requests.recv(), if can_request => match req {
-                    Some(req) => self.handle_request(req),
-                    None => self.requests_open = false,
-                },
+                // A wake-up: `take_ready` takes what was queued.
+                () = self.calls.notified(), if can_request => {}
                 r = rd.read(&mut self.read_buf), if can_read => match r {
                     Ok(0) => {
                         // The peer may only have shut down its writing half: answer what it
@@ -368,28 +375,44 @@ impl Driver {
                 progress = true;
             }
             self.dispatcher.transmit_into(&mut self.out);
-            while !self.dispatcher.is_closing()
-                && self.requests_open
-                && self.out.len() + self.dispatcher.held_output() < HIGH_WATER
-            {
-                match self.requests.try_recv() {
-                    Ok(req) => {
-                        self.handle_request(req);
-                        self.dispatcher.transmit_into(&mut self.out);
-                        progress = true;
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        self.requests_open = false;
-                        progress = true;
-                    }
+            if self.can_take_requests() {
+                // Everything queued at once, under one acquisition of the lock.
+                let mut batch = std::mem::take(&mut self.batch);
+                let open = self
+                    .calls
+                    .take_queue(&mut batch)
+                    .unwrap_or(self.requests_open);
+                progress |= open != self.requests_open || !batch.is_empty();
+                self.requests_open = open;
+                let mut requests = batch.drain(..);
+                while self.can_take_requests()
+                    && let Some(req) = requests.next()
+                {
+                    self.handle_request(req);
+                    self.dispatcher.transmit_into(&mut self.out);
                 }
+                // What the output has no room for yet goes back, ahead of anything newer.
+                let mut rest: Vec<Request> = requests.collect();
+                if !rest.is_empty() {
+                    self.calls.put_back(&mut rest);
+                }
+                self.batch = batch;
             }
             if !progress {
                 break;
             }
         }
         self.dispatcher.transmit_into(&mut self.out);
+        // The callers answered in this pass, all under one acquisition of the lock.
+        self.calls.deliver(&mut self.answers, &mut self.wakers);
+    }
+
+    /// Whether the handles' requests may be taken now: not closing, and the output below
+    /// [`HIGH_WATER`].
+    fn can_take_requests(&self) -> bool {
+        !self.dispatcher.is_closing()
+            && self.requests_open
+            && self.out.len() + self.dispatcher.held_output() < HIGH_WATER
     }
 
     /// Whether another command may start a responder: fewer than `max_running` run, holding
@@ -415,8 +438,8 @@ impl Driver {
                     // The switch itself happens in `run` once the output is flushed.
                     return;
                 }
-                if let Some(reply) = self.pending.remove(&tag) {
-                    let _ = reply.send(Ok(answer));
+                if let Some(slot) = tag_number(&tag).and_then(|n| self.pending.remove(&n)) {
+                    self.answers.push((slot, Ok(answer)));
                 }
             }
             Event::Error {
@@ -430,8 +453,9 @@ impl Driver {
                         .send(Err(AmpCallError::Remote { code, description }));
                     return;
                 }
-                if let Some(reply) = self.pending.remove(&tag) {
-                    let _ = reply.send(Err(AmpCallError::Remote { code, description }));
+                if let Some(slot) = tag_number(&tag).and_then(|n| self.pending.remove(&n)) {
+                    self.answers
+                        .push((slot, Err(AmpCallError::Remote { code, description })));
                 }
             }
             Event::Closed(reason) => {
@@ -567,12 +591,13 @@ impl Driver {
 
     pub(super) fn handle_request(&mut self, req: Request) {
         match req {
-            Request::Ask { name, args, reply } => match self.dispatcher.ask(name, args) {
-                Ok(tag) => {
-                    self.pending.insert(tag, reply);
+            Request::Ask { name, args, slot } => match self.dispatcher.ask_numbered(&name, &args) {
+                Ok(n) => {
+                    self.pending.insert(n, slot);
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(self.send_error(e)));
+                    let failed = Err(self.send_error(e));
+                    self.answers.push((slot, failed));
                 }
             },
             Request::Tell { name, args, reply } => {
@@ -677,28 +702,33 @@ impl Driver {
 
     pub(super) fn finish(mut self, reason: DisconnectReason) {
         self.dispatcher.close();
-        for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(AmpCallError::Disconnected(reason.clone())));
-        }
+        self.calls.deliver(&mut self.answers, &mut self.wakers);
+        self.pending.clear();
         if let Some(tls) = self.tls_client.take() {
             let _ = tls
                 .reply
                 .send(Err(AmpCallError::Disconnected(reason.clone())));
         }
         self.responders.abort_all();
+        // Every call waiting or queued fails, and so does every request made from now on.
+        let queued = self.calls.shut(&reason);
         self.closed.send_replace(Some(reason.clone()));
-        self.requests.close();
-        while let Ok(req) = self.requests.try_recv() {
+        for req in queued {
             let err = AmpCallError::Disconnected(reason.clone());
             match req {
-                Request::Ask { reply, .. } => {
-                    let _ = reply.send(Err(err));
-                }
                 Request::Tell { reply, .. } | Request::StartTls { reply, .. } => {
                     let _ = reply.send(Err(err));
                 }
-                Request::Close => {}
+                Request::Ask { .. } | Request::Close => {}
             }
         }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // After `finish` this does nothing; a driver that ends otherwise (a panic) must not
+        // leave its callers waiting for answers that cannot come.
+        let _ = self.calls.shut(&DisconnectReason::LocalClosed);
     }
 }

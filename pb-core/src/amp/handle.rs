@@ -2,18 +2,21 @@
 //! requests to the connection's driver task; and [`serve`], the accept loop.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::argument::AmpFields;
+use super::calls::{Calls, NotQueued, Request, SlotGuard};
 use super::codec::AmpBox;
 use super::command::{AmpCallError, AmpCommand, NoErrors, classify};
 use super::dispatch::DisconnectReason;
@@ -21,25 +24,6 @@ use super::driver::*;
 use super::locator::Locator;
 use super::{AmpConfig, Dispatcher};
 use pb_proto::liveness::{Liveness, LivenessConfig};
-
-pub(super) enum Request {
-    Ask {
-        name: Bytes,
-        args: AmpBox,
-        reply: oneshot::Sender<RawResult<AmpBox>>,
-    },
-    Tell {
-        name: Bytes,
-        args: AmpBox,
-        reply: oneshot::Sender<RawResult<()>>,
-    },
-    StartTls {
-        config: Arc<rustls::ClientConfig>,
-        server_name: ServerName<'static>,
-        reply: oneshot::Sender<RawResult<()>>,
-    },
-    Close,
-}
 
 /// A handle to one AMP connection; clone it freely. Both sides of a connection may call.
 ///
@@ -64,10 +48,34 @@ pub(super) enum Request {
 /// assert_eq!(total, 94);
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AmpConnection {
-    requests: mpsc::Sender<Request>,
+    calls: Handle,
     closed: watch::Receiver<Option<DisconnectReason>>,
+}
+
+impl fmt::Debug for AmpConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmpConnection")
+            .field("closed", &*self.closed.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connection's shared [`Calls`], counted: the driver hears when the last handle goes.
+struct Handle(Arc<Calls>);
+
+impl Clone for Handle {
+    fn clone(&self) -> Self {
+        self.0.add_handle();
+        Handle(self.0.clone())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.drop_handle();
+    }
 }
 
 impl AmpConnection {
@@ -106,10 +114,10 @@ impl AmpConnection {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: FnOnce(&AmpConnection) -> Locator,
     {
-        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let calls = Calls::new();
         let (closed_tx, closed_rx) = watch::channel(None);
         let conn = AmpConnection {
-            requests: tx,
+            calls: Handle(calls.clone()),
             closed: closed_rx,
         };
         let locator = make_locator(&conn);
@@ -126,7 +134,10 @@ impl AmpConnection {
             peer,
             dispatcher: Dispatcher::new(config),
             locator: Arc::new(locator),
-            requests: rx,
+            calls,
+            batch: Vec::new(),
+            answers: Vec::new(),
+            wakers: Vec::new(),
             requests_open: true,
             pending: HashMap::default(),
             tls_client: None,
@@ -236,13 +247,8 @@ impl AmpConnection {
 
     /// Closes the connection once what is queued is written; outstanding calls fail.
     pub fn close(&self) {
-        // A full queue means the driver is busy; it will still see the close after the others.
-        let requests = self.requests.clone();
-        if requests.try_send(Request::Close).is_err() {
-            tokio::spawn(async move {
-                let _ = requests.send(Request::Close).await;
-            });
-        }
+        // Queued even when the queue is full: the driver sees it after the others.
+        self.calls.0.request_close();
     }
 
     /// Waits until the connection has ended, and says why.
@@ -267,16 +273,45 @@ impl AmpConnection {
     }
 
     async fn raw_ask(&self, name: Bytes, args: AmpBox) -> RawResult<AmpBox> {
-        let (reply, rx) = oneshot::channel();
-        self.request(Request::Ask { name, args, reply }).await?;
-        self.wait(rx).await
+        let calls = &*self.calls.0;
+        let mut call = Some((name, args));
+        let mut slot = SlotGuard { calls, slot: None };
+        loop {
+            // Queued with this poll's waker in its slot, under one acquisition of the lock.
+            let queued =
+                std::future::poll_fn(|cx| Poll::Ready(calls.try_ask(&mut call, cx.waker())));
+            match queued.await {
+                Ok(s) => {
+                    slot.slot = Some(s);
+                    break;
+                }
+                Err(NotQueued::Closed(reason)) => return Err(AmpCallError::Disconnected(reason)),
+                Err(NotQueued::Full) => calls.room().await,
+            }
+        }
+        // The slot has this poll's waker already, and the answer cannot have come yet: the
+        // first look at the slot is saved.
+        let mut first = true;
+        std::future::poll_fn(|cx| {
+            if std::mem::take(&mut first) {
+                Poll::Pending
+            } else {
+                slot.poll_answer(cx)
+            }
+        })
+        .await
     }
 
     async fn request(&self, r: Request) -> RawResult<()> {
-        self.requests
-            .send(r)
-            .await
-            .map_err(|_| AmpCallError::Disconnected(self.reason()))
+        let calls = &*self.calls.0;
+        let mut r = Some(r);
+        loop {
+            match calls.try_request(&mut r) {
+                Ok(()) => return Ok(()),
+                Err(NotQueued::Closed(reason)) => return Err(AmpCallError::Disconnected(reason)),
+                Err(NotQueued::Full) => calls.room().await,
+            }
+        }
     }
 
     async fn wait<T>(&self, rx: oneshot::Receiver<RawResult<T>>) -> RawResult<T> {

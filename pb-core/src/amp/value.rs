@@ -97,8 +97,28 @@ macro_rules! integer_value {
             }
 
             fn decode_value(bytes: &[u8]) -> Result<Self, ArgumentError> {
-                // The usual case, plain digits that fit, needs no normalised copy; `+`, spaces,
-                // `_` and errors take the careful path.
+                // The usual case, up to 18 plain digits (which cannot overflow a `u64`), is
+                // read digit by digit, with no text and no normalised copy.
+                let (negative, digits) = match bytes {
+                    [b'-', rest @ ..] => (true, rest),
+                    _ => (false, bytes),
+                };
+                if !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
+                    let magnitude = digits
+                        .iter()
+                        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                    let v = if negative {
+                        -i128::from(magnitude)
+                    } else {
+                        i128::from(magnitude)
+                    };
+                    return <$t>::try_from(v).map_err(|_| ArgumentError::OutOfRange {
+                        value: v.to_string(),
+                        rust_type: stringify!($t),
+                    });
+                }
+                // Longer plain digits need no normalised copy either; `+`, spaces, `_` and
+                // errors take the careful path.
                 if bytes.first().is_some_and(|b| b.is_ascii_digit() || *b == b'-')
                     && bytes.iter().skip(1).all(u8::is_ascii_digit)
                     && let Ok(v) = std::str::from_utf8(bytes).unwrap_or("").parse::<$t>()
@@ -369,6 +389,28 @@ mod tests {
             assert_eq!(i64::decode_value(text.as_bytes()).unwrap(), want, "{text}");
         }
         assert_eq!(u64::decode_value(b"-0").unwrap(), 0);
+        // Both sides of the short path's limit, and the bounds of a narrow type.
+        assert_eq!(
+            i64::decode_value(b"999999999999999999").unwrap(),
+            999_999_999_999_999_999
+        );
+        assert_eq!(
+            i64::decode_value(b"-1000000000000000000").unwrap(),
+            -1_000_000_000_000_000_000
+        );
+        assert_eq!(i8::decode_value(b"-128").unwrap(), i8::MIN);
+        assert_eq!(u8::decode_value(b"0255").unwrap(), u8::MAX);
+        for (text, shown) in [("256", "256"), ("-1", "-1"), ("-0129", "-129")] {
+            let err = if text == "-0129" {
+                i8::decode_value(text.as_bytes()).unwrap_err()
+            } else {
+                u8::decode_value(text.as_bytes()).unwrap_err()
+            };
+            assert!(
+                matches!(&err, ArgumentError::OutOfRange { value, .. } if value == shown),
+                "{text}: {err}"
+            );
+        }
         for bad in ["-", "--1", "1-", "-_1"] {
             assert!(i64::decode_value(bad.as_bytes()).is_err(), "{bad}");
         }

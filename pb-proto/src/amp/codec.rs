@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 /// The longest key AMP allows (`MAX_KEY_LENGTH` in Twisted).
 pub const MAX_KEY_LENGTH: usize = 0xff;
@@ -42,6 +42,9 @@ impl AmpBox {
     #[inline]
     pub fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Option<Bytes> {
         let (key, value) = (key.into(), value.into());
+        if self.pairs.capacity() == 0 {
+            self.pairs = spare_pairs(1);
+        }
         match self.find(&key) {
             Ok(i) => self
                 .pairs
@@ -170,16 +173,67 @@ impl AmpBox {
     /// Appends the wire form of this box to `dst`; nothing is written if a limit is broken.
     #[inline]
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), BoxCodecError> {
-        self.validate()?;
-        dst.reserve(self.encoded_len());
-        for (k, v) in &self.pairs {
-            // Lengths were checked by `validate`, so the casts cannot truncate.
-            dst.put_u16(k.len() as u16);
-            dst.put_slice(k);
-            dst.put_u16(v.len() as u16);
-            dst.put_slice(v);
+        self.encode_with(&[], dst)
+    }
+
+    /// Appends the wire form of this box with the pairs of `extra` added (replacing the box's
+    /// own value of a key they share), as if they had been inserted first; nothing is written
+    /// if a limit is broken. `extra` must be sorted by key, each key once.
+    ///
+    /// The dispatcher's special keys (`_ask`, `_answer`, ...) go in this way: merged into the
+    /// sorted pairs as they are written, with no insertion into the box and no copy of it.
+    #[inline]
+    pub(crate) fn encode_with(
+        &self,
+        extra: &[(&[u8], &[u8])],
+        dst: &mut BytesMut,
+    ) -> Result<(), BoxCodecError> {
+        debug_assert!(extra.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0)));
+        // The pairs in key order, gathered on the stack as they are checked (a box has a
+        // handful), so that writing them needs no second merge.
+        let mut merged: [(&[u8], &[u8]); MERGED_ON_STACK] = [(&[], &[]); MERGED_ON_STACK];
+        let mut n = 0;
+        let mut len = 2;
+        merge_pairs(&self.pairs, extra, |k, v| {
+            len += check_pair(k, v)?;
+            if let Some(slot) = merged.get_mut(n) {
+                *slot = (k, v);
+            }
+            n += 1;
+            Ok(())
+        })?;
+        if n == 0 {
+            return Err(BoxCodecError::EmptyBox);
         }
-        dst.put_u16(0);
+        // The whole box's room at once, then each pair copied into it: a few copies of its
+        // own per pair rather than a checked append per key, value and length.
+        let start = dst.len();
+        dst.resize(start + len, 0);
+        let mut out = dst.get_mut(start..).unwrap_or_default();
+        let mut put = |k: &[u8], v: &[u8]| {
+            // `check_pair` checked both lengths, so the casts cannot truncate.
+            let (head, rest) = std::mem::take(&mut out)
+                .split_at_mut_checked(2)
+                .unwrap_or_default();
+            head.copy_from_slice(&(k.len() as u16).to_be_bytes());
+            let (key, rest) = rest.split_at_mut_checked(k.len()).unwrap_or_default();
+            key.copy_from_slice(k);
+            let (head, rest) = rest.split_at_mut_checked(2).unwrap_or_default();
+            head.copy_from_slice(&(v.len() as u16).to_be_bytes());
+            let (value, rest) = rest.split_at_mut_checked(v.len()).unwrap_or_default();
+            value.copy_from_slice(v);
+            out = rest;
+            Ok::<(), BoxCodecError>(())
+        };
+        match merged.get(..n) {
+            Some(merged) => {
+                for &(k, v) in merged {
+                    put(k, v)?;
+                }
+            }
+            None => merge_pairs(&self.pairs, extra, put)?,
+        }
+        // The terminator is the two zeros left at the end.
         Ok(())
     }
 
@@ -189,6 +243,116 @@ impl AmpBox {
         let mut buf = BytesMut::new();
         self.encode(&mut buf)?;
         Ok(buf.freeze())
+    }
+}
+
+/// The encoded length of one pair, if it is within AMP's limits.
+#[inline]
+fn check_pair(k: &[u8], v: &[u8]) -> Result<usize, BoxCodecError> {
+    if k.is_empty() {
+        return Err(BoxCodecError::EmptyKey);
+    }
+    if k.len() > MAX_KEY_LENGTH {
+        return Err(BoxCodecError::KeyTooLong { len: k.len() });
+    }
+    if v.len() > MAX_VALUE_LENGTH {
+        return Err(BoxCodecError::ValueTooLong {
+            key: Bytes::copy_from_slice(k),
+            len: v.len(),
+        });
+    }
+    Ok(4 + k.len() + v.len())
+}
+
+/// How many pairs [`AmpBox::encode_with`] gathers on the stack.
+const MERGED_ON_STACK: usize = 8;
+
+/// Hands `f` the pairs of a box's sorted `pairs` with those of the sorted `extra` merged in, in
+/// key order; a key in both is handed over once, with `extra`'s value.
+#[inline]
+fn merge_pairs<'a, E>(
+    pairs: &'a [(Bytes, Bytes)],
+    extra: &'a [(&'a [u8], &'a [u8])],
+    mut f: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut extra = extra.iter();
+    let mut next = extra.next();
+    'pairs: for (k, v) in pairs {
+        while let Some(&(ek, ev)) = next {
+            match key_order(ek, k) {
+                std::cmp::Ordering::Greater => break,
+                order => {
+                    f(ek, ev)?;
+                    next = extra.next();
+                    if order == std::cmp::Ordering::Equal {
+                        // The extra pair replaces the box's own.
+                        continue 'pairs;
+                    }
+                }
+            }
+        }
+        f(k, v)?;
+    }
+    while let Some(&(ek, ev)) = next {
+        f(ek, ev)?;
+        next = extra.next();
+    }
+    Ok(())
+}
+
+/// Bytewise order of two keys, deciding on the first bytes without a call when they differ
+/// (special keys begin with `_`, most others with a letter).
+#[inline]
+fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    match (a.first(), b.first()) {
+        (Some(x), Some(y)) if x != y => x.cmp(y),
+        _ => a.cmp(b),
+    }
+}
+
+thread_local! {
+    /// The emptied pair vectors of boxes dropped on this thread, for the next boxes made on it:
+    /// boxes come and go with every call, and many at once are alive with calls in flight,
+    /// which the allocator serves slowly.
+    static SPARE: std::cell::RefCell<Vec<Vec<(Bytes, Bytes)>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most pair vectors kept per thread.
+const SPARE_VECS: usize = 32;
+/// Vectors with room for more pairs than this are not kept (so at most 16 KiB a thread).
+const SPARE_PAIRS: usize = 8;
+
+/// An empty pair vector with room for `pairs` pairs: a spare one if there is one.
+#[inline]
+fn spare_pairs(pairs: usize) -> Vec<(Bytes, Bytes)> {
+    if pairs <= SPARE_PAIRS
+        && let Ok(Some(spare)) = SPARE.try_with(|s| s.try_borrow_mut().ok()?.pop())
+    {
+        let mut spare = spare;
+        spare.reserve(pairs);
+        return spare;
+    }
+    Vec::with_capacity(pairs.max(4))
+}
+
+impl Drop for AmpBox {
+    #[inline]
+    fn drop(&mut self) {
+        let capacity = self.pairs.capacity();
+        if capacity == 0 || capacity > SPARE_PAIRS {
+            return;
+        }
+        let mut pairs = std::mem::take(&mut self.pairs);
+        pairs.clear();
+        // After the thread's spares are gone (at its exit), the vector is simply freed.
+        let _ = SPARE.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut()
+                && s.len() < SPARE_VECS
+            {
+                s.push(pairs);
+            }
+        });
     }
 }
 
@@ -362,6 +526,30 @@ impl BoxCodec {
     /// Decodes the next box from the front of `src`, if it is complete.
     #[inline]
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<AmpBox>, BoxCodecError> {
+        self.decode_taking(src, |_, value| Some(value))
+    }
+
+    /// [`BoxCodec::decode`], handing each pair's key and value to `take` first as the box is
+    /// parsed: a value it keeps (returns `None` for) is left out of the box. The dispatcher takes its special
+    /// keys this way, in the one pass that splits the box, rather than looking each one up and
+    /// removing it afterwards.
+    #[inline]
+    pub(crate) fn decode_taking(
+        &mut self,
+        src: &mut BytesMut,
+        take: impl FnMut(&[u8], Bytes) -> Option<Bytes>,
+    ) -> Result<Option<AmpBox>, BoxCodecError> {
+        Ok(self
+            .decode_frame(src)?
+            .map(|(frame, keys)| parse_complete(frame, keys, take)))
+    }
+
+    /// The next complete box's bytes and its number of pairs, split off the front of `src`.
+    #[inline]
+    fn decode_frame(
+        &mut self,
+        src: &mut BytesMut,
+    ) -> Result<Option<(Bytes, usize)>, BoxCodecError> {
         loop {
             let Some(rest) = src.get(self.scanned..) else {
                 // The caller changed the buffer under us; rescan from the start.
@@ -382,7 +570,7 @@ impl BoxCodec {
                 self.scanned = 0;
                 self.keys = 0;
                 let frame = src.split_to(end).freeze();
-                return Ok(Some(parse_complete(frame, keys)));
+                return Ok(Some((frame, keys)));
             }
             if key_len > MAX_KEY_LENGTH {
                 return Err(BoxCodecError::KeyTooLong { len: key_len });
@@ -430,22 +618,31 @@ fn read_u16(b: &[u8]) -> Option<usize> {
     }
 }
 
-/// Splits a frame already scanned by [`BoxCodec::decode`] into pairs, sharing its storage.
+/// Splits a frame already scanned by [`BoxCodec::decode`] into pairs, sharing its storage;
+/// the values `take` keeps (returns `None` for) are left out.
 #[inline]
-fn parse_complete(mut frame: Bytes, keys: usize) -> AmpBox {
-    let mut pairs = Vec::with_capacity(keys);
-    while frame.remaining() >= 2 {
-        let key_len = usize::from(frame.get_u16());
-        if key_len == 0 || frame.remaining() < key_len + 2 {
+fn parse_complete(
+    frame: Bytes,
+    keys: usize,
+    mut take: impl FnMut(&[u8], Bytes) -> Option<Bytes>,
+) -> AmpBox {
+    let mut pairs = spare_pairs(keys);
+    // By offsets into the frame: a key is made shared bytes only if the box keeps it.
+    let mut at = 0;
+    while let Some(key_len) = frame.get(at..).and_then(read_u16) {
+        let key = at + 2..at + 2 + key_len;
+        let Some(value_len) = frame.get(key.end..).and_then(read_u16) else {
+            break;
+        };
+        let value = key.end + 2..key.end + 2 + value_len;
+        if key_len == 0 || value.end > frame.len() {
             break;
         }
-        let key = frame.split_to(key_len);
-        let value_len = usize::from(frame.get_u16());
-        if frame.remaining() < value_len {
-            break;
+        at = value.end;
+        let key_bytes = frame.get(key.clone()).unwrap_or_default();
+        if let Some(value) = take(key_bytes, frame.slice(value)) {
+            pairs.push((frame.slice(key), value));
         }
-        let value = frame.split_to(value_len);
-        pairs.push((key, value));
     }
     AmpBox::from_pairs(pairs)
 }
@@ -554,6 +751,110 @@ mod tests {
             codec.decode(&mut buf),
             Err(BoxCodecError::TooManyKeys { max: 2 })
         );
+    }
+
+    #[test]
+    fn extra_pairs_are_merged_in_key_order_and_replace_the_boxs_own() {
+        let b = AmpBox::from_iter([("b", "1"), ("_ask", "mine"), ("A", "2")]);
+        let mut merged = BytesMut::new();
+        b.encode_with(&[(b"_ask", b"7"), (b"_command", b"Sum")], &mut merged)
+            .unwrap();
+        let expected =
+            AmpBox::from_iter([("b", "1"), ("_ask", "7"), ("A", "2"), ("_command", "Sum")]);
+        assert_eq!(merged, expected.to_bytes().unwrap());
+        // Extra pairs after every key of the box, and into an empty box.
+        let mut tail = BytesMut::from(&b"before"[..]);
+        AmpBox::from_iter([("A", "2")])
+            .encode_with(&[(b"z", b"")], &mut tail)
+            .unwrap();
+        assert_eq!(
+            &tail[..],
+            b"before\x00\x01A\x00\x012\x00\x01z\x00\x00\x00\x00"
+        );
+        let mut only = BytesMut::new();
+        AmpBox::new()
+            .encode_with(&[(b"_answer", b"1")], &mut only)
+            .unwrap();
+        assert_eq!(&only[..], b"\x00\x07_answer\x00\x011\x00\x00");
+        // More pairs than are gathered on the stack.
+        let many = AmpBox::from_iter((0..MERGED_ON_STACK + 3).map(|i| (format!("k{i:02}"), "v")));
+        let mut merged = BytesMut::new();
+        many.encode_with(&[(b"_ask", b"1"), (b"k03", b"new")], &mut merged)
+            .unwrap();
+        let mut expected = many.clone();
+        expected.insert("_ask", "1");
+        expected.insert("k03", "new");
+        assert_eq!(merged, expected.to_bytes().unwrap());
+        // Limits hold for the extra pairs too, and nothing is written then.
+        let mut none = BytesMut::new();
+        let long = vec![b'k'; 256];
+        assert_eq!(
+            AmpBox::from_iter([("a", "1")]).encode_with(&[(&long, b"v")], &mut none),
+            Err(BoxCodecError::KeyTooLong { len: 256 })
+        );
+        assert_eq!(
+            AmpBox::new().encode_with(&[], &mut none),
+            Err(BoxCodecError::EmptyBox)
+        );
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn taken_pairs_are_left_out_of_the_decoded_box() {
+        let wire = AmpBox::from_iter([("_ask", "1"), ("a", "2"), ("_command", "X")])
+            .to_bytes()
+            .unwrap();
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut taken = Vec::new();
+        let b = BoxCodec::default()
+            .decode_taking(&mut buf, |key, value| {
+                if key.starts_with(b"_") {
+                    taken.push((Bytes::copy_from_slice(key), value));
+                    None
+                } else {
+                    Some(value)
+                }
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(b, AmpBox::from_iter([("a", "2")]));
+        assert_eq!(
+            taken,
+            [
+                (Bytes::from("_ask"), Bytes::from("1")),
+                (Bytes::from("_command"), Bytes::from("X"))
+            ]
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn dropped_boxes_leave_their_emptied_vectors_for_the_next_ones_up_to_a_bound() {
+        let spares = || SPARE.with_borrow(Vec::len);
+        let boxes: Vec<AmpBox> = (0..100)
+            .map(|i| AmpBox::from_iter([("k", i.to_string())]))
+            .collect();
+        let big = AmpBox::from_iter((0..SPARE_PAIRS + 1).map(|i| (i.to_string(), "v")));
+        drop(big);
+        assert_eq!(spares(), 0, "a vector with room for many pairs is freed");
+        drop(boxes);
+        assert_eq!(spares(), SPARE_VECS);
+        // Boxes made from spares hold only their own pairs.
+        let mut b = AmpBox::new();
+        b.insert("b", "2");
+        b.insert("a", "1");
+        assert_eq!(spares(), SPARE_VECS - 1);
+        assert_eq!(b.iter().count(), 2);
+        assert_eq!(
+            b.to_bytes().unwrap(),
+            &b"\x00\x01a\x00\x011\x00\x01b\x00\x012\x00\x00"[..]
+        );
+        let wire = AmpBox::from_iter([("x", "1"), ("y", "2"), ("z", "3")])
+            .to_bytes()
+            .unwrap();
+        let decoded = decode_one(&wire).unwrap().unwrap();
+        assert_eq!(decoded.len(), 3);
+        assert_eq!(decoded.get("y"), Some(&b"2"[..]));
     }
 
     #[test]

@@ -255,8 +255,9 @@ pub enum SendError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
     Open,
-    /// We asked for StartTLS with this tag; outgoing boxes are held until it is answered.
-    TlsAsked(Bytes),
+    /// We asked for StartTLS with this tag (its number); outgoing boxes are held until it is
+    /// answered.
+    TlsAsked(u64),
     /// The transport must switch to TLS before any more bytes are read or written.
     TlsSwitching,
     /// A fatal error was queued; nothing more is sent or dispatched.
@@ -295,8 +296,8 @@ pub struct Dispatcher<S = ()> {
     output: BytesMut,
     /// Boxes sent while our StartTLS awaits its answer (Twisted's `_startingTLSBuffer`).
     held: BytesMut,
-    /// Our own tags (the peer only looks them up), so a cheap hash will do.
-    outstanding: HashSet<Bytes, BuildHasherDefault<IdHasher>>,
+    /// Our own tags, by number (the peer only looks them up), so a cheap hash will do.
+    outstanding: HashSet<u64, BuildHasherDefault<IdHasher>>,
     counter: u64,
     /// Complete boxes decoded from the peer's input, for the driver's idle timer.
     received: u64,
@@ -363,7 +364,11 @@ impl<S> Dispatcher<S> {
             if !matches!(self.state, State::Open | State::TlsAsked(_)) {
                 return None;
             }
-            let b = match self.codec.decode(&mut self.input) {
+            let mut specials = Specials::default();
+            let b = match self
+                .codec
+                .decode_taking(&mut self.input, |key, value| specials.take(key, value))
+            {
                 Ok(Some(b)) => {
                     self.received += 1;
                     b
@@ -371,28 +376,43 @@ impl<S> Dispatcher<S> {
                 Ok(None) => return None,
                 Err(e) => return Some(self.violation(AmpProtocolError::Codec(e))),
             };
-            if let Some(event) = self.dispatch(b) {
+            if let Some(event) = self.dispatch(b, specials) {
                 return Some(event);
             }
         }
     }
 
+    /// What box `b` is, by its special keys (taken out of it as it was decoded).
     #[inline]
-    fn dispatch(&mut self, mut b: AmpBox) -> Option<Event> {
-        if let Some(tag) = b.remove(ANSWER) {
-            if !self.take_outstanding(&tag) {
+    fn dispatch(&mut self, mut b: AmpBox, specials: Specials) -> Option<Event> {
+        let Specials {
+            answer,
+            error,
+            command,
+            ask,
+        } = specials;
+        if let Some(tag) = answer {
+            let Some(n) = self.take_outstanding(&tag) else {
                 return self.unknown_tag(tag);
-            }
-            if self.state == State::TlsAsked(tag.clone()) {
+            };
+            if self.state == State::TlsAsked(n) {
                 self.state = State::TlsSwitching;
+            }
+            // An answer keeps every other key, special or not, as it came.
+            if error.is_some() || command.is_some() || ask.is_some() {
+                for (key, value) in [(ERROR, error), (COMMAND, command), (ASK, ask)] {
+                    if let Some(value) = value {
+                        b.insert(key, value);
+                    }
+                }
             }
             return Some(Event::Answer { tag, answer: b });
         }
-        if let Some(tag) = b.remove(ERROR) {
-            if !self.take_outstanding(&tag) {
+        if let Some(tag) = error {
+            let Some(n) = self.take_outstanding(&tag) else {
                 return self.unknown_tag(tag);
-            }
-            if self.state == State::TlsAsked(tag.clone()) {
+            };
+            if self.state == State::TlsAsked(n) {
                 self.release_held();
                 self.state = State::Open;
             }
@@ -407,16 +427,20 @@ impl<S> Dispatcher<S> {
                 description,
             });
         }
-        if let Some(name) = b.remove(COMMAND) {
-            let tag = b.remove(ASK);
-            return Some(Event::Command { name, tag, args: b });
+        if let Some(name) = command {
+            return Some(Event::Command {
+                name,
+                tag: ask,
+                args: b,
+            });
         }
         Some(self.violation(AmpProtocolError::NoSpecialKey))
     }
 
+    /// The number of our ask `tag`, now answered, if it awaited an answer.
     #[inline]
-    fn take_outstanding(&mut self, tag: &Bytes) -> bool {
-        self.outstanding.remove(tag)
+    fn take_outstanding(&mut self, tag: &[u8]) -> Option<u64> {
+        tag_number(tag).filter(|n| self.outstanding.remove(n))
     }
 
     #[inline]
@@ -498,24 +522,6 @@ impl<S> Dispatcher<S> {
     }
 
     #[inline]
-    fn next_tag(&mut self) -> Bytes {
-        self.counter += 1;
-        // Lowercase hex without leading zeros, written on the stack: one allocation per tag.
-        let mut hex = [0u8; 16];
-        let mut at = hex.len();
-        let mut n = self.counter;
-        loop {
-            at -= 1;
-            hex[at] = b"0123456789abcdef"[(n & 0xf) as usize];
-            n >>= 4;
-            if n == 0 {
-                break;
-            }
-        }
-        Bytes::copy_from_slice(&hex[at..])
-    }
-
-    #[inline]
     fn can_send(&self) -> Result<(), SendError> {
         match self.state {
             State::Closing | State::Closed => Err(SendError::Closed),
@@ -523,40 +529,53 @@ impl<S> Dispatcher<S> {
         }
     }
 
+    /// Writes box `b` with the special keys `extra` (sorted by key) added.
     #[inline]
-    fn emit(&mut self, b: &AmpBox) -> Result<(), SendError> {
+    fn emit(&mut self, b: &AmpBox, extra: &[(&[u8], &[u8])]) -> Result<(), SendError> {
         let target = if matches!(self.state, State::TlsAsked(_) | State::TlsSwitching) {
             &mut self.held
         } else {
             &mut self.output
         };
-        b.encode(target).map_err(SendError::Encode)
+        b.encode_with(extra, target).map_err(SendError::Encode)
     }
 
     /// Sends a command that wants an answer; returns its tag (lowercase hex of a counter from 1).
     #[inline]
-    pub fn ask(&mut self, name: impl Into<Bytes>, mut args: AmpBox) -> Result<Bytes, SendError> {
+    pub fn ask(&mut self, name: impl Into<Bytes>, args: AmpBox) -> Result<Bytes, SendError> {
+        let n = self.ask_numbered(&name.into(), &args)?;
+        Ok(Bytes::copy_from_slice(Tag::new(n).as_bytes()))
+    }
+
+    /// [`Dispatcher::ask`], returning its tag's number (the counter, see [`tag_number`]) and
+    /// leaving `args` to the caller: no tag to allocate, nothing inserted into the box.
+    #[inline]
+    pub fn ask_numbered(&mut self, name: &[u8], args: &AmpBox) -> Result<u64, SendError> {
         self.can_send()?;
         if self.outstanding.len() >= self.config.max_outstanding {
             return Err(SendError::TooManyOutstanding {
                 max: self.config.max_outstanding,
             });
         }
-        let tag = self.next_tag();
-        args.insert(COMMAND, name.into());
-        args.insert(ASK, tag.clone());
-        self.emit(&args)?;
-        self.outstanding.insert(tag.clone());
-        Ok(tag)
+        // The counter advances even if the box cannot be sent, as Twisted's does.
+        self.counter += 1;
+        let n = self.counter;
+        let tag = Tag::new(n);
+        // `_ask` sorts before `_command`.
+        self.emit(
+            args,
+            &[(ASK.as_bytes(), tag.as_bytes()), (COMMAND.as_bytes(), name)],
+        )?;
+        self.outstanding.insert(n);
+        Ok(n)
     }
 
     /// Sends a command that wants no answer (no `_ask`). The tag counter still advances, as in
     /// Twisted.
     #[inline]
-    pub fn tell(&mut self, name: impl Into<Bytes>, mut args: AmpBox) -> Result<(), SendError> {
+    pub fn tell(&mut self, name: impl Into<Bytes>, args: AmpBox) -> Result<(), SendError> {
         self.can_send()?;
-        args.insert(COMMAND, name.into());
-        self.emit(&args)?;
+        self.emit(&args, &[(COMMAND.as_bytes(), &name.into())])?;
         self.counter += 1;
         Ok(())
     }
@@ -567,9 +586,9 @@ impl<S> Dispatcher<S> {
         if self.tls_done || matches!(self.state, State::TlsAsked(_) | State::TlsSwitching) {
             return Err(SendError::OnlyOneTls);
         }
-        let tag = self.ask(START_TLS, AmpBox::new())?;
-        self.state = State::TlsAsked(tag.clone());
-        Ok(tag)
+        let n = self.ask_numbered(START_TLS.as_bytes(), &AmpBox::new())?;
+        self.state = State::TlsAsked(n);
+        Ok(Bytes::copy_from_slice(Tag::new(n).as_bytes()))
     }
 
     /// Answers the peer's StartTLS: the answer goes out in plain text, then the transport must
@@ -609,12 +628,11 @@ impl<S> Dispatcher<S> {
     /// Sends the answer to the peer's ask `tag`. After a close it is dropped silently, so late
     /// answers are harmless.
     #[inline]
-    pub fn answer(&mut self, tag: Bytes, mut answer: AmpBox) -> Result<(), SendError> {
+    pub fn answer(&mut self, tag: Bytes, answer: AmpBox) -> Result<(), SendError> {
         if self.can_send().is_err() {
             return Ok(());
         }
-        answer.insert(ANSWER, tag);
-        self.emit(&answer)
+        self.emit(&answer, &[(ANSWER.as_bytes(), &tag)])
     }
 
     /// Sends an error answer to the peer's ask `tag`; a fatal one closes the connection once it is
@@ -639,7 +657,7 @@ impl<S> Dispatcher<S> {
                 .as_bytes()
                 .to_vec(),
         );
-        let sent = self.emit(&b);
+        let sent = self.emit(&b, &[]);
         if fatal {
             self.state = State::Closing;
             self.outstanding.clear();
@@ -653,6 +671,81 @@ impl<S> Dispatcher<S> {
     pub fn fail(&mut self, reason: DisconnectReason) {
         self.close();
         self.closed_event = Some(reason);
+    }
+}
+
+/// A tag of ours: its number in lowercase hex without leading zeros, as Twisted writes its
+/// counter (`hex(n)[2:]`), on the stack.
+struct Tag {
+    hex: [u8; 16],
+    at: usize,
+}
+
+impl Tag {
+    #[inline]
+    fn new(mut n: u64) -> Self {
+        let mut hex = [0u8; 16];
+        let mut at = hex.len();
+        loop {
+            at -= 1;
+            hex[at] = b"0123456789abcdef"[(n & 0xf) as usize];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        Self { hex, at }
+    }
+
+    #[inline]
+    fn as_bytes(&self) -> &[u8] {
+        self.hex.get(self.at..).unwrap_or_default()
+    }
+}
+
+/// The number of one of our tags, as [`Dispatcher::ask_numbered`] returns it: `None` for bytes
+/// that are not a tag this side writes (lowercase hex without leading zeros, at most 16
+/// digits), which no ask of ours can be answered with.
+#[inline]
+pub fn tag_number(tag: &[u8]) -> Option<u64> {
+    if tag.is_empty() || tag.len() > 16 || tag.first() == Some(&b'0') {
+        return None;
+    }
+    let mut n = 0u64;
+    for &c in tag {
+        let digit = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        n = (n << 4) | u64::from(digit);
+    }
+    Some(n)
+}
+
+/// The special keys of a received box, taken out of it as it is decoded. A key given twice
+/// keeps its last value, as every key does.
+#[derive(Default)]
+struct Specials {
+    answer: Option<Bytes>,
+    error: Option<Bytes>,
+    command: Option<Bytes>,
+    ask: Option<Bytes>,
+}
+
+impl Specials {
+    /// Keeps `value` if `key` is special (and gives it back if not).
+    #[inline]
+    fn take(&mut self, key: &[u8], value: Bytes) -> Option<Bytes> {
+        let slot = match key {
+            b"_answer" => &mut self.answer,
+            b"_error" => &mut self.error,
+            b"_command" => &mut self.command,
+            b"_ask" => &mut self.ask,
+            _ => return Some(value),
+        };
+        *slot = Some(value);
+        None
     }
 }
 
@@ -757,6 +850,102 @@ mod tests {
         }
         d.tell("Y", AmpBox::new()).unwrap();
         assert_eq!(d.ask("X", AmpBox::new()).unwrap(), "b");
+    }
+
+    #[test]
+    fn tag_numbers_read_only_the_tags_this_side_writes() {
+        for n in [1, 9, 10, 255, 0xdead_beef, u64::MAX] {
+            let tag = Tag::new(n);
+            assert_eq!(tag.as_bytes(), format!("{n:x}").as_bytes());
+            assert_eq!(tag_number(tag.as_bytes()), Some(n));
+        }
+        for bad in [
+            &b""[..],
+            b"0",
+            b"0a",
+            b"A",
+            b"-1",
+            b" 1",
+            b"g",
+            b"10000000000000000",
+        ] {
+            assert_eq!(tag_number(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_answer_with_a_tag_in_another_spelling_is_for_an_unknown_tag() {
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
+        for _ in 0..10 {
+            d.ask("X", AmpBox::new()).unwrap();
+        }
+        // Tag "a" was asked; "0a" and "A" are other strings, as they are to Twisted.
+        d.handle_input(b"\x00\x07_answer\x00\x020a\x00\x00");
+        assert!(matches!(
+            d.poll_event(),
+            Some(Event::Closed(DisconnectReason::Protocol(
+                AmpProtocolError::UnknownTag(t)
+            ))) if t == "0a"
+        ));
+    }
+
+    #[test]
+    fn an_answer_keeps_its_other_keys_and_special_keys_given_twice_keep_the_last() {
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
+        let tag = d.ask("X", AmpBox::new()).unwrap();
+        let _ = d.poll_transmit();
+        // `_answer` twice (the last one is ours), with `_command`, `_ask` and `_error` too.
+        d.handle_input(
+            b"\x00\x07_answer\x00\x0299\x00\x04_ask\x00\x017\x00\x08_command\x00\x01Y\x00\x06_error\x00\x01E\x00\x01v\x00\x012\x00\x07_answer\x00\x011\x00\x00",
+        );
+        let Some(Event::Answer { tag: t, answer }) = d.poll_event() else {
+            panic!("no answer");
+        };
+        assert_eq!(t, tag);
+        assert_eq!(
+            answer,
+            AmpBox::from_iter([
+                ("_ask", "7"),
+                ("_command", "Y"),
+                ("_error", "E"),
+                ("v", "2")
+            ])
+        );
+        // A command keeps every key but `_command` and `_ask`.
+        d.handle_input(
+            b"\x00\x04_ask\x00\x011\x00\x08_command\x00\x01Z\x00\x05_zzzz\x00\x01z\x00\x00",
+        );
+        assert_eq!(
+            d.poll_event(),
+            Some(Event::Command {
+                name: Bytes::from("Z"),
+                tag: Some(Bytes::from("1")),
+                args: AmpBox::from_iter([("_zzzz", "z")]),
+            })
+        );
+    }
+
+    #[test]
+    fn asks_tells_and_answers_write_what_twisted_writes() {
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
+        let mut args = AmpBox::new();
+        args.insert("a", "13");
+        args.insert("B", "x");
+        assert_eq!(d.ask_numbered(b"Sum", &args), Ok(1));
+        d.tell("Note", args.clone()).unwrap();
+        d.answer(Bytes::from("5"), args.clone()).unwrap();
+        let mut expected = BytesMut::new();
+        for b in [
+            AmpBox::from_iter([("a", "13"), ("B", "x"), ("_ask", "1"), ("_command", "Sum")]),
+            AmpBox::from_iter([("a", "13"), ("B", "x"), ("_command", "Note")]),
+            AmpBox::from_iter([("a", "13"), ("B", "x"), ("_answer", "5")]),
+        ] {
+            b.encode(&mut expected).unwrap();
+        }
+        assert_eq!(d.poll_transmit().unwrap(), expected.freeze());
+        // A tell advances the counter, as in Twisted.
+        assert_eq!(d.ask_numbered(b"Sum", &args), Ok(3));
+        assert_eq!(d.outstanding(), 2);
     }
 
     #[test]
