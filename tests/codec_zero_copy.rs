@@ -188,6 +188,7 @@ fn generated_code_picks_the_byte_string_path_for_byte_vectors_only() {
     let _: pb::zero_copy::VecBytes = (&Wire::<Vec<u8>>::new()).seed();
     let _: pb::zero_copy::BoxedBytes = (&Wire::<Box<[u8]>>::new()).seed();
     let _: pb::zero_copy::SharedBytes = (&Wire::<Bytes>::new()).seed();
+    let _: pb::zero_copy::StringSeed = (&Wire::<String>::new()).seed();
     let _: std::marker::PhantomData<Vec<u16>> = (&Wire::<Vec<u16>>::new()).seed();
     // Owned byte vectors are held as `Bytes` while they are sent: no copy.
     let data = vec![1u8, 2, 3];
@@ -383,9 +384,14 @@ trait Sends {
     async fn echo_vec(&self, data: Vec<u8>) -> Result<Vec<u8>, ()>;
     async fn echo_boxed(&self, data: Box<[u8]>) -> Result<Box<[u8]>, ()>;
     async fn pair(&self, a: Bytes, b: Bytes) -> Result<Pair, ()>;
+    async fn echo_string(&self, text: String) -> Result<String, ()>;
 }
 
 impl Sends for Seen {
+    async fn echo_string(&self, text: String) -> Result<String, ()> {
+        self.0.lock().unwrap().push(text.as_ptr() as usize);
+        Ok(text)
+    }
     async fn echo(&self, data: Bytes) -> Result<Bytes, ()> {
         self.0.lock().unwrap().push(data.as_ptr() as usize);
         Ok(data)
@@ -452,6 +458,27 @@ fn read_into(reads: &Writes, at: usize, len: usize) -> bool {
         .unwrap()
         .iter()
         .any(|&(p, n)| p >= at && p + n <= at + len && n > 0)
+}
+
+#[tokio::test]
+async fn strings_are_sent_from_where_they_are_and_large_ones_received_into_their_own() {
+    let seen = Seen::default();
+    let (_server, client, _, client_writes, server_reads) =
+        recorded_pair_with(seen.clone(), pb::Config::default()).await;
+    let root: SendsRef = client.root();
+    for len in [0usize, 10, 5000, 100_000, 1 << 20] {
+        // Text that is not all ASCII, cut at a character boundary.
+        let text: String = "añb€".chars().cycle().take(len / 2).collect();
+        let at = text.as_ptr();
+        let want = text.clone();
+        assert_eq!(root.echo_string(text).await.unwrap(), want, "{len}");
+        let large = want.len() >= 4096;
+        assert_eq!(written_from(&client_writes, at, want.len()), large, "{len}");
+        if want.len() >= pb::proto::frame::MIN_TAIL {
+            let at = *seen.0.lock().unwrap().last().unwrap();
+            assert!(read_into(&server_reads, at, want.len()), "{len}");
+        }
+    }
 }
 
 #[tokio::test]

@@ -21,6 +21,14 @@
 //!   `#[serde(with = "pb::zero_copy::vec")]` ([`vec`](mod@vec)); serde lends a field to its
 //!   serializer, so these are copied once each way. The bytes on the wire are the same either
 //!   way.
+//! - **`String` parameters and results** take the `Vec<u8>` path too (still encoded as a
+//!   string, which Twisted's Jelly tells apart from bytes): sent from their own allocation, and
+//!   checked as UTF-8 (once when encoded, and when a split frame's tail becomes one).
+//!
+//! A large string that ends the arguments or the answer (64 KiB or more) goes to a peer that
+//! reads split frames as the frame's tail (see [`pb::proto::frame`](pb_proto::frame)): it is
+//! read from the socket into an allocation of its own, which becomes the `Vec<u8>`,
+//! `Box<[u8]>`, `String` or `Bytes` itself, so it crosses with no copy outside the kernel's.
 //!
 //! The wire form is the one `Bytes` has anyway (a length and the bytes), so both ends need not
 //! agree on using it. Decoded outside a pb payload (another serde format, or bytes that are not
@@ -182,46 +190,132 @@ pub trait WireBytes {
     type Value;
     /// The decode seed.
     type Seed;
+    /// What is encoded in the value's place.
+    type Ref<'a>: Serialize;
     /// The decode seed.
     fn seed(&self) -> Self::Seed;
     /// The value as it is held while it is encoded and sent.
     fn hold(&self, value: Self::Value) -> Bytes;
     /// The value to encode.
-    fn wire<'a>(&self, held: &'a Bytes) -> BytesRef<'a> {
-        BytesRef(held)
-    }
+    fn wire<'a>(&self, held: &'a Bytes) -> Self::Ref<'a>;
 }
 
 impl WireBytes for Wire<Bytes> {
     type Value = Bytes;
     type Seed = SharedBytes;
+    type Ref<'a> = BytesRef<'a>;
     fn seed(&self) -> SharedBytes {
         SharedBytes
     }
     fn hold(&self, value: Bytes) -> Bytes {
         value
     }
+    fn wire<'a>(&self, held: &'a Bytes) -> BytesRef<'a> {
+        BytesRef(held)
+    }
 }
 
 impl WireBytes for Wire<Vec<u8>> {
     type Value = Vec<u8>;
     type Seed = VecBytes;
+    type Ref<'a> = BytesRef<'a>;
     fn seed(&self) -> VecBytes {
         VecBytes
     }
     fn hold(&self, value: Vec<u8>) -> Bytes {
         Bytes::from(value)
     }
+    fn wire<'a>(&self, held: &'a Bytes) -> BytesRef<'a> {
+        BytesRef(held)
+    }
 }
 
 impl WireBytes for Wire<Box<[u8]>> {
     type Value = Box<[u8]>;
     type Seed = BoxedBytes;
+    type Ref<'a> = BytesRef<'a>;
     fn seed(&self) -> BoxedBytes {
         BoxedBytes
     }
     fn hold(&self, value: Box<[u8]>) -> Bytes {
         Bytes::from(value)
+    }
+    fn wire<'a>(&self, held: &'a Bytes) -> BytesRef<'a> {
+        BytesRef(held)
+    }
+}
+
+/// `String` parameters and results: held as `Bytes` (no copy) and encoded as the text they
+/// are (a string, not a byte string, for the codecs that tell them apart, such as Twisted's
+/// Jelly); a large one that ends a split frame is received into an allocation of its own.
+impl WireBytes for Wire<String> {
+    type Value = String;
+    type Seed = StringSeed;
+    type Ref<'a> = StrRef<'a>;
+    fn seed(&self) -> StringSeed {
+        StringSeed
+    }
+    fn hold(&self, value: String) -> Bytes {
+        Bytes::from(value)
+    }
+    fn wire<'a>(&self, held: &'a Bytes) -> StrRef<'a> {
+        StrRef(held)
+    }
+}
+
+/// A `String` held as `Bytes` ([`WireBytes::hold`]), serialized as a string, offered as
+/// shared (see [`serialize`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct StrRef<'a>(pub &'a Bytes);
+
+impl Serialize for StrRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Held from a `String`: valid UTF-8, checked again here because only a string is
+        // ever written as one.
+        let text = std::str::from_utf8(self.0).map_err(serde::ser::Error::custom)?;
+        crate::codec::offer_shared(self.0, || serializer.serialize_str(text))
+    }
+}
+
+/// A seed that decodes a `String` as serde does, except that a split frame's tail becomes
+/// the string without a copy (its bytes checked as UTF-8).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StringSeed;
+
+impl<'de> DeserializeSeed<'de> for StringSeed {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        // Borrowed where the format can lend it (the tail is seen only then); the visitor
+        // takes an owned or passing string as well.
+        d.deserialize_str(StringVisitor)
+    }
+}
+
+struct StringVisitor;
+
+impl<'de> Visitor<'de> for StringVisitor {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<String, E> {
+        match crate::codec::take_tail(v.as_bytes()) {
+            Some(tail) => String::from_utf8(Vec::from(tail)).map_err(E::custom),
+            None => Ok(v.to_owned()),
+        }
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+        Ok(v)
     }
 }
 

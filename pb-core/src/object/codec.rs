@@ -978,6 +978,49 @@ mod tests {
     }
 
     #[test]
+    fn a_tail_is_the_value_of_the_string_it_stands_for_and_checked() {
+        use crate::zero_copy::{StringSeed, TupleSeed, VecBytes};
+        let head = [&[7u8][..], &pb_proto::frame::TAIL_MARKER].concat();
+        let frame = Bytes::from(head);
+        let decode_vec = |tail: &Bytes| {
+            decode_arrived(
+                &frame,
+                Some(&frame),
+                Some(tail.clone()),
+                Vec::new(),
+                DEFAULT_MAX_DEPTH,
+                TupleSeed((std::marker::PhantomData::<u8>, VecBytes)),
+            )
+        };
+        let tail = Bytes::from(vec![1u8, 2, 3]);
+        assert_eq!(decode_vec(&tail).unwrap(), (7, vec![1, 2, 3]));
+        let text = Bytes::from("añb".to_string());
+        let decode_str = |tail: Bytes| {
+            decode_arrived(
+                &frame,
+                Some(&frame),
+                Some(tail),
+                Vec::new(),
+                DEFAULT_MAX_DEPTH,
+                TupleSeed((std::marker::PhantomData::<u8>, StringSeed)),
+            )
+        };
+        assert_eq!(decode_str(text).unwrap(), (7, "añb".to_string()));
+        // A tail that is not UTF-8 where a string is due is an error, not a panic.
+        assert!(decode_str(Bytes::from_static(&[0xff, 0xfe])).is_err());
+        // Decoded by serde's own `String`, which sees an empty string: put together again.
+        let whole: Result<(u8, String), _> = decode_arrived(
+            &frame,
+            Some(&frame),
+            Some(Bytes::from("xyz")),
+            Vec::new(),
+            DEFAULT_MAX_DEPTH,
+            std::marker::PhantomData,
+        );
+        assert_eq!(whole.unwrap(), (7, "xyz".to_string()));
+    }
+
+    #[test]
     fn an_offer_outside_a_payload_encode_is_copied_and_withdrawn() {
         let value = mixed(5000, 0, 5000);
         // Another encoder (bincode's own writer) copies, and leaves no offer behind.
