@@ -108,7 +108,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 let frame = Frame {
                     body: head,
-                    tail: Some(tail.finish()),
+                    tail: Some(Box::new(tail.finish())),
                 };
                 (frame, false)
             } else {
@@ -119,7 +119,7 @@ fuzz_target!(|data: &[u8]| {
                             Ok(Err(tail)) => (
                                 Frame {
                                     body: head,
-                                    tail: Some(tail),
+                                    tail: Some(Box::new(tail)),
                                 },
                                 false,
                             ),

@@ -83,7 +83,7 @@ pub struct IncomingCall {
     /// Where the arguments start in `body`.
     pub(crate) args_at: usize,
     /// The frame's tail, if it came split: the arguments' last byte string.
-    pub(crate) tail: Option<Bytes>,
+    pub(crate) tail: Option<Box<Bytes>>,
     pub(crate) refs: Vec<ObjectRef>,
     pub(crate) caller: Caller,
     /// What the caller sent beside the arguments: its signature of the method, its trace.
@@ -237,13 +237,16 @@ impl IncomingCall {
                 message: format!("cannot decode arguments of {}: {e}", self.method()),
             });
         }
-        let tail = self.tail.take();
-        codec::decode_arrived(self.args(), Some(&self.body), tail, refs, max_depth, seed).map_err(
-            |e| Fault {
-                kind: FaultKind::BadArguments,
-                message: format!("cannot decode arguments of {}: {e}", self.method()),
-            },
-        )
+        let decoded = match self.tail.take() {
+            None => codec::decode_seed(self.args(), Some(&self.body), refs, max_depth, seed),
+            tail => {
+                codec::decode_arrived(self.args(), Some(&self.body), tail, refs, max_depth, seed)
+            }
+        };
+        decoded.map_err(|e| Fault {
+            kind: FaultKind::BadArguments,
+            message: format!("cannot decode arguments of {}: {e}", self.method()),
+        })
     }
 
     /// The answer for a method this object does not have.

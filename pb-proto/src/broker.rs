@@ -230,8 +230,8 @@ pub type Reply<R, P = Bytes> = Result<Outcome<R, P>, Fault>;
 pub struct Arrived {
     /// The payload's bytes, from its frame.
     pub bytes: Bytes,
-    /// Its tail.
-    pub tail: Option<Bytes>,
+    /// Its tail (boxed: most payloads have none, and every answer carries the field).
+    pub tail: Option<Box<Bytes>>,
 }
 
 impl Arrived {
@@ -334,7 +334,7 @@ pub struct Incoming<O> {
     pub charge: usize,
     /// The frame's tail, if it came split: the arguments' last byte string (see
     /// [`Arrived`]).
-    pub tail: Option<Bytes>,
+    pub tail: Option<Box<Bytes>>,
 }
 
 /// What the driver must do once it lets go of the broker (see [`Broker::poll_events`]).

@@ -69,15 +69,15 @@ pub const MIN_TAIL: usize = 64 * 1024;
 pub struct Frame {
     /// The body (a split frame's head).
     pub body: Bytes,
-    /// A split frame's tail.
-    pub tail: Option<Bytes>,
+    /// A split frame's tail (boxed: most frames have none).
+    pub tail: Option<Box<Bytes>>,
 }
 
 impl Frame {
     /// The frame's length, head and tail, as limits count it.
     #[inline]
     pub fn len(&self) -> usize {
-        self.body.len() + self.tail.as_ref().map_or(0, Bytes::len)
+        self.body.len() + self.tail.as_ref().map_or(0, |t| t.len())
     }
 
     /// Whether the frame has no bytes.

@@ -62,7 +62,7 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
             let next = match reading.take_if(|(_, tail)| tail.is_complete()) {
                 Some((body, tail)) => Ok(Some(Frame {
                     body,
-                    tail: Some(tail.finish()),
+                    tail: Some(Box::new(tail.finish())),
                 })),
                 None if reading.is_some() => break,
                 None => match decoder.next(&mut rbuf) {
@@ -72,7 +72,7 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
                             // All of it is here already.
                             Ok(Err(tail)) => Ok(Some(Frame {
                                 body: head,
-                                tail: Some(tail),
+                                tail: Some(Box::new(tail)),
                             })),
                             Ok(Ok(tail)) => {
                                 reading = Some((head, tail));

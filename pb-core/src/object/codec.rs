@@ -665,14 +665,15 @@ where
 
 /// Decode a received payload with a `seed`: `bytes` (a slice of `frame`), and, if the frame
 /// came split, its `tail`. The byte string the tail is goes to the value as it is (no copy)
-/// when a pb byte-string path decodes it (`Bytes`, `Vec<u8>`, `Box<[u8]>`, and fields marked
-/// with [`zero_copy`](crate::zero_copy)); any other decoder (serde's own for a
+/// when a pb byte-string path decodes it (`Bytes`, `Vec<u8>`, `Box<[u8]>`, `String`, and
+/// fields marked with [`zero_copy`](crate::zero_copy)); any other decoder (serde's own for a
 /// `serde_bytes::ByteBuf`, say) would read an empty string there, so the payload is then put
 /// together and decoded again.
+#[inline]
 pub(crate) fn decode_arrived<S, V>(
     bytes: &[u8],
     frame: Option<&Bytes>,
-    tail: Option<Bytes>,
+    tail: Option<Box<Bytes>>,
     refs: Vec<ObjectRef>,
     max_depth: usize,
     seed: S,
@@ -680,17 +681,38 @@ pub(crate) fn decode_arrived<S, V>(
 where
     S: for<'de> DeserializeSeed<'de, Value = V> + Clone,
 {
-    let Some(tail) = tail else {
-        return decode_seed(bytes, frame, refs, max_depth, seed);
-    };
+    match tail {
+        None => decode_seed(bytes, frame, refs, max_depth, seed),
+        Some(tail) => decode_tailed(bytes, frame, *tail, refs, max_depth, seed),
+    }
+}
+
+/// [`decode_arrived`] for a payload with a tail.
+#[cold]
+fn decode_tailed<S, V>(
+    bytes: &[u8],
+    frame: Option<&Bytes>,
+    tail: Bytes,
+    refs: Vec<ObjectRef>,
+    max_depth: usize,
+    seed: S,
+) -> Result<V, CodecError>
+where
+    S: for<'de> DeserializeSeed<'de, Value = V> + Clone,
+{
+    check_len(bytes)?;
     let end = bytes.as_ptr() as usize + bytes.len();
-    let (value, cx) = decode_in(
-        bytes,
-        frame,
-        (refs, Some((tail, end))),
-        max_depth,
-        seed.clone(),
+    let scope = Scope::enter(
+        &DECODING,
+        Context {
+            refs,
+            peer: None,
+            frame: frame.cloned(),
+            tail: Some((tail, end)),
+        },
     );
+    let value = decode_here(bytes, max_depth, seed.clone());
+    let cx = scope.finish();
     match cx.tail {
         None => value,
         Some((tail, _)) => {
@@ -712,52 +734,46 @@ pub(crate) fn decode_seed<S, V>(
 where
     S: for<'de> DeserializeSeed<'de, Value = V>,
 {
-    decode_in(bytes, frame, (refs, None), max_depth, seed).0
-}
-
-/// Decode `bytes` with `seed`, in a context with `refs` and `tail` when the value may need
-/// one; returns the value and what the context has left.
-fn decode_in<S, V>(
-    bytes: &[u8],
-    frame: Option<&Bytes>,
-    (refs, tail): (Vec<ObjectRef>, Option<(Bytes, usize)>),
-    max_depth: usize,
-    seed: S,
-) -> (Result<V, CodecError>, Context)
-where
-    S: for<'de> DeserializeSeed<'de, Value = V>,
-{
-    let left = |refs, tail| Context {
-        refs,
-        peer: None,
-        frame: None,
-        tail,
-    };
-    if bytes.len() > MAX_FRAME_LEN_CEILING {
-        let too_large = CodecError::TooLarge {
-            len: bytes.len(),
-            max: MAX_FRAME_LEN_CEILING,
-        };
-        return (Err(too_large), left(refs, tail));
-    }
+    check_len(bytes)?;
     // A context is needed only when the value can ask it something: a reference to resolve,
     // or a byte string to share (at least `SHARE_MIN` bytes). Without one, both answer as an
     // empty context would, unless this decode runs inside another, whose context it must hide.
     let needed = !refs.is_empty()
-        || tail.is_some()
         || (frame.is_some() && bytes.len() >= SHARE_MIN)
         || DECODING.with(|s| !s.borrow().is_empty());
-    let scope = needed.then(|| {
+    let _scope = needed.then(|| {
         Scope::enter(
             &DECODING,
             Context {
                 refs,
                 peer: None,
                 frame: frame.cloned(),
-                tail,
+                tail: None,
             },
         )
     });
+    decode_here(bytes, max_depth, seed)
+}
+
+/// Refuse a payload longer than any frame.
+#[inline]
+fn check_len(bytes: &[u8]) -> Result<(), CodecError> {
+    if bytes.len() > MAX_FRAME_LEN_CEILING {
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            max: MAX_FRAME_LEN_CEILING,
+        });
+    }
+    Ok(())
+}
+
+/// Decode `bytes` with `seed` in whatever context is entered, under the depth limit and a byte
+/// limit tiered by the payload's length.
+#[inline(always)]
+fn decode_here<S, V>(bytes: &[u8], max_depth: usize, seed: S) -> Result<V, CodecError>
+where
+    S: for<'de> DeserializeSeed<'de, Value = V>,
+{
     let depth = depth::Depth::new(max_depth);
     let seed = depth::Seed {
         seed,
@@ -777,14 +793,15 @@ where
             limited!(CLAIM_FACTOR * MAX_FRAME_LEN_CEILING),
         )
     };
-    let cx = scope.map_or_else(|| left(Vec::new(), None), Scope::finish);
-    let value = match result {
-        Ok((value, used)) if used == bytes.len() => Ok(value),
-        Ok((_, used)) => Err(CodecError::Trailing(bytes.len() - used)),
-        Err(_) if depth.exceeded() => Err(CodecError::TooDeep { max: max_depth }),
-        Err(e) => Err(CodecError::Decode(e.to_string())),
+    let (value, used) = match result {
+        Ok(v) => v,
+        Err(_) if depth.exceeded() => return Err(CodecError::TooDeep { max: max_depth }),
+        Err(e) => return Err(CodecError::Decode(e.to_string())),
     };
-    (value, cx)
+    if used != bytes.len() {
+        return Err(CodecError::Trailing(bytes.len() - used));
+    }
+    Ok(value)
 }
 
 /// An encoded value on its way out: the arguments of a call, or a method's answer
@@ -986,7 +1003,7 @@ mod tests {
             decode_arrived(
                 &frame,
                 Some(&frame),
-                Some(tail.clone()),
+                Some(Box::new(tail.clone())),
                 Vec::new(),
                 DEFAULT_MAX_DEPTH,
                 TupleSeed((std::marker::PhantomData::<u8>, VecBytes)),
@@ -999,7 +1016,7 @@ mod tests {
             decode_arrived(
                 &frame,
                 Some(&frame),
-                Some(tail),
+                Some(Box::new(tail)),
                 Vec::new(),
                 DEFAULT_MAX_DEPTH,
                 TupleSeed((std::marker::PhantomData::<u8>, StringSeed)),
@@ -1012,7 +1029,7 @@ mod tests {
         let whole: Result<(u8, String), _> = decode_arrived(
             &frame,
             Some(&frame),
-            Some(Bytes::from("xyz")),
+            Some(Box::new(Bytes::from("xyz"))),
             Vec::new(),
             DEFAULT_MAX_DEPTH,
             std::marker::PhantomData,

@@ -42,12 +42,17 @@ impl<T: Tokens> Broker<T> {
         }
         // Checked before anything is exported: a refused call changes no count.
         self.refs_fit(refs.len(), PEER)?;
-        self.frame_fits(call_len_max(method.len(), payload.len(), refs.len()), PEER)?;
+        let whole_len = payload.len();
+        let call_len = call_len_max(method.len(), whole_len, refs.len());
+        self.frame_fits(call_len, PEER)?;
         let descs = self.describe(refs)?;
         let id = self.pending.next_id();
-        let call_len = call_len_max(method.len(), payload.len(), refs.len());
-        let tail = self.take_tail(&mut payload);
-        let payload_len = payload.len();
+        let tail = self.take_tail(&mut payload, whole_len);
+        let payload_len = if tail.is_some() {
+            payload.len()
+        } else {
+            whole_len
+        };
         let flags = (waiter.is_some(), deadline_ms, &extras);
         // No room in the peer's window (or calls wait before this one): the call waits,
         // encoded in a buffer of its own, until answers and credits make room.
@@ -123,11 +128,28 @@ impl<T: Tokens> Broker<T> {
         self.peer.max_call_bytes.map_or(0, |_| len)
     }
 
+    /// Queue the answer to call `id` (without references), as a split frame if its payload
+    /// has a tail to split off.
+    #[cold]
+    fn queue_split_answer(&mut self, id: u64, ok: bool, mut payload: impl Payload) {
+        let tail = payload.take_tail();
+        self.out.reserve_frame(16, payload.len());
+        let start = self.out.buf().len();
+        encode_answer_frame_head(self.out.buf(), id, ok, payload.len());
+        if let Some(t) = &tail {
+            frame::split_header(self.out.buf(), start, payload.len(), t.len());
+        }
+        payload.queue(&mut self.out);
+        if let Some(t) = tail {
+            self.out.append_payload(t);
+        }
+    }
+
     /// The tail of `payload`, split off if it goes split to this peer (see
     /// [`Broker::set_split_frames`]).
     #[inline]
-    pub(super) fn take_tail(&self, payload: &mut impl Payload) -> Option<Bytes> {
-        if self.split_frames && payload.len() >= frame::MIN_TAIL {
+    pub(super) fn take_tail(&self, payload: &mut impl Payload, len: usize) -> Option<Bytes> {
+        if self.split_frames && len >= frame::MIN_TAIL {
             payload.take_tail()
         } else {
             None
@@ -302,20 +324,16 @@ impl<T: Tokens> Broker<T> {
             None => return,
             // Most answers carry no references: no export bookkeeping, and the frame's length
             // goes out with the envelope.
-            Some(Ok(mut o)) if o.refs.is_empty() => {
-                match self.frame_fits(ANSWER_HEAD_MAX + o.payload.len(), CALLER) {
+            Some(Ok(o)) if o.refs.is_empty() => {
+                let len = o.payload.len();
+                match self.frame_fits(ANSWER_HEAD_MAX + len, CALLER) {
+                    Ok(()) if self.split_frames && len >= frame::MIN_TAIL => {
+                        self.queue_split_answer(id, o.ok, o.payload);
+                    }
                     Ok(()) => {
-                        let tail = self.take_tail(&mut o.payload);
-                        self.out.reserve_frame(16, o.payload.len());
-                        let start = self.out.buf().len();
-                        encode_answer_frame_head(self.out.buf(), id, o.ok, o.payload.len());
-                        if let Some(t) = &tail {
-                            frame::split_header(self.out.buf(), start, o.payload.len(), t.len());
-                        }
+                        self.out.reserve_frame(16, len);
+                        encode_answer_frame_head(self.out.buf(), id, o.ok, len);
                         o.payload.queue(&mut self.out);
-                        if let Some(t) = tail {
-                            self.out.append_payload(t);
-                        }
                     }
                     Err(f) => self.send_fault(id, f),
                 }
@@ -336,7 +354,8 @@ impl<T: Tokens> Broker<T> {
         });
         match outcome {
             Ok((ok, descs, mut payload)) => {
-                let tail = self.take_tail(&mut payload);
+                let len = payload.len();
+                let tail = self.take_tail(&mut payload, len);
                 self.out.reserve_frame(16 + descs.len() * 11, payload.len());
                 let start = self.out.begin_frame();
                 encode_answer_head(self.out.buf(), id, ok, &descs);

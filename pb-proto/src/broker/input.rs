@@ -73,7 +73,7 @@ impl<T: Tokens> Broker<T> {
         if message::is_call(&body) {
             // The body is kept whole: the method name and arguments stay ranges of it.
             let head = message::decode_call_head(&body, &self.limits.message)?;
-            let len = body.len() + tail.as_ref().map_or(0, Bytes::len);
+            let len = body.len() + tail.as_ref().map_or(0, |t| t.len());
             if !charged && !self.charge_call(len) {
                 return self.over_window(&head, len).map(|()| None);
             }
@@ -133,7 +133,7 @@ impl<T: Tokens> Broker<T> {
     fn handle_message(
         &mut self,
         message: Message,
-        tail: Option<Bytes>,
+        tail: Option<Box<Bytes>>,
         make: &mut MakeImport<'_, T>,
     ) -> Result<(), ProtocolError> {
         match message {
@@ -292,7 +292,7 @@ impl<T: Tokens> Broker<T> {
     fn handle_call(
         &mut self,
         head: CallHead,
-        (body, tail): (Bytes, Option<Bytes>),
+        (body, tail): (Bytes, Option<Box<Bytes>>),
         make: &mut MakeImport<'_, T>,
     ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
         let CallHead {
@@ -305,7 +305,7 @@ impl<T: Tokens> Broker<T> {
             refs: descs,
             payload_at,
         } = head;
-        let charge = body.len() + tail.as_ref().map_or(0, Bytes::len);
+        let charge = body.len() + tail.as_ref().map_or(0, |t| t.len());
         if self.imports_would_exceed(&descs) {
             self.release_unwanted(&descs);
             self.call_ended(charge, answer);

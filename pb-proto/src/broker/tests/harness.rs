@@ -183,7 +183,7 @@ impl Side {
                     }
                     self.deliver(Frame {
                         body: head,
-                        tail: Some(tail.finish()),
+                        tail: Some(Box::new(tail.finish())),
                     });
                     continue;
                 }
@@ -193,7 +193,7 @@ impl Side {
                         match Tail::start(tail_len, &mut self.input).expect("room for a tail") {
                             Err(whole) => self.deliver(Frame {
                                 body: head,
-                                tail: Some(whole),
+                                tail: Some(Box::new(whole)),
                             }),
                             Ok(tail) => self.reading = Some((head, tail)),
                         }

@@ -197,7 +197,7 @@ fn large_trailing_strings_go_as_tails_and_arrive_apart_counted_whole() {
             bytes: call.body.slice(call.args_at..),
             tail: call.tail.clone(),
         };
-        assert_eq!(call.tail.as_ref(), Some(&big));
+        assert_eq!(call.tail.as_deref(), Some(&big));
         assert_eq!(args.to_bytes(), whole);
         assert_eq!(args.len(), whole.len());
     }
@@ -224,7 +224,7 @@ fn large_trailing_strings_go_as_tails_and_arrive_apart_counted_whole() {
         assert_eq!(uncopied, 1);
         w.a.receive(&wire, 5000);
         let o = w.a.take_answer(call.id).unwrap();
-        assert_eq!(o.payload.tail.as_ref(), Some(&answer));
+        assert_eq!(o.payload.tail.as_deref(), Some(&answer));
         assert_eq!(o.payload.to_bytes(), Tailed::whole(b"ok", &answer));
     }
     // The parked call left split, when the first answer made room.
@@ -232,7 +232,7 @@ fn large_trailing_strings_go_as_tails_and_arrive_apart_counted_whole() {
     assert_eq!(uncopied, 1);
     w.b.receive(&wire, usize::MAX);
     let parked = w.b.incoming.back().unwrap();
-    assert_eq!((parked.id, parked.tail.as_ref()), (5, Some(&big)));
+    assert_eq!((parked.id, parked.tail.as_deref()), (5, Some(&big)));
     assert_eq!(w.b.broker.stats().call_bytes, w.a.broker.window_used);
 }
 
@@ -276,7 +276,7 @@ fn a_split_frame_that_is_not_a_call_or_an_answer_closes_the_connection() {
     Message::Ping { nonce: 1 }.encode(&mut ping);
     let frame = Frame {
         body: ping.freeze(),
-        tail: Some(Bytes::from_static(b"tail")),
+        tail: Some(Box::new(Bytes::from_static(b"tail"))),
     };
     let mut make = |_, _| unreachable!("no references");
     assert!(matches!(
