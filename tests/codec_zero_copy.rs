@@ -634,3 +634,46 @@ async fn a_tail_that_no_pb_decoder_takes_is_put_back_in_its_place() {
         assert_eq!((n, back), (9, Foreign(data)), "{len}");
     }
 }
+
+/// Forwards every call, as it came, to an object on another connection.
+struct Forward(pb::ObjectRef);
+
+impl pb::dispatch::Dispatch for Forward {
+    fn interface(&self) -> &'static pb::dispatch::Interface {
+        <SendsRef as pb::Remote>::INTERFACE
+    }
+
+    fn dispatch(
+        self: std::sync::Arc<Self>,
+        call: pb::dispatch::IncomingCall,
+    ) -> pb::dispatch::BoxFuture<pb::dispatch::Reply> {
+        self.0.dispatch(call)
+    }
+}
+
+#[tokio::test]
+async fn split_calls_and_answers_are_forwarded_whole() {
+    // client -> proxy -> server: the proxy's connections both read split frames; what it
+    // forwards it puts together first (the raw call and its answer are single buffers).
+    let (_server, proxy_side) = common::memory_pair(SendsRef::new(Seen::default())).await;
+    let proxy = Forward(proxy_side.root_ref());
+    let (_proxy, client) = common::memory_pair(pb::ObjectRef::local(proxy)).await;
+    let root: SendsRef = client.root();
+    for len in [10usize, 100_000, 1 << 20] {
+        let vec: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+        assert_eq!(root.echo_vec(vec.clone()).await.unwrap(), vec, "{len}");
+        let text: String = "xé".chars().cycle().take(len / 3).collect();
+        assert_eq!(root.echo_string(text.clone()).await.unwrap(), text, "{len}");
+    }
+    // A raw call through the proxy gets the answer's bytes in one buffer.
+    let big = Bytes::from(vec![4u8; 100_000]);
+    let (args, refs) = pb::codec::encode(&(big.clone(),), None).unwrap();
+    let outcome = client
+        .root_ref()
+        .call_raw("echo", args, refs)
+        .await
+        .unwrap();
+    assert!(outcome.ok);
+    let back: Bytes = pb::dispatch::decode_outcome::<Bytes, ()>(outcome).unwrap();
+    assert_eq!(back, big);
+}

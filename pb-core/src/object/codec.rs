@@ -1038,6 +1038,38 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_in_pieces_compares_prints_and_splits_as_its_bytes() {
+        let value = mixed(70_000, 3, 80_000);
+        let whole = encode(&value, None).unwrap().0;
+        let pieces = Payload::encoded(encode_scratch(&value, None).unwrap().0);
+        let own = Payload::from(whole.clone());
+        assert_eq!(pieces, own);
+        assert!(!pieces.is_empty() && Payload::from(Bytes::new()).is_empty());
+        assert_eq!(pieces.to_bytes(), whole);
+        assert!(format!("{pieces:?}").contains("shared: 2"));
+        assert!(format!("{own:?}").starts_with("Payload("));
+        // A value whose last shared string does not end it has no tail; bytes of their own
+        // never do.
+        let mut p = Payload::encoded(encode_scratch(&value, None).unwrap().0);
+        assert!(pb_proto::broker::Payload::take_tail(&mut p).is_none());
+        let mut own = own;
+        assert!(pb_proto::broker::Payload::take_tail(&mut own).is_none());
+        // One that does: its bytes end with the marker, and put back together they are the
+        // whole value.
+        let last = (7u32, Bytes::from(vec![5u8; 70_000]));
+        #[derive(serde::Serialize)]
+        struct Last(u32, #[serde(with = "crate::zero_copy")] Bytes);
+        let l = Last(last.0, last.1.clone());
+        let whole = encode(&l, None).unwrap().0;
+        let mut p = Payload::encoded(encode_scratch(&l, None).unwrap().0);
+        let tail = pb_proto::broker::Payload::take_tail(&mut p).unwrap();
+        assert_eq!(tail.as_ptr(), last.1.as_ptr());
+        let head = p.to_bytes();
+        assert!(head.ends_with(&pb_proto::frame::TAIL_MARKER));
+        assert_eq!(pb_proto::frame::join_tail(&head, &tail), whole);
+    }
+
+    #[test]
     fn an_offer_outside_a_payload_encode_is_copied_and_withdrawn() {
         let value = mixed(5000, 0, 5000);
         // Another encoder (bincode's own writer) copies, and leaves no offer behind.

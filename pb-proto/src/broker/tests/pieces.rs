@@ -200,6 +200,7 @@ fn large_trailing_strings_go_as_tails_and_arrive_apart_counted_whole() {
         assert_eq!(call.tail.as_deref(), Some(&big));
         assert_eq!(args.to_bytes(), whole);
         assert_eq!(args.len(), whole.len());
+        assert!(!args.is_empty() && Arrived::from(Bytes::new()).is_empty());
     }
     // Both sides count the same bytes in the window.
     assert_eq!(
