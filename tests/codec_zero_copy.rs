@@ -308,71 +308,7 @@ fn a_copyable_byte_vector_is_read_as_one_byte_string_not_element_by_element() {
     assert_eq!(fast + 1, slow, "the copyable's field is one byte string");
 }
 
-/// A transport that notes where each write's bytes were in memory.
-struct Recording {
-    io: tokio::io::DuplexStream,
-    writes: Writes,
-    /// Where each read's bytes went.
-    reads: Writes,
-}
-
-impl tokio::io::AsyncRead for Recording {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            let at = buf.filled()[before..].as_ptr() as usize;
-            self.reads.lock().unwrap().push((at, read));
-        }
-        polled
-    }
-}
-
-impl tokio::io::AsyncWrite for Recording {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &polled {
-            self.writes
-                .lock()
-                .unwrap()
-                .push((buf.as_ptr() as usize, *n));
-        }
-        polled
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-type Writes = std::sync::Arc<std::sync::Mutex<Vec<(usize, usize)>>>;
-
-/// Whether a write of at least `len` bytes started at `at`: the bytes went to the transport
-/// from where they were, not from a copy.
-fn written_from(writes: &Writes, at: *const u8, len: usize) -> bool {
-    writes
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|&(p, n)| p == at as usize && n >= len.min(4096))
-}
+use common::IoLog;
 
 /// Where the server's handlers found their arguments (the decoded value's bytes).
 #[derive(Clone, Default)]
@@ -412,31 +348,18 @@ impl Sends for Seen {
     }
 }
 
-/// Both ends over recording transports.
-async fn recorded_pair(seen: Seen) -> (pb::Connection, pb::Connection, Writes, Writes) {
-    let (server, client, sw, cw, _) = recorded_pair_with(seen, pb::Config::default()).await;
-    (server, client, sw, cw)
+/// Both ends over recording transports: the server's log, and the client's.
+async fn recorded_pair(seen: Seen) -> (pb::Connection, pb::Connection, IoLog, IoLog) {
+    recorded_pair_with(seen, pb::Config::default()).await
 }
 
-/// As [`recorded_pair`], the client with `config`; also where the server's reads went.
+/// As [`recorded_pair`], the client with `config`.
 async fn recorded_pair_with(
     seen: Seen,
     config: pb::Config,
-) -> (pb::Connection, pb::Connection, Writes, Writes, Writes) {
+) -> (pb::Connection, pb::Connection, IoLog, IoLog) {
     let (a, b) = pb::transport::memory_pair();
-    let (sw, cw, sr) = (Writes::default(), Writes::default(), Writes::default());
-    let (a, b) = (
-        Recording {
-            io: a,
-            writes: sw.clone(),
-            reads: sr.clone(),
-        },
-        Recording {
-            io: b,
-            writes: cw.clone(),
-            reads: Writes::default(),
-        },
-    );
+    let ((a, server_log), (b, client_log)) = (common::Recording::new(a), common::Recording::new(b));
     let server_config = pb::Config::default();
     let server = pb::Connection::establish(
         a,
@@ -447,24 +370,13 @@ async fn recorded_pair_with(
     );
     let client = pb::Connection::establish(b, &config, pb::Side::Client, None, None);
     let (server, client) = tokio::try_join!(server, client).unwrap();
-    (server, client, sw, cw, sr)
-}
-
-/// Whether some read put bytes inside `[at, at + len)`: the value was read straight into the
-/// allocation it is in.
-fn read_into(reads: &Writes, at: usize, len: usize) -> bool {
-    reads
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|&(p, n)| p >= at && p + n <= at + len && n > 0)
+    (server, client, server_log, client_log)
 }
 
 #[tokio::test]
 async fn strings_are_sent_from_where_they_are_and_large_ones_received_into_their_own() {
     let seen = Seen::default();
-    let (_server, client, _, client_writes, server_reads) =
-        recorded_pair_with(seen.clone(), pb::Config::default()).await;
+    let (_server, client, server_log, client_log) = recorded_pair(seen.clone()).await;
     let root: SendsRef = client.root();
     for len in [0usize, 10, 5000, 100_000, 1 << 20] {
         // Text that is not all ASCII, cut at a character boundary.
@@ -473,10 +385,10 @@ async fn strings_are_sent_from_where_they_are_and_large_ones_received_into_their
         let want = text.clone();
         assert_eq!(root.echo_string(text).await.unwrap(), want, "{len}");
         let large = want.len() >= 4096;
-        assert_eq!(written_from(&client_writes, at, want.len()), large, "{len}");
+        assert_eq!(client_log.written_from(at, want.len()), large, "{len}");
         if want.len() >= pb::proto::frame::MIN_TAIL {
             let at = *seen.0.lock().unwrap().last().unwrap();
-            assert!(read_into(&server_reads, at, want.len()), "{len}");
+            assert!(server_log.read_into(at, want.len()), "{len}");
         }
     }
 }
@@ -494,7 +406,7 @@ async fn a_large_trailing_vec_is_read_into_its_own_allocation_and_handed_over_as
             features,
             ..pb::Config::default()
         };
-        let (_server, client, _, _, server_reads) = recorded_pair_with(seen.clone(), config).await;
+        let (_server, client, server_log, _) = recorded_pair_with(seen.clone(), config).await;
         let root: SendsRef = client.root();
         let split = features.contains(pb::proto::handshake::Features::TAILS);
         for len in [100_000usize, 1 << 20] {
@@ -504,7 +416,7 @@ async fn a_large_trailing_vec_is_read_into_its_own_allocation_and_handed_over_as
             // buffer read into earlier.)
             if split {
                 let at = *seen.0.lock().unwrap().last().unwrap();
-                assert!(read_into(&server_reads, at, len), "{len}");
+                assert!(server_log.read_into(at, len), "{len}");
             }
         }
         // Under the least tail, the string is read with its frame.
@@ -516,32 +428,32 @@ async fn a_large_trailing_vec_is_read_into_its_own_allocation_and_handed_over_as
 #[tokio::test]
 async fn large_byte_strings_are_sent_from_where_they_are_and_let_go_once_written() {
     let seen = Seen::default();
-    let (_server, client, server_writes, client_writes) = recorded_pair(seen.clone()).await;
+    let (_server, client, server_log, client_log) = recorded_pair(seen.clone()).await;
     let root: SendsRef = client.root();
     for len in [4096, 70_000, 1 << 20] {
         // `Bytes`: the caller's buffer goes out as it is; the callee answers with the slice of
         // its received frame, which goes out as it is too.
         let data = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<u8>>());
         assert_eq!(root.echo(data.clone()).await, Ok(data.clone()), "{len}");
-        assert!(written_from(&client_writes, data.as_ptr(), len), "{len}");
+        assert!(client_log.written_from(data.as_ptr(), len), "{len}");
         let at = *seen.0.lock().unwrap().last().unwrap();
-        assert!(written_from(&server_writes, at as *const u8, len), "{len}");
+        assert!(server_log.written_from(at as *const u8, len), "{len}");
 
         // An owned `Vec<u8>` or `Box<[u8]>` goes out from its own allocation, both ways.
         let vec: Vec<u8> = (0..len).map(|i| (i * 3) as u8).collect();
         let at = vec.as_ptr();
         assert_eq!(root.echo_vec(vec.clone()).await.unwrap(), vec);
-        assert!(!written_from(&client_writes, at, len), "the clone was sent");
+        assert!(!client_log.written_from(at, len), "the clone was sent");
         let vec_at = vec.as_ptr();
         let back = root.echo_vec(vec).await.unwrap();
-        assert!(written_from(&client_writes, vec_at, len), "{len}");
+        assert!(client_log.written_from(vec_at, len), "{len}");
         let at = *seen.0.lock().unwrap().last().unwrap();
-        assert!(written_from(&server_writes, at as *const u8, len), "{len}");
+        assert!(server_log.written_from(at as *const u8, len), "{len}");
         let boxed = back.into_boxed_slice();
         let boxed_at = boxed.as_ptr();
         let want = boxed.clone();
         assert_eq!(root.echo_boxed(boxed).await.unwrap(), want);
-        assert!(written_from(&client_writes, boxed_at, len), "{len}");
+        assert!(client_log.written_from(boxed_at, len), "{len}");
     }
 }
 
@@ -550,7 +462,7 @@ async fn shared_byte_strings_inside_a_value_keep_their_place() {
     // Two strings in a struct, with bytes before, between and after them: each large one goes
     // out uncopied, in its place.
     let seen = Seen::default();
-    let (_server, client, server_writes, client_writes) = recorded_pair(seen.clone()).await;
+    let (_server, client, server_log, client_log) = recorded_pair(seen.clone()).await;
     let root: SendsRef = client.root();
     for (la, lb) in [
         (5000, 7000),
@@ -570,12 +482,9 @@ async fn shared_byte_strings_inside_a_value_keep_their_place() {
         for (sent, len, at) in [(&a, la, at_a), (&b, lb, at_b)] {
             // `sent` is alive: its address cannot have been reused for another write.
             let large = len >= 4096;
-            assert_eq!(written_from(&client_writes, sent.as_ptr(), len), large);
+            assert_eq!(client_log.written_from(sent.as_ptr(), len), large);
             if large {
-                assert!(
-                    written_from(&server_writes, at as *const u8, len),
-                    "{la} {lb}"
-                );
+                assert!(server_log.written_from(at as *const u8, len), "{la} {lb}");
             }
         }
     }

@@ -70,79 +70,13 @@ async fn a_call_written_by_its_caller_while_the_writer_waits_for_a_flush_still_l
     drop(conn);
 }
 
-/// Counts the writes that reach the transport.
-struct CountingWrites<T> {
-    io: T,
-    writes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingWrites<T> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountingWrites<T> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.writes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if matches!(polled, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.writes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 /// Calls made by many tasks of a multi-thread runtime leave in batches: the writer task, which
 /// such a runtime runs right after the caller that woke it, lets the other callers queue
 /// theirs first, rather than writing one call per write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_of_many_tasks_on_a_multi_thread_runtime_leave_in_batches() {
     let (a, b) = pb::transport::memory_pair();
-    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let b = CountingWrites {
-        io: b,
-        writes: writes.clone(),
-    };
+    let (b, writes) = common::Recording::new(b);
     let root = KitchenRef::new(common::KitchenImpl::default());
     let config = config();
     let server = Connection::establish(a, &config, pb::Side::Server, Some(root.into()), None);
@@ -153,7 +87,7 @@ async fn calls_of_many_tasks_on_a_multi_thread_runtime_leave_in_batches() {
 
     const TASKS: usize = 64;
     const CALLS: usize = 100;
-    let before = writes.load(std::sync::atomic::Ordering::Relaxed);
+    let before = writes.writes();
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..TASKS {
         let kitchen = kitchen.clone();
@@ -166,7 +100,7 @@ async fn calls_of_many_tasks_on_a_multi_thread_runtime_leave_in_batches() {
     while let Some(done) = tasks.join_next().await {
         done.unwrap();
     }
-    let written = writes.load(std::sync::atomic::Ordering::Relaxed) - before;
+    let written = writes.writes() - before;
     // One write per call before the writer yielded; many calls per write since.
     assert!(
         written * 4 <= TASKS * CALLS,

@@ -293,10 +293,7 @@ pub(crate) type Received = pb_proto::broker::Reply<ObjectRef, Arrived>;
 pub(crate) fn received(reply: Received) -> Reply {
     reply.map(|o| Outcome {
         ok: o.ok,
-        payload: Payload::from(match o.payload.tail {
-            None => o.payload.bytes,
-            Some(_) => o.payload.to_bytes(),
-        }),
+        payload: Payload::from(o.payload.into_bytes()),
         refs: o.refs,
     })
 }

@@ -240,9 +240,9 @@ impl Arrived {
         match &self.tail {
             None => self.bytes.len(),
             Some(t) => {
-                let mut prefix = Vec::new();
-                crate::frame::put_string_len(&mut prefix, t.len());
-                self.bytes.len() - crate::frame::TAIL_MARKER.len() + prefix.len() + t.len()
+                self.bytes.len() - frame::TAIL_MARKER.len()
+                    + frame::string_len_size(t.len())
+                    + t.len()
             }
         }
     }
@@ -257,7 +257,15 @@ impl Arrived {
     pub fn to_bytes(&self) -> Bytes {
         match &self.tail {
             None => self.bytes.clone(),
-            Some(t) => crate::frame::join_tail(&self.bytes, t),
+            Some(t) => frame::join_tail(&self.bytes, t),
+        }
+    }
+
+    /// As [`Arrived::to_bytes`], taking the payload's own bytes when it came whole.
+    pub fn into_bytes(self) -> Bytes {
+        match self.tail {
+            None => self.bytes,
+            Some(t) => frame::join_tail(&self.bytes, &t),
         }
     }
 }

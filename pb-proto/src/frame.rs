@@ -94,6 +94,16 @@ impl From<Bytes> for Frame {
     }
 }
 
+/// How many bytes [`put_string_len`] writes for a byte string of `len` bytes.
+pub fn string_len_size(len: usize) -> usize {
+    match len as u64 {
+        0..251 => 1,
+        251..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
 /// Append to `out` the length prefix pb's payload codec (bincode's varint) writes before a
 /// byte string of `len` bytes: what [`TAIL_MARKER`] stands for.
 pub fn put_string_len(out: &mut Vec<u8>, len: usize) {
@@ -116,7 +126,7 @@ pub fn put_string_len(out: &mut Vec<u8>, len: usize) {
 /// the tail's length prefix, then the tail (a copy; what a split frame means).
 pub fn join_tail(bytes: &[u8], tail: &[u8]) -> Bytes {
     let head = bytes.strip_suffix(&TAIL_MARKER[..]).unwrap_or(bytes);
-    let mut whole = Vec::with_capacity(head.len() + 9 + tail.len());
+    let mut whole = Vec::with_capacity(head.len() + string_len_size(tail.len()) + tail.len());
     whole.extend_from_slice(head);
     put_string_len(&mut whole, tail.len());
     whole.extend_from_slice(tail);
@@ -593,6 +603,23 @@ mod tests {
             Tail::start(usize::MAX, &mut buf).unwrap_err(),
             FrameError::NoMemory(usize::MAX)
         );
+    }
+
+    #[test]
+    fn a_string_length_prefix_is_as_long_as_said() {
+        for len in [
+            0,
+            250,
+            251,
+            65_535,
+            65_536,
+            u32::MAX as usize,
+            u32::MAX as usize + 1,
+        ] {
+            let mut out = Vec::new();
+            put_string_len(&mut out, len);
+            assert_eq!(out.len(), string_len_size(len), "{len}");
+        }
     }
 
     #[test]

@@ -319,3 +319,140 @@ pub fn forged_answer(id: u64, first: u64) -> Vec<u8> {
     framed.extend_from_slice(&body);
     framed
 }
+
+/// Where a [`Recording`] transport's bytes went.
+#[derive(Clone, Default)]
+pub struct IoLog(std::sync::Arc<Mutex<Entries>>);
+
+#[derive(Default)]
+pub struct Entries {
+    /// Where the bytes each write took were in memory, and how many (a vectored write: one
+    /// entry per buffer it took bytes of).
+    written: Vec<(usize, usize)>,
+    /// Where each read's bytes went, and how many.
+    read: Vec<(usize, usize)>,
+    /// How many writes took bytes.
+    writes: usize,
+}
+
+impl IoLog {
+    /// How many writes took bytes.
+    pub fn writes(&self) -> usize {
+        self.0.lock().unwrap().writes
+    }
+
+    /// Whether a write of at least `len` bytes (or 4 KiB) started at `at`: the bytes went to
+    /// the transport from where they were, not from a copy.
+    pub fn written_from(&self, at: *const u8, len: usize) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .written
+            .iter()
+            .any(|&(p, n)| p == at as usize && n >= len.min(4096))
+    }
+
+    /// Whether some read put bytes inside `[at, at + len)`: the value was read straight into
+    /// the allocation it is in.
+    pub fn read_into(&self, at: usize, len: usize) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .read
+            .iter()
+            .any(|&(p, n)| p >= at && p + n <= at + len && n > 0)
+    }
+}
+
+/// A transport that notes in its [`IoLog`] where each write's and each read's bytes were.
+pub struct Recording<T> {
+    io: T,
+    log: IoLog,
+}
+
+impl<T> Recording<T> {
+    /// `io`, recorded; and its log.
+    pub fn new(io: T) -> (Recording<T>, IoLog) {
+        let log = IoLog::default();
+        (
+            Recording {
+                io,
+                log: log.clone(),
+            },
+            log,
+        )
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Recording<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            let at = buf.filled()[before..].as_ptr() as usize;
+            self.log.0.lock().unwrap().read.push((at, read));
+        }
+        polled
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Recording<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n @ 1..)) = polled {
+            let mut log = self.log.0.lock().unwrap();
+            log.writes += 1;
+            log.written.push((buf.as_ptr() as usize, n));
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n @ 1..)) = polled {
+            let mut log = self.log.0.lock().unwrap();
+            log.writes += 1;
+            let mut left = n;
+            for b in bufs.iter().filter(|b| !b.is_empty()) {
+                if left == 0 {
+                    break;
+                }
+                let took = left.min(b.len());
+                log.written.push((b.as_ptr() as usize, took));
+                left -= took;
+            }
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}

@@ -37,6 +37,20 @@ fn args(items: Vec<Element>, codec: &BananaCodec) -> Bytes {
     out.freeze()
 }
 
+/// Call the peer's `root.add()` without asking for an answer.
+fn call_root_without_answer(client: &mut B) {
+    let args = args(vec![], client.encoder());
+    client
+        .start_call(
+            &Target::Name(Bytes::from_static(b"root")),
+            b"add",
+            &args,
+            None,
+            false,
+        )
+        .unwrap();
+}
+
 #[test]
 fn the_handshake_is_twisteds_bytes() {
     let mut server = B::new(Role::Server, PbConfig::default());
@@ -135,15 +149,7 @@ fn a_call_is_answered_and_its_bytes_are_twisteds() {
 #[test]
 fn a_call_without_answer_gets_none_and_holds_nothing() {
     let (mut server, mut client) = pair();
-    client
-        .start_call(
-            &Target::Name(Bytes::from_static(b"root")),
-            b"add",
-            &args(vec![], client.encoder()),
-            None,
-            false,
-        )
-        .unwrap();
+    call_root_without_answer(&mut client);
     assert_eq!(client.pending_count(), 0);
     let events = pump(&mut client, &mut server);
     let [Event::Call(call)] = &events[..] else {
@@ -163,15 +169,7 @@ fn a_call_without_answer_gets_none_and_holds_nothing() {
 #[test]
 fn a_request_id_reused_while_its_call_runs_is_counted_once() {
     let (mut server, mut client) = pair();
-    client
-        .start_call(
-            &Target::Name(Bytes::from_static(b"root")),
-            b"add",
-            &args(vec![], client.encoder()),
-            None,
-            false,
-        )
-        .unwrap();
+    call_root_without_answer(&mut client);
     // The same message twice: the same request id while the first call still runs.
     let message = client.take_output();
     let mut input = BytesMut::from(&[&message[..], &message[..]].concat()[..]);

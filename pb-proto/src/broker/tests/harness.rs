@@ -254,12 +254,23 @@ impl Side {
         args: &[u8],
         refs: &[Ref],
     ) -> Result<u64, Fault> {
+        self.try_call_with(target, method, Bytes::copy_from_slice(args), refs)
+    }
+
+    /// As [`Side::try_call`], with any payload.
+    pub(super) fn try_call_with(
+        &mut self,
+        target: u64,
+        method: &str,
+        args: impl Payload,
+        refs: &[Ref],
+    ) -> Result<u64, Fault> {
         // The waiter is the call's id, which the broker gives out in order from 1.
         let next = self.calls + 1;
         let id = self.broker.start_call(
             target,
             method,
-            Bytes::copy_from_slice(args),
+            args,
             refs,
             (Some(next), None, CallExtras::default()),
         )?;
@@ -271,10 +282,15 @@ impl Side {
 
     /// Answer the oldest incoming call.
     pub(super) fn answer(&mut self, payload: &[u8], refs: Vec<Ref>) -> u64 {
+        self.answer_with(Bytes::copy_from_slice(payload), refs)
+    }
+
+    /// As [`Side::answer`], with any payload.
+    pub(super) fn answer_with(&mut self, payload: impl Payload, refs: Vec<Ref>) -> u64 {
         let call = self.incoming.pop_front().expect("a call to answer");
         let outcome = Outcome {
             ok: true,
-            payload: Bytes::copy_from_slice(payload),
+            payload,
             refs,
         };
         self.broker

@@ -53,17 +53,9 @@ fn calls_and_answers_in_pieces_leave_uncopied_and_arrive_whole() {
     };
     let mut w = World::with_limits(Limits::default(), narrow);
     let big = Bytes::from(vec![5u8; 60_000]);
-    for id in 1..=5 {
-        let started = w.a.broker.start_call(
-            0,
-            "m",
-            pieces(&big),
-            &[],
-            (Some(id), None, CallExtras::default()),
-        );
-        assert_eq!(started, Ok(id));
+    for _ in 0..5 {
+        w.a.try_call_with(0, "m", pieces(&big), &[]).unwrap();
     }
-    w.a.calls = 5;
     assert_eq!(w.a.broker.stats().parked_calls, 1);
     let (wire, uncopied) = transmit(&mut w.a, &big);
     assert_eq!(uncopied, 4, "the four calls that left");
@@ -76,19 +68,11 @@ fn calls_and_answers_in_pieces_leave_uncopied_and_arrive_whole() {
     // Answers in pieces, with and without references; each makes room for the parked call.
     let answer_big = Bytes::from(vec![6u8; 10_000]);
     for refs in [Vec::new(), vec![Ref::Local(7)]] {
-        let call = w.b.incoming.pop_front().unwrap();
-        let outcome = Outcome {
-            ok: true,
-            payload: pieces(&answer_big),
-            refs,
-        };
-        w.b.broker
-            .finish_call(call.id, true, Some(Ok(outcome)), (false, call.charge));
-        w.b.act();
+        let id = w.b.answer_with(pieces(&answer_big), refs);
         let (wire, uncopied) = transmit(&mut w.b, &answer_big);
         assert_eq!(uncopied, 1);
         w.a.receive(&wire, 1 << 20);
-        match w.a.take_answer(call.id) {
+        match w.a.take_answer(id) {
             Ok(o) => assert_eq!(o.payload.bytes, whole(&answer_big)),
             Err(f) => panic!("{f:?}"),
         }
@@ -170,17 +154,10 @@ fn large_trailing_strings_go_as_tails_and_arrive_apart_counted_whole() {
     let mut w = splitting(narrow);
     // Five calls of 250 000 bytes do not fit in a 1 MiB window: the fifth parks, split too.
     let big = Bytes::from((0..250_000).map(|i| i as u8).collect::<Vec<u8>>());
-    for id in 1..=5 {
-        let started = w.a.broker.start_call(
-            0,
-            "m",
-            Tailed::new(b"args", &big),
-            &[],
-            (Some(id), None, CallExtras::default()),
-        );
-        assert_eq!(started, Ok(id));
+    for _ in 0..5 {
+        w.a.try_call_with(0, "m", Tailed::new(b"args", &big), &[])
+            .unwrap();
     }
-    w.a.calls = 5;
     assert_eq!(w.a.broker.stats().parked_calls, 1);
     let (wire, uncopied) = transmit(&mut w.a, &big);
     assert_eq!(uncopied, 4);
@@ -212,19 +189,11 @@ fn large_trailing_strings_go_as_tails_and_arrive_apart_counted_whole() {
     // An answer in pieces with and without references goes split as well.
     let answer = Bytes::from(vec![9u8; 100_000]);
     for refs in [Vec::new(), vec![Ref::Local(7)]] {
-        let call = w.b.incoming.pop_front().unwrap();
-        let outcome = Outcome {
-            ok: true,
-            payload: Tailed::new(b"ok", &answer),
-            refs,
-        };
-        w.b.broker
-            .finish_call(call.id, true, Some(Ok(outcome)), (false, call.charge));
-        w.b.act();
+        let id = w.b.answer_with(Tailed::new(b"ok", &answer), refs);
         let (wire, uncopied) = transmit(&mut w.b, &answer);
         assert_eq!(uncopied, 1);
         w.a.receive(&wire, 5000);
-        let o = w.a.take_answer(call.id).unwrap();
+        let o = w.a.take_answer(id).unwrap();
         assert_eq!(o.payload.tail.as_deref(), Some(&answer));
         assert_eq!(o.payload.to_bytes(), Tailed::whole(b"ok", &answer));
     }
@@ -249,14 +218,7 @@ fn small_strings_and_peers_without_tails_get_whole_frames() {
         let mut w = World::new();
         w.a.broker.set_split_frames(split);
         w.b.decoder.accept_tails(true);
-        w.a.broker
-            .start_call(
-                0,
-                "m",
-                Tailed::new(b"x", string),
-                &[],
-                (Some(1), None, CallExtras::default()),
-            )
+        w.a.try_call_with(0, "m", Tailed::new(b"x", string), &[])
             .unwrap();
         let (wire, _) = transmit(&mut w.a, string);
         w.b.receive(&wire, usize::MAX);
