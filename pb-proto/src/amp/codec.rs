@@ -154,18 +154,7 @@ impl AmpBox {
             return Err(BoxCodecError::EmptyBox);
         }
         for (k, v) in &self.pairs {
-            if k.is_empty() {
-                return Err(BoxCodecError::EmptyKey);
-            }
-            if k.len() > MAX_KEY_LENGTH {
-                return Err(BoxCodecError::KeyTooLong { len: k.len() });
-            }
-            if v.len() > MAX_VALUE_LENGTH {
-                return Err(BoxCodecError::ValueTooLong {
-                    key: k.clone(),
-                    len: v.len(),
-                });
-            }
+            check_pair(k, v)?;
         }
         Ok(())
     }
