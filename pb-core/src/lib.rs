@@ -97,11 +97,14 @@ pub mod amp;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::codec::current_peer;
-    pub use crate::zero_copy::{TupleSeed, Wire, WireAny, WireBytes, WirePlain, WireSerde};
+    pub use crate::zero_copy::{
+        SliceRef, TupleSeed, Wire, WireAny, WireBytes, WirePlain, WireSerde,
+    };
     pub use crate::{
         BoxFuture, CallError, Copyable, Dispatch, IncomingCall, Interface, MethodSignature, Never,
         ObjectRef, Remote, Reply, encode_reply, encode_result,
     };
+    pub use bytes::Bytes;
     pub use serde;
     pub use std::future::ready;
 }

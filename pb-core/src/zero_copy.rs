@@ -21,6 +21,12 @@
 //!   `#[serde(with = "pb::zero_copy::vec")]` ([`vec`](mod@vec)); serde lends a field to its
 //!   serializer, so these are copied once each way. The bytes on the wire are the same either
 //!   way.
+//! - **`&[u8]` and `&str` parameters** are borrowed: the caller's stub encodes them from its
+//!   borrow (one copy, into the call's frame), and the handler borrows them from what was
+//!   received: a `&[u8]` of 4 KiB or more is lent from the frame (or from a split frame's tail)
+//!   with no copy at all; a `&str` is decoded into a `String` first, as a `String` parameter
+//!   is. On the wire they are a `Vec<u8>` and a `String`: a caller that sends those calls the
+//!   same method.
 //! - **`String` parameters and results** take the `Vec<u8>` path too (still encoded as a
 //!   string, which Twisted's Jelly tells apart from bytes): sent from their own allocation, and
 //!   checked as UTF-8 (once when encoded, and when a split frame's tail becomes one).
@@ -260,6 +266,18 @@ impl WireBytes for Wire<String> {
     }
     fn wire<'a>(&self, held: &'a Bytes) -> StrRef<'a> {
         StrRef(held)
+    }
+}
+
+/// A borrowed `&[u8]` parameter, serialized as one byte string (serde alone would write it
+/// an element at a time), as `Vec<u8>` and `Bytes` are: the same bytes on the wire.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct SliceRef<'a>(pub &'a [u8]);
+
+impl Serialize for SliceRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
     }
 }
 

@@ -71,7 +71,31 @@ mod remote;
 /// The method's error `E` arrives as `pb::CallError::Remote(e)`; the other variants of
 /// `pb::CallError` are the system's failures (lost connection, no such object or method,
 /// decoding, limits, deadline). Parameters and results are any serde types (copyable values,
-/// references, streams, `Vec<u8>` and `bytes::Bytes` as byte strings).
+/// references, streams, `Vec<u8>` and `bytes::Bytes` as byte strings), passed by value.
+/// Parameters may also borrow bytes or text, `&[u8]` and `&str` (with the lifetime left out):
+/// the caller passes a borrow, and the handler gets one into what was received (a large
+/// `&[u8]` is lent from the received frame, uncopied); see `pb::zero_copy`.
+///
+/// ```
+/// #[pb::remote]
+/// pub trait Store {
+///     async fn put(&self, key: &str, value: &[u8]) -> Result<u64, String>;
+/// }
+///
+/// struct Memory;
+///
+/// impl Store for Memory {
+///     async fn put(&self, key: &str, value: &[u8]) -> Result<u64, String> {
+///         Ok((key.len() + value.len()) as u64)
+///     }
+/// }
+///
+/// # async fn call(store: StoreRef) -> Result<(), pb::CallError<String>> {
+/// let written = store.put("greeting", b"hello").await?;
+/// # let _ = written;
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # Why an attribute on a trait
 /// An interface is its methods, and only an attribute on the trait sees them: a derive is

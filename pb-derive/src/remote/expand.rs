@@ -3,7 +3,7 @@
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 
-use super::model::Interface;
+use super::model::{Borrowed, Interface};
 
 pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
     let Interface {
@@ -51,13 +51,19 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
         });
         // `Wire` picks the zero-copy encoding for byte strings (see `pb::zero_copy`): an
         // owned `Vec<u8>` is held as `Bytes` while it is sent, uncopied.
-        let held = sent.iter().map(|sp| {
+        // A borrowed parameter is encoded from the caller's borrow (copied into the call's
+        // frame): `&[u8]` as one byte string, `&str` as the string it is.
+        let held = sent.iter().filter(|sp| sp.borrowed.is_none()).map(|sp| {
             let (n, t) = (&sp.name, &sp.ty);
             quote!(let #n = (&#p::Wire::<#t>::new()).hold(#n);)
         });
         let wired = sent.iter().map(|sp| {
             let (n, t) = (&sp.name, &sp.ty);
-            quote!((&#p::Wire::<#t>::new()).wire(&#n))
+            match sp.borrowed {
+                Some(Borrowed::Bytes) => quote!(#p::SliceRef(#n)),
+                Some(Borrowed::Str) => quote!(#n),
+                None => quote!((&#p::Wire::<#t>::new()).wire(&#n)),
+            }
         });
         let sent_types = sent.iter().map(|sp| &sp.ty);
         // Plain arguments are encoded without the encode context.
@@ -96,13 +102,32 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
         let sent: Vec<_> = m.params.iter().filter(|p| !p.is_caller).collect();
         let names = sent.iter().map(|p| &p.name);
         let types: Vec<_> = sent.iter().map(|p| &p.ty).collect();
+        // What each parameter is decoded into: itself, or for a borrowed one the owned value
+        // that the handler borrows (`Bytes` for `&[u8]`, `String` for `&str`).
+        let decoded: Vec<_> = sent
+            .iter()
+            .map(|sp| match sp.borrowed {
+                Some(Borrowed::Bytes) => quote!(#p::Bytes),
+                Some(Borrowed::Str) => quote!(::std::string::String),
+                None => {
+                    let t = &sp.ty;
+                    quote!(#t)
+                }
+            })
+            .collect();
         let ok = &m.ok;
         let err = err_type(m, &p);
         let take_caller = m.params.iter().filter(|p| p.is_caller).map(|p| {
             let n = &p.name;
             quote!(let #n = ::core::clone::Clone::clone(call.caller());)
         });
-        let args = m.params.iter().map(|p| &p.name);
+        let args = m.params.iter().map(|p| {
+            let n = &p.name;
+            match p.borrowed {
+                Some(_) => quote!(&#n),
+                None => quote!(#n),
+            }
+        });
         let call_inner = if m.infallible {
             quote!(::core::result::Result::<#ok, #p::Never>::Ok(
                 self.inner.#mname(#(#args),*).await
@@ -118,8 +143,8 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
                 if let ::core::result::Result::Err(fault) = call.check_signature(signature) {
                     return ::std::boxed::Box::pin(#p::ready(::core::result::Result::Err(fault)));
                 }
-                let (#(#names,)*): (#(#types,)*) = match call.decode_args_seed(
-                    #p::TupleSeed((#((&#p::Wire::<#types>::new()).seed(),)*))
+                let (#(#names,)*): (#(#decoded,)*) = match call.decode_args_seed(
+                    #p::TupleSeed((#((&#p::Wire::<#decoded>::new()).seed(),)*))
                 ) {
                     ::core::result::Result::Ok(args) => args,
                     ::core::result::Result::Err(fault) => {

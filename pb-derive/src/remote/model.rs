@@ -30,6 +30,45 @@ pub(crate) struct Param {
     pub(crate) ty: Type,
     /// A `pb::Caller` parameter: filled on the callee's side, never sent.
     pub(crate) is_caller: bool,
+    /// A borrowed parameter (`&[u8]` or `&str`): the stub encodes it from the caller's borrow,
+    /// the dispatcher decodes it into an owned value that the handler borrows.
+    pub(crate) borrowed: Option<Borrowed>,
+}
+
+/// The references a remote method may take as parameters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Borrowed {
+    /// `&[u8]`: decoded as a `bytes::Bytes`, a slice of the received frame (no copy) when it is
+    /// large.
+    Bytes,
+    /// `&str`: decoded as a `String`.
+    Str,
+}
+
+impl Borrowed {
+    /// `&[u8]` or `&str` with an elided (or `'_`) lifetime.
+    fn of(r: &syn::TypeReference) -> syn::Result<Option<Borrowed>> {
+        let kind = match &*r.elem {
+            Type::Slice(s) if matches!(&*s.elem, Type::Path(p) if p.qself.is_none() && p.path.is_ident("u8")) => {
+                Borrowed::Bytes
+            }
+            Type::Path(p) if p.qself.is_none() && p.path.is_ident("str") => Borrowed::Str,
+            _ => return Ok(None),
+        };
+        if let Some(m) = &r.mutability {
+            return Err(syn::Error::new_spanned(
+                m,
+                "a borrowed remote parameter is shared (`&[u8]` or `&str`), not `&mut`",
+            ));
+        }
+        if let Some(l) = r.lifetime.as_ref().filter(|l| l.ident != "_") {
+            return Err(syn::Error::new_spanned(
+                l,
+                "a borrowed remote parameter lives as long as the call: leave its lifetime out",
+            ));
+        }
+        Ok(Some(kind))
+    }
 }
 
 /// Collects every error instead of stopping at the first.
@@ -173,17 +212,29 @@ impl Method {
                 ));
                 continue;
             };
-            if let Type::Reference(r) = &*pt.ty {
-                errors.push(syn::Error::new_spanned(
-                    r,
-                    "remote method parameters are passed by value (they cross the network)",
-                ));
-                continue;
-            }
+            let borrowed = match &*pt.ty {
+                Type::Reference(r) => match Borrowed::of(r) {
+                    Ok(Some(b)) => Some(b),
+                    Ok(None) => {
+                        errors.push(syn::Error::new_spanned(
+                            r,
+                            "remote method parameters are passed by value (they cross the \
+                             network); only `&[u8]` and `&str` may be borrowed",
+                        ));
+                        continue;
+                    }
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                },
+                _ => None,
+            };
             params.push(Param {
                 name: pi.ident.clone(),
                 is_caller: is_caller_type(&pt.ty),
                 ty: (*pt.ty).clone(),
+                borrowed,
             });
         }
         if params.iter().filter(|p| p.is_caller).count() > 1 {
