@@ -98,7 +98,8 @@ pub mod amp;
 pub mod __private {
     pub use crate::codec::current_peer;
     pub use crate::zero_copy::{
-        SliceRef, TupleSeed, Wire, WireAny, WireBytes, WirePlain, WireSerde,
+        SliceRef, TupleSeed, Wire, WireAny, WireBytes, WireField, WireFieldSerde, WirePlain,
+        WireSerde,
     };
     pub use crate::{
         BoxFuture, CallError, Copyable, Dispatch, IncomingCall, Interface, MethodSignature, Never,

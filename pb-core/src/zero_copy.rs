@@ -12,15 +12,17 @@
 //!   also reachable as `pb::amp::Bytes`) need nothing: the generated code sends them
 //!   uncopied and decodes them as slices of the received frame.
 //! - **`Bytes` fields of your own types**: mark them `#[serde(with = "pb::zero_copy")]`
-//!   (this module, re-exported by the `pb` facade).
+//!   (this module, re-exported by the `pb` facade); those of `#[pb::copyable]` types need
+//!   nothing.
 //! - **`Vec<u8>` and `Box<[u8]>` parameters and results** need nothing either: they cross as
 //!   one byte string (serde alone would take them an element at a time), sent from their own
 //!   allocation (the generated code owns them, and holds them as `Bytes` meanwhile, which
-//!   costs no copy) and copied once on arrival. **`Vec<u8>` fields** of `#[pb::copyable]`
-//!   types are one byte string by themselves, and those of other types with
-//!   `#[serde(with = "pb::zero_copy::vec")]` ([`vec`](mod@vec)); serde lends a field to its
-//!   serializer, so these are copied once each way. The bytes on the wire are the same either
-//!   way.
+//!   costs no copy) and copied once on arrival. **`Vec<u8>` and `Box<[u8]>` fields** of
+//!   `#[pb::copyable]` types are one byte string by themselves, and those of other types with
+//!   `#[serde(with = "pb::zero_copy::vec")]` ([`vec`](mod@vec)) or
+//!   `#[serde(with = "pb::zero_copy::boxed")]` ([`boxed`]); serde lends a field to its
+//!   serializer, so these are copied once each way (a `Bytes` field is not). The bytes on
+//!   the wire are the same either way.
 //! - **`&[u8]` and `&str` parameters** are borrowed: the caller's stub encodes them from its
 //!   borrow (one copy, into the call's frame), and the handler borrows them from what was
 //!   received: a `&[u8]` of 4 KiB or more is lent from the frame (or from a split frame's tail)
@@ -86,6 +88,32 @@ pub mod vec {
     /// sequence).
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
         super::VecBytes.deserialize(deserializer)
+    }
+}
+
+/// `Box<[u8]>` fields as one byte string (for `#[serde(with = "pb::zero_copy::boxed")]`), as
+/// [`vec`](mod@vec) does for `Vec<u8>`: one copy each way, the same bytes on the wire.
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Sealed {
+///     #[serde(with = "pb::zero_copy::boxed")]
+///     data: Box<[u8]>,
+/// }
+/// ```
+pub mod boxed {
+    use serde::de::DeserializeSeed;
+    use serde::{Deserializer, Serializer};
+
+    /// Serialize `bytes` as one byte string.
+    pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    /// Deserialize a `Box<[u8]>` from a byte string (or, from a format without one, a
+    /// sequence).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Box<[u8]>, D::Error> {
+        super::BoxedBytes.deserialize(deserializer)
     }
 }
 
@@ -398,6 +426,44 @@ impl<'de> Visitor<'de> for VecVisitor {
         Ok(v)
     }
 }
+
+/// How `#[pb::copyable]` encodes a field whose type is named `Bytes`: pb's zero-copy path
+/// when it is `bytes::Bytes` ([`serialize`], [`deserialize`]); any other type named so takes
+/// serde's own ([`WireFieldSerde`]), picked the way [`Wire`] picks.
+#[doc(hidden)]
+pub trait WireField {
+    /// Serialize the field.
+    fn serialize_field<S: Serializer>(&self, value: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        serialize(value, s)
+    }
+    /// Deserialize the field.
+    fn deserialize_field<'de, D: Deserializer<'de>>(&self, d: D) -> Result<Bytes, D::Error> {
+        deserialize(d)
+    }
+}
+
+impl WireField for Wire<Bytes> {}
+
+/// The serde path of [`WireField`].
+#[doc(hidden)]
+pub trait WireFieldSerde<T> {
+    /// Serialize the field.
+    fn serialize_field<S: Serializer>(&self, value: &T, s: S) -> Result<S::Ok, S::Error>
+    where
+        T: Serialize,
+    {
+        value.serialize(s)
+    }
+    /// Deserialize the field.
+    fn deserialize_field<'de, D: Deserializer<'de>>(&self, d: D) -> Result<T, D::Error>
+    where
+        T: serde::Deserialize<'de>,
+    {
+        T::deserialize(d)
+    }
+}
+
+impl<T> WireFieldSerde<T> for &Wire<T> {}
 
 /// The serde path, for every other type.
 #[doc(hidden)]

@@ -67,7 +67,7 @@ pub(crate) fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
         return fail(err, &item);
     }
     let mut input = input;
-    bytes_fields_as_byte_strings(&mut input.data);
+    let helpers = bytes_fields_as_byte_strings(&input.ident, &mut input.data);
     if let Some(tag) = &args.twisted {
         if !matches!(
             &input.data,
@@ -98,6 +98,8 @@ pub(crate) fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
             #input
 
             impl #impl_g #p::Copyable for #name #ty_g #where_g {}
+
+            #helpers
         };
     };
     if !input.generics.params.is_empty() {
@@ -129,13 +131,18 @@ pub(crate) fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
 
         impl #p::Copyable for #name {}
+
+        #helpers
     }
 }
 
-/// Give every field typed `Vec<u8>` that names no serde `with` of its own the byte-string
-/// encoding (`pb::zero_copy::vec`): one copy instead of an element at a time, with the same
-/// bytes on the wire.
-fn bytes_fields_as_byte_strings(data: &mut syn::Data) {
+/// Give the byte-string fields that name no serde `with` of their own pb's encodings, with
+/// the same bytes on the wire: `Vec<u8>` and `Box<[u8]>` are one byte string copied once
+/// (`pb::zero_copy::vec`, `pb::zero_copy::boxed`) instead of an element at a time, and a field
+/// whose type is named `Bytes` is sent uncopied and received as a slice of the frame when it
+/// is `bytes::Bytes` (through the returned helper functions, which pick `pb::zero_copy` for
+/// that type and serde's own encoding for any other type of that name).
+fn bytes_fields_as_byte_strings(name: &syn::Ident, data: &mut syn::Data) -> TokenStream {
     let fields: Vec<&mut syn::Field> = match data {
         syn::Data::Struct(s) => s.fields.iter_mut().collect(),
         syn::Data::Enum(e) => e
@@ -145,13 +152,76 @@ fn bytes_fields_as_byte_strings(data: &mut syn::Data) {
             .collect(),
         syn::Data::Union(_) => Vec::new(),
     };
-    for field in fields {
-        if is_vec_u8(&field.ty) && !names_serde_with(&field.attrs) {
+    let p = quote!(::pb::__private);
+    let mut helpers = TokenStream::new();
+    for (i, field) in fields.into_iter().enumerate() {
+        if names_serde_with(&field.attrs) {
+            continue;
+        }
+        if is_vec_u8(&field.ty) {
             field
                 .attrs
                 .push(syn::parse_quote!(#[serde(with = "::pb::zero_copy::vec")]));
+        } else if is_boxed_u8(&field.ty) {
+            field
+                .attrs
+                .push(syn::parse_quote!(#[serde(with = "::pb::zero_copy::boxed")]));
+        } else if is_named_bytes(&field.ty) {
+            let ser = quote::format_ident!("__pb_{}_field{}_serialize", name, i);
+            let de = quote::format_ident!("__pb_{}_field{}_deserialize", name, i);
+            let (ser_path, de_path) = (ser.to_string(), de.to_string());
+            field.attrs.push(syn::parse_quote!(
+                #[serde(serialize_with = #ser_path, deserialize_with = #de_path)]
+            ));
+            let ty = &field.ty;
+            helpers.extend(quote! {
+                #[doc(hidden)]
+                #[allow(non_snake_case)]
+                fn #ser<S: #p::serde::Serializer>(
+                    value: &#ty,
+                    s: S,
+                ) -> ::core::result::Result<S::Ok, S::Error> {
+                    use #p::{WireField as _, WireFieldSerde as _};
+                    (&#p::Wire::<#ty>::new()).serialize_field(value, s)
+                }
+
+                #[doc(hidden)]
+                #[allow(non_snake_case)]
+                fn #de<'de, D: #p::serde::Deserializer<'de>>(
+                    d: D,
+                ) -> ::core::result::Result<#ty, D::Error> {
+                    use #p::{WireField as _, WireFieldSerde as _};
+                    (&#p::Wire::<#ty>::new()).deserialize_field(d)
+                }
+            });
         }
     }
+    helpers
+}
+
+/// `Box<[u8]>`, however `Box`'s path is written.
+fn is_boxed_u8(ty: &syn::Type) -> bool {
+    let syn::Type::Path(p) = ty else {
+        return false;
+    };
+    let Some(last) = p.path.segments.last() else {
+        return false;
+    };
+    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
+        return false;
+    };
+    last.ident == "Box"
+        && p.qself.is_none()
+        && args.args.len() == 1
+        && matches!(args.args.first(), Some(syn::GenericArgument::Type(syn::Type::Slice(s)))
+            if matches!(&*s.elem, syn::Type::Path(t) if t.qself.is_none() && t.path.is_ident("u8")))
+}
+
+/// A type named `Bytes` (`Bytes`, `bytes::Bytes`, `pb::amp::Bytes`, ...), without generic
+/// arguments: whether it is `bytes::Bytes` is left to the generated helpers to find out.
+fn is_named_bytes(ty: &syn::Type) -> bool {
+    matches!(ty, syn::Type::Path(p) if p.qself.is_none()
+        && p.path.segments.last().is_some_and(|s| s.ident == "Bytes" && s.arguments.is_empty()))
 }
 
 /// `Vec<u8>`, however its path is written (`Vec<u8>`, `std::vec::Vec<u8>`, ...).

@@ -139,11 +139,15 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// `skip` (a field left out of the copy and made with `Default` on the receiving side),
 /// `default`, `with`, and the rest.
 ///
-/// A `Vec<u8>` field is sent as one byte string, copied once, instead of an element at a time
-/// (the bytes on the wire are the same): the attribute gives it `pb::zero_copy::vec` itself,
-/// unless the field's own serde attributes choose its encoding (`with`, `serialize_with`,
-/// `deserialize_with`) or leave it out (`skip...`). `#[derive(pb::Copyable)]` cannot change the
-/// fields; there, write `#[serde(with = "pb::zero_copy::vec")]` on them.
+/// Byte-string fields take pb's encodings by themselves (the bytes on the wire are the same
+/// as serde's): a `Vec<u8>` or `Box<[u8]>` field is sent as one byte string, copied once,
+/// instead of an element at a time (`pb::zero_copy::vec`, `pb::zero_copy::boxed`), and a
+/// `bytes::Bytes` field is sent from where it is and received as a slice of the frame when it
+/// is large (`pb::zero_copy`; another type that happens to be named `Bytes` keeps serde's
+/// encoding). A field whose own serde attributes choose its encoding (`with`,
+/// `serialize_with`, `deserialize_with`) or leave it out (`skip...`) is left as it is.
+/// `#[derive(pb::Copyable)]` cannot change the fields; there, write
+/// `#[serde(with = "pb::zero_copy::vec")]` (or `::boxed`, or `pb::zero_copy`) on them.
 ///
 /// ```
 /// #[pb::copyable]

@@ -352,6 +352,17 @@ impl IoLog {
             .any(|&(p, n)| p == at as usize && n >= len.min(4096))
     }
 
+    /// Whether some read put bytes in `[at, at + len)`, wherever it started: the value is
+    /// (part of) a buffer that was read into, not a copy made since.
+    pub fn read_around(&self, at: usize, len: usize) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .read
+            .iter()
+            .any(|&(p, n)| p < at + len && at < p + n)
+    }
+
     /// Whether some read put bytes inside `[at, at + len)`: the value was read straight into
     /// the allocation it is in.
     pub fn read_into(&self, at: usize, len: usize) -> bool {
