@@ -71,6 +71,7 @@ pub mod dev {
 mod portal;
 mod tls;
 
+use std::hash::BuildHasherDefault;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,6 +79,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use pb_core::{Config, Connection, ObjectRef, Side};
+use pb_proto::hash::IdHasher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{Semaphore, watch};
@@ -351,8 +353,9 @@ struct Signals {
 
 /// The connections being served, by id: every connection's task inserts and removes its own,
 /// and the handle and the shutdown read them all, so the map is sharded rather than locked
-/// whole.
-type Live = Arc<DashMap<u64, Connection>>;
+/// whole. The ids are ours (a process-wide counter), so they are hashed with one multiply
+/// (`IdHasher`), not SipHash.
+type Live = Arc<DashMap<u64, Connection, BuildHasherDefault<IdHasher>>>;
 
 async fn accept_loop(
     listener: TcpListener,
