@@ -425,7 +425,9 @@ async fn accept_loop(
             // The TLS path's state (rustls's, the portal's) is large: it lives in a box of its
             // own, so that every connection's task stays small and cheap to spawn and move.
             let established = match acceptor {
-                None => serve_one(stream, &service, &config, addr, None).await,
+                // Boxed: the handshake's state is about a kilobyte, which would otherwise be
+                // copied into the task and out of it again as the task is spawned and started.
+                None => Box::pin(serve_one(stream, &service, &config, addr, None)).await,
                 Some(acceptor) => {
                     match Box::pin(serve_tls(stream, acceptor, &service, &config, addr)).await {
                         Some(established) => established,
@@ -520,7 +522,7 @@ async fn serve_tls(
             return None;
         }
     };
-    Some(serve_one(tls, service, config, addr, Some(info)).await)
+    Some(serve_one(tls, service, config, addr, Some(Box::new(info))).await)
 }
 
 /// A connection, and its reader when the caller is to run it.
@@ -549,12 +551,14 @@ async fn refuse_plaintext(stream: &mut tokio::net::TcpStream) -> io::Result<bool
     Ok(false)
 }
 
+/// Run the handshake and start the connection. `tls` is boxed because it is held across the
+/// handshake, whose state every plain connection's would otherwise grow by its size.
 async fn serve_one<T>(
     io: T,
     service: &Service,
     config: &Config,
     addr: SocketAddr,
-    tls: Option<TlsInfo>,
+    tls: Option<Box<TlsInfo>>,
 ) -> Result<Established, pb_core::ConnectError>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -574,6 +578,7 @@ where
         }
         // Boxed: the login path's state is large and rare next to a plain connection's.
         Service::Portal(portal) => {
+            let tls = tls.map(|t| *t);
             let conn = Box::pin(portal.serve_connection(io, config, Some(addr), tls)).await?;
             Ok((conn, None))
         }
