@@ -367,10 +367,21 @@ async fn accept_loop(
     // Dropped when this loop is done: `ServerHandle::wait` waits for that.
     _done: watch::Sender<()>,
 ) {
-    let Signals {
-        mut stop,
-        mut dropped,
-    } = signals;
+    let Signals { stop, mut dropped } = signals;
+    // What each connection's task checks.
+    let stopping = stop.clone();
+    // The end of the loop is waited for across every accept, not made again for each: a new
+    // wait on a channel registers with it and unregisters when dropped, twice per connection.
+    let ended = async move {
+        let mut stop = stop;
+        tokio::select! {
+            biased;
+            // An error means every sender is gone, the handle's included: a drop.
+            r = stop.wait_for(|s| *s) => r.is_ok(),
+            _ = dropped.changed() => false,
+        }
+    };
+    tokio::pin!(ended);
     // Each connection's task holds a permit until it ends: the permits count the tasks, so
     // waiting for all of them at shutdown waits for every task, and no set of tasks has to be
     // kept (and reaped, a wake-up of this loop per connection).
@@ -382,9 +393,7 @@ async fn accept_loop(
     let shutdown = loop {
         let accepted = tokio::select! {
             biased;
-            // An error means every sender is gone, the handle's included: a drop.
-            r = stop.wait_for(|s| *s) => break r.is_ok(),
-            _ = dropped.changed() => break false,
+            shutdown = &mut ended => break shutdown,
             r = listener.accept() => r,
         };
         let (stream, addr) = match accepted {
@@ -415,7 +424,7 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let config = config.clone();
         let live = live.clone();
-        let stop = stop.clone();
+        let stop = stopping.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _slot = slot;
