@@ -247,6 +247,7 @@ pub(super) async fn run_reader<R: AsyncRead + Unpin>(
         _ => tracing::debug!(connection = conn.id, ?reason, "connection closed"),
     }
     conn.close(reason);
+    recycle_read_buffer(rbuf);
 }
 
 /// What woke the reader.
