@@ -149,7 +149,10 @@ pub(crate) struct ConnShared {
     me: Weak<ConnShared>,
     side: Side,
     peer_addr: Option<SocketAddr>,
-    broker: Mutex<Broker>,
+    /// Boxed: with the broker in it, this state would be larger than the allocator's
+    /// per-thread cache takes (about a kilobyte), and a larger allocation costs several times
+    /// more to make and free; two cached ones cost less.
+    broker: Box<Mutex<Broker>>,
     releases: Mutex<Vec<(u64, u64, u64)>>,
     /// Set after a release is queued: the write path takes `releases`' lock only then.
     releases_queued: AtomicBool,
@@ -213,7 +216,7 @@ impl ConnShared {
             me: me.clone(),
             side,
             peer_addr,
-            broker: Mutex::new(Broker::new(config.limits.clone(), id, root)),
+            broker: Box::new(Mutex::new(Broker::new(config.limits.clone(), id, root))),
             releases: Mutex::new(Vec::new()),
             releases_queued: AtomicBool::new(false),
             updates: crate::link::UpdateBudget::new(
