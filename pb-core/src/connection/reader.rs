@@ -29,8 +29,9 @@ pub(super) fn run_reader<R: AsyncRead + Unpin>(
         let mut wakers = Vec::new();
         let timer = tokio::time::sleep_until(live.poll_timeout().into());
         tokio::pin!(timer);
-        let side = Arc::new(SideWake::default());
-        let side_waker = Waker::from(side.clone());
+        // The connection is that waker (see `impl Wake for ConnShared`): no allocation.
+        let side = &conn.reader_wake;
+        let side_waker = Waker::from(conn.clone());
         let mut known_task = None;
         let mut held = Held::default();
         // Answers of the batch not handled yet (kept, so that batches allocate nothing).
@@ -254,6 +255,8 @@ pub(super) fn run_reader<R: AsyncRead + Unpin>(
             _ => tracing::debug!(connection = conn.id, ?reason, "connection closed"),
         }
         conn.close(reason);
+        // The connection may outlive its reader: it keeps no waker of the ended task.
+        conn.reader_wake.forget_task();
         recycle_read_buffer(rbuf);
     }
 }
@@ -301,19 +304,32 @@ impl SideWake {
     pub(super) fn force(&self) {
         self.woken.store(true, Ordering::Release);
     }
-}
 
-impl std::task::Wake for SideWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+    /// Drop the reader task's waker (the reader has ended).
+    pub(super) fn forget_task(&self) {
+        drop(self.task.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
-    fn wake_by_ref(self: &Arc<Self>) {
+    /// Note the wake-up and wake the reader's task.
+    fn wake(&self) {
         self.woken.store(true, Ordering::Release);
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(task) = task {
             task.wake();
         }
+    }
+}
+
+/// The reader's close signal and timer wake the connection, which notes it and wakes the
+/// reader's task ([`SideWake`]): the connection is a waker already shared, so that the reader
+/// allocates none.
+impl std::task::Wake for ConnShared {
+    fn wake(self: Arc<Self>) {
+        self.reader_wake.wake();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.reader_wake.wake();
     }
 }
 
