@@ -442,7 +442,9 @@ async fn accept_loop(
         let config = config.clone();
         let live = live.clone();
         let stop = stopping.clone();
-        tokio::spawn(async move {
+        // Boxed, as its handshake is: a task's future is copied several times as it is spawned,
+        // started and finished, a box's pointer costs nothing to copy.
+        tokio::spawn(Box::pin(async move {
             let _permit = permit;
             let _slot = slot;
             if *stop.borrow() {
@@ -483,7 +485,7 @@ async fn accept_loop(
                 None => conn.closed().await,
             }
             live.remove(&conn.id());
-        });
+        }));
     };
     drop(listener);
     if shutdown {
