@@ -155,11 +155,14 @@ impl Tasks {
             spawn,
         } = self;
         let check = check.map(|ours| (ours, handshake_timeout));
-        // The reader's state is about a kilobyte: boxed once, it is not copied into the task
-        // and out of it again as the task is spawned and started, and the task's own
-        // allocation stays small.
-        let reader: ConnectionReader = Box::pin(
-            run_reader(shared.clone(), rd, rbuf, decoder, timers, check).instrument(span.clone()),
+        let reader = run_reader(
+            shared.clone(),
+            rd,
+            rbuf,
+            decoder,
+            timers,
+            check,
+            span.clone(),
         );
         shared.wake_writer.prepare(shared, span);
         if spawn {
