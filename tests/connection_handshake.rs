@@ -284,3 +284,23 @@ fn connect_errors_say_their_cause() {
         "{e}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_large_call_waiting_for_the_peers_hello_fails_when_the_connection_closes() {
+    let (ours, _theirs) = pb::transport::memory_pair();
+    let conn = Connection::dial(ours, &pb::Config::default(), None, None)
+        .await
+        .unwrap();
+    // Over the limits every peer accepts: it waits for the peer's, which never come.
+    let root = conn.root_ref();
+    let call =
+        tokio::spawn(async move { root.call::<_, u64, ()>("len", &(vec![0u8; 100_000],)).await });
+    tokio::task::yield_now().await;
+    conn.abort();
+    // Well before the handshake timeout would close the connection anyway.
+    let r = tokio::time::timeout(std::time::Duration::from_secs(1), call)
+        .await
+        .expect("the close wakes the call")
+        .unwrap();
+    assert!(r.is_err(), "{r:?}");
+}

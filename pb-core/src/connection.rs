@@ -149,17 +149,23 @@ pub(crate) struct ConnShared {
     me: Weak<ConnShared>,
     side: Side,
     peer_addr: Option<SocketAddr>,
-    broker: Mutex<Broker>,
+    /// Boxed: with the broker in it, this state would be larger than the allocator's
+    /// per-thread cache takes (about a kilobyte), and a larger allocation costs several times
+    /// more to make and free; two cached ones cost less.
+    broker: Box<Mutex<Broker>>,
     releases: Mutex<Vec<(u64, u64, u64)>>,
     /// Set after a release is queued: the write path takes `releases`' lock only then.
     releases_queued: AtomicBool,
-    /// Bytes of cache updates buffered for replicas not decoded yet, all of this connection's.
-    updates: Arc<crate::link::UpdateBudget>,
+    /// Bytes of cache updates buffered for replicas not decoded yet, all of this connection's:
+    /// made with the first update, as most connections never have one.
+    updates: OnceLock<Arc<crate::link::UpdateBudget>>,
     /// The transport's write half: `None` before the connection is established and after the
     /// writer has shut it down. Whoever holds the lock may write (see [`ConnShared::flush_now`]).
     out: Mutex<Option<Output>>,
     /// Wakes the writer task, which starts on the first wake-up.
     wake_writer: WriterWake,
+    /// What the reader's close signal and timer wake (see `impl Wake for ConnShared`).
+    reader_wake: SideWake,
     call_done: Notify,
     max_frame_len: AtomicUsize,
     /// The features we offer (see [`Config::features`]).
@@ -213,14 +219,13 @@ impl ConnShared {
             me: me.clone(),
             side,
             peer_addr,
-            broker: Mutex::new(Broker::new(config.limits.clone(), id, root)),
+            broker: Box::new(Mutex::new(Broker::new(config.limits.clone(), id, root))),
             releases: Mutex::new(Vec::new()),
             releases_queued: AtomicBool::new(false),
-            updates: crate::link::UpdateBudget::new(
-                crate::link::MAX_BUFFERED_UPDATE_BYTES_PER_CONNECTION,
-            ),
+            updates: OnceLock::new(),
             out: Mutex::new(None),
             wake_writer: WriterWake::default(),
+            reader_wake: SideWake::default(),
             call_done: Notify::new(),
             max_frame_len: AtomicUsize::new(config.limits.receive().max_frame_len),
             features: config.features,

@@ -47,13 +47,26 @@ pub struct PeerKeys {
 }
 
 impl PeerKeys {
-    /// A new secret, from the standard library's `RandomState` (seeded from the operating
-    /// system): two SipHash outputs under its key.
+    /// A new secret: the next two outputs of the thread's SplitMix64 sequence, whose start is
+    /// drawn once per thread from the standard library's `RandomState` (seeded from the
+    /// operating system). Every connection draws one, so it costs a few multiplies rather than
+    /// two runs of SipHash; what it must be is unknown to the peer, which never sees a hash,
+    /// and different for each connection.
     #[inline]
     pub fn new() -> PeerKeys {
-        use std::hash::BuildHasher;
-        let s = std::hash::RandomState::new();
-        PeerKeys::with_secret(s.hash_one(0u64), s.hash_one(1u64))
+        thread_local! {
+            static STATE: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+        }
+        STATE.with(|state| {
+            let mut s = state.get().unwrap_or_else(|| {
+                use std::hash::BuildHasher;
+                std::hash::RandomState::new().hash_one(0u64)
+            });
+            let k0 = splitmix64(&mut s);
+            let k1 = splitmix64(&mut s);
+            state.set(Some(s));
+            PeerKeys::with_secret(k0, k1)
+        })
     }
 
     #[inline]
@@ -115,6 +128,16 @@ impl std::hash::Hasher for PeerKeyHasher {
     }
 }
 
+/// The next output of SplitMix64 (Steele, Lea and Flood), whose state is `s`.
+#[inline]
+fn splitmix64(s: &mut u64) -> u64 {
+    *s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *s;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The full 128-bit product of `a` and `b`, its halves folded into one word.
 #[inline]
 fn fold_mul(a: u64, b: u64) -> u64 {
@@ -170,5 +193,12 @@ mod tests {
         // Not the identity, and not the same for neighbours.
         assert_ne!(a.hash_one(42u64), 42);
         assert_ne!(a.hash_one(42u64), a.hash_one(43u64));
+        // Many connections, on this thread and on another: no two alike.
+        let here: Vec<u64> = (0..1000).map(|_| PeerKeys::new().hash_one(42u64)).collect();
+        let there = std::thread::spawn(|| PeerKeys::new().hash_one(42u64))
+            .join()
+            .unwrap();
+        let all: HashSet<u64> = here.iter().copied().chain([there]).collect();
+        assert_eq!(all.len(), here.len() + 1);
     }
 }

@@ -72,6 +72,9 @@ impl Outbox {
     /// Queue bytes that are not a frame (a hello) before anything else is queued.
     #[inline]
     pub fn queue_raw(&mut self, bytes: &[u8]) {
+        // With the usual room (not just the hello's), so that the first frame, which usually
+        // follows at once, needs no second allocation.
+        self.reserve(bytes.len());
         self.out.extend_from_slice(bytes);
     }
 

@@ -71,13 +71,18 @@ pub mod dev {
 mod portal;
 mod tls;
 
+use std::future::Future;
+use std::hash::BuildHasherDefault;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use pb_core::{Config, Connection, ObjectRef, Side};
+use pb_proto::hash::IdHasher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::{Semaphore, watch};
@@ -351,8 +356,9 @@ struct Signals {
 
 /// The connections being served, by id: every connection's task inserts and removes its own,
 /// and the handle and the shutdown read them all, so the map is sharded rather than locked
-/// whole.
-type Live = Arc<DashMap<u64, Connection>>;
+/// whole. The ids are ours (a process-wide counter), so they are hashed with one multiply
+/// (`IdHasher`), not SipHash.
+type Live = Arc<DashMap<u64, Connection, BuildHasherDefault<IdHasher>>>;
 
 async fn accept_loop(
     listener: TcpListener,
@@ -364,10 +370,21 @@ async fn accept_loop(
     // Dropped when this loop is done: `ServerHandle::wait` waits for that.
     _done: watch::Sender<()>,
 ) {
-    let Signals {
-        mut stop,
-        mut dropped,
-    } = signals;
+    let Signals { stop, mut dropped } = signals;
+    // What each connection's task checks.
+    let stopping = stop.clone();
+    // The end of the loop is waited for across every accept, not made again for each: a new
+    // wait on a channel registers with it and unregisters when dropped, twice per connection.
+    let ended = async move {
+        let mut stop = stop;
+        tokio::select! {
+            biased;
+            // An error means every sender is gone, the handle's included: a drop.
+            r = stop.wait_for(|s| *s) => r.is_ok(),
+            _ = dropped.changed() => false,
+        }
+    };
+    tokio::pin!(ended);
     // Each connection's task holds a permit until it ends: the permits count the tasks, so
     // waiting for all of them at shutdown waits for every task, and no set of tasks has to be
     // kept (and reaped, a wake-up of this loop per connection).
@@ -376,13 +393,25 @@ async fn accept_loop(
     let config = Arc::new(builder.config);
     // Whether the loop ends in a shutdown, which closes the connections, or because the
     // handle was dropped, which leaves them to end on their own.
+    // The end is polled only after it woke the loop, not before every accept: polling a wait
+    // on a channel takes the channel's lock.
+    let woke = Arc::new(EndWake::default());
+    let woke_waker = Waker::from(woke.clone());
+    let mut known_task = None;
     let shutdown = loop {
-        let accepted = tokio::select! {
-            biased;
-            // An error means every sender is gone, the handle's included: a drop.
-            r = stop.wait_for(|s| *s) => break r.is_ok(),
-            _ = dropped.changed() => break false,
-            r = listener.accept() => r,
+        let accepted = std::future::poll_fn(|cx| {
+            if woke.take(cx.waker(), &mut known_task)
+                && let Poll::Ready(shutdown) =
+                    ended.as_mut().poll(&mut Context::from_waker(&woke_waker))
+            {
+                return Poll::Ready(Err(shutdown));
+            }
+            listener.poll_accept(cx).map(Ok)
+        })
+        .await;
+        let accepted = match accepted {
+            Ok(accepted) => accepted,
+            Err(shutdown) => break shutdown,
         };
         let (stream, addr) = match accepted {
             Ok(a) => a,
@@ -412,8 +441,10 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let config = config.clone();
         let live = live.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
+        let stop = stopping.clone();
+        // Boxed, as its handshake is: a task's future is copied several times as it is spawned,
+        // started and finished, a box's pointer costs nothing to copy.
+        tokio::spawn(Box::pin(async move {
             let _permit = permit;
             let _slot = slot;
             if *stop.borrow() {
@@ -422,7 +453,9 @@ async fn accept_loop(
             // The TLS path's state (rustls's, the portal's) is large: it lives in a box of its
             // own, so that every connection's task stays small and cheap to spawn and move.
             let established = match acceptor {
-                None => serve_one(stream, &service, &config, addr, None).await,
+                // Boxed: the handshake's state is about a kilobyte, which would otherwise be
+                // copied into the task and out of it again as the task is spawned and started.
+                None => Box::pin(serve_one(stream, &service, &config, addr, None)).await,
                 Some(acceptor) => {
                     match Box::pin(serve_tls(stream, acceptor, &service, &config, addr)).await {
                         Some(established) => established,
@@ -452,7 +485,7 @@ async fn accept_loop(
                 None => conn.closed().await,
             }
             live.remove(&conn.id());
-        });
+        }));
     };
     drop(listener);
     if shutdown {
@@ -474,6 +507,52 @@ async fn accept_loop(
             Err(_) => break,
         }
         left -= n as usize;
+    }
+}
+
+/// The waker the accept loop gives the wait for its end: it notes that the wait woke the loop,
+/// then wakes the loop's task, so that the loop polls the wait only when it may be over.
+struct EndWake {
+    /// Set by a wake-up, taken by the loop's next poll. Starts set: the first poll arms the
+    /// wait.
+    woken: AtomicBool,
+    /// The loop task's waker.
+    task: Mutex<Option<Waker>>,
+}
+
+impl Default for EndWake {
+    fn default() -> Self {
+        EndWake {
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        }
+    }
+}
+
+impl EndWake {
+    /// Whether a wake-up came since the last call. `task` is the loop's waker, passed on by
+    /// wake-ups; `known` is the loop's copy of what it gave last (no lock while it is the
+    /// same).
+    fn take(&self, task: &Waker, known: &mut Option<Waker>) -> bool {
+        if !known.as_ref().is_some_and(|w| w.will_wake(task)) {
+            *known = Some(task.clone());
+            *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.clone());
+        }
+        self.woken.load(Ordering::Acquire) && self.woken.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for EndWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(task) = task {
+            task.wake();
+        }
     }
 }
 
@@ -517,7 +596,7 @@ async fn serve_tls(
             return None;
         }
     };
-    Some(serve_one(tls, service, config, addr, Some(info)).await)
+    Some(serve_one(tls, service, config, addr, Some(Box::new(info))).await)
 }
 
 /// A connection, and its reader when the caller is to run it.
@@ -546,12 +625,14 @@ async fn refuse_plaintext(stream: &mut tokio::net::TcpStream) -> io::Result<bool
     Ok(false)
 }
 
+/// Run the handshake and start the connection. `tls` is boxed because it is held across the
+/// handshake, whose state every plain connection's would otherwise grow by its size.
 async fn serve_one<T>(
     io: T,
     service: &Service,
     config: &Config,
     addr: SocketAddr,
-    tls: Option<TlsInfo>,
+    tls: Option<Box<TlsInfo>>,
 ) -> Result<Established, pb_core::ConnectError>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
@@ -571,6 +652,7 @@ where
         }
         // Boxed: the login path's state is large and rare next to a plain connection's.
         Service::Portal(portal) => {
+            let tls = tls.map(|t| *t);
             let conn = Box::pin(portal.serve_connection(io, config, Some(addr), tls)).await?;
             Ok((conn, None))
         }

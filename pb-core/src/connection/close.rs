@@ -46,7 +46,11 @@ impl ConnShared {
         let _ = self.close_reason.set(reason);
         self.is_closed.store(true, Ordering::Release);
         self.closed.notify_waiters();
-        self.peer_hello.notify_waiters();
+        // Callers waiting for the peer's hello give up. Only a connection whose peer's hello
+        // has not come can have any: its arrival woke those before it, and later ones see it.
+        if !self.peer_known.load(Ordering::Acquire) {
+            self.peer_hello.notify_waiters();
+        }
         self.end_output();
         // Callers waiting for output space give up now. Only a congested output has any: they
         // wait only after seeing it congested, and its end wakes them.

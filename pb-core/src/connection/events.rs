@@ -7,6 +7,13 @@ use super::*;
 use crate::broker::Event;
 
 impl ConnShared {
+    /// The budget of this connection's buffered cache updates, made with the first update.
+    fn update_budget(&self) -> &Arc<crate::link::UpdateBudget> {
+        self.updates.get_or_init(|| {
+            crate::link::UpdateBudget::new(crate::link::MAX_BUFFERED_UPDATE_BYTES_PER_CONNECTION)
+        })
+    }
+
     /// Run `f` on the broker, then act on the events it raised once the lock is released.
     pub(crate) fn with_broker<R>(&self, f: impl FnOnce(&mut Broker) -> R) -> R {
         let mut events = Vec::new();
@@ -58,7 +65,7 @@ impl ConnShared {
                         .replica
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .deliver(payload, &self.updates),
+                        .deliver(payload, self.update_budget()),
                     // No loss: a later send of the cache carries a newer state.
                     None => tracing::debug!("update for a reference no longer held"),
                 },

@@ -22,18 +22,25 @@ impl ConnShared {
         stats
     }
 
-    async fn close_gracefully(&self) {
-        // Nothing running (the common case): no goodbye and no drain timer. The end of the
-        // stream follows at once and tells the peer; a goodbye matters while calls drain, when
-        // the peer must stop sending new ones (which fail with `ShuttingDown`, not lost).
+    /// Start a graceful close: `None` when it closed at once, otherwise the wait for running
+    /// calls to drain (up to the drain timeout), which then closes it.
+    fn close_gracefully(&self) -> Option<LinkFuture<'_, ()>> {
+        // Nothing running (the common case): no goodbye, no drain timer and no future to
+        // wait on. The end of the stream follows at once and tells the peer; a goodbye
+        // matters while calls drain, when the peer must stop sending new ones (which fail
+        // with `ShuttingDown`, not lost).
         let busy = {
             let mut broker = self.lock();
             let busy = broker.in_flight() > 0;
             broker.start_draining(busy);
             busy
         };
-        if busy {
-            self.wake_writer.notify_one();
+        if !busy {
+            ConnShared::close(self, CloseReason::Local);
+            return None;
+        }
+        self.wake_writer.notify_one();
+        Some(Box::pin(async move {
             let drained = async {
                 loop {
                     let done = self.call_done.notified();
@@ -44,9 +51,9 @@ impl ConnShared {
                 }
             };
             let _ = tokio::time::timeout(self.drain_timeout, drained).await;
-        }
-        // Marks the connection closed before it returns: nothing to wait for after it.
-        ConnShared::close(self, CloseReason::Local);
+            // Marks the connection closed before it returns: nothing to wait for after it.
+            ConnShared::close(self, CloseReason::Local);
+        }))
     }
 }
 
@@ -185,8 +192,8 @@ impl Link for ConnShared {
         Box::pin(ConnShared::closed(self))
     }
 
-    fn close(&self) -> LinkFuture<'_, ()> {
-        Box::pin(self.close_gracefully())
+    fn close(&self) -> Option<LinkFuture<'_, ()>> {
+        self.close_gracefully()
     }
 
     fn abort(&self) {

@@ -6,247 +6,262 @@ use super::*;
 /// The reader task. With `check` (our hello and the handshake timeout, on a dialed
 /// connection), the peer's hello is checked before any frame, within the timeout: the
 /// keep-alive timer keeps that deadline too, so the wait for the hello costs no timer or task
-/// of its own.
-pub(super) async fn run_reader<R: AsyncRead + Unpin>(
+/// of its own. Its timing starts now, when the connection starts.
+///
+/// A function that returns the reader rather than an `async fn`: the future then holds its
+/// arguments once, not once as given and again as moved into its body, and what is made of
+/// them before the first poll (the keep-alive state) replaces them.
+pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
     conn: Arc<ConnShared>,
     mut rd: R,
     mut rbuf: BytesMut,
     mut decoder: FrameDecoder,
     timers: Timers,
     check: Option<(Hello, Duration)>,
-) {
-    // One wait for a local close, made once: polling it again is cheap, making it is not.
-    let closed = conn.closed();
-    tokio::pin!(closed);
+    span: tracing::Span,
+) -> ConnectionReader {
     let hello = check.map(|(_, timeout)| timeout);
     let mut live = Liveness::new(LivenessConfig { hello, ..timers }, now());
     let mut check = check.map(|(ours, _)| ours);
-    let mut wakers = Vec::new();
-    let timer = tokio::time::sleep_until(live.poll_timeout().into());
-    tokio::pin!(timer);
-    let side = Arc::new(SideWake::default());
-    let side_waker = Waker::from(side.clone());
-    let mut known_task = None;
-    let mut held = Held::default();
-    // Answers of the batch not handled yet (kept, so that batches allocate nothing).
-    let mut answers: Vec<Frame> = Vec::new();
-    // A split frame whose tail is being read (into an allocation of its own, not `rbuf`).
-    let mut reading: Option<(Bytes, Tail)> = None;
-    // Our hello may wait in the output (the writer task starts only when needed): it leaves
-    // after the first batch at the latest, with that batch's answers.
-    let mut first = true;
-    let reason = 'conn: loop {
-        if let Some(ours) = &check {
-            match take_hello(&mut rbuf, ours) {
-                Ok(Some(theirs)) => {
-                    check = None;
-                    live.handle_hello(now());
-                    // Our limits, if they changed since our hello left, go out with the
-                    // batch's flush, or the writer's if no frame follows.
-                    decoder.accept_tails(conn.split_frames(&theirs));
-                    if conn.peer_hello(&theirs) {
-                        conn.wake_writer.notify_one();
+    // Boxed where it is made (about 800 bytes): not copied into a task and out of it again as
+    // the task is spawned and started, and the task's own allocation stays small.
+    Box::pin(async move {
+        // One wait for a local close, made once: polling it again is cheap, making it is not.
+        let closed = conn.closed();
+        tokio::pin!(closed);
+        let mut wakers = Vec::new();
+        let timer = tokio::time::sleep_until(live.poll_timeout().into());
+        tokio::pin!(timer);
+        // The connection is that waker (see `impl Wake for ConnShared`): no allocation.
+        let side = &conn.reader_wake;
+        let side_waker = Waker::from(conn.clone());
+        let mut known_task = None;
+        let mut held = Held::default();
+        // Answers of the batch not handled yet (kept, so that batches allocate nothing).
+        let mut answers: Vec<Frame> = Vec::new();
+        // A split frame whose tail is being read (into an allocation of its own, not `rbuf`).
+        let mut reading: Option<(Bytes, Tail)> = None;
+        // Our hello may wait in the output (the writer task starts only when needed): it leaves
+        // after the first batch at the latest, with that batch's answers.
+        let mut first = true;
+        let reason = 'conn: loop {
+            if let Some(ours) = &check {
+                match take_hello(&mut rbuf, ours) {
+                    Ok(Some(theirs)) => {
+                        check = None;
+                        live.handle_hello(now());
+                        // Our limits, if they changed since our hello left, go out with the
+                        // batch's flush, or the writer's if no frame follows.
+                        decoder.accept_tails(conn.split_frames(&theirs));
+                        if conn.peer_hello(&theirs) {
+                            conn.wake_writer.notify_one();
+                        }
                     }
+                    Ok(None) => {}
+                    Err(e) => break 'conn CloseReason::Handshake(e),
                 }
-                Ok(None) => {}
-                Err(e) => break 'conn CloseReason::Handshake(e),
             }
-        }
-        let mut any_frame = false;
-        let mut handled = false;
-        // No frame is taken before the peer's hello.
-        while check.is_none() {
-            decoder.set_max_len(conn.max_frame_len.load(Ordering::Relaxed));
-            // A split frame's tail comes before any later byte: nothing else is read until it
-            // is complete.
-            let next = match reading.take_if(|(_, tail)| tail.is_complete()) {
-                Some((body, tail)) => Ok(Some(Frame {
-                    body,
-                    tail: Some(Box::new(tail.finish())),
-                })),
-                None if reading.is_some() => break,
-                None => match decoder.next(&mut rbuf) {
-                    Ok(Some(Decoded::Frame(body))) => Ok(Some(Frame::from(body))),
-                    Ok(Some(Decoded::Split { head, tail_len })) => {
-                        match Tail::start(tail_len, &mut rbuf) {
-                            // All of it is here already.
-                            Ok(Err(tail)) => Ok(Some(Frame {
-                                body: head,
-                                tail: Some(Box::new(tail)),
-                            })),
-                            Ok(Ok(tail)) => {
-                                reading = Some((head, tail));
-                                break;
+            let mut any_frame = false;
+            let mut handled = false;
+            // No frame is taken before the peer's hello.
+            while check.is_none() {
+                decoder.set_max_len(conn.max_frame_len.load(Ordering::Relaxed));
+                // A split frame's tail comes before any later byte: nothing else is read until it
+                // is complete.
+                let next = match reading.take_if(|(_, tail)| tail.is_complete()) {
+                    Some((body, tail)) => Ok(Some(Frame {
+                        body,
+                        tail: Some(Box::new(tail.finish())),
+                    })),
+                    None if reading.is_some() => break,
+                    None => match decoder.next(&mut rbuf) {
+                        Ok(Some(Decoded::Frame(body))) => Ok(Some(Frame::from(body))),
+                        Ok(Some(Decoded::Split { head, tail_len })) => {
+                            match Tail::start(tail_len, &mut rbuf) {
+                                // All of it is here already.
+                                Ok(Err(tail)) => Ok(Some(Frame {
+                                    body: head,
+                                    tail: Some(Box::new(tail)),
+                                })),
+                                Ok(Ok(tail)) => {
+                                    reading = Some((head, tail));
+                                    break;
+                                }
+                                Err(e) => Err(e),
                             }
-                            Err(e) => Err(e),
+                        }
+                        Ok(None) => Ok(None),
+                        Err(e) => Err(e),
+                    },
+                };
+                match next {
+                    Ok(Some(frame)) => {
+                        // One clock reading per batch, not per frame: they arrived together.
+                        if !any_frame {
+                            any_frame = true;
+                            live.handle_frame(now());
+                        }
+                        // While the peer is not taking our output, its calls (and everything that
+                        // must stay in line with them) wait: running them would queue more.
+                        // A held call counts in our call window from now on (one that does not
+                        // fit is refused at once, and not held).
+                        if (!held.frames.is_empty() || conn.is_congested())
+                            && !crate::message::may_overtake(&frame.body)
+                        {
+                            match conn.hold_frame(&frame) {
+                                Ok(true) => held.push(frame),
+                                Ok(false) => handled = true,
+                                Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
+                            }
+                            continue;
+                        }
+                        // Answers that arrive together are handled together, under one
+                        // acquisition of the broker's lock, before any other frame (which keeps
+                        // their order with it).
+                        if crate::message::is_answer(&frame.body) {
+                            answers.push(frame);
+                            continue;
+                        }
+                        // The frame is not an answer: the batch needs a flush whatever the
+                        // answers queued.
+                        handled = true;
+                        if !answers.is_empty()
+                            && let Err(e) = conn.handle_answers(&mut answers, &mut wakers)
+                        {
+                            break 'conn CloseReason::Protocol(e.to_string());
+                        }
+                        if let Err(e) = conn.handle_frame(frame, &mut wakers, false) {
+                            break 'conn CloseReason::Protocol(e.to_string());
                         }
                     }
-                    Ok(None) => Ok(None),
-                    Err(e) => Err(e),
-                },
-            };
-            match next {
-                Ok(Some(frame)) => {
-                    // One clock reading per batch, not per frame: they arrived together.
-                    if !any_frame {
-                        any_frame = true;
-                        live.handle_frame(now());
-                    }
-                    // While the peer is not taking our output, its calls (and everything that
-                    // must stay in line with them) wait: running them would queue more.
-                    // A held call counts in our call window from now on (one that does not
-                    // fit is refused at once, and not held).
-                    if (!held.frames.is_empty() || conn.is_congested())
-                        && !crate::message::may_overtake(&frame.body)
-                    {
-                        match conn.hold_frame(&frame) {
-                            Ok(true) => held.push(frame),
-                            Ok(false) => handled = true,
-                            Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
+                    Ok(None) => break,
+                    Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
+                }
+            }
+            // Answers queue nothing (but calls of ours they made room for): a batch of them alone
+            // rarely needs a flush.
+            if !answers.is_empty() {
+                match conn.handle_answers(&mut answers, &mut wakers) {
+                    Ok(queued) => handled |= queued,
+                    Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
+                }
+            }
+            // Held-back frames run, in order, as soon as the output has drained.
+            while !held.frames.is_empty() && !conn.is_congested() {
+                let Some(frame) = held.pop() else { break };
+                handled = true;
+                if let Err(e) = conn.handle_frame(frame, &mut wakers, true) {
+                    break 'conn CloseReason::Protocol(e.to_string());
+                }
+            }
+            // Answers and faults for the whole batch go out in one write.
+            if handled || std::mem::take(&mut first) {
+                conn.end_batch();
+            }
+            if conn.is_closed() {
+                break CloseReason::Local;
+            }
+            // Reading stops only when the peer sends on and on without reading: once more of its
+            // calls are held back than may run at once here (`max_in_flight_calls`), which a peer
+            // within that limit never reaches, so two pb peers never both stop reading. Other
+            // frames (releases, pings, cancels) get as many places again. Held frames thus cost
+            // at most about what running calls may cost anyway.
+            // A peer that floods us with large calls while we call it nothing is held to bytes too
+            // (see `Limits::max_held_bytes` for why only then).
+            let paused = held.calls > conn.max_held_frames
+                || held.frames.len() - held.calls > conn.max_held_frames
+                || (held.bytes > conn.max_held_bytes && conn.lock().pending_calls() == 0);
+            let mut roomy = false;
+            let event = {
+                let drained = conn.drained.notified();
+                tokio::pin!(drained);
+                std::future::poll_fn(|cx| {
+                    // The close signal and the timer are polled only after they woke us, not on
+                    // every read: most wake-ups are data.
+                    if side.take(cx.waker(), &mut known_task) {
+                        let mut side_cx = Context::from_waker(&side_waker);
+                        if closed.as_mut().poll(&mut side_cx).is_ready() {
+                            return Poll::Ready(ReaderEvent::Closed);
                         }
-                        continue;
+                        if live.is_enabled() && timer.as_mut().poll(&mut side_cx).is_ready() {
+                            return Poll::Ready(ReaderEvent::Timer);
+                        }
                     }
-                    // Answers that arrive together are handled together, under one
-                    // acquisition of the broker's lock, before any other frame (which keeps
-                    // their order with it).
-                    if crate::message::is_answer(&frame.body) {
-                        answers.push(frame);
-                        continue;
+                    if !held.frames.is_empty() && drained.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(ReaderEvent::Drained);
                     }
-                    // The frame is not an answer: the batch needs a flush whatever the
-                    // answers queued.
-                    handled = true;
-                    if !answers.is_empty()
-                        && let Err(e) = conn.handle_answers(&mut answers, &mut wakers)
-                    {
-                        break 'conn CloseReason::Protocol(e.to_string());
-                    }
-                    if let Err(e) = conn.handle_frame(frame, &mut wakers, false) {
-                        break 'conn CloseReason::Protocol(e.to_string());
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
-            }
-        }
-        // Answers queue nothing (but calls of ours they made room for): a batch of them alone
-        // rarely needs a flush.
-        if !answers.is_empty() {
-            match conn.handle_answers(&mut answers, &mut wakers) {
-                Ok(queued) => handled |= queued,
-                Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
-            }
-        }
-        // Held-back frames run, in order, as soon as the output has drained.
-        while !held.frames.is_empty() && !conn.is_congested() {
-            let Some(frame) = held.pop() else { break };
-            handled = true;
-            if let Err(e) = conn.handle_frame(frame, &mut wakers, true) {
-                break 'conn CloseReason::Protocol(e.to_string());
-            }
-        }
-        // Answers and faults for the whole batch go out in one write.
-        if handled || std::mem::take(&mut first) {
-            conn.end_batch();
-        }
-        if conn.is_closed() {
-            break CloseReason::Local;
-        }
-        // Reading stops only when the peer sends on and on without reading: once more of its
-        // calls are held back than may run at once here (`max_in_flight_calls`), which a peer
-        // within that limit never reaches, so two pb peers never both stop reading. Other
-        // frames (releases, pings, cancels) get as many places again. Held frames thus cost
-        // at most about what running calls may cost anyway.
-        // A peer that floods us with large calls while we call it nothing is held to bytes too
-        // (see `Limits::max_held_bytes` for why only then).
-        let paused = held.calls > conn.max_held_frames
-            || held.frames.len() - held.calls > conn.max_held_frames
-            || (held.bytes > conn.max_held_bytes && conn.lock().pending_calls() == 0);
-        let mut roomy = false;
-        let event = {
-            let drained = conn.drained.notified();
-            tokio::pin!(drained);
-            std::future::poll_fn(|cx| {
-                // The close signal and the timer are polled only after they woke us, not on
-                // every read: most wake-ups are data.
-                if side.take(cx.waker(), &mut known_task) {
-                    let mut side_cx = Context::from_waker(&side_waker);
-                    if closed.as_mut().poll(&mut side_cx).is_ready() {
-                        return Poll::Ready(ReaderEvent::Closed);
-                    }
-                    if live.is_enabled() && timer.as_mut().poll(&mut side_cx).is_ready() {
-                        return Poll::Ready(ReaderEvent::Timer);
-                    }
-                }
-                if !held.frames.is_empty() && drained.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(ReaderEvent::Drained);
-                }
-                if !paused {
-                    // A split frame's tail goes into its own allocation, which takes no more
-                    // than the tail.
-                    if let Some((_, tail)) = &mut reading {
-                        let read = rd.read_buf(tail.buf());
+                    if !paused {
+                        // A split frame's tail goes into its own allocation, which takes no more
+                        // than the tail.
+                        if let Some((_, tail)) = &mut reading {
+                            let read = rd.read_buf(tail.buf());
+                            tokio::pin!(read);
+                            if let Poll::Ready(r) = read.poll(cx) {
+                                return Poll::Ready(ReaderEvent::Read(r));
+                            }
+                            return Poll::Pending;
+                        }
+                        // Frames held at the first attempt (answers whose callers have not run
+                        // yet) are usually gone by the next: room is made again then.
+                        if !roomy {
+                            roomy = decoder.prepare_read(&mut rbuf);
+                        }
+                        let read = rd.read_buf(&mut rbuf);
                         tokio::pin!(read);
                         if let Poll::Ready(r) = read.poll(cx) {
                             return Poll::Ready(ReaderEvent::Read(r));
                         }
-                        return Poll::Pending;
                     }
-                    // Frames held at the first attempt (answers whose callers have not run
-                    // yet) are usually gone by the next: room is made again then.
-                    if !roomy {
-                        roomy = decoder.prepare_read(&mut rbuf);
-                    }
-                    let read = rd.read_buf(&mut rbuf);
-                    tokio::pin!(read);
-                    if let Poll::Ready(r) = read.poll(cx) {
-                        return Poll::Ready(ReaderEvent::Read(r));
-                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            match event {
+                ReaderEvent::Read(Ok(0)) => break CloseReason::PeerClosed,
+                ReaderEvent::Read(Ok(n)) => {
+                    conn.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Poll::Pending
-            })
-            .await
+                ReaderEvent::Read(Err(e)) => break CloseReason::Io(e.to_string()),
+                ReaderEvent::Closed => break CloseReason::Local,
+                ReaderEvent::Drained => {}
+                ReaderEvent::Timer => {
+                    if paused {
+                        // Not reading is our choice, not the peer's silence; a peer that reads
+                        // nothing is cut by `write_stall_timeout`.
+                        live.handle_frame(now());
+                    }
+                    if let Err(reason) = on_timer(&mut live, &conn) {
+                        break reason;
+                    }
+                    timer.as_mut().reset(live.poll_timeout().into());
+                    // The reset timer must be polled again to be armed.
+                    side.force();
+                }
+            }
         };
-        match event {
-            ReaderEvent::Read(Ok(0)) => break CloseReason::PeerClosed,
-            ReaderEvent::Read(Ok(n)) => {
-                conn.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        match &reason {
+            CloseReason::Protocol(why) => {
+                tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, %why, "closing connection: protocol violation")
             }
-            ReaderEvent::Read(Err(e)) => break CloseReason::Io(e.to_string()),
-            ReaderEvent::Closed => break CloseReason::Local,
-            ReaderEvent::Drained => {}
-            ReaderEvent::Timer => {
-                if paused {
-                    // Not reading is our choice, not the peer's silence; a peer that reads
-                    // nothing is cut by `write_stall_timeout`.
-                    live.handle_frame(now());
-                }
-                if let Err(reason) = on_timer(&mut live, &conn) {
-                    break reason;
-                }
-                timer.as_mut().reset(live.poll_timeout().into());
-                // The reset timer must be polled again to be armed.
-                side.force();
+            CloseReason::Io(why) => {
+                tracing::debug!(connection = conn.id, %why, "connection failed")
             }
+            CloseReason::IdleTimeout(after) if check.is_some() => {
+                tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, ?after, "closing connection: pb handshake failed: no hello within handshake_timeout")
+            }
+            CloseReason::Handshake(e) => {
+                tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, error = %e, "closing connection: pb handshake failed")
+            }
+            CloseReason::IdleTimeout(after) => {
+                tracing::info!(connection = conn.id, peer = ?conn.peer_addr, ?after, "closing connection: no frame from the peer within idle_timeout")
+            }
+            _ => tracing::debug!(connection = conn.id, ?reason, "connection closed"),
         }
-    };
-    match &reason {
-        CloseReason::Protocol(why) => {
-            tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, %why, "closing connection: protocol violation")
-        }
-        CloseReason::Io(why) => tracing::debug!(connection = conn.id, %why, "connection failed"),
-        CloseReason::IdleTimeout(after) if check.is_some() => {
-            tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, ?after, "closing connection: pb handshake failed: no hello within handshake_timeout")
-        }
-        CloseReason::Handshake(e) => {
-            tracing::warn!(connection = conn.id, peer = ?conn.peer_addr, error = %e, "closing connection: pb handshake failed")
-        }
-        CloseReason::IdleTimeout(after) => {
-            tracing::info!(connection = conn.id, peer = ?conn.peer_addr, ?after, "closing connection: no frame from the peer within idle_timeout")
-        }
-        _ => tracing::debug!(connection = conn.id, ?reason, "connection closed"),
-    }
-    conn.close(reason);
+        conn.close(reason);
+        // The connection may outlive its reader: it keeps no waker of the ended task.
+        conn.reader_wake.forget_task();
+        recycle_read_buffer(rbuf);
+    }.instrument(span))
 }
 
 /// What woke the reader.
@@ -292,19 +307,32 @@ impl SideWake {
     pub(super) fn force(&self) {
         self.woken.store(true, Ordering::Release);
     }
-}
 
-impl std::task::Wake for SideWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+    /// Drop the reader task's waker (the reader has ended).
+    pub(super) fn forget_task(&self) {
+        drop(self.task.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
-    fn wake_by_ref(self: &Arc<Self>) {
+    /// Note the wake-up and wake the reader's task.
+    fn wake(&self) {
         self.woken.store(true, Ordering::Release);
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(task) = task {
             task.wake();
         }
+    }
+}
+
+/// The reader's close signal and timer wake the connection, which notes it and wakes the
+/// reader's task ([`SideWake`]): the connection is a waker already shared, so that the reader
+/// allocates none.
+impl std::task::Wake for ConnShared {
+    fn wake(self: Arc<Self>) {
+        self.reader_wake.wake();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.reader_wake.wake();
     }
 }
 

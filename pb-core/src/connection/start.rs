@@ -28,6 +28,39 @@ pub(super) fn hello_frame(ours: &Hello) -> HelloFrame {
     }
 }
 
+/// The most read buffers a thread keeps for its next connections, and the largest it keeps.
+const SPARE_READ_BUFFERS: usize = 4;
+const SPARE_READ_CAPACITY: usize = 4 * MIN_READ;
+
+thread_local! {
+    /// Read buffers of connections that ended on this thread, for the next ones: a buffer of a
+    /// few kilobytes is too large for the allocator's per-thread cache, and costs more to
+    /// allocate and free than the rest of a connection's allocations together.
+    static SPARE_READ: std::cell::RefCell<Vec<BytesMut>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A new connection's read buffer, with room for [`MIN_READ`] bytes (the room the reader keeps
+/// before each read anyway).
+pub(super) fn read_buffer() -> BytesMut {
+    SPARE_READ
+        .with(|spare| spare.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(MIN_READ))
+}
+
+/// Keep an ended connection's read buffer for the next one, if it is small and no frame still
+/// holds a part of it.
+pub(super) fn recycle_read_buffer(mut rbuf: BytesMut) {
+    rbuf.clear();
+    if rbuf.try_reclaim(MIN_READ) && rbuf.capacity() <= SPARE_READ_CAPACITY {
+        SPARE_READ.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < SPARE_READ_BUFFERS {
+                spare.push(rbuf);
+            }
+        });
+    }
+}
+
 /// Read the peer's hello into `rbuf` and check it against ours; what follows it stays in
 /// `rbuf`.
 pub(super) async fn read_hello<R: AsyncRead + Unpin>(
@@ -122,14 +155,21 @@ impl Tasks {
             spawn,
         } = self;
         let check = check.map(|ours| (ours, handshake_timeout));
-        let reader =
-            run_reader(shared.clone(), rd, rbuf, decoder, timers, check).instrument(span.clone());
+        let reader = run_reader(
+            shared.clone(),
+            rd,
+            rbuf,
+            decoder,
+            timers,
+            check,
+            span.clone(),
+        );
         shared.wake_writer.prepare(shared, span);
         if spawn {
             tokio::spawn(reader);
             None
         } else {
-            Some(Box::pin(reader))
+            Some(reader)
         }
     }
 }
@@ -245,8 +285,7 @@ impl Connection {
     {
         let plain = Hello::ours(config.features);
         let ours = plain.with_limits(config.limits.receive());
-        // The reader keeps this much room before each read anyway.
-        let mut rbuf = BytesMut::with_capacity(MIN_READ);
+        let mut rbuf = read_buffer();
         let exchange = async {
             if side == Side::Client {
                 io.write_all(hello_frame(&ours).as_slice()).await?;
@@ -309,8 +348,7 @@ impl Connection {
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let ours = Hello::ours(config.features).with_limits(config.limits.receive());
-        // The reader keeps this much room before each read anyway.
-        let rbuf = BytesMut::with_capacity(MIN_READ);
+        let rbuf = read_buffer();
         let (conn, _) = Connection::start(
             io,
             config,

@@ -218,3 +218,31 @@ async fn a_release_that_crosses_a_new_send_does_not_free_the_object() {
     drop(server);
     assert!(freed.load(Ordering::SeqCst));
 }
+
+#[test]
+fn an_ended_connections_read_buffer_is_kept_for_the_next_one() {
+    let rbuf = read_buffer();
+    let at = rbuf.as_ptr();
+    recycle_read_buffer(rbuf);
+    let again = read_buffer();
+    assert_eq!(again.as_ptr(), at, "the same allocation, not a new one");
+    assert!(again.is_empty() && again.capacity() >= MIN_READ);
+}
+
+#[test]
+fn a_read_buffer_a_frame_still_holds_or_a_large_one_is_not_kept() {
+    let mut rbuf = read_buffer();
+    rbuf.put_slice(b"frame");
+    let frame = rbuf.split_to(5).freeze();
+    recycle_read_buffer(rbuf);
+    let mut next = read_buffer();
+    next.put_slice(b"XXXXX");
+    assert_eq!(
+        &frame[..],
+        b"frame",
+        "a new buffer, not the one the frame is in"
+    );
+    let large = BytesMut::with_capacity(64 * 1024);
+    recycle_read_buffer(large);
+    assert_eq!(read_buffer().capacity(), MIN_READ);
+}

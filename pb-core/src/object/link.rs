@@ -299,8 +299,10 @@ pub(crate) trait Link: Send + Sync + 'static {
     fn close_fault(&self) -> Fault;
     /// Completes when the connection ends.
     fn closed(&self) -> LinkFuture<'_, ()>;
-    /// Close gracefully (see [`Connection::close`]).
-    fn close(&self) -> LinkFuture<'_, ()>;
+    /// Close gracefully (see [`Connection::close`]): `None` when the connection closed at
+    /// once (nothing to wait for), otherwise the wait for its calls to drain, which then closes
+    /// it.
+    fn close(&self) -> Option<LinkFuture<'_, ()>>;
     /// Close at once.
     fn abort(&self);
     /// The connection's Twisted PB side, when it speaks the PB dialect (values are Jelly, not
@@ -586,7 +588,9 @@ impl Connection {
     /// Close gracefully: take no new calls, let running calls finish and their answers go out
     /// (up to the drain timeout), then close. Our own pending calls fail with `Disconnected`.
     pub async fn close(&self) {
-        self.link.close().await
+        if let Some(draining) = self.link.close() {
+            draining.await
+        }
     }
 
     /// Close at once: running calls are cancelled, pending calls fail.

@@ -8,6 +8,11 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use pb_proto::hash::PeerKeys;
+
+/// The table of counts. Its keys are the peers' addresses, which they choose: hashed with a
+/// secret of the server's (`PeerKeys`), a few multiplies rather than SipHash's rounds.
+type Counts = Arc<DashMap<IpAddr, usize, PeerKeys>>;
 
 /// The connections open per source address, and the most each may have (used by pb's
 /// servers, native and AMP).
@@ -18,13 +23,13 @@ pub struct PerAddress {
     /// so it is sharded; each check-and-count, and each uncount-and-remove, holds its entry's
     /// shard for the whole step, so that the count never passes `max` and an address is never
     /// removed while it still has a connection.
-    counts: Arc<DashMap<IpAddr, usize>>,
+    counts: Counts,
 }
 
 /// One connection's place in its address's count, given back when dropped.
 #[derive(Debug)]
 pub struct AddressSlot {
-    counts: Arc<DashMap<IpAddr, usize>>,
+    counts: Counts,
     key: IpAddr,
 }
 
@@ -48,7 +53,7 @@ impl PerAddress {
     pub fn new(max: usize) -> PerAddress {
         PerAddress {
             max: max.max(1),
-            counts: Arc::default(),
+            counts: Arc::new(DashMap::with_hasher(PeerKeys::new())),
         }
     }
 

@@ -856,10 +856,9 @@ impl Link for PbShared {
         })
     }
 
-    fn close(&self) -> LinkFuture<'_, ()> {
-        Box::pin(async move {
-            self.shut(CloseReason::Local);
-        })
+    fn close(&self) -> Option<LinkFuture<'_, ()>> {
+        self.shut(CloseReason::Local);
+        None
     }
 
     fn abort(&self) {
