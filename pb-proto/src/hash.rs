@@ -112,8 +112,8 @@ impl std::hash::Hasher for PeerKeyHasher {
 
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        // Keys of other types than `u64` (none so far): the length first, so that zero padding
-        // cannot make two keys one.
+        // Keys of other types than `u64` (a server's per-address counts hash IP addresses):
+        // the length first, so that zero padding cannot make two keys one.
         self.write_u64(bytes.len() as u64);
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
