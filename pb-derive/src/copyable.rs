@@ -201,20 +201,10 @@ fn bytes_fields_as_byte_strings(name: &syn::Ident, data: &mut syn::Data) -> Toke
 
 /// `Box<[u8]>`, however `Box`'s path is written.
 fn is_boxed_u8(ty: &syn::Type) -> bool {
-    let syn::Type::Path(p) = ty else {
-        return false;
-    };
-    let Some(last) = p.path.segments.last() else {
-        return false;
-    };
-    let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
-        return false;
-    };
-    last.ident == "Box"
-        && p.qself.is_none()
-        && args.args.len() == 1
-        && matches!(args.args.first(), Some(syn::GenericArgument::Type(syn::Type::Slice(s)))
+    one_type_argument(ty, "Box").is_some_and(|arg| {
+        matches!(arg, syn::Type::Slice(s)
             if matches!(&*s.elem, syn::Type::Path(t) if t.qself.is_none() && t.path.is_ident("u8")))
+    })
 }
 
 /// A type named `Bytes` (`Bytes`, `bytes::Bytes`, `pb::amp::Bytes`, ...), without generic
@@ -226,20 +216,28 @@ fn is_named_bytes(ty: &syn::Type) -> bool {
 
 /// `Vec<u8>`, however its path is written (`Vec<u8>`, `std::vec::Vec<u8>`, ...).
 fn is_vec_u8(ty: &syn::Type) -> bool {
+    one_type_argument(ty, "Vec").is_some_and(
+        |arg| matches!(arg, syn::Type::Path(t) if t.qself.is_none() && t.path.is_ident("u8")),
+    )
+}
+
+/// The type argument of `ty` if it is a path ending in `name<T>` (one type argument).
+fn one_type_argument<'a>(ty: &'a syn::Type, name: &str) -> Option<&'a syn::Type> {
     let syn::Type::Path(p) = ty else {
-        return false;
+        return None;
     };
-    let Some(last) = p.path.segments.last() else {
-        return false;
-    };
+    let last = p.path.segments.last()?;
     let syn::PathArguments::AngleBracketed(args) = &last.arguments else {
-        return false;
+        return None;
     };
-    last.ident == "Vec"
-        && p.qself.is_none()
-        && args.args.len() == 1
-        && matches!(args.args.first(), Some(syn::GenericArgument::Type(syn::Type::Path(t)))
-            if t.qself.is_none() && t.path.is_ident("u8"))
+    match args.args.first() {
+        Some(syn::GenericArgument::Type(arg))
+            if last.ident == name && p.qself.is_none() && args.args.len() == 1 =>
+        {
+            Some(arg)
+        }
+        _ => None,
+    }
 }
 
 /// Whether a field's serde attributes choose how it is encoded already (`with`,
