@@ -461,6 +461,33 @@ async fn a_copyable_bytes_field_is_sent_uncopied_and_received_as_a_slice_of_the_
     }
 }
 
+/// Byte fields of enum variants.
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chunk {
+    Whole(Bytes),
+    Part {
+        at: u64,
+        data: Bytes,
+        sealed: Box<[u8]>,
+    },
+}
+
+#[test]
+fn byte_fields_of_enum_variants_round_trip() {
+    for chunk in [
+        Chunk::Whole(Bytes::from(vec![2u8; 10])),
+        Chunk::Part {
+            at: 3,
+            data: Bytes::from(vec![3u8; 5000]),
+            sealed: vec![4u8; 5].into_boxed_slice(),
+        },
+    ] {
+        let bytes = pb::codec::encode(&chunk, None).unwrap().0;
+        assert_eq!(pb::codec::decode::<Chunk>(&bytes, vec![]).unwrap(), chunk);
+    }
+}
+
 /// Someone else's type named `Bytes`: a copyable field of it takes serde's encoding.
 mod other {
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
