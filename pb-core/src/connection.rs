@@ -165,7 +165,7 @@ pub(crate) struct ConnShared {
     /// Wakes the writer task, which starts on the first wake-up.
     wake_writer: WriterWake,
     /// What the reader's close signal and timer wake (see `impl Wake for ConnShared`).
-    reader_wake: SideWake,
+    reader_wake: crate::wake::FlagWake,
     call_done: Notify,
     max_frame_len: AtomicUsize,
     /// The features we offer (see [`Config::features`]).
@@ -225,7 +225,7 @@ impl ConnShared {
             updates: OnceLock::new(),
             out: Mutex::new(None),
             wake_writer: WriterWake::default(),
-            reader_wake: SideWake::default(),
+            reader_wake: crate::wake::FlagWake::default(),
             call_done: Notify::new(),
             max_frame_len: AtomicUsize::new(config.limits.receive().max_frame_len),
             features: config.features,

@@ -71,6 +71,8 @@ pub mod stream;
 pub mod trace;
 pub mod transport;
 pub mod twisted;
+#[doc(hidden)]
+pub mod wake;
 pub mod zero_copy;
 
 pub use object::codec;

@@ -231,15 +231,10 @@ impl IncomingCall {
             .caller
             .connection()
             .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        if let Some(args) = &self.jelly {
-            return codec::twisted::decode_args(args, max_depth, seed).map_err(|e| Fault {
-                kind: FaultKind::BadArguments,
-                message: format!("cannot decode arguments of {}: {e}", self.method()),
-            });
-        }
-        let decoded = match self.tail.take() {
-            None => codec::decode_seed(self.args(), Some(&self.body), refs, max_depth, seed),
-            tail => {
+        let tail = self.tail.take();
+        let decoded = match &self.jelly {
+            Some(args) => codec::twisted::decode_args(args, max_depth, seed),
+            None => {
                 codec::decode_arrived(self.args(), Some(&self.body), tail, refs, max_depth, seed)
             }
         };

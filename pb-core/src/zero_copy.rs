@@ -154,14 +154,9 @@ impl<'de> Visitor<'de> for SharedVisitor {
         Ok(Bytes::copy_from_slice(v.as_bytes()))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
-        // Formats without a byte-string form (JSON) write bytes as a sequence of numbers. The
-        // hint is the peer's claim: capped, never trusted for the allocation.
-        let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(b) = seq.next_element::<u8>()? {
-            v.push(b);
-        }
-        Ok(Bytes::from(v))
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Bytes, A::Error> {
+        // Formats without a byte-string form (JSON) write bytes as a sequence of numbers.
+        VecVisitor.visit_seq(seq).map(Bytes::from)
     }
 }
 

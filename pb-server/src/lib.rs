@@ -75,12 +75,12 @@ use std::future::Future;
 use std::hash::BuildHasherDefault;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use pb_core::wake::FlagWake;
 use pb_core::{Config, Connection, ObjectRef, Side};
 use pb_proto::hash::IdHasher;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -395,7 +395,7 @@ async fn accept_loop(
     // handle was dropped, which leaves them to end on their own.
     // The end is polled only after it woke the loop, not before every accept: polling a wait
     // on a channel takes the channel's lock.
-    let woke = Arc::new(EndWake::default());
+    let woke = Arc::new(FlagWake::default());
     let woke_waker = Waker::from(woke.clone());
     let mut known_task = None;
     let shutdown = loop {
@@ -507,52 +507,6 @@ async fn accept_loop(
             Err(_) => break,
         }
         left -= n as usize;
-    }
-}
-
-/// The waker the accept loop gives the wait for its end: it notes that the wait woke the loop,
-/// then wakes the loop's task, so that the loop polls the wait only when it may be over.
-struct EndWake {
-    /// Set by a wake-up, taken by the loop's next poll. Starts set: the first poll arms the
-    /// wait.
-    woken: AtomicBool,
-    /// The loop task's waker.
-    task: Mutex<Option<Waker>>,
-}
-
-impl Default for EndWake {
-    fn default() -> Self {
-        EndWake {
-            woken: AtomicBool::new(true),
-            task: Mutex::new(None),
-        }
-    }
-}
-
-impl EndWake {
-    /// Whether a wake-up came since the last call. `task` is the loop's waker, passed on by
-    /// wake-ups; `known` is the loop's copy of what it gave last (no lock while it is the
-    /// same).
-    fn take(&self, task: &Waker, known: &mut Option<Waker>) -> bool {
-        if !known.as_ref().is_some_and(|w| w.will_wake(task)) {
-            *known = Some(task.clone());
-            *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.clone());
-        }
-        self.woken.load(Ordering::Acquire) && self.woken.swap(false, Ordering::AcqRel)
-    }
-}
-
-impl Wake for EndWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::Release);
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(task) = task {
-            task.wake();
-        }
     }
 }
 

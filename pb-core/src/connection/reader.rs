@@ -272,59 +272,8 @@ pub(super) enum ReaderEvent {
     Timer,
 }
 
-/// The waker the reader gives its close signal and its timer: it notes that one of them woke
-/// the reader, then wakes the reader's task, so the reader polls them only when they may be
-/// ready (a poll of each on every read costs more than the read's own bookkeeping).
-pub(super) struct SideWake {
-    /// Set by a wake-up, taken by the reader's next poll. Starts set: the first poll arms them.
-    pub(super) woken: AtomicBool,
-    /// The reader task's waker.
-    pub(super) task: Mutex<Option<Waker>>,
-}
-
-impl Default for SideWake {
-    fn default() -> Self {
-        SideWake {
-            woken: AtomicBool::new(true),
-            task: Mutex::new(None),
-        }
-    }
-}
-
-impl SideWake {
-    /// Whether a wake-up came since the last call. `task` is the reader's waker, passed on by
-    /// wake-ups; `known` is the reader's copy of what it gave last (no lock while it is the
-    /// same).
-    pub(super) fn take(&self, task: &Waker, known: &mut Option<Waker>) -> bool {
-        if !known.as_ref().is_some_and(|w| w.will_wake(task)) {
-            *known = Some(task.clone());
-            *self.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task.clone());
-        }
-        self.woken.load(Ordering::Acquire) && self.woken.swap(false, Ordering::AcqRel)
-    }
-
-    /// Have the next poll look at the close signal and the timer.
-    pub(super) fn force(&self) {
-        self.woken.store(true, Ordering::Release);
-    }
-
-    /// Drop the reader task's waker (the reader has ended).
-    pub(super) fn forget_task(&self) {
-        drop(self.task.lock().unwrap_or_else(|p| p.into_inner()).take());
-    }
-
-    /// Note the wake-up and wake the reader's task.
-    fn wake(&self) {
-        self.woken.store(true, Ordering::Release);
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(task) = task {
-            task.wake();
-        }
-    }
-}
-
 /// The reader's close signal and timer wake the connection, which notes it and wakes the
-/// reader's task ([`SideWake`]): the connection is a waker already shared, so that the reader
+/// reader's task ([`FlagWake`](crate::wake::FlagWake)): the connection is a waker already shared, so that the reader
 /// allocates none.
 impl std::task::Wake for ConnShared {
     fn wake(self: Arc<Self>) {

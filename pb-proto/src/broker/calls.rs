@@ -128,16 +128,19 @@ impl<T: Tokens> Broker<T> {
         self.peer.max_call_bytes.map_or(0, |_| len)
     }
 
-    /// Queue the answer to call `id` (without references), as a split frame if its payload
-    /// has a tail to split off.
-    #[cold]
-    fn queue_split_answer(&mut self, id: u64, ok: bool, mut payload: impl Payload) {
-        let tail = payload.take_tail();
-        self.out.reserve_frame(16, payload.len());
-        let start = self.out.buf().len();
-        encode_answer_frame_head(self.out.buf(), id, ok, payload.len());
-        if let Some(t) = &tail {
-            frame::split_header(self.out.buf(), start, payload.len(), t.len());
+    /// Queue the answer to call `id`, with the references `descs` describe, as a split frame
+    /// if its payload has a tail to split off (see [`Broker::take_tail`]).
+    fn queue_answer(&mut self, id: u64, ok: bool, descs: &[RefDesc], mut payload: impl Payload) {
+        let len = payload.len();
+        let tail = self.take_tail(&mut payload, len);
+        self.out.reserve_frame(16 + descs.len() * 11, payload.len());
+        let start = self.out.begin_frame();
+        encode_answer_head(self.out.buf(), id, ok, descs);
+        match &tail {
+            None => self.out.finish_frame(start, payload.len()),
+            Some(t) => {
+                frame::split_header(self.out.buf(), start, payload.len(), t.len());
+            }
         }
         payload.queue(&mut self.out);
         if let Some(t) = tail {
@@ -328,7 +331,7 @@ impl<T: Tokens> Broker<T> {
                 let len = o.payload.len();
                 match self.frame_fits(ANSWER_HEAD_MAX + len, CALLER) {
                     Ok(()) if self.split_frames && len >= frame::MIN_TAIL => {
-                        self.queue_split_answer(id, o.ok, o.payload);
+                        self.queue_answer(id, o.ok, &[], o.payload);
                     }
                     Ok(()) => {
                         self.out.reserve_frame(16, len);
@@ -353,23 +356,7 @@ impl<T: Tokens> Broker<T> {
             Ok((o.ok, described?, o.payload))
         });
         match outcome {
-            Ok((ok, descs, mut payload)) => {
-                let len = payload.len();
-                let tail = self.take_tail(&mut payload, len);
-                self.out.reserve_frame(16 + descs.len() * 11, payload.len());
-                let start = self.out.begin_frame();
-                encode_answer_head(self.out.buf(), id, ok, &descs);
-                match &tail {
-                    None => self.out.finish_frame(start, payload.len()),
-                    Some(t) => {
-                        frame::split_header(self.out.buf(), start, payload.len(), t.len());
-                    }
-                }
-                payload.queue(&mut self.out);
-                if let Some(t) = tail {
-                    self.out.append_payload(t);
-                }
-            }
+            Ok((ok, descs, payload)) => self.queue_answer(id, ok, &descs, payload),
             Err(f) => self.send_fault(id, f),
         }
     }

@@ -63,22 +63,23 @@ impl<T: Tokens> Broker<T> {
 
     fn handle(
         &mut self,
-        Frame { body, tail }: Frame,
+        frame: Frame,
         charged: bool,
         make: &mut MakeImport<'_, T>,
     ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
         if self.state == State::Closed {
             return Ok(None);
         }
-        if message::is_call(&body) {
+        if message::is_call(&frame.body) {
             // The body is kept whole: the method name and arguments stay ranges of it.
-            let head = message::decode_call_head(&body, &self.limits.message)?;
-            let len = body.len() + tail.as_ref().map_or(0, |t| t.len());
+            let head = message::decode_call_head(&frame.body, &self.limits.message)?;
+            let len = frame.len();
             if !charged && !self.charge_call(len) {
                 return self.over_window(&head, len).map(|()| None);
             }
-            return self.handle_call(head, (body, tail), make);
+            return self.handle_call(head, (frame, len), make);
         }
+        let Frame { body, tail } = frame;
         let message = Message::decode(body, &self.limits.message)?;
         if tail.is_some() && !matches!(message, Message::Answer { .. }) {
             return Err(ProtocolError::Frame(FrameError::BadSplit(
@@ -289,10 +290,11 @@ impl<T: Tokens> Broker<T> {
         ))
     }
 
+    /// The peer's call `head` in `frame`, which counts `charge` bytes in our call window.
     fn handle_call(
         &mut self,
         head: CallHead,
-        (body, tail): (Bytes, Option<Box<Bytes>>),
+        (Frame { body, tail }, charge): (Frame, usize),
         make: &mut MakeImport<'_, T>,
     ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
         let CallHead {
@@ -305,7 +307,6 @@ impl<T: Tokens> Broker<T> {
             refs: descs,
             payload_at,
         } = head;
-        let charge = body.len() + tail.as_ref().map_or(0, |t| t.len());
         if self.imports_would_exceed(&descs) {
             self.release_unwanted(&descs);
             self.call_ended(charge, answer);
