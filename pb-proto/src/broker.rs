@@ -675,8 +675,14 @@ impl<T: Tokens> Broker<T> {
 
     /// Move what the driver must do into `into`, in the order it arose. The driver acts on
     /// it once it lets go of the broker: acting may run user code that uses this connection.
+    ///
+    /// With nothing to move, the broker keeps its list: handing its room to an `into` that is
+    /// dropped empty (most steps raise no event) would make the next event allocate.
     #[inline]
     pub fn poll_events(&mut self, into: &mut Vec<Event<T>>) {
+        if self.events.is_empty() {
+            return;
+        }
         if into.is_empty() {
             std::mem::swap(into, &mut self.events);
         } else {
