@@ -4,8 +4,8 @@
 //!
 //! Everything runs on one current-thread runtime (this test's thread): a `pb::Server` on
 //! 127.0.0.1 and a client, as `cargo bench --bench rpc` runs them, so the count is both sides'
-//! allocations for each call, made by this thread alone (the
-//! file has one test, so nothing else runs beside it).
+//! allocations for each call, made by this thread alone. The
+//! counter is the process's, so the file has one test, which measures one case after the other.
 
 mod common;
 
@@ -29,7 +29,6 @@ const CALLS: u64 = 2_000;
 /// A sequential `add(i64, i64) -> i64` call over TCP, client and server together: the
 /// caller's future, the call's envelope and its answer's, the server's dispatch. What is left
 /// per call: the server's handler future (one box, as every `Dispatch` returns one).
-#[tokio::test(flavor = "current_thread")]
 async fn a_sequential_call_allocates_once_on_both_sides_together() {
     let (server, conn) = common::tcp_pair(KitchenRef::new(KitchenImpl::default())).await;
     let kitchen: KitchenRef = conn.root();
@@ -51,4 +50,50 @@ async fn a_sequential_call_allocates_once_on_both_sides_together() {
     );
     conn.close().await;
     server.shutdown().await;
+}
+
+/// 64 calls in flight (64 tasks on one connection, each calling in turn), client and server
+/// together, as `cargo bench --bench rpc`'s `pipelined`: calls that arrive or are answered
+/// together share their buffers, so a call in flight allocates no more than a lone one.
+async fn calls_in_flight_allocate_once_each_on_both_sides_together() {
+    const TASKS: u64 = 64;
+    let (server, conn) = common::tcp_pair(KitchenRef::new(KitchenImpl::default())).await;
+    let kitchen: KitchenRef = conn.root();
+    let run = |round: i64| {
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..TASKS {
+            let kitchen = kitchen.clone();
+            tasks.spawn(async move {
+                for i in 0..CALLS / TASKS * 4 {
+                    let a = (t * 1_000_000 + i) as i64;
+                    assert_eq!(kitchen.add(a, round).await.unwrap(), a + round);
+                }
+            });
+        }
+        async move {
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap();
+            }
+        }
+    };
+    // Warm-up, then the count (the 64 tasks' own allocations are made before it starts).
+    run(1).await;
+    let tasks = run(2);
+    let calls = TASKS * (CALLS / TASKS * 4);
+    let (count, ()) = allocations(tasks).await;
+    let per_call = count as f64 / calls as f64;
+    eprintln!("{count} allocations in {calls} calls in flight ({per_call:.2} a call)");
+    assert!(
+        per_call <= 1.05,
+        "{per_call:.2} allocations a call in flight ({count} in {calls}), at most 1 expected"
+    );
+    conn.close().await;
+    server.shutdown().await;
+}
+
+/// One test, so that nothing else allocates while a case is counted.
+#[tokio::test(flavor = "current_thread")]
+async fn calls_allocate_once_each_on_both_sides_together() {
+    a_sequential_call_allocates_once_on_both_sides_together().await;
+    calls_in_flight_allocate_once_each_on_both_sides_together().await;
 }
