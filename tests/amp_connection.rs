@@ -489,3 +489,34 @@ async fn start_tls_without_a_server_config_is_tls_error() {
     );
     assert_eq!(client.call(&Sum { a: 1, b: 1 }).await.unwrap().total, 2);
 }
+
+/// Over transports that buffer (a `BufWriter` in front of a pipe far smaller than what is
+/// written), a flush often cannot finish at once: the driver flushes right after a write when
+/// it can and later when it cannot, and every answer still arrives.
+#[tokio::test]
+async fn answers_arrive_over_transports_whose_flush_has_to_wait() {
+    let (a, b) = tokio::io::duplex(256);
+    let server = AmpConnection::spawn(
+        tokio::io::BufWriter::with_capacity(64 * 1024, a),
+        AmpConfig::default(),
+        math(),
+    );
+    let client = AmpConnection::spawn(
+        tokio::io::BufWriter::with_capacity(64 * 1024, b),
+        AmpConfig::default(),
+        Locator::new(),
+    );
+    // Sequential calls: each answer is written and flushed on its own.
+    for i in 0..50 {
+        assert_eq!(client.call(&Sum { a: i, b: 1 }).await.unwrap().total, i + 1);
+    }
+    // Many at once: their boxes and answers fill the pipe many times over.
+    let calls = (0..400).map(|i| {
+        let client = client.clone();
+        tokio::spawn(async move { client.call(&Sum { a: i, b: i }).await })
+    });
+    for (i, call) in calls.collect::<Vec<_>>().into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap().total, 2 * i as i64);
+    }
+    drop(server);
+}

@@ -298,8 +298,15 @@ impl Driver {
                     Ok(Some(0)) => return Pumped::Closed(DisconnectReason::Io("write returned zero".into())),
                     Ok(Some(n)) => {
                         self.out.advance(n);
-                        self.need_flush = true;
                         self.writes += 1;
+                        // All written: flush now if the transport can at once (plain TCP always
+                        // can), rather than in a turn of the loop of its own.
+                        self.need_flush = !self.out.is_empty()
+                            || match poll_once(wr.flush()) {
+                                Some(Ok(())) => false,
+                                Some(Err(e)) => return Pumped::Closed(DisconnectReason::Io(e.to_string())),
+                                None => true,
+                            };
                     }
                     Ok(None) => self.need_flush = false,
                     Err(e) => return Pumped::Closed(DisconnectReason::Io(e.to_string())),
