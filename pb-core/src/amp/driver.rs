@@ -399,9 +399,11 @@ impl Driver {
                     self.dispatcher.transmit_into(&mut self.out);
                 }
                 // What the output has no room for yet goes back, ahead of anything newer.
-                let mut rest: Vec<Request> = requests.collect();
-                if !rest.is_empty() {
+                if requests.len() > 0 {
+                    let mut rest: Vec<Request> = requests.collect();
                     self.calls.put_back(&mut rest);
+                } else {
+                    drop(requests);
                 }
                 self.batch = batch;
             }
