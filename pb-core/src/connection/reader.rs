@@ -173,7 +173,9 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                 || (held.bytes > conn.max_held_bytes && conn.lock().pending_calls() == 0);
             let mut roomy = false;
             let event = {
-                let drained = conn.drained.notified();
+                // Waited for only while frames are held back: most turns hold none, and do not
+                // pay for a `Notified` they would not poll.
+                let drained = (!held.frames.is_empty()).then(|| conn.drained.notified());
                 tokio::pin!(drained);
                 std::future::poll_fn(|cx| {
                     // The close signal and the timer are polled only after they woke us, not on
@@ -187,7 +189,9 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                             return Poll::Ready(ReaderEvent::Timer);
                         }
                     }
-                    if !held.frames.is_empty() && drained.as_mut().poll(cx).is_ready() {
+                    if let Some(drained) = drained.as_mut().as_pin_mut()
+                        && drained.poll(cx).is_ready()
+                    {
                         return Poll::Ready(ReaderEvent::Drained);
                     }
                     if !paused {
