@@ -76,8 +76,11 @@ struct State {
 /// The calls and requests of one connection, shared by its handles and its driver.
 pub(super) struct Calls {
     state: Mutex<State>,
-    /// Wakes the driver: something was queued, or the last handle went.
-    wake: Notify,
+    /// The driver's task, left by its last wait for a wake-up ([`Calls::poll_woken`]), woken
+    /// when something was queued or the last handle went. A slot rather than a `Notify`: the
+    /// driver waits on it at every turn of its loop, and leaving a waker that is already there
+    /// costs a comparison, not a future made and dropped.
+    driver: Mutex<Option<Waker>>,
     /// Set by a wake-up of the driver, cleared by the driver before it takes the queue: while
     /// it is set, the driver will see whatever is queued now, so more wake-ups cost nothing
     /// (most of the callers that queue calls in one scheduler tick).
@@ -106,7 +109,7 @@ impl Calls {
                 handles: 1,
                 room_wanted: false,
             }),
-            wake: Notify::new(),
+            driver: Mutex::new(None),
             woken: AtomicBool::new(false),
             room: Notify::new(),
         })
@@ -119,8 +122,13 @@ impl Calls {
 
     /// Wakes the driver unless a wake-up it has not acted on is pending.
     fn wake_driver(&self) {
-        if !self.woken.swap(true, Ordering::AcqRel) {
-            self.wake.notify_one();
+        // Sequentially consistent with the driver's check in `poll_woken`: either the driver
+        // sees the flag, or this sees the waker the driver left before it looked.
+        if !self.woken.swap(true, Ordering::SeqCst) {
+            let driver = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(driver) = driver {
+                driver.wake();
+            }
         }
     }
 
@@ -259,9 +267,23 @@ impl Calls {
 
     // ---- the driver's side -------------------------------------------------------------------
 
-    /// A wake-up of the driver.
-    pub(super) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.wake.notified()
+    /// Ready once the driver was woken (something was queued, or the last handle went) and
+    /// has not taken the queue since; otherwise leaves the driver's waker to be woken.
+    pub(super) fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.woken.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        {
+            let mut driver = self.driver.lock().unwrap_or_else(|p| p.into_inner());
+            if !driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *driver = Some(cx.waker().clone());
+            }
+        }
+        if self.woken.load(Ordering::SeqCst) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Moves what is queued into `batch` (empty) and returns whether anybody can still call
@@ -481,6 +503,48 @@ mod tests {
         assert_eq!(calls.poll_answer(slot, &mut cx), Poll::Ready(answer("1")));
         // The slot is free again, and the next call takes it.
         assert_eq!(ask(&calls, &w).ok(), Some(slot));
+    }
+
+    #[test]
+    fn the_driver_is_woken_once_for_what_was_queued_until_it_takes_the_queue() {
+        let calls = Calls::new();
+        let (driver, d) = waker();
+        let (_, caller) = waker();
+        let mut cx = Context::from_waker(&d);
+        // Nothing queued: the driver's waker is left in the slot, once however often it polls.
+        assert!(calls.poll_woken(&mut cx).is_pending());
+        assert!(calls.poll_woken(&mut cx).is_pending());
+        assert_eq!(
+            Arc::strong_count(&driver),
+            3,
+            "one waker kept, not one per poll"
+        );
+        // A call queued wakes it once; more calls before it takes the queue wake nobody.
+        ask(&calls, &caller).unwrap();
+        ask(&calls, &caller).unwrap();
+        assert_eq!(driver.0.load(Ordering::Relaxed), 1);
+        assert!(calls.poll_woken(&mut cx).is_ready());
+        let mut batch = Vec::new();
+        assert_eq!(calls.take_queue(&mut batch), Some(true));
+        assert_eq!(batch.len(), 2);
+        // Taken: waiting again, and woken by the next call (a wake-up that came before the
+        // driver looked is not lost either).
+        assert!(calls.poll_woken(&mut cx).is_pending());
+        ask(&calls, &caller).unwrap();
+        assert_eq!(driver.0.load(Ordering::Relaxed), 2);
+        batch.clear();
+        assert_eq!(calls.take_queue(&mut batch), Some(true));
+        ask(&calls, &caller).unwrap();
+        assert!(calls.poll_woken(&mut cx).is_ready());
+        // The last handle gone wakes it too.
+        batch.clear();
+        assert_eq!(calls.take_queue(&mut batch), Some(true));
+        assert!(calls.poll_woken(&mut cx).is_pending());
+        calls.drop_handle();
+        assert_eq!(driver.0.load(Ordering::Relaxed), 3);
+        assert!(calls.poll_woken(&mut cx).is_ready());
+        batch.clear();
+        assert_eq!(calls.take_queue(&mut batch), Some(false));
     }
 
     #[test]

@@ -315,7 +315,7 @@ impl Driver {
                     self.handle_reply(done);
                 }
                 // A wake-up: `take_ready` takes what was queued.
-                () = self.calls.notified(), if can_request => {}
+                () = std::future::poll_fn(|cx| self.calls.poll_woken(cx)), if can_request => {}
                 r = rd.read(&mut self.read_buf), if can_read => match r {
                     Ok(0) => {
                         // The peer may only have shut down its writing half: answer what it
