@@ -91,9 +91,50 @@ async fn calls_in_flight_allocate_once_each_on_both_sides_together() {
     server.shutdown().await;
 }
 
+#[derive(pb::AmpCommand)]
+#[amp(response = Total)]
+struct Sum {
+    a: i64,
+    b: i64,
+}
+
+#[derive(pb::AmpFields, Debug, PartialEq)]
+struct Total {
+    total: i64,
+}
+
+/// A sequential AMP call over TCP (`Sum(a, b) -> total`), both sides together: the boxes'
+/// pairs come from per-thread spares and their small keys and values from shared chunks, so
+/// what is left is the responder's future.
+async fn a_sequential_amp_call_allocates() {
+    use pb::amp::{AmpConfig, AmpConnection, Locator};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted, dialed) = tokio::join!(listener.accept(), tokio::net::TcpStream::connect(addr));
+    let locator = Locator::new().respond(|Sum { a, b }| async move { Ok(Total { total: a + b }) });
+    let _server = AmpConnection::spawn(accepted.unwrap().0, AmpConfig::default(), locator);
+    let client = AmpConnection::spawn(dialed.unwrap(), AmpConfig::default(), Locator::new());
+    for i in 0..CALLS as i64 {
+        assert_eq!(client.call(&Sum { a: i, b: 1 }).await.unwrap().total, i + 1);
+    }
+    let (count, ()) = allocations(async {
+        for i in 0..CALLS as i64 {
+            assert_eq!(client.call(&Sum { a: i, b: 2 }).await.unwrap().total, i + 2);
+        }
+    })
+    .await;
+    let per_call = count as f64 / CALLS as f64;
+    eprintln!("{count} allocations in {CALLS} AMP calls ({per_call:.2} a call)");
+    assert!(
+        per_call <= 1.05,
+        "{per_call:.2} allocations an AMP call ({count} in {CALLS}), at most 1 expected"
+    );
+}
+
 /// One test, so that nothing else allocates while a case is counted.
 #[tokio::test(flavor = "current_thread")]
 async fn calls_allocate_once_each_on_both_sides_together() {
     a_sequential_call_allocates_once_on_both_sides_together().await;
     calls_in_flight_allocate_once_each_on_both_sides_together().await;
+    a_sequential_amp_call_allocates().await;
 }
