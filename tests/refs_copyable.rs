@@ -189,3 +189,68 @@ async fn a_type_with_the_copyable_derive_crosses_by_value() {
         }
     );
 }
+
+/// A generic copyable type, with zero-copy byte fields beside its parameter.
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tagged<T> {
+    pub tag: T,
+    pub data: Vec<u8>,
+    pub blob: bytes::Bytes,
+}
+
+/// The derive on a generic type.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, pb::Copyable)]
+pub struct Pair<A, B>(pub A, pub B);
+
+#[pb::remote]
+trait Labels {
+    async fn label(&self, t: Tagged<u32>) -> Tagged<String>;
+    async fn swap(&self, p: Pair<u8, String>) -> Pair<String, u8>;
+}
+
+struct LabelsImpl;
+
+impl Labels for LabelsImpl {
+    async fn label(&self, t: Tagged<u32>) -> Tagged<String> {
+        Tagged {
+            tag: format!("#{}", t.tag),
+            data: t.data,
+            blob: t.blob,
+        }
+    }
+    async fn swap(&self, p: Pair<u8, String>) -> Pair<String, u8> {
+        Pair(p.1, p.0)
+    }
+}
+
+#[tokio::test]
+async fn generic_copyable_types_cross_by_value_for_the_parameters_they_are_used_with() {
+    fn copyable<T: pb::Copyable>() {}
+    copyable::<Tagged<u32>>();
+    copyable::<Tagged<Vec<String>>>();
+    copyable::<Pair<u8, String>>();
+    let (_server, client) = common::memory_pair(LabelsRef::new(LabelsImpl)).await;
+    let labels: LabelsRef = client.root();
+    let blob = bytes::Bytes::from(vec![7u8; 70_000]);
+    let back = labels
+        .label(Tagged {
+            tag: 42,
+            data: vec![1, 2, 3],
+            blob: blob.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        back,
+        Tagged {
+            tag: "#42".to_string(),
+            data: vec![1, 2, 3],
+            blob
+        }
+    );
+    assert_eq!(
+        labels.swap(Pair(9, "nine".into())).await.unwrap(),
+        Pair("nine".to_string(), 9)
+    );
+}

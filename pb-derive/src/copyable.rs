@@ -90,14 +90,14 @@ pub(crate) fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
     let p = quote!(::pb::__private);
     let name = &input.ident;
-    let (impl_g, ty_g, where_g) = input.generics.split_for_impl();
     let Some(hook) = args.state_for else {
+        let marker = marker_impl(&input);
         return quote! {
             #[derive(#p::serde::Serialize, #p::serde::Deserialize)]
             #[serde(crate = "::pb::__private::serde")]
             #input
 
-            impl #impl_g #p::Copyable for #name #ty_g #where_g {}
+            #marker
 
             #helpers
         };
@@ -282,9 +282,25 @@ pub(crate) fn derive(item: TokenStream) -> TokenStream {
         return syn::Error::new_spanned(u.union_token, "pb::Copyable cannot apply to a union")
             .to_compile_error();
     }
+    marker_impl(&input)
+}
+
+/// `impl Copyable for Type`. A generic type is copyable for the parameters that make it serde's
+/// (serde's derives bound each parameter the same way), so the impl says so: `Self` serializes
+/// and deserializes.
+fn marker_impl(input: &syn::DeriveInput) -> TokenStream {
     let p = quote!(::pb::__private);
     let name = &input.ident;
-    let (impl_g, ty_g, where_g) = input.generics.split_for_impl();
+    let mut generics = input.generics.clone();
+    if !generics.params.is_empty() {
+        generics
+            .make_where_clause()
+            .predicates
+            .push(syn::parse_quote!(
+                Self: #p::serde::Serialize + #p::serde::de::DeserializeOwned
+            ));
+    }
+    let (impl_g, ty_g, where_g) = generics.split_for_impl();
     quote! {
         impl #impl_g #p::Copyable for #name #ty_g #where_g {}
     }

@@ -169,6 +169,23 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// assert_eq!(received, Upload { retries: 0, ..sent });
 /// ```
 ///
+/// # Generic types
+/// A generic type is copyable for the parameters that make it a serde type (as serde's derives
+/// bound each parameter), so `Tagged<u32>` crosses by value and a parameter without serde's
+/// traits is refused where the type is used, not where it is declared:
+///
+/// ```
+/// #[pb::copyable]
+/// #[derive(Debug, PartialEq)]
+/// pub struct Tagged<T> {
+///     pub tag: T,
+///     pub data: Vec<u8>,
+/// }
+///
+/// fn passed_by_value<T: pb::Copyable>(_: &T) {}
+/// passed_by_value(&Tagged { tag: 7u32, data: vec![1, 2] });
+/// ```
+///
 /// # A state per peer: `state_for`
 /// `#[pb::copyable(state_for = path)]` names a `fn(&Self, Option<&pb::Connection>) -> Self`
 /// that picks the state each peer receives (Twisted's `getStateToCopyFor`): pb calls it each
