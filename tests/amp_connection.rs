@@ -520,3 +520,58 @@ async fn answers_arrive_over_transports_whose_flush_has_to_wait() {
     }
     drop(server);
 }
+
+/// A transport whose writes go through and whose flushes fail: a broken link found on flush.
+struct FlushFails<S>(S);
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FlushFails<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FlushFails<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// A flush that fails right after a write ends the connection with the error, and the call
+/// waiting on it fails as disconnected rather than waiting for an answer.
+#[tokio::test]
+async fn a_flush_that_fails_after_a_write_closes_the_connection_with_the_error() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let _server = AmpConnection::spawn(a, AmpConfig::default(), math());
+    let client = AmpConnection::spawn(FlushFails(b), AmpConfig::default(), Locator::new());
+    let call = client.call(&Sum { a: 1, b: 2 }).await;
+    assert!(
+        matches!(
+            call,
+            Err(AmpCallError::Disconnected(DisconnectReason::Io(_)))
+        ),
+        "{call:?}"
+    );
+    assert!(matches!(client.closed().await, DisconnectReason::Io(e) if e.contains("broken pipe")));
+}
