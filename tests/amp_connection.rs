@@ -284,6 +284,54 @@ async fn no_answer_commands_run_in_arrival_order() {
     assert_eq!(client.call(&GetLog {}).await.unwrap().lines, want);
 }
 
+/// More queued at once than the output may hold (256 KiB): the driver takes what fits, puts
+/// the rest back ahead of anything newer, and takes it once the output drains. Nothing is
+/// lost and the order holds.
+#[tokio::test]
+async fn requests_queued_past_the_output_limit_wait_their_turn_in_order() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (_server, client) = pair(
+        |_| {
+            let writer = Arc::clone(&log);
+            Locator::new()
+                // Each line kept as its first byte and length (all of them would not fit in one
+                // AMP value).
+                .respond(move |Log { line }| {
+                    writer
+                        .lock()
+                        .unwrap()
+                        .push(format!("{}{}", &line[..1], line.len()));
+                    async { Ok(()) }
+                })
+                .respond(move |GetLog {}| {
+                    let lines = log.lock().unwrap().clone();
+                    async move { Ok(Lines { lines }) }
+                })
+        },
+        Locator::new(),
+    );
+    // 20 lines of 60 000 bytes, queued by 20 tasks before the driver runs: 1.2 MB.
+    let want: Vec<String> = (0..20u8)
+        .map(|i| char::from(b'a' + i).to_string().repeat(60_000))
+        .collect();
+    let sends: Vec<_> = want
+        .iter()
+        .map(|line| {
+            let client = client.clone();
+            let line = line.clone();
+            tokio::spawn(async move { client.send(&Log { line }).await })
+        })
+        .collect();
+    for send in sends {
+        send.await.unwrap().unwrap();
+    }
+    let kept: Vec<String> = want
+        .iter()
+        .map(|line| format!("{}{}", &line[..1], line.len()))
+        .collect();
+    assert_eq!(client.call(&GetLog {}).await.unwrap().lines, kept);
+}
+
 #[tokio::test]
 async fn a_failing_no_answer_command_closes_like_twisted() {
     let (server, client) = pair(|_| math(), Locator::new());
