@@ -259,15 +259,18 @@ async fn raw_responders_and_raw_calls() {
     );
 }
 
-#[tokio::test]
-async fn no_answer_commands_run_in_arrival_order() {
+/// A server that keeps what `keep` makes of each `Log` line and gives the list back on
+/// `GetLog`, and a client of it.
+fn logging_pair(
+    keep: impl Fn(String) -> String + Send + Sync + 'static,
+) -> (AmpConnection, AmpConnection) {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let (_server, client) = pair(
+    pair(
         |_| {
             let writer = Arc::clone(&log);
             Locator::new()
                 .respond(move |Log { line }| {
-                    writer.lock().unwrap().push(line);
+                    writer.lock().unwrap().push(keep(line));
                     async { Ok(()) }
                 })
                 .respond(move |GetLog {}| {
@@ -276,7 +279,12 @@ async fn no_answer_commands_run_in_arrival_order() {
                 })
         },
         Locator::new(),
-    );
+    )
+}
+
+#[tokio::test]
+async fn no_answer_commands_run_in_arrival_order() {
+    let (_server, client) = logging_pair(|line| line);
     let want: Vec<String> = (0..50).map(|i| format!("line {i}")).collect();
     for line in &want {
         client.send(&Log { line: line.clone() }).await.unwrap();
@@ -289,27 +297,9 @@ async fn no_answer_commands_run_in_arrival_order() {
 /// lost and the order holds.
 #[tokio::test]
 async fn requests_queued_past_the_output_limit_wait_their_turn_in_order() {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (_server, client) = pair(
-        |_| {
-            let writer = Arc::clone(&log);
-            Locator::new()
-                // Each line kept as its first byte and length (all of them would not fit in one
-                // AMP value).
-                .respond(move |Log { line }| {
-                    writer
-                        .lock()
-                        .unwrap()
-                        .push(format!("{}{}", &line[..1], line.len()));
-                    async { Ok(()) }
-                })
-                .respond(move |GetLog {}| {
-                    let lines = log.lock().unwrap().clone();
-                    async move { Ok(Lines { lines }) }
-                })
-        },
-        Locator::new(),
-    );
+    // Each line kept as its first byte and length (all of them would not fit in one AMP value).
+    let summary = |line: &str| format!("{}{}", &line[..1], line.len());
+    let (_server, client) = logging_pair(move |line| summary(&line));
     // 20 lines of 60 000 bytes, queued by 20 tasks before the driver runs: 1.2 MB.
     let want: Vec<String> = (0..20u8)
         .map(|i| char::from(b'a' + i).to_string().repeat(60_000))
@@ -325,10 +315,7 @@ async fn requests_queued_past_the_output_limit_wait_their_turn_in_order() {
     for send in sends {
         send.await.unwrap().unwrap();
     }
-    let kept: Vec<String> = want
-        .iter()
-        .map(|line| format!("{}{}", &line[..1], line.len()))
-        .collect();
+    let kept: Vec<String> = want.iter().map(|line| summary(line)).collect();
     assert_eq!(client.call(&GetLog {}).await.unwrap().lines, kept);
 }
 
