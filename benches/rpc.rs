@@ -21,6 +21,12 @@
 //!   two worker threads (`cores`, against the floor served the same way), and pb served by two
 //!   threads against pb served by one (`cores_scaling`), and as `cores` with the client on one
 //!   thread (`cores_client_1_thread`);
+//! - `cores_server` (also run by `cores`): the servers alone, served by two worker threads,
+//!   pb against the floor, with two connections of 64 calls in flight each driven by a load
+//!   generator of raw frames on one thread (pb's wire spoken directly, or the floor's client),
+//!   which costs little next to the server; `cores_server_scaling` is pb served by two threads
+//!   against pb served by one, `cores_server_floor_scaling` the same for the floor. These
+//!   servers may run on every core, whatever `--pin` says;
 //! - `refs`: pass a new object reference to the peer, which calls it once and drops it (so a
 //!   release comes back), 64 cycles in flight, cycles/s (pb only);
 //! - `idle`: server memory per idle connection with 10 000 connections open, from the RSS of
@@ -169,14 +175,15 @@ struct ServerProc {
 }
 
 impl ServerProc {
-    fn start(kind: &str) -> ServerProc {
+    fn start(sys: System) -> ServerProc {
+        let kind = sys.server_kind();
         let exe = std::env::current_exe().expect("the bench's own path");
         // Profiling aid: `RPC_BENCH_SERVER_WRAP="valgrind --tool=callgrind"` runs the server
         // under that command.
         let mut wrap = std::env::var("RPC_BENCH_SERVER_WRAP").unwrap_or_default();
         // `--pin`: the server's core (the client pinned itself already, see `pin_self`).
-        if let Some(cpu) = pinned_server_cpu() {
-            wrap = format!("taskset -c {cpu} {wrap}");
+        if let Some(cpus) = sys.server_cpus() {
+            wrap = format!("taskset -c {cpus} {wrap}");
         }
         let mut words = wrap.split_whitespace();
         let mut cmd = match words.next() {
@@ -451,6 +458,16 @@ enum System {
     PbCores,
     /// The floor served by two worker threads.
     FloorCores,
+    /// pb (`true`) or the floor served by one thread or two worker threads, free to run on
+    /// every core, and called by a load generator of raw frames (`cores_server`).
+    Served(bool, Threads),
+}
+
+/// How many threads serve a [`System::Served`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Threads {
+    One,
+    Two,
 }
 
 impl System {
@@ -463,6 +480,26 @@ impl System {
             System::Amp => "amp",
             System::PbCores => "pb-mt",
             System::FloorCores => "floor-mt",
+            System::Served(true, Threads::One) => "pb",
+            System::Served(true, Threads::Two) => "pb-mt",
+            System::Served(false, Threads::One) => "floor",
+            System::Served(false, Threads::Two) => "floor-mt",
+        }
+    }
+
+    /// The cores the server may run on, as `taskset -c` takes them: the one `--pin` gives it,
+    /// or, for the systems of `cores_server`, every core (a pinned bench's children inherit its
+    /// one core unless told otherwise); `None` to leave it to the scheduler.
+    fn server_cpus(self) -> Option<String> {
+        let pinned = pinned_server_cpu()?;
+        match self {
+            System::Served(..) => Some(
+                std::fs::read_to_string("/sys/devices/system/cpu/online")
+                    .expect("the online cores (/sys/devices/system/cpu/online)")
+                    .trim()
+                    .to_string(),
+            ),
+            _ => Some(pinned.to_string()),
         }
     }
 
@@ -471,6 +508,8 @@ impl System {
         match self {
             System::PbCores => System::Pb,
             System::FloorCores => System::Floor,
+            System::Served(true, _) => System::Pb,
+            System::Served(false, _) => System::Floor,
             other => other,
         }
     }
@@ -618,8 +657,10 @@ async fn floor_latency<S: AsyncRead + AsyncWrite + Unpin>(
 async fn latency(sys: System, addr: SocketAddr, c: Counts) -> (f64, f64) {
     let mut times = Vec::with_capacity(c.latency);
     match sys {
-        // Only `cores_work` runs them, as the systems they serve differently.
-        System::PbCores | System::FloorCores => unreachable!("a cores system outside cores_work"),
+        // Only the cores workloads run them, as the systems they serve differently.
+        System::PbCores | System::FloorCores | System::Served(..) => {
+            unreachable!("a cores system outside the cores workloads")
+        }
         System::Floor => floor_latency(FloorConn::connect(addr).await, c, &mut times).await,
         System::FloorTls => floor_latency(FloorConn::connect_tls(addr).await, c, &mut times).await,
         System::Amp => {
@@ -657,8 +698,10 @@ async fn latency(sys: System, addr: SocketAddr, c: Counts) -> (f64, f64) {
 async fn pipelined(sys: System, addr: SocketAddr, c: Counts) -> f64 {
     let total = c.pipelined as u64;
     match sys {
-        // Only `cores_work` runs them, as the systems they serve differently.
-        System::PbCores | System::FloorCores => unreachable!("a cores system outside cores_work"),
+        // Only the cores workloads run them, as the systems they serve differently.
+        System::PbCores | System::FloorCores | System::Served(..) => {
+            unreachable!("a cores system outside the cores workloads")
+        }
         System::Floor => floor_pipelined(FloorConn::connect(addr).await, total).await,
         System::FloorTls => floor_pipelined(FloorConn::connect_tls(addr).await, total).await,
         System::Amp => {
@@ -774,8 +817,10 @@ async fn bulk(sys: System, addr: SocketAddr, c: Counts, vec: bool) -> f64 {
     let warmup = 5;
     let mut elapsed = Duration::ZERO;
     match sys {
-        // Only `cores_work` runs them, as the systems they serve differently.
-        System::PbCores | System::FloorCores => unreachable!("a cores system outside cores_work"),
+        // Only the cores workloads run them, as the systems they serve differently.
+        System::PbCores | System::FloorCores | System::Served(..) => {
+            unreachable!("a cores system outside the cores workloads")
+        }
         System::Amp => unreachable!("plain pb and floor only"),
         System::Floor | System::FloorTls => {
             let mut conn = FloorConn::connect(addr).await;
@@ -816,9 +861,9 @@ async fn bulk(sys: System, addr: SocketAddr, c: Counts, vec: bool) -> f64 {
 async fn connect(sys: System, addr: SocketAddr, c: Counts) -> f64 {
     let once = |i: u64| async move {
         match sys {
-            // Only `cores_work` runs them, as the systems they serve differently.
-            System::PbCores | System::FloorCores => {
-                unreachable!("a cores system outside cores_work")
+            // Only the cores workloads run them, as the systems they serve differently.
+            System::PbCores | System::FloorCores | System::Served(..) => {
+                unreachable!("a cores system outside the cores workloads")
             }
             System::Amp => unreachable!("plain pb and floor only"),
             System::Floor | System::FloorTls => {
@@ -888,8 +933,10 @@ async fn idle(sys: System, server: &ServerProc, c: Counts) -> (f64, Held) {
     let mut floors = Vec::with_capacity(n + 1);
     let mut pbs = Vec::with_capacity(n + 1);
     match sys {
-        // Only `cores_work` runs them, as the systems they serve differently.
-        System::PbCores | System::FloorCores => unreachable!("a cores system outside cores_work"),
+        // Only the cores workloads run them, as the systems they serve differently.
+        System::PbCores | System::FloorCores | System::Served(..) => {
+            unreachable!("a cores system outside the cores workloads")
+        }
         System::Amp => unreachable!("plain pb and floor only"),
         System::Floor | System::FloorTls => {
             let mut conn = FloorConn::connect(addr).await;
@@ -906,9 +953,9 @@ async fn idle(sys: System, server: &ServerProc, c: Counts) -> (f64, Held) {
     let before = server.rss();
     for i in 0..n as u64 {
         match sys {
-            // Only `cores_work` runs them, as the systems they serve differently.
-            System::PbCores | System::FloorCores => {
-                unreachable!("a cores system outside cores_work")
+            // Only the cores workloads run them, as the systems they serve differently.
+            System::PbCores | System::FloorCores | System::Served(..) => {
+                unreachable!("a cores system outside the cores workloads")
             }
             System::Amp => unreachable!("plain pb and floor only"),
             System::Floor | System::FloorTls => {
@@ -987,6 +1034,153 @@ fn cores_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
         }
         vec![2.0 * c.pipelined as f64 / t.elapsed().as_secs_f64()]
     })
+}
+
+/// `cores_server`: two connections with `IN_FLIGHT` calls in flight each, driven on this one
+/// thread by a load generator of raw frames (pb's wire spoken directly, [`RawConn`], or the
+/// floor's own client), so that nearly all the work measured is the server's: calls/s of both
+/// together.
+fn raw_cores_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
+    Box::pin(async move {
+        let total = c.pipelined as u64;
+        if sys.client() == System::Pb {
+            let (mut a, mut b) = (RawConn::connect(addr).await, RawConn::connect(addr).await);
+            let t = Instant::now();
+            tokio::join!(a.run(total), b.run(total));
+            return vec![2.0 * total as f64 / t.elapsed().as_secs_f64()];
+        }
+        let (a, b) = (
+            FloorConn::connect(addr).await,
+            FloorConn::connect(addr).await,
+        );
+        // Each times itself after its warm-up call; they run together.
+        let (ra, rb) = tokio::join!(floor_pipelined(a, total), floor_pipelined(b, total));
+        vec![ra + rb]
+    })
+}
+
+/// The value every raw `echo` call sends (the request id tells the answers apart).
+const RAW_ECHOED: u64 = 7;
+
+/// A connection of the raw load generator: pb's hello, then `echo` calls encoded once, each
+/// sent again as soon as its answer is back. Every answer is checked to be a successful answer
+/// to one of its calls; the first is decoded in full.
+struct RawConn {
+    s: TcpStream,
+    rbuf: BytesMut,
+    /// The call frames, for request ids 1 to `IN_FLIGHT` (one byte each on the wire).
+    calls: Vec<Bytes>,
+    /// The first byte of an answer's envelope (its tag), from the first answer.
+    answer_tag: u8,
+}
+
+impl RawConn {
+    /// Connect, exchange hellos and make one call.
+    async fn connect(addr: SocketAddr) -> RawConn {
+        use pb::proto::handshake::{Features, Hello};
+        use pb::proto::message::{CallExtras, Message, MessageLimits, encode_call_frame_head};
+        const { assert!(IN_FLIGHT < 128, "request ids of one byte") };
+        let s = TcpStream::connect(addr).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        let (args, refs) = pb::codec::encode(&(RAW_ECHOED,), None).expect("encode the arguments");
+        assert!(refs.is_empty());
+        let calls = (1..=IN_FLIGHT as u64)
+            .map(|id| {
+                let mut frame = BytesMut::new();
+                let flags = (true, None, &CallExtras::default());
+                encode_call_frame_head(&mut frame, args.len(), id, 0, b"echo", flags, &[]);
+                frame.put_slice(&args);
+                frame.freeze()
+            })
+            .collect();
+        let mut conn = RawConn {
+            s,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            calls,
+            answer_tag: 0,
+        };
+        let hello = Hello::ours(Features::NONE);
+        let mut out = BytesMut::new();
+        out.put_u32(hello.encoded_len() as u32);
+        hello.encode(&mut out);
+        out.put_slice(&conn.calls[0]);
+        conn.s.write_all(&out).await.expect("write");
+        let theirs = conn.frame().await;
+        Hello::decode(&theirs).expect("the server's hello");
+        let first = conn.frame().await;
+        conn.answer_tag = first.first().copied().unwrap_or_default();
+        match Message::decode(first, &MessageLimits::default()) {
+            Ok(Message::Answer {
+                id: 1,
+                ok: true,
+                payload,
+                ..
+            }) => {
+                let v: u64 = pb::codec::decode(&payload, Vec::new()).expect("an echoed u64");
+                assert_eq!(v, RAW_ECHOED);
+            }
+            other => panic!("the raw call got {other:?}, not its answer"),
+        }
+        conn
+    }
+
+    /// The next whole frame's body.
+    async fn frame(&mut self) -> Bytes {
+        loop {
+            if let Some(h) = self.rbuf.get(..4) {
+                let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                if self.rbuf.len() >= 4 + len {
+                    self.rbuf.advance(4);
+                    return self.rbuf.split_to(len).freeze();
+                }
+            }
+            let n = self.s.read_buf(&mut self.rbuf).await.expect("read");
+            assert!(n > 0, "the server closed the connection");
+        }
+    }
+
+    /// `total` calls, `IN_FLIGHT` at a time.
+    async fn run(&mut self, total: u64) {
+        let mut out = BytesMut::new();
+        let mut sent = 0u64;
+        for call in &self.calls {
+            if sent == total {
+                break;
+            }
+            out.put_slice(call);
+            sent += 1;
+        }
+        let mut received = 0u64;
+        while received < total {
+            if !out.is_empty() {
+                self.s.write_all(&out).await.expect("write");
+                out.clear();
+            }
+            let n = self.s.read_buf(&mut self.rbuf).await.expect("read");
+            assert!(n > 0, "the server closed the connection");
+            while let Some(h) = self.rbuf.get(..4) {
+                let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+                if self.rbuf.len() < 4 + len {
+                    break;
+                }
+                // An answer's envelope starts with its tag, the request id and 0 for `Ok`.
+                let head = self.rbuf.get(4..(4 + len).min(7));
+                assert!(
+                    matches!(head, Some(&[tag, id, 0]) if tag == self.answer_tag
+                        && (1..=IN_FLIGHT).contains(&usize::from(id))),
+                    "the server sent {:?}, not a successful answer",
+                    &self.rbuf[..(4 + len).min(32)]
+                );
+                let id = usize::from(self.rbuf[5]);
+                self.rbuf.advance(4 + len);
+                received += 1;
+                if sent < total {
+                    out.put_slice(&self.calls[id - 1]);
+                    sent += 1;
+                }
+            }
+        }
+    }
 }
 
 fn bulk_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
@@ -1097,7 +1291,7 @@ where
     if skipped(sys) {
         return None;
     }
-    let server = ServerProc::start(sys.server_kind());
+    let server = ServerProc::start(sys);
     // The client runs in a spawned task, as callers in an application do (tokio's
     // `block_on` future pays an extra poll of the I/O driver whenever another task wakes it).
     let run = f(server.addr);
@@ -1329,6 +1523,40 @@ fn main() {
             one[0],
         ));
     }
+    if wants("cores") || wants("cores_server") {
+        // The servers' own scaling, with load generators that cost little next to them, and
+        // the servers free to use every core.
+        use Threads::{One, Two};
+        let [p1, p2, f1, f2] = compare(
+            &rt,
+            [
+                System::Served(true, One),
+                System::Served(true, Two),
+                System::Served(false, One),
+                System::Served(false, Two),
+            ],
+            runs,
+            move |sys, a| raw_cores_work(sys, a, c),
+        );
+        rows.push(Row::vs(
+            "cores_server",
+            "calls/s served by 2 worker threads, 2 connections with 64 calls in flight each from a load generator of raw frames on one thread, servers free to use every core, higher is better",
+            p2[0],
+            f2[0],
+        ));
+        rows.push(Row::vs(
+            "cores_server_scaling",
+            "calls/s as cores_server: pb served by 2 worker threads (pb) against 1 (floor), higher is better",
+            p2[0],
+            p1[0],
+        ));
+        rows.push(Row::vs(
+            "cores_server_floor_scaling",
+            "calls/s as cores_server: the floor served by 2 worker threads (pb column) against 1 (floor column), higher is better",
+            f2[0],
+            f1[0],
+        ));
+    }
     if wants("bulk") {
         let [f, p] = rates(System::Floor, System::Pb, bulk_work);
         rows.push(
@@ -1382,7 +1610,7 @@ fn main() {
             }
             let mut v = Vec::new();
             for _ in 0..runs {
-                let server = ServerProc::start(sys.server_kind());
+                let server = ServerProc::start(sys);
                 let (kib, held) = rt.block_on(idle(sys, &server, c));
                 server.stop();
                 drop(held);
