@@ -84,3 +84,80 @@ async fn in_flight_limit_refuses_cleanly() {
         h.abort();
     }
 }
+
+/// A peer that writes its calls in batches (here 16 at a time, as a peer with many calls in
+/// flight does) to a server on a runtime of several workers, whose reader yields after each
+/// such batch: every call is answered, each answer right, batch after batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_calls_on_a_multi_thread_runtime_are_all_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, mut raw) = raw_peer(pb::Config::default()).await;
+    let mut rbuf = Vec::new();
+    for round in 0..20u64 {
+        let mut batch = Vec::new();
+        for i in 0..16u64 {
+            let id = 1 + round * 16 + i;
+            batch.extend(reverse_call(id, &id.to_le_bytes()));
+        }
+        raw.write_all(&batch).await.unwrap();
+        let mut answered = Vec::new();
+        while answered.len() < 16 {
+            let mut buf = [0u8; 4096];
+            let n = raw.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed the connection");
+            rbuf.extend_from_slice(&buf[..n]);
+            while rbuf.len() >= 4 {
+                let len = u32::from_be_bytes([rbuf[0], rbuf[1], rbuf[2], rbuf[3]]) as usize;
+                if rbuf.len() < 4 + len {
+                    break;
+                }
+                let frame: Vec<u8> = rbuf.drain(..4 + len).skip(4).collect();
+                match pb::proto::message::Message::decode(frame.into(), &Default::default()) {
+                    Ok(pb::proto::message::Message::Answer {
+                        id,
+                        ok: true,
+                        payload,
+                        ..
+                    }) => {
+                        // `Ok(reversed bytes)`: bincode's length of 8, then the bytes.
+                        let mut want = id.to_le_bytes();
+                        want.reverse();
+                        assert_eq!(payload.as_ref(), [&[8u8][..], &want].concat());
+                        answered.push(id);
+                    }
+                    other => panic!("not an answer: {other:?}"),
+                }
+            }
+        }
+        answered.sort_unstable();
+        let sent: Vec<u64> = (1 + round * 16..1 + round * 16 + 16).collect();
+        assert_eq!(answered, sent, "round {round}");
+    }
+    assert_eq!(server.stats().tables.in_flight_calls, 0);
+    server.close().await;
+}
+
+/// Many tasks calling at once over TCP on a runtime of several workers, where the server's
+/// reader sees batches of many calls and yields after them (the client's, seeing batches of
+/// answers, does not): every caller gets its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_calling_on_a_multi_thread_runtime_get_their_answers() {
+    let (server, conn) = common::tcp_pair(KitchenRef::new(KitchenImpl::default())).await;
+    let k: KitchenRef = conn.root();
+    let mut set = JoinSet::new();
+    for t in 0..64i64 {
+        let k = k.clone();
+        set.spawn(async move {
+            for i in 0..50i64 {
+                let v = t * 1000 + i;
+                assert_eq!(k.add(v, 1).await.unwrap(), v + 1);
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(conn.stats().tables.pending_calls, 0);
+    conn.close().await;
+    server.shutdown().await;
+}

@@ -44,6 +44,16 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
         // Our hello may wait in the output (the writer task starts only when needed): it leaves
         // after the first batch at the latest, with that batch's answers.
         let mut first = true;
+        // On a runtime of several workers, a reader that ran a batch of many frames, calls
+        // among them (a peer with many calls in flight), yields before it reads on. A task
+        // that its own worker wakes (as that worker's turn of the I/O driver wakes it) runs on
+        // that worker again, out of reach of the others, so busy connections otherwise stay
+        // together on one worker while the others idle; a task that yields waits where an idle
+        // worker can take it. Batches of a few frames (sequential callers) and of answers
+        // alone (whose callers run in tasks of their own) never yield, and on one thread
+        // nothing is gained by it.
+        let spread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let reason = 'conn: loop {
             if let Some(ours) = &check {
                 match take_hello(&mut rbuf, ours) {
@@ -62,6 +72,7 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                 }
             }
             let mut any_frame = false;
+            let mut frames = 0u32;
             let mut handled = false;
             // No frame is taken before the peer's hello.
             while check.is_none() {
@@ -96,6 +107,7 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                 };
                 match next {
                     Ok(Some(frame)) => {
+                        frames += 1;
                         // One clock reading per batch, not per frame: they arrived together.
                         if !any_frame {
                             any_frame = true;
@@ -157,6 +169,9 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
             // Answers and faults for the whole batch go out in one write.
             if handled || std::mem::take(&mut first) {
                 conn.end_batch();
+            }
+            if spread && handled && frames >= SPREAD_BATCH {
+                tokio::task::yield_now().await;
             }
             if conn.is_closed() {
                 break CloseReason::Local;
@@ -267,6 +282,10 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
         recycle_read_buffer(rbuf);
     }.instrument(span))
 }
+
+/// The frames in one batch (calls among them) from which a reader on a runtime of several
+/// workers yields before it reads on (see `spread` in [`run_reader`]).
+const SPREAD_BATCH: u32 = 8;
 
 /// What woke the reader.
 pub(super) enum ReaderEvent {
