@@ -25,7 +25,8 @@
 //!   pb against the floor, with two connections of 64 calls in flight each driven by a load
 //!   generator of raw frames on one thread (pb's wire spoken directly, or the floor's client),
 //!   which costs little next to the server; `cores_server_scaling` is pb served by two threads
-//!   against pb served by one, `cores_server_floor_scaling` the same for the floor. These
+//!   against pb served by one, `cores_server_floor_scaling` the same for the floor, and
+//!   `amp_cores_server_scaling` the same for pb's AMP (`Echo` boxes written directly). These
 //!   servers may run on every core, whatever `--pin` says;
 //! - `refs`: pass a new object reference to the peer, which calls it once and drops it (so a
 //!   release comes back), 64 cycles in flight, cycles/s (pb only);
@@ -458,9 +459,17 @@ enum System {
     PbCores,
     /// The floor served by two worker threads.
     FloorCores,
-    /// pb (`true`) or the floor served by one thread or two worker threads, free to run on
+    /// pb, the floor or pb's AMP served by one thread or two worker threads, free to run on
     /// every core, and called by a load generator of raw frames (`cores_server`).
-    Served(bool, Threads),
+    Served(Proto, Threads),
+}
+
+/// What a [`System::Served`] speaks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Proto {
+    Pb,
+    Floor,
+    Amp,
 }
 
 /// How many threads serve a [`System::Served`].
@@ -480,10 +489,12 @@ impl System {
             System::Amp => "amp",
             System::PbCores => "pb-mt",
             System::FloorCores => "floor-mt",
-            System::Served(true, Threads::One) => "pb",
-            System::Served(true, Threads::Two) => "pb-mt",
-            System::Served(false, Threads::One) => "floor",
-            System::Served(false, Threads::Two) => "floor-mt",
+            System::Served(Proto::Pb, Threads::One) => "pb",
+            System::Served(Proto::Pb, Threads::Two) => "pb-mt",
+            System::Served(Proto::Floor, Threads::One) => "floor",
+            System::Served(Proto::Floor, Threads::Two) => "floor-mt",
+            System::Served(Proto::Amp, Threads::One) => "amp",
+            System::Served(Proto::Amp, Threads::Two) => "amp-mt",
         }
     }
 
@@ -508,8 +519,9 @@ impl System {
         match self {
             System::PbCores => System::Pb,
             System::FloorCores => System::Floor,
-            System::Served(true, _) => System::Pb,
-            System::Served(false, _) => System::Floor,
+            System::Served(Proto::Pb, _) => System::Pb,
+            System::Served(Proto::Floor, _) => System::Floor,
+            System::Served(Proto::Amp, _) => System::Amp,
             other => other,
         }
     }
@@ -1043,20 +1055,113 @@ fn cores_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
 fn raw_cores_work(sys: System, addr: SocketAddr, c: Counts) -> BenchFuture {
     Box::pin(async move {
         let total = c.pipelined as u64;
-        if sys.client() == System::Pb {
-            let (mut a, mut b) = (RawConn::connect(addr).await, RawConn::connect(addr).await);
-            let t = Instant::now();
-            tokio::join!(a.run(total), b.run(total));
-            return vec![2.0 * total as f64 / t.elapsed().as_secs_f64()];
+        match sys.client() {
+            System::Pb => {
+                let (mut a, mut b) = (RawConn::connect(addr).await, RawConn::connect(addr).await);
+                let t = Instant::now();
+                tokio::join!(a.run(total), b.run(total));
+                vec![2.0 * total as f64 / t.elapsed().as_secs_f64()]
+            }
+            System::Amp => {
+                let (mut a, mut b) = (
+                    RawAmpConn::connect(addr).await,
+                    RawAmpConn::connect(addr).await,
+                );
+                let t = Instant::now();
+                tokio::join!(a.run(total), b.run(total));
+                vec![2.0 * total as f64 / t.elapsed().as_secs_f64()]
+            }
+            _ => {
+                let (a, b) = (
+                    FloorConn::connect(addr).await,
+                    FloorConn::connect(addr).await,
+                );
+                // Each times itself after its warm-up call; they run together.
+                let (ra, rb) = tokio::join!(floor_pipelined(a, total), floor_pipelined(b, total));
+                vec![ra + rb]
+            }
         }
-        let (a, b) = (
-            FloorConn::connect(addr).await,
-            FloorConn::connect(addr).await,
-        );
-        // Each times itself after its warm-up call; they run together.
-        let (ra, rb) = tokio::join!(floor_pipelined(a, total), floor_pipelined(b, total));
-        vec![ra + rb]
     })
+}
+
+/// A connection of the raw AMP load generator: `Echo` boxes encoded once (tags 1 to
+/// `IN_FLIGHT`), each sent again as soon as its answer is back; every answer is decoded and
+/// checked.
+struct RawAmpConn {
+    s: TcpStream,
+    rbuf: BytesMut,
+    asks: Vec<Bytes>,
+    codec: pb::proto::amp::codec::BoxCodec,
+}
+
+impl RawAmpConn {
+    /// Connect and make one call.
+    async fn connect(addr: SocketAddr) -> RawAmpConn {
+        use pb::proto::amp::codec::{AmpBox, BoxCodec, BoxCodecConfig};
+        let s = TcpStream::connect(addr).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        let asks = (1..=IN_FLIGHT)
+            .map(|tag| {
+                let mut ask = AmpBox::new();
+                ask.insert("_ask", tag.to_string());
+                ask.insert("_command", "Echo");
+                ask.insert("v", RAW_ECHOED.to_string());
+                ask.to_bytes().expect("an Echo box")
+            })
+            .collect();
+        let mut conn = RawAmpConn {
+            s,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            asks,
+            codec: BoxCodec::new(BoxCodecConfig::default()),
+        };
+        conn.s.write_all(&conn.asks[0]).await.expect("write");
+        let answer = loop {
+            if let Some(answer) = conn.codec.decode(&mut conn.rbuf).expect("an AMP box") {
+                break answer;
+            }
+            let n = conn.s.read_buf(&mut conn.rbuf).await.expect("read");
+            assert!(n > 0, "the server closed the connection");
+        };
+        assert_eq!(answer.get("_answer"), Some(&b"1"[..]), "{answer:?}");
+        assert_eq!(answer.get("v"), Some(RAW_ECHOED.to_string().as_bytes()));
+        conn
+    }
+
+    /// `total` calls, `IN_FLIGHT` at a time.
+    async fn run(&mut self, total: u64) {
+        let mut out = BytesMut::new();
+        let mut sent = 0u64;
+        for ask in &self.asks {
+            if sent == total {
+                break;
+            }
+            out.put_slice(ask);
+            sent += 1;
+        }
+        let mut received = 0u64;
+        while received < total {
+            if !out.is_empty() {
+                self.s.write_all(&out).await.expect("write");
+                out.clear();
+            }
+            let n = self.s.read_buf(&mut self.rbuf).await.expect("read");
+            assert!(n > 0, "the server closed the connection");
+            while let Some(answer) = self.codec.decode(&mut self.rbuf).expect("an AMP box") {
+                let tag = answer
+                    .get("_answer")
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .and_then(|t| t.parse::<usize>().ok())
+                    .filter(|t| (1..=IN_FLIGHT).contains(t))
+                    .unwrap_or_else(|| panic!("the server sent {answer:?}, not an answer"));
+                received += 1;
+                if sent < total {
+                    out.put_slice(&self.asks[tag - 1]);
+                    sent += 1;
+                }
+            }
+        }
+    }
 }
 
 /// The value every raw `echo` call sends (the request id tells the answers apart).
@@ -1530,10 +1635,10 @@ fn main() {
         let [p1, p2, f1, f2] = compare(
             &rt,
             [
-                System::Served(true, One),
-                System::Served(true, Two),
-                System::Served(false, One),
-                System::Served(false, Two),
+                System::Served(Proto::Pb, One),
+                System::Served(Proto::Pb, Two),
+                System::Served(Proto::Floor, One),
+                System::Served(Proto::Floor, Two),
             ],
             runs,
             move |sys, a| raw_cores_work(sys, a, c),
@@ -1555,6 +1660,21 @@ fn main() {
             "calls/s as cores_server: the floor served by 2 worker threads (pb column) against 1 (floor column), higher is better",
             f2[0],
             f1[0],
+        ));
+        let [a1, a2] = compare(
+            &rt,
+            [
+                System::Served(Proto::Amp, One),
+                System::Served(Proto::Amp, Two),
+            ],
+            runs,
+            move |sys, a| raw_cores_work(sys, a, c),
+        );
+        rows.push(Row::vs(
+            "amp_cores_server_scaling",
+            "AMP calls/s as cores_server (Echo boxes written directly): pb's AMP served by 2 worker threads (pb) against 1 (floor), higher is better",
+            a2[0],
+            a1[0],
         ));
     }
     if wants("bulk") {
