@@ -85,11 +85,76 @@ async fn in_flight_limit_refuses_cleanly() {
     }
 }
 
-/// A peer that writes its calls in batches (here 16 at a time, as a peer with many calls in
-/// flight does) to a server on a runtime of several workers, whose reader yields after each
-/// such batch: every call is answered, each answer right, batch after batch.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_of_calls_on_a_multi_thread_runtime_are_all_answered() {
+/// Counts the server reader's making way (its `trace` event), on whichever threads it runs.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+impl Capture {
+    fn ways_made(&self) -> usize {
+        let out = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        out.lines()
+            .filter(|l| l.contains("reader makes way"))
+            .count()
+    }
+}
+
+/// A runtime (of two workers, or one thread) whose threads log `trace` events to a capture,
+/// and the guard that makes this thread log there too (a current-thread runtime runs on it).
+fn runtime(
+    workers: bool,
+) -> (
+    tokio::runtime::Runtime,
+    Capture,
+    tracing::dispatcher::DefaultGuard,
+) {
+    let capture = Capture::default();
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(capture.clone())
+            .finish(),
+    );
+    let mut builder = if workers {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let on_start = dispatch.clone();
+    let rt = builder
+        .enable_all()
+        .on_thread_start(move || {
+            // Kept for the thread's life.
+            std::mem::forget(tracing::dispatcher::set_default(&on_start));
+        })
+        .build()
+        .unwrap();
+    let guard = tracing::dispatcher::set_default(&dispatch);
+    (rt, capture, guard)
+}
+
+/// A peer writes its calls 16 at a time (as a peer with many calls in flight does), 20 times;
+/// every call is answered, each answer right.
+async fn batches_of_calls() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (server, mut raw) = raw_peer(pb::Config::default()).await;
     let mut rbuf = Vec::new();
@@ -137,9 +202,35 @@ async fn batches_of_calls_on_a_multi_thread_runtime_are_all_answered() {
     server.close().await;
 }
 
+/// On a runtime of several workers, the server's reader makes way after batches of many
+/// calls (once per batch that arrived whole), and answers them all the same.
+#[test]
+fn a_reader_on_a_multi_thread_runtime_makes_way_after_batches_of_calls() {
+    let (rt, capture, _guard) = runtime(true);
+    rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(60), batches_of_calls())
+            .await
+            .expect("every batch answered")
+    });
+    let made = capture.ways_made();
+    assert!((1..=20).contains(&made), "made way {made} times");
+}
+
+/// On one thread the same batches are answered and the reader never makes way.
+#[test]
+fn a_reader_on_one_thread_never_makes_way() {
+    let (rt, capture, _guard) = runtime(false);
+    rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(60), batches_of_calls())
+            .await
+            .expect("every batch answered")
+    });
+    assert_eq!(capture.ways_made(), 0);
+}
+
 /// Many tasks calling at once over TCP on a runtime of several workers, where the server's
-/// reader sees batches of many calls and yields after them (the client's, seeing batches of
-/// answers, does not): every caller gets its own answer.
+/// reader sees batches of many calls and makes way after them (the client's, seeing batches
+/// of answers, does not): every caller gets its own answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_tasks_calling_on_a_multi_thread_runtime_get_their_answers() {
     let (server, conn) = common::tcp_pair(KitchenRef::new(KitchenImpl::default())).await;
@@ -154,9 +245,14 @@ async fn many_tasks_calling_on_a_multi_thread_runtime_get_their_answers() {
             }
         });
     }
-    while let Some(r) = set.join_next().await {
-        r.unwrap();
-    }
+    let all = async {
+        while let Some(r) = set.join_next().await {
+            r.unwrap();
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), all)
+        .await
+        .expect("every caller answered");
     assert_eq!(conn.stats().tables.pending_calls, 0);
     conn.close().await;
     server.shutdown().await;

@@ -44,14 +44,13 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
         // Our hello may wait in the output (the writer task starts only when needed): it leaves
         // after the first batch at the latest, with that batch's answers.
         let mut first = true;
-        // On a runtime of several workers, a reader that ran a batch of many frames, calls
-        // among them (a peer with many calls in flight), yields before it reads on. A task
-        // that its own worker wakes (as that worker's turn of the I/O driver wakes it) runs on
-        // that worker again, out of reach of the others, so busy connections otherwise stay
-        // together on one worker while the others idle; a task that yields waits where an idle
-        // worker can take it. Batches of a few frames (sequential callers) and of answers
-        // alone (whose callers run in tasks of their own) never yield, and on one thread
-        // nothing is gained by it.
+        // On a runtime of several workers, a reader that read a batch of many calls (a peer
+        // with many calls in flight) makes way before it reads on (see `make_way`). tokio runs
+        // a task that its worker woke while running (as the worker's turn of the I/O driver
+        // does) on that worker again, in a slot no other worker takes from: busy connections
+        // otherwise stay together on one worker while the others idle. Batches of a few calls
+        // (sequential callers) and of answers never make way, nor does a reader on a
+        // current-thread runtime, where nothing is gained by it.
         let spread = tokio::runtime::Handle::try_current()
             .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let reason = 'conn: loop {
@@ -72,7 +71,7 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                 }
             }
             let mut any_frame = false;
-            let mut frames = 0u32;
+            let mut calls = 0u32;
             let mut handled = false;
             // No frame is taken before the peer's hello.
             while check.is_none() {
@@ -107,7 +106,7 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                 };
                 match next {
                     Ok(Some(frame)) => {
-                        frames += 1;
+                        calls += u32::from(crate::message::is_call(&frame.body));
                         // One clock reading per batch, not per frame: they arrived together.
                         if !any_frame {
                             any_frame = true;
@@ -170,8 +169,9 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
             if handled || std::mem::take(&mut first) {
                 conn.end_batch();
             }
-            if spread && handled && frames >= SPREAD_BATCH {
-                tokio::task::yield_now().await;
+            if spread && calls >= SPREAD_BATCH {
+                tracing::trace!(connection = conn.id, calls, "reader makes way for its worker's other tasks");
+                make_way().await;
             }
             if conn.is_closed() {
                 break CloseReason::Local;
@@ -283,9 +283,27 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
     }.instrument(span))
 }
 
-/// The frames in one batch (calls among them) from which a reader on a runtime of several
-/// workers yields before it reads on (see `spread` in [`run_reader`]).
+/// The calls in one batch from which a reader on a runtime of several workers makes way before
+/// it reads on (see `spread` in [`run_reader`]).
 const SPREAD_BATCH: u32 = 8;
+
+/// Lets the worker's other tasks run before the reader reads on, and an idle worker take the
+/// reader: a task that wakes itself while it is polled goes to the back of its worker's run
+/// queue, from which other workers steal, and tokio wakes an idle worker for it.
+/// (`tokio::task::yield_now` does not: it leaves its wake-up until the worker next turns its
+/// I/O driver, which puts the task back in the worker's own slot.)
+async fn make_way() {
+    let mut woke = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut woke, true) {
+            Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
 
 /// What woke the reader.
 pub(super) enum ReaderEvent {
