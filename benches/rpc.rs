@@ -1132,37 +1132,18 @@ impl RawAmpConn {
 
     /// `total` calls, `IN_FLIGHT` at a time.
     async fn run(&mut self, total: u64) {
-        let mut out = BytesMut::new();
-        let mut sent = 0u64;
-        for ask in &self.asks {
-            if sent == total {
-                break;
-            }
-            out.put_slice(ask);
-            sent += 1;
-        }
-        let mut received = 0u64;
-        while received < total {
-            if !out.is_empty() {
-                self.s.write_all(&out).await.expect("write");
-                out.clear();
-            }
-            let n = self.s.read_buf(&mut self.rbuf).await.expect("read");
-            assert!(n > 0, "the server closed the connection");
-            while let Some(answer) = self.codec.decode(&mut self.rbuf).expect("an AMP box") {
-                let tag = answer
-                    .get("_answer")
-                    .and_then(|t| std::str::from_utf8(t).ok())
-                    .and_then(|t| t.parse::<usize>().ok())
-                    .filter(|t| (1..=IN_FLIGHT).contains(t))
-                    .unwrap_or_else(|| panic!("the server sent {answer:?}, not an answer"));
-                received += 1;
-                if sent < total {
-                    out.put_slice(&self.asks[tag - 1]);
-                    sent += 1;
-                }
-            }
-        }
+        let codec = &mut self.codec;
+        pump_raw(&mut self.s, &mut self.rbuf, &self.asks, total, |rbuf| {
+            let answer = codec.decode(rbuf).expect("an AMP box")?;
+            let tag = answer
+                .get("_answer")
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .and_then(|t| t.parse::<usize>().ok())
+                .filter(|t| (1..=IN_FLIGHT).contains(t))
+                .unwrap_or_else(|| panic!("the server sent {answer:?}, not an answer"));
+            Some(tag)
+        })
+        .await
     }
 }
 
@@ -1248,43 +1229,61 @@ impl RawConn {
 
     /// `total` calls, `IN_FLIGHT` at a time.
     async fn run(&mut self, total: u64) {
-        let mut out = BytesMut::new();
-        let mut sent = 0u64;
-        for call in &self.calls {
-            if sent == total {
-                break;
+        let answer_tag = self.answer_tag;
+        pump_raw(&mut self.s, &mut self.rbuf, &self.calls, total, |rbuf| {
+            let h = rbuf.get(..4)?;
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            if rbuf.len() < 4 + len {
+                return None;
             }
-            out.put_slice(call);
-            sent += 1;
+            // An answer's envelope starts with its tag, the request id and 0 for `Ok`.
+            let head = rbuf.get(4..(4 + len).min(7));
+            assert!(
+                matches!(head, Some(&[tag, id, 0]) if tag == answer_tag
+                    && (1..=IN_FLIGHT).contains(&usize::from(id))),
+                "the server sent {:?}, not a successful answer",
+                &rbuf[..(4 + len).min(32)]
+            );
+            let id = usize::from(rbuf[5]);
+            rbuf.advance(4 + len);
+            Some(id)
+        })
+        .await
+    }
+}
+
+/// Keeps `IN_FLIGHT` of `frames` in flight on `s` until `total` calls are answered, each
+/// frame sent again as soon as its answer is back: `answer` takes a whole answer off the front
+/// of `rbuf` and says which frame (from 1) it answers, or `None` while none is whole.
+async fn pump_raw(
+    s: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    frames: &[Bytes],
+    total: u64,
+    mut answer: impl FnMut(&mut BytesMut) -> Option<usize>,
+) {
+    let mut out = BytesMut::new();
+    let mut sent = 0u64;
+    for frame in frames {
+        if sent == total {
+            break;
         }
-        let mut received = 0u64;
-        while received < total {
-            if !out.is_empty() {
-                self.s.write_all(&out).await.expect("write");
-                out.clear();
-            }
-            let n = self.s.read_buf(&mut self.rbuf).await.expect("read");
-            assert!(n > 0, "the server closed the connection");
-            while let Some(h) = self.rbuf.get(..4) {
-                let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as usize;
-                if self.rbuf.len() < 4 + len {
-                    break;
-                }
-                // An answer's envelope starts with its tag, the request id and 0 for `Ok`.
-                let head = self.rbuf.get(4..(4 + len).min(7));
-                assert!(
-                    matches!(head, Some(&[tag, id, 0]) if tag == self.answer_tag
-                        && (1..=IN_FLIGHT).contains(&usize::from(id))),
-                    "the server sent {:?}, not a successful answer",
-                    &self.rbuf[..(4 + len).min(32)]
-                );
-                let id = usize::from(self.rbuf[5]);
-                self.rbuf.advance(4 + len);
-                received += 1;
-                if sent < total {
-                    out.put_slice(&self.calls[id - 1]);
-                    sent += 1;
-                }
+        out.put_slice(frame);
+        sent += 1;
+    }
+    let mut received = 0u64;
+    while received < total {
+        if !out.is_empty() {
+            s.write_all(&out).await.expect("write");
+            out.clear();
+        }
+        let n = s.read_buf(rbuf).await.expect("read");
+        assert!(n > 0, "the server closed the connection");
+        while let Some(i) = answer(rbuf) {
+            received += 1;
+            if sent < total {
+                out.put_slice(&frames[i - 1]);
+                sent += 1;
             }
         }
     }

@@ -3,32 +3,8 @@
 
 mod common;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use common::*;
-use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FmtSpan;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
 
 #[tokio::test]
 async fn one_call_has_a_span_with_its_fields_on_both_sides() {
@@ -51,7 +27,7 @@ async fn one_call_has_a_span_with_its_fields_on_both_sides() {
     conn.close().await;
     server.shutdown().await;
 
-    let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let out = capture.text();
     let lines: Vec<&str> = out.lines().filter(|l| l.contains("pb.call{")).collect();
     let find = |dir: &str, method: &str| {
         lines
@@ -103,7 +79,7 @@ async fn a_panicking_handler_is_logged_with_its_message_and_method() {
     let f: FragileRef = client.root();
     assert!(matches!(f.boom().await, Err(pb::CallError::Internal(m)) if m == "the handler failed"));
 
-    let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let out = capture.text();
     let line = out
         .lines()
         .find(|l| l.contains("a call handler panicked"))
