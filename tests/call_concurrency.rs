@@ -85,24 +85,10 @@ async fn in_flight_limit_refuses_cleanly() {
     }
 }
 
-/// How often the server's reader made way (its `trace` event) in what `capture` holds.
-fn ways_made(capture: &Capture) -> usize {
-    capture
-        .text()
-        .lines()
-        .filter(|l| l.contains("reader makes way"))
-        .count()
-}
-
-/// A runtime (of two workers, or one thread) whose threads log `trace` events to a capture,
-/// and the guard that makes this thread log there too (a current-thread runtime runs on it).
-fn runtime(
-    workers: bool,
-) -> (
-    tokio::runtime::Runtime,
-    Capture,
-    tracing::dispatcher::DefaultGuard,
-) {
+/// Runs [`batches_of_calls`] (within a minute) on a runtime of two workers or of one thread,
+/// whose threads log `trace` events to a capture, and returns how often the server's reader
+/// made way (its `trace` event).
+fn ways_made_by_batches(workers: bool) -> usize {
     let capture = Capture::default();
     let dispatch = tracing::Dispatch::new(
         tracing_subscriber::fmt()
@@ -127,8 +113,18 @@ fn runtime(
         })
         .build()
         .unwrap();
-    let guard = tracing::dispatcher::set_default(&dispatch);
-    (rt, capture, guard)
+    // A current-thread runtime runs on this thread.
+    let _guard = tracing::dispatcher::set_default(&dispatch);
+    rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(60), batches_of_calls())
+            .await
+            .expect("every batch answered")
+    });
+    capture
+        .text()
+        .lines()
+        .filter(|l| l.contains("reader makes way"))
+        .count()
 }
 
 /// A peer writes its calls 16 at a time (as a peer with many calls in flight does), 20 times;
@@ -185,26 +181,14 @@ async fn batches_of_calls() {
 /// calls (once per batch that arrived whole), and answers them all the same.
 #[test]
 fn a_reader_on_a_multi_thread_runtime_makes_way_after_batches_of_calls() {
-    let (rt, capture, _guard) = runtime(true);
-    rt.block_on(async {
-        tokio::time::timeout(std::time::Duration::from_secs(60), batches_of_calls())
-            .await
-            .expect("every batch answered")
-    });
-    let made = ways_made(&capture);
+    let made = ways_made_by_batches(true);
     assert!((1..=20).contains(&made), "made way {made} times");
 }
 
 /// On one thread the same batches are answered and the reader never makes way.
 #[test]
 fn a_reader_on_one_thread_never_makes_way() {
-    let (rt, capture, _guard) = runtime(false);
-    rt.block_on(async {
-        tokio::time::timeout(std::time::Duration::from_secs(60), batches_of_calls())
-            .await
-            .expect("every batch answered")
-    });
-    assert_eq!(ways_made(&capture), 0);
+    assert_eq!(ways_made_by_batches(false), 0);
 }
 
 /// Many tasks calling at once over TCP on a runtime of several workers, where the server's
