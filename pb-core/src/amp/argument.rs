@@ -98,38 +98,9 @@ thread_local! {
 /// Keep at most this much of the scratch buffer between calls.
 const SCRATCH_KEEP: usize = 4096;
 
-thread_local! {
-    /// The chunk small keys and values are copied into and split off, so that a box's pairs
-    /// cost no allocation each: the chunk is reused from its start once every slice of it is
-    /// dropped (most boxes are encoded and dropped within a scheduler tick), and a new one is
-    /// allocated when it is full and still in use.
-    static CHUNK: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
-}
-
-/// The size of [`CHUNK`]'s allocations.
-const CHUNK_SIZE: usize = 4096;
-/// Pairs longer than this get allocations of their own, so a chunk holds many pairs.
-const CHUNK_PAIR_MAX: usize = CHUNK_SIZE / 8;
-
-/// `key` and `value` as shared bytes: slices of the thread's [`CHUNK`] when they are small.
-fn key_and_value(key: &[u8], value: &[u8]) -> (Bytes, Bytes) {
-    let len = key.len() + value.len();
-    if len > CHUNK_PAIR_MAX {
-        return (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
-    }
-    CHUNK.with_borrow_mut(|chunk| {
-        if chunk.capacity() - chunk.len() < len {
-            // Takes the chunk back if nothing holds a slice of it any more, else a new one.
-            chunk.reserve(CHUNK_SIZE);
-        }
-        chunk.extend_from_slice(key);
-        chunk.extend_from_slice(value);
-        // One split off the chunk, then the key off the pair: splitting shared `Bytes` is
-        // cheaper than splitting a `BytesMut`.
-        let mut value = chunk.split().freeze();
-        (value.split_to(key.len()), value)
-    })
-}
+/// Pairs up to this long (key and value) are copied into the box's own buffer; longer ones get
+/// bytes of their own.
+const COPY_PAIR_MAX: usize = 256;
 
 fn put_value<T: AmpValue>(value: &T, name: &str, out: &mut AmpBox) -> Result<(), ArgumentError> {
     // Taken, not borrowed: a value holding boxes (`AmpList`) puts values while it encodes, and
@@ -141,14 +112,17 @@ fn put_value<T: AmpValue>(value: &T, name: &str, out: &mut AmpBox) -> Result<(),
         if buf.len() > MAX_VALUE_LENGTH {
             return Err(ArgumentError::ValueTooLong { len: buf.len() }.in_field(name));
         }
-        let (key, value) = if buf.len() > SCRATCH_KEEP {
+        let key = name.as_bytes();
+        if key.len() + buf.len() <= COPY_PAIR_MAX {
+            // Small (nearly all): no allocation and no reference count of its own.
+            out.insert_copy(key, &buf);
+        } else if buf.len() > SCRATCH_KEEP {
             // Big: hand the buffer over rather than copy it.
             let value = Bytes::from(std::mem::take(&mut buf));
-            (Bytes::copy_from_slice(name.as_bytes()), value)
+            out.insert(Bytes::copy_from_slice(key), value);
         } else {
-            key_and_value(name.as_bytes(), &buf)
-        };
-        out.insert(key, value);
+            out.insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(&buf));
+        }
         Ok(())
     });
     if buf.capacity() <= SCRATCH_KEEP {
@@ -211,7 +185,7 @@ impl AmpFields for () {
 impl AmpFields for AmpBox {
     fn to_box(&self, out: &mut AmpBox) -> Result<(), ArgumentError> {
         for (k, v) in self {
-            out.insert(k.clone(), v.clone());
+            out.insert_copy(k, v);
         }
         Ok(())
     }
@@ -294,35 +268,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn small_pairs_share_chunks_and_keep_their_bytes_across_chunks() {
-        // Enough pairs, all kept alive, to fill several chunks.
-        let mut boxes = Vec::new();
-        for i in 0..2_000u64 {
-            let mut b = AmpBox::new();
-            let name = format!("key{i}");
-            i.put(&name, &mut b).unwrap();
-            boxes.push((name, b));
-        }
-        for (i, (name, b)) in boxes.iter().enumerate() {
-            assert_eq!(b.get(name), Some(i.to_string().as_bytes()));
-            assert_eq!(u64::take(name, b).unwrap(), i as u64);
-        }
-        // Once nothing holds a slice, the chunk is taken back, not grown.
-        drop(boxes);
+    fn small_pairs_are_copied_into_the_box_and_read_back() {
         let mut b = AmpBox::new();
-        7u8.put("x", &mut b).unwrap();
-        assert_eq!(b.get("x"), Some(&b"7"[..]));
+        for i in 0..200u64 {
+            i.put(&format!("key{i}"), &mut b).unwrap();
+        }
+        assert_eq!(b.len(), 200);
+        for i in 0..200u64 {
+            let name = format!("key{i}");
+            assert_eq!(b.get(&name), Some(i.to_string().as_bytes()));
+            assert_eq!(u64::take(&name, &b).unwrap(), i);
+        }
+        // A value put again replaces the first.
+        7u8.put("key3", &mut b).unwrap();
+        assert_eq!(b.get("key3"), Some(&b"7"[..]));
+        assert_eq!(b.len(), 200);
     }
 
     #[test]
-    fn large_pairs_get_their_own_bytes() {
+    fn larger_pairs_get_their_own_bytes() {
         let name = "k".repeat(200);
-        let value = Bytes::from(vec![b'v'; CHUNK_PAIR_MAX]);
+        let value = Bytes::from(vec![b'v'; COPY_PAIR_MAX]);
         let mut b = AmpBox::new();
         value.put(&name, &mut b).unwrap();
         assert_eq!(b.get(&name), Some(&value[..]));
         let big = Bytes::from(vec![b'w'; SCRATCH_KEEP + 1]);
         big.put("big", &mut b).unwrap();
-        assert_eq!(b.get_bytes("big"), Some(&big));
+        assert_eq!(b.get_bytes("big"), Some(big));
+        assert_eq!(b.len(), 2);
     }
 }

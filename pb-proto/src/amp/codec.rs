@@ -1,6 +1,7 @@
 //! AMP boxes and their byte codec: no I/O, incremental, limits checked before allocating.
 
 use std::fmt;
+use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
@@ -15,20 +16,39 @@ pub const MAX_VALUE_LENGTH: usize = 0xffff;
 /// `AmpBox.serialize` gives for the same pairs. A key that appears twice in a received box keeps
 /// its last value, as a Python `dict` does.
 ///
+/// A received box keeps the frame it came in and its pairs as ranges of it: reading a key or
+/// value costs no reference count and no copy ([`AmpBox::get_bytes`] makes shared bytes of one
+/// when asked). A box built here holds small pairs copied into one buffer of its own
+/// ([`AmpBox::insert_copy`]) and others as the bytes they were given ([`AmpBox::insert`]).
+///
 /// ```
 /// # mod pb { pub use pb_proto as proto; }
 /// use pb::proto::amp::codec::AmpBox;
 ///
 /// let mut b = AmpBox::new();
 /// b.insert("_command", "Sum");
-/// b.insert("a", "13");
+/// b.insert_copy(b"a", b"13");
 /// assert_eq!(b.get("a"), Some(&b"13"[..]));
 /// ```
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Default)]
 pub struct AmpBox {
+    /// The received frame that [`Part::Range`]s with `own == false` point into (empty for a
+    /// box built here).
+    frame: Bytes,
+    /// Keys and values copied in by [`AmpBox::insert_copy`], which the other ranges point into.
+    own: Vec<u8>,
     /// Sorted by key, each key once. A box has a handful of keys: a sorted vector is one
     /// allocation where a `BTreeMap` took a node of eleven pairs and its bookkeeping.
-    pairs: Vec<(Bytes, Bytes)>,
+    pairs: Vec<(Part, Part)>,
+}
+
+/// A key or value of an [`AmpBox`].
+#[derive(Clone, Debug)]
+enum Part {
+    /// Bytes `start..end` of the box's frame, or of its own buffer.
+    Range { own: bool, start: u32, end: u32 },
+    /// Bytes of their own (given to [`AmpBox::insert`]).
+    Shared(Bytes),
 }
 
 impl AmpBox {
@@ -38,20 +58,89 @@ impl AmpBox {
         Self::default()
     }
 
-    /// Sets `key` to `value`, returning the value it replaces.
+    /// The bytes of `part`.
+    #[inline]
+    fn bytes_of<'a>(&'a self, part: &'a Part) -> &'a [u8] {
+        resolve(&self.frame, &self.own, part)
+    }
+
+    /// `part` as shared bytes (a reference count, or a copy for the box's own bytes).
+    #[inline]
+    fn shared(&self, part: Part) -> Bytes {
+        match part {
+            Part::Shared(b) => b,
+            Part::Range {
+                own: false,
+                start,
+                end,
+            } => self.frame.slice(start as usize..end as usize),
+            own => Bytes::copy_from_slice(self.bytes_of(&own)),
+        }
+    }
+
+    /// Sets `key` to `value`, keeping them as given (no copy), and returns the value it replaces.
     #[inline]
     pub fn insert(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Option<Bytes> {
-        let (key, value) = (key.into(), value.into());
+        self.set(Part::Shared(key.into()), Part::Shared(value.into()))
+            .map(|old| self.shared(old))
+    }
+
+    /// Sets `key` to `value`, copying both into the box's own buffer: for small values the
+    /// cheap way, with no allocation and no reference count of their own. A value it replaces
+    /// is dropped.
+    #[inline]
+    pub fn insert_copy(&mut self, key: &[u8], value: &[u8]) {
+        if self.own.capacity() == 0 {
+            self.own = spare_own();
+        }
+        let start = self.own.len();
+        let (Ok(start32), Ok(mid), Ok(end)) = (
+            u32::try_from(start),
+            u32::try_from(start + key.len()),
+            u32::try_from(start + key.len() + value.len()),
+        ) else {
+            // A buffer of 4 GiB: the pair gets bytes of its own instead.
+            self.insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+            return;
+        };
+        self.own.extend_from_slice(key);
+        self.own.extend_from_slice(value);
+        let k = Part::Range {
+            own: true,
+            start: start32,
+            end: mid,
+        };
+        let v = Part::Range {
+            own: true,
+            start: mid,
+            end,
+        };
+        self.set(k, v);
+    }
+
+    /// Puts the pair of key `k` and value `v` in its place, returning the value it replaces.
+    #[inline]
+    fn set(&mut self, k: Part, v: Part) -> Option<Part> {
         if self.pairs.capacity() == 0 {
             self.pairs = spare_pairs(1);
         }
-        match self.find(&key) {
+        let (frame, own) = (&self.frame, &self.own);
+        let key = resolve(frame, own, &k);
+        // A box's first key, or a key after its last (fields put in order), goes at the end.
+        let at = match self.pairs.last() {
+            None => Err(0),
+            Some((last, _)) if resolve(frame, own, last) < key => Err(self.pairs.len()),
+            Some(_) => self
+                .pairs
+                .binary_search_by(|(pk, _)| resolve(frame, own, pk).cmp(key)),
+        };
+        match at {
             Ok(i) => self
                 .pairs
                 .get_mut(i)
-                .map(|(_, old)| std::mem::replace(old, value)),
+                .map(|(_, old)| std::mem::replace(old, v)),
             Err(i) => {
-                self.pairs.insert(i, (key, value));
+                self.pairs.insert(i, (k, v));
                 None
             }
         }
@@ -60,21 +149,26 @@ impl AmpBox {
     /// The value of `key`, if present.
     #[inline]
     pub fn get(&self, key: impl AsRef<[u8]>) -> Option<&[u8]> {
-        self.get_bytes(key).map(|v| v.as_ref())
-    }
-
-    /// The value of `key` as shared bytes, if present.
-    #[inline]
-    pub fn get_bytes(&self, key: impl AsRef<[u8]>) -> Option<&Bytes> {
         let i = self.position(key.as_ref())?;
-        self.pairs.get(i).map(|(_, v)| v)
+        self.pairs.get(i).map(|(_, v)| self.bytes_of(v))
     }
 
-    /// Removes `key`, returning its value.
+    /// The value of `key` as shared bytes, if present: a slice of the received frame (a
+    /// reference count, no copy), the bytes it was inserted as, or a copy of a value inserted
+    /// with [`AmpBox::insert_copy`].
+    #[inline]
+    pub fn get_bytes(&self, key: impl AsRef<[u8]>) -> Option<Bytes> {
+        let i = self.position(key.as_ref())?;
+        let (_, v) = self.pairs.get(i)?;
+        Some(self.shared(v.clone()))
+    }
+
+    /// Removes `key`, returning its value (as [`AmpBox::get_bytes`] would).
     #[inline]
     pub fn remove(&mut self, key: impl AsRef<[u8]>) -> Option<Bytes> {
         let i = self.position(key.as_ref())?;
-        Some(self.pairs.remove(i).1)
+        let (_, v) = self.pairs.remove(i);
+        Some(self.shared(v))
     }
 
     /// Whether `key` is present.
@@ -86,7 +180,8 @@ impl AmpBox {
     /// Where `key` is, or where it would go.
     #[inline]
     fn find(&self, key: &[u8]) -> Result<usize, usize> {
-        self.pairs.binary_search_by(|(k, _)| k.as_ref().cmp(key))
+        self.pairs
+            .binary_search_by(|(k, _)| self.bytes_of(k).cmp(key))
     }
 
     /// Where `key` is. Small boxes (nearly all) are scanned: an equality test compares lengths
@@ -94,29 +189,35 @@ impl AmpBox {
     #[inline]
     fn position(&self, key: &[u8]) -> Option<usize> {
         if self.pairs.len() <= 8 {
-            self.pairs.iter().position(|(k, _)| k.as_ref() == key)
+            self.pairs.iter().position(|(k, _)| self.bytes_of(k) == key)
         } else {
             self.find(key).ok()
         }
     }
 
-    /// A box of `pairs` in any order; of a key given twice the last value stays, as in a Python
+    /// Sorts the pairs by key; of a key given twice the last value stays, as in a Python
     /// `dict`.
     #[inline]
-    fn from_pairs(mut pairs: Vec<(Bytes, Bytes)>) -> Self {
-        if !pairs.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0)) {
-            // Stable, so equal keys stay in arrival order and the last one can win.
-            pairs.sort_by(|a, b| a.0.cmp(&b.0));
-            pairs.dedup_by(|later, kept| {
-                if later.0 == kept.0 {
-                    std::mem::swap(&mut later.1, &mut kept.1);
-                    true
-                } else {
-                    false
-                }
-            });
+    fn sort_pairs(&mut self) {
+        let (frame, own) = (&self.frame[..], &self.own[..]);
+        if self
+            .pairs
+            .windows(2)
+            .all(|w| matches!(w, [a, b] if resolve(frame, own, &a.0) < resolve(frame, own, &b.0)))
+        {
+            return;
         }
-        Self { pairs }
+        // Stable, so equal keys stay in arrival order and the last one can win.
+        self.pairs
+            .sort_by(|a, b| resolve(frame, own, &a.0).cmp(resolve(frame, own, &b.0)));
+        self.pairs.dedup_by(|later, kept| {
+            if resolve(frame, own, &later.0) == resolve(frame, own, &kept.0) {
+                std::mem::swap(&mut later.1, &mut kept.1);
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// The number of keys.
@@ -134,14 +235,17 @@ impl AmpBox {
     /// The pairs in bytewise key order, the order in which they are encoded.
     #[inline]
     pub fn iter(&self) -> AmpBoxIter<'_> {
-        AmpBoxIter(self.pairs.iter())
+        AmpBoxIter {
+            pairs: self.pairs.iter(),
+            frame: &self.frame,
+            own: &self.own,
+        }
     }
 
     /// The number of bytes [`AmpBox::encode`] writes for this box.
     #[inline]
     pub fn encoded_len(&self) -> usize {
-        self.pairs
-            .iter()
+        self.iter()
             .map(|(k, v)| 4 + k.len() + v.len())
             .sum::<usize>()
             + 2
@@ -153,7 +257,7 @@ impl AmpBox {
         if self.pairs.is_empty() {
             return Err(BoxCodecError::EmptyBox);
         }
-        for (k, v) in &self.pairs {
+        for (k, v) in self {
             check_pair(k, v)?;
         }
         Ok(())
@@ -183,7 +287,7 @@ impl AmpBox {
         let mut merged: [(&[u8], &[u8]); MERGED_ON_STACK] = [(&[], &[]); MERGED_ON_STACK];
         let mut n = 0;
         let mut len = 2;
-        merge_pairs(&self.pairs, extra, |k, v| {
+        merge_pairs(self.iter(), extra, |k, v| {
             len += check_pair(k, v)?;
             if let Some(slot) = merged.get_mut(n) {
                 *slot = (k, v);
@@ -220,7 +324,7 @@ impl AmpBox {
                     put(k, v)?;
                 }
             }
-            None => merge_pairs(&self.pairs, extra, put)?,
+            None => merge_pairs(self.iter(), extra, put)?,
         }
         // The terminator is the two zeros left at the end.
         Ok(())
@@ -232,6 +336,18 @@ impl AmpBox {
         let mut buf = BytesMut::new();
         self.encode(&mut buf)?;
         Ok(buf.freeze())
+    }
+}
+
+/// The bytes of `part`, a part of a box with this `frame` and `own` buffer.
+#[inline]
+fn resolve<'a>(frame: &'a [u8], own: &'a [u8], part: &'a Part) -> &'a [u8] {
+    match part {
+        Part::Range { own: o, start, end } => {
+            let from = if *o { own } else { frame };
+            from.get(*start as usize..*end as usize).unwrap_or_default()
+        }
+        Part::Shared(b) => b,
     }
 }
 
@@ -256,11 +372,11 @@ fn check_pair(k: &[u8], v: &[u8]) -> Result<usize, BoxCodecError> {
 /// How many pairs [`AmpBox::encode_with`] gathers on the stack.
 const MERGED_ON_STACK: usize = 8;
 
-/// Hands `f` the pairs of a box's sorted `pairs` with those of the sorted `extra` merged in, in
-/// key order; a key in both is handed over once, with `extra`'s value.
+/// Hands `f` the sorted `pairs` of a box with those of the sorted `extra` merged in, in key
+/// order; a key in both is handed over once, with `extra`'s value.
 #[inline]
 fn merge_pairs<'a, E>(
-    pairs: &'a [(Bytes, Bytes)],
+    pairs: AmpBoxIter<'a>,
     extra: &'a [(&'a [u8], &'a [u8])],
     mut f: impl FnMut(&'a [u8], &'a [u8]) -> Result<(), E>,
 ) -> Result<(), E> {
@@ -303,18 +419,26 @@ thread_local! {
     /// The emptied pair vectors of boxes dropped on this thread, for the next boxes made on it:
     /// boxes come and go with every call, and many at once are alive with calls in flight,
     /// which the allocator serves slowly.
-    static SPARE: std::cell::RefCell<Vec<Vec<(Bytes, Bytes)>>> =
+    static SPARE: std::cell::RefCell<Vec<Vec<(Part, Part)>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    /// The same for the buffers of boxes' own bytes.
+    static SPARE_OWN: std::cell::RefCell<Vec<Vec<u8>>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// The most pair vectors kept per thread.
-const SPARE_VECS: usize = 32;
-/// Vectors with room for more pairs than this are not kept (so at most 16 KiB a thread).
+/// The most pair vectors (and own buffers) kept per thread: as many boxes as a connection with
+/// 64 calls in flight has alive at once.
+const SPARE_VECS: usize = 64;
+/// Vectors with room for more pairs than this are not kept (so at most 32 KiB a thread).
 const SPARE_PAIRS: usize = 8;
+/// Own buffers with room for more bytes than this are not kept (so at most 32 KiB a thread).
+const SPARE_OWN_BYTES: usize = 512;
+/// The room a new own buffer starts with (most boxes' pairs take a few dozen bytes).
+const NEW_OWN_BYTES: usize = 64;
 
 /// An empty pair vector with room for `pairs` pairs: a spare one if there is one.
 #[inline]
-fn spare_pairs(pairs: usize) -> Vec<(Bytes, Bytes)> {
+fn spare_pairs(pairs: usize) -> Vec<(Part, Part)> {
     if pairs <= SPARE_PAIRS
         && let Ok(Some(spare)) = SPARE.try_with(|s| s.try_borrow_mut().ok()?.pop())
     {
@@ -325,23 +449,61 @@ fn spare_pairs(pairs: usize) -> Vec<(Bytes, Bytes)> {
     Vec::with_capacity(pairs.max(4))
 }
 
+/// An empty own buffer: a spare one if there is one.
+#[inline]
+fn spare_own() -> Vec<u8> {
+    match SPARE_OWN.try_with(|s| s.try_borrow_mut().ok()?.pop()) {
+        Ok(Some(spare)) => spare,
+        _ => Vec::with_capacity(NEW_OWN_BYTES),
+    }
+}
+
+/// Keeps `v` (emptied) in `spares` for the next box, if it is small and there is room.
+#[inline]
+fn keep_spare<T: 'static>(
+    spares: &'static std::thread::LocalKey<std::cell::RefCell<Vec<Vec<T>>>>,
+    mut v: Vec<T>,
+    max_capacity: usize,
+) {
+    let capacity = v.capacity();
+    if capacity == 0 || capacity > max_capacity {
+        return;
+    }
+    v.clear();
+    // After the thread's spares are gone (at its exit), the vector is simply freed.
+    let _ = spares.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut()
+            && s.len() < SPARE_VECS
+        {
+            s.push(v);
+        }
+    });
+}
+
 impl Drop for AmpBox {
     #[inline]
     fn drop(&mut self) {
-        let capacity = self.pairs.capacity();
-        if capacity == 0 || capacity > SPARE_PAIRS {
-            return;
+        keep_spare(&SPARE, std::mem::take(&mut self.pairs), SPARE_PAIRS);
+        keep_spare(&SPARE_OWN, std::mem::take(&mut self.own), SPARE_OWN_BYTES);
+    }
+}
+
+impl PartialEq for AmpBox {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for AmpBox {}
+
+impl std::hash::Hash for AmpBox {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_usize(self.len());
+        for pair in self {
+            pair.hash(state);
         }
-        let mut pairs = std::mem::take(&mut self.pairs);
-        pairs.clear();
-        // After the thread's spares are gone (at its exit), the vector is simply freed.
-        let _ = SPARE.try_with(|s| {
-            if let Ok(mut s) = s.try_borrow_mut()
-                && s.len() < SPARE_VECS
-            {
-                s.push(pairs);
-            }
-        });
     }
 }
 
@@ -349,7 +511,7 @@ impl fmt::Debug for AmpBox {
     #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut m = f.debug_map();
-        for (k, v) in &self.pairs {
+        for (k, v) in self {
             m.entry(&String::from_utf8_lossy(k), &String::from_utf8_lossy(v));
         }
         m.finish()
@@ -359,16 +521,18 @@ impl fmt::Debug for AmpBox {
 impl<K: Into<Bytes>, V: Into<Bytes>> FromIterator<(K, V)> for AmpBox {
     #[inline]
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        Self::from_pairs(
+        let mut b = AmpBox::new();
+        b.pairs.extend(
             iter.into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        )
+                .map(|(k, v)| (Part::Shared(k.into()), Part::Shared(v.into()))),
+        );
+        b.sort_pairs();
+        b
     }
 }
 
 impl<'a> IntoIterator for &'a AmpBox {
-    type Item = (&'a Bytes, &'a Bytes);
+    type Item = (&'a [u8], &'a [u8]);
     type IntoIter = AmpBoxIter<'a>;
 
     #[inline]
@@ -379,26 +543,36 @@ impl<'a> IntoIterator for &'a AmpBox {
 
 /// The pairs of an [`AmpBox`] in bytewise key order, from [`AmpBox::iter`].
 #[derive(Clone, Debug)]
-pub struct AmpBoxIter<'a>(std::slice::Iter<'a, (Bytes, Bytes)>);
+pub struct AmpBoxIter<'a> {
+    pairs: std::slice::Iter<'a, (Part, Part)>,
+    frame: &'a [u8],
+    own: &'a [u8],
+}
 
 impl<'a> Iterator for AmpBoxIter<'a> {
-    type Item = (&'a Bytes, &'a Bytes);
+    type Item = (&'a [u8], &'a [u8]);
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        self.0.next().map(|(k, v)| (k, v))
+        let (frame, own) = (self.frame, self.own);
+        self.pairs
+            .next()
+            .map(|(k, v)| (resolve(frame, own, k), resolve(frame, own, v)))
     }
 
     #[inline]
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.0.size_hint()
+        self.pairs.size_hint()
     }
 }
 
 impl DoubleEndedIterator for AmpBoxIter<'_> {
     #[inline]
     fn next_back(&mut self) -> Option<Self::Item> {
-        self.0.next_back().map(|(k, v)| (k, v))
+        let (frame, own) = (self.frame, self.own);
+        self.pairs
+            .next_back()
+            .map(|(k, v)| (resolve(frame, own, k), resolve(frame, own, v)))
     }
 }
 
@@ -406,13 +580,17 @@ impl ExactSizeIterator for AmpBoxIter<'_> {}
 
 impl std::iter::FusedIterator for AmpBoxIter<'_> {}
 
+/// The longest received box any configuration allows: a box's pairs are `u32` ranges of it.
+const MAX_FRAME: usize = u32::MAX as usize;
+
 /// Limits on received boxes. Twisted has none beyond the key and value lengths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BoxCodecConfig {
     /// The most keys one received box may hold (default 1024).
     pub max_keys_per_box: usize,
-    /// The most bytes one received box may take on the wire, terminator included (default 1 MiB).
+    /// The most bytes one received box may take on the wire, terminator included (default 1 MiB;
+    /// never more than 4 GiB − 1 whatever this says).
     pub max_box_bytes: usize,
 }
 
@@ -515,18 +693,19 @@ impl BoxCodec {
     /// Decodes the next box from the front of `src`, if it is complete.
     #[inline]
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<AmpBox>, BoxCodecError> {
-        self.decode_taking(src, |_, value| Some(value))
+        self.decode_taking(src, |_, _, _| false)
     }
 
-    /// [`BoxCodec::decode`], handing each pair's key and value to `take` first as the box is
-    /// parsed: a value it keeps (returns `None` for) is left out of the box. The dispatcher takes its special
-    /// keys this way, in the one pass that splits the box, rather than looking each one up and
-    /// removing it afterwards.
+    /// [`BoxCodec::decode`], handing each pair's key, the frame and its value's range in it to
+    /// `take` first as the box is parsed: a pair it takes (returns `true` for) is left out of
+    /// the box.
+    /// The dispatcher takes its special keys this way, in the one pass that splits the box,
+    /// rather than looking each one up and removing it afterwards.
     #[inline]
     pub(crate) fn decode_taking(
         &mut self,
         src: &mut BytesMut,
-        take: impl FnMut(&[u8], Bytes) -> Option<Bytes>,
+        take: impl FnMut(&[u8], &Bytes, Range<usize>) -> bool,
     ) -> Result<Option<AmpBox>, BoxCodecError> {
         Ok(self
             .decode_frame(src)?
@@ -589,10 +768,9 @@ impl BoxCodec {
 
     #[inline]
     fn check_size(&self, at_least: usize) -> Result<(), BoxCodecError> {
-        if at_least > self.config.max_box_bytes {
-            Err(BoxCodecError::BoxTooLarge {
-                max: self.config.max_box_bytes,
-            })
+        let max = self.config.max_box_bytes.min(MAX_FRAME);
+        if at_least > max {
+            Err(BoxCodecError::BoxTooLarge { max })
         } else {
             Ok(())
         }
@@ -607,16 +785,15 @@ fn read_u16(b: &[u8]) -> Option<usize> {
     }
 }
 
-/// Splits a frame already scanned by [`BoxCodec::decode`] into pairs, sharing its storage;
-/// the values `take` keeps (returns `None` for) are left out.
+/// Splits a frame already scanned by [`BoxCodec::decode`] into pairs, ranges of it; the pairs
+/// `take` takes (returns `true` for) are left out.
 #[inline]
 fn parse_complete(
     frame: Bytes,
     keys: usize,
-    mut take: impl FnMut(&[u8], Bytes) -> Option<Bytes>,
+    mut take: impl FnMut(&[u8], &Bytes, Range<usize>) -> bool,
 ) -> AmpBox {
     let mut pairs = spare_pairs(keys);
-    // By offsets into the frame: a key is made shared bytes only if the box keeps it.
     let mut at = 0;
     while let Some(key_len) = frame.get(at..).and_then(read_u16) {
         let key = at + 2..at + 2 + key_len;
@@ -628,12 +805,28 @@ fn parse_complete(
             break;
         }
         at = value.end;
-        let key_bytes = frame.get(key.clone()).unwrap_or_default();
-        if let Some(value) = take(key_bytes, frame.slice(value)) {
-            pairs.push((frame.slice(key), value));
+        if take(
+            frame.get(key.clone()).unwrap_or_default(),
+            &frame,
+            value.clone(),
+        ) {
+            continue;
         }
+        // `decode_frame` keeps frames within `u32` (`MAX_FRAME`), so these cannot truncate.
+        let range = |r: Range<usize>| Part::Range {
+            own: false,
+            start: r.start as u32,
+            end: r.end as u32,
+        };
+        pairs.push((range(key), range(value)));
     }
-    AmpBox::from_pairs(pairs)
+    let mut b = AmpBox {
+        frame,
+        own: Vec::new(),
+        pairs,
+    };
+    b.sort_pairs();
+    b
 }
 
 /// Decodes a buffer holding whole boxes and nothing else, as AmpList values do.
@@ -671,8 +864,8 @@ mod tests {
         assert_eq!(b.len(), 2);
         assert_eq!(b.get("a"), Some(&b"2"[..]));
         assert_eq!(b.get("b"), Some(&b"3"[..]));
-        let keys: Vec<_> = b.iter().map(|(k, _)| k.clone()).collect();
-        assert_eq!(keys, ["a", "b"]);
+        let keys: Vec<_> = b.iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [b"a", b"b"]);
         assert_eq!(b, AmpBox::from_iter([("b", "3"), ("a", "2")]));
 
         let mut c = AmpBox::new();
@@ -796,13 +989,12 @@ mod tests {
         let mut buf = BytesMut::from(&wire[..]);
         let mut taken = Vec::new();
         let b = BoxCodec::default()
-            .decode_taking(&mut buf, |key, value| {
-                if key.starts_with(b"_") {
-                    taken.push((Bytes::copy_from_slice(key), value));
-                    None
-                } else {
-                    Some(value)
+            .decode_taking(&mut buf, |key, frame, value| {
+                let special = key.starts_with(b"_");
+                if special {
+                    taken.push((Bytes::copy_from_slice(key), frame.slice(value)));
                 }
+                special
             })
             .unwrap()
             .unwrap();
@@ -844,6 +1036,81 @@ mod tests {
         let decoded = decode_one(&wire).unwrap().unwrap();
         assert_eq!(decoded.len(), 3);
         assert_eq!(decoded.get("y"), Some(&b"2"[..]));
+        // Own buffers the same way: small ones are kept, up to the bound, big ones freed.
+        let owns = || SPARE_OWN.with_borrow(Vec::len);
+        let before = owns();
+        let mut big = AmpBox::new();
+        big.insert_copy(b"k", &[0; SPARE_OWN_BYTES + 1]);
+        drop(big);
+        assert_eq!(owns(), before.saturating_sub(1));
+        let copied: Vec<AmpBox> = (0..SPARE_VECS + 5)
+            .map(|i| {
+                let mut b = AmpBox::new();
+                b.insert_copy(b"k", i.to_string().as_bytes());
+                b
+            })
+            .collect();
+        assert_eq!(owns(), 0);
+        drop(copied);
+        assert_eq!(owns(), SPARE_VECS);
+        let mut b = AmpBox::new();
+        b.insert_copy(b"k", b"fresh");
+        assert_eq!(b.iter().collect::<Vec<_>>(), [(&b"k"[..], &b"fresh"[..])]);
+    }
+
+    #[test]
+    fn received_copied_and_given_pairs_read_alike() {
+        let wire = AmpBox::from_iter([("a", "1"), ("c", "3")])
+            .to_bytes()
+            .unwrap();
+        let mut b = decode_one(&wire).unwrap().unwrap();
+        // Pairs of the frame, of the box's own buffer and of their own, in one box.
+        b.insert_copy(b"b", b"2");
+        assert_eq!(b.insert("d", "4"), None);
+        b.insert_copy(b"e", b"5");
+        let expected =
+            AmpBox::from_iter([("a", "1"), ("b", "2"), ("c", "3"), ("d", "4"), ("e", "5")]);
+        assert_eq!(b, expected);
+        assert_eq!(b.to_bytes().unwrap(), expected.to_bytes().unwrap());
+        let hash = |b: &AmpBox| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            b.hash(&mut h);
+            h.finish()
+        };
+        assert_eq!(hash(&b), hash(&expected));
+        assert_ne!(b, AmpBox::from_iter([("a", "1")]));
+        // Shared bytes of each kind of part.
+        for (k, v) in [("a", "1"), ("b", "2"), ("d", "4")] {
+            assert_eq!(b.get_bytes(k), Some(Bytes::from(v)));
+        }
+        assert_eq!(b.get_bytes("z"), None);
+        // Replacing and removing each kind.
+        assert_eq!(b.insert("a", "one"), Some(Bytes::from("1")));
+        assert_eq!(b.insert("b", "two"), Some(Bytes::from("2")));
+        b.insert_copy(b"d", b"four");
+        assert_eq!(b.remove("c"), Some(Bytes::from("3")));
+        assert_eq!(b.remove("e"), Some(Bytes::from("5")));
+        assert_eq!(b.remove("d"), Some(Bytes::from("four")));
+        assert_eq!(b.remove("d"), None);
+        assert_eq!(b, AmpBox::from_iter([("a", "one"), ("b", "two")]));
+        assert_eq!(format!("{b:?}"), r#"{"a": "one", "b": "two"}"#);
+        let pairs: Vec<_> = b.iter().rev().collect();
+        assert_eq!(pairs, [(&b"b"[..], &b"two"[..]), (&b"a"[..], &b"one"[..])]);
+    }
+
+    #[test]
+    fn a_copied_pair_can_replace_a_received_one_and_many_pairs_are_searched() {
+        let many = AmpBox::from_iter((0..20).map(|i| (format!("k{i:02}"), i.to_string())));
+        let mut b = decode_one(&many.to_bytes().unwrap()).unwrap().unwrap();
+        assert_eq!(b, many);
+        b.insert_copy(b"k13", b"new");
+        assert_eq!(b.get("k13"), Some(&b"new"[..]));
+        assert_eq!(b.get("k12"), Some(&b"12"[..]));
+        assert!(b.contains_key("k19"));
+        assert!(!b.contains_key("k20"));
+        assert_eq!(b.len(), 20);
+        assert_eq!(b.encoded_len(), b.to_bytes().unwrap().len());
     }
 
     #[test]

@@ -367,8 +367,9 @@ impl<S> Dispatcher<S> {
             let mut specials = Specials::default();
             let b = match self
                 .codec
-                .decode_taking(&mut self.input, |key, value| specials.take(key, value))
-            {
+                .decode_taking(&mut self.input, |key, frame, value| {
+                    specials.take(key, frame, value)
+                }) {
                 Ok(Some(b)) => {
                     self.received += 1;
                     b
@@ -734,18 +735,19 @@ struct Specials {
 }
 
 impl Specials {
-    /// Keeps `value` if `key` is special (and gives it back if not).
+    /// Keeps the value of `key` (the bytes `value` of `frame`) if `key` is special, and says
+    /// whether it did.
     #[inline]
-    fn take(&mut self, key: &[u8], value: Bytes) -> Option<Bytes> {
+    fn take(&mut self, key: &[u8], frame: &Bytes, value: std::ops::Range<usize>) -> bool {
         let slot = match key {
             b"_answer" => &mut self.answer,
             b"_error" => &mut self.error,
             b"_command" => &mut self.command,
             b"_ask" => &mut self.ask,
-            _ => return Some(value),
+            _ => return false,
         };
-        *slot = Some(value);
-        None
+        *slot = Some(frame.slice(value));
+        true
     }
 }
 
