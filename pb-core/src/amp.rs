@@ -65,6 +65,7 @@ pub use bigint::BigInt;
 pub use bytes::{Bytes, BytesMut};
 pub use codec::{
     AmpBox, AmpBoxIter, BoxCodec, BoxCodecConfig, BoxCodecError, MAX_KEY_LENGTH, MAX_VALUE_LENGTH,
+    SmallBytes,
 };
 pub use command::{
     AmpCallError, AmpCommand, AmpError, NoErrors, RemoteError, UNHANDLED_ERROR_CODE,

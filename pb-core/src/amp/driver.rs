@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 
 use super::Dispatcher;
 use super::calls::{Calls, Request};
-use super::codec::AmpBox;
+use super::codec::{AmpBox, SmallBytes};
 use super::command::{
     AmpCallError, NoErrors, UNHANDLED_ERROR_CODE, UNKNOWN_ERROR_CODE, python_bytes_repr,
 };
@@ -158,7 +158,7 @@ pub(super) struct Driver {
     pub(super) responders: JoinSet<AmpReply>,
     /// The tag and command name of each running responder, and its box's encoded length, by
     /// task id.
-    pub(super) running: HashMap<tokio::task::Id, (Option<Bytes>, Bytes, usize)>,
+    pub(super) running: HashMap<tokio::task::Id, (Option<SmallBytes>, SmallBytes, usize)>,
     /// The encoded length of the boxes of running responders (`AmpConfig::max_responder_bytes`).
     pub(super) running_bytes: usize,
     pub(super) out: BytesMut,
@@ -476,7 +476,12 @@ impl Driver {
         }
     }
 
-    pub(super) fn handle_command(&mut self, name: Bytes, tag: Option<Bytes>, args: AmpBox) {
+    pub(super) fn handle_command(
+        &mut self,
+        name: SmallBytes,
+        tag: Option<SmallBytes>,
+        args: AmpBox,
+    ) {
         if name.as_ref() == START_TLS.as_bytes() && !self.locator.contains(START_TLS) {
             self.handle_start_tls(tag);
             return;
@@ -509,12 +514,13 @@ impl Driver {
                         .dispatcher
                         .error(tag, UNHANDLED_ERROR_CODE, &description, false);
                 }
-                None => self.failed_without_answer(name, "no responder"),
+                None => self.failed_without_answer(&name, "no responder"),
             },
         }
     }
 
-    pub(super) fn failed_without_answer(&mut self, name: Bytes, why: &str) {
+    pub(super) fn failed_without_answer(&mut self, name: &[u8], why: &str) {
+        let name = Bytes::copy_from_slice(name);
         if self.dispatcher.config().close_on_failed_no_answer {
             tracing::warn!(command = ?name, why, "amp: command without _ask failed; closing");
             self.close_with(DisconnectReason::Protocol(
@@ -525,9 +531,9 @@ impl Driver {
         }
     }
 
-    pub(super) fn handle_start_tls(&mut self, tag: Option<Bytes>) {
+    pub(super) fn handle_start_tls(&mut self, tag: Option<SmallBytes>) {
         let Some(tag) = tag else {
-            self.failed_without_answer(Bytes::from_static(START_TLS.as_bytes()), "no _ask");
+            self.failed_without_answer(START_TLS.as_bytes(), "no _ask");
             return;
         };
         if self.dispatcher.config().tls_server.is_none() {
@@ -536,7 +542,7 @@ impl Driver {
                 .error(tag, TLS_ERROR_CODE, "TLS not available", false);
             return;
         }
-        if self.dispatcher.accept_start_tls(tag.clone()).is_err() {
+        if self.dispatcher.accept_start_tls(&tag).is_err() {
             let _ = self
                 .dispatcher
                 .error(tag, TLS_ERROR_CODE, "TLS already started", false);
@@ -561,10 +567,15 @@ impl Driver {
         self.handle_reply_for(tag, name, reply);
     }
 
-    pub(super) fn handle_reply_for(&mut self, tag: Option<Bytes>, name: Bytes, reply: AmpReply) {
+    pub(super) fn handle_reply_for(
+        &mut self,
+        tag: Option<SmallBytes>,
+        name: SmallBytes,
+        reply: AmpReply,
+    ) {
         match (tag, reply) {
             (Some(tag), AmpReply::Answer(b)) => {
-                if let Err(e) = self.dispatcher.answer(tag.clone(), b) {
+                if let Err(e) = self.dispatcher.answer(&tag, b) {
                     self.unknown(tag, name, format!("bad answer: {e}"));
                 }
             }
@@ -573,25 +584,22 @@ impl Driver {
                     self.close_reason
                         .get_or_insert(DisconnectReason::LocalClosed);
                 }
-                if let Err(err) =
-                    self.dispatcher
-                        .error(tag.clone(), e.code, &e.description, e.fatal)
-                {
+                if let Err(err) = self.dispatcher.error(&tag, e.code, &e.description, e.fatal) {
                     self.unknown(tag, name, format!("bad error answer: {err}"));
                 }
             }
             (Some(tag), AmpReply::Failed(why)) => self.unknown(tag, name, why),
             (None, AmpReply::Answer(_)) => {}
-            (None, AmpReply::Error(e)) => self.failed_without_answer(name, &e.to_string()),
-            (None, AmpReply::Failed(why)) => self.failed_without_answer(name, &why),
+            (None, AmpReply::Error(e)) => self.failed_without_answer(&name, &e.to_string()),
+            (None, AmpReply::Failed(why)) => self.failed_without_answer(&name, &why),
         }
     }
 
     /// Twisted's treatment of an undeclared failure: log it, send `UNKNOWN`, close.
-    pub(super) fn unknown(&mut self, tag: Bytes, name: Bytes, why: String) {
+    pub(super) fn unknown(&mut self, tag: SmallBytes, name: SmallBytes, why: String) {
         tracing::error!(command = ?name, %why, "amp: responder failed; sending UNKNOWN and closing");
         self.close_reason.get_or_insert(DisconnectReason::Protocol(
-            AmpProtocolError::ResponderFailed(name, why),
+            AmpProtocolError::ResponderFailed(name.into(), why),
         ));
         let _ = self
             .dispatcher

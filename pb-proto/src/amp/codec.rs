@@ -10,6 +10,231 @@ pub const MAX_KEY_LENGTH: usize = 0xff;
 /// The longest value AMP allows (`MAX_VALUE_LENGTH` in Twisted).
 pub const MAX_VALUE_LENGTH: usize = 0xffff;
 
+/// A byte string kept inline when it is short (up to 22 bytes), else as shared bytes: the
+/// `_command`, `_ask`, `_answer` and `_error` values of a received box, which are nearly always
+/// a few bytes, so that taking one out of the box costs no allocation and no reference count.
+///
+/// It reads as a `[u8]` (it derefs to one) and compares with byte strings, `str`s and [`Bytes`].
+///
+/// ```
+/// # mod pb { pub use pb_proto as proto; }
+/// use pb::proto::amp::codec::SmallBytes;
+///
+/// let tag = SmallBytes::copy_from_slice(b"1f");
+/// assert_eq!(tag, "1f");
+/// assert_eq!(&tag[..], b"1f");
+/// assert_eq!(tag.to_bytes(), bytes::Bytes::from("1f"));
+/// ```
+#[derive(Clone)]
+pub struct SmallBytes(Small);
+
+#[derive(Clone)]
+enum Small {
+    Inline { len: u8, bytes: [u8; SMALL_INLINE] },
+    Shared(Bytes),
+}
+
+/// The longest [`SmallBytes`] kept inline.
+const SMALL_INLINE: usize = 22;
+
+impl SmallBytes {
+    /// A copy of `b`: inline if it is short, else shared bytes of its own.
+    #[inline]
+    pub fn copy_from_slice(b: &[u8]) -> Self {
+        match Self::inline(b) {
+            Some(s) => s,
+            None => SmallBytes(Small::Shared(Bytes::copy_from_slice(b))),
+        }
+    }
+
+    /// Bytes `range` of `frame`: copied inline if they are short, else a slice of it.
+    #[inline]
+    pub(crate) fn from_frame(frame: &Bytes, range: Range<usize>) -> Self {
+        match frame.get(range.clone()).and_then(Self::inline) {
+            Some(s) => s,
+            None => SmallBytes(Small::Shared(frame.slice(range))),
+        }
+    }
+
+    #[inline]
+    fn inline(b: &[u8]) -> Option<Self> {
+        let mut bytes = [0; SMALL_INLINE];
+        bytes.get_mut(..b.len())?.copy_from_slice(b);
+        Some(SmallBytes(Small::Inline {
+            // At most `SMALL_INLINE`, so it fits.
+            len: b.len() as u8,
+            bytes,
+        }))
+    }
+
+    /// The bytes.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Small::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            Small::Shared(b) => b,
+        }
+    }
+
+    /// The bytes as [`Bytes`] (a copy if they are inline).
+    #[inline]
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.0 {
+            Small::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            Small::Shared(b) => b.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for SmallBytes {
+    type Target = [u8];
+
+    #[inline]
+    fn deref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsRef<[u8]> for SmallBytes {
+    #[inline]
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for SmallBytes {
+    #[inline]
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl fmt::Debug for SmallBytes {
+    /// As [`Bytes`] prints itself: `b"..."` with escapes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("b\"")?;
+        for &b in self.as_bytes() {
+            match b {
+                b'\n' => f.write_str("\\n")?,
+                b'\r' => f.write_str("\\r")?,
+                b'\t' => f.write_str("\\t")?,
+                b'\\' | b'"' => write!(f, "\\{}", char::from(b))?,
+                b'\0' => f.write_str("\\0")?,
+                0x20..=0x7e => write!(f, "{}", char::from(b))?,
+                _ => write!(f, "\\x{b:02x}")?,
+            }
+        }
+        f.write_str("\"")
+    }
+}
+
+impl PartialEq for SmallBytes {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for SmallBytes {}
+
+impl std::hash::Hash for SmallBytes {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl PartialOrd for SmallBytes {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for SmallBytes {
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl PartialEq<[u8]> for SmallBytes {
+    #[inline]
+    fn eq(&self, other: &[u8]) -> bool {
+        self.as_bytes() == other
+    }
+}
+
+impl PartialEq<&[u8]> for SmallBytes {
+    #[inline]
+    fn eq(&self, other: &&[u8]) -> bool {
+        self.as_bytes() == *other
+    }
+}
+
+impl PartialEq<str> for SmallBytes {
+    #[inline]
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for SmallBytes {
+    #[inline]
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<Bytes> for SmallBytes {
+    #[inline]
+    fn eq(&self, other: &Bytes) -> bool {
+        self.as_bytes() == &other[..]
+    }
+}
+
+impl PartialEq<SmallBytes> for Bytes {
+    #[inline]
+    fn eq(&self, other: &SmallBytes) -> bool {
+        &self[..] == other.as_bytes()
+    }
+}
+
+impl From<&[u8]> for SmallBytes {
+    #[inline]
+    fn from(b: &[u8]) -> Self {
+        Self::copy_from_slice(b)
+    }
+}
+
+impl From<&str> for SmallBytes {
+    #[inline]
+    fn from(s: &str) -> Self {
+        Self::copy_from_slice(s.as_bytes())
+    }
+}
+
+impl From<Bytes> for SmallBytes {
+    /// Inline if it is short (a copy), else the same bytes.
+    #[inline]
+    fn from(b: Bytes) -> Self {
+        match Self::inline(&b) {
+            Some(s) => s,
+            None => SmallBytes(Small::Shared(b)),
+        }
+    }
+}
+
+impl From<SmallBytes> for Bytes {
+    #[inline]
+    fn from(s: SmallBytes) -> Self {
+        match s.0 {
+            Small::Inline { .. } => Bytes::copy_from_slice(s.as_bytes()),
+            Small::Shared(b) => b,
+        }
+    }
+}
+
 /// One AMP box: a map from byte-string keys to byte-string values.
 ///
 /// Keys are kept sorted bytewise, so encoding a box gives exactly the bytes Twisted's
@@ -1111,6 +1336,53 @@ mod tests {
         assert!(!b.contains_key("k20"));
         assert_eq!(b.len(), 20);
         assert_eq!(b.encoded_len(), b.to_bytes().unwrap().len());
+    }
+
+    #[test]
+    fn small_bytes_are_inline_when_short_and_shared_when_long() {
+        let long = [b'x'; SMALL_INLINE + 1];
+        let frame = Bytes::copy_from_slice(&[&b"ab"[..], &long].concat());
+        let short = SmallBytes::from_frame(&frame, 0..2);
+        let shared = SmallBytes::from_frame(&frame, 2..frame.len());
+        assert!(matches!(short.0, Small::Inline { len: 2, .. }));
+        assert!(matches!(&shared.0, Small::Shared(b) if b.as_ptr() == frame[2..].as_ptr()));
+        let edge = SmallBytes::copy_from_slice(&long[..SMALL_INLINE]);
+        assert!(matches!(edge.0, Small::Inline { .. }));
+        assert_eq!(edge.len(), SMALL_INLINE);
+        assert!(matches!(
+            SmallBytes::copy_from_slice(&long).0,
+            Small::Shared(_)
+        ));
+        assert!(matches!(
+            SmallBytes::from(frame.clone()).0,
+            Small::Shared(_)
+        ));
+        // Compared, ordered, hashed and converted by their bytes, whichever form they take.
+        assert_eq!(short, "ab");
+        assert_eq!(short, *"ab");
+        assert_eq!(short, &b"ab"[..]);
+        assert_eq!(short, b"ab"[..]);
+        assert_eq!(short, Bytes::from("ab"));
+        assert_eq!(Bytes::from("ab"), short);
+        assert_eq!(shared, SmallBytes::from(&long[..]));
+        assert!(short < shared);
+        assert_eq!(
+            short.cmp(&SmallBytes::from("ab")),
+            std::cmp::Ordering::Equal
+        );
+        let set: std::collections::HashSet<SmallBytes> =
+            [short.clone(), SmallBytes::from(Bytes::from("ab"))].into();
+        assert_eq!(set.len(), 1);
+        assert!(set.contains(&b"ab"[..]));
+        assert_eq!(Bytes::from(shared.clone()), Bytes::copy_from_slice(&long));
+        assert_eq!(Bytes::from(short.clone()), Bytes::from("ab"));
+        assert_eq!(shared.to_bytes(), Bytes::copy_from_slice(&long));
+        assert_eq!(short.to_bytes(), "ab");
+        assert_eq!(short.as_ref(), b"ab");
+        // Printed as `Bytes` prints itself.
+        let odd = SmallBytes::from(&b"a\"\\\n\r\t\0\x7f\xff z"[..]);
+        assert_eq!(format!("{odd:?}"), format!("{:?}", odd.to_bytes()));
+        assert_eq!(format!("{shared:?}"), format!("{:?}", shared.to_bytes()));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::hash::IdHasher;
 
 use bytes::{Bytes, BytesMut};
 
-use super::codec::{AmpBox, BoxCodec, BoxCodecConfig, BoxCodecError, MAX_VALUE_LENGTH};
+use super::codec::{AmpBox, BoxCodec, BoxCodecConfig, BoxCodecError, MAX_VALUE_LENGTH, SmallBytes};
 
 const ASK: &str = "_ask";
 const ANSWER: &str = "_answer";
@@ -195,23 +195,23 @@ pub enum Event {
     /// A command for a responder; `tag` is `None` when no answer is wanted.
     Command {
         /// `_command`.
-        name: Bytes,
+        name: SmallBytes,
         /// `_ask`, if present.
-        tag: Option<Bytes>,
+        tag: Option<SmallBytes>,
         /// The box without `_command` and `_ask`.
         args: AmpBox,
     },
     /// The answer to one of our asks.
     Answer {
         /// The tag we asked with.
-        tag: Bytes,
+        tag: SmallBytes,
         /// The box without `_answer`.
         answer: AmpBox,
     },
     /// An error answer to one of our asks.
     Error {
         /// The tag we asked with.
-        tag: Bytes,
+        tag: SmallBytes,
         /// `_error_code`.
         code: Bytes,
         /// `_error_description`, decoded as UTF-8 with replacement.
@@ -403,7 +403,7 @@ impl<S> Dispatcher<S> {
             if error.is_some() || command.is_some() || ask.is_some() {
                 for (key, value) in [(ERROR, error), (COMMAND, command), (ASK, ask)] {
                     if let Some(value) = value {
-                        b.insert(key, value);
+                        b.insert_copy(key.as_bytes(), &value);
                     }
                 }
             }
@@ -445,9 +445,9 @@ impl<S> Dispatcher<S> {
     }
 
     #[inline]
-    fn unknown_tag(&mut self, tag: Bytes) -> Option<Event> {
+    fn unknown_tag(&mut self, tag: SmallBytes) -> Option<Event> {
         if self.config.close_on_unknown_answer {
-            Some(self.violation(AmpProtocolError::UnknownTag(tag)))
+            Some(self.violation(AmpProtocolError::UnknownTag(tag.into())))
         } else {
             tracing::warn!(?tag, "amp: ignoring an answer for an unknown tag");
             None
@@ -595,7 +595,7 @@ impl<S> Dispatcher<S> {
     /// Answers the peer's StartTLS: the answer goes out in plain text, then the transport must
     /// switch (see [`Dispatcher::is_switching_to_tls`]).
     #[inline]
-    pub fn accept_start_tls(&mut self, tag: Bytes) -> Result<(), SendError> {
+    pub fn accept_start_tls(&mut self, tag: impl AsRef<[u8]>) -> Result<(), SendError> {
         if self.tls_done || self.state != State::Open {
             return Err(SendError::OnlyOneTls);
         }
@@ -629,11 +629,11 @@ impl<S> Dispatcher<S> {
     /// Sends the answer to the peer's ask `tag`. After a close it is dropped silently, so late
     /// answers are harmless.
     #[inline]
-    pub fn answer(&mut self, tag: Bytes, answer: AmpBox) -> Result<(), SendError> {
+    pub fn answer(&mut self, tag: impl AsRef<[u8]>, answer: AmpBox) -> Result<(), SendError> {
         if self.can_send().is_err() {
             return Ok(());
         }
-        self.emit(&answer, &[(ANSWER.as_bytes(), &tag)])
+        self.emit(&answer, &[(ANSWER.as_bytes(), tag.as_ref())])
     }
 
     /// Sends an error answer to the peer's ask `tag`; a fatal one closes the connection once it is
@@ -641,7 +641,7 @@ impl<S> Dispatcher<S> {
     #[inline]
     pub fn error(
         &mut self,
-        tag: Bytes,
+        tag: impl AsRef<[u8]>,
         code: impl Into<Bytes>,
         description: &str,
         fatal: bool,
@@ -650,7 +650,7 @@ impl<S> Dispatcher<S> {
             return Ok(());
         }
         let mut b = AmpBox::new();
-        b.insert(ERROR, tag);
+        b.insert_copy(ERROR.as_bytes(), tag.as_ref());
         b.insert(ERROR_CODE, code.into());
         b.insert(
             ERROR_DESCRIPTION,
@@ -728,10 +728,10 @@ pub fn tag_number(tag: &[u8]) -> Option<u64> {
 /// keeps its last value, as every key does.
 #[derive(Default)]
 struct Specials {
-    answer: Option<Bytes>,
-    error: Option<Bytes>,
-    command: Option<Bytes>,
-    ask: Option<Bytes>,
+    answer: Option<SmallBytes>,
+    error: Option<SmallBytes>,
+    command: Option<SmallBytes>,
+    ask: Option<SmallBytes>,
 }
 
 impl Specials {
@@ -746,7 +746,7 @@ impl Specials {
             b"_ask" => &mut self.ask,
             _ => return false,
         };
-        *slot = Some(frame.slice(value));
+        *slot = Some(SmallBytes::from_frame(frame, value));
         true
     }
 }
@@ -920,11 +920,45 @@ mod tests {
         assert_eq!(
             d.poll_event(),
             Some(Event::Command {
-                name: Bytes::from("Z"),
-                tag: Some(Bytes::from("1")),
+                name: "Z".into(),
+                tag: Some("1".into()),
                 args: AmpBox::from_iter([("_zzzz", "z")]),
             })
         );
+        // Long ones (kept as slices of the frame rather than inline) come through whole, and
+        // an answer to a long tag carries it back.
+        let (name, ask) = ("N".repeat(40), "a".repeat(300));
+        let mut wire = BytesMut::new();
+        AmpBox::from_iter([
+            ("_ask", ask.clone()),
+            ("_command", name.clone()),
+            ("k", "v".to_string()),
+        ])
+        .encode(&mut wire)
+        .unwrap();
+        d.handle_input(&wire);
+        let Some(Event::Command {
+            name: n,
+            tag: Some(t),
+            args,
+        }) = d.poll_event()
+        else {
+            panic!("no command");
+        };
+        assert_eq!(
+            (n, &t, args),
+            (
+                name.as_str().into(),
+                &ask.as_str().into(),
+                AmpBox::from_iter([("k", "v")])
+            )
+        );
+        d.answer(&t, AmpBox::from_iter([("r", "1")])).unwrap();
+        let mut expected = BytesMut::new();
+        AmpBox::from_iter([("_answer", ask.clone()), ("r", "1".to_string())])
+            .encode(&mut expected)
+            .unwrap();
+        assert_eq!(d.poll_transmit().unwrap(), expected.freeze());
     }
 
     #[test]
