@@ -556,10 +556,21 @@ async fn answers_arrive_over_transports_whose_flush_has_to_wait() {
     drop(server);
 }
 
-/// A transport whose writes go through and whose flushes fail: a broken link found on flush.
-struct FlushFails<S>(S);
+/// Where a [`Failing`] transport fails.
+#[derive(Clone, Copy, Debug)]
+enum Fails {
+    /// Writes go through and flushes fail: a broken link found on flush.
+    Flush,
+    /// Writes fail: a broken link found on write.
+    Write,
+    /// Writes write nothing.
+    WriteZero,
+}
 
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FlushFails<S> {
+/// A transport that fails where `.1` says.
+struct Failing<S>(S, Fails);
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Failing<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -569,20 +580,27 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FlushFails<S> {
     }
 }
 
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FlushFails<S> {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Failing<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        match self.1 {
+            Fails::Flush => std::pin::Pin::new(&mut self.0).poll_write(cx, buf),
+            Fails::Write => std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            Fails::WriteZero => std::task::Poll::Ready(Ok(0)),
+        }
     }
 
     fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        match self.1 {
+            Fails::Flush => std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
+            _ => std::pin::Pin::new(&mut self.0).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(
@@ -599,7 +617,11 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FlushFails<S> {
 async fn a_flush_that_fails_after_a_write_closes_the_connection_with_the_error() {
     let (a, b) = tokio::io::duplex(64 * 1024);
     let _server = AmpConnection::spawn(a, AmpConfig::default(), math());
-    let client = AmpConnection::spawn(FlushFails(b), AmpConfig::default(), Locator::new());
+    let client = AmpConnection::spawn(
+        Failing(b, Fails::Flush),
+        AmpConfig::default(),
+        Locator::new(),
+    );
     let call = client.call(&Sum { a: 1, b: 2 }).await;
     assert!(
         matches!(
@@ -609,4 +631,31 @@ async fn a_flush_that_fails_after_a_write_closes_the_connection_with_the_error()
         "{call:?}"
     );
     assert!(matches!(client.closed().await, DisconnectReason::Io(e) if e.contains("broken pipe")));
+}
+
+/// A write that fails, or writes nothing, ends the connection with the error, and the call
+/// whose request it was fails as disconnected.
+#[tokio::test]
+async fn a_write_that_fails_or_writes_nothing_closes_the_connection() {
+    for (fails, error) in [
+        (Fails::Write, "broken pipe"),
+        (Fails::WriteZero, "write returned zero"),
+    ] {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let _server = AmpConnection::spawn(a, AmpConfig::default(), math());
+        let client = AmpConnection::spawn(Failing(b, fails), AmpConfig::default(), Locator::new());
+        let call = client.call(&Sum { a: 1, b: 2 }).await;
+        assert!(
+            matches!(
+                call,
+                Err(AmpCallError::Disconnected(DisconnectReason::Io(_)))
+            ),
+            "{fails:?}: {call:?}"
+        );
+        let closed = client.closed().await;
+        assert!(
+            matches!(&closed, DisconnectReason::Io(e) if e.contains(error)),
+            "{fails:?}: {closed:?}"
+        );
+    }
 }

@@ -238,6 +238,15 @@ impl Driver {
         loop {
             let max_running = self.dispatcher.config().max_in_flight_responders;
             self.take_ready(max_running);
+            // What is ready goes out now if the transport takes it without waiting (as it
+            // nearly always does): the answer to a lone command, or a lone request, then
+            // costs no turn of the loop of its own. What it does not take waits below.
+            if !self.out.is_empty()
+                && let Some(written) = poll_once(wr.write(&self.out))
+                && let Err(closed) = self.wrote(written, wr)
+            {
+                return closed;
+            }
             let room = self.has_room(max_running);
             let received = self.dispatcher.boxes_received();
             if timing && received != self.boxes_seen {
@@ -295,18 +304,10 @@ impl Driver {
             tokio::select! {
                 biased;
                 r = write_or_flush(wr, &self.out), if !self.out.is_empty() || self.need_flush => match r {
-                    Ok(Some(0)) => return Pumped::Closed(DisconnectReason::Io("write returned zero".into())),
                     Ok(Some(n)) => {
-                        self.out.advance(n);
-                        self.writes += 1;
-                        // All written: flush now if the transport can at once (plain TCP always
-                        // can), rather than in a turn of the loop of its own.
-                        self.need_flush = !self.out.is_empty()
-                            || match poll_once(wr.flush()) {
-                                Some(Ok(())) => false,
-                                Some(Err(e)) => return Pumped::Closed(DisconnectReason::Io(e.to_string())),
-                                None => true,
-                            };
+                        if let Err(closed) = self.wrote(Ok(n), wr) {
+                            return closed;
+                        }
                     }
                     Ok(None) => self.need_flush = false,
                     Err(e) => return Pumped::Closed(DisconnectReason::Io(e.to_string())),
@@ -362,6 +363,35 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Takes note of a write of `out`'s first bytes: `Err` with why the connection must close
+    /// if it failed (or wrote nothing).
+    fn wrote<W: AsyncWrite + Unpin>(
+        &mut self,
+        written: io::Result<usize>,
+        wr: &mut W,
+    ) -> Result<(), Pumped> {
+        let n = match written {
+            Ok(0) => {
+                return Err(Pumped::Closed(DisconnectReason::Io(
+                    "write returned zero".into(),
+                )));
+            }
+            Ok(n) => n,
+            Err(e) => return Err(Pumped::Closed(DisconnectReason::Io(e.to_string()))),
+        };
+        self.out.advance(n);
+        self.writes += 1;
+        // All written: flush now if the transport can at once (plain TCP always can), rather
+        // than in a turn of the loop of its own.
+        self.need_flush = !self.out.is_empty()
+            || match poll_once(wr.flush()) {
+                Some(Ok(())) => false,
+                Some(Err(e)) => return Err(Pumped::Closed(DisconnectReason::Io(e.to_string()))),
+                None => true,
+            };
+        Ok(())
     }
 
     /// Takes in everything that is ready without waiting (decoded boxes, finished responders,
