@@ -329,7 +329,9 @@ impl Driver {
                         return Pumped::Closed(DisconnectReason::Io(e.to_string()));
                     }
                 },
-                () = &mut stall_timer, if stall.is_some() => {
+                // Polled only while output waits: a stall needs waiting output, and a timer
+                // that fired meanwhile only starts a period of its own (see below).
+                () = &mut stall_timer, if stall.is_some() && (!self.out.is_empty() || self.need_flush) => {
                     let waiting = !self.out.is_empty();
                     let seen = (self.writes, waiting);
                     if waiting && self.stall_seen == seen {
