@@ -27,6 +27,7 @@ use super::dispatch::{
     AmpProtocolError, DisconnectReason, Event, START_TLS, SendError, tag_number,
 };
 use super::locator::{AmpReply, Locator};
+use crate::wake::FlagWake;
 use pb_proto::hash::IdHasher;
 use pb_proto::liveness::{Liveness, Timeout};
 
@@ -235,6 +236,15 @@ impl Driver {
         let stall = self.dispatcher.config().write_stall_timeout;
         let stall_timer = tokio::time::sleep(stall.unwrap_or(Duration::ZERO));
         tokio::pin!(stall_timer);
+        // Both timers are polled only after they woke the driver, not at every turn of the loop
+        // (most turns are reads, writes and requests): they wake `side`, which notes it.
+        let side = Arc::new(FlagWake::default());
+        let side_waker = Waker::from(side.clone());
+        let mut known_task = None;
+        // Whether the stall timer was polled since output began to wait (it is polled only
+        // then: a stall needs waiting output, and a timer that fired meanwhile only starts a
+        // period of its own, see below).
+        let mut stall_armed = false;
         loop {
             let max_running = self.dispatcher.config().max_in_flight_responders;
             self.take_ready(max_running);
@@ -299,6 +309,12 @@ impl Driver {
                     self.live.handle_frame(now());
                 }
             }
+            let waiting = stall.is_some() && (!self.out.is_empty() || self.need_flush);
+            if !waiting {
+                stall_armed = false;
+            } else if !stall_armed {
+                side.force();
+            }
             // Everything that was ready is in `out` by now: write it first, in one go, and only
             // then wait for more.
             tokio::select! {
@@ -329,33 +345,46 @@ impl Driver {
                         return Pumped::Closed(DisconnectReason::Io(e.to_string()));
                     }
                 },
-                // Polled only while output waits: a stall needs waiting output, and a timer
-                // that fired meanwhile only starts a period of its own (see below).
-                () = &mut stall_timer, if stall.is_some() && (!self.out.is_empty() || self.need_flush) => {
-                    let waiting = !self.out.is_empty();
-                    let seen = (self.writes, waiting);
-                    if waiting && self.stall_seen == seen {
-                        let after = stall.unwrap_or_default();
-                        tracing::warn!(peer = ?self.peer, ?after, "amp: closing connection: the peer reads none of our output");
-                        // An abort: the peer reads nothing, so nothing more can be written.
-                        self.out.clear();
-                        self.dispatcher.close();
-                        return Pumped::Closed(DisconnectReason::WriteStalled(after));
+                (stalled, idle) = std::future::poll_fn(|cx| {
+                    if !side.take(cx.waker(), &mut known_task) {
+                        return Poll::Pending;
                     }
-                    self.stall_seen = seen;
-                    stall_timer.as_mut().reset(tokio::time::Instant::now() + stall.unwrap_or_default());
-                }
-                () = &mut timer, if timing => {
-                    if busy {
-                        self.live.handle_frame(now());
-                    } else if let Some(Timeout::Idle(after)) = self.live.handle_timeout(now()) {
-                        tracing::warn!(peer = ?self.peer, ?after, "amp: closing connection: no complete box from the peer within idle_timeout");
-                        // An abort: a peer that sends nothing may read nothing either.
-                        self.out.clear();
-                        self.dispatcher.close();
-                        return Pumped::Closed(DisconnectReason::IdleTimeout(after));
+                    let mut side_cx = Context::from_waker(&side_waker);
+                    let stalled = waiting && {
+                        stall_armed = true;
+                        stall_timer.as_mut().poll(&mut side_cx).is_ready()
+                    };
+                    let idle = timing && timer.as_mut().poll(&mut side_cx).is_ready();
+                    if stalled || idle { Poll::Ready((stalled, idle)) } else { Poll::Pending }
+                }), if waiting || timing => {
+                    if stalled {
+                        let seen = (self.writes, true);
+                        if self.stall_seen == seen {
+                            let after = stall.unwrap_or_default();
+                            tracing::warn!(peer = ?self.peer, ?after, "amp: closing connection: the peer reads none of our output");
+                            // An abort: the peer reads nothing, so nothing more can be written.
+                            self.out.clear();
+                            self.dispatcher.close();
+                            return Pumped::Closed(DisconnectReason::WriteStalled(after));
+                        }
+                        self.stall_seen = seen;
+                        stall_timer.as_mut().reset(tokio::time::Instant::now() + stall.unwrap_or_default());
+                        // The reset timer must be polled again to be armed.
+                        side.force();
                     }
-                    timer.as_mut().reset(self.live.poll_timeout().into());
+                    if idle {
+                        if busy {
+                            self.live.handle_frame(now());
+                        } else if let Some(Timeout::Idle(after)) = self.live.handle_timeout(now()) {
+                            tracing::warn!(peer = ?self.peer, ?after, "amp: closing connection: no complete box from the peer within idle_timeout");
+                            // An abort: a peer that sends nothing may read nothing either.
+                            self.out.clear();
+                            self.dispatcher.close();
+                            return Pumped::Closed(DisconnectReason::IdleTimeout(after));
+                        }
+                        timer.as_mut().reset(self.live.poll_timeout().into());
+                        side.force();
+                    }
                 }
                 else => {
                     // Unreachable by the checks above; closing beats waiting on nothing forever.
