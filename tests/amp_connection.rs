@@ -611,33 +611,13 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Failing<S> {
     }
 }
 
-/// A flush that fails right after a write ends the connection with the error, and the call
-/// waiting on it fails as disconnected rather than waiting for an answer.
+/// A write that fails or writes nothing, or a flush that fails right after a write, ends the
+/// connection with the error, and the call whose request it was fails as disconnected rather
+/// than waiting for an answer.
 #[tokio::test]
-async fn a_flush_that_fails_after_a_write_closes_the_connection_with_the_error() {
-    let (a, b) = tokio::io::duplex(64 * 1024);
-    let _server = AmpConnection::spawn(a, AmpConfig::default(), math());
-    let client = AmpConnection::spawn(
-        Failing(b, Fails::Flush),
-        AmpConfig::default(),
-        Locator::new(),
-    );
-    let call = client.call(&Sum { a: 1, b: 2 }).await;
-    assert!(
-        matches!(
-            call,
-            Err(AmpCallError::Disconnected(DisconnectReason::Io(_)))
-        ),
-        "{call:?}"
-    );
-    assert!(matches!(client.closed().await, DisconnectReason::Io(e) if e.contains("broken pipe")));
-}
-
-/// A write that fails, or writes nothing, ends the connection with the error, and the call
-/// whose request it was fails as disconnected.
-#[tokio::test]
-async fn a_write_that_fails_or_writes_nothing_closes_the_connection() {
+async fn a_write_or_flush_that_fails_closes_the_connection_with_the_error() {
     for (fails, error) in [
+        (Fails::Flush, "broken pipe"),
         (Fails::Write, "broken pipe"),
         (Fails::WriteZero, "write returned zero"),
     ] {
