@@ -40,17 +40,6 @@ fn math() -> Locator {
     Locator::new().respond(|Sum { a, b }| async move { Ok(SumResult { total: a + b }) })
 }
 
-/// Asks `Sum` in raw bytes on `s` and checks the answer.
-async fn ask_sum(s: &mut TcpStream) {
-    s.write_all(SUM_ASK).await.unwrap();
-    let mut answer = vec![0; SUM_ANSWER.len()];
-    tokio::time::timeout(PATIENCE, s.read_exact(&mut answer))
-        .await
-        .expect("the server answers")
-        .unwrap();
-    assert_eq!(answer, SUM_ANSWER);
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_idle_connection_is_closed_by_the_server_which_serves_the_others() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -347,6 +336,75 @@ async fn a_slow_reader_is_not_a_stalled_one_and_none_turns_it_off() {
         }
         assert!(!server.is_closed());
     }
+}
+
+/// A slow reader behind a transport that buffers (as TLS does): every write goes into the
+/// transport's buffer at once and only its flush waits. Flushes make progress a kilobyte at a
+/// time, which is no stall.
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_behind_a_buffering_transport_is_not_a_stalled_one() {
+    let (server_end, peer) = tokio::io::duplex(1024);
+    let server = AmpConnection::spawn(
+        tokio::io::BufWriter::with_capacity(64 * 1024, server_end),
+        AmpConfig::default().idle_timeout(None),
+        math(),
+    );
+    let (mut rd, mut wr) = tokio::io::split(peer);
+    // One batch of asks (about 40 KiB of answers), then a kilobyte read every 50 s.
+    wr.write_all(&SUM_ASK.repeat(1000)).await.unwrap();
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        let mut buf = [0u8; 1024];
+        rd.read_exact(&mut buf).await.unwrap();
+        assert!(!server.is_closed());
+    }
+}
+
+/// After a long spell with nothing to write (the write-stall timer not polled, its deadline
+/// long past) and an idle timer that will not fire for an hour, a peer that floods asks and
+/// never reads is still cut within one to two periods.
+#[tokio::test(start_paused = true)]
+async fn a_stall_after_a_quiet_spell_is_found_within_two_periods() {
+    for quiet in [1, 59, 61, 600].map(Duration::from_secs) {
+        let (server_end, mut peer) = tokio::io::duplex(64 * 1024);
+        let server = AmpConnection::spawn(
+            server_end,
+            AmpConfig::default().idle_timeout(Some(PATIENCE)),
+            math(),
+        );
+        ask_sum(&mut peer).await;
+        tokio::time::sleep(quiet).await;
+        let start = Instant::now();
+        let flood = tokio::spawn(async move {
+            while peer.write_all(SUM_ASK).await.is_ok() {}
+            std::future::pending::<()>().await;
+        });
+        let reason = tokio::time::timeout(PATIENCE, server.closed())
+            .await
+            .expect("the server closes the connection");
+        let (stall, after) = (pb_proto_stall(), start.elapsed());
+        assert_eq!(
+            reason,
+            DisconnectReason::WriteStalled(stall),
+            "quiet {quiet:?}"
+        );
+        assert!(
+            after >= stall && after <= 2 * stall + Duration::from_secs(1),
+            "quiet {quiet:?}: closed after {after:?}"
+        );
+        flood.abort();
+    }
+}
+
+/// Asks `Sum` in raw bytes on `s` and checks the answer.
+async fn ask_sum<S: AsyncReadExt + AsyncWriteExt + Unpin>(s: &mut S) {
+    s.write_all(SUM_ASK).await.unwrap();
+    let mut answer = vec![0; SUM_ANSWER.len()];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut answer))
+        .await
+        .expect("the server answers")
+        .unwrap();
+    assert_eq!(answer, SUM_ANSWER);
 }
 
 fn pb_proto_stall() -> Duration {

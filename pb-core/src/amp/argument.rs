@@ -185,7 +185,15 @@ impl AmpFields for () {
 impl AmpFields for AmpBox {
     fn to_box(&self, out: &mut AmpBox) -> Result<(), ArgumentError> {
         for (k, v) in self {
-            out.insert_copy(k, v);
+            if k.len() + v.len() <= COPY_PAIR_MAX {
+                out.insert_copy(k, v);
+            } else {
+                // Shared, not copied (a slice of a received frame).
+                out.insert(
+                    Bytes::copy_from_slice(k),
+                    self.get_bytes(k).unwrap_or_default(),
+                );
+            }
         }
         Ok(())
     }
@@ -296,5 +304,11 @@ mod tests {
         big.put("big", &mut b).unwrap();
         assert_eq!(b.get_bytes("big"), Some(big));
         assert_eq!(b.len(), 2);
+        // A box put into another as a whole: small pairs copied, large ones shared.
+        7u8.put("small", &mut b).unwrap();
+        let mut copy = AmpBox::new();
+        b.to_box(&mut copy).unwrap();
+        assert_eq!(copy, b);
+        assert_eq!(AmpBox::from_box(&copy).unwrap(), b);
     }
 }

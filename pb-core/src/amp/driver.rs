@@ -358,8 +358,11 @@ impl Driver {
                     if stalled || idle { Poll::Ready((stalled, idle)) } else { Poll::Pending }
                 }), if waiting || timing => {
                     if stalled {
-                        let seen = (self.writes, true);
-                        if self.stall_seen == seen {
+                        // Output waiting in `out` with no write between two firings. A pending
+                        // flush alone is no stall: a transport that buffers (TLS) takes every
+                        // write at once, and its flush's progress cannot be seen.
+                        let seen = (self.writes, !self.out.is_empty());
+                        if seen.1 && self.stall_seen == seen {
                             let after = stall.unwrap_or_default();
                             tracing::warn!(peer = ?self.peer, ?after, "amp: closing connection: the peer reads none of our output");
                             // An abort: the peer reads nothing, so nothing more can be written.
@@ -369,7 +372,8 @@ impl Driver {
                         }
                         self.stall_seen = seen;
                         stall_timer.as_mut().reset(tokio::time::Instant::now() + stall.unwrap_or_default());
-                        // The reset timer must be polled again to be armed.
+                        // Polled once more after its reset, rather than trusting that its waker
+                        // outlives the reset.
                         side.force();
                     }
                     if idle {
@@ -387,7 +391,8 @@ impl Driver {
                     }
                 }
                 else => {
-                    // Unreachable by the checks above; closing beats waiting on nothing forever.
+                    // Nothing to wait for: no reading (a configuration that lets no responder
+                    // run), no handle, no output and no timer. Closing beats waiting forever.
                     tracing::error!("amp: connection driver has nothing to wait for; closing");
                     self.dispatcher.close();
                     return Pumped::Closed(DisconnectReason::LocalClosed);

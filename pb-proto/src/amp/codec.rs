@@ -311,8 +311,8 @@ impl AmpBox {
     }
 
     /// Sets `key` to `value`, copying both into the box's own buffer: for small values the
-    /// cheap way, with no allocation and no reference count of their own. A value it replaces
-    /// is dropped.
+    /// cheap way, with no allocation and no reference count of their own. The bytes of a value
+    /// it replaces stay in that buffer until the box is dropped.
     #[inline]
     pub fn insert_copy(&mut self, key: &[u8], value: &[u8]) {
         if self.own.capacity() == 0 {
@@ -494,9 +494,9 @@ impl AmpBox {
         self.encode_with(&[], dst)
     }
 
-    /// Appends the wire form of this box with the pairs of `extra` added (replacing the box's
-    /// own value of a key they share), as if they had been inserted first; nothing is written
-    /// if a limit is broken. `extra` must be sorted by key, each key once.
+    /// Appends the wire form of this box with the pairs of `extra` added, an extra pair
+    /// replacing the box's own value of its key; nothing is written if a limit is broken.
+    /// `extra` must be sorted by key, each key once.
     ///
     /// The dispatcher's special keys (`_ask`, `_answer`, ...) go in this way: merged into the
     /// sorted pairs as they are written, with no insertion into the box and no copy of it.

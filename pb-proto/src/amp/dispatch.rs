@@ -403,7 +403,7 @@ impl<S> Dispatcher<S> {
             if error.is_some() || command.is_some() || ask.is_some() {
                 for (key, value) in [(ERROR, error), (COMMAND, command), (ASK, ask)] {
                     if let Some(value) = value {
-                        b.insert_copy(key.as_bytes(), &value);
+                        b.insert(key, Bytes::from(value));
                     }
                 }
             }
