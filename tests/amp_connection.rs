@@ -565,10 +565,13 @@ enum Fails {
     Write,
     /// Writes write nothing.
     WriteZero,
+    /// A write waits once (its waker woken at once), then fails, or then writes nothing: the
+    /// failure is met by a write made after a wait rather than at once.
+    AfterWait(bool),
 }
 
-/// A transport that fails where `.1` says.
-struct Failing<S>(S, Fails);
+/// A transport that fails where `.1` says (`.2`: whether a write has waited yet).
+struct Failing<S>(S, Fails, bool);
 
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Failing<S> {
     fn poll_read(
@@ -590,6 +593,16 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Failing<S> {
             Fails::Flush => std::pin::Pin::new(&mut self.0).poll_write(cx, buf),
             Fails::Write => std::task::Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into())),
             Fails::WriteZero => std::task::Poll::Ready(Ok(0)),
+            Fails::AfterWait(_) if !self.2 => {
+                self.2 = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+            Fails::AfterWait(zero) => std::task::Poll::Ready(if zero {
+                Ok(0)
+            } else {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }),
         }
     }
 
@@ -620,10 +633,16 @@ async fn a_write_or_flush_that_fails_closes_the_connection_with_the_error() {
         (Fails::Flush, "broken pipe"),
         (Fails::Write, "broken pipe"),
         (Fails::WriteZero, "write returned zero"),
+        (Fails::AfterWait(false), "broken pipe"),
+        (Fails::AfterWait(true), "write returned zero"),
     ] {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let _server = AmpConnection::spawn(a, AmpConfig::default(), math());
-        let client = AmpConnection::spawn(Failing(b, fails), AmpConfig::default(), Locator::new());
+        let client = AmpConnection::spawn(
+            Failing(b, fails, false),
+            AmpConfig::default(),
+            Locator::new(),
+        );
         let call = client.call(&Sum { a: 1, b: 2 }).await;
         assert!(
             matches!(
