@@ -1634,13 +1634,15 @@ fn main() {
         // The servers' own scaling, with load generators that cost little next to them, and
         // the servers free to use every core.
         use Threads::{One, Two};
-        let [p1, p2, f1, f2] = compare(
+        let [p1, p2, f1, f2, a1, a2] = compare(
             &rt,
             [
                 System::Served(Proto::Pb, One),
                 System::Served(Proto::Pb, Two),
                 System::Served(Proto::Floor, One),
                 System::Served(Proto::Floor, Two),
+                System::Served(Proto::Amp, One),
+                System::Served(Proto::Amp, Two),
             ],
             runs,
             move |sys, a| raw_cores_work(sys, a, c),
@@ -1663,15 +1665,6 @@ fn main() {
             f2[0],
             f1[0],
         ));
-        let [a1, a2] = compare(
-            &rt,
-            [
-                System::Served(Proto::Amp, One),
-                System::Served(Proto::Amp, Two),
-            ],
-            runs,
-            move |sys, a| raw_cores_work(sys, a, c),
-        );
         rows.push(Row::vs(
             "amp_cores_server_scaling",
             "AMP calls/s as cores_server (Echo boxes written directly): pb's AMP served by 2 worker threads (pb) against 1 (floor), higher is better",

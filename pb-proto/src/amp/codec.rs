@@ -349,15 +349,12 @@ impl AmpBox {
         if self.pairs.capacity() == 0 {
             self.pairs = spare_pairs(1);
         }
-        let (frame, own) = (&self.frame, &self.own);
-        let key = resolve(frame, own, &k);
+        let key = self.bytes_of(&k);
         // A box's first key, or a key after its last (fields put in order), goes at the end.
         let at = match self.pairs.last() {
             None => Err(0),
-            Some((last, _)) if resolve(frame, own, last) < key => Err(self.pairs.len()),
-            Some(_) => self
-                .pairs
-                .binary_search_by(|(pk, _)| resolve(frame, own, pk).cmp(key)),
+            Some((last, _)) if self.bytes_of(last) < key => Err(self.pairs.len()),
+            Some(_) => self.find(key),
         };
         match at {
             Ok(i) => self
