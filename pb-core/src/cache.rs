@@ -731,8 +731,8 @@ fn twisted_replica<T: CacheState>(
             inner: Kind::Remote { owner, state },
         });
     }
-    let value: T =
-        codec::jelly::from_graph(copy.state(), None, codec::DEFAULT_MAX_DEPTH).map_err(|e| {
+    let value: T = codec::jelly::from_graph(copy.state(), None, codec::jelly::DEFAULT_LIMITS)
+        .map_err(|e| {
             format!(
                 "the Cacheable's state is not a {}: {e}",
                 std::any::type_name::<T>()

@@ -90,6 +90,11 @@ pub const DEFAULT_MAX_DEPTH: usize = 64;
 /// pb's default for [`JellyConfig::max_references`]: 65 536 reference numbers per message.
 pub const DEFAULT_MAX_REFERENCES: usize = 65_536;
 
+/// The default of [`JellyConfig::max_copied_size`]: what one received Banana expression may
+/// take ([`crate::banana::DEFAULT_MAX_EXPRESSION_SIZE`], 64 MiB), so that a value with shared
+/// parts decodes to no more than twice what a value without could.
+pub const DEFAULT_MAX_COPIED_SIZE: usize = crate::banana::DEFAULT_MAX_EXPRESSION_SIZE;
+
 /// The type tags Jelly itself uses; an instance may not be tagged with one of them.
 pub const BUILTIN_TAGS: [&[u8]; 26] = [
     b"None",
@@ -130,6 +135,14 @@ pub struct JellyConfig {
     /// The most reference numbers one received message may use (default
     /// [`DEFAULT_MAX_REFERENCES`]).
     pub max_references: usize,
+    /// The most memory the copies of a received value's shared parts may take when pb decodes
+    /// it into Rust values (default [`DEFAULT_MAX_COPIED_SIZE`], 64 MiB), counted as Banana
+    /// counts an expression. Jelly names a part that a value holds in several places once, and
+    /// Python shares one object; a Rust value owns its parts, so each place beyond the first
+    /// gets a copy, and a few bytes that name a large part many times (or a part that names
+    /// another many times) would otherwise decode into gigabytes. Past it, the value fails to
+    /// decode (a call's arguments as `BadArguments`, an answer as `BadAnswer`).
+    pub max_copied_size: usize,
 }
 
 impl Default for JellyConfig {
@@ -137,6 +150,7 @@ impl Default for JellyConfig {
         JellyConfig {
             max_depth: DEFAULT_MAX_DEPTH,
             max_references: DEFAULT_MAX_REFERENCES,
+            max_copied_size: DEFAULT_MAX_COPIED_SIZE,
         }
     }
 }
@@ -151,6 +165,12 @@ impl JellyConfig {
     /// Sets [`JellyConfig::max_references`].
     pub fn max_references(mut self, n: usize) -> Self {
         self.max_references = n;
+        self
+    }
+
+    /// Sets [`JellyConfig::max_copied_size`].
+    pub fn max_copied_size(mut self, n: usize) -> Self {
+        self.max_copied_size = n;
         self
     }
 }

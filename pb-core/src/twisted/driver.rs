@@ -325,7 +325,12 @@ impl PbShared {
         let refs = MessageRefs::pair(&graph, refs);
         let keep = refs.refs();
         let caller = Caller::remote(self.clone(), None);
-        let incoming = IncomingCall::twisted(call.method, JellyArgs { graph, refs }, caller);
+        let args = JellyArgs {
+            graph,
+            refs,
+            max_copied: jelly.max_copied_size,
+        };
+        let incoming = IncomingCall::twisted(call.method, args, caller);
         Ok((call.object, incoming, keep))
     }
 

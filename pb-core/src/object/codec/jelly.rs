@@ -149,13 +149,22 @@ pub(crate) fn to_graph<T: Serialize + ?Sized>(
     Ok(Graph::from_parts(root, cx.nodes.into_inner()))
 }
 
+/// The limits of [`from_graph`] for values that come with no connection's: the default depth
+/// and [`DEFAULT_MAX_COPIED_SIZE`](pb_proto::jelly::DEFAULT_MAX_COPIED_SIZE).
+pub(crate) const DEFAULT_LIMITS: (usize, usize) = (
+    super::DEFAULT_MAX_DEPTH,
+    pb_proto::jelly::DEFAULT_MAX_COPIED_SIZE,
+);
+
 /// Deserialize the graph's root with `seed`, failing with [`CodecError::TooDeep`] if the value
-/// nests more than `max_depth` levels (counted as the native codec counts them). Flavors
-/// become references through `refs.import`; with `refs == None` a flavor is an error.
+/// nests more than `max_depth` levels (counted as the native codec counts them), and with
+/// [`CodecError::Decode`] if the copies of its shared parts would take more than `max_copied`
+/// bytes ([`JellyConfig::max_copied_size`](pb_proto::jelly::JellyConfig::max_copied_size)).
+/// Flavors become references through `refs.import`; with `refs == None` a flavor is an error.
 pub(crate) fn from_graph_seed<S, V>(
     graph: &Graph,
     refs: Option<&dyn JellyRefs>,
-    max_depth: usize,
+    (max_depth, max_copied): (usize, usize),
     seed: S,
 ) -> Result<V, CodecError>
 where
@@ -164,7 +173,11 @@ where
     // A context of its own, which imported references are pushed on for `ObjectRef`'s
     // `Deserialize` to find, and which hides any decode this one runs inside.
     let _scope = Scope::enter(&DECODING, Context::default());
-    let cx = de::Cx { graph, refs };
+    let cx = de::Cx {
+        graph,
+        refs,
+        copies: de::Copies::new(graph, max_copied),
+    };
     let depth = depth::Depth::new(max_depth);
     let seed = depth::Seed {
         seed,
@@ -184,9 +197,9 @@ where
 pub(crate) fn from_graph<T: DeserializeOwned>(
     graph: &Graph,
     refs: Option<&dyn JellyRefs>,
-    max_depth: usize,
+    limits: (usize, usize),
 ) -> Result<T, CodecError> {
-    from_graph_seed(graph, refs, max_depth, std::marker::PhantomData::<T>)
+    from_graph_seed(graph, refs, limits, std::marker::PhantomData::<T>)
 }
 
 /// The type tag of a Copyable's serde name, if it is one.

@@ -77,52 +77,130 @@ pub(crate) fn encode_failure<E: Serialize>(
     encode(&failure, link)
 }
 
-/// A value as a line of text, Python's `repr` for the common cases.
+/// The longest text [`text`] makes of a value, in bytes: the value comes from the peer, and
+/// a graph that names one node many times (each name a few bytes on the wire) would otherwise
+/// be written out once per name.
+pub(crate) const MAX_TEXT: usize = 16 * 1024;
+
+/// A value as a line of text, Python's `repr` for the common cases; at most [`MAX_TEXT`]
+/// bytes and then `...`, however often the graph names its shared nodes.
 pub(crate) fn text(graph: &Graph, v: &Value, depth: usize) -> String {
-    if depth > 8 {
-        return "...".to_owned();
-    }
-    let seq = |items: &[Value], open: &str, close: &str| {
-        let inner: Vec<String> = items.iter().map(|v| text(graph, v, depth + 1)).collect();
-        format!("{open}{}{close}", inner.join(", "))
-    };
-    match graph.resolve(v) {
-        Value::Str(s) if depth == 0 => s.clone(),
-        Value::Str(s) => format!("{s:?}"),
-        Value::Bytes(b) => format!("b{:?}", String::from_utf8_lossy(b)),
-        Value::None => "None".to_owned(),
-        Value::Bool(true) => "True".to_owned(),
-        Value::Bool(false) => "False".to_owned(),
-        Value::Int(i) => i.to_string(),
-        Value::BigInt(i) => i.to_string(),
-        Value::Float(f) => f.to_string(),
-        Value::List(items) => seq(items, "[", "]"),
-        Value::Tuple(items) => seq(items, "(", ")"),
-        Value::Set(items) | Value::FrozenSet(items) => seq(items, "{", "}"),
-        // An enum's variant with its fields: `Variant: fields`.
-        Value::Dict(pairs) if depth == 0 && pairs.len() == 1 => match &pairs[0] {
-            (Value::Str(k), v) => format!("{k}: {}", text(graph, v, depth + 1)),
-            (k, v) => format!(
-                "{{{}: {}}}",
-                text(graph, k, depth + 1),
-                text(graph, v, depth + 1)
-            ),
-        },
-        Value::Dict(pairs) => {
-            let inner: Vec<String> = pairs
-                .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{}: {}",
-                        text(graph, k, depth + 1),
-                        text(graph, v, depth + 1)
-                    )
-                })
-                .collect();
-            format!("{{{}}}", inner.join(", "))
+    let mut out = String::new();
+    write_text(&mut out, graph, v, depth);
+    if out.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !out.is_char_boundary(end) {
+            end -= 1;
         }
-        other => format!("{other:?}"),
+        out.truncate(end);
+        out.push_str("...");
     }
+    out
+}
+
+/// Appends `v`'s text to `out`, stopping once `out` is past [`MAX_TEXT`]: every value visited
+/// writes at least a byte, so the values visited are bounded too.
+fn write_text(out: &mut String, graph: &Graph, v: &Value, depth: usize) {
+    use std::fmt::Write;
+    if out.len() > MAX_TEXT {
+        return;
+    }
+    if depth > 8 {
+        out.push_str("...");
+        return;
+    }
+    let seq = |out: &mut String, items: &[Value], open: &str, close: &str| {
+        out.push_str(open);
+        for (i, item) in items.iter().enumerate() {
+            if out.len() > MAX_TEXT {
+                return;
+            }
+            if i > 0 {
+                out.push_str(", ");
+            }
+            write_text(out, graph, item, depth + 1);
+        }
+        out.push_str(close);
+    };
+    // A string longer than the room left is cut (the caller cuts the whole to the limit).
+    let room = MAX_TEXT + 1 - out.len();
+    let cut = |s: &str| -> usize {
+        let mut end = s.len().min(room);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        end
+    };
+    // Writing to a `String` cannot fail.
+    let _ = match graph.resolve(v) {
+        Value::Str(s) if depth == 0 => {
+            out.push_str(&s[..cut(s)]);
+            Ok(())
+        }
+        Value::Str(s) => write!(out, "{:?}", &s[..cut(s)]),
+        Value::Bytes(b) => write!(
+            out,
+            "b{:?}",
+            String::from_utf8_lossy(&b[..b.len().min(room)])
+        ),
+        Value::None => write!(out, "None"),
+        Value::Bool(true) => write!(out, "True"),
+        Value::Bool(false) => write!(out, "False"),
+        Value::Int(i) => write!(out, "{i}"),
+        Value::BigInt(i) => write!(out, "{i}"),
+        Value::Float(f) => write!(out, "{f}"),
+        Value::List(items) => {
+            seq(out, items, "[", "]");
+            Ok(())
+        }
+        Value::Tuple(items) => {
+            seq(out, items, "(", ")");
+            Ok(())
+        }
+        Value::Set(items) | Value::FrozenSet(items) => {
+            seq(out, items, "{", "}");
+            Ok(())
+        }
+        // An enum's variant with its fields: `Variant: fields`.
+        Value::Dict(pairs) if depth == 0 && pairs.len() == 1 => {
+            match &pairs[0] {
+                (Value::Str(k), v) => {
+                    out.push_str(&k[..cut(k)]);
+                    out.push_str(": ");
+                    write_text(out, graph, v, depth + 1);
+                }
+                (k, v) => {
+                    out.push('{');
+                    write_text(out, graph, k, depth + 1);
+                    out.push_str(": ");
+                    write_text(out, graph, v, depth + 1);
+                    out.push('}');
+                }
+            }
+            Ok(())
+        }
+        Value::Dict(pairs) => {
+            out.push('{');
+            for (i, (k, v)) in pairs.iter().enumerate() {
+                if out.len() > MAX_TEXT {
+                    return;
+                }
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_text(out, graph, k, depth + 1);
+                out.push_str(": ");
+                write_text(out, graph, v, depth + 1);
+            }
+            out.push('}');
+            Ok(())
+        }
+        other => {
+            let debug = format!("{other:?}");
+            out.push_str(&debug[..cut(&debug)]);
+            Ok(())
+        }
+    };
 }
 
 /// A cache update as the `observe_*` call a Twisted PB copy receives: an enum variant's name
@@ -164,7 +242,7 @@ pub(crate) fn update_of<U: DeserializeOwned>(method: &str, args: &Graph) -> Resu
     from_graph(
         &Graph::from_parts(root, nodes),
         None,
-        super::DEFAULT_MAX_DEPTH,
+        super::jelly::DEFAULT_LIMITS,
     )
 }
 
@@ -243,6 +321,8 @@ pub(crate) struct JellyArgs {
     pub(crate) graph: Graph,
     /// Its references.
     pub(crate) refs: MessageRefs,
+    /// The connection's [`JellyConfig::max_copied_size`](jelly::JellyConfig::max_copied_size).
+    pub(crate) max_copied: usize,
 }
 
 /// Decodes a call's arguments.
@@ -254,7 +334,8 @@ pub(crate) fn decode_args<S, V>(
 where
     S: for<'de> DeserializeSeed<'de, Value = V>,
 {
-    from_graph_seed(&args.graph, Some(&args.refs), max_depth, seed)
+    let limits = (max_depth, args.max_copied);
+    from_graph_seed(&args.graph, Some(&args.refs), limits, seed)
 }
 
 /// Decodes an answer's value: the bytes and the references resolved for its flavors.
@@ -270,7 +351,8 @@ where
 {
     let graph = decode_graph(payload, link)?;
     let refs = MessageRefs::pair(&graph, refs);
-    from_graph_seed(&graph, Some(&refs), max_depth, seed)
+    let limits = (max_depth, link.jelly_config().max_copied_size);
+    from_graph_seed(&graph, Some(&refs), limits, seed)
 }
 
 /// What an `error` answer becomes for a caller whose method's error type is `E`: `E` itself
@@ -287,16 +369,17 @@ pub(crate) fn decode_error<E: DeserializeOwned>(
         Err(e) => return CallError::BadAnswer(format!("cannot decode the failure: {e}")),
     };
     let refs = MessageRefs::pair(&graph, refs);
-    if let Ok(e) = from_graph::<E>(&graph, Some(&refs), max_depth) {
+    let limits = (max_depth, link.jelly_config().max_copied_size);
+    if let Ok(e) = from_graph::<E>(&graph, Some(&refs), limits) {
         return CallError::Remote(e);
     }
-    let failure = match from_graph::<Failure>(&graph, Some(&refs), max_depth) {
+    let failure = match from_graph::<Failure>(&graph, Some(&refs), limits) {
         Ok(f) => f,
         // Twisted may send an exception object itself when it is jellyable.
         Err(_) => return CallError::Internal(text(&graph, graph.root(), 0)),
     };
     let message = Graph::new(Value::Str(failure.value.clone()));
-    if let Ok(e) = from_graph::<E>(&message, None, max_depth) {
+    if let Ok(e) = from_graph::<E>(&message, None, limits) {
         return CallError::Remote(e);
     }
     if failure.check("twisted.spread.flavors.NoSuchMethod") {

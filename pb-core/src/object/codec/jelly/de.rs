@@ -20,6 +20,81 @@ use crate::object::codec::DECODING;
 pub(super) struct Cx<'a> {
     pub(super) graph: &'a Graph,
     pub(super) refs: Option<&'a dyn JellyRefs>,
+    pub(super) copies: Copies,
+}
+
+/// The copies a deserialization makes of shared nodes. Jelly names a node that a value holds
+/// in several places once, and Python shares the one object; a Rust value owns its parts, so
+/// each place beyond the first that names a node gets a copy of it. A few bytes on the wire
+/// can name a large node many times (and a node that names another many times, and so on), so
+/// the copies are counted, as [`inline_size`] measures them, and refused past a limit.
+pub(super) struct Copies {
+    /// Each node's size, once it has been decoded (a node decoded once costs no copy).
+    sizes: std::cell::RefCell<Vec<Option<usize>>>,
+    size: std::cell::Cell<usize>,
+    max: usize,
+}
+
+impl Copies {
+    /// For `graph`, at most `max` bytes of copies.
+    pub(super) fn new(graph: &Graph, max: usize) -> Copies {
+        Copies {
+            sizes: std::cell::RefCell::new(vec![None; graph.node_count()]),
+            size: std::cell::Cell::new(0),
+            max,
+        }
+    }
+
+    /// Node `id` (`node`) is decoded: counts its copy if it was decoded before.
+    fn count(&self, id: NodeId, node: &Value) -> Result<(), Error> {
+        let mut sizes = self.sizes.borrow_mut();
+        let Some(slot) = sizes.get_mut(id.0) else {
+            return Ok(());
+        };
+        let Some(size) = *slot else {
+            *slot = Some(inline_size(node));
+            return Ok(());
+        };
+        let total = self.size.get().saturating_add(size);
+        if total > self.max {
+            return Err(err(format!(
+                "the value's shared parts would be copied into more than {} bytes \
+                 (JellyConfig::max_copied_size)",
+                self.max
+            )));
+        }
+        self.size.set(total);
+        Ok(())
+    }
+}
+
+/// The memory a value takes with its own parts, not those of the nodes it names: as Banana
+/// counts an expression, `size_of::<Value>()` per value and the bytes of its strings.
+fn inline_size(v: &Value) -> usize {
+    let mut size = 0usize;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        size = size.saturating_add(std::mem::size_of::<Value>());
+        match v {
+            Value::Str(s) => size = size.saturating_add(s.len()),
+            Value::Bytes(b) | Value::Unpersistable(b) => size = size.saturating_add(b.len()),
+            Value::List(xs) | Value::Tuple(xs) | Value::Set(xs) | Value::FrozenSet(xs) => {
+                stack.extend(xs)
+            }
+            Value::Dict(pairs) => {
+                for (k, v) in pairs {
+                    stack.push(k);
+                    stack.push(v);
+                }
+            }
+            Value::Instance { tag, state } | Value::Cache { tag, state, .. } => {
+                size = size.saturating_add(tag.len());
+                stack.push(state);
+            }
+            _ => {}
+        }
+    }
+    size
 }
 
 /// Deserializes the value `v` of `cx.graph`.
@@ -139,7 +214,10 @@ impl<'a> De<'a> {
                 Some(Value::Shared(_)) => {
                     Err(err(format!("node {} holds only an edge to a node", id.0)))
                 }
-                Some(v) => Ok(v),
+                Some(v) => {
+                    self.cx.copies.count(*id, v)?;
+                    Ok(v)
+                }
             },
             v => Ok(v),
         }

@@ -40,7 +40,7 @@ fn to<T: Serialize + ?Sized>(v: &T) -> Graph {
 }
 
 fn from<T: DeserializeOwned>(g: &Graph) -> Result<T, CodecError> {
-    from_graph(g, None, DEFAULT_MAX_DEPTH)
+    from_graph(g, None, DEFAULT_LIMITS)
 }
 
 fn from_value<T: DeserializeOwned>(v: Value) -> Result<T, CodecError> {
@@ -475,7 +475,7 @@ fn a_cycle_stops_at_the_depth_limit() {
         })
     );
     assert_eq!(
-        from_graph::<Vec<Vec<Vec<Tree>>>>(&g, None, 10),
+        from_graph::<Vec<Vec<Vec<Tree>>>>(&g, None, (10, DEFAULT_LIMITS.1)),
         Err(CodecError::TooDeep { max: 10 })
     );
     // Through serde's buffering of untagged enums (deserialize_any) too.
@@ -540,9 +540,9 @@ fn deep_values_are_an_error_on_a_small_stack() {
     for _ in 0..9 {
         v = Value::List(vec![v]);
     }
-    assert!(from_graph::<Tree>(&Graph::new(v.clone()), None, 20).is_ok());
+    assert!(from_graph::<Tree>(&Graph::new(v.clone()), None, (20, DEFAULT_LIMITS.1)).is_ok());
     assert_eq!(
-        from_graph::<Tree>(&Graph::new(v), None, 15),
+        from_graph::<Tree>(&Graph::new(v), None, (15, DEFAULT_LIMITS.1)),
         Err(CodecError::TooDeep { max: 15 })
     );
 }
@@ -637,7 +637,7 @@ fn object_refs_go_through_the_connections_refs() {
         Value::None,
     ]));
     let (x, y, z): (ObjectRef, ObjectRef, Option<ObjectRef>) =
-        from_graph(&sent, Some(&refs), DEFAULT_MAX_DEPTH).unwrap();
+        from_graph(&sent, Some(&refs), DEFAULT_LIMITS).unwrap();
     assert_eq!((x, y, z), (b.clone(), a.clone(), None));
     assert_eq!(
         *refs.imported.borrow(),
@@ -650,13 +650,13 @@ fn object_refs_go_through_the_connections_refs() {
     let m = decode_error(from_graph::<ObjectRef>(
         &Graph::new(Value::Remote(ObjectId::Num(7))),
         Some(&refs),
-        DEFAULT_MAX_DEPTH,
+        DEFAULT_LIMITS,
     ));
     assert!(m.contains("no object 7"), "{m}");
     decode_error(from_graph::<ObjectRef>(
         &Graph::new(Value::Int(0)),
         Some(&refs),
-        DEFAULT_MAX_DEPTH,
+        DEFAULT_LIMITS,
     ));
 }
 

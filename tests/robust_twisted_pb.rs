@@ -1,0 +1,180 @@
+//! Hostile values over the PB dialect: a few bytes that name a shared part of a value many
+//! times (Jelly's `dereference`), which Python shares and a Rust value must copy, and an error
+//! answer whose value would be written out as text once per name of its shared parts.
+
+// Tests fail by panicking; unwrapping is how they say so.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::BytesMut;
+use pb::proto::banana::{BananaCodec, BananaConfig, Dialect, Element};
+use pb::proto::jelly::{JellyConfig, to_sexp};
+use pb::twisted::{Dynamic, Failure, Graph, PbConfig, Value};
+use pb::{CallError, Connection, ObjectRef};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+#[pb::remote]
+pub trait Sink {
+    /// The total length of `xs`.
+    async fn take(&self, xs: Vec<String>) -> u64;
+}
+
+/// Counts the bytes its handler received.
+struct TheSink(Arc<AtomicU64>);
+
+impl Sink for TheSink {
+    async fn take(&self, xs: Vec<String>) -> u64 {
+        let total: u64 = xs.iter().map(|s| s.len() as u64).sum();
+        self.0.fetch_add(total, Ordering::SeqCst);
+        total
+    }
+}
+
+/// A PB server of `root` with `config` and a client, over an in-memory pipe.
+async fn pair(root: ObjectRef, config: PbConfig) -> (Connection, Connection) {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let server = pb::twisted::accept_io(a, None, Some(root), config);
+    let client = pb::twisted::connect_io(b, None, PbConfig::default())
+        .await
+        .unwrap();
+    (server, client)
+}
+
+/// A list that names one string of `len` bytes `times` times: one copy of the string on the
+/// wire, `times` in the decoded value.
+fn named_many_times(len: usize, times: usize) -> Dynamic {
+    let mut g = Graph::default();
+    let s = g.add_node(Value::Str("x".repeat(len)));
+    g.set_root(Value::List(vec![Value::Shared(s); times]));
+    Dynamic(g)
+}
+
+#[tokio::test]
+async fn a_part_named_many_times_is_copied_only_up_to_max_copied_size() {
+    let received = Arc::new(AtomicU64::new(0));
+    // A server that allows 1 MiB of copies.
+    let config = PbConfig::default().jelly(JellyConfig::default().max_copied_size(1 << 20));
+    let (_server, client) = pair(SinkRef::new(TheSink(received.clone())).into(), config).await;
+    let take = |value: Dynamic| {
+        let root = client.root_ref();
+        async move { root.call::<_, u64, Failure>("take", &(value,)).await }
+    };
+    // 64 KiB named 10 times: 9 copies, within the limit.
+    assert_eq!(
+        take(named_many_times(64 * 1024, 10)).await,
+        Ok(10 * 64 * 1024)
+    );
+    // Named 20 times: 19 copies, over it. The call fails alone, its handler never runs.
+    let before = received.load(Ordering::SeqCst);
+    match take(named_many_times(64 * 1024, 20)).await {
+        Err(CallError::Remote(f)) => assert!(f.value.contains("max_copied_size"), "{f:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(received.load(Ordering::SeqCst), before);
+    assert_eq!(take(named_many_times(1, 3)).await, Ok(3));
+}
+
+#[tokio::test]
+async fn ninety_kilobytes_that_name_a_string_4096_times_are_refused_by_default() {
+    let received = Arc::new(AtomicU64::new(0));
+    let (_server, client) = pair(
+        SinkRef::new(TheSink(received.clone())).into(),
+        PbConfig::default(),
+    )
+    .await;
+    // 64 KiB named 4 096 times: 256 MiB decoded from about 90 KB, over the default 64 MiB.
+    let sent = client.stats().bytes_out;
+    let r = client
+        .root_ref()
+        .call::<_, u64, Failure>("take", &(named_many_times(64 * 1024, 4096),))
+        .await;
+    assert!(client.stats().bytes_out - sent < 100_000);
+    match r {
+        Err(CallError::Remote(f)) => assert!(f.value.contains("max_copied_size"), "{f:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(received.load(Ordering::SeqCst), 0);
+}
+
+/// The next element `codec` decodes from `io`.
+async fn next(codec: &mut BananaCodec, io: &mut DuplexStream, buf: &mut BytesMut) -> Element {
+    loop {
+        if let Some(e) = codec.decode(buf).unwrap() {
+            return e;
+        }
+        assert!(io.read_buf(buf).await.unwrap() > 0, "peer closed");
+    }
+}
+
+/// A Twisted PB server written by hand: the dialect handshake, the version, then it answers
+/// the first `message` with `["error", id, value]` and waits for the client to go.
+async fn erring_server(mut io: DuplexStream, value: Element) {
+    let mut dec = BananaCodec::new(BananaConfig::default());
+    let mut enc = BananaCodec::new(BananaConfig::default());
+    let (mut buf, mut out) = (BytesMut::new(), BytesMut::new());
+    enc.encode(&Dialect::offer(), &mut out).unwrap();
+    io.write_all(&out).await.unwrap();
+    let choice = next(&mut dec, &mut io, &mut buf).await;
+    assert_eq!(choice.as_bytes().map(|b| &b[..]), Some(&b"pb"[..]));
+    dec.set_dialect(Dialect::Pb);
+    enc.set_dialect(Dialect::Pb);
+    out.clear();
+    let version = Element::List(vec!["version".into(), 6.into()]);
+    enc.encode(&version, &mut out).unwrap();
+    io.write_all(&out).await.unwrap();
+    loop {
+        let m = next(&mut dec, &mut io, &mut buf).await;
+        let items = m.as_list().unwrap().to_vec();
+        if items[0].as_bytes().map(|b| &b[..]) == Some(&b"message"[..]) {
+            let id = items[1].as_i64().unwrap();
+            out.clear();
+            let error = Element::List(vec!["error".into(), id.into(), value]);
+            enc.encode(&error, &mut out).unwrap();
+            assert!(out.len() < 1000, "the answer is small");
+            io.write_all(&out).await.unwrap();
+            // Until the client goes.
+            let _ = io.read_buf(&mut buf).await;
+            return;
+        }
+    }
+}
+
+/// Nine levels of lists, each naming the level below `fanout` times: `fanout`⁹ integers when
+/// written out, a few hundred bytes on the wire.
+fn wide_dag(fanout: usize) -> Element {
+    let mut g = Graph::default();
+    let mut below = g.add_node(Value::List(vec![Value::Int(1); fanout]));
+    for _ in 0..8 {
+        below = g.add_node(Value::List(vec![Value::Shared(below); fanout]));
+    }
+    g.set_root(Value::List(vec![Value::Shared(below); fanout]));
+    to_sexp(&g, &JellyConfig::default()).unwrap()
+}
+
+#[tokio::test]
+async fn an_error_answer_that_names_its_parts_many_times_is_cut_to_16_kib_of_text() {
+    for fanout in [3usize, 10] {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(erring_server(a, wide_dag(fanout)));
+        let client = pb::twisted::connect_io(b, None, PbConfig::default())
+            .await
+            .unwrap();
+        // Neither a `Failure` nor the method's error type: the value becomes the error's text.
+        let r = client
+            .root_ref()
+            .call::<_, u64, Failure>("anything", &())
+            .await;
+        match r {
+            Err(CallError::Internal(text)) => {
+                assert!(text.starts_with("[[[[[[[[[..., ..."), "{}", &text[..40]);
+                assert!(text.ends_with("..."));
+                assert!(text.len() <= 16 * 1024 + 3, "{} bytes", text.len());
+            }
+            other => panic!("{other:?}"),
+        }
+        client.close().await;
+        server.await.unwrap();
+    }
+}
