@@ -11,8 +11,8 @@ use common::tls_configs;
 use std::sync::{Arc, Mutex};
 
 use pb::amp::{
-    AmpBox, AmpCallError, AmpConfig, AmpConnection, AmpProtocolError, DisconnectReason, Locator,
-    RemoteError, rustls,
+    AmpBox, AmpCallError, AmpConfig, AmpConnection, AmpProtocolError, BoxCodecConfig,
+    BoxCodecError, DisconnectReason, Locator, RemoteError, rustls,
 };
 use tokio::sync::oneshot;
 
@@ -340,6 +340,71 @@ async fn a_failing_no_answer_command_can_be_tolerated() {
     );
     client.send_raw("Nope", AmpBox::new()).await.unwrap();
     assert_eq!(client.call(&Sum { a: 1, b: 1 }).await.unwrap().total, 2);
+}
+
+/// A box of `keys` pairs of `value_len`-byte values: each pair within AMP's limits.
+fn wide_box(keys: usize, value_len: usize) -> AmpBox {
+    (0..keys)
+        .map(|i| (format!("k{i:04}"), vec![b'x'; value_len]))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_box_over_the_peers_limits_fails_alone_and_is_never_sent() {
+    let (server, client) = pair(
+        |_| {
+            Locator::new()
+                .respond_raw("Echo", |args: AmpBox| async move { Ok(args) })
+                // An answer of 20 values of 60 000 bytes: 1.2 MB, over a pb peer's 1 MiB.
+                .respond_raw("Wide", |_| async move { Ok(wide_box(20, 60_000)) })
+        },
+        Locator::new(),
+    );
+    // Calls over the peer's limits (the default of `send_limits`) fail alone, before anything
+    // is sent: more keys than 1 024 (the two special keys count), more bytes than 1 MiB.
+    assert_eq!(
+        client.call_raw("Echo", wide_box(1023, 1)).await,
+        Err(AmpCallError::Encode(BoxCodecError::TooManyKeys {
+            max: 1024
+        }))
+    );
+    assert_eq!(
+        client.call_raw("Echo", wide_box(20, 60_000)).await,
+        Err(AmpCallError::Encode(BoxCodecError::BoxTooLarge {
+            max: 1024 * 1024
+        }))
+    );
+    // Just within both: sent and answered (compared, not printed: they are large).
+    for within in [wide_box(1022, 1), wide_box(17, 60_000)] {
+        let echoed = client.call_raw("Echo", within.clone()).await;
+        assert!(echoed.as_ref().is_ok_and(|b| *b == within), "echo failed");
+    }
+    assert!(!client.is_closed() && !server.is_closed());
+    // An answer over them is a responder's failure, as Twisted treats one: `UNKNOWN`, and the
+    // answering side closes; the peer never receives a box it would refuse.
+    match client.call_raw("Wide", AmpBox::new()).await {
+        Err(AmpCallError::Remote { code, .. }) => assert_eq!(&code[..], b"UNKNOWN"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        server.closed().await,
+        DisconnectReason::Protocol(AmpProtocolError::ResponderFailed(..))
+    ));
+}
+
+#[tokio::test]
+async fn send_limits_can_be_raised_for_a_peer_that_accepts_more() {
+    let wide = BoxCodecConfig::default().max_box_bytes(2 * 1024 * 1024);
+    let config = AmpConfig::default().codec(wide).send_limits(wide);
+    let (_server, client) = pair_with(
+        config.clone(),
+        |_| Locator::new().respond_raw("Echo", |args: AmpBox| async move { Ok(args) }),
+        config,
+        Locator::new(),
+    );
+    let big = wide_box(20, 60_000);
+    let echoed = client.call_raw("Echo", big.clone()).await;
+    assert!(echoed.as_ref().is_ok_and(|b| *b == big), "echo failed");
 }
 
 #[tokio::test]

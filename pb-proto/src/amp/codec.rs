@@ -488,12 +488,12 @@ impl AmpBox {
     /// Appends the wire form of this box to `dst`; nothing is written if a limit is broken.
     #[inline]
     pub fn encode(&self, dst: &mut BytesMut) -> Result<(), BoxCodecError> {
-        self.encode_with(&[], dst)
+        self.encode_with(&[], dst, None)
     }
 
     /// Appends the wire form of this box with the pairs of `extra` added, an extra pair
-    /// replacing the box's own value of its key; nothing is written if a limit is broken.
-    /// `extra` must be sorted by key, each key once.
+    /// replacing the box's own value of its key; nothing is written if a limit is broken:
+    /// AMP's own, and `limits`' if given. `extra` must be sorted by key, each key once.
     ///
     /// The dispatcher's special keys (`_ask`, `_answer`, ...) go in this way: merged into the
     /// sorted pairs as they are written, with no insertion into the box and no copy of it.
@@ -502,6 +502,7 @@ impl AmpBox {
         &self,
         extra: &[(&[u8], &[u8])],
         dst: &mut BytesMut,
+        limits: Option<&BoxCodecConfig>,
     ) -> Result<(), BoxCodecError> {
         debug_assert!(extra.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0)));
         // The pairs in key order, gathered on the stack as they are checked (a box has a
@@ -519,6 +520,18 @@ impl AmpBox {
         })?;
         if n == 0 {
             return Err(BoxCodecError::EmptyBox);
+        }
+        if let Some(limits) = limits {
+            if n > limits.max_keys_per_box {
+                return Err(BoxCodecError::TooManyKeys {
+                    max: limits.max_keys_per_box,
+                });
+            }
+            if len > limits.max_box_bytes {
+                return Err(BoxCodecError::BoxTooLarge {
+                    max: limits.max_box_bytes,
+                });
+            }
         }
         // The whole box's room at once, then each pair copied into it: a few copies of its
         // own per pair rather than a checked append per key, value and length.
@@ -805,7 +818,8 @@ impl std::iter::FusedIterator for AmpBoxIter<'_> {}
 /// The longest received box any configuration allows: a box's pairs are `u32` ranges of it.
 const MAX_FRAME: usize = u32::MAX as usize;
 
-/// Limits on received boxes. Twisted has none beyond the key and value lengths.
+/// Limits on boxes, received (`AmpConfig::codec`) or sent (`AmpConfig::send_limits`). Twisted
+/// has none beyond the key and value lengths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct BoxCodecConfig {
@@ -866,13 +880,15 @@ pub enum BoxCodecError {
     /// A local box with an empty key, which would end the box early on the wire.
     #[error("empty key in a box")]
     EmptyKey,
-    /// A received box with more keys than [`BoxCodecConfig::max_keys_per_box`].
+    /// A box with more keys than [`BoxCodecConfig::max_keys_per_box`]: received, or to be sent
+    /// (see `AmpConfig::send_limits`).
     #[error("box has more than {max} keys")]
     TooManyKeys {
         /// The configured maximum.
         max: usize,
     },
-    /// A received box longer than [`BoxCodecConfig::max_box_bytes`].
+    /// A box longer than [`BoxCodecConfig::max_box_bytes`]: received, or to be sent (see
+    /// `AmpConfig::send_limits`).
     #[error("box longer than {max} bytes")]
     BoxTooLarge {
         /// The configured maximum.
@@ -1161,7 +1177,7 @@ mod tests {
     fn extra_pairs_are_merged_in_key_order_and_replace_the_boxs_own() {
         let b = AmpBox::from_iter([("b", "1"), ("_ask", "mine"), ("A", "2")]);
         let mut merged = BytesMut::new();
-        b.encode_with(&[(b"_ask", b"7"), (b"_command", b"Sum")], &mut merged)
+        b.encode_with(&[(b"_ask", b"7"), (b"_command", b"Sum")], &mut merged, None)
             .unwrap();
         let expected =
             AmpBox::from_iter([("b", "1"), ("_ask", "7"), ("A", "2"), ("_command", "Sum")]);
@@ -1169,7 +1185,7 @@ mod tests {
         // Extra pairs after every key of the box, and into an empty box.
         let mut tail = BytesMut::from(&b"before"[..]);
         AmpBox::from_iter([("A", "2")])
-            .encode_with(&[(b"z", b"")], &mut tail)
+            .encode_with(&[(b"z", b"")], &mut tail, None)
             .unwrap();
         assert_eq!(
             &tail[..],
@@ -1177,13 +1193,13 @@ mod tests {
         );
         let mut only = BytesMut::new();
         AmpBox::new()
-            .encode_with(&[(b"_answer", b"1")], &mut only)
+            .encode_with(&[(b"_answer", b"1")], &mut only, None)
             .unwrap();
         assert_eq!(&only[..], b"\x00\x07_answer\x00\x011\x00\x00");
         // More pairs than are gathered on the stack.
         let many = AmpBox::from_iter((0..MERGED_ON_STACK + 3).map(|i| (format!("k{i:02}"), "v")));
         let mut merged = BytesMut::new();
-        many.encode_with(&[(b"_ask", b"1"), (b"k03", b"new")], &mut merged)
+        many.encode_with(&[(b"_ask", b"1"), (b"k03", b"new")], &mut merged, None)
             .unwrap();
         let mut expected = many.clone();
         expected.insert("_ask", "1");
@@ -1193,12 +1209,36 @@ mod tests {
         let mut none = BytesMut::new();
         let long = vec![b'k'; 256];
         assert_eq!(
-            AmpBox::from_iter([("a", "1")]).encode_with(&[(&long, b"v")], &mut none),
+            AmpBox::from_iter([("a", "1")]).encode_with(&[(&long, b"v")], &mut none, None),
             Err(BoxCodecError::KeyTooLong { len: 256 })
         );
         assert_eq!(
-            AmpBox::new().encode_with(&[], &mut none),
+            AmpBox::new().encode_with(&[], &mut none, None),
             Err(BoxCodecError::EmptyBox)
+        );
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_box_over_the_given_limits_is_not_written() {
+        // Three keys, one of them replaced by an extra pair: three keys on the wire.
+        let b = AmpBox::from_iter([("a", "1"), ("_ask", "mine"), ("b", "2")]);
+        let wire_len = b.to_bytes().unwrap().len();
+        let extra: &[(&[u8], &[u8])] = &[(b"_ask", b"mine")];
+        let fits = BoxCodecConfig::default()
+            .max_keys_per_box(3)
+            .max_box_bytes(wire_len);
+        let mut out = BytesMut::new();
+        b.encode_with(extra, &mut out, Some(&fits)).unwrap();
+        assert_eq!(out, b.to_bytes().unwrap());
+        let mut none = BytesMut::new();
+        assert_eq!(
+            b.encode_with(extra, &mut none, Some(&fits.max_keys_per_box(2))),
+            Err(BoxCodecError::TooManyKeys { max: 2 })
+        );
+        assert_eq!(
+            b.encode_with(extra, &mut none, Some(&fits.max_box_bytes(wire_len - 1))),
+            Err(BoxCodecError::BoxTooLarge { max: wire_len - 1 })
         );
         assert!(none.is_empty());
     }

@@ -28,6 +28,13 @@ pub const START_TLS: &str = "StartTLS";
 pub struct AmpConfig<S = ()> {
     /// Limits on received boxes.
     pub codec: BoxCodecConfig,
+    /// Limits on the boxes sent, checked as each is encoded (default: the default of
+    /// [`AmpConfig::codec`], what a pb peer accepts unless told otherwise; Twisted accepts any
+    /// number of keys and any length). A peer refuses a box over its limits by closing the
+    /// connection, which fails every call on it; a box over these fails alone instead: a call
+    /// with [`SendError::Encode`], an answer as a responder's failure (`UNKNOWN`). Raise them
+    /// for a peer known to accept more.
+    pub send_limits: BoxCodecConfig,
     /// The most asks of ours that may await an answer at once (default 1024); past it a call fails
     /// with the caller's "too many outstanding" error.
     pub max_outstanding: usize,
@@ -85,6 +92,7 @@ impl<S> Default for AmpConfig<S> {
     fn default() -> Self {
         Self {
             codec: BoxCodecConfig::default(),
+            send_limits: BoxCodecConfig::default(),
             max_outstanding: 1024,
             max_in_flight_responders: 1024,
             max_responder_bytes: crate::limits::DEFAULT_MAX_CALL_BYTES,
@@ -140,6 +148,13 @@ impl<S> AmpConfig<S> {
     #[inline]
     pub fn codec(mut self, codec: BoxCodecConfig) -> Self {
         self.codec = codec;
+        self
+    }
+
+    /// Sets [`AmpConfig::send_limits`].
+    #[inline]
+    pub fn send_limits(mut self, limits: BoxCodecConfig) -> Self {
+        self.send_limits = limits;
         self
     }
 
@@ -530,7 +545,8 @@ impl<S> Dispatcher<S> {
         }
     }
 
-    /// Writes box `b` with the special keys `extra` (sorted by key) added.
+    /// Writes box `b` with the special keys `extra` (sorted by key) added, if it is within
+    /// [`AmpConfig::send_limits`]; a box that is not leaves nothing behind.
     #[inline]
     fn emit(&mut self, b: &AmpBox, extra: &[(&[u8], &[u8])]) -> Result<(), SendError> {
         let target = if matches!(self.state, State::TlsAsked(_) | State::TlsSwitching) {
@@ -538,7 +554,8 @@ impl<S> Dispatcher<S> {
         } else {
             &mut self.output
         };
-        b.encode_with(extra, target).map_err(SendError::Encode)
+        b.encode_with(extra, target, Some(&self.config.send_limits))
+            .map_err(SendError::Encode)
     }
 
     /// Sends a command that wants an answer; returns its tag (lowercase hex of a counter from 1).
