@@ -109,8 +109,9 @@ async fn next(codec: &mut BananaCodec, io: &mut DuplexStream, buf: &mut BytesMut
 }
 
 /// A Twisted PB server written by hand: the dialect handshake, the version, then it answers
-/// the first `message` with `["error", id, value]` and waits for the client to go.
-async fn erring_server(mut io: DuplexStream, value: Element) {
+/// the first `message` with `[kind, id, value]` (`kind` "answer" or "error") and waits for
+/// the client to go.
+async fn answering_server(mut io: DuplexStream, kind: &'static str, value: Element) {
     let mut dec = BananaCodec::new(BananaConfig::default());
     let mut enc = BananaCodec::new(BananaConfig::default());
     let (mut buf, mut out) = (BytesMut::new(), BytesMut::new());
@@ -130,9 +131,8 @@ async fn erring_server(mut io: DuplexStream, value: Element) {
         if items[0].as_bytes().map(|b| &b[..]) == Some(&b"message"[..]) {
             let id = items[1].as_i64().unwrap();
             out.clear();
-            let error = Element::List(vec!["error".into(), id.into(), value]);
-            enc.encode(&error, &mut out).unwrap();
-            assert!(out.len() < 1000, "the answer is small");
+            let answer = Element::List(vec![kind.into(), id.into(), value]);
+            enc.encode(&answer, &mut out).unwrap();
             io.write_all(&out).await.unwrap();
             // Until the client goes.
             let _ = io.read_buf(&mut buf).await;
@@ -157,7 +157,13 @@ fn wide_dag(fanout: usize) -> Element {
 async fn an_error_answer_that_names_its_parts_many_times_is_cut_to_16_kib_of_text() {
     for fanout in [3usize, 10] {
         let (a, b) = tokio::io::duplex(1 << 20);
-        let server = tokio::spawn(erring_server(a, wide_dag(fanout)));
+        let value = wide_dag(fanout);
+        let mut wire = BytesMut::new();
+        let mut enc = BananaCodec::new(BananaConfig::default());
+        enc.set_dialect(Dialect::Pb);
+        enc.encode(&value, &mut wire).unwrap();
+        assert!(wire.len() < 1000, "a small answer: {} bytes", wire.len());
+        let server = tokio::spawn(answering_server(a, "error", value));
         let client = pb::twisted::connect_io(b, None, PbConfig::default())
             .await
             .unwrap();
@@ -173,6 +179,55 @@ async fn an_error_answer_that_names_its_parts_many_times_is_cut_to_16_kib_of_tex
                 assert!(text.len() <= 16 * 1024 + 3, "{} bytes", text.len());
             }
             other => panic!("{other:?}"),
+        }
+        client.close().await;
+        server.await.unwrap();
+    }
+}
+
+/// A Cacheable's state: names.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Names {
+    names: Vec<String>,
+}
+
+impl pb::CacheState for Names {
+    type Update = ();
+    fn apply(&mut self, _: &()) {}
+    fn twisted_tag() -> &'static str {
+        "pbtest.Names"
+    }
+}
+
+/// A Cacheable whose state names one string of `len` bytes `times` times.
+fn cacheable_naming_many_times(len: usize, times: usize) -> Element {
+    let mut g = Graph::default();
+    let s = g.add_node(Value::Str("x".repeat(len)));
+    let names = Value::List(vec![Value::Shared(s); times]);
+    g.set_root(Value::Cache {
+        tag: "pbtest.Names".into(),
+        luid: 1,
+        state: Box::new(Value::Dict(vec![(Value::from("names"), names)])),
+    });
+    to_sexp(&g, &JellyConfig::default()).unwrap()
+}
+
+#[tokio::test]
+async fn a_cacheables_state_is_held_to_the_connections_max_copied_size() {
+    let config = PbConfig::default().jelly(JellyConfig::default().max_copied_size(1 << 20));
+    for (times, fits) in [(10, true), (20, false)] {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let value = cacheable_naming_many_times(64 * 1024, times);
+        let server = tokio::spawn(answering_server(a, "answer", value));
+        let client = pb::twisted::connect_io(b, None, config).await.unwrap();
+        let r = client
+            .root_ref()
+            .call::<_, pb::Replica<Names>, Failure>("cache", &())
+            .await;
+        match r {
+            Ok(replica) if fits => assert_eq!(replica.get().names.len(), times),
+            Err(CallError::BadAnswer(m)) if !fits => assert!(m.contains("max_copied_size"), "{m}"),
+            other => panic!("{times} names: {other:?}"),
         }
         client.close().await;
         server.await.unwrap();

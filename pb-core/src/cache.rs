@@ -731,20 +731,20 @@ fn twisted_replica<T: CacheState>(
             inner: Kind::Remote { owner, state },
         });
     }
-    let value: T = codec::jelly::from_graph(copy.state(), None, codec::jelly::DEFAULT_LIMITS)
-        .map_err(|e| {
-            format!(
-                "the Cacheable's state is not a {}: {e}",
-                std::any::type_name::<T>()
-            )
-        })?;
+    let limits = (codec::DEFAULT_MAX_DEPTH, copy.max_copied());
+    let value: T = codec::jelly::from_graph(copy.state(), None, limits).map_err(|e| {
+        format!(
+            "the Cacheable's state is not a {}: {e}",
+            std::any::type_name::<T>()
+        )
+    })?;
     let state = Arc::new(ReplicaState::new(0, value));
     let follower = Arc::downgrade(&state);
     copy.follow(Box::new(move |method, args| {
         let Some(state) = follower.upgrade() else {
             return;
         };
-        match codec::twisted::update_of::<T::Update>(method, args) {
+        match codec::twisted::update_of::<T::Update>(method, args, limits) {
             Ok(update) => state.apply_next(update),
             Err(e) => {
                 let have = state.state.borrow().version;

@@ -25,6 +25,7 @@ struct Observed {
 pub(crate) struct CacheCopy {
     tag: bytes::Bytes,
     state: Graph,
+    max_copied: usize,
     observed: Mutex<Observed>,
     count: watch::Sender<usize>,
     /// The typed replica made of this copy, reused by later sends of the same Cacheable.
@@ -32,10 +33,14 @@ pub(crate) struct CacheCopy {
 }
 
 impl CacheCopy {
-    pub(crate) fn new(tag: bytes::Bytes, state: Graph) -> Arc<CacheCopy> {
+    /// A copy of a Cacheable tagged `tag`, sent with `state`; its state and updates are decoded
+    /// with at most `max_copied` bytes of copies of their shared parts (the connection's
+    /// `JellyConfig::max_copied_size`).
+    pub(crate) fn new(tag: bytes::Bytes, state: Graph, max_copied: usize) -> Arc<CacheCopy> {
         Arc::new(CacheCopy {
             tag,
             state,
+            max_copied,
             observed: Mutex::new(Observed {
                 calls: Vec::new(),
                 follower: None,
@@ -52,6 +57,11 @@ impl CacheCopy {
     /// The state the Cacheable was sent with.
     pub(crate) fn state(&self) -> &Graph {
         &self.state
+    }
+
+    /// The most bytes decoding the state, or an update, may copy of its shared parts.
+    pub(crate) fn max_copied(&self) -> usize {
+        self.max_copied
     }
 
     pub(crate) fn observed(&self) -> Vec<(String, Dynamic)> {

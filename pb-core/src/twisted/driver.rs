@@ -191,7 +191,9 @@ impl PbShared {
                         if st.cached.len() >= max && !st.cached.contains_key(luid) {
                             return Err(format!("more than {max} Cacheable copies held"));
                         }
-                        let copy = CacheCopy::new(tag.clone(), subgraph(state, graph)?);
+                        let state = subgraph(state, graph)?;
+                        let copy =
+                            CacheCopy::new(tag.clone(), state, self.config.jelly.max_copied_size);
                         st.cached.insert(*luid, copy.clone());
                         Self::import(&mut st, &me, *luid, Some(copy))?
                     }

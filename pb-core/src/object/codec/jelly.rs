@@ -149,13 +149,6 @@ pub(crate) fn to_graph<T: Serialize + ?Sized>(
     Ok(Graph::from_parts(root, cx.nodes.into_inner()))
 }
 
-/// The limits of [`from_graph`] for values that come with no connection's: the default depth
-/// and [`DEFAULT_MAX_COPIED_SIZE`](pb_proto::jelly::DEFAULT_MAX_COPIED_SIZE).
-pub(crate) const DEFAULT_LIMITS: (usize, usize) = (
-    super::DEFAULT_MAX_DEPTH,
-    pb_proto::jelly::DEFAULT_MAX_COPIED_SIZE,
-);
-
 /// Deserialize the graph's root with `seed`, failing with [`CodecError::TooDeep`] if the value
 /// nests more than `max_depth` levels (counted as the native codec counts them), and with
 /// [`CodecError::Decode`] if the copies of its shared parts would take more than `max_copied`

@@ -227,7 +227,11 @@ pub(crate) fn observe_call<U: Serialize + ?Sized>(
 /// The cache update an `observe_<method>(*args)` call stands for: the inverse of
 /// [`observe_call`] (no arguments: the unit variant `method`; one: its newtype variant; more:
 /// its tuple variant).
-pub(crate) fn update_of<U: DeserializeOwned>(method: &str, args: &Graph) -> Result<U, CodecError> {
+pub(crate) fn update_of<U: DeserializeOwned>(
+    method: &str,
+    args: &Graph,
+    limits: (usize, usize),
+) -> Result<U, CodecError> {
     let items = match args.root() {
         Value::Tuple(items) => items.clone(),
         other => vec![other.clone()],
@@ -239,11 +243,7 @@ pub(crate) fn update_of<U: DeserializeOwned>(method: &str, args: &Graph) -> Resu
         _ => Value::Dict(vec![(name, Value::Tuple(items))]),
     };
     let (_, nodes) = args.clone().into_parts();
-    from_graph(
-        &Graph::from_parts(root, nodes),
-        None,
-        super::jelly::DEFAULT_LIMITS,
-    )
+    from_graph(&Graph::from_parts(root, nodes), None, limits)
 }
 
 /// Decodes received Banana bytes (re-encoded by the driver from what arrived) into a graph.

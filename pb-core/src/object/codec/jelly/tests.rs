@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use super::*;
 use crate::object::codec::{self, CodecError, DEFAULT_MAX_DEPTH};
 
+/// The default depth and copy limits.
+const DEFAULT_LIMITS: (usize, usize) = (DEFAULT_MAX_DEPTH, jelly::DEFAULT_MAX_COPIED_SIZE);
+
 /// The graph's Banana bytes (dialect `pb`), which must encode.
 fn wire(g: &Graph) -> BytesMut {
     let mut codec = BananaCodec::default();
