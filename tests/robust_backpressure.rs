@@ -12,6 +12,7 @@ use common::{HELLO, reverse_call};
 use std::time::Duration;
 
 use common::{KitchenImpl, KitchenRef};
+use pb::proto::message::{Message, RefDesc};
 use pb::{CloseReason, Config, Connection, Limits, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
@@ -318,4 +319,251 @@ async fn held_back_calls_are_capped_by_bytes() {
         "read {read} bytes, with {held_cap} held at most"
     );
     assert!(!server.is_closed());
+}
+
+// ---- held calls and the frames that may overtake them ---------------------------------------
+
+/// Keeps the references it is given; answers large blobs (to congest its output) and takes a
+/// replica.
+#[pb::remote]
+pub trait Keeper {
+    async fn keep(&self, r: pb::ObjectRef) -> Result<(), ()>;
+    async fn blob(&self, n: u32) -> Result<Vec<u8>, ()>;
+    async fn take(&self, c: pb::Replica<Tally>) -> Result<(), ()>;
+}
+
+#[derive(Default)]
+struct TheKeeper {
+    kept: std::sync::Arc<std::sync::Mutex<Vec<pb::ObjectRef>>>,
+    replica: std::sync::Arc<std::sync::Mutex<Option<pb::Replica<Tally>>>>,
+}
+
+impl Keeper for TheKeeper {
+    async fn keep(&self, r: pb::ObjectRef) -> Result<(), ()> {
+        self.kept.lock().unwrap().push(r);
+        Ok(())
+    }
+    async fn blob(&self, n: u32) -> Result<Vec<u8>, ()> {
+        Ok(vec![7; n as usize])
+    }
+    async fn take(&self, c: pb::Replica<Tally>) -> Result<(), ()> {
+        *self.replica.lock().unwrap() = Some(c);
+        Ok(())
+    }
+}
+
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Tally {
+    pub n: u64,
+}
+
+impl pb::CacheState for Tally {
+    type Update = u64;
+    fn apply(&mut self, d: &u64) {
+        self.n += d;
+    }
+}
+
+/// A message framed as the wire has it.
+fn framed(message: pb::proto::message::Message) -> Vec<u8> {
+    let mut body = bytes::BytesMut::new();
+    message.encode(&mut body);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// A raw call `id` to the root's `method` with references `refs` and `payload`.
+fn raw_call(id: u64, method: &str, refs: Vec<RefDesc>, payload: &[u8]) -> Vec<u8> {
+    framed(Message::Call {
+        id,
+        target: 0,
+        method: bytes::Bytes::copy_from_slice(method.as_bytes()),
+        answer: true,
+        deadline_ms: None,
+        extras: Default::default(),
+        refs,
+        payload: bytes::Bytes::copy_from_slice(payload),
+    })
+}
+
+/// The server's output over 64 KiB, no timers.
+fn congestible() -> Config {
+    Config {
+        write_stall_timeout: None,
+        ..config(64 * 1024)
+    }
+}
+
+/// A peer sends its object 5 in a call that the congested server holds back, then revokes it:
+/// the revocation must follow the call, as it did on the wire. It used to overtake it (and find
+/// nothing to revoke); the call then made a live reference of what the peer had withdrawn, and
+/// dropping it sent a release the peer counts as a violation.
+#[tokio::test(start_paused = true)]
+async fn a_revocation_waits_behind_the_held_call_that_sends_its_object() {
+    let (ours, mut theirs) = tokio::io::duplex(16 * 1024);
+    let keeper = TheKeeper::default();
+    let kept = keeper.kept.clone();
+    theirs.write_all(&HELLO).await.unwrap();
+    let server = Connection::establish(
+        ours,
+        &congestible(),
+        Side::Server,
+        Some(KeeperRef::new(keeper).into()),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut hello = [0u8; 20];
+    theirs.read_exact(&mut hello).await.unwrap();
+    // Eight answers of 16 KiB, none read: the server's output is congested.
+    for id in 1..=8 {
+        // bincode's `(16384u32,)`.
+        let call = raw_call(id, "blob", Vec::new(), &[251, 0x00, 0x40]);
+        theirs.write_all(&call).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(server.stats().unsent_bytes > 64 * 1024, "congested");
+    // Object 5 sent in a call (held back), then revoked.
+    let keep = raw_call(100, "keep", vec![RefDesc::Sender(5)], &[0]);
+    theirs.write_all(&keep).await.unwrap();
+    let revoked = framed(Message::Revoked { object: 5 });
+    theirs.write_all(&revoked).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The peer reads everything now: the output drains and the held call runs.
+    let reader = tokio::spawn(async move {
+        let mut bodies = Vec::new();
+        while let Ok(Ok(body)) =
+            tokio::time::timeout(Duration::from_secs(5), common::read_body(&mut theirs)).await
+        {
+            bodies.push(body);
+        }
+        bodies
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = kept.lock().unwrap().pop().expect("keep ran");
+    assert!(!r.is_connected(), "a reference the peer revoked is dead");
+    drop(r);
+    let releases = reader.await.unwrap();
+    let releases: Vec<_> = releases.iter().filter(|b| b.first() == Some(&4)).collect();
+    assert!(
+        releases.is_empty(),
+        "released a revoked object: {releases:?}"
+    );
+}
+
+/// A transport whose reads wait while the test holds its gate shut.
+#[derive(Clone, Default)]
+struct Gate(std::sync::Arc<std::sync::Mutex<(bool, Option<std::task::Waker>)>>);
+
+impl Gate {
+    fn set(&self, shut: bool) {
+        let mut g = self.0.lock().unwrap();
+        g.0 = shut;
+        if !shut && let Some(w) = g.1.take() {
+            w.wake();
+        }
+    }
+}
+
+struct Gated(DuplexStream, Gate);
+
+impl tokio::io::AsyncRead for Gated {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        {
+            let mut g = self.1.0.lock().unwrap();
+            if g.0 {
+                g.1 = Some(cx.waker().clone());
+                return std::task::Poll::Pending;
+            }
+        }
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Gated {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// A cache sent in a call that the congested server holds back, then updated: the update must
+/// follow the call. It used to overtake it and be dropped (no replica yet), leaving the replica
+/// a version behind with no error.
+#[tokio::test(start_paused = true)]
+async fn a_cache_update_waits_behind_the_held_call_that_sends_the_cache() {
+    let (server_io, client_io) = tokio::io::duplex(16 * 1024);
+    let gate = Gate::default();
+    let keeper = TheKeeper::default();
+    let replica = keeper.replica.clone();
+    let config = congestible();
+    let (server, client) = tokio::try_join!(
+        Connection::establish(
+            server_io,
+            &config,
+            Side::Server,
+            Some(KeeperRef::new(keeper).into()),
+            None
+        ),
+        Connection::establish(
+            Gated(client_io, gate.clone()),
+            &config,
+            Side::Client,
+            None,
+            None
+        ),
+    )
+    .unwrap();
+    let root: KeeperRef = client.root();
+    // The client stops reading; eight answers of 16 KiB congest the server's output.
+    gate.set(true);
+    let blobs: Vec<_> = (0..8)
+        .map(|_| {
+            let root = root.clone();
+            tokio::spawn(async move { root.blob(16 * 1024).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(server.stats().unsent_bytes > 64 * 1024, "congested");
+    // The cache goes in a call the server holds back; then it is updated.
+    let cache = pb::Cache::new(Tally::default());
+    let take = tokio::spawn({
+        let (root, replica) = (root.clone(), cache.replica());
+        async move { root.take(replica).await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let version = cache.update(1).unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    gate.set(false);
+    for blob in blobs {
+        blob.await.unwrap().unwrap();
+    }
+    take.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let replica = replica.lock().unwrap().clone().expect("take ran");
+    assert_eq!(
+        (replica.version(), replica.get().n, replica.error()),
+        (version, 1, None)
+    );
 }

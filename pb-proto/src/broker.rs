@@ -450,6 +450,10 @@ pub struct Broker<T: Tokens> {
     parked: std::collections::VecDeque<Parked>,
     /// Bytes of the peer's calls that ended here without an answer, for the next credit.
     credit_due: u64,
+    /// The peer's objects that frames the driver holds back name, and how many of them name
+    /// each: a revocation or update of one of them waits behind them
+    /// ([`Broker::must_follow_held`]).
+    held_objects: std::collections::HashMap<u64, usize, PeerKeys>,
 }
 
 /// One of our calls waiting for room in the peer's call window: its frame, encoded.
@@ -508,6 +512,7 @@ impl<T: Tokens> Broker<T> {
             window_used: 0,
             parked: std::collections::VecDeque::new(),
             credit_due: 0,
+            held_objects: std::collections::HashMap::with_hasher(peer_keys),
         }
     }
 

@@ -297,10 +297,11 @@ const TAG_CREDIT: u8 = 12;
 /// Whether the frame body `body` may be handled ahead of frames received before it that are
 /// held back while output to the peer is congested: answers, faults, cache updates,
 /// revocations, pongs, limits and credits queue nothing for the peer (but calls of ours that
-/// waited for room in its call window) and do not depend on the order of the peer's calls and
-/// releases. (Limits must not fall behind the answers that follow them:
-/// the answer to a login may be what the raised limits are for.) Everything else (calls,
-/// releases, cancels, goodbyes, pings and anything unknown) keeps its place in line.
+/// waited for room in its call window). (Limits must not fall behind the answers that follow
+/// them: the answer to a login may be what the raised limits are for.) A revocation or update
+/// does depend on the held calls that send its object, and waits behind those
+/// (`Broker::must_follow_held`). Everything else (calls, releases, cancels, goodbyes, pings and
+/// anything unknown) keeps its place in line.
 #[inline]
 pub fn may_overtake(body: &[u8]) -> bool {
     matches!(
@@ -315,6 +316,16 @@ pub fn may_overtake(body: &[u8]) -> bool {
                 | TAG_CREDIT)
         )
     )
+}
+
+/// The object of the peer's that frame body `body` revokes or updates, if it is a revocation or
+/// a cache update.
+#[inline]
+pub fn object_of(body: &[u8]) -> Option<u64> {
+    match body.split_first() {
+        Some((&(TAG_REVOKED | TAG_UPDATE), mut rest)) => get_varint(&mut rest).ok(),
+        _ => None,
+    }
 }
 
 /// Whether the frame body `body` answers one of our calls (an answer or a fault): handling it

@@ -201,6 +201,15 @@ pub async fn read_hello_frame(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> V
     frame
 }
 
+/// Read one frame from a raw peer's end of a connection: its body.
+pub async fn read_body(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    io.read_exact(&mut body).await?;
+    Ok(body)
+}
+
 /// A hello frame without limits, as a raw peer (or a build from before limits were carried)
 /// sends it, and as a server answers such a peer.
 pub const HELLO: [u8; 20] = {

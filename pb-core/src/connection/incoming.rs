@@ -81,6 +81,12 @@ impl ConnShared {
         self.lock().hold_frame(frame)
     }
 
+    /// Whether frame `body`, which may overtake held frames, must wait behind them (see
+    /// [`Broker::must_follow_held`]): only revocations and cache updates may have to.
+    pub(super) fn must_follow_held(&self, body: &[u8]) -> bool {
+        crate::message::object_of(body).is_some() && self.lock().must_follow_held(body)
+    }
+
     /// Handle answers and faults for our calls that arrived together (`answers`, emptied), under
     /// one acquisition of the broker's lock: their callers are woken once it is released; no
     /// handler runs. Returns whether output was queued: calls of ours that waited for room in

@@ -115,10 +115,15 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                         // While the peer is not taking our output, its calls (and everything that
                         // must stay in line with them) wait: running them would queue more.
                         // A held call counts in our call window from now on (one that does not
-                        // fit is refused at once, and not held).
-                        if (!held.frames.is_empty() || conn.is_congested())
-                            && !crate::message::may_overtake(&frame.body)
-                        {
+                        // fit is refused at once, and not held). A revocation or cache update
+                        // waits too behind a held call that sends its object.
+                        let wait = if held.frames.is_empty() {
+                            conn.is_congested() && !crate::message::may_overtake(&frame.body)
+                        } else {
+                            !crate::message::may_overtake(&frame.body)
+                                || conn.must_follow_held(&frame.body)
+                        };
+                        if wait {
                             match conn.hold_frame(&frame) {
                                 Ok(true) => held.push(frame),
                                 Ok(false) => handled = true,

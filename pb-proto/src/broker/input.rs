@@ -40,15 +40,53 @@ impl<T: Tokens> Broker<T> {
     /// (a `LimitExceeded` fault, and a violation) without being held. Returns whether to hold
     /// the frame, to be handled later with [`Broker::handle_held_frame`].
     pub fn hold_frame(&mut self, frame: &Frame) -> Result<bool, ProtocolError> {
-        if self.state == State::Closed || !message::is_call(&frame.body) {
+        if self.state == State::Closed {
+            return Ok(true);
+        }
+        if !message::is_call(&frame.body) {
+            self.count_held(&frame.body, 1);
             return Ok(true);
         }
         if self.charge_call(frame.len()) {
+            self.count_held(&frame.body, 1);
             return Ok(true);
         }
         let head = message::decode_call_head(&frame.body, &self.limits.message)?;
         self.over_window(&head, frame.len())?;
         Ok(false)
+    }
+
+    /// Whether frame `body`, which may otherwise overtake frames held back
+    /// ([`message::may_overtake`]), must wait behind them: a revocation or cache update of an
+    /// object of the peer's that a held frame names (a held call that sends it, which the
+    /// revocation or update must follow, as it did on the wire).
+    pub fn must_follow_held(&self, body: &[u8]) -> bool {
+        !self.held_objects.is_empty()
+            && message::object_of(body).is_some_and(|id| self.held_objects.contains_key(&id))
+    }
+
+    /// Count (`delta` 1) or uncount (`delta` -1) the objects of the peer's that held frame
+    /// `body` names: those its references send, or the one it revokes or
+    /// updates. A call whose envelope does not decode names none (it is refused when handled).
+    fn count_held(&mut self, body: &[u8], delta: isize) {
+        let mut count = |id: u64| {
+            let n = self.held_objects.entry(id).or_insert(0);
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                self.held_objects.remove(&id);
+            }
+        };
+        if let Some(id) = message::object_of(body) {
+            count(id);
+        } else if message::is_call(body)
+            && let Ok(head) = message::decode_call_head(body, &self.limits.message)
+        {
+            for r in &head.refs {
+                if let RefDesc::Sender(id) = r {
+                    count(*id);
+                }
+            }
+        }
     }
 
     /// Handle a frame the driver held back ([`Broker::hold_frame`]), as
@@ -58,7 +96,11 @@ impl<T: Tokens> Broker<T> {
         frame: impl Into<Frame>,
         make: &mut MakeImport<'_, T>,
     ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
-        self.handle(frame.into(), true, make)
+        let frame = frame.into();
+        if !self.held_objects.is_empty() {
+            self.count_held(&frame.body, -1);
+        }
+        self.handle(frame, true, make)
     }
 
     fn handle(
