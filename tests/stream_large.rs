@@ -160,3 +160,67 @@ async fn a_stream_passed_as_an_argument_and_a_producer_that_fails() {
     drop(data);
     assert!(common::settle(|| client.stats().tables.imported == 0).await);
 }
+
+#[pb::remote]
+pub trait Tap {
+    /// A stream of `chunks` chunks of `size` bytes, the producer free to run 8 ahead.
+    async fn download(&self, chunks: u32, size: u32) -> Result<Stream<Chunk>, ()>;
+}
+
+struct TapImpl;
+
+impl Tap for TapImpl {
+    async fn download(&self, chunks: u32, size: u32) -> Result<Stream<Chunk>, ()> {
+        let (tx, rx) = stream::channel(8);
+        tokio::spawn(async move {
+            for i in 0..chunks {
+                let chunk = Chunk::from(vec![i as u8; size as usize]);
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Reads `chunks` chunks of `size` bytes from `tap` once its producer has run ahead, and
+/// checks each.
+async fn download_all(tap: &TapRef, chunks: u32, size: u32) {
+    let mut s = tap.download(chunks, size).await.unwrap();
+    // Settled (virtual time): the producer has filled the channel, so a pull finds 8 ready.
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    for i in 0..chunks {
+        let c = s.next().await.expect("an item").expect("not an error");
+        assert_eq!(c.len(), size as usize);
+        assert!(c.iter().all(|&b| b == i as u8), "chunk {i} in order");
+    }
+    assert!(s.next().await.is_none(), "the end");
+}
+
+/// Items that each fit a frame go however many are ready: a pull's batch stops before its
+/// answer would pass the consumer's frame limit (it used to take 8, fail with
+/// `LimitExceeded`, and lose them).
+#[tokio::test(start_paused = true)]
+async fn chunks_that_fit_a_frame_go_whatever_a_batch_of_them_would_take() {
+    let config = pb::Config {
+        limits: pb::Limits {
+            max_frame_len: 1024 * 1024,
+            ..pb::Limits::default()
+        },
+        ..pb::Config::default()
+    };
+    let (server, client) = common::memory_pair_with(TapRef::new(TapImpl), config).await;
+    assert_eq!(
+        server.peer_max_frame_len(),
+        1024 * 1024,
+        "what the consumer accepts"
+    );
+    let tap: TapRef = client.root();
+    // A fifth of a frame each, then as large as a frame takes with its envelope.
+    download_all(&tap, 16, 200 * 1024).await;
+    download_all(&tap, 4, 1024 * 1024 - 100).await;
+    // With the default limits (16 MiB frames): 3 MiB chunks.
+    let (_server, client) = common::memory_pair(TapRef::new(TapImpl)).await;
+    download_all(&client.root(), 12, 3 * 1024 * 1024).await;
+}

@@ -5,7 +5,8 @@
 //! `send` waits while the channel is full, and the consumer pulls one batch at a time, so neither
 //! side ever holds more than the channel's capacity plus one batch, whatever the total size.
 //! Batches travel as ordinary answers, frame by frame, so small calls on the same connection
-//! interleave with a large stream instead of waiting behind it.
+//! interleave with a large stream instead of waiting behind it; a batch holds as many of the
+//! ready items (up to 8) as fit in one frame the consumer accepts.
 //!
 //! For bytes, stream [`Chunk`]s: they encode as raw bytes rather than as a sequence of numbers.
 //!
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::{Mutex, mpsc};
 
+use crate::link::Connection;
 use crate::object::{
     BoxFuture, CallError, Dispatch, IncomingCall, Interface, ObjectRef, RefInner, Reply,
     encode_result,
@@ -36,7 +38,11 @@ const PULL_BATCH: u32 = 8;
 pub fn channel<T: Item>(capacity: usize) -> (Sender<T>, Stream<T>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let source = Arc::new(Source {
-        rx: Mutex::new(Pulled { rx, failed: None }),
+        rx: Mutex::new(Pulled {
+            rx,
+            next: None,
+            failed: None,
+        }),
     });
     (
         Sender { tx },
@@ -98,33 +104,62 @@ struct Source<T> {
     rx: Mutex<Pulled<T>>,
 }
 
-/// The channel, and a failure that arrived behind items of the batch being taken: it is the
-/// answer to the next pull, so that the items before it are not lost.
+/// The channel, an item taken for a batch it did not fit in (it starts the next), and a
+/// failure that arrived behind items of the batch being taken: it is the answer to the next
+/// pull, so that the items before it are not lost.
 struct Pulled<T> {
     rx: mpsc::Receiver<Result<T, String>>,
+    next: Option<T>,
     failed: Option<String>,
 }
+
+/// What an answer to a pull takes besides its items' encodings, at most: the answer's
+/// envelope, the result's tag and the vector's length.
+const ANSWER_OVERHEAD: usize = 64;
+
+/// What each reference an item carries adds to an answer's envelope, at most.
+const REF_OVERHEAD: usize = 11;
 
 static SOURCE: Interface = Interface {
     name: "Stream",
     methods: &["pull"],
 };
 
-impl<T> Source<T> {
-    /// Up to `max` items: waits for the first, then takes what is ready. Empty at the end.
-    async fn pull(&self, max: u32) -> Result<Vec<T>, String> {
+impl<T: Item> Source<T> {
+    /// Up to `max` items: waits for the first, then takes what is ready, as long as the answer
+    /// fits in a frame `peer` accepts (the first item goes whatever its size: alone, one too
+    /// large fails with the peer's limit named). Empty at the end.
+    async fn pull(&self, max: u32, peer: Option<&Connection>) -> Result<Vec<T>, String> {
         let mut pulled = self.rx.lock().await;
         if let Some(reason) = pulled.failed.take() {
             return Err(reason);
         }
         let mut batch = Vec::new();
-        match pulled.rx.recv().await {
-            None => return Ok(batch),
-            Some(item) => batch.push(item?),
-        }
+        let first = match pulled.next.take() {
+            Some(item) => item,
+            None => match pulled.rx.recv().await {
+                None => return Ok(batch),
+                Some(item) => item?,
+            },
+        };
+        // Measured only when a peer limits the answer and more than one item may go.
+        let room = peer
+            .map(|c| (c, c.peer_max_frame_len().saturating_sub(ANSWER_OVERHEAD)))
+            .filter(|_| max > 1);
+        let mut used = room.map_or(0, |(c, _)| encoded_len(&first, c));
+        batch.push(first);
         while batch.len() < max.clamp(1, 1024) as usize {
             match pulled.rx.try_recv() {
-                Ok(Ok(item)) => batch.push(item),
+                Ok(Ok(item)) => {
+                    if let Some((c, room)) = room {
+                        used = used.saturating_add(encoded_len(&item, c));
+                        if used > room {
+                            pulled.next = Some(item);
+                            break;
+                        }
+                    }
+                    batch.push(item);
+                }
                 Ok(Err(reason)) => {
                     pulled.failed = Some(reason);
                     break;
@@ -133,6 +168,17 @@ impl<T> Source<T> {
             }
         }
         Ok(batch)
+    }
+}
+
+/// The bytes `item` takes in an answer to `peer`: its encoding and what its references add to
+/// the envelope. One that does not encode counts nothing here (the answer fails with why).
+fn encoded_len<T: Item>(item: &T, peer: &Connection) -> usize {
+    match crate::object::codec::encode_scratch(item, Some(Some(peer))) {
+        Ok((encoded, refs)) => {
+            crate::object::codec::Payload::encoded(encoded).len() + refs.len() * REF_OVERHEAD
+        }
+        Err(_) => 0,
     }
 }
 
@@ -147,7 +193,7 @@ impl<T: Item> Dispatch for Source<T> {
                 return call.no_such_method(&SOURCE);
             }
             let (max,): (u32,) = call.decode_args()?;
-            let batch = self.pull(max).await;
+            let batch = self.pull(max, call.caller().connection()).await;
             encode_result(call.caller(), batch)
         })
     }
@@ -236,9 +282,12 @@ impl<T: Item> Stream<T> {
                     Kind::Done => return Poll::Ready(None),
                     Kind::Local(source) => {
                         let source = source.clone();
-                        Box::pin(
-                            async move { source.pull(PULL_BATCH).await.map_err(CallError::Remote) },
-                        )
+                        Box::pin(async move {
+                            source
+                                .pull(PULL_BATCH, None)
+                                .await
+                                .map_err(CallError::Remote)
+                        })
                     }
                     Kind::Remote(r) => {
                         let r = r.clone();

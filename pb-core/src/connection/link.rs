@@ -165,6 +165,10 @@ impl Link for ConnShared {
         }
     }
 
+    fn peer_max_frame_len(&self) -> usize {
+        self.lock().peer_limits().max_frame_len
+    }
+
     fn set_max_call_bytes(&self, bytes: usize) {
         let queued = {
             let mut broker = self.lock();

@@ -289,6 +289,9 @@ pub(crate) trait Link: Send + Sync + 'static {
     fn stats(&self) -> ConnectionStats;
     /// Change the largest frame accepted and sent (see [`Connection::set_max_frame_len`]).
     fn set_max_frame_len(&self, len: usize);
+    /// The largest frame the peer accepts, as it last said (`usize::MAX` where the dialect
+    /// has no frames).
+    fn peer_max_frame_len(&self) -> usize;
     /// Change the call window (see [`Connection::set_max_call_bytes`]).
     fn set_max_call_bytes(&self, bytes: usize);
     /// Whether the connection has ended.
@@ -470,6 +473,14 @@ impl Connection {
     /// The peer's root object, untyped.
     pub fn root_ref(&self) -> ObjectRef {
         self.link.clone().peer_root()
+    }
+
+    /// The largest frame the peer accepts, as it last said (in its hello, or a limits message
+    /// since; until a dialed connection's peer has said, what every peer accepts): a call or
+    /// answer larger than this fails with `LimitExceeded` rather than being sent. `usize::MAX`
+    /// over the Twisted PB dialect, whose limits are on each string and list instead.
+    pub fn peer_max_frame_len(&self) -> usize {
+        self.link.peer_max_frame_len()
     }
 
     /// Replace the object we serve as our root; returns the previous one.

@@ -721,6 +721,11 @@ impl Link for PbShared {
         self.id
     }
 
+    fn peer_max_frame_len(&self) -> usize {
+        // Banana's limits are on each string and list, and were checked as each was encoded.
+        usize::MAX
+    }
+
     fn side(&self) -> Side {
         self.side
     }
