@@ -170,9 +170,13 @@ impl fmt::Display for Decimal {
                 coefficient,
                 exponent,
             } => {
-                let len = coefficient.len() as i64;
+                // In `i128`: an exponent near `i64`'s ends plus the digits' count does not fit
+                // an `i64` (Python prints `12E9223372036854775807` as
+                // `1.2E+9223372036854775808`).
+                let len = coefficient.len() as i128;
+                let exponent = i128::from(*exponent);
                 let leftdigits = exponent + len;
-                let dotplace = if *exponent <= 0 && leftdigits > -6 {
+                let dotplace = if exponent <= 0 && leftdigits > -6 {
                     leftdigits
                 } else {
                     1
@@ -237,6 +241,13 @@ mod tests {
             (".5", "0.5"),
             ("5.", "5"),
             ("0E-10", "0E-10"),
+            // Exponents at `i64`'s ends, as Python's `_pydecimal` prints them.
+            ("12E9223372036854775807", "1.2E+9223372036854775808"),
+            ("-12345E9223372036854775807", "-1.2345E+9223372036854775811"),
+            ("0E9223372036854775807", "0E+9223372036854775807"),
+            ("1E-9223372036854775807", "1E-9223372036854775807"),
+            ("123E-9223372036854775807", "1.23E-9223372036854775805"),
+            ("1.5E-9223372036854775807", "1.5E-9223372036854775807"),
         ] {
             assert_eq!(
                 input.parse::<Decimal>().unwrap().to_string(),
