@@ -214,22 +214,38 @@ async fn bad_arguments_are_unknown_and_close() {
 
 #[tokio::test]
 async fn a_panicking_responder_is_unknown_and_closes() {
-    let (_server, client) = pair(
-        |_| {
-            Locator::new().respond(|Sum { .. }| async move {
-                if true {
-                    panic!("responder bug");
-                }
-                Ok(SumResult { total: 0 })
-            })
-        },
-        Locator::new(),
-    );
-    match client.call(&Sum { a: 1, b: 1 }).await {
-        Err(AmpCallError::Remote { code, .. }) => assert_eq!(code, "UNKNOWN"),
-        other => panic!("{other:?}"),
+    // In its future, and in the closure that makes the future (which used to unwind the
+    // driver itself: no `UNKNOWN`, and a close reason of `LocalClosed`).
+    for in_closure in [false, true] {
+        let (server, client) = pair(
+            |_| {
+                Locator::new().respond(move |Sum { .. }| {
+                    if in_closure {
+                        panic!("responder bug, before its future");
+                    }
+                    async move {
+                        if true {
+                            panic!("responder bug");
+                        }
+                        Ok(SumResult { total: 0 })
+                    }
+                })
+            },
+            Locator::new(),
+        );
+        match client.call(&Sum { a: 1, b: 1 }).await {
+            Err(AmpCallError::Remote { code, .. }) => assert_eq!(code, "UNKNOWN"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
+        match server.closed().await {
+            DisconnectReason::Protocol(AmpProtocolError::ResponderFailed(name, why)) => {
+                assert_eq!(&name[..], b"Sum");
+                assert!(why.contains("responder bug"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
-    assert_eq!(client.closed().await, DisconnectReason::PeerClosed);
 }
 
 #[tokio::test]

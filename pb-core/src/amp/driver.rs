@@ -553,27 +553,31 @@ impl Driver {
             return;
         }
         let len = args.encoded_len();
-        match self.locator.dispatch_boxed(&name, args) {
-            Some(mut fut) => {
+        // The responder's own code runs in `dispatch_boxed` (a closure that makes the future)
+        // and in the future's first poll: a panic in either is its failure, as in a later poll
+        // (answered `UNKNOWN`), not the driver's.
+        let locator = &self.locator;
+        let dispatched = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            locator.dispatch_boxed(&name, args).map(|mut fut| {
                 // Most responders answer without waiting: poll once here, and pay for a task
-                // only if it waits. A no-op waker is enough, as the task polls it again at once.
-                let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-                }));
-                match first {
-                    Ok(Poll::Ready(reply)) => self.handle_reply_for(tag, name, reply),
-                    Ok(Poll::Pending) => {
-                        let id = self.responders.spawn(fut).id();
-                        self.running.insert(id, (tag, name, len));
-                        self.running_bytes += len;
-                    }
-                    Err(panic) => {
-                        let why = format!("responder panicked: {}", panic_message(&*panic));
-                        self.handle_reply_for(tag, name, AmpReply::Failed(why));
-                    }
-                }
+                // only if it waits. A no-op waker is enough, as the task polls it again at
+                // once.
+                let first = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+                (fut, first)
+            })
+        }));
+        match dispatched {
+            Ok(Some((_, Poll::Ready(reply)))) => self.handle_reply_for(tag, name, reply),
+            Ok(Some((fut, Poll::Pending))) => {
+                let id = self.responders.spawn(fut).id();
+                self.running.insert(id, (tag, name, len));
+                self.running_bytes += len;
             }
-            None => match tag {
+            Err(panic) => {
+                let why = format!("responder panicked: {}", panic_message(&*panic));
+                self.handle_reply_for(tag, name, AmpReply::Failed(why));
+            }
+            Ok(None) => match tag {
                 Some(tag) => {
                     let description = format!("Unhandled Command: {}", python_bytes_repr(&name));
                     let _ = self
