@@ -150,3 +150,88 @@ async fn dropping_the_handle_stops_accepting_and_leaves_open_connections_alone()
     assert!(!conn.is_closed());
     conn.close().await;
 }
+
+#[pb::remote]
+pub trait Adder {
+    async fn add(&self, a: i64, b: i64) -> i64;
+}
+
+struct TheAdder;
+
+impl Adder for TheAdder {
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
+}
+
+#[derive(pb::AmpCommand)]
+#[amp(response = Total)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+#[derive(pb::AmpFields)]
+struct Total {
+    total: i64,
+}
+
+/// `usize::MAX` is a natural way to write "no limit": every server takes it so, where tokio's
+/// semaphore panics above about 2⁶¹ permits (the native server's accept task died with it,
+/// leaving a server that refused every connection and a `wait` that returned at once).
+#[tokio::test]
+async fn every_server_takes_usize_max_connections_as_no_limit() {
+    let native = Server::builder()
+        .max_connections(usize::MAX)
+        .max_connections_per_address(usize::MAX)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve(AdderRef::new(TheAdder));
+    let conn = Client::connect(native.local_addr()).await.unwrap();
+    let adder: AdderRef = conn.root();
+    assert_eq!(adder.add(1, 2).await, Ok(3));
+    // The shutdown waits for the connections' permits: only those taken, not 2⁶¹.
+    tokio::time::timeout(NO_HANG, native.shutdown())
+        .await
+        .unwrap();
+    // A portal whose logins waiting are not limited.
+    let login = pb::LoginConfig {
+        max_pending_logins: usize::MAX,
+        ..pb::LoginConfig::default()
+    };
+    let _portal = pb::Portal::new(|_| async { Err(pb::Refusal::Unavailable) }).config(login);
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let amp_addr = listener.local_addr().unwrap();
+    let config = pb::amp::AmpConfig::default()
+        .max_connections(usize::MAX)
+        .max_connections_per_address(usize::MAX);
+    tokio::spawn(pb::amp::serve(listener, config, |_| {
+        pb::amp::Locator::new().respond(|Add { a, b }| async move { Ok(Total { total: a + b }) })
+    }));
+    let amp = pb::amp::AmpConnection::connect(
+        amp_addr,
+        pb::amp::AmpConfig::default(),
+        pb::amp::Locator::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(amp.call(&Add { a: 2, b: 3 }).await.unwrap().total, 5);
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pb_addr = listener.local_addr().unwrap();
+    let config = pb::twisted::PbConfig::default()
+        .max_connections(usize::MAX)
+        .max_connections_per_address(usize::MAX);
+    tokio::spawn(pb::twisted::serve(
+        listener,
+        AdderRef::new(TheAdder).into(),
+        config,
+    ));
+    let twisted = pb::twisted::connect(pb_addr, pb::twisted::PbConfig::default())
+        .await
+        .unwrap();
+    let adder: AdderRef = twisted.root();
+    assert_eq!(adder.add(3, 4).await, Ok(7));
+}

@@ -1,7 +1,7 @@
 //! Transports: any `AsyncRead + AsyncWrite` byte stream carries a connection. This module has
 //! the two that need help: TCP (with the socket options pb wants) and an in-memory pipe for
-//! tests and examples; and [`PerAddress`], the count of connections per source address that
-//! servers keep.
+//! tests and examples; and [`PerAddress`] and [`permits`], the counts of connections (in all
+//! and per source address) that servers keep.
 
 mod per_address;
 
@@ -12,6 +12,13 @@ use std::net::SocketAddr;
 
 use tokio::io::DuplexStream;
 use tokio::net::{TcpStream, ToSocketAddrs};
+
+/// A semaphore of `n` permits, as servers count their connections (or logins waiting) with:
+/// `n` is taken as at most [`Semaphore::MAX_PERMITS`](tokio::sync::Semaphore::MAX_PERMITS)
+/// (about 2⁶¹), so that a limit of `usize::MAX` means no limit rather than a panic.
+pub fn permits(n: usize) -> tokio::sync::Semaphore {
+    tokio::sync::Semaphore::new(n.min(tokio::sync::Semaphore::MAX_PERMITS))
+}
 
 /// Buffer size of each direction of an in-memory pipe.
 const MEMORY_PIPE_BUFFER: usize = 256 * 1024;

@@ -65,7 +65,7 @@ pub async fn serve_with<F>(listener: TcpListener, root_for: F, config: PbConfig)
 where
     F: Fn(&Connection) -> ObjectRef + Send + Sync + 'static,
 {
-    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let permits = Arc::new(crate::transport::permits(config.max_connections.max(1)));
     let per_address = crate::transport::PerAddress::new(config.max_connections_per_address);
     let mut pause = Duration::from_millis(5);
     loop {

@@ -85,7 +85,7 @@ use pb_core::{Config, Connection, ObjectRef, Side};
 use pb_proto::hash::IdHasher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 // pb-core's, so that the dialing side can record a verified certificate the way this
@@ -388,7 +388,8 @@ async fn accept_loop(
     // Each connection's task holds a permit until it ends: the permits count the tasks, so
     // waiting for all of them at shutdown waits for every task, and no set of tasks has to be
     // kept (and reaped, a wake-up of this loop per connection).
-    let permits = Arc::new(Semaphore::new(builder.max_connections));
+    let permits = Arc::new(pb_core::transport::permits(builder.max_connections));
+    let total = permits.available_permits();
     let per_address = pb_core::transport::PerAddress::new(builder.max_connections_per_address);
     let config = Arc::new(builder.config);
     // Whether the loop ends in a shutdown, which closes the connections, or because the
@@ -497,8 +498,9 @@ async fn accept_loop(
         }
         while closing.join_next().await.is_some() {}
     }
-    // Wait for the connections' tasks to end, that is for every permit to be back.
-    let mut left = builder.max_connections;
+    // Wait for the connections' tasks to end, that is for every permit taken to be back (none
+    // is taken any more: the listener is gone).
+    let mut left = total - permits.available_permits();
     let mut back = Vec::new();
     while left > 0 {
         let n = u32::try_from(left).unwrap_or(u32::MAX);

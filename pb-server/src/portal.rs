@@ -386,7 +386,9 @@ impl Portal {
                 certificates: false,
                 config: LoginConfig::default(),
                 fake_secret,
-                pending: Arc::new(Semaphore::new(LoginConfig::default().max_pending_logins)),
+                pending: Arc::new(pb_core::transport::permits(
+                    LoginConfig::default().max_pending_logins,
+                )),
                 pending_per_address: pb_core::transport::PerAddress::new(
                     LoginConfig::default().max_pending_logins_per_address,
                 ),
@@ -435,7 +437,7 @@ impl Portal {
     /// The login phase's limits.
     pub fn config(self, config: LoginConfig) -> Portal {
         self.edit(|p| {
-            p.pending = Arc::new(Semaphore::new(config.max_pending_logins));
+            p.pending = Arc::new(pb_core::transport::permits(config.max_pending_logins));
             p.pending_per_address =
                 pb_core::transport::PerAddress::new(config.max_pending_logins_per_address);
             p.config = config;

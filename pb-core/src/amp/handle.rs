@@ -349,7 +349,7 @@ pub async fn serve<F>(listener: TcpListener, config: AmpConfig, make_locator: F)
 where
     F: Fn(&AmpConnection) -> Locator + Send + Sync + 'static,
 {
-    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let permits = Arc::new(crate::transport::permits(config.max_connections.max(1)));
     let per_address = crate::transport::PerAddress::new(config.max_connections_per_address);
     loop {
         let (stream, peer) = match listener.accept().await {
