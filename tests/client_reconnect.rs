@@ -152,3 +152,43 @@ async fn logs_in_again_after_reconnecting() {
     client.stop().await;
     server.shutdown().await;
 }
+
+/// `stop` while the session hook runs (a login the server is slow to answer) closes the
+/// connection the hook was given: it used to stay open, answering keep-alives and holding its
+/// server slot, with the client `Stopped`.
+#[tokio::test]
+async fn stop_while_the_hook_runs_closes_its_connection() {
+    let server = pb::Server::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve(KitchenRef::new(KitchenImpl::default()));
+    let in_hook = std::sync::Arc::new(tokio::sync::Notify::new());
+    let client = Reconnecting::start(
+        pb::Client::builder(),
+        server.local_addr().to_string(),
+        Backoff::default(),
+        {
+            let in_hook = in_hook.clone();
+            move |session| {
+                let in_hook = in_hook.clone();
+                async move {
+                    let k: KitchenRef = session.connection().root();
+                    in_hook.notify_one();
+                    k.hang().await.map_err(|e| e.to_string())?;
+                    Ok(k)
+                }
+            }
+        },
+    );
+    in_hook.notified().await;
+    assert!(settle(|| server.connections().len() == 1).await);
+    let served = server.connections().pop().unwrap();
+    let states = client.watch();
+    client.stop().await;
+    assert!(matches!(*states.borrow(), ClientState::Stopped));
+    // Closed by the client, seen by the server: no sleep, a bound only against a hang.
+    tokio::time::timeout(Duration::from_secs(20), served.closed())
+        .await
+        .expect("the hook's connection closed");
+    assert!(settle(|| server.connections().is_empty()).await);
+}

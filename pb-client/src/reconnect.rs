@@ -251,12 +251,28 @@ async fn connect_once<S>(
         }
         text
     })?;
-    let connection = session.connection().clone();
-    match hook(session).await {
-        Ok(session) => Ok((connection, session)),
-        Err(e) => {
-            connection.abort();
-            Err(e)
+    // Aborted unless the hook succeeds: when it fails, and when this future is dropped while
+    // the hook runs (`stop`), for a connection stays open while the peer keeps it, whatever
+    // becomes of its handles.
+    let mut opened = AbortUnlessKept {
+        connection: session.connection().clone(),
+        kept: false,
+    };
+    let session = hook(session).await?;
+    opened.kept = true;
+    Ok((opened.connection.clone(), session))
+}
+
+/// A connection aborted when this is dropped, unless it was kept.
+struct AbortUnlessKept {
+    connection: Connection,
+    kept: bool,
+}
+
+impl Drop for AbortUnlessKept {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.connection.abort();
         }
     }
 }
