@@ -166,13 +166,18 @@ impl Node {
         peers
     }
 
-    /// Stop listening and close every connection gracefully.
+    /// Stop listening and close every connection gracefully, all at once: the listener first
+    /// (no peer is accepted once this has begun), then the connections dialed and accepted
+    /// together, each letting its calls in flight finish within its drain timeout.
     pub async fn shutdown(self) {
-        let dialed: Vec<Connection> = self.dialed.iter().map(|c| c.value().clone()).collect();
-        for conn in dialed {
-            conn.close().await;
+        self.server.shutdown_handle().shutdown();
+        let mut closing = tokio::task::JoinSet::new();
+        for conn in self.dialed.iter().map(|c| c.value().clone()) {
+            closing.spawn(async move { conn.close().await });
         }
-        self.server.shutdown().await;
+        tokio::join!(self.server.shutdown(), async {
+            while closing.join_next().await.is_some() {}
+        });
     }
 }
 
