@@ -150,6 +150,13 @@ async fn the_callee_sees_the_deadline_and_its_calls_inherit_it() {
 
     // No deadline: none seen.
     assert_eq!(middle.time_left().await, Ok(None));
+    // A timeout past what the clock can reach is a deadline decades away (it used to panic
+    // adding `Duration::MAX` to now), carried as such.
+    let left = pb::deadline::with_timeout(Duration::MAX, middle.time_left()).await;
+    assert!(
+        matches!(left, Ok(Some(ms)) if ms > 365 * 86_400_000),
+        "{left:?}"
+    );
     // The callee sees the caller's deadline.
     let left = pb::deadline::with_timeout(Duration::from_secs(10), middle.time_left()).await;
     assert_eq!(left, Ok(Some(10_000)));

@@ -30,9 +30,21 @@ pub async fn with_deadline<F: Future>(deadline: Instant, fut: F) -> F::Output {
     DEADLINE.scope(deadline, fut).await
 }
 
-/// Run `fut` with calls made in it bound to finish within `timeout` from now.
+/// Run `fut` with calls made in it bound to finish within `timeout` from now (a timeout past
+/// what the clock can reach, such as `Duration::MAX`, is a deadline decades away, as tokio's
+/// `timeout` takes it).
 pub async fn with_timeout<F: Future>(timeout: Duration, fut: F) -> F::Output {
-    with_deadline(Instant::now() + timeout, fut).await
+    with_deadline(after(timeout), fut).await
+}
+
+/// How far away [`after`] puts an instant the clock cannot reach: about 30 years, as tokio does.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// The instant `timeout` from now, or, if the clock cannot reach it (`Duration::MAX`), about 30
+/// years from now: a timeout too long to reach never fires, where adding it would panic.
+pub fn after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or_else(|| now + FAR_FUTURE)
 }
 
 /// The deadline in force for calls made here, if any.

@@ -523,7 +523,7 @@ async fn serve_tls(
 ) -> Option<Result<Established, pb_core::ConnectError>> {
     // The TLS handshake counts against the pb handshake's deadline, so a peer that stalls in
     // it holds its slot no longer than one that stalls after.
-    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let deadline = pb_core::deadline::after(config.handshake_timeout);
     let mut stream = stream;
     match tokio::time::timeout_at(deadline, refuse_plaintext(&mut stream)).await {
         Ok(Ok(true)) => {}

@@ -371,7 +371,9 @@ impl Driver {
                             return Pumped::Closed(DisconnectReason::WriteStalled(after));
                         }
                         self.stall_seen = seen;
-                        stall_timer.as_mut().reset(tokio::time::Instant::now() + stall.unwrap_or_default());
+                        stall_timer
+                            .as_mut()
+                            .reset(crate::deadline::after(stall.unwrap_or_default()));
                         // Polled once more after its reset, rather than trusting that its waker
                         // outlives the reset.
                         side.force();

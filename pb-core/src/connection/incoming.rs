@@ -161,8 +161,7 @@ impl ConnShared {
             // The caller's span is this one's parent.
             crate::trace::incoming(&span, parent);
         }
-        let deadline =
-            deadline_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms));
+        let deadline = deadline_ms.map(|ms| crate::deadline::after(Duration::from_millis(ms)));
         let caller = Caller::remote(self.clone(), deadline);
         let call = IncomingCall {
             body,

@@ -439,7 +439,7 @@ impl ConnShared {
             }
             // Progress, or little waiting: watch the next period.
             *mark = written;
-            timer.as_mut().reset(tokio::time::Instant::now() + after);
+            timer.as_mut().reset(crate::deadline::after(after));
         }
     }
 

@@ -491,7 +491,7 @@ fn flavor_name(v: &Value) -> &'static str {
 pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<PbShared>, mut rd: R) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut closed = shared.closed.subscribe();
-    let handshake_by = tokio::time::Instant::now() + shared.config.handshake_timeout;
+    let handshake_by = crate::deadline::after(shared.config.handshake_timeout);
     loop {
         // The peer's calls running here are capped, by count and by bytes: at the cap, decode
         // and read no more until one ends (its output backs up, which is TCP's backpressure on
