@@ -103,15 +103,28 @@ mod remote;
 /// methods or the dispatcher's `match`. The attribute also writes the trait back with the
 /// `Send` bounds that let its methods be served from any task.
 ///
-/// # Names a method may not take
-/// `new`, `from_arc`, `object_ref`, `from_object_ref`, `disconnected`, `is_connected`, nor
-/// `clone`, `eq`, `ne`, `hash`, `fmt`, `serialize`, `deserialize`, `from` or `into`: the stub
-/// has inherent methods or implements traits with those names, which would shadow the trait
-/// method (`stub.clone()` would make a remote call). The error points at the name.
+/// # Names
+/// A method may not be called `new`, `from_arc`, `object_ref`, `from_object_ref`,
+/// `disconnected`, `is_connected`, nor `clone`, `eq`, `ne`, `hash`, `fmt`, `serialize`,
+/// `deserialize`, `from`, `into`, `try_from` or `try_into`: the stub has inherent methods or
+/// implements traits with those names, which would shadow the trait method (`stub.clone()`
+/// would make a remote call). The error points at the name. Any other name works, those of the
+/// prelude's other traits' methods included (`to_owned`, `as_ref`), and so does any parameter
+/// name (the generated code's own names start with `__pb_`).
+///
+/// A method's name on the wire is its Rust name; a raw identifier (`r#type`) goes by its name
+/// (`type`). Attributes on a method go onto the trait's method and the stub's; a `#[cfg]`
+/// leaves the method out of the dispatcher and the interface as well, and a `#[deprecated]`
+/// method warns its callers (the stub) but not the dispatcher that serves it.
+///
+/// A method's result is `T` (it cannot fail) or `Result<T, E>` written in full: a
+/// `Result<T>` alias hides the error type from the macro, and is refused.
 ///
 /// # Options
 /// `#[pb::remote(crate = path)]` makes generated code name pb through `path` instead of `::pb`
-/// (for a crate that renamed its dependency on pb).
+/// (for a crate that renamed its dependency on pb). `#[pb::copyable]` and the AMP derives name
+/// `::pb` always: a crate that renamed its dependency (`rpc = { package = "pb", ... }`) puts
+/// `extern crate rpc as pb;` in its root for them.
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     remote::remote(attr.into(), item.into()).into()

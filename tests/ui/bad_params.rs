@@ -5,6 +5,7 @@ trait Greeter {
     async fn named(&self, name: &'static str) -> Result<(), ()>;
     async fn pattern(&self, (a, b): (u8, u8)) -> Result<(), ()>;
     async fn generic<T>(&self, t: T) -> Result<(), ()>;
+    async fn nested(&self, prefix: Option<&str>) -> Result<(), ()>;
 }
 
 fn main() {}

@@ -3,6 +3,7 @@ trait Collides {
     async fn new(&self) -> Result<(), ()>;
     async fn object_ref(&self) -> Result<(), ()>;
     async fn clone(&self) -> Result<(), ()>;
+    async fn try_into(&self) -> Result<(), ()>;
     async fn fine(&self) -> Result<(), ()>;
 }
 

@@ -2,6 +2,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
+use syn::ext::IdentExt;
 
 use super::model::{Borrowed, Interface};
 
@@ -41,7 +42,8 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
     let stub_methods = methods.iter().map(|m| {
         let attrs = &m.attrs;
         let mname = &m.name;
-        let mstr = mname.to_string();
+        // The wire name: a raw identifier (`r#type`) is called by its name (`type`).
+        let mstr = mname.unraw().to_string();
         let ok = &m.ok;
         let err = err_type(m, &p);
         let sent: Vec<_> = m.params.iter().filter(|p| !p.is_caller).collect();
@@ -79,7 +81,8 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
                 use #p::{WireAny as _, WireBytes as _, WirePlain as _, WireSerde as _};
                 static SIGNATURE: ::std::sync::OnceLock<#p::MethodSignature> =
                     ::std::sync::OnceLock::new();
-                let signature =
+                // Generated names start `__pb_`: a parameter may be called anything else.
+                let __pb_signature =
                     #p::MethodSignature::cached::<(#(#sent_types,)*), #ok>(&SIGNATURE).wire();
                 #(#held)*
                 self.inner
@@ -88,7 +91,7 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
                         &(#(#wired,)*),
                         true #(&& #plain)*,
                         (&#p::Wire::<#ok>::new()).seed(),
-                        signature,
+                        __pb_signature,
                     )
                     .await
             }
@@ -98,7 +101,9 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
     let arms = methods.iter().map(|m| {
         let mname = &m.name;
         // Matched as bytes: the name was checked as UTF-8 when the call was decoded.
-        let mbytes = syn::LitByteStr::new(mname.to_string().as_bytes(), mname.span());
+        let mbytes = syn::LitByteStr::new(mname.unraw().to_string().as_bytes(), mname.span());
+        // A method left out by `#[cfg]` has no arm either.
+        let cfgs = cfg_attrs(m);
         let sent: Vec<_> = m.params.iter().filter(|p| !p.is_caller).collect();
         let names = sent.iter().map(|p| &p.name);
         let types: Vec<_> = sent.iter().map(|p| &p.ty).collect();
@@ -119,7 +124,7 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
         let err = err_type(m, &p);
         let take_caller = m.params.iter().filter(|p| p.is_caller).map(|p| {
             let n = &p.name;
-            quote!(let #n = ::core::clone::Clone::clone(call.caller());)
+            quote!(let #n = ::core::clone::Clone::clone(__pb_call.caller());)
         });
         let args = m.params.iter().map(|p| {
             let n = &p.name;
@@ -128,22 +133,25 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
                 None => quote!(#n),
             }
         });
+        // Called as the trait's method on `T`: method syntax on the `Arc` would find the
+        // prelude's traits first for names such as `to_owned` or `as_ref`.
+        let handler = quote!(<T as #name>::#mname(&*self.inner, #(#args),*).await);
         let call_inner = if m.infallible {
-            quote!(::core::result::Result::<#ok, #p::Never>::Ok(
-                self.inner.#mname(#(#args),*).await
-            ))
+            quote!(::core::result::Result::<#ok, #p::Never>::Ok(#handler))
         } else {
-            quote!(self.inner.#mname(#(#args),*).await)
+            handler
         };
         quote! {
+            #(#cfgs)*
             #mbytes => {
                 static SIGNATURE: ::std::sync::OnceLock<#p::MethodSignature> =
                     ::std::sync::OnceLock::new();
-                let signature = #p::MethodSignature::cached::<(#(#types,)*), #ok>(&SIGNATURE);
-                if let ::core::result::Result::Err(fault) = call.check_signature(signature) {
+                let __pb_signature =
+                    #p::MethodSignature::cached::<(#(#types,)*), #ok>(&SIGNATURE);
+                if let ::core::result::Result::Err(fault) = __pb_call.check_signature(__pb_signature) {
                     return ::std::boxed::Box::pin(#p::ready(::core::result::Result::Err(fault)));
                 }
-                let (#(#names,)*): (#(#decoded,)*) = match call.decode_args_seed(
+                let (#(#names,)*): (#(#decoded,)*) = match __pb_call.decode_args_seed(
                     #p::TupleSeed((#((&#p::Wire::<#decoded>::new()).seed(),)*))
                 ) {
                     ::core::result::Result::Ok(args) => args,
@@ -152,7 +160,7 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
                     }
                 };
                 #(#take_caller)*
-                let __pb_caller = #p::IncomingCall::into_caller(call);
+                let __pb_caller = #p::IncomingCall::into_caller(__pb_call);
                 ::std::boxed::Box::pin(async move {
                     let result = #call_inner;
                     let result = result.map(|v| (&#p::Wire::<#ok>::new()).hold(v));
@@ -175,7 +183,10 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
             }
         }
     });
-    let method_names = methods.iter().map(|m| m.name.to_string());
+    let method_names = methods.iter().map(|m| {
+        let (cfgs, wire) = (cfg_attrs(m), m.name.unraw().to_string());
+        quote!(#(#cfgs)* #wire)
+    });
 
     let stub_doc = format!(
         "A reference to a [`{name}`] object, local or remote: the typed stub generated by \
@@ -290,15 +301,17 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
                 <#stub as #p::Remote>::INTERFACE
             }
 
+            // Serving a deprecated method is no use of it: its callers are warned by the stub.
+            #[allow(deprecated)]
             fn dispatch(
                 self: ::std::sync::Arc<Self>,
-                mut call: #p::IncomingCall,
+                mut __pb_call: #p::IncomingCall,
             ) -> #p::BoxFuture<#p::Reply> {
                 use #p::{WireAny as _, WireBytes as _, WirePlain as _, WireSerde as _};
-                match call.method_bytes() {
+                match __pb_call.method_bytes() {
                     #(#arms)*
                     _ => {
-                        let reply = call.no_such_method(<#stub as #p::Remote>::INTERFACE);
+                        let reply = __pb_call.no_such_method(<#stub as #p::Remote>::INTERFACE);
                         ::std::boxed::Box::pin(#p::ready(reply))
                     }
                 }
@@ -315,4 +328,13 @@ fn err_type(m: &super::model::Method, p: &TokenStream) -> TokenStream {
         let e = &m.err;
         quote!(#e)
     }
+}
+
+/// The method's `#[cfg]` attributes, which the dispatcher's arm and the interface's list of
+/// names must carry too.
+fn cfg_attrs(m: &super::model::Method) -> Vec<&syn::Attribute> {
+    m.attrs
+        .iter()
+        .filter(|a| a.path().is_ident("cfg"))
+        .collect()
 }

@@ -132,7 +132,9 @@ impl Interface {
 
 /// Names a remote method cannot take: the typed stub's own methods, and those of the traits
 /// it implements that are called with method syntax (an inherent method of the same name would
-/// shadow them, and `stub.clone()` would make a remote call).
+/// shadow them, and `stub.clone()` would make a remote call), and of the prelude's traits that
+/// take `self` by value (`try_into`: method syntax finds them before a stub method that takes
+/// `&self`).
 pub(crate) const RESERVED: &[&str] = &[
     "new",
     "from_arc",
@@ -149,6 +151,8 @@ pub(crate) const RESERVED: &[&str] = &[
     "deserialize",
     "from",
     "into",
+    "try_from",
+    "try_into",
 ];
 
 impl Method {
@@ -160,8 +164,8 @@ impl Method {
             errors.push(syn::Error::new_spanned(
                 &sig.ident,
                 format!(
-                    "`{name}` is a method of the generated stub; rename the remote method \
-                     (reserved: {})",
+                    "`{name}` is a method of the generated stub, or of a trait every stub has; \
+                     rename the remote method (reserved: {})",
                     RESERVED.join(", ")
                 ),
             ));
@@ -228,7 +232,19 @@ impl Method {
                         continue;
                     }
                 },
-                _ => None,
+                ty => {
+                    // A borrow inside a type (`Option<&str>`) cannot be decoded into either.
+                    if let Some(r) = nested_reference(ty) {
+                        errors.push(syn::Error::new_spanned(
+                            r,
+                            "remote method parameters are passed by value (they cross the \
+                             network); only `&[u8]` and `&str` may be borrowed, and only as the \
+                             whole parameter (`Option<&str>`: take `Option<String>`)",
+                        ));
+                        continue;
+                    }
+                    None
+                }
             };
             params.push(Param {
                 name: pi.ident.clone(),
@@ -244,7 +260,17 @@ impl Method {
             ));
         }
         let result = match &sig.output {
-            ReturnType::Type(_, ty) => split_result(ty),
+            ReturnType::Type(_, ty) => {
+                if let Some(alias) = result_alias(ty) {
+                    errors.push(syn::Error::new_spanned(
+                        alias,
+                        "write the method's `Result<T, E>` in full: the macro reads the error \
+                         type from it, and a `Result<T>` alias would make the whole `Result` the \
+                         method's value (a method that cannot fail, its errors arriving as `Ok`)",
+                    ));
+                }
+                split_result(ty)
+            }
             ReturnType::Default => None,
         };
         let (ok, err, infallible) = match (result, &sig.output) {
@@ -286,6 +312,37 @@ fn unit() -> Type {
 fn is_caller_type(ty: &Type) -> bool {
     matches!(ty, Type::Path(p) if p.qself.is_none()
         && p.path.segments.last().is_some_and(|s| s.ident == "Caller" && s.arguments.is_empty()))
+}
+
+/// A path ending in `Result` with one type argument (an alias such as `io::Result<T>`), whose
+/// error type the macro cannot see.
+fn result_alias(ty: &Type) -> Option<&syn::PathSegment> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    (last.ident == "Result" && args.args.len() == 1).then_some(last)
+}
+
+/// A reference anywhere inside `ty` (a parameter's type that is not itself a reference).
+fn nested_reference(ty: &Type) -> Option<&syn::TypeReference> {
+    match ty {
+        Type::Reference(r) => Some(r),
+        Type::Path(p) => p.path.segments.iter().find_map(|s| match &s.arguments {
+            PathArguments::AngleBracketed(args) => args.args.iter().find_map(|a| match a {
+                GenericArgument::Type(t) => nested_reference(t),
+                _ => None,
+            }),
+            _ => None,
+        }),
+        Type::Tuple(t) => t.elems.iter().find_map(nested_reference),
+        Type::Array(a) => nested_reference(&a.elem),
+        Type::Slice(s) => nested_reference(&s.elem),
+        Type::Paren(p) => nested_reference(&p.elem),
+        Type::Group(g) => nested_reference(&g.elem),
+        _ => None,
+    }
 }
 
 /// `Result<T, E>` (under any path ending in `Result`) into `(T, E)`.

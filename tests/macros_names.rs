@@ -1,0 +1,84 @@
+//! `#[pb::remote]` takes the names users write: parameters named like the generated code's own
+//! locals (`signature`, `call`), methods named like those of the prelude's traits that take
+//! `&self` (`to_owned`, `as_ref`), raw identifiers (called on the wire by their names), and methods under `#[cfg]`
+//! or `#[deprecated]`.
+#![deny(deprecated)]
+
+mod common;
+
+#[pb::remote]
+pub trait Names {
+    async fn verify(&self, message: Vec<u8>, signature: Vec<u8>) -> bool;
+    async fn log(&self, call: String, caller: String) -> String;
+    async fn to_owned(&self) -> String;
+    async fn as_ref(&self, id: u32) -> u32;
+    async fn clone_into(&self) -> u8;
+    async fn r#type(&self) -> String;
+    async fn r#match(&self, r#in: u32) -> u32;
+    #[cfg(any())]
+    async fn never_built(&self) -> u8;
+    #[deprecated(note = "use verify")]
+    async fn check(&self, message: Vec<u8>) -> bool;
+}
+
+struct TheNames;
+
+impl Names for TheNames {
+    async fn verify(&self, message: Vec<u8>, signature: Vec<u8>) -> bool {
+        message == signature
+    }
+    async fn log(&self, call: String, caller: String) -> String {
+        format!("{caller}: {call}")
+    }
+    async fn to_owned(&self) -> String {
+        "owned".into()
+    }
+    async fn as_ref(&self, id: u32) -> u32 {
+        id + 1
+    }
+    async fn clone_into(&self) -> u8 {
+        3
+    }
+    async fn r#type(&self) -> String {
+        "leaf".into()
+    }
+    async fn r#match(&self, r#in: u32) -> u32 {
+        r#in * 2
+    }
+    #[allow(deprecated)]
+    async fn check(&self, message: Vec<u8>) -> bool {
+        message.is_empty()
+    }
+}
+
+#[tokio::test]
+async fn the_names_users_write_compile_and_are_called_by_them() {
+    let (_server, client) = common::memory_pair(NamesRef::new(TheNames)).await;
+    let names: NamesRef = client.root();
+    assert_eq!(names.verify(vec![1], vec![1]).await, Ok(true));
+    assert_eq!(
+        names.log("dial".into(), "ann".into()).await,
+        Ok("ann: dial".into())
+    );
+    assert_eq!(names.to_owned().await, Ok("owned".into()));
+    assert_eq!(names.as_ref(1).await, Ok(2));
+    assert_eq!(names.clone_into().await, Ok(3));
+    assert_eq!(names.r#type().await, Ok("leaf".into()));
+    assert_eq!(names.r#match(21).await, Ok(42));
+    #[allow(deprecated)]
+    let checked = names.check(Vec::new()).await;
+    assert_eq!(checked, Ok(true));
+    // Raw identifiers go by their names: in the interface, and to a call by name (as a
+    // Twisted peer's `callRemote("type")`).
+    let methods = <NamesRef as pb::Remote>::INTERFACE.methods;
+    assert!(
+        methods.contains(&"type") && methods.contains(&"match"),
+        "{methods:?}"
+    );
+    assert!(!methods.iter().any(|m| m.starts_with("r#")), "{methods:?}");
+    // A method left out by `#[cfg]` is left out of the interface too.
+    assert!(!methods.contains(&"never_built"), "{methods:?}");
+    let by_name: Result<String, pb::CallError<pb::Never>> =
+        names.object_ref().call("type", &()).await;
+    assert_eq!(by_name, Ok("leaf".into()));
+}
