@@ -66,6 +66,9 @@ pub(crate) fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
         let err = syn::Error::new_spanned(u.union_token, "#[pb::copyable] cannot apply to a union");
         return fail(err, &item);
     }
+    // Reported beside the derives, not instead of them: serde then reads its attributes, and
+    // this is the only error.
+    let unreadable = unreadable_serde(&input).map(|e| e.to_compile_error());
     let mut input = input;
     let helpers = bytes_fields_as_byte_strings(&input.ident, &mut input.data);
     if let Some(tag) = &args.twisted {
@@ -100,6 +103,8 @@ pub(crate) fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
             #marker
 
             #helpers
+
+            #unreadable
         };
     };
     if !input.generics.params.is_empty() {
@@ -133,6 +138,8 @@ pub(crate) fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
         impl #p::Copyable for #name {}
 
         #helpers
+
+        #unreadable
     }
 }
 
@@ -238,6 +245,67 @@ fn one_type_argument<'a>(ty: &'a syn::Type, name: &str) -> Option<&'a syn::Type>
         }
         _ => None,
     }
+}
+
+/// The serde attributes whose output pb's native codec cannot read back: it does not describe
+/// its data (no field names, no lengths of its own, no types), so it reads a value as its type
+/// says, field after field, and serde's `deserialize_any` (which `tag`, `untagged` and `flatten`
+/// need) is not there to ask. `skip_serializing_if` and the one-sided skips leave a field out
+/// on one side only: the reader takes the next field's bytes for it.
+const UNREADABLE: &[&str] = &[
+    "tag",
+    "content",
+    "untagged",
+    "flatten",
+    "skip_serializing_if",
+    "skip_serializing",
+    "skip_deserializing",
+];
+
+/// The first serde attribute of `input` (on the type, a variant or a field) in [`UNREADABLE`].
+fn unreadable_serde(input: &syn::DeriveInput) -> Option<syn::Error> {
+    let mut attrs: Vec<&syn::Attribute> = input.attrs.iter().collect();
+    match &input.data {
+        syn::Data::Struct(s) => attrs.extend(s.fields.iter().flat_map(|f| &f.attrs)),
+        syn::Data::Enum(e) => {
+            for v in &e.variants {
+                attrs.extend(&v.attrs);
+                attrs.extend(v.fields.iter().flat_map(|f| &f.attrs));
+            }
+        }
+        syn::Data::Union(_) => {}
+    }
+    attrs
+        .into_iter()
+        .filter(|a| a.path().is_ident("serde"))
+        .find_map(|a| {
+            let mut found = None;
+            let _ = a.parse_nested_meta(|meta| {
+                if found.is_none()
+                    && let Some(name) = UNREADABLE.iter().find(|n| meta.path.is_ident(n))
+                {
+                    found = Some(syn::Error::new_spanned(
+                        &meta.path,
+                        format!(
+                            "`#[serde({name})]` cannot cross pb's native wire: its codec does not \
+                             describe its data, so what this attribute writes cannot be read back \
+                             (`tag`, `untagged` and `flatten` need a self-describing format; \
+                             `skip_serializing_if` and one-sided skips leave a field out on one side \
+                             only); use `skip` (both sides), `default`, or an `Option` field"
+                        ),
+                    ));
+                }
+                // Step over the argument's value, whatever it is.
+                if meta.input.peek(syn::Token![=]) {
+                    let _: syn::Expr = meta.value()?.parse()?;
+                } else if meta.input.peek(syn::token::Paren) {
+                    let _nested;
+                    syn::parenthesized!(_nested in meta.input);
+                }
+                Ok(())
+            });
+            found
+        })
 }
 
 /// Whether a field's serde attributes choose how it is encoded already (`with`,

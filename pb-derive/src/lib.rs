@@ -150,7 +150,11 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// The attribute adds the serde derives to the item as written, so serde's container, variant
 /// and field attributes apply as they do on any serde type: `rename` and `rename_all`,
 /// `skip` (a field left out of the copy and made with `Default` on the receiving side),
-/// `default`, `with`, and the rest.
+/// `default`, `with`, and the rest, except those whose output pb's native codec cannot read
+/// back, which are refused at compile time: `tag`, `content`, `untagged` and `flatten` (they
+/// need a format that describes its data, which the native codec, like bincode, does not),
+/// and `skip_serializing_if`, `skip_serializing` and `skip_deserializing` (a field left out
+/// on one side only; the reader would take the next field's bytes for it).
 ///
 /// Byte-string fields take pb's encodings by themselves (the bytes on the wire are the same
 /// as serde's): a `Vec<u8>` or `Box<[u8]>` field is sent as one byte string, copied once,
