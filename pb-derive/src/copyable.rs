@@ -350,7 +350,9 @@ pub(crate) fn derive(item: TokenStream) -> TokenStream {
         return syn::Error::new_spanned(u.union_token, "pb::Copyable cannot apply to a union")
             .to_compile_error();
     }
-    marker_impl(&input)
+    let unreadable = unreadable_serde(&input).map(|e| e.to_compile_error());
+    let marker = marker_impl(&input);
+    quote!(#marker #unreadable)
 }
 
 /// `impl Copyable for Type`. A generic type is copyable for the parameters that make it serde's

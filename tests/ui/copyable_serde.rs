@@ -29,4 +29,10 @@ struct Outer {
     inner: Inner,
 }
 
+#[derive(serde::Serialize, serde::Deserialize, pb::Copyable)]
+#[serde(untagged)]
+enum Derived {
+    Num(u64),
+}
+
 fn main() {}
