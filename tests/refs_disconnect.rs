@@ -123,3 +123,46 @@ async fn everything_is_released_and_notified_exactly_once() {
     client.closed().await;
     root.disconnected().await;
 }
+
+#[pb::remote]
+pub trait Hub {
+    /// The reference this hub was made with.
+    async fn upstream(&self) -> Result<ProbeRef, ()>;
+}
+
+struct TheHub(ProbeRef);
+
+impl Hub for TheHub {
+    async fn upstream(&self) -> Result<ProbeRef, ()> {
+        Ok(self.0.clone())
+    }
+}
+
+/// A serves a probe; B holds A's root (or a child of it) and hands it on to C; the A–B link is
+/// cut. C's reference depends on that link and is revoked with it, for the root as for any
+/// other object (a forward of the root was never revoked: `disconnected()` never fired at C).
+#[tokio::test(start_paused = true)]
+async fn a_forward_of_the_peers_root_is_revoked_when_its_link_is_lost() {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    for forward_root in [true, false] {
+        let (a_side, b_to_a) = common::memory_pair(ProbeRef::new(P::new(&dropped))).await;
+        let a_root: ProbeRef = b_to_a.root();
+        let upstream = if forward_root {
+            a_root.clone()
+        } else {
+            a_root.child().await.unwrap()
+        };
+        let (_b_side, c_to_b) = common::memory_pair(HubRef::new(TheHub(upstream.clone()))).await;
+        let at_c = c_to_b.root::<HubRef>().upstream().await.unwrap();
+        assert_eq!(at_c.ping().await, Ok(1));
+        a_side.abort();
+        b_to_a.closed().await;
+        upstream.disconnected().await;
+        // Revoked at C once the revocation crossed B–C (virtual time: no real wait).
+        tokio::time::timeout(std::time::Duration::from_secs(30), at_c.disconnected())
+            .await
+            .expect("C's reference was revoked");
+        assert!(!at_c.is_connected());
+        assert_eq!(at_c.ping().await, Err(CallError::Disconnected));
+    }
+}

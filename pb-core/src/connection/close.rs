@@ -43,6 +43,7 @@ impl ConnShared {
         // reference imported on this connection is dead, and forwards of them that we export
         // to other peers are revoked there; our exports end (their hooks run).
         self.with_broker(|broker| broker.close(fault_of(&reason)));
+        self.revoke_roots();
         let _ = self.close_reason.set(reason);
         self.is_closed.store(true, Ordering::Release);
         self.closed.notify_waiters();

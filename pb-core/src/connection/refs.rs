@@ -11,7 +11,30 @@ impl ConnShared {
     ) -> impl FnMut(u64, u64) -> (Weak<Imported>, ObjectRef) + '_ {
         move |id, generation| {
             let imp = Arc::new(Imported::new(self.clone(), id, generation));
-            (Arc::downgrade(&imp), ObjectRef(RefInner::Remote(imp)))
+            let weak = Arc::downgrade(&imp);
+            if id == 0 {
+                self.note_root(&weak);
+            }
+            (weak, ObjectRef(RefInner::Remote(imp)))
+        }
+    }
+
+    /// Keep `root`, a handle of the peer's root, to revoke when the connection closes; the
+    /// handles dropped since are let go whenever the list doubles.
+    fn note_root(&self, root: &Weak<Imported>) {
+        let mut roots = self.roots.lock().unwrap_or_else(|p| p.into_inner());
+        roots.push(root.clone());
+        if roots.len() >= 8 && roots.len().is_power_of_two() {
+            roots.retain(|r| r.strong_count() > 0);
+        }
+    }
+
+    /// The connection closed: the handles of the peer's root are dead, and their forwards to
+    /// other peers are revoked there.
+    pub(super) fn revoke_roots(&self) {
+        let roots = std::mem::take(&mut *self.roots.lock().unwrap_or_else(|p| p.into_inner()));
+        for root in roots.iter().filter_map(Weak::upgrade) {
+            root.revoke();
         }
     }
 
