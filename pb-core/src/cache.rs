@@ -83,8 +83,14 @@ enum CacheMsg<S, U> {
 struct Observers {
     /// Connection id → where to send updates.
     linked: HashMap<u64, (Weak<dyn Link>, u64)>,
-    /// Connection id → the oldest version encoded for it and not yet observed.
-    encoded: HashMap<u64, u64>,
+    /// Connection id → the oldest version encoded for it and not yet observed, and the
+    /// connection: an encoding whose message never exported the cache (refused, or to a
+    /// connection that closed) leaves its entry, which goes once its connection has closed.
+    encoded: HashMap<u64, (u64, Weak<dyn Link>)>,
+    /// The size of `encoded` at which its entries of closed connections are let go next:
+    /// twice what was left the last time (at least 8), so that letting go costs a constant
+    /// time per encoding.
+    prune_at: usize,
 }
 
 struct CacheInner<T: CacheState> {
@@ -256,8 +262,16 @@ impl<T: CacheState> CacheInner<T> {
         let snapshot = self.state.borrow().clone();
         if let Some(peer) = codec::current_peer() {
             let mut obs = lock(&self.observers);
-            let e = obs.encoded.entry(peer.id()).or_insert(snapshot.version);
-            *e = (*e).min(snapshot.version);
+            if obs.encoded.len() >= obs.prune_at.max(8) {
+                obs.encoded
+                    .retain(|_, (_, conn)| conn.upgrade().is_some_and(|c| !c.is_closed()));
+                obs.prune_at = 2 * obs.encoded.len();
+            }
+            let e = obs
+                .encoded
+                .entry(peer.id())
+                .or_insert((snapshot.version, peer.downgrade()));
+            e.0 = e.0.min(snapshot.version);
         }
         let handle = ObjectRef::from_arc(self.clone());
         if s.is_human_readable() {
@@ -303,7 +317,7 @@ impl<T: CacheState> CacheInner<T> {
     /// encoded for it, if any.
     fn observe(&self, link: &ExportLink) -> Option<u64> {
         let mut obs = lock(&self.observers);
-        let encoded = obs.encoded.remove(&link.connection);
+        let encoded = obs.encoded.remove(&link.connection).map(|(v, _)| v);
         obs.linked
             .insert(link.connection, (link.conn.clone(), link.object));
         self.observer_count.send_replace(obs.linked.len());
@@ -355,7 +369,10 @@ impl<T: CacheState> Dispatch for CacheInner<T> {
         // to a reference it may have dropped meanwhile (its release crossing this message):
         // the replica this message makes would start behind them.
         let _sending = lock(&self.sending);
-        let encoded = lock(&self.observers).encoded.remove(&link.connection);
+        let encoded = lock(&self.observers)
+            .encoded
+            .remove(&link.connection)
+            .map(|(v, _)| v);
         self.send_catch_up(link, encoded);
     }
 

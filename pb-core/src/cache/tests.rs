@@ -212,3 +212,32 @@ mod unexport_tests {
         assert_eq!(cache.observers(), 0);
     }
 }
+
+/// Encodings of a replica whose message never exports it (here: calls to connections that
+/// have just closed) leave no entry behind once their connections are gone: there used to be
+/// one per such connection, kept as long as the cache lived.
+#[tokio::test(start_paused = true)]
+async fn encodings_that_never_leave_are_let_go_with_their_connections() {
+    async fn pair(root: ObjectRef) -> (crate::Connection, crate::Connection) {
+        let (a, b) = crate::transport::memory_pair();
+        let config = crate::Config::default();
+        tokio::try_join!(
+            crate::Connection::establish(a, &config, crate::Side::Server, Some(root), None),
+            crate::Connection::establish(b, &config, crate::Side::Client, None, None),
+        )
+        .unwrap()
+    }
+    let cache = Cache::new(Sum(0));
+    let served = Cache::new(Sum(0));
+    for _ in 0..50 {
+        let (server, client) = pair(ObjectRef::from_arc(served.inner.clone())).await;
+        let root = client.root_ref();
+        server.abort();
+        client.closed().await;
+        let r = root.call::<_, (), ()>("take", &(cache.replica(),)).await;
+        assert!(matches!(r, Err(CallError::Disconnected)), "{r:?}");
+    }
+    let left = lock(&cache.inner.observers).encoded.len();
+    assert!(left < 16, "{left} entries left for 50 closed connections");
+    assert_eq!(cache.observers(), 0);
+}

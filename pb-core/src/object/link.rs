@@ -465,6 +465,11 @@ impl Connection {
         Connection { link }
     }
 
+    /// The connection, held weakly: what keeps no part of it alive.
+    pub(crate) fn downgrade(&self) -> Weak<dyn Link> {
+        Arc::downgrade(&self.link)
+    }
+
     /// The peer's root object, typed.
     pub fn root<R: Remote>(&self) -> R {
         R::from_object_ref(self.root_ref())
