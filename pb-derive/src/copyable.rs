@@ -280,12 +280,12 @@ fn unreadable_serde(input: &syn::DeriveInput) -> Option<syn::Error> {
         .filter(|a| a.path().is_ident("serde"))
         .find_map(|a| {
             let mut found = None;
-            let _ = a.parse_nested_meta(|meta| {
+            let _ = serde_keys(a, |path| {
                 if found.is_none()
-                    && let Some(name) = UNREADABLE.iter().find(|n| meta.path.is_ident(n))
+                    && let Some(name) = UNREADABLE.iter().find(|n| path.is_ident(n))
                 {
                     found = Some(syn::Error::new_spanned(
-                        &meta.path,
+                        path,
                         format!(
                             "`#[serde({name})]` cannot cross pb's native wire: its codec does not \
                              describe its data, so what this attribute writes cannot be read back \
@@ -295,17 +295,24 @@ fn unreadable_serde(input: &syn::DeriveInput) -> Option<syn::Error> {
                         ),
                     ));
                 }
-                // Step over the argument's value, whatever it is.
-                if meta.input.peek(syn::Token![=]) {
-                    let _: syn::Expr = meta.value()?.parse()?;
-                } else if meta.input.peek(syn::token::Paren) {
-                    let _nested;
-                    syn::parenthesized!(_nested in meta.input);
-                }
-                Ok(())
             });
             found
         })
+}
+
+/// Calls `each` with the key of every argument of the serde attribute `attr` (`rename` of
+/// `#[serde(rename = "x", default)]`, then `default`), stepping over their values.
+fn serde_keys(attr: &syn::Attribute, mut each: impl FnMut(&syn::Path)) -> syn::Result<()> {
+    attr.parse_nested_meta(|meta| {
+        each(&meta.path);
+        if meta.input.peek(syn::Token![=]) {
+            let _: syn::Expr = meta.value()?.parse()?;
+        } else if meta.input.peek(syn::token::Paren) {
+            let _nested;
+            syn::parenthesized!(_nested in meta.input);
+        }
+        Ok(())
+    })
 }
 
 /// Whether a field's serde attributes choose how it is encoded already (`with`,
@@ -324,17 +331,7 @@ fn names_serde_with(attrs: &[syn::Attribute]) -> bool {
         .filter(|a| a.path().is_ident("serde"))
         .any(|a| {
             let mut found = false;
-            let parsed = a.parse_nested_meta(|meta| {
-                found |= CHOSEN.iter().any(|c| meta.path.is_ident(c));
-                // Step over the argument's value, whatever it is.
-                if meta.input.peek(syn::Token![=]) {
-                    let _: syn::Expr = meta.value()?.parse()?;
-                } else if meta.input.peek(syn::token::Paren) {
-                    let _nested;
-                    syn::parenthesized!(_nested in meta.input);
-                }
-                Ok(())
-            });
+            let parsed = serde_keys(a, |path| found |= CHOSEN.iter().any(|c| path.is_ident(c)));
             // An attribute this cannot read is serde's to judge: leave the field alone.
             found || parsed.is_err()
         })

@@ -131,6 +131,11 @@ fn write_text(out: &mut String, graph: &Graph, v: &Value, depth: usize) {
         }
         end
     };
+    let pair = |out: &mut String, k: &Value, v: &Value| {
+        write_text(out, graph, k, depth + 1);
+        out.push_str(": ");
+        write_text(out, graph, v, depth + 1);
+    };
     // Writing to a `String` cannot fail.
     let _ = match graph.resolve(v) {
         Value::Str(s) if depth == 0 => {
@@ -171,9 +176,7 @@ fn write_text(out: &mut String, graph: &Graph, v: &Value, depth: usize) {
                 }
                 (k, v) => {
                     out.push('{');
-                    write_text(out, graph, k, depth + 1);
-                    out.push_str(": ");
-                    write_text(out, graph, v, depth + 1);
+                    pair(out, k, v);
                     out.push('}');
                 }
             }
@@ -188,9 +191,7 @@ fn write_text(out: &mut String, graph: &Graph, v: &Value, depth: usize) {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                write_text(out, graph, k, depth + 1);
-                out.push_str(": ");
-                write_text(out, graph, v, depth + 1);
+                pair(out, k, v);
             }
             out.push('}');
             Ok(())
