@@ -142,10 +142,11 @@ impl<T: Item> Source<T> {
                 Some(item) => item?,
             },
         };
-        // Measured only when a peer limits the answer and more than one item may go.
+        // Measured only when a peer limits the answer (the Twisted PB dialect has no frames)
+        // and more than one item may go.
         let room = peer
-            .map(|c| (c, c.peer_max_frame_len().saturating_sub(ANSWER_OVERHEAD)))
-            .filter(|_| max > 1);
+            .filter(|c| max > 1 && c.peer_max_frame_len() != usize::MAX)
+            .map(|c| (c, c.peer_max_frame_len().saturating_sub(ANSWER_OVERHEAD)));
         let mut used = room.map_or(0, |(c, _)| encoded_len(&first, c));
         batch.push(first);
         while batch.len() < max.clamp(1, 1024) as usize {
