@@ -233,3 +233,186 @@ async fn a_cacheables_state_is_held_to_the_connections_max_copied_size() {
         server.await.unwrap();
     }
 }
+
+#[pb::remote]
+pub trait Pinger {
+    async fn ping(&self, x: i64) -> i64;
+}
+
+struct ThePinger;
+
+impl Pinger for ThePinger {
+    async fn ping(&self, x: i64) -> i64 {
+        x
+    }
+}
+
+#[pb::remote]
+pub trait CallsBack {
+    /// Calls `r.ping(data.len())` and answers what it answered.
+    async fn call_back(&self, r: PingerRef, data: Vec<u8>) -> Result<i64, Failure>;
+}
+
+struct TheCallsBack;
+
+impl CallsBack for TheCallsBack {
+    async fn call_back(&self, r: PingerRef, data: Vec<u8>) -> Result<i64, Failure> {
+        r.ping(data.len() as i64)
+            .await
+            .map_err(|e| Failure::pb_error(format!("the callback failed: {e}")))
+    }
+}
+
+/// Handlers that call the peer back while the peer's calls are at the cap: the answers to those
+/// calls still come through (they used to sit unread behind the cap, and every call waited
+/// forever: a real Twisted client with 1 100 such calls in flight got none of them answered).
+#[tokio::test(start_paused = true)]
+async fn handlers_that_call_back_are_answered_at_the_cap_on_calls() {
+    for (config, calls, size) in [
+        // By count: two calls at a cap of two, both waiting for their callbacks.
+        (PbConfig::default().max_in_flight_calls(2), 4, 1),
+        // By bytes: one call larger than the cap.
+        (PbConfig::default().max_call_bytes(256 * 1024), 1, 300_000),
+    ] {
+        let (server, client) = pair(CallsBackRef::new(TheCallsBack).into(), config).await;
+        let root: CallsBackRef = client.root();
+        let calls: Vec<_> = (0..calls)
+            .map(|_| {
+                let root = root.clone();
+                tokio::spawn(async move {
+                    root.call_back(PingerRef::new(ThePinger), vec![1; size])
+                        .await
+                })
+            })
+            .collect();
+        let answered = async {
+            for call in calls {
+                assert_eq!(call.await.unwrap(), Ok(size as i64));
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(3600), answered)
+            .await
+            .expect("every call answered");
+        assert_eq!(server.stats().tables.in_flight_calls, 0);
+    }
+}
+
+/// A hand-written PB peer: the dialect handshake done, then messages sent and read raw.
+struct RawPeer {
+    io: DuplexStream,
+    dec: BananaCodec,
+    enc: BananaCodec,
+    buf: BytesMut,
+}
+
+impl RawPeer {
+    async fn connect(io: DuplexStream) -> RawPeer {
+        let mut peer = RawPeer {
+            io,
+            dec: BananaCodec::new(BananaConfig::default()),
+            enc: BananaCodec::new(BananaConfig::default()),
+            buf: BytesMut::new(),
+        };
+        let offer = next(&mut peer.dec, &mut peer.io, &mut peer.buf).await;
+        assert_eq!(Dialect::choose(&offer), Some(Dialect::Pb));
+        peer.send(Element::from("pb")).await;
+        peer.dec.set_dialect(Dialect::Pb);
+        peer.enc.set_dialect(Dialect::Pb);
+        peer.send(Element::List(vec!["version".into(), 6.into()]))
+            .await;
+        peer
+    }
+
+    async fn send(&mut self, e: Element) {
+        let mut out = BytesMut::new();
+        self.enc.encode(&e, &mut out).unwrap();
+        self.io.write_all(&out).await.unwrap();
+    }
+
+    /// The next message other than `version`.
+    async fn next(&mut self) -> Element {
+        loop {
+            let e = next(&mut self.dec, &mut self.io, &mut self.buf).await;
+            let head = e
+                .as_list()
+                .and_then(|l| l.first().and_then(|h| h.as_bytes().cloned()));
+            if head.as_deref() != Some(&b"version"[..]) {
+                return e;
+            }
+        }
+    }
+}
+
+/// `["message", id, "root", method, 1, ("tuple", args...), ("dictionary", kwargs...)]`.
+fn message(id: i64, method: &'static str, args: Vec<Element>, kwargs: Vec<Element>) -> Element {
+    let mut a = vec![Element::from("tuple")];
+    a.extend(args);
+    let mut k = vec![Element::from("dictionary")];
+    k.extend(kwargs);
+    Element::List(vec![
+        "message".into(),
+        id.into(),
+        "root".into(),
+        method.into(),
+        1.into(),
+        Element::List(a),
+        Element::List(k),
+    ])
+}
+
+#[pb::remote]
+pub trait Waits {
+    /// Waits until the test lets it go.
+    async fn wait(&self) -> u32;
+}
+
+struct TheWaits {
+    running: Arc<AtomicU64>,
+    most: Arc<AtomicU64>,
+    open: Arc<tokio::sync::Semaphore>,
+}
+
+impl Waits for TheWaits {
+    async fn wait(&self) -> u32 {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        let _permit = self.open.acquire().await.unwrap();
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        1
+    }
+}
+
+/// A peer that reuses one request id for many calls is held to the cap on calls in flight: each
+/// message counts (they used to count as one: 50 handlers ran under a cap of 2).
+#[tokio::test(start_paused = true)]
+async fn a_reused_request_id_is_held_to_the_cap_on_calls() {
+    let (running, most) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let open = Arc::new(tokio::sync::Semaphore::new(0));
+    let waits = TheWaits {
+        running: running.clone(),
+        most: most.clone(),
+        open: open.clone(),
+    };
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let config = PbConfig::default().max_in_flight_calls(2);
+    let _server = pb::twisted::accept_io(a, None, Some(WaitsRef::new(waits).into()), config);
+    let mut peer = RawPeer::connect(b).await;
+    for _ in 0..50 {
+        peer.send(message(1, "wait", vec![], vec![])).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    assert_eq!(
+        running.load(Ordering::SeqCst),
+        2,
+        "two run; the rest wait, unread"
+    );
+    open.add_permits(100);
+    for _ in 0..50 {
+        let answer = peer.next().await;
+        let head = answer
+            .as_list()
+            .and_then(|l| l.first().and_then(|h| h.as_bytes().cloned()));
+        assert_eq!(head.as_deref(), Some(&b"answer"[..]));
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 2);
+}

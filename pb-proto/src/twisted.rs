@@ -41,6 +41,13 @@ pub const MAX_BROKER_REFS: usize = 1024;
 /// The default of [`PbConfig::max_in_flight_calls`].
 pub const DEFAULT_MAX_IN_FLIGHT_CALLS: usize = 1024;
 
+/// How many of the peer's messages a broker holds back, for each call
+/// [`PbConfig::max_in_flight_calls`] lets run, while its calls are at that cap and it reads on
+/// for the answers to its own (see [`Broker::wants_input`]): a peer with this many times the
+/// cap in flight still gets its answers through. Their bytes are held to
+/// [`PbConfig::max_call_bytes`] as well.
+pub const HELD_PER_CALL: usize = 16;
+
 /// The default of [`PbConfig::max_violations`]: as Twisted, which closes after more than 3.
 pub const DEFAULT_MAX_VIOLATIONS: u32 = 3;
 
@@ -339,10 +346,20 @@ pub struct Broker<O, W> {
     /// times each was received and not yet released.
     imports: HashMap<i64, u64>,
     pending: HashMap<i64, Slot<W>>,
-    /// The peer's calls running here, with the bytes of their messages.
-    running: HashMap<i64, usize>,
+    /// The peer's calls running here: under each request id, the bytes of each message (a
+    /// peer may reuse an id while a call runs: each message counts).
+    running: HashMap<i64, Vec<usize>>,
+    /// How many messages `running` holds.
+    running_calls: usize,
     /// The bytes of the messages of `running`.
     running_bytes: usize,
+    /// Messages decoded while the peer's calls are at the cap, in order, with their bytes: the
+    /// driver reads on at the cap while our own calls wait for answers (a handler waiting for
+    /// one would otherwise never end), and everything but those answers waits here until the
+    /// calls are below the cap again.
+    held: std::collections::VecDeque<(Element, usize)>,
+    /// The bytes of `held`.
+    held_bytes: usize,
     /// The bytes of the message being decoded (a message may arrive over several reads).
     message_len: usize,
     violations: u32,
@@ -375,7 +392,10 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             imports: HashMap::new(),
             pending: HashMap::new(),
             running: HashMap::new(),
+            running_calls: 0,
             running_bytes: 0,
+            held: std::collections::VecDeque::new(),
+            held_bytes: 0,
             message_len: 0,
             violations: 0,
             peer_version: None,
@@ -617,7 +637,7 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
     /// How many of the peer's calls run here (with or without an answer). A driver should
     /// stop reading while this is at [`PbConfig::max_in_flight_calls`].
     pub fn running_count(&self) -> usize {
-        self.running.len()
+        self.running_calls
     }
 
     /// The bytes of the messages of the peer's calls running here. A driver should stop
@@ -626,17 +646,52 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
         self.running_bytes
     }
 
-    /// Whether a driver should stop reading: the peer's calls running here are at
-    /// [`PbConfig::max_in_flight_calls`] or hold [`PbConfig::max_call_bytes`].
+    /// Whether the peer's calls running here are at [`PbConfig::max_in_flight_calls`] or hold
+    /// [`PbConfig::max_call_bytes`].
     pub fn calls_at_cap(&self) -> bool {
-        self.running.len() >= self.config.max_in_flight_calls
+        self.running_calls >= self.config.max_in_flight_calls
             || self.running_bytes >= self.config.max_call_bytes
     }
 
-    /// The peer's call `request` is over: it no longer counts.
+    /// Whether a driver should read from the peer (and then [`Broker::poll_input`]): below the
+    /// cap on the peer's calls, or at it while our own calls wait for answers, until what is
+    /// held back reaches [`HELD_PER_CALL`] messages for each call the cap allows or
+    /// [`PbConfig::max_call_bytes`]. A driver that stops reading waits for a call to end
+    /// ([`Broker::finish_call`], [`Broker::forget_call`]) or one of ours to start, then polls
+    /// the input again: what was held back runs first.
+    pub fn wants_input(&self) -> bool {
+        !self.calls_at_cap() || self.reads_on_at_cap()
+    }
+
+    /// At the cap, whether to decode on (holding back all but answers): our calls wait for
+    /// answers, and what is held back is within the cap's own count and bytes.
+    fn reads_on_at_cap(&self) -> bool {
+        !self.pending.is_empty()
+            && self.held.len()
+                < self
+                    .config
+                    .max_in_flight_calls
+                    .saturating_mul(HELD_PER_CALL)
+            && self.held_bytes < self.config.max_call_bytes
+    }
+
+    /// The messages held back at the cap.
+    pub fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The peer's call `request` is over: it no longer counts (one message of the id's).
     fn end_call(&mut self, request: i64) {
-        if let Some(len) = self.running.remove(&request) {
+        let Some(lens) = self.running.get_mut(&request) else {
+            return;
+        };
+        if !lens.is_empty() {
+            let len = lens.remove(0);
             self.running_bytes -= len;
+            self.running_calls -= 1;
+        }
+        if lens.is_empty() {
+            self.running.remove(&request);
         }
     }
 
@@ -684,7 +739,10 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
         let objects = self.exports.drain().map(|(_, e)| e.object).collect();
         self.by_object.clear();
         self.running.clear();
+        self.running_calls = 0;
         self.running_bytes = 0;
+        self.held.clear();
+        self.held_bytes = 0;
         self.imports.clear();
         (waiters, objects)
     }
@@ -696,12 +754,39 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             if self.phase == Phase::Closed {
                 return Ok(None);
             }
+            // What was held back at the cap runs first, in order, once below it.
+            if !self.held.is_empty() && !self.calls_at_cap() {
+                if let Some((e, len)) = self.held.pop_front() {
+                    self.held_bytes -= len;
+                    self.message_len = len;
+                    let handled = self.handle(e);
+                    self.message_len = 0;
+                    if let Some(ev) = handled? {
+                        return Ok(Some(ev));
+                    }
+                }
+                continue;
+            }
+            if self.calls_at_cap() && !self.reads_on_at_cap() {
+                return Ok(None);
+            }
             let before = src.len();
             let decoded = self.decoder.decode(src);
             self.message_len += before - src.len();
             let Some(e) = decoded? else {
                 return Ok(None);
             };
+            // At the cap, only the answers to our calls go through: they may be what a running
+            // call waits for. Everything else keeps its place behind what is held.
+            if self.phase == Phase::Ready
+                && (self.calls_at_cap() || !self.held.is_empty())
+                && !is_answer(&e)
+            {
+                self.held_bytes += self.message_len;
+                self.held.push_back((e, self.message_len));
+                self.message_len = 0;
+                continue;
+            }
             // A call counts its message's bytes while it runs (`running_bytes`).
             let handled = self.handle(e);
             self.message_len = 0;
@@ -934,9 +1019,9 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             }
             return Ok(None);
         };
-        // A driver stops reading at the cap (see `running_count`); this guards the table
-        // whatever the driver does.
-        if self.running.len() >= self.config.max_in_flight_calls {
+        // A call over the cap is held back (see `poll_input`); this guards the table whatever
+        // the driver does.
+        if self.running_calls >= self.config.max_in_flight_calls {
             if answer {
                 let failure = error_failure(
                     &self.encoder,
@@ -953,11 +1038,13 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                 self.config.max_in_flight_calls
             ));
         }
-        // Calls without an answer run too, and count as long as they do.
-        // A request id reused while its call runs replaces it: only the new message counts.
-        if let Some(replaced) = self.running.insert(request, self.message_len) {
-            self.running_bytes -= replaced;
-        }
+        // Calls without an answer run too, and count as long as they do; so does each message
+        // of a request id a peer reuses while its call runs.
+        self.running
+            .entry(request)
+            .or_default()
+            .push(self.message_len);
+        self.running_calls += 1;
         self.running_bytes += self.message_len;
         Ok(Some(Event::Call(Incoming {
             request,
@@ -968,6 +1055,12 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             kwargs,
         })))
     }
+}
+
+/// Whether `e` is an answer or error message to one of our calls.
+fn is_answer(e: &Element) -> bool {
+    matches!(e, Element::List(items)
+        if items.first().and_then(Element::as_bytes).is_some_and(|c| &c[..] == b"answer" || &c[..] == b"error"))
 }
 
 /// The Banana bytes of a Twisted `CopyableFailure` with this type name, message and parents

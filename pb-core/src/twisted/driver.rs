@@ -57,7 +57,7 @@ pub(crate) struct PbShared {
     /// (a handle may drop anywhere) and folded in by the writer.
     releases: Mutex<Vec<(i64, u64, bool)>>,
     wake_writer: Notify,
-    /// One of the peer's calls ended: the reader may read again.
+    /// One of the peer's calls ended, or one of ours started: the reader may read again.
     call_done: Notify,
     closed: watch::Sender<bool>,
     ready: watch::Sender<bool>,
@@ -493,31 +493,13 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<PbShared>, mut r
     let mut closed = shared.closed.subscribe();
     let handshake_by = crate::deadline::after(shared.config.handshake_timeout);
     loop {
-        // The peer's calls running here are capped, by count and by bytes: at the cap, decode
-        // and read no more until one ends (its output backs up, which is TCP's backpressure on
-        // it).
-        loop {
-            let done = shared.call_done.notified();
-            if !lock(&shared.state).broker.calls_at_cap() {
-                break;
-            }
-            tokio::select! {
-                _ = done => {}
-                _ = closed.wait_for(|c| *c) => return,
-            }
-        }
         // What is buffered, one message at a time: each is acted on (its references
-        // resolved) before the next is decoded.
-        let mut at_cap = false;
+        // resolved) before the next is decoded. At the cap on the peer's calls (by count and
+        // by bytes) the broker holds back all but the answers to our calls, as long as some
+        // wait (a running handler may wait for one), and what it held back runs once a call
+        // ends.
         loop {
-            let polled = {
-                let mut st = lock(&shared.state);
-                if st.broker.calls_at_cap() {
-                    at_cap = true;
-                    break;
-                }
-                st.broker.poll_input(&mut buf)
-            };
+            let polled = lock(&shared.state).broker.poll_input(&mut buf);
             match polled {
                 Ok(Some(e)) => shared.event(e),
                 Ok(None) => break,
@@ -528,7 +510,19 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<PbShared>, mut r
             }
         }
         shared.flush();
-        if at_cap {
+        // At the cap with nothing to read on for: read no more until a call ends (the peer's
+        // output backs up, which is TCP's backpressure on it).
+        if !lock(&shared.state).broker.wants_input() {
+            let done = shared.call_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if lock(&shared.state).broker.wants_input() {
+                continue;
+            }
+            tokio::select! {
+                _ = done => {}
+                _ = closed.wait_for(|c| *c) => return,
+            }
             continue;
         }
         let ready = lock(&shared.state).broker.is_ready();
@@ -754,8 +748,10 @@ impl Link for PbShared {
         _refs: Vec<ObjectRef>,
         how: (Waker, Option<tokio::time::Instant>, CallExtras),
     ) -> Result<u64, Fault> {
-        self.send_call(target, method, &payload, Some(how.0))
-            .map(|id| id as u64)
+        let id = self.send_call(target, method, &payload, Some(how.0))?;
+        // A reader stopped at the cap on the peer's calls reads on while ours wait for answers.
+        self.call_done.notify_one();
+        Ok(id as u64)
     }
 
     fn poll_answer(&self, id: u64, cx: &mut Context<'_>) -> Poll<Received> {

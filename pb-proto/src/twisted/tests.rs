@@ -167,10 +167,11 @@ fn a_call_without_answer_gets_none_and_holds_nothing() {
 }
 
 #[test]
-fn a_request_id_reused_while_its_call_runs_is_counted_once() {
+fn a_request_id_reused_while_its_call_runs_counts_each_message() {
     let (mut server, mut client) = pair();
     call_root_without_answer(&mut client);
-    // The same message twice: the same request id while the first call still runs.
+    // The same message twice: the same request id while the first call still runs. Each
+    // counts, or a peer reusing one id could run any number of calls past the caps.
     let message = client.take_output();
     let mut input = BytesMut::from(&[&message[..], &message[..]].concat()[..]);
     let mut calls = Vec::new();
@@ -181,13 +182,66 @@ fn a_request_id_reused_while_its_call_runs_is_counted_once() {
         panic!("{calls:?}")
     };
     assert_eq!(first.request, second.request);
-    assert_eq!(server.running_bytes(), message.len());
+    assert_eq!(
+        (server.running_count(), server.running_bytes()),
+        (2, 2 * message.len())
+    );
     server.forget_call(second.request);
+    assert_eq!(server.running_count(), 1);
+    server.forget_call(first.request);
     assert_eq!(
         (server.running_count(), server.running_bytes()),
         (0, 0),
         "nothing left counted"
     );
+}
+
+#[test]
+fn at_the_cap_answers_to_our_calls_go_through_and_the_peers_calls_wait() {
+    let config = PbConfig::default().max_in_flight_calls(1);
+    let mut server = B::new(Role::Server, config);
+    let mut client = B::new(Role::Client, PbConfig::default());
+    server.set_name(Bytes::from_static(b"root"), "root");
+    pump(&mut server, &mut client);
+    pump(&mut client, &mut server);
+    pump(&mut server, &mut client);
+    client.set_name(Bytes::from_static(b"root"), "mind");
+    let root = Target::Name(Bytes::from_static(b"root"));
+    let a = args(vec![], client.encoder());
+    // The server runs one call: at its cap, it reads nothing more while it awaits nothing.
+    client.start_call(&root, b"x", &a, Some(1), false).unwrap();
+    client.start_call(&root, b"y", &a, Some(2), false).unwrap();
+    let mut input = BytesMut::from(&client.take_output()[..]);
+    let Some(Event::Call(first)) = server.poll_input(&mut input).unwrap() else {
+        panic!("a call")
+    };
+    assert_eq!(server.poll_input(&mut input).unwrap(), None);
+    assert!(!input.is_empty(), "the second call waits, unread");
+    assert!(!server.wants_input());
+    // The running call calls the client back: the server reads on for the answer, which goes
+    // through; the client's next call, behind it on the wire or not, waits.
+    let b = args(vec![], server.encoder());
+    let back = server
+        .start_call(&root, b"ping", &b, Some(7), false)
+        .unwrap();
+    assert!(server.wants_input());
+    let Event::Call(ping) = pump(&mut server, &mut client).remove(0) else {
+        panic!("the callback")
+    };
+    client.finish_call(ping.request, Ok(&b)).unwrap();
+    input.extend_from_slice(&client.take_output());
+    let events: Vec<_> = std::iter::from_fn(|| server.poll_input(&mut input).unwrap()).collect();
+    assert!(
+        matches!(&events[..], [Event::Answer { request, waiter: Some(7), result: Ok(_) }] if *request == back),
+        "{events:?}"
+    );
+    assert_eq!(server.held_count(), 1, "the second call, held back");
+    // Once the first call ends, the held one runs, before anything newer.
+    server.forget_call(first.request);
+    assert!(
+        matches!(server.poll_input(&mut input).unwrap(), Some(Event::Call(c)) if c.request != first.request)
+    );
+    assert_eq!(server.held_count(), 0);
 }
 
 #[test]
@@ -330,14 +384,18 @@ fn limits_hold_on_our_side() {
     let root = Target::Name(Bytes::from_static(b"root"));
     let a = args(vec![], client.encoder());
     client.start_call(&root, b"x", &a, Some(1), false).unwrap();
-    let second = client.start_call(&root, b"y", &a, Some(2), false).unwrap();
-    let events = pump(&mut client, &mut server);
-    assert_eq!(events.len(), 1, "the second call is over the cap");
-    let events = pump(&mut server, &mut client);
-    assert!(
-        matches!(&events[..], [Event::Answer { request, waiter: Some(2), result: Err(_) }] if *request == second),
-        "{events:?}"
-    );
+    client.start_call(&root, b"y", &a, Some(2), false).unwrap();
+    // The second call is over the cap: it waits, unread, until the first ends.
+    let mut input = BytesMut::from(&client.take_output()[..]);
+    let Some(Event::Call(first)) = server.poll_input(&mut input).unwrap() else {
+        panic!("the first call")
+    };
+    assert_eq!(server.poll_input(&mut input).unwrap(), None);
+    server.forget_call(first.request);
+    assert!(matches!(
+        server.poll_input(&mut input).unwrap(),
+        Some(Event::Call(_))
+    ));
     // A method name over the size limit is refused before anything is queued.
     let long = vec![b'm'; crate::banana::SIZE_LIMIT + 1];
     let before = client.out.len();
