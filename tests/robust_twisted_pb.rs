@@ -416,3 +416,54 @@ async fn a_reused_request_id_is_held_to_the_cap_on_calls() {
     }
     assert_eq!(most.load(Ordering::SeqCst), 2);
 }
+
+#[pb::remote]
+pub trait GivesBack {
+    async fn give_back(&self, r: pb::ObjectRef) -> pb::ObjectRef;
+}
+
+struct TheGivesBack;
+
+impl GivesBack for TheGivesBack {
+    async fn give_back(&self, r: pb::ObjectRef) -> pb::ObjectRef {
+        r
+    }
+}
+
+/// The references a refused call carries are released (`decref`), as Twisted releases them:
+/// a call with keyword arguments, and one whose arguments do not unjelly (a `class`), used to
+/// leave the peer exporting them for good.
+#[tokio::test(start_paused = true)]
+async fn the_references_of_a_refused_call_are_released() {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let server = pb::twisted::accept_io(
+        a,
+        None,
+        Some(GivesBackRef::new(TheGivesBack).into()),
+        PbConfig::default(),
+    );
+    let mut peer = RawPeer::connect(b).await;
+    let remote = |luid: i64| Element::List(vec!["remote".into(), luid.into()]);
+    let kwarg = Element::List(vec![
+        Element::List(vec!["unicode".into(), "flag".into()]),
+        1.into(),
+    ]);
+    peer.send(message(1, "give_back", vec![remote(7)], vec![kwarg]))
+        .await;
+    let class = Element::List(vec!["class".into(), "os.system".into()]);
+    peer.send(message(2, "give_back", vec![remote(8), class], vec![]))
+        .await;
+    // A call that is not refused, after them: its own release ends what this test reads.
+    peer.send(message(3, "give_back", vec![remote(9)], vec![]))
+        .await;
+    let mut decrefs = Vec::new();
+    while !decrefs.contains(&9) {
+        let m = peer.next().await;
+        let items = m.as_list().unwrap();
+        if items[0].as_bytes().map(|b| &b[..]) == Some(&b"decref"[..]) {
+            decrefs.push(items[1].as_i64().unwrap());
+        }
+    }
+    assert!(decrefs.contains(&7) && decrefs.contains(&8), "{decrefs:?}");
+    assert_eq!(server.stats().tables.imported, 0);
+}

@@ -248,6 +248,34 @@ impl PbShared {
         Ok(ObjectRef(RefInner::Remote(imp)))
     }
 
+    /// Releases the peer's references (`["remote", luid]`) in `sexp`, an expression that did
+    /// not unjelly: each is counted and released at once, so the peer stops exporting it.
+    fn release_remotes(&self, sexp: &pb_proto::banana::Element) {
+        use pb_proto::banana::Element;
+        let mut luids = Vec::new();
+        let mut stack = vec![sexp];
+        while let Some(e) = stack.pop() {
+            let Element::List(items) = e else { continue };
+            match items.as_slice() {
+                [tag, luid] if tag.as_bytes().is_some_and(|t| &t[..] == b"remote") => {
+                    luids.extend(luid.as_i64());
+                }
+                _ => stack.extend(items),
+            }
+        }
+        let Some(me) = self.arc() else { return };
+        let me: Arc<dyn Link> = me;
+        let released: Vec<ObjectRef> = {
+            let mut st = lock(&self.state);
+            luids
+                .into_iter()
+                .filter_map(|luid| Self::import(&mut st, &me, luid, None).ok())
+                .collect()
+        };
+        // Dropped outside the lock: each queues its `decref`.
+        drop(released);
+    }
+
     /// Runs the peer's call: resolves its references now (in the order the peer sent its
     /// messages), then dispatches it in a task and answers (or not).
     fn spawn_call(self: &Arc<Self>, call: Incoming<ObjectRef>) {
@@ -316,15 +344,35 @@ impl PbShared {
             kind: FaultKind::BadArguments,
             message,
         };
+        // The references a refused call carries are counted and released as any other (as
+        // Twisted does: its references decref when collected), or the peer would export them
+        // for good: the arguments are resolved first, and the keyword arguments' references
+        // too when they are refused.
         let jelly = self.config.jelly;
-        let kwargs = jelly::from_sexp(&call.kwargs, &jelly).map_err(|e| bad(e.to_string()))?;
-        match kwargs.root() {
-            Value::Dict(pairs) if pairs.is_empty() => {}
-            _ => return Err(bad("keyword arguments are not supported".to_owned())),
-        }
-        let graph = jelly::from_sexp(&call.args, &jelly).map_err(|e| bad(e.to_string()))?;
+        let graph = match jelly::from_sexp(&call.args, &jelly) {
+            Ok(graph) => graph,
+            Err(e) => {
+                self.release_remotes(&call.args);
+                return Err(bad(e.to_string()));
+            }
+        };
         let refs = self.resolve(&graph).map_err(bad)?;
         let refs = MessageRefs::pair(&graph, refs);
+        let kwargs = match jelly::from_sexp(&call.kwargs, &jelly) {
+            Ok(kwargs) => kwargs,
+            Err(e) => {
+                self.release_remotes(&call.kwargs);
+                return Err(bad(e.to_string()));
+            }
+        };
+        match kwargs.root() {
+            Value::Dict(pairs) if pairs.is_empty() => {}
+            _ => {
+                // Resolved to be released as they drop.
+                let _released = self.resolve(&kwargs);
+                return Err(bad("keyword arguments are not supported".to_owned()));
+            }
+        }
         let keep = refs.refs();
         let caller = Caller::remote(self.clone(), None);
         let args = JellyArgs {
