@@ -56,6 +56,10 @@ async fn a_call_carries_the_callers_trace_context_to_the_callee() {
         .await
         .expect("a dynamic call");
     assert_eq!(sum, 7);
+    // A one-way call carries it too (it used to carry none).
+    root.send("add", &(3i64, 4i64)).expect("a one-way call");
     CURRENT.with(|c| c.set(None));
-    assert_eq!(received(), vec![ctx, ctx]);
+    // Calls are handled in order: once this one is answered, the one-way call has run.
+    assert_eq!(k.add(0, 0).await, Ok(0));
+    assert_eq!(received(), vec![ctx, ctx, ctx]);
 }

@@ -24,6 +24,17 @@ async fn one_call_has_a_span_with_its_fields_on_both_sides() {
         k.sqrt(-1).await,
         Err(pb::CallError::Remote(TestError::Negative(-1)))
     );
+    // A call whose caller drops it (a `select!` of its own) ends `cancelled` on both sides:
+    // the caller's span had neither outcome nor duration.
+    let mut hung = Box::pin(k.hang());
+    std::future::poll_fn(|cx| {
+        assert!(hung.as_mut().poll(cx).is_pending(), "never answers");
+        std::task::Poll::Ready(())
+    })
+    .await;
+    drop(hung);
+    // The cancel reaches the server before this call's answer comes back.
+    assert_eq!(k.add(1, 1).await, Ok(2));
     conn.close().await;
     server.shutdown().await;
 
@@ -50,6 +61,11 @@ async fn one_call_has_a_span_with_its_fields_on_both_sides() {
         assert!(line.contains("connection="), "{line}");
     }
     assert!(find("out", "sqrt").contains("outcome=\"error\""));
+    for dir in ["out", "in"] {
+        let hang = find(dir, "hang");
+        assert!(hang.contains("outcome=\"cancelled\""), "{hang}");
+        assert!(hang.contains("duration_us="), "{hang}");
+    }
     assert!(find("in", "sqrt").contains("request_id=2"));
     // Connection spans wrap the drivers.
     assert!(out.contains("pb.connection{"), "{out}");

@@ -704,13 +704,14 @@ impl ObjectRef {
         let (payload, refs) = codec::encode_scratch(args, Some(self.peer().as_ref()))
             .map_err(|e| CallError::Encode(e.to_string()))?;
         let payload = Payload::encoded(payload);
-        // The parameters' signature only: a one-way call has no result to check.
+        // The parameters' signature only: a one-way call has no result to check. It carries
+        // the trace context it is made in, as a call does.
         let extras = CallExtras {
             signature: Some(Signature {
                 result: 0,
                 ..MethodSignature::wire_of::<A, ()>()
             }),
-            ..CallExtras::default()
+            trace: crate::trace::outgoing(),
         };
         match &self.0 {
             RefInner::Local(d) => {

@@ -103,6 +103,13 @@ pub(crate) async fn call(
         }
         std::time::Instant::now()
     });
+    // Records the outcome and duration as the call ends, however it ends: a caller that drops
+    // the call's future (a timeout of its own, a `select!`) leaves it `cancelled`.
+    let mut recorded = Recorded {
+        span: &span,
+        started,
+        outcome: "cancelled",
+    };
     // One async body, entered in the span (as `instrument` would) only when traced: an inner
     // async fn per case would cost a nested future and its moves on every call.
     let reply = 'call: {
@@ -168,9 +175,23 @@ pub(crate) async fn call(
                 .unwrap_or_else(|_| Err(deadline_fault())),
         }
     };
-    if let Some(started) = started {
-        span.record("outcome", outcome_name(Some(&reply)));
-        span.record("duration_us", started.elapsed().as_micros() as u64);
-    }
+    recorded.outcome = outcome_name(Some(&reply));
     reply
+}
+
+/// A traced call's outcome and duration, recorded on its span when this drops.
+struct Recorded<'a> {
+    span: &'a tracing::Span,
+    started: Option<std::time::Instant>,
+    outcome: &'static str,
+}
+
+impl Drop for Recorded<'_> {
+    fn drop(&mut self) {
+        if let Some(started) = self.started {
+            self.span.record("outcome", self.outcome);
+            self.span
+                .record("duration_us", started.elapsed().as_micros() as u64);
+        }
+    }
 }
