@@ -466,3 +466,45 @@ async fn the_dialing_side_knows_the_servers_verified_certificate() {
     plain.shutdown().await;
     server.shutdown().await;
 }
+
+/// The TLS handshake and pb's hello share one `handshake_timeout`: a peer that takes most of it
+/// in TLS and then sends no hello is cut when it ends (it used to get a second one for the
+/// hello, holding its slot for nearly twice as long).
+#[tokio::test(start_paused = true)]
+async fn the_tls_handshake_and_the_hello_share_one_deadline() {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    let pki = pki();
+    let tls = ServerTls::from_pem(
+        pki.server.cert_pem.as_bytes(),
+        pki.server.key_pem.as_bytes(),
+    )
+    .unwrap();
+    let config = pb::Config {
+        handshake_timeout: Duration::from_secs(10),
+        ..pb::Config::default()
+    };
+    let server = Server::builder()
+        .config(config)
+        .tls(tls)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .serve(AccountRef::new(auth_support::Me));
+    let client = trusting(&pki.ca).build().unwrap();
+    let started = tokio::time::Instant::now();
+    let tcp = TcpStream::connect(server.local_addr()).await.unwrap();
+    // Most of the deadline passes before the TLS handshake starts.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let name = rustls::pki_types::ServerName::IpAddress(server.local_addr().ip().into());
+    let mut tls = tokio_rustls::TlsConnector::from(client)
+        .connect(name, tcp)
+        .await
+        .expect("the TLS handshake, within the deadline");
+    // No pb hello: the server gives up at the deadline.
+    let mut buf = [0u8; 64];
+    let _ = tls.read(&mut buf).await;
+    let cut = started.elapsed();
+    assert!(cut <= Duration::from_secs(11), "cut after {cut:?}");
+    server.shutdown().await;
+}

@@ -552,7 +552,12 @@ async fn serve_tls(
             return None;
         }
     };
-    Some(serve_one(tls, service, config, addr, Some(Box::new(info))).await)
+    // The pb handshake gets what is left of the deadline, not a new one.
+    let left = Config {
+        handshake_timeout: deadline.saturating_duration_since(tokio::time::Instant::now()),
+        ..config.clone()
+    };
+    Some(serve_one(tls, service, &left, addr, Some(Box::new(info))).await)
 }
 
 /// A connection, and its reader when the caller is to run it.
