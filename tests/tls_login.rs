@@ -508,3 +508,44 @@ async fn the_tls_handshake_and_the_hello_share_one_deadline() {
     assert!(cut <= Duration::from_secs(11), "cut after {cut:?}");
     server.shutdown().await;
 }
+
+/// A server that requires a client certificate, dialed without one: the calls fail naming the
+/// TLS alert (TLS 1.3 finishes the client's side of the handshake first, so `connect` itself
+/// succeeds), where they said the server was "not a pb server"; `open` reports it as
+/// `ClientError::Tls`, as documented.
+#[tokio::test]
+async fn a_missing_client_certificate_is_named_as_the_cause() {
+    let pki = pki();
+    let client_ca = DevCa::new("pb client ca").unwrap();
+    let (server, _seen) = tls_server(
+        client_cert_tls(&pki, &client_ca, ClientAuth::Required),
+        true,
+    )
+    .await;
+    let conn = tokio::time::timeout(
+        NO_HANG,
+        pb::Client::builder()
+            .tls(trusting(&pki.ca))
+            .connect(server.local_addr()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let r = tokio::time::timeout(NO_HANG, conn.root_ref().call::<_, u64, ()>("x", &()))
+        .await
+        .unwrap();
+    match r {
+        Err(pb::CallError::Handshake(m)) => assert!(m.contains("CertificateRequired"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let opened = tokio::time::timeout(
+        NO_HANG,
+        pb::Client::builder()
+            .tls(trusting(&pki.ca))
+            .open(server.local_addr()),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(opened, Err(ClientError::Tls(_))), "{opened:?}");
+    server.shutdown().await;
+}

@@ -406,6 +406,14 @@ impl ClientBuilder {
             ConnectError::Handshake(HandshakeError::BadMagic {
                 magic: [0x15 | 0x16, 0x03, ..],
             }) => ClientError::ServerRequiresTls,
+            // The TLS server's alert (a certificate it refuses or wants) after our side of the
+            // handshake was done: TLS 1.3 finishes the client's side first.
+            ConnectError::Io(e)
+                if e.get_ref()
+                    .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some()) =>
+            {
+                ClientError::Tls(e)
+            }
             e => ClientError::Handshake(e),
         })
     }

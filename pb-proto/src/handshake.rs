@@ -320,6 +320,10 @@ pub enum HandshakeError {
         "the peer closed the connection before its pb hello: it is not a pb server, or it refused the connection"
     )]
     ClosedBeforeHello,
+    /// The connection failed before the peer's hello arrived, for a reason other than the
+    /// peer closing it: a TLS server refusing our certificate, say (the text says which).
+    #[error("the connection failed before its pb hello: {0}")]
+    FailedBeforeHello(String),
     /// The peer speaks another protocol version.
     #[error("protocol version mismatch: we speak version {ours}, the peer speaks version {theirs}")]
     VersionMismatch {

@@ -15,6 +15,21 @@ pub(super) fn fault_of(reason: &CloseReason) -> Fault {
 }
 
 impl ConnShared {
+    /// What the transport's error `e` closes the connection as: before the peer's hello, a
+    /// reset, an abort, a broken pipe or an early end is the peer closing it.
+    pub(super) fn io_reason(&self, e: &std::io::Error) -> CloseReason {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+        if !self.peer_known.load(Ordering::Acquire)
+            && matches!(
+                e.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            )
+        {
+            return CloseReason::PeerClosed;
+        }
+        CloseReason::Io(e.to_string())
+    }
+
     /// The fault of a call that fails because the connection has ended.
     pub(crate) fn close_fault(&self) -> Fault {
         match self.close_reason.get() {
@@ -30,12 +45,14 @@ impl ConnShared {
             return;
         }
         // A dialed connection whose peer hung up (or reset it) before its hello arrived was
-        // not talking to a pb server: its calls fail with that, not a bare disconnection.
+        // not talking to a pb server: its calls fail with that, not a bare disconnection; one
+        // that failed otherwise (a TLS server's alert) fails with why.
         let reason = match reason {
-            CloseReason::PeerClosed | CloseReason::Io(_)
-                if !self.peer_known.load(Ordering::Acquire) =>
-            {
+            CloseReason::PeerClosed if !self.peer_known.load(Ordering::Acquire) => {
                 CloseReason::Handshake(HandshakeError::ClosedBeforeHello)
+            }
+            CloseReason::Io(why) if !self.peer_known.load(Ordering::Acquire) => {
+                CloseReason::Handshake(HandshakeError::FailedBeforeHello(why))
             }
             reason => reason,
         };

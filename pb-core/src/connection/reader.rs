@@ -245,7 +245,7 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                 ReaderEvent::Read(Ok(n)) => {
                     conn.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                ReaderEvent::Read(Err(e)) => break CloseReason::Io(e.to_string()),
+                ReaderEvent::Read(Err(e)) => break conn.io_reason(&e),
                 ReaderEvent::Closed => break CloseReason::Local,
                 ReaderEvent::Drained => {}
                 ReaderEvent::Timer => {

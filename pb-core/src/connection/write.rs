@@ -133,7 +133,7 @@ pub(super) async fn run_writer(conn: Arc<ConnShared>) {
             {
                 return conn.poll_stall(&mut stall, after, cx).map(Err);
             }
-            polled.map_err(|e| CloseReason::Io(e.to_string()))
+            polled.map_err(|e| conn.io_reason(&e))
         })
         .await;
         if let Err(reason) = written {
@@ -394,7 +394,7 @@ impl ConnShared {
             }
             Poll::Ready(Err(e)) => {
                 drop(guard);
-                self.close(CloseReason::Io(e.to_string()));
+                self.close(self.io_reason(&e));
             }
         }
     }
