@@ -61,19 +61,23 @@ impl<T: Tokens> Broker<T> {
     /// object of the peer's that a held frame names (a held call that sends it, which the
     /// revocation or update must follow, as it did on the wire).
     pub fn must_follow_held(&self, body: &[u8]) -> bool {
-        !self.held_objects.is_empty()
-            && message::object_of(body).is_some_and(|id| self.held_objects.contains_key(&id))
+        self.held_objects.as_ref().is_some_and(|held| {
+            !held.is_empty() && message::object_of(body).is_some_and(|id| held.contains_key(&id))
+        })
     }
 
     /// Count (`delta` 1) or uncount (`delta` -1) the objects of the peer's that held frame
     /// `body` names: those its references send, or the one it revokes or
     /// updates. A call whose envelope does not decode names none (it is refused when handled).
     fn count_held(&mut self, body: &[u8], delta: isize) {
+        let held = self.held_objects.get_or_insert_with(|| {
+            Box::new(std::collections::HashMap::with_hasher(PeerKeys::new()))
+        });
         let mut count = |id: u64| {
-            let n = self.held_objects.entry(id).or_insert(0);
+            let n = held.entry(id).or_insert(0);
             *n = n.saturating_add_signed(delta);
             if *n == 0 {
-                self.held_objects.remove(&id);
+                held.remove(&id);
             }
         };
         if let Some(id) = message::object_of(body) {
@@ -97,7 +101,11 @@ impl<T: Tokens> Broker<T> {
         make: &mut MakeImport<'_, T>,
     ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
         let frame = frame.into();
-        if !self.held_objects.is_empty() {
+        if self
+            .held_objects
+            .as_ref()
+            .is_some_and(|held| !held.is_empty())
+        {
             self.count_held(&frame.body, -1);
         }
         self.handle(frame, true, make)
