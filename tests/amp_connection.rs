@@ -739,3 +739,49 @@ async fn a_write_or_flush_that_fails_closes_the_connection_with_the_error() {
         );
     }
 }
+
+#[derive(pb::AmpCommand)]
+#[amp(response = SumResult)]
+struct CallMeBack {
+    a: i64,
+    b: i64,
+}
+
+/// The peer ends its input while a responder waits on the responder's own call to it: that
+/// call fails at once (`Disconnected`), as Twisted fails all outgoing calls when the connection
+/// is lost, and the connection closes. It used to stay open for good (its idle timer reset by
+/// the running responder), the responder waiting for an answer that could not come.
+#[tokio::test(start_paused = true)]
+async fn a_responder_calling_back_a_peer_that_went_away_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server_io, mut peer) = tokio::io::duplex(64 * 1024);
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let server = AmpConnection::spawn_with(server_io, AmpConfig::default(), move |conn| {
+        let conn = conn.clone();
+        Locator::new().respond(move |CallMeBack { a, b }| {
+            let (conn, seen_tx) = (conn.clone(), seen_tx.clone());
+            async move {
+                let r = conn.call(&Sum { a, b }).await;
+                let _ = seen_tx.send(r.is_err());
+                Ok(SumResult { total: -1 })
+            }
+        })
+    });
+    let mut ask = AmpBox::new();
+    ask.insert("_ask", "1");
+    ask.insert("_command", "CallMeBack");
+    ask.insert("a", "1");
+    ask.insert("b", "2");
+    peer.write_all(&ask.to_bytes().unwrap()).await.unwrap();
+    // The server's callback arrives; the peer goes without answering it.
+    let mut buf = [0u8; 256];
+    let n = peer.read(&mut buf).await.unwrap();
+    assert!(buf[..n].windows(3).any(|w| w == b"Sum"), "{:?}", &buf[..n]);
+    drop(peer);
+    let hour = std::time::Duration::from_secs(3600);
+    let failed = tokio::time::timeout(hour, seen.recv()).await;
+    assert_eq!(failed, Ok(Some(true)), "the callback failed");
+    tokio::time::timeout(hour, server.closed())
+        .await
+        .expect("the connection closed");
+}

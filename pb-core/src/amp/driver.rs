@@ -336,8 +336,12 @@ impl Driver {
                 r = rd.read(&mut self.read_buf), if can_read => match r {
                     Ok(0) => {
                         // The peer may only have shut down its writing half: answer what it
-                        // already asked before closing, as a half-closing client expects.
+                        // already asked before closing, as a half-closing client expects. Our
+                        // own asks can get no answer now: they fail at once (as Twisted fails
+                        // all outgoing when the connection is lost), so that a responder waiting
+                        // on one ends and the connection closes.
                         self.peer_eof = true;
+                        self.fail_pending_asks();
                     }
                     Ok(n) => self.dispatcher.handle_input(self.read_buf.get(..n).unwrap_or(&[])),
                     Err(e) => {
@@ -678,8 +682,23 @@ impl Driver {
             .error(tag, UNKNOWN_ERROR_CODE, "Unknown Error", true);
     }
 
+    /// The peer can send no more: every ask of ours awaiting an answer fails with
+    /// `Disconnected(PeerClosed)`.
+    fn fail_pending_asks(&mut self) {
+        for (_, slot) in self.pending.drain() {
+            let gone = Err(AmpCallError::Disconnected(DisconnectReason::PeerClosed));
+            self.answers.push((slot, gone));
+        }
+        self.calls.deliver(&mut self.answers, &mut self.wakers);
+    }
+
     pub(super) fn handle_request(&mut self, req: Request) {
         match req {
+            // After the peer's end of input, an ask could never be answered.
+            Request::Ask { slot, .. } if self.peer_eof => {
+                let gone = Err(AmpCallError::Disconnected(DisconnectReason::PeerClosed));
+                self.answers.push((slot, gone));
+            }
             Request::Ask { name, args, slot } => match self.dispatcher.ask_numbered(&name, &args) {
                 Ok(n) => {
                     self.pending.insert(n, slot);
