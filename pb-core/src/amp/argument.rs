@@ -246,6 +246,12 @@ impl<T: AmpFields> AmpValue for AmpList<T> {
         for row in &self.0 {
             let mut b = AmpBox::new();
             row.to_box(&mut b)?;
+            if b.is_empty() {
+                // A row with every (optional) field absent is an empty box: its terminator
+                // alone, as Twisted writes it.
+                buf.extend_from_slice(&[0, 0]);
+                continue;
+            }
             b.encode(&mut buf).map_err(|e| ArgumentError::Invalid {
                 amp_type: "AmpList",
                 reason: e.to_string(),
@@ -256,17 +262,28 @@ impl<T: AmpFields> AmpValue for AmpList<T> {
     }
 
     fn decode_value(bytes: &[u8]) -> Result<Self, ArgumentError> {
-        let boxes = codec::decode_all(bytes, BoxCodecConfig::default()).map_err(|reason| {
-            ArgumentError::Invalid {
-                amp_type: "AmpList",
-                reason,
+        let invalid = |reason: String| ArgumentError::Invalid {
+            amp_type: "AmpList",
+            reason,
+        };
+        let mut codec = codec::BoxCodec::new(BoxCodecConfig::default());
+        let mut buf = BytesMut::from(bytes);
+        let mut rows = Vec::new();
+        while !buf.is_empty() {
+            // An empty box (a row with every field absent), which Twisted writes and reads
+            // inside a value; only a whole message may not be one.
+            if buf.starts_with(&[0, 0]) {
+                bytes::Buf::advance(&mut buf, 2);
+                rows.push(T::from_box(&AmpBox::new())?);
+                continue;
             }
-        })?;
-        boxes
-            .iter()
-            .map(T::from_box)
-            .collect::<Result<Vec<_>, _>>()
-            .map(AmpList)
+            match codec.decode(&mut buf) {
+                Ok(Some(b)) => rows.push(T::from_box(&b)?),
+                Ok(None) => return Err(invalid("truncated box".into())),
+                Err(e) => return Err(invalid(e.to_string())),
+            }
+        }
+        Ok(AmpList(rows))
     }
 }
 
@@ -274,6 +291,21 @@ impl<T: AmpFields> AmpValue for AmpList<T> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_with_every_field_absent_is_an_empty_box_both_ways() {
+        // Twisted's bytes for `AmpList([(b'x', Integer(optional=True))])` of `[{}, {'x': 1}]`.
+        let twisted = b"\x00\x00\x00\x01x\x00\x011\x00\x00";
+        let mut one = AmpBox::new();
+        one.insert("x", "1");
+        let list = AmpList(vec![AmpBox::new(), one]);
+        let mut wire = Vec::new();
+        list.encode_value(&mut wire).unwrap();
+        assert_eq!(&wire[..], &twisted[..]);
+        assert_eq!(AmpList::<AmpBox>::decode_value(twisted).unwrap(), list);
+        // Only whole rows: a truncated one is refused.
+        assert!(AmpList::<AmpBox>::decode_value(&twisted[..5]).is_err());
+    }
 
     #[test]
     fn small_pairs_are_copied_into_the_box_and_read_back() {
