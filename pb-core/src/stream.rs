@@ -40,7 +40,7 @@ pub fn channel<T: Item>(capacity: usize) -> (Sender<T>, Stream<T>) {
     let source = Arc::new(Source {
         rx: Mutex::new(Pulled {
             rx,
-            next: None,
+            next: VecDeque::new(),
             failed: None,
         }),
     });
@@ -104,12 +104,12 @@ struct Source<T> {
     rx: Mutex<Pulled<T>>,
 }
 
-/// The channel, an item taken for a batch it did not fit in (it starts the next), and a
-/// failure that arrived behind items of the batch being taken: it is the answer to the next
-/// pull, so that the items before it are not lost.
+/// The channel, the items of a batch that did not fit in the consumer's frame (they start the
+/// next), and a failure that arrived behind items of the batch being taken: it is the answer to
+/// the next pull, so that the items before it are not lost.
 struct Pulled<T> {
     rx: mpsc::Receiver<Result<T, String>>,
-    next: Option<T>,
+    next: VecDeque<T>,
     failed: Option<String>,
 }
 
@@ -125,42 +125,30 @@ static SOURCE: Interface = Interface {
     methods: &["pull"],
 };
 
-impl<T: Item> Source<T> {
-    /// Up to `max` items: waits for the first, then takes what is ready, as long as the answer
-    /// fits in a frame `peer` accepts (the first item goes whatever its size: alone, one too
-    /// large fails with the peer's limit named). Empty at the end.
-    async fn pull(&self, max: u32, peer: Option<&Connection>) -> Result<Vec<T>, String> {
+impl<T> Source<T> {
+    /// Up to `max` items: those put back first, else waits for one, then takes what is ready.
+    /// Empty at the end.
+    async fn pull(&self, max: u32) -> Result<Vec<T>, String> {
+        let max = max.clamp(1, 1024) as usize;
         let mut pulled = self.rx.lock().await;
-        if let Some(reason) = pulled.failed.take() {
-            return Err(reason);
-        }
         let mut batch = Vec::new();
-        let first = match pulled.next.take() {
-            Some(item) => item,
-            None => match pulled.rx.recv().await {
+        while batch.len() < max
+            && let Some(item) = pulled.next.pop_front()
+        {
+            batch.push(item);
+        }
+        if batch.is_empty() {
+            if let Some(reason) = pulled.failed.take() {
+                return Err(reason);
+            }
+            match pulled.rx.recv().await {
                 None => return Ok(batch),
-                Some(item) => item?,
-            },
-        };
-        // Measured only when a peer limits the answer (the Twisted PB dialect has no frames)
-        // and more than one item may go.
-        let room = peer
-            .filter(|c| max > 1 && c.peer_max_frame_len() != usize::MAX)
-            .map(|c| (c, c.peer_max_frame_len().saturating_sub(ANSWER_OVERHEAD)));
-        let mut used = room.map_or(0, |(c, _)| encoded_len(&first, c));
-        batch.push(first);
-        while batch.len() < max.clamp(1, 1024) as usize {
+                Some(item) => batch.push(item?),
+            }
+        }
+        while batch.len() < max {
             match pulled.rx.try_recv() {
-                Ok(Ok(item)) => {
-                    if let Some((c, room)) = room {
-                        used = used.saturating_add(encoded_len(&item, c));
-                        if used > room {
-                            pulled.next = Some(item);
-                            break;
-                        }
-                    }
-                    batch.push(item);
-                }
+                Ok(Ok(item)) => batch.push(item),
                 Ok(Err(reason)) => {
                     pulled.failed = Some(reason);
                     break;
@@ -170,16 +158,13 @@ impl<T: Item> Source<T> {
         }
         Ok(batch)
     }
-}
 
-/// The bytes `item` takes in an answer to `peer`: its encoding and what its references add to
-/// the envelope. One that does not encode counts nothing here (the answer fails with why).
-fn encoded_len<T: Item>(item: &T, peer: &Connection) -> usize {
-    match crate::object::codec::encode_scratch(item, Some(Some(peer))) {
-        Ok((encoded, refs)) => {
-            crate::object::codec::Payload::encoded(encoded).len() + refs.len() * REF_OVERHEAD
+    /// Items of a batch that did not fit: they start the next one, in order.
+    async fn put_back(&self, items: Vec<T>) {
+        let mut pulled = self.rx.lock().await;
+        for item in items.into_iter().rev() {
+            pulled.next.push_front(item);
         }
-        Err(_) => 0,
     }
 }
 
@@ -194,8 +179,29 @@ impl<T: Item> Dispatch for Source<T> {
                 return call.no_such_method(&SOURCE);
             }
             let (max,): (u32,) = call.decode_args()?;
-            let batch = self.pull(max, call.caller().connection()).await;
-            encode_result(call.caller(), batch)
+            // The largest answer the consumer takes (the Twisted PB dialect has no frames).
+            let room = call
+                .caller()
+                .connection()
+                .map(Connection::peer_max_frame_len)
+                .filter(|&n| n != usize::MAX)
+                .map(|n| n.saturating_sub(ANSWER_OVERHEAD));
+            let mut batch = self.pull(max).await;
+            loop {
+                let reply = encode_result(call.caller(), batch.as_deref().map_err(String::as_str));
+                // Over the consumer's frame: the later half of the items goes back to start the
+                // next pull (an item too large alone fails, the limit named). Each item is
+                // encoded once unless its batch does not fit.
+                if let (Some(room), Ok(items), Ok(outcome)) = (room, &mut batch, &reply)
+                    && items.len() > 1
+                    && outcome.payload.len() + outcome.refs.len() * REF_OVERHEAD > room
+                {
+                    let rest = items.split_off(items.len() / 2);
+                    self.put_back(rest).await;
+                    continue;
+                }
+                return reply;
+            }
         })
     }
 
@@ -283,12 +289,9 @@ impl<T: Item> Stream<T> {
                     Kind::Done => return Poll::Ready(None),
                     Kind::Local(source) => {
                         let source = source.clone();
-                        Box::pin(async move {
-                            source
-                                .pull(PULL_BATCH, None)
-                                .await
-                                .map_err(CallError::Remote)
-                        })
+                        Box::pin(
+                            async move { source.pull(PULL_BATCH).await.map_err(CallError::Remote) },
+                        )
                     }
                     Kind::Remote(r) => {
                         let r = r.clone();
