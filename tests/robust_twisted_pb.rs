@@ -467,3 +467,56 @@ async fn the_references_of_a_refused_call_are_released() {
     assert!(decrefs.contains(&7) && decrefs.contains(&8), "{decrefs:?}");
     assert_eq!(server.stats().tables.imported, 0);
 }
+
+#[pb::remote]
+pub trait WaitsOrNot {
+    /// Waits until the test lets it go.
+    async fn wait(&self) -> u32;
+    async fn quick(&self) -> u32;
+}
+
+struct TheWaitsOrNot(Arc<tokio::sync::Semaphore>);
+
+impl WaitsOrNot for TheWaitsOrNot {
+    async fn wait(&self) -> u32 {
+        let _permit = self.0.acquire().await.unwrap();
+        1
+    }
+    async fn quick(&self) -> u32 {
+        2
+    }
+}
+
+/// A call held back at the cap (read on because one of ours awaits an answer) runs as soon as
+/// the running call ends, with no further byte from the peer: the reader used to wake only for
+/// the peer's bytes, so a peer waiting for that answer waited for good.
+#[tokio::test(start_paused = true)]
+async fn a_call_held_at_the_cap_runs_when_the_running_one_ends() {
+    let open = Arc::new(tokio::sync::Semaphore::new(0));
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let config = PbConfig::default().max_in_flight_calls(1);
+    let root = WaitsOrNotRef::new(TheWaitsOrNot(open.clone()));
+    let server = pb::twisted::accept_io(a, None, Some(root.into()), config);
+    let mut peer = RawPeer::connect(b).await;
+    peer.send(message(1, "wait", vec![], vec![])).await;
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    // A call of the server's to the peer, which the peer never answers: the server reads on.
+    let ours = server.root_ref();
+    tokio::spawn(async move { ours.call::<_, u32, Failure>("anything", &()).await });
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    peer.send(message(2, "quick", vec![], vec![])).await;
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    open.add_permits(1);
+    let mut answered = Vec::new();
+    let hour = std::time::Duration::from_secs(3600);
+    while answered.len() < 2 {
+        let m = tokio::time::timeout(hour, peer.next())
+            .await
+            .expect("both calls answered, no byte from the peer needed");
+        let items = m.as_list().unwrap().to_vec();
+        if items[0].as_bytes().map(|b| &b[..]) == Some(&b"answer"[..]) {
+            answered.push(items[1].as_i64().unwrap());
+        }
+    }
+    assert_eq!(answered, vec![1, 2]);
+}

@@ -680,6 +680,26 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
         self.held.len()
     }
 
+    /// Whether `e` names a Cacheable copy (`["cached", luid]`) that we have not received.
+    fn names_unknown_copy(&self, e: &Element) -> bool {
+        let mut stack = vec![e];
+        while let Some(e) = stack.pop() {
+            let Element::List(items) = e else { continue };
+            match items.as_slice() {
+                [tag, luid] if tag.as_bytes().is_some_and(|t| &t[..] == b"cached") => {
+                    if luid
+                        .as_i64()
+                        .is_some_and(|l| !self.imports.contains_key(&l))
+                    {
+                        return true;
+                    }
+                }
+                _ => stack.extend(items),
+            }
+        }
+        false
+    }
+
     /// The peer's call `request` is over: it no longer counts (one message of the id's).
     fn end_call(&mut self, request: i64) {
         let Some(lens) = self.running.get_mut(&request) else {
@@ -754,8 +774,13 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             if self.phase == Phase::Closed {
                 return Ok(None);
             }
-            // What was held back at the cap runs first, in order, once below it.
-            if !self.held.is_empty() && !self.calls_at_cap() {
+            // What was held back at the cap runs first, in order, once below it; an answer at
+            // the front (held behind a call it depended on, which has run) goes even at the cap.
+            if self
+                .held
+                .front()
+                .is_some_and(|(head, _)| !self.calls_at_cap() || is_answer(head))
+            {
                 if let Some((e, len)) = self.held.pop_front() {
                     self.held_bytes -= len;
                     self.message_len = len;
@@ -777,10 +802,12 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                 return Ok(None);
             };
             // At the cap, only the answers to our calls go through: they may be what a running
-            // call waits for. Everything else keeps its place behind what is held.
+            // call waits for. Everything else keeps its place behind what is held, and so does
+            // an answer that names a Cacheable copy we do not hold yet (`["cached", luid]`: its
+            // first send may be in a held call).
             if self.phase == Phase::Ready
                 && (self.calls_at_cap() || !self.held.is_empty())
-                && !is_answer(&e)
+                && (!is_answer(&e) || self.names_unknown_copy(&e))
             {
                 self.held_bytes += self.message_len;
                 self.held.push_back((e, self.message_len));

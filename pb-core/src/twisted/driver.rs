@@ -573,12 +573,20 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<PbShared>, mut r
             }
             continue;
         }
-        let ready = lock(&shared.state).broker.is_ready();
+        let (ready, held) = {
+            let st = lock(&shared.state);
+            (st.broker.is_ready(), st.broker.held_count() > 0)
+        };
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
+        // Reading on at the cap with messages held back: the end of a call lets them run, with
+        // no byte from the peer to wake us.
+        let done = shared.call_done.notified();
+        tokio::pin!(done);
         let n = tokio::select! {
             r = rd.read_buf(&mut buf) => r,
+            _ = &mut done, if held => continue,
             _ = closed.wait_for(|c| *c) => return,
             _ = tokio::time::sleep_until(handshake_by), if !ready => {
                 return shared.shut(CloseReason::IdleTimeout(shared.config.handshake_timeout));

@@ -464,3 +464,58 @@ fn the_failure_is_what_twisted_reads() {
         )))
     );
 }
+
+#[test]
+fn at_the_cap_an_answer_naming_a_copy_sent_in_a_held_call_waits_behind_it() {
+    let config = PbConfig::default().max_in_flight_calls(1);
+    let mut server = B::new(Role::Server, config);
+    let mut client = B::new(Role::Client, PbConfig::default());
+    server.set_name(Bytes::from_static(b"root"), "root");
+    pump(&mut server, &mut client);
+    pump(&mut client, &mut server);
+    pump(&mut server, &mut client);
+    client.set_name(Bytes::from_static(b"root"), "mind");
+    let root = Target::Name(Bytes::from_static(b"root"));
+    let a = args(vec![], client.encoder());
+    // One call runs here (the cap), and ours waits for the client's answer.
+    client.start_call(&root, b"x", &a, Some(1), false).unwrap();
+    let mut input = BytesMut::from(&client.take_output()[..]);
+    let Some(Event::Call(first)) = server.poll_input(&mut input).unwrap() else {
+        panic!("a call")
+    };
+    let b = args(vec![], server.encoder());
+    let back = server
+        .start_call(&root, b"ping", &b, Some(7), false)
+        .unwrap();
+    let Event::Call(ping) = pump(&mut server, &mut client).remove(0) else {
+        panic!("the callback")
+    };
+    // The client's next call sends a Cacheable for the first time (held: at the cap); its
+    // answer to ours names the copy (`cached`): it must not go first.
+    let cache = Element::List(vec![
+        word(b"cache"),
+        5.into(),
+        Element::List(vec![word(b"t")]),
+    ]);
+    let with_cache = args(vec![cache], client.encoder());
+    client
+        .start_call(&root, b"y", &with_cache, Some(2), false)
+        .unwrap();
+    let cached = args(
+        vec![Element::List(vec![word(b"cached"), 5.into()])],
+        client.encoder(),
+    );
+    client.finish_call(ping.request, Ok(&cached)).unwrap();
+    input.extend_from_slice(&client.take_output());
+    assert_eq!(server.poll_input(&mut input).unwrap(), None);
+    assert_eq!(server.held_count(), 2, "the call, and the answer behind it");
+    server.forget_call(first.request);
+    assert!(matches!(
+        server.poll_input(&mut input).unwrap(),
+        Some(Event::Call(_))
+    ));
+    assert!(matches!(
+        server.poll_input(&mut input).unwrap(),
+        Some(Event::Answer { request, .. }) if request == back
+    ));
+}
