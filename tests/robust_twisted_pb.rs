@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 pub trait Sink {
     /// The total length of `xs`.
     async fn take(&self, xs: Vec<String>) -> u64;
+    /// The total length of the `xs` given.
+    async fn take_some(&self, xs: Vec<Option<String>>) -> u64;
 }
 
 /// Counts the bytes its handler received.
@@ -29,6 +31,9 @@ impl Sink for TheSink {
         let total: u64 = xs.iter().map(|s| s.len() as u64).sum();
         self.0.fetch_add(total, Ordering::SeqCst);
         total
+    }
+    async fn take_some(&self, xs: Vec<Option<String>>) -> u64 {
+        xs.iter().flatten().map(|s| s.len() as u64).sum()
     }
 }
 
@@ -74,6 +79,12 @@ async fn a_part_named_many_times_is_copied_only_up_to_max_copied_size() {
     }
     assert_eq!(received.load(Ordering::SeqCst), before);
     assert_eq!(take(named_many_times(1, 3)).await, Ok(3));
+    // Inside an `Option` each copy counts once too (it counted twice: 10 names were refused).
+    let some = client
+        .root_ref()
+        .call::<_, u64, Failure>("take_some", &(named_many_times(64 * 1024, 10),))
+        .await;
+    assert_eq!(some, Ok(10 * 64 * 1024));
 }
 
 #[tokio::test]

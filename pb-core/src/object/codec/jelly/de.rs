@@ -488,7 +488,8 @@ impl<'a> de::Deserializer<'a> for De<'a> {
     fn deserialize_option<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Error> {
         match self.value()? {
             Value::None => visitor.visit_none(),
-            _ => visitor.visit_some(self),
+            // The value found, not the edge to it: a shared node is counted once.
+            v => visitor.visit_some(self.at(v)),
         }
     }
 
