@@ -82,3 +82,50 @@ async fn the_names_users_write_compile_and_are_called_by_them() {
         names.object_ref().call("type", &()).await;
     assert_eq!(by_name, Ok("leaf".into()));
 }
+
+/// A field skipped both ways (`skip_serializing` with `skip_deserializing`, which is `skip`) is
+/// allowed; a copyable with a Twisted tag may use the attributes only a self-describing format
+/// carries.
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skipped {
+    pub kept: u32,
+    #[serde(skip_serializing, skip_deserializing)]
+    pub local: u32,
+}
+
+#[pb::copyable(twisted = "pbtest.Sparse")]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sparse {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub nickname: Option<String>,
+}
+
+#[pb::remote]
+pub trait Echoes {
+    async fn skipped(&self, s: Skipped) -> Skipped;
+}
+
+struct TheEchoes;
+
+impl Echoes for TheEchoes {
+    async fn skipped(&self, s: Skipped) -> Skipped {
+        s
+    }
+}
+
+#[tokio::test]
+async fn a_field_skipped_both_ways_round_trips_as_skip() {
+    let (_server, client) = common::memory_pair(EchoesRef::new(TheEchoes)).await;
+    let echoes: EchoesRef = client.root();
+    let sent = Skipped { kept: 7, local: 9 };
+    assert_eq!(
+        echoes.skipped(sent).await,
+        Ok(Skipped { kept: 7, local: 0 })
+    );
+    let _twisted_only = Sparse {
+        name: "ada".into(),
+        nickname: None,
+    };
+}

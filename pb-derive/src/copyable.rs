@@ -68,7 +68,13 @@ pub(crate) fn copyable(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
     // Reported beside the derives, not instead of them: serde then reads its attributes, and
     // this is the only error.
-    let unreadable = unreadable_serde(&input).map(|e| e.to_compile_error());
+    // A copyable with a Twisted tag crosses Twisted PB as a dict, where these attributes work.
+    let unreadable = args
+        .twisted
+        .is_none()
+        .then(|| unreadable_serde(&input))
+        .flatten()
+        .map(|e| e.to_compile_error());
     let mut input = input;
     let helpers = bytes_fields_as_byte_strings(&input.ident, &mut input.data);
     if let Some(tag) = &args.twisted {
@@ -264,40 +270,47 @@ const UNREADABLE: &[&str] = &[
 
 /// The first serde attribute of `input` (on the type, a variant or a field) in [`UNREADABLE`].
 fn unreadable_serde(input: &syn::DeriveInput) -> Option<syn::Error> {
-    let mut attrs: Vec<&syn::Attribute> = input.attrs.iter().collect();
+    // The attributes of the type, of each variant and of each field, each holder's together:
+    // `skip_serializing` with `skip_deserializing` on one field is `skip`.
+    let mut holders: Vec<&[syn::Attribute]> = vec![&input.attrs];
     match &input.data {
-        syn::Data::Struct(s) => attrs.extend(s.fields.iter().flat_map(|f| &f.attrs)),
+        syn::Data::Struct(s) => holders.extend(s.fields.iter().map(|f| &f.attrs[..])),
         syn::Data::Enum(e) => {
             for v in &e.variants {
-                attrs.extend(&v.attrs);
-                attrs.extend(v.fields.iter().flat_map(|f| &f.attrs));
+                holders.push(&v.attrs);
+                holders.extend(v.fields.iter().map(|f| &f.attrs[..]));
             }
         }
         syn::Data::Union(_) => {}
     }
-    attrs
-        .into_iter()
-        .filter(|a| a.path().is_ident("serde"))
-        .find_map(|a| {
-            let mut found = None;
-            let _ = serde_keys(a, |path| {
-                if found.is_none()
-                    && let Some(name) = UNREADABLE.iter().find(|n| path.is_ident(n))
-                {
-                    found = Some(syn::Error::new_spanned(
-                        path,
-                        format!(
-                            "`#[serde({name})]` cannot cross pb's native wire: its codec does not \
-                             describe its data, so what this attribute writes cannot be read back \
-                             (`tag`, `untagged` and `flatten` need a self-describing format; \
-                             `skip_serializing_if` and one-sided skips leave a field out on one side \
-                             only); use `skip` (both sides), `default`, or an `Option` field"
-                        ),
-                    ));
-                }
-            });
-            found
-        })
+    holders.into_iter().find_map(|attrs| {
+        let mut keys: Vec<syn::Path> = Vec::new();
+        for a in attrs.iter().filter(|a| a.path().is_ident("serde")) {
+            let _ = serde_keys(a, |path| keys.push(path.clone()));
+        }
+        let has = |name: &str| keys.iter().any(|k| k.is_ident(name));
+        let both_skips = has("skip_serializing") && has("skip_deserializing");
+        keys.iter()
+            .find_map(|key| {
+                let name = UNREADABLE.iter().find(|n| key.is_ident(n))?;
+                let one_sided = matches!(*name, "skip_serializing" | "skip_deserializing");
+                (!(one_sided && both_skips)).then_some((key, name))
+            })
+            .map(|(key, name)| {
+                syn::Error::new_spanned(
+                    key,
+                    format!(
+                        "`#[serde({name})]` cannot cross pb's native wire: its codec does not \
+                         describe its data, so what this attribute writes cannot be read back \
+                         (`tag`, `untagged` and `flatten` need a self-describing format; \
+                         `skip_serializing_if` and one-sided skips leave a field out on one side \
+                         only); use `skip` (both sides), `default`, or an `Option` field (a \
+                         copyable with a Twisted tag, `#[pb::copyable(twisted = ...)]`, may use \
+                         them for Twisted peers)"
+                    ),
+                )
+            })
+    })
 }
 
 /// Calls `each` with the key of every argument of the serde attribute `attr` (`rename` of

@@ -154,7 +154,10 @@ pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// back, which are refused at compile time: `tag`, `content`, `untagged` and `flatten` (they
 /// need a format that describes its data, which the native codec, like bincode, does not),
 /// and `skip_serializing_if`, `skip_serializing` and `skip_deserializing` (a field left out
-/// on one side only; the reader would take the next field's bytes for it).
+/// on one side only; the reader would take the next field's bytes for it; the last two
+/// together are `skip`, and allowed). A copyable with a Twisted tag
+/// (`#[pb::copyable(twisted = ...)]`) may use them all: it crosses Twisted PB as a dict, which
+/// describes itself (sent over pb's native wire, such a value fails at the peer).
 ///
 /// Byte-string fields take pb's encodings by themselves (the bytes on the wire are the same
 /// as serde's): a `Vec<u8>` or `Box<[u8]>` field is sent as one byte string, copied once,
