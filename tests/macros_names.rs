@@ -10,6 +10,8 @@ mod common;
 pub trait Names {
     async fn verify(&self, message: Vec<u8>, signature: Vec<u8>) -> bool;
     async fn log(&self, call: String, caller: String) -> String;
+    #[allow(non_snake_case)]
+    async fn shout(&self, SIGNATURE: u8) -> u8;
     async fn to_owned(&self) -> String;
     async fn as_ref(&self, id: u32) -> u32;
     async fn clone_into(&self) -> u8;
@@ -29,6 +31,10 @@ impl Names for TheNames {
     }
     async fn log(&self, call: String, caller: String) -> String {
         format!("{caller}: {call}")
+    }
+    #[allow(non_snake_case)]
+    async fn shout(&self, SIGNATURE: u8) -> u8 {
+        SIGNATURE * 2
     }
     async fn to_owned(&self) -> String {
         "owned".into()
@@ -60,6 +66,7 @@ async fn the_names_users_write_compile_and_are_called_by_them() {
         names.log("dial".into(), "ann".into()).await,
         Ok("ann: dial".into())
     );
+    assert_eq!(names.shout(21).await, Ok(42));
     assert_eq!(names.to_owned().await, Ok("owned".into()));
     assert_eq!(names.as_ref(1).await, Ok(2));
     assert_eq!(names.clone_into().await, Ok(3));

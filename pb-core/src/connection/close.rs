@@ -60,9 +60,11 @@ impl ConnShared {
         // reference imported on this connection is dead, and forwards of them that we export
         // to other peers are revoked there; our exports end (their hooks run).
         self.with_broker(|broker| broker.close(fault_of(&reason)));
-        self.revoke_roots();
         let _ = self.close_reason.set(reason);
         self.is_closed.store(true, Ordering::Release);
+        // After the store: a root handle made from now on is dead as it is made (and a forward
+        // of it revoked as it is exported), and one made before is in the list.
+        self.revoke_roots();
         self.closed.notify_waiters();
         // Callers waiting for the peer's hello give up. Only a connection whose peer's hello
         // has not come can have any: its arrival woke those before it, and later ones see it.

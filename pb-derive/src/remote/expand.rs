@@ -79,11 +79,11 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
                 -> ::core::result::Result<#ok, #p::CallError<#err>>
             {
                 use #p::{WireAny as _, WireBytes as _, WirePlain as _, WireSerde as _};
-                static SIGNATURE: ::std::sync::OnceLock<#p::MethodSignature> =
+                static __PB_SIGNATURE: ::std::sync::OnceLock<#p::MethodSignature> =
                     ::std::sync::OnceLock::new();
                 // Generated names start `__pb_`: a parameter may be called anything else.
                 let __pb_signature =
-                    #p::MethodSignature::cached::<(#(#sent_types,)*), #ok>(&SIGNATURE).wire();
+                    #p::MethodSignature::cached::<(#(#sent_types,)*), #ok>(&__PB_SIGNATURE).wire();
                 #(#held)*
                 self.inner
                     .call_seed::<_, _, #ok, #err>(
@@ -144,10 +144,10 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
         quote! {
             #(#cfgs)*
             #mbytes => {
-                static SIGNATURE: ::std::sync::OnceLock<#p::MethodSignature> =
+                static __PB_SIGNATURE: ::std::sync::OnceLock<#p::MethodSignature> =
                     ::std::sync::OnceLock::new();
                 let __pb_signature =
-                    #p::MethodSignature::cached::<(#(#types,)*), #ok>(&SIGNATURE);
+                    #p::MethodSignature::cached::<(#(#types,)*), #ok>(&__PB_SIGNATURE);
                 if let ::core::result::Result::Err(fault) = __pb_call.check_signature(__pb_signature) {
                     return ::std::boxed::Box::pin(#p::ready(::core::result::Result::Err(fault)));
                 }
@@ -302,7 +302,8 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
             }
 
             // Serving a deprecated method is no use of it: its callers are warned by the stub.
-            #[allow(deprecated)]
+            // The parameters' names are linted where the user wrote them, on the trait.
+            #[allow(deprecated, non_snake_case)]
             fn dispatch(
                 self: ::std::sync::Arc<Self>,
                 mut __pb_call: #p::IncomingCall,
