@@ -196,16 +196,21 @@ fn a_request_id_reused_while_its_call_runs_counts_each_message() {
     );
 }
 
-#[test]
-fn at_the_cap_answers_to_our_calls_go_through_and_the_peers_calls_wait() {
-    let config = PbConfig::default().max_in_flight_calls(1);
-    let mut server = B::new(Role::Server, config);
+/// A server that runs one of the client's calls at a time, each side serving a root.
+fn capped_pair() -> (B, B) {
+    let mut server = B::new(Role::Server, PbConfig::default().max_in_flight_calls(1));
     let mut client = B::new(Role::Client, PbConfig::default());
     server.set_name(Bytes::from_static(b"root"), "root");
     pump(&mut server, &mut client);
     pump(&mut client, &mut server);
     pump(&mut server, &mut client);
     client.set_name(Bytes::from_static(b"root"), "mind");
+    (server, client)
+}
+
+#[test]
+fn at_the_cap_answers_to_our_calls_go_through_and_the_peers_calls_wait() {
+    let (mut server, mut client) = capped_pair();
     let root = Target::Name(Bytes::from_static(b"root"));
     let a = args(vec![], client.encoder());
     // The server runs one call: at its cap, it reads nothing more while it awaits nothing.
@@ -467,14 +472,7 @@ fn the_failure_is_what_twisted_reads() {
 
 #[test]
 fn at_the_cap_an_answer_naming_a_copy_sent_in_a_held_call_waits_behind_it() {
-    let config = PbConfig::default().max_in_flight_calls(1);
-    let mut server = B::new(Role::Server, config);
-    let mut client = B::new(Role::Client, PbConfig::default());
-    server.set_name(Bytes::from_static(b"root"), "root");
-    pump(&mut server, &mut client);
-    pump(&mut client, &mut server);
-    pump(&mut server, &mut client);
-    client.set_name(Bytes::from_static(b"root"), "mind");
+    let (mut server, mut client) = capped_pair();
     let root = Target::Name(Bytes::from_static(b"root"));
     let a = args(vec![], client.encoder());
     // One call runs here (the cap), and ours waits for the client's answer.
