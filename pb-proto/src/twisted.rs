@@ -346,9 +346,9 @@ pub struct Broker<O, W> {
     /// times each was received and not yet released.
     imports: HashMap<i64, u64>,
     pending: HashMap<i64, Slot<W>>,
-    /// The peer's calls running here: under each request id, the bytes of each message (a
-    /// peer may reuse an id while a call runs: each message counts).
-    running: HashMap<i64, Vec<usize>>,
+    /// The peer's calls running here: under each request id, how many messages and their bytes
+    /// (a peer may reuse an id while a call runs: each message counts).
+    running: HashMap<i64, (usize, usize)>,
     /// How many messages `running` holds.
     running_calls: usize,
     /// The bytes of the messages of `running`.
@@ -682,35 +682,23 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
 
     /// Whether `e` names a Cacheable copy (`["cached", luid]`) that we have not received.
     fn names_unknown_copy(&self, e: &Element) -> bool {
-        let mut stack = vec![e];
-        while let Some(e) = stack.pop() {
-            let Element::List(items) = e else { continue };
-            match items.as_slice() {
-                [tag, luid] if tag.as_bytes().is_some_and(|t| &t[..] == b"cached") => {
-                    if luid
-                        .as_i64()
-                        .is_some_and(|l| !self.imports.contains_key(&l))
-                    {
-                        return true;
-                    }
-                }
-                _ => stack.extend(items),
-            }
-        }
-        false
+        flavor_luids(e, b"cached")
+            .iter()
+            .any(|luid| !self.imports.contains_key(luid))
     }
 
-    /// The peer's call `request` is over: it no longer counts (one message of the id's).
+    /// The peer's call `request` is over: it no longer counts (one message of the id's, its
+    /// share of their bytes; the last one takes what is left).
     fn end_call(&mut self, request: i64) {
-        let Some(lens) = self.running.get_mut(&request) else {
+        let Some((calls, bytes)) = self.running.get_mut(&request) else {
             return;
         };
-        if !lens.is_empty() {
-            let len = lens.remove(0);
-            self.running_bytes -= len;
-            self.running_calls -= 1;
-        }
-        if lens.is_empty() {
+        let share = *bytes / *calls;
+        *calls -= 1;
+        *bytes -= share;
+        self.running_calls -= 1;
+        self.running_bytes -= share;
+        if *calls == 0 {
             self.running.remove(&request);
         }
     }
@@ -1067,10 +1055,9 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
         }
         // Calls without an answer run too, and count as long as they do; so does each message
         // of a request id a peer reuses while its call runs.
-        self.running
-            .entry(request)
-            .or_default()
-            .push(self.message_len);
+        let (calls, bytes) = self.running.entry(request).or_default();
+        *calls += 1;
+        *bytes += self.message_len;
         self.running_calls += 1;
         self.running_bytes += self.message_len;
         Ok(Some(Event::Call(Incoming {
@@ -1082,6 +1069,23 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             kwargs,
         })))
     }
+}
+
+/// The luids of the two-element flavors `[flavor, luid]` (`remote`, `cached`) anywhere in the
+/// raw expression `e`, as a message holds them before it is unjellied.
+pub fn flavor_luids(e: &Element, flavor: &[u8]) -> Vec<i64> {
+    let mut luids = Vec::new();
+    let mut stack = vec![e];
+    while let Some(e) = stack.pop() {
+        let Element::List(items) = e else { continue };
+        match items.as_slice() {
+            [tag, luid] if tag.as_bytes().is_some_and(|t| &t[..] == flavor) => {
+                luids.extend(luid.as_i64());
+            }
+            _ => stack.extend(items),
+        }
+    }
+    luids
 }
 
 /// Whether `e` is an answer or error message to one of our calls.

@@ -262,28 +262,17 @@ impl<T: AmpFields> AmpValue for AmpList<T> {
     }
 
     fn decode_value(bytes: &[u8]) -> Result<Self, ArgumentError> {
-        let invalid = |reason: String| ArgumentError::Invalid {
-            amp_type: "AmpList",
-            reason,
-        };
-        let mut codec = codec::BoxCodec::new(BoxCodecConfig::default());
-        let mut buf = BytesMut::from(bytes);
-        let mut rows = Vec::new();
-        while !buf.is_empty() {
-            // An empty box (a row with every field absent), which Twisted writes and reads
-            // inside a value; only a whole message may not be one.
-            if buf.starts_with(&[0, 0]) {
-                bytes::Buf::advance(&mut buf, 2);
-                rows.push(T::from_box(&AmpBox::new())?);
-                continue;
+        let boxes = codec::decode_all(bytes, BoxCodecConfig::default()).map_err(|reason| {
+            ArgumentError::Invalid {
+                amp_type: "AmpList",
+                reason,
             }
-            match codec.decode(&mut buf) {
-                Ok(Some(b)) => rows.push(T::from_box(&b)?),
-                Ok(None) => return Err(invalid("truncated box".into())),
-                Err(e) => return Err(invalid(e.to_string())),
-            }
-        }
-        Ok(AmpList(rows))
+        })?;
+        boxes
+            .iter()
+            .map(T::from_box)
+            .collect::<Result<Vec<_>, _>>()
+            .map(AmpList)
     }
 }
 

@@ -251,18 +251,7 @@ impl PbShared {
     /// Releases the peer's references (`["remote", luid]`) in `sexp`, an expression that did
     /// not unjelly: each is counted and released at once, so the peer stops exporting it.
     fn release_remotes(&self, sexp: &pb_proto::banana::Element) {
-        use pb_proto::banana::Element;
-        let mut luids = Vec::new();
-        let mut stack = vec![sexp];
-        while let Some(e) = stack.pop() {
-            let Element::List(items) = e else { continue };
-            match items.as_slice() {
-                [tag, luid] if tag.as_bytes().is_some_and(|t| &t[..] == b"remote") => {
-                    luids.extend(luid.as_i64());
-                }
-                _ => stack.extend(items),
-            }
-        }
+        let luids = pb_proto::twisted::flavor_luids(sexp, b"remote");
         let Some(me) = self.arc() else { return };
         let me: Arc<dyn Link> = me;
         let released: Vec<ObjectRef> = {

@@ -1067,13 +1067,20 @@ fn parse_complete(
     b
 }
 
-/// Decodes a buffer holding whole boxes and nothing else, as AmpList values do.
+/// Decodes a buffer holding whole boxes and nothing else, as AmpList values do. Inside a value
+/// a box may be empty (its terminator alone: a row whose fields are all absent), as Twisted
+/// writes and reads it; only a whole message may not be.
 #[inline]
 pub fn decode_all(bytes: &[u8], config: BoxCodecConfig) -> Result<Vec<AmpBox>, String> {
     let mut codec = BoxCodec::new(config);
     let mut buf = BytesMut::from(bytes);
     let mut out = Vec::new();
     while !buf.is_empty() {
+        if buf.starts_with(&[0, 0]) {
+            bytes::Buf::advance(&mut buf, 2);
+            out.push(AmpBox::new());
+            continue;
+        }
         match codec.decode(&mut buf) {
             Ok(Some(b)) => out.push(b),
             Ok(None) => return Err("truncated box".into()),
