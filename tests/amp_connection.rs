@@ -785,3 +785,79 @@ async fn a_responder_calling_back_a_peer_that_went_away_ends() {
         .await
         .expect("the connection closed");
 }
+
+/// Everything `peer` reads until the connection ends, as boxes.
+async fn read_boxes_to_end(peer: &mut tokio::io::DuplexStream) -> Vec<AmpBox> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    peer.read_to_end(&mut got).await.unwrap();
+    let mut buf = pb::amp::BytesMut::from(&got[..]);
+    let mut codec = pb::amp::BoxCodec::default();
+    let mut boxes = Vec::new();
+    while let Some(b) = codec.decode(&mut buf).unwrap() {
+        boxes.push(b);
+    }
+    assert!(buf.is_empty(), "a box cut short: {buf:?}");
+    boxes
+}
+
+fn raw_box(pairs: &[(&str, &str)]) -> pb::amp::Bytes {
+    let mut b = AmpBox::new();
+    for (k, v) in pairs {
+        b.insert(k.to_string(), v.to_string());
+    }
+    b.to_bytes().unwrap()
+}
+
+/// As Twisted's `loseConnection` after a fatal error: the boxes read with the failing one are
+/// still dispatched and their answers written before the connection closes; nothing read later
+/// is. (Twisted 26.10, the same three boxes in one write: the `UNKNOWN` error for `1`, the
+/// answer to `2`, then the close.)
+#[tokio::test(start_paused = true)]
+async fn boxes_read_with_a_fatal_one_are_still_answered_before_the_close() {
+    use tokio::io::AsyncWriteExt;
+    let sum = (Some(b"2".to_vec()), Some(b"5".to_vec()));
+    let error_for_1 = (Some(b"1".to_vec()), None);
+    for (first, want) in [
+        // An undeclared failure (bad arguments): `UNKNOWN`, fatal.
+        (
+            raw_box(&[("_ask", "1"), ("_command", "Sum"), ("a", "x"), ("b", "1")]),
+            vec![error_for_1.clone(), sum.clone()],
+        ),
+        // A declared fatal error.
+        (
+            raw_box(&[
+                ("_ask", "1"),
+                ("_command", "Divide"),
+                ("numerator", "666"),
+                ("denominator", "1"),
+            ]),
+            vec![error_for_1.clone(), sum.clone()],
+        ),
+        // A command without `_ask` that fails (no responder): nothing to answer it with.
+        (raw_box(&[("_command", "Nope")]), vec![sum.clone()]),
+    ] {
+        let (server_io, mut peer) = tokio::io::duplex(64 * 1024);
+        let server = AmpConnection::spawn_with(server_io, AmpConfig::default(), |_| math());
+        let mut data = first.to_vec();
+        data.extend_from_slice(&raw_box(&[
+            ("_ask", "2"),
+            ("_command", "Sum"),
+            ("a", "2"),
+            ("b", "3"),
+        ]));
+        peer.write_all(&data).await.unwrap();
+        let boxes = read_boxes_to_end(&mut peer).await;
+        let answered: Vec<_> = boxes
+            .iter()
+            .map(|b| {
+                (
+                    b.get("_error").or(b.get("_answer")).map(<[u8]>::to_vec),
+                    b.get("total").map(<[u8]>::to_vec),
+                )
+            })
+            .collect();
+        assert_eq!(answered, want, "{boxes:?}");
+        server.closed().await;
+    }
+}

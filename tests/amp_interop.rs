@@ -852,6 +852,15 @@ async fn malformed_input_gets_the_same_reaction_from_pb_and_twisted() {
             "answers, then an empty box",
             b"\x00\x04_ask\x00\x02ab\x00\x08_command\x00\x03Sum\x00\x01a\x00\x012\x00\x01b\x00\x013\x00\x00\x00\x00",
         ),
+        // A fatal error closes as `loseConnection` does: what was read with it is answered.
+        (
+            "bad integer, then a call in the same write",
+            b"\x00\x04_ask\x00\x012\x00\x08_command\x00\x03Sum\x00\x01a\x00\x01x\x00\x01b\x00\x011\x00\x00\x00\x04_ask\x00\x013\x00\x08_command\x00\x03Sum\x00\x01a\x00\x012\x00\x01b\x00\x013\x00\x00",
+        ),
+        (
+            "unknown command without _ask, then a call in the same write",
+            b"\x00\x08_command\x00\x09NoSuchCmd\x00\x00\x00\x04_ask\x00\x013\x00\x08_command\x00\x03Sum\x00\x01a\x00\x012\x00\x01b\x00\x013\x00\x00",
+        ),
     ];
     for (what, input) in cases {
         let from_twisted = reaction(twisted_port, input).await;

@@ -599,9 +599,11 @@ impl Driver {
         let name = Bytes::copy_from_slice(name);
         if self.dispatcher.config().close_on_failed_no_answer {
             tracing::warn!(command = ?name, why, "amp: command without _ask failed; closing");
-            self.close_with(DisconnectReason::Protocol(
+            // As Twisted's `loseConnection`: the boxes read with this one are still answered.
+            self.close_reason.get_or_insert(DisconnectReason::Protocol(
                 AmpProtocolError::FailedWithoutAnswer(name),
             ));
+            self.dispatcher.lose_connection();
         } else {
             tracing::warn!(command = ?name, why, "amp: command without _ask failed");
         }
@@ -618,10 +620,18 @@ impl Driver {
                 .error(tag, TLS_ERROR_CODE, "TLS not available", false);
             return;
         }
-        if self.dispatcher.accept_start_tls(&tag).is_err() {
-            let _ = self
-                .dispatcher
-                .error(tag, TLS_ERROR_CODE, "TLS already started", false);
+        match self.dispatcher.accept_start_tls(&tag) {
+            Ok(()) => {}
+            Err(SendError::Closed) => {
+                let _ = self
+                    .dispatcher
+                    .error(tag, TLS_ERROR_CODE, "connection closing", false);
+            }
+            Err(_) => {
+                let _ = self
+                    .dispatcher
+                    .error(tag, TLS_ERROR_CODE, "TLS already started", false);
+            }
         }
     }
 

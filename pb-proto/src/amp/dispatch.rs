@@ -264,7 +264,7 @@ pub enum SendError {
 /// Open ──ask StartTLS──▶ TlsAsked ──answer──▶ TlsSwitching ──tls_started──▶ Open (tls)
 ///   │                       └──error──▶ Open (held boxes released)
 ///   ├──answer StartTLS──▶ TlsSwitching
-///   ├──fatal error sent──▶ Closing ──output flushed by the driver──▶ closed
+///   ├──fatal error sent, or lose_connection──▶ Closing ──output flushed by the driver──▶ closed
 ///   └──protocol violation / close──▶ Closed
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,7 +275,9 @@ enum State {
     TlsAsked(u64),
     /// The transport must switch to TLS before any more bytes are read or written.
     TlsSwitching,
-    /// A fatal error was queued; nothing more is sent or dispatched.
+    /// A fatal error was queued, or the connection is being lost (Twisted's
+    /// `loseConnection`): nothing more is read or asked, but what was already received is
+    /// still dispatched and answered until the driver has flushed the output and closes.
     Closing,
     Closed,
 }
@@ -369,14 +371,18 @@ impl<S> Dispatcher<S> {
     }
 
     /// The next thing the peer sent, or `None` if more bytes are needed (or the transport must
-    /// switch to TLS first).
+    /// switch to TLS first). While closing, the boxes already received are still returned (as
+    /// Twisted dispatches the rest of the data it read after `loseConnection`).
     #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         if let Some(reason) = self.closed_event.take() {
             return Some(Event::Closed(reason));
         }
         loop {
-            if !matches!(self.state, State::Open | State::TlsAsked(_)) {
+            if !matches!(
+                self.state,
+                State::Open | State::TlsAsked(_) | State::Closing
+            ) {
                 return None;
             }
             let mut specials = Specials::default();
@@ -508,7 +514,7 @@ impl<S> Dispatcher<S> {
         self.held.len()
     }
 
-    /// Whether nothing more may be sent or received: after a fatal error (once the output is
+    /// Whether nothing more may be asked or read: after a fatal error (once the output is
     /// written, close the transport) or after a close.
     #[inline]
     pub fn is_closing(&self) -> bool {
@@ -520,6 +526,16 @@ impl<S> Dispatcher<S> {
     #[inline]
     pub fn is_switching_to_tls(&self) -> bool {
         self.state == State::TlsSwitching
+    }
+
+    /// Starts closing, as Twisted's `loseConnection`: nothing more is read or asked; the boxes
+    /// already received are still dispatched (see [`Dispatcher::poll_event`]) and answered, and
+    /// the driver closes once the output is written. No effect once closed.
+    #[inline]
+    pub fn lose_connection(&mut self) {
+        if self.state != State::Closed {
+            self.state = State::Closing;
+        }
     }
 
     /// Marks the connection closed: outstanding asks are forgotten and later sends are refused.
@@ -537,6 +553,14 @@ impl<S> Dispatcher<S> {
         self.outstanding.len()
     }
 
+    /// Whether answers may still be sent: until the connection is closed (while closing, the
+    /// boxes already received are answered).
+    #[inline]
+    fn can_answer(&self) -> bool {
+        self.state != State::Closed
+    }
+
+    /// Whether new commands may be sent: not once closing.
     #[inline]
     fn can_send(&self) -> Result<(), SendError> {
         match self.state {
@@ -613,6 +637,7 @@ impl<S> Dispatcher<S> {
     /// switch (see [`Dispatcher::is_switching_to_tls`]).
     #[inline]
     pub fn accept_start_tls(&mut self, tag: impl AsRef<[u8]>) -> Result<(), SendError> {
+        self.can_send()?;
         if self.tls_done || self.state != State::Open {
             return Err(SendError::OnlyOneTls);
         }
@@ -643,17 +668,18 @@ impl<S> Dispatcher<S> {
         self.output.unsplit(held);
     }
 
-    /// Sends the answer to the peer's ask `tag`. After a close it is dropped silently, so late
-    /// answers are harmless.
+    /// Sends the answer to the peer's ask `tag`, also while closing. After a close it is dropped
+    /// silently, so late answers are harmless.
     #[inline]
     pub fn answer(&mut self, tag: impl AsRef<[u8]>, answer: AmpBox) -> Result<(), SendError> {
-        if self.can_send().is_err() {
+        if !self.can_answer() {
             return Ok(());
         }
         self.emit(&answer, &[(ANSWER.as_bytes(), tag.as_ref())])
     }
 
-    /// Sends an error answer to the peer's ask `tag`; a fatal one closes the connection once it is
+    /// Sends an error answer to the peer's ask `tag`, also while closing; a fatal one starts
+    /// closing (see [`Dispatcher::lose_connection`]): the connection closes once the output is
     /// written. After a close it is dropped silently.
     #[inline]
     pub fn error(
@@ -663,7 +689,7 @@ impl<S> Dispatcher<S> {
         description: &str,
         fatal: bool,
     ) -> Result<(), SendError> {
-        if self.can_send().is_err() {
+        if !self.can_answer() {
             return Ok(());
         }
         let mut b = AmpBox::new();
@@ -677,9 +703,7 @@ impl<S> Dispatcher<S> {
         );
         let sent = self.emit(&b, &[]);
         if fatal {
-            self.state = State::Closing;
-            self.outstanding.clear();
-            self.input.clear();
+            self.lose_connection();
         }
         sent
     }
@@ -1052,12 +1076,79 @@ mod tests {
     }
 
     #[test]
-    fn fatal_error_closes_after_flush_and_late_answers_are_dropped() {
+    fn fatal_error_closes_after_flush_and_answers_after_the_close_are_dropped() {
         let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
         d.error(Bytes::from("1"), "BAD", "x", true).unwrap();
         assert!(d.is_closing());
         assert!(d.poll_transmit().is_some());
+        // Closing, not closed: answers still go out, new commands do not.
         d.answer(Bytes::from("2"), AmpBox::new()).unwrap();
+        assert!(d.poll_transmit().is_some());
+        assert_eq!(d.ask("Late", AmpBox::new()), Err(SendError::Closed));
+        assert_eq!(d.tell("Late", AmpBox::new()), Err(SendError::Closed));
+        assert_eq!(d.accept_start_tls("3"), Err(SendError::Closed));
+        d.close();
+        d.answer(Bytes::from("4"), AmpBox::new()).unwrap();
+        d.error(Bytes::from("5"), "BAD", "x", false).unwrap();
+        assert!(d.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn closing_dispatches_what_was_received_and_reads_nothing_more() {
+        let mut client: Dispatcher = Dispatcher::new(AmpConfig::default());
+        let mut server: Dispatcher = Dispatcher::new(AmpConfig::default());
+        for name in ["Fails", "Works"] {
+            client.ask(name, AmpBox::new()).unwrap();
+        }
+        let ours = server.ask("Ours", AmpBox::new()).unwrap();
+        pump(&mut client, &mut server);
+        let Some(Event::Command { tag: Some(t1), .. }) = server.poll_event() else {
+            panic!("the first command")
+        };
+        server.error(t1, "UNKNOWN", "Unknown Error", true).unwrap();
+        assert!(server.is_closing());
+        // Read after the close began: never dispatched.
+        client.ask("Later", AmpBox::new()).unwrap();
+        let mut answer = AmpBox::new();
+        answer.insert("_answer", ours.clone());
+        let later = [client.poll_transmit().unwrap(), answer.to_bytes().unwrap()].concat();
+        let before = server.buffered_input();
+        server.handle_input(&later);
+        assert_eq!(server.buffered_input(), before);
+        let Some(Event::Command {
+            name,
+            tag: Some(t2),
+            ..
+        }) = server.poll_event()
+        else {
+            panic!("the command read with the failing one")
+        };
+        assert_eq!(&name[..], b"Works");
+        server.answer(t2, AmpBox::new()).unwrap();
+        assert!(server.poll_event().is_none());
+        client.handle_input(&server.poll_transmit().unwrap());
+        assert!(
+            matches!(client.poll_event(), Some(Event::Command { name, .. }) if &name[..] == b"Ours")
+        );
+        assert!(
+            matches!(client.poll_event(), Some(Event::Error { code, .. }) if &code[..] == b"UNKNOWN")
+        );
+        assert!(matches!(client.poll_event(), Some(Event::Answer { tag, .. }) if &tag[..] == b"2"));
+        assert!(client.poll_event().is_none());
+        // Our own ask awaits no answer that could still come: the close forgets it.
+        assert_eq!(server.outstanding(), 1);
+        server.close();
+        assert_eq!(server.outstanding(), 0);
+    }
+
+    #[test]
+    fn lose_connection_after_a_close_stays_closed() {
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
+        d.lose_connection();
+        assert!(d.is_closing());
+        d.close();
+        d.lose_connection();
+        d.answer(Bytes::from("1"), AmpBox::new()).unwrap();
         assert!(d.poll_transmit().is_none());
     }
 
