@@ -237,6 +237,74 @@ proptest! {
         }
     }
 
+    /// Closing after a fatal error dispatches exactly the commands whose bytes had arrived,
+    /// answers them, and reads nothing handed in later.
+    #[test]
+    fn closing_dispatches_exactly_what_had_arrived(
+        n in 1usize..12,
+        fatal_at in 0usize..12,
+        cuts in prop::collection::vec(0.0f64..1.0, 0..8),
+    ) {
+        let mut client = Dispatcher::new(AmpConfig::default());
+        let mut server = Dispatcher::new(AmpConfig::default());
+        for i in 0..n {
+            let mut args = AmpBox::new();
+            args.insert("i", i.to_string());
+            client.ask("Work", args).unwrap();
+        }
+        let wire = client.poll_transmit().unwrap();
+        let (mut seen, mut answered, mut closing_at) = (Vec::new(), 0usize, None);
+        let mut arrived = 0usize;
+        for chunk in chunks(&wire, &cuts) {
+            let before = server.buffered_input();
+            server.handle_input(&chunk);
+            if closing_at.is_some() {
+                prop_assert_eq!(server.buffered_input(), before);
+                continue;
+            }
+            arrived += chunk.len();
+            while let Some(event) = server.poll_event() {
+                let Event::Command { tag: Some(tag), args, .. } = event else {
+                    panic!("a command with _ask")
+                };
+                seen.push(args.get("i").unwrap().to_vec());
+                if seen.len() == fatal_at.min(n - 1) + 1 && closing_at.is_none() {
+                    server.error(tag, "UNKNOWN", "Unknown Error", true).unwrap();
+                    closing_at = Some(arrived);
+                } else {
+                    server.answer(tag, AmpBox::new()).unwrap();
+                    answered += 1;
+                }
+            }
+        }
+        let Some(arrived) = closing_at else {
+            panic!("the fatal error was sent")
+        };
+        // Every command complete in the bytes that had arrived was dispatched, and only those.
+        let complete = {
+            let mut buf = BytesMut::from(&wire[..arrived]);
+            let mut codec = BoxCodec::default();
+            let mut count = 0;
+            while codec.decode(&mut buf).unwrap().is_some() {
+                count += 1;
+            }
+            count
+        };
+        prop_assert_eq!(seen.len(), complete);
+        let want: Vec<Vec<u8>> = (0..complete).map(|i| i.to_string().into_bytes()).collect();
+        prop_assert_eq!(seen, want);
+        // The answers and the error went out, one box each.
+        client.handle_input(&server.poll_transmit().unwrap());
+        let mut replies = 0;
+        while client.poll_event().is_some() {
+            replies += 1;
+        }
+        prop_assert_eq!(replies, answered + 1);
+        server.close();
+        server.answer("1", AmpBox::new()).unwrap();
+        prop_assert!(server.poll_transmit().is_none());
+    }
+
     #[test]
     fn the_decoder_never_panics_on_garbage(
         garbage in prop::collection::vec(any::<u8>(), 0..300),
