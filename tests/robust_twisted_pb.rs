@@ -531,3 +531,86 @@ async fn a_call_held_at_the_cap_runs_when_the_running_one_ends() {
     }
     assert_eq!(answered, vec![1, 2]);
 }
+
+/// What an error answer that is neither a `Failure` nor the method's error type reads as:
+/// Python's `repr` of its value for the common cases, an enum variant as `Variant: fields`,
+/// anything else its Rust form, and at most 16 KiB of it (cut on a character boundary).
+#[tokio::test]
+async fn an_error_answer_that_is_no_failure_reads_as_its_values_text() {
+    use pb::proto::jelly::Date;
+    let dict = |pairs: Vec<(Value, Value)>| Value::Dict(pairs);
+    let long_dict = dict(
+        (0..100)
+            .map(|i| (Value::from(format!("k{i}")), Value::from("x".repeat(1000))))
+            .collect(),
+    );
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            dict(vec![
+                ("a".into(), 1.into()),
+                (
+                    "b".into(),
+                    Value::List(vec![true.into(), false.into(), Value::None]),
+                ),
+            ]),
+            r#"{"a": 1, "b": [True, False, None]}"#,
+        ),
+        (
+            dict(vec![(
+                "Variant".into(),
+                Value::Tuple(vec![1.into(), 2.5.into()]),
+            )]),
+            "Variant: (1, 2.5)",
+        ),
+        (
+            dict(vec![(1.into(), Value::from(&b"xy"[..]))]),
+            r#"{1: b"xy"}"#,
+        ),
+        (
+            Value::Set(vec![Value::BigInt(
+                "1180591620717411303424".parse().unwrap(),
+            )]),
+            "{1180591620717411303424}",
+        ),
+        (
+            Value::Date(Date {
+                year: 2026,
+                month: 12,
+                day: 7,
+            }),
+            "Date(Date { year: 2026, month: 12, day: 7 })",
+        ),
+    ];
+    for (value, expected) in cases {
+        assert_eq!(error_text(Graph::new(value)).await, expected);
+    }
+    // Past 16 KiB: cut on a character boundary (the 16 384th byte is inside an `é`).
+    let text = error_text(Graph::new(format!("a{}", "é".repeat(10_000)).into())).await;
+    assert_eq!(text, format!("a{}...", "é".repeat(8191)));
+    // A dict cut between its pairs.
+    let text = error_text(Graph::new(long_dict)).await;
+    assert!(text.starts_with(r#"{"k0": "xxx"#), "{}", &text[..20]);
+    assert!(text.ends_with("..."));
+    assert!(text.len() <= 16 * 1024 + 3, "{} bytes", text.len());
+}
+
+/// The text of the error a client reads when a server answers its call with `value` (neither
+/// a `Failure` nor the method's error type).
+async fn error_text(value: Graph) -> String {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let value = to_sexp(&value, &JellyConfig::default()).unwrap();
+    let server = tokio::spawn(answering_server(a, "error", value));
+    let client = pb::twisted::connect_io(b, None, PbConfig::default())
+        .await
+        .unwrap();
+    let r = client
+        .root_ref()
+        .call::<_, u64, Failure>("anything", &())
+        .await;
+    client.close().await;
+    server.await.unwrap();
+    match r {
+        Err(CallError::Internal(text)) => text,
+        other => panic!("{other:?}"),
+    }
+}
