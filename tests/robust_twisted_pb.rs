@@ -443,7 +443,8 @@ impl GivesBack for TheGivesBack {
 
 /// The references a refused call carries are released (`decref`), as Twisted releases them:
 /// a call with keyword arguments, and one whose arguments do not unjelly (a `class`), used to
-/// leave the peer exporting them for good.
+/// leave the peer exporting them for good; so are those of a call whose keyword arguments do
+/// not unjelly, in its arguments and its keyword arguments.
 #[tokio::test(start_paused = true)]
 async fn the_references_of_a_refused_call_are_released() {
     let (a, b) = tokio::io::duplex(1 << 20);
@@ -462,7 +463,24 @@ async fn the_references_of_a_refused_call_are_released() {
     peer.send(message(1, "give_back", vec![remote(7)], vec![kwarg]))
         .await;
     let class = Element::List(vec!["class".into(), "os.system".into()]);
-    peer.send(message(2, "give_back", vec![remote(8), class], vec![]))
+    peer.send(message(
+        2,
+        "give_back",
+        vec![remote(8), class.clone()],
+        vec![],
+    ))
+    .await;
+    let kwargs = vec![
+        Element::List(vec![
+            Element::List(vec!["unicode".into(), "r".into()]),
+            remote(10),
+        ]),
+        Element::List(vec![
+            Element::List(vec!["unicode".into(), "c".into()]),
+            class,
+        ]),
+    ];
+    peer.send(message(4, "give_back", vec![remote(11)], kwargs))
         .await;
     // A call that is not refused, after them: its own release ends what this test reads.
     peer.send(message(3, "give_back", vec![remote(9)], vec![]))
@@ -475,7 +493,9 @@ async fn the_references_of_a_refused_call_are_released() {
             decrefs.push(items[1].as_i64().unwrap());
         }
     }
-    assert!(decrefs.contains(&7) && decrefs.contains(&8), "{decrefs:?}");
+    for luid in [7, 8, 10, 11] {
+        assert!(decrefs.contains(&luid), "{luid} in {decrefs:?}");
+    }
     assert_eq!(server.stats().tables.imported, 0);
 }
 
