@@ -245,6 +245,37 @@ async fn a_cacheables_state_is_held_to_the_connections_max_copied_size() {
     }
 }
 
+/// A Cacheable whose state is not the replica's type fails the answer that sends it, naming
+/// the type.
+#[tokio::test]
+async fn a_cacheables_state_of_another_type_is_a_bad_answer() {
+    let mut g = Graph::default();
+    g.set_root(Value::Cache {
+        tag: "pbtest.Names".into(),
+        luid: 1,
+        state: Box::new(Value::Dict(vec![(Value::from("names"), Value::Int(5))])),
+    });
+    let value = to_sexp(&g, &JellyConfig::default()).unwrap();
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let server = tokio::spawn(answering_server(a, "answer", value));
+    let client = pb::twisted::connect_io(b, None, PbConfig::default())
+        .await
+        .unwrap();
+    let r = client
+        .root_ref()
+        .call::<_, pb::Replica<Names>, Failure>("cache", &())
+        .await;
+    match r {
+        Err(CallError::BadAnswer(m)) => {
+            assert!(m.contains("the Cacheable's state is not a"), "{m}");
+            assert!(m.contains("Names"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    client.close().await;
+    server.await.unwrap();
+}
+
 #[pb::remote]
 pub trait Pinger {
     async fn ping(&self, x: i64) -> i64;
