@@ -447,6 +447,24 @@ fn a_shared_node_deserializes_once_per_place() {
     assert_eq!(from::<(Point, Point)>(&g), Ok((point(), point())));
 }
 
+#[test]
+fn the_copies_of_a_shared_byte_string_count_its_bytes() {
+    // b = b"x" * 1000; [b, b, b]: two copies, each a value and its 1000 bytes.
+    let mut g = Graph::default();
+    let x = g.add_node(b(&[b'x'; 1000]));
+    g.set_root(Value::List(vec![Value::Shared(x); 3]));
+    let copies = 2 * (std::mem::size_of::<Value>() + 1000);
+    let three: Vec<_> = (0..3)
+        .map(|_| serde_bytes_like::Buf(vec![b'x'; 1000]))
+        .collect();
+    assert_eq!(
+        from_graph::<Vec<serde_bytes_like::Buf>>(&g, None, (DEFAULT_MAX_DEPTH, copies)),
+        Ok(three)
+    );
+    let over = from_graph::<Vec<serde_bytes_like::Buf>>(&g, None, (DEFAULT_MAX_DEPTH, copies - 1));
+    assert!(decode_error(over).contains("max_copied_size"));
+}
+
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Tree(Vec<Tree>);
 
