@@ -861,3 +861,56 @@ async fn boxes_read_with_a_fatal_one_are_still_answered_before_the_close() {
         server.closed().await;
     }
 }
+
+/// An ask of ours made after the peer's end of input fails at once (`Disconnected`), with
+/// nothing written for it, while the peer's own ask is still answered over the half-closed
+/// connection.
+#[tokio::test(start_paused = true)]
+async fn an_ask_after_the_peers_end_of_input_fails_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server_io, mut peer) = tokio::io::duplex(64 * 1024);
+    let (arrived_tx, arrived) = oneshot::channel();
+    let (release, released) = oneshot::channel::<()>();
+    let waiting = Mutex::new(Some((arrived_tx, released)));
+    let server = AmpConnection::spawn(
+        server_io,
+        AmpConfig::default(),
+        Locator::new().respond(move |Wait {}| {
+            let (arrived_tx, released) = waiting.lock().unwrap().take().unwrap();
+            let _ = arrived_tx.send(());
+            async move {
+                let _ = released.await;
+                Ok(())
+            }
+        }),
+    );
+    let mut ask = AmpBox::new();
+    ask.insert("_ask", "1");
+    ask.insert("_command", "Wait");
+    peer.write_all(&ask.to_bytes().unwrap()).await.unwrap();
+    peer.shutdown().await.unwrap();
+    arrived.await.unwrap();
+    // Settled: the server has read the end of input.
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let hour = std::time::Duration::from_secs(3600);
+    let r = tokio::time::timeout(hour, server.call(&Sum { a: 1, b: 2 }))
+        .await
+        .expect("failed at once");
+    assert_eq!(
+        r,
+        Err(AmpCallError::Disconnected(DisconnectReason::PeerClosed))
+    );
+    // The peer's ask is answered, and then the connection closes.
+    release.send(()).unwrap();
+    let mut written = Vec::new();
+    tokio::time::timeout(hour, peer.read_to_end(&mut written))
+        .await
+        .expect("the connection closed")
+        .unwrap();
+    let mut answer = AmpBox::new();
+    answer.insert("_answer", "1");
+    assert_eq!(written, answer.to_bytes().unwrap());
+    tokio::time::timeout(hour, server.closed())
+        .await
+        .expect("the connection closed");
+}
