@@ -153,6 +153,63 @@ async fn callers_wait_while_the_peer_is_not_reading() {
     }
 }
 
+/// A peer that reads slowly, but reads something within every `write_stall_timeout`, is not
+/// cut: a period that saw bytes go out starts the next.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_reads_slowly_but_within_the_stall_timeout_is_not_cut() {
+    let (ours, mut theirs) = tokio::io::duplex(16 * 1024);
+    let peer = tokio::spawn(async move {
+        theirs.write_all(&HELLO).await.unwrap();
+        common::read_hello_frame(&mut theirs).await;
+        theirs
+    });
+    let client = Connection::establish(ours, &config(64 * 1024), Side::Client, None, None)
+        .await
+        .unwrap();
+    let mut theirs = peer.await.unwrap();
+    let root: KitchenRef = client.root();
+    let calls: Vec<_> = (0..200u32)
+        .map(|i| {
+            let root = root.clone();
+            tokio::spawn(async move { root.reverse(vec![i as u8; 8 * 1024]).await })
+        })
+        .collect();
+    // 4 KiB every 20 s for ten stall timeouts (30 s each): the writer waits all along.
+    let mut read = Vec::new();
+    let mut chunk = [0u8; 4096];
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        theirs.read_exact(&mut chunk).await.unwrap();
+        read.extend_from_slice(&chunk);
+        assert!(!client.is_closed(), "{:?}", client.close_reason());
+    }
+    assert!(client.stats().unsent_bytes > 0, "the writer still waits");
+    // Then the peer reads on: every call arrives.
+    let mut seen = 0u32;
+    let mut at = 0;
+    while seen < 200 {
+        while read.len() < at + 4 {
+            theirs.read_exact(&mut chunk[..1]).await.unwrap();
+            read.push(chunk[0]);
+        }
+        let len = u32::from_be_bytes(read[at..at + 4].try_into().unwrap()) as usize;
+        let end = at + 4 + len;
+        if read.len() < end {
+            let mut rest = vec![0u8; end - read.len()];
+            theirs.read_exact(&mut rest).await.unwrap();
+            read.extend_from_slice(&rest);
+        }
+        assert_eq!(read[at + 4], 1, "a call");
+        seen += 1;
+        at = end;
+    }
+    assert!(!client.is_closed());
+    client.abort();
+    for call in calls {
+        assert!(call.await.unwrap().is_err(), "aborted before any answer");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn two_peers_flooding_each_other_both_ways_finish_every_call() {
     flood_both_ways(config(64 * 1024)).await;
