@@ -716,3 +716,47 @@ async fn a_served_connection_has_its_root_before_its_first_byte_is_read() {
     );
     assert!(got.ends_with(ANSWER_5), "{got:?}");
 }
+
+#[pb::remote]
+pub trait Texts {
+    /// A stream of `n` texts of `len` bytes, the `i`th made of the letter `a + i % 26`, all
+    /// ready before it is returned.
+    async fn texts(&self, n: u32, len: usize) -> Result<pb::stream::Stream<String>, ()>;
+}
+
+struct TheTexts;
+
+impl Texts for TheTexts {
+    async fn texts(&self, n: u32, len: usize) -> Result<pb::stream::Stream<String>, ()> {
+        let (tx, rx) = pb::stream::channel(n as usize);
+        for i in 0..n {
+            let letter = char::from(b'a' + (i % 26) as u8);
+            tx.send(letter.to_string().repeat(len))
+                .await
+                .map_err(|_| ())?;
+        }
+        Ok(rx)
+    }
+}
+
+/// A stream pulled over the PB dialect, which has no frames: a batch is the ready items up to
+/// the pull's count, whatever their size, none put back to fit a frame.
+#[tokio::test]
+async fn a_stream_is_pulled_over_the_pb_dialect_in_whole_batches() {
+    let (_server, client) = pair(TextsRef::new(TheTexts).into()).await;
+    let root: TextsRef = client.root();
+    // 20 texts of 100 KiB: 800 KiB in a pull of 8.
+    let mut texts = root.texts(20, 100 * 1024).await.unwrap();
+    let mut i = 0u32;
+    while let Some(text) = texts.next().await {
+        let text = text.unwrap();
+        let letter = char::from(b'a' + (i % 26) as u8);
+        assert_eq!(text, letter.to_string().repeat(100 * 1024), "text {i}");
+        if i.is_multiple_of(8) {
+            // The rest of its batch: 8 per pull, 4 in the last.
+            assert_eq!(texts.buffered(), (20 - i as usize).min(8) - 1, "text {i}");
+        }
+        i += 1;
+    }
+    assert_eq!(i, 20);
+}
