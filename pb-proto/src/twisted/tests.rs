@@ -250,6 +250,54 @@ fn at_the_cap_answers_to_our_calls_go_through_and_the_peers_calls_wait() {
 }
 
 #[test]
+fn a_held_call_to_no_object_is_answered_and_the_next_held_one_runs_in_the_same_poll() {
+    let (mut server, mut client) = capped_pair();
+    let root = Target::Name(Bytes::from_static(b"root"));
+    let a = args(vec![], client.encoder());
+    client.start_call(&root, b"x", &a, Some(1), false).unwrap();
+    let mut input = BytesMut::from(&client.take_output()[..]);
+    let Some(Event::Call(first)) = server.poll_input(&mut input).unwrap() else {
+        panic!("a call")
+    };
+    // At the cap, reading on for the answer to a call of the server's: the client's next calls
+    // are held, one to an object the server does not have, then one to its root.
+    let b = args(vec![], server.encoder());
+    server
+        .start_call(&root, b"ping", &b, Some(7), false)
+        .unwrap();
+    client
+        .start_call(&Target::Luid(99), b"gone", &a, Some(2), false)
+        .unwrap();
+    client.start_call(&root, b"y", &a, Some(3), false).unwrap();
+    let waiting = client.pending_count();
+    input.extend_from_slice(&client.take_output());
+    assert_eq!(server.poll_input(&mut input).unwrap(), None);
+    assert_eq!(server.held_count(), 2);
+    // Once the first call ends, the call to no object is answered here (no event) and the
+    // poll goes on to the held call behind it.
+    server.forget_call(first.request);
+    let Some(Event::Call(y)) = server.poll_input(&mut input).unwrap() else {
+        panic!("the held call to the root")
+    };
+    assert_eq!(&y.method[..], b"y");
+    assert_eq!(server.held_count(), 0);
+    // The client gets `Invalid Object ID` for its call to no object.
+    let events = pump(&mut server, &mut client);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Answer {
+                waiter: Some(2),
+                result: Err(_),
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(client.pending_count(), waiting - 1);
+}
+
+#[test]
 fn exports_are_counted_per_send_and_freed_by_decrefs() {
     let (mut server, mut client) = pair();
     assert_eq!(server.export("counter").unwrap(), 1);
