@@ -264,6 +264,25 @@ fn a_sender_that_ignores_the_window_is_refused_beyond_it() {
 }
 
 #[test]
+fn a_closed_broker_holds_frames_without_counting_or_refusing_them() {
+    let mut b = Side::new(2, narrow(), Some(Ref::Local(100)));
+    b.broker.set_peer_limits(Some(Limits::default().receive()));
+    b.broker.close(Fault::disconnected());
+    let _ = b.transmit();
+    // Five calls, one more than the window takes: all held (to be dropped), none counted, none
+    // refused with a fault or a violation.
+    for id in 1..=5 {
+        assert_eq!(
+            b.broker.hold_frame(&raw_call(id, true, ARGS).into()),
+            Ok(true)
+        );
+    }
+    assert_eq!(b.broker.violations, 0);
+    assert_eq!(b.broker.stats().call_bytes, 0);
+    assert_eq!(b.transmit(), None, "no fault sent");
+}
+
+#[test]
 fn a_peer_without_a_window_gets_no_credits_and_nothing_is_parked() {
     let old = ReceiveLimits {
         max_call_bytes: None,
