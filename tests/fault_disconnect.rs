@@ -358,3 +358,86 @@ async fn a_connection_that_completes_its_handshake_during_a_shutdown_is_closed_t
         "the shutdown completes: {done:?}"
     );
 }
+
+/// A transport whose writes fail once `broken` is set.
+struct BreaksOnWrite {
+    io: tokio::io::DuplexStream,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for BreaksOnWrite {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for BreaksOnWrite {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.broken.load(Ordering::SeqCst) {
+            return std::task::Poll::Ready(Err(std::io::Error::other("link cut")));
+        }
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A call whose caller writes it itself, into a transport that fails, closes the connection
+/// with the transport's error, and the call fails at once rather than waiting for an answer.
+#[tokio::test(start_paused = true)]
+async fn a_call_written_into_a_failing_transport_closes_the_connection_with_the_error() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let transport = BreaksOnWrite {
+        io: b,
+        broken: broken.clone(),
+    };
+    let config = Config::default();
+    let (server, client) = tokio::join!(
+        Connection::establish(
+            a,
+            &config,
+            Side::Server,
+            Some(KitchenRef::new(KitchenImpl::default()).into()),
+            None,
+        ),
+        Connection::establish(transport, &config, Side::Client, None, None),
+    );
+    let (server, client) = (server.unwrap(), client.unwrap());
+    let k: KitchenRef = client.root();
+    assert_eq!(k.add(1, 2).await, Ok(3));
+    broken.store(true, Ordering::SeqCst);
+    let hour = Duration::from_secs(3600);
+    let r = tokio::time::timeout(hour, k.add(3, 4))
+        .await
+        .expect("failed at once");
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(
+        client.close_reason(),
+        Some(CloseReason::Io("link cut".into()))
+    );
+    drop(client);
+    tokio::time::timeout(hour, server.closed())
+        .await
+        .expect("the server sees the client go");
+}
