@@ -638,6 +638,13 @@ async fn an_error_answer_that_is_no_failure_reads_as_its_values_text() {
     // Past 16 KiB: cut on a character boundary (the 16 384th byte is inside an `é`).
     let text = error_text(Graph::new(format!("a{}", "é".repeat(10_000)).into())).await;
     assert_eq!(text, format!("a{}...", "é".repeat(8191)));
+    // A key past 16 KiB inside a list: cut, and its value not written.
+    let key = Value::List(vec![Value::Dict(vec![(
+        Value::from("k".repeat(20_000)),
+        1.into(),
+    )])]);
+    let text = error_text(Graph::new(key)).await;
+    assert_eq!(text, format!("[{{\"{}...", "k".repeat(16 * 1024 - 3)));
     // A dict cut between its pairs.
     let text = error_text(Graph::new(long_dict)).await;
     assert!(text.starts_with(r#"{"k0": "xxx"#), "{}", &text[..20]);
