@@ -645,6 +645,11 @@ async fn an_error_answer_that_is_no_failure_reads_as_its_values_text() {
     )])]);
     let text = error_text(Graph::new(key)).await;
     assert_eq!(text, format!("[{{\"{}...", "k".repeat(16 * 1024 - 3)));
+    // A quoted text inside a list, cut on a character boundary where the room left is odd.
+    let list = Value::List(vec!["abc".into(), "é".repeat(10_000).into()]);
+    let text = error_text(Graph::new(list)).await;
+    assert_eq!(text.len(), 16 * 1024 - 1 + 3);
+    assert!(text == format!("[\"abc\", \"{}...", "é".repeat(8187)));
     // A dict cut between its pairs.
     let text = error_text(Graph::new(long_dict)).await;
     assert!(text.starts_with(r#"{"k0": "xxx"#), "{}", &text[..20]);
