@@ -122,8 +122,10 @@ fn write_text(out: &mut String, graph: &Graph, v: &Value, depth: usize) {
         }
         out.push_str(close);
     };
-    // A string longer than the room left is cut (the caller cuts the whole to the limit).
-    let room = MAX_TEXT + 1 - out.len();
+    // A string longer than the room left is cut (the caller cuts the whole to the limit and
+    // marks it). The room reaches a character's width past the limit, so that a string cut
+    // back to a character boundary still leaves the text past it, where `text` sees the cut.
+    let room = MAX_TEXT + 4 - out.len();
     let cut = |s: &str| -> usize {
         let mut end = s.len().min(room);
         while !s.is_char_boundary(end) {
