@@ -101,3 +101,33 @@ async fn a_local_stream_is_a_futures_core_stream_too_and_keeps_items_before_a_fa
     assert_eq!(all[..3], [Ok("a".into()), Ok("b".into()), Ok("c".into())]);
     assert_eq!(all[3], Err(pb::CallError::Remote("no more".to_owned())));
 }
+
+/// `pb::deadline::with_timeout` around `next` bounds the wait for one item, as
+/// `tokio::time::timeout` does above: an item that does not come in time is an error for that
+/// `next`, and the stream goes on. (Or, if the stream must end there, it must not then look like
+/// a complete stream: no `None` after fewer items than the producer sent.)
+#[tokio::test(start_paused = true)]
+async fn a_deadline_on_one_next_does_not_end_the_stream_as_if_it_were_complete() {
+    let (_server, client) = common::memory_pair(NumbersRef::new(Counter)).await;
+    let numbers: NumbersRef = client.root();
+    let mut s = numbers.count(4, 10).await.unwrap();
+    let mut got = Vec::new();
+    let mut expired = 0;
+    loop {
+        // Each item takes 10 ms to come: a 3 ms deadline passes while its pull is out.
+        match pb::deadline::with_timeout(Duration::from_millis(3), s.next()).await {
+            Some(Err(pb::CallError::DeadlineExceeded)) => {
+                expired += 1;
+                assert!(expired < 100, "no item ever came");
+            }
+            None => break,
+            Some(item) => got.push(item.unwrap()),
+        }
+    }
+    assert!(expired > 0, "the deadline passed at least once");
+    assert_eq!(
+        got,
+        [0, 1, 2, 3],
+        "the stream ended after {expired} deadlines"
+    );
+}

@@ -20,14 +20,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 tokio::task_local! {
-    static DEADLINE: Instant;
+    /// `None` inside [`without`]: no deadline there, whatever is in force around it.
+    static DEADLINE: Option<Instant>;
 }
 
 /// Run `fut` with calls made in it bound by `deadline` (or by an earlier deadline already in
 /// force).
 pub async fn with_deadline<F: Future>(deadline: Instant, fut: F) -> F::Output {
     let deadline = current().map_or(deadline, |d| d.min(deadline));
-    DEADLINE.scope(deadline, fut).await
+    DEADLINE.scope(Some(deadline), fut).await
 }
 
 /// Run `fut` with calls made in it bound to finish within `timeout` from now (a timeout past
@@ -49,15 +50,22 @@ pub fn after(timeout: Duration) -> Instant {
 
 /// The deadline in force for calls made here, if any.
 pub fn current() -> Option<Instant> {
-    DEADLINE.try_with(|d| *d).ok()
+    DEADLINE.try_with(|d| *d).ok().flatten()
 }
 
 /// Run `fut` under `deadline` if there is one.
 pub(crate) async fn maybe_scope<F: Future>(deadline: Option<Instant>, fut: F) -> F::Output {
     match deadline {
-        Some(d) => DEADLINE.scope(d, fut).await,
+        Some(d) => DEADLINE.scope(Some(d), fut).await,
         None => fut.await,
     }
+}
+
+/// Run `fut` with no deadline for the calls made in it, whatever deadline is in force around
+/// it: for work that must not be cut short by a deadline meant for the wait around it (a
+/// stream's pull, which the next read resumes).
+pub(crate) async fn without<F: Future>(fut: F) -> F::Output {
+    DEADLINE.scope(None, fut).await
 }
 
 /// The fault of a call whose deadline passed (or had passed when it was made).

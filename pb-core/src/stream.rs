@@ -24,6 +24,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio::sync::{Mutex, mpsc};
+use tokio::time::Instant;
 
 use crate::link::Connection;
 use crate::object::{
@@ -49,7 +50,7 @@ pub fn channel<T: Item>(capacity: usize) -> (Sender<T>, Stream<T>) {
         Stream {
             inner: Kind::Local(source),
             buffer: VecDeque::new(),
-            pulling: std::sync::Mutex::new(None),
+            pulling: std::sync::Mutex::new(Pulling::default()),
         },
     )
 }
@@ -243,14 +244,31 @@ type Pull<T> = BoxFuture<Result<Vec<T>, CallError<String>>>;
 /// ```
 ///
 /// A pull that is under way when the future of [`Stream::next`] (or of an adapter) is dropped
-/// is kept, and the next call resumes it: no item is lost by a `select!` or a timeout.
+/// is kept, and the next call resumes it: no item is lost by a `select!` or a timeout. A
+/// deadline ([`crate::deadline`]) bounds the wait in the same way: the pull itself carries
+/// none.
 pub struct Stream<T> {
     inner: Kind<T>,
     buffer: VecDeque<T>,
-    /// The batch being pulled, if a poll left one under way. Reached only through `&mut self`
-    /// (`Mutex::get_mut`, no locking): the mutex is there so that a stream stays `Sync`, as
-    /// the future inside is not.
-    pulling: std::sync::Mutex<Option<Pull<T>>>,
+    /// The batch being pulled, if a poll left one under way, and the deadline the wait for it
+    /// is bound by. Reached only through `&mut self` (`Mutex::get_mut`, no locking): the mutex
+    /// is there so that a stream stays `Sync`, as the future inside is not.
+    pulling: std::sync::Mutex<Pulling<T>>,
+}
+
+/// A pull under way, and the timer of the deadline its wait is bound by.
+struct Pulling<T> {
+    pull: Option<Pull<T>>,
+    wait: Option<(Instant, Pin<Box<tokio::time::Sleep>>)>,
+}
+
+impl<T> Default for Pulling<T> {
+    fn default() -> Self {
+        Pulling {
+            pull: None,
+            wait: None,
+        }
+    }
 }
 
 impl<T> fmt::Debug for Stream<T> {
@@ -272,6 +290,10 @@ impl<T: Item> Stream<T> {
     /// The next item; `None` at the end. A lost connection or the producer's `fail` is an
     /// error, after which the stream is over.
     ///
+    /// Under a deadline ([`crate::deadline::with_timeout`]), an item that does not come in time
+    /// is [`CallError::DeadlineExceeded`] for this call only: the stream goes on, and the next
+    /// call resumes the pull under way.
+    ///
     /// Cancel-safe: dropping the future loses no item (see the type's docs).
     pub async fn next(&mut self) -> Option<Result<T, CallError<String>>> {
         std::future::poll_fn(|cx| self.poll_item(cx)).await
@@ -281,8 +303,9 @@ impl<T: Item> Stream<T> {
         if let Some(item) = self.buffer.pop_front() {
             return Poll::Ready(Some(Ok(item)));
         }
+        let deadline = crate::deadline::current();
         let pulling = self.pulling.get_mut().unwrap_or_else(|p| p.into_inner());
-        let pull = match pulling {
+        let pull = match &mut pulling.pull {
             Some(pull) => pull,
             None => {
                 let pull: Pull<T> = match &self.inner {
@@ -293,18 +316,36 @@ impl<T: Item> Stream<T> {
                             async move { source.pull(PULL_BATCH).await.map_err(CallError::Remote) },
                         )
                     }
+                    // The pull carries no deadline: one that passes bounds the wait for it
+                    // (below), and the pull goes on, where a call cut short by it would be
+                    // cancelled with its items, or leave them in an answer nobody reads.
                     Kind::Remote(r) => {
                         let r = r.clone();
-                        Box::pin(async move {
+                        Box::pin(crate::deadline::without(async move {
                             r.call::<_, Vec<T>, String>("pull", &(PULL_BATCH,)).await
-                        })
+                        }))
                     }
                 };
-                pulling.insert(pull)
+                pulling.pull.insert(pull)
             }
         };
-        let batch = ready!(pull.as_mut().poll(cx));
-        *pulling = None;
+        let Poll::Ready(batch) = pull.as_mut().poll(cx) else {
+            let Some(d) = deadline else {
+                pulling.wait = None;
+                return Poll::Pending;
+            };
+            let (at, timer) = pulling
+                .wait
+                .get_or_insert_with(|| (d, Box::pin(tokio::time::sleep_until(d))));
+            if *at != d {
+                *at = d;
+                timer.as_mut().reset(d);
+            }
+            ready!(timer.as_mut().poll(cx));
+            pulling.wait = None;
+            return Poll::Ready(Some(Err(CallError::DeadlineExceeded)));
+        };
+        *pulling = Pulling::default();
         Poll::Ready(match batch {
             Ok(batch) if batch.is_empty() => {
                 self.inner = Kind::Done;
@@ -339,7 +380,7 @@ impl<T: Item> Stream<T> {
 impl<T> Stream<T> {
     fn is_pulling(&self) -> bool {
         let pulling = self.pulling.lock().unwrap_or_else(|p| p.into_inner());
-        pulling.is_some()
+        pulling.pull.is_some()
     }
 }
 
@@ -403,7 +444,7 @@ impl<'de, T: Item> Deserialize<'de> for Stream<T> {
         Ok(Stream {
             inner,
             buffer: VecDeque::new(),
-            pulling: std::sync::Mutex::new(None),
+            pulling: std::sync::Mutex::new(Pulling::default()),
         })
     }
 }
