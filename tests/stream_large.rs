@@ -224,3 +224,58 @@ async fn chunks_that_fit_a_frame_go_whatever_a_batch_of_them_would_take() {
     let (_server, client) = common::memory_pair(TapRef::new(TapImpl)).await;
     download_all(&client.root(), 12, 3 * 1024 * 1024).await;
 }
+
+#[pb::remote]
+pub trait Handles {
+    /// A stream of `items` items, each `per_item` references to fresh objects, the producer
+    /// free to run 8 ahead.
+    async fn handles(&self, items: u32, per_item: u32) -> Result<Stream<Vec<TapRef>>, ()>;
+}
+
+struct HandlesImpl;
+
+impl Handles for HandlesImpl {
+    async fn handles(&self, items: u32, per_item: u32) -> Result<Stream<Vec<TapRef>>, ()> {
+        let (tx, rx) = stream::channel(8);
+        tokio::spawn(async move {
+            for _ in 0..items {
+                let item = (0..per_item).map(|_| TapRef::new(TapImpl)).collect();
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Items that each carry a few references go however many are ready, as items that each fit a
+/// frame do: a pull's batch must stay within the references the consumer takes in one message
+/// (`max_refs_per_message`, announced in its hello), not only within its frame.
+#[tokio::test(start_paused = true)]
+async fn items_with_references_go_whatever_a_batch_of_them_would_carry() {
+    let config = pb::Config {
+        limits: pb::Limits {
+            message: pb::proto::message::MessageLimits {
+                max_refs_per_message: 16,
+                ..Default::default()
+            },
+            ..pb::Limits::default()
+        },
+        ..pb::Config::default()
+    };
+    let (_server, client) = common::memory_pair_with(HandlesRef::new(HandlesImpl), config).await;
+    let h: HandlesRef = client.root();
+    // Each item carries 3 references, well within 16; 8 ready items would carry 24.
+    let mut s = h.handles(16, 3).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let mut got = 0;
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(refs) => assert_eq!(refs.len(), 3),
+            Err(e) => panic!("after {got} items of 16, the stream failed: {e:?}"),
+        }
+        got += 1;
+    }
+    assert_eq!(got, 16, "every item arrived");
+}

@@ -180,22 +180,27 @@ impl<T: Item> Dispatch for Source<T> {
                 return call.no_such_method(&SOURCE);
             }
             let (max,): (u32,) = call.decode_args()?;
-            // The largest answer the consumer takes (the Twisted PB dialect has no frames).
-            let room = call
-                .caller()
-                .connection()
+            // The largest answer the consumer takes, and the most references it may carry
+            // (the Twisted PB dialect has no frames, nor a limit on references).
+            let connection = call.caller().connection();
+            let room = connection
                 .map(Connection::peer_max_frame_len)
                 .filter(|&n| n != usize::MAX)
                 .map(|n| n.saturating_sub(ANSWER_OVERHEAD));
+            let max_refs = connection.map_or(usize::MAX, Connection::peer_max_refs_per_message);
             let mut batch = self.pull(max).await;
             loop {
                 let reply = encode_result(call.caller(), batch.as_deref().map_err(String::as_str));
-                // Over the consumer's frame: the later half of the items goes back to start the
-                // next pull (an item too large alone fails, the limit named). Each item is
-                // encoded once unless its batch does not fit.
-                if let (Some(room), Ok(items), Ok(outcome)) = (room, &mut batch, &reply)
+                // Over the consumer's frame, or carrying more references than it takes: the
+                // later half of the items goes back to start the next pull (an item too large
+                // alone fails, the limit named). Each item is encoded once unless its batch does
+                // not fit.
+                if let (Ok(items), Ok(outcome)) = (&mut batch, &reply)
                     && items.len() > 1
-                    && outcome.payload.len() + outcome.refs.len() * REF_OVERHEAD > room
+                    && (outcome.refs.len() > max_refs
+                        || room.is_some_and(|room| {
+                            outcome.payload.len() + outcome.refs.len() * REF_OVERHEAD > room
+                        }))
                 {
                     let rest = items.split_off(items.len() / 2);
                     self.put_back(rest).await;

@@ -165,8 +165,8 @@ impl Link for ConnShared {
         }
     }
 
-    fn peer_max_frame_len(&self) -> usize {
-        self.lock().peer_limits().max_frame_len
+    fn peer_limits(&self) -> Option<crate::handshake::ReceiveLimits> {
+        Some(self.lock().peer_limits())
     }
 
     fn set_max_call_bytes(&self, bytes: usize) {

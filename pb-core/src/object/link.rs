@@ -289,9 +289,9 @@ pub(crate) trait Link: Send + Sync + 'static {
     fn stats(&self) -> ConnectionStats;
     /// Change the largest frame accepted and sent (see [`Connection::set_max_frame_len`]).
     fn set_max_frame_len(&self, len: usize);
-    /// The largest frame the peer accepts, as it last said (`usize::MAX` where the dialect
-    /// has no frames).
-    fn peer_max_frame_len(&self) -> usize;
+    /// What the peer's decoder accepts, as it last said (`None` where the dialect has no
+    /// such limits).
+    fn peer_limits(&self) -> Option<crate::handshake::ReceiveLimits>;
     /// Change the call window (see [`Connection::set_max_call_bytes`]).
     fn set_max_call_bytes(&self, bytes: usize);
     /// Whether the connection has ended.
@@ -485,7 +485,17 @@ impl Connection {
     /// answer larger than this fails with `LimitExceeded` rather than being sent. `usize::MAX`
     /// over the Twisted PB dialect, whose limits are on each string and list instead.
     pub fn peer_max_frame_len(&self) -> usize {
-        self.link.peer_max_frame_len()
+        self.link
+            .peer_limits()
+            .map_or(usize::MAX, |l| l.max_frame_len)
+    }
+
+    /// The most references one message to the peer may carry, as it last said (`usize::MAX`
+    /// over the Twisted PB dialect).
+    pub(crate) fn peer_max_refs_per_message(&self) -> usize {
+        self.link
+            .peer_limits()
+            .map_or(usize::MAX, |l| l.max_refs_per_message)
     }
 
     /// Replace the object we serve as our root; returns the previous one.

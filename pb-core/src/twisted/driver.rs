@@ -760,9 +760,9 @@ impl Link for PbShared {
         self.id
     }
 
-    fn peer_max_frame_len(&self) -> usize {
+    fn peer_limits(&self) -> Option<crate::handshake::ReceiveLimits> {
         // Banana's limits are on each string and list, and were checked as each was encoded.
-        usize::MAX
+        None
     }
 
     fn side(&self) -> Side {
