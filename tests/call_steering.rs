@@ -265,3 +265,78 @@ async fn a_local_handler_s_onward_calls_inherit_the_deadline_and_expire_with_it(
         );
     }
 }
+
+#[pb::remote]
+pub trait Sink {
+    /// Holds `data` and never answers.
+    async fn hold(&self, data: Vec<u8>) -> Result<(), ()>;
+    /// Reads the stream to its end; returns how many items.
+    async fn take(&self, data: pb::stream::Stream<u32>) -> Result<u32, ()>;
+    /// The milliseconds left before the caller's deadline, as the callee sees it.
+    async fn time_left(&self, caller: Caller) -> Result<Option<u64>, ()>;
+}
+
+struct SinkImpl;
+
+impl Sink for SinkImpl {
+    async fn hold(&self, _data: Vec<u8>) -> Result<(), ()> {
+        std::future::pending().await
+    }
+    async fn take(&self, data: pb::stream::Stream<u32>) -> Result<u32, ()> {
+        data.collect().await.map(|v| v.len() as u32).map_err(|_| ())
+    }
+    async fn time_left(&self, caller: Caller) -> Result<Option<u64>, ()> {
+        Ok(caller.deadline().map(|d| {
+            d.saturating_duration_since(tokio::time::Instant::now())
+                .as_millis() as u64
+        }))
+    }
+}
+
+/// A call that waits parked (the peer's call window is full) carries a stream; its caller gives
+/// up before it leaves. Nothing was sent, so nothing of it may stay: the stream's source is not
+/// left exported to a peer that never heard of it, and its producer learns that the stream is
+/// gone.
+#[tokio::test(start_paused = true)]
+async fn a_parked_call_dropped_before_it_leaves_exports_nothing() {
+    let config = pb::Config {
+        limits: pb::Limits {
+            max_frame_len: 64 * 1024,
+            max_call_bytes: 256 * 1024,
+            ..pb::Limits::default()
+        },
+        ..pb::Config::default()
+    };
+    let (_server, client) = common::memory_pair_with(SinkRef::new(SinkImpl), config).await;
+    let sink: SinkRef = client.root();
+    // Four calls of 60 KiB fill the peer's window of 256 KiB; a fifth waits parked.
+    let mut holds = Vec::new();
+    for _ in 0..5 {
+        let sink = sink.clone();
+        holds.push(tokio::spawn(
+            async move { sink.hold(vec![7; 60 * 1024]).await },
+        ));
+    }
+    assert!(common::settle(|| client.stats().tables.parked_calls == 1).await);
+    // The sixth waits for room behind it, parked, with a stream in its arguments.
+    let (tx, rx) = pb::stream::channel::<u32>(2);
+    let parked = tokio::spawn({
+        let sink = sink.clone();
+        async move { sink.take(rx).await }
+    });
+    assert!(common::settle(|| client.stats().tables.parked_calls == 2).await);
+    parked.abort();
+    let _ = parked.await;
+    assert_eq!(client.stats().tables.parked_calls, 1);
+    // (exports, whether the producer saw its stream go within 10 s)
+    let exported = client.stats().tables.exported;
+    let closed = within(Duration::from_secs(10), tx.closed()).await.is_some();
+    assert_eq!(
+        (exported, closed),
+        (0, true),
+        "the stream of a call never sent stays exported, and its producer waits on"
+    );
+    for h in holds {
+        h.abort();
+    }
+}

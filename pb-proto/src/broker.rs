@@ -466,6 +466,9 @@ struct Parked {
     id: u64,
     /// The frame body's length, as the peer's window counts it.
     len: usize,
+    /// Our objects the call sends (counted as sent when it was encoded): given back if the
+    /// call is cancelled before it leaves, as the peer never learns of them.
+    exported: Vec<u64>,
     /// The frame: its header and envelope, then its payload (small pieces copied in with
     /// the envelope, large ones uncopied, see [`ZERO_COPY_MIN`](crate::outbox::ZERO_COPY_MIN)).
     frame: Vec<Bytes>,

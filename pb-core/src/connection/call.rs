@@ -112,8 +112,9 @@ impl ConnShared {
 
     /// Our call `id` is no longer wanted: cancel it (the peer hears of it).
     pub(super) fn cancel_call(&self, id: u64) {
-        // An answer that arrived meanwhile is dropped here, outside the lock.
-        let unwanted = self.lock().cancel_call(id);
+        // An answer that arrived meanwhile is dropped here, outside the lock; so are the
+        // objects a call that never left would have sent (its exports given back).
+        let unwanted = self.with_broker(|broker| broker.cancel_call(id));
         drop(unwanted);
         self.wake_writer.notify_one();
     }

@@ -82,7 +82,14 @@ impl<T: Tokens> Broker<T> {
             Some(t) => frame::split_header(buf, before, payload_len, t.len()),
         };
         let len = if park {
-            self.park(id, len, parked_head, (payload, tail))
+            let exported = descs
+                .iter()
+                .filter_map(|d| match *d {
+                    RefDesc::Sender(id) if id != 0 => Some(id),
+                    _ => None,
+                })
+                .collect();
+            self.park((id, len, exported), parked_head, (payload, tail))
         } else {
             // Small pieces are copied straight from the caller's buffer (no allocation of
             // their own), large ones queued uncopied.
@@ -98,13 +105,13 @@ impl<T: Tokens> Broker<T> {
         Ok(id)
     }
 
-    /// Park call `id` (`len` bytes, its envelope encoded in `head`, and its payload and tail);
-    /// returns what it will count in the peer's window, once it leaves.
+    /// Park call `id` (`len` bytes, sending our objects `exported`, its envelope encoded in
+    /// `head`, and its payload and tail); returns what it will count in the peer's window, once
+    /// it leaves.
     #[cold]
     fn park(
         &mut self,
-        id: u64,
-        len: usize,
+        (id, len, exported): (u64, usize, Vec<u64>),
         head: BytesMut,
         (payload, tail): (impl Payload, Option<Bytes>),
     ) -> usize {
@@ -117,6 +124,7 @@ impl<T: Tokens> Broker<T> {
         self.parked.push_back(Parked {
             id,
             len,
+            exported,
             frame: frame.take_all(),
         });
         tracing::debug!(
@@ -258,9 +266,19 @@ impl<T: Tokens> Broker<T> {
     /// Our caller gave up on call `id`: the peer is told (a cancel). Returns its answer if one
     /// had arrived meanwhile, for the caller to drop (it may hold references).
     pub fn cancel_call(&mut self, id: u64) -> Option<Reply<T::Object, Arrived>> {
-        // A parked call was never sent: it just goes.
+        // A parked call was never sent: it just goes, and the objects it would have sent are
+        // no longer sent to the peer (as if the peer had released them).
         if let Some(at) = self.parked.iter().position(|call| call.id == id) {
-            self.parked.remove(at);
+            if let Some(call) = self.parked.remove(at) {
+                for object in call.exported {
+                    if let Released::Freed { token, .. } = self.exports.release(object, 1) {
+                        self.events.push(Event::Unexported {
+                            id: object,
+                            object: token,
+                        });
+                    }
+                }
+            }
             let _ = self.pending.cancel(id, false);
             return None;
         }

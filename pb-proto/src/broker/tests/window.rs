@@ -386,3 +386,33 @@ fn a_call_cancelled_before_the_peers_hello_stays_counted_until_its_last_word() {
     }));
     assert_eq!((c.broker.pending.cancelled(), c.broker.window_used), (0, 0));
 }
+
+#[test]
+fn a_parked_call_cancelled_before_it_leaves_gives_back_the_objects_it_would_send() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    for _ in 0..4 {
+        w.a.call(0, "m", &[1; ARGS], &[]);
+    }
+    // Objects 7 and 8 go in a call that parks (exported as 1 and 2), 7 again in one behind it.
+    let parked =
+        w.a.call(0, "m", &[1; ARGS], &[Ref::Local(7), Ref::Local(8)]);
+    w.a.call(0, "m", &[1; 10], &[Ref::Local(7)]);
+    assert_eq!(w.a.broker.stats().parked_calls, 2);
+    assert_eq!(w.a.exported, [1, 2]);
+    assert!(w.a.broker.cancel_call(parked).is_none());
+    w.a.act();
+    // 8 went only in the cancelled call: no longer exported; 7 stays, for the call behind.
+    assert_eq!(w.a.unexported, [2]);
+    assert_eq!(w.a.broker.stats().exported, 1);
+    // That call leaves once an answer makes room, and the peer holds 7 from it.
+    w.settle();
+    w.b.answer(b"1", Vec::new());
+    w.settle();
+    assert_eq!(w.a.broker.stats().parked_calls, 0);
+    let last =
+        w.b.incoming
+            .back()
+            .expect("the call behind the cancelled one");
+    assert_eq!(last.refs.len(), 1);
+    assert!(w.b.error.is_none() && w.a.error.is_none());
+}
