@@ -4,8 +4,9 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
+use pb::ObjectRef;
 use pb::stream::{self, Chunk, Stream};
 
 const CHUNK: usize = 64 * 1024;
@@ -278,4 +279,138 @@ async fn items_with_references_go_whatever_a_batch_of_them_would_carry() {
         got += 1;
     }
     assert_eq!(got, 16, "every item arrived");
+}
+
+/// A `Tap` that hands on the stream of another `Tap` it reaches over a connection: the stream's
+/// consumer pulls through this node, which forwards each pull to the producer's node.
+struct RelayTap(TapRef);
+
+impl Tap for RelayTap {
+    async fn download(&self, chunks: u32, size: u32) -> Result<Stream<Chunk>, ()> {
+        self.0.download(chunks, size).await.map_err(|_| ())
+    }
+}
+
+/// A stream passed on by a third party: producer (A) -> relay (B) -> consumer (C), where the
+/// consumer accepts smaller frames (1 MiB) than the relay does (16 MiB). Every item fits the
+/// consumer's frame alone, so every item must arrive, in order, whatever path the pulls take.
+#[tokio::test(start_paused = true)]
+async fn a_stream_forwarded_through_a_third_party_delivers_every_item_within_the_consumer_s_frame()
+{
+    let (_a, b_to_a) = common::memory_pair(TapRef::new(TapImpl)).await;
+    let small = pb::Config {
+        limits: pb::Limits {
+            max_frame_len: 1024 * 1024,
+            ..pb::Limits::default()
+        },
+        ..pb::Config::default()
+    };
+    let (_b, c_to_b) = common::memory_pair_with(TapRef::new(RelayTap(b_to_a.root())), small).await;
+    let tap: TapRef = c_to_b.root();
+    let mut s = tap.download(16, 200 * 1024).await.unwrap();
+    // Settled (virtual time): the producer has filled its channel, so a pull finds 8 ready.
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let mut got = Vec::new();
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(c) => {
+                assert_eq!(c.len(), 200 * 1024);
+                got.push(c[0]);
+            }
+            Err(e) => panic!("after {} items of 16, the stream failed: {e:?}", got.len()),
+        }
+    }
+    assert_eq!(got, (0..16u8).collect::<Vec<_>>(), "every item, in order");
+}
+
+/// A source of streams from before pulls said what the consumer takes: it reads the batch's
+/// length only, and refuses other arguments (as the decoder refuses trailing bytes).
+struct OldSource(AtomicU32);
+
+static OLD_SOURCE: pb::dispatch::Interface = pb::dispatch::Interface {
+    name: "Stream",
+    methods: &["pull"],
+};
+
+impl pb::dispatch::Dispatch for OldSource {
+    fn interface(&self) -> &'static pb::dispatch::Interface {
+        &OLD_SOURCE
+    }
+
+    fn dispatch(
+        self: Arc<Self>,
+        mut call: pb::dispatch::IncomingCall,
+    ) -> pb::dispatch::BoxFuture<pb::dispatch::Reply> {
+        Box::pin(async move {
+            let (max,): (u32,) = call.decode_args()?;
+            // Three batches of up to `max` numbers, then the end.
+            let start = self.0.fetch_add(max, Ordering::Relaxed);
+            let batch: Vec<u32> = (start..(start + max).min(3 * max)).collect();
+            pb::dispatch::encode_result(call.caller(), Ok::<_, String>(batch))
+        })
+    }
+}
+
+/// What an end from before pulls said what the consumer takes looks like to this one: a peer
+/// whose `take` reads a stream with old pulls (the batch's length only), and whose `old` hands
+/// out an [`OldSource`]. Written by hand, as the peer's build would be another.
+#[pb::remote]
+pub trait OldPeer {
+    async fn take(&self, data: Stream<Chunk>) -> Result<u32, String>;
+    async fn old(&self) -> Result<Stream<u32>, ()>;
+}
+
+static OLD_PEER: pb::dispatch::Interface = pb::dispatch::Interface {
+    name: "OldPeer",
+    methods: &["take", "old"],
+};
+
+struct OldPeerImpl;
+
+impl pb::dispatch::Dispatch for OldPeerImpl {
+    fn interface(&self) -> &'static pb::dispatch::Interface {
+        &OLD_PEER
+    }
+
+    fn dispatch(
+        self: Arc<Self>,
+        mut call: pb::dispatch::IncomingCall,
+    ) -> pb::dispatch::BoxFuture<pb::dispatch::Reply> {
+        Box::pin(async move {
+            match call.method() {
+                "take" => {
+                    let (source,): (ObjectRef,) = call.decode_args()?;
+                    let pulled = source
+                        .call::<_, Vec<Chunk>, String>("pull", &(8u32,))
+                        .await
+                        .map(|batch| batch.len() as u32)
+                        .map_err(|e| e.to_string());
+                    pb::dispatch::encode_result(call.caller(), pulled)
+                }
+                "old" => {
+                    let source = ObjectRef::from_arc(Arc::new(OldSource(AtomicU32::new(0))));
+                    pb::dispatch::encode_result(call.caller(), Ok::<_, ()>(source))
+                }
+                _ => call.no_such_method(&OLD_PEER),
+            }
+        })
+    }
+}
+
+/// Pulls between ends of either age: a consumer that says nothing of what it takes (its pull
+/// has the batch's length only) is answered, within the connection's limits; a source that
+/// refuses to be told is asked again the old way.
+#[tokio::test(start_paused = true)]
+async fn pulls_work_between_old_and_new_ends_of_a_stream() {
+    let (_server, client) = common::memory_pair(ObjectRef::from_arc(Arc::new(OldPeerImpl))).await;
+    let peer: OldPeerRef = client.root();
+    // An old consumer: one pull of 8 from a stream of 16 ready chunks.
+    let (tx, rx) = stream::channel(16);
+    for i in 0..16u8 {
+        tx.send(Chunk::from(vec![i; 1024])).await.unwrap();
+    }
+    assert_eq!(peer.take(rx).await, Ok(8));
+    // An old source, read through a new consumer's `Stream`.
+    let s = peer.old().await.unwrap();
+    assert_eq!(s.collect().await.unwrap(), (0..24).collect::<Vec<u32>>());
 }

@@ -179,15 +179,25 @@ impl<T: Item> Dispatch for Source<T> {
             if call.method() != "pull" {
                 return call.no_such_method(&SOURCE);
             }
-            let (max,): (u32,) = call.decode_args()?;
-            // The largest answer the consumer takes, and the most references it may carry
-            // (the Twisted PB dialect has no frames, nor a limit on references).
+            // The consumer says what it takes (its frame and references per message): a
+            // stream handed on by a third party answers it through that party, which passes
+            // the answer on unchanged. A consumer from before that says nothing.
+            let (max, takes) = match call.decode_args::<(u32, u64, u64)>() {
+                Ok((max, bytes, refs)) => (max, Some((bytes, refs))),
+                Err(_) => (call.decode_args::<(u32,)>()?.0, None),
+            };
+            let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+            // The largest answer the consumer takes, and the most references it may carry,
+            // within what the connection the pull came in on takes (the Twisted PB dialect
+            // has no frames, nor a limit on references).
             let connection = call.caller().connection();
-            let room = connection
-                .map(Connection::peer_max_frame_len)
-                .filter(|&n| n != usize::MAX)
-                .map(|n| n.saturating_sub(ANSWER_OVERHEAD));
-            let max_refs = connection.map_or(usize::MAX, Connection::peer_max_refs_per_message);
+            let frame = connection
+                .map_or(usize::MAX, Connection::peer_max_frame_len)
+                .min(takes.map_or(usize::MAX, |(bytes, _)| as_usize(bytes)));
+            let room = (frame != usize::MAX).then(|| frame.saturating_sub(ANSWER_OVERHEAD));
+            let max_refs = connection
+                .map_or(usize::MAX, Connection::peer_max_refs_per_message)
+                .min(takes.map_or(usize::MAX, |(_, refs)| as_usize(refs)));
             let mut batch = self.pull(max).await;
             loop {
                 let reply = encode_result(call.caller(), batch.as_deref().map_err(String::as_str));
@@ -224,6 +234,28 @@ enum Kind<T> {
 
 /// A batch being pulled: owned, so that it lives in the stream between polls.
 type Pull<T> = BoxFuture<Result<Vec<T>, CallError<String>>>;
+
+/// Pull a batch from the source `r` on a peer, saying what our end of its connection takes in
+/// one message (its frame, its references), so that a batch answered through a third party
+/// still fits here. A source from before that takes only the batch's length: asked again so.
+async fn pull_remote<T: Item>(r: ObjectRef) -> Result<Vec<T>, CallError<String>> {
+    let takes = match &r.0 {
+        RefInner::Remote(imported) => imported.conn.own_limits(),
+        RefInner::Local(_) => None,
+    };
+    let Some(takes) = takes else {
+        return r.call("pull", &(PULL_BATCH,)).await;
+    };
+    let args = (
+        PULL_BATCH,
+        takes.max_frame_len as u64,
+        takes.max_refs_per_message as u64,
+    );
+    match r.call("pull", &args).await {
+        Err(CallError::BadArguments(_)) => r.call("pull", &(PULL_BATCH,)).await,
+        pulled => pulled,
+    }
+}
 
 /// The consuming end of a stream: here, or on a peer it was sent to.
 ///
@@ -326,9 +358,7 @@ impl<T: Item> Stream<T> {
                     // cancelled with its items, or leave them in an answer nobody reads.
                     Kind::Remote(r) => {
                         let r = r.clone();
-                        Box::pin(crate::deadline::without(async move {
-                            r.call::<_, Vec<T>, String>("pull", &(PULL_BATCH,)).await
-                        }))
+                        Box::pin(crate::deadline::without(pull_remote(r)))
                     }
                 };
                 pulling.pull.insert(pull)

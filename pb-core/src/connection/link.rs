@@ -169,6 +169,10 @@ impl Link for ConnShared {
         Some(self.lock().peer_limits())
     }
 
+    fn own_limits(&self) -> Option<crate::handshake::ReceiveLimits> {
+        Some(self.lock().limits().receive())
+    }
+
     fn set_max_call_bytes(&self, bytes: usize) {
         let queued = {
             let mut broker = self.lock();

@@ -292,6 +292,8 @@ pub(crate) trait Link: Send + Sync + 'static {
     /// What the peer's decoder accepts, as it last said (`None` where the dialect has no
     /// such limits).
     fn peer_limits(&self) -> Option<crate::handshake::ReceiveLimits>;
+    /// What our decoder accepts from the peer (`None` where the dialect has no such limits).
+    fn own_limits(&self) -> Option<crate::handshake::ReceiveLimits>;
     /// Change the call window (see [`Connection::set_max_call_bytes`]).
     fn set_max_call_bytes(&self, bytes: usize);
     /// Whether the connection has ended.

@@ -765,6 +765,10 @@ impl Link for PbShared {
         None
     }
 
+    fn own_limits(&self) -> Option<crate::handshake::ReceiveLimits> {
+        None
+    }
+
     fn side(&self) -> Side {
         self.side
     }
