@@ -414,3 +414,79 @@ async fn pulls_work_between_old_and_new_ends_of_a_stream() {
     let s = peer.old().await.unwrap();
     assert_eq!(s.collect().await.unwrap(), (0..24).collect::<Vec<u32>>());
 }
+
+/// Bytes encoded by `Counted` items, over all tests of this file that use them.
+static ENCODED: AtomicUsize = AtomicUsize::new(0);
+
+/// A chunk that counts the bytes it is encoded as.
+#[derive(Debug)]
+pub struct Counted(Chunk);
+
+impl serde::Serialize for Counted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        ENCODED.fetch_add(self.0.len(), Ordering::SeqCst);
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Counted {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Chunk::deserialize(d).map(Counted)
+    }
+}
+
+#[pb::remote]
+pub trait BigTap {
+    /// `chunks` chunks of `size` bytes, the producer free to run 8 ahead.
+    async fn download(&self, chunks: u32, size: u32) -> Result<Stream<Counted>, ()>;
+}
+
+struct BigTapImpl;
+
+impl BigTap for BigTapImpl {
+    async fn download(&self, chunks: u32, size: u32) -> Result<Stream<Counted>, ()> {
+        let (tx, rx) = stream::channel(8);
+        tokio::spawn(async move {
+            for i in 0..chunks {
+                let chunk = Counted(Chunk::from(vec![i as u8; size as usize]));
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Items as large as the consumer's frame takes one at a time: the producer's side must not
+/// encode (and allocate) a whole batch of them, many frames' worth, for each item it sends,
+/// pull after pull. Bounded in bytes: what it encodes stays within a small multiple of what it
+/// sends.
+#[tokio::test(start_paused = true)]
+async fn frame_sized_items_are_not_encoded_many_times_over_for_each_one_sent() {
+    const SIZE: usize = 600 * 1024;
+    const CHUNKS: u32 = 32;
+    let config = pb::Config {
+        limits: pb::Limits {
+            max_frame_len: 1024 * 1024,
+            ..pb::Limits::default()
+        },
+        ..pb::Config::default()
+    };
+    let (_server, client) = common::memory_pair_with(BigTapRef::new(BigTapImpl), config).await;
+    let tap: BigTapRef = client.root();
+    let mut s = tap.download(CHUNKS, SIZE as u32).await.unwrap();
+    let mut sent = 0;
+    while let Some(c) = s.next().await {
+        sent += c.unwrap().0.len();
+    }
+    assert_eq!(sent, CHUNKS as usize * SIZE);
+    let encoded = ENCODED.load(Ordering::SeqCst);
+    assert!(
+        encoded <= 2 * sent,
+        "encoded {} MiB to send {} MiB ({:.1} times over)",
+        encoded >> 20,
+        sent >> 20,
+        encoded as f64 / sent as f64
+    );
+}

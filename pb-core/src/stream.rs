@@ -110,8 +110,22 @@ struct Source<T> {
 /// the next pull, so that the items before it are not lost.
 struct Pulled<T> {
     rx: mpsc::Receiver<Result<T, String>>,
-    next: VecDeque<T>,
+    next: VecDeque<Taken<T>>,
     failed: Option<String>,
+}
+
+/// An item taken from the channel, and its encoding as a batch of its own once one was made
+/// (to see whether it fits the consumer's frame): kept with the item when it waits for the
+/// next pull, so that no item is encoded again and again while the items before it leave.
+struct Taken<T> {
+    item: T,
+    alone: Option<Reply>,
+}
+
+impl<T> Taken<T> {
+    fn new(item: T) -> Self {
+        Taken { item, alone: None }
+    }
 }
 
 /// What an answer to a pull takes besides its items' encodings, at most: the answer's
@@ -129,7 +143,7 @@ static SOURCE: Interface = Interface {
 impl<T> Source<T> {
     /// Up to `max` items: those put back first, else waits for one, then takes what is ready.
     /// Empty at the end.
-    async fn pull(&self, max: u32) -> Result<Vec<T>, String> {
+    async fn pull(&self, max: u32) -> Result<Vec<Taken<T>>, String> {
         let max = max.clamp(1, 1024) as usize;
         let mut pulled = self.rx.lock().await;
         let mut batch = Vec::new();
@@ -144,12 +158,12 @@ impl<T> Source<T> {
             }
             match pulled.rx.recv().await {
                 None => return Ok(batch),
-                Some(item) => batch.push(item?),
+                Some(item) => batch.push(Taken::new(item?)),
             }
         }
         while batch.len() < max {
             match pulled.rx.try_recv() {
-                Ok(Ok(item)) => batch.push(item),
+                Ok(Ok(item)) => batch.push(Taken::new(item)),
                 Ok(Err(reason)) => {
                     pulled.failed = Some(reason);
                     break;
@@ -160,8 +174,80 @@ impl<T> Source<T> {
         Ok(batch)
     }
 
+    /// The answer to a pull of `batch` within what the consumer takes (`fits`, given a
+    /// payload's length and its references): the longest run of items from the first that
+    /// fits; the rest go back to start the next pull. An item too large alone is the answer
+    /// (it fails, the limit named). Each item is encoded once, or twice when its batch has
+    /// others: alone, to see its size (kept with it if it waits), and in the batch, unless
+    /// its batch is only itself; a whole batch is encoded at once, with only its first item
+    /// seen alone, when that one shows the batch fits with room to spare.
+    async fn fitting(
+        &self,
+        mut batch: Vec<Taken<T>>,
+        whole: impl Fn(&[Taken<T>]) -> Reply,
+        fits: impl Fn(usize, usize) -> bool,
+        caller: &crate::Caller,
+    ) -> Reply
+    where
+        T: Item,
+    {
+        let alone = |t: &mut Taken<T>| -> Reply {
+            t.alone.take().unwrap_or_else(|| {
+                encode_result(caller, Ok::<_, &str>(std::slice::from_ref(&t.item)))
+            })
+        };
+        let Some(first) = batch.first_mut() else {
+            return whole(&batch);
+        };
+        let first = alone(first);
+        let (mut bytes, mut refs) = match &first {
+            Ok(o) if batch.len() > 1 && fits(o.payload.len(), o.refs.len()) => {
+                (o.payload.len(), o.refs.len())
+            }
+            // Alone, too large, or not encodable: that is the answer.
+            _ => {
+                let rest = batch.split_off(1);
+                self.put_back(rest).await;
+                return first;
+            }
+        };
+        let n = batch.len();
+        // Items like the first would fill half the room at most: the batch at once.
+        if fits(bytes.saturating_mul(2 * n), refs.saturating_mul(2 * n)) {
+            let reply = whole(&batch);
+            if let Ok(o) = &reply
+                && fits(o.payload.len(), o.refs.len())
+            {
+                return reply;
+            }
+        }
+        let mut take = 1;
+        while let Some(t) = batch.get_mut(take) {
+            let next = alone(t);
+            let fit = match &next {
+                Ok(o) => fits(bytes + o.payload.len(), refs + o.refs.len()),
+                Err(_) => false,
+            };
+            if let Ok(o) = &next {
+                (bytes, refs) = (bytes + o.payload.len(), refs + o.refs.len());
+            }
+            // Kept for when it leaves (alone, if it is first then).
+            t.alone = Some(next);
+            if !fit {
+                break;
+            }
+            take += 1;
+        }
+        let rest = batch.split_off(take);
+        self.put_back(rest).await;
+        match take {
+            1 => first,
+            _ => whole(&batch),
+        }
+    }
+
     /// Items of a batch that did not fit: they start the next one, in order.
-    async fn put_back(&self, items: Vec<T>) {
+    async fn put_back(&self, items: Vec<Taken<T>>) {
         let mut pulled = self.rx.lock().await;
         for item in items.into_iter().rev() {
             pulled.next.push_front(item);
@@ -198,26 +284,23 @@ impl<T: Item> Dispatch for Source<T> {
             let max_refs = connection
                 .map_or(usize::MAX, Connection::peer_max_refs_per_message)
                 .min(takes.map_or(usize::MAX, |(_, refs)| as_usize(refs)));
-            let mut batch = self.pull(max).await;
-            loop {
-                let reply = encode_result(call.caller(), batch.as_deref().map_err(String::as_str));
-                // Over the consumer's frame, or carrying more references than it takes: the
-                // later half of the items goes back to start the next pull (an item too large
-                // alone fails, the limit named). Each item is encoded once unless its batch does
-                // not fit.
-                if let (Ok(items), Ok(outcome)) = (&mut batch, &reply)
-                    && items.len() > 1
-                    && (outcome.refs.len() > max_refs
-                        || room.is_some_and(|room| {
-                            outcome.payload.len() + outcome.refs.len() * REF_OVERHEAD > room
-                        }))
-                {
-                    let rest = items.split_off(items.len() / 2);
-                    self.put_back(rest).await;
-                    continue;
-                }
-                return reply;
+            let batch = match self.pull(max).await {
+                Ok(batch) => batch,
+                Err(reason) => return encode_result(call.caller(), Err::<(), _>(reason)),
+            };
+            let whole = |items: &[Taken<T>]| {
+                let items: Vec<&T> = items.iter().map(|t| &t.item).collect();
+                encode_result(call.caller(), Ok::<_, &str>(items))
+            };
+            // No limit to keep within (the Twisted PB dialect): the batch as it is.
+            if room.is_none() && max_refs == usize::MAX {
+                return whole(&batch);
             }
+            let room = room.unwrap_or(usize::MAX);
+            let fits = |payload: usize, refs: usize| {
+                refs <= max_refs && payload.saturating_add(refs * REF_OVERHEAD) <= room
+            };
+            self.fitting(batch, whole, fits, call.caller()).await
         })
     }
 
@@ -349,9 +432,12 @@ impl<T: Item> Stream<T> {
                     Kind::Done => return Poll::Ready(None),
                     Kind::Local(source) => {
                         let source = source.clone();
-                        Box::pin(
-                            async move { source.pull(PULL_BATCH).await.map_err(CallError::Remote) },
-                        )
+                        Box::pin(async move {
+                            let batch = source.pull(PULL_BATCH).await;
+                            batch
+                                .map(|b| b.into_iter().map(|t| t.item).collect())
+                                .map_err(CallError::Remote)
+                        })
                     }
                     // The pull carries no deadline: one that passes bounds the wait for it
                     // (below), and the pull goes on, where a call cut short by it would be
