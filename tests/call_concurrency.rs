@@ -58,12 +58,15 @@ async fn concurrent_calls_over_tcp_from_many_tasks() {
     server.shutdown().await;
 }
 
-#[tokio::test]
-async fn in_flight_limit_refuses_cleanly() {
+/// A call that arrives while `max_in_flight_calls` of the caller's calls run waits, unread,
+/// until one of them ends, then runs: the caller cannot know the limit (it is not announced),
+/// so it is never refused for it, nor counted as a violation.
+#[tokio::test(start_paused = true)]
+async fn calls_over_the_in_flight_limit_wait_for_a_running_one_to_end() {
     let mut config = pb::Config::default();
     config.limits.max_in_flight_calls = 4;
-    config.limits.max_violations = 1000;
-    let (_server, client) = memory_pair_with(KitchenRef::new(KitchenImpl::default()), config).await;
+    config.limits.max_violations = 0;
+    let (server, client) = memory_pair_with(KitchenRef::new(KitchenImpl::default()), config).await;
     let k: KitchenRef = client.root();
     let mut hanging = Vec::new();
     for _ in 0..4 {
@@ -74,12 +77,55 @@ async fn in_flight_limit_refuses_cleanly() {
     for _ in 0..100 {
         tokio::task::yield_now().await;
     }
-    match k.add(1, 1).await {
-        Err(pb::CallError::LimitExceeded(m)) => {
-            assert!(m.contains("max_in_flight_calls = 4"), "{m}")
-        }
-        other => panic!("expected the limit, got {other:?}"),
+    assert_eq!(server.stats().tables.in_flight_calls, 4);
+    let mut add = tokio::spawn({
+        let k = k.clone();
+        async move { k.add(1, 1).await }
+    });
+    let minute = std::time::Duration::from_secs(60);
+    assert!(
+        tokio::time::timeout(minute, &mut add).await.is_err(),
+        "the fifth call waits while four run"
+    );
+    // One of the four is given up (cancelled on the server): the fifth runs.
+    hanging.pop().unwrap().abort();
+    let added = tokio::time::timeout(minute, add).await;
+    assert!(matches!(added, Ok(Ok(Ok(2)))), "{added:?}");
+    assert!(!client.is_closed() && !server.is_closed());
+    for h in hanging {
+        h.abort();
     }
+}
+
+/// A call held at the cap and given up before it runs is cancelled once it does (its cancel
+/// follows it): it does not keep a place among the running calls for good.
+#[tokio::test(start_paused = true)]
+async fn a_held_call_given_up_does_not_keep_a_running_place() {
+    let mut config = pb::Config::default();
+    config.limits.max_in_flight_calls = 4;
+    config.limits.max_violations = 0;
+    let (server, client) = memory_pair_with(KitchenRef::new(KitchenImpl::default()), config).await;
+    let k: KitchenRef = client.root();
+    let mut hanging = Vec::new();
+    for _ in 0..5 {
+        let k = k.clone();
+        hanging.push(tokio::spawn(async move { k.hang().await }));
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(server.stats().tables.in_flight_calls, 4);
+    // The fifth, held, is given up; then one of the four.
+    hanging.pop().unwrap().abort();
+    hanging.pop().unwrap().abort();
+    let minute = std::time::Duration::from_secs(60);
+    let added = tokio::time::timeout(minute, k.add(2, 3)).await;
+    assert!(matches!(added, Ok(Ok(5))), "{added:?}");
+    assert!(
+        common::settle(|| server.stats().tables.in_flight_calls == 3).await,
+        "three run: the given-up fifth ran and was cancelled ({} run)",
+        server.stats().tables.in_flight_calls
+    );
     for h in hanging {
         h.abort();
     }

@@ -490,3 +490,61 @@ async fn frame_sized_items_are_not_encoded_many_times_over_for_each_one_sent() {
         encoded as f64 / sent as f64
     );
 }
+
+#[pb::remote]
+pub trait Ticker {
+    /// `0..n`, one item every `gap_ms` milliseconds.
+    async fn ticks(&self, n: u32, gap_ms: u64) -> Result<Stream<u32>, ()>;
+}
+
+struct TickerImpl;
+
+impl Ticker for TickerImpl {
+    async fn ticks(&self, n: u32, gap_ms: u64) -> Result<Stream<u32>, ()> {
+        let (tx, rx) = stream::channel(2);
+        tokio::spawn(async move {
+            for i in 0..n {
+                tokio::time::sleep(std::time::Duration::from_millis(gap_ms)).await;
+                if tx.send(i).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Many streams read at once on one connection, each waiting on a slow producer (so each has a
+/// pull out): every stream delivers every item, in order, and the connection stays up. A
+/// consumer cannot know how many calls the producer's side lets run at once (the hello does not
+/// say), so reading many streams must not cost it the connection.
+#[tokio::test(start_paused = true)]
+async fn many_slow_streams_read_at_once_on_one_connection_all_complete() {
+    const STREAMS: usize = 1100;
+    let (server, client) = common::memory_pair(TickerRef::new(TickerImpl)).await;
+    let t: TickerRef = client.root();
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        streams.push(t.ticks(3, 10).await.unwrap());
+    }
+    let mut readers = tokio::task::JoinSet::new();
+    for s in streams {
+        readers.spawn(async move {
+            let all: Result<Vec<u32>, _> = s.collect().await;
+            all
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(r) = readers.join_next().await {
+        match r.unwrap() {
+            Ok(v) => assert_eq!(v, [0, 1, 2]),
+            Err(e) => failed.push(e),
+        }
+    }
+    let closed = (client.close_reason(), server.close_reason());
+    failed.dedup();
+    assert!(
+        failed.is_empty() && closed == (None, None),
+        "streams failed: {failed:?}; connection closed: {closed:?}"
+    );
+}

@@ -204,8 +204,12 @@ pub(crate) struct ConnShared {
     congested: AtomicBool,
     /// Wakes callers waiting for the output to drain.
     space: Notify,
-    /// Wakes the reader to run the frames it held back while the output was congested.
+    /// Wakes the reader to run the frames it held back while the output was congested, or
+    /// while `max_in_flight_calls` of the peer's calls were running.
     drained: Notify,
+    /// Whether the reader holds frames back: a call that ends then wakes it (`drained`), as
+    /// one more call may run.
+    holding: AtomicBool,
     write_stall_timeout: Option<Duration>,
 }
 
@@ -250,6 +254,7 @@ impl ConnShared {
             congested: AtomicBool::new(false),
             space: Notify::new(),
             drained: Notify::new(),
+            holding: AtomicBool::new(false),
             write_stall_timeout: config.write_stall_timeout,
         })
     }

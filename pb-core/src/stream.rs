@@ -186,7 +186,7 @@ impl<T> Source<T> {
         mut batch: Vec<Taken<T>>,
         whole: impl Fn(&[Taken<T>]) -> Reply,
         fits: impl Fn(usize, usize) -> bool,
-        caller: &crate::Caller,
+        caller: &crate::object::link::Caller,
     ) -> Reply
     where
         T: Item,

@@ -341,6 +341,24 @@ pub fn is_call(body: &[u8]) -> bool {
     body.first() == Some(&TAG_CALL)
 }
 
+/// The request id of the call that frame body `body` is, if it is a call.
+#[inline]
+pub fn call_id(body: &[u8]) -> Option<u64> {
+    match body {
+        [TAG_CALL, _flags, rest @ ..] => get_varint(&mut &rest[..]).ok(),
+        _ => None,
+    }
+}
+
+/// The request id of the call that frame body `body` cancels, if it is a cancel.
+#[inline]
+pub fn cancelled_id(body: &[u8]) -> Option<u64> {
+    match body.split_first() {
+        Some((&TAG_CANCEL, mut rest)) => get_varint(&mut rest).ok(),
+        _ => None,
+    }
+}
+
 /// Append `v` as an unsigned LEB128 integer (1 to 10 bytes).
 #[inline]
 pub fn put_varint(out: &mut BytesMut, mut v: u64) {

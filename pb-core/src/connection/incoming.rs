@@ -36,17 +36,27 @@ impl ConnShared {
     /// Handle one frame of a reader's batch (`held`: one the reader held back, with
     /// [`ConnShared::hold_frame`]). `events` is scratch space (kept by the reader so that
     /// waking callers allocates nothing).
+    ///
+    /// A call that arrives while `max_in_flight_calls` of the peer's calls run here is given
+    /// back (`Some`), for the reader to hold until one ends: the peer cannot know the limit (it
+    /// is not announced), so a peer within its call window is never refused for it.
     pub(super) fn handle_frame(
         self: &Arc<Self>,
         frame: Frame,
         events: &mut Vec<Event>,
         held: bool,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Option<Frame>, ProtocolError> {
         if crate::message::is_answer(&frame.body) {
             // The reader gathers answers into batches; one alone is a batch of one.
-            return self.handle_answers(&mut vec![frame], events).map(|_| ());
+            return self.handle_answers(&mut vec![frame], events).map(|_| None);
         }
         let mut broker = self.lock();
+        if broker.in_flight() >= broker.limits().max_in_flight_calls
+            && broker.state() == crate::broker::State::Open
+            && crate::message::is_call(&frame.body)
+        {
+            return Ok(Some(frame));
+        }
         // Calls that handlers polled inline make now leave with the reader's flush.
         broker.in_batch = true;
         // A frame yields at most one call, handed back directly.
@@ -67,6 +77,7 @@ impl ConnShared {
             if let Some(ev) = call {
                 self.spawn_call(ev);
             }
+            None
         });
         // Answers given inline count at once, so a batch of calls cannot queue without bound.
         self.note_queued(queued);
@@ -265,6 +276,10 @@ impl ConnShared {
         // Only a graceful close waits for running calls, and it starts by draining.
         if draining {
             self.call_done.notify_waiters();
+        }
+        // A call held back at the cap on running calls may run now.
+        if self.holding.load(Ordering::Acquire) {
+            self.drained.notify_one();
         }
     }
 }

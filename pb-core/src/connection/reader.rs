@@ -117,11 +117,16 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                         // A held call counts in our call window from now on (one that does not
                         // fit is refused at once, and not held). A revocation or cache update
                         // waits too behind a held call that sends its object.
+                        // A cancel goes through unless it cancels a held call (it then follows
+                        // it): a call held at the cap on running calls may be waiting for the
+                        // very call it cancels to end.
+                        let overtakes = crate::message::may_overtake(&frame.body)
+                            || crate::message::cancelled_id(&frame.body)
+                                .is_some_and(|id| !held.holds_call(id));
                         let wait = if held.frames.is_empty() {
-                            conn.is_congested() && !crate::message::may_overtake(&frame.body)
+                            conn.is_congested() && !overtakes
                         } else {
-                            !crate::message::may_overtake(&frame.body)
-                                || conn.must_follow_held(&frame.body)
+                            !overtakes || conn.must_follow_held(&frame.body)
                         };
                         if wait {
                             match conn.hold_frame(&frame) {
@@ -146,8 +151,19 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                         {
                             break 'conn CloseReason::Protocol(e.to_string());
                         }
-                        if let Err(e) = conn.handle_frame(frame, &mut wakers, false) {
-                            break 'conn CloseReason::Protocol(e.to_string());
+                        match conn.handle_frame(frame, &mut wakers, false) {
+                            Ok(None) => {}
+                            // At the cap on running calls: held until one ends (counted in
+                            // our call window from now on, as any held call).
+                            Ok(Some(frame)) => match conn.hold_frame(&frame) {
+                                Ok(true) => {
+                                    held.push(frame);
+                                    conn.holding.store(true, Ordering::Release);
+                                }
+                                Ok(false) => {}
+                                Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
+                            },
+                            Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
                         }
                     }
                     Ok(None) => break,
@@ -162,13 +178,32 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                     Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
                 }
             }
-            // Held-back frames run, in order, as soon as the output has drained.
-            while !held.frames.is_empty() && !conn.is_congested() {
+            // Held-back frames run, in order, as soon as the output has drained, and calls as
+            // soon as fewer than `max_in_flight_calls` run. (Looked at again after a call was
+            // held for the cap and `holding` set: a call that ended in between is seen here.)
+            'release: while !held.frames.is_empty() && !conn.is_congested() {
                 let Some(frame) = held.pop() else { break };
                 handled = true;
-                if let Err(e) = conn.handle_frame(frame, &mut wakers, true) {
-                    break 'conn CloseReason::Protocol(e.to_string());
+                match conn.handle_frame(frame, &mut wakers, true) {
+                    Ok(None) => {}
+                    Ok(Some(frame)) => {
+                        held.push_front(frame);
+                        // Cancels held behind calls that have run since go now: one of them
+                        // may end a call that this one waits for.
+                        for cancel in held.take_cancels_of_run_calls() {
+                            if let Err(e) = conn.handle_frame(cancel, &mut wakers, true) {
+                                break 'conn CloseReason::Protocol(e.to_string());
+                            }
+                        }
+                        break 'release;
+                    }
+                    Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
                 }
+            }
+            if held.frames.is_empty() {
+                conn.holding.store(false, Ordering::Release);
+            } else {
+                conn.holding.store(true, Ordering::Release);
             }
             // Answers and faults for the whole batch go out in one write.
             if handled || std::mem::take(&mut first) {
@@ -337,14 +372,15 @@ pub(super) struct Held {
     pub(super) frames: std::collections::VecDeque<Frame>,
     /// How many of `frames` are calls.
     pub(super) calls: usize,
+    /// The request ids of the calls among `frames` (the peer's numbers, so std's keyed hash).
+    call_ids: std::collections::HashSet<u64>,
     /// The bytes of `frames`.
     pub(super) bytes: usize,
 }
 
 impl Held {
     pub(super) fn push(&mut self, frame: Frame) {
-        self.calls += usize::from(crate::message::is_call(&frame.body));
-        self.bytes += frame.len();
+        self.count(&frame, true);
         // A copy of its own: a slice would keep the whole read buffer it came in alive, which
         // for large frames is up to twice their size, and `bytes` would undercount what is
         // held. Only a congested connection holds frames back, and then copies are cheap
@@ -355,10 +391,59 @@ impl Held {
         });
     }
 
+    /// Count `frame` in (`true`) or out.
+    fn count(&mut self, frame: &Frame, add: bool) {
+        let call = crate::message::call_id(&frame.body);
+        match add {
+            true => {
+                self.calls += usize::from(crate::message::is_call(&frame.body));
+                self.bytes += frame.len();
+                self.call_ids.extend(call);
+            }
+            false => {
+                self.calls -= usize::from(crate::message::is_call(&frame.body));
+                self.bytes -= frame.len();
+                if let Some(id) = call {
+                    self.call_ids.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// Whether call `id` is held.
+    pub(super) fn holds_call(&self, id: u64) -> bool {
+        self.call_ids.contains(&id)
+    }
+
+    /// The cancels held of calls no longer held (they ran), taken out in order.
+    pub(super) fn take_cancels_of_run_calls(&mut self) -> Vec<Frame> {
+        if self.frames.len() == self.calls {
+            return Vec::new();
+        }
+        let mut taken = Vec::new();
+        let mut kept = std::collections::VecDeque::with_capacity(self.frames.len());
+        for frame in std::mem::take(&mut self.frames) {
+            match crate::message::cancelled_id(&frame.body) {
+                Some(id) if !self.holds_call(id) => {
+                    self.bytes -= frame.len();
+                    taken.push(frame);
+                }
+                _ => kept.push_back(frame),
+            }
+        }
+        self.frames = kept;
+        taken
+    }
+
+    /// Put `frame`, just taken by [`Held::pop`], back in front.
+    pub(super) fn push_front(&mut self, frame: Frame) {
+        self.count(&frame, true);
+        self.frames.push_front(frame);
+    }
+
     pub(super) fn pop(&mut self) -> Option<Frame> {
         let frame = self.frames.pop_front()?;
-        self.calls -= usize::from(crate::message::is_call(&frame.body));
-        self.bytes -= frame.len();
+        self.count(&frame, false);
         Some(frame)
     }
 }

@@ -221,3 +221,38 @@ fn hostile_inputs_are_errors() {
         Err(MessageError::TooLong { .. })
     ));
 }
+
+#[test]
+fn the_ids_of_calls_and_cancels_are_read_from_their_bodies() {
+    let body = |m: &Message| {
+        let mut out = BytesMut::new();
+        m.encode(&mut out);
+        out
+    };
+    for (id, answer, deadline_ms) in [
+        (1, true, None),
+        (1 << 40, false, Some(5)),
+        (u64::MAX, true, None),
+    ] {
+        let call = body(&Message::Call {
+            id,
+            target: 3,
+            method: Bytes::from_static(b"m"),
+            answer,
+            deadline_ms,
+            extras: full_extras(),
+            refs: vec![],
+            payload: Bytes::new(),
+        });
+        assert_eq!((call_id(&call), cancelled_id(&call)), (Some(id), None));
+        let cancel = body(&Message::Cancel { id });
+        assert_eq!((call_id(&cancel), cancelled_id(&cancel)), (None, Some(id)));
+    }
+    let other = body(&Message::Goodbye);
+    assert_eq!((call_id(&other), cancelled_id(&other)), (None, None));
+    // Cut short: no id.
+    assert_eq!(call_id(&[TAG_CALL]), None);
+    assert_eq!(call_id(&[TAG_CALL, 0, 0x80]), None);
+    assert_eq!(cancelled_id(&[TAG_CANCEL]), None);
+    assert_eq!(call_id(&[]), None);
+}
