@@ -120,13 +120,15 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                         // A cancel goes through unless it cancels a held call (it then follows
                         // it): a call held at the cap on running calls may be waiting for the
                         // very call it cancels to end.
-                        let overtakes = crate::message::may_overtake(&frame.body)
-                            || crate::message::cancelled_id(&frame.body)
-                                .is_some_and(|id| !held.holds_call(id));
+                        let overtakes = |held: &Held| {
+                            crate::message::may_overtake(&frame.body)
+                                || crate::message::cancelled_id(&frame.body)
+                                    .is_some_and(|id| !held.holds_call(id))
+                        };
                         let wait = if held.frames.is_empty() {
-                            conn.is_congested() && !overtakes
+                            conn.is_congested() && !overtakes(&held)
                         } else {
-                            !overtakes || conn.must_follow_held(&frame.body)
+                            !overtakes(&held) || conn.must_follow_held(&frame.body)
                         };
                         if wait {
                             match conn.hold_frame(&frame) {
