@@ -340,3 +340,45 @@ async fn a_parked_call_dropped_before_it_leaves_exports_nothing() {
         h.abort();
     }
 }
+/// A call with a deadline that waits parked (the peer's call window is full) keeps its deadline
+/// there; once it leaves, the callee must see the time the caller has left, not the time it had
+/// when it was made: the callee may not run on (or hand on to its own calls) a deadline later
+/// than its caller's.
+#[tokio::test(start_paused = true)]
+async fn a_call_that_waited_parked_carries_the_time_left_when_it_leaves() {
+    let config = pb::Config {
+        limits: pb::Limits {
+            max_frame_len: 64 * 1024,
+            max_call_bytes: 256 * 1024,
+            ..pb::Limits::default()
+        },
+        ..pb::Config::default()
+    };
+    let (_server, client) = common::memory_pair_with(SinkRef::new(SinkImpl), config).await;
+    let sink: SinkRef = client.root();
+    // Five calls of 60 KiB: four fill the peer's window of 256 KiB, the fifth is parked.
+    let mut holds = Vec::new();
+    for _ in 0..5 {
+        let sink = sink.clone();
+        holds.push(tokio::spawn(
+            async move { sink.hold(vec![7; 60 * 1024]).await },
+        ));
+    }
+    assert!(common::settle(|| client.stats().tables.parked_calls == 1).await);
+    // A call with 10 s to go waits behind them.
+    let timed = tokio::spawn({
+        let sink = sink.clone();
+        async move { pb::deadline::with_timeout(Duration::from_secs(10), sink.time_left()).await }
+    });
+    assert!(common::settle(|| client.stats().tables.parked_calls == 2).await);
+    // 6 s later the window frees up (the holds are given up), and the call leaves.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for h in holds {
+        h.abort();
+    }
+    let left = timed.await.unwrap();
+    assert!(
+        matches!(left, Ok(Some(ms)) if (3_900..=4_000).contains(&ms)),
+        "the caller had 4 s left when the call left; the callee saw {left:?} ms"
+    );
+}

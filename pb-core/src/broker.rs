@@ -39,6 +39,11 @@ impl Tokens for Driver {
         }
     }
 
+    /// tokio's clock, so that a paused clock holds for parked calls' deadlines too.
+    fn now() -> std::time::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
     #[inline]
     fn receive_again(import: &Weak<Imported>) -> Option<ObjectRef> {
         let h = import.upgrade()?;

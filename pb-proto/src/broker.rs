@@ -60,6 +60,9 @@
 //!     fn receive_again(_import: &u64) -> Option<u32> {
 //!         None
 //!     }
+//!     fn now() -> std::time::Instant {
+//!         std::time::Instant::now()
+//!     }
 //! }
 //!
 //! let mut server = Broker::<Demo>::new(Limits::default(), 1, Some(7));
@@ -169,6 +172,10 @@ pub trait Tokens {
     /// The peer sent again an object the import table holds `import` for: a new reference to
     /// it, counting the receipt, if the handle is still alive (`None` makes a new one).
     fn receive_again(import: &Self::Import) -> Option<Self::Object>;
+
+    /// The driver's clock (the broker reads none of its own), read only for a call with a
+    /// deadline that waited parked: it leaves with the time its caller has left then.
+    fn now() -> std::time::Instant;
 }
 
 /// How an object is sent to the peer (see [`Tokens::classify`]).
@@ -469,6 +476,9 @@ struct Parked {
     /// Our objects the call sends (counted as sent when it was encoded): given back if the
     /// call is cancelled before it leaves, as the peer never learns of them.
     exported: Vec<u64>,
+    /// The call's deadline, and where its time left (a varint) is in the frame's first piece,
+    /// and how long: written again with the time left when the call leaves.
+    deadline: Option<(std::time::Instant, usize, usize)>,
     /// The frame: its header and envelope, then its payload (small pieces copied in with
     /// the envelope, large ones uncopied, see [`ZERO_COPY_MIN`](crate::outbox::ZERO_COPY_MIN)).
     frame: Vec<Bytes>,

@@ -89,7 +89,18 @@ impl<T: Tokens> Broker<T> {
                     _ => None,
                 })
                 .collect();
-            self.park((id, len, exported), parked_head, (payload, tail))
+            // Where the time left sits in the head: after the frame's header, the tag and
+            // flags, the id and the target.
+            let deadline = deadline_ms.map(|ms| {
+                let header = match tail {
+                    Some(_) => frame::SPLIT_HEADER_LEN,
+                    None => frame::HEADER_LEN,
+                };
+                let at = header + 2 + varint_len(id) + varint_len(target);
+                let due = T::now() + std::time::Duration::from_millis(ms);
+                (due, at, varint_len(ms))
+            });
+            self.park((id, len, exported, deadline), parked_head, (payload, tail))
         } else {
             // Small pieces are copied straight from the caller's buffer (no allocation of
             // their own), large ones queued uncopied.
@@ -111,7 +122,7 @@ impl<T: Tokens> Broker<T> {
     #[cold]
     fn park(
         &mut self,
-        (id, len, exported): (u64, usize, Vec<u64>),
+        (id, len, exported, deadline): Parking,
         head: BytesMut,
         (payload, tail): (impl Payload, Option<Bytes>),
     ) -> usize {
@@ -125,6 +136,7 @@ impl<T: Tokens> Broker<T> {
             id,
             len,
             exported,
+            deadline,
             frame: frame.take_all(),
         });
         tracing::debug!(
@@ -211,7 +223,13 @@ impl<T: Tokens> Broker<T> {
                 break;
             };
             self.charge_window(call.len);
-            for piece in call.frame {
+            let mut frame = call.frame;
+            if let Some((due, at, len)) = call.deadline
+                && let Some(head) = frame.first_mut()
+            {
+                *head = with_time_left(head, (due, T::now()), at, len);
+            }
+            for piece in frame {
                 self.out.append_payload(piece);
             }
             any = true;
@@ -378,4 +396,43 @@ impl<T: Tokens> Broker<T> {
             Err(f) => self.send_fault(id, f),
         }
     }
+}
+
+/// What a call that parks keeps besides its frame: its id, its length in the peer's window, our
+/// objects it sends, and its deadline and where its time left is written (see [`Parked`]).
+type Parking = (
+    u64,
+    usize,
+    Vec<u64>,
+    Option<(std::time::Instant, usize, usize)>,
+);
+
+/// How many bytes `v` takes as a varint.
+pub(super) fn varint_len(v: u64) -> usize {
+    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// `head` with the `len`-byte varint at `at` written again as the milliseconds left from `now`
+/// until `due` (rounded up, as a call's deadline is sent), padded to the same `len` bytes: the time
+/// left only shrinks, so it fits, and the frame keeps its length.
+pub(super) fn with_time_left(
+    head: &Bytes,
+    (due, now): (std::time::Instant, std::time::Instant),
+    at: usize,
+    len: usize,
+) -> Bytes {
+    let left = due.saturating_duration_since(now);
+    let mut ms = left.as_millis().min(u128::from(u64::MAX)) as u64;
+    if std::time::Duration::from_millis(ms) < left {
+        ms += 1;
+    }
+    let mut out = BytesMut::from(&head[..]);
+    if let Some(field) = out.get_mut(at..at + len) {
+        for (i, byte) in field.iter_mut().enumerate() {
+            let more = i + 1 < len;
+            *byte = (ms & 0x7f) as u8 | if more { 0x80 } else { 0 };
+            ms >>= 7;
+        }
+    }
+    out.freeze()
 }

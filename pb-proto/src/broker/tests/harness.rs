@@ -82,6 +82,20 @@ impl Tokens for Harness {
         imp.received.set(imp.received.get() + 1);
         Some(Ref::Remote(imp))
     }
+
+    /// The test's clock: it moves only when a test moves it ([`advance`]).
+    fn now() -> std::time::Instant {
+        CLOCK.with(|c| c.get())
+    }
+}
+
+thread_local! {
+    static CLOCK: std::cell::Cell<std::time::Instant> = std::cell::Cell::new(std::time::Instant::now());
+}
+
+/// Moves the test's clock ([`Harness::now`]) on by `by`.
+pub(super) fn advance(by: std::time::Duration) {
+    CLOCK.with(|c| c.set(c.get() + by));
 }
 
 /// One side: its broker, its input, and what its events said.

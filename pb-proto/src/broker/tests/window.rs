@@ -416,3 +416,77 @@ fn a_parked_call_cancelled_before_it_leaves_gives_back_the_objects_it_would_send
     assert_eq!(last.refs.len(), 1);
     assert!(w.b.error.is_none() && w.a.error.is_none());
 }
+
+#[test]
+fn a_parked_call_s_time_left_is_written_again_in_the_same_bytes() {
+    use super::super::calls::{varint_len, with_time_left};
+    use crate::message::{cancelled_id, put_varint};
+    use std::time::{Duration, Instant};
+    // A varint read back as a cancel's id (a tag, then the varint).
+    let read = |field: &[u8]| {
+        let mut cancel = BytesMut::new();
+        Message::Cancel { id: 0 }.encode(&mut cancel);
+        cancel.truncate(1);
+        cancel.extend_from_slice(field);
+        cancelled_id(&cancel)
+    };
+    let now = Instant::now();
+    for (sent, left) in [
+        (0u64, 0u64),
+        (127, 5),
+        (128, 0),
+        (10_000, 4_000),
+        (10_000, 10_000),
+        (1 << 35, (1 << 35) - 1),
+        (u64::MAX / 2, 1 << 40),
+    ] {
+        let len = varint_len(sent);
+        let mut head = BytesMut::from(&b"head"[..]);
+        put_varint(&mut head, sent);
+        head.extend_from_slice(b"rest");
+        assert_eq!(head.len(), 4 + len + 4);
+        let due = now + Duration::from_millis(left);
+        let patched = with_time_left(&head.freeze(), (due, now), 4, len);
+        assert_eq!(patched.len(), 4 + len + 4, "the frame keeps its length");
+        assert_eq!(&patched[..4], b"head");
+        assert_eq!(&patched[4 + len..], b"rest");
+        assert_eq!(
+            read(&patched[4..4 + len]),
+            Some(left),
+            "sent {sent}, {left} left"
+        );
+    }
+    // A deadline already passed leaves 0, and part of a millisecond counts as one.
+    let head = Bytes::from_static(&[0x90, 0x4e]);
+    let patched = with_time_left(&head, (now, now + Duration::from_secs(1)), 0, 2);
+    assert_eq!(&patched[..], &[0x80, 0x00]);
+    let patched = with_time_left(&head, (now + Duration::from_micros(1500), now), 0, 2);
+    assert_eq!(read(&patched), Some(2));
+}
+
+#[test]
+fn a_call_that_waits_parked_leaves_with_the_time_its_caller_has_left() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    for _ in 0..4 {
+        w.a.call(0, "m", &[1; ARGS], &[]);
+    }
+    // A call with 10 s to go parks behind them; 6 s later an answer makes room.
+    let id =
+        w.a.broker
+            .start_call(
+                0,
+                "m",
+                Bytes::from(vec![1; ARGS]),
+                &[],
+                (Some(5), Some(10_000), CallExtras::default()),
+            )
+            .unwrap();
+    assert_eq!(w.a.broker.stats().parked_calls, 1);
+    w.settle();
+    harness::advance(std::time::Duration::from_secs(6));
+    w.b.answer(b"1", Vec::new());
+    w.settle();
+    let parked = w.b.incoming.back().expect("the parked call left");
+    assert_eq!(parked.id, id);
+    assert_eq!(parked.deadline_ms, Some(4_000));
+}
