@@ -60,6 +60,18 @@ impl Tokens for Fuzz {
         imp.received.set(imp.received.get() + 1);
         Some(Ref::Remote(imp))
     }
+
+    /// A clock that moves a millisecond per chunk of input (see the loop).
+    fn now() -> std::time::Instant {
+        let base = *BASE.get_or_init(std::time::Instant::now);
+        base + std::time::Duration::from_millis(CLOCK.with(Cell::get))
+    }
+}
+
+static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+thread_local! {
+    static CLOCK: Cell<u64> = const { Cell::new(0) };
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -95,6 +107,7 @@ fuzz_target!(|data: &[u8]| {
     let mut reading: Option<(Bytes, Tail)> = None;
     let mut last_call = None;
     for (n, piece) in stream.chunks(step).enumerate() {
+        CLOCK.with(|c| c.set(c.get() + 1));
         input.extend_from_slice(piece);
         loop {
             let (body, was_held) = if hold && n % 3 == 0 && !held_frames.is_empty() {
@@ -188,8 +201,10 @@ fuzz_target!(|data: &[u8]| {
             let extras = pb_proto::message::CallExtras::default();
             // Calls large enough to fill the peer's window now and then, and park.
             let args = Bytes::from(vec![0; 1 << (n % 17)]);
+            // Some with a deadline, which a parked call carries, updated, when it leaves.
+            let deadline_ms = (n % 3 == 0).then_some(1 << (n % 40));
             last_call = broker
-                .start_call(0, "f", args, &held, (Some(()), None, extras))
+                .start_call(0, "f", args, &held, (Some(()), deadline_ms, extras))
                 .ok()
                 .or(last_call);
         }
