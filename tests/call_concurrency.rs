@@ -58,16 +58,23 @@ async fn concurrent_calls_over_tcp_from_many_tasks() {
     server.shutdown().await;
 }
 
-/// A call that arrives while `max_in_flight_calls` of the caller's calls run waits, unread,
-/// until one of them ends, then runs: the caller cannot know the limit (it is not announced),
-/// so it is never refused for it, nor counted as a violation.
-#[tokio::test(start_paused = true)]
-async fn calls_over_the_in_flight_limit_wait_for_a_running_one_to_end() {
+/// A pair whose server runs at most 4 of the client's calls at once (and tolerates no
+/// violation), and the client's stub.
+async fn four_at_once() -> (pb::Connection, pb::Connection, KitchenRef) {
     let mut config = pb::Config::default();
     config.limits.max_in_flight_calls = 4;
     config.limits.max_violations = 0;
     let (server, client) = memory_pair_with(KitchenRef::new(KitchenImpl::default()), config).await;
     let k: KitchenRef = client.root();
+    (server, client, k)
+}
+
+/// A call that arrives while `max_in_flight_calls` of the caller's calls run waits, unread,
+/// until one of them ends, then runs: the caller cannot know the limit (it is not announced),
+/// so it is never refused for it, nor counted as a violation.
+#[tokio::test(start_paused = true)]
+async fn calls_over_the_in_flight_limit_wait_for_a_running_one_to_end() {
+    let (server, client, k) = four_at_once().await;
     let mut hanging = Vec::new();
     for _ in 0..4 {
         let k = k.clone();
@@ -101,11 +108,7 @@ async fn calls_over_the_in_flight_limit_wait_for_a_running_one_to_end() {
 /// follows it): it does not keep a place among the running calls for good.
 #[tokio::test(start_paused = true)]
 async fn a_held_call_given_up_does_not_keep_a_running_place() {
-    let mut config = pb::Config::default();
-    config.limits.max_in_flight_calls = 4;
-    config.limits.max_violations = 0;
-    let (server, client) = memory_pair_with(KitchenRef::new(KitchenImpl::default()), config).await;
-    let k: KitchenRef = client.root();
+    let (server, _client, k) = four_at_once().await;
     let mut hanging = Vec::new();
     for _ in 0..5 {
         let k = k.clone();

@@ -293,12 +293,14 @@ impl Sink for SinkImpl {
     }
 }
 
-/// A call that waits parked (the peer's call window is full) carries a stream; its caller gives
-/// up before it leaves. Nothing was sent, so nothing of it may stay: the stream's source is not
-/// left exported to a peer that never heard of it, and its producer learns that the stream is
-/// gone.
-#[tokio::test(start_paused = true)]
-async fn a_parked_call_dropped_before_it_leaves_exports_nothing() {
+/// A connection whose peer's call window (256 KiB, 64 KiB frames) is full: four calls of
+/// 60 KiB that are never answered, and a fifth parked behind them (their tasks, to give up).
+async fn full_window() -> (
+    pb::Connection,
+    pb::Connection,
+    SinkRef,
+    Vec<tokio::task::JoinHandle<Result<(), pb::CallError<()>>>>,
+) {
     let config = pb::Config {
         limits: pb::Limits {
             max_frame_len: 64 * 1024,
@@ -307,9 +309,8 @@ async fn a_parked_call_dropped_before_it_leaves_exports_nothing() {
         },
         ..pb::Config::default()
     };
-    let (_server, client) = common::memory_pair_with(SinkRef::new(SinkImpl), config).await;
+    let (server, client) = common::memory_pair_with(SinkRef::new(SinkImpl), config).await;
     let sink: SinkRef = client.root();
-    // Four calls of 60 KiB fill the peer's window of 256 KiB; a fifth waits parked.
     let mut holds = Vec::new();
     for _ in 0..5 {
         let sink = sink.clone();
@@ -318,6 +319,16 @@ async fn a_parked_call_dropped_before_it_leaves_exports_nothing() {
         ));
     }
     assert!(common::settle(|| client.stats().tables.parked_calls == 1).await);
+    (server, client, sink, holds)
+}
+
+/// A call that waits parked (the peer's call window is full) carries a stream; its caller gives
+/// up before it leaves. Nothing was sent, so nothing of it may stay: the stream's source is not
+/// left exported to a peer that never heard of it, and its producer learns that the stream is
+/// gone.
+#[tokio::test(start_paused = true)]
+async fn a_parked_call_dropped_before_it_leaves_exports_nothing() {
+    let (_server, client, sink, holds) = full_window().await;
     // The sixth waits for room behind it, parked, with a stream in its arguments.
     let (tx, rx) = pb::stream::channel::<u32>(2);
     let parked = tokio::spawn({
@@ -346,25 +357,7 @@ async fn a_parked_call_dropped_before_it_leaves_exports_nothing() {
 /// than its caller's.
 #[tokio::test(start_paused = true)]
 async fn a_call_that_waited_parked_carries_the_time_left_when_it_leaves() {
-    let config = pb::Config {
-        limits: pb::Limits {
-            max_frame_len: 64 * 1024,
-            max_call_bytes: 256 * 1024,
-            ..pb::Limits::default()
-        },
-        ..pb::Config::default()
-    };
-    let (_server, client) = common::memory_pair_with(SinkRef::new(SinkImpl), config).await;
-    let sink: SinkRef = client.root();
-    // Five calls of 60 KiB: four fill the peer's window of 256 KiB, the fifth is parked.
-    let mut holds = Vec::new();
-    for _ in 0..5 {
-        let sink = sink.clone();
-        holds.push(tokio::spawn(
-            async move { sink.hold(vec![7; 60 * 1024]).await },
-        ));
-    }
-    assert!(common::settle(|| client.stats().tables.parked_calls == 1).await);
+    let (_server, client, sink, holds) = full_window().await;
     // A call with 10 s to go waits behind them.
     let timed = tokio::spawn({
         let sink = sink.clone();
