@@ -914,3 +914,52 @@ async fn an_ask_after_the_peers_end_of_input_fails_at_once() {
         .await
         .expect("the connection closed");
 }
+
+/// As Twisted's `loseConnection` after a fatal error, the boxes read with the failing one are
+/// dispatched and answered before the close, also when a responder among them still runs and
+/// `max_in_flight_responders` lets no other start meanwhile: the close does not drop the
+/// buffered boxes that wait for room. (Twisted, which has no such cap, answers `3` too.)
+#[tokio::test(start_paused = true)]
+async fn boxes_read_with_a_fatal_one_are_answered_even_while_waiting_for_room() {
+    use tokio::io::AsyncWriteExt;
+    let (server_io, mut peer) = tokio::io::duplex(64 * 1024);
+    let server = AmpConnection::spawn_with(
+        server_io,
+        AmpConfig::default().max_in_flight_responders(1),
+        |_| math().respond(|Wait {}| std::future::pending()),
+    );
+    let data = [
+        raw_box(&[
+            ("_ask", "1"),
+            ("_command", "Divide"),
+            ("numerator", "666"),
+            ("denominator", "1"),
+        ]),
+        raw_box(&[("_ask", "2"), ("_command", "Wait")]),
+        raw_box(&[("_ask", "3"), ("_command", "Sum"), ("a", "2"), ("b", "3")]),
+    ]
+    .concat();
+    peer.write_all(&data).await.unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    let boxes = tokio::time::timeout(hour, read_boxes_to_end(&mut peer))
+        .await
+        .expect("the connection closed");
+    let answered: Vec<_> = boxes
+        .iter()
+        .map(|b| {
+            (
+                b.get("_error").or(b.get("_answer")).map(<[u8]>::to_vec),
+                b.get("total").map(<[u8]>::to_vec),
+            )
+        })
+        .collect();
+    assert_eq!(
+        answered,
+        vec![
+            (Some(b"1".to_vec()), None),
+            (Some(b"3".to_vec()), Some(b"5".to_vec()))
+        ],
+        "{boxes:?}"
+    );
+    server.closed().await;
+}

@@ -442,8 +442,10 @@ impl Driver {
     pub(super) fn take_ready(&mut self, max_running: usize) {
         loop {
             let mut progress = false;
-            // Commands already buffered wait too while too many responders run.
-            while self.has_room(max_running)
+            // Commands already buffered wait too while too many responders run, unless the
+            // connection is closing: then nothing more is read, and what was (at most a read's
+            // worth) is dispatched, as Twisted dispatches it, before the close.
+            while (self.has_room(max_running) || self.dispatcher.is_closing())
                 && let Some(event) = self.dispatcher.poll_event()
             {
                 self.handle_event(event);
