@@ -269,3 +269,36 @@ async fn many_tasks_calling_on_a_multi_thread_runtime_get_their_answers() {
     conn.close().await;
     server.shutdown().await;
 }
+
+/// More calls arrive than twice the cap on running calls (the caller cannot know the cap: it is
+/// within its call window), and the running ones end only when the caller cancels them. The
+/// cancels must still be read: a connection that stops reading then holds every call for good.
+#[tokio::test(start_paused = true)]
+async fn cancels_of_running_calls_are_read_while_many_calls_wait_at_the_cap() {
+    let mut config = pb::Config::default();
+    config.limits.max_in_flight_calls = 2;
+    config.limits.max_violations = 0;
+    let (server, client) = memory_pair_with(KitchenRef::new(KitchenImpl::default()), config).await;
+    let k: KitchenRef = client.root();
+    let mut hanging = Vec::new();
+    for _ in 0..6 {
+        let k = k.clone();
+        hanging.push(tokio::spawn(async move { k.hang().await }));
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+    assert_eq!(server.stats().tables.in_flight_calls, 2);
+    // Every hanging call is given up: the two running are cancelled, the four held follow.
+    for h in hanging {
+        h.abort();
+    }
+    let minute = std::time::Duration::from_secs(60);
+    let added = tokio::time::timeout(minute, k.add(1, 1)).await;
+    assert!(
+        matches!(added, Ok(Ok(2))),
+        "{added:?} ({} running on the server)",
+        server.stats().tables.in_flight_calls
+    );
+    assert!(!client.is_closed() && !server.is_closed());
+}

@@ -101,3 +101,40 @@ async fn a_reference_does_not_leak_while_the_connection_lives() {
     );
     assert_eq!(server.stats().tables.imported, 0);
 }
+
+/// The server's calls run at most one at a time (`max_in_flight_calls = 1`), and each calls the
+/// client back before it answers. Six arrive together, within the client's call window (the
+/// client cannot know the cap): the others wait for the running one to end, which waits for the
+/// client's answer. That answer must still be read, and all six end.
+#[tokio::test(start_paused = true)]
+async fn calls_held_at_the_cap_do_not_stop_the_answers_to_the_running_one_s_callbacks() {
+    let mut config = pb::Config::default();
+    config.limits.max_in_flight_calls = 1;
+    config.limits.max_violations = 0;
+    let hub = Arc::new(HubImpl::default());
+    let (server, client) = common::memory_pair_with(HubRef::from_arc(hub.clone()), config).await;
+    let h: HubRef = client.root();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    assert_eq!(h.subscribe(ListenerRef::new(Collect(tx))).await, Ok(1));
+    let publishes: Vec<_> = (0..6)
+        .map(|i| {
+            let h = h.clone();
+            tokio::spawn(async move { h.publish(format!("event {i}")).await })
+        })
+        .collect();
+    let minute = std::time::Duration::from_secs(60);
+    let mut delivered = Vec::new();
+    for p in publishes {
+        delivered.push(tokio::time::timeout(minute, p).await.map(|r| r.unwrap()));
+    }
+    let mut events = 0;
+    while rx.try_recv().is_ok() {
+        events += 1;
+    }
+    assert!(
+        delivered.iter().all(|d| matches!(d, Ok(Ok(1)))),
+        "{delivered:?} ({events} callbacks reached the client, {} calls running on the server)",
+        server.stats().tables.in_flight_calls
+    );
+    assert!(!client.is_closed() && !server.is_closed());
+}

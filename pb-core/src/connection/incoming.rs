@@ -92,6 +92,12 @@ impl ConnShared {
         self.lock().hold_frame(frame)
     }
 
+    /// The peer cancelled call `frame`, which the reader held back: it never runs (see
+    /// [`Broker::drop_held_call`]).
+    pub(super) fn drop_held_call(&self, frame: &Frame) -> Result<(), ProtocolError> {
+        self.with_broker(|broker| broker.drop_held_call(frame))
+    }
+
     /// Whether frame `body`, which may overtake held frames, must wait behind them (see
     /// [`Broker::must_follow_held`]): only revocations and cache updates may have to.
     pub(super) fn must_follow_held(&self, body: &[u8]) -> bool {

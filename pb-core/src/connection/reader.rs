@@ -117,18 +117,27 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                         // A held call counts in our call window from now on (one that does not
                         // fit is refused at once, and not held). A revocation or cache update
                         // waits too behind a held call that sends its object.
-                        // A cancel goes through unless it cancels a held call (it then follows
-                        // it): a call held at the cap on running calls may be waiting for the
-                        // very call it cancels to end.
-                        let overtakes = |held: &Held| {
+                        // A cancel never waits: a call held at the cap on running calls may be
+                        // waiting for the very call it cancels to end. A held call it cancels
+                        // never runs.
+                        if !held.is_empty()
+                            && let Some(call) = crate::message::cancelled_id(&frame.body)
+                                .and_then(|id| held.take_call(id))
+                        {
+                            handled = true;
+                            if let Err(e) = conn.drop_held_call(&call) {
+                                break 'conn CloseReason::Protocol(e.to_string());
+                            }
+                            continue;
+                        }
+                        let overtakes = || {
                             crate::message::may_overtake(&frame.body)
-                                || crate::message::cancelled_id(&frame.body)
-                                    .is_some_and(|id| !held.holds_call(id))
+                                || crate::message::cancelled_id(&frame.body).is_some()
                         };
-                        let wait = if held.frames.is_empty() {
-                            conn.is_congested() && !overtakes(&held)
+                        let wait = if held.is_empty() {
+                            conn.is_congested() && !overtakes()
                         } else {
-                            !overtakes(&held) || conn.must_follow_held(&frame.body)
+                            !overtakes() || conn.must_follow_held(&frame.body)
                         };
                         if wait {
                             match conn.hold_frame(&frame) {
@@ -183,26 +192,19 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
             // Held-back frames run, in order, as soon as the output has drained, and calls as
             // soon as fewer than `max_in_flight_calls` run. (Looked at again after a call was
             // held for the cap and `holding` set: a call that ended in between is seen here.)
-            'release: while !held.frames.is_empty() && !conn.is_congested() {
+            while !held.is_empty() && !conn.is_congested() {
                 let Some(frame) = held.pop() else { break };
                 handled = true;
                 match conn.handle_frame(frame, &mut wakers, true) {
                     Ok(None) => {}
                     Ok(Some(frame)) => {
                         held.push_front(frame);
-                        // Cancels held behind calls that have run since go now: one of them
-                        // may end a call that this one waits for.
-                        for cancel in held.take_cancels_of_run_calls() {
-                            if let Err(e) = conn.handle_frame(cancel, &mut wakers, true) {
-                                break 'conn CloseReason::Protocol(e.to_string());
-                            }
-                        }
-                        break 'release;
+                        break;
                     }
                     Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
                 }
             }
-            if held.frames.is_empty() {
+            if held.is_empty() {
                 conn.holding.store(false, Ordering::Release);
             } else {
                 conn.holding.store(true, Ordering::Release);
@@ -219,20 +221,27 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                 break CloseReason::Local;
             }
             // Reading stops only when the peer sends on and on without reading: once more of its
-            // calls are held back than may run at once here (`max_in_flight_calls`), which a peer
-            // within that limit never reaches, so two pb peers never both stop reading. Other
-            // frames (releases, pings, cancels) get as many places again. Held frames thus cost
-            // at most about what running calls may cost anyway.
+            // calls are held back while our output is congested than may run at once here
+            // (`max_in_flight_calls`), which a peer within that limit never reaches, so two pb
+            // peers never both stop reading. Other frames (releases, pings) get as many places
+            // again. Held frames thus cost at most about what running calls may cost anyway.
+            // Calls held only because `max_in_flight_calls` run (a limit the peer cannot know)
+            // get `HELD_PER_CALL` times as many places: meanwhile the answers to the running
+            // calls' own calls, and the cancels that end them, must still be read.
             // A peer that floods us with large calls while we call it nothing is held to bytes too
             // (see `Limits::max_held_bytes` for why only then).
-            let paused = held.calls > conn.max_held_frames
-                || held.frames.len() - held.calls > conn.max_held_frames
+            let places = match conn.is_congested() {
+                true => conn.max_held_frames,
+                false => conn.max_held_frames.saturating_mul(HELD_PER_CALL),
+            };
+            let paused = held.calls > places
+                || held.len() - held.calls > places
                 || (held.bytes > conn.max_held_bytes && conn.lock().pending_calls() == 0);
             let mut roomy = false;
             let event = {
                 // Waited for only while frames are held back: most turns hold none, and do not
                 // pay for a `Notified` they would not poll.
-                let drained = (!held.frames.is_empty()).then(|| conn.drained.notified());
+                let drained = (!held.is_empty()).then(|| conn.drained.notified());
                 tokio::pin!(drained);
                 std::future::poll_fn(|cx| {
                     // The close signal and the timer are polled only after they woke us, not on
@@ -369,83 +378,107 @@ impl std::task::Wake for ConnShared {
 }
 
 /// Frames the reader holds back while the output is congested.
+/// How many calls may be held back for each that may run, when they are held only because
+/// `max_in_flight_calls` run (see the reader's pause): as the Twisted PB broker counts.
+const HELD_PER_CALL: usize = pb_proto::twisted::HELD_PER_CALL;
+
+/// Frames held back, in order. A held call that the peer cancels leaves its place empty (so
+/// that taking it out costs no search), and the empty places are skipped.
 #[derive(Default)]
 pub(super) struct Held {
-    pub(super) frames: std::collections::VecDeque<Frame>,
-    /// How many of `frames` are calls.
+    frames: std::collections::VecDeque<Option<Frame>>,
+    /// The place in line of `frames`' first (places count up as frames are pushed).
+    first: u64,
+    /// Where each held call is in line, by its request id (the peer's numbers, so std's
+    /// keyed hash).
+    calls_at: std::collections::HashMap<u64, u64>,
+    /// How many frames are held (empty places not counted).
+    live: usize,
+    /// How many of them are calls.
     pub(super) calls: usize,
-    /// The request ids of the calls among `frames` (the peer's numbers, so std's keyed hash).
-    call_ids: std::collections::HashSet<u64>,
-    /// The bytes of `frames`.
+    /// The bytes of them.
     pub(super) bytes: usize,
 }
 
 impl Held {
     pub(super) fn push(&mut self, frame: Frame) {
-        self.count(&frame, true);
         // A copy of its own: a slice would keep the whole read buffer it came in alive, which
         // for large frames is up to twice their size, and `bytes` would undercount what is
-        // held. Only a congested connection holds frames back, and then copies are cheap
-        // next to what waits. (A tail is an allocation of its own already.)
-        self.frames.push_back(Frame {
+        // held. Only a congested connection, or one at the cap on running calls, holds frames
+        // back, and then copies are cheap next to what waits. (A tail is an allocation of its
+        // own already.)
+        let frame = Frame {
             body: Bytes::copy_from_slice(&frame.body),
             tail: frame.tail,
-        });
+        };
+        self.count(&frame, true);
+        if let Some(id) = crate::message::call_id(&frame.body) {
+            self.calls_at
+                .insert(id, self.first + self.frames.len() as u64);
+        }
+        self.frames.push_back(Some(frame));
     }
 
     /// Count `frame` in (`true`) or out.
     fn count(&mut self, frame: &Frame, add: bool) {
-        let call = crate::message::call_id(&frame.body);
-        match add {
-            true => {
-                self.calls += usize::from(crate::message::is_call(&frame.body));
-                self.bytes += frame.len();
-                self.call_ids.extend(call);
-            }
-            false => {
-                self.calls -= usize::from(crate::message::is_call(&frame.body));
-                self.bytes -= frame.len();
-                if let Some(id) = call {
-                    self.call_ids.remove(&id);
-                }
-            }
+        let call = usize::from(crate::message::is_call(&frame.body));
+        if add {
+            self.live += 1;
+            self.calls += call;
+            self.bytes += frame.len();
+        } else {
+            self.live -= 1;
+            self.calls -= call;
+            self.bytes -= frame.len();
         }
     }
 
-    /// Whether call `id` is held.
-    pub(super) fn holds_call(&self, id: u64) -> bool {
-        self.call_ids.contains(&id)
+    /// Whether nothing is held.
+    pub(super) fn is_empty(&self) -> bool {
+        self.live == 0
     }
 
-    /// The cancels held of calls no longer held (they ran), taken out in order.
-    pub(super) fn take_cancels_of_run_calls(&mut self) -> Vec<Frame> {
-        if self.frames.len() == self.calls {
-            return Vec::new();
+    /// How many frames are held.
+    pub(super) fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Held call `id`, taken out of line, if it is held.
+    pub(super) fn take_call(&mut self, id: u64) -> Option<Frame> {
+        let at = self.calls_at.remove(&id)?;
+        let slot = self
+            .frames
+            .get_mut(usize::try_from(at.checked_sub(self.first)?).ok()?)?;
+        let frame = slot.take()?;
+        self.count(&frame, false);
+        if self.live == 0 {
+            self.frames.clear();
+            self.first = at + 1;
         }
-        let mut taken = Vec::new();
-        let mut kept = std::collections::VecDeque::with_capacity(self.frames.len());
-        for frame in std::mem::take(&mut self.frames) {
-            match crate::message::cancelled_id(&frame.body) {
-                Some(id) if !self.holds_call(id) => {
-                    self.bytes -= frame.len();
-                    taken.push(frame);
-                }
-                _ => kept.push_back(frame),
-            }
-        }
-        self.frames = kept;
-        taken
+        Some(frame)
     }
 
     /// Put `frame`, just taken by [`Held::pop`], back in front.
     pub(super) fn push_front(&mut self, frame: Frame) {
         self.count(&frame, true);
-        self.frames.push_front(frame);
+        self.first -= 1;
+        if let Some(id) = crate::message::call_id(&frame.body) {
+            self.calls_at.insert(id, self.first);
+        }
+        self.frames.push_front(Some(frame));
     }
 
     pub(super) fn pop(&mut self) -> Option<Frame> {
-        let frame = self.frames.pop_front()?;
-        self.count(&frame, false);
-        Some(frame)
+        while let Some(slot) = self.frames.pop_front() {
+            self.first += 1;
+            if let Some(frame) = slot {
+                self.count(&frame, false);
+                if let Some(id) = crate::message::call_id(&frame.body) {
+                    self.calls_at.remove(&id);
+                }
+                return Some(frame);
+            }
+        }
+        None
     }
 }

@@ -139,6 +139,36 @@ impl<T: Tokens> Broker<T> {
         self.handle_message(message, tail, make).map(|()| None)
     }
 
+    /// The peer cancelled call `frame`, which we hold back (read but not run, see
+    /// [`Broker::hold_frame`]): it never runs. It leaves our call window, the references it
+    /// carried are released, and a peer that counts its calls gets its last word on it (a
+    /// `Cancelled` fault, as a cancelled running call gets).
+    pub fn drop_held_call(&mut self, frame: &Frame) -> Result<(), ProtocolError> {
+        if self.state == State::Closed {
+            return Ok(());
+        }
+        if self
+            .held_objects
+            .as_ref()
+            .is_some_and(|held| !held.is_empty())
+        {
+            self.count_held(&frame.body, -1);
+        }
+        let head = message::decode_call_head(&frame.body, &self.limits.message)?;
+        self.release_unwanted(&head.refs);
+        self.call_ended(frame.len(), head.answer);
+        if head.answer && self.peer_hears_window {
+            self.send_fault(
+                head.id,
+                Fault {
+                    kind: FaultKind::Cancelled,
+                    message: String::new(),
+                },
+            );
+        }
+        Ok(())
+    }
+
     /// Count a call of `len` bytes in our call window, if it fits.
     #[inline]
     fn charge_call(&mut self, len: usize) -> bool {

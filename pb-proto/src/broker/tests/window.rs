@@ -490,3 +490,26 @@ fn a_call_that_waits_parked_leaves_with_the_time_its_caller_has_left() {
     assert_eq!(parked.id, id);
     assert_eq!(parked.deadline_ms, Some(4_000));
 }
+
+#[test]
+fn a_held_call_cancelled_never_runs_and_leaves_the_window_with_its_last_word() {
+    let mut b = Side::new(2, narrow(), Some(Ref::Local(100)));
+    b.broker.set_peer_limits(Some(Limits::default().receive()));
+    let (wanted, oneway) = (raw_call(1, true, ARGS), raw_call(2, false, ARGS));
+    for call in [&wanted, &oneway] {
+        assert_eq!(b.broker.hold_frame(&call.clone().into()), Ok(true));
+    }
+    assert!(b.broker.stats().call_bytes >= 2 * ARGS);
+    for call in [wanted, oneway] {
+        b.broker.drop_held_call(&call.into()).unwrap();
+    }
+    assert_eq!(b.broker.stats().call_bytes, 0, "both left the window");
+    assert_eq!(b.broker.stats().in_flight_calls, 0, "neither ran");
+    // The call that wanted an answer gets its last word; the one-way call is credited.
+    let out = decode_all(BytesMut::from(&b.transmit().unwrap()[..]));
+    assert!(
+        matches!(&out[..], [Message::Fault { id: 1, kind: FaultKind::Cancelled, .. }, Message::Credit { bytes }] if *bytes as usize >= ARGS),
+        "{out:?}"
+    );
+    assert_eq!(b.broker.violations, 0);
+}
