@@ -147,6 +147,19 @@ fuzz_target!(|data: &[u8]| {
                     Err(_) => return,
                 }
             };
+            // A cancel of a held call takes it out of line: it never runs (as the driver does).
+            if let Some(id) = pb_proto::message::cancelled_id(&body.body)
+                && let Some(at) = held_frames
+                    .iter()
+                    .position(|f| pb_proto::message::call_id(&f.body) == Some(id))
+                && let Some(call) = held_frames.remove(at)
+            {
+                if broker.drop_held_call(&call).is_err() {
+                    return;
+                }
+                assert!(broker.stats().call_bytes <= limits.max_call_bytes);
+                continue;
+            }
             if hold && !was_held && n % 3 != 0 {
                 match broker.hold_frame(&body) {
                     Ok(true) => held_frames.push_back(body),
