@@ -963,3 +963,48 @@ async fn boxes_read_with_a_fatal_one_are_answered_even_while_waiting_for_room() 
     );
     server.closed().await;
 }
+
+/// A StartTLS asked for in the same read as a fatal error is refused (`TLS_ERROR`, "connection
+/// closing"), not begun: the connection is closing.
+#[tokio::test(start_paused = true)]
+async fn start_tls_read_with_a_fatal_error_is_refused_as_the_connection_closes() {
+    use tokio::io::AsyncWriteExt;
+    let (server_tls, _) = tls_configs();
+    let (server_io, mut peer) = tokio::io::duplex(64 * 1024);
+    let server = AmpConnection::spawn_with(
+        server_io,
+        AmpConfig::default().tls_server(server_tls),
+        |_| math(),
+    );
+    let mut data = raw_box(&[("_ask", "1"), ("_command", "Sum"), ("a", "x"), ("b", "1")]).to_vec();
+    data.extend_from_slice(&raw_box(&[("_ask", "2"), ("_command", "StartTLS")]));
+    peer.write_all(&data).await.unwrap();
+    let boxes = read_boxes_to_end(&mut peer).await;
+    let errors: Vec<_> = boxes
+        .iter()
+        .map(|b| {
+            (
+                b.get("_error").map(<[u8]>::to_vec),
+                b.get("_error_code").map(<[u8]>::to_vec),
+                b.get("_error_description").map(<[u8]>::to_vec),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (
+                Some(b"1".to_vec()),
+                Some(b"UNKNOWN".to_vec()),
+                Some(b"Unknown Error".to_vec())
+            ),
+            (
+                Some(b"2".to_vec()),
+                Some(b"TLS_ERROR".to_vec()),
+                Some(b"connection closing".to_vec())
+            ),
+        ],
+        "{boxes:?}"
+    );
+    server.closed().await;
+}

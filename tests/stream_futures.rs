@@ -131,3 +131,33 @@ async fn a_deadline_on_one_next_does_not_end_the_stream_as_if_it_were_complete()
         "the stream ended after {expired} deadlines"
     );
 }
+
+/// A wait for an item cut short by a deadline and resumed under another: the pull goes on, and
+/// the later deadline is the one that counts for the wait.
+#[tokio::test(start_paused = true)]
+async fn a_wait_resumed_under_another_deadline_is_bound_by_that_one() {
+    let (_server, client) = common::memory_pair(NumbersRef::new(Counter)).await;
+    let numbers: NumbersRef = client.root();
+    // Items every 10 ms.
+    let mut s = numbers.count(2, 10).await.unwrap();
+    // Under a 50 ms deadline, given up after 5 ms: the pull is kept, with that deadline's timer.
+    tokio::select! {
+        _ = pb::deadline::with_timeout(Duration::from_millis(50), s.next()) => {
+            panic!("no item within 5 ms")
+        }
+        () = tokio::time::sleep(Duration::from_millis(5)) => {}
+    }
+    // Resumed under a 2 ms deadline: it passes before the item comes.
+    let early = pb::deadline::with_timeout(Duration::from_millis(2), s.next()).await;
+    assert!(
+        matches!(early, Some(Err(pb::CallError::DeadlineExceeded))),
+        "{early:?}"
+    );
+    // And under an hour: the items, then the end.
+    let hour = Duration::from_secs(3600);
+    let mut got = Vec::new();
+    while let Some(item) = pb::deadline::with_timeout(hour, s.next()).await {
+        got.push(item.unwrap());
+    }
+    assert_eq!(got, [0, 1]);
+}

@@ -443,6 +443,12 @@ impl Held {
         self.live
     }
 
+    /// Whether call `id` is held.
+    #[cfg(test)]
+    pub(super) fn holds_call(&self, id: u64) -> bool {
+        self.calls_at.contains_key(&id)
+    }
+
     /// Held call `id`, taken out of line, if it is held.
     pub(super) fn take_call(&mut self, id: u64) -> Option<Frame> {
         let at = self.calls_at.remove(&id)?;

@@ -246,3 +246,52 @@ fn a_read_buffer_a_frame_still_holds_or_a_large_one_is_not_kept() {
     recycle_read_buffer(large);
     assert_eq!(read_buffer().capacity(), MIN_READ);
 }
+
+/// A call frame body with request id `id` (what `Held` reads of it).
+fn held_call(id: u64) -> Frame {
+    let mut body = BytesMut::new();
+    let flags = (true, None, &pb_proto::message::CallExtras::default());
+    pb_proto::message::encode_call_frame_head(&mut body, 0, id, 0, b"m", flags, &[]);
+    let body = FrameDecoder::new(1 << 20)
+        .decode(&mut body)
+        .expect("a frame")
+        .expect("whole");
+    Frame::from(body)
+}
+
+#[test]
+fn held_frames_give_up_a_cancelled_call_in_place_and_keep_their_order() {
+    let mut held = super::reader::Held::default();
+    assert!(held.pop().is_none());
+    for id in 1..=4 {
+        held.push(held_call(id));
+    }
+    assert_eq!((held.len(), held.calls), (4, 4));
+    // The second and third are cancelled while held: they leave empty places.
+    assert!(held.take_call(2).is_some());
+    assert!(held.take_call(3).is_some());
+    assert!(held.take_call(3).is_none(), "taken once");
+    assert!(held.holds_call(1) && !held.holds_call(2));
+    assert_eq!((held.len(), held.calls), (2, 2));
+    let first = held.pop().expect("the first");
+    assert_eq!(pb_proto::message::call_id(&first.body), Some(1));
+    // Put back in front (still at the cap), then taken in order, past the empty places.
+    held.push_front(first);
+    assert!(held.holds_call(1));
+    let order: Vec<_> = std::iter::from_fn(|| held.pop())
+        .map(|f| pb_proto::message::call_id(&f.body))
+        .collect();
+    assert_eq!(order, [Some(1), Some(4)]);
+    assert!(held.is_empty());
+    // The last one held, cancelled: nothing is left, and what comes next is in place.
+    held.push(held_call(5));
+    assert!(held.take_call(5).is_some());
+    assert!(held.is_empty());
+    held.push(held_call(6));
+    assert!(held.holds_call(6));
+    assert_eq!(
+        held.pop().and_then(|f| pb_proto::message::call_id(&f.body)),
+        Some(6)
+    );
+    assert_eq!((held.len(), held.calls, held.bytes), (0, 0, 0));
+}

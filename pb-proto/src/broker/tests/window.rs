@@ -513,3 +513,33 @@ fn a_held_call_cancelled_never_runs_and_leaves_the_window_with_its_last_word() {
     );
     assert_eq!(b.broker.violations, 0);
 }
+
+#[test]
+fn a_held_call_that_sends_objects_gives_them_back_when_cancelled() {
+    let mut b = Side::new(2, narrow(), Some(Ref::Local(100)));
+    b.broker.set_peer_limits(Some(Limits::default().receive()));
+    // A call from the peer that sends two of its objects (ids 7 and 8).
+    let mut frame = BytesMut::new();
+    let flags = (true, None, &CallExtras::default());
+    let refs = [RefDesc::Sender(7), RefDesc::Sender(8)];
+    encode_call_frame_head(&mut frame, 0, 1, 0, b"m", flags, &refs);
+    let call = FrameDecoder::new(1 << 20)
+        .decode(&mut frame)
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.broker.hold_frame(&call.clone().into()), Ok(true));
+    b.broker.drop_held_call(&call.into()).unwrap();
+    // Both go back to the peer in a release, and nothing is left held.
+    let out = decode_all(BytesMut::from(&b.transmit().unwrap()[..]));
+    assert!(
+        out.iter()
+            .any(|m| matches!(m, Message::Release(items) if items.len() == 2)),
+        "{out:?}"
+    );
+    assert_eq!(b.broker.stats().call_bytes, 0);
+    // Once closed, there is nothing to give back.
+    b.broker.close(Fault::disconnected());
+    let again = raw_call(2, true, 10);
+    assert_eq!(b.broker.drop_held_call(&again.into()), Ok(()));
+    assert!(b.transmit().is_none());
+}
