@@ -302,3 +302,50 @@ async fn cancels_of_running_calls_are_read_while_many_calls_wait_at_the_cap() {
     );
     assert!(!client.is_closed() && !server.is_closed());
 }
+
+/// One call runs long (five minutes) at the cap on running calls, and a second waits, held,
+/// for it to end. The client keeps the default keep-alive (a ping after 20 s of quiet, a close
+/// after 60 s); the server pings nobody (`keepalive_interval: None`). The client's pings must
+/// still be answered while a call is held (the server's output is not congested), or the
+/// client takes the quiet for a dead peer and closes a healthy connection. (Before calls were
+/// held at the cap, the second was refused and pongs went out at once.)
+#[tokio::test(start_paused = true)]
+async fn pings_are_answered_while_a_call_waits_at_the_cap() {
+    let mut config = pb::Config::default();
+    config.limits.max_in_flight_calls = 1;
+    config.limits.max_violations = 0;
+    let server_config = pb::Config {
+        keepalive_interval: None,
+        idle_timeout: None,
+        ..config.clone()
+    };
+    let (a, b) = pb::transport::memory_pair();
+    let root = KitchenRef::new(KitchenImpl::default());
+    let (server, client) = tokio::try_join!(
+        pb::Connection::establish(a, &server_config, pb::Side::Server, Some(root.into()), None),
+        pb::Connection::establish(b, &config, pb::Side::Client, None, None),
+    )
+    .unwrap();
+    let k: KitchenRef = client.root();
+    let long = tokio::spawn({
+        let k = k.clone();
+        async move { k.echo_after(1, 5 * 60 * 1000).await }
+    });
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(server.stats().tables.in_flight_calls, 1);
+    let held = tokio::spawn({
+        let k = k.clone();
+        async move { k.echo_after(2, 0).await }
+    });
+    let ten_minutes = std::time::Duration::from_secs(600);
+    let long = tokio::time::timeout(ten_minutes, long).await;
+    let held = tokio::time::timeout(ten_minutes, held).await;
+    assert!(
+        matches!(long, Ok(Ok(Ok(1)))) && matches!(held, Ok(Ok(Ok(2)))),
+        "long: {long:?}, held: {held:?}; client closed: {:?}, server closed: {:?}",
+        client.close_reason(),
+        server.close_reason()
+    );
+}

@@ -624,3 +624,56 @@ async fn a_cache_update_waits_behind_the_held_call_that_sends_the_cache() {
         (version, 1, None)
     );
 }
+
+/// A peer that never reads congests the server's output, so that its calls are held back; then
+/// it sends on and on, cancelling each call right after it. Each cancel takes its call out of
+/// line (a cancel never waits), which leaves an empty place behind in the held frames, and the
+/// pause counts only live held frames: the server must still stop reading such a peer (as it
+/// stops one whose calls stay held), not read, and keep an empty place for, everything it sends.
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_cancels_each_call_it_sends_while_held_back_is_not_read_without_bound() {
+    const PAIRS: u64 = 200_000;
+    let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+    let flood = tokio::spawn(async move {
+        theirs.write_all(&HELLO).await.unwrap();
+        let mut hello = [0u8; 20];
+        theirs.read_exact(&mut hello).await.unwrap();
+        // Sixteen answers of 16 KiB, none read: the server's output is congested, and the last
+        // calls stay held for good.
+        for id in 1..=16 {
+            theirs
+                .write_all(&reverse_call(id, &[7u8; 16 * 1024]))
+                .await
+                .unwrap();
+        }
+        let mut pair = Vec::new();
+        for id in 100..100 + PAIRS {
+            pair.clear();
+            pair.extend(reverse_call(id, b"x"));
+            pair.extend(framed(Message::Cancel { id }));
+            if theirs.write_all(&pair).await.is_err() {
+                return id - 100;
+            }
+        }
+        PAIRS
+    });
+    let server = Connection::establish(
+        ours,
+        &congestible(),
+        Side::Server,
+        Some(KitchenRef::new(KitchenImpl::default()).into()),
+        None,
+    )
+    .await
+    .unwrap();
+    // Settled: the server has stopped reading, or read everything.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats = server.stats();
+    assert!(stats.unsent_bytes > 64 * 1024, "congested");
+    assert!(
+        !flood.is_finished(),
+        "the server read all {PAIRS} calls and cancels ({} bytes) of a peer that never reads",
+        stats.bytes_in
+    );
+    assert!(!server.is_closed());
+}

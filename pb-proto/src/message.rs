@@ -350,6 +350,12 @@ pub fn call_id(body: &[u8]) -> Option<u64> {
     }
 }
 
+/// Whether the frame body `body` is a ping (its pong depends on nothing before it).
+#[inline]
+pub fn is_ping(body: &[u8]) -> bool {
+    body.first() == Some(&TAG_PING)
+}
+
 /// The request id of the call that frame body `body` cancels, if it is a cancel.
 #[inline]
 pub fn cancelled_id(body: &[u8]) -> Option<u64> {

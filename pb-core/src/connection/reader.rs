@@ -117,10 +117,15 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                         // A held call counts in our call window from now on (one that does not
                         // fit is refused at once, and not held). A revocation or cache update
                         // waits too behind a held call that sends its object.
-                        // A cancel never waits: a call held at the cap on running calls may be
-                        // waiting for the very call it cancels to end. A held call it cancels
-                        // never runs.
-                        if !held.is_empty()
+                        // Calls held only at the cap on running calls (our output is taken): a
+                        // cancel does not wait, as a held call may be waiting for the very call
+                        // it cancels to end, and a held call it cancels never runs; nor does a
+                        // ping, whose pong keeps a peer waiting for its calls from taking the
+                        // connection for idle. While our output is congested both keep their
+                        // place in line: what they make would queue more.
+                        let congested = conn.is_congested();
+                        if !congested
+                            && !held.is_empty()
                             && let Some(call) = crate::message::cancelled_id(&frame.body)
                                 .and_then(|id| held.take_call(id))
                         {
@@ -132,10 +137,12 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                         }
                         let overtakes = || {
                             crate::message::may_overtake(&frame.body)
-                                || crate::message::cancelled_id(&frame.body).is_some()
+                                || (!congested
+                                    && (crate::message::cancelled_id(&frame.body).is_some()
+                                        || crate::message::is_ping(&frame.body)))
                         };
                         let wait = if held.is_empty() {
-                            conn.is_congested() && !overtakes()
+                            congested && !overtakes()
                         } else {
                             !overtakes() || conn.must_follow_held(&frame.body)
                         };
@@ -199,6 +206,14 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                     Ok(None) => {}
                     Ok(Some(frame)) => {
                         held.push_front(frame);
+                        // Cancels held in line while the output was congested, of calls not
+                        // held any more (running, or done): one may end a call this one waits
+                        // for.
+                        for cancel in held.take_free_cancels() {
+                            if let Err(e) = conn.handle_frame(cancel, &mut wakers, true) {
+                                break 'conn CloseReason::Protocol(e.to_string());
+                            }
+                        }
                         break;
                     }
                     Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
@@ -394,6 +409,8 @@ pub(super) struct Held {
     calls_at: std::collections::HashMap<u64, u64>,
     /// How many frames are held (empty places not counted).
     live: usize,
+    /// How many of them are cancels.
+    cancels: usize,
     /// How many of them are calls.
     pub(super) calls: usize,
     /// The bytes of them.
@@ -422,13 +439,16 @@ impl Held {
     /// Count `frame` in (`true`) or out.
     fn count(&mut self, frame: &Frame, add: bool) {
         let call = usize::from(crate::message::is_call(&frame.body));
+        let cancel = usize::from(crate::message::cancelled_id(&frame.body).is_some());
         if add {
             self.live += 1;
             self.calls += call;
+            self.cancels += cancel;
             self.bytes += frame.len();
         } else {
             self.live -= 1;
             self.calls -= call;
+            self.cancels -= cancel;
             self.bytes -= frame.len();
         }
     }
@@ -460,8 +480,48 @@ impl Held {
         if self.live == 0 {
             self.frames.clear();
             self.first = at + 1;
+        } else if self.frames.len() > 2 * self.live + 32 {
+            self.compact();
         }
         Some(frame)
+    }
+
+    /// Drops the empty places (calls taken out of line), so that they cost no memory while
+    /// other frames stay held; places are counted again from `first`.
+    fn compact(&mut self) {
+        self.frames.retain(Option::is_some);
+        self.calls_at.clear();
+        for (i, frame) in self.frames.iter().enumerate() {
+            if let Some(id) = frame
+                .as_ref()
+                .and_then(|f| crate::message::call_id(&f.body))
+            {
+                self.calls_at.insert(id, self.first + i as u64);
+            }
+        }
+    }
+
+    /// The cancels held of calls not held (any more), taken out of line in order.
+    pub(super) fn take_free_cancels(&mut self) -> Vec<Frame> {
+        let mut taken = Vec::new();
+        if self.cancels == 0 {
+            return taken;
+        }
+        for i in 0..self.frames.len() {
+            let free = self.frames[i].as_ref().is_some_and(|f| {
+                crate::message::cancelled_id(&f.body)
+                    .is_some_and(|id| !self.calls_at.contains_key(&id))
+            });
+            if let Some(frame) = free.then(|| self.frames[i].take()).flatten() {
+                self.count(&frame, false);
+                taken.push(frame);
+            }
+        }
+        if self.live == 0 {
+            self.first += self.frames.len() as u64;
+            self.frames.clear();
+        }
+        taken
     }
 
     /// Put `frame`, just taken by [`Held::pop`], back in front.

@@ -295,3 +295,44 @@ fn held_frames_give_up_a_cancelled_call_in_place_and_keep_their_order() {
     );
     assert_eq!((held.len(), held.calls, held.bytes), (0, 0, 0));
 }
+
+/// A cancel frame body for request id `id`.
+fn held_cancel(id: u64) -> Frame {
+    let mut body = BytesMut::new();
+    pb_proto::message::Message::Cancel { id }.encode(&mut body);
+    Frame::from(body.freeze())
+}
+
+#[test]
+fn held_frames_drop_their_empty_places_and_free_the_cancels_of_calls_gone() {
+    let mut held = super::reader::Held::default();
+    held.push(held_call(1));
+    // Many calls taken out of line behind the first leave no place behind for good.
+    for id in 2..500 {
+        held.push(held_call(id));
+        assert!(held.take_call(id).is_some());
+    }
+    assert_eq!(held.len(), 1);
+    // Cancels held in line: of the held call (it stays), and of calls not held (they go).
+    held.push(held_cancel(1));
+    held.push(held_cancel(7));
+    held.push(held_call(600));
+    held.push(held_cancel(8));
+    let freed: Vec<_> = held
+        .take_free_cancels()
+        .iter()
+        .map(|f| pb_proto::message::cancelled_id(&f.body))
+        .collect();
+    assert_eq!(freed, [Some(7), Some(8)]);
+    assert!(held.take_free_cancels().is_empty());
+    let order: Vec<_> = std::iter::from_fn(|| held.pop())
+        .map(|f| {
+            (
+                pb_proto::message::call_id(&f.body),
+                pb_proto::message::cancelled_id(&f.body),
+            )
+        })
+        .collect();
+    assert_eq!(order, [(Some(1), None), (None, Some(1)), (Some(600), None)]);
+    assert!(held.is_empty());
+}
