@@ -801,6 +801,22 @@ async fn read_boxes_to_end(peer: &mut tokio::io::DuplexStream) -> Vec<AmpBox> {
     boxes
 }
 
+/// A box's tag (`_error` or `_answer`) and `total`, if it has them.
+type Answered = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Each box's tag and `total` ([`Answered`]).
+fn answers(boxes: &[AmpBox]) -> Vec<Answered> {
+    boxes
+        .iter()
+        .map(|b| {
+            (
+                b.get("_error").or(b.get("_answer")).map(<[u8]>::to_vec),
+                b.get("total").map(<[u8]>::to_vec),
+            )
+        })
+        .collect()
+}
+
 fn raw_box(pairs: &[(&str, &str)]) -> pb::amp::Bytes {
     let mut b = AmpBox::new();
     for (k, v) in pairs {
@@ -848,15 +864,7 @@ async fn boxes_read_with_a_fatal_one_are_still_answered_before_the_close() {
         ]));
         peer.write_all(&data).await.unwrap();
         let boxes = read_boxes_to_end(&mut peer).await;
-        let answered: Vec<_> = boxes
-            .iter()
-            .map(|b| {
-                (
-                    b.get("_error").or(b.get("_answer")).map(<[u8]>::to_vec),
-                    b.get("total").map(<[u8]>::to_vec),
-                )
-            })
-            .collect();
+        let answered = answers(&boxes);
         assert_eq!(answered, want, "{boxes:?}");
         server.closed().await;
     }
@@ -944,15 +952,7 @@ async fn boxes_read_with_a_fatal_one_are_answered_even_while_waiting_for_room() 
     let boxes = tokio::time::timeout(hour, read_boxes_to_end(&mut peer))
         .await
         .expect("the connection closed");
-    let answered: Vec<_> = boxes
-        .iter()
-        .map(|b| {
-            (
-                b.get("_error").or(b.get("_answer")).map(<[u8]>::to_vec),
-                b.get("total").map(<[u8]>::to_vec),
-            )
-        })
-        .collect();
+    let answered = answers(&boxes);
     assert_eq!(
         answered,
         vec![

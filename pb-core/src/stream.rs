@@ -280,7 +280,10 @@ impl<T: Item> Dispatch for Source<T> {
             let frame = connection
                 .map_or(usize::MAX, Connection::peer_max_frame_len)
                 .min(takes.map_or(usize::MAX, |(bytes, _)| as_usize(bytes)));
-            let room = (frame != usize::MAX).then(|| frame.saturating_sub(ANSWER_OVERHEAD));
+            let room = match frame {
+                usize::MAX => usize::MAX,
+                frame => frame.saturating_sub(ANSWER_OVERHEAD),
+            };
             let max_refs = connection
                 .map_or(usize::MAX, Connection::peer_max_refs_per_message)
                 .min(takes.map_or(usize::MAX, |(_, refs)| as_usize(refs)));
@@ -293,10 +296,9 @@ impl<T: Item> Dispatch for Source<T> {
                 encode_result(call.caller(), Ok::<_, &str>(items))
             };
             // No limit to keep within (the Twisted PB dialect): the batch as it is.
-            if room.is_none() && max_refs == usize::MAX {
+            if room == usize::MAX && max_refs == usize::MAX {
                 return whole(&batch);
             }
-            let room = room.unwrap_or(usize::MAX);
             let fits = |payload: usize, refs: usize| {
                 refs <= max_refs && payload.saturating_add(refs * REF_OVERHEAD) <= room
             };

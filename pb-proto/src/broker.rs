@@ -476,9 +476,9 @@ struct Parked {
     /// Our objects the call sends (counted as sent when it was encoded): given back if the
     /// call is cancelled before it leaves, as the peer never learns of them.
     exported: Vec<u64>,
-    /// The call's deadline, and where its time left (a varint) is in the frame's first piece,
-    /// and how long: written again with the time left when the call leaves.
-    deadline: Option<(std::time::Instant, usize, usize)>,
+    /// The call's deadline, and where its time left (a varint) is in the frame's first piece:
+    /// written again with the time left when the call leaves.
+    deadline: Option<(std::time::Instant, std::ops::Range<usize>)>,
     /// The frame: its header and envelope, then its payload (small pieces copied in with
     /// the envelope, large ones uncopied, see [`ZERO_COPY_MIN`](crate::outbox::ZERO_COPY_MIN)).
     frame: Vec<Bytes>,

@@ -793,6 +793,33 @@ pub fn encode_call_head(
     put_refs(out, refs);
 }
 
+/// Where in a call's body (from its tag) the time left of its deadline is, and how many bytes
+/// it takes: after the tag and flags, the id and the target, as the call encoders write them.
+/// A driver that holds an encoded call back rewrites it there with [`put_varint_padded`].
+#[inline]
+pub fn deadline_field(id: u64, target: u64, deadline_ms: u64) -> std::ops::Range<usize> {
+    let at = 2 + varint_len(id) + varint_len(target);
+    at..at + varint_len(deadline_ms)
+}
+
+/// How many bytes `v` takes as a varint ([`put_varint`]).
+#[inline]
+pub fn varint_len(v: u64) -> usize {
+    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Write `v` as a varint filling all of `field` (continuation bits on every byte but the
+/// last): a reader reads the same value as from [`put_varint`]. `v` must fit (`varint_len(v)`
+/// at most `field`'s length); what does not is cut.
+pub fn put_varint_padded(field: &mut [u8], mut v: u64) {
+    let len = field.len();
+    for (i, byte) in field.iter_mut().enumerate() {
+        let more = if i + 1 < len { 0x80 } else { 0 };
+        *byte = (v & 0x7f) as u8 | more;
+        v >>= 7;
+    }
+}
+
 /// The fields of a call's envelope up to the method's length.
 #[inline]
 fn call_fields<const N: usize>(

@@ -622,18 +622,12 @@ impl Driver {
                 .error(tag, TLS_ERROR_CODE, "TLS not available", false);
             return;
         }
-        match self.dispatcher.accept_start_tls(&tag) {
-            Ok(()) => {}
-            Err(SendError::Closed) => {
-                let _ = self
-                    .dispatcher
-                    .error(tag, TLS_ERROR_CODE, "connection closing", false);
-            }
-            Err(_) => {
-                let _ = self
-                    .dispatcher
-                    .error(tag, TLS_ERROR_CODE, "TLS already started", false);
-            }
+        if let Err(e) = self.dispatcher.accept_start_tls(&tag) {
+            let why = match e {
+                SendError::Closed => "connection closing",
+                _ => "TLS already started",
+            };
+            let _ = self.dispatcher.error(tag, TLS_ERROR_CODE, why, false);
         }
     }
 

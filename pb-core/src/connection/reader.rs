@@ -219,11 +219,7 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                     Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
                 }
             }
-            if held.is_empty() {
-                conn.holding.store(false, Ordering::Release);
-            } else {
-                conn.holding.store(true, Ordering::Release);
-            }
+            conn.holding.store(!held.is_empty(), Ordering::Release);
             // Answers and faults for the whole batch go out in one write.
             if handled || std::mem::take(&mut first) {
                 conn.end_batch();
@@ -392,7 +388,6 @@ impl std::task::Wake for ConnShared {
     }
 }
 
-/// Frames the reader holds back while the output is congested.
 /// How many calls may be held back for each that may run, when they are held only because
 /// `max_in_flight_calls` run (see the reader's pause): as the Twisted PB broker counts.
 const HELD_PER_CALL: usize = pb_proto::twisted::HELD_PER_CALL;

@@ -89,16 +89,15 @@ impl<T: Tokens> Broker<T> {
                     _ => None,
                 })
                 .collect();
-            // Where the time left sits in the head: after the frame's header, the tag and
-            // flags, the id and the target.
+            // Where the time left sits in the head: past the frame's header, in the body.
             let deadline = deadline_ms.map(|ms| {
                 let header = match tail {
                     Some(_) => frame::SPLIT_HEADER_LEN,
                     None => frame::HEADER_LEN,
                 };
-                let at = header + 2 + varint_len(id) + varint_len(target);
+                let field = message::deadline_field(id, target, ms);
                 let due = T::now() + std::time::Duration::from_millis(ms);
-                (due, at, varint_len(ms))
+                (due, header + field.start..header + field.end)
             });
             self.park((id, len, exported, deadline), parked_head, (payload, tail))
         } else {
@@ -224,10 +223,10 @@ impl<T: Tokens> Broker<T> {
             };
             self.charge_window(call.len);
             let mut frame = call.frame;
-            if let Some((due, at, len)) = call.deadline
+            if let Some((due, field)) = call.deadline
                 && let Some(head) = frame.first_mut()
             {
-                *head = with_time_left(head, (due, T::now()), at, len);
+                *head = with_time_left(head, (due, T::now()), field);
             }
             for piece in frame {
                 self.out.append_payload(piece);
@@ -404,22 +403,16 @@ type Parking = (
     u64,
     usize,
     Vec<u64>,
-    Option<(std::time::Instant, usize, usize)>,
+    Option<(std::time::Instant, std::ops::Range<usize>)>,
 );
 
-/// How many bytes `v` takes as a varint.
-pub(super) fn varint_len(v: u64) -> usize {
-    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
-}
-
-/// `head` with the `len`-byte varint at `at` written again as the milliseconds left from `now`
-/// until `due` (rounded up, as a call's deadline is sent), padded to the same `len` bytes: the time
-/// left only shrinks, so it fits, and the frame keeps its length.
+/// `head` with the varint at `field` written again as the milliseconds left from `now` until
+/// `due` (rounded up, as a call's deadline is sent), padded to the same bytes: the time left
+/// only shrinks, so it fits, and the frame keeps its length.
 pub(super) fn with_time_left(
     head: &Bytes,
     (due, now): (std::time::Instant, std::time::Instant),
-    at: usize,
-    len: usize,
+    field: std::ops::Range<usize>,
 ) -> Bytes {
     let left = due.saturating_duration_since(now);
     let mut ms = left.as_millis().min(u128::from(u64::MAX)) as u64;
@@ -427,12 +420,8 @@ pub(super) fn with_time_left(
         ms += 1;
     }
     let mut out = BytesMut::from(&head[..]);
-    if let Some(field) = out.get_mut(at..at + len) {
-        for (i, byte) in field.iter_mut().enumerate() {
-            let more = i + 1 < len;
-            *byte = (ms & 0x7f) as u8 | if more { 0x80 } else { 0 };
-            ms >>= 7;
-        }
+    if let Some(field) = out.get_mut(field) {
+        message::put_varint_padded(field, ms);
     }
     out.freeze()
 }

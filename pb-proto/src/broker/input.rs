@@ -66,6 +66,18 @@ impl<T: Tokens> Broker<T> {
         })
     }
 
+    /// Held frame `body` leaves the line (it runs, or is dropped): the objects it names no
+    /// longer count as held.
+    fn unhold(&mut self, body: &[u8]) {
+        if self
+            .held_objects
+            .as_ref()
+            .is_some_and(|held| !held.is_empty())
+        {
+            self.count_held(body, -1);
+        }
+    }
+
     /// Count (`delta` 1) or uncount (`delta` -1) the objects of the peer's that held frame
     /// `body` names: those its references send, or the one it revokes or
     /// updates. A call whose envelope does not decode names none (it is refused when handled).
@@ -101,13 +113,7 @@ impl<T: Tokens> Broker<T> {
         make: &mut MakeImport<'_, T>,
     ) -> Result<Option<Incoming<T::Object>>, ProtocolError> {
         let frame = frame.into();
-        if self
-            .held_objects
-            .as_ref()
-            .is_some_and(|held| !held.is_empty())
-        {
-            self.count_held(&frame.body, -1);
-        }
+        self.unhold(&frame.body);
         self.handle(frame, true, make)
     }
 
@@ -147,13 +153,7 @@ impl<T: Tokens> Broker<T> {
         if self.state == State::Closed {
             return Ok(());
         }
-        if self
-            .held_objects
-            .as_ref()
-            .is_some_and(|held| !held.is_empty())
-        {
-            self.count_held(&frame.body, -1);
-        }
+        self.unhold(&frame.body);
         let head = message::decode_call_head(&frame.body, &self.limits.message)?;
         self.release_unwanted(&head.refs);
         self.call_ended(frame.len(), head.answer);

@@ -208,6 +208,18 @@ fn capped_pair() -> (B, B) {
     (server, client)
 }
 
+/// The client calls `x` on the root of a [`capped_pair`]'s server, which runs it (its cap):
+/// what is left of the server's input, and the running call.
+fn one_running(server: &mut B, client: &mut B, a: &[u8]) -> (BytesMut, Incoming<&'static str>) {
+    let root = Target::Name(Bytes::from_static(b"root"));
+    client.start_call(&root, b"x", a, Some(1), false).unwrap();
+    let mut input = BytesMut::from(&client.take_output()[..]);
+    let Some(Event::Call(first)) = server.poll_input(&mut input).unwrap() else {
+        panic!("a call")
+    };
+    (input, first)
+}
+
 #[test]
 fn at_the_cap_answers_to_our_calls_go_through_and_the_peers_calls_wait() {
     let (mut server, mut client) = capped_pair();
@@ -254,11 +266,7 @@ fn a_held_call_to_no_object_is_answered_and_the_next_held_one_runs_in_the_same_p
     let (mut server, mut client) = capped_pair();
     let root = Target::Name(Bytes::from_static(b"root"));
     let a = args(vec![], client.encoder());
-    client.start_call(&root, b"x", &a, Some(1), false).unwrap();
-    let mut input = BytesMut::from(&client.take_output()[..]);
-    let Some(Event::Call(first)) = server.poll_input(&mut input).unwrap() else {
-        panic!("a call")
-    };
+    let (mut input, first) = one_running(&mut server, &mut client, &a);
     // At the cap, reading on for the answer to a call of the server's: the client's next calls
     // are held, one to an object the server does not have, then one to its root.
     let b = args(vec![], server.encoder());
@@ -524,11 +532,7 @@ fn at_the_cap_an_answer_naming_a_copy_sent_in_a_held_call_waits_behind_it() {
     let root = Target::Name(Bytes::from_static(b"root"));
     let a = args(vec![], client.encoder());
     // One call runs here (the cap), and ours waits for the client's answer.
-    client.start_call(&root, b"x", &a, Some(1), false).unwrap();
-    let mut input = BytesMut::from(&client.take_output()[..]);
-    let Some(Event::Call(first)) = server.poll_input(&mut input).unwrap() else {
-        panic!("a call")
-    };
+    let (mut input, first) = one_running(&mut server, &mut client, &a);
     let b = args(vec![], server.encoder());
     let back = server
         .start_call(&root, b"ping", &b, Some(7), false)

@@ -419,8 +419,8 @@ fn a_parked_call_cancelled_before_it_leaves_gives_back_the_objects_it_would_send
 
 #[test]
 fn a_parked_call_s_time_left_is_written_again_in_the_same_bytes() {
-    use super::super::calls::{varint_len, with_time_left};
-    use crate::message::{cancelled_id, put_varint};
+    use super::super::calls::with_time_left;
+    use crate::message::{cancelled_id, put_varint, varint_len};
     use std::time::{Duration, Instant};
     // A varint read back as a cancel's id (a tag, then the varint).
     let read = |field: &[u8]| {
@@ -446,7 +446,7 @@ fn a_parked_call_s_time_left_is_written_again_in_the_same_bytes() {
         head.extend_from_slice(b"rest");
         assert_eq!(head.len(), 4 + len + 4);
         let due = now + Duration::from_millis(left);
-        let patched = with_time_left(&head.freeze(), (due, now), 4, len);
+        let patched = with_time_left(&head.freeze(), (due, now), 4..4 + len);
         assert_eq!(patched.len(), 4 + len + 4, "the frame keeps its length");
         assert_eq!(&patched[..4], b"head");
         assert_eq!(&patched[4 + len..], b"rest");
@@ -458,9 +458,9 @@ fn a_parked_call_s_time_left_is_written_again_in_the_same_bytes() {
     }
     // A deadline already passed leaves 0, and part of a millisecond counts as one.
     let head = Bytes::from_static(&[0x90, 0x4e]);
-    let patched = with_time_left(&head, (now, now + Duration::from_secs(1)), 0, 2);
+    let patched = with_time_left(&head, (now, now + Duration::from_secs(1)), 0..2);
     assert_eq!(&patched[..], &[0x80, 0x00]);
-    let patched = with_time_left(&head, (now + Duration::from_micros(1500), now), 0, 2);
+    let patched = with_time_left(&head, (now + Duration::from_micros(1500), now), 0..2);
     assert_eq!(read(&patched), Some(2));
 }
 
