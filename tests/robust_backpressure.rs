@@ -101,20 +101,29 @@ async fn a_peer_that_never_reads_costs_bounded_memory_and_is_cut_when_writes_sta
     assert!(written < CALLS, "wrote {written} of {CALLS}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn callers_wait_while_the_peer_is_not_reading() {
-    const MAX_UNSENT: usize = 64 * 1024;
+/// A client (whose output backs up past `max_unsent` bytes) to a raw peer that has sent its
+/// hello, read ours, and reads nothing more yet: the client, the peer's end, and its root.
+async fn to_a_peer_that_reads_nothing(
+    max_unsent: usize,
+) -> (Connection, tokio::io::DuplexStream, KitchenRef) {
     let (ours, mut theirs) = tokio::io::duplex(16 * 1024);
     let peer = tokio::spawn(async move {
         theirs.write_all(&HELLO).await.unwrap();
         common::read_hello_frame(&mut theirs).await;
         theirs
     });
-    let client = Connection::establish(ours, &config(MAX_UNSENT), Side::Client, None, None)
+    let client = Connection::establish(ours, &config(max_unsent), Side::Client, None, None)
         .await
         .unwrap();
-    let mut theirs = peer.await.unwrap();
+    let theirs = peer.await.unwrap();
     let root: KitchenRef = client.root();
+    (client, theirs, root)
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_wait_while_the_peer_is_not_reading() {
+    const MAX_UNSENT: usize = 64 * 1024;
+    let (client, mut theirs, root) = to_a_peer_that_reads_nothing(MAX_UNSENT).await;
 
     // 200 calls of 8 KiB each (1.6 MiB) to a peer that reads nothing yet.
     let calls: Vec<_> = (0..200u32)
@@ -157,17 +166,7 @@ async fn callers_wait_while_the_peer_is_not_reading() {
 /// cut: a period that saw bytes go out starts the next.
 #[tokio::test(start_paused = true)]
 async fn a_peer_that_reads_slowly_but_within_the_stall_timeout_is_not_cut() {
-    let (ours, mut theirs) = tokio::io::duplex(16 * 1024);
-    let peer = tokio::spawn(async move {
-        theirs.write_all(&HELLO).await.unwrap();
-        common::read_hello_frame(&mut theirs).await;
-        theirs
-    });
-    let client = Connection::establish(ours, &config(64 * 1024), Side::Client, None, None)
-        .await
-        .unwrap();
-    let mut theirs = peer.await.unwrap();
-    let root: KitchenRef = client.root();
+    let (client, mut theirs, root) = to_a_peer_that_reads_nothing(64 * 1024).await;
     let calls: Vec<_> = (0..200u32)
         .map(|i| {
             let root = root.clone();
