@@ -421,18 +421,9 @@ impl pb::CacheState for Tally {
     }
 }
 
-/// A message framed as the wire has it.
-fn framed(message: pb::proto::message::Message) -> Vec<u8> {
-    let mut body = bytes::BytesMut::new();
-    message.encode(&mut body);
-    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
-}
-
 /// A raw call `id` to the root's `method` with references `refs` and `payload`.
 fn raw_call(id: u64, method: &str, refs: Vec<RefDesc>, payload: &[u8]) -> Vec<u8> {
-    framed(Message::Call {
+    common::framed(Message::Call {
         id,
         target: 0,
         method: bytes::Bytes::copy_from_slice(method.as_bytes()),
@@ -484,7 +475,7 @@ async fn a_revocation_waits_behind_the_held_call_that_sends_its_object() {
     // Object 5 sent in a call (held back), then revoked.
     let keep = raw_call(100, "keep", vec![RefDesc::Sender(5)], &[0]);
     theirs.write_all(&keep).await.unwrap();
-    let revoked = framed(Message::Revoked { object: 5 });
+    let revoked = common::framed(Message::Revoked { object: 5 });
     theirs.write_all(&revoked).await.unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
     // The peer reads everything now: the output drains and the held call runs.
@@ -649,7 +640,7 @@ async fn a_peer_that_cancels_each_call_it_sends_while_held_back_is_not_read_with
         for id in 100..100 + PAIRS {
             pair.clear();
             pair.extend(reverse_call(id, b"x"));
-            pair.extend(framed(Message::Cancel { id }));
+            pair.extend(common::framed(Message::Cancel { id }));
             if theirs.write_all(&pair).await.is_err() {
                 return id - 100;
             }

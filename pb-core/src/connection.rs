@@ -154,9 +154,12 @@ pub(crate) struct ConnShared {
     /// more to make and free; two cached ones cost less.
     broker: Box<Mutex<Broker>>,
     releases: Mutex<Vec<(u64, u64, u64)>>,
-    /// The handles made of the peer's root (which the import table does not keep): revoked
-    /// when the connection closes, as the table's are, so that forwards of them end too.
-    roots: Mutex<Vec<Weak<Imported>>>,
+    /// The one handle of the peer's root while any reference holds it (the import table keeps
+    /// none for the root): every `root()` and every root the peer sends is that handle, so they
+    /// are one object when forwarded (one export id on another connection, as for any other
+    /// import). Revoked when the connection closes, as the table's are, so that forwards of it
+    /// end too.
+    root: Mutex<Weak<Imported>>,
     /// Set after a release is queued: the write path takes `releases`' lock only then.
     releases_queued: AtomicBool,
     /// Bytes of cache updates buffered for replicas not decoded yet, all of this connection's:
@@ -229,7 +232,7 @@ impl ConnShared {
             broker: Box::new(Mutex::new(Broker::new(config.limits.clone(), id, root))),
             releases: Mutex::new(Vec::new()),
             releases_queued: AtomicBool::new(false),
-            roots: Mutex::new(Vec::new()),
+            root: Mutex::new(Weak::new()),
             updates: OnceLock::new(),
             out: Mutex::new(None),
             wake_writer: WriterWake::default(),

@@ -12,12 +12,16 @@
 //!                └──revoke / connection closed──▶ withdrawn (the token comes back)
 //! ```
 //!
+//! A revoked id is remembered for a while (up to as many as the caller says, the oldest
+//! forgotten first): the peer may have released the object before it heard of the revocation,
+//! and that release, crossing the `Revoked` message on the wire, is no fault of the peer's.
+//!
 //! The table holds what the driver hands it: a `key` that names the object in this process
 //! (for example the address of its allocation, so that the same object sent twice has one id)
 //! and a token of the driver's choosing (`T`), given back when the export ends. Ids are ours,
 //! allocated in order from 1 (0 is the root, which is never in the table) and never reused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasherDefault;
 
 use crate::hash::IdHasher;
@@ -46,6 +50,8 @@ impl Sent {
 pub enum Released<T> {
     /// No object is exported under that id: the peer broke the protocol.
     NotExported,
+    /// The export was revoked lately: the peer released it before it heard so (no fault).
+    Revoked,
     /// The object is still exported, `remaining` sends not released yet.
     Held {
         /// Sends not released yet.
@@ -74,6 +80,9 @@ pub struct Exports<T> {
     /// Keyed by the driver's keys of our own objects.
     by_key: HashMap<usize, u64, BuildHasherDefault<IdHasher>>,
     next: u64,
+    /// Ids revoked lately, and the order they were revoked in (the oldest is forgotten first).
+    revoked: HashSet<u64, BuildHasherDefault<IdHasher>>,
+    revoked_order: VecDeque<u64>,
 }
 
 impl<T> Default for Exports<T> {
@@ -82,6 +91,8 @@ impl<T> Default for Exports<T> {
             by_id: HashMap::default(),
             by_key: HashMap::default(),
             next: 1,
+            revoked: HashSet::default(),
+            revoked_order: VecDeque::new(),
         }
     }
 }
@@ -159,7 +170,10 @@ impl<T> Exports<T> {
     #[inline]
     pub fn release(&mut self, id: u64, count: u64) -> Released<T> {
         let Some(e) = self.by_id.get_mut(&id) else {
-            return Released::NotExported;
+            return match self.revoked.contains(&id) {
+                true => Released::Revoked,
+                false => Released::NotExported,
+            };
         };
         let over = count > e.count;
         e.count = e.count.saturating_sub(count);
@@ -172,10 +186,20 @@ impl<T> Exports<T> {
         }
     }
 
-    /// Withdraw the export under `id` whatever its count (the object is gone, or revoked).
-    #[inline]
-    pub fn revoke(&mut self, id: u64) -> Option<T> {
-        self.remove(id)
+    /// Withdraw the export under `id` whatever its count (the object is gone, or revoked),
+    /// and remember that it was, among the `remember` ids revoked last: a release of it from
+    /// the peer is then [`Released::Revoked`], not [`Released::NotExported`].
+    pub fn revoke(&mut self, id: u64, remember: usize) -> Option<T> {
+        let token = self.remove(id)?;
+        if remember > 0 && self.revoked.insert(id) {
+            self.revoked_order.push_back(id);
+            while self.revoked_order.len() > remember {
+                if let Some(old) = self.revoked_order.pop_front() {
+                    self.revoked.remove(&old);
+                }
+            }
+        }
+        Some(token)
     }
 
     fn remove(&mut self, id: u64) -> Option<T> {
@@ -235,6 +259,30 @@ mod tests {
     }
 
     #[test]
+    fn a_release_of_a_revoked_id_is_known_among_the_ids_revoked_last() {
+        let mut t = Exports::new();
+        let ids: Vec<u64> = (0..4).map(|k| t.send(k, || k).id()).collect();
+        assert_eq!(t.revoke(ids[0], 2), Some(0));
+        assert_eq!(t.revoke(ids[0], 2), None, "revoked once");
+        assert_eq!(t.release(ids[0], 1), Released::Revoked);
+        assert_eq!(
+            t.release(ids[0], 1),
+            Released::Revoked,
+            "remembered, not used up"
+        );
+        assert_eq!(t.revoke(ids[1], 2), Some(1));
+        assert_eq!(t.revoke(ids[2], 2), Some(2));
+        // Two remembered: the oldest is forgotten.
+        assert_eq!(t.release(ids[0], 1), Released::NotExported);
+        assert_eq!(t.release(ids[1], 1), Released::Revoked);
+        assert_eq!(t.release(ids[2], 1), Released::Revoked);
+        // Remembering none, a revoked id is unknown at once.
+        assert_eq!(t.revoke(ids[3], 0), Some(3));
+        assert_eq!(t.release(ids[3], 1), Released::NotExported);
+        assert_eq!(t.release(99, 1), Released::NotExported);
+    }
+
+    #[test]
     fn ids_are_never_reused_and_over_releases_are_reported() {
         let mut t = Exports::new();
         let first = t.send(1, || 1).id();
@@ -248,8 +296,8 @@ mod tests {
         // The same object sent again gets a new id: the peer may still name the old one.
         assert_eq!(t.send(1, || 1), Sent::New(first + 1));
         assert_eq!(t.release(first, 1), Released::NotExported);
-        assert_eq!(t.revoke(first + 1), Some(1));
-        assert_eq!(t.revoke(first + 1), None);
+        assert_eq!(t.revoke(first + 1, 8), Some(1));
+        assert_eq!(t.revoke(first + 1, 8), None);
         assert!(t.is_empty());
     }
 

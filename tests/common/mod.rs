@@ -312,21 +312,25 @@ pub fn tls_configs() -> (
     (Arc::new(server), Arc::new(client))
 }
 
+/// A message framed as the wire has it.
+pub fn framed(message: pb::proto::message::Message) -> Vec<u8> {
+    let mut body = bytes::BytesMut::new();
+    message.encode(&mut body);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
 /// A framed answer to call `id` (one we never made) that carries 1 024 fresh references,
 /// numbered from `first`: what a peer sends to make us import what nobody asked for.
 pub fn forged_answer(id: u64, first: u64) -> Vec<u8> {
     use pb::proto::message::{Message, RefDesc};
-    let mut body = bytes::BytesMut::new();
-    Message::Answer {
+    framed(Message::Answer {
         id,
         ok: true,
         refs: (first..first + 1024).map(RefDesc::Sender).collect(),
         payload: bytes::Bytes::new(),
-    }
-    .encode(&mut body);
-    let mut framed = (body.len() as u32).to_be_bytes().to_vec();
-    framed.extend_from_slice(&body);
-    framed
+    })
 }
 
 /// Where a [`Recording`] transport's bytes went.

@@ -64,7 +64,7 @@ impl ConnShared {
         self.is_closed.store(true, Ordering::Release);
         // After the store: a root handle made from now on is dead as it is made (and a forward
         // of it revoked as it is exported), and one made before is in the list.
-        self.revoke_roots();
+        self.revoke_root();
         self.closed.notify_waiters();
         // Callers waiting for the peer's hello give up. Only a connection whose peer's hello
         // has not come can have any: its arrival woke those before it, and later ones see it.

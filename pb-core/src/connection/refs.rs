@@ -5,35 +5,41 @@ use super::*;
 
 impl ConnShared {
     /// What makes the references the peer sends: the handle the broker's import table keeps,
-    /// and the reference.
+    /// and the reference. The peer's root (`id` 0) is the connection's one root handle, made
+    /// again only once none is left.
     pub(super) fn make_import(
         self: &Arc<Self>,
     ) -> impl FnMut(u64, u64) -> (Weak<Imported>, ObjectRef) + '_ {
         move |id, generation| {
-            let imp = Arc::new(Imported::new(self.clone(), id, generation));
-            let weak = Arc::downgrade(&imp);
             if id == 0 {
-                self.note_root(&weak);
+                let imp = self.root_handle();
+                return (Arc::downgrade(&imp), ObjectRef(RefInner::Remote(imp)));
             }
-            (weak, ObjectRef(RefInner::Remote(imp)))
+            let imp = Arc::new(Imported::new(self.clone(), id, generation));
+            (Arc::downgrade(&imp), ObjectRef(RefInner::Remote(imp)))
         }
     }
 
-    /// Keep `root`, a handle of the peer's root, to revoke when the connection closes; the
-    /// handles dropped since are let go whenever the list doubles.
-    fn note_root(&self, root: &Weak<Imported>) {
-        let mut roots = self.roots.lock().unwrap_or_else(|p| p.into_inner());
-        roots.push(root.clone());
-        if roots.len() >= 8 && roots.len().is_power_of_two() {
-            roots.retain(|r| r.strong_count() > 0);
+    /// The handle of the peer's root: the live one, or a new one kept (weakly) for next time.
+    fn root_handle(self: &Arc<Self>) -> Arc<Imported> {
+        let mut root = self.root.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(imp) = root.upgrade() {
+            return imp;
         }
+        let imp = Arc::new(Imported::new(self.clone(), 0, 0));
+        *root = Arc::downgrade(&imp);
+        imp
     }
 
-    /// The connection closed: the handles of the peer's root are dead, and their forwards to
-    /// other peers are revoked there.
-    pub(super) fn revoke_roots(&self) {
-        let roots = std::mem::take(&mut *self.roots.lock().unwrap_or_else(|p| p.into_inner()));
-        for root in roots.iter().filter_map(Weak::upgrade) {
+    /// The connection closed: the handle of the peer's root is dead (and stays the one handle),
+    /// and its forwards to other peers are revoked there.
+    pub(super) fn revoke_root(&self) {
+        let root = self
+            .root
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .upgrade();
+        if let Some(root) = root {
             root.revoke();
         }
     }

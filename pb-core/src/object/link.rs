@@ -210,7 +210,10 @@ impl ReplicaSlot {
                     && charge.budget.take(payload.len())
                 {
                     charge.bytes += payload.len();
-                    pending.push(payload);
+                    // Copied: the payload is a slice of the frame it came in, and would keep
+                    // that whole read buffer alive for as long as it waits, far more than the
+                    // bytes counted here.
+                    pending.push(Bytes::copy_from_slice(&payload));
                 } else if !*overflowed {
                     // The replica will be told when it is decoded (`TooManyBuffered`); what
                     // follows a dropped update is of no use to it.

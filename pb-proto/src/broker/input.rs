@@ -292,6 +292,9 @@ impl<T: Tokens> Broker<T> {
                             tracing::warn!(id, "peer released an object we do not export");
                             self.violation()?;
                         }
+                        Released::Revoked => {
+                            tracing::debug!(id, "peer released an object we had revoked");
+                        }
                         Released::Held { .. } => {}
                         Released::Freed { token, over } => {
                             if over {

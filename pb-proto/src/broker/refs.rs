@@ -76,7 +76,9 @@ impl<T: Tokens> Broker<T> {
         if self.state == State::Closed {
             return false;
         }
-        let Some(withdrawn) = self.exports.revoke(object) else {
+        // Remembered among as many revoked ids as may be exported at once, so that releases
+        // the peer sent before it heard of them are not taken for faults.
+        let Some(withdrawn) = self.exports.revoke(object, self.limits.max_exports) else {
             return false;
         };
         self.write_message(&Message::Revoked { object });
