@@ -395,6 +395,61 @@ async fn a_panic_or_an_oversized_argument_fails_that_call_only() {
     assert!(!client.is_closed());
 }
 
+#[pb::remote]
+pub trait Oversized {
+    /// A pinger, and a string one byte over Banana's 640 KiB: an answer that cannot be sent.
+    async fn pinger_and_too_much(&self) -> (PingerRef, bytes::Bytes);
+    async fn pinger(&self) -> PingerRef;
+    async fn take(&self, p: PingerRef, s: String) -> usize;
+}
+
+struct TheOversized;
+
+impl Oversized for TheOversized {
+    async fn pinger_and_too_much(&self) -> (PingerRef, bytes::Bytes) {
+        let too_much = vec![b'x'; pb::proto::banana::SIZE_LIMIT + 1];
+        (PingerRef::new(ThePinger), too_much.into())
+    }
+    async fn pinger(&self) -> PingerRef {
+        PingerRef::new(ThePinger)
+    }
+    async fn take(&self, _: PingerRef, s: String) -> usize {
+        s.len()
+    }
+}
+
+#[tokio::test]
+async fn a_value_that_cannot_be_sent_takes_back_the_references_it_exported() {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    // One export at a time: a leaked one would refuse every later reference.
+    let config = PbConfig::default().max_exports(1);
+    let root = OversizedRef::new(TheOversized).into();
+    let server = pb::twisted::accept_io(a, None, Some(root), config);
+    let client = pb::twisted::connect_io(b, None, config).await.unwrap();
+    let root: OversizedRef = client.root();
+    let answer = root.pinger_and_too_much().await;
+    assert!(
+        matches!(&answer, Err(CallError::Internal(m)) if m.contains("size limit")),
+        "{answer:?}"
+    );
+    assert_eq!(server.stats().tables.exported, 0);
+    let pinger = root.pinger().await.unwrap();
+    assert_eq!(pinger.ping(5).await.unwrap(), 5);
+    drop(pinger);
+    until(|| server.stats().tables.exported == 0).await;
+    // The same for a call's arguments, on the calling side.
+    let big = "x".repeat(pb::proto::banana::SIZE_LIMIT + 1);
+    let call = root.take(PingerRef::new(ThePinger), big).await;
+    assert!(matches!(call, Err(CallError::Encode(_))), "{call:?}");
+    assert_eq!(client.stats().tables.exported, 0);
+    assert_eq!(
+        root.take(PingerRef::new(ThePinger), "ok".into())
+            .await
+            .unwrap(),
+        2
+    );
+}
+
 #[tokio::test]
 async fn a_peer_breaking_the_protocol_is_disconnected() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

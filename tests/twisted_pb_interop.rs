@@ -113,6 +113,10 @@ const ROOT_CHECKS: &[&str] = &[
     "cache_second_is_shared_proxy",
     "bump_observed_before_answer",
     "unknown_method_is_error",
+    "unknown_method_text_is_twisteds",
+    "unknown_method_failure_is_complete",
+    "bad_arguments_is_error",
+    "bad_arguments_failure_is_complete",
     "connection_stays_after_unknown_method",
     "no_answer_call",
     "exported_starts_at_zero",
@@ -295,6 +299,127 @@ async fn twisted_client_logs_in_to_the_pb_example_portal() {
             ok,
             "the twisted client failed against the pb example portal:\n{out}"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twisted_client_refused_anonymous_login_is_unhandled_credentials() {
+    let py = python();
+    bounded(async {
+        // A portal without anonymous access, as a Twisted portal without an anonymous checker.
+        let portal = pb::twisted::Portal::new(
+            pb::twisted::Credentials::new().user("alice", "secret"),
+            |_, _| PingerRef::new(ThePinger).into(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port().to_string();
+        tokio::spawn(pb::twisted::serve_with(
+            listener,
+            move |_| portal.root(),
+            pb::twisted::PbConfig::default(),
+        ));
+        let (ok, out) = run_to_end(
+            &py,
+            &["pb_root_client.py", "--port", &port, "--anonymous-refused"],
+            "twisted pb_root_client.py --anonymous-refused",
+        )
+        .await;
+        print!("{out}");
+        assert_checks_passed(&out, &["anonymous_refused_as_unhandled_credentials"]);
+        assert!(ok, "{out}");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// pb's client, driven directly, against the Twisted server.
+
+#[pb::remote]
+pub trait Pinger {
+    async fn ping(&self, x: i64) -> i64;
+}
+
+struct ThePinger;
+
+impl Pinger for ThePinger {
+    async fn ping(&self, x: i64) -> i64 {
+        x
+    }
+}
+
+/// How many of our objects the Twisted server's broker for this connection exports now. Our
+/// releases go out before our next call, and Twisted reads in order: the count is settled.
+async fn exported_by(root: &pb::ObjectRef) -> i64 {
+    root.call::<_, i64, pb::twisted::Failure>("exported", &())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pb_client_releases_every_reference_of_an_answer_it_cannot_resolve() {
+    let py = python();
+    bounded(async {
+        let (server, port, log) = start_twisted_server(&py, &[]).await;
+        let conn = pb::twisted::connect(("127.0.0.1", port), pb::twisted::PbConfig::default())
+            .await
+            .unwrap();
+        let root = conn.root_ref();
+        // Twisted releases our pinger before it writes the answer that names it: the answer's
+        // `["local", luid]` names nothing we export, and fails the call. The counter beside it
+        // must be released all the same, as a Twisted client releases it.
+        let pinger: pb::ObjectRef = PingerRef::new(ThePinger).into();
+        let answer = root
+            .call::<_, (Option<pb::ObjectRef>, pb::ObjectRef), pb::twisted::Failure>(
+                "give_back_now_with_counter",
+                &(pinger,),
+            )
+            .await;
+        assert!(
+            matches!(&answer, Err(pb::CallError::BadAnswer(m)) if m.contains("names nothing we export")),
+            "{answer:?}"
+        );
+        assert_eq!(exported_by(&root).await, 0, "the counter was not released");
+        conn.close().await;
+        stop_twisted_server(server, log).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pb_client_releases_the_references_an_observed_update_carries() {
+    let py = python();
+    bounded(async {
+        let (server, port, log) = start_twisted_server(&py, &[]).await;
+        let conn = pb::twisted::connect(("127.0.0.1", port), pb::twisted::PbConfig::default())
+            .await
+            .unwrap();
+        let root = conn.root_ref();
+        let cache: pb::twisted::RemoteCache = root
+            .call::<_, _, pb::twisted::Failure>("cache", &())
+            .await
+            .unwrap();
+        // Its owner tells the copy `add(<a new counter>)`, and answers once that is done.
+        let told: i64 = root
+            .call::<_, _, pb::twisted::Failure>("bump_with_ref", &())
+            .await
+            .unwrap();
+        assert_eq!(told, 1);
+        let observed = cache.observed();
+        assert_eq!(
+            observed.last().map(|(method, _)| method.as_str()),
+            Some("add"),
+            "{observed:?}"
+        );
+        assert_eq!(
+            exported_by(&root).await,
+            1,
+            "only the cache is exported: the counter the update carried was released"
+        );
+        drop((cache, observed));
+        assert_eq!(exported_by(&root).await, 0, "the cache was released");
+        conn.close().await;
+        stop_twisted_server(server, log).await;
     })
     .await;
 }

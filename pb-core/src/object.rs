@@ -246,9 +246,14 @@ impl IncomingCall {
 
     /// The answer for a method this object does not have.
     pub fn no_such_method(&self, interface: &Interface) -> Reply {
+        let message = match self.jelly {
+            // A Twisted PB caller gets Twisted's own text (`flavors.NoSuchMethod`'s).
+            Some(_) => format!("No such method: remote_{}", self.method()),
+            None => format!("{} has no method {:?}", interface.name, self.method()),
+        };
         Err(Fault {
             kind: FaultKind::NoSuchMethod,
-            message: format!("{} has no method {:?}", interface.name, self.method()),
+            message,
         })
     }
 }

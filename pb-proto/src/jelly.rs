@@ -125,6 +125,33 @@ pub const BUILTIN_TAGS: [&[u8]; 26] = [
     b"persistent",
 ];
 
+/// The tag of a failure sent in an `error` answer: Twisted's `pb.CopyableFailure`.
+pub const FAILURE_TAG: &str = "twisted.spread.pb.CopyableFailure";
+
+/// A failure as Twisted's `CopyableFailure.getStateToCopy()` gives it: an instance tagged
+/// [`FAILURE_TAG`] with `type` (the exception class's qualified name, as bytes), `value`,
+/// `traceback` and `parents` as given, and the keys Twisted's `CopiedFailure` needs besides
+/// (`frames`, `stack`, `tb`, `count`, `captureVars`, `unsafeTracebacks`, empty). Without
+/// those a Twisted peer's `getTracebackObject()` and `cleanFailure()` fail.
+pub fn copyable_failure(type_name: Value, value: Value, traceback: Value, parents: Value) -> Value {
+    let entry = |k: &str, v: Value| (Value::Str(k.to_owned()), v);
+    Value::Instance {
+        tag: Bytes::from_static(FAILURE_TAG.as_bytes()),
+        state: Box::new(Value::Dict(vec![
+            entry("type", type_name),
+            entry("value", value),
+            entry("traceback", traceback),
+            entry("parents", parents),
+            entry("frames", Value::List(Vec::new())),
+            entry("stack", Value::List(Vec::new())),
+            entry("tb", Value::None),
+            entry("count", Value::Int(0)),
+            entry("captureVars", Value::Bool(false)),
+            entry("unsafeTracebacks", Value::Bool(false)),
+        ])),
+    }
+}
+
 /// Limits on one message's value, on both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

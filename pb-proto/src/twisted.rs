@@ -30,7 +30,7 @@ use std::hash::Hash;
 use bytes::{Bytes, BytesMut};
 
 use crate::banana::{BananaCodec, BananaCodecError, BananaConfig, Dialect, Element};
-use crate::jelly::JellyConfig;
+use crate::jelly::{Graph, JellyConfig, JellyError, Value};
 
 /// The PB protocol version both sides send (`Broker.version` in Twisted).
 pub const PROTOCOL_VERSION: i64 = 6;
@@ -498,6 +498,18 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             },
         );
         Ok((luid, true))
+    }
+
+    /// Takes back one send of export `luid` (a Cacheable's with `cache`) that never reached
+    /// the peer: the message that carried it could not be encoded. Counts as a release from
+    /// the peer would, and tells the peer nothing. Gives the object and whether that ended
+    /// its export (then it is unexported, as [`Event::Unexported`] would say); `None` if it is
+    /// not exported as that.
+    pub fn unsend(&mut self, luid: i64, cache: bool) -> Option<(O, bool)> {
+        match self.exports.get(&luid) {
+            Some(e) if (e.kind == ExportKind::Cache) == cache => self.release_export(luid),
+            _ => None,
+        }
     }
 
     /// The exported object of a luid.
@@ -1026,7 +1038,12 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                     &self.encoder,
                     b"twisted.spread.pb.Error",
                     "Invalid Object ID",
-                    &[b"twisted.spread.pb.Error", b"builtins.Exception"],
+                    &[
+                        b"twisted.spread.pb.Error",
+                        b"builtins.Exception",
+                        b"builtins.BaseException",
+                        b"builtins.object",
+                    ],
                 );
                 if let Ok(f) = failure {
                     let _ = self.finish_call(request, Err(&f));
@@ -1042,7 +1059,12 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                     &self.encoder,
                     b"twisted.spread.pb.Error",
                     "too many calls in flight",
-                    &[b"twisted.spread.pb.Error", b"builtins.Exception"],
+                    &[
+                        b"twisted.spread.pb.Error",
+                        b"builtins.Exception",
+                        b"builtins.BaseException",
+                        b"builtins.object",
+                    ],
                 );
                 if let Ok(f) = failure {
                     let _ = self.finish_call(request, Err(&f));
@@ -1095,32 +1117,28 @@ fn is_answer(e: &Element) -> bool {
 }
 
 /// The Banana bytes of a Twisted `CopyableFailure` with this type name, message and parents
-/// and no traceback: what an `error` answer carries.
+/// and no traceback (as [`crate::jelly::copyable_failure`] makes it): what an `error` answer
+/// carries.
 pub fn error_failure(
     codec: &BananaCodec,
     type_name: &[u8],
     message: &str,
     parents: &[&[u8]],
-) -> Result<Bytes, BananaCodecError> {
-    let unicode = |s: &[u8]| {
-        Element::List(vec![
-            word(b"unicode"),
-            Element::Bytes(Bytes::copy_from_slice(s)),
-        ])
-    };
-    let entry = |k: &'static str, v: Element| Element::List(vec![unicode(k.as_bytes()), v]);
-    let mut list = vec![word(b"list")];
-    list.extend(parents.iter().map(|p| unicode(p)));
-    let state = Element::List(vec![
-        word(b"dictionary"),
-        entry("type", Element::Bytes(Bytes::copy_from_slice(type_name))),
-        entry("value", unicode(message.as_bytes())),
-        entry("traceback", unicode(b"Traceback unavailable\n")),
-        entry("parents", Element::List(list)),
-    ]);
-    let failure = Element::List(vec![word(b"twisted.spread.pb.CopyableFailure"), state]);
+) -> Result<Bytes, JellyError> {
+    let text = |s: &[u8]| Value::Str(String::from_utf8_lossy(s).into_owned());
+    let failure = crate::jelly::copyable_failure(
+        Value::Bytes(Bytes::copy_from_slice(type_name)),
+        Value::Str(message.to_owned()),
+        Value::Str("Traceback unavailable\n".to_owned()),
+        Value::List(parents.iter().map(|p| text(p)).collect()),
+    );
     let mut out = BytesMut::new();
-    codec.encode(&failure, &mut out)?;
+    crate::jelly::encode(
+        &Graph::new(failure),
+        &JellyConfig::default(),
+        codec,
+        &mut out,
+    )?;
     Ok(out.freeze())
 }
 

@@ -1,10 +1,11 @@
 """A Twisted PB client for pb's interop tests (tests/twisted_pb_interop.rs): checks a PB server.
 
-Usage: pb_root_client.py --port P [--portal]
+Usage: pb_root_client.py --port P [--portal | --anonymous-refused]
 
 The server on 127.0.0.1:P serves either the contract's root under the name `root` (the rows
 of tests/interop/pb_root_server.py), or with --portal a cred portal with the users alice/secret
-and bob/hunter2 and anonymous access, whose avatars answer whoami() and call_mind(x).
+and bob/hunter2 and anonymous access, whose avatars answer whoami() and call_mind(x), or with
+--anonymous-refused a cred portal without anonymous access (an anonymous login is refused).
 
 Prints `ok <check>` or `FAIL <check>: <why>` per check, then `N passed, M failed`; exits 0 only
 when every check passed. Without --portal it also speaks raw bytes to the server to check that
@@ -18,7 +19,7 @@ import sys
 from decimal import Decimal
 
 from twisted.cred import credentials
-from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.error import LoginFailed, UnauthorizedLogin, UnhandledCredentials
 from twisted.internet import defer, reactor, task
 from twisted.spread import pb
 
@@ -31,6 +32,18 @@ CALL_PATIENCE = 30
 def record(name, ok, why=""):
     results.append(ok)
     print(("ok " + name) if ok else ("FAIL " + name + ": " + why), flush=True)
+
+
+def check_failure_is_complete(name, f):
+    """A failure received works as Twisted's own CopiedFailure does (a failure sent without
+    Twisted's full state breaks these with AttributeError)."""
+    try:
+        f.getTracebackObject()
+        f.frames
+        f.cleanFailure()
+        record(name, True)
+    except Exception as e:
+        record(name, False, "%s: %s" % (type(e).__name__, e))
 
 
 class Point(pb.Copyable, pb.RemoteCopy):
@@ -336,6 +349,17 @@ def check_calls(root, broker):
         o[0] == "err" and isinstance(o[1], pb.CopiedFailure),
         describe(o),
     )
+    if o[0] == "err":
+        record(
+            "unknown_method_text_is_twisteds",
+            o[1].getErrorMessage() == "No such method: remote_no_such_method",
+            describe(o),
+        )
+        check_failure_is_complete("unknown_method_failure_is_complete", o[1])
+    o = yield outcome(root.callRemote("add", "x", "y"))
+    record("bad_arguments_is_error", o[0] == "err", describe(o))
+    if o[0] == "err":
+        check_failure_is_complete("bad_arguments_failure_is_complete", o[1])
     del o
     o = yield outcome(root.callRemote("add", 1, 2))
     record("connection_stays_after_unknown_method", o == ("ok", 3), describe(o))
@@ -520,6 +544,21 @@ def check_refused(port, creds, name):
 
 
 @defer.inlineCallbacks
+def check_anonymous_refused(port):
+    """Against a portal without anonymous access: refused as cred's UnhandledCredentials."""
+    factory, o, _ = yield login(port, credentials.Anonymous())
+    record(
+        "anonymous_refused_as_unhandled_credentials",
+        o[0] == "err"
+        and bool(o[1].check(UnhandledCredentials))
+        and bool(o[1].check(LoginFailed))
+        and not o[1].check(pb.Error),
+        describe(o) + (" parents %r" % (o[1].parents,) if o[0] == "err" else ""),
+    )
+    factory.disconnect()
+
+
+@defer.inlineCallbacks
 def check_portal(port):
     yield check_user(port, credentials.UsernamePassword(b"alice", b"secret"), "alice")
     yield check_user(port, credentials.UsernamePassword(b"bob", b"hunter2"), "bob")
@@ -532,11 +571,14 @@ def main():
     args = sys.argv[1:]
     port = int(args[args.index("--port") + 1])
     portal = "--portal" in args
+    anonymous_refused = "--anonymous-refused" in args
 
     @defer.inlineCallbacks
     def run(reactor):
         try:
-            if portal:
+            if anonymous_refused:
+                yield check_anonymous_refused(port)
+            elif portal:
                 yield check_portal(port)
             else:
                 yield check_root(port)

@@ -23,6 +23,14 @@ Without --portal the root, named `root`, answers:
 - exported(): how many Referenceables and Cacheables this connection's broker exports now,
   the root not counted.
 
+Beside the contract, for tests that drive pb's client directly:
+
+- give_back_now_with_counter(ref): (ref, a new counter), answered at once: Twisted releases
+  the argument before it writes the answer, so the caller finds `["local", luid]` naming an
+  object it no longer exports, beside the counter's `["remote", luid]`;
+- bump_with_ref(): tells every observer of cache() `add(<a new counter>)`, waits for them,
+  returns how many were told.
+
 With --portal the root is a cred portal instead: users alice/secret and bob/hunter2 (bytes)
 and anonymous access. Each login gets an avatar answering whoami() with its user name
 ("anonymous" for an anonymous login) and call_mind(x) with the mind's ping(x).
@@ -85,6 +93,16 @@ class Counter(pb.Cacheable):
         return defer.DeferredList(told, consumeErrors=True).addCallback(lambda _: n)
 
 
+    def bump_with_ref(self):
+        told = []
+        for observer in list(self.observers):
+            try:
+                told.append(observer.callRemote("add", CounterRef(7)))
+            except pb.DeadReferenceError:
+                pass
+        return defer.DeferredList(told, consumeErrors=True).addCallback(len)
+
+
 COUNTER = Counter()
 
 # add() answers one too many with --wrong.
@@ -139,6 +157,12 @@ class ConnectionRoot(pb.Referenceable):
         answer = defer.Deferred()
         reactor.callLater(0, answer.callback, ref)
         return answer
+
+    def remote_give_back_now_with_counter(self, ref):
+        return (ref, CounterRef(1))
+
+    def remote_bump_with_ref(self):
+        return COUNTER.bump_with_ref()
 
     def remote_counter(self, start):
         return CounterRef(start)

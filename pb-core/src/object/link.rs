@@ -332,6 +332,9 @@ pub(crate) trait TwistedLink: Send + Sync {
     /// Sends our exported Cacheable `object`'s copy on the peer an `observe_<method>` call
     /// (a `cachemessage` asking no answer) with `args`, a tuple.
     fn send_observe(&self, object: u64, method: &str, args: &pb_proto::jelly::Graph);
+    /// Takes back sends of our objects, `(luid, cache)` each, counted while a value was
+    /// jellied that then could not be sent: the peer never heard of them.
+    fn take_back(&self, sends: &[(i64, bool)]);
 }
 
 /// A handle to an object the peer exported to us.

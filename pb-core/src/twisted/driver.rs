@@ -167,6 +167,9 @@ impl PbShared {
     }
 
     /// Resolves the flavors of a received value, in [`Graph::flavors`] order, counting imports.
+    /// A flavor that does not resolve fails the whole value, but only once every other one
+    /// was resolved too: the handles made are dropped then, so that the peer hears a `decref`
+    /// (or `decache`) for each of its objects the value carried, as it would from Twisted.
     fn resolve(&self, graph: &Graph) -> Result<Vec<ObjectRef>, String> {
         let flavors = graph.flavors();
         if flavors.is_empty() {
@@ -174,55 +177,78 @@ impl PbShared {
         }
         let me: Arc<dyn Link> = self.arc().ok_or("the connection is gone")?;
         let mut out = Vec::with_capacity(flavors.len());
+        let mut failed = None;
         {
             let mut st = lock(&self.state);
             for f in flavors {
-                let r = match f {
-                    Value::Remote(ObjectId::Num(luid)) => Self::import(&mut st, &me, *luid, None)?,
-                    Value::Local(ObjectId::Num(luid)) => st
-                        .broker
-                        .exported(*luid)
-                        .cloned()
-                        .ok_or_else(|| format!("[\"local\", {luid}] names nothing we export"))?,
-                    Value::Cache { tag, luid, state } => {
-                        // Copies live until the owner's `uncache`, which a peer could withhold:
-                        // they count against the imports limit until then.
-                        let max = self.config.max_imports;
-                        if st.cached.len() >= max && !st.cached.contains_key(luid) {
-                            return Err(format!("more than {max} Cacheable copies held"));
-                        }
-                        let state = subgraph(state, graph)?;
-                        let copy =
-                            CacheCopy::new(tag.clone(), state, self.config.jelly.max_copied_size);
-                        st.cached.insert(*luid, copy.clone());
-                        Self::import(&mut st, &me, *luid, Some(copy))?
+                match self.resolve_one(&mut st, &me, f, graph) {
+                    Ok(r) => out.push(r),
+                    Err(e) => {
+                        failed.get_or_insert(e);
                     }
-                    Value::Cached(ObjectId::Num(luid)) => {
-                        let copy =
-                            st.cached.get(luid).cloned().ok_or_else(|| {
-                                format!("[\"cached\", {luid}] names no copy we hold")
-                            })?;
-                        Self::import(&mut st, &me, *luid, Some(copy))?
-                    }
-                    Value::LCache(ObjectId::Num(luid)) => {
-                        st.broker.exported(*luid).cloned().ok_or_else(|| {
-                            format!("[\"lcache\", {luid}] names nothing we export")
-                        })?
-                    }
-                    Value::Local(ObjectId::Name(name)) if &name[..] == ROOT => {
-                        return Err("the root cannot be sent back".to_owned());
-                    }
-                    other => {
-                        return Err(format!(
-                            "{} is not supported over Twisted PB yet",
-                            flavor_name(other)
-                        ));
-                    }
-                };
-                out.push(r);
+                }
             }
         }
-        Ok(out)
+        match failed {
+            None => Ok(out),
+            Some(e) => {
+                // Dropped outside the lock: each queues its release.
+                drop(out);
+                Err(e)
+            }
+        }
+    }
+
+    /// Resolves one flavor of `graph` (see [`PbShared::resolve`]).
+    fn resolve_one(
+        &self,
+        st: &mut State,
+        me: &Arc<dyn Link>,
+        flavor: &Value,
+        graph: &Graph,
+    ) -> Result<ObjectRef, String> {
+        Ok(match flavor {
+            Value::Remote(ObjectId::Num(luid)) => Self::import(st, me, *luid, None)?,
+            Value::Local(ObjectId::Num(luid)) => st
+                .broker
+                .exported(*luid)
+                .cloned()
+                .ok_or_else(|| format!("[\"local\", {luid}] names nothing we export"))?,
+            Value::Cache { tag, luid, state } => {
+                // Copies live until the owner's `uncache`, which a peer could withhold: they
+                // count against the imports limit until then.
+                let max = self.config.max_imports;
+                if st.cached.len() >= max && !st.cached.contains_key(luid) {
+                    return Err(format!("more than {max} Cacheable copies held"));
+                }
+                let state = subgraph(state, graph)?;
+                let copy = CacheCopy::new(tag.clone(), state, self.config.jelly.max_copied_size);
+                st.cached.insert(*luid, copy.clone());
+                Self::import(st, me, *luid, Some(copy))?
+            }
+            Value::Cached(ObjectId::Num(luid)) => {
+                let copy = st
+                    .cached
+                    .get(luid)
+                    .cloned()
+                    .ok_or_else(|| format!("[\"cached\", {luid}] names no copy we hold"))?;
+                Self::import(st, me, *luid, Some(copy))?
+            }
+            Value::LCache(ObjectId::Num(luid)) => st
+                .broker
+                .exported(*luid)
+                .cloned()
+                .ok_or_else(|| format!("[\"lcache\", {luid}] names nothing we export"))?,
+            Value::Local(ObjectId::Name(name)) if &name[..] == ROOT => {
+                return Err("the root cannot be sent back".to_owned());
+            }
+            other => {
+                return Err(format!(
+                    "{} is not supported over Twisted PB yet",
+                    flavor_name(other)
+                ));
+            }
+        })
     }
 
     /// One more receipt of the peer's object `luid` (a Cacheable's when `copy` is given): the
@@ -345,7 +371,13 @@ impl PbShared {
                 return Err(bad(e.to_string()));
             }
         };
-        let refs = self.resolve(&graph).map_err(bad)?;
+        let refs = match self.resolve(&graph) {
+            Ok(refs) => refs,
+            Err(e) => {
+                self.release_remotes(&call.kwargs);
+                return Err(bad(e));
+            }
+        };
         let refs = MessageRefs::pair(&graph, refs);
         let kwargs = match jelly::from_sexp(&call.kwargs, &jelly) {
             Ok(kwargs) => kwargs,
@@ -428,10 +460,20 @@ impl PbShared {
     /// The owner of a Cacheable we hold a copy of calls `observe_<method>` on it.
     fn observe(&self, o: Observe) {
         let copy = lock(&self.state).cached.get(&o.luid).cloned();
-        let args = jelly::from_sexp(&o.args, &self.config.jelly);
+        // The references an update carries are counted, and let go once it is recorded: the
+        // copy keeps the update's values, not live references (as a Twisted `RemoteCache`
+        // lets them go once its `observe_*` returns), so the owner hears a release of each.
+        let args = match jelly::from_sexp(&o.args, &self.config.jelly) {
+            Ok(args) => self.resolve(&args).map(|refs| (args, refs)),
+            Err(e) => {
+                self.release_remotes(&o.args);
+                Err(e.to_string())
+            }
+        };
         let reply = match (copy, args) {
-            (Some(copy), Ok(args)) => {
+            (Some(copy), Ok((args, refs))) => {
                 copy.observe(String::from_utf8_lossy(&o.method).into_owned(), args);
+                drop(refs);
                 let mut none = BytesMut::new();
                 match self.encoder().encode(
                     &pb_proto::banana::Element::List(vec![pb_proto::banana::Element::from("None")]),
@@ -452,9 +494,9 @@ impl PbShared {
                 kind: FaultKind::NoSuchObject,
                 message: format!("no cached copy of luid {}", o.luid),
             }),
-            (_, Err(e)) => Err(Fault {
+            (_, Err(message)) => Err(Fault {
                 kind: FaultKind::BadArguments,
-                message: e.to_string(),
+                message,
             }),
         };
         if o.answer {
@@ -753,6 +795,23 @@ impl TwistedLink for PbShared {
         }
         self.flush();
     }
+
+    fn take_back(&self, sends: &[(i64, bool)]) {
+        let ended: Vec<(ObjectRef, i64)> = {
+            let mut st = lock(&self.state);
+            sends
+                .iter()
+                .filter_map(|&(luid, cache)| match st.broker.unsend(luid, cache) {
+                    Some((object, true)) => Some((object, luid)),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Outside the lock: an unexport hook may use this connection.
+        for (object, luid) in ended {
+            unexported(&object, self.id, Some(luid));
+        }
+    }
 }
 
 impl Link for PbShared {
@@ -964,8 +1023,13 @@ impl PbShared {
             kind: FaultKind::BadAnswer,
             message,
         };
-        let graph =
-            jelly::from_sexp(element, &self.config.jelly).map_err(|e| bad(e.to_string()))?;
+        let graph = match jelly::from_sexp(element, &self.config.jelly) {
+            Ok(graph) => graph,
+            Err(e) => {
+                self.release_remotes(element);
+                return Err(bad(e.to_string()));
+            }
+        };
         let refs = self.resolve(&graph).map_err(bad)?;
         let mut payload = BytesMut::new();
         self.encoder()

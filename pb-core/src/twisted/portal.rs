@@ -96,19 +96,28 @@ static CHALLENGER_INTERFACE: Interface = Interface {
     methods: &["respond"],
 };
 
-fn unauthorized() -> Failure {
+/// A failure of cred's `LoginFailed` subclass `class` (in `twisted.cred.error`), as a Twisted
+/// portal sends it.
+fn login_failed(class: &str, value: String) -> Failure {
+    let type_name = format!("twisted.cred.error.{class}");
     Failure {
-        type_name: "twisted.cred.error.UnauthorizedLogin".to_owned(),
-        value: String::new(),
+        parents: [
+            type_name.as_str(),
+            "twisted.cred.error.LoginFailed",
+            "builtins.Exception",
+            "builtins.BaseException",
+            "builtins.object",
+        ]
+        .map(String::from)
+        .to_vec(),
+        type_name,
+        value,
         traceback: "Traceback unavailable\n".to_owned(),
-        parents: vec![
-            "twisted.cred.error.UnauthorizedLogin".to_owned(),
-            "twisted.cred.error.LoginFailed".to_owned(),
-            "builtins.Exception".to_owned(),
-            "builtins.BaseException".to_owned(),
-            "builtins.object".to_owned(),
-        ],
     }
+}
+
+fn unauthorized() -> Failure {
+    login_failed("UnauthorizedLogin", String::new())
 }
 
 impl Dispatch for LoginRoot {
@@ -147,9 +156,10 @@ impl Dispatch for LoginRoot {
                     let result = if self.0.anonymous {
                         Ok((self.0.realm)(None, mind))
                     } else {
-                        Err(Failure::new(
-                            "twisted.cred.error.UnhandledCredentials",
-                            "anonymous login is not allowed",
+                        // What a Twisted portal without an anonymous checker says.
+                        Err(login_failed(
+                            "UnhandledCredentials",
+                            "No checker for twisted.cred.credentials.IAnonymous".to_owned(),
                         ))
                     };
                     encode_result(&caller, result)

@@ -524,6 +524,39 @@ fn the_failure_is_what_twisted_reads() {
             b"twisted.spread.pb.Error"
         )))
     );
+    // What Twisted's `CopiedFailure` reads besides (its `getTracebackObject()` reads `tb`).
+    use crate::jelly::Value;
+    for (key, value) in [
+        ("frames", Value::List(Vec::new())),
+        ("stack", Value::List(Vec::new())),
+        ("tb", Value::None),
+        ("count", Value::Int(0)),
+        ("captureVars", Value::Bool(false)),
+        ("unsafeTracebacks", Value::Bool(false)),
+    ] {
+        assert_eq!(state.get(key), Some(&value), "{key}");
+    }
+}
+
+#[test]
+fn a_send_taken_back_counts_as_a_release_and_tells_the_peer_nothing() {
+    let (mut server, mut client) = pair();
+    assert_eq!(server.export("counter").unwrap(), 1);
+    assert_eq!(server.export("counter").unwrap(), 1);
+    assert_eq!(server.export_cache("cache").unwrap(), (2, true));
+    assert_eq!(server.unsend(1, false), Some(("counter", false)));
+    // Not as that kind, or not exported: nothing.
+    assert_eq!(server.unsend(1, true), None);
+    assert_eq!(server.unsend(9, false), None);
+    assert_eq!(server.unsend(1, false), Some(("counter", true)));
+    assert_eq!(server.unsend(2, true), Some(("cache", true)));
+    assert_eq!(server.export_count(), 0);
+    assert!(
+        pump(&mut server, &mut client).is_empty(),
+        "nothing was sent"
+    );
+    // A new send of the object is a new export.
+    assert_eq!(server.export("counter").unwrap(), 3);
 }
 
 #[test]

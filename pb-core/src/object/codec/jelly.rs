@@ -82,7 +82,7 @@ pub(crate) trait JellyRefs {
 pub(crate) const COPYABLE_PREFIX: &str = "$pb::copyable=";
 
 /// The type tag of Twisted's `CopyableFailure`.
-pub(crate) const FAILURE_TAG: &str = "twisted.spread.pb.CopyableFailure";
+pub(crate) use pb_proto::jelly::FAILURE_TAG;
 
 /// Serde names of the wrapper types' newtypes, which this format recognises. Other formats
 /// see a newtype around the content named in each comment.

@@ -9,6 +9,8 @@
 //! the order [`Graph::flavors`] lists them; the references travel beside the bytes, and
 //! decoding pairs them with the flavors again.
 
+use std::cell::RefCell;
+
 use bytes::{Bytes, BytesMut};
 use pb_proto::banana::{Dialect, decode_complete};
 use pb_proto::jelly::{self, Graph, ObjectId, Value};
@@ -20,14 +22,69 @@ use super::jelly::{FAILURE_TAG, Failure, JellyRefs, from_graph, from_graph_seed,
 use crate::link::TwistedLink;
 use crate::object::{CallError, ObjectRef};
 
+/// The sends of our objects counted while one value is jellied (its references exported as
+/// they are met): taken back when dropped, unless [`Sends::keep`] says the value is sent.
+/// A value that fails to jelly or to encode (over the peer's limits, say) never reaches the
+/// peer, which could then never release what it carried.
+struct Sends<'a> {
+    link: &'a dyn TwistedLink,
+    made: RefCell<Vec<(i64, bool)>>,
+}
+
+impl<'a> Sends<'a> {
+    fn new(link: &'a dyn TwistedLink) -> Self {
+        Sends {
+            link,
+            made: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The value is sent: its sends stand.
+    fn keep(self) {
+        self.made.borrow_mut().clear();
+    }
+}
+
+impl Drop for Sends<'_> {
+    fn drop(&mut self) {
+        let made = self.made.get_mut();
+        if !made.is_empty() {
+            self.link.take_back(made);
+        }
+    }
+}
+
+impl JellyRefs for Sends<'_> {
+    fn export(&self, r: &ObjectRef) -> Result<Value, String> {
+        let flavor = self.link.refs().export(r)?;
+        if let Value::Remote(ObjectId::Num(luid)) = flavor {
+            self.made.borrow_mut().push((luid, false));
+        }
+        Ok(flavor)
+    }
+
+    fn import(&self, flavor: &Value) -> Result<ObjectRef, String> {
+        self.link.refs().import(flavor)
+    }
+
+    fn export_cache(&self, r: &ObjectRef) -> Result<(i64, bool), String> {
+        let (luid, first) = self.link.refs().export_cache(r)?;
+        self.made.borrow_mut().push((luid, true));
+        Ok((luid, first))
+    }
+}
+
 /// Encodes `value` for the PB connection `link`: exports its references, jellies it and
-/// encodes it under the connection's limits.
+/// encodes it under the connection's limits. On failure the exports are taken back.
 pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,
     link: &dyn TwistedLink,
 ) -> Result<Bytes, CodecError> {
-    let graph = to_graph(value, Some(link.refs()))?;
-    encode_graph(&graph, link)
+    let sends = Sends::new(link);
+    let graph = to_graph(value, Some(&sends))?;
+    let bytes = encode_graph(&graph, link)?;
+    sends.keep();
+    Ok(bytes)
 }
 
 /// Encodes a call's arguments (a tuple of the method's parameters) for `link`: always a
@@ -37,7 +94,8 @@ pub(crate) fn encode_args<T: Serialize + ?Sized>(
     args: &T,
     link: &dyn TwistedLink,
 ) -> Result<Bytes, CodecError> {
-    let mut graph = to_graph(args, Some(link.refs()))?;
+    let sends = Sends::new(link);
+    let mut graph = to_graph(args, Some(&sends))?;
     match graph.root() {
         Value::Tuple(_) => {}
         Value::None => graph.set_root(Value::Tuple(Vec::new())),
@@ -46,7 +104,9 @@ pub(crate) fn encode_args<T: Serialize + ?Sized>(
             graph.set_root(Value::Tuple(vec![one]));
         }
     }
-    encode_graph(&graph, link)
+    let bytes = encode_graph(&graph, link)?;
+    sends.keep();
+    Ok(bytes)
 }
 
 fn encode_graph(graph: &Graph, link: &dyn TwistedLink) -> Result<Bytes, CodecError> {
@@ -66,12 +126,16 @@ pub(crate) fn encode_failure<E: Serialize>(
     e: &E,
     link: &dyn TwistedLink,
 ) -> Result<Bytes, CodecError> {
-    let graph = to_graph(e, Some(link.refs()))?;
+    let sends = Sends::new(link);
+    let graph = to_graph(e, Some(&sends))?;
     if let Value::Instance { tag, .. } = graph.root()
         && &tag[..] == FAILURE_TAG.as_bytes()
     {
-        return encode_graph(&graph, link);
+        let bytes = encode_graph(&graph, link)?;
+        sends.keep();
+        return Ok(bytes);
     }
+    // Only the error's text is sent: what it referred to is not (`sends` takes it back).
     let type_name = std::any::type_name::<E>().replace("::", ".");
     let failure = Failure::new(type_name, text(&graph, graph.root(), 0));
     encode(&failure, link)

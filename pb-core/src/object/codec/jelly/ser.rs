@@ -7,7 +7,7 @@ use pb_proto::banana::{BananaConfig, Dialect};
 use pb_proto::jelly::{self, JellyConfig, NodeId, Value};
 use serde::ser::{self, Serialize};
 
-use super::{Error, FAILURE_TAG, JellyRefs, copyable_tag, magic, types};
+use super::{Error, JellyRefs, copyable_tag, magic, types};
 use crate::object::OBJECT_REF;
 use crate::object::codec::ENCODING;
 
@@ -170,21 +170,11 @@ fn failure(state: Value) -> Result<Value, Error> {
         Value::Str(s) => Value::Bytes(Bytes::from(s.into_bytes())),
         other => other,
     };
-    let entry = |k: &str, v: Value| (Value::from(k), v);
-    Ok(instance(
-        Bytes::from_static(FAILURE_TAG.as_bytes()),
-        Value::Dict(vec![
-            entry("type", type_name),
-            entry("value", field("value")?),
-            entry("traceback", field("traceback")?),
-            entry("parents", field("parents")?),
-            entry("frames", Value::List(Vec::new())),
-            entry("stack", Value::List(Vec::new())),
-            entry("tb", Value::None),
-            entry("count", Value::Int(0)),
-            entry("captureVars", Value::Bool(false)),
-            entry("unsafeTracebacks", Value::Bool(false)),
-        ]),
+    Ok(jelly::copyable_failure(
+        type_name,
+        field("value")?,
+        field("traceback")?,
+        field("parents")?,
     ))
 }
 
