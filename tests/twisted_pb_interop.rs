@@ -356,15 +356,24 @@ async fn exported_by(root: &pb::ObjectRef) -> i64 {
         .unwrap()
 }
 
+/// `pb_root_server.py`, and pb's client connected to it: the server, its log, the connection
+/// and the server's root.
+async fn pb_client_of_twisted_server(
+    py: &Path,
+) -> (Peer, JoinHandle<Vec<String>>, pb::Connection, pb::ObjectRef) {
+    let (server, port, log) = start_twisted_server(py, &[]).await;
+    let conn = pb::twisted::connect(("127.0.0.1", port), pb::twisted::PbConfig::default())
+        .await
+        .unwrap();
+    let root = conn.root_ref();
+    (server, log, conn, root)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pb_client_releases_every_reference_of_an_answer_it_cannot_resolve() {
     let py = python();
     bounded(async {
-        let (server, port, log) = start_twisted_server(&py, &[]).await;
-        let conn = pb::twisted::connect(("127.0.0.1", port), pb::twisted::PbConfig::default())
-            .await
-            .unwrap();
-        let root = conn.root_ref();
+        let (server, log, conn, root) = pb_client_of_twisted_server(&py).await;
         // Twisted releases our pinger before it writes the answer that names it: the answer's
         // `["local", luid]` names nothing we export, and fails the call. The counter beside it
         // must be released all the same, as a Twisted client releases it.
@@ -390,11 +399,7 @@ async fn pb_client_releases_every_reference_of_an_answer_it_cannot_resolve() {
 async fn pb_client_releases_the_references_an_observed_update_carries() {
     let py = python();
     bounded(async {
-        let (server, port, log) = start_twisted_server(&py, &[]).await;
-        let conn = pb::twisted::connect(("127.0.0.1", port), pb::twisted::PbConfig::default())
-            .await
-            .unwrap();
-        let root = conn.root_ref();
+        let (server, log, conn, root) = pb_client_of_twisted_server(&py).await;
         let cache: pb::twisted::RemoteCache = root
             .call::<_, _, pb::twisted::Failure>("cache", &())
             .await
