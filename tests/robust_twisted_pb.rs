@@ -530,6 +530,61 @@ async fn the_references_of_a_refused_call_are_released() {
     assert_eq!(server.stats().tables.imported, 0);
 }
 
+/// A value that does not unjelly releases exactly the peer's objects it carries: a Cacheable
+/// (`[tag, luid, state]`) is decached as a Referenceable is decref'd, a dictionary entry whose
+/// key merely looks like a flavor's head (`{b"remote": 5}`) is no reference, and a reference
+/// refused (a negative luid) leaves no import counted.
+#[tokio::test(start_paused = true)]
+async fn a_refused_value_releases_exactly_the_objects_it_carries() {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let server = pb::twisted::accept_io(
+        a,
+        None,
+        Some(GivesBackRef::new(TheGivesBack).into()),
+        PbConfig::default(),
+    );
+    let mut peer = RawPeer::connect(b).await;
+    let remote = |luid: i64| Element::List(vec!["remote".into(), luid.into()]);
+    let class = Element::List(vec!["class".into(), "os.system".into()]);
+    let dict = Element::List(vec![
+        "dictionary".into(),
+        Element::List(vec!["remote".into(), 5.into()]),
+    ]);
+    peer.send(message(1, "give_back", vec![dict, class.clone()], vec![]))
+        .await;
+    let cacheable = Element::List(vec![
+        "pbtest.Thing".into(),
+        6.into(),
+        Element::List(vec![Element::from("dictionary")]),
+    ]);
+    peer.send(message(
+        2,
+        "give_back",
+        vec![cacheable, remote(7), class],
+        vec![],
+    ))
+    .await;
+    peer.send(message(3, "give_back", vec![remote(-3)], vec![]))
+        .await;
+    // A call that is not refused, after them: its own release ends what this test reads.
+    peer.send(message(4, "give_back", vec![remote(9)], vec![]))
+        .await;
+    let (mut decrefs, mut decaches) = (Vec::new(), Vec::new());
+    while !decrefs.contains(&9) {
+        let m = peer.next().await;
+        let items = m.as_list().unwrap();
+        match items[0].as_bytes().map(|b| &b[..]) {
+            Some(b"decref") => decrefs.push(items[1].as_i64().unwrap()),
+            Some(b"decache") => decaches.push(items[1].as_i64().unwrap()),
+            _ => {}
+        }
+    }
+    assert_eq!(decaches, [6], "the Cacheable, once");
+    assert!(decrefs.contains(&7), "{decrefs:?}");
+    assert!(!decrefs.contains(&5), "5 was never sent: {decrefs:?}");
+    assert_eq!(server.stats().tables.imported, 0);
+}
+
 #[pb::remote]
 pub trait WaitsOrNot {
     /// Waits until the test lets it go.

@@ -5,6 +5,8 @@
 // Tests fail by panicking; unwrapping is how they say so.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -42,6 +44,7 @@ pub trait Root {
     async fn point(&self, x: i64, y: i64) -> Point;
     async fn sum_point(&self, p: Point) -> i64;
     async fn exported(&self, caller: Caller) -> usize;
+    async fn two(&self, a: PingerRef, b: PingerRef) -> i64;
 }
 
 struct TheCounter(AtomicI64);
@@ -93,6 +96,9 @@ impl Root for TheRoot {
     async fn exported(&self, caller: Caller) -> usize {
         caller.connection().map_or(0, |c| c.stats().tables.exported)
     }
+    async fn two(&self, a: PingerRef, b: PingerRef) -> i64 {
+        a.ping(1).await.unwrap_or(0) + b.ping(2).await.unwrap_or(0)
+    }
 }
 
 struct ThePinger;
@@ -104,11 +110,18 @@ impl Pinger for ThePinger {
 }
 
 async fn pair(root: ObjectRef) -> (Connection, Connection) {
+    pair_with(root, PbConfig::default(), PbConfig::default()).await
+}
+
+/// A pair whose two ends have configs of their own.
+async fn pair_with(
+    root: ObjectRef,
+    server: PbConfig,
+    client: PbConfig,
+) -> (Connection, Connection) {
     let (a, b) = tokio::io::duplex(1 << 20);
-    let server = pb::twisted::accept_io(a, None, Some(root), PbConfig::default());
-    let client = pb::twisted::connect_io(b, None, PbConfig::default())
-        .await
-        .unwrap();
+    let server = pb::twisted::accept_io(a, None, Some(root), server);
+    let client = pb::twisted::connect_io(b, None, client).await.unwrap();
     (server, client)
 }
 
@@ -420,12 +433,9 @@ impl Oversized for TheOversized {
 
 #[tokio::test]
 async fn a_value_that_cannot_be_sent_takes_back_the_references_it_exported() {
-    let (a, b) = tokio::io::duplex(1 << 20);
     // One export at a time: a leaked one would refuse every later reference.
     let config = PbConfig::default().max_exports(1);
-    let root = OversizedRef::new(TheOversized).into();
-    let server = pb::twisted::accept_io(a, None, Some(root), config);
-    let client = pb::twisted::connect_io(b, None, config).await.unwrap();
+    let (server, client) = pair_with(OversizedRef::new(TheOversized).into(), config, config).await;
     let root: OversizedRef = client.root();
     let answer = root.pinger_and_too_much().await;
     assert!(
@@ -448,6 +458,108 @@ async fn a_value_that_cannot_be_sent_takes_back_the_references_it_exported() {
             .unwrap(),
         2
     );
+}
+
+#[tokio::test]
+async fn the_result_of_a_call_without_answer_is_not_exported() {
+    // One export at a time: a leaked one would refuse every later reference.
+    let one = PbConfig::default().max_exports(1);
+    let (server, client) = pair_with(RootRef::new(TheRoot).into(), one, PbConfig::default()).await;
+    let root: RootRef = client.root();
+    // `counter` returns a new object to a caller that wants no answer (Twisted's
+    // `pbanswer=False`): the peer never hears of it, so it must not stay exported.
+    root.object_ref().send("counter", &(5i64,)).unwrap();
+    // Calls run in order: once this answers, the one before has ended.
+    assert_eq!(root.exported().await.unwrap(), 0);
+    assert_eq!(server.stats().tables.exported, 0);
+    assert_eq!(root.counter(1).await.unwrap().value().await.unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_given_up_before_it_is_sent_takes_back_its_arguments_exports() {
+    let one = PbConfig::default().max_exports(1);
+    let (_server, client) = pair_with(RootRef::new(TheRoot).into(), PbConfig::default(), one).await;
+    let root: RootRef = client.root();
+    let pinger = || ObjectRef::from(PingerRef::new(ThePinger));
+    // Its deadline has passed before it leaves, after its arguments were jellied.
+    let expired =
+        pb::deadline::with_timeout(std::time::Duration::ZERO, root.give_back(pinger())).await;
+    assert!(
+        matches!(expired, Err(CallError::DeadlineExceeded)),
+        "{expired:?}"
+    );
+    assert_eq!(client.stats().tables.exported, 0);
+    // Sent without an answer to a method name over Banana's limit: refused before it leaves.
+    let long = "m".repeat(pb::proto::banana::SIZE_LIMIT + 1);
+    assert!(root.object_ref().send(&long, &(pinger(),)).is_err());
+    assert_eq!(client.stats().tables.exported, 0);
+    assert!(root.give_back(pinger()).await.is_ok());
+}
+
+#[tokio::test]
+async fn references_over_the_imports_limit_are_released_too() {
+    let one = PbConfig::default().max_imports(1);
+    let (_server, client) = pair_with(RootRef::new(TheRoot).into(), one, PbConfig::default()).await;
+    let root: RootRef = client.root();
+    let refused = root
+        .two(PingerRef::new(ThePinger), PingerRef::new(ThePinger))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // Our next call leaves after the server's releases reached us.
+    assert_eq!(root.add(1, 2).await.unwrap(), 3);
+    assert_eq!(
+        client.stats().tables.exported,
+        0,
+        "a reference was never released"
+    );
+}
+
+#[pb::remote]
+pub trait Forwarder {
+    /// The root of the connection it dialed, fetched twice, handed on.
+    async fn upstream_twice(&self) -> (RootRef, RootRef, bool);
+}
+
+struct TheForwarder(Connection);
+
+impl Forwarder for TheForwarder {
+    async fn upstream_twice(&self) -> (RootRef, RootRef, bool) {
+        let a: RootRef = self.0.root();
+        let b: RootRef = self.0.root();
+        let equal = a.object_ref() == b.object_ref();
+        (a, b, equal)
+    }
+}
+
+/// B dials A over the PB dialect and serves C over pb's own protocol: A's root, forwarded by
+/// B to C. Returns (A's side of A–B, B's side of A–B, B's side of B–C, C's side of B–C).
+async fn forwarding() -> (Connection, Connection, Connection, Connection) {
+    let (a_side, b_to_a) = pair(RootRef::new(TheRoot).into()).await;
+    let forwarder = ForwarderRef::new(TheForwarder(b_to_a.clone()));
+    let (b_side, c_to_b) = common::memory_pair(forwarder).await;
+    (a_side, b_to_a, b_side, c_to_b)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_peers_root_fetched_twice_and_forwarded_is_one_export() {
+    let (_a_side, _b_to_a, b_side, c_to_b) = forwarding().await;
+    let f: ForwarderRef = c_to_b.root();
+    let (x, y, equal_at_b) = f.upstream_twice().await.unwrap();
+    assert!(equal_at_b);
+    assert!(x.object_ref() == y.object_ref(), "{x:?} and {y:?} at C");
+    assert_eq!(b_side.stats().tables.exported, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn forwards_are_revoked_when_the_pb_dialect_link_goes() {
+    let (a_side, b_to_a, _b_side, c_to_b) = forwarding().await;
+    let f: ForwarderRef = c_to_b.root();
+    let (x, _y, _) = f.upstream_twice().await.unwrap();
+    a_side.close().await;
+    b_to_a.closed().await;
+    tokio::time::timeout(std::time::Duration::from_secs(30), x.disconnected())
+        .await
+        .expect("C's forward of A's root is revoked once B's link to A is gone");
 }
 
 #[tokio::test]

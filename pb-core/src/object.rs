@@ -334,7 +334,7 @@ pub fn encode_reply<T: Serialize, E: Serialize>(
         return match encoded {
             Ok(payload) => Ok(Outcome {
                 ok,
-                payload: payload.into(),
+                payload,
                 refs: Vec::new(),
             }),
             Err(e) => Err(Fault {
@@ -697,13 +697,7 @@ impl ObjectRef {
                 .map_err(|e| CallError::Encode(e.to_string()))?;
             return r
                 .conn
-                .send_oneway(
-                    r.id,
-                    method,
-                    Payload::from(payload),
-                    Vec::new(),
-                    CallExtras::default(),
-                )
+                .send_oneway(r.id, method, payload, Vec::new(), CallExtras::default())
                 .map_err(CallError::from_fault);
         }
         let (payload, refs) = codec::encode_scratch(args, Some(self.peer().as_ref()))
@@ -797,7 +791,7 @@ where
         &*r.conn,
         r.id,
         method,
-        Payload::from(payload),
+        payload,
         Vec::new(),
         CallExtras::default(),
     )

@@ -561,6 +561,17 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
         }
     }
 
+    /// Releases one receipt of the peer's luid that is not kept (the value that carried it was
+    /// refused, or it was over `max_imports`): queues one `decref` (or `decache` for a
+    /// Cacheable), counting nothing, so the peer's count of its sends stays right.
+    pub fn refuse(&mut self, luid: i64, cache: bool) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        let command: &'static [u8] = if cache { b"decache" } else { b"decref" };
+        self.queue(&Element::List(vec![word(command), Element::Int(luid)]));
+    }
+
     /// Starts our call of `method` on the peer's `target`, with `args` the Banana bytes of a
     /// Jelly tuple (encoded with [`Broker::encoder`]) and no keyword arguments. With
     /// `answer`, the call waits for its answer ([`Event::Answer`], which gives `waiter` back);
@@ -1093,21 +1104,64 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
     }
 }
 
-/// The luids of the two-element flavors `[flavor, luid]` (`remote`, `cached`) anywhere in the
-/// raw expression `e`, as a message holds them before it is unjellied.
-pub fn flavor_luids(e: &Element, flavor: &[u8]) -> Vec<i64> {
-    let mut luids = Vec::new();
+/// Calls `f(kind, luid)` for each object flavor in the raw expression `e` (a message before
+/// it is unjellied): `kind` is `remote`, `local`, `cached` or `lcache` for `[kind, luid]`, and
+/// `cache` for a Cacheable's first send, `[tag, luid, state]`. The expression is walked as
+/// Jelly reads it: a dictionary's entries as the `[key, value]` pairs they are (a key or value
+/// that only looks like a flavor's head is none), a `reference`'s number skipped.
+fn each_flavor(e: &Element, mut f: impl FnMut(&[u8], i64)) {
     let mut stack = vec![e];
     while let Some(e) = stack.pop() {
         let Element::List(items) = e else { continue };
-        match items.as_slice() {
-            [tag, luid] if tag.as_bytes().is_some_and(|t| &t[..] == flavor) => {
-                luids.extend(luid.as_i64());
+        let Some((Element::Bytes(tag), rest)) = items.split_first() else {
+            continue;
+        };
+        match (&tag[..], rest) {
+            (b"dictionary", entries) => {
+                for entry in entries {
+                    if let Element::List(pair) = entry {
+                        stack.extend(pair);
+                    }
+                }
             }
-            _ => stack.extend(items),
+            (b"remote" | b"local" | b"cached" | b"lcache", [luid]) => {
+                if let Some(luid) = luid.as_i64() {
+                    f(tag, luid);
+                }
+            }
+            (b"reference", [_, body]) => stack.push(body),
+            (t, [Element::Int(luid), state]) if !crate::jelly::is_builtin_tag(t) => {
+                f(b"cache", *luid);
+                stack.push(state);
+            }
+            (_, rest) => stack.extend(rest),
         }
     }
+}
+
+/// The luids of the flavors `[flavor, luid]` (`remote`, `cached`, ...) in the raw expression
+/// `e`, as a message holds them before it is unjellied.
+pub fn flavor_luids(e: &Element, flavor: &[u8]) -> Vec<i64> {
+    let mut luids = Vec::new();
+    each_flavor(e, |kind, luid| {
+        if kind == flavor {
+            luids.push(luid);
+        }
+    });
     luids
+}
+
+/// The peer's objects the raw expression `e` carries, each as `(luid, cache)`: a Referenceable
+/// (`["remote", luid]`) or a Cacheable (`[tag, luid, state]`, `["cached", luid]`). What a
+/// message that does not unjelly must still release ([`Broker::refuse`]).
+pub fn sent_objects(e: &Element) -> Vec<(i64, bool)> {
+    let mut sent = Vec::new();
+    each_flavor(e, |kind, luid| match kind {
+        b"remote" => sent.push((luid, false)),
+        b"cached" | b"cache" => sent.push((luid, true)),
+        _ => {}
+    });
+    sent
 }
 
 /// Whether `e` is an answer or error message to one of our calls.

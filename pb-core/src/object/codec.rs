@@ -820,6 +820,9 @@ enum Repr {
     /// In a scratch buffer, copied into the output (or, if large, queued as their own chunk),
     /// with its shared byte strings.
     Encoded(Encoded),
+    /// Jelly for a Twisted PB peer, with the sends of our objects it counted, which stand
+    /// only once it is sent.
+    Jelly(Bytes, twisted::PendingSends),
 }
 
 impl Payload {
@@ -828,11 +831,24 @@ impl Payload {
         Payload(Repr::Encoded(e))
     }
 
+    /// Jelly for a Twisted PB peer, with the sends it counted (see
+    /// [`twisted::PendingSends`]).
+    pub(crate) fn jelly(bytes: Bytes, sends: twisted::PendingSends) -> Payload {
+        Payload(Repr::Jelly(bytes, sends))
+    }
+
+    /// The payload is queued for the peer: the sends of our objects it counted stand.
+    pub(crate) fn sent(&mut self) {
+        if let Repr::Jelly(_, sends) = &mut self.0 {
+            sends.sent();
+        }
+    }
+
     /// The length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
         match &self.0 {
-            Repr::Bytes(b) => b.len(),
+            Repr::Bytes(b) | Repr::Jelly(b, _) => b.len(),
             Repr::Encoded(e) => e.len(),
         }
     }
@@ -846,7 +862,7 @@ impl Payload {
     /// value, or of one in pieces).
     pub fn to_bytes(&self) -> Bytes {
         match &self.0 {
-            Repr::Bytes(b) => b.clone(),
+            Repr::Bytes(b) | Repr::Jelly(b, _) => b.clone(),
             Repr::Encoded(e) => Bytes::copy_from_slice(&e.contiguous()),
         }
     }
@@ -855,7 +871,8 @@ impl Payload {
     /// [`Payload::to_bytes`]).
     pub fn into_bytes(self) -> Bytes {
         match self.0 {
-            Repr::Bytes(b) => b,
+            // Sends not marked sent are taken back as the payload goes.
+            Repr::Bytes(b) | Repr::Jelly(b, _) => b,
             Repr::Encoded(e) => e.into_bytes(),
         }
     }
@@ -863,7 +880,7 @@ impl Payload {
     /// The bytes in one piece, borrowed when they are.
     pub(crate) fn contiguous(&self) -> std::borrow::Cow<'_, [u8]> {
         match &self.0 {
-            Repr::Bytes(b) => std::borrow::Cow::Borrowed(b),
+            Repr::Bytes(b) | Repr::Jelly(b, _) => std::borrow::Cow::Borrowed(b),
             Repr::Encoded(e) => e.contiguous(),
         }
     }
@@ -871,7 +888,7 @@ impl Payload {
     /// The payload's own buffer, when it has one (a received answer's).
     pub(crate) fn as_bytes(&self) -> Option<&Bytes> {
         match &self.0 {
-            Repr::Bytes(b) => Some(b),
+            Repr::Bytes(b) | Repr::Jelly(b, _) => Some(b),
             Repr::Encoded(_) => None,
         }
     }
@@ -893,7 +910,7 @@ impl Clone for Payload {
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
-            Repr::Bytes(b) => f.debug_tuple("Payload").field(b).finish(),
+            Repr::Bytes(b) | Repr::Jelly(b, _) => f.debug_tuple("Payload").field(b).finish(),
             Repr::Encoded(e) => f
                 .debug_struct("Payload")
                 .field("len", &e.len())
@@ -919,7 +936,7 @@ impl pb_proto::broker::Payload for Payload {
 
     fn take_tail(&mut self) -> Option<Bytes> {
         match &mut self.0 {
-            Repr::Bytes(_) => None,
+            Repr::Bytes(_) | Repr::Jelly(..) => None,
             Repr::Encoded(e) => e.take_tail(),
         }
     }
@@ -927,7 +944,7 @@ impl pb_proto::broker::Payload for Payload {
     #[inline(always)]
     fn queue(self, out: &mut Outbox) {
         match self.0 {
-            Repr::Bytes(b) => out.append_payload(b),
+            Repr::Bytes(b) | Repr::Jelly(b, _) => out.append_payload(b),
             Repr::Encoded(e) => e.queue(out),
         }
     }

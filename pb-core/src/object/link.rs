@@ -333,8 +333,11 @@ pub(crate) trait TwistedLink: Send + Sync {
     /// (a `cachemessage` asking no answer) with `args`, a tuple.
     fn send_observe(&self, object: u64, method: &str, args: &pb_proto::jelly::Graph);
     /// Takes back sends of our objects, `(luid, cache)` each, counted while a value was
-    /// jellied that then could not be sent: the peer never heard of them.
+    /// jellied that then was not sent: the peer never heard of them.
     fn take_back(&self, sends: &[(i64, bool)]);
+    /// A handle of this connection that a payload may keep, to take its sends back later
+    /// (`None` once the connection is gone).
+    fn owned(&self) -> Option<Arc<dyn TwistedLink>>;
 }
 
 /// A handle to an object the peer exported to us.

@@ -43,6 +43,9 @@ struct State {
     answers: HashMap<i64, Received>,
     /// Our copies of the peer's Cacheables, until the peer confirms their end (`uncache`).
     cached: HashMap<i64, Arc<CacheCopy>>,
+    /// The one handle of the peer's root while any reference holds it (see the native
+    /// connection's): every `root()` is that handle, so it is one object when forwarded.
+    root: Weak<Imported>,
 }
 
 /// One Twisted PB connection's shared state.
@@ -92,6 +95,7 @@ impl PbShared {
                 imports: HashMap::new(),
                 answers: HashMap::new(),
                 cached: HashMap::new(),
+                root: Weak::new(),
             }),
             releases: Mutex::new(Vec::new()),
             wake_writer: Notify::new(),
@@ -137,11 +141,22 @@ impl PbShared {
             }
             st.close = Some(reason);
             let (w, o) = st.broker.close();
-            // Imports die with the connection: nothing is released for them.
+            // Imports die with the connection: nothing is released for them, and their
+            // forwards to other peers are revoked there (below).
             let answers = std::mem::take(&mut st.answers);
-            (w, o, answers)
+            let imports: Vec<Arc<Imported>> = st
+                .imports
+                .values()
+                .chain(std::iter::once(&st.root))
+                .filter_map(Weak::upgrade)
+                .collect();
+            (w, o, (answers, imports))
         };
+        let (answers, imports) = answers;
         drop(answers);
+        for imported in imports {
+            imported.revoke();
+        }
         for w in waiters {
             w.wake();
         }
@@ -223,8 +238,18 @@ impl PbShared {
                 }
                 let state = subgraph(state, graph)?;
                 let copy = CacheCopy::new(tag.clone(), state, self.config.jelly.max_copied_size);
-                st.cached.insert(*luid, copy.clone());
-                Self::import(st, me, *luid, Some(copy))?
+                let before = st.cached.insert(*luid, copy.clone());
+                match Self::import(st, me, *luid, Some(copy)) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Not received after all: the copy held before (if any) stays.
+                        match before {
+                            Some(old) => st.cached.insert(*luid, old),
+                            None => st.cached.remove(luid),
+                        };
+                        return Err(e);
+                    }
+                }
             }
             Value::Cached(ObjectId::Num(luid)) => {
                 let copy = st
@@ -259,12 +284,26 @@ impl PbShared {
         luid: i64,
         copy: Option<Arc<CacheCopy>>,
     ) -> Result<ObjectRef, String> {
-        st.broker.note_import(luid).map_err(|e| e.to_string())?;
+        // A receipt not kept (a negative luid, or over `max_imports`) is released at once.
+        let counted = u64::try_from(luid)
+            .map_err(|_| format!("luid {luid} is negative"))
+            .and_then(|id| {
+                st.broker
+                    .note_import(luid)
+                    .map(|()| id)
+                    .map_err(|e| e.to_string())
+            });
+        let id = match counted {
+            Ok(id) => id,
+            Err(e) => {
+                st.broker.refuse(luid, copy.is_some());
+                return Err(e);
+            }
+        };
         if let Some(imp) = st.imports.get(&luid).and_then(Weak::upgrade) {
             imp.add_received();
             return Ok(ObjectRef(RefInner::Remote(imp)));
         }
-        let id = u64::try_from(luid).map_err(|_| format!("luid {luid} is negative"))?;
         // Generation 1 marks a Cacheable's copy: its release is a `decache`.
         let imp = Arc::new(Imported::new(me.clone(), id, u64::from(copy.is_some())));
         if let Some(copy) = copy {
@@ -274,21 +313,20 @@ impl PbShared {
         Ok(ObjectRef(RefInner::Remote(imp)))
     }
 
-    /// Releases the peer's references (`["remote", luid]`) in `sexp`, an expression that did
-    /// not unjelly: each is counted and released at once, so the peer stops exporting it.
-    fn release_remotes(&self, sexp: &pb_proto::banana::Element) {
-        let luids = pb_proto::twisted::flavor_luids(sexp, b"remote");
-        let Some(me) = self.arc() else { return };
-        let me: Arc<dyn Link> = me;
-        let released: Vec<ObjectRef> = {
-            let mut st = lock(&self.state);
-            luids
-                .into_iter()
-                .filter_map(|luid| Self::import(&mut st, &me, luid, None).ok())
-                .collect()
-        };
-        // Dropped outside the lock: each queues its `decref`.
-        drop(released);
+    /// Releases the peer's objects in `sexp`, an expression that did not unjelly (its
+    /// Referenceables and Cacheables, [`pb_proto::twisted::sent_objects`]): one release for
+    /// each receipt, so the peer stops counting them.
+    fn release_sent(&self, sexp: &pb_proto::banana::Element) {
+        let sent = pb_proto::twisted::sent_objects(sexp);
+        if sent.is_empty() {
+            return;
+        }
+        let mut st = lock(&self.state);
+        for (luid, cache) in sent {
+            st.broker.refuse(luid, cache);
+        }
+        drop(st);
+        self.flush();
     }
 
     /// Runs the peer's call: resolves its references now (in the order the peer sent its
@@ -367,14 +405,14 @@ impl PbShared {
         let graph = match jelly::from_sexp(&call.args, &jelly) {
             Ok(graph) => graph,
             Err(e) => {
-                self.release_remotes(&call.args);
+                self.release_sent(&call.args);
                 return Err(bad(e.to_string()));
             }
         };
         let refs = match self.resolve(&graph) {
             Ok(refs) => refs,
             Err(e) => {
-                self.release_remotes(&call.kwargs);
+                self.release_sent(&call.kwargs);
                 return Err(bad(e));
             }
         };
@@ -382,7 +420,7 @@ impl PbShared {
         let kwargs = match jelly::from_sexp(&call.kwargs, &jelly) {
             Ok(kwargs) => kwargs,
             Err(e) => {
-                self.release_remotes(&call.kwargs);
+                self.release_sent(&call.kwargs);
                 return Err(bad(e.to_string()));
             }
         };
@@ -405,8 +443,9 @@ impl PbShared {
         Ok((call.object, incoming, keep))
     }
 
-    /// Queues the answer to the peer's call `request`.
-    fn answer(&self, request: i64, reply: Reply) {
+    /// Queues the answer to the peer's call `request`. An answer that cannot be queued is
+    /// dropped once the lock is let go, which takes back the sends it counted.
+    fn answer(&self, request: i64, mut reply: Reply) {
         let mut st = lock(&self.state);
         let failure = |st: &State, kind: FaultKind, message: &str| {
             let (type_name, parents): (&[u8], &[&[u8]]) = match kind {
@@ -433,12 +472,18 @@ impl PbShared {
             pb_proto::twisted::error_failure(st.broker.encoder(), type_name, message, parents)
                 .unwrap_or_default()
         };
-        let sent = match &reply {
-            Ok(Outcome {
-                ok: true, payload, ..
-            }) => st.broker.finish_call(request, Ok(&payload.contiguous())),
-            Ok(Outcome { payload, .. }) => {
-                st.broker.finish_call(request, Err(&payload.contiguous()))
+        let sent = match &mut reply {
+            Ok(Outcome { ok, payload, .. }) => {
+                let bytes = payload.contiguous();
+                let sent = match ok {
+                    true => st.broker.finish_call(request, Ok(&bytes)),
+                    false => st.broker.finish_call(request, Err(&bytes)),
+                };
+                drop(bytes);
+                if sent.is_ok() {
+                    payload.sent();
+                }
+                sent
             }
             Err(f) => {
                 let bytes = failure(&st, f.kind, &f.message);
@@ -454,6 +499,7 @@ impl PbShared {
             let _ = st.broker.finish_call(request, Err(&bytes));
         }
         drop(st);
+        drop(reply);
         self.flush();
     }
 
@@ -466,7 +512,7 @@ impl PbShared {
         let args = match jelly::from_sexp(&o.args, &self.config.jelly) {
             Ok(args) => self.resolve(&args).map(|refs| (args, refs)),
             Err(e) => {
-                self.release_remotes(&o.args);
+                self.release_sent(&o.args);
                 Err(e.to_string())
             }
         };
@@ -796,6 +842,10 @@ impl TwistedLink for PbShared {
         self.flush();
     }
 
+    fn owned(&self) -> Option<Arc<dyn TwistedLink>> {
+        self.arc().map(|me| me as Arc<dyn TwistedLink>)
+    }
+
     fn take_back(&self, sends: &[(i64, bool)]) {
         let ended: Vec<(ObjectRef, i64)> = {
             let mut st = lock(&self.state);
@@ -852,11 +902,11 @@ impl Link for PbShared {
         &self,
         target: u64,
         method: &str,
-        payload: Payload,
+        mut payload: Payload,
         _refs: Vec<ObjectRef>,
         how: (Waker, Option<tokio::time::Instant>, CallExtras),
     ) -> Result<u64, Fault> {
-        let id = self.send_call(target, method, &payload, Some(how.0))?;
+        let id = self.send_call(target, method, &mut payload, Some(how.0))?;
         // A reader stopped at the cap on the peer's calls reads on while ours wait for answers.
         self.call_done.notify_one();
         Ok(id as u64)
@@ -890,11 +940,12 @@ impl Link for PbShared {
         &self,
         target: u64,
         method: &str,
-        payload: Payload,
+        mut payload: Payload,
         _refs: Vec<ObjectRef>,
         _extras: CallExtras,
     ) -> Result<(), Fault> {
-        self.send_call(target, method, &payload, None).map(|_| ())
+        self.send_call(target, method, &mut payload, None)
+            .map(|_| ())
     }
 
     fn send_update(&self, _object: u64, _payload: Bytes) {}
@@ -915,7 +966,14 @@ impl Link for PbShared {
     fn revoke_export(&self, _object: u64) {}
 
     fn peer_root(self: Arc<Self>) -> ObjectRef {
-        ObjectRef(RefInner::Remote(Arc::new(Imported::new(self, 0, 0))))
+        let mut st = lock(&self.state);
+        if let Some(root) = st.root.upgrade() {
+            return ObjectRef(RefInner::Remote(root));
+        }
+        let me: Arc<dyn Link> = self.clone();
+        let root = Arc::new(Imported::new(me, 0, 0));
+        st.root = Arc::downgrade(&root);
+        ObjectRef(RefInner::Remote(root))
     }
 
     fn set_root(&self, root: Option<ObjectRef>) -> Option<ObjectRef> {
@@ -989,11 +1047,13 @@ impl Link for PbShared {
 impl PbShared {
     /// Queues our call (after the releases dropped handles queued, so that they leave
     /// first); `waiter` is woken by its answer, and without one none is asked for.
+    /// Queues our call (a payload that is not sent, dropped by the caller once the lock is let
+    /// go, takes back the sends it counted).
     fn send_call(
         &self,
         target: u64,
         method: &str,
-        payload: &Payload,
+        payload: &mut Payload,
         waiter: Option<Waker>,
     ) -> Result<i64, Fault> {
         let id = {
@@ -1012,6 +1072,7 @@ impl PbShared {
                 )
                 .map_err(send_fault)?
         };
+        payload.sent();
         self.flush();
         Ok(id)
     }
@@ -1026,7 +1087,7 @@ impl PbShared {
         let graph = match jelly::from_sexp(element, &self.config.jelly) {
             Ok(graph) => graph,
             Err(e) => {
-                self.release_remotes(element);
+                self.release_sent(element);
                 return Err(bad(e.to_string()));
             }
         };

@@ -602,3 +602,54 @@ fn at_the_cap_an_answer_naming_a_copy_sent_in_a_held_call_waits_behind_it() {
         Some(Event::Answer { request, .. }) if request == back
     ));
 }
+
+#[test]
+fn the_objects_a_raw_value_carries_are_found_as_jelly_reads_them() {
+    let l = |items: Vec<Element>| Element::List(items);
+    let flavor = |kind: &'static str, luid: i64| l(vec![kind.into(), luid.into()]);
+    let value = l(vec![
+        "tuple".into(),
+        flavor("remote", 1),
+        flavor("local", 2),
+        // A dictionary's entries are pairs: a key that reads `remote` is no flavor's head.
+        l(vec![
+            "dictionary".into(),
+            l(vec!["remote".into(), 3.into()]),
+            l(vec![
+                l(vec!["unicode".into(), "k".into()]),
+                flavor("cached", 4),
+            ]),
+        ]),
+        // A Cacheable's first send, its state walked too.
+        l(vec![
+            "pbtest.Thing".into(),
+            5.into(),
+            l(vec!["list".into(), flavor("remote", 6)]),
+        ]),
+        // A reference's number is no luid.
+        l(vec!["reference".into(), 7.into(), flavor("remote", 8)]),
+        // A builtin's two arguments are no Cacheable.
+        l(vec!["list".into(), 9.into(), l(vec!["None".into()])]),
+    ]);
+    let mut sent = sent_objects(&value);
+    sent.sort();
+    assert_eq!(
+        sent,
+        [(1, false), (4, true), (5, true), (6, false), (8, false)]
+    );
+    assert_eq!(flavor_luids(&value, b"local"), [2]);
+    assert_eq!(flavor_luids(&value, b"cached"), [4]);
+}
+
+#[test]
+fn a_refused_receipt_is_released_without_being_counted() {
+    let (mut server, mut client) = pair();
+    assert_eq!(server.export("counter").unwrap(), 1);
+    assert_eq!(server.export_cache("cache").unwrap(), (2, true));
+    client.refuse(1, false);
+    client.refuse(2, true);
+    assert_eq!(client.import_count(), 0);
+    let events = pump(&mut client, &mut server);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(server.export_count(), 0);
+}

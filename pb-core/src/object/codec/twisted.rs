@@ -10,6 +10,7 @@
 //! decoding pairs them with the flavors again.
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pb_proto::banana::{Dialect, decode_complete};
@@ -17,15 +18,39 @@ use pb_proto::jelly::{self, Graph, ObjectId, Value};
 use serde::Serialize;
 use serde::de::{DeserializeOwned, DeserializeSeed};
 
-use super::CodecError;
 use super::jelly::{FAILURE_TAG, Failure, JellyRefs, from_graph, from_graph_seed, to_graph};
+use super::{CodecError, Payload};
 use crate::link::TwistedLink;
 use crate::object::{CallError, ObjectRef};
 
 /// The sends of our objects counted while one value is jellied (its references exported as
-/// they are met): taken back when dropped, unless [`Sends::keep`] says the value is sent.
-/// A value that fails to jelly or to encode (over the peer's limits, say) never reaches the
-/// peer, which could then never release what it carried.
+/// they are met). They stand only once the value is queued for the peer
+/// ([`PendingSends::sent`]): dropped before that (the value failed to encode, the call was
+/// given up before it left, its answer was not wanted), they are taken back, as the peer never
+/// heard of them and could never release them.
+pub(crate) struct PendingSends {
+    link: Option<Arc<dyn TwistedLink>>,
+    made: Vec<(i64, bool)>,
+}
+
+impl PendingSends {
+    /// The value is queued for the peer: its sends stand.
+    pub(crate) fn sent(&mut self) {
+        self.made.clear();
+    }
+}
+
+impl Drop for PendingSends {
+    fn drop(&mut self) {
+        if let Some(link) = &self.link
+            && !self.made.is_empty()
+        {
+            link.take_back(&self.made);
+        }
+    }
+}
+
+/// Records the sends made while a value is jellied (see [`PendingSends`]).
 struct Sends<'a> {
     link: &'a dyn TwistedLink,
     made: RefCell<Vec<(i64, bool)>>,
@@ -39,13 +64,19 @@ impl<'a> Sends<'a> {
         }
     }
 
-    /// The value is sent: its sends stand.
-    fn keep(self) {
-        self.made.borrow_mut().clear();
+    /// The value's bytes, with the sends it made pending.
+    fn payload(self, bytes: Bytes) -> Payload {
+        let made = std::mem::take(&mut *self.made.borrow_mut());
+        let link = match made.is_empty() {
+            true => None,
+            false => self.link.owned(),
+        };
+        Payload::jelly(bytes, PendingSends { link, made })
     }
 }
 
 impl Drop for Sends<'_> {
+    /// The value was not encoded after all: its sends are taken back at once.
     fn drop(&mut self) {
         let made = self.made.get_mut();
         if !made.is_empty() {
@@ -75,16 +106,16 @@ impl JellyRefs for Sends<'_> {
 }
 
 /// Encodes `value` for the PB connection `link`: exports its references, jellies it and
-/// encodes it under the connection's limits. On failure the exports are taken back.
+/// encodes it under the connection's limits. The exports stand once the payload is sent (see
+/// [`PendingSends`]).
 pub(crate) fn encode<T: Serialize + ?Sized>(
     value: &T,
     link: &dyn TwistedLink,
-) -> Result<Bytes, CodecError> {
+) -> Result<Payload, CodecError> {
     let sends = Sends::new(link);
     let graph = to_graph(value, Some(&sends))?;
     let bytes = encode_graph(&graph, link)?;
-    sends.keep();
-    Ok(bytes)
+    Ok(sends.payload(bytes))
 }
 
 /// Encodes a call's arguments (a tuple of the method's parameters) for `link`: always a
@@ -93,7 +124,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
 pub(crate) fn encode_args<T: Serialize + ?Sized>(
     args: &T,
     link: &dyn TwistedLink,
-) -> Result<Bytes, CodecError> {
+) -> Result<Payload, CodecError> {
     let sends = Sends::new(link);
     let mut graph = to_graph(args, Some(&sends))?;
     match graph.root() {
@@ -105,8 +136,7 @@ pub(crate) fn encode_args<T: Serialize + ?Sized>(
         }
     }
     let bytes = encode_graph(&graph, link)?;
-    sends.keep();
-    Ok(bytes)
+    Ok(sends.payload(bytes))
 }
 
 fn encode_graph(graph: &Graph, link: &dyn TwistedLink) -> Result<Bytes, CodecError> {
@@ -125,15 +155,14 @@ fn encode_graph(graph: &Graph, link: &dyn TwistedLink) -> Result<Bytes, CodecErr
 pub(crate) fn encode_failure<E: Serialize>(
     e: &E,
     link: &dyn TwistedLink,
-) -> Result<Bytes, CodecError> {
+) -> Result<Payload, CodecError> {
     let sends = Sends::new(link);
     let graph = to_graph(e, Some(&sends))?;
     if let Value::Instance { tag, .. } = graph.root()
         && &tag[..] == FAILURE_TAG.as_bytes()
     {
         let bytes = encode_graph(&graph, link)?;
-        sends.keep();
-        return Ok(bytes);
+        return Ok(sends.payload(bytes));
     }
     // Only the error's text is sent: what it referred to is not (`sends` takes it back).
     let type_name = std::any::type_name::<E>().replace("::", ".");
