@@ -129,7 +129,10 @@
 //! - `ServeFoo<T>`, the dispatcher serving any `T: Foo`.
 //!
 //! A parameter of type [`Caller`] is filled on the callee's side with who is calling, and is
-//! not part of the stub's signature (Twisted's `Viewable`). A dynamic call by name is
+//! not part of the stub's signature (Twisted's `Viewable`). The macro knows it by its name:
+//! `Caller` written alone, or a path from `pb` (`pb::Caller`); a type of your own named
+//! `Caller` is passed as any other when written with its path (`self::Caller`,
+//! `crate::phone::Caller`), and written alone it is a compile error that says so. A dynamic call by name is
 //! [`ObjectRef::call`].
 //!
 //! A method that cannot fail returns its value itself (`-> T`, or nothing): its stub's error

@@ -759,3 +759,177 @@ async fn split_calls_and_answers_are_forwarded_whole() {
     let back: Bytes = pb::dispatch::decode_outcome::<Bytes, ()>(outcome).unwrap();
     assert_eq!(back, big);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A split frame's tail: kept by a call whose arguments were read, and only ever the string the
+// head's marker stands for.
+
+#[pb::remote]
+pub trait Tails {
+    async fn first(&self, a: Vec<u8>, n: u32, s: String) -> (Vec<u8>, u32, String);
+}
+
+struct TheTails;
+
+impl Tails for TheTails {
+    async fn first(&self, a: Vec<u8>, n: u32, s: String) -> (Vec<u8>, u32, String) {
+        (a, n, s)
+    }
+}
+
+/// A wrapper that looks at a call's arguments before passing the call on, as an auditing or
+/// authorizing wrapper does (`ObjectRef::dispatch`: "Useful for objects that wrap others").
+struct Audit {
+    inner: pb::ObjectRef,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(u32, usize)>>>,
+}
+
+impl pb::dispatch::Dispatch for Audit {
+    fn interface(&self) -> &'static pb::dispatch::Interface {
+        <TailsRef as pb::Remote>::INTERFACE
+    }
+
+    fn dispatch(
+        self: std::sync::Arc<Self>,
+        mut call: pb::dispatch::IncomingCall,
+    ) -> pb::dispatch::BoxFuture<pb::dispatch::Reply> {
+        if call.method() == "first" {
+            // Look at the arguments (how much data, and the number), then pass the call on.
+            let (data, n, _text): (Vec<u8>, u32, String) =
+                call.decode_args().expect("the arguments decode");
+            self.seen.lock().unwrap().push((n, data.len()));
+        }
+        self.inner.dispatch(call)
+    }
+}
+
+async fn through_the_wrapper(inner: pb::ObjectRef) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let audit = Audit {
+        inner,
+        seen: seen.clone(),
+    };
+    let (_server, client) = common::memory_pair(pb::ObjectRef::local(audit)).await;
+    let root: TailsRef = client.root();
+    for n in [10usize, 4096, 65_535, 65_536, 100_000] {
+        let t = "t".repeat(n);
+        let got = root.first(vec![1], 7, t.clone()).await.unwrap();
+        assert_eq!(seen.lock().unwrap().last(), Some(&(7, 1)));
+        assert!(
+            got.2 == t,
+            "sent a string of {n} bytes through the wrapper; the method received {} bytes: {:?}",
+            got.2.len(),
+            &got.2[..got.2.len().min(16)]
+        );
+    }
+}
+
+/// A wrapper that reads a call's arguments, then passes the call on, passes it whole: a last
+/// argument of 64 KiB or more (a split frame's tail) included.
+#[tokio::test]
+async fn a_call_looked_at_before_it_is_passed_to_a_local_object_keeps_its_large_last_argument() {
+    through_the_wrapper(TailsRef::new(TheTails).into()).await;
+}
+
+#[tokio::test]
+async fn a_call_looked_at_before_it_is_passed_to_a_remote_object_keeps_its_large_last_argument() {
+    let (_backend, to_backend) = common::memory_pair(TailsRef::new(TheTails)).await;
+    through_the_wrapper(to_backend.root_ref()).await;
+}
+
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The body of a call to the root's `method` with request id `id` and the encoded `args`.
+fn call_body(id: u64, method: &str, args: &[u8]) -> Vec<u8> {
+    let mut body = vec![1, 1];
+    varint(id, &mut body);
+    varint(0, &mut body);
+    varint(method.len() as u64, &mut body);
+    body.extend_from_slice(method.as_bytes());
+    varint(0, &mut body);
+    body.extend_from_slice(args);
+    body
+}
+
+/// The payload of the answer read from `io` to call `id`.
+async fn answer_payload(io: &mut (impl tokio::io::AsyncRead + Unpin), id: u64) -> (bool, Bytes) {
+    for _ in 0..16 {
+        let body = common::read_body(io).await.unwrap();
+        let msg =
+            pb::proto::message::Message::decode(Bytes::from(body), &Default::default()).unwrap();
+        if let pb::proto::message::Message::Answer {
+            id: got,
+            ok,
+            payload,
+            ..
+        } = msg
+            && got == id
+        {
+            return (ok, payload);
+        }
+    }
+    panic!("no answer to call {id}");
+}
+
+/// A peer's split frame whose head's other values read into the tail marker's bytes (a sender
+/// never splits so) means what the same frame unsplit means: the tail is the string the
+/// marker stands for, or the frame is read whole.
+#[tokio::test]
+async fn a_split_frame_means_what_the_same_frame_unsplit_means() {
+    use pb::proto::frame::{SPLIT_FLAG, TAIL_MARKER, put_string_len};
+    use tokio::io::AsyncWriteExt;
+    let (a, mut peer) = pb::transport::memory_pair();
+    // A peer that offers split frames (the hello a pb peer sends by default).
+    peer.write_all(&common::SERVER_HELLO).await.unwrap();
+    let server = pb::Connection::establish(
+        a,
+        &pb::Config::default(),
+        pb::Side::Server,
+        Some(TailsRef::new(TheTails).into()),
+        None,
+    )
+    .await
+    .unwrap();
+    let _ = common::read_hello_frame(&mut peer).await;
+
+    // `first(a: Vec<u8>, n: u32, s: String)`: the arguments' head is `a` = [1 byte], then
+    // the tail marker; the tail is 10 bytes.
+    let head_args = [&[1u8][..], &TAIL_MARKER].concat();
+    let tail: Vec<u8> = [&[42u8, 8][..], b"abcdefgh"].concat();
+    let body = call_body(1, "first", &head_args);
+    let mut split = (SPLIT_FLAG | (body.len() + tail.len()) as u32)
+        .to_be_bytes()
+        .to_vec();
+    split.extend_from_slice(&(tail.len() as u32).to_be_bytes());
+    split.extend_from_slice(&body);
+    split.extend_from_slice(&tail);
+    peer.write_all(&split).await.unwrap();
+    let (ok, as_split) = answer_payload(&mut peer, 1).await;
+    assert!(ok);
+    let as_split: (Vec<u8>, u32, String) = pb::codec::decode(&as_split, vec![]).unwrap();
+
+    // The same frame unsplit (pb_proto::frame: "The frame means what the same frame unsplit
+    // means (the head without the marker, the string's length prefix, the tail)").
+    let mut args = vec![1u8];
+    put_string_len(&mut args, tail.len());
+    args.extend_from_slice(&tail);
+    let body = call_body(2, "first", &args);
+    let mut whole = (body.len() as u32).to_be_bytes().to_vec();
+    whole.extend_from_slice(&body);
+    peer.write_all(&whole).await.unwrap();
+    let (ok, as_whole) = answer_payload(&mut peer, 2).await;
+    assert!(ok);
+    let as_whole: (Vec<u8>, u32, String) = pb::codec::decode(&as_whole, vec![]).unwrap();
+
+    assert_eq!(
+        as_split, as_whole,
+        "one call, split or not, ran with different arguments"
+    );
+    drop(server);
+}

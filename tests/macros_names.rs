@@ -136,3 +136,42 @@ async fn a_field_skipped_both_ways_round_trips_as_skip() {
         nickname: None,
     };
 }
+
+/// A type of the application's named `Caller` (a telephony app's caller id).
+mod phone {
+    #[pb::copyable]
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Caller {
+        pub number: String,
+    }
+}
+
+#[pb::remote]
+pub trait Switchboard {
+    /// The application's `Caller`, written with its path: an ordinary parameter.
+    async fn ring(&self, who: self::phone::Caller) -> String;
+    /// pb's, written alone (as `use pb::Caller` brings it) or from `pb`: who is calling.
+    async fn whoami(&self, caller: pb::Caller) -> bool;
+}
+
+struct TheSwitchboard;
+
+impl Switchboard for TheSwitchboard {
+    async fn ring(&self, who: self::phone::Caller) -> String {
+        who.number
+    }
+    async fn whoami(&self, caller: pb::Caller) -> bool {
+        caller.connection().is_some()
+    }
+}
+
+#[tokio::test]
+async fn a_type_of_the_applications_named_caller_is_an_ordinary_parameter() {
+    let (_server, client) = common::memory_pair(SwitchboardRef::new(TheSwitchboard)).await;
+    let board: SwitchboardRef = client.root();
+    let who = phone::Caller {
+        number: "555-0100".into(),
+    };
+    assert_eq!(board.ring(who).await.unwrap(), "555-0100");
+    assert!(board.whoami().await.unwrap());
+}

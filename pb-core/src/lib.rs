@@ -110,5 +110,22 @@ pub mod __private {
     pub use bytes::Bytes;
     pub use serde;
     pub use std::future::ready;
+
+    /// What a parameter that `#[pb::remote]` takes for the caller may be: `pb::Caller` alone.
+    #[diagnostic::on_unimplemented(
+        message = "a remote method's parameter typed `{Self}` is taken for the caller, `pb::Caller`",
+        label = "a parameter whose type is named `Caller` is filled with who is calling",
+        note = "to pass a type of your own named `Caller`, write its path (`self::Caller`, `crate::phone::Caller`) or import it under another name"
+    )]
+    pub trait CallerParam: Sized {
+        /// The caller, as this parameter.
+        fn from_caller(caller: &crate::Caller) -> Self;
+    }
+
+    impl CallerParam for crate::Caller {
+        fn from_caller(caller: &crate::Caller) -> Self {
+            caller.clone()
+        }
+    }
 }
 // --- end AMP section ---

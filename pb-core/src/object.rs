@@ -84,6 +84,9 @@ pub struct IncomingCall {
     pub(crate) args_at: usize,
     /// The frame's tail, if it came split: the arguments' last byte string.
     pub(crate) tail: Option<Box<Bytes>>,
+    /// The tail was handed to a decoded value (generated dispatchers decode once, taking it):
+    /// the arguments cannot be decoded again.
+    pub(crate) tail_taken: bool,
     pub(crate) refs: Vec<ObjectRef>,
     pub(crate) caller: Caller,
     /// What the caller sent beside the arguments: its signature of the method, its trace.
@@ -108,6 +111,7 @@ impl IncomingCall {
             method: MethodName::Own(Bytes::copy_from_slice(method.as_bytes())),
             args_at: 0,
             tail: None,
+            tail_taken: false,
             refs,
             caller,
             extras: CallExtras::default(),
@@ -126,6 +130,7 @@ impl IncomingCall {
             method: MethodName::Own(method),
             args_at: 0,
             tail: None,
+            tail_taken: false,
             refs: Vec::new(),
             caller,
             extras: CallExtras::default(),
@@ -214,24 +219,51 @@ impl IncomingCall {
         self.caller
     }
 
-    /// Decode the arguments as `A` (a tuple of the method's parameters).
+    /// Decode the arguments as `A` (a tuple of the method's parameters). The call keeps its
+    /// arguments: decoded here, it may still be passed on whole (a wrapper that reads the
+    /// arguments, then dispatches the call to the object it wraps), its references and a
+    /// large last argument (a split frame's tail) included.
     pub fn decode_args<A: DeserializeOwned>(&mut self) -> Result<A, Fault> {
-        self.decode_args_seed(std::marker::PhantomData::<A>)
+        let (refs, tail) = (self.refs.clone(), self.tail.clone());
+        self.decode_with(std::marker::PhantomData::<A>, refs, tail)
     }
 
     /// Decode the arguments with a seed (what generated dispatchers do, so that `Bytes`
-    /// arguments are slices of the received frame).
+    /// arguments are slices of the received frame), handing the references and a split
+    /// frame's tail to the value: the call is not decoded again.
     #[doc(hidden)]
     pub fn decode_args_seed<S, V>(&mut self, seed: S) -> Result<V, Fault>
     where
         S: for<'de> serde::de::DeserializeSeed<'de, Value = V> + Clone,
     {
         let refs = std::mem::take(&mut self.refs);
+        let tail = self.tail.take();
+        self.tail_taken |= tail.is_some();
+        self.decode_with(seed, refs, tail)
+    }
+
+    fn decode_with<S, V>(
+        &self,
+        seed: S,
+        refs: Vec<ObjectRef>,
+        tail: Option<Box<Bytes>>,
+    ) -> Result<V, Fault>
+    where
+        S: for<'de> serde::de::DeserializeSeed<'de, Value = V> + Clone,
+    {
+        if self.tail_taken && tail.is_none() {
+            return Err(Fault {
+                kind: FaultKind::BadArguments,
+                message: format!(
+                    "the arguments of {} were taken by an earlier decode",
+                    self.method()
+                ),
+            });
+        }
         let max_depth = self
             .caller
             .connection()
             .map_or(codec::DEFAULT_MAX_DEPTH, |c| c.max_depth());
-        let tail = self.tail.take();
         let decoded = match &self.jelly {
             Some(args) => codec::twisted::decode_args(args, max_depth, seed),
             None => {

@@ -24,7 +24,7 @@ mod remote;
 ///     /// A method that cannot fail returns its value itself.
 ///     async fn count(&self) -> u64;
 ///     /// A `pb::Caller` parameter is who is calling: filled in on the callee's side, and not
-///     /// an argument of the stub.
+///     /// an argument of the stub (known by its name: `Caller` alone, or a path from `pb`).
 ///     async fn whoami(&self, caller: pb::Caller) -> Option<String>;
 /// }
 ///

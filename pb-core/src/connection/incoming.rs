@@ -185,6 +185,7 @@ impl ConnShared {
             method: MethodName::InBody(method),
             args_at,
             tail,
+            tail_taken: false,
             refs,
             caller,
             extras,

@@ -701,6 +701,15 @@ where
     S: for<'de> DeserializeSeed<'de, Value = V> + Clone,
 {
     check_len(bytes)?;
+    // The tail stands for the byte string whose length prefix is the marker the head ends
+    // with, and for no other: a head whose other values read into the marker's bytes would
+    // mean one thing split and another whole. Such a head does not decode with the marker
+    // cut to a one-byte empty string (its values would need the bytes cut), while a true one
+    // does, its last string empty: then, and only then, the tail goes in place.
+    if !decodes_as_marked(bytes, frame, &refs, max_depth, seed.clone()) {
+        let whole = pb_proto::frame::join_tail(bytes, &tail);
+        return decode_seed(&whole, Some(&whole), refs, max_depth, seed);
+    }
     let end = bytes.as_ptr() as usize + bytes.len();
     let scope = Scope::enter(
         &DECODING,
@@ -721,6 +730,29 @@ where
             decode_seed(&whole, Some(&whole), cx.refs, max_depth, seed)
         }
     }
+}
+
+/// Whether `head`, a split frame's payload head (ending with the tail marker), decodes whole
+/// with the marker replaced by a one-byte empty string: what its values read up to the marker
+/// is then what they read in the frame joined, and its last value is the string the tail ends.
+#[cold]
+fn decodes_as_marked<S, V>(
+    head: &[u8],
+    frame: Option<&Bytes>,
+    refs: &[ObjectRef],
+    max_depth: usize,
+    seed: S,
+) -> bool
+where
+    S: for<'de> DeserializeSeed<'de, Value = V>,
+{
+    let Some(before) = head.strip_suffix(&pb_proto::frame::TAIL_MARKER[..]) else {
+        return false;
+    };
+    let mut probe = Vec::with_capacity(before.len() + 1);
+    probe.extend_from_slice(before);
+    probe.push(0);
+    decode_seed(&probe, frame, refs.to_vec(), max_depth, seed).is_ok()
 }
 
 /// Decode with a `seed` instead of a type (generated code decodes `Bytes` arguments this way).
@@ -1009,6 +1041,27 @@ mod tests {
                 assert_eq!(uncopied, len >= SHARE_MIN, "{a} {middle} {b}");
             }
         }
+    }
+
+    #[test]
+    fn a_call_read_by_decode_args_keeps_its_tail_and_one_decoded_by_seed_gives_it_up() {
+        use crate::object::{Caller, IncomingCall};
+        use crate::zero_copy::{TupleSeed, VecBytes};
+        let head = [&[7u8][..], &pb_proto::frame::TAIL_MARKER].concat();
+        let mut call = IncomingCall::new("f", Bytes::from(head), Vec::new(), Caller::local());
+        call.tail = Some(Box::new(Bytes::from_static(&[1, 2, 3])));
+        let read: (u8, Vec<u8>) = call.decode_args().unwrap();
+        assert_eq!(read, (7, vec![1, 2, 3]));
+        let seed = TupleSeed((std::marker::PhantomData::<u8>, VecBytes));
+        assert_eq!(call.decode_args_seed(seed).unwrap(), read);
+        // The tail went with that value: a decode after it fails, rather than reading the
+        // marker as an empty string.
+        let again = call.decode_args_seed(seed).unwrap_err();
+        assert!(
+            again.message.contains("taken by an earlier decode"),
+            "{again:?}"
+        );
+        assert!(call.decode_args::<(u8, Vec<u8>)>().is_err());
     }
 
     #[test]

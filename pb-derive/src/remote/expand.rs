@@ -1,8 +1,9 @@
 //! Generate the trait, its typed stub (`FooRef`) and its dispatcher (`ServeFoo`).
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
 use syn::ext::IdentExt;
+use syn::spanned::Spanned;
 
 use super::model::{Borrowed, Interface};
 
@@ -122,9 +123,14 @@ pub(crate) fn expand(model: &Interface, krate: &syn::Path) -> TokenStream {
             .collect();
         let ok = &m.ok;
         let err = err_type(m, &p);
-        let take_caller = m.params.iter().filter(|p| p.is_caller).map(|p| {
-            let n = &p.name;
-            quote!(let #n = ::core::clone::Clone::clone(__pb_call.caller());)
+        let take_caller = m.params.iter().filter(|cp| cp.is_caller).map(|cp| {
+            let n = &cp.name;
+            let ty = &cp.ty;
+            // Spanned at the parameter's type: a type of the user's own named `Caller` gets
+            // an error there that says why.
+            quote_spanned!(ty.span()=>
+                let #n: #ty = <#ty as #p::CallerParam>::from_caller(__pb_call.caller());
+            )
         });
         let args = m.params.iter().map(|p| {
             let n = &p.name;

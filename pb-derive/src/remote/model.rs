@@ -309,9 +309,22 @@ fn unit() -> Type {
     syn::parse_quote!(())
 }
 
+/// Whether `ty` is the caller's parameter: `Caller` written alone (as `use pb::Caller` brings
+/// it), or a path from `pb` (`pb::Caller`, `::pb::prelude::Caller`). Another path ending in
+/// `Caller` (`self::Caller`, `crate::phone::Caller`) is a type of the application's.
 fn is_caller_type(ty: &Type) -> bool {
-    matches!(ty, Type::Path(p) if p.qself.is_none()
-        && p.path.segments.last().is_some_and(|s| s.ident == "Caller" && s.arguments.is_empty()))
+    let Type::Path(p) = ty else { return false };
+    let segments = &p.path.segments;
+    let Some(last) = segments.last() else {
+        return false;
+    };
+    if p.qself.is_some() || last.ident != "Caller" || !last.arguments.is_empty() {
+        return false;
+    }
+    match segments.first() {
+        Some(first) if segments.len() > 1 => first.ident == "pb" || first.ident == "pb_core",
+        _ => p.path.leading_colon.is_none(),
+    }
 }
 
 /// A path ending in `Result` with one type argument (an alias such as `io::Result<T>`), whose
