@@ -678,7 +678,10 @@ impl Connection {
     }
 
     /// Close gracefully: take no new calls, let running calls finish and their answers go out
-    /// (up to the drain timeout), then close. Our own pending calls fail with `Disconnected`.
+    /// (up to the drain timeout), then close. The peer's calls that arrive meanwhile, and
+    /// those read before but held back (at `max_in_flight_calls`, or while the output was
+    /// congested), are refused with `ShuttingDown`, never dropped. Our own pending calls fail
+    /// with `Disconnected`.
     pub async fn close(&self) {
         if let Some(draining) = self.link.close() {
             draining.await
