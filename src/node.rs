@@ -50,6 +50,7 @@ pub struct NodeBuilder {
     root: Option<ObjectRef>,
     config: Config,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     listen_tls: Option<ServerTls>,
     dial_tls: Option<ClientTls>,
     portal: Option<Portal>,
@@ -91,9 +92,30 @@ impl NodeBuilder {
         self
     }
 
-    /// The most peers accepted at once (default as for a server).
+    /// The most peers accepted at once (default 1 024, as for a
+    /// [`pb::ServerBuilder`](crate::ServerBuilder)).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = Some(n);
+        self
+    }
+
+    /// The most peers accepted at once from one source address, an IPv4 address or an IPv6
+    /// /64 (default 64, as for a [`pb::ServerBuilder`](crate::ServerBuilder)), so that one
+    /// address cannot take every place of [`NodeBuilder::max_connections`]: further peers
+    /// from it are closed as soon as they are accepted. Raise it for many peers on one host
+    /// (a test mesh on 127.0.0.1) or behind one NAT or proxy address:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+    /// let node = pb::Node::builder()
+    ///     .max_connections(1_000)
+    ///     .max_connections_per_address(1_000)
+    ///     .bind("127.0.0.1:0")
+    ///     .await?;
+    /// # node.shutdown().await; Ok(()) }
+    /// ```
+    pub fn max_connections_per_address(mut self, n: usize) -> Self {
+        self.max_connections_per_address = Some(n);
         self
     }
 
@@ -103,6 +125,9 @@ impl NodeBuilder {
         let mut server = pb_server::Server::builder().config(self.config.clone());
         if let Some(n) = self.max_connections {
             server = server.max_connections(n);
+        }
+        if let Some(n) = self.max_connections_per_address {
+            server = server.max_connections_per_address(n);
         }
         if let Some(tls) = self.listen_tls {
             server = server.tls(tls);

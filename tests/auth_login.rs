@@ -1,5 +1,6 @@
-//! Login through a portal: SCRAM-SHA-256, anonymous login, the avatar's logout hook, and what
-//! holds before login (only the login object, a small frame limit, a deadline, a failure limit).
+//! Login through a portal: SCRAM-SHA-256, anonymous login, the avatar's logout hook and the
+//! avatar freed once its connection ends, and what holds before login (only the login object, a
+//! small frame limit, a deadline, a failure limit).
 //! Mostly over the in-memory transport with virtual time; the wire-level checks use real TCP on
 //! 127.0.0.1.
 #![allow(clippy::unwrap_used)]
@@ -157,6 +158,94 @@ async fn logout_runs_once_when_the_connection_ends() {
     seen.wait_logouts(1).await;
     drop(me);
     assert_eq!(settle(&seen).await, 1);
+}
+
+/// The client's side of a login: an object the avatar keeps to call the client back.
+#[pb::remote]
+pub trait Mind {
+    async fn print(&self, line: String) -> Result<(), ()>;
+}
+
+struct Screen;
+
+impl Mind for Screen {
+    async fn print(&self, _line: String) -> Result<(), ()> {
+        Ok(())
+    }
+}
+
+/// The guide's avatar (docs/guide/login.md): it keeps the client's mind, and says when it is
+/// freed.
+struct MindfulAccount {
+    _mind: Option<MindRef>,
+    freed: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl auth_support::Account for MindfulAccount {
+    async fn whoami(&self, _caller: pb::Caller) -> Result<String, ()> {
+        Ok("mindful".into())
+    }
+
+    async fn echo_len(&self, data: String) -> Result<usize, ()> {
+        Ok(data.len())
+    }
+}
+
+impl Drop for MindfulAccount {
+    fn drop(&mut self) {
+        if let Some(freed) = self.freed.take() {
+            let _ = freed.send(());
+        }
+    }
+}
+
+/// An avatar that keeps the client's mind (a remote reference, which holds the connection) is
+/// freed once the connection ends and nothing outside pb holds it: the connection lets go of
+/// the avatar and identities it recorded when it closes, after the logout hook was started.
+/// pb's own `Identity` stays readable.
+#[tokio::test(start_paused = true)]
+async fn an_avatar_keeping_its_mind_is_freed_once_the_connection_ends() {
+    let (freed, mut avatar_freed) = tokio::sync::oneshot::channel();
+    let freed = std::sync::Mutex::new(Some(freed));
+    let (logouts, mut logged_out) = tokio::sync::watch::channel(0u32);
+    let portal = Portal::new(move |login: pb::LoginRequest| {
+        let freed = freed.lock().unwrap().take();
+        let logouts = logouts.clone();
+        async move {
+            // The application's own record of the peer holds the mind too.
+            login.connection.set_identity(login.mind_as::<MindRef>());
+            let mind = login.mind_as::<MindRef>();
+            Ok(
+                pb::Avatar::new(AccountRef::new(MindfulAccount { _mind: mind, freed }))
+                    .on_logout(move || logouts.send_modify(|n| *n += 1)),
+            )
+        }
+    })
+    .allow_anonymous(true);
+    let (server, session) = pair(&portal).await;
+    let session = session.with_mind(MindRef::new(Screen));
+    let me: AccountRef = session.login_anonymous().await.unwrap();
+    assert_eq!(me.whoami().await.unwrap(), "mindful");
+    assert!(server.avatar::<AccountRef>().is_some());
+
+    // The client goes away.
+    session.connection().abort();
+    server.closed().await;
+    logged_out.wait_for(|n| *n == 1).await.unwrap();
+    assert!(server.avatar::<AccountRef>().is_none());
+    assert!(server.identity::<Option<MindRef>>().is_none());
+    assert_eq!(
+        server.identity::<Identity>().as_deref(),
+        Some(&Identity::Anonymous)
+    );
+    drop((me, session, server, portal));
+    // Virtual time: a bound that fails a regression rather than hanging, never a measure.
+    let freed = tokio::time::timeout(Duration::from_secs(60), &mut avatar_freed).await;
+    assert!(
+        matches!(freed, Ok(Ok(()))),
+        "the avatar, with the client's mind and its connection, outlived the connection"
+    );
+    assert_eq!(*logged_out.borrow(), 1);
 }
 
 #[tokio::test(start_paused = true)]

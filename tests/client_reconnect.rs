@@ -1,5 +1,6 @@
 //! A client reconnects after the server restarts: its state is visible as events, new calls
-//! succeed, and references from the old connection fail clearly instead of hanging.
+//! succeed, and references from the old connection fail clearly instead of hanging. Sessions
+//! lost at once count as failed attempts, so their server is backed off from.
 
 mod common;
 
@@ -20,6 +21,7 @@ async fn reconnects_after_a_server_restart() {
     let backoff = Backoff {
         initial: Duration::from_millis(1),
         max: Duration::from_millis(5),
+        ..Backoff::default()
     };
     // The hook runs after every connect: here it fetches the typed root (a login would go here).
     let client = Reconnecting::start(
@@ -80,6 +82,7 @@ fn backoff_grows_with_jitter_and_is_capped() {
     let b = Backoff {
         initial: Duration::from_millis(100),
         max: Duration::from_secs(2),
+        ..Backoff::default()
     };
     for attempt in 1..=10u32 {
         let full = (Duration::from_millis(100) * 2u32.pow(attempt - 1)).min(Duration::from_secs(2));
@@ -119,6 +122,7 @@ async fn logs_in_again_after_reconnecting() {
     let backoff = Backoff {
         initial: Duration::from_millis(1),
         max: Duration::from_millis(5),
+        ..Backoff::default()
     };
     // The hook logs in on every new connection.
     let client = Reconnecting::start(
@@ -191,4 +195,96 @@ async fn stop_while_the_hook_runs_closes_its_connection() {
         .await
         .expect("the hook's connection closed");
     assert!(settle(|| server.connections().is_empty()).await);
+}
+
+/// A server that takes each session and drops it at once (one in a crash loop, a proxy that
+/// cuts each session, a kick after login) is backed off from: each such session counts as a
+/// failed attempt, and the waits double. A session that lasts `healthy_after` starts them
+/// again from `initial`.
+#[tokio::test(start_paused = true)]
+async fn sessions_lost_at_once_are_backed_off_from_and_a_healthy_one_resets_the_waits() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    // How long the server keeps each session it takes, in seconds (virtual time).
+    let keep = Arc::new(AtomicU64::new(0));
+    let server = tokio::spawn({
+        let (accepted, keep) = (accepted.clone(), keep.clone());
+        async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let keep = Duration::from_secs(keep.load(Ordering::SeqCst));
+                let root = KitchenRef::new(KitchenImpl::default());
+                tokio::spawn(async move {
+                    let conn = pb::Connection::establish(
+                        stream,
+                        &pb::Config::default(),
+                        pb::Side::Server,
+                        Some(root.into()),
+                        None,
+                    )
+                    .await;
+                    if let Ok(conn) = conn {
+                        tokio::time::sleep(keep).await;
+                        conn.close().await;
+                    }
+                });
+            }
+        }
+    });
+    let backoff = Backoff {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(10),
+        ..Backoff::default()
+    };
+    let client = Reconnecting::start(
+        pb::Client::builder(),
+        addr.to_string(),
+        backoff,
+        |session| async move { Ok::<_, String>(session.connection().root_ref()) },
+    );
+    let mut states = client.watch();
+    // Virtual time: a bound that fails a regression rather than hanging, never a measure.
+    let patience = Duration::from_secs(600);
+    // (A watch shows the latest state only: the server's count says which session ended.)
+    let lost_after = |n: usize| {
+        let accepted = accepted.clone();
+        move |s: &ClientState<pb::ObjectRef>| {
+            matches!(s, ClientState::BackingOff { .. }) && accepted.load(Ordering::SeqCst) >= n
+        }
+    };
+    let started = tokio::time::Instant::now();
+    let state = tokio::time::timeout(patience, states.wait_for(lost_after(8)))
+        .await
+        .expect("8 sessions taken and lost")
+        .unwrap()
+        .clone();
+    let ClientState::BackingOff { attempt, delay, .. } = state else {
+        unreachable!()
+    };
+    assert!(
+        attempt >= 8,
+        "after 8 sessions lost at once, attempt {attempt} (a wait of {delay:?})"
+    );
+    // At least half the longest wait: 0.1 s doubled 7 times is past `max`.
+    assert!(delay >= backoff.max / 2, "{delay:?}");
+    // The waits before sessions 2 to 8 were at least half of 0.1, 0.2, ... 6.4 s.
+    assert!(started.elapsed() >= Duration::from_millis(6_350));
+
+    // The server now keeps its sessions for a minute: the next one lost is healthy.
+    keep.store(60, Ordering::SeqCst);
+    let state = tokio::time::timeout(patience, states.wait_for(lost_after(9)))
+        .await
+        .expect("a ninth session taken, kept and lost")
+        .unwrap()
+        .clone();
+    assert!(
+        matches!(state, ClientState::BackingOff { attempt: 1, .. }),
+        "{state:?}"
+    );
+    client.stop().await;
+    server.abort();
 }

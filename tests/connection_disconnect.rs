@@ -1,10 +1,12 @@
 //! The peer disconnecting mid-call: every pending call fails with a disconnected error at once.
+//! A graceful close: running calls finish, and every call read meanwhile (or held back before)
+//! is refused with a shutting-down error, never lost.
 
 mod common;
 
 use common::*;
 use pb::CallError;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 #[tokio::test]
 async fn pending_calls_fail_at_once_when_the_peer_goes() {
@@ -101,6 +103,70 @@ async fn graceful_shutdown_lets_calls_in_flight_finish() {
         pb::Client::connect(addr).await.is_err(),
         "the listener is closed"
     );
+}
+
+/// A connection allowed one running call, with the peer's `gated(7)` running on it and its
+/// `add(1, 2)` held back, read but not run (it counts in the call window): the server's end,
+/// the gate that lets the running call finish, and the two calls.
+async fn one_call_running_and_one_held() -> (
+    pb::Connection,
+    std::sync::Arc<tokio::sync::Semaphore>,
+    JoinHandle<Result<u64, CallError<TestError>>>,
+    JoinHandle<Result<i64, CallError<TestError>>>,
+) {
+    let kitchen = KitchenImpl::default();
+    let gate = kitchen.gate.clone();
+    let mut config = pb::Config::default();
+    config.limits.max_in_flight_calls = 1;
+    let (server, client) = memory_pair_with(KitchenRef::new(kitchen), config).await;
+    let k: KitchenRef = client.root();
+    let running = tokio::spawn({
+        let k = k.clone();
+        async move { k.gated(7).await }
+    });
+    assert!(settle(|| server.stats().tables.in_flight_calls == 1).await);
+    let window_before = server.stats().tables.call_bytes;
+    let held = tokio::spawn(async move { k.add(1, 2).await });
+    assert!(settle(|| server.stats().tables.call_bytes > window_before).await);
+    assert_eq!(server.stats().tables.in_flight_calls, 1);
+    (server, gate, running, held)
+}
+
+/// A graceful close (what `ServerHandle::shutdown` does to every connection) with a call of
+/// the peer's held back at `max_in_flight_calls`: the held call is refused with
+/// `ShuttingDown`, never dropped, even when the running call ends right after the close began.
+#[tokio::test(start_paused = true)]
+async fn a_call_held_back_at_a_graceful_close_is_refused_not_lost() {
+    let (server, gate, running, held) = one_call_running_and_one_held().await;
+    let closing = tokio::spawn({
+        let server = server.clone();
+        async move { server.close().await }
+    });
+    tokio::task::yield_now().await;
+    gate.add_permits(1);
+    assert_eq!(running.await.unwrap(), Ok(7));
+    closing.await.unwrap();
+    assert_eq!(held.await.unwrap(), Err(CallError::ShuttingDown));
+}
+
+/// The call held back at a graceful close is refused at once, while the running call goes on
+/// (it does not wait for a call to end, nor for the reader's next timer).
+#[tokio::test(start_paused = true)]
+async fn a_call_held_back_at_a_graceful_close_is_refused_at_once() {
+    let (server, gate, running, held) = one_call_running_and_one_held().await;
+    let started = tokio::time::Instant::now();
+    let closing = tokio::spawn({
+        let server = server.clone();
+        async move { server.close().await }
+    });
+    assert_eq!(held.await.unwrap(), Err(CallError::ShuttingDown));
+    // Virtual time: had the refusal waited for a timer, the clock would have jumped to it.
+    assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+    assert!(!server.is_closed(), "the close waits for the running call");
+    gate.add_permits(1);
+    assert_eq!(running.await.unwrap(), Ok(7));
+    closing.await.unwrap();
+    assert!(server.is_closed());
 }
 
 #[tokio::test(start_paused = true)]

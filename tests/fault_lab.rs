@@ -179,6 +179,9 @@ mod roles {
         let backoff = Backoff {
             initial: ms(50),
             max: ms(500),
+            // The sessions between two cuts last seconds: each counts as healthy, and the
+            // client is back as soon as the link heals.
+            healthy_after: ms(500),
         };
         Reconnecting::start(
             pb::Client::builder().config(config()),

@@ -321,3 +321,56 @@ async fn a_node_shuts_down_its_peers_at_once_and_accepts_no_more() {
     let took = started.elapsed();
     assert!(took <= Duration::from_secs(35), "shutdown took {took:?}");
 }
+
+/// A node serves as many peers from one address as its `max_connections_per_address` allows
+/// (a mesh on one host, peers behind one NAT); left at its default, 64, as a server's, so that
+/// one address cannot take every place of `max_connections`.
+#[tokio::test]
+async fn a_node_serves_as_many_peers_from_one_address_as_it_is_told() {
+    /// A bound so that a regression fails instead of hanging; never a timing assertion.
+    const PATIENCE: Duration = Duration::from_secs(60);
+    async fn open(node: &Node) -> Result<pb::Session, pb::ClientError> {
+        tokio::time::timeout(PATIENCE, pb::Client::builder().open(node.local_addr()))
+            .await
+            .expect("the node answers or closes")
+    }
+    let roomy = Node::builder()
+        .root(ThingRef::new(Named("roomy".into())))
+        .max_connections(100)
+        .max_connections_per_address(100)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let default = Node::builder()
+        .root(ThingRef::new(Named("default".into())))
+        .max_connections(100)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut peers = Vec::new();
+    for i in 0..65 {
+        let session = match open(&roomy).await {
+            Ok(s) => s,
+            Err(e) => panic!("peer {} of 65 from 127.0.0.1 refused: {e}", i + 1),
+        };
+        let root: ThingRef = session.connection().root();
+        assert_eq!(root.name().await, Ok("roomy".into()));
+        peers.push(session);
+    }
+    for i in 0..64 {
+        let session = match open(&default).await {
+            Ok(s) => s,
+            Err(e) => panic!("peer {} of 64 from 127.0.0.1 refused: {e}", i + 1),
+        };
+        let root: ThingRef = session.connection().root();
+        assert_eq!(root.name().await, Ok("default".into()));
+        peers.push(session);
+    }
+    assert!(
+        open(&default).await.is_err(),
+        "a 65th peer from one address, past the default per-address cap"
+    );
+    drop(peers);
+    roomy.shutdown().await;
+    default.shutdown().await;
+}

@@ -1,6 +1,7 @@
-//! A client that stays connected: it reconnects with exponential backoff and jitter, runs a
-//! hook after every connect (to log in again, fetch the root, subscribe...), and publishes its
-//! state so that applications can show it or wait for it.
+//! A client that stays connected: it reconnects with exponential backoff and jitter (which only
+//! a session that lasted resets, see [`Backoff`]), runs a hook after every connect (to log in
+//! again, fetch the root, subscribe...), and publishes its state so that applications can show
+//! it or wait for it.
 //!
 //! References obtained on an old connection do not move to the new one: they fail at once with
 //! `CallError::Disconnected`, and the application gets fresh ones from the new session.
@@ -22,7 +23,7 @@ use crate::{ClientBuilder, Session};
 pub enum ClientState<S> {
     /// Dialing (the first time, or again after a back-off).
     Connecting {
-        /// How many attempts failed since the last session.
+        /// How many attempts failed since the last healthy session (see [`Backoff`]).
         attempt: u32,
     },
     /// Connected, and the hook succeeded: here is the session it made.
@@ -36,7 +37,8 @@ pub enum ClientState<S> {
     },
     /// Waiting before the next attempt.
     BackingOff {
-        /// How many attempts failed since the last session.
+        /// How many attempts failed since the last healthy session (see [`Backoff`]): a
+        /// session lost before `Backoff::healthy_after` counts as one.
         attempt: u32,
         /// How long it waits.
         delay: Duration,
@@ -76,12 +78,31 @@ impl<S> std::fmt::Debug for ClientState<S> {
 
 /// How long to wait between attempts: `initial`, doubling up to `max`, each wait drawn at random
 /// between half and all of it (so that many clients do not come back in step).
+///
+/// A failed attempt is a dial, handshake or session hook that failed, or a session lost before
+/// it lasted `healthy_after`: a server that takes every session and drops it at once (one
+/// restarting in a crash loop, a proxy that cuts each session, a kick after login) is backed
+/// off from as one that refuses connections is. Only losing a session that lasted
+/// `healthy_after` starts the waits again from `initial`.
+///
+/// ```
+/// # use std::time::Duration;
+/// let backoff = pb::Backoff {
+///     initial: Duration::from_millis(50),
+///     max: Duration::from_secs(10),
+///     ..pb::Backoff::default()
+/// };
+/// assert_eq!(backoff.healthy_after, Duration::from_secs(30));
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     /// The first wait (default 100 ms).
     pub initial: Duration,
     /// The longest wait (default 30 s).
     pub max: Duration,
+    /// How long a session must last for its loss to start the waits again from `initial`
+    /// (default 30 s); a session lost sooner counts as one more failed attempt.
+    pub healthy_after: Duration,
 }
 
 impl Default for Backoff {
@@ -89,6 +110,7 @@ impl Default for Backoff {
         Backoff {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(30),
+            healthy_after: Duration::from_secs(30),
         }
     }
 }
@@ -198,6 +220,7 @@ async fn run<S: Clone + Send + Sync + 'static>(
                     session,
                     generation,
                 });
+                let began = tokio::time::Instant::now();
                 let stopped = tokio::select! {
                     _ = connection.closed() => false,
                     _ = stop.wait_for(|s| *s) => true,
@@ -206,8 +229,17 @@ async fn run<S: Clone + Send + Sync + 'static>(
                     connection.close().await;
                     break;
                 }
-                tracing::info!(%addr, reason = ?connection.close_reason(), "connection lost; reconnecting");
-                attempt = 1;
+                // A session lost soon after it began is no sign that the server is back: it
+                // counts as one more failed attempt, so that a server that drops every
+                // session at once is not redialed (and its hook, a login, run again) every
+                // `initial` for ever.
+                let lasted = began.elapsed();
+                attempt = if lasted >= backoff.healthy_after {
+                    1
+                } else {
+                    attempt.saturating_add(1)
+                };
+                tracing::info!(%addr, reason = ?connection.close_reason(), ?lasted, attempt, "connection lost; reconnecting");
                 let delay = backoff.delay(attempt);
                 state.send_replace(ClientState::BackingOff {
                     attempt,

@@ -20,8 +20,8 @@
 //! the driver's `now`, and a call's deadline travels as milliseconds the driver reads.
 //!
 //! ```text
-//! connection:  Open ──goodbye sent──▶ Draining ──in-flight calls done──▶ Closed
-//!                 └──────────────── error / EOF / abort ──────────────────▲
+//! connection:  Open ──goodbye sent──▶ Draining ──running and held calls done──▶ Closed
+//!                 └──────────────────── error / EOF / abort ──────────────────────▲
 //! outgoing call: start_call ─▶ pending ─answer│fault─▶ answered ─poll_answer─▶ delivered
 //!                                     └─cancel_call─▶ forgotten (Cancel sent)
 //! incoming call: Call ─▶ running (returned) ─finish_call─▶ Answer│Fault sent
@@ -403,7 +403,8 @@ pub enum Event<T: Tokens> {
 pub enum State {
     /// Calls flow both ways.
     Open,
-    /// A graceful close started: no new calls are taken, running ones finish.
+    /// A graceful close started: no new calls are taken (they and the calls held back are
+    /// refused with `ShuttingDown`), running ones finish.
     Draining,
     /// The connection is gone: nothing is sent or taken any more.
     Closed,
@@ -465,6 +466,9 @@ pub struct Broker<T: Tokens> {
     // a connection that holds frames back.
     #[allow(clippy::box_collection)]
     held_objects: Option<Box<std::collections::HashMap<u64, usize, PeerKeys>>>,
+    /// How many frames the driver holds back ([`Broker::hold_frame`]) and has not handed
+    /// back yet (handled or dropped): a graceful close waits for them too.
+    held: usize,
 }
 
 /// One of our calls waiting for room in the peer's call window: its frame, encoded.
@@ -530,6 +534,7 @@ impl<T: Tokens> Broker<T> {
             parked: std::collections::VecDeque::new(),
             credit_due: 0,
             held_objects: None,
+            held: 0,
         }
     }
 
@@ -640,6 +645,22 @@ impl<T: Tokens> Broker<T> {
     #[inline]
     pub fn in_flight(&self) -> usize {
         self.running.in_flight()
+    }
+
+    /// How many of the peer's frames the driver holds back ([`Broker::hold_frame`]) and has
+    /// not handed back yet ([`Broker::handle_held_frame`], [`Broker::drop_held_call`]).
+    #[inline]
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Whether a draining connection is done: no call of the peer's runs here, and none of
+    /// its frames is held back. A held call is refused with `ShuttingDown` once handled (a
+    /// draining broker runs none), so a graceful close that waits for this answers every
+    /// call it read.
+    #[inline]
+    pub fn is_drained(&self) -> bool {
+        self.running.in_flight() == 0 && self.held == 0
     }
 
     /// How many of our calls await answers.

@@ -65,6 +65,11 @@ impl ConnShared {
         // After the store: a root handle made from now on is dead as it is made (and a forward
         // of it revoked as it is exported), and one made before is in the list.
         self.revoke_root();
+        // What the application recorded of the peer may hold this connection (an avatar that
+        // keeps the client's mind, a reference imported here): let go of it, or neither is
+        // ever freed. After the exports ended, so that the logout hooks of avatars (which run
+        // on tasks of their own) have been started by then.
+        self.record.forget();
         self.closed.notify_waiters();
         // Callers waiting for the peer's hello give up. Only a connection whose peer's hello
         // has not come can have any: its arrival woke those before it, and later ones see it.

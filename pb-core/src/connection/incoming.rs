@@ -67,7 +67,12 @@ impl ConnShared {
         };
         broker.poll_events(events);
         let queued = broker.queued_bytes();
+        // A graceful close waits for held frames too (see `ConnShared::close_gracefully`).
+        let unheld_while_draining = held && broker.state() == crate::broker::State::Draining;
         drop(broker);
+        if unheld_while_draining {
+            self.call_done.notify_waiters();
+        }
         // Outside our lock: callers whose answers arrived (they run once the reader yields),
         // revocations, which reach into other connections, hooks.
         if !events.is_empty() {
@@ -95,7 +100,15 @@ impl ConnShared {
     /// The peer cancelled call `frame`, which the reader held back: it never runs (see
     /// [`Broker::drop_held_call`]).
     pub(super) fn drop_held_call(&self, frame: &Frame) -> Result<(), ProtocolError> {
-        self.with_broker(|broker| broker.drop_held_call(frame))
+        let (result, draining) = self.with_broker(|broker| {
+            let result = broker.drop_held_call(frame);
+            (result, broker.state() == crate::broker::State::Draining)
+        });
+        // A graceful close waits for held frames too (see `ConnShared::close_gracefully`).
+        if draining {
+            self.call_done.notify_waiters();
+        }
+        result
     }
 
     /// Whether frame `body`, which may overtake held frames, must wait behind them (see

@@ -23,28 +23,36 @@ impl ConnShared {
     }
 
     /// Start a graceful close: `None` when it closed at once, otherwise the wait for running
-    /// calls to drain (up to the drain timeout), which then closes it.
+    /// calls to drain and for calls held back to be refused (up to the drain timeout), which
+    /// then closes it.
     fn close_gracefully(&self) -> Option<LinkFuture<'_, ()>> {
-        // Nothing running (the common case): no goodbye, no drain timer and no future to
-        // wait on. The end of the stream follows at once and tells the peer; a goodbye
+        // Nothing running or held (the common case): no goodbye, no drain timer and no future
+        // to wait on. The end of the stream follows at once and tells the peer; a goodbye
         // matters while calls drain, when the peer must stop sending new ones (which fail
         // with `ShuttingDown`, not lost).
-        let busy = {
+        let (busy, holding) = {
             let mut broker = self.lock();
-            let busy = broker.in_flight() > 0;
+            let holding = broker.held() > 0;
+            let busy = !broker.is_drained();
             broker.start_draining(busy);
-            busy
+            (busy, holding)
         };
         if !busy {
             ConnShared::close(self, CloseReason::Local);
             return None;
         }
         self.wake_writer.notify_one();
+        // Calls the reader holds back (read, at the cap on running calls or while the output
+        // was congested) are refused with `ShuttingDown` as it hands them to the draining
+        // broker: woken for it now, it does not wait for a running call to end.
+        if holding {
+            self.drained.notify_one();
+        }
         Some(Box::pin(async move {
             let drained = async {
                 loop {
                     let done = self.call_done.notified();
-                    if self.lock().in_flight() == 0 {
+                    if self.lock().is_drained() {
                         break;
                     }
                     done.await;

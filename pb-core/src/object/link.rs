@@ -84,11 +84,38 @@ pub struct ConnectionStats {
 }
 
 /// What the application recorded of a peer: identities (one per type) and the avatar it
-/// logged in as. Kept by the driver for its connection, read and written only here.
+/// logged in as. Kept by the driver for its connection, read and written only here, and let
+/// go of when the connection closes ([`PeerRecord::forget`]): what it holds may hold the
+/// connection (an avatar that keeps the client's mind, a remote reference, whose handle holds
+/// the connection), and would otherwise keep it, and itself, alive for ever.
 #[derive(Default)]
-pub(crate) struct PeerRecord {
-    identity: Mutex<Vec<Arc<dyn Any + Send + Sync>>>,
-    avatar: Mutex<Option<ObjectRef>>,
+pub(crate) struct PeerRecord(Mutex<Recorded>);
+
+#[derive(Default)]
+struct Recorded {
+    identities: Vec<Arc<dyn Any + Send + Sync>>,
+    avatar: Option<ObjectRef>,
+    /// The connection has closed: nothing but pb's `Identity` is recorded any more.
+    forgotten: bool,
+}
+
+impl PeerRecord {
+    /// The connection has closed: let go of the avatar and of every identity but pb's own
+    /// [`Identity`](crate::identity::Identity) (plain data, which holds nothing, and still
+    /// tells code that runs after the close who the peer was), and record nothing more.
+    pub(crate) fn forget(&self) {
+        let (identities, avatar) = {
+            let mut record = lock(&self.0);
+            record.forgotten = true;
+            let (pb, other): (Vec<_>, Vec<_>) = std::mem::take(&mut record.identities)
+                .into_iter()
+                .partition(|id| id.is::<crate::identity::Identity>());
+            record.identities = pb;
+            (other, record.avatar.take())
+        };
+        // Dropped outside the lock: their drops may run user code, which may read the record.
+        drop((identities, avatar));
+    }
 }
 
 /// The most updates buffered for a replica that is still being decoded.
@@ -571,15 +598,32 @@ impl Connection {
     /// [`Caller::identity`]. One value is kept per type: a value of a type recorded already
     /// replaces it, and values of other types stay (pb's login records a
     /// [`crate::Identity`]; an application can record its own beside it).
+    ///
+    /// Values are kept while the connection is open. When it closes, the connection lets go of
+    /// them (a value that holds a remote reference, such as the client's mind, holds the
+    /// connection, which would otherwise never be freed), and drops at once a value recorded
+    /// after the close; pb's own [`crate::Identity`], which holds nothing, stays readable.
     pub fn set_identity<T: Any + Send + Sync>(&self, identity: T) {
-        let mut ids = lock(&self.link.record().identity);
-        ids.retain(|id| !id.is::<T>());
-        ids.push(Arc::new(identity));
+        let identity: Arc<dyn Any + Send + Sync> = Arc::new(identity);
+        let dropped = {
+            let mut record = lock(&self.link.record().0);
+            if record.forgotten && !identity.is::<crate::identity::Identity>() {
+                Some(identity)
+            } else {
+                let at = record.identities.iter().position(|id| id.is::<T>());
+                let old = at.map(|at| record.identities.swap_remove(at));
+                record.identities.push(identity);
+                old
+            }
+        };
+        // Dropped outside the lock: its drop may run user code.
+        drop(dropped);
     }
 
     /// The identity of type `T` recorded with [`Connection::set_identity`], if any.
     pub fn identity<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
-        let id = lock(&self.link.record().identity)
+        let id = lock(&self.link.record().0)
+            .identities
             .iter()
             .find(|id| id.is::<T>())
             .cloned()?;
@@ -588,21 +632,38 @@ impl Connection {
 
     /// Forget the identity of type `T`, if one was recorded.
     pub fn forget_identity<T: Any + Send + Sync>(&self) {
-        lock(&self.link.record().identity).retain(|id| !id.is::<T>());
+        let old = {
+            let mut record = lock(&self.link.record().0);
+            let at = record.identities.iter().position(|id| id.is::<T>());
+            at.map(|at| record.identities.swap_remove(at))
+        };
+        // Dropped outside the lock: its drop may run user code.
+        drop(old);
     }
 
     /// Record the avatar the peer logged in as (the portal does), for [`Caller::avatar`]. It is
-    /// kept while the connection lives, or until replaced.
+    /// kept while the connection is open, or until replaced. When the connection closes, the
+    /// connection lets go of it (an avatar that keeps the client's mind holds the connection,
+    /// which would otherwise never be freed), and drops at once an avatar recorded after the
+    /// close.
     pub fn set_avatar(&self, avatar: ObjectRef) {
-        let old = lock(&self.link.record().avatar).replace(avatar);
+        let old = {
+            let mut record = lock(&self.link.record().0);
+            if record.forgotten {
+                Some(avatar)
+            } else {
+                record.avatar.replace(avatar)
+            }
+        };
         // Dropped outside the lock: its drop may run user code.
         drop(old);
     }
 
     /// The avatar recorded with [`Connection::set_avatar`], as a `R` (no check is made that
-    /// it implements `R`'s interface: a call to a method it lacks fails with `NoSuchMethod`).
+    /// it implements `R`'s interface: a call to a method it lacks fails with `NoSuchMethod`);
+    /// `None` once the connection has closed.
     pub fn avatar<R: Remote>(&self) -> Option<R> {
-        let avatar = lock(&self.link.record().avatar).clone()?;
+        let avatar = lock(&self.link.record().0).avatar.clone()?;
         Some(R::from_object_ref(avatar))
     }
 
@@ -623,7 +684,10 @@ impl Connection {
     }
 
     /// Close gracefully: take no new calls, let running calls finish and their answers go out
-    /// (up to the drain timeout), then close. Our own pending calls fail with `Disconnected`.
+    /// (up to the drain timeout), then close. The peer's calls that arrive meanwhile, and
+    /// those read before but held back (at `max_in_flight_calls`, or while the output was
+    /// congested), are refused with `ShuttingDown`, never dropped. Our own pending calls fail
+    /// with `Disconnected`.
     pub async fn close(&self) {
         if let Some(draining) = self.link.close() {
             draining.await
@@ -681,8 +745,8 @@ impl Caller {
     }
 
     /// The avatar the caller logged in as (Twisted's perspective), as a `R`: the object the
-    /// portal's realm made for this connection's login. `None` for a local call, or on a
-    /// connection that has not logged in.
+    /// portal's realm made for this connection's login. `None` for a local call, on a
+    /// connection that has not logged in, or once the connection has closed.
     pub fn avatar<R: Remote>(&self) -> Option<R> {
         self.conn.as_ref().and_then(|c| c.avatar::<R>())
     }

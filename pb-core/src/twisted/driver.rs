@@ -163,6 +163,9 @@ impl PbShared {
         for o in objects {
             unexported(&o, self.id, None);
         }
+        // What the application recorded of the peer may hold this connection (a reference
+        // imported here): let go of it, or neither is ever freed.
+        self.record.forget();
         self.closed.send_replace(true);
         self.wake_writer.notify_one();
     }

@@ -43,12 +43,9 @@ impl<T: Tokens> Broker<T> {
         if self.state == State::Closed {
             return Ok(true);
         }
-        if !message::is_call(&frame.body) {
+        if !message::is_call(&frame.body) || self.charge_call(frame.len()) {
             self.count_held(&frame.body, 1);
-            return Ok(true);
-        }
-        if self.charge_call(frame.len()) {
-            self.count_held(&frame.body, 1);
+            self.held += 1;
             return Ok(true);
         }
         let head = message::decode_call_head(&frame.body, &self.limits.message)?;
@@ -66,9 +63,10 @@ impl<T: Tokens> Broker<T> {
         })
     }
 
-    /// Held frame `body` leaves the line (it runs, or is dropped): the objects it names no
-    /// longer count as held.
+    /// Held frame `body` leaves the line (it runs, or is dropped): it and the objects it names
+    /// no longer count as held.
     fn unhold(&mut self, body: &[u8]) {
+        self.held = self.held.saturating_sub(1);
         if self
             .held_objects
             .as_ref()

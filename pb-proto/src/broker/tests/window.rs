@@ -515,6 +515,51 @@ fn a_held_call_cancelled_never_runs_and_leaves_the_window_with_its_last_word() {
 }
 
 #[test]
+fn a_draining_side_refuses_its_held_calls_and_is_drained_once_none_is_held() {
+    let mut b = Side::new(2, narrow(), Some(Ref::Local(100)));
+    b.broker.set_peer_limits(Some(Limits::default().receive()));
+    let (refused, cancelled) = (raw_call(1, true, ARGS), raw_call(2, true, ARGS));
+    for call in [&refused, &cancelled] {
+        assert_eq!(b.broker.hold_frame(&call.clone().into()), Ok(true));
+    }
+    b.broker.start_draining(true);
+    assert_eq!(b.broker.held(), 2);
+    assert!(
+        !b.broker.is_drained(),
+        "nothing runs, but two calls are held"
+    );
+    b.broker.drop_held_call(&cancelled.into()).unwrap();
+    assert!(!b.broker.is_drained());
+    let ran = b
+        .broker
+        .handle_held_frame(refused, &mut |_, _| unreachable!("no references"))
+        .unwrap();
+    assert!(ran.is_none(), "a draining side runs no held call");
+    assert!(b.broker.is_drained());
+    assert_eq!(b.broker.stats().call_bytes, 0);
+    let out = decode_all(BytesMut::from(&b.transmit().unwrap()[..]));
+    assert!(
+        matches!(
+            &out[..],
+            [
+                Message::Goodbye,
+                Message::Fault {
+                    id: 2,
+                    kind: FaultKind::Cancelled,
+                    ..
+                },
+                Message::Fault {
+                    id: 1,
+                    kind: FaultKind::ShuttingDown,
+                    ..
+                },
+            ]
+        ),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn a_held_call_that_sends_objects_gives_them_back_when_cancelled() {
     let mut b = Side::new(2, narrow(), Some(Ref::Local(100)));
     b.broker.set_peer_limits(Some(Limits::default().receive()));
