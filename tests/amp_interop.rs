@@ -887,6 +887,40 @@ async fn malformed_input_gets_the_same_reaction_from_pb_and_twisted() {
     server.abort();
 }
 
+/// A key length over 255 makes Twisted call `transport.loseConnection()`
+/// (`lengthLimitExceeded`), a graceful close: the answers to the boxes before it are still
+/// written. (An empty box is an exception out of `dataReceived` instead, which drops them: see
+/// "answers, then an empty box" above.) pb answers what came before the long key too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_before_a_key_too_long_is_answered_as_twisted_answers_it() {
+    let (_twisted, twisted_port) = start_twisted_server(&[]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pb_port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(pb::amp::serve(listener, AmpConfig::default(), |_| {
+        sum_locator()
+    }));
+    const SUM_ASK: &[u8] = b"\x00\x04_ask\x00\x013\x00\x08_command\x00\x03Sum\x00\x01a\x00\x012\x00\x01b\x00\x013\x00\x00";
+    const SUM_ANSWER: &[u8] = b"\x00\x07_answer\x00\x013\x00\x05total\x00\x015\x00\x00";
+    let cases: &[(&str, Vec<u8>)] = &[
+        (
+            "a call, then a key length prefix of 256",
+            [SUM_ASK, b"\x01\x00"].concat(),
+        ),
+        (
+            "a call, then a key length prefix of 256 after a pair",
+            [SUM_ASK, b"\x00\x01a\x00\x011\x01\x00"].concat(),
+        ),
+    ];
+    for (what, input) in cases {
+        let from_twisted = reaction(twisted_port, input).await;
+        // What Twisted does, checked here so that the comparison below means something.
+        assert_eq!(from_twisted, SUM_ANSWER, "twisted: {what}");
+        let from_pb = reaction(pb_port, input).await;
+        assert_eq!(from_pb, from_twisted, "pb differs from twisted: {what}");
+    }
+    server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pb_example_client_exits_non_zero_on_wrong_answers() {
     let client = example_binary("amp_calculator_client");

@@ -547,6 +547,12 @@ impl Driver {
                 self.out.clear();
                 self.close_with(reason);
             }
+            Event::Closing(reason) => {
+                tracing::warn!(%reason, "amp: closing connection once the answers are written");
+                // As Twisted's `loseConnection`: the dispatcher is closing already; what was
+                // received before is still answered, then the output is flushed and it closes.
+                self.close_reason.get_or_insert(reason);
+            }
         }
     }
 

@@ -232,8 +232,14 @@ pub enum Event {
         /// `_error_description`, decoded as UTF-8 with replacement.
         description: String,
     },
-    /// The connection must close, for this reason; no events follow.
+    /// The connection must close at once, for this reason (an abort: output not yet taken is
+    /// dropped); no events follow.
     Closed(DisconnectReason),
+    /// The connection closes for this reason as Twisted's `loseConnection` closes it (see
+    /// [`Dispatcher::lose_connection`]): the peer's input broke a limit. The boxes received
+    /// before it were returned already and their answers still go out; nothing after it is
+    /// read or dispatched. The driver closes once the output is written.
+    Closing(DisconnectReason),
 }
 
 /// Why an outgoing box was not sent.
@@ -396,7 +402,7 @@ impl<S> Dispatcher<S> {
                     b
                 }
                 Ok(None) => return None,
-                Err(e) => return Some(self.violation(AmpProtocolError::Codec(e))),
+                Err(e) => return Some(self.refused(e)),
             };
             if let Some(event) = self.dispatch(b, specials) {
                 return Some(event);
@@ -472,6 +478,28 @@ impl<S> Dispatcher<S> {
         } else {
             tracing::warn!(?tag, "amp: ignoring an answer for an unknown tag");
             None
+        }
+    }
+
+    /// The peer's input is not a box the codec accepts. A length over a limit (a key over 255
+    /// bytes, which Twisted's `lengthLimitExceeded` meets with `loseConnection`, or a box over
+    /// [`AmpConfig::codec`], limits of pb's own) closes gracefully: what was received before it
+    /// is answered, the rest of the input is dropped. A box that is malformed (an empty one,
+    /// on which Twisted raises out of `dataReceived`) is a violation: an abort.
+    #[inline]
+    fn refused(&mut self, e: BoxCodecError) -> Event {
+        match e {
+            BoxCodecError::KeyTooLong { .. }
+            | BoxCodecError::ValueTooLong { .. }
+            | BoxCodecError::TooManyKeys { .. }
+            | BoxCodecError::BoxTooLarge { .. } => {
+                self.input.clear();
+                self.lose_connection();
+                Event::Closing(DisconnectReason::Protocol(AmpProtocolError::Codec(e)))
+            }
+            BoxCodecError::EmptyBox | BoxCodecError::EmptyKey => {
+                self.violation(AmpProtocolError::Codec(e))
+            }
         }
     }
 
@@ -1139,6 +1167,41 @@ mod tests {
         assert_eq!(server.outstanding(), 1);
         server.close();
         assert_eq!(server.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_key_too_long_closes_gracefully_and_an_empty_box_aborts() {
+        let ask = b"\x00\x04_ask\x00\x011\x00\x08_command\x00\x01X\x00\x00";
+        // A key length over 255: what came before is answered, nothing after is read.
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
+        d.handle_input(&[&ask[..], b"\x01\x00", &ask[..]].concat());
+        let Some(Event::Command { tag: Some(t), .. }) = d.poll_event() else {
+            panic!("the command before the long key");
+        };
+        assert_eq!(
+            d.poll_event(),
+            Some(Event::Closing(DisconnectReason::Protocol(
+                AmpProtocolError::Codec(BoxCodecError::KeyTooLong { len: 256 })
+            )))
+        );
+        assert!(d.is_closing());
+        assert_eq!(d.poll_event(), None);
+        d.answer(t, AmpBox::new()).unwrap();
+        assert!(d.poll_transmit().is_some());
+        // An empty box: an abort, and the answers not yet taken are dropped.
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
+        d.handle_input(&[&ask[..], b"\x00\x00"].concat());
+        let Some(Event::Command { tag: Some(t), .. }) = d.poll_event() else {
+            panic!("the command before the empty box");
+        };
+        d.answer(t, AmpBox::new()).unwrap();
+        assert!(matches!(
+            d.poll_event(),
+            Some(Event::Closed(DisconnectReason::Protocol(
+                AmpProtocolError::Codec(BoxCodecError::EmptyBox)
+            )))
+        ));
+        assert!(d.poll_transmit().is_none());
     }
 
     #[test]
