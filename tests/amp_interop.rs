@@ -334,6 +334,28 @@ struct DecimalStrs {
     texts: Vec<String>,
 }
 
+#[derive(pb::AmpCommand)]
+#[amp(response = EchoedDecimal)]
+struct EchoDecimal {
+    d: Decimal,
+}
+
+#[derive(pb::AmpFields)]
+struct EchoedDecimal {
+    d: Decimal,
+}
+
+#[derive(pb::AmpCommand)]
+#[amp(response = Accepted)]
+struct DecimalsAccepted {
+    texts: Vec<String>,
+}
+
+#[derive(pb::AmpFields)]
+struct Accepted {
+    accepted: Vec<bool>,
+}
+
 #[derive(pb::AmpFields)]
 struct Strs {
     strs: Vec<String>,
@@ -677,6 +699,62 @@ async fn floats_and_decimals_are_written_as_python_writes_them() {
     for (text, python) in texts.iter().zip(&strs) {
         let ours = text.parse::<Decimal>().unwrap().to_string();
         assert_eq!(&ours, python, "Decimal({text:?})");
+    }
+}
+
+/// `pb::amp::Decimal` accepts exactly what CPython's C `_decimal` (Twisted's) accepts at the
+/// ends of its exponent range (`MAX_EMAX`, `MIN_ETINY`), and each value it accepts crosses a
+/// Twisted responder and back unchanged: pb never sends a decimal that makes a Twisted peer
+/// fail (`UNKNOWN`) and drop the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_decimal_pb_accepts_is_one_twisted_accepts() {
+    let (_server, port) = start_twisted_server(&[]).await;
+    let conn = AmpConnection::connect(("127.0.0.1", port), AmpConfig::default(), Locator::new())
+        .await
+        .unwrap();
+    let texts: Vec<String> = [
+        "1.5",
+        "1E+999999999999999999",
+        "10E+999999999999999999",
+        "1E+1000000000000000000",
+        "0.1E+1000000000000000000",
+        "00010E+999999999999999998",
+        "0E+999999999999999999",
+        "0E+1000000000000000000",
+        "-0E+1000000000000000000",
+        "1E-999999999999999999",
+        "1E-1999999999999999997",
+        "-1E-1999999999999999997",
+        "1E-1999999999999999998",
+        "10E-1999999999999999998",
+        "0E-1999999999999999997",
+        "0E-1999999999999999998",
+        "1.0E-1999999999999999997",
+        "0.00001E+1000000000000000004",
+        "0.00001E+1000000000000000005",
+        "12E9223372036854775807",
+        "1E-2000000000000000000",
+        "1E+99999999999999999999999999",
+        "1e-9223372036854775808",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let python = conn
+        .call(&DecimalsAccepted {
+            texts: texts.clone(),
+        })
+        .await
+        .unwrap()
+        .accepted;
+    assert_eq!(python.len(), texts.len());
+    for (text, python) in texts.iter().zip(python) {
+        let ours = text.parse::<Decimal>();
+        assert_eq!(ours.is_ok(), python, "Decimal({text:?}): pb {ours:?}");
+        if let Ok(d) = ours {
+            let back = conn.call(&EchoDecimal { d: d.clone() }).await.unwrap().d;
+            assert_eq!(back, d, "Decimal({text:?}) through twisted");
+        }
     }
 }
 
