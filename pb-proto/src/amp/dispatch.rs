@@ -19,6 +19,11 @@ const ERROR_DESCRIPTION: &str = "_error_description";
 /// The command name of StartTLS.
 pub const START_TLS: &str = "StartTLS";
 
+/// The default of [`AmpConfig::max_held_commands`]: 16 times the default
+/// `max_in_flight_responders`, as many as the Twisted PB dialect holds back for each call its
+/// cap lets run.
+pub const DEFAULT_MAX_HELD_COMMANDS: usize = 16 * 1024;
+
 /// Limits and policies of one AMP connection.
 ///
 /// `S` is the server side of StartTLS as the driver knows it (pb-core uses rustls's
@@ -38,15 +43,30 @@ pub struct AmpConfig<S = ()> {
     /// The most asks of ours that may await an answer at once (default 1024); past it a call fails
     /// with the caller's "too many outstanding" error.
     pub max_outstanding: usize,
-    /// The most incoming commands whose responders may run at once (default 1024); past it the
-    /// connection stops reading until one finishes.
+    /// The most incoming commands whose responders may run at once (default 1024); past it
+    /// the peer's further commands wait (see [`AmpConfig::max_held_commands`]) until one
+    /// finishes.
     pub max_in_flight_responders: usize,
     /// The most bytes of incoming commands (their boxes, as encoded) whose responders may run
     /// at once (default [`DEFAULT_MAX_CALL_BYTES`](crate::limits::DEFAULT_MAX_CALL_BYTES),
-    /// 64 MiB, the native call window's default); past it the connection stops reading until
-    /// one finishes. AMP cannot announce it (Twisted would not understand), so reading pauses
-    /// instead of refusing.
+    /// 64 MiB, the native call window's default); past it the peer's further commands wait
+    /// until one finishes. AMP cannot announce it (Twisted would not understand), so commands
+    /// wait instead of being refused.
     pub max_responder_bytes: usize,
+    /// The most of the peer's commands held back, read but not run, while they must wait
+    /// (responders at [`AmpConfig::max_in_flight_responders`] or
+    /// [`AmpConfig::max_responder_bytes`], or our output congested) and calls of ours await
+    /// answers (default [`DEFAULT_MAX_HELD_COMMANDS`], 16 times the default
+    /// `max_in_flight_responders`). Meanwhile the connection reads on, so that the answers
+    /// to our calls, which running responders may wait for and which free the peer, still
+    /// arrive; past this, or [`AmpConfig::max_held_bytes`], it stops reading until held
+    /// commands run. With no call of ours awaiting an answer nothing is held: reading stops
+    /// while commands must wait.
+    pub max_held_commands: usize,
+    /// The most bytes (boxes, as encoded) of the commands held back (see
+    /// [`AmpConfig::max_held_commands`]; default
+    /// [`DEFAULT_MAX_CALL_BYTES`](crate::limits::DEFAULT_MAX_CALL_BYTES), 64 MiB).
+    pub max_held_bytes: usize,
     /// Close the connection on an answer or error for a tag never asked (default true, as Twisted).
     pub close_on_unknown_answer: bool,
     /// Close the connection when a command sent without `_ask` fails or is unhandled (default true,
@@ -82,7 +102,8 @@ pub struct AmpConfig<S = ()> {
     /// 60 s, as pb's native `write_stall_timeout`; `None`: never), with
     /// [`DisconnectReason::WriteStalled`]: a peer that asks and never reads would otherwise keep
     /// its connection, and its slot, for as long as it likes (while the output waits, this side
-    /// reads nothing, by choice, so the idle timeout does not count). The stall is found between
+    /// runs none of the peer's commands and reads only for the answers to its own calls, by
+    /// choice, so the idle timeout does not count). The stall is found between
     /// this long and twice this long after it began.
     pub write_stall_timeout: Option<Duration>,
 }
@@ -96,6 +117,8 @@ impl<S> Default for AmpConfig<S> {
             max_outstanding: 1024,
             max_in_flight_responders: 1024,
             max_responder_bytes: crate::limits::DEFAULT_MAX_CALL_BYTES,
+            max_held_commands: DEFAULT_MAX_HELD_COMMANDS,
+            max_held_bytes: crate::limits::DEFAULT_MAX_CALL_BYTES,
             close_on_unknown_answer: true,
             close_on_failed_no_answer: true,
             tls_server: None,
@@ -176,6 +199,20 @@ impl<S> AmpConfig<S> {
     #[inline]
     pub fn max_responder_bytes(mut self, bytes: usize) -> Self {
         self.max_responder_bytes = bytes;
+        self
+    }
+
+    /// Sets [`AmpConfig::max_held_commands`].
+    #[inline]
+    pub fn max_held_commands(mut self, n: usize) -> Self {
+        self.max_held_commands = n;
+        self
+    }
+
+    /// Sets [`AmpConfig::max_held_bytes`].
+    #[inline]
+    pub fn max_held_bytes(mut self, bytes: usize) -> Self {
+        self.max_held_bytes = bytes;
         self
     }
 
