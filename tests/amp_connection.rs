@@ -1008,3 +1008,115 @@ async fn start_tls_read_with_a_fatal_error_is_refused_as_the_connection_closes()
     );
     server.closed().await;
 }
+
+#[derive(pb::AmpCommand, Clone)]
+#[amp(response = Echoed)]
+struct Echo {
+    s: pb::amp::Bytes,
+}
+
+#[derive(pb::AmpFields, Debug, PartialEq)]
+struct Echoed {
+    s: pb::amp::Bytes,
+}
+
+/// Waits for every call in `calls` (within a bound of virtual time, which a healthy run does
+/// not use) and returns the failures, by call.
+async fn failures<T: Send + 'static>(
+    mut calls: tokio::task::JoinSet<(usize, Result<T, String>)>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    let all = tokio::time::timeout(std::time::Duration::from_secs(600), async {
+        while let Some(r) = calls.join_next().await {
+            if let (i, Err(e)) = r.unwrap() {
+                failed.push(format!("call {i}: {e}"));
+            }
+        }
+    })
+    .await;
+    if all.is_err() {
+        failed.push("the calls did not finish".into());
+    }
+    failed
+}
+
+/// Responders that call the peer back (as `spawn_with` invites) still get their answers once
+/// `max_in_flight_responders` of them run: the connection holds the peer's further commands
+/// back but reads on for the answers to its own calls. With the default cap, 1 024 concurrent
+/// calls whose responders work for a second and then call back are all answered.
+#[tokio::test(start_paused = true)]
+async fn responders_that_call_back_do_not_deadlock_at_max_in_flight_responders() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let _server = AmpConnection::spawn_with(a, AmpConfig::default(), |conn| {
+        let conn = conn.clone();
+        Locator::new().respond(move |CallMeBack { a, b }| {
+            let conn = conn.clone();
+            async move {
+                // A second's work (virtual time), then the call back.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                Ok(conn.call(&Sum { a, b }).await.unwrap())
+            }
+        })
+    });
+    let client = AmpConnection::spawn(b, AmpConfig::default(), math());
+    let n = AmpConfig::default().max_in_flight_responders;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let client = client.clone();
+        calls.spawn(async move {
+            let r = client.call(&CallMeBack { a: i as i64, b: 1 }).await;
+            (
+                i,
+                match r {
+                    Ok(SumResult { total }) if total == i as i64 + 1 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+            )
+        });
+    }
+    let failed = failures(calls).await;
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}
+
+/// Two pb peers never both stop reading: 32 concurrent 60 kB echoes over a 64 KiB duplex fill
+/// the client's output with calls and the server's with answers, and the client reads on for
+/// the answers while its own output waits (the server holds nothing back: it calls nothing).
+#[tokio::test(start_paused = true)]
+async fn a_pb_client_making_many_large_calls_to_a_pb_server_does_not_deadlock() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let echo = Locator::new().respond(|Echo { s }| async move { Ok(Echoed { s }) });
+    let _server = AmpConnection::spawn(a, AmpConfig::default(), echo);
+    let client = AmpConnection::spawn(b, AmpConfig::default(), Locator::new());
+    let value = pb::amp::Bytes::from(vec![b'x'; 60_000]);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let (client, s) = (client.clone(), value.clone());
+        calls.spawn(async move {
+            (
+                i,
+                match client.call(&Echo { s: s.clone() }).await {
+                    Ok(e) if e.s == s => Ok(()),
+                    other => Err(format!("{other:?}")),
+                },
+            )
+        });
+    }
+    let started = tokio::time::Instant::now();
+    let failed = failures(calls).await;
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert_eq!(
+        started.elapsed(),
+        std::time::Duration::ZERO,
+        "no timer was needed"
+    );
+}

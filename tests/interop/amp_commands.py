@@ -106,6 +106,18 @@ class DecimalStrs(amp.Command):
     response = [(b"strs", amp.ListOf(amp.Unicode()))]
 
 
+class EchoDecimal(amp.Command):
+    arguments = [(b"d", amp.Decimal())]
+    response = [(b"d", amp.Decimal())]
+
+
+class DecimalsAccepted(amp.Command):
+    """Whether `Decimal(text)` accepts each text, to check pb parses exactly what Python does."""
+
+    arguments = [(b"texts", amp.ListOf(amp.Unicode()))]
+    response = [(b"accepted", amp.ListOf(amp.Boolean()))]
+
+
 def _tz(minutes):
     return datetime.timezone(datetime.timedelta(minutes=minutes))
 

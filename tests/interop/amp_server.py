@@ -72,6 +72,23 @@ class Server(amp.AMP):
 
         return {"strs": [str(decimal.Decimal(t)) for t in texts]}
 
+    @c.EchoDecimal.responder
+    def echo_decimal(self, d):
+        return {"d": d}
+
+    @c.DecimalsAccepted.responder
+    def decimals_accepted(self, texts):
+        import decimal
+
+        def accepted(text):
+            try:
+                decimal.Decimal(text)
+                return True
+            except decimal.InvalidOperation:
+                return False
+
+        return {"accepted": [accepted(t) for t in texts]}
+
     @c.Echo.responder
     def echo(self, s):
         return {"s": s}

@@ -10,7 +10,16 @@ use super::value::AmpValue;
 ///
 /// It is written exactly as Python's `str(Decimal)` writes it, so precision survives the wire:
 /// `1.10` stays `1.10`, `Decimal("1.5e3")` becomes `1.5E+3`, and the special values are `Infinity`,
-/// `-Infinity`, `NaN`, `-NaN`, `sNaN` and `-sNaN`. Parsing accepts what Python's `Decimal()` accepts.
+/// `-Infinity`, `NaN`, `-NaN`, `sNaN` and `-sNaN`.
+///
+/// Parsing accepts exactly what CPython's `Decimal()` accepts (its C `_decimal`, which Twisted
+/// uses, not the pure-Python `_pydecimal`): the syntax (signs, `_` between digits, `inf`,
+/// `nan` with a payload, surrounding whitespace) and the range of an exact value at the
+/// module's limits, an adjusted exponent (the exponent of the first digit) of at most
+/// `decimal.MAX_EMAX` (999 999 999 999 999 999) and an exponent of at least
+/// `decimal.MIN_ETINY` (-1 999 999 999 999 999 997). Python raises `InvalidOperation` beyond
+/// them (`Decimal("1E+1000000000000000000")`), and a Twisted responder that receives such a
+/// value fails, so pb refuses to build one.
 ///
 /// ```
 /// use pb::amp::Decimal;
@@ -56,6 +65,12 @@ impl Decimal {
         self.negative
     }
 }
+
+/// CPython's `decimal.MAX_EMAX` (64-bit builds): the largest adjusted exponent.
+const MAX_EMAX: i128 = 999_999_999_999_999_999;
+/// CPython's `decimal.MIN_ETINY` (`MIN_EMIN - (MAX_PREC - 1)`, 64-bit builds): the smallest
+/// exponent, that of the smallest subnormal.
+const MIN_ETINY: i128 = -1_999_999_999_999_999_997;
 
 fn strip_zeros(digits: &str) -> String {
     let t = digits.trim_start_matches('0');
@@ -146,10 +161,17 @@ impl FromStr for Decimal {
         exponent = exponent
             .checked_sub(i64::try_from(frac.len()).map_err(|_| bad())?)
             .ok_or_else(bad)?;
+        let coefficient = strip_zeros(&format!("{int}{frac}"));
+        // Within C decimal's limits, as Python's exact conversion checks them (zero too: a
+        // zero beyond them would be clamped, which Python refuses as well).
+        let adjusted = i128::from(exponent) + coefficient.len() as i128 - 1;
+        if adjusted > MAX_EMAX || i128::from(exponent) < MIN_ETINY {
+            return Err(bad());
+        }
         Ok(Decimal {
             negative,
             kind: Kind::Finite {
-                coefficient: strip_zeros(&format!("{int}{frac}")),
+                coefficient,
                 exponent,
             },
         })
@@ -170,9 +192,7 @@ impl fmt::Display for Decimal {
                 coefficient,
                 exponent,
             } => {
-                // In `i128`: an exponent near `i64`'s ends plus the digits' count does not fit
-                // an `i64` (Python prints `12E9223372036854775807` as
-                // `1.2E+9223372036854775808`).
+                // In `i128`, so that no exponent and digit count can overflow.
                 let len = coefficient.len() as i128;
                 let exponent = i128::from(*exponent);
                 let leftdigits = exponent + len;
@@ -241,13 +261,20 @@ mod tests {
             (".5", "0.5"),
             ("5.", "5"),
             ("0E-10", "0E-10"),
-            // Exponents at `i64`'s ends, as Python's `_pydecimal` prints them.
-            ("12E9223372036854775807", "1.2E+9223372036854775808"),
-            ("-12345E9223372036854775807", "-1.2345E+9223372036854775811"),
-            ("0E9223372036854775807", "0E+9223372036854775807"),
-            ("1E-9223372036854775807", "1E-9223372036854775807"),
-            ("123E-9223372036854775807", "1.23E-9223372036854775805"),
-            ("1.5E-9223372036854775807", "1.5E-9223372036854775807"),
+            // At C decimal's limits, as CPython 3.11's `_decimal` prints them.
+            ("1E+999999999999999999", "1E+999999999999999999"),
+            ("0.1E+1000000000000000000", "1E+999999999999999999"),
+            ("00010E+999999999999999998", "1.0E+999999999999999999"),
+            ("0.00001E+1000000000000000004", "1E+999999999999999999"),
+            ("0E+999999999999999999", "0E+999999999999999999"),
+            ("1E-999999999999999999", "1E-999999999999999999"),
+            ("1E-1999999999999999997", "1E-1999999999999999997"),
+            ("0E-1999999999999999997", "0E-1999999999999999997"),
+            (
+                "1E-0000000000000000000000001999999999999999997",
+                "1E-1999999999999999997",
+            ),
+            ("1E+0000000000000000000000000000000001", "1E+1"),
         ] {
             assert_eq!(
                 input.parse::<Decimal>().unwrap().to_string(),
@@ -256,6 +283,34 @@ mod tests {
             );
         }
         for bad in ["", "abc", "1e", "1.2.3", "--1", "0x1", "_1", "."] {
+            assert!(bad.parse::<Decimal>().is_err(), "{bad}");
+        }
+    }
+
+    /// Each of these raises `InvalidOperation` in CPython 3.11's `Decimal()` (checked against
+    /// it, and against Twisted in `tests/amp_interop.rs`): beyond `MAX_EMAX` or `MIN_ETINY`.
+    #[test]
+    fn exponents_beyond_c_decimals_limits_are_refused_as_python_refuses_them() {
+        for bad in [
+            "10E+999999999999999999",
+            "1E+1000000000000000000",
+            "0E+1000000000000000000",
+            "-0E+1000000000000000000",
+            "1E-1999999999999999998",
+            "10E-1999999999999999998",
+            "0E-1999999999999999998",
+            "0.0E-1999999999999999997",
+            "1.0E-1999999999999999997",
+            "100E-1999999999999999999",
+            "12E9223372036854775807",
+            "1E-2000000000000000000",
+            "1E+99999999999999999999999999",
+            "1E-99999999999999999999999999",
+            "0E+99999999999999999999999",
+            "1e9223372036854775808",
+            "1e-9223372036854775808",
+            "0.1e-9223372036854775808",
+        ] {
             assert!(bad.parse::<Decimal>().is_err(), "{bad}");
         }
     }

@@ -1,7 +1,7 @@
 //! The tokio driver: pumps a byte stream through a [`Dispatcher`], runs responders, switches
 //! to TLS for StartTLS, and answers the requests of the connection's [`AmpConnection`] handles.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
 use std::io;
 use std::net::SocketAddr;
@@ -31,7 +31,8 @@ use crate::wake::FlagWake;
 use pb_proto::hash::IdHasher;
 use pb_proto::liveness::{Liveness, Timeout};
 
-/// Stop reading and taking new calls while this much output waits to be written.
+/// Run none of the peer's commands and take no new calls while this much output waits to be
+/// written.
 pub(super) const HIGH_WATER: usize = 256 * 1024;
 pub(super) const READ_CHUNK: usize = 16 * 1024;
 pub(super) const TLS_ERROR_CODE: &[u8] = b"TLS_ERROR";
@@ -139,6 +140,9 @@ pub(super) struct TlsClientRequest {
     pub(super) reply: oneshot::Sender<RawResult<()>>,
 }
 
+/// A command of the peer's held back: its name, tag, arguments and box's encoded length.
+pub(super) type HeldCommand = (SmallBytes, Option<SmallBytes>, AmpBox, usize);
+
 pub(super) struct Driver {
     pub(super) dispatcher: Dispatcher,
     pub(super) locator: Arc<Locator>,
@@ -162,6 +166,11 @@ pub(super) struct Driver {
     pub(super) running: HashMap<tokio::task::Id, (Option<SmallBytes>, SmallBytes, usize)>,
     /// The encoded length of the boxes of running responders (`AmpConfig::max_responder_bytes`).
     pub(super) running_bytes: usize,
+    /// The peer's commands read but not run yet, in order (`AmpConfig::max_held_commands`):
+    /// they wait for room while answers to our calls are read on.
+    pub(super) held: VecDeque<HeldCommand>,
+    /// The encoded length of the boxes in `held` (`AmpConfig::max_held_bytes`).
+    pub(super) held_bytes: usize,
     pub(super) out: BytesMut,
     pub(super) need_flush: bool,
     /// The peer shut down its writing half; no more input will come.
@@ -257,7 +266,6 @@ impl Driver {
             {
                 return closed;
             }
-            let room = self.has_room(max_running);
             let received = self.dispatcher.boxes_received();
             if timing && received != self.boxes_seen {
                 self.boxes_seen = received;
@@ -289,20 +297,20 @@ impl Driver {
             }
             if self.peer_eof
                 && self.responders.is_empty()
+                && self.held.is_empty()
                 && self.out.is_empty()
                 && !self.need_flush
             {
                 self.dispatcher.close();
                 return Pumped::Closed(DisconnectReason::PeerClosed);
             }
-            let can_read =
-                !self.peer_eof && !closing && !switching && self.out.len() < HIGH_WATER && room;
+            let can_read = !self.peer_eof && !closing && !switching && self.may_decode(max_running);
             let can_request = !closing
                 && self.requests_open
                 && self.out.len() + self.dispatcher.held_output() < HIGH_WATER;
             // Not reading, or still working for the peer, is this side's silence, not the
             // peer's: the idle time counts from when that ends.
-            let busy = !can_read || !self.responders.is_empty();
+            let busy = !can_read || !self.responders.is_empty() || !self.held.is_empty();
             if busy != self.busy {
                 self.busy = busy;
                 if !busy && timing {
@@ -442,13 +450,35 @@ impl Driver {
     pub(super) fn take_ready(&mut self, max_running: usize) {
         loop {
             let mut progress = false;
-            // Commands already buffered wait too while too many responders run, unless the
-            // connection is closing: then nothing more is read, and what was (at most a read's
-            // worth) is dispatched, as Twisted dispatches it, before the close.
-            while (self.has_room(max_running) || self.dispatcher.is_closing())
+            // Held commands first, in order, as room comes; all of them once the connection is
+            // closing: then nothing more is read, and what was is dispatched, as Twisted
+            // dispatches it, before the close.
+            while !self.held.is_empty()
+                && (self.may_run(max_running) || self.dispatcher.is_closing())
+                && let Some((name, tag, args, len)) = self.held.pop_front()
+            {
+                self.held_bytes -= len;
+                self.handle_command(name, tag, args);
+                self.dispatcher.transmit_into(&mut self.out);
+                progress = true;
+            }
+            while (self.dispatcher.is_closing() || self.may_decode(max_running))
                 && let Some(event) = self.dispatcher.poll_event()
             {
-                self.handle_event(event);
+                match event {
+                    // A command behind held ones, or one that may not run now, waits; answers
+                    // and errors to our calls go through.
+                    Event::Command { name, tag, args }
+                        if !self.held.is_empty()
+                            || !(self.may_run(max_running) || self.dispatcher.is_closing()) =>
+                    {
+                        let len = args.encoded_len();
+                        self.held_bytes += len;
+                        self.held.push_back((name, tag, args, len));
+                    }
+                    event => self.handle_event(event),
+                }
+                self.dispatcher.transmit_into(&mut self.out);
                 progress = true;
             }
             while let Some(done) = self.responders.try_join_next_with_id() {
@@ -498,12 +528,35 @@ impl Driver {
             && self.out.len() + self.dispatcher.held_output() < HIGH_WATER
     }
 
-    /// Whether another command may start a responder: fewer than `max_running` run, holding
-    /// less than `AmpConfig::max_responder_bytes` of boxes.
+    /// Whether another command of the peer's may run now: fewer than `max_running`
+    /// responders run, holding less than `AmpConfig::max_responder_bytes` of boxes, and our
+    /// output is below [`HIGH_WATER`] (a peer that does not read its answers gets no more).
     #[inline]
-    fn has_room(&self, max_running: usize) -> bool {
+    fn may_run(&self, max_running: usize) -> bool {
         self.responders.len() < max_running
             && self.running_bytes < self.dispatcher.config().max_responder_bytes
+            && self.out.len() < HIGH_WATER
+    }
+
+    /// Whether to decode (and read) the peer's input: when its commands may run, or, while
+    /// they must wait, when calls of ours await answers and what is held back is within
+    /// `AmpConfig::max_held_commands` and `max_held_bytes`. Answers are read on so that two
+    /// peers never both stop reading for the same reason: our calls' answers are what the
+    /// running responders may wait for, and what frees the peer's output. A command that
+    /// asks for StartTLS and is held stops decoding: what follows it may be TLS.
+    #[inline]
+    fn may_decode(&self, max_running: usize) -> bool {
+        if self.held.is_empty() && self.may_run(max_running) {
+            return true;
+        }
+        let config = self.dispatcher.config();
+        (!self.pending.is_empty() || self.tls_client.is_some())
+            && self.held.len() < config.max_held_commands
+            && self.held_bytes < config.max_held_bytes
+            && self
+                .held
+                .back()
+                .is_none_or(|(name, ..)| name.as_ref() != START_TLS.as_bytes())
     }
 
     pub(super) fn close_with(&mut self, reason: DisconnectReason) {
@@ -546,6 +599,12 @@ impl Driver {
                 // An abort, as in Twisted: what is not written yet stays unwritten.
                 self.out.clear();
                 self.close_with(reason);
+            }
+            Event::Closing(reason) => {
+                tracing::warn!(%reason, "amp: closing connection once the answers are written");
+                // As Twisted's `loseConnection`: the dispatcher is closing already; what was
+                // received before is still answered, then the output is flushed and it closes.
+                self.close_reason.get_or_insert(reason);
             }
         }
     }

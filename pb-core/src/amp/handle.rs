@@ -144,6 +144,8 @@ impl AmpConnection {
             responders: JoinSet::new(),
             running: HashMap::new(),
             running_bytes: 0,
+            held: std::collections::VecDeque::new(),
+            held_bytes: 0,
             out: BytesMut::new(),
             need_flush: false,
             peer_eof: false,

@@ -19,6 +19,11 @@ const ERROR_DESCRIPTION: &str = "_error_description";
 /// The command name of StartTLS.
 pub const START_TLS: &str = "StartTLS";
 
+/// The default of [`AmpConfig::max_held_commands`]: 16 times the default
+/// `max_in_flight_responders`, as many as the Twisted PB dialect holds back for each call its
+/// cap lets run.
+pub const DEFAULT_MAX_HELD_COMMANDS: usize = 16 * 1024;
+
 /// Limits and policies of one AMP connection.
 ///
 /// `S` is the server side of StartTLS as the driver knows it (pb-core uses rustls's
@@ -38,15 +43,30 @@ pub struct AmpConfig<S = ()> {
     /// The most asks of ours that may await an answer at once (default 1024); past it a call fails
     /// with the caller's "too many outstanding" error.
     pub max_outstanding: usize,
-    /// The most incoming commands whose responders may run at once (default 1024); past it the
-    /// connection stops reading until one finishes.
+    /// The most incoming commands whose responders may run at once (default 1024); past it
+    /// the peer's further commands wait (see [`AmpConfig::max_held_commands`]) until one
+    /// finishes.
     pub max_in_flight_responders: usize,
     /// The most bytes of incoming commands (their boxes, as encoded) whose responders may run
     /// at once (default [`DEFAULT_MAX_CALL_BYTES`](crate::limits::DEFAULT_MAX_CALL_BYTES),
-    /// 64 MiB, the native call window's default); past it the connection stops reading until
-    /// one finishes. AMP cannot announce it (Twisted would not understand), so reading pauses
-    /// instead of refusing.
+    /// 64 MiB, the native call window's default); past it the peer's further commands wait
+    /// until one finishes. AMP cannot announce it (Twisted would not understand), so commands
+    /// wait instead of being refused.
     pub max_responder_bytes: usize,
+    /// The most of the peer's commands held back, read but not run, while they must wait
+    /// (responders at [`AmpConfig::max_in_flight_responders`] or
+    /// [`AmpConfig::max_responder_bytes`], or our output congested) and calls of ours await
+    /// answers (default [`DEFAULT_MAX_HELD_COMMANDS`], 16 times the default
+    /// `max_in_flight_responders`). Meanwhile the connection reads on, so that the answers
+    /// to our calls, which running responders may wait for and which free the peer, still
+    /// arrive; past this, or [`AmpConfig::max_held_bytes`], it stops reading until held
+    /// commands run. With no call of ours awaiting an answer nothing is held: reading stops
+    /// while commands must wait.
+    pub max_held_commands: usize,
+    /// The most bytes (boxes, as encoded) of the commands held back (see
+    /// [`AmpConfig::max_held_commands`]; default
+    /// [`DEFAULT_MAX_CALL_BYTES`](crate::limits::DEFAULT_MAX_CALL_BYTES), 64 MiB).
+    pub max_held_bytes: usize,
     /// Close the connection on an answer or error for a tag never asked (default true, as Twisted).
     pub close_on_unknown_answer: bool,
     /// Close the connection when a command sent without `_ask` fails or is unhandled (default true,
@@ -82,7 +102,8 @@ pub struct AmpConfig<S = ()> {
     /// 60 s, as pb's native `write_stall_timeout`; `None`: never), with
     /// [`DisconnectReason::WriteStalled`]: a peer that asks and never reads would otherwise keep
     /// its connection, and its slot, for as long as it likes (while the output waits, this side
-    /// reads nothing, by choice, so the idle timeout does not count). The stall is found between
+    /// runs none of the peer's commands and reads only for the answers to its own calls, by
+    /// choice, so the idle timeout does not count). The stall is found between
     /// this long and twice this long after it began.
     pub write_stall_timeout: Option<Duration>,
 }
@@ -96,6 +117,8 @@ impl<S> Default for AmpConfig<S> {
             max_outstanding: 1024,
             max_in_flight_responders: 1024,
             max_responder_bytes: crate::limits::DEFAULT_MAX_CALL_BYTES,
+            max_held_commands: DEFAULT_MAX_HELD_COMMANDS,
+            max_held_bytes: crate::limits::DEFAULT_MAX_CALL_BYTES,
             close_on_unknown_answer: true,
             close_on_failed_no_answer: true,
             tls_server: None,
@@ -179,6 +202,20 @@ impl<S> AmpConfig<S> {
         self
     }
 
+    /// Sets [`AmpConfig::max_held_commands`].
+    #[inline]
+    pub fn max_held_commands(mut self, n: usize) -> Self {
+        self.max_held_commands = n;
+        self
+    }
+
+    /// Sets [`AmpConfig::max_held_bytes`].
+    #[inline]
+    pub fn max_held_bytes(mut self, bytes: usize) -> Self {
+        self.max_held_bytes = bytes;
+        self
+    }
+
     /// Sets [`AmpConfig::close_on_unknown_answer`].
     #[inline]
     pub fn close_on_unknown_answer(mut self, yes: bool) -> Self {
@@ -232,8 +269,14 @@ pub enum Event {
         /// `_error_description`, decoded as UTF-8 with replacement.
         description: String,
     },
-    /// The connection must close, for this reason; no events follow.
+    /// The connection must close at once, for this reason (an abort: output not yet taken is
+    /// dropped); no events follow.
     Closed(DisconnectReason),
+    /// The connection closes for this reason as Twisted's `loseConnection` closes it (see
+    /// [`Dispatcher::lose_connection`]): the peer's input broke a limit. The boxes received
+    /// before it were returned already and their answers still go out; nothing after it is
+    /// read or dispatched. The driver closes once the output is written.
+    Closing(DisconnectReason),
 }
 
 /// Why an outgoing box was not sent.
@@ -396,7 +439,7 @@ impl<S> Dispatcher<S> {
                     b
                 }
                 Ok(None) => return None,
-                Err(e) => return Some(self.violation(AmpProtocolError::Codec(e))),
+                Err(e) => return Some(self.refused(e)),
             };
             if let Some(event) = self.dispatch(b, specials) {
                 return Some(event);
@@ -472,6 +515,28 @@ impl<S> Dispatcher<S> {
         } else {
             tracing::warn!(?tag, "amp: ignoring an answer for an unknown tag");
             None
+        }
+    }
+
+    /// The peer's input is not a box the codec accepts. A length over a limit (a key over 255
+    /// bytes, which Twisted's `lengthLimitExceeded` meets with `loseConnection`, or a box over
+    /// [`AmpConfig::codec`], limits of pb's own) closes gracefully: what was received before it
+    /// is answered, the rest of the input is dropped. A box that is malformed (an empty one,
+    /// on which Twisted raises out of `dataReceived`) is a violation: an abort.
+    #[inline]
+    fn refused(&mut self, e: BoxCodecError) -> Event {
+        match e {
+            BoxCodecError::KeyTooLong { .. }
+            | BoxCodecError::ValueTooLong { .. }
+            | BoxCodecError::TooManyKeys { .. }
+            | BoxCodecError::BoxTooLarge { .. } => {
+                self.input.clear();
+                self.lose_connection();
+                Event::Closing(DisconnectReason::Protocol(AmpProtocolError::Codec(e)))
+            }
+            BoxCodecError::EmptyBox | BoxCodecError::EmptyKey => {
+                self.violation(AmpProtocolError::Codec(e))
+            }
         }
     }
 
@@ -1139,6 +1204,41 @@ mod tests {
         assert_eq!(server.outstanding(), 1);
         server.close();
         assert_eq!(server.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_key_too_long_closes_gracefully_and_an_empty_box_aborts() {
+        let ask = b"\x00\x04_ask\x00\x011\x00\x08_command\x00\x01X\x00\x00";
+        // A key length over 255: what came before is answered, nothing after is read.
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
+        d.handle_input(&[&ask[..], b"\x01\x00", &ask[..]].concat());
+        let Some(Event::Command { tag: Some(t), .. }) = d.poll_event() else {
+            panic!("the command before the long key");
+        };
+        assert_eq!(
+            d.poll_event(),
+            Some(Event::Closing(DisconnectReason::Protocol(
+                AmpProtocolError::Codec(BoxCodecError::KeyTooLong { len: 256 })
+            )))
+        );
+        assert!(d.is_closing());
+        assert_eq!(d.poll_event(), None);
+        d.answer(t, AmpBox::new()).unwrap();
+        assert!(d.poll_transmit().is_some());
+        // An empty box: an abort, and the answers not yet taken are dropped.
+        let mut d: Dispatcher = Dispatcher::new(AmpConfig::default());
+        d.handle_input(&[&ask[..], b"\x00\x00"].concat());
+        let Some(Event::Command { tag: Some(t), .. }) = d.poll_event() else {
+            panic!("the command before the empty box");
+        };
+        d.answer(t, AmpBox::new()).unwrap();
+        assert!(matches!(
+            d.poll_event(),
+            Some(Event::Closed(DisconnectReason::Protocol(
+                AmpProtocolError::Codec(BoxCodecError::EmptyBox)
+            )))
+        ));
+        assert!(d.poll_transmit().is_none());
     }
 
     #[test]
