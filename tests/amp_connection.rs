@@ -1120,3 +1120,148 @@ async fn a_pb_client_making_many_large_calls_to_a_pb_server_does_not_deadlock() 
         "no timer was needed"
     );
 }
+
+/// A box as the wire carries it, pairs in the order given (a key may come twice).
+fn wire_box(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u16).to_be_bytes());
+        out.extend_from_slice(k);
+        out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// `max_held_bytes` bounds what held commands keep: a held command is copied out of its
+/// frame and counted whole (name and tag too), so boxes of about 1 MB whose arguments are
+/// nothing (their `_command` given 15 times, the last one winning) are not held by the
+/// thousand while one call of ours awaits its answer.
+#[tokio::test(start_paused = true)]
+async fn max_held_bytes_bounds_what_held_commands_keep_in_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (victim_io, mut peer) = tokio::io::duplex(64 * 1024);
+    let victim = AmpConnection::spawn(
+        victim_io,
+        AmpConfig::default()
+            .max_in_flight_responders(1)
+            .max_held_bytes(1024 * 1024),
+        Locator::new().respond(|Wait {}| std::future::pending()),
+    );
+    // A call of ours awaits its answer (the peer never gives it): the connection reads on
+    // while the peer's commands must wait.
+    let ours = tokio::spawn({
+        let victim = victim.clone();
+        async move { victim.call(&Sum { a: 1, b: 2 }).await }
+    });
+    let mut buf = [0u8; 256];
+    let n = peer.read(&mut buf).await.unwrap();
+    assert!(buf[..n].windows(3).any(|w| w == b"Sum"));
+    // One responder runs, at the cap.
+    peer.write_all(&raw_box(&[("_ask", "1"), ("_command", "Wait")]))
+        .await
+        .unwrap();
+    // Then commands that must wait, each a box of ~983 kB (15 `_command` values of 64 KiB,
+    // the last one wins) with no argument.
+    let big = vec![b'x'; 65_535];
+    let mut one: Vec<(&[u8], &[u8])> = vec![(b"_ask", b"2")];
+    for _ in 0..15 {
+        one.push((b"_command", &big));
+    }
+    let one = wire_box(&one);
+    assert!(one.len() < 1024 * 1024);
+    let boxes = 24;
+    let mut flood = Vec::with_capacity(one.len() * boxes);
+    for _ in 0..boxes {
+        flood.extend_from_slice(&one);
+    }
+    let read_all =
+        tokio::time::timeout(std::time::Duration::from_secs(600), peer.write_all(&flood)).await;
+    assert!(
+        read_all.is_err(),
+        "the connection read (and holds) {} bytes of commands held back, {} boxes, though \
+         max_held_bytes is 1 MiB: {read_all:?}",
+        flood.len(),
+        boxes
+    );
+    drop(ours);
+}
+
+/// Two pb peers; the server lets `max_in_flight_responders` run and its `CallMeBack`
+/// responder calls the client back (`Sum`). The client starts TLS while that callback is
+/// being answered. Returns whether the client's `CallMeBack` and `start_tls` both ended
+/// within 10 minutes of virtual time, and how.
+async fn start_tls_while_a_callback_is_answered(max_running: usize) -> (String, String) {
+    let (server_tls, client_tls) = tls_configs();
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let _server = AmpConnection::spawn_with(
+        a,
+        AmpConfig::default()
+            .tls_server(server_tls)
+            .max_in_flight_responders(max_running),
+        |conn| {
+            let conn = conn.clone();
+            Locator::new().respond(move |CallMeBack { a, b }| {
+                let conn = conn.clone();
+                async move { Ok(conn.call(&Sum { a, b }).await.unwrap()) }
+            })
+        },
+    );
+    let (started_tx, started) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let client = AmpConnection::spawn(
+        b,
+        AmpConfig::default(),
+        Locator::new().respond({
+            let gate = gate.clone();
+            move |Sum { a, b }| {
+                let (gate, started_tx) = (gate.clone(), started_tx.clone());
+                async move {
+                    let _ = started_tx.send(());
+                    gate.notified().await;
+                    Ok(SumResult { total: a + b })
+                }
+            }
+        }),
+    );
+    let mut started = started;
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(&CallMeBack { a: 1, b: 2 }).await }
+    });
+    // The server's callback is being answered by the client...
+    started.recv().await.unwrap();
+    // ...when the client asks for TLS (its StartTLS leaves at once; its later boxes, the
+    // callback's answer among them, wait for the switch, as Twisted's do).
+    let name = pb::amp::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio::spawn({
+        let client = client.clone();
+        async move { client.start_tls(client_tls, name).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    gate.notify_one();
+    let ten_minutes = std::time::Duration::from_secs(600);
+    let call = tokio::time::timeout(ten_minutes, call).await;
+    let tls = tokio::time::timeout(ten_minutes, tls).await;
+    (format!("{call:?}"), format!("{tls:?}"))
+}
+
+/// StartTLS needs no responder, so it is answered at once even while the responders are at
+/// `max_in_flight_responders`: the client (as Twisted's) holds every box after its StartTLS
+/// until it is answered, the answer to the running responder's callback among them.
+#[tokio::test(start_paused = true)]
+async fn start_tls_during_a_callback_at_max_in_flight_responders_does_not_deadlock() {
+    let below = start_tls_while_a_callback_is_answered(2).await;
+    assert!(
+        below.0.starts_with("Ok(Ok(Ok(") && below.1.starts_with("Ok(Ok(Ok("),
+        "below the cap: {below:?}"
+    );
+    let at_cap = start_tls_while_a_callback_is_answered(1).await;
+    assert!(
+        at_cap.0.starts_with("Ok(Ok(Ok(") && at_cap.1.starts_with("Ok(Ok(Ok("),
+        "at the cap: call {}, start_tls {}",
+        at_cap.0,
+        at_cap.1
+    );
+}

@@ -107,8 +107,9 @@ async fn graceful_shutdown_lets_calls_in_flight_finish() {
 
 /// A connection allowed one running call, with the peer's `gated(7)` running on it and its
 /// `add(1, 2)` held back, read but not run (it counts in the call window): the server's end,
-/// the gate that lets the running call finish, and the two calls.
+/// the client's, the gate that lets the running call finish, and the two calls.
 async fn one_call_running_and_one_held() -> (
+    pb::Connection,
     pb::Connection,
     std::sync::Arc<tokio::sync::Semaphore>,
     JoinHandle<Result<u64, CallError<TestError>>>,
@@ -129,7 +130,7 @@ async fn one_call_running_and_one_held() -> (
     let held = tokio::spawn(async move { k.add(1, 2).await });
     assert!(settle(|| server.stats().tables.call_bytes > window_before).await);
     assert_eq!(server.stats().tables.in_flight_calls, 1);
-    (server, gate, running, held)
+    (server, client, gate, running, held)
 }
 
 /// A graceful close (what `ServerHandle::shutdown` does to every connection) with a call of
@@ -137,7 +138,7 @@ async fn one_call_running_and_one_held() -> (
 /// `ShuttingDown`, never dropped, even when the running call ends right after the close began.
 #[tokio::test(start_paused = true)]
 async fn a_call_held_back_at_a_graceful_close_is_refused_not_lost() {
-    let (server, gate, running, held) = one_call_running_and_one_held().await;
+    let (server, _client, gate, running, held) = one_call_running_and_one_held().await;
     let closing = tokio::spawn({
         let server = server.clone();
         async move { server.close().await }
@@ -153,7 +154,7 @@ async fn a_call_held_back_at_a_graceful_close_is_refused_not_lost() {
 /// (it does not wait for a call to end, nor for the reader's next timer).
 #[tokio::test(start_paused = true)]
 async fn a_call_held_back_at_a_graceful_close_is_refused_at_once() {
-    let (server, gate, running, held) = one_call_running_and_one_held().await;
+    let (server, _client, gate, running, held) = one_call_running_and_one_held().await;
     let started = tokio::time::Instant::now();
     let closing = tokio::spawn({
         let server = server.clone();
@@ -184,4 +185,28 @@ async fn a_graceful_close_with_nothing_running_ends_the_stream_without_a_goodbye
     assert!(rest.is_empty(), "{rest:?}");
     // No drain timer ran (virtual time would have jumped to it).
     assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+}
+
+/// A connection that closes otherwise than gracefully (the peer goes) while it holds a call
+/// back holds nothing after: a later `Connection::close()` has nothing to wait for.
+#[tokio::test(start_paused = true)]
+async fn close_of_a_connection_closed_while_holding_a_call_returns_at_once() {
+    let (server, client, _gate, running, held) = one_call_running_and_one_held().await;
+    // The peer goes away: the server's connection closes (not gracefully).
+    client.abort();
+    server.closed().await;
+    assert!(server.is_closed());
+    let _ = running.await;
+    let _ = held.await;
+    let started = tokio::time::Instant::now();
+    // Closing a connection that is closed already has nothing to wait for.
+    tokio::time::timeout(std::time::Duration::from_secs(3600), server.close())
+        .await
+        .unwrap();
+    assert_eq!(
+        started.elapsed(),
+        std::time::Duration::ZERO,
+        "close() of a closed connection waited {:?}",
+        started.elapsed()
+    );
 }

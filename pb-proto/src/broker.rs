@@ -701,6 +701,8 @@ impl<T: Tokens> Broker<T> {
         self.pending
             .fail_waiting(|waiter| events.extend(waiter.take().map(Event::Answered)));
         self.running.clear();
+        // The reader drops what it held back: nothing of it will be handled any more.
+        self.held = 0;
         self.releases.clear();
         // Calls never sent: those that wait for answers were failed above.
         self.parked.clear();

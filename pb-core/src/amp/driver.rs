@@ -468,11 +468,27 @@ impl Driver {
                 match event {
                     // A command behind held ones, or one that may not run now, waits; answers
                     // and errors to our calls go through.
+                    // The built-in StartTLS runs no responder: it needs no room, and a running
+                    // responder may be waiting for an answer that the peer sends only once
+                    // StartTLS is answered (Twisted's client holds what it sends meanwhile).
+                    Event::Command { name, tag, args }
+                        if self.held.is_empty()
+                            && name.as_ref() == START_TLS.as_bytes()
+                            && !self.locator.contains(START_TLS) =>
+                    {
+                        self.handle_command(name, tag, args);
+                    }
                     Event::Command { name, tag, args }
                         if !self.held.is_empty()
                             || !(self.may_run(max_running) || self.dispatcher.is_closing()) =>
                     {
-                        let len = args.encoded_len();
+                        // Copied out of the received frame, which may share its allocation
+                        // with much more (other boxes, keys the dispatcher took out): a held
+                        // command holds what it is counted for.
+                        let (name, tag, args) = held_copy(name, tag, args);
+                        let len = name.as_ref().len()
+                            + tag.as_ref().map_or(0, |t| t.as_ref().len())
+                            + args.encoded_len();
                         self.held_bytes += len;
                         self.held.push_back((name, tag, args, len));
                     }
@@ -904,4 +920,22 @@ impl Drop for Driver {
         // leave its callers waiting for answers that cannot come.
         let _ = self.calls.shut(&DisconnectReason::LocalClosed);
     }
+}
+
+/// A command to hold back, in allocations of its own: its name, tag and arguments as parts of
+/// the received frame would keep that whole frame (and what shares its allocation) alive.
+fn held_copy(
+    name: SmallBytes,
+    tag: Option<SmallBytes>,
+    args: AmpBox,
+) -> (SmallBytes, Option<SmallBytes>, AmpBox) {
+    let mut own = AmpBox::default();
+    for (key, value) in args.iter() {
+        own.insert_copy(key, value);
+    }
+    (
+        SmallBytes::copy_from_slice(name.as_ref()),
+        tag.map(|t| SmallBytes::copy_from_slice(t.as_ref())),
+        own,
+    )
 }

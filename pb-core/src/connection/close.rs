@@ -71,6 +71,8 @@ impl ConnShared {
         // on tasks of their own) have been started by then.
         self.record.forget();
         self.closed.notify_waiters();
+        // A graceful close waiting for running and held calls to drain: none is left.
+        self.call_done.notify_waiters();
         // Callers waiting for the peer's hello give up. Only a connection whose peer's hello
         // has not come can have any: its arrival woke those before it, and later ones see it.
         if !self.peer_known.load(Ordering::Acquire) {
