@@ -208,8 +208,8 @@ pub use pb_core::zero_copy;
 pub use pb_core::{
     Cache, CacheState, CallError, Caller, CloseReason, Config, ConnectError, Connection,
     ConnectionStats, Copyable, Limits, Never, ObjectRef, Remote, Replica, ReplicaChange,
-    ReplicaError, ReplicaUpdates, Side, TableStats, Versioned, codec, deadline, scram, stream,
-    trace, transport,
+    ReplicaError, ReplicaUpdates, Side, TableStats, UPDATE_BACKLOG, Versioned, codec, deadline,
+    scram, stream, trace, transport,
 };
 pub use pb_derive::{Copyable, copyable, remote};
 

@@ -210,7 +210,9 @@ impl<T: CacheState> Cache<T> {
                             observe.get_or_insert_with(|| codec::twisted::observe_call(&*update));
                         twisted_update(link, object, call);
                     }
-                    None => conn.send_update(object, payload.clone()),
+                    None => {
+                        conn.send_update(object, payload.clone(), &|| self.inner.catch_up(None))
+                    }
                 }
             }
         }
@@ -331,7 +333,7 @@ impl<T: CacheState> CacheInner<T> {
     fn send_catch_up(&self, link: &ExportLink, encoded: Option<u64>) {
         let exported = link.conn.upgrade().is_some_and(|conn| {
             if let Some(update) = self.catch_up(encoded) {
-                conn.send_update(link.object, update);
+                conn.send_update(link.object, update, &|| None);
             }
             conn.is_exported(link.object)
         });
@@ -673,10 +675,9 @@ impl<T: CacheState> Replica<T> {
                     let mut failed = None;
                     let found = rx
                         .wait_for(|v| {
-                            f(&v.value) || {
-                                failed = state.error();
-                                failed.is_some()
-                            }
+                            // Out of sync, the state is stale whatever it says: checked first.
+                            failed = state.error();
+                            failed.is_some() || f(&v.value)
                         })
                         .await;
                     match (found, failed) {
@@ -685,7 +686,10 @@ impl<T: CacheState> Replica<T> {
                         (Err(_), _) => Err(CallError::Disconnected),
                     }
                 };
+                // The state first: one that holds already is the answer, even once the owner
+                // is gone.
                 tokio::select! {
+                    biased;
                     r = wait => r,
                     _ = owner.disconnected() => Err(CallError::Disconnected),
                 }

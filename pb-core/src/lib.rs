@@ -85,7 +85,9 @@ pub use cache::{
 };
 pub use connection::{Config, ConnectError, ConnectionReader};
 pub use identity::{Identity, PeerCertificate};
-pub use link::{Caller, CloseReason, Connection, ConnectionStats, ExportLink, Side};
+pub use link::{
+    Caller, CloseReason, Connection, ConnectionStats, ExportLink, Side, UPDATE_BACKLOG,
+};
 pub use object::{
     BoxFuture, CallError, Copyable, Dispatch, Fault, IncomingCall, Interface, MethodSignature,
     Never, ObjectRef, Outcome, Remote, Reply, decode_outcome, encode_reply, encode_result,

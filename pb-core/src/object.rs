@@ -290,6 +290,42 @@ impl IncomingCall {
     }
 }
 
+/// Turns a panic in a handler into an internal-error reply, so the caller gets an answer (the
+/// same whether the object is remote or in this process) and a connection's books stay
+/// balanced.
+pub(crate) struct CatchUnwind<F>(pub(crate) F);
+
+impl<F: std::future::Future<Output = Reply> + Unpin> std::future::Future for CatchUnwind<F> {
+    type Output = Reply;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Reply> {
+        let inner = &mut self.0;
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            std::pin::Pin::new(inner).poll(cx)
+        }));
+        match polled {
+            Ok(p) => p,
+            Err(payload) => {
+                // The panic's message stays in this process's log (the caller learns only
+                // that the handler failed); the call's span names the method.
+                let why = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                tracing::error!(panic = why, "a call handler panicked");
+                std::task::Poll::Ready(Err(Fault {
+                    kind: FaultKind::Internal,
+                    message: "the handler failed".into(),
+                }))
+            }
+        }
+    }
+}
+
 /// The error of a remote method that cannot fail: one declared `-> T` (or returning nothing)
 /// instead of `-> Result<T, E>`. No value of it exists, so its stub's `CallError<Never>` is
 /// only ever one of the system's errors (a lost connection, a deadline, a limit), never
@@ -598,7 +634,8 @@ impl ObjectRef {
                 }
                 let call = IncomingCall::new(method, args.into_bytes(), refs, Caller::local())
                     .with_extras(extras);
-                let handler = d.clone().dispatch(call);
+                // A handler that panics fails the call with `Internal`, as over a connection.
+                let handler = CatchUnwind(d.clone().dispatch(call));
                 match deadline {
                     Some(at) => tokio::time::timeout_at(at, handler)
                         .await

@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -38,15 +39,17 @@ const PULL_BATCH: u32 = 8;
 /// Make a stream whose producer may run `capacity` items ahead of its consumer.
 pub fn channel<T: Item>(capacity: usize) -> (Sender<T>, Stream<T>) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
+    let panicked = Arc::new(AtomicBool::new(false));
     let source = Arc::new(Source {
         rx: Mutex::new(Pulled {
             rx,
             next: VecDeque::new(),
             failed: None,
+            panicked: panicked.clone(),
         }),
     });
     (
-        Sender { tx },
+        Sender { tx, panicked },
         Stream {
             inner: Kind::Local(source),
             buffer: VecDeque::new(),
@@ -60,10 +63,24 @@ pub trait Item: Serialize + DeserializeOwned + Send + 'static {}
 
 impl<T: Serialize + DeserializeOwned + Send + 'static> Item for T {}
 
-/// The producing end of a stream. Dropping it ends the stream.
+/// The producing end of a stream. Dropping it ends the stream; dropped as its task panics, it
+/// fails the stream instead (a stream cut short never looks like a shorter complete one).
 pub struct Sender<T> {
     tx: mpsc::Sender<Result<T, String>>,
+    /// Set when the sender is dropped while its thread panics.
+    panicked: Arc<AtomicBool>,
 }
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.panicked.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// What a stream whose producer panicked fails with.
+const PANICKED: &str = "the stream's producer panicked";
 
 impl<T> fmt::Debug for Sender<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -112,6 +129,8 @@ struct Pulled<T> {
     rx: mpsc::Receiver<Result<T, String>>,
     next: VecDeque<Taken<T>>,
     failed: Option<String>,
+    /// The sender was dropped as its task panicked: the channel's end is a failure.
+    panicked: Arc<AtomicBool>,
 }
 
 /// An item taken from the channel, and its encoding as a batch of its own once one was made
@@ -157,6 +176,7 @@ impl<T> Source<T> {
                 return Err(reason);
             }
             match pulled.rx.recv().await {
+                None if pulled.panicked.load(Ordering::Acquire) => return Err(PANICKED.into()),
                 None => return Ok(batch),
                 Some(item) => batch.push(Taken::new(item?)),
             }

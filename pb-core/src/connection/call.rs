@@ -2,6 +2,7 @@
 //! model's `object/call.rs` that need the connection), one-way sends and cache updates.
 
 use super::*;
+use crate::link::UPDATE_BACKLOG;
 
 impl ConnShared {
     /// Completes once a call of this size may be started: at once if the peer's hello has
@@ -129,10 +130,60 @@ impl ConnShared {
         }
     }
 
-    /// Send a cache update to the peer, if the cache is still exported to it.
-    pub(crate) fn send_update(&self, object: u64, payload: Bytes) {
-        if self.lock().send_update(object, payload) {
-            self.wake_writer.notify_one();
+    /// Send a cache update to the peer, if the cache is still exported to it. An update over
+    /// the peer's frame goes as the cache's whole `state` instead (which puts the replica back
+    /// in sync); if neither fits, or updates back up past [`UPDATE_BACKLOG`] times
+    /// `max_unsent_bytes` for a peer that reads too slowly, the connection is cut
+    /// ([`CloseReason::CacheBehind`]): its replica must not go silently stale, nor its backlog
+    /// grow without bound.
+    pub(crate) fn send_update(
+        &self,
+        object: u64,
+        payload: Bytes,
+        state: &dyn Fn() -> Option<Bytes>,
+    ) {
+        let fits = {
+            let broker = self.lock();
+            if !broker.is_exported(object) {
+                return;
+            }
+            broker.update_fits(payload.len())
+        };
+        let payload = match fits {
+            true => payload,
+            false => {
+                let len = payload.len();
+                match state().filter(|s| self.lock().update_fits(s.len())) {
+                    Some(state) => state,
+                    None => {
+                        let why = format!(
+                            "a cache update of {len} bytes, and the cache's whole state, are \
+                             over the peer's max_frame_len"
+                        );
+                        tracing::warn!(connection = self.id, %why, "closing connection");
+                        self.close(CloseReason::CacheBehind(why));
+                        return;
+                    }
+                }
+            }
+        };
+        let queued = {
+            let mut broker = self.lock();
+            if !broker.send_update(object, payload) {
+                return;
+            }
+            broker.queued_bytes()
+        };
+        self.wake_writer.notify_one();
+        let waiting = queued + self.unsent.load(Ordering::Relaxed);
+        if waiting > UPDATE_BACKLOG.saturating_mul(self.max_unsent) {
+            let why = format!(
+                "{waiting} bytes wait unsent to a peer that observes a cache, over \
+                 {UPDATE_BACKLOG} times max_unsent_bytes ({})",
+                self.max_unsent
+            );
+            tracing::warn!(connection = self.id, %why, "closing connection");
+            self.close(CloseReason::CacheBehind(why));
         }
     }
 

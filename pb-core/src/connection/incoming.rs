@@ -2,35 +2,7 @@
 //! task of their own when they wait), their answers queued.
 
 use super::*;
-
-/// Turns a panic in a handler into an internal-error reply, so the caller gets an answer and
-/// the connection's books stay balanced.
-pub(super) struct CatchUnwind<F>(pub(super) F);
-
-impl<F: Future<Output = Reply> + Unpin> Future for CatchUnwind<F> {
-    type Output = Reply;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
-        let inner = &mut self.0;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
-            Ok(p) => p,
-            Err(payload) => {
-                // The panic's message stays in this process's log (the caller learns only
-                // that the handler failed); the call's span names the method.
-                let why = payload
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("(no message)");
-                tracing::error!(panic = why, "a call handler panicked");
-                Poll::Ready(Err(Fault {
-                    kind: FaultKind::Internal,
-                    message: "the handler failed".into(),
-                }))
-            }
-        }
-    }
-}
+use crate::object::CatchUnwind;
 
 impl ConnShared {
     /// Handle one frame of a reader's batch (`held`: one the reader held back, with

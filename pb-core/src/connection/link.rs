@@ -127,8 +127,8 @@ impl Link for ConnShared {
         ConnShared::send_oneway(self, target, method, payload, refs, extras)
     }
 
-    fn send_update(&self, object: u64, payload: Bytes) {
-        ConnShared::send_update(self, object, payload)
+    fn send_update(&self, object: u64, payload: Bytes, state: &dyn Fn() -> Option<Bytes>) {
+        ConnShared::send_update(self, object, payload, state)
     }
 
     fn is_exported(&self, object: u64) -> bool {

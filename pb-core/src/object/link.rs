@@ -68,7 +68,17 @@ pub enum CloseReason {
     /// Output was over `Limits::max_unsent_bytes` and none of it could be written for the
     /// configured `write_stall_timeout`: the peer stopped reading.
     WriteStalled(std::time::Duration),
+    /// A cache this side owns could not be kept up to date on the peer, which observes it: an
+    /// update, and the cache's whole state after it, were over the peer's `max_frame_len`, or
+    /// updates waited unsent past [`UPDATE_BACKLOG`] times `Limits::max_unsent_bytes` (the
+    /// peer reads too slowly to follow them). Cut, the peer's replicas fail with
+    /// `Disconnected` rather than go silently stale, and its backlog costs nothing more.
+    CacheBehind(String),
 }
+
+/// How many times `Limits::max_unsent_bytes` of output may wait for a peer that observes a
+/// cache before a new update cuts it ([`CloseReason::CacheBehind`]).
+pub const UPDATE_BACKLOG: usize = 4;
 
 /// A live counter snapshot of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -303,7 +313,7 @@ pub(crate) trait Link: Send + Sync + 'static {
         extras: CallExtras,
     ) -> Result<(), Fault>;
     /// Send a cache update to the peer, if our object `object` is still exported to it.
-    fn send_update(&self, object: u64, payload: Bytes);
+    fn send_update(&self, object: u64, payload: Bytes, state: &dyn Fn() -> Option<Bytes>);
     /// Whether our object is exported to the peer under `object`.
     fn is_exported(&self, object: u64) -> bool;
     /// The peer's object `id` (of `generation`) was received `count` times and is no longer

@@ -951,7 +951,7 @@ impl Link for PbShared {
             .map(|_| ())
     }
 
-    fn send_update(&self, _object: u64, _payload: Bytes) {}
+    fn send_update(&self, _object: u64, _payload: Bytes, _state: &dyn Fn() -> Option<Bytes>) {}
 
     fn is_exported(&self, object: u64) -> bool {
         i64::try_from(object).is_ok_and(|l| lock(&self.state).broker.exported(l).is_some())

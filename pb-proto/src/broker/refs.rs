@@ -98,6 +98,12 @@ impl<T: Tokens> Broker<T> {
         self.events.extend(refs.into_iter().map(Event::Dropped));
     }
 
+    /// Whether an update whose payload is `len` bytes fits the peer's frame.
+    pub fn update_fits(&self, len: usize) -> bool {
+        self.frame_fits(UPDATE_HEAD_MAX.saturating_add(len), PEER)
+            .is_ok()
+    }
+
     /// Queue an update of a cache we own for the peer, which holds it as `object`. Returns
     /// false, queueing nothing, if the object is no longer exported to it, or if the update
     /// is larger than the peer accepts (then the replica falls behind and says so when the
