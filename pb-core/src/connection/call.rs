@@ -132,23 +132,31 @@ impl ConnShared {
 
     /// Send a cache update to the peer, if the cache is still exported to it. An update over
     /// the peer's frame goes as the cache's whole `state` instead (which puts the replica back
-    /// in sync); if neither fits, or updates back up past [`UPDATE_BACKLOG`] times
-    /// `max_unsent_bytes` for a peer that reads too slowly, the connection is cut
-    /// ([`CloseReason::CacheBehind`]): its replica must not go silently stale, nor its backlog
-    /// grow without bound.
+    /// in sync). If neither fits, or if more than [`UPDATE_BACKLOG`] times `max_unsent_bytes`
+    /// already waits unsent to the peer when an update comes (it reads too slowly to follow),
+    /// the update is not queued and the connection is cut ([`CloseReason::CacheBehind`]): its
+    /// replica must not go silently stale, nor its backlog grow without bound.
     pub(crate) fn send_update(
         &self,
         object: u64,
         payload: Bytes,
         state: &dyn Fn() -> Option<Bytes>,
     ) {
-        let fits = {
+        let (fits, waiting) = {
             let broker = self.lock();
             if !broker.is_exported(object) {
                 return;
             }
-            broker.update_fits(payload.len())
+            let waiting = broker.queued_bytes() + self.unsent.load(Ordering::Relaxed);
+            (broker.update_fits(payload.len()), waiting)
         };
+        if waiting > UPDATE_BACKLOG.saturating_mul(self.max_unsent) {
+            return self.cut_behind(format!(
+                "{waiting} bytes wait unsent to a peer that observes a cache, over \
+                 {UPDATE_BACKLOG} times max_unsent_bytes ({})",
+                self.max_unsent
+            ));
+        }
         let payload = match fits {
             true => payload,
             false => {
@@ -156,35 +164,26 @@ impl ConnShared {
                 match state().filter(|s| self.lock().update_fits(s.len())) {
                     Some(state) => state,
                     None => {
-                        let why = format!(
+                        return self.cut_behind(format!(
                             "a cache update of {len} bytes, and the cache's whole state, are \
                              over the peer's max_frame_len"
-                        );
-                        tracing::warn!(connection = self.id, %why, "closing connection");
-                        self.close(CloseReason::CacheBehind(why));
-                        return;
+                        ));
                     }
                 }
             }
         };
-        let queued = {
-            let mut broker = self.lock();
-            if !broker.send_update(object, payload) {
-                return;
-            }
-            broker.queued_bytes()
-        };
-        self.wake_writer.notify_one();
-        let waiting = queued + self.unsent.load(Ordering::Relaxed);
-        if waiting > UPDATE_BACKLOG.saturating_mul(self.max_unsent) {
-            let why = format!(
-                "{waiting} bytes wait unsent to a peer that observes a cache, over \
-                 {UPDATE_BACKLOG} times max_unsent_bytes ({})",
-                self.max_unsent
-            );
-            tracing::warn!(connection = self.id, %why, "closing connection");
-            self.close(CloseReason::CacheBehind(why));
+        if self.lock().send_update(object, payload) {
+            self.wake_writer.notify_one();
         }
+    }
+
+    /// Cut the connection, which cannot follow a cache ([`CloseReason::CacheBehind`]), from a
+    /// task of its own: the caller holds the cache's lock, and closing runs user code (export
+    /// hooks, drops) that may update that very cache.
+    fn cut_behind(&self, why: String) {
+        tracing::warn!(connection = self.id, %why, "closing connection");
+        let Some(me) = self.me.upgrade() else { return };
+        tokio::spawn(async move { me.close(CloseReason::CacheBehind(why)) });
     }
 
     /// Send a call that wants no answer.

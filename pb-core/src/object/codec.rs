@@ -83,9 +83,18 @@ struct Context {
     /// payload's last bytes (the tail marker) hold, and where the payload ends (where that
     /// string is read, as an empty one).
     tail: Option<(Bytes, usize)>,
+    /// A decode made only to see whether the bytes decode (see [`decodes_as_marked`]): values
+    /// whose decoding does something (a replica attaching its state) must not do it.
+    probe: bool,
 }
 
 type Stack = RefCell<Vec<Context>>;
+
+/// Whether the decode under way is a probe, whose value is thrown away (see
+/// [`decodes_as_marked`]): a value whose decoding has effects leaves them out.
+pub(crate) fn probing() -> bool {
+    DECODING.with(|s| s.borrow().last().is_some_and(|cx| cx.probe))
+}
 
 thread_local! {
     static ENCODING: Stack = const { RefCell::new(Vec::new()) };
@@ -310,6 +319,7 @@ fn encoding_scope(peer: Option<&Connection>) -> Scope {
             peer: peer.cloned(),
             frame: None,
             tail: None,
+            probe: false,
         },
     )
 }
@@ -707,6 +717,7 @@ where
     // cut to a one-byte empty string (its values would need the bytes cut), while a true one
     // does, its last string empty: then, and only then, the tail goes in place.
     if !decodes_as_marked(bytes, frame, &refs, max_depth, seed.clone()) {
+        tracing::debug!("a split frame's head reads into its tail marker: read whole");
         let whole = pb_proto::frame::join_tail(bytes, &tail);
         return decode_seed(&whole, Some(&whole), refs, max_depth, seed);
     }
@@ -718,6 +729,7 @@ where
             peer: None,
             frame: frame.cloned(),
             tail: Some((tail, end)),
+            probe: false,
         },
     );
     let value = decode_here(bytes, max_depth, seed.clone());
@@ -752,7 +764,17 @@ where
     let mut probe = Vec::with_capacity(before.len() + 1);
     probe.extend_from_slice(before);
     probe.push(0);
-    decode_seed(&probe, frame, refs.to_vec(), max_depth, seed).is_ok()
+    let _scope = Scope::enter(
+        &DECODING,
+        Context {
+            refs: refs.to_vec(),
+            peer: None,
+            frame: frame.cloned(),
+            tail: None,
+            probe: true,
+        },
+    );
+    decode_here(&probe, max_depth, seed).is_ok()
 }
 
 /// Decode with a `seed` instead of a type (generated code decodes `Bytes` arguments this way).
@@ -774,6 +796,8 @@ where
         || (frame.is_some() && bytes.len() >= SHARE_MIN)
         || DECODING.with(|s| !s.borrow().is_empty());
     let _scope = needed.then(|| {
+        // A decode inside a probe is part of it.
+        let probe = probing();
         Scope::enter(
             &DECODING,
             Context {
@@ -781,6 +805,7 @@ where
                 peer: None,
                 frame: frame.cloned(),
                 tail: None,
+                probe,
             },
         )
     });
