@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pb::stream::{self, Stream};
 use pb::{Cache, CacheState, Config, Connection, Limits, Replica, Side};
-use tokio::io::DuplexStream;
 
 /// A state that counts the bytes of the updates applied to it.
 #[pb::copyable]
@@ -59,62 +57,6 @@ impl Heaps for HeapsImpl {
 
 fn heaps(heap: &Cache<Heap>) -> HeapsRef {
     HeapsRef::new(HeapsImpl { heap: heap.clone() })
-}
-
-/// A transport whose reads wait while the test holds its gate shut (as in
-/// `robust_backpressure.rs`): the peer on it stops reading.
-#[derive(Clone, Default)]
-struct Gate(Arc<Mutex<(bool, Option<std::task::Waker>)>>);
-
-impl Gate {
-    fn set(&self, shut: bool) {
-        let mut g = self.0.lock().unwrap();
-        g.0 = shut;
-        if !shut && let Some(w) = g.1.take() {
-            w.wake();
-        }
-    }
-}
-
-struct Gated(DuplexStream, Gate);
-
-impl tokio::io::AsyncRead for Gated {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        {
-            let mut g = self.1.0.lock().unwrap();
-            if g.0 {
-                g.1 = Some(cx.waker().clone());
-                return std::task::Poll::Pending;
-            }
-        }
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Gated {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
 }
 
 // ---- caches ---------------------------------------------------------------------------------
@@ -215,7 +157,7 @@ async fn updates_to_an_observer_that_does_not_read_are_bounded() {
         ..Config::default()
     };
     let (server_io, client_io) = tokio::io::duplex(16 * 1024);
-    let gate = Gate::default();
+    let gate = common::Gate::default();
     let (server, client) = tokio::try_join!(
         Connection::establish(
             server_io,
@@ -225,7 +167,7 @@ async fn updates_to_an_observer_that_does_not_read_are_bounded() {
             None
         ),
         Connection::establish(
-            Gated(client_io, gate.clone()),
+            common::Gated(client_io, gate.clone()),
             &config,
             Side::Client,
             None,

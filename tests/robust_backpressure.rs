@@ -500,68 +500,13 @@ async fn a_revocation_waits_behind_the_held_call_that_sends_its_object() {
     );
 }
 
-/// A transport whose reads wait while the test holds its gate shut.
-#[derive(Clone, Default)]
-struct Gate(std::sync::Arc<std::sync::Mutex<(bool, Option<std::task::Waker>)>>);
-
-impl Gate {
-    fn set(&self, shut: bool) {
-        let mut g = self.0.lock().unwrap();
-        g.0 = shut;
-        if !shut && let Some(w) = g.1.take() {
-            w.wake();
-        }
-    }
-}
-
-struct Gated(DuplexStream, Gate);
-
-impl tokio::io::AsyncRead for Gated {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        {
-            let mut g = self.1.0.lock().unwrap();
-            if g.0 {
-                g.1 = Some(cx.waker().clone());
-                return std::task::Poll::Pending;
-            }
-        }
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Gated {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
 /// A cache sent in a call that the congested server holds back, then updated: the update must
 /// follow the call. It used to overtake it and be dropped (no replica yet), leaving the replica
 /// a version behind with no error.
 #[tokio::test(start_paused = true)]
 async fn a_cache_update_waits_behind_the_held_call_that_sends_the_cache() {
     let (server_io, client_io) = tokio::io::duplex(16 * 1024);
-    let gate = Gate::default();
+    let gate = common::Gate::default();
     let keeper = TheKeeper::default();
     let replica = keeper.replica.clone();
     let config = congestible();
@@ -574,7 +519,7 @@ async fn a_cache_update_waits_behind_the_held_call_that_sends_the_cache() {
             None
         ),
         Connection::establish(
-            Gated(client_io, gate.clone()),
+            common::Gated(client_io, gate.clone()),
             &config,
             Side::Client,
             None,
