@@ -264,3 +264,137 @@ fn a_cache_behind_close_that_drops_an_object_updating_the_cache_does_not_deadloc
          the same cache, under the cache's `sending` lock (deadlock)"
     );
 }
+
+// ---- a replica read from a split frame, and an update from a thread of its own ----------------
+
+/// Sent as pb sends a `Bytes` field marked `pb::zero_copy` (shared, so a large one ends a
+/// split frame); read with `bytes`' own serde `Deserialize` (the zero_copy docs: "both ends
+/// need not agree on using it").
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Plain {
+    #[serde(serialize_with = "pb::zero_copy::serialize")]
+    pub data: Bytes,
+}
+
+impl CacheState for Plain {
+    type Update = u8;
+    fn apply(&mut self, _update: &u8) {}
+}
+
+#[pb::remote]
+pub trait Plains {
+    async fn replica(&self) -> Result<Replica<Plain>, ()>;
+    /// The cache's state as a plain value (a control: the same bytes on the wire).
+    async fn plain(&self) -> Result<(u64, Plain), ()>;
+}
+
+struct PlainsImpl(Cache<Plain>);
+
+impl Plains for PlainsImpl {
+    async fn replica(&self) -> Result<Replica<Plain>, ()> {
+        Ok(self.0.replica())
+    }
+    async fn plain(&self) -> Result<(u64, Plain), ()> {
+        Ok((self.0.version(), self.0.get()))
+    }
+}
+
+/// The answer carrying the replica comes split (its last string, 100 KiB, is the tail), and
+/// the string is read with `Bytes`' own visitor, which does not take tails: the frame is read
+/// whole at once (the probe says so), and the replica holds the whole state.
+#[tokio::test(start_paused = true)]
+async fn a_replica_read_whole_from_a_split_frame_holds_the_whole_state() {
+    let data = Bytes::from((0..100 * 1024).map(|i| i as u8).collect::<Vec<u8>>());
+    let cache = Cache::new(Plain { data: data.clone() });
+    let (_server, client) = common::memory_pair(PlainsRef::new(PlainsImpl(cache.clone()))).await;
+    let root: PlainsRef = client.root();
+    let (_, plain) = root.plain().await.unwrap();
+    assert_eq!(
+        plain.data.len(),
+        data.len(),
+        "control: a plain value decodes whole"
+    );
+    let replica = root.replica().await.unwrap();
+    println!(
+        "owner's state: {} bytes; the replica's: {} bytes (version {}, error {:?})",
+        cache.get().data.len(),
+        replica.get().data.len(),
+        replica.version(),
+        replica.error()
+    );
+    assert_eq!(
+        replica.get().data.len(),
+        data.len(),
+        "the replica silently holds the state of the dropped first decode (tail not in place)"
+    );
+}
+
+// ---- Cache::update from a thread outside any runtime ---------------------------------------
+
+#[pb::remote]
+pub trait Board {
+    async fn last(&self) -> Result<Replica<Last>, ()>;
+}
+
+struct BoardImpl(Cache<Last>);
+
+impl Board for BoardImpl {
+    async fn last(&self) -> Result<Replica<Last>, ()> {
+        Ok(self.0.replica())
+    }
+}
+
+/// `Cache::update` is a plain synchronous method: from a thread with no runtime, an update that
+/// cannot reach an observer still cuts its connection (on the connection's own runtime), and
+/// does not panic.
+#[tokio::test(start_paused = true)]
+async fn a_cache_update_from_a_plain_thread_that_cuts_an_observer_does_not_panic() {
+    let last = Cache::new(Last::default());
+    let (a, b) = pb::transport::memory_pair();
+    let small = Config {
+        limits: Limits {
+            max_frame_len: 64 * 1024,
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    let default = Config::default();
+    let (server, client) = tokio::try_join!(
+        Connection::establish(
+            a,
+            &default,
+            Side::Server,
+            Some(BoardRef::new(BoardImpl(last.clone())).into()),
+            None
+        ),
+        Connection::establish(b, &small, Side::Client, None, None),
+    )
+    .unwrap();
+    let root: BoardRef = client.root();
+    let replica = root.last().await.unwrap();
+    assert_eq!(last.observers(), 1);
+
+    let worker = {
+        let last = last.clone();
+        std::thread::spawn(move || last.update(vec![7; 100 * 1024]))
+    };
+    let joined = worker.join();
+    println!(
+        "Cache::update from a plain thread -> {:?}",
+        joined.as_ref().map_err(|e| e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())))
+    );
+    assert!(
+        joined.is_ok(),
+        "Cache::update panicked on a thread outside the runtime"
+    );
+    let cut = common::settle(|| server.is_closed()).await;
+    println!("server closed: {cut} ({:?})", server.close_reason());
+    assert!(cut, "the observer that cannot follow the cache was not cut");
+    drop(replica);
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {}).await;
+}
+
+// ---- Twisted PB: a Cacheable's first send taken back after a later send left ----------------

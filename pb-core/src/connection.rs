@@ -146,6 +146,9 @@ pub(crate) struct ConnShared {
     id: u64,
     /// This connection, for the hooks of objects exported on it (caches send it updates).
     me: Weak<ConnShared>,
+    /// The runtime the connection was made on, for work it must start from outside it (a
+    /// cache updated from a thread of its own may have to cut the connection).
+    runtime: Option<tokio::runtime::Handle>,
     side: Side,
     peer_addr: Option<SocketAddr>,
     /// Boxed: with the broker in it, this state would be larger than the allocator's
@@ -226,6 +229,7 @@ impl ConnShared {
         Arc::new_cyclic(|me| ConnShared {
             id,
             me: me.clone(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
             side,
             peer_addr,
             broker: Box::new(Mutex::new(Broker::new(config.limits.clone(), id, root))),

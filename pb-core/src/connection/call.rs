@@ -183,7 +183,17 @@ impl ConnShared {
     fn cut_behind(&self, why: String) {
         tracing::warn!(connection = self.id, %why, "closing connection");
         let Some(me) = self.me.upgrade() else { return };
-        tokio::spawn(async move { me.close(CloseReason::CacheBehind(why)) });
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.clone());
+        match runtime {
+            Some(runtime) => {
+                runtime.spawn(async move { me.close(CloseReason::CacheBehind(why)) });
+            }
+            // No runtime to run it on (a connection made outside one, updated from a thread
+            // of its own): closed here, as nothing else can.
+            None => me.close(CloseReason::CacheBehind(why)),
+        }
     }
 
     /// Send a call that wants no answer.

@@ -715,9 +715,12 @@ where
     // with, and for no other: a head whose other values read into the marker's bytes would
     // mean one thing split and another whole. Such a head does not decode with the marker
     // cut to a one-byte empty string (its values would need the bytes cut), while a true one
-    // does, its last string empty: then, and only then, the tail goes in place.
+    // does, its last string empty: then, and only then, the tail goes in place. That probe
+    // also says whether the last string is read by a decoder that takes tails: if not, the
+    // frame is read whole at once, so that no decode whose value is thrown away (and whose
+    // decoding may have done something: a replica attaching its state) comes first.
     if !decodes_as_marked(bytes, frame, &refs, max_depth, seed.clone()) {
-        tracing::debug!("a split frame's head reads into its tail marker: read whole");
+        tracing::debug!("a split frame whose tail cannot go in place: read whole");
         let whole = pb_proto::frame::join_tail(bytes, &tail);
         return decode_seed(&whole, Some(&whole), refs, max_depth, seed);
     }
@@ -745,8 +748,10 @@ where
 }
 
 /// Whether `head`, a split frame's payload head (ending with the tail marker), decodes whole
-/// with the marker replaced by a one-byte empty string: what its values read up to the marker
-/// is then what they read in the frame joined, and its last value is the string the tail ends.
+/// with the marker replaced by a one-byte empty string, its last string read by a decoder that
+/// takes the tail: what its values read up to the marker is then what they read in the frame
+/// joined, and the tail goes in place of that last string. Decoded as a probe (`probing`):
+/// values whose decoding does something leave it out.
 #[cold]
 fn decodes_as_marked<S, V>(
     head: &[u8],
@@ -764,17 +769,21 @@ where
     let mut probe = Vec::with_capacity(before.len() + 1);
     probe.extend_from_slice(before);
     probe.push(0);
-    let _scope = Scope::enter(
+    // A stand-in tail where the probe ends: taken if the last string's decoder takes tails.
+    let end = probe.as_ptr() as usize + probe.len();
+    let scope = Scope::enter(
         &DECODING,
         Context {
             refs: refs.to_vec(),
             peer: None,
             frame: frame.cloned(),
-            tail: None,
+            tail: Some((Bytes::new(), end)),
             probe: true,
         },
     );
-    decode_here(&probe, max_depth, seed).is_ok()
+    let decoded = decode_here(&probe, max_depth, seed).is_ok();
+    let cx = scope.finish();
+    decoded && cx.tail.is_none()
 }
 
 /// Decode with a `seed` instead of a type (generated code decodes `Bytes` arguments this way).
