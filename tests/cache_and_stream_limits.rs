@@ -67,20 +67,12 @@ fn heaps(heap: &Cache<Heap>) -> HeapsRef {
 #[tokio::test(start_paused = true)]
 async fn an_update_over_the_observers_frame_goes_as_the_whole_state() {
     let heap = Cache::new(Heap::default());
-    let (a, b) = pb::transport::memory_pair();
-    let small = Config {
-        limits: Limits {
-            max_frame_len: 64 * 1024,
-            ..Limits::default()
-        },
-        ..Config::default()
-    };
-    let default = Config::default();
-    let (_server, client) = tokio::try_join!(
-        Connection::establish(a, &default, Side::Server, Some(heaps(&heap).into()), None),
-        Connection::establish(b, &small, Side::Client, None, None),
+    let (_server, client) = common::memory_pair_configs(
+        heaps(&heap),
+        &Config::default(),
+        &common::frames_of(64 * 1024),
     )
-    .unwrap();
+    .await;
     let root: HeapsRef = client.root();
     let replica = root.heap().await.unwrap();
     assert_eq!(heap.observers(), 1);
@@ -245,26 +237,12 @@ impl Lasts for LastsImpl {
 #[tokio::test(start_paused = true)]
 async fn an_update_that_cannot_reach_the_observer_in_any_form_cuts_the_link() {
     let last = Cache::new(Last::default());
-    let (a, b) = pb::transport::memory_pair();
-    let small = Config {
-        limits: Limits {
-            max_frame_len: 64 * 1024,
-            ..Limits::default()
-        },
-        ..Config::default()
-    };
-    let default = Config::default();
-    let (server, client) = tokio::try_join!(
-        Connection::establish(
-            a,
-            &default,
-            Side::Server,
-            Some(LastsRef::new(LastsImpl(last.clone())).into()),
-            None
-        ),
-        Connection::establish(b, &small, Side::Client, None, None),
+    let (server, client) = common::memory_pair_configs(
+        LastsRef::new(LastsImpl(last.clone())),
+        &Config::default(),
+        &common::frames_of(64 * 1024),
     )
-    .unwrap();
+    .await;
     let root: LastsRef = client.root();
     let replica = root.last().await.unwrap();
     last.update(vec![7; 100 * 1024]).unwrap();

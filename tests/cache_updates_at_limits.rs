@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pb::{Cache, CacheState, Config, Connection, Limits, Replica, Side};
+use pb::{Cache, CacheState, Config, Replica};
 use serde::{Deserialize, Serialize};
 
 // ---- a cache whose state ends with a large shared byte string ------------------------------
@@ -104,25 +104,11 @@ impl Heaps for HeapsImpl {
 async fn one_update_that_fits_the_frame_to_a_reading_observer_is_not_cut() {
     const LEN: usize = 20 << 20;
     let heap = Cache::new(Heap::default());
-    let config = Config {
-        limits: Limits {
-            max_frame_len: 64 << 20,
-            ..Limits::default()
-        },
-        ..Config::default()
-    };
-    let (a, b) = pb::transport::memory_pair();
-    let (server, client) = tokio::try_join!(
-        Connection::establish(
-            a,
-            &config,
-            Side::Server,
-            Some(HeapsRef::new(HeapsImpl(heap.clone())).into()),
-            None
-        ),
-        Connection::establish(b, &config, Side::Client, None, None),
+    let (server, client) = common::memory_pair_with(
+        HeapsRef::new(HeapsImpl(heap.clone())),
+        common::frames_of(64 << 20),
     )
-    .unwrap();
+    .await;
     let root: HeapsRef = client.root();
     let replica = root.heap().await.unwrap();
     assert_eq!(heap.observers(), 1);
@@ -219,26 +205,12 @@ fn a_cache_behind_close_that_drops_an_object_updating_the_cache_does_not_deadloc
             .unwrap();
         rt.block_on(async move {
             let presence = Cache::new(Last::default());
-            let (a, b) = pb::transport::memory_pair();
-            let small = Config {
-                limits: Limits {
-                    max_frame_len: 64 * 1024,
-                    ..Limits::default()
-                },
-                ..Config::default()
-            };
-            let default = Config::default();
-            let (server, client) = tokio::try_join!(
-                Connection::establish(
-                    a,
-                    &default,
-                    Side::Server,
-                    Some(LobbyRef::new(LobbyImpl(presence.clone())).into()),
-                    None
-                ),
-                Connection::establish(b, &small, Side::Client, None, None),
+            let (server, client) = common::memory_pair_configs(
+                LobbyRef::new(LobbyImpl(presence.clone())),
+                &Config::default(),
+                &common::frames_of(64 * 1024),
             )
-            .unwrap();
+            .await;
             let root: LobbyRef = client.root();
             let replica = root.presence().await.unwrap();
             let seat = root.join().await.unwrap();
@@ -350,26 +322,12 @@ impl Board for BoardImpl {
 #[tokio::test(start_paused = true)]
 async fn a_cache_update_from_a_plain_thread_that_cuts_an_observer_does_not_panic() {
     let last = Cache::new(Last::default());
-    let (a, b) = pb::transport::memory_pair();
-    let small = Config {
-        limits: Limits {
-            max_frame_len: 64 * 1024,
-            ..Limits::default()
-        },
-        ..Config::default()
-    };
-    let default = Config::default();
-    let (server, client) = tokio::try_join!(
-        Connection::establish(
-            a,
-            &default,
-            Side::Server,
-            Some(BoardRef::new(BoardImpl(last.clone())).into()),
-            None
-        ),
-        Connection::establish(b, &small, Side::Client, None, None),
+    let (server, client) = common::memory_pair_configs(
+        BoardRef::new(BoardImpl(last.clone())),
+        &Config::default(),
+        &common::frames_of(64 * 1024),
     )
-    .unwrap();
+    .await;
     let root: BoardRef = client.root();
     let replica = root.last().await.unwrap();
     assert_eq!(last.observers(), 1);
@@ -394,7 +352,4 @@ async fn a_cache_update_from_a_plain_thread_that_cuts_an_observer_does_not_panic
     println!("server closed: {cut} ({:?})", server.close_reason());
     assert!(cut, "the observer that cannot follow the cache was not cut");
     drop(replica);
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {}).await;
 }
-
-// ---- Twisted PB: a Cacheable's first send taken back after a later send left ----------------

@@ -159,10 +159,30 @@ pub async fn memory_pair_with(
     root: impl Into<pb::ObjectRef>,
     config: pb::Config,
 ) -> (Connection, Connection) {
+    memory_pair_configs(root, &config, &config).await
+}
+
+/// As [`memory_pair_with`], each end with a config of its own.
+pub async fn memory_pair_configs(
+    root: impl Into<pb::ObjectRef>,
+    server: &pb::Config,
+    client: &pb::Config,
+) -> (Connection, Connection) {
     let (a, b) = pb::transport::memory_pair();
-    let server = Connection::establish(a, &config, pb::Side::Server, Some(root.into()), None);
-    let client = Connection::establish(b, &config, pb::Side::Client, None, None);
+    let server = Connection::establish(a, server, pb::Side::Server, Some(root.into()), None);
+    let client = Connection::establish(b, client, pb::Side::Client, None, None);
     tokio::try_join!(server, client).expect("handshake over an in-memory pipe")
+}
+
+/// The default config, but for the frames it accepts: at most `max_frame_len` bytes.
+pub fn frames_of(max_frame_len: usize) -> pb::Config {
+    pb::Config {
+        limits: pb::Limits {
+            max_frame_len,
+            ..pb::Limits::default()
+        },
+        ..pb::Config::default()
+    }
 }
 
 /// Yield to the runtime until `f` holds, at most a bounded number of times; returns whether it

@@ -142,13 +142,23 @@ impl ConnShared {
         payload: Bytes,
         state: &dyn Fn() -> Option<Bytes>,
     ) {
-        let (fits, waiting) = {
-            let broker = self.lock();
+        // The common case, an update that fits and no backlog, takes the broker's lock once.
+        let waiting = {
+            let mut broker = self.lock();
             if !broker.is_exported(object) {
                 return;
             }
             let waiting = broker.queued_bytes() + self.unsent.load(Ordering::Relaxed);
-            (broker.update_fits(payload.len()), waiting)
+            let fits = broker.update_fits(payload.len());
+            if fits && waiting <= UPDATE_BACKLOG.saturating_mul(self.max_unsent) {
+                let sent = broker.send_update(object, payload);
+                drop(broker);
+                if sent {
+                    self.wake_writer.notify_one();
+                }
+                return;
+            }
+            waiting
         };
         if waiting > UPDATE_BACKLOG.saturating_mul(self.max_unsent) {
             return self.cut_behind(format!(
@@ -157,22 +167,15 @@ impl ConnShared {
                 self.max_unsent
             ));
         }
-        let payload = match fits {
-            true => payload,
-            false => {
-                let len = payload.len();
-                match state().filter(|s| self.lock().update_fits(s.len())) {
-                    Some(state) => state,
-                    None => {
-                        return self.cut_behind(format!(
-                            "a cache update of {len} bytes, and the cache's whole state, are \
-                             over the peer's max_frame_len"
-                        ));
-                    }
-                }
-            }
+        // The update is over the peer's frame: the cache's whole state instead.
+        let len = payload.len();
+        let Some(state) = state().filter(|s| self.lock().update_fits(s.len())) else {
+            return self.cut_behind(format!(
+                "a cache update of {len} bytes, and the cache's whole state, are over the \
+                 peer's max_frame_len"
+            ));
         };
-        if self.lock().send_update(object, payload) {
+        if self.lock().send_update(object, state) {
             self.wake_writer.notify_one();
         }
     }
