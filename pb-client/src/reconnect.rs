@@ -126,8 +126,17 @@ impl Backoff {
         let r = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
-        full.mul_f64(0.5 + 0.5 * (r as f64 / u64::MAX as f64))
+        jittered(full, r)
     }
+}
+
+/// `full` scaled by a factor between 0.5 and 1 that `r` draws uniformly.
+fn jittered(full: Duration, r: u64) -> Duration {
+    // Half is certain; the other half is drawn. `mul_f64` of a whole `Duration::MAX` by a
+    // factor that rounds to 1 would overflow, half of it cannot.
+    let half = full / 2;
+    let drawn = (full - half).mul_f64(r as f64 / u64::MAX as f64);
+    half.saturating_add(drawn).min(full)
 }
 
 type Hook<S> =
@@ -320,4 +329,19 @@ async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> boo
 /// A hook for servers without login: the session is the server's root.
 pub async fn root_session(session: Session) -> Result<ObjectRef, String> {
     Ok(session.connection().root_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_spans_half_to_all_of_the_wait_and_never_overflows() {
+        let full = Duration::from_secs(8);
+        assert_eq!(jittered(full, 0), Duration::from_secs(4));
+        assert_eq!(jittered(full, u64::MAX), full);
+        // The longest wait a `Backoff` can be given, at both ends of the draw.
+        assert_eq!(jittered(Duration::MAX, u64::MAX), Duration::MAX);
+        assert!(jittered(Duration::MAX, 0) >= Duration::MAX / 2);
+    }
 }
