@@ -376,6 +376,286 @@ async fn a_cache_goes_as_a_cacheable_and_its_updates_as_observe_calls() {
 }
 
 #[pb::remote]
+pub trait TwoAnswers {
+    /// Answers the replica once `go1` is notified.
+    async fn first(&self) -> pb::Replica<Count>;
+    /// Answers the replica once `go2` is notified.
+    async fn second(&self) -> pb::Replica<Count>;
+    async fn exported(&self, caller: pb::Caller) -> usize;
+}
+
+struct TheTwoAnswers {
+    cache: pb::Cache<Count>,
+    go1: Arc<tokio::sync::Notify>,
+    go2: Arc<tokio::sync::Notify>,
+    entered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TwoAnswers for TheTwoAnswers {
+    async fn first(&self) -> pb::Replica<Count> {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.go1.notified().await;
+        self.cache.replica()
+    }
+    async fn second(&self) -> pb::Replica<Count> {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.go2.notified().await;
+        self.cache.replica()
+    }
+    async fn exported(&self, caller: pb::Caller) -> usize {
+        caller.connection().map_or(0, |c| c.stats().tables.exported)
+    }
+}
+
+/// A Twisted PB peer calls `first` without wanting an answer (`pbanswer=False`), then
+/// `second`, which wants one; both answer the same cache's replica and wait before they do.
+/// `first`'s answer is jellied first, with the Cacheable's state; `second`'s next, also with
+/// it (no message carrying it has been queued yet). `second`'s answer is queued; `first`'s,
+/// unwanted, is dropped and takes its send back. The state reached the peer with the message
+/// that was sent, and the one send that stands is released when the copy goes.
+#[tokio::test(start_paused = true)]
+async fn a_cacheables_state_goes_with_the_message_queued_not_the_one_jellied_first() {
+    let cache = pb::Cache::new(Count { count: 4 });
+    let go1 = std::sync::Arc::new(tokio::sync::Notify::new());
+    let go2 = std::sync::Arc::new(tokio::sync::Notify::new());
+    let entered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let root_obj: pb::ObjectRef = TwoAnswersRef::new(TheTwoAnswers {
+        cache: cache.clone(),
+        go1: go1.clone(),
+        go2: go2.clone(),
+        entered: entered.clone(),
+    })
+    .into();
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let server = pb::twisted::accept_io(a, None, Some(root_obj), PbConfig::default());
+    let client = pb::twisted::connect_io(b, None, PbConfig::default())
+        .await
+        .unwrap();
+    let root: TwoAnswersRef = client.root();
+    root.object_ref().send("first", &()).unwrap();
+    let second = tokio::spawn({
+        let root = root.clone();
+        async move { root.second().await }
+    });
+    let mut turns = 0;
+    while entered.load(std::sync::atomic::Ordering::SeqCst) < 2 && turns < 1000 {
+        tokio::task::yield_now().await;
+        turns += 1;
+    }
+    assert_eq!(entered.load(std::sync::atomic::Ordering::SeqCst), 2);
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    go1.notify_one();
+    go2.notify_one();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), second)
+        .await
+        .expect("second answered")
+        .unwrap();
+    let replica = got.expect("a replica of the cache sent in an answer that was sent");
+    assert_eq!(replica.get(), Count { count: 4 });
+    // One send stands, the one that reached the peer; it goes once the replica does.
+    assert_eq!(root.exported().await.unwrap(), 1);
+    drop(replica);
+    until(|| server.stats().tables.exported == 0).await;
+    cache.wait_for_observers(|n| n == 0).await;
+}
+
+/// Two pipes joined by a relay that records what the server end writes: the server's
+/// transport, the client's, and the record.
+fn tapped() -> (
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+    Arc<std::sync::Mutex<Vec<u8>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, mut server_side) = tokio::io::duplex(1 << 20);
+    let (client, mut client_side) = tokio::io::duplex(1 << 20);
+    let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = written.clone();
+    tokio::spawn(async move {
+        let (mut buf_in, mut buf_out) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+        loop {
+            tokio::select! {
+                n = server_side.read(&mut buf_in) => match n {
+                    Ok(n) if n > 0 => {
+                        record.lock().unwrap().extend_from_slice(&buf_in[..n]);
+                        if client_side.write_all(&buf_in[..n]).await.is_err() { break }
+                    }
+                    _ => break,
+                },
+                n = client_side.read(&mut buf_out) => match n {
+                    Ok(n) if n > 0 => {
+                        if server_side.write_all(&buf_out[..n]).await.is_err() { break }
+                    }
+                    _ => break,
+                },
+            }
+        }
+    });
+    (server, client, written)
+}
+
+/// Two calls answer the same Cacheable, both jellied before either answer is queued: each
+/// carries the state as it is jellied, and the one queued second goes as `["cached", luid]`
+/// after all, so the state crosses once and both copies are one.
+#[tokio::test(start_paused = true)]
+async fn a_cacheable_answered_twice_at_once_crosses_with_its_state_once() {
+    let cache = pb::Cache::new(Count { count: 4 });
+    let (go1, go2) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let root_obj: ObjectRef = TwoAnswersRef::new(TheTwoAnswers {
+        cache: cache.clone(),
+        go1: go1.clone(),
+        go2: go2.clone(),
+        entered: entered.clone(),
+    })
+    .into();
+    let (a, b, written) = tapped();
+    let server = pb::twisted::accept_io(a, None, Some(root_obj), PbConfig::default());
+    let client = pb::twisted::connect_io(b, None, PbConfig::default())
+        .await
+        .unwrap();
+    let root = client.root_ref();
+    let call = |method: &'static str| {
+        let root = root.clone();
+        tokio::spawn(async move {
+            root.call::<(), pb::twisted::RemoteCache, String>(method, &())
+                .await
+        })
+    };
+    let (first, second) = (call("first"), call("second"));
+    until(|| entered.load(Ordering::SeqCst) == 2).await;
+    go1.notify_one();
+    go2.notify_one();
+    let first = first.await.unwrap().unwrap();
+    let second = second.await.unwrap().unwrap();
+    assert_eq!(first.observed().len(), second.observed().len());
+    let tag = b"pbtest.Counter";
+    let states = written
+        .lock()
+        .unwrap()
+        .windows(tag.len())
+        .filter(|w| w == tag)
+        .count();
+    assert_eq!(states, 1, "the Cacheable's state crossed {states} times");
+    // Two receipts of one export, each released once.
+    assert_eq!(server.stats().tables.exported, 1);
+    drop((first, second));
+    until(|| server.stats().tables.exported == 0).await;
+    cache.wait_for_observers(|n| n == 0).await;
+}
+
+#[pb::remote]
+pub trait Twice {
+    async fn twice(&self) -> (pb::Replica<Count>, pb::Replica<Count>);
+}
+
+#[pb::remote]
+pub trait TwiceView {
+    async fn twice(&self) -> (pb::twisted::RemoteCache, pb::twisted::RemoteCache);
+}
+
+struct TheTwice(pb::Cache<Count>);
+
+impl Twice for TheTwice {
+    async fn twice(&self) -> (pb::Replica<Count>, pb::Replica<Count>) {
+        (self.0.replica(), self.0.replica())
+    }
+}
+
+/// A Cacheable twice in one value goes with its state once, then as `["cached", luid]`: the
+/// peer reads a message in order.
+#[tokio::test]
+async fn a_cacheable_twice_in_one_value_carries_its_state_once() {
+    let cache = pb::Cache::new(Count { count: 4 });
+    let (a, b, written) = tapped();
+    let server = pb::twisted::accept_io(
+        a,
+        None,
+        Some(TwiceRef::new(TheTwice(cache.clone())).into()),
+        PbConfig::default(),
+    );
+    let client = pb::twisted::connect_io(b, None, PbConfig::default())
+        .await
+        .unwrap();
+    let root = TwiceViewRef::from_object_ref(client.root_ref());
+    let (one, two) = root.twice().await.unwrap();
+    assert_eq!(one.state().0.root(), two.state().0.root());
+    let tag = b"pbtest.Counter";
+    let states = written
+        .lock()
+        .unwrap()
+        .windows(tag.len())
+        .filter(|w| w == tag)
+        .count();
+    assert_eq!(states, 1);
+    assert_eq!(server.stats().tables.exported, 1);
+    drop((one, two));
+    until(|| server.stats().tables.exported == 0).await;
+    cache.wait_for_observers(|n| n == 0).await;
+}
+
+/// A cache whose state holds a reference.
+#[pb::copyable]
+#[derive(Debug, Clone)]
+pub struct Holding {
+    pinger: PingerRef,
+}
+
+impl pb::CacheState for Holding {
+    type Update = ();
+    fn apply(&mut self, _update: &()) {}
+    fn twisted_tag() -> &'static str {
+        "pbtest.Holding"
+    }
+}
+
+#[pb::remote]
+pub trait HoldingCaches {
+    async fn cache(&self) -> pb::Replica<Holding>;
+}
+
+/// The peer's view: a copy as Twisted keeps it (pb's replicas take no references in a
+/// state).
+#[pb::remote]
+pub trait HoldingCachesView {
+    async fn cache(&self) -> pb::twisted::RemoteCache;
+}
+
+struct TheHoldingCaches(pb::Cache<Holding>);
+
+impl HoldingCaches for TheHoldingCaches {
+    async fn cache(&self) -> pb::Replica<Holding> {
+        self.0.replica()
+    }
+}
+
+/// A Cacheable sent again goes as `["cached", luid]`, without its state: the references in
+/// that state are not sent again, so they are not counted again either (or they would stay
+/// exported for good, the peer never having heard of them).
+#[tokio::test]
+async fn a_cacheable_sent_again_does_not_export_what_its_state_holds_again() {
+    let cache = pb::Cache::new(Holding {
+        pinger: PingerRef::new(ThePinger),
+    });
+    let (server, client) = pair(HoldingCachesRef::new(TheHoldingCaches(cache)).into()).await;
+    let root = HoldingCachesViewRef::from_object_ref(client.root_ref());
+    let first = root.cache().await.unwrap();
+    let again = root.cache().await.unwrap();
+    // The copy keeps its state as a graph: the pinger it named was released at once, and
+    // only the cache stays exported.
+    until(|| server.stats().tables.exported == 1).await;
+    drop((first, again));
+    until(|| server.stats().tables.exported == 0).await;
+}
+
+#[pb::remote]
 pub trait Hostile {
     async fn boom(&self) -> i64;
     async fn take(&self, s: String) -> usize;

@@ -311,6 +311,24 @@ struct Export<O> {
     object: O,
     count: u64,
     kind: ExportKind,
+    /// A Cacheable's: a message carrying its state has been queued
+    /// ([`Broker::note_state_queued`]).
+    state_queued: bool,
+}
+
+/// One send of a Cacheable ([`Broker::export_cache`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSend {
+    /// Its luid.
+    pub luid: i64,
+    /// Whether this send should carry the state (`[tag, luid, state]`): every send does until
+    /// a message carrying it has been queued ([`Broker::note_state_queued`]), so that whichever
+    /// message leaves first brings the state, however the messages jellied meanwhile are
+    /// ordered or dropped. The driver sends the others as `["cached", luid]`
+    /// ([`Broker::state_queued`] says which, as each is queued).
+    pub with_state: bool,
+    /// Whether this send exported it (the peer observes it from now on).
+    pub new: bool,
 }
 
 struct Slot<W> {
@@ -466,10 +484,34 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             .map(|(luid, _)| luid)
     }
 
-    /// As [`Broker::export`] for a Cacheable; also says whether this is its first send on
-    /// this connection (then it goes as `[tag, luid, state]`, later as `["cached", luid]`).
-    pub fn export_cache(&mut self, object: O) -> Result<(i64, bool), SendError> {
-        self.export_as(object, ExportKind::Cache)
+    /// As [`Broker::export`] for a Cacheable: its luid, whether this send should carry its
+    /// state, and whether it was exported now (see [`CacheSend`]).
+    pub fn export_cache(&mut self, object: O) -> Result<CacheSend, SendError> {
+        let (luid, new) = self.export_as(object, ExportKind::Cache)?;
+        let with_state = self.exports.get(&luid).is_some_and(|e| !e.state_queued);
+        Ok(CacheSend {
+            luid,
+            with_state,
+            new,
+        })
+    }
+
+    /// Whether a message carrying the state of the Cacheable exported as `luid` has been
+    /// queued: then a message about to be queued sends it as `["cached", luid]`.
+    pub fn state_queued(&self, luid: i64) -> bool {
+        self.exports
+            .get(&luid)
+            .is_some_and(|e| e.kind == ExportKind::Cache && e.state_queued)
+    }
+
+    /// A message carrying the state of the Cacheable exported as `luid` was queued: later
+    /// sends go as `["cached", luid]`.
+    pub fn note_state_queued(&mut self, luid: i64) {
+        if let Some(e) = self.exports.get_mut(&luid)
+            && e.kind == ExportKind::Cache
+        {
+            e.state_queued = true;
+        }
     }
 
     fn export_as(&mut self, object: O, kind: ExportKind) -> Result<(i64, bool), SendError> {
@@ -495,6 +537,7 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                 object: key.0,
                 count: 1,
                 kind,
+                state_queued: false,
             },
         );
         Ok((luid, true))

@@ -903,10 +903,26 @@ impl Payload {
         Payload(Repr::Jelly(bytes, sends))
     }
 
-    /// The payload is queued for the peer: the sends of our objects it counted stand.
-    pub(crate) fn sent(&mut self) {
+    /// A Twisted payload about to be queued: a Cacheable's state that a message already
+    /// queued carried (`queued(luid)`) is taken out again, the payload re-encoded with
+    /// `encode` (see [`twisted::PendingSends::settle`]).
+    pub(crate) fn settle(
+        &mut self,
+        queued: impl Fn(i64) -> bool,
+        encode: impl FnOnce(&pb_proto::jelly::Graph) -> Result<Bytes, CodecError>,
+    ) {
+        if let Repr::Jelly(bytes, sends) = &mut self.0
+            && let Some(settled) = sends.settle(queued, encode)
+        {
+            *bytes = settled;
+        }
+    }
+
+    /// The payload is queued for the peer: the sends of our objects it counted stand;
+    /// `state(luid)` is told of each Cacheable whose state it carries.
+    pub(crate) fn sent(&mut self, state: impl FnMut(i64)) {
         if let Repr::Jelly(_, sends) = &mut self.0 {
-            sends.sent();
+            sends.sent(state);
         }
     }
 

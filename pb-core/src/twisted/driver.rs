@@ -19,8 +19,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::cache::CacheCopy;
 use crate::codec::Payload;
-use crate::codec::jelly::{JellyRefs, subgraph};
-use crate::codec::twisted::{JellyArgs, MessageRefs};
+use crate::codec::jelly::{CacheSend, JellyRefs, subgraph};
+use crate::codec::twisted::{JellyArgs, MessageRefs, encode_graph_with};
 use crate::link::{
     Caller, CloseReason, ConnectionStats, ExportLink, Imported, Link, LinkFuture, PeerRecord,
     ReplicaSlot, Side, TwistedLink, lock, next_connection_id,
@@ -477,6 +477,7 @@ impl PbShared {
         };
         let sent = match &mut reply {
             Ok(Outcome { ok, payload, .. }) => {
+                self.settle(&st, payload);
                 let bytes = payload.contiguous();
                 let sent = match ok {
                     true => st.broker.finish_call(request, Ok(&bytes)),
@@ -484,7 +485,7 @@ impl PbShared {
                 };
                 drop(bytes);
                 if sent.is_ok() {
-                    payload.sent();
+                    payload.sent(|luid| st.broker.note_state_queued(luid));
                 }
                 sent
             }
@@ -784,12 +785,15 @@ impl JellyRefs for PbShared {
         Err(format!("{flavor:?} outside a received message"))
     }
 
-    fn export_cache(&self, r: &ObjectRef) -> Result<(i64, bool), String> {
-        let (luid, first) = lock(&self.state)
+    fn export_cache(&self, r: &ObjectRef, _state_from: usize) -> Result<CacheSend, String> {
+        let send = lock(&self.state)
             .broker
             .export_cache(r.clone())
             .map_err(|e| e.to_string())?;
-        if first && let (RefInner::Local(d), Some(me)) = (&r.0, self.arc()) {
+        let luid = send.luid;
+        if send.new
+            && let (RefInner::Local(d), Some(me)) = (&r.0, self.arc())
+        {
             // The peer observes the cache from now on (Twisted's
             // `getStateToCacheAndObserveFor`); it stops when the peer decaches it.
             let me: Arc<dyn Link> = me;
@@ -799,7 +803,7 @@ impl JellyRefs for PbShared {
                 object: luid as u64,
             });
         }
-        Ok((luid, first))
+        Ok(send)
     }
 }
 
@@ -1048,6 +1052,15 @@ impl Link for PbShared {
 }
 
 impl PbShared {
+    /// A payload about to be queued: the Cacheables whose state a message already queued
+    /// carried go as `["cached", luid]` instead (see [`Payload::settle`]).
+    fn settle(&self, st: &State, payload: &mut Payload) {
+        payload.settle(
+            |luid| st.broker.state_queued(luid),
+            |graph| encode_graph_with(graph, &self.config.jelly, st.broker.encoder()),
+        );
+    }
+
     /// Queues our call (after the releases dropped handles queued, so that they leave
     /// first); `waiter` is woken by its answer, and without one none is asked for.
     /// Queues our call (a payload that is not sent, dropped by the caller once the lock is let
@@ -1065,7 +1078,9 @@ impl PbShared {
                 return Err(self.close_fault());
             }
             self.fold_releases(&mut st);
-            st.broker
+            self.settle(&st, payload);
+            let id = st
+                .broker
                 .start_call(
                     &target_of(target),
                     method.as_bytes(),
@@ -1073,9 +1088,10 @@ impl PbShared {
                     waiter,
                     false,
                 )
-                .map_err(send_fault)?
+                .map_err(send_fault)?;
+            payload.sent(|luid| st.broker.note_state_queued(luid));
+            id
         };
-        payload.sent();
         self.flush();
         Ok(id)
     }

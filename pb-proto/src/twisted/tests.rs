@@ -335,8 +335,11 @@ fn exports_are_counted_per_send_and_freed_by_decrefs() {
 #[test]
 fn caches_are_decached_then_uncached() {
     let (mut server, mut client) = pair();
-    assert_eq!(server.export_cache("cache").unwrap(), (1, true));
-    assert_eq!(server.export_cache("cache").unwrap(), (1, false));
+    let first = server.export_cache("cache").unwrap();
+    assert_eq!((first.luid, first.with_state, first.new), (1, true, true));
+    server.note_state_queued(1);
+    let again = server.export_cache("cache").unwrap();
+    assert_eq!((again.luid, again.with_state, again.new), (1, false, false));
     // The same object as a reference is another export.
     assert_eq!(server.export("cache").unwrap(), 2);
     client.note_import(1).unwrap();
@@ -543,7 +546,7 @@ fn a_send_taken_back_counts_as_a_release_and_tells_the_peer_nothing() {
     let (mut server, mut client) = pair();
     assert_eq!(server.export("counter").unwrap(), 1);
     assert_eq!(server.export("counter").unwrap(), 1);
-    assert_eq!(server.export_cache("cache").unwrap(), (2, true));
+    assert_eq!(server.export_cache("cache").unwrap().luid, 2);
     assert_eq!(server.unsend(1, false), Some(("counter", false)));
     // Not as that kind, or not exported: nothing.
     assert_eq!(server.unsend(1, true), None);
@@ -645,11 +648,40 @@ fn the_objects_a_raw_value_carries_are_found_as_jelly_reads_them() {
 fn a_refused_receipt_is_released_without_being_counted() {
     let (mut server, mut client) = pair();
     assert_eq!(server.export("counter").unwrap(), 1);
-    assert_eq!(server.export_cache("cache").unwrap(), (2, true));
+    assert_eq!(server.export_cache("cache").unwrap().luid, 2);
     client.refuse(1, false);
     client.refuse(2, true);
     assert_eq!(client.import_count(), 0);
     let events = pump(&mut client, &mut server);
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(server.export_count(), 0);
+}
+
+#[test]
+fn every_send_of_a_cacheable_carries_its_state_until_one_that_does_is_queued() {
+    let (mut server, _client) = pair();
+    let sends: Vec<_> = (0..3)
+        .map(|_| server.export_cache("cache").unwrap())
+        .collect();
+    assert!(sends.iter().all(|s| s.luid == 1 && s.with_state));
+    assert_eq!(
+        sends.iter().map(|s| s.new).collect::<Vec<_>>(),
+        [true, false, false]
+    );
+    assert!(!server.state_queued(1));
+    // The first of them to be queued brings the state; the others go as `cached`.
+    server.note_state_queued(1);
+    assert!(server.state_queued(1));
+    assert!(!server.export_cache("cache").unwrap().with_state);
+    // Only a Cacheable has a state to queue.
+    assert_eq!(server.export("counter").unwrap(), 2);
+    server.note_state_queued(2);
+    assert!(!server.state_queued(2));
+    // A new export of it (its last send taken back) starts again, with a new luid.
+    for _ in 0..4 {
+        server.unsend(1, true);
+    }
+    assert!(!server.state_queued(1));
+    let fresh = server.export_cache("cache").unwrap();
+    assert_eq!((fresh.luid, fresh.with_state, fresh.new), (3, true, true));
 }

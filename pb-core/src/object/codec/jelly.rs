@@ -62,6 +62,8 @@ use crate::object::ObjectRef;
 
 pub use types::{BigInt, BigIntRangeError, Decimal, Dynamic, Failure, FrozenSet, ParseError, Set};
 
+pub(crate) use pb_proto::twisted::CacheSend;
+
 /// How object references map to PB flavors on one connection; implemented by the PB driver.
 pub(crate) trait JellyRefs {
     /// The flavor for sending `r`: `Value::Remote(id)` after exporting it, or
@@ -70,11 +72,17 @@ pub(crate) trait JellyRefs {
     /// The reference a received flavor names (`Value::Remote`, `Local`, `Cache{..}`,
     /// `Cached`, `LCache`).
     fn import(&self, flavor: &Value) -> Result<ObjectRef, String>;
-    /// Exports `r` as a Cacheable: its luid, and whether this is its first send on the
-    /// connection (then it goes with its state, later as `["cached", luid]`).
-    fn export_cache(&self, r: &ObjectRef) -> Result<(i64, bool), String> {
-        let _ = r;
+    /// Exports `r` as a Cacheable: its luid, whether this send carries its state (else it
+    /// goes as `["cached", luid]`), and whether it was exported now. Its state was jellied
+    /// just before (the sends made since [`JellyRefs::mark`] returned `state_from`); a send
+    /// without it takes those back.
+    fn export_cache(&self, r: &ObjectRef, state_from: usize) -> Result<CacheSend, String> {
+        let _ = (r, state_from);
         Err("a cache can only be sent over a Twisted PB connection".to_owned())
+    }
+    /// Where the sends made from now on start (see [`JellyRefs::export_cache`]).
+    fn mark(&self) -> usize {
+        0
     }
 }
 

@@ -13,12 +13,14 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use pb_proto::banana::{Dialect, decode_complete};
-use pb_proto::jelly::{self, Graph, ObjectId, Value};
+use pb_proto::banana::{BananaCodec, Dialect, decode_complete};
+use pb_proto::jelly::{self, Graph, JellyConfig, ObjectId, Value};
 use serde::Serialize;
 use serde::de::{DeserializeOwned, DeserializeSeed};
 
-use super::jelly::{FAILURE_TAG, Failure, JellyRefs, from_graph, from_graph_seed, to_graph};
+use super::jelly::{
+    CacheSend, FAILURE_TAG, Failure, JellyRefs, from_graph, from_graph_seed, to_graph,
+};
 use super::{CodecError, Payload};
 use crate::link::TwistedLink;
 use crate::object::{CallError, ObjectRef};
@@ -28,24 +30,109 @@ use crate::object::{CallError, ObjectRef};
 /// ([`PendingSends::sent`]): dropped before that (the value failed to encode, the call was
 /// given up before it left, its answer was not wanted), they are taken back, as the peer never
 /// heard of them and could never release them.
+///
+/// A Cacheable's state goes with every message jellied before one that carries it is queued
+/// (see [`pb_proto::twisted::CacheSend`]): the messages may be queued in another order than
+/// they were jellied, or dropped. As the payload is queued ([`PendingSends::settle`]), a
+/// state that another message has brought meanwhile is taken out again (the Cacheable goes as
+/// `["cached", luid]`, and the sends its state made are taken back).
 pub(crate) struct PendingSends {
     link: Option<Arc<dyn TwistedLink>>,
-    made: Vec<(i64, bool)>,
+    /// `(luid, cache)` of each send, in the order they were made; `None` once taken back.
+    made: Vec<Option<(i64, bool)>>,
+    /// The Cacheables whose states the value carries, in the order they were jellied.
+    states: Vec<StateSent>,
+    /// The value's graph, kept while it carries a state (to take the state out again).
+    graph: Option<Box<Graph>>,
+    /// Sends taken out of the value as it was queued: taken back when the payload goes.
+    dropped: Vec<(i64, bool)>,
+}
+
+/// A Cacheable's state carried by a value: its luid, and the sends the state made
+/// (`made[sends]`).
+struct StateSent {
+    luid: i64,
+    sends: std::ops::Range<usize>,
 }
 
 impl PendingSends {
-    /// The value is queued for the peer: its sends stand.
-    pub(crate) fn sent(&mut self) {
+    /// The value is about to be queued: the Cacheables whose state a message already queued
+    /// carried (`queued(luid)`) go as `["cached", luid]` instead, re-encoded with `encode`.
+    /// A state that holds another state the value carries stays (the Cacheable then goes
+    /// with its state twice: the peer takes the later copy).
+    pub(crate) fn settle(
+        &mut self,
+        queued: impl Fn(i64) -> bool,
+        encode: impl FnOnce(&Graph) -> Result<Bytes, CodecError>,
+    ) -> Option<Bytes> {
+        let graph = self.graph.as_deref()?;
+        let nested = |s: &StateSent| {
+            self.states.iter().any(|o| {
+                o.luid != s.luid && s.sends.start <= o.sends.start && o.sends.end <= s.sends.end
+            })
+        };
+        let out: Vec<usize> = (0..self.states.len())
+            .filter(|&i| queued(self.states[i].luid) && !nested(&self.states[i]))
+            .collect();
+        if out.is_empty() {
+            return None;
+        }
+        let mut graph = graph.clone();
+        for &i in &out {
+            let luid = self.states[i].luid;
+            cached_instead(graph.root_mut(), luid);
+        }
+        let bytes = encode(&graph).ok()?;
+        for &i in out.iter().rev() {
+            let StateSent { sends, .. } = self.states.remove(i);
+            for send in self.made.get_mut(sends).into_iter().flatten() {
+                self.dropped.extend(send.take());
+            }
+        }
+        Some(bytes)
+    }
+
+    /// The value is queued for the peer: its sends stand; `state(luid)` is told of each
+    /// Cacheable whose state it carries.
+    pub(crate) fn sent(&mut self, mut state: impl FnMut(i64)) {
         self.made.clear();
+        for s in self.states.drain(..) {
+            state(s.luid);
+        }
+        self.graph = None;
+    }
+}
+
+/// Replaces the first `[tag, luid, state]` in `v` (in the order it is written) with
+/// `["cached", luid]`.
+fn cached_instead(v: &mut Value, luid: i64) -> bool {
+    match v {
+        Value::Cache { luid: l, .. } if *l == luid => {
+            *v = Value::Cached(ObjectId::Num(luid));
+            true
+        }
+        Value::Cache { state, .. } | Value::Instance { state, .. } => cached_instead(state, luid),
+        Value::List(items) | Value::Tuple(items) | Value::Set(items) | Value::FrozenSet(items) => {
+            items.iter_mut().any(|x| cached_instead(x, luid))
+        }
+        Value::Dict(pairs) => pairs
+            .iter_mut()
+            .any(|(k, x)| cached_instead(k, luid) || cached_instead(x, luid)),
+        _ => false,
     }
 }
 
 impl Drop for PendingSends {
     fn drop(&mut self) {
-        if let Some(link) = &self.link
-            && !self.made.is_empty()
-        {
-            link.take_back(&self.made);
+        if let Some(link) = &self.link {
+            let back: Vec<(i64, bool)> = self
+                .dropped
+                .drain(..)
+                .chain(self.made.drain(..).flatten())
+                .collect();
+            if !back.is_empty() {
+                link.take_back(&back);
+            }
         }
     }
 }
@@ -53,7 +140,8 @@ impl Drop for PendingSends {
 /// Records the sends made while a value is jellied (see [`PendingSends`]).
 struct Sends<'a> {
     link: &'a dyn TwistedLink,
-    made: RefCell<Vec<(i64, bool)>>,
+    made: RefCell<Vec<Option<(i64, bool)>>>,
+    states: RefCell<Vec<StateSent>>,
 }
 
 impl<'a> Sends<'a> {
@@ -61,26 +149,39 @@ impl<'a> Sends<'a> {
         Sends {
             link,
             made: RefCell::new(Vec::new()),
+            states: RefCell::new(Vec::new()),
         }
     }
 
-    /// The value's bytes, with the sends it made pending.
-    fn payload(self, bytes: Bytes) -> Payload {
+    /// The value's bytes, with the sends it made pending (and its graph, if it carries a
+    /// Cacheable's state).
+    fn payload(self, bytes: Bytes, graph: Graph) -> Payload {
         let made = std::mem::take(&mut *self.made.borrow_mut());
-        let link = match made.is_empty() {
-            true => None,
-            false => self.link.owned(),
+        let states = std::mem::take(&mut *self.states.borrow_mut());
+        let link = match made.iter().any(Option::is_some) {
+            true => self.link.owned(),
+            false => None,
         };
-        Payload::jelly(bytes, PendingSends { link, made })
+        let graph = (!states.is_empty()).then(|| Box::new(graph));
+        Payload::jelly(
+            bytes,
+            PendingSends {
+                link,
+                made,
+                states,
+                graph,
+                dropped: Vec::new(),
+            },
+        )
     }
 }
 
 impl Drop for Sends<'_> {
     /// The value was not encoded after all: its sends are taken back at once.
     fn drop(&mut self) {
-        let made = self.made.get_mut();
+        let made: Vec<(i64, bool)> = self.made.get_mut().drain(..).flatten().collect();
         if !made.is_empty() {
-            self.link.take_back(made);
+            self.link.take_back(&made);
         }
     }
 }
@@ -89,7 +190,7 @@ impl JellyRefs for Sends<'_> {
     fn export(&self, r: &ObjectRef) -> Result<Value, String> {
         let flavor = self.link.refs().export(r)?;
         if let Value::Remote(ObjectId::Num(luid)) = flavor {
-            self.made.borrow_mut().push((luid, false));
+            self.made.borrow_mut().push(Some((luid, false)));
         }
         Ok(flavor)
     }
@@ -98,10 +199,31 @@ impl JellyRefs for Sends<'_> {
         self.link.refs().import(flavor)
     }
 
-    fn export_cache(&self, r: &ObjectRef) -> Result<(i64, bool), String> {
-        let (luid, first) = self.link.refs().export_cache(r)?;
-        self.made.borrow_mut().push((luid, true));
-        Ok((luid, first))
+    fn mark(&self) -> usize {
+        self.made.borrow().len()
+    }
+
+    fn export_cache(&self, r: &ObjectRef, state_from: usize) -> Result<CacheSend, String> {
+        let mut send = self.link.refs().export_cache(r, state_from)?;
+        let mut states = self.states.borrow_mut();
+        let mut made = self.made.borrow_mut();
+        // Once in a value is enough: the peer reads it in order.
+        send.with_state &= !states.iter().any(|s| s.luid == send.luid);
+        if send.with_state {
+            states.push(StateSent {
+                luid: send.luid,
+                sends: state_from..made.len(),
+            });
+        } else {
+            // The state jellied for it does not go: neither do the sends it made.
+            states.retain(|s| s.sends.start < state_from);
+            let back: Vec<(i64, bool)> = made.drain(state_from..).flatten().collect();
+            if !back.is_empty() {
+                self.link.take_back(&back);
+            }
+        }
+        made.push(Some((send.luid, true)));
+        Ok(send)
     }
 }
 
@@ -115,7 +237,7 @@ pub(crate) fn encode<T: Serialize + ?Sized>(
     let sends = Sends::new(link);
     let graph = to_graph(value, Some(&sends))?;
     let bytes = encode_graph(&graph, link)?;
-    Ok(sends.payload(bytes))
+    Ok(sends.payload(bytes, graph))
 }
 
 /// Encodes a call's arguments (a tuple of the method's parameters) for `link`: always a
@@ -136,14 +258,22 @@ pub(crate) fn encode_args<T: Serialize + ?Sized>(
         }
     }
     let bytes = encode_graph(&graph, link)?;
-    Ok(sends.payload(bytes))
+    Ok(sends.payload(bytes, graph))
 }
 
 fn encode_graph(graph: &Graph, link: &dyn TwistedLink) -> Result<Bytes, CodecError> {
-    let sexp = jelly::to_sexp(graph, &link.jelly_config())
-        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    encode_graph_with(graph, &link.jelly_config(), &link.encoder())
+}
+
+/// A graph's Banana bytes under a connection's Jelly config and Banana codec.
+pub(crate) fn encode_graph_with(
+    graph: &Graph,
+    config: &JellyConfig,
+    encoder: &BananaCodec,
+) -> Result<Bytes, CodecError> {
+    let sexp = jelly::to_sexp(graph, config).map_err(|e| CodecError::Encode(e.to_string()))?;
     let mut out = BytesMut::new();
-    link.encoder()
+    encoder
         .encode(&sexp, &mut out)
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     Ok(out.freeze())
@@ -162,7 +292,7 @@ pub(crate) fn encode_failure<E: Serialize>(
         && &tag[..] == FAILURE_TAG.as_bytes()
     {
         let bytes = encode_graph(&graph, link)?;
-        return Ok(sends.payload(bytes));
+        return Ok(sends.payload(bytes, graph));
     }
     // Only the error's text is sent: what it referred to is not (`sends` takes it back).
     let type_name = std::any::type_name::<E>().replace("::", ".");

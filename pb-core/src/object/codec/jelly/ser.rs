@@ -74,9 +74,9 @@ impl Ser<'_> {
         refs.export(&r).map_err(Error)
     }
 
-    /// A Cacheable: `[tag, luid, state]` the first time it goes to this peer, then
-    /// `["cached", luid]`.
-    fn cache(self, inner: Value) -> Result<Value, Error> {
+    /// A Cacheable: `[tag, luid, state]` until a message carrying its state has been queued
+    /// for this peer, then `["cached", luid]` (see [`JellyRefs::export_cache`]).
+    fn cache(self, inner: Value, state_from: usize) -> Result<Value, Error> {
         let Some(refs) = self.cx.refs else {
             return Err(err("a cache can only be sent over a pb connection"));
         };
@@ -92,8 +92,9 @@ impl Ser<'_> {
             .ok()
             .and_then(|i| ENCODING.with(|s| s.borrow().last()?.refs.get(i).cloned()))
             .ok_or_else(|| err("cache handle outside an encode context"))?;
-        let (luid, first) = refs.export_cache(&r).map_err(Error)?;
-        Ok(if first {
+        let send = refs.export_cache(&r, state_from).map_err(Error)?;
+        let luid = send.luid;
+        Ok(if send.with_state {
             Value::Cache {
                 tag: bytes::Bytes::from(tag.into_bytes()),
                 luid,
@@ -293,6 +294,12 @@ impl<'a> ser::Serializer for Ser<'a> {
         name: &'static str,
         value: &T,
     ) -> Result<Value, Error> {
+        // A Cacheable's state is jellied before it is known whether it goes: the sends made
+        // for it start here.
+        let state_from = match (name, self.cx.refs) {
+            (magic::CACHE, Some(refs)) => refs.mark(),
+            _ => 0,
+        };
         let inner = value.serialize(self)?;
         match name {
             OBJECT_REF => self.object_ref(inner),
@@ -319,7 +326,7 @@ impl<'a> ser::Serializer for Ser<'a> {
             },
             magic::DYNAMIC => self.dynamic(inner),
             magic::FAILURE => failure(inner),
-            magic::CACHE => self.cache(inner),
+            magic::CACHE => self.cache(inner, state_from),
             _ => Ok(match instance_tag(name)? {
                 Some(tag) => instance(tag, inner),
                 None => inner,
