@@ -552,6 +552,155 @@ async fn a_cacheable_answered_twice_at_once_crosses_with_its_state_once() {
 }
 
 #[pb::remote]
+pub trait Updating {
+    /// Waits, then answers the cache's replica, having started a task that updates it.
+    async fn replica(&self) -> pb::Replica<Count>;
+}
+
+struct TheUpdating(pb::Cache<Count>);
+
+impl Updating for TheUpdating {
+    async fn replica(&self) -> pb::Replica<Count> {
+        // In a task of its own: answered after its first poll.
+        tokio::task::yield_now().await;
+        let cache = self.0.clone();
+        // Runs once this handler's answer is jellied, before it is queued.
+        tokio::spawn(async move { cache.update(CountUpdate::Set(5)).unwrap() });
+        self.0.replica()
+    }
+}
+
+/// An update made after a Cacheable's state was jellied for an answer, but before that answer
+/// is queued, reaches the copy: it is not sent ahead of the state (the peer would not know
+/// the luid yet) nor lost.
+#[tokio::test(start_paused = true)]
+async fn an_update_between_a_cacheables_jelly_and_its_sending_reaches_the_copy() {
+    let cache = pb::Cache::new(Count { count: 4 });
+    let (_server, client) = pair(UpdatingRef::new(TheUpdating(cache.clone())).into()).await;
+    let root: UpdatingRef = client.root();
+    let replica = root.replica().await.unwrap();
+    let got = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        replica.wait_for(|c| c.count == 5),
+    )
+    .await;
+    assert!(
+        matches!(got, Ok(Ok(_))),
+        "the copy holds {:?} and never saw the update: {got:?}",
+        replica.get()
+    );
+    assert_eq!(cache.get().count, 5);
+}
+
+#[pb::remote]
+pub trait Flooding {
+    /// Waits, then answers the cache's replica, having started a task that updates it more
+    /// often than updates are held for a copy not made yet.
+    async fn replica(&self) -> pb::Replica<Count>;
+}
+
+struct TheFlooding(pb::Cache<Count>);
+
+impl Flooding for TheFlooding {
+    async fn replica(&self) -> pb::Replica<Count> {
+        tokio::task::yield_now().await;
+        let cache = self.0.clone();
+        tokio::spawn(async move {
+            for n in 0..5000 {
+                cache.update(CountUpdate::Set(n)).unwrap();
+            }
+        });
+        self.0.replica()
+    }
+}
+
+/// Updates held for a copy whose state has not left yet are bounded: past 4 096 the
+/// connection is cut (`CacheBehind`), not left to grow or to a copy that stays behind.
+#[tokio::test(start_paused = true)]
+async fn updates_held_for_a_copy_not_made_yet_are_bounded() {
+    let cache = pb::Cache::new(Count { count: 4 });
+    let (server, client) = pair(FloodingRef::new(TheFlooding(cache.clone())).into()).await;
+    let root: FloodingRef = client.root();
+    let answer = root.replica().await;
+    assert!(answer.is_err(), "{answer:?}");
+    server.closed().await;
+    assert!(
+        matches!(server.close_reason(), Some(pb::CloseReason::CacheBehind(why)) if why.contains("4096")),
+        "{:?}",
+        server.close_reason()
+    );
+}
+
+/// The server's view of a client object that takes a replica.
+#[pb::remote]
+pub trait TakerOut {
+    async fn take(&self, copy: pb::Replica<Count>);
+}
+
+/// The client's: it keeps the copy as Twisted would.
+#[pb::remote]
+pub trait TakerIn {
+    async fn take(&self, copy: pb::twisted::RemoteCache);
+}
+
+struct TheTaker(Arc<std::sync::Mutex<Option<pb::twisted::RemoteCache>>>);
+
+impl TakerIn for TheTaker {
+    async fn take(&self, copy: pb::twisted::RemoteCache) {
+        *self.0.lock().unwrap() = Some(copy);
+    }
+}
+
+#[pb::remote]
+pub trait Handing {
+    /// Waits, then answers the cache's replica (jellied as it is), having started a task that
+    /// updates the cache and then hands `taker` the replica.
+    async fn replica(&self, taker: ObjectRef) -> pb::Replica<Count>;
+}
+
+#[pb::remote]
+pub trait HandingView {
+    async fn replica(&self, taker: ObjectRef) -> pb::twisted::RemoteCache;
+}
+
+struct TheHanding(pb::Cache<Count>);
+
+impl Handing for TheHanding {
+    async fn replica(&self, taker: ObjectRef) -> pb::Replica<Count> {
+        tokio::task::yield_now().await;
+        let cache = self.0.clone();
+        let taker = TakerOutRef::from_object_ref(taker);
+        tokio::spawn(async move {
+            cache.update(CountUpdate::Set(5)).unwrap();
+            taker.take(cache.replica()).await.unwrap();
+        });
+        self.0.replica()
+    }
+}
+
+/// The state that leaves first is newer than the update held for the copy (both made before
+/// it left): the update is in the state already and does not follow it; the answer jellied
+/// earlier, with the older state, goes as `["cached", luid]`.
+#[tokio::test(start_paused = true)]
+async fn an_update_the_state_that_leaves_first_includes_does_not_follow_it() {
+    let cache = pb::Cache::new(Count { count: 4 });
+    let (server, client) = pair(HandingRef::new(TheHanding(cache.clone())).into()).await;
+    let taken = Arc::new(std::sync::Mutex::new(None));
+    let taker: ObjectRef = TakerInRef::new(TheTaker(taken.clone())).into();
+    let root = HandingViewRef::from_object_ref(client.root_ref());
+    let answered = root.replica(taker).await.unwrap();
+    until(|| taken.lock().unwrap().is_some()).await;
+    let handed = taken.lock().unwrap().take().unwrap();
+    let five = Value::Dict(vec![(Value::from("count"), Value::Int(5))]);
+    // One copy, at the newer state, with no update to apply.
+    assert_eq!(handed.state().0.root(), &five);
+    assert_eq!(answered.state().0.root(), &five);
+    assert_eq!(answered.observed().len(), 0);
+    drop((answered, handed));
+    until(|| server.stats().tables.exported == 0).await;
+}
+
+#[pb::remote]
 pub trait Twice {
     async fn twice(&self) -> (pb::Replica<Count>, pb::Replica<Count>);
 }

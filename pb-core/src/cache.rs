@@ -208,7 +208,7 @@ impl<T: CacheState> Cache<T> {
                     Some(link) => {
                         let call =
                             observe.get_or_insert_with(|| codec::twisted::observe_call(&*update));
-                        twisted_update(link, object, call);
+                        twisted_update(link, object, call, version);
                     }
                     None => {
                         conn.send_update(object, payload.clone(), &|| self.inner.catch_up(None))
@@ -239,9 +239,10 @@ fn twisted_update(
     link: &dyn crate::link::TwistedLink,
     object: u64,
     call: &Result<(String, pb_proto::jelly::Graph), CodecError>,
+    version: u64,
 ) {
     match call {
-        Ok((method, args)) => link.send_observe(object, method, args),
+        Ok((method, args)) => link.send_observe(object, method, args, version),
         Err(e) => {
             tracing::error!(error = %e, "cannot send a cache update to a Twisted PB observer")
         }
@@ -286,7 +287,7 @@ impl<T: CacheState> CacheInner<T> {
             };
             return s.serialize_newtype_struct(
                 codec::jelly::magic::CACHE,
-                &(index, T::twisted_tag(), &snapshot.value),
+                &(index, T::twisted_tag(), snapshot.version, &snapshot.value),
             );
         }
         (handle, snapshot.version, snapshot.value).serialize(s)

@@ -919,8 +919,8 @@ impl Payload {
     }
 
     /// The payload is queued for the peer: the sends of our objects it counted stand;
-    /// `state(luid)` is told of each Cacheable whose state it carries.
-    pub(crate) fn sent(&mut self, state: impl FnMut(i64)) {
+    /// `state(luid, version)` is told of each Cacheable whose state it carries.
+    pub(crate) fn sent(&mut self, state: impl FnMut(i64, u64)) {
         if let Repr::Jelly(_, sends) = &mut self.0 {
             sends.sent(state);
         }

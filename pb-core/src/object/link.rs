@@ -367,8 +367,10 @@ pub(crate) trait TwistedLink: Send + Sync {
     /// The Jelly limits of the connection.
     fn jelly_config(&self) -> JellyConfig;
     /// Sends our exported Cacheable `object`'s copy on the peer an `observe_<method>` call
-    /// (a `cachemessage` asking no answer) with `args`, a tuple.
-    fn send_observe(&self, object: u64, method: &str, args: &pb_proto::jelly::Graph);
+    /// (a `cachemessage` asking no answer) with `args`, a tuple: the update that made the
+    /// cache's `version`. Until a message carrying the Cacheable's state is queued, it waits,
+    /// and goes after that message if the state it carries is older.
+    fn send_observe(&self, object: u64, method: &str, args: &pb_proto::jelly::Graph, version: u64);
     /// Takes back sends of our objects, `(luid, cache)` each, counted while a value was
     /// jellied that then was not sent: the peer never heard of them.
     fn take_back(&self, sends: &[(i64, bool)]);

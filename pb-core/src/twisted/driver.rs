@@ -46,7 +46,16 @@ struct State {
     /// The one handle of the peer's root while any reference holds it (see the native
     /// connection's): every `root()` is that handle, so it is one object when forwarded.
     root: Weak<Imported>,
+    /// Updates of our Cacheables exported to the peer whose state no queued message has
+    /// carried yet: `(version, method, args)`, each luid's in order, until one does
+    /// ([`PbShared::state_queued`]).
+    held_observes: HashMap<i64, Vec<(u64, String, Bytes)>>,
 }
+
+/// The most updates of one Cacheable held while no message has brought its state
+/// ([`State::held_observes`]); past it the connection is cut
+/// ([`CloseReason::CacheBehind`]).
+const MAX_HELD_OBSERVES: usize = crate::link::MAX_BUFFERED_UPDATES;
 
 /// One Twisted PB connection's shared state.
 pub(crate) struct PbShared {
@@ -95,6 +104,7 @@ impl PbShared {
                 imports: HashMap::new(),
                 answers: HashMap::new(),
                 cached: HashMap::new(),
+                held_observes: HashMap::new(),
                 root: Weak::new(),
             }),
             releases: Mutex::new(Vec::new()),
@@ -485,7 +495,7 @@ impl PbShared {
                 };
                 drop(bytes);
                 if sent.is_ok() {
-                    payload.sent(|luid| st.broker.note_state_queued(luid));
+                    payload.sent(|luid, version| Self::state_queued(&mut st, luid, version));
                 }
                 sent
             }
@@ -785,7 +795,12 @@ impl JellyRefs for PbShared {
         Err(format!("{flavor:?} outside a received message"))
     }
 
-    fn export_cache(&self, r: &ObjectRef, _state_from: usize) -> Result<CacheSend, String> {
+    fn export_cache(
+        &self,
+        r: &ObjectRef,
+        _state_from: usize,
+        _version: u64,
+    ) -> Result<CacheSend, String> {
         let send = lock(&self.state)
             .broker
             .export_cache(r.clone())
@@ -820,7 +835,7 @@ impl TwistedLink for PbShared {
         self.config.jelly
     }
 
-    fn send_observe(&self, object: u64, method: &str, args: &Graph) {
+    fn send_observe(&self, object: u64, method: &str, args: &Graph, version: u64) {
         let Ok(luid) = i64::try_from(object) else {
             return;
         };
@@ -833,17 +848,32 @@ impl TwistedLink for PbShared {
                     st.broker
                         .encoder()
                         .encode(&sexp, &mut out)
-                        .map(|()| out)
+                        .map(|()| out.freeze())
                         .map_err(|e| e.to_string())
                 });
             let sent = bytes.and_then(|b| {
+                if st.broker.exported(luid).is_some() && !st.broker.state_queued(luid) {
+                    // The peer has no copy yet: the update waits for the message that brings
+                    // the state, and goes after it if that state is older.
+                    let held = st.held_observes.entry(luid).or_default();
+                    if held.len() >= MAX_HELD_OBSERVES {
+                        return Err(format!(
+                            "more than {MAX_HELD_OBSERVES} updates made before the state left"
+                        ));
+                    }
+                    held.push((version, method.to_owned(), b));
+                    return Ok(());
+                }
                 st.broker
                     .start_call(&Target::Luid(luid), method.as_bytes(), &b, None, true)
+                    .map(drop)
                     .map_err(|e| e.to_string())
             });
             if let Err(e) = sent {
                 tracing::error!(connection = self.id, method, error = %e, "cannot send a cache update");
-                return;
+                drop(st);
+                // The copy would stay behind for good: the peer cannot follow the cache.
+                return self.shut(CloseReason::CacheBehind(e));
             }
         }
         self.flush();
@@ -859,7 +889,10 @@ impl TwistedLink for PbShared {
             sends
                 .iter()
                 .filter_map(|&(luid, cache)| match st.broker.unsend(luid, cache) {
-                    Some((object, true)) => Some((object, luid)),
+                    Some((object, true)) => {
+                        st.held_observes.remove(&luid);
+                        Some((object, luid))
+                    }
                     _ => None,
                 })
                 .collect()
@@ -1052,6 +1085,22 @@ impl Link for PbShared {
 }
 
 impl PbShared {
+    /// A message carrying the state of our Cacheable `luid` at `version` was queued: the
+    /// updates held for it that the state does not include follow it.
+    fn state_queued(st: &mut State, luid: i64, version: u64) {
+        st.broker.note_state_queued(luid);
+        for (v, method, args) in st.held_observes.remove(&luid).unwrap_or_default() {
+            if v > version {
+                let sent =
+                    st.broker
+                        .start_call(&Target::Luid(luid), method.as_bytes(), &args, None, true);
+                if let Err(e) = sent {
+                    tracing::error!(method, error = %e, "cannot send a cache update");
+                }
+            }
+        }
+    }
+
     /// A payload about to be queued: the Cacheables whose state a message already queued
     /// carried go as `["cached", luid]` instead (see [`Payload::settle`]).
     fn settle(&self, st: &State, payload: &mut Payload) {
@@ -1089,7 +1138,7 @@ impl PbShared {
                     false,
                 )
                 .map_err(send_fault)?;
-            payload.sent(|luid| st.broker.note_state_queued(luid));
+            payload.sent(|luid, version| Self::state_queued(&mut st, luid, version));
             id
         };
         self.flush();

@@ -73,11 +73,16 @@ pub(crate) trait JellyRefs {
     /// `Cached`, `LCache`).
     fn import(&self, flavor: &Value) -> Result<ObjectRef, String>;
     /// Exports `r` as a Cacheable: its luid, whether this send carries its state (else it
-    /// goes as `["cached", luid]`), and whether it was exported now. Its state was jellied
-    /// just before (the sends made since [`JellyRefs::mark`] returned `state_from`); a send
-    /// without it takes those back.
-    fn export_cache(&self, r: &ObjectRef, state_from: usize) -> Result<CacheSend, String> {
-        let _ = (r, state_from);
+    /// goes as `["cached", luid]`), and whether it was exported now. Its state, at `version`,
+    /// was jellied just before (the sends made since [`JellyRefs::mark`] returned
+    /// `state_from`); a send without it takes those back.
+    fn export_cache(
+        &self,
+        r: &ObjectRef,
+        state_from: usize,
+        version: u64,
+    ) -> Result<CacheSend, String> {
+        let _ = (r, state_from, version);
         Err("a cache can only be sent over a Twisted PB connection".to_owned())
     }
     /// Where the sends made from now on start (see [`JellyRefs::export_cache`]).

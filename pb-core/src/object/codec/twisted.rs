@@ -48,10 +48,11 @@ pub(crate) struct PendingSends {
     dropped: Vec<(i64, bool)>,
 }
 
-/// A Cacheable's state carried by a value: its luid, and the sends the state made
-/// (`made[sends]`).
+/// A Cacheable's state carried by a value: its luid, the cache's version it is, and the sends
+/// the state made (`made[sends]`).
 struct StateSent {
     luid: i64,
+    version: u64,
     sends: std::ops::Range<usize>,
 }
 
@@ -92,12 +93,12 @@ impl PendingSends {
         Some(bytes)
     }
 
-    /// The value is queued for the peer: its sends stand; `state(luid)` is told of each
-    /// Cacheable whose state it carries.
-    pub(crate) fn sent(&mut self, mut state: impl FnMut(i64)) {
+    /// The value is queued for the peer: its sends stand; `state(luid, version)` is told of
+    /// each Cacheable whose state it carries.
+    pub(crate) fn sent(&mut self, mut state: impl FnMut(i64, u64)) {
         self.made.clear();
         for s in self.states.drain(..) {
-            state(s.luid);
+            state(s.luid, s.version);
         }
         self.graph = None;
     }
@@ -203,8 +204,13 @@ impl JellyRefs for Sends<'_> {
         self.made.borrow().len()
     }
 
-    fn export_cache(&self, r: &ObjectRef, state_from: usize) -> Result<CacheSend, String> {
-        let mut send = self.link.refs().export_cache(r, state_from)?;
+    fn export_cache(
+        &self,
+        r: &ObjectRef,
+        state_from: usize,
+        version: u64,
+    ) -> Result<CacheSend, String> {
+        let mut send = self.link.refs().export_cache(r, state_from, version)?;
         let mut states = self.states.borrow_mut();
         let mut made = self.made.borrow_mut();
         // Once in a value is enough: the peer reads it in order.
@@ -212,6 +218,7 @@ impl JellyRefs for Sends<'_> {
         if send.with_state {
             states.push(StateSent {
                 luid: send.luid,
+                version,
                 sends: state_from..made.len(),
             });
         } else {

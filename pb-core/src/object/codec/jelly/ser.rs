@@ -83,8 +83,19 @@ impl Ser<'_> {
         let Value::Tuple(mut parts) = inner else {
             return Err(err("a cache must carry its handle, tag and state"));
         };
-        let (Some(state), Some(Value::Str(tag)), Some(Value::Int(index)), None) =
-            (parts.pop(), parts.pop(), parts.pop(), parts.pop())
+        let (
+            Some(state),
+            Some(Value::Int(version)),
+            Some(Value::Str(tag)),
+            Some(Value::Int(index)),
+            None,
+        ) = (
+            parts.pop(),
+            parts.pop(),
+            parts.pop(),
+            parts.pop(),
+            parts.pop(),
+        )
         else {
             return Err(err("a cache must carry its handle, tag and state"));
         };
@@ -92,7 +103,9 @@ impl Ser<'_> {
             .ok()
             .and_then(|i| ENCODING.with(|s| s.borrow().last()?.refs.get(i).cloned()))
             .ok_or_else(|| err("cache handle outside an encode context"))?;
-        let send = refs.export_cache(&r, state_from).map_err(Error)?;
+        let version =
+            u64::try_from(version).map_err(|_| err("a cache's version is not negative"))?;
+        let send = refs.export_cache(&r, state_from, version).map_err(Error)?;
         let luid = send.luid;
         Ok(if send.with_state {
             Value::Cache {
