@@ -156,3 +156,50 @@ async fn mind_as_gives_the_realm_the_clients_mind_typed() {
     let _me: AccountRef = session.login("alice", PASSWORD).await.unwrap();
     assert!(minds.lock().unwrap().pop().unwrap().is_none());
 }
+
+/// A username the server refuses (longer than `scram::MAX_USERNAME_LEN`, or empty) is refused
+/// where it starts: the store does not take it, and a client does not send it (a clear error,
+/// and no failed login counted against the connection, which stays good for a login).
+#[tokio::test(start_paused = true)]
+async fn a_username_the_server_refuses_is_refused_by_the_store_and_the_client() {
+    let long = "u".repeat(pb::proto::scram::MAX_USERNAME_LEN + 1);
+    let mut users = Verifiers::new();
+    for name in [long.as_str(), ""] {
+        assert!(
+            matches!(
+                users.insert_password(name, PASSWORD, ITERATIONS),
+                Err(pb::scram::ScramError::Malformed(m)) if m.contains("username")
+            ),
+            "{} bytes",
+            name.len()
+        );
+        assert!(users.add_user(name, PASSWORD).is_err());
+    }
+    let at_limit = "u".repeat(pb::proto::scram::MAX_USERNAME_LEN);
+    users
+        .insert_password(at_limit.as_str(), PASSWORD, ITERATIONS)
+        .unwrap();
+    let portal = Portal::new(|_: LoginRequest| async { Ok(Avatar::new(AccountRef::new(Me))) })
+        .verifiers(users)
+        .config(LoginConfig {
+            max_failures: 1,
+            ..LoginConfig::default()
+        });
+    let (a, b) = pb::transport::memory_pair();
+    let config = Config::default();
+    let (server, session) = tokio::join!(
+        portal.serve_connection(a, &config, None, None),
+        Client::builder().open_over(b)
+    );
+    let (_server, session) = (server.unwrap(), session.unwrap());
+    let refused = session.login::<AccountRef>(&long, PASSWORD).await;
+    assert!(
+        matches!(&refused, Err(LoginError::Scram(pb::scram::ScramError::Malformed(m))) if m.contains("username")),
+        "{refused:?}"
+    );
+    // Nothing was sent: the one failure the connection is allowed is still to come.
+    session
+        .login::<AccountRef>(&at_limit, PASSWORD)
+        .await
+        .unwrap();
+}

@@ -398,6 +398,18 @@ fn valid_nonce(n: &str) -> bool {
     !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',')
 }
 
+/// Fails for a username a server refuses: empty, or longer than [`MAX_USERNAME_LEN`] bytes.
+/// A client checks before it sends one, a verifier store before it keeps one.
+pub fn check_username(username: &str) -> Result<(), ScramError> {
+    match username.len() {
+        0 => Err(ScramError::Malformed("empty username")),
+        n if n > MAX_USERNAME_LEN => Err(ScramError::Malformed(
+            "username longer than MAX_USERNAME_LEN (256 bytes)",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The client's side of a login, before the server's first message.
 pub struct ScramClient {
     password: String,
@@ -419,6 +431,7 @@ impl ScramClient {
         password: &str,
         binding: ChannelBinding,
     ) -> Result<(ScramClient, String), ScramError> {
+        check_username(username)?;
         Ok(ScramClient::with_nonce(
             username,
             password,
@@ -556,9 +569,7 @@ pub fn parse_client_first(msg: &str, binding: &ChannelBinding) -> Result<ClientF
     }
     let [name, nonce] = attributes(bare, ['n', 'r'])?;
     let username = unescape_username(name)?;
-    if username.is_empty() || username.len() > MAX_USERNAME_LEN {
-        return Err(ScramError::Malformed("bad username length"));
-    }
+    check_username(&username)?;
     if !valid_nonce(nonce) {
         return Err(ScramError::Malformed("bad nonce"));
     }

@@ -206,7 +206,9 @@ impl Verifiers {
         Verifiers::default()
     }
 
-    /// Add or replace a user.
+    /// Add or replace a user. A username no client can log in with (empty, or longer than
+    /// [`scram::MAX_USERNAME_LEN`] bytes) is kept but never matched: [`Verifiers::add_user`]
+    /// and [`Verifiers::insert_password`] refuse one.
     pub fn insert(&mut self, username: impl Into<String>, verifier: ScramVerifier) {
         *self.shapes.entry(verifier.shape()).or_default() += 1;
         if let Some(old) = self.users.insert(username.into(), verifier)
@@ -221,8 +223,9 @@ impl Verifiers {
 
     /// Add or replace a user from a password, at the default cost
     /// ([`scram::DEFAULT_ITERATIONS`] PBKDF2 iterations): the password is turned into a
-    /// verifier at once and not kept. Fails only if the system's random number generator does
-    /// (the verifier's salt is random).
+    /// verifier at once and not kept. Fails for a username no client can log in with (empty,
+    /// or longer than [`scram::MAX_USERNAME_LEN`] bytes), or if the system's random number
+    /// generator does (the verifier's salt is random).
     ///
     /// PBKDF2 is slow on purpose: every login as this user costs the client those iterations
     /// once, and this call costs them too. A debug build computes them many times slower than
@@ -240,6 +243,8 @@ impl Verifiers {
         username: impl Into<String>,
         password: &str,
     ) -> Result<(), ScramError> {
+        let username = username.into();
+        scram::check_username(&username)?;
         self.insert(username, ScramVerifier::new(password)?);
         Ok(())
     }
@@ -253,6 +258,8 @@ impl Verifiers {
         password: &str,
         iterations: u32,
     ) -> Result<(), ScramError> {
+        let username = username.into();
+        scram::check_username(&username)?;
         self.insert(
             username,
             ScramVerifier::with_iterations(password, iterations)?,
