@@ -700,6 +700,70 @@ async fn an_update_the_state_that_leaves_first_includes_does_not_follow_it() {
     until(|| server.stats().tables.exported == 0).await;
 }
 
+/// A cache of text, whose updates can be any size.
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq)]
+pub struct Text {
+    text: String,
+}
+
+#[pb::copyable]
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextUpdate {
+    #[serde(rename = "set")]
+    Set(String),
+}
+
+impl pb::CacheState for Text {
+    type Update = TextUpdate;
+    fn apply(&mut self, update: &TextUpdate) {
+        let TextUpdate::Set(t) = update;
+        self.text = t.clone();
+    }
+    fn twisted_tag() -> &'static str {
+        "pbtest.Text"
+    }
+}
+
+#[pb::remote]
+pub trait TextCaches {
+    async fn cache(&self) -> pb::Replica<Text>;
+}
+
+#[pb::remote]
+pub trait TextCachesView {
+    async fn cache(&self) -> pb::twisted::RemoteCache;
+}
+
+struct TheTextCaches(pb::Cache<Text>);
+
+impl TextCaches for TheTextCaches {
+    async fn cache(&self) -> pb::Replica<Text> {
+        self.0.replica()
+    }
+}
+
+/// An update the peer would refuse (a string over Banana's 640 KiB `SIZE_LIMIT`) does not
+/// vanish with the copy left behind for good: the connection is cut (`CacheBehind`), as over
+/// pb's own dialect.
+#[tokio::test(start_paused = true)]
+async fn a_cache_update_the_observer_would_refuse_cuts_the_connection() {
+    let cache = pb::Cache::new(Text { text: "a".into() });
+    let (server, client) = pair(TextCachesRef::new(TheTextCaches(cache.clone())).into()).await;
+    let root = TextCachesViewRef::from_object_ref(client.root_ref());
+    let copy = root.cache().await.unwrap();
+    let big = "x".repeat(pb::proto::banana::SIZE_LIMIT + 1);
+    cache.update(TextUpdate::Set(big)).unwrap();
+    server.closed().await;
+    assert!(
+        matches!(server.close_reason(), Some(pb::CloseReason::CacheBehind(_))),
+        "{:?}",
+        server.close_reason()
+    );
+    client.closed().await;
+    assert!(copy.observed().is_empty());
+}
+
 #[pb::remote]
 pub trait Twice {
     async fn twice(&self) -> (pb::Replica<Count>, pb::Replica<Count>);
