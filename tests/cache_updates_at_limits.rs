@@ -86,12 +86,20 @@ impl CacheState for Heap {
 #[pb::remote]
 pub trait Heaps {
     async fn heap(&self) -> Result<Replica<Heap>, ()>;
+    /// The replica, followed at once by an update of `len` bytes.
+    async fn heap_then_update(&self, len: u64) -> Result<Replica<Heap>, ()>;
 }
 
 struct HeapsImpl(Cache<Heap>);
 
 impl Heaps for HeapsImpl {
     async fn heap(&self) -> Result<Replica<Heap>, ()> {
+        Ok(self.0.replica())
+    }
+    async fn heap_then_update(&self, len: u64) -> Result<Replica<Heap>, ()> {
+        let heap = self.0.clone();
+        // Runs once this answer is queued.
+        tokio::spawn(async move { heap.update(vec![1; len as usize]).unwrap() });
         Ok(self.0.replica())
     }
 }
@@ -130,6 +138,39 @@ async fn one_update_that_fits_the_frame_to_a_reading_observer_is_not_cut() {
         "a reading observer was cut for one update within its frame: {:?}",
         server.close_reason()
     );
+    assert!(matches!(waited, Ok(Ok(_))), "{waited:?}");
+}
+
+/// Both peers accept frames of up to 64 MiB. An update of 20 MiB that arrives before the
+/// replica it is for has been decoded waits for it, as a smaller one would: what a replica
+/// may buffer follows the connection's `max_frame_len`, not the default's 16 MiB.
+#[tokio::test(start_paused = true)]
+async fn an_update_in_a_large_frame_waits_for_its_replica_to_be_decoded() {
+    const LEN: usize = 20 << 20;
+    let heap = Cache::new(Heap::default());
+    let (_server, client) = common::memory_pair_with(
+        HeapsRef::new(HeapsImpl(heap.clone())),
+        common::frames_of(64 << 20),
+    )
+    .await;
+    let root: HeapsRef = client.root();
+    let call = root.heap_then_update(LEN as u64);
+    tokio::pin!(call);
+    // Sent; the answer is not decoded until the update has arrived too.
+    assert!(
+        tokio::time::timeout(Duration::ZERO, &mut call)
+            .await
+            .is_err()
+    );
+    let before = client.stats().bytes_in;
+    assert!(common::settle(|| client.stats().bytes_in - before > LEN as u64).await);
+    let replica = call.await.unwrap();
+    assert_eq!(replica.error(), None);
+    let waited = tokio::time::timeout(
+        Duration::from_secs(60),
+        replica.wait_for(|h| h.total == LEN as u64),
+    )
+    .await;
     assert!(matches!(waited, Ok(Ok(_))), "{waited:?}");
 }
 

@@ -71,7 +71,7 @@ fn an_undecodable_update_is_reported() {
 
 #[test]
 fn updates_past_the_buffer_are_marked_dropped() {
-    let budget = crate::link::UpdateBudget::new(usize::MAX);
+    let budget = crate::link::UpdateBudget::new(usize::MAX, 16 << 20);
     let mut slot = ReplicaSlot::default();
     for v in 1..=MAX_BUFFERED_UPDATES as u64 + 2 {
         slot.deliver(add(v, 1), &budget);
@@ -91,7 +91,7 @@ fn updates_past_the_buffer_are_marked_dropped() {
 
 #[test]
 fn updates_past_the_buffers_bytes_are_marked_dropped() {
-    let budget = crate::link::UpdateBudget::new(usize::MAX);
+    let budget = crate::link::UpdateBudget::new(usize::MAX, 16 << 20);
     let mut slot = ReplicaSlot::default();
     let mib = Bytes::from(vec![0u8; 1 << 20]);
     for _ in 0..20 {
@@ -104,7 +104,7 @@ fn updates_past_the_buffers_bytes_are_marked_dropped() {
             overflowed,
         } => {
             assert_eq!(pending.len(), 16, "16 MiB kept");
-            assert_eq!(charge.bytes, crate::link::MAX_BUFFERED_UPDATE_BYTES);
+            assert_eq!(charge.bytes, 16 << 20);
             assert!(overflowed);
         }
         _ => panic!("updates before the replica are buffered"),
@@ -118,7 +118,7 @@ fn updates_past_the_buffers_bytes_are_marked_dropped() {
 fn the_replicas_of_one_connection_share_its_budget() {
     // 3 MiB for the connection: the first replica takes 2, the second gets 1 of its 2, and
     // drops what follows a dropped one.
-    let budget = crate::link::UpdateBudget::new(3 << 20);
+    let budget = crate::link::UpdateBudget::new(3 << 20, 16 << 20);
     let mib = Bytes::from(vec![0u8; 1 << 20]);
     let (mut first, mut second) = (ReplicaSlot::default(), ReplicaSlot::default());
     first.deliver(mib.clone(), &budget);

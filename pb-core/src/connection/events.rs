@@ -7,11 +7,11 @@ use super::*;
 use crate::broker::Event;
 
 impl ConnShared {
-    /// The budget of this connection's buffered cache updates, made with the first update.
+    /// The budget of this connection's buffered cache updates, made with the first update
+    /// (from the limits it enforces; it takes the broker's lock then).
     fn update_budget(&self) -> &Arc<crate::link::UpdateBudget> {
-        self.updates.get_or_init(|| {
-            crate::link::UpdateBudget::new(crate::link::MAX_BUFFERED_UPDATE_BYTES_PER_CONNECTION)
-        })
+        self.updates
+            .get_or_init(|| crate::link::UpdateBudget::of(self.lock().limits()))
     }
 
     /// Run `f` on the broker, then act on the events it raised once the lock is released.
@@ -61,11 +61,14 @@ impl ConnShared {
                     }
                 }
                 Event::Update { import, payload } => match import.upgrade() {
-                    Some(imp) => imp
-                        .replica
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .deliver(payload, self.update_budget()),
+                    Some(imp) => {
+                        // Made (under the broker's lock, once) before the replica's is taken.
+                        let budget = self.update_budget();
+                        imp.replica
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .deliver(payload, budget)
+                    }
                     // No loss: a later send of the cache carries a newer state.
                     None => tracing::debug!("update for a reference no longer held"),
                 },

@@ -131,28 +131,32 @@ impl PeerRecord {
 /// The most updates buffered for a replica that is still being decoded.
 pub(crate) const MAX_BUFFERED_UPDATES: usize = 4096;
 
-/// The most bytes of updates buffered for a replica that is still being decoded: one frame of
-/// the default `max_frame_len`.
-pub(crate) const MAX_BUFFERED_UPDATE_BYTES: usize = pb_proto::frame::DEFAULT_MAX_FRAME_LEN;
-
-/// The most bytes of updates buffered for all the replicas of one connection that are still
-/// being decoded: the default call window.
-pub(crate) const MAX_BUFFERED_UPDATE_BYTES_PER_CONNECTION: usize =
-    pb_proto::limits::DEFAULT_MAX_CALL_BYTES;
-
-/// The bytes of updates one connection buffers for replicas not decoded yet, against a cap.
+/// The bytes of updates one connection buffers for replicas not decoded yet, against a cap
+/// for all of them (the connection's call window: what its running calls may hold) and one
+/// for each (one frame: the largest update the connection takes).
 #[derive(Debug)]
 pub(crate) struct UpdateBudget {
     used: std::sync::atomic::AtomicUsize,
     max: usize,
+    per_replica: usize,
 }
 
 impl UpdateBudget {
-    pub(crate) fn new(max: usize) -> Arc<UpdateBudget> {
+    pub(crate) fn new(max: usize, per_replica: usize) -> Arc<UpdateBudget> {
         Arc::new(UpdateBudget {
             used: std::sync::atomic::AtomicUsize::new(0),
             max,
+            per_replica,
         })
+    }
+
+    /// The budget of a connection that takes `limits` (see [`UpdateBudget`]).
+    pub(crate) fn of(limits: &pb_proto::limits::Limits) -> Arc<UpdateBudget> {
+        let limits = limits.enforced();
+        UpdateBudget::new(
+            limits.max_call_bytes.max(limits.max_frame_len),
+            limits.max_frame_len,
+        )
     }
 
     /// The bytes buffered now.
@@ -243,7 +247,7 @@ impl ReplicaSlot {
             } => {
                 if !*overflowed
                     && pending.len() < MAX_BUFFERED_UPDATES
-                    && charge.bytes + payload.len() <= MAX_BUFFERED_UPDATE_BYTES
+                    && charge.bytes + payload.len() <= charge.budget.per_replica
                     && charge.budget.take(payload.len())
                 {
                     charge.bytes += payload.len();
@@ -257,7 +261,7 @@ impl ReplicaSlot {
                     *overflowed = true;
                     tracing::error!(
                         max = MAX_BUFFERED_UPDATES,
-                        max_bytes = MAX_BUFFERED_UPDATE_BYTES,
+                        max_bytes = charge.budget.per_replica,
                         connection_bytes = charge.budget.used(),
                         "dropping cache updates: too many before the replica was decoded"
                     );
