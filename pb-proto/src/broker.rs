@@ -482,7 +482,7 @@ struct Parked {
     exported: Vec<u64>,
     /// The call's deadline, and where its time left (a varint) is in the frame's first piece:
     /// written again with the time left when the call leaves.
-    deadline: Option<(std::time::Instant, std::ops::Range<usize>)>,
+    deadline: Option<calls::TimeLeft>,
     /// The frame: its header and envelope, then its payload (small pieces copied in with
     /// the envelope, large ones uncopied, see [`ZERO_COPY_MIN`](crate::outbox::ZERO_COPY_MIN)).
     frame: Vec<Bytes>,

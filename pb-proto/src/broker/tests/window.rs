@@ -419,7 +419,7 @@ fn a_parked_call_cancelled_before_it_leaves_gives_back_the_objects_it_would_send
 
 #[test]
 fn a_parked_call_s_time_left_is_written_again_in_the_same_bytes() {
-    use super::super::calls::with_time_left;
+    use super::super::calls::{TimeLeft, with_time_left};
     use crate::message::{cancelled_id, put_varint, varint_len};
     use std::time::{Duration, Instant};
     // A varint read back as a cancel's id (a tag, then the varint).
@@ -430,7 +430,7 @@ fn a_parked_call_s_time_left_is_written_again_in_the_same_bytes() {
         cancel.extend_from_slice(field);
         cancelled_id(&cancel)
     };
-    let now = Instant::now();
+    let at = Instant::now();
     for (sent, left) in [
         (0u64, 0u64),
         (127, 5),
@@ -438,15 +438,21 @@ fn a_parked_call_s_time_left_is_written_again_in_the_same_bytes() {
         (10_000, 4_000),
         (10_000, 10_000),
         (1 << 35, (1 << 35) - 1),
-        (u64::MAX / 2, 1 << 40),
+        (u64::MAX / 2, u64::MAX / 2 - 5_000),
+        (u64::MAX, u64::MAX),
     ] {
         let len = varint_len(sent);
         let mut head = BytesMut::from(&b"head"[..]);
         put_varint(&mut head, sent);
         head.extend_from_slice(b"rest");
         assert_eq!(head.len(), 4 + len + 4);
-        let due = now + Duration::from_millis(left);
-        let patched = with_time_left(&head.freeze(), (due, now), 4..4 + len);
+        let parked = TimeLeft {
+            at,
+            ms: sent,
+            field: 4..4 + len,
+        };
+        let now = at + Duration::from_millis(sent - left);
+        let patched = with_time_left(&head.freeze(), &parked, now);
         assert_eq!(patched.len(), 4 + len + 4, "the frame keeps its length");
         assert_eq!(&patched[..4], b"head");
         assert_eq!(&patched[4 + len..], b"rest");
@@ -458,10 +464,22 @@ fn a_parked_call_s_time_left_is_written_again_in_the_same_bytes() {
     }
     // A deadline already passed leaves 0, and part of a millisecond counts as one.
     let head = Bytes::from_static(&[0x90, 0x4e]);
-    let patched = with_time_left(&head, (now, now + Duration::from_secs(1)), 0..2);
+    let parked = TimeLeft {
+        at,
+        ms: 10_000,
+        field: 0..2,
+    };
+    let patched = with_time_left(&head, &parked, at + Duration::from_secs(11));
     assert_eq!(&patched[..], &[0x80, 0x00]);
-    let patched = with_time_left(&head, (now + Duration::from_micros(1500), now), 0..2);
+    let patched = with_time_left(&head, &parked, at + Duration::from_micros(9_998_500));
     assert_eq!(read(&patched), Some(2));
+    // A clock that stepped back since the call parked leaves the time it was sent with.
+    for back in [Duration::from_millis(1), Duration::from_secs(10)] {
+        if let Some(earlier) = at.checked_sub(back) {
+            let patched = with_time_left(&head, &parked, earlier);
+            assert_eq!(read(&patched), Some(10_000), "{back:?} back");
+        }
+    }
 }
 
 #[test]
@@ -489,6 +507,36 @@ fn a_call_that_waits_parked_leaves_with_the_time_its_caller_has_left() {
     let parked = w.b.incoming.back().expect("the parked call left");
     assert_eq!(parked.id, id);
     assert_eq!(parked.deadline_ms, Some(4_000));
+}
+
+#[test]
+fn a_parked_call_never_leaves_with_more_time_than_its_caller_gave_it() {
+    for sent in [1u64, 100, 200, 10_000] {
+        let mut w = World::with_limits(Limits::default(), narrow());
+        for _ in 0..4 {
+            w.a.call(0, "m", &[1; ARGS], &[]);
+        }
+        let id =
+            w.a.broker
+                .start_call(
+                    0,
+                    "m",
+                    Bytes::from(vec![1; ARGS]),
+                    &[],
+                    (Some(5), Some(sent), CallExtras::default()),
+                )
+                .unwrap();
+        assert_eq!(w.a.broker.stats().parked_calls, 1);
+        w.settle();
+        // The driver's clock steps back 10 s while the call is parked.
+        harness::rewind(std::time::Duration::from_secs(10));
+        w.b.answer(b"1", Vec::new());
+        w.settle();
+        harness::advance(std::time::Duration::from_secs(10));
+        let parked = w.b.incoming.back().expect("the parked call left");
+        assert_eq!(parked.id, id);
+        assert_eq!(parked.deadline_ms, Some(sent), "sent with {sent} ms");
+    }
 }
 
 #[test]
