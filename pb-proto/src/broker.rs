@@ -486,6 +486,9 @@ struct Parked {
     /// The frame: its header and envelope, then its payload (small pieces copied in with
     /// the envelope, large ones uncopied, see [`ZERO_COPY_MIN`](crate::outbox::ZERO_COPY_MIN)).
     frame: Vec<Bytes>,
+    /// Frames that must follow the call out, whole: updates and revocations of objects it (or
+    /// a call before it) sends ([`Broker::queue_naming`]).
+    behind: Vec<Bytes>,
 }
 
 impl<T: Tokens> std::fmt::Debug for Broker<T> {

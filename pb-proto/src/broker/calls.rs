@@ -140,6 +140,7 @@ impl<T: Tokens> Broker<T> {
             exported,
             deadline,
             frame: frame.take_all(),
+            behind: Vec::new(),
         });
         tracing::debug!(
             id,
@@ -231,7 +232,7 @@ impl<T: Tokens> Broker<T> {
             {
                 *head = with_time_left(head, &left, T::now());
             }
-            for piece in frame {
+            for piece in frame.into_iter().chain(call.behind) {
                 self.out.append_payload(piece);
             }
             any = true;
@@ -290,6 +291,19 @@ impl<T: Tokens> Broker<T> {
         // no longer sent to the peer (as if the peer had released them).
         if let Some(at) = self.parked.iter().position(|call| call.id == id) {
             if let Some(call) = self.parked.remove(at) {
+                // What had to follow it now follows the call before it, or, if none is
+                // parked, what is queued already.
+                match at
+                    .checked_sub(1)
+                    .and_then(|before| self.parked.get_mut(before))
+                {
+                    Some(before) => before.behind.extend(call.behind),
+                    None => {
+                        for piece in call.behind {
+                            self.out.append_payload(piece);
+                        }
+                    }
+                }
                 for object in call.exported {
                     if let Released::Freed { token, .. } = self.exports.release(object, 1) {
                         self.events.push(Event::Unexported {

@@ -27,6 +27,14 @@ fn decode_all(mut wire: BytesMut) -> Vec<Message> {
     out
 }
 
+/// The start of each message, for an assertion's message (payloads can be large).
+fn heads(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| format!("{m:?}").chars().take(60).collect())
+        .collect()
+}
+
 /// A call frame body as a sender that ignores windows would write it.
 fn raw_call(id: u64, answer: bool, args: usize) -> Bytes {
     let mut frame = BytesMut::new();
@@ -385,6 +393,110 @@ fn a_call_cancelled_before_the_peers_hello_stays_counted_until_its_last_word() {
         ..Limits::default().receive()
     }));
     assert_eq!((c.broker.pending.cancelled(), c.broker.window_used), (0, 0));
+}
+
+#[test]
+fn an_update_follows_the_parked_call_that_first_sends_its_object() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    for _ in 0..4 {
+        w.a.call(0, "m", &[1; ARGS], &[]);
+    }
+    // The fifth call parks; it is the first send of a's object 7 (a cache, say), which then
+    // changes: the broker takes the update.
+    w.a.call(0, "m", &[1; ARGS], &[Ref::Local(7)]);
+    assert_eq!(w.a.broker.stats().parked_calls, 1);
+    let export = *w.a.exported.last().expect("7 exported");
+    assert!(w.a.broker.send_update(export, Bytes::from_static(b"v2")));
+    w.settle();
+    assert!(w.b.updates.is_empty(), "the update waits behind the call");
+    // An answer makes room: the call leaves, then the update, which reaches b's handle.
+    w.b.answer(b"1", Vec::new());
+    w.settle();
+    assert_eq!(w.a.broker.stats().parked_calls, 0);
+    assert_eq!(w.b.broker.stats().imported, 1, "b holds a's object");
+    assert_eq!(w.b.updates.len(), 1, "the update was not lost");
+    assert_eq!(
+        (w.b.updates[0].0, &w.b.updates[0].2[..]),
+        (export, &b"v2"[..])
+    );
+    // Once no parked call sends it, an update goes at once.
+    assert!(w.a.broker.send_update(export, Bytes::from_static(b"v3")));
+    w.settle();
+    assert_eq!(w.b.updates.len(), 2);
+}
+
+#[test]
+fn a_revocation_follows_the_parked_call_that_sends_its_object() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    for _ in 0..4 {
+        w.a.call(0, "m", &[1; ARGS], &[]);
+    }
+    w.a.call(0, "m", &[1; ARGS], &[Ref::Local(7)]);
+    let export = *w.a.exported.last().expect("7 exported");
+    assert!(w.a.broker.revoke_export(export));
+    w.settle();
+    w.b.answer(b"1", Vec::new());
+    w.settle();
+    assert_eq!(w.a.broker.stats().parked_calls, 0);
+    // b got the reference from the call, then heard it is revoked: it holds nothing live.
+    assert_eq!(w.b.revoked, [export]);
+    while !w.b.incoming.is_empty() {
+        w.b.answer(b"1", Vec::new());
+    }
+    w.settle();
+    assert_eq!(w.b.broker.stats().imported, 0);
+    assert!(w.b.error.is_none() && w.a.error.is_none());
+}
+
+#[test]
+fn what_follows_a_parked_call_cancelled_follows_the_call_before_it() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    for _ in 0..4 {
+        w.a.call(0, "m", &[1; ARGS], &[]);
+    }
+    // Object 7 goes in a call that parks, and in one behind it, which is cancelled after an
+    // update queued behind it.
+    let first = w.a.call(0, "m", &[1; ARGS], &[Ref::Local(7)]);
+    let second = w.a.call(0, "m", &[1; 10], &[Ref::Local(7)]);
+    let export = *w.a.exported.last().expect("7 exported");
+    assert!(w.a.broker.send_update(export, Bytes::from_static(b"v2")));
+    assert!(w.a.broker.cancel_call(second).is_none());
+    w.a.act();
+    w.settle();
+    assert!(w.b.updates.is_empty(), "the update still waits");
+    // An answer makes room: the first call leaves, then the update.
+    w.b.answer(b"1", Vec::new());
+    let room = w.b.transmit().expect("the answer");
+    w.a.receive(&room, usize::MAX);
+    let wire = w.a.transmit().expect("the call");
+    let out = decode_all(BytesMut::from(&wire[..]));
+    assert!(
+        matches!(&out[..], [Message::Call { id, .. }, Message::Update { object, .. }] if *id == first && *object == export),
+        "{:?}",
+        heads(&out)
+    );
+    w.b.receive(&wire, usize::MAX);
+    assert_eq!(w.b.updates.len(), 1, "the update reached b's handle");
+    assert!(w.b.error.is_none() && w.a.error.is_none());
+}
+
+#[test]
+fn what_follows_a_parked_call_cancelled_with_none_before_it_goes_at_once() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    for _ in 0..4 {
+        w.a.call(0, "m", &[1; ARGS], &[]);
+    }
+    let parked = w.a.call(0, "m", &[1; ARGS], &[Ref::Local(7)]);
+    let export = *w.a.exported.last().expect("7 exported");
+    assert!(w.a.broker.revoke_export(export));
+    w.settle();
+    assert!(w.a.broker.cancel_call(parked).is_none());
+    let out = decode_all(BytesMut::from(&w.a.transmit().expect("the revocation")[..]));
+    assert!(
+        matches!(&out[..], [Message::Revoked { object }] if *object == export),
+        "{:?}",
+        heads(&out)
+    );
 }
 
 #[test]
