@@ -187,7 +187,8 @@ impl<T: Tokens> Broker<T> {
         }
     }
 
-    /// A call of `len` bytes that does not fit in our window: refused, never held or run.
+    /// A call of `len` bytes that does not fit in our window: refused, never held or run; the
+    /// references it carries are released (the peer counted them as sent).
     fn over_window(&mut self, head: &CallHead, len: usize) -> Result<(), ProtocolError> {
         let message = format!(
             "the caller's calls in flight exceed the call window (limit max_call_bytes = {})",
@@ -199,6 +200,7 @@ impl<T: Tokens> Broker<T> {
             call_bytes = self.call_bytes,
             "call refused: {message}"
         );
+        self.release_unwanted(&head.refs);
         if head.answer {
             self.send_fault(head.id, Fault::limit(message));
         } else if self.peer_hears_window {

@@ -37,9 +37,14 @@ fn heads(messages: &[Message]) -> Vec<String> {
 
 /// A call frame body as a sender that ignores windows would write it.
 fn raw_call(id: u64, answer: bool, args: usize) -> Bytes {
+    raw_call_sending(id, answer, args, &[])
+}
+
+/// As [`raw_call`], sending the references `refs`.
+fn raw_call_sending(id: u64, answer: bool, args: usize, refs: &[RefDesc]) -> Bytes {
     let mut frame = BytesMut::new();
     let flags = (answer, None, &CallExtras::default());
-    encode_call_frame_head(&mut frame, args, id, 0, b"m", flags, &[]);
+    encode_call_frame_head(&mut frame, args, id, 0, b"m", flags, refs);
     frame.extend_from_slice(&vec![7; args]);
     FrameDecoder::new(1 << 20)
         .decode(&mut frame)
@@ -269,6 +274,35 @@ fn a_sender_that_ignores_the_window_is_refused_beyond_it() {
             .finish_call(call.id, true, Some(Ok(empty())), (false, call.charge));
     }
     assert_eq!(b.broker.stats().call_bytes, 0);
+}
+
+#[test]
+fn a_call_refused_beyond_the_window_releases_the_references_it_carries() {
+    // Read at once, or held back by a congested driver: refused either way.
+    for held in [false, true] {
+        let mut b = Side::new(2, narrow(), Some(Ref::Local(100)));
+        b.broker.set_peer_limits(Some(Limits::default().receive()));
+        let mut make = |_, _| unreachable!("no references");
+        for id in 1..=4 {
+            let call = raw_call(id, true, ARGS);
+            assert!(b.broker.handle_frame(call, &mut make).unwrap().is_some());
+        }
+        // The fifth does not fit; it sends the peer's objects 5 and 6 (counted as sent there)
+        // and returns our root.
+        let refs = [RefDesc::Sender(5), RefDesc::Sender(6), RefDesc::Receiver(0)];
+        let over = raw_call_sending(5, true, ARGS, &refs);
+        if held {
+            assert_eq!(b.broker.hold_frame(&over.into()), Ok(false));
+        } else {
+            assert!(b.broker.handle_frame(over, &mut make).unwrap().is_none());
+        }
+        assert_eq!(b.broker.stats().imported, 0, "nothing imported");
+        let out = decode_all(BytesMut::from(&b.transmit().unwrap()[..]));
+        assert!(
+            matches!(&out[..], [Message::Fault { id: 5, kind: FaultKind::LimitExceeded, .. }, Message::Release(items)] if items[..] == [(5, 1), (6, 1)]),
+            "held {held}: {out:?}"
+        );
+    }
 }
 
 #[test]
