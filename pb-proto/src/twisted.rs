@@ -738,6 +738,19 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             self.end_call(request);
             return Err(SendError::Closed);
         }
+        self.queue_answer(request, result)?;
+        self.end_call(request);
+        Ok(())
+    }
+
+    /// Queues the answer to the peer's call `request` (see [`Broker::finish_call`]) without
+    /// ending a call: a refused call never ran, and a call of the peer's that runs under the
+    /// same request id keeps counting.
+    fn queue_answer(
+        &mut self,
+        request: i64,
+        result: Result<&[u8], &[u8]>,
+    ) -> Result<(), SendError> {
         let (head, body): (&'static [u8], &[u8]) = match result {
             Ok(b) => (b"answer", b),
             Err(b) => (b"error", b),
@@ -753,7 +766,6 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             return Err(e.into());
         }
         self.out.extend_from_slice(body);
-        self.end_call(request);
         Ok(())
     }
 
@@ -1057,7 +1069,7 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                     ],
                 );
                 if let Ok(f) = failure {
-                    let _ = self.finish_call(request, Err(&f));
+                    let _ = self.queue_answer(request, Err(&f));
                 }
             }
             return Ok(None);
@@ -1078,7 +1090,7 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                     ],
                 );
                 if let Ok(f) = failure {
-                    let _ = self.finish_call(request, Err(&f));
+                    let _ = self.queue_answer(request, Err(&f));
                 }
             }
             return self.violation(format!(
