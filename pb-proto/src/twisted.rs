@@ -863,7 +863,8 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
     }
 
     fn violation(&mut self, what: String) -> Result<Option<Event<O, W>>, PbError> {
-        self.violations += 1;
+        // Saturating: with `max_violations = u32::MAX` the connection is never closed for them.
+        self.violations = self.violations.saturating_add(1);
         if self.violations > self.config.max_violations {
             self.phase = Phase::Closed;
             return Err(PbError::Violations(what));

@@ -12,7 +12,8 @@ pub type MakeImport<'a, T> =
 impl<T: Tokens> Broker<T> {
     /// Count a violation of the limits; too many close the connection.
     pub(super) fn violation(&mut self) -> Result<(), ProtocolError> {
-        self.violations += 1;
+        // Saturating: with `max_violations = u32::MAX` the connection is never closed for them.
+        self.violations = self.violations.saturating_add(1);
         if self.violations > self.limits.max_violations {
             return Err(ProtocolError::TooManyViolations {
                 count: self.violations,

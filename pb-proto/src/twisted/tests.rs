@@ -453,6 +453,25 @@ fn violations_are_counted_then_close() {
 }
 
 #[test]
+fn with_the_most_violations_allowed_the_count_never_overflows() {
+    let mut client = B::new(Role::Client, PbConfig::default().max_violations(u32::MAX));
+    let mut server = B::new(Role::Server, PbConfig::default());
+    pump(&mut server, &mut client);
+    client.violations = u32::MAX - 1;
+    let stray = encode_to_bytes(
+        &Element::List(vec![word(b"answer"), Element::Int(99), Element::Int(1)]),
+        Dialect::Pb,
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let mut buf = BytesMut::from(&stray[..]);
+        assert_eq!(client.poll_input(&mut buf).unwrap(), None);
+    }
+    assert_eq!(client.violations, u32::MAX);
+    assert!(!client.is_closed());
+}
+
+#[test]
 fn malformed_input_closes() {
     let (mut server, _client) = pair();
     for bad in [
