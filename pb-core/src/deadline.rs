@@ -81,8 +81,27 @@ pub(crate) fn remaining_ms(deadline: Instant) -> u64 {
     let left = deadline.saturating_duration_since(Instant::now());
     let ms = left.as_millis().min(u128::from(u64::MAX)) as u64;
     if Duration::from_millis(ms) < left {
-        ms + 1
+        // Saturating: a deadline more than `u64::MAX` ms away (a `with_deadline` instant
+        // hundreds of millions of years out) travels as the most there is.
+        ms.saturating_add(1)
     } else {
         ms.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_left_is_rounded_up_and_never_overflows() {
+        let now = Instant::now();
+        let far = Duration::from_millis(u64::MAX) + Duration::from_secs(1);
+        // Where the platform's clock reaches that far (it does on Linux).
+        if let Some(deadline) = now.checked_add(far) {
+            assert_eq!(remaining_ms(deadline), u64::MAX);
+        }
+        assert!(remaining_ms(now + Duration::from_micros(1500)) >= 1);
+        assert_eq!(remaining_ms(now), 1, "a call never travels with zero");
     }
 }

@@ -482,10 +482,13 @@ struct Parked {
     exported: Vec<u64>,
     /// The call's deadline, and where its time left (a varint) is in the frame's first piece:
     /// written again with the time left when the call leaves.
-    deadline: Option<(std::time::Instant, std::ops::Range<usize>)>,
+    deadline: Option<calls::TimeLeft>,
     /// The frame: its header and envelope, then its payload (small pieces copied in with
     /// the envelope, large ones uncopied, see [`ZERO_COPY_MIN`](crate::outbox::ZERO_COPY_MIN)).
     frame: Vec<Bytes>,
+    /// Frames that must follow the call out, whole: updates and revocations of objects it (or
+    /// a call before it) sends ([`Broker::queue_naming`]).
+    behind: Vec<Bytes>,
 }
 
 impl<T: Tokens> std::fmt::Debug for Broker<T> {

@@ -44,8 +44,9 @@ pub struct Liveness {
     nonce: u64,
 }
 
-/// Far enough to mean never, near enough not to overflow an `Instant`.
-const NEVER: Duration = Duration::from_secs(86_400 * 365);
+/// Far enough to mean never, near enough not to overflow an `Instant` (about 30 years, as
+/// tokio's far future): a longer timeout, such as `Duration::MAX`, is armed this far away.
+const NEVER: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 impl Liveness {
     /// A connection that starts now.
@@ -83,9 +84,17 @@ impl Liveness {
 
     /// When the timer should next fire. The timer may be reset lazily: a frame moves the
     /// deadline later, and a timer that fires early is answered by re-arming.
+    ///
+    /// Never panics, whatever the timeouts and `now`s: a timeout longer than about 30 years is
+    /// armed that far away (and re-armed if it fires), and past the last `Instant` the
+    /// platform has, the deadline is the last frame's (only a clock that cannot occur gets
+    /// there).
     #[inline]
     pub fn poll_timeout(&self) -> Instant {
-        let at = |d: Option<Duration>| self.last_frame + d.unwrap_or(NEVER);
+        let at = |d: Option<Duration>| {
+            let d = d.map_or(NEVER, |d| d.min(NEVER));
+            self.last_frame.checked_add(d).unwrap_or(self.last_frame)
+        };
         let ping = if self.ping_sent {
             at(None)
         } else {
@@ -179,5 +188,64 @@ mod tests {
         assert!(l.poll_timeout() >= t0 + NEVER);
         assert_eq!(l.handle_timeout(t0 + NEVER), None);
         assert!(Liveness::new(config(), t0).is_enabled());
+    }
+
+    #[test]
+    fn a_timeout_too_long_for_the_clock_is_armed_far_away() {
+        let t0 = Instant::now();
+        for config in [
+            LivenessConfig {
+                idle: Some(Duration::MAX),
+                ..LivenessConfig::default()
+            },
+            LivenessConfig {
+                keepalive: Some(Duration::from_secs(u64::MAX)),
+                ..LivenessConfig::default()
+            },
+            LivenessConfig {
+                hello: Some(Duration::MAX),
+                ..LivenessConfig::default()
+            },
+        ] {
+            let mut l = Liveness::new(config, t0);
+            assert_eq!(l.poll_timeout(), t0 + NEVER, "{config:?}");
+            // Armed that far, it fires and finds nothing to do: the limit is not reached.
+            assert_eq!(l.handle_timeout(t0 + NEVER), None, "{config:?}");
+        }
+    }
+
+    /// The latest `Instant` the platform has, found by halving steps.
+    fn last_instant() -> Instant {
+        let mut t = Instant::now();
+        let mut step = Duration::from_secs(1 << 62);
+        while step >= Duration::from_nanos(1) {
+            match t.checked_add(step) {
+                Some(later) => t = later,
+                None => step /= 2,
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn a_now_near_the_last_instant_does_not_overflow() {
+        let far = last_instant();
+        let mut l = Liveness::new(config(), Instant::now());
+        l.handle_frame(far);
+        assert_eq!(l.poll_timeout(), far);
+        assert_eq!(l.handle_timeout(far), None);
+        let mut l = Liveness::new(LivenessConfig::default(), far);
+        assert_eq!(l.poll_timeout(), far);
+        assert_eq!(l.handle_timeout(far), None);
+    }
+
+    #[test]
+    fn a_now_that_goes_backwards_neither_closes_nor_pings() {
+        let t0 = Instant::now() + 1000 * S;
+        let mut l = Liveness::new(config(), t0);
+        l.handle_frame(t0 + 500 * S);
+        assert_eq!(l.handle_timeout(t0), None);
+        assert_eq!(l.handle_timeout(t0 - 900 * S), None);
+        assert!(l.poll_timeout() > t0);
     }
 }

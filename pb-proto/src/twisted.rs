@@ -781,6 +781,19 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             self.end_call(request);
             return Err(SendError::Closed);
         }
+        self.queue_answer(request, result)?;
+        self.end_call(request);
+        Ok(())
+    }
+
+    /// Queues the answer to the peer's call `request` (see [`Broker::finish_call`]) without
+    /// ending a call: a refused call never ran, and a call of the peer's that runs under the
+    /// same request id keeps counting.
+    fn queue_answer(
+        &mut self,
+        request: i64,
+        result: Result<&[u8], &[u8]>,
+    ) -> Result<(), SendError> {
         let (head, body): (&'static [u8], &[u8]) = match result {
             Ok(b) => (b"answer", b),
             Err(b) => (b"error", b),
@@ -796,7 +809,6 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             return Err(e.into());
         }
         self.out.extend_from_slice(body);
-        self.end_call(request);
         Ok(())
     }
 
@@ -894,7 +906,8 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
     }
 
     fn violation(&mut self, what: String) -> Result<Option<Event<O, W>>, PbError> {
-        self.violations += 1;
+        // Saturating: with `max_violations = u32::MAX` the connection is never closed for them.
+        self.violations = self.violations.saturating_add(1);
         if self.violations > self.config.max_violations {
             self.phase = Phase::Closed;
             return Err(PbError::Violations(what));
@@ -1100,7 +1113,7 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                     ],
                 );
                 if let Ok(f) = failure {
-                    let _ = self.finish_call(request, Err(&f));
+                    let _ = self.queue_answer(request, Err(&f));
                 }
             }
             return Ok(None);
@@ -1121,7 +1134,7 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                     ],
                 );
                 if let Ok(f) = failure {
-                    let _ = self.finish_call(request, Err(&f));
+                    let _ = self.queue_answer(request, Err(&f));
                 }
             }
             return self.violation(format!(

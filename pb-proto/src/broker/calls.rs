@@ -96,8 +96,11 @@ impl<T: Tokens> Broker<T> {
                     None => frame::HEADER_LEN,
                 };
                 let field = message::deadline_field(id, target, ms);
-                let due = T::now() + std::time::Duration::from_millis(ms);
-                (due, header + field.start..header + field.end)
+                TimeLeft {
+                    at: T::now(),
+                    ms,
+                    field: header + field.start..header + field.end,
+                }
             });
             self.park((id, len, exported, deadline), parked_head, (payload, tail))
         } else {
@@ -137,6 +140,7 @@ impl<T: Tokens> Broker<T> {
             exported,
             deadline,
             frame: frame.take_all(),
+            behind: Vec::new(),
         });
         tracing::debug!(
             id,
@@ -223,12 +227,12 @@ impl<T: Tokens> Broker<T> {
             };
             self.charge_window(call.len);
             let mut frame = call.frame;
-            if let Some((due, field)) = call.deadline
+            if let Some(left) = call.deadline
                 && let Some(head) = frame.first_mut()
             {
-                *head = with_time_left(head, (due, T::now()), field);
+                *head = with_time_left(head, &left, T::now());
             }
-            for piece in frame {
+            for piece in frame.into_iter().chain(call.behind) {
                 self.out.append_payload(piece);
             }
             any = true;
@@ -287,6 +291,19 @@ impl<T: Tokens> Broker<T> {
         // no longer sent to the peer (as if the peer had released them).
         if let Some(at) = self.parked.iter().position(|call| call.id == id) {
             if let Some(call) = self.parked.remove(at) {
+                // What had to follow it now follows the call before it, or, if none is
+                // parked, what is queued already.
+                match at
+                    .checked_sub(1)
+                    .and_then(|before| self.parked.get_mut(before))
+                {
+                    Some(before) => before.behind.extend(call.behind),
+                    None => {
+                        for piece in call.behind {
+                            self.out.append_payload(piece);
+                        }
+                    }
+                }
                 for object in call.exported {
                     if let Released::Freed { token, .. } = self.exports.release(object, 1) {
                         self.events.push(Event::Unexported {
@@ -398,30 +415,32 @@ impl<T: Tokens> Broker<T> {
 }
 
 /// What a call that parks keeps besides its frame: its id, its length in the peer's window, our
-/// objects it sends, and its deadline and where its time left is written (see [`Parked`]).
-type Parking = (
-    u64,
-    usize,
-    Vec<u64>,
-    Option<(std::time::Instant, std::ops::Range<usize>)>,
-);
+/// objects it sends, and its deadline (see [`Parked`]).
+type Parking = (u64, usize, Vec<u64>, Option<TimeLeft>);
 
-/// `head` with the varint at `field` written again as the milliseconds left from `now` until
-/// `due` (rounded up, as a call's deadline is sent), padded to the same bytes: the time left
-/// only shrinks, so it fits, and the frame keeps its length.
-pub(super) fn with_time_left(
-    head: &Bytes,
-    (due, now): (std::time::Instant, std::time::Instant),
-    field: std::ops::Range<usize>,
-) -> Bytes {
-    let left = due.saturating_duration_since(now);
-    let mut ms = left.as_millis().min(u128::from(u64::MAX)) as u64;
-    if std::time::Duration::from_millis(ms) < left {
+/// A parked call's deadline: `ms` left when it parked `at` (by [`Tokens::now`]), written in
+/// the varint at `field` of its frame's first piece.
+#[derive(Debug)]
+pub(super) struct TimeLeft {
+    pub(super) at: std::time::Instant,
+    pub(super) ms: u64,
+    pub(super) field: std::ops::Range<usize>,
+}
+
+/// `head` with the varint at `left.field` written again as the milliseconds left at `now`
+/// (rounded up, as a call's deadline is sent), padded to the same bytes. The time left only
+/// shrinks, whatever `now` says (a clock that steps back leaves it as it was), so it fits,
+/// and the frame keeps its length.
+pub(super) fn with_time_left(head: &Bytes, left: &TimeLeft, now: std::time::Instant) -> Bytes {
+    let waited = now.saturating_duration_since(left.at);
+    let rest = std::time::Duration::from_millis(left.ms).saturating_sub(waited);
+    let mut ms = rest.as_millis().min(u128::from(u64::MAX)) as u64;
+    if std::time::Duration::from_millis(ms) < rest {
         ms += 1;
     }
     let mut out = BytesMut::from(&head[..]);
-    if let Some(field) = out.get_mut(field) {
-        message::put_varint_padded(field, ms);
+    if let Some(field) = out.get_mut(left.field.clone()) {
+        message::put_varint_padded(field, ms.min(left.ms));
     }
     out.freeze()
 }

@@ -12,7 +12,8 @@ pub type MakeImport<'a, T> =
 impl<T: Tokens> Broker<T> {
     /// Count a violation of the limits; too many close the connection.
     pub(super) fn violation(&mut self) -> Result<(), ProtocolError> {
-        self.violations += 1;
+        // Saturating: with `max_violations = u32::MAX` the connection is never closed for them.
+        self.violations = self.violations.saturating_add(1);
         if self.violations > self.limits.max_violations {
             return Err(ProtocolError::TooManyViolations {
                 count: self.violations,
@@ -187,7 +188,8 @@ impl<T: Tokens> Broker<T> {
         }
     }
 
-    /// A call of `len` bytes that does not fit in our window: refused, never held or run.
+    /// A call of `len` bytes that does not fit in our window: refused, never held or run; the
+    /// references it carries are released (the peer counted them as sent).
     fn over_window(&mut self, head: &CallHead, len: usize) -> Result<(), ProtocolError> {
         let message = format!(
             "the caller's calls in flight exceed the call window (limit max_call_bytes = {})",
@@ -199,6 +201,7 @@ impl<T: Tokens> Broker<T> {
             call_bytes = self.call_bytes,
             "call refused: {message}"
         );
+        self.release_unwanted(&head.refs);
         if head.answer {
             self.send_fault(head.id, Fault::limit(message));
         } else if self.peer_hears_window {

@@ -81,9 +81,33 @@ impl<T: Tokens> Broker<T> {
         let Some(withdrawn) = self.exports.revoke(object, self.limits.max_exports) else {
             return false;
         };
-        self.write_message(&Message::Revoked { object });
+        self.queue_naming(object, |out| {
+            out.write_frame(|buf| Message::Revoked { object }.encode(buf));
+        });
         self.events.push(Event::Dropped(withdrawn));
         true
+    }
+
+    /// Queue a message naming our export `object` (an update, a revocation) with `write`.
+    /// While a parked call sends the object, the message follows that call out (and any
+    /// message waiting already, keeping their order), as releases wait behind parked calls:
+    /// sent at once, it would reach a peer that does not hold the object yet, which drops it.
+    fn queue_naming(&mut self, object: u64, write: impl FnOnce(&mut Outbox)) {
+        let behind = if self.parked.is_empty() {
+            None
+        } else {
+            self.parked
+                .iter()
+                .rposition(|call| !call.behind.is_empty() || call.exported.contains(&object))
+        };
+        match behind.and_then(|at| self.parked.get_mut(at)) {
+            None => write(&mut self.out),
+            Some(call) => {
+                let mut frame = Outbox::new();
+                write(&mut frame);
+                call.behind.extend(frame.take_all());
+            }
+        }
     }
 
     /// Whether our object is exported to the peer under `object` (and the connection open).
@@ -116,9 +140,11 @@ impl<T: Tokens> Broker<T> {
             tracing::error!(object, message = %f.message, "cache update not sent");
             return false;
         }
-        let start = self.out.begin_frame();
-        encode_update_head(self.out.buf(), object);
-        self.out.push_payload(start, payload);
+        self.queue_naming(object, |out| {
+            let start = out.begin_frame();
+            encode_update_head(out.buf(), object);
+            out.push_payload(start, payload);
+        });
         true
     }
 

@@ -505,6 +505,26 @@ fn table_limits_refuse_the_call_and_count_violations() {
 }
 
 #[test]
+fn with_the_most_violations_allowed_the_count_never_overflows() {
+    let most = Limits {
+        max_violations: u32::MAX,
+        ..Limits::default()
+    };
+    let mut w = World::with_limits(Limits::default(), most);
+    w.b.broker.violations = u32::MAX - 1;
+    // Releases of objects never exported, each a violation.
+    for _ in 0..3 {
+        let mut frame = BytesMut::new();
+        let mut body = BytesMut::new();
+        crate::message::encode_release(&mut body, &[(42, 1)]);
+        crate::frame::encode_frame(&body, &mut frame);
+        w.b.receive(&frame, usize::MAX);
+    }
+    assert!(w.b.error.is_none());
+    assert_eq!(w.b.broker.violations, u32::MAX);
+}
+
+#[test]
 fn protocol_violations_are_errors_not_panics() {
     let mut w = World::new();
     // A call whose id is already running: the connection must close.

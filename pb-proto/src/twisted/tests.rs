@@ -196,6 +196,57 @@ fn a_request_id_reused_while_its_call_runs_counts_each_message() {
     );
 }
 
+/// `["message", request, target, "x", 1, ["tuple"], ["dictionary"]]`, a call with any request
+/// id, as a hostile peer may send it.
+fn raw_message(codec: &BananaCodec, request: i64, target: Element) -> BytesMut {
+    let m = Element::List(vec![
+        word(b"message"),
+        Element::Int(request),
+        target,
+        word(b"x"),
+        Element::Int(1),
+        Element::List(vec![word(b"tuple")]),
+        Element::List(vec![word(b"dictionary")]),
+    ]);
+    let mut out = BytesMut::new();
+    codec.encode(&m, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_call_refused_under_the_id_of_a_running_call_leaves_that_call_counted() {
+    let mut server = B::new(Role::Server, PbConfig::default().max_in_flight_calls(2));
+    let mut client = B::new(Role::Client, PbConfig::default());
+    server.set_name(Bytes::from_static(b"root"), "root");
+    pump(&mut server, &mut client);
+    pump(&mut client, &mut server);
+    pump(&mut server, &mut client);
+    let mut running = 0;
+    let mut input = BytesMut::new();
+    for request in 10..15 {
+        // A call to the root, which runs (its handler waits), then one under the same id to
+        // an object that does not exist, refused with `Invalid Object ID`.
+        input.extend_from_slice(&raw_message(client.encoder(), request, word(b"root")));
+        input.extend_from_slice(&raw_message(client.encoder(), request, Element::Int(999)));
+        while let Some(e) = server.poll_input(&mut input).expect("valid input") {
+            if let Event::Call(_) = e {
+                running += 1;
+            }
+        }
+        assert!(
+            running <= 2,
+            "{running} calls run, over max_in_flight_calls"
+        );
+        assert_eq!(
+            server.running_count(),
+            running,
+            "the count of running calls"
+        );
+    }
+    assert_eq!(running, 2, "the others wait at the cap");
+    assert!(!input.is_empty());
+}
+
 /// A server that runs one of the client's calls at a time, each side serving a root.
 fn capped_pair() -> (B, B) {
     let mut server = B::new(Role::Server, PbConfig::default().max_in_flight_calls(1));
@@ -402,6 +453,25 @@ fn violations_are_counted_then_close() {
         )
         .unwrap()[..]
     );
+}
+
+#[test]
+fn with_the_most_violations_allowed_the_count_never_overflows() {
+    let mut client = B::new(Role::Client, PbConfig::default().max_violations(u32::MAX));
+    let mut server = B::new(Role::Server, PbConfig::default());
+    pump(&mut server, &mut client);
+    client.violations = u32::MAX - 1;
+    let stray = encode_to_bytes(
+        &Element::List(vec![word(b"answer"), Element::Int(99), Element::Int(1)]),
+        Dialect::Pb,
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let mut buf = BytesMut::from(&stray[..]);
+        assert_eq!(client.poll_input(&mut buf).unwrap(), None);
+    }
+    assert_eq!(client.violations, u32::MAX);
+    assert!(!client.is_closed());
 }
 
 #[test]

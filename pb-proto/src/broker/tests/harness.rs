@@ -98,6 +98,12 @@ pub(super) fn advance(by: std::time::Duration) {
     CLOCK.with(|c| c.set(c.get() + by));
 }
 
+/// Moves the test's clock ([`Harness::now`]) back by `by` (a driver's clock need not be
+/// monotonic), if it can go back that far.
+pub(super) fn rewind(by: std::time::Duration) {
+    CLOCK.with(|c| c.set(c.get().checked_sub(by).unwrap_or(c.get())));
+}
+
 /// One side: its broker, its input, and what its events said.
 pub(super) struct Side {
     pub(super) conn: u64,

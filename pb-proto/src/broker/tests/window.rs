@@ -27,11 +27,24 @@ fn decode_all(mut wire: BytesMut) -> Vec<Message> {
     out
 }
 
+/// The start of each message, for an assertion's message (payloads can be large).
+fn heads(messages: &[Message]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| format!("{m:?}").chars().take(60).collect())
+        .collect()
+}
+
 /// A call frame body as a sender that ignores windows would write it.
 fn raw_call(id: u64, answer: bool, args: usize) -> Bytes {
+    raw_call_sending(id, answer, args, &[])
+}
+
+/// As [`raw_call`], sending the references `refs`.
+fn raw_call_sending(id: u64, answer: bool, args: usize, refs: &[RefDesc]) -> Bytes {
     let mut frame = BytesMut::new();
     let flags = (answer, None, &CallExtras::default());
-    encode_call_frame_head(&mut frame, args, id, 0, b"m", flags, &[]);
+    encode_call_frame_head(&mut frame, args, id, 0, b"m", flags, refs);
     frame.extend_from_slice(&vec![7; args]);
     FrameDecoder::new(1 << 20)
         .decode(&mut frame)
@@ -264,6 +277,35 @@ fn a_sender_that_ignores_the_window_is_refused_beyond_it() {
 }
 
 #[test]
+fn a_call_refused_beyond_the_window_releases_the_references_it_carries() {
+    // Read at once, or held back by a congested driver: refused either way.
+    for held in [false, true] {
+        let mut b = Side::new(2, narrow(), Some(Ref::Local(100)));
+        b.broker.set_peer_limits(Some(Limits::default().receive()));
+        let mut make = |_, _| unreachable!("no references");
+        for id in 1..=4 {
+            let call = raw_call(id, true, ARGS);
+            assert!(b.broker.handle_frame(call, &mut make).unwrap().is_some());
+        }
+        // The fifth does not fit; it sends the peer's objects 5 and 6 (counted as sent there)
+        // and returns our root.
+        let refs = [RefDesc::Sender(5), RefDesc::Sender(6), RefDesc::Receiver(0)];
+        let over = raw_call_sending(5, true, ARGS, &refs);
+        if held {
+            assert_eq!(b.broker.hold_frame(&over.into()), Ok(false));
+        } else {
+            assert!(b.broker.handle_frame(over, &mut make).unwrap().is_none());
+        }
+        assert_eq!(b.broker.stats().imported, 0, "nothing imported");
+        let out = decode_all(BytesMut::from(&b.transmit().unwrap()[..]));
+        assert!(
+            matches!(&out[..], [Message::Fault { id: 5, kind: FaultKind::LimitExceeded, .. }, Message::Release(items)] if items[..] == [(5, 1), (6, 1)]),
+            "held {held}: {out:?}"
+        );
+    }
+}
+
+#[test]
 fn a_closed_broker_holds_frames_without_counting_or_refusing_them() {
     let mut b = Side::new(2, narrow(), Some(Ref::Local(100)));
     b.broker.set_peer_limits(Some(Limits::default().receive()));
@@ -388,6 +430,110 @@ fn a_call_cancelled_before_the_peers_hello_stays_counted_until_its_last_word() {
 }
 
 #[test]
+fn an_update_follows_the_parked_call_that_first_sends_its_object() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    for _ in 0..4 {
+        w.a.call(0, "m", &[1; ARGS], &[]);
+    }
+    // The fifth call parks; it is the first send of a's object 7 (a cache, say), which then
+    // changes: the broker takes the update.
+    w.a.call(0, "m", &[1; ARGS], &[Ref::Local(7)]);
+    assert_eq!(w.a.broker.stats().parked_calls, 1);
+    let export = *w.a.exported.last().expect("7 exported");
+    assert!(w.a.broker.send_update(export, Bytes::from_static(b"v2")));
+    w.settle();
+    assert!(w.b.updates.is_empty(), "the update waits behind the call");
+    // An answer makes room: the call leaves, then the update, which reaches b's handle.
+    w.b.answer(b"1", Vec::new());
+    w.settle();
+    assert_eq!(w.a.broker.stats().parked_calls, 0);
+    assert_eq!(w.b.broker.stats().imported, 1, "b holds a's object");
+    assert_eq!(w.b.updates.len(), 1, "the update was not lost");
+    assert_eq!(
+        (w.b.updates[0].0, &w.b.updates[0].2[..]),
+        (export, &b"v2"[..])
+    );
+    // Once no parked call sends it, an update goes at once.
+    assert!(w.a.broker.send_update(export, Bytes::from_static(b"v3")));
+    w.settle();
+    assert_eq!(w.b.updates.len(), 2);
+}
+
+#[test]
+fn a_revocation_follows_the_parked_call_that_sends_its_object() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    for _ in 0..4 {
+        w.a.call(0, "m", &[1; ARGS], &[]);
+    }
+    w.a.call(0, "m", &[1; ARGS], &[Ref::Local(7)]);
+    let export = *w.a.exported.last().expect("7 exported");
+    assert!(w.a.broker.revoke_export(export));
+    w.settle();
+    w.b.answer(b"1", Vec::new());
+    w.settle();
+    assert_eq!(w.a.broker.stats().parked_calls, 0);
+    // b got the reference from the call, then heard it is revoked: it holds nothing live.
+    assert_eq!(w.b.revoked, [export]);
+    while !w.b.incoming.is_empty() {
+        w.b.answer(b"1", Vec::new());
+    }
+    w.settle();
+    assert_eq!(w.b.broker.stats().imported, 0);
+    assert!(w.b.error.is_none() && w.a.error.is_none());
+}
+
+#[test]
+fn what_follows_a_parked_call_cancelled_follows_the_call_before_it() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    for _ in 0..4 {
+        w.a.call(0, "m", &[1; ARGS], &[]);
+    }
+    // Object 7 goes in a call that parks, and in one behind it, which is cancelled after an
+    // update queued behind it.
+    let first = w.a.call(0, "m", &[1; ARGS], &[Ref::Local(7)]);
+    let second = w.a.call(0, "m", &[1; 10], &[Ref::Local(7)]);
+    let export = *w.a.exported.last().expect("7 exported");
+    assert!(w.a.broker.send_update(export, Bytes::from_static(b"v2")));
+    assert!(w.a.broker.cancel_call(second).is_none());
+    w.a.act();
+    w.settle();
+    assert!(w.b.updates.is_empty(), "the update still waits");
+    // An answer makes room: the first call leaves, then the update.
+    w.b.answer(b"1", Vec::new());
+    let room = w.b.transmit().expect("the answer");
+    w.a.receive(&room, usize::MAX);
+    let wire = w.a.transmit().expect("the call");
+    let out = decode_all(BytesMut::from(&wire[..]));
+    assert!(
+        matches!(&out[..], [Message::Call { id, .. }, Message::Update { object, .. }] if *id == first && *object == export),
+        "{:?}",
+        heads(&out)
+    );
+    w.b.receive(&wire, usize::MAX);
+    assert_eq!(w.b.updates.len(), 1, "the update reached b's handle");
+    assert!(w.b.error.is_none() && w.a.error.is_none());
+}
+
+#[test]
+fn what_follows_a_parked_call_cancelled_with_none_before_it_goes_at_once() {
+    let mut w = World::with_limits(Limits::default(), narrow());
+    for _ in 0..4 {
+        w.a.call(0, "m", &[1; ARGS], &[]);
+    }
+    let parked = w.a.call(0, "m", &[1; ARGS], &[Ref::Local(7)]);
+    let export = *w.a.exported.last().expect("7 exported");
+    assert!(w.a.broker.revoke_export(export));
+    w.settle();
+    assert!(w.a.broker.cancel_call(parked).is_none());
+    let out = decode_all(BytesMut::from(&w.a.transmit().expect("the revocation")[..]));
+    assert!(
+        matches!(&out[..], [Message::Revoked { object }] if *object == export),
+        "{:?}",
+        heads(&out)
+    );
+}
+
+#[test]
 fn a_parked_call_cancelled_before_it_leaves_gives_back_the_objects_it_would_send() {
     let mut w = World::with_limits(Limits::default(), narrow());
     for _ in 0..4 {
@@ -419,7 +565,7 @@ fn a_parked_call_cancelled_before_it_leaves_gives_back_the_objects_it_would_send
 
 #[test]
 fn a_parked_call_s_time_left_is_written_again_in_the_same_bytes() {
-    use super::super::calls::with_time_left;
+    use super::super::calls::{TimeLeft, with_time_left};
     use crate::message::{cancelled_id, put_varint, varint_len};
     use std::time::{Duration, Instant};
     // A varint read back as a cancel's id (a tag, then the varint).
@@ -430,7 +576,7 @@ fn a_parked_call_s_time_left_is_written_again_in_the_same_bytes() {
         cancel.extend_from_slice(field);
         cancelled_id(&cancel)
     };
-    let now = Instant::now();
+    let at = Instant::now();
     for (sent, left) in [
         (0u64, 0u64),
         (127, 5),
@@ -438,15 +584,21 @@ fn a_parked_call_s_time_left_is_written_again_in_the_same_bytes() {
         (10_000, 4_000),
         (10_000, 10_000),
         (1 << 35, (1 << 35) - 1),
-        (u64::MAX / 2, 1 << 40),
+        (u64::MAX / 2, u64::MAX / 2 - 5_000),
+        (u64::MAX, u64::MAX),
     ] {
         let len = varint_len(sent);
         let mut head = BytesMut::from(&b"head"[..]);
         put_varint(&mut head, sent);
         head.extend_from_slice(b"rest");
         assert_eq!(head.len(), 4 + len + 4);
-        let due = now + Duration::from_millis(left);
-        let patched = with_time_left(&head.freeze(), (due, now), 4..4 + len);
+        let parked = TimeLeft {
+            at,
+            ms: sent,
+            field: 4..4 + len,
+        };
+        let now = at + Duration::from_millis(sent - left);
+        let patched = with_time_left(&head.freeze(), &parked, now);
         assert_eq!(patched.len(), 4 + len + 4, "the frame keeps its length");
         assert_eq!(&patched[..4], b"head");
         assert_eq!(&patched[4 + len..], b"rest");
@@ -458,10 +610,22 @@ fn a_parked_call_s_time_left_is_written_again_in_the_same_bytes() {
     }
     // A deadline already passed leaves 0, and part of a millisecond counts as one.
     let head = Bytes::from_static(&[0x90, 0x4e]);
-    let patched = with_time_left(&head, (now, now + Duration::from_secs(1)), 0..2);
+    let parked = TimeLeft {
+        at,
+        ms: 10_000,
+        field: 0..2,
+    };
+    let patched = with_time_left(&head, &parked, at + Duration::from_secs(11));
     assert_eq!(&patched[..], &[0x80, 0x00]);
-    let patched = with_time_left(&head, (now + Duration::from_micros(1500), now), 0..2);
+    let patched = with_time_left(&head, &parked, at + Duration::from_micros(9_998_500));
     assert_eq!(read(&patched), Some(2));
+    // A clock that stepped back since the call parked leaves the time it was sent with.
+    for back in [Duration::from_millis(1), Duration::from_secs(10)] {
+        if let Some(earlier) = at.checked_sub(back) {
+            let patched = with_time_left(&head, &parked, earlier);
+            assert_eq!(read(&patched), Some(10_000), "{back:?} back");
+        }
+    }
 }
 
 #[test]
@@ -489,6 +653,36 @@ fn a_call_that_waits_parked_leaves_with_the_time_its_caller_has_left() {
     let parked = w.b.incoming.back().expect("the parked call left");
     assert_eq!(parked.id, id);
     assert_eq!(parked.deadline_ms, Some(4_000));
+}
+
+#[test]
+fn a_parked_call_never_leaves_with_more_time_than_its_caller_gave_it() {
+    for sent in [1u64, 100, 200, 10_000] {
+        let mut w = World::with_limits(Limits::default(), narrow());
+        for _ in 0..4 {
+            w.a.call(0, "m", &[1; ARGS], &[]);
+        }
+        let id =
+            w.a.broker
+                .start_call(
+                    0,
+                    "m",
+                    Bytes::from(vec![1; ARGS]),
+                    &[],
+                    (Some(5), Some(sent), CallExtras::default()),
+                )
+                .unwrap();
+        assert_eq!(w.a.broker.stats().parked_calls, 1);
+        w.settle();
+        // The driver's clock steps back 10 s while the call is parked.
+        harness::rewind(std::time::Duration::from_secs(10));
+        w.b.answer(b"1", Vec::new());
+        w.settle();
+        harness::advance(std::time::Duration::from_secs(10));
+        let parked = w.b.incoming.back().expect("the parked call left");
+        assert_eq!(parked.id, id);
+        assert_eq!(parked.deadline_ms, Some(sent), "sent with {sent} ms");
+    }
 }
 
 #[test]
