@@ -176,7 +176,9 @@ impl ConnShared {
             extras,
             jelly: None,
         };
-        let mut fut = CatchUnwind(object.into_dispatch(call));
+        // Making the handler runs user code too (decoding the arguments): caught as its polls
+        // are, it fails this call alone.
+        let mut fut = CatchUnwind::dispatch(|| object.into_dispatch(call));
         // Without a deadline, poll the handler once right here: most answer without waiting,
         // and then the call costs no task, no wake-up, no cancellation channel and no running
         // entry, and its answer leaves with the reader's next flush. A handler that must wait

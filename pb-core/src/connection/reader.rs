@@ -26,6 +26,7 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
     // Boxed where it is made (about 800 bytes): not copied into a task and out of it again as
     // the task is spawned and started, and the task's own allocation stays small.
     Box::pin(async move {
+        let _closes = CloseOnPanic(&conn);
         // One wait for a local close, made once: polling it again is cheap, making it is not.
         let closed = conn.closed();
         tokio::pin!(closed);
