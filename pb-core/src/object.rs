@@ -311,6 +311,20 @@ impl CatchUnwind<BoxFuture<Reply>> {
     }
 }
 
+impl<F> CatchUnwind<F> {
+    /// Drop the handler, catching (and logging) a panic in its drop as one in its polls is
+    /// caught: a guard of the user's that panics as a cancelled handler is dropped must not
+    /// unwind the task that goes on to end the call (give back its running place and its bytes
+    /// in the call window).
+    pub(crate) fn drop_caught(self) {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            drop(self);
+        })) {
+            handler_panicked(&*payload);
+        }
+    }
+}
+
 /// The fault that answers a call whose handler panicked (`payload`: the panic's), logged.
 #[cold]
 pub(crate) fn handler_panicked(payload: &(dyn std::any::Any + Send)) -> Fault {

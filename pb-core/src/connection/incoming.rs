@@ -205,6 +205,7 @@ impl ConnShared {
             let (watch, cancel) = tokio::sync::oneshot::channel();
             if conn.lock().watch(id, watch).is_err() {
                 // Closed meanwhile: drop the handler.
+                fut.drop_caught();
                 conn.finish(id, answer, None, (false, charge));
                 return;
             }
@@ -227,14 +228,18 @@ impl ConnShared {
         });
         tokio::spawn(
             async move {
+                let mut fut = fut;
                 let reply = match cancel {
                     Some(mut cancelled) => tokio::select! {
                         biased;
-                        r = fut => Some(r),
+                        r = &mut fut => Some(r),
                         _ = &mut cancelled => None,
                     },
-                    None => Some(fut.await),
+                    None => Some((&mut fut).await),
                 };
+                // Dropped here, not by the `select!`: a panic in the drop of a cancelled
+                // handler is caught, and the call still ends.
+                fut.drop_caught();
                 if let Some(started) = started {
                     let span = tracing::Span::current();
                     span.record("outcome", outcome_name(reply.as_ref()));
