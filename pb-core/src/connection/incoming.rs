@@ -201,7 +201,7 @@ impl ConnShared {
         // The handler waits: it continues in a task of its own.
         let conn = self.clone();
         let cancel = if answer {
-            // Fires (or is dropped) when the peer cancels the call.
+            // Fires (or is dropped) when the peer cancels the call, or the connection ends.
             let (watch, cancel) = tokio::sync::oneshot::channel();
             if conn.lock().watch(id, watch).is_err() {
                 // Closed meanwhile: drop the handler.
@@ -235,7 +235,15 @@ impl ConnShared {
                         r = &mut fut => Some(r),
                         _ = &mut cancelled => None,
                     },
-                    None => Some((&mut fut).await),
+                    // A one-way call is not watched in the running table (its caller waits
+                    // for no answer, and cancels nothing), but it is cancelled when the
+                    // connection ends, as every running handler is. Only handlers that wait
+                    // pay for that wait.
+                    None => tokio::select! {
+                        biased;
+                        r = &mut fut => Some(r),
+                        () = conn.closed() => None,
+                    },
                 };
                 // Dropped here, not by the `select!`: a panic in the drop of a cancelled
                 // handler is caught, and the call still ends.
