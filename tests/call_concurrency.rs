@@ -349,3 +349,159 @@ async fn pings_are_answered_while_a_call_waits_at_the_cap() {
         server.close_reason()
     );
 }
+
+/// A guard whose drop panics (a `RefCell` borrowed twice, an `assert!` in a `Drop`): a user bug
+/// in a handler's state, met only when the handler is dropped.
+struct PanicsOnDrop;
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("a guard that panics when dropped");
+        }
+    }
+}
+
+#[pb::remote]
+pub trait Brittle {
+    /// Waits for ever holding a guard that panics when dropped.
+    async fn wait(&self) -> Result<(), String>;
+    /// Answers at once.
+    async fn ping(&self) -> Result<u8, String>;
+}
+
+struct BrittleImpl;
+
+impl Brittle for BrittleImpl {
+    async fn wait(&self) -> Result<(), String> {
+        let _guard = PanicsOnDrop;
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+    async fn ping(&self) -> Result<u8, String> {
+        Ok(1)
+    }
+}
+
+/// A cancelled handler whose drop panics gives its running place back (and its bytes in the
+/// call window) as any cancelled handler does: the panic is caught, and later calls run.
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_panics_as_it_is_cancelled_does_not_keep_its_running_place() {
+    let mut config = pb::Config::default();
+    config.limits.max_in_flight_calls = 1;
+    let (server, client) = memory_pair_with(BrittleRef::new(BrittleImpl), config).await;
+    let b: BrittleRef = client.root();
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move { b.wait().await }
+    });
+    assert!(settle(|| server.stats().tables.in_flight_calls == 1).await);
+    // The caller gives up: the handler is dropped, and its guard panics.
+    waiting.abort();
+    let _ = waiting.await;
+    assert!(
+        settle(|| server.stats().tables.in_flight_calls == 0).await,
+        "the cancelled call's running place is given back"
+    );
+    assert_eq!(server.stats().tables.call_bytes, 0);
+    let minute = std::time::Duration::from_secs(60);
+    assert_eq!(tokio::time::timeout(minute, b.ping()).await, Ok(Ok(1)));
+    assert!(!server.is_closed() && !client.is_closed());
+}
+
+#[pb::remote]
+pub trait Held {
+    /// Answers at once.
+    async fn ping(&self) -> Result<u8, String>;
+}
+
+/// A `Held` object that counts its own drop.
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Held for Counted {
+    async fn ping(&self) -> Result<u8, String> {
+        Ok(1)
+    }
+}
+
+#[pb::remote]
+pub trait Keeper {
+    /// Holds `h` and never answers.
+    async fn keep(&self, h: HeldRef) -> Result<(), String>;
+    /// Never answers.
+    async fn block(&self) -> Result<(), String>;
+}
+
+struct KeeperImpl;
+
+impl Keeper for KeeperImpl {
+    async fn keep(&self, h: HeldRef) -> Result<(), String> {
+        let _h = h;
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+    async fn block(&self) -> Result<(), String> {
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+/// A cancelled call that sends a reference releases it, whether its handler was running or
+/// the call was held back at `max_in_flight_calls`: the callee imports nothing for good, the
+/// caller's export ends and the object is freed.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_call_carrying_a_reference_releases_it_running_or_held() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut config = pb::Config::default();
+    config.limits.max_in_flight_calls = 1;
+    let (server, client) = memory_pair_with(KeeperRef::new(KeeperImpl), config).await;
+    let k: KeeperRef = client.root();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let made = || HeldRef::new(Counted(dropped.clone()));
+    // Running.
+    let running = tokio::spawn({
+        let (k, h) = (k.clone(), made());
+        async move { k.keep(h).await }
+    });
+    assert!(settle(|| server.stats().tables.imported == 1).await);
+    assert_eq!(client.stats().tables.exported, 1);
+    running.abort();
+    let _ = running.await;
+    assert!(
+        settle(|| dropped.load(Ordering::SeqCst) == 1).await,
+        "the object sent by the cancelled running call is freed"
+    );
+    assert!(settle(|| server.stats().tables.imported == 0).await);
+    assert_eq!(client.stats().tables.exported, 0);
+    // Held: one call takes the only running place, the next is held with its reference.
+    let blocking = tokio::spawn({
+        let k = k.clone();
+        async move { k.block().await }
+    });
+    assert!(settle(|| server.stats().tables.in_flight_calls == 1).await);
+    let held = tokio::spawn({
+        let (k, h) = (k.clone(), made());
+        async move { k.keep(h).await }
+    });
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(client.stats().tables.exported, 1);
+    held.abort();
+    let _ = held.await;
+    assert!(
+        settle(|| dropped.load(Ordering::SeqCst) == 2).await,
+        "the object sent by the cancelled held call is freed"
+    );
+    assert!(settle(|| client.stats().tables.exported == 0).await);
+    assert_eq!(server.stats().tables.imported, 0);
+    assert_eq!(server.stats().tables.in_flight_calls, 1);
+    blocking.abort();
+    assert!(settle(|| server.stats().tables.in_flight_calls == 0).await);
+}

@@ -80,3 +80,73 @@ async fn a_panicking_handler_is_an_internal_error_not_a_hang() {
     assert_eq!(f.fine().await, Ok(7));
     assert_eq!(server.stats().tables.in_flight_calls, 0);
 }
+
+/// A value whose `Deserialize` is user code that panics on 13 (a `From` conversion with an
+/// `assert!`, a validating constructor): the callee runs it on the caller's arguments, before
+/// the handler's future exists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Picky(pub u32);
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Picky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u32::deserialize(d)?;
+        assert!(v != 13, "Picky refuses 13");
+        Ok(Picky(v))
+    }
+}
+
+#[pb::remote]
+pub trait Decoding {
+    /// Takes a `Picky`, whose decoding panics on 13.
+    async fn take(&self, p: Picky) -> Result<u32, String>;
+    /// Answers at once.
+    async fn ping(&self) -> Result<u8, String>;
+}
+
+struct DecodingImpl;
+
+impl Decoding for DecodingImpl {
+    async fn take(&self, p: Picky) -> Result<u32, String> {
+        Ok(p.0)
+    }
+    async fn ping(&self) -> Result<u8, String> {
+        Ok(1)
+    }
+}
+
+/// A panic in the user code that decodes a call's arguments (made before the handler's future,
+/// in the generated dispatcher) is the handler's failure: that call fails with `Internal` at
+/// once, and the connection goes on (docs/guide/errors.md, "One failure costs one call").
+#[tokio::test(start_paused = true)]
+async fn a_panic_while_decoding_arguments_fails_that_call_only_and_does_not_hang_it() {
+    let (server, client) = memory_pair(DecodingRef::new(DecodingImpl)).await;
+    let d: DecodingRef = client.root();
+    assert_eq!(d.take(Picky(7)).await, Ok(7));
+    let minute = std::time::Duration::from_secs(60);
+    let r = tokio::time::timeout(minute, d.take(Picky(13))).await;
+    assert!(
+        matches!(r, Ok(Err(CallError::Internal(_)))),
+        "{r:?} (Err(Elapsed): the call hung)"
+    );
+    assert_eq!(tokio::time::timeout(minute, d.ping()).await, Ok(Ok(1)));
+    assert!(!server.is_closed() && !client.is_closed());
+    assert_eq!(server.stats().tables.in_flight_calls, 0);
+}
+
+/// The same for an object in this process: the caller gets `Internal`, its task does not panic.
+#[tokio::test]
+async fn a_panic_while_decoding_arguments_of_a_local_call_is_internal_not_the_caller_s_panic() {
+    let local = DecodingRef::new(DecodingImpl);
+    let joined = tokio::spawn(async move { local.take(Picky(13)).await }).await;
+    assert!(
+        matches!(joined, Ok(Err(CallError::Internal(_)))),
+        "the caller's task panicked: {:?}",
+        joined.as_ref().map_err(|e| e.is_panic())
+    );
+}

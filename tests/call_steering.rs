@@ -180,6 +180,41 @@ async fn the_callee_sees_the_deadline_and_its_calls_inherit_it() {
     );
 }
 
+/// A call held back at `max_in_flight_calls` runs under its caller's deadline, which went on
+/// passing while it was held: its clock starts when the call is read, not when it runs.
+#[tokio::test(start_paused = true)]
+async fn a_call_held_at_the_cap_runs_under_its_caller_s_deadline_not_a_fresh_one() {
+    let mut config = pb::Config::default();
+    config.limits.max_in_flight_calls = 1;
+    let slow = Arc::new(SlowImpl::default());
+    let (server, client) = common::memory_pair_with(SlowRef::from_arc(slow.clone()), config).await;
+    let s: SlowRef = client.root();
+    // One call takes the only running place.
+    let running = tokio::spawn({
+        let s = s.clone();
+        async move { s.forever().await }
+    });
+    assert!(common::settle(|| slow.started.load(Ordering::SeqCst) == 1).await);
+    assert_eq!(server.stats().tables.in_flight_calls, 1);
+    // A call with a 10 s deadline arrives and is held back for 6 s.
+    let window = server.stats().tables.call_bytes;
+    let held = tokio::spawn({
+        let s = s.clone();
+        async move { pb::deadline::with_timeout(Duration::from_secs(10), s.time_left()).await }
+    });
+    assert!(common::settle(|| server.stats().tables.call_bytes > window).await);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The running call is given up: the held one runs, 6 s into its 10 s.
+    running.abort();
+    let _ = running.await;
+    let left = within(Duration::from_secs(60), held).await;
+    assert!(
+        matches!(left, Some(Ok(Ok(Some(ms)))) if ms <= 4_000),
+        "the held call's handler sees {left:?} ms left of its caller's 10 s, 6 s of which \
+         passed while it was held"
+    );
+}
+
 /// `fut`'s output if it completes within `limit`: a call the deadline did not end waits
 /// forever, and this turns that into a failed assertion instead of a hung test.
 async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> Option<T> {

@@ -1,4 +1,5 @@
-//! The peer disconnecting mid-call: every pending call fails with a disconnected error at once.
+//! The peer disconnecting mid-call: every pending call fails with a disconnected error at once,
+//! and every running handler (a one-way call's too) is cancelled.
 //! A graceful close: running calls finish, and every call read meanwhile (or held back before)
 //! is refused with a shutting-down error, never lost.
 
@@ -209,4 +210,60 @@ async fn close_of_a_connection_closed_while_holding_a_call_returns_at_once() {
         "close() of a closed connection waited {:?}",
         started.elapsed()
     );
+}
+
+#[pb::remote]
+pub trait Lingering {
+    /// Never ends; counts its drops (its cancellation).
+    async fn forever(&self) -> Result<(), String>;
+}
+
+#[derive(Default)]
+struct LingeringImpl {
+    started: std::sync::atomic::AtomicUsize,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts its drops: a handler holding one is seen to be dropped.
+struct CountDrop(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for CountDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Lingering for LingeringImpl {
+    async fn forever(&self) -> Result<(), String> {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _guard = CountDrop(self.dropped.clone());
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+/// Running handlers are cancelled when their connection ends (docs/ARCHITECTURE.md,
+/// "References and their lifetimes"), those of one-way calls (`ObjectRef::send`) too: the
+/// handler's future is dropped, and its task with it.
+#[tokio::test(start_paused = true)]
+async fn a_one_way_call_s_handler_is_cancelled_when_its_connection_ends() {
+    use std::sync::atomic::Ordering;
+    let lingering = std::sync::Arc::new(LingeringImpl::default());
+    let (server, client) = memory_pair(LingeringRef::from_arc(lingering.clone())).await;
+    let l: LingeringRef = client.root();
+    l.object_ref().send("forever", &()).expect("sent");
+    assert!(
+        settle(|| lingering.started.load(Ordering::SeqCst) == 1).await,
+        "the one-way handler runs"
+    );
+    assert_eq!(server.stats().tables.in_flight_calls, 1);
+    // The client goes away.
+    client.abort();
+    assert!(settle(|| server.is_closed()).await);
+    assert!(
+        settle(|| lingering.dropped.load(Ordering::SeqCst) == 1).await,
+        "the one-way call's handler was dropped"
+    );
+    assert_eq!(server.stats().tables.in_flight_calls, 0);
 }

@@ -872,6 +872,7 @@ async fn a_cacheable_sent_again_does_not_export_what_its_state_holds_again() {
 pub trait Hostile {
     async fn boom(&self) -> i64;
     async fn take(&self, s: String) -> usize;
+    async fn picky(&self, p: Picky) -> u32;
 }
 
 struct TheHostile;
@@ -883,6 +884,43 @@ impl Hostile for TheHostile {
     async fn take(&self, s: String) -> usize {
         s.len()
     }
+    async fn picky(&self, p: Picky) -> u32 {
+        p.0
+    }
+}
+
+/// A number whose `Deserialize` is user code that panics on 13: the callee runs it as it
+/// decodes the arguments, before the handler's future exists.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Picky(pub u32);
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Picky {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u32::deserialize(d)?;
+        assert!(v != 13, "Picky refuses 13");
+        Ok(Picky(v))
+    }
+}
+
+/// A panic while the arguments decode fails that call alone, as a handler's panic does.
+#[tokio::test(start_paused = true)]
+async fn a_panic_while_decoding_arguments_fails_that_call_only() {
+    let (_server, client) = pair(HostileRef::new(TheHostile).into()).await;
+    let root: HostileRef = client.root();
+    let minute = std::time::Duration::from_secs(60);
+    let panicked = tokio::time::timeout(minute, root.picky(Picky(13))).await;
+    assert!(
+        matches!(&panicked, Ok(Err(CallError::Internal(_)))),
+        "{panicked:?}"
+    );
+    assert_eq!(root.picky(Picky(7)).await, Ok(7));
+    assert!(!client.is_closed());
 }
 
 #[tokio::test]

@@ -44,8 +44,14 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 /// The instant `timeout` from now, or, if the clock cannot reach it (`Duration::MAX`), about 30
 /// years from now: a timeout too long to reach never fires, where adding it would panic.
 pub fn after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout).unwrap_or_else(|| now + FAR_FUTURE)
+    after_from(Instant::now(), timeout)
+}
+
+/// The instant `timeout` after `start`, as [`after`] takes it from now.
+pub(crate) fn after_from(start: Instant, timeout: Duration) -> Instant {
+    start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + FAR_FUTURE)
 }
 
 /// The deadline in force for calls made here, if any.

@@ -295,6 +295,53 @@ impl IncomingCall {
 /// balanced.
 pub(crate) struct CatchUnwind<F>(pub(crate) F);
 
+impl CatchUnwind<BoxFuture<Reply>> {
+    /// The handler `dispatch` makes, caught. Making it runs user code too (a generated
+    /// dispatcher decodes the arguments there: a `Deserialize` impl, a `#[serde(from)]`
+    /// conversion): a panic in it is the handler's failure as well, a future ready with the
+    /// same `Internal` fault, not the driver's (or the local caller's) panic.
+    #[inline]
+    pub(crate) fn dispatch(dispatch: impl FnOnce() -> BoxFuture<Reply>) -> Self {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(dispatch)) {
+            Ok(handler) => CatchUnwind(handler),
+            Err(payload) => CatchUnwind(Box::pin(std::future::ready(Err(handler_panicked(
+                &*payload,
+            ))))),
+        }
+    }
+}
+
+impl<F> CatchUnwind<F> {
+    /// Drop the handler, catching (and logging) a panic in its drop as one in its polls is
+    /// caught: a guard of the user's that panics as a cancelled handler is dropped must not
+    /// unwind the task that goes on to end the call (give back its running place and its bytes
+    /// in the call window).
+    pub(crate) fn drop_caught(self) {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            drop(self);
+        })) {
+            handler_panicked(&*payload);
+        }
+    }
+}
+
+/// The fault that answers a call whose handler panicked (`payload`: the panic's), logged.
+#[cold]
+pub(crate) fn handler_panicked(payload: &(dyn std::any::Any + Send)) -> Fault {
+    // The panic's message stays in this process's log (the caller learns only that the
+    // handler failed); the call's span names the method.
+    let why = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    tracing::error!(panic = why, "a call handler panicked");
+    Fault {
+        kind: FaultKind::Internal,
+        message: "the handler failed".into(),
+    }
+}
+
 impl<F: std::future::Future<Output = Reply> + Unpin> std::future::Future for CatchUnwind<F> {
     type Output = Reply;
 
@@ -308,20 +355,7 @@ impl<F: std::future::Future<Output = Reply> + Unpin> std::future::Future for Cat
         }));
         match polled {
             Ok(p) => p,
-            Err(payload) => {
-                // The panic's message stays in this process's log (the caller learns only
-                // that the handler failed); the call's span names the method.
-                let why = payload
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("(no message)");
-                tracing::error!(panic = why, "a call handler panicked");
-                std::task::Poll::Ready(Err(Fault {
-                    kind: FaultKind::Internal,
-                    message: "the handler failed".into(),
-                }))
-            }
+            Err(payload) => std::task::Poll::Ready(Err(handler_panicked(&*payload))),
         }
     }
 }
@@ -635,7 +669,7 @@ impl ObjectRef {
                 let call = IncomingCall::new(method, args.into_bytes(), refs, Caller::local())
                     .with_extras(extras);
                 // A handler that panics fails the call with `Internal`, as over a connection.
-                let handler = CatchUnwind(d.clone().dispatch(call));
+                let handler = CatchUnwind::dispatch(|| d.clone().dispatch(call));
                 match deadline {
                     Some(at) => tokio::time::timeout_at(at, handler)
                         .await
@@ -785,8 +819,9 @@ impl ObjectRef {
             RefInner::Local(d) => {
                 let call = IncomingCall::new(method, payload.into_bytes(), refs, Caller::local())
                     .with_extras(extras);
-                let fut = d.clone().dispatch(call);
-                tokio::spawn(fut);
+                // A handler that panics (or whose arguments panic as they decode) fails
+                // alone, logged, as a one-way call over a connection does.
+                tokio::spawn(CatchUnwind::dispatch(|| d.clone().dispatch(call)));
                 Ok(())
             }
             RefInner::Remote(r) if r.is_dead() => Err(CallError::from_fault(r.dead_fault())),

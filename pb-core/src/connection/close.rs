@@ -86,3 +86,20 @@ impl ConnShared {
         }
     }
 }
+
+/// Closes its connection if the task that holds it unwinds (a panic in the reader, in pb's code
+/// or in user code it runs): a connection whose frames nobody reads any more would otherwise
+/// never answer its calls, nor end, nor give back what its tables hold.
+pub(super) struct CloseOnPanic<'a>(pub(super) &'a ConnShared);
+
+impl Drop for CloseOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                connection = self.0.id,
+                "closing connection: its reader panicked"
+            );
+            self.0.close(CloseReason::Local);
+        }
+    }
+}

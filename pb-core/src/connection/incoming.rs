@@ -6,8 +6,8 @@ use crate::object::CatchUnwind;
 
 impl ConnShared {
     /// Handle one frame of a reader's batch (`held`: one the reader held back, with
-    /// [`ConnShared::hold_frame`]). `events` is scratch space (kept by the reader so that
-    /// waking callers allocates nothing).
+    /// [`ConnShared::hold_frame`], and when it read it: a call's deadline counts from then).
+    /// `events` is scratch space (kept by the reader so that waking callers allocates nothing).
     ///
     /// A call that arrives while `max_in_flight_calls` of the peer's calls run here is given
     /// back (`Some`), for the reader to hold until one ends: the peer cannot know the limit (it
@@ -16,7 +16,7 @@ impl ConnShared {
         self: &Arc<Self>,
         frame: Frame,
         events: &mut Vec<Event>,
-        held: bool,
+        held: Option<tokio::time::Instant>,
     ) -> Result<Option<Frame>, ProtocolError> {
         if crate::message::is_answer(&frame.body) {
             // The reader gathers answers into batches; one alone is a batch of one.
@@ -32,7 +32,7 @@ impl ConnShared {
         // Calls that handlers polled inline make now leave with the reader's flush.
         broker.in_batch = true;
         // A frame yields at most one call, handed back directly.
-        let result = if held {
+        let result = if held.is_some() {
             broker.handle_held_frame(frame, &mut self.make_import())
         } else {
             broker.handle_frame(frame, &mut self.make_import())
@@ -40,7 +40,8 @@ impl ConnShared {
         broker.poll_events(events);
         let queued = broker.queued_bytes();
         // A graceful close waits for held frames too (see `ConnShared::close_gracefully`).
-        let unheld_while_draining = held && broker.state() == crate::broker::State::Draining;
+        let unheld_while_draining =
+            held.is_some() && broker.state() == crate::broker::State::Draining;
         drop(broker);
         if unheld_while_draining {
             self.call_done.notify_waiters();
@@ -52,7 +53,7 @@ impl ConnShared {
         }
         let result = result.map(|call| {
             if let Some(ev) = call {
-                self.spawn_call(ev);
+                self.spawn_call(ev, held);
             }
             None
         });
@@ -121,12 +122,18 @@ impl ConnShared {
         // the lock.
         self.act(events);
         for call in calls {
-            self.spawn_call(call);
+            self.spawn_call(call, None);
         }
         result.map(|()| queued)
     }
 
-    pub(super) fn spawn_call(self: &Arc<Self>, ev: CallEvent) {
+    /// Run call `ev`, read just now, or at `read_at` if it was held back: its deadline (the
+    /// time its caller had left as it sent it) counts from when it was read.
+    pub(super) fn spawn_call(
+        self: &Arc<Self>,
+        ev: CallEvent,
+        read_at: Option<tokio::time::Instant>,
+    ) {
         let CallEvent {
             id,
             target,
@@ -163,7 +170,13 @@ impl ConnShared {
             // The caller's span is this one's parent.
             crate::trace::incoming(&span, parent);
         }
-        let deadline = deadline_ms.map(|ms| crate::deadline::after(Duration::from_millis(ms)));
+        let deadline = deadline_ms.map(|ms| {
+            let ms = Duration::from_millis(ms);
+            match read_at {
+                Some(at) => crate::deadline::after_from(at, ms),
+                None => crate::deadline::after(ms),
+            }
+        });
         let caller = Caller::remote(self.clone(), deadline);
         let call = IncomingCall {
             body,
@@ -176,7 +189,9 @@ impl ConnShared {
             extras,
             jelly: None,
         };
-        let mut fut = CatchUnwind(object.into_dispatch(call));
+        // Making the handler runs user code too (decoding the arguments): caught as its polls
+        // are, it fails this call alone.
+        let mut fut = CatchUnwind::dispatch(|| object.into_dispatch(call));
         // Without a deadline, poll the handler once right here: most answer without waiting,
         // and then the call costs no task, no wake-up, no cancellation channel and no running
         // entry, and its answer leaves with the reader's next flush. A handler that must wait
@@ -199,10 +214,11 @@ impl ConnShared {
         // The handler waits: it continues in a task of its own.
         let conn = self.clone();
         let cancel = if answer {
-            // Fires (or is dropped) when the peer cancels the call.
+            // Fires (or is dropped) when the peer cancels the call, or the connection ends.
             let (watch, cancel) = tokio::sync::oneshot::channel();
             if conn.lock().watch(id, watch).is_err() {
                 // Closed meanwhile: drop the handler.
+                fut.drop_caught();
                 conn.finish(id, answer, None, (false, charge));
                 return;
             }
@@ -225,14 +241,26 @@ impl ConnShared {
         });
         tokio::spawn(
             async move {
+                let mut fut = fut;
                 let reply = match cancel {
                     Some(mut cancelled) => tokio::select! {
                         biased;
-                        r = fut => Some(r),
+                        r = &mut fut => Some(r),
                         _ = &mut cancelled => None,
                     },
-                    None => Some(fut.await),
+                    // A one-way call is not watched in the running table (its caller waits
+                    // for no answer, and cancels nothing), but it is cancelled when the
+                    // connection ends, as every running handler is. Only handlers that wait
+                    // pay for that wait.
+                    None => tokio::select! {
+                        biased;
+                        r = &mut fut => Some(r),
+                        () = conn.closed() => None,
+                    },
                 };
+                // Dropped here, not by the `select!`: a panic in the drop of a cancelled
+                // handler is caught, and the call still ends.
+                fut.drop_caught();
                 if let Some(started) = started {
                     let span = tracing::Span::current();
                     span.record("outcome", outcome_name(reply.as_ref()));

@@ -26,6 +26,7 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
     // Boxed where it is made (about 800 bytes): not copied into a task and out of it again as
     // the task is spawned and started, and the task's own allocation stays small.
     Box::pin(async move {
+        let _closes = CloseOnPanic(&conn);
         // One wait for a local close, made once: polling it again is cheap, making it is not.
         let closed = conn.closed();
         tokio::pin!(closed);
@@ -169,7 +170,7 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                         {
                             break 'conn CloseReason::Protocol(e.to_string());
                         }
-                        match conn.handle_frame(frame, &mut wakers, false) {
+                        match conn.handle_frame(frame, &mut wakers, None) {
                             Ok(None) => {}
                             // At the cap on running calls: held until one ends (counted in
                             // our call window from now on, as any held call).
@@ -200,17 +201,17 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
             // soon as fewer than `max_in_flight_calls` run. (Looked at again after a call was
             // held for the cap and `holding` set: a call that ended in between is seen here.)
             while !held.is_empty() && !conn.is_congested() {
-                let Some(frame) = held.pop() else { break };
+                let Some((frame, read_at)) = held.pop() else { break };
                 handled = true;
-                match conn.handle_frame(frame, &mut wakers, true) {
+                match conn.handle_frame(frame, &mut wakers, Some(read_at)) {
                     Ok(None) => {}
                     Ok(Some(frame)) => {
-                        held.push_front(frame);
+                        held.push_front(frame, read_at);
                         // Cancels held in line while the output was congested, of calls not
                         // held any more (running, or done): one may end a call this one waits
                         // for.
-                        for cancel in held.take_free_cancels() {
-                            if let Err(e) = conn.handle_frame(cancel, &mut wakers, true) {
+                        for (cancel, read_at) in held.take_free_cancels() {
+                            if let Err(e) = conn.handle_frame(cancel, &mut wakers, Some(read_at)) {
                                 break 'conn CloseReason::Protocol(e.to_string());
                             }
                         }
@@ -392,11 +393,12 @@ impl std::task::Wake for ConnShared {
 /// `max_in_flight_calls` run (see the reader's pause): as the Twisted PB broker counts.
 const HELD_PER_CALL: usize = pb_proto::twisted::HELD_PER_CALL;
 
-/// Frames held back, in order. A held call that the peer cancels leaves its place empty (so
+/// Frames held back, in order, each with when it was read (a call's deadline counts from
+/// then, not from when it runs). A held call that the peer cancels leaves its place empty (so
 /// that taking it out costs no search), and the empty places are skipped.
 #[derive(Default)]
 pub(super) struct Held {
-    frames: std::collections::VecDeque<Option<Frame>>,
+    frames: std::collections::VecDeque<Option<(Frame, tokio::time::Instant)>>,
     /// The place in line of `frames`' first (places count up as frames are pushed).
     first: u64,
     /// Where each held call is in line, by its request id (the peer's numbers, so std's
@@ -428,7 +430,9 @@ impl Held {
             self.calls_at
                 .insert(id, self.first + self.frames.len() as u64);
         }
-        self.frames.push_back(Some(frame));
+        // Held as it is read: a clock reading only for frames held back.
+        self.frames
+            .push_back(Some((frame, tokio::time::Instant::now())));
     }
 
     /// Count `frame` in (`true`) or out.
@@ -470,7 +474,7 @@ impl Held {
         let slot = self
             .frames
             .get_mut(usize::try_from(at.checked_sub(self.first)?).ok()?)?;
-        let frame = slot.take()?;
+        let (frame, _) = slot.take()?;
         self.count(&frame, false);
         if self.live == 0 {
             self.frames.clear();
@@ -489,7 +493,7 @@ impl Held {
         for (i, frame) in self.frames.iter().enumerate() {
             if let Some(id) = frame
                 .as_ref()
-                .and_then(|f| crate::message::call_id(&f.body))
+                .and_then(|(f, _)| crate::message::call_id(&f.body))
             {
                 self.calls_at.insert(id, self.first + i as u64);
             }
@@ -497,19 +501,19 @@ impl Held {
     }
 
     /// The cancels held of calls not held (any more), taken out of line in order.
-    pub(super) fn take_free_cancels(&mut self) -> Vec<Frame> {
+    pub(super) fn take_free_cancels(&mut self) -> Vec<(Frame, tokio::time::Instant)> {
         let mut taken = Vec::new();
         if self.cancels == 0 {
             return taken;
         }
         for i in 0..self.frames.len() {
-            let free = self.frames[i].as_ref().is_some_and(|f| {
+            let free = self.frames[i].as_ref().is_some_and(|(f, _)| {
                 crate::message::cancelled_id(&f.body)
                     .is_some_and(|id| !self.calls_at.contains_key(&id))
             });
-            if let Some(frame) = free.then(|| self.frames[i].take()).flatten() {
-                self.count(&frame, false);
-                taken.push(frame);
+            if let Some(held) = free.then(|| self.frames[i].take()).flatten() {
+                self.count(&held.0, false);
+                taken.push(held);
             }
         }
         if self.live == 0 {
@@ -519,25 +523,26 @@ impl Held {
         taken
     }
 
-    /// Put `frame`, just taken by [`Held::pop`], back in front.
-    pub(super) fn push_front(&mut self, frame: Frame) {
+    /// Put `frame`, just taken by [`Held::pop`] with when it was read, back in front.
+    pub(super) fn push_front(&mut self, frame: Frame, read_at: tokio::time::Instant) {
         self.count(&frame, true);
         self.first -= 1;
         if let Some(id) = crate::message::call_id(&frame.body) {
             self.calls_at.insert(id, self.first);
         }
-        self.frames.push_front(Some(frame));
+        self.frames.push_front(Some((frame, read_at)));
     }
 
-    pub(super) fn pop(&mut self) -> Option<Frame> {
+    /// The first frame held, with when it was read.
+    pub(super) fn pop(&mut self) -> Option<(Frame, tokio::time::Instant)> {
         while let Some(slot) = self.frames.pop_front() {
             self.first += 1;
-            if let Some(frame) = slot {
+            if let Some((frame, read_at)) = slot {
                 self.count(&frame, false);
                 if let Some(id) = crate::message::call_id(&frame.body) {
                     self.calls_at.remove(&id);
                 }
-                return Some(frame);
+                return Some((frame, read_at));
             }
         }
         None

@@ -44,7 +44,7 @@ fn pump(from: &Arc<ConnShared>, to: &Arc<ConnShared>, buf: &mut BytesMut) -> usi
     let mut n = 0;
     let mut wakers = Vec::new();
     while let Ok(Some(frame)) = decoder.decode(buf) {
-        to.handle_frame(frame.into(), &mut wakers, false)
+        to.handle_frame(frame.into(), &mut wakers, None)
             .expect("valid frame");
         n += 1;
     }
@@ -273,13 +273,13 @@ fn held_frames_give_up_a_cancelled_call_in_place_and_keep_their_order() {
     assert!(held.take_call(3).is_none(), "taken once");
     assert!(held.holds_call(1) && !held.holds_call(2));
     assert_eq!((held.len(), held.calls), (2, 2));
-    let first = held.pop().expect("the first");
+    let (first, read_at) = held.pop().expect("the first");
     assert_eq!(pb_proto::message::call_id(&first.body), Some(1));
     // Put back in front (still at the cap), then taken in order, past the empty places.
-    held.push_front(first);
+    held.push_front(first, read_at);
     assert!(held.holds_call(1));
     let order: Vec<_> = std::iter::from_fn(|| held.pop())
-        .map(|f| pb_proto::message::call_id(&f.body))
+        .map(|(f, _)| pb_proto::message::call_id(&f.body))
         .collect();
     assert_eq!(order, [Some(1), Some(4)]);
     assert!(held.is_empty());
@@ -290,7 +290,8 @@ fn held_frames_give_up_a_cancelled_call_in_place_and_keep_their_order() {
     held.push(held_call(6));
     assert!(held.holds_call(6));
     assert_eq!(
-        held.pop().and_then(|f| pb_proto::message::call_id(&f.body)),
+        held.pop()
+            .and_then(|(f, _)| pb_proto::message::call_id(&f.body)),
         Some(6)
     );
     assert_eq!((held.len(), held.calls, held.bytes), (0, 0, 0));
@@ -321,12 +322,12 @@ fn held_frames_drop_their_empty_places_and_free_the_cancels_of_calls_gone() {
     let freed: Vec<_> = held
         .take_free_cancels()
         .iter()
-        .map(|f| pb_proto::message::cancelled_id(&f.body))
+        .map(|(f, _)| pb_proto::message::cancelled_id(&f.body))
         .collect();
     assert_eq!(freed, [Some(7), Some(8)]);
     assert!(held.take_free_cancels().is_empty());
     let order: Vec<_> = std::iter::from_fn(|| held.pop())
-        .map(|f| {
+        .map(|(f, _)| {
             (
                 pb_proto::message::call_id(&f.body),
                 pb_proto::message::cancelled_id(&f.body),

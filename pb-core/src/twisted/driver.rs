@@ -355,16 +355,21 @@ impl PbShared {
         // Polled once here, as the message arrives: a handler that does not wait finishes
         // before the next message is read, so calls run in the order they were sent (as in
         // Twisted, where a method that returns a value has answered before the next message).
-        // Only one that waits goes on in a task of its own.
-        let mut handler = object.into_dispatch(incoming);
+        // Only one that waits goes on in a task of its own. Making the handler runs user code
+        // too (a generated dispatcher decodes the arguments then): a panic there is the
+        // handler's failure, as one in its poll is, not the reader's.
         let mut cx = Context::from_waker(Waker::noop());
         let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            handler.as_mut().poll(&mut cx)
+            let mut handler = object.into_dispatch(incoming);
+            match handler.as_mut().poll(&mut cx) {
+                Poll::Ready(reply) => Ok(reply),
+                Poll::Pending => Err(handler),
+            }
         }));
         match first {
-            Ok(Poll::Ready(reply)) => self.finish(request, answer, &method, reply, keep),
+            Ok(Ok(reply)) => self.finish(request, answer, &method, reply, keep),
             Err(_) => self.finish(request, answer, &method, Err(panicked()), keep),
-            Ok(Poll::Pending) => {
+            Ok(Err(handler)) => {
                 let me = self.clone();
                 tokio::spawn(async move {
                     // In a task of its own, so that a panic in it is an `Internal` failure
@@ -628,6 +633,7 @@ fn flavor_name(v: &Value) -> &'static str {
 
 /// Reads the transport into the broker until the connection ends.
 pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<PbShared>, mut rd: R) {
+    let _closes = CloseOnPanic(&shared);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut closed = shared.closed.subscribe();
     let handshake_by = crate::deadline::after(shared.config.handshake_timeout);
@@ -687,6 +693,22 @@ pub(crate) async fn read_loop<R: AsyncRead + Unpin>(shared: Arc<PbShared>, mut r
             Ok(0) => return shared.shut(CloseReason::PeerClosed),
             Ok(n) => lock(&shared.state).bytes_in += n as u64,
             Err(e) => return shared.shut(CloseReason::Io(e.to_string())),
+        }
+    }
+}
+
+/// Closes its connection if the reader unwinds (a panic in pb's code or in user code it runs):
+/// a connection nobody reads any more would otherwise never answer its calls, nor end.
+struct CloseOnPanic<'a>(&'a PbShared);
+
+impl Drop for CloseOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                connection = self.0.id,
+                "closing a Twisted PB connection: its reader panicked"
+            );
+            self.0.shut(CloseReason::Local);
         }
     }
 }
