@@ -1,11 +1,19 @@
+//! Held memory: what a peer can make a connection hold while it holds that peer's frames,
+//! commands or messages back, against the byte limits that bound them.
+//!
 //! Stress: a peer that floods a server with large calls and never reads grows the server's
 //! memory by at most `Limits::max_held_bytes` plus a fixed overhead, or, while the server
 //! waits for an answer of the peer's (when reading must go on), by at most the call window
 //! (`Limits::max_call_bytes`) plus that overhead; one that floods it with answers to calls
-//! never made, each carrying 1 024 fresh references, grows it by nothing that counts. Ignored by default (they move hundreds of MiB); CI runs them on their own in release
-//! mode, one test per process (each measures the whole process's memory, which the allocator
-//! gives back to the system lazily after the one before):
+//! never made, each carrying 1 024 fresh references, grows it by nothing that counts. Ignored
+//! by default (they move hundreds of MiB); CI runs them on their own in release mode, one test
+//! per process (each measures the whole process's memory, which the allocator gives back to
+//! the system lazily after the one before):
 //! `cargo test --release --test stress_held_memory -- --ignored --exact NAME`.
+//!
+//! Held to what they cost: frames other than calls held behind a held call while the server
+//! awaits the peer are bounded in bytes, not by their count alone. These run by default and
+//! measure the heap with a counting allocator, one at a time.
 //!
 //! Virtual time: a sleep returns once every task is idle, so "after a sleep" means "once the
 //! server has stopped reading".
@@ -16,11 +24,24 @@ use std::time::Duration;
 
 use common::{HELLO, KitchenImpl, KitchenRef, forged_answer, reverse_call};
 use pb::{Config, Connection, Limits, Side};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The system allocator, counting (`stats_alloc`): the heap this process holds, in bytes.
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
 /// The tests measure the process's memory: they take turns, each on a runtime of its own
 /// that is gone (with everything it held) before the next starts.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Heap growth in bytes since `region` began. `stats_alloc` counts a reallocation's growth in
+/// `bytes_allocated` (and a shrink in `bytes_deallocated`) already: adding
+/// `bytes_reallocated` again would count every vector that grew and was freed meanwhile.
+fn heap_growth(region: &Region<'_, std::alloc::System>) -> i64 {
+    let change = region.change();
+    change.bytes_allocated as i64 - change.bytes_deallocated as i64
+}
 
 /// Runs `test` alone, on a runtime with a paused clock.
 fn alone<F: std::future::Future<Output = ()>>(test: F) {
@@ -247,4 +268,174 @@ async fn forged_answers() {
         "nothing is imported for an answer nobody asked for"
     );
     assert!(grown < 16.0, "RSS grew by {grown:.1} MiB");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Native pb: frames other than calls, held behind a held call while the server awaits answers
+// from the peer, are bounded in bytes.
+// ---------------------------------------------------------------------------------------------
+
+#[pb::remote]
+pub trait Callback {
+    async fn wait(&self) -> Result<(), ()>;
+}
+
+/// A root whose method calls the caller back and waits for the answer (the callback pattern:
+/// the server then awaits an answer from its peer, so it must read on).
+#[pb::remote]
+pub trait CallsBack {
+    async fn call_me(&self, cb: CallbackRef) -> Result<(), ()>;
+    /// Keeps the reference and never returns (no call of the server's awaits the peer).
+    async fn hang(&self, cb: CallbackRef) -> Result<(), ()>;
+}
+
+struct CallsBackImpl;
+
+impl CallsBack for CallsBackImpl {
+    async fn call_me(&self, cb: CallbackRef) -> Result<(), ()> {
+        let _ = cb.wait().await;
+        Ok(())
+    }
+
+    async fn hang(&self, _cb: CallbackRef) -> Result<(), ()> {
+        std::future::pending().await
+    }
+}
+
+/// A call of `method` on the root, sending the caller's object 1.
+fn call_sending_object_1(id: u64, method: &'static str) -> Vec<u8> {
+    use pb::proto::message::{Message, RefDesc};
+    common::framed(Message::Call {
+        id,
+        target: 0,
+        method: bytes::Bytes::from_static(method.as_bytes()),
+        answer: true,
+        deadline_ms: None,
+        extras: Default::default(),
+        refs: vec![RefDesc::Sender(1)],
+        payload: bytes::Bytes::from_static(&[0]),
+    })
+}
+
+/// What a flood did to the server: its heap growth, the bytes of the flood it took in, and
+/// why it closed, if it did.
+struct Flooded {
+    grew: i64,
+    written: usize,
+    closed: Option<pb::CloseReason>,
+}
+
+/// A server (4 calls running at most, a 256 KiB call window, 256 KiB of held frames, 128 KiB
+/// frames, timeouts off) whose root runs `method`; a raw peer fills the running places with
+/// it (with `call_me`, the server then awaits 4 answers from the peer), sends one more call
+/// (held at the cap, within the window), then `releases` valid `Release` frames of 4 096
+/// entries (~80 KB each), reading nothing.
+async fn flood_releases_behind_a_held_call(releases: usize, method: &'static str) -> Flooded {
+    use pb::proto::message::Message;
+    let mut config = Config::default();
+    config.limits.max_in_flight_calls = 4;
+    config.limits.max_frame_len = 128 * 1024;
+    config.limits.max_call_bytes = 256 * 1024;
+    config.limits.max_held_bytes = 256 * 1024;
+    config.keepalive_interval = None;
+    config.idle_timeout = None;
+    config.write_stall_timeout = None;
+    let (a, mut raw) = pb::transport::memory_pair();
+    raw.write_all(&HELLO).await.unwrap();
+    let server = Connection::establish(
+        a,
+        &config,
+        Side::Server,
+        Some(CallsBackRef::new(CallsBackImpl).into()),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut hello = [0u8; 20];
+    raw.read_exact(&mut hello).await.unwrap();
+    let release = common::framed(Message::Release(
+        (0..4096u64).map(|i| (u64::MAX - i, u64::MAX)).collect(),
+    ));
+    assert!(release.len() > 80_000 && release.len() < 128 * 1024);
+    let mut flood = Vec::with_capacity(release.len() * releases);
+    for _ in 0..releases {
+        flood.extend_from_slice(&release);
+    }
+    let region = Region::new(GLOBAL);
+    for id in 1..=4 {
+        raw.write_all(&call_sending_object_1(id, method))
+            .await
+            .unwrap();
+    }
+    if method == "call_me" {
+        for _ in 0..4 {
+            let body = common::read_body(&mut raw).await.unwrap();
+            assert_eq!(body[0], 1, "a callback call");
+        }
+    }
+    // One more call: held at the cap on running calls (it fits the window).
+    raw.write_all(&call_sending_object_1(5, method))
+        .await
+        .unwrap();
+    // The server reads what it will; then the write waits on the pipe (virtual time), or
+    // fails once the server has closed.
+    let mut written = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        for chunk in flood.chunks(4096) {
+            if raw.write_all(chunk).await.is_err() {
+                break;
+            }
+            written += chunk.len();
+        }
+    })
+    .await;
+    let grew = heap_growth(&region);
+    let closed = server.close_reason();
+    drop(raw);
+    drop(server);
+    Flooded {
+        grew,
+        written,
+        closed,
+    }
+}
+
+/// While the server awaits answers from the peer it must read on (the answers may be what
+/// its running calls wait for), and frames other than calls held behind a held call are not
+/// in the call window: they are held to `max_held_bytes` (at least a frame) all the same, and
+/// a peer that floods them past it then is cut, `max_held_bytes` named in the reason. Without
+/// the bound, 4 calls running let 64 such frames of ~80 KB (5.4 MiB) be held under a 256 KiB
+/// window and 256 KiB `max_held_bytes`. The control: with no call of the server's awaiting
+/// the peer, reading pauses at `max_held_bytes`, and the connection stays up.
+#[test]
+fn frames_held_behind_a_held_call_while_the_server_awaits_the_peer_are_bounded_in_bytes() {
+    alone(async {
+        let control = flood_releases_behind_a_held_call(200, "hang").await;
+        let flooded = flood_releases_behind_a_held_call(200, "call_me").await;
+        println!(
+            "awaiting the peer: heap +{} KiB, {} KiB of releases taken in, closed: {:?}; \
+             control (no callback): +{} KiB, {} KiB taken in",
+            flooded.grew / 1024,
+            flooded.written / 1024,
+            flooded.closed,
+            control.grew / 1024,
+            control.written / 1024
+        );
+        // Window (256 KiB) + held bytes (256 KiB) + pipe and slack (1.5 MiB).
+        let budget = 256 * 1024 + 256 * 1024 + 1536 * 1024;
+        for (run, what) in [(&control, "control"), (&flooded, "awaiting the peer")] {
+            assert!(
+                run.grew < budget as i64 && run.written < budget,
+                "{what}: a peer made the server hold {} KiB (taken in: {} KiB), over \
+                 max_call_bytes + max_held_bytes (512 KiB) + 1.5 MiB slack",
+                run.grew / 1024,
+                run.written / 1024
+            );
+        }
+        assert!(control.closed.is_none(), "{:?}", control.closed);
+        match &flooded.closed {
+            Some(pb::CloseReason::Protocol(why)) if why.contains("max_held_bytes") => {}
+            other => panic!("the flood is cut, naming max_held_bytes: {other:?}"),
+        }
+    });
 }
