@@ -12,8 +12,10 @@
 //! `cargo test --release --test stress_held_memory -- --ignored --exact NAME`.
 //!
 //! Held to what they cost: frames other than calls held behind a held call while the server
-//! awaits the peer are bounded in bytes, not by their count alone. These run by default and
-//! measure the heap with a counting allocator, one at a time.
+//! awaits the peer are bounded in bytes, not by their count alone, and held commands (AMP)
+//! are counted by the memory they take, not by their bytes on the wire, so that the limit
+//! they are counted against bounds the heap they hold. These run by default and measure the
+//! heap with a counting allocator, one at a time.
 //!
 //! Virtual time: a sleep returns once every task is idle, so "after a sleep" means "once the
 //! server has stopped reading".
@@ -436,6 +438,134 @@ fn frames_held_behind_a_held_call_while_the_server_awaits_the_peer_are_bounded_i
         match &flooded.closed {
             Some(pb::CloseReason::Protocol(why)) if why.contains("max_held_bytes") => {}
             other => panic!("the flood is cut, naming max_held_bytes: {other:?}"),
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// AMP: held commands are counted by what they hold in memory, a table entry per pair included.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(pb::AmpCommand, Clone)]
+#[amp(response = SumResult)]
+struct Sum {
+    a: i64,
+    b: i64,
+}
+
+#[derive(pb::AmpFields, Debug, PartialEq)]
+struct SumResult {
+    total: i64,
+}
+
+#[derive(pb::AmpCommand)]
+struct Wait {}
+
+fn wire_box(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u16).to_be_bytes());
+        out.extend_from_slice(k);
+        out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// An AMP connection (1 responder at a time, `max_held_bytes` 1 MiB) with one call of its own
+/// awaiting the peer's answer (so it reads on, holding the peer's commands back); the raw peer
+/// starts one `Wait` (which runs for ever), then floods `boxes` commands that must wait, each
+/// made by `one(i)`. Returns the heap growth and the bytes of the flood taken in.
+async fn flood_held_amp_commands(boxes: usize, one: impl Fn(usize) -> Vec<u8>) -> (i64, usize) {
+    use pb::amp::{AmpConfig, AmpConnection, Locator};
+    let mut flood = Vec::new();
+    for i in 0..boxes {
+        flood.extend_from_slice(&one(i));
+    }
+    let (victim_io, mut peer) = tokio::io::duplex(64 * 1024);
+    let region = Region::new(GLOBAL);
+    let victim = AmpConnection::spawn(
+        victim_io,
+        AmpConfig::default()
+            .max_in_flight_responders(1)
+            .max_held_bytes(1024 * 1024),
+        Locator::new().respond(|Wait {}| std::future::pending()),
+    );
+    let ours = tokio::spawn({
+        let victim = victim.clone();
+        async move { victim.call(&Sum { a: 1, b: 2 }).await }
+    });
+    let mut buf = [0u8; 256];
+    let n = peer.read(&mut buf).await.unwrap();
+    assert!(buf[..n].windows(3).any(|w| w == b"Sum"));
+    peer.write_all(&wire_box(&[(b"_ask", b"1"), (b"_command", b"Wait")]))
+        .await
+        .unwrap();
+    let mut written = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        for chunk in flood.chunks(4096) {
+            peer.write_all(chunk).await.unwrap();
+            written += chunk.len();
+        }
+    })
+    .await;
+    let grew = heap_growth(&region);
+    ours.abort();
+    drop(victim);
+    drop(peer);
+    (grew, written)
+}
+
+/// A command box with 1 022 arguments of 2-byte keys and empty values: 6 KB on the wire.
+fn many_keys(i: usize) -> Vec<u8> {
+    let ask = format!("{}", i + 2);
+    let keys: Vec<[u8; 2]> = (0..1022u16)
+        .map(|k| [b'0' + (k >> 8) as u8, k as u8])
+        .collect();
+    let mut pairs: Vec<(&[u8], &[u8])> = vec![(b"_ask", ask.as_bytes()), (b"_command", b"Wait")];
+    for k in &keys {
+        pairs.push((k, b""));
+    }
+    wire_box(&pairs)
+}
+
+/// The control: a box of the same wire size with a single argument.
+fn one_key(i: usize) -> Vec<u8> {
+    let ask = format!("{}", i + 2);
+    let value = vec![b'x'; many_keys(0).len() - 30];
+    wire_box(&[
+        (b"_ask", ask.as_bytes()),
+        (b"_command", b"Wait"),
+        (b"v", &value),
+    ])
+}
+
+/// `AmpConfig::max_held_bytes` bounds what held commands keep in memory: each is copied out
+/// of its frame into allocations of just its size and counted by what it holds, its table of
+/// pairs (a few dozen bytes a pair) included. Counted by their encoded length instead, boxes
+/// of 1 022 two-byte keys with empty values (6 KB on the wire, ~70 KB in memory) held about
+/// 12 MiB under a 1 MiB limit. The control: the same bytes in one key a box.
+#[test]
+fn held_amp_commands_hold_about_what_max_held_bytes_counts() {
+    alone(async {
+        let (control, control_read) = flood_held_amp_commands(400, one_key).await;
+        let (grew, read) = flood_held_amp_commands(400, many_keys).await;
+        println!(
+            "AMP: boxes of 1 022 keys: heap +{} KiB, {} KiB taken in; one key each \
+             (control): +{} KiB, {} KiB taken in",
+            grew / 1024,
+            read / 1024,
+            control / 1024,
+            control_read / 1024
+        );
+        // max_held_bytes (1 MiB) + the pipe, read buffers and slack (2 MiB).
+        for (grew, what) in [(control, "one key a box"), (grew, "1 022 keys a box")] {
+            assert!(
+                grew < 3 * 1024 * 1024,
+                "{what}: held AMP commands counted against max_held_bytes = 1 MiB hold {} KiB",
+                grew / 1024
+            );
         }
     });
 }
