@@ -12,10 +12,10 @@
 //! `cargo test --release --test stress_held_memory -- --ignored --exact NAME`.
 //!
 //! Held to what they cost: frames other than calls held behind a held call while the server
-//! awaits the peer are bounded in bytes, not by their count alone, and held commands (AMP)
-//! are counted by the memory they take, not by their bytes on the wire, so that the limit
-//! they are counted against bounds the heap they hold. These run by default and measure the
-//! heap with a counting allocator, one at a time.
+//! awaits the peer are bounded in bytes, not by their count alone, and held commands (AMP) and
+//! held messages (Twisted PB) are counted by the memory they take, not by their bytes on the
+//! wire, so that the limit they are counted against bounds the heap they hold. These run by
+//! default and measure the heap with a counting allocator, one at a time.
 //!
 //! Virtual time: a sleep returns once every task is idle, so "after a sleep" means "once the
 //! server has stopped reading".
@@ -564,6 +564,184 @@ fn held_amp_commands_hold_about_what_max_held_bytes_counts() {
             assert!(
                 grew < 3 * 1024 * 1024,
                 "{what}: held AMP commands counted against max_held_bytes = 1 MiB hold {} KiB",
+                grew / 1024
+            );
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twisted PB: messages held back at the cap are kept as Banana bytes and counted by them.
+// ---------------------------------------------------------------------------------------------
+
+#[pb::remote]
+pub trait TwPinger {
+    async fn ping(&self, x: i64) -> i64;
+}
+
+#[pb::remote]
+pub trait TwCallsBack {
+    /// Calls `r.ping(0)` and answers what it answered.
+    async fn call_back(&self, r: TwPingerRef) -> Result<i64, pb::twisted::Failure>;
+}
+
+struct TheTwCallsBack;
+
+impl TwCallsBack for TheTwCallsBack {
+    async fn call_back(&self, r: TwPingerRef) -> Result<i64, pb::twisted::Failure> {
+        r.ping(0)
+            .await
+            .map_err(|e| pb::twisted::Failure::pb_error(format!("the callback failed: {e}")))
+    }
+}
+
+/// A Twisted PB server (1 call at a time, `max_call_bytes` 1 MiB) whose handler calls the raw
+/// peer back (the peer never answers, so the server reads on at the cap, holding the rest
+/// back); then `messages` messages made by `one(i)`. Returns the heap growth and the bytes
+/// taken in.
+async fn flood_held_twisted_messages(
+    messages: usize,
+    one: impl Fn(usize) -> pb::proto::banana::Element,
+) -> (i64, usize) {
+    use bytes::BytesMut;
+    use pb::proto::banana::{BananaCodec, BananaConfig, Dialect, Element};
+    use pb::twisted::PbConfig;
+    let mut enc = BananaCodec::new(BananaConfig::default());
+    enc.set_dialect(Dialect::Pb);
+    let mut flood = BytesMut::new();
+    for i in 0..messages {
+        enc.encode(&one(i), &mut flood).unwrap();
+    }
+    let (a, mut io) = tokio::io::duplex(64 * 1024);
+    let region = Region::new(GLOBAL);
+    let config = PbConfig::default()
+        .max_in_flight_calls(1)
+        .max_call_bytes(1024 * 1024);
+    let server = pb::twisted::accept_io(
+        a,
+        None,
+        Some(TwCallsBackRef::new(TheTwCallsBack).into()),
+        config,
+    );
+    // The dialect: the server's offer, our choice, our version.
+    let mut dec = BananaCodec::new(BananaConfig::default());
+    let mut buf = BytesMut::new();
+    let offer = loop {
+        if let Some(e) = dec.decode(&mut buf).unwrap() {
+            break e;
+        }
+        io.read_buf(&mut buf).await.unwrap();
+    };
+    assert_eq!(Dialect::choose(&offer), Some(Dialect::Pb));
+    let mut out = BytesMut::new();
+    let plain = BananaCodec::new(BananaConfig::default());
+    plain.encode(&Element::from("pb"), &mut out).unwrap();
+    dec.set_dialect(Dialect::Pb);
+    enc.encode(&Element::List(vec!["version".into(), 6.into()]), &mut out)
+        .unwrap();
+    // call_back(our object 1): the server calls us back and waits for our answer.
+    enc.encode(
+        &Element::List(vec![
+            "message".into(),
+            1.into(),
+            "root".into(),
+            "call_back".into(),
+            1.into(),
+            Element::List(vec![
+                "tuple".into(),
+                Element::List(vec!["remote".into(), 1.into()]),
+            ]),
+            Element::List(vec!["dictionary".into()]),
+        ]),
+        &mut out,
+    )
+    .unwrap();
+    io.write_all(&out).await.unwrap();
+    // Its callback to us: `["message", id, 1, "ping", ...]`.
+    loop {
+        if let Some(e) = dec.decode(&mut buf).unwrap() {
+            let l = e.as_list().unwrap();
+            if l[0].as_bytes().map(|b| &b[..]) == Some(b"message") {
+                break;
+            }
+            continue;
+        }
+        io.read_buf(&mut buf).await.unwrap();
+    }
+    let mut written = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        for chunk in flood.chunks(4096) {
+            io.write_all(chunk).await.unwrap();
+            written += chunk.len();
+        }
+    })
+    .await;
+    let grew = heap_growth(&region);
+    assert!(!server.is_closed(), "{:?}", server.close_reason());
+    drop(io);
+    drop(server);
+    (grew, written)
+}
+
+/// A call to the root whose one argument is a list of 100 000 small integers: ~200 KB of
+/// Banana, ~5 MB of decoded elements.
+fn ints(i: usize) -> pb::proto::banana::Element {
+    use pb::proto::banana::Element;
+    let mut list = vec![Element::from("list")];
+    list.extend((0..100_000).map(|_| Element::Int(1)));
+    Element::List(vec![
+        "message".into(),
+        Element::Int(i as i64 + 2),
+        "root".into(),
+        "call_back".into(),
+        1.into(),
+        Element::List(vec!["tuple".into(), Element::List(list)]),
+        Element::List(vec!["dictionary".into()]),
+    ])
+}
+
+/// The control: the same wire size as one string.
+fn one_string(i: usize) -> pb::proto::banana::Element {
+    use pb::proto::banana::Element;
+    Element::List(vec![
+        "message".into(),
+        Element::Int(i as i64 + 2),
+        "root".into(),
+        "call_back".into(),
+        1.into(),
+        Element::List(vec![
+            "tuple".into(),
+            Element::Bytes(bytes::Bytes::from(vec![b'x'; 200_000])),
+        ]),
+        Element::List(vec!["dictionary".into()]),
+    ])
+}
+
+/// `PbConfig::max_call_bytes` bounds what the messages held back at the cap keep in memory
+/// (while our calls await answers, the reader reads on and holds all but the answers): each
+/// is kept as Banana bytes of its own and decoded again when it runs. Kept decoded, an
+/// integer of 2 bytes on the wire took a 40-byte element, and lists of 100 000 small
+/// integers held about 30 MiB under a 1 MiB limit. The control: the same bytes as strings.
+#[test]
+fn held_twisted_messages_hold_about_what_max_call_bytes_counts() {
+    alone(async {
+        let (control, control_read) = flood_held_twisted_messages(20, one_string).await;
+        let (grew, read) = flood_held_twisted_messages(20, ints).await;
+        println!(
+            "Twisted PB: lists of 100 000 ints: heap +{} KiB, {} KiB taken in; one 200 KB \
+             string each (control): +{} KiB, {} KiB taken in",
+            grew / 1024,
+            read / 1024,
+            control / 1024,
+            control_read / 1024
+        );
+        // max_call_bytes (1 MiB) + one message over it (200 KB) + the pipe, buffers, slack
+        // (2 MiB).
+        for (grew, what) in [(control, "strings"), (grew, "lists of ints")] {
+            assert!(
+                grew < 3 * 1024 * 1024 + 200_000,
+                "{what}: messages held back at the cap, counted against max_call_bytes = \
+                 1 MiB, hold {} KiB",
                 grew / 1024
             );
         }
