@@ -1,11 +1,21 @@
+//! Held memory: what a peer can make a connection hold while it holds that peer's frames,
+//! commands or messages back, against the byte limits that bound them.
+//!
 //! Stress: a peer that floods a server with large calls and never reads grows the server's
 //! memory by at most `Limits::max_held_bytes` plus a fixed overhead, or, while the server
 //! waits for an answer of the peer's (when reading must go on), by at most the call window
 //! (`Limits::max_call_bytes`) plus that overhead; one that floods it with answers to calls
-//! never made, each carrying 1 024 fresh references, grows it by nothing that counts. Ignored by default (they move hundreds of MiB); CI runs them on their own in release
-//! mode, one test per process (each measures the whole process's memory, which the allocator
-//! gives back to the system lazily after the one before):
+//! never made, each carrying 1 024 fresh references, grows it by nothing that counts. Ignored
+//! by default (they move hundreds of MiB); CI runs them on their own in release mode, one test
+//! per process (each measures the whole process's memory, which the allocator gives back to
+//! the system lazily after the one before):
 //! `cargo test --release --test stress_held_memory -- --ignored --exact NAME`.
+//!
+//! Held to what they cost: frames other than calls held behind a held call while the server
+//! awaits the peer are bounded in bytes, not by their count alone, and held commands (AMP) and
+//! held messages (Twisted PB) are counted by the memory they take, not by their bytes on the
+//! wire, so that the limit they are counted against bounds the heap they hold. These run by
+//! default and measure the heap with a counting allocator, one at a time.
 //!
 //! Virtual time: a sleep returns once every task is idle, so "after a sleep" means "once the
 //! server has stopped reading".
@@ -16,11 +26,24 @@ use std::time::Duration;
 
 use common::{HELLO, KitchenImpl, KitchenRef, forged_answer, reverse_call};
 use pb::{Config, Connection, Limits, Side};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The system allocator, counting (`stats_alloc`): the heap this process holds, in bytes.
+#[global_allocator]
+static GLOBAL: &StatsAlloc<std::alloc::System> = &INSTRUMENTED_SYSTEM;
 
 /// The tests measure the process's memory: they take turns, each on a runtime of its own
 /// that is gone (with everything it held) before the next starts.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Heap growth in bytes since `region` began. `stats_alloc` counts a reallocation's growth in
+/// `bytes_allocated` (and a shrink in `bytes_deallocated`) already: adding
+/// `bytes_reallocated` again would count every vector that grew and was freed meanwhile.
+fn heap_growth(region: &Region<'_, std::alloc::System>) -> i64 {
+    let change = region.change();
+    change.bytes_allocated as i64 - change.bytes_deallocated as i64
+}
 
 /// Runs `test` alone, on a runtime with a paused clock.
 fn alone<F: std::future::Future<Output = ()>>(test: F) {
@@ -247,4 +270,480 @@ async fn forged_answers() {
         "nothing is imported for an answer nobody asked for"
     );
     assert!(grown < 16.0, "RSS grew by {grown:.1} MiB");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Native pb: frames other than calls, held behind a held call while the server awaits answers
+// from the peer, are bounded in bytes.
+// ---------------------------------------------------------------------------------------------
+
+#[pb::remote]
+pub trait Callback {
+    async fn wait(&self) -> Result<(), ()>;
+}
+
+/// A root whose method calls the caller back and waits for the answer (the callback pattern:
+/// the server then awaits an answer from its peer, so it must read on).
+#[pb::remote]
+pub trait CallsBack {
+    async fn call_me(&self, cb: CallbackRef) -> Result<(), ()>;
+    /// Keeps the reference and never returns (no call of the server's awaits the peer).
+    async fn hang(&self, cb: CallbackRef) -> Result<(), ()>;
+}
+
+struct CallsBackImpl;
+
+impl CallsBack for CallsBackImpl {
+    async fn call_me(&self, cb: CallbackRef) -> Result<(), ()> {
+        let _ = cb.wait().await;
+        Ok(())
+    }
+
+    async fn hang(&self, _cb: CallbackRef) -> Result<(), ()> {
+        std::future::pending().await
+    }
+}
+
+/// A call of `method` on the root, sending the caller's object 1.
+fn call_sending_object_1(id: u64, method: &'static str) -> Vec<u8> {
+    use pb::proto::message::{Message, RefDesc};
+    common::framed(Message::Call {
+        id,
+        target: 0,
+        method: bytes::Bytes::from_static(method.as_bytes()),
+        answer: true,
+        deadline_ms: None,
+        extras: Default::default(),
+        refs: vec![RefDesc::Sender(1)],
+        payload: bytes::Bytes::from_static(&[0]),
+    })
+}
+
+/// What a flood did to the server: its heap growth, the bytes of the flood it took in, and
+/// why it closed, if it did.
+struct Flooded {
+    grew: i64,
+    written: usize,
+    closed: Option<pb::CloseReason>,
+}
+
+/// A server (4 calls running at most, a 256 KiB call window, 256 KiB of held frames, 128 KiB
+/// frames, timeouts off) whose root runs `method`; a raw peer fills the running places with
+/// it (with `call_me`, the server then awaits 4 answers from the peer), sends one more call
+/// (held at the cap, within the window), then `releases` valid `Release` frames of 4 096
+/// entries (~80 KB each), reading nothing.
+async fn flood_releases_behind_a_held_call(releases: usize, method: &'static str) -> Flooded {
+    use pb::proto::message::Message;
+    let mut config = Config::default();
+    config.limits.max_in_flight_calls = 4;
+    config.limits.max_frame_len = 128 * 1024;
+    config.limits.max_call_bytes = 256 * 1024;
+    config.limits.max_held_bytes = 256 * 1024;
+    config.keepalive_interval = None;
+    config.idle_timeout = None;
+    config.write_stall_timeout = None;
+    let (a, mut raw) = pb::transport::memory_pair();
+    raw.write_all(&HELLO).await.unwrap();
+    let server = Connection::establish(
+        a,
+        &config,
+        Side::Server,
+        Some(CallsBackRef::new(CallsBackImpl).into()),
+        None,
+    )
+    .await
+    .unwrap();
+    let mut hello = [0u8; 20];
+    raw.read_exact(&mut hello).await.unwrap();
+    let release = common::framed(Message::Release(
+        (0..4096u64).map(|i| (u64::MAX - i, u64::MAX)).collect(),
+    ));
+    assert!(release.len() > 80_000 && release.len() < 128 * 1024);
+    let mut flood = Vec::with_capacity(release.len() * releases);
+    for _ in 0..releases {
+        flood.extend_from_slice(&release);
+    }
+    let region = Region::new(GLOBAL);
+    for id in 1..=4 {
+        raw.write_all(&call_sending_object_1(id, method))
+            .await
+            .unwrap();
+    }
+    if method == "call_me" {
+        for _ in 0..4 {
+            let body = common::read_body(&mut raw).await.unwrap();
+            assert_eq!(body[0], 1, "a callback call");
+        }
+    }
+    // One more call: held at the cap on running calls (it fits the window).
+    raw.write_all(&call_sending_object_1(5, method))
+        .await
+        .unwrap();
+    // The server reads what it will; then the write waits on the pipe (virtual time), or
+    // fails once the server has closed.
+    let mut written = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        for chunk in flood.chunks(4096) {
+            if raw.write_all(chunk).await.is_err() {
+                break;
+            }
+            written += chunk.len();
+        }
+    })
+    .await;
+    let grew = heap_growth(&region);
+    let closed = server.close_reason();
+    drop(raw);
+    drop(server);
+    Flooded {
+        grew,
+        written,
+        closed,
+    }
+}
+
+/// While the server awaits answers from the peer it must read on (the answers may be what
+/// its running calls wait for), and frames other than calls held behind a held call are not
+/// in the call window: they are held to `max_held_bytes` (at least a frame) all the same, and
+/// a peer that floods them past it then is cut, `max_held_bytes` named in the reason. Without
+/// the bound, 4 calls running let 64 such frames of ~80 KB (5.4 MiB) be held under a 256 KiB
+/// window and 256 KiB `max_held_bytes`. The control: with no call of the server's awaiting
+/// the peer, reading pauses at `max_held_bytes`, and the connection stays up.
+#[test]
+fn frames_held_behind_a_held_call_while_the_server_awaits_the_peer_are_bounded_in_bytes() {
+    alone(async {
+        let control = flood_releases_behind_a_held_call(200, "hang").await;
+        let flooded = flood_releases_behind_a_held_call(200, "call_me").await;
+        println!(
+            "awaiting the peer: heap +{} KiB, {} KiB of releases taken in, closed: {:?}; \
+             control (no callback): +{} KiB, {} KiB taken in",
+            flooded.grew / 1024,
+            flooded.written / 1024,
+            flooded.closed,
+            control.grew / 1024,
+            control.written / 1024
+        );
+        // Window (256 KiB) + held bytes (256 KiB) + pipe and slack (1.5 MiB).
+        let budget = 256 * 1024 + 256 * 1024 + 1536 * 1024;
+        for (run, what) in [(&control, "control"), (&flooded, "awaiting the peer")] {
+            assert!(
+                run.grew < budget as i64 && run.written < budget,
+                "{what}: a peer made the server hold {} KiB (taken in: {} KiB), over \
+                 max_call_bytes + max_held_bytes (512 KiB) + 1.5 MiB slack",
+                run.grew / 1024,
+                run.written / 1024
+            );
+        }
+        assert!(control.closed.is_none(), "{:?}", control.closed);
+        match &flooded.closed {
+            Some(pb::CloseReason::Protocol(why)) if why.contains("max_held_bytes") => {}
+            other => panic!("the flood is cut, naming max_held_bytes: {other:?}"),
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// AMP: held commands are counted by what they hold in memory, a table entry per pair included.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(pb::AmpCommand, Clone)]
+#[amp(response = SumResult)]
+struct Sum {
+    a: i64,
+    b: i64,
+}
+
+#[derive(pb::AmpFields, Debug, PartialEq)]
+struct SumResult {
+    total: i64,
+}
+
+#[derive(pb::AmpCommand)]
+struct Wait {}
+
+fn wire_box(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u16).to_be_bytes());
+        out.extend_from_slice(k);
+        out.extend_from_slice(&(v.len() as u16).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+/// An AMP connection (1 responder at a time, `max_held_bytes` 1 MiB) with one call of its own
+/// awaiting the peer's answer (so it reads on, holding the peer's commands back); the raw peer
+/// starts one `Wait` (which runs for ever), then floods `boxes` commands that must wait, each
+/// made by `one(i)`. Returns the heap growth and the bytes of the flood taken in.
+async fn flood_held_amp_commands(boxes: usize, one: impl Fn(usize) -> Vec<u8>) -> (i64, usize) {
+    use pb::amp::{AmpConfig, AmpConnection, Locator};
+    let mut flood = Vec::new();
+    for i in 0..boxes {
+        flood.extend_from_slice(&one(i));
+    }
+    let (victim_io, mut peer) = tokio::io::duplex(64 * 1024);
+    let region = Region::new(GLOBAL);
+    let victim = AmpConnection::spawn(
+        victim_io,
+        AmpConfig::default()
+            .max_in_flight_responders(1)
+            .max_held_bytes(1024 * 1024),
+        Locator::new().respond(|Wait {}| std::future::pending()),
+    );
+    let ours = tokio::spawn({
+        let victim = victim.clone();
+        async move { victim.call(&Sum { a: 1, b: 2 }).await }
+    });
+    let mut buf = [0u8; 256];
+    let n = peer.read(&mut buf).await.unwrap();
+    assert!(buf[..n].windows(3).any(|w| w == b"Sum"));
+    peer.write_all(&wire_box(&[(b"_ask", b"1"), (b"_command", b"Wait")]))
+        .await
+        .unwrap();
+    let mut written = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        for chunk in flood.chunks(4096) {
+            peer.write_all(chunk).await.unwrap();
+            written += chunk.len();
+        }
+    })
+    .await;
+    let grew = heap_growth(&region);
+    ours.abort();
+    drop(victim);
+    drop(peer);
+    (grew, written)
+}
+
+/// A command box with 1 022 arguments of 2-byte keys and empty values: 6 KB on the wire.
+fn many_keys(i: usize) -> Vec<u8> {
+    let ask = format!("{}", i + 2);
+    let keys: Vec<[u8; 2]> = (0..1022u16)
+        .map(|k| [b'0' + (k >> 8) as u8, k as u8])
+        .collect();
+    let mut pairs: Vec<(&[u8], &[u8])> = vec![(b"_ask", ask.as_bytes()), (b"_command", b"Wait")];
+    for k in &keys {
+        pairs.push((k, b""));
+    }
+    wire_box(&pairs)
+}
+
+/// The control: a box of the same wire size with a single argument.
+fn one_key(i: usize) -> Vec<u8> {
+    let ask = format!("{}", i + 2);
+    let value = vec![b'x'; many_keys(0).len() - 30];
+    wire_box(&[
+        (b"_ask", ask.as_bytes()),
+        (b"_command", b"Wait"),
+        (b"v", &value),
+    ])
+}
+
+/// `AmpConfig::max_held_bytes` bounds what held commands keep in memory: each is copied out
+/// of its frame into allocations of just its size and counted by what it holds, its table of
+/// pairs (a few dozen bytes a pair) included. Counted by their encoded length instead, boxes
+/// of 1 022 two-byte keys with empty values (6 KB on the wire, ~70 KB in memory) held about
+/// 12 MiB under a 1 MiB limit. The control: the same bytes in one key a box.
+#[test]
+fn held_amp_commands_hold_about_what_max_held_bytes_counts() {
+    alone(async {
+        let (control, control_read) = flood_held_amp_commands(400, one_key).await;
+        let (grew, read) = flood_held_amp_commands(400, many_keys).await;
+        println!(
+            "AMP: boxes of 1 022 keys: heap +{} KiB, {} KiB taken in; one key each \
+             (control): +{} KiB, {} KiB taken in",
+            grew / 1024,
+            read / 1024,
+            control / 1024,
+            control_read / 1024
+        );
+        // max_held_bytes (1 MiB) + the pipe, read buffers and slack (2 MiB).
+        for (grew, what) in [(control, "one key a box"), (grew, "1 022 keys a box")] {
+            assert!(
+                grew < 3 * 1024 * 1024,
+                "{what}: held AMP commands counted against max_held_bytes = 1 MiB hold {} KiB",
+                grew / 1024
+            );
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Twisted PB: messages held back at the cap are kept as Banana bytes and counted by them.
+// ---------------------------------------------------------------------------------------------
+
+#[pb::remote]
+pub trait TwPinger {
+    async fn ping(&self, x: i64) -> i64;
+}
+
+#[pb::remote]
+pub trait TwCallsBack {
+    /// Calls `r.ping(0)` and answers what it answered.
+    async fn call_back(&self, r: TwPingerRef) -> Result<i64, pb::twisted::Failure>;
+}
+
+struct TheTwCallsBack;
+
+impl TwCallsBack for TheTwCallsBack {
+    async fn call_back(&self, r: TwPingerRef) -> Result<i64, pb::twisted::Failure> {
+        r.ping(0)
+            .await
+            .map_err(|e| pb::twisted::Failure::pb_error(format!("the callback failed: {e}")))
+    }
+}
+
+/// A Twisted PB server (1 call at a time, `max_call_bytes` 1 MiB) whose handler calls the raw
+/// peer back (the peer never answers, so the server reads on at the cap, holding the rest
+/// back); then `messages` messages made by `one(i)`. Returns the heap growth and the bytes
+/// taken in.
+async fn flood_held_twisted_messages(
+    messages: usize,
+    one: impl Fn(usize) -> pb::proto::banana::Element,
+) -> (i64, usize) {
+    use bytes::BytesMut;
+    use pb::proto::banana::{BananaCodec, BananaConfig, Dialect, Element};
+    use pb::twisted::PbConfig;
+    let mut enc = BananaCodec::new(BananaConfig::default());
+    enc.set_dialect(Dialect::Pb);
+    let mut flood = BytesMut::new();
+    for i in 0..messages {
+        enc.encode(&one(i), &mut flood).unwrap();
+    }
+    let (a, mut io) = tokio::io::duplex(64 * 1024);
+    let region = Region::new(GLOBAL);
+    let config = PbConfig::default()
+        .max_in_flight_calls(1)
+        .max_call_bytes(1024 * 1024);
+    let server = pb::twisted::accept_io(
+        a,
+        None,
+        Some(TwCallsBackRef::new(TheTwCallsBack).into()),
+        config,
+    );
+    // The dialect: the server's offer, our choice, our version.
+    let mut dec = BananaCodec::new(BananaConfig::default());
+    let mut buf = BytesMut::new();
+    let offer = loop {
+        if let Some(e) = dec.decode(&mut buf).unwrap() {
+            break e;
+        }
+        io.read_buf(&mut buf).await.unwrap();
+    };
+    assert_eq!(Dialect::choose(&offer), Some(Dialect::Pb));
+    let mut out = BytesMut::new();
+    let plain = BananaCodec::new(BananaConfig::default());
+    plain.encode(&Element::from("pb"), &mut out).unwrap();
+    dec.set_dialect(Dialect::Pb);
+    enc.encode(&Element::List(vec!["version".into(), 6.into()]), &mut out)
+        .unwrap();
+    // call_back(our object 1): the server calls us back and waits for our answer.
+    enc.encode(
+        &Element::List(vec![
+            "message".into(),
+            1.into(),
+            "root".into(),
+            "call_back".into(),
+            1.into(),
+            Element::List(vec![
+                "tuple".into(),
+                Element::List(vec!["remote".into(), 1.into()]),
+            ]),
+            Element::List(vec!["dictionary".into()]),
+        ]),
+        &mut out,
+    )
+    .unwrap();
+    io.write_all(&out).await.unwrap();
+    // Its callback to us: `["message", id, 1, "ping", ...]`.
+    loop {
+        if let Some(e) = dec.decode(&mut buf).unwrap() {
+            let l = e.as_list().unwrap();
+            if l[0].as_bytes().map(|b| &b[..]) == Some(b"message") {
+                break;
+            }
+            continue;
+        }
+        io.read_buf(&mut buf).await.unwrap();
+    }
+    let mut written = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        for chunk in flood.chunks(4096) {
+            io.write_all(chunk).await.unwrap();
+            written += chunk.len();
+        }
+    })
+    .await;
+    let grew = heap_growth(&region);
+    assert!(!server.is_closed(), "{:?}", server.close_reason());
+    drop(io);
+    drop(server);
+    (grew, written)
+}
+
+/// A call to the root whose one argument is a list of 100 000 small integers: ~200 KB of
+/// Banana, ~5 MB of decoded elements.
+fn ints(i: usize) -> pb::proto::banana::Element {
+    use pb::proto::banana::Element;
+    let mut list = vec![Element::from("list")];
+    list.extend((0..100_000).map(|_| Element::Int(1)));
+    Element::List(vec![
+        "message".into(),
+        Element::Int(i as i64 + 2),
+        "root".into(),
+        "call_back".into(),
+        1.into(),
+        Element::List(vec!["tuple".into(), Element::List(list)]),
+        Element::List(vec!["dictionary".into()]),
+    ])
+}
+
+/// The control: the same wire size as one string.
+fn one_string(i: usize) -> pb::proto::banana::Element {
+    use pb::proto::banana::Element;
+    Element::List(vec![
+        "message".into(),
+        Element::Int(i as i64 + 2),
+        "root".into(),
+        "call_back".into(),
+        1.into(),
+        Element::List(vec![
+            "tuple".into(),
+            Element::Bytes(bytes::Bytes::from(vec![b'x'; 200_000])),
+        ]),
+        Element::List(vec!["dictionary".into()]),
+    ])
+}
+
+/// `PbConfig::max_call_bytes` bounds what the messages held back at the cap keep in memory
+/// (while our calls await answers, the reader reads on and holds all but the answers): each
+/// is kept as Banana bytes of its own and decoded again when it runs. Kept decoded, an
+/// integer of 2 bytes on the wire took a 40-byte element, and lists of 100 000 small
+/// integers held about 30 MiB under a 1 MiB limit. The control: the same bytes as strings.
+#[test]
+fn held_twisted_messages_hold_about_what_max_call_bytes_counts() {
+    alone(async {
+        let (control, control_read) = flood_held_twisted_messages(20, one_string).await;
+        let (grew, read) = flood_held_twisted_messages(20, ints).await;
+        println!(
+            "Twisted PB: lists of 100 000 ints: heap +{} KiB, {} KiB taken in; one 200 KB \
+             string each (control): +{} KiB, {} KiB taken in",
+            grew / 1024,
+            read / 1024,
+            control / 1024,
+            control_read / 1024
+        );
+        // max_call_bytes (1 MiB) + one message over it (200 KB) + the pipe, buffers, slack
+        // (2 MiB).
+        for (grew, what) in [(control, "strings"), (grew, "lists of ints")] {
+            assert!(
+                grew < 3 * 1024 * 1024 + 200_000,
+                "{what}: messages held back at the cap, counted against max_call_bytes = \
+                 1 MiB, hold {} KiB",
+                grew / 1024
+            );
+        }
+    });
 }

@@ -47,11 +47,14 @@ pub struct Limits {
     /// `Config::write_stall_timeout` without progress.
     pub max_unsent_bytes: usize,
     /// Most bytes of the peer's frames held back (read but not run while our output is over
-    /// `max_unsent_bytes`) before reading pauses (default twice the default `max_frame_len`,
-    /// 32 MiB). The cap applies while we wait for no answer from the peer: a peer we are
-    /// calling may be holding our calls back for the same reason, and two peers that both
-    /// stopped reading would never resume; between those, only `max_in_flight_calls` bounds
-    /// what is held.
+    /// `max_unsent_bytes`, or while `max_in_flight_calls` of its calls run) before reading
+    /// pauses (default twice the default `max_frame_len`, 32 MiB). The pause applies while we
+    /// wait for no answer from the peer: a peer we are calling may be holding our calls back
+    /// for the same reason, and two peers that both stopped reading would never resume. Then
+    /// the call window (`max_call_bytes`) bounds the calls held, and the frames other than
+    /// calls held (releases, cancels, pings, and the like) are held to this limit (at least
+    /// one frame of `max_frame_len`) by closing the connection once they pass it: a pb peer
+    /// sends such frames a few bytes at a time, so only a flood gets there.
     pub max_held_bytes: usize,
     /// The call window: the most bytes (frame bodies) of the peer's calls held back or running
     /// here at once, from when a call is read until it is answered (or, wanting no answer,

@@ -77,7 +77,9 @@ pub struct PbConfig {
     /// The most bytes of the peer's calls (their messages, as received) running here at once
     /// (default [`DEFAULT_MAX_CALL_BYTES`](crate::limits::DEFAULT_MAX_CALL_BYTES), 64 MiB, the
     /// native call window's default). Twisted cannot be told of it, so a driver stops reading
-    /// while it is reached ([`Broker::running_bytes`]).
+    /// while it is reached ([`Broker::running_bytes`]). The messages held back meanwhile
+    /// (see [`Broker::wants_input`]) are held to it too, as they are kept: as Banana bytes,
+    /// decoded again when they run.
     pub max_call_bytes: usize,
     /// Violations (answers nobody asked for, releases of what is not exported, unknown
     /// commands) tolerated before the connection closes (default [`DEFAULT_MAX_VIOLATIONS`]).
@@ -371,17 +373,33 @@ pub struct Broker<O, W> {
     running_calls: usize,
     /// The bytes of the messages of `running`.
     running_bytes: usize,
-    /// Messages decoded while the peer's calls are at the cap, in order, with their bytes: the
-    /// driver reads on at the cap while our own calls wait for answers (a handler waiting for
-    /// one would otherwise never end), and everything but those answers waits here until the
-    /// calls are below the cap again.
-    held: std::collections::VecDeque<(Element, usize)>,
-    /// The bytes of `held`.
+    /// Messages decoded while the peer's calls are at the cap, in order: the driver reads on
+    /// at the cap while our own calls wait for answers (a handler waiting for one would
+    /// otherwise never end), and everything but those answers waits here until the calls are
+    /// below the cap again.
+    held: std::collections::VecDeque<Held>,
+    /// What `held` holds in memory (held to [`PbConfig::max_call_bytes`]).
     held_bytes: usize,
     /// The bytes of the message being decoded (a message may arrive over several reads).
     message_len: usize,
     violations: u32,
     peer_version: Option<i64>,
+}
+
+/// A message held back at the cap (see [`Broker::poll_input`]), as Banana bytes of its own,
+/// decoded again when it runs. Kept decoded, it would take about 20 times its bytes (an
+/// element is 40 bytes, where an integer is 2 on the wire), and its strings would keep alive
+/// the read buffers they were decoded from.
+struct Held {
+    /// The message, encoded again (about its bytes on the wire, or fewer: the shortest
+    /// prefixes, PB's vocabulary for its words).
+    banana: Bytes,
+    /// Its bytes on the wire: what a call counts while it runs.
+    wire_len: usize,
+    /// What it is counted for in `held_bytes`.
+    charge: usize,
+    /// Whether it answers one of our calls (it waits only behind a call it may depend on).
+    answer: bool,
 }
 
 fn word(w: &'static [u8]) -> Element {
@@ -845,11 +863,16 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             if self
                 .held
                 .front()
-                .is_some_and(|(head, _)| !self.calls_at_cap() || is_answer(head))
+                .is_some_and(|held| !self.calls_at_cap() || held.answer)
             {
-                if let Some((e, len)) = self.held.pop_front() {
-                    self.held_bytes -= len;
-                    self.message_len = len;
+                if let Some(held) = self.held.pop_front() {
+                    self.held_bytes -= held.charge;
+                    let e = crate::banana::decode_complete(
+                        &held.banana,
+                        self.config.banana,
+                        self.decoder.dialect(),
+                    )?;
+                    self.message_len = held.wire_len;
                     let handled = self.handle(e);
                     self.message_len = 0;
                     if let Some(ev) = handled? {
@@ -875,9 +898,7 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                 && (self.calls_at_cap() || !self.held.is_empty())
                 && (!is_answer(&e) || self.names_unknown_copy(&e))
             {
-                self.held_bytes += self.message_len;
-                self.held.push_back((e, self.message_len));
-                self.message_len = 0;
+                self.hold(&e)?;
                 continue;
             }
             // A call counts its message's bytes while it runs (`running_bytes`).
@@ -887,6 +908,31 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
                 return Ok(Some(ev));
             }
         }
+    }
+
+    /// Holds message `e` back, just decoded from `message_len` bytes, as Banana bytes of its
+    /// own (see [`Held`]), counted by what they take in memory.
+    fn hold(&mut self, e: &Element) -> Result<(), PbError> {
+        let wire_len = std::mem::take(&mut self.message_len);
+        let mut banana = BytesMut::with_capacity(wire_len);
+        // Within the limits it was just decoded under, which the encoder shares: an error
+        // here would be a defect, and closes the connection rather than losing the message.
+        self.encoder.encode(e, &mut banana)?;
+        // Only the bytes it needs: the buffer grows by doubling past an estimate that fell
+        // short.
+        let banana = match banana.capacity() > banana.len() + banana.len() / 8 {
+            true => Bytes::copy_from_slice(&banana),
+            false => banana.freeze(),
+        };
+        let charge = std::mem::size_of::<Held>() + banana.len();
+        self.held_bytes += charge;
+        self.held.push_back(Held {
+            answer: is_answer(e),
+            banana,
+            wire_len,
+            charge,
+        });
+        Ok(())
     }
 
     fn set_dialect(&mut self, d: Dialect) {

@@ -161,15 +161,15 @@ pub(super) struct Driver {
     pub(super) pending: HashMap<u64, usize, BuildHasherDefault<IdHasher>>,
     pub(super) tls_client: Option<TlsClientRequest>,
     pub(super) responders: JoinSet<AmpReply>,
-    /// The tag and command name of each running responder, and its box's encoded length, by
-    /// task id.
+    /// The tag and command name of each running responder, and what its box held in memory
+    /// ([`AmpBox::memory_len`]), by task id.
     pub(super) running: HashMap<tokio::task::Id, (Option<SmallBytes>, SmallBytes, usize)>,
-    /// The encoded length of the boxes of running responders (`AmpConfig::max_responder_bytes`).
+    /// What the boxes of running responders held in memory (`AmpConfig::max_responder_bytes`).
     pub(super) running_bytes: usize,
     /// The peer's commands read but not run yet, in order (`AmpConfig::max_held_commands`):
     /// they wait for room while answers to our calls are read on.
     pub(super) held: VecDeque<HeldCommand>,
-    /// The encoded length of the boxes in `held` (`AmpConfig::max_held_bytes`).
+    /// What the commands in `held` hold in memory (`AmpConfig::max_held_bytes`).
     pub(super) held_bytes: usize,
     pub(super) out: BytesMut,
     pub(super) need_flush: bool,
@@ -483,12 +483,15 @@ impl Driver {
                             || !(self.may_run(max_running) || self.dispatcher.is_closing()) =>
                     {
                         // Copied out of the received frame, which may share its allocation
-                        // with much more (other boxes, keys the dispatcher took out): a held
-                        // command holds what it is counted for.
+                        // with much more (other boxes, keys the dispatcher took out), into
+                        // allocations of just its size; counted by what it holds in memory
+                        // (its table of pairs too, many times a short pair's wire size), so
+                        // that a held command holds what it is counted for.
                         let (name, tag, args) = held_copy(name, tag, args);
-                        let len = name.as_ref().len()
+                        let len = std::mem::size_of::<HeldCommand>()
+                            + name.as_ref().len()
                             + tag.as_ref().map_or(0, |t| t.as_ref().len())
-                            + args.encoded_len();
+                            + args.memory_len();
                         self.held_bytes += len;
                         self.held.push_back((name, tag, args, len));
                     }
@@ -635,7 +638,8 @@ impl Driver {
             self.handle_start_tls(tag);
             return;
         }
-        let len = args.encoded_len();
+        // What the box holds in memory, its table of pairs included, as a held one is counted.
+        let len = args.memory_len();
         // The responder's own code runs in `dispatch_boxed` (a closure that makes the future)
         // and in the future's first poll: a panic in either is its failure, as in a later poll
         // (answered `UNKNOWN`), not the driver's.
@@ -929,13 +933,9 @@ fn held_copy(
     tag: Option<SmallBytes>,
     args: AmpBox,
 ) -> (SmallBytes, Option<SmallBytes>, AmpBox) {
-    let mut own = AmpBox::default();
-    for (key, value) in args.iter() {
-        own.insert_copy(key, value);
-    }
     (
         SmallBytes::copy_from_slice(name.as_ref()),
         tag.map(|t| SmallBytes::copy_from_slice(t.as_ref())),
-        own,
+        args.to_compact(),
     )
 }

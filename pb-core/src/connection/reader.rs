@@ -149,7 +149,12 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                         };
                         if wait {
                             match conn.hold_frame(&frame) {
-                                Ok(true) => held.push(frame),
+                                Ok(true) => {
+                                    held.push(frame);
+                                    if let Err(reason) = check_held_others(&held, &conn) {
+                                        break 'conn reason;
+                                    }
+                                }
                                 Ok(false) => handled = true,
                                 Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
                             }
@@ -178,6 +183,9 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
                                 Ok(true) => {
                                     held.push(frame);
                                     conn.holding.store(true, Ordering::Release);
+                                    if let Err(reason) = check_held_others(&held, &conn) {
+                                        break 'conn reason;
+                                    }
                                 }
                                 Ok(false) => {}
                                 Err(e) => break 'conn CloseReason::Protocol(e.to_string()),
@@ -241,7 +249,8 @@ pub(super) fn run_reader<R: AsyncRead + Send + Unpin + 'static>(
             // get `HELD_PER_CALL` times as many places: meanwhile the answers to the running
             // calls' own calls, and the cancels that end them, must still be read.
             // A peer that floods us with large calls while we call it nothing is held to bytes too
-            // (see `Limits::max_held_bytes` for why only then).
+            // (see `Limits::max_held_bytes` for why only then; the call window bounds its calls
+            // otherwise, and `check_held_others` its other frames).
             let places = match conn.is_congested() {
                 true => conn.max_held_frames,
                 false => conn.max_held_frames.saturating_mul(HELD_PER_CALL),
@@ -393,6 +402,32 @@ impl std::task::Wake for ConnShared {
 /// `max_in_flight_calls` run (see the reader's pause): as the Twisted PB broker counts.
 const HELD_PER_CALL: usize = pb_proto::twisted::HELD_PER_CALL;
 
+/// Closes the connection when the frames other than calls held back (releases, cancels,
+/// pings, goodbyes, updates and revocations behind a held call, frames that will not decode)
+/// take more than `Limits::max_held_bytes`, at least one frame of `max_frame_len`, while our
+/// calls await the peer's answers. Calls held are bounded by the call window, and with no call
+/// of ours pending the reader stops reading past `max_held_bytes`; but while we wait for the
+/// peer it must read on (the answers may be what the running calls, whose end frees the held
+/// ones, wait for), and nothing else would bound these frames but their count
+/// (`HELD_PER_CALL` times `max_in_flight_calls`, each up to `max_frame_len`). Stopping would
+/// risk waiting for ever on answers left unread; a pb peer's own such frames are a few bytes
+/// each (an update behind a held call aside), so only a peer that floods them gets here.
+/// Checked as a frame is held, so that a call of ours made later does not cut a peer that
+/// sent nothing more.
+fn check_held_others(held: &Held, conn: &ConnShared) -> Result<(), CloseReason> {
+    let cap = conn
+        .max_held_bytes
+        .max(conn.max_frame_len.load(Ordering::Relaxed));
+    if held.other_bytes <= cap || conn.lock().pending_calls() == 0 {
+        return Ok(());
+    }
+    Err(CloseReason::Protocol(format!(
+        "{} bytes of frames other than calls held back while our calls await the peer's \
+         answers exceed the limit max_held_bytes = {cap}",
+        held.other_bytes
+    )))
+}
+
 /// Frames held back, in order, each with when it was read (a call's deadline counts from
 /// then, not from when it runs). A held call that the peer cancels leaves its place empty (so
 /// that taking it out costs no search), and the empty places are skipped.
@@ -412,6 +447,8 @@ pub(super) struct Held {
     pub(super) calls: usize,
     /// The bytes of them.
     pub(super) bytes: usize,
+    /// The bytes of those that are not calls (the call window does not count them).
+    pub(super) other_bytes: usize,
 }
 
 impl Held {
@@ -439,16 +476,19 @@ impl Held {
     fn count(&mut self, frame: &Frame, add: bool) {
         let call = usize::from(crate::message::is_call(&frame.body));
         let cancel = usize::from(crate::message::cancelled_id(&frame.body).is_some());
+        let other = if call == 0 { frame.len() } else { 0 };
         if add {
             self.live += 1;
             self.calls += call;
             self.cancels += cancel;
             self.bytes += frame.len();
+            self.other_bytes += other;
         } else {
             self.live -= 1;
             self.calls -= call;
             self.cancels -= cancel;
             self.bytes -= frame.len();
+            self.other_bytes -= other;
         }
     }
 

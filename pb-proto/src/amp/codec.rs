@@ -473,6 +473,69 @@ impl AmpBox {
             + 2
     }
 
+    /// About how much memory this box holds, in bytes: its table of pairs (a few dozen bytes
+    /// a pair, whatever its length), its own buffer, and the bytes it keeps elsewhere (its
+    /// share of the received frame, bytes of their own). Many times [`AmpBox::encoded_len`]
+    /// for a box of many short pairs: what a box held back or handed to a responder is
+    /// counted by (`AmpConfig::max_held_bytes`, `max_responder_bytes`). Costs a pass over the
+    /// pairs, as [`AmpBox::encoded_len`] does.
+    #[inline]
+    pub fn memory_len(&self) -> usize {
+        let shared: usize = self
+            .pairs
+            .iter()
+            .flat_map(|(k, v)| [k, v])
+            .map(|part| match part {
+                Part::Shared(b) => b.len(),
+                Part::Range { .. } => 0,
+            })
+            .sum();
+        std::mem::size_of::<AmpBox>()
+            + self.pairs.capacity() * std::mem::size_of::<(Part, Part)>()
+            + self.own.capacity()
+            + self.frame.len()
+            + shared
+    }
+
+    /// A copy of this box in two allocations of its own, each of just the size it needs (its
+    /// pairs' bytes, its table of pairs), sharing nothing with the box or the frame it came
+    /// in: for a box kept a while, so that it holds no more than its
+    /// [`AmpBox::memory_len`] says.
+    pub fn to_compact(&self) -> AmpBox {
+        let bytes: usize = self.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if u32::try_from(bytes).is_err() {
+            // Over 4 GiB: pairs of their own (never a received box, which is within 1 MiB).
+            let mut own = AmpBox::default();
+            for (key, value) in self {
+                own.insert(Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+            }
+            return own;
+        }
+        let mut own = Vec::with_capacity(bytes);
+        let mut pairs = Vec::with_capacity(self.pairs.len());
+        // Within `u32`: checked above.
+        let range = |b: &[u8], own: &mut Vec<u8>| {
+            let start = own.len() as u32;
+            own.extend_from_slice(b);
+            Part::Range {
+                own: true,
+                start,
+                end: own.len() as u32,
+            }
+        };
+        // In key order already, each key once.
+        for (k, v) in self {
+            let k = range(k, &mut own);
+            let v = range(v, &mut own);
+            pairs.push((k, v));
+        }
+        AmpBox {
+            frame: Bytes::new(),
+            own,
+            pairs,
+        }
+    }
+
     /// Checks every key and value against AMP's limits, as Twisted does before sending.
     #[inline]
     pub fn validate(&self) -> Result<(), BoxCodecError> {
@@ -1380,6 +1443,28 @@ mod tests {
         assert!(!b.contains_key("k20"));
         assert_eq!(b.len(), 20);
         assert_eq!(b.encoded_len(), b.to_bytes().unwrap().len());
+    }
+
+    #[test]
+    fn a_compact_copy_is_equal_and_holds_what_memory_len_counts() {
+        let many = AmpBox::from_iter((0..1000).map(|i| (format!("{i:03}"), String::new())));
+        let received = decode_one(&many.to_bytes().unwrap()).unwrap().unwrap();
+        let compact = received.to_compact();
+        assert_eq!(compact, many);
+        assert_eq!(compact.encoded_len(), received.encoded_len());
+        // Its bytes and its table of pairs, each of just its size, and nothing of the frame.
+        let pair = std::mem::size_of::<(Part, Part)>();
+        assert_eq!(compact.own.capacity(), 3000);
+        assert_eq!(compact.pairs.capacity(), 1000);
+        assert!(compact.frame.is_empty());
+        assert_eq!(
+            compact.memory_len(),
+            std::mem::size_of::<AmpBox>() + 3000 + 1000 * pair
+        );
+        // Far more than its encoded length: each pair costs its table entry.
+        assert!(compact.memory_len() > 5 * compact.encoded_len());
+        // A received box counts its frame as well as its table.
+        assert!(received.memory_len() > received.encoded_len() + 1000 * pair);
     }
 
     #[test]

@@ -47,8 +47,9 @@ pub struct AmpConfig<S = ()> {
     /// the peer's further commands wait (see [`AmpConfig::max_held_commands`]) until one
     /// finishes.
     pub max_in_flight_responders: usize,
-    /// The most bytes of incoming commands (their boxes, as encoded) whose responders may run
-    /// at once (default [`DEFAULT_MAX_CALL_BYTES`](crate::limits::DEFAULT_MAX_CALL_BYTES),
+    /// The most bytes of incoming commands (what their boxes hold in memory,
+    /// [`AmpBox::memory_len`](crate::amp::codec::AmpBox::memory_len): their bytes and a few
+    /// dozen bytes a pair) whose responders may run at once (default [`DEFAULT_MAX_CALL_BYTES`](crate::limits::DEFAULT_MAX_CALL_BYTES),
     /// 64 MiB, the native call window's default); past it the peer's further commands wait
     /// until one finishes. AMP cannot announce it (Twisted would not understand), so commands
     /// wait instead of being refused.
@@ -63,7 +64,8 @@ pub struct AmpConfig<S = ()> {
     /// commands run. With no call of ours awaiting an answer nothing is held: reading stops
     /// while commands must wait.
     pub max_held_commands: usize,
-    /// The most bytes (boxes, as encoded) of the commands held back (see
+    /// The most bytes of the commands held back, as they hold them in memory (their boxes,
+    /// copied out of the frames they came in: their bytes and a few dozen bytes a pair; see
     /// [`AmpConfig::max_held_commands`]; default
     /// [`DEFAULT_MAX_CALL_BYTES`](crate::limits::DEFAULT_MAX_CALL_BYTES), 64 MiB).
     pub max_held_bytes: usize,
