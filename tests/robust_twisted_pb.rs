@@ -749,3 +749,127 @@ async fn an_error_text_cut_on_a_character_boundary_at_16_kib_says_it_was_cut() {
     );
     assert_eq!(text.len(), 16 * 1024 + 3);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A sender refuses what its peer's decoder would refuse: the call fails alone, before anything
+// is sent, and the connection serves on.
+
+#[pb::remote]
+pub trait Bulk {
+    async fn take(&self, x: Dynamic) -> i64;
+    async fn ints(&self, x: Vec<i64>) -> usize;
+    async fn blobs(&self, x: Vec<bytes::Bytes>) -> usize;
+    /// `n` ones: an answer as large as asked.
+    async fn ones(&self, n: u32) -> Vec<i64>;
+    async fn ping(&self) -> i64;
+}
+
+struct TheBulk;
+
+impl Bulk for TheBulk {
+    async fn take(&self, _x: Dynamic) -> i64 {
+        1
+    }
+    async fn ints(&self, x: Vec<i64>) -> usize {
+        x.len()
+    }
+    async fn blobs(&self, x: Vec<bytes::Bytes>) -> usize {
+        x.len()
+    }
+    async fn ones(&self, n: u32) -> Vec<i64> {
+        vec![1; n as usize]
+    }
+    async fn ping(&self) -> i64 {
+        7
+    }
+}
+
+/// A PB server of [`TheBulk`] and a client, both with `config`, and the server's root.
+async fn bulk_pair(config: PbConfig) -> (Connection, Connection, BulkRef) {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let server = pb::twisted::accept_io(a, None, Some(BulkRef::new(TheBulk).into()), config);
+    let client = pb::twisted::connect_io(b, None, config).await.unwrap();
+    let root = client.root();
+    (server, client, root)
+}
+
+/// `dicts` one-entry dicts inside each other around `lists` lists inside each other.
+fn nested(dicts: usize, lists: usize) -> Value {
+    let mut v = Value::Int(1);
+    for _ in 0..lists {
+        v = Value::List(vec![v]);
+    }
+    for _ in 0..dicts {
+        v = Value::Dict(vec![(Value::Int(0), v)]);
+    }
+    v
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_argument_nested_to_the_depth_limit_is_refused_by_the_sender_not_the_peer() {
+    let (server, _client, root) = bulk_pair(PbConfig::default()).await;
+    // The arguments lie one list deep in the message, and the peer counts that list. A dict
+    // takes two Banana lists (["dictionary", [k, v]]): mixed with lists, every depth around
+    // the limit is reached.
+    let depths = (29..=33)
+        .flat_map(|d| (0..=2).map(move |l| (d, l)))
+        .chain((55..=70).map(|l| (0, l)));
+    let (mut sent, mut refused) = (0, 0);
+    for (dicts, lists) in depths {
+        match root.take(Dynamic::from(nested(dicts, lists))).await {
+            Ok(1) => sent += 1,
+            Err(CallError::Encode(_)) => refused += 1,
+            other => panic!(
+                "({dicts}, {lists}): {other:?}, server closed: {:?}",
+                server.close_reason()
+            ),
+        }
+        assert_eq!(root.ping().await.unwrap(), 7);
+    }
+    assert!(sent > 0 && refused > 0, "{sent} sent, {refused} refused");
+    assert!(!server.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn arguments_over_the_expression_budget_are_refused_by_the_sender() {
+    // Both ends with a smaller budget: 10 000 small ints are 20 KB on the wire, but each is
+    // charged an element's size in memory, as the decoder charges it.
+    let banana = BananaConfig::default().max_expression_size(256 * 1024);
+    let (server, _client, root) = bulk_pair(PbConfig::default().banana(banana)).await;
+    assert_eq!(root.ints(vec![1; 1_000]).await.unwrap(), 1_000);
+    match root.ints(vec![1; 10_000]).await {
+        Err(CallError::Encode(e)) => assert!(e.contains("expression larger"), "{e}"),
+        other => panic!("{other:?}, server closed: {:?}", server.close_reason()),
+    }
+    assert_eq!(root.ping().await.unwrap(), 7);
+    assert!(!server.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn arguments_over_the_default_expression_budget_are_refused_by_the_sender() {
+    // 110 strings of 600 KiB, each within Twisted's 640 KiB, 66 MB in one call: over the
+    // default 64 MiB budget of the pb peer's decoder.
+    let (server, _client, root) = bulk_pair(PbConfig::default()).await;
+    let blob = bytes::Bytes::from(vec![b'x'; 600 * 1024]);
+    assert_eq!(root.blobs(vec![blob.clone(); 100]).await.unwrap(), 100);
+    assert!(matches!(
+        root.blobs(vec![blob; 110]).await,
+        Err(CallError::Encode(_))
+    ));
+    assert_eq!(root.ping().await.unwrap(), 7);
+    assert!(!server.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_over_the_expression_budget_fails_that_call_alone() {
+    let banana = BananaConfig::default().max_expression_size(256 * 1024);
+    let (server, _client, root) = bulk_pair(PbConfig::default().banana(banana)).await;
+    assert_eq!(root.ones(1_000).await.unwrap().len(), 1_000);
+    let r = root.ones(10_000).await;
+    assert!(
+        matches!(&r, Err(CallError::Internal(m)) if m.contains("expression larger")),
+        "{r:?}"
+    );
+    assert_eq!(root.ping().await.unwrap(), 7);
+    assert!(!server.is_closed());
+}

@@ -9,6 +9,7 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use pb::twisted::{BigInt, Dynamic, Failure, PbConfig, Value};
 use pb::{CallError, Caller, Connection, ObjectRef, Remote};
@@ -221,7 +222,7 @@ async fn dynamic_values_keep_their_types_and_sharing() {
     assert!(back.0.equivalent(&g), "{back:?}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_portal_logs_in_with_twisteds_challenge_response() {
     let creds = pb::twisted::Credentials::new().user("alice", "secret");
     let portal = pb::twisted::Portal::new(creds, |user, mind| {
@@ -244,6 +245,130 @@ async fn a_portal_logs_in_with_twisteds_challenge_response() {
     }
     let anon = pb::twisted::login_anonymous(&root, None).await.unwrap();
     assert_eq!(PingerRef::from_object_ref(anon).ping(0).await.unwrap(), 9);
+}
+
+fn alices_portal() -> pb::twisted::Portal {
+    let creds = pb::twisted::Credentials::new().user("alice", "secret");
+    pb::twisted::Portal::new(creds, |user, _| {
+        PingerRef::new(Named(user.unwrap_or("anonymous").len() as i64)).into()
+    })
+}
+
+/// `login` with a username, to keep its challenge unanswered.
+async fn challenge(root: &ObjectRef, user: &bytes::Bytes) -> Result<ObjectRef, CallError<Failure>> {
+    let (_challenge, challenger): (bytes::Bytes, ObjectRef) = root.call("login", &(user,)).await?;
+    Ok(challenger)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_holds_one_challenger_and_a_few_challenges_whatever_it_asks() {
+    let (server, client) = pair(alices_portal().root()).await;
+    let root = client.root_ref();
+    // 64 logins naming 600 KiB "users", never answered: one challenger, the same each time,
+    // and the names not kept.
+    let user = bytes::Bytes::from(vec![b'u'; 600 * 1024]);
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(challenge(&root, &user).await.unwrap());
+    }
+    assert!(held.iter().all(|c| *c == held[0]));
+    assert_eq!(server.stats().tables.exported, 1);
+    // Several logins at once on one connection (Twisted's test_concurrentLogin): each of the
+    // latest challenges can be answered.
+    let alice = bytes::Bytes::from_static(b"alice");
+    let (c1, ch1): (bytes::Bytes, ObjectRef) = root
+        .call::<_, _, Failure>("login", &(&alice,))
+        .await
+        .unwrap();
+    let (c2, ch2): (bytes::Bytes, ObjectRef) = root
+        .call::<_, _, Failure>("login", &(&alice,))
+        .await
+        .unwrap();
+    for c in [c2, c1] {
+        let response = bytes::Bytes::copy_from_slice(&pb::twisted::cred::respond(&c, b"secret"));
+        let avatar: ObjectRef = ch1
+            .call::<_, _, Failure>("respond", &(response, None::<ObjectRef>))
+            .await
+            .unwrap();
+        assert_eq!(PingerRef::from_object_ref(avatar).ping(0).await.unwrap(), 5);
+    }
+    drop(ch2);
+    // Past MAX_PENDING_CHALLENGES, the oldest can no longer be answered.
+    let (old, _): (bytes::Bytes, ObjectRef) = root
+        .call::<_, _, Failure>("login", &(&alice,))
+        .await
+        .unwrap();
+    for _ in 0..pb::twisted::MAX_PENDING_CHALLENGES {
+        challenge(&root, &alice).await.unwrap();
+    }
+    let response = bytes::Bytes::copy_from_slice(&pb::twisted::cred::respond(&old, b"secret"));
+    let refused: Result<ObjectRef, _> = held[0]
+        .call::<_, _, Failure>("respond", &(response, None::<ObjectRef>))
+        .await;
+    assert!(matches!(refused, Err(CallError::Remote(_))), "{refused:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_logins_on_a_connection_are_slowed_and_limited() {
+    let (server, client) = pair(alices_portal().root()).await;
+    let root = client.root_ref();
+    let start = tokio::time::Instant::now();
+    let mut refused = 0;
+    for _ in 0..50 {
+        match pb::twisted::login(&root, b"alice", b"guess", None).await {
+            Err(CallError::Remote(f)) => {
+                assert!(f.check("twisted.cred.error.UnauthorizedLogin"), "{f:?}");
+                refused += 1;
+            }
+            Err(CallError::Disconnected) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    // Three refusals, then the connection closes at the next try.
+    assert_eq!(refused, 3);
+    // 500 ms, then 1 s, then 2 s.
+    assert!(
+        start.elapsed() >= Duration::from_millis(3500),
+        "{:?}",
+        start.elapsed()
+    );
+    until(|| server.is_closed()).await;
+    // The limit and the delay are the portal's to set.
+    let portal = alices_portal()
+        .max_failures(10)
+        .failure_delay(Duration::ZERO);
+    let (server, client) = pair(portal.root()).await;
+    let root = client.root_ref();
+    for _ in 0..9 {
+        assert!(
+            pb::twisted::login(&root, b"alice", b"guess", None)
+                .await
+                .is_err()
+        );
+    }
+    assert!(
+        pb::twisted::login(&root, b"alice", b"secret", None)
+            .await
+            .is_ok()
+    );
+    assert!(!server.is_closed());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_never_logs_in_is_closed_at_the_login_timeout() {
+    let (server, _client) = pair(alices_portal().root()).await;
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert!(!server.is_closed());
+    tokio::time::timeout(Duration::from_secs(2), server.closed())
+        .await
+        .expect("closed at 30 s");
+    // Logged in in time, it stays open past the deadline.
+    let (server, client) = pair(alices_portal().login_timeout(Duration::from_secs(5)).root()).await;
+    pb::twisted::login(&client.root_ref(), b"alice", b"secret", None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!server.is_closed());
 }
 
 struct Named(i64);

@@ -48,7 +48,7 @@ pub use cache::RemoteCache;
 pub use pb_proto::jelly::{Graph, ObjectId, Value};
 pub use pb_proto::twisted::cred;
 pub use pb_proto::twisted::{MAX_BROKER_REFS, PROTOCOL_VERSION, PbConfig};
-pub use portal::{Credentials, Portal, login, login_anonymous};
+pub use portal::{Credentials, MAX_PENDING_CHALLENGES, Portal, login, login_anonymous};
 
 /// Serves `root` to Twisted PB clients on `listener`, each connection with its own broker. It
 /// keeps at most [`PbConfig::max_connections`] open, and
@@ -85,7 +85,9 @@ where
                 // once must find it.
                 let shared = driver::PbShared::new(Role::Server, config, Some(addr), None);
                 let conn = Connection::new(shared.clone());
-                conn.set_root(Some(root_for(&conn)));
+                let root = root_for(&conn);
+                portal::watch_login(&conn, Some(&root));
+                conn.set_root(Some(root));
                 driver::run(&shared, stream);
                 tokio::spawn(async move {
                     conn.closed().await;
@@ -111,8 +113,11 @@ pub fn accept_io<T>(
 where
     T: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let watched = root.clone();
     let shared = driver::start(io, Role::Server, config, peer_addr, root);
-    Connection::new(shared)
+    let conn = Connection::new(shared);
+    portal::watch_login(&conn, watched.as_ref());
+    conn
 }
 
 /// Connects to a Twisted PB server at `addr` and completes the dialect handshake; the server's

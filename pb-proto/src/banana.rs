@@ -33,8 +33,9 @@
 //!
 //! # Layout
 //! - `bigint`: [`BigInt`], the integers beyond `i64` (sign and little-endian magnitude);
-//! - `decode`: [`BananaCodec::decode`], the incremental decoder;
-//! - `encode`: [`BananaCodec::encode`].
+//! - `decode`: [`BananaCodec::decode`], the incremental decoder, and
+//!   [`BananaCodec::check_expressions`], its limits checked on bytes about to be sent;
+//! - `encode`: [`BananaCodec::encode`] and [`BananaCodec::encode_nested`].
 //!
 //! # Example
 //! ```
@@ -320,10 +321,11 @@ pub struct BananaConfig {
     /// The most lists nested inside each other, received or sent (default
     /// [`DEFAULT_MAX_DEPTH`], 64). Twisted has no such limit.
     pub max_depth: usize,
-    /// The most memory one received expression may take (default
-    /// [`DEFAULT_MAX_EXPRESSION_SIZE`], 64 MiB), counted as `size_of::<Element>()` per element
-    /// plus the bytes of its strings, so that a stream of one-byte elements cannot grow into
-    /// an unbounded tree. Twisted has no such limit.
+    /// The most memory one expression may take (default [`DEFAULT_MAX_EXPRESSION_SIZE`],
+    /// 64 MiB), counted as `size_of::<Element>()` per element plus the bytes of its strings
+    /// (not of VOCAB words), so that a stream of one-byte elements cannot grow into an
+    /// unbounded tree. Received or sent: the encoder charges what the decoder would. Twisted
+    /// has no such limit.
     pub max_expression_size: usize,
 }
 
@@ -408,7 +410,7 @@ pub enum BananaCodecError {
         /// The configured limit.
         limit: usize,
     },
-    /// A received expression over [`BananaConfig::max_expression_size`].
+    /// An expression over [`BananaConfig::max_expression_size`], received or to be sent.
     #[error("expression larger than {limit} bytes in memory")]
     ExpressionTooLarge {
         /// The configured limit.

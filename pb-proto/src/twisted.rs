@@ -636,7 +636,9 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
     /// Starts our call of `method` on the peer's `target`, with `args` the Banana bytes of a
     /// Jelly tuple (encoded with [`Broker::encoder`]) and no keyword arguments. With
     /// `answer`, the call waits for its answer ([`Event::Answer`], which gives `waiter` back);
-    /// without, nothing comes back. Returns the request id.
+    /// without, nothing comes back. Returns the request id. A message the peer's decoder
+    /// would refuse (held to [`Broker::encoder`]'s limits as a whole: depth, sizes, expression
+    /// budget) is not queued, and nothing waits for it.
     pub fn start_call(
         &mut self,
         target: &Target,
@@ -675,7 +677,9 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
             }
             self.out.extend_from_slice(args);
             self.encoder
-                .encode(&Element::List(vec![word(b"dictionary")]), &mut self.out)
+                .encode(&Element::List(vec![word(b"dictionary")]), &mut self.out)?;
+            // The peer's decoder holds the whole message to its limits.
+            self.encoder.check_expressions(&self.out[start..])
         })();
         if let Err(e) = result {
             self.out.truncate(start);
@@ -820,13 +824,15 @@ impl<O: Clone + Eq + Hash, W> Broker<O, W> {
         let r = (|| {
             self.encoder.encode_list_header(3, &mut self.out)?;
             self.encoder.encode(&word(head), &mut self.out)?;
-            self.encoder.encode(&Element::Int(request), &mut self.out)
+            self.encoder.encode(&Element::Int(request), &mut self.out)?;
+            self.out.extend_from_slice(body);
+            // The peer's decoder holds the whole message to its limits.
+            self.encoder.check_expressions(&self.out[start..])
         })();
         if let Err(e) = r {
             self.out.truncate(start);
             return Err(e.into());
         }
-        self.out.extend_from_slice(body);
         Ok(())
     }
 

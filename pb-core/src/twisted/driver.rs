@@ -20,7 +20,7 @@ use tokio::sync::{Notify, watch};
 use crate::cache::CacheCopy;
 use crate::codec::Payload;
 use crate::codec::jelly::{CacheSend, JellyRefs, subgraph};
-use crate::codec::twisted::{JellyArgs, MessageRefs, encode_graph_with};
+use crate::codec::twisted::{JellyArgs, MessageRefs, PAYLOAD_DEPTH, encode_graph_with};
 use crate::link::{
     Caller, CloseReason, ConnectionStats, ExportLink, Imported, Link, LinkFuture, PeerRecord,
     ReplicaSlot, Side, TwistedLink, lock, next_connection_id,
@@ -869,7 +869,7 @@ impl TwistedLink for PbShared {
                     let mut out = BytesMut::new();
                     st.broker
                         .encoder()
-                        .encode(&sexp, &mut out)
+                        .encode_nested(&sexp, &mut out, PAYLOAD_DEPTH)
                         .map(|()| out.freeze())
                         .map_err(|e| e.to_string())
                 });

@@ -175,14 +175,99 @@ impl BananaCodec {
 
     /// Charges one element and `body` bytes to the expression's memory budget.
     fn charge(&mut self, body: usize) -> Result<(), BananaCodecError> {
-        let cost = std::mem::size_of::<Element>().saturating_add(body);
-        self.charged = self.charged.saturating_add(cost);
-        if self.charged > self.config.max_expression_size {
-            return Err(BananaCodecError::ExpressionTooLarge {
-                limit: self.config.max_expression_size,
-            });
+        let mut charged = self.charged;
+        let r = self.charge_to(&mut charged, body);
+        self.charged = charged;
+        r
+    }
+
+    /// Checks `src`, the wire form of whole expressions one after another (a message built
+    /// from pieces encoded apart), against what a decoder with this codec's limits accepts:
+    /// sizes, depth and each expression's budget, charged as [`BananaCodec::decode`] charges
+    /// them. A sender calls it on what it is about to send, so that what the peer would refuse
+    /// (and close the connection over) is refused here instead. It reads the headers only,
+    /// skipping string bodies, and allocates one slot per open list.
+    pub fn check_expressions(&self, mut src: &[u8]) -> Result<(), BananaCodecError> {
+        let limit = self.config.prefix_limit;
+        // Elements still to come in each open list, innermost last.
+        let mut open: Vec<usize> = Vec::new();
+        let mut charged = 0;
+        while !src.is_empty() {
+            let window = src
+                .get(..src.len().min(limit.saturating_add(1)))
+                .unwrap_or(&[]);
+            let Some(pos) = window.iter().position(|b| b & 0x80 != 0) else {
+                if src.len() > limit {
+                    return Err(BananaCodecError::PrefixTooLong { limit });
+                }
+                return Err(BananaCodecError::Truncated);
+            };
+            let (prefix, rest) = window.split_at(pos);
+            let type_byte = rest.first().copied().unwrap_or(0);
+            let mut next = pos + 1;
+            let mut body = 0;
+            let mut opens = 0;
+            match type_byte {
+                LIST => {
+                    let len = prefix_usize(prefix);
+                    if len > self.config.size_limit {
+                        return Err(BananaCodecError::ListTooLong {
+                            len,
+                            limit: self.config.size_limit,
+                        });
+                    }
+                    if open.len() >= self.config.max_depth {
+                        return Err(BananaCodecError::TooDeep {
+                            limit: self.config.max_depth,
+                        });
+                    }
+                    opens = len;
+                }
+                STRING => {
+                    body = prefix_usize(prefix);
+                    if body > self.config.size_limit {
+                        return Err(BananaCodecError::StringTooLong {
+                            len: body,
+                            limit: self.config.size_limit,
+                        });
+                    }
+                    next = next.saturating_add(body);
+                }
+                INT | LONGINT | NEG | LONGNEG => {}
+                FLOAT => next += 8,
+                VOCAB => {
+                    let index = prefix_u64(prefix);
+                    if self.dialect != Dialect::Pb {
+                        return Err(BananaCodecError::VocabOutsidePb { index });
+                    }
+                    vocab_word(index).ok_or(BananaCodecError::UnknownVocab { index })?;
+                }
+                other => return Err(BananaCodecError::InvalidTypeByte(other)),
+            }
+            self.charge_to(&mut charged, body)?;
+            src = src.get(next..).ok_or(BananaCodecError::Truncated)?;
+            if opens > 0 {
+                open.push(opens);
+                continue;
+            }
+            // The element is complete, and with it every list it completes.
+            loop {
+                let Some(left) = open.last_mut() else {
+                    charged = 0;
+                    break;
+                };
+                *left -= 1;
+                if *left > 0 {
+                    break;
+                }
+                open.pop();
+            }
         }
-        Ok(())
+        if open.is_empty() {
+            Ok(())
+        } else {
+            Err(BananaCodecError::Truncated)
+        }
     }
 }
 

@@ -16,11 +16,27 @@ impl BananaCodec {
     /// Integers go as INT / NEG within ±2³¹ (−2³¹ is NEG) and as LONGINT / LONGNEG beyond. In
     /// the `pb` dialect a byte string equal to a [`VOCABULARY`](super::VOCABULARY) word goes as
     /// that word's VOCAB element. The limits hold on this side too: a string or list over the
-    /// size limit, an integer over `7 * prefix_limit` bits or lists nested deeper than the
-    /// depth limit are errors, and then nothing is appended.
+    /// size limit, an integer over `7 * prefix_limit` bits, lists nested deeper than the
+    /// depth limit or an expression over the expression budget (charged as the decoder
+    /// charges it) are errors, and then nothing is appended.
     pub fn encode(&self, element: &Element, dst: &mut BytesMut) -> Result<(), BananaCodecError> {
+        self.encode_nested(element, dst, 0)
+    }
+
+    /// As [`BananaCodec::encode`], for an element that goes `depth` lists deep inside a larger
+    /// expression (a value placed in a message): its lists count from there toward
+    /// [`max_depth`](super::BananaConfig::max_depth), as the peer's decoder counts them. Its
+    /// own charge alone is held to the expression budget; the whole expression's is checked
+    /// by [`BananaCodec::check_expressions`].
+    pub fn encode_nested(
+        &self,
+        element: &Element,
+        dst: &mut BytesMut,
+        depth: usize,
+    ) -> Result<(), BananaCodecError> {
         let start = dst.len();
-        let result = self.encode_at(element, dst, 0);
+        let mut charged = 0;
+        let result = self.encode_at(element, dst, depth, &mut charged);
         if result.is_err() {
             dst.truncate(start);
         }
@@ -51,7 +67,15 @@ impl BananaCodec {
         element: &Element,
         dst: &mut BytesMut,
         depth: usize,
+        charged: &mut usize,
     ) -> Result<(), BananaCodecError> {
+        let body = match element {
+            Element::Bytes(b) if !(self.dialect == Dialect::Pb && vocab_index(b).is_some()) => {
+                b.len()
+            }
+            _ => 0,
+        };
+        self.charge_to(charged, body)?;
         match element {
             Element::List(items) => {
                 if depth >= self.config.max_depth {
@@ -68,21 +92,10 @@ impl BananaCodec {
                 put_prefix_u64(dst, items.len() as u64);
                 dst.put_u8(LIST);
                 for item in items {
-                    self.encode_at(item, dst, depth + 1)?;
+                    self.encode_at(item, dst, depth + 1, charged)?;
                 }
             }
-            Element::Int(v) => {
-                let m = v.unsigned_abs();
-                let type_byte = match (*v < 0, m) {
-                    (false, m) if m <= INT_MAX => INT,
-                    (false, _) => LONGINT,
-                    (true, m) if m <= INT_MAX + 1 => NEG,
-                    (true, _) => LONGNEG,
-                };
-                self.check_digits(base128_len(m))?;
-                put_prefix_u64(dst, m);
-                dst.put_u8(type_byte);
-            }
+            Element::Int(v) => self.encode_int(*v, dst)?,
             Element::BigInt(b) => self.encode_bigint(b, dst)?,
             Element::Float(f) => {
                 dst.put_u8(FLOAT);
@@ -110,15 +123,46 @@ impl BananaCodec {
         Ok(())
     }
 
+    fn encode_int(&self, v: i64, dst: &mut BytesMut) -> Result<(), BananaCodecError> {
+        let m = v.unsigned_abs();
+        let type_byte = match (v < 0, m) {
+            (false, m) if m <= INT_MAX => INT,
+            (false, _) => LONGINT,
+            (true, m) if m <= INT_MAX + 1 => NEG,
+            (true, _) => LONGNEG,
+        };
+        self.check_digits(base128_len(m))?;
+        put_prefix_u64(dst, m);
+        dst.put_u8(type_byte);
+        Ok(())
+    }
+
     fn encode_bigint(&self, b: &BigInt, dst: &mut BytesMut) -> Result<(), BananaCodecError> {
         // A BigInt built by hand may hold a small value: encode it as Twisted would.
         if let Some(v) = b.to_i64() {
-            return self.encode_at(&Element::Int(v), dst, 0);
+            return self.encode_int(v, dst);
         }
         let digits = b.base128_digits();
         self.check_digits(digits.len())?;
         dst.put_slice(&digits);
         dst.put_u8(if b.is_negative() { LONGNEG } else { LONGINT });
+        Ok(())
+    }
+
+    /// Charges one element and `body` bytes of it to an expression's budget, as the decoder
+    /// does: what the peer's decoder would refuse is refused here.
+    pub(super) fn charge_to(
+        &self,
+        charged: &mut usize,
+        body: usize,
+    ) -> Result<(), BananaCodecError> {
+        let cost = std::mem::size_of::<Element>().saturating_add(body);
+        *charged = charged.saturating_add(cost);
+        if *charged > self.config.max_expression_size {
+            return Err(BananaCodecError::ExpressionTooLarge {
+                limit: self.config.max_expression_size,
+            });
+        }
         Ok(())
     }
 

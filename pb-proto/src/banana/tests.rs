@@ -570,6 +570,110 @@ fn the_expression_budget_counts_elements_and_string_bytes() {
 }
 
 #[test]
+fn the_encoder_charges_the_budget_as_the_decoder_does() {
+    let element = std::mem::size_of::<Element>();
+    // Four elements (the list, an int, two strings) and five bytes of strings ("dictionary"
+    // is a VOCAB word in the pb dialect and costs no bytes there, as when received).
+    let e = list(vec![Element::Int(1), b("hello"), b("dictionary")]);
+    for (dialect, cost) in [
+        (Dialect::None, 4 * element + 15),
+        (Dialect::Pb, 4 * element + 5),
+    ] {
+        let at = |budget| {
+            let mut codec = BananaCodec::new(BananaConfig::default().max_expression_size(budget));
+            codec.set_dialect(dialect);
+            codec
+        };
+        let mut dst = BytesMut::from(&b"keep"[..]);
+        assert_eq!(
+            at(cost - 1).encode(&e, &mut dst),
+            Err(BananaCodecError::ExpressionTooLarge { limit: cost - 1 })
+        );
+        assert_eq!(&dst[..], b"keep");
+        at(cost).encode(&e, &mut dst).unwrap();
+        let wire = dst.split_off(4);
+        // The decoder draws the line at the same place.
+        assert!(decode_complete(&wire, at(cost).config, dialect).is_ok());
+        assert_eq!(
+            decode_complete(&wire, at(cost - 1).config, dialect),
+            Err(BananaCodecError::ExpressionTooLarge { limit: cost - 1 })
+        );
+        // And so does the check of encoded bytes.
+        assert_eq!(at(cost).check_expressions(&wire), Ok(()));
+        assert_eq!(
+            at(cost - 1).check_expressions(&wire),
+            Err(BananaCodecError::ExpressionTooLarge { limit: cost - 1 })
+        );
+    }
+}
+
+#[test]
+fn a_nested_encoding_counts_its_depth_from_where_it_goes() {
+    let codec = BananaCodec::new(BananaConfig::default().max_depth(3));
+    let three = list(vec![list(vec![list(vec![])])]);
+    let mut dst = BytesMut::new();
+    codec.encode(&three, &mut dst).unwrap();
+    assert_eq!(
+        codec.encode_nested(&three, &mut dst, 1),
+        Err(BananaCodecError::TooDeep { limit: 3 })
+    );
+    codec
+        .encode_nested(&list(vec![list(vec![])]), &mut dst, 1)
+        .unwrap();
+    // Placed inside a list, the three lists are four deep: refused by a decoder, and by the
+    // check of the bytes.
+    let mut message = BytesMut::new();
+    codec.encode_list_header(1, &mut message).unwrap();
+    codec.encode(&three, &mut message).unwrap();
+    let config = BananaConfig::default().max_depth(3);
+    assert_eq!(
+        decode_complete(&message, config, Dialect::None),
+        Err(BananaCodecError::TooDeep { limit: 3 })
+    );
+    assert_eq!(
+        codec.check_expressions(&message),
+        Err(BananaCodecError::TooDeep { limit: 3 })
+    );
+}
+
+#[test]
+fn checking_encoded_bytes_refuses_what_decoding_refuses() {
+    let mut pb = BananaCodec::new(BananaConfig::default());
+    pb.set_dialect(Dialect::Pb);
+    let (wire, _) = sample_stream();
+    // Expressions one after another, each charged on its own.
+    assert_eq!(pb.check_expressions(&wire), Ok(()));
+    let codec = BananaCodec::new(BananaConfig::default());
+    assert_eq!(codec.check_expressions(b""), Ok(()));
+    for bad in [
+        &b"\x01\x88"[..],
+        b"\x05\x82hel",
+        b"\x02\x80\x01\x81",
+        b"\x84\x3f\xf8",
+        b"\x10\x87",
+        &[0x01; 65],
+    ] {
+        assert_eq!(
+            codec.check_expressions(bad).err(),
+            dec(bad).err(),
+            "{bad:?}"
+        );
+    }
+    // A header over the size limit, before its body.
+    let mut header = Vec::new();
+    let mut n = SIZE_LIMIT + 1;
+    while n > 0 {
+        header.push((n % 128) as u8);
+        n /= 128;
+    }
+    header.push(STRING);
+    assert!(matches!(
+        codec.check_expressions(&header),
+        Err(BananaCodecError::StringTooLong { .. })
+    ));
+}
+
+#[test]
 fn encoding_over_a_limit_writes_nothing() {
     let codec = BananaCodec::new(BananaConfig::default().size_limit(4));
     let mut dst = BytesMut::from(&b"keep"[..]);

@@ -527,6 +527,73 @@ fn limits_hold_on_our_side() {
 }
 
 #[test]
+fn a_message_is_held_to_the_peers_limits_as_a_whole() {
+    // The peer's decoder counts the message's own list and elements: arguments that fit alone
+    // can make a message it refuses. Such a message is not queued, and waits for nothing.
+    let banana = BananaConfig::default()
+        .max_depth(4)
+        .max_expression_size(20 * std::mem::size_of::<Element>());
+    let config = PbConfig::default().banana(banana);
+    let mut server = B::new(Role::Server, config);
+    let mut client = B::new(Role::Client, config);
+    server.set_name(Bytes::from_static(b"root"), "root");
+    pump(&mut server, &mut client);
+    pump(&mut client, &mut server);
+    pump(&mut server, &mut client);
+    let root = Target::Name(Bytes::from_static(b"root"));
+    let before = client.out.len();
+    // ["tuple", [[[1]]]]: four lists deep alone, five in the message.
+    let deep = args(
+        vec![Element::List(vec![Element::List(vec![Element::List(
+            vec![Element::Int(1)],
+        )])])],
+        client.encoder(),
+    );
+    assert_eq!(
+        client.start_call(&root, b"x", &deep, Some(1), false),
+        Err(SendError::Banana(BananaCodecError::TooDeep { limit: 4 }))
+    );
+    // Twelve elements alone; with the message's eight and its strings ("root", "x"), twenty
+    // elements and five bytes.
+    let wide = args(vec![Element::Int(1); 10], client.encoder());
+    assert!(matches!(
+        client.start_call(&root, b"x", &wide, Some(1), false),
+        Err(SendError::Banana(
+            BananaCodecError::ExpressionTooLarge { .. }
+        ))
+    ));
+    assert_eq!(client.out.len(), before);
+    assert_eq!(client.pending_count(), 0);
+    // Within both, the call goes, and the peer takes it.
+    let fits = args(vec![Element::Int(1); 9], client.encoder());
+    let id = client
+        .start_call(&root, b"x", &fits, Some(1), false)
+        .unwrap();
+    let events = pump(&mut client, &mut server);
+    let [Event::Call(call)] = &events[..] else {
+        panic!("{events:?}")
+    };
+    // An answer is held to them too: refused, nothing queued, the call still to answer.
+    let before = server.out.len();
+    // ["answer", id, ["tuple", 1 × 16]]: twenty-one elements.
+    let answer = args(vec![Element::Int(1); 16], server.encoder());
+    assert!(matches!(
+        server.finish_call(call.request, Ok(&answer)),
+        Err(SendError::Banana(
+            BananaCodecError::ExpressionTooLarge { .. }
+        ))
+    ));
+    assert_eq!(server.out.len(), before);
+    let answer = args(vec![Element::Int(1); 15], server.encoder());
+    server.finish_call(call.request, Ok(&answer)).unwrap();
+    let events = pump(&mut server, &mut client);
+    assert!(
+        matches!(&events[..], [Event::Answer { request, .. }] if *request == id),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn close_gives_back_waiters_and_exports_and_refuses_more() {
     let (mut server, mut client) = pair();
     let a = args(vec![], client.encoder());
@@ -540,7 +607,7 @@ fn close_gives_back_waiters_and_exports_and_refuses_more() {
         client.start_call(&Target::Luid(1), b"x", &a, Some(1), false),
         Err(SendError::Closed)
     );
-    assert!(server.finish_call(1, Ok(b"")).is_ok());
+    assert!(server.finish_call(1, Ok(b"\x01\x81")).is_ok());
 }
 
 #[test]

@@ -272,7 +272,12 @@ fn encode_graph(graph: &Graph, link: &dyn TwistedLink) -> Result<Bytes, CodecErr
     encode_graph_with(graph, &link.jelly_config(), &link.encoder())
 }
 
-/// A graph's Banana bytes under a connection's Jelly config and Banana codec.
+/// How deep a value lies in the message that carries it: a call's arguments, an answer, a
+/// failure and a cache update are each one element of the message's list.
+pub(crate) const PAYLOAD_DEPTH: usize = 1;
+
+/// A graph's Banana bytes under a connection's Jelly config and Banana codec, held to the
+/// limits at the depth it is sent at (the peer's decoder counts the message's list too).
 pub(crate) fn encode_graph_with(
     graph: &Graph,
     config: &JellyConfig,
@@ -281,7 +286,7 @@ pub(crate) fn encode_graph_with(
     let sexp = jelly::to_sexp(graph, config).map_err(|e| CodecError::Encode(e.to_string()))?;
     let mut out = BytesMut::new();
     encoder
-        .encode(&sexp, &mut out)
+        .encode_nested(&sexp, &mut out, PAYLOAD_DEPTH)
         .map_err(|e| CodecError::Encode(e.to_string()))?;
     Ok(out.freeze())
 }
