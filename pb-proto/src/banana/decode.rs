@@ -61,6 +61,22 @@ impl BananaCodec {
         }
     }
 
+    /// Checks a list of `len` elements opened `depth` lists deep against the limits.
+    fn check_list(&self, len: usize, depth: usize) -> Result<(), BananaCodecError> {
+        if len > self.config.size_limit {
+            return Err(BananaCodecError::ListTooLong {
+                len,
+                limit: self.config.size_limit,
+            });
+        }
+        if depth >= self.config.max_depth {
+            return Err(BananaCodecError::TooDeep {
+                limit: self.config.max_depth,
+            });
+        }
+        Ok(())
+    }
+
     /// Decodes one element header at the front of `src`; a completed top-level expression goes
     /// to `done`.
     fn step(
@@ -68,35 +84,13 @@ impl BananaCodec {
         src: &mut BytesMut,
         done: &mut Option<Element>,
     ) -> Result<Step, BananaCodecError> {
-        let limit = self.config.prefix_limit;
-        let window = src
-            .get(..src.len().min(limit.saturating_add(1)))
-            .unwrap_or(&[]);
-        let Some(pos) = window.iter().position(|b| b & 0x80 != 0) else {
-            if src.len() > limit {
-                return Err(BananaCodecError::PrefixTooLong { limit });
-            }
+        let Some((prefix, type_byte, header)) = split_header(src, self.config.prefix_limit)? else {
             return Ok(Step::Incomplete);
         };
-        let (prefix, rest) = window.split_at(pos);
-        let Some((&type_byte, _)) = rest.split_first() else {
-            return Ok(Step::Incomplete);
-        };
-        let header = pos + 1;
         let item = match type_byte {
             LIST => {
                 let len = prefix_usize(prefix);
-                if len > self.config.size_limit {
-                    return Err(BananaCodecError::ListTooLong {
-                        len,
-                        limit: self.config.size_limit,
-                    });
-                }
-                if self.stack.len() >= self.config.max_depth {
-                    return Err(BananaCodecError::TooDeep {
-                        limit: self.config.max_depth,
-                    });
-                }
+                self.check_list(len, self.stack.len())?;
                 self.charge(0)?;
                 src.advance(header);
                 if len > 0 {
@@ -188,39 +182,18 @@ impl BananaCodec {
     /// (and close the connection over) is refused here instead. It reads the headers only,
     /// skipping string bodies, and allocates one slot per open list.
     pub fn check_expressions(&self, mut src: &[u8]) -> Result<(), BananaCodecError> {
-        let limit = self.config.prefix_limit;
         // Elements still to come in each open list, innermost last.
         let mut open: Vec<usize> = Vec::new();
         let mut charged = 0;
         while !src.is_empty() {
-            let window = src
-                .get(..src.len().min(limit.saturating_add(1)))
-                .unwrap_or(&[]);
-            let Some(pos) = window.iter().position(|b| b & 0x80 != 0) else {
-                if src.len() > limit {
-                    return Err(BananaCodecError::PrefixTooLong { limit });
-                }
-                return Err(BananaCodecError::Truncated);
-            };
-            let (prefix, rest) = window.split_at(pos);
-            let type_byte = rest.first().copied().unwrap_or(0);
-            let mut next = pos + 1;
+            let (prefix, type_byte, mut next) =
+                split_header(src, self.config.prefix_limit)?.ok_or(BananaCodecError::Truncated)?;
             let mut body = 0;
             let mut opens = 0;
             match type_byte {
                 LIST => {
                     let len = prefix_usize(prefix);
-                    if len > self.config.size_limit {
-                        return Err(BananaCodecError::ListTooLong {
-                            len,
-                            limit: self.config.size_limit,
-                        });
-                    }
-                    if open.len() >= self.config.max_depth {
-                        return Err(BananaCodecError::TooDeep {
-                            limit: self.config.max_depth,
-                        });
-                    }
+                    self.check_list(len, open.len())?;
                     opens = len;
                 }
                 STRING => {
@@ -298,4 +271,23 @@ fn int_element(negative: bool, prefix: &[u8]) -> Element {
         }
     }
     Element::from(BigInt::from_base128(negative, prefix))
+}
+
+/// An element header: its prefix bytes, its type byte and its length.
+type Header<'a> = (&'a [u8], u8, usize);
+
+/// The element header at the front of `src`; `None` if `src` ends first. A prefix longer than
+/// `limit` bytes is an error.
+fn split_header(src: &[u8], limit: usize) -> Result<Option<Header<'_>>, BananaCodecError> {
+    let window = src
+        .get(..src.len().min(limit.saturating_add(1)))
+        .unwrap_or(&[]);
+    let Some(pos) = window.iter().position(|b| b & 0x80 != 0) else {
+        if src.len() > limit {
+            return Err(BananaCodecError::PrefixTooLong { limit });
+        }
+        return Ok(None);
+    };
+    let (prefix, rest) = window.split_at(pos);
+    Ok(rest.first().map(|&type_byte| (prefix, type_byte, pos + 1)))
 }
