@@ -74,6 +74,8 @@ pub(crate) struct PbShared {
     closed: watch::Sender<bool>,
     ready: watch::Sender<bool>,
     record: PeerRecord,
+    /// A cut for a cache the peer cannot follow is on its way ([`PbShared::cut_behind`]).
+    cutting: std::sync::atomic::AtomicBool,
 }
 
 impl PbShared {
@@ -113,6 +115,7 @@ impl PbShared {
             closed: watch::channel(false).0,
             ready: watch::channel(false).0,
             record: PeerRecord::default(),
+            cutting: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -464,6 +467,8 @@ impl PbShared {
     /// Queues the answer to the peer's call `request`. An answer that cannot be queued is
     /// dropped once the lock is let go, which takes back the sends it counted.
     fn answer(&self, request: i64, mut reply: Reply) {
+        // An update held for a Cacheable whose state this answer brings that cannot be sent.
+        let mut behind = None;
         let mut st = lock(&self.state);
         let failure = |st: &State, kind: FaultKind, message: &str| {
             let (type_name, parents): (&[u8], &[&[u8]]) = match kind {
@@ -500,7 +505,11 @@ impl PbShared {
                 };
                 drop(bytes);
                 if sent.is_ok() {
-                    payload.sent(|luid, version| Self::state_queued(&mut st, luid, version));
+                    payload.sent(|luid, version| {
+                        if let Err(e) = Self::state_queued(&mut st, luid, version) {
+                            behind.get_or_insert(e);
+                        }
+                    });
                 }
                 sent
             }
@@ -519,6 +528,9 @@ impl PbShared {
         }
         drop(st);
         drop(reply);
+        if let Some(why) = behind {
+            self.cut_behind(why);
+        }
         self.flush();
     }
 
@@ -892,10 +904,9 @@ impl TwistedLink for PbShared {
                     .map_err(|e| e.to_string())
             });
             if let Err(e) = sent {
-                tracing::error!(connection = self.id, method, error = %e, "cannot send a cache update");
                 drop(st);
                 // The copy would stay behind for good: the peer cannot follow the cache.
-                return self.shut(CloseReason::CacheBehind(e));
+                return self.cut_behind(format!("cannot send a cache update ({method}): {e}"));
             }
         }
         self.flush();
@@ -1108,18 +1119,34 @@ impl Link for PbShared {
 
 impl PbShared {
     /// A message carrying the state of our Cacheable `luid` at `version` was queued: the
-    /// updates held for it that the state does not include follow it.
-    fn state_queued(st: &mut State, luid: i64, version: u64) {
+    /// updates held for it that the state does not include follow it. Fails if one of them
+    /// cannot be sent (the copy would stay behind: the caller cuts the connection once the
+    /// lock is let go).
+    fn state_queued(st: &mut State, luid: i64, version: u64) -> Result<(), String> {
         st.broker.note_state_queued(luid);
         for (v, method, args) in st.held_observes.remove(&luid).unwrap_or_default() {
             if v > version {
-                let sent =
-                    st.broker
-                        .start_call(&Target::Luid(luid), method.as_bytes(), &args, None, true);
-                if let Err(e) = sent {
-                    tracing::error!(method, error = %e, "cannot send a cache update");
-                }
+                st.broker
+                    .start_call(&Target::Luid(luid), method.as_bytes(), &args, None, true)
+                    .map_err(|e| format!("cannot send a cache update ({method}): {e}"))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Cut the connection, which cannot follow a cache ([`CloseReason::CacheBehind`]), from a
+    /// task of its own when a runtime is at hand: the caller may hold the cache's lock, and
+    /// closing runs user code (export hooks, drops) that may update that very cache.
+    fn cut_behind(&self, why: String) {
+        if self.cutting.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(connection = self.id, %why, "closing connection");
+        match (tokio::runtime::Handle::try_current(), self.arc()) {
+            (Ok(runtime), Some(me)) => {
+                runtime.spawn(async move { me.shut(CloseReason::CacheBehind(why)) });
+            }
+            _ => self.shut(CloseReason::CacheBehind(why)),
         }
     }
 
@@ -1143,7 +1170,7 @@ impl PbShared {
         payload: &mut Payload,
         waiter: Option<Waker>,
     ) -> Result<i64, Fault> {
-        let id = {
+        let (id, behind) = {
             let mut st = lock(&self.state);
             if st.close.is_some() {
                 return Err(self.close_fault());
@@ -1160,9 +1187,17 @@ impl PbShared {
                     false,
                 )
                 .map_err(send_fault)?;
-            payload.sent(|luid, version| Self::state_queued(&mut st, luid, version));
-            id
+            let mut behind = None;
+            payload.sent(|luid, version| {
+                if let Err(e) = Self::state_queued(&mut st, luid, version) {
+                    behind.get_or_insert(e);
+                }
+            });
+            (id, behind)
         };
+        if let Some(why) = behind {
+            self.cut_behind(why);
+        }
         self.flush();
         Ok(id)
     }

@@ -342,8 +342,9 @@ struct Challenger {
 
 impl Challenger {
     /// The realm's avatar for a response to one of the challenges, or the refusal. A failure
-    /// takes the oldest challenge out (each is answered about once), is counted toward
-    /// `max_failures`, and waits.
+    /// is counted toward `max_failures` and waits; it takes no challenge out (which one it
+    /// answered is not known, and another login on the connection may be answering its own),
+    /// so the challenges kept are bounded by `MAX_PENDING_CHALLENGES` alone.
     async fn respond(
         &self,
         response: &[u8],
@@ -380,7 +381,6 @@ impl Challenger {
             self.state.logged_in.send_replace(true);
             return Ok((portal.realm)(Some(&name), mind));
         }
-        attempts.pending.pop_front();
         attempts.failures = attempts.failures.saturating_add(1);
         let shift = attempts.failures.saturating_sub(1).min(16);
         tokio::time::sleep(portal.failure_delay.saturating_mul(1u32 << shift)).await;

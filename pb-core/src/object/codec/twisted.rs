@@ -58,36 +58,64 @@ struct StateSent {
 
 impl PendingSends {
     /// The value is about to be queued: the Cacheables whose state a message already queued
-    /// carried (`queued(luid)`) go as `["cached", luid]` instead, re-encoded with `encode`.
-    /// A state that holds another state the value carries stays (the Cacheable then goes
-    /// with its state twice: the peer takes the later copy).
+    /// carried (`queued(luid)`) go as `["cached", luid]` instead, re-encoded with `encode`
+    /// (a state held in one taken out goes with it). A state stays only if taking it out
+    /// would leave a `["cached", luid]` in the value naming a state that neither the value
+    /// nor a queued message brings (one held in it and named again later in the value): the
+    /// Cacheable then goes with its state twice, the peer keeping the later copy.
     pub(crate) fn settle(
         &mut self,
         queued: impl Fn(i64) -> bool,
         encode: impl FnOnce(&Graph) -> Result<Bytes, CodecError>,
     ) -> Option<Bytes> {
-        let graph = self.graph.as_deref()?;
-        let nested = |s: &StateSent| {
-            self.states.iter().any(|o| {
-                o.luid != s.luid && s.sends.start <= o.sends.start && o.sends.end <= s.sends.end
-            })
+        let whole = self.graph.as_deref()?;
+        let states = &self.states;
+        let within = |outer: usize, inner: usize| {
+            let (o, i) = (&states[outer].sends, &states[inner].sends);
+            outer != inner && o.start <= i.start && i.end <= o.end
         };
-        let out: Vec<usize> = (0..self.states.len())
-            .filter(|&i| queued(self.states[i].luid) && !nested(&self.states[i]))
+        let mut out: Vec<usize> = (0..states.len())
+            .filter(|&i| queued(states[i].luid))
             .collect();
-        if out.is_empty() {
-            return None;
-        }
-        let mut graph = graph.clone();
-        for &i in &out {
-            let luid = self.states[i].luid;
-            cached_instead(graph.root_mut(), luid);
-        }
+        let (graph, gone) = loop {
+            if out.is_empty() {
+                return None;
+            }
+            let mut graph = whole.clone();
+            for &i in &out {
+                cached_instead(graph.root_mut(), states[i].luid);
+            }
+            // The states taken out, with those held in them.
+            let gone: Vec<usize> = (0..states.len())
+                .filter(|&j| out.iter().any(|&i| i == j || within(i, j)))
+                .collect();
+            let mut named = Vec::new();
+            cached_luids(graph.root(), &mut named);
+            let dangling: Vec<i64> = named
+                .into_iter()
+                .filter(|&luid| {
+                    !queued(luid)
+                        && !(0..states.len()).any(|j| states[j].luid == luid && !gone.contains(&j))
+                })
+                .collect();
+            if dangling.is_empty() {
+                break (graph, gone);
+            }
+            let before = out.len();
+            out.retain(|&i| {
+                !(0..states.len()).any(|j| within(i, j) && dangling.contains(&states[j].luid))
+            });
+            if out.len() == before {
+                return None;
+            }
+        };
         let bytes = encode(&graph).ok()?;
-        for &i in out.iter().rev() {
-            let StateSent { sends, .. } = self.states.remove(i);
-            for send in self.made.get_mut(sends).into_iter().flatten() {
-                self.dropped.extend(send.take());
+        for &j in gone.iter().rev() {
+            let StateSent { sends, .. } = self.states.remove(j);
+            if out.contains(&j) {
+                for send in self.made.get_mut(sends).into_iter().flatten() {
+                    self.dropped.extend(send.take());
+                }
             }
         }
         Some(bytes)
@@ -120,6 +148,22 @@ fn cached_instead(v: &mut Value, luid: i64) -> bool {
             .iter_mut()
             .any(|(k, x)| cached_instead(k, luid) || cached_instead(x, luid)),
         _ => false,
+    }
+}
+
+/// The luids `v` names as `["cached", luid]`, in the order they are written.
+fn cached_luids(v: &Value, out: &mut Vec<i64>) {
+    match v {
+        Value::Cached(ObjectId::Num(luid)) => out.push(*luid),
+        Value::Cache { state, .. } | Value::Instance { state, .. } => cached_luids(state, out),
+        Value::List(items) | Value::Tuple(items) | Value::Set(items) | Value::FrozenSet(items) => {
+            items.iter().for_each(|x| cached_luids(x, out))
+        }
+        Value::Dict(pairs) => pairs.iter().for_each(|(k, x)| {
+            cached_luids(k, out);
+            cached_luids(x, out);
+        }),
+        _ => {}
     }
 }
 
