@@ -25,7 +25,8 @@
 //! outgoing call: start_call ─▶ pending ─answer│fault─▶ answered ─poll_answer─▶ delivered
 //!                                     └─cancel_call─▶ forgotten (Cancel sent)
 //! incoming call: Call ─▶ running (returned) ─finish_call─▶ Answer│Fault sent
-//!                              └─Cancel from peer─▶ Event::Cancelled, nothing sent
+//!                              └─Cancel from peer─▶ Event::Cancelled ─finish_call─▶ a Cancelled
+//!                                                   fault sent to a peer that keeps a call window
 //! export:  sent ─▶ Exported(id) ─sent again─▶ Resent(id) … ─released to 0─▶ Unexported(id)
 //!                                  └─revoke_export─▶ Revoked sent, Dropped
 //! import:  received ─▶ slot(id, generation) ─last handle dropped─▶ Release(id, count) sent
