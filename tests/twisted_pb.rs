@@ -588,41 +588,6 @@ async fn a_cacheables_state_goes_with_the_message_queued_not_the_one_jellied_fir
     cache.wait_for_observers(|n| n == 0).await;
 }
 
-/// Two pipes joined by a relay that records what the server end writes: the server's
-/// transport, the client's, and the record.
-fn tapped() -> (
-    tokio::io::DuplexStream,
-    tokio::io::DuplexStream,
-    Arc<std::sync::Mutex<Vec<u8>>>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (server, mut server_side) = tokio::io::duplex(1 << 20);
-    let (client, mut client_side) = tokio::io::duplex(1 << 20);
-    let written = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = written.clone();
-    tokio::spawn(async move {
-        let (mut buf_in, mut buf_out) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
-        loop {
-            tokio::select! {
-                n = server_side.read(&mut buf_in) => match n {
-                    Ok(n) if n > 0 => {
-                        record.lock().unwrap().extend_from_slice(&buf_in[..n]);
-                        if client_side.write_all(&buf_in[..n]).await.is_err() { break }
-                    }
-                    _ => break,
-                },
-                n = client_side.read(&mut buf_out) => match n {
-                    Ok(n) if n > 0 => {
-                        if server_side.write_all(&buf_out[..n]).await.is_err() { break }
-                    }
-                    _ => break,
-                },
-            }
-        }
-    });
-    (server, client, written)
-}
-
 /// Two calls answer the same Cacheable, both jellied before either answer is queued: each
 /// carries the state as it is jellied, and the one queued second goes as `["cached", luid]`
 /// after all, so the state crosses once and both copies are one.
@@ -641,7 +606,7 @@ async fn a_cacheable_answered_twice_at_once_crosses_with_its_state_once() {
         entered: entered.clone(),
     })
     .into();
-    let (a, b, written) = tapped();
+    let (a, b, written) = common::tapped();
     let server = pb::twisted::accept_io(a, None, Some(root_obj), PbConfig::default());
     let client = pb::twisted::connect_io(b, None, PbConfig::default())
         .await
@@ -662,12 +627,7 @@ async fn a_cacheable_answered_twice_at_once_crosses_with_its_state_once() {
     let second = second.await.unwrap().unwrap();
     assert_eq!(first.observed().len(), second.observed().len());
     let tag = b"pbtest.Counter";
-    let states = written
-        .lock()
-        .unwrap()
-        .windows(tag.len())
-        .filter(|w| w == tag)
-        .count();
+    let states = common::occurrences(&written.lock().unwrap(), tag);
     assert_eq!(states, 1, "the Cacheable's state crossed {states} times");
     // Two receipts of one export, each released once.
     assert_eq!(server.stats().tables.exported, 1);
@@ -916,7 +876,7 @@ impl Twice for TheTwice {
 #[tokio::test]
 async fn a_cacheable_twice_in_one_value_carries_its_state_once() {
     let cache = pb::Cache::new(Count { count: 4 });
-    let (a, b, written) = tapped();
+    let (a, b, written) = common::tapped();
     let server = pb::twisted::accept_io(
         a,
         None,
@@ -930,12 +890,7 @@ async fn a_cacheable_twice_in_one_value_carries_its_state_once() {
     let (one, two) = root.twice().await.unwrap();
     assert_eq!(one.state().0.root(), two.state().0.root());
     let tag = b"pbtest.Counter";
-    let states = written
-        .lock()
-        .unwrap()
-        .windows(tag.len())
-        .filter(|w| w == tag)
-        .count();
+    let states = common::occurrences(&written.lock().unwrap(), tag);
     assert_eq!(states, 1);
     assert_eq!(server.stats().tables.exported, 1);
     drop((one, two));

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,43 +20,6 @@ async fn pair_with(
     let server = pb::twisted::accept_io(a, None, Some(root), server);
     let client = pb::twisted::connect_io(b, None, client).await.unwrap();
     (server, client)
-}
-
-fn tapped() -> (
-    tokio::io::DuplexStream,
-    tokio::io::DuplexStream,
-    Arc<std::sync::Mutex<Vec<u8>>>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (server, mut server_side) = tokio::io::duplex(1 << 20);
-    let (client, mut client_side) = tokio::io::duplex(1 << 20);
-    let written = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = written.clone();
-    tokio::spawn(async move {
-        let (mut buf_in, mut buf_out) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
-        loop {
-            tokio::select! {
-                n = server_side.read(&mut buf_in) => match n {
-                    Ok(n) if n > 0 => {
-                        record.lock().unwrap().extend_from_slice(&buf_in[..n]);
-                        if client_side.write_all(&buf_in[..n]).await.is_err() { break }
-                    }
-                    _ => break,
-                },
-                n = client_side.read(&mut buf_out) => match n {
-                    Ok(n) if n > 0 => {
-                        if server_side.write_all(&buf_out[..n]).await.is_err() { break }
-                    }
-                    _ => break,
-                },
-            }
-        }
-    });
-    (server, client, written)
-}
-
-fn count(hay: &[u8], needle: &[u8]) -> usize {
-    hay.windows(needle.len()).filter(|w| *w == needle).count()
 }
 
 async fn until(mut f: impl FnMut() -> bool) {
@@ -290,7 +255,7 @@ async fn run_two_outers(turns: usize) -> Option<String> {
     let go1 = Arc::new(tokio::sync::Notify::new());
     let go2 = Arc::new(tokio::sync::Notify::new());
     let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (a, b, written) = tapped();
+    let (a, b, written) = common::tapped();
     let root_obj: ObjectRef = TwoOutersRef::new(TheTwoOuters {
         outer: outer.clone(),
         go1: go1.clone(),
@@ -334,10 +299,10 @@ async fn run_two_outers(turns: usize) -> Option<String> {
     // `st.cached.insert`); the update (`cachemessage ... "set" ...`) must come after the last
     // one, or the copy never sees it.
     let tag = b"pbtest.Outer";
-    let crossed = count(&record, tag);
+    let crossed = common::occurrences(&record, tag);
     let last = record.windows(tag.len()).rposition(|w| w == tag).unwrap();
-    let updates = count(&record, b"set");
-    let after_last = count(&record[last..], b"set");
+    let updates = common::occurrences(&record, b"set");
+    let after_last = common::occurrences(&record[last..], b"set");
     let line = format!(
         "turns {turns}: the outer state crossed {crossed} times (all jellied at n = 4), the \
          update crossed {updates} times, {after_last} of them after the last state: {:?}",

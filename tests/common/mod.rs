@@ -586,3 +586,38 @@ impl tokio::io::AsyncWrite for Gated {
         std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
+
+/// Two pipes joined by a relay that records what the first end (a server's transport) writes:
+/// the server's transport, the client's, and the record.
+pub fn tapped() -> (DuplexStream, DuplexStream, std::sync::Arc<Mutex<Vec<u8>>>) {
+    let (server, mut server_side) = tokio::io::duplex(1 << 20);
+    let (client, mut client_side) = tokio::io::duplex(1 << 20);
+    let written = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let record = written.clone();
+    tokio::spawn(async move {
+        let (mut buf_in, mut buf_out) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+        loop {
+            tokio::select! {
+                n = server_side.read(&mut buf_in) => match n {
+                    Ok(n) if n > 0 => {
+                        record.lock().unwrap().extend_from_slice(&buf_in[..n]);
+                        if client_side.write_all(&buf_in[..n]).await.is_err() { break }
+                    }
+                    _ => break,
+                },
+                n = client_side.read(&mut buf_out) => match n {
+                    Ok(n) if n > 0 => {
+                        if server_side.write_all(&buf_out[..n]).await.is_err() { break }
+                    }
+                    _ => break,
+                },
+            }
+        }
+    });
+    (server, client, written)
+}
+
+/// How often `needle` occurs in `hay`.
+pub fn occurrences(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).filter(|w| *w == needle).count()
+}
